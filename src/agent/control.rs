@@ -1,0 +1,274 @@
+//! The control thread: listens on the process's control socket, runs each checkpoint (quiesce,
+//! write, commit, release) and, in a restored process, finishes the restart.
+//!
+//! It runs with every signal blocked, so it never receives the checkpoint signal or the program's
+//! signals. Between quiesce and release it uses only raw syscalls and its own stack.
+
+use super::image::{write_callback, Job, STEPS};
+use super::quiesce::{self, DirBuf, QuiesceError, SLOTS};
+use super::scratch::Scratch;
+use crate::protocol::{self, Reply, Request, RestartInfo};
+use crate::sys::{self, StackBuf};
+use core::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, Ordering::*};
+
+/// The listening socket (a high descriptor, close-on-exec), or -1.
+pub static LISTEN_FD: AtomicI32 = AtomicI32::new(-1);
+/// Pid the listening socket was bound for.
+static BOUND_PID: AtomicI32 = AtomicI32::new(0);
+/// Pid of the process that restarted us last (0 = never restarted).
+pub static RESTARTER: AtomicI64 = AtomicI64::new(0);
+/// Number of completed checkpoints of this process.
+pub static CHECKPOINTS: AtomicU64 = AtomicU64::new(0);
+
+/// Default time all threads get to reach the checkpoint handler.
+const QUIESCE_TIMEOUT_MS: u64 = 10_000;
+/// How long the program stays stopped waiting for the requester to commit.
+const COMMIT_TIMEOUT_MS: i32 = 60_000;
+
+fn high_fd_floor() -> usize {
+    let mut lim = [0u64; 2];
+    let _ = sys::sys6(libc::SYS_prlimit64 as usize, 0, libc::RLIMIT_NOFILE as usize, 0, lim.as_mut_ptr() as usize, 0, 0);
+    let soft = lim[0].min(1 << 20) as usize;
+    if soft > 1100 {
+        1000
+    } else {
+        soft.saturating_sub(24).max(3)
+    }
+}
+
+/// Creates and binds this process's control socket; returns its descriptor.
+fn bind_socket() -> Result<i32, sys::Errno> {
+    let fd = sys::sys3(
+        libc::SYS_socket as usize,
+        libc::AF_UNIX as usize,
+        (libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC) as usize,
+        0,
+    )? as i32;
+    let pid = sys::getpid();
+    let (addr, len) = protocol::socket_addr(pid);
+    let res = sys::sys3(libc::SYS_bind as usize, fd as usize, &addr as *const _ as usize, len as usize)
+        .and_then(|_| sys::sys3(libc::SYS_listen as usize, fd as usize, 8, 0));
+    if let Err(e) = res {
+        sys::close(fd);
+        return Err(e);
+    }
+    let high = sys::fcntl(fd, libc::F_DUPFD_CLOEXEC, high_fd_floor()).unwrap_or(fd as usize) as i32;
+    if high != fd {
+        sys::close(fd);
+    }
+    BOUND_PID.store(pid, Release);
+    Ok(high)
+}
+
+/// Binds the socket and starts the control thread (at init and in every fork child).
+pub fn start() {
+    let old = LISTEN_FD.swap(-1, AcqRel);
+    if old >= 0 {
+        sys::close(old); // inherited from the parent across fork
+    }
+    let Ok(fd) = bind_socket() else { return };
+    LISTEN_FD.store(fd, Release);
+    // The new thread inherits a mask with every signal blocked.
+    let old_mask = sys::sigprocmask_raw(libc::SIG_SETMASK, Some(!0));
+    let mut th: libc::pthread_t = 0;
+    // SAFETY: plain pthread_create with default attributes and a static entry function.
+    let rc = unsafe { libc::pthread_create(&mut th, core::ptr::null(), control_main, core::ptr::null_mut()) };
+    sys::sigprocmask_raw(libc::SIG_SETMASK, Some(old_mask));
+    if rc == 0 {
+        // SAFETY: th is a thread we just created; detaching it is always valid.
+        unsafe { libc::pthread_detach(th) };
+    } else {
+        LISTEN_FD.store(-1, Release);
+        sys::close(fd);
+    }
+}
+
+extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void {
+    let _ = sys::sys3(libc::SYS_prctl as usize, libc::PR_SET_NAME as usize, b"cr-control\0".as_ptr() as usize, 0);
+    super::verify_tid_offset();
+    loop {
+        let lfd = LISTEN_FD.load(Acquire);
+        let conn = sys::sys6(
+            libc::SYS_accept4 as usize,
+            lfd as usize,
+            0,
+            0,
+            libc::SOCK_CLOEXEC as usize,
+            0,
+            0,
+        );
+        match conn {
+            Ok(c) => {
+                let c = c as i32;
+                if peer_allowed(c) {
+                    serve(c);
+                }
+                sys::close(c);
+            }
+            Err(sys::Errno(libc::EINTR)) | Err(sys::Errno(libc::ECONNABORTED)) => {}
+            Err(_) => {
+                // The program closed our socket (or the pid changed): bind a new one.
+                match bind_socket() {
+                    Ok(fd) => LISTEN_FD.store(fd, Release),
+                    Err(_) => return core::ptr::null_mut(),
+                }
+            }
+        }
+    }
+}
+
+fn peer_allowed(conn: i32) -> bool {
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = core::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into cred.
+    let rc = unsafe {
+        libc::getsockopt(conn, libc::SOL_SOCKET, libc::SO_PEERCRED, &mut cred as *mut _ as *mut _, &mut len)
+    };
+    // SAFETY: getuid has no preconditions.
+    rc == 0 && (cred.uid == 0 || cred.uid == unsafe { libc::getuid() })
+}
+
+/// Receives a request and (optionally) one passed descriptor.
+fn recv_request(conn: i32) -> Option<(Request, i32)> {
+    let mut req: Request = bytemuck::Zeroable::zeroed();
+    let mut iov = libc::iovec { iov_base: &mut req as *mut _ as *mut _, iov_len: core::mem::size_of::<Request>() };
+    let mut cbuf = [0u64; 8];
+    // SAFETY: all-zero is a valid msghdr.
+    let mut msg: libc::msghdr = unsafe { core::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr() as *mut _;
+    msg.msg_controllen = core::mem::size_of_val(&cbuf);
+    // SAFETY: msg points at valid buffers for the duration of the call.
+    let n = unsafe { libc::recvmsg(conn, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n != core::mem::size_of::<Request>() as isize || req.magic != protocol::MAGIC {
+        return None;
+    }
+    let mut fd = -1;
+    // SAFETY: the CMSG macros walk the control buffer the kernel filled.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        if !c.is_null() && (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+            fd = core::ptr::read_unaligned(libc::CMSG_DATA(c) as *const i32);
+        }
+    }
+    Some((req, fd))
+}
+
+fn send_reply(conn: i32, status: i32, bytes: u64, msg: &[u8]) {
+    let mut r = Reply { magic: protocol::MAGIC, status, bytes, msg: [0; 240] };
+    let n = msg.len().min(239);
+    r.msg[..n].copy_from_slice(&msg[..n]);
+    let b = bytemuck::bytes_of(&r);
+    // SAFETY: sending from a valid buffer.
+    unsafe { libc::send(conn, b.as_ptr() as *const _, b.len(), libc::MSG_NOSIGNAL) };
+}
+
+/// Waits (bounded) for the requester's RELEASE after the image is committed.
+fn wait_commit(conn: i32) {
+    let mut p = libc::pollfd { fd: conn, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd.
+    if unsafe { libc::poll(&mut p, 1, COMMIT_TIMEOUT_MS) } > 0 {
+        let mut req: Request = bytemuck::Zeroable::zeroed();
+        // SAFETY: receiving into a valid buffer.
+        unsafe { libc::recv(conn, &mut req as *mut _ as *mut _, core::mem::size_of::<Request>(), 0) };
+    }
+}
+
+fn serve(conn: i32) {
+    let Some((req, img_fd)) = recv_request(conn) else { return };
+    if req.kind != protocol::REQ_CHECKPOINT || img_fd < 0 {
+        send_reply(conn, libc::EINVAL, 0, b"bad request");
+        if img_fd >= 0 {
+            sys::close(img_fd);
+        }
+        return;
+    }
+    let scratch = match Scratch::new() {
+        Ok(s) => s,
+        Err(e) => {
+            send_reply(conn, e.0, 0, b"cannot map scratch memory");
+            sys::close(img_fd);
+            return;
+        }
+    };
+    let timeout_ms = if req.timeout_ms == 0 { QUIESCE_TIMEOUT_MS } else { req.timeout_ms as u64 };
+    let mut dirbuf = DirBuf([0; 8192]);
+    if let Err(e) = quiesce::quiesce(&mut dirbuf, timeout_ms * 1_000_000) {
+        quiesce::release();
+        let mut m = StackBuf::<240>::new();
+        let status = match e {
+            QuiesceError::Timeout(tid) => {
+                m.push(b"thread ").num(tid as u64).push(b" did not stop for the checkpoint");
+                libc::ETIMEDOUT
+            }
+            QuiesceError::TooManyThreads => {
+                m.push(b"too many threads");
+                libc::ENOMEM
+            }
+            QuiesceError::Proc(err) => {
+                m.push(b"cannot list threads");
+                err.0
+            }
+        };
+        send_reply(conn, status, 0, m.as_bytes());
+        sys::close(img_fd);
+        return;
+    }
+    let job = Job {
+        fd: img_fd,
+        flags: req.flags,
+        skip_fds: [LISTEN_FD.load(Relaxed), conn, img_fd],
+        bytes: AtomicU64::new(0),
+        errno: AtomicI32::new(0),
+        step: core::sync::atomic::AtomicU32::new(0),
+        scratch: &scratch,
+    };
+    // The writer runs on a stack inside the scratch area: our own stack is part of the image and
+    // must not change while it is hashed and written.
+    // SAFETY: the scratch stack is mapped, unused, and outlives the call.
+    let r = unsafe {
+        crate::arch::save_and_call_on(&SLOTS[0].ctx_rsp, write_callback, &job as *const Job as usize, scratch.stack_top())
+    };
+    if r == crate::arch::RESUMED {
+        // We are the control thread of a restored process; conn, img_fd and the scratch area
+        // belong to the past (they were never part of the image).
+        core::mem::forget(scratch);
+        after_restart();
+        return;
+    }
+    if r == 0 {
+        send_reply(conn, 0, job.bytes.load(Acquire), b"");
+        wait_commit(conn);
+        CHECKPOINTS.fetch_add(1, AcqRel);
+    } else {
+        let e = job.errno.load(Acquire);
+        let mut m = StackBuf::<240>::new();
+        m.push(b"failed at ").push(STEPS[job.step.load(Acquire) as usize % STEPS.len()].as_bytes());
+        send_reply(conn, e, 0, m.as_bytes());
+    }
+    quiesce::release();
+    sys::close(img_fd);
+}
+
+/// Completes a restart in the control thread, then lets the program's threads go.
+fn after_restart() {
+    let info = RestartInfo::from_words(core::array::from_fn(|i| super::resume::INFO[i].load(Acquire)));
+    RESTARTER.store(info.restarter_pid, Release);
+    if info.block_len > 0 {
+        sys::munmap(info.block_addr as usize, info.block_len as usize);
+    }
+    if info.code_len > 0 {
+        sys::munmap(info.code_addr as usize, info.code_len as usize);
+    }
+    super::process::restore_timers();
+    match bind_socket() {
+        Ok(fd) => LISTEN_FD.store(fd, Release),
+        Err(_) => LISTEN_FD.store(-1, Release),
+    }
+    if info.notify_fd >= 0 {
+        let _ = sys::write_all(info.notify_fd as i32, b"R");
+        sys::close(info.notify_fd as i32);
+    }
+    quiesce::release();
+}

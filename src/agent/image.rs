@@ -1,0 +1,219 @@
+//! Writes one image, in the control thread, while every other thread is parked.
+//!
+//! The image is written strictly sequentially (header, metadata, page data, trailer), so the
+//! destination may be a regular file, a FIFO or a pipe. On files that support it the descriptor is
+//! switched to `O_DIRECT`: every piece is page aligned, so page data goes from the program's
+//! memory to the disk without passing through (and first-touch-allocating) the page cache.
+
+use super::memory::{self, ExtentList, Unreadable};
+use super::process;
+use super::quiesce::{self, SLOTS};
+use super::scratch::Scratch;
+use crate::image::format::*;
+use crate::image::writer::MetaWriter;
+use crate::sys::{self, Errno};
+use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering::*};
+
+/// What the control thread asks [`write_callback`] to do.
+pub struct Job {
+    /// Destination descriptor.
+    pub fd: i32,
+    /// `protocol::FLAG_*`.
+    pub flags: u32,
+    /// Descriptors of the agent itself, left out of the image.
+    pub skip_fds: [i32; 3],
+    /// Bytes written (output).
+    pub bytes: AtomicU64,
+    /// Errno of a failure (output).
+    pub errno: AtomicI32,
+    /// Which step failed (output, for the error message).
+    pub step: AtomicU32,
+    /// Scratch memory mapped before the threads were stopped.
+    pub scratch: *const Scratch,
+}
+
+/// Steps, for error messages.
+pub const STEPS: [&str; 6] = [
+    "scratch memory",
+    "process state",
+    "file descriptors",
+    "memory map",
+    "writing the image",
+    "syncing the image",
+];
+
+/// Entry called through `arch::save_and_call`: returns 0 on success, 2 on failure (never
+/// [`crate::arch::RESUMED`], which marks the restored process).
+pub extern "C" fn write_callback(job: usize) -> usize {
+    // SAFETY: the control thread passes a pointer to a live Job on its stack.
+    let job = unsafe { &*(job as *const Job) };
+    match write_image(job) {
+        Ok(n) => {
+            job.bytes.store(n, Release);
+            0
+        }
+        Err((step, e)) => {
+            job.errno.store(e.0, Release);
+            job.step.store(step, Release);
+            2
+        }
+    }
+}
+
+/// Clears `O_DIRECT` on `fd`; returns whether it was set (so a failed write can be retried).
+pub fn drop_direct(fd: i32) -> bool {
+    let fl = sys::fcntl(fd, libc::F_GETFL, 0).unwrap_or(0) as i32;
+    if fl & libc::O_DIRECT == 0 {
+        return false;
+    }
+    sys::fcntl(fd, libc::F_SETFL, (fl & !libc::O_DIRECT) as usize).is_ok()
+}
+
+/// Writes `len` bytes of memory at `addr` to the current position of `fd`.
+pub fn write_mem(fd: i32, addr: usize, len: usize) -> Result<(), Errno> {
+    let mut done = 0;
+    while done < len {
+        // SAFETY: callers pass readable memory (scratch buffers, or program memory in extents).
+        match unsafe { sys::write_raw(fd, addr + done, len - done) } {
+            Ok(0) => return Err(Errno(libc::EIO)),
+            Ok(n) => done += n,
+            Err(Errno(libc::EINTR)) => {}
+            Err(Errno(libc::EINVAL)) if drop_direct(fd) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn xsave_info() -> (u64, u32) {
+    let c = core::arch::x86_64::__cpuid_count(1, 0);
+    if c.ecx & (1 << 27) == 0 {
+        return (0, 512); // no OSXSAVE: legacy FXSAVE frames
+    }
+    let (lo, hi): (u32, u32);
+    // SAFETY: OSXSAVE is set, so xgetbv with ecx=0 is valid.
+    unsafe { core::arch::asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+    let d = core::arch::x86_64::__cpuid_count(0xd, 0);
+    (((hi as u64) << 32) | lo as u64, d.ebx)
+}
+
+/// XCR0 and xsave size of this CPU (also used by the restart loader to compare).
+pub fn cpu_xsave() -> (u64, u32) {
+    xsave_info()
+}
+
+fn kernel_release(out: &mut [u8; 64]) {
+    // SAFETY: all-zero is a valid utsname.
+    let mut u: libc::utsname = unsafe { core::mem::zeroed() };
+    let _ = sys::sys3(libc::SYS_uname as usize, &mut u as *mut _ as usize, 0, 0);
+    for (o, &c) in out.iter_mut().zip(u.release.iter()) {
+        *o = c as u8;
+    }
+}
+
+fn realtime_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let _ = sys::sys3(libc::SYS_clock_gettime as usize, libc::CLOCK_REALTIME as usize, &mut ts as *mut _ as usize, 0);
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn write_image(job: &Job) -> Result<u64, (u32, Errno)> {
+    // SAFETY: the control thread keeps the scratch alive for the whole call.
+    let scratch = unsafe { &*job.scratch };
+    process::capture_signals_and_timers();
+    quiesce::CAPTURE_NS.store(sys::monotonic_ns(), Release);
+    let full = |_| (1, Errno(libc::ENOMEM));
+
+    let meta = scratch.meta();
+    let mut w = MetaWriter::new(meta);
+    let mut rec: ProcessRec = bytemuck::Zeroable::zeroed();
+    let mut auxv = [0u8; 1024];
+    let auxv_len = process::capture_process(&mut rec, &mut auxv).map_err(|e| (1, e))?;
+    let nslots = quiesce::NSLOTS.load(Acquire);
+    let pid = rec.pid;
+    let leader = (0..nslots)
+        .find(|&i| quiesce::slot_in_use(i) && SLOTS[i].tid.load(Relaxed) == pid)
+        .unwrap_or(0);
+    super::resume::LEADER.store(leader, Relaxed);
+    rec.nthreads = (0..nslots).filter(|&i| quiesce::slot_in_use(i)).count() as u32;
+    rec.entry = super::resume::restart_entry as *const () as usize as u64;
+    rec.restore_stack_top = super::resume::restore_stack_top() as u64;
+    rec.leader_fs = SLOTS[leader].fs_base.load(Relaxed) as u64;
+    rec.auxv_len = auxv_len as u32;
+    w.record(REC_PROCESS, &rec, &auxv[..auxv_len]).map_err(full)?;
+    let mut cwd = [0u8; 4096];
+    let n = process::capture_cwd(&mut cwd).map_err(|e| (1, e))?;
+    w.raw(REC_CWD, &cwd[..n]).map_err(full)?;
+    for i in (0..nslots).filter(|&i| quiesce::slot_in_use(i)) {
+        let s = &SLOTS[i];
+        let t = ThreadRec {
+            tid: s.tid.load(Relaxed),
+            is_control: s.is_control.load(Relaxed),
+            fs_base: s.fs_base.load(Relaxed) as u64,
+            ctx_rsp: s.ctx_rsp.load(Relaxed) as u64,
+            comm: s.comm_bytes(),
+        };
+        w.record(REC_THREAD, &t, &[]).map_err(full)?;
+    }
+    super::fds::capture(&mut w, &job.skip_fds).map_err(|e| (2, e))?;
+    let mut ext = ExtentList::new(scratch.extents());
+    let mut unreadable = Unreadable::new();
+    let save_all = job.flags & crate::protocol::FLAG_SAVE_ALL != 0;
+    memory::capture(&mut w, scratch, &mut ext, &mut unreadable, save_all).map_err(|e| (3, e))?;
+    w.raw(REC_END, &[]).map_err(full)?;
+
+    let meta_len = w.len() as u64;
+    let meta_hash = hash(w.bytes());
+    let (xcr0, xsave_size) = xsave_info();
+    let mut hdr = FileHeader {
+        magic: MAGIC,
+        version: VERSION,
+        header_size: core::mem::size_of::<FileHeader>() as u32,
+        arch: ARCH_X86_64,
+        page_size: PAGE as u32,
+        meta_offset: PAGE as u64,
+        meta_len,
+        meta_hash,
+        data_offset: PAGE as u64 + page_align(meta_len),
+        data_len: ext.data_len,
+        trailer_offset: 0,
+        xcr0,
+        xsave_size,
+        pid: pid as u32,
+        time_ns: realtime_ns(),
+        kernel_release: [0; 64],
+        header_hash: 0,
+    };
+    hdr.trailer_offset = hdr.data_offset + hdr.data_len;
+    kernel_release(&mut hdr.kernel_release);
+    hdr.header_hash = hdr.compute_hash();
+    let hpage = scratch.header();
+    hpage[..core::mem::size_of::<FileHeader>()].copy_from_slice(bytemuck::bytes_of(&hdr));
+
+    let fd = job.fd;
+    let fl = sys::fcntl(fd, libc::F_GETFL, 0).unwrap_or(0);
+    let _ = sys::fcntl(fd, libc::F_SETFL, fl | libc::O_DIRECT as usize);
+    let io = |e| (4, e);
+    write_mem(fd, hpage.as_ptr() as usize, PAGE).map_err(io)?;
+    write_mem(fd, scratch.meta().as_ptr() as usize, page_align(meta_len) as usize).map_err(io)?;
+    unreadable.set(true);
+    let data_hash = memory::write_data(fd, ext.all());
+    unreadable.set(false);
+    let data_hash = data_hash.map_err(io)?;
+    let mut tr = Trailer {
+        magic: TRAILER_MAGIC,
+        data_hash,
+        total_len: hdr.trailer_offset + PAGE as u64,
+        trailer_hash: 0,
+    };
+    tr.trailer_hash = tr.compute_hash();
+    let tpage = scratch.trailer();
+    tpage[..core::mem::size_of::<Trailer>()].copy_from_slice(bytemuck::bytes_of(&tr));
+    write_mem(fd, tpage.as_ptr() as usize, PAGE).map_err(io)?;
+    match sys::fdatasync(fd) {
+        Ok(_) | Err(Errno(libc::EINVAL)) | Err(Errno(libc::EROFS)) => {}
+        Err(e) => return Err((5, e)),
+    }
+    drop_direct(fd);
+    Ok(tr.total_len)
+}

@@ -1,0 +1,396 @@
+//! Memory capture: every line of `/proc/self/maps` becomes a region record; the pages worth
+//! saving become extents; the page data is written straight from the program's memory.
+//!
+//! Which pages are saved, per region kind (see `image::format::RegionKind`):
+//! - private anonymous memory, heap, stacks: pages present or swapped (`/proc/self/pagemap`) that
+//!   are not all zero — pages never written map the shared zero page and are skipped;
+//! - private file mappings: only pages that became anonymous (copy-on-write), zero or not;
+//! - shared file mappings: nothing (the file holds the data);
+//! - shared memory with no file (shared anonymous, memfd, deleted files, SysV): resident pages
+//!   (tmpfs-backed: `mincore`) or every readable page (disk-backed deleted files), zeros skipped;
+//! - `[vdso]`/`[vvar]`/`[vvar_vclock]`: recorded, never saved.
+//!
+//! Runs in the control thread while every other thread is parked: raw syscalls, scratch memory
+//! from `mmap`, no heap.
+
+use super::scratch::Scratch;
+use crate::image::format::*;
+use crate::image::writer::MetaWriter;
+use crate::sys::{self, Errno, StackBuf};
+
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAPPED: u64 = 1 << 62;
+const PM_FILE: u64 = 1 << 61;
+/// Pagemap entries read per system call.
+const PM_CHUNK: usize = 4096;
+
+/// One parsed line of `/proc/self/maps`.
+pub struct MapLine<'a> {
+    /// Start address.
+    pub start: u64,
+    /// End address.
+    pub end: u64,
+    /// `PROT_*` bits.
+    pub prot: u32,
+    /// Shared (`s`) rather than private (`p`).
+    pub shared: bool,
+    /// File offset.
+    pub offset: u64,
+    /// Device major.
+    pub major: u32,
+    /// Device minor.
+    pub minor: u32,
+    /// Inode.
+    pub inode: u64,
+    /// Path or pseudo-name (may be empty).
+    pub path: &'a [u8],
+}
+
+fn hex(s: &[u8]) -> u64 {
+    s.iter().fold(0u64, |v, &b| {
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            b'A'..=b'F' => b - b'A' + 10,
+            _ => 0,
+        };
+        v.wrapping_mul(16).wrapping_add(d as u64)
+    })
+}
+
+/// Parses one maps line (without the newline).
+pub fn parse_line(line: &[u8]) -> Option<MapLine<'_>> {
+    let mut fields = [&line[..0]; 5];
+    let mut rest = line;
+    for f in fields.iter_mut() {
+        let sp = rest.iter().position(|&b| b == b' ')?;
+        *f = &rest[..sp];
+        rest = &rest[sp + 1..];
+    }
+    let path_start = rest.iter().position(|&b| b != b' ').unwrap_or(rest.len());
+    let path = &rest[path_start..];
+    let dash = fields[0].iter().position(|&b| b == b'-')?;
+    let colon = fields[3].iter().position(|&b| b == b':')?;
+    let perms = fields[1];
+    if perms.len() < 4 {
+        return None;
+    }
+    let mut prot = 0;
+    if perms[0] == b'r' {
+        prot |= libc::PROT_READ as u32;
+    }
+    if perms[1] == b'w' {
+        prot |= libc::PROT_WRITE as u32;
+    }
+    if perms[2] == b'x' {
+        prot |= libc::PROT_EXEC as u32;
+    }
+    Some(MapLine {
+        start: hex(&fields[0][..dash]),
+        end: hex(&fields[0][dash + 1..]),
+        prot,
+        shared: perms[3] == b's',
+        offset: hex(fields[2]),
+        major: hex(&fields[3][..colon]) as u32,
+        minor: hex(&fields[3][colon + 1..]) as u32,
+        inode: super::quiesce::parse_dec(fields[4]).max(0) as u64,
+        path,
+    })
+}
+
+/// Decides how a region is stored, from its maps line (and a `stat` of its file).
+fn classify(m: &MapLine, save_all: bool, st: &mut Option<libc::stat>) -> Option<RegionKind> {
+    let p = m.path;
+    match p {
+        b"[vsyscall]" => return None,
+        b"[vdso]" => return Some(RegionKind::Vdso),
+        b"[vvar]" => return Some(RegionKind::Vvar),
+        b"[vvar_vclock]" => return Some(RegionKind::VvarVclock),
+        b"[stack]" => return Some(RegionKind::Stack),
+        _ => {}
+    }
+    let anonymous = p.is_empty() || p.starts_with(b"[heap]") || p.starts_with(b"[anon:");
+    if anonymous || p.starts_with(b"[anon_shmem:") {
+        return Some(if m.shared || p.starts_with(b"[anon_shmem:") {
+            RegionKind::SharedContent
+        } else {
+            RegionKind::Anon
+        });
+    }
+    if p.starts_with(b"[") {
+        return Some(RegionKind::Anon); // other kernel-named anonymous memory
+    }
+    let content = if m.shared { RegionKind::SharedContent } else { RegionKind::PrivateContent };
+    if p.ends_with(b" (deleted)") || p.starts_with(b"/memfd:") || p.starts_with(b"/SYSV") {
+        return Some(content);
+    }
+    let mut path = StackBuf::<4096>::new();
+    path.push(p);
+    match sys::stat(path.as_cstr(), 0) {
+        Ok(s) if s.st_ino == m.inode && s.st_dev == libc::makedev(m.major, m.minor) => {
+            *st = Some(s);
+        }
+        _ => return Some(content), // replaced or unreachable: keep what the program sees
+    }
+    Some(match (m.shared, save_all) {
+        (true, _) => RegionKind::FileShared,
+        (false, true) => RegionKind::PrivateContent,
+        (false, false) => RegionKind::FilePrivate,
+    })
+}
+
+/// Whether the 4 KiB page at `addr` is all zero.
+fn page_is_zero(addr: usize) -> bool {
+    let p = addr as *const u64;
+    let mut i = 0;
+    while i < PAGE / 8 {
+        let mut acc = 0u64;
+        for k in 0..8 {
+            // SAFETY: the page is mapped and readable (pagemap or a probe said so); the program's
+            // threads are parked, so nothing writes it concurrently.
+            acc |= unsafe { core::ptr::read_volatile(p.add(i + k)) };
+        }
+        if acc != 0 {
+            return false;
+        }
+        i += 8;
+    }
+    true
+}
+
+/// Collects extents (global, in file order) while regions are scanned.
+pub struct ExtentList<'a> {
+    buf: &'a mut [Extent],
+    n: usize,
+    region_first: usize,
+    /// Bytes of page data assigned so far (next relative file offset).
+    pub data_len: u64,
+}
+
+impl<'a> ExtentList<'a> {
+    /// Empty list over scratch storage.
+    pub fn new(buf: &'a mut [Extent]) -> Self {
+        ExtentList { buf, n: 0, region_first: 0, data_len: 0 }
+    }
+
+    fn push_page(&mut self, addr: u64) -> Result<(), Errno> {
+        if self.n > self.region_first {
+            let last = &mut self.buf[self.n - 1];
+            if last.addr + last.len == addr {
+                last.len += PAGE as u64;
+                self.data_len += PAGE as u64;
+                return Ok(());
+            }
+        }
+        if self.n == self.buf.len() {
+            return Err(Errno(libc::ENOMEM));
+        }
+        self.buf[self.n] = Extent { addr, len: PAGE as u64, file_off: self.data_len };
+        self.n += 1;
+        self.data_len += PAGE as u64;
+        Ok(())
+    }
+
+    fn begin_region(&mut self) {
+        self.region_first = self.n;
+    }
+
+    fn region_extents(&self) -> &[Extent] {
+        &self.buf[self.region_first..self.n]
+    }
+
+    /// All extents so far.
+    pub fn all(&self) -> &[Extent] {
+        &self.buf[..self.n]
+    }
+}
+
+/// Regions whose pages must be made readable while they are written.
+pub struct Unreadable {
+    list: [(u64, u64, u32); 256],
+    n: usize,
+}
+
+impl Unreadable {
+    /// Empty.
+    pub const fn new() -> Self {
+        Unreadable { list: [(0, 0, 0); 256], n: 0 }
+    }
+    fn add(&mut self, start: u64, end: u64, prot: u32) -> Result<(), Errno> {
+        if self.n == self.list.len() {
+            return Err(Errno(libc::ENOMEM));
+        }
+        self.list[self.n] = (start, end, prot);
+        self.n += 1;
+        Ok(())
+    }
+    /// Temporarily grants (`open = true`) or restores the original protections.
+    pub fn set(&self, open: bool) {
+        for &(s, e, prot) in &self.list[..self.n] {
+            let p = if open { prot | libc::PROT_READ as u32 } else { prot };
+            let _ = sys::sys3(libc::SYS_mprotect as usize, s as usize, (e - s) as usize, p as usize);
+        }
+    }
+}
+
+impl Default for Unreadable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Scans one region and appends its extents.
+fn scan_region(
+    m: &MapLine,
+    kind: RegionKind,
+    pagemap_fd: i32,
+    scratch: &Scratch,
+    ext: &mut ExtentList,
+) -> Result<(), Errno> {
+    match kind {
+        RegionKind::Anon | RegionKind::Stack | RegionKind::FilePrivate => {
+            let pm = scratch.pagemap();
+            let mut addr = m.start;
+            while addr < m.end {
+                let pages = (((m.end - addr) / PAGE as u64) as usize).min(PM_CHUNK);
+                let bytes = &mut pm[..pages * 8];
+                let got = sys::pread(pagemap_fd, bytes, (addr / PAGE as u64) * 8)?;
+                let pages = got / 8;
+                if pages == 0 {
+                    break;
+                }
+                for i in 0..pages {
+                    let e = u64::from_ne_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+                    let page = addr + (i * PAGE) as u64;
+                    let populated = e & (PM_PRESENT | PM_SWAPPED) != 0;
+                    let save = if kind == RegionKind::FilePrivate {
+                        populated && (e & PM_FILE == 0 || e & PM_SWAPPED != 0)
+                    } else {
+                        populated && (m.prot & libc::PROT_READ as u32 == 0 || !page_is_zero(page as usize))
+                    };
+                    if save {
+                        ext.push_page(page)?;
+                    }
+                }
+                addr += (pages * PAGE) as u64;
+            }
+        }
+        RegionKind::SharedContent | RegionKind::PrivateContent => {
+            // tmpfs/shmem objects (device major 0): only resident pages hold data.
+            let shmem = m.major == 0;
+            let probe = scratch.probe();
+            let mut addr = m.start;
+            while addr < m.end {
+                let len = ((m.end - addr) as usize).min(probe.len());
+                let readable = read_self(addr as usize, &mut probe[..len]);
+                let resident = scratch.mincore();
+                let pages = len / PAGE;
+                if shmem {
+                    sys::sys3(
+                        libc::SYS_mincore as usize,
+                        addr as usize,
+                        len,
+                        resident.as_mut_ptr() as usize,
+                    )?;
+                }
+                for i in 0..pages {
+                    if (i + 1) * PAGE > readable {
+                        return Ok(()); // past the end of the file: nothing more to read
+                    }
+                    if shmem && resident[i] & 1 == 0 {
+                        continue;
+                    }
+                    if probe[i * PAGE..(i + 1) * PAGE].iter().any(|&b| b != 0) {
+                        ext.push_page(addr + (i * PAGE) as u64)?;
+                    }
+                }
+                addr += len as u64;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Copies this process's memory at `addr` into `buf` without faulting the caller; returns how
+/// many bytes were readable from the start.
+fn read_self(addr: usize, buf: &mut [u8]) -> usize {
+    let local = libc::iovec { iov_base: buf.as_mut_ptr() as *mut _, iov_len: buf.len() };
+    let remote = libc::iovec { iov_base: addr as *mut _, iov_len: buf.len() };
+    sys::sys6(
+        libc::SYS_process_vm_readv as usize,
+        sys::getpid() as usize,
+        &local as *const _ as usize,
+        1,
+        &remote as *const _ as usize,
+        1,
+        0,
+    )
+    .unwrap_or(0)
+}
+
+/// Scans `/proc/self/maps` and appends a region record (and an extents record) per region.
+pub fn capture(
+    w: &mut MetaWriter,
+    scratch: &Scratch,
+    ext: &mut ExtentList,
+    unreadable: &mut Unreadable,
+    save_all: bool,
+) -> Result<(), Errno> {
+    let maps = scratch.maps();
+    let n = sys::read_file(b"/proc/self/maps\0", maps)?;
+    let pagemap_fd = sys::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)? as i32;
+    let res = (|| {
+        let maps = &scratch.maps()[..n];
+        for line in maps.split(|&b| b == b'\n') {
+            let Some(m) = parse_line(line) else { continue };
+            if scratch.contains(m.start) {
+                continue;
+            }
+            let mut st = None;
+            let Some(kind) = classify(&m, save_all, &mut st) else { continue };
+            ext.begin_region();
+            scan_region(&m, kind, pagemap_fd, scratch, ext)?;
+            let extents = ext.region_extents();
+            if !extents.is_empty() && m.prot & libc::PROT_READ as u32 == 0 {
+                unreadable.add(m.start, m.end, m.prot)?;
+            }
+            let (size, msec, mnsec) = st.map_or((0, 0, 0), |s| (s.st_size as u64, s.st_mtime, s.st_mtime_nsec));
+            let rec = RegionRec {
+                start: m.start,
+                end: m.end,
+                offset: m.offset,
+                dev: libc::makedev(m.major, m.minor),
+                ino: m.inode,
+                file_size: size,
+                mtime_sec: msec,
+                mtime_nsec: mnsec,
+                prot: m.prot,
+                kind: kind as u32,
+                n_extents: extents.len() as u32,
+                path_len: m.path.len() as u32,
+            };
+            w.record(REC_REGION, &rec, m.path).map_err(|_| Errno(libc::ENOMEM))?;
+            if !extents.is_empty() {
+                w.raw(REC_EXTENTS, bytemuck::cast_slice(extents)).map_err(|_| Errno(libc::ENOMEM))?;
+            }
+        }
+        Ok(())
+    })();
+    sys::close(pagemap_fd);
+    res
+}
+
+/// Writes every extent, in order, from memory to `fd`, hashing as it goes; returns the hash.
+pub fn write_data(fd: i32, extents: &[Extent]) -> Result<u64, Errno> {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for e in extents {
+        // SAFETY: the extent lies in a mapped, readable region (made readable if needed), and the
+        // program's threads are parked.
+        let mem = unsafe { core::slice::from_raw_parts(e.addr as *const u8, e.len as usize) };
+        h.update(mem);
+        // The kernel reads the program's memory directly: no copy through a buffer.
+        super::image::write_mem(fd, e.addr as usize, e.len as usize)?;
+    }
+    Ok(h.digest())
+}

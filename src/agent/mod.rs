@@ -1,0 +1,144 @@
+//! The in-process agent: everything that runs inside a checkpointable program.
+//!
+//! Data flow of a checkpoint (see docs/ARCHITECTURE.md):
+//! `control` (request on the control socket) → `quiesce` (every thread parks in the signal
+//! handler) → `image` (process state, `fds`, `memory` written to the passed descriptor) → commit
+//! and release. A restored process enters at `resume::restart_entry` and goes back through
+//! `quiesce`'s handler, which returns into the program.
+
+pub mod control;
+pub mod fds;
+pub mod image;
+pub mod interpose;
+pub mod memory;
+pub mod process;
+pub mod quiesce;
+pub mod resume;
+pub mod scratch;
+
+use crate::sys;
+use core::sync::atomic::{AtomicBool, AtomicIsize, AtomicU32, AtomicUsize, Ordering::*};
+
+/// Offset of the tid field in glibc's `struct pthread` (found at init; 0 = unknown).
+pub static TID_OFFSET: AtomicUsize = AtomicUsize::new(0);
+/// glibc's `__rseq_offset` (thread pointer to rseq area).
+pub static RSEQ_OFFSET: AtomicIsize = AtomicIsize::new(0);
+/// glibc's `__rseq_size` (0 = rseq not registered by glibc).
+pub static RSEQ_SIZE: AtomicU32 = AtomicU32::new(0);
+/// The signature glibc registers rseq areas with.
+pub const RSEQ_SIG: u32 = 0x5305_3053;
+/// Whether the agent is set up in this process.
+pub static INITIALIZED: AtomicBool = AtomicBool::new(false);
+
+#[used]
+#[link_section = ".init_array"]
+static CONSTRUCTOR: extern "C" fn() = constructor;
+
+extern "C" fn constructor() {
+    if !is_tool() {
+        init();
+    }
+}
+
+/// Whether this process is one of our own tools (which export `libcr_tool_marker`): the agent
+/// stays dormant there, also when LD_PRELOAD brings libcr in.
+fn is_tool() -> bool {
+    // SAFETY: dlsym with a NUL-terminated name.
+    !unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"libcr_tool_marker".as_ptr()) }.is_null()
+}
+
+fn dlsym_value<T: Copy>(name: &core::ffi::CStr) -> Option<T> {
+    // SAFETY: dlsym with a NUL-terminated name; the symbol, if present, is a T-typed variable.
+    let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+    // SAFETY: p is the address of a live variable of type T.
+    (!p.is_null()).then(|| unsafe { core::ptr::read(p as *const T) })
+}
+
+/// Finds the offset of the tid in the calling thread's TCB.
+fn find_tid_offset(fs: usize, tid: i32, start: usize) -> usize {
+    let mut off = start;
+    while off < 2048 {
+        // SAFETY: glibc's struct pthread spans well over 2 KiB from the thread pointer.
+        if unsafe { core::ptr::read_volatile((fs + off) as *const i32) } == tid {
+            return off;
+        }
+        off += 4;
+    }
+    0
+}
+
+/// Checks the tid offset in a second thread (the control thread); searches again if it differs.
+pub(crate) fn verify_tid_offset() {
+    let fs = sys::get_fs_base();
+    let tid = sys::gettid();
+    let off = TID_OFFSET.load(Relaxed);
+    // SAFETY: as in find_tid_offset.
+    if off != 0 && unsafe { core::ptr::read_volatile((fs + off) as *const i32) } == tid {
+        return;
+    }
+    TID_OFFSET.store(find_tid_offset(fs, tid, 16), Relaxed);
+}
+
+/// Sets the agent up (idempotent): checkpoint signal handler, fork handling, control thread.
+pub fn init() -> bool {
+    if INITIALIZED.swap(true, AcqRel) {
+        return true;
+    }
+    let mut cookie = [0u8; 8];
+    let _ = sys::sys3(libc::SYS_getrandom as usize, cookie.as_mut_ptr() as usize, 8, 0);
+    let cookie = u64::from_ne_bytes(cookie) | 1;
+    quiesce::COOKIE.store(cookie, Relaxed);
+    if let (Some(off), Some(size)) = (dlsym_value::<isize>(c"__rseq_offset"), dlsym_value::<u32>(c"__rseq_size")) {
+        RSEQ_OFFSET.store(off, Relaxed);
+        RSEQ_SIZE.store(size, Relaxed);
+    }
+    let fs = sys::get_fs_base();
+    if fs != 0 {
+        TID_OFFSET.store(find_tid_offset(fs, sys::gettid(), 16), Relaxed);
+    }
+    install_handler();
+    // SAFETY: registering a plain function as the child-side fork handler.
+    unsafe { libc::pthread_atfork(None, None, Some(after_fork_child)) };
+    control::start();
+    true
+}
+
+/// Installs the checkpoint signal handler (raw `rt_sigaction`, our own restorer).
+fn install_handler() {
+    let act = process::KSigaction {
+        handler: quiesce::on_signal as *const () as usize as u64,
+        flags: (libc::SA_SIGINFO | libc::SA_RESTART | 0x0400_0000) as u64,
+        restorer: crate::arch::sigreturn_restorer() as u64,
+        mask: !0,
+    };
+    let _ = sys::sys6(
+        libc::SYS_rt_sigaction as usize,
+        quiesce::CR_SIGNUM as usize,
+        &act as *const _ as usize,
+        0,
+        8,
+        0,
+        0,
+    );
+}
+
+extern "C" fn after_fork_child() {
+    if INITIALIZED.load(Acquire) {
+        quiesce::NSLOTS.store(0, Release);
+        control::start();
+    }
+}
+
+/// Whether this process was restarted from an image, and by which pid.
+pub fn restarted_by() -> Option<i32> {
+    let p = control::RESTARTER.load(Acquire);
+    (p != 0).then_some(p as i32)
+}
+
+/// Tells whether the checkpoint signal is reserved (the agent is active) in this process.
+pub fn active() -> bool {
+    INITIALIZED.load(Acquire)
+}
+
+/// Pid the agent signals use (kept for the API's `cri_signum`).
+pub const SIGNUM: i32 = quiesce::CR_SIGNUM;

@@ -1,0 +1,142 @@
+//! The restored agent: entered from the restart trampoline in the old address space, it re-creates
+//! every thread and resumes each one exactly where its checkpoint left it.
+//!
+//! State of the process when [`restart_entry`] runs: memory is the image's, `fs` is the leader
+//! thread's TLS, every signal is blocked, no other thread exists, and the kernel still carries
+//! nothing of the program's per-thread registrations. Here the agent:
+//! 1. re-installs the program's signal dispositions;
+//! 2. for every other thread, `clone`s a thread with that thread's TLS (`CLONE_SETTLS`), glibc's
+//!    tid field as `CLONE_CHILD_SETTID` (fixes the cached tid) and `CLONE_CHILD_CLEARTID` (so
+//!    `pthread_join` works), on the unused part of that thread's own stack;
+//! 3. each thread (the leader too) re-registers its robust futex list and rseq area, names itself,
+//!    and jumps back into its saved context with `arch::resume`, which returns from
+//!    `save_and_call` in the signal handler (or in the control thread) with `RESUMED`.
+//! The control thread then finishes the restart (`control::after_restart`) and releases them all;
+//! each handler returns through `rt_sigreturn`, which restores registers, FPU/vector state, the
+//! signal mask and the alternate signal stack from the kernel's own signal frame.
+
+use super::quiesce::{self, SLOTS};
+use crate::protocol::RestartInfo;
+use crate::sys;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicI64, AtomicUsize, Ordering::*};
+
+const RESTORE_STACK_SIZE: usize = 64 * 1024;
+
+#[repr(C, align(64))]
+struct RestoreStack(UnsafeCell<[u8; RESTORE_STACK_SIZE]>);
+// SAFETY: only the restart entry (one thread, before any other exists) uses this memory.
+unsafe impl Sync for RestoreStack {}
+static RESTORE_STACK: RestoreStack = RestoreStack(UnsafeCell::new([0; RESTORE_STACK_SIZE]));
+
+/// Slot index of the thread the restart loader's thread becomes (the main thread when alive).
+pub static LEADER: AtomicUsize = AtomicUsize::new(0);
+/// The restart information of the last restart (copied out of the trampoline block).
+pub static INFO: [AtomicI64; 8] = [const { AtomicI64::new(0) }; 8];
+
+/// Top of the stack the trampoline switches to before calling [`restart_entry`].
+pub fn restore_stack_top() -> usize {
+    (RESTORE_STACK.0.get() as usize + RESTORE_STACK_SIZE - 64) & !15
+}
+
+/// Entry point of the restored agent (called by the trampoline; never returns).
+///
+/// # Safety
+/// Only the restart trampoline calls this, on the restore stack, with a valid `info`.
+pub unsafe extern "C" fn restart_entry(info: *const RestartInfo) -> ! {
+    // SAFETY: the trampoline passes a pointer into its argument block, mapped until the control
+    // thread unmaps it after this copy.
+    let info = unsafe { core::ptr::read(info) };
+    for (slot, v) in INFO.iter().zip(info.as_words()) {
+        slot.store(v, Release);
+    }
+    super::process::restore_signals();
+    let leader = LEADER.load(Relaxed);
+    let tid_off = super::TID_OFFSET.load(Relaxed);
+    for i in 0..quiesce::NSLOTS.load(Acquire) {
+        if i == leader || !quiesce::slot_in_use(i) {
+            continue;
+        }
+        let s = &SLOTS[i];
+        let fs = s.fs_base.load(Relaxed);
+        let mut flags = libc::CLONE_VM
+            | libc::CLONE_FS
+            | libc::CLONE_FILES
+            | libc::CLONE_SIGHAND
+            | libc::CLONE_THREAD
+            | libc::CLONE_SYSVSEM
+            | libc::CLONE_SETTLS;
+        let ctid = if tid_off != 0 && fs != 0 {
+            flags |= libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID;
+            fs + tid_off
+        } else {
+            0
+        };
+        // The thread's own stack below its saved context is dead space: boot there.
+        let stack = (s.ctx_rsp.load(Relaxed) - 4096) & !15;
+        // SAFETY: stack is unused memory of that thread; ctid points into its TCB.
+        let r = unsafe { crate::arch::clone_thread(flags as usize, stack, 0, ctid, fs, i) };
+        if r < 0 {
+            fatal(b"libcr: restart failed: cannot re-create a thread\n");
+        }
+    }
+    prepare_thread(leader, true);
+    let rsp = SLOTS[leader].ctx_rsp.load(Relaxed);
+    // SAFETY: rsp was recorded by save_and_call in this (restored) address space.
+    unsafe { crate::arch::resume(rsp, crate::arch::RESUMED) }
+}
+
+/// First code of a re-created thread (called from `arch::clone_thread`).
+pub extern "C" fn thread_entry(idx: usize) -> ! {
+    prepare_thread(idx, false);
+    let rsp = SLOTS[idx].ctx_rsp.load(Relaxed);
+    // SAFETY: as in restart_entry.
+    unsafe { crate::arch::resume(rsp, crate::arch::RESUMED) }
+}
+
+fn fatal(msg: &[u8]) -> ! {
+    let _ = sys::write_all(2, msg);
+    sys::exit_group(127)
+}
+
+/// Re-registers what the kernel keeps per thread.
+fn prepare_thread(idx: usize, leader: bool) {
+    let s = &SLOTS[idx];
+    let fs = s.fs_base.load(Relaxed);
+    let tid = sys::gettid();
+    let tid_off = super::TID_OFFSET.load(Relaxed);
+    if leader && tid_off != 0 && fs != 0 {
+        let ctid = fs + tid_off;
+        // SAFETY: ctid is the tid field of this thread's glibc TCB.
+        unsafe { core::ptr::write_volatile(ctid as *mut i32, tid) };
+        let _ = sys::sys3(libc::SYS_set_tid_address as usize, ctid, 0, 0);
+    }
+    let head = s.robust_head.load(Relaxed);
+    if head != 0 {
+        let _ = sys::sys3(
+            libc::SYS_set_robust_list as usize,
+            head,
+            s.robust_len.load(Relaxed),
+            0,
+        );
+    }
+    let rseq_size = super::RSEQ_SIZE.load(Relaxed) as usize;
+    if rseq_size != 0 && fs != 0 {
+        let area = (fs as isize + super::RSEQ_OFFSET.load(Relaxed)) as usize;
+        // SAFETY: the rseq area is in this thread's TLS; clear rseq_cs (offset 8) so no stale
+        // critical-section descriptor is honoured.
+        unsafe { core::ptr::write_volatile((area + 8) as *mut u64, 0) };
+        let _ = sys::sys6(
+            libc::SYS_rseq as usize,
+            area,
+            rseq_size.max(32),
+            0,
+            super::RSEQ_SIG as usize,
+            0,
+            0,
+        );
+    }
+    s.tid.store(tid, Relaxed);
+    let name = s.comm_bytes();
+    let _ = sys::sys3(libc::SYS_prctl as usize, libc::PR_SET_NAME as usize, name.as_ptr() as usize, 0);
+}

@@ -1,0 +1,111 @@
+//! Scratch memory for one checkpoint, mapped before the threads are stopped and left out of the
+//! image. It is a shared anonymous mapping so the kernel never merges it with program memory.
+
+use crate::image::format::{Extent, PAGE};
+use crate::sys::{self, Errno};
+
+const MAPS_LEN: usize = 8 << 20;
+const PAGEMAP_LEN: usize = 4096 * 8;
+const PROBE_LEN: usize = 1 << 20;
+const MINCORE_LEN: usize = PROBE_LEN / PAGE;
+const EXTENTS_LEN: usize = 24 << 20; // a multiple of size_of::<Extent>() (24)
+const META_LEN: usize = 64 << 20;
+const STACK_LEN: usize = 1 << 20;
+
+const MAPS_OFF: usize = 0;
+const PAGEMAP_OFF: usize = MAPS_OFF + MAPS_LEN;
+const PROBE_OFF: usize = PAGEMAP_OFF + PAGEMAP_LEN;
+const MINCORE_OFF: usize = PROBE_OFF + PROBE_LEN;
+const EXTENTS_OFF: usize = MINCORE_OFF + MINCORE_LEN;
+const HEADER_OFF: usize = EXTENTS_OFF + EXTENTS_LEN;
+const TRAILER_OFF: usize = HEADER_OFF + PAGE;
+const META_OFF: usize = TRAILER_OFF + PAGE;
+const STACK_OFF: usize = META_OFF + META_LEN;
+const TOTAL: usize = STACK_OFF + STACK_LEN;
+
+/// A reserved, lazily populated scratch area.
+pub struct Scratch {
+    base: usize,
+}
+
+impl Scratch {
+    /// Maps the area (address space only; pages are populated as they are touched).
+    pub fn new() -> Result<Scratch, Errno> {
+        let base = sys::mmap(
+            0,
+            TOTAL,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )?;
+        Ok(Scratch { base })
+    }
+
+    /// Whether `addr` lies inside the scratch area.
+    pub fn contains(&self, addr: u64) -> bool {
+        (self.base as u64..(self.base + TOTAL) as u64).contains(&addr)
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    fn bytes(&self, off: usize, len: usize) -> &mut [u8] {
+        // SAFETY: the range lies inside our private mapping; each accessor hands out a distinct
+        // sub-range, and only the control thread uses the scratch area.
+        unsafe { core::slice::from_raw_parts_mut((self.base + off) as *mut u8, len) }
+    }
+
+    /// Buffer for `/proc/self/maps`.
+    #[allow(clippy::mut_from_ref)]
+    pub fn maps(&self) -> &mut [u8] {
+        self.bytes(MAPS_OFF, MAPS_LEN)
+    }
+    /// Buffer for pagemap entries.
+    #[allow(clippy::mut_from_ref)]
+    pub fn pagemap(&self) -> &mut [u8] {
+        self.bytes(PAGEMAP_OFF, PAGEMAP_LEN)
+    }
+    /// Buffer for probing shared memory.
+    #[allow(clippy::mut_from_ref)]
+    pub fn probe(&self) -> &mut [u8] {
+        self.bytes(PROBE_OFF, PROBE_LEN)
+    }
+    /// Buffer for `mincore` results of one probe chunk.
+    #[allow(clippy::mut_from_ref)]
+    pub fn mincore(&self) -> &mut [u8] {
+        self.bytes(MINCORE_OFF, MINCORE_LEN)
+    }
+    /// Storage for the extent list.
+    #[allow(clippy::mut_from_ref)]
+    pub fn extents(&self) -> &mut [Extent] {
+        let b = self.bytes(EXTENTS_OFF, EXTENTS_LEN);
+        bytemuck::cast_slice_mut(b)
+    }
+    /// The header page.
+    #[allow(clippy::mut_from_ref)]
+    pub fn header(&self) -> &mut [u8] {
+        self.bytes(HEADER_OFF, PAGE)
+    }
+    /// The trailer page.
+    #[allow(clippy::mut_from_ref)]
+    pub fn trailer(&self) -> &mut [u8] {
+        self.bytes(TRAILER_OFF, PAGE)
+    }
+    /// The metadata buffer (page aligned, zero beyond what is written).
+    #[allow(clippy::mut_from_ref)]
+    pub fn meta(&self) -> &mut [u8] {
+        self.bytes(META_OFF, META_LEN)
+    }
+}
+
+impl Scratch {
+    /// Top of the stack the image writer runs on (inside the excluded scratch area).
+    pub fn stack_top(&self) -> usize {
+        self.base + STACK_OFF + STACK_LEN - 64
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        sys::munmap(self.base, TOTAL);
+    }
+}

@@ -1,0 +1,168 @@
+//! x86-64 context primitives: the only assembly besides the restart trampoline.
+//!
+//! A thread that takes part in a checkpoint calls [`save_and_call`]: it pushes its callee-saved
+//! registers (and MXCSR / x87 control word), records its stack pointer in a slot and calls a
+//! function on the same stack. In the original process that function returns normally and so does
+//! `save_and_call`. In a restored process the memory is byte-identical, so a freshly cloned thread
+//! can call [`resume`] with the recorded stack pointer: it pops the same registers and "returns"
+//! from `save_and_call` with the value it is given (`RESUMED`). Because the resumed stack frame is
+//! exactly the one that called the function, this is an ordinary function return for the compiler;
+//! no `returns_twice` trickery is involved.
+
+use core::arch::global_asm;
+
+/// Value `save_and_call` returns in a thread that was re-created by the restart loader.
+pub const RESUMED: usize = 1;
+
+global_asm!(
+    ".text",
+    ".globl cr_arch_save_and_call",
+    ".type cr_arch_save_and_call,@function",
+    "cr_arch_save_and_call:",
+    // rdi = *mut usize (where to store rsp), rsi = fn(usize) -> usize, rdx = arg,
+    // rcx = stack to run fn on (0 = stay on this stack)
+    "push rbp",
+    "push rbx",
+    "push r12",
+    "push r13",
+    "push r14",
+    "push r15",
+    "sub rsp, 8",
+    "stmxcsr [rsp]",
+    "fnstcw [rsp+4]",
+    "mov [rdi], rsp",
+    "mov r12, rdi",
+    "test rcx, rcx",
+    "jz 1f",
+    "mov rsp, rcx",
+    "1:",
+    "mov rdi, rdx",
+    "call rsi",
+    "mov rsp, [r12]",
+    ".globl cr_arch_resume_point",
+    "cr_arch_resume_point:",
+    "ldmxcsr [rsp]",
+    "fldcw [rsp+4]",
+    "add rsp, 8",
+    "pop r15",
+    "pop r14",
+    "pop r13",
+    "pop r12",
+    "pop rbx",
+    "pop rbp",
+    "ret",
+    ".size cr_arch_save_and_call, .-cr_arch_save_and_call",
+    "",
+    ".globl cr_arch_resume",
+    ".type cr_arch_resume,@function",
+    "cr_arch_resume:",
+    // rdi = saved rsp, rsi = value to return
+    "mov rsp, rdi",
+    "mov rax, rsi",
+    "jmp cr_arch_resume_point",
+    ".size cr_arch_resume, .-cr_arch_resume",
+    "",
+    ".globl cr_arch_clone_thread",
+    ".type cr_arch_clone_thread,@function",
+    "cr_arch_clone_thread:",
+    // rdi = flags, rsi = child stack, rdx = parent_tid ptr, rcx = child_tid ptr, r8 = tls,
+    // r9 = argument for the child entry; the child calls cr_arch_thread_entry(r9).
+    "mov r10, rcx",
+    "mov eax, 56",
+    "syscall",
+    "test rax, rax",
+    "jnz 2f",
+    "xor ebp, ebp",
+    "mov rdi, r9",
+    "and rsp, -16",
+    "call {entry}",
+    "ud2",
+    "2:",
+    "ret",
+    ".size cr_arch_clone_thread, .-cr_arch_clone_thread",
+    "",
+    ".globl cr_arch_restorer",
+    ".type cr_arch_restorer,@function",
+    "cr_arch_restorer:",
+    "mov eax, 15",
+    "syscall",
+    "ud2",
+    ".size cr_arch_restorer, .-cr_arch_restorer",
+    entry = sym crate::agent::resume::thread_entry,
+);
+
+extern "C" {
+    fn cr_arch_save_and_call(
+        slot: *mut usize,
+        f: extern "C" fn(usize) -> usize,
+        arg: usize,
+        stack: usize,
+    ) -> usize;
+    fn cr_arch_resume(rsp: usize, value: usize) -> !;
+    fn cr_arch_restorer();
+    fn cr_arch_clone_thread(
+        flags: usize,
+        stack: usize,
+        ptid: usize,
+        ctid: usize,
+        tls: usize,
+        arg: usize,
+    ) -> isize;
+}
+
+/// Saves the callee-saved context, stores the stack pointer in `*slot`, and calls `f(arg)` on the
+/// same stack. Returns `f`'s result, or [`RESUMED`] when re-entered through [`resume`].
+pub fn save_and_call(
+    slot: &core::sync::atomic::AtomicUsize,
+    f: extern "C" fn(usize) -> usize,
+    arg: usize,
+) -> usize {
+    // SAFETY: the assembly follows the SysV ABI (callee-saved registers and the stack are restored
+    // before returning) and only writes the stack pointer into the atomic's storage.
+    unsafe { cr_arch_save_and_call(slot.as_ptr(), f, arg, 0) }
+}
+
+/// As [`save_and_call`], but `f` runs on the separate stack ending at `stack_top`, so the
+/// caller's stack stays untouched while `f` runs (the image writer captures it meanwhile).
+///
+/// # Safety
+/// `stack_top` must be the 16-byte aligned top of writable memory large enough for `f`.
+pub unsafe fn save_and_call_on(
+    slot: &core::sync::atomic::AtomicUsize,
+    f: extern "C" fn(usize) -> usize,
+    arg: usize,
+    stack_top: usize,
+) -> usize {
+    // SAFETY: as save_and_call; the caller guarantees the stack.
+    unsafe { cr_arch_save_and_call(slot.as_ptr(), f, arg, stack_top) }
+}
+
+/// Continues a thread whose context was saved by [`save_and_call`] at stack pointer `rsp`.
+///
+/// # Safety
+/// `rsp` must be a value recorded by `save_and_call` in this address space, whose stack memory is
+/// unchanged since, and the calling thread's TLS must be that thread's.
+pub unsafe fn resume(rsp: usize, value: usize) -> ! {
+    cr_arch_resume(rsp, value)
+}
+
+/// Creates a thread with raw `clone` that runs `agent::resume::thread_entry(arg)` on `stack`.
+///
+/// # Safety
+/// `stack` must be writable memory nobody else uses; `ctid`/`ptid` must be valid for the flags.
+pub unsafe fn clone_thread(
+    flags: usize,
+    stack: usize,
+    ptid: usize,
+    ctid: usize,
+    tls: usize,
+    arg: usize,
+) -> isize {
+    cr_arch_clone_thread(flags, stack, ptid, ctid, tls, arg)
+}
+
+/// Address of our `rt_sigreturn` restorer (used for the checkpoint signal's handler, so a program
+/// that rewrites other handlers' `sa_restorer` cannot break it).
+pub fn sigreturn_restorer() -> usize {
+    cr_arch_restorer as *const () as usize
+}

@@ -1,0 +1,208 @@
+//! `cr_checkpoint [options] PID`: asks a process's agent for an image and commits it atomically.
+
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
+use cr::protocol::{self, Reply, Request};
+use cr::tool::{fail, strerror};
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+cr::tool_marker!();
+
+const TOOL: &str = "cr_checkpoint";
+/// BLCR's CR_ENOSUPPORT (2356); tools exit with its low byte, 52.
+const CR_ENOSUPPORT: i32 = 2356;
+
+#[derive(Parser, Debug)]
+#[command(name = "cr_checkpoint", version, about = "Checkpoint a running process to a file")]
+struct Args {
+    /// Write the image to FILE (default: context.PID in the current directory).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Send SIGTERM to the process once the image is safely on disk.
+    #[arg(long, action = ArgAction::SetTrue)]
+    term: bool,
+    /// Send SIGKILL once the image is safely on disk.
+    #[arg(long, action = ArgAction::SetTrue)]
+    kill: bool,
+    /// Send SIGSTOP once the image is safely on disk.
+    #[arg(long, action = ArgAction::SetTrue)]
+    stop: bool,
+    /// Send SIGCONT once the image is safely on disk.
+    #[arg(long, action = ArgAction::SetTrue)]
+    cont: bool,
+    /// Send signal NUM once the image is safely on disk.
+    #[arg(short = 'S', long = "signal", value_name = "NUM")]
+    signal: Option<i32>,
+    /// Store every mapped file by content, not by reference.
+    #[arg(long = "save-all", action = ArgAction::SetTrue)]
+    save_all: bool,
+    /// Give up if the process does not stop for the checkpoint within SEC seconds.
+    #[arg(short = 't', long = "time", value_name = "SEC")]
+    time: Option<u32>,
+    /// Print nothing but errors.
+    #[arg(short = 'q', long = "quiet", action = ArgAction::SetTrue)]
+    quiet: bool,
+    /// The process to checkpoint.
+    pid: i32,
+}
+
+/// The post-checkpoint signal: the last of --term/--kill/--stop/--cont/--signal given wins.
+fn chosen_signal(m: &clap::ArgMatches, a: &Args) -> i32 {
+    let opts = [
+        ("term", libc::SIGTERM),
+        ("kill", libc::SIGKILL),
+        ("stop", libc::SIGSTOP),
+        ("cont", libc::SIGCONT),
+        ("signal", a.signal.unwrap_or(0)),
+    ];
+    opts.iter()
+        .filter(|(id, _)| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
+        .filter_map(|(id, sig)| m.indices_of(id).and_then(|mut i| i.next_back()).map(|i| (i, *sig)))
+        .max_by_key(|(i, _)| *i)
+        .map_or(0, |(_, s)| s)
+}
+
+fn connect(pid: i32) -> i32 {
+    // SAFETY: plain socket syscalls on a descriptor we own.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            fail(TOOL, *libc::__errno_location(), "cannot create a socket");
+        }
+        let (addr, len) = protocol::socket_addr(pid);
+        if libc::connect(fd, &addr as *const _ as *const libc::sockaddr, len) != 0 {
+            fail(TOOL, CR_ENOSUPPORT, &format!(
+                "process {pid} has no checkpoint support (start it with cr_run or link it with -lcr)"));
+        }
+        let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+        let mut clen = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, &mut cred as *mut _ as *mut _, &mut clen);
+        if cred.pid != pid {
+            fail(TOOL, CR_ENOSUPPORT, &format!("process {pid} has no checkpoint support (its control socket belongs to pid {})", cred.pid));
+        }
+        fd
+    }
+}
+
+fn send_request(sock: i32, req: &Request, fd: Option<i32>) -> std::io::Result<()> {
+    let bytes = bytemuck::bytes_of(req);
+    let mut iov = libc::iovec { iov_base: bytes.as_ptr() as *mut _, iov_len: bytes.len() };
+    let mut cbuf = [0u64; 4];
+    // SAFETY: building a msghdr over valid local buffers.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if let Some(fd) = fd {
+            msg.msg_control = cbuf.as_mut_ptr() as *mut _;
+            msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut i32, fd);
+        }
+        if libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn recv_reply(sock: i32) -> Option<Reply> {
+    let mut r: Reply = bytemuck::Zeroable::zeroed();
+    // SAFETY: receiving into a valid buffer.
+    let n = unsafe { libc::recv(sock, &mut r as *mut _ as *mut _, std::mem::size_of::<Reply>(), 0) };
+    (n == std::mem::size_of::<Reply>() as isize && r.magic == protocol::MAGIC).then_some(r)
+}
+
+fn fsync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+fn main() {
+    let matches = Args::command().get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let pid = args.pid;
+    let signal = chosen_signal(&matches, &args);
+    if pid <= 0 {
+        fail(TOOL, libc::EINVAL, &format!("invalid pid {pid}"));
+    }
+    // SAFETY: kill with signal 0 only checks existence and permission.
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::ESRCH);
+        match e {
+            libc::ESRCH => fail(TOOL, e, &format!("no process with pid {pid}")),
+            libc::EPERM => fail(TOOL, e, &format!("process {pid} belongs to another user: permission denied")),
+            _ => fail(TOOL, e, &format!("cannot signal process {pid}: {}", strerror(e))),
+        }
+    }
+    let sock = connect(pid);
+
+    let dest = args.file.clone().unwrap_or_else(|| PathBuf::from(format!("context.{pid}")));
+    let dir = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let base = dest.file_name().map(|b| b.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{base}.tmp"));
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&tmp)
+        .unwrap_or_else(|e| {
+            fail(TOOL, e.raw_os_error().unwrap_or(libc::EIO), &format!("cannot create {}: {e}", tmp.display()))
+        });
+    let flags = if args.save_all { protocol::FLAG_SAVE_ALL } else { 0 };
+    let req = Request {
+        magic: protocol::MAGIC,
+        version: protocol::VERSION,
+        kind: protocol::REQ_CHECKPOINT,
+        flags,
+        timeout_ms: args.time.map_or(0, |s| s.saturating_mul(1000)),
+        _pad: 0,
+    };
+    let cleanup = |errno: i32, msg: String| -> ! {
+        let _ = std::fs::remove_file(&tmp);
+        fail(TOOL, errno, &msg)
+    };
+    if let Err(e) = send_request(sock, &req, Some(file.as_raw_fd())) {
+        cleanup(e.raw_os_error().unwrap_or(libc::EIO), format!("cannot send the request to {pid}: {e}"));
+    }
+    let Some(reply) = recv_reply(sock) else {
+        cleanup(libc::EIO, format!("process {pid} ended or closed its control socket during the checkpoint"))
+    };
+    if reply.status != 0 {
+        let detail = reply.message();
+        cleanup(reply.status, format!("checkpoint of {pid} failed: {detail}: {}", strerror(reply.status)));
+    }
+    let commit = file.sync_all().and_then(|_| std::fs::rename(&tmp, &dest));
+    drop(file);
+    let release = Request { kind: protocol::REQ_RELEASE, ..req };
+    if let Err(e) = commit {
+        let _ = send_request(sock, &release, None);
+        cleanup(e.raw_os_error().unwrap_or(libc::EIO), format!("cannot commit {}: {e}", dest.display()));
+    }
+    fsync_dir(&dir);
+    if signal != 0 {
+        // SAFETY: sending the requested post-checkpoint signal to the target.
+        unsafe { libc::kill(pid, signal) };
+    }
+    let _ = send_request(sock, &release, None);
+    if !args.quiet {
+        if let Ok(f) = std::fs::File::open(&dest) {
+            if let Ok(img) = cr::image::reader::Image::open(&f) {
+                for w in &img.warnings {
+                    eprintln!("{TOOL}: warning: {w}");
+                }
+            }
+        }
+    }
+}

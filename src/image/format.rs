@@ -1,0 +1,364 @@
+//! On-disk layout of a checkpoint image, version [`VERSION`]. See docs/IMAGE-FORMAT.md.
+//!
+//! ```text
+//! offset 0          FileHeader (one 4 KiB page, zero padded)
+//! meta_offset       metadata: a sequence of records, each RecordHeader + payload (8-byte aligned)
+//! data_offset       page data: every saved extent, page aligned, in metadata order
+//! trailer_offset    Trailer (one 4 KiB page): hash of all page data, total length
+//! ```
+//! Every structure is `#[repr(C)]`, little-endian, with explicit padding, so it can be written
+//! from and read into memory without a serialisation step (and without allocation in the agent).
+
+use bytemuck::{Pod, Zeroable};
+
+/// First eight bytes of every image.
+pub const MAGIC: [u8; 8] = *b"LIBCRIMG";
+/// First eight bytes of the trailer page.
+pub const TRAILER_MAGIC: [u8; 8] = *b"LIBCREND";
+/// Image format version written by this build; readers accept exactly this one.
+pub const VERSION: u32 = 1;
+/// Page size every offset and extent is aligned to.
+pub const PAGE: usize = 4096;
+/// ELF machine number of x86-64, recorded as the image architecture.
+pub const ARCH_X86_64: u32 = 62;
+
+/// The header page.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug)]
+pub struct FileHeader {
+    /// [`MAGIC`].
+    pub magic: [u8; 8],
+    /// [`VERSION`].
+    pub version: u32,
+    /// `size_of::<FileHeader>()` of the writer.
+    pub header_size: u32,
+    /// [`ARCH_X86_64`].
+    pub arch: u32,
+    /// [`PAGE`].
+    pub page_size: u32,
+    /// Byte offset of the metadata records.
+    pub meta_offset: u64,
+    /// Length of the metadata in bytes (without padding).
+    pub meta_len: u64,
+    /// xxh3-64 of the metadata bytes.
+    pub meta_hash: u64,
+    /// Byte offset of the first page of data.
+    pub data_offset: u64,
+    /// Total length of page data in bytes.
+    pub data_len: u64,
+    /// Byte offset of the trailer page.
+    pub trailer_offset: u64,
+    /// XCR0 of the checkpointing CPU (which xsave components the saved FPU frames contain).
+    pub xcr0: u64,
+    /// Size in bytes of the signal frame's xsave area on the checkpointing CPU.
+    pub xsave_size: u32,
+    /// Pid of the checkpointed process.
+    pub pid: u32,
+    /// CLOCK_REALTIME of the checkpoint, nanoseconds.
+    pub time_ns: u64,
+    /// `uname -r` of the checkpointing kernel, NUL padded.
+    pub kernel_release: [u8; 64],
+    /// xxh3-64 of this struct with this field zero.
+    pub header_hash: u64,
+}
+
+/// The trailer page.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug)]
+pub struct Trailer {
+    /// [`TRAILER_MAGIC`].
+    pub magic: [u8; 8],
+    /// xxh3-64 over all page data in file order.
+    pub data_hash: u64,
+    /// Total image length, trailer included.
+    pub total_len: u64,
+    /// xxh3-64 of this struct with this field zero.
+    pub trailer_hash: u64,
+}
+
+/// Header of one metadata record; `len` payload bytes follow, padded to 8.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug)]
+pub struct RecordHeader {
+    /// One of the `REC_*` constants.
+    pub kind: u32,
+    /// Payload length (before padding).
+    pub len: u32,
+}
+
+/// Record: [`ProcessRec`], followed by the raw auxv bytes.
+pub const REC_PROCESS: u32 = 1;
+/// Record: the current working directory path (bytes, no NUL).
+pub const REC_CWD: u32 = 2;
+/// Record: [`RegionRec`], followed by the mapped path (bytes, may be empty).
+pub const REC_REGION: u32 = 3;
+/// Record: an array of [`Extent`] belonging to the region record before it.
+pub const REC_EXTENTS: u32 = 4;
+/// Record: [`FdRec`], followed by the path (bytes).
+pub const REC_FD: u32 = 5;
+/// Record: [`ThreadRec`].
+pub const REC_THREAD: u32 = 6;
+/// Record: a warning text for the user (unsupported resource met at checkpoint time).
+pub const REC_WARNING: u32 = 7;
+/// Last record.
+pub const REC_END: u32 = 0xffff;
+
+/// Fields of `struct prctl_mm_map` (kernel `PR_SET_MM_MAP`) that the restart re-applies.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug, Default)]
+pub struct MmFields {
+    /// Start of the executable's text.
+    pub start_code: u64,
+    /// End of the executable's text.
+    pub end_code: u64,
+    /// Start of initialised data.
+    pub start_data: u64,
+    /// End of initialised data.
+    pub end_data: u64,
+    /// Start of the brk heap.
+    pub start_brk: u64,
+    /// Current program break.
+    pub brk: u64,
+    /// Initial stack pointer area (marks the `[stack]` mapping).
+    pub start_stack: u64,
+    /// argv strings start.
+    pub arg_start: u64,
+    /// argv strings end.
+    pub arg_end: u64,
+    /// environment strings start.
+    pub env_start: u64,
+    /// environment strings end.
+    pub env_end: u64,
+}
+
+/// Process-wide state.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug)]
+pub struct ProcessRec {
+    /// Pid at checkpoint time.
+    pub pid: i32,
+    /// Parent pid.
+    pub ppid: i32,
+    /// Process group.
+    pub pgid: i32,
+    /// Session.
+    pub sid: i32,
+    /// File mode creation mask.
+    pub umask: u32,
+    /// Number of thread records.
+    pub nthreads: u32,
+    /// mm fields for `PR_SET_MM_MAP`.
+    pub mm: MmFields,
+    /// Address of the agent's restart entry point.
+    pub entry: u64,
+    /// Top of the agent's restore stack.
+    pub restore_stack_top: u64,
+    /// `fs` base of the thread the restart loader's thread becomes.
+    pub leader_fs: u64,
+    /// Soft and hard limit of every `RLIMIT_*` (index = resource).
+    pub rlimits: [[u64; 2]; 16],
+    /// Length of the auxv bytes after this record.
+    pub auxv_len: u32,
+    /// Reserved.
+    pub _pad: u32,
+}
+
+/// A thread (informational for tools; the agent keeps its own copy in restored memory).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug)]
+pub struct ThreadRec {
+    /// Thread id at checkpoint time.
+    pub tid: i32,
+    /// 1 for the agent's control thread.
+    pub is_control: u32,
+    /// `fs` base.
+    pub fs_base: u64,
+    /// Saved stack pointer of its resumable context.
+    pub ctx_rsp: u64,
+    /// Thread name (`comm`), NUL padded.
+    pub comm: [u8; 16],
+}
+
+/// How a memory region is stored and re-created.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegionKind {
+    /// Private anonymous memory (incl. `[heap]`, thread stacks): saved pages, others zero.
+    Anon = 1,
+    /// The main thread's `[stack]` (grows down).
+    Stack = 2,
+    /// Private mapping of a file that still exists: file by reference + modified pages.
+    FilePrivate = 3,
+    /// Shared mapping of a file that still exists: by reference only (data lives in the file).
+    FileShared = 4,
+    /// Shared memory with no file to return to (shared anonymous, memfd, deleted file, SysV):
+    /// every resident page saved, restored as a shared memfd mapping.
+    SharedContent = 5,
+    /// Private mapping of a deleted file: every page saved, restored as private anonymous memory.
+    PrivateContent = 6,
+    /// `[vdso]`: moved into place at restart, never saved.
+    Vdso = 7,
+    /// `[vvar]`: moved together with the vdso.
+    Vvar = 8,
+    /// `[vvar_vclock]` (kernel 6.13+): moved together with the vdso.
+    VvarVclock = 9,
+}
+
+impl RegionKind {
+    /// Decodes the on-disk value.
+    pub fn from_u32(v: u32) -> Option<Self> {
+        use RegionKind::*;
+        Some(match v {
+            1 => Anon,
+            2 => Stack,
+            3 => FilePrivate,
+            4 => FileShared,
+            5 => SharedContent,
+            6 => PrivateContent,
+            7 => Vdso,
+            8 => Vvar,
+            9 => VvarVclock,
+            _ => return None,
+        })
+    }
+    /// Whether this kind is one of the kernel's special mappings.
+    pub fn is_special(self) -> bool {
+        matches!(self, RegionKind::Vdso | RegionKind::Vvar | RegionKind::VvarVclock)
+    }
+}
+
+/// One memory region (one line of `/proc/self/maps`).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug)]
+pub struct RegionRec {
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+    /// File offset of `start` for file mappings.
+    pub offset: u64,
+    /// Device of the mapped file (`st_dev`).
+    pub dev: u64,
+    /// Inode of the mapped file.
+    pub ino: u64,
+    /// Size of the mapped file at checkpoint time.
+    pub file_size: u64,
+    /// Modification time of the file, seconds.
+    pub mtime_sec: i64,
+    /// Modification time of the file, nanoseconds.
+    pub mtime_nsec: i64,
+    /// `PROT_*` bits.
+    pub prot: u32,
+    /// [`RegionKind`] as u32.
+    pub kind: u32,
+    /// Number of extents in the following `REC_EXTENTS` record.
+    pub n_extents: u32,
+    /// Length of the path after this record.
+    pub path_len: u32,
+}
+
+/// A run of saved pages: `len` bytes at address `addr`, stored `file_off` bytes after the start
+/// of the page data (`FileHeader::data_offset`).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug, PartialEq, Eq)]
+pub struct Extent {
+    /// Address of the first page.
+    pub addr: u64,
+    /// Length in bytes (page multiple).
+    pub len: u64,
+    /// Offset from the start of the page data (page aligned).
+    pub file_off: u64,
+}
+
+/// What an open file descriptor refers to.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FdKind {
+    /// Regular file, reopened by path at its offset.
+    Regular = 1,
+    /// Directory, reopened by path.
+    Directory = 2,
+    /// Character device (`/dev/null`, `/dev/zero`, …), reopened by path.
+    CharDevice = 3,
+    /// Terminal, pipe, socket or other on fd 0–2: taken from cr_restart.
+    Inherited = 4,
+    /// Pipe or FIFO end leading outside the checkpoint: replaced by cr_restart's stdin/stdout.
+    Pipe = 5,
+    /// Anything else (socket, eventfd, epoll, …): not restored; a warning was recorded.
+    Unsupported = 6,
+}
+
+impl FdKind {
+    /// Decodes the on-disk value.
+    pub fn from_u32(v: u32) -> Option<Self> {
+        use FdKind::*;
+        Some(match v {
+            1 => Regular,
+            2 => Directory,
+            3 => CharDevice,
+            4 => Inherited,
+            5 => Pipe,
+            6 => Unsupported,
+            _ => return None,
+        })
+    }
+}
+
+/// One open file descriptor.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug)]
+pub struct FdRec {
+    /// Descriptor number.
+    pub fd: i32,
+    /// [`FdKind`] as u32.
+    pub kind: u32,
+    /// File status flags (`F_GETFL`).
+    pub flags: i32,
+    /// Descriptor flags (`F_GETFD`: close-on-exec).
+    pub fd_flags: i32,
+    /// File offset.
+    pub offset: i64,
+    /// File size at checkpoint time (regular files).
+    pub size: i64,
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+    /// `st_mode`.
+    pub mode: u32,
+    /// Length of the path after this record.
+    pub path_len: u32,
+}
+
+/// Rounds `n` up to a page multiple.
+pub const fn page_align(n: u64) -> u64 {
+    (n + PAGE as u64 - 1) & !(PAGE as u64 - 1)
+}
+
+/// Rounds `n` up to a multiple of 8.
+pub const fn align8(n: usize) -> usize {
+    (n + 7) & !7
+}
+
+/// xxh3-64 of a byte slice (the one hash function of the format).
+pub fn hash(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(bytes)
+}
+
+impl FileHeader {
+    /// Hash of the header with `header_hash` taken as zero.
+    pub fn compute_hash(&self) -> u64 {
+        let mut h = *self;
+        h.header_hash = 0;
+        hash(bytemuck::bytes_of(&h))
+    }
+}
+
+impl Trailer {
+    /// Hash of the trailer with `trailer_hash` taken as zero.
+    pub fn compute_hash(&self) -> u64 {
+        let mut t = *self;
+        t.trailer_hash = 0;
+        hash(bytemuck::bytes_of(&t))
+    }
+}

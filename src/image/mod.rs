@@ -1,0 +1,6 @@
+//! The checkpoint image: one versioned, checksummed, self-describing format with one writer (the
+//! agent, allocation-free) and one reader (the tools).
+
+pub mod format;
+pub mod reader;
+pub mod writer;

@@ -1,0 +1,294 @@
+//! Reads and validates an image for the tools (`cr_restart`, `cr_info`). Allocation is fine here.
+
+use super::format::*;
+use std::fmt;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+/// Why an image cannot be used. Each renders as one line naming the problem.
+#[derive(Debug)]
+pub enum ImageError {
+    /// Reading the file failed.
+    Io(std::io::Error),
+    /// The file does not start with the image magic.
+    NotAnImage,
+    /// The image was written by another format version.
+    Version(u32),
+    /// The image is for another architecture.
+    Arch(u32),
+    /// The file is shorter than the header says.
+    Truncated {
+        /// Bytes the header and trailer require.
+        expected: u64,
+        /// Bytes present.
+        actual: u64,
+    },
+    /// A checksum does not match: the named part is corrupt.
+    Corrupt(&'static str),
+    /// The metadata is structurally invalid.
+    Malformed(String),
+}
+
+impl fmt::Display for ImageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageError::Io(e) => write!(f, "cannot read image: {e}"),
+            ImageError::NotAnImage => write!(f, "not a libcr checkpoint image (bad magic)"),
+            ImageError::Version(v) => {
+                write!(f, "incompatible image: format version {v}, this build reads {VERSION}")
+            }
+            ImageError::Arch(a) => write!(f, "incompatible image: architecture {a}, expected x86-64"),
+            ImageError::Truncated { expected, actual } => {
+                write!(f, "truncated image: {actual} bytes, expected {expected}")
+            }
+            ImageError::Corrupt(what) => write!(f, "corrupt image: {what} checksum mismatch"),
+            ImageError::Malformed(m) => write!(f, "corrupt image: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for ImageError {}
+
+impl From<std::io::Error> for ImageError {
+    fn from(e: std::io::Error) -> Self {
+        ImageError::Io(e)
+    }
+}
+
+impl ImageError {
+    /// The errno a tool should exit with for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            ImageError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            _ => libc::EINVAL,
+        }
+    }
+}
+
+/// A memory region with its path and extents.
+#[derive(Debug, Clone)]
+pub struct Region {
+    /// The fixed part.
+    pub rec: RegionRec,
+    /// Decoded kind.
+    pub kind: RegionKind,
+    /// Mapped path (empty for anonymous memory).
+    pub path: Vec<u8>,
+    /// Saved page runs.
+    pub extents: Vec<Extent>,
+}
+
+/// An open file descriptor with its path.
+#[derive(Debug, Clone)]
+pub struct Fd {
+    /// The fixed part.
+    pub rec: FdRec,
+    /// Decoded kind.
+    pub kind: FdKind,
+    /// Path (from `/proc/self/fd`).
+    pub path: Vec<u8>,
+}
+
+/// A parsed, header-validated image.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// Header page.
+    pub header: FileHeader,
+    /// Trailer page.
+    pub trailer: Trailer,
+    /// Process state.
+    pub process: ProcessRec,
+    /// Raw auxv words.
+    pub auxv: Vec<u8>,
+    /// Working directory.
+    pub cwd: Vec<u8>,
+    /// Memory regions in address order.
+    pub regions: Vec<Region>,
+    /// Open descriptors.
+    pub fds: Vec<Fd>,
+    /// Threads.
+    pub threads: Vec<ThreadRec>,
+    /// Warnings recorded at checkpoint time.
+    pub warnings: Vec<String>,
+}
+
+fn read_pod<T: bytemuck::Pod>(bytes: &[u8], what: &str) -> Result<T, ImageError> {
+    let n = core::mem::size_of::<T>();
+    if bytes.len() < n {
+        return Err(ImageError::Malformed(format!("short {what} record")));
+    }
+    Ok(bytemuck::pod_read_unaligned(&bytes[..n]))
+}
+
+impl Image {
+    /// Reads the header, metadata and trailer of `file` and checks their checksums, sizes, version
+    /// and architecture. Page data is checked separately ([`Image::verify_data`]) or while it is
+    /// loaded.
+    pub fn open(file: &File) -> Result<Image, ImageError> {
+        let actual = file.metadata()?.len();
+        let mut page = vec![0u8; PAGE];
+        let n = read_at_most(file, &mut page, 0)?;
+        if n < 8 || page[..8] != MAGIC {
+            return Err(ImageError::NotAnImage);
+        }
+        if n < core::mem::size_of::<FileHeader>() {
+            return Err(ImageError::Truncated { expected: PAGE as u64, actual });
+        }
+        let header: FileHeader = read_pod(&page, "header")?;
+        if header.compute_hash() != header.header_hash {
+            return Err(ImageError::Corrupt("header"));
+        }
+        if header.version != VERSION {
+            return Err(ImageError::Version(header.version));
+        }
+        if header.arch != ARCH_X86_64 {
+            return Err(ImageError::Arch(header.arch));
+        }
+        let expected = header.trailer_offset + PAGE as u64;
+        if actual < expected {
+            return Err(ImageError::Truncated { expected, actual });
+        }
+        let mut tpage = vec![0u8; PAGE];
+        file.read_exact_at(&mut tpage, header.trailer_offset)?;
+        let trailer: Trailer = read_pod(&tpage, "trailer")?;
+        if trailer.magic != TRAILER_MAGIC || trailer.compute_hash() != trailer.trailer_hash {
+            return Err(ImageError::Corrupt("trailer"));
+        }
+        if trailer.total_len != expected {
+            return Err(ImageError::Malformed("trailer length disagrees with header".into()));
+        }
+        let mut meta = vec![0u8; header.meta_len as usize];
+        file.read_exact_at(&mut meta, header.meta_offset)?;
+        if hash(&meta) != header.meta_hash {
+            return Err(ImageError::Corrupt("metadata"));
+        }
+        let mut img = Image {
+            header,
+            trailer,
+            process: bytemuck::Zeroable::zeroed(),
+            auxv: Vec::new(),
+            cwd: Vec::new(),
+            regions: Vec::new(),
+            fds: Vec::new(),
+            threads: Vec::new(),
+            warnings: Vec::new(),
+        };
+        img.parse_meta(&meta)?;
+        img.check_extents()?;
+        Ok(img)
+    }
+
+    fn parse_meta(&mut self, meta: &[u8]) -> Result<(), ImageError> {
+        let mut pos = 0usize;
+        let mut saw_process = false;
+        loop {
+            let rh: RecordHeader = read_pod(&meta[pos.min(meta.len())..], "record header")?;
+            pos += core::mem::size_of::<RecordHeader>();
+            let len = rh.len as usize;
+            if pos + len > meta.len() {
+                return Err(ImageError::Malformed("record runs past metadata".into()));
+            }
+            let body = &meta[pos..pos + len];
+            pos += align8(len);
+            match rh.kind {
+                REC_PROCESS => {
+                    let p: ProcessRec = read_pod(body, "process")?;
+                    let tail = &body[core::mem::size_of::<ProcessRec>()..];
+                    self.auxv = tail[..(p.auxv_len as usize).min(tail.len())].to_vec();
+                    self.process = p;
+                    saw_process = true;
+                }
+                REC_CWD => self.cwd = body.to_vec(),
+                REC_REGION => {
+                    let r: RegionRec = read_pod(body, "region")?;
+                    let kind = RegionKind::from_u32(r.kind)
+                        .ok_or_else(|| ImageError::Malformed(format!("region kind {}", r.kind)))?;
+                    let path = body[core::mem::size_of::<RegionRec>()..].to_vec();
+                    self.regions.push(Region { rec: r, kind, path, extents: Vec::new() });
+                }
+                REC_EXTENTS => {
+                    let region = self
+                        .regions
+                        .last_mut()
+                        .ok_or_else(|| ImageError::Malformed("extents before region".into()))?;
+                    let n = len / core::mem::size_of::<Extent>();
+                    region.extents = (0..n)
+                        .map(|i| read_pod(&body[i * core::mem::size_of::<Extent>()..], "extent"))
+                        .collect::<Result<_, _>>()?;
+                }
+                REC_FD => {
+                    let r: FdRec = read_pod(body, "fd")?;
+                    let kind = FdKind::from_u32(r.kind)
+                        .ok_or_else(|| ImageError::Malformed(format!("fd kind {}", r.kind)))?;
+                    let path = body[core::mem::size_of::<FdRec>()..].to_vec();
+                    self.fds.push(Fd { rec: r, kind, path });
+                }
+                REC_THREAD => self.threads.push(read_pod(body, "thread")?),
+                REC_WARNING => self.warnings.push(String::from_utf8_lossy(body).into_owned()),
+                REC_END => break,
+                other => return Err(ImageError::Malformed(format!("unknown record {other}"))),
+            }
+        }
+        if !saw_process {
+            return Err(ImageError::Malformed("no process record".into()));
+        }
+        Ok(())
+    }
+
+    /// Extents must be page aligned, inside their region, and tile the data area in order.
+    fn check_extents(&self) -> Result<(), ImageError> {
+        let mut off = 0u64;
+        for r in &self.regions {
+            if r.rec.start >= r.rec.end || r.rec.start % PAGE as u64 != 0 {
+                return Err(ImageError::Malformed("bad region bounds".into()));
+            }
+            for e in &r.extents {
+                let ok = e.addr >= r.rec.start
+                    && e.addr + e.len <= r.rec.end
+                    && e.len % PAGE as u64 == 0
+                    && e.file_off == off;
+                if !ok {
+                    return Err(ImageError::Malformed("bad extent".into()));
+                }
+                off += e.len;
+            }
+        }
+        if off != self.header.data_len
+            || self.header.trailer_offset != self.header.data_offset + off
+        {
+            return Err(ImageError::Malformed("data area size disagrees with extents".into()));
+        }
+        Ok(())
+    }
+
+    /// Streams all page data and checks it against the trailer hash.
+    pub fn verify_data(&self, file: &File) -> Result<(), ImageError> {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut off = self.header.data_offset;
+        let end = off + self.header.data_len;
+        while off < end {
+            let n = ((end - off) as usize).min(buf.len());
+            file.read_exact_at(&mut buf[..n], off)?;
+            h.update(&buf[..n]);
+            off += n as u64;
+        }
+        if h.digest() != self.trailer.data_hash {
+            return Err(ImageError::Corrupt("page data"));
+        }
+        Ok(())
+    }
+}
+
+fn read_at_most(file: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], off + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}

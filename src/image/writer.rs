@@ -1,0 +1,67 @@
+//! Appends metadata records into a caller-provided buffer: no allocation, usable while the
+//! program's threads are parked.
+
+use super::format::{align8, RecordHeader};
+use bytemuck::Pod;
+
+/// The buffer is full: the caller must retry with a larger one.
+#[derive(Debug, Clone, Copy)]
+pub struct Full;
+
+/// Writes records into a fixed byte buffer.
+pub struct MetaWriter<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl<'a> MetaWriter<'a> {
+    /// Starts writing at the beginning of `buf`.
+    pub fn new(buf: &'a mut [u8]) -> Self {
+        MetaWriter { buf, len: 0 }
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The records written so far.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> Result<(), Full> {
+        let end = self.len + bytes.len();
+        if end > self.buf.len() {
+            return Err(Full);
+        }
+        self.buf[self.len..end].copy_from_slice(bytes);
+        self.len = end;
+        Ok(())
+    }
+
+    /// Appends one record: `head` followed by `tail`, padded to 8 bytes.
+    pub fn record<T: Pod>(&mut self, kind: u32, head: &T, tail: &[u8]) -> Result<(), Full> {
+        let payload = core::mem::size_of::<T>() + tail.len();
+        let rh = RecordHeader { kind, len: payload as u32 };
+        self.put(bytemuck::bytes_of(&rh))?;
+        self.put(bytemuck::bytes_of(head))?;
+        self.put(tail)?;
+        let pad = align8(payload) - payload;
+        self.put(&[0u8; 8][..pad])
+    }
+
+    /// Appends a record whose payload is only `bytes`.
+    pub fn raw(&mut self, kind: u32, bytes: &[u8]) -> Result<(), Full> {
+        let rh = RecordHeader { kind, len: bytes.len() as u32 };
+        self.put(bytemuck::bytes_of(&rh))?;
+        self.put(bytes)?;
+        let pad = align8(bytes.len()) - bytes.len();
+        self.put(&[0u8; 8][..pad])
+    }
+}

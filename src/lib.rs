@@ -1,0 +1,21 @@
+//! libcr-rs: Berkeley Lab Checkpoint/Restart rebuilt in user space.
+//!
+//! The data flow is visible in the module layout:
+//! - [`agent`]: runs inside the checkpointed program (control thread, quiesce, image writer,
+//!   restart continuation);
+//! - [`image`]: the versioned, checksummed image format (one writer, one reader);
+//! - [`restore`]: the restart loader used by `cr_restart` (validate, rebuild, trampoline);
+//! - [`api`]: BLCR's C API;
+//! - [`protocol`]: what the tools and the agent say to each other;
+//! - [`sys`] and [`arch`]: the raw syscall layer and the few lines of assembly.
+
+#![allow(non_camel_case_types, non_upper_case_globals)]
+
+pub mod agent;
+pub mod api;
+pub mod arch;
+pub mod image;
+pub mod protocol;
+pub mod restore;
+pub mod sys;
+pub mod tool;

@@ -1,0 +1,117 @@
+//! The control-socket protocol between a requester (`cr_checkpoint`) and the agent.
+//!
+//! Each process with the agent listens on the abstract unix socket `@libcr-ctl.<pid>`
+//! (`SOCK_SEQPACKET`). Both ends check the peer's credentials: the agent accepts only its own uid
+//! or root; the requester checks that the listener's pid is the target. The exchange is:
+//!
+//! 1. requester → agent: [`Request`] `CHECKPOINT`, with the open image file as `SCM_RIGHTS`;
+//! 2. agent quiesces, writes and syncs the image, replies [`Reply`] (status 0 or an errno);
+//! 3. requester renames the file into place, sends the post-checkpoint signal, then sends
+//!    [`Request`] `RELEASE`; the agent lets the program's threads go (also if the requester
+//!    disappears or does not answer in time).
+
+use bytemuck::{Pod, Zeroable};
+
+/// Protocol magic ("LCRP").
+pub const MAGIC: u32 = 0x5052_434c;
+/// Protocol version.
+pub const VERSION: u32 = 1;
+/// Request: take a checkpoint into the passed fd.
+pub const REQ_CHECKPOINT: u32 = 1;
+/// Request: the image is committed; resume the program.
+pub const REQ_RELEASE: u32 = 2;
+
+/// Request flag: store every mapped file by content.
+pub const FLAG_SAVE_ALL: u32 = 0x1;
+
+/// A request message.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug)]
+pub struct Request {
+    /// [`MAGIC`].
+    pub magic: u32,
+    /// [`VERSION`].
+    pub version: u32,
+    /// `REQ_*`.
+    pub kind: u32,
+    /// `FLAG_*`.
+    pub flags: u32,
+    /// Quiesce timeout in milliseconds (0 = default).
+    pub timeout_ms: u32,
+    /// Reserved.
+    pub _pad: u32,
+}
+
+/// The agent's answer to a checkpoint request.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct Reply {
+    /// [`MAGIC`].
+    pub magic: u32,
+    /// 0 on success, else a positive errno.
+    pub status: i32,
+    /// Bytes written.
+    pub bytes: u64,
+    /// NUL-terminated detail for errors ("thread 1234 did not stop", …).
+    pub msg: [u8; 240],
+}
+
+impl Reply {
+    /// The message as text.
+    pub fn message(&self) -> String {
+        let end = self.msg.iter().position(|&b| b == 0).unwrap_or(self.msg.len());
+        String::from_utf8_lossy(&self.msg[..end]).into_owned()
+    }
+}
+
+/// Builds the abstract socket address of process `pid`; returns it and its length.
+pub fn socket_addr(pid: i32) -> (libc::sockaddr_un, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_un.
+    let mut addr: libc::sockaddr_un = unsafe { core::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let mut name = crate::sys::StackBuf::<64>::new();
+    name.push(b"libcr-ctl.").num(pid as u64);
+    let bytes = name.as_bytes();
+    // sun_path[0] stays 0: abstract namespace.
+    for (i, &b) in bytes.iter().enumerate() {
+        addr.sun_path[i + 1] = b as libc::c_char;
+    }
+    let len = core::mem::size_of::<libc::sa_family_t>() + 1 + bytes.len();
+    (addr, len as libc::socklen_t)
+}
+
+/// What the restart loader hands the restored agent (in the trampoline's argument block).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug, Default)]
+pub struct RestartInfo {
+    /// [`RESTART_MAGIC`].
+    pub magic: i64,
+    /// Pid of cr_restart (what `cr_checkpoint()` returns in callbacks after a restart).
+    pub restarter_pid: i64,
+    /// Descriptor the agent writes one byte to, then closes, once the program runs again.
+    pub notify_fd: i64,
+    /// Trampoline data block (argument block and stack) to unmap.
+    pub block_addr: i64,
+    /// Its length.
+    pub block_len: i64,
+    /// Trampoline code block to unmap.
+    pub code_addr: i64,
+    /// Its length.
+    pub code_len: i64,
+    /// Result of `prctl(PR_SET_MM_MAP)` in the trampoline (0 or -errno).
+    pub mm_result: i64,
+}
+
+/// Magic of [`RestartInfo`].
+pub const RESTART_MAGIC: i64 = 0x4352_5253_5452_4e31;
+
+impl RestartInfo {
+    /// The fields as words, in order.
+    pub fn as_words(&self) -> [i64; 8] {
+        bytemuck::cast(*self)
+    }
+    /// Rebuilds from words.
+    pub fn from_words(w: [i64; 8]) -> Self {
+        bytemuck::cast(w)
+    }
+}

@@ -1,0 +1,290 @@
+//! Rebuilds the program's memory in the restart child: every region is mapped at its final
+//! address when that is free, else at a temporary one the trampoline later moves into place, and
+//! filled from the image (checking the data hash before anything runs).
+
+use super::RestoreError;
+use crate::agent::memory::parse_line;
+use crate::image::format::*;
+use crate::image::reader::{Image, Region};
+use std::ffi::CString;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+/// A region as mapped in the child.
+#[derive(Debug, Clone, Copy)]
+pub struct Placed {
+    /// Where it is now.
+    pub cur: u64,
+    /// Where it must end up.
+    pub dst: u64,
+    /// Length.
+    pub len: u64,
+}
+
+/// Result of [`build`]: what the trampoline must move, and what must survive the unmapping.
+#[derive(Debug, Default)]
+pub struct Layout {
+    /// Moves, in order: (from, len, to).
+    pub moves: Vec<[u64; 3]>,
+    /// Ranges to keep mapped when cr_restart's mappings are removed.
+    pub keep: Vec<(u64, u64)>,
+}
+
+/// A mapping of the current process.
+#[derive(Debug, Clone)]
+pub struct CurMap {
+    /// Start.
+    pub start: u64,
+    /// End.
+    pub end: u64,
+    /// Name.
+    pub path: Vec<u8>,
+}
+
+/// Reads this process's `/proc/self/maps`.
+pub fn current_maps() -> Vec<CurMap> {
+    let text = std::fs::read("/proc/self/maps").unwrap_or_default();
+    text.split(|&b| b == b'\n')
+        .filter_map(|l| parse_line(l).map(|m| CurMap { start: m.start, end: m.end, path: m.path.to_vec() }))
+        .collect()
+}
+
+fn overlaps(maps: &[CurMap], s: u64, e: u64) -> bool {
+    maps.iter().any(|m| m.start < e && s < m.end)
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+}
+
+fn err(msg: String) -> RestoreError {
+    RestoreError::new(errno(), msg)
+}
+
+fn path_str(p: &[u8]) -> String {
+    String::from_utf8_lossy(p).into_owned()
+}
+
+/// Maps one region at `addr` (0 = anywhere); returns where it landed.
+fn map_region(r: &Region, addr: u64) -> Result<u64, RestoreError> {
+    let len = (r.rec.end - r.rec.start) as usize;
+    let fixed = if addr != 0 { libc::MAP_FIXED_NOREPLACE } else { 0 };
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    let (prot, flags, fd, off, close) = match r.kind {
+        RegionKind::Anon | RegionKind::PrivateContent => {
+            (rw, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0, false)
+        }
+        RegionKind::Stack => (rw, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN, -1, 0, false),
+        RegionKind::SharedContent => {
+            let name = c"libcr-shm";
+            // SAFETY: memfd_create with a literal name.
+            let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+            // SAFETY: sizing the memfd we own.
+            if fd < 0 || unsafe { libc::ftruncate(fd, len as i64) } < 0 {
+                return Err(err("cannot create shared memory".into()));
+            }
+            (rw, libc::MAP_SHARED, fd, 0, true)
+        }
+        RegionKind::FilePrivate | RegionKind::FileShared => {
+            let shared = r.kind == RegionKind::FileShared;
+            let write = shared && r.rec.prot & libc::PROT_WRITE as u32 != 0;
+            let p = CString::new(r.path.clone()).unwrap_or_default();
+            let mode = if write { libc::O_RDWR } else { libc::O_RDONLY };
+            // SAFETY: open with a valid C string.
+            let fd = unsafe { libc::open(p.as_ptr(), mode | libc::O_CLOEXEC) };
+            if fd < 0 {
+                let e = errno();
+                return Err(RestoreError::new(
+                    e,
+                    format!("cannot open mapped file {}: {}", path_str(&r.path), std::io::Error::from_raw_os_error(e)),
+                ));
+            }
+            let prot = if shared { r.rec.prot as i32 } else { rw };
+            let flags = if shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+            (prot, flags, fd, r.rec.offset as i64, true)
+        }
+        _ => unreachable!("special regions are not mapped"),
+    };
+    // SAFETY: mapping new memory; with MAP_FIXED_NOREPLACE nothing existing is replaced.
+    let p = unsafe { libc::mmap(addr as *mut _, len, prot, flags | fixed, fd, off) };
+    if close {
+        // SAFETY: the mapping keeps its own reference to the file.
+        unsafe { libc::close(fd) };
+    }
+    if p == libc::MAP_FAILED || (addr != 0 && p as u64 != addr) {
+        return Err(err(format!("cannot map {:#x}-{:#x} ({})", r.rec.start, r.rec.end, path_str(&r.path))));
+    }
+    Ok(p as u64)
+}
+
+/// Checks that every file mapped by reference is still the one that was checkpointed.
+pub fn check_files(img: &Image) -> Result<(), RestoreError> {
+    for r in &img.regions {
+        if !matches!(r.kind, RegionKind::FilePrivate | RegionKind::FileShared) {
+            continue;
+        }
+        let p = path_str(&r.path);
+        let md = std::fs::metadata(&p).map_err(|e| {
+            RestoreError::new(e.raw_os_error().unwrap_or(libc::ENOENT), format!("mapped file {p}: {e}"))
+        })?;
+        use std::os::unix::fs::MetadataExt;
+        let same = md.size() == r.rec.file_size && md.mtime() == r.rec.mtime_sec && md.mtime_nsec() == r.rec.mtime_nsec;
+        if !same {
+            return Err(RestoreError::new(
+                libc::ESTALE,
+                format!("mapped file {p} changed since the checkpoint (size or modification time differs)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Maps and fills every region; returns the trampoline's moves and the ranges to keep.
+pub fn build(img: &Image, file: &File) -> Result<Layout, RestoreError> {
+    let cur = current_maps();
+    let mut layout = Layout::default();
+    let mut placed: Vec<Option<Placed>> = vec![None; img.regions.len()];
+
+    // Special mappings: sizes must match this kernel's, they move to their saved addresses.
+    let special_names: [(RegionKind, &[u8]); 3] =
+        [(RegionKind::Vvar, b"[vvar]"), (RegionKind::VvarVclock, b"[vvar_vclock]"), (RegionKind::Vdso, b"[vdso]")];
+    let mut specials = Vec::new();
+    for (kind, name) in special_names {
+        let saved = img.regions.iter().find(|r| r.kind == kind);
+        let now = cur.iter().find(|m| m.path == name);
+        match (saved, now) {
+            (None, None) => {}
+            (Some(s), Some(n)) if s.rec.end - s.rec.start == n.end - n.start => {
+                specials.push((n.start, n.end - n.start, s.rec.start));
+            }
+            _ => {
+                return Err(RestoreError::new(
+                    libc::EINVAL,
+                    "incompatible image: the kernel's vdso layout differs (image from a different kernel)".into(),
+                ))
+            }
+        }
+    }
+    let specials_move = specials.iter().any(|&(from, _, to)| from != to);
+    if specials_move {
+        for &(_, len, to) in &specials {
+            if !overlaps(&cur, to, to + len) {
+                // Placeholder so no temporary mapping lands where the vdso goes.
+                // SAFETY: reserving free address space.
+                let p = unsafe {
+                    libc::mmap(to as *mut _, len as usize, libc::PROT_NONE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE, -1, 0)
+                };
+                if p != libc::MAP_FAILED {
+                    layout.keep.push((to, to + len));
+                }
+            }
+        }
+    }
+
+    // Pass 1: regions whose final range is free go straight there.
+    for (i, r) in img.regions.iter().enumerate() {
+        if r.kind.is_special() || overlaps(&cur, r.rec.start, r.rec.end) {
+            continue;
+        }
+        let at = map_region(r, r.rec.start)?;
+        placed[i] = Some(Placed { cur: at, dst: r.rec.start, len: r.rec.end - r.rec.start });
+    }
+    // Pass 2: the rest at temporary addresses.
+    for (i, r) in img.regions.iter().enumerate() {
+        if r.kind.is_special() || placed[i].is_some() {
+            continue;
+        }
+        let at = map_region(r, 0)?;
+        placed[i] = Some(Placed { cur: at, dst: r.rec.start, len: r.rec.end - r.rec.start });
+    }
+
+    // Fill from the image, hashing in file order.
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for (i, r) in img.regions.iter().enumerate() {
+        let Some(p) = placed[i] else { continue };
+        for e in &r.extents {
+            let at = p.cur + (e.addr - r.rec.start);
+            // SAFETY: the destination lies inside the writable mapping just created for r.
+            let buf = unsafe { std::slice::from_raw_parts_mut(at as *mut u8, e.len as usize) };
+            file.read_exact_at(buf, img.header.data_offset + e.file_off)
+                .map_err(|e| RestoreError::new(e.raw_os_error().unwrap_or(libc::EIO), format!("reading page data: {e}")))?;
+            h.update(buf);
+        }
+    }
+    if h.digest() != img.trailer.data_hash {
+        return Err(RestoreError::new(libc::EINVAL, "corrupt image: page data checksum mismatch".into()));
+    }
+    // Final protections (mremap keeps them).
+    for (i, r) in img.regions.iter().enumerate() {
+        let Some(p) = placed[i] else { continue };
+        if r.kind != RegionKind::FileShared {
+            // SAFETY: changing protection of our own new mapping.
+            unsafe { libc::mprotect(p.cur as *mut _, p.len as usize, r.rec.prot as i32) };
+        }
+        layout.keep.push((p.cur, p.cur + p.len));
+        if p.cur != p.dst {
+            layout.moves.push([p.cur, p.len, p.dst]);
+        }
+    }
+
+    if specials_move {
+        let total: u64 = specials.iter().map(|s| s.1).sum();
+        // SAFETY: reserving a scratch range for the two-step move of the special mappings.
+        let scratch = unsafe {
+            libc::mmap(std::ptr::null_mut(), total as usize, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        };
+        if scratch == libc::MAP_FAILED {
+            return Err(err("cannot reserve address space".into()));
+        }
+        let scratch = scratch as u64;
+        layout.keep.push((scratch, scratch + total));
+        // vdso/vvar go first (to the scratch range, then home) so that neither they nor the
+        // region moves can land on one another.
+        let mut off = 0;
+        let mut first = Vec::new();
+        let mut second = Vec::new();
+        for &(from, len, to) in &specials {
+            layout.keep.push((from, from + len));
+            first.push([from, len, scratch + off]);
+            second.push([scratch + off, len, to]);
+            off += len;
+        }
+        let regions = std::mem::take(&mut layout.moves);
+        layout.moves = first.into_iter().chain(second).chain(regions).collect();
+    } else {
+        for &(from, len, _) in &specials {
+            layout.keep.push((from, from + len));
+        }
+    }
+    Ok(layout)
+}
+
+/// Every mapped range of this process not covered by `keep` (to be unmapped by the trampoline).
+pub fn unmap_list(keep: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for m in current_maps() {
+        if m.path == b"[vsyscall]" {
+            continue;
+        }
+        let mut pieces = vec![(m.start, m.end)];
+        for &(ks, ke) in keep {
+            let mut next = Vec::new();
+            for (s, e) in pieces {
+                if ke <= s || e <= ks {
+                    next.push((s, e));
+                    continue;
+                }
+                if s < ks {
+                    next.push((s, ks));
+                }
+                if ke < e {
+                    next.push((ke, e));
+                }
+            }
+            pieces = next;
+        }
+        out.extend(pieces.into_iter().map(|(s, e)| (s, e - s)));
+    }
+    out
+}

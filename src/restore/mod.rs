@@ -1,0 +1,215 @@
+//! The restart loader behind `cr_restart` (and later `cr_request_restart`).
+//!
+//! The parent validates the image ([`preflight`]); a forked child then rebuilds the process in
+//! itself ([`run`]): file descriptors (`fds`), working directory, umask, memory (`memory`),
+//! resource limits; then it drops its own kernel registrations and jumps through the
+//! `trampoline`, which swaps the address space and enters the restored agent.
+
+pub mod fds;
+pub mod memory;
+pub mod trampoline;
+
+use crate::image::format::page_align;
+use crate::image::reader::Image;
+use crate::protocol::{RestartInfo, RESTART_MAGIC};
+use std::convert::Infallible;
+use std::fs::File;
+use std::os::unix::io::{FromRawFd, IntoRawFd};
+
+/// A failed restart: an errno (for the exit code and hook classification) and one line of text.
+#[derive(Debug)]
+pub struct RestoreError {
+    /// errno describing the failure class.
+    pub errno: i32,
+    /// One-line description naming the problem.
+    pub msg: String,
+}
+
+impl RestoreError {
+    /// Creates an error.
+    pub fn new(errno: i32, msg: String) -> Self {
+        RestoreError { errno, msg }
+    }
+}
+
+impl std::fmt::Display for RestoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+/// Checks, before anything is created, that this machine can run the image.
+pub fn preflight(img: &Image) -> Result<(), RestoreError> {
+    let (xcr0, _) = crate::agent::image::cpu_xsave();
+    if img.header.xcr0 != xcr0 {
+        return Err(RestoreError::new(
+            libc::EINVAL,
+            format!(
+                "incompatible image: CPU vector state differs (image XCR0 {:#x}, this CPU {:#x})",
+                img.header.xcr0, xcr0
+            ),
+        ));
+    }
+    memory::check_files(img)?;
+    let cwd = String::from_utf8_lossy(&img.cwd).into_owned();
+    if !std::path::Path::new(&cwd).is_dir() {
+        return Err(RestoreError::new(libc::ENOENT, format!("working directory {cwd} no longer exists")));
+    }
+    Ok(())
+}
+
+fn sys_err(what: &str) -> RestoreError {
+    let e = std::io::Error::last_os_error();
+    RestoreError::new(e.raw_os_error().unwrap_or(libc::EIO), format!("{what}: {e}"))
+}
+
+fn mmap_rw(len: usize) -> Result<u64, RestoreError> {
+    // SAFETY: fresh anonymous mapping.
+    let p = unsafe {
+        libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+    };
+    if p == libc::MAP_FAILED {
+        return Err(sys_err("mmap"));
+    }
+    Ok(p as u64)
+}
+
+/// Drops the kernel registrations that point into this (cr_restart) thread's memory.
+fn drop_thread_registrations() {
+    let fs = crate::sys::get_fs_base();
+    // SAFETY: dlsym with NUL-terminated names; the symbols are glibc's exported variables.
+    unsafe {
+        let off = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr()) as *const isize;
+        let size = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()) as *const u32;
+        if !off.is_null() && !size.is_null() && *size != 0 {
+            let area = (fs as isize + *off) as usize;
+            libc::syscall(libc::SYS_rseq, area, (*size).max(32), 1, crate::agent::RSEQ_SIG);
+        }
+        libc::syscall(libc::SYS_set_robust_list, 0usize, 24usize);
+        libc::syscall(libc::SYS_set_tid_address, 0usize);
+        let ss = libc::stack_t { ss_sp: std::ptr::null_mut(), ss_flags: libc::SS_DISABLE, ss_size: 0 };
+        libc::sigaltstack(&ss, std::ptr::null_mut());
+    }
+}
+
+fn apply_rlimits(img: &Image) {
+    for (r, lim) in img.process.rlimits.iter().enumerate() {
+        let mut want = libc::rlimit { rlim_cur: lim[0], rlim_max: lim[1] };
+        // SAFETY: setrlimit/getrlimit with valid structs.
+        unsafe {
+            if libc::setrlimit(r as _, &want) != 0 {
+                let mut now = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                libc::getrlimit(r as _, &mut now);
+                want.rlim_max = now.rlim_max;
+                want.rlim_cur = want.rlim_cur.min(now.rlim_max);
+                libc::setrlimit(r as _, &want);
+            }
+        }
+    }
+}
+
+/// Rebuilds the process from `img` in the calling (freshly forked, single-threaded) process and
+/// jumps into it. Returns only on failure, before anything of the program has run.
+pub fn run(img: &Image, file: File, notify_fd: i32, restarter: i32) -> Result<Infallible, RestoreError> {
+    crate::sys::sigprocmask_raw(libc::SIG_SETMASK, Some(!0));
+    let img_fd = fds::move_high(file.into_raw_fd(), img)?;
+    let notify_fd = fds::move_high(notify_fd, img)?;
+    // SAFETY: img_fd is the image descriptor we own.
+    let file = unsafe { File::from_raw_fd(img_fd) };
+    fds::restore(img, &[img_fd, notify_fd])?;
+    let cwd = std::ffi::CString::new(img.cwd.clone()).unwrap_or_default();
+    // SAFETY: chdir/umask with valid arguments.
+    unsafe {
+        if libc::chdir(cwd.as_ptr()) != 0 {
+            return Err(sys_err(&format!("cannot enter {}", String::from_utf8_lossy(&img.cwd))));
+        }
+        libc::umask(img.process.umask);
+    }
+    let mut layout = memory::build(img, &file)?;
+    drop(file);
+
+    // Trampoline code.
+    let code = trampoline::code();
+    let code_len = page_align(code.len() as u64) as usize;
+    let code_addr = mmap_rw(code_len)?;
+    // SAFETY: copying the code into the fresh mapping, then making it executable.
+    unsafe {
+        std::ptr::copy_nonoverlapping(code.as_ptr(), code_addr as *mut u8, code.len());
+        if libc::mprotect(code_addr as *mut _, code_len, libc::PROT_READ | libc::PROT_EXEC) != 0 {
+            return Err(sys_err("mprotect"));
+        }
+    }
+    // Argument block: header, unmap pairs, moves, prctl map, auxv, info, then a stack.
+    let max_unmaps = memory::current_maps().len() + 64;
+    let stack_len = 64 * 1024;
+    let hdr_len = std::mem::size_of::<trampoline::TrampArgs>();
+    let data_len = hdr_len + 16 * max_unmaps + 24 * layout.moves.len() + 128 + img.auxv.len() + 128;
+    let block_len = page_align(data_len as u64) as usize + stack_len;
+    let block = mmap_rw(block_len)?;
+    layout.keep.push((code_addr, code_addr + code_len as u64));
+    layout.keep.push((block, block + block_len as u64));
+
+    apply_rlimits(img);
+    let unmaps = memory::unmap_list(&layout.keep);
+    if unmaps.len() > max_unmaps {
+        return Err(RestoreError::new(libc::ENOMEM, "too many mappings to remove".into()));
+    }
+    let mut at = block + hdr_len as u64;
+    let mut put = |bytes: &[u8]| -> u64 {
+        let p = at;
+        // SAFETY: the block was sized for everything written here.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p as *mut u8, bytes.len()) };
+        at = (at + bytes.len() as u64 + 7) & !7;
+        p
+    };
+    let unmap_words: Vec<u64> = unmaps.iter().flat_map(|&(a, l)| [a, l]).collect();
+    let unmap_ptr = put(bytemuck::cast_slice(&unmap_words));
+    let move_words: Vec<u64> = layout.moves.iter().flatten().copied().collect();
+    let moves_ptr = put(bytemuck::cast_slice(&move_words));
+    let auxv_ptr = put(&img.auxv);
+    let m = &img.process.mm;
+    let map = trampoline::PrctlMmMap {
+        fields: [
+            m.start_code, m.end_code, m.start_data, m.end_data, m.start_brk, m.brk, m.start_stack, m.arg_start,
+            m.arg_end, m.env_start, m.env_end,
+        ],
+        auxv: auxv_ptr,
+        auxv_size: img.auxv.len() as u32,
+        exe_fd: u32::MAX,
+    };
+    // SAFETY: PrctlMmMap is plain data.
+    let map_bytes = unsafe {
+        std::slice::from_raw_parts(&map as *const _ as *const u8, std::mem::size_of::<trampoline::PrctlMmMap>())
+    };
+    let map_ptr = put(map_bytes);
+    let info = RestartInfo {
+        magic: RESTART_MAGIC,
+        restarter_pid: restarter as i64,
+        notify_fd: notify_fd as i64,
+        block_addr: block as i64,
+        block_len: block_len as i64,
+        code_addr: code_addr as i64,
+        code_len: code_len as i64,
+        mm_result: 0,
+    };
+    let info_ptr = put(bytemuck::bytes_of(&info));
+    let args = trampoline::TrampArgs {
+        n_unmap: unmaps.len() as u64,
+        unmap: unmap_ptr,
+        n_moves: layout.moves.len() as u64,
+        moves: moves_ptr,
+        mm_map: map_ptr,
+        mm_map_size: map_bytes.len() as u64,
+        fs_base: img.process.leader_fs,
+        stack_top: img.process.restore_stack_top,
+        entry: img.process.entry,
+        entry_arg: info_ptr,
+        result_ptr: info_ptr + 56,
+    };
+    // SAFETY: writing the header at the start of the block.
+    unsafe { std::ptr::write(block as *mut trampoline::TrampArgs, args) };
+    drop_thread_registrations();
+    let stack_top = (block + block_len as u64 - 64) & !15;
+    // SAFETY: the block holds everything the trampoline reads; this is the point of no return.
+    unsafe { trampoline::jump(code_addr as usize, block as usize, stack_top as usize) }
+}

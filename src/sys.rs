@@ -1,0 +1,399 @@
+//! Thin raw-syscall layer: the only place the agent talks to the kernel.
+//!
+//! Everything here is async-signal-safe: no libc calls, no `errno`, no heap. Functions return
+//! `Result<usize, Errno>` where the error is the positive kernel error number. The checkpoint path
+//! between quiesce and release and the restart path before threads are released use only this.
+
+use core::arch::asm;
+
+/// A positive kernel error number (`EINTR`, `ENOENT`, …).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+/// Result of a raw system call.
+pub type SysResult = Result<usize, Errno>;
+
+#[inline]
+fn check(ret: isize) -> SysResult {
+    if (-4095..0).contains(&ret) {
+        Err(Errno(-ret as i32))
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// Issues system call `nr` with six arguments and returns the raw kernel result (negative errno on
+/// failure).
+#[inline]
+pub fn raw6(nr: usize, a: usize, b: usize, c: usize, d: usize, e: usize, f: usize) -> isize {
+    let ret: isize;
+    // SAFETY: a plain syscall instruction; the kernel clobbers rcx and r11 only. Memory the
+    // arguments point at is the caller's responsibility, documented on each wrapper.
+    unsafe {
+        asm!("syscall", inlateout("rax") nr as isize => ret, in("rdi") a, in("rsi") b, in("rdx") c,
+             in("r10") d, in("r8") e, in("r9") f, lateout("rcx") _, lateout("r11") _,
+             options(nostack));
+    }
+    ret
+}
+
+/// Checked variant of [`raw6`].
+#[inline]
+pub fn sys6(nr: usize, a: usize, b: usize, c: usize, d: usize, e: usize, f: usize) -> SysResult {
+    check(raw6(nr, a, b, c, d, e, f))
+}
+
+/// Checked system call with up to three arguments.
+#[inline]
+pub fn sys3(nr: usize, a: usize, b: usize, c: usize) -> SysResult {
+    sys6(nr, a, b, c, 0, 0, 0)
+}
+
+use libc::{
+    SYS_arch_prctl, SYS_close, SYS_exit, SYS_exit_group, SYS_fcntl, SYS_fdatasync, SYS_fstat,
+    SYS_futex, SYS_getdents64, SYS_getpid, SYS_gettid, SYS_lseek, SYS_mmap, SYS_munmap,
+    SYS_openat, SYS_pread64, SYS_pwrite64, SYS_read, SYS_readlinkat, SYS_rt_sigprocmask,
+    SYS_rt_tgsigqueueinfo, SYS_write,
+};
+
+/// `getpid()`.
+pub fn getpid() -> i32 {
+    raw6(SYS_getpid as usize, 0, 0, 0, 0, 0, 0) as i32
+}
+
+/// `gettid()`.
+pub fn gettid() -> i32 {
+    raw6(SYS_gettid as usize, 0, 0, 0, 0, 0, 0) as i32
+}
+
+/// `openat(AT_FDCWD, path, flags, mode)`; `path` must be NUL-terminated.
+pub fn open(path: &[u8], flags: i32, mode: u32) -> SysResult {
+    debug_assert!(path.last() == Some(&0));
+    sys6(
+        SYS_openat as usize,
+        libc::AT_FDCWD as usize,
+        path.as_ptr() as usize,
+        flags as usize,
+        mode as usize,
+        0,
+        0,
+    )
+}
+
+/// `close(fd)`.
+pub fn close(fd: i32) {
+    let _ = sys3(SYS_close as usize, fd as usize, 0, 0);
+}
+
+/// `read(fd, buf)`.
+pub fn read(fd: i32, buf: &mut [u8]) -> SysResult {
+    sys3(SYS_read as usize, fd as usize, buf.as_mut_ptr() as usize, buf.len())
+}
+
+/// `pread64(fd, buf, off)`.
+pub fn pread(fd: i32, buf: &mut [u8], off: u64) -> SysResult {
+    sys6(
+        SYS_pread64 as usize,
+        fd as usize,
+        buf.as_mut_ptr() as usize,
+        buf.len(),
+        off as usize,
+        0,
+        0,
+    )
+}
+
+/// `write(fd, ptr, len)` from raw memory (used to write program memory with no copy).
+///
+/// # Safety
+/// `ptr..ptr+len` must be memory the kernel may read (it faults cleanly with `EFAULT` otherwise).
+pub unsafe fn write_raw(fd: i32, ptr: usize, len: usize) -> SysResult {
+    sys3(SYS_write as usize, fd as usize, ptr, len)
+}
+
+/// `pwrite64(fd, ptr, len, off)` from raw memory.
+///
+/// # Safety
+/// As [`write_raw`].
+pub unsafe fn pwrite_raw(fd: i32, ptr: usize, len: usize, off: u64) -> SysResult {
+    sys6(SYS_pwrite64 as usize, fd as usize, ptr, len, off as usize, 0, 0)
+}
+
+/// Writes the whole buffer, retrying on `EINTR` and short writes.
+pub fn write_all(fd: i32, mut buf: &[u8]) -> Result<(), Errno> {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is a valid slice.
+        match unsafe { write_raw(fd, buf.as_ptr() as usize, buf.len()) } {
+            Ok(0) => return Err(Errno(libc::EIO)),
+            Ok(n) => buf = &buf[n..],
+            Err(Errno(libc::EINTR)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads a whole (small, procfs) file into `buf`; returns the length read.
+pub fn read_file(path: &[u8], buf: &mut [u8]) -> SysResult {
+    let fd = open(path, libc::O_RDONLY | libc::O_CLOEXEC, 0)? as i32;
+    let mut len = 0;
+    let res = loop {
+        if len == buf.len() {
+            break Err(Errno(libc::EFBIG));
+        }
+        match read(fd, &mut buf[len..]) {
+            Ok(0) => break Ok(len),
+            Ok(n) => len += n,
+            Err(Errno(libc::EINTR)) => {}
+            Err(e) => break Err(e),
+        }
+    };
+    close(fd);
+    res
+}
+
+/// `readlinkat(AT_FDCWD, path, buf)`; `path` NUL-terminated. Returns the length (not terminated).
+pub fn readlink(path: &[u8], buf: &mut [u8]) -> SysResult {
+    sys6(
+        SYS_readlinkat as usize,
+        libc::AT_FDCWD as usize,
+        path.as_ptr() as usize,
+        buf.as_mut_ptr() as usize,
+        buf.len(),
+        0,
+        0,
+    )
+}
+
+/// `fstat(fd)`.
+pub fn fstat(fd: i32) -> Result<libc::stat, Errno> {
+    // SAFETY: all-zero bytes are a valid `stat`.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    sys3(SYS_fstat as usize, fd as usize, &mut st as *mut _ as usize, 0)?;
+    Ok(st)
+}
+
+/// `newfstatat(AT_FDCWD, path, flags)`; `path` NUL-terminated.
+pub fn stat(path: &[u8], flags: i32) -> Result<libc::stat, Errno> {
+    // SAFETY: all-zero bytes are a valid `stat`.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    sys6(
+        libc::SYS_newfstatat as usize,
+        libc::AT_FDCWD as usize,
+        path.as_ptr() as usize,
+        &mut st as *mut _ as usize,
+        flags as usize,
+        0,
+        0,
+    )?;
+    Ok(st)
+}
+
+/// `fcntl(fd, cmd, arg)`.
+pub fn fcntl(fd: i32, cmd: i32, arg: usize) -> SysResult {
+    sys3(SYS_fcntl as usize, fd as usize, cmd as usize, arg)
+}
+
+/// `lseek(fd, off, whence)`.
+pub fn lseek(fd: i32, off: i64, whence: i32) -> SysResult {
+    sys3(SYS_lseek as usize, fd as usize, off as usize, whence as usize)
+}
+
+/// `fdatasync(fd)`.
+pub fn fdatasync(fd: i32) -> SysResult {
+    sys3(SYS_fdatasync as usize, fd as usize, 0, 0)
+}
+
+/// `mmap` of anonymous private memory, kernel-chosen address.
+pub fn mmap_anon(len: usize) -> SysResult {
+    sys6(
+        SYS_mmap as usize,
+        0,
+        len,
+        (libc::PROT_READ | libc::PROT_WRITE) as usize,
+        (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as usize,
+        usize::MAX,
+        0,
+    )
+}
+
+/// Full `mmap`.
+pub fn mmap(addr: usize, len: usize, prot: i32, flags: i32, fd: i32, off: u64) -> SysResult {
+    sys6(
+        SYS_mmap as usize,
+        addr,
+        len,
+        prot as usize,
+        flags as usize,
+        fd as usize,
+        off as usize,
+    )
+}
+
+/// `munmap(addr, len)`.
+pub fn munmap(addr: usize, len: usize) {
+    let _ = sys3(SYS_munmap as usize, addr, len, 0);
+}
+
+/// `getdents64(fd, buf)`.
+pub fn getdents64(fd: i32, buf: &mut [u8]) -> SysResult {
+    sys3(
+        SYS_getdents64 as usize,
+        fd as usize,
+        buf.as_mut_ptr() as usize,
+        buf.len(),
+    )
+}
+
+/// Private futex wait while `*word == val`, with an optional relative timeout in nanoseconds.
+pub fn futex_wait(word: &core::sync::atomic::AtomicU32, val: u32, timeout_ns: Option<u64>) -> SysResult {
+    let ts;
+    let tsp = match timeout_ns {
+        Some(ns) => {
+            ts = libc::timespec { tv_sec: (ns / 1_000_000_000) as i64, tv_nsec: (ns % 1_000_000_000) as i64 };
+            &ts as *const _ as usize
+        }
+        None => 0,
+    };
+    sys6(
+        SYS_futex as usize,
+        word.as_ptr() as usize,
+        (libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG) as usize,
+        val as usize,
+        tsp,
+        0,
+        0,
+    )
+}
+
+/// Wakes every waiter on a private futex.
+pub fn futex_wake_all(word: &core::sync::atomic::AtomicU32) {
+    let _ = sys6(
+        SYS_futex as usize,
+        word.as_ptr() as usize,
+        (libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG) as usize,
+        i32::MAX as usize,
+        0,
+        0,
+        0,
+    );
+}
+
+/// `CLOCK_MONOTONIC` now, in nanoseconds.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let _ = sys3(
+        libc::SYS_clock_gettime as usize,
+        libc::CLOCK_MONOTONIC as usize,
+        &mut ts as *mut _ as usize,
+        0,
+    );
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Sets this thread's signal mask to `set` (raw 64-bit kernel sigset) and returns the old one.
+pub fn sigprocmask_raw(how: i32, set: Option<u64>) -> u64 {
+    let mut old: u64 = 0;
+    let newp = set.as_ref().map_or(0, |s| s as *const u64 as usize);
+    let _ = sys6(
+        SYS_rt_sigprocmask as usize,
+        how as usize,
+        newp,
+        &mut old as *mut u64 as usize,
+        8,
+        0,
+        0,
+    );
+    old
+}
+
+/// Queues signal `sig` to thread `tid` of process `tgid` with a caller-chosen `siginfo`.
+pub fn tgsigqueueinfo(tgid: i32, tid: i32, sig: i32, info: &libc::siginfo_t) -> SysResult {
+    sys6(
+        SYS_rt_tgsigqueueinfo as usize,
+        tgid as usize,
+        tid as usize,
+        sig as usize,
+        info as *const _ as usize,
+        0,
+        0,
+    )
+}
+
+/// `arch_prctl(code, addr)`.
+pub fn arch_prctl(code: i32, addr: usize) -> SysResult {
+    sys3(SYS_arch_prctl as usize, code as usize, addr, 0)
+}
+
+/// Reads this thread's `fs` base (its TLS / glibc `struct pthread` pointer).
+pub fn get_fs_base() -> usize {
+    let mut fs: usize = 0;
+    let _ = arch_prctl(0x1003, &mut fs as *mut usize as usize);
+    fs
+}
+
+/// Ends the calling thread only.
+pub fn exit_thread(code: i32) -> ! {
+    loop {
+        raw6(SYS_exit as usize, code as usize, 0, 0, 0, 0, 0);
+    }
+}
+
+/// Ends the whole process.
+pub fn exit_group(code: i32) -> ! {
+    loop {
+        raw6(SYS_exit_group as usize, code as usize, 0, 0, 0, 0, 0);
+    }
+}
+
+/// A small fixed buffer for formatting numbers and paths without the heap.
+pub struct StackBuf<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> Default for StackBuf<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> StackBuf<N> {
+    /// An empty buffer.
+    pub const fn new() -> Self {
+        StackBuf { buf: [0; N], len: 0 }
+    }
+    /// Appends bytes (truncating silently at capacity - 1, keeping room for a NUL).
+    pub fn push(&mut self, s: &[u8]) -> &mut Self {
+        for &b in s {
+            if self.len + 1 < N {
+                self.buf[self.len] = b;
+                self.len += 1;
+            }
+        }
+        self
+    }
+    /// Appends a decimal number.
+    pub fn num(&mut self, mut v: u64) -> &mut Self {
+        let mut tmp = [0u8; 20];
+        let mut i = tmp.len();
+        loop {
+            i -= 1;
+            tmp[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        self.push(&tmp[i..])
+    }
+    /// The bytes so far.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+    /// The bytes plus a terminating NUL (for paths passed to the kernel).
+    pub fn as_cstr(&mut self) -> &[u8] {
+        self.buf[self.len] = 0;
+        &self.buf[..=self.len]
+    }
+}

@@ -1,0 +1,25 @@
+//! Small pieces shared by the command-line tools.
+
+/// Declares the tool marker in a binary: the agent stays dormant in processes exporting it (the
+/// build exports it from every binary with `--export-dynamic-symbol`).
+#[macro_export]
+macro_rules! tool_marker {
+    () => {
+        /// Marks this executable as a libcr tool (see `agent::is_tool`).
+        #[no_mangle]
+        #[used]
+        pub static libcr_tool_marker: u8 = 1;
+    };
+}
+
+/// Prints `tool: msg` on stderr and exits with `errno & 0xff` (BLCR's convention; 1 if 0).
+pub fn fail(tool: &str, errno: i32, msg: &str) -> ! {
+    eprintln!("{tool}: {msg}");
+    let code = errno & 0xff;
+    std::process::exit(if code == 0 { 1 } else { code })
+}
+
+/// `strerror` text for an errno.
+pub fn strerror(errno: i32) -> String {
+    std::io::Error::from_raw_os_error(errno).to_string()
+}
