@@ -51,6 +51,20 @@ pub fn restore(img: &Image, keep: &[i32]) -> Result<(), RestoreError> {
             }
         }
     }
+    // Pipes with both ends in the image are re-created as one pipe; the others lead outside.
+    let mut pipes: std::collections::HashMap<u64, [i32; 2]> = std::collections::HashMap::new();
+    for f in img.fds.iter().filter(|f| f.kind == FdKind::Pipe) {
+        let reads = img.fds.iter().any(|g| g.kind == FdKind::Pipe && g.rec.ino == f.rec.ino && g.rec.flags & libc::O_ACCMODE == libc::O_RDONLY);
+        let writes = img.fds.iter().any(|g| g.kind == FdKind::Pipe && g.rec.ino == f.rec.ino && g.rec.flags & libc::O_ACCMODE != libc::O_RDONLY);
+        if reads && writes && !pipes.contains_key(&f.rec.ino) {
+            let mut p = [0i32; 2];
+            // SAFETY: pipe2 with a valid array; the ends are moved above the saved numbers.
+            if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+                return Err(RestoreError::new(last_errno(), "cannot create a pipe".into()));
+            }
+            pipes.insert(f.rec.ino, [move_high(p[0], img)?, move_high(p[1], img)?]);
+        }
+    }
     for f in &img.fds {
         let r = &f.rec;
         let newfd = match f.kind {
@@ -102,7 +116,12 @@ pub fn restore(img: &Image, keep: &[i32]) -> Result<(), RestoreError> {
                 }
             }
             FdKind::Pipe => {
-                let src = if r.flags & libc::O_ACCMODE == libc::O_RDONLY { 0 } else { 1 };
+                let read_end = r.flags & libc::O_ACCMODE == libc::O_RDONLY;
+                let src = match pipes.get(&r.ino) {
+                    Some(p) => p[if read_end { 0 } else { 1 }],
+                    None if read_end => 0,
+                    None => 1,
+                };
                 // SAFETY: duplicating cr_restart's stdin/stdout.
                 Some(unsafe { libc::fcntl(src, libc::F_DUPFD_CLOEXEC, 0) })
             }
@@ -131,6 +150,13 @@ pub fn restore(img: &Image, keep: &[i32]) -> Result<(), RestoreError> {
                 // SAFETY: F_SETFL on a descriptor we own.
                 unsafe { libc::fcntl(r.fd, libc::F_SETFL, r.flags & settable) };
             }
+        }
+    }
+    for p in pipes.values() {
+        // SAFETY: closing the temporary pipe ends; the program's numbers hold duplicates.
+        unsafe {
+            libc::close(p[0]);
+            libc::close(p[1]);
         }
     }
     Ok(())

@@ -53,6 +53,43 @@ fn overlaps(maps: &[CurMap], s: u64, e: u64) -> bool {
     maps.iter().any(|m| m.start < e && s < m.end)
 }
 
+/// The parts of `[s, e)` not covered by any mapping in `maps`.
+fn gaps(maps: &[CurMap], s: u64, e: u64) -> Vec<(u64, u64)> {
+    let mut covered: Vec<(u64, u64)> = maps
+        .iter()
+        .filter(|m| m.start < e && s < m.end)
+        .map(|m| (m.start.max(s), m.end.min(e)))
+        .collect();
+    covered.sort_unstable();
+    let mut out = Vec::new();
+    let mut at = s;
+    for (cs, ce) in covered {
+        if cs > at {
+            out.push((at, cs));
+        }
+        at = at.max(ce);
+    }
+    if at < e {
+        out.push((at, e));
+    }
+    out
+}
+
+/// Maps an inaccessible placeholder over free address space `[s, e)`.
+fn reserve(s: u64, e: u64) {
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
+    unsafe {
+        libc::mmap(
+            s as *mut _,
+            (e - s) as usize,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE | libc::MAP_NORESERVE,
+            -1,
+            0,
+        );
+    }
+}
+
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
 }
@@ -168,16 +205,9 @@ pub fn build(img: &Image, file: &File) -> Result<Layout, RestoreError> {
     let specials_move = specials.iter().any(|&(from, _, to)| from != to);
     if specials_move {
         for &(_, len, to) in &specials {
-            if !overlaps(&cur, to, to + len) {
-                // Placeholder so no temporary mapping lands where the vdso goes.
-                // SAFETY: reserving free address space.
-                let p = unsafe {
-                    libc::mmap(to as *mut _, len as usize, libc::PROT_NONE,
-                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE, -1, 0)
-                };
-                if p != libc::MAP_FAILED {
-                    layout.keep.push((to, to + len));
-                }
+            // Placeholders so no temporary mapping lands where the vdso goes.
+            for (gs, ge) in gaps(&cur, to, to + len) {
+                reserve(gs, ge);
             }
         }
     }
@@ -189,6 +219,18 @@ pub fn build(img: &Image, file: &File) -> Result<Layout, RestoreError> {
         }
         let at = map_region(r, r.rec.start)?;
         placed[i] = Some(Placed { cur: at, dst: r.rec.start, len: r.rec.end - r.rec.start });
+    }
+    // Destinations of the remaining regions are only partly occupied by cr_restart: reserve their
+    // free parts so no temporary mapping or trampoline block lands there. The placeholders are
+    // unmapped with cr_restart's mappings before the moves.
+    let now = current_maps();
+    for (i, r) in img.regions.iter().enumerate() {
+        if r.kind.is_special() || placed[i].is_some() {
+            continue;
+        }
+        for (gs, ge) in gaps(&now, r.rec.start, r.rec.end) {
+            reserve(gs, ge);
+        }
     }
     // Pass 2: the rest at temporary addresses.
     for (i, r) in img.regions.iter().enumerate() {
