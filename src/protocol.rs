@@ -59,7 +59,11 @@ pub struct Reply {
 impl Reply {
     /// The message as text.
     pub fn message(&self) -> String {
-        let end = self.msg.iter().position(|&b| b == 0).unwrap_or(self.msg.len());
+        let end = self
+            .msg
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.msg.len());
         String::from_utf8_lossy(&self.msg[..end]).into_owned()
     }
 }

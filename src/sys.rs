@@ -51,9 +51,9 @@ pub fn sys3(nr: usize, a: usize, b: usize, c: usize) -> SysResult {
 
 use libc::{
     SYS_arch_prctl, SYS_close, SYS_exit, SYS_exit_group, SYS_fcntl, SYS_fdatasync, SYS_fstat,
-    SYS_futex, SYS_getdents64, SYS_getpid, SYS_gettid, SYS_lseek, SYS_mmap, SYS_munmap,
-    SYS_openat, SYS_pread64, SYS_pwrite64, SYS_read, SYS_readlinkat, SYS_rt_sigprocmask,
-    SYS_rt_tgsigqueueinfo, SYS_write,
+    SYS_futex, SYS_getdents64, SYS_getpid, SYS_gettid, SYS_lseek, SYS_mmap, SYS_munmap, SYS_openat,
+    SYS_pread64, SYS_pwrite64, SYS_read, SYS_readlinkat, SYS_rt_sigprocmask, SYS_rt_tgsigqueueinfo,
+    SYS_write,
 };
 
 /// `getpid()`.
@@ -87,7 +87,12 @@ pub fn close(fd: i32) {
 
 /// `read(fd, buf)`.
 pub fn read(fd: i32, buf: &mut [u8]) -> SysResult {
-    sys3(SYS_read as usize, fd as usize, buf.as_mut_ptr() as usize, buf.len())
+    sys3(
+        SYS_read as usize,
+        fd as usize,
+        buf.as_mut_ptr() as usize,
+        buf.len(),
+    )
 }
 
 /// `pread64(fd, buf, off)`.
@@ -116,7 +121,15 @@ pub unsafe fn write_raw(fd: i32, ptr: usize, len: usize) -> SysResult {
 /// # Safety
 /// As [`write_raw`].
 pub unsafe fn pwrite_raw(fd: i32, ptr: usize, len: usize, off: u64) -> SysResult {
-    sys6(SYS_pwrite64 as usize, fd as usize, ptr, len, off as usize, 0, 0)
+    sys6(
+        SYS_pwrite64 as usize,
+        fd as usize,
+        ptr,
+        len,
+        off as usize,
+        0,
+        0,
+    )
 }
 
 /// Writes the whole buffer, retrying on `EINTR` and short writes.
@@ -169,7 +182,12 @@ pub fn readlink(path: &[u8], buf: &mut [u8]) -> SysResult {
 pub fn fstat(fd: i32) -> Result<libc::stat, Errno> {
     // SAFETY: all-zero bytes are a valid `stat`.
     let mut st: libc::stat = unsafe { core::mem::zeroed() };
-    sys3(SYS_fstat as usize, fd as usize, &mut st as *mut _ as usize, 0)?;
+    sys3(
+        SYS_fstat as usize,
+        fd as usize,
+        &mut st as *mut _ as usize,
+        0,
+    )?;
     Ok(st)
 }
 
@@ -196,7 +214,12 @@ pub fn fcntl(fd: i32, cmd: i32, arg: usize) -> SysResult {
 
 /// `lseek(fd, off, whence)`.
 pub fn lseek(fd: i32, off: i64, whence: i32) -> SysResult {
-    sys3(SYS_lseek as usize, fd as usize, off as usize, whence as usize)
+    sys3(
+        SYS_lseek as usize,
+        fd as usize,
+        off as usize,
+        whence as usize,
+    )
 }
 
 /// `fdatasync(fd)`.
@@ -246,11 +269,18 @@ pub fn getdents64(fd: i32, buf: &mut [u8]) -> SysResult {
 }
 
 /// Private futex wait while `*word == val`, with an optional relative timeout in nanoseconds.
-pub fn futex_wait(word: &core::sync::atomic::AtomicU32, val: u32, timeout_ns: Option<u64>) -> SysResult {
+pub fn futex_wait(
+    word: &core::sync::atomic::AtomicU32,
+    val: u32,
+    timeout_ns: Option<u64>,
+) -> SysResult {
     let ts;
     let tsp = match timeout_ns {
         Some(ns) => {
-            ts = libc::timespec { tv_sec: (ns / 1_000_000_000) as i64, tv_nsec: (ns % 1_000_000_000) as i64 };
+            ts = libc::timespec {
+                tv_sec: (ns / 1_000_000_000) as i64,
+                tv_nsec: (ns % 1_000_000_000) as i64,
+            };
             &ts as *const _ as usize
         }
         None => 0,
@@ -281,7 +311,10 @@ pub fn futex_wake_all(word: &core::sync::atomic::AtomicU32) {
 
 /// `CLOCK_MONOTONIC` now, in nanoseconds.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     let _ = sys3(
         libc::SYS_clock_gettime as usize,
         libc::CLOCK_MONOTONIC as usize,
@@ -361,7 +394,10 @@ impl<const N: usize> Default for StackBuf<N> {
 impl<const N: usize> StackBuf<N> {
     /// An empty buffer.
     pub const fn new() -> Self {
-        StackBuf { buf: [0; N], len: 0 }
+        StackBuf {
+            buf: [0; N],
+            len: 0,
+        }
     }
     /// Appends bytes (truncating silently at capacity - 1, keeping room for a NUL).
     pub fn push(&mut self, s: &[u8]) -> &mut Self {

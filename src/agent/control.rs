@@ -27,7 +27,15 @@ const COMMIT_TIMEOUT_MS: i32 = 60_000;
 
 fn high_fd_floor() -> usize {
     let mut lim = [0u64; 2];
-    let _ = sys::sys6(libc::SYS_prlimit64 as usize, 0, libc::RLIMIT_NOFILE as usize, 0, lim.as_mut_ptr() as usize, 0, 0);
+    let _ = sys::sys6(
+        libc::SYS_prlimit64 as usize,
+        0,
+        libc::RLIMIT_NOFILE as usize,
+        0,
+        lim.as_mut_ptr() as usize,
+        0,
+        0,
+    );
     let soft = lim[0].min(1 << 20) as usize;
     if soft > 1100 {
         1000
@@ -46,8 +54,13 @@ fn bind_socket() -> Result<i32, sys::Errno> {
     )? as i32;
     let pid = sys::getpid();
     let (addr, len) = protocol::socket_addr(pid);
-    let res = sys::sys3(libc::SYS_bind as usize, fd as usize, &addr as *const _ as usize, len as usize)
-        .and_then(|_| sys::sys3(libc::SYS_listen as usize, fd as usize, 8, 0));
+    let res = sys::sys3(
+        libc::SYS_bind as usize,
+        fd as usize,
+        &addr as *const _ as usize,
+        len as usize,
+    )
+    .and_then(|_| sys::sys3(libc::SYS_listen as usize, fd as usize, 8, 0));
     if let Err(e) = res {
         sys::close(fd);
         return Err(e);
@@ -72,7 +85,14 @@ pub fn start() {
     let old_mask = sys::sigprocmask_raw(libc::SIG_SETMASK, Some(!0));
     let mut th: libc::pthread_t = 0;
     // SAFETY: plain pthread_create with default attributes and a static entry function.
-    let rc = unsafe { libc::pthread_create(&mut th, core::ptr::null(), control_main, core::ptr::null_mut()) };
+    let rc = unsafe {
+        libc::pthread_create(
+            &mut th,
+            core::ptr::null(),
+            control_main,
+            core::ptr::null_mut(),
+        )
+    };
     sys::sigprocmask_raw(libc::SIG_SETMASK, Some(old_mask));
     if rc == 0 {
         // SAFETY: th is a thread we just created; detaching it is always valid.
@@ -84,7 +104,12 @@ pub fn start() {
 }
 
 extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void {
-    let _ = sys::sys3(libc::SYS_prctl as usize, libc::PR_SET_NAME as usize, b"cr-control\0".as_ptr() as usize, 0);
+    let _ = sys::sys3(
+        libc::SYS_prctl as usize,
+        libc::PR_SET_NAME as usize,
+        b"cr-control\0".as_ptr() as usize,
+        0,
+    );
     super::verify_tid_offset();
     loop {
         let lfd = LISTEN_FD.load(Acquire);
@@ -118,11 +143,21 @@ extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void {
 }
 
 fn peer_allowed(conn: i32) -> bool {
-    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
     let mut len = core::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into cred.
     let rc = unsafe {
-        libc::getsockopt(conn, libc::SOL_SOCKET, libc::SO_PEERCRED, &mut cred as *mut _ as *mut _, &mut len)
+        libc::getsockopt(
+            conn,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut _ as *mut _,
+            &mut len,
+        )
     };
     // SAFETY: getuid has no preconditions.
     rc == 0 && (cred.uid == 0 || cred.uid == unsafe { libc::getuid() })
@@ -131,7 +166,10 @@ fn peer_allowed(conn: i32) -> bool {
 /// Receives a request and (optionally) one passed descriptor.
 fn recv_request(conn: i32) -> Option<(Request, i32)> {
     let mut req: Request = bytemuck::Zeroable::zeroed();
-    let mut iov = libc::iovec { iov_base: &mut req as *mut _ as *mut _, iov_len: core::mem::size_of::<Request>() };
+    let mut iov = libc::iovec {
+        iov_base: &mut req as *mut _ as *mut _,
+        iov_len: core::mem::size_of::<Request>(),
+    };
     let mut cbuf = [0u64; 8];
     // SAFETY: all-zero is a valid msghdr.
     let mut msg: libc::msghdr = unsafe { core::mem::zeroed() };
@@ -148,7 +186,8 @@ fn recv_request(conn: i32) -> Option<(Request, i32)> {
     // SAFETY: the CMSG macros walk the control buffer the kernel filled.
     unsafe {
         let c = libc::CMSG_FIRSTHDR(&msg);
-        if !c.is_null() && (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+        if !c.is_null() && (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS
+        {
             fd = core::ptr::read_unaligned(libc::CMSG_DATA(c) as *const i32);
         }
     }
@@ -156,7 +195,12 @@ fn recv_request(conn: i32) -> Option<(Request, i32)> {
 }
 
 fn send_reply(conn: i32, status: i32, bytes: u64, msg: &[u8]) {
-    let mut r = Reply { magic: protocol::MAGIC, status, bytes, msg: [0; 240] };
+    let mut r = Reply {
+        magic: protocol::MAGIC,
+        status,
+        bytes,
+        msg: [0; 240],
+    };
     let n = msg.len().min(239);
     r.msg[..n].copy_from_slice(&msg[..n]);
     let b = bytemuck::bytes_of(&r);
@@ -166,17 +210,30 @@ fn send_reply(conn: i32, status: i32, bytes: u64, msg: &[u8]) {
 
 /// Waits (bounded) for the requester's RELEASE after the image is committed.
 fn wait_commit(conn: i32) {
-    let mut p = libc::pollfd { fd: conn, events: libc::POLLIN, revents: 0 };
+    let mut p = libc::pollfd {
+        fd: conn,
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd.
     if unsafe { libc::poll(&mut p, 1, COMMIT_TIMEOUT_MS) } > 0 {
         let mut req: Request = bytemuck::Zeroable::zeroed();
         // SAFETY: receiving into a valid buffer.
-        unsafe { libc::recv(conn, &mut req as *mut _ as *mut _, core::mem::size_of::<Request>(), 0) };
+        unsafe {
+            libc::recv(
+                conn,
+                &mut req as *mut _ as *mut _,
+                core::mem::size_of::<Request>(),
+                0,
+            )
+        };
     }
 }
 
 fn serve(conn: i32) {
-    let Some((req, img_fd)) = recv_request(conn) else { return };
+    let Some((req, img_fd)) = recv_request(conn) else {
+        return;
+    };
     if req.kind != protocol::REQ_CHECKPOINT || img_fd < 0 {
         send_reply(conn, libc::EINVAL, 0, b"bad request");
         if img_fd >= 0 {
@@ -192,14 +249,20 @@ fn serve(conn: i32) {
             return;
         }
     };
-    let timeout_ms = if req.timeout_ms == 0 { QUIESCE_TIMEOUT_MS } else { req.timeout_ms as u64 };
+    let timeout_ms = if req.timeout_ms == 0 {
+        QUIESCE_TIMEOUT_MS
+    } else {
+        req.timeout_ms as u64
+    };
     let mut dirbuf = DirBuf([0; 8192]);
     if let Err(e) = quiesce::quiesce(&mut dirbuf, timeout_ms * 1_000_000) {
         quiesce::release();
         let mut m = StackBuf::<240>::new();
         let status = match e {
             QuiesceError::Timeout(tid) => {
-                m.push(b"thread ").num(tid as u64).push(b" did not stop for the checkpoint");
+                m.push(b"thread ")
+                    .num(tid as u64)
+                    .push(b" did not stop for the checkpoint");
                 libc::ETIMEDOUT
             }
             QuiesceError::TooManyThreads => {
@@ -228,7 +291,12 @@ fn serve(conn: i32) {
     // must not change while it is hashed and written.
     // SAFETY: the scratch stack is mapped, unused, and outlives the call.
     let r = unsafe {
-        crate::arch::save_and_call_on(&SLOTS[0].ctx_rsp, write_callback, &job as *const Job as usize, scratch.stack_top())
+        crate::arch::save_and_call_on(
+            &SLOTS[0].ctx_rsp,
+            write_callback,
+            &job as *const Job as usize,
+            scratch.stack_top(),
+        )
     };
     if r == crate::arch::RESUMED {
         // We are the control thread of a restored process; conn, img_fd and the scratch area
@@ -244,7 +312,8 @@ fn serve(conn: i32) {
     } else {
         let e = job.errno.load(Acquire);
         let mut m = StackBuf::<240>::new();
-        m.push(b"failed at ").push(STEPS[job.step.load(Acquire) as usize % STEPS.len()].as_bytes());
+        m.push(b"failed at ")
+            .push(STEPS[job.step.load(Acquire) as usize % STEPS.len()].as_bytes());
         send_reply(conn, e, 0, m.as_bytes());
     }
     quiesce::release();
@@ -253,7 +322,9 @@ fn serve(conn: i32) {
 
 /// Completes a restart in the control thread, then lets the program's threads go.
 fn after_restart() {
-    let info = RestartInfo::from_words(core::array::from_fn(|i| super::resume::INFO[i].load(Acquire)));
+    let info = RestartInfo::from_words(core::array::from_fn(|i| {
+        super::resume::INFO[i].load(Acquire)
+    }));
     RESTARTER.store(info.restarter_pid, Release);
     if info.block_len > 0 {
         sys::munmap(info.block_addr as usize, info.block_len as usize);

@@ -38,7 +38,9 @@ pub fn capture(w: &mut MetaWriter, skip: &[i32]) -> Result<(), Errno> {
 }
 
 fn one(w: &mut MetaWriter, fd: i32) -> Result<(), Errno> {
-    let Ok(st) = sys::fstat(fd) else { return Ok(()) };
+    let Ok(st) = sys::fstat(fd) else {
+        return Ok(());
+    };
     let mut link = StackBuf::<64>::new();
     link.push(b"/proc/self/fd/").num(fd as u64);
     let mut path = [0u8; 4096];
@@ -50,19 +52,32 @@ fn one(w: &mut MetaWriter, fd: i32) -> Result<(), Errno> {
     let stdio = fd <= 2;
     let deleted = path.ends_with(b" (deleted)");
     let (kind, warn): (FdKind, Option<&[u8]>) = match fmt {
-        libc::S_IFREG if deleted => (FdKind::Unsupported, Some(b"is an unlinked file; it will be closed at restart")),
+        libc::S_IFREG if deleted => (
+            FdKind::Unsupported,
+            Some(b"is an unlinked file; it will be closed at restart"),
+        ),
         libc::S_IFREG => (FdKind::Regular, None),
         libc::S_IFDIR => (FdKind::Directory, None),
-        libc::S_IFCHR if is_tty_major(libc::major(st.st_rdev)) && stdio => (FdKind::Inherited, None),
+        libc::S_IFCHR if is_tty_major(libc::major(st.st_rdev)) && stdio => {
+            (FdKind::Inherited, None)
+        }
         libc::S_IFCHR => (FdKind::CharDevice, None),
         libc::S_IFIFO if stdio => (FdKind::Inherited, None),
         libc::S_IFIFO => (FdKind::Pipe, None),
         _ if stdio => (FdKind::Inherited, None),
-        libc::S_IFSOCK => (FdKind::Unsupported, Some(b"is a socket; it will be closed at restart")),
-        _ => (FdKind::Unsupported, Some(b"is not a file libcr can restore; it will be closed at restart")),
+        libc::S_IFSOCK => (
+            FdKind::Unsupported,
+            Some(b"is a socket; it will be closed at restart"),
+        ),
+        _ => (
+            FdKind::Unsupported,
+            Some(b"is not a file libcr can restore; it will be closed at restart"),
+        ),
     };
     let offset = match kind {
-        FdKind::Regular | FdKind::Directory => sys::lseek(fd, 0, libc::SEEK_CUR).unwrap_or(0) as i64,
+        FdKind::Regular | FdKind::Directory => {
+            sys::lseek(fd, 0, libc::SEEK_CUR).unwrap_or(0) as i64
+        }
         _ => 0,
     };
     let rec = FdRec {
@@ -77,11 +92,18 @@ fn one(w: &mut MetaWriter, fd: i32) -> Result<(), Errno> {
         mode: st.st_mode,
         path_len: path.len() as u32,
     };
-    w.record(REC_FD, &rec, path).map_err(|_| Errno(libc::ENOMEM))?;
+    w.record(REC_FD, &rec, path)
+        .map_err(|_| Errno(libc::ENOMEM))?;
     if let Some(text) = warn {
         let mut msg = StackBuf::<512>::new();
-        msg.push(b"fd ").num(fd as u64).push(b" (").push(path).push(b") ").push(text);
-        w.raw(REC_WARNING, msg.as_bytes()).map_err(|_| Errno(libc::ENOMEM))?;
+        msg.push(b"fd ")
+            .num(fd as u64)
+            .push(b" (")
+            .push(path)
+            .push(b") ")
+            .push(text);
+        w.raw(REC_WARNING, msg.as_bytes())
+            .map_err(|_| Errno(libc::ENOMEM))?;
     }
     Ok(())
 }

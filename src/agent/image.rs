@@ -92,7 +92,9 @@ fn xsave_info() -> (u64, u32) {
     }
     let (lo, hi): (u32, u32);
     // SAFETY: OSXSAVE is set, so xgetbv with ecx=0 is valid.
-    unsafe { core::arch::asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+    unsafe {
+        core::arch::asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack))
+    };
     let d = core::arch::x86_64::__cpuid_count(0xd, 0);
     (((hi as u64) << 32) | lo as u64, d.ebx)
 }
@@ -112,8 +114,16 @@ fn kernel_release(out: &mut [u8; 64]) {
 }
 
 fn realtime_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    let _ = sys::sys3(libc::SYS_clock_gettime as usize, libc::CLOCK_REALTIME as usize, &mut ts as *mut _ as usize, 0);
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let _ = sys::sys3(
+        libc::SYS_clock_gettime as usize,
+        libc::CLOCK_REALTIME as usize,
+        &mut ts as *mut _ as usize,
+        0,
+    );
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -140,7 +150,8 @@ fn write_image(job: &Job) -> Result<u64, (u32, Errno)> {
     rec.restore_stack_top = super::resume::restore_stack_top() as u64;
     rec.leader_fs = SLOTS[leader].fs_base.load(Relaxed) as u64;
     rec.auxv_len = auxv_len as u32;
-    w.record(REC_PROCESS, &rec, &auxv[..auxv_len]).map_err(full)?;
+    w.record(REC_PROCESS, &rec, &auxv[..auxv_len])
+        .map_err(full)?;
     let mut cwd = [0u8; 4096];
     let n = process::capture_cwd(&mut cwd).map_err(|e| (1, e))?;
     w.raw(REC_CWD, &cwd[..n]).map_err(full)?;
@@ -186,16 +197,23 @@ fn write_image(job: &Job) -> Result<u64, (u32, Errno)> {
     };
     hdr.trailer_offset = hdr.data_offset + hdr.data_len;
     kernel_release(&mut hdr.kernel_release);
-    hdr.header_hash = hdr.compute_hash();
     let hpage = scratch.header();
-    hpage[..core::mem::size_of::<FileHeader>()].copy_from_slice(bytemuck::bytes_of(&hdr));
+    let hsize = core::mem::size_of::<FileHeader>();
+    hpage[..hsize].copy_from_slice(bytemuck::bytes_of(&hdr));
+    hdr.header_hash = page_hash(hpage, hsize);
+    hpage[..hsize].copy_from_slice(bytemuck::bytes_of(&hdr));
 
     let fd = job.fd;
     let fl = sys::fcntl(fd, libc::F_GETFL, 0).unwrap_or(0);
     let _ = sys::fcntl(fd, libc::F_SETFL, fl | libc::O_DIRECT as usize);
     let io = |e| (4, e);
     write_mem(fd, hpage.as_ptr() as usize, PAGE).map_err(io)?;
-    write_mem(fd, scratch.meta().as_ptr() as usize, page_align(meta_len) as usize).map_err(io)?;
+    write_mem(
+        fd,
+        scratch.meta().as_ptr() as usize,
+        page_align(meta_len) as usize,
+    )
+    .map_err(io)?;
     unreadable.set(true);
     let data_hash = memory::write_data(fd, ext.all());
     unreadable.set(false);
@@ -206,9 +224,11 @@ fn write_image(job: &Job) -> Result<u64, (u32, Errno)> {
         total_len: hdr.trailer_offset + PAGE as u64,
         trailer_hash: 0,
     };
-    tr.trailer_hash = tr.compute_hash();
     let tpage = scratch.trailer();
-    tpage[..core::mem::size_of::<Trailer>()].copy_from_slice(bytemuck::bytes_of(&tr));
+    let tsize = core::mem::size_of::<Trailer>();
+    tpage[..tsize].copy_from_slice(bytemuck::bytes_of(&tr));
+    tr.trailer_hash = page_hash(tpage, tsize);
+    tpage[..tsize].copy_from_slice(bytemuck::bytes_of(&tr));
     write_mem(fd, tpage.as_ptr() as usize, PAGE).map_err(io)?;
     match sys::fdatasync(fd) {
         Ok(_) | Err(Errno(libc::EINVAL)) | Err(Errno(libc::EROFS)) => {}

@@ -71,7 +71,8 @@ pub extern "C" fn sigprocmask(how: c_int, set: *const sigset_t, old: *mut sigset
     }
 }
 
-type SigactionFn = unsafe extern "C" fn(c_int, *const libc::sigaction, *mut libc::sigaction) -> c_int;
+type SigactionFn =
+    unsafe extern "C" fn(c_int, *const libc::sigaction, *mut libc::sigaction) -> c_int;
 static REAL_SIGACTION: AtomicUsize = AtomicUsize::new(0);
 
 fn real_sigaction() -> Option<SigactionFn> {
@@ -94,7 +95,11 @@ fn real_sigaction() -> Option<SigactionFn> {
 /// # Safety
 /// As `sigaction(2)`.
 #[no_mangle]
-pub unsafe extern "C" fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int {
+pub unsafe extern "C" fn sigaction(
+    sig: c_int,
+    act: *const libc::sigaction,
+    old: *mut libc::sigaction,
+) -> c_int {
     if sig == CR_SIGNUM && super::active() {
         set_errno(libc::EINVAL);
         return -1;

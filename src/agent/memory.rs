@@ -120,7 +120,11 @@ fn classify(m: &MapLine, save_all: bool, st: &mut Option<libc::stat>) -> Option<
     if p.starts_with(b"[") {
         return Some(RegionKind::Anon); // other kernel-named anonymous memory
     }
-    let content = if m.shared { RegionKind::SharedContent } else { RegionKind::PrivateContent };
+    let content = if m.shared {
+        RegionKind::SharedContent
+    } else {
+        RegionKind::PrivateContent
+    };
     if p.ends_with(b" (deleted)") || p.starts_with(b"/memfd:") || p.starts_with(b"/SYSV") {
         return Some(content);
     }
@@ -170,7 +174,12 @@ pub struct ExtentList<'a> {
 impl<'a> ExtentList<'a> {
     /// Empty list over scratch storage.
     pub fn new(buf: &'a mut [Extent]) -> Self {
-        ExtentList { buf, n: 0, region_first: 0, data_len: 0 }
+        ExtentList {
+            buf,
+            n: 0,
+            region_first: 0,
+            data_len: 0,
+        }
     }
 
     fn push_page(&mut self, addr: u64) -> Result<(), Errno> {
@@ -185,7 +194,11 @@ impl<'a> ExtentList<'a> {
         if self.n == self.buf.len() {
             return Err(Errno(libc::ENOMEM));
         }
-        self.buf[self.n] = Extent { addr, len: PAGE as u64, file_off: self.data_len };
+        self.buf[self.n] = Extent {
+            addr,
+            len: PAGE as u64,
+            file_off: self.data_len,
+        };
         self.n += 1;
         self.data_len += PAGE as u64;
         Ok(())
@@ -214,7 +227,10 @@ pub struct Unreadable {
 impl Unreadable {
     /// Empty.
     pub const fn new() -> Self {
-        Unreadable { list: [(0, 0, 0); 256], n: 0 }
+        Unreadable {
+            list: [(0, 0, 0); 256],
+            n: 0,
+        }
     }
     fn add(&mut self, start: u64, end: u64, prot: u32) -> Result<(), Errno> {
         if self.n == self.list.len() {
@@ -227,8 +243,17 @@ impl Unreadable {
     /// Temporarily grants (`open = true`) or restores the original protections.
     pub fn set(&self, open: bool) {
         for &(s, e, prot) in &self.list[..self.n] {
-            let p = if open { prot | libc::PROT_READ as u32 } else { prot };
-            let _ = sys::sys3(libc::SYS_mprotect as usize, s as usize, (e - s) as usize, p as usize);
+            let p = if open {
+                prot | libc::PROT_READ as u32
+            } else {
+                prot
+            };
+            let _ = sys::sys3(
+                libc::SYS_mprotect as usize,
+                s as usize,
+                (e - s) as usize,
+                p as usize,
+            );
         }
     }
 }
@@ -260,13 +285,16 @@ fn scan_region(
                     break;
                 }
                 for i in 0..pages {
-                    let e = u64::from_ne_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+                    let e =
+                        u64::from_ne_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
                     let page = addr + (i * PAGE) as u64;
                     let populated = e & (PM_PRESENT | PM_SWAPPED) != 0;
                     let save = if kind == RegionKind::FilePrivate {
                         populated && (e & PM_FILE == 0 || e & PM_SWAPPED != 0)
                     } else {
-                        populated && (m.prot & libc::PROT_READ as u32 == 0 || !page_is_zero(page as usize))
+                        populated
+                            && (m.prot & libc::PROT_READ as u32 == 0
+                                || !page_is_zero(page as usize))
                     };
                     if save {
                         ext.push_page(page)?;
@@ -315,8 +343,14 @@ fn scan_region(
 /// Copies this process's memory at `addr` into `buf` without faulting the caller; returns how
 /// many bytes were readable from the start.
 fn read_self(addr: usize, buf: &mut [u8]) -> usize {
-    let local = libc::iovec { iov_base: buf.as_mut_ptr() as *mut _, iov_len: buf.len() };
-    let remote = libc::iovec { iov_base: addr as *mut _, iov_len: buf.len() };
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut _,
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut _,
+        iov_len: buf.len(),
+    };
     sys::sys6(
         libc::SYS_process_vm_readv as usize,
         sys::getpid() as usize,
@@ -339,7 +373,8 @@ pub fn capture(
 ) -> Result<(), Errno> {
     let maps = scratch.maps();
     let n = sys::read_file(b"/proc/self/maps\0", maps)?;
-    let pagemap_fd = sys::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)? as i32;
+    let pagemap_fd =
+        sys::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)? as i32;
     let res = (|| {
         let maps = &scratch.maps()[..n];
         for line in maps.split(|&b| b == b'\n') {
@@ -348,14 +383,18 @@ pub fn capture(
                 continue;
             }
             let mut st = None;
-            let Some(kind) = classify(&m, save_all, &mut st) else { continue };
+            let Some(kind) = classify(&m, save_all, &mut st) else {
+                continue;
+            };
             ext.begin_region();
             scan_region(&m, kind, pagemap_fd, scratch, ext)?;
             let extents = ext.region_extents();
             if !extents.is_empty() && m.prot & libc::PROT_READ as u32 == 0 {
                 unreadable.add(m.start, m.end, m.prot)?;
             }
-            let (size, msec, mnsec) = st.map_or((0, 0, 0), |s| (s.st_size as u64, s.st_mtime, s.st_mtime_nsec));
+            let (size, msec, mnsec) = st.map_or((0, 0, 0), |s| {
+                (s.st_size as u64, s.st_mtime, s.st_mtime_nsec)
+            });
             let rec = RegionRec {
                 start: m.start,
                 end: m.end,
@@ -370,9 +409,11 @@ pub fn capture(
                 n_extents: extents.len() as u32,
                 path_len: m.path.len() as u32,
             };
-            w.record(REC_REGION, &rec, m.path).map_err(|_| Errno(libc::ENOMEM))?;
+            w.record(REC_REGION, &rec, m.path)
+                .map_err(|_| Errno(libc::ENOMEM))?;
             if !extents.is_empty() {
-                w.raw(REC_EXTENTS, bytemuck::cast_slice(extents)).map_err(|_| Errno(libc::ENOMEM))?;
+                w.raw(REC_EXTENTS, bytemuck::cast_slice(extents))
+                    .map_err(|_| Errno(libc::ENOMEM))?;
             }
         }
         Ok(())

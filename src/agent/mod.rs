@@ -85,10 +85,18 @@ pub fn init() -> bool {
         return true;
     }
     let mut cookie = [0u8; 8];
-    let _ = sys::sys3(libc::SYS_getrandom as usize, cookie.as_mut_ptr() as usize, 8, 0);
+    let _ = sys::sys3(
+        libc::SYS_getrandom as usize,
+        cookie.as_mut_ptr() as usize,
+        8,
+        0,
+    );
     let cookie = u64::from_ne_bytes(cookie) | 1;
     quiesce::COOKIE.store(cookie, Relaxed);
-    if let (Some(off), Some(size)) = (dlsym_value::<isize>(c"__rseq_offset"), dlsym_value::<u32>(c"__rseq_size")) {
+    if let (Some(off), Some(size)) = (
+        dlsym_value::<isize>(c"__rseq_offset"),
+        dlsym_value::<u32>(c"__rseq_size"),
+    ) {
         RSEQ_OFFSET.store(off, Relaxed);
         RSEQ_SIZE.store(size, Relaxed);
     }

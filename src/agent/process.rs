@@ -33,7 +33,11 @@ const TROW: [AtomicI64; 4] = [I0; 4];
 /// ITIMER_REAL/VIRTUAL/PROF at checkpoint time (interval sec/usec, value sec/usec).
 static ITIMERS: [[AtomicI64; 4]; 3] = [TROW; 3];
 
-fn rt_sigaction(sig: i32, new: Option<&KSigaction>, old: Option<&mut KSigaction>) -> sys::SysResult {
+fn rt_sigaction(
+    sig: i32,
+    new: Option<&KSigaction>,
+    old: Option<&mut KSigaction>,
+) -> sys::SysResult {
     sys::sys6(
         libc::SYS_rt_sigaction as usize,
         sig as usize,
@@ -59,7 +63,12 @@ pub fn capture_signals_and_timers() {
     }
     for (which, row) in ITIMERS.iter().enumerate() {
         let mut v = [0i64; 4];
-        let _ = sys::sys3(libc::SYS_getitimer as usize, which, v.as_mut_ptr() as usize, 0);
+        let _ = sys::sys3(
+            libc::SYS_getitimer as usize,
+            which,
+            v.as_mut_ptr() as usize,
+            0,
+        );
         for (slot, val) in row.iter().zip(v) {
             slot.store(val, Relaxed);
         }
@@ -95,7 +104,9 @@ pub fn restore_timers() {
 
 /// Parses `/proc/self/stat` fields (1-based numbering of proc(5)).
 fn stat_fields(buf: &[u8], out: &mut [u64; 53]) {
-    let Some(close) = buf.iter().rposition(|&b| b == b')') else { return };
+    let Some(close) = buf.iter().rposition(|&b| b == b')') else {
+        return;
+    };
     let mut field = 3;
     for tok in buf[close + 2..].split(|&b| b == b' ') {
         if field < out.len() {
@@ -134,7 +145,15 @@ pub fn capture_process(rec: &mut ProcessRec, auxv: &mut [u8]) -> Result<usize, E
     rec.umask = old as u32;
     for (r, lim) in rec.rlimits.iter_mut().enumerate() {
         let mut v = [0u64; 2];
-        let _ = sys::sys6(libc::SYS_prlimit64 as usize, 0, r, 0, v.as_mut_ptr() as usize, 0, 0);
+        let _ = sys::sys6(
+            libc::SYS_prlimit64 as usize,
+            0,
+            r,
+            0,
+            v.as_mut_ptr() as usize,
+            0,
+            0,
+        );
         *lim = v;
     }
     sys::read_file(b"/proc/self/auxv\0", auxv)

@@ -127,7 +127,9 @@ fn handle(uc: *mut libc::ucontext_t) {
     if ACTIVE.load(Acquire) == 0 {
         return;
     }
-    let Some(idx) = find_slot(sys::gettid()) else { return };
+    let Some(idx) = find_slot(sys::gettid()) else {
+        return;
+    };
     let slot = &SLOTS[idx];
     if slot.state.load(Acquire) != SIGNALLED {
         return;
@@ -222,14 +224,22 @@ fn reissue_call(slot: &Slot, uc: *mut libc::ucontext_t, nr: i64, restarted: bool
     if req_reg >= 0 {
         // Relative sleep: the kernel wrote the time left at interruption into *rem (if given).
         let rem = g[rem_reg as usize] as usize;
-        let src = if rem != 0 { rem } else { g[req_reg as usize] as usize };
+        let src = if rem != 0 {
+            rem
+        } else {
+            g[req_reg as usize] as usize
+        };
         // SAFETY: the program passed these pointers to the kernel, which accessed them.
         let left = unsafe { core::ptr::read(src as *const libc::timespec) };
         let left_ns = left.tv_sec as i64 * 1_000_000_000 + left.tv_nsec as i64;
         let entry = slot.entry_ns.load(Relaxed);
         // Time the thread would have slept meanwhile: until release in the original process,
         // until the capture instant for a restored one.
-        let until = if restarted { CAPTURE_NS.load(Relaxed) } else { sys::monotonic_ns() };
+        let until = if restarted {
+            CAPTURE_NS.load(Relaxed)
+        } else {
+            sys::monotonic_ns()
+        };
         let spent = until.saturating_sub(entry) as i64;
         let ns = (left_ns - spent).max(0);
         slot.sleep_ts[0].store(ns / 1_000_000_000, Relaxed);
@@ -304,7 +314,10 @@ pub fn parse_dec(s: &[u8]) -> i64 {
 
 fn task_path(tid: i32, leaf: &[u8]) -> StackBuf<64> {
     let mut p = StackBuf::<64>::new();
-    p.push(b"/proc/self/task/").num(tid as u64).push(b"/").push(leaf);
+    p.push(b"/proc/self/task/")
+        .num(tid as u64)
+        .push(b"/")
+        .push(leaf);
     p
 }
 
@@ -328,15 +341,23 @@ fn is_dead(tid: i32) -> bool {
 fn read_syscall(tid: i32) -> (i64, usize) {
     let mut p = task_path(tid, b"syscall");
     let mut buf = [0u8; 256];
-    let Ok(n) = sys::read_file(p.as_cstr(), &mut buf) else { return (-1, 0) };
+    let Ok(n) = sys::read_file(p.as_cstr(), &mut buf) else {
+        return (-1, 0);
+    };
     let s = &buf[..n];
     if s.starts_with(b"running") {
         return (-1, 0);
     }
     let nr = parse_dec(s);
     // last field is the pc in hex ("0x…")
-    let end = s.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |i| i + 1);
-    let start = s[..end].iter().rposition(|&b| b == b' ').map_or(0, |i| i + 1);
+    let end = s
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(0, |i| i + 1);
+    let start = s[..end]
+        .iter()
+        .rposition(|&b| b == b' ')
+        .map_or(0, |i| i + 1);
     let hex = &s[start..end];
     let hex = hex.strip_prefix(b"0x").unwrap_or(hex);
     let mut pc = 0usize;
@@ -361,8 +382,14 @@ fn read_comm(tid: i32, slot: &Slot) {
     if n > 0 && c[n - 1] == b'\n' {
         c[n - 1] = 0;
     }
-    slot.comm[0].store(u64::from_ne_bytes(c[..8].try_into().unwrap_or([0; 8])), Relaxed);
-    slot.comm[1].store(u64::from_ne_bytes(c[8..].try_into().unwrap_or([0; 8])), Relaxed);
+    slot.comm[0].store(
+        u64::from_ne_bytes(c[..8].try_into().unwrap_or([0; 8])),
+        Relaxed,
+    );
+    slot.comm[1].store(
+        u64::from_ne_bytes(c[8..].try_into().unwrap_or([0; 8])),
+        Relaxed,
+    );
 }
 
 /// Stops every thread but the caller (the control thread, which takes slot 0).

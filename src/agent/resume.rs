@@ -138,5 +138,10 @@ fn prepare_thread(idx: usize, leader: bool) {
     }
     s.tid.store(tid, Relaxed);
     let name = s.comm_bytes();
-    let _ = sys::sys3(libc::SYS_prctl as usize, libc::PR_SET_NAME as usize, name.as_ptr() as usize, 0);
+    let _ = sys::sys3(
+        libc::SYS_prctl as usize,
+        libc::PR_SET_NAME as usize,
+        name.as_ptr() as usize,
+        0,
+    );
 }

@@ -15,7 +15,11 @@ const TOOL: &str = "cr_checkpoint";
 const CR_ENOSUPPORT: i32 = 2356;
 
 #[derive(Parser, Debug)]
-#[command(name = "cr_checkpoint", version, about = "Checkpoint a running process to a file")]
+#[command(
+    name = "cr_checkpoint",
+    version,
+    about = "Checkpoint a running process to a file"
+)]
 struct Args {
     /// Write the image to FILE (default: context.PID in the current directory).
     #[arg(short = 'f', long = "file", value_name = "FILE")]
@@ -59,7 +63,11 @@ fn chosen_signal(m: &clap::ArgMatches, a: &Args) -> i32 {
     ];
     opts.iter()
         .filter(|(id, _)| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
-        .filter_map(|(id, sig)| m.indices_of(id).and_then(|mut i| i.next_back()).map(|i| (i, *sig)))
+        .filter_map(|(id, sig)| {
+            m.indices_of(id)
+                .and_then(|mut i| i.next_back())
+                .map(|i| (i, *sig))
+        })
         .max_by_key(|(i, _)| *i)
         .map_or(0, |(_, s)| s)
 }
@@ -76,9 +84,19 @@ fn connect(pid: i32) -> i32 {
             fail(TOOL, CR_ENOSUPPORT, &format!(
                 "process {pid} has no checkpoint support (start it with cr_run or link it with -lcr)"));
         }
-        let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+        let mut cred = libc::ucred {
+            pid: 0,
+            uid: 0,
+            gid: 0,
+        };
         let mut clen = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, &mut cred as *mut _ as *mut _, &mut clen);
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut _ as *mut _,
+            &mut clen,
+        );
         if cred.pid != pid {
             fail(TOOL, CR_ENOSUPPORT, &format!("process {pid} has no checkpoint support (its control socket belongs to pid {})", cred.pid));
         }
@@ -88,7 +106,10 @@ fn connect(pid: i32) -> i32 {
 
 fn send_request(sock: i32, req: &Request, fd: Option<i32>) -> std::io::Result<()> {
     let bytes = bytemuck::bytes_of(req);
-    let mut iov = libc::iovec { iov_base: bytes.as_ptr() as *mut _, iov_len: bytes.len() };
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut _,
+        iov_len: bytes.len(),
+    };
     let mut cbuf = [0u64; 4];
     // SAFETY: building a msghdr over valid local buffers.
     unsafe {
@@ -114,7 +135,14 @@ fn send_request(sock: i32, req: &Request, fd: Option<i32>) -> std::io::Result<()
 fn recv_reply(sock: i32) -> Option<Reply> {
     let mut r: Reply = bytemuck::Zeroable::zeroed();
     // SAFETY: receiving into a valid buffer.
-    let n = unsafe { libc::recv(sock, &mut r as *mut _ as *mut _, std::mem::size_of::<Reply>(), 0) };
+    let n = unsafe {
+        libc::recv(
+            sock,
+            &mut r as *mut _ as *mut _,
+            std::mem::size_of::<Reply>(),
+            0,
+        )
+    };
     (n == std::mem::size_of::<Reply>() as isize && r.magic == protocol::MAGIC).then_some(r)
 }
 
@@ -134,21 +162,37 @@ fn main() {
     }
     // SAFETY: kill with signal 0 only checks existence and permission.
     if unsafe { libc::kill(pid, 0) } != 0 {
-        let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::ESRCH);
+        let e = std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::ESRCH);
         match e {
             libc::ESRCH => fail(TOOL, e, &format!("no process with pid {pid}")),
-            libc::EPERM => fail(TOOL, e, &format!("process {pid} belongs to another user: permission denied")),
-            _ => fail(TOOL, e, &format!("cannot signal process {pid}: {}", strerror(e))),
+            libc::EPERM => fail(
+                TOOL,
+                e,
+                &format!("process {pid} belongs to another user: permission denied"),
+            ),
+            _ => fail(
+                TOOL,
+                e,
+                &format!("cannot signal process {pid}: {}", strerror(e)),
+            ),
         }
     }
     let sock = connect(pid);
 
-    let dest = args.file.clone().unwrap_or_else(|| PathBuf::from(format!("context.{pid}")));
+    let dest = args
+        .file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("context.{pid}")));
     let dir = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let base = dest.file_name().map(|b| b.to_string_lossy().into_owned()).unwrap_or_default();
+    let base = dest
+        .file_name()
+        .map(|b| b.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{base}.tmp"));
     let file = OpenOptions::new()
         .write(true)
@@ -158,9 +202,17 @@ fn main() {
         .custom_flags(libc::O_CLOEXEC)
         .open(&tmp)
         .unwrap_or_else(|e| {
-            fail(TOOL, e.raw_os_error().unwrap_or(libc::EIO), &format!("cannot create {}: {e}", tmp.display()))
+            fail(
+                TOOL,
+                e.raw_os_error().unwrap_or(libc::EIO),
+                &format!("cannot create {}: {e}", tmp.display()),
+            )
         });
-    let flags = if args.save_all { protocol::FLAG_SAVE_ALL } else { 0 };
+    let flags = if args.save_all {
+        protocol::FLAG_SAVE_ALL
+    } else {
+        0
+    };
     let req = Request {
         magic: protocol::MAGIC,
         version: protocol::VERSION,
@@ -174,21 +226,39 @@ fn main() {
         fail(TOOL, errno, &msg)
     };
     if let Err(e) = send_request(sock, &req, Some(file.as_raw_fd())) {
-        cleanup(e.raw_os_error().unwrap_or(libc::EIO), format!("cannot send the request to {pid}: {e}"));
+        cleanup(
+            e.raw_os_error().unwrap_or(libc::EIO),
+            format!("cannot send the request to {pid}: {e}"),
+        );
     }
     let Some(reply) = recv_reply(sock) else {
-        cleanup(libc::EIO, format!("process {pid} ended or closed its control socket during the checkpoint"))
+        cleanup(
+            libc::EIO,
+            format!("process {pid} ended or closed its control socket during the checkpoint"),
+        )
     };
     if reply.status != 0 {
         let detail = reply.message();
-        cleanup(reply.status, format!("checkpoint of {pid} failed: {detail}: {}", strerror(reply.status)));
+        cleanup(
+            reply.status,
+            format!(
+                "checkpoint of {pid} failed: {detail}: {}",
+                strerror(reply.status)
+            ),
+        );
     }
     let commit = file.sync_all().and_then(|_| std::fs::rename(&tmp, &dest));
     drop(file);
-    let release = Request { kind: protocol::REQ_RELEASE, ..req };
+    let release = Request {
+        kind: protocol::REQ_RELEASE,
+        ..req
+    };
     if let Err(e) = commit {
         let _ = send_request(sock, &release, None);
-        cleanup(e.raw_os_error().unwrap_or(libc::EIO), format!("cannot commit {}: {e}", dest.display()));
+        cleanup(
+            e.raw_os_error().unwrap_or(libc::EIO),
+            format!("cannot commit {}: {e}", dest.display()),
+        );
     }
     fsync_dir(&dir);
     if signal != 0 {

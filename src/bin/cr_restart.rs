@@ -13,7 +13,11 @@ cr::tool_marker!();
 const TOOL: &str = "cr_restart";
 
 #[derive(Parser, Debug)]
-#[command(name = "cr_restart", version, about = "Restart a process from a checkpoint image")]
+#[command(
+    name = "cr_restart",
+    version,
+    about = "Restart a process from a checkpoint image"
+)]
 struct Args {
     /// The image to restart from.
     #[arg(short = 'f', long = "file", value_name = "FILE")]
@@ -30,7 +34,10 @@ static CHILD: AtomicI32 = AtomicI32::new(0);
 extern "C" fn forward(sig: i32, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo.
     let code = unsafe { (*info).si_code };
-    let fault = matches!(sig, libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE) && code > 0;
+    let fault = matches!(
+        sig,
+        libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE
+    ) && code > 0;
     let child = CHILD.load(Ordering::Relaxed);
     if !fault && child > 0 {
         // SAFETY: kill is async-signal-safe.
@@ -61,7 +68,10 @@ fn mimic(status: i32) -> ! {
     let sig = libc::WTERMSIG(status);
     // SAFETY: resetting our own disposition and limits, then raising the signal on ourselves.
     unsafe {
-        let nocore = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let nocore = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         libc::setrlimit(libc::RLIMIT_CORE, &nocore);
         libc::signal(sig, libc::SIG_DFL);
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -90,14 +100,28 @@ fn wait_child(pid: i32) -> i32 {
 fn main() {
     let args = Args::parse();
     let Some(path) = args.file_opt.or(args.file) else {
-        fail(TOOL, libc::EINVAL, "no image given (usage: cr_restart FILE)")
+        fail(
+            TOOL,
+            libc::EINVAL,
+            "no image given (usage: cr_restart FILE)",
+        )
     };
-    let file = std::fs::File::open(&path)
-        .unwrap_or_else(|e| fail(TOOL, e.raw_os_error().unwrap_or(libc::EIO), &format!("{}: {e}", path.display())));
+    let file = std::fs::File::open(&path).unwrap_or_else(|e| {
+        fail(
+            TOOL,
+            e.raw_os_error().unwrap_or(libc::EIO),
+            &format!("{}: {e}", path.display()),
+        )
+    });
     if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
-        fail(TOOL, libc::EISDIR, &format!("{}: is a directory, not an image", path.display()));
+        fail(
+            TOOL,
+            libc::EISDIR,
+            &format!("{}: is a directory, not an image", path.display()),
+        );
     }
-    let img = Image::open(&file).unwrap_or_else(|e| fail(TOOL, e.errno(), &format!("{}: {e}", path.display())));
+    let img = Image::open(&file)
+        .unwrap_or_else(|e| fail(TOOL, e.errno(), &format!("{}: {e}", path.display())));
     if let Err(e) = cr::restore::preflight(&img) {
         fail(TOOL, e.errno, &format!("restart failed: {e}"));
     }
@@ -141,11 +165,21 @@ fn main() {
         let why = if msg.first() == Some(&b'E') {
             String::from_utf8_lossy(&msg[1..]).into_owned()
         } else if libc::WIFSIGNALED(status) {
-            format!("the restored process died of signal {} during the restore", libc::WTERMSIG(status))
+            format!(
+                "the restored process died of signal {} during the restore",
+                libc::WTERMSIG(status)
+            )
         } else {
-            format!("the restored process exited with status {} during the restore", libc::WEXITSTATUS(status))
+            format!(
+                "the restored process exited with status {} during the restore",
+                libc::WEXITSTATUS(status)
+            )
         };
-        let code = if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0 { libc::WEXITSTATUS(status) } else { libc::EIO };
+        let code = if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0 {
+            libc::WEXITSTATUS(status)
+        } else {
+            libc::EIO
+        };
         fail(TOOL, code, &format!("restart failed: {why}"));
     }
     let status = wait_child(pid);

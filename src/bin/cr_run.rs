@@ -13,10 +13,14 @@ const TOOL: &str = "cr_run";
 fn library() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?;
-    [dir.join("../lib/libcr.so.0"), dir.join("libcr.so.0"), dir.join("libcr.so")]
-        .into_iter()
-        .find(|p| p.exists())
-        .map(|p| p.canonicalize().unwrap_or(p))
+    [
+        dir.join("../lib/libcr.so.0"),
+        dir.join("libcr.so.0"),
+        dir.join("libcr.so"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .map(|p| p.canonicalize().unwrap_or(p))
 }
 
 fn find_program(name: &OsString) -> Option<PathBuf> {
@@ -26,12 +30,18 @@ fn find_program(name: &OsString) -> Option<PathBuf> {
     }
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|d| d.join(p))
-        .find(|c| c.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false))
+        .find(|c| {
+            c.metadata()
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
 }
 
 /// Whether the file is an ELF executable without a program interpreter (statically linked).
 fn is_static_elf(path: &Path) -> bool {
-    let Ok(data) = std::fs::read(path) else { return false };
+    let Ok(data) = std::fs::read(path) else {
+        return false;
+    };
     if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 {
         return false;
     }
@@ -65,24 +75,44 @@ fn main() {
             Some("--run") | Some("--omit") => {
                 args.remove(0);
             }
-            Some(s) if s.starts_with('-') => cr::tool::fail(TOOL, libc::EINVAL, &format!("unknown option {s}")),
+            Some(s) if s.starts_with('-') => {
+                cr::tool::fail(TOOL, libc::EINVAL, &format!("unknown option {s}"))
+            }
             _ => break,
         }
     }
     if args.is_empty() {
-        cr::tool::fail(TOOL, libc::EINVAL, "no program given (usage: cr_run [--] PROGRAM [ARGS...])");
+        cr::tool::fail(
+            TOOL,
+            libc::EINVAL,
+            "no program given (usage: cr_run [--] PROGRAM [ARGS...])",
+        );
     }
     let Some(lib) = library() else {
-        cr::tool::fail(TOOL, libc::ENOENT, "cannot find libcr.so.0 next to cr_run's installation")
+        cr::tool::fail(
+            TOOL,
+            libc::ENOENT,
+            "cannot find libcr.so.0 next to cr_run's installation",
+        )
     };
     let prog = &args[0];
     let Some(path) = find_program(prog) else {
-        cr::tool::fail(TOOL, libc::ENOENT, &format!("{}: command not found", prog.to_string_lossy()))
+        cr::tool::fail(
+            TOOL,
+            libc::ENOENT,
+            &format!("{}: command not found", prog.to_string_lossy()),
+        )
     };
     if let Ok(md) = path.metadata() {
         if md.permissions().mode() & 0o6000 != 0 {
-            cr::tool::fail(TOOL, libc::EPERM, &format!(
-                "{}: setuid/setgid programs ignore LD_PRELOAD; link it with -lcr instead", path.display()));
+            cr::tool::fail(
+                TOOL,
+                libc::EPERM,
+                &format!(
+                    "{}: setuid/setgid programs ignore LD_PRELOAD; link it with -lcr instead",
+                    path.display()
+                ),
+            );
         }
     }
     if is_static_elf(&path) {
@@ -95,13 +125,25 @@ fn main() {
         for entry in old.as_bytes().split(|&b| b == b':' || b == b' ') {
             let name = Path::new(std::ffi::OsStr::from_bytes(entry));
             let base = name.file_name().map(|f| f.as_bytes()).unwrap_or(b"");
-            if entry.is_empty() || base.starts_with(b"libcr.so") || base.starts_with(b"libcr_run.so") || base.starts_with(b"libcr_omit.so") {
+            if entry.is_empty()
+                || base.starts_with(b"libcr.so")
+                || base.starts_with(b"libcr_run.so")
+                || base.starts_with(b"libcr_omit.so")
+            {
                 continue;
             }
             preload.push(":");
             preload.push(std::ffi::OsStr::from_bytes(entry));
         }
     }
-    let err = std::process::Command::new(&path).arg0(prog).args(&args[1..]).env("LD_PRELOAD", preload).exec();
-    cr::tool::fail(TOOL, err.raw_os_error().unwrap_or(1), &format!("cannot run {}: {err}", path.display()));
+    let err = std::process::Command::new(&path)
+        .arg0(prog)
+        .args(&args[1..])
+        .env("LD_PRELOAD", preload)
+        .exec();
+    cr::tool::fail(
+        TOOL,
+        err.raw_os_error().unwrap_or(1),
+        &format!("cannot run {}: {err}", path.display()),
+    );
 }

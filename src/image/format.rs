@@ -223,7 +223,10 @@ impl RegionKind {
     }
     /// Whether this kind is one of the kernel's special mappings.
     pub fn is_special(self) -> bool {
-        matches!(self, RegionKind::Vdso | RegionKind::Vvar | RegionKind::VvarVclock)
+        matches!(
+            self,
+            RegionKind::Vdso | RegionKind::Vvar | RegionKind::VvarVclock
+        )
     }
 }
 
@@ -345,20 +348,12 @@ pub fn hash(bytes: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(bytes)
 }
 
-impl FileHeader {
-    /// Hash of the header with `header_hash` taken as zero.
-    pub fn compute_hash(&self) -> u64 {
-        let mut h = *self;
-        h.header_hash = 0;
-        hash(bytemuck::bytes_of(&h))
-    }
-}
-
-impl Trailer {
-    /// Hash of the trailer with `trailer_hash` taken as zero.
-    pub fn compute_hash(&self) -> u64 {
-        let mut t = *self;
-        t.trailer_hash = 0;
-        hash(bytemuck::bytes_of(&t))
-    }
+/// Hash of a whole header or trailer page whose hash field (the struct's last 8 bytes) is taken
+/// as zero: padding bytes are covered too.
+pub fn page_hash(page: &[u8], struct_size: usize) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&page[..struct_size - 8]);
+    h.update(&[0u8; 8]);
+    h.update(&page[struct_size..]);
+    h.digest()
 }

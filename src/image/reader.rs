@@ -35,9 +35,14 @@ impl fmt::Display for ImageError {
             ImageError::Io(e) => write!(f, "cannot read image: {e}"),
             ImageError::NotAnImage => write!(f, "not a libcr checkpoint image (bad magic)"),
             ImageError::Version(v) => {
-                write!(f, "incompatible image: format version {v}, this build reads {VERSION}")
+                write!(
+                    f,
+                    "incompatible image: format version {v}, this build reads {VERSION}"
+                )
             }
-            ImageError::Arch(a) => write!(f, "incompatible image: architecture {a}, expected x86-64"),
+            ImageError::Arch(a) => {
+                write!(f, "incompatible image: architecture {a}, expected x86-64")
+            }
             ImageError::Truncated { expected, actual } => {
                 write!(f, "truncated image: {actual} bytes, expected {expected}")
             }
@@ -131,11 +136,14 @@ impl Image {
         if n < 8 || page[..8] != MAGIC {
             return Err(ImageError::NotAnImage);
         }
-        if n < core::mem::size_of::<FileHeader>() {
-            return Err(ImageError::Truncated { expected: PAGE as u64, actual });
+        if n < PAGE {
+            return Err(ImageError::Truncated {
+                expected: PAGE as u64,
+                actual,
+            });
         }
         let header: FileHeader = read_pod(&page, "header")?;
-        if header.compute_hash() != header.header_hash {
+        if page_hash(&page, core::mem::size_of::<FileHeader>()) != header.header_hash {
             return Err(ImageError::Corrupt("header"));
         }
         if header.version != VERSION {
@@ -151,11 +159,15 @@ impl Image {
         let mut tpage = vec![0u8; PAGE];
         file.read_exact_at(&mut tpage, header.trailer_offset)?;
         let trailer: Trailer = read_pod(&tpage, "trailer")?;
-        if trailer.magic != TRAILER_MAGIC || trailer.compute_hash() != trailer.trailer_hash {
+        if trailer.magic != TRAILER_MAGIC
+            || page_hash(&tpage, core::mem::size_of::<Trailer>()) != trailer.trailer_hash
+        {
             return Err(ImageError::Corrupt("trailer"));
         }
         if trailer.total_len != expected {
-            return Err(ImageError::Malformed("trailer length disagrees with header".into()));
+            return Err(ImageError::Malformed(
+                "trailer length disagrees with header".into(),
+            ));
         }
         let mut meta = vec![0u8; header.meta_len as usize];
         file.read_exact_at(&mut meta, header.meta_offset)?;
@@ -204,7 +216,12 @@ impl Image {
                     let kind = RegionKind::from_u32(r.kind)
                         .ok_or_else(|| ImageError::Malformed(format!("region kind {}", r.kind)))?;
                     let path = body[core::mem::size_of::<RegionRec>()..].to_vec();
-                    self.regions.push(Region { rec: r, kind, path, extents: Vec::new() });
+                    self.regions.push(Region {
+                        rec: r,
+                        kind,
+                        path,
+                        extents: Vec::new(),
+                    });
                 }
                 REC_EXTENTS => {
                     let region = self
@@ -224,7 +241,9 @@ impl Image {
                     self.fds.push(Fd { rec: r, kind, path });
                 }
                 REC_THREAD => self.threads.push(read_pod(body, "thread")?),
-                REC_WARNING => self.warnings.push(String::from_utf8_lossy(body).into_owned()),
+                REC_WARNING => self
+                    .warnings
+                    .push(String::from_utf8_lossy(body).into_owned()),
                 REC_END => break,
                 other => return Err(ImageError::Malformed(format!("unknown record {other}"))),
             }
@@ -256,7 +275,9 @@ impl Image {
         if off != self.header.data_len
             || self.header.trailer_offset != self.header.data_offset + off
         {
-            return Err(ImageError::Malformed("data area size disagrees with extents".into()));
+            return Err(ImageError::Malformed(
+                "data area size disagrees with extents".into(),
+            ));
         }
         Ok(())
     }

@@ -48,7 +48,10 @@ impl<'a> MetaWriter<'a> {
     /// Appends one record: `head` followed by `tail`, padded to 8 bytes.
     pub fn record<T: Pod>(&mut self, kind: u32, head: &T, tail: &[u8]) -> Result<(), Full> {
         let payload = core::mem::size_of::<T>() + tail.len();
-        let rh = RecordHeader { kind, len: payload as u32 };
+        let rh = RecordHeader {
+            kind,
+            len: payload as u32,
+        };
         self.put(bytemuck::bytes_of(&rh))?;
         self.put(bytemuck::bytes_of(head))?;
         self.put(tail)?;
@@ -58,7 +61,10 @@ impl<'a> MetaWriter<'a> {
 
     /// Appends a record whose payload is only `bytes`.
     pub fn raw(&mut self, kind: u32, bytes: &[u8]) -> Result<(), Full> {
-        let rh = RecordHeader { kind, len: bytes.len() as u32 };
+        let rh = RecordHeader {
+            kind,
+            len: bytes.len() as u32,
+        };
         self.put(bytemuck::bytes_of(&rh))?;
         self.put(bytes)?;
         let pad = align8(bytes.len()) - bytes.len();

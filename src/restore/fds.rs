@@ -12,7 +12,9 @@ fn cpath(p: &[u8]) -> CString {
 }
 
 fn last_errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 /// Moves `fd` to a number above every saved descriptor; returns the new number.
@@ -21,7 +23,10 @@ pub fn move_high(fd: i32, img: &Image) -> Result<i32, RestoreError> {
     // SAFETY: fcntl on a descriptor we own.
     let n = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, max + 10) };
     if n < 0 {
-        return Err(RestoreError::new(last_errno(), "cannot move a descriptor out of the way".into()));
+        return Err(RestoreError::new(
+            last_errno(),
+            "cannot move a descriptor out of the way".into(),
+        ));
     }
     // SAFETY: closing the old number of a descriptor we own.
     unsafe { libc::close(fd) };
@@ -44,7 +49,10 @@ pub fn restore(img: &Image, keep: &[i32]) -> Result<(), RestoreError> {
             .collect();
         for fd in open {
             let inherited_stdio = fd <= 2
-                && img.fds.iter().any(|f| f.rec.fd == fd && matches!(f.kind, FdKind::Inherited));
+                && img
+                    .fds
+                    .iter()
+                    .any(|f| f.rec.fd == fd && matches!(f.kind, FdKind::Inherited));
             if !keep.contains(&fd) && !inherited_stdio && (fd > 2 || !wanted.contains(&fd)) {
                 // SAFETY: closing descriptors of this (child) process.
                 unsafe { libc::close(fd) };
@@ -54,13 +62,24 @@ pub fn restore(img: &Image, keep: &[i32]) -> Result<(), RestoreError> {
     // Pipes with both ends in the image are re-created as one pipe; the others lead outside.
     let mut pipes: std::collections::HashMap<u64, [i32; 2]> = std::collections::HashMap::new();
     for f in img.fds.iter().filter(|f| f.kind == FdKind::Pipe) {
-        let reads = img.fds.iter().any(|g| g.kind == FdKind::Pipe && g.rec.ino == f.rec.ino && g.rec.flags & libc::O_ACCMODE == libc::O_RDONLY);
-        let writes = img.fds.iter().any(|g| g.kind == FdKind::Pipe && g.rec.ino == f.rec.ino && g.rec.flags & libc::O_ACCMODE != libc::O_RDONLY);
+        let reads = img.fds.iter().any(|g| {
+            g.kind == FdKind::Pipe
+                && g.rec.ino == f.rec.ino
+                && g.rec.flags & libc::O_ACCMODE == libc::O_RDONLY
+        });
+        let writes = img.fds.iter().any(|g| {
+            g.kind == FdKind::Pipe
+                && g.rec.ino == f.rec.ino
+                && g.rec.flags & libc::O_ACCMODE != libc::O_RDONLY
+        });
         if reads && writes && !pipes.contains_key(&f.rec.ino) {
             let mut p = [0i32; 2];
             // SAFETY: pipe2 with a valid array; the ends are moved above the saved numbers.
             if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-                return Err(RestoreError::new(last_errno(), "cannot create a pipe".into()));
+                return Err(RestoreError::new(
+                    last_errno(),
+                    "cannot create a pipe".into(),
+                ));
             }
             pipes.insert(f.rec.ino, [move_high(p[0], img)?, move_high(p[1], img)?]);
         }
@@ -69,7 +88,8 @@ pub fn restore(img: &Image, keep: &[i32]) -> Result<(), RestoreError> {
         let r = &f.rec;
         let newfd = match f.kind {
             FdKind::Regular | FdKind::CharDevice | FdKind::Directory => {
-                let mut flags = r.flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY);
+                let mut flags =
+                    r.flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY);
                 if f.kind == FdKind::Directory {
                     flags = libc::O_RDONLY | libc::O_DIRECTORY;
                 }
@@ -112,7 +132,9 @@ pub fn restore(img: &Image, keep: &[i32]) -> Result<(), RestoreError> {
                     None
                 } else {
                     // SAFETY: open with a literal path.
-                    Some(unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) })
+                    Some(unsafe {
+                        libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC)
+                    })
                 }
             }
             FdKind::Pipe => {
@@ -129,13 +151,19 @@ pub fn restore(img: &Image, keep: &[i32]) -> Result<(), RestoreError> {
         };
         if let Some(fd) = newfd {
             if fd < 0 {
-                return Err(RestoreError::new(last_errno(), format!("cannot recreate fd {}", r.fd)));
+                return Err(RestoreError::new(
+                    last_errno(),
+                    format!("cannot recreate fd {}", r.fd),
+                ));
             }
             if fd != r.fd {
                 // SAFETY: dup2 onto the saved number, then drop the temporary.
                 unsafe {
                     if libc::dup2(fd, r.fd) < 0 {
-                        return Err(RestoreError::new(last_errno(), format!("cannot place fd {}", r.fd)));
+                        return Err(RestoreError::new(
+                            last_errno(),
+                            format!("cannot place fd {}", r.fd),
+                        ));
                     }
                     libc::close(fd);
                 }
@@ -146,7 +174,11 @@ pub fn restore(img: &Image, keep: &[i32]) -> Result<(), RestoreError> {
             unsafe { libc::fcntl(r.fd, libc::F_SETFD, r.fd_flags & libc::FD_CLOEXEC) };
             if f.kind == FdKind::Regular || f.kind == FdKind::CharDevice {
                 // Status flags (O_NONBLOCK, O_APPEND, …) as saved.
-                let settable = libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME;
+                let settable = libc::O_APPEND
+                    | libc::O_NONBLOCK
+                    | libc::O_ASYNC
+                    | libc::O_DIRECT
+                    | libc::O_NOATIME;
                 // SAFETY: F_SETFL on a descriptor we own.
                 unsafe { libc::fcntl(r.fd, libc::F_SETFL, r.flags & settable) };
             }

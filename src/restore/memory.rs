@@ -45,7 +45,13 @@ pub struct CurMap {
 pub fn current_maps() -> Vec<CurMap> {
     let text = std::fs::read("/proc/self/maps").unwrap_or_default();
     text.split(|&b| b == b'\n')
-        .filter_map(|l| parse_line(l).map(|m| CurMap { start: m.start, end: m.end, path: m.path.to_vec() }))
+        .filter_map(|l| {
+            parse_line(l).map(|m| CurMap {
+                start: m.start,
+                end: m.end,
+                path: m.path.to_vec(),
+            })
+        })
         .collect()
 }
 
@@ -83,7 +89,10 @@ fn reserve(s: u64, e: u64) {
             s as *mut _,
             (e - s) as usize,
             libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE | libc::MAP_NORESERVE,
+            libc::MAP_PRIVATE
+                | libc::MAP_ANONYMOUS
+                | libc::MAP_FIXED_NOREPLACE
+                | libc::MAP_NORESERVE,
             -1,
             0,
         );
@@ -91,7 +100,9 @@ fn reserve(s: u64, e: u64) {
 }
 
 fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 fn err(msg: String) -> RestoreError {
@@ -105,13 +116,23 @@ fn path_str(p: &[u8]) -> String {
 /// Maps one region at `addr` (0 = anywhere); returns where it landed.
 fn map_region(r: &Region, addr: u64) -> Result<u64, RestoreError> {
     let len = (r.rec.end - r.rec.start) as usize;
-    let fixed = if addr != 0 { libc::MAP_FIXED_NOREPLACE } else { 0 };
+    let fixed = if addr != 0 {
+        libc::MAP_FIXED_NOREPLACE
+    } else {
+        0
+    };
     let rw = libc::PROT_READ | libc::PROT_WRITE;
     let (prot, flags, fd, off, close) = match r.kind {
         RegionKind::Anon | RegionKind::PrivateContent => {
             (rw, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0, false)
         }
-        RegionKind::Stack => (rw, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN, -1, 0, false),
+        RegionKind::Stack => (
+            rw,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN,
+            -1,
+            0,
+            false,
+        ),
         RegionKind::SharedContent => {
             let name = c"libcr-shm";
             // SAFETY: memfd_create with a literal name.
@@ -133,11 +154,19 @@ fn map_region(r: &Region, addr: u64) -> Result<u64, RestoreError> {
                 let e = errno();
                 return Err(RestoreError::new(
                     e,
-                    format!("cannot open mapped file {}: {}", path_str(&r.path), std::io::Error::from_raw_os_error(e)),
+                    format!(
+                        "cannot open mapped file {}: {}",
+                        path_str(&r.path),
+                        std::io::Error::from_raw_os_error(e)
+                    ),
                 ));
             }
             let prot = if shared { r.rec.prot as i32 } else { rw };
-            let flags = if shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+            let flags = if shared {
+                libc::MAP_SHARED
+            } else {
+                libc::MAP_PRIVATE
+            };
             (prot, flags, fd, r.rec.offset as i64, true)
         }
         _ => unreachable!("special regions are not mapped"),
@@ -149,7 +178,12 @@ fn map_region(r: &Region, addr: u64) -> Result<u64, RestoreError> {
         unsafe { libc::close(fd) };
     }
     if p == libc::MAP_FAILED || (addr != 0 && p as u64 != addr) {
-        return Err(err(format!("cannot map {:#x}-{:#x} ({})", r.rec.start, r.rec.end, path_str(&r.path))));
+        return Err(err(format!(
+            "cannot map {:#x}-{:#x} ({})",
+            r.rec.start,
+            r.rec.end,
+            path_str(&r.path)
+        )));
     }
     Ok(p as u64)
 }
@@ -162,10 +196,15 @@ pub fn check_files(img: &Image) -> Result<(), RestoreError> {
         }
         let p = path_str(&r.path);
         let md = std::fs::metadata(&p).map_err(|e| {
-            RestoreError::new(e.raw_os_error().unwrap_or(libc::ENOENT), format!("mapped file {p}: {e}"))
+            RestoreError::new(
+                e.raw_os_error().unwrap_or(libc::ENOENT),
+                format!("mapped file {p}: {e}"),
+            )
         })?;
         use std::os::unix::fs::MetadataExt;
-        let same = md.size() == r.rec.file_size && md.mtime() == r.rec.mtime_sec && md.mtime_nsec() == r.rec.mtime_nsec;
+        let same = md.size() == r.rec.file_size
+            && md.mtime() == r.rec.mtime_sec
+            && md.mtime_nsec() == r.rec.mtime_nsec;
         if !same {
             return Err(RestoreError::new(
                 libc::ESTALE,
@@ -183,8 +222,11 @@ pub fn build(img: &Image, file: &File) -> Result<Layout, RestoreError> {
     let mut placed: Vec<Option<Placed>> = vec![None; img.regions.len()];
 
     // Special mappings: sizes must match this kernel's, they move to their saved addresses.
-    let special_names: [(RegionKind, &[u8]); 3] =
-        [(RegionKind::Vvar, b"[vvar]"), (RegionKind::VvarVclock, b"[vvar_vclock]"), (RegionKind::Vdso, b"[vdso]")];
+    let special_names: [(RegionKind, &[u8]); 3] = [
+        (RegionKind::Vvar, b"[vvar]"),
+        (RegionKind::VvarVclock, b"[vvar_vclock]"),
+        (RegionKind::Vdso, b"[vdso]"),
+    ];
     let mut specials = Vec::new();
     for (kind, name) in special_names {
         let saved = img.regions.iter().find(|r| r.kind == kind);
@@ -218,7 +260,11 @@ pub fn build(img: &Image, file: &File) -> Result<Layout, RestoreError> {
             continue;
         }
         let at = map_region(r, r.rec.start)?;
-        placed[i] = Some(Placed { cur: at, dst: r.rec.start, len: r.rec.end - r.rec.start });
+        placed[i] = Some(Placed {
+            cur: at,
+            dst: r.rec.start,
+            len: r.rec.end - r.rec.start,
+        });
     }
     // Destinations of the remaining regions are only partly occupied by cr_restart: reserve their
     // free parts so no temporary mapping or trampoline block lands there. The placeholders are
@@ -238,7 +284,11 @@ pub fn build(img: &Image, file: &File) -> Result<Layout, RestoreError> {
             continue;
         }
         let at = map_region(r, 0)?;
-        placed[i] = Some(Placed { cur: at, dst: r.rec.start, len: r.rec.end - r.rec.start });
+        placed[i] = Some(Placed {
+            cur: at,
+            dst: r.rec.start,
+            len: r.rec.end - r.rec.start,
+        });
     }
 
     // Fill from the image, hashing in file order.
@@ -250,12 +300,20 @@ pub fn build(img: &Image, file: &File) -> Result<Layout, RestoreError> {
             // SAFETY: the destination lies inside the writable mapping just created for r.
             let buf = unsafe { std::slice::from_raw_parts_mut(at as *mut u8, e.len as usize) };
             file.read_exact_at(buf, img.header.data_offset + e.file_off)
-                .map_err(|e| RestoreError::new(e.raw_os_error().unwrap_or(libc::EIO), format!("reading page data: {e}")))?;
+                .map_err(|e| {
+                    RestoreError::new(
+                        e.raw_os_error().unwrap_or(libc::EIO),
+                        format!("reading page data: {e}"),
+                    )
+                })?;
             h.update(buf);
         }
     }
     if h.digest() != img.trailer.data_hash {
-        return Err(RestoreError::new(libc::EINVAL, "corrupt image: page data checksum mismatch".into()));
+        return Err(RestoreError::new(
+            libc::EINVAL,
+            "corrupt image: page data checksum mismatch".into(),
+        ));
     }
     // Final protections (mremap keeps them).
     for (i, r) in img.regions.iter().enumerate() {
@@ -274,7 +332,14 @@ pub fn build(img: &Image, file: &File) -> Result<Layout, RestoreError> {
         let total: u64 = specials.iter().map(|s| s.1).sum();
         // SAFETY: reserving a scratch range for the two-step move of the special mappings.
         let scratch = unsafe {
-            libc::mmap(std::ptr::null_mut(), total as usize, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                total as usize,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
         };
         if scratch == libc::MAP_FAILED {
             return Err(err("cannot reserve address space".into()));

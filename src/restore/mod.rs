@@ -53,20 +53,33 @@ pub fn preflight(img: &Image) -> Result<(), RestoreError> {
     memory::check_files(img)?;
     let cwd = String::from_utf8_lossy(&img.cwd).into_owned();
     if !std::path::Path::new(&cwd).is_dir() {
-        return Err(RestoreError::new(libc::ENOENT, format!("working directory {cwd} no longer exists")));
+        return Err(RestoreError::new(
+            libc::ENOENT,
+            format!("working directory {cwd} no longer exists"),
+        ));
     }
     Ok(())
 }
 
 fn sys_err(what: &str) -> RestoreError {
     let e = std::io::Error::last_os_error();
-    RestoreError::new(e.raw_os_error().unwrap_or(libc::EIO), format!("{what}: {e}"))
+    RestoreError::new(
+        e.raw_os_error().unwrap_or(libc::EIO),
+        format!("{what}: {e}"),
+    )
 }
 
 fn mmap_rw(len: usize) -> Result<u64, RestoreError> {
     // SAFETY: fresh anonymous mapping.
     let p = unsafe {
-        libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
     };
     if p == libc::MAP_FAILED {
         return Err(sys_err("mmap"));
@@ -83,22 +96,38 @@ fn drop_thread_registrations() {
         let size = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()) as *const u32;
         if !off.is_null() && !size.is_null() && *size != 0 {
             let area = (fs as isize + *off) as usize;
-            libc::syscall(libc::SYS_rseq, area, (*size).max(32), 1, crate::agent::RSEQ_SIG);
+            libc::syscall(
+                libc::SYS_rseq,
+                area,
+                (*size).max(32),
+                1,
+                crate::agent::RSEQ_SIG,
+            );
         }
         libc::syscall(libc::SYS_set_robust_list, 0usize, 24usize);
         libc::syscall(libc::SYS_set_tid_address, 0usize);
-        let ss = libc::stack_t { ss_sp: std::ptr::null_mut(), ss_flags: libc::SS_DISABLE, ss_size: 0 };
+        let ss = libc::stack_t {
+            ss_sp: std::ptr::null_mut(),
+            ss_flags: libc::SS_DISABLE,
+            ss_size: 0,
+        };
         libc::sigaltstack(&ss, std::ptr::null_mut());
     }
 }
 
 fn apply_rlimits(img: &Image) {
     for (r, lim) in img.process.rlimits.iter().enumerate() {
-        let mut want = libc::rlimit { rlim_cur: lim[0], rlim_max: lim[1] };
+        let mut want = libc::rlimit {
+            rlim_cur: lim[0],
+            rlim_max: lim[1],
+        };
         // SAFETY: setrlimit/getrlimit with valid structs.
         unsafe {
             if libc::setrlimit(r as _, &want) != 0 {
-                let mut now = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                let mut now = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
                 libc::getrlimit(r as _, &mut now);
                 want.rlim_max = now.rlim_max;
                 want.rlim_cur = want.rlim_cur.min(now.rlim_max);
@@ -110,7 +139,12 @@ fn apply_rlimits(img: &Image) {
 
 /// Rebuilds the process from `img` in the calling (freshly forked, single-threaded) process and
 /// jumps into it. Returns only on failure, before anything of the program has run.
-pub fn run(img: &Image, file: File, notify_fd: i32, restarter: i32) -> Result<Infallible, RestoreError> {
+pub fn run(
+    img: &Image,
+    file: File,
+    notify_fd: i32,
+    restarter: i32,
+) -> Result<Infallible, RestoreError> {
     crate::sys::sigprocmask_raw(libc::SIG_SETMASK, Some(!0));
     let img_fd = fds::move_high(file.into_raw_fd(), img)?;
     let notify_fd = fds::move_high(notify_fd, img)?;
@@ -121,7 +155,10 @@ pub fn run(img: &Image, file: File, notify_fd: i32, restarter: i32) -> Result<In
     // SAFETY: chdir/umask with valid arguments.
     unsafe {
         if libc::chdir(cwd.as_ptr()) != 0 {
-            return Err(sys_err(&format!("cannot enter {}", String::from_utf8_lossy(&img.cwd))));
+            return Err(sys_err(&format!(
+                "cannot enter {}",
+                String::from_utf8_lossy(&img.cwd)
+            )));
         }
         libc::umask(img.process.umask);
     }
@@ -135,7 +172,12 @@ pub fn run(img: &Image, file: File, notify_fd: i32, restarter: i32) -> Result<In
     // SAFETY: copying the code into the fresh mapping, then making it executable.
     unsafe {
         std::ptr::copy_nonoverlapping(code.as_ptr(), code_addr as *mut u8, code.len());
-        if libc::mprotect(code_addr as *mut _, code_len, libc::PROT_READ | libc::PROT_EXEC) != 0 {
+        if libc::mprotect(
+            code_addr as *mut _,
+            code_len,
+            libc::PROT_READ | libc::PROT_EXEC,
+        ) != 0
+        {
             return Err(sys_err("mprotect"));
         }
     }
@@ -152,7 +194,10 @@ pub fn run(img: &Image, file: File, notify_fd: i32, restarter: i32) -> Result<In
     apply_rlimits(img);
     let unmaps = memory::unmap_list(&layout.keep);
     if unmaps.len() > max_unmaps {
-        return Err(RestoreError::new(libc::ENOMEM, "too many mappings to remove".into()));
+        return Err(RestoreError::new(
+            libc::ENOMEM,
+            "too many mappings to remove".into(),
+        ));
     }
     let mut at = block + hdr_len as u64;
     let mut put = |bytes: &[u8]| -> u64 {
@@ -170,8 +215,17 @@ pub fn run(img: &Image, file: File, notify_fd: i32, restarter: i32) -> Result<In
     let m = &img.process.mm;
     let map = trampoline::PrctlMmMap {
         fields: [
-            m.start_code, m.end_code, m.start_data, m.end_data, m.start_brk, m.brk, m.start_stack, m.arg_start,
-            m.arg_end, m.env_start, m.env_end,
+            m.start_code,
+            m.end_code,
+            m.start_data,
+            m.end_data,
+            m.start_brk,
+            m.brk,
+            m.start_stack,
+            m.arg_start,
+            m.arg_end,
+            m.env_start,
+            m.env_end,
         ],
         auxv: auxv_ptr,
         auxv_size: img.auxv.len() as u32,
@@ -179,7 +233,10 @@ pub fn run(img: &Image, file: File, notify_fd: i32, restarter: i32) -> Result<In
     };
     // SAFETY: PrctlMmMap is plain data.
     let map_bytes = unsafe {
-        std::slice::from_raw_parts(&map as *const _ as *const u8, std::mem::size_of::<trampoline::PrctlMmMap>())
+        std::slice::from_raw_parts(
+            &map as *const _ as *const u8,
+            std::mem::size_of::<trampoline::PrctlMmMap>(),
+        )
     };
     let map_ptr = put(map_bytes);
     let info = RestartInfo {
