@@ -9,40 +9,11 @@
 ! (checked with inquire() in the serial part).  Afterwards everything is
 ! compared with a serial recomputation (per-k tables, k = round mod 64), and
 ! a final parallel region must see omp_get_num_threads() == 4.
-module omp_f_state
-  use iso_fortran_env, only: int64
-  implicit none
-  integer(int64), save :: tp_count = 0
-  !$omp threadprivate(tp_count)
-contains
-  pure integer(int64) function h(i, k)
-    integer(int64), intent(in) :: i, k
-    integer(int64) :: t
-    t = modulo(i * 40503_int64 + k * 2654435_int64 + ieor(i, k * 7919_int64), 1000003_int64)
-    t = modulo(t * t + k, 1000003_int64)
-    h = modulo(t * 7_int64 + ieor(t, i), 1000003_int64)
-  end function h
-
-  pure integer(int64) function chain(c, v)
-    integer(int64), intent(in) :: c, v
-    chain = modulo(c * 1000003_int64 + v + 1_int64, 2147483647_int64)
-  end function chain
-
-  subroutine fail(msg)
-    character(len=*), intent(in) :: msg
-    write (6, '(A)') 'FAIL omp_f: '//msg
-    flush (6)
-    write (0, '(A)') 'FAIL omp_f: '//msg
-    flush (0)
-    call exit(1)
-  end subroutine fail
-end module omp_f_state
 
 program omp_f
   use omp_lib
   use iso_c_binding, only: c_int
   use iso_fortran_env, only: int64
-  use omp_f_state
   implicit none
   interface
     integer(c_int) function c_usleep(us) bind(C, name='usleep')
@@ -62,6 +33,8 @@ program omp_f
   integer :: glen, gstat, rc, nth, t, bad_tp
   integer :: seen(0:nthr - 1)
   logical :: exists
+  integer(int64), save :: tp_count = 0
+  !$omp threadprivate(tp_count)
 
   call get_environment_variable('CR_TEST_GO', gopath, glen, gstat)
   if (gstat /= 0 .or. glen == 0) call fail('CR_TEST_GO not set')
@@ -180,4 +153,27 @@ program omp_f
   write (0, '(A,I0,A)') 'info omp_f: ', rounds, ' rounds'
   write (6, '(A)') 'PASS omp_f'
   flush (6)
+
+contains
+  pure integer(int64) function h(i, k)
+    integer(int64), intent(in) :: i, k
+    integer(int64) :: t
+    t = modulo(i * 40503_int64 + k * 2654435_int64 + ieor(i, k * 7919_int64), 1000003_int64)
+    t = modulo(t * t + k, 1000003_int64)
+    h = modulo(t * 7_int64 + ieor(t, i), 1000003_int64)
+  end function h
+
+  pure integer(int64) function chain(c, v)
+    integer(int64), intent(in) :: c, v
+    chain = modulo(c * 1000003_int64 + v + 1_int64, 2147483647_int64)
+  end function chain
+
+  subroutine fail(msg)
+    character(len=*), intent(in) :: msg
+    write (6, '(A)') 'FAIL omp_f: '//msg
+    flush (6)
+    write (0, '(A)') 'FAIL omp_f: '//msg
+    flush (0)
+    call exit(1)
+  end subroutine fail
 end program omp_f

@@ -107,7 +107,7 @@ extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void {
     let _ = sys::sys3(
         libc::SYS_prctl as usize,
         libc::PR_SET_NAME as usize,
-        b"cr-control\0".as_ptr() as usize,
+        c"cr-control".as_ptr() as usize,
         0,
     );
     super::verify_tid_offset();

@@ -107,12 +107,8 @@ fn stat_fields(buf: &[u8], out: &mut [u64; 53]) {
     let Some(close) = buf.iter().rposition(|&b| b == b')') else {
         return;
     };
-    let mut field = 3;
-    for tok in buf[close + 2..].split(|&b| b == b' ') {
-        if field < out.len() {
-            out[field] = super::quiesce::parse_dec(tok).max(0) as u64;
-        }
-        field += 1;
+    for (field, tok) in (3..out.len()).zip(buf[close + 2..].split(|&b| b == b' ')) {
+        out[field] = super::quiesce::parse_dec(tok).max(0) as u64;
     }
 }
 

@@ -479,8 +479,7 @@ pub fn quiesce(buf: &mut DirBuf, timeout_ns: u64) -> Result<(), QuiesceError> {
             }
             let _ = sys::futex_wait(&ARRIVED, got, Some((deadline - now).min(20_000_000)));
             // a signalled thread may have exited: drop it
-            for i in 1..NSLOTS.load(Acquire) {
-                let s = &SLOTS[i];
+            for s in &SLOTS[1..NSLOTS.load(Acquire)] {
                 if s.state.load(Acquire) == SIGNALLED && is_dead(s.tid.load(Relaxed)) {
                     s.state.store(FREE, Release);
                 }
@@ -502,8 +501,8 @@ pub fn slot_in_use(i: usize) -> bool {
 /// Lets every parked thread continue (after a checkpoint, or after a failed quiesce).
 pub fn release() {
     ACTIVE.store(0, Release);
-    for i in 1..NSLOTS.load(Acquire) {
-        SLOTS[i].state.store(FREE, Release);
+    for s in &SLOTS[1..NSLOTS.load(Acquire)] {
+        s.state.store(FREE, Release);
     }
     RELEASE.fetch_add(1, AcqRel);
     sys::futex_wake_all(&RELEASE);

@@ -11,6 +11,7 @@
 //! 3. each thread (the leader too) re-registers its robust futex list and rseq area, names itself,
 //!    and jumps back into its saved context with `arch::resume`, which returns from
 //!    `save_and_call` in the signal handler (or in the control thread) with `RESUMED`.
+//!
 //! The control thread then finishes the restart (`control::after_restart`) and releases them all;
 //! each handler returns through `rt_sigreturn`, which restores registers, FPU/vector state, the
 //! signal mask and the alternate signal stack from the kernel's own signal frame.
@@ -53,11 +54,10 @@ pub unsafe extern "C" fn restart_entry(info: *const RestartInfo) -> ! {
     super::process::restore_signals();
     let leader = LEADER.load(Relaxed);
     let tid_off = super::TID_OFFSET.load(Relaxed);
-    for i in 0..quiesce::NSLOTS.load(Acquire) {
+    for (i, s) in SLOTS.iter().enumerate().take(quiesce::NSLOTS.load(Acquire)) {
         if i == leader || !quiesce::slot_in_use(i) {
             continue;
         }
-        let s = &SLOTS[i];
         let fs = s.fs_base.load(Relaxed);
         let mut flags = libc::CLONE_VM
             | libc::CLONE_FS

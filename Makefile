@@ -1,0 +1,35 @@
+# libcr-rs: build, install and test. See README.md.
+PREFIX ?= $(HOME)/.local
+CARGO ?= cargo
+LIBVER := 0.5.5
+REL := target/release
+
+.PHONY: all build install check lint clean
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include
+	install -m 755 $(REL)/cr_run $(REL)/cr_checkpoint $(REL)/cr_restart $(DESTDIR)$(PREFIX)/bin/
+	install -m 755 $(REL)/libcr.so $(DESTDIR)$(PREFIX)/lib/libcr.so.$(LIBVER)
+	ln -sf libcr.so.$(LIBVER) $(DESTDIR)$(PREFIX)/lib/libcr.so.0
+	ln -sf libcr.so.0 $(DESTDIR)$(PREFIX)/lib/libcr.so
+	install -m 644 $(REL)/libcr.a $(DESTDIR)$(PREFIX)/lib/libcr.a
+	install -m 644 include/libcr.h $(DESTDIR)$(PREFIX)/include/libcr.h
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(LIBVER)|g' libcr.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/libcr.pc
+	@echo "installed into $(PREFIX)"
+
+# Every test: formatting, lints, unit tests and the end-to-end suites driving the real tools.
+check: lint
+	$(CARGO) build --release
+	$(CARGO) test --release
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean
