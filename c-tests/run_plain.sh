@@ -27,7 +27,7 @@ while IFS= read -r line; do
     echo "[out] $line"
     if [ "$line" = READY ] && [ $ready = 0 ]; then
         ready=1
-        (sleep "$delay"; touch "$CR_TEST_GO") &
+        (sleep "$delay"; [ -d "$tmp" ] && touch "$CR_TEST_GO") &
     fi
 done <"$tmp/out" &
 reader=$!

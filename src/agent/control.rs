@@ -20,6 +20,8 @@ pub static RESTARTER: AtomicI64 = AtomicI64::new(0);
 /// Number of completed checkpoints of this process.
 pub static CHECKPOINTS: AtomicU64 = AtomicU64::new(0);
 
+/// Stack size of the control thread.
+const CONTROL_STACK: usize = 256 * 1024;
 /// Default time all threads get to reach the checkpoint handler.
 const QUIESCE_TIMEOUT_MS: u64 = 10_000;
 /// How long the program stays stopped waiting for the requester to commit.

@@ -357,3 +357,32 @@ pub fn page_hash(page: &[u8], struct_size: usize) -> u64 {
     h.update(&page[struct_size..]);
     h.digest()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sizes docs/IMAGE-FORMAT.md documents.
+    #[test]
+    fn record_sizes_match_the_documentation() {
+        use core::mem::size_of;
+        assert_eq!(size_of::<FileHeader>(), 168);
+        assert_eq!(size_of::<Trailer>(), 32);
+        assert_eq!(size_of::<RecordHeader>(), 8);
+        assert_eq!(size_of::<ProcessRec>(), 400);
+        assert_eq!(size_of::<RegionRec>(), 80);
+        assert_eq!(size_of::<Extent>(), 24);
+        assert_eq!(size_of::<FdRec>(), 56);
+        assert_eq!(size_of::<ThreadRec>(), 40);
+    }
+
+    #[test]
+    fn page_hash_covers_padding() {
+        let mut page = vec![0u8; PAGE];
+        let h1 = page_hash(&page, 32);
+        page[24] = 1; // inside the hash field: ignored
+        assert_eq!(page_hash(&page, 32), h1);
+        page[4000] = 1; // padding: covered
+        assert_ne!(page_hash(&page, 32), h1);
+    }
+}

@@ -71,3 +71,25 @@ impl<'a> MetaWriter<'a> {
         self.put(&[0u8; 8][..pad])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::format::{Extent, REC_END, REC_EXTENTS};
+
+    #[test]
+    fn records_are_padded_and_full_is_reported() {
+        let mut buf = [0u8; 64];
+        let mut w = MetaWriter::new(&mut buf);
+        let e = Extent {
+            addr: 4096,
+            len: 4096,
+            file_off: 0,
+        };
+        w.record(REC_EXTENTS, &e, b"abc").unwrap();
+        assert_eq!(w.len(), 8 + 24 + 8); // header + extent + "abc" padded to 8
+        w.raw(REC_END, &[]).unwrap();
+        assert_eq!(w.len(), 48);
+        assert!(w.record(REC_EXTENTS, &e, &[]).is_err());
+    }
+}
