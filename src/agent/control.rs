@@ -86,14 +86,15 @@ pub fn start() {
     // The new thread inherits a mask with every signal blocked.
     let old_mask = sys::sigprocmask_raw(libc::SIG_SETMASK, Some(!0));
     let mut th: libc::pthread_t = 0;
-    // SAFETY: plain pthread_create with default attributes and a static entry function.
+    // SAFETY: attribute calls on a local attr, then pthread_create with a static entry.
     let rc = unsafe {
-        libc::pthread_create(
-            &mut th,
-            core::ptr::null(),
-            control_main,
-            core::ptr::null_mut(),
-        )
+        let mut attr: libc::pthread_attr_t = core::mem::zeroed();
+        libc::pthread_attr_init(&mut attr);
+        // A small stack is enough: the image writer runs on scratch memory.
+        libc::pthread_attr_setstacksize(&mut attr, CONTROL_STACK);
+        let rc = libc::pthread_create(&mut th, &attr, control_main, core::ptr::null_mut());
+        libc::pthread_attr_destroy(&mut attr);
+        rc
     };
     sys::sigprocmask_raw(libc::SIG_SETMASK, Some(old_mask));
     if rc == 0 {
