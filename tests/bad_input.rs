@@ -318,3 +318,32 @@ fn restart_flipped_byte_in_header() {
     }
     assert_good_image_restarts(&sc, &img);
 }
+
+/// A thread that blocks every signal behind the agent's back cannot be stopped: with `--time 1`
+/// the checkpoint fails after about a second with a message naming that thread, writes nothing,
+/// and the program (all of its threads) carries on and still PASSes.
+#[test]
+fn checkpoint_thread_that_cannot_stop_times_out() {
+    let sc = Scenario::new("stubborn");
+    let mut target = sc.start_program("stubborn");
+    let img = sc.next_image_path();
+    let started = std::time::Instant::now();
+    let res = sc.checkpoint_to(target.pid(), &["--term", "--time", "1"], &img);
+    let msg = res.assert_failure_code(libc_etimedout());
+    assert!(
+        msg.contains("thread") && msg.contains("did not stop"),
+        "message must name the thread that did not stop: {msg}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "--time 1 must give up quickly, took {:?}",
+        started.elapsed()
+    );
+    assert_nothing_written(&img);
+    assert_unharmed(&sc, &mut target, "after a timed-out checkpoint");
+}
+
+/// ETIMEDOUT on Linux.
+fn libc_etimedout() -> i32 {
+    110
+}

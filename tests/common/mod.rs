@@ -514,7 +514,14 @@ fn compile_command(name: &str, out: &Path) -> Command {
             cmd.arg(lib.join("libcr.a"));
             cmd.args(["-lgcc_s", "-lutil", "-lrt", "-lpthread", "-lm", "-ldl"]);
         }
-        other => panic!("unknown test program {other:?}"),
+        other => {
+            // Any other C program in c-tests/: threads and libm available.
+            cmd = Command::new("gcc");
+            cmd.args(["-O2", "-Wall", "-pthread", "-o"])
+                .arg(out)
+                .arg(src(&format!("{other}.c")))
+                .arg("-lm");
+        }
     }
     // In the build dir: gfortran writes its .mod files into the working directory.
     cmd.current_dir(build_dir());
