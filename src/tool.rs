@@ -12,14 +12,27 @@ macro_rules! tool_marker {
     };
 }
 
-/// Prints `tool: msg` on stderr and exits with `errno & 0xff` (BLCR's convention; 1 if 0).
+/// Prints `tool: msg` on stderr (one line, without Rust's "(os error N)" suffixes) and exits with
+/// `errno & 0xff` (BLCR's convention; 1 if that is 0).
 pub fn fail(tool: &str, errno: i32, msg: &str) -> ! {
-    eprintln!("{tool}: {msg}");
+    let mut line = msg.replace('\n', " ");
+    while let Some(i) = line.find(" (os error ") {
+        match line[i..].find(')') {
+            Some(j) => line.replace_range(i..i + j + 1, ""),
+            None => break,
+        }
+    }
+    eprintln!("{tool}: {line}");
+
     let code = errno & 0xff;
     std::process::exit(if code == 0 { 1 } else { code })
 }
 
-/// `strerror` text for an errno.
+/// `strerror` text for an errno ("No such file or directory"), without Rust's "(os error N)".
 pub fn strerror(errno: i32) -> String {
-    std::io::Error::from_raw_os_error(errno).to_string()
+    let text = std::io::Error::from_raw_os_error(errno).to_string();
+    match text.rfind(" (os error ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
 }

@@ -72,7 +72,27 @@ fn chosen_signal(m: &clap::ArgMatches, a: &Args) -> i32 {
         .map_or(0, |(_, s)| s)
 }
 
-fn connect(pid: i32) -> i32 {
+fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+fn parent(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, a)| a);
+    after
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
+/// How long to wait for a process that cr_restart is still restoring.
+const RESTORE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn try_connect(pid: i32) -> Result<i32, i32> {
     // SAFETY: plain socket syscalls on a descriptor we own.
     unsafe {
         let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
@@ -81,9 +101,34 @@ fn connect(pid: i32) -> i32 {
         }
         let (addr, len) = protocol::socket_addr(pid);
         if libc::connect(fd, &addr as *const _ as *const libc::sockaddr, len) != 0 {
-            fail(TOOL, CR_ENOSUPPORT, &format!(
-                "process {pid} has no checkpoint support (start it with cr_run or link it with -lcr)"));
+            let e = *libc::__errno_location();
+            libc::close(fd);
+            return Err(e);
         }
+        Ok(fd)
+    }
+}
+
+fn connect(pid: i32) -> i32 {
+    let started = std::time::Instant::now();
+    let fd = loop {
+        match try_connect(pid) {
+            Ok(fd) => break fd,
+            // A child of cr_restart that is still being restored has no control socket yet.
+            Err(_) if comm(pid) == "cr_restart" && comm(parent(pid)) == "cr_restart" => {
+                if started.elapsed() > RESTORE_WAIT {
+                    fail(TOOL, libc::EAGAIN, &format!("process {pid} is still being restored; try again later"));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(_) if comm(pid) == "cr_restart" => fail(TOOL, CR_ENOSUPPORT, &format!(
+                "process {pid} is cr_restart itself; checkpoint the restored program (its child) instead")),
+            Err(_) => fail(TOOL, CR_ENOSUPPORT, &format!(
+                "process {pid} has no checkpoint support (start it with cr_run or link it with -lcr)")),
+        }
+    };
+    // SAFETY: getsockopt on the connected socket with a valid ucred buffer.
+    unsafe {
         let mut cred = libc::ucred {
             pid: 0,
             uid: 0,

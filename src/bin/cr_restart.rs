@@ -143,12 +143,9 @@ fn main() {
             Ok(never) => match never {},
             Err(e) => e,
         };
-        let msg = format!("E{}", err.msg);
-        // SAFETY: reporting to the parent and leaving without running atexit handlers.
-        unsafe {
-            libc::write(fds[1], msg.as_ptr() as *const _, msg.len());
-            libc::_exit(err.errno & 0xff);
-        }
+        // run() already reported the error to the parent through the pipe.
+        // SAFETY: leaving the child without running atexit handlers.
+        unsafe { libc::_exit(err.errno & 0xff) }
     }
     CHILD.store(pid, Ordering::Relaxed);
     install_forwarding();

@@ -138,16 +138,33 @@ fn apply_rlimits(img: &Image) {
 }
 
 /// Rebuilds the process from `img` in the calling (freshly forked, single-threaded) process and
-/// jumps into it. Returns only on failure, before anything of the program has run.
+/// jumps into it. Returns only on failure, before anything of the program has run, after writing
+/// `E<message>` to the notification pipe (wherever that descriptor has been moved by then).
 pub fn run(
     img: &Image,
     file: File,
     notify_fd: i32,
     restarter: i32,
 ) -> Result<Infallible, RestoreError> {
+    let mut notify = notify_fd;
+    let res = rebuild(img, file, &mut notify, restarter);
+    if let Err(e) = &res {
+        let _ = crate::sys::write_all(notify, format!("E{}", e.msg).as_bytes());
+    }
+    res
+}
+
+fn rebuild(
+    img: &Image,
+    file: File,
+    notify: &mut i32,
+    restarter: i32,
+) -> Result<Infallible, RestoreError> {
     crate::sys::sigprocmask_raw(libc::SIG_SETMASK, Some(!0));
     let img_fd = fds::move_high(file.into_raw_fd(), img)?;
-    let notify_fd = fds::move_high(notify_fd, img)?;
+    *notify = fds::move_high(*notify, img)?;
+    let notify_fd = *notify;
+
     // SAFETY: img_fd is the image descriptor we own.
     let file = unsafe { File::from_raw_fd(img_fd) };
     fds::restore(img, &[img_fd, notify_fd])?;

@@ -1,0 +1,238 @@
+//! End-to-end checkpoint/restart of process state beyond plain memory, through the real tools,
+//! with the self-verifying programs `c-tests/mappings.c` (every kind of memory mapping and
+//! protection), `c-tests/fds.c` (file descriptors, cwd, umask, rlimits) and `c-tests/signals.c`
+//! (dispositions, masks, alternate stacks, interval timers, the reserved signal).
+//!
+//! The programs are not in the shared build table of `common`: each test compiles its program
+//! with gcc into its scenario's `bin/` directory.
+//!
+//! Run with e.g. `cargo test --test e2e_state -- --nocapture`.
+
+mod common;
+
+use common::*;
+use std::ffi::OsString;
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// `fds` runs with this set: the restore does not re-apply O_NONBLOCK on pipes yet (see
+/// [`fds_pipe_keeps_nonblock`]); the program then only reports the lost flag.
+const SKIP_PIPE_NONBLOCK: (&str, &str) = ("CR_TEST_SKIP_PIPE_NONBLOCK", "1");
+
+/// A scenario plus the compiled program and the prefix `cr_run` runs through.
+struct Setup {
+    sc: Scenario,
+    exe: PathBuf,
+    prefix: Vec<OsString>,
+    env: Vec<(String, String)>,
+}
+
+impl Setup {
+    /// A scenario `scenario` with `c-tests/<prog>.c` compiled into it.
+    fn new(scenario: &str, prog: &str) -> Setup {
+        let sc = Scenario::new(scenario);
+        let exe = compile(&sc, prog);
+        Setup {
+            sc,
+            exe,
+            prefix: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Both `cr_run` and `cr_restart` run through `setarch <machine> -R` (ASLR off).
+    fn no_aslr(mut self) -> Setup {
+        assert!(have_command("setarch"), "setarch (util-linux) is needed");
+        let prefix = ["setarch", machine(), "-R"];
+        self.prefix = prefix.iter().map(OsString::from).collect();
+        self.sc = self.sc.launch_with(&prefix);
+        self
+    }
+
+    fn env(mut self, (k, v): (&str, &str)) -> Setup {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// `[prefix] cr_run -- EXE` with the test protocol's environment; READY seen.
+    fn start(&self) -> Job {
+        let mut argv = self.prefix.clone();
+        argv.push(self.sc.tools().cr_run.clone().into());
+        argv.push("--".into());
+        argv.push(self.exe.clone().into());
+        let mut cmd = self.sc.command(&argv);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        let name = self.exe.file_name().unwrap_or_default().to_string_lossy();
+        let mut job = self.sc.start(&name, cmd);
+        job.wait_ready();
+        if !self.prefix.is_empty() {
+            if let Some(p) = personality(job.pid()) {
+                assert_ne!(
+                    p & ADDR_NO_RANDOMIZE,
+                    0,
+                    "setarch -R did not disable ASLR for pid {} (personality {p:#x})",
+                    job.pid()
+                );
+            }
+        }
+        job
+    }
+
+    /// The standard cycle: start, checkpoint --term, the original dies of SIGTERM, GO, restart,
+    /// PASS. Returns the image path.
+    fn cycle(&self) -> PathBuf {
+        let mut job = self.start();
+        let img = self.sc.checkpoint(job.pid(), &["--term"]);
+        job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+        self.sc.go();
+        let mut restarted = self.sc.restart(&img);
+        restarted.expect_pass(RESTART_TIMEOUT);
+        // Each program reports whether its pid changed (it then knows it was restored).
+        assert!(
+            restarted.stderr().contains(": restored copy"),
+            "the restored program should have a fresh pid:\n{}",
+            restarted.diag()
+        );
+        img
+    }
+
+    /// Checkpoint without --term and restart while the original still runs; after GO both must
+    /// PASS.
+    fn twin(&self) {
+        let mut orig = self.start();
+        let img = self.sc.checkpoint(orig.pid(), &[]);
+        orig.assert_running("after a checkpoint without --term");
+        let mut copy = self.sc.restart(&img);
+        let pid2 = copy.wait_child(READY_TIMEOUT);
+        assert_ne!(pid2, orig.pid(), "the restored copy must have a fresh pid");
+        wait_address_space_switched(&self.sc, pid2, Duration::from_secs(10));
+        orig.assert_running("while its restored copy runs");
+        self.sc.go();
+        orig.expect_pass(RESTART_TIMEOUT);
+        copy.expect_pass(RESTART_TIMEOUT);
+        assert!(
+            orig.stderr().contains(": original process")
+                && copy.stderr().contains(": restored copy"),
+            "the original should have kept its pid and the copy have a fresh one:\n{}\n{}",
+            orig.diag(),
+            copy.diag()
+        );
+    }
+}
+
+/// `gcc -O2 -Wall -Wextra -pthread -o <scenario>/bin/NAME c-tests/NAME.c`; panics with the
+/// compiler's output on failure.
+fn compile(sc: &Scenario, name: &str) -> PathBuf {
+    let src = c_tests_dir().join(format!("{name}.c"));
+    assert!(src.is_file(), "missing test program {}", src.display());
+    let out = sc.root().join("bin").join(name);
+    let res = Command::new("gcc")
+        .args(["-O2", "-Wall", "-Wextra", "-pthread", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run gcc for {name}: {e}"));
+    assert!(
+        res.status.success(),
+        "building {name} failed ({}):\n{}{}",
+        res.status,
+        String::from_utf8_lossy(&res.stdout),
+        String::from_utf8_lossy(&res.stderr)
+    );
+    sc.note(&format!(
+        "compiled {} into {}",
+        src.display(),
+        out.display()
+    ));
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// mappings
+// ---------------------------------------------------------------------------------------------
+
+/// Private anonymous memory with a hole, shared anonymous, memfd, shared and private file
+/// mappings, deleted files, a read-only mapping at an offset, PROT_NONE data, a guard page and
+/// 128 MiB of zero pages; the image must not hold the zero pages.
+#[test]
+fn mappings() {
+    let s = Setup::new("mappings", "mappings");
+    let img = s.cycle();
+    let len = fs::metadata(&img).expect("image").len();
+    assert!(
+        len < 32 << 20,
+        "image {} is {len} bytes: the 128 MiB of zero pages must not be saved\n{}",
+        img.display(),
+        s.sc.log()
+    );
+}
+
+/// The same with ASLR off: the program's and cr_restart's default addresses collide.
+#[test]
+fn mappings_no_aslr() {
+    Setup::new("mappings-noaslr", "mappings").no_aslr().cycle();
+}
+
+/// The original and a restored copy at once. They share the mapped files: the program only
+/// writes shared.dat after GO, each copy into its own page (the restored one knows it has a new
+/// pid), and the rest of the files is never written after setup.
+#[test]
+fn mappings_restart_while_original_runs() {
+    Setup::new("mappings-twin", "mappings").twin();
+}
+
+// ---------------------------------------------------------------------------------------------
+// fds
+// ---------------------------------------------------------------------------------------------
+
+/// Regular files (offsets, O_APPEND, O_RDWR), a dup at fd 100, devices, a directory fd, a pipe
+/// with both ends, close-on-exec flags, cwd, umask and rlimits.
+#[test]
+fn fds() {
+    Setup::new("fds", "fds").env(SKIP_PIPE_NONBLOCK).cycle();
+}
+
+#[test]
+fn fds_no_aslr() {
+    Setup::new("fds-noaslr", "fds")
+        .env(SKIP_PIPE_NONBLOCK)
+        .no_aslr()
+        .cycle();
+}
+
+/// Both copies use the same files: what they write after GO is tolerant of the other one
+/// (identical bytes at the same place in rw.dat, one tagged line each in out.log; each checks
+/// only its own line). Nothing is written between the checkpoint and GO, so the restart's
+/// truncation of files open for writing back to their checkpoint size changes nothing.
+#[test]
+fn fds_restart_while_original_runs() {
+    Setup::new("fds-twin", "fds").env(SKIP_PIPE_NONBLOCK).twin();
+}
+
+/// The read end of a pipe had O_NONBLOCK at checkpoint time: the restored one must have it too.
+#[test]
+#[ignore = "tool bug: restore::fds re-creates pipes with pipe2(O_CLOEXEC) and applies the saved \
+            status flags (F_SETFL) only to regular files and char devices, so O_NONBLOCK on a \
+            pipe end is lost (a read of the empty pipe then blocks instead of EAGAIN)"]
+fn fds_pipe_keeps_nonblock() {
+    Setup::new("fds-pipe-nonblock", "fds").cycle();
+}
+
+// ---------------------------------------------------------------------------------------------
+// signals
+// ---------------------------------------------------------------------------------------------
+
+/// Dispositions (handlers, SIG_IGN, sa_flags, sa_mask), per-thread masks and alternate stacks,
+/// interval timers with their time left, SIGRTMAX == 63 and signal 64 never blocked.
+#[test]
+fn signals() {
+    Setup::new("signals", "signals").cycle();
+}
+
+#[test]
+fn signals_no_aslr() {
+    Setup::new("signals-noaslr", "signals").no_aslr().cycle();
+}
