@@ -29,7 +29,8 @@
  * The original and a restored copy may run at the same time (checkpoint
  * without --term): they share the files, so what they write after GO is
  * tolerant of the other one (identical bytes in rw.dat, one tagged line
- * each in out.log).
+ * each in out.log: "after-A" by the first process to create
+ * $CR_TEST_DIR/claim after GO, "after-B" by a second one).
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -100,6 +101,22 @@ static void path_of(char *out, const char *name)
         fail("path too long");
 }
 
+/* After GO: 1 for the first process of this run to get here, 0 for a later one (the original
+ * and a restored copy may run at once and share $CR_TEST_DIR; pids are not compared). */
+static int first_claim(void)
+{
+    char p[PATH_MAX];
+    path_of(p, "claim");
+    int fd = open(p, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    if (fd >= 0) {
+        close(fd);
+        return 1;
+    }
+    if (errno != EEXIST)
+        failf("create %s: %s", p, strerror(errno));
+    return 0;
+}
+
 static int xopen(const char *p, int flags)
 {
     int fd = open(p, flags, 0644);
@@ -162,7 +179,9 @@ int main(void)
     if (!realpath(d, dir))
         fail("realpath CR_TEST_DIR");
     setvbuf(stdout, NULL, _IOLBF, 0);
-    const pid_t pid0 = getpid();
+    path_of(p, "claim");
+    if (unlink(p) != 0 && errno != ENOENT)
+        fail("unlink claim");
 
     /* ---- files ---- */
     path_of(p, "in.dat");
@@ -255,8 +274,6 @@ int main(void)
     fprintf(stderr, "info %s: %llu work iterations\n", NAME, (unsigned long long)n);
 
     /* ---------------- verification ---------------- */
-    const int restored = getpid() != pid0;
-    fprintf(stderr, "info %s: %s\n", NAME, restored ? "restored copy" : "original process");
 
     /* in.dat and its duplicate: offsets are checked before either is read */
     expect_fd("in.dat", fd_in, &st_in, O_RDONLY, 0, 1, 1000);
@@ -274,7 +291,7 @@ int main(void)
     /* out.log: O_APPEND must put the line at the end even after lseek(0) */
     expect_fd("out.log", fd_out, &st_out, O_WRONLY, O_APPEND, 0, out_base);
     {
-        const char *line = restored ? "after-R\n" : "after-O\n";
+        const char *line = first_claim() ? "after-A\n" : "after-B\n";
         if (lseek(fd_out, 0, SEEK_SET) != 0)
             fail("out.log: lseek");
         write_all(fd_out, line, 8, "out.log");
@@ -293,7 +310,7 @@ int main(void)
             fail("out.log: the lines written before the checkpoint were overwritten (O_APPEND lost?)");
         int mine = 0;
         for (ssize_t o = out_base; o < len; o += 8) {
-            if (o + 8 > len || (memcmp(buf + o, "after-R\n", 8) != 0 && memcmp(buf + o, "after-O\n", 8) != 0))
+            if (o + 8 > len || (memcmp(buf + o, "after-A\n", 8) != 0 && memcmp(buf + o, "after-B\n", 8) != 0))
                 failf("out.log: unexpected content at %zd: '%s'", o, (const char *)buf + o);
             mine += memcmp(buf + o, line, 8) == 0;
         }

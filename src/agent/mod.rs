@@ -40,18 +40,36 @@ extern "C" fn constructor() {
     }
 }
 
-/// Whether this process is one of our own tools (which export `libcr_tool_marker`): the agent
-/// stays dormant there, also when LD_PRELOAD brings libcr in.
+/// Whether this process is one of our own tools: the agent stays dormant there, also when
+/// LD_PRELOAD brings libcr in. The executable's name is checked first (no cost for programs);
+/// only a tool's name is confirmed by the `libcr_tool_marker` symbol the tools export.
 fn is_tool() -> bool {
+    // SAFETY: getauxval has no preconditions; AT_EXECFN is a NUL-terminated string or 0.
+    let execfn = unsafe { libc::getauxval(libc::AT_EXECFN) } as *const libc::c_char;
+    if execfn.is_null() {
+        return false;
+    }
+    // SAFETY: the kernel put a NUL-terminated path there.
+    let path = unsafe { core::ffi::CStr::from_ptr(execfn) }.to_bytes();
+    let base = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
+    if !matches!(base, b"cr_run" | b"cr_checkpoint" | b"cr_restart") && !base.starts_with(b"cr_") {
+        return false;
+    }
     // SAFETY: dlsym with a NUL-terminated name.
     !unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"libcr_tool_marker".as_ptr()) }.is_null()
 }
 
-fn dlsym_value<T: Copy>(name: &core::ffi::CStr) -> Option<T> {
-    // SAFETY: dlsym with a NUL-terminated name; the symbol, if present, is a T-typed variable.
-    let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
-    // SAFETY: p is the address of a live variable of type T.
-    (!p.is_null()).then(|| unsafe { core::ptr::read(p as *const T) })
+extern "C" {
+    /// glibc (2.35+): offset of the rseq area from the thread pointer.
+    static __rseq_offset: isize;
+    /// glibc (2.35+): size of the registered rseq area (0 if glibc did not register one).
+    static __rseq_size: u32;
+}
+
+/// glibc's rseq area offset (from the thread pointer) and size (0 = not registered).
+pub fn glibc_rseq() -> (isize, u32) {
+    // SAFETY: glibc's exported read-only variables, set before any constructor runs.
+    unsafe { (__rseq_offset, __rseq_size) }
 }
 
 /// Finds the offset of the tid in the calling thread's TCB.
@@ -93,13 +111,11 @@ pub fn init() -> bool {
     );
     let cookie = u64::from_ne_bytes(cookie) | 1;
     quiesce::COOKIE.store(cookie, Relaxed);
-    if let (Some(off), Some(size)) = (
-        dlsym_value::<isize>(c"__rseq_offset"),
-        dlsym_value::<u32>(c"__rseq_size"),
-    ) {
-        RSEQ_OFFSET.store(off, Relaxed);
-        RSEQ_SIZE.store(size, Relaxed);
-    }
+    let (off, size) = glibc_rseq();
+    RSEQ_OFFSET.store(off, Relaxed);
+
+    RSEQ_SIZE.store(size, Relaxed);
+
     let fs = sys::get_fs_base();
     if fs != 0 {
         TID_OFFSET.store(find_tid_offset(fs, sys::gettid(), 16), Relaxed);

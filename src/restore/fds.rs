@@ -172,7 +172,7 @@ pub fn restore(img: &Image, keep: &[i32]) -> Result<(), RestoreError> {
         if f.kind != FdKind::Unsupported {
             // SAFETY: setting the close-on-exec flag as saved.
             unsafe { libc::fcntl(r.fd, libc::F_SETFD, r.fd_flags & libc::FD_CLOEXEC) };
-            if f.kind == FdKind::Regular || f.kind == FdKind::CharDevice {
+            if matches!(f.kind, FdKind::Regular | FdKind::CharDevice | FdKind::Pipe) {
                 // Status flags (O_NONBLOCK, O_APPEND, …) as saved.
                 let settable = libc::O_APPEND
                     | libc::O_NONBLOCK

@@ -114,7 +114,62 @@ fn path_str(p: &[u8]) -> String {
 }
 
 /// Maps one region at `addr` (0 = anywhere); returns where it landed.
-fn map_region(r: &Region, addr: u64) -> Result<u64, RestoreError> {
+/// One memfd per shared object of the image (regions with the same device and inode map the
+/// same object, e.g. a memfd mapped twice), sized to cover every region's offset range.
+#[derive(Default)]
+struct SharedObjects {
+    fds: std::collections::HashMap<(u64, u64), i32>,
+}
+
+impl SharedObjects {
+    fn key(r: &Region) -> Option<(u64, u64)> {
+        (r.rec.ino != 0).then_some((r.rec.dev, r.rec.ino))
+    }
+
+    /// The memfd for `r`'s object (created on first use) and whether the caller must close it.
+    fn fd_for(&mut self, img: &Image, r: &Region) -> Result<(i32, bool), RestoreError> {
+        let key = Self::key(r);
+        if let Some(fd) = key.and_then(|k| self.fds.get(&k)) {
+            return Ok((*fd, false));
+        }
+        let size = img
+            .regions
+            .iter()
+            .filter(|o| o.kind == RegionKind::SharedContent && key.is_some() && Self::key(o) == key)
+            .map(|o| o.rec.offset + (o.rec.end - o.rec.start))
+            .max()
+            .unwrap_or(r.rec.offset + (r.rec.end - r.rec.start));
+        // SAFETY: memfd_create with a literal name.
+        let fd = unsafe { libc::memfd_create(c"libcr-shm".as_ptr(), libc::MFD_CLOEXEC) };
+        // SAFETY: sizing the memfd we own.
+        if fd < 0 || unsafe { libc::ftruncate(fd, size as i64) } < 0 {
+            return Err(err("cannot create shared memory".into()));
+        }
+        match key {
+            Some(k) => {
+                self.fds.insert(k, fd);
+                Ok((fd, false))
+            }
+            None => Ok((fd, true)),
+        }
+    }
+}
+
+impl Drop for SharedObjects {
+    fn drop(&mut self) {
+        for &fd in self.fds.values() {
+            // SAFETY: closing memfds we created; the mappings keep the objects alive.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+fn map_region(
+    img: &Image,
+    shm: &mut SharedObjects,
+    r: &Region,
+    addr: u64,
+) -> Result<u64, RestoreError> {
     let len = (r.rec.end - r.rec.start) as usize;
     let fixed = if addr != 0 {
         libc::MAP_FIXED_NOREPLACE
@@ -134,15 +189,10 @@ fn map_region(r: &Region, addr: u64) -> Result<u64, RestoreError> {
             false,
         ),
         RegionKind::SharedContent => {
-            let name = c"libcr-shm";
-            // SAFETY: memfd_create with a literal name.
-            let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-            // SAFETY: sizing the memfd we own.
-            if fd < 0 || unsafe { libc::ftruncate(fd, len as i64) } < 0 {
-                return Err(err("cannot create shared memory".into()));
-            }
-            (rw, libc::MAP_SHARED, fd, 0, true)
+            let (fd, close) = shm.fd_for(img, r)?;
+            (rw, libc::MAP_SHARED, fd, r.rec.offset as i64, close)
         }
+
         RegionKind::FilePrivate | RegionKind::FileShared => {
             let shared = r.kind == RegionKind::FileShared;
             let write = shared && r.rec.prot & libc::PROT_WRITE as u32 != 0;
@@ -254,12 +304,14 @@ pub fn build(img: &Image, file: &File) -> Result<Layout, RestoreError> {
         }
     }
 
+    let mut shm = SharedObjects::default();
     // Pass 1: regions whose final range is free go straight there.
+
     for (i, r) in img.regions.iter().enumerate() {
         if r.kind.is_special() || overlaps(&cur, r.rec.start, r.rec.end) {
             continue;
         }
-        let at = map_region(r, r.rec.start)?;
+        let at = map_region(img, &mut shm, r, r.rec.start)?;
         placed[i] = Some(Placed {
             cur: at,
             dst: r.rec.start,
@@ -283,7 +335,7 @@ pub fn build(img: &Image, file: &File) -> Result<Layout, RestoreError> {
         if r.kind.is_special() || placed[i].is_some() {
             continue;
         }
-        let at = map_region(r, 0)?;
+        let at = map_region(img, &mut shm, r, 0)?;
         placed[i] = Some(Placed {
             cur: at,
             dst: r.rec.start,

@@ -90,16 +90,16 @@ fn mmap_rw(len: usize) -> Result<u64, RestoreError> {
 /// Drops the kernel registrations that point into this (cr_restart) thread's memory.
 fn drop_thread_registrations() {
     let fs = crate::sys::get_fs_base();
-    // SAFETY: dlsym with NUL-terminated names; the symbols are glibc's exported variables.
+    let (off, size) = crate::agent::glibc_rseq();
+    // SAFETY: unregistering this thread's rseq area and dropping the other registrations; the
+    // memory they point into is about to be replaced.
     unsafe {
-        let off = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr()) as *const isize;
-        let size = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()) as *const u32;
-        if !off.is_null() && !size.is_null() && *size != 0 {
-            let area = (fs as isize + *off) as usize;
+        if size != 0 {
+            let area = (fs as isize + off) as usize;
             libc::syscall(
                 libc::SYS_rseq,
                 area,
-                (*size).max(32),
+                size.max(32),
                 1,
                 crate::agent::RSEQ_SIG,
             );
