@@ -4,13 +4,13 @@ fn main() {
     println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libcr.so.0");
     // The tools export a marker so the agent stays dormant inside them (see agent::is_tool).
     println!("cargo:rustc-link-arg-bins=-Wl,--export-dynamic-symbol=libcr_tool_marker");
-    println!("cargo:rerun-if-changed=src/api.rs");
+    println!("cargo:rerun-if-changed=src/api/exports.rs");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
     let config = cbindgen::Config::from_file(format!("{dir}/cbindgen.toml")).unwrap_or_default();
     match cbindgen::Builder::new()
         .with_config(config)
-        .with_src(format!("{dir}/src/api.rs"))
+        .with_src(format!("{dir}/src/api/exports.rs"))
         .generate()
     {
         Ok(bindings) => {

@@ -24,9 +24,13 @@ pub const REQ_RELEASE: u32 = 2;
 /// Request flag: store every mapped file by content.
 pub const FLAG_SAVE_ALL: u32 = 0x1;
 
+/// Request flag: an API request (`cr_request_checkpoint`): the agent sends the post-checkpoint
+/// signal itself and does not wait for a RELEASE.
+pub const FLAG_API: u32 = 0x2;
+
 /// A request message.
 #[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable, Debug)]
+#[derive(Clone, Copy, Pod, Zeroable)]
 pub struct Request {
     /// [`MAGIC`].
     pub magic: u32,
@@ -36,10 +40,38 @@ pub struct Request {
     pub kind: u32,
     /// `FLAG_*`.
     pub flags: u32,
-    /// Quiesce timeout in milliseconds (0 = default).
+    /// Timeout in milliseconds (0 = default).
     pub timeout_ms: u32,
-    /// Reserved.
-    pub _pad: u32,
+    /// Signal to send after the checkpoint (API requests).
+    pub signal: i32,
+    /// Pid of the requester.
+    pub requester: i32,
+    /// Target id of the request.
+    pub target: i32,
+    /// Scope of the request (`CR_SCOPE_*`).
+    pub scope: i32,
+    /// Length of `dest`.
+    pub dest_len: u32,
+    /// Absolute path of the final context file ("" = derive it from the descriptor).
+    pub dest: [u8; 4096],
+}
+
+impl Request {
+    /// A request of `kind` with everything else zero.
+    pub fn new(kind: u32) -> Request {
+        Request {
+            magic: MAGIC,
+            version: VERSION,
+            kind,
+            ..bytemuck::Zeroable::zeroed()
+        }
+    }
+    /// Sets the destination path (truncated to the field).
+    pub fn set_dest(&mut self, path: &[u8]) {
+        let n = path.len().min(self.dest.len());
+        self.dest[..n].copy_from_slice(&path[..n]);
+        self.dest_len = n as u32;
+    }
 }
 
 /// The agent's answer to a checkpoint request.
@@ -104,6 +136,10 @@ pub struct RestartInfo {
     pub code_len: i64,
     /// Result of `prctl(PR_SET_MM_MAP)` in the trampoline (0 or -errno).
     pub mm_result: i64,
+    /// Address of the image's path (in the block), for `cr_get_restart_info`.
+    pub src_addr: i64,
+    /// Its length.
+    pub src_len: i64,
 }
 
 /// Magic of [`RestartInfo`].
@@ -111,11 +147,11 @@ pub const RESTART_MAGIC: i64 = 0x4352_5253_5452_4e31;
 
 impl RestartInfo {
     /// The fields as words, in order.
-    pub fn as_words(&self) -> [i64; 8] {
+    pub fn as_words(&self) -> [i64; 10] {
         bytemuck::cast(*self)
     }
     /// Rebuilds from words.
-    pub fn from_words(w: [i64; 8]) -> Self {
+    pub fn from_words(w: [i64; 10]) -> Self {
         bytemuck::cast(w)
     }
 }

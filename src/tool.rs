@@ -28,9 +28,14 @@ pub fn fail(tool: &str, errno: i32, msg: &str) -> ! {
     std::process::exit(if code == 0 { 1 } else { code })
 }
 
-/// `strerror` text for an errno ("No such file or directory"), without Rust's "(os error N)".
+/// `strerror` text for an errno ("No such file or directory"), without Rust's "(os error N)";
+/// BLCR's own codes (`CR_E*`) get BLCR's texts.
 pub fn strerror(errno: i32) -> String {
+    if let Some(t) = crate::api::errors::blcr_text(errno) {
+        return t.to_string_lossy().into_owned();
+    }
     let text = std::io::Error::from_raw_os_error(errno).to_string();
+
     match text.rfind(" (os error ") {
         Some(i) => text[..i].to_string(),
         None => text,

@@ -233,6 +233,57 @@ fn wait_commit(conn: i32) {
     }
 }
 
+/// Turns a callback's abort request into the outcome `cr_checkpoint()` reports and the errno the
+/// requester gets: TEMP → CR_ETEMPFAIL (or the user code), PERM → CR_EPERMFAIL (or the code),
+/// OMIT → the process is left out (the requester sees ESRCH when nothing was saved).
+fn abort_outcome(abort: i64) -> (i64, i32, &'static [u8], bool) {
+    use crate::api::types::*;
+    let flag = (abort >> 32) as i32;
+    let code = (abort & 0xffff_ffff) as i32;
+    match flag {
+        CR_CHECKPOINT_PERM_FAILURE => {
+            let e = if code != 0 { code } else { CR_EPERMFAIL };
+            (
+                -(e as i64),
+                e,
+                b"a callback requested a permanent failure",
+                true,
+            )
+        }
+        CR_CHECKPOINT_OMIT => (
+            -(CR_EOMITTED as i64),
+            libc::ESRCH,
+            b"every process was omitted",
+            false,
+        ),
+        _ => {
+            let e = if code != 0 { code } else { CR_ETEMPFAIL };
+            (
+                -(e as i64),
+                e,
+                b"a callback cancelled the checkpoint",
+                false,
+            )
+        }
+    }
+}
+
+/// Ends a request: publishes the outcome, lets the threads go, answers the requester.
+fn conclude(conn: i32, api: bool, outcome: i64, status: i32, bytes: u64, msg: &[u8]) {
+    quiesce::finish(outcome);
+    if status == 0 && !api {
+        // cr_checkpoint renames the image and sends its signal before the program runs again.
+        send_reply(conn, 0, bytes, msg);
+        wait_commit(conn);
+        quiesce::release();
+        crate::api::cs::end_pending();
+        return;
+    }
+    quiesce::release();
+    crate::api::cs::end_pending();
+    send_reply(conn, status, bytes, msg);
+}
+
 fn serve(conn: i32) {
     let Some((req, img_fd)) = recv_request(conn) else {
         return;
@@ -244,6 +295,7 @@ fn serve(conn: i32) {
         }
         return;
     }
+    let api = req.flags & protocol::FLAG_API != 0;
     let scratch = match Scratch::new() {
         Ok(s) => s,
         Err(e) => {
@@ -252,14 +304,70 @@ fn serve(conn: i32) {
             return;
         }
     };
-    let timeout_ms = if req.timeout_ms == 0 {
-        QUIESCE_TIMEOUT_MS
+    let timeout_ns = if req.timeout_ms == 0 {
+        QUIESCE_TIMEOUT_MS * 1_000_000
     } else {
-        req.timeout_ms as u64
+        req.timeout_ms as u64 * 1_000_000
     };
+    // What callbacks may ask about this request (cr_get_checkpoint_info).
+    let mut dest = [0u8; 4096];
+    let dest_len = if req.dest_len > 0 {
+        let n = (req.dest_len as usize).min(dest.len());
+        dest[..n].copy_from_slice(&req.dest[..n]);
+        n
+    } else {
+        let mut link = StackBuf::<64>::new();
+        link.push(b"/proc/self/fd/").num(img_fd as u64);
+        sys::readlink(link.as_cstr(), &mut dest).unwrap_or(0)
+    };
+    let dest_ok = dest_len > 0 && dest[0] == b'/';
+    crate::api::info::set_checkpoint(
+        req.signal,
+        if dest_ok { &dest[..dest_len] } else { b"" },
+        req.requester,
+        req.target,
+        req.scope,
+    );
+    quiesce::ABORT.store(0, Release);
+    crate::api::callbacks::reset_barrier();
+
+    // Critical sections postpone the whole checkpoint; a deadline only with --time / cr_timeout.
+    let cs_deadline = if req.timeout_ms == 0 {
+        u64::MAX
+    } else {
+        sys::monotonic_ns() + timeout_ns
+    };
+    if !crate::api::cs::begin_pending(cs_deadline) {
+        quiesce::finish(-(libc::ETIMEDOUT as i64));
+        send_reply(
+            conn,
+            libc::ETIMEDOUT,
+            0,
+            b"the program stayed in a critical section",
+        );
+        sys::close(img_fd);
+        return;
+    }
+    // Phase 1: thread-context callbacks reach their cr_checkpoint().
+    if !crate::api::callbacks::run_thread_phase(timeout_ns) {
+        quiesce::request_abort(
+            crate::api::types::CR_CHECKPOINT_TEMP_FAILURE,
+            libc::ETIMEDOUT,
+        );
+    }
+    let early = quiesce::ABORT.load(Acquire);
+    if early != 0 {
+        let (outcome, status, msg, kill) = abort_outcome(early);
+        conclude(conn, api, outcome, status, 0, msg);
+        sys::close(img_fd);
+        if kill {
+            kill_self();
+        }
+        return;
+    }
+    // Phase 2: every thread stops in the handler (running its signal-context callbacks).
     let mut dirbuf = DirBuf([0; 8192]);
-    if let Err(e) = quiesce::quiesce(&mut dirbuf, timeout_ms * 1_000_000) {
-        quiesce::release();
+    if let Err(e) = quiesce::quiesce(&mut dirbuf, timeout_ns) {
         let mut m = StackBuf::<240>::new();
         let status = match e {
             QuiesceError::Timeout(tid) => {
@@ -277,8 +385,18 @@ fn serve(conn: i32) {
                 err.0
             }
         };
-        send_reply(conn, status, 0, m.as_bytes());
+        conclude(conn, true, -(status as i64), status, 0, m.as_bytes());
         sys::close(img_fd);
+        return;
+    }
+    let abort = quiesce::ABORT.load(Acquire);
+    if abort != 0 {
+        let (outcome, status, msg, kill) = abort_outcome(abort);
+        conclude(conn, api, outcome, status, 0, msg);
+        sys::close(img_fd);
+        if kill {
+            kill_self();
+        }
         return;
     }
     let job = Job {
@@ -309,18 +427,28 @@ fn serve(conn: i32) {
         return;
     }
     if r == 0 {
-        send_reply(conn, 0, job.bytes.load(Acquire), b"");
-        wait_commit(conn);
+        if api && req.signal > 0 {
+            // API requests: the post-checkpoint signal is ours to send (pending until release).
+            // SAFETY: signalling our own process.
+            unsafe { libc::kill(libc::getpid(), req.signal) };
+        }
         CHECKPOINTS.fetch_add(1, AcqRel);
+        conclude(conn, api, 0, 0, job.bytes.load(Acquire), b"");
     } else {
         let e = job.errno.load(Acquire);
         let mut m = StackBuf::<240>::new();
         m.push(b"failed at ")
             .push(STEPS[job.step.load(Acquire) as usize % STEPS.len()].as_bytes());
-        send_reply(conn, e, 0, m.as_bytes());
+        conclude(conn, true, -(e as i64), e, 0, m.as_bytes());
     }
-    quiesce::release();
     sys::close(img_fd);
+}
+
+/// A permanent failure kills the process (BLCR: every process in the request).
+fn kill_self() -> ! {
+    // SAFETY: SIGKILL to our own process.
+    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    sys::exit_group(137)
 }
 
 /// Completes a restart in the control thread, then lets the program's threads go.
@@ -344,5 +472,8 @@ fn after_restart() {
         let _ = sys::write_all(info.notify_fd as i32, b"R");
         sys::close(info.notify_fd as i32);
     }
+    // Callbacks see cr_checkpoint() > 0: the restarter's pid.
+    quiesce::finish(info.restarter_pid.max(1));
     quiesce::release();
+    crate::api::cs::end_pending();
 }

@@ -9,8 +9,10 @@ fn is_tty_major(major: u32) -> bool {
     matches!(major, 4 | 5 | 136..=143)
 }
 
-/// Appends an `REC_FD` record for every open descriptor except those in `skip`.
-pub fn capture(w: &mut MetaWriter, skip: &[i32]) -> Result<(), Errno> {
+/// Appends an `REC_FD` record for every open descriptor except those in `skip`; descriptors of
+/// the same file as `image_fd` (the program's own handle on its context file) are marked.
+pub fn capture(w: &mut MetaWriter, skip: &[i32], image_fd: i32) -> Result<(), Errno> {
+    let image = sys::fstat(image_fd).ok().map(|s| (s.st_dev, s.st_ino));
     let dir = sys::open(
         b"/proc/self/fd\0",
         libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
@@ -30,17 +32,18 @@ pub fn capture(w: &mut MetaWriter, skip: &[i32]) -> Result<(), Errno> {
             if fd < 0 || fd == dir || skip.contains(&fd) {
                 continue;
             }
-            one(w, fd)?;
+            one(w, fd, image)?;
         }
     })();
     sys::close(dir);
     res
 }
 
-fn one(w: &mut MetaWriter, fd: i32) -> Result<(), Errno> {
+fn one(w: &mut MetaWriter, fd: i32, image: Option<(u64, u64)>) -> Result<(), Errno> {
     let Ok(st) = sys::fstat(fd) else {
         return Ok(());
     };
+    let is_image = image == Some((st.st_dev, st.st_ino));
     let mut link = StackBuf::<64>::new();
     link.push(b"/proc/self/fd/").num(fd as u64);
     let mut path = [0u8; 4096];
@@ -52,6 +55,7 @@ fn one(w: &mut MetaWriter, fd: i32) -> Result<(), Errno> {
     let stdio = fd <= 2;
     let deleted = path.ends_with(b" (deleted)");
     let (kind, warn): (FdKind, Option<&[u8]>) = match fmt {
+        libc::S_IFREG if is_image => (FdKind::CheckpointFile, None),
         libc::S_IFREG if deleted => (
             FdKind::Unsupported,
             Some(b"is an unlinked file; it will be closed at restart"),

@@ -166,7 +166,7 @@ fn write_image(job: &Job) -> Result<u64, (u32, Errno)> {
         };
         w.record(REC_THREAD, &t, &[]).map_err(full)?;
     }
-    super::fds::capture(&mut w, &job.skip_fds).map_err(|e| (2, e))?;
+    super::fds::capture(&mut w, &job.skip_fds, job.fd).map_err(|e| (2, e))?;
     let mut ext = ExtentList::new(scratch.extents());
     let mut unreadable = Unreadable::new();
     let save_all = job.flags & crate::protocol::FLAG_SAVE_ALL != 0;

@@ -147,8 +147,13 @@ fn install_handler() {
 }
 
 extern "C" fn after_fork_child() {
-    if INITIALIZED.load(Acquire) {
-        quiesce::NSLOTS.store(0, Release);
+    if !INITIALIZED.load(Acquire) {
+        return;
+    }
+    quiesce::NSLOTS.store(0, Release);
+    crate::api::reset_after_fork();
+    // A child forked to become a restored process must stay single-threaded.
+    if !crate::api::requests::FORKING_FOR_RESTORE.with(|f| f.get()) {
         control::start();
     }
 }

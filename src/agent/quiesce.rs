@@ -99,6 +99,47 @@ static IN_HANDLER: AtomicU32 = AtomicU32::new(0);
 pub static COOKIE: AtomicU64 = AtomicU64::new(0);
 /// CLOCK_MONOTONIC at the moment memory was captured (for remaining sleep times at restart).
 pub static CAPTURE_NS: AtomicU64 = AtomicU64::new(0);
+/// Outcome of the last checkpoint, as `cr_checkpoint()` reports it: 0 = continuing after a
+/// successful checkpoint, < 0 = -errno (cancelled), > 0 = restarted by that pid. Set by the
+/// control thread before it lets the threads go.
+pub static OUTCOME: AtomicI64 = AtomicI64::new(0);
+/// Futex word: bumped when a checkpoint request is finished (whatever its outcome).
+pub static DONE_GEN: AtomicU32 = AtomicU32::new(0);
+/// An abort requested by a callback (`CR_CHECKPOINT_TEMP/PERM_FAILURE`, `OMIT`): the flag in the
+/// high 32 bits, the user code (or 0) in the low 32; 0 = none. The first one wins.
+pub static ABORT: AtomicI64 = AtomicI64::new(0);
+
+/// Records an abort request from a callback (first one wins).
+pub fn request_abort(flag: i32, code: i32) {
+    let v = ((flag as i64) << 32) | (code as u32 as i64);
+    let _ = ABORT.compare_exchange(0, v, AcqRel, Acquire);
+}
+
+/// Parks the calling thread, which is in the checkpoint handler in slot `idx`, until the
+/// checkpoint is over; returns the outcome (see [`OUTCOME`]).
+pub fn park_here(idx: usize) -> i64 {
+    let slot = &SLOTS[idx];
+    if arch::save_and_call(&slot.ctx_rsp, park, idx) == arch::RESUMED {
+        // A re-created thread in a restored process: wait until the agent is ready.
+        wait_release(slot.release_seq.load(Relaxed));
+        return crate::agent::control::RESTARTER.load(Acquire).max(1);
+    }
+    OUTCOME.load(Acquire)
+}
+
+/// Finishes a request: publishes its outcome and wakes everyone waiting for it.
+pub fn finish(outcome: i64) {
+    OUTCOME.store(outcome, Release);
+    DONE_GEN.fetch_add(1, AcqRel);
+    sys::futex_wake_all(&DONE_GEN);
+}
+
+/// Waits until [`DONE_GEN`] moves past `seen`.
+pub fn wait_done(seen: u32) {
+    while DONE_GEN.load(Acquire) == seen {
+        let _ = sys::futex_wait(&DONE_GEN, seen, None);
+    }
+}
 
 /// The signal handler for [`CR_SIGNUM`].
 ///
@@ -148,12 +189,10 @@ fn handle(uc: *mut libc::ucontext_t) {
     slot.robust_len.store(len, Relaxed);
     let fixup = detect_interrupted_call(slot, uc);
 
-    let r = arch::save_and_call(&slot.ctx_rsp, park, idx);
-    let restarted = r == arch::RESUMED;
-    if restarted {
-        // A re-created thread in a restored process: wait until the agent is ready.
-        wait_release(slot.release_seq.load(Relaxed));
-    }
+    // The thread's signal-context callbacks (if it has any) run here; the innermost
+    // cr_checkpoint() parks the thread (park_here). Without callbacks it parks right away.
+    let outcome = crate::api::callbacks::signal_phase(idx);
+    let restarted = outcome > 0;
     if let Some(nr) = fixup {
         reissue_call(slot, uc, nr, restarted);
     }

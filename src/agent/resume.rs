@@ -33,7 +33,7 @@ static RESTORE_STACK: RestoreStack = RestoreStack(UnsafeCell::new([0; RESTORE_ST
 /// Slot index of the thread the restart loader's thread becomes (the main thread when alive).
 pub static LEADER: AtomicUsize = AtomicUsize::new(0);
 /// The restart information of the last restart (copied out of the trampoline block).
-pub static INFO: [AtomicI64; 8] = [const { AtomicI64::new(0) }; 8];
+pub static INFO: [AtomicI64; 10] = [const { AtomicI64::new(0) }; 10];
 
 /// Top of the stack the trampoline switches to before calling [`restart_entry`].
 pub fn restore_stack_top() -> usize {
@@ -51,6 +51,14 @@ pub unsafe extern "C" fn restart_entry(info: *const RestartInfo) -> ! {
     for (slot, v) in INFO.iter().zip(info.as_words()) {
         slot.store(v, Release);
     }
+    let src = if info.src_len > 0 {
+        // SAFETY: the path lies in the trampoline's block, still mapped.
+        unsafe { core::slice::from_raw_parts(info.src_addr as *const u8, info.src_len as usize) }
+    } else {
+        &[]
+    };
+    crate::api::on_restart(info.restarter_pid as i32, src);
+
     super::process::restore_signals();
     let leader = LEADER.load(Relaxed);
     let tid_off = super::TID_OFFSET.load(Relaxed);

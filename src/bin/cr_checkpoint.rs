@@ -258,14 +258,14 @@ fn main() {
     } else {
         0
     };
-    let req = Request {
-        magic: protocol::MAGIC,
-        version: protocol::VERSION,
-        kind: protocol::REQ_CHECKPOINT,
-        flags,
-        timeout_ms: args.time.map_or(0, |s| s.saturating_mul(1000)),
-        _pad: 0,
-    };
+    let mut req = Request::new(protocol::REQ_CHECKPOINT);
+    req.flags = flags;
+    req.timeout_ms = args.time.map_or(0, |s| s.saturating_mul(1000));
+    req.requester = std::process::id() as i32;
+    req.target = pid;
+    req.scope = cr::api::types::CR_SCOPE_PROC;
+    let abs_dest = std::path::absolute(&dest).unwrap_or_else(|_| dest.clone());
+    req.set_dest(abs_dest.as_os_str().as_encoded_bytes());
     let cleanup = |errno: i32, msg: String| -> ! {
         let _ = std::fs::remove_file(&tmp);
         fail(TOOL, errno, &msg)
@@ -294,10 +294,8 @@ fn main() {
     }
     let commit = file.sync_all().and_then(|_| std::fs::rename(&tmp, &dest));
     drop(file);
-    let release = Request {
-        kind: protocol::REQ_RELEASE,
-        ..req
-    };
+    let release = Request::new(protocol::REQ_RELEASE);
+
     if let Err(e) = commit {
         let _ = send_request(sock, &release, None);
         cleanup(

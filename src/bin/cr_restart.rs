@@ -120,6 +120,10 @@ fn main() {
             &format!("{}: is a directory, not an image", path.display()),
         );
     }
+    let src = std::path::absolute(&path)
+        .unwrap_or_else(|_| path.clone())
+        .into_os_string()
+        .into_encoded_bytes();
     let img = Image::open(&file)
         .unwrap_or_else(|e| fail(TOOL, e.errno(), &format!("{}: {e}", path.display())));
     if let Err(e) = cr::restore::preflight(&img) {
@@ -139,7 +143,7 @@ fn main() {
     if pid == 0 {
         // SAFETY: closing the read end in the child.
         unsafe { libc::close(fds[0]) };
-        let err = match cr::restore::run(&img, file, fds[1], me) {
+        let err = match cr::restore::run(&img, file, fds[1], me, &src) {
             Ok(never) => match never {},
             Err(e) => e,
         };
@@ -159,8 +163,9 @@ fn main() {
     let _ = notify.read_to_end(&mut msg);
     if msg.first() != Some(&b'R') {
         let status = wait_child(pid);
-        let why = if msg.first() == Some(&b'E') {
-            String::from_utf8_lossy(&msg[1..]).into_owned()
+        let report = cr::restore::parse_report(&msg);
+        let why = if let Some((_, text)) = &report {
+            text.clone()
         } else if libc::WIFSIGNALED(status) {
             format!(
                 "the restored process died of signal {} during the restore",
@@ -172,11 +177,11 @@ fn main() {
                 libc::WEXITSTATUS(status)
             )
         };
-        let code = if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0 {
-            libc::WEXITSTATUS(status)
-        } else {
-            libc::EIO
+        let code = match report {
+            Some((errno, _)) => errno,
+            None => libc::EIO,
         };
+
         fail(TOOL, code, &format!("restart failed: {why}"));
     }
     let status = wait_child(pid);

@@ -289,6 +289,9 @@ pub enum FdKind {
     Pipe = 5,
     /// Anything else (socket, eventfd, epoll, …): not restored; a warning was recorded.
     Unsupported = 6,
+    /// The file this very image was written to (a self-checkpoint's destination): reopened by
+    /// path without truncation, positioned at its end.
+    CheckpointFile = 7,
 }
 
 impl FdKind {
@@ -302,6 +305,7 @@ impl FdKind {
             4 => Inherited,
             5 => Pipe,
             6 => Unsupported,
+            7 => CheckpointFile,
             _ => return None,
         })
     }

@@ -87,7 +87,7 @@ pub fn restore(img: &Image, keep: &[i32]) -> Result<(), RestoreError> {
     for f in &img.fds {
         let r = &f.rec;
         let newfd = match f.kind {
-            FdKind::Regular | FdKind::CharDevice | FdKind::Directory => {
+            FdKind::Regular | FdKind::CharDevice | FdKind::Directory | FdKind::CheckpointFile => {
                 let mut flags =
                     r.flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY);
                 if f.kind == FdKind::Directory {
@@ -123,6 +123,12 @@ pub fn restore(img: &Image, keep: &[i32]) -> Result<(), RestoreError> {
                 if matches!(f.kind, FdKind::Regular | FdKind::Directory) {
                     // SAFETY: as above.
                     unsafe { libc::lseek(fd, r.offset, libc::SEEK_SET) };
+                }
+                if f.kind == FdKind::CheckpointFile {
+                    // The image was written through this descriptor: it stands at the image's
+                    // end, as in the original process after the checkpoint.
+                    // SAFETY: as above.
+                    unsafe { libc::lseek(fd, 0, libc::SEEK_END) };
                 }
                 Some(fd)
             }
@@ -172,7 +178,10 @@ pub fn restore(img: &Image, keep: &[i32]) -> Result<(), RestoreError> {
         if f.kind != FdKind::Unsupported {
             // SAFETY: setting the close-on-exec flag as saved.
             unsafe { libc::fcntl(r.fd, libc::F_SETFD, r.fd_flags & libc::FD_CLOEXEC) };
-            if matches!(f.kind, FdKind::Regular | FdKind::CharDevice | FdKind::Pipe) {
+            if matches!(
+                f.kind,
+                FdKind::Regular | FdKind::CharDevice | FdKind::Pipe | FdKind::CheckpointFile
+            ) {
                 // Status flags (O_NONBLOCK, O_APPEND, …) as saved.
                 let settable = libc::O_APPEND
                     | libc::O_NONBLOCK

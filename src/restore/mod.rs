@@ -139,19 +139,33 @@ fn apply_rlimits(img: &Image) {
 
 /// Rebuilds the process from `img` in the calling (freshly forked, single-threaded) process and
 /// jumps into it. Returns only on failure, before anything of the program has run, after writing
-/// `E<message>` to the notification pipe (wherever that descriptor has been moved by then).
+/// a report to the notification pipe (wherever that descriptor has been moved by then): `E`, the
+/// errno as 4 little-endian bytes, then the message. On success the restored agent writes `R`.
+/// `src` is the image's path, for the program's `cr_get_restart_info`.
 pub fn run(
     img: &Image,
     file: File,
     notify_fd: i32,
     restarter: i32,
+    src: &[u8],
 ) -> Result<Infallible, RestoreError> {
     let mut notify = notify_fd;
-    let res = rebuild(img, file, &mut notify, restarter);
+    let res = rebuild(img, file, &mut notify, restarter, src);
     if let Err(e) = &res {
-        let _ = crate::sys::write_all(notify, format!("E{}", e.msg).as_bytes());
+        let mut report = vec![b'E'];
+        report.extend_from_slice(&e.errno.to_le_bytes());
+        report.extend_from_slice(e.msg.as_bytes());
+        let _ = crate::sys::write_all(notify, &report);
     }
     res
+}
+
+/// Decodes a failure report written by [`run`]: (errno, message).
+pub fn parse_report(report: &[u8]) -> Option<(i32, String)> {
+    (report.first() == Some(&b'E') && report.len() >= 5).then(|| {
+        let errno = i32::from_le_bytes([report[1], report[2], report[3], report[4]]);
+        (errno, String::from_utf8_lossy(&report[5..]).into_owned())
+    })
 }
 
 fn rebuild(
@@ -159,6 +173,7 @@ fn rebuild(
     file: File,
     notify: &mut i32,
     restarter: i32,
+    src: &[u8],
 ) -> Result<Infallible, RestoreError> {
     crate::sys::sigprocmask_raw(libc::SIG_SETMASK, Some(!0));
     let img_fd = fds::move_high(file.into_raw_fd(), img)?;
@@ -202,7 +217,13 @@ fn rebuild(
     let max_unmaps = memory::current_maps().len() + 64;
     let stack_len = 64 * 1024;
     let hdr_len = std::mem::size_of::<trampoline::TrampArgs>();
-    let data_len = hdr_len + 16 * max_unmaps + 24 * layout.moves.len() + 128 + img.auxv.len() + 128;
+    let data_len = hdr_len
+        + 16 * max_unmaps
+        + 24 * layout.moves.len()
+        + 128
+        + img.auxv.len()
+        + 256
+        + src.len();
     let block_len = page_align(data_len as u64) as usize + stack_len;
     let block = mmap_rw(block_len)?;
     layout.keep.push((code_addr, code_addr + code_len as u64));
@@ -265,8 +286,18 @@ fn rebuild(
         code_addr: code_addr as i64,
         code_len: code_len as i64,
         mm_result: 0,
+        src_addr: 0,
+        src_len: 0,
     };
     let info_ptr = put(bytemuck::bytes_of(&info));
+    let src_ptr = put(src);
+    // SAFETY: info_ptr points at the RestartInfo just written into the block.
+    unsafe {
+        let i = info_ptr as *mut RestartInfo;
+        (*i).src_addr = src_ptr as i64;
+        (*i).src_len = src.len() as i64;
+    }
+
     let args = trampoline::TrampArgs {
         n_unmap: unmaps.len() as u64,
         unmap: unmap_ptr,
