@@ -17,8 +17,13 @@ install: build
 	install -m 755 $(REL)/libcr.so $(DESTDIR)$(PREFIX)/lib/libcr.so.$(LIBVER)
 	ln -sf libcr.so.$(LIBVER) $(DESTDIR)$(PREFIX)/lib/libcr.so.0
 	ln -sf libcr.so.0 $(DESTDIR)$(PREFIX)/lib/libcr.so
+	for stub in run omit; do \
+	  install -m 755 $(REL)/libcr_$$stub.so $(DESTDIR)$(PREFIX)/lib/libcr_$$stub.so.$(LIBVER); \
+	  ln -sf libcr_$$stub.so.$(LIBVER) $(DESTDIR)$(PREFIX)/lib/libcr_$$stub.so.0; \
+	  ln -sf libcr_$$stub.so.0 $(DESTDIR)$(PREFIX)/lib/libcr_$$stub.so; \
+	done
 	install -m 644 $(REL)/libcr.a $(DESTDIR)$(PREFIX)/lib/libcr.a
-	install -m 644 include/libcr.h $(DESTDIR)$(PREFIX)/include/libcr.h
+	install -m 644 include/libcr.h include/blcr_common.h include/blcr_errcodes.h $(DESTDIR)$(PREFIX)/include/
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(LIBVER)|g' libcr.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/libcr.pc
 	@echo "installed into $(PREFIX)"
 

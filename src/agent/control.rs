@@ -296,6 +296,17 @@ fn serve(conn: i32) {
         return;
     }
     let api = req.flags & protocol::FLAG_API != 0;
+    if super::OMITTED.load(Acquire) {
+        send_reply(
+            conn,
+            libc::ESRCH,
+            0,
+            b"the process is omitted from checkpoints (cr_run --omit)",
+        );
+        sys::close(img_fd);
+        return;
+    }
+
     let scratch = match Scratch::new() {
         Ok(s) => s,
         Err(e) => {

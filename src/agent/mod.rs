@@ -158,6 +158,15 @@ extern "C" fn after_fork_child() {
     }
 }
 
+/// Whether every checkpoint request leaves this process out (`cr_run --omit`).
+pub static OMITTED: AtomicBool = AtomicBool::new(false);
+
+/// Called by `libcr_omit.so.0`: from now on this process is left out of every checkpoint.
+#[no_mangle]
+pub extern "C" fn cri_agent_omit(on: libc::c_int) {
+    OMITTED.store(on != 0, Release);
+}
+
 /// Whether this process was restarted from an image, and by which pid.
 pub fn restarted_by() -> Option<i32> {
     let p = control::RESTARTER.load(Acquire);

@@ -10,13 +10,16 @@ cr::tool_marker!();
 
 const TOOL: &str = "cr_run";
 
-fn library() -> Option<PathBuf> {
+/// The preload stub (`libcr_run.so.0` or `libcr_omit.so.0`) of this installation: next to the
+/// tools' prefix (`bin/../lib`), or beside the tools in a build directory.
+fn library(omit: bool) -> Option<PathBuf> {
+    let stem = if omit { "libcr_omit" } else { "libcr_run" };
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?;
     [
-        dir.join("../lib/libcr.so.0"),
-        dir.join("libcr.so.0"),
-        dir.join("libcr.so"),
+        dir.join(format!("../lib/{stem}.so.0")),
+        dir.join(format!("{stem}.so.0")),
+        dir.join(format!("{stem}.so")),
     ]
     .into_iter()
     .find(|p| p.exists())
@@ -61,6 +64,7 @@ fn usage() -> ! {
 
 fn main() {
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let mut omit = false;
     while let Some(a) = args.first() {
         match a.to_str() {
             Some("--") => {
@@ -72,7 +76,12 @@ fn main() {
                 println!("cr_run: version {}", env!("CARGO_PKG_VERSION"));
                 return;
             }
-            Some("--run") | Some("--omit") => {
+            Some("--run") => {
+                omit = false;
+                args.remove(0);
+            }
+            Some("--omit") => {
+                omit = true;
                 args.remove(0);
             }
             Some(s) if s.starts_with('-') => {
@@ -88,11 +97,11 @@ fn main() {
             "no program given (usage: cr_run [--] PROGRAM [ARGS...])",
         );
     }
-    let Some(lib) = library() else {
+    let Some(lib) = library(omit) else {
         cr::tool::fail(
             TOOL,
             libc::ENOENT,
-            "cannot find libcr.so.0 next to cr_run's installation",
+            "cannot find the libcr preload library next to cr_run's installation",
         )
     };
     let prog = &args[0];

@@ -1,0 +1,171 @@
+// Shared source of BLCR's preload stubs, `libcr_run.so.0` and `libcr_omit.so.0` (each crate sets
+// `OMIT` and its link anchor, then includes this file).
+//
+// A stub exports no API (BLCR's `dlopen` test checks `cr_init` is not globally visible under
+// `cr_run`). Its constructor loads the one real agent, `libcr.so.0`, *locally* from the stub's
+// own directory, so a program that later links or `dlopen`s libcr gets the same, single agent.
+// The omit stub marks the process so every checkpoint request leaves it out. The stub also
+// forwards the signal-API wrappers to libcr's, so the checkpoint signal stays invisible.
+
+use core::ffi::{c_int, c_void, CStr};
+use core::sync::atomic::{AtomicUsize, Ordering::*};
+
+/// BLCR's checkpoint signal number.
+#[no_mangle]
+#[used]
+pub static cri_signum: c_int = 64;
+
+static LIBCR: AtomicUsize = AtomicUsize::new(0);
+
+fn libcr_sym(name: &CStr) -> usize {
+    let h = LIBCR.load(Acquire);
+    if h == 0 {
+        return 0;
+    }
+    // SAFETY: dlsym on the handle we opened, with a NUL-terminated name.
+    unsafe { libc::dlsym(h as *mut c_void, name.as_ptr()) as usize }
+}
+
+fn next_sym(name: &CStr) -> usize {
+    // SAFETY: dlsym with a NUL-terminated name.
+    unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) as usize }
+}
+
+/// libcr's wrapper when the agent is loaded, else the C library's own function.
+fn target(name: &CStr) -> usize {
+    match libcr_sym(name) {
+        0 => next_sym(name),
+        f => f,
+    }
+}
+
+fn load_libcr() {
+    // SAFETY: all-zero is a valid Dl_info.
+    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
+    let mut candidates: Vec<std::ffi::CString> = Vec::new();
+    // SAFETY: dladdr on one of our own symbols.
+    if unsafe { libc::dladdr(&cri_signum as *const c_int as *const c_void, &mut info) } != 0 && !info.dli_fname.is_null() {
+        // SAFETY: dladdr returned a NUL-terminated file name.
+        let me = unsafe { CStr::from_ptr(info.dli_fname) }.to_string_lossy().into_owned();
+        if let Some(dir) = std::path::Path::new(&me).parent() {
+            for name in ["libcr.so.0", "libcr.so"] {
+                let p = dir.join(name);
+                if p.exists() {
+                    candidates.push(std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).unwrap_or_default());
+                }
+            }
+        }
+    }
+    candidates.push(c"libcr.so.0".to_owned());
+    for c in &candidates {
+        // SAFETY: dlopen with a NUL-terminated path.
+        let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+        if !h.is_null() {
+            LIBCR.store(h as usize, Release);
+            return;
+        }
+    }
+    // SAFETY: dlerror returns a message or NULL.
+    let err = unsafe { libc::dlerror() };
+    let msg = if err.is_null() {
+        "not found".into()
+    } else {
+        // SAFETY: dlerror returned a NUL-terminated message.
+        unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned()
+    };
+    eprintln!("{}: cannot load libcr.so.0 (no checkpoint support): {msg}", if OMIT { "libcr_omit" } else { "libcr_run" });
+}
+
+extern "C" fn constructor() {
+    // A program that links libcr itself keeps the full library's behaviour (BLCR: the full
+    // handler replaces a stub's).
+    // SAFETY: dlsym with a NUL-terminated name.
+    let program_has_libcr = !unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"cr_init".as_ptr()) }.is_null();
+    load_libcr();
+    if OMIT && !program_has_libcr {
+        let f = libcr_sym(c"cri_agent_omit");
+        if f != 0 {
+            // SAFETY: libcr exports cri_agent_omit as extern "C" fn(c_int).
+            let f: extern "C" fn(c_int) = unsafe { core::mem::transmute(f) };
+            f(1);
+        }
+    }
+}
+
+#[used]
+#[link_section = ".init_array"]
+static CONSTRUCTOR: extern "C" fn() = constructor;
+
+/// `sigaction`, forwarded to libcr's (which keeps the checkpoint signal reserved).
+///
+/// # Safety
+/// As `sigaction(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int {
+    type F = unsafe extern "C" fn(c_int, *const libc::sigaction, *mut libc::sigaction) -> c_int;
+    match target(c"sigaction") {
+        0 => -1,
+        // SAFETY: the symbol has sigaction's signature.
+        f => unsafe { core::mem::transmute::<usize, F>(f)(sig, act, old) },
+    }
+}
+
+/// `signal`, forwarded to libcr's.
+#[no_mangle]
+pub extern "C" fn signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    type F = extern "C" fn(c_int, libc::sighandler_t) -> libc::sighandler_t;
+    match target(c"signal") {
+        0 => libc::SIG_ERR,
+        // SAFETY (below): the symbol has signal's signature.
+        f => {
+            // SAFETY: see above.
+            let f: F = unsafe { core::mem::transmute::<usize, F>(f) };
+            f(sig, handler)
+        }
+    }
+}
+
+/// `sigprocmask`, forwarded to libcr's (which never blocks the checkpoint signal).
+#[no_mangle]
+pub extern "C" fn sigprocmask(how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int {
+    type F = extern "C" fn(c_int, *const libc::sigset_t, *mut libc::sigset_t) -> c_int;
+    match target(c"sigprocmask") {
+        0 => -1,
+        // SAFETY: the symbol has sigprocmask's signature.
+        f => {
+            // SAFETY: see above.
+            let f: F = unsafe { core::mem::transmute::<usize, F>(f) };
+            f(how, set, old)
+        }
+    }
+}
+
+/// `pthread_sigmask`, forwarded to libcr's.
+#[no_mangle]
+pub extern "C" fn pthread_sigmask(how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int {
+    type F = extern "C" fn(c_int, *const libc::sigset_t, *mut libc::sigset_t) -> c_int;
+    match target(c"pthread_sigmask") {
+        0 => libc::ENOSYS,
+        // SAFETY: the symbol has pthread_sigmask's signature.
+        f => {
+            // SAFETY: see above.
+            let f: F = unsafe { core::mem::transmute::<usize, F>(f) };
+            f(how, set, old)
+        }
+    }
+}
+
+/// `SIGRTMAX` as the program sees it.
+#[no_mangle]
+pub extern "C" fn __libc_current_sigrtmax() -> c_int {
+    type F = extern "C" fn() -> c_int;
+    match target(c"__libc_current_sigrtmax") {
+        0 => 64,
+        // SAFETY: the symbol has this signature.
+        f => {
+            // SAFETY: see above.
+            let f: F = unsafe { core::mem::transmute::<usize, F>(f) };
+            f()
+        }
+    }
+}
