@@ -68,6 +68,8 @@ fn bind_socket() -> Result<i32, sys::Errno> {
         return Err(e);
     }
     let high = sys::fcntl(fd, libc::F_DUPFD_CLOEXEC, high_fd_floor()).unwrap_or(fd as usize) as i32;
+    let fl = sys::fcntl(high, libc::F_GETFL, 0).unwrap_or(0);
+    let _ = sys::fcntl(high, libc::F_SETFL, fl | libc::O_NONBLOCK as usize);
     if high != fd {
         sys::close(fd);
     }
@@ -116,24 +118,34 @@ extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void {
     super::verify_tid_offset();
     loop {
         let lfd = LISTEN_FD.load(Acquire);
-        let conn = sys::sys6(
-            libc::SYS_accept4 as usize,
-            lfd as usize,
-            0,
-            0,
-            libc::SOCK_CLOEXEC as usize,
-            0,
-            0,
+        // The listening socket is non-blocking (so busy requests can be turned away while a
+        // checkpoint runs): wait for a connection first.
+        let mut p = libc::pollfd {
+            fd: lfd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let _ = sys::sys3(
+            libc::SYS_poll as usize,
+            &mut p as *mut _ as usize,
+            1,
+            usize::MAX,
         );
-        match conn {
+        match accept(lfd) {
             Ok(c) => {
-                let c = c as i32;
                 if peer_allowed(c) {
-                    serve(c);
+                    if crate::api::callbacks::in_progress() {
+                        // Callbacks of the last checkpoint are still finishing (BLCR: overlap).
+                        refuse_busy(c);
+                    } else {
+                        serve(c);
+                    }
                 }
                 sys::close(c);
             }
-            Err(sys::Errno(libc::EINTR)) | Err(sys::Errno(libc::ECONNABORTED)) => {}
+            Err(sys::Errno(libc::EINTR))
+            | Err(sys::Errno(libc::ECONNABORTED))
+            | Err(sys::Errno(libc::EAGAIN)) => {}
             Err(_) => {
                 // The program closed our socket (or the pid changed): bind a new one.
                 match bind_socket() {
@@ -142,6 +154,55 @@ extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void {
                 }
             }
         }
+    }
+}
+
+fn accept(lfd: i32) -> Result<i32, sys::Errno> {
+    sys::sys6(
+        libc::SYS_accept4 as usize,
+        lfd as usize,
+        0,
+        0,
+        libc::SOCK_CLOEXEC as usize,
+        0,
+        0,
+    )
+    .map(|c| c as i32)
+}
+
+/// Answers a request with EBUSY: this process is already in a checkpoint.
+fn refuse_busy(conn: i32) {
+    let mut p = libc::pollfd {
+        fd: conn,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let _ = sys::sys3(libc::SYS_poll as usize, &mut p as *mut _ as usize, 1, 1000);
+    if let Some((_, fd)) = recv_request(conn) {
+        if fd >= 0 {
+            sys::close(fd);
+        }
+    }
+    send_reply(
+        conn,
+        libc::EBUSY,
+        0,
+        b"the process is already taking part in a checkpoint",
+    );
+}
+
+/// Called by the control thread's wait loops during a checkpoint: every request that arrives
+/// meanwhile is answered EBUSY at once (BLCR's overlap rule) instead of waiting its turn.
+pub fn turn_away_busy() {
+    let lfd = LISTEN_FD.load(Acquire);
+    if lfd < 0 {
+        return;
+    }
+    while let Ok(c) = accept(lfd) {
+        if peer_allowed(c) {
+            refuse_busy(c);
+        }
+        sys::close(c);
     }
 }
 
@@ -281,8 +342,18 @@ fn conclude(conn: i32, api: bool, outcome: i64, status: i32, bytes: u64, msg: &[
     }
     quiesce::release();
     crate::api::cs::end_pending();
+    // The request is complete once every thread has finished its callbacks (as in BLCR, whose
+    // kernel completes a request only after each thread reported done).
+    let deadline = sys::monotonic_ns() + CALLBACKS_DONE_LIMIT_NS;
+    while crate::api::callbacks::in_progress() && sys::monotonic_ns() < deadline {
+        crate::api::callbacks::wait_callbacks_done(10_000_000);
+        turn_away_busy();
+    }
     send_reply(conn, status, bytes, msg);
 }
+
+/// Longest the answer to a request waits for the program's callbacks to finish.
+const CALLBACKS_DONE_LIMIT_NS: u64 = 60_000_000_000;
 
 fn serve(conn: i32) {
     let Some((req, img_fd)) = recv_request(conn) else {

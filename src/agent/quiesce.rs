@@ -517,6 +517,7 @@ pub fn quiesce(buf: &mut DirBuf, timeout_ns: u64) -> Result<(), QuiesceError> {
                 return Err(QuiesceError::Timeout(late));
             }
             let _ = sys::futex_wait(&ARRIVED, got, Some((deadline - now).min(20_000_000)));
+            crate::agent::control::turn_away_busy();
             // a signalled thread may have exited: drop it
             for s in &SLOTS[1..NSLOTS.load(Acquire)] {
                 if s.state.load(Acquire) == SIGNALLED && is_dead(s.tid.load(Relaxed)) {

@@ -300,6 +300,21 @@ pub fn signal_phase(idx: usize) -> i64 {
     outcome
 }
 
+/// Waits (at most `ns`) for the callback count to change.
+pub fn wait_callbacks_done(ns: u64) {
+    let n = IN_CALLBACKS.load(Acquire);
+    if n != 0 {
+        let _ = sys::futex_wait(&IN_CALLBACKS, n, Some(ns));
+    }
+}
+
+/// Whether threads are still running callbacks of the last checkpoint.
+
+pub fn in_progress() -> bool {
+    let n = IN_CALLBACKS.load(Acquire);
+    n != 0 && n < 1 << 30
+}
+
 /// Before the first checkpoint in a process (and after each), the barrier count restarts.
 pub fn reset_barrier() {
     IN_CALLBACKS.store(0, Release);
@@ -401,6 +416,7 @@ pub fn run_thread_phase(timeout_ns: u64) -> bool {
             return false;
         }
         let _ = sys::futex_wait(&PHASE1_ACK, ack, Some((deadline - now).min(50_000_000)));
+        crate::agent::control::turn_away_busy();
     }
 }
 

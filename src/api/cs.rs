@@ -97,6 +97,7 @@ pub fn begin_pending(deadline_ns: u64) -> bool {
             return false;
         }
         let _ = sys::futex_wait(&CS_STATE, s, Some((deadline_ns - now).min(50_000_000)));
+        crate::agent::control::turn_away_busy();
     }
 }
 
