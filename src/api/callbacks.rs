@@ -309,7 +309,6 @@ pub fn wait_callbacks_done(ns: u64) {
 }
 
 /// Whether threads are still running callbacks of the last checkpoint.
-
 pub fn in_progress() -> bool {
     let n = IN_CALLBACKS.load(Acquire);
     n != 0 && n < 1 << 30
