@@ -155,3 +155,84 @@ impl RestartInfo {
         bytemuck::cast(w)
     }
 }
+
+/// Connects to the control socket of process `pid`; returns the socket or the errno of the
+/// failure (`ECONNREFUSED`/`ENOENT`: no agent listens there).
+pub fn connect(pid: i32) -> Result<i32, i32> {
+    let errno = || {
+        std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    };
+    // SAFETY: socket calls on a descriptor we own.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(errno());
+        }
+        let (addr, len) = socket_addr(pid);
+        if libc::connect(fd, &addr as *const _ as *const libc::sockaddr, len) != 0 {
+            let e = errno();
+            libc::close(fd);
+            return Err(e);
+        }
+        Ok(fd)
+    }
+}
+
+/// Sends a request, passing `fd` along (`SCM_RIGHTS`) when given.
+pub fn send(sock: i32, req: &Request, fd: Option<i32>) -> Result<(), i32> {
+    let bytes = bytemuck::bytes_of(req);
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut _,
+        iov_len: bytes.len(),
+    };
+    let mut cbuf = [0u64; 4];
+    // SAFETY: a msghdr over local buffers carrying at most one descriptor.
+    unsafe {
+        let mut msg: libc::msghdr = core::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if let Some(fd) = fd {
+            msg.msg_control = cbuf.as_mut_ptr() as *mut _;
+            msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+            core::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut i32, fd);
+        }
+        if libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) < 0 {
+            return Err(std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO));
+        }
+    }
+    Ok(())
+}
+
+/// Receives the agent's reply (`flags`: e.g. `MSG_PEEK | MSG_DONTWAIT`). `Ok(None)`: nothing yet
+/// (with `MSG_DONTWAIT`); `Err(EIO)`: the agent went away without answering.
+pub fn recv_reply(sock: i32, flags: i32) -> Result<Option<Reply>, i32> {
+    let mut r: Reply = bytemuck::Zeroable::zeroed();
+    // SAFETY: receiving into a valid buffer.
+    let n = unsafe {
+        libc::recv(
+            sock,
+            &mut r as *mut _ as *mut _,
+            core::mem::size_of::<Reply>(),
+            flags,
+        )
+    };
+    if n == core::mem::size_of::<Reply>() as isize && r.magic == MAGIC {
+        return Ok(Some(r));
+    }
+    let e = std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO);
+    match n {
+        n if n < 0 && e == libc::EAGAIN => Ok(None),
+        n if n < 0 => Err(e),
+        _ => Err(libc::EIO),
+    }
+}

@@ -59,48 +59,6 @@ fn own_target(scope: c_int, target: libc::pid_t) -> libc::pid_t {
     }
 }
 
-fn connect(pid: libc::pid_t) -> Result<c_int, c_int> {
-    // SAFETY: socket calls on a descriptor we own.
-    unsafe {
-        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(errno());
-        }
-        let (addr, len) = protocol::socket_addr(pid);
-        if libc::connect(fd, &addr as *const _ as *const libc::sockaddr, len) != 0 {
-            libc::close(fd);
-            return Err(CR_ENOSUPPORT);
-        }
-        Ok(fd)
-    }
-}
-
-fn send(sock: c_int, req: &Request, fd: c_int) -> Result<(), c_int> {
-    let bytes = bytemuck::bytes_of(req);
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut _,
-        iov_len: bytes.len(),
-    };
-    let mut cbuf = [0u64; 4];
-    // SAFETY: a msghdr over local buffers carrying one descriptor.
-    unsafe {
-        let mut msg: libc::msghdr = core::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr() as *mut _;
-        msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
-        core::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut i32, fd);
-        if libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) < 0 {
-            return Err(errno());
-        }
-    }
-    Ok(())
-}
-
 /// `cr_request_checkpoint`.
 pub fn request_checkpoint(
     args: *const cr_checkpoint_args_t,
@@ -138,7 +96,7 @@ pub fn request_checkpoint(
     if self_in_scope && !ts.level.get().is_null() {
         return Err(libc::EBUSY); // this process is in a checkpoint already
     }
-    let sock = connect(target)?;
+    let sock = protocol::connect(target).map_err(|_| CR_ENOSUPPORT)?;
     let mut req = Request::new(protocol::REQ_CHECKPOINT);
     req.flags = protocol::FLAG_API
         | if a.cr_flags & CR_CHKPT_DUMP_ALL != 0 {
@@ -162,7 +120,7 @@ pub fn request_checkpoint(
             },
         )
     });
-    if let Err(e) = send(sock, &req, a.cr_fd) {
+    if let Err(e) = protocol::send(sock, &req, Some(a.cr_fd)) {
         with_handles(|h| h.remove(&(sock as u64)));
         // SAFETY: closing our socket.
         unsafe { libc::close(sock) };
@@ -216,23 +174,7 @@ pub fn wait(handle: *const u64, timeout: *mut timeval) -> Result<c_int, c_int> {
 }
 
 fn peek_reply(fd: c_int) -> Result<Option<Reply>, c_int> {
-    let mut r: Reply = bytemuck::Zeroable::zeroed();
-    // SAFETY: receiving into a valid buffer without consuming the message.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            &mut r as *mut _ as *mut _,
-            core::mem::size_of::<Reply>(),
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    match n {
-        n if n == core::mem::size_of::<Reply>() as isize => Ok(Some(r)),
-        0 => Err(libc::EIO), // the target went away without answering
-        n if n < 0 && errno() == libc::EAGAIN => Ok(None),
-        n if n < 0 => Err(errno()),
-        _ => Err(libc::EIO),
-    }
+    protocol::recv_reply(fd, libc::MSG_PEEK | libc::MSG_DONTWAIT)
 }
 
 /// Reads a restart handle's report once it is complete (the child closed its end).

@@ -1,7 +1,7 @@
 //! `cr_checkpoint [options] PID`: asks a process's agent for an image and commits it atomically.
 
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
-use cr::protocol::{self, Reply, Request};
+use cr::protocol::{self, Request};
 use cr::tool::{fail, strerror};
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -92,27 +92,10 @@ fn parent(pid: i32) -> i32 {
 /// How long to wait for a process that cr_restart is still restoring.
 const RESTORE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-fn try_connect(pid: i32) -> Result<i32, i32> {
-    // SAFETY: plain socket syscalls on a descriptor we own.
-    unsafe {
-        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            fail(TOOL, *libc::__errno_location(), "cannot create a socket");
-        }
-        let (addr, len) = protocol::socket_addr(pid);
-        if libc::connect(fd, &addr as *const _ as *const libc::sockaddr, len) != 0 {
-            let e = *libc::__errno_location();
-            libc::close(fd);
-            return Err(e);
-        }
-        Ok(fd)
-    }
-}
-
 fn connect(pid: i32) -> i32 {
     let started = std::time::Instant::now();
     let fd = loop {
-        match try_connect(pid) {
+        match protocol::connect(pid) {
             Ok(fd) => break fd,
             // A child of cr_restart that is still being restored has no control socket yet.
             Err(_) if comm(pid) == "cr_restart" && comm(parent(pid)) == "cr_restart" => {
@@ -147,48 +130,6 @@ fn connect(pid: i32) -> i32 {
         }
         fd
     }
-}
-
-fn send_request(sock: i32, req: &Request, fd: Option<i32>) -> std::io::Result<()> {
-    let bytes = bytemuck::bytes_of(req);
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut _,
-        iov_len: bytes.len(),
-    };
-    let mut cbuf = [0u64; 4];
-    // SAFETY: building a msghdr over valid local buffers.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        if let Some(fd) = fd {
-            msg.msg_control = cbuf.as_mut_ptr() as *mut _;
-            msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
-            std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut i32, fd);
-        }
-        if libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-fn recv_reply(sock: i32) -> Option<Reply> {
-    let mut r: Reply = bytemuck::Zeroable::zeroed();
-    // SAFETY: receiving into a valid buffer.
-    let n = unsafe {
-        libc::recv(
-            sock,
-            &mut r as *mut _ as *mut _,
-            std::mem::size_of::<Reply>(),
-            0,
-        )
-    };
-    (n == std::mem::size_of::<Reply>() as isize && r.magic == protocol::MAGIC).then_some(r)
 }
 
 fn fsync_dir(dir: &Path) {
@@ -270,13 +211,13 @@ fn main() {
         let _ = std::fs::remove_file(&tmp);
         fail(TOOL, errno, &msg)
     };
-    if let Err(e) = send_request(sock, &req, Some(file.as_raw_fd())) {
+    if let Err(e) = protocol::send(sock, &req, Some(file.as_raw_fd())) {
         cleanup(
-            e.raw_os_error().unwrap_or(libc::EIO),
-            format!("cannot send the request to {pid}: {e}"),
+            e,
+            format!("cannot send the request to {pid}: {}", strerror(e)),
         );
     }
-    let Some(reply) = recv_reply(sock) else {
+    let Ok(Some(reply)) = protocol::recv_reply(sock, 0) else {
         cleanup(
             libc::EIO,
             format!("process {pid} ended or closed its control socket during the checkpoint"),
@@ -297,7 +238,7 @@ fn main() {
     let release = Request::new(protocol::REQ_RELEASE);
 
     if let Err(e) = commit {
-        let _ = send_request(sock, &release, None);
+        let _ = protocol::send(sock, &release, None);
         cleanup(
             e.raw_os_error().unwrap_or(libc::EIO),
             format!("cannot commit {}: {e}", dest.display()),
@@ -308,7 +249,7 @@ fn main() {
         // SAFETY: sending the requested post-checkpoint signal to the target.
         unsafe { libc::kill(pid, signal) };
     }
-    let _ = send_request(sock, &release, None);
+    let _ = protocol::send(sock, &release, None);
     if !args.quiet {
         if let Ok(f) = std::fs::File::open(&dest) {
             if let Ok(img) = cr::image::reader::Image::open(&f) {
