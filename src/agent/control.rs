@@ -440,11 +440,15 @@ fn serve(conn: i32) {
     let early = quiesce::ABORT.load(Acquire);
     if early != 0 {
         let (outcome, status, msg, kill) = abort_outcome(early);
-        conclude(conn, api, outcome, status, 0, msg);
-        sys::close(img_fd);
         if kill {
+            // A permanent failure: the requester learns it, then the process dies without any
+            // thread running on (cr_checkpoint() never returns).
+            quiesce::finish(outcome);
+            send_reply(conn, status, 0, msg);
             kill_self();
         }
+        conclude(conn, api, outcome, status, 0, msg);
+        sys::close(img_fd);
         return;
     }
     // Phase 2: every thread stops in the handler (running its signal-context callbacks).
@@ -474,11 +478,15 @@ fn serve(conn: i32) {
     let abort = quiesce::ABORT.load(Acquire);
     if abort != 0 {
         let (outcome, status, msg, kill) = abort_outcome(abort);
-        conclude(conn, api, outcome, status, 0, msg);
-        sys::close(img_fd);
         if kill {
+            // A permanent failure: the requester learns it, then the process dies without any
+            // thread running on (cr_checkpoint() never returns).
+            quiesce::finish(outcome);
+            send_reply(conn, status, 0, msg);
             kill_self();
         }
+        conclude(conn, api, outcome, status, 0, msg);
+        sys::close(img_fd);
         return;
     }
     let job = Job {

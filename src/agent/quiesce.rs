@@ -541,7 +541,7 @@ pub fn slot_in_use(i: usize) -> bool {
 /// Lets every parked thread continue (after a checkpoint, or after a failed quiesce).
 pub fn release() {
     ACTIVE.store(0, Release);
-    for s in &SLOTS[1..NSLOTS.load(Acquire)] {
+    for s in SLOTS.iter().take(NSLOTS.load(Acquire)).skip(1) {
         s.state.store(FREE, Release);
     }
     RELEASE.fetch_add(1, AcqRel);

@@ -83,8 +83,21 @@ pub fn register(
     }
 }
 
-/// `cr_replace_callback`.
+/// `cr_replace_callback` (not from inside a callback: that is what `cr_replace_self` is for).
 pub fn replace(
+    id: cr_callback_id_t,
+    func: cr_callback_t,
+    arg: *mut c_void,
+    flags: c_int,
+) -> Result<(), c_int> {
+    if state::require()?.level.get().is_null() {
+        replace_entry(id, func, arg, flags)
+    } else {
+        Err(libc::EBUSY)
+    }
+}
+
+fn replace_entry(
     id: cr_callback_id_t,
     func: cr_callback_t,
     arg: *mut c_void,
@@ -135,7 +148,7 @@ pub fn replace_self(func: cr_callback_t, arg: *mut c_void, flags: c_int) -> Resu
     if flags & (CR_SIGNAL_CONTEXT | CR_THREAD_CONTEXT) != level.context || level.current.get() < 0 {
         return Err(libc::EINVAL);
     }
-    replace(
+    replace_entry(
         level.current.get() as c_int | level.context,
         func,
         arg,
@@ -234,21 +247,30 @@ fn hold_barrier(ts: Option<&state::ThreadState>, restarted: bool) {
     } else {
         CR_HOLD_CONT
     };
+    let round = BARRIER_ROUND.load(Acquire);
     IN_CALLBACKS.fetch_sub(1, AcqRel);
     sys::futex_wake_all(&IN_CALLBACKS);
     if setting & want == 0 {
         return;
     }
     // Bounded: a thread that never finishes its callbacks must not hang the others forever.
+    // A new round (the next request already started) also ends the wait.
     let deadline = sys::monotonic_ns() + HOLD_LIMIT_NS;
     loop {
         let n = IN_CALLBACKS.load(Acquire);
-        if n == 0 || n > 1 << 30 || sys::monotonic_ns() > deadline {
+        if n == 0
+            || n > 1 << 30
+            || BARRIER_ROUND.load(Acquire) != round
+            || sys::monotonic_ns() > deadline
+        {
             break;
         }
         let _ = sys::futex_wait(&IN_CALLBACKS, n, Some(100_000_000));
     }
 }
+
+/// Bumped when a new request starts counting callbacks.
+static BARRIER_ROUND: AtomicU32 = AtomicU32::new(0);
 
 /// Longest a thread waits at the hold barrier.
 const HOLD_LIMIT_NS: u64 = 30_000_000_000;
@@ -261,6 +283,11 @@ fn park_checkpoint(level: &Level) -> i64 {
 /// thread's signal-context callbacks (the innermost parks), then hook and hold barrier.
 /// Returns the outcome (> 0: restarted).
 pub fn signal_phase(idx: usize) -> i64 {
+    if sys::gettid() == HELPER_TID.load(Relaxed) {
+        // The helper takes part in the hold barrier (and hooks) with its thread-context list;
+        // here it only stops.
+        return quiesce::park_here(idx);
+    }
     let ts = state::current();
     let list = ts.map(|t| {
         // SAFETY: the list is only changed with this signal blocked, so not now.
@@ -284,6 +311,19 @@ pub fn signal_phase(idx: usize) -> i64 {
             r
         }
         (Some(_), _) => {
+            // BLCR: a thread that called cr_init has the full handler, callbacks or not.
+            let r = quiesce::park_here(idx);
+            if r >= 0 {
+                run_hook(if r > 0 {
+                    CR_HOOK_RSTRT_SIGNAL_CONTEXT
+                } else {
+                    CR_HOOK_CONT_SIGNAL_CONTEXT
+                });
+            }
+            r
+        }
+        (None, _) => {
+            // BLCR: threads without libcr state get the NO_CALLBACKS hooks too.
             let r = quiesce::park_here(idx);
             if r >= 0 {
                 run_hook(if r > 0 {
@@ -294,7 +334,6 @@ pub fn signal_phase(idx: usize) -> i64 {
             }
             r
         }
-        (None, _) => quiesce::park_here(idx),
     };
     hold_barrier(ts, outcome > 0);
     outcome
@@ -316,7 +355,9 @@ pub fn in_progress() -> bool {
 
 /// Before the first checkpoint in a process (and after each), the barrier count restarts.
 pub fn reset_barrier() {
+    BARRIER_ROUND.fetch_add(1, AcqRel);
     IN_CALLBACKS.store(0, Release);
+    sys::futex_wake_all(&IN_CALLBACKS);
 }
 
 // ----- phase 1: the helper thread -------------------------------------------------------------
@@ -329,19 +370,26 @@ fn helper_checkpoint(_level: &Level) -> i64 {
     quiesce::OUTCOME.load(Acquire)
 }
 
-extern "C" fn helper_main(_: *mut c_void) -> *mut c_void {
+/// Thread id of the helper thread.
+static HELPER_TID: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn helper_main(arg: *mut c_void) -> *mut c_void {
+    HELPER_TID.store(sys::gettid(), Release);
     let _ = sys::sys3(
         libc::SYS_prctl as usize,
         libc::PR_SET_NAME as usize,
         c"cr-callbacks".as_ptr() as usize,
         0,
     );
-    let mut seen = PHASE1_REQ.load(Acquire);
+    // Requests counted from the moment the thread was created (not from when it first runs).
+    let mut seen = arg as usize as u32;
     loop {
         while PHASE1_REQ.load(Acquire) == seen {
             let _ = sys::futex_wait(&PHASE1_REQ, seen, None);
         }
         seen = PHASE1_REQ.load(Acquire);
+        // Again each round: after a restart this thread has a new tid.
+        HELPER_TID.store(sys::gettid(), Release);
         let snapshot: Vec<Callback> = THREAD_CALLBACKS
             .lock()
             .map(|l| l.clone())
@@ -382,7 +430,7 @@ fn start_helper() -> Result<(), c_int> {
             &mut th,
             core::ptr::null(),
             helper_main,
-            core::ptr::null_mut(),
+            PHASE1_REQ.load(Acquire) as usize as *mut c_void,
         )
     };
     sys::sigprocmask_raw(libc::SIG_SETMASK, Some(old));
@@ -422,8 +470,8 @@ pub fn run_thread_phase(timeout_ns: u64) -> bool {
 /// `cr_register_hook`.
 pub fn register_hook(event: cr_hook_event_t, f: cr_hook_fn_t) -> Result<cr_hook_fn_t, c_int> {
     state::require()?;
-    if !(0..CR_NUM_HOOKS).contains(&event) {
-        return Err(libc::EINVAL);
+    if !(0..CR_NUM_HOOKS).contains(&event) || f.is_some_and(|f| f as usize == !0usize) {
+        return Err(libc::EINVAL); // an unknown event, or CR_HOOK_FN_ERROR passed as a hook
     }
     let new = f.map_or(0, |f| f as usize);
     let old = HOOKS[event as usize].swap(new, AcqRel);

@@ -77,6 +77,17 @@ pub fn status() -> Result<c_int, c_int> {
     })
 }
 
+/// Whether a checkpoint is pending (waiting for critical sections or running).
+pub fn pending() -> bool {
+    CS_STATE.load(Acquire) & PENDING != 0
+}
+
+/// Waits (at most `ns`) for the pending state to change.
+pub fn wait_pending_change(ns: u64) {
+    let s = CS_STATE.load(Acquire);
+    let _ = sys::futex_wait(&CS_STATE, s, Some(ns));
+}
+
 /// Whether the calling thread holds a critical section.
 pub fn in_section() -> bool {
     state::current().is_some_and(|t| t.cs_depth.get() > 0)

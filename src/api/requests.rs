@@ -131,6 +131,16 @@ pub fn request_checkpoint(
     if self_in_scope && !super::cs::in_section() {
         // Our own callbacks run before we return (we are signalled meanwhile).
         quiesce::wait_done(seen);
+    } else if self_in_scope {
+        // Inside a critical section the checkpoint waits for us; return once it is pending
+        // (or was refused), so cr_status() says PENDING right away, as with BLCR's kernel.
+        let deadline = crate::sys::monotonic_ns() + 10_000_000_000;
+        while !super::cs::pending()
+            && matches!(peek_reply(sock), Ok(None))
+            && crate::sys::monotonic_ns() < deadline
+        {
+            super::cs::wait_pending_change(10_000_000);
+        }
     }
     Ok(())
 }

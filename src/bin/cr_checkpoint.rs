@@ -42,6 +42,9 @@ struct Args {
     /// Store every mapped file by content, not by reference.
     #[arg(long = "save-all", action = ArgAction::SetTrue)]
     save_all: bool,
+    /// Write the image directly into FILE (no temporary file and rename).
+    #[arg(long, action = ArgAction::SetTrue)]
+    clobber: bool,
     /// Give up if the process does not stop for the checkpoint within SEC seconds.
     #[arg(short = 't', long = "time", value_name = "SEC")]
     time: Option<u32>,
@@ -179,7 +182,12 @@ fn main() {
         .file_name()
         .map(|b| b.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{base}.tmp"));
+    // Atomic by default: write beside the destination, rename once complete.
+    let tmp = if args.clobber {
+        dest.clone()
+    } else {
+        dir.join(format!(".{base}.tmp"))
+    };
     let file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -204,7 +212,7 @@ fn main() {
     req.timeout_ms = args.time.map_or(0, |s| s.saturating_mul(1000));
     req.requester = std::process::id() as i32;
     req.target = pid;
-    req.scope = cr::api::types::CR_SCOPE_PROC;
+    req.scope = cr::api::types::CR_SCOPE_TREE; // BLCR's default scope (trees: see the process-tree work)
     let abs_dest = std::path::absolute(&dest).unwrap_or_else(|_| dest.clone());
     req.set_dest(abs_dest.as_os_str().as_encoded_bytes());
     let cleanup = |errno: i32, msg: String| -> ! {
