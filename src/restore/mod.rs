@@ -7,6 +7,7 @@
 
 pub mod fds;
 pub mod memory;
+pub mod relocate;
 pub mod trampoline;
 
 use crate::image::format::page_align;
