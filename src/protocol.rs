@@ -21,8 +21,14 @@ pub const REQ_CHECKPOINT: u32 = 1;
 /// Request: the image is committed; resume the program.
 pub const REQ_RELEASE: u32 = 2;
 
-/// Request flag: store every mapped file by content.
-pub const FLAG_SAVE_ALL: u32 = 0x1;
+/// Request flag: store the executable's mappings by content (`--save-exe`).
+pub const FLAG_SAVE_EXE: u32 = 0x10;
+/// Request flag: store private file mappings by content (`--save-private`).
+pub const FLAG_SAVE_PRIVATE: u32 = 0x20;
+/// Request flag: store shared file mappings by content (`--save-shared`).
+pub const FLAG_SAVE_SHARED: u32 = 0x40;
+/// Request flag: all of the above (`--save-all`).
+pub const FLAG_SAVE_ALL: u32 = FLAG_SAVE_EXE | FLAG_SAVE_PRIVATE | FLAG_SAVE_SHARED;
 
 /// Request flag: an API request (`cr_request_checkpoint`): the agent sends the post-checkpoint
 /// signal itself and does not wait for a RELEASE.

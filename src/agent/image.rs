@@ -169,8 +169,12 @@ fn write_image(job: &Job) -> Result<u64, (u32, Errno)> {
     super::fds::capture(&mut w, &job.skip_fds, job.fd).map_err(|e| (2, e))?;
     let mut ext = ExtentList::new(scratch.extents());
     let mut unreadable = Unreadable::new();
-    let save_all = job.flags & crate::protocol::FLAG_SAVE_ALL != 0;
-    memory::capture(&mut w, scratch, &mut ext, &mut unreadable, save_all).map_err(|e| (3, e))?;
+    let save = memory::SaveByContent {
+        exe: job.flags & crate::protocol::FLAG_SAVE_EXE != 0,
+        private: job.flags & crate::protocol::FLAG_SAVE_PRIVATE != 0,
+        shared: job.flags & crate::protocol::FLAG_SAVE_SHARED != 0,
+    };
+    memory::capture(&mut w, scratch, &mut ext, &mut unreadable, save).map_err(|e| (3, e))?;
     w.raw(REC_END, &[]).map_err(full)?;
 
     let meta_len = w.len() as u64;

@@ -99,7 +99,23 @@ pub fn parse_line(line: &[u8]) -> Option<MapLine<'_>> {
 }
 
 /// Decides how a region is stored, from its maps line (and a `stat` of its file).
-fn classify(m: &MapLine, save_all: bool, st: &mut Option<libc::stat>) -> Option<RegionKind> {
+/// Which mapped files are stored by content instead of by reference (`--save-*`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SaveByContent {
+    /// The executable's mappings.
+    pub exe: bool,
+    /// Other private file mappings.
+    pub private: bool,
+    /// Shared file mappings (restored as shared memory).
+    pub shared: bool,
+}
+
+fn classify(
+    m: &MapLine,
+    save: SaveByContent,
+    exe: Option<(u64, u64)>,
+    st: &mut Option<libc::stat>,
+) -> Option<RegionKind> {
     let p = m.path;
     match p {
         b"[vsyscall]" => return None,
@@ -136,10 +152,17 @@ fn classify(m: &MapLine, save_all: bool, st: &mut Option<libc::stat>) -> Option<
         }
         _ => return Some(content), // replaced or unreachable: keep what the program sees
     }
-    Some(match (m.shared, save_all) {
-        (true, _) => RegionKind::FileShared,
-        (false, true) => RegionKind::PrivateContent,
-        (false, false) => RegionKind::FilePrivate,
+    let is_exe = exe == Some((libc::makedev(m.major, m.minor), m.inode));
+    Some(if m.shared {
+        if save.shared {
+            RegionKind::SharedContent
+        } else {
+            RegionKind::FileShared
+        }
+    } else if (is_exe && save.exe) || (!is_exe && save.private) {
+        RegionKind::PrivateContent
+    } else {
+        RegionKind::FilePrivate
     })
 }
 
@@ -369,8 +392,11 @@ pub fn capture(
     scratch: &Scratch,
     ext: &mut ExtentList,
     unreadable: &mut Unreadable,
-    save_all: bool,
+    save: SaveByContent,
 ) -> Result<(), Errno> {
+    let exe = sys::stat(b"/proc/self/exe\0", 0)
+        .ok()
+        .map(|s| (s.st_dev, s.st_ino));
     let maps = scratch.maps();
     let n = sys::read_file(b"/proc/self/maps\0", maps)?;
     let pagemap_fd =
@@ -383,7 +409,7 @@ pub fn capture(
                 continue;
             }
             let mut st = None;
-            let Some(kind) = classify(&m, save_all, &mut st) else {
+            let Some(kind) = classify(&m, save, exe, &mut st) else {
                 continue;
             };
             ext.begin_region();

@@ -98,12 +98,11 @@ pub fn request_checkpoint(
     }
     let sock = protocol::connect(target).map_err(|_| CR_ENOSUPPORT)?;
     let mut req = Request::new(protocol::REQ_CHECKPOINT);
+    let dump = |bit: c_uint, flag: u32| if a.cr_flags & bit != 0 { flag } else { 0 };
     req.flags = protocol::FLAG_API
-        | if a.cr_flags & CR_CHKPT_DUMP_ALL != 0 {
-            protocol::FLAG_SAVE_ALL
-        } else {
-            0
-        };
+        | dump(CR_CHKPT_DUMP_EXEC, protocol::FLAG_SAVE_EXE)
+        | dump(CR_CHKPT_DUMP_PRIVATE, protocol::FLAG_SAVE_PRIVATE)
+        | dump(CR_CHKPT_DUMP_SHARED, protocol::FLAG_SAVE_SHARED);
     req.timeout_ms = a.cr_timeout.saturating_mul(1000);
     req.signal = a.cr_signal;
     req.requester = me;

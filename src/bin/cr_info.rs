@@ -1,0 +1,390 @@
+//! `cr_info [--check] [-q] FILE`: prints what a checkpoint image contains and, with `--check`,
+//! whether it would restart here.
+
+use clap::Parser;
+use cr::image::format::{FdKind, RegionKind, PAGE};
+use cr::image::reader::Image;
+use cr::tool::{fail, strerror};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+cr::tool_marker!();
+
+const TOOL: &str = "cr_info";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cr_info",
+    version,
+    about = "Describe a checkpoint image and check whether it would restart"
+)]
+struct Args {
+    /// Also verify the page data and that every referenced file and the working directory are
+    /// unchanged; exit 1 if the image would not restart.
+    #[arg(long)]
+    check: bool,
+    /// Do not print the contents (with --check: print only the problems found).
+    #[arg(short = 'q', long = "quiet")]
+    quiet: bool,
+    /// The image to describe.
+    file: PathBuf,
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn nul_str(b: &[u8]) -> String {
+    lossy(&b[..b.iter().position(|&c| c == 0).unwrap_or(b.len())])
+}
+
+/// "12.0 KiB".
+fn human(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let (mut v, mut u) = (n as f64, 0);
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
+
+/// "12.0 KiB (12288 bytes)".
+fn size(n: u64) -> String {
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    format!("{} ({n} bytes)", human(n))
+}
+
+/// Seconds since the epoch (UTC) as RFC 3339, with nanoseconds when there are any.
+fn rfc3339(sec: i64, nsec: i64) -> String {
+    let (days, rem) = (sec.div_euclid(86_400), sec.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let frac = if nsec != 0 {
+        format!(".{nsec:09}")
+    } else {
+        String::new()
+    };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}{frac}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+fn prot(p: u32) -> String {
+    let bit = |b: i32, c: char| if p & b as u32 != 0 { c } else { '-' };
+    [
+        bit(libc::PROT_READ, 'r'),
+        bit(libc::PROT_WRITE, 'w'),
+        bit(libc::PROT_EXEC, 'x'),
+    ]
+    .iter()
+    .collect()
+}
+
+/// `F_GETFL` flags in words: "O_WRONLY|O_APPEND".
+fn open_flags(f: i32) -> String {
+    let mut words = vec![match f & libc::O_ACCMODE {
+        libc::O_RDONLY => "O_RDONLY",
+        libc::O_WRONLY => "O_WRONLY",
+        libc::O_RDWR => "O_RDWR",
+        _ => "O_ACCMODE",
+    }
+    .to_string()];
+    let mut rest = f & !libc::O_ACCMODE;
+    let named = [
+        (libc::O_SYNC, "O_SYNC"),
+        (libc::O_DSYNC, "O_DSYNC"),
+        (libc::O_APPEND, "O_APPEND"),
+        (libc::O_NONBLOCK, "O_NONBLOCK"),
+        (libc::O_ASYNC, "O_ASYNC"),
+        (libc::O_DIRECT, "O_DIRECT"),
+        (0o100000, "O_LARGEFILE"),
+        (libc::O_DIRECTORY, "O_DIRECTORY"),
+        (libc::O_NOFOLLOW, "O_NOFOLLOW"),
+        (libc::O_NOATIME, "O_NOATIME"),
+        (libc::O_PATH, "O_PATH"),
+        (libc::O_CLOEXEC, "O_CLOEXEC"),
+    ];
+    for (bits, name) in named {
+        if bits != 0 && rest & bits == bits {
+            words.push(name.to_string());
+            rest &= !bits;
+        }
+    }
+    if rest != 0 {
+        words.push(format!("{rest:#o}"));
+    }
+    words.join("|")
+}
+
+fn region_kind(k: RegionKind) -> &'static str {
+    match k {
+        RegionKind::Anon => "anon",
+        RegionKind::Stack => "stack",
+        RegionKind::FilePrivate => "file-private",
+        RegionKind::FileShared => "file-shared",
+        RegionKind::SharedContent => "shared-content",
+        RegionKind::PrivateContent => "private-content",
+        RegionKind::Vdso => "vdso",
+        RegionKind::Vvar => "vvar",
+        RegionKind::VvarVclock => "vvar-vclock",
+    }
+}
+
+fn fd_kind(k: FdKind) -> &'static str {
+    match k {
+        FdKind::Regular => "file",
+        FdKind::Directory => "directory",
+        FdKind::CharDevice => "chardev",
+        FdKind::Inherited => "inherited",
+        FdKind::Pipe => "pipe",
+        FdKind::Unsupported => "unsupported",
+        FdKind::CheckpointFile => "checkpoint-file",
+    }
+}
+
+/// A file mapped by reference: path, recorded size, mtime (seconds, nanoseconds).
+struct FileRef<'a> {
+    path: &'a [u8],
+    size: u64,
+    mtime: (i64, i64),
+}
+
+fn referenced_files(img: &Image) -> Vec<FileRef<'_>> {
+    let mut out: Vec<FileRef> = Vec::new();
+    for r in &img.regions {
+        let by_ref = matches!(r.kind, RegionKind::FilePrivate | RegionKind::FileShared);
+        if by_ref && !out.iter().any(|f| f.path == r.path.as_slice()) {
+            out.push(FileRef {
+                path: &r.path,
+                size: r.rec.file_size,
+                mtime: (r.rec.mtime_sec, r.rec.mtime_nsec),
+            });
+        }
+    }
+    out
+}
+
+fn print_contents(path: &Path, img: &Image, len: u64) {
+    let h = &img.header;
+    let p = &img.process;
+    println!("Image {}", path.display());
+    println!("  format version   {}", h.version);
+    println!("  architecture     x86-64 (ELF machine {})", h.arch);
+    println!("  kernel release   {}", nul_str(&h.kernel_release));
+    println!("  pid              {}", h.pid);
+    let t = h.time_ns as i64;
+    println!("  checkpointed at  {}", rfc3339(t / 1_000_000_000, 0));
+    println!(
+        "  XCR0             {:#x} (xsave area {} bytes)",
+        h.xcr0, h.xsave_size
+    );
+    println!("  total size       {}", size(len));
+    println!("  page data        {}", size(h.data_len));
+
+    println!("\nProcess");
+    println!(
+        "  pid {}  ppid {}  pgid {}  sid {}",
+        p.pid, p.ppid, p.pgid, p.sid
+    );
+    println!("  cwd              {}", lossy(&img.cwd));
+    println!("  umask            {:04o}", p.umask);
+    println!(
+        "  brk              {:#x} (heap starts at {:#x})",
+        p.mm.brk, p.mm.start_brk
+    );
+    println!("  start_stack      {:#x}", p.mm.start_stack);
+    println!("  threads          {}", p.nthreads);
+
+    println!("\nThreads ({})", img.threads.len());
+    for t in &img.threads {
+        let ctl = if t.is_control != 0 {
+            "  (libcr control thread)"
+        } else {
+            ""
+        };
+        println!("  tid {:<8} {}{ctl}", t.tid, nul_str(&t.comm));
+    }
+
+    println!("\nMemory regions ({})", img.regions.len());
+    println!(
+        "  {:<27} {:<4} {:<15} {:>9} {:>12} {:>10}  PATH",
+        "ADDRESS RANGE", "PROT", "KIND", "SIZE", "BYTES", "SAVED"
+    );
+    for r in &img.regions {
+        let saved: u64 = r.extents.iter().map(|e| e.len).sum();
+        let len = r.rec.end - r.rec.start;
+        let line = format!(
+            "  {:012x}-{:012x}   {:<4} {:<15} {:>9} {:>12} {:>10}  {}",
+            r.rec.start,
+            r.rec.end,
+            prot(r.rec.prot),
+            region_kind(r.kind),
+            human(len),
+            len,
+            saved,
+            lossy(&r.path)
+        );
+        println!("{}", line.trim_end());
+    }
+
+    println!("\nFile descriptors ({})", img.fds.len());
+    println!(
+        "  {:>4} {:<15} {:<32} {:>12}  PATH",
+        "FD", "KIND", "FLAGS", "OFFSET"
+    );
+    for f in &img.fds {
+        let mut flags = open_flags(f.rec.flags);
+        if f.rec.fd_flags & libc::FD_CLOEXEC != 0 {
+            flags.push_str(" FD_CLOEXEC");
+        }
+        println!(
+            "  {:>4} {:<15} {:<32} {:>12}  {}",
+            f.rec.fd,
+            fd_kind(f.kind),
+            flags,
+            f.rec.offset,
+            lossy(&f.path)
+        );
+    }
+
+    let files = referenced_files(img);
+    println!("\nReferenced files ({})", files.len());
+    for f in &files {
+        println!(
+            "  {}  size {}, mtime {}",
+            lossy(f.path),
+            f.size,
+            rfc3339(f.mtime.0, f.mtime.1)
+        );
+    }
+
+    if !img.warnings.is_empty() {
+        println!("\nWarnings ({})", img.warnings.len());
+        for w in &img.warnings {
+            println!("  {w}");
+        }
+    }
+}
+
+/// The reasons the image would not restart on this machine (one line each).
+fn problems(img: &Image) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in referenced_files(img) {
+        let name = lossy(f.path);
+        match std::fs::metadata(OsStr::from_bytes(f.path)) {
+            Err(e) => {
+                let errno = e.raw_os_error().unwrap_or(libc::ENOENT);
+                out.push(format!("mapped file {name}: {}", strerror(errno)));
+            }
+            Ok(md) => {
+                let now = (md.size(), md.mtime(), md.mtime_nsec());
+                if now != (f.size, f.mtime.0, f.mtime.1) {
+                    out.push(format!(
+                        "mapped file {name} changed since the checkpoint: size {} (was {}), mtime {} (was {})",
+                        now.0,
+                        f.size,
+                        rfc3339(now.1, now.2),
+                        rfc3339(f.mtime.0, f.mtime.1)
+                    ));
+                }
+            }
+        }
+    }
+    let cwd = OsStr::from_bytes(&img.cwd);
+    if !Path::new(cwd).is_dir() {
+        out.push(format!(
+            "working directory {} no longer exists",
+            lossy(&img.cwd)
+        ));
+    }
+    let (xcr0, _) = cr::agent::image::cpu_xsave();
+    if img.header.xcr0 != xcr0 {
+        out.push(format!(
+            "CPU vector state differs: image XCR0 {:#x}, this CPU {xcr0:#x}",
+            img.header.xcr0
+        ));
+    }
+    out
+}
+
+fn main() {
+    let args = Args::parse();
+    let path = &args.file;
+    let file = std::fs::File::open(path).unwrap_or_else(|e| {
+        let errno = e.raw_os_error().unwrap_or(libc::EIO);
+        fail(
+            TOOL,
+            errno,
+            &format!("{}: {}", path.display(), strerror(errno)),
+        )
+    });
+    let len = match file.metadata() {
+        Ok(md) if md.is_dir() => fail(
+            TOOL,
+            libc::EISDIR,
+            &format!("{}: is a directory, not an image", path.display()),
+        ),
+        Ok(md) => md.len(),
+        Err(e) => fail(TOOL, libc::EIO, &format!("{}: {e}", path.display())),
+    };
+    let img = Image::open(&file)
+        .unwrap_or_else(|e| fail(TOOL, e.errno(), &format!("{}: {e}", path.display())));
+    if args.check {
+        if let Err(e) = img.verify_data(&file) {
+            fail(TOOL, e.errno(), &format!("{}: {e}", path.display()));
+        }
+    }
+    if !args.quiet {
+        print_contents(path, &img, len);
+    }
+    if !args.check {
+        return;
+    }
+    let found = problems(&img);
+    if !args.quiet {
+        println!("\nCheck");
+        println!(
+            "  page data        checksum ok ({} pages)",
+            img.header.data_len / PAGE as u64
+        );
+    }
+    for p in &found {
+        if args.quiet {
+            println!("{p}");
+        } else {
+            println!("  problem: {p}");
+        }
+    }
+    if found.is_empty() {
+        if !args.quiet {
+            println!("  result           would restart on this machine");
+        }
+    } else {
+        if !args.quiet {
+            println!(
+                "  result           would NOT restart: {} problem(s)",
+                found.len()
+            );
+        }
+        std::process::exit(1);
+    }
+}
