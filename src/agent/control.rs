@@ -134,6 +134,12 @@ extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void {
         match accept(lfd) {
             Ok(c) => {
                 if peer_allowed(c) {
+                    // Threads may still be finishing the last checkpoint (e.g. stopped by a
+                    // post-checkpoint SIGSTOP and just continued): give them a moment.
+                    let deadline = sys::monotonic_ns() + LINGER_NS;
+                    while crate::api::callbacks::in_progress() && sys::monotonic_ns() < deadline {
+                        crate::api::callbacks::wait_callbacks_done(10_000_000);
+                    }
                     if crate::api::callbacks::in_progress() {
                         // Callbacks of the last checkpoint are still finishing (BLCR: overlap).
                         refuse_busy(c);
@@ -351,6 +357,9 @@ fn conclude(conn: i32, api: bool, outcome: i64, status: i32, bytes: u64, msg: &[
     }
     send_reply(conn, status, bytes, msg);
 }
+
+/// How long a new request waits for the threads to finish the previous checkpoint.
+const LINGER_NS: u64 = 3_000_000_000;
 
 /// Longest the answer to a request waits for the program's callbacks to finish.
 const CALLBACKS_DONE_LIMIT_NS: u64 = 60_000_000_000;

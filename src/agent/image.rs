@@ -208,8 +208,12 @@ fn write_image(job: &Job) -> Result<u64, (u32, Errno)> {
     hpage[..hsize].copy_from_slice(bytemuck::bytes_of(&hdr));
 
     let fd = job.fd;
-    let fl = sys::fcntl(fd, libc::F_GETFL, 0).unwrap_or(0);
-    let _ = sys::fcntl(fd, libc::F_SETFL, fl | libc::O_DIRECT as usize);
+    // O_DIRECT only on regular files: on a pipe it means packet mode, where a reader with a
+    // smaller buffer than a packet silently loses the rest of it.
+    if sys::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG) {
+        let fl = sys::fcntl(fd, libc::F_GETFL, 0).unwrap_or(0);
+        let _ = sys::fcntl(fd, libc::F_SETFL, fl | libc::O_DIRECT as usize);
+    }
     let io = |e| (4, e);
     write_mem(fd, hpage.as_ptr() as usize, PAGE).map_err(io)?;
     write_mem(

@@ -104,7 +104,7 @@ pub fn parse_line(line: &[u8]) -> Option<MapLine<'_>> {
 pub struct SaveByContent {
     /// The executable's mappings.
     pub exe: bool,
-    /// Other private file mappings.
+    /// Every private file mapping, the executable's included (BLCR's `--save-private`).
     pub private: bool,
     /// Shared file mappings (restored as shared memory).
     pub shared: bool,
@@ -159,7 +159,7 @@ fn classify(
         } else {
             RegionKind::FileShared
         }
-    } else if (is_exe && save.exe) || (!is_exe && save.private) {
+    } else if save.private || (is_exe && save.exe) {
         RegionKind::PrivateContent
     } else {
         RegionKind::FilePrivate

@@ -283,6 +283,16 @@ fn children(pid: i32) -> Vec<i32> {
     out
 }
 
+/// The state letter of /proc/PID/stat (R, S, T, …).
+fn state_of(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+fn matches_given(m: &clap::ArgMatches, id: &str) -> bool {
+    m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+}
+
 fn tracer_of(pid: i32) -> i32 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -363,9 +373,6 @@ fn resolve_target(m: &clap::ArgMatches, a: &Args) -> (i32, i32) {
                 &format!("cannot signal process {pid}: {}", strerror(e)),
             ),
         }
-    }
-    if scope == CR_SCOPE_TREE && !a.quiet && !children(pid).is_empty() {
-        eprintln!("{TOOL}: warning: process {pid} has children; only {pid} itself is saved (process trees are not available yet)");
     }
     (pid, scope)
 }
@@ -548,6 +555,19 @@ fn main() {
     let dest = resolve_dest(&matches, &args, pid);
     let sync = last_given(&matches, &[("sync", true), ("nosync", false)], true);
     let sock = connect(pid);
+    // A stopped process cannot take part: continue it for the checkpoint and stop it again
+    // afterwards (BLCR: SIGSTOP after the checkpoint if the process was stopped), unless another
+    // signal was asked for.
+    let was_stopped = state_of(pid) == Some('T');
+    if was_stopped {
+        // SAFETY: continuing the target; it is stopped again below.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    }
+    let signal = if was_stopped && signal == 0 && !matches_given(&matches, "cont") {
+        libc::SIGSTOP
+    } else {
+        signal
+    };
 
     // For a file: the path written now, and the final path it is renamed to.
     let (out_fd, file, tmp, final_path) = match &dest {
@@ -685,6 +705,9 @@ fn main() {
             "{TOOL}: process {pid} checkpointed to {what} ({} bytes)",
             reply.bytes
         );
+    }
+    if !args.quiet && scope == cr::api::types::CR_SCOPE_TREE && !children(pid).is_empty() {
+        eprintln!("{TOOL}: warning: process {pid} has children; only {pid} itself was saved (process trees are not available yet)");
     }
     if !args.quiet {
         if let Some(path) = &final_path {
