@@ -12,8 +12,9 @@ build:
 	$(CARGO) build --release
 
 install: build
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include
-	install -m 755 $(REL)/cr_run $(REL)/cr_checkpoint $(REL)/cr_restart $(DESTDIR)$(PREFIX)/bin/
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 644 man/cr_run.1 man/cr_checkpoint.1 man/cr_restart.1 man/cr_info.1 $(DESTDIR)$(PREFIX)/share/man/man1/
+	install -m 755 $(REL)/cr_run $(REL)/cr_checkpoint $(REL)/cr_restart $(REL)/cr_info $(DESTDIR)$(PREFIX)/bin/
 	install -m 755 $(REL)/libcr.so $(DESTDIR)$(PREFIX)/lib/libcr.so.$(LIBVER)
 	ln -sf libcr.so.$(LIBVER) $(DESTDIR)$(PREFIX)/lib/libcr.so.0
 	ln -sf libcr.so.0 $(DESTDIR)$(PREFIX)/lib/libcr.so

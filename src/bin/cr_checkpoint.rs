@@ -519,6 +519,26 @@ fn resolve_dest(m: &clap::ArgMatches, a: &Args, pid: i32) -> Dest {
     Dest::File { path, commit }
 }
 
+/// The `--save-*` options applied left to right (`--save-none` clears what came before).
+fn save_flags(m: &clap::ArgMatches) -> u32 {
+    let opts = [
+        ("save_exe", protocol::FLAG_SAVE_EXE),
+        ("save_private", protocol::FLAG_SAVE_PRIVATE),
+        ("save_shared", protocol::FLAG_SAVE_SHARED),
+        ("save_all", protocol::FLAG_SAVE_ALL),
+        ("save_none", 0),
+    ];
+    let mut given: Vec<(usize, u32)> = opts
+        .iter()
+        .filter(|(id, _)| matches_given(m, id))
+        .flat_map(|(id, f)| m.indices_of(id).into_iter().flatten().map(move |i| (i, *f)))
+        .collect();
+    given.sort_unstable();
+    given
+        .into_iter()
+        .fold(0, |acc, (_, f)| if f == 0 { 0 } else { acc | f })
+}
+
 /// Next rotating backup name FILE.~N~ (one past the highest existing).
 fn next_backup(path: &Path) -> PathBuf {
     let dir = path
@@ -550,6 +570,13 @@ fn main() {
     let matches = Args::command().get_matches();
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let signal = chosen_signal(&matches, &args);
+    if !(0..=64).contains(&signal) {
+        fail(
+            TOOL,
+            libc::EINVAL,
+            &format!("invalid signal number {signal}"),
+        );
+    }
     let (pid, scope) = resolve_target(&matches, &args);
     check_ptrace(&matches, &args, pid);
     let dest = resolve_dest(&matches, &args, pid);
@@ -603,18 +630,8 @@ fn main() {
             (f.as_raw_fd(), Some(f), Some(tmp), Some(path.clone()))
         }
     };
-    let save = |set: bool, flag: u32| if set { flag } else { 0 };
     let mut req = Request::new(protocol::REQ_CHECKPOINT);
-    req.flags = if args.save_all {
-        protocol::FLAG_SAVE_ALL
-    } else {
-        0
-    } | save(args.save_exe, protocol::FLAG_SAVE_EXE)
-        | save(args.save_private, protocol::FLAG_SAVE_PRIVATE)
-        | save(args.save_shared, protocol::FLAG_SAVE_SHARED);
-    if last_given(&matches, &[("save_all", false), ("save_none", true)], false) {
-        req.flags &= !protocol::FLAG_SAVE_ALL;
-    }
+    req.flags = save_flags(&matches);
     req.timeout_ms = args.time.map_or(0, |s| s.saturating_mul(1000));
     req.requester = std::process::id() as i32;
     req.target = args.id;
