@@ -327,3 +327,48 @@ fn ptraced_target_rules() {
     sc.go();
     job.expect_pass(RESTART_TIMEOUT);
 }
+
+/// `cr_checkpoint -d DIR` for two processes, then `cr_restart -d DIR` restarts both images as one
+/// job (files that are not images are skipped); cr_restart exits once both have passed.
+#[test]
+fn dir_of_images_restarts_as_one_job() {
+    let sc = Scenario::new("dir-job");
+    let dir = sc.root().join("job");
+    fs::create_dir(&dir).unwrap();
+    let mut a = sc.start_program("spinner");
+    let mut b = sc.start_program("spinner");
+    for job in [&a, &b] {
+        tool(
+            &sc,
+            &[
+                "--kill",
+                "-d",
+                dir.to_str().unwrap(),
+                &job.pid().to_string(),
+            ],
+        )
+        .assert_success();
+    }
+    a.expect_signal(9, RESTART_TIMEOUT);
+    b.expect_signal(9, RESTART_TIMEOUT);
+    fs::write(dir.join("README"), b"not an image").unwrap();
+    sc.go();
+    let argv = [
+        sc.tools().cr_restart.clone(),
+        PathBuf::from("-d"),
+        dir.clone(),
+    ];
+    let mut job = sc.start("cr_restart -d", sc.command(&argv));
+    job.expect_pass(RESTART_TIMEOUT);
+    let passes = job
+        .stdout()
+        .lines()
+        .filter(|l| l.starts_with("PASS"))
+        .count();
+    assert_eq!(
+        passes,
+        2,
+        "both restored spinners must pass:\n{}",
+        job.stdout()
+    );
+}

@@ -16,6 +16,7 @@ const TOOL: &str = "cr_restart";
 #[command(
     name = "cr_restart",
     version,
+    disable_version_flag = true,
     about = "Restart a process from a checkpoint image",
     after_help = "Exit status: the restored program's (or death by the same signal); on failure errno & 0xff (2 missing file, 16 pid in use, 22 corrupt image, 116 a mapped file changed), or the exit code of a --run-on-* hook."
 )]
@@ -26,6 +27,9 @@ struct Args {
     /// Read the image from an open descriptor.
     #[arg(short = 'F', long = "fd", value_name = "FD")]
     fd: Option<i32>,
+    /// Restart every image in DIR as one job.
+    #[arg(short = 'd', long = "dir", value_name = "DIR")]
+    dir: Option<PathBuf>,
     /// The image to restart from.
     file: Option<PathBuf>,
     /// After restarting, send no signal (default).
@@ -100,6 +104,9 @@ struct Args {
     /// Print nothing but errors.
     #[arg(short = 'q', long = "quiet", action = ArgAction::SetTrue)]
     quiet: bool,
+    /// Print the version (BLCR: -v).
+    #[arg(short = 'v', long = "version", action = ArgAction::Version)]
+    version: Option<bool>,
 }
 
 /// BLCR's classes of restart failure, each with its own `--run-on-fail-*` hook.
@@ -141,6 +148,14 @@ fn run_hook(cmd: &str) -> i32 {
 
 /// The restart failed: run the class's hook (its non-zero code replaces ours and the message).
 fn failed(args: &Args, class: Class, errno: i32, msg: &str) -> ! {
+    // With -d, images restored before the failing one must not live on alone.
+    for c in &CHILDREN {
+        let child = c.load(Ordering::Relaxed);
+        if child > 0 {
+            // SAFETY: killing a restored child of ours.
+            unsafe { libc::kill(child, libc::SIGKILL) };
+        }
+    }
     let hook = match class {
         Class::Args => &args.on_fail_args,
         Class::Temp => &args.on_fail_temp,
@@ -180,7 +195,10 @@ fn chosen_signal(m: &clap::ArgMatches, a: &Args) -> i32 {
         .map_or(0, |(_, s)| s)
 }
 
-static CHILD: AtomicI32 = AtomicI32::new(0);
+/// The restored processes (children), for signal forwarding.
+static CHILDREN: [AtomicI32; MAX_JOB] = [const { AtomicI32::new(0) }; MAX_JOB];
+/// Most images `-d DIR` restarts as one job.
+const MAX_JOB: usize = 64;
 
 extern "C" fn forward(sig: i32, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo.
@@ -189,10 +207,15 @@ extern "C" fn forward(sig: i32, info: *mut libc::siginfo_t, _: *mut libc::c_void
         sig,
         libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE
     ) && code > 0;
-    let child = CHILD.load(Ordering::Relaxed);
-    if !fault && child > 0 {
-        // SAFETY: kill is async-signal-safe.
-        unsafe { libc::kill(child, sig) };
+    if fault {
+        return;
+    }
+    for c in &CHILDREN {
+        let child = c.load(Ordering::Relaxed);
+        if child > 0 {
+            // SAFETY: kill is async-signal-safe.
+            unsafe { libc::kill(child, sig) };
+        }
     }
 }
 
@@ -280,49 +303,140 @@ fn main() {
     }
     let pairs = cr::restore::relocate::parse_all(&args.relocate)
         .unwrap_or_else(|e| failed(&args, Class::Args, libc::EINVAL, &e));
-    let (file, path) = match (&args.file_opt, &args.file, args.fd) {
-        (Some(p), None, None) | (None, Some(p), None) => {
-            let f = std::fs::File::open(p).unwrap_or_else(|e| {
-                failed(
-                    &args,
-                    Class::Args,
-                    e.raw_os_error().unwrap_or(libc::EIO),
-                    &format!("{}: {e}", p.display()),
-                )
-            });
-            (f, p.clone())
-        }
-        (None, None, Some(fd)) if fd >= 0 => {
-            // SAFETY: duplicating the caller's descriptor; we own the copy.
-            let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-            if dup < 0 {
-                failed(
-                    &args,
-                    Class::Args,
-                    libc::EBADF,
-                    &format!("descriptor {fd} is not open"),
-                );
+    let images: Vec<(std::fs::File, PathBuf)> =
+        match (&args.dir, &args.file_opt, &args.file, args.fd) {
+            (Some(dir), None, None, None) => images_in(&args, dir),
+            (Some(_), ..) => failed(
+                &args,
+                Class::Args,
+                libc::EINVAL,
+                "give exactly one image source: FILE, -f, -F or -d",
+            ),
+            _ => {
+                let (file, path) = match (&args.file_opt, &args.file, args.fd) {
+                    (Some(p), None, None) | (None, Some(p), None) => {
+                        let f = std::fs::File::open(p).unwrap_or_else(|e| {
+                            failed(
+                                &args,
+                                Class::Args,
+                                e.raw_os_error().unwrap_or(libc::EIO),
+                                &format!("{}: {e}", p.display()),
+                            )
+                        });
+                        (f, p.clone())
+                    }
+                    (None, None, Some(fd)) if fd >= 0 => {
+                        // SAFETY: duplicating the caller's descriptor; we own the copy.
+                        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+                        if dup < 0 {
+                            failed(
+                                &args,
+                                Class::Args,
+                                libc::EBADF,
+                                &format!("descriptor {fd} is not open"),
+                            );
+                        }
+                        let link =
+                            std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap_or_default();
+                        // SAFETY: dup is ours.
+                        (unsafe { std::fs::File::from_raw_fd(dup) }, link)
+                    }
+                    (None, None, None) => failed(
+                        &args,
+                        Class::Args,
+                        libc::EINVAL,
+                        "no image given (usage: cr_restart FILE)",
+                    ),
+                    _ => failed(
+                        &args,
+                        Class::Args,
+                        libc::EINVAL,
+                        "give exactly one image: FILE, -f FILE or -F FD",
+                    ),
+                };
+                vec![(file, path)]
             }
-            let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap_or_default();
-            // SAFETY: dup is ours.
-            (unsafe { std::fs::File::from_raw_fd(dup) }, link)
+        };
+    let pids: Vec<i32> = images
+        .into_iter()
+        .zip(&CHILDREN)
+        .map(|((file, path), slot)| {
+            let pid = start(&args, &pairs, file, path);
+            slot.store(pid, Ordering::Relaxed);
+            pid
+        })
+        .collect();
+    install_forwarding();
+    for &pid in &pids {
+        if signal != 0 {
+            // SAFETY: signalling a restored process, our child.
+            unsafe { libc::kill(pid, signal) };
         }
-        (None, None, None) => failed(
-            &args,
+    }
+    if let Some(cmd) = &args.on_success {
+        let code = run_hook(cmd);
+        if code != 0 {
+            std::process::exit(code & 0xff); // BLCR: exit at once, without waiting for the job
+        }
+    }
+    // Exit as the first (eldest) restored process did, once every one has ended.
+    let statuses: Vec<i32> = pids.iter().map(|&p| wait_child(p)).collect();
+    mimic(statuses[0])
+}
+
+/// Every image file in `dir` (sorted by name); files that are not images are skipped.
+fn images_in(args: &Args, dir: &std::path::Path) -> Vec<(std::fs::File, PathBuf)> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| {
+            failed(
+                args,
+                Class::Args,
+                e.raw_os_error().unwrap_or(libc::EIO),
+                &format!("{}: {e}", dir.display()),
+            )
+        })
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    paths.sort();
+    let images: Vec<_> = paths
+        .into_iter()
+        .filter_map(|p| {
+            let f = std::fs::File::open(&p).ok()?;
+            Image::open(&f).ok()?;
+            Some((f, p))
+        })
+        .collect();
+    if images.is_empty() {
+        failed(
+            args,
             Class::Args,
-            libc::EINVAL,
-            "no image given (usage: cr_restart FILE)",
-        ),
-        _ => failed(
-            &args,
+            libc::ENOENT,
+            &format!("{}: no checkpoint images in this directory", dir.display()),
+        );
+    }
+    if images.len() > MAX_JOB {
+        failed(
+            args,
             Class::Args,
-            libc::EINVAL,
-            "give exactly one image: FILE, -f FILE or -F FD",
-        ),
-    };
+            libc::E2BIG,
+            &format!("{}: more than {MAX_JOB} images", dir.display()),
+        );
+    }
+    images
+}
+
+/// Validates one image and restores it in a forked child; returns the child's pid once the
+/// program runs again (any failure before that exits through the matching hook).
+fn start(
+    args: &Args,
+    pairs: &[cr::restore::relocate::Pair],
+    file: std::fs::File,
+    path: PathBuf,
+) -> i32 {
     if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
         failed(
-            &args,
+            args,
             Class::Args,
             libc::EISDIR,
             &format!("{}: is a directory, not an image", path.display()),
@@ -338,12 +452,12 @@ fn main() {
         } else {
             Class::Perm
         };
-        failed(&args, class, e.errno(), &format!("{}: {e}", path.display()))
+        failed(args, class, e.errno(), &format!("{}: {e}", path.display()))
     });
-    cr::restore::relocate::relocate(&mut img, &pairs);
+    cr::restore::relocate::relocate(&mut img, pairs);
     if let Err(e) = cr::restore::preflight(&img) {
         failed(
-            &args,
+            args,
             classify(e.errno),
             e.errno,
             &format!("restart failed: {e}"),
@@ -352,13 +466,13 @@ fn main() {
     let mut fds = [0i32; 2];
     // SAFETY: pipe2 with a valid array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        failed(&args, Class::Temp, libc::EMFILE, "cannot create a pipe");
+        failed(args, Class::Temp, libc::EMFILE, "cannot create a pipe");
     }
     let me = std::process::id() as i32;
     // SAFETY: fork in a single-threaded process.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        failed(&args, Class::Temp, libc::EAGAIN, "cannot fork");
+        failed(args, Class::Temp, libc::EAGAIN, "cannot fork");
     }
     if pid == 0 {
         // SAFETY: closing the read end in the child.
@@ -371,8 +485,6 @@ fn main() {
         // SAFETY: leaving the child without running atexit handlers.
         unsafe { libc::_exit(err.errno & 0xff) }
     }
-    CHILD.store(pid, Ordering::Relaxed);
-    install_forwarding();
     drop(file);
     // SAFETY: closing our copy of the write end; the read end becomes a File.
     let mut notify = unsafe {
@@ -399,24 +511,13 @@ fn main() {
         };
         let code = report.map_or(libc::EIO, |(errno, _)| errno);
         failed(
-            &args,
+            args,
             classify(code),
             code,
             &format!("restart failed: {why}"),
         );
     }
-    if signal != 0 {
-        // SAFETY: signalling the restored process, our child.
-        unsafe { libc::kill(pid, signal) };
-    }
-    if let Some(cmd) = &args.on_success {
-        let code = run_hook(cmd);
-        if code != 0 {
-            std::process::exit(code & 0xff); // BLCR: exit at once, without waiting for the job
-        }
-    }
-    let status = wait_child(pid);
-    mimic(status)
+    pid
 }
 
 /// The fail-args hook when clap rejected the arguments (so `Args` could not be built).
