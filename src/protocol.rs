@@ -80,6 +80,32 @@ impl Request {
     }
 }
 
+/// `Reply::status` of the first message of an accepted request: the checkpoint is now pending
+/// (no new critical section starts). The final reply follows.
+pub const STATUS_ACCEPTED: i32 = -1;
+
+/// Waits for the agent to accept a request: consumes the [`STATUS_ACCEPTED`] message and returns
+/// `Ok(None)`, or returns a final reply that came instead (left unread when `keep` is set).
+pub fn await_accepted(sock: i32, keep: bool) -> Result<Option<Reply>, i32> {
+    loop {
+        match recv_reply(sock, libc::MSG_PEEK) {
+            Ok(Some(r)) if r.status == STATUS_ACCEPTED => {
+                let _ = recv_reply(sock, 0);
+                return Ok(None);
+            }
+            Ok(Some(r)) => {
+                if !keep {
+                    let _ = recv_reply(sock, 0);
+                }
+                return Ok(Some(r));
+            }
+            Ok(None) => {}
+            Err(libc::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// The agent's answer to a checkpoint request.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]

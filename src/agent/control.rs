@@ -428,7 +428,9 @@ fn serve(conn: i32) {
     } else {
         sys::monotonic_ns() + timeout_ns
     };
-    if !crate::api::cs::begin_pending(cs_deadline) {
+    if !crate::api::cs::begin_pending(cs_deadline, || {
+        send_reply(conn, protocol::STATUS_ACCEPTED, 0, b"")
+    }) {
         quiesce::finish(-(libc::ETIMEDOUT as i64));
         send_reply(
             conn,

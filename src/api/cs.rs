@@ -77,26 +77,19 @@ pub fn status() -> Result<c_int, c_int> {
     })
 }
 
-/// Whether a checkpoint is pending (waiting for critical sections or running).
-pub fn pending() -> bool {
-    CS_STATE.load(Acquire) & PENDING != 0
-}
-
-/// Waits (at most `ns`) for the pending state to change.
-pub fn wait_pending_change(ns: u64) {
-    let s = CS_STATE.load(Acquire);
-    let _ = sys::futex_wait(&CS_STATE, s, Some(ns));
-}
-
 /// Whether the calling thread holds a critical section.
 pub fn in_section() -> bool {
     state::current().is_some_and(|t| t.cs_depth.get() > 0)
 }
 
-/// Control thread: marks a checkpoint pending and waits until no section is held (new outermost
-/// sections wait meanwhile). Returns false (and clears the mark) if `deadline_ns` passes.
-pub fn begin_pending(deadline_ns: u64) -> bool {
+/// Control thread: marks a checkpoint pending, calls `accepted`, and waits until no section is
+/// held (new outermost sections wait meanwhile). Returns false (and clears the mark) if
+/// `deadline_ns` passes.
+pub fn begin_pending(deadline_ns: u64, accepted: impl FnOnce()) -> bool {
     CS_STATE.fetch_or(PENDING, AcqRel);
+    // From here on no new outermost section starts: tell the requester (BLCR's kernel marks the
+    // request pending before cr_request_checkpoint returns).
+    accepted();
     loop {
         let s = CS_STATE.load(Acquire);
         if s & COUNT == 0 {

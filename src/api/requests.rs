@@ -21,6 +21,8 @@ pub static RESTART_GEN: AtomicU32 = AtomicU32::new(0);
 
 enum Kind {
     Checkpoint,
+    /// A request that failed at once with `CR_CHKPT_ASYNC_ERR`: reaps with this errno.
+    Failed(c_int),
     Restart {
         pid: libc::pid_t,
         report: Option<Vec<u8>>,
@@ -83,6 +85,40 @@ pub fn request_checkpoint(
         return Err(libc::EBADF);
     }
     let target = own_target(a.cr_scope, a.cr_target);
+    match start_checkpoint(ts, &a, target, handle) {
+        Err(e) if a.cr_flags & CR_CHKPT_ASYNC_ERR != 0 => deferred_failure(e, handle),
+        r => r,
+    }
+}
+
+/// `CR_CHKPT_ASYNC_ERR`: the request "succeeds" and its handle reports `errno` at reap time.
+fn deferred_failure(errno: c_int, handle: *mut cr_checkpoint_handle_t) -> Result<(), c_int> {
+    // An eventfd is readable at once: cr_wait_checkpoint reports the request done.
+    // SAFETY: creating a descriptor we own.
+    let fd = unsafe { libc::eventfd(1, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(errno);
+    }
+    with_handles(|h| {
+        h.insert(
+            fd as u64,
+            Handle {
+                gen: RESTART_GEN.load(Acquire),
+                kind: Kind::Failed(errno),
+            },
+        )
+    });
+    // SAFETY: non-null pointer to the caller's handle (checked by the caller).
+    unsafe { *handle = fd as cr_checkpoint_handle_t };
+    Ok(())
+}
+
+fn start_checkpoint(
+    ts: &super::state::ThreadState,
+    a: &cr_checkpoint_args_t,
+    target: libc::pid_t,
+    handle: *mut cr_checkpoint_handle_t,
+) -> Result<(), c_int> {
     // SAFETY: signal 0 only checks existence and permission.
     if unsafe { libc::kill(target, 0) } != 0 {
         return Err(errno());
@@ -127,19 +163,12 @@ pub fn request_checkpoint(
     }
     // SAFETY: non-null pointer to the caller's handle.
     unsafe { *handle = sock as cr_checkpoint_handle_t };
-    if self_in_scope && !super::cs::in_section() {
+    // Return only once the target marked the checkpoint pending (as BLCR's kernel did before
+    // the request call returned), or answered at once (refused: the answer stays for reap).
+    let refused = protocol::await_accepted(sock, true).map_or(true, |r| r.is_some());
+    if self_in_scope && !refused && !super::cs::in_section() {
         // Our own callbacks run before we return (we are signalled meanwhile).
         quiesce::wait_done(seen);
-    } else if self_in_scope {
-        // Inside a critical section the checkpoint waits for us; return once it is pending
-        // (or was refused), so cr_status() says PENDING right away, as with BLCR's kernel.
-        let deadline = crate::sys::monotonic_ns() + 10_000_000_000;
-        while !super::cs::pending()
-            && matches!(peek_reply(sock), Ok(None))
-            && crate::sys::monotonic_ns() < deadline
-        {
-            super::cs::wait_pending_change(10_000_000);
-        }
     }
     Ok(())
 }
@@ -245,6 +274,8 @@ pub fn log(handle: *const u64, len: c_uint, msg: *mut c_char) -> Result<c_int, c
             Some(r) if r.first() == Some(&b'E') && r.len() >= 5 => r[5..].to_vec(),
             _ => Vec::new(),
         }
+    } else if with_handles(|t| matches!(t.get(&h).map(|r| &r.kind), Some(Kind::Failed(_)))) {
+        Vec::new()
     } else {
         match peek_reply(h as c_int)? {
             Some(r) => r.message().into_bytes(),
@@ -278,6 +309,13 @@ fn free_handle(handle: *mut u64, h: u64, close: bool) {
 /// `cr_reap_checkpoint`: > 0 success.
 pub fn reap_checkpoint(handle: *mut u64) -> Result<c_int, c_int> {
     let (h, restarted) = lookup(handle)?;
+    if let Some(e) = with_handles(|t| match t.get(&h).map(|r| &r.kind) {
+        Some(Kind::Failed(e)) => Some(*e),
+        _ => None,
+    }) {
+        free_handle(handle, h, true);
+        return Err(e);
+    }
     if restarted {
         free_handle(handle, h, false); // the descriptor did not survive the restart
         return Err(CR_ERESTARTED);

@@ -652,7 +652,13 @@ fn main() {
             format!("cannot send the request to {pid}: {}", strerror(e)),
         );
     }
-    let Ok(Some(reply)) = protocol::recv_reply(sock, 0) else {
+    let first = protocol::await_accepted(sock, false);
+    let final_reply = match first {
+        Ok(Some(r)) => Ok(Some(r)),
+        Ok(None) => protocol::recv_reply(sock, 0),
+        Err(e) => Err(e),
+    };
+    let Ok(Some(reply)) = final_reply else {
         cleanup(
             libc::EIO,
             format!("process {pid} ended or closed its control socket during the checkpoint"),
