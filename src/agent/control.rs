@@ -453,8 +453,9 @@ fn serve(conn: i32) {
         let (outcome, status, msg, kill) = abort_outcome(early);
         if kill {
             // A permanent failure: the requester learns it, then the process dies without any
-            // thread running on (cr_checkpoint() never returns).
-            quiesce::finish(outcome);
+            // thread running on (cr_checkpoint() never returns: the outcome is not published,
+            // so not even the helper thread wakes).
+            let _ = outcome;
             send_reply(conn, status, 0, msg);
             kill_self();
         }
@@ -491,8 +492,9 @@ fn serve(conn: i32) {
         let (outcome, status, msg, kill) = abort_outcome(abort);
         if kill {
             // A permanent failure: the requester learns it, then the process dies without any
-            // thread running on (cr_checkpoint() never returns).
-            quiesce::finish(outcome);
+            // thread running on (cr_checkpoint() never returns: the outcome is not published,
+            // so not even the helper thread wakes).
+            let _ = outcome;
             send_reply(conn, status, 0, msg);
             kill_self();
         }
