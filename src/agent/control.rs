@@ -448,19 +448,7 @@ fn serve(conn: i32) {
             libc::ETIMEDOUT,
         );
     }
-    let early = quiesce::ABORT.load(Acquire);
-    if early != 0 {
-        let (outcome, status, msg, kill) = abort_outcome(early);
-        if kill {
-            // A permanent failure: the requester learns it, then the process dies without any
-            // thread running on (cr_checkpoint() never returns: the outcome is not published,
-            // so not even the helper thread wakes).
-            let _ = outcome;
-            send_reply(conn, status, 0, msg);
-            kill_self();
-        }
-        conclude(conn, api, outcome, status, 0, msg);
-        sys::close(img_fd);
+    if end_if_aborted(conn, api, img_fd) {
         return;
     }
     // Phase 2: every thread stops in the handler (running its signal-context callbacks).
@@ -487,19 +475,7 @@ fn serve(conn: i32) {
         sys::close(img_fd);
         return;
     }
-    let abort = quiesce::ABORT.load(Acquire);
-    if abort != 0 {
-        let (outcome, status, msg, kill) = abort_outcome(abort);
-        if kill {
-            // A permanent failure: the requester learns it, then the process dies without any
-            // thread running on (cr_checkpoint() never returns: the outcome is not published,
-            // so not even the helper thread wakes).
-            let _ = outcome;
-            send_reply(conn, status, 0, msg);
-            kill_self();
-        }
-        conclude(conn, api, outcome, status, 0, msg);
-        sys::close(img_fd);
+    if end_if_aborted(conn, api, img_fd) {
         return;
     }
     let job = Job {
@@ -545,6 +521,26 @@ fn serve(conn: i32) {
         conclude(conn, true, -(e as i64), e, 0, m.as_bytes());
     }
     sys::close(img_fd);
+}
+
+/// Ends the request if a callback asked to abort it (after phase 1 or phase 2); returns whether
+/// it did.
+fn end_if_aborted(conn: i32, api: bool, img_fd: i32) -> bool {
+    let abort = quiesce::ABORT.load(Acquire);
+    if abort == 0 {
+        return false;
+    }
+    let (outcome, status, msg, kill) = abort_outcome(abort);
+    if kill {
+        // A permanent failure: the requester learns it, then the process dies without any thread
+        // running on (cr_checkpoint() never returns: the outcome is not published, so not even
+        // the helper thread wakes).
+        send_reply(conn, status, 0, msg);
+        kill_self();
+    }
+    conclude(conn, api, outcome, status, 0, msg);
+    sys::close(img_fd);
+    true
 }
 
 /// A permanent failure kills the process (BLCR: every process in the request).
