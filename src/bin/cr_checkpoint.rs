@@ -539,16 +539,22 @@ fn save_flags(m: &clap::ArgMatches) -> u32 {
         .fold(0, |acc, (_, f)| if f == 0 { 0 } else { acc | f })
 }
 
-/// Next rotating backup name FILE.~N~ (one past the highest existing).
-fn next_backup(path: &Path) -> PathBuf {
+/// The directory of `path` (`.` when it has none) and its file name.
+fn dir_and_name(path: &Path) -> (&Path, String) {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let base = path
+    let name = path
         .file_name()
         .map(|b| b.to_string_lossy().into_owned())
         .unwrap_or_default();
+    (dir, name)
+}
+
+/// Next rotating backup name FILE.~N~ (one past the highest existing).
+fn next_backup(path: &Path) -> PathBuf {
+    let (dir, base) = dir_and_name(path);
     let prefix = format!("{base}.~");
     let highest = std::fs::read_dir(dir)
         .into_iter()
@@ -600,14 +606,7 @@ fn main() {
     let (out_fd, file, tmp, final_path) = match &dest {
         Dest::Stream { fd, .. } => (*fd, None, None, None),
         Dest::File { path, commit } => {
-            let dir = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let base = path
-                .file_name()
-                .map(|b| b.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let (dir, base) = dir_and_name(path);
             let tmp = if *commit == Commit::Clobber {
                 path.clone()
             } else {
