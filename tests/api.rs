@@ -38,30 +38,6 @@ const DEFAULT_ALARM: u64 = 60;
 // Building the programs
 // ---------------------------------------------------------------------------------------------
 
-/// `target/tmp/api-c-<pid>`: the programs built by this run (directories of finished runs are
-/// removed).
-fn build_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        if let Ok(rd) = fs::read_dir(&base) {
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if let Some(pid) = name
-                    .strip_prefix("api-c-")
-                    .and_then(|p| p.parse::<u32>().ok())
-                {
-                    if !Path::new(&format!("/proc/{pid}")).exists() {
-                        let _ = fs::remove_dir_all(e.path());
-                    }
-                }
-            }
-        }
-        let dir = base.join(format!("api-c-{}", std::process::id()));
-        fs::create_dir_all(&dir).expect("create build dir");
-        dir
-    })
-}
 
 /// `gcc -O1 -Wall -Wextra -pthread -I include -o OUT c-tests/NAME.c -L$LIBDIR -lcr
 /// -Wl,-rpath,$LIBDIR` plus `extra`.

@@ -438,7 +438,7 @@ impl Program {
 
 /// `target/tmp/c-tests-<pid>`: compiled programs of this test binary run. Directories of earlier
 /// runs whose process is gone are removed.
-fn build_dir() -> &'static Path {
+pub fn build_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
