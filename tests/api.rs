@@ -38,7 +38,6 @@ const DEFAULT_ALARM: u64 = 60;
 // Building the programs
 // ---------------------------------------------------------------------------------------------
 
-
 /// `gcc -O1 -Wall -Wextra -pthread -I include -o OUT c-tests/NAME.c -L$LIBDIR -lcr
 /// -Wl,-rpath,$LIBDIR` plus `extra`.
 fn gcc(name: &str, out: &Path, extra: &[&str]) -> Command {
