@@ -677,7 +677,6 @@ fn cr_restart_has_option(opt: &str) -> bool {
 /// checks the restored process's report; then `cr_restart` (fresh pid) restores a copy of
 /// the image the same way (the requester is then cr_restart).
 #[test]
-#[ignore = "impl: intermittent (~1 run in 3 in a loop): restoring through cr_request_restart (in a fork of a libcr program) sometimes loses the thread without cr_init (a 1 ms nanosleep loop); its hold-barrier share is never returned, so the others wait 30 s. The same image always restarts correctly with cr_restart."]
 fn restart_api() {
     let sc = Scenario::new("api_restart");
     let save = run_in(&sc, "api_restart", &["save"]);

@@ -571,6 +571,10 @@ fn after_restart() {
         let _ = sys::write_all(info.notify_fd as i32, b"R");
         sys::close(info.notify_fd as i32);
     }
+    // Every thread must exist before the slots are released (see resume::ALL_CLONED).
+    while super::resume::ALL_CLONED.load(Acquire) == 0 {
+        let _ = sys::futex_wait(&super::resume::ALL_CLONED, 0, Some(100_000_000));
+    }
     // Callbacks see cr_checkpoint() > 0: the restarter's pid.
     quiesce::finish(info.restarter_pid.max(1));
     quiesce::release();

@@ -20,7 +20,7 @@ use super::quiesce::{self, SLOTS};
 use crate::protocol::RestartInfo;
 use crate::sys;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicI64, AtomicUsize, Ordering::*};
+use core::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering::*};
 
 const RESTORE_STACK_SIZE: usize = 64 * 1024;
 
@@ -32,6 +32,11 @@ static RESTORE_STACK: RestoreStack = RestoreStack(UnsafeCell::new([0; RESTORE_ST
 
 /// Slot index of the thread the restart loader's thread becomes (the main thread when alive).
 pub static LEADER: AtomicUsize = AtomicUsize::new(0);
+/// Futex word: set to 1 by the leader once every thread is re-created. The control thread (the
+/// first one re-created) waits for it before releasing anything: its release marks every slot
+/// free, which would make the leader skip the threads it has not cloned yet.
+pub static ALL_CLONED: AtomicU32 = AtomicU32::new(0);
+
 /// The restart information of the last restart (copied out of the trampoline block).
 pub static INFO: [AtomicI64; 10] = [const { AtomicI64::new(0) }; 10];
 
@@ -60,6 +65,7 @@ pub unsafe extern "C" fn restart_entry(info: *const RestartInfo) -> ! {
     crate::api::on_restart(info.restarter_pid as i32, src);
 
     super::process::restore_signals();
+    ALL_CLONED.store(0, Release);
     let leader = LEADER.load(Relaxed);
     let tid_off = super::TID_OFFSET.load(Relaxed);
     for (i, s) in SLOTS.iter().enumerate().take(quiesce::NSLOTS.load(Acquire)) {
@@ -88,6 +94,8 @@ pub unsafe extern "C" fn restart_entry(info: *const RestartInfo) -> ! {
             fatal(b"libcr: restart failed: cannot re-create a thread\n");
         }
     }
+    ALL_CLONED.store(1, Release);
+    sys::futex_wake_all(&ALL_CLONED);
     prepare_thread(leader, true);
     let rsp = SLOTS[leader].ctx_rsp.load(Relaxed);
     // SAFETY: rsp was recorded by save_and_call in this (restored) address space.
