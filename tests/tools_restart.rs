@@ -324,6 +324,18 @@ fn hook_fail_perm_returns_its_code() {
             ),
             42,
         );
+        // ... and one given before it is replaced by it (options apply left to right).
+        assert_hook_code(
+            &run_restart(
+                &sc,
+                &[
+                    "--run-on-fail-perm=exit 42",
+                    "--run-on-failure=exit 41",
+                    img,
+                ],
+            ),
+            41,
+        );
         assert_zero_hook_changes_nothing(&sc, "--run-on-fail-perm", &[img]);
         assert_zero_hook_changes_nothing(&sc, "--run-on-failure", &[img]);
     }

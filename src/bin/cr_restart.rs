@@ -173,6 +173,24 @@ fn failed(args: &Args, class: Class, errno: i32, msg: &str) -> ! {
     fail(TOOL, errno, msg)
 }
 
+/// `--run-on-failure` sets all four failure hooks where it stands on the command line: a
+/// specific `--run-on-fail-*` given before it is replaced, one given after it wins.
+fn order_failure_hooks(m: &clap::ArgMatches, a: &mut Args) {
+    let last = |id: &str| m.indices_of(id).and_then(|mut i| i.next_back());
+    let Some(all_at) = last("on_failure") else { return };
+    let all = a.on_failure.clone();
+    for (id, hook) in [
+        ("on_fail_args", &mut a.on_fail_args),
+        ("on_fail_temp", &mut a.on_fail_temp),
+        ("on_fail_env", &mut a.on_fail_env),
+        ("on_fail_perm", &mut a.on_fail_perm),
+    ] {
+        if last(id).is_none_or(|at| at < all_at) {
+            hook.clone_from(&all);
+        }
+    }
+}
+
 /// The post-restart signal: the last of --run/--signal/--stop/--term/--abort/--kill/--cont.
 fn chosen_signal(m: &clap::ArgMatches, a: &Args) -> i32 {
     let opts = [
@@ -275,7 +293,7 @@ fn main() {
     let parsed = Args::command()
         .try_get_matches()
         .and_then(|m| Args::from_arg_matches(&m).map(|a| (m, a)));
-    let (matches, args) = parsed.unwrap_or_else(|e| {
+    let (matches, mut args) = parsed.unwrap_or_else(|e| {
         // Bad arguments are the fail-args class (BLCR): its hook's code replaces clap's exit.
         let wants_output = matches!(
             e.kind(),
@@ -291,6 +309,7 @@ fn main() {
         }
         e.exit()
     });
+    order_failure_hooks(&matches, &mut args);
     let signal = chosen_signal(&matches, &args);
     if args.restore_pid || args.restore_pgid || args.restore_sid {
         failed(
