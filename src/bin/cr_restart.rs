@@ -177,7 +177,9 @@ fn failed(args: &Args, class: Class, errno: i32, msg: &str) -> ! {
 /// specific `--run-on-fail-*` given before it is replaced, one given after it wins.
 fn order_failure_hooks(m: &clap::ArgMatches, a: &mut Args) {
     let last = |id: &str| m.indices_of(id).and_then(|mut i| i.next_back());
-    let Some(all_at) = last("on_failure") else { return };
+    let Some(all_at) = last("on_failure") else {
+        return;
+    };
     let all = a.on_failure.clone();
     for (id, hook) in [
         ("on_fail_args", &mut a.on_fail_args),
