@@ -50,8 +50,8 @@ pub fn sys3(nr: usize, a: usize, b: usize, c: usize) -> SysResult {
 }
 
 use libc::{
-    SYS_arch_prctl, SYS_close, SYS_exit, SYS_exit_group, SYS_fcntl, SYS_fdatasync, SYS_fstat,
-    SYS_futex, SYS_getdents64, SYS_getpid, SYS_gettid, SYS_lseek, SYS_mmap, SYS_munmap, SYS_openat,
+    SYS_arch_prctl, SYS_close, SYS_exit_group, SYS_fcntl, SYS_fdatasync, SYS_fstat, SYS_futex,
+    SYS_getdents64, SYS_getpid, SYS_gettid, SYS_lseek, SYS_mmap, SYS_munmap, SYS_openat,
     SYS_pread64, SYS_pwrite64, SYS_read, SYS_readlinkat, SYS_rt_sigprocmask, SYS_rt_tgsigqueueinfo,
     SYS_write,
 };
@@ -363,13 +363,6 @@ pub fn get_fs_base() -> usize {
     let mut fs: usize = 0;
     let _ = arch_prctl(0x1003, &mut fs as *mut usize as usize);
     fs
-}
-
-/// Ends the calling thread only.
-pub fn exit_thread(code: i32) -> ! {
-    loop {
-        raw6(SYS_exit as usize, code as usize, 0, 0, 0, 0, 0);
-    }
 }
 
 /// Ends the whole process.

@@ -17,8 +17,6 @@ pub static LISTEN_FD: AtomicI32 = AtomicI32::new(-1);
 static BOUND_PID: AtomicI32 = AtomicI32::new(0);
 /// Pid of the process that restarted us last (0 = never restarted).
 pub static RESTARTER: AtomicI64 = AtomicI64::new(0);
-/// Number of completed checkpoints of this process.
-pub static CHECKPOINTS: AtomicU64 = AtomicU64::new(0);
 
 /// Stack size of the control thread.
 const CONTROL_STACK: usize = 256 * 1024;
@@ -511,7 +509,6 @@ fn serve(conn: i32) {
             // SAFETY: signalling our own process.
             unsafe { libc::kill(libc::getpid(), req.signal) };
         }
-        CHECKPOINTS.fetch_add(1, AcqRel);
         conclude(conn, api, 0, 0, job.bytes.load(Acquire), b"");
     } else {
         let e = job.errno.load(Acquire);

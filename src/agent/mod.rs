@@ -167,12 +167,6 @@ pub extern "C" fn cri_agent_omit(on: libc::c_int) {
     OMITTED.store(on != 0, Release);
 }
 
-/// Whether this process was restarted from an image, and by which pid.
-pub fn restarted_by() -> Option<i32> {
-    let p = control::RESTARTER.load(Acquire);
-    (p != 0).then_some(p as i32)
-}
-
 /// Tells whether the checkpoint signal is reserved (the agent is active) in this process.
 pub fn active() -> bool {
     INITIALIZED.load(Acquire)
