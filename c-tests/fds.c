@@ -55,24 +55,7 @@
 #define FSIZE_SOFT (1ULL << 30)
 #define BASE "before-1\nbefore-2\n"
 
-static void fail(const char *what)
-{
-    printf("FAIL %s: %s\n", NAME, what);
-    fflush(stdout);
-    fprintf(stderr, "FAIL %s: %s\n", NAME, what);
-    exit(1);
-}
-
-static void failf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void failf(const char *fmt, ...)
-{
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    fail(msg);
-}
+#include "fail.h"
 
 static inline unsigned char pat(uint64_t o, unsigned seed)
 {

@@ -57,24 +57,7 @@
 #define CHUNK 20000
 #define BIG (64u << 20)
 
-static void fail(const char *what)
-{
-    printf("FAIL %s: %s\n", NAME, what);
-    fflush(stdout);
-    fprintf(stderr, "FAIL %s: %s\n", NAME, what);
-    exit(1);
-}
-
-static void failf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void failf(const char *fmt, ...)
-{
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    fail(msg);
-}
+#include "fail.h"
 
 static inline uint64_t mix64(uint64_t x)
 {
