@@ -81,6 +81,25 @@ global_asm!(
     "ret",
     ".size cr_arch_clone_thread, .-cr_arch_clone_thread",
     "",
+    ".globl cr_arch_clone3_thread",
+    ".type cr_arch_clone3_thread,@function",
+    "cr_arch_clone3_thread:",
+    // rdi = struct clone_args *, rsi = its size, rdx = argument for the child entry; the child
+    // starts on the stack the args name and calls cr_arch_thread_entry(rdx).
+    "mov r9, rdx",
+    "mov eax, 435",
+    "syscall",
+    "test rax, rax",
+    "jnz 3f",
+    "xor ebp, ebp",
+    "mov rdi, r9",
+    "and rsp, -16",
+    "call {entry}",
+    "ud2",
+    "3:",
+    "ret",
+    ".size cr_arch_clone3_thread, .-cr_arch_clone3_thread",
+    "",
     ".globl cr_arch_restorer",
     ".type cr_arch_restorer,@function",
     "cr_arch_restorer:",
@@ -100,6 +119,7 @@ extern "C" {
     ) -> usize;
     fn cr_arch_resume(rsp: usize, value: usize) -> !;
     fn cr_arch_restorer();
+    fn cr_arch_clone3_thread(args: *const CloneArgs, size: usize, arg: usize) -> isize;
     fn cr_arch_clone_thread(
         flags: usize,
         stack: usize,
@@ -159,6 +179,42 @@ pub unsafe fn clone_thread(
     arg: usize,
 ) -> isize {
     cr_arch_clone_thread(flags, stack, ptid, ctid, tls, arg)
+}
+
+/// The kernel's `struct clone_args` (version 2, with `set_tid`).
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub struct CloneArgs {
+    /// `CLONE_*` flags.
+    pub flags: u64,
+    /// Where to store a pidfd (`CLONE_PIDFD`).
+    pub pidfd: u64,
+    /// `CLONE_CHILD_SETTID`/`CLEARTID` address.
+    pub child_tid: u64,
+    /// `CLONE_PARENT_SETTID` address.
+    pub parent_tid: u64,
+    /// Signal sent to the parent when the child exits.
+    pub exit_signal: u64,
+    /// Lowest address of the child's stack.
+    pub stack: u64,
+    /// Size of the child's stack (the child starts at `stack + stack_size`).
+    pub stack_size: u64,
+    /// TLS for `CLONE_SETTLS`.
+    pub tls: u64,
+    /// Address of an array of wanted pids, innermost namespace first.
+    pub set_tid: u64,
+    /// Length of that array.
+    pub set_tid_size: u64,
+    /// Cgroup fd (`CLONE_INTO_CGROUP`).
+    pub cgroup: u64,
+}
+
+/// Like [`clone_thread`] with `clone3`, so the thread can be given an exact id (`set_tid`).
+///
+/// # Safety
+/// As [`clone_thread`]; `args` must describe a valid stack.
+pub unsafe fn clone3_thread(args: &CloneArgs, arg: usize) -> isize {
+    cr_arch_clone3_thread(args, core::mem::size_of::<CloneArgs>(), arg)
 }
 
 /// Address of our `rt_sigreturn` restorer (used for the checkpoint signal's handler, so a program

@@ -20,6 +20,8 @@ pub const VERSION: u32 = 1;
 pub const REQ_CHECKPOINT: u32 = 1;
 /// Request: the image is committed; resume the program.
 pub const REQ_RELEASE: u32 = 2;
+/// Request (after [`STATUS_QUIESCED`] of a [`FLAG_BARRIER`] request): write the image now.
+pub const REQ_WRITE: u32 = 3;
 
 /// Request flag: store the executable's mappings by content (`--save-exe`).
 pub const FLAG_SAVE_EXE: u32 = 0x10;
@@ -29,6 +31,13 @@ pub const FLAG_SAVE_PRIVATE: u32 = 0x20;
 pub const FLAG_SAVE_SHARED: u32 = 0x40;
 /// Request flag: all of the above (`--save-all`).
 pub const FLAG_SAVE_ALL: u32 = FLAG_SAVE_EXE | FLAG_SAVE_PRIVATE | FLAG_SAVE_SHARED;
+
+/// Request flag: one process of a multi-process checkpoint. After every thread is stopped the
+/// agent replies [`STATUS_QUIESCED`] and waits for [`REQ_WRITE`] (write, then the usual final
+/// reply and RELEASE) or [`REQ_RELEASE`] (abandon: nothing is written, the final reply is
+/// `ECANCELED`). So a requester can stop every process of a tree before any is written: one
+/// consistent cut.
+pub const FLAG_BARRIER: u32 = 0x4;
 
 /// Request flag: an API request (`cr_request_checkpoint`): the agent sends the post-checkpoint
 /// signal itself and does not wait for a RELEASE.
@@ -84,6 +93,10 @@ impl Request {
 /// (no new critical section starts). The final reply follows.
 pub const STATUS_ACCEPTED: i32 = -1;
 
+/// `Reply::status` of the message a [`FLAG_BARRIER`] request gets once every thread of the
+/// process is stopped; the agent then waits for [`REQ_WRITE`] or [`REQ_RELEASE`].
+pub const STATUS_QUIESCED: i32 = -2;
+
 /// Waits for the agent to accept a request: consumes the [`STATUS_ACCEPTED`] message and returns
 /// `Ok(None)`, or returns a final reply that came instead (left unread when `keep` is set).
 pub fn await_accepted(sock: i32, keep: bool) -> Result<Option<Reply>, i32> {
@@ -132,13 +145,53 @@ impl Reply {
     }
 }
 
-/// Builds the abstract socket address of process `pid`; returns it and its length.
-pub fn socket_addr(pid: i32) -> (libc::sockaddr_un, libc::socklen_t) {
+/// Parses the inode out of a namespace link text such as `pid:[4026531836]` (0 if malformed).
+pub fn ns_inode(link: &[u8]) -> u64 {
+    let mut n = 0u64;
+    let mut inside = false;
+    for &b in link {
+        match b {
+            b'[' => inside = true,
+            b'0'..=b'9' if inside => n = n * 10 + (b - b'0') as u64,
+            _ => {}
+        }
+    }
+    n
+}
+
+/// The calling process's control-socket identity: (inode of its pid namespace, its pid there).
+/// Allocation-free (the agent calls it in fork children and after a restart).
+pub fn own_identity() -> (u64, i32) {
+    let mut link = [0u8; 64];
+    let n = crate::sys::readlink(b"/proc/self/ns/pid\0", &mut link).unwrap_or(0);
+    (ns_inode(&link[..n.min(64)]), crate::sys::getpid())
+}
+
+/// The control-socket identity of process `pid` as the caller's `/proc` shows it: the inode of
+/// its pid namespace and its pid inside that namespace (the last `NSpid` entry). A process that
+/// cr_restart restored into its own pid namespace listens under its original pid there.
+pub fn target_identity(pid: i32) -> (u64, i32) {
+    let ns = std::fs::read_link(format!("/proc/{pid}/ns/pid"))
+        .map(|l| ns_inode(l.as_os_str().as_encoded_bytes()))
+        .unwrap_or(0);
+    let inner = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .and_then(|v| v.split_whitespace().last().and_then(|p| p.parse().ok()))
+        })
+        .unwrap_or(pid);
+    (ns, inner)
+}
+
+/// Builds the abstract socket address `@libcr-ctl.<ns>.<pid>`; returns it and its length.
+pub fn socket_addr(ns: u64, pid: i32) -> (libc::sockaddr_un, libc::socklen_t) {
     // SAFETY: all-zero is a valid sockaddr_un.
     let mut addr: libc::sockaddr_un = unsafe { core::mem::zeroed() };
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
     let mut name = crate::sys::StackBuf::<64>::new();
-    name.push(b"libcr-ctl.").num(pid as u64);
+    name.push(b"libcr-ctl.").num(ns).push(b".").num(pid as u64);
     let bytes = name.as_bytes();
     // sun_path[0] stays 0: abstract namespace.
     for (i, &b) in bytes.iter().enumerate() {
@@ -188,21 +241,22 @@ impl RestartInfo {
     }
 }
 
-/// Connects to the control socket of process `pid`; returns the socket or the errno of the
-/// failure (`ECONNREFUSED`/`ENOENT`: no agent listens there).
+/// Connects to the control socket of process `pid` (as the caller's `/proc` names it); returns
+/// the socket or the errno of the failure (`ECONNREFUSED`/`ENOENT`: no agent listens there).
 pub fn connect(pid: i32) -> Result<i32, i32> {
     let errno = || {
         std::io::Error::last_os_error()
             .raw_os_error()
             .unwrap_or(libc::EIO)
     };
+    let (ns, inner) = target_identity(pid);
     // SAFETY: socket calls on a descriptor we own.
     unsafe {
         let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
             return Err(errno());
         }
-        let (addr, len) = socket_addr(pid);
+        let (addr, len) = socket_addr(ns, inner);
         if libc::connect(fd, &addr as *const _ as *const libc::sockaddr, len) != 0 {
             let e = errno();
             libc::close(fd);

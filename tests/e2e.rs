@@ -74,10 +74,10 @@ fn chain(name: &str) {
 
     let mut gen2 = sc.restart(&img1);
     let pid2 = gen2.wait_child(READY_TIMEOUT);
-    assert_ne!(
-        pid2,
+    assert_eq!(
+        ns_pid(pid2),
         gen1.pid(),
-        "the restored program must have a fresh pid"
+        "the restored program must have its original pid (cr_restart --restore-pid is the default)"
     );
     wait_address_space_switched(&sc, pid2, Duration::from_secs(10));
     let img2 = sc.checkpoint_restored(pid2, &["--term"]);
@@ -106,15 +106,26 @@ fn chain_threads() {
     chain("threads");
 }
 
-/// Checkpoint without --term and restart while the original still runs: two copies of one
-/// program at once; after GO both must PASS.
+/// Checkpoint without --term and restart while the original still runs. As root the original
+/// pid is restored in our pid namespace, where it is in use: cr_restart fails with EBUSY (16),
+/// as BLCR. With --no-restore-pid two copies of one program run at once; after GO both PASS.
 fn restart_while_original_runs(name: &str) {
     let sc = Scenario::new(&format!("twin-{name}"));
     let mut orig = sc.start_program(name);
     let img = sc.checkpoint(orig.pid(), &[]);
     orig.assert_running("after a checkpoint without --term");
 
-    let mut copy = sc.restart(&img);
+    if is_root() {
+        let argv = [sc.tools().cr_restart.as_os_str(), img.as_os_str()];
+        let res = sc.run_tool("cr_restart (pid in use)", sc.command(&argv));
+        let msg = res.assert_failure_code(16);
+        assert!(
+            msg.contains(&format!("pid {} is in use", orig.pid())),
+            "the error must name the pid in use: {msg}"
+        );
+        orig.assert_running("after a refused restart");
+    }
+    let mut copy = sc.restart_with(&img, &["--no-restore-pid"]);
     let pid2 = copy.wait_child(READY_TIMEOUT);
     assert_ne!(pid2, orig.pid(), "the restored copy must have a fresh pid");
     wait_address_space_switched(&sc, pid2, Duration::from_secs(10));

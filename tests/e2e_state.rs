@@ -89,7 +89,8 @@ impl Setup {
         let mut orig = self.start();
         let img = self.sc.checkpoint(orig.pid(), &[]);
         orig.assert_running("after a checkpoint without --term");
-        let mut copy = self.sc.restart(&img);
+        // Two copies at once need fresh pids (the original's is in use).
+        let mut copy = self.sc.restart_with(&img, &["--no-restore-pid"]);
         let pid2 = copy.wait_child(READY_TIMEOUT);
         assert_ne!(pid2, orig.pid(), "the restored copy must have a fresh pid");
         wait_address_space_switched(&self.sc, pid2, Duration::from_secs(10));

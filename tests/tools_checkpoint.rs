@@ -50,6 +50,7 @@ fn default_destination_and_dir() {
     tool(&sc, &["-c", "-F", "1", &pid]).assert_failure_code(22);
     job.assert_running("after checkpoints without a signal");
     signal_pid(job.pid(), 15);
+    job.expect_signal(15, DEATH_TIMEOUT); // its pid must be free for the restart
     restart_passes(&sc, &img);
 }
 
@@ -105,6 +106,7 @@ fn stdout_fd_and_fifo_destinations() {
     assert!(reader.wait().unwrap().success());
     job.assert_running("after streaming checkpoints");
     signal_pid(job.pid(), 9);
+    job.expect_signal(9, DEATH_TIMEOUT); // its pid must be free for the restarts
     sc.go();
     for img in [&streamed, &fd_img, &fifo_img] {
         sc.restart(img).expect_pass(RESTART_TIMEOUT);
@@ -166,6 +168,7 @@ fn clobber_noclobber_backup_rules() {
     assert_no_tmp_files(sc.root());
     job.assert_running("after the commit-rule checkpoints");
     signal_pid(job.pid(), 9);
+    job.expect_signal(9, DEATH_TIMEOUT); // its pid must be free for the restart
     restart_passes(&sc, &img);
 }
 

@@ -10,7 +10,7 @@
 //! * the signal sent to the restored process after the restart (`--stop`, `--term`, `--kill`,
 //!   `-S NUM`, last one wins);
 //! * exit status mimicking (exit code, death by the same signal, no core dump);
-//! * `--restore-pid` (not available yet), `-F FD`, two images, the accepted no-op options.
+//! * pid options, `-F FD`, two images, the accepted no-op options.
 //!
 //! Run one test with e.g. `cargo test --test tools_restart relocate -- --nocapture`.
 
@@ -372,8 +372,28 @@ fn hook_fail_env_returns_its_code() {
     assert_hook_code(&run_restart(&sc, &["--run-on-failure=exit 42", &img]), 42);
 }
 
-// fail-temp (ENOMEM, EBUSY: BLCR triggers it with a restart whose pid is still in use) cannot be
-// provoked yet: pids are not restored (`--restore-pid` fails with ENOSYS, class fail-perm).
+/// fail-temp: a restart whose pid is still in use (as root the original pids are restored in our
+/// own pid namespace) fails with EBUSY (16), as BLCR, and runs the fail-temp hook.
+#[test]
+fn hook_fail_temp_pid_in_use() {
+    if !is_root() {
+        println!("note: not root: original pids are restored in a private namespace, never in use");
+        return;
+    }
+    let sc = Scenario::new("hook-temp");
+    let mut sp = sc.start_program("spinner");
+    let img = s(&sc.checkpoint(sp.pid(), &[]));
+    let plain = run_restart(&sc, &[&img]);
+    let line = plain.assert_failure_code(16);
+    assert!(
+        line.contains(&format!("pid {} is in use", sp.pid())),
+        "{line}"
+    );
+    assert_nothing_ran(&plain);
+    assert_hook_code(&run_restart(&sc, &with(&class_hooks("temp"), &[&img])), 42);
+    sp.assert_running("after the refused restarts");
+    sp.kill();
+}
 
 /// A success hook exiting 42: cr_restart exits 42 at once, without waiting for the restored job,
 /// which keeps running (it was cr_restart's child, in its process group) and finishes after GO.
@@ -839,15 +859,15 @@ fn exit_core_signal_is_mimicked_without_core() {
 // Pid options, -F, image arguments
 // ---------------------------------------------------------------------------------------------
 
-/// `--restore-pid`/`--restore-pgid`/`--restore-sid` fail clearly (ENOSYS) before anything runs;
-/// the `--no-restore-*` and `--omit-*` options are accepted.
+/// The pid options and the `--omit-*` options are accepted; `--restore-pgid`/`--restore-sid`
+/// without the original pids are a usage error, before anything runs.
 #[test]
 fn pid_options() {
     let sc = Scenario::new("pid-options");
     let img = s(&spinner_image(&sc));
-    for opt in ["--restore-pid", "--restore-pgid", "--restore-sid"] {
-        let r = run_restart(&sc, &[opt, &img]);
-        let line = r.assert_failure_code(38);
+    for opt in ["--restore-pgid", "--restore-sid"] {
+        let r = run_restart(&sc, &["--no-restore-pid", opt, &img]);
+        let line = r.assert_failure_code(22);
         assert!(
             line.contains("pid"),
             "the message for {opt} should mention the pid: {line}"
@@ -857,8 +877,9 @@ fn pid_options() {
     sc.go();
     for opts in [
         ["--no-restore-pid", "--omit-maybe", "-f"],
-        ["--no-restore-pgid", "--omit-never", "--file"],
+        ["--restore-pid", "--omit-never", "--file"],
         ["--no-restore-sid", "--omit-always", "--"],
+        ["--restore-pgid", "--restore-sid", "-f"],
     ] {
         let mut job = start_restart(&sc, &with(&opts, &[&img]));
         job.expect_pass(PASS_TIMEOUT);

@@ -15,6 +15,12 @@ use core::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, Ordering::*};
 pub static LISTEN_FD: AtomicI32 = AtomicI32::new(-1);
 /// Pid the listening socket was bound for.
 static BOUND_PID: AtomicI32 = AtomicI32::new(0);
+/// The pid the process had when its control socket was bound (in a restored process: the pid at
+/// checkpoint time, until the restart binds again).
+pub fn bound_pid() -> i32 {
+    BOUND_PID.load(Acquire)
+}
+
 /// Pid of the process that restarted us last (0 = never restarted).
 pub static RESTARTER: AtomicI64 = AtomicI64::new(0);
 
@@ -52,8 +58,8 @@ fn bind_socket() -> Result<i32, sys::Errno> {
         (libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC) as usize,
         0,
     )? as i32;
-    let pid = sys::getpid();
-    let (addr, len) = protocol::socket_addr(pid);
+    let (ns, pid) = protocol::own_identity();
+    let (addr, len) = protocol::socket_addr(ns, pid);
     let res = sys::sys3(
         libc::SYS_bind as usize,
         fd as usize,
@@ -298,6 +304,33 @@ fn wait_commit(conn: i32) {
     }
 }
 
+/// Waits (bounded) for the requester of a multi-process checkpoint to say "write" (every process
+/// of the cut is stopped); false when it says "release" instead, goes away or times out.
+fn wait_write(conn: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd: conn,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    if unsafe { libc::poll(&mut p, 1, COMMIT_TIMEOUT_MS) } <= 0 {
+        return false;
+    }
+    let mut req: Request = bytemuck::Zeroable::zeroed();
+    // SAFETY: receiving into a valid buffer.
+    let n = unsafe {
+        libc::recv(
+            conn,
+            &mut req as *mut _ as *mut _,
+            core::mem::size_of::<Request>(),
+            0,
+        )
+    };
+    n == core::mem::size_of::<Request>() as isize
+        && req.magic == protocol::MAGIC
+        && req.kind == protocol::REQ_WRITE
+}
+
 /// Turns a callback's abort request into the outcome `cr_checkpoint()` reports and the errno the
 /// requester gets: TEMP → CR_ETEMPFAIL (or the user code), PERM → CR_EPERMFAIL (or the code),
 /// OMIT → the process is left out (the requester sees ESRCH when nothing was saved).
@@ -476,6 +509,24 @@ fn serve(conn: i32) {
     if end_if_aborted(conn, api, img_fd) {
         return;
     }
+    if req.flags & protocol::FLAG_BARRIER != 0 {
+        // One process of a multi-process checkpoint: stopped; write only once every other
+        // process of the cut is stopped too.
+        send_reply(conn, protocol::STATUS_QUIESCED, 0, b"");
+        if !wait_write(conn) {
+            let e = libc::ECANCELED;
+            conclude(
+                conn,
+                true,
+                -(e as i64),
+                e,
+                0,
+                b"the multi-process checkpoint was abandoned",
+            );
+            sys::close(img_fd);
+            return;
+        }
+    }
     let job = Job {
         fd: img_fd,
         flags: req.flags,
@@ -565,7 +616,10 @@ fn after_restart() {
         Err(_) => LISTEN_FD.store(-1, Release),
     }
     if info.notify_fd >= 0 {
-        let _ = sys::write_all(info.notify_fd as i32, b"R");
+        // Report::Running: 'R' and our pid.
+        let mut msg = [b'R', 0, 0, 0, 0];
+        msg[1..].copy_from_slice(&sys::getpid().to_le_bytes());
+        let _ = sys::write_all(info.notify_fd as i32, &msg);
         sys::close(info.notify_fd as i32);
     }
     // Every thread must exist before the slots are released (see resume::ALL_CLONED).

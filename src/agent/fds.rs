@@ -1,5 +1,7 @@
-//! Open file descriptors: one record per fd, with what the restart loader needs to reopen it.
-//! (The restore side is `restore::fds`.)
+//! Open file descriptors: one record per fd, with what the restart loader needs to reopen it,
+//! which descriptors share one open file description (`kcmp`), and the bytes buffered in every
+//! pipe (copied with `tee`, so the program's data stays where it was). (The restore side is
+//! `restore::fds`.)
 
 use crate::image::format::*;
 use crate::image::writer::MetaWriter;
@@ -19,6 +21,12 @@ pub fn capture(w: &mut MetaWriter, skip: &[i32], image_fd: i32) -> Result<(), Er
         0,
     )? as i32;
     let mut buf = [0u8; 4096];
+    let mut seen = Seen {
+        list: [(0, 0, 0); SEEN_MAX],
+        n: 0,
+        pipes: [0; SEEN_MAX],
+        npipes: 0,
+    };
     let res = (|| loop {
         let len = sys::getdents64(dir, &mut buf)?;
         if len == 0 {
@@ -32,14 +40,128 @@ pub fn capture(w: &mut MetaWriter, skip: &[i32], image_fd: i32) -> Result<(), Er
             if fd < 0 || fd == dir || skip.contains(&fd) {
                 continue;
             }
-            one(w, fd, image)?;
+            one(w, fd, image, &mut seen)?;
         }
     })();
     sys::close(dir);
     res
 }
 
-fn one(w: &mut MetaWriter, fd: i32, image: Option<(u64, u64)>) -> Result<(), Errno> {
+/// How many descriptors (and pipes) are compared for shared descriptions per checkpoint.
+const SEEN_MAX: usize = 1024;
+
+/// Descriptors recorded so far: (dev, ino, fd), and the pipes whose contents are saved.
+struct Seen {
+    list: [(u64, u64, i32); SEEN_MAX],
+    n: usize,
+    pipes: [u64; SEEN_MAX],
+    npipes: usize,
+}
+
+impl Seen {
+    /// The lowest earlier descriptor with the same open file description as `fd`, else `fd`.
+    fn dup_of(&mut self, fd: i32, st: &libc::stat) -> i32 {
+        let me = sys::getpid() as usize;
+        let found = self.list[..self.n]
+            .iter()
+            .filter(|&&(d, i, _)| d == st.st_dev && i == st.st_ino)
+            .map(|&(_, _, other)| other)
+            .find(|&other| {
+                // kcmp(pid, pid, KCMP_FILE, a, b) == 0: the same struct file.
+                sys::sys6(
+                    libc::SYS_kcmp as usize,
+                    me,
+                    me,
+                    0,
+                    other as usize,
+                    fd as usize,
+                    0,
+                ) == Ok(0)
+            });
+        if self.n < SEEN_MAX {
+            self.list[self.n] = (st.st_dev, st.st_ino, fd);
+            self.n += 1;
+        }
+        found.unwrap_or(fd)
+    }
+
+    /// Whether pipe `ino` is met for the first time (its contents still to be saved).
+    fn first_pipe(&mut self, ino: u64) -> bool {
+        if self.pipes[..self.npipes].contains(&ino) || self.npipes == SEEN_MAX {
+            return false;
+        }
+        self.pipes[self.npipes] = ino;
+        self.npipes += 1;
+        true
+    }
+}
+
+/// Copies the bytes buffered in the pipe behind `fd` into the tail of a `REC_PIPE_DATA` record
+/// without consuming them: `tee` from a read end (opened through /proc when `fd` is the write
+/// end) into a private pipe of the same capacity, then read from that one.
+fn save_pipe_data(w: &mut MetaWriter, fd: i32, ino: u64, size: u32) -> Result<(), Errno> {
+    let mut link = StackBuf::<64>::new();
+    link.push(b"/proc/self/fd/").num(fd as u64);
+    let reader = sys::open(
+        link.as_cstr(),
+        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        0,
+    )? as i32;
+    let mut tmp = [0i32; 2];
+    if sys::sys3(
+        libc::SYS_pipe2 as usize,
+        tmp.as_mut_ptr() as usize,
+        (libc::O_NONBLOCK | libc::O_CLOEXEC) as usize,
+        0,
+    )
+    .is_err()
+    {
+        sys::close(reader);
+        return Err(Errno(libc::EMFILE));
+    }
+    let _ = sys::fcntl(tmp[1], libc::F_SETPIPE_SZ, size as usize);
+    let copied = sys::sys6(
+        libc::SYS_tee as usize,
+        reader as usize,
+        tmp[1] as usize,
+        size as usize,
+        libc::SPLICE_F_NONBLOCK as usize,
+        0,
+        0,
+    )
+    .unwrap_or(0);
+    let rec = PipeDataRec {
+        ino,
+        pipe_size: size,
+        _pad: 0,
+    };
+    let res = if copied == 0 {
+        Ok(())
+    } else {
+        w.record_fill(REC_PIPE_DATA, &rec, copied, |buf| {
+            let mut got = 0;
+            while got < buf.len() {
+                match sys::read(tmp[0], &mut buf[got..]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got += n,
+                }
+            }
+            got
+        })
+        .map_err(|_| Errno(libc::ENOMEM))
+    };
+    sys::close(tmp[0]);
+    sys::close(tmp[1]);
+    sys::close(reader);
+    res
+}
+
+fn one(
+    w: &mut MetaWriter,
+    fd: i32,
+    image: Option<(u64, u64)>,
+    seen: &mut Seen,
+) -> Result<(), Errno> {
     let Ok(st) = sys::fstat(fd) else {
         return Ok(());
     };
@@ -66,7 +188,7 @@ fn one(w: &mut MetaWriter, fd: i32, image: Option<(u64, u64)>) -> Result<(), Err
             (FdKind::Inherited, None)
         }
         libc::S_IFCHR => (FdKind::CharDevice, None),
-        libc::S_IFIFO if stdio => (FdKind::Inherited, None),
+        // Pipes on 0-2 too: in a tree their other end may be another process of the job.
         libc::S_IFIFO => (FdKind::Pipe, None),
         _ if stdio => (FdKind::Inherited, None),
         libc::S_IFSOCK => (
@@ -84,7 +206,14 @@ fn one(w: &mut MetaWriter, fd: i32, image: Option<(u64, u64)>) -> Result<(), Err
         }
         _ => 0,
     };
+    let pipe_size = if kind == FdKind::Pipe {
+        sys::fcntl(fd, libc::F_GETPIPE_SZ, 0).unwrap_or(0) as u32
+    } else {
+        0
+    };
     let rec = FdRec {
+        dup_of: seen.dup_of(fd, &st),
+        pipe_size,
         fd,
         kind: kind as u32,
         flags,
@@ -98,6 +227,10 @@ fn one(w: &mut MetaWriter, fd: i32, image: Option<(u64, u64)>) -> Result<(), Err
     };
     w.record(REC_FD, &rec, path)
         .map_err(|_| Errno(libc::ENOMEM))?;
+    if kind == FdKind::Pipe && seen.first_pipe(st.st_ino) {
+        // A pipe we cannot copy keeps running; only its buffered bytes are not in the image.
+        let _ = save_pipe_data(w, fd, st.st_ino, pipe_size);
+    }
     if let Some(text) = warn {
         let mut msg = StackBuf::<512>::new();
         msg.push(b"fd ")

@@ -68,6 +68,9 @@ pub unsafe extern "C" fn restart_entry(info: *const RestartInfo) -> ! {
     ALL_CLONED.store(0, Release);
     let leader = LEADER.load(Relaxed);
     let tid_off = super::TID_OFFSET.load(Relaxed);
+    // The loader gave us our original pid (cr_restart --restore-pid): give every thread its
+    // original tid too.
+    let exact = sys::getpid() == super::control::bound_pid();
     for (i, s) in SLOTS.iter().enumerate().take(quiesce::NSLOTS.load(Acquire)) {
         if i == leader || !quiesce::slot_in_use(i) {
             continue;
@@ -88,8 +91,26 @@ pub unsafe extern "C" fn restart_entry(info: *const RestartInfo) -> ! {
         };
         // The thread's own stack below its saved context is dead space: boot there.
         let stack = (s.ctx_rsp.load(Relaxed) - 4096) & !15;
-        // SAFETY: stack is unused memory of that thread; ctid points into its TCB.
-        let r = unsafe { crate::arch::clone_thread(flags as usize, stack, 0, ctid, fs, i) };
+        let old_tid: [libc::pid_t; 1] = [s.tid.load(Relaxed)];
+        let mut r = -1;
+        if exact && old_tid[0] > 0 {
+            let args = crate::arch::CloneArgs {
+                flags: flags as u64,
+                child_tid: ctid as u64,
+                stack: (stack - 2048) as u64,
+                stack_size: 2048,
+                tls: fs as u64,
+                set_tid: old_tid.as_ptr() as u64,
+                set_tid_size: 1,
+                ..Default::default()
+            };
+            // SAFETY: as below; args lives on our stack for the duration of the call.
+            r = unsafe { crate::arch::clone3_thread(&args, i) };
+        }
+        if r < 0 {
+            // SAFETY: stack is unused memory of that thread; ctid points into its TCB.
+            r = unsafe { crate::arch::clone_thread(flags as usize, stack, 0, ctid, fs, i) };
+        }
         if r < 0 {
             fatal(b"libcr: restart failed: cannot re-create a thread\n");
         }

@@ -458,9 +458,16 @@ pub fn request_restart(
         // SAFETY: closing the read end in the child.
         unsafe { libc::close(p[0]) };
         let src = src.as_os_str().as_encoded_bytes().to_vec();
-        let err = match crate::restore::run(&img, file, p[1], me, &src) {
-            Ok(never) => match never {},
-            Err(e) => e,
+        let err = match crate::restore::pool::Pool::build(&[&img], &[&file], &[]) {
+            Ok(pool) => match crate::restore::run(&img, 0, file, &pool, p[1], me, &src) {
+                Ok(never) => match never {},
+                Err(e) => e, // already reported
+            },
+            Err(e) => {
+                let r = crate::restore::Report::Failed(e.errno, e.msg.clone());
+                crate::restore::write_report(p[1], &r);
+                e
+            }
         };
         // SAFETY: leaving the child; run() already reported the error.
         unsafe { libc::_exit(err.errno & 0xff) }

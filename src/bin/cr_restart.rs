@@ -149,11 +149,18 @@ fn run_hook(cmd: &str) -> i32 {
 /// The restart failed: run the class's hook (its non-zero code replaces ours and the message).
 fn failed(args: &Args, class: Class, errno: i32, msg: &str) -> ! {
     // With -d, images restored before the failing one must not live on alone.
-    for c in &CHILDREN {
+    for c in CHILDREN.iter().chain(&CREATED) {
         let child = c.load(Ordering::Relaxed);
         if child > 0 {
             // SAFETY: killing a restored child of ours.
             unsafe { libc::kill(child, libc::SIGKILL) };
+        }
+    }
+    for c in &CHILDREN {
+        let child = c.load(Ordering::Relaxed);
+        if child > 0 {
+            // SAFETY: reaping the child just killed (no zombie outlives us).
+            unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
         }
     }
     let hook = match class {
@@ -216,7 +223,8 @@ fn chosen_signal(m: &clap::ArgMatches, a: &Args) -> i32 {
 }
 
 /// The restored processes (children), for signal forwarding.
-static CHILDREN: [AtomicI32; MAX_JOB] = [const { AtomicI32::new(0) }; MAX_JOB];
+static CHILDREN: [AtomicI32; cr::image::tree::MAX_PROCS] =
+    [const { AtomicI32::new(0) }; cr::image::tree::MAX_PROCS];
 /// Most images `-d DIR` restarts as one job.
 const MAX_JOB: usize = 64;
 
@@ -230,7 +238,7 @@ extern "C" fn forward(sig: i32, info: *mut libc::siginfo_t, _: *mut libc::c_void
     if fault {
         return;
     }
-    for c in &CHILDREN {
+    for c in CHILDREN.iter().chain(&CREATED) {
         let child = c.load(Ordering::Relaxed);
         if child > 0 {
             // SAFETY: kill is async-signal-safe.
@@ -313,15 +321,6 @@ fn main() {
     });
     order_failure_hooks(&matches, &mut args);
     let signal = chosen_signal(&matches, &args);
-    if args.restore_pid || args.restore_pgid || args.restore_sid {
-        failed(
-            &args,
-            Class::Perm,
-            libc::ENOSYS,
-            "restoring the original pid, pgid or sid is not available yet (use --no-restore-pid; \
-             the restored process gets a fresh pid)",
-        );
-    }
     let pairs = cr::restore::relocate::parse_all(&args.relocate)
         .unwrap_or_else(|e| failed(&args, Class::Args, libc::EINVAL, &e));
     let images: Vec<(std::fs::File, PathBuf)> =
@@ -378,19 +377,265 @@ fn main() {
                 vec![(file, path)]
             }
         };
-    let pids: Vec<i32> = images
-        .into_iter()
-        .zip(&CHILDREN)
-        .map(|((file, path), slot)| {
-            let pid = start(&args, &pairs, file, path);
-            slot.store(pid, Ordering::Relaxed);
-            pid
+    let job = load_job(&args, &pairs, images);
+    let opts = cr::restore::spawn::Options {
+        pids: !args.no_restore_pid || args.restore_pid,
+        pgid: args.restore_pgid && !args.no_restore_pgid,
+        sid: args.restore_sid && !args.no_restore_sid,
+    };
+    if (opts.pgid || opts.sid) && !opts.pids {
+        failed(
+            &args,
+            Class::Args,
+            libc::EINVAL,
+            "--restore-pgid and --restore-sid need the original pids (drop --no-restore-pid)",
+        );
+    }
+    run_job(&args, &job, opts, signal)
+}
+
+/// The images of one restart, in tree order, with what they share.
+struct Job {
+    images: Vec<Image>,
+    files: Vec<std::fs::File>,
+    srcs: Vec<Vec<u8>>,
+    shares: Vec<cr::image::tree::ShareRec>,
+}
+
+/// Opens every image of the given files (a tree image holds several; with `-d` each file holds
+/// one process of a tree, or a plain image), relocates and checks them.
+fn load_job(
+    args: &Args,
+    pairs: &[cr::restore::relocate::Pair],
+    sources: Vec<(std::fs::File, PathBuf)>,
+) -> Job {
+    let mut found: Vec<(usize, Image, std::fs::File, Vec<u8>)> = Vec::new();
+    let mut shares = Vec::new();
+    let mut nproc = None;
+    for (file, path) in sources {
+        if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+            failed(
+                args,
+                Class::Args,
+                libc::EISDIR,
+                &format!("{}: is a directory, not an image", path.display()),
+            );
+        }
+        let src = std::path::absolute(&path)
+            .unwrap_or_else(|_| path.clone())
+            .into_os_string()
+            .into_encoded_bytes();
+        let (manifest, images) = cr::image::tree::open_all(&file).unwrap_or_else(|e| {
+            let class = if matches!(e, cr::image::reader::ImageError::Io(_)) {
+                Class::Args
+            } else {
+                Class::Perm
+            };
+            failed(args, class, e.errno(), &format!("{}: {e}", path.display()))
+        });
+        let first = match &manifest {
+            Some(m) => {
+                nproc = Some(m.header.nproc as usize);
+                shares.clone_from(&m.shares);
+                m.header.first as usize
+            }
+            None => found.len(),
+        };
+        for (k, img) in images.into_iter().enumerate() {
+            let f = file
+                .try_clone()
+                .unwrap_or_else(|e| failed(args, Class::Temp, libc::EMFILE, &format!("{e}")));
+            found.push((first + k, img, f, src.clone()));
+        }
+    }
+    found.sort_by_key(|f| f.0);
+    found.dedup_by_key(|f| f.0);
+    if let Some(n) = nproc {
+        if found.len() != n {
+            failed(
+                args,
+                Class::Args,
+                libc::ENOENT,
+                &format!(
+                    "incomplete process tree: {} of its {n} process images found",
+                    found.len()
+                ),
+            );
+        }
+    }
+    let mut job = Job {
+        images: Vec::new(),
+        files: Vec::new(),
+        srcs: Vec::new(),
+        shares,
+    };
+    for (_, mut img, file, src) in found {
+        cr::restore::relocate::relocate(&mut img, pairs);
+        if let Err(e) = cr::restore::preflight(&img) {
+            failed(
+                args,
+                classify(e.errno),
+                e.errno,
+                &format!("restart failed: {e}"),
+            );
+        }
+        job.images.push(img);
+        job.files.push(file);
+        job.srcs.push(src);
+    }
+    job
+}
+
+/// Every process created for the job (pids as cr_restart sees them), to kill on failure.
+static CREATED: [AtomicI32; cr::image::tree::MAX_PROCS] =
+    [const { AtomicI32::new(0) }; cr::image::tree::MAX_PROCS];
+
+fn pipe() -> [i32; 2] {
+    let mut p = [0i32; 2];
+    // SAFETY: pipe2 with a valid array.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        fail(TOOL, libc::EMFILE, "cannot create a pipe");
+    }
+    p
+}
+
+/// Restores the job's processes, waits for them to run, then forwards signals and exits as the
+/// eldest does.
+fn run_job(args: &Args, job: &Job, opts: cr::restore::spawn::Options, signal: i32) -> ! {
+    use cr::restore::spawn::{self, Member, Spawner};
+    let members: Vec<Member> = (0..job.images.len())
+        .map(|i| Member {
+            img: &job.images[i],
+            file: &job.files[i],
+            src: &job.srcs[i],
         })
         .collect();
+    // SAFETY: geteuid has no preconditions.
+    let in_namespace = opts.pids && unsafe { libc::geteuid() } != 0;
+    if opts.pids && !in_namespace {
+        if let Err(e) = spawn::check_ids_free(&members) {
+            failed(
+                args,
+                Class::Temp,
+                e.errno,
+                &format!("restart failed: {}", e.msg),
+            );
+        }
+    }
+    let notify = pipe();
+    let status = pipe();
+    let images: Vec<&Image> = job.images.iter().collect();
+    let files: Vec<&std::fs::File> = job.files.iter().collect();
+    let me = std::process::id() as i32;
+    let top: Vec<i32> = if in_namespace {
+        let init = spawn::enter_namespace().unwrap_or_else(|e| {
+            failed(
+                args,
+                classify(e.errno),
+                e.errno,
+                &format!("restart failed: {}", e.msg),
+            )
+        });
+        if init == 0 {
+            namespace_init(
+                &members,
+                &images,
+                &files,
+                &job.shares,
+                opts,
+                notify[1],
+                status[1],
+            );
+        }
+        CHILDREN[0].store(init, Ordering::Relaxed);
+        vec![init]
+    } else {
+        let pool =
+            cr::restore::pool::Pool::build(&images, &files, &job.shares).unwrap_or_else(|e| {
+                failed(
+                    args,
+                    classify(e.errno),
+                    e.errno,
+                    &format!("restart failed: {}", e.msg),
+                )
+            });
+        let spawner = Spawner::new(&members, &pool, opts, notify[1], me);
+        let roots = spawner.spawn_roots();
+        pool.close();
+        match roots {
+            Ok(r) => r.into_iter().map(|(_, pid)| pid).collect(),
+            Err(e) => {
+                kill_created(&read_reports_now(notify[0]));
+                failed(
+                    args,
+                    classify(e.errno),
+                    e.errno,
+                    &format!("restart failed: {}", e.msg),
+                )
+            }
+        }
+    };
+    for (slot, &pid) in CHILDREN.iter().zip(&top) {
+        slot.store(pid, Ordering::Relaxed);
+    }
+    // SAFETY: closing our copies of the write ends: EOF once every process is done with them.
+    unsafe {
+        libc::close(notify[1]);
+        libc::close(status[1]);
+    }
+    // Wait until every process runs again (or one failed).
+    // SAFETY: notify[0] is ours.
+    let mut reports = unsafe { std::fs::File::from_raw_fd(notify[0]) };
+    let mut buf = Vec::new();
+    let mut running = 0;
+    let mut created = Vec::new();
+    let mut failure = None;
+    let mut chunk = [0u8; 4096];
+    while running < members.len() && failure.is_none() {
+        let n = match reports.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let (list, used) = cr::restore::parse_reports(&buf);
+        buf.drain(..used);
+        for r in list {
+            match r {
+                cr::restore::Report::Created(pid) => created.push(pid),
+                cr::restore::Report::Running(_) => running += 1,
+                cr::restore::Report::Failed(e, m) => failure = Some((e, m)),
+            }
+        }
+    }
+    if running < members.len() {
+        if !in_namespace {
+            kill_created(&created);
+        }
+        let (errno, why) = failure.unwrap_or_else(|| {
+            (
+                libc::EIO,
+                "a restored process ended during the restore".to_string(),
+            )
+        });
+        failed(
+            args,
+            classify(errno),
+            errno,
+            &format!("restart failed: {why}"),
+        );
+    }
+    drop(reports);
     install_forwarding();
-    for &pid in &pids {
-        if signal != 0 {
-            // SAFETY: signalling a restored process, our child.
+    if signal != 0 {
+        let all = if in_namespace {
+            descendants(top[0])
+        } else {
+            created.clone()
+        };
+        for pid in all {
+            // SAFETY: signalling a restored process of ours.
             unsafe { libc::kill(pid, signal) };
         }
     }
@@ -400,9 +645,137 @@ fn main() {
             std::process::exit(code & 0xff); // BLCR: exit at once, without waiting for the job
         }
     }
-    // Exit as the first (eldest) restored process did, once every one has ended.
-    let statuses: Vec<i32> = pids.iter().map(|&p| wait_child(p)).collect();
+    if in_namespace {
+        // The init reports the eldest's wait status, then stays to reap the others.
+        // SAFETY: status[0] is ours.
+        let mut st = unsafe { std::fs::File::from_raw_fd(status[0]) };
+        let mut word = [0u8; 4];
+        loop {
+            match st.read_exact(&mut word) {
+                Ok(()) => mimic(i32::from_le_bytes(word)),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        mimic(wait_child(top[0]))
+    }
+    // Exit as the first (eldest) restored process did, once every root has ended.
+    let statuses: Vec<i32> = top.iter().map(|&p| wait_child(p)).collect();
     mimic(statuses[0])
+}
+
+/// The reports already in the pipe (without waiting), as pids of created processes.
+fn read_reports_now(fd: i32) -> Vec<i32> {
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: non-blocking read into a valid buffer.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            buf.as_mut_ptr() as *mut _,
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    let n = if n < 0 {
+        // SAFETY: a pipe: set it non-blocking and read.
+        unsafe {
+            libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK);
+            libc::read(fd, buf.as_mut_ptr() as *mut _, buf.len())
+        }
+    } else {
+        n
+    };
+    let (list, _) = cr::restore::parse_reports(&buf[..n.max(0) as usize]);
+    list.into_iter()
+        .filter_map(|r| match r {
+            cr::restore::Report::Created(p) => Some(p),
+            _ => None,
+        })
+        .collect()
+}
+
+fn kill_created(pids: &[i32]) {
+    for &pid in pids {
+        // SAFETY: killing a half-restored process we created.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    for (slot, &pid) in CREATED.iter().zip(pids) {
+        slot.store(pid, Ordering::Relaxed);
+    }
+}
+
+/// Every descendant of `pid` (children files of all its threads, recursively).
+fn descendants(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for t in std::fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let text = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            for c in text
+                .split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok())
+            {
+                out.push(c);
+                todo.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// The init of the restored job's pid namespace (pid 1 there): creates the job, forwards
+/// cr_restart's signals to the eldest, reports its wait status, and reaps until nothing is left
+/// (when it exits, the kernel kills whatever still runs in the namespace).
+fn namespace_init(
+    members: &[cr::restore::spawn::Member],
+    images: &[&Image],
+    files: &[&std::fs::File],
+    shares: &[cr::image::tree::ShareRec],
+    opts: cr::restore::spawn::Options,
+    notify: i32,
+    status: i32,
+) -> ! {
+    use cr::restore::{write_report, Report};
+    let die = |e: cr::restore::RestoreError| -> ! {
+        write_report(notify, &Report::Failed(e.errno, e.msg));
+        // SAFETY: leaving the init; the namespace dies with it.
+        unsafe { libc::_exit(1) }
+    };
+    let pool = cr::restore::pool::Pool::build(images, files, shares).unwrap_or_else(|e| die(e));
+    let spawner = cr::restore::spawn::Spawner::new(members, &pool, opts, notify, 1);
+    let roots = spawner.spawn_roots().unwrap_or_else(|e| die(e));
+    pool.close();
+    // SAFETY: closing the report pipe: the restored processes hold their own copies.
+    unsafe { libc::close(notify) };
+    for (slot, &(_, pid)) in CHILDREN.iter().zip(&roots) {
+        slot.store(pid, Ordering::Relaxed);
+    }
+    install_forwarding();
+    let eldest = roots[0].1;
+    let mut reported = false;
+    loop {
+        let mut st = 0;
+        // SAFETY: reaping children of the init.
+        let r = unsafe { libc::waitpid(-1, &mut st, 0) };
+        if r < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            break;
+        }
+        if r == eldest && !reported {
+            let _ = cr::sys::write_all(status, &st.to_le_bytes());
+            // SAFETY: closing the status pipe.
+            unsafe { libc::close(status) };
+            reported = true;
+        }
+    }
+    // SAFETY: nothing is left in the namespace.
+    unsafe { libc::_exit(0) }
 }
 
 /// Every image file in `dir` (sorted by name); files that are not images are skipped.
@@ -445,100 +818,6 @@ fn images_in(args: &Args, dir: &std::path::Path) -> Vec<(std::fs::File, PathBuf)
         );
     }
     images
-}
-
-/// Validates one image and restores it in a forked child; returns the child's pid once the
-/// program runs again (any failure before that exits through the matching hook).
-fn start(
-    args: &Args,
-    pairs: &[cr::restore::relocate::Pair],
-    file: std::fs::File,
-    path: PathBuf,
-) -> i32 {
-    if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
-        failed(
-            args,
-            Class::Args,
-            libc::EISDIR,
-            &format!("{}: is a directory, not an image", path.display()),
-        );
-    }
-    let src = std::path::absolute(&path)
-        .unwrap_or_else(|_| path.clone())
-        .into_os_string()
-        .into_encoded_bytes();
-    let mut img = Image::open(&file).unwrap_or_else(|e| {
-        let class = if matches!(e, cr::image::reader::ImageError::Io(_)) {
-            Class::Args
-        } else {
-            Class::Perm
-        };
-        failed(args, class, e.errno(), &format!("{}: {e}", path.display()))
-    });
-    cr::restore::relocate::relocate(&mut img, pairs);
-    if let Err(e) = cr::restore::preflight(&img) {
-        failed(
-            args,
-            classify(e.errno),
-            e.errno,
-            &format!("restart failed: {e}"),
-        );
-    }
-    let mut fds = [0i32; 2];
-    // SAFETY: pipe2 with a valid array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        failed(args, Class::Temp, libc::EMFILE, "cannot create a pipe");
-    }
-    let me = std::process::id() as i32;
-    // SAFETY: fork in a single-threaded process.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        failed(args, Class::Temp, libc::EAGAIN, "cannot fork");
-    }
-    if pid == 0 {
-        // SAFETY: closing the read end in the child.
-        unsafe { libc::close(fds[0]) };
-        let err = match cr::restore::run(&img, file, fds[1], me, &src) {
-            Ok(never) => match never {},
-            Err(e) => e,
-        };
-        // run() already reported the error to the parent through the pipe.
-        // SAFETY: leaving the child without running atexit handlers.
-        unsafe { libc::_exit(err.errno & 0xff) }
-    }
-    drop(file);
-    // SAFETY: closing our copy of the write end; the read end becomes a File.
-    let mut notify = unsafe {
-        libc::close(fds[1]);
-        std::fs::File::from_raw_fd(fds[0])
-    };
-    let mut msg = Vec::new();
-    let _ = notify.read_to_end(&mut msg);
-    if msg.first() != Some(&b'R') {
-        let status = wait_child(pid);
-        let report = cr::restore::parse_report(&msg);
-        let why = if let Some((_, text)) = &report {
-            text.clone()
-        } else if libc::WIFSIGNALED(status) {
-            format!(
-                "the restored process died of signal {} during the restore",
-                libc::WTERMSIG(status)
-            )
-        } else {
-            format!(
-                "the restored process exited with status {} during the restore",
-                libc::WEXITSTATUS(status)
-            )
-        };
-        let code = report.map_or(libc::EIO, |(errno, _)| errno);
-        failed(
-            args,
-            classify(code),
-            code,
-            &format!("restart failed: {why}"),
-        );
-    }
-    pid
 }
 
 /// The fail-args hook when clap rejected the arguments (so `Args` could not be built).

@@ -16,7 +16,7 @@ pub const MAGIC: [u8; 8] = *b"LIBCRIMG";
 /// First eight bytes of the trailer page.
 pub const TRAILER_MAGIC: [u8; 8] = *b"LIBCREND";
 /// Image format version written by this build; readers accept exactly this one.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Page size every offset and extent is aligned to.
 pub const PAGE: usize = 4096;
 /// ELF machine number of x86-64, recorded as the image architecture.
@@ -100,6 +100,8 @@ pub const REC_FD: u32 = 5;
 pub const REC_THREAD: u32 = 6;
 /// Record: a warning text for the user (unsupported resource met at checkpoint time).
 pub const REC_WARNING: u32 = 7;
+/// Record: [`PipeDataRec`], followed by the bytes buffered in that pipe (the rest of the record).
+pub const REC_PIPE_DATA: u32 = 8;
 /// Last record.
 pub const REC_END: u32 = 0xffff;
 
@@ -335,6 +337,23 @@ pub struct FdRec {
     pub mode: u32,
     /// Length of the path after this record.
     pub path_len: u32,
+    /// Lowest descriptor of this process that shares this one's open file description (dup'd or
+    /// inherited together): this fd itself when none does.
+    pub dup_of: i32,
+    /// Capacity of the pipe (`F_GETPIPE_SZ`) for pipes and FIFOs, else 0.
+    pub pipe_size: u32,
+}
+
+/// The bytes buffered in one pipe at checkpoint time (copied with `tee`, not consumed).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug)]
+pub struct PipeDataRec {
+    /// Inode of the pipe.
+    pub ino: u64,
+    /// Capacity of the pipe.
+    pub pipe_size: u32,
+    /// Reserved.
+    pub _pad: u32,
 }
 
 /// Rounds `n` up to a page multiple.
@@ -376,7 +395,8 @@ mod tests {
         assert_eq!(size_of::<ProcessRec>(), 400);
         assert_eq!(size_of::<RegionRec>(), 80);
         assert_eq!(size_of::<Extent>(), 24);
-        assert_eq!(size_of::<FdRec>(), 56);
+        assert_eq!(size_of::<FdRec>(), 64);
+        assert_eq!(size_of::<PipeDataRec>(), 16);
         assert_eq!(size_of::<ThreadRec>(), 40);
     }
 

@@ -115,6 +115,10 @@ pub struct Image {
     pub threads: Vec<ThreadRec>,
     /// Warnings recorded at checkpoint time.
     pub warnings: Vec<String>,
+    /// Bytes that were buffered in pipes at checkpoint time: (pipe inode, contents).
+    pub pipe_data: Vec<(u64, Vec<u8>)>,
+    /// File offset where this image starts (0 unless it is one process of a tree image).
+    pub base: u64,
 }
 
 fn read_pod<T: bytemuck::Pod>(bytes: &[u8], what: &str) -> Result<T, ImageError> {
@@ -130,9 +134,15 @@ impl Image {
     /// and architecture. Page data is checked separately ([`Image::verify_data`]) or while it is
     /// loaded.
     pub fn open(file: &File) -> Result<Image, ImageError> {
+        Self::open_at(file, 0)
+    }
+
+    /// Like [`Image::open`] for an image that starts `base` bytes into `file` (one process of a
+    /// tree image). The offsets in the returned header are absolute file offsets.
+    pub fn open_at(file: &File, base: u64) -> Result<Image, ImageError> {
         let actual = file.metadata()?.len();
         let mut page = vec![0u8; PAGE];
-        let n = read_at_most(file, &mut page, 0)?;
+        let n = read_at_most(file, &mut page, base)?;
         if n < 8 || page[..8] != MAGIC {
             return Err(ImageError::NotAnImage);
         }
@@ -142,10 +152,13 @@ impl Image {
                 actual,
             });
         }
-        let header: FileHeader = read_pod(&page, "header")?;
+        let mut header: FileHeader = read_pod(&page, "header")?;
         if page_hash(&page, core::mem::size_of::<FileHeader>()) != header.header_hash {
             return Err(ImageError::Corrupt("header"));
         }
+        header.meta_offset += base;
+        header.data_offset += base;
+        header.trailer_offset += base;
         if header.version != VERSION {
             return Err(ImageError::Version(header.version));
         }
@@ -164,7 +177,7 @@ impl Image {
         {
             return Err(ImageError::Corrupt("trailer"));
         }
-        if trailer.total_len != expected {
+        if trailer.total_len + base != expected {
             return Err(ImageError::Malformed(
                 "trailer length disagrees with header".into(),
             ));
@@ -184,6 +197,8 @@ impl Image {
             fds: Vec::new(),
             threads: Vec::new(),
             warnings: Vec::new(),
+            pipe_data: Vec::new(),
+            base,
         };
         img.parse_meta(&meta)?;
         img.check_extents()?;
@@ -241,6 +256,11 @@ impl Image {
                     self.fds.push(Fd { rec: r, kind, path });
                 }
                 REC_THREAD => self.threads.push(read_pod(body, "thread")?),
+                REC_PIPE_DATA => {
+                    let r: PipeDataRec = read_pod(body, "pipe data")?;
+                    let bytes = &body[core::mem::size_of::<PipeDataRec>()..];
+                    self.pipe_data.push((r.ino, bytes.to_vec()));
+                }
                 REC_WARNING => self
                     .warnings
                     .push(String::from_utf8_lossy(body).into_owned()),

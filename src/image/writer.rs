@@ -59,6 +59,36 @@ impl<'a> MetaWriter<'a> {
         self.put(&[0u8; 8][..pad])
     }
 
+    /// Appends one record: `head`, then a tail of at most `max_tail` bytes that `fill` writes in
+    /// place and whose length it returns (so large payloads need no intermediate buffer).
+    pub fn record_fill<T: Pod>(
+        &mut self,
+        kind: u32,
+        head: &T,
+        max_tail: usize,
+        fill: impl FnOnce(&mut [u8]) -> usize,
+    ) -> Result<(), Full> {
+        let hsize = core::mem::size_of::<RecordHeader>();
+        let size = core::mem::size_of::<T>();
+        let start = self.len;
+        if start + hsize + size + align8(max_tail) > self.buf.len() {
+            return Err(Full);
+        }
+        let tail_at = start + hsize + size;
+        let n = fill(&mut self.buf[tail_at..tail_at + max_tail]).min(max_tail);
+        let rh = RecordHeader {
+            kind,
+            len: (size + n) as u32,
+        };
+        self.buf[start..start + hsize].copy_from_slice(bytemuck::bytes_of(&rh));
+        self.buf[start + hsize..tail_at].copy_from_slice(bytemuck::bytes_of(head));
+        let end = tail_at + n;
+        let padded = start + hsize + align8(size + n);
+        self.buf[end..padded].fill(0);
+        self.len = padded;
+        Ok(())
+    }
+
     /// Appends a record whose payload is only `bytes`.
     pub fn raw(&mut self, kind: u32, bytes: &[u8]) -> Result<(), Full> {
         let rh = RecordHeader {

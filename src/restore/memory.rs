@@ -116,19 +116,32 @@ fn path_str(p: &[u8]) -> String {
 /// Maps one region at `addr` (0 = anywhere); returns where it landed.
 /// One memfd per shared object of the image (regions with the same device and inode map the
 /// same object, e.g. a memfd mapped twice), sized to cover every region's offset range.
+/// Objects that come from the job's pool (shared between processes, already filled) are used
+/// as they are.
 #[derive(Default)]
-struct SharedObjects {
+struct SharedObjects<'a> {
     fds: std::collections::HashMap<(u64, u64), i32>,
+    pool: Option<&'a std::collections::HashMap<(u64, u64), i32>>,
 }
 
-impl SharedObjects {
-    fn key(r: &Region) -> Option<(u64, u64)> {
+impl SharedObjects<'_> {
+    /// The identity of a shared memory object: the device and inode `/proc/PID/maps` showed.
+    pub fn key(r: &Region) -> Option<(u64, u64)> {
         (r.rec.ino != 0).then_some((r.rec.dev, r.rec.ino))
+    }
+
+    /// Whether `r`'s contents come from the pool (already filled before any process forked).
+    fn pooled(&self, r: &Region) -> bool {
+        r.kind == RegionKind::SharedContent
+            && Self::key(r).is_some_and(|k| self.pool.is_some_and(|p| p.contains_key(&k)))
     }
 
     /// The memfd for `r`'s object (created on first use) and whether the caller must close it.
     fn fd_for(&mut self, img: &Image, r: &Region) -> Result<(i32, bool), RestoreError> {
         let key = Self::key(r);
+        if let Some(fd) = key.and_then(|k| self.pool.and_then(|p| p.get(&k))) {
+            return Ok((*fd, false));
+        }
         if let Some(fd) = key.and_then(|k| self.fds.get(&k)) {
             return Ok((*fd, false));
         }
@@ -155,7 +168,12 @@ impl SharedObjects {
     }
 }
 
-impl Drop for SharedObjects {
+/// The identity of a shared memory region's object (see `SharedObjects`), for the job's pool.
+pub fn shared_key(r: &Region) -> Option<(u64, u64)> {
+    SharedObjects::key(r)
+}
+
+impl Drop for SharedObjects<'_> {
     fn drop(&mut self) {
         for &fd in self.fds.values() {
             // SAFETY: closing memfds we created; the mappings keep the objects alive.
@@ -266,7 +284,12 @@ pub fn check_files(img: &Image) -> Result<(), RestoreError> {
 }
 
 /// Maps and fills every region; returns the trampoline's moves and the ranges to keep.
-pub fn build(img: &Image, file: &File) -> Result<Layout, RestoreError> {
+/// `shared`: memfds of the job's shared memory objects, by [`shared_key`] (filled already).
+pub fn build(
+    img: &Image,
+    file: &File,
+    shared: &std::collections::HashMap<(u64, u64), i32>,
+) -> Result<Layout, RestoreError> {
     let cur = current_maps();
     let mut layout = Layout::default();
     let mut placed: Vec<Option<Placed>> = vec![None; img.regions.len()];
@@ -304,7 +327,10 @@ pub fn build(img: &Image, file: &File) -> Result<Layout, RestoreError> {
         }
     }
 
-    let mut shm = SharedObjects::default();
+    let mut shm = SharedObjects {
+        fds: Default::default(),
+        pool: Some(shared),
+    };
     // Pass 1: regions whose final range is free go straight there.
 
     for (i, r) in img.regions.iter().enumerate() {
@@ -343,22 +369,41 @@ pub fn build(img: &Image, file: &File) -> Result<Layout, RestoreError> {
         });
     }
 
-    // Fill from the image, hashing in file order.
+    // Fill from the image, hashing in file order. Pooled shared memory was filled before any
+    // process of the job was forked (another may already run and write to it): its pages are
+    // only read for the checksum.
     let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut spare = Vec::new();
     for (i, r) in img.regions.iter().enumerate() {
         let Some(p) = placed[i] else { continue };
+        let pooled = shm.pooled(r);
         for e in &r.extents {
             let at = p.cur + (e.addr - r.rec.start);
-            // SAFETY: the destination lies inside the writable mapping just created for r.
-            let buf = unsafe { std::slice::from_raw_parts_mut(at as *mut u8, e.len as usize) };
-            file.read_exact_at(buf, img.header.data_offset + e.file_off)
-                .map_err(|e| {
-                    RestoreError::new(
-                        e.raw_os_error().unwrap_or(libc::EIO),
-                        format!("reading page data: {e}"),
-                    )
-                })?;
-            h.update(buf);
+            // Pooled extents are read in chunks into a spare buffer, the others into place.
+            let mut done = 0u64;
+            while done < e.len {
+                let n = if pooled {
+                    (e.len - done).min(4 << 20)
+                } else {
+                    e.len
+                };
+                let buf = if pooled {
+                    spare.resize(n as usize, 0u8);
+                    &mut spare[..]
+                } else {
+                    // SAFETY: the destination lies inside the writable mapping just created for r.
+                    unsafe { std::slice::from_raw_parts_mut(at as *mut u8, e.len as usize) }
+                };
+                file.read_exact_at(buf, img.header.data_offset + e.file_off + done)
+                    .map_err(|e| {
+                        RestoreError::new(
+                            e.raw_os_error().unwrap_or(libc::EIO),
+                            format!("reading page data: {e}"),
+                        )
+                    })?;
+                h.update(buf);
+                done += n;
+            }
         }
     }
     if h.digest() != img.trailer.data_hash {

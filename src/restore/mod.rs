@@ -7,7 +7,9 @@
 
 pub mod fds;
 pub mod memory;
+pub mod pool;
 pub mod relocate;
+pub mod spawn;
 pub mod trampoline;
 
 use crate::image::format::page_align;
@@ -138,40 +140,106 @@ fn apply_rlimits(img: &Image) {
     }
 }
 
-/// Rebuilds the process from `img` in the calling (freshly forked, single-threaded) process and
-/// jumps into it. Returns only on failure, before anything of the program has run, after writing
-/// a report to the notification pipe (wherever that descriptor has been moved by then): `E`, the
-/// errno as 4 little-endian bytes, then the message. On success the restored agent writes `R`.
-/// `src` is the image's path, for the program's `cr_get_restart_info`.
+/// One message on the job's report pipe (see [`write_report`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// `P`: a process of the job was created (pid as its creator sees it).
+    Created(i32),
+    /// `R`: a restored process runs again (its pid).
+    Running(i32),
+    /// `E`: restoring a process failed (errno, one line).
+    Failed(i32, String),
+}
+
+/// Writes one report in a single `write` (atomic on a pipe): `P`/`R` + pid, or `E` + errno +
+/// length + text. Every process of a job writes to the same pipe.
+pub fn write_report(fd: i32, r: &Report) {
+    let mut b = Vec::with_capacity(64);
+    match r {
+        Report::Created(pid) => {
+            b.push(b'P');
+            b.extend_from_slice(&pid.to_le_bytes());
+        }
+        Report::Running(pid) => {
+            b.push(b'R');
+            b.extend_from_slice(&pid.to_le_bytes());
+        }
+        Report::Failed(e, msg) => {
+            let m = &msg.as_bytes()[..msg.len().min(1000)];
+            b.push(b'E');
+            b.extend_from_slice(&e.to_le_bytes());
+            b.extend_from_slice(&(m.len() as u16).to_le_bytes());
+            b.extend_from_slice(m);
+        }
+    }
+    let _ = crate::sys::write_all(fd, &b);
+}
+
+/// Decodes the reports read so far; returns them and the number of bytes consumed.
+pub fn parse_reports(bytes: &[u8]) -> (Vec<Report>, usize) {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let rest = &bytes[at..];
+        let int = |o: usize| i32::from_le_bytes([rest[o], rest[o + 1], rest[o + 2], rest[o + 3]]);
+        match rest[0] {
+            b'P' | b'R' if rest.len() >= 5 => {
+                let pid = int(1);
+                out.push(if rest[0] == b'P' {
+                    Report::Created(pid)
+                } else {
+                    Report::Running(pid)
+                });
+                at += 5;
+            }
+            b'E' if rest.len() >= 7 => {
+                let len = u16::from_le_bytes([rest[5], rest[6]]) as usize;
+                if rest.len() < 7 + len {
+                    break;
+                }
+                out.push(Report::Failed(
+                    int(1),
+                    String::from_utf8_lossy(&rest[7..7 + len]).into_owned(),
+                ));
+                at += 7 + len;
+            }
+            b'P' | b'R' | b'E' => break,
+            _ => {
+                out.push(Report::Failed(libc::EIO, "garbled restart report".into()));
+                at = bytes.len();
+            }
+        }
+    }
+    (out, at)
+}
+
+/// Rebuilds process `idx` of a job from `img` in the calling (freshly forked, single-threaded)
+/// process and jumps into it. Descriptions and shared memory come from the job's `pool`. Returns
+/// only on failure, before anything of the program has run, after reporting it on the job's
+/// report pipe (wherever that descriptor has been moved by then); on success the restored agent
+/// reports [`Report::Running`]. `src` is the image's path, for `cr_get_restart_info`.
 pub fn run(
     img: &Image,
+    idx: usize,
     file: File,
+    pool: &pool::Pool,
     notify_fd: i32,
     restarter: i32,
     src: &[u8],
 ) -> Result<Infallible, RestoreError> {
     let mut notify = notify_fd;
-    let res = rebuild(img, file, &mut notify, restarter, src);
+    let res = rebuild(img, idx, file, pool, &mut notify, restarter, src);
     if let Err(e) = &res {
-        let mut report = vec![b'E'];
-        report.extend_from_slice(&e.errno.to_le_bytes());
-        report.extend_from_slice(e.msg.as_bytes());
-        let _ = crate::sys::write_all(notify, &report);
+        write_report(notify, &Report::Failed(e.errno, e.msg.clone()));
     }
     res
 }
 
-/// Decodes a failure report written by [`run`]: (errno, message).
-pub fn parse_report(report: &[u8]) -> Option<(i32, String)> {
-    (report.first() == Some(&b'E') && report.len() >= 5).then(|| {
-        let errno = i32::from_le_bytes([report[1], report[2], report[3], report[4]]);
-        (errno, String::from_utf8_lossy(&report[5..]).into_owned())
-    })
-}
-
 fn rebuild(
     img: &Image,
+    idx: usize,
     file: File,
+    pool: &pool::Pool,
     notify: &mut i32,
     restarter: i32,
     src: &[u8],
@@ -183,7 +251,7 @@ fn rebuild(
 
     // SAFETY: img_fd is the image descriptor we own.
     let file = unsafe { File::from_raw_fd(img_fd) };
-    fds::restore(img, &[img_fd, notify_fd])?;
+    fds::restore(img, idx, pool, &[img_fd, notify_fd])?;
     let cwd = std::ffi::CString::new(img.cwd.clone()).unwrap_or_default();
     // SAFETY: chdir/umask with valid arguments.
     unsafe {
@@ -195,8 +263,9 @@ fn rebuild(
         }
         libc::umask(img.process.umask);
     }
-    let mut layout = memory::build(img, &file)?;
+    let mut layout = memory::build(img, &file, &pool.shm)?;
     drop(file);
+    pool.close();
 
     // Trampoline code.
     let code = trampoline::code();

@@ -906,8 +906,14 @@ impl Scenario {
 
     /// `[launcher] cr_restart IMG` as the scenario's user, in its own process group.
     pub fn restart(&self, img: &Path) -> Job {
+        self.restart_with(img, &[])
+    }
+
+    /// `[launcher] cr_restart ARGS IMG` as the scenario's user, in its own process group.
+    pub fn restart_with(&self, img: &Path, args: &[&str]) -> Job {
         let mut argv = self.launcher.clone();
         argv.push(os(&self.tools.cr_restart));
+        argv.extend(args.iter().map(OsString::from));
         argv.push(os(img));
         let what = format!(
             "cr_restart {}",
@@ -1339,15 +1345,20 @@ impl Job {
 
     /// The pid of this process's child (for cr_restart: the restored program), waiting up to
     /// `timeout` for it to appear. Panics if the process exits first or has several children.
+    ///
+    /// When that child is the init of a pid namespace (cr_restart restoring original pids
+    /// without privilege), the restored process is the init's child: that one is returned.
     pub fn wait_child(&mut self, timeout: Duration) -> u32 {
         let deadline = Instant::now() + timeout;
+        let mut parent = self.pid;
         loop {
-            let kids: Vec<u32> = children_of(self.pid)
+            let kids: Vec<u32> = children_of(parent)
                 .into_iter()
                 .filter(|&p| pid_alive(p))
                 .collect();
             match kids.len() {
                 0 => {}
+                1 if ns_pid(kids[0]) == 1 => parent = kids[0],
                 1 => {
                     note(
                         &self.log,
@@ -1469,6 +1480,19 @@ pub fn wait_address_space_switched(sc: &Scenario, pid: u32, timeout: Duration) -
         }
         thread::sleep(POLL);
     }
+}
+
+/// The pid of `pid` as its own pid namespace sees it (the last `NSpid` entry; `pid` itself when
+/// it runs in ours).
+pub fn ns_pid(pid: u32) -> u32 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .and_then(|v| v.split_whitespace().last().and_then(|p| p.parse().ok()))
+        })
+        .unwrap_or(pid)
 }
 
 /// Deterministic pseudo-random bytes (xorshift64*).

@@ -1,0 +1,443 @@
+//! What the processes of one restart job share, created once before any of them is forked:
+//! open file descriptions (files, directories, devices, pipes and FIFOs with their buffered
+//! bytes) and shared memory objects (filled with their saved pages).
+//!
+//! Every process of the job inherits the pool across `fork`, `dup2`s the descriptions it had
+//! onto its own descriptor numbers (`fds::restore`) and closes the rest, so descriptors that
+//! shared a description before the checkpoint (dup'd, inherited across fork: found by the agent
+//! and `cr_checkpoint` with `kcmp`) share one again, with its offset and status flags, and a pipe
+//! between two processes is one pipe again. Pipes with only one end in the job lead outside it:
+//! they are not pooled (the process gets cr_restart's standard descriptors instead).
+
+use super::RestoreError;
+use crate::image::format::{FdKind, RegionKind};
+use crate::image::reader::{Fd, Image};
+use crate::image::tree::ShareRec;
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+/// The shared objects of a job.
+#[derive(Default)]
+pub struct Pool {
+    /// (image index, descriptor number) → pool descriptor holding its open file description.
+    pub fds: HashMap<(usize, i32), i32>,
+    /// Shared memory objects by `memory::shared_key` → memfd.
+    pub shm: HashMap<(u64, u64), i32>,
+    /// Every descriptor of the pool.
+    pub all: Vec<i32>,
+}
+
+/// Which open file description a saved descriptor had.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Key {
+    /// A group found by `cr_checkpoint` (shared across processes).
+    Group(u32),
+    /// Its own (or that of the lowest descriptor of its process it was dup'd from).
+    Own(usize, i32),
+}
+
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+fn fail(what: String) -> RestoreError {
+    let e = last_errno();
+    RestoreError::new(
+        e,
+        format!("{what}: {}", std::io::Error::from_raw_os_error(e)),
+    )
+}
+
+fn cpath(p: &[u8]) -> CString {
+    CString::new(p.to_vec()).unwrap_or_default()
+}
+
+fn is_read_end(f: &Fd) -> bool {
+    f.rec.flags & libc::O_ACCMODE == libc::O_RDONLY
+}
+
+/// A named FIFO that still exists by name (else it is re-created as an anonymous pipe).
+fn live_fifo_path(f: &Fd) -> Option<&[u8]> {
+    (f.path.first() == Some(&b'/') && !f.path.ends_with(b" (deleted)")).then_some(&f.path[..])
+}
+
+/// Whether the pipe behind `f` has both ends in the job (or is a named FIFO): then it is pooled.
+pub fn pipe_is_pooled(images: &[&Image], f: &Fd) -> bool {
+    if live_fifo_path(f).is_some() {
+        return true;
+    }
+    let ends = |read: bool| {
+        images.iter().any(|img| {
+            img.fds
+                .iter()
+                .any(|g| g.kind == FdKind::Pipe && g.rec.ino == f.rec.ino && is_read_end(g) == read)
+        })
+    };
+    ends(true) && ends(false)
+}
+
+struct PipeObj {
+    /// Read and write ends (both the same O_RDWR handle for a named FIFO).
+    ends: [i32; 2],
+    /// Whether the original end of each direction was handed out already.
+    used: [bool; 2],
+}
+
+impl Pool {
+    /// Creates every shared object of the job. `images[i]` is read from `files[i]`; `shares` is
+    /// the tree manifest's share table (empty for a single image).
+    pub fn build(
+        images: &[&Image],
+        files: &[&File],
+        shares: &[ShareRec],
+    ) -> Result<Pool, RestoreError> {
+        let mut pool = Pool::default();
+        let floor = images
+            .iter()
+            .flat_map(|img| img.fds.iter().map(|f| f.rec.fd))
+            .max()
+            .unwrap_or(2)
+            .max(2)
+            + 16;
+        let res = pool.fill(images, files, shares, floor);
+        if res.is_err() {
+            pool.close();
+        }
+        res.map(|_| pool)
+    }
+
+    fn fill(
+        &mut self,
+        images: &[&Image],
+        files: &[&File],
+        shares: &[ShareRec],
+        floor: i32,
+    ) -> Result<(), RestoreError> {
+        let groups: HashMap<(usize, i32), u32> = shares
+            .iter()
+            .map(|s| ((s.proc as usize, s.fd), s.group))
+            .collect();
+        let mut descs: HashMap<Key, i32> = HashMap::new();
+        let mut pipes: HashMap<u64, PipeObj> = HashMap::new();
+        for (i, img) in images.iter().enumerate() {
+            for f in &img.fds {
+                let pooled = match f.kind {
+                    FdKind::Regular
+                    | FdKind::Directory
+                    | FdKind::CharDevice
+                    | FdKind::CheckpointFile => true,
+                    FdKind::Pipe => pipe_is_pooled(images, f),
+                    FdKind::Inherited | FdKind::Unsupported => false,
+                };
+                if !pooled {
+                    continue;
+                }
+                let key = key_of(img, i, f, &groups);
+                let fd = match descs.get(&key) {
+                    Some(&fd) => fd,
+                    None => {
+                        let fd = if f.kind == FdKind::Pipe {
+                            self.pipe_description(images, &mut pipes, f, floor)?
+                        } else {
+                            self.keep(open_file(f)?, floor)?
+                        };
+                        set_status_flags(fd, f);
+                        descs.insert(key, fd);
+                        fd
+                    }
+                };
+                self.fds.insert((i, f.rec.fd), fd);
+            }
+        }
+        self.shared_memory(images, files, floor)
+    }
+
+    /// Moves `fd` to the pool's range and records it.
+    fn keep(&mut self, fd: i32, floor: i32) -> Result<i32, RestoreError> {
+        // SAFETY: duplicating and closing a descriptor we own.
+        let high = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, floor) };
+        // SAFETY: as above.
+        unsafe { libc::close(fd) };
+        if high < 0 {
+            return Err(fail("cannot keep a shared descriptor".into()));
+        }
+        self.all.push(high);
+        Ok(high)
+    }
+
+    /// A new open file description of the pipe behind `f` (re-creating the pipe, its capacity and
+    /// its buffered bytes on first use).
+    fn pipe_description(
+        &mut self,
+        images: &[&Image],
+        pipes: &mut HashMap<u64, PipeObj>,
+        f: &Fd,
+        floor: i32,
+    ) -> Result<i32, RestoreError> {
+        let ino = f.rec.ino;
+        let obj = match pipes.entry(ino) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(self.create_pipe(images, f, floor)?)
+            }
+        };
+        let dir = if is_read_end(f) { 0 } else { 1 };
+        let named = obj.ends[0] == obj.ends[1];
+        if !named && !obj.used[dir] {
+            obj.used[dir] = true;
+            return Ok(obj.ends[dir]);
+        }
+        // Another description of the same pipe: open it again through /proc.
+        let link = cpath(format!("/proc/self/fd/{}", obj.ends[dir]).as_bytes());
+        let mode = if dir == 0 {
+            libc::O_RDONLY
+        } else {
+            libc::O_WRONLY
+        };
+        // SAFETY: open with a valid C string; O_NONBLOCK so a FIFO open never waits.
+        let fd = unsafe { libc::open(link.as_ptr(), mode | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(fail(format!("cannot reopen pipe of fd {}", f.rec.fd)));
+        }
+        self.keep(fd, floor)
+    }
+
+    fn create_pipe(
+        &mut self,
+        images: &[&Image],
+        f: &Fd,
+        floor: i32,
+    ) -> Result<PipeObj, RestoreError> {
+        let ino = f.rec.ino;
+        let ends = if let Some(path) = live_fifo_path(f) {
+            let p = cpath(path);
+            // SAFETY: stat/mkfifo/open with a valid C string.
+            unsafe {
+                let mut st: libc::stat = std::mem::zeroed();
+                if libc::stat(p.as_ptr(), &mut st) != 0
+                    && libc::mkfifo(p.as_ptr(), f.rec.mode & 0o7777) != 0
+                {
+                    return Err(fail(format!(
+                        "cannot re-create FIFO {}",
+                        String::from_utf8_lossy(path)
+                    )));
+                }
+                let fd = libc::open(
+                    p.as_ptr(),
+                    libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+                );
+                if fd < 0 {
+                    return Err(fail(format!(
+                        "cannot open FIFO {}",
+                        String::from_utf8_lossy(path)
+                    )));
+                }
+                let fd = self.keep(fd, floor)?;
+                [fd, fd]
+            }
+        } else {
+            let mut p = [0i32; 2];
+            // SAFETY: pipe2 with a valid array.
+            if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+                return Err(fail("cannot create a pipe".into()));
+            }
+            [self.keep(p[0], floor)?, self.keep(p[1], floor)?]
+        };
+        let size = images
+            .iter()
+            .flat_map(|img| img.fds.iter())
+            .filter(|g| g.kind == FdKind::Pipe && g.rec.ino == ino)
+            .map(|g| g.rec.pipe_size)
+            .max()
+            .unwrap_or(0);
+        let data = images
+            .iter()
+            .find_map(|img| img.pipe_data.iter().find(|(i, _)| *i == ino))
+            .map(|(_, d)| d.as_slice())
+            .unwrap_or(&[]);
+        // SAFETY: fcntl and write on the pipe just created.
+        unsafe {
+            if size > 0 && libc::fcntl(ends[1], libc::F_GETPIPE_SZ) < size as i32 {
+                // Above /proc/sys/fs/pipe-max-size this fails without privilege: keep the default.
+                libc::fcntl(ends[1], libc::F_SETPIPE_SZ, size as i32);
+            }
+            let fl = libc::fcntl(ends[1], libc::F_GETFL);
+            libc::fcntl(ends[1], libc::F_SETFL, fl | libc::O_NONBLOCK);
+            let mut done = 0;
+            while done < data.len() {
+                let n = libc::write(
+                    ends[1],
+                    data[done..].as_ptr() as *const _,
+                    data.len() - done,
+                );
+                if n <= 0 {
+                    return Err(RestoreError::new(
+                        libc::ENOSPC,
+                        format!(
+                            "cannot put back the {} bytes buffered in a pipe (fd {}): it holds less now",
+                            data.len(),
+                            f.rec.fd
+                        ),
+                    ));
+                }
+                done += n as usize;
+            }
+            libc::fcntl(ends[1], libc::F_SETFL, fl);
+        }
+        Ok(PipeObj {
+            ends,
+            used: [false; 2],
+        })
+    }
+
+    /// One memfd per shared memory object of the job, holding the union of the pages every
+    /// process saved of it.
+    fn shared_memory(
+        &mut self,
+        images: &[&Image],
+        files: &[&File],
+        floor: i32,
+    ) -> Result<(), RestoreError> {
+        let mut sizes: HashMap<(u64, u64), u64> = HashMap::new();
+        for img in images {
+            for r in img
+                .regions
+                .iter()
+                .filter(|r| r.kind == RegionKind::SharedContent)
+            {
+                if let Some(k) = super::memory::shared_key(r) {
+                    let end = r.rec.offset + (r.rec.end - r.rec.start);
+                    let e = sizes.entry(k).or_insert(0);
+                    *e = (*e).max(end);
+                }
+            }
+        }
+        let mut buf = Vec::new();
+        for (key, size) in sizes {
+            // SAFETY: memfd_create with a literal name, sized below.
+            let fd = unsafe { libc::memfd_create(c"libcr-shm".as_ptr(), libc::MFD_CLOEXEC) };
+            // SAFETY: sizing the memfd we own.
+            if fd < 0 || unsafe { libc::ftruncate(fd, size as i64) } < 0 {
+                return Err(fail("cannot create shared memory".into()));
+            }
+            let fd = self.keep(fd, floor)?;
+            // SAFETY: fd is the memfd just created; File::from_raw_fd is undone by into_raw_fd.
+            let mem = std::mem::ManuallyDrop::new(unsafe {
+                <File as std::os::unix::io::FromRawFd>::from_raw_fd(fd)
+            });
+            for (img, file) in images.iter().zip(files) {
+                for r in img.regions.iter().filter(|r| {
+                    r.kind == RegionKind::SharedContent && super::memory::shared_key(r) == Some(key)
+                }) {
+                    for e in &r.extents {
+                        let mut done = 0u64;
+                        while done < e.len {
+                            let n = (e.len - done).min(4 << 20) as usize;
+                            buf.resize(n, 0u8);
+                            let io = |e: std::io::Error| {
+                                RestoreError::new(
+                                    e.raw_os_error().unwrap_or(libc::EIO),
+                                    format!("reading shared memory pages: {e}"),
+                                )
+                            };
+                            file.read_exact_at(
+                                &mut buf,
+                                img.header.data_offset + e.file_off + done,
+                            )
+                            .map_err(io)?;
+                            mem.write_all_at(&buf, r.rec.offset + (e.addr - r.rec.start) + done)
+                                .map_err(io)?;
+                            done += n as u64;
+                        }
+                    }
+                }
+            }
+            self.shm.insert(key, fd);
+        }
+        Ok(())
+    }
+
+    /// Closes every descriptor of the pool (each process does, once it took its own).
+    pub fn close(&self) {
+        for &fd in &self.all {
+            // SAFETY: closing pool descriptors of this process.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+fn key_of(img: &Image, i: usize, f: &Fd, groups: &HashMap<(usize, i32), u32>) -> Key {
+    if let Some(&g) = groups.get(&(i, f.rec.fd)) {
+        return Key::Group(g);
+    }
+    let first = f.rec.dup_of;
+    if first != f.rec.fd {
+        if let Some(g) = img.fds.iter().find(|g| g.rec.fd == first) {
+            if let Some(&grp) = groups.get(&(i, first)) {
+                return Key::Group(grp);
+            }
+            return Key::Own(i, g.rec.fd);
+        }
+    }
+    Key::Own(i, f.rec.fd)
+}
+
+/// Status flags that can be set on an open description (`O_NONBLOCK`, `O_APPEND`, …), as saved.
+fn set_status_flags(fd: i32, f: &Fd) {
+    let settable =
+        libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME;
+    if f.kind != FdKind::Directory {
+        // SAFETY: F_SETFL on a descriptor we own.
+        unsafe { libc::fcntl(fd, libc::F_SETFL, f.rec.flags & settable) };
+    }
+}
+
+/// Opens a saved file, directory or device as it was: flags, offset; a file being written is cut
+/// back to its checkpoint size (as BLCR), so output is neither lost nor doubled.
+fn open_file(f: &Fd) -> Result<i32, RestoreError> {
+    let r = &f.rec;
+    let mut flags = r.flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY);
+    if f.kind == FdKind::Directory {
+        flags = libc::O_RDONLY | libc::O_DIRECTORY;
+    }
+    let p = cpath(&f.path);
+    // SAFETY: open with a valid C string.
+    let fd = unsafe { libc::open(p.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        let e = last_errno();
+        return Err(RestoreError::new(
+            e,
+            format!(
+                "cannot reopen {} (fd {}): {}",
+                String::from_utf8_lossy(&f.path),
+                r.fd,
+                std::io::Error::from_raw_os_error(e)
+            ),
+        ));
+    }
+    // SAFETY: fstat/ftruncate/lseek on the descriptor just opened.
+    unsafe {
+        if f.kind == FdKind::Regular {
+            let writable = r.flags & libc::O_ACCMODE != libc::O_RDONLY;
+            let mut st: libc::stat = std::mem::zeroed();
+            if writable && libc::fstat(fd, &mut st) == 0 && st.st_size > r.size {
+                libc::ftruncate(fd, r.size);
+            }
+        }
+        match f.kind {
+            FdKind::Regular | FdKind::Directory => {
+                libc::lseek(fd, r.offset, libc::SEEK_SET);
+            }
+            // The image was written through this descriptor: it stands at the image's end.
+            FdKind::CheckpointFile => {
+                libc::lseek(fd, 0, libc::SEEK_END);
+            }
+            _ => {}
+        }
+    }
+    Ok(fd)
+}

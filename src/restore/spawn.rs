@@ -1,0 +1,359 @@
+//! Creates the processes of a restart job with their parent/child links, sessions, process
+//! groups and, when asked, their original pids; each then restores itself (`restore::run`).
+//!
+//! The caller (cr_restart, or the namespace's init) creates the job's roots; every process,
+//! while it is still restart-loader code, first becomes a session leader if it was one
+//! (`--restore-sid`), then creates its own children (so they inherit what they must), and only
+//! then rebuilds itself. Parents move their children into their saved process groups
+//! (`--restore-pgid`), group leaders first.
+//!
+//! Original pids come from `clone3` with `set_tid`. That needs `CAP_SYS_ADMIN` over the pid
+//! namespace: as root it is done in the caller's namespace (a pid in use fails with `EBUSY`);
+//! without privilege [`enter_namespace`] first creates a user + pid namespace (and a mount
+//! namespace with its own `/proc`), whose init is a small cr_restart process: there every pid
+//! is free.
+
+use super::pool::Pool;
+use super::{write_report, Report, RestoreError};
+use crate::arch::CloneArgs;
+use crate::image::reader::Image;
+use std::fs::File;
+
+/// One process of the job.
+pub struct Member<'a> {
+    /// Its image.
+    pub img: &'a Image,
+    /// The file the image is read from.
+    pub file: &'a File,
+    /// The image's path (for `cr_get_restart_info`).
+    pub src: &'a [u8],
+}
+
+/// What to restore besides the processes themselves.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Original pids and tids.
+    pub pids: bool,
+    /// Original process groups (where the leader is part of the job).
+    pub pgid: bool,
+    /// Original sessions (where the leader is part of the job).
+    pub sid: bool,
+}
+
+/// Parent of each member within the job (`None`: a root, created by the caller).
+pub fn parents(members: &[Member]) -> Vec<Option<usize>> {
+    members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let ppid = m.img.process.ppid;
+            members
+                .iter()
+                .enumerate()
+                .position(|(j, o)| j != i && o.img.process.pid == ppid)
+        })
+        .collect()
+}
+
+/// Members with parent `parent`, process-group leaders first (their groups must exist before
+/// the others join them).
+fn children_of(members: &[Member], parents: &[Option<usize>], parent: Option<usize>) -> Vec<usize> {
+    let mut kids: Vec<usize> = (0..members.len())
+        .filter(|&i| parents[i] == parent)
+        .collect();
+    kids.sort_by_key(|&i| {
+        let p = &members[i].img.process;
+        (p.pgid != p.pid, i)
+    });
+    kids
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// `fork` through `clone3`: with `pid`, the child gets exactly that pid (in the innermost pid
+/// namespace); `flags` may add namespaces. Returns 0 in the child.
+pub fn clone_process(pid: Option<i32>, flags: u64) -> Result<i32, i32> {
+    let want: [libc::pid_t; 1] = [pid.unwrap_or(0)];
+    let args = CloneArgs {
+        flags,
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: if pid.is_some() {
+            want.as_ptr() as u64
+        } else {
+            0
+        },
+        set_tid_size: pid.is_some() as u64,
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM behaves like fork: the child runs on a copy of this
+    // address space and returns 0 here. The caller is single-threaded.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(r as i32)
+    }
+}
+
+/// Whether some process or thread of this pid namespace has id `id`.
+fn id_in_use(id: i32) -> bool {
+    // SAFETY: signal 0 only checks existence.
+    id > 0 && (unsafe { libc::kill(id, 0) } == 0 || errno() == libc::EPERM)
+}
+
+/// Before anything is created: every original pid and tid must be free (BLCR: `EBUSY`).
+pub fn check_ids_free(members: &[Member]) -> Result<(), RestoreError> {
+    for m in members {
+        let pid = m.img.process.pid;
+        let ids = std::iter::once(pid).chain(m.img.threads.iter().map(|t| t.tid));
+        for id in ids {
+            if id_in_use(id) {
+                let what = if id == pid {
+                    format!("pid {id} is in use")
+                } else {
+                    format!("thread id {id} (of pid {pid}) is in use")
+                };
+                return Err(RestoreError::new(
+                    libc::EBUSY,
+                    format!("{what}: is the checkpointed program still running? (--no-restore-pid restarts it with fresh pids)"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The job being created, shared by every process that creates members.
+pub struct Spawner<'a> {
+    /// Every member, in image order.
+    pub members: &'a [Member<'a>],
+    /// The job's shared objects.
+    pub pool: &'a Pool,
+    /// What to restore.
+    pub opts: Options,
+    /// The job's report pipe (write end).
+    pub notify: i32,
+    /// What `cr_checkpoint()` returns in the restored callbacks (the restarter's pid).
+    pub restarter: i32,
+    parents: Vec<Option<usize>>,
+}
+
+impl<'a> Spawner<'a> {
+    /// Prepares the creation of `members`.
+    pub fn new(
+        members: &'a [Member<'a>],
+        pool: &'a Pool,
+        opts: Options,
+        notify: i32,
+        restarter: i32,
+    ) -> Self {
+        let parents = parents(members);
+        Spawner {
+            members,
+            pool,
+            opts,
+            notify,
+            restarter,
+            parents,
+        }
+    }
+
+    /// Creates the roots of the job (and through them every member); returns (index, pid) of
+    /// each root, eldest first.
+    pub fn spawn_roots(&self) -> Result<Vec<(usize, i32)>, RestoreError> {
+        children_of(self.members, &self.parents, None)
+            .into_iter()
+            .map(|i| self.create(i).map(|pid| (i, pid)))
+            .collect()
+    }
+
+    /// Creates member `i` as a child of the caller; returns its pid.
+    fn create(&self, i: usize) -> Result<i32, RestoreError> {
+        let p = &self.members[i].img.process;
+        let want = self.opts.pids.then_some(p.pid);
+        let pid = match clone_process(want, 0) {
+            Ok(pid) => pid,
+            Err(libc::EEXIST) => {
+                return Err(RestoreError::new(
+                    libc::EBUSY,
+                    format!("pid {} is in use", p.pid),
+                ))
+            }
+            Err(e) => {
+                return Err(RestoreError::new(
+                    e,
+                    format!(
+                        "cannot create process {}: {}",
+                        p.pid,
+                        std::io::Error::from_raw_os_error(e)
+                    ),
+                ))
+            }
+        };
+        if pid == 0 {
+            self.child(i);
+        }
+        write_report(self.notify, &Report::Created(pid));
+        let leads_session = self.opts.sid && p.sid == p.pid;
+        if self.opts.pgid && !leads_session {
+            let target = if p.pgid == p.pid { pid } else { p.pgid };
+            // SAFETY: setpgid on our own child, which has not exec'd.
+            if unsafe { libc::setpgid(pid, target) } != 0 {
+                eprintln!(
+                    "cr_restart: warning: process {} stays out of its process group {} (the group's leader is not part of the restart)",
+                    p.pid, p.pgid
+                );
+            }
+        }
+        Ok(pid)
+    }
+
+    /// In the new process of member `i`: session, children, then its own restore.
+    fn child(&self, i: usize) -> ! {
+        let m = &self.members[i];
+        let p = &m.img.process;
+        let fail = |e: RestoreError| -> ! {
+            write_report(self.notify, &Report::Failed(e.errno, e.msg));
+            // SAFETY: leaving this half-built process without running atexit handlers.
+            unsafe { libc::_exit(1) }
+        };
+        // SAFETY: setsid in this new process (not a group leader: its pgid is inherited).
+        if self.opts.sid && p.sid == p.pid && unsafe { libc::setsid() } < 0 {
+            fail(RestoreError::new(
+                errno(),
+                format!("cannot restore the session of process {}", p.pid),
+            ));
+        }
+        for c in children_of(self.members, &self.parents, Some(i)) {
+            if let Err(e) = self.create(c) {
+                fail(e);
+            }
+        }
+        let file = match m.file.try_clone() {
+            Ok(f) => f,
+            Err(e) => fail(RestoreError::new(
+                e.raw_os_error().unwrap_or(libc::EMFILE),
+                format!("cannot reopen the image: {e}"),
+            )),
+        };
+        let err = match super::run(
+            m.img,
+            i,
+            file,
+            self.pool,
+            self.notify,
+            self.restarter,
+            m.src,
+        ) {
+            Ok(never) => match never {},
+            Err(e) => e, // already reported
+        };
+        // SAFETY: as above.
+        unsafe { libc::_exit(err.errno & 0xff) }
+    }
+}
+
+fn write_file(path: &str, text: &str) -> std::io::Result<()> {
+    std::fs::write(path, text)
+}
+
+/// Starts the init of a new user + pid namespace (with its own mount namespace and `/proc`) in
+/// which every pid is free; cr_restart's uid and gid map to themselves, so files and
+/// permissions look the same. Returns the init's pid in the parent, 0 in the init.
+pub fn enter_namespace() -> Result<i32, RestoreError> {
+    let mut sync = [0i32; 2];
+    // SAFETY: pipe2 with a valid array.
+    if unsafe { libc::pipe2(sync.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(RestoreError::new(errno(), "cannot create a pipe".into()));
+    }
+    // SAFETY: geteuid/getegid have no preconditions.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let flags = (libc::CLONE_NEWUSER | libc::CLONE_NEWPID) as u64;
+    let pid = clone_process(None, flags).map_err(|e| {
+        RestoreError::new(
+            e,
+            format!(
+                "cannot create a user and pid namespace for the original pids: {} (--no-restore-pid restarts with fresh pids)",
+                std::io::Error::from_raw_os_error(e)
+            ),
+        )
+    })?;
+    if pid == 0 {
+        // The init: wait until the parent has written our id maps.
+        let mut b = [0u8; 1];
+        // SAFETY: closing our copy of the write end, then reading one byte.
+        let n = unsafe {
+            libc::close(sync[1]);
+            let n = libc::read(sync[0], b.as_mut_ptr() as *mut _, 1);
+            libc::close(sync[0]);
+            n
+        };
+        if n != 1 {
+            // SAFETY: the parent failed to set us up; leave.
+            unsafe { libc::_exit(1) };
+        }
+        private_proc();
+        return Ok(0);
+    }
+    let res = write_file(&format!("/proc/{pid}/uid_map"), &format!("{uid} {uid} 1\n"))
+        .and_then(|_| write_file(&format!("/proc/{pid}/setgroups"), "deny"))
+        .and_then(|_| write_file(&format!("/proc/{pid}/gid_map"), &format!("{gid} {gid} 1\n")));
+    // SAFETY: closing the read end and releasing (or, on failure, dropping) the child.
+    unsafe {
+        libc::close(sync[0]);
+        if res.is_ok() {
+            libc::write(sync[1], b"g".as_ptr() as *const _, 1);
+        }
+        libc::close(sync[1]);
+    }
+    if let Err(e) = res {
+        let mut status = 0;
+        // SAFETY: reaping the child that exits on the closed pipe.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        return Err(RestoreError::new(
+            e.raw_os_error().unwrap_or(libc::EPERM),
+            format!("cannot map our user id into the new namespace: {e}"),
+        ));
+    }
+    Ok(pid)
+}
+
+/// In the namespace's init: a private mount namespace with a `/proc` of the new pid namespace, so
+/// restored agents see their own pids and threads there. Without it they would still run, but
+/// could not be checkpointed again: a warning says so.
+fn private_proc() {
+    // SAFETY: unshare and mount with literal arguments.
+    let ok = unsafe {
+        libc::unshare(libc::CLONE_NEWNS) == 0
+            && libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) == 0
+            && libc::mount(
+                c"proc".as_ptr(),
+                c"/proc".as_ptr(),
+                c"proc".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null(),
+            ) == 0
+    };
+    if !ok {
+        eprintln!(
+            "cr_restart: warning: cannot mount /proc for the restored pid namespace ({}); the restored job cannot be checkpointed again",
+            std::io::Error::last_os_error()
+        );
+    }
+}
