@@ -762,4 +762,20 @@ fn restart_api() {
         fs::canonicalize(&copy).expect("canonical copy path"),
         "restart info src after cr_restart\n{report}"
     );
+
+    // 3. cr_request_restart with CR_RSTRT_RESTORE_PID (0x2): as root the restored process gets
+    //    its original pid (clone3 set_tid) and is still our child.
+    if is_root() {
+        fs::write(&image, &bytes).expect("restore the image");
+        let _ = fs::remove_file(sc.root().join(REPORT));
+        let run = run_in(&sc, "api_restart", &["restart", "2"]);
+        if let Err(why) = check_seq(&run.stdout, run.end) {
+            let report = fs::read_to_string(sc.root().join(REPORT)).unwrap_or_default();
+            panic!(
+                "{}\n--- {REPORT} (written by the restored process) ---\n{report}",
+                run.describe(&why)
+            );
+        }
+        assert_report(&sc, "cr_request_restart with CR_RSTRT_RESTORE_PID");
+    }
 }

@@ -441,6 +441,15 @@ pub fn capture(
                 w.raw(REC_EXTENTS, bytemuck::cast_slice(extents))
                     .map_err(|_| Errno(libc::ENOMEM))?;
             }
+            if m.path.starts_with(b"/SYSV") {
+                // BLCR did not restore SysV IPC either; say so now, not at restart.
+                let mut msg = StackBuf::<512>::new();
+                msg.push(b"SysV shared memory segment ")
+                    .push(m.path)
+                    .push(b" is saved by content: after restart it is shared memory of the restored processes, not a SysV segment (shmget/shmctl will not find it)");
+                w.raw(REC_WARNING, msg.as_bytes())
+                    .map_err(|_| Errno(libc::ENOMEM))?;
+            }
         }
         Ok(())
     })();

@@ -245,8 +245,14 @@ fn restart_report(h: u64) -> Result<Option<Vec<u8>>, c_int> {
             break;
         }
         buf.extend_from_slice(&chunk[..n as usize]);
-        if buf.first() == Some(&b'R') {
-            break; // success is one byte; the program keeps the pipe open a moment longer
+        let (reports, _) = crate::restore::parse_reports(&buf);
+        if reports.iter().any(|r| {
+            matches!(
+                r,
+                crate::restore::Report::Running(_) | crate::restore::Report::Failed(..)
+            )
+        }) {
+            break; // the program keeps the pipe open a moment longer
         }
     }
     with_handles(|t| {
@@ -270,8 +276,8 @@ pub fn log(handle: *const u64, len: c_uint, msg: *mut c_char) -> Result<c_int, c
     let is_restart =
         with_handles(|t| matches!(t.get(&h).map(|r| &r.kind), Some(Kind::Restart { .. })));
     let text: Vec<u8> = if is_restart {
-        match restart_report(h)? {
-            Some(r) if r.first() == Some(&b'E') && r.len() >= 5 => r[5..].to_vec(),
+        match restart_report(h)?.map(|r| outcome(&r)) {
+            Some(Err((_, msg))) => msg.into_bytes(),
             _ => Vec::new(),
         }
     } else if with_handles(|t| matches!(t.get(&h).map(|r| &r.kind), Some(Kind::Failed(_)))) {
@@ -348,19 +354,42 @@ pub fn reap_restart(handle: *mut u64) -> Result<c_int, c_int> {
         return Err(libc::EAGAIN);
     };
     free_handle(handle, h, true);
-    if report.first() == Some(&b'R') {
-        return Ok(pid);
+    match outcome(&report) {
+        Ok(created) => Ok(if pid > 0 { pid } else { created }),
+        Err((e, _)) => {
+            // The restart failed before the program ran: collect the child, report its error.
+            let mut st = 0;
+            if pid > 0 {
+                // SAFETY: reaping our own child.
+                unsafe { libc::waitpid(pid, &mut st, 0) };
+            }
+            Err(e)
+        }
     }
-    // The restart failed before the program ran: collect the child, report its error.
-    let mut st = 0;
-    // SAFETY: reaping our own child.
-    unsafe { libc::waitpid(pid, &mut st, 0) };
-    if report.first() == Some(&b'E') && report.len() >= 5 {
-        return Err(i32::from_le_bytes([
-            report[1], report[2], report[3], report[4],
-        ]));
+}
+
+/// A restart's reports: Ok(pid of the created process, or 0) once it runs, or its error.
+fn outcome(report: &[u8]) -> Result<i32, (c_int, String)> {
+    use crate::restore::Report;
+    let (reports, _) = crate::restore::parse_reports(report);
+    let created = reports
+        .iter()
+        .find_map(|r| match r {
+            Report::Created(p) => Some(*p),
+            _ => None,
+        })
+        .unwrap_or(0);
+    for r in reports {
+        match r {
+            Report::Running(_) => return Ok(created),
+            Report::Failed(e, m) => return Err((e, m)),
+            Report::Created(_) => {}
+        }
     }
-    Err(libc::EIO)
+    Err((
+        libc::EIO,
+        "the restored process ended during the restore".into(),
+    ))
 }
 
 /// `cr_poll_*_msg`.
@@ -429,9 +458,21 @@ pub fn request_restart(
     if a.cr_version != CR_RESTART_ARGS_VERSION || a.cr_flags & !0xf != 0 {
         return Err(libc::EINVAL);
     }
-    if a.cr_flags & (CR_RSTRT_RESTORE_PID | CR_RSTRT_RESTORE_PGID | CR_RSTRT_RESTORE_SID) != 0 {
-        // Exact pids, pgids and sids come with the process-tree work; never pretend.
+    let opts = crate::restore::spawn::Options {
+        pids: a.cr_flags & CR_RSTRT_RESTORE_PID != 0,
+        pgid: a.cr_flags & CR_RSTRT_RESTORE_PGID != 0,
+        sid: a.cr_flags & CR_RSTRT_RESTORE_SID != 0,
+    };
+    if (opts.pgid || opts.sid) && !opts.pids {
+        // A group or session id of a process that no longer exists cannot be made in user space
+        // without that process's pid; never pretend.
         return Err(libc::ENOSYS);
+    }
+    // SAFETY: geteuid has no preconditions.
+    if opts.pids && unsafe { libc::geteuid() } != 0 {
+        // Original pids need CAP_SYS_ADMIN in our pid namespace (cr_restart uses a namespace of
+        // its own instead, but then the restored process could not be our child).
+        return Err(libc::EPERM);
     }
     // SAFETY: duplicating the caller's descriptor.
     let dup = unsafe { libc::fcntl(a.cr_fd, libc::F_DUPFD_CLOEXEC, 0) };
@@ -459,6 +500,27 @@ pub fn request_restart(
         unsafe { libc::close(p[0]) };
         let src = src.as_os_str().as_encoded_bytes().to_vec();
         let err = match crate::restore::pool::Pool::build(&[&img], &[&file], &[]) {
+            Ok(pool) if opts.pids => {
+                // The restored process needs its original pid: created with clone3 as our
+                // caller's child (CLONE_PARENT); this helper leaves at once.
+                let members = [crate::restore::spawn::Member {
+                    img: &img,
+                    file: &file,
+                    src: &src,
+                }];
+                let mut spawner =
+                    crate::restore::spawn::Spawner::new(&members, &pool, opts, p[1], me);
+                spawner.root_flags = libc::CLONE_PARENT as u64;
+                match spawner.spawn_roots() {
+                    // SAFETY: leaving the helper.
+                    Ok(_) => unsafe { libc::_exit(0) },
+                    Err(e) => {
+                        let r = crate::restore::Report::Failed(e.errno, e.msg.clone());
+                        crate::restore::write_report(p[1], &r);
+                        e
+                    }
+                }
+            }
             Ok(pool) => match crate::restore::run(&img, 0, file, &pool, p[1], me, &src) {
                 Ok(never) => match never {},
                 Err(e) => e, // already reported
@@ -479,6 +541,15 @@ pub fn request_restart(
         unsafe { libc::close(p[0]) };
         return Err(libc::EAGAIN);
     }
+    let pid = if opts.pids {
+        // The helper exits once it created the restored process (reported as `Created`).
+        let mut st = 0;
+        // SAFETY: reaping the helper, our child.
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+        0
+    } else {
+        pid
+    };
     with_handles(|t| {
         t.insert(
             p[0] as u64,

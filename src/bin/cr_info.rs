@@ -346,26 +346,47 @@ fn main() {
         Ok(md) => md.len(),
         Err(e) => fail(TOOL, libc::EIO, &format!("{}: {e}", path.display())),
     };
-    let img = Image::open(&file)
+    let (manifest, images) = cr::image::tree::open_all(&file)
         .unwrap_or_else(|e| fail(TOOL, e.errno(), &format!("{}: {e}", path.display())));
     if args.check {
-        if let Err(e) = img.verify_data(&file) {
-            fail(TOOL, e.errno(), &format!("{}: {e}", path.display()));
+        for img in &images {
+            if let Err(e) = img.verify_data(&file) {
+                fail(TOOL, e.errno(), &format!("{}: {e}", path.display()));
+            }
         }
     }
     if !args.quiet {
-        print_contents(path, &img, len);
+        if let Some(m) = &manifest {
+            let pids: Vec<String> = m.procs.iter().map(|p| p.pid.to_string()).collect();
+            println!("Tree image {}", path.display());
+            println!("  processes        {} ({})", m.header.nproc, pids.join(" "));
+            println!(
+                "  in this file     {} image(s), from process #{}",
+                m.header.count, m.header.first
+            );
+            println!(
+                "  shared fds       {} descriptor(s) in groups",
+                m.shares.len()
+            );
+            println!();
+        }
+        for (i, img) in images.iter().enumerate() {
+            if i > 0 {
+                println!();
+            }
+            let img_len = img.header.trailer_offset + PAGE as u64 - img.base;
+            print_contents(path, img, if manifest.is_some() { img_len } else { len });
+        }
     }
     if !args.check {
         return;
     }
-    let found = problems(&img);
+    let found: Vec<String> = images.iter().flat_map(problems).collect();
+    let pages: u64 = images.iter().map(|i| i.header.data_len / PAGE as u64).sum();
+
     if !args.quiet {
         println!("\nCheck");
-        println!(
-            "  page data        checksum ok ({} pages)",
-            img.header.data_len / PAGE as u64
-        );
+        println!("  page data        checksum ok ({pages} pages)");
     }
     for p in &found {
         if args.quiet {

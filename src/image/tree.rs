@@ -202,6 +202,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sizes_match_the_documentation() {
+        assert_eq!(core::mem::size_of::<TreeHeader>(), 56);
+        assert_eq!(core::mem::size_of::<TreeProc>(), 8);
+        assert_eq!(core::mem::size_of::<ShareRec>(), 16);
+    }
+
+    #[test]
     fn manifest_round_trip() {
         let shares = [ShareRec {
             proc: 1,

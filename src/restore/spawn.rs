@@ -80,7 +80,12 @@ pub fn clone_process(pid: Option<i32>, flags: u64) -> Result<i32, i32> {
     let want: [libc::pid_t; 1] = [pid.unwrap_or(0)];
     let args = CloneArgs {
         flags,
-        exit_signal: libc::SIGCHLD as u64,
+        // With CLONE_PARENT the kernel wants 0 here: the child inherits our exit signal.
+        exit_signal: if flags & libc::CLONE_PARENT as u64 != 0 {
+            0
+        } else {
+            libc::SIGCHLD as u64
+        },
         set_tid: if pid.is_some() {
             want.as_ptr() as u64
         } else {
@@ -145,6 +150,8 @@ pub struct Spawner<'a> {
     pub notify: i32,
     /// What `cr_checkpoint()` returns in the restored callbacks (the restarter's pid).
     pub restarter: i32,
+    /// Extra `clone3` flags for the roots (`CLONE_PARENT`: make them the caller's siblings).
+    pub root_flags: u64,
     parents: Vec<Option<usize>>,
 }
 
@@ -164,6 +171,7 @@ impl<'a> Spawner<'a> {
             opts,
             notify,
             restarter,
+            root_flags: 0,
             parents,
         }
     }
@@ -173,15 +181,15 @@ impl<'a> Spawner<'a> {
     pub fn spawn_roots(&self) -> Result<Vec<(usize, i32)>, RestoreError> {
         children_of(self.members, &self.parents, None)
             .into_iter()
-            .map(|i| self.create(i).map(|pid| (i, pid)))
+            .map(|i| self.create(i, self.root_flags).map(|pid| (i, pid)))
             .collect()
     }
 
     /// Creates member `i` as a child of the caller; returns its pid.
-    fn create(&self, i: usize) -> Result<i32, RestoreError> {
+    fn create(&self, i: usize, flags: u64) -> Result<i32, RestoreError> {
         let p = &self.members[i].img.process;
         let want = self.opts.pids.then_some(p.pid);
-        let pid = match clone_process(want, 0) {
+        let pid = match clone_process(want, flags) {
             Ok(pid) => pid,
             Err(libc::EEXIST) => {
                 return Err(RestoreError::new(
@@ -205,7 +213,7 @@ impl<'a> Spawner<'a> {
         }
         write_report(self.notify, &Report::Created(pid));
         let leads_session = self.opts.sid && p.sid == p.pid;
-        if self.opts.pgid && !leads_session {
+        if self.opts.pgid && !leads_session && flags == 0 {
             let target = if p.pgid == p.pid { pid } else { p.pgid };
             // SAFETY: setpgid on our own child, which has not exec'd.
             if unsafe { libc::setpgid(pid, target) } != 0 {
@@ -234,8 +242,13 @@ impl<'a> Spawner<'a> {
                 format!("cannot restore the session of process {}", p.pid),
             ));
         }
+        // A group leader makes its own group at once (its parent does too, where it can).
+        if self.opts.pgid && p.pgid == p.pid && !(self.opts.sid && p.sid == p.pid) {
+            // SAFETY: setpgid on ourselves.
+            unsafe { libc::setpgid(0, 0) };
+        }
         for c in children_of(self.members, &self.parents, Some(i)) {
-            if let Err(e) = self.create(c) {
+            if let Err(e) = self.create(c, 0) {
                 fail(e);
             }
         }
