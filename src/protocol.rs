@@ -225,6 +225,9 @@ pub struct RestartInfo {
     pub src_addr: i64,
     /// Its length.
     pub src_len: i64,
+    /// Signal the restored process sends itself before its threads run again (cr_restart's
+    /// `--early-stop`/`--early-abrt`), or 0.
+    pub early_signal: i64,
 }
 
 /// Magic of [`RestartInfo`].
@@ -232,11 +235,11 @@ pub const RESTART_MAGIC: i64 = 0x4352_5253_5452_4e31;
 
 impl RestartInfo {
     /// The fields as words, in order.
-    pub fn as_words(&self) -> [i64; 10] {
+    pub fn as_words(&self) -> [i64; 11] {
         bytemuck::cast(*self)
     }
     /// Rebuilds from words.
-    pub fn from_words(w: [i64; 10]) -> Self {
+    pub fn from_words(w: [i64; 11]) -> Self {
         bytemuck::cast(w)
     }
 }

@@ -626,6 +626,12 @@ fn after_restart() {
     while super::resume::ALL_CLONED.load(Acquire) == 0 {
         let _ = sys::futex_wait(&super::resume::ALL_CLONED, 0, Some(100_000_000));
     }
+    if info.early_signal > 0 {
+        // cr_restart --early-stop/--early-abrt: before any thread of the program runs again (a
+        // SIGSTOP stops us right here, until the process is continued).
+        // SAFETY: signalling our own process.
+        unsafe { libc::kill(libc::getpid(), info.early_signal as i32) };
+    }
     // Callbacks see cr_checkpoint() > 0: the restarter's pid.
     quiesce::finish(info.restarter_pid.max(1));
     quiesce::release();

@@ -462,6 +462,8 @@ pub fn request_restart(
         pids: a.cr_flags & CR_RSTRT_RESTORE_PID != 0,
         pgid: a.cr_flags & CR_RSTRT_RESTORE_PGID != 0,
         sid: a.cr_flags & CR_RSTRT_RESTORE_SID != 0,
+        early_signal: 0,
+        quiet: false,
     };
     if (opts.pgid || opts.sid) && !opts.pids {
         // A group or session id of a process that no longer exists cannot be made in user space
@@ -521,7 +523,7 @@ pub fn request_restart(
                     }
                 }
             }
-            Ok(pool) => match crate::restore::run(&img, 0, file, &pool, p[1], me, &src) {
+            Ok(pool) => match crate::restore::run(&img, 0, file, &pool, p[1], me, &src, 0) {
                 Ok(never) => match never {},
                 Err(e) => e, // already reported
             },

@@ -53,6 +53,12 @@ struct Args {
     /// After restarting, send SIGCONT.
     #[arg(long, action = ArgAction::SetTrue)]
     cont: bool,
+    /// Stop the restored processes before their callbacks run (BLCR: undocumented).
+    #[arg(long = "early-stop", action = ArgAction::SetTrue)]
+    early_stop: bool,
+    /// Send SIGABRT to the restored processes before their callbacks run (BLCR: undocumented).
+    #[arg(long = "early-abrt", action = ArgAction::SetTrue)]
+    early_abrt: bool,
     /// Later checkpoints of the restored job may omit cr_restart (default).
     #[arg(long = "omit-maybe", action = ArgAction::SetTrue)]
     omit_maybe: bool,
@@ -200,7 +206,8 @@ fn order_failure_hooks(m: &clap::ArgMatches, a: &mut Args) {
     }
 }
 
-/// The post-restart signal: the last of --run/--signal/--stop/--term/--abort/--kill/--cont.
+/// The post-restart signal: the last of --run/--signal/--stop/--term/--abort/--kill/--cont and
+/// (negative) --early-stop/--early-abrt.
 fn chosen_signal(m: &clap::ArgMatches, a: &Args) -> i32 {
     let opts = [
         ("run", 0),
@@ -210,6 +217,9 @@ fn chosen_signal(m: &clap::ArgMatches, a: &Args) -> i32 {
         ("abort", libc::SIGABRT),
         ("kill", libc::SIGKILL),
         ("cont", libc::SIGCONT),
+        // "Early" signals are negative, as in BLCR: sent before the callbacks run.
+        ("early_stop", -libc::SIGSTOP),
+        ("early_abrt", -libc::SIGABRT),
     ];
     opts.iter()
         .filter(|(id, _)| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
@@ -382,6 +392,8 @@ fn main() {
         pids: !args.no_restore_pid || args.restore_pid,
         pgid: args.restore_pgid && !args.no_restore_pgid,
         sid: args.restore_sid && !args.no_restore_sid,
+        early_signal: (-signal).max(0),
+        quiet: args.quiet,
     };
     if (opts.pgid || opts.sid) && !opts.pids {
         failed(
@@ -391,7 +403,7 @@ fn main() {
             "--restore-pgid and --restore-sid need the original pids (drop --no-restore-pid)",
         );
     }
-    run_job(&args, &job, opts, signal)
+    run_job(&args, &job, opts, signal.max(0))
 }
 
 /// The images of one restart, in tree order, with what they share.
@@ -528,7 +540,7 @@ fn run_job(args: &Args, job: &Job, opts: cr::restore::spawn::Options, signal: i3
     let files: Vec<&std::fs::File> = job.files.iter().collect();
     let me = std::process::id() as i32;
     let top: Vec<i32> = if in_namespace {
-        let init = spawn::enter_namespace().unwrap_or_else(|e| {
+        let init = spawn::enter_namespace(opts.quiet).unwrap_or_else(|e| {
             failed(
                 args,
                 classify(e.errno),

@@ -226,9 +226,19 @@ pub fn run(
     notify_fd: i32,
     restarter: i32,
     src: &[u8],
+    early_signal: i32,
 ) -> Result<Infallible, RestoreError> {
     let mut notify = notify_fd;
-    let res = rebuild(img, idx, file, pool, &mut notify, restarter, src);
+    let res = rebuild(
+        img,
+        idx,
+        file,
+        pool,
+        &mut notify,
+        restarter,
+        src,
+        early_signal,
+    );
     if let Err(e) = &res {
         write_report(notify, &Report::Failed(e.errno, e.msg.clone()));
     }
@@ -243,6 +253,7 @@ fn rebuild(
     notify: &mut i32,
     restarter: i32,
     src: &[u8],
+    early_signal: i32,
 ) -> Result<Infallible, RestoreError> {
     crate::sys::sigprocmask_raw(libc::SIG_SETMASK, Some(!0));
     let img_fd = fds::move_high(file.into_raw_fd(), img)?;
@@ -358,6 +369,7 @@ fn rebuild(
         mm_result: 0,
         src_addr: 0,
         src_len: 0,
+        early_signal: early_signal as i64,
     };
     let info_ptr = put(bytemuck::bytes_of(&info));
     let src_ptr = put(src);

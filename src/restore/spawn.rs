@@ -38,6 +38,10 @@ pub struct Options {
     pub pgid: bool,
     /// Original sessions (where the leader is part of the job).
     pub sid: bool,
+    /// Signal each restored process sends itself before its threads run again (0: none).
+    pub early_signal: i32,
+    /// Print no warnings (`cr_restart -q`).
+    pub quiet: bool,
 }
 
 /// Parent of each member within the job (`None`: a root, created by the caller).
@@ -216,7 +220,7 @@ impl<'a> Spawner<'a> {
         if self.opts.pgid && !leads_session && flags == 0 {
             let target = if p.pgid == p.pid { pid } else { p.pgid };
             // SAFETY: setpgid on our own child, which has not exec'd.
-            if unsafe { libc::setpgid(pid, target) } != 0 {
+            if unsafe { libc::setpgid(pid, target) } != 0 && !self.opts.quiet {
                 eprintln!(
                     "cr_restart: warning: process {} stays out of its process group {} (the group's leader is not part of the restart)",
                     p.pid, p.pgid
@@ -267,6 +271,7 @@ impl<'a> Spawner<'a> {
             self.notify,
             self.restarter,
             m.src,
+            self.opts.early_signal,
         ) {
             Ok(never) => match never {},
             Err(e) => e, // already reported
@@ -283,7 +288,7 @@ fn write_file(path: &str, text: &str) -> std::io::Result<()> {
 /// Starts the init of a new user + pid namespace (with its own mount namespace and `/proc`) in
 /// which every pid is free; cr_restart's uid and gid map to themselves, so files and
 /// permissions look the same. Returns the init's pid in the parent, 0 in the init.
-pub fn enter_namespace() -> Result<i32, RestoreError> {
+pub fn enter_namespace(quiet: bool) -> Result<i32, RestoreError> {
     let mut sync = [0i32; 2];
     // SAFETY: pipe2 with a valid array.
     if unsafe { libc::pipe2(sync.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -315,7 +320,7 @@ pub fn enter_namespace() -> Result<i32, RestoreError> {
             // SAFETY: the parent failed to set us up; leave.
             unsafe { libc::_exit(1) };
         }
-        private_proc();
+        private_proc(quiet);
         return Ok(0);
     }
     let res = write_file(&format!("/proc/{pid}/uid_map"), &format!("{uid} {uid} 1\n"))
@@ -344,7 +349,7 @@ pub fn enter_namespace() -> Result<i32, RestoreError> {
 /// In the namespace's init: a private mount namespace with a `/proc` of the new pid namespace, so
 /// restored agents see their own pids and threads there. Without it they would still run, but
 /// could not be checkpointed again: a warning says so.
-fn private_proc() {
+fn private_proc(quiet: bool) {
     // SAFETY: unshare and mount with literal arguments.
     let ok = unsafe {
         libc::unshare(libc::CLONE_NEWNS) == 0
@@ -363,7 +368,7 @@ fn private_proc() {
                 std::ptr::null(),
             ) == 0
     };
-    if !ok {
+    if !ok && !quiet {
         eprintln!(
             "cr_restart: warning: cannot mount /proc for the restored pid namespace ({}); the restored job cannot be checkpointed again",
             std::io::Error::last_os_error()
