@@ -501,6 +501,12 @@ pub fn request_restart(
         // SAFETY: closing the read end in the child.
         unsafe { libc::close(p[0]) };
         let src = src.as_os_str().as_encoded_bytes().to_vec();
+        let handover = crate::restore::Handover {
+            notify_fd: p[1],
+            restarter: me,
+            src: &src,
+            early_signal: 0,
+        };
         let err = match crate::restore::pool::Pool::build(&[&img], &[&file], &[]) {
             Ok(pool) if opts.pids => {
                 // The restored process needs its original pid: created with clone3 as our
@@ -523,7 +529,7 @@ pub fn request_restart(
                     }
                 }
             }
-            Ok(pool) => match crate::restore::run(&img, 0, file, &pool, p[1], me, &src, 0) {
+            Ok(pool) => match crate::restore::run(&img, 0, file, &pool, &handover) {
                 Ok(never) => match never {},
                 Err(e) => e, // already reported
             },

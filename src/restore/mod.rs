@@ -213,32 +213,33 @@ pub fn parse_reports(bytes: &[u8]) -> (Vec<Report>, usize) {
     (out, at)
 }
 
+/// What a restored process is told by its restarter (through `RestartInfo`).
+#[derive(Clone, Copy, Debug)]
+pub struct Handover<'a> {
+    /// The job's report pipe (write end).
+    pub notify_fd: i32,
+    /// What `cr_checkpoint()` returns in the restored callbacks (the restarter's pid).
+    pub restarter: i32,
+    /// The image's path, for `cr_get_restart_info`.
+    pub src: &'a [u8],
+    /// Signal the process sends itself before its threads run again (0: none).
+    pub early_signal: i32,
+}
+
 /// Rebuilds process `idx` of a job from `img` in the calling (freshly forked, single-threaded)
 /// process and jumps into it. Descriptions and shared memory come from the job's `pool`. Returns
 /// only on failure, before anything of the program has run, after reporting it on the job's
 /// report pipe (wherever that descriptor has been moved by then); on success the restored agent
-/// reports [`Report::Running`]. `src` is the image's path, for `cr_get_restart_info`.
+/// reports [`Report::Running`].
 pub fn run(
     img: &Image,
     idx: usize,
     file: File,
     pool: &pool::Pool,
-    notify_fd: i32,
-    restarter: i32,
-    src: &[u8],
-    early_signal: i32,
+    h: &Handover,
 ) -> Result<Infallible, RestoreError> {
-    let mut notify = notify_fd;
-    let res = rebuild(
-        img,
-        idx,
-        file,
-        pool,
-        &mut notify,
-        restarter,
-        src,
-        early_signal,
-    );
+    let mut notify = h.notify_fd;
+    let res = rebuild(img, idx, file, pool, &mut notify, h);
     if let Err(e) = &res {
         write_report(notify, &Report::Failed(e.errno, e.msg.clone()));
     }
@@ -251,10 +252,9 @@ fn rebuild(
     file: File,
     pool: &pool::Pool,
     notify: &mut i32,
-    restarter: i32,
-    src: &[u8],
-    early_signal: i32,
+    h: &Handover,
 ) -> Result<Infallible, RestoreError> {
+    let (restarter, src, early_signal) = (h.restarter, h.src, h.early_signal);
     crate::sys::sigprocmask_raw(libc::SIG_SETMASK, Some(!0));
     let img_fd = fds::move_high(file.into_raw_fd(), img)?;
     *notify = fds::move_high(*notify, img)?;

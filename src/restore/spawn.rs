@@ -263,16 +263,13 @@ impl<'a> Spawner<'a> {
                 format!("cannot reopen the image: {e}"),
             )),
         };
-        let err = match super::run(
-            m.img,
-            i,
-            file,
-            self.pool,
-            self.notify,
-            self.restarter,
-            m.src,
-            self.opts.early_signal,
-        ) {
+        let handover = super::Handover {
+            notify_fd: self.notify,
+            restarter: self.restarter,
+            src: m.src,
+            early_signal: self.opts.early_signal,
+        };
+        let err = match super::run(m.img, i, file, self.pool, &handover) {
             Ok(never) => match never {},
             Err(e) => e, // already reported
         };
