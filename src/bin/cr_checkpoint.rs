@@ -1,6 +1,7 @@
 //! `cr_checkpoint [options] PID`: asks a process's agent for an image and commits it atomically.
 
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
+use cr::image::tree::ShareRec;
 use cr::protocol::{self, Request};
 use cr::tool::{fail, strerror};
 use std::fs::OpenOptions;
@@ -19,7 +20,7 @@ const CR_ENOSUPPORT: i32 = 2356;
     name = "cr_checkpoint",
     version,
     about = "Checkpoint a running process to a file",
-    after_help = "Exit status: 0 on success, else errno & 0xff: 3 no such process or everything omitted, 13 permission, 17 file exists (--noclobber), 22 bad arguments, 38 not available yet, 52 no checkpoint support, 56/57 ptraced/ptracer, 110 timed out."
+    after_help = "Scopes: -T (default) saves the process and its descendants, -g every process of the group and -s of the session (with their descendants), all stopped together (one consistent cut), in one image file or with -d one file per process. Zombies are skipped.\n\nExit status: 0 on success, else errno & 0xff: 3 no such process or everything omitted, 7 more than 256 processes, 13 permission, 17 file exists (--noclobber), 22 bad arguments, 52 a process without checkpoint support, 56/57 ptraced/ptracer, 110 timed out."
 )]
 struct Args {
     /// Checkpoint the process and its descendants (default).
@@ -302,59 +303,8 @@ fn tracer_of(pid: i32) -> i32 {
         .unwrap_or(0)
 }
 
-/// Whether some process is ptraced by `pid`.
-fn is_tracer(pid: i32) -> bool {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i32>().ok())
-                .is_some_and(|p| p != pid && tracer_of(p) == pid)
-        })
-}
-
-/// The process to checkpoint for the scope; errors for scopes that would need one image of
-/// several processes (that comes with the process-tree work).
-fn resolve_target(m: &clap::ArgMatches, a: &Args) -> (i32, i32) {
-    use cr::api::types::{CR_SCOPE_PGRP, CR_SCOPE_PROC, CR_SCOPE_SESS, CR_SCOPE_TREE};
-    let scope = last_given(
-        m,
-        &[
-            ("tree", CR_SCOPE_TREE),
-            ("pid_scope", CR_SCOPE_PROC),
-            ("pgid", CR_SCOPE_PGRP),
-            ("sid", CR_SCOPE_SESS),
-        ],
-        CR_SCOPE_TREE,
-    );
-    let id = a.id;
-    if id <= 0 {
-        fail(TOOL, libc::EINVAL, &format!("invalid id {id}"));
-    }
-    let pid = match scope {
-        CR_SCOPE_PGRP | CR_SCOPE_SESS => {
-            let (field, what) = if scope == CR_SCOPE_PGRP {
-                (5, "process group")
-            } else {
-                (6, "session")
-            };
-            let me = std::process::id() as i32;
-            let procs: Vec<i32> = members(field, id)
-                .into_iter()
-                .filter(|&p| p != me)
-                .collect();
-            match procs.as_slice() {
-                [] => fail(TOOL, libc::ESRCH, &format!("no process in {what} {id}")),
-                [one] => *one,
-                _ => fail(TOOL, libc::ENOSYS, &format!(
-                    "{what} {id} has {} processes; one image of several processes is not available yet", procs.len())),
-            }
-        }
-        _ => id,
-    };
+/// Fails unless process `pid` exists and may be signalled by us.
+fn check_signalable(pid: i32) {
     // SAFETY: kill with signal 0 only checks existence and permission.
     if unsafe { libc::kill(pid, 0) } != 0 {
         let e = std::io::Error::last_os_error()
@@ -374,13 +324,189 @@ fn resolve_target(m: &clap::ArgMatches, a: &Args) -> (i32, i32) {
             ),
         }
     }
-    (pid, scope)
 }
 
-/// BLCR's ptrace rules: a ptraced target fails with CR_EPTRACED unless allowed or skipped; a
-/// target that ptraces others fails with CR_EPTRACER unless skipped. Skipping our only process
-/// leaves nothing to checkpoint (ESRCH, exit 3).
-fn check_ptrace(m: &clap::ArgMatches, a: &Args, pid: i32) {
+/// The processes to checkpoint, parents before children, and the scope (`CR_SCOPE_*`):
+/// `-p` the process; `-T` (default) the process and its descendants; `-g`/`-s` every process
+/// of the group or session and their descendants. cr_checkpoint itself is never one of them,
+/// zombies are left out (and returned, for a warning once the checkpoint goes ahead), and the
+/// ptrace rules are applied to each.
+fn resolve_scope(m: &clap::ArgMatches, a: &Args) -> (Vec<i32>, i32, Vec<i32>) {
+    use cr::api::types::{CR_SCOPE_PGRP, CR_SCOPE_PROC, CR_SCOPE_SESS, CR_SCOPE_TREE};
+    let scope = last_given(
+        m,
+        &[
+            ("tree", CR_SCOPE_TREE),
+            ("pid_scope", CR_SCOPE_PROC),
+            ("pgid", CR_SCOPE_PGRP),
+            ("sid", CR_SCOPE_SESS),
+        ],
+        CR_SCOPE_TREE,
+    );
+    let id = a.id;
+    if id <= 0 {
+        fail(TOOL, libc::EINVAL, &format!("invalid id {id}"));
+    }
+    let me = std::process::id() as i32;
+    let roots: Vec<i32> = match scope {
+        CR_SCOPE_PGRP | CR_SCOPE_SESS => {
+            let (field, what) = if scope == CR_SCOPE_PGRP {
+                (5, "process group")
+            } else {
+                (6, "session")
+            };
+            // A waiting cr_restart is no part of the program it restored (its restored children
+            // are); one still restoring a process (a child of cr_restart) is.
+            let procs: Vec<i32> = members(field, id)
+                .into_iter()
+                .filter(|&p| p != me)
+                .filter(|&p| comm(p) != "cr_restart" || comm(parent(p)) == "cr_restart")
+                .collect();
+            if procs.is_empty() {
+                fail(TOOL, libc::ESRCH, &format!("no process in {what} {id}"));
+            }
+            procs
+        }
+        _ => {
+            check_signalable(id);
+            vec![id]
+        }
+    };
+    if scope == CR_SCOPE_PROC {
+        check_ptrace(m, id);
+        return (vec![id], scope, Vec::new());
+    }
+    // The members and all their descendants, once each.
+    let mut seen = std::collections::HashSet::new();
+    let mut all = Vec::new();
+    let mut stack: Vec<i32> = roots.iter().rev().copied().collect();
+    while let Some(p) = stack.pop() {
+        if p == me || !seen.insert(p) {
+            continue;
+        }
+        all.push(p);
+        stack.extend(children(p).into_iter().rev());
+    }
+    let mut zombies = Vec::new();
+    all.retain(|&p| match state_of(p) {
+        Some('Z') | Some('X') => {
+            zombies.push(p);
+            false
+        }
+        // Gone since it was listed.
+        None => false,
+        _ => true,
+    });
+    if all.is_empty() {
+        let why = if zombies.is_empty() {
+            String::new()
+        } else {
+            format!(" (zombies: {zombies:?})")
+        };
+        fail(
+            TOOL,
+            libc::ESRCH,
+            &format!("no process to checkpoint for id {id}{why}"),
+        );
+    }
+    for &p in &all {
+        check_signalable(p);
+    }
+    if all.len() == 1 {
+        check_ptrace(m, all[0]);
+    } else {
+        let tracers = tracers();
+        all.retain(|&p| match ptrace_rule(m, p, &tracers) {
+            Ptrace::Ok => true,
+            Ptrace::Skip(msg) => {
+                if a.verbose > 0 && !a.quiet {
+                    eprintln!("{TOOL}: {msg}");
+                }
+                false
+            }
+            Ptrace::Fail(e, msg) => fail(TOOL, e, &msg),
+        });
+        if all.is_empty() {
+            fail(
+                TOOL,
+                libc::ESRCH,
+                "every process was skipped (ptrace): nothing to checkpoint",
+            );
+        }
+    }
+    if all.len() > cr::image::tree::MAX_PROCS {
+        fail(
+            TOOL,
+            libc::E2BIG,
+            &format!(
+                "{} processes to checkpoint; one checkpoint holds at most {}",
+                all.len(),
+                cr::image::tree::MAX_PROCS
+            ),
+        );
+    }
+    (parents_first(&all), scope, zombies)
+}
+
+/// Pid → the pid of its tracer, for every traced process.
+fn tracers() -> std::collections::HashMap<i32, i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .map(|p| (p, tracer_of(p)))
+        .filter(|&(_, t)| t != 0)
+        .collect()
+}
+
+/// `procs` ordered breadth first from the roots (members whose parent is not a member), roots and
+/// siblings by pid.
+fn parents_first(procs: &[i32]) -> Vec<i32> {
+    use std::collections::{HashSet, VecDeque};
+    let set: HashSet<i32> = procs.iter().copied().collect();
+    let mut sorted = procs.to_vec();
+    sorted.sort_unstable();
+    let mut queue: VecDeque<i32> = sorted
+        .iter()
+        .copied()
+        .filter(|&p| !set.contains(&parent(p)))
+        .collect();
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(procs.len());
+    while let Some(p) = queue.pop_front() {
+        if !seen.insert(p) {
+            continue;
+        }
+        out.push(p);
+        let mut kids: Vec<i32> = children(p)
+            .into_iter()
+            .filter(|k| set.contains(k) && !seen.contains(k))
+            .collect();
+        kids.sort_unstable();
+        queue.extend(kids);
+    }
+    // Processes reparented while we looked (no root reaches them): last, by pid.
+    out.extend(sorted.into_iter().filter(|p| !seen.contains(p)));
+    out
+}
+
+/// What BLCR's ptrace rules say about one process.
+enum Ptrace {
+    Ok,
+    /// Leave it out (--ptraced-skip, --ptracer-skip); the message says why.
+    Skip(String),
+    /// Fail with this errno and message.
+    Fail(i32, String),
+}
+
+/// BLCR's ptrace rules: a ptraced process fails with CR_EPTRACED unless allowed or skipped; a
+/// process that ptraces others fails with CR_EPTRACER unless skipped.
+fn ptrace_rule(
+    m: &clap::ArgMatches,
+    pid: i32,
+    tracers: &std::collections::HashMap<i32, i32>,
+) -> Ptrace {
     let traced = last_given(
         m,
         &[
@@ -395,35 +521,39 @@ fn check_ptrace(m: &clap::ArgMatches, a: &Args, pid: i32) {
         &[("ptracer_skip", true), ("ptracer_error", false)],
         false,
     );
-    let _ = a;
-    if tracer_of(pid) != 0 {
+    if tracers.contains_key(&pid) {
         match traced {
             1 => {}
-            2 => fail(
-                TOOL,
-                libc::ESRCH,
-                &format!("process {pid} is ptraced and was skipped: nothing to checkpoint"),
-            ),
-            _ => fail(
-                TOOL,
-                2360,
-                &format!("process {pid} is being ptraced (use --ptraced-allow or --ptraced-skip)"),
-            ),
+            2 => return Ptrace::Skip(format!("process {pid} is ptraced and was skipped")),
+            _ => {
+                return Ptrace::Fail(
+                    2360,
+                    format!(
+                        "process {pid} is being ptraced (use --ptraced-allow or --ptraced-skip)"
+                    ),
+                )
+            }
         }
     }
-    if is_tracer(pid) {
+    if tracers.values().any(|&t| t == pid) {
         if tracer_skip {
-            fail(
-                TOOL,
-                libc::ESRCH,
-                &format!("process {pid} ptraces others and was skipped: nothing to checkpoint"),
-            );
+            return Ptrace::Skip(format!("process {pid} ptraces others and was skipped"));
         }
-        fail(
-            TOOL,
+        return Ptrace::Fail(
             2361,
-            &format!("process {pid} ptraces other processes (use --ptracer-skip)"),
+            format!("process {pid} ptraces other processes (use --ptracer-skip)"),
         );
+    }
+    Ptrace::Ok
+}
+
+/// The ptrace rules for a checkpoint of one process: skipping it leaves nothing to checkpoint
+/// (ESRCH, exit 3).
+fn check_ptrace(m: &clap::ArgMatches, pid: i32) {
+    match ptrace_rule(m, pid, &tracers()) {
+        Ptrace::Ok => {}
+        Ptrace::Skip(msg) => fail(TOOL, libc::ESRCH, &format!("{msg}: nothing to checkpoint")),
+        Ptrace::Fail(e, msg) => fail(TOOL, e, &msg),
     }
 }
 
@@ -572,39 +702,32 @@ fn next_backup(path: &Path) -> PathBuf {
     dir.join(format!("{base}.~{}~", highest + 1))
 }
 
-fn main() {
-    let matches = Args::command().get_matches();
-    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    let signal = chosen_signal(&matches, &args);
-    if !(0..=64).contains(&signal) {
-        fail(
-            TOOL,
-            libc::EINVAL,
-            &format!("invalid signal number {signal}"),
-        );
-    }
-    let (pid, scope) = resolve_target(&matches, &args);
-    check_ptrace(&matches, &args, pid);
-    let dest = resolve_dest(&matches, &args, pid);
-    let sync = last_given(&matches, &[("sync", true), ("nosync", false)], true);
-    let sock = connect(pid);
-    // A stopped process cannot take part: continue it for the checkpoint and stop it again
-    // afterwards (BLCR: SIGSTOP after the checkpoint if the process was stopped), unless another
-    // signal was asked for.
-    let was_stopped = state_of(pid) == Some('T');
-    if was_stopped {
-        // SAFETY: continuing the target; it is stopped again below.
-        unsafe { libc::kill(pid, libc::SIGCONT) };
-    }
-    let signal = if was_stopped && signal == 0 && !matches_given(&matches, "cont") {
-        libc::SIGSTOP
-    } else {
-        signal
-    };
+/// One file or stream the images go to.
+struct Out {
+    /// Descriptor the manifest and the images are written through.
+    fd: i32,
+    /// The file we created, for a file destination.
+    file: Option<std::fs::File>,
+    /// The name written now (removed if the checkpoint fails) …
+    tmp: Option<PathBuf>,
+    /// … and the final name it is committed to, by `commit`.
+    path: Option<PathBuf>,
+    commit: Commit,
+    /// For messages.
+    what: String,
+}
 
-    // For a file: the path written now, and the final path it is renamed to.
-    let (out_fd, file, tmp, final_path) = match &dest {
-        Dest::Stream { fd, .. } => (*fd, None, None, None),
+/// Creates the file (its temporary name, unless --clobber) of a destination.
+fn open_out(dest: &Dest) -> Result<Out, (i32, String)> {
+    match dest {
+        Dest::Stream { fd, what } => Ok(Out {
+            fd: *fd,
+            file: None,
+            tmp: None,
+            path: None,
+            commit: Commit::Clobber,
+            what: what.clone(),
+        }),
         Dest::File { path, commit } => {
             let (dir, base) = dir_and_name(path);
             let tmp = if *commit == Commit::Clobber {
@@ -619,33 +742,152 @@ fn main() {
                 .mode(0o600)
                 .custom_flags(libc::O_CLOEXEC)
                 .open(&tmp)
-                .unwrap_or_else(|e| {
-                    fail(
-                        TOOL,
+                .map_err(|e| {
+                    (
                         e.raw_os_error().unwrap_or(libc::EIO),
-                        &format!("cannot create {}: {e}", tmp.display()),
+                        format!("cannot create {}: {e}", tmp.display()),
                     )
-                });
-            (f.as_raw_fd(), Some(f), Some(tmp), Some(path.clone()))
+                })?;
+            Ok(Out {
+                fd: f.as_raw_fd(),
+                file: Some(f),
+                tmp: Some(tmp),
+                path: Some(path.clone()),
+                commit: commit.clone(),
+                what: path.display().to_string(),
+            })
         }
-    };
+    }
+}
+
+impl Out {
+    /// Removes the partial file (a failed checkpoint).
+    fn discard(&mut self) {
+        if let Some(t) = self.tmp.take() {
+            let _ = std::fs::remove_file(t);
+        }
+    }
+
+    /// Makes the complete image durable (unless `!sync`).
+    fn sync(&self, sync: bool) -> std::io::Result<()> {
+        match &self.file {
+            Some(f) if sync => f.sync_all(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Moves an existing file aside (--backup) and renames the new one into place.
+    fn rename(&mut self) -> std::io::Result<()> {
+        let (Some(tmp), Some(path)) = (&self.tmp, &self.path) else {
+            return Ok(());
+        };
+        if let Commit::Backup(name) = &self.commit {
+            if path.exists() {
+                let backup = if name.is_empty() {
+                    next_backup(path)
+                } else {
+                    PathBuf::from(name)
+                };
+                std::fs::rename(path, backup)?;
+            }
+        }
+        if tmp != path {
+            std::fs::rename(tmp, path)?;
+        }
+        self.tmp = None;
+        Ok(())
+    }
+
+    /// Syncs the directory of the committed file.
+    fn sync_dir(&self, sync: bool) {
+        if let (true, Some(path)) = (sync, &self.path) {
+            fsync_dir(
+                path.parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new(".")),
+            );
+        }
+    }
+}
+
+/// The checkpoint request for `target` writing to `out`.
+fn request(m: &clap::ArgMatches, a: &Args, scope: i32, out: &Out) -> Request {
     let mut req = Request::new(protocol::REQ_CHECKPOINT);
-    req.flags = save_flags(&matches);
-    req.timeout_ms = args.time.map_or(0, |s| s.saturating_mul(1000));
+    req.flags = save_flags(m);
+    req.timeout_ms = a.time.map_or(0, |s| s.saturating_mul(1000));
     req.requester = std::process::id() as i32;
-    req.target = args.id;
+    req.target = a.id;
     req.scope = scope;
-    if let Some(p) = &final_path {
+    if let Some(p) = &out.path {
         let abs = std::path::absolute(p).unwrap_or_else(|_| p.clone());
         req.set_dest(abs.as_os_str().as_encoded_bytes());
     }
+    req
+}
+
+fn main() {
+    let matches = Args::command().get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let signal = chosen_signal(&matches, &args);
+    if !(0..=64).contains(&signal) {
+        fail(
+            TOOL,
+            libc::EINVAL,
+            &format!("invalid signal number {signal}"),
+        );
+    }
+    let (pids, scope, zombies) = resolve_scope(&matches, &args);
+    // Zombies are reported once every process to checkpoint has been found to have an agent.
+    let warn_zombies = || {
+        if !args.quiet {
+            for z in &zombies {
+                eprintln!("{TOOL}: warning: process {z} is a zombie; skipped");
+            }
+        }
+    };
+    if let [pid] = pids[..] {
+        checkpoint_one(&matches, &args, pid, scope, signal, warn_zombies);
+    } else {
+        checkpoint_many(&matches, &args, &pids, scope, signal, warn_zombies);
+    }
+}
+
+/// Checkpoint of one process: a plain image.
+fn checkpoint_one(
+    m: &clap::ArgMatches,
+    args: &Args,
+    pid: i32,
+    scope: i32,
+    signal: i32,
+    warn_zombies: impl FnOnce(),
+) {
+    let dest = resolve_dest(m, args, pid);
+    let sync = last_given(m, &[("sync", true), ("nosync", false)], true);
+    let sock = connect(pid);
+    warn_zombies();
+    // A stopped process cannot take part: continue it for the checkpoint and stop it again
+    // afterwards (BLCR: SIGSTOP after the checkpoint if the process was stopped), unless another
+    // signal was asked for.
+    let was_stopped = state_of(pid) == Some('T');
+    if was_stopped {
+        // SAFETY: continuing the target; it is stopped again below.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    }
+    let signal = if was_stopped && signal == 0 && !matches_given(m, "cont") {
+        libc::SIGSTOP
+    } else {
+        signal
+    };
+    let mut out = open_out(&dest).unwrap_or_else(|(e, msg)| fail(TOOL, e, &msg));
+    let req = request(m, args, scope, &out);
+    let tmp = out.tmp.clone();
     let cleanup = |errno: i32, msg: String| -> ! {
         if let Some(t) = &tmp {
             let _ = std::fs::remove_file(t);
         }
         fail(TOOL, errno, &msg)
     };
-    if let Err(e) = protocol::send(sock, &req, Some(out_fd)) {
+    if let Err(e) = protocol::send(sock, &req, Some(out.fd)) {
         cleanup(
             e,
             format!("cannot send the request to {pid}: {}", strerror(e)),
@@ -674,44 +916,18 @@ fn main() {
         );
     }
     let release = Request::new(protocol::REQ_RELEASE);
-    if let (Some(f), Some(tmp), Some(path), Dest::File { commit, .. }) =
-        (&file, &tmp, &final_path, &dest)
-    {
-        let commit_result = (|| -> std::io::Result<()> {
-            if sync {
-                f.sync_all()?;
-            }
-            if let Commit::Backup(name) = commit {
-                if path.exists() {
-                    let backup = if name.is_empty() {
-                        next_backup(path)
-                    } else {
-                        PathBuf::from(name)
-                    };
-                    std::fs::rename(path, backup)?;
-                }
-            }
-            if tmp != path {
-                std::fs::rename(tmp, path)?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = commit_result {
-            let _ = protocol::send(sock, &release, None);
-            cleanup(
-                e.raw_os_error().unwrap_or(libc::EIO),
-                format!("cannot commit {}: {e}", path.display()),
-            );
-        }
-        if sync {
-            fsync_dir(
-                path.parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or(Path::new(".")),
-            );
-        }
+    if let Err(e) = out.sync(sync).and_then(|_| out.rename()) {
+        let _ = protocol::send(sock, &release, None);
+        let path = out.what.clone();
+        out.discard();
+        fail(
+            TOOL,
+            e.raw_os_error().unwrap_or(libc::EIO),
+            &format!("cannot commit {path}: {e}"),
+        );
     }
-    drop(file);
+    out.sync_dir(sync);
+    drop(out.file.take());
     if signal != 0 {
         // SAFETY: sending the requested post-checkpoint signal to the target, now that the image
         // is complete (and durable, unless --nosync).
@@ -719,25 +935,560 @@ fn main() {
     }
     let _ = protocol::send(sock, &release, None);
     if args.verbose > 0 && !args.quiet {
-        let what = match &dest {
-            Dest::File { path, .. } => path.display().to_string(),
-            Dest::Stream { what, .. } => what.clone(),
-        };
         eprintln!(
-            "{TOOL}: process {pid} checkpointed to {what} ({} bytes)",
-            reply.bytes
+            "{TOOL}: process {pid} checkpointed to {} ({} bytes)",
+            out.what, reply.bytes
         );
     }
-    if !args.quiet && scope == cr::api::types::CR_SCOPE_TREE && !children(pid).is_empty() {
-        eprintln!("{TOOL}: warning: process {pid} has children; only {pid} itself was saved (process trees are not available yet)");
-    }
     if !args.quiet {
-        if let Some(path) = &final_path {
+        if let Some(path) = &out.path {
             if let Ok(f) = std::fs::File::open(path) {
                 if let Ok(img) = cr::image::reader::Image::open(&f) {
                     for w in &img.warnings {
                         eprintln!("{TOOL}: warning: {w}");
                     }
+                }
+            }
+        }
+    }
+}
+
+/// One process of a multi-process checkpoint.
+struct Member {
+    pid: i32,
+    /// Its control socket.
+    sock: i32,
+    /// Index of its destination in `Job::outs`.
+    out: usize,
+    /// It was stopped (SIGSTOP) before: continued for the checkpoint, stopped again after.
+    stopped: bool,
+    /// It has our request (and must hear RELEASE if we give up).
+    contacted: bool,
+    /// Its callbacks or `cr_run --omit` left it out of the checkpoint.
+    omitted: bool,
+    /// Bytes of its image.
+    bytes: u64,
+}
+
+/// A multi-process checkpoint in progress.
+struct Job {
+    members: Vec<Member>,
+    outs: Vec<Out>,
+}
+
+impl Job {
+    /// Gives up: every process we asked is released (those stopped before are stopped again),
+    /// partial files are removed, and we exit with `errno`.
+    fn abandon(&mut self, errno: i32, msg: &str) -> ! {
+        let release = Request::new(protocol::REQ_RELEASE);
+        for mb in &self.members {
+            if mb.contacted && !mb.omitted {
+                let _ = protocol::send(mb.sock, &release, None);
+            }
+        }
+        for mb in &self.members {
+            if mb.stopped {
+                // SAFETY: stopping again a process we continued for the checkpoint.
+                unsafe { libc::kill(mb.pid, libc::SIGSTOP) };
+            }
+        }
+        for o in &mut self.outs {
+            o.discard();
+        }
+        fail(TOOL, errno, msg)
+    }
+}
+
+/// Longest wait for every process to stop when no --time is given (below the agent's own limit
+/// for the wait between its QUIESCED and our WRITE).
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(50);
+
+/// The next message on `sock`, waiting until `deadline` (`None`: as long as it takes).
+/// `Ok(None)`: the deadline passed.
+fn recv_by(
+    sock: i32,
+    deadline: Option<std::time::Instant>,
+) -> Result<Option<protocol::Reply>, i32> {
+    loop {
+        let ms = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Ok(None);
+                }
+                left.as_millis().clamp(1, i32::MAX as u128) as i32
+            }
+        };
+        let mut p = libc::pollfd {
+            fd: sock,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut p, 1, ms) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO);
+            if e == libc::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        if r == 0 {
+            continue;
+        }
+        match protocol::recv_reply(sock, libc::MSG_DONTWAIT) {
+            Ok(Some(reply)) => return Ok(Some(reply)),
+            Ok(None) | Err(libc::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes all of `bytes` (a page multiple) to `fd` from a page-aligned buffer, so that a
+/// descriptor opened with O_DIRECT takes it too.
+fn write_aligned(fd: i32, bytes: &[u8]) -> Result<(), i32> {
+    let layout =
+        std::alloc::Layout::from_size_align(bytes.len().max(1), 4096).map_err(|_| libc::EINVAL)?;
+    // SAFETY: a non-zero-sized layout; the buffer is freed below.
+    let buf = unsafe { std::alloc::alloc(layout) };
+    if buf.is_null() {
+        return Err(libc::ENOMEM);
+    }
+    // SAFETY: `buf` holds `bytes.len()` bytes.
+    let aligned = unsafe {
+        core::ptr::copy_nonoverlapping(bytes.as_ptr(), buf, bytes.len());
+        std::slice::from_raw_parts(buf, bytes.len())
+    };
+    let mut done = 0;
+    let mut res = Ok(());
+    while done < aligned.len() {
+        // SAFETY: writing from a valid buffer.
+        let n = unsafe {
+            libc::write(
+                fd,
+                aligned[done..].as_ptr() as *const _,
+                aligned.len() - done,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO);
+            if e == libc::EINTR {
+                continue;
+            }
+            res = Err(e);
+            break;
+        }
+        if n == 0 {
+            res = Err(libc::EIO);
+            break;
+        }
+        done += n as usize;
+    }
+    // SAFETY: allocated above with this layout.
+    unsafe { std::alloc::dealloc(buf, layout) };
+    res
+}
+
+/// `kcmp(p1, p2, KCMP_FILE, fd1, fd2)`: whether the two descriptors are one open file
+/// description.
+fn same_description(p1: i32, p2: i32, fd1: i32, fd2: i32) -> Result<bool, i32> {
+    const KCMP_FILE: libc::c_long = 0;
+    // SAFETY: kcmp only compares kernel objects.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            p1 as libc::c_long,
+            p2 as libc::c_long,
+            KCMP_FILE,
+            fd1 as libc::c_long,
+            fd2 as libc::c_long,
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::ENOSYS))
+    } else {
+        Ok(r == 0)
+    }
+}
+
+/// A descriptor of a process being checkpointed: (index in the checkpoint, pid, fd).
+type Holder = (u32, i32, i32);
+
+/// The open file descriptions that more than one descriptor of the (stopped) processes `pids`
+/// refer to: one group number each. Candidates are grouped by the file's (device, inode) and
+/// compared with kcmp within a group. Sockets and the image descriptors we passed (`out_fds`,
+/// ours) are left out. Without kcmp: none (with a warning).
+fn shared_descriptions(pids: &[i32], out_fds: &[i32], quiet: bool) -> Vec<ShareRec> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let me = std::process::id() as i32;
+    let unavailable = |e: i32| -> Vec<ShareRec> {
+        if !quiet {
+            eprintln!(
+                "{TOOL}: warning: cannot compare descriptors (kcmp: {}); descriptions shared between processes will be separate after a restart",
+                strerror(e)
+            );
+        }
+        Vec::new()
+    };
+    // (device, inode) → descriptions → their (process index, pid, fd).
+    let mut by_file: std::collections::BTreeMap<(u64, u64), Vec<Vec<Holder>>> = Default::default();
+    for (i, &pid) in pids.iter().enumerate() {
+        let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .collect();
+        fds.sort_unstable();
+        'fd: for fd in fds {
+            let Ok(md) = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")) else {
+                continue;
+            };
+            if md.file_type().is_socket() {
+                continue;
+            }
+            for &o in out_fds {
+                match same_description(pid, me, fd, o) {
+                    Ok(true) => continue 'fd,
+                    Ok(false) | Err(libc::EBADF) => {}
+                    Err(e) => return unavailable(e),
+                }
+            }
+            let descs = by_file.entry((md.dev(), md.ino())).or_default();
+            let mut placed = false;
+            for d in descs.iter_mut() {
+                let (_, p0, fd0) = d[0];
+                match same_description(p0, pid, fd0, fd) {
+                    Ok(true) => {
+                        d.push((i as u32, pid, fd));
+                        placed = true;
+                        break;
+                    }
+                    Ok(false) | Err(libc::EBADF) => {}
+                    Err(e) => return unavailable(e),
+                }
+            }
+            if !placed {
+                descs.push(vec![(i as u32, pid, fd)]);
+            }
+        }
+    }
+    let mut shares = Vec::new();
+    for (k, d) in by_file
+        .values()
+        .flatten()
+        .filter(|d| d.len() > 1)
+        .enumerate()
+    {
+        let group = k as u32 + 1;
+        shares.extend(d.iter().map(|&(proc, _, fd)| ShareRec {
+            proc,
+            fd,
+            group,
+            _pad: 0,
+        }));
+    }
+    shares.sort_by_key(|s| (s.proc, s.fd));
+    shares
+}
+
+/// Checkpoint of several processes as one consistent cut: every process is stopped before any
+/// is written. One tree image (manifest, then the images), or with -d one file per process.
+fn checkpoint_many(
+    m: &clap::ArgMatches,
+    args: &Args,
+    pids: &[i32],
+    scope: i32,
+    signal: i32,
+    warn_zombies: impl FnOnce(),
+) {
+    let sync = last_given(m, &[("sync", true), ("nosync", false)], true);
+    let per_proc = args.dir.is_some();
+    let dests: Vec<Dest> = if per_proc {
+        pids.iter().map(|&p| resolve_dest(m, args, p)).collect()
+    } else {
+        vec![resolve_dest(m, args, pids[0])]
+    };
+    // Every process must have an agent: fail before anything is stopped.
+    let socks: Vec<i32> = pids.iter().map(|&p| connect(p)).collect();
+    warn_zombies();
+    let mut job = Job {
+        members: Vec::new(),
+        outs: Vec::new(),
+    };
+    for d in &dests {
+        match open_out(d) {
+            Ok(o) => job.outs.push(o),
+            Err((e, msg)) => job.abandon(e, &msg),
+        }
+    }
+    for (i, (&pid, &sock)) in pids.iter().zip(&socks).enumerate() {
+        let stopped = state_of(pid) == Some('T');
+        if stopped {
+            // SAFETY: continuing a member for the checkpoint; it is stopped again afterwards.
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+        }
+        job.members.push(Member {
+            pid,
+            sock,
+            out: if per_proc { i } else { 0 },
+            stopped,
+            contacted: false,
+            omitted: false,
+            bytes: 0,
+        });
+    }
+
+    // 1. Ask everybody to stop.
+    for i in 0..job.members.len() {
+        let (pid, sock) = (job.members[i].pid, job.members[i].sock);
+        let out = &job.outs[job.members[i].out];
+        let mut req = request(m, args, scope, out);
+        req.flags |= protocol::FLAG_BARRIER;
+        if let Err(e) = protocol::send(sock, &req, Some(out.fd)) {
+            job.abandon(
+                e,
+                &format!("cannot send the request to {pid}: {}", strerror(e)),
+            );
+        }
+        job.members[i].contacted = true;
+    }
+    // 2. Wait until every process is stopped.
+    let limit = args.time.map_or(STOP_WAIT, |s| {
+        std::time::Duration::from_secs(u64::from(s) + 2)
+    });
+    let deadline = std::time::Instant::now() + limit;
+    for i in 0..job.members.len() {
+        let (pid, sock) = (job.members[i].pid, job.members[i].sock);
+        loop {
+            match recv_by(sock, Some(deadline)) {
+                Ok(Some(r)) if r.status == protocol::STATUS_ACCEPTED => {}
+                Ok(Some(r)) if r.status == protocol::STATUS_QUIESCED => break,
+                Ok(Some(r)) if r.status == libc::ESRCH => {
+                    // Omitted (cr_run --omit, or a callback's CR_CHECKPOINT_OMIT): left out.
+                    if args.verbose > 0 && !args.quiet {
+                        eprintln!("{TOOL}: process {pid} was omitted from the checkpoint");
+                    }
+                    job.members[i].omitted = true;
+                    break;
+                }
+                Ok(Some(r)) => {
+                    let e = if r.status > 0 { r.status } else { libc::EPROTO };
+                    job.abandon(
+                        e,
+                        &format!(
+                            "checkpoint of {pid} failed: {}: {}",
+                            r.message(),
+                            strerror(e)
+                        ),
+                    );
+                }
+                Ok(None) => job.abandon(
+                    libc::ETIMEDOUT,
+                    &format!(
+                        "process {pid} did not stop for the checkpoint within {} s",
+                        limit.as_secs()
+                    ),
+                ),
+                Err(_) => job.abandon(
+                    libc::EIO,
+                    &format!(
+                        "process {pid} ended or closed its control socket during the checkpoint"
+                    ),
+                ),
+            }
+        }
+    }
+    let live: Vec<usize> = (0..job.members.len())
+        .filter(|&i| !job.members[i].omitted)
+        .collect();
+    if live.is_empty() {
+        job.abandon(
+            libc::ESRCH,
+            "every process was omitted: nothing to checkpoint",
+        );
+    }
+    if per_proc {
+        for mb in job.members.iter().filter(|mb| mb.omitted) {
+            let o = &mut job.outs[mb.out];
+            o.discard();
+            o.path = None;
+            o.file = None;
+        }
+    }
+
+    // 3. Everything is stopped: record what the processes share, write the manifest(s), then
+    // let each process write its image in turn.
+    let live_pids: Vec<i32> = live.iter().map(|&i| job.members[i].pid).collect();
+    let tree = live.len() > 1;
+    let shares = if tree {
+        let fds: Vec<i32> = job.outs.iter().map(|o| o.fd).collect();
+        shared_descriptions(&live_pids, &fds, args.quiet)
+    } else {
+        Vec::new()
+    };
+    let inner: Vec<i32> = live_pids
+        .iter()
+        .map(|&p| protocol::target_identity(p).1)
+        .collect();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut manifest_bytes = 0u64;
+    if tree {
+        let n = live.len() as u32;
+        let heads: Vec<(usize, Vec<u8>)> = if per_proc {
+            live.iter()
+                .enumerate()
+                .map(|(k, &i)| {
+                    let bytes =
+                        cr::image::tree::manifest_bytes(&inner, &shares, scope, k as u32, 1, now);
+                    (job.members[i].out, bytes)
+                })
+                .collect()
+        } else {
+            vec![(
+                0,
+                cr::image::tree::manifest_bytes(&inner, &shares, scope, 0, n, now),
+            )]
+        };
+        for (o, bytes) in heads {
+            if let Err(e) = write_aligned(job.outs[o].fd, &bytes) {
+                let what = job.outs[o].what.clone();
+                job.abandon(e, &format!("cannot write to {what}: {}", strerror(e)));
+            }
+            manifest_bytes += bytes.len() as u64;
+        }
+    }
+    for &i in &live {
+        let (pid, sock) = (job.members[i].pid, job.members[i].sock);
+        if let Err(e) = protocol::send(sock, &Request::new(protocol::REQ_WRITE), None) {
+            job.abandon(
+                e,
+                &format!("cannot send the request to {pid}: {}", strerror(e)),
+            );
+        }
+        let reply = loop {
+            match recv_by(sock, None) {
+                Ok(Some(r)) if r.status < 0 => {}
+                Ok(Some(r)) => break r,
+                _ => job.abandon(
+                    libc::EIO,
+                    &format!(
+                        "process {pid} ended or closed its control socket during the checkpoint"
+                    ),
+                ),
+            }
+        };
+        if reply.status != 0 {
+            // It released itself; the others are released by abandon.
+            job.members[i].omitted = true;
+            job.abandon(
+                reply.status,
+                &format!(
+                    "checkpoint of {pid} failed: {}: {}",
+                    reply.message(),
+                    strerror(reply.status)
+                ),
+            );
+        }
+        job.members[i].bytes = reply.bytes;
+    }
+
+    // 4. Commit: every file durable first, then renamed into place.
+    for k in 0..job.outs.len() {
+        if let Err(e) = job.outs[k].sync(sync) {
+            let what = job.outs[k].what.clone();
+            job.abandon(
+                e.raw_os_error().unwrap_or(libc::EIO),
+                &format!("cannot commit {what}: {e}"),
+            );
+        }
+    }
+    for k in 0..job.outs.len() {
+        if let Err(e) = job.outs[k].rename() {
+            let what = job.outs[k].what.clone();
+            job.abandon(
+                e.raw_os_error().unwrap_or(libc::EIO),
+                &format!("cannot commit {what}: {e}"),
+            );
+        }
+    }
+    let mut dirs_synced = Vec::new();
+    for o in &job.outs {
+        let dir = o
+            .path
+            .as_ref()
+            .and_then(|p| p.parent().map(Path::to_path_buf));
+        if !dirs_synced.contains(&dir) {
+            o.sync_dir(sync);
+            dirs_synced.push(dir);
+        }
+    }
+    for o in &mut job.outs {
+        drop(o.file.take());
+    }
+
+    // 5. The post-checkpoint signal to every process, then release them all.
+    for &i in &live {
+        let mb = &job.members[i];
+        let sig = if mb.stopped && signal == 0 && !matches_given(m, "cont") {
+            libc::SIGSTOP
+        } else {
+            signal
+        };
+        if sig != 0 {
+            // SAFETY: the requested post-checkpoint signal, now that every image is complete
+            // (and durable, unless --nosync).
+            unsafe { libc::kill(mb.pid, sig) };
+        }
+    }
+    let release = Request::new(protocol::REQ_RELEASE);
+    for &i in &live {
+        let _ = protocol::send(job.members[i].sock, &release, None);
+    }
+
+    if args.verbose > 0 && !args.quiet {
+        let mut total = manifest_bytes;
+        for &i in &live {
+            let mb = &job.members[i];
+            total += mb.bytes;
+            eprintln!(
+                "{TOOL}: process {} checkpointed to {} ({} bytes)",
+                mb.pid, job.outs[mb.out].what, mb.bytes
+            );
+        }
+        let what = match &args.dir {
+            Some(d) => d.display().to_string(),
+            None => job.outs[0].what.clone(),
+        };
+        let n = live.len();
+        let s = if n == 1 { "" } else { "es" };
+        eprintln!("{TOOL}: {n} process{s} checkpointed to {what} ({total} bytes)");
+    }
+    if !args.quiet {
+        for (k, o) in job.outs.iter().enumerate() {
+            let Some(path) = &o.path else { continue };
+            let Ok(f) = std::fs::File::open(path) else {
+                continue;
+            };
+            let Ok((_, images)) = cr::image::tree::open_all(&f) else {
+                continue;
+            };
+            let owners = live
+                .iter()
+                .map(|&i| &job.members[i])
+                .filter(|mb| mb.out == k);
+            for (mb, img) in owners.zip(&images) {
+                for w in &img.warnings {
+                    eprintln!("{TOOL}: warning: process {}: {w}", mb.pid);
                 }
             }
         }
