@@ -1,0 +1,62 @@
+/*
+ * tree_holdpid.c - occupy one given pid (root only), for "pid in use" tests.
+ *
+ * Build: gcc -O2 -Wall -o tree_holdpid tree_holdpid.c
+ * Run:   tree_holdpid PID
+ *
+ * Creates a child with exactly that pid (clone3 with set_tid, which needs
+ * CAP_SYS_ADMIN), which prints `READY` and pauses until it is killed; the
+ * parent waits for it.  If the pid cannot be had (in use: EEXIST) it prints
+ * `FAIL tree_holdpid: ...` and exits 1.
+ *
+ * (A test cannot simply keep one process of a killed tree alive instead: a
+ * stopped child gets SIGHUP when its process group becomes orphaned, and a
+ * running one dies of SIGPIPE once its parent is gone.)
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <linux/sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define NAME "tree_holdpid"
+
+#include "fail.h"
+
+int main(int argc, char **argv)
+{
+    if (argc != 2 || atoi(argv[1]) <= 1)
+        fail("usage: tree_holdpid PID");
+    pid_t want = (pid_t)atoi(argv[1]);
+    setvbuf(stdout, NULL, _IOLBF, 0);
+
+    struct clone_args ca;
+    memset(&ca, 0, sizeof ca);
+    ca.exit_signal = SIGCHLD;
+    ca.set_tid = (uint64_t)(uintptr_t)&want;
+    ca.set_tid_size = 1;
+    long r = syscall(SYS_clone3, &ca, sizeof ca);
+    if (r < 0)
+        failf("clone3 with pid %d: %s", (int)want, strerror(errno));
+    if (r == 0) {
+        static const char ready[] = "READY\n";
+        if (write(STDOUT_FILENO, ready, sizeof ready - 1) < 0)
+            _exit(1);
+        for (;;)
+            pause();
+    }
+    if (r != want)
+        failf("clone3 gave pid %ld, not %d", r, (int)want);
+    int st;
+    while (waitpid((pid_t)r, &st, 0) < 0)
+        if (errno != EINTR)
+            failf("waitpid: %s", strerror(errno));
+    return 0;
+}

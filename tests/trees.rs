@@ -1,0 +1,960 @@
+//! Process trees across checkpoint/restart, through the real tools: `cr_checkpoint` of a process
+//! and its descendants (the default tree scope, `-g` and `-s`) into one file or, with `-d`, one
+//! file per process; `cr_restart` of the whole tree with its original pids (the default), fresh
+//! pids, or restored process groups and sessions.
+//!
+//! The targets are `c-tests/tree.c` (a tree of 2 to 6 processes linked by pipes with data in
+//! flight, a shared anonymous region, inherited and dup()ed files, optionally a named FIFO;
+//! every process verifies itself after GO), `c-tests/tree_loop.sh` (a bash loop running `seq`,
+//! `cksum` and `sleep`) and `c-tests/tree_pipeline.sh` (`producer | awk | consumer`).
+//!
+//! Every process a test sees (the original tree, what cr_restart restored, anything that still
+//! has the scenario's `CR_TEST_GO` in its environment) is SIGKILLed when the test ends.
+//!
+//! Run with e.g. `cargo test --release --test trees -- --nocapture`.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeSet;
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long a restored program may run before it is checkpointed again or told to finish.
+const SETTLE: Duration = Duration::from_millis(300);
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------------------------
+
+/// The start time of a process (field 22 of `/proc/PID/stat`), to recognize it later.
+fn start_time(pid: u32) -> Option<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The session of a process (field 6 of `/proc/PID/stat`).
+fn session_of(pid: u32) -> Option<u32> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 1..];
+    rest.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Live processes whose environment holds `CR_TEST_GO=<go>` (a scenario's programs, its tools
+/// and what they started; restored processes may not show their environment).
+fn processes_with_go(go: &Path) -> Vec<u32> {
+    let want = format!("CR_TEST_GO={}", go.display()).into_bytes();
+    let me = std::process::id();
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me || !pid_alive(pid) {
+            continue;
+        }
+        if let Ok(env) = fs::read(format!("/proc/{pid}/environ")) {
+            if env.split(|&b| b == 0).any(|v| v == want.as_slice()) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+fn scenario_processes(sc: &Scenario) -> Vec<u32> {
+    processes_with_go(&sc.go_file())
+}
+
+/// Everything a test started or restored: SIGKILLed when the test ends (a pid is only killed if
+/// it is still the same process), and every process of the scenario.
+struct Reaper {
+    go: PathBuf,
+    pids: Mutex<Vec<(u32, u64)>>,
+}
+
+impl Reaper {
+    fn new(sc: &Scenario) -> Reaper {
+        Reaper {
+            go: sc.go_file(),
+            pids: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn watch(&self, pids: &[u32]) {
+        let mut l = self.pids.lock().unwrap_or_else(|e| e.into_inner());
+        for &p in pids {
+            if let Some(t) = start_time(p) {
+                if !l.contains(&(p, t)) {
+                    l.push((p, t));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let l = self.pids.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for _ in 0..3 {
+            let mut left: Vec<u32> = l
+                .iter()
+                .filter(|&&(p, t)| start_time(p) == Some(t) && pid_alive(p))
+                .map(|&(p, _)| p)
+                .collect();
+            left.extend(processes_with_go(&self.go));
+            if left.is_empty() {
+                return;
+            }
+            for p in left {
+                signal_pid(p, SIGKILL);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!(
+            "note: processes of the scenario with {} may be left",
+            self.go.display()
+        );
+    }
+}
+
+/// Wait until none of `pids` exists any more, not even as a zombie (their pids are free again).
+fn wait_gone(sc: &Scenario, pids: &[u32], what: &str) {
+    let deadline = Instant::now() + DEATH_TIMEOUT;
+    loop {
+        let left: Vec<u32> = pids
+            .iter()
+            .copied()
+            .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let procs: Vec<String> = left.iter().map(|&p| proc_summary(p)).collect();
+            panic!(
+                "{what}: still there after {DEATH_TIMEOUT:?}:\n{}\n--- scenario log ---\n{}",
+                procs.join("\n"),
+                sc.log()
+            );
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The pids `cr_info` lists for a tree image (`processes N (P1 P2 ...)`); empty if none.
+fn image_pids(img: &Path) -> Vec<u32> {
+    let out = Command::new(env!("CARGO_BIN_EXE_cr_info"))
+        .arg(img)
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    out.lines()
+        .filter_map(|l| l.trim_start().strip_prefix("processes"))
+        .filter_map(|l| Some(&l[l.find('(')? + 1..l.rfind(')')?]))
+        .flat_map(|l| l.split_whitespace().filter_map(|p| p.parse().ok()))
+        .collect()
+}
+
+/// After a checkpoint with --term: wait until every process in the image is gone, as root (the
+/// pids are then restored in our namespace; the image also names processes that appeared after
+/// a test looked at the tree). Without root they are restored in a new namespace: no wait.
+fn wait_image_gone(sc: &Scenario, img: &Image) {
+    if !is_root() {
+        return;
+    }
+    let files = match img {
+        Image::File(f) => vec![f.clone()],
+        Image::Dir(d) => fs::read_dir(d)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default(),
+    };
+    let pids: Vec<u32> = files.iter().flat_map(|f| image_pids(f)).collect();
+    sc.note(&format!("processes in the image: {pids:?}"));
+    wait_gone(sc, &pids, "the processes of the image after --term");
+}
+
+/// `pid` and its descendants.
+fn tree_of(pid: u32) -> Vec<u32> {
+    let mut v = vec![pid];
+    v.extend(descendants(pid));
+    v
+}
+
+/// The processes cr_restart (`job`) restored whose name is `comm`, root first: waits until the
+/// root (cr_restart's child, or the child of the init of a new pid namespace) is there and, with
+/// `want`, until there are that many.
+fn restored(job: &mut Job, reaper: &Reaper, comm: &str, want: Option<usize>) -> Vec<u32> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let all = descendants(job.pid());
+        reaper.watch(&all);
+        let named: Vec<u32> = all
+            .iter()
+            .copied()
+            .filter(|&p| matches!(proc_stat(p), Some(st) if st.comm == comm && st.state != 'Z'))
+            .collect();
+        let is_root = |p: u32| {
+            let Some(parent) = proc_stat(p).map(|st| st.ppid) else {
+                return false;
+            };
+            parent == job.pid()
+                || (ns_pid(parent) == 1 && proc_stat(parent).map(|st| st.ppid) == Some(job.pid()))
+        };
+        if let Some(root) = named.iter().copied().find(|&p| is_root(p)) {
+            if want.is_none_or(|w| named.len() == w) {
+                let mut v = vec![root];
+                v.extend(named.iter().copied().filter(|&p| p != root));
+                return v;
+            }
+        }
+        if let Some(st) = job.try_wait_exit(Duration::ZERO) {
+            panic!(
+                "cr_restart exited ({st}) before the restored {comm} processes appeared:\n{}",
+                job.diag()
+            );
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "no restored tree of {} {comm} processes under cr_restart after {READY_TIMEOUT:?} \
+                 (found {named:?}):\n{}",
+                want.map_or("some".to_string(), |w| w.to_string()),
+                job.diag()
+            );
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// With `restore_pid` the restored processes have the original pids (in our pid namespace as
+/// root, in a new one otherwise); without it, fresh pids in our namespace.
+fn assert_pids(job: &Job, restored: &[u32], original: &[u32], restore_pid: bool) {
+    let orig: BTreeSet<u32> = original.iter().copied().collect();
+    let seen: BTreeSet<u32> = restored.iter().map(|&p| ns_pid(p)).collect();
+    if restore_pid {
+        assert_eq!(
+            seen,
+            orig,
+            "the restored processes (pids {restored:?}) must have their original pids:\n{}",
+            job.diag()
+        );
+        assert_eq!(
+            ns_pid(restored[0]),
+            original[0],
+            "the restored root must have the original root's pid:\n{}",
+            job.diag()
+        );
+    } else {
+        assert!(
+            restored.iter().all(|&p| ns_pid(p) == p),
+            "--no-restore-pid must not use a pid namespace:\n{}",
+            job.diag()
+        );
+        assert!(
+            seen.is_disjoint(&orig),
+            "--no-restore-pid: restored pids {seen:?} must be fresh (original {orig:?}):\n{}",
+            job.diag()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Starting, checkpointing, restarting
+// ---------------------------------------------------------------------------------------------
+
+/// The scenario, run as `user` when given (needs root: `None` is returned, with a note, when
+/// not root).
+fn scenario(name: &str, user: Option<(u32, u32)>) -> Option<Scenario> {
+    match user {
+        None => Some(Scenario::new(name)),
+        Some(_) if !is_root() => {
+            println!("note: not root: the other tests already run unprivileged");
+            None
+        }
+        Some(u) => Some(Scenario::as_user(name, u)),
+    }
+}
+
+/// How `c-tests/tree.c` runs: its arguments and environment.
+#[derive(Clone, Debug)]
+struct Tree {
+    args: Vec<&'static str>,
+    env: Vec<(&'static str, &'static str)>,
+}
+
+impl Tree {
+    /// `tree ARGS` with `CR_TEST_SAME_PIDS=1`.
+    fn new(args: &[&'static str]) -> Tree {
+        Tree {
+            args: args.to_vec(),
+            env: vec![("CR_TEST_SAME_PIDS", "1")],
+        }
+    }
+    fn env(mut self, key: &'static str, value: &'static str) -> Tree {
+        self.env.retain(|(k, _)| *k != key);
+        self.env.push((key, value));
+        self
+    }
+    fn fresh_pids(mut self) -> Tree {
+        self.env.retain(|(k, _)| *k != "CR_TEST_SAME_PIDS");
+        self
+    }
+    fn has(&self, key: &str) -> bool {
+        self.env.iter().any(|&(k, v)| k == key && v == "1")
+    }
+    /// Processes it runs as: the root, NCHILD children, a grandchild with `deep`, and the
+    /// launcher with `CR_TEST_SETSID`.
+    fn processes(&self) -> usize {
+        let n: usize = self.args[0].parse().expect("NCHILD");
+        1 + n + usize::from(self.args.contains(&"deep")) + usize::from(self.has("CR_TEST_SETSID"))
+    }
+}
+
+/// `cr_run -- tree ARGS`; READY seen. Returns the job and every process of the tree, the root
+/// first.
+fn start_tree(sc: &Scenario, reaper: &Reaper, tree: &Tree) -> (Job, Vec<u32>) {
+    let mut prog = sc.program("tree");
+    prog.argv.extend(tree.args.iter().map(OsString::from));
+    prog.env.extend(
+        tree.env
+            .iter()
+            .map(|&(k, v)| (k.to_string(), v.to_string())),
+    );
+    let mut job = sc.start("tree", sc.under_cr_run(&prog));
+    reaper.watch(&[job.pid()]);
+    job.wait_ready();
+    let pids: Vec<u32> = tree_of(job.pid())
+        .into_iter()
+        .filter(|&p| matches!(proc_stat(p), Some(st) if st.comm == "tree"))
+        .collect();
+    reaper.watch(&pids);
+    assert_eq!(
+        pids.len(),
+        tree.processes(),
+        "tree {:?} should run as {} processes, found {pids:?}:\n{}",
+        tree.args,
+        tree.processes(),
+        job.diag()
+    );
+    sc.note(&format!("tree {:?}: pids {pids:?}", tree.args));
+    (job, pids)
+}
+
+/// The path of a script in `c-tests/`, copied into the scenario when it runs as another user.
+fn script(sc: &Scenario, name: &str) -> PathBuf {
+    let src = c_tests_dir().join(name);
+    assert!(src.is_file(), "missing test script {}", src.display());
+    if sc.user().is_none() {
+        return src;
+    }
+    let dest = sc.root().join("bin").join(name);
+    fs::copy(&src, &dest).unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
+    dest
+}
+
+/// `cr_run -- bash SCRIPT`; READY seen.
+fn start_script(sc: &Scenario, reaper: &Reaper, name: &str) -> Job {
+    let bash = if Path::new("/bin/bash").exists() {
+        "/bin/bash"
+    } else {
+        "bash"
+    };
+    let argv: Vec<OsString> = vec![
+        sc.tools().cr_run.clone().into(),
+        "--".into(),
+        bash.into(),
+        script(sc, name).into(),
+    ];
+    let mut job = sc.start(name, sc.command(&argv));
+    reaper.watch(&[job.pid()]);
+    job.wait_ready();
+    job
+}
+
+/// A checkpoint: one file, or a directory with one file per process.
+enum Image {
+    File(PathBuf),
+    Dir(PathBuf),
+}
+
+impl Image {
+    /// The image arguments of cr_restart.
+    fn args(&self) -> Vec<OsString> {
+        match self {
+            Image::File(f) => vec![f.into()],
+            Image::Dir(d) => vec!["-d".into(), d.into()],
+        }
+    }
+}
+
+/// `cr_checkpoint FLAGS -d <img>/tree.N PID`; asserts success and well-formed files.
+fn checkpoint_dir(sc: &Scenario, pid: u32, flags: &[&str]) -> PathBuf {
+    let dir = sc.next_image_path().with_extension("d");
+    fs::create_dir(&dir).expect("create image dir");
+    if let Some((uid, gid)) = sc.user() {
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown image dir");
+    }
+    let mut args: Vec<OsString> = flags.iter().map(OsString::from).collect();
+    args.extend(["-d".into(), dir.clone().into(), pid.to_string().into()]);
+    sc.cr_checkpoint(&args).assert_success();
+    for e in fs::read_dir(&dir).expect("read image dir").flatten() {
+        sc.assert_image_file(&e.path());
+    }
+    dir
+}
+
+/// Checkpoint the tree of `pid` with FLAGS into a file or, with `to_dir`, a directory.
+fn checkpoint_tree(sc: &Scenario, pid: u32, flags: &[&str], to_dir: bool) -> Image {
+    if to_dir {
+        Image::Dir(checkpoint_dir(sc, pid, flags))
+    } else {
+        Image::File(sc.checkpoint(pid, flags))
+    }
+}
+
+/// The file names in `dir`, sorted.
+fn file_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// `cr_restart OPTS IMAGE` in its own process group.
+fn start_restart(sc: &Scenario, reaper: &Reaper, opts: &[&str], img: &Image) -> Job {
+    let mut argv: Vec<OsString> = vec![sc.tools().cr_restart.clone().into()];
+    argv.extend(opts.iter().map(OsString::from));
+    argv.extend(img.args());
+    let job = sc.start("cr_restart", sc.command(&argv));
+    reaper.watch(&[job.pid()]);
+    job
+}
+
+// ---------------------------------------------------------------------------------------------
+// tree.c: checkpoint with --term, restart, PASS
+// ---------------------------------------------------------------------------------------------
+
+/// Start the tree, checkpoint it with --term (to a file or a directory), see every process die,
+/// restart with `opts`, check the restored pids, GO, PASS, and nothing left running.
+fn cycle(name: &str, user: Option<(u32, u32)>, tree: Tree, to_dir: bool, opts: &[&str]) {
+    let Some(sc) = scenario(name, user) else {
+        return;
+    };
+    let reaper = Reaper::new(&sc);
+    let (mut job, pids) = start_tree(&sc, &reaper, &tree);
+    let img = checkpoint_tree(&sc, job.pid(), &["--term"], to_dir);
+    if let Image::Dir(dir) = &img {
+        let mut want: Vec<String> = pids.iter().map(|p| format!("context.{p}")).collect();
+        want.sort();
+        assert_eq!(
+            file_names(dir),
+            want,
+            "-d must write one context.PID per process of the tree\n{}",
+            sc.log()
+        );
+    }
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    wait_gone(&sc, &pids, "the checkpointed tree after --term");
+    wait_image_gone(&sc, &img);
+
+    let mut rs = start_restart(&sc, &reaper, opts, &img);
+    let back = restored(&mut rs, &reaper, "tree", Some(pids.len()));
+    assert_pids(&rs, &back, &pids, !opts.contains(&"--no-restore-pid"));
+    thread::sleep(SETTLE);
+    sc.go();
+    rs.expect_pass(RESTART_TIMEOUT);
+    wait_gone(&sc, &back, "the restored tree after PASS");
+}
+
+const TWO: &[&str] = &["1"];
+/// Root, child, grandchild.
+const THREE: &[&str] = &["1", "deep"];
+/// Root, three children, a grandchild.
+const FIVE: &[&str] = &["3", "deep"];
+
+#[test]
+fn two_processes_file() {
+    cycle("two-file", None, Tree::new(TWO), false, &[]);
+}
+
+#[test]
+fn two_processes_dir() {
+    cycle("two-dir", None, Tree::new(TWO), true, &[]);
+}
+
+#[test]
+fn three_processes_file() {
+    cycle("three-file", None, Tree::new(THREE), false, &[]);
+}
+
+#[test]
+fn three_processes_dir() {
+    cycle("three-dir", None, Tree::new(THREE), true, &[]);
+}
+
+#[test]
+fn five_processes_file() {
+    cycle("five-file", None, Tree::new(FIVE), false, &[]);
+}
+
+#[test]
+fn five_processes_dir() {
+    cycle("five-dir", None, Tree::new(FIVE), true, &[]);
+}
+
+/// As nobody (from root): the original pids are restored in a new user+pid namespace.
+#[test]
+fn two_processes_file_unprivileged() {
+    cycle("two-file-nobody", Some(NOBODY), Tree::new(TWO), false, &[]);
+}
+
+#[test]
+fn two_processes_dir_unprivileged() {
+    cycle("two-dir-nobody", Some(NOBODY), Tree::new(TWO), true, &[]);
+}
+
+#[test]
+fn three_processes_file_unprivileged() {
+    cycle(
+        "three-file-nobody",
+        Some(NOBODY),
+        Tree::new(THREE),
+        false,
+        &[],
+    );
+}
+
+#[test]
+fn three_processes_dir_unprivileged() {
+    cycle(
+        "three-dir-nobody",
+        Some(NOBODY),
+        Tree::new(THREE),
+        true,
+        &[],
+    );
+}
+
+#[test]
+fn five_processes_file_unprivileged() {
+    cycle(
+        "five-file-nobody",
+        Some(NOBODY),
+        Tree::new(FIVE),
+        false,
+        &[],
+    );
+}
+
+#[test]
+fn five_processes_dir_unprivileged() {
+    cycle("five-dir-nobody", Some(NOBODY), Tree::new(FIVE), true, &[]);
+}
+
+/// --no-restore-pid: fresh pids, no namespace; parents still wait for their children (by their
+/// new pids) and every getppid() is the parent's new pid.
+#[test]
+fn fresh_pids() {
+    let tree = Tree::new(&["2", "deep"]).fresh_pids();
+    cycle("fresh-pids", None, tree, false, &["--no-restore-pid"]);
+}
+
+/// The root makes its own session (behind a launcher process), child 1 its own process group,
+/// child 2 joins it: with --restore-pgid --restore-sid every getpgid(0)/getsid(0) is unchanged.
+fn pgid_sid(name: &str, user: Option<(u32, u32)>) {
+    let tree = Tree::new(&["2"])
+        .env("CR_TEST_SETSID", "1")
+        .env("CR_TEST_SETPGID", "1")
+        .env("CR_TEST_SAME_PGID", "1")
+        .env("CR_TEST_SAME_SID", "1");
+    cycle(
+        name,
+        user,
+        tree,
+        false,
+        &["--restore-pgid", "--restore-sid"],
+    );
+}
+
+#[test]
+fn pgid_and_sid_restored() {
+    pgid_sid("pgid-sid", None);
+}
+
+#[test]
+fn pgid_and_sid_restored_unprivileged() {
+    pgid_sid("pgid-sid-nobody", Some(NOBODY));
+}
+
+/// A named FIFO between the root (write end) and child 1 (read end), 30000 bytes buffered.
+#[test]
+fn named_fifo() {
+    cycle("fifo", None, Tree::new(&["2", "fifo"]), false, &[]);
+}
+
+/// The same with the FIFO unlinked before the checkpoint: it must come back without a name.
+#[test]
+fn named_fifo_unlinked() {
+    cycle(
+        "fifo-unlinked",
+        None,
+        Tree::new(&["2", "fifo-unlinked"]),
+        false,
+        &[],
+    );
+}
+
+/// Pipes of 256 KiB (F_SETPIPE_SZ) holding 100 KiB, read ends O_NONBLOCK.
+#[test]
+fn big_nonblocking_pipes() {
+    cycle(
+        "bigpipe",
+        None,
+        Tree::new(&["2", "deep", "bigpipe"]),
+        false,
+        &[],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Other scopes
+// ---------------------------------------------------------------------------------------------
+
+/// `cr_checkpoint -g PGID`: the root (the group leader) and its child.
+#[test]
+fn process_group_scope() {
+    let sc = Scenario::new("pgid-scope");
+    let reaper = Reaper::new(&sc);
+    let (mut job, pids) = start_tree(&sc, &reaper, &Tree::new(TWO));
+    for &p in &pids {
+        assert_eq!(
+            proc_stat(p).map(|st| st.pgrp),
+            Some(job.pid()),
+            "pid {p} should be in the root's process group"
+        );
+    }
+    let img = sc.next_image_path();
+    let pgid = job.pid().to_string();
+    let args: Vec<&OsStr> = vec![
+        "--term".as_ref(),
+        "-g".as_ref(),
+        "-f".as_ref(),
+        img.as_os_str(),
+        pgid.as_ref(),
+    ];
+    sc.cr_checkpoint(&args).assert_success();
+    sc.assert_image_file(&img);
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    wait_gone(&sc, &pids, "the checkpointed group after --term");
+    let img = Image::File(img);
+    wait_image_gone(&sc, &img);
+    let mut rs = start_restart(&sc, &reaper, &[], &img);
+    let back = restored(&mut rs, &reaper, "tree", Some(pids.len()));
+    assert_pids(&rs, &back, &pids, true);
+    sc.go();
+    rs.expect_pass(RESTART_TIMEOUT);
+}
+
+/// `cr_checkpoint -s SID`: the root made its own session (behind a launcher, which is not in
+/// it); the session (root and two children) is checkpointed and restarted without the launcher.
+#[test]
+fn session_scope() {
+    let sc = Scenario::new("sid-scope");
+    let reaper = Reaper::new(&sc);
+    // The launcher is not restored: the root's getppid() changes, so the pids are checked here.
+    let tree = Tree::new(&["2"]).fresh_pids().env("CR_TEST_SETSID", "1");
+    let (mut launcher, pids) = start_tree(&sc, &reaper, &tree);
+    let root = pids[1];
+    assert_eq!(
+        session_of(root),
+        Some(root),
+        "the tree's root should lead its session"
+    );
+    let members: Vec<u32> = pids[1..].to_vec();
+    let img = sc.next_image_path();
+    let sid = root.to_string();
+    let args: Vec<&OsStr> = vec![
+        "--term".as_ref(),
+        "-s".as_ref(),
+        "-f".as_ref(),
+        img.as_os_str(),
+        sid.as_ref(),
+    ];
+    sc.cr_checkpoint(&args).assert_success();
+    sc.assert_image_file(&img);
+    // The launcher passes its child's death by SIGTERM on.
+    launcher.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    wait_gone(&sc, &pids, "the checkpointed session after --term");
+    let img = Image::File(img);
+    wait_image_gone(&sc, &img);
+    let mut rs = start_restart(&sc, &reaper, &[], &img);
+    let back = restored(&mut rs, &reaper, "tree", Some(members.len()));
+    assert_pids(&rs, &back, &members, true);
+    sc.go();
+    rs.expect_pass(RESTART_TIMEOUT);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Twice in a row
+// ---------------------------------------------------------------------------------------------
+
+/// Checkpoint (--term) the running job whose root is `root` (processes named `comm`), wait
+/// until they are gone, restart it and return the new cr_restart job with the restored root.
+/// `original_root` is the first generation's root pid (restored every time).
+fn generation(
+    sc: &Scenario,
+    reaper: &Reaper,
+    root: u32,
+    comm: &str,
+    want: Option<usize>,
+    original_root: u32,
+) -> (Job, Vec<u32>) {
+    let mut gone = tree_of(root);
+    reaper.watch(&gone);
+    let img = Image::File(sc.checkpoint_restored(root, &["--term"]));
+    // And whatever else appeared under the root until the end of the checkpoint.
+    gone.extend(descendants(root));
+    wait_gone(sc, &gone, "the checkpointed processes after --term");
+    wait_image_gone(sc, &img);
+    let mut rs = start_restart(sc, reaper, &[], &img);
+    let back = restored(&mut rs, reaper, comm, want);
+    assert_eq!(
+        ns_pid(back[0]),
+        original_root,
+        "the restored root must have the original pid:\n{}",
+        rs.diag()
+    );
+    (rs, back)
+}
+
+/// tree.c: checkpoint, restart, checkpoint the restored tree (before GO), restart again, GO.
+#[test]
+fn twice_tree() {
+    let sc = Scenario::new("twice-tree");
+    let reaper = Reaper::new(&sc);
+    let tree = Tree::new(&["2", "deep"]);
+    let (mut gen1, pids) = start_tree(&sc, &reaper, &tree);
+    let img = Image::File(sc.checkpoint(gen1.pid(), &["--term"]));
+    gen1.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    wait_gone(&sc, &pids, "generation 1 after --term");
+    wait_image_gone(&sc, &img);
+
+    let mut gen2 = start_restart(&sc, &reaper, &[], &img);
+    let back2 = restored(&mut gen2, &reaper, "tree", Some(pids.len()));
+    assert_pids(&gen2, &back2, &pids, true);
+    thread::sleep(SETTLE);
+    let (mut gen3, back3) = generation(&sc, &reaper, back2[0], "tree", Some(pids.len()), pids[0]);
+    gen2.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    assert!(
+        !gen2.stdout().contains("PASS"),
+        "generation 2 must not have finished:\n{}",
+        gen2.diag()
+    );
+    assert_pids(&gen3, &back3, &pids, true);
+    thread::sleep(SETTLE);
+    sc.go();
+    gen3.expect_pass(RESTART_TIMEOUT);
+}
+
+/// A script: checkpoint the bash process's tree with --term (whatever children it has at that
+/// moment), restart; with `twice`, checkpoint the restored tree and restart again; GO, PASS.
+fn script_cycle(name: &str, file: &str, twice: bool) {
+    let sc = Scenario::new(name);
+    let reaper = Reaper::new(&sc);
+    let mut gen1 = start_script(&sc, &reaper, file);
+    thread::sleep(SETTLE);
+    let before = tree_of(gen1.pid());
+    reaper.watch(&before);
+    let img = Image::File(sc.checkpoint(gen1.pid(), &["--term"]));
+    let mut gone = before;
+    gone.extend(descendants(gen1.pid()));
+    gen1.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    wait_gone(&sc, &gone, "the script's tree after --term");
+    let left = scenario_processes(&sc);
+    wait_gone(&sc, &left, "processes of the scenario after --term");
+    wait_image_gone(&sc, &img);
+
+    let mut rs = start_restart(&sc, &reaper, &[], &img);
+    let back = restored(&mut rs, &reaper, "bash", None);
+    assert_eq!(
+        ns_pid(back[0]),
+        gen1.pid(),
+        "the restored bash must have its original pid:\n{}",
+        rs.diag()
+    );
+    if twice {
+        thread::sleep(SETTLE);
+        let (gen3, _) = generation(&sc, &reaper, back[0], "bash", None, gen1.pid());
+        rs.expect_signal(SIGTERM, DEATH_TIMEOUT);
+        assert!(
+            !rs.stdout().contains("PASS"),
+            "generation 2 must not have finished:\n{}",
+            rs.diag()
+        );
+        rs = gen3;
+    }
+    thread::sleep(SETTLE);
+    sc.go();
+    rs.expect_pass(RESTART_TIMEOUT);
+}
+
+#[test]
+fn loop_script() {
+    script_cycle("loop", "tree_loop.sh", false);
+}
+
+#[test]
+fn twice_loop_script() {
+    script_cycle("twice-loop", "tree_loop.sh", true);
+}
+
+#[test]
+fn pipeline_script() {
+    script_cycle("pipeline", "tree_pipeline.sh", false);
+}
+
+#[test]
+fn twice_pipeline_script() {
+    script_cycle("twice-pipeline", "tree_pipeline.sh", true);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pids in use (root: original pids are restored in our own pid namespace)
+// ---------------------------------------------------------------------------------------------
+
+/// `cr_restart IMAGE` while some of its pids are in use: exit 16 with one line on stderr, and
+/// nothing left running but `allowed`. Returns the line.
+fn refused_restart(sc: &Scenario, reaper: &Reaper, img: &Image, allowed: &[u32]) -> String {
+    let mut job = start_restart(sc, reaper, &[], img);
+    let st = job.wait_exit(TOOL_TIMEOUT);
+    reaper.watch(&descendants(job.pid()));
+    job.wait_output_closed(Duration::from_secs(5));
+    assert_eq!(
+        st.code(),
+        Some(16),
+        "cr_restart must fail with EBUSY (16) while a pid is in use:\n{}",
+        job.diag()
+    );
+    let stderr = job.stderr();
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "cr_restart should print exactly one line on stderr:\n{}",
+        job.diag()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut extra: Vec<u32> = scenario_processes(sc)
+            .into_iter()
+            .filter(|p| !allowed.contains(p))
+            .collect();
+        extra.extend(job.group_members());
+        reaper.watch(&extra);
+        if extra.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let procs: Vec<String> = extra.iter().map(|&p| proc_summary(p)).collect();
+            panic!(
+                "the refused cr_restart left processes behind:\n{}\n{}",
+                procs.join("\n"),
+                job.diag()
+            );
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    lines[0].to_string()
+}
+
+/// A single program checkpointed without --term: restarting it while it runs must be refused,
+/// naming its pid (or one of its threads, "of pid PID"); it keeps running and passes.
+fn pid_in_use(name: &str) {
+    if !is_root() {
+        println!("note: not root: original pids are restored in a private namespace, never in use");
+        return;
+    }
+    let sc = Scenario::new(&format!("in-use-{name}"));
+    let reaper = Reaper::new(&sc);
+    let mut orig = sc.start_program(name);
+    reaper.watch(&[orig.pid()]);
+    let img = Image::File(sc.checkpoint(orig.pid(), &[]));
+    orig.assert_running("after a checkpoint without --term");
+    let line = refused_restart(&sc, &reaper, &img, &[orig.pid()]);
+    assert!(
+        line.contains("in use") && line.contains(&format!("pid {}", orig.pid())),
+        "the error must name the pid in use ({}): {line}",
+        orig.pid()
+    );
+    orig.assert_running("after the refused restart");
+    sc.go();
+    orig.expect_pass(RESTART_TIMEOUT);
+}
+
+#[test]
+fn pid_in_use_single() {
+    pid_in_use("single");
+}
+
+#[test]
+fn pid_in_use_threads() {
+    pid_in_use("threads");
+}
+
+/// A tree of a root and three children, checkpointed with --term; then another process takes
+/// child 2's pid (`c-tests/tree_holdpid.c`, clone3 with set_tid): the restart must be refused
+/// naming that pid, and create nothing. (The original child cannot be the one kept: stopped, it
+/// gets SIGHUP when its process group is orphaned; running, it dies of SIGPIPE.)
+#[test]
+fn pid_in_use_one_child() {
+    if !is_root() {
+        println!("note: not root: original pids are restored in a private namespace, never in use");
+        return;
+    }
+    let sc = Scenario::new("in-use-child");
+    let reaper = Reaper::new(&sc);
+    let (mut job, pids) = start_tree(&sc, &reaper, &Tree::new(&["3"]));
+    let img = Image::File(sc.checkpoint(job.pid(), &["--term"]));
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    wait_gone(&sc, &pids, "the checkpointed tree after --term");
+    wait_image_gone(&sc, &img);
+
+    let keep = pids[2];
+    let mut prog = sc.program("tree_holdpid");
+    prog.argv.push(keep.to_string().into());
+    let mut holder = sc.start("tree_holdpid", sc.plain(&prog));
+    reaper.watch(&[holder.pid()]);
+    holder.wait_ready();
+    reaper.watch(&[keep]);
+    assert_eq!(
+        proc_stat(keep).map(|st| st.ppid),
+        Some(holder.pid()),
+        "pid {keep} should be held by tree_holdpid:\n{}",
+        holder.diag()
+    );
+
+    let line = refused_restart(&sc, &reaper, &img, &[holder.pid(), keep]);
+    assert!(
+        line.contains(&format!("pid {keep} is in use")),
+        "the error must name the pid in use ({keep}): {line}"
+    );
+    holder.assert_running("after the refused restart");
+    assert!(
+        pid_alive(keep),
+        "the refused restart must leave pid {keep} alone"
+    );
+    holder.kill();
+    wait_gone(&sc, &[keep], "the pid holder after SIGKILL");
+}
