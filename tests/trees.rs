@@ -124,14 +124,39 @@ impl Drop for Reaper {
     }
 }
 
-/// Wait until none of `pids` exists any more, not even as a zombie (their pids are free again).
+/// Every pid in use: processes (zombies too) and the ids of process groups and sessions (a pid
+/// can only be had again once no process has it as its group or session either).
+fn pids_in_use() -> BTreeSet<u32> {
+    let mut used = BTreeSet::new();
+    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        used.insert(pid);
+        if let Ok(s) = fs::read_to_string(format!("/proc/{pid}/stat")) {
+            let rest = s.rfind(')').map(|i| &s[i + 1..]).unwrap_or("");
+            // state ppid pgrp session
+            used.extend(
+                rest.split_whitespace()
+                    .skip(2)
+                    .take(2)
+                    .filter_map(|v| v.parse::<u32>().ok()),
+            );
+        }
+    }
+    used
+}
+
+/// Wait until none of `pids` is in use any more: no process (not even a zombie), thread, process
+/// group or session has it.
 fn wait_gone(sc: &Scenario, pids: &[u32], what: &str) {
     let deadline = Instant::now() + DEATH_TIMEOUT;
     loop {
+        let used = pids_in_use();
         let left: Vec<u32> = pids
             .iter()
             .copied()
-            .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+            .filter(|p| used.contains(p) || Path::new(&format!("/proc/{p}")).exists())
             .collect();
         if left.is_empty() {
             return;
@@ -139,7 +164,8 @@ fn wait_gone(sc: &Scenario, pids: &[u32], what: &str) {
         if Instant::now() >= deadline {
             let procs: Vec<String> = left.iter().map(|&p| proc_summary(p)).collect();
             panic!(
-                "{what}: still there after {DEATH_TIMEOUT:?}:\n{}\n--- scenario log ---\n{}",
+                "{what}: pids still in use (as a process, group or session) after \
+                 {DEATH_TIMEOUT:?}: {left:?}\n{}\n--- scenario log ---\n{}",
                 procs.join("\n"),
                 sc.log()
             );
