@@ -21,6 +21,65 @@ pub fn bound_pid() -> i32 {
     BOUND_PID.load(Acquire)
 }
 
+/// The connection and image descriptor of the request being served (-1: none). A child forked
+/// by the program meanwhile inherits them; its fork handler closes them again
+/// ([`forget_request_fds`]), or a tree checkpoint would find another process's image file open
+/// in the child.
+static REQUEST_FDS: [AtomicI32; 2] = [AtomicI32::new(-1), AtomicI32::new(-1)];
+
+/// Set while a request is served: the control thread opens descriptors (the request's, and
+/// `/proc/self/task/*` files while it stops the threads) that a child forked meanwhile inherits.
+static SERVING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// In a fork child: closes what the parent's control thread had open for a request in progress
+/// (its connection, the image, and `/proc/PARENT/...` files), so none of it looks like one of
+/// the program's descriptors when the child is checkpointed.
+pub fn forget_request_fds() {
+    for f in &REQUEST_FDS {
+        let fd = f.swap(-1, AcqRel);
+        if fd >= 0 {
+            sys::close(fd);
+        }
+    }
+    if !SERVING.swap(false, AcqRel) {
+        return;
+    }
+    let ppid = sys::sys3(libc::SYS_getppid as usize, 0, 0, 0).unwrap_or(0);
+    let mut prefix = StackBuf::<32>::new();
+    prefix.push(b"/proc/").num(ppid as u64).push(b"/");
+    let Ok(dir) = sys::open(
+        b"/proc/self/fd\0",
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        0,
+    ) else {
+        return;
+    };
+    let dir = dir as i32;
+    let mut buf = [0u8; 2048];
+    while let Ok(len) = sys::getdents64(dir, &mut buf) {
+        if len == 0 {
+            break;
+        }
+        let mut pos = 0;
+        while pos < len {
+            let reclen = u16::from_ne_bytes([buf[pos + 16], buf[pos + 17]]) as usize;
+            let fd = super::quiesce::parse_dec(&buf[pos + 19..pos + reclen]) as i32;
+            pos += reclen;
+            if fd < 0 || fd == dir {
+                continue;
+            }
+            let mut link = StackBuf::<64>::new();
+            link.push(b"/proc/self/fd/").num(fd as u64);
+            let mut target = [0u8; 64];
+            let n = sys::readlink(link.as_cstr(), &mut target).unwrap_or(0);
+            if target[..n.min(64)].starts_with(prefix.as_bytes()) {
+                sys::close(fd);
+            }
+        }
+    }
+    sys::close(dir);
+}
+
 /// Pid of the process that restarted us last (0 = never restarted).
 pub static RESTARTER: AtomicI64 = AtomicI64::new(0);
 
@@ -396,9 +455,19 @@ const LINGER_NS: u64 = 3_000_000_000;
 const CALLBACKS_DONE_LIMIT_NS: u64 = 60_000_000_000;
 
 fn serve(conn: i32) {
-    let Some((req, img_fd)) = recv_request(conn) else {
-        return;
-    };
+    SERVING.store(true, Release);
+    REQUEST_FDS[0].store(conn, Release);
+    if let Some((req, img_fd)) = recv_request(conn) {
+        REQUEST_FDS[1].store(img_fd, Release);
+        serve_request(conn, req, img_fd);
+    }
+    for f in &REQUEST_FDS {
+        f.store(-1, Release);
+    }
+    SERVING.store(false, Release);
+}
+
+fn serve_request(conn: i32, req: Request, img_fd: i32) {
     if req.kind != protocol::REQ_CHECKPOINT || img_fd < 0 {
         send_reply(conn, libc::EINVAL, 0, b"bad request");
         if img_fd >= 0 {
@@ -604,6 +673,11 @@ fn after_restart() {
         super::resume::INFO[i].load(Acquire)
     }));
     RESTARTER.store(info.restarter_pid, Release);
+    // The request's descriptors belong to the checkpointed process, not to us.
+    for f in &REQUEST_FDS {
+        f.store(-1, Release);
+    }
+    SERVING.store(false, Release);
     if info.block_len > 0 {
         sys::munmap(info.block_addr as usize, info.block_len as usize);
     }

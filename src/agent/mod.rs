@@ -151,6 +151,7 @@ extern "C" fn after_fork_child() {
         return;
     }
     quiesce::NSLOTS.store(0, Release);
+    control::forget_request_fds();
     crate::api::reset_after_fork();
     // A child forked to become a restored process must stay single-threaded.
     if !crate::api::requests::FORKING_FOR_RESTORE.with(|f| f.get()) {

@@ -200,17 +200,50 @@ fn parent(pid: i32) -> i32 {
 /// How long to wait for a process that cr_restart is still restoring.
 const RESTORE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// How long a process that is loading the agent may take to open its control socket.
+const AGENT_START_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether `pid` maps libcr or will (its environment preloads it).
+fn agent_coming(pid: i32) -> bool {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    if maps.lines().any(|l| l.contains("/libcr")) {
+        return true;
+    }
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_default()
+        .split(|&b| b == 0)
+        .any(|v| v.starts_with(b"LD_PRELOAD=") && v.windows(5).any(|w| w == b"libcr"))
+}
+
 fn connect(pid: i32) -> i32 {
+    try_connect(pid)
+        .unwrap_or_else(|| fail(TOOL, libc::ESRCH, &format!("no process with pid {pid}")))
+}
+
+/// Whether `pid` has ended (gone, or a zombie).
+fn ended(pid: i32) -> bool {
+    matches!(state_of(pid), None | Some('Z') | Some('X'))
+}
+
+/// Connects to `pid`'s agent; `None` when the process ended meanwhile (a member of a tree that
+/// exits before it is stopped is simply not part of the cut).
+fn try_connect(pid: i32) -> Option<i32> {
     let started = std::time::Instant::now();
     let fd = loop {
         match protocol::connect(pid) {
             Ok(fd) => break fd,
+            Err(_) if ended(pid) => return None,
             // A child of cr_restart that is still being restored has no control socket yet.
             Err(_) if comm(pid) == "cr_restart" && comm(parent(pid)) == "cr_restart" => {
                 if started.elapsed() > RESTORE_WAIT {
                     fail(TOOL, libc::EAGAIN, &format!("process {pid} is still being restored; try again later"));
                 }
                 std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            // A process whose agent is starting (a fresh fork child, or one in the middle of an
+            // exec whose new image preloads libcr) has no socket yet: give it a moment.
+            Err(_) if started.elapsed() < AGENT_START_WAIT && agent_coming(pid) => {
+                std::thread::sleep(std::time::Duration::from_millis(2));
             }
             Err(_) if comm(pid) == "cr_restart" => fail(TOOL, CR_ENOSUPPORT, &format!(
                 "process {pid} is cr_restart itself; checkpoint the restored program (its child) instead")),
@@ -236,7 +269,7 @@ fn connect(pid: i32) -> i32 {
         if cred.pid != pid {
             fail(TOOL, CR_ENOSUPPORT, &format!("process {pid} has no checkpoint support (its control socket belongs to pid {})", cred.pid));
         }
-        fd
+        Some(fd)
     }
 }
 
@@ -845,10 +878,15 @@ fn main() {
             }
         }
     };
-    if let [pid] = pids[..] {
+    // Tree, group and session scopes take the multi-process path even when they find one
+    // process: children forked while it stops join the cut, and unreaped children are saved as
+    // zombies (a single process still gets a plain image).
+    if let ([pid], cr::api::types::CR_SCOPE_PROC) = (&pids[..], scope) {
+        let pid = *pid;
         checkpoint_one(&matches, &args, pid, scope, signal, warn_zombies);
     } else {
-        checkpoint_many(&matches, &args, &pids, scope, signal, warn_zombies);
+        // Zombies whose parents are saved are saved as zombies (warned about then).
+        checkpoint_many(&matches, &args, &pids, scope, signal);
     }
 }
 
@@ -1201,24 +1239,28 @@ fn shared_descriptions(pids: &[i32], out_fds: &[i32], quiet: bool) -> Vec<ShareR
 
 /// Checkpoint of several processes as one consistent cut: every process is stopped before any
 /// is written. One tree image (manifest, then the images), or with -d one file per process.
-fn checkpoint_many(
-    m: &clap::ArgMatches,
-    args: &Args,
-    pids: &[i32],
-    scope: i32,
-    signal: i32,
-    warn_zombies: impl FnOnce(),
-) {
+fn checkpoint_many(m: &clap::ArgMatches, args: &Args, pids: &[i32], scope: i32, signal: i32) {
     let sync = last_given(m, &[("sync", true), ("nosync", false)], true);
     let per_proc = args.dir.is_some();
+    // Every process must have an agent: fail before anything is stopped. Those that ended since
+    // they were listed are left out.
+    let first = pids[0];
+    let (pids, socks): (Vec<i32>, Vec<i32>) = pids
+        .iter()
+        .filter_map(|&p| try_connect(p).map(|s| (p, s)))
+        .unzip();
+    if pids.is_empty() {
+        fail(
+            TOOL,
+            libc::ESRCH,
+            &format!("process {first} ended: nothing to checkpoint"),
+        );
+    }
     let dests: Vec<Dest> = if per_proc {
         pids.iter().map(|&p| resolve_dest(m, args, p)).collect()
     } else {
-        vec![resolve_dest(m, args, pids[0])]
+        vec![resolve_dest(m, args, first)]
     };
-    // Every process must have an agent: fail before anything is stopped.
-    let socks: Vec<i32> = pids.iter().map(|&p| connect(p)).collect();
-    warn_zombies();
     let mut job = Job {
         members: Vec::new(),
         outs: Vec::new(),
@@ -1246,64 +1288,57 @@ fn checkpoint_many(
         });
     }
 
-    // 1. Ask everybody to stop.
-    for i in 0..job.members.len() {
-        let (pid, sock) = (job.members[i].pid, job.members[i].sock);
-        let out = &job.outs[job.members[i].out];
-        let mut req = request(m, args, scope, out);
-        req.flags |= protocol::FLAG_BARRIER;
-        if let Err(e) = protocol::send(sock, &req, Some(out.fd)) {
-            job.abandon(
-                e,
-                &format!("cannot send the request to {pid}: {}", strerror(e)),
-            );
-        }
-        job.members[i].contacted = true;
-    }
-    // 2. Wait until every process is stopped.
+    // 1. Ask everybody to stop; 2. wait until every process is stopped. Processes forked while
+    // we did (their parents are stopped now, so the set cannot grow for ever) join the cut.
     let limit = args.time.map_or(STOP_WAIT, |s| {
         std::time::Duration::from_secs(u64::from(s) + 2)
     });
     let deadline = std::time::Instant::now() + limit;
-    for i in 0..job.members.len() {
-        let (pid, sock) = (job.members[i].pid, job.members[i].sock);
-        loop {
-            match recv_by(sock, Some(deadline)) {
-                Ok(Some(r)) if r.status == protocol::STATUS_ACCEPTED => {}
-                Ok(Some(r)) if r.status == protocol::STATUS_QUIESCED => break,
-                Ok(Some(r)) if r.status == libc::ESRCH => {
-                    // Omitted (cr_run --omit, or a callback's CR_CHECKPOINT_OMIT): left out.
-                    if args.verbose > 0 && !args.quiet {
-                        eprintln!("{TOOL}: process {pid} was omitted from the checkpoint");
-                    }
-                    job.members[i].omitted = true;
-                    break;
-                }
-                Ok(Some(r)) => {
-                    let e = if r.status > 0 { r.status } else { libc::EPROTO };
-                    job.abandon(
-                        e,
-                        &format!(
-                            "checkpoint of {pid} failed: {}: {}",
-                            r.message(),
-                            strerror(e)
-                        ),
-                    );
-                }
-                Ok(None) => job.abandon(
-                    libc::ETIMEDOUT,
-                    &format!(
-                        "process {pid} did not stop for the checkpoint within {} s",
-                        limit.as_secs()
-                    ),
-                ),
-                Err(_) => job.abandon(
-                    libc::EIO,
-                    &format!(
-                        "process {pid} ended or closed its control socket during the checkpoint"
-                    ),
-                ),
+    let mut from = 0;
+    while from < job.members.len() {
+        let to = job.members.len();
+        stop_members(m, args, scope, &mut job, from..to, deadline, limit);
+        from = to;
+        let known: std::collections::HashSet<i32> = job.members.iter().map(|mb| mb.pid).collect();
+        let mut newcomers: Vec<i32> = job
+            .members
+            .iter()
+            .filter(|mb| !mb.omitted)
+            .flat_map(|mb| children(mb.pid))
+            .filter(|c| !known.contains(c) && !ended(*c))
+            .collect();
+        newcomers.sort_unstable();
+        newcomers.dedup();
+        for c in newcomers {
+            if job.members.len() >= cr::image::tree::MAX_PROCS {
+                job.abandon(libc::E2BIG, "too many processes to checkpoint");
             }
+            let Some(sock) = try_connect(c) else { continue };
+            let out = if per_proc {
+                match open_out(&resolve_dest(m, args, c)) {
+                    Ok(o) => {
+                        job.outs.push(o);
+                        job.outs.len() - 1
+                    }
+                    Err((e, msg)) => job.abandon(e, &msg),
+                }
+            } else {
+                0
+            };
+            let stopped = state_of(c) == Some('T');
+            if stopped {
+                // SAFETY: continuing a member for the checkpoint; it is stopped again afterwards.
+                unsafe { libc::kill(c, libc::SIGCONT) };
+            }
+            job.members.push(Member {
+                pid: c,
+                sock,
+                out,
+                stopped,
+                contacted: false,
+                omitted: false,
+                bytes: 0,
+            });
         }
     }
     let live: Vec<usize> = (0..job.members.len())
@@ -1327,7 +1362,8 @@ fn checkpoint_many(
     // 3. Everything is stopped: record what the processes share, write the manifest(s), then
     // let each process write its image in turn.
     let live_pids: Vec<i32> = live.iter().map(|&i| job.members[i].pid).collect();
-    let tree = live.len() > 1;
+    let zombies = zombie_children(&live_pids, args.quiet);
+    let tree = live.len() > 1 || !zombies.is_empty();
     let shares = if tree {
         let fds: Vec<i32> = job.outs.iter().map(|o| o.fd).collect();
         shared_descriptions(&live_pids, &fds, args.quiet)
@@ -1338,6 +1374,7 @@ fn checkpoint_many(
         .iter()
         .map(|&p| protocol::target_identity(p).1)
         .collect();
+
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
@@ -1348,15 +1385,21 @@ fn checkpoint_many(
             live.iter()
                 .enumerate()
                 .map(|(k, &i)| {
-                    let bytes =
-                        cr::image::tree::manifest_bytes(&inner, &shares, scope, k as u32, 1, now);
+                    let bytes = cr::image::tree::manifest_bytes(
+                        &inner,
+                        &shares,
+                        &zombies,
+                        scope,
+                        (k as u32, 1),
+                        now,
+                    );
                     (job.members[i].out, bytes)
                 })
                 .collect()
         } else {
             vec![(
                 0,
-                cr::image::tree::manifest_bytes(&inner, &shares, scope, 0, n, now),
+                cr::image::tree::manifest_bytes(&inner, &shares, &zombies, scope, (0, n), now),
             )]
         };
         for (o, bytes) in heads {
@@ -1490,6 +1533,167 @@ fn checkpoint_many(
                 for w in &img.warnings {
                     eprintln!("{TOOL}: warning: process {}: {w}", mb.pid);
                 }
+            }
+        }
+    }
+}
+
+/// The wait status of zombie `pid` (field 52 of /proc/PID/stat).
+fn exit_status(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(49)?
+        .parse()
+        .ok()
+}
+
+/// Unreaped children (zombies) of the stopped processes `pids`: their parents may still collect
+/// them, so they are saved as zombies (pid, parent, wait status) and re-created as such.
+fn zombie_children(pids: &[i32], quiet: bool) -> Vec<cr::image::tree::ZombieRec> {
+    let mut out = Vec::new();
+    for &p in pids {
+        for c in children(p) {
+            if state_of(c) != Some('Z') {
+                continue;
+            }
+            let Some(status) = exit_status(c) else {
+                continue;
+            };
+            if !quiet {
+                eprintln!("{TOOL}: warning: process {c} (a child of {p}) is a zombie; it is saved as one, for its parent to collect");
+            }
+            out.push(cr::image::tree::ZombieRec {
+                pid: protocol::target_identity(c).1,
+                ppid: protocol::target_identity(p).1,
+                status,
+                _pad: 0,
+            });
+        }
+    }
+    out
+}
+
+/// How often a member that keeps exec'ing during the stop is asked again.
+const EXEC_RETRIES: u32 = 20;
+
+/// Connects again to member `i` (after an exec) and resends the barrier request; false when it
+/// ended meanwhile (then it is left out).
+fn ask_again(m: &clap::ArgMatches, args: &Args, scope: i32, job: &mut Job, i: usize) -> bool {
+    let pid = job.members[i].pid;
+    // SAFETY: closing our socket to the old image's agent.
+    unsafe { libc::close(job.members[i].sock) };
+    let Some(sock) = try_connect(pid) else {
+        job.members[i].omitted = true;
+        job.members[i].contacted = false;
+        return false;
+    };
+    job.members[i].sock = sock;
+    let out = &job.outs[job.members[i].out];
+    let mut req = request(m, args, scope, out);
+    req.flags |= protocol::FLAG_BARRIER;
+    match protocol::send(sock, &req, Some(out.fd)) {
+        Ok(()) => {
+            job.members[i].contacted = true;
+            true
+        }
+        Err(_) if ended(pid) => {
+            job.members[i].omitted = true;
+            job.members[i].contacted = false;
+            false
+        }
+        Err(e) => job.abandon(
+            e,
+            &format!("cannot send the request to {pid}: {}", strerror(e)),
+        ),
+    }
+}
+
+/// Sends the barrier request to members `range` and waits until each is stopped (or omitted).
+fn stop_members(
+    m: &clap::ArgMatches,
+    args: &Args,
+    scope: i32,
+    job: &mut Job,
+    range: std::ops::Range<usize>,
+    deadline: std::time::Instant,
+    limit: std::time::Duration,
+) {
+    // 1. Ask everybody to stop.
+    for i in range.clone() {
+        let (pid, sock) = (job.members[i].pid, job.members[i].sock);
+        let out = &job.outs[job.members[i].out];
+        let mut req = request(m, args, scope, out);
+        req.flags |= protocol::FLAG_BARRIER;
+        match protocol::send(sock, &req, Some(out.fd)) {
+            Ok(()) => job.members[i].contacted = true,
+            // It exited since we connected: not part of the cut.
+            Err(_) if ended(pid) => job.members[i].omitted = true,
+            // It exec'd since we connected: its new image's agent is asked below.
+            Err(_) => {}
+        }
+    }
+    for i in range.clone() {
+        let pid = job.members[i].pid;
+        if job.members[i].omitted {
+            continue;
+        }
+        let mut attempts = 0;
+        if !job.members[i].contacted && !ask_again(m, args, scope, job, i) {
+            continue;
+        }
+        loop {
+            let sock = job.members[i].sock;
+            match recv_by(sock, Some(deadline)) {
+                Ok(Some(r)) if r.status == protocol::STATUS_ACCEPTED => {}
+                Ok(Some(r)) if r.status == protocol::STATUS_QUIESCED => break,
+                Ok(Some(r)) if r.status == libc::ESRCH => {
+                    // Omitted (cr_run --omit, or a callback's CR_CHECKPOINT_OMIT): left out.
+                    if args.verbose > 0 && !args.quiet {
+                        eprintln!("{TOOL}: process {pid} was omitted from the checkpoint");
+                    }
+                    job.members[i].omitted = true;
+                    break;
+                }
+                Ok(Some(r)) => {
+                    let e = if r.status > 0 { r.status } else { libc::EPROTO };
+                    job.abandon(
+                        e,
+                        &format!(
+                            "checkpoint of {pid} failed: {}: {}",
+                            r.message(),
+                            strerror(e)
+                        ),
+                    );
+                }
+                Ok(None) => job.abandon(
+                    libc::ETIMEDOUT,
+                    &format!(
+                        "process {pid} did not stop for the checkpoint within {} s",
+                        limit.as_secs()
+                    ),
+                ),
+                // It exited before it stopped: not part of the cut (if its parent is, it is
+                // saved as the zombie it is now).
+                Err(_) if ended(pid) => {
+                    job.members[i].omitted = true;
+                    break;
+                }
+                // It exec'd before it stopped (the old image's socket closed): ask the new
+                // image's agent.
+                Err(_) if attempts < EXEC_RETRIES => {
+                    attempts += 1;
+                    if !ask_again(m, args, scope, job, i) {
+                        break;
+                    }
+                }
+                Err(_) => job.abandon(
+                    libc::EIO,
+                    &format!(
+                        "process {pid} ended or closed its control socket during the checkpoint"
+                    ),
+                ),
             }
         }
     }

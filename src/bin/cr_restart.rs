@@ -412,6 +412,7 @@ struct Job {
     files: Vec<std::fs::File>,
     srcs: Vec<Vec<u8>>,
     shares: Vec<cr::image::tree::ShareRec>,
+    zombies: Vec<cr::image::tree::ZombieRec>,
 }
 
 /// Opens every image of the given files (a tree image holds several; with `-d` each file holds
@@ -423,6 +424,7 @@ fn load_job(
 ) -> Job {
     let mut found: Vec<(usize, Image, std::fs::File, Vec<u8>)> = Vec::new();
     let mut shares = Vec::new();
+    let mut zombies = Vec::new();
     let mut nproc = None;
     for (file, path) in sources {
         if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
@@ -449,6 +451,7 @@ fn load_job(
             Some(m) => {
                 nproc = Some(m.header.nproc as usize);
                 shares.clone_from(&m.shares);
+                zombies.clone_from(&m.zombies);
                 m.header.first as usize
             }
             None => found.len(),
@@ -480,6 +483,7 @@ fn load_job(
         files: Vec::new(),
         srcs: Vec::new(),
         shares,
+        zombies,
     };
     for (_, mut img, file, src) in found {
         cr::restore::relocate::relocate(&mut img, pairs);
@@ -549,15 +553,7 @@ fn run_job(args: &Args, job: &Job, opts: cr::restore::spawn::Options, signal: i3
             )
         });
         if init == 0 {
-            namespace_init(
-                &members,
-                &images,
-                &files,
-                &job.shares,
-                opts,
-                notify[1],
-                status[1],
-            );
+            namespace_init(&members, &images, &files, job, opts, notify[1], status[1]);
         }
         CHILDREN[0].store(init, Ordering::Relaxed);
         vec![init]
@@ -571,7 +567,8 @@ fn run_job(args: &Args, job: &Job, opts: cr::restore::spawn::Options, signal: i3
                     &format!("restart failed: {}", e.msg),
                 )
             });
-        let spawner = Spawner::new(&members, &pool, opts, notify[1], me);
+        let mut spawner = Spawner::new(&members, &pool, opts, notify[1], me);
+        spawner.zombies.clone_from(&job.zombies);
         let roots = spawner.spawn_roots();
         pool.close();
         match roots {
@@ -746,7 +743,7 @@ fn namespace_init(
     members: &[cr::restore::spawn::Member],
     images: &[&Image],
     files: &[&std::fs::File],
-    shares: &[cr::image::tree::ShareRec],
+    job: &Job,
     opts: cr::restore::spawn::Options,
     notify: i32,
     status: i32,
@@ -757,8 +754,10 @@ fn namespace_init(
         // SAFETY: leaving the init; the namespace dies with it.
         unsafe { libc::_exit(1) }
     };
-    let pool = cr::restore::pool::Pool::build(images, files, shares).unwrap_or_else(|e| die(e));
-    let spawner = cr::restore::spawn::Spawner::new(members, &pool, opts, notify, 1);
+    let pool =
+        cr::restore::pool::Pool::build(images, files, &job.shares).unwrap_or_else(|e| die(e));
+    let mut spawner = cr::restore::spawn::Spawner::new(members, &pool, opts, notify, 1);
+    spawner.zombies.clone_from(&job.zombies);
     let roots = spawner.spawn_roots().unwrap_or_else(|e| die(e));
     pool.close();
     // SAFETY: closing the report pipe: the restored processes hold their own copies.
@@ -809,7 +808,7 @@ fn images_in(args: &Args, dir: &std::path::Path) -> Vec<(std::fs::File, PathBuf)
         .into_iter()
         .filter_map(|p| {
             let f = std::fs::File::open(&p).ok()?;
-            Image::open(&f).ok()?;
+            cr::image::tree::open_all(&f).ok()?;
             Some((f, p))
         })
         .collect();

@@ -1,7 +1,8 @@
 //! Tree images: several processes checkpointed together (`cr_checkpoint -T/-g/-s`).
 //!
 //! ```text
-//! offset 0      manifest: TreeHeader, TreeProc[nproc], ShareRec[nshare], zero padded to a page
+//! offset 0      manifest: TreeHeader, TreeProc[nproc], ShareRec[nshare], ZombieRec[nzombie],
+//!               zero padded to a page
 //! len           the image of process `first`, then of `first + 1`, … (`count` images), each a
 //!               complete single-process image (see format.rs), back to back
 //! ```
@@ -41,6 +42,10 @@ pub struct TreeHeader {
     pub count: u32,
     /// Scope of the checkpoint (`CR_SCOPE_*`).
     pub scope: i32,
+    /// Entries in the zombie table.
+    pub nzombie: u32,
+    /// Reserved.
+    pub _pad: u32,
     /// Length of the manifest in bytes (page multiple): where the first image starts.
     pub len: u64,
     /// CLOCK_REALTIME of the checkpoint, nanoseconds.
@@ -74,6 +79,21 @@ pub struct ShareRec {
     pub _pad: u32,
 }
 
+/// A child of a checkpointed process that had exited but was not reaped yet (a zombie): restored
+/// as a zombie, so its parent can still collect its status.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug, PartialEq, Eq)]
+pub struct ZombieRec {
+    /// Its pid (as its parent saw it).
+    pub pid: i32,
+    /// Its parent's pid (a process of the checkpoint).
+    pub ppid: i32,
+    /// Its wait status (`waitpid` format).
+    pub status: i32,
+    /// Reserved.
+    pub _pad: u32,
+}
+
 /// A parsed manifest.
 #[derive(Clone, Debug)]
 pub struct Manifest {
@@ -83,24 +103,27 @@ pub struct Manifest {
     pub procs: Vec<TreeProc>,
     /// Share table.
     pub shares: Vec<ShareRec>,
+    /// Zombie table.
+    pub zombies: Vec<ZombieRec>,
 }
 
-fn used_len(nproc: usize, nshare: usize) -> usize {
+fn used_len(nproc: usize, nshare: usize, nzombie: usize) -> usize {
     core::mem::size_of::<TreeHeader>()
         + nproc * core::mem::size_of::<TreeProc>()
         + nshare * core::mem::size_of::<ShareRec>()
+        + nzombie * core::mem::size_of::<ZombieRec>()
 }
 
 /// Builds the manifest bytes (page padded) for images `first..first + count` of `pids`.
 pub fn manifest_bytes(
     pids: &[i32],
     shares: &[ShareRec],
+    zombies: &[ZombieRec],
     scope: i32,
-    first: u32,
-    count: u32,
+    (first, count): (u32, u32),
     time_ns: u64,
 ) -> Vec<u8> {
-    let used = used_len(pids.len(), shares.len());
+    let used = used_len(pids.len(), shares.len(), zombies.len());
     let len = page_align(used as u64).max(PAGE as u64) as usize;
     let header = TreeHeader {
         magic: TREE_MAGIC,
@@ -110,6 +133,8 @@ pub fn manifest_bytes(
         first,
         count,
         scope,
+        nzombie: zombies.len() as u32,
+        _pad: 0,
         len: len as u64,
         time_ns,
         hash: 0,
@@ -121,6 +146,9 @@ pub fn manifest_bytes(
     }
     for s in shares {
         out.extend_from_slice(bytemuck::bytes_of(s));
+    }
+    for z in zombies {
+        out.extend_from_slice(bytemuck::bytes_of(z));
     }
     let h = hash(&out);
     out[core::mem::offset_of!(TreeHeader, hash)..][..8].copy_from_slice(&h.to_le_bytes());
@@ -145,11 +173,16 @@ pub fn read_manifest(file: &File) -> Result<Option<Manifest>, ImageError> {
     }
     if header.nproc as usize > MAX_PROCS
         || header.nshare as usize > MAX_PROCS * 1024
+        || header.nzombie as usize > MAX_PROCS * 64
         || header.first + header.count > header.nproc
     {
         return Err(ImageError::Malformed("tree manifest out of range".into()));
     }
-    let used = used_len(header.nproc as usize, header.nshare as usize);
+    let used = used_len(
+        header.nproc as usize,
+        header.nshare as usize,
+        header.nzombie as usize,
+    );
     if used as u64 > header.len {
         return Err(ImageError::Malformed("tree manifest length".into()));
     }
@@ -174,10 +207,18 @@ pub fn read_manifest(file: &File) -> Result<Option<Manifest>, ImageError> {
             s
         })
         .collect();
+    let zombies = (0..header.nzombie)
+        .map(|_| {
+            let z: ZombieRec = bytemuck::pod_read_unaligned(&bytes[at..at + 16]);
+            at += 16;
+            z
+        })
+        .collect();
     Ok(Some(Manifest {
         header,
         procs,
         shares,
+        zombies,
     }))
 }
 
@@ -203,7 +244,8 @@ mod tests {
 
     #[test]
     fn sizes_match_the_documentation() {
-        assert_eq!(core::mem::size_of::<TreeHeader>(), 56);
+        assert_eq!(core::mem::size_of::<TreeHeader>(), 64);
+        assert_eq!(core::mem::size_of::<ZombieRec>(), 16);
         assert_eq!(core::mem::size_of::<TreeProc>(), 8);
         assert_eq!(core::mem::size_of::<ShareRec>(), 16);
     }
@@ -216,7 +258,13 @@ mod tests {
             group: 7,
             _pad: 0,
         }];
-        let bytes = manifest_bytes(&[10, 11], &shares, 1, 0, 2, 5);
+        let zombies = [ZombieRec {
+            pid: 12,
+            ppid: 10,
+            status: 3 << 8,
+            _pad: 0,
+        }];
+        let bytes = manifest_bytes(&[10, 11], &shares, &zombies, 1, (0, 2), 5);
         assert_eq!(bytes.len(), PAGE);
         let path = std::env::temp_dir().join(format!("libcr-tree-{}", std::process::id()));
         std::fs::write(&path, &bytes).unwrap();
@@ -225,6 +273,7 @@ mod tests {
         assert_eq!(m.procs.len(), 2);
         assert_eq!(m.procs[1].pid, 11);
         assert_eq!(m.shares, shares);
+        assert_eq!(m.zombies, zombies);
         let mut bad = bytes.clone();
         bad[60] ^= 1;
         std::fs::write(&path, &bad).unwrap();

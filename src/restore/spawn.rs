@@ -17,6 +17,7 @@ use super::pool::Pool;
 use super::{write_report, Report, RestoreError};
 use crate::arch::CloneArgs;
 use crate::image::reader::Image;
+use crate::image::tree::ZombieRec;
 use std::fs::File;
 
 /// One process of the job.
@@ -156,6 +157,8 @@ pub struct Spawner<'a> {
     pub restarter: i32,
     /// Extra `clone3` flags for the roots (`CLONE_PARENT`: make them the caller's siblings).
     pub root_flags: u64,
+    /// Unreaped children that had exited: re-created as zombies of their parents.
+    pub zombies: Vec<ZombieRec>,
     parents: Vec<Option<usize>>,
 }
 
@@ -176,6 +179,7 @@ impl<'a> Spawner<'a> {
             notify,
             restarter,
             root_flags: 0,
+            zombies: Vec::new(),
             parents,
         }
     }
@@ -230,6 +234,43 @@ impl<'a> Spawner<'a> {
         Ok(pid)
     }
 
+    /// Re-creates an exited, unreaped child: a process that ends at once the way it ended, and
+    /// stays a zombie until the restored parent collects it.
+    fn create_zombie(&self, z: &ZombieRec) {
+        match clone_process(self.opts.pids.then_some(z.pid), 0) {
+            Ok(0) => {
+                let st = z.status;
+                if libc::WIFSIGNALED(st) {
+                    let sig = libc::WTERMSIG(st);
+                    // SAFETY: dying of the saved signal, without a core dump.
+                    unsafe {
+                        let nocore = libc::rlimit {
+                            rlim_cur: 0,
+                            rlim_max: 0,
+                        };
+                        libc::setrlimit(libc::RLIMIT_CORE, &nocore);
+                        libc::signal(sig, libc::SIG_DFL);
+                        let mut set: libc::sigset_t = std::mem::zeroed();
+                        libc::sigemptyset(&mut set);
+                        libc::sigaddset(&mut set, sig);
+                        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+                        libc::kill(libc::getpid(), sig);
+                    }
+                }
+                // SAFETY: ending with the saved exit code.
+                unsafe { libc::_exit(libc::WEXITSTATUS(st)) }
+            }
+            Ok(_) => {}
+            Err(e) if !self.opts.quiet => eprintln!(
+                "cr_restart: warning: cannot re-create zombie {} (a child of {}): {}",
+                z.pid,
+                z.ppid,
+                std::io::Error::from_raw_os_error(e)
+            ),
+            Err(_) => {}
+        }
+    }
+
     /// In the new process of member `i`: session, children, then its own restore.
     fn child(&self, i: usize) -> ! {
         let m = &self.members[i];
@@ -255,6 +296,9 @@ impl<'a> Spawner<'a> {
             if let Err(e) = self.create(c, 0) {
                 fail(e);
             }
+        }
+        for z in self.zombies.iter().filter(|z| z.ppid == p.pid) {
+            self.create_zombie(z);
         }
         let file = match m.file.try_clone() {
             Ok(f) => f,
