@@ -180,6 +180,16 @@ fn chosen_signal(m: &clap::ArgMatches, a: &Args) -> i32 {
     last_given(m, &opts, 0)
 }
 
+/// This process and its ancestors: never part of a checkpoint it makes (they wait for it).
+fn ourselves() -> std::collections::HashSet<i32> {
+    let mut set = std::collections::HashSet::new();
+    let mut up = std::process::id() as i32;
+    while up > 1 && set.insert(up) {
+        up = parent(up);
+    }
+    set
+}
+
 fn comm(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .unwrap_or_default()
@@ -248,7 +258,7 @@ fn try_connect(pid: i32) -> Option<i32> {
             Err(_) if comm(pid) == "cr_restart" => fail(TOOL, CR_ENOSUPPORT, &format!(
                 "process {pid} is cr_restart itself; checkpoint the restored program (its child) instead")),
             Err(_) => fail(TOOL, CR_ENOSUPPORT, &format!(
-                "process {pid} has no checkpoint support (start it with cr_run or link it with -lcr)")),
+                "process {pid} ({}) has no checkpoint support (start it with cr_run or link it with -lcr)", comm(pid))),
         }
     };
     // SAFETY: getsockopt on the connected socket with a valid ucred buffer.
@@ -409,12 +419,16 @@ fn resolve_scope(m: &clap::ArgMatches, a: &Args) -> (Vec<i32>, i32, Vec<i32>) {
         check_ptrace(m, id);
         return (vec![id], scope, Vec::new());
     }
-    // The members and all their descendants, once each.
+    // The members and all their descendants, once each. Our own ancestors below the target (a
+    // program that runs `system("cr_checkpoint $$")`: the shell waiting for us) stay out, as we
+    // do: BLCR's cr_checkpoint omits itself the same way.
+    let ancestors = ourselves();
     let mut seen = std::collections::HashSet::new();
     let mut all = Vec::new();
     let mut stack: Vec<i32> = roots.iter().rev().copied().collect();
     while let Some(p) = stack.pop() {
-        if p == me || !seen.insert(p) {
+        let waits_for_us = ancestors.contains(&p) && !roots.contains(&p);
+        if p == me || waits_for_us || !seen.insert(p) {
             continue;
         }
         all.push(p);
@@ -1299,7 +1313,8 @@ fn checkpoint_many(m: &clap::ArgMatches, args: &Args, pids: &[i32], scope: i32, 
         let to = job.members.len();
         stop_members(m, args, scope, &mut job, from..to, deadline, limit);
         from = to;
-        let known: std::collections::HashSet<i32> = job.members.iter().map(|mb| mb.pid).collect();
+        let mut known = ourselves();
+        known.extend(job.members.iter().map(|mb| mb.pid));
         let mut newcomers: Vec<i32> = job
             .members
             .iter()
