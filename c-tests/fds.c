@@ -15,6 +15,11 @@
  *   a pipe (read end FD_CLOEXEC and O_NONBLOCK, write end neither) with
  *   nothing buffered in it (CR_TEST_SKIP_PIPE_NONBLOCK=1 in the environment:
  *   a lost O_NONBLOCK on the read end is reported, not a failure)
+ *   unl.dat   20000 bytes, O_RDWR, lseek to 5000, dup()ed (one description),
+ *             opened a second time O_RDONLY at offset 100, then unlinked:
+ *             restored by content as an unlinked file, offsets and sharing kept
+ *   a directory stream (opendir) on $CR_TEST_DIR/list (6 files) after two
+ *             readdir()s: the rest of the entries follow after restart
  *   cwd $CR_TEST_DIR/sub, umask 027, RLIMIT_NOFILE soft 200,
  *   RLIMIT_CORE soft 0, RLIMIT_FSIZE soft 1 GiB
  * Work loop: reads /dev/zero, writes /dev/null, until GO.
@@ -201,6 +206,43 @@ int main(void)
         fail("pipe");
     if (fcntl(pp[0], F_SETFD, FD_CLOEXEC) != 0 || fcntl(pp[0], F_SETFL, O_NONBLOCK) != 0)
         fail("fcntl pipe");
+
+    /* an unlinked file, with a dup and a second description */
+    path_of(p, "unl.dat");
+    int fd_unl = xopen(p, O_RDWR | O_CREAT | O_TRUNC);
+    {
+        unsigned char u[20000];
+        fill(u, sizeof u, 0, 0x77);
+        write_all(fd_unl, u, sizeof u, "unl.dat");
+    }
+    if (lseek(fd_unl, 5000, SEEK_SET) != 5000)
+        fail("lseek unl.dat");
+    int fd_unl_dup = dup(fd_unl);
+    int fd_unl2 = xopen(p, O_RDONLY);
+    if (fd_unl_dup < 0 || lseek(fd_unl2, 100, SEEK_SET) != 100 || unlink(p) != 0)
+        fail("unl.dat: dup, second open or unlink");
+
+    /* a directory stream part-way through */
+    char listdir[PATH_MAX];
+    if (snprintf(listdir, sizeof listdir, "%s/list", dir) >= (int)sizeof listdir)
+        fail("path too long");
+    if (mkdir(listdir, 0755) != 0 && errno != EEXIST)
+        fail("mkdir list");
+    for (int k = 0; k < 6; k++) {
+        char f[PATH_MAX + 16];
+        snprintf(f, sizeof f, "%s/e%d", listdir, k);
+        int t = xopen(f, O_WRONLY | O_CREAT | O_TRUNC);
+        close(t);
+    }
+    DIR *ds = opendir(listdir);
+    char seen_names[8][256];
+    int nseen = 0;
+    for (int k = 0; k < 2; k++) {
+        struct dirent *e = ds ? readdir(ds) : NULL;
+        if (!e)
+            fail("readdir list before READY");
+        snprintf(seen_names[nseen++], sizeof seen_names[0], "%s", e->d_name);
+    }
 
     /* what every fd must still be */
     struct stat st_in, st_out, st_rw, st_null, st_zero, st_rand, st_dir, st_p0, st_p1;
@@ -411,6 +453,46 @@ int main(void)
             failf("RLIMIT_FSIZE is %llu/%llu, expected %llu/%llu", (unsigned long long)r.rlim_cur,
                   (unsigned long long)r.rlim_max, (unsigned long long)fsize.rlim_cur,
                   (unsigned long long)fsize.rlim_max);
+    }
+
+    /* the unlinked file: still unlinked, same content, offsets and sharing as before */
+    {
+        struct stat us;
+        unsigned char u[1000];
+        xfstat(fd_unl, &us);
+        if (us.st_nlink != 0 || us.st_size != 20000)
+            failf("unl.dat: nlink %lu size %lld, expected an unlinked file of 20000 bytes",
+                  (unsigned long)us.st_nlink, (long long)us.st_size);
+        if (lseek(fd_unl, 0, SEEK_CUR) != 5000 || lseek(fd_unl2, 0, SEEK_CUR) != 100)
+            fail("unl.dat: offsets 5000 and 100 expected");
+        if (read(fd_unl, u, sizeof u) != (ssize_t)sizeof u || !check(u, sizeof u, 5000, 0x77))
+            fail("unl.dat: the bytes at 5000");
+        if (lseek(fd_unl_dup, 0, SEEK_CUR) != 6000)
+            fail("unl.dat: the dup does not share the offset (expected 6000)");
+        if (read(fd_unl2, u, 100) != 100 || !check(u, 100, 100, 0x77))
+            fail("unl.dat: the second description's bytes at 100");
+        if (lseek(fd_unl, 0, SEEK_CUR) != 6000)
+            fail("unl.dat: the second description moved the first one");
+        xfstat(fd_unl2, &us);
+        struct stat us1;
+        xfstat(fd_unl, &us1);
+        if (us.st_ino != us1.st_ino)
+            fail("unl.dat: the two descriptions lead to different files");
+    }
+    /* the directory stream: the remaining entries, each once */
+    {
+        struct dirent *e;
+        while ((e = readdir(ds)) != NULL) {
+            if (nseen == 8)
+                fail("readdir list: too many entries after restart");
+            for (int k = 0; k < nseen; k++)
+                if (strcmp(seen_names[k], e->d_name) == 0)
+                    failf("readdir list: %s seen twice", e->d_name);
+            snprintf(seen_names[nseen++], sizeof seen_names[0], "%s", e->d_name);
+        }
+        if (nseen != 8)
+            failf("readdir list: %d entries in all, expected 8 (6 files, . and ..)", nseen);
+        closedir(ds);
     }
 
     /* no stray descriptor above the ones the program opened (report only: the agent may own some) */

@@ -85,8 +85,9 @@ impl Seen {
         found.unwrap_or(fd)
     }
 
-    /// Whether pipe `ino` is met for the first time (its contents still to be saved).
-    fn first_pipe(&mut self, ino: u64) -> bool {
+    /// Whether the object `key` (a pipe or unlinked file) is met for the first time (its
+    /// contents still to be saved).
+    fn first_time(&mut self, ino: u64) -> bool {
         if self.pipes[..self.npipes].contains(&ino) || self.npipes == SEEN_MAX {
             return false;
         }
@@ -156,6 +157,35 @@ fn save_pipe_data(w: &mut MetaWriter, fd: i32, ino: u64, size: u32) -> Result<()
     res
 }
 
+/// Saves the contents of the unlinked file behind `fd` (read with `pread`: the offset stays).
+fn save_file_data(w: &mut MetaWriter, fd: i32, st: &libc::stat) -> Result<(), Errno> {
+    let rec = FileDataRec {
+        dev: st.st_dev,
+        ino: st.st_ino,
+    };
+    let size = st.st_size.max(0) as usize;
+    w.record_fill(REC_FILE_DATA, &rec, size, |buf| {
+        let mut got = 0;
+        while got < buf.len() {
+            let r = sys::sys6(
+                libc::SYS_pread64 as usize,
+                fd as usize,
+                buf[got..].as_mut_ptr() as usize,
+                buf.len() - got,
+                got,
+                0,
+                0,
+            );
+            match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        got
+    })
+    .map_err(|_| Errno(libc::ENOMEM))
+}
+
 fn one(
     w: &mut MetaWriter,
     fd: i32,
@@ -178,9 +208,10 @@ fn one(
     let deleted = path.ends_with(b" (deleted)");
     let (kind, warn): (FdKind, Option<&[u8]>) = match fmt {
         libc::S_IFREG if is_image => (FdKind::CheckpointFile, None),
+        libc::S_IFREG if deleted && st.st_size <= MAX_UNLINKED_FILE => (FdKind::Unlinked, None),
         libc::S_IFREG if deleted => (
             FdKind::Unsupported,
-            Some(b"is an unlinked file; it will be closed at restart"),
+            Some(b"is an unlinked file larger than 16 MiB; it will be closed at restart"),
         ),
         libc::S_IFREG => (FdKind::Regular, None),
         libc::S_IFDIR => (FdKind::Directory, None),
@@ -201,7 +232,7 @@ fn one(
         ),
     };
     let offset = match kind {
-        FdKind::Regular | FdKind::Directory => {
+        FdKind::Regular | FdKind::Directory | FdKind::Unlinked => {
             sys::lseek(fd, 0, libc::SEEK_CUR).unwrap_or(0) as i64
         }
         _ => 0,
@@ -227,7 +258,10 @@ fn one(
     };
     w.record(REC_FD, &rec, path)
         .map_err(|_| Errno(libc::ENOMEM))?;
-    if kind == FdKind::Pipe && seen.first_pipe(st.st_ino) {
+    if kind == FdKind::Unlinked && seen.first_time(st.st_ino ^ st.st_dev.rotate_left(32)) {
+        save_file_data(w, fd, &st)?;
+    }
+    if kind == FdKind::Pipe && seen.first_time(st.st_ino) {
         // A pipe we cannot copy keeps running; only its buffered bytes are not in the image.
         let _ = save_pipe_data(w, fd, st.st_ino, pipe_size);
     }

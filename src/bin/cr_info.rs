@@ -158,6 +158,7 @@ fn fd_kind(k: FdKind) -> &'static str {
         FdKind::Pipe => "pipe",
         FdKind::Unsupported => "unsupported",
         FdKind::CheckpointFile => "checkpoint-file",
+        FdKind::Unlinked => "unlinked-file",
     }
 }
 

@@ -102,6 +102,8 @@ pub const REC_THREAD: u32 = 6;
 pub const REC_WARNING: u32 = 7;
 /// Record: [`PipeDataRec`], followed by the bytes buffered in that pipe (the rest of the record).
 pub const REC_PIPE_DATA: u32 = 8;
+/// Record: [`FileDataRec`], followed by the contents of an unlinked open file.
+pub const REC_FILE_DATA: u32 = 9;
 /// Last record.
 pub const REC_END: u32 = 0xffff;
 
@@ -294,6 +296,9 @@ pub enum FdKind {
     /// The file this very image was written to (a self-checkpoint's destination): reopened by
     /// path without truncation, positioned at its end.
     CheckpointFile = 7,
+    /// A regular file that was unlinked while open: its contents are in a `REC_FILE_DATA`
+    /// record; restored as a new unlinked file with that content, at the saved offset.
+    Unlinked = 8,
 }
 
 impl FdKind {
@@ -308,6 +313,7 @@ impl FdKind {
             5 => Pipe,
             6 => Unsupported,
             7 => CheckpointFile,
+            8 => Unlinked,
             _ => return None,
         })
     }
@@ -356,6 +362,20 @@ pub struct PipeDataRec {
     pub _pad: u32,
 }
 
+/// The contents of an open file that was unlinked (saved once per file).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug)]
+pub struct FileDataRec {
+    /// `st_dev` of the file.
+    pub dev: u64,
+    /// `st_ino` of the file.
+    pub ino: u64,
+}
+
+/// Largest unlinked open file whose contents a checkpoint saves (larger ones are closed at
+/// restart, with a warning at checkpoint time).
+pub const MAX_UNLINKED_FILE: i64 = 16 << 20;
+
 /// Rounds `n` up to a page multiple.
 pub const fn page_align(n: u64) -> u64 {
     (n + PAGE as u64 - 1) & !(PAGE as u64 - 1)
@@ -397,6 +417,7 @@ mod tests {
         assert_eq!(size_of::<Extent>(), 24);
         assert_eq!(size_of::<FdRec>(), 64);
         assert_eq!(size_of::<PipeDataRec>(), 16);
+        assert_eq!(size_of::<FileDataRec>(), 16);
         assert_eq!(size_of::<ThreadRec>(), 40);
     }
 

@@ -117,6 +117,8 @@ pub struct Image {
     pub warnings: Vec<String>,
     /// Bytes that were buffered in pipes at checkpoint time: (pipe inode, contents).
     pub pipe_data: Vec<(u64, Vec<u8>)>,
+    /// Contents of unlinked open files: ((device, inode), contents).
+    pub file_data: Vec<((u64, u64), Vec<u8>)>,
     /// File offset where this image starts (0 unless it is one process of a tree image).
     pub base: u64,
 }
@@ -198,6 +200,7 @@ impl Image {
             threads: Vec::new(),
             warnings: Vec::new(),
             pipe_data: Vec::new(),
+            file_data: Vec::new(),
             base,
         };
         img.parse_meta(&meta)?;
@@ -260,6 +263,11 @@ impl Image {
                     let r: PipeDataRec = read_pod(body, "pipe data")?;
                     let bytes = &body[core::mem::size_of::<PipeDataRec>()..];
                     self.pipe_data.push((r.ino, bytes.to_vec()));
+                }
+                REC_FILE_DATA => {
+                    let r: FileDataRec = read_pod(body, "file data")?;
+                    let bytes = &body[core::mem::size_of::<FileDataRec>()..];
+                    self.file_data.push(((r.dev, r.ino), bytes.to_vec()));
                 }
                 REC_WARNING => self
                     .warnings

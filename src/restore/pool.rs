@@ -123,6 +123,7 @@ impl Pool {
             .collect();
         let mut descs: HashMap<Key, i32> = HashMap::new();
         let mut pipes: HashMap<u64, PipeObj> = HashMap::new();
+        let mut unlinked: HashMap<(u64, u64), i32> = HashMap::new();
         for (i, img) in images.iter().enumerate() {
             for f in &img.fds {
                 let pooled = match f.kind {
@@ -131,6 +132,7 @@ impl Pool {
                     | FdKind::CharDevice
                     | FdKind::CheckpointFile => true,
                     FdKind::Pipe => pipe_is_pooled(images, f),
+                    FdKind::Unlinked => true,
                     FdKind::Inherited | FdKind::Unsupported => false,
                 };
                 if !pooled {
@@ -142,6 +144,8 @@ impl Pool {
                     None => {
                         let fd = if f.kind == FdKind::Pipe {
                             self.pipe_description(images, &mut pipes, f, floor)?
+                        } else if f.kind == FdKind::Unlinked {
+                            self.unlinked_description(images, &mut unlinked, f, floor)?
                         } else {
                             self.keep(open_file(f)?, floor)?
                         };
@@ -294,6 +298,44 @@ impl Pool {
         })
     }
 
+    /// A new open file description of the unlinked file behind `f` (re-created on first use as
+    /// a new unlinked file, `O_TMPFILE`, beside where it was, with its saved contents).
+    fn unlinked_description(
+        &mut self,
+        images: &[&Image],
+        files: &mut HashMap<(u64, u64), i32>,
+        f: &Fd,
+        floor: i32,
+    ) -> Result<i32, RestoreError> {
+        let key = (f.rec.dev, f.rec.ino);
+        let tmp = match files.get(&key) {
+            Some(&fd) => fd,
+            None => {
+                let fd = self.keep(create_unlinked(images, f)?, floor)?;
+                files.insert(key, fd);
+                fd
+            }
+        };
+        let link = cpath(format!("/proc/self/fd/{tmp}").as_bytes());
+        let flags = f.rec.flags & (libc::O_ACCMODE | libc::O_APPEND);
+        // SAFETY: open with a valid C string; lseek on the descriptor just opened.
+        let fd = unsafe {
+            let fd = libc::open(link.as_ptr(), flags | libc::O_CLOEXEC);
+            if fd >= 0 {
+                libc::lseek(fd, f.rec.offset, libc::SEEK_SET);
+            }
+            fd
+        };
+        if fd < 0 {
+            return Err(fail(format!(
+                "cannot reopen the unlinked file {} (fd {})",
+                String::from_utf8_lossy(&f.path),
+                f.rec.fd
+            )));
+        }
+        self.keep(fd, floor)
+    }
+
     /// One memfd per shared memory object of the job, holding the union of the pages every
     /// process saved of it.
     fn shared_memory(
@@ -368,6 +410,61 @@ impl Pool {
             unsafe { libc::close(fd) };
         }
     }
+}
+
+/// A new unlinked file (`O_TMPFILE`) with the saved contents of `f`'s file: in the directory it
+/// was in when that still exists, else in /tmp.
+fn create_unlinked(images: &[&Image], f: &Fd) -> Result<i32, RestoreError> {
+    let data = images
+        .iter()
+        .find_map(|img| {
+            img.file_data
+                .iter()
+                .find(|(k, _)| *k == (f.rec.dev, f.rec.ino))
+        })
+        .map(|(_, d)| d.as_slice())
+        .unwrap_or(&[]);
+    let path = f.path.strip_suffix(b" (deleted)").unwrap_or(&f.path);
+    let dir =
+        std::path::Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(path))
+            .parent()
+            .filter(|d| d.is_dir())
+            .map(|d| d.as_os_str().as_encoded_bytes().to_vec())
+            .unwrap_or_else(|| b"/tmp".to_vec());
+    let mode = f.rec.mode & 0o7777;
+    let mut fd = -1;
+    for d in [dir.as_slice(), b"/tmp"] {
+        let c = cpath(d);
+        // SAFETY: open with a valid C string.
+        fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+                mode,
+            )
+        };
+        if fd >= 0 {
+            break;
+        }
+    }
+    if fd < 0 {
+        return Err(fail(format!(
+            "cannot re-create the unlinked file {}",
+            String::from_utf8_lossy(path)
+        )));
+    }
+    // SAFETY: fd is ours; File::from_raw_fd is undone by into_raw_fd.
+    let file = unsafe { <File as std::os::unix::io::FromRawFd>::from_raw_fd(fd) };
+    if let Err(e) = file.write_all_at(data, 0) {
+        return Err(RestoreError::new(
+            e.raw_os_error().unwrap_or(libc::EIO),
+            format!(
+                "cannot re-create the unlinked file {}: {e}",
+                String::from_utf8_lossy(path)
+            ),
+        ));
+    }
+    Ok(std::os::unix::io::IntoRawFd::into_raw_fd(file))
 }
 
 fn key_of(img: &Image, i: usize, f: &Fd, groups: &HashMap<(usize, i32), u32>) -> Key {

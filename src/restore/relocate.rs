@@ -86,7 +86,11 @@ pub fn relocate(img: &mut Image, pairs: &[Pair]) {
     for f in &mut img.fds {
         let by_path = matches!(
             f.kind,
-            FdKind::Regular | FdKind::Directory | FdKind::CharDevice | FdKind::CheckpointFile
+            FdKind::Regular
+                | FdKind::Directory
+                | FdKind::CharDevice
+                | FdKind::CheckpointFile
+                | FdKind::Unlinked
         );
         if by_path {
             if let Some(p) = apply(pairs, &f.path) {
