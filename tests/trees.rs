@@ -642,6 +642,36 @@ fn named_fifo_unlinked() {
     );
 }
 
+/// A named FIFO removed after the checkpoint (before the restart): cr_restart makes it again at
+/// its path, and the restored descriptors lead to it (tree.c checks the inode).
+#[test]
+fn named_fifo_removed_before_restart() {
+    let sc = Scenario::new("fifo-removed");
+    let reaper = Reaper::new(&sc);
+    let tree = Tree::new(&["2", "fifo"]);
+    let (mut job, pids) = start_tree(&sc, &reaper, &tree);
+    let img = checkpoint_tree(&sc, job.pid(), &["--term"], false);
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    wait_gone(&sc, &pids, "the checkpointed tree after --term");
+    let fifo = sc.work_dir().join("tree.fifo");
+    std::fs::remove_file(&fifo)
+        .unwrap_or_else(|e| panic!("remove {}: {e}\n{}", fifo.display(), sc.log()));
+    let mut rs = start_restart(&sc, &reaper, &[], &img);
+    let back = restored(&mut rs, &reaper, "tree", Some(pids.len()));
+    assert_pids(&rs, &back, &pids, true);
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        std::fs::metadata(&fifo).is_ok_and(|m| m.file_type().is_fifo()),
+        "cr_restart must re-create the FIFO {}\n{}",
+        fifo.display(),
+        sc.log()
+    );
+    thread::sleep(SETTLE);
+    sc.go();
+    rs.expect_pass(RESTART_TIMEOUT);
+    wait_gone(&sc, &back, "the restored tree after PASS");
+}
+
 /// Pipes of 256 KiB (F_SETPIPE_SZ) holding 100 KiB, read ends O_NONBLOCK.
 #[test]
 fn big_nonblocking_pipes() {
@@ -937,6 +967,29 @@ fn pid_in_use_single() {
 #[test]
 fn pid_in_use_threads() {
     pid_in_use("threads");
+}
+
+/// A whole tree checkpointed without --term: restarting it while it runs is refused, naming
+/// one of its pids; the original tree keeps running and passes.
+#[test]
+fn pid_in_use_tree() {
+    if !is_root() {
+        println!("note: not root: original pids are restored in a private namespace, never in use");
+        return;
+    }
+    let sc = Scenario::new("in-use-tree");
+    let reaper = Reaper::new(&sc);
+    let (mut job, pids) = start_tree(&sc, &reaper, &Tree::new(&["2", "deep"]));
+    let img = Image::File(sc.checkpoint(job.pid(), &[]));
+    job.assert_running("after a checkpoint without --term");
+    let line = refused_restart(&sc, &reaper, &img, &pids);
+    assert!(
+        line.contains("in use") && pids.iter().any(|p| line.contains(&format!("pid {p}"))),
+        "the error must name a pid of the tree {pids:?}: {line}"
+    );
+    job.assert_running("after the refused restart");
+    sc.go();
+    job.expect_pass(RESTART_TIMEOUT);
 }
 
 /// A tree of a root and three children, checkpointed with --term; then another process takes
