@@ -30,6 +30,15 @@
  *   - `fifo` / `fifo-unlinked`: $CR_TEST_DIR/tree.fifo, the root opens the
  *     write end, child 1 the read end, 30000 bytes buffered; with
  *     `fifo-unlinked` the path is unlinked once both ends are open
+ *   - `mmaps`: file mappings made by the root before any fork, inherited by
+ *     every node: maps.dat (64 KiB pattern) MAP_SHARED from offset 16 KiB,
+ *     and again PROT_READ only; priv.dat MAP_PRIVATE with its first page
+ *     changed before the fork (copy-on-write); unl.dat MAP_SHARED, then
+ *     unlinked; a MAP_PRIVATE|MAP_ANONYMOUS region. After GO every node
+ *     checks them all and writes its mark into page `me` of the shared file
+ *     and unlinked mappings and of its private copies; the root waits until
+ *     it sees every node's marks in both shared ones (still shared) and
+ *     none in its private ones (still private)
  * Environment:
  *   CR_TEST_SETSID=1   the program forks at once; the parent (a "launcher"
  *                      that only waits and passes the status on) stays
@@ -126,7 +135,7 @@ struct shared {           /* at the start of the shared region */
 
 static const char *go_path;
 static char dir[PATH_MAX], fifo_path[PATH_MAX];
-static int nchild, deep, fifo_mode, bigpipe; /* fifo_mode: 0 none, 1 fifo, 2 fifo-unlinked */
+static int nchild, deep, fifo_mode, bigpipe, mmaps; /* fifo_mode: 0 none, 1 fifo, 2 fifo-unlinked */
 static int launched, do_setpgid, same_pids, same_pgid, same_sid;
 static int nnodes;
 
@@ -608,6 +617,115 @@ static void check_dup(void)
         nfail("read on one fd did not move the dup()");
 }
 
+/* ---- `mmaps`: file mappings shared and private across the tree ---- */
+
+#define MAP_FILE_SIZE (64 << 10)
+#define MAP_OFF (16 << 10)
+#define MAP_LEN (32 << 10)
+#define SEED_MAPS 0x3c
+#define SEED_PRIV 0x4d
+#define SEED_UNL 0x6e
+#define SEED_ANON 0x1f
+#define MARK 0x4d41524bu /* "MARK" */
+
+static unsigned char *m_shared, *m_ro, *m_priv, *m_unl, *m_anon;
+
+static void *map_file(const char *name, unsigned seed, size_t len, off_t off, int prot, int flags,
+                      int unlink_it)
+{
+    char p[PATH_MAX];
+    path_of(p, name);
+    int fd = open(p, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0)
+        failf("create %s: %s", p, strerror(errno));
+    write_pattern(fd, MAP_FILE_SIZE, seed, name);
+    void *m = mmap(NULL, len, prot, flags, fd, off);
+    if (m == MAP_FAILED)
+        failf("mmap %s: %s", p, strerror(errno));
+    close(fd);
+    if (unlink_it && unlink(p) != 0)
+        failf("unlink %s: %s", p, strerror(errno));
+    return m;
+}
+
+static void mmaps_setup(void)
+{
+    m_shared = map_file("maps.dat", SEED_MAPS, MAP_LEN, MAP_OFF, PROT_READ | PROT_WRITE,
+                        MAP_SHARED, 0);
+    char p[PATH_MAX];
+    path_of(p, "maps.dat");
+    int fd = open(p, O_RDONLY);
+    if (fd < 0)
+        fail("open maps.dat read-only");
+    m_ro = mmap(NULL, MAP_LEN, PROT_READ, MAP_SHARED, fd, MAP_OFF);
+    if (m_ro == MAP_FAILED)
+        fail("mmap maps.dat read-only");
+    close(fd);
+    m_priv = map_file("priv.dat", SEED_PRIV, MAP_FILE_SIZE, 0, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE, 0);
+    memset(m_priv, 0xa5, 4096); /* copy-on-write before the fork */
+    m_unl = map_file("unl.dat", SEED_UNL, MAP_FILE_SIZE, 0, PROT_READ | PROT_WRITE, MAP_SHARED, 1);
+    m_anon = mmap(NULL, MAP_FILE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m_anon == MAP_FAILED)
+        fail("mmap anonymous private");
+    fill(m_anon, MAP_FILE_SIZE, 0, SEED_ANON);
+}
+
+/* The bytes of page `pg` of a mapping: the pattern, except for the first word of the pages that
+ * carry marks. */
+static void check_pages(const unsigned char *m, size_t len, uint64_t off, unsigned seed,
+                        const char *what)
+{
+    for (size_t pg = 0; pg < len / 4096; pg++) {
+        size_t from = pg * 4096 + (pg < 8 ? 4 : 0);
+        long bad = mismatch(m + from, 4096 - (from - pg * 4096), off + from, seed);
+        if (bad >= 0)
+            nfail("%s: byte %zu differs from the file's pattern", what, from + (size_t)bad);
+    }
+}
+
+static uint32_t word_at(const unsigned char *m, int pg)
+{
+    return __atomic_load_n((const uint32_t *)(m + (size_t)pg * 4096), __ATOMIC_SEQ_CST);
+}
+
+static void put_word(unsigned char *m, int pg, uint32_t v)
+{
+    __atomic_store_n((uint32_t *)(m + (size_t)pg * 4096), v, __ATOMIC_SEQ_CST);
+}
+
+static void mmaps_stage(void)
+{
+    check_pages(m_shared, MAP_LEN, MAP_OFF, SEED_MAPS, "maps.dat (shared, offset 16 KiB)");
+    check_pages(m_ro, MAP_LEN, MAP_OFF, SEED_MAPS, "maps.dat (read-only)");
+    check_pages(m_unl, MAP_FILE_SIZE, 0, SEED_UNL, "unl.dat (shared, unlinked)");
+    for (size_t i = 0; i < 4096; i++)
+        if (m_priv[i] != 0xa5)
+            nfail("priv.dat: the copy-on-write page lost its change at byte %zu", i);
+    if (mismatch(m_priv + 4096, MAP_FILE_SIZE - 4096, 4096, SEED_PRIV) >= 0)
+        nfail("priv.dat: an unchanged page differs from the file");
+    check_pages(m_anon, MAP_FILE_SIZE, 0, SEED_ANON, "private anonymous memory");
+    put_word(m_shared, me, MARK + me);
+    put_word(m_unl, me, MARK + me);
+    put_word(m_priv, 1 + me, MARK + me);
+    put_word(m_anon, me, MARK + me);
+    if (me != 0)
+        return;
+    double deadline = now() + 10;
+    for (int k = 1; k < nnodes; k++) {
+        while (word_at(m_shared, k) != MARK + k || word_at(m_unl, k) != MARK + k ||
+               word_at(m_ro, k) != MARK + k) {
+            if (now() > deadline)
+                nfail("node %d's marks in the shared file mappings are not visible after 10 s: "
+                      "maps.dat %#x, read-only view %#x, unlinked %#x",
+                      k, word_at(m_shared, k), word_at(m_ro, k), word_at(m_unl, k));
+            usleep(1000);
+        }
+        if (word_at(m_priv, 1 + k) == MARK + k || word_at(m_anon, k) == MARK + k)
+            nfail("node %d's write to its private mapping shows in the root's", k);
+    }
+}
+
 static void shm_stage(void)
 {
     check_shm_pattern("after GO");
@@ -766,6 +884,8 @@ static void after_go(void)
             check_big_pipe_end(edges[kids[i]].big[1], "write end");
     check_dup();
     shm_stage();
+    if (mmaps)
+        mmaps_stage();
     token_stage();
     if (fifo_fd >= 0)
         fifo_stage();
@@ -823,7 +943,7 @@ int main(int argc, char **argv)
 
     nchild = argc > 1 ? atoi(argv[1]) : 0;
     if (nchild < 1 || nchild > 4)
-        fail("usage: tree NCHILD(1-4) [deep] [fifo|fifo-unlinked] [bigpipe]");
+        fail("usage: tree NCHILD(1-4) [deep] [fifo|fifo-unlinked] [bigpipe] [mmaps]");
     for (int i = 2; i < argc; i++) {
         if (strcmp(argv[i], "deep") == 0)
             deep = 1;
@@ -833,6 +953,8 @@ int main(int argc, char **argv)
             fifo_mode = 2;
         else if (strcmp(argv[i], "bigpipe") == 0)
             bigpipe = 1;
+        else if (strcmp(argv[i], "mmaps") == 0)
+            mmaps = 1;
         else
             failf("unknown argument %s", argv[i]);
     }
@@ -873,6 +995,8 @@ int main(int argc, char **argv)
     if (read_full(shared_fd, buf, FILE_START, "shared.dat") != FILE_START ||
         mismatch(buf, FILE_START, 0, SEED_FILE) >= 0)
         fail("read shared.dat");
+    if (mmaps)
+        mmaps_setup();
     if (fifo_mode) {
         path_of(fifo_path, "tree.fifo");
         if (unlink(fifo_path) != 0 && errno != ENOENT)

@@ -672,6 +672,31 @@ fn named_fifo_removed_before_restart() {
     wait_gone(&sc, &back, "the restored tree after PASS");
 }
 
+/// File mappings shared by the tree (MAP_SHARED at an offset, a read-only view, an unlinked
+/// file) stay shared after restart; private ones (a file with a copy-on-write page, anonymous
+/// memory) stay private; every byte is checked.
+#[test]
+fn shared_and_private_mappings() {
+    cycle(
+        "mmaps",
+        None,
+        Tree::new(&["2", "deep", "mmaps"]),
+        false,
+        &[],
+    );
+}
+
+#[test]
+fn shared_and_private_mappings_unprivileged() {
+    cycle(
+        "mmaps-nobody",
+        Some(NOBODY),
+        Tree::new(&["2", "deep", "mmaps"]),
+        true,
+        &[],
+    );
+}
+
 /// Pipes of 256 KiB (F_SETPIPE_SZ) holding 100 KiB, read ends O_NONBLOCK.
 #[test]
 fn big_nonblocking_pipes() {
