@@ -849,6 +849,45 @@ fn twice_tree() {
     gen3.expect_pass(RESTART_TIMEOUT);
 }
 
+/// BLCR's `--omit-maybe`: `cr_checkpoint CR_RESTART_PID` leaves the waiting cr_restart (and the
+/// init of its pid namespace) out and saves the restored tree below it; that image restarts.
+fn through_restarter(name: &str, user: Option<(u32, u32)>) {
+    let Some(sc) = scenario(name, user) else {
+        return;
+    };
+    let reaper = Reaper::new(&sc);
+    let tree = Tree::new(&["2", "deep"]);
+    let (mut gen1, pids) = start_tree(&sc, &reaper, &tree);
+    let img = Image::File(sc.checkpoint(gen1.pid(), &["--term"]));
+    gen1.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    wait_gone(&sc, &pids, "generation 1 after --term");
+    wait_image_gone(&sc, &img);
+
+    let mut gen2 = start_restart(&sc, &reaper, &[], &img);
+    let back2 = restored(&mut gen2, &reaper, "tree", Some(pids.len()));
+    thread::sleep(SETTLE);
+    let img2 = Image::File(sc.checkpoint_restored(gen2.pid(), &["--term"]));
+    gen2.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    wait_gone(&sc, &back2, "generation 2 after --term");
+    wait_image_gone(&sc, &img2);
+    let mut gen3 = start_restart(&sc, &reaper, &[], &img2);
+    let back3 = restored(&mut gen3, &reaper, "tree", Some(pids.len()));
+    assert_pids(&gen3, &back3, &pids, true);
+    thread::sleep(SETTLE);
+    sc.go();
+    gen3.expect_pass(RESTART_TIMEOUT);
+}
+
+#[test]
+fn checkpoint_through_cr_restart() {
+    through_restarter("through-restarter", None);
+}
+
+#[test]
+fn checkpoint_through_cr_restart_unprivileged() {
+    through_restarter("through-restarter-nobody", Some(NOBODY));
+}
+
 /// A script: checkpoint the bash process's tree with --term (whatever children it has at that
 /// moment), restart; with `twice`, checkpoint the restored tree and restart again; GO, PASS.
 fn script_cycle(name: &str, file: &str, twice: bool) {

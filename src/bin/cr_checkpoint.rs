@@ -190,6 +190,15 @@ fn ourselves() -> std::collections::HashSet<i32> {
     set
 }
 
+/// A cr_restart that only waits for the job it restored (the tool itself, or the init of the pid
+/// namespace it made), as opposed to one of its children still being restored. It has no agent
+/// and is never saved: as BLCR's `--omit-maybe`, a checkpoint that reaches it takes its
+/// restored descendants instead.
+fn is_waiting_restarter(pid: i32) -> bool {
+    comm(pid) == "cr_restart"
+        && (comm(parent(pid)) != "cr_restart" || protocol::target_identity(pid).1 == 1)
+}
+
 fn comm(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .unwrap_or_default()
@@ -244,7 +253,7 @@ fn try_connect(pid: i32) -> Option<i32> {
             Ok(fd) => break fd,
             Err(_) if ended(pid) => return None,
             // A child of cr_restart that is still being restored has no control socket yet.
-            Err(_) if comm(pid) == "cr_restart" && comm(parent(pid)) == "cr_restart" => {
+            Err(_) if comm(pid) == "cr_restart" && !is_waiting_restarter(pid) => {
                 if started.elapsed() > RESTORE_WAIT {
                     fail(TOOL, libc::EAGAIN, &format!("process {pid} is still being restored; try again later"));
                 }
@@ -403,7 +412,7 @@ fn resolve_scope(m: &clap::ArgMatches, a: &Args) -> (Vec<i32>, i32, Vec<i32>) {
             let procs: Vec<i32> = members(field, id)
                 .into_iter()
                 .filter(|&p| p != me)
-                .filter(|&p| comm(p) != "cr_restart" || comm(parent(p)) == "cr_restart")
+                .filter(|&p| !is_waiting_restarter(p))
                 .collect();
             if procs.is_empty() {
                 fail(TOOL, libc::ESRCH, &format!("no process in {what} {id}"));
@@ -429,6 +438,10 @@ fn resolve_scope(m: &clap::ArgMatches, a: &Args) -> (Vec<i32>, i32, Vec<i32>) {
     while let Some(p) = stack.pop() {
         let waits_for_us = ancestors.contains(&p) && !roots.contains(&p);
         if p == me || waits_for_us || !seen.insert(p) {
+            continue;
+        }
+        if is_waiting_restarter(p) {
+            stack.extend(children(p).into_iter().rev());
             continue;
         }
         all.push(p);

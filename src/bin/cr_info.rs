@@ -328,6 +328,9 @@ fn problems(img: &Image) -> Vec<String> {
 }
 
 fn main() {
+    // Like any Unix filter: a closed pipe (`cr_info IMG | head`) ends us quietly.
+    // SAFETY: restoring the default disposition of SIGPIPE.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let args = Args::parse();
     let path = &args.file;
     let file = std::fs::File::open(path).unwrap_or_else(|e| {
