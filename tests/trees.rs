@@ -1101,3 +1101,35 @@ fn pid_in_use_one_child() {
     holder.kill();
     wait_gone(&sc, &[keep], "the pid holder after SIGKILL");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Resources that are not restored
+// ---------------------------------------------------------------------------------------------
+
+/// Sockets, an eventfd and a SysV segment: the checkpoint names each in a warning (as BLCR
+/// did, never a silent surprise at restart), and the program restarts with the segment's
+/// contents (as shared memory).
+#[test]
+fn unsupported_resources_are_named() {
+    let sc = Scenario::new("unsupported");
+    let mut job = sc.start_program("unsupported");
+    let img = sc.next_image_path();
+    let res = sc.checkpoint_to(job.pid(), &["--term"], &img);
+    res.assert_success();
+    for want in [
+        "fd 40",
+        "fd 41",
+        "fd 42",
+        "socket",
+        "SysV shared memory segment",
+    ] {
+        assert!(
+            res.stderr.contains(want),
+            "the checkpoint's warnings must mention {want:?}:\n{}",
+            res.describe()
+        );
+    }
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    sc.go();
+    sc.restart(&img).expect_pass(RESTART_TIMEOUT);
+}
