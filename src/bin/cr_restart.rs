@@ -274,25 +274,7 @@ fn install_forwarding() {
 
 /// Exits the way the restored program did: same exit code, or death by the same signal.
 fn mimic(status: i32) -> ! {
-    if libc::WIFEXITED(status) {
-        std::process::exit(libc::WEXITSTATUS(status));
-    }
-    let sig = libc::WTERMSIG(status);
-    // SAFETY: resetting our own disposition and limits, then raising the signal on ourselves.
-    unsafe {
-        let nocore = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        libc::setrlimit(libc::RLIMIT_CORE, &nocore);
-        libc::signal(sig, libc::SIG_DFL);
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, sig);
-        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-        libc::raise(sig);
-    }
-    std::process::exit(128 + sig)
+    cr::restore::spawn::end_like(status)
 }
 
 fn wait_child(pid: i32) -> i32 {

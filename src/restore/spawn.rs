@@ -238,28 +238,7 @@ impl<'a> Spawner<'a> {
     /// stays a zombie until the restored parent collects it.
     fn create_zombie(&self, z: &ZombieRec) {
         match clone_process(self.opts.pids.then_some(z.pid), 0) {
-            Ok(0) => {
-                let st = z.status;
-                if libc::WIFSIGNALED(st) {
-                    let sig = libc::WTERMSIG(st);
-                    // SAFETY: dying of the saved signal, without a core dump.
-                    unsafe {
-                        let nocore = libc::rlimit {
-                            rlim_cur: 0,
-                            rlim_max: 0,
-                        };
-                        libc::setrlimit(libc::RLIMIT_CORE, &nocore);
-                        libc::signal(sig, libc::SIG_DFL);
-                        let mut set: libc::sigset_t = std::mem::zeroed();
-                        libc::sigemptyset(&mut set);
-                        libc::sigaddset(&mut set, sig);
-                        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-                        libc::kill(libc::getpid(), sig);
-                    }
-                }
-                // SAFETY: ending with the saved exit code.
-                unsafe { libc::_exit(libc::WEXITSTATUS(st)) }
-            }
+            Ok(0) => end_like(z.status),
             Ok(_) => {}
             Err(e) if !self.opts.quiet => eprintln!(
                 "cr_restart: warning: cannot re-create zombie {} (a child of {}): {}",
@@ -320,6 +299,33 @@ impl<'a> Spawner<'a> {
         // SAFETY: as above.
         unsafe { libc::_exit(err.errno & 0xff) }
     }
+}
+
+/// Ends the calling process the way `status` (a wait status) says: that exit code, or death by
+/// that signal (without a core dump). Used by cr_restart to mimic the restored program, and by
+/// re-created zombies.
+pub fn end_like(status: i32) -> ! {
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        // SAFETY: resetting our own disposition and limits, then sending the signal to ourselves.
+        unsafe {
+            let nocore = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &nocore);
+            libc::signal(sig, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            libc::kill(libc::getpid(), sig);
+        }
+        // SAFETY: not reached for deadly signals; a signal that did not kill us ends us here.
+        unsafe { libc::_exit(128 + sig) }
+    }
+    // SAFETY: ending with the saved exit code (stderr is unbuffered; nothing else to flush).
+    unsafe { libc::_exit(libc::WEXITSTATUS(status)) }
 }
 
 fn write_file(path: &str, text: &str) -> std::io::Result<()> {
