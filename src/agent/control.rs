@@ -87,6 +87,9 @@ pub static RESTARTER: AtomicI64 = AtomicI64::new(0);
 const CONTROL_STACK: usize = 256 * 1024;
 /// Default time all threads get to reach the checkpoint handler.
 const QUIESCE_TIMEOUT_MS: u64 = 10_000;
+/// How long a process of a multi-process checkpoint waits, stopped, for its turn to write: the
+/// processes before it write their images first (a requester that dies ends the wait at once).
+const WRITE_WAIT_MS: i32 = 600_000;
 /// How long the program stays stopped waiting for the requester to commit.
 const COMMIT_TIMEOUT_MS: i32 = 60_000;
 
@@ -372,7 +375,7 @@ fn wait_write(conn: i32) -> bool {
         revents: 0,
     };
     // SAFETY: one valid pollfd.
-    if unsafe { libc::poll(&mut p, 1, COMMIT_TIMEOUT_MS) } <= 0 {
+    if unsafe { libc::poll(&mut p, 1, WRITE_WAIT_MS) } <= 0 {
         return false;
     }
     let mut req: Request = bytemuck::Zeroable::zeroed();
