@@ -366,6 +366,18 @@ fn wait_commit(conn: i32) {
     }
 }
 
+/// Whether the requester gave up while we wait for critical sections: it closed the connection,
+/// or sent something (a RELEASE: a multi-process checkpoint abandoned).
+fn requester_left(conn: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd: conn,
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no waiting.
+    unsafe { libc::poll(&mut p, 1, 0) > 0 && p.revents != 0 }
+}
+
 /// Waits (bounded) for the requester of a multi-process checkpoint to say "write" (every process
 /// of the cut is stopped); false when it says "release" instead, goes away or times out.
 fn wait_write(conn: i32) -> bool {
@@ -531,9 +543,11 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
     } else {
         sys::monotonic_ns() + timeout_ns
     };
-    if !crate::api::cs::begin_pending(cs_deadline, || {
-        send_reply(conn, protocol::STATUS_ACCEPTED, 0, b"")
-    }) {
+    if !crate::api::cs::begin_pending(
+        cs_deadline,
+        || send_reply(conn, protocol::STATUS_ACCEPTED, 0, b""),
+        || requester_left(conn),
+    ) {
         quiesce::finish(-(libc::ETIMEDOUT as i64));
         send_reply(
             conn,

@@ -85,7 +85,11 @@ pub fn in_section() -> bool {
 /// Control thread: marks a checkpoint pending, calls `accepted`, and waits until no section is
 /// held (new outermost sections wait meanwhile). Returns false (and clears the mark) if
 /// `deadline_ns` passes.
-pub fn begin_pending(deadline_ns: u64, accepted: impl FnOnce()) -> bool {
+pub fn begin_pending(
+    deadline_ns: u64,
+    accepted: impl FnOnce(),
+    abandoned: impl Fn() -> bool,
+) -> bool {
     CS_STATE.fetch_or(PENDING, AcqRel);
     // From here on no new outermost section starts: tell the requester (BLCR's kernel marks the
     // request pending before cr_request_checkpoint returns).
@@ -96,7 +100,7 @@ pub fn begin_pending(deadline_ns: u64, accepted: impl FnOnce()) -> bool {
             return true;
         }
         let now = sys::monotonic_ns();
-        if now >= deadline_ns {
+        if now >= deadline_ns || abandoned() {
             end_pending();
             return false;
         }
