@@ -375,3 +375,40 @@ fn dir_of_images_restarts_as_one_job() {
         job.stdout()
     );
 }
+
+/// `--time` bounds the write too: a FIFO destination whose reader never reads blocks the image
+/// after a few pages; past the time the checkpoint is cancelled with ETIMEDOUT (110), and the
+/// target runs on unharmed and passes.
+#[test]
+fn time_bounds_a_stuck_write() {
+    let sc = Scenario::new("time-write");
+    let mut job = sc.start_program("spinner");
+    let pid = job.pid().to_string();
+    let fifo = sc.root().join("stuck.fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    // A reader that holds the FIFO open and never reads (its own job: killed on drop).
+    let mut reader = sc.start(
+        "stuck reader",
+        sc.command(&[
+            "/bin/sh".to_string(),
+            "-c".to_string(),
+            format!(r#"exec 3<"{}"; echo READY; exec sleep 60"#, fifo.display()),
+        ]),
+    );
+    let started = Instant::now();
+    let res = tool(&sc, &["--time", "2", "-f", fifo.to_str().unwrap(), &pid]);
+    let took = started.elapsed();
+    res.assert_failure_code(110);
+    assert!(
+        took < Duration::from_secs(15),
+        "--time 2 must give up on a stuck write soon, took {took:?}"
+    );
+    job.assert_running("after a checkpoint cancelled by --time");
+    reader.kill();
+    sc.go();
+    job.expect_pass(RESTART_TIMEOUT);
+}

@@ -621,6 +621,7 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
         errno: AtomicI32::new(0),
         step: core::sync::atomic::AtomicU32::new(0),
         scratch: &scratch,
+        deadline_ns: cs_deadline,
     };
     // The writer runs on a stack inside the scratch area: our own stack is part of the image and
     // must not change while it is hashed and written.

@@ -30,6 +30,8 @@ pub struct Job {
     pub step: AtomicU32,
     /// Scratch memory mapped before the threads were stopped.
     pub scratch: *const Scratch,
+    /// CLOCK_MONOTONIC time past which the write is abandoned (`--time`), or `u64::MAX`.
+    pub deadline_ns: u64,
 }
 
 /// Steps, for error messages.
@@ -60,6 +62,41 @@ pub extern "C" fn write_callback(job: usize) -> usize {
     }
 }
 
+/// `--time` of the image being written (CLOCK_MONOTONIC; `u64::MAX`: none), for [`write_mem`].
+static WRITE_DEADLINE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(u64::MAX);
+
+/// While alive, a stream destination (pipe, FIFO, socket) is non-blocking, so a reader that
+/// stops reading cannot hold the program stopped past `--time`.
+struct NonBlocking {
+    fd: i32,
+    old: Option<usize>,
+}
+
+impl NonBlocking {
+    fn new(fd: i32, deadline_ns: u64) -> Self {
+        WRITE_DEADLINE.store(deadline_ns, Relaxed);
+        let stream = sys::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT != libc::S_IFREG);
+        let old = if deadline_ns != u64::MAX && stream {
+            sys::fcntl(fd, libc::F_GETFL, 0).ok()
+        } else {
+            None
+        };
+        if let Some(fl) = old {
+            let _ = sys::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK as usize);
+        }
+        NonBlocking { fd, old }
+    }
+}
+
+impl Drop for NonBlocking {
+    fn drop(&mut self) {
+        if let Some(fl) = self.old {
+            let _ = sys::fcntl(self.fd, libc::F_SETFL, fl);
+        }
+        WRITE_DEADLINE.store(u64::MAX, Relaxed);
+    }
+}
+
 /// Clears `O_DIRECT` on `fd`; returns whether it was set (so a failed write can be retried).
 pub fn drop_direct(fd: i32) -> bool {
     let fl = sys::fcntl(fd, libc::F_GETFL, 0).unwrap_or(0) as i32;
@@ -78,6 +115,21 @@ pub fn write_mem(fd: i32, addr: usize, len: usize) -> Result<(), Errno> {
             Ok(0) => return Err(Errno(libc::EIO)),
             Ok(n) => done += n,
             Err(Errno(libc::EINTR)) => {}
+            // A stream destination made non-blocking for --time: wait for room, not past it.
+            Err(Errno(libc::EAGAIN)) => {
+                let deadline = WRITE_DEADLINE.load(Relaxed);
+                let now = sys::monotonic_ns();
+                if now >= deadline {
+                    return Err(Errno(libc::ETIMEDOUT));
+                }
+                let mut p = libc::pollfd {
+                    fd,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                let ms = ((deadline - now) / 1_000_000).clamp(1, 100) as usize;
+                let _ = sys::sys3(libc::SYS_poll as usize, &mut p as *mut _ as usize, 1, ms);
+            }
             Err(Errno(libc::EINVAL)) if drop_direct(fd) => {}
             Err(e) => return Err(e),
         }
@@ -215,6 +267,7 @@ fn write_image(job: &Job) -> Result<u64, (u32, Errno)> {
         let _ = sys::fcntl(fd, libc::F_SETFL, fl | libc::O_DIRECT as usize);
     }
     let io = |e| (4, e);
+    let _nonblocking = NonBlocking::new(fd, job.deadline_ns);
     write_mem(fd, hpage.as_ptr() as usize, PAGE).map_err(io)?;
     write_mem(
         fd,
@@ -223,7 +276,7 @@ fn write_image(job: &Job) -> Result<u64, (u32, Errno)> {
     )
     .map_err(io)?;
     unreadable.set(true);
-    let data_hash = memory::write_data(fd, ext.all());
+    let data_hash = memory::write_data(fd, ext.all(), job.deadline_ns);
     unreadable.set(false);
     let data_hash = data_hash.map_err(io)?;
     let mut tr = Trailer {

@@ -458,15 +458,29 @@ pub fn capture(
 }
 
 /// Writes every extent, in order, from memory to `fd`, hashing as it goes; returns the hash.
-pub fn write_data(fd: i32, extents: &[Extent]) -> Result<u64, Errno> {
+/// `deadline_ns` (CLOCK_MONOTONIC, `u64::MAX`: none) is `--time`: past it the write stops with
+/// `ETIMEDOUT` (checked every [`WRITE_CHUNK`] bytes).
+pub fn write_data(fd: i32, extents: &[Extent], deadline_ns: u64) -> Result<u64, Errno> {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     for e in extents {
-        // SAFETY: the extent lies in a mapped, readable region (made readable if needed), and the
-        // program's threads are parked.
-        let mem = unsafe { core::slice::from_raw_parts(e.addr as *const u8, e.len as usize) };
-        h.update(mem);
-        // The kernel reads the program's memory directly: no copy through a buffer.
-        super::image::write_mem(fd, e.addr as usize, e.len as usize)?;
+        let mut done = 0;
+        while done < e.len {
+            if deadline_ns != u64::MAX && sys::monotonic_ns() > deadline_ns {
+                return Err(Errno(libc::ETIMEDOUT));
+            }
+            let n = (e.len - done).min(WRITE_CHUNK);
+            let at = (e.addr + done) as usize;
+            // SAFETY: the extent lies in a mapped, readable region (made readable if needed), and
+            // the program's threads are parked.
+            let mem = unsafe { core::slice::from_raw_parts(at as *const u8, n as usize) };
+            h.update(mem);
+            // The kernel reads the program's memory directly: no copy through a buffer.
+            super::image::write_mem(fd, at, n as usize)?;
+            done += n;
+        }
     }
     Ok(h.digest())
 }
+
+/// Page data is written (and the deadline checked) in pieces of this size (a page multiple).
+const WRITE_CHUNK: u64 = 64 << 20;
