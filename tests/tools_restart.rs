@@ -561,6 +561,59 @@ fn relocate_open_files() {
     job.expect_pass(RESTART_TIMEOUT);
 }
 
+/// A named FIFO between two processes (c-tests/tree.c `fifo`, 30000 bytes buffered) in a
+/// directory that was renamed: without --relocate the restart fails naming the FIFO's old path
+/// (it cannot be made again there); with it the FIFO is opened at its new path, bytes included.
+#[test]
+fn relocate_fifo() {
+    let sc = Scenario::new("reloc-fifo");
+    let x = sc.root().join("fifo-x");
+    let y = sc.root().join("fifo-y");
+    fs::create_dir(&x).expect("create data dir");
+    let mut prog = sc.program("tree");
+    prog.argv
+        .extend(["2", "fifo"].map(std::ffi::OsString::from));
+    let mut cmd = sc.under_cr_run(&prog);
+    cmd.env("CR_TEST_DIR", &x);
+    let img = s(&image_of(&sc, "tree with a FIFO", cmd));
+    fs::rename(&x, &y).expect("rename the data dir");
+
+    // Fresh pids: the subject is the path (the children may still be dying).
+    let plain = run_restart(&sc, &["--no-restore-pid", &img]);
+    let line = plain.assert_failure_code(2);
+    assert!(
+        line.contains(&s(&x)),
+        "the message should name the FIFO's old path in {}: {line}",
+        x.display()
+    );
+    assert_nothing_ran(&plain);
+
+    let mut args = relocate(&x, &y).to_vec();
+    args.push("--no-restore-pid".into());
+    let mut job = start_restart(&sc, &with(&args, &[&img]));
+    let pid = job.wait_child(READY_TIMEOUT);
+    let want = y.join("tree.fifo");
+    let fds = || -> Vec<PathBuf> {
+        fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| fs::read_link(e.path()).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_until(STATE_TIMEOUT, || fds().contains(&want)),
+        "the restored root should have {want:?} open (has {:?}):\n{}",
+        fds(),
+        job.diag()
+    );
+    // tree.c checks the FIFO by its (old) name after GO.
+    std::os::unix::fs::symlink(&y, &x).expect("symlink the old dir name to the new dir");
+    sc.go();
+    job.expect_pass(RESTART_TIMEOUT);
+}
+
 /// The working directory was renamed (its names contain `=` and `\`, escaped in the option):
 /// the restored process runs in the new one.
 #[test]

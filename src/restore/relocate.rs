@@ -84,6 +84,7 @@ pub fn relocate(img: &mut Image, pairs: &[Pair]) {
         }
     }
     for f in &mut img.fds {
+        // Named FIFOs too (anonymous pipes have no path: `pipe:[ino]`).
         let by_path = matches!(
             f.kind,
             FdKind::Regular
@@ -91,7 +92,7 @@ pub fn relocate(img: &mut Image, pairs: &[Pair]) {
                 | FdKind::CharDevice
                 | FdKind::CheckpointFile
                 | FdKind::Unlinked
-        );
+        ) || (f.kind == FdKind::Pipe && f.path.first() == Some(&b'/'));
         if by_path {
             if let Some(p) = apply(pairs, &f.path) {
                 f.path = p;
