@@ -39,6 +39,10 @@ pub const FLAG_SAVE_ALL: u32 = FLAG_SAVE_EXE | FLAG_SAVE_PRIVATE | FLAG_SAVE_SHA
 /// consistent cut.
 pub const FLAG_BARRIER: u32 = 0x4;
 
+/// Request flag: the requester asked `CR_CHKPT_PROHIBIT_SELF` (a callback that forwards the
+/// checkpoint to the requester gets `EDEADLK`).
+pub const FLAG_PROHIBIT_SELF: u32 = 0x8;
+
 /// Request flag: an API request (`cr_request_checkpoint`): the agent sends the post-checkpoint
 /// signal itself and does not wait for a RELEASE.
 pub const FLAG_API: u32 = 0x2;

@@ -525,7 +525,6 @@ fn edeadlk() {
 /// edeadlk, forwarding half: a child's callback forwards the checkpoint to the requester:
 /// allowed without PROHIBIT_SELF, EDEADLK with it.
 #[test]
-#[ignore = "impl: cr_forward_checkpoint fails with ENOSYS"]
 fn edeadlk_forward() {
     seq("api_edeadlk", &["forward"]);
 }

@@ -1133,3 +1133,62 @@ fn unsupported_resources_are_named() {
     sc.go();
     sc.restart(&img).expect_pass(RESTART_TIMEOUT);
 }
+
+// ---------------------------------------------------------------------------------------------
+// cr_forward_checkpoint
+// ---------------------------------------------------------------------------------------------
+
+/// A child's callback forwards every checkpoint to its parent (c-tests/forward.c). A checkpoint
+/// of the child alone, `-p` (the child's agent stops and saves the parent itself) or the default
+/// tree scope (cr_checkpoint adds the parent to the cut), saves both: `--term` reaches both, and
+/// the restart brings back both, the parent collecting the child after GO.
+fn forward_cycle(name: &str, scope: &[&str]) {
+    let sc = Scenario::new(name);
+    let reaper = Reaper::new(&sc);
+    let mut job = sc.start_program("forward");
+    // "child PID" is printed with READY.
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let child: u32 = loop {
+        let found = job
+            .stdout()
+            .lines()
+            .find_map(|l| l.strip_prefix("child ")?.trim().parse().ok());
+        match found {
+            Some(c) => break c,
+            None if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
+            None => panic!("forward printed no child pid:\n{}", job.diag()),
+        }
+    };
+    reaper.watch(&[job.pid(), child]);
+    let mut flags = scope.to_vec();
+    flags.push("--term");
+    let img = sc.checkpoint(child, &flags);
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    wait_gone(&sc, &[job.pid(), child], "both processes after --term");
+    let (_, images) = {
+        let f = std::fs::File::open(&img).expect("open the image");
+        cr::image::tree::open_all(&f).expect("read the image")
+    };
+    let mut pids: Vec<u32> = images.iter().map(|i| i.header.pid).collect();
+    pids.sort_unstable();
+    let mut want = vec![job.pid(), child];
+    want.sort_unstable();
+    assert_eq!(
+        pids, want,
+        "the image must hold the child and the parent it forwarded to"
+    );
+    sc.go();
+    let mut rs = sc.restart(&img);
+    reaper.watch(&[rs.pid()]);
+    rs.expect_pass(RESTART_TIMEOUT);
+}
+
+#[test]
+fn forward_to_parent_single_process_scope() {
+    forward_cycle("forward-p", &["-p"]);
+}
+
+#[test]
+fn forward_to_parent_tree_scope() {
+    forward_cycle("forward-tree", &[]);
+}

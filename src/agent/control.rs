@@ -447,10 +447,16 @@ fn conclude(conn: i32, api: bool, outcome: i64, status: i32, bytes: u64, msg: &[
         // cr_checkpoint renames the image and sends its signal before the program runs again.
         send_reply(conn, 0, bytes, msg);
         wait_commit(conn);
+        super::forward::deliver_signal();
+        super::forward::release_all();
         quiesce::release();
         crate::api::cs::end_pending();
         return;
     }
+    if status == 0 {
+        super::forward::deliver_signal();
+    }
+    super::forward::release_all();
     quiesce::release();
     crate::api::cs::end_pending();
     // The request is complete once every thread has finished its callbacks (as in BLCR, whose
@@ -483,6 +489,7 @@ fn serve(conn: i32) {
 }
 
 fn serve_request(conn: i32, req: Request, img_fd: i32) {
+    super::forward::begin(req.flags, req.requester, req.signal);
     if req.kind != protocol::REQ_CHECKPOINT || img_fd < 0 {
         send_reply(conn, libc::EINVAL, 0, b"bad request");
         if img_fd >= 0 {
@@ -598,7 +605,10 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
     if req.flags & protocol::FLAG_BARRIER != 0 {
         // One process of a multi-process checkpoint: stopped; write only once every other
         // process of the cut is stopped too.
-        send_reply(conn, protocol::STATUS_QUIESCED, 0, b"");
+        // Processes our callbacks forwarded the checkpoint to: cr_checkpoint adds them.
+        let mut fwd = StackBuf::<240>::new();
+        super::forward::describe(&mut fwd);
+        send_reply(conn, protocol::STATUS_QUIESCED, 0, fwd.as_bytes());
         if !wait_write(conn) {
             let e = libc::ECANCELED;
             conclude(
@@ -609,6 +619,19 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
                 0,
                 b"the multi-process checkpoint was abandoned",
             );
+            sys::close(img_fd);
+            return;
+        }
+    } else if super::forward::count() > 0 {
+        // A one-process checkpoint our callbacks forwarded to other processes: stop them now,
+        // they append their images after ours.
+        let ms = (timeout_ns / 1_000_000).min(i32::MAX as u64) as i32;
+        if let Err((e, pid)) = super::forward::stop_all(img_fd, &req, ms) {
+            let mut m = StackBuf::<240>::new();
+            m.push(b"process ")
+                .num(pid as u64)
+                .push(b" (the checkpoint was forwarded to it) could not be stopped");
+            conclude(conn, true, -(e as i64), e, 0, m.as_bytes());
             sys::close(img_fd);
             return;
         }
@@ -642,12 +665,24 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
         return;
     }
     if r == 0 {
+        let forwarded = match super::forward::write_all() {
+            Ok(b) => b,
+            Err((e, pid)) => {
+                let mut m = StackBuf::<240>::new();
+                m.push(b"process ")
+                    .num(pid as u64)
+                    .push(b" (the checkpoint was forwarded to it) failed to write its image");
+                conclude(conn, true, -(e as i64), e, 0, m.as_bytes());
+                sys::close(img_fd);
+                return;
+            }
+        };
         if api && req.signal > 0 {
             // API requests: the post-checkpoint signal is ours to send (pending until release).
             // SAFETY: signalling our own process.
             unsafe { libc::kill(libc::getpid(), req.signal) };
         }
-        conclude(conn, api, 0, 0, job.bytes.load(Acquire), b"");
+        conclude(conn, api, 0, 0, job.bytes.load(Acquire) + forwarded, b"");
     } else {
         let e = job.errno.load(Acquire);
         let mut m = StackBuf::<240>::new();
@@ -695,6 +730,7 @@ fn after_restart() {
     for f in &REQUEST_FDS {
         f.store(-1, Release);
     }
+    super::forward::forget();
     SERVING.store(false, Release);
     if info.block_len > 0 {
         sys::munmap(info.block_addr as usize, info.block_len as usize);

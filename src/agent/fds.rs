@@ -37,7 +37,7 @@ pub fn capture(w: &mut MetaWriter, skip: &[i32], image_fd: i32) -> Result<(), Er
             let reclen = u16::from_ne_bytes([buf[pos + 16], buf[pos + 17]]) as usize;
             let fd = super::quiesce::parse_dec(&buf[pos + 19..pos + reclen]) as i32;
             pos += reclen;
-            if fd < 0 || fd == dir || skip.contains(&fd) {
+            if fd < 0 || fd == dir || skip.contains(&fd) || super::forward::owns(fd) {
                 continue;
             }
             one(w, fd, image, &mut seen)?;

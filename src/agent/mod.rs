@@ -8,6 +8,7 @@
 
 pub mod control;
 pub mod fds;
+pub mod forward;
 pub mod image;
 pub mod interpose;
 pub mod memory;

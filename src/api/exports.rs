@@ -53,7 +53,7 @@ pub extern "C" fn cr_request_checkpoint(
     })
 }
 
-/// From a callback: adds more processes to the request in progress.
+/// From a callback: adds more processes to the request in progress (see `agent::forward`).
 #[no_mangle]
 pub extern "C" fn cr_forward_checkpoint(scope: cr_scope_t, target: pid_t) -> c_int {
     guard(-1, || result(super::forward(scope, target)))

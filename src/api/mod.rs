@@ -79,8 +79,7 @@ fn forward(scope: c_int, target: libc::pid_t) -> Result<c_int, c_int> {
     if target == 1 {
         return Err(libc::EPERM);
     }
-    // Checkpoints spanning several processes (one image for all) come with the process-tree work.
-    Err(libc::ENOSYS)
+    crate::agent::forward::add(scope, target)
 }
 
 /// Deprecated calls: self-checkpoint to a named file (removed again if the request fails).

@@ -136,6 +136,7 @@ fn start_checkpoint(
     let mut req = Request::new(protocol::REQ_CHECKPOINT);
     let dump = |bit: c_uint, flag: u32| if a.cr_flags & bit != 0 { flag } else { 0 };
     req.flags = protocol::FLAG_API
+        | dump(CR_CHKPT_PROHIBIT_SELF, protocol::FLAG_PROHIBIT_SELF)
         | dump(CR_CHKPT_DUMP_EXEC, protocol::FLAG_SAVE_EXE)
         | dump(CR_CHKPT_DUMP_PRIVATE, protocol::FLAG_SAVE_PRIVATE)
         | dump(CR_CHKPT_DUMP_SHARED, protocol::FLAG_SAVE_SHARED);

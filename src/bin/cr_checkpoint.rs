@@ -878,6 +878,9 @@ fn request(m: &clap::ArgMatches, a: &Args, scope: i32, out: &Out) -> Request {
     req.requester = std::process::id() as i32;
     req.target = a.id;
     req.scope = scope;
+    // For cr_get_checkpoint_info() (we send it ourselves; an agent passes it on only to the
+    // processes its callbacks forwarded the checkpoint to).
+    req.signal = chosen_signal(m, a);
     if let Some(p) = &out.path {
         let abs = std::path::absolute(p).unwrap_or_else(|_| p.clone());
         req.set_dest(abs.as_os_str().as_encoded_bytes());
@@ -1039,6 +1042,9 @@ struct Member {
 struct Job {
     members: Vec<Member>,
     outs: Vec<Out>,
+    /// (scope, pid) pairs members' callbacks forwarded the checkpoint to
+    /// (`cr_forward_checkpoint`), pids as our /proc names them.
+    forwarded: Vec<(i32, i32)>,
 }
 
 impl Job {
@@ -1291,6 +1297,7 @@ fn checkpoint_many(m: &clap::ArgMatches, args: &Args, pids: &[i32], scope: i32, 
     let mut job = Job {
         members: Vec::new(),
         outs: Vec::new(),
+        forwarded: Vec::new(),
     };
     for d in &dests {
         match open_out(d) {
@@ -1328,11 +1335,16 @@ fn checkpoint_many(m: &clap::ArgMatches, args: &Args, pids: &[i32], scope: i32, 
         from = to;
         let mut known = ourselves();
         known.extend(job.members.iter().map(|mb| mb.pid));
+        let forwarded: Vec<i32> = std::mem::take(&mut job.forwarded)
+            .into_iter()
+            .flat_map(|(scope, pid)| forward_scope(scope, pid))
+            .collect();
         let mut newcomers: Vec<i32> = job
             .members
             .iter()
             .filter(|mb| !mb.omitted)
             .flat_map(|mb| children(mb.pid))
+            .chain(forwarded)
             .filter(|c| !known.contains(c) && !ended(*c))
             .collect();
         newcomers.sort_unstable();
@@ -1603,6 +1615,42 @@ fn zombie_children(pids: &[i32], quiet: bool) -> Vec<cr::image::tree::ZombieRec>
     out
 }
 
+/// The pid of `inner` (a pid in the pid namespace of `member`) as our /proc names it.
+fn outer_pid(member: i32, inner: i32) -> Option<i32> {
+    let (ns, _) = protocol::target_identity(member);
+    let (own, _) = protocol::own_identity();
+    if ns == own {
+        return Some(inner);
+    }
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|&p| protocol::target_identity(p) == (ns, inner))
+}
+
+/// The processes of a forwarded scope: the process, its group or session, with descendants.
+fn forward_scope(scope: i32, pid: i32) -> Vec<i32> {
+    use cr::api::types::{CR_SCOPE_PGRP, CR_SCOPE_PROC, CR_SCOPE_SESS};
+    let roots = match scope {
+        CR_SCOPE_PGRP => members(5, pid),
+        CR_SCOPE_SESS => members(6, pid),
+        _ => vec![pid],
+    };
+    if scope == CR_SCOPE_PROC {
+        return roots;
+    }
+    let mut out = Vec::new();
+    let mut stack = roots;
+    while let Some(p) = stack.pop() {
+        if !out.contains(&p) {
+            out.push(p);
+            stack.extend(children(p));
+        }
+    }
+    out
+}
+
 /// How often a member that keeps exec'ing during the stop is asked again.
 const EXEC_RETRIES: u32 = 20;
 
@@ -1675,7 +1723,22 @@ fn stop_members(
             let sock = job.members[i].sock;
             match recv_by(sock, Some(deadline)) {
                 Ok(Some(r)) if r.status == protocol::STATUS_ACCEPTED => {}
-                Ok(Some(r)) if r.status == protocol::STATUS_QUIESCED => break,
+                Ok(Some(r)) if r.status == protocol::STATUS_QUIESCED => {
+                    // "fwd S:P ...": its callbacks forwarded the checkpoint to more processes.
+                    let msg = r.message();
+                    if let Some(list) = msg.strip_prefix("fwd") {
+                        for item in list.split_whitespace() {
+                            let Some((s, p)) = item.split_once(':') else {
+                                continue;
+                            };
+                            if let (Ok(s), Ok(p)) = (s.parse::<i32>(), p.parse::<i32>()) {
+                                let p = outer_pid(pid, p).unwrap_or(p);
+                                job.forwarded.push((s, p));
+                            }
+                        }
+                    }
+                    break;
+                }
                 Ok(Some(r)) if r.status == libc::ESRCH => {
                     // Omitted (cr_run --omit, or a callback's CR_CHECKPOINT_OMIT): left out.
                     if args.verbose > 0 && !args.quiet {

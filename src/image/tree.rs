@@ -222,11 +222,26 @@ pub fn read_manifest(file: &File) -> Result<Option<Manifest>, ImageError> {
     }))
 }
 
-/// Opens every image of `file`: a plain image gives one, a tree image the `count` images after
-/// its manifest (with the manifest).
+/// Opens every image of `file`: a plain image (followed by the images of the processes its
+/// checkpoint was forwarded to, `cr_forward_checkpoint`, if any), or a tree image's `count`
+/// images after its manifest (with the manifest).
 pub fn open_all(file: &File) -> Result<(Option<Manifest>, Vec<Image>), ImageError> {
     let Some(m) = read_manifest(file)? else {
-        return Ok((None, vec![Image::open(file)?]));
+        let mut images = vec![Image::open(file)?];
+        let len = file.metadata()?.len();
+        loop {
+            let end = images[images.len() - 1].header.trailer_offset + PAGE as u64;
+            let mut magic = [0u8; 8];
+            if end + PAGE as u64 > len
+                || file.read_exact_at(&mut magic, end).is_err()
+                || magic != super::format::MAGIC
+                || images.len() == MAX_PROCS
+            {
+                break;
+            }
+            images.push(Image::open_at(file, end)?);
+        }
+        return Ok((None, images));
     };
     let mut base = m.header.len;
     let mut images = Vec::new();

@@ -491,14 +491,15 @@ fn compile_command(name: &str, out: &Path) -> Command {
                 .arg(out)
                 .arg(src("omp_f.f90"));
         }
-        "linked" => {
+        // Programs that call libcr's API themselves: linked with -lcr.
+        "linked" | "forward" => {
             cmd = Command::new("gcc");
             cmd.arg("-O2")
                 .arg("-I")
                 .arg(&inc)
                 .arg("-o")
                 .arg(out)
-                .arg(src("linked.c"));
+                .arg(src(&format!("{name}.c")));
             cmd.arg(format!("-L{}", lib.display()))
                 .arg("-lcr")
                 .arg(format!("-Wl,-rpath,{}", lib.display()));
