@@ -28,7 +28,7 @@ int cri_init_checkpoint_args_t(cr_version_t version, cr_checkpoint_args_t *args)
 int cr_request_checkpoint(cr_checkpoint_args_t *args, cr_checkpoint_handle_t *handle);
 
 /*
- From a callback: adds more processes to the request in progress.
+ From a callback: adds more processes to the request in progress (see `agent::forward`).
  */
 int cr_forward_checkpoint(cr_scope_t scope, pid_t target);
 

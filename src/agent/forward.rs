@@ -129,11 +129,11 @@ fn reply_within(sock: i32, timeout_ms: i32) -> Result<protocol::Reply, i32> {
 /// One-process checkpoint: stops every forwarded process (each answers "stopped" and waits).
 /// On failure returns (errno, pid) after releasing those already stopped.
 pub fn stop_all(img_fd: i32, req: &Request, timeout_ms: i32) -> Result<(), (i32, i32)> {
-    for i in 0..count() {
+    for (i, slot) in SOCKS.iter().enumerate().take(count()) {
         let (_, pid) = target(i);
         let res = (|| {
             let sock = connect(pid)?;
-            SOCKS[i].store(sock, Release);
+            slot.store(sock, Release);
             let mut r = Request::new(protocol::REQ_CHECKPOINT);
             r.flags = (req.flags & protocol::FLAG_SAVE_ALL) | protocol::FLAG_BARRIER;
             r.timeout_ms = req.timeout_ms;
@@ -150,7 +150,7 @@ pub fn stop_all(img_fd: i32, req: &Request, timeout_ms: i32) -> Result<(), (i32,
                     protocol::STATUS_QUIESCED => return Ok(()),
                     // Omitted (cr_run --omit, a callback's OMIT): left out.
                     libc::ESRCH => {
-                        SOCKS[i].store(-1, Release);
+                        slot.store(-1, Release);
                         // SAFETY: closing our socket to that process.
                         unsafe { libc::close(sock) };
                         return Ok(());
