@@ -2,7 +2,7 @@
  * forward.c - cr_forward_checkpoint from a callback, through the real tools.
  *
  * Build: gcc -O2 -Wall -o forward forward.c -lcr   (links libcr: calls cr_init itself)
- * Run:   CR_TEST_GO=/path/to/go cr_run ./forward   (prints READY, then "child PID")
+ * Run:   CR_TEST_GO=/path/to/go cr_run ./forward [down]   (prints READY, then "child PID")
  *
  * The parent forks a child (its own process group, so a checkpoint of the child's group or
  * tree does not reach the parent by itself) whose signal-context callback forwards every
@@ -10,6 +10,8 @@
  * child therefore saves both; after a restart both must be back: after GO the child writes a
  * mark into memory shared with the parent, the parent waits for it, answers over a pipe made
  * before the checkpoint, and collects the child with waitpid (exit 0). `PASS forward`.
+ * With `down` it is the other way round: the parent's callback forwards to its child (and the
+ * parent is the one to checkpoint).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -27,13 +29,13 @@
 #define NAME "forward"
 #include "fail.h"
 
-static pid_t parent;
+static pid_t parent, fwd_target;
 static volatile int fwd_rc = -1;
 
 static int forward_cb(void *arg)
 {
     (void)arg;
-    fwd_rc = cr_forward_checkpoint(CR_SCOPE_PROC, parent);
+    fwd_rc = cr_forward_checkpoint(CR_SCOPE_PROC, fwd_target);
     (void)cr_checkpoint(CR_CHECKPOINT_READY);
     return 0;
 }
@@ -45,8 +47,9 @@ static double now(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    int down = argc > 1 && strcmp(argv[1], "down") == 0;
     const char *go = getenv("CR_TEST_GO");
     if (!go)
         fail("CR_TEST_GO is not set");
@@ -63,7 +66,9 @@ int main(void)
     if (child == 0) {
         close(p[1]);
         setpgid(0, 0);
-        if (cr_init() < 0 || cr_register_callback(forward_cb, NULL, CR_SIGNAL_CONTEXT) < 0)
+        fwd_target = parent;
+        if (cr_init() < 0 ||
+            (!down && cr_register_callback(forward_cb, NULL, CR_SIGNAL_CONTEXT) < 0))
             fail("child: cr_init/cr_register_callback");
         for (;;) {
             count[0]++;
@@ -76,13 +81,15 @@ int main(void)
         char c;
         if (read(p[0], &c, 1) != 1 || c != 'x')
             fail("child: no word from the parent after GO");
-        if (fwd_rc != 0)
+        if (!down && fwd_rc != 0)
             failf("child: cr_forward_checkpoint returned %d", fwd_rc);
         _exit(0);
     }
     close(p[0]);
-    if (cr_init() < 0)
-        fail("cr_init");
+    fwd_target = child;
+    if (cr_init() < 0 ||
+        (down && cr_register_callback(forward_cb, NULL, CR_SIGNAL_CONTEXT) < 0))
+        fail("cr_init/cr_register_callback");
     printf("READY\nchild %d\n", (int)child);
     fflush(stdout);
     while (access(go, F_OK) != 0)
@@ -96,6 +103,8 @@ int main(void)
     }
     if (write(p[1], "x", 1) != 1)
         fail("write to the child");
+    if (down && fwd_rc != 0)
+        failf("cr_forward_checkpoint to the child returned %d", fwd_rc);
     int st;
     if (waitpid(child, &st, 0) != child || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
         failf("the child ended with status %#x", st);

@@ -1142,10 +1142,15 @@ fn unsupported_resources_are_named() {
 /// of the child alone, `-p` (the child's agent stops and saves the parent itself) or the default
 /// tree scope (cr_checkpoint adds the parent to the cut), saves both: `--term` reaches both, and
 /// the restart brings back both, the parent collecting the child after GO.
-fn forward_cycle(name: &str, scope: &[&str]) {
+fn forward_cycle(name: &str, scope: &[&str], down: bool) {
     let sc = Scenario::new(name);
     let reaper = Reaper::new(&sc);
-    let mut job = sc.start_program("forward");
+    let mut prog = sc.program("forward");
+    if down {
+        prog.argv.push("down".into());
+    }
+    let mut job = sc.start(&format!("forward {name}"), sc.under_cr_run(&prog));
+    job.wait_ready();
     // "child PID" is printed with READY.
     let deadline = Instant::now() + READY_TIMEOUT;
     let child: u32 = loop {
@@ -1162,7 +1167,7 @@ fn forward_cycle(name: &str, scope: &[&str]) {
     reaper.watch(&[job.pid(), child]);
     let mut flags = scope.to_vec();
     flags.push("--term");
-    let img = sc.checkpoint(child, &flags);
+    let img = sc.checkpoint(if down { job.pid() } else { child }, &flags);
     job.expect_signal(SIGTERM, DEATH_TIMEOUT);
     wait_gone(&sc, &[job.pid(), child], "both processes after --term");
     let (_, images) = {
@@ -1185,10 +1190,16 @@ fn forward_cycle(name: &str, scope: &[&str]) {
 
 #[test]
 fn forward_to_parent_single_process_scope() {
-    forward_cycle("forward-p", &["-p"]);
+    forward_cycle("forward-p", &["-p"], false);
 }
 
 #[test]
 fn forward_to_parent_tree_scope() {
-    forward_cycle("forward-tree", &[]);
+    forward_cycle("forward-tree", &[], false);
+}
+
+/// The parent's callback forwards to its child; `-p` of the parent saves both.
+#[test]
+fn forward_to_child() {
+    forward_cycle("forward-down", &["-p"], true);
 }
