@@ -1203,3 +1203,38 @@ fn forward_to_parent_tree_scope() {
 fn forward_to_child() {
     forward_cycle("forward-down", &["-p"], true);
 }
+
+/// `cr_request_checkpoint(CR_SCOPE_TREE)` of the caller's own tree: the image holds the caller
+/// and its child; restarted, the caller sees `CR_ERESTARTED` and its child is back as its child.
+#[test]
+fn api_tree_scope() {
+    let sc = Scenario::new("api-tree");
+    let reaper = Reaper::new(&sc);
+    let img = sc.root().join("tree.ctx");
+    let mut prog = sc.program("api_tree");
+    prog.argv.push(img.clone().into_os_string());
+    let mut job = sc.start("api_tree", sc.plain(&prog));
+    reaper.watch(&[job.pid()]);
+    let st = job.wait_exit(TOOL_TIMEOUT);
+    assert!(
+        st.success() && job.stdout().contains("PASS api_tree checkpointed"),
+        "api_tree should checkpoint its tree and pass:\n{}",
+        job.diag()
+    );
+    let f = fs::File::open(&img).expect("open the image");
+    let (_, images) = cr::image::tree::open_all(&f).expect("read the image");
+    assert_eq!(
+        images.len(),
+        2,
+        "the image of the tree must hold the caller and its child\n{}",
+        sc.log()
+    );
+    let mut rs = sc.restart(&img);
+    reaper.watch(&[rs.pid()]);
+    let st = rs.wait_exit(RESTART_TIMEOUT);
+    assert!(
+        st.success() && rs.stdout().contains("PASS api_tree restarted"),
+        "the restarted api_tree should pass:\n{}",
+        rs.diag()
+    );
+}

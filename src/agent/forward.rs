@@ -68,6 +68,74 @@ pub fn add(scope: i32, pid: i32) -> Result<i32, i32> {
     Ok(0)
 }
 
+/// An API request for a tree, process group or session reaches one process (the tree's root,
+/// the group's or session's leader): every other process of the scope is added here, as if
+/// forwarded, before anything is stopped (so reading `/proc` may allocate).
+pub fn add_scope(scope: i32, id: i32) -> Result<(), i32> {
+    use crate::api::types::{CR_SCOPE_PGRP, CR_SCOPE_PROC, CR_SCOPE_SESS};
+    // Fields of /proc/PID/stat after the command: 0 state, 1 ppid, 2 pgrp, 3 session.
+    let field = match scope {
+        CR_SCOPE_PGRP => Some(2),
+        CR_SCOPE_SESS => Some(3),
+        _ => None,
+    };
+    let stat_field = |pid: i32, n: usize| -> Option<i32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(n)?
+            .parse()
+            .ok()
+    };
+    let children = |pid: i32| -> Vec<i32> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|t| {
+                std::fs::read_to_string(t.path().join("children"))
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .filter_map(|c| c.parse().ok())
+                    .collect::<Vec<i32>>()
+            })
+            .collect()
+    };
+    let mut todo: Vec<i32> = match field {
+        Some(n) => std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|&p| stat_field(p, n) == Some(id))
+            .collect(),
+        None if scope == CR_SCOPE_PROC => return Ok(()),
+        None => vec![id],
+    };
+    let me = crate::sys::getpid();
+    let mut seen = Vec::new();
+    while let Some(p) = todo.pop() {
+        if seen.contains(&p) || stat_field(p, 1).is_none() {
+            continue;
+        }
+        seen.push(p);
+        todo.extend(children(p));
+        // Zombies have nothing to save.
+        let zombie = std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true);
+        if p != me && !zombie {
+            add(CR_SCOPE_PROC, p)?;
+        }
+    }
+    Ok(())
+}
+
 /// Number of recorded targets.
 pub fn count() -> usize {
     COUNT.load(Acquire)
