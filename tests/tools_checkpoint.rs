@@ -412,3 +412,34 @@ fn time_bounds_a_stuck_write() {
     sc.go();
     job.expect_pass(RESTART_TIMEOUT);
 }
+
+/// BLCR's long scope aliases (--process, --group, --session) and its undocumented
+/// --early-stop (a SIGSTOP sent before any thread of the target runs again).
+#[test]
+fn scope_aliases_and_early_stop() {
+    let sc = Scenario::new("aliases");
+    let mut job = sc.start_program("spinner");
+    let pid = job.pid().to_string();
+    let img = sc.root().join("alias.ctx");
+    let imgs = img.to_str().unwrap();
+    tool(&sc, &["--process", "--early-stop", "-f", imgs, &pid]).assert_success();
+    assert!(
+        wait_state(job.pid(), 'T'),
+        "--early-stop must leave the target stopped\n{}",
+        sc.log()
+    );
+    signal_pid(job.pid(), libc_sigcont());
+    // (--session would reach the test runner's whole session.)
+    tool(&sc, &["--group", "-f", imgs, &pid]).assert_success();
+    let line =
+        tool(&sc, &["--session", "-f", imgs, &unused_pid().to_string()]).assert_failure_code(3);
+    assert!(line.contains("session"), "{line}");
+    job.assert_running("after the checkpoints");
+    sc.go();
+    job.expect_pass(RESTART_TIMEOUT);
+}
+
+/// SIGCONT's number on x86-64 Linux.
+fn libc_sigcont() -> i32 {
+    18
+}

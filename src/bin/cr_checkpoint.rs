@@ -27,13 +27,13 @@ struct Args {
     #[arg(short = 'T', long = "tree", action = ArgAction::SetTrue)]
     tree: bool,
     /// Checkpoint only the process ID.
-    #[arg(short = 'p', long = "pid", action = ArgAction::SetTrue)]
+    #[arg(short = 'p', long = "pid", visible_alias = "process", action = ArgAction::SetTrue)]
     pid_scope: bool,
     /// ID is a process group.
-    #[arg(short = 'g', long = "pgid", action = ArgAction::SetTrue)]
+    #[arg(short = 'g', long = "pgid", visible_alias = "group", action = ArgAction::SetTrue)]
     pgid: bool,
     /// ID is a session.
-    #[arg(short = 's', long = "sid", action = ArgAction::SetTrue)]
+    #[arg(short = 's', long = "sid", visible_alias = "session", action = ArgAction::SetTrue)]
     sid: bool,
     /// Write context.ID in the current directory (default).
     #[arg(short = 'c', long = "cwd", action = ArgAction::SetTrue)]
@@ -83,6 +83,13 @@ struct Args {
     /// Send SIGCONT once the image is safely on disk.
     #[arg(long, action = ArgAction::SetTrue)]
     cont: bool,
+    /// BLCR's undocumented "early" SIGSTOP: here every signal is already sent before any thread
+    /// of the target runs again, so this is --stop.
+    #[arg(long = "early-stop", action = ArgAction::SetTrue)]
+    early_stop: bool,
+    /// BLCR's undocumented "early" SIGABRT (as --abort, see --early-stop).
+    #[arg(long = "early-abrt", action = ArgAction::SetTrue)]
+    early_abrt: bool,
     /// Send signal NUM once the image is safely on disk.
     #[arg(short = 'S', long = "signal", value_name = "NUM")]
     signal: Option<i32>,
@@ -175,6 +182,8 @@ fn chosen_signal(m: &clap::ArgMatches, a: &Args) -> i32 {
         ("kill", libc::SIGKILL),
         ("stop", libc::SIGSTOP),
         ("cont", libc::SIGCONT),
+        ("early_stop", libc::SIGSTOP),
+        ("early_abrt", libc::SIGABRT),
         ("signal", a.signal.unwrap_or(0)),
     ];
     last_given(m, &opts, 0)
