@@ -29,7 +29,8 @@
  *     end, 100 KiB buffered, read end O_NONBLOCK (set by the child)
  *   - `fifo` / `fifo-unlinked`: $CR_TEST_DIR/tree.fifo, the root opens the
  *     write end, child 1 the read end, 30000 bytes buffered; with
- *     `fifo-unlinked` the path is unlinked once both ends are open
+ *     `fifo-unlinked` the path is unlinked once both ends are open; with
+ *     `fifo-nonblock` the read end is O_NONBLOCK (checked after GO)
  *   - `mmaps`: file mappings made by the root before any fork, inherited by
  *     every node: maps.dat (64 KiB pattern) MAP_SHARED from offset 16 KiB,
  *     and again PROT_READ only; priv.dat MAP_PRIVATE with its first page
@@ -135,7 +136,8 @@ struct shared {           /* at the start of the shared region */
 
 static const char *go_path;
 static char dir[PATH_MAX], fifo_path[PATH_MAX];
-static int nchild, deep, fifo_mode, bigpipe, mmaps; /* fifo_mode: 0 none, 1 fifo, 2 fifo-unlinked */
+static int nchild, deep, fifo_mode, bigpipe, mmaps; /* fifo_mode: 0 none, 1 fifo, 2 fifo-unlinked,
+                                                      3 fifo-nonblock */
 static int launched, do_setpgid, same_pids, same_pgid, same_sid;
 static int nnodes;
 
@@ -446,6 +448,8 @@ static void setup(void)
             fifo_fd = open(fifo_path, O_RDONLY);
             if (fifo_fd < 0)
                 nfail("open %s for reading: %s", fifo_path, strerror(errno));
+            if (fifo_mode == 3 && fcntl(fifo_fd, F_SETFL, O_NONBLOCK) != 0)
+                nfail("O_NONBLOCK on the FIFO: %s", strerror(errno));
         }
     }
 
@@ -814,7 +818,7 @@ static void fifo_stage(void)
     struct stat st, pst;
     if (fstat(fifo_fd, &st) != 0 || !S_ISFIFO(st.st_mode))
         nfail("the FIFO fd %d is not a FIFO any more", fifo_fd);
-    if (fifo_mode == 1) {
+    if (fifo_mode != 2) {
         if (stat(fifo_path, &pst) != 0)
             nfail("stat %s: %s", fifo_path, strerror(errno));
         if (pst.st_dev != st.st_dev || pst.st_ino != st.st_ino)
@@ -831,6 +835,12 @@ static void fifo_stage(void)
         write_all(fifo_fd, buf + FIFO_BYTES, FIFO_AFTER, "fifo");
         xclose(&fifo_fd);
     } else {
+        if (fifo_mode == 3) {
+            int fl = fcntl(fifo_fd, F_GETFL);
+            if (fl < 0 || !(fl & O_NONBLOCK))
+                nfail("the FIFO's read end lost O_NONBLOCK (flags %#x)", fl);
+            fcntl(fifo_fd, F_SETFL, fl & ~O_NONBLOCK);
+        }
         expect_to_eof(fifo_fd, FIFO_BYTES + FIFO_AFTER, SEED_FIFO, "fifo");
     }
 }
@@ -943,7 +953,7 @@ int main(int argc, char **argv)
 
     nchild = argc > 1 ? atoi(argv[1]) : 0;
     if (nchild < 1 || nchild > 4)
-        fail("usage: tree NCHILD(1-4) [deep] [fifo|fifo-unlinked] [bigpipe] [mmaps]");
+        fail("usage: tree NCHILD(1-4) [deep] [fifo|fifo-unlinked|fifo-nonblock] [bigpipe] [mmaps]");
     for (int i = 2; i < argc; i++) {
         if (strcmp(argv[i], "deep") == 0)
             deep = 1;
@@ -951,6 +961,8 @@ int main(int argc, char **argv)
             fifo_mode = 1;
         else if (strcmp(argv[i], "fifo-unlinked") == 0)
             fifo_mode = 2;
+        else if (strcmp(argv[i], "fifo-nonblock") == 0)
+            fifo_mode = 3;
         else if (strcmp(argv[i], "bigpipe") == 0)
             bigpipe = 1;
         else if (strcmp(argv[i], "mmaps") == 0)

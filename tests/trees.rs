@@ -642,6 +642,18 @@ fn named_fifo_unlinked() {
     );
 }
 
+/// A named FIFO whose read end is O_NONBLOCK: the flag comes back with the bytes.
+#[test]
+fn named_fifo_nonblocking() {
+    cycle(
+        "fifo-nonblock",
+        None,
+        Tree::new(&["2", "fifo-nonblock"]),
+        false,
+        &[],
+    );
+}
+
 /// A named FIFO removed after the checkpoint (before the restart): cr_restart makes it again at
 /// its path, and the restored descriptors lead to it (tree.c checks the inode).
 #[test]
