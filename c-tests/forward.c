@@ -11,7 +11,7 @@
  * mark into memory shared with the parent, the parent waits for it, answers over a pipe made
  * before the checkpoint, and collects the child with waitpid (exit 0). `PASS forward`.
  * With `down` it is the other way round: the parent's callback forwards to its child (and the
- * parent is the one to checkpoint).
+ * parent is the one to checkpoint). With `tree` the child forwards to its parent's tree.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -30,12 +30,13 @@
 #include "fail.h"
 
 static pid_t parent, fwd_target;
+static int fwd_scope = CR_SCOPE_PROC;
 static volatile int fwd_rc = -1;
 
 static int forward_cb(void *arg)
 {
     (void)arg;
-    fwd_rc = cr_forward_checkpoint(CR_SCOPE_PROC, fwd_target);
+    fwd_rc = cr_forward_checkpoint(fwd_scope, fwd_target);
     (void)cr_checkpoint(CR_CHECKPOINT_READY);
     return 0;
 }
@@ -50,6 +51,8 @@ static double now(void)
 int main(int argc, char **argv)
 {
     int down = argc > 1 && strcmp(argv[1], "down") == 0;
+    if (argc > 1 && strcmp(argv[1], "tree") == 0)
+        fwd_scope = CR_SCOPE_TREE; /* the parent's whole tree (the child is in it already) */
     const char *go = getenv("CR_TEST_GO");
     if (!go)
         fail("CR_TEST_GO is not set");

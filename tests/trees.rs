@@ -1154,12 +1154,13 @@ fn unsupported_resources_are_named() {
 /// of the child alone, `-p` (the child's agent stops and saves the parent itself) or the default
 /// tree scope (cr_checkpoint adds the parent to the cut), saves both: `--term` reaches both, and
 /// the restart brings back both, the parent collecting the child after GO.
-fn forward_cycle(name: &str, scope: &[&str], down: bool) {
+fn forward_cycle(name: &str, scope: &[&str], mode: &str) {
+    let down = mode == "down";
     let sc = Scenario::new(name);
     let reaper = Reaper::new(&sc);
     let mut prog = sc.program("forward");
-    if down {
-        prog.argv.push("down".into());
+    if !mode.is_empty() {
+        prog.argv.push(mode.into());
     }
     let mut job = sc.start(&format!("forward {name}"), sc.under_cr_run(&prog));
     job.wait_ready();
@@ -1202,18 +1203,25 @@ fn forward_cycle(name: &str, scope: &[&str], down: bool) {
 
 #[test]
 fn forward_to_parent_single_process_scope() {
-    forward_cycle("forward-p", &["-p"], false);
+    forward_cycle("forward-p", &["-p"], "");
 }
 
 #[test]
 fn forward_to_parent_tree_scope() {
-    forward_cycle("forward-tree", &[], false);
+    forward_cycle("forward-tree", &[], "");
 }
 
 /// The parent's callback forwards to its child; `-p` of the parent saves both.
 #[test]
 fn forward_to_child() {
-    forward_cycle("forward-down", &["-p"], true);
+    forward_cycle("forward-down", &["-p"], "down");
+}
+
+/// The child forwards to its parent's whole tree (CR_SCOPE_TREE, from signal context): the
+/// child's agent finds the tree itself (`-p`).
+#[test]
+fn forward_to_parent_tree() {
+    forward_cycle("forward-parent-tree", &["-p"], "tree");
 }
 
 /// `cr_request_checkpoint(CR_SCOPE_TREE)` of the caller's own tree: the image holds the caller

@@ -490,13 +490,12 @@ fn serve(conn: i32) {
 
 fn serve_request(conn: i32, req: Request, img_fd: i32) {
     super::forward::begin(req.flags, req.requester, req.signal);
-    if req.flags & (protocol::FLAG_API | protocol::FLAG_BARRIER) == protocol::FLAG_API {
-        // An API request for a tree, group or session: its other processes join ours.
-        if let Err(e) = super::forward::add_scope(req.scope, req.target) {
-            send_reply(conn, e, 0, b"cannot include every process of the scope");
-            sys::close(img_fd);
-            return;
-        }
+    if req.flags & (protocol::FLAG_API | protocol::FLAG_BARRIER) == protocol::FLAG_API
+        && req.scope != crate::api::types::CR_SCOPE_PROC
+    {
+        // An API request for a tree, group or session reaches one process: the scope's other
+        // processes join ours as if forwarded.
+        let _ = super::forward::add(req.scope, req.target);
     }
     if req.kind != protocol::REQ_CHECKPOINT || img_fd < 0 {
         send_reply(conn, libc::EINVAL, 0, b"bad request");

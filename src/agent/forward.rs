@@ -19,8 +19,13 @@ const MAX: usize = 16;
 /// Forwarded targets: `scope << 32 | pid`.
 static TARGETS: [AtomicI64; MAX] = [const { AtomicI64::new(0) }; MAX];
 static COUNT: AtomicUsize = AtomicUsize::new(0);
-/// Control sockets of the forwarded processes this agent stopped (-1: none).
-static SOCKS: [AtomicI32; MAX] = [const { AtomicI32::new(-1) }; MAX];
+/// Most processes a one-process checkpoint adds (targets with their trees, groups, sessions).
+const MAX_PROCS: usize = 128;
+/// The processes the targets stand for (a one-process checkpoint), and our control sockets to
+/// those we stopped (-1: none).
+static PIDS: [AtomicI32; MAX_PROCS] = [const { AtomicI32::new(0) }; MAX_PROCS];
+static NPIDS: AtomicUsize = AtomicUsize::new(0);
+static SOCKS: [AtomicI32; MAX_PROCS] = [const { AtomicI32::new(-1) }; MAX_PROCS];
 /// Flags and requester of the request being served.
 static FLAGS: AtomicU32 = AtomicU32::new(0);
 static REQUESTER: AtomicI32 = AtomicI32::new(0);
@@ -33,27 +38,24 @@ pub fn begin(flags: u32, requester: i32, signal: i32) {
     REQUESTER.store(requester, Release);
     SIGNAL.store(signal, Release);
     COUNT.store(0, Release);
+    NPIDS.store(0, Release);
 }
 
 /// In a restored process: the lists belong to the checkpointed one (the sockets too).
 pub fn forget() {
     COUNT.store(0, Release);
+    NPIDS.store(0, Release);
     for s in &SOCKS {
         s.store(-1, Release);
     }
 }
 
 /// Records a target (from a callback). `EDEADLK` when it is the requester of a
-/// `CR_CHKPT_PROHIBIT_SELF` request; `ENOSYS` for a group scope in a one-process checkpoint.
+/// `CR_CHKPT_PROHIBIT_SELF` request.
 pub fn add(scope: i32, pid: i32) -> Result<i32, i32> {
     let flags = FLAGS.load(Acquire);
     if flags & protocol::FLAG_PROHIBIT_SELF != 0 && pid == REQUESTER.load(Acquire) {
         return Err(libc::EDEADLK);
-    }
-    if flags & protocol::FLAG_BARRIER == 0 && scope != crate::api::types::CR_SCOPE_PROC {
-        // A one-process checkpoint adds single processes itself; finding trees, groups and
-        // sessions is cr_checkpoint's job (it does, in multi-process checkpoints).
-        return Err(libc::ENOSYS);
     }
     let word = (scope as i64) << 32 | pid as i64;
     let n = COUNT.load(Acquire);
@@ -66,74 +68,6 @@ pub fn add(scope: i32, pid: i32) -> Result<i32, i32> {
     TARGETS[n].store(word, Release);
     COUNT.store(n + 1, Release);
     Ok(0)
-}
-
-/// An API request for a tree, process group or session reaches one process (the tree's root,
-/// the group's or session's leader): every other process of the scope is added here, as if
-/// forwarded, before anything is stopped (so reading `/proc` may allocate).
-pub fn add_scope(scope: i32, id: i32) -> Result<(), i32> {
-    use crate::api::types::{CR_SCOPE_PGRP, CR_SCOPE_PROC, CR_SCOPE_SESS};
-    // Fields of /proc/PID/stat after the command: 0 state, 1 ppid, 2 pgrp, 3 session.
-    let field = match scope {
-        CR_SCOPE_PGRP => Some(2),
-        CR_SCOPE_SESS => Some(3),
-        _ => None,
-    };
-    let stat_field = |pid: i32, n: usize| -> Option<i32> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        stat.rsplit_once(')')?
-            .1
-            .split_whitespace()
-            .nth(n)?
-            .parse()
-            .ok()
-    };
-    let children = |pid: i32| -> Vec<i32> {
-        std::fs::read_dir(format!("/proc/{pid}/task"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .flat_map(|t| {
-                std::fs::read_to_string(t.path().join("children"))
-                    .unwrap_or_default()
-                    .split_whitespace()
-                    .filter_map(|c| c.parse().ok())
-                    .collect::<Vec<i32>>()
-            })
-            .collect()
-    };
-    let mut todo: Vec<i32> = match field {
-        Some(n) => std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|&p| stat_field(p, n) == Some(id))
-            .collect(),
-        None if scope == CR_SCOPE_PROC => return Ok(()),
-        None => vec![id],
-    };
-    let me = crate::sys::getpid();
-    let mut seen = Vec::new();
-    while let Some(p) = todo.pop() {
-        if seen.contains(&p) || stat_field(p, 1).is_none() {
-            continue;
-        }
-        seen.push(p);
-        todo.extend(children(p));
-        // Zombies have nothing to save.
-        let zombie = std::fs::read_to_string(format!("/proc/{p}/stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit_once(')')
-                    .map(|(_, r)| r.trim_start().starts_with('Z'))
-            })
-            .unwrap_or(true);
-        if p != me && !zombie {
-            add(CR_SCOPE_PROC, p)?;
-        }
-    }
-    Ok(())
 }
 
 /// Number of recorded targets.
@@ -197,8 +131,16 @@ fn reply_within(sock: i32, timeout_ms: i32) -> Result<protocol::Reply, i32> {
 /// One-process checkpoint: stops every forwarded process (each answers "stopped" and waits).
 /// On failure returns (errno, pid) after releasing those already stopped.
 pub fn stop_all(img_fd: i32, req: &Request, timeout_ms: i32) -> Result<(), (i32, i32)> {
-    for (i, slot) in SOCKS.iter().enumerate().take(count()) {
-        let (_, pid) = target(i);
+    expand();
+    let requester = REQUESTER.load(Acquire);
+    let n = NPIDS.load(Acquire);
+    if FLAGS.load(Acquire) & protocol::FLAG_PROHIBIT_SELF != 0
+        && PIDS[..n].iter().any(|p| p.load(Relaxed) == requester)
+    {
+        return Err((libc::EDEADLK, requester));
+    }
+    for (i, slot) in SOCKS.iter().enumerate().take(n) {
+        let pid = PIDS[i].load(Acquire);
         let res = (|| {
             let sock = connect(pid)?;
             slot.store(sock, Release);
@@ -240,8 +182,8 @@ pub fn stop_all(img_fd: i32, req: &Request, timeout_ms: i32) -> Result<(), (i32,
 /// through the same file description. Returns the bytes written, or (errno, pid).
 pub fn write_all() -> Result<u64, (i32, i32)> {
     let mut bytes = 0;
-    for (i, s) in SOCKS.iter().enumerate().take(count()) {
-        let (_, pid) = target(i);
+    for (i, s) in SOCKS.iter().enumerate().take(NPIDS.load(Acquire)) {
+        let pid = PIDS[i].load(Acquire);
         let sock = s.load(Acquire);
         if sock < 0 {
             continue; // omitted
@@ -275,10 +217,10 @@ pub fn deliver_signal() {
     if sig <= 0 {
         return;
     }
-    for (i, s) in SOCKS.iter().enumerate().take(count()) {
+    for (i, s) in SOCKS.iter().enumerate().take(NPIDS.load(Acquire)) {
         if s.load(Acquire) >= 0 {
             // SAFETY: signalling a process that took part in our checkpoint.
-            unsafe { libc::kill(target(i).1, sig) };
+            unsafe { libc::kill(PIDS[i].load(Acquire), sig) };
         }
     }
 }
@@ -295,4 +237,136 @@ pub fn release_all() {
         }
     }
     COUNT.store(0, Release);
+    NPIDS.store(0, Release);
+}
+
+/// Adds `pid` to [`PIDS`] once (never ourselves); false when full.
+fn push_pid(pid: i32) -> bool {
+    let n = NPIDS.load(Acquire);
+    if pid <= 0 || pid == crate::sys::getpid() || PIDS[..n].iter().any(|p| p.load(Relaxed) == pid) {
+        return true;
+    }
+    if n == MAX_PROCS {
+        return false;
+    }
+    PIDS[n].store(pid, Release);
+    NPIDS.store(n + 1, Release);
+    true
+}
+
+/// Calls `f` with every numeric entry of directory `path` (NUL-terminated).
+fn each_number(path: &[u8], mut f: impl FnMut(i32)) {
+    let Ok(dir) = crate::sys::open(
+        path,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        0,
+    ) else {
+        return;
+    };
+    let dir = dir as i32;
+    let mut buf = [0u8; 4096];
+    while let Ok(len) = crate::sys::getdents64(dir, &mut buf) {
+        if len == 0 {
+            break;
+        }
+        let mut pos = 0;
+        while pos < len {
+            let reclen = u16::from_ne_bytes([buf[pos + 16], buf[pos + 17]]) as usize;
+            let n = super::quiesce::parse_dec(&buf[pos + 19..pos + reclen]);
+            pos += reclen;
+            if n > 0 {
+                f(n as i32);
+            }
+        }
+    }
+    crate::sys::close(dir);
+}
+
+/// Reads a small /proc file into `buf`; returns the bytes read.
+fn read_small(path: &[u8], buf: &mut [u8]) -> usize {
+    let Ok(fd) = crate::sys::open(path, libc::O_RDONLY | libc::O_CLOEXEC, 0) else {
+        return 0;
+    };
+    let n = crate::sys::read(fd as i32, buf).unwrap_or(0);
+    crate::sys::close(fd as i32);
+    n
+}
+
+/// Numeric field `n` after the command of /proc/PID/stat (1 ppid, 2 pgrp, 3 session), or -1; also
+/// -1 for a zombie (nothing to save).
+fn stat_field(pid: i32, n: usize) -> i64 {
+    let mut path = StackBuf::<64>::new();
+    path.push(b"/proc/").num(pid as u64).push(b"/stat");
+    let mut buf = [0u8; 512];
+    let len = read_small(path.as_cstr(), &mut buf);
+    let Some(close) = buf[..len].iter().rposition(|&b| b == b')') else {
+        return -1;
+    };
+    let mut fields = buf[close + 1..len]
+        .split(|&b| b == b' ')
+        .filter(|f| !f.is_empty());
+    if fields.clone().next() == Some(&b"Z"[..]) {
+        return -1;
+    }
+    fields.nth(n).map_or(-1, super::quiesce::parse_dec)
+}
+
+/// Adds the children of `pid` (of all its threads).
+fn push_children(pid: i32) -> bool {
+    let mut tasks = StackBuf::<64>::new();
+    tasks.push(b"/proc/").num(pid as u64).push(b"/task");
+    let mut ok = true;
+    each_number(tasks.as_cstr(), |tid| {
+        let mut path = StackBuf::<96>::new();
+        path.push(b"/proc/")
+            .num(pid as u64)
+            .push(b"/task/")
+            .num(tid as u64)
+            .push(b"/children");
+        let mut buf = [0u8; 1024];
+        let len = read_small(path.as_cstr(), &mut buf);
+        for c in buf[..len].split(|&b| b == b' ') {
+            let n = super::quiesce::parse_dec(c);
+            if n > 0 && stat_field(n as i32, 1) != -1 {
+                ok &= push_pid(n as i32);
+            }
+        }
+    });
+    ok
+}
+
+/// Turns the recorded targets into processes: the process itself, or the members of its group
+/// or session, each with its descendants (BLCR's scopes). Raw syscalls and fixed buffers only:
+/// this runs while the program's threads are stopped.
+fn expand() {
+    use crate::api::types::{CR_SCOPE_PGRP, CR_SCOPE_PROC, CR_SCOPE_SESS};
+    NPIDS.store(0, Release);
+    for i in 0..count() {
+        let (scope, id) = target(i);
+        let start = NPIDS.load(Acquire);
+        match scope {
+            CR_SCOPE_PGRP | CR_SCOPE_SESS => {
+                let field = if scope == CR_SCOPE_PGRP { 2 } else { 3 };
+                each_number(b"/proc\0", |p| {
+                    if stat_field(p, field) == id as i64 {
+                        push_pid(p);
+                    }
+                });
+            }
+            _ => {
+                push_pid(id);
+            }
+        }
+        if scope != CR_SCOPE_PROC {
+            // Descendants, breadth first over what was added (the list grows as we go).
+            if scope != CR_SCOPE_PGRP && scope != CR_SCOPE_SESS && id == crate::sys::getpid() {
+                push_children(id);
+            }
+            let mut j = start;
+            while j < NPIDS.load(Acquire) {
+                push_children(PIDS[j].load(Acquire));
+                j += 1;
+            }
+        }
+    }
 }
