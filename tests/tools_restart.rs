@@ -220,6 +220,17 @@ fn expect_cwd(job: &Job, pid: u32, dir: &Path) {
     );
 }
 
+/// What the descriptors of process `pid` lead to.
+fn open_paths(pid: u32) -> Vec<PathBuf> {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| fs::read_link(e.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Waits until the restored process `pid` maps `file` (e.g. its relocated executable).
 fn expect_mapped(job: &Job, pid: u32, file: &Path) {
     let want = s(file);
@@ -540,15 +551,7 @@ fn relocate_open_files() {
     let mut job = start_restart(&sc, &with(&relocate(&x, &y), &[&img]));
     let pid = job.wait_child(READY_TIMEOUT);
     let want = [y.join("input.dat"), y.join("output.log")];
-    let fds = || -> Vec<PathBuf> {
-        fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|rd| {
-                rd.flatten()
-                    .filter_map(|e| fs::read_link(e.path()).ok())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let fds = || open_paths(pid);
     assert!(
         wait_until(STATE_TIMEOUT, || want.iter().all(|w| fds().contains(w))),
         "the restored fileio should have {want:?} open (has {:?}):\n{}",
@@ -593,15 +596,7 @@ fn relocate_fifo() {
     let mut job = start_restart(&sc, &with(&args, &[&img]));
     let pid = job.wait_child(READY_TIMEOUT);
     let want = y.join("tree.fifo");
-    let fds = || -> Vec<PathBuf> {
-        fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|rd| {
-                rd.flatten()
-                    .filter_map(|e| fs::read_link(e.path()).ok())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let fds = || open_paths(pid);
     assert!(
         wait_until(STATE_TIMEOUT, || fds().contains(&want)),
         "the restored root should have {want:?} open (has {:?}):\n{}",

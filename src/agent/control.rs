@@ -634,12 +634,7 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
         // they append their images after ours.
         let ms = (timeout_ns / 1_000_000).min(i32::MAX as u64) as i32;
         if let Err((e, pid)) = super::forward::stop_all(img_fd, &req, ms) {
-            let mut m = StackBuf::<240>::new();
-            m.push(b"process ")
-                .num(pid as u64)
-                .push(b" (the checkpoint was forwarded to it) could not be stopped");
-            conclude(conn, true, -(e as i64), e, 0, m.as_bytes());
-            sys::close(img_fd);
+            forward_failed(conn, img_fd, e, pid, b"could not be stopped");
             return;
         }
     }
@@ -675,12 +670,7 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
         let forwarded = match super::forward::write_all() {
             Ok(b) => b,
             Err((e, pid)) => {
-                let mut m = StackBuf::<240>::new();
-                m.push(b"process ")
-                    .num(pid as u64)
-                    .push(b" (the checkpoint was forwarded to it) failed to write its image");
-                conclude(conn, true, -(e as i64), e, 0, m.as_bytes());
-                sys::close(img_fd);
+                forward_failed(conn, img_fd, e, pid, b"failed to write its image");
                 return;
             }
         };
@@ -697,6 +687,17 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
             .push(STEPS[job.step.load(Acquire) as usize % STEPS.len()].as_bytes());
         conclude(conn, true, -(e as i64), e, 0, m.as_bytes());
     }
+    sys::close(img_fd);
+}
+
+/// Ends the request because process `pid`, which the checkpoint was forwarded to, failed.
+fn forward_failed(conn: i32, img_fd: i32, e: i32, pid: i32, what: &[u8]) {
+    let mut m = StackBuf::<240>::new();
+    m.push(b"process ")
+        .num(pid as u64)
+        .push(b" (the checkpoint was forwarded to it) ")
+        .push(what);
+    conclude(conn, true, -(e as i64), e, 0, m.as_bytes());
     sys::close(img_fd);
 }
 
