@@ -232,6 +232,8 @@ pub struct RestartInfo {
     /// Signal the restored process sends itself before its threads run again (cr_restart's
     /// `--early-stop`/`--early-abrt`), or 0.
     pub early_signal: i64,
+    /// Descriptor of the program's executable, to become `/proc/self/exe` again (-1: none).
+    pub exe_fd: i64,
 }
 
 /// Magic of [`RestartInfo`].
@@ -239,11 +241,11 @@ pub const RESTART_MAGIC: i64 = 0x4352_5253_5452_4e31;
 
 impl RestartInfo {
     /// The fields as words, in order.
-    pub fn as_words(&self) -> [i64; 11] {
+    pub fn as_words(&self) -> [i64; 12] {
         bytemuck::cast(*self)
     }
     /// Rebuilds from words.
-    pub fn from_words(w: [i64; 11]) -> Self {
+    pub fn from_words(w: [i64; 12]) -> Self {
         bytemuck::cast(w)
     }
 }

@@ -80,6 +80,13 @@ fn chain(name: &str) {
         "the restored program must have its original pid (cr_restart --restore-pid is the default)"
     );
     wait_address_space_switched(&sc, pid2, Duration::from_secs(10));
+    // /proc/PID/exe is the program again, not cr_restart (root may set it).
+    let exe = std::fs::read_link(format!("/proc/{pid2}/exe")).unwrap_or_default();
+    assert!(
+        exe.file_name() == Some(std::ffi::OsStr::new(name)),
+        "/proc/{pid2}/exe of the restored program is {}, expected the program {name}",
+        exe.display()
+    );
     let img2 = sc.checkpoint_restored(pid2, &["--term"]);
     // The restored program dies of SIGTERM, and cr_restart dies of the same signal.
     gen2.expect_signal(SIGTERM, DEATH_TIMEOUT);

@@ -497,7 +497,21 @@ fn cycle(name: &str, user: Option<(u32, u32)>, tree: Tree, to_dir: bool, opts: &
 
     let mut rs = start_restart(&sc, &reaper, opts, &img);
     let back = restored(&mut rs, &reaper, "tree", Some(pids.len()));
-    assert_pids(&rs, &back, &pids, !opts.contains(&"--no-restore-pid"));
+    let exact = !opts.contains(&"--no-restore-pid");
+    assert_pids(&rs, &back, &pids, exact);
+    if exact {
+        // With original pids (root, or cr_restart's private namespace) /proc/PID/exe is the
+        // program again.
+        for &p in &back {
+            let exe = fs::read_link(format!("/proc/{p}/exe")).unwrap_or_default();
+            assert!(
+                exe.file_name() == Some(OsStr::new("tree")),
+                "/proc/{p}/exe of a restored process is {}, expected the program\n{}",
+                exe.display(),
+                rs.diag()
+            );
+        }
+    }
     thread::sleep(SETTLE);
     sc.go();
     rs.expect_pass(RESTART_TIMEOUT);

@@ -747,6 +747,10 @@ fn after_restart() {
         sys::munmap(info.code_addr as usize, info.code_len as usize);
     }
     super::process::restore_timers();
+    if info.exe_fd >= 0 {
+        // The trampoline made it /proc/self/exe where it could; we only close it.
+        sys::close(info.exe_fd as i32);
+    }
     match bind_socket() {
         Ok(fd) => LISTEN_FD.store(fd, Release),
         Err(_) => LISTEN_FD.store(-1, Release),

@@ -38,7 +38,7 @@ pub static LEADER: AtomicUsize = AtomicUsize::new(0);
 pub static ALL_CLONED: AtomicU32 = AtomicU32::new(0);
 
 /// The restart information of the last restart (copied out of the trampoline block).
-pub static INFO: [AtomicI64; 11] = [const { AtomicI64::new(0) }; 11];
+pub static INFO: [AtomicI64; 12] = [const { AtomicI64::new(0) }; 12];
 
 /// Top of the stack the trampoline switches to before calling [`restart_entry`].
 pub fn restore_stack_top() -> usize {

@@ -118,6 +118,27 @@ fn drop_thread_registrations() {
     }
 }
 
+/// The program's executable (the file mapped at its text), opened for the restored agent to make
+/// it `/proc/self/exe` again.
+fn open_executable(img: &Image) -> Option<i32> {
+    let text = img.process.mm.start_code;
+    let r = img.regions.iter().find(|r| {
+        r.rec.start <= text
+            && text < r.rec.end
+            && r.path.first() == Some(&b'/')
+            && matches!(
+                r.kind,
+                crate::image::format::RegionKind::FilePrivate
+                    | crate::image::format::RegionKind::PrivateContent
+            )
+    })?;
+    let path = r.path.strip_suffix(b" (deleted)").unwrap_or(&r.path);
+    let c = std::ffi::CString::new(path.to_vec()).ok()?;
+    // SAFETY: open with a valid C string.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    (fd >= 0).then_some(fd)
+}
+
 fn apply_rlimits(img: &Image) {
     for (r, lim) in img.process.rlimits.iter().enumerate() {
         let mut want = libc::rlimit {
@@ -262,7 +283,10 @@ fn rebuild(
 
     // SAFETY: img_fd is the image descriptor we own.
     let file = unsafe { File::from_raw_fd(img_fd) };
-    fds::restore(img, idx, pool, &[img_fd, notify_fd])?;
+    let exe_fd = open_executable(img)
+        .and_then(|fd| fds::move_high(fd, img).ok())
+        .unwrap_or(-1);
+    fds::restore(img, idx, pool, &[img_fd, notify_fd, exe_fd])?;
     let cwd = std::ffi::CString::new(img.cwd.clone()).unwrap_or_default();
     // SAFETY: chdir/umask with valid arguments.
     unsafe {
@@ -348,7 +372,9 @@ fn rebuild(
         ],
         auxv: auxv_ptr,
         auxv_size: img.auxv.len() as u32,
-        exe_fd: u32::MAX,
+        // /proc/self/exe becomes the program's again where we may (CAP_CHECKPOINT_RESTORE in
+        // our user namespace: cr_restart's private namespace, or a privileged root).
+        exe_fd: if exe_fd >= 0 { exe_fd as u32 } else { u32::MAX },
     };
     // SAFETY: PrctlMmMap is plain data.
     let map_bytes = unsafe {
@@ -370,6 +396,7 @@ fn rebuild(
         src_addr: 0,
         src_len: 0,
         early_signal: early_signal as i64,
+        exe_fd: exe_fd as i64,
     };
     let info_ptr = put(bytemuck::bytes_of(&info));
     let src_ptr = put(src);

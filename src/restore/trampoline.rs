@@ -68,6 +68,23 @@ global_asm!(
     "syscall",
     "mov rcx, [r15+80]",
     "mov [rcx], rax",
+    // Refused with an exe_fd (no CAP_CHECKPOINT_RESTORE here): again without it, the mm
+    // fields matter more than /proc/self/exe.
+    "test rax, rax",
+    "jz 6f",
+    "mov rdx, [r15+32]",
+    "cmp dword ptr [rdx+100], -1",
+    "je 6f",
+    "mov dword ptr [rdx+100], -1",
+    "mov edi, 35",
+    "mov esi, 14",
+    "mov r10, [r15+40]",
+    "xor r8d, r8d",
+    "mov eax, 157",
+    "syscall",
+    "mov rcx, [r15+80]",
+    "mov [rcx], rax",
+    "6:",
     // 4. arch_prctl(ARCH_SET_FS, leader fs)
     "mov edi, 0x1002",
     "mov rsi, [r15+48]",
@@ -131,7 +148,7 @@ pub struct TrampArgs {
     pub result_ptr: u64,
 }
 
-/// Kernel `struct prctl_mm_map`.
+/// Kernel `struct prctl_mm_map` (`exe_fd` at byte 100: the trampoline clears it for its retry).
 #[repr(C)]
 #[derive(Default, Debug, Clone, Copy)]
 pub struct PrctlMmMap {
