@@ -507,6 +507,7 @@ pub fn request_restart(
             restarter: me,
             src: &src,
             early_signal: 0,
+            gate: None,
         };
         let err = match crate::restore::pool::Pool::build(&[&img], &[&file], &[]) {
             Ok(pool) if opts.pids => {
@@ -517,13 +518,24 @@ pub fn request_restart(
                     file: &file,
                     src: &src,
                 }];
+                let gate = crate::restore::spawn::Gate::new();
                 let mut spawner =
                     crate::restore::spawn::Spawner::new(&members, &pool, opts, p[1], me);
                 spawner.root_flags = libc::CLONE_PARENT as u64;
+                spawner.gate = gate.as_ref().ok();
                 match spawner.spawn_roots() {
-                    // SAFETY: leaving the helper.
-                    Ok(_) => unsafe { libc::_exit(0) },
+                    Ok(_) => {
+                        pool.close();
+                        if let Ok(g) = &gate {
+                            g.open_after(1);
+                        }
+                        // SAFETY: leaving the helper.
+                        unsafe { libc::_exit(0) }
+                    }
                     Err(e) => {
+                        if let Ok(g) = &gate {
+                            g.abandon();
+                        }
                         let r = crate::restore::Report::Failed(e.errno, e.msg.clone());
                         crate::restore::write_report(p[1], &r);
                         e

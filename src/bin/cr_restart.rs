@@ -549,13 +549,26 @@ fn run_job(args: &Args, job: &Job, opts: cr::restore::spawn::Options, signal: i3
                     &format!("restart failed: {}", e.msg),
                 )
             });
+        let gate = spawn::Gate::new().unwrap_or_else(|e| {
+            failed(
+                args,
+                classify(e.errno),
+                e.errno,
+                &format!("restart failed: {}", e.msg),
+            )
+        });
         let mut spawner = Spawner::new(&members, &pool, opts, notify[1], me);
         spawner.zombies.clone_from(&job.zombies);
+        spawner.gate = Some(&gate);
         let roots = spawner.spawn_roots();
         pool.close();
         match roots {
-            Ok(r) => r.into_iter().map(|(_, pid)| pid).collect(),
+            Ok(r) => {
+                gate.open_after(members.len());
+                r.into_iter().map(|(_, pid)| pid).collect()
+            }
             Err(e) => {
+                gate.abandon();
                 kill_created(&read_reports_now(notify[0]));
                 failed(
                     args,
@@ -738,10 +751,16 @@ fn namespace_init(
     };
     let pool =
         cr::restore::pool::Pool::build(images, files, &job.shares).unwrap_or_else(|e| die(e));
+    let gate = cr::restore::spawn::Gate::new().unwrap_or_else(|e| die(e));
     let mut spawner = cr::restore::spawn::Spawner::new(members, &pool, opts, notify, 1);
     spawner.zombies.clone_from(&job.zombies);
-    let roots = spawner.spawn_roots().unwrap_or_else(|e| die(e));
+    spawner.gate = Some(&gate);
+    let roots = spawner.spawn_roots().unwrap_or_else(|e| {
+        gate.abandon();
+        die(e)
+    });
     pool.close();
+    gate.open_after(members.len());
     // SAFETY: closing the report pipe: the restored processes hold their own copies.
     unsafe { libc::close(notify) };
     for (slot, &(_, pid)) in CHILDREN.iter().zip(&roots) {

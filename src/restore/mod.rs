@@ -245,6 +245,9 @@ pub struct Handover<'a> {
     pub src: &'a [u8],
     /// Signal the process sends itself before its threads run again (0: none).
     pub early_signal: i32,
+    /// The job's gate (`spawn::Gate`): (write end of its "closed" pipe, read end of the gate),
+    /// at numbers above every saved descriptor; `None` when this process is the whole job.
+    pub gate: Option<(i32, i32)>,
 }
 
 /// Rebuilds process `idx` of a job from `img` in the calling (freshly forked, single-threaded)
@@ -263,6 +266,10 @@ pub fn run(
     let res = rebuild(img, idx, file, pool, &mut notify, h);
     if let Err(e) = &res {
         write_report(notify, &Report::Failed(e.errno, e.msg.clone()));
+        if let Some((closed, _)) = h.gate {
+            // Our pool copies go with us: do not keep the others waiting.
+            let _ = crate::sys::write_all(closed, b"c");
+        }
     }
     res
 }
@@ -286,7 +293,13 @@ fn rebuild(
     let exe_fd = open_executable(img)
         .and_then(|fd| fds::move_high(fd, img).ok())
         .unwrap_or(-1);
-    fds::restore(img, idx, pool, &[img_fd, notify_fd, exe_fd])?;
+    let (gate_closed, gate_open) = h.gate.unwrap_or((-1, -1));
+    fds::restore(
+        img,
+        idx,
+        pool,
+        &[img_fd, notify_fd, exe_fd, gate_closed, gate_open],
+    )?;
     let cwd = std::ffi::CString::new(img.cwd.clone()).unwrap_or_default();
     // SAFETY: chdir/umask with valid arguments.
     unsafe {
@@ -301,6 +314,22 @@ fn rebuild(
     let mut layout = memory::build(img, &file, &pool.shm)?;
     drop(file);
     pool.close();
+    if let Some((closed, open)) = h.gate {
+        // Our copies of the job's pipes and files are gone: say so, then wait until every other
+        // process (and the restarter) has closed its own, so no pipe end stays open behind the
+        // program's back once it runs (a reader would miss its EOF).
+        let _ = crate::sys::write_all(closed, b"c");
+        crate::sys::close(closed);
+        let mut b = [0u8; 1];
+        loop {
+            match crate::sys::read(open, &mut b) {
+                Ok(0) => break,
+                Ok(_) | Err(crate::sys::Errno(libc::EINTR)) => {}
+                Err(_) => break,
+            }
+        }
+        crate::sys::close(open);
+    }
 
     // Trampoline code.
     let code = trampoline::code();

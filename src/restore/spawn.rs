@@ -20,6 +20,81 @@ use crate::image::reader::Image;
 use crate::image::tree::ZombieRec;
 use std::fs::File;
 
+/// Holds the restored processes back until every copy of the job's pool is closed: each
+/// process, once it closed its own, writes a byte to the "closed" pipe and waits for EOF on the
+/// gate; the process that built the pool closes its copy, counts one byte per process and then
+/// closes the gate's write end.
+pub struct Gate {
+    closed: [i32; 2],
+    gate: [i32; 2],
+}
+
+impl Gate {
+    /// Two pipes.
+    pub fn new() -> Result<Gate, RestoreError> {
+        let mut closed = [0i32; 2];
+        let mut gate = [0i32; 2];
+        // SAFETY: pipe2 with valid arrays.
+        unsafe {
+            if libc::pipe2(closed.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+                return Err(RestoreError::new(errno(), "cannot create a pipe".into()));
+            }
+            if libc::pipe2(gate.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+                libc::close(closed[0]);
+                libc::close(closed[1]);
+                return Err(RestoreError::new(errno(), "cannot create a pipe".into()));
+            }
+        }
+        Ok(Gate { closed, gate })
+    }
+
+    /// In a process of the job: drops the controller's ends and moves ours to `floor` or above
+    /// (clear of every saved descriptor); returns (closed write end, gate read end).
+    fn process_side(&self, floor: i32) -> (i32, i32) {
+        // SAFETY: closing and duplicating descriptors of this new process.
+        unsafe {
+            libc::close(self.closed[0]);
+            libc::close(self.gate[1]);
+            let closed = libc::fcntl(self.closed[1], libc::F_DUPFD_CLOEXEC, floor);
+            let open = libc::fcntl(self.gate[0], libc::F_DUPFD_CLOEXEC, floor);
+            libc::close(self.closed[1]);
+            libc::close(self.gate[0]);
+            (closed, open)
+        }
+    }
+
+    /// Spawning failed: closes everything (whoever waits at the gate goes on, to be killed).
+    pub fn abandon(&self) {
+        for fd in self.closed.iter().chain(&self.gate) {
+            // SAFETY: closing our pipe ends.
+            unsafe { libc::close(*fd) };
+        }
+    }
+
+    /// In the process that built the pool, after spawning and closing its pool copy: waits
+    /// until `n` processes closed theirs (a process that dies counts as closed: EOF), then
+    /// opens the gate.
+    pub fn open_after(&self, n: usize) {
+        // SAFETY: closing our copies of the processes' ends, reading, closing the gate.
+        unsafe {
+            libc::close(self.closed[1]);
+            libc::close(self.gate[0]);
+            let mut seen = 0;
+            let mut b = [0u8; 64];
+            while seen < n {
+                let r = libc::read(self.closed[0], b.as_mut_ptr() as *mut _, b.len());
+                if r > 0 {
+                    seen += r as usize;
+                } else if r == 0 || errno() != libc::EINTR {
+                    break;
+                }
+            }
+            libc::close(self.closed[0]);
+            libc::close(self.gate[1]);
+        }
+    }
+}
+
 /// One process of the job.
 pub struct Member<'a> {
     /// Its image.
@@ -159,6 +234,11 @@ pub struct Spawner<'a> {
     pub root_flags: u64,
     /// Unreaped children that had exited: re-created as zombies of their parents.
     pub zombies: Vec<ZombieRec>,
+    /// The job's gate (see [`Gate`]); `None`: processes run as soon as they are restored.
+    pub gate: Option<&'a Gate>,
+    /// This process's ends of the gate once moved clear of the saved descriptors (children
+    /// forked afterwards inherit them as they are).
+    moved_gate: std::cell::Cell<Option<(i32, i32)>>,
     parents: Vec<Option<usize>>,
 }
 
@@ -180,6 +260,8 @@ impl<'a> Spawner<'a> {
             restarter,
             root_flags: 0,
             zombies: Vec::new(),
+            gate: None,
+            moved_gate: std::cell::Cell::new(None),
             parents,
         }
     }
@@ -254,8 +336,24 @@ impl<'a> Spawner<'a> {
     fn child(&self, i: usize) -> ! {
         let m = &self.members[i];
         let p = &m.img.process;
+        let floor = self
+            .members
+            .iter()
+            .flat_map(|m| m.img.fds.iter().map(|f| f.rec.fd))
+            .max()
+            .unwrap_or(2)
+            .max(2)
+            + 16;
+        let gate = match self.moved_gate.get() {
+            Some(g) => Some(g),
+            None => self.gate.map(|g| g.process_side(floor)),
+        };
+        self.moved_gate.set(gate);
         let fail = |e: RestoreError| -> ! {
             write_report(self.notify, &Report::Failed(e.errno, e.msg));
+            if let Some((closed, _)) = gate {
+                let _ = crate::sys::write_all(closed, b"c");
+            }
             // SAFETY: leaving this half-built process without running atexit handlers.
             unsafe { libc::_exit(1) }
         };
@@ -291,6 +389,7 @@ impl<'a> Spawner<'a> {
             restarter: self.restarter,
             src: m.src,
             early_signal: self.opts.early_signal,
+            gate,
         };
         let err = match super::run(m.img, i, file, self.pool, &handover) {
             Ok(never) => match never {},
