@@ -93,21 +93,35 @@ pub fn describe(out: &mut StackBuf<240>) {
     }
 }
 
-/// Connects to process `pid` of our own pid namespace (no allocation).
+/// How long a process whose agent is still starting (a fresh fork child) may take to listen.
+const AGENT_START_NS: u64 = 2_000_000_000;
+
+/// Connects to process `pid` of our own pid namespace (no allocation). A live process whose
+/// agent does not listen yet (just forked) gets a moment.
 fn connect(pid: i32) -> Result<i32, i32> {
     let (ns, _) = protocol::own_identity();
     let (addr, len) = protocol::socket_addr(ns, pid);
-    // SAFETY: socket calls on a descriptor we own, with a valid address.
-    unsafe {
-        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(libc::EMFILE);
-        }
-        if libc::connect(fd, &addr as *const _ as *const libc::sockaddr, len) != 0 {
+    let deadline = crate::sys::monotonic_ns() + AGENT_START_NS;
+    loop {
+        // SAFETY: socket calls on a descriptor we own, with a valid address.
+        unsafe {
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
+            if fd < 0 {
+                return Err(libc::EMFILE);
+            }
+            if libc::connect(fd, &addr as *const _ as *const libc::sockaddr, len) == 0 {
+                return Ok(fd);
+            }
             libc::close(fd);
-            return Err(crate::api::types::CR_ENOSUPPORT);
+            if libc::kill(pid, 0) != 0 || crate::sys::monotonic_ns() > deadline {
+                return Err(crate::api::types::CR_ENOSUPPORT);
+            }
+            let ms = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 1_000_000,
+            };
+            libc::nanosleep(&ms, core::ptr::null_mut());
         }
-        Ok(fd)
     }
 }
 
