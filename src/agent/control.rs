@@ -449,16 +449,18 @@ fn conclude(conn: i32, api: bool, outcome: i64, status: i32, bytes: u64, msg: &[
         wait_commit(conn);
         super::forward::deliver_signal();
         super::forward::release_all();
-        quiesce::release();
+        // Not pending any more before any thread runs: cr_leave_cs() returns when the
+        // checkpoint is done, and cr_status() right after must say IDLE.
         crate::api::cs::end_pending();
+        quiesce::release();
         return;
     }
     if status == 0 {
         super::forward::deliver_signal();
     }
     super::forward::release_all();
-    quiesce::release();
     crate::api::cs::end_pending();
+    quiesce::release();
     // The request is complete once every thread has finished its callbacks (as in BLCR, whose
     // kernel completes a request only after each thread reported done).
     let deadline = sys::monotonic_ns() + CALLBACKS_DONE_LIMIT_NS;
@@ -774,6 +776,6 @@ fn after_restart() {
     }
     // Callbacks see cr_checkpoint() > 0: the restarter's pid.
     quiesce::finish(info.restarter_pid.max(1));
-    quiesce::release();
     crate::api::cs::end_pending();
+    quiesce::release();
 }
