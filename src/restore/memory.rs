@@ -113,81 +113,53 @@ fn path_str(p: &[u8]) -> String {
     String::from_utf8_lossy(p).into_owned()
 }
 
-/// Maps one region at `addr` (0 = anywhere); returns where it landed.
-/// One memfd per shared object of the image (regions with the same device and inode map the
-/// same object, e.g. a memfd mapped twice), sized to cover every region's offset range.
-/// Objects that come from the job's pool (shared between processes, already filled) are used
-/// as they are.
-#[derive(Default)]
+/// The shared memory objects of the job (`pool::Pool::shm`: one memfd per object, keyed by
+/// [`shared_key`], filled before any process forked). A region without an identity gets a memfd
+/// of its own.
 struct SharedObjects<'a> {
-    fds: std::collections::HashMap<(u64, u64), i32>,
-    pool: Option<&'a std::collections::HashMap<(u64, u64), i32>>,
+    pool: &'a std::collections::HashMap<(u64, u64), i32>,
 }
 
 impl SharedObjects<'_> {
-    /// The identity of a shared memory object: the device and inode `/proc/PID/maps` showed.
-    pub fn key(r: &Region) -> Option<(u64, u64)> {
-        (r.rec.ino != 0).then_some((r.rec.dev, r.rec.ino))
-    }
-
     /// Whether `r`'s contents come from the pool (already filled before any process forked).
     fn pooled(&self, r: &Region) -> bool {
         r.kind == RegionKind::SharedContent
-            && Self::key(r).is_some_and(|k| self.pool.is_some_and(|p| p.contains_key(&k)))
+            && shared_key(r).is_some_and(|k| self.pool.contains_key(&k))
     }
 
-    /// The memfd for `r`'s object (created on first use) and whether the caller must close it.
-    fn fd_for(&mut self, img: &Image, r: &Region) -> Result<(i32, bool), RestoreError> {
-        let key = Self::key(r);
-        if let Some(fd) = key.and_then(|k| self.pool.and_then(|p| p.get(&k))) {
-            return Ok((*fd, false));
+    /// The memfd for `r`'s object and whether the caller must close it.
+    fn fd_for(&self, r: &Region) -> Result<(i32, bool), RestoreError> {
+        if let Some(k) = shared_key(r) {
+            return match self.pool.get(&k) {
+                Some(&fd) => Ok((fd, false)),
+                None => Err(RestoreError::new(
+                    libc::EINVAL,
+                    format!(
+                        "shared memory of {:#x} is missing from the job",
+                        r.rec.start
+                    ),
+                )),
+            };
         }
-        if let Some(fd) = key.and_then(|k| self.fds.get(&k)) {
-            return Ok((*fd, false));
-        }
-        let size = img
-            .regions
-            .iter()
-            .filter(|o| o.kind == RegionKind::SharedContent && key.is_some() && Self::key(o) == key)
-            .map(|o| o.rec.offset + (o.rec.end - o.rec.start))
-            .max()
-            .unwrap_or(r.rec.offset + (r.rec.end - r.rec.start));
         // SAFETY: memfd_create with a literal name.
         let fd = unsafe { libc::memfd_create(c"libcr-shm".as_ptr(), libc::MFD_CLOEXEC) };
+        let size = r.rec.offset + (r.rec.end - r.rec.start);
         // SAFETY: sizing the memfd we own.
         if fd < 0 || unsafe { libc::ftruncate(fd, size as i64) } < 0 {
             return Err(err("cannot create shared memory".into()));
         }
-        match key {
-            Some(k) => {
-                self.fds.insert(k, fd);
-                Ok((fd, false))
-            }
-            None => Ok((fd, true)),
-        }
+        Ok((fd, true))
     }
 }
 
-/// The identity of a shared memory region's object (see `SharedObjects`), for the job's pool.
+/// The identity of a shared memory object: the device and inode `/proc/PID/maps` showed
+/// (regions with the same identity map the same object, e.g. a memfd mapped twice).
 pub fn shared_key(r: &Region) -> Option<(u64, u64)> {
-    SharedObjects::key(r)
+    (r.rec.ino != 0).then_some((r.rec.dev, r.rec.ino))
 }
 
-impl Drop for SharedObjects<'_> {
-    fn drop(&mut self) {
-        for &fd in self.fds.values() {
-            // SAFETY: closing memfds we created; the mappings keep the objects alive.
-            unsafe { libc::close(fd) };
-        }
-    }
-}
-
-fn map_region(
-    img: &Image,
-    shm: &mut SharedObjects,
-    r: &Region,
-    addr: u64,
-) -> Result<u64, RestoreError> {
+/// Maps one region at `addr` (0 = anywhere); returns where it landed.
+fn map_region(shm: &SharedObjects, r: &Region, addr: u64) -> Result<u64, RestoreError> {
     let len = (r.rec.end - r.rec.start) as usize;
     let fixed = if addr != 0 {
         libc::MAP_FIXED_NOREPLACE
@@ -207,7 +179,7 @@ fn map_region(
             false,
         ),
         RegionKind::SharedContent => {
-            let (fd, close) = shm.fd_for(img, r)?;
+            let (fd, close) = shm.fd_for(r)?;
             (rw, libc::MAP_SHARED, fd, r.rec.offset as i64, close)
         }
 
@@ -327,17 +299,14 @@ pub fn build(
         }
     }
 
-    let mut shm = SharedObjects {
-        fds: Default::default(),
-        pool: Some(shared),
-    };
+    let shm = SharedObjects { pool: shared };
     // Pass 1: regions whose final range is free go straight there.
 
     for (i, r) in img.regions.iter().enumerate() {
         if r.kind.is_special() || overlaps(&cur, r.rec.start, r.rec.end) {
             continue;
         }
-        let at = map_region(img, &mut shm, r, r.rec.start)?;
+        let at = map_region(&shm, r, r.rec.start)?;
         placed[i] = Some(Placed {
             cur: at,
             dst: r.rec.start,
@@ -361,7 +330,7 @@ pub fn build(
         if r.kind.is_special() || placed[i].is_some() {
             continue;
         }
-        let at = map_region(img, &mut shm, r, 0)?;
+        let at = map_region(&shm, r, 0)?;
         placed[i] = Some(Placed {
             cur: at,
             dst: r.rec.start,
