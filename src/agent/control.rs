@@ -346,24 +346,31 @@ fn send_reply(conn: i32, status: i32, bytes: u64, msg: &[u8]) {
 
 /// Waits (bounded) for the requester's RELEASE after the image is committed.
 fn wait_commit(conn: i32) {
+    let _ = next_request(conn, COMMIT_TIMEOUT_MS);
+}
+
+/// The requester's next message within `timeout_ms` (`None`: none came, or it went away).
+fn next_request(conn: i32, timeout_ms: i32) -> Option<Request> {
     let mut p = libc::pollfd {
         fd: conn,
         events: libc::POLLIN,
         revents: 0,
     };
     // SAFETY: one valid pollfd.
-    if unsafe { libc::poll(&mut p, 1, COMMIT_TIMEOUT_MS) } > 0 {
-        let mut req: Request = bytemuck::Zeroable::zeroed();
-        // SAFETY: receiving into a valid buffer.
-        unsafe {
-            libc::recv(
-                conn,
-                &mut req as *mut _ as *mut _,
-                core::mem::size_of::<Request>(),
-                0,
-            )
-        };
+    if unsafe { libc::poll(&mut p, 1, timeout_ms) } <= 0 {
+        return None;
     }
+    let mut req: Request = bytemuck::Zeroable::zeroed();
+    // SAFETY: receiving into a valid buffer.
+    let n = unsafe {
+        libc::recv(
+            conn,
+            &mut req as *mut _ as *mut _,
+            core::mem::size_of::<Request>(),
+            0,
+        )
+    };
+    (n == core::mem::size_of::<Request>() as isize && req.magic == protocol::MAGIC).then_some(req)
 }
 
 /// Whether the requester gave up while we wait for critical sections: it closed the connection,
@@ -381,28 +388,7 @@ fn requester_left(conn: i32) -> bool {
 /// Waits (bounded) for the requester of a multi-process checkpoint to say "write" (every process
 /// of the cut is stopped); false when it says "release" instead, goes away or times out.
 fn wait_write(conn: i32) -> bool {
-    let mut p = libc::pollfd {
-        fd: conn,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    if unsafe { libc::poll(&mut p, 1, WRITE_WAIT_MS) } <= 0 {
-        return false;
-    }
-    let mut req: Request = bytemuck::Zeroable::zeroed();
-    // SAFETY: receiving into a valid buffer.
-    let n = unsafe {
-        libc::recv(
-            conn,
-            &mut req as *mut _ as *mut _,
-            core::mem::size_of::<Request>(),
-            0,
-        )
-    };
-    n == core::mem::size_of::<Request>() as isize
-        && req.magic == protocol::MAGIC
-        && req.kind == protocol::REQ_WRITE
+    next_request(conn, WRITE_WAIT_MS).is_some_and(|r| r.kind == protocol::REQ_WRITE)
 }
 
 /// Turns a callback's abort request into the outcome `cr_checkpoint()` reports and the errno the

@@ -24,8 +24,8 @@ pub fn capture(w: &mut MetaWriter, skip: &[i32], image_fd: i32) -> Result<(), Er
     let mut seen = Seen {
         list: [(0, 0, 0); SEEN_MAX],
         n: 0,
-        pipes: [0; SEEN_MAX],
-        npipes: 0,
+        saved: [(0, 0); SEEN_MAX],
+        nsaved: 0,
     };
     let res = (|| loop {
         let len = sys::getdents64(dir, &mut buf)?;
@@ -50,12 +50,13 @@ pub fn capture(w: &mut MetaWriter, skip: &[i32], image_fd: i32) -> Result<(), Er
 /// How many descriptors (and pipes) are compared for shared descriptions per checkpoint.
 const SEEN_MAX: usize = 1024;
 
-/// Descriptors recorded so far: (dev, ino, fd), and the pipes whose contents are saved.
+/// Descriptors recorded so far: (dev, ino, fd), and the objects (pipes, unlinked files) whose
+/// contents are saved: (dev, ino).
 struct Seen {
     list: [(u64, u64, i32); SEEN_MAX],
     n: usize,
-    pipes: [u64; SEEN_MAX],
-    npipes: usize,
+    saved: [(u64, u64); SEEN_MAX],
+    nsaved: usize,
 }
 
 impl Seen {
@@ -85,14 +86,15 @@ impl Seen {
         found.unwrap_or(fd)
     }
 
-    /// Whether the object `key` (a pipe or unlinked file) is met for the first time (its
+    /// Whether the object behind `st` (a pipe or unlinked file) is met for the first time (its
     /// contents still to be saved).
-    fn first_time(&mut self, ino: u64) -> bool {
-        if self.pipes[..self.npipes].contains(&ino) || self.npipes == SEEN_MAX {
+    fn first_time(&mut self, st: &libc::stat) -> bool {
+        let key = (st.st_dev, st.st_ino);
+        if self.saved[..self.nsaved].contains(&key) || self.nsaved == SEEN_MAX {
             return false;
         }
-        self.pipes[self.npipes] = ino;
-        self.npipes += 1;
+        self.saved[self.nsaved] = key;
+        self.nsaved += 1;
         true
     }
 }
@@ -258,10 +260,10 @@ fn one(
     };
     w.record(REC_FD, &rec, path)
         .map_err(|_| Errno(libc::ENOMEM))?;
-    if kind == FdKind::Unlinked && seen.first_time(st.st_ino ^ st.st_dev.rotate_left(32)) {
+    if kind == FdKind::Unlinked && seen.first_time(&st) {
         save_file_data(w, fd, &st)?;
     }
-    if kind == FdKind::Pipe && seen.first_time(st.st_ino) {
+    if kind == FdKind::Pipe && seen.first_time(&st) {
         // A pipe we cannot copy keeps running; only its buffered bytes are not in the image.
         let _ = save_pipe_data(w, fd, st.st_ino, pipe_size);
     }

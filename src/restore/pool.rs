@@ -96,13 +96,7 @@ impl Pool {
         shares: &[ShareRec],
     ) -> Result<Pool, RestoreError> {
         let mut pool = Pool::default();
-        let floor = images
-            .iter()
-            .flat_map(|img| img.fds.iter().map(|f| f.rec.fd))
-            .max()
-            .unwrap_or(2)
-            .max(2)
-            + 16;
+        let floor = fd_floor(images.iter().copied());
         let res = pool.fill(images, files, shares, floor);
         if res.is_err() {
             pool.close();
@@ -465,6 +459,18 @@ fn create_unlinked(images: &[&Image], f: &Fd) -> Result<i32, RestoreError> {
         ));
     }
     Ok(std::os::unix::io::IntoRawFd::into_raw_fd(file))
+}
+
+/// The lowest descriptor number clear of every saved descriptor of the job (with room to spare):
+/// where the pool's and the restart's own descriptors go, so placing the program's descriptors
+/// at their numbers never overwrites them.
+pub fn fd_floor<'a>(images: impl Iterator<Item = &'a Image>) -> i32 {
+    images
+        .flat_map(|img| img.fds.iter().map(|f| f.rec.fd))
+        .max()
+        .unwrap_or(2)
+        .max(2)
+        + 16
 }
 
 fn key_of(img: &Image, i: usize, f: &Fd, groups: &HashMap<(usize, i32), u32>) -> Key {

@@ -336,14 +336,7 @@ impl<'a> Spawner<'a> {
     fn child(&self, i: usize) -> ! {
         let m = &self.members[i];
         let p = &m.img.process;
-        let floor = self
-            .members
-            .iter()
-            .flat_map(|m| m.img.fds.iter().map(|f| f.rec.fd))
-            .max()
-            .unwrap_or(2)
-            .max(2)
-            + 16;
+        let floor = super::pool::fd_floor(self.members.iter().map(|m| m.img));
         let gate = match self.moved_gate.get() {
             Some(g) => Some(g),
             None => self.gate.map(|g| g.process_side(floor)),
