@@ -484,6 +484,37 @@ fn load_job(
     job
 }
 
+/// Builds the job's pool and creates its processes (the roots as our children), holding them at
+/// the gate until every copy of the pool is closed; returns the roots' pids, eldest first.
+fn create_job(
+    members: &[cr::restore::spawn::Member],
+    job: &Job,
+    opts: cr::restore::spawn::Options,
+    notify: i32,
+    restarter: i32,
+) -> Result<Vec<i32>, cr::restore::RestoreError> {
+    use cr::restore::spawn::{Gate, Spawner};
+    let images: Vec<&Image> = job.images.iter().collect();
+    let files: Vec<&std::fs::File> = job.files.iter().collect();
+    let pool = cr::restore::pool::Pool::build(&images, &files, &job.shares)?;
+    let gate = Gate::new().inspect_err(|_| pool.close())?;
+    let mut spawner = Spawner::new(members, &pool, opts, notify, restarter);
+    spawner.zombies.clone_from(&job.zombies);
+    spawner.gate = Some(&gate);
+    let roots = spawner.spawn_roots();
+    pool.close();
+    match roots {
+        Ok(r) => {
+            gate.open_after(members.len());
+            Ok(r.into_iter().map(|(_, pid)| pid).collect())
+        }
+        Err(e) => {
+            gate.abandon();
+            Err(e)
+        }
+    }
+}
+
 /// Every process created for the job (pids as cr_restart sees them), to kill on failure.
 static CREATED: [AtomicI32; cr::image::tree::MAX_PROCS] =
     [const { AtomicI32::new(0) }; cr::image::tree::MAX_PROCS];
@@ -500,7 +531,7 @@ fn pipe() -> [i32; 2] {
 /// Restores the job's processes, waits for them to run, then forwards signals and exits as the
 /// eldest does.
 fn run_job(args: &Args, job: &Job, opts: cr::restore::spawn::Options, signal: i32) -> ! {
-    use cr::restore::spawn::{self, Member, Spawner};
+    use cr::restore::spawn::{self, Member};
     let members: Vec<Member> = (0..job.images.len())
         .map(|i| Member {
             img: &job.images[i],
@@ -522,8 +553,6 @@ fn run_job(args: &Args, job: &Job, opts: cr::restore::spawn::Options, signal: i3
     }
     let notify = pipe();
     let status = pipe();
-    let images: Vec<&Image> = job.images.iter().collect();
-    let files: Vec<&std::fs::File> = job.files.iter().collect();
     let me = std::process::id() as i32;
     let top: Vec<i32> = if in_namespace {
         let init = spawn::enter_namespace(opts.quiet).unwrap_or_else(|e| {
@@ -535,49 +564,20 @@ fn run_job(args: &Args, job: &Job, opts: cr::restore::spawn::Options, signal: i3
             )
         });
         if init == 0 {
-            namespace_init(&members, &images, &files, job, opts, notify[1], status[1]);
+            namespace_init(&members, job, opts, notify[1], status[1]);
         }
         CHILDREN[0].store(init, Ordering::Relaxed);
         vec![init]
     } else {
-        let pool =
-            cr::restore::pool::Pool::build(&images, &files, &job.shares).unwrap_or_else(|e| {
-                failed(
-                    args,
-                    classify(e.errno),
-                    e.errno,
-                    &format!("restart failed: {}", e.msg),
-                )
-            });
-        let gate = spawn::Gate::new().unwrap_or_else(|e| {
+        create_job(&members, job, opts, notify[1], me).unwrap_or_else(|e| {
+            kill_created(&read_reports_now(notify[0]));
             failed(
                 args,
                 classify(e.errno),
                 e.errno,
                 &format!("restart failed: {}", e.msg),
             )
-        });
-        let mut spawner = Spawner::new(&members, &pool, opts, notify[1], me);
-        spawner.zombies.clone_from(&job.zombies);
-        spawner.gate = Some(&gate);
-        let roots = spawner.spawn_roots();
-        pool.close();
-        match roots {
-            Ok(r) => {
-                gate.open_after(members.len());
-                r.into_iter().map(|(_, pid)| pid).collect()
-            }
-            Err(e) => {
-                gate.abandon();
-                kill_created(&read_reports_now(notify[0]));
-                failed(
-                    args,
-                    classify(e.errno),
-                    e.errno,
-                    &format!("restart failed: {}", e.msg),
-                )
-            }
-        }
+        })
     };
     for (slot, &pid) in CHILDREN.iter().zip(&top) {
         slot.store(pid, Ordering::Relaxed);
@@ -736,8 +736,6 @@ fn descendants(pid: i32) -> Vec<i32> {
 /// (when it exits, the kernel kills whatever still runs in the namespace).
 fn namespace_init(
     members: &[cr::restore::spawn::Member],
-    images: &[&Image],
-    files: &[&std::fs::File],
     job: &Job,
     opts: cr::restore::spawn::Options,
     notify: i32,
@@ -749,25 +747,14 @@ fn namespace_init(
         // SAFETY: leaving the init; the namespace dies with it.
         unsafe { libc::_exit(1) }
     };
-    let pool =
-        cr::restore::pool::Pool::build(images, files, &job.shares).unwrap_or_else(|e| die(e));
-    let gate = cr::restore::spawn::Gate::new().unwrap_or_else(|e| die(e));
-    let mut spawner = cr::restore::spawn::Spawner::new(members, &pool, opts, notify, 1);
-    spawner.zombies.clone_from(&job.zombies);
-    spawner.gate = Some(&gate);
-    let roots = spawner.spawn_roots().unwrap_or_else(|e| {
-        gate.abandon();
-        die(e)
-    });
-    pool.close();
-    gate.open_after(members.len());
+    let roots = create_job(members, job, opts, notify, 1).unwrap_or_else(|e| die(e));
     // SAFETY: closing the report pipe: the restored processes hold their own copies.
     unsafe { libc::close(notify) };
-    for (slot, &(_, pid)) in CHILDREN.iter().zip(&roots) {
+    for (slot, &pid) in CHILDREN.iter().zip(&roots) {
         slot.store(pid, Ordering::Relaxed);
     }
     install_forwarding();
-    let eldest = roots[0].1;
+    let eldest = roots[0];
     let mut reported = false;
     loop {
         let mut st = 0;
