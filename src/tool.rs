@@ -41,3 +41,20 @@ pub fn strerror(errno: i32) -> String {
         None => text,
     }
 }
+
+/// Children of process `pid` (the `children` files of all its threads, as our /proc shows them).
+pub fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let text = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok()),
+        );
+    }
+    out
+}

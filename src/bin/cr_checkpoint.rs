@@ -3,7 +3,7 @@
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 use cr::image::tree::ShareRec;
 use cr::protocol::{self, Request};
-use cr::tool::{fail, strerror};
+use cr::tool::{children, fail, strerror};
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
@@ -324,23 +324,6 @@ fn members(field: usize, id: i32) -> Vec<i32> {
         {
             out.push(pid);
         }
-    }
-    out
-}
-
-/// Children of `pid` (all threads' children files).
-fn children(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let text = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-        out.extend(
-            text.split_whitespace()
-                .filter_map(|c| c.parse::<i32>().ok()),
-        );
     }
     out
 }

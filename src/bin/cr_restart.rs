@@ -713,19 +713,9 @@ fn descendants(pid: i32) -> Vec<i32> {
     let mut out = Vec::new();
     let mut todo = vec![pid];
     while let Some(p) = todo.pop() {
-        for t in std::fs::read_dir(format!("/proc/{p}/task"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let text = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-            for c in text
-                .split_whitespace()
-                .filter_map(|c| c.parse::<i32>().ok())
-            {
-                out.push(c);
-                todo.push(c);
-            }
+        for c in cr::tool::children(p) {
+            out.push(c);
+            todo.push(c);
         }
     }
     out
