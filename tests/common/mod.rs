@@ -989,12 +989,18 @@ fn reachable_tools(dir: &Path) -> Tools {
         cr_checkpoint: cr_checkpoint(),
         cr_restart: cr_restart(),
     };
+    // The agent and the two preload stubs cr_run finds beside itself (they load the agent from
+    // their own directory).
     let so = lib_dir().join("libcr.so");
+    let run_stub = lib_dir().join("libcr_run.so");
+    let omit_stub = lib_dir().join("libcr_omit.so");
     let all = [
         &originals.cr_run,
         &originals.cr_checkpoint,
         &originals.cr_restart,
         &so,
+        &run_stub,
+        &omit_stub,
     ];
     if all.iter().all(|p| reachable_by_others(p)) {
         return originals;
