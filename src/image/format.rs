@@ -15,8 +15,15 @@ use bytemuck::{Pod, Zeroable};
 pub const MAGIC: [u8; 8] = *b"LIBCRIMG";
 /// First eight bytes of the trailer page.
 pub const TRAILER_MAGIC: [u8; 8] = *b"LIBCREND";
-/// Image format version written by this build; readers accept exactly this one.
-pub const VERSION: u32 = 2;
+/// Image format version written by this build.
+pub const VERSION: u32 = 3;
+/// Oldest image format version this build still reads. A newer version only adds: new record
+/// kinds, new enum values, and fields appended to a record's fixed part (see
+/// [`fixed_size`]); readers of an older image take the missing fields as zero.
+pub const MIN_VERSION: u32 = 2;
+/// Flag bit of [`RecordHeader::kind`]: a reader that does not know the record may skip it (it
+/// only adds detail). Records without it are required: an unknown one makes the image unreadable.
+pub const REC_OPTIONAL: u32 = 0x8000_0000;
 /// Page size every offset and extent is aligned to.
 pub const PAGE: usize = 4096;
 /// ELF machine number of x86-64, recorded as the image architecture.
@@ -375,6 +382,22 @@ pub struct FileDataRec {
 /// Largest unlinked open file whose contents a checkpoint saves (larger ones are closed at
 /// restart, with a warning at checkpoint time).
 pub const MAX_UNLINKED_FILE: i64 = 16 << 20;
+
+/// Size of the fixed part of record `kind` as written by format `version` (records grow only by
+/// appending fields; this table says where each version's fixed part ends).
+pub fn fixed_size(kind: u32, version: u32) -> Option<usize> {
+    use core::mem::size_of;
+    let _ = version; // every fixed part is still as in version 2
+    Some(match kind {
+        REC_PROCESS => size_of::<ProcessRec>(),
+        REC_REGION => size_of::<RegionRec>(),
+        REC_FD => size_of::<FdRec>(),
+        REC_THREAD => size_of::<ThreadRec>(),
+        REC_PIPE_DATA => size_of::<PipeDataRec>(),
+        REC_FILE_DATA => size_of::<FileDataRec>(),
+        _ => return None,
+    })
+}
 
 /// Rounds `n` up to a page multiple.
 pub const fn page_align(n: u64) -> u64 {

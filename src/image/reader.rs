@@ -37,7 +37,7 @@ impl fmt::Display for ImageError {
             ImageError::Version(v) => {
                 write!(
                     f,
-                    "incompatible image: format version {v}, this build reads {VERSION}"
+                    "incompatible image: format version {v}, this build reads {MIN_VERSION} to {VERSION}"
                 )
             }
             ImageError::Arch(a) => {
@@ -131,6 +131,23 @@ fn read_pod<T: bytemuck::Pod>(bytes: &[u8], what: &str) -> Result<T, ImageError>
     Ok(bytemuck::pod_read_unaligned(&bytes[..n]))
 }
 
+/// Reads the fixed part of a record written by format `version` (which may be shorter than
+/// today's `T`: the missing fields read as zero) and returns it with the bytes after it.
+fn read_fixed<'a, T: bytemuck::Pod>(
+    body: &'a [u8],
+    kind: u32,
+    version: u32,
+    what: &str,
+) -> Result<(T, &'a [u8]), ImageError> {
+    let n = fixed_size(kind, version).unwrap_or(core::mem::size_of::<T>());
+    if body.len() < n || n > core::mem::size_of::<T>() {
+        return Err(ImageError::Malformed(format!("short {what} record")));
+    }
+    let mut v: T = bytemuck::Zeroable::zeroed();
+    bytemuck::bytes_of_mut(&mut v)[..n].copy_from_slice(&body[..n]);
+    Ok((v, &body[n..]))
+}
+
 impl Image {
     /// Reads the header, metadata and trailer of `file` and checks their checksums, sizes, version
     /// and architecture. Page data is checked separately ([`Image::verify_data`]) or while it is
@@ -161,7 +178,7 @@ impl Image {
         header.meta_offset += base;
         header.data_offset += base;
         header.trailer_offset += base;
-        if header.version != VERSION {
+        if !(MIN_VERSION..=VERSION).contains(&header.version) {
             return Err(ImageError::Version(header.version));
         }
         if header.arch != ARCH_X86_64 {
@@ -209,6 +226,7 @@ impl Image {
     }
 
     fn parse_meta(&mut self, meta: &[u8]) -> Result<(), ImageError> {
+        let v = self.header.version;
         let mut pos = 0usize;
         let mut saw_process = false;
         loop {
@@ -222,18 +240,17 @@ impl Image {
             pos += align8(len);
             match rh.kind {
                 REC_PROCESS => {
-                    let p: ProcessRec = read_pod(body, "process")?;
-                    let tail = &body[core::mem::size_of::<ProcessRec>()..];
+                    let (p, tail): (ProcessRec, _) = read_fixed(body, rh.kind, v, "process")?;
                     self.auxv = tail[..(p.auxv_len as usize).min(tail.len())].to_vec();
                     self.process = p;
                     saw_process = true;
                 }
                 REC_CWD => self.cwd = body.to_vec(),
                 REC_REGION => {
-                    let r: RegionRec = read_pod(body, "region")?;
+                    let (r, tail): (RegionRec, _) = read_fixed(body, rh.kind, v, "region")?;
                     let kind = RegionKind::from_u32(r.kind)
                         .ok_or_else(|| ImageError::Malformed(format!("region kind {}", r.kind)))?;
-                    let path = body[core::mem::size_of::<RegionRec>()..].to_vec();
+                    let path = tail.to_vec();
                     self.regions.push(Region {
                         rec: r,
                         kind,
@@ -252,27 +269,26 @@ impl Image {
                         .collect::<Result<_, _>>()?;
                 }
                 REC_FD => {
-                    let r: FdRec = read_pod(body, "fd")?;
+                    let (r, tail): (FdRec, _) = read_fixed(body, rh.kind, v, "fd")?;
                     let kind = FdKind::from_u32(r.kind)
                         .ok_or_else(|| ImageError::Malformed(format!("fd kind {}", r.kind)))?;
-                    let path = body[core::mem::size_of::<FdRec>()..].to_vec();
+                    let path = tail.to_vec();
                     self.fds.push(Fd { rec: r, kind, path });
                 }
-                REC_THREAD => self.threads.push(read_pod(body, "thread")?),
+                REC_THREAD => self.threads.push(read_fixed(body, rh.kind, v, "thread")?.0),
                 REC_PIPE_DATA => {
-                    let r: PipeDataRec = read_pod(body, "pipe data")?;
-                    let bytes = &body[core::mem::size_of::<PipeDataRec>()..];
+                    let (r, bytes): (PipeDataRec, _) = read_fixed(body, rh.kind, v, "pipe data")?;
                     self.pipe_data.push((r.ino, bytes.to_vec()));
                 }
                 REC_FILE_DATA => {
-                    let r: FileDataRec = read_pod(body, "file data")?;
-                    let bytes = &body[core::mem::size_of::<FileDataRec>()..];
+                    let (r, bytes): (FileDataRec, _) = read_fixed(body, rh.kind, v, "file data")?;
                     self.file_data.push(((r.dev, r.ino), bytes.to_vec()));
                 }
                 REC_WARNING => self
                     .warnings
                     .push(String::from_utf8_lossy(body).into_owned()),
                 REC_END => break,
+                k if k & REC_OPTIONAL != 0 => {} // detail a newer writer added: skip
                 other => return Err(ImageError::Malformed(format!("unknown record {other}"))),
             }
         }
@@ -340,4 +356,97 @@ fn read_at_most(file: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize>
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::writer::MetaWriter;
+    use std::io::Write;
+
+    /// A minimal image (no memory) of format `version` with `extra` records before `REC_END`.
+    fn image_file(version: u32, extra: &[(u32, &[u8])]) -> File {
+        let mut meta = vec![0u8; 1 << 16];
+        let mut w = MetaWriter::new(&mut meta);
+        let p: ProcessRec = bytemuck::Zeroable::zeroed();
+        w.record(REC_PROCESS, &p, &[]).unwrap();
+        let mut fd: FdRec = bytemuck::Zeroable::zeroed();
+        fd.kind = FdKind::Regular as u32;
+        fd.fd = 7;
+        fd.path_len = 4;
+        // A version 2 writer's FdRec ends where version 2's fixed part ends.
+        let fixed = fixed_size(REC_FD, version).unwrap();
+        let mut fd_body = bytemuck::bytes_of(&fd)[..fixed].to_vec();
+        fd_body.extend_from_slice(b"/tmp");
+        w.raw(REC_FD, &fd_body).unwrap();
+        for (kind, body) in extra {
+            w.raw(*kind, body).unwrap();
+        }
+        w.raw(REC_END, &[]).unwrap();
+        let meta_len = w.len();
+        let meta = &meta[..meta_len];
+        let data_offset = PAGE as u64 + page_align(meta_len as u64);
+        let mut h: FileHeader = bytemuck::Zeroable::zeroed();
+        h.magic = MAGIC;
+        h.version = version;
+        h.header_size = core::mem::size_of::<FileHeader>() as u32;
+        h.arch = ARCH_X86_64;
+        h.page_size = PAGE as u32;
+        h.meta_offset = PAGE as u64;
+        h.meta_len = meta_len as u64;
+        h.meta_hash = hash(meta);
+        h.data_offset = data_offset;
+        h.trailer_offset = data_offset;
+        let mut page = vec![0u8; PAGE];
+        page[..core::mem::size_of::<FileHeader>()].copy_from_slice(bytemuck::bytes_of(&h));
+        h.header_hash = page_hash(&page, core::mem::size_of::<FileHeader>());
+        page[..core::mem::size_of::<FileHeader>()].copy_from_slice(bytemuck::bytes_of(&h));
+        let mut t: Trailer = bytemuck::Zeroable::zeroed();
+        t.magic = TRAILER_MAGIC;
+        t.data_hash = hash(&[]);
+        t.total_len = data_offset + PAGE as u64;
+        let mut tpage = vec![0u8; PAGE];
+        tpage[..core::mem::size_of::<Trailer>()].copy_from_slice(bytemuck::bytes_of(&t));
+        t.trailer_hash = page_hash(&tpage, core::mem::size_of::<Trailer>());
+        tpage[..core::mem::size_of::<Trailer>()].copy_from_slice(bytemuck::bytes_of(&t));
+        let path = std::env::temp_dir().join(format!(
+            "libcr-reader-test-{}-{version}-{}",
+            std::process::id(),
+            extra.len()
+        ));
+        let mut f = File::create(&path).unwrap();
+        f.write_all(&page).unwrap();
+        let mut m = meta.to_vec();
+        m.resize((data_offset - PAGE as u64) as usize, 0);
+        f.write_all(&m).unwrap();
+        f.write_all(&tpage).unwrap();
+        drop(f);
+        let f = File::open(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        f
+    }
+
+    #[test]
+    fn reads_every_version_from_the_oldest_supported() {
+        for v in MIN_VERSION..=VERSION {
+            let img = Image::open(&image_file(v, &[])).unwrap();
+            assert_eq!(img.fds.len(), 1);
+            assert_eq!(img.fds[0].rec.fd, 7);
+            assert_eq!(img.fds[0].path, b"/tmp");
+        }
+        for v in [MIN_VERSION - 1, VERSION + 1] {
+            assert!(matches!(
+                Image::open(&image_file(v, &[])),
+                Err(ImageError::Version(x)) if x == v
+            ));
+        }
+    }
+
+    #[test]
+    fn unknown_optional_records_are_skipped_required_ones_refused() {
+        let img = Image::open(&image_file(VERSION, &[(REC_OPTIONAL | 0x7777, b"later")]));
+        assert!(img.is_ok());
+        let img = Image::open(&image_file(VERSION, &[(0x7777, b"later")]));
+        assert!(matches!(img, Err(ImageError::Malformed(m)) if m.contains("unknown record")));
+    }
 }
