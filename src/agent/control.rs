@@ -626,6 +626,8 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
             return;
         }
     }
+    // Every thread of the cut is stopped: the pending signals now are the image's.
+    quiesce::capture_pending(sys::monotonic_ns() + timeout_ns);
     let job = Job {
         fd: img_fd,
         flags: req.flags,
@@ -750,10 +752,12 @@ fn after_restart() {
         let _ = sys::write_all(info.notify_fd as i32, &msg);
         sys::close(info.notify_fd as i32);
     }
-    // Every thread must exist before the slots are released (see resume::ALL_CLONED).
+    // Every thread must exist before the slots are released (see resume::ALL_CLONED), and have
+    // queued its pending signals again.
     while super::resume::ALL_CLONED.load(Acquire) == 0 {
         let _ = sys::futex_wait(&super::resume::ALL_CLONED, 0, Some(100_000_000));
     }
+    super::resume::wait_prepared();
     if info.early_signal > 0 {
         // cr_restart --early-stop/--early-abrt: before any thread of the program runs again (a
         // SIGSTOP stops us right here, until the process is continued).

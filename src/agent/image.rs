@@ -218,6 +218,15 @@ fn write_image(job: &Job) -> Result<u64, (u32, Errno)> {
         };
         w.record(REC_THREAD, &t, &[]).map_err(full)?;
     }
+    let lost = super::pending::lost();
+    if lost > 0 {
+        let mut msg = crate::sys::StackBuf::<160>::new();
+        msg.num(lost as u64)
+            .push(b" pending signals are not in the image (it keeps at most ")
+            .num(super::pending::MAX_PENDING as u64)
+            .push(b")");
+        w.raw(REC_WARNING, msg.as_bytes()).map_err(full)?;
+    }
     super::fds::capture(&mut w, &job.skip_fds, job.fd).map_err(|e| (2, e))?;
     let mut ext = ExtentList::new(scratch.extents());
     let mut unreadable = Unreadable::new();

@@ -12,6 +12,7 @@ pub mod forward;
 pub mod image;
 pub mod interpose;
 pub mod memory;
+pub mod pending;
 pub mod process;
 pub mod quiesce;
 pub mod resume;

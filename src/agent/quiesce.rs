@@ -50,6 +50,8 @@ pub struct Slot {
     pre_pc: AtomicUsize,
     entry_ns: AtomicU64,
     release_seq: AtomicU32,
+    /// The last [`WORK_REQ`] this thread served while parked.
+    work_seen: AtomicU32,
     sleep_ts: [AtomicI64; 2],
 }
 
@@ -68,6 +70,7 @@ impl Slot {
             pre_pc: AtomicUsize::new(0),
             entry_ns: AtomicU64::new(0),
             release_seq: AtomicU32::new(0),
+            work_seen: AtomicU32::new(0),
             sleep_ts: [AtomicI64::new(0), AtomicI64::new(0)],
         }
     }
@@ -89,8 +92,14 @@ pub static SLOTS: [Slot; MAX_THREADS] = [SLOT_INIT; MAX_THREADS];
 pub static NSLOTS: AtomicUsize = AtomicUsize::new(0);
 /// Futex word: threads that reached [`park`].
 static ARRIVED: AtomicU32 = AtomicU32::new(0);
-/// Futex word: bumped to release parked threads.
+/// Bumped to release parked threads.
 pub static RELEASE: AtomicU32 = AtomicU32::new(0);
+/// Futex word parked threads sleep on: bumped on release and on every work request.
+static PARK_WORD: AtomicU32 = AtomicU32::new(0);
+/// Bumped by the control thread to have every parked thread capture its pending signals.
+static WORK_REQ: AtomicU32 = AtomicU32::new(0);
+/// Futex word: parked threads that served the current work request.
+static WORK_ACK: AtomicU32 = AtomicU32::new(0);
 /// Nonzero while a quiesce is in progress (accepting arrivals).
 static ACTIVE: AtomicU32 = AtomicU32::new(0);
 /// Threads currently inside the handler (the next checkpoint waits for zero).
@@ -201,16 +210,68 @@ fn handle(uc: *mut libc::ucontext_t) {
 extern "C" fn park(idx: usize) -> usize {
     let slot = &SLOTS[idx];
     let seq = slot.release_seq.load(Relaxed);
+    slot.work_seen.store(WORK_REQ.load(Acquire), Relaxed);
     slot.state.store(PARKED, Release);
     ARRIVED.fetch_add(1, AcqRel);
     sys::futex_wake_all(&ARRIVED);
-    wait_release(seq);
+    let leader = sys::gettid() == sys::getpid();
+    loop {
+        let word = PARK_WORD.load(Acquire);
+        if RELEASE.load(Acquire) != seq {
+            break;
+        }
+        let req = WORK_REQ.load(Acquire);
+        if req != slot.work_seen.load(Relaxed) {
+            // Every thread is parked now: what is pending is what the image gets.
+            slot.work_seen.store(req, Relaxed);
+            super::pending::capture_thread(idx, leader);
+            WORK_ACK.fetch_add(1, AcqRel);
+            sys::futex_wake_all(&WORK_ACK);
+            continue;
+        }
+        let _ = sys::futex_wait(&PARK_WORD, word, None);
+    }
     0
 }
 
 fn wait_release(seq: u32) {
-    while RELEASE.load(Acquire) == seq {
-        let _ = sys::futex_wait(&RELEASE, seq, None);
+    loop {
+        let word = PARK_WORD.load(Acquire);
+        if RELEASE.load(Acquire) != seq {
+            return;
+        }
+        let _ = sys::futex_wait(&PARK_WORD, word, None);
+    }
+}
+
+/// Has every parked thread take its pending signals (and the leader the process-wide ones) into
+/// agent memory and queue them again (see `pending`); waits until all did, at most until
+/// `deadline_ns`. Control thread, every other thread parked.
+pub fn capture_pending(deadline_ns: u64) {
+    super::pending::reset();
+    let pid = sys::getpid();
+    let mut parked = 0u32;
+    let mut leader_parked = false;
+    for s in &SLOTS[1..NSLOTS.load(Acquire)] {
+        if s.state.load(Acquire) == PARKED {
+            parked += 1;
+            leader_parked |= s.tid.load(Relaxed) == pid;
+        }
+    }
+    WORK_ACK.store(0, Release);
+    WORK_REQ.fetch_add(1, AcqRel);
+    PARK_WORD.fetch_add(1, AcqRel);
+    sys::futex_wake_all(&PARK_WORD);
+    loop {
+        let done = WORK_ACK.load(Acquire);
+        let now = sys::monotonic_ns();
+        if done >= parked || now >= deadline_ns {
+            break;
+        }
+        let _ = sys::futex_wait(&WORK_ACK, done, Some((deadline_ns - now).min(20_000_000)));
+    }
+    if !leader_parked {
+        super::pending::capture_shared_without_leader();
     }
 }
 
@@ -545,5 +606,6 @@ pub fn release() {
         s.state.store(FREE, Release);
     }
     RELEASE.fetch_add(1, AcqRel);
-    sys::futex_wake_all(&RELEASE);
+    PARK_WORD.fetch_add(1, AcqRel);
+    sys::futex_wake_all(&PARK_WORD);
 }

@@ -9,7 +9,7 @@
 //!    tid field as `CLONE_CHILD_SETTID` (fixes the cached tid) and `CLONE_CHILD_CLEARTID` (so
 //!    `pthread_join` works), on the unused part of that thread's own stack;
 //! 3. each thread (the leader too) re-registers its robust futex list and rseq area, names itself,
-//!    and jumps back into its saved context with `arch::resume`, which returns from
+//!    queues its pending signals again (the leader also the process-wide ones), and jumps back into its saved context with `arch::resume`, which returns from
 //!    `save_and_call` in the signal handler (or in the control thread) with `RESUMED`.
 //!
 //! The control thread then finishes the restart (`control::after_restart`) and releases them all;
@@ -36,6 +36,9 @@ pub static LEADER: AtomicUsize = AtomicUsize::new(0);
 /// first one re-created) waits for it before releasing anything: its release marks every slot
 /// free, which would make the leader skip the threads it has not cloned yet.
 pub static ALL_CLONED: AtomicU32 = AtomicU32::new(0);
+/// Futex word: threads of the restored process that re-registered their kernel state and
+/// queued their pending signals again (the control thread releases nobody before all did).
+pub static PREPARED: AtomicU32 = AtomicU32::new(0);
 
 /// The restart information of the last restart (copied out of the trampoline block).
 pub static INFO: [AtomicI64; 12] = [const { AtomicI64::new(0) }; 12];
@@ -66,6 +69,7 @@ pub unsafe extern "C" fn restart_entry(info: *const RestartInfo) -> ! {
 
     super::process::restore_signals();
     ALL_CLONED.store(0, Release);
+    PREPARED.store(0, Release);
     let leader = LEADER.load(Relaxed);
     let tid_off = super::TID_OFFSET.load(Relaxed);
     // The loader gave us our original pid (cr_restart --restore-pid): give every thread its
@@ -181,4 +185,23 @@ fn prepare_thread(idx: usize, leader: bool) {
         name.as_ptr() as usize,
         0,
     );
+    // Every signal is still blocked here: what is queued stays pending until the thread's own
+    // mask comes back with its context.
+    super::pending::requeue(idx, leader);
+    PREPARED.fetch_add(1, AcqRel);
+    sys::futex_wake_all(&PREPARED);
+}
+
+/// Waits until every thread of the restored process ran [`prepare_thread`].
+pub fn wait_prepared() {
+    let want = (0..quiesce::NSLOTS.load(Acquire))
+        .filter(|&i| quiesce::slot_in_use(i))
+        .count() as u32;
+    loop {
+        let n = PREPARED.load(Acquire);
+        if n >= want {
+            return;
+        }
+        let _ = sys::futex_wait(&PREPARED, n, Some(100_000_000));
+    }
 }

@@ -1,0 +1,85 @@
+//! Signal and per-thread kernel state across checkpoint/restart, through the real tools, with
+//! self-verifying programs: `c-tests/pending.c` (pending signals, private and process-wide,
+//! standard and queued real-time ones with their siginfo).
+//!
+//! Each case runs the usual cycle (checkpoint `--term`, restart, GO, PASS); the `_continues`
+//! cases check that a checkpoint leaves the original's state alone (a checkpoint without
+//! `--term`, a restored copy beside it, both PASS); `_unprivileged` runs everything as nobody
+//! (the restart goes through cr_restart's user + pid namespace); `_chain` checkpoints the
+//! restored process again (the state must survive two generations).
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+/// Checkpoint `--term`, GO, restart: PASS.
+fn cycle(sc: &Scenario, name: &str) {
+    let job = sc.start_program(name);
+    sc.checkpoint_term_restart_pass(job);
+}
+
+/// Checkpoint without `--term`: the original goes on; a restored copy (fresh pid) runs beside
+/// it; after GO both PASS.
+fn continues(name: &str) {
+    let sc = Scenario::new(&format!("{name}-continues"));
+    let mut orig = sc.start_program(name);
+    let img = sc.checkpoint(orig.pid(), &[]);
+    orig.assert_running("after a checkpoint without --term");
+    let mut copy = sc.restart_with(&img, &["--no-restore-pid"]);
+    let pid2 = copy.wait_child(READY_TIMEOUT);
+    wait_address_space_switched(&sc, pid2, Duration::from_secs(10));
+    sc.go();
+    orig.expect_pass(RESTART_TIMEOUT);
+    copy.expect_pass(RESTART_TIMEOUT);
+}
+
+/// As nobody: cr_restart restores through its own user + pid namespace.
+fn unprivileged(name: &str) {
+    if !is_root() {
+        println!("note: not root: the plain cycle already runs unprivileged");
+        return;
+    }
+    cycle(&Scenario::as_user(&format!("nobody-{name}"), NOBODY), name);
+}
+
+/// Two generations: the restored process is checkpointed again before GO.
+fn chain(name: &str) {
+    let sc = Scenario::new(&format!("chain-{name}"));
+    let mut gen1 = sc.start_program(name);
+    let img1 = sc.checkpoint(gen1.pid(), &["--term"]);
+    gen1.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    let mut gen2 = sc.restart(&img1);
+    let pid2 = gen2.wait_child(READY_TIMEOUT);
+    wait_address_space_switched(&sc, pid2, Duration::from_secs(10));
+    let img2 = sc.checkpoint_restored(pid2, &["--term"]);
+    gen2.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    sc.go();
+    sc.restart(&img2).expect_pass(RESTART_TIMEOUT);
+}
+
+// ---------------------------------------------------------------------------------------------
+// pending signals
+// ---------------------------------------------------------------------------------------------
+
+/// Blocked standard signals (one instance each) and queued real-time signals with their
+/// siginfo and order, pending for one thread or for the process.
+#[test]
+fn pending_signals() {
+    cycle(&Scenario::new("pending"), "pending");
+}
+
+#[test]
+fn pending_signals_continues() {
+    continues("pending");
+}
+
+#[test]
+fn pending_signals_unprivileged() {
+    unprivileged("pending");
+}
+
+#[test]
+fn pending_signals_chain() {
+    chain("pending");
+}
