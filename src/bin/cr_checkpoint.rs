@@ -20,7 +20,7 @@ const CR_ENOSUPPORT: i32 = 2356;
     name = "cr_checkpoint",
     version,
     about = "Checkpoint a running process to a file",
-    after_help = "Scopes: -T (default) saves the process and its descendants, -g every process of the group and -s of the session (with their descendants), all stopped together (one consistent cut), in one image file or with -d one file per process. Zombies are skipped.\n\nExit status: 0 on success, else errno & 0xff: 3 no such process or everything omitted, 7 more than 256 processes, 13 permission, 17 file exists (--noclobber), 22 bad arguments, 52 a process without checkpoint support, 56/57 ptraced/ptracer, 110 timed out."
+    after_help = "Scopes: -T (default) saves the process and its descendants, -g every process of the group and -s of the session (with their descendants), all stopped together (one consistent cut), in one image file or with -d one file per process. Zombie children of saved processes are saved as zombies; so is the child through which a program checkpoints itself (system(\"cr_checkpoint $PPID\")), as exited with status 0.\n\nExit status: 0 on success, else errno & 0xff: 3 no such process or everything omitted, 7 more than 256 processes, 13 permission, 17 file exists (--noclobber), 22 bad arguments, 52 a process without checkpoint support, 56/57 ptraced/ptracer, 110 timed out."
 )]
 struct Args {
     /// Checkpoint the process and its descendants (default).
@@ -370,12 +370,66 @@ fn check_signalable(pid: i32) {
     }
 }
 
+/// What a checkpoint request covers.
+struct Scope {
+    /// The processes to checkpoint, parents before children.
+    pids: Vec<i32>,
+    /// `CR_SCOPE_*`.
+    scope: i32,
+    /// Zombies met while collecting them (warned about once the checkpoint goes ahead).
+    zombies: Vec<i32>,
+    /// When we run on behalf of a process of the scope (`system("cr_checkpoint $$")`, or a
+    /// fork and exec of cr_checkpoint): the topmost process of the requester chain, which that
+    /// process waits for, and that process (see [`requester_chain`]).
+    requester: Option<(i32, i32)>,
+}
+
+/// The requester chain: cr_checkpoint and those of its ancestors that are below the highest
+/// ancestor that is one of `roots` (a program that runs `system("cr_checkpoint $$")`: the shell
+/// between it and us, if the shell did not exec us). They wait for us, so they are never saved;
+/// the chain's topmost process is recorded instead as a child of that ancestor that exited with
+/// status 0, which is how the saved program sees it once the checkpoint is over (BLCR saved the
+/// waiting tool's parent half, whose `wait` then returned 0). Returns the chain and, when there
+/// is such an ancestor, (the chain's topmost process, that ancestor).
+fn requester_chain(roots: &[i32]) -> (std::collections::HashSet<i32>, Option<(i32, i32)>) {
+    let me = std::process::id() as i32;
+    let mut line = vec![me];
+    let mut up = parent(me);
+    while up > 1 && !line.contains(&up) {
+        line.push(up);
+        up = parent(up);
+    }
+    match (1..line.len()).rev().find(|&k| roots.contains(&line[k])) {
+        Some(k) => (
+            line[..k].iter().copied().collect(),
+            Some((line[k - 1], line[k])),
+        ),
+        None => ([me].into_iter().collect(), None),
+    }
+}
+
+/// `pids` with every waiting cr_restart replaced by the processes it restored (its children, or
+/// those of the init of its pid namespace).
+fn past_restarters(pids: Vec<i32>) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut todo: Vec<i32> = pids.into_iter().rev().collect();
+    while let Some(p) = todo.pop() {
+        if is_waiting_restarter(p) {
+            todo.extend(children(p).into_iter().rev());
+        } else if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// The processes to checkpoint, parents before children, and the scope (`CR_SCOPE_*`):
 /// `-p` the process; `-T` (default) the process and its descendants; `-g`/`-s` every process
-/// of the group or session and their descendants. cr_checkpoint itself is never one of them,
-/// zombies are left out (and returned, for a warning once the checkpoint goes ahead), and the
-/// ptrace rules are applied to each.
-fn resolve_scope(m: &clap::ArgMatches, a: &Args) -> (Vec<i32>, i32, Vec<i32>) {
+/// of the group or session and their descendants. cr_checkpoint itself and the processes
+/// waiting for it (the requester chain) are never among them, zombies are left out (and
+/// returned, for a warning once the checkpoint goes ahead), and the ptrace rules are applied to
+/// each.
+fn resolve_scope(m: &clap::ArgMatches, a: &Args) -> Scope {
     use cr::api::types::{CR_SCOPE_PGRP, CR_SCOPE_PROC, CR_SCOPE_SESS, CR_SCOPE_TREE};
     let scope = last_given(
         m,
@@ -416,19 +470,24 @@ fn resolve_scope(m: &clap::ArgMatches, a: &Args) -> (Vec<i32>, i32, Vec<i32>) {
             vec![id]
         }
     };
+    let (chain, requester) = requester_chain(&past_restarters(roots.clone()));
     if scope == CR_SCOPE_PROC {
         check_ptrace(m, id);
-        return (vec![id], scope, Vec::new());
+        return Scope {
+            pids: vec![id],
+            scope,
+            zombies: Vec::new(),
+            requester,
+        };
     }
-    // The members and all their descendants, once each. Our own ancestors below the target (a
-    // program that runs `system("cr_checkpoint $$")`: the shell waiting for us) stay out, as we
-    // do: BLCR's cr_checkpoint omits itself the same way.
+    // The members and all their descendants, once each. The requester chain (a program that
+    // runs `system("cr_checkpoint $$")`: the shell waiting for us, and we) stays out.
     let ancestors = ourselves();
     let mut seen = std::collections::HashSet::new();
     let mut all = Vec::new();
     let mut stack: Vec<i32> = roots.iter().rev().copied().collect();
     while let Some(p) = stack.pop() {
-        let waits_for_us = ancestors.contains(&p) && !roots.contains(&p);
+        let waits_for_us = chain.contains(&p) || (ancestors.contains(&p) && !roots.contains(&p));
         if p == me || waits_for_us || !seen.insert(p) {
             continue;
         }
@@ -497,7 +556,12 @@ fn resolve_scope(m: &clap::ArgMatches, a: &Args) -> (Vec<i32>, i32, Vec<i32>) {
             ),
         );
     }
-    (parents_first(&all), scope, zombies)
+    Scope {
+        pids: parents_first(&all),
+        scope,
+        zombies,
+        requester,
+    }
 }
 
 /// Pid → the pid of its tracer, for every traced process.
@@ -891,11 +955,12 @@ fn main() {
             &format!("invalid signal number {signal}"),
         );
     }
-    let (pids, scope, zombies) = resolve_scope(&matches, &args);
+    let found = resolve_scope(&matches, &args);
+    let (pids, scope) = (&found.pids, found.scope);
     // Zombies are reported once every process to checkpoint has been found to have an agent.
     let warn_zombies = || {
         if !args.quiet {
-            for z in &zombies {
+            for z in &found.zombies {
                 eprintln!("{TOOL}: warning: process {z} is a zombie; skipped");
             }
         }
@@ -905,20 +970,64 @@ fn main() {
     // zombies (a single process still gets a plain image).
     if let ([pid], cr::api::types::CR_SCOPE_PROC) = (&pids[..], scope) {
         let pid = *pid;
-        checkpoint_one(&matches, &args, pid, scope, signal, warn_zombies);
+        let chain = found
+            .requester
+            .filter(|&(_, parent)| parent == pid)
+            .map(|(top, _)| top);
+        checkpoint_one(&matches, &args, pid, scope, signal, chain, warn_zombies);
     } else {
         // Zombies whose parents are saved are saved as zombies (warned about then).
-        checkpoint_many(&matches, &args, &pids, scope, signal);
+        checkpoint_many(&matches, &args, pids, scope, signal, found.requester);
     }
 }
 
-/// Checkpoint of one process: a plain image.
+/// The zombie record of the requester chain's topmost process `top`, a child of the saved
+/// process `parent`: a child that exited with status 0 (see [`requester_chain`]).
+fn requester_zombie(args: &Args, top: i32, parent: i32) -> cr::image::tree::ZombieRec {
+    if args.verbose > 0 && !args.quiet {
+        eprintln!(
+            "{TOOL}: process {top} ({}), which runs this checkpoint for process {parent}, is saved as a child of it that exited with status 0",
+            comm(top)
+        );
+    }
+    cr::image::tree::ZombieRec {
+        pid: protocol::target_identity(top).1,
+        ppid: protocol::target_identity(parent).1,
+        status: 0,
+        flags: cr::image::tree::ZOMBIE_SIGCHLD_DUE,
+    }
+}
+
+/// The image warnings of every process in the file at `path` ("process PID: " before each when
+/// there are several).
+fn print_warnings(path: &Path) {
+    let Ok(f) = std::fs::File::open(path) else {
+        return;
+    };
+    let Ok((_, images)) = cr::image::tree::open_all(&f) else {
+        return;
+    };
+    for img in &images {
+        for w in &img.warnings {
+            if images.len() > 1 {
+                eprintln!("{TOOL}: warning: process {}: {w}", img.header.pid);
+            } else {
+                eprintln!("{TOOL}: warning: {w}");
+            }
+        }
+    }
+}
+
+/// Checkpoint of one process: a plain image, or, when the process is the one that runs us and
+/// waits for `chain` (see [`requester_chain`]), a one-process tree image whose zombie table
+/// holds `chain`.
 fn checkpoint_one(
     m: &clap::ArgMatches,
     args: &Args,
     pid: i32,
     scope: i32,
     signal: i32,
+    chain: Option<i32>,
     warn_zombies: impl FnOnce(),
 ) {
     let dest = resolve_dest(m, args, pid);
@@ -947,6 +1056,17 @@ fn checkpoint_one(
         }
         fail(TOOL, errno, &msg)
     };
+    if let Some(top) = chain {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let inner = protocol::target_identity(pid).1;
+        let zombie = requester_zombie(args, top, pid);
+        let bytes = cr::image::tree::manifest_bytes(&[inner], &[], &[zombie], scope, (0, 1), now);
+        if let Err(e) = write_aligned(out.fd, &bytes) {
+            cleanup(e, format!("cannot write to {}: {}", out.what, strerror(e)));
+        }
+    }
     if let Err(e) = protocol::send(sock, &req, Some(out.fd)) {
         cleanup(
             e,
@@ -1002,13 +1122,7 @@ fn checkpoint_one(
     }
     if !args.quiet {
         if let Some(path) = &out.path {
-            if let Ok(f) = std::fs::File::open(path) {
-                if let Ok(img) = cr::image::reader::Image::open(&f) {
-                    for w in &img.warnings {
-                        eprintln!("{TOOL}: warning: {w}");
-                    }
-                }
-            }
+            print_warnings(path);
         }
     }
 }
@@ -1264,7 +1378,14 @@ fn shared_descriptions(pids: &[i32], out_fds: &[i32], quiet: bool) -> Vec<ShareR
 
 /// Checkpoint of several processes as one consistent cut: every process is stopped before any
 /// is written. One tree image (manifest, then the images), or with -d one file per process.
-fn checkpoint_many(m: &clap::ArgMatches, args: &Args, pids: &[i32], scope: i32, signal: i32) {
+fn checkpoint_many(
+    m: &clap::ArgMatches,
+    args: &Args,
+    pids: &[i32],
+    scope: i32,
+    signal: i32,
+    requester: Option<(i32, i32)>,
+) {
     let sync = last_given(m, &[("sync", true), ("nosync", false)], true);
     let per_proc = args.dir.is_some();
     // Every process must have an agent: fail before anything is stopped. Those that ended since
@@ -1394,7 +1515,10 @@ fn checkpoint_many(m: &clap::ArgMatches, args: &Args, pids: &[i32], scope: i32, 
     // 3. Everything is stopped: record what the processes share, write the manifest(s), then
     // let each process write its image in turn.
     let live_pids: Vec<i32> = live.iter().map(|&i| job.members[i].pid).collect();
-    let zombies = zombie_children(&live_pids, args.quiet);
+    let mut zombies = zombie_children(&live_pids, args.quiet);
+    if let Some((top, parent)) = requester.filter(|(_, p)| live_pids.contains(p)) {
+        zombies.push(requester_zombie(args, top, parent));
+    }
     let tree = live.len() > 1 || !zombies.is_empty();
     let shares = if tree {
         let fds: Vec<i32> = job.outs.iter().map(|o| o.fd).collect();
@@ -1600,7 +1724,7 @@ fn zombie_children(pids: &[i32], quiet: bool) -> Vec<cr::image::tree::ZombieRec>
                 pid: protocol::target_identity(c).1,
                 ppid: protocol::target_identity(p).1,
                 status,
-                _pad: 0,
+                flags: 0,
             });
         }
     }

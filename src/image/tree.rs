@@ -80,7 +80,10 @@ pub struct ShareRec {
 }
 
 /// A child of a checkpointed process that had exited but was not reaped yet (a zombie): restored
-/// as a zombie, so its parent can still collect its status.
+/// as a zombie, so its parent can still collect its status. Also the child through which a
+/// program checkpointed itself (`system("cr_checkpoint $$")`: the shell or `cr_checkpoint`),
+/// which is not saved: it is restored as a child that exited with status 0, its `SIGCHLD`
+/// still due ([`ZOMBIE_SIGCHLD_DUE`]).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Debug, PartialEq, Eq)]
 pub struct ZombieRec {
@@ -90,9 +93,13 @@ pub struct ZombieRec {
     pub ppid: i32,
     /// Its wait status (`waitpid` format).
     pub status: i32,
-    /// Reserved.
-    pub _pad: u32,
+    /// `ZOMBIE_*` flags (0 in manifests written before they existed).
+    pub flags: u32,
 }
+
+/// [`ZombieRec::flags`]: the child ended after the checkpoint (it was the requester's chain), so
+/// its parent has not had its `SIGCHLD` yet: the restart leaves one pending.
+pub const ZOMBIE_SIGCHLD_DUE: u32 = 1;
 
 /// A parsed manifest.
 #[derive(Clone, Debug)]
@@ -243,12 +250,34 @@ pub fn open_all(file: &File) -> Result<(Option<Manifest>, Vec<Image>), ImageErro
         }
         return Ok((None, images));
     };
+    let mut m = m;
     let mut base = m.header.len;
     let mut images = Vec::new();
     for _ in 0..m.header.count {
         let img = Image::open_at(file, base)?;
         base = img.header.trailer_offset + PAGE as u64;
         images.push(img);
+    }
+    // A one-process checkpoint with a manifest (`cr_checkpoint -p` of its own caller) may be
+    // followed by the images of the processes its callbacks forwarded it to: they join the job.
+    if m.header.first + m.header.count == m.header.nproc {
+        let len = file.metadata()?.len();
+        let mut magic = [0u8; 8];
+        while base + PAGE as u64 <= len
+            && images.len() < MAX_PROCS
+            && file.read_exact_at(&mut magic, base).is_ok()
+            && magic == super::format::MAGIC
+        {
+            let img = Image::open_at(file, base)?;
+            base = img.header.trailer_offset + PAGE as u64;
+            m.procs.push(TreeProc {
+                pid: img.header.pid as i32,
+                _pad: 0,
+            });
+            m.header.nproc += 1;
+            m.header.count += 1;
+            images.push(img);
+        }
     }
     Ok((Some(m), images))
 }
@@ -277,7 +306,7 @@ mod tests {
             pid: 12,
             ppid: 10,
             status: 3 << 8,
-            _pad: 0,
+            flags: ZOMBIE_SIGCHLD_DUE,
         }];
         let bytes = manifest_bytes(&[10, 11], &shares, &zombies, 1, (0, 2), 5);
         assert_eq!(bytes.len(), PAGE);

@@ -189,9 +189,12 @@ impl Pool {
             obj.used[dir] = true;
             return Ok(obj.ends[dir]);
         }
-        // Another description of the same pipe: open it again through /proc.
+        // Another description of the same pipe: open it again through /proc (a FIFO that was
+        // open for reading and writing at once, as it was).
         let link = cpath(format!("/proc/self/fd/{}", obj.ends[dir]).as_bytes());
-        let mode = if dir == 0 {
+        let mode = if named && f.rec.flags & libc::O_ACCMODE == libc::O_RDWR {
+            libc::O_RDWR
+        } else if dir == 0 {
             libc::O_RDONLY
         } else {
             libc::O_WRONLY

@@ -17,7 +17,7 @@ use super::pool::Pool;
 use super::{write_report, Report, RestoreError};
 use crate::arch::CloneArgs;
 use crate::image::reader::Image;
-use crate::image::tree::ZombieRec;
+use crate::image::tree::{ZombieRec, ZOMBIE_SIGCHLD_DUE};
 use std::fs::File;
 
 /// Holds the restored processes back until every copy of the job's pool is closed: each
@@ -317,18 +317,70 @@ impl<'a> Spawner<'a> {
     }
 
     /// Re-creates an exited, unreaped child: a process that ends at once the way it ended, and
-    /// stays a zombie until the restored parent collects it.
-    fn create_zombie(&self, z: &ZombieRec) {
+    /// stays a zombie until the restored parent collects it. Returns its pid once it has ended.
+    fn create_zombie(&self, z: &ZombieRec) -> Option<i32> {
         match clone_process(self.opts.pids.then_some(z.pid), 0) {
             Ok(0) => end_like(z.status),
-            Ok(_) => {}
-            Err(e) if !self.opts.quiet => eprintln!(
-                "cr_restart: warning: cannot re-create zombie {} (a child of {}): {}",
-                z.pid,
-                z.ppid,
-                std::io::Error::from_raw_os_error(e)
-            ),
-            Err(_) => {}
+            Ok(pid) => {
+                loop {
+                    // SAFETY: waiting, without reaping, for our own child to end.
+                    let r = unsafe {
+                        let mut info: libc::siginfo_t = std::mem::zeroed();
+                        let how = libc::WEXITED | libc::WNOWAIT;
+                        libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, how)
+                    };
+                    if r == 0 || errno() != libc::EINTR {
+                        break Some(pid);
+                    }
+                }
+            }
+            Err(e) => {
+                if !self.opts.quiet {
+                    eprintln!(
+                        "cr_restart: warning: cannot re-create zombie {} (a child of {}): {}",
+                        z.pid,
+                        z.ppid,
+                        std::io::Error::from_raw_os_error(e)
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// Re-creates the zombies of the member whose saved pid is `ppid`. The `SIGCHLD` of those
+    /// that had ended before the checkpoint is discarded (the parent had it then); that of a
+    /// child that ended after it ([`ZOMBIE_SIGCHLD_DUE`]: the requester chain of a
+    /// self-checkpoint) stays pending, blocked, for the restored program's own mask and handler.
+    fn create_zombies(&self, ppid: i32) {
+        let mine: Vec<&ZombieRec> = self.zombies.iter().filter(|z| z.ppid == ppid).collect();
+        if mine.is_empty() {
+            return;
+        }
+        // SAFETY: SIG_DFL (an ignored SIGCHLD inherited through exec would reap them at once)
+        // and our own signal mask; the restored program's are put back later.
+        unsafe {
+            libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+        }
+        for due in [false, true] {
+            // SAFETY: a valid sigset for our own mask.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGCHLD);
+                let how = if due {
+                    libc::SIG_BLOCK
+                } else {
+                    libc::SIG_UNBLOCK
+                };
+                libc::sigprocmask(how, &set, std::ptr::null_mut());
+            }
+            for z in mine
+                .iter()
+                .filter(|z| (z.flags & ZOMBIE_SIGCHLD_DUE != 0) == due)
+            {
+                self.create_zombie(z);
+            }
         }
     }
 
@@ -367,9 +419,7 @@ impl<'a> Spawner<'a> {
                 fail(e);
             }
         }
-        for z in self.zombies.iter().filter(|z| z.ppid == p.pid) {
-            self.create_zombie(z);
-        }
+        self.create_zombies(p.pid);
         let file = match m.file.try_clone() {
             Ok(f) => f,
             Err(e) => fail(RestoreError::new(
