@@ -625,6 +625,8 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
             forward_failed(conn, img_fd, e, pid, b"could not be stopped");
             return;
         }
+        // Every process of the checkpoint is stopped: which descriptions do they share?
+        super::forward::find_shares(img_fd, scratch.probe());
     }
     // Every thread of the cut is stopped: the pending signals now are the image's.
     quiesce::capture_pending(sys::monotonic_ns() + timeout_ns);
@@ -664,6 +666,14 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
                 return;
             }
         };
+        if api && req.signal == libc::SIGKILL {
+            // SIGKILL cannot wait for the release: it ends us at once. The requester learns of
+            // the durable image first (BLCR's kernel completed the request, then killed); the
+            // processes the checkpoint was forwarded to get theirs too.
+            send_reply(conn, 0, job.bytes.load(Acquire) + forwarded, b"");
+            super::forward::deliver_signal();
+            kill_self();
+        }
         if api && req.signal > 0 {
             // API requests: the post-checkpoint signal is ours to send (pending until release).
             // SAFETY: signalling our own process.

@@ -11,7 +11,7 @@
 
 use crate::protocol::{self, Request};
 use crate::sys::StackBuf;
-use core::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicUsize, Ordering::*};
+use core::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 
 /// Most forwarded targets per checkpoint.
 const MAX: usize = 16;
@@ -383,4 +383,160 @@ fn expand() {
             }
         }
     }
+}
+
+/// Most shared-description entries a forwarded checkpoint records.
+const MAX_SHARES: usize = 4096;
+/// Descriptors of the forwarded checkpoint's processes that share an open file description:
+/// `proc << 48 | group << 32 | fd` (proc: 0 = us, then each process in the order the images
+/// follow ours). Written into our image as `REC_SHARES` (see [`write_shares`]).
+static SHARES: [AtomicU64; MAX_SHARES] = [const { AtomicU64::new(0) }; MAX_SHARES];
+static NSHARES: AtomicUsize = AtomicUsize::new(0);
+
+/// One descriptor met while looking for shared descriptions (in caller-provided scratch memory).
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+struct Held {
+    dev: u64,
+    ino: u64,
+    pid: i32,
+    fd: i32,
+    proc: u32,
+    group: u32,
+}
+
+/// `kcmp(p1, p2, KCMP_FILE, fd1, fd2) == 0`: one open file description.
+fn same_description(p1: i32, p2: i32, fd1: i32, fd2: i32) -> bool {
+    const KCMP_FILE: usize = 0;
+    crate::sys::sys6(
+        libc::SYS_kcmp as usize,
+        p1 as usize,
+        p2 as usize,
+        KCMP_FILE,
+        fd1 as usize,
+        fd2 as usize,
+        0,
+    ) == Ok(0)
+}
+
+/// One-process checkpoint, once every forwarded process is stopped: finds the open file
+/// descriptions that descriptors of different processes (or several of one) share, as
+/// `cr_checkpoint` does for a tree, so a restart gives them one description again (shared
+/// offset and flags). Sockets and the image's own description are left out. `buf` is scratch
+/// memory for the candidates. Raw syscalls and fixed buffers only.
+pub fn find_shares(img_fd: i32, buf: &mut [u8]) {
+    NSHARES.store(0, Release);
+    let whole = buf.len() / core::mem::size_of::<Held>() * core::mem::size_of::<Held>();
+    // The scratch buffer is page aligned, so the cast cannot fail.
+    let Ok(held) = bytemuck::try_cast_slice_mut::<u8, Held>(&mut buf[..whole]) else {
+        return;
+    };
+    let me = crate::sys::getpid();
+    let mut n = 0usize;
+    let mut proc = 0u32;
+    let mut add_process = |pid: i32, proc: u32, n: &mut usize| {
+        let mut dir = StackBuf::<64>::new();
+        dir.push(b"/proc/").num(pid as u64).push(b"/fd");
+        each_number(dir.as_cstr(), |fd| {
+            let mut path = StackBuf::<96>::new();
+            path.push(b"/proc/")
+                .num(pid as u64)
+                .push(b"/fd/")
+                .num(fd as u64);
+            let Ok(st) = crate::sys::stat(path.as_cstr(), 0) else {
+                return;
+            };
+            // Our own control sockets are sockets too.
+            if st.st_mode & libc::S_IFMT == libc::S_IFSOCK
+                || same_description(pid, me, fd, img_fd)
+                || *n == held.len()
+            {
+                return;
+            }
+            held[*n] = Held {
+                dev: st.st_dev,
+                ino: st.st_ino,
+                pid,
+                fd,
+                proc,
+                group: 0,
+            };
+            *n += 1;
+        });
+    };
+    add_process(me, proc, &mut n);
+    for (i, s) in SOCKS.iter().enumerate().take(NPIDS.load(Acquire)) {
+        if s.load(Acquire) >= 0 {
+            proc += 1;
+            add_process(PIDS[i].load(Acquire), proc, &mut n);
+        }
+    }
+    let mut group = 0u32;
+    let mut out = 0usize;
+    for i in 0..n {
+        if held[i].group != 0 {
+            continue;
+        }
+        let a = held[i];
+        let mut members = 1;
+        for j in i + 1..n {
+            let b = held[j];
+            if b.group == 0
+                && (b.dev, b.ino) == (a.dev, a.ino)
+                && same_description(a.pid, b.pid, a.fd, b.fd)
+            {
+                if members == 1 {
+                    group += 1;
+                    held[i].group = group;
+                }
+                held[j].group = group;
+                members += 1;
+            }
+        }
+    }
+    for h in held[..n].iter().filter(|h| h.group != 0) {
+        if out == MAX_SHARES {
+            break;
+        }
+        let word = (h.proc as u64) << 48 | (h.group as u64 & 0xffff) << 32 | h.fd as u32 as u64;
+        SHARES[out].store(word, Relaxed);
+        out += 1;
+    }
+    NSHARES.store(out, Release);
+}
+
+/// Writes the descriptions [`find_shares`] found into our image (a forwarded checkpoint only).
+pub fn write_shares(
+    w: &mut crate::image::writer::MetaWriter,
+) -> Result<(), crate::image::writer::Full> {
+    let n = NSHARES.load(Acquire);
+    if n == 0 || count() == 0 {
+        return Ok(());
+    }
+    let mut buf = [crate::image::tree::ShareRec {
+        proc: 0,
+        fd: 0,
+        group: 0,
+        _pad: 0,
+    }; 256];
+    // One record per chunk of entries: the reader appends them.
+    let mut start = 0;
+    while start < n {
+        let k = (n - start).min(buf.len());
+        for (j, slot) in buf.iter_mut().take(k).enumerate() {
+            let w = SHARES[start + j].load(Relaxed);
+            *slot = crate::image::tree::ShareRec {
+                proc: (w >> 48) as u32,
+                fd: w as u32 as i32,
+                group: ((w >> 32) & 0xffff) as u32,
+                _pad: 0,
+            };
+        }
+        w.raw(
+            crate::image::format::REC_SHARES,
+            bytemuck::cast_slice(&buf[..k]),
+        )?;
+        start += k;
+    }
+    Ok(())
 }

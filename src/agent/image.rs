@@ -228,6 +228,7 @@ fn write_image(job: &Job) -> Result<u64, (u32, Errno)> {
         w.raw(REC_WARNING, msg.as_bytes()).map_err(full)?;
     }
     super::fds::capture(&mut w, &job.skip_fds, job.fd).map_err(|e| (2, e))?;
+    super::forward::write_shares(&mut w).map_err(full)?;
     let mut ext = ExtentList::new(scratch.extents());
     let mut unreadable = Unreadable::new();
     let save = memory::SaveByContent {

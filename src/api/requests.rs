@@ -23,8 +23,9 @@ enum Kind {
     Checkpoint,
     /// A request that failed at once with `CR_CHKPT_ASYNC_ERR`: reaps with this errno.
     Failed(c_int),
+    /// A restart of `nproc` processes; `report` once every one runs (or one failed).
     Restart {
-        pid: libc::pid_t,
+        nproc: usize,
         report: Option<Vec<u8>>,
     },
 }
@@ -66,7 +67,9 @@ pub fn request_checkpoint(
     args: *const cr_checkpoint_args_t,
     handle: *mut cr_checkpoint_handle_t,
 ) -> Result<(), c_int> {
-    let ts = state::require()?;
+    // No cr_init() needed (BLCR's only opened the control device): a driver program may
+    // checkpoint other processes without being checkpointable itself.
+    let in_callback = state::current().is_some_and(|ts| !ts.level.get().is_null());
     if args.is_null() || handle.is_null() {
         return Err(libc::EINVAL);
     }
@@ -85,13 +88,14 @@ pub fn request_checkpoint(
         return Err(libc::EBADF);
     }
     let target = own_target(a.cr_scope, a.cr_target);
-    match start_checkpoint(ts, &a, target, handle) {
+    match start_checkpoint(in_callback, &a, target, handle) {
         Err(e) if a.cr_flags & CR_CHKPT_ASYNC_ERR != 0 => deferred_failure(e, handle),
         r => r,
     }
 }
 
-/// `CR_CHKPT_ASYNC_ERR`: the request "succeeds" and its handle reports `errno` at reap time.
+/// `CR_CHKPT_ASYNC_ERR` / `CR_RSTRT_ASYNC_ERR`: the request "succeeds" and its handle reports
+/// `errno` at reap time.
 fn deferred_failure(errno: c_int, handle: *mut cr_checkpoint_handle_t) -> Result<(), c_int> {
     // An eventfd is readable at once: cr_wait_checkpoint reports the request done.
     // SAFETY: creating a descriptor we own.
@@ -114,7 +118,7 @@ fn deferred_failure(errno: c_int, handle: *mut cr_checkpoint_handle_t) -> Result
 }
 
 fn start_checkpoint(
-    ts: &super::state::ThreadState,
+    in_callback: bool,
     a: &cr_checkpoint_args_t,
     target: libc::pid_t,
     handle: *mut cr_checkpoint_handle_t,
@@ -129,7 +133,7 @@ fn start_checkpoint(
     if self_in_scope && a.cr_flags & CR_CHKPT_PROHIBIT_SELF != 0 {
         return Err(libc::EDEADLK);
     }
-    if self_in_scope && !ts.level.get().is_null() {
+    if self_in_scope && in_callback {
         return Err(libc::EBUSY); // this process is in a checkpoint already
     }
     let sock = protocol::connect(target).map_err(|_| CR_ENOSUPPORT)?;
@@ -216,14 +220,13 @@ fn peek_reply(fd: c_int) -> Result<Option<Reply>, c_int> {
     protocol::recv_reply(fd, libc::MSG_PEEK | libc::MSG_DONTWAIT)
 }
 
-/// Reads a restart handle's report once it is complete (the child closed its end).
+/// Reads a restart handle's reports once the restart is complete: every process runs again, or
+/// one failed (the restored processes keep their copies of the pipe a moment longer).
 fn restart_report(h: u64) -> Result<Option<Vec<u8>>, c_int> {
     let fd = h as c_int;
-    let done = with_handles(|t| match t.get(&h).map(|r| &r.kind) {
-        Some(Kind::Restart {
-            report: Some(r), ..
-        }) => Some(r.clone()),
-        _ => None,
+    let (done, nproc) = with_handles(|t| match t.get(&h).map(|r| &r.kind) {
+        Some(Kind::Restart { report, nproc }) => (report.clone(), *nproc),
+        _ => (None, 1),
     });
     if done.is_some() {
         return Ok(done);
@@ -247,13 +250,15 @@ fn restart_report(h: u64) -> Result<Option<Vec<u8>>, c_int> {
         }
         buf.extend_from_slice(&chunk[..n as usize]);
         let (reports, _) = crate::restore::parse_reports(&buf);
-        if reports.iter().any(|r| {
-            matches!(
-                r,
-                crate::restore::Report::Running(_) | crate::restore::Report::Failed(..)
-            )
-        }) {
-            break; // the program keeps the pipe open a moment longer
+        let running = reports
+            .iter()
+            .filter(|r| matches!(r, crate::restore::Report::Running(_)))
+            .count();
+        let failed = reports
+            .iter()
+            .any(|r| matches!(r, crate::restore::Report::Failed(..)));
+        if failed || (running >= nproc && top_of(&buf).is_some()) {
+            break;
         }
     }
     with_handles(|t| {
@@ -277,7 +282,11 @@ pub fn log(handle: *const u64, len: c_uint, msg: *mut c_char) -> Result<c_int, c
     let is_restart =
         with_handles(|t| matches!(t.get(&h).map(|r| &r.kind), Some(Kind::Restart { .. })));
     let text: Vec<u8> = if is_restart {
-        match restart_report(h)?.map(|r| outcome(&r)) {
+        let nproc = with_handles(|t| match t.get(&h).map(|r| &r.kind) {
+            Some(Kind::Restart { nproc, .. }) => *nproc,
+            _ => 1,
+        });
+        match restart_report(h)?.map(|r| outcome(&r, nproc)) {
             Some(Err((_, msg))) => msg.into_bytes(),
             _ => Vec::new(),
         }
@@ -344,53 +353,100 @@ pub fn reap_checkpoint(handle: *mut u64) -> Result<c_int, c_int> {
     }
 }
 
-/// `cr_reap_restart`: the pid of the restored process.
+/// `cr_reap_restart`: the pid of the restored (eldest) process, or of the namespace init that
+/// holds the job when original pids needed one.
 pub fn reap_restart(handle: *mut u64) -> Result<c_int, c_int> {
     let (h, _) = lookup(handle)?;
-    let pid = with_handles(|t| match t.get(&h).map(|r| &r.kind) {
-        Some(Kind::Restart { pid, .. }) => Ok(*pid),
+    if let Some(e) = with_handles(|t| match t.get(&h).map(|r| &r.kind) {
+        Some(Kind::Failed(e)) => Some(*e),
+        _ => None,
+    }) {
+        free_handle(handle, h, true);
+        return Err(e);
+    }
+    let nproc = with_handles(|t| match t.get(&h).map(|r| &r.kind) {
+        Some(Kind::Restart { nproc, .. }) => Ok(*nproc),
         _ => Err(libc::EINVAL),
     })?;
     let Some(report) = restart_report(h)? else {
         return Err(libc::EAGAIN);
     };
     free_handle(handle, h, true);
-    match outcome(&report) {
-        Ok(created) => Ok(if pid > 0 { pid } else { created }),
+    match outcome(&report, nproc) {
+        Ok(pid) => Ok(pid),
         Err((e, _)) => {
-            // The restart failed before the program ran: collect the child, report its error.
-            let mut st = 0;
-            if pid > 0 {
-                // SAFETY: reaping our own child.
-                unsafe { libc::waitpid(pid, &mut st, 0) };
-            }
+            collect_failed(&report);
             Err(e)
         }
     }
 }
 
-/// A restart's reports: Ok(pid of the created process, or 0) once it runs, or its error.
-fn outcome(report: &[u8]) -> Result<i32, (c_int, String)> {
+/// After a failed restart: nothing of the job may run on or stay a zombie of ours. A namespace
+/// init gives up by itself (the namespace dies with it): collect it. Processes created in our
+/// own pid namespace are killed, and those that are our children collected.
+fn collect_failed(report: &[u8]) {
     use crate::restore::Report;
     let (reports, _) = crate::restore::parse_reports(report);
-    let created = reports
+    let created: Vec<i32> = reports
         .iter()
-        .find_map(|r| match r {
+        .filter_map(|r| match r {
             Report::Created(p) => Some(*p),
             _ => None,
         })
-        .unwrap_or(0);
-    for r in reports {
-        match r {
-            Report::Running(_) => return Ok(created),
-            Report::Failed(e, m) => return Err((e, m)),
-            Report::Created(_) => {}
+        .collect();
+    match top_of(report) {
+        Some(init) if !created.contains(&init) => {
+            // SAFETY: reaping our own child.
+            unsafe { libc::waitpid(init, core::ptr::null_mut(), 0) };
+        }
+        _ => {
+            for &p in &created {
+                // SAFETY: killing a half-restored process created for this request.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+            for &p in &created {
+                // SAFETY: reaping it if it is our child (ECHILD otherwise).
+                unsafe { libc::waitpid(p, core::ptr::null_mut(), 0) };
+            }
         }
     }
-    Err((
-        libc::EIO,
-        "the restored process ended during the restore".into(),
-    ))
+}
+
+/// The process a restart reported as the one the caller knows the job by.
+fn top_of(report: &[u8]) -> Option<i32> {
+    let (reports, _) = crate::restore::parse_reports(report);
+    reports.iter().find_map(|r| match r {
+        crate::restore::Report::Top(p) => Some(*p),
+        _ => None,
+    })
+}
+
+/// A restart's reports: Ok(the pid the caller knows the job by) once all `nproc` processes run,
+/// or the first error.
+fn outcome(report: &[u8], nproc: usize) -> Result<i32, (c_int, String)> {
+    use crate::restore::Report;
+    let (reports, _) = crate::restore::parse_reports(report);
+    if let Some((e, m)) = reports.iter().find_map(|r| match r {
+        Report::Failed(e, m) => Some((*e, m.clone())),
+        _ => None,
+    }) {
+        return Err((e, m));
+    }
+    let running = reports
+        .iter()
+        .filter(|r| matches!(r, Report::Running(_)))
+        .count();
+    if running < nproc {
+        return Err((
+            libc::EIO,
+            "a restored process ended during the restore".into(),
+        ));
+    }
+    let created = reports.iter().find_map(|r| match r {
+        Report::Created(p) => Some(*p),
+        _ => None,
+    });
+    Ok(top_of(report).or(created).unwrap_or(0))
 }
 
 /// `cr_poll_*_msg`.
@@ -445,12 +501,84 @@ thread_local! {
     pub static FORKING_FOR_RESTORE: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
 }
 
-/// `cr_request_restart`: forks a child that becomes the restored program (a child of the caller).
+/// The relocation pairs of a `cr_restart_args_t` (BLCR's `cr_relocate`).
+fn relocation_pairs(
+    rel: *const cr_rstrt_relocate,
+) -> Result<Vec<crate::restore::relocate::Pair>, c_int> {
+    if rel.is_null() {
+        return Ok(Vec::new());
+    }
+    // SAFETY: the caller's relocation table: a count, then that many pairs of C strings.
+    let count = unsafe { (*rel).count } as usize;
+    if count > crate::restore::relocate::MAX_PAIRS {
+        return Err(libc::EINVAL);
+    }
+    let mut args = Vec::with_capacity(count);
+    for i in 0..count {
+        // SAFETY: pair i of the flexible array the caller allocated (CR_RSTRT_RELOCATE_SIZE).
+        let pair = unsafe { &*(*rel).path.as_ptr().add(i) };
+        if pair.oldpath.is_null() || pair.newpath.is_null() {
+            return Err(libc::EINVAL);
+        }
+        // SAFETY: NUL-terminated strings of the caller.
+        let (old, new) = unsafe {
+            (
+                std::ffi::CStr::from_ptr(pair.oldpath),
+                std::ffi::CStr::from_ptr(pair.newpath),
+            )
+        };
+        // BLCR's pairs are taken literally: escape what the command-line syntax would parse.
+        let esc = |c: &std::ffi::CStr| {
+            c.to_string_lossy()
+                .replace('\\', "\\\\")
+                .replace('=', "\\=")
+        };
+        args.push(format!("{}={}", esc(old), esc(new)));
+    }
+    crate::restore::relocate::parse_all(&args).map_err(|_| libc::EINVAL)
+}
+
+/// The images behind a restart source descriptor: the image file itself (a plain image, a tree
+/// image, or images written back to back), or every image of a directory.
+fn restart_sources(fd: c_int) -> Result<Vec<(std::fs::File, std::path::PathBuf)>, c_int> {
+    // SAFETY: duplicating the caller's descriptor.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err(libc::EBADF);
+    }
+    let path = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap_or_default();
+    // SAFETY: we own dup.
+    let file = unsafe { <std::fs::File as std::os::unix::io::FromRawFd>::from_raw_fd(dup) };
+    if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+        // Read through our own descriptor: the directory may have been renamed meanwhile.
+        let sources = crate::restore::job::sources_in_dir(std::path::Path::new(&format!(
+            "/proc/self/fd/{dup}"
+        )))
+        .map_err(|e| e.errno)?;
+        return Ok(sources
+            .into_iter()
+            .map(|(f, p)| {
+                let name = p
+                    .file_name()
+                    .map(std::path::PathBuf::from)
+                    .unwrap_or_default();
+                (f, path.join(name))
+            })
+            .collect());
+    }
+    Ok(vec![(file, path)])
+}
+
+/// `cr_request_restart`: restores every process of the image(s) behind `cr_fd` (as `cr_restart`
+/// does: a tree image, back-to-back images of a forwarded checkpoint, or a directory of
+/// images) as descendants of the caller. The roots are the caller's children, with their
+/// original pids as root; without privileges, original pids need a private pid namespace, whose
+/// init becomes the caller's child (it ends the way the eldest restored process ends, and the
+/// handle reports its pid).
 pub fn request_restart(
     args: *const cr_restart_args_t,
     handle: *mut cr_restart_handle_t,
 ) -> Result<(), c_int> {
-    state::require()?;
     if args.is_null() || handle.is_null() {
         return Err(libc::EINVAL);
     }
@@ -459,7 +587,16 @@ pub fn request_restart(
     if a.cr_version != CR_RESTART_ARGS_VERSION || a.cr_flags & !0xf != 0 {
         return Err(libc::EINVAL);
     }
-    let opts = crate::restore::spawn::Options {
+    match start_restart(&a, handle) {
+        Err(e) if a.cr_flags & CR_RSTRT_ASYNC_ERR != 0 => deferred_failure(e, handle),
+        r => r,
+    }
+}
+
+/// The restart itself (arguments checked): loads the job and has a helper create it.
+fn start_restart(a: &cr_restart_args_t, handle: *mut cr_restart_handle_t) -> Result<(), c_int> {
+    use crate::restore::{job, spawn, write_report, Report};
+    let opts = spawn::Options {
         pids: a.cr_flags & CR_RSTRT_RESTORE_PID != 0,
         pgid: a.cr_flags & CR_RSTRT_RESTORE_PGID != 0,
         sid: a.cr_flags & CR_RSTRT_RESTORE_SID != 0,
@@ -471,22 +608,14 @@ pub fn request_restart(
         // without that process's pid; never pretend.
         return Err(libc::ENOSYS);
     }
+    let pairs = relocation_pairs(a.cr_relocate)?;
+    let job = job::load(restart_sources(a.cr_fd)?, &pairs).map_err(|e| e.errno)?;
+    let members = job.members();
     // SAFETY: geteuid has no preconditions.
-    if opts.pids && unsafe { libc::geteuid() } != 0 {
-        // Original pids need CAP_SYS_ADMIN in our pid namespace (cr_restart uses a namespace of
-        // its own instead, but then the restored process could not be our child).
-        return Err(libc::EPERM);
+    let in_namespace = opts.pids && unsafe { libc::geteuid() } != 0;
+    if opts.pids && !in_namespace {
+        spawn::check_ids_free(&members).map_err(|e| e.errno)?;
     }
-    // SAFETY: duplicating the caller's descriptor.
-    let dup = unsafe { libc::fcntl(a.cr_fd, libc::F_DUPFD_CLOEXEC, 0) };
-    if dup < 0 {
-        return Err(libc::EBADF);
-    }
-    let src = std::fs::read_link(format!("/proc/self/fd/{}", a.cr_fd)).unwrap_or_default();
-    // SAFETY: we own dup.
-    let file = unsafe { <std::fs::File as std::os::unix::io::FromRawFd>::from_raw_fd(dup) };
-    let img = crate::image::reader::Image::open(&file).map_err(|e| e.errno())?;
-    crate::restore::preflight(&img).map_err(|e| e.errno)?;
     let mut p = [0 as c_int; 2];
     // SAFETY: pipe2 into a local array.
     if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -495,88 +624,59 @@ pub fn request_restart(
     // SAFETY: getpid has no preconditions.
     let me = unsafe { libc::getpid() };
     FORKING_FOR_RESTORE.with(|f| f.set(true));
-    // SAFETY: fork; the child only restores and never returns here.
-    let pid = unsafe { libc::fork() };
+    // SAFETY: fork; the helper only creates the job and never returns here.
+    let helper = unsafe { libc::fork() };
     FORKING_FOR_RESTORE.with(|f| f.set(false));
-    if pid == 0 {
-        // SAFETY: closing the read end in the child.
+    if helper == 0 {
+        // SAFETY: closing the read end in the helper.
         unsafe { libc::close(p[0]) };
-        let src = src.as_os_str().as_encoded_bytes().to_vec();
-        let handover = crate::restore::Handover {
-            notify_fd: p[1],
-            restarter: me,
-            src: &src,
-            early_signal: 0,
-            gate: None,
-        };
-        let err = match crate::restore::pool::Pool::build(&[&img], &[&file], &[]) {
-            Ok(pool) if opts.pids => {
-                // The restored process needs its original pid: created with clone3 as our
-                // caller's child (CLONE_PARENT); this helper leaves at once.
-                let members = [crate::restore::spawn::Member {
-                    img: &img,
-                    file: &file,
-                    src: &src,
-                }];
-                let gate = crate::restore::spawn::Gate::new();
-                let mut spawner =
-                    crate::restore::spawn::Spawner::new(&members, &pool, opts, p[1], me);
-                spawner.root_flags = libc::CLONE_PARENT as u64;
-                spawner.gate = gate.as_ref().ok();
-                match spawner.spawn_roots() {
-                    Ok(_) => {
-                        pool.close();
-                        if let Ok(g) = &gate {
-                            g.open_after(1);
-                        }
-                        // SAFETY: leaving the helper.
-                        unsafe { libc::_exit(0) }
-                    }
-                    Err(e) => {
-                        if let Ok(g) = &gate {
-                            g.abandon();
-                        }
-                        let r = crate::restore::Report::Failed(e.errno, e.msg.clone());
-                        crate::restore::write_report(p[1], &r);
-                        e
-                    }
+        let parent = libc::CLONE_PARENT as u64;
+        let res = if in_namespace {
+            match spawn::enter_namespace(true, parent) {
+                Ok(0) => {
+                    job::namespace_init(&members, &job, opts, p[1], job::InitEnd::Mimic, |_| {})
                 }
+                Ok(init) => {
+                    write_report(p[1], &Report::Top(init));
+                    Ok(())
+                }
+                Err(e) => Err(e),
             }
-            Ok(pool) => match crate::restore::run(&img, 0, file, &pool, &handover) {
-                Ok(never) => match never {},
-                Err(e) => e, // already reported
-            },
+        } else {
+            // The roots become the caller's children (CLONE_PARENT); this helper leaves.
+            job::create(&members, &job, opts, p[1], me, parent)
+                .map(|roots| write_report(p[1], &Report::Top(roots[0])))
+        };
+        let code = match res {
+            Ok(()) => 0,
             Err(e) => {
-                let r = crate::restore::Report::Failed(e.errno, e.msg.clone());
-                crate::restore::write_report(p[1], &r);
-                e
+                write_report(p[1], &Report::Failed(e.errno, e.msg.clone()));
+                e.errno & 0xff
             }
         };
-        // SAFETY: leaving the child; run() already reported the error.
-        unsafe { libc::_exit(err.errno & 0xff) }
+        // SAFETY: leaving the helper.
+        unsafe { libc::_exit(code) }
     }
     // SAFETY: closing our copy of the write end.
     unsafe { libc::close(p[1]) };
-    if pid < 0 {
+    if helper < 0 {
         // SAFETY: closing the read end.
         unsafe { libc::close(p[0]) };
         return Err(libc::EAGAIN);
     }
-    let pid = if opts.pids {
-        // The helper exits once it created the restored process (reported as `Created`).
-        let mut st = 0;
-        // SAFETY: reaping the helper, our child.
-        unsafe { libc::waitpid(pid, &mut st, 0) };
-        0
-    } else {
-        pid
-    };
+    // The helper exits as soon as the job's roots exist.
+    let mut st = 0;
+    // SAFETY: reaping the helper, our child.
+    unsafe { libc::waitpid(helper, &mut st, 0) };
     with_handles(|t| {
         t.insert(
             p[0] as u64,
             Handle {
                 gen: RESTART_GEN.load(Acquire),
-                kind: Kind::Restart { pid, report: None },
+                kind: Kind::Restart {
+                    nproc: job.images.len(),
+                    report: None,
+                },
             },
         )
     });

@@ -1,7 +1,6 @@
 //! `cr_restart FILE`: restores the program in a child, forwards signals to it, and exits as it does.
 
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
-use cr::image::reader::Image;
 use cr::tool::fail;
 use std::io::Read;
 use std::os::unix::io::FromRawFd;
@@ -115,28 +114,7 @@ struct Args {
     version: Option<bool>,
 }
 
-/// BLCR's classes of restart failure, each with its own `--run-on-fail-*` hook.
-#[derive(Clone, Copy)]
-enum Class {
-    Args,
-    Temp,
-    Env,
-    Perm,
-}
-
-fn classify(errno: i32) -> Class {
-    match errno {
-        libc::ENOMEM | libc::EBUSY => Class::Temp,
-        libc::EACCES
-        | libc::EPERM
-        | libc::ENOENT
-        | libc::EEXIST
-        | libc::EISDIR
-        | libc::ENOTDIR
-        | libc::ESTALE => Class::Env,
-        _ => Class::Perm,
-    }
-}
+use cr::restore::job::{self, FailClass as Class, Job};
 
 /// Runs a hook command with `sh -c`; returns its exit code (a signal counts as 128+N).
 fn run_hook(cmd: &str) -> i32 {
@@ -235,8 +213,6 @@ fn chosen_signal(m: &clap::ArgMatches, a: &Args) -> i32 {
 /// The restored processes (children), for signal forwarding.
 static CHILDREN: [AtomicI32; cr::image::tree::MAX_PROCS] =
     [const { AtomicI32::new(0) }; cr::image::tree::MAX_PROCS];
-/// Most images `-d DIR` restarts as one job.
-const MAX_JOB: usize = 64;
 
 extern "C" fn forward(sig: i32, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo.
@@ -317,7 +293,9 @@ fn main() {
         .unwrap_or_else(|e| failed(&args, Class::Args, libc::EINVAL, &e));
     let images: Vec<(std::fs::File, PathBuf)> =
         match (&args.dir, &args.file_opt, &args.file, args.fd) {
-            (Some(dir), None, None, None) => images_in(&args, dir),
+            (Some(dir), None, None, None) => {
+                job::sources_in_dir(dir).unwrap_or_else(|e| failed(&args, e.class, e.errno, &e.msg))
+            }
             (Some(_), ..) => failed(
                 &args,
                 Class::Args,
@@ -369,7 +347,7 @@ fn main() {
                 vec![(file, path)]
             }
         };
-    let job = load_job(&args, &pairs, images);
+    let job = job::load(images, &pairs).unwrap_or_else(|e| failed(&args, e.class, e.errno, &e.msg));
     let opts = cr::restore::spawn::Options {
         pids: !args.no_restore_pid || args.restore_pid,
         pgid: args.restore_pgid && !args.no_restore_pgid,
@@ -388,133 +366,6 @@ fn main() {
     run_job(&args, &job, opts, signal.max(0))
 }
 
-/// The images of one restart, in tree order, with what they share.
-struct Job {
-    images: Vec<Image>,
-    files: Vec<std::fs::File>,
-    srcs: Vec<Vec<u8>>,
-    shares: Vec<cr::image::tree::ShareRec>,
-    zombies: Vec<cr::image::tree::ZombieRec>,
-}
-
-/// Opens every image of the given files (a tree image holds several; with `-d` each file holds
-/// one process of a tree, or a plain image), relocates and checks them.
-fn load_job(
-    args: &Args,
-    pairs: &[cr::restore::relocate::Pair],
-    sources: Vec<(std::fs::File, PathBuf)>,
-) -> Job {
-    let mut found: Vec<(usize, Image, std::fs::File, Vec<u8>)> = Vec::new();
-    let mut shares = Vec::new();
-    let mut zombies = Vec::new();
-    let mut nproc = None;
-    for (file, path) in sources {
-        if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
-            failed(
-                args,
-                Class::Args,
-                libc::EISDIR,
-                &format!("{}: is a directory, not an image", path.display()),
-            );
-        }
-        let src = std::path::absolute(&path)
-            .unwrap_or_else(|_| path.clone())
-            .into_os_string()
-            .into_encoded_bytes();
-        let (manifest, images) = cr::image::tree::open_all(&file).unwrap_or_else(|e| {
-            let class = if matches!(e, cr::image::reader::ImageError::Io(_)) {
-                Class::Args
-            } else {
-                Class::Perm
-            };
-            failed(args, class, e.errno(), &format!("{}: {e}", path.display()))
-        });
-        let first = match &manifest {
-            Some(m) => {
-                nproc = Some(m.header.nproc as usize);
-                shares.clone_from(&m.shares);
-                zombies.clone_from(&m.zombies);
-                m.header.first as usize
-            }
-            None => found.len(),
-        };
-        for (k, img) in images.into_iter().enumerate() {
-            let f = file
-                .try_clone()
-                .unwrap_or_else(|e| failed(args, Class::Temp, libc::EMFILE, &format!("{e}")));
-            found.push((first + k, img, f, src.clone()));
-        }
-    }
-    found.sort_by_key(|f| f.0);
-    found.dedup_by_key(|f| f.0);
-    if let Some(n) = nproc {
-        if found.len() != n {
-            failed(
-                args,
-                Class::Args,
-                libc::ENOENT,
-                &format!(
-                    "incomplete process tree: {} of its {n} process images found",
-                    found.len()
-                ),
-            );
-        }
-    }
-    let mut job = Job {
-        images: Vec::new(),
-        files: Vec::new(),
-        srcs: Vec::new(),
-        shares,
-        zombies,
-    };
-    for (_, mut img, file, src) in found {
-        cr::restore::relocate::relocate(&mut img, pairs);
-        if let Err(e) = cr::restore::preflight(&img) {
-            failed(
-                args,
-                classify(e.errno),
-                e.errno,
-                &format!("restart failed: {e}"),
-            );
-        }
-        job.images.push(img);
-        job.files.push(file);
-        job.srcs.push(src);
-    }
-    job
-}
-
-/// Builds the job's pool and creates its processes (the roots as our children), holding them at
-/// the gate until every copy of the pool is closed; returns the roots' pids, eldest first.
-fn create_job(
-    members: &[cr::restore::spawn::Member],
-    job: &Job,
-    opts: cr::restore::spawn::Options,
-    notify: i32,
-    restarter: i32,
-) -> Result<Vec<i32>, cr::restore::RestoreError> {
-    use cr::restore::spawn::{Gate, Spawner};
-    let images: Vec<&Image> = job.images.iter().collect();
-    let files: Vec<&std::fs::File> = job.files.iter().collect();
-    let pool = cr::restore::pool::Pool::build(&images, &files, &job.shares)?;
-    let gate = Gate::new().inspect_err(|_| pool.close())?;
-    let mut spawner = Spawner::new(members, &pool, opts, notify, restarter);
-    spawner.zombies.clone_from(&job.zombies);
-    spawner.gate = Some(&gate);
-    let roots = spawner.spawn_roots();
-    pool.close();
-    match roots {
-        Ok(r) => {
-            gate.open_after(members.len());
-            Ok(r.into_iter().map(|(_, pid)| pid).collect())
-        }
-        Err(e) => {
-            gate.abandon();
-            Err(e)
-        }
-    }
-}
-
 /// Every process created for the job (pids as cr_restart sees them), to kill on failure.
 static CREATED: [AtomicI32; cr::image::tree::MAX_PROCS] =
     [const { AtomicI32::new(0) }; cr::image::tree::MAX_PROCS];
@@ -531,14 +382,8 @@ fn pipe() -> [i32; 2] {
 /// Restores the job's processes, waits for them to run, then forwards signals and exits as the
 /// eldest does.
 fn run_job(args: &Args, job: &Job, opts: cr::restore::spawn::Options, signal: i32) -> ! {
-    use cr::restore::spawn::{self, Member};
-    let members: Vec<Member> = (0..job.images.len())
-        .map(|i| Member {
-            img: &job.images[i],
-            file: &job.files[i],
-            src: &job.srcs[i],
-        })
-        .collect();
+    use cr::restore::spawn;
+    let members = job.members();
     // SAFETY: geteuid has no preconditions.
     let in_namespace = opts.pids && unsafe { libc::geteuid() } != 0;
     if opts.pids && !in_namespace {
@@ -555,25 +400,37 @@ fn run_job(args: &Args, job: &Job, opts: cr::restore::spawn::Options, signal: i3
     let status = pipe();
     let me = std::process::id() as i32;
     let top: Vec<i32> = if in_namespace {
-        let init = spawn::enter_namespace(opts.quiet).unwrap_or_else(|e| {
+        let init = spawn::enter_namespace(opts.quiet, 0).unwrap_or_else(|e| {
             failed(
                 args,
-                classify(e.errno),
+                Class::of(e.errno),
                 e.errno,
                 &format!("restart failed: {}", e.msg),
             )
         });
         if init == 0 {
-            namespace_init(&members, job, opts, notify[1], status[1]);
+            job::namespace_init(
+                &members,
+                job,
+                opts,
+                notify[1],
+                job::InitEnd::Report(status[1]),
+                |roots| {
+                    for (slot, &pid) in CHILDREN.iter().zip(roots) {
+                        slot.store(pid, Ordering::Relaxed);
+                    }
+                    install_forwarding();
+                },
+            );
         }
         CHILDREN[0].store(init, Ordering::Relaxed);
         vec![init]
     } else {
-        create_job(&members, job, opts, notify[1], me).unwrap_or_else(|e| {
+        job::create(&members, job, opts, notify[1], me, 0).unwrap_or_else(|e| {
             kill_created(&read_reports_now(notify[0]));
             failed(
                 args,
-                classify(e.errno),
+                Class::of(e.errno),
                 e.errno,
                 &format!("restart failed: {}", e.msg),
             )
@@ -610,6 +467,7 @@ fn run_job(args: &Args, job: &Job, opts: cr::restore::spawn::Options, signal: i3
                 cr::restore::Report::Created(pid) => created.push(pid),
                 cr::restore::Report::Running(_) => running += 1,
                 cr::restore::Report::Failed(e, m) => failure = Some((e, m)),
+                cr::restore::Report::Top(_) => {}
             }
         }
     }
@@ -625,7 +483,7 @@ fn run_job(args: &Args, job: &Job, opts: cr::restore::spawn::Options, signal: i3
         });
         failed(
             args,
-            classify(errno),
+            Class::of(errno),
             errno,
             &format!("restart failed: {why}"),
         );
@@ -719,94 +577,6 @@ fn descendants(pid: i32) -> Vec<i32> {
         }
     }
     out
-}
-
-/// The init of the restored job's pid namespace (pid 1 there): creates the job, forwards
-/// cr_restart's signals to the eldest, reports its wait status, and reaps until nothing is left
-/// (when it exits, the kernel kills whatever still runs in the namespace).
-fn namespace_init(
-    members: &[cr::restore::spawn::Member],
-    job: &Job,
-    opts: cr::restore::spawn::Options,
-    notify: i32,
-    status: i32,
-) -> ! {
-    use cr::restore::{write_report, Report};
-    let die = |e: cr::restore::RestoreError| -> ! {
-        write_report(notify, &Report::Failed(e.errno, e.msg));
-        // SAFETY: leaving the init; the namespace dies with it.
-        unsafe { libc::_exit(1) }
-    };
-    let roots = create_job(members, job, opts, notify, 1).unwrap_or_else(|e| die(e));
-    // SAFETY: closing the report pipe: the restored processes hold their own copies.
-    unsafe { libc::close(notify) };
-    for (slot, &pid) in CHILDREN.iter().zip(&roots) {
-        slot.store(pid, Ordering::Relaxed);
-    }
-    install_forwarding();
-    let eldest = roots[0];
-    let mut reported = false;
-    loop {
-        let mut st = 0;
-        // SAFETY: reaping children of the init.
-        let r = unsafe { libc::waitpid(-1, &mut st, 0) };
-        if r < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            break;
-        }
-        if r == eldest && !reported {
-            let _ = cr::sys::write_all(status, &st.to_le_bytes());
-            // SAFETY: closing the status pipe.
-            unsafe { libc::close(status) };
-            reported = true;
-        }
-    }
-    // SAFETY: nothing is left in the namespace.
-    unsafe { libc::_exit(0) }
-}
-
-/// Every image file in `dir` (sorted by name); files that are not images are skipped.
-fn images_in(args: &Args, dir: &std::path::Path) -> Vec<(std::fs::File, PathBuf)> {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| {
-            failed(
-                args,
-                Class::Args,
-                e.raw_os_error().unwrap_or(libc::EIO),
-                &format!("{}: {e}", dir.display()),
-            )
-        })
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file())
-        .collect();
-    paths.sort();
-    let images: Vec<_> = paths
-        .into_iter()
-        .filter_map(|p| {
-            let f = std::fs::File::open(&p).ok()?;
-            cr::image::tree::open_all(&f).ok()?;
-            Some((f, p))
-        })
-        .collect();
-    if images.is_empty() {
-        failed(
-            args,
-            Class::Args,
-            libc::ENOENT,
-            &format!("{}: no checkpoint images in this directory", dir.display()),
-        );
-    }
-    if images.len() > MAX_JOB {
-        failed(
-            args,
-            Class::Args,
-            libc::E2BIG,
-            &format!("{}: more than {MAX_JOB} images", dir.display()),
-        );
-    }
-    images
 }
 
 /// The fail-args hook when clap rejected the arguments (so `Args` could not be built).

@@ -111,6 +111,10 @@ pub const REC_WARNING: u32 = 7;
 pub const REC_PIPE_DATA: u32 = 8;
 /// Record: [`FileDataRec`], followed by the contents of an unlinked open file.
 pub const REC_FILE_DATA: u32 = 9;
+/// Record (optional): `tree::ShareRec[n]`, open file descriptions shared between the processes
+/// of a forwarded checkpoint whose images follow this one back to back (`proc` 0 = this image,
+/// then each following image in order); only in the first image. Several records append.
+pub const REC_SHARES: u32 = REC_OPTIONAL | 10;
 /// Last record.
 pub const REC_END: u32 = 0xffff;
 

@@ -121,6 +121,9 @@ pub struct Image {
     pub file_data: Vec<((u64, u64), Vec<u8>)>,
     /// File offset where this image starts (0 unless it is one process of a tree image).
     pub base: u64,
+    /// Descriptions shared with the images that follow this one back to back (a forwarded
+    /// checkpoint; `proc` counts from this image = 0).
+    pub shares: Vec<crate::image::tree::ShareRec>,
 }
 
 fn read_pod<T: bytemuck::Pod>(bytes: &[u8], what: &str) -> Result<T, ImageError> {
@@ -219,6 +222,7 @@ impl Image {
             pipe_data: Vec::new(),
             file_data: Vec::new(),
             base,
+            shares: Vec::new(),
         };
         img.parse_meta(&meta)?;
         img.check_extents()?;
@@ -287,6 +291,13 @@ impl Image {
                 REC_WARNING => self
                     .warnings
                     .push(String::from_utf8_lossy(body).into_owned()),
+                REC_SHARES => {
+                    let n = len / core::mem::size_of::<crate::image::tree::ShareRec>();
+                    for i in 0..n {
+                        let at = i * core::mem::size_of::<crate::image::tree::ShareRec>();
+                        self.shares.push(read_pod(&body[at..], "shares")?);
+                    }
+                }
                 REC_END => break,
                 k if k & REC_OPTIONAL != 0 => {} // detail a newer writer added: skip
                 other => return Err(ImageError::Malformed(format!("unknown record {other}"))),

@@ -1,4 +1,4 @@
-//! The restart loader behind `cr_restart` (and later `cr_request_restart`).
+//! The restart loader behind `cr_restart` and `cr_request_restart`.
 //!
 //! The parent validates the image ([`preflight`]); a forked child then rebuilds the process in
 //! itself ([`run`]): file descriptors (`fds`), working directory, umask, memory (`memory`),
@@ -6,6 +6,7 @@
 //! `trampoline`, which swaps the address space and enters the restored agent.
 
 pub mod fds;
+pub mod job;
 pub mod memory;
 pub mod pool;
 pub mod relocate;
@@ -170,6 +171,10 @@ pub enum Report {
     Running(i32),
     /// `E`: restoring a process failed (errno, one line).
     Failed(i32, String),
+    /// `T`: the process the requester of `cr_request_restart` knows the job by (its pid as the
+    /// requester sees it): the eldest root, its child; or the init of the job's private pid
+    /// namespace, its child too, which ends as the eldest does.
+    Top(i32),
 }
 
 /// Writes one report in a single `write` (atomic on a pipe): `P`/`R` + pid, or `E` + errno +
@@ -183,6 +188,10 @@ pub fn write_report(fd: i32, r: &Report) {
         }
         Report::Running(pid) => {
             b.push(b'R');
+            b.extend_from_slice(&pid.to_le_bytes());
+        }
+        Report::Top(pid) => {
+            b.push(b'T');
             b.extend_from_slice(&pid.to_le_bytes());
         }
         Report::Failed(e, msg) => {
@@ -204,12 +213,12 @@ pub fn parse_reports(bytes: &[u8]) -> (Vec<Report>, usize) {
         let rest = &bytes[at..];
         let int = |o: usize| i32::from_le_bytes([rest[o], rest[o + 1], rest[o + 2], rest[o + 3]]);
         match rest[0] {
-            b'P' | b'R' if rest.len() >= 5 => {
+            b'P' | b'R' | b'T' if rest.len() >= 5 => {
                 let pid = int(1);
-                out.push(if rest[0] == b'P' {
-                    Report::Created(pid)
-                } else {
-                    Report::Running(pid)
+                out.push(match rest[0] {
+                    b'P' => Report::Created(pid),
+                    b'R' => Report::Running(pid),
+                    _ => Report::Top(pid),
                 });
                 at += 5;
             }
@@ -224,7 +233,7 @@ pub fn parse_reports(bytes: &[u8]) -> (Vec<Report>, usize) {
                 ));
                 at += 7 + len;
             }
-            b'P' | b'R' | b'E' => break,
+            b'P' | b'R' | b'T' | b'E' => break,
             _ => {
                 out.push(Report::Failed(libc::EIO, "garbled restart report".into()));
                 at = bytes.len();

@@ -476,8 +476,9 @@ fn write_file(path: &str, text: &str) -> std::io::Result<()> {
 
 /// Starts the init of a new user + pid namespace (with its own mount namespace and `/proc`) in
 /// which every pid is free; cr_restart's uid and gid map to themselves, so files and
-/// permissions look the same. Returns the init's pid in the parent, 0 in the init.
-pub fn enter_namespace(quiet: bool) -> Result<i32, RestoreError> {
+/// permissions look the same. `extra_flags` go to `clone3` too (`CLONE_PARENT`: the init becomes
+/// a child of the caller's parent). Returns the init's pid in the caller, 0 in the init.
+pub fn enter_namespace(quiet: bool, extra_flags: u64) -> Result<i32, RestoreError> {
     let mut sync = [0i32; 2];
     // SAFETY: pipe2 with a valid array.
     if unsafe { libc::pipe2(sync.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -485,7 +486,7 @@ pub fn enter_namespace(quiet: bool) -> Result<i32, RestoreError> {
     }
     // SAFETY: geteuid/getegid have no preconditions.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    let flags = (libc::CLONE_NEWUSER | libc::CLONE_NEWPID) as u64;
+    let flags = (libc::CLONE_NEWUSER | libc::CLONE_NEWPID) as u64 | extra_flags;
     let pid = clone_process(None, flags).map_err(|e| {
         RestoreError::new(
             e,
@@ -524,9 +525,11 @@ pub fn enter_namespace(quiet: bool) -> Result<i32, RestoreError> {
         libc::close(sync[1]);
     }
     if let Err(e) = res {
-        let mut status = 0;
-        // SAFETY: reaping the child that exits on the closed pipe.
-        unsafe { libc::waitpid(pid, &mut status, 0) };
+        if extra_flags & libc::CLONE_PARENT as u64 == 0 {
+            let mut status = 0;
+            // SAFETY: reaping the child that exits on the closed pipe.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+        }
         return Err(RestoreError::new(
             e.raw_os_error().unwrap_or(libc::EPERM),
             format!("cannot map our user id into the new namespace: {e}"),
