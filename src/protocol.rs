@@ -175,18 +175,62 @@ pub fn own_identity() -> (u64, i32) {
 /// its pid namespace and its pid inside that namespace (the last `NSpid` entry). A process that
 /// cr_restart restored into its own pid namespace listens under its original pid there.
 pub fn target_identity(pid: i32) -> (u64, i32) {
-    let ns = std::fs::read_link(format!("/proc/{pid}/ns/pid"))
-        .map(|l| ns_inode(l.as_os_str().as_encoded_bytes()))
-        .unwrap_or(0);
-    let inner = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("NSpid:"))
-                .and_then(|v| v.split_whitespace().last().and_then(|p| p.parse().ok()))
-        })
-        .unwrap_or(pid);
-    (ns, inner)
+    let nspids = ns_pids(pid);
+    let inner = nspids.last().copied().unwrap_or(pid);
+    (pid_ns_of(pid, nspids.len()), inner)
+}
+
+/// The `NSpid` entries of `pid` (outermost first) and its parent, from `/proc/PID/status`.
+fn status_ids(pid: i32) -> (Vec<i32>, i32) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or("")
+    };
+    let ids = field("NSpid:")
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    (ids, field("PPid:").trim().parse().unwrap_or(0))
+}
+
+fn ns_pids(pid: i32) -> Vec<i32> {
+    status_ids(pid).0
+}
+
+/// The inode of `pid`'s pid namespace. A process that is not dumpable (`PR_SET_DUMPABLE` 0)
+/// hides its `ns/pid` link from other processes of its user: then the nearest ancestor at the
+/// same namespace depth (so in the same namespace; e.g. the init of cr_restart's namespace) or,
+/// at depth 1, our own namespace answers.
+fn pid_ns_of(pid: i32, depth: usize) -> u64 {
+    let link = |p: i32| {
+        std::fs::read_link(format!("/proc/{p}/ns/pid"))
+            .ok()
+            .map(|l| ns_inode(l.as_os_str().as_encoded_bytes()))
+    };
+    if let Some(ns) = link(pid) {
+        return ns;
+    }
+    let mut p = status_ids(pid).1;
+    while p > 0 {
+        let (ids, parent) = status_ids(p);
+        if ids.len() < depth {
+            break;
+        }
+        if ids.len() == depth {
+            if let Some(ns) = link(p) {
+                return ns;
+            }
+        }
+        p = parent;
+    }
+    if depth == 1 {
+        own_identity().0
+    } else {
+        0
+    }
 }
 
 /// Builds the abstract socket address `@libcr-ctl.<ns>.<pid>`; returns it and its length.

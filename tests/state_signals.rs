@@ -1,6 +1,7 @@
 //! Signal and per-thread kernel state across checkpoint/restart, through the real tools, with
 //! self-verifying programs: `c-tests/pending.c` (pending signals, private and process-wide,
-//! standard and queued real-time ones with their siginfo).
+//! standard and queued real-time ones with their siginfo), `c-tests/prctl.c` (per-thread and
+//! per-process `prctl` settings, thread names and the personality).
 //!
 //! Each case runs the usual cycle (checkpoint `--term`, restart, GO, PASS); the `_continues`
 //! cases check that a checkpoint leaves the original's state alone (a checkpoint without
@@ -45,13 +46,28 @@ fn unprivileged(name: &str) {
 
 /// Two generations: the restored process is checkpointed again before GO.
 fn chain(name: &str) {
-    let sc = Scenario::new(&format!("chain-{name}"));
+    chain_in(&Scenario::new(&format!("chain-{name}")), name);
+}
+
+/// [`chain`] as nobody (restored in cr_restart's namespace, checkpointed there again).
+fn chain_unprivileged(name: &str) {
+    if !is_root() {
+        println!("note: not root: the plain chain already runs unprivileged");
+        return;
+    }
+    chain_in(
+        &Scenario::as_user(&format!("nobody-chain-{name}"), NOBODY),
+        name,
+    );
+}
+
+fn chain_in(sc: &Scenario, name: &str) {
     let mut gen1 = sc.start_program(name);
     let img1 = sc.checkpoint(gen1.pid(), &["--term"]);
     gen1.expect_signal(SIGTERM, DEATH_TIMEOUT);
     let mut gen2 = sc.restart(&img1);
     let pid2 = gen2.wait_child(READY_TIMEOUT);
-    wait_address_space_switched(&sc, pid2, Duration::from_secs(10));
+    wait_address_space_switched(sc, pid2, Duration::from_secs(10));
     let img2 = sc.checkpoint_restored(pid2, &["--term"]);
     gen2.expect_signal(SIGTERM, DEATH_TIMEOUT);
     sc.go();
@@ -82,4 +98,36 @@ fn pending_signals_unprivileged() {
 #[test]
 fn pending_signals_chain() {
     chain("pending");
+}
+
+// ---------------------------------------------------------------------------------------------
+// prctl settings and personality
+// ---------------------------------------------------------------------------------------------
+
+/// Per thread: names, timer slack, parent-death signal, no_new_privs, keep-caps, personality;
+/// per process: dumpable, child subreaper, THP disable.
+#[test]
+fn prctl_state() {
+    cycle(&Scenario::new("prctl"), "prctl");
+}
+
+#[test]
+fn prctl_state_continues() {
+    continues("prctl");
+}
+
+#[test]
+fn prctl_state_unprivileged() {
+    unprivileged("prctl");
+}
+
+#[test]
+fn prctl_state_chain() {
+    chain("prctl");
+}
+
+/// Not dumpable, as nobody, in cr_restart's namespace: cr_checkpoint still finds the process.
+#[test]
+fn prctl_state_unprivileged_chain() {
+    chain_unprivileged("prctl");
 }

@@ -477,6 +477,7 @@ fn serve(conn: i32) {
 }
 
 fn serve_request(conn: i32, req: Request, img_fd: i32) {
+    let _dumpable = super::process::Dumpable::for_request();
     super::forward::begin(req.flags, req.requester, req.signal);
     if req.flags & (protocol::FLAG_API | protocol::FLAG_BARRIER) == protocol::FLAG_API
         && req.scope != crate::api::types::CR_SCOPE_PROC

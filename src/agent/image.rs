@@ -183,6 +183,7 @@ fn write_image(job: &Job) -> Result<u64, (u32, Errno)> {
     // SAFETY: the control thread keeps the scratch alive for the whole call.
     let scratch = unsafe { &*job.scratch };
     process::capture_signals_and_timers();
+    process::capture_prctl();
     quiesce::CAPTURE_NS.store(sys::monotonic_ns(), Release);
     let full = |_| (1, Errno(libc::ENOMEM));
 

@@ -1,6 +1,8 @@
 //! Process-wide state: identity, mm fields, auxv, cwd, umask, rlimits (into the image, for the
-//! restart loader), and signal dispositions and interval timers (kept in agent memory, which the
-//! image carries, for the restored agent to re-apply).
+//! restart loader), and signal dispositions, interval timers and `prctl` settings (kept in agent
+//! memory, which the image carries, for the restored agent to re-apply); the `prctl` settings and
+//! the personality the kernel keeps per thread are captured and re-applied by each thread
+//! ([`ThreadState`]).
 
 use crate::image::format::{MmFields, ProcessRec};
 use crate::sys::{self, Errno};
@@ -98,6 +100,204 @@ pub fn restore_timers() {
         let v: [i64; 4] = core::array::from_fn(|i| row[i].load(Relaxed));
         if v.iter().any(|&x| x != 0) {
             let _ = sys::sys3(libc::SYS_setitimer as usize, which, v.as_ptr() as usize, 0);
+        }
+    }
+}
+
+fn prctl(op: i32, a: usize) -> sys::SysResult {
+    sys::sys6(libc::SYS_prctl as usize, op as usize, a, 0, 0, 0, 0)
+}
+
+/// `prctl(op, &int)`: a setting the kernel writes through a pointer.
+fn prctl_get_int(op: i32) -> Option<i32> {
+    let mut v: i32 = 0;
+    prctl(op, &mut v as *mut i32 as usize).ok().map(|_| v)
+}
+
+/// Says on the program's stderr that a setting could not be restored (the restart goes on).
+fn warn_restore(what: &[u8], value: u64, e: sys::Errno) {
+    let mut m = sys::StackBuf::<160>::new();
+    m.push(b"libcr: warning: restart: ")
+        .push(what)
+        .push(b" ")
+        .num(value)
+        .push(b" not restored (errno ")
+        .num(e.0 as u64)
+        .push(b")\n");
+    let _ = sys::write_all(2, m.as_bytes());
+}
+
+/// Unset marker of a captured setting (never a valid value).
+const UNSET: u64 = u64::MAX;
+
+/// What the kernel keeps per thread and memory does not carry: timer slack, parent-death signal,
+/// `no_new_privs`, keep-capabilities and the personality. Each thread captures its own while it
+/// is stopped and re-applies it in the restored process.
+pub struct ThreadState {
+    timer_slack: AtomicU64,
+    pdeathsig: AtomicU64,
+    no_new_privs: AtomicU64,
+    keepcaps: AtomicU64,
+    personality: AtomicU64,
+}
+
+impl ThreadState {
+    /// Nothing captured.
+    pub const fn new() -> Self {
+        ThreadState {
+            timer_slack: AtomicU64::new(UNSET),
+            pdeathsig: AtomicU64::new(UNSET),
+            no_new_privs: AtomicU64::new(UNSET),
+            keepcaps: AtomicU64::new(UNSET),
+            personality: AtomicU64::new(UNSET),
+        }
+    }
+
+    /// Records the calling thread's settings (raw system calls only).
+    pub fn capture(&self) {
+        let got = |r: sys::SysResult| r.map_or(UNSET, |v| v as u64);
+        self.timer_slack
+            .store(got(prctl(libc::PR_GET_TIMERSLACK, 0)), Relaxed);
+        self.pdeathsig.store(
+            prctl_get_int(libc::PR_GET_PDEATHSIG).map_or(UNSET, |v| v as u64),
+            Relaxed,
+        );
+        self.no_new_privs
+            .store(got(prctl(libc::PR_GET_NO_NEW_PRIVS, 0)), Relaxed);
+        self.keepcaps
+            .store(got(prctl(libc::PR_GET_KEEPCAPS, 0)), Relaxed);
+        self.personality.store(
+            got(sys::sys3(libc::SYS_personality as usize, 0xffff_ffff, 0, 0)),
+            Relaxed,
+        );
+    }
+
+    /// Applies the recorded settings to the calling thread (restored process); a setting the
+    /// kernel refuses is reported on stderr and left as it is.
+    pub fn restore(&self) {
+        let want = |a: &AtomicU64| Some(a.load(Relaxed)).filter(|&v| v != UNSET);
+        if let Some(v) = want(&self.timer_slack) {
+            if let Err(e) = prctl(libc::PR_SET_TIMERSLACK, v as usize) {
+                warn_restore(b"timer slack", v, e);
+            }
+        }
+        if let Some(v) = want(&self.pdeathsig) {
+            if let Err(e) = prctl(libc::PR_SET_PDEATHSIG, v as usize) {
+                warn_restore(b"parent-death signal", v, e);
+            }
+        }
+        if let Some(v) = want(&self.keepcaps) {
+            if let Err(e) = prctl(libc::PR_SET_KEEPCAPS, v as usize) {
+                warn_restore(b"PR_SET_KEEPCAPS", v, e);
+            }
+        }
+        if let Some(v) = want(&self.personality) {
+            if let Err(e) = sys::sys3(libc::SYS_personality as usize, v as usize, 0, 0) {
+                warn_restore(b"personality", v, e);
+            }
+        }
+        if let Some(v) = want(&self.no_new_privs) {
+            // Only ever set: the kernel has no way back (a restarter that runs with it set
+            // keeps it for the program).
+            let now = prctl(libc::PR_GET_NO_NEW_PRIVS, 0).unwrap_or(0) as u64;
+            if v != now {
+                let r = if v == 1 {
+                    prctl(libc::PR_SET_NO_NEW_PRIVS, 1)
+                } else {
+                    Err(sys::Errno(libc::EPERM))
+                };
+                if let Err(e) = r {
+                    warn_restore(b"no_new_privs", v, e);
+                }
+            }
+        }
+    }
+}
+
+impl Default for ThreadState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Process-wide `prctl` settings at checkpoint time: dumpable, child subreaper, THP disable
+/// (as `PR_GET_THP_DISABLE` reports it, flags included).
+static PROCESS_PRCTL: [AtomicU64; 3] = [const { AtomicU64::new(UNSET) }; 3];
+
+/// `PR_GET_DUMPABLE` when the current request began (before [`Dumpable`] changed it).
+static DUMPABLE_AT_REQUEST: AtomicU64 = AtomicU64::new(UNSET);
+
+/// While alive, a process that was not dumpable (`PR_SET_DUMPABLE` 0) is: the kernel makes
+/// `/proc/self` files of a non-dumpable process root's, so the agent could not read its own
+/// `auxv`, `pagemap` or `task/*/syscall`, nor `cr_checkpoint` find its pid namespace. The image
+/// goes to the requester, who may read the memory anyway (same user or root). Restored to 0 when
+/// dropped (also in a restored process, whose control thread leaves the request through here).
+pub struct Dumpable {
+    restore: bool,
+}
+
+impl Dumpable {
+    /// Records the setting and makes the process dumpable if it was 0 (2, root-only core
+    /// dumps, is left alone: it could not be set back).
+    pub fn for_request() -> Self {
+        let cur = prctl(libc::PR_GET_DUMPABLE, 0).map_or(UNSET, |v| v as u64);
+        DUMPABLE_AT_REQUEST.store(cur, Relaxed);
+        Dumpable {
+            restore: cur == 0 && prctl(libc::PR_SET_DUMPABLE, 1).is_ok(),
+        }
+    }
+}
+
+impl Drop for Dumpable {
+    fn drop(&mut self) {
+        if self.restore {
+            let _ = prctl(libc::PR_SET_DUMPABLE, 0);
+        }
+    }
+}
+
+/// Records the process-wide `prctl` settings in agent memory.
+pub fn capture_prctl() {
+    let got = |r: sys::SysResult| r.map_or(UNSET, |v| v as u64);
+    let dumpable = match DUMPABLE_AT_REQUEST.load(Relaxed) {
+        UNSET => got(prctl(libc::PR_GET_DUMPABLE, 0)),
+        v => v,
+    };
+    PROCESS_PRCTL[0].store(dumpable, Relaxed);
+    PROCESS_PRCTL[1].store(
+        prctl_get_int(libc::PR_GET_CHILD_SUBREAPER).map_or(UNSET, |v| v as u64),
+        Relaxed,
+    );
+    PROCESS_PRCTL[2].store(got(prctl(libc::PR_GET_THP_DISABLE, 0)), Relaxed);
+}
+
+/// Re-applies the process-wide `prctl` settings (restored process). `PR_GET_DUMPABLE` may say 2
+/// (`suid_dumpable`), which `PR_SET_DUMPABLE` refuses: that is reported on stderr.
+pub fn restore_prctl() {
+    let want = |i: usize| Some(PROCESS_PRCTL[i].load(Relaxed)).filter(|&v| v != UNSET);
+    if let Some(v) = want(0) {
+        if let Err(e) = prctl(libc::PR_SET_DUMPABLE, v as usize) {
+            warn_restore(b"PR_SET_DUMPABLE", v, e);
+        }
+    }
+    if let Some(v) = want(1) {
+        if let Err(e) = prctl(libc::PR_SET_CHILD_SUBREAPER, v as usize) {
+            warn_restore(b"PR_SET_CHILD_SUBREAPER", v, e);
+        }
+    }
+    if let Some(v) = want(2) {
+        // Bit 0: disabled; the other bits are the flags PR_SET_THP_DISABLE takes as arg3.
+        let r = sys::sys6(
+            libc::SYS_prctl as usize,
+            libc::PR_SET_THP_DISABLE as usize,
+            (v & 1) as usize,
+            (v & !1) as usize,
+            0,
+            0,
+            0,
+        );
+        if let Err(e) = r {
+            warn_restore(b"PR_SET_THP_DISABLE", v, e);
         }
     }
 }

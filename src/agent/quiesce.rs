@@ -46,6 +46,8 @@ pub struct Slot {
     pub is_control: AtomicU32,
     /// Thread name (`comm`), 16 bytes.
     pub comm: [AtomicU64; 2],
+    /// What else the kernel keeps for this thread (timer slack, personality, ...).
+    pub kstate: super::process::ThreadState,
     pre_nr: AtomicI64,
     pre_pc: AtomicUsize,
     entry_ns: AtomicU64,
@@ -66,6 +68,7 @@ impl Slot {
             robust_len: AtomicUsize::new(0),
             is_control: AtomicU32::new(0),
             comm: [AtomicU64::new(0), AtomicU64::new(0)],
+            kstate: super::process::ThreadState::new(),
             pre_nr: AtomicI64::new(-1),
             pre_pc: AtomicUsize::new(0),
             entry_ns: AtomicU64::new(0),
@@ -196,6 +199,7 @@ fn handle(uc: *mut libc::ucontext_t) {
     );
     slot.robust_head.store(head, Relaxed);
     slot.robust_len.store(len, Relaxed);
+    slot.kstate.capture();
     let fixup = detect_interrupted_call(slot, uc);
 
     // The thread's signal-context callbacks (if it has any) run here; the innermost
@@ -506,6 +510,7 @@ pub fn quiesce(buf: &mut DirBuf, timeout_ns: u64) -> Result<(), QuiesceError> {
     control.is_control.store(1, Relaxed);
     control.state.store(PARKED, Relaxed);
     control.fs_base.store(sys::get_fs_base(), Relaxed);
+    control.kstate.capture();
     read_comm(me, control);
     NSLOTS.store(1, Release);
     ARRIVED.store(0, Release);

@@ -4,11 +4,12 @@
 //! State of the process when [`restart_entry`] runs: memory is the image's, `fs` is the leader
 //! thread's TLS, every signal is blocked, no other thread exists, and the kernel still carries
 //! nothing of the program's per-thread registrations. Here the agent:
-//! 1. re-installs the program's signal dispositions;
+//! 1. re-installs the program's signal dispositions and process-wide `prctl` settings;
 //! 2. for every other thread, `clone`s a thread with that thread's TLS (`CLONE_SETTLS`), glibc's
 //!    tid field as `CLONE_CHILD_SETTID` (fixes the cached tid) and `CLONE_CHILD_CLEARTID` (so
 //!    `pthread_join` works), on the unused part of that thread's own stack;
 //! 3. each thread (the leader too) re-registers its robust futex list and rseq area, names itself,
+//!    re-applies its timer slack, parent-death signal, `no_new_privs`, keep-caps and personality,
 //!    queues its pending signals again (the leader also the process-wide ones), and jumps back into its saved context with `arch::resume`, which returns from
 //!    `save_and_call` in the signal handler (or in the control thread) with `RESUMED`.
 //!
@@ -68,6 +69,7 @@ pub unsafe extern "C" fn restart_entry(info: *const RestartInfo) -> ! {
     crate::api::on_restart(info.restarter_pid as i32, src);
 
     super::process::restore_signals();
+    super::process::restore_prctl();
     ALL_CLONED.store(0, Release);
     PREPARED.store(0, Release);
     let leader = LEADER.load(Relaxed);
@@ -185,6 +187,7 @@ fn prepare_thread(idx: usize, leader: bool) {
         name.as_ptr() as usize,
         0,
     );
+    s.kstate.restore();
     // Every signal is still blocked here: what is queued stays pending until the thread's own
     // mask comes back with its context.
     super::pending::requeue(idx, leader);
