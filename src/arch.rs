@@ -1,5 +1,9 @@
 //! x86-64 context primitives: the only assembly besides the restart trampoline.
 //!
+//! [`call_preserving_fpu`] wraps `cr_checkpoint()`: a callback's x87/SSE/AVX state is saved with
+//! XSAVE on its own stack before and restored after, in the process that continues and in a
+//! restored one (where the thread comes back through the same frame).
+//!
 //! A thread that takes part in a checkpoint calls [`save_and_call`]: it pushes its callee-saved
 //! registers (and MXCSR / x87 control word), records its stack pointer in a slot and calls a
 //! function on the same stack. In the original process that function returns normally and so does
@@ -100,6 +104,61 @@ global_asm!(
     "ret",
     ".size cr_arch_clone3_thread, .-cr_arch_clone3_thread",
     "",
+    ".globl cr_arch_call_preserving_fpu",
+    ".type cr_arch_call_preserving_fpu,@function",
+    "cr_arch_call_preserving_fpu:",
+    // rdi = fn(usize) -> usize, rsi = its argument, rdx = XSAVE feature mask (0: FXSAVE),
+    // rcx = size of the save area. The area is 64-byte aligned on this stack, below the frame.
+    "push rbp",
+    "mov rbp, rsp",
+    "push rbx",
+    "push r12",
+    "mov rbx, rdx",
+    "mov r12, rdi",
+    "sub rsp, rcx",
+    "and rsp, -64",
+    // XRSTOR (standard form) wants the header's XCOMP_BV and reserved bytes zero; XSAVE only
+    // writes XSTATE_BV.
+    "xor eax, eax",
+    "mov [rsp+512], rax",
+    "mov [rsp+520], rax",
+    "mov [rsp+528], rax",
+    "mov [rsp+536], rax",
+    "mov [rsp+544], rax",
+    "mov [rsp+552], rax",
+    "mov [rsp+560], rax",
+    "mov [rsp+568], rax",
+    "test rbx, rbx",
+    "jz 5f",
+    "mov eax, ebx",
+    "mov rdx, rbx",
+    "shr rdx, 32",
+    "xsave64 [rsp]",
+    "jmp 6f",
+    "5:",
+    "fxsave64 [rsp]",
+    "6:",
+    "mov rdi, rsi",
+    "call r12",
+    "mov r12, rax",
+    "test rbx, rbx",
+    "jz 7f",
+    "mov eax, ebx",
+    "mov rdx, rbx",
+    "shr rdx, 32",
+    "xrstor64 [rsp]",
+    "jmp 8f",
+    "7:",
+    "fxrstor64 [rsp]",
+    "8:",
+    "mov rax, r12",
+    "lea rsp, [rbp-16]",
+    "pop r12",
+    "pop rbx",
+    "pop rbp",
+    "ret",
+    ".size cr_arch_call_preserving_fpu, .-cr_arch_call_preserving_fpu",
+    "",
     ".globl cr_arch_restorer",
     ".type cr_arch_restorer,@function",
     "cr_arch_restorer:",
@@ -119,6 +178,12 @@ extern "C" {
     ) -> usize;
     fn cr_arch_resume(rsp: usize, value: usize) -> !;
     fn cr_arch_restorer();
+    fn cr_arch_call_preserving_fpu(
+        f: extern "C" fn(usize) -> usize,
+        arg: usize,
+        mask: u64,
+        size: usize,
+    ) -> usize;
     fn cr_arch_clone3_thread(args: *const CloneArgs, size: usize, arg: usize) -> isize;
     fn cr_arch_clone_thread(
         flags: usize,
@@ -221,4 +286,44 @@ pub unsafe fn clone3_thread(args: &CloneArgs, arg: usize) -> isize {
 /// that rewrites other handlers' `sa_restorer` cannot break it).
 pub fn sigreturn_restorer() -> usize {
     cr_arch_restorer as *const () as usize
+}
+
+/// XSAVE components never saved by [`call_preserving_fpu`]: AMX tile config and data (bits 17,
+/// 18), which the kernel keeps disabled (XFD) until a program asks for them, and whose 8 KiB would
+/// not fit a small thread stack.
+const XSAVE_SKIP: u64 = (1 << 17) | (1 << 18);
+
+/// The XSAVE feature mask (XCR0 without [`XSAVE_SKIP`]) and the size of a standard-format save
+/// area for it; `(0, 512)` (FXSAVE) on a CPU or kernel without XSAVE.
+pub fn xsave_layout() -> (u64, usize) {
+    let c = core::arch::x86_64::__cpuid_count(1, 0);
+    if c.ecx & (1 << 27) == 0 {
+        return (0, 512);
+    }
+    let (lo, hi): (u32, u32);
+    // SAFETY: OSXSAVE is set, so xgetbv with ecx=0 is valid.
+    unsafe {
+        core::arch::asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack))
+    };
+    let mask = (((hi as u64) << 32) | lo as u64) & !XSAVE_SKIP;
+    // Legacy area and header; each further component at its fixed standard-format offset.
+    let mut size = 576usize;
+    for i in 2..63 {
+        if mask & (1 << i) != 0 {
+            let d = core::arch::x86_64::__cpuid_count(0xd, i);
+            size = size.max(d.ebx as usize + d.eax as usize);
+        }
+    }
+    (mask, size)
+}
+
+/// Calls `f(arg)` with the x87/SSE/AVX state (registers, x87 stack, MXCSR, control words) saved
+/// on this thread's stack before and restored after, so the caller finds it exactly as it left
+/// it. The area is part of the thread's stack, so a thread re-created at restart that returns
+/// through here gets the state it had when it called (`cr_checkpoint()` inside a callback).
+pub fn call_preserving_fpu(f: extern "C" fn(usize) -> usize, arg: usize) -> usize {
+    let (mask, size) = xsave_layout();
+    // SAFETY: the assembly keeps the SysV ABI (callee-saved registers, the stack) and only
+    // writes the save area it allocates below its own frame.
+    unsafe { cr_arch_call_preserving_fpu(f, arg, mask, size + 64) }
 }

@@ -1,7 +1,8 @@
 //! Signal and per-thread kernel state across checkpoint/restart, through the real tools, with
 //! self-verifying programs: `c-tests/pending.c` (pending signals, private and process-wide,
 //! standard and queued real-time ones with their siginfo), `c-tests/prctl.c` (per-thread and
-//! per-process `prctl` settings, thread names and the personality).
+//! per-process `prctl` settings, thread names and the personality), `c-tests/fpu_callback.c`
+//! (a callback's x87/SSE/AVX state across its `cr_checkpoint()`; linked with libcr).
 //!
 //! Each case runs the usual cycle (checkpoint `--term`, restart, GO, PASS); the `_continues`
 //! cases check that a checkpoint leaves the original's state alone (a checkpoint without
@@ -12,6 +13,8 @@
 mod common;
 
 use common::*;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// Checkpoint `--term`, GO, restart: PASS.
@@ -130,4 +133,66 @@ fn prctl_state_chain() {
 #[test]
 fn prctl_state_unprivileged_chain() {
     chain_unprivileged("prctl");
+}
+
+// ---------------------------------------------------------------------------------------------
+// FPU state across cr_checkpoint() in callbacks
+// ---------------------------------------------------------------------------------------------
+
+/// `c-tests/NAME.c` linked with libcr (`-lcr`, rpath to the build's library), built into the
+/// scenario's `bin/`.
+fn build_linked(sc: &Scenario, name: &str) -> PathBuf {
+    let out = sc.root().join("bin").join(name);
+    let lib = lib_dir();
+    let res = Command::new("gcc")
+        .args(["-O2", "-Wall", "-Wextra", "-I"])
+        .arg(include_dir())
+        .arg("-o")
+        .arg(&out)
+        .arg(c_tests_dir().join(format!("{name}.c")))
+        .arg(format!("-L{}", lib.display()))
+        .arg("-lcr")
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run gcc for {name}: {e}"));
+    assert!(
+        res.status.success(),
+        "building {name} failed:\n{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    out
+}
+
+/// The linked program `name`, started plainly (the agent is linked in); READY seen.
+fn start_linked(sc: &Scenario, name: &str) -> Job {
+    let exe = build_linked(sc, name);
+    let mut job = sc.start(name, sc.command(&[exe]));
+    job.wait_ready();
+    job
+}
+
+/// A signal-context and a thread-context callback leave values on the x87 stack, set the x87
+/// control word and MXCSR and fill XMM/YMM0-15, then call cr_checkpoint(): after a restart
+/// they find all of it again.
+#[test]
+fn fpu_state_in_callbacks() {
+    let sc = Scenario::new("fpu-callback");
+    let job = start_linked(&sc, "fpu_callback");
+    sc.checkpoint_term_restart_pass(job);
+}
+
+/// The same in the process that continues after the checkpoint (and its restored copy).
+#[test]
+fn fpu_state_in_callbacks_continues() {
+    let sc = Scenario::new("fpu-callback-continues");
+    let mut orig = start_linked(&sc, "fpu_callback");
+    let img = sc.checkpoint(orig.pid(), &[]);
+    orig.assert_running("after a checkpoint without --term");
+    let mut copy = sc.restart_with(&img, &["--no-restore-pid"]);
+    let pid2 = copy.wait_child(READY_TIMEOUT);
+    wait_address_space_switched(&sc, pid2, Duration::from_secs(10));
+    sc.go();
+    orig.expect_pass(RESTART_TIMEOUT);
+    copy.expect_pass(RESTART_TIMEOUT);
 }

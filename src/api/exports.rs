@@ -247,7 +247,15 @@ pub extern "C" fn cr_status() -> c_int {
 /// From a callback: 0 = continuing, >0 = restarted (the restarter's pid), <0 = -errno.
 #[no_mangle]
 pub extern "C" fn cr_checkpoint(flags: c_int) -> c_int {
-    guard(-types::CR_ENOTCB, || callbacks::checkpoint(flags))
+    // The callback's FPU/vector state, x87 stack and control words included, is what it was at
+    // this call when it returns, also after a restart.
+    crate::arch::call_preserving_fpu(checkpoint_entry, flags as u32 as usize) as u32 as c_int
+}
+
+extern "C" fn checkpoint_entry(flags: usize) -> usize {
+    guard(-types::CR_ENOTCB, || {
+        callbacks::checkpoint(flags as u32 as c_int)
+    }) as u32 as usize
 }
 
 /// From a callback before its `cr_checkpoint()`: the request's details; NULL elsewhere.
