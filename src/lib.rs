@@ -4,7 +4,9 @@
 //! - [`agent`]: runs inside the checkpointed program (control thread, quiesce, image writer,
 //!   restart continuation);
 //! - [`image`]: the versioned, checksummed image format (one writer, one reader);
-//! - [`restore`]: the restart loader used by `cr_restart` (validate, rebuild, trampoline);
+//! - [`checkpoint`]: the checkpoint coordinator the tools share (scope, consistent cut, commit);
+//! - [`restore`]: the restart loader used by `cr_restart` and `cr_request_restart` (validate,
+//!   rebuild, trampoline);
 //! - [`api`]: BLCR's C API;
 //! - [`protocol`]: what the tools and the agent say to each other;
 //! - [`sys`] and [`arch`]: the raw syscall layer and the few lines of assembly.
@@ -14,6 +16,7 @@
 pub mod agent;
 pub mod api;
 pub mod arch;
+pub mod checkpoint;
 pub mod image;
 pub mod protocol;
 pub mod restore;

@@ -1,0 +1,973 @@
+//! One checkpoint in progress: the connections to the agents, the consistent cut (every process
+//! stopped before any is written), the manifest, the images, the commit, the post-checkpoint
+//! signal and the release. A [`Cut`] that ends without being committed releases every process
+//! it stopped (stopping again those it continued) and removes its partial files, so every `?`
+//! leaves the programs running as before and earlier images untouched.
+
+use super::dest::{self, Out};
+use super::procfs::{
+    agent_coming, children, comm, ended, exit_status, is_waiting_restarter, ourselves, outer_pid,
+    state_of,
+};
+use super::{CheckpointError, Note, Options, Outcome, Saved};
+use crate::image::tree::{ShareRec, ZombieRec, ZOMBIE_SIGCHLD_DUE};
+use crate::protocol::{self, Request};
+use crate::tool::strerror;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// BLCR's `CR_ENOSUPPORT`: a process without checkpoint support.
+const CR_ENOSUPPORT: i32 = crate::api::types::CR_ENOSUPPORT;
+/// How long to wait for a process that cr_restart is still restoring.
+const RESTORE_WAIT: Duration = Duration::from_secs(60);
+/// How long a process that is loading the agent may take to open its control socket.
+const AGENT_START_WAIT: Duration = Duration::from_secs(2);
+/// Longest wait for every process to stop when no time limit is given (below the agent's own
+/// limit for the wait between its QUIESCED and our WRITE).
+const STOP_WAIT: Duration = Duration::from_secs(50);
+/// How often a member that keeps exec'ing during the stop is asked again.
+const EXEC_RETRIES: u32 = 20;
+/// How long a process whose control socket closed may take to be seen ended.
+const END_WAIT: Duration = Duration::from_secs(2);
+
+/// Whether `pid` ends (or has ended) within `limit`.
+fn ends_within(pid: i32, limit: Duration) -> bool {
+    let start = Instant::now();
+    while !ended(pid) {
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    true
+}
+
+fn err(errno: i32, msg: String) -> CheckpointError {
+    CheckpointError { errno, msg }
+}
+
+/// Connects to `pid`'s agent and checks that the socket is really that process's; `None` when
+/// the process ended meanwhile (a member of a tree that exits before it is stopped is simply
+/// not part of the cut).
+fn try_connect(pid: i32) -> Result<Option<i32>, CheckpointError> {
+    let started = Instant::now();
+    let fd = loop {
+        match protocol::connect(pid) {
+            Ok(fd) => break fd,
+            Err(_) if ended(pid) => return Ok(None),
+            // A child of cr_restart that is still being restored has no control socket yet.
+            Err(_) if comm(pid) == "cr_restart" && !is_waiting_restarter(pid) => {
+                if started.elapsed() > RESTORE_WAIT {
+                    return Err(err(
+                        libc::EAGAIN,
+                        format!("process {pid} is still being restored; try again later"),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // A process whose agent is starting (a fresh fork child, or one in the middle of an
+            // exec whose new image preloads libcr) has no socket yet: give it a moment.
+            Err(_) if started.elapsed() < AGENT_START_WAIT && agent_coming(pid) => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(_) if comm(pid) == "cr_restart" => {
+                return Err(err(CR_ENOSUPPORT, format!(
+                    "process {pid} is cr_restart itself; checkpoint the restored program (its child) instead")))
+            }
+            Err(_) => {
+                return Err(err(CR_ENOSUPPORT, format!(
+                    "process {pid} ({}) has no checkpoint support (start it with cr_run or link it with -lcr)",
+                    comm(pid))))
+            }
+        }
+    };
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut clen = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt on the connected socket with a valid ucred buffer.
+    unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut _ as *mut _,
+            &mut clen,
+        )
+    };
+    if cred.pid != pid {
+        // SAFETY: closing the socket we opened.
+        unsafe { libc::close(fd) };
+        return Err(err(
+            CR_ENOSUPPORT,
+            format!(
+                "process {pid} has no checkpoint support (its control socket belongs to pid {})",
+                cred.pid
+            ),
+        ));
+    }
+    Ok(Some(fd))
+}
+
+/// The next message on `sock`, waiting until `deadline` (`None`: as long as it takes).
+/// `Ok(None)`: the deadline passed.
+fn recv_by(sock: i32, deadline: Option<Instant>) -> Result<Option<protocol::Reply>, i32> {
+    loop {
+        let ms = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(None);
+                }
+                left.as_millis().clamp(1, i32::MAX as u128) as i32
+            }
+        };
+        let mut p = libc::pollfd {
+            fd: sock,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut p, 1, ms) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO);
+            if e == libc::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        if r == 0 {
+            continue;
+        }
+        match protocol::recv_reply(sock, libc::MSG_DONTWAIT) {
+            Ok(Some(reply)) => return Ok(Some(reply)),
+            Ok(None) | Err(libc::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The checkpoint request for `opts.id` in `scope` writing to `out`.
+fn request(opts: &Options, scope: i32, out: &Out) -> Request {
+    let mut req = Request::new(protocol::REQ_CHECKPOINT);
+    req.flags = opts.save;
+    req.timeout_ms = opts.time.map_or(0, |s| s.saturating_mul(1000));
+    req.requester = std::process::id() as i32;
+    req.target = opts.id;
+    req.scope = scope;
+    // For cr_get_checkpoint_info() (we send it ourselves; an agent passes it on only to the
+    // processes its callbacks forwarded the checkpoint to).
+    req.signal = opts.signal;
+    if let Some(p) = &out.path {
+        let abs = std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        req.set_dest(abs.as_os_str().as_encoded_bytes());
+    }
+    req
+}
+
+/// The signal a member gets after the checkpoint: the requested one; a process that was stopped
+/// before (and was continued for the checkpoint) is stopped again when none was asked for.
+fn signal_for(opts: &Options, was_stopped: bool) -> i32 {
+    if was_stopped && opts.signal == 0 && opts.stop_again {
+        libc::SIGSTOP
+    } else {
+        opts.signal
+    }
+}
+
+/// The zombie record of the requester chain's topmost process `top`, a child of the saved
+/// process `parent`: a child that exited with status 0 (see `scope::requester_chain`).
+fn requester_zombie(top: i32, parent: i32, note: &mut dyn FnMut(Note)) -> ZombieRec {
+    note(Note::Info(format!(
+        "process {top} ({}), which runs this checkpoint for process {parent}, is saved as a child of it that exited with status 0",
+        comm(top)
+    )));
+    ZombieRec {
+        pid: protocol::target_identity(top).1,
+        ppid: protocol::target_identity(parent).1,
+        status: 0,
+        flags: ZOMBIE_SIGCHLD_DUE,
+    }
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The warnings recorded in the images of the file at `path`, as notes ("process PID: " before
+/// each when there are several processes, or when `pids` names them).
+fn image_warnings(path: &Path, pids: Option<&[i32]>, note: &mut dyn FnMut(Note)) {
+    let Ok(f) = std::fs::File::open(path) else {
+        return;
+    };
+    let Ok((_, images)) = crate::image::tree::open_all(&f) else {
+        return;
+    };
+    for (k, img) in images.iter().enumerate() {
+        for w in &img.warnings {
+            let who = match pids {
+                Some(p) => p.get(k).copied(),
+                None if images.len() > 1 => Some(img.header.pid as i32),
+                None => None,
+            };
+            note(Note::Warning(match who {
+                Some(pid) => format!("process {pid}: {w}"),
+                None => w.clone(),
+            }));
+        }
+    }
+}
+
+/// Checkpoint of one process (`-p`): a plain image, or, when the process is the one that runs
+/// us and waits for `chain` (the requester chain's topmost process), a one-process tree image
+/// whose zombie table holds `chain`.
+pub(super) fn checkpoint_one(
+    opts: &Options,
+    pid: i32,
+    scope: i32,
+    chain: Option<i32>,
+    note: &mut dyn FnMut(Note),
+) -> Result<Outcome, CheckpointError> {
+    let dest = dest::resolve(&opts.dest, &opts.commit, opts.id, pid)?;
+    let sock =
+        try_connect(pid)?.ok_or_else(|| err(libc::ESRCH, format!("no process with pid {pid}")))?;
+    let mut cut = Cut::new(opts);
+    cut.outs.push(Out::open(&dest)?);
+    // A stopped process cannot take part: continue it for the checkpoint and stop it again
+    // afterwards (BLCR: SIGSTOP after the checkpoint if the process was stopped), unless another
+    // signal was asked for.
+    let stopped = state_of(pid) == Some('T');
+    if stopped {
+        // SAFETY: continuing the target; it is stopped again afterwards.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    }
+    cut.members.push(Member::new(pid, sock, 0, stopped));
+    let req = request(opts, scope, &cut.outs[0]);
+    if let Some(top) = chain {
+        let inner = protocol::target_identity(pid).1;
+        let zombie = requester_zombie(top, pid, note);
+        let bytes =
+            crate::image::tree::manifest_bytes(&[inner], &[], &[zombie], scope, (0, 1), now_ns());
+        cut.outs[0].write_aligned(&bytes)?;
+    }
+    if let Err(e) = protocol::send(sock, &req, Some(cut.outs[0].fd)) {
+        return Err(err(
+            e,
+            format!("cannot send the request to {pid}: {}", strerror(e)),
+        ));
+    }
+    // A one-process request releases itself when it fails; on success it waits for RELEASE.
+    let first = protocol::await_accepted(sock, false);
+    let final_reply = match first {
+        Ok(Some(r)) => Ok(Some(r)),
+        Ok(None) => protocol::recv_reply(sock, 0),
+        Err(e) => Err(e),
+    };
+    let Ok(Some(reply)) = final_reply else {
+        // It closed the socket: it is ending (its descriptors go before it is a zombie), e.g.
+        // a callback called exit(). BLCR: ESRCH, as for a process that is gone.
+        if ends_within(pid, END_WAIT) {
+            return Err(err(
+                libc::ESRCH,
+                format!("process {pid} ended during the checkpoint (while its callbacks ran?): nothing to checkpoint"),
+            ));
+        }
+        return Err(err(
+            libc::EIO,
+            format!("process {pid} closed its control socket during the checkpoint"),
+        ));
+    };
+    if reply.status != 0 {
+        let e = reply.status;
+        return Err(err(
+            e,
+            format!(
+                "checkpoint of {pid} failed: {}: {}",
+                reply.message(),
+                strerror(e)
+            ),
+        ));
+    }
+    cut.members[0].contacted = true;
+    cut.members[0].bytes = reply.bytes;
+    cut.commit()?;
+    let outcome = cut.finish(&[0]);
+    if let Some(path) = &outcome.path {
+        image_warnings(path, None, note);
+    }
+    Ok(outcome)
+}
+
+/// One process of a checkpoint.
+struct Member {
+    pid: i32,
+    /// Its control socket.
+    sock: i32,
+    /// Index of its destination in `Cut::outs`.
+    out: usize,
+    /// It was stopped (SIGSTOP) before: continued for the checkpoint, stopped again after.
+    stopped: bool,
+    /// It has our request (and must hear RELEASE if we give up).
+    contacted: bool,
+    /// Its callbacks or `cr_run --omit` left it out of the checkpoint, or it ended.
+    omitted: bool,
+    /// It ended before it stopped for the checkpoint (while its callbacks ran, say).
+    ended: bool,
+    /// Bytes of its image.
+    bytes: u64,
+}
+
+impl Member {
+    fn new(pid: i32, sock: i32, out: usize, stopped: bool) -> Self {
+        Member {
+            pid,
+            sock,
+            out,
+            stopped,
+            contacted: false,
+            omitted: false,
+            ended: false,
+            bytes: 0,
+        }
+    }
+}
+
+/// A checkpoint in progress (see the module documentation).
+struct Cut<'a> {
+    opts: &'a Options,
+    members: Vec<Member>,
+    outs: Vec<Out>,
+    /// (scope, pid) pairs members' callbacks forwarded the checkpoint to
+    /// (`cr_forward_checkpoint`), pids as our /proc names them.
+    forwarded: Vec<(i32, i32)>,
+    /// Every image is committed: nothing to undo any more.
+    committed: bool,
+}
+
+impl Drop for Cut<'_> {
+    /// A checkpoint that did not commit: every process we asked is released (those stopped
+    /// before are stopped again) and partial files are removed.
+    fn drop(&mut self) {
+        if !self.committed {
+            let release = Request::new(protocol::REQ_RELEASE);
+            for mb in &self.members {
+                if mb.contacted && !mb.omitted {
+                    let _ = protocol::send(mb.sock, &release, None);
+                }
+            }
+            for mb in &self.members {
+                if mb.stopped {
+                    // SAFETY: stopping again a process we continued for the checkpoint.
+                    unsafe { libc::kill(mb.pid, libc::SIGSTOP) };
+                }
+            }
+            for o in &mut self.outs {
+                o.discard();
+            }
+        }
+        for mb in &self.members {
+            // SAFETY: closing our sockets to the agents.
+            unsafe { libc::close(mb.sock) };
+        }
+    }
+}
+
+impl<'a> Cut<'a> {
+    fn new(opts: &'a Options) -> Self {
+        Cut {
+            opts,
+            members: Vec::new(),
+            outs: Vec::new(),
+            forwarded: Vec::new(),
+            committed: false,
+        }
+    }
+
+    /// Adds `pid` (with its socket) as a member; a stopped process is continued for the
+    /// checkpoint. With one file per process its destination is opened too.
+    fn add(&mut self, pid: i32, sock: i32, per_proc: bool) -> Result<(), CheckpointError> {
+        let out = if per_proc {
+            let d = dest::resolve(&self.opts.dest, &self.opts.commit, self.opts.id, pid);
+            // The socket is ours to close from here on.
+            let opened = d.and_then(|d| Out::open(&d));
+            match opened {
+                Ok(o) => {
+                    self.outs.push(o);
+                    self.outs.len() - 1
+                }
+                Err(e) => {
+                    // SAFETY: closing the socket of a process that never became a member.
+                    unsafe { libc::close(sock) };
+                    return Err(e);
+                }
+            }
+        } else {
+            0
+        };
+        let stopped = state_of(pid) == Some('T');
+        if stopped {
+            // SAFETY: continuing a member for the checkpoint; it is stopped again afterwards.
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+        }
+        self.members.push(Member::new(pid, sock, out, stopped));
+        Ok(())
+    }
+
+    /// Connects again to member `i` (after an exec) and resends the barrier request; false when
+    /// it ended meanwhile (then it is left out).
+    fn ask_again(&mut self, scope: i32, i: usize) -> Result<bool, CheckpointError> {
+        let pid = self.members[i].pid;
+        // SAFETY: closing our socket to the old image's agent (-1 marks it closed).
+        unsafe { libc::close(self.members[i].sock) };
+        self.members[i].sock = -1;
+        let Some(sock) = try_connect(pid)? else {
+            self.members[i].omitted = true;
+            self.members[i].ended = true;
+            self.members[i].contacted = false;
+            return Ok(false);
+        };
+        self.members[i].sock = sock;
+        let out = &self.outs[self.members[i].out];
+        let mut req = request(self.opts, scope, out);
+        req.flags |= protocol::FLAG_BARRIER;
+        match protocol::send(sock, &req, Some(out.fd)) {
+            Ok(()) => {
+                self.members[i].contacted = true;
+                Ok(true)
+            }
+            Err(_) if ended(pid) => {
+                self.members[i].omitted = true;
+                self.members[i].ended = true;
+                self.members[i].contacted = false;
+                Ok(false)
+            }
+            Err(e) => Err(err(
+                e,
+                format!("cannot send the request to {pid}: {}", strerror(e)),
+            )),
+        }
+    }
+
+    /// Sends the barrier request to members `range` and waits until each is stopped (or
+    /// omitted).
+    fn stop_members(
+        &mut self,
+        scope: i32,
+        range: std::ops::Range<usize>,
+        deadline: Instant,
+        limit: Duration,
+        note: &mut dyn FnMut(Note),
+    ) -> Result<(), CheckpointError> {
+        for i in range.clone() {
+            let (pid, sock) = (self.members[i].pid, self.members[i].sock);
+            let out = &self.outs[self.members[i].out];
+            let mut req = request(self.opts, scope, out);
+            req.flags |= protocol::FLAG_BARRIER;
+            match protocol::send(sock, &req, Some(out.fd)) {
+                Ok(()) => self.members[i].contacted = true,
+                // It exited since we connected: not part of the cut.
+                Err(_) if ended(pid) => {
+                    self.members[i].omitted = true;
+                    self.members[i].ended = true;
+                }
+                // It exec'd since we connected: its new image's agent is asked below.
+                Err(_) => {}
+            }
+        }
+        for i in range {
+            let pid = self.members[i].pid;
+            if self.members[i].omitted {
+                continue;
+            }
+            let mut attempts = 0;
+            if !self.members[i].contacted && !self.ask_again(scope, i)? {
+                continue;
+            }
+            loop {
+                let sock = self.members[i].sock;
+                match recv_by(sock, Some(deadline)) {
+                    Ok(Some(r)) if r.status == protocol::STATUS_ACCEPTED => {}
+                    Ok(Some(r)) if r.status == protocol::STATUS_QUIESCED => {
+                        // "fwd S:P ...": its callbacks forwarded the checkpoint to more processes.
+                        let msg = r.message();
+                        if let Some(list) = msg.strip_prefix("fwd") {
+                            for item in list.split_whitespace() {
+                                let Some((s, p)) = item.split_once(':') else {
+                                    continue;
+                                };
+                                if let (Ok(s), Ok(p)) = (s.parse::<i32>(), p.parse::<i32>()) {
+                                    let p = outer_pid(pid, p).unwrap_or(p);
+                                    self.forwarded.push((s, p));
+                                }
+                            }
+                        }
+                        break;
+                    }
+                    Ok(Some(r)) if r.status == libc::ESRCH => {
+                        // Omitted (cr_run --omit, or a callback's CR_CHECKPOINT_OMIT): left out.
+                        note(Note::Info(format!(
+                            "process {pid} was omitted from the checkpoint"
+                        )));
+                        self.members[i].omitted = true;
+                        break;
+                    }
+                    Ok(Some(r)) => {
+                        let e = if r.status > 0 { r.status } else { libc::EPROTO };
+                        return Err(err(
+                            e,
+                            format!(
+                                "checkpoint of {pid} failed: {}: {}",
+                                r.message(),
+                                strerror(e)
+                            ),
+                        ));
+                    }
+                    Ok(None) => {
+                        return Err(err(
+                            libc::ETIMEDOUT,
+                            format!(
+                                "process {pid} did not stop for the checkpoint within {} s",
+                                limit.as_secs()
+                            ),
+                        ))
+                    }
+                    // It exited before it stopped: not part of the cut (if its parent is, it is
+                    // saved as the zombie it is now).
+                    Err(_) if ended(pid) => {
+                        self.members[i].omitted = true;
+                        self.members[i].ended = true;
+                        break;
+                    }
+                    // It exec'd before it stopped (the old image's socket closed): ask the new
+                    // image's agent.
+                    Err(_) if attempts < EXEC_RETRIES => {
+                        attempts += 1;
+                        if !self.ask_again(scope, i)? {
+                            break;
+                        }
+                    }
+                    Err(_) => {
+                        return Err(err(
+                            libc::EIO,
+                            format!(
+                        "process {pid} ended or closed its control socket during the checkpoint"
+                    ),
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every file durable first, then renamed into place, then the directories synced.
+    fn commit(&mut self) -> Result<(), CheckpointError> {
+        let sync = self.opts.sync;
+        for o in &self.outs {
+            o.sync(sync).map_err(|e| {
+                err(
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                    format!("cannot commit {}: {e}", o.what),
+                )
+            })?;
+        }
+        for o in &mut self.outs {
+            o.rename().map_err(|e| {
+                err(
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                    format!("cannot commit {}: {e}", o.what),
+                )
+            })?;
+        }
+        let mut dirs_synced = Vec::new();
+        for o in &self.outs {
+            let dir = o
+                .path
+                .as_ref()
+                .and_then(|p| p.parent().map(Path::to_path_buf));
+            if !dirs_synced.contains(&dir) {
+                o.sync_dir(sync);
+                dirs_synced.push(dir);
+            }
+        }
+        for o in &mut self.outs {
+            drop(o.file.take());
+        }
+        self.committed = true;
+        Ok(())
+    }
+
+    /// After the commit: the post-checkpoint signal to every saved member (`live`), then the
+    /// release; returns what was saved where.
+    fn finish(&mut self, live: &[usize]) -> Outcome {
+        for &i in live {
+            let mb = &self.members[i];
+            let sig = signal_for(self.opts, mb.stopped);
+            if sig != 0 {
+                // SAFETY: the requested post-checkpoint signal, now that every image is complete
+                // (and durable, unless sync is off).
+                unsafe { libc::kill(mb.pid, sig) };
+            }
+        }
+        let release = Request::new(protocol::REQ_RELEASE);
+        for &i in live {
+            let _ = protocol::send(self.members[i].sock, &release, None);
+        }
+        let saved = live
+            .iter()
+            .map(|&i| {
+                let mb = &self.members[i];
+                Saved {
+                    pid: mb.pid,
+                    dest: self.outs[mb.out].what.clone(),
+                    bytes: mb.bytes,
+                }
+            })
+            .collect();
+        Outcome {
+            saved,
+            total: 0,
+            what: self
+                .outs
+                .first()
+                .map(|o| o.what.clone())
+                .unwrap_or_default(),
+            path: self.outs.first().and_then(|o| o.path.clone()),
+        }
+    }
+}
+
+/// `kcmp(p1, p2, KCMP_FILE, fd1, fd2)`: whether the two descriptors are one open file
+/// description.
+fn same_description(p1: i32, p2: i32, fd1: i32, fd2: i32) -> Result<bool, i32> {
+    const KCMP_FILE: libc::c_long = 0;
+    // SAFETY: kcmp only compares kernel objects.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            p1 as libc::c_long,
+            p2 as libc::c_long,
+            KCMP_FILE,
+            fd1 as libc::c_long,
+            fd2 as libc::c_long,
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::ENOSYS))
+    } else {
+        Ok(r == 0)
+    }
+}
+
+/// A descriptor of a process being checkpointed: (index in the checkpoint, pid, fd).
+type Holder = (u32, i32, i32);
+
+/// The open file descriptions that more than one descriptor of the (stopped) processes `pids`
+/// refer to: one group number each. Candidates are grouped by the file's (device, inode) and
+/// compared with kcmp within a group. Sockets and the image descriptors we passed (`out_fds`,
+/// ours) are left out. Without kcmp: none (with a warning).
+fn shared_descriptions(pids: &[i32], out_fds: &[i32], note: &mut dyn FnMut(Note)) -> Vec<ShareRec> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let me = std::process::id() as i32;
+    let mut unavailable = |e: i32| -> Vec<ShareRec> {
+        note(Note::Warning(format!(
+            "cannot compare descriptors (kcmp: {}); descriptions shared between processes will be separate after a restart",
+            strerror(e)
+        )));
+        Vec::new()
+    };
+    // (device, inode) → descriptions → their (process index, pid, fd).
+    let mut by_file: std::collections::BTreeMap<(u64, u64), Vec<Vec<Holder>>> = Default::default();
+    for (i, &pid) in pids.iter().enumerate() {
+        let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .collect();
+        fds.sort_unstable();
+        'fd: for fd in fds {
+            let Ok(md) = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")) else {
+                continue;
+            };
+            if md.file_type().is_socket() {
+                continue;
+            }
+            for &o in out_fds {
+                match same_description(pid, me, fd, o) {
+                    Ok(true) => continue 'fd,
+                    Ok(false) | Err(libc::EBADF) => {}
+                    Err(e) => return unavailable(e),
+                }
+            }
+            let descs = by_file.entry((md.dev(), md.ino())).or_default();
+            let mut placed = false;
+            for d in descs.iter_mut() {
+                let (_, p0, fd0) = d[0];
+                match same_description(p0, pid, fd0, fd) {
+                    Ok(true) => {
+                        d.push((i as u32, pid, fd));
+                        placed = true;
+                        break;
+                    }
+                    Ok(false) | Err(libc::EBADF) => {}
+                    Err(e) => return unavailable(e),
+                }
+            }
+            if !placed {
+                descs.push(vec![(i as u32, pid, fd)]);
+            }
+        }
+    }
+    let mut shares = Vec::new();
+    for (k, d) in by_file
+        .values()
+        .flatten()
+        .filter(|d| d.len() > 1)
+        .enumerate()
+    {
+        let group = k as u32 + 1;
+        shares.extend(d.iter().map(|&(proc, _, fd)| ShareRec {
+            proc,
+            fd,
+            group,
+            _pad: 0,
+        }));
+    }
+    shares.sort_by_key(|s| (s.proc, s.fd));
+    shares
+}
+
+/// Unreaped children (zombies) of the stopped processes `pids`: their parents may still collect
+/// them, so they are saved as zombies (pid, parent, wait status) and re-created as such.
+fn zombie_children(pids: &[i32], note: &mut dyn FnMut(Note)) -> Vec<ZombieRec> {
+    let mut out = Vec::new();
+    for &p in pids {
+        for c in children(p) {
+            if state_of(c) != Some('Z') {
+                continue;
+            }
+            let Some(status) = exit_status(c) else {
+                continue;
+            };
+            note(Note::Warning(format!(
+                "process {c} (a child of {p}) is a zombie; it is saved as one, for its parent to collect"
+            )));
+            out.push(ZombieRec {
+                pid: protocol::target_identity(c).1,
+                ppid: protocol::target_identity(p).1,
+                status,
+                flags: 0,
+            });
+        }
+    }
+    out
+}
+
+/// Checkpoint of several processes as one consistent cut: every process is stopped before any
+/// is written. One tree image (manifest, then the images), or with one file per process a
+/// manifest in each.
+pub(super) fn checkpoint_many(
+    opts: &Options,
+    pids: &[i32],
+    scope: i32,
+    requester: Option<(i32, i32)>,
+    note: &mut dyn FnMut(Note),
+) -> Result<Outcome, CheckpointError> {
+    let per_proc = matches!(opts.dest, super::Destination::Dir(_));
+    // Every process must have an agent: fail before anything is stopped. Those that ended since
+    // they were listed are left out.
+    let first = pids[0];
+    let mut cut = Cut::new(opts);
+    if !per_proc {
+        let d = dest::resolve(&opts.dest, &opts.commit, opts.id, first)?;
+        cut.outs.push(Out::open(&d)?);
+    }
+    for &p in pids {
+        if let Some(sock) = try_connect(p)? {
+            cut.add(p, sock, per_proc)?;
+        }
+    }
+    if cut.members.is_empty() {
+        return Err(err(
+            libc::ESRCH,
+            format!("process {first} ended: nothing to checkpoint"),
+        ));
+    }
+
+    // 1. Ask everybody to stop; 2. wait until every process is stopped. Processes forked while
+    // we did (their parents are stopped now, so the set cannot grow for ever) join the cut.
+    let limit = opts
+        .time
+        .map_or(STOP_WAIT, |s| Duration::from_secs(u64::from(s) + 2));
+    let deadline = Instant::now() + limit;
+    let mut from = 0;
+    while from < cut.members.len() {
+        let to = cut.members.len();
+        cut.stop_members(scope, from..to, deadline, limit, note)?;
+        from = to;
+        let mut known = ourselves();
+        known.extend(cut.members.iter().map(|mb| mb.pid));
+        let forwarded: Vec<i32> = std::mem::take(&mut cut.forwarded)
+            .into_iter()
+            .flat_map(|(scope, pid)| super::scope::forward_scope(scope, pid))
+            .collect();
+        let mut newcomers: Vec<i32> = cut
+            .members
+            .iter()
+            .filter(|mb| !mb.omitted)
+            .flat_map(|mb| children(mb.pid))
+            .chain(forwarded)
+            .filter(|c| !known.contains(c) && !ended(*c))
+            .collect();
+        newcomers.sort_unstable();
+        newcomers.dedup();
+        for c in newcomers {
+            if cut.members.len() >= crate::image::tree::MAX_PROCS {
+                return Err(err(libc::E2BIG, "too many processes to checkpoint".into()));
+            }
+            let Some(sock) = try_connect(c)? else {
+                continue;
+            };
+            cut.add(c, sock, per_proc)?;
+        }
+    }
+    let live: Vec<usize> = (0..cut.members.len())
+        .filter(|&i| !cut.members[i].omitted)
+        .collect();
+    if live.is_empty() {
+        let gone: Vec<String> = cut
+            .members
+            .iter()
+            .filter(|mb| mb.ended)
+            .map(|mb| mb.pid.to_string())
+            .collect();
+        let msg = match gone.len() {
+            0 => "every process was omitted: nothing to checkpoint".to_string(),
+            1 => format!("process {} ended during the checkpoint (while its callbacks ran?): nothing to checkpoint", gone[0]),
+            _ => format!("processes {} ended or were omitted during the checkpoint: nothing to checkpoint", gone.join(", ")),
+        };
+        return Err(err(libc::ESRCH, msg));
+    }
+    if per_proc {
+        for mb in cut.members.iter().filter(|mb| mb.omitted) {
+            let o = &mut cut.outs[mb.out];
+            o.discard();
+            o.path = None;
+            o.file = None;
+        }
+    }
+
+    // 3. Everything is stopped: record what the processes share, write the manifest(s), then
+    // let each process write its image in turn.
+    let live_pids: Vec<i32> = live.iter().map(|&i| cut.members[i].pid).collect();
+    let mut zombies = zombie_children(&live_pids, note);
+    if let Some((top, parent)) = requester.filter(|(_, p)| live_pids.contains(p)) {
+        zombies.push(requester_zombie(top, parent, note));
+    }
+    let tree = live.len() > 1 || !zombies.is_empty();
+    let shares = if tree {
+        let fds: Vec<i32> = cut.outs.iter().map(|o| o.fd).collect();
+        shared_descriptions(&live_pids, &fds, note)
+    } else {
+        Vec::new()
+    };
+    let inner: Vec<i32> = live_pids
+        .iter()
+        .map(|&p| protocol::target_identity(p).1)
+        .collect();
+    let now = now_ns();
+    let mut manifest_bytes = 0u64;
+    if tree {
+        let n = live.len() as u32;
+        let heads: Vec<(usize, Vec<u8>)> = if per_proc {
+            live.iter()
+                .enumerate()
+                .map(|(k, &i)| {
+                    let bytes = crate::image::tree::manifest_bytes(
+                        &inner,
+                        &shares,
+                        &zombies,
+                        scope,
+                        (k as u32, 1),
+                        now,
+                    );
+                    (cut.members[i].out, bytes)
+                })
+                .collect()
+        } else {
+            vec![(
+                0,
+                crate::image::tree::manifest_bytes(&inner, &shares, &zombies, scope, (0, n), now),
+            )]
+        };
+        for (o, bytes) in heads {
+            cut.outs[o].write_aligned(&bytes)?;
+            manifest_bytes += bytes.len() as u64;
+        }
+    }
+    for &i in &live {
+        let (pid, sock) = (cut.members[i].pid, cut.members[i].sock);
+        if let Err(e) = protocol::send(sock, &Request::new(protocol::REQ_WRITE), None) {
+            return Err(err(
+                e,
+                format!("cannot send the request to {pid}: {}", strerror(e)),
+            ));
+        }
+        let reply = loop {
+            match recv_by(sock, None) {
+                Ok(Some(r)) if r.status < 0 => {}
+                Ok(Some(r)) => break r,
+                _ => {
+                    return Err(err(
+                        libc::EIO,
+                        format!(
+                        "process {pid} ended or closed its control socket during the checkpoint"
+                    ),
+                    ))
+                }
+            }
+        };
+        if reply.status != 0 {
+            // It released itself; the others are released when the cut is dropped.
+            cut.members[i].omitted = true;
+            return Err(err(
+                reply.status,
+                format!(
+                    "checkpoint of {pid} failed: {}: {}",
+                    reply.message(),
+                    strerror(reply.status)
+                ),
+            ));
+        }
+        cut.members[i].bytes = reply.bytes;
+    }
+
+    // 4. Commit; 5. the post-checkpoint signal to every process, then release them all.
+    cut.commit()?;
+    let mut outcome = cut.finish(&live);
+    outcome.total = manifest_bytes + outcome.saved.iter().map(|s| s.bytes).sum::<u64>();
+    if let super::Destination::Dir(d) = &opts.dest {
+        outcome.what = d.display().to_string();
+    }
+    for (k, o) in cut.outs.iter().enumerate() {
+        let Some(path) = &o.path else { continue };
+        let owners: Vec<i32> = live
+            .iter()
+            .map(|&i| &cut.members[i])
+            .filter(|mb| mb.out == k)
+            .map(|mb| mb.pid)
+            .collect();
+        image_warnings(path, Some(&owners), note);
+    }
+    Ok(outcome)
+}

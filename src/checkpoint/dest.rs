@@ -1,0 +1,307 @@
+//! Where an image goes and how it is committed: a file written under a temporary name and
+//! renamed into place once durable (BLCR's `--atomic`, the default), with a backup of the old
+//! one (`--backup`), or written in place (`--clobber`); or a stream (a FIFO, a socket, standard
+//! output, a passed descriptor) written as it comes.
+
+use super::CheckpointError;
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// The destination a request names (BLCR's `-c`, `-f`, `-F`, `-d`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Destination {
+    /// `context.ID` in the working directory (the default).
+    #[default]
+    Cwd,
+    /// This file (a regular file, a FIFO or a socket; "-" = standard output).
+    File(PathBuf),
+    /// An open descriptor.
+    Fd(i32),
+    /// One file per process, `context.PID`, in this directory.
+    Dir(PathBuf),
+}
+
+/// How a file destination is committed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Commit {
+    /// Written as `.NAME.tmp`, renamed into place once complete (the default).
+    #[default]
+    Atomic,
+    /// As `Atomic`, keeping an existing file as NAME (empty: rotating `FILE.~N~`).
+    Backup(String),
+    /// Written in place.
+    Clobber,
+    /// As `Atomic`, but an existing file is an error (EEXIST).
+    NoClobber,
+}
+
+/// A destination resolved for one process: where its bytes go.
+pub(super) enum Dest {
+    /// A file in the file system, committed per `commit`.
+    File { path: PathBuf, commit: Commit },
+    /// A stream (standard output, a passed descriptor, a FIFO or socket): written as is.
+    Stream { fd: i32, what: String },
+}
+
+fn err(errno: i32, msg: String) -> CheckpointError {
+    CheckpointError { errno, msg }
+}
+
+/// The destination of process `pid` (`id`: the request's id, which names `context.ID`).
+pub(super) fn resolve(
+    dest: &Destination,
+    commit: &Commit,
+    id: i32,
+    pid: i32,
+) -> Result<Dest, CheckpointError> {
+    let path = match dest {
+        Destination::Fd(fd) => {
+            let fd = *fd;
+            // SAFETY: probing the descriptor.
+            if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                return Err(err(libc::EBADF, format!("descriptor {fd} is not open")));
+            }
+            return Ok(Dest::Stream {
+                fd,
+                what: format!("descriptor {fd}"),
+            });
+        }
+        Destination::File(f) if f.as_os_str() == "-" => {
+            return Ok(Dest::Stream {
+                fd: 1,
+                what: "standard output".into(),
+            })
+        }
+        Destination::File(f) => f.clone(),
+        Destination::Dir(d) => {
+            if !d.is_dir() {
+                return Err(err(
+                    libc::ENOTDIR,
+                    format!("{}: not a directory", d.display()),
+                ));
+            }
+            d.join(format!("context.{pid}"))
+        }
+        Destination::Cwd => PathBuf::from(format!("context.{id}")),
+    };
+    if let Ok(md) = std::fs::metadata(&path) {
+        use std::os::unix::fs::FileTypeExt;
+        let t = md.file_type();
+        if t.is_fifo() || t.is_socket() || t.is_char_device() {
+            // Not a regular file: open it and write the image straight into it.
+            let f = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&path)
+                .map_err(|e| {
+                    err(
+                        e.raw_os_error().unwrap_or(libc::EIO),
+                        format!("cannot open {}: {e}", path.display()),
+                    )
+                })?;
+            let fd = f.as_raw_fd();
+            std::mem::forget(f);
+            return Ok(Dest::Stream {
+                fd,
+                what: path.display().to_string(),
+            });
+        }
+    }
+    if *commit == Commit::NoClobber && path.exists() {
+        return Err(err(
+            libc::EEXIST,
+            format!("{} exists (--noclobber)", path.display()),
+        ));
+    }
+    let commit = match commit {
+        Commit::NoClobber => Commit::Atomic,
+        c => c.clone(),
+    };
+    Ok(Dest::File { path, commit })
+}
+
+/// The directory of `path` (`.` when it has none) and its file name.
+fn dir_and_name(path: &Path) -> (&Path, String) {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|b| b.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    (dir, name)
+}
+
+/// Next rotating backup name FILE.~N~ (one past the highest existing).
+fn next_backup(path: &Path) -> PathBuf {
+    let (dir, base) = dir_and_name(path);
+    let prefix = format!("{base}.~");
+    let highest = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.strip_prefix(&prefix)?
+                .strip_suffix('~')?
+                .parse::<u32>()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0);
+    dir.join(format!("{base}.~{}~", highest + 1))
+}
+
+/// Syncs a directory (after a rename into it).
+fn fsync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// One file or stream the images go to.
+pub(super) struct Out {
+    /// Descriptor the manifest and the images are written through.
+    pub fd: i32,
+    /// The file we created, for a file destination.
+    pub file: Option<std::fs::File>,
+    /// The name written now (removed if the checkpoint fails) …
+    pub tmp: Option<PathBuf>,
+    /// … and the final name it is committed to, by `commit`.
+    pub path: Option<PathBuf>,
+    commit: Commit,
+    /// For messages.
+    pub what: String,
+}
+
+impl Out {
+    /// Creates the file (its temporary name, unless `Clobber`) of a destination.
+    pub fn open(dest: &Dest) -> Result<Out, CheckpointError> {
+        match dest {
+            Dest::Stream { fd, what } => Ok(Out {
+                fd: *fd,
+                file: None,
+                tmp: None,
+                path: None,
+                commit: Commit::Clobber,
+                what: what.clone(),
+            }),
+            Dest::File { path, commit } => {
+                let (dir, base) = dir_and_name(path);
+                let tmp = if *commit == Commit::Clobber {
+                    path.clone()
+                } else {
+                    dir.join(format!(".{base}.tmp"))
+                };
+                let f = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_CLOEXEC)
+                    .open(&tmp)
+                    .map_err(|e| {
+                        err(
+                            e.raw_os_error().unwrap_or(libc::EIO),
+                            format!("cannot create {}: {e}", tmp.display()),
+                        )
+                    })?;
+                Ok(Out {
+                    fd: f.as_raw_fd(),
+                    file: Some(f),
+                    tmp: Some(tmp),
+                    path: Some(path.clone()),
+                    commit: commit.clone(),
+                    what: path.display().to_string(),
+                })
+            }
+        }
+    }
+
+    /// Removes the partial file (a failed checkpoint).
+    pub fn discard(&mut self) {
+        if let Some(t) = self.tmp.take() {
+            let _ = std::fs::remove_file(t);
+        }
+    }
+
+    /// Makes the complete image durable (unless `!sync`).
+    pub fn sync(&self, sync: bool) -> std::io::Result<()> {
+        match &self.file {
+            Some(f) if sync => f.sync_all(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Moves an existing file aside (`Backup`) and renames the new one into place.
+    pub fn rename(&mut self) -> std::io::Result<()> {
+        let (Some(tmp), Some(path)) = (&self.tmp, &self.path) else {
+            return Ok(());
+        };
+        if let Commit::Backup(name) = &self.commit {
+            if path.exists() {
+                let backup = if name.is_empty() {
+                    next_backup(path)
+                } else {
+                    PathBuf::from(name)
+                };
+                std::fs::rename(path, backup)?;
+            }
+        }
+        if tmp != path {
+            std::fs::rename(tmp, path)?;
+        }
+        self.tmp = None;
+        Ok(())
+    }
+
+    /// Syncs the directory of the committed file.
+    pub fn sync_dir(&self, sync: bool) {
+        if let (true, Some(path)) = (sync, &self.path) {
+            fsync_dir(
+                path.parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new(".")),
+            );
+        }
+    }
+
+    /// Writes all of `bytes` (a page multiple) from a page-aligned buffer, so that a descriptor
+    /// opened with `O_DIRECT` takes it too.
+    pub fn write_aligned(&self, bytes: &[u8]) -> Result<(), CheckpointError> {
+        write_aligned(self.fd, bytes).map_err(|e| {
+            err(
+                e,
+                format!(
+                    "cannot write to {}: {}",
+                    self.what,
+                    crate::tool::strerror(e)
+                ),
+            )
+        })
+    }
+}
+
+/// Writes all of `bytes` (a page multiple) to `fd` from a page-aligned buffer.
+fn write_aligned(fd: i32, bytes: &[u8]) -> Result<(), i32> {
+    let layout =
+        std::alloc::Layout::from_size_align(bytes.len().max(1), 4096).map_err(|_| libc::EINVAL)?;
+    // SAFETY: a non-zero-sized layout; the buffer is freed below.
+    let buf = unsafe { std::alloc::alloc(layout) };
+    if buf.is_null() {
+        return Err(libc::ENOMEM);
+    }
+    // SAFETY: buf has room for bytes.len() bytes.
+    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), buf, bytes.len()) };
+    let res = crate::sys::write_all(fd, {
+        // SAFETY: the buffer was just filled with bytes.len() bytes.
+        unsafe { core::slice::from_raw_parts(buf, bytes.len()) }
+    })
+    .map_err(|e| e.0);
+    // SAFETY: allocated above with this layout.
+    unsafe { std::alloc::dealloc(buf, layout) };
+    res
+}

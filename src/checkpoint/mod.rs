@@ -1,0 +1,154 @@
+//! The checkpoint coordinator: takes a checkpoint of a process, a tree, a process group or a
+//! session the way `cr_checkpoint` does, for every caller (`cr_checkpoint`, `cr_run`'s
+//! supervisor). It runs in the requesting tool, never inside the checkpointed program.
+//!
+//! Data flow: [`scope::resolve`] (which processes) → `cut` (connect to each agent, stop them all
+//! as one consistent cut, record what they share, manifest, each agent writes its image) →
+//! commit (`dest`: durable, then renamed into place) → the post-checkpoint signal → release.
+//! Every failure releases the processes as they were and leaves earlier images untouched.
+
+mod cut;
+pub mod dest;
+pub mod procfs;
+pub mod scope;
+
+pub use dest::{Commit, Destination};
+
+use crate::api::types::CR_SCOPE_PROC;
+
+/// BLCR's ptrace rule for traced processes (`--ptraced-*`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Ptraced {
+    /// Fail with `CR_EPTRACED` (the default).
+    #[default]
+    Error,
+    /// Checkpoint it anyway.
+    Allow,
+    /// Leave it out.
+    Skip,
+}
+
+/// What to checkpoint, where, and what to do afterwards.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// `CR_SCOPE_*` of `id`.
+    pub scope: i32,
+    /// The process, process group or session.
+    pub id: i32,
+    /// Where the image goes.
+    pub dest: Destination,
+    /// How a file destination is committed.
+    pub commit: Commit,
+    /// `protocol::FLAG_SAVE_*`: mapped files stored by content.
+    pub save: u32,
+    /// Give up after this many seconds (the program goes on).
+    pub time: Option<u32>,
+    /// Signal sent to every saved process once the image is durable (0: none).
+    pub signal: i32,
+    /// A process that was stopped before is stopped again afterwards when no signal was asked
+    /// for (BLCR; `cr_checkpoint --cont` turns it off).
+    pub stop_again: bool,
+    /// The rule for ptraced processes.
+    pub ptraced: Ptraced,
+    /// Leave out processes that ptrace others (else fail with `CR_EPTRACER`).
+    pub ptracer_skip: bool,
+    /// Sync the image and its directory before reporting success.
+    pub sync: bool,
+}
+
+impl Options {
+    /// A checkpoint of `id` in `scope` with BLCR's defaults (`context.ID` in the working
+    /// directory, committed atomically and synced, no signal).
+    pub fn new(scope: i32, id: i32) -> Self {
+        Options {
+            scope,
+            id,
+            dest: Destination::Cwd,
+            commit: Commit::Atomic,
+            save: 0,
+            time: None,
+            signal: 0,
+            stop_again: true,
+            ptraced: Ptraced::Error,
+            ptracer_skip: false,
+            sync: true,
+        }
+    }
+}
+
+/// Something the caller may show while a checkpoint goes on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Note {
+    /// Always shown (unless the user asked for quiet): something will not come back as it was.
+    Warning(String),
+    /// Shown on request (`-v`): what happened.
+    Info(String),
+}
+
+/// A failed checkpoint: the errno for the exit code (`errno & 0xff`) and one line.
+#[derive(Debug, Clone)]
+pub struct CheckpointError {
+    /// errno (or a BLCR `CR_E*` code).
+    pub errno: i32,
+    /// One line naming the problem.
+    pub msg: String,
+}
+
+impl std::fmt::Display for CheckpointError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for CheckpointError {}
+
+/// One saved process.
+#[derive(Clone, Debug)]
+pub struct Saved {
+    /// Its pid.
+    pub pid: i32,
+    /// Where its image went.
+    pub dest: String,
+    /// Bytes of its image.
+    pub bytes: u64,
+}
+
+/// What a successful checkpoint saved.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// Every saved process, parents first.
+    pub saved: Vec<Saved>,
+    /// Total bytes written (manifests included).
+    pub total: u64,
+    /// The destination, for messages (the directory with one file per process).
+    pub what: String,
+    /// The committed file (none for streams and directories).
+    pub path: Option<std::path::PathBuf>,
+}
+
+/// Takes the checkpoint `opts` describes; `note` hears warnings and progress as they come.
+pub fn checkpoint(opts: &Options, note: &mut dyn FnMut(Note)) -> Result<Outcome, CheckpointError> {
+    if !(0..=64).contains(&opts.signal) {
+        return Err(CheckpointError {
+            errno: libc::EINVAL,
+            msg: format!("invalid signal number {}", opts.signal),
+        });
+    }
+    let found = scope::resolve(opts, note)?;
+    // Tree, group and session scopes take the multi-process path even when they find one
+    // process: children forked while it stops join the cut, and unreaped children are saved as
+    // zombies (a single process still gets a plain image).
+    if let ([pid], CR_SCOPE_PROC) = (&found.pids[..], found.scope) {
+        let pid = *pid;
+        let chain = found
+            .requester
+            .filter(|&(_, parent)| parent == pid)
+            .map(|(top, _)| top);
+        let mut outcome = cut::checkpoint_one(opts, pid, found.scope, chain, note)?;
+        outcome.total = outcome.saved.iter().map(|s| s.bytes).sum();
+        Ok(outcome)
+    } else {
+        // Zombies whose parents are saved are saved as zombies (and warned about then).
+        cut::checkpoint_many(opts, &found.pids, found.scope, found.requester, note)
+    }
+}

@@ -1,0 +1,125 @@
+//! What the coordinator reads about other processes from `/proc` (normal context: allocation is
+//! fine here, these run in the requesting tool, never in a stopped program).
+
+use crate::protocol;
+
+pub use crate::tool::children;
+
+/// The command name of `pid` (`comm`), or "" when it is gone.
+pub fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// The fields of `/proc/PID/stat` after the command (field 3, the state, first).
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    Some(after.split_whitespace().map(str::to_string).collect())
+}
+
+/// The parent of `pid` (0 when it is gone).
+pub fn parent(pid: i32) -> i32 {
+    stat_fields(pid)
+        .and_then(|f| f.get(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The state letter of /proc/PID/stat (R, S, T, Z, …).
+pub fn state_of(pid: i32) -> Option<char> {
+    stat_fields(pid)?.first()?.chars().next()
+}
+
+/// Whether `pid` has ended (gone, or a zombie).
+pub fn ended(pid: i32) -> bool {
+    matches!(state_of(pid), None | Some('Z') | Some('X'))
+}
+
+/// Pids of the processes in process group or session `id` (field 5 or 6 of /proc/PID/stat).
+pub fn members(field: usize, id: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let value = stat_fields(pid).and_then(|f| f.get(field - 3)?.parse::<i32>().ok());
+        if value == Some(id) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// The pid of the process tracing `pid` (0: none).
+pub fn tracer_of(pid: i32) -> i32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Pid → the pid of its tracer, for every traced process.
+pub fn tracers() -> std::collections::HashMap<i32, i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .map(|p| (p, tracer_of(p)))
+        .filter(|&(_, t)| t != 0)
+        .collect()
+}
+
+/// The wait status of zombie `pid` (field 52 of /proc/PID/stat).
+pub fn exit_status(pid: i32) -> Option<i32> {
+    stat_fields(pid)?.get(49)?.parse().ok()
+}
+
+/// Whether `pid` maps libcr or will (its environment preloads it).
+pub fn agent_coming(pid: i32) -> bool {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    if maps.lines().any(|l| l.contains("/libcr")) {
+        return true;
+    }
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_default()
+        .split(|&b| b == 0)
+        .any(|v| v.starts_with(b"LD_PRELOAD=") && v.windows(5).any(|w| w == b"libcr"))
+}
+
+/// A cr_restart that only waits for the job it restored (the tool itself, or the init of the pid
+/// namespace it made), as opposed to one of its children still being restored. It has no agent
+/// and is never saved: as BLCR's `--omit-maybe`, a checkpoint that reaches it takes its
+/// restored descendants instead.
+pub fn is_waiting_restarter(pid: i32) -> bool {
+    comm(pid) == "cr_restart"
+        && (comm(parent(pid)) != "cr_restart" || protocol::target_identity(pid).1 == 1)
+}
+
+/// The pid of `inner` (a pid in the pid namespace of `member`) as our /proc names it.
+pub fn outer_pid(member: i32, inner: i32) -> Option<i32> {
+    let (ns, _) = protocol::target_identity(member);
+    let (own, _) = protocol::own_identity();
+    if ns == own {
+        return Some(inner);
+    }
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|&p| protocol::target_identity(p) == (ns, inner))
+}
+
+/// This process and its ancestors: never part of a checkpoint it makes (they wait for it).
+pub fn ourselves() -> std::collections::HashSet<i32> {
+    let mut set = std::collections::HashSet::new();
+    let mut up = std::process::id() as i32;
+    while up > 1 && set.insert(up) {
+        up = parent(up);
+    }
+    set
+}
