@@ -7,6 +7,8 @@
 //! - [`checkpoint`]: the checkpoint coordinator the tools share (scope, consistent cut, commit);
 //! - [`restore`]: the restart loader used by `cr_restart` and `cr_request_restart` (validate,
 //!   rebuild, trampoline);
+//! - [`supervise`]: `cr_run --checkpoint-dir`, the batch-cluster workflow (start or resume,
+//!   periodic and preemption checkpoints, generations);
 //! - [`api`]: BLCR's C API;
 //! - [`protocol`]: what the tools and the agent say to each other;
 //! - [`sys`] and [`arch`]: the raw syscall layer and the few lines of assembly.
@@ -20,5 +22,6 @@ pub mod checkpoint;
 pub mod image;
 pub mod protocol;
 pub mod restore;
+pub mod supervise;
 pub mod sys;
 pub mod tool;

@@ -58,33 +58,197 @@ fn is_static_elf(path: &Path) -> bool {
 }
 
 fn usage() -> ! {
-    println!("Usage: cr_run [--run|--omit] [--] PROGRAM [ARGS...]\nRuns PROGRAM with the libcr checkpoint agent preloaded.");
+    println!(
+        "Usage: cr_run [--run|--omit] [--] PROGRAM [ARGS...]
+Runs PROGRAM with the libcr checkpoint agent preloaded.
+
+       cr_run --checkpoint-dir DIR [--every DURATION] [--keep N] [--id NAME]
+              [--on-signal SIG[,SIG...]] [--exit-after-checkpoint CODE]
+              [--checkpoint-signal SIG] [--no-resume] [--keep-final] [-v] [--] PROGRAM [ARGS...]
+Starts PROGRAM, or resumes it from the newest good image of the same job in DIR; checkpoints
+the whole job every DURATION (90s, 30m, 2h), on SIG of --checkpoint-signal (default USR2), and
+on a preemption signal of --on-signal (default TERM: checkpoint, end the job, exit with CODE,
+default 0); keeps the newest N generations (default 2); exits as PROGRAM does.
+
+       cr_run --status DIR
+Lists the jobs and generations in DIR."
+    );
     std::process::exit(0)
+}
+
+/// A signal given by name (`TERM`, `SIGUSR1`) or number.
+fn parse_signal(s: &str) -> Option<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let name = s.trim_start_matches("SIG").to_ascii_uppercase();
+    let table = [
+        ("HUP", libc::SIGHUP),
+        ("INT", libc::SIGINT),
+        ("QUIT", libc::SIGQUIT),
+        ("USR1", libc::SIGUSR1),
+        ("USR2", libc::SIGUSR2),
+        ("ALRM", libc::SIGALRM),
+        ("TERM", libc::SIGTERM),
+        ("CONT", libc::SIGCONT),
+        ("XCPU", libc::SIGXCPU),
+        ("PWR", libc::SIGPWR),
+        ("WINCH", libc::SIGWINCH),
+    ];
+    table.iter().find(|(n, _)| *n == name).map(|&(_, v)| v)
+}
+
+/// A duration like `90s`, `30m`, `2h`, `1h30m` or plain seconds.
+fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let mut total = 0u64;
+    let mut num = String::new();
+    let mut any = false;
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().ok()?;
+        num.clear();
+        total += n * match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return None,
+        };
+        any = true;
+    }
+    if !num.is_empty() {
+        total += num.parse::<u64>().ok()?;
+        any = true;
+    }
+    (any && total > 0).then(|| std::time::Duration::from_secs(total))
+}
+
+/// The value of option `name` at `args[0]` (`--name=V` or `--name V`), removing what it used.
+fn take_value(args: &mut Vec<OsString>, name: &str) -> Option<String> {
+    let first = args.remove(0).to_string_lossy().into_owned();
+    if let Some(v) = first.strip_prefix(&format!("{name}=")) {
+        return Some(v.to_string());
+    }
+    if args.is_empty() {
+        cr::tool::fail(TOOL, libc::EINVAL, &format!("{name} needs a value"));
+    }
+    Some(args.remove(0).to_string_lossy().into_owned())
+}
+
+/// Whether `arg` is option `name`, with or without `=VALUE`.
+fn is_opt(arg: &str, name: &str) -> bool {
+    arg == name || arg.starts_with(&format!("{name}="))
 }
 
 fn main() {
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let mut omit = false;
+    let mut sup = cr::supervise::Config {
+        dir: PathBuf::new(),
+        every: None,
+        keep: 2,
+        id: None,
+        on_signal: vec![libc::SIGTERM],
+        exit_after_checkpoint: 0,
+        exit_after_periodic: false,
+        checkpoint_signal: Some(libc::SIGUSR2),
+        no_resume: false,
+        keep_final: false,
+        verbose: false,
+        argv: Vec::new(),
+    };
+    let mut supervised = false;
+    let bad = |what: &str, v: &str| -> ! {
+        cr::tool::fail(TOOL, libc::EINVAL, &format!("invalid {what} '{v}'"))
+    };
     while let Some(a) = args.first() {
-        match a.to_str() {
-            Some("--") => {
+        let a = a.to_string_lossy().into_owned();
+        match a.as_str() {
+            "--" => {
                 args.remove(0);
                 break;
             }
-            Some("-?") | Some("--help") | Some("-h") => usage(),
-            Some("--version") => {
+            "-?" | "--help" | "-h" => usage(),
+            "--version" => {
                 println!("cr_run: version {}", env!("CARGO_PKG_VERSION"));
                 return;
             }
-            Some("--run") => {
+            "--run" => {
                 omit = false;
                 args.remove(0);
             }
-            Some("--omit") => {
+            "--omit" => {
                 omit = true;
                 args.remove(0);
             }
-            Some(s) if s.starts_with('-') => {
+            "-v" | "--verbose" => {
+                sup.verbose = true;
+                args.remove(0);
+            }
+            "--no-resume" => {
+                sup.no_resume = true;
+                args.remove(0);
+            }
+            "--keep-final" => {
+                sup.keep_final = true;
+                args.remove(0);
+            }
+            s if is_opt(s, "--status") => {
+                let dir = take_value(&mut args, "--status").unwrap_or_default();
+                match cr::supervise::status(Path::new(&dir)) {
+                    Ok(text) => {
+                        print!("{text}");
+                        return;
+                    }
+                    Err(e) => cr::tool::fail(TOOL, e.errno, &e.msg),
+                }
+            }
+            s if is_opt(s, "--checkpoint-dir") => {
+                sup.dir =
+                    PathBuf::from(take_value(&mut args, "--checkpoint-dir").unwrap_or_default());
+                supervised = true;
+            }
+            s if is_opt(s, "--every") => {
+                let v = take_value(&mut args, "--every").unwrap_or_default();
+                sup.every = Some(parse_duration(&v).unwrap_or_else(|| bad("--every duration", &v)));
+            }
+            s if is_opt(s, "--keep") => {
+                let v = take_value(&mut args, "--keep").unwrap_or_default();
+                sup.keep = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| n >= 1)
+                    .unwrap_or_else(|| bad("--keep count", &v));
+            }
+            s if is_opt(s, "--id") => sup.id = take_value(&mut args, "--id"),
+            s if is_opt(s, "--on-signal") => {
+                let v = take_value(&mut args, "--on-signal").unwrap_or_default();
+                sup.on_signal = v
+                    .split(',')
+                    .map(|x| parse_signal(x.trim()).unwrap_or_else(|| bad("signal", x)))
+                    .collect();
+            }
+            s if is_opt(s, "--checkpoint-signal") => {
+                let v = take_value(&mut args, "--checkpoint-signal").unwrap_or_default();
+                sup.checkpoint_signal = if v == "none" {
+                    None
+                } else {
+                    Some(parse_signal(&v).unwrap_or_else(|| bad("signal", &v)))
+                };
+            }
+            s if is_opt(s, "--exit-after-checkpoint") => {
+                let v = take_value(&mut args, "--exit-after-checkpoint").unwrap_or_default();
+                sup.exit_after_checkpoint = v
+                    .parse()
+                    .ok()
+                    .filter(|c| (0..=255).contains(c))
+                    .unwrap_or_else(|| bad("exit code", &v));
+                sup.exit_after_periodic = true;
+            }
+            s if s.starts_with('-') => {
                 cr::tool::fail(TOOL, libc::EINVAL, &format!("unknown option {s}"))
             }
             _ => break,
@@ -145,11 +309,38 @@ fn main() {
             preload.push(std::ffi::OsStr::from_bytes(entry));
         }
     }
-    let err = std::process::Command::new(&path)
-        .arg0(prog)
-        .args(&args[1..])
-        .env("LD_PRELOAD", preload)
-        .exec();
+    let command = || {
+        let mut c = std::process::Command::new(&path);
+        c.arg0(prog).args(&args[1..]).env("LD_PRELOAD", &preload);
+        c
+    };
+    if supervised {
+        if omit {
+            cr::tool::fail(
+                TOOL,
+                libc::EINVAL,
+                "--omit and --checkpoint-dir exclude each other",
+            );
+        }
+        if sup
+            .on_signal
+            .iter()
+            .any(|&s| Some(s) == sup.checkpoint_signal)
+        {
+            cr::tool::fail(
+                TOOL,
+                libc::EINVAL,
+                "a signal cannot be both in --on-signal and --checkpoint-signal",
+            );
+        }
+        sup.argv = args.clone();
+        match cr::supervise::run(&sup, &command) {
+            Ok(Ok(status)) => cr::restore::spawn::end_like(status),
+            Ok(Err(code)) => std::process::exit(code),
+            Err(e) => cr::tool::fail(TOOL, e.errno, &e.msg),
+        }
+    }
+    let err = command().exec();
     cr::tool::fail(
         TOOL,
         err.raw_os_error().unwrap_or(1),

@@ -97,6 +97,36 @@ pub struct Job {
 }
 
 impl Job {
+    /// Makes the job's standard input, output and error those of the process that restores it
+    /// (`cr_run --checkpoint-dir` resuming a job: its new output files or pipes), whatever they
+    /// were at checkpoint time: descriptors 0-2 of the first (root) process, unless they are a
+    /// pipe within the job, and every other process's descriptor 0-2 that referred to the same
+    /// file as the root's.
+    pub fn inherit_stdio(&mut self) {
+        use crate::image::format::FdKind;
+        let Some(root) = self.images.first() else {
+            return;
+        };
+        let all: Vec<&Image> = self.images.iter().collect();
+        let stdio: Vec<(i32, u64, u64)> = root
+            .fds
+            .iter()
+            .filter(|f| f.rec.fd <= 2)
+            .filter(|f| !(f.kind == FdKind::Pipe && super::pool::pipe_is_pooled(&all, f)))
+            .map(|f| (f.rec.fd, f.rec.dev, f.rec.ino))
+            .collect();
+        for (i, img) in self.images.iter_mut().enumerate() {
+            for f in img.fds.iter_mut().filter(|f| f.rec.fd <= 2) {
+                let same = stdio.iter().any(|&(fd, dev, ino)| {
+                    fd == f.rec.fd && (i == 0 || (dev, ino) == (f.rec.dev, f.rec.ino))
+                });
+                if same {
+                    f.kind = FdKind::Inherited;
+                }
+            }
+        }
+    }
+
     /// The job's processes as the spawner takes them.
     pub fn members(&self) -> Vec<Member<'_>> {
         (0..self.images.len())
