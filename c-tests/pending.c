@@ -7,13 +7,13 @@
  * SIGUSR1, SIGUSR2, SIGCHLD, SIGRTMIN+1 and SIGRTMIN+2 are blocked in every thread. Before READY:
  *   process-wide: a child sends SIGUSR1 with kill() (SI_USER) and SIGRTMIN+1 three times with
  *     sigqueue() (values 100, 101, 102), then exits with status 7 (SIGCHLD, CLD_EXITED; reaped);
- *   main thread: SIGUSR2 raised twice (standard signals coalesce: one instance; si_code of
- *     raise/tgkill: SI_TKILL, or SI_USER on some kernels, probed at start);
+ *   main thread: SIGUSR2 raised twice (standard signals coalesce: one instance, SI_TKILL);
  *   second thread: SIGUSR1 (tgkill from main) and, with pthread_sigqueue, SIGRTMIN+1 twice
  *     (200, 201) and SIGRTMIN+2 three times (1, 2, 3).
  * The pending sets (/proc/thread-self/status SigPnd = private, ShdPnd = shared) are checked
  * before READY and after GO; after GO each thread takes every signal with a zero-timeout
- * sigtimedwait (private ones first, the second thread before main) and compares signal,
+ * rt_sigtimedwait (the system call: glibc's sigtimedwait reports SI_TKILL as SI_USER) (private
+ * ones first, the second thread before main) and compares signal,
  * si_code, si_pid, si_uid, si_value and si_status, in order; then nothing is left.
  */
 #define _GNU_SOURCE
@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -34,7 +35,6 @@
 
 static pid_t self, child;
 static uid_t uid;
-static int tkill_code; /* si_code of tgkill()/raise(): SI_TKILL (SI_USER on some kernels) */
 static atomic_int phase; /* 1 thread set up, 2 thread checks, 3 thread done */
 static pthread_t th;
 
@@ -73,7 +73,7 @@ static void take(const char *who, int sig, int code, pid_t pid, int value, int s
     sigemptyset(&s);
     sigaddset(&s, sig);
     memset(&si, 0, sizeof si);
-    int r = sigtimedwait(&s, &si, &zero);
+    int r = (int)syscall(SYS_rt_sigtimedwait, &s, &si, &zero, 8);
     if (r != sig)
         failf("%s: signal %d (value %d) is not pending (sigtimedwait %d)", who, sig, value, r);
     if (si.si_code != code || si.si_pid != pid || si.si_uid != uid ||
@@ -100,7 +100,7 @@ static void *thread_main(void *arg)
         usleep(500);
     expect_sets("thread", bit(SIGUSR1) | bit(SIGRTMIN + 1) | bit(SIGRTMIN + 2),
                 bit(SIGUSR1) | bit(SIGCHLD) | bit(SIGRTMIN + 1));
-    take("thread", SIGUSR1, tkill_code, self, -1, -1);
+    take("thread", SIGUSR1, SI_TKILL, self, -1, -1);
     take("thread", SIGRTMIN + 1, SI_QUEUE, self, 200, -1);
     take("thread", SIGRTMIN + 1, SI_QUEUE, self, 201, -1);
     for (int i = 1; i <= 3; i++)
@@ -125,12 +125,6 @@ int main(void)
             sigaddset(&s, sig);
     if (pthread_sigmask(SIG_BLOCK, &s, NULL) != 0)
         fail("pthread_sigmask");
-    siginfo_t si;
-    struct timespec zero = {0, 0};
-    raise(SIGUSR2);
-    if (sigtimedwait(&s, &si, &zero) != SIGUSR2)
-        fail("raise(SIGUSR2) did not leave it pending");
-    tkill_code = si.si_code;
     if (pthread_create(&th, NULL, thread_main, NULL) != 0)
         fail("pthread_create");
     while (atomic_load(&phase) != 1)
@@ -162,7 +156,7 @@ int main(void)
     pthread_join(th, NULL);
     if (atomic_load(&phase) != 3)
         fail("the second thread did not finish");
-    take("main", SIGUSR2, tkill_code, self, -1, -1);
+    take("main", SIGUSR2, SI_TKILL, self, -1, -1);
     take("main", SIGUSR1, SI_USER, child, -1, -1);
     for (int i = 0; i < 3; i++)
         take("main", SIGRTMIN + 1, SI_QUEUE, child, 100 + i, -1);

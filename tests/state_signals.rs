@@ -2,7 +2,8 @@
 //! self-verifying programs: `c-tests/pending.c` (pending signals, private and process-wide,
 //! standard and queued real-time ones with their siginfo), `c-tests/prctl.c` (per-thread and
 //! per-process `prctl` settings, thread names and the personality), `c-tests/fpu_callback.c`
-//! (a callback's x87/SSE/AVX state across its `cr_checkpoint()`; linked with libcr).
+//! (a callback's x87/SSE/AVX state across its `cr_checkpoint()`; linked with libcr),
+//! `c-tests/sig64.c` (the program's own disposition for the checkpoint signal).
 //!
 //! Each case runs the usual cycle (checkpoint `--term`, restart, GO, PASS); the `_continues`
 //! cases check that a checkpoint leaves the original's state alone (a checkpoint without
@@ -195,4 +196,66 @@ fn fpu_state_in_callbacks_continues() {
     sc.go();
     orig.expect_pass(RESTART_TIMEOUT);
     copy.expect_pass(RESTART_TIMEOUT);
+}
+
+// ---------------------------------------------------------------------------------------------
+// signal 64 belongs to the program too
+// ---------------------------------------------------------------------------------------------
+
+/// `cr_run ./sig64 MODE`; READY seen.
+fn start_sig64(sc: &Scenario, mode: &str) -> Job {
+    let mut prog = sc.program("sig64");
+    prog.argv.push(mode.into());
+    let mut job = sc.start("sig64", sc.under_cr_run(&prog));
+    job.wait_ready();
+    job
+}
+
+/// The program queries, ignores and handles signal 64 (raise, sigqueue from itself and from a
+/// child; SA_SIGINFO, sa_mask, SA_RESETHAND, SA_NODEFER, a garbage sa_restorer); its handler is
+/// still installed after a restart, never sees a checkpoint request, and checkpoints work.
+#[test]
+fn sig64_handler() {
+    let sc = Scenario::new("sig64-handler");
+    sc.checkpoint_term_restart_pass(start_sig64(&sc, "handler"));
+}
+
+/// SIG_IGN for signal 64 survives the restart (and the checkpoint ignores it).
+#[test]
+fn sig64_ignored() {
+    let sc = Scenario::new("sig64-ign");
+    sc.checkpoint_term_restart_pass(start_sig64(&sc, "ign"));
+}
+
+/// SIG_DFL: a signal 64 from anyone terminates the process with signal 64, after a restart too.
+#[test]
+fn sig64_default() {
+    let sc = Scenario::new("sig64-dfl");
+    sc.checkpoint_term_restart_pass(start_sig64(&sc, "dfl"));
+}
+
+/// The restored process, with the program's handler on signal 64, is checkpointed again.
+#[test]
+fn sig64_handler_chain() {
+    let sc = Scenario::new("sig64-chain");
+    let mut gen1 = start_sig64(&sc, "handler");
+    let img1 = sc.checkpoint(gen1.pid(), &["--term"]);
+    gen1.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    let mut gen2 = sc.restart(&img1);
+    let pid2 = gen2.wait_child(READY_TIMEOUT);
+    wait_address_space_switched(&sc, pid2, Duration::from_secs(10));
+    let img2 = sc.checkpoint_restored(pid2, &["--term"]);
+    gen2.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    sc.go();
+    sc.restart(&img2).expect_pass(RESTART_TIMEOUT);
+}
+
+#[test]
+fn sig64_handler_unprivileged() {
+    if !is_root() {
+        println!("note: not root: sig64_handler already runs unprivileged");
+        return;
+    }
+    let sc = Scenario::as_user("nobody-sig64", NOBODY);
+    sc.checkpoint_term_restart_pass(start_sig64(&sc, "handler"));
 }

@@ -1,10 +1,136 @@
 //! Keeps the checkpoint signal invisible to the program: the program's own `sigprocmask`,
 //! `pthread_sigmask`, `sigaction` and `signal` calls cannot block or replace it, and `SIGRTMAX`
 //! reports one less (as with BLCR). These wrappers are only on signal-setup paths, never hot.
+//!
+//! Signal 64 still belongs to the program too (as under BLCR): `sigaction`/`signal` on it set
+//! and return the program's own disposition, kept here in agent memory (so it also travels in
+//! the image); the kernel keeps ours. A signal 64 that is not a checkpoint request (anyone's
+//! `kill`, `raise`, `sigqueue`) is passed on by the handler ([`deliver_to_program`]) as the kernel
+//! would have delivered it: to the program's handler with its flags and mask, ignored, or (the
+//! default) terminating the process with signal 64.
 
 use super::quiesce::CR_SIGNUM;
-use core::sync::atomic::{AtomicUsize, Ordering::*};
+use crate::sys;
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 use libc::{c_int, sigset_t};
+
+/// The program's disposition for signal 64 in the kernel's layout: handler, flags, restorer,
+/// mask. Initially SIG_DFL (all zero), as the kernel reports an untouched signal.
+static PROGRAM_ACT: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+/// The kernel's `SA_RESTORER` flag (x86-64).
+const SA_RESTORER: u64 = 0x0400_0000;
+/// Sequence lock of [`PROGRAM_ACT`]: odd while a writer changes it.
+static PROGRAM_ACT_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// The program's disposition for the checkpoint signal (a consistent copy).
+fn program_action() -> super::process::KSigaction {
+    loop {
+        let seq = PROGRAM_ACT_SEQ.load(Acquire);
+        if seq & 1 == 1 {
+            core::hint::spin_loop();
+            continue;
+        }
+        let a = super::process::KSigaction {
+            handler: PROGRAM_ACT[0].load(Acquire),
+            flags: PROGRAM_ACT[1].load(Acquire),
+            restorer: PROGRAM_ACT[2].load(Acquire),
+            mask: PROGRAM_ACT[3].load(Acquire),
+        };
+        if PROGRAM_ACT_SEQ.load(Acquire) == seq {
+            return a;
+        }
+    }
+}
+
+/// Replaces the program's disposition for the checkpoint signal. The writing thread blocks
+/// every signal meanwhile, so no handler of its own can wait for it; writers in several threads
+/// take turns.
+fn set_program_action(a: &super::process::KSigaction) {
+    let old_mask = sys::sigprocmask_raw(libc::SIG_SETMASK, Some(!0));
+    loop {
+        let seq = PROGRAM_ACT_SEQ.load(Acquire);
+        if seq & 1 == 0
+            && PROGRAM_ACT_SEQ
+                .compare_exchange(seq, seq + 1, AcqRel, Acquire)
+                .is_ok()
+        {
+            break;
+        }
+        core::hint::spin_loop();
+    }
+    PROGRAM_ACT[0].store(a.handler, Release);
+    PROGRAM_ACT[1].store(a.flags, Release);
+    PROGRAM_ACT[2].store(a.restorer, Release);
+    PROGRAM_ACT[3].store(a.mask, Release);
+    PROGRAM_ACT_SEQ.fetch_add(1, AcqRel);
+    sys::sigprocmask_raw(libc::SIG_SETMASK, Some(old_mask));
+}
+
+/// Called by the checkpoint signal handler for a signal 64 that is not a checkpoint request:
+/// does what the kernel would have done with the program's disposition. Runs in the handler
+/// (every signal blocked; `uc` holds the mask of the interrupted code).
+///
+/// # Safety
+/// `info` and `uc` are the handler's arguments from the kernel.
+pub unsafe fn deliver_to_program(sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    let act = program_action();
+    match act.handler as usize {
+        libc::SIG_IGN => {}
+        libc::SIG_DFL => {
+            // The default action of a real-time signal: the process ends, killed by it.
+            let dfl = super::process::KSigaction::default();
+            let _ = sys::sys6(
+                libc::SYS_rt_sigaction as usize,
+                sig as usize,
+                &dfl as *const _ as usize,
+                0,
+                8,
+                0,
+                0,
+            );
+            let _ = sys::sys3(
+                libc::SYS_tgkill as usize,
+                sys::getpid() as usize,
+                sys::gettid() as usize,
+                sig as usize,
+            );
+            sys::sigprocmask_raw(libc::SIG_UNBLOCK, Some(1u64 << (sig - 1)));
+            // Not reached: the signal killed us. Should it not have, go on as before.
+            super::install_handler();
+        }
+        h => {
+            if act.flags & libc::SA_RESETHAND as u64 != 0 {
+                set_program_action(&super::process::KSigaction {
+                    handler: libc::SIG_DFL as u64,
+                    ..act
+                });
+            }
+            // The mask the kernel would have set: the interrupted code's, the handler's
+            // sa_mask, and the signal itself unless SA_NODEFER.
+            // SAFETY: uc is the kernel's ucontext for this handler invocation.
+            let interrupted = unsafe {
+                core::ptr::read_unaligned(
+                    &(*(uc as *const libc::ucontext_t)).uc_sigmask as *const _ as *const u64,
+                )
+            };
+            let mut mask = interrupted | act.mask;
+            if act.flags & libc::SA_NODEFER as u64 == 0 {
+                mask |= 1u64 << (sig - 1);
+            }
+            sys::sigprocmask_raw(libc::SIG_SETMASK, Some(mask));
+            if act.flags & libc::SA_SIGINFO as u64 != 0 {
+                // SAFETY: the program installed this as an SA_SIGINFO handler.
+                let f: extern "C" fn(c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                    unsafe { core::mem::transmute(h) };
+                f(sig, info, uc);
+            } else {
+                // SAFETY: the program installed this as a plain handler.
+                let f: extern "C" fn(c_int) = unsafe { core::mem::transmute(h) };
+                f(sig);
+            }
+        }
+    }
+}
 
 /// glibc-internal signals (SIGCANCEL, SIGSETXID) that glibc itself never lets a program block.
 const GLIBC_INTERNAL: u64 = (1 << 31) | (1 << 32);
@@ -90,7 +216,8 @@ fn real_sigaction() -> Option<SigactionFn> {
     (p != 0).then(|| unsafe { core::mem::transmute::<usize, SigactionFn>(p) })
 }
 
-/// `sigaction(2)` that refuses to touch the checkpoint signal.
+/// `sigaction(2)`; for the checkpoint signal it sets and returns the program's own disposition
+/// (the kernel keeps the agent's).
 ///
 /// # Safety
 /// As `sigaction(2)`.
@@ -101,8 +228,33 @@ pub unsafe extern "C" fn sigaction(
     old: *mut libc::sigaction,
 ) -> c_int {
     if sig == CR_SIGNUM && super::active() {
-        set_errno(libc::EINVAL);
-        return -1;
+        let cur = program_action();
+        if !act.is_null() {
+            // SAFETY: the caller passed a valid struct sigaction.
+            let a = unsafe { &*act };
+            // SAFETY: sa_mask's first 8 bytes are the kernel mask.
+            let mask = unsafe { core::ptr::read_unaligned(&a.sa_mask as *const _ as *const u64) };
+            // As glibc: SA_RESTORER with its own restorer (ours here; it is never used).
+            set_program_action(&super::process::KSigaction {
+                handler: a.sa_sigaction as u64,
+                flags: a.sa_flags as u32 as u64 | SA_RESTORER,
+                restorer: crate::arch::sigreturn_restorer() as u64,
+                mask: mask & !((1 << (libc::SIGKILL - 1)) | (1 << (libc::SIGSTOP - 1))),
+            });
+        }
+        if !old.is_null() {
+            // SAFETY: all-zero is a valid sigaction; the caller passed a valid pointer.
+            unsafe {
+                let mut o: libc::sigaction = core::mem::zeroed();
+                o.sa_sigaction = cur.handler as usize;
+                o.sa_flags = cur.flags as c_int;
+                o.sa_restorer =
+                    core::mem::transmute::<usize, Option<extern "C" fn()>>(cur.restorer as usize);
+                core::ptr::write_unaligned(&mut o.sa_mask as *mut _ as *mut u64, cur.mask);
+                *old = o;
+            }
+        }
+        return 0;
     }
     match real_sigaction() {
         // SAFETY: forwarding the caller's arguments unchanged.
@@ -114,7 +266,7 @@ pub unsafe extern "C" fn sigaction(
     }
 }
 
-/// `signal(2)` that refuses to touch the checkpoint signal (BSD semantics, as glibc's).
+/// `signal(2)` through [`sigaction`] (BSD semantics, as glibc's).
 #[no_mangle]
 pub extern "C" fn signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
     // SAFETY: all-zero is a valid sigaction.

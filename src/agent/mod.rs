@@ -130,7 +130,7 @@ pub fn init() -> bool {
 }
 
 /// Installs the checkpoint signal handler (raw `rt_sigaction`, our own restorer).
-fn install_handler() {
+pub(crate) fn install_handler() {
     let act = process::KSigaction {
         handler: quiesce::on_signal as *const () as usize as u64,
         flags: (libc::SA_SIGINFO | libc::SA_RESTART | 0x0400_0000) as u64,

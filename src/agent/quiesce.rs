@@ -157,13 +157,16 @@ pub fn wait_done(seen: u32) {
 ///
 /// # Safety
 /// Called by the kernel with valid `info` and `uc` pointers.
-pub unsafe extern "C" fn on_signal(_sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+pub unsafe extern "C" fn on_signal(sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo.
     let si = unsafe { &*info };
     // SAFETY: for SI_QUEUE the union holds si_pid/si_uid/si_value; reading them is defined.
     let (pid, value) = unsafe { (si.si_pid(), si.si_value().sival_ptr as u64) };
     if si.si_code != libc::SI_QUEUE || pid != sys::getpid() || value != COOKIE.load(Relaxed) {
-        return; // not ours: someone else sent signal 64; ignore like BLCR does
+        // Not a checkpoint request: the program's signal 64.
+        // SAFETY: the kernel's arguments, passed on.
+        unsafe { super::interpose::deliver_to_program(sig, info, uc) };
+        return;
     }
     IN_HANDLER.fetch_add(1, AcqRel);
     handle(uc as *mut libc::ucontext_t);
