@@ -572,6 +572,7 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
         return;
     }
     // Phase 2: every thread stops in the handler (running its signal-context callbacks).
+    let quiesce_start = sys::monotonic_ns();
     let mut dirbuf = DirBuf([0; 8192]);
     if let Err(e) = quiesce::quiesce(&mut dirbuf, timeout_ns) {
         let mut m = StackBuf::<240>::new();
@@ -598,6 +599,7 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
     if end_if_aborted(conn, api, img_fd) {
         return;
     }
+    let quiesce_ms = (sys::monotonic_ns() - quiesce_start) / 1_000_000;
     if req.flags & protocol::FLAG_BARRIER != 0 {
         // One process of a multi-process checkpoint: stopped; write only once every other
         // process of the cut is stopped too.
@@ -680,7 +682,21 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
             // SAFETY: signalling our own process.
             unsafe { libc::kill(libc::getpid(), req.signal) };
         }
-        conclude(conn, api, 0, 0, job.bytes.load(Acquire) + forwarded, b"");
+        // How the image went (direct I/O or why not, and where the time went) for `-v`.
+        // (Only for the tools: an API requester's log must stay empty on success.)
+        let mut report = StackBuf::<240>::new();
+        if !api {
+            report.push(b"quiesce=").num(quiesce_ms).push(b"ms ");
+            super::image::io_report::describe(&mut report);
+        }
+        conclude(
+            conn,
+            api,
+            0,
+            0,
+            job.bytes.load(Acquire) + forwarded,
+            report.as_bytes(),
+        );
     } else {
         let e = job.errno.load(Acquire);
         let mut m = StackBuf::<240>::new();

@@ -4,13 +4,20 @@
 use crate::image::format::{Extent, PAGE};
 use crate::sys::{self, Errno};
 
-const MAPS_LEN: usize = 8 << 20;
-const PAGEMAP_LEN: usize = 4096 * 8;
-const PROBE_LEN: usize = 1 << 20;
-const MINCORE_LEN: usize = PROBE_LEN / PAGE;
-const EXTENTS_LEN: usize = 24 << 20; // a multiple of size_of::<Extent>() (24)
-const META_LEN: usize = 64 << 20;
-const STACK_LEN: usize = 1 << 20;
+/// `n` rounded up to whole pages: every buffer starts page aligned, so the ones written with
+/// `O_DIRECT` (header, metadata, trailer) are aligned as direct I/O requires.
+const fn pages(n: usize) -> usize {
+    n.div_ceil(PAGE) * PAGE
+}
+
+const MAPS_LEN: usize = pages(8 << 20);
+const PAGEMAP_LEN: usize = pages(4096 * 8);
+const PROBE_LEN: usize = pages(1 << 20);
+/// One `mincore` byte per page of a probe chunk (256 bytes), padded to a page.
+const MINCORE_LEN: usize = pages(PROBE_LEN / PAGE);
+const EXTENTS_LEN: usize = pages(24 << 20); // a multiple of size_of::<Extent>() (24)
+const META_LEN: usize = pages(64 << 20);
+const STACK_LEN: usize = pages(1 << 20);
 
 const MAPS_OFF: usize = 0;
 const PAGEMAP_OFF: usize = MAPS_OFF + MAPS_LEN;
@@ -22,6 +29,24 @@ const TRAILER_OFF: usize = HEADER_OFF + PAGE;
 const META_OFF: usize = TRAILER_OFF + PAGE;
 const STACK_OFF: usize = META_OFF + META_LEN;
 const TOTAL: usize = STACK_OFF + STACK_LEN;
+
+// Every buffer page aligned (direct I/O needs at least 512-byte aligned buffers: a 256-byte
+// mincore buffer once put the header, metadata and trailer off alignment, and O_DIRECT was
+// dropped for the whole image).
+const _: () = assert!(
+    MAPS_OFF.is_multiple_of(PAGE)
+        && PAGEMAP_OFF.is_multiple_of(PAGE)
+        && PROBE_OFF.is_multiple_of(PAGE)
+        && MINCORE_OFF.is_multiple_of(PAGE)
+        && EXTENTS_OFF.is_multiple_of(PAGE)
+        && HEADER_OFF.is_multiple_of(PAGE)
+        && TRAILER_OFF.is_multiple_of(PAGE)
+        && META_OFF.is_multiple_of(PAGE)
+        && STACK_OFF.is_multiple_of(PAGE)
+        && TOTAL.is_multiple_of(PAGE)
+);
+const _: () = assert!(EXTENTS_LEN.is_multiple_of(core::mem::size_of::<Extent>()));
+const _: () = assert!(MINCORE_LEN >= PROBE_LEN / PAGE);
 
 /// A reserved, lazily populated scratch area.
 pub struct Scratch {

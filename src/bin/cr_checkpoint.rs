@@ -281,8 +281,8 @@ fn main() {
     if verbose {
         for s in &outcome.saved {
             eprintln!(
-                "{TOOL}: process {} checkpointed to {} ({} bytes)",
-                s.pid, s.dest, s.bytes
+                "{TOOL}: process {} checkpointed to {} ({} bytes; {})",
+                s.pid, s.dest, s.bytes, s.report
             );
         }
         let n = outcome.saved.len();

@@ -297,6 +297,7 @@ pub(super) fn checkpoint_one(
     }
     cut.members[0].contacted = true;
     cut.members[0].bytes = reply.bytes;
+    cut.members[0].report = reply.message();
     cut.commit()?;
     let outcome = cut.finish(&[0]);
     if let Some(path) = &outcome.path {
@@ -322,6 +323,8 @@ struct Member {
     ended: bool,
     /// Bytes of its image.
     bytes: u64,
+    /// Its agent's report on the write (see `Saved::report`).
+    report: String,
 }
 
 impl Member {
@@ -335,6 +338,7 @@ impl Member {
             omitted: false,
             ended: false,
             bytes: 0,
+            report: String::new(),
         }
     }
 }
@@ -628,6 +632,7 @@ impl<'a> Cut<'a> {
                     pid: mb.pid,
                     dest: self.outs[mb.out].what.clone(),
                     bytes: mb.bytes,
+                    report: mb.report.clone(),
                 }
             })
             .collect();
@@ -950,6 +955,7 @@ pub(super) fn checkpoint_many(
             ));
         }
         cut.members[i].bytes = reply.bytes;
+        cut.members[i].report = reply.message();
     }
 
     // 4. Commit; 5. the post-checkpoint signal to every process, then release them all.

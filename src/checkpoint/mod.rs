@@ -111,6 +111,9 @@ pub struct Saved {
     pub dest: String,
     /// Bytes of its image.
     pub bytes: u64,
+    /// How its agent wrote it: direct I/O or why not, and where the time went
+    /// (`quiesce=…ms io=direct meta=…ms data=…ms sync=…ms`).
+    pub report: String,
 }
 
 /// What a successful checkpoint saved.
