@@ -1250,6 +1250,7 @@ fn api_tree_scope() {
     let mut job = sc.start("api_tree", sc.plain(&prog));
     reaper.watch(&[job.pid()]);
     let st = job.wait_exit(TOOL_TIMEOUT);
+    job.wait_output_closed(Duration::from_secs(5));
     assert!(
         st.success() && job.stdout().contains("PASS api_tree checkpointed"),
         "api_tree should checkpoint its tree and pass:\n{}",
@@ -1266,6 +1267,7 @@ fn api_tree_scope() {
     let mut rs = sc.restart(&img);
     reaper.watch(&[rs.pid()]);
     let st = rs.wait_exit(RESTART_TIMEOUT);
+    rs.wait_output_closed(Duration::from_secs(5));
     assert!(
         st.success() && rs.stdout().contains("PASS api_tree restarted"),
         "the restarted api_tree should pass:\n{}",
