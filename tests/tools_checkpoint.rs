@@ -493,3 +493,37 @@ fn verbose_reports_direct_io() {
     sc.go();
     job.expect_pass(RESTART_TIMEOUT);
 }
+
+/// A target that ends while its checkpoint callbacks run (`c-tests/cb_exit.c`, linked with libcr,
+/// whose signal- or thread-context callback calls `exit(7)`): cr_checkpoint exits 3 (ESRCH), as
+/// BLCR did, with one line naming the process, and leaves no file behind; for `-p` and for the
+/// default tree scope.
+#[test]
+fn target_exiting_in_its_callbacks_gives_esrch() {
+    for ctx in ["signal", "thread"] {
+        for scope in [&["-p"][..], &[][..]] {
+            let sc = Scenario::new(&format!("cb-exit-{ctx}-{}", scope.len()));
+            let mut prog = sc.program("cb_exit");
+            prog.argv.push(ctx.into());
+            let mut job = sc.start("cb_exit", sc.plain(&prog));
+            job.wait_ready();
+            let img = sc.next_image_path();
+            let res = sc.checkpoint_to(job.pid(), scope, &img);
+            let line = res.assert_failure_code(3);
+            assert!(
+                line.contains(&job.pid().to_string()),
+                "the message must name process {}: {line}",
+                job.pid()
+            );
+            let st = job.wait_exit(DEATH_TIMEOUT);
+            job.wait_output_closed(Duration::from_secs(5));
+            assert!(
+                st.code() == Some(7) && job.stderr().contains("EXITING"),
+                "the callback should have ended the program with exit(7):\n{}",
+                job.diag()
+            );
+            assert!(!img.exists(), "no image may be left: {}", img.display());
+            assert_no_tmp_files(&sc.img_dir());
+        }
+    }
+}

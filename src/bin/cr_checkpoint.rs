@@ -15,7 +15,7 @@ const TOOL: &str = "cr_checkpoint";
     name = "cr_checkpoint",
     version,
     about = "Checkpoint a running process to a file",
-    after_help = "Scopes: -T (default) saves the process and its descendants, -g every process of the group and -s of the session (with their descendants), all stopped together (one consistent cut), in one image file or with -d one file per process. Zombie children of saved processes are saved as zombies; so is the child through which a program checkpoints itself (system(\"cr_checkpoint $PPID\")), as exited with status 0.\n\nExit status: 0 on success, else errno & 0xff: 3 no such process or everything omitted, 7 more than 256 processes, 13 permission, 17 file exists (--noclobber), 22 bad arguments, 52 a process without checkpoint support, 56/57 ptraced/ptracer, 110 timed out."
+    after_help = "Scopes: -T (default) saves the process and its descendants, -g every process of the group and -s of the session (with their descendants), all stopped together (one consistent cut), in one image file or with -d one file per process. Zombie children of saved processes are saved as zombies; so is the child through which a program checkpoints itself (system(\"cr_checkpoint $PPID\")), as exited with status 0.\n\nExit status: 0 on success, else errno & 0xff: 3 no such process, everything omitted or ended during the checkpoint, 7 more than 256 processes, 13 permission, 17 file exists (--noclobber), 22 bad arguments, 52 a process without checkpoint support, 56/57 ptraced/ptracer, 110 timed out."
 )]
 struct Args {
     /// Checkpoint the process and its descendants (default).

@@ -6,8 +6,8 @@
 
 use super::dest::{self, Out};
 use super::procfs::{
-    agent_coming, children, comm, ended, exit_status, is_waiting_restarter, ourselves, outer_pid,
-    state_of,
+    agent_coming, children, comm, ended, exit_status, exiting, is_waiting_restarter, ourselves,
+    outer_pid, state_of,
 };
 use super::{CheckpointError, Note, Options, Outcome, Saved};
 use crate::image::tree::{ShareRec, ZombieRec, ZOMBIE_SIGCHLD_DUE};
@@ -55,6 +55,9 @@ fn try_connect(pid: i32) -> Result<Option<i32>, CheckpointError> {
         match protocol::connect(pid) {
             Ok(fd) => break fd,
             Err(_) if ended(pid) => return Ok(None),
+            // One that is exiting (a callback called exit()) has lost its memory and socket
+            // already: it is about to end, not without an agent.
+            Err(_) if exiting(pid) && ends_within(pid, END_WAIT) => return Ok(None),
             // A child of cr_restart that is still being restored has no control socket yet.
             Err(_) if comm(pid) == "cr_restart" && !is_waiting_restarter(pid) => {
                 if started.elapsed() > RESTORE_WAIT {

@@ -37,6 +37,15 @@ pub fn ended(pid: i32) -> bool {
     matches!(state_of(pid), None | Some('Z') | Some('X'))
 }
 
+/// Whether `pid` is on its way out (`PF_EXITING` in the flags of /proc/PID/stat): its memory
+/// and descriptors may be gone already, though it is not a zombie yet.
+pub fn exiting(pid: i32) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    stat_fields(pid)
+        .and_then(|f| f.get(6)?.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_EXITING != 0)
+}
+
 /// Pids of the processes in process group or session `id` (field 5 or 6 of /proc/PID/stat).
 pub fn members(field: usize, id: i32) -> Vec<i32> {
     let mut out = Vec::new();

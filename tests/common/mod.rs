@@ -492,7 +492,7 @@ fn compile_command(name: &str, out: &Path) -> Command {
                 .arg(src("omp_f.f90"));
         }
         // Programs that call libcr's API themselves: linked with -lcr.
-        "linked" | "forward" | "api_tree" | "api_driver" => {
+        "linked" | "forward" | "api_tree" | "api_driver" | "cb_exit" => {
             cmd = Command::new("gcc");
             cmd.arg("-O2")
                 .arg("-I")
