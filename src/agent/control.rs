@@ -645,6 +645,7 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
     };
     // The writer runs on a stack inside the scratch area: our own stack is part of the image and
     // must not change while it is hashed and written.
+    super::image::REQUESTER_CONN.store(conn, Release);
     // SAFETY: the scratch stack is mapped, unused, and outlives the call.
     let r = unsafe {
         crate::arch::save_and_call_on(
@@ -654,6 +655,7 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
             scratch.stack_top(),
         )
     };
+    super::image::REQUESTER_CONN.store(-1, Release);
     if r == crate::arch::RESUMED {
         // We are the control thread of a restored process; conn, img_fd and the scratch area
         // belong to the past (they were never part of the image).

@@ -172,6 +172,25 @@ pub mod io_report {
     }
 }
 
+/// The connection of the request whose image is being written (-1: none), watched while the
+/// image is written: a requester that dies mid-checkpoint must not keep the program stopped.
+pub static REQUESTER_CONN: AtomicI32 = AtomicI32::new(-1);
+
+/// Whether the requester of the image being written hung up (a poll without waiting).
+pub fn requester_gone() -> bool {
+    let conn = REQUESTER_CONN.load(Relaxed);
+    if conn < 0 {
+        return false;
+    }
+    let mut p = libc::pollfd {
+        fd: conn,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    let n = sys::sys3(libc::SYS_poll as usize, &mut p as *mut _ as usize, 1, 0).unwrap_or(0);
+    n > 0 && p.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0
+}
+
 /// Clears `O_DIRECT` on `fd`; returns whether it was set (so a failed write can be retried).
 pub fn drop_direct(fd: i32) -> bool {
     let fl = sys::fcntl(fd, libc::F_GETFL, 0).unwrap_or(0) as i32;

@@ -4,7 +4,7 @@
 //! it stopped (stopping again those it continued) and removes its partial files, so every `?`
 //! leaves the programs running as before and earlier images untouched.
 
-use super::dest::{self, Out};
+use super::dest::{self, Dest, Out};
 use super::procfs::{
     agent_coming, children, comm, ended, exit_status, exiting, is_waiting_restarter, ourselves,
     outer_pid, state_of,
@@ -155,6 +155,22 @@ fn recv_by(sock: i32, deadline: Option<Instant>) -> Result<Option<protocol::Repl
     }
 }
 
+/// Opens a destination; says under `-v` when a file must be written under its temporary name
+/// (no `O_TMPFILE` there: a requester killed mid-write would leave `.NAME.tmp` behind).
+fn open_out(d: &Dest, note: &mut dyn FnMut(Note)) -> Result<Out, CheckpointError> {
+    let out = Out::open(d)?;
+    if let (Some(tmp), false) = (&out.tmp, out.unnamed()) {
+        if out.path.as_ref() != Some(tmp) {
+            note(Note::Info(format!(
+                "no unnamed files (O_TMPFILE) where {} goes: writing {} and renaming it",
+                out.what,
+                tmp.display()
+            )));
+        }
+    }
+    Ok(out)
+}
+
 /// The checkpoint request for `opts.id` in `scope` writing to `out`.
 fn request(opts: &Options, scope: i32, out: &Out) -> Request {
     let mut req = Request::new(protocol::REQ_CHECKPOINT);
@@ -242,7 +258,7 @@ pub(super) fn checkpoint_one(
     let sock =
         try_connect(pid)?.ok_or_else(|| err(libc::ESRCH, format!("no process with pid {pid}")))?;
     let mut cut = Cut::new(opts);
-    cut.outs.push(Out::open(&dest)?);
+    cut.outs.push(open_out(&dest, note)?);
     // A stopped process cannot take part: continue it for the checkpoint and stop it again
     // afterwards (BLCR: SIGSTOP after the checkpoint if the process was stopped), unless another
     // signal was asked for.
@@ -798,7 +814,7 @@ pub(super) fn checkpoint_many(
     let mut cut = Cut::new(opts);
     if !per_proc {
         let d = dest::resolve(&opts.dest, &opts.commit, opts.id, first)?;
-        cut.outs.push(Out::open(&d)?);
+        cut.outs.push(open_out(&d, note)?);
     }
     for &p in pids {
         if let Some(sock) = try_connect(p)? {

@@ -168,6 +168,9 @@ pub(super) struct Out {
     pub fd: i32,
     /// The file we created, for a file destination.
     pub file: Option<std::fs::File>,
+    /// The file has no name yet (`O_TMPFILE`): it is linked in as `tmp` at commit, so a
+    /// checkpoint that never commits (the requester killed mid-write) leaves nothing behind.
+    anonymous: bool,
     /// The name written now (removed if the checkpoint fails) …
     pub tmp: Option<PathBuf>,
     /// … and the final name it is committed to, by `commit`.
@@ -184,6 +187,7 @@ impl Out {
             Dest::Stream { fd, what } => Ok(Out {
                 fd: *fd,
                 file: None,
+                anonymous: false,
                 tmp: None,
                 path: None,
                 commit: Commit::Clobber,
@@ -196,6 +200,26 @@ impl Out {
                 } else {
                     dir.join(format!(".{base}.tmp"))
                 };
+                if *commit != Commit::Clobber {
+                    // An unnamed file in the destination's directory (where the file system
+                    // has them), named only at commit.
+                    let anon = OpenOptions::new()
+                        .write(true)
+                        .mode(0o600)
+                        .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+                        .open(dir);
+                    if let Ok(f) = anon {
+                        return Ok(Out {
+                            fd: f.as_raw_fd(),
+                            file: Some(f),
+                            anonymous: true,
+                            tmp: Some(tmp),
+                            path: Some(path.clone()),
+                            commit: commit.clone(),
+                            what: path.display().to_string(),
+                        });
+                    }
+                }
                 let f = OpenOptions::new()
                     .write(true)
                     .create(true)
@@ -212,6 +236,7 @@ impl Out {
                 Ok(Out {
                     fd: f.as_raw_fd(),
                     file: Some(f),
+                    anonymous: false,
                     tmp: Some(tmp),
                     path: Some(path.clone()),
                     commit: commit.clone(),
@@ -221,11 +246,18 @@ impl Out {
         }
     }
 
-    /// Removes the partial file (a failed checkpoint).
+    /// Removes the partial file (a failed checkpoint; an unnamed one goes with its descriptor).
     pub fn discard(&mut self) {
         if let Some(t) = self.tmp.take() {
-            let _ = std::fs::remove_file(t);
+            if !self.anonymous {
+                let _ = std::fs::remove_file(t);
+            }
         }
+    }
+
+    /// Whether the file is written unnamed (`O_TMPFILE`), for `-v`.
+    pub fn unnamed(&self) -> bool {
+        self.anonymous
     }
 
     /// Makes the complete image durable (unless `!sync`).
@@ -241,6 +273,28 @@ impl Out {
         let (Some(tmp), Some(path)) = (&self.tmp, &self.path) else {
             return Ok(());
         };
+        if self.anonymous {
+            // Give the unnamed file its temporary name (the rename below is the atomic step).
+            let _ = std::fs::remove_file(tmp);
+            let proc_path = std::ffi::CString::new(format!("/proc/self/fd/{}", self.fd))
+                .map_err(std::io::Error::other)?;
+            let name = std::ffi::CString::new(tmp.as_os_str().as_encoded_bytes())
+                .map_err(std::io::Error::other)?;
+            // SAFETY: linkat with two NUL-terminated paths.
+            let r = unsafe {
+                libc::linkat(
+                    libc::AT_FDCWD,
+                    proc_path.as_ptr(),
+                    libc::AT_FDCWD,
+                    name.as_ptr(),
+                    libc::AT_SYMLINK_FOLLOW,
+                )
+            };
+            if r != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            self.anonymous = false;
+        }
         if let Commit::Backup(name) = &self.commit {
             if path.exists() {
                 let backup = if name.is_empty() {
