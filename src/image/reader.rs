@@ -178,19 +178,45 @@ impl Image {
         if page_hash(&page, core::mem::size_of::<FileHeader>()) != header.header_hash {
             return Err(ImageError::Corrupt("header"));
         }
-        header.meta_offset += base;
-        header.data_offset += base;
-        header.trailer_offset += base;
         if !(MIN_VERSION..=VERSION).contains(&header.version) {
             return Err(ImageError::Version(header.version));
         }
         if header.arch != ARCH_X86_64 {
             return Err(ImageError::Arch(header.arch));
         }
-        let expected = header.trailer_offset + PAGE as u64;
-        if actual < expected {
-            return Err(ImageError::Truncated { expected, actual });
+        // The layout, before anything is allocated from it: metadata after the header page and
+        // before the page-aligned data, the data right before the trailer, nothing overflowing.
+        let layout = (|| {
+            let meta_end = header.meta_offset.checked_add(header.meta_len)?;
+            let data_end = header.data_offset.checked_add(header.data_len)?;
+            let ok = header.page_size == PAGE as u32
+                && header.meta_offset >= PAGE as u64
+                && meta_end <= header.data_offset
+                && header.data_offset.is_multiple_of(PAGE as u64)
+                && data_end == header.trailer_offset
+                && header
+                    .trailer_offset
+                    .checked_add(PAGE as u64)?
+                    .checked_add(base)?
+                    <= actual;
+            ok.then_some(())
+        })();
+        if layout.is_none() {
+            let expected = header
+                .trailer_offset
+                .saturating_add(PAGE as u64)
+                .saturating_add(base);
+            if header.trailer_offset.is_multiple_of(PAGE as u64) && expected > actual {
+                return Err(ImageError::Truncated { expected, actual });
+            }
+            return Err(ImageError::Malformed(
+                "header offsets and lengths disagree".into(),
+            ));
         }
+        header.meta_offset += base;
+        header.data_offset += base;
+        header.trailer_offset += base;
+        let expected = header.trailer_offset + PAGE as u64;
         let mut tpage = vec![0u8; PAGE];
         file.read_exact_at(&mut tpage, header.trailer_offset)?;
         let trailer: Trailer = read_pod(&tpage, "trailer")?;

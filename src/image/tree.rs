@@ -181,7 +181,10 @@ pub fn read_manifest(file: &File) -> Result<Option<Manifest>, ImageError> {
     if header.nproc as usize > MAX_PROCS
         || header.nshare as usize > MAX_PROCS * 1024
         || header.nzombie as usize > MAX_PROCS * 64
-        || header.first + header.count > header.nproc
+        || header
+            .first
+            .checked_add(header.count)
+            .is_none_or(|n| n > header.nproc)
     {
         return Err(ImageError::Malformed("tree manifest out of range".into()));
     }
