@@ -357,7 +357,7 @@ fn forged_manifests_never_panic() {
     for i in 0..iters() {
         let mut bytes = whole.clone();
         for _ in 0..1 + rng.below(3) {
-            let at = 8 + rng.below((hlen - 8) as u64) as usize & !3;
+            let at = (8 + rng.below((hlen - 8) as u64) as usize) & !3;
             let v = match rng.below(3) {
                 0 => rng.next() as u32,
                 1 => u32::MAX - rng.below(4) as u32,
