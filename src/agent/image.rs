@@ -282,7 +282,7 @@ fn realtime_ns() -> u64 {
 fn write_image(job: &Job) -> Result<u64, (u32, Errno)> {
     // SAFETY: the control thread keeps the scratch alive for the whole call.
     let scratch = unsafe { &*job.scratch };
-    process::capture_signals_and_timers();
+    process::capture_signals();
     process::capture_prctl();
     quiesce::CAPTURE_NS.store(sys::monotonic_ns(), Release);
     io_report::begin(sys::monotonic_ns());

@@ -51,8 +51,8 @@ fn rt_sigaction(
     )
 }
 
-/// Records every signal disposition and interval timer in agent memory.
-pub fn capture_signals_and_timers() {
+/// Records every signal disposition in agent memory.
+pub fn capture_signals() {
     for sig in 1..=64 {
         let mut a = KSigaction::default();
         if rt_sigaction(sig, None, Some(&mut a)).is_ok() {
@@ -63,6 +63,16 @@ pub fn capture_signals_and_timers() {
             row[3].store(a.mask, Relaxed);
         }
     }
+}
+
+/// Records the interval timers in agent memory, as they are the moment every thread stopped
+/// (before the pending signals are taken: taking a SIGALRM re-arms ITIMER_REAL).
+///
+/// A periodic ITIMER_REAL that expired reads 0: the kernel sends SIGALRM and re-arms the timer
+/// only when that SIGALRM is taken, which a stopped process (every signal blocked) never does.
+/// `setitimer` with a value of 0 would disarm it for good, so such a timer is recorded as due
+/// in one interval (its pending SIGALRM travels with the pending signals).
+pub fn capture_timers() {
     for (which, row) in ITIMERS.iter().enumerate() {
         let mut v = [0i64; 4];
         let _ = sys::sys3(
@@ -71,9 +81,20 @@ pub fn capture_signals_and_timers() {
             v.as_mut_ptr() as usize,
             0,
         );
+        let v = expired_rearmed(which as i32, v);
         for (slot, val) in row.iter().zip(v) {
             slot.store(val, Relaxed);
         }
+    }
+}
+
+/// `[interval sec, usec, value sec, usec]` of a timer as it must be re-armed: an expired periodic
+/// ITIMER_REAL (value 0, interval not) is due in one interval.
+fn expired_rearmed(which: i32, v: [i64; 4]) -> [i64; 4] {
+    if which == libc::ITIMER_REAL && v[2] == 0 && v[3] == 0 && (v[0] != 0 || v[1] != 0) {
+        [v[0], v[1], v[0], v[1]]
+    } else {
+        v
     }
 }
 
@@ -358,4 +379,28 @@ pub fn capture_process(rec: &mut ProcessRec, auxv: &mut [u8]) -> Result<usize, E
 /// Reads the working directory into `buf`; returns its length.
 pub fn capture_cwd(buf: &mut [u8]) -> Result<usize, Errno> {
     sys::readlink(b"/proc/self/cwd\0", buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expired_rearmed;
+
+    #[test]
+    fn expired_periodic_real_timer_is_rearmed() {
+        let real = libc::ITIMER_REAL;
+        // Expired, periodic: due in one interval.
+        assert_eq!(
+            expired_rearmed(real, [0, 10_000, 0, 0]),
+            [0, 10_000, 0, 10_000]
+        );
+        // Armed, or one-shot and expired, or off: unchanged.
+        assert_eq!(
+            expired_rearmed(real, [0, 10_000, 0, 4_000]),
+            [0, 10_000, 0, 4_000]
+        );
+        assert_eq!(expired_rearmed(real, [0, 0, 0, 0]), [0, 0, 0, 0]);
+        // CPU-time timers are re-armed by the kernel when they fire.
+        let virt = libc::ITIMER_VIRTUAL;
+        assert_eq!(expired_rearmed(virt, [1, 0, 0, 0]), [1, 0, 0, 0]);
+    }
 }

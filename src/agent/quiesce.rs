@@ -251,10 +251,11 @@ fn wait_release(seq: u32) {
     }
 }
 
-/// Has every parked thread take its pending signals (and the leader the process-wide ones) into
-/// agent memory and queue them again (see `pending`); waits until all did, at most until
-/// `deadline_ns`. Control thread, every other thread parked.
+/// Records the interval timers, then has every parked thread take its pending signals (and the
+/// leader the process-wide ones) into agent memory and queue them again (see `pending`); waits
+/// until all did, at most until `deadline_ns`. Control thread, every other thread parked.
 pub fn capture_pending(deadline_ns: u64) {
+    super::process::capture_timers();
     super::pending::reset();
     let pid = sys::getpid();
     let mut parked = 0u32;
