@@ -4,7 +4,7 @@ CARGO ?= cargo
 LIBVER := 0.5.5
 REL := target/release
 
-.PHONY: all build install check lint clean
+.PHONY: all build install check lint clean bench bench-smoke
 
 all: build
 
@@ -36,6 +36,17 @@ check: lint
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
+
+# The benchmark (bench/bench.py, issue 11): raw I/O baseline, checkpoint/restart of six
+# workloads, idle costs; writes docs/PERFORMANCE.md. BENCH_NICE=10 on a shared machine,
+# BENCH_ARGS="--reps 5 --dir /scratch" etc. (python3 bench/bench.py --help).
+BENCH_NICE ?= 0
+bench: build
+	BENCH_NICE=$(BENCH_NICE) nice -n $(BENCH_NICE) python3 bench/bench.py $(BENCH_ARGS)
+
+# A small size of it (64 MiB, one repetition) for CI: target/bench/PERFORMANCE-smoke.md.
+bench-smoke: build
+	python3 bench/bench.py --smoke $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

@@ -1,0 +1,674 @@
+#!/usr/bin/env python3
+"""libcr-rs benchmark (issue 11): `make bench` / `make bench-smoke`.
+
+In one run on one file system (the directory given by --dir):
+  * the raw baseline: writing the same bytes with and without O_DIRECT (8 MiB writes, fdatasync),
+    reading them hot (page cache) and cold (after drop_caches, when permitted);
+  * for each workload (1 GiB random, 4 GiB random, 4 GiB with 16 MiB touched, 1 GiB highly
+    compressible, a 64-thread program, a 10-process tree): checkpoint time (cr_checkpoint
+    started -> exited, i.e. request -> durable image), the stop time (the longest gap in the
+    workload's own per-step timestamps), the image size, restart -> first step (image hot in the
+    page cache, and cold when caches can be dropped), the agent's peak extra memory (growth of
+    VmHWM over the checkpoint, summed over the processes);
+  * the idle costs: a compute program (pthread and OpenMP) with and without cr_run, and N
+    fork+exec of /bin/true with and without the agent;
+  * the same workloads through CRIU (`criu`) and DMTCP (`dmtcp_launch`) when they are on PATH.
+Medians of --reps runs, ratios to the raw baseline. Writes a Markdown report (--out).
+
+Exits non-zero when a checkpoint that should use direct I/O (the file system accepted the
+baseline's O_DIRECT write) reports io=buffered in `cr_checkpoint -v`, or when a step fails.
+"""
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MIB = 1 << 20
+
+
+class BenchError(Exception):
+    """A step of the benchmark failed; the message says which."""
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def run(cmd, **kw):
+    """Runs cmd, returns its stdout; raises BenchError naming it when it fails."""
+    res = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if res.returncode != 0:
+        raise BenchError(f"{' '.join(map(str, cmd))} exited {res.returncode}: {res.stderr.strip()}")
+    return res.stdout
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+# ---------------------------------------------------------------- building the workloads
+
+
+def build(outdir):
+    """Compiles the C workloads under bench/ into outdir; returns {name: path}."""
+    os.makedirs(outdir, exist_ok=True)
+    src = os.path.join(ROOT, "bench")
+    progs = {
+        "workload": (["workload.c"], ["-pthread"]),
+        "rawio": (["rawio.c"], []),
+        "forkexec": (["forkexec.c"], []),
+        "compute_pthread": (["compute.c"], ["-pthread"]),
+        "compute_omp": (["compute.c"], ["-fopenmp", "-DOMP"]),
+    }
+    out = {}
+    for name, (files, flags) in progs.items():
+        exe = os.path.join(outdir, name)
+        run(["gcc", "-O2", "-Wall", "-o", exe] + [os.path.join(src, f) for f in files] + flags)
+        out[name] = exe
+    return out
+
+
+# ---------------------------------------------------------------- the machine
+
+
+def read(path, default=""):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return default
+
+
+def machine(workdir):
+    cpu = next((l.split(":", 1)[1].strip() for l in read("/proc/cpuinfo").splitlines()
+                if l.startswith("model name")), platform.processor() or "unknown")
+    mem = next((l.split()[1] for l in read("/proc/meminfo").splitlines()
+                if l.startswith("MemTotal:")), "0")
+    fs = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,SOURCE,OPTIONS", "-T", workdir],
+                        capture_output=True, text=True).stdout.split()
+    fstype, source = (fs + ["?", "?"])[:2]
+    disk = "unknown"
+    if source.startswith("/dev/"):
+        dev = os.path.basename(os.path.realpath(source))
+        base = re.sub(r"p?\d+$", "", dev) if not os.path.exists(f"/sys/block/{dev}") else dev
+        model = read(f"/sys/block/{base}/device/model").strip()
+        vendor = read(f"/sys/block/{base}/device/vendor").strip()
+        rot = read(f"/sys/block/{base}/queue/rotational").strip()
+        size = read(f"/sys/block/{base}/size").strip()
+        kind = {"0": "non-rotational", "1": "rotational"}.get(rot, "")
+        gib = f"{int(size) * 512 / (1 << 30):.0f} GiB" if size.isdigit() else ""
+        desc = " ".join(x for x in [vendor, model] if x) or (
+            "virtio block device" if base.startswith("vd") else base)
+        disk = ", ".join(x for x in [f"/dev/{base}", desc, gib, kind] if x)
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory": f"{int(mem) / (1 << 20):.1f} GiB",
+        "kernel": platform.release(),
+        "fs": f"{fstype} on {source} ({workdir})",
+        "disk": disk,
+    }
+
+
+def loadavg():
+    return read("/proc/loadavg").split()[0] if read("/proc/loadavg") else "?"
+
+
+# ---------------------------------------------------------------- the raw baseline
+
+
+def drop_caches():
+    """Drops the page cache; False when not permitted."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def baseline(progs, workdir, mib, reps):
+    """Raw write/read of mib MiB; returns medians in seconds (None where not measurable)."""
+    path = os.path.join(workdir, "raw.dat")
+    res = {"direct_write": [], "buffered_write": [], "hot_read": [], "cold_read": [],
+           "direct_read": []}
+    direct_ok = True
+    cold_ok = True
+    for _ in range(reps):
+        r = subprocess.run([progs["rawio"], "write", path, str(mib), "direct"],
+                           capture_output=True, text=True)
+        if r.returncode == 3:
+            direct_ok = False
+        elif r.returncode != 0:
+            raise BenchError(f"rawio direct write failed: {r.stderr.strip()}")
+        else:
+            res["direct_write"].append(float(r.stdout))
+        if direct_ok:
+            res["direct_read"].append(float(run([progs["rawio"], "read", path, "direct"])))
+        os.unlink(path)
+        res["buffered_write"].append(float(run([progs["rawio"], "write", path, str(mib),
+                                                "buffered"])))
+        res["hot_read"].append(float(run([progs["rawio"], "read", path, "buffered"])))
+        if cold_ok and drop_caches():
+            res["cold_read"].append(float(run([progs["rawio"], "read", path, "buffered"])))
+        else:
+            cold_ok = False
+        os.unlink(path)
+    out = {k: median(v) for k, v in res.items()}
+    out["direct_ok"] = direct_ok
+    out["cold_ok"] = cold_ok
+    out["mib"] = mib
+    return out
+
+
+# ---------------------------------------------------------------- processes
+
+
+def tree_pids(pid):
+    """pid and all its descendants (through /proc/PID/task/*/children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in os.listdir(f"/proc/{p}/task") if os.path.isdir(f"/proc/{p}/task") else []:
+            todo += [int(c) for c in read(f"/proc/{p}/task/{task}/children").split()]
+    return out
+
+
+def hwm_kib(pid):
+    m = re.search(r"VmHWM:\s+(\d+)", read(f"/proc/{pid}/status"))
+    return int(m.group(1)) if m else 0
+
+
+def kill_all(pids, pgids=()):
+    for g in pgids:
+        try:
+            os.killpg(g, signal.SIGKILL)
+        except OSError:
+            pass
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def wait_gone(pids, timeout=30):
+    """Waits until every pid has ended and been reaped (this process is a child subreaper, so
+    orphans of the tools end up as its children): a restart needs their pids free."""
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            pass
+        if not any(os.path.exists(f"/proc/{p}") for p in pids):
+            return
+        time.sleep(0.01)
+    raise BenchError(f"processes {pids} did not end")
+
+
+def become_subreaper():
+    import ctypes
+
+    PR_SET_CHILD_SUBREAPER = 36
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def steps(path):
+    """The workload's step timestamps (seconds, CLOCK_REALTIME)."""
+    return [int(l) / 1e9 for l in read(path).split() if l.isdigit()]
+
+
+def wait_step_after(path, t, timeout):
+    """Waits for a step stamped after t; returns its time or None."""
+    end = time.time() + timeout
+    while time.time() < end:
+        later = [s for s in steps(path) if s > t]
+        if later:
+            return min(later)
+        time.sleep(0.002)
+    return None
+
+
+def longest_gap(path, t0, t1):
+    """The longest gap between consecutive steps that overlaps [t0, t1]."""
+    st = steps(path)
+    gaps = [b - a for a, b in zip(st, st[1:]) if b >= t0 and a <= t1]
+    return max(gaps) if gaps else None
+
+
+class Workload:
+    """One benchmark workload: its name, arguments and nominal data size."""
+
+    def __init__(self, name, args, data_mib):
+        self.name, self.args, self.data_mib = name, args, data_mib
+
+
+def workloads(smoke):
+    if smoke:
+        return [
+            Workload("64 MiB random", ["random", "64"], 64),
+            Workload("256 MiB, 16 MiB touched", ["sparse", "256", "16"], 16),
+            Workload("64 MiB compressible", ["compressible", "64"], 64),
+            Workload("64 threads, 64 MiB", ["random", "64", "64", "64"], 64),
+            Workload("10 processes, 8 MiB each", ["random", "8", "8", "0", "10"], 80),
+        ]
+    return [
+        Workload("1 GiB random", ["random", "1024"], 1024),
+        Workload("4 GiB random", ["random", "4096"], 4096),
+        Workload("4 GiB, 16 MiB touched", ["sparse", "4096", "16"], 16),
+        Workload("1 GiB compressible", ["compressible", "1024"], 1024),
+        Workload("64 threads, 256 MiB", ["random", "256", "256", "64"], 256),
+        Workload("10 processes, 100 MiB each", ["random", "100", "100", "0", "10"], 1000),
+    ]
+
+
+def start_workload(cmd, wdir, stepfile, env_extra=None):
+    """Starts cmd in its own session in wdir; waits for READY; returns the Popen."""
+    env = dict(os.environ, BENCH_STEPS=stepfile, **(env_extra or {}))
+    p = subprocess.Popen(cmd, cwd=wdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    line = p.stdout.readline()
+    if line.strip() != "READY":
+        kill_all([p.pid], [p.pid])
+        raise BenchError(f"{' '.join(cmd)} did not start: {line!r} {p.stderr.read()[:300]}")
+    # Let it run a while so the steps before the checkpoint are regular.
+    wait_step_after(stepfile, time.time() + 0.2, 5)
+    return p
+
+
+class Sample:
+    """One repetition's figures for one workload and one tool."""
+
+    def __init__(self):
+        self.ckpt = self.stop = self.size = self.hot = self.cold = self.mem = None
+        self.io = ""
+
+
+# ---------------------------------------------------------------- libcr-rs
+
+
+def libcr_once(tools, progs, wl, wdir, base, cold_ok, verbose):
+    s = Sample()
+    stepfile = os.path.join(wdir, "steps")
+    img = os.path.join(wdir, "context.img")
+    for f in (stepfile, img):
+        if os.path.exists(f):
+            os.unlink(f)
+    p = start_workload([tools["cr_run"], progs["workload"]] + wl.args, wdir, stepfile)
+    pids = tree_pids(p.pid)
+    try:
+        if len(pids) < int((wl.args + ["0", "0", "0", "1"])[4]):
+            time.sleep(0.2)
+            pids = tree_pids(p.pid)
+        hwm0 = {q: hwm_kib(q) for q in pids}
+        t0 = time.time()
+        r = subprocess.run([tools["cr_checkpoint"], "-v", "-f", img, str(p.pid)],
+                           capture_output=True, text=True)
+        t1 = time.time()
+        if r.returncode != 0:
+            raise BenchError(f"cr_checkpoint of {wl.name} exited {r.returncode}: {r.stderr.strip()}")
+        s.ckpt = t1 - t0
+        ios = re.findall(r"io=(direct|buffered\([^)]*\))", r.stderr)
+        s.io = "direct" if ios and all(i == "direct" for i in ios) else ", ".join(sorted(set(ios)))
+        if verbose:
+            log(r.stderr.strip())
+        if base["direct_ok"] and s.io != "direct":
+            raise BenchError(
+                f"{wl.name}: the file system accepts O_DIRECT but the checkpoint reported "
+                f"io={s.io or '(none)'}:\n{r.stderr.strip()}")
+        wait_step_after(stepfile, t1 + 0.1, 10)
+        s.stop = longest_gap(stepfile, t0, t1)
+        s.mem = sum(max(0, hwm_kib(q) - hwm0[q]) for q in pids) * 1024
+        s.size = os.stat(img).st_size
+    finally:
+        kill_all(pids, [p.pid])
+        p.wait()
+        wait_gone(pids)
+    for which in ("hot", "cold"):
+        if which == "hot":
+            _warm(img)
+        elif not (cold_ok and drop_caches()):
+            continue
+        t2 = time.time()
+        rp = subprocess.Popen([tools["cr_restart"], img], cwd=wdir, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+        first = wait_step_after(stepfile, t2, 120)
+        kill_all(pids, [rp.pid])
+        rp.kill()
+        err = rp.communicate()[1]
+        wait_gone(pids)
+        if first is None:
+            raise BenchError(f"{wl.name}: no step after cr_restart ({err.strip()[:300]})")
+        setattr(s, which, first - t2)
+    os.unlink(img)
+    return s
+
+
+def _warm(path):
+    with open(path, "rb") as f:
+        while f.read(8 * MIB):
+            pass
+
+
+# ---------------------------------------------------------------- CRIU and DMTCP
+
+
+def criu_once(progs, wl, wdir, cold_ok):
+    s = Sample()
+    stepfile = os.path.join(wdir, "steps")
+    imgdir = os.path.join(wdir, "criu-img")
+    shutil.rmtree(imgdir, ignore_errors=True)
+    os.makedirs(imgdir)
+    if os.path.exists(stepfile):
+        os.unlink(stepfile)
+    p = start_workload([progs["workload"]] + wl.args, wdir, stepfile)
+    pids = tree_pids(p.pid)
+    try:
+        t0 = time.time()
+        run(["criu", "dump", "-t", str(p.pid), "-D", imgdir, "--shell-job", "--leave-running",
+             "--file-locks"])
+        os.sync()  # CRIU does not sync its images itself
+        t1 = time.time()
+        s.ckpt = t1 - t0
+        wait_step_after(stepfile, t1 + 0.1, 10)
+        s.stop = longest_gap(stepfile, t0, t1)
+        s.size = sum(os.stat(os.path.join(imgdir, f)).st_size for f in os.listdir(imgdir))
+    finally:
+        kill_all(pids, [p.pid])
+        p.wait()
+        wait_gone(pids)
+    for which in ("hot", "cold"):
+        if which == "cold" and not (cold_ok and drop_caches()):
+            continue
+        t2 = time.time()
+        run(["criu", "restore", "-D", imgdir, "--shell-job", "-d"], cwd=wdir)
+        first = wait_step_after(stepfile, t2, 120)
+        kill_all(pids)
+        wait_gone(pids)
+        if first is None:
+            raise BenchError(f"criu: {wl.name}: no step after restore")
+        setattr(s, which, first - t2)
+    shutil.rmtree(imgdir, ignore_errors=True)
+    return s
+
+
+def dmtcp_once(progs, wl, wdir, cold_ok):
+    s = Sample()
+    stepfile = os.path.join(wdir, "steps")
+    imgdir = os.path.join(wdir, "dmtcp-img")
+    shutil.rmtree(imgdir, ignore_errors=True)
+    os.makedirs(imgdir)
+    if os.path.exists(stepfile):
+        os.unlink(stepfile)
+    port = str(7800 + os.getpid() % 1000)
+    env = {"DMTCP_COORD_PORT": port, "DMTCP_CHECKPOINT_DIR": imgdir}
+    p = start_workload(["dmtcp_launch", "--new-coordinator", "--no-gzip", "--ckptdir", imgdir,
+                        progs["workload"]] + wl.args, wdir, stepfile, env)
+    pids = tree_pids(p.pid)
+    try:
+        t0 = time.time()
+        run(["dmtcp_command", "-p", port, "--bcheckpoint"])
+        os.sync()
+        t1 = time.time()
+        s.ckpt = t1 - t0
+        wait_step_after(stepfile, t1 + 0.1, 10)
+        s.stop = longest_gap(stepfile, t0, t1)
+        s.size = sum(os.stat(os.path.join(imgdir, f)).st_size for f in os.listdir(imgdir)
+                     if f.endswith(".dmtcp"))
+        subprocess.run(["dmtcp_command", "-p", port, "--kill"], capture_output=True)
+    finally:
+        kill_all(tree_pids(p.pid) if os.path.exists(f"/proc/{p.pid}") else pids, [p.pid])
+        p.wait()
+        wait_gone(pids)
+    images = [os.path.join(imgdir, f) for f in os.listdir(imgdir) if f.endswith(".dmtcp")]
+    for which in ("hot", "cold"):
+        if which == "cold" and not (cold_ok and drop_caches()):
+            continue
+        t2 = time.time()
+        rp = subprocess.Popen(["dmtcp_restart", "--new-coordinator", "-p", port] + images,
+                              cwd=wdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+        first = wait_step_after(stepfile, t2, 120)
+        subprocess.run(["dmtcp_command", "-p", port, "--kill"], capture_output=True)
+        kill_all([], [rp.pid])
+        rp.wait()
+        if first is None:
+            raise BenchError(f"dmtcp: {wl.name}: no step after restart")
+        setattr(s, which, first - t2)
+    shutil.rmtree(imgdir, ignore_errors=True)
+    return s
+
+
+# ---------------------------------------------------------------- idle costs
+
+
+def idle(tools, progs, reps, forks, millions):
+    """Median seconds with and without the agent for the compute programs and fork+exec."""
+    out = {}
+    threads = str(max(2, os.cpu_count() or 2))
+    cases = {
+        "compute (pthread)": [progs["compute_pthread"], threads, str(millions)],
+        "compute (OpenMP)": [progs["compute_omp"], threads, str(millions)],
+        f"{forks} fork+exec of /bin/true": [progs["forkexec"], str(forks), "/bin/true"],
+    }
+    for name, cmd in cases.items():
+        plain, agent = [], []
+        for _ in range(reps):  # alternate, so drifting load hits both alike
+            plain.append(float(run(cmd)))
+            agent.append(float(run([tools["cr_run"]] + cmd)))
+        out[name] = (median(plain), median(agent))
+    return out
+
+
+# ---------------------------------------------------------------- the report
+
+
+def fmt_s(x):
+    return "–" if x is None else (f"{x * 1000:.0f} ms" if x < 1 else f"{x:.2f} s")
+
+
+def fmt_b(x):
+    if x is None:
+        return "–"
+    return f"{x / (1 << 30):.2f} GiB" if x >= 1 << 30 else f"{x / MIB:.1f} MiB"
+
+
+def ratio(x, y):
+    return "–" if x is None or not y else f"{x / y:.2f}×"
+
+
+def rate_time(base, nbytes, key):
+    """Time the raw baseline would take for nbytes, at the rate measured by key."""
+    t = base.get(key)
+    return None if t is None else t * nbytes / (base["mib"] * MIB)
+
+
+def pick_base(bases, nbytes):
+    """The baseline measured at the size nearest nbytes."""
+    return min(bases, key=lambda b: abs(b["mib"] * MIB - nbytes))
+
+
+def report(args, mach, bases, results, idle_res, others, load0, load1, started):
+    L = []
+    L.append("# Performance\n")
+    L.append(f"Measured by `{args.make_target}` (bench/bench.py) on {started} UTC: "
+             f"{args.reps} repetition(s) per figure, medians shown. Ratios are to the same run's "
+             "raw baseline on the same file system: checkpoint time ÷ a raw O_DIRECT write (8 MiB "
+             "writes of a pre-faulted buffer, then fdatasync) of the image's bytes; restart ÷ a "
+             "raw buffered read of the image's bytes (hot: from the page cache; cold: after "
+             "drop_caches). For sizes other than the baseline's, the raw time is scaled from the "
+             "rate measured at the nearest size.\n")
+    L.append("## Machine\n")
+    for k in ("cpu", "cores", "memory", "kernel", "fs", "disk"):
+        L.append(f"- {k}: {mach[k]}")
+    L.append(f"- load average (1 min) at start / end: {load0} / {load1}"
+             + (" — the machine was shared with other work while this ran; figures are noisier "
+                "than on an idle machine" if max(float(load0), float(load1)) > 0.5 else ""))
+    L.append(f"- run with: `nice -n {args.nice}`" if args.nice else "- not niced")
+    L.append("")
+    L.append("## Raw baseline\n")
+    L.append("| bytes | O_DIRECT write + fdatasync | buffered write + fdatasync | read hot | "
+             "read cold (drop_caches) | O_DIRECT read |")
+    L.append("| --- | --- | --- | --- | --- | --- |")
+    for b in bases:
+        b_mib = b["mib"] * MIB
+        rate = (lambda t: "" if not t else f" ({b_mib / t / 1e9:.2f} GB/s)")
+        L.append(f"| {fmt_b(b_mib)} | "
+                 + (fmt_s(b['direct_write']) + rate(b['direct_write']) if b["direct_ok"]
+                    else "O_DIRECT refused by this file system")
+                 + f" | {fmt_s(b['buffered_write'])}{rate(b['buffered_write'])}"
+                 f" | {fmt_s(b['hot_read'])}{rate(b['hot_read'])} | "
+                 + (fmt_s(b["cold_read"]) + rate(b["cold_read"]) if b["cold_ok"]
+                    else "cold not measurable (drop_caches not permitted)")
+                 + f" | {fmt_s(b['direct_read'])}{rate(b['direct_read'])} |")
+    L.append("")
+    L.append("## Checkpoint and restart\n")
+    L.append("Checkpoint: `cr_checkpoint -v -f IMAGE PID` started → exited (request → durable "
+             "image; the program runs on afterwards). Stop: the longest gap in the workload's own "
+             "1 ms step timestamps across the checkpoint. Restart: `cr_restart IMAGE` started → "
+             "the first step of the restored program. Agent memory: growth of VmHWM (peak RSS) "
+             "over the checkpoint, summed over the processes. io: what the agent reported.\n")
+    L.append("| workload | tool | checkpoint | ×raw write | stop | image | restart hot | ×raw read "
+             "hot | restart cold | ×raw read cold | agent memory | io |")
+    L.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for wl, tool, samples in results:
+        m = {k: median([getattr(s, k) for s in samples])
+             for k in ("ckpt", "stop", "size", "hot", "cold", "mem")}
+        size = m["size"] or 0
+        b = pick_base(bases, size)
+        w = rate_time(b, size, "direct_write" if b["direct_ok"] else "buffered_write")
+        rh = rate_time(b, size, "hot_read")
+        rc = rate_time(b, size, "cold_read")
+        spread = ""
+        if len(samples) > 1 and m["ckpt"]:
+            cks = [s.ckpt for s in samples]
+            spread = f" ({fmt_s(min(cks))}–{fmt_s(max(cks))})"
+        io = samples[0].io if tool == "libcr-rs" else ""
+        L.append(f"| {wl.name} | {tool} | {fmt_s(m['ckpt'])}{spread} | {ratio(m['ckpt'], w)} | "
+                 f"{fmt_s(m['stop'])} | {fmt_b(m['size'])} | {fmt_s(m['hot'])} | "
+                 f"{ratio(m['hot'], rh)} | "
+                 + (f"{fmt_s(m['cold'])} | {ratio(m['cold'], rc)}" if m["cold"] is not None
+                    else "not measurable | –")
+                 + f" | {fmt_b(m['mem']) if tool == 'libcr-rs' else '–'} | {io} |")
+    L.append("")
+    for name, why in others:
+        L.append(f"- {name}: {why}")
+    L.append("")
+    L.append("## Idle cost\n")
+    L.append("| program | without the agent | under cr_run | ratio |")
+    L.append("| --- | --- | --- | --- |")
+    for name, (plain, agent) in idle_res.items():
+        per = ""
+        if "fork+exec" in name:
+            per = f" ({plain / args.forks * 1e3:.3f} / {agent / args.forks * 1e3:.3f} ms each)"
+        L.append(f"| {name}{per} | {fmt_s(plain)} | {fmt_s(agent)} | {ratio(agent, plain)} |")
+    L.append("")
+    return "\n".join(L)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--smoke", action="store_true",
+                    help="small sizes (64 MiB), for CI; writes target/bench/PERFORMANCE-smoke.md")
+    ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3, smoke 1)")
+    ap.add_argument("--dir", default=None,
+                    help="work directory on the file system to measure (default target/bench/work)")
+    ap.add_argument("--out", default=None, help="report path (default docs/PERFORMANCE.md)")
+    ap.add_argument("--forks", type=int, default=None, help="fork+exec count (default 10000)")
+    ap.add_argument("--only", default=None, help="run only workloads whose name contains this")
+    ap.add_argument("--no-idle", action="store_true", help="skip the idle-cost measurements")
+    ap.add_argument("--nice", type=int, default=int(os.environ.get("BENCH_NICE", "0")),
+                    help="the nice level this runs at (only reported)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="print cr_checkpoint -v output")
+    args = ap.parse_args()
+    args.reps = args.reps or (1 if args.smoke else 3)
+    args.forks = args.forks or (500 if args.smoke else 10000)
+    args.make_target = "make bench-smoke" if args.smoke else "make bench"
+    rel = os.path.join(ROOT, "target", "release")
+    bdir = os.path.join(ROOT, "target", "bench")
+    wdir = os.path.abspath(args.dir or os.path.join(bdir, "work"))
+    out = args.out or (os.path.join(bdir, "PERFORMANCE-smoke.md") if args.smoke
+                       else os.path.join(ROOT, "docs", "PERFORMANCE.md"))
+    tools = {t: os.path.join(rel, t) for t in ("cr_run", "cr_checkpoint", "cr_restart")}
+    for t, path in tools.items():
+        if not os.access(path, os.X_OK):
+            raise BenchError(f"{path} missing: build first (make build)")
+    os.makedirs(wdir, exist_ok=True)
+    become_subreaper()
+    started = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+    load0 = loadavg()
+    progs = build(bdir)
+    mach = machine(wdir)
+    log(f"machine: {mach}; load {load0}")
+    sizes = sorted({64} if args.smoke else {1024, 4096})
+    bases = []
+    for mib in sizes:
+        log(f"raw baseline, {mib} MiB")
+        bases.append(baseline(progs, wdir, mib, args.reps))
+        log(f"  {bases[-1]}")
+    cold_ok = bases[0]["cold_ok"]
+    others = []
+    runners = [("libcr-rs", lambda wl: libcr_once(tools, progs, wl, wdir, bases[0], cold_ok,
+                                                  args.verbose))]
+    if shutil.which("criu"):
+        runners.append(("CRIU", lambda wl: criu_once(progs, wl, wdir, cold_ok)))
+    else:
+        others.append(("CRIU", "`criu` not found on PATH: no CRIU rows"))
+    if shutil.which("dmtcp_launch"):
+        runners.append(("DMTCP", lambda wl: dmtcp_once(progs, wl, wdir, cold_ok)))
+    else:
+        others.append(("DMTCP", "`dmtcp_launch` not found on PATH: no DMTCP rows"))
+    results = []
+    for wl in workloads(args.smoke):
+        if args.only and args.only not in wl.name:
+            continue
+        for tool, once in runners:
+            samples = []
+            for i in range(args.reps):
+                log(f"{tool}: {wl.name} ({i + 1}/{args.reps})")
+                try:
+                    samples.append(once(wl))
+                except BenchError as e:
+                    if tool == "libcr-rs":
+                        raise
+                    log(f"  {tool} failed: {e}")
+                    others.append((tool, f"{wl.name}: failed: {e}"))
+                    break
+                s = samples[-1]
+                log(f"  checkpoint {fmt_s(s.ckpt)} stop {fmt_s(s.stop)} image {fmt_b(s.size)} "
+                    f"restart hot {fmt_s(s.hot)} cold {fmt_s(s.cold)} mem {fmt_b(s.mem)} {s.io}")
+            if samples:
+                results.append((wl, tool, samples))
+    idle_res = {}
+    if not args.no_idle:
+        log("idle costs")
+        idle_res = idle(tools, progs, args.reps, args.forks, 10 if args.smoke else 100)
+        log(f"  {idle_res}")
+    text = report(args, mach, bases, results, idle_res, others, load0, loadavg(), started)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        f.write(text)
+    print(text)
+    log(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except BenchError as e:
+        log(f"FAILED: {e}")
+        sys.exit(1)

@@ -1,0 +1,117 @@
+/* workload: the benchmark's checkpoint target (built by bench/bench.py).
+ *   workload KIND MIB [TOUCH_MIB] [THREADS] [PROCS]
+ * KIND: random (MIB MiB of random bytes), zero-like (MIB MiB of a repeating 64-byte pattern:
+ * highly compressible), sparse (MIB MiB reserved, TOUCH_MIB MiB of it written).
+ * THREADS extra threads (default 0) each loop on a private counter; PROCS-1 child processes
+ * (default 1 = no children) each keep a copy of the memory and loop like the root.
+ * After filling, prints READY on stdout, then every STEP_US (1000) microseconds appends the
+ * CLOCK_REALTIME nanoseconds of the step as a decimal line to the file named by $BENCH_STEPS
+ * (root only, O_APPEND, one write(2) per step), and touches one word of the memory. Runs until
+ * killed. */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile uint64_t sink;
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void *spin(void *arg)
+{
+    volatile uint64_t *c = arg;
+    for (;;) {
+        (*c)++;
+        struct timespec d = {0, 1000000};
+        nanosleep(&d, NULL);
+    }
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3) {
+        fprintf(stderr, "usage: workload random|compressible|sparse MIB [TOUCH_MIB] [THREADS] [PROCS]\n");
+        return 2;
+    }
+    const char *kind = argv[1];
+    size_t len = (size_t)atol(argv[2]) << 20;
+    size_t touch = argc > 3 ? (size_t)atol(argv[3]) << 20 : len;
+    int threads = argc > 4 ? atoi(argv[4]) : 0;
+    int procs = argc > 5 ? atoi(argv[5]) : 1;
+    const char *steps = getenv("BENCH_STEPS");
+    if (!len || touch > len || !steps) {
+        fprintf(stderr, "workload: bad arguments or BENCH_STEPS unset\n");
+        return 2;
+    }
+    uint64_t *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) {
+        perror("workload: mmap");
+        return 2;
+    }
+    size_t words = touch / 8;
+    if (!strcmp(kind, "random") || !strcmp(kind, "sparse")) {
+        uint64_t x = 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid();
+        for (size_t k = 0; k < words; k++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            mem[k] = x;
+        }
+    } else if (!strcmp(kind, "compressible")) {
+        for (size_t k = 0; k < words; k++) mem[k] = 0x0101010101010101ull * (k % 8 + 1);
+    } else {
+        fprintf(stderr, "workload: unknown kind %s\n", kind);
+        return 2;
+    }
+    int root = 1;
+    for (int p = 1; p < procs; p++) {
+        pid_t c = fork();
+        if (c < 0) {
+            perror("workload: fork");
+            return 2;
+        }
+        if (c == 0) {
+            root = 0;
+            break;
+        }
+    }
+    static uint64_t counters[1024];
+    for (int t = 0; t < threads && t < 1024; t++) {
+        pthread_t th;
+        if (pthread_create(&th, NULL, spin, &counters[t]) != 0) {
+            perror("workload: pthread_create");
+            return 2;
+        }
+    }
+    int fd = -1;
+    if (root) {
+        fd = open(steps, O_WRONLY | O_APPEND | O_CREAT, 0600);
+        if (fd < 0) {
+            perror("workload: open steps");
+            return 2;
+        }
+        printf("READY\n");
+        fflush(stdout);
+    }
+    for (uint64_t step = 0;; step++) {
+        mem[(step * 4099) % words] += step;
+        if (fd >= 0) {
+            char line[32];
+            int n = snprintf(line, sizeof line, "%llu\n", (unsigned long long)now_ns());
+            if (write(fd, line, n) != n) return 3;
+        }
+        struct timespec d = {0, 1000000};
+        nanosleep(&d, NULL);
+    }
+}
