@@ -595,7 +595,9 @@ pub fn request_restart(
 
 /// The restart itself (arguments checked): loads the job and has a helper create it.
 fn start_restart(a: &cr_restart_args_t, handle: *mut cr_restart_handle_t) -> Result<(), c_int> {
-    use crate::restore::{job, spawn, write_report, Report};
+    use crate::restore::{fds, job, spawn, write_report, Report};
+    // The caller's descriptors an exec'd cr_restart would have been given.
+    fds::note_restarter_fds();
     let opts = spawn::Options {
         pids: a.cr_flags & CR_RSTRT_RESTORE_PID != 0,
         pgid: a.cr_flags & CR_RSTRT_RESTORE_PGID != 0,

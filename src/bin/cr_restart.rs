@@ -268,6 +268,8 @@ fn wait_child(pid: i32) -> i32 {
 }
 
 fn main() {
+    // Before anything is opened: the descriptors whoever started us gave us.
+    cr::restore::fds::note_restarter_fds();
     let parsed = Args::command()
         .try_get_matches()
         .and_then(|m| Args::from_arg_matches(&m).map(|a| (m, a)));
@@ -348,6 +350,13 @@ fn main() {
             }
         };
     let job = job::load(images, &pairs).unwrap_or_else(|e| failed(&args, e.class, e.errno, &e.msg));
+    if !args.quiet {
+        for (pid, fd, what) in job.outside_fallbacks() {
+            eprintln!(
+                "{TOOL}: fd {fd} of process {pid} led outside the checkpoint and descriptor {fd} is not open here: it gets {what}"
+            );
+        }
+    }
     let opts = cr::restore::spawn::Options {
         pids: !args.no_restore_pid || args.restore_pid,
         pgid: args.restore_pgid && !args.no_restore_pgid,

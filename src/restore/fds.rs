@@ -4,6 +4,73 @@
 use super::RestoreError;
 use crate::image::format::FdKind;
 use crate::image::reader::Image;
+use std::sync::Mutex;
+
+/// The descriptors the restarter was given by whoever started it (see [`note_restarter_fds`]).
+static RESTARTER_FDS: Mutex<Option<Vec<i32>>> = Mutex::new(None);
+
+/// Records the descriptors open now without close-on-exec: those the restarter was given by
+/// whoever started it (what an exec'd `cr_restart` would have). Restored descriptors that lead
+/// outside the job take the restarter's descriptor of the same number. Call before opening
+/// anything (first thing in `cr_restart`, at the start of `cr_request_restart`). Without it,
+/// only the open ones of 0-2 count.
+pub fn note_restarter_fds() {
+    let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    // The directory's own descriptor is closed again by now: F_GETFD fails on it.
+    // SAFETY: probing descriptor numbers.
+    fds.retain(|&fd| {
+        let fl = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        fl >= 0 && fl & libc::FD_CLOEXEC == 0
+    });
+    fds.sort_unstable();
+    *RESTARTER_FDS.lock().unwrap_or_else(|e| e.into_inner()) = Some(fds);
+}
+
+/// Whether the restarter was given descriptor `fd` (and it is still open): a restored
+/// descriptor of that number that leads outside the job takes it.
+pub fn restarter_has(fd: i32) -> bool {
+    let given = match &*RESTARTER_FDS.lock().unwrap_or_else(|e| e.into_inner()) {
+        Some(list) => list.contains(&fd),
+        None => (0..=2).contains(&fd),
+    };
+    // SAFETY: probing a descriptor number.
+    given && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0
+}
+
+/// The descriptors of `img` (one process of the job `images`) that lead outside the job (pipe
+/// ends whose other end is no process of the job, inherited terminals and sockets on 0-2) and
+/// whose number the restarter does not have open, each with what it gets instead: for the
+/// restarter to say so before it starts the job.
+pub fn outside_without_restarter_fd(images: &[&Image], img: &Image) -> Vec<(i32, &'static str)> {
+    img.fds
+        .iter()
+        .filter(|f| {
+            let pooled = f.kind == FdKind::Pipe && super::pool::pipe_is_pooled(images, f);
+            leads_outside(f.kind, pooled) && !restarter_has(f.rec.fd)
+        })
+        .map(|f| (f.rec.fd, fallback_name(f)))
+        .collect()
+}
+
+fn leads_outside(kind: FdKind, pooled: bool) -> bool {
+    kind == FdKind::Inherited || (kind == FdKind::Pipe && !pooled)
+}
+
+fn fallback_name(f: &crate::image::reader::Fd) -> &'static str {
+    if f.rec.fd <= 2 {
+        "/dev/null"
+    } else if f.rec.flags & libc::O_ACCMODE == libc::O_RDONLY {
+        "cr_restart's standard input"
+    } else {
+        "cr_restart's standard output"
+    }
+}
+
 fn last_errno() -> i32 {
     std::io::Error::last_os_error()
         .raw_os_error()
@@ -27,8 +94,9 @@ pub fn move_high(fd: i32, img: &Image) -> Result<i32, RestoreError> {
 }
 
 /// Puts every saved descriptor of process `idx` at its number: shared descriptions from the
-/// `pool`, the standard descriptors (and pipe ends leading out of the job) from cr_restart's
-/// own. Closes all other descriptors but `keep` and the pool's (closed after the memory is
+/// `pool`; those leading out of the job (pipe ends whose other end is not in the job, stdio
+/// terminals and sockets) are the restarter's own of the same number (see
+/// [`note_restarter_fds`]), else its stdin/stdout (pipes above 2) or `/dev/null`. Closes all other descriptors but `keep` and the pool's (closed after the memory is
 /// mapped: shared memory comes from the pool too).
 pub fn restore(
     img: &Image,
@@ -42,23 +110,66 @@ pub fn restore(
         .filter(|f| f.kind != FdKind::Unsupported)
         .map(|f| f.rec.fd)
         .collect();
-    // What cr_restart's standard descriptor `fd` stands in for: kept as it is.
+    // What the restarter's own descriptor `fd` stands in for (BLCR's rule: a descriptor leading
+    // outside the job takes the restarter's of the same number): kept as it is.
     let from_restarter = |fd: i32| {
-        fd <= 2
-            && img.fds.iter().any(|f| {
-                f.rec.fd == fd
-                    && (f.kind == FdKind::Inherited
-                        || (f.kind == FdKind::Pipe && !pool.fds.contains_key(&(idx, fd))))
-            })
+        restarter_has(fd)
+            && img
+                .fds
+                .iter()
+                .any(|f| f.rec.fd == fd && leads_outside(f.kind, pool.fds.contains_key(&(idx, fd))))
     };
-    // Close what the program did not have (cr_restart's own descriptors beyond 0-2 and the
-    // stdio the program had closed).
+    // Where a pipe end leading outside goes when the restarter has no descriptor of its number:
+    // the restarter's stdin (read ends) or stdout (write ends), copied before anything is placed
+    // over them.
+    let fallback_needed = |read: bool| {
+        img.fds.iter().any(|f| {
+            f.rec.fd > 2
+                && f.kind == FdKind::Pipe
+                && !pool.fds.contains_key(&(idx, f.rec.fd))
+                && !restarter_has(f.rec.fd)
+                && (f.rec.flags & libc::O_ACCMODE == libc::O_RDONLY) == read
+        })
+    };
+    let high = wanted.iter().copied().max().unwrap_or(2).max(2) + 10;
+    let copy_of = |src: i32, needed: bool| {
+        if needed {
+            // SAFETY: duplicating the restarter's descriptor above every saved number.
+            unsafe { libc::fcntl(src, libc::F_DUPFD_CLOEXEC, high) }
+        } else {
+            -1
+        }
+    };
+    let fallback = [
+        copy_of(0, fallback_needed(true)),
+        copy_of(1, fallback_needed(false)),
+    ];
+    let res = place(img, idx, pool, keep, &wanted, &from_restarter, fallback);
+    for fd in fallback.into_iter().filter(|&fd| fd >= 0) {
+        // SAFETY: closing our own copies.
+        unsafe { libc::close(fd) };
+    }
+    res
+}
+
+fn place(
+    img: &Image,
+    idx: usize,
+    pool: &super::pool::Pool,
+    keep: &[i32],
+    wanted: &[i32],
+    from_restarter: &dyn Fn(i32) -> bool,
+    fallback: [i32; 2],
+) -> Result<(), RestoreError> {
+    // Close what the program did not have (the restarter's other descriptors, and the stdio
+    // the program had closed).
     if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
         let open: Vec<i32> = dir
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
             .collect();
         for fd in open {
             let stays = keep.contains(&fd)
+                || fallback.contains(&fd)
                 || pool.all.contains(&fd)
                 || from_restarter(fd)
                 || (fd <= 2 && wanted.contains(&fd) && pool.fds.contains_key(&(idx, fd)));
@@ -83,27 +194,24 @@ pub fn restore(
                 }
                 None
             }
+            // Leads outside: the restarter's own descriptor of that number, left where it is.
+            _ if from_restarter(r.fd) => None,
             (FdKind::Pipe, None) if r.fd > 2 => {
-                // A pipe end leading out of the job: cr_restart's stdin or stdout.
-                let src = if r.flags & libc::O_ACCMODE == libc::O_RDONLY {
-                    0
-                } else {
-                    1
-                };
-                // SAFETY: duplicating cr_restart's stdin/stdout.
-                Some(unsafe { libc::fcntl(src, libc::F_DUPFD_CLOEXEC, 0) })
-            }
-            _ => {
-                // Inherited stdio (terminal, outside pipe, socket): cr_restart's, if open.
-                // SAFETY: probing a descriptor number.
-                if unsafe { libc::fcntl(r.fd, libc::F_GETFD) } >= 0 {
-                    None
+                // The restarter has no such descriptor: its stdin or stdout (/dev/null if that
+                // is closed too).
+                let src = fallback[usize::from(r.flags & libc::O_ACCMODE != libc::O_RDONLY)];
+                Some(if src >= 0 {
+                    // SAFETY: duplicating our copy of the restarter's stdin/stdout.
+                    unsafe { libc::fcntl(src, libc::F_DUPFD_CLOEXEC, 0) }
                 } else {
                     // SAFETY: open with a literal path.
-                    Some(unsafe {
-                        libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC)
-                    })
-                }
+                    unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) }
+                })
+            }
+            _ => {
+                // Inherited stdio (terminal, outside pipe, socket) the restarter does not have.
+                // SAFETY: open with a literal path.
+                Some(unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) })
             }
         };
         if let Some(fd) = newfd {

@@ -127,6 +127,20 @@ impl Job {
         }
     }
 
+    /// Descriptors leading outside the job whose number the restarter has not open (see
+    /// `fds::restore`): (pid at checkpoint time, descriptor, what it gets instead).
+    pub fn outside_fallbacks(&self) -> Vec<(i32, i32, &'static str)> {
+        let images: Vec<&Image> = self.images.iter().collect();
+        images
+            .iter()
+            .flat_map(|img| {
+                super::fds::outside_without_restarter_fd(&images, img)
+                    .into_iter()
+                    .map(|(fd, what)| (img.process.pid, fd, what))
+            })
+            .collect()
+    }
+
     /// The job's processes as the spawner takes them.
     pub fn members(&self) -> Vec<Member<'_>> {
         (0..self.images.len())

@@ -7,7 +7,8 @@
 //! shared a description before the checkpoint (dup'd, inherited across fork: found by the agent
 //! and `cr_checkpoint` with `kcmp`) share one again, with its offset and status flags, and a pipe
 //! between two processes is one pipe again. Pipes with only one end in the job lead outside it:
-//! they are not pooled (the process gets cr_restart's standard descriptors instead).
+//! they are not pooled (the process gets the restarter's descriptors of those numbers instead,
+//! `fds::restore`).
 
 use super::RestoreError;
 use crate::image::format::{FdKind, RegionKind};
