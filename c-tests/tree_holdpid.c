@@ -2,12 +2,16 @@
  * tree_holdpid.c - occupy one given pid (root only), for "pid in use" tests.
  *
  * Build: gcc -O2 -Wall -o tree_holdpid tree_holdpid.c
- * Run:   tree_holdpid PID
+ * Run:   tree_holdpid [-z] PID
  *
  * Creates a child with exactly that pid (clone3 with set_tid, which needs
  * CAP_SYS_ADMIN), which prints `READY` and pauses until it is killed; the
  * parent waits for it.  If the pid cannot be had (in use: EEXIST) it prints
  * `FAIL tree_holdpid: ...` and exits 1.
+ *
+ * With -z the child exits at once and stays an unreaped zombie: the parent
+ * prints `READY` once it is one, reaps it on SIGUSR1 (printing `REAPED`) and
+ * then pauses until it is killed.
  *
  * (A test cannot simply keep one process of a killed tree alive instead: a
  * stopped child gets SIGHUP when its process group becomes orphaned, and a
@@ -32,10 +36,16 @@
 
 int main(int argc, char **argv)
 {
-    if (argc != 2 || atoi(argv[1]) <= 1)
-        fail("usage: tree_holdpid PID");
-    pid_t want = (pid_t)atoi(argv[1]);
+    int zombie = argc == 3 && strcmp(argv[1], "-z") == 0;
+    if (argc != 2 + zombie || atoi(argv[1 + zombie]) <= 1)
+        fail("usage: tree_holdpid [-z] PID");
+    pid_t want = (pid_t)atoi(argv[1 + zombie]);
     setvbuf(stdout, NULL, _IOLBF, 0);
+    sigset_t usr1;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    if (sigprocmask(SIG_BLOCK, &usr1, NULL) != 0)
+        fail("sigprocmask");
 
     struct clone_args ca;
     memset(&ca, 0, sizeof ca);
@@ -45,6 +55,8 @@ int main(int argc, char **argv)
     long r = syscall(SYS_clone3, &ca, sizeof ca);
     if (r < 0)
         failf("clone3 with pid %d: %s", (int)want, strerror(errno));
+    if (r == 0 && zombie)
+        _exit(0);
     if (r == 0) {
         static const char ready[] = "READY\n";
         if (write(STDOUT_FILENO, ready, sizeof ready - 1) < 0)
@@ -55,6 +67,22 @@ int main(int argc, char **argv)
     if (r != want)
         failf("clone3 gave pid %ld, not %d", r, (int)want);
     int st;
+    if (zombie) {
+        siginfo_t si;
+        while (waitid(P_PID, (id_t)r, &si, WEXITED | WNOWAIT) != 0)
+            if (errno != EINTR)
+                failf("waitid: %s", strerror(errno));
+        printf("READY\n");
+        int sig;
+        if (sigwait(&usr1, &sig) != 0)
+            fail("sigwait");
+        while (waitpid((pid_t)r, &st, 0) < 0)
+            if (errno != EINTR)
+                failf("waitpid: %s", strerror(errno));
+        printf("REAPED\n");
+        for (;;)
+            pause();
+    }
     while (waitpid((pid_t)r, &st, 0) < 0)
         if (errno != EINTR)
             failf("waitpid: %s", strerror(errno));

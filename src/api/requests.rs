@@ -616,7 +616,7 @@ fn start_restart(a: &cr_restart_args_t, handle: *mut cr_restart_handle_t) -> Res
     // SAFETY: geteuid has no preconditions.
     let in_namespace = opts.pids && unsafe { libc::geteuid() } != 0;
     if opts.pids && !in_namespace {
-        spawn::check_ids_free(&members).map_err(|e| e.errno)?;
+        spawn::check_ids_free(&members, true).map_err(|e| e.errno)?;
     }
     let mut p = [0 as c_int; 2];
     // SAFETY: pipe2 into a local array.

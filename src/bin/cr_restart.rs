@@ -396,7 +396,7 @@ fn run_job(args: &Args, job: &Job, opts: cr::restore::spawn::Options, signal: i3
     // SAFETY: geteuid has no preconditions.
     let in_namespace = opts.pids && unsafe { libc::geteuid() } != 0;
     if opts.pids && !in_namespace {
-        if let Err(e) = spawn::check_ids_free(&members) {
+        if let Err(e) = spawn::check_ids_free(&members, opts.quiet) {
             failed(
                 args,
                 Class::Temp,

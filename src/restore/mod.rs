@@ -6,6 +6,7 @@
 //! `trampoline`, which swaps the address space and enters the restored agent.
 
 pub mod fds;
+pub mod ids;
 pub mod job;
 pub mod memory;
 pub mod pool;

@@ -190,32 +190,11 @@ pub fn clone_process(pid: Option<i32>, flags: u64) -> Result<i32, i32> {
     }
 }
 
-/// Whether some process or thread of this pid namespace has id `id`.
-fn id_in_use(id: i32) -> bool {
-    // SAFETY: signal 0 only checks existence.
-    id > 0 && (unsafe { libc::kill(id, 0) } == 0 || errno() == libc::EPERM)
-}
-
-/// Before anything is created: every original pid and tid must be free (BLCR: `EBUSY`).
-pub fn check_ids_free(members: &[Member]) -> Result<(), RestoreError> {
-    for m in members {
-        let pid = m.img.process.pid;
-        let ids = std::iter::once(pid).chain(m.img.threads.iter().map(|t| t.tid));
-        for id in ids {
-            if id_in_use(id) {
-                let what = if id == pid {
-                    format!("pid {id} is in use")
-                } else {
-                    format!("thread id {id} (of pid {pid}) is in use")
-                };
-                return Err(RestoreError::new(
-                    libc::EBUSY,
-                    format!("{what}: is the checkpointed program still running? (--no-restore-pid restarts it with fresh pids)"),
-                ));
-            }
-        }
-    }
-    Ok(())
+/// Before anything is created: every original pid and tid must be free (BLCR: `EBUSY`); ids
+/// still held by exiting processes or zombies are waited for a few seconds (see
+/// [`super::ids`]).
+pub fn check_ids_free(members: &[Member], quiet: bool) -> Result<(), RestoreError> {
+    super::ids::check_free(&super::ids::pids_of(members), super::ids::BUSY_WAIT, quiet)
 }
 
 /// The job being created, shared by every process that creates members.
