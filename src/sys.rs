@@ -207,6 +207,19 @@ pub fn stat(path: &[u8], flags: i32) -> Result<libc::stat, Errno> {
     Ok(st)
 }
 
+/// `statfs(path)`'s `f_type` (the file system's magic number); `path` NUL-terminated.
+pub fn statfs_type(path: &[u8]) -> Result<i64, Errno> {
+    // SAFETY: all-zero bytes are a valid `statfs`.
+    let mut st: libc::statfs = unsafe { core::mem::zeroed() };
+    sys3(
+        libc::SYS_statfs as usize,
+        path.as_ptr() as usize,
+        &mut st as *mut _ as usize,
+        0,
+    )?;
+    Ok(st.f_type)
+}
+
 /// `fcntl(fd, cmd, arg)`.
 pub fn fcntl(fd: i32, cmd: i32, arg: usize) -> SysResult {
     sys3(SYS_fcntl as usize, fd as usize, cmd as usize, arg)

@@ -8,6 +8,9 @@
 //! - shared file mappings: nothing (the file holds the data);
 //! - shared memory with no file (shared anonymous, memfd, deleted files, SysV): resident pages
 //!   (tmpfs-backed: `mincore`) or every readable page (disk-backed deleted files), zeros skipped;
+//! - files of tmpfs (`statfs`), which may vanish with the program: by content (shared: as shared
+//!   memory; private: every non-zero page and the copy-on-write ones), marked with a
+//!   `REC_REGION_FS` record so the restart maps them from their path again;
 //! - `[vdso]`/`[vvar]`/`[vvar_vclock]`: recorded, never saved.
 //!
 //! Runs in the control thread while every other thread is parked: raw syscalls, scratch memory
@@ -98,7 +101,6 @@ pub fn parse_line(line: &[u8]) -> Option<MapLine<'_>> {
     })
 }
 
-/// Decides how a region is stored, from its maps line (and a `stat` of its file).
 /// Which mapped files are stored by content instead of by reference (`--save-*`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SaveByContent {
@@ -110,11 +112,17 @@ pub struct SaveByContent {
     pub shared: bool,
 }
 
+/// `statfs` `f_type` of tmpfs.
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+/// Decides how a region is stored, from its maps line (and a `stat` of its file, left in `st`);
+/// `fs` gets the file system detail of RAM-backed memory ([`REC_REGION_FS`]).
 fn classify(
     m: &MapLine,
     save: SaveByContent,
     exe: Option<(u64, u64)>,
     st: &mut Option<libc::stat>,
+    fs: &mut Option<RegionFsRec>,
 ) -> Option<RegionKind> {
     let p = m.path;
     match p {
@@ -146,11 +154,25 @@ fn classify(
     }
     let mut path = StackBuf::<4096>::new();
     path.push(p);
-    match sys::stat(path.as_cstr(), 0) {
+    let s = match sys::stat(path.as_cstr(), 0) {
         Ok(s) if s.st_ino == m.inode && s.st_dev == libc::makedev(m.major, m.minor) => {
             *st = Some(s);
+            s
         }
         _ => return Some(content), // replaced or unreachable: keep what the program sees
+    };
+    // A file of tmpfs cannot be assumed to outlive the program (a JVM removes its
+    // /tmp/hsperfdata_USER/PID at exit, a reboot empties /dev/shm): saved by content, and
+    // mapped from its path again at restart (see `image::format::FS_TMPFS`).
+    if sys::statfs_type(path.as_cstr()) == Ok(TMPFS_MAGIC) && !(m.shared && save.shared) {
+        *fs = Some(RegionFsRec {
+            fs: FS_TMPFS,
+            mode: s.st_mode & 0o7777,
+            uid: s.st_uid,
+            gid: s.st_gid,
+            page_size: PAGE as u64,
+        });
+        return Some(content);
     }
     let is_exe = exe == Some((libc::makedev(m.major, m.minor), m.inode));
     Some(if m.shared {
@@ -291,6 +313,7 @@ impl Default for Unreadable {
 fn scan_region(
     m: &MapLine,
     kind: RegionKind,
+    fs: Option<RegionFsRec>,
     pagemap_fd: i32,
     scratch: &Scratch,
     ext: &mut ExtentList,
@@ -329,6 +352,10 @@ fn scan_region(
         RegionKind::SharedContent | RegionKind::PrivateContent => {
             // tmpfs/shmem objects (device major 0): only resident pages hold data.
             let shmem = m.major == 0;
+            // A private mapping that may be re-created from its file (tmpfs): the pages that
+            // became the program's own (copy-on-write) are saved even when zero, since the file
+            // may hold data there.
+            let own_zero = kind == RegionKind::PrivateContent && fs.is_some();
             let probe = scratch.probe();
             let mut addr = m.start;
             while addr < m.end {
@@ -344,9 +371,23 @@ fn scan_region(
                         resident.as_mut_ptr() as usize,
                     )?;
                 }
+                let pm = scratch.pagemap();
+                if own_zero {
+                    let got =
+                        sys::pread(pagemap_fd, &mut pm[..pages * 8], (addr / PAGE as u64) * 8)?;
+                    pm[got..pages * 8].fill(0);
+                }
                 for i in 0..pages {
                     if (i + 1) * PAGE > readable {
                         return Ok(()); // past the end of the file: nothing more to read
+                    }
+                    if own_zero {
+                        let e =
+                            u64::from_ne_bytes(pm[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+                        if e & PM_PRESENT != 0 && e & PM_FILE == 0 {
+                            ext.push_page(addr + (i * PAGE) as u64)?;
+                            continue;
+                        }
                     }
                     if shmem && resident[i] & 1 == 0 {
                         continue;
@@ -409,11 +450,12 @@ pub fn capture(
                 continue;
             }
             let mut st = None;
-            let Some(kind) = classify(&m, save, exe, &mut st) else {
+            let mut fs = None;
+            let Some(kind) = classify(&m, save, exe, &mut st, &mut fs) else {
                 continue;
             };
             ext.begin_region();
-            scan_region(&m, kind, pagemap_fd, scratch, ext)?;
+            scan_region(&m, kind, fs, pagemap_fd, scratch, ext)?;
             let extents = ext.region_extents();
             if !extents.is_empty() && m.prot & libc::PROT_READ as u32 == 0 {
                 unreadable.add(m.start, m.end, m.prot)?;
@@ -439,6 +481,10 @@ pub fn capture(
                 .map_err(|_| Errno(libc::ENOMEM))?;
             if !extents.is_empty() {
                 w.raw(REC_EXTENTS, bytemuck::cast_slice(extents))
+                    .map_err(|_| Errno(libc::ENOMEM))?;
+            }
+            if let Some(fs) = fs {
+                w.raw(REC_REGION_FS, bytemuck::bytes_of(&fs))
                     .map_err(|_| Errno(libc::ENOMEM))?;
             }
             if m.path.starts_with(b"/SYSV") {

@@ -2,7 +2,7 @@
 //! whether it would restart here.
 
 use clap::Parser;
-use cr::image::format::{FdKind, RegionKind, PAGE};
+use cr::image::format::{FdKind, RegionKind, FS_HUGETLB, FS_TMPFS, PAGE};
 use cr::image::reader::Image;
 use cr::tool::{fail, strerror};
 use std::ffi::OsStr;
@@ -135,8 +135,17 @@ fn open_flags(f: i32) -> String {
     words.join("|")
 }
 
-fn region_kind(k: RegionKind) -> &'static str {
-    match k {
+fn region_kind(r: &cr::image::reader::Region) -> &'static str {
+    match (r.kind, r.fs.map(|f| f.fs)) {
+        (RegionKind::SharedContent, Some(FS_TMPFS)) => return "tmpfs-shared",
+        (RegionKind::PrivateContent, Some(FS_TMPFS)) => return "tmpfs-private",
+        (RegionKind::SharedContent | RegionKind::FileShared, Some(FS_HUGETLB)) => {
+            return "hugetlb-shared"
+        }
+        (_, Some(FS_HUGETLB)) => return "hugetlb-private",
+        _ => {}
+    }
+    match r.kind {
         RegionKind::Anon => "anon",
         RegionKind::Stack => "stack",
         RegionKind::FilePrivate => "file-private",
@@ -238,7 +247,7 @@ fn print_contents(path: &Path, img: &Image, len: u64) {
             r.rec.start,
             r.rec.end,
             prot(r.rec.prot),
-            region_kind(r.kind),
+            region_kind(r),
             human(len),
             len,
             saved,
@@ -278,6 +287,28 @@ fn print_contents(path: &Path, img: &Image, len: u64) {
         );
     }
 
+    let tmpfs: Vec<_> = img
+        .regions
+        .iter()
+        .filter(|r| cr::restore::memory::tmpfs_file(r))
+        .collect();
+    if !tmpfs.is_empty() {
+        println!("\nFiles on tmpfs, saved by content ({})", tmpfs.len());
+        for r in tmpfs {
+            let how = if r.kind == RegionKind::SharedContent {
+                "shared: mapped again from this path, re-created with the saved contents if gone"
+            } else {
+                "private: the file if still unchanged, else memory, with the saved pages"
+            };
+            println!(
+                "  {}  size {}, mode {:04o}  ({how})",
+                lossy(&r.path),
+                r.rec.file_size,
+                r.fs.map_or(0, |f| f.mode)
+            );
+        }
+    }
+
     if !img.warnings.is_empty() {
         println!("\nWarnings ({})", img.warnings.len());
         for w in &img.warnings {
@@ -307,6 +338,13 @@ fn problems(img: &Image) -> Vec<String> {
                         rfc3339(f.mtime.0, f.mtime.1)
                     ));
                 }
+            }
+        }
+    }
+    for r in &img.regions {
+        if r.kind == RegionKind::SharedContent && cr::restore::memory::tmpfs_file(r) {
+            if let Err(e) = cr::restore::memory::check_tmpfs_shared(r) {
+                out.push(e.msg);
             }
         }
     }

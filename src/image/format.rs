@@ -115,6 +115,11 @@ pub const REC_FILE_DATA: u32 = 9;
 /// of a forwarded checkpoint whose images follow this one back to back (`proc` 0 = this image,
 /// then each following image in order); only in the first image. Several records append.
 pub const REC_SHARES: u32 = REC_OPTIONAL | 10;
+/// Record (optional): [`RegionFsRec`], detail of the region record before it (and its extents):
+/// the region's memory belongs to a RAM-backed file system (a tmpfs file, hugetlb memory). A
+/// reader that skips it re-creates the region as its `kind` says (shared or private memory of
+/// normal pages, with the saved contents).
+pub const REC_REGION_FS: u32 = REC_OPTIONAL | 11;
 /// Last record.
 pub const REC_END: u32 = 0xffff;
 
@@ -274,6 +279,32 @@ pub struct RegionRec {
     /// Length of the path after this record.
     pub path_len: u32,
 }
+
+/// [`RegionFsRec::fs`]: a file on tmpfs (`TMPFS_MAGIC`): `SharedContent` is re-created as a
+/// shared mapping of the file at the region's path (the file re-created there with the saved
+/// pages when it is gone), `PrivateContent` as a private mapping of the file when it is still
+/// there unchanged (else private memory), the saved pages on top.
+pub const FS_TMPFS: u32 = 1;
+/// [`RegionFsRec::fs`]: hugetlb memory (`MAP_HUGETLB`, a hugetlbfs file, a `MFD_HUGETLB` memfd):
+/// re-created with huge pages of [`RegionFsRec::page_size`].
+pub const FS_HUGETLB: u32 = 2;
+
+/// Payload of [`REC_REGION_FS`] (24 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug, Default, PartialEq, Eq)]
+pub struct RegionFsRec {
+    /// [`FS_TMPFS`] or [`FS_HUGETLB`].
+    pub fs: u32,
+    /// Permission bits of the file (`st_mode & 0o7777`; tmpfs files).
+    pub mode: u32,
+    /// Owner of the file (tmpfs files; re-applied when cr_restart runs as root).
+    pub uid: u32,
+    /// Group of the file.
+    pub gid: u32,
+    /// The region's page size (`KernelPageSize` in smaps; 4096 for tmpfs files).
+    pub page_size: u64,
+}
+const _: () = assert!(core::mem::size_of::<RegionFsRec>() == 24);
 
 /// A run of saved pages: `len` bytes at address `addr`, stored `file_off` bytes after the start
 /// of the page data (`FileHeader::data_offset`).

@@ -81,6 +81,8 @@ pub struct Region {
     pub path: Vec<u8>,
     /// Saved page runs.
     pub extents: Vec<Extent>,
+    /// The file system detail of a `REC_REGION_FS` record, if the writer added one.
+    pub fs: Option<RegionFsRec>,
 }
 
 /// An open file descriptor with its path.
@@ -286,6 +288,7 @@ impl Image {
                         kind,
                         path,
                         extents: Vec::new(),
+                        fs: None,
                     });
                 }
                 REC_EXTENTS => {
@@ -323,6 +326,12 @@ impl Image {
                         let at = i * core::mem::size_of::<crate::image::tree::ShareRec>();
                         self.shares.push(read_pod(&body[at..], "shares")?);
                     }
+                }
+                REC_REGION_FS => {
+                    let region = self.regions.last_mut().ok_or_else(|| {
+                        ImageError::Malformed("region detail before region".into())
+                    })?;
+                    region.fs = Some(read_pod(body, "region file system")?);
                 }
                 REC_END => break,
                 k if k & REC_OPTIONAL != 0 => {} // detail a newer writer added: skip

@@ -8,6 +8,7 @@ use crate::image::format::*;
 use crate::image::reader::{Image, Region};
 use std::ffi::CString;
 use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 
 /// A region as mapped in the child.
@@ -168,6 +169,12 @@ fn map_region(shm: &SharedObjects, r: &Region, addr: u64) -> Result<u64, Restore
     };
     let rw = libc::PROT_READ | libc::PROT_WRITE;
     let (prot, flags, fd, off, close) = match r.kind {
+        RegionKind::PrivateContent if tmpfs_file(r) => match open_unchanged(r) {
+            // The file is still there as it was: a private mapping of it again (same name and
+            // offset in /proc/PID/maps), the program's own pages on top.
+            Some(fd) => (rw, libc::MAP_PRIVATE, fd, r.rec.offset as i64, true),
+            None => (rw, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0, false),
+        },
         RegionKind::Anon | RegionKind::PrivateContent => {
             (rw, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0, false)
         }
@@ -180,7 +187,9 @@ fn map_region(shm: &SharedObjects, r: &Region, addr: u64) -> Result<u64, Restore
         ),
         RegionKind::SharedContent => {
             let (fd, close) = shm.fd_for(r)?;
-            (rw, libc::MAP_SHARED, fd, r.rec.offset as i64, close)
+            // A tmpfs file may have been opened read-only (as the program had it).
+            let prot = if tmpfs_file(r) { r.rec.prot as i32 } else { rw };
+            (prot, libc::MAP_SHARED, fd, r.rec.offset as i64, close)
         }
 
         RegionKind::FilePrivate | RegionKind::FileShared => {
@@ -228,9 +237,76 @@ fn map_region(shm: &SharedObjects, r: &Region, addr: u64) -> Result<u64, Restore
     Ok(p as u64)
 }
 
+/// Whether the file at `path` has the size and modification time `r` recorded.
+fn unchanged(md: &std::fs::Metadata, r: &Region) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    md.size() == r.rec.file_size
+        && md.mtime() == r.rec.mtime_sec
+        && md.mtime_nsec() == r.rec.mtime_nsec
+}
+
+/// A region saved by content that is mapped from its tmpfs file again at restart.
+pub fn tmpfs_file(r: &Region) -> bool {
+    r.fs.is_some_and(|f| f.fs == FS_TMPFS) && !r.path.is_empty()
+}
+
+/// Checks a shared tmpfs file mapping: a file still at its path must be the one checkpointed
+/// (it is mapped as it is now); a file that is gone must be re-creatable (its directory exists
+/// and is writable).
+pub fn check_tmpfs_shared(r: &Region) -> Result<(), RestoreError> {
+    let p = path_str(&r.path);
+    match std::fs::metadata(&p) {
+        Ok(md) if unchanged(&md, r) => Ok(()),
+        Ok(_) => Err(RestoreError::new(
+            libc::ESTALE,
+            format!("mapped tmpfs file {p} changed since the checkpoint (size or modification time differs); remove it to restore the saved contents"),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let dir = std::path::Path::new(&p)
+                .parent()
+                .unwrap_or(std::path::Path::new("/"));
+            let c = CString::new(dir.as_os_str().as_encoded_bytes()).unwrap_or_default();
+            // SAFETY: access with a valid C string.
+            if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+                let e = errno();
+                return Err(RestoreError::new(
+                    e,
+                    format!(
+                        "mapped tmpfs file {p} is gone and cannot be re-created: directory {}: {}",
+                        dir.display(),
+                        std::io::Error::from_raw_os_error(e)
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        Err(e) => Err(RestoreError::new(
+            e.raw_os_error().unwrap_or(libc::EIO),
+            format!("mapped tmpfs file {p}: {e}"),
+        )),
+    }
+}
+
+/// The file of a private tmpfs region, opened read-only, when it still has the recorded size
+/// and modification time.
+fn open_unchanged(r: &Region) -> Option<i32> {
+    let md = std::fs::metadata(std::ffi::OsStr::from_bytes(&r.path)).ok()?;
+    if !unchanged(&md, r) {
+        return None;
+    }
+    let p = CString::new(r.path.clone()).ok()?;
+    // SAFETY: open with a valid C string.
+    let fd = unsafe { libc::open(p.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    (fd >= 0).then_some(fd)
+}
+
 /// Checks that every file mapped by reference is still the one that was checkpointed.
 pub fn check_files(img: &Image) -> Result<(), RestoreError> {
     for r in &img.regions {
+        if r.kind == RegionKind::SharedContent && tmpfs_file(r) {
+            check_tmpfs_shared(r)?;
+            continue;
+        }
         if !matches!(r.kind, RegionKind::FilePrivate | RegionKind::FileShared) {
             continue;
         }
@@ -384,7 +460,9 @@ pub fn build(
     // Final protections (mremap keeps them).
     for (i, r) in img.regions.iter().enumerate() {
         let Some(p) = placed[i] else { continue };
-        if r.kind != RegionKind::FileShared {
+        if r.kind != RegionKind::FileShared
+            && !(r.kind == RegionKind::SharedContent && tmpfs_file(r))
+        {
             // SAFETY: changing protection of our own new mapping.
             unsafe { libc::mprotect(p.cur as *mut _, p.len as usize, r.rec.prot as i32) };
         }

@@ -358,13 +358,33 @@ impl Pool {
         }
         let mut buf = Vec::new();
         for (key, size) in sizes {
-            // SAFETY: memfd_create with a literal name, sized below.
-            let fd = unsafe { libc::memfd_create(c"libcr-shm".as_ptr(), libc::MFD_CLOEXEC) };
-            // SAFETY: sizing the memfd we own.
-            if fd < 0 || unsafe { libc::ftruncate(fd, size as i64) } < 0 {
-                return Err(fail("cannot create shared memory".into()));
-            }
+            let tmpfs = images.iter().find_map(|img| {
+                img.regions.iter().find(|r| {
+                    r.kind == RegionKind::SharedContent
+                        && super::memory::tmpfs_file(r)
+                        && super::memory::shared_key(r) == Some(key)
+                })
+            });
+            let (fd, fill) = match tmpfs {
+                Some(r) => tmpfs_file(r)?,
+                None => {
+                    // SAFETY: memfd_create with a literal name, sized below.
+                    let fd =
+                        unsafe { libc::memfd_create(c"libcr-shm".as_ptr(), libc::MFD_CLOEXEC) };
+                    // SAFETY: sizing the memfd we own.
+                    if fd < 0 || unsafe { libc::ftruncate(fd, size as i64) } < 0 {
+                        return Err(fail("cannot create shared memory".into()));
+                    }
+                    (fd, true)
+                }
+            };
             let fd = self.keep(fd, floor)?;
+            if !fill {
+                self.shm.insert(key, fd);
+                continue;
+            }
+            // Pages past the end of a re-created file are not written (that would grow it).
+            let limit = tmpfs.map_or(u64::MAX, |r| r.rec.file_size);
             // SAFETY: fd is the memfd just created; File::from_raw_fd is undone by into_raw_fd.
             let mem = std::mem::ManuallyDrop::new(unsafe {
                 <File as std::os::unix::io::FromRawFd>::from_raw_fd(fd)
@@ -389,12 +409,29 @@ impl Pool {
                                 img.header.data_offset + e.file_off + done,
                             )
                             .map_err(io)?;
-                            mem.write_all_at(&buf, r.rec.offset + (e.addr - r.rec.start) + done)
-                                .map_err(io)?;
+                            let at = r.rec.offset + (e.addr - r.rec.start) + done;
+                            let keep = limit.saturating_sub(at).min(n as u64) as usize;
+                            mem.write_all_at(&buf[..keep], at).map_err(io)?;
                             done += n as u64;
                         }
                     }
                 }
+            }
+            if let Some(r) = tmpfs {
+                // Last (the writes above changed it): the recorded modification time, so that a
+                // later restart of this image finds the re-created file unchanged.
+                let times = [
+                    libc::timespec {
+                        tv_sec: 0,
+                        tv_nsec: libc::UTIME_OMIT,
+                    },
+                    libc::timespec {
+                        tv_sec: r.rec.mtime_sec,
+                        tv_nsec: r.rec.mtime_nsec,
+                    },
+                ];
+                // SAFETY: fd is the file just re-created; `times` outlives the call.
+                unsafe { libc::futimens(fd, times.as_ptr()) };
             }
             self.shm.insert(key, fd);
         }
@@ -408,6 +445,59 @@ impl Pool {
             unsafe { libc::close(fd) };
         }
     }
+}
+
+/// The file of a shared tmpfs mapping (`FS_TMPFS`) and whether it must be filled with the saved
+/// pages: a file still at its path is opened as it is (BLCR's rule for shared file mappings:
+/// the file as it is now; preflight checked its size and modification time); a file that is gone
+/// is re-created there with the recorded mode (owner too, as root), size and modification time
+/// (so a later restart of the same image finds it unchanged).
+fn tmpfs_file(r: &crate::image::reader::Region) -> Result<(i32, bool), RestoreError> {
+    let p = cpath(&r.path);
+    let name = String::from_utf8_lossy(&r.path).into_owned();
+    // SAFETY: open with a valid C string.
+    let fd = unsafe { libc::open(p.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if fd >= 0 {
+        return Ok((fd, false));
+    }
+    if last_errno() != libc::ENOENT {
+        // SAFETY: as above.
+        let fd = unsafe { libc::open(p.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(fail(format!("cannot open mapped tmpfs file {name}")));
+        }
+        return Ok((fd, false));
+    }
+    let fs = r.fs.unwrap_or_default();
+    // SAFETY: creating a new file with a valid C string.
+    let fd = unsafe {
+        libc::open(
+            p.as_ptr(),
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+            0o600,
+        )
+    };
+    if fd < 0 {
+        return Err(fail(format!("cannot re-create mapped tmpfs file {name}")));
+    }
+    // SAFETY: fd is the file just created.
+    let ok = unsafe {
+        if libc::geteuid() == 0 {
+            libc::fchown(fd, fs.uid, fs.gid); // best effort: the restarting user owns it else
+        }
+        libc::fchmod(fd, fs.mode as libc::mode_t) == 0
+            && libc::ftruncate(fd, r.rec.file_size as i64) == 0
+    };
+    if !ok {
+        let e = fail(format!("cannot re-create mapped tmpfs file {name}"));
+        // SAFETY: closing and removing the file just created.
+        unsafe {
+            libc::close(fd);
+            libc::unlink(p.as_ptr());
+        }
+        return Err(e);
+    }
+    Ok((fd, true))
 }
 
 /// A new unlinked file (`O_TMPFILE`) with the saved contents of `f`'s file: in the directory it

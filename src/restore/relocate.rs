@@ -77,7 +77,9 @@ pub fn relocate(img: &mut Image, pairs: &[Pair]) {
         return;
     }
     for r in &mut img.regions {
-        if matches!(r.kind, RegionKind::FilePrivate | RegionKind::FileShared) {
+        if matches!(r.kind, RegionKind::FilePrivate | RegionKind::FileShared)
+            || super::memory::tmpfs_file(r)
+        {
             if let Some(p) = apply(pairs, &r.path) {
                 r.path = p;
             }

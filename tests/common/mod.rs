@@ -48,7 +48,7 @@ pub const RESTART_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long one run of `cr_checkpoint` (or a failing `cr_restart`) may take.
 pub const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long output pipes may stay open after the process that owns them exited.
-const PIPE_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const PIPE_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Poll interval of every wait loop.
 const POLL: Duration = Duration::from_millis(5);
 
