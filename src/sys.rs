@@ -220,6 +220,24 @@ pub fn statfs_type(path: &[u8]) -> Result<i64, Errno> {
     Ok(st.f_type)
 }
 
+/// `fcntl` commands the `libc` crate does not define for x86-64 glibc.
+pub mod fcntl_cmd {
+    /// Sets the signal sent for async I/O.
+    pub const F_SETSIG: i32 = 10;
+    /// Gets the signal sent for async I/O (0: `SIGIO`).
+    pub const F_GETSIG: i32 = 11;
+    /// Sets the async-I/O owner from a `struct f_owner_ex`.
+    pub const F_SETOWN_EX: i32 = 15;
+    /// Gets the async-I/O owner into a `struct f_owner_ex`.
+    pub const F_GETOWN_EX: i32 = 16;
+    /// `f_owner_ex.type`: a thread.
+    pub const F_OWNER_TID: i32 = 0;
+    /// `f_owner_ex.type`: a process.
+    pub const F_OWNER_PID: i32 = 1;
+    /// `f_owner_ex.type`: a process group.
+    pub const F_OWNER_PGRP: i32 = 2;
+}
+
 /// `fcntl(fd, cmd, arg)`.
 pub fn fcntl(fd: i32, cmd: i32, arg: usize) -> SysResult {
     sys3(SYS_fcntl as usize, fd as usize, cmd as usize, arg)

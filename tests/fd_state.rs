@@ -1,6 +1,7 @@
 //! Descriptors across checkpoint/restart, through the real tools, with self-verifying programs:
 //! `c-tests/outside.c` (pipes leading outside the job take cr_restart's descriptor of the same
-//! number, BLCR's rule).
+//! number, BLCR's rule), `c-tests/fdflags.c` (file status flags, async owner and signal, pipe
+//! sizes).
 //!
 //! Each case runs as the current user and, when the tests run as root, as nobody (the restart
 //! goes through cr_restart's user + pid namespace).
@@ -185,4 +186,41 @@ fn outside_pipes_fallback_unprivileged() {
         return;
     }
     outside_fallback(&Scenario::as_user("nobody-outside-fallback", NOBODY));
+}
+
+// ---------------------------------------------------------------------------------------------
+// file status flags
+// ---------------------------------------------------------------------------------------------
+
+/// O_SYNC, O_DSYNC, O_DIRECT, O_NOATIME, O_APPEND, O_NONBLOCK on files (one unlinked), O_ASYNC
+/// with its owner and signal on a pipe and a FIFO, F_SETPIPE_SZ sizes: checkpoint `--term`,
+/// GO, restart, PASS.
+#[test]
+fn status_flags() {
+    let sc = Scenario::new("fdflags");
+    let job = sc.start_program("fdflags");
+    sc.checkpoint_term_restart_pass(job);
+}
+
+#[test]
+fn status_flags_unprivileged() {
+    if !is_root() {
+        println!("note: not root: the plain case already runs unprivileged");
+        return;
+    }
+    let sc = Scenario::as_user("nobody-fdflags", NOBODY);
+    let job = sc.start_program("fdflags");
+    sc.checkpoint_term_restart_pass(job);
+}
+
+/// With fresh pids the owner is still the process itself.
+#[test]
+fn status_flags_fresh_pid() {
+    let sc = Scenario::new("fdflags-fresh-pid");
+    let mut job = sc.start_program("fdflags");
+    let img = sc.checkpoint(job.pid(), &["--term"]);
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    sc.go();
+    sc.restart_with(&img, &["--no-restore-pid"])
+        .expect_pass(RESTART_TIMEOUT);
 }

@@ -188,6 +188,28 @@ fn save_file_data(w: &mut MetaWriter, fd: i32, st: &libc::stat) -> Result<(), Er
     .map_err(|_| Errno(libc::ENOMEM))
 }
 
+/// Records who gets the async-I/O signals of `fd` (`F_SETOWN`) and which (`F_SETSIG`), when
+/// either was set.
+fn save_owner(w: &mut MetaWriter, fd: i32) -> Result<(), Errno> {
+    // struct f_owner_ex { int type; pid_t pid; }
+    let mut owner = [0i32; 2];
+    if sys::fcntl(fd, sys::fcntl_cmd::F_GETOWN_EX, owner.as_mut_ptr() as usize).is_err() {
+        owner = [0, 0];
+    }
+    let signal = sys::fcntl(fd, sys::fcntl_cmd::F_GETSIG, 0).unwrap_or(0) as i32;
+    if owner[1] == 0 && signal == 0 {
+        return Ok(());
+    }
+    let rec = FdOwnerRec {
+        fd,
+        owner_type: owner[0],
+        owner_pid: owner[1],
+        signal,
+    };
+    w.record(REC_FD_OWNER, &rec, &[])
+        .map_err(|_| Errno(libc::ENOMEM))
+}
+
 fn one(
     w: &mut MetaWriter,
     fd: i32,
@@ -260,6 +282,9 @@ fn one(
     };
     w.record(REC_FD, &rec, path)
         .map_err(|_| Errno(libc::ENOMEM))?;
+    if kind != FdKind::Unsupported {
+        save_owner(w, fd)?;
+    }
     if kind == FdKind::Unlinked && seen.first_time(&st) {
         save_file_data(w, fd, &st)?;
     }

@@ -266,6 +266,20 @@ fn print_contents(path: &Path, img: &Image, len: u64) {
         if f.rec.fd_flags & libc::FD_CLOEXEC != 0 {
             flags.push_str(" FD_CLOEXEC");
         }
+        if let Some(o) = &f.owner {
+            if o.owner_pid != 0 {
+                let kind = ["tid", "pid", "pgrp"]
+                    .get(o.owner_type as usize)
+                    .unwrap_or(&"?");
+                flags.push_str(&format!(" owner={kind}:{}", o.owner_pid));
+            }
+            if o.signal != 0 {
+                flags.push_str(&format!(" sig={}", o.signal));
+            }
+        }
+        if f.kind == FdKind::Pipe && f.rec.pipe_size != 0 {
+            flags.push_str(&format!(" size={}", f.rec.pipe_size));
+        }
         println!(
             "  {:>4} {:<15} {:<32} {:>12}  {}",
             f.rec.fd,

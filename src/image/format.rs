@@ -120,6 +120,9 @@ pub const REC_SHARES: u32 = REC_OPTIONAL | 10;
 /// reader that skips it re-creates the region as its `kind` says (shared or private memory of
 /// normal pages, with the saved contents).
 pub const REC_REGION_FS: u32 = REC_OPTIONAL | 11;
+/// Record (optional): [`FdOwnerRec`], the async-I/O owner and signal of a descriptor
+/// (`F_GETOWN_EX`, `F_GETSIG`), after its `REC_FD` record; written only when one is set.
+pub const REC_FD_OWNER: u32 = REC_OPTIONAL | 12;
 /// Last record.
 pub const REC_END: u32 = 0xffff;
 
@@ -392,6 +395,20 @@ pub struct FdRec {
     pub pipe_size: u32,
 }
 
+/// Who gets a descriptor's async-I/O signals (`O_ASYNC`), and which signal.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug, PartialEq, Eq)]
+pub struct FdOwnerRec {
+    /// Descriptor number (of the `REC_FD` record just before).
+    pub fd: i32,
+    /// `F_OWNER_TID` (0), `F_OWNER_PID` (1) or `F_OWNER_PGRP` (2).
+    pub owner_type: i32,
+    /// The owner's id as the process saw it (0: none).
+    pub owner_pid: i32,
+    /// `F_GETSIG` (0: `SIGIO`).
+    pub signal: i32,
+}
+
 /// The bytes buffered in one pipe at checkpoint time (copied with `tee`, not consumed).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Debug)]
@@ -475,6 +492,7 @@ mod tests {
         assert_eq!(size_of::<Extent>(), 24);
         assert_eq!(size_of::<FdRec>(), 64);
         assert_eq!(size_of::<PipeDataRec>(), 16);
+        assert_eq!(size_of::<FdOwnerRec>(), 16);
         assert_eq!(size_of::<FileDataRec>(), 16);
         assert_eq!(size_of::<ThreadRec>(), 40);
     }

@@ -94,6 +94,8 @@ pub struct Fd {
     pub kind: FdKind,
     /// Path (from `/proc/self/fd`).
     pub path: Vec<u8>,
+    /// Async-I/O owner and signal, when one was set (`REC_FD_OWNER`).
+    pub owner: Option<FdOwnerRec>,
 }
 
 /// A parsed, header-validated image.
@@ -306,7 +308,12 @@ impl Image {
                     let kind = FdKind::from_u32(r.kind)
                         .ok_or_else(|| ImageError::Malformed(format!("fd kind {}", r.kind)))?;
                     let path = tail.to_vec();
-                    self.fds.push(Fd { rec: r, kind, path });
+                    self.fds.push(Fd {
+                        rec: r,
+                        kind,
+                        path,
+                        owner: None,
+                    });
                 }
                 REC_THREAD => self.threads.push(read_fixed(body, rh.kind, v, "thread")?.0),
                 REC_PIPE_DATA => {
@@ -332,6 +339,12 @@ impl Image {
                         ImageError::Malformed("region detail before region".into())
                     })?;
                     region.fs = Some(read_pod(body, "region file system")?);
+                }
+                REC_FD_OWNER => {
+                    let o: FdOwnerRec = read_pod(body, "fd owner")?;
+                    if let Some(f) = self.fds.iter_mut().rev().find(|f| f.rec.fd == o.fd) {
+                        f.owner = Some(o);
+                    }
                 }
                 REC_END => break,
                 k if k & REC_OPTIONAL != 0 => {} // detail a newer writer added: skip
@@ -494,5 +507,23 @@ mod tests {
         assert!(img.is_ok());
         let img = Image::open(&image_file(VERSION, &[(0x7777, b"later")]));
         assert!(matches!(img, Err(ImageError::Malformed(m)) if m.contains("unknown record")));
+    }
+
+    #[test]
+    fn fd_owner_record_attaches_to_its_descriptor() {
+        let o = FdOwnerRec {
+            fd: 7,
+            owner_type: 1,
+            owner_pid: 1234,
+            signal: 37,
+        };
+        let img = Image::open(&image_file(
+            VERSION,
+            &[(REC_FD_OWNER, bytemuck::bytes_of(&o))],
+        ))
+        .unwrap();
+        assert_eq!(img.fds[0].owner, Some(o));
+        let img = Image::open(&image_file(VERSION, &[])).unwrap();
+        assert_eq!(img.fds[0].owner, None);
     }
 }

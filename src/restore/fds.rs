@@ -57,6 +57,42 @@ pub fn outside_without_restarter_fd(images: &[&Image], img: &Image) -> Vec<(i32,
         .collect()
 }
 
+/// Gives `fd`'s open file description its async-I/O signal and owner back: the process itself
+/// (or its group) when it owned it, whatever its pid is now; any other owner by its id. An
+/// owner that cannot be set (a thread not re-created yet, a process that is gone) is said on
+/// the program's standard error.
+fn set_owner(img: &Image, fd: i32, o: &crate::image::format::FdOwnerRec) {
+    use crate::sys::fcntl_cmd::*;
+    if o.signal != 0 {
+        // SAFETY: fcntl on a descriptor of this process.
+        unsafe { libc::fcntl(fd, F_SETSIG, o.signal) };
+    }
+    if o.owner_pid == 0 {
+        return;
+    }
+    let me = &img.process;
+    // SAFETY: getpid/getpgrp have no preconditions.
+    let pid = match o.owner_type {
+        F_OWNER_PGRP if o.owner_pid == me.pgid => unsafe { libc::getpgrp() },
+        F_OWNER_PID | F_OWNER_TID if o.owner_pid == me.pid => unsafe { libc::getpid() },
+        _ => o.owner_pid,
+    };
+    let ex = [o.owner_type, pid];
+    // SAFETY: F_SETOWN_EX reads a struct f_owner_ex (two ints) from a live array.
+    if unsafe { libc::fcntl(fd, F_SETOWN_EX, ex.as_ptr()) } != 0 {
+        eprintln!(
+            "cr_restart: warning: fd {fd}: cannot give its async-I/O signals to {} {} again: {}",
+            match o.owner_type {
+                F_OWNER_PGRP => "process group",
+                F_OWNER_TID => "thread",
+                _ => "process",
+            },
+            o.owner_pid,
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 fn leads_outside(kind: FdKind, pooled: bool) -> bool {
     kind == FdKind::Inherited || (kind == FdKind::Pipe && !pooled)
 }
@@ -237,6 +273,23 @@ fn place(
         if f.kind != FdKind::Unsupported {
             // SAFETY: setting the close-on-exec flag as saved.
             unsafe { libc::fcntl(r.fd, libc::F_SETFD, r.fd_flags & libc::FD_CLOEXEC) };
+        }
+        // The job's own descriptions only: one leading outside is the restarter's, left alone.
+        if pooled.is_some() {
+            if let Some(o) = &f.owner {
+                set_owner(img, r.fd, o);
+            }
+            if r.flags & libc::O_ASYNC != 0 {
+                // Turned on here, at its number (the signals name it in si_fd); once per open
+                // file description (descriptors sharing it see it on already).
+                // SAFETY: F_GETFL/F_SETFL on a descriptor of this process.
+                unsafe {
+                    let fl = libc::fcntl(r.fd, libc::F_GETFL);
+                    if fl >= 0 && fl & libc::O_ASYNC == 0 {
+                        libc::fcntl(r.fd, libc::F_SETFL, fl | libc::O_ASYNC);
+                    }
+                }
+            }
         }
     }
     Ok(())

@@ -315,7 +315,8 @@ impl Pool {
             }
         };
         let link = cpath(format!("/proc/self/fd/{tmp}").as_bytes());
-        let flags = f.rec.flags & (libc::O_ACCMODE | libc::O_APPEND);
+        // O_SYNC/O_DSYNC cannot be set later (F_SETFL ignores them): at open, as the original.
+        let flags = f.rec.flags & (libc::O_ACCMODE | libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC);
         // SAFETY: open with a valid C string; lseek on the descriptor just opened.
         let fd = unsafe {
             let fd = libc::open(link.as_ptr(), flags | libc::O_CLOEXEC);
@@ -584,9 +585,10 @@ fn key_of(img: &Image, i: usize, f: &Fd, groups: &HashMap<(usize, i32), u32>) ->
 }
 
 /// Status flags that can be set on an open description (`O_NONBLOCK`, `O_APPEND`, …), as saved.
+/// `O_ASYNC` waits until the description is at its number in its process (`fds::restore`): the
+/// kernel names the descriptor that turned it on in every signal (`si_fd`).
 fn set_status_flags(fd: i32, f: &Fd) {
-    let settable =
-        libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME;
+    let settable = libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME;
     if f.kind != FdKind::Directory {
         // SAFETY: F_SETFL on a descriptor we own.
         unsafe { libc::fcntl(fd, libc::F_SETFL, f.rec.flags & settable) };
