@@ -12,7 +12,10 @@
  * cr_checkpoint() > 0 == cr_get_restart_info()->requester, the RSTRT hooks ran in the right
  * threads, the thread without cr_init() was restored too, cr_status() is IDLE.
  * restart: cr_poll_restart() returns the restored pid, which is our child (waitpid), exits 0, and
- * restored.out says requester = ppid = our pid and src = the absolute path of the image.
+ * restored.out says requester = ppid = our pid and src = the absolute path of the image; with
+ * CR_RSTRT_RESTORE_PGID / CR_RSTRT_RESTORE_SID in FLAGS its getpgrp() / getsid(0) are the saved
+ * ones ("#pgrp=NOW SAVED", "#sid=NOW SAVED"), also without CR_RSTRT_RESTORE_PID; and we have no
+ * other child to wait for (no placeholder leader of a group or session is left to us).
  * SEQ protocol (BLCR's seq_wrapper): numbered lines, "NNN DONE" last, XXX = failure. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -49,6 +52,7 @@ struct cbres {
     char dest[PATH_MAX];
 };
 static struct cbres r_sig, r_thr;
+static pid_t saved_pgrp, saved_sid;
 static pthread_t main_th, helper_th, plain_th;
 static volatile int helper_known, stop_plain, plain_started;
 
@@ -158,6 +162,8 @@ static int do_save(void)
     fd = open_ctx(IMAGE);
     CHECK(realpath(IMAGE, abs_img) != NULL, "realpath: %s", strerror(errno));
     nev = 0;
+    saved_pgrp = getpgrp();
+    saved_sid = getsid(0);
     rc = request_self(fd, 0, &h);
     CHECK(rc == 0, "cr_request_checkpoint returned %d (errno %s)", rc, ename(errno));
     rc = poll_done(&h);
@@ -192,6 +198,8 @@ static int do_save(void)
     note("requester=%d", (int)r_sig.rc);
     note("ppid=%d", (int)getppid());
     note("src=%s", r_sig.src);
+    note("pgrp=%d %d", (int)getpgrp(), (int)saved_pgrp);
+    note("sid=%d %d", (int)getsid(0), (int)saved_sid);
     say("restored: cr_poll_checkpoint returned CR_POLL_CHKPT_ERR_POST with errno CR_ERESTARTED");
     CHECK(r_sig.ran == 1 && r_sig.rc > 0, "signal callback: ran %d, cr_checkpoint returned %d (want > 0)", r_sig.ran, r_sig.rc);
     CHECK(!r_sig.rinfo_null, "signal callback: cr_get_restart_info() is NULL after a restart");
@@ -224,6 +232,7 @@ static int do_restart(unsigned flags)
     cr_restart_args_t ra;
     cr_restart_handle_t h;
     int id, fd, rc, st, requester = -1, ppid = -1, xxx = 0, done = 0, lines = 0;
+    int pgrp[2] = { -1, -2 }, sid[2] = { -1, -2 };
     pid_t pid;
     FILE *f;
 
@@ -256,6 +265,10 @@ static int do_restart(unsigned flags)
     CHECK(rc == pid, "waitpid(restored pid %d) returned %d (%s): not our child?", (int)pid, rc, strerror(errno));
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the restored process ended with status %#x, expected exit 0", st);
     say("the restored process is our child and exited 0");
+    rc = waitpid(-1, &st, WNOHANG);
+    CHECK(rc < 0 && errno == ECHILD, "waitpid(-1) after the restored process returned %d (%s): another child of ours",
+          rc, rc < 0 ? strerror(errno) : "a process");
+    say("we have no other child");
 
     f = fopen(REPORT, "r");
     CHECK(f != NULL, "the restored process wrote no %s", REPORT);
@@ -265,6 +278,8 @@ static int do_restart(unsigned flags)
         if (strncmp(line, "#requester=", 11) == 0) requester = atoi(line + 11);
         else if (strncmp(line, "#ppid=", 6) == 0) ppid = atoi(line + 6);
         else if (strncmp(line, "#src=", 5) == 0) snprintf(src, sizeof src, "%s", line + 5);
+        else if (strncmp(line, "#pgrp=", 6) == 0) sscanf(line + 6, "%d %d", &pgrp[0], &pgrp[1]);
+        else if (strncmp(line, "#sid=", 5) == 0) sscanf(line + 5, "%d %d", &sid[0], &sid[1]);
         else if (strncmp(line, "XXX", 3) == 0) xxx++;
         else if (strlen(line) > 4 && strcmp(line + 3, " DONE") == 0) done = 1;
     }
@@ -276,6 +291,14 @@ static int do_restart(unsigned flags)
     say("restored process: cr_checkpoint() returned our pid (the requester); its parent is us");
     CHECK(strcmp(src, abs_img) == 0, "restart info src \"%s\", expected \"%s\"", src, abs_img);
     say("restored process: restart info src is the absolute path of the image");
+    if (flags & CR_RSTRT_RESTORE_PGID) {
+        CHECK(pgrp[0] == pgrp[1], "restored process group %d, saved %d (CR_RSTRT_RESTORE_PGID)", pgrp[0], pgrp[1]);
+        say("restored process: its process group is the saved one");
+    }
+    if (flags & CR_RSTRT_RESTORE_SID) {
+        CHECK(sid[0] == sid[1], "restored session %d, saved %d (CR_RSTRT_RESTORE_SID)", sid[0], sid[1]);
+        say("restored process: its session is the saved one");
+    }
     say("DONE");
     return 0;
 }

@@ -64,6 +64,8 @@ int cri_init_restart_args_t(cr_version_t version, cr_restart_args_t *args);
 
 /*
  Starts a restart from `args->cr_fd`; the restored process is a child of the caller.
+ `CR_RSTRT_RESTORE_PGID`/`CR_RSTRT_RESTORE_SID` work with or without `CR_RSTRT_RESTORE_PID`;
+ ids in use give `EBUSY` (an exiting process or a zombie holding one is waited for up to 5 s).
  */
 int cr_request_restart(cr_restart_args_t *args, cr_restart_handle_t *handle);
 

@@ -776,5 +776,21 @@ fn restart_api() {
             );
         }
         assert_report(&sc, "cr_request_restart with CR_RSTRT_RESTORE_PID");
+        // 4. CR_RSTRT_RESTORE_PGID (0x4), with CR_RSTRT_RESTORE_SID (0x8), without
+        //    CR_RSTRT_RESTORE_PID: fresh pid, saved group (made again by a placeholder leader
+        //    that the caller never sees as a child) and session (the caller's own).
+        for flags in ["4", "12"] {
+            fs::write(&image, &bytes).expect("restore the image");
+            let _ = fs::remove_file(sc.root().join(REPORT));
+            let run = run_in(&sc, "api_restart", &["restart", flags]);
+            if let Err(why) = check_seq(&run.stdout, run.end) {
+                let report = fs::read_to_string(sc.root().join(REPORT)).unwrap_or_default();
+                panic!(
+                    "{}\n--- {REPORT} (written by the restored process) ---\n{report}",
+                    run.describe(&why)
+                );
+            }
+            assert_report(&sc, &format!("cr_request_restart with cr_flags {flags}"));
+        }
     }
 }

@@ -633,6 +633,120 @@ fn pgid_and_sid_restored() {
     pgid_sid("pgid-sid", None);
 }
 
+/// The same tree with fresh pids (BLCR allows --restore-pgid/--restore-sid with
+/// --no-restore-pid): the launcher's group, the root's session and child 1's group are made
+/// again at their saved ids by placeholder leaders (root only: the ids are taken in our pid
+/// namespace), and every getpgid(0)/getsid(0) is unchanged. The launcher's waitpid(-1) and each
+/// parent's wait for its children see no placeholder.
+#[test]
+fn pgid_and_sid_restored_with_fresh_pids() {
+    if !is_root() {
+        println!("note: not root: group and session ids are only taken over as root");
+        return;
+    }
+    let sc = Scenario::new("pgid-sid-fresh");
+    let reaper = Reaper::new(&sc);
+    let tree = Tree::new(&["2"])
+        .fresh_pids()
+        .env("CR_TEST_SETSID", "1")
+        .env("CR_TEST_SETPGID", "1")
+        .env("CR_TEST_SAME_PGID", "1")
+        .env("CR_TEST_SAME_SID", "1");
+    let (mut job, pids) = start_tree(&sc, &reaper, &tree);
+    let ids_of = |set: &[u32]| {
+        let mut v: Vec<(u32, u32)> = set.iter().map(|&p| (pgrp_of(p), sid_of(p))).collect();
+        v.sort_unstable();
+        v
+    };
+    let before = ids_of(&pids);
+    let img = checkpoint_tree(&sc, job.pid(), &["--term"], false);
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    wait_gone(&sc, &pids, "the checkpointed tree after --term");
+    wait_image_gone(&sc, &img);
+    let opts = ["--no-restore-pid", "--restore-pgid", "--restore-sid"];
+    let mut rs = start_restart(&sc, &reaper, &opts, &img);
+    let back = restored(&mut rs, &reaper, "tree", Some(pids.len()));
+    assert_pids(&rs, &back, &pids, false);
+    assert_eq!(
+        ids_of(&back),
+        before,
+        "the restored processes must be in their saved groups and sessions:\n{}",
+        rs.diag()
+    );
+    let all = descendants(rs.pid());
+    assert_eq!(
+        all.len(),
+        pids.len(),
+        "only the restored tree may be left under cr_restart (no placeholder):\n{}",
+        rs.diag()
+    );
+    thread::sleep(SETTLE);
+    sc.go();
+    rs.expect_pass(RESTART_TIMEOUT);
+    wait_gone(&sc, &back, "the restored tree after PASS");
+}
+
+/// Field `n` (1-based, after the command name: 1 is the state) of /proc/PID/stat.
+fn stat_field(pid: u32, n: usize) -> u32 {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = s.rfind(')').map_or("", |i| &s[i + 1..]);
+    rest.split_whitespace()
+        .nth(n - 1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn pgrp_of(pid: u32) -> u32 {
+    stat_field(pid, 3)
+}
+
+fn sid_of(pid: u32) -> u32 {
+    stat_field(pid, 4)
+}
+
+/// The tree still running: with fresh pids, restoring its group or session ids is refused with
+/// EBUSY (16) before anything runs, naming the id and what holds it; nothing is left behind.
+#[test]
+fn pgid_and_sid_in_use() {
+    if !is_root() {
+        println!("note: not root: group and session ids are only taken over as root");
+        return;
+    }
+    let sc = Scenario::new("pgid-sid-in-use");
+    let reaper = Reaper::new(&sc);
+    let tree = Tree::new(&["2"])
+        .fresh_pids()
+        .env("CR_TEST_SETSID", "1")
+        .env("CR_TEST_SETPGID", "1");
+    let (mut job, pids) = start_tree(&sc, &reaper, &tree);
+    let img = Image::File(sc.checkpoint(job.pid(), &[]));
+    // pids[0] is the launcher (its own group), the root (a session leader) comes next.
+    let launcher = job.pid();
+    let root = *pids
+        .iter()
+        .find(|&&p| proc_stat(p).is_some_and(|st| st.ppid == launcher))
+        .expect("the root of the tree");
+    for (opt, want) in [
+        (
+            "--restore-pgid",
+            format!("process group id {launcher} is in use by process {launcher} (tree"),
+        ),
+        (
+            "--restore-sid",
+            format!("session id {root} is in use by process {root} (tree"),
+        ),
+    ] {
+        let line = refused_restart_with(&sc, &reaper, &["--no-restore-pid", opt], &img, &pids);
+        assert!(
+            line.contains(&want),
+            "{opt}: the error must say {want:?}: {line}"
+        );
+    }
+    job.assert_running("after the refused restarts");
+    sc.go();
+    job.expect_pass(RESTART_TIMEOUT);
+}
+
 #[test]
 fn pgid_and_sid_restored_unprivileged() {
     pgid_sid("pgid-sid-nobody", Some(NOBODY));
@@ -983,7 +1097,18 @@ fn twice_pipeline_script() {
 /// `cr_restart IMAGE` while some of its pids are in use: exit 16 with one line on stderr, and
 /// nothing left running but `allowed`. Returns the line.
 fn refused_restart(sc: &Scenario, reaper: &Reaper, img: &Image, allowed: &[u32]) -> String {
-    let mut job = start_restart(sc, reaper, &[], img);
+    refused_restart_with(sc, reaper, &[], img, allowed)
+}
+
+/// [`refused_restart`] with cr_restart options.
+fn refused_restart_with(
+    sc: &Scenario,
+    reaper: &Reaper,
+    opts: &[&str],
+    img: &Image,
+    allowed: &[u32],
+) -> String {
+    let mut job = start_restart(sc, reaper, opts, img);
     let st = job.wait_exit(TOOL_TIMEOUT);
     reaper.watch(&descendants(job.pid()));
     job.wait_output_closed(Duration::from_secs(5));

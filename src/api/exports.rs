@@ -130,6 +130,8 @@ pub extern "C" fn cri_init_restart_args_t(
 }
 
 /// Starts a restart from `args->cr_fd`; the restored process is a child of the caller.
+/// `CR_RSTRT_RESTORE_PGID`/`CR_RSTRT_RESTORE_SID` work with or without `CR_RSTRT_RESTORE_PID`;
+/// ids in use give `EBUSY` (an exiting process or a zombie holding one is waited for up to 5 s).
 #[no_mangle]
 pub extern "C" fn cr_request_restart(
     args: *mut cr_restart_args_t,

@@ -605,23 +605,29 @@ fn start_restart(a: &cr_restart_args_t, handle: *mut cr_restart_handle_t) -> Res
         early_signal: 0,
         quiet: false,
     };
-    if (opts.pgid || opts.sid) && !opts.pids {
-        // A group or session id of a process that no longer exists cannot be made in user space
-        // without that process's pid; never pretend.
-        return Err(libc::ENOSYS);
-    }
     let pairs = relocation_pairs(a.cr_relocate)?;
     let job = job::load(restart_sources(a.cr_fd)?, &pairs).map_err(|e| e.errno)?;
     let members = job.members();
     // SAFETY: geteuid has no preconditions.
-    let in_namespace = opts.pids && unsafe { libc::geteuid() } != 0;
-    if opts.pids && !in_namespace {
-        spawn::check_ids_free(&members, true).map_err(|e| e.errno)?;
+    let in_namespace = spawn::takes_ids(&opts) && unsafe { libc::geteuid() } != 0;
+    if !in_namespace {
+        spawn::check_ids_free(&members, &opts).map_err(|e| e.errno)?;
     }
     let mut p = [0 as c_int; 2];
-    // SAFETY: pipe2 into a local array.
-    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(errno());
+    let mut r = [0 as c_int; 2];
+    // SAFETY: pipe2 into local arrays (the second one's read end non-blocking: read once the
+    // helper has gone, while the restored processes may still hold its write end).
+    unsafe {
+        if libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            return Err(errno());
+        }
+        if libc::pipe2(r.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            let e = errno();
+            libc::close(p[0]);
+            libc::close(p[1]);
+            return Err(e);
+        }
+        libc::fcntl(r[0], libc::F_SETFL, libc::O_NONBLOCK);
     }
     // SAFETY: getpid has no preconditions.
     let me = unsafe { libc::getpid() };
@@ -630,8 +636,11 @@ fn start_restart(a: &cr_restart_args_t, handle: *mut cr_restart_handle_t) -> Res
     let helper = unsafe { libc::fork() };
     FORKING_FOR_RESTORE.with(|f| f.set(false));
     if helper == 0 {
-        // SAFETY: closing the read end in the helper.
-        unsafe { libc::close(p[0]) };
+        // SAFETY: closing the read ends in the helper.
+        unsafe {
+            libc::close(p[0]);
+            libc::close(r[0]);
+        }
         let parent = libc::CLONE_PARENT as u64;
         let res = if in_namespace {
             match spawn::enter_namespace(true, parent) {
@@ -645,9 +654,14 @@ fn start_restart(a: &cr_restart_args_t, handle: *mut cr_restart_handle_t) -> Res
                 Err(e) => Err(e),
             }
         } else {
-            // The roots become the caller's children (CLONE_PARENT); this helper leaves.
-            job::create(&members, &job, opts, p[1], me, parent)
-                .map(|roots| write_report(p[1], &Report::Top(roots[0])))
+            // The roots become the caller's children (CLONE_PARENT); this helper leaves. So do
+            // placeholder leaders of groups and sessions: the caller reaps them below.
+            let mut reap = Vec::new();
+            let res = job::create(&members, &job, opts, p[1], me, parent, &mut reap)
+                .map(|roots| write_report(p[1], &Report::Top(roots[0])));
+            let words: Vec<u8> = reap.iter().flat_map(|q| q.to_le_bytes()).collect();
+            let _ = crate::sys::write_all(r[1], &words);
+            res
         };
         let code = match res {
             Ok(()) => 0,
@@ -659,17 +673,37 @@ fn start_restart(a: &cr_restart_args_t, handle: *mut cr_restart_handle_t) -> Res
         // SAFETY: leaving the helper.
         unsafe { libc::_exit(code) }
     }
-    // SAFETY: closing our copy of the write end.
-    unsafe { libc::close(p[1]) };
+    // SAFETY: closing our copies of the write ends.
+    unsafe {
+        libc::close(p[1]);
+        libc::close(r[1]);
+    }
     if helper < 0 {
-        // SAFETY: closing the read end.
-        unsafe { libc::close(p[0]) };
+        // SAFETY: closing the read ends.
+        unsafe {
+            libc::close(p[0]);
+            libc::close(r[0]);
+        }
         return Err(libc::EAGAIN);
     }
     // The helper exits as soon as the job's roots exist.
     let mut st = 0;
     // SAFETY: reaping the helper, our child.
     unsafe { libc::waitpid(helper, &mut st, 0) };
+    // Placeholder leaders of groups and sessions were our children too (they have exited once
+    // the helper has): reap them, so the program never sees them.
+    let mut words = [0u8; 4 * 64];
+    // SAFETY: a non-blocking read into a local buffer, then closing the read end.
+    let n = unsafe {
+        let n = libc::read(r[0], words.as_mut_ptr() as *mut _, words.len());
+        libc::close(r[0]);
+        n.max(0) as usize
+    };
+    for w in words[..n].chunks_exact(4) {
+        let q = i32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+        // SAFETY: reaping a placeholder leader, our child.
+        unsafe { libc::waitpid(q, std::ptr::null_mut(), 0) };
+    }
     with_handles(|t| {
         t.insert(
             p[0] as u64,

@@ -158,11 +158,14 @@ pub const CR_CHKPT_VALID: c_uint = 0x1f | CR_CHKPT_DUMP_ALL;
 
 /// Restart flags.
 pub const CR_RSTRT_ASYNC_ERR: c_uint = 0x1;
-/// Restore pids.
+/// Restore pids (as root in the caller's pid namespace: `EBUSY` when one is in use; without
+/// root in a private pid namespace).
 pub const CR_RSTRT_RESTORE_PID: c_uint = 0x2;
-/// Restore process groups.
+/// Restore process group ids, also without [`CR_RSTRT_RESTORE_PID`]: a group whose leader does
+/// not get its own pid back is made again at its id by a placeholder leader (as root; `EBUSY`
+/// when the id is in use; without root in a private pid namespace).
 pub const CR_RSTRT_RESTORE_PGID: c_uint = 0x4;
-/// Restore sessions.
+/// Restore session ids, also without [`CR_RSTRT_RESTORE_PID`] (as [`CR_RSTRT_RESTORE_PGID`]).
 pub const CR_RSTRT_RESTORE_SID: c_uint = 0x8;
 
 /// `cr_status` values.

@@ -88,19 +88,19 @@ struct Args {
     /// Replace the path prefix OLD by NEW in the image's files and directories (up to 16).
     #[arg(long = "relocate", value_name = "OLD=NEW")]
     relocate: Vec<String>,
-    /// Restore the original pids and thread ids (BLCR's default; not available yet).
+    /// Restore the original pids and thread ids (the default, as in BLCR).
     #[arg(long = "restore-pid", action = ArgAction::SetTrue)]
     restore_pid: bool,
-    /// Give the restored process a fresh pid (the current default).
+    /// Give the restored processes fresh pids and thread ids.
     #[arg(long = "no-restore-pid", action = ArgAction::SetTrue)]
     no_restore_pid: bool,
-    /// Restore the process group id (not available yet).
+    /// Restore the process group ids (also with fresh pids; ids in use: exit 16).
     #[arg(long = "restore-pgid", action = ArgAction::SetTrue)]
     restore_pgid: bool,
     /// Join cr_restart's process group (default).
     #[arg(long = "no-restore-pgid", action = ArgAction::SetTrue)]
     no_restore_pgid: bool,
-    /// Restore the session id (not available yet).
+    /// Restore the session ids (also with fresh pids; ids in use: exit 16).
     #[arg(long = "restore-sid", action = ArgAction::SetTrue)]
     restore_sid: bool,
     /// Join cr_restart's session (default).
@@ -364,14 +364,6 @@ fn main() {
         early_signal: (-signal).max(0),
         quiet: args.quiet,
     };
-    if (opts.pgid || opts.sid) && !opts.pids {
-        failed(
-            &args,
-            Class::Args,
-            libc::EINVAL,
-            "--restore-pgid and --restore-sid need the original pids (drop --no-restore-pid)",
-        );
-    }
     run_job(&args, &job, opts, signal.max(0))
 }
 
@@ -394,9 +386,9 @@ fn run_job(args: &Args, job: &Job, opts: cr::restore::spawn::Options, signal: i3
     use cr::restore::spawn;
     let members = job.members();
     // SAFETY: geteuid has no preconditions.
-    let in_namespace = opts.pids && unsafe { libc::geteuid() } != 0;
-    if opts.pids && !in_namespace {
-        if let Err(e) = spawn::check_ids_free(&members, opts.quiet) {
+    let in_namespace = spawn::takes_ids(&opts) && unsafe { libc::geteuid() } != 0;
+    if !in_namespace {
+        if let Err(e) = spawn::check_ids_free(&members, &opts) {
             failed(
                 args,
                 Class::Temp,
@@ -435,7 +427,7 @@ fn run_job(args: &Args, job: &Job, opts: cr::restore::spawn::Options, signal: i3
         CHILDREN[0].store(init, Ordering::Relaxed);
         vec![init]
     } else {
-        job::create(&members, job, opts, notify[1], me, 0).unwrap_or_else(|e| {
+        job::create(&members, job, opts, notify[1], me, 0, &mut Vec::new()).unwrap_or_else(|e| {
             kill_created(&read_reports_now(notify[0]));
             failed(
                 args,

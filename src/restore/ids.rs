@@ -192,7 +192,36 @@ pub fn pids_of(members: &[Member]) -> Vec<Need> {
     out
 }
 
-fn describe_need(n: &Need) -> String {
+/// Every id a restart of `members` with `opts` takes over, seen from the calling process: the
+/// original pids and tids (`opts.pids`); the saved session (`opts.sid`) and process group
+/// (`opts.pgid`) ids a placeholder leader must take: those of no member that gets its original
+/// pid, other than the caller's own session and group (which are joined).
+pub fn needs(members: &[Member], opts: &super::spawn::Options) -> Vec<Need> {
+    let mut out = if opts.pids {
+        pids_of(members)
+    } else {
+        Vec::new()
+    };
+    // SAFETY: getsid(0) and getpgrp have no preconditions.
+    let (own_sid, own_pgrp) = unsafe { (libc::getsid(0), libc::getpgrp()) };
+    let leader = |id: i32| opts.pids && members.iter().any(|m| m.img.process.pid == id);
+    for m in members {
+        let p = &m.img.process;
+        let wanted = [
+            (opts.sid, p.sid, own_sid, Use::Sid),
+            (opts.pgid, p.pgid, own_pgrp, Use::Pgid),
+        ];
+        for (on, id, own, what) in wanted {
+            if on && id > 0 && id != own && !leader(id) && !out.iter().any(|n| n.id == id) {
+                out.push(Need { id, what });
+            }
+        }
+    }
+    out
+}
+
+/// "pid 12", "session id 12", … for messages.
+pub fn describe_need(n: &Need) -> String {
     match n.what {
         Use::Pid => format!("pid {}", n.id),
         Use::Tid(pid) => format!("thread id {} (of pid {pid})", n.id),

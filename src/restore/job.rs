@@ -280,7 +280,10 @@ pub fn load(sources: Vec<(File, PathBuf)>, pairs: &[Pair]) -> Result<Job, JobErr
 /// Builds the job's pool and creates its processes (the roots as children of the caller, or
 /// with `root_flags` = `CLONE_PARENT` as children of the caller's parent), holding them at the
 /// gate until every copy of the pool is closed; returns the roots' pids, eldest first.
-/// `restarter` is what `cr_checkpoint()` returns in the restored callbacks.
+/// `restarter` is what `cr_checkpoint()` returns in the restored callbacks. Placeholder
+/// leaders of groups and sessions (see [`super::spawn`]) created with `CLONE_PARENT`, which
+/// the caller's parent must reap, are added to `reap` (also on failure); the others are reaped
+/// here.
 pub fn create(
     members: &[Member],
     job: &Job,
@@ -288,6 +291,7 @@ pub fn create(
     notify: i32,
     restarter: i32,
     root_flags: u64,
+    reap: &mut Vec<i32>,
 ) -> Result<Vec<i32>, RestoreError> {
     let images: Vec<&Image> = job.images.iter().collect();
     let files: Vec<&File> = job.files.iter().collect();
@@ -298,6 +302,7 @@ pub fn create(
     spawner.gate = Some(&gate);
     spawner.root_flags = root_flags;
     let roots = spawner.spawn_roots();
+    reap.extend(spawner.placeholders.borrow().iter());
     pool.close();
     match roots {
         Ok(r) => {
@@ -333,7 +338,7 @@ pub fn namespace_init(
     on_roots: impl FnOnce(&[i32]),
 ) -> ! {
     use super::{write_report, Report};
-    let roots = match create(members, job, opts, notify, 1, 0) {
+    let roots = match create(members, job, opts, notify, 1, 0, &mut Vec::new()) {
         Ok(r) => r,
         Err(e) => {
             write_report(notify, &Report::Failed(e.errno, e.msg));

@@ -7,6 +7,16 @@
 //! then rebuilds itself. Parents move their children into their saved process groups
 //! (`--restore-pgid`), group leaders first.
 //!
+//! A saved group or session whose leader gets no process of its own id in the restart (not part
+//! of the job, or `--no-restore-pid`) is made by a *placeholder leader*: a short-lived process
+//! created at that id (so it needs the id free, and privilege over the pid namespace), which
+//! calls `setsid`/`setpgid`, creates the members that belong there (`CLONE_PARENT`: they stay
+//! the children of the process that creates them) and exits; the process that created it reaps
+//! it before any restored process runs. The group or session lives on in its members (the kernel
+//! keeps the id taken while one lives), so the program sees its saved `getpgrp`/`getsid`, no
+//! extra child to wait for and no stranger in its group. Ids the restarter itself is in (its own
+//! session and group) are joined instead.
+//!
 //! Original pids come from `clone3` with `set_tid`. That needs `CAP_SYS_ADMIN` over the pid
 //! namespace: as root it is done in the caller's namespace (a pid in use fails with `EBUSY`);
 //! without privilege [`enter_namespace`] first creates a user + pid namespace (and a mount
@@ -190,11 +200,19 @@ pub fn clone_process(pid: Option<i32>, flags: u64) -> Result<i32, i32> {
     }
 }
 
-/// Before anything is created: every original pid and tid must be free (BLCR: `EBUSY`); ids
-/// still held by exiting processes or zombies are waited for a few seconds (see
+/// Before anything is created: every original pid and tid (with `opts.pids`) and every group
+/// and session id a placeholder leader must take (`opts.pgid`, `opts.sid`) must be free (BLCR:
+/// `EBUSY`); ids still held by exiting processes or zombies are waited for a few seconds (see
 /// [`super::ids`]).
-pub fn check_ids_free(members: &[Member], quiet: bool) -> Result<(), RestoreError> {
-    super::ids::check_free(&super::ids::pids_of(members), super::ids::BUSY_WAIT, quiet)
+pub fn check_ids_free(members: &[Member], opts: &Options) -> Result<(), RestoreError> {
+    let needs = super::ids::needs(members, opts);
+    super::ids::check_free(&needs, super::ids::BUSY_WAIT, opts.quiet)
+}
+
+/// Whether a restart with `opts` takes ids over (original pids, or group and session ids made
+/// by placeholder leaders): without privilege that happens in a private pid namespace.
+pub fn takes_ids(opts: &Options) -> bool {
+    opts.pids || opts.pgid || opts.sid
 }
 
 /// The job being created, shared by every process that creates members.
@@ -218,7 +236,109 @@ pub struct Spawner<'a> {
     /// This process's ends of the gate once moved clear of the saved descriptors (children
     /// forked afterwards inherit them as they are).
     moved_gate: std::cell::Cell<Option<(i32, i32)>>,
+    /// In a placeholder leader: the write end of the pipe its creator reads (closed in every
+    /// process created after it).
+    result_fd: std::cell::Cell<i32>,
+    /// Placeholder leaders created by [`Spawner::spawn_roots`] as children of the caller's
+    /// parent (`root_flags` with `CLONE_PARENT`): that process must reap them.
+    pub placeholders: std::cell::RefCell<Vec<i32>>,
     parents: Vec<Option<usize>>,
+}
+
+/// Members created, as (index, pid), and the placeholder leaders the creating process cannot
+/// reap (created with `CLONE_PARENT`: its parent's children).
+type Made = (Vec<(usize, i32)>, Vec<i32>);
+
+/// What a placeholder leader tells the process that created it (records on a pipe).
+enum Told {
+    /// A member it created: (index, pid).
+    Kid(usize, i32),
+    /// A placeholder it created with `CLONE_PARENT` (a sibling: someone above must reap it).
+    Placeholder(i32),
+    /// Done: 0, or the errno and message of its failure.
+    End(i32, String),
+}
+
+fn tell(fd: i32, t: &Told) {
+    let mut b = Vec::with_capacity(16);
+    match t {
+        Told::Kid(i, pid) => {
+            b.push(b'K');
+            b.extend_from_slice(&(*i as u32).to_le_bytes());
+            b.extend_from_slice(&pid.to_le_bytes());
+        }
+        Told::Placeholder(pid) => {
+            b.push(b'Q');
+            b.extend_from_slice(&0u32.to_le_bytes());
+            b.extend_from_slice(&pid.to_le_bytes());
+        }
+        Told::End(e, msg) => {
+            let m = &msg.as_bytes()[..msg.len().min(4000)];
+            b.push(b'E');
+            b.extend_from_slice(&(m.len() as u32).to_le_bytes());
+            b.extend_from_slice(&e.to_le_bytes());
+            b.extend_from_slice(m);
+        }
+    }
+    let _ = crate::sys::write_all(fd, &b);
+}
+
+fn read_exact(fd: i32, buf: &mut [u8]) -> bool {
+    let mut at = 0;
+    while at < buf.len() {
+        // SAFETY: reading into the unfilled part of a valid buffer.
+        let r = unsafe { libc::read(fd, buf[at..].as_mut_ptr() as *mut _, buf.len() - at) };
+        if r > 0 {
+            at += r as usize;
+        } else if r == 0 || errno() != libc::EINTR {
+            return false;
+        }
+    }
+    true
+}
+
+fn heard(fd: i32) -> Told {
+    let mut h = [0u8; 9];
+    if !read_exact(fd, &mut h) {
+        return Told::End(libc::EIO, "a placeholder leader ended early".into());
+    }
+    let n = u32::from_le_bytes([h[1], h[2], h[3], h[4]]);
+    let v = i32::from_le_bytes([h[5], h[6], h[7], h[8]]);
+    match h[0] {
+        b'K' => Told::Kid(n as usize, v),
+        b'Q' => Told::Placeholder(v),
+        _ => {
+            let mut m = vec![0u8; n as usize];
+            read_exact(fd, &mut m);
+            Told::End(v, String::from_utf8_lossy(&m).into_owned())
+        }
+    }
+}
+
+fn own_sid() -> i32 {
+    // SAFETY: getsid(0) has no preconditions.
+    unsafe { libc::getsid(0) }
+}
+
+fn own_pgrp() -> i32 {
+    // SAFETY: getpgrp has no preconditions.
+    unsafe { libc::getpgrp() }
+}
+
+/// Whether process group `g` exists (in this pid namespace).
+fn group_exists(g: i32) -> bool {
+    // SAFETY: signal 0 to a process group only checks that it exists.
+    g > 0 && (unsafe { libc::kill(-g, 0) } == 0 || errno() == libc::EPERM)
+}
+
+fn reap(pid: i32) {
+    loop {
+        // SAFETY: reaping our own child.
+        let r = unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        if r >= 0 || errno() != libc::EINTR {
+            break;
+        }
+    }
 }
 
 impl<'a> Spawner<'a> {
@@ -241,6 +361,8 @@ impl<'a> Spawner<'a> {
             zombies: Vec::new(),
             gate: None,
             moved_gate: std::cell::Cell::new(None),
+            result_fd: std::cell::Cell::new(-1),
+            placeholders: std::cell::RefCell::new(Vec::new()),
             parents,
         }
     }
@@ -248,10 +370,216 @@ impl<'a> Spawner<'a> {
     /// Creates the roots of the job (and through them every member); returns (index, pid) of
     /// each root, eldest first.
     pub fn spawn_roots(&self) -> Result<Vec<(usize, i32)>, RestoreError> {
-        children_of(self.members, &self.parents, None)
-            .into_iter()
-            .map(|i| self.create(i, self.root_flags).map(|pid| (i, pid)))
-            .collect()
+        let roots = children_of(self.members, &self.parents, None);
+        let (kids, placeholders) = self.create_all(&roots, self.root_flags)?;
+        self.placeholders.borrow_mut().extend(placeholders);
+        Ok(kids)
+    }
+
+    /// Whether the process with pid `id` is part of the restart under that pid.
+    fn leader_in_job(&self, id: i32) -> bool {
+        self.opts.pids && self.members.iter().any(|m| m.img.process.pid == id)
+    }
+
+    /// The placeholder leader member `i` needs when this process creates it: `(id, session)`.
+    /// None when it makes its group or session itself (its own original pid), inherits it from
+    /// this process, or joins a group that exists.
+    fn placeholder_for(&self, i: usize) -> Option<(i32, bool)> {
+        let p = &self.members[i].img.process;
+        if self.opts.sid && p.sid > 0 && own_sid() != p.sid && !self.leader_in_job(p.sid) {
+            return Some((p.sid, true));
+        }
+        let new_group = self.opts.pgid
+            && p.pgid > 0
+            && own_pgrp() != p.pgid
+            && !self.leader_in_job(p.pgid)
+            && !group_exists(p.pgid);
+        new_group.then_some((p.pgid, false))
+    }
+
+    /// Creates `kids` with `flags` (children of this process, or with `CLONE_PARENT` of its
+    /// parent), each in its saved session and group, through placeholder leaders where those
+    /// must be made. Returns (index, pid) of each in the order of `kids`, and the placeholders
+    /// this process cannot reap (created with `CLONE_PARENT`); those it created as its own
+    /// children are reaped.
+    fn create_all(&self, kids: &[usize], flags: u64) -> Result<Made, RestoreError> {
+        let mut made = Vec::new();
+        let mut up = Vec::new();
+        let mut done = vec![false; kids.len()];
+        for k in 0..kids.len() {
+            if done[k] {
+                continue;
+            }
+            let Some(key) = self.placeholder_for(kids[k]) else {
+                done[k] = true;
+                made.push((kids[k], self.create(kids[k], flags)?));
+                continue;
+            };
+            let mut batch = Vec::new();
+            for j in k..kids.len() {
+                if !done[j] && self.placeholder_for(kids[j]) == Some(key) {
+                    done[j] = true;
+                    batch.push(kids[j]);
+                }
+            }
+            let (m, u) = self.through_placeholder(key, &batch, flags)?;
+            made.extend(m);
+            up.extend(u);
+        }
+        made.sort_by_key(|(i, _)| kids.iter().position(|k| k == i));
+        Ok((made, up))
+    }
+
+    /// Creates `batch` through a placeholder leader at `id` (a session leader if `session`,
+    /// else a group leader), itself created with `flags`.
+    fn through_placeholder(
+        &self,
+        (id, session): (i32, bool),
+        batch: &[usize],
+        flags: u64,
+    ) -> Result<Made, RestoreError> {
+        let what = if session {
+            super::ids::Use::Sid
+        } else {
+            super::ids::Use::Pgid
+        };
+        let mut pipe = [0i32; 2];
+        // SAFETY: pipe2 with a valid array.
+        if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(RestoreError::new(errno(), "cannot create a pipe".into()));
+        }
+        let close_pipe = || {
+            // SAFETY: closing our pipe ends.
+            unsafe {
+                libc::close(pipe[0]);
+                libc::close(pipe[1]);
+            }
+        };
+        let pid = match clone_process(Some(id), flags) {
+            Ok(pid) => pid,
+            Err(e) => {
+                close_pipe();
+                let need = super::ids::Need { id, what };
+                let busy = super::ids::check_free(&[need], std::time::Duration::ZERO, true);
+                return Err(match (e, busy) {
+                    (libc::EEXIST, Err(b)) => b,
+                    (libc::EEXIST, Ok(())) => RestoreError::new(
+                        libc::EBUSY,
+                        format!("{} is in use", super::ids::describe_need(&need)),
+                    ),
+                    (e, _) => RestoreError::new(
+                        e,
+                        format!(
+                            "cannot create a leader for {}: {}",
+                            super::ids::describe_need(&need),
+                            std::io::Error::from_raw_os_error(e)
+                        ),
+                    ),
+                });
+            }
+        };
+        if pid == 0 {
+            self.placeholder(pipe, session, batch);
+        }
+        // SAFETY: closing our copy of the write end.
+        unsafe { libc::close(pipe[1]) };
+        let mut made = Vec::new();
+        let mut nested = Vec::new();
+        let end = loop {
+            match heard(pipe[0]) {
+                Told::Kid(i, p) => made.push((i, p)),
+                Told::Placeholder(p) => nested.push(p),
+                Told::End(e, m) => break (e, m),
+            }
+        };
+        // SAFETY: closing the read end.
+        unsafe { libc::close(pipe[0]) };
+        let mut up = Vec::new();
+        if flags & libc::CLONE_PARENT as u64 == 0 {
+            // It and the placeholders it made (CLONE_PARENT) are our children.
+            reap(pid);
+            nested.iter().for_each(|&q| reap(q));
+        } else {
+            up.push(pid);
+            up.extend(nested);
+        }
+        match end {
+            (0, _) => Ok((made, up)),
+            (e, m) => {
+                // Our parent reaps what we could not.
+                self.placeholders.borrow_mut().extend(up);
+                Err(RestoreError::new(e, m))
+            }
+        }
+    }
+
+    /// In a new placeholder leader: makes its session or group, creates `batch` as siblings,
+    /// tells its creator and leaves.
+    fn placeholder(&self, pipe: [i32; 2], session: bool, batch: &[usize]) -> ! {
+        self.enter_process();
+        self.placeholders.borrow_mut().clear();
+        // SAFETY: closing the read end, our creator's.
+        unsafe { libc::close(pipe[0]) };
+        self.result_fd.set(pipe[1]);
+        // SAFETY: setsid/setpgid on ourselves.
+        let made = unsafe {
+            if session {
+                libc::setsid() >= 0
+            } else {
+                libc::setpgid(0, 0) == 0
+            }
+        };
+        let res = if made {
+            self.create_all(batch, libc::CLONE_PARENT as u64)
+        } else {
+            Err(RestoreError::new(
+                errno(),
+                "a placeholder leader cannot make its session or group".into(),
+            ))
+        };
+        // Our copies of the job's pool and gate go now, not when we are reaped.
+        self.pool.close();
+        match self.moved_gate.get() {
+            Some((closed, open)) => {
+                // SAFETY: closing our copies of the gate's ends.
+                unsafe {
+                    libc::close(closed);
+                    libc::close(open);
+                }
+            }
+            None => {
+                if let Some(g) = self.gate {
+                    g.abandon();
+                }
+            }
+        }
+        match res {
+            Ok((made, up)) => {
+                made.iter()
+                    .for_each(|&(i, p)| tell(pipe[1], &Told::Kid(i, p)));
+                up.iter()
+                    .for_each(|&q| tell(pipe[1], &Told::Placeholder(q)));
+                tell(pipe[1], &Told::End(0, String::new()));
+            }
+            Err(e) => {
+                let up = self.placeholders.borrow().clone();
+                up.iter()
+                    .for_each(|&q| tell(pipe[1], &Told::Placeholder(q)));
+                tell(pipe[1], &Told::End(e.errno, e.msg));
+            }
+        }
+        // SAFETY: leaving the placeholder without running atexit handlers.
+        unsafe { libc::_exit(0) }
+    }
+
+    /// First thing in every process created here: drop the placeholder pipe inherited from
+    /// the process that created it.
+    fn enter_process(&self) {
+        let fd = self.result_fd.replace(-1);
+        if fd >= 0 {
+            // SAFETY: closing an inherited pipe end that is not ours to write.
+            unsafe { libc::close(fd) };
+        }
     }
 
     /// Creates member `i` as a child of the caller; returns its pid.
@@ -281,16 +609,17 @@ impl<'a> Spawner<'a> {
             self.child(i);
         }
         write_report(self.notify, &Report::Created(pid));
-        let leads_session = self.opts.sid && p.sid == p.pid;
+        let leads_session = self.opts.sid && self.opts.pids && p.sid == p.pid;
         if self.opts.pgid && !leads_session && flags == 0 {
-            let target = if p.pgid == p.pid { pid } else { p.pgid };
+            let target = if self.opts.pids && p.pgid == p.pid {
+                pid
+            } else {
+                p.pgid
+            };
+            // The child does it too (and warns if it cannot): whoever comes first, the group
+            // exists before a sibling that joins it is created.
             // SAFETY: setpgid on our own child, which has not exec'd.
-            if unsafe { libc::setpgid(pid, target) } != 0 && !self.opts.quiet {
-                eprintln!(
-                    "cr_restart: warning: process {} stays out of its process group {} (the group's leader is not part of the restart)",
-                    p.pid, p.pgid
-                );
-            }
+            unsafe { libc::setpgid(pid, target) };
         }
         Ok(pid)
     }
@@ -365,6 +694,7 @@ impl<'a> Spawner<'a> {
 
     /// In the new process of member `i`: session, children, then its own restore.
     fn child(&self, i: usize) -> ! {
+        self.enter_process();
         let m = &self.members[i];
         let p = &m.img.process;
         let floor = super::pool::fd_floor(self.members.iter().map(|m| m.img));
@@ -381,22 +711,35 @@ impl<'a> Spawner<'a> {
             // SAFETY: leaving this half-built process without running atexit handlers.
             unsafe { libc::_exit(1) }
         };
+        // With its original pid, a session or group leader makes its own; anything else is
+        // inherited (from its creator, maybe a placeholder leader) or joined.
+        let leads_session = self.opts.sid && self.opts.pids && p.sid == p.pid;
         // SAFETY: setsid in this new process (not a group leader: its pgid is inherited).
-        if self.opts.sid && p.sid == p.pid && unsafe { libc::setsid() } < 0 {
+        if leads_session && own_sid() != p.sid && unsafe { libc::setsid() } < 0 {
             fail(RestoreError::new(
                 errno(),
                 format!("cannot restore the session of process {}", p.pid),
             ));
         }
-        // A group leader makes its own group at once (its parent does too, where it can).
-        if self.opts.pgid && p.pgid == p.pid && !(self.opts.sid && p.sid == p.pid) {
+        if self.opts.pgid && own_pgrp() != p.pgid {
+            let target = if self.opts.pids && p.pgid == p.pid {
+                0
+            } else {
+                p.pgid
+            };
             // SAFETY: setpgid on ourselves.
-            unsafe { libc::setpgid(0, 0) };
-        }
-        for c in children_of(self.members, &self.parents, Some(i)) {
-            if let Err(e) = self.create(c, 0) {
-                fail(e);
+            if unsafe { libc::setpgid(0, target) } != 0 && !self.opts.quiet {
+                eprintln!(
+                    "cr_restart: warning: process {} stays out of its process group {} ({})",
+                    p.pid,
+                    p.pgid,
+                    std::io::Error::last_os_error()
+                );
             }
+        }
+        let kids = children_of(self.members, &self.parents, Some(i));
+        if let Err(e) = self.create_all(&kids, 0) {
+            fail(e);
         }
         self.create_zombies(p.pid);
         let file = match m.file.try_clone() {
