@@ -4,6 +4,8 @@
 //! - [`agent`]: runs inside the checkpointed program (control thread, quiesce, image writer,
 //!   restart continuation);
 //! - [`image`]: the versioned, checksummed image format (one writer, one reader);
+//! - [`kinds`]: kernel objects behind descriptors (eventfd, timerfd, signalfd, epoll), one
+//!   module per kind, capture and restore side by side;
 //! - [`checkpoint`]: the checkpoint coordinator the tools share (scope, consistent cut, commit);
 //! - [`restore`]: the restart loader used by `cr_restart` and `cr_request_restart` (validate,
 //!   rebuild, trampoline);
@@ -20,6 +22,7 @@ pub mod api;
 pub mod arch;
 pub mod checkpoint;
 pub mod image;
+pub mod kinds;
 pub mod protocol;
 pub mod restore;
 pub mod supervise;

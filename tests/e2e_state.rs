@@ -201,6 +201,13 @@ fn fds_pipe_keeps_nonblock() {
     Setup::new("fds-pipe-nonblock", "fds").cycle();
 }
 
+/// Pipes whose writers had exited (one with 3000 bytes buffered, one empty): after restart the
+/// reader gets the bytes, then end of file (was: connected to cr_restart's stdin, bytes lost).
+#[test]
+fn pipe_without_writers_keeps_bytes_and_eof() {
+    Setup::new("pipe-eof", "pipe_eof").cycle();
+}
+
 // ---------------------------------------------------------------------------------------------
 // signals
 // ---------------------------------------------------------------------------------------------

@@ -105,7 +105,7 @@ fn build(rng: &mut Rng, pid: u32) -> Built {
     let pd = PipeDataRec {
         ino: 77,
         pipe_size: 65536,
-        _pad: 0,
+        flags: 0,
     };
     w.record(REC_PIPE_DATA, &pd, b"buffered bytes").unwrap();
     let fdr = FileDataRec { dev: 1, ino: 2 };

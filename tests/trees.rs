@@ -1257,7 +1257,7 @@ fn pid_in_use_one_child() {
 // Resources that are not restored
 // ---------------------------------------------------------------------------------------------
 
-/// Sockets, an eventfd and a SysV segment: the checkpoint names each in a warning (as BLCR
+/// Sockets, an inotify instance and a SysV segment: the checkpoint names each in a warning (as BLCR
 /// did, never a silent surprise at restart), and the program restarts with the segment's
 /// contents (as shared memory).
 #[test]

@@ -5,6 +5,7 @@
 
 use crate::image::format::*;
 use crate::image::writer::MetaWriter;
+use crate::kinds;
 use crate::sys::{self, Errno, StackBuf};
 
 fn is_tty_major(major: u32) -> bool {
@@ -99,6 +100,24 @@ impl Seen {
     }
 }
 
+/// Whether nobody has the pipe behind read end `fd` open for writing any more (its writers
+/// exited, e.g. `seq` of `seq | cksum` before `cksum` read it all): `poll` says `POLLHUP`. Only
+/// the process's own descriptor can tell: a reader opened now would not see the hang-up of
+/// writers that were gone before it opened. A write end means there is a writer: us.
+fn no_writers(fd: i32) -> bool {
+    let fl = sys::fcntl(fd, libc::F_GETFL, 0).unwrap_or(0) as i32;
+    if fl & libc::O_ACCMODE != libc::O_RDONLY {
+        return false;
+    }
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    sys::sys3(libc::SYS_poll as usize, &mut p as *mut _ as usize, 1, 0).is_ok()
+        && p.revents & libc::POLLHUP != 0
+}
+
 /// Copies the bytes buffered in the pipe behind `fd` into the tail of a `REC_PIPE_DATA` record
 /// without consuming them: `tee` from a read end (opened through /proc when `fd` is the write
 /// end) into a private pipe of the same capacity, then read from that one.
@@ -136,10 +155,13 @@ fn save_pipe_data(w: &mut MetaWriter, fd: i32, ino: u64, size: u32) -> Result<()
     let rec = PipeDataRec {
         ino,
         pipe_size: size,
-        _pad: 0,
+        flags: if no_writers(fd) { PIPE_NO_WRITERS } else { 0 },
     };
-    let res = if copied == 0 {
+    let res = if copied == 0 && rec.flags == 0 {
         Ok(())
+    } else if copied == 0 {
+        w.record(REC_PIPE_DATA, &rec, &[])
+            .map_err(|_| Errno(libc::ENOMEM))
     } else {
         w.record_fill(REC_PIPE_DATA, &rec, copied, |buf| {
             let mut got = 0;
@@ -230,7 +252,15 @@ fn one(
     let fmt = st.st_mode & libc::S_IFMT;
     let stdio = fd <= 2;
     let deleted = path.ends_with(b" (deleted)");
+    // A kernel object one of `kinds` saves: its state first (a failure makes it unsupported).
+    let mut state = [0u8; kinds::MAX_STATE];
+    let kobj = kinds::by_link(path).and_then(|k| Some((k, k.capture(fd, &mut state).ok()?)));
     let (kind, warn): (FdKind, Option<&[u8]>) = match fmt {
+        _ if kobj.is_some() => (FdKind::Kernel, None),
+        _ if kinds::by_link(path).is_some() => (
+            FdKind::Unsupported,
+            Some(b"could not be read (its state is too large or unreadable); it will be closed at restart"),
+        ),
         libc::S_IFREG if is_image => (FdKind::CheckpointFile, None),
         libc::S_IFREG if deleted && st.st_size <= MAX_UNLINKED_FILE => (FdKind::Unlinked, None),
         libc::S_IFREG if deleted => (
@@ -282,6 +312,11 @@ fn one(
     };
     w.record(REC_FD, &rec, path)
         .map_err(|_| Errno(libc::ENOMEM))?;
+    if let Some((k, len)) = kobj {
+        let head = KobjRec { fd, kind: k.id() };
+        w.record(REC_KOBJ, &head, &state[..len])
+            .map_err(|_| Errno(libc::ENOMEM))?;
+    }
     if kind != FdKind::Unsupported {
         save_owner(w, fd)?;
     }

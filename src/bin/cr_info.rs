@@ -168,6 +168,7 @@ fn fd_kind(k: FdKind) -> &'static str {
         FdKind::Unsupported => "unsupported",
         FdKind::CheckpointFile => "checkpoint-file",
         FdKind::Unlinked => "unlinked-file",
+        FdKind::Kernel => "kernel-object",
     }
 }
 
@@ -288,6 +289,12 @@ fn print_contents(path: &Path, img: &Image, len: u64) {
             f.rec.offset,
             lossy(&f.path)
         );
+        if let Some((id, state)) = &f.kobj {
+            match cr::kinds::by_id(*id) {
+                Some(k) => println!("  {:>4} {}", "", k.describe(state)),
+                None => println!("  {:>4} kernel object of unknown kind {id}", ""),
+            }
+        }
     }
 
     let files = referenced_files(img);

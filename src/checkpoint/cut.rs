@@ -30,6 +30,10 @@ const EXEC_RETRIES: u32 = 20;
 /// How long a process whose control socket closed may take to be seen ended.
 const END_WAIT: Duration = Duration::from_secs(2);
 
+/// How often, and after what pause, a member of a tree that answers "busy" is asked again.
+const BUSY_RETRIES: u32 = 25;
+const BUSY_PAUSE: Duration = Duration::from_millis(20);
+
 /// Whether `pid` ends (or has ended) within `limit`.
 fn ends_within(pid: i32, limit: Duration) -> bool {
     let start = Instant::now();
@@ -40,6 +44,12 @@ fn ends_within(pid: i32, limit: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(2));
     }
     true
+}
+
+/// Whether `pid` has ended, or is exiting and ends within `END_WAIT` (its socket closes before
+/// it becomes a zombie: a subshell whose pipeline just finished).
+fn gone(pid: i32) -> bool {
+    ended(pid) || (exiting(pid) && ends_within(pid, END_WAIT))
 }
 
 fn err(errno: i32, msg: String) -> CheckpointError {
@@ -465,7 +475,7 @@ impl<'a> Cut<'a> {
                 self.members[i].contacted = true;
                 Ok(true)
             }
-            Err(_) if ended(pid) => {
+            Err(_) if gone(pid) => {
                 self.members[i].omitted = true;
                 self.members[i].ended = true;
                 self.members[i].contacted = false;
@@ -496,7 +506,7 @@ impl<'a> Cut<'a> {
             match protocol::send(sock, &req, Some(out.fd)) {
                 Ok(()) => self.members[i].contacted = true,
                 // It exited since we connected: not part of the cut.
-                Err(_) if ended(pid) => {
+                Err(_) if gone(pid) => {
                     self.members[i].omitted = true;
                     self.members[i].ended = true;
                 }
@@ -510,6 +520,7 @@ impl<'a> Cut<'a> {
                 continue;
             }
             let mut attempts = 0;
+            let mut busy = 0;
             if !self.members[i].contacted && !self.ask_again(scope, i)? {
                 continue;
             }
@@ -541,6 +552,18 @@ impl<'a> Cut<'a> {
                         self.members[i].omitted = true;
                         break;
                     }
+                    // A process found in the tree is busy with another checkpoint (e.g. a
+                    // supervisor's periodic one) or still finishing one: ask again shortly.
+                    Ok(Some(r)) if r.status == libc::EBUSY && i > 0 && busy < BUSY_RETRIES => {
+                        busy += 1;
+                        note(Note::Info(format!(
+                            "process {pid} is busy with another checkpoint; asking again"
+                        )));
+                        std::thread::sleep(BUSY_PAUSE);
+                        if !self.ask_again(scope, i)? {
+                            break;
+                        }
+                    }
                     Ok(Some(r)) => {
                         let e = if r.status > 0 { r.status } else { libc::EPROTO };
                         return Err(err(
@@ -562,8 +585,9 @@ impl<'a> Cut<'a> {
                         ))
                     }
                     // It exited before it stopped: not part of the cut (if its parent is, it is
-                    // saved as the zombie it is now).
-                    Err(_) if ended(pid) => {
+                    // saved as the zombie it is now). One that is exiting has closed its socket
+                    // but is not a zombie yet (a subshell whose pipeline just finished).
+                    Err(_) if gone(pid) => {
                         self.members[i].omitted = true;
                         self.members[i].ended = true;
                         break;

@@ -16,7 +16,7 @@ pub const MAGIC: [u8; 8] = *b"LIBCRIMG";
 /// First eight bytes of the trailer page.
 pub const TRAILER_MAGIC: [u8; 8] = *b"LIBCREND";
 /// Image format version written by this build.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// Oldest image format version this build still reads. A newer version only adds: new record
 /// kinds, new enum values, and fields appended to a record's fixed part (see
 /// [`fixed_size`]); readers of an older image take the missing fields as zero.
@@ -123,6 +123,9 @@ pub const REC_REGION_FS: u32 = REC_OPTIONAL | 11;
 /// Record (optional): [`FdOwnerRec`], the async-I/O owner and signal of a descriptor
 /// (`F_GETOWN_EX`, `F_GETSIG`), after its `REC_FD` record; written only when one is set.
 pub const REC_FD_OWNER: u32 = REC_OPTIONAL | 12;
+/// Record (version 4): [`KobjRec`], then the state of the kernel object behind the
+/// [`FdKind::Kernel`] descriptor of the `REC_FD` record just before it (see `crate::kinds`).
+pub const REC_KOBJ: u32 = 13;
 /// Last record.
 pub const REC_END: u32 = 0xffff;
 
@@ -344,6 +347,9 @@ pub enum FdKind {
     /// A regular file that was unlinked while open: its contents are in a `REC_FILE_DATA`
     /// record; restored as a new unlinked file with that content, at the saved offset.
     Unlinked = 8,
+    /// A kernel object with a module in `crate::kinds` (eventfd, timerfd, signalfd, epoll):
+    /// its state is in the `REC_KOBJ` record that follows (version 4).
+    Kernel = 9,
 }
 
 impl FdKind {
@@ -359,6 +365,7 @@ impl FdKind {
             6 => Unsupported,
             7 => CheckpointFile,
             8 => Unlinked,
+            9 => Kernel,
             _ => return None,
         })
     }
@@ -408,6 +415,16 @@ pub struct FdOwnerRec {
     /// `F_GETSIG` (0: `SIGIO`).
     pub signal: i32,
 }
+/// Which kernel object a `REC_KOBJ` record holds; its state follows.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug)]
+pub struct KobjRec {
+    /// The descriptor (that of the `REC_FD` record before it).
+    pub fd: i32,
+    /// The kind (`crate::kinds::EVENTFD`, …).
+    pub kind: u32,
+}
+const _: () = assert!(core::mem::size_of::<KobjRec>() == 8);
 
 /// The bytes buffered in one pipe at checkpoint time (copied with `tee`, not consumed).
 #[repr(C)]
@@ -417,9 +434,14 @@ pub struct PipeDataRec {
     pub ino: u64,
     /// Capacity of the pipe.
     pub pipe_size: u32,
-    /// Reserved.
-    pub _pad: u32,
+    /// `PIPE_*` flags (0 in images written before they existed).
+    pub flags: u32,
 }
+
+/// [`PipeDataRec::flags`]: nobody had the pipe open for writing at checkpoint time (its writers
+/// had exited), so a reader gets the saved bytes and then end of file. Such a pipe is restored
+/// with its read ends only, although no write end is part of the job.
+pub const PIPE_NO_WRITERS: u32 = 1;
 
 /// The contents of an open file that was unlinked (saved once per file).
 #[repr(C)]
@@ -439,7 +461,6 @@ pub const MAX_UNLINKED_FILE: i64 = 16 << 20;
 /// appending fields; this table says where each version's fixed part ends).
 pub fn fixed_size(kind: u32, version: u32) -> Option<usize> {
     use core::mem::size_of;
-    let _ = version; // every fixed part is still as in version 2
     Some(match kind {
         REC_PROCESS => size_of::<ProcessRec>(),
         REC_REGION => size_of::<RegionRec>(),
@@ -447,6 +468,7 @@ pub fn fixed_size(kind: u32, version: u32) -> Option<usize> {
         REC_THREAD => size_of::<ThreadRec>(),
         REC_PIPE_DATA => size_of::<PipeDataRec>(),
         REC_FILE_DATA => size_of::<FileDataRec>(),
+        REC_KOBJ if version >= 4 => size_of::<KobjRec>(),
         _ => return None,
     })
 }

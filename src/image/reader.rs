@@ -96,6 +96,8 @@ pub struct Fd {
     pub path: Vec<u8>,
     /// Async-I/O owner and signal, when one was set (`REC_FD_OWNER`).
     pub owner: Option<FdOwnerRec>,
+    /// For [`FdKind::Kernel`]: the `crate::kinds` id and the object's saved state.
+    pub kobj: Option<(u32, Vec<u8>)>,
 }
 
 /// A parsed, header-validated image.
@@ -121,6 +123,8 @@ pub struct Image {
     pub warnings: Vec<String>,
     /// Bytes that were buffered in pipes at checkpoint time: (pipe inode, contents).
     pub pipe_data: Vec<(u64, Vec<u8>)>,
+    /// Inodes of the pipes nobody could write to any more at checkpoint time (`PIPE_NO_WRITERS`).
+    pub writerless_pipes: Vec<u64>,
     /// Contents of unlinked open files: ((device, inode), contents).
     pub file_data: Vec<((u64, u64), Vec<u8>)>,
     /// File offset where this image starts (0 unless it is one process of a tree image).
@@ -250,6 +254,7 @@ impl Image {
             threads: Vec::new(),
             warnings: Vec::new(),
             pipe_data: Vec::new(),
+            writerless_pipes: Vec::new(),
             file_data: Vec::new(),
             base,
             shares: Vec::new(),
@@ -313,12 +318,32 @@ impl Image {
                         kind,
                         path,
                         owner: None,
+                        kobj: None,
                     });
+                }
+                REC_KOBJ => {
+                    let (r, state): (KobjRec, _) = read_fixed(body, rh.kind, v, "kernel object")?;
+                    match self.fds.last_mut() {
+                        Some(f) if f.rec.fd == r.fd && f.kind == FdKind::Kernel => {
+                            f.kobj = Some((r.kind, state.to_vec()));
+                        }
+                        _ => {
+                            return Err(ImageError::Malformed(format!(
+                                "kernel object state for fd {} without its descriptor",
+                                r.fd
+                            )))
+                        }
+                    }
                 }
                 REC_THREAD => self.threads.push(read_fixed(body, rh.kind, v, "thread")?.0),
                 REC_PIPE_DATA => {
                     let (r, bytes): (PipeDataRec, _) = read_fixed(body, rh.kind, v, "pipe data")?;
-                    self.pipe_data.push((r.ino, bytes.to_vec()));
+                    if r.flags & PIPE_NO_WRITERS != 0 {
+                        self.writerless_pipes.push(r.ino);
+                    }
+                    if !bytes.is_empty() {
+                        self.pipe_data.push((r.ino, bytes.to_vec()));
+                    }
                 }
                 REC_FILE_DATA => {
                     let (r, bytes): (FileDataRec, _) = read_fixed(body, rh.kind, v, "file data")?;

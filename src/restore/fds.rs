@@ -292,5 +292,26 @@ fn place(
             }
         }
     }
+    kernel_objects_settle(img)
+}
+
+/// Every descriptor is in place: kernel objects that refer to others (an epoll's targets) are
+/// completed, once per open file description of the process.
+fn kernel_objects_settle(img: &Image) -> Result<(), RestoreError> {
+    for f in img.fds.iter().filter(|f| f.kind == FdKind::Kernel) {
+        let Some((id, state)) = &f.kobj else { continue };
+        let Some(kind) = crate::kinds::by_id(*id) else {
+            continue;
+        };
+        if f.rec.dup_of != f.rec.fd {
+            continue;
+        }
+        let warnings = kind.post_restore(f.rec.fd, state).map_err(|e| {
+            RestoreError::new(e.errno, format!("fd {} ({}): {e}", f.rec.fd, kind.name()))
+        })?;
+        for w in warnings {
+            eprintln!("cr_restart: warning: {w}");
+        }
+    }
     Ok(())
 }

@@ -8,7 +8,8 @@
 //! and `cr_checkpoint` with `kcmp`) share one again, with its offset and status flags, and a pipe
 //! between two processes is one pipe again. Pipes with only one end in the job lead outside it:
 //! they are not pooled (the process gets the restarter's descriptors of those numbers instead,
-//! `fds::restore`).
+//! `fds::restore`), except a pipe whose writers had all exited (`PIPE_NO_WRITERS`): its readers
+//! get its bytes, then EOF.
 
 use super::RestoreError;
 use crate::image::format::{FdKind, RegionKind};
@@ -17,6 +18,7 @@ use crate::image::tree::ShareRec;
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::File;
+use std::os::fd::IntoRawFd;
 use std::os::unix::fs::FileExt;
 
 /// The shared objects of a job.
@@ -78,7 +80,13 @@ pub fn pipe_is_pooled(images: &[&Image], f: &Fd) -> bool {
                 .any(|g| g.kind == FdKind::Pipe && g.rec.ino == f.rec.ino && is_read_end(g) == read)
         })
     };
-    ends(true) && ends(false)
+    ends(true) && (ends(false) || writerless(images, f.rec.ino))
+}
+
+/// Whether nobody could write to pipe `ino` any more at checkpoint time: restored with its
+/// read ends only (its saved bytes, then end of file), not as a pipe leading outside.
+fn writerless(images: &[&Image], ino: u64) -> bool {
+    images.iter().any(|img| img.writerless_pipes.contains(&ino))
 }
 
 struct PipeObj {
@@ -127,7 +135,7 @@ impl Pool {
                     | FdKind::CharDevice
                     | FdKind::CheckpointFile => true,
                     FdKind::Pipe => pipe_is_pooled(images, f),
-                    FdKind::Unlinked => true,
+                    FdKind::Unlinked | FdKind::Kernel => true,
                     FdKind::Inherited | FdKind::Unsupported => false,
                 };
                 if !pooled {
@@ -141,6 +149,9 @@ impl Pool {
                             self.pipe_description(images, &mut pipes, f, floor)?
                         } else if f.kind == FdKind::Unlinked {
                             self.unlinked_description(images, &mut unlinked, f, floor)?
+                        } else if f.kind == FdKind::Kernel {
+                            let fd = kernel_object(f)?;
+                            self.keep(fd.into_raw_fd(), floor)?
                         } else {
                             self.keep(open_file(f)?, floor)?
                         };
@@ -289,6 +300,14 @@ impl Pool {
                 done += n as usize;
             }
             libc::fcntl(ends[1], libc::F_SETFL, fl);
+        }
+        let mut ends = ends;
+        if ends[0] != ends[1] && writerless(images, ino) {
+            // Its writers had exited: the readers get the bytes, then end of file.
+            self.all.retain(|&fd| fd != ends[1]);
+            // SAFETY: closing the write end we created; no process of the job had one.
+            unsafe { libc::close(ends[1]) };
+            ends[1] = -1;
         }
         Ok(PipeObj {
             ends,
@@ -593,6 +612,27 @@ fn set_status_flags(fd: i32, f: &Fd) {
         // SAFETY: F_SETFL on a descriptor we own.
         unsafe { libc::fcntl(fd, libc::F_SETFL, f.rec.flags & settable) };
     }
+}
+
+/// A new kernel object (eventfd, timerfd, …) with the state saved for `f`.
+fn kernel_object(f: &Fd) -> Result<std::os::fd::OwnedFd, RestoreError> {
+    let (id, state) = f.kobj.as_ref().ok_or_else(|| {
+        RestoreError::new(
+            libc::EINVAL,
+            format!("corrupt image: fd {} has no kernel object state", f.rec.fd),
+        )
+    })?;
+    let kind = crate::kinds::by_id(*id).ok_or_else(|| {
+        RestoreError::new(
+            libc::EINVAL,
+            format!(
+                "incompatible image: fd {} is a kernel object of unknown kind {id}",
+                f.rec.fd
+            ),
+        )
+    })?;
+    kind.restore(state)
+        .map_err(|e| RestoreError::new(e.errno, format!("fd {} ({}): {e}", f.rec.fd, kind.name())))
 }
 
 /// Opens a saved file, directory or device as it was: flags, offset; a file being written is cut

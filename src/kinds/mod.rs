@@ -1,0 +1,202 @@
+//! Kernel objects behind descriptors that are neither files nor pipes: one module per kind,
+//! each with its saved state, an allocation-free `capture` (run by the agent while the
+//! program's threads are parked), a `restore` that makes a new descriptor with that state
+//! (cr_restart, normal context), an optional `post_restore` once every descriptor of the
+//! process is in place (epoll needs its targets), and `describe` for cr_info.
+//!
+//! Such descriptors are saved as an [`FdKind::Kernel`](crate::image::format::FdKind) `REC_FD`
+//! followed by a `REC_KOBJ` record: [`KobjRec`](crate::image::format::KobjRec) naming the kind,
+//! then the kind's state. They are told apart by their `/proc/self/fd` link text (all anonymous
+//! inodes share one inode number, so `st_mode`/`st_ino` cannot tell them apart).
+
+pub mod epoll;
+pub mod eventfd;
+pub mod signalfd;
+pub mod timerfd;
+
+use crate::sys::{self, Errno, StackBuf};
+use std::os::fd::OwnedFd;
+
+/// Largest saved state of one object (an epoll instance with about 680 targets).
+pub const MAX_STATE: usize = 16 * 1024;
+
+/// `KobjRec::kind` of an eventfd.
+pub const EVENTFD: u32 = 1;
+/// `KobjRec::kind` of a timerfd.
+pub const TIMERFD: u32 = 2;
+/// `KobjRec::kind` of a signalfd.
+pub const SIGNALFD: u32 = 3;
+/// `KobjRec::kind` of an epoll instance.
+pub const EPOLL: u32 = 4;
+
+/// A restore that failed: errno and one line naming the problem.
+#[derive(Debug)]
+pub struct KindError {
+    /// errno describing the failure.
+    pub errno: i32,
+    /// One line naming the problem.
+    pub msg: String,
+}
+
+impl KindError {
+    /// The error of the last failed libc call, with what was being done.
+    pub fn last(what: &str) -> Self {
+        let e = std::io::Error::last_os_error();
+        KindError {
+            errno: e.raw_os_error().unwrap_or(libc::EIO),
+            msg: format!("{what}: {e}"),
+        }
+    }
+
+    /// A saved state that does not parse.
+    pub fn malformed(kind: &str) -> Self {
+        KindError {
+            errno: libc::EINVAL,
+            msg: format!("corrupt image: malformed {kind} state"),
+        }
+    }
+}
+
+impl std::fmt::Display for KindError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+/// One kind of kernel object.
+pub trait Kind: Sync {
+    /// Its `KobjRec::kind` value.
+    fn id(&self) -> u32;
+    /// Its name in messages and cr_info.
+    fn name(&self) -> &'static str;
+    /// The `/proc/self/fd` link text of its descriptors.
+    fn link(&self) -> &'static [u8];
+    /// Writes the state of the object behind `fd` into `out`; returns its length. Runs in the
+    /// agent while the threads are parked: no allocation, no locks.
+    fn capture(&self, fd: i32, out: &mut [u8]) -> Result<usize, Errno>;
+    /// A new descriptor of a new object with the saved `state` (its status flags are set by the
+    /// caller).
+    fn restore(&self, state: &[u8]) -> Result<OwnedFd, KindError>;
+    /// Runs in the restored process once all its descriptors are in place, on the lowest
+    /// descriptor of each restored description; returns warnings.
+    fn post_restore(&self, _fd: i32, _state: &[u8]) -> Result<Vec<String>, KindError> {
+        Ok(Vec::new())
+    }
+    /// One line describing the saved state.
+    fn describe(&self, state: &[u8]) -> String;
+}
+
+/// Every kind, by `id`.
+pub static KINDS: &[&dyn Kind] = &[
+    &eventfd::EventFd,
+    &timerfd::TimerFd,
+    &signalfd::SignalFd,
+    &epoll::Epoll,
+];
+
+/// The kind whose descriptors have link text `link`.
+pub fn by_link(link: &[u8]) -> Option<&'static dyn Kind> {
+    KINDS.iter().copied().find(|k| k.link() == link)
+}
+
+/// The kind with `KobjRec::kind` `id`.
+pub fn by_id(id: u32) -> Option<&'static dyn Kind> {
+    KINDS.iter().copied().find(|k| k.id() == id)
+}
+
+/// Reads `/proc/self/fdinfo/FD` into `buf` (allocation-free); returns the text.
+pub fn fdinfo(fd: i32, buf: &mut [u8]) -> Result<&[u8], Errno> {
+    let mut path = StackBuf::<64>::new();
+    path.push(b"/proc/self/fdinfo/").num(fd as u64);
+    let n = sys::read_file(path.as_cstr(), buf)?;
+    Ok(&buf[..n.min(buf.len())])
+}
+
+/// The value after `name` on the first line of `text` that starts with it, blanks trimmed.
+pub fn field<'a>(text: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    text.split(|&b| b == b'\n')
+        .find_map(|line| line.strip_prefix(name))
+        .map(trim)
+}
+
+/// `s` without leading and trailing blanks.
+pub fn trim(s: &[u8]) -> &[u8] {
+    let start = s
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &s[start..end.max(start)]
+}
+
+/// Parses an unsigned number in `radix` (no sign, no prefix).
+pub fn parse_u64(s: &[u8], radix: u32) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &b in s {
+        let d = (b as char).to_digit(radix)?;
+        v = v.checked_mul(radix as u64)?.checked_add(d as u64)?;
+    }
+    Some(v)
+}
+
+/// Copies the plain-data `value` into the front of `out`; its size, or `ENOSPC`.
+pub fn put<T: bytemuck::Pod>(out: &mut [u8], value: &T) -> Result<usize, Errno> {
+    let bytes = bytemuck::bytes_of(value);
+    out.get_mut(..bytes.len())
+        .ok_or(Errno(libc::ENOSPC))?
+        .copy_from_slice(bytes);
+    Ok(bytes.len())
+}
+
+/// Reads a plain-data value from the front of `state`.
+pub fn get<T: bytemuck::Pod>(state: &[u8]) -> Option<T> {
+    let n = core::mem::size_of::<T>();
+    state.get(..n).map(bytemuck::pod_read_unaligned)
+}
+
+/// Takes ownership of a descriptor a libc call returned (or the error it set).
+pub fn owned(fd: i32, what: &str) -> Result<OwnedFd, KindError> {
+    if fd < 0 {
+        return Err(KindError::last(what));
+    }
+    // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_found_and_parsed() {
+        let text = b"pos:\t0\nflags:\t04002\neventfd-count:               1a\nsigmask:\t0000000800000200\n";
+        assert_eq!(field(text, b"flags:"), Some(&b"04002"[..]));
+        assert_eq!(
+            parse_u64(field(text, b"eventfd-count:").unwrap(), 16),
+            Some(26)
+        );
+        assert_eq!(
+            parse_u64(field(text, b"sigmask:").unwrap(), 16),
+            Some(0x800000200)
+        );
+        assert_eq!(field(text, b"missing:"), None);
+        assert_eq!(parse_u64(b"", 10), None);
+        assert_eq!(parse_u64(b"12x", 10), None);
+        assert_eq!(parse_u64(b"ffffffffffffffffff", 16), None);
+    }
+
+    #[test]
+    fn every_kind_is_found_by_link_and_id() {
+        for k in KINDS {
+            assert_eq!(by_link(k.link()).map(|x| x.id()), Some(k.id()));
+            assert_eq!(by_id(k.id()).map(|x| x.name()), Some(k.name()));
+        }
+        assert!(by_link(b"anon_inode:[io_uring]").is_none());
+    }
+}

@@ -1,0 +1,135 @@
+//! Kernel objects behind descriptors (`src/kinds`): one small self-checking program per kind in
+//! `c-tests/static/` (eventfd00, timerfd00, signalfd00, epoll00), each run through three
+//! generations: start under cr_run, checkpoint --term, restart, checkpoint the restored process
+//! --term, restart again, GO, PASS. Compile flags come from the program's `/* cr-test: cflags=…
+//! */` line. Each also runs unprivileged (as nobody) when the tests run as root.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn static_dir() -> PathBuf {
+    c_tests_dir().join("static")
+}
+
+/// `gcc -O2 -Wall -Wextra CFLAGS -o <scenario>/bin/NAME c-tests/static/NAME.c`.
+fn compile(sc: &Scenario, name: &str) -> PathBuf {
+    let src = static_dir().join(format!("{name}.c"));
+    let text = fs::read_to_string(&src)
+        .unwrap_or_else(|e| panic!("missing test program {}: {e}", src.display()));
+    let cflags: Vec<&str> = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("/* cr-test: cflags="))
+        .map(|rest| rest.trim_end_matches("*/").split_whitespace().collect())
+        .unwrap_or_default();
+    let bin = sc.root().join("bin");
+    fs::create_dir_all(&bin).expect("create bin dir");
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).expect("chmod bin dir");
+    let out = bin.join(name);
+    let res = Command::new("gcc")
+        .args(["-O2", "-Wall", "-Wextra", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .args(&cflags)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run gcc for {name}: {e}"));
+    assert!(
+        res.status.success(),
+        "building {name} failed ({}):\n{}{}",
+        res.status,
+        String::from_utf8_lossy(&res.stdout),
+        String::from_utf8_lossy(&res.stderr)
+    );
+    out
+}
+
+/// Three generations of `name`; no warning may say one of its objects is not restored.
+fn three_generations(sc: Scenario, name: &str) {
+    let exe = compile(&sc, name);
+    let cr_run = sc.tools().cr_run.clone();
+    let cmd = sc.command(&[cr_run.as_os_str(), "--".as_ref(), exe.as_os_str()]);
+    let mut gen1 = sc.start(name, cmd);
+    gen1.wait_ready();
+    let img1 = sc.next_image_path();
+    let res = sc.checkpoint_to(gen1.pid(), &["--term"], &img1);
+    res.assert_success();
+    assert!(
+        !res.stderr.contains("closed at restart"),
+        "every object of {name} must be saved:\n{}",
+        res.describe()
+    );
+    gen1.expect_signal(SIGTERM, DEATH_TIMEOUT);
+
+    let mut gen2 = sc.restart(&img1);
+    let pid2 = gen2.wait_child(READY_TIMEOUT);
+    wait_address_space_switched(&sc, pid2, Duration::from_secs(10));
+    let img2 = sc.checkpoint_restored(pid2, &["--term"]);
+    gen2.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    assert!(
+        !gen2.stdout().contains("PASS") && !gen2.stdout().contains("FAIL"),
+        "generation 2 must not have finished:\n{}",
+        gen2.diag()
+    );
+
+    let mut gen3 = sc.restart(&img2);
+    let pid3 = gen3.wait_child(READY_TIMEOUT);
+    wait_address_space_switched(&sc, pid3, Duration::from_secs(10));
+    sc.go();
+    gen3.expect_pass(RESTART_TIMEOUT);
+    assert!(
+        !gen3.stderr().contains("warning"),
+        "the restart of {name} must not warn:\n{}",
+        gen3.diag()
+    );
+}
+
+macro_rules! kind_tests {
+    ($($test:ident, $nobody:ident => $prog:literal;)*) => {$(
+        #[test]
+        fn $test() {
+            three_generations(Scenario::new($prog), $prog);
+        }
+
+        #[test]
+        fn $nobody() {
+            if !is_root() {
+                println!("note: not root: {} already ran unprivileged", stringify!($test));
+                return;
+            }
+            three_generations(Scenario::as_user(concat!($prog, "-nobody"), NOBODY), $prog);
+        }
+    )*};
+}
+
+kind_tests! {
+    eventfd, eventfd_unprivileged => "eventfd00";
+    timerfd, timerfd_unprivileged => "timerfd00";
+    signalfd, signalfd_unprivileged => "signalfd00";
+    epoll, epoll_unprivileged => "epoll00";
+}
+
+/// Every program in c-tests/static has its test above.
+#[test]
+fn every_static_program_is_tested() {
+    let known = ["eventfd00", "timerfd00", "signalfd00", "epoll00"];
+    for e in fs::read_dir(static_dir()).expect("c-tests/static") {
+        let path = e.expect("dir entry").path();
+        if path.extension().is_some_and(|x| x == "c") {
+            let stem = path
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            assert!(
+                known.contains(&stem.as_str()),
+                "c-tests/static/{stem}.c has no test in tests/kinds.rs"
+            );
+        }
+    }
+}
