@@ -364,3 +364,432 @@ fn resume_while_original_pids_are_taken() {
     finish(&sc, &dir, &[], *before.last().unwrap_or(&0));
     holder.kill();
 }
+
+// ---- --store URL: images shipped off the node and fetched back ----
+
+/// The generation files under a store directory (a `file://` store's or the WebDAV root's).
+fn stored(dir: &Path) -> Vec<String> {
+    generations(dir)
+}
+
+/// Waits until `dir` (a store's directory) holds at least `n` generations.
+fn wait_stored(sc: &Scenario, job: &Job, dir: &Path, n: usize) {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while stored(dir).len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {n} generations reached the store {} after {READY_TIMEOUT:?}: {:?}\n{}\n{}",
+            dir.display(),
+            stored(dir),
+            job.diag(),
+            sc.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The node dies after two requested checkpoints and a preemption, all shipped to the store
+/// `url` (whose files are in `store_dir`); the newest image in the store is damaged; the job
+/// resumes elsewhere (an empty checkpoint directory) from the older one in the store, finishes
+/// correct, and its images leave the store.
+fn resume_from_store(sc: &Scenario, url: &str, store_dir: &Path) {
+    let dir = ckpt_dir(sc);
+    let args = default_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let opts = ["--store", url, "-v"];
+    let mut job = supervise(sc, &dir, &opts, &args);
+    job.wait_line("step 10", READY_TIMEOUT);
+    signal_pid(job.pid(), 12); // SIGUSR2: a checkpoint, the job goes on
+    wait_stored(sc, &job, store_dir, 1);
+    job.wait_line("step 40", READY_TIMEOUT);
+    signal_pid(job.pid(), 12);
+    wait_stored(sc, &job, store_dir, 2);
+    job.wait_line("step 60", READY_TIMEOUT);
+    signal_pid(job.pid(), SIGTERM); // preemption: checkpoint, ship, exit
+    let st = job.wait_exit(TOOL_TIMEOUT);
+    job.wait_output_closed(Duration::from_secs(5));
+    assert_eq!(st.code(), Some(0), "{}", job.diag());
+    let before = steps(&job.stdout());
+    assert!(
+        job.stderr().contains("shipped"),
+        "uploads are reported under -v:\n{}",
+        job.diag()
+    );
+    let in_store = stored(store_dir);
+    assert_eq!(
+        in_store.len(),
+        2,
+        "the store keeps the newest --keep (2) generations, the preemption's included: \
+         {in_store:?}\n{}",
+        job.diag()
+    );
+    // The node is gone: a new, empty checkpoint directory elsewhere.
+    fs::remove_dir_all(&dir).expect("remove the dead node's directory");
+    let newest = store_dir.join(in_store.last().expect("two generations"));
+    let mut bytes = fs::read(&newest).expect("read newest");
+    let at = bytes.len() - 4096 - 100;
+    bytes[at] ^= 0xff;
+    fs::write(&newest, &bytes).expect("damage the newest generation in the store");
+    let dir2 = sc.root().join("elsewhere");
+    fs::create_dir_all(&dir2).expect("create");
+    if let Some((uid, gid)) = sc.user() {
+        std::os::unix::fs::chown(&dir2, Some(uid), Some(gid)).expect("chown");
+    }
+    let mut rerun = supervise(sc, &dir2, &opts, &args);
+    let st = rerun.wait_exit(RESTART_TIMEOUT);
+    rerun.wait_output_closed(Duration::from_secs(5));
+    let err = rerun.stderr();
+    assert!(
+        st.success()
+            && err.contains("damaged image in")
+            && err.contains("fetched")
+            && rerun
+                .stdout()
+                .contains(&format!("PASS counter_job {STEPS}")),
+        "the job resumes from the older good image in the store:\n{}\n{}",
+        rerun.diag(),
+        sc.log()
+    );
+    let seen = steps(&rerun.stdout());
+    let first = *seen.first().unwrap_or(&0);
+    let last = *before.last().unwrap_or(&0);
+    assert!(
+        first > 10 && first <= 41 && first < last,
+        "resumed from the second generation (first step {first}, preempted at {last}):\n{}",
+        rerun.diag()
+    );
+    assert!(
+        stored(store_dir).is_empty() && generations(&dir2).is_empty(),
+        "a finished job's images leave the store and the node: {:?} {:?}",
+        stored(store_dir),
+        generations(&dir2)
+    );
+}
+
+/// A `file://` store (a shared file system's directory).
+#[test]
+fn store_file_url_resume_elsewhere() {
+    let sc = Scenario::new("sup-store-file");
+    let store_dir = sc.root().join("store/jobs");
+    let url = format!("file://{}", store_dir.display());
+    resume_from_store(&sc, &url, &store_dir);
+}
+
+/// The same unprivileged.
+#[test]
+fn store_file_url_resume_elsewhere_unprivileged() {
+    let Some(sc) = scenario("sup-store-file-nobody", Some(NOBODY)) else {
+        return;
+    };
+    let store = sc.root().join("store");
+    fs::create_dir_all(&store).expect("create");
+    std::os::unix::fs::chown(&store, Some(NOBODY.0), Some(NOBODY.1)).expect("chown");
+    let store_dir = store.join("jobs");
+    let url = format!("file://{}", store_dir.display());
+    resume_from_store(&sc, &url, &store_dir);
+}
+
+/// A store that cannot be reached never harms the job: failures are reported and retried, the
+/// local copies stay (beyond --keep, as none is confirmed), and the job ends as it would.
+#[test]
+fn store_unreachable_job_goes_on() {
+    let sc = Scenario::new("sup-store-down");
+    let dir = ckpt_dir(&sc);
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let url = format!("http://127.0.0.1:{port}/jobs");
+    let mut job = supervise(
+        &sc,
+        &dir,
+        &["--store", &url, "--keep", "1", "--keep-final"],
+        &["200", "20"],
+    );
+    job.wait_line("step 10", READY_TIMEOUT);
+    signal_pid(job.pid(), 12);
+    wait_generations(&sc, &job, &dir, 1);
+    job.wait_line("step 40", READY_TIMEOUT);
+    signal_pid(job.pid(), 12);
+    wait_generations(&sc, &job, &dir, 2);
+    let st = job.wait_exit(RESTART_TIMEOUT);
+    job.wait_output_closed(Duration::from_secs(5));
+    assert!(
+        st.success()
+            && job.stdout().contains("PASS counter_job 200")
+            && job.stderr().contains("failed (attempt 1 of"),
+        "the job ends correct and the failed uploads are reported:\n{}",
+        job.diag()
+    );
+    assert_eq!(
+        generations(&dir).len(),
+        2,
+        "unshipped generations are kept beyond --keep 1"
+    );
+}
+
+/// nginx from Debian as a WebDAV store on 127.0.0.1, with a private configuration; stopped when
+/// dropped (also when the test fails).
+struct Nginx {
+    child: std::process::Child,
+    /// The files it serves.
+    root: PathBuf,
+    port: u16,
+    base: PathBuf,
+}
+
+/// The dav_ext module (PROPFIND, which object_store's HTTP store lists with): Debian's
+/// libnginx-mod-http-dav-ext.
+const DAV_EXT: &str = "/usr/lib/nginx/modules/ngx_http_dav_ext_module.so";
+
+impl Nginx {
+    /// Starts it, or `None` (with a note) when nginx is not installed outside CI.
+    fn start(name: &str) -> Option<Nginx> {
+        let have = have_command("nginx") || Path::new("/usr/sbin/nginx").exists();
+        if !have || !Path::new(DAV_EXT).exists() {
+            assert!(
+                !in_ci(),
+                "CI must install nginx and libnginx-mod-http-dav-ext (.ci/run)"
+            );
+            println!("note: nginx or its dav_ext module is not installed: test skipped");
+            return None;
+        }
+        let base = std::env::temp_dir().join(format!("cr-nginx-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        let root = base.join("root");
+        for d in [&root, &base.join("tmp")] {
+            fs::create_dir_all(d).expect("create");
+        }
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&base, fs::Permissions::from_mode(0o755)).expect("chmod");
+        // As root, nginx's workers run as nobody: the served tree is theirs.
+        let user_line = if is_root() {
+            for d in [&root, &base.join("tmp")] {
+                std::os::unix::fs::chown(d, Some(NOBODY.0), Some(NOBODY.1)).expect("chown");
+            }
+            "user nobody nogroup;"
+        } else {
+            ""
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let b = base.display();
+        let conf = format!(
+            "load_module {DAV_EXT};
+daemon off;
+pid {b}/nginx.pid;
+error_log {b}/error.log info;
+{user_line}
+worker_processes 1;
+events {{ worker_connections 64; }}
+http {{
+  access_log {b}/access.log;
+  client_body_temp_path {b}/tmp/body;
+  proxy_temp_path {b}/tmp/proxy;
+  fastcgi_temp_path {b}/tmp/fastcgi;
+  uwsgi_temp_path {b}/tmp/uwsgi;
+  scgi_temp_path {b}/tmp/scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    root {b}/root;
+    client_max_body_size 0;
+    location / {{
+      dav_methods PUT DELETE MKCOL COPY MOVE;
+      dav_ext_methods PROPFIND OPTIONS;
+      create_full_put_path on;
+      dav_access user:rw group:r all:r;
+    }}
+  }}
+}}
+"
+        );
+        fs::write(base.join("nginx.conf"), conf).expect("write nginx.conf");
+        let nginx = if have_command("nginx") {
+            "nginx"
+        } else {
+            "/usr/sbin/nginx"
+        };
+        use std::os::unix::process::CommandExt;
+        let child = std::process::Command::new(nginx)
+            .arg("-p")
+            .arg(&base)
+            .arg("-c")
+            .arg(base.join("nginx.conf"))
+            .arg("-e")
+            .arg(base.join("error.log"))
+            .stdin(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("start nginx");
+        let n = Nginx {
+            child,
+            root,
+            port,
+            base,
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not listen on port {port}: {}",
+                fs::read_to_string(n.base.join("error.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(n)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/{path}", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let pg = self.child.id() as i32;
+        // SAFETY: ending the process group of the nginx we started (master and worker).
+        unsafe { libc::kill(-pg, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SAFETY: as above, for whatever did not end.
+        unsafe { libc::kill(-pg, libc::SIGKILL) };
+        let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.base);
+    }
+}
+
+/// A WebDAV store served by a real nginx: ship, die, resume elsewhere from the store.
+#[test]
+fn store_webdav_nginx_resume_elsewhere() {
+    let Some(nginx) = Nginx::start("dav") else {
+        return;
+    };
+    let sc = Scenario::new("sup-store-dav");
+    let url = nginx.url("cluster/jobs");
+    let store_dir = nginx.root.join("cluster/jobs");
+    resume_from_store(&sc, &url, &store_dir);
+}
+
+/// HTCondor's self-checkpointing (contrib/htcondor/job.sub) without the daemons: the job runs in
+/// a scratch directory with a relative `--checkpoint-dir`; on the vacate signal (TERM) it
+/// checkpoints and exits 85 (`checkpoint_exit_code`); the checkpoint directory is "transferred"
+/// (copied) into a new scratch directory elsewhere, the old one is gone, and the same command
+/// started there resumes the count (its working directory relocated to the new scratch
+/// directory) and ends correct with exit status 0.
+#[test]
+fn htcondor_self_checkpoint_elsewhere() {
+    let sc = Scenario::new("sup-htcondor");
+    let prog = sc.program("counter_job");
+    let args = default_args();
+    let command = |sandbox: &Path| {
+        let mut argv: Vec<OsString> = vec![
+            sc.tools().cr_run.clone().into(),
+            "--checkpoint-dir".into(),
+            "libcr-ckpt".into(),
+            "--every".into(),
+            "30m".into(),
+            "--exit-after-checkpoint".into(),
+            "85".into(),
+            "--".into(),
+        ];
+        argv.extend(prog.argv.iter().cloned());
+        argv.extend(args.iter().map(OsString::from));
+        let mut cmd = sc.command(&argv);
+        cmd.current_dir(sandbox);
+        cmd
+    };
+    let first = sc.root().join("execute/dir_1001");
+    let second = sc.root().join("execute/dir_2002");
+    fs::create_dir_all(&first).expect("create");
+    let mut job = sc.start("condor run 1", command(&first));
+    job.wait_line("step 30", READY_TIMEOUT);
+    signal_pid(job.pid(), SIGTERM); // condor_vacate
+    let st = job.wait_exit(TOOL_TIMEOUT);
+    job.wait_output_closed(Duration::from_secs(5));
+    assert_eq!(
+        st.code(),
+        Some(85),
+        "a vacated job exits with checkpoint_exit_code:\n{}",
+        job.diag()
+    );
+    let before = steps(&job.stdout());
+    // transfer_checkpoint_files = libcr-ckpt: to the submit side, then into the new sandbox.
+    fs::create_dir_all(second.join("libcr-ckpt")).expect("create");
+    let mut moved = 0;
+    for e in fs::read_dir(first.join("libcr-ckpt"))
+        .expect("checkpoint dir")
+        .flatten()
+    {
+        fs::copy(e.path(), second.join("libcr-ckpt").join(e.file_name())).expect("transfer");
+        moved += 1;
+    }
+    assert!(moved >= 1 && !generations(&second.join("libcr-ckpt")).is_empty());
+    fs::remove_dir_all(&first).expect("the first machine's sandbox is gone");
+    let mut again = sc.start("condor run 2", command(&second));
+    let st = again.wait_exit(RESTART_TIMEOUT);
+    again.wait_output_closed(Duration::from_secs(5));
+    assert!(
+        st.code() == Some(0)
+            && again
+                .stdout()
+                .contains(&format!("PASS counter_job {STEPS}"))
+            && again
+                .stderr()
+                .contains("is gone: paths under it now lead to"),
+        "the job resumed in the new sandbox (its working directory relocated there) ends \
+         correct with 0:\n{}\n{}",
+        again.diag(),
+        sc.log()
+    );
+    let seen = steps(&again.stdout());
+    let last = *before.last().unwrap_or(&0);
+    assert!(
+        seen.first().is_some_and(|&f| f > 0 && f <= last + 1),
+        "the count continues from the checkpoint (run 1 ended at {last}):\n{}",
+        again.diag()
+    );
+    assert!(
+        generations(&second.join("libcr-ckpt")).is_empty(),
+        "the finished job's images are removed"
+    );
+}
+
+/// A program killed by a signal (as Slurm's `scontrol requeue` signals every process of a job
+/// at once) did not finish: its images stay, cr_run says so and ends the same way, and the
+/// next run resumes from them.
+#[test]
+fn program_killed_by_signal_keeps_images() {
+    let sc = Scenario::new("sup-killed");
+    let dir = ckpt_dir(&sc);
+    let args = default_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut job = supervise(&sc, &dir, &[], &args);
+    job.wait_line("step 20", READY_TIMEOUT);
+    signal_pid(job.pid(), 12);
+    wait_generations(&sc, &job, &dir, 1);
+    job.wait_line("step 40", READY_TIMEOUT);
+    let program = children_of(job.pid())
+        .into_iter()
+        .next()
+        .expect("the program runs under cr_run");
+    signal_pid(program, SIGTERM);
+    let st = job.wait_exit(TOOL_TIMEOUT);
+    job.wait_output_closed(Duration::from_secs(5));
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        st.signal() == Some(SIGTERM) && job.stderr().contains("killed by signal 15"),
+        "cr_run ends as its program did and says why the images stay:\n{}",
+        job.diag()
+    );
+    assert!(!generations(&dir).is_empty(), "the images are kept");
+    let last = *steps(&job.stdout()).last().unwrap_or(&0);
+    finish(&sc, &dir, &[], last);
+}

@@ -57,6 +57,31 @@ fn is_static_elf(path: &Path) -> bool {
     })
 }
 
+/// The object-store backend (`libcr-store`) as the supervisor's storage.
+struct Backend(cr_store::Store);
+
+impl cr::supervise::store::Storage for Backend {
+    fn url(&self) -> &str {
+        self.0.url()
+    }
+    fn list(&self) -> Result<Vec<(String, u64)>, String> {
+        self.0.list()
+    }
+    fn upload(&self, path: &Path, file: &str, gate: &dyn Fn()) -> Result<u64, String> {
+        self.0.upload(path, file, gate)
+    }
+    fn download(&self, file: &str, to: &Path) -> Result<u64, String> {
+        self.0.download(file, to)
+    }
+    fn delete(&self, file: &str) -> Result<(), String> {
+        self.0.delete(file)
+    }
+}
+
+fn open_store(url: &str) -> Result<Box<dyn cr::supervise::store::Storage>, String> {
+    Ok(Box::new(Backend(cr_store::Store::open(url)?)))
+}
+
 fn usage() -> ! {
     println!(
         "Usage: cr_run [--run|--omit] [--] PROGRAM [ARGS...]
@@ -64,11 +89,14 @@ Runs PROGRAM with the libcr checkpoint agent preloaded.
 
        cr_run --checkpoint-dir DIR [--every DURATION] [--keep N] [--id NAME]
               [--on-signal SIG[,SIG...]] [--exit-after-checkpoint CODE]
-              [--checkpoint-signal SIG] [--no-resume] [--keep-final] [-v] [--] PROGRAM [ARGS...]
+              [--checkpoint-signal SIG] [--store URL] [--no-resume] [--keep-final] [-v]
+              [--] PROGRAM [ARGS...]
 Starts PROGRAM, or resumes it from the newest good image of the same job in DIR; checkpoints
 the whole job every DURATION (90s, 30m, 2h), on SIG of --checkpoint-signal (default USR2), and
 on a preemption signal of --on-signal (default TERM: checkpoint, end the job, exit with CODE,
 default 0); keeps the newest N generations (default 2); exits as PROGRAM does.
+--store URL ships each generation to file:///PATH, s3://, gs://, az:// or http(s):// (WebDAV)
+in the background, and fetches the newest good one from there when DIR has none.
 
        cr_run --status DIR
 Lists the jobs and generations in DIR."
@@ -158,6 +186,7 @@ fn main() {
         no_resume: false,
         keep_final: false,
         verbose: false,
+        store: None,
         argv: Vec::new(),
     };
     let mut supervised = false;
@@ -224,6 +253,7 @@ fn main() {
                     .unwrap_or_else(|| bad("--keep count", &v));
             }
             s if is_opt(s, "--id") => sup.id = take_value(&mut args, "--id"),
+            s if is_opt(s, "--store") => sup.store = take_value(&mut args, "--store"),
             s if is_opt(s, "--on-signal") => {
                 let v = take_value(&mut args, "--on-signal").unwrap_or_default();
                 sup.on_signal = v
@@ -314,6 +344,9 @@ fn main() {
         c.arg0(prog).args(&args[1..]).env("LD_PRELOAD", &preload);
         c
     };
+    if !supervised && sup.store.is_some() {
+        cr::tool::fail(TOOL, libc::EINVAL, "--store needs --checkpoint-dir");
+    }
     if supervised {
         if omit {
             cr::tool::fail(
@@ -334,7 +367,7 @@ fn main() {
             );
         }
         sup.argv = args.clone();
-        match cr::supervise::run(&sup, &command) {
+        match cr::supervise::run(&sup, &command, &open_store) {
             Ok(Ok(status)) => cr::restore::spawn::end_like(status),
             Ok(Err(code)) => std::process::exit(code),
             Err(e) => cr::tool::fail(TOOL, e.errno, &e.msg),

@@ -140,9 +140,15 @@ pub fn validate(path: &Path) -> Result<usize, String> {
 
 /// Removes every generation of `name` but the newest `keep`; returns the removed paths.
 pub fn prune(dir: &Path, name: &str, keep: usize) -> Vec<PathBuf> {
+    prune_if(dir, name, keep, &|_| true)
+}
+
+/// As [`prune`], but only generations for which `may_go(seq)` holds are removed (with a store,
+/// those whose upload is confirmed).
+pub fn prune_if(dir: &Path, name: &str, keep: usize, may_go: &dyn Fn(u64) -> bool) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     for g in list(dir, name).into_iter().skip(keep.max(1)) {
-        if std::fs::remove_file(&g.path).is_ok() {
+        if may_go(g.seq) && std::fs::remove_file(&g.path).is_ok() {
             removed.push(g.path);
         }
     }

@@ -9,9 +9,10 @@
 //! A resumed job always runs in a private user + pid namespace (also as root), so its original
 //! pids are free wherever and whenever it resumes; its standard input, output and error are
 //! cr_run's own. Images are tree images of the whole job (`generations`); shipping them off the
-//! node is `store`'s job.
+//! node, and fetching them back where DIR has none, is `store`'s job (`--store URL`).
 
 pub mod generations;
+pub mod store;
 
 use crate::checkpoint::{self, Commit, Destination, Note};
 use crate::restore::{job, spawn};
@@ -46,6 +47,8 @@ pub struct Config {
     pub keep_final: bool,
     /// Say what happens, on stderr.
     pub verbose: bool,
+    /// Where generations are shipped to and fetched from (`--store URL`).
+    pub store: Option<String>,
     /// The program and its arguments.
     pub argv: Vec<OsString>,
 }
@@ -100,9 +103,11 @@ fn say(msg: &str) {
 /// The supervisor. `start` builds the command that starts the program afresh (with the agent
 /// preloaded). Returns the wait status the job ended with (cr_run ends the same way), or the
 /// exit code to leave with after a preemption checkpoint (`Ok(Err(code))`).
+/// `open_store` opens `--store`'s URL (cr_run passes the `libcr-store` backend).
 pub fn run(
     cfg: &Config,
     start: &dyn Fn() -> std::process::Command,
+    open_store: store::Opener,
 ) -> Result<Result<i32, i32>, SuperviseError> {
     let name = match &cfg.id {
         Some(n) if generations::valid_name(n) => n.clone(),
@@ -130,21 +135,86 @@ pub fn run(
     let _ = std::fs::write(dir.join(format!("{name}.info")), info.join(" ") + "\n");
     say(&format!("job {name}, checkpoints in {}", dir.display()));
 
+    // Blocked before the store's threads exist, so that they inherit the mask.
     let signals = Signals::block(cfg);
+    let store = match &cfg.store {
+        Some(url) => Some(open_store(url).map_err(|m| err(libc::EINVAL, m))?),
+        None => None,
+    };
+    let remote = match &store {
+        Some(s) => store::list(&**s, &name).unwrap_or_else(|e| {
+            say(&format!(
+                "warning: {e}: going on without the store's images"
+            ));
+            Vec::new()
+        }),
+        None => Vec::new(),
+    };
     let gens = generations::list(&dir, &name);
-    let mut next_seq = gens.first().map_or(1, |g| g.seq + 1);
-    let resume_from = if cfg.no_resume {
+    let newest_remote = remote.first().map_or(0, |r| r.seq);
+    let mut next_seq = gens.first().map_or(1, |g| g.seq + 1).max(newest_remote + 1);
+    let mut resume_from = if cfg.no_resume {
         None
     } else {
         newest_good(&gens, cfg.verbose)
     };
+    if let (None, Some(s), false) = (&resume_from, &store, cfg.no_resume) {
+        if !remote.is_empty() {
+            if gens.is_empty() {
+                say(&format!(
+                    "no image in {}: looking in {}",
+                    dir.display(),
+                    s.url()
+                ));
+            }
+            resume_from = store::fetch_newest_good(&**s, &dir, &name, &remote, &say);
+        }
+    }
+    // Local generations newer than the store's newest (a previous supervisor ended before it
+    // shipped them) are shipped first.
+    let unshipped: Vec<u64> = gens
+        .iter()
+        .filter(|g| g.seq > newest_remote && !cfg.no_resume)
+        .map(|g| g.seq)
+        .rev()
+        .collect();
+    let shipper = store.map(|s| {
+        store::Shipper::start(
+            s,
+            dir.clone(),
+            name.clone(),
+            cfg.keep,
+            remote.iter().map(|r| r.seq),
+            cfg.verbose,
+        )
+    });
+    if let Some(sh) = &shipper {
+        for seq in unshipped {
+            sh.ship(seq);
+        }
+    }
     let running = match &resume_from {
         Some(g) => resume(g, cfg.verbose)?,
         None => {
             if !gens.is_empty() && !cfg.no_resume {
                 say("no usable image of this job: starting it afresh");
             }
-            let child = start().spawn().map_err(|e| {
+            let mut cmd = start();
+            {
+                use std::os::unix::process::CommandExt;
+                // SAFETY: between fork and exec only async-signal-safe calls: the program starts
+                // with no signal blocked (it must not inherit the signals the supervisor takes
+                // with sigtimedwait: TERM, INT, HUP… would never reach it).
+                unsafe {
+                    cmd.pre_exec(|| {
+                        let mut none: libc::sigset_t = std::mem::zeroed();
+                        libc::sigemptyset(&mut none);
+                        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+                        Ok(())
+                    });
+                }
+            }
+            let child = cmd.spawn().map_err(|e| {
                 err(
                     e.raw_os_error().unwrap_or(libc::ENOENT),
                     format!("cannot start {}: {e}", info.join(" ")),
@@ -162,8 +232,25 @@ pub fn run(
         let timeout = next_periodic.map(|t| t.saturating_duration_since(Instant::now()));
         let event = signals.wait(timeout);
         if let Some(status) = reaped(running.child()) {
-            // The program ended by itself.
-            if !cfg.keep_final {
+            // The program ended. Its images go only when it exited by itself: a job killed
+            // by a signal (a scheduler that signals every process of the job at once, a
+            // crash) may want to resume from them.
+            let finished = libc::WIFEXITED(status) && !cfg.keep_final;
+            if libc::WIFSIGNALED(status) && !cfg.keep_final {
+                say(&format!(
+                    "the job was killed by signal {}: its images are kept (--no-resume starts \
+                     it afresh)",
+                    libc::WTERMSIG(status)
+                ));
+            }
+            if let Some(sh) = shipper {
+                if finished {
+                    sh.forget();
+                } else {
+                    sh.finish();
+                }
+            }
+            if finished {
                 for g in generations::list(&dir, &name) {
                     let _ = std::fs::remove_file(&g.path);
                 }
@@ -193,13 +280,28 @@ pub fn run(
         };
         let seq = next_seq;
         next_seq += 1;
-        let res = take_checkpoint(cfg, &dir, &name, seq, root, end_job);
+        if let Some(sh) = &shipper {
+            sh.hold(true);
+        }
+        let res = take_checkpoint(cfg, &dir, &name, seq, root, end_job, shipper.as_ref());
+        if let Some(sh) = &shipper {
+            sh.hold(false);
+            if res.is_ok() {
+                sh.ship(seq);
+            }
+        }
         if let Some(d) = cfg.every {
             next_periodic = Some(Instant::now() + d);
         }
         match res {
             Ok(()) if end_job => {
                 wait_end(running.child());
+                if let Some(sh) = shipper {
+                    if cfg.verbose {
+                        say("waiting for the images to reach the store");
+                    }
+                    sh.finish();
+                }
                 let _ = std::fs::remove_file(dir.join("cr_run.pid"));
                 return Ok(Err(cfg.exit_after_checkpoint));
             }
@@ -254,8 +356,9 @@ fn resume(g: &Generation, verbose: bool) -> Result<Running, SuperviseError> {
             format!("{}: {e}", g.path.display()),
         )
     })?;
+    let pairs = moved_workdir(&g.path);
     let mut loaded =
-        job::load(vec![(file, g.path.clone())], &[]).map_err(|e| err(e.errno, e.msg))?;
+        job::load(vec![(file, g.path.clone())], &pairs).map_err(|e| err(e.errno, e.msg))?;
     loaded.inherit_stdio();
     let members = loaded.members();
     let opts = spawn::Options {
@@ -295,6 +398,36 @@ fn resume(g: &Generation, verbose: bool) -> Result<Running, SuperviseError> {
             ))
         }
     }
+}
+
+/// When the job's working directory no longer exists (a scheduler's scratch directory: the job
+/// now runs in a new one, HTCondor's file transfer brought its checkpoint files there), paths
+/// under it are relocated to cr_run's working directory, and this is said on stderr.
+fn moved_workdir(path: &std::path::Path) -> Vec<crate::restore::relocate::Pair> {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let Ok(file) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let Ok((_, images)) = crate::image::tree::open_all(&file) else {
+        return Vec::new();
+    };
+    let Some(old) = images.first().map(|i| i.cwd.clone()) else {
+        return Vec::new();
+    };
+    let gone = !old.is_empty() && !std::path::Path::new(std::ffi::OsStr::from_bytes(&old)).is_dir();
+    let Ok(here) = std::env::current_dir() else {
+        return Vec::new();
+    };
+    let new = here.into_os_string().into_vec();
+    if !gone || new == old || old.first() != Some(&b'/') {
+        return Vec::new();
+    }
+    say(&format!(
+        "the job's working directory {} is gone: paths under it now lead to {} (cr_run's)",
+        String::from_utf8_lossy(&old),
+        String::from_utf8_lossy(&new)
+    ));
+    vec![crate::restore::relocate::Pair { old, new }]
 }
 
 /// Reads the job's report pipe until `n` processes run again (or one failed).
@@ -343,6 +476,7 @@ fn take_checkpoint(
     seq: u64,
     root: i32,
     end_job: bool,
+    shipper: Option<&store::Shipper>,
 ) -> Result<(), checkpoint::CheckpointError> {
     let path = dir.join(generations::file_name(name, seq));
     let opts = checkpoint::Options {
@@ -358,7 +492,10 @@ fn take_checkpoint(
         Note::Info(_) => {}
     };
     let outcome = checkpoint::checkpoint(&opts, &mut note)?;
-    let removed = generations::prune(dir, name, cfg.keep);
+    // With a store, a local copy stays until its upload is confirmed.
+    let removed = generations::prune_if(dir, name, cfg.keep, &|s| {
+        shipper.is_none_or(|sh| sh.stored(s))
+    });
     if cfg.verbose {
         say(&format!(
             "checkpoint {seq} of {name}: {} process{}, {} bytes in {:.2} s -> {}",
@@ -416,8 +553,8 @@ impl Signals {
     ];
 
     fn block(cfg: &Config) -> Signals {
-        // SAFETY: building a signal set and blocking it in this (single-threaded) process;
-        // children started with std::process::Command get an empty mask again.
+        // SAFETY: building a signal set and blocking it in this (still single-threaded)
+        // process; the program is started with an empty mask again (pre_exec in `run`).
         unsafe {
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
