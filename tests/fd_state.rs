@@ -1,7 +1,8 @@
 //! Descriptors across checkpoint/restart, through the real tools, with self-verifying programs:
 //! `c-tests/outside.c` (pipes leading outside the job take cr_restart's descriptor of the same
 //! number, BLCR's rule), `c-tests/fdflags.c` (file status flags, async owner and signal, pipe
-//! sizes).
+//! sizes), `c-tests/fifo1.c` (named FIFOs held by one process: `O_RDWR`, both ends, renamed or
+//! linked after open, only one end with the other outside the job).
 //!
 //! Each case runs as the current user and, when the tests run as root, as nobody (the restart
 //! goes through cr_restart's user + pid namespace).
@@ -223,4 +224,169 @@ fn status_flags_fresh_pid() {
     sc.go();
     sc.restart_with(&img, &["--no-restore-pid"])
         .expect_pass(RESTART_TIMEOUT);
+}
+
+// ---------------------------------------------------------------------------------------------
+// named FIFOs opened by one process
+// ---------------------------------------------------------------------------------------------
+
+/// The byte at position `i` of `c-tests/fifo1.c`'s pattern.
+fn pat(i: usize) -> u8 {
+    (i * 7 + i / 251) as u8
+}
+
+fn pattern(from: usize, n: usize) -> Vec<u8> {
+    (from..from + n).map(pat).collect()
+}
+
+/// `fifo1 ARGS` under cr_run.
+fn start_fifo1(sc: &Scenario, args: &[&str]) -> Job {
+    let mut prog = sc.program("fifo1");
+    prog.argv.extend(args.iter().map(std::ffi::OsString::from));
+    sc.start(&format!("fifo1 {}", args[0]), sc.under_cr_run(&prog))
+}
+
+/// Opens the scenario's FIFO once the program made it (the program is in its open).
+fn open_fifo(sc: &Scenario, flags: i32) -> File {
+    use std::os::unix::fs::FileTypeExt;
+    let path = sc.work_dir().join("fifo");
+    let deadline = std::time::Instant::now() + READY_TIMEOUT;
+    while !std::fs::metadata(&path).is_ok_and(|m| m.file_type().is_fifo()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: open with a valid C string.
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
+    assert!(
+        fd >= 0,
+        "open {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the descriptor is new and ours.
+    File::from(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Reads until EOF (every writer closed), waiting with poll; panics after 30 s.
+fn read_to_eof(r: &mut File) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let mut p = libc::pollfd {
+            fd: r.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one live pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, 30_000) };
+        assert!(
+            n == 1,
+            "no EOF on the FIFO within 30 s ({} bytes read)",
+            out.len()
+        );
+        match r.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(k) => out.extend_from_slice(&buf[..k]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("reading the FIFO: {e}"),
+        }
+    }
+}
+
+/// Modes whose other end, if any, is in the process itself: checkpoint `--term`, GO, restart,
+/// PASS.
+fn fifo_cycle(sc: &Scenario, mode: &str) {
+    let mut job = start_fifo1(sc, &[mode]);
+    job.wait_ready();
+    sc.checkpoint_term_restart_pass(job);
+}
+
+#[test]
+fn fifo_rdwr() {
+    fifo_cycle(&Scenario::new("fifo-rdwr"), "rdwr");
+}
+
+#[test]
+fn fifo_reader_and_writer() {
+    fifo_cycle(&Scenario::new("fifo-both"), "both");
+}
+
+#[test]
+fn fifo_renamed_after_open() {
+    fifo_cycle(&Scenario::new("fifo-renamed"), "renamed");
+}
+
+#[test]
+fn fifo_linked_after_open() {
+    fifo_cycle(&Scenario::new("fifo-linked"), "linked");
+}
+
+#[test]
+fn fifo_rdwr_unlinked() {
+    fifo_cycle(&Scenario::new("fifo-unlinked"), "unlinked");
+}
+
+#[test]
+fn fifo_unprivileged() {
+    if !is_root() {
+        println!("note: not root: the plain cases already run unprivileged");
+        return;
+    }
+    for mode in ["rdwr", "linked", "unlinked", "both"] {
+        fifo_cycle(
+            &Scenario::as_user(&format!("nobody-fifo-{mode}"), NOBODY),
+            mode,
+        );
+    }
+}
+
+/// Only the read end in the job; the test writes 3000 bytes before the checkpoint and keeps
+/// its write end open: after the restart the reader gets those bytes once, then 1000 more
+/// written now, then EOF.
+#[test]
+fn fifo_reader_with_writer_outside() {
+    let sc = Scenario::new("fifo-reader");
+    let mut job = start_fifo1(&sc, &["reader", "4000"]);
+    job.wait_ready();
+    let mut w = open_fifo(&sc, libc::O_WRONLY);
+    w.write_all(&pattern(0, 3000)).expect("write into the FIFO");
+    let img = sc.checkpoint(job.pid(), &["--term"]);
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    let mut restarted = sc.restart(&img);
+    // Once the restored reader exists (the restart holds the FIFO open from then on).
+    let pid2 = restarted.wait_child(READY_TIMEOUT);
+    wait_address_space_switched(&sc, pid2, std::time::Duration::from_secs(10));
+    w.write_all(&pattern(3000, 1000))
+        .expect("write into the FIFO");
+    drop(w);
+    sc.go();
+    restarted.expect_pass(RESTART_TIMEOUT);
+}
+
+/// Only the write end in the job, the test reads (its read end open throughout): it reads the
+/// 3000 bytes written before the checkpoint once, then the 1000 the restored writer writes,
+/// and the writer gets no SIGPIPE.
+#[test]
+fn fifo_writer_with_reader_outside() {
+    let sc = Scenario::new("fifo-writer");
+    let mut job = start_fifo1(&sc, &["writer", "1000"]);
+    let mut r = open_fifo(&sc, libc::O_RDONLY | libc::O_NONBLOCK);
+    job.wait_ready();
+    let img = sc.checkpoint(job.pid(), &["--term"]);
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    let mut restarted = sc.restart(&img);
+    sc.go();
+    restarted.expect_pass(RESTART_TIMEOUT);
+    let got = read_to_eof(&mut r);
+    assert!(
+        got == pattern(0, 4000),
+        "the reader outside got {} bytes, expected the 4000 of the pattern once\n{}",
+        got.len(),
+        restarted.diag()
+    );
 }

@@ -63,21 +63,66 @@ fn is_read_end(f: &Fd) -> bool {
     f.rec.flags & libc::O_ACCMODE == libc::O_RDONLY
 }
 
-/// A named FIFO that still exists by name (else it is re-created as an anonymous pipe).
-fn live_fifo_path(f: &Fd) -> Option<&[u8]> {
-    (f.path.first() == Some(&b'/') && !f.path.ends_with(b" (deleted)")).then_some(&f.path[..])
+/// Whether the pipe behind `fd` holds unread bytes (`FIONREAD`).
+fn fifo_holds_bytes(fd: i32) -> bool {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) == 0 && n > 0 }
 }
 
-/// Whether the pipe behind `f` has both ends in the job (or is a named FIFO): then it is pooled.
+fn is_rdwr(f: &Fd) -> bool {
+    f.rec.flags & libc::O_ACCMODE == libc::O_RDWR
+}
+
+/// The path of the named FIFO behind `f`, if it is one that can be opened by name: the saved
+/// path when it is still that FIFO (same device and inode), else another name of it in the same
+/// directory (a FIFO renamed, or linked and unlinked, after the checkpoint or after it was
+/// opened: `/proc` shows the name it was opened by, "(deleted)" once that name is gone), else
+/// the saved path when it was not deleted (re-created with `mkfifo` if it is missing). `None`:
+/// an anonymous pipe, or a FIFO with no name left (re-created as an anonymous pipe).
+fn fifo_path(f: &Fd) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    if f.path.first() != Some(&b'/') || f.rec.mode & libc::S_IFMT != libc::S_IFIFO {
+        return None;
+    }
+    let deleted = f.path.ends_with(b" (deleted)");
+    let base = f.path.strip_suffix(b" (deleted)").unwrap_or(&f.path);
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(base));
+    let same = |m: &std::fs::Metadata| {
+        m.file_type().is_fifo() && m.dev() == f.rec.dev && m.ino() == f.rec.ino
+    };
+    if std::fs::symlink_metadata(path).is_ok_and(|m| same(&m)) {
+        return Some(base.to_vec());
+    }
+    let other = path.parent().and_then(|dir| {
+        std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+            let p = e.path();
+            std::fs::symlink_metadata(&p)
+                .is_ok_and(|m| same(&m))
+                .then(|| p.into_os_string().into_encoded_bytes())
+        })
+    });
+    match other {
+        Some(p) => Some(p),
+        None if deleted => None,
+        None => Some(base.to_vec()),
+    }
+}
+
+/// Whether the pipe behind `f` has both ends in the job (a descriptor open for reading and
+/// writing is both) or is a named FIFO: then it is pooled.
 pub fn pipe_is_pooled(images: &[&Image], f: &Fd) -> bool {
-    if live_fifo_path(f).is_some() {
+    if fifo_path(f).is_some() {
         return true;
     }
     let ends = |read: bool| {
         images.iter().any(|img| {
-            img.fds
-                .iter()
-                .any(|g| g.kind == FdKind::Pipe && g.rec.ino == f.rec.ino && is_read_end(g) == read)
+            img.fds.iter().any(|g| {
+                g.kind == FdKind::Pipe
+                    && g.rec.ino == f.rec.ino
+                    && (is_rdwr(g) || is_read_end(g) == read)
+            })
         })
     };
     ends(true) && (ends(false) || writerless(images, f.rec.ino))
@@ -197,14 +242,14 @@ impl Pool {
         };
         let dir = if is_read_end(f) { 0 } else { 1 };
         let named = obj.ends[0] == obj.ends[1];
-        if !named && !obj.used[dir] {
+        if !named && !is_rdwr(f) && !obj.used[dir] {
             obj.used[dir] = true;
             return Ok(obj.ends[dir]);
         }
-        // Another description of the same pipe: open it again through /proc (a FIFO that was
-        // open for reading and writing at once, as it was).
+        // Another description of the same pipe: open it again through /proc (one open for
+        // reading and writing at once, as it was).
         let link = cpath(format!("/proc/self/fd/{}", obj.ends[dir]).as_bytes());
-        let mode = if named && f.rec.flags & libc::O_ACCMODE == libc::O_RDWR {
+        let mode = if is_rdwr(f) {
             libc::O_RDWR
         } else if dir == 0 {
             libc::O_RDONLY
@@ -226,7 +271,8 @@ impl Pool {
         floor: i32,
     ) -> Result<PipeObj, RestoreError> {
         let ino = f.rec.ino;
-        let ends = if let Some(path) = live_fifo_path(f) {
+        let fifo = fifo_path(f);
+        let ends = if let Some(path) = &fifo {
             let p = cpath(path);
             // SAFETY: stat/mkfifo/open with a valid C string.
             unsafe {
@@ -267,11 +313,16 @@ impl Pool {
             .map(|g| g.rec.pipe_size)
             .max()
             .unwrap_or(0);
-        let data = images
+        let mut data = images
             .iter()
             .find_map(|img| img.pipe_data.iter().find(|(i, _)| *i == ino))
             .map(|(_, d)| d.as_slice())
             .unwrap_or(&[]);
+        if fifo.is_some() && fifo_holds_bytes(ends[0]) {
+            // The FIFO stayed open outside the job (a reader or writer that was not checkpointed
+            // kept it) and still holds the bytes: they are not put in a second time.
+            data = &[];
+        }
         // SAFETY: fcntl and write on the pipe just created.
         unsafe {
             if size > 0 && libc::fcntl(ends[1], libc::F_GETPIPE_SZ) < size as i32 {
