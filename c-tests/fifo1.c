@@ -13,6 +13,7 @@
  *   renamed   reader and writer opened through "fifo", renamed to "fifo.b" before READY.
  *   linked    O_RDWR through "fifo", linked as "fifo.b", "fifo" unlinked before READY.
  *   unlinked  O_RDWR, the FIFO's only name unlinked before READY (comes back as a pipe).
+ *   moved     O_RDWR; the test renames "fifo" to "fifo.b" between checkpoint and restart.
  *
  * After GO (except writer): the bytes in flight come first, in order; for renamed/linked a
  * byte written through the FIFO's current name must arrive on the process's descriptor (the
@@ -157,7 +158,8 @@ int main(int argc, char **argv)
         fail("mkfifo");
     int rd = -1, wr = -1;
     const size_t flight = 3000;
-    if (!strcmp(mode, "rdwr") || !strcmp(mode, "linked") || !strcmp(mode, "unlinked")) {
+    if (!strcmp(mode, "rdwr") || !strcmp(mode, "linked") || !strcmp(mode, "unlinked") ||
+        !strcmp(mode, "moved")) {
         rd = wr = open(path, O_RDWR);
         if (rd < 0)
             fail("open O_RDWR");
@@ -209,7 +211,7 @@ int main(int argc, char **argv)
         write_pattern(wr, flight, n);
     } else {
         expect_pattern(rd, 0, flight);
-        if (!strcmp(mode, "renamed") || !strcmp(mode, "linked"))
+        if (!strcmp(mode, "renamed") || !strcmp(mode, "linked") || !strcmp(mode, "moved"))
             same_fifo(path_b, rd);
         round_trip(wr, rd);
         if (!strcmp(mode, "both") || !strcmp(mode, "renamed")) {

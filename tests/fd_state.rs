@@ -2,7 +2,8 @@
 //! `c-tests/outside.c` (pipes leading outside the job take cr_restart's descriptor of the same
 //! number, BLCR's rule), `c-tests/fdflags.c` (file status flags, async owner and signal, pipe
 //! sizes), `c-tests/fifo1.c` (named FIFOs held by one process: `O_RDWR`, both ends, renamed or
-//! linked after open, only one end with the other outside the job).
+//! linked after open or renamed before the restart, only one end with the other outside the
+//! job).
 //!
 //! Each case runs as the current user and, when the tests run as root, as nobody (the restart
 //! goes through cr_restart's user + pid namespace).
@@ -324,6 +325,24 @@ fn fifo_renamed_after_open() {
 #[test]
 fn fifo_linked_after_open() {
     fifo_cycle(&Scenario::new("fifo-linked"), "linked");
+}
+
+/// Renamed between checkpoint and restart: the descriptor is that FIFO again, found by inode.
+#[test]
+fn fifo_renamed_before_restart() {
+    let sc = Scenario::new("fifo-moved");
+    let mut job = start_fifo1(&sc, &["moved"]);
+    job.wait_ready();
+    let img = sc.checkpoint(job.pid(), &["--term"]);
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    std::fs::rename(sc.work_dir().join("fifo"), sc.work_dir().join("fifo.b"))
+        .expect("rename the FIFO");
+    sc.go();
+    sc.restart(&img).expect_pass(RESTART_TIMEOUT);
+    assert!(
+        !sc.work_dir().join("fifo").exists(),
+        "cr_restart made a new FIFO at the old name"
+    );
 }
 
 #[test]
