@@ -686,6 +686,40 @@ fn pgid_and_sid_restored_with_fresh_pids() {
     wait_gone(&sc, &back, "the restored tree after PASS");
 }
 
+/// The same as nobody: restoring group and session ids runs the job in cr_restart's private pid
+/// namespace, also with --no-restore-pid (fresh pids there); the groups and sessions are made
+/// again there at their saved ids, and tree.c finds every getpgid(0)/getsid(0) unchanged.
+#[test]
+fn pgid_and_sid_restored_with_fresh_pids_unprivileged() {
+    let Some(sc) = scenario("pgid-sid-fresh-nobody", Some(NOBODY)) else {
+        return;
+    };
+    let reaper = Reaper::new(&sc);
+    let tree = Tree::new(&["2"])
+        .fresh_pids()
+        .env("CR_TEST_SETSID", "1")
+        .env("CR_TEST_SETPGID", "1")
+        .env("CR_TEST_SAME_PGID", "1")
+        .env("CR_TEST_SAME_SID", "1");
+    let (mut job, pids) = start_tree(&sc, &reaper, &tree);
+    let img = checkpoint_tree(&sc, job.pid(), &["--term"], false);
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    wait_gone(&sc, &pids, "the checkpointed tree after --term");
+    wait_image_gone(&sc, &img);
+    let opts = ["--no-restore-pid", "--restore-pgid", "--restore-sid"];
+    let mut rs = start_restart(&sc, &reaper, &opts, &img);
+    let back = restored(&mut rs, &reaper, "tree", Some(pids.len()));
+    assert!(
+        back.iter().all(|&p| ns_pid(p) != p),
+        "the restored tree should run in a private pid namespace:\n{}",
+        rs.diag()
+    );
+    thread::sleep(SETTLE);
+    sc.go();
+    rs.expect_pass(RESTART_TIMEOUT);
+    wait_gone(&sc, &back, "the restored tree after PASS");
+}
+
 /// Field `n` (1-based, after the command name: 1 is the state) of /proc/PID/stat.
 fn stat_field(pid: u32, n: usize) -> u32 {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
