@@ -80,8 +80,17 @@ fn chain(name: &str) {
         "the restored program must have its original pid (cr_restart --restore-pid is the default)"
     );
     wait_address_space_switched(&sc, pid2, Duration::from_secs(10));
-    // /proc/PID/exe is the program again, not cr_restart (root may set it).
-    let exe = std::fs::read_link(format!("/proc/{pid2}/exe")).unwrap_or_default();
+    // /proc/PID/exe is the program again, not cr_restart (root may set it). The trampoline sets
+    // it a few system calls after cr_restart's mappings are gone: wait for it (under load a
+    // single look can fall in between).
+    let exe_now = || std::fs::read_link(format!("/proc/{pid2}/exe")).unwrap_or_default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while exe_now().file_name() != Some(std::ffi::OsStr::new(name))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let exe = exe_now();
     assert!(
         exe.file_name() == Some(std::ffi::OsStr::new(name)),
         "/proc/{pid2}/exe of the restored program is {}, expected the program {name}",
