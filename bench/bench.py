@@ -296,6 +296,7 @@ class Sample:
     def __init__(self):
         self.ckpt = self.stop = self.size = self.hot = self.cold = self.mem = None
         self.io = ""
+        self.phases = None  # agent phases (quiesce, meta, data, sync), seconds, summed
 
 
 # ---------------------------------------------------------------- libcr-rs
@@ -324,6 +325,8 @@ def libcr_once(tools, progs, wl, wdir, base, cold_ok, verbose):
         s.ckpt = t1 - t0
         ios = re.findall(r"io=(direct|buffered\([^)]*\))", r.stderr)
         s.io = "direct" if ios and all(i == "direct" for i in ios) else ", ".join(sorted(set(ios)))
+        s.phases = tuple(sum(float(v) for v in re.findall(rf"\b{k}=([0-9.]+)ms", r.stderr)) / 1e3
+                         for k in ("quiesce", "meta", "data", "sync"))
         if verbose:
             log(r.stderr.strip())
         if base["direct_ok"] and s.io != "direct":
@@ -541,10 +544,14 @@ def report(args, mach, bases, results, idle_res, others, load0, load1, started):
              "image; the program runs on afterwards). Stop: the longest gap in the workload's own "
              "1 ms step timestamps across the checkpoint. Restart: `cr_restart IMAGE` started → "
              "the first step of the restored program. Agent memory: growth of VmHWM (peak RSS) "
-             "over the checkpoint, summed over the processes. io: what the agent reported.\n")
+             "over the checkpoint, summed over the processes. Phases: the agent's own figures from "
+             "`cr_checkpoint -v` (quiesce / metadata / page data / sync, summed over the "
+             "processes). io: what the agent reported. cr_restart has one mode today (it reads "
+             "the whole image before the program resumes); a lazy restore is not implemented "
+             "yet.\n")
     L.append("| workload | tool | checkpoint | ×raw write | stop | image | restart hot | ×raw read "
-             "hot | restart cold | ×raw read cold | agent memory | io |")
-    L.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+             "hot | restart cold | ×raw read cold | agent memory | phases q/m/d/s | io |")
+    L.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for wl, tool, samples in results:
         m = {k: median([getattr(s, k) for s in samples])
              for k in ("ckpt", "stop", "size", "hot", "cold", "mem")}
@@ -558,12 +565,15 @@ def report(args, mach, bases, results, idle_res, others, load0, load1, started):
             cks = [s.ckpt for s in samples]
             spread = f" ({fmt_s(min(cks))}–{fmt_s(max(cks))})"
         io = samples[0].io if tool == "libcr-rs" else ""
+        ph = [s.phases for s in samples if s.phases]
+        phases = "–" if not ph else " / ".join(
+            f"{statistics.median(p[i] for p in ph) * 1000:.0f}" for i in range(4)) + " ms"
         L.append(f"| {wl.name} | {tool} | {fmt_s(m['ckpt'])}{spread} | {ratio(m['ckpt'], w)} | "
                  f"{fmt_s(m['stop'])} | {fmt_b(m['size'])} | {fmt_s(m['hot'])} | "
                  f"{ratio(m['hot'], rh)} | "
                  + (f"{fmt_s(m['cold'])} | {ratio(m['cold'], rc)}" if m["cold"] is not None
                     else "not measurable | –")
-                 + f" | {fmt_b(m['mem']) if tool == 'libcr-rs' else '–'} | {io} |")
+                 + f" | {fmt_b(m['mem']) if tool == 'libcr-rs' else '–'} | {phases} | {io} |")
     L.append("")
     for name, why in others:
         L.append(f"- {name}: {why}")
@@ -650,7 +660,8 @@ def main():
                     break
                 s = samples[-1]
                 log(f"  checkpoint {fmt_s(s.ckpt)} stop {fmt_s(s.stop)} image {fmt_b(s.size)} "
-                    f"restart hot {fmt_s(s.hot)} cold {fmt_s(s.cold)} mem {fmt_b(s.mem)} {s.io}")
+                    f"restart hot {fmt_s(s.hot)} cold {fmt_s(s.cold)} mem {fmt_b(s.mem)} {s.io} "
+                    f"phases {s.phases}")
             if samples:
                 results.append((wl, tool, samples))
     idle_res = {}
