@@ -74,6 +74,9 @@ def build(outdir):
         exe = os.path.join(outdir, name)
         run(["gcc", "-O2", "-Wall", "-o", exe] + [os.path.join(src, f) for f in files] + flags)
         out[name] = exe
+    # An empty library: what preloading any library costs, for comparison with the agent.
+    out["empty_so"] = os.path.join(outdir, "empty.so")
+    run(["gcc", "-shared", "-fPIC", "-x", "c", "-o", out["empty_so"], "-"], input="")
     return out
 
 
@@ -190,7 +193,13 @@ def hwm_kib(pid):
     return int(m.group(1)) if m else 0
 
 
+# Process groups and pids this run started and has not killed yet: killed on any exit.
+LIVE = set()
+
+
 def kill_all(pids, pgids=()):
+    LIVE.difference_update(("g", g) for g in pgids)
+    LIVE.difference_update(("p", p) for p in pids)
     for g in pgids:
         try:
             os.killpg(g, signal.SIGKILL)
@@ -281,6 +290,7 @@ def start_workload(cmd, wdir, stepfile, env_extra=None):
     env = dict(os.environ, BENCH_STEPS=stepfile, **(env_extra or {}))
     p = subprocess.Popen(cmd, cwd=wdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, start_new_session=True)
+    LIVE.add(("g", p.pid))
     line = p.stdout.readline()
     if line.strip() != "READY":
         kill_all([p.pid], [p.pid])
@@ -311,10 +321,12 @@ def libcr_once(tools, progs, wl, wdir, base, cold_ok, verbose):
             os.unlink(f)
     p = start_workload([tools["cr_run"], progs["workload"]] + wl.args, wdir, stepfile)
     pids = tree_pids(p.pid)
+    LIVE.update(("p", q) for q in pids)
     try:
         if len(pids) < int((wl.args + ["0", "0", "0", "1"])[4]):
             time.sleep(0.2)
             pids = tree_pids(p.pid)
+            LIVE.update(("p", q) for q in pids)
         hwm0 = {q: hwm_kib(q) for q in pids}
         t0 = time.time()
         r = subprocess.run([tools["cr_checkpoint"], "-v", "-f", img, str(p.pid)],
@@ -349,6 +361,8 @@ def libcr_once(tools, progs, wl, wdir, base, cold_ok, verbose):
         t2 = time.time()
         rp = subprocess.Popen([tools["cr_restart"], img], cwd=wdir, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+        LIVE.add(("g", rp.pid))
+        LIVE.update(("p", q) for q in pids)
         first = wait_step_after(stepfile, t2, 120)
         kill_all(pids, [rp.pid])
         rp.kill()
@@ -460,20 +474,34 @@ def dmtcp_once(progs, wl, wdir, cold_ok):
 
 
 def idle(tools, progs, reps, forks, millions):
-    """Median seconds with and without the agent for the compute programs and fork+exec."""
+    """Medians with and without the agent: {name: ((wall, cpu), (wall, cpu), note)}; cpu is
+    None where the program does not report it."""
     out = {}
     threads = str(max(2, os.cpu_count() or 2))
-    cases = {
-        "compute (pthread)": [progs["compute_pthread"], threads, str(millions)],
-        "compute (OpenMP)": [progs["compute_omp"], threads, str(millions)],
-        f"{forks} fork+exec of /bin/true": [progs["forkexec"], str(forks), "/bin/true"],
-    }
-    for name, cmd in cases.items():
+    empty = ["env", f"LD_PRELOAD={progs['empty_so']}"]
+    cases = [
+        ("compute (pthread)", [progs["compute_pthread"], threads, str(millions)],
+         [tools["cr_run"]]),
+        ("compute (OpenMP)", [progs["compute_omp"], threads, str(millions)], [tools["cr_run"]]),
+        (f"{forks} fork+exec of /bin/true", [progs["forkexec"], str(forks), "/bin/true"],
+         [tools["cr_run"]]),
+        (f"{forks} fork+exec of /bin/true, an empty library preloaded instead of the agent",
+         [progs["forkexec"], str(forks), "/bin/true"], empty),
+        (f"{forks} fork without exec (the child exits at once)",
+         [progs["forkexec"], str(forks), "-"], [tools["cr_run"]]),
+    ]
+
+    def one(cmd):
+        f = [float(x) for x in run(cmd).split()]
+        return f[0], (f[1] if len(f) > 1 else None)
+
+    for name, cmd, wrap in cases:
         plain, agent = [], []
         for _ in range(reps):  # alternate, so drifting load hits both alike
-            plain.append(float(run(cmd)))
-            agent.append(float(run([tools["cr_run"]] + cmd)))
-        out[name] = (median(plain), median(agent))
+            plain.append(one(cmd))
+            agent.append(one(wrap + cmd))
+        out[name] = tuple((median([x[0] for x in xs]), median([x[1] for x in xs]))
+                          for xs in (plain, agent))
     return out
 
 
@@ -579,13 +607,24 @@ def report(args, mach, bases, results, idle_res, others, load0, load1, started):
         L.append(f"- {name}: {why}")
     L.append("")
     L.append("## Idle cost\n")
-    L.append("| program | without the agent | under cr_run | ratio |")
-    L.append("| --- | --- | --- | --- |")
-    for name, (plain, agent) in idle_res.items():
+    L.append("Wall time, and CPU time (the program and its children, user + system) where the "
+             "program reports it; CPU time is less disturbed by other load on the machine. The "
+             "row with an empty preloaded library shows what loading any extra library costs.\n")
+    L.append("| program | without the agent | under cr_run | ratio | CPU without | CPU under "
+             "cr_run | CPU ratio |")
+    L.append("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, ((pw, pc), (aw, ac)) in idle_res.items():
         per = ""
-        if "fork+exec" in name:
-            per = f" ({plain / args.forks * 1e3:.3f} / {agent / args.forks * 1e3:.3f} ms each)"
-        L.append(f"| {name}{per} | {fmt_s(plain)} | {fmt_s(agent)} | {ratio(agent, plain)} |")
+        if "fork" in name:
+            per = f" ({pw / args.forks * 1e3:.3f} / {aw / args.forks * 1e3:.3f} ms each"
+            if pc and ac:
+                per += f"; CPU {pc / args.forks * 1e3:.3f} / {ac / args.forks * 1e3:.3f} ms"
+            per += ")"
+        label = name.replace(", an empty library preloaded instead of the agent", "")
+        with_what = "empty library preloaded" if "empty library" in name else None
+        L.append(f"| {label}{' — ' + with_what + ' (not the agent)' if with_what else ''}{per} | "
+                 f"{fmt_s(pw)} | {fmt_s(aw)} | {ratio(aw, pw)} | {fmt_s(pc)} | {fmt_s(ac)} | "
+                 f"{ratio(ac, pc)} |")
     L.append("")
     return "\n".join(L)
 
@@ -677,9 +716,19 @@ def main():
     log(f"wrote {out}")
 
 
+def cleanup():
+    """Kills what this run started and left running (on failure or interruption)."""
+    kill_all([p for k, p in list(LIVE) if k == "p"], [g for k, g in list(LIVE) if k == "g"])
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         main()
     except BenchError as e:
         log(f"FAILED: {e}")
         sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    finally:
+        cleanup()
