@@ -1,11 +1,12 @@
 /* compute: the benchmark's idle-cost program (built by bench/bench.py, once with -pthread and
  * once with -fopenmp -DOMP). A fixed amount of floating-point work split over THREADS threads.
  *   compute THREADS MILLIONS
- * Prints the seconds taken. */
+ * Prints the seconds taken and the CPU seconds used (user + system). */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <time.h>
 
 static long iters;
@@ -52,6 +53,10 @@ int main(int argc, char **argv)
     for (long t = 0; t < threads; t++) pthread_create(&th[t], NULL, body, (void *)t);
     for (int t = 0; t < threads; t++) pthread_join(th[t], NULL);
 #endif
-    printf("%.6f\n", now() - t0);
+    double wall = now() - t0;
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("%.6f %.6f\n", wall,
+           ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6);
     return 0;
 }
