@@ -112,7 +112,13 @@ def machine(workdir):
         desc = " ".join(x for x in [vendor, model] if x) or (
             "virtio block device" if base.startswith("vd") else base)
         disk = ", ".join(x for x in [f"/dev/{base}", desc, gib, kind] if x)
+    code = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "src", "stubs",
+                            "Cargo.toml", "Cargo.lock", "bench"],
+                           capture_output=True, text=True).stdout.strip()
     return {
+        "code": f"commit {code}" + (" with uncommitted changes" if dirty else ""),
         "cpu": cpu,
         "cores": os.cpu_count(),
         "memory": f"{int(mem) / (1 << 20):.1f} GiB",
@@ -544,7 +550,7 @@ def report(args, mach, bases, results, idle_res, others, load0, load1, started):
              "drop_caches). For sizes other than the baseline's, the raw time is scaled from the "
              "rate measured at the nearest size.\n")
     L.append("## Machine\n")
-    for k in ("cpu", "cores", "memory", "kernel", "fs", "disk"):
+    for k in ("code", "cpu", "cores", "memory", "kernel", "fs", "disk"):
         L.append(f"- {k}: {mach[k]}")
     L.append(f"- load average (1 min) at start / end: {load0} / {load1}"
              + (" — the machine was shared with other work while this ran; figures are noisier "
