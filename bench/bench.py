@@ -96,8 +96,11 @@ def machine(workdir):
                 if l.startswith("model name")), platform.processor() or "unknown")
     mem = next((l.split()[1] for l in read("/proc/meminfo").splitlines()
                 if l.startswith("MemTotal:")), "0")
-    fs = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,SOURCE,OPTIONS", "-T", workdir],
-                        capture_output=True, text=True).stdout.split()
+    try:
+        fs = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,SOURCE", "-T", workdir],
+                            capture_output=True, text=True).stdout.split()
+    except FileNotFoundError:  # util-linux missing
+        fs = []
     fstype, source = (fs + ["?", "?"])[:2]
     disk = "unknown"
     if source.startswith("/dev/"):
