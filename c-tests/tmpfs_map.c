@@ -98,10 +98,11 @@ int main(int argc, char **argv)
 
     if (deleted)
         signal(SIGTERM, on_term);
+    uint64_t *slot = (uint64_t *)(s + 4 * PG);
+    *slot = counter;
     printf("READY\n");
     fflush(stdout);
 
-    uint64_t *slot = (uint64_t *)(s + 4 * PG);
     while (access(go, F_OK) != 0) {
         counter++;
         *slot = counter;

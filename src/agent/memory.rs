@@ -11,6 +11,8 @@
 //! - files of tmpfs (`statfs`), which may vanish with the program: by content (shared: as shared
 //!   memory; private: every non-zero page and the copy-on-write ones), marked with a
 //!   `REC_REGION_FS` record so the restart maps them from their path again;
+//! - hugetlb memory (smaps `ht`): as its kind says, marked with its page size in a
+//!   `REC_REGION_FS` record so the restart uses huge pages again;
 //! - `[vdso]`/`[vvar]`/`[vvar_vclock]`: recorded, never saved.
 //!
 //! Runs in the control thread while every other thread is parked: raw syscalls, scratch memory
@@ -355,7 +357,8 @@ fn scan_region(
             // A private mapping that may be re-created from its file (tmpfs): the pages that
             // became the program's own (copy-on-write) are saved even when zero, since the file
             // may hold data there.
-            let own_zero = kind == RegionKind::PrivateContent && fs.is_some();
+            let own_zero =
+                kind == RegionKind::PrivateContent && fs.is_some_and(|f| f.fs == FS_TMPFS);
             let probe = scratch.probe();
             let mut addr = m.start;
             while addr < m.end {
@@ -427,6 +430,76 @@ fn read_self(addr: usize, buf: &mut [u8]) -> usize {
     .unwrap_or(0)
 }
 
+/// Regions backed by huge pages (`VmFlags` `ht` in `/proc/self/smaps`): start and page size.
+pub struct HugeRegions {
+    list: [(u64, u64); 64],
+    n: usize,
+}
+
+impl HugeRegions {
+    /// The page size of the hugetlb region starting at `start`, if it is one.
+    fn page_size(&self, start: u64) -> Option<u64> {
+        self.list[..self.n]
+            .iter()
+            .find(|r| r.0 == start)
+            .map(|r| r.1)
+    }
+
+    /// Reads `/proc/self/smaps` in pieces through `buf`. Only called when some region could be
+    /// hugetlb memory (device major 0 with a path: `/anon_hugepage`, memfds, files): maps does
+    /// not tell, and smaps walks every page table, so it is not read otherwise.
+    fn scan(buf: &mut [u8]) -> HugeRegions {
+        let mut out = HugeRegions {
+            list: [(0, 0); 64],
+            n: 0,
+        };
+        let Ok(fd) = sys::open(b"/proc/self/smaps\0", libc::O_RDONLY | libc::O_CLOEXEC, 0) else {
+            return out;
+        };
+        let fd = fd as i32;
+        let (mut have, mut cur, mut kps) = (0usize, 0u64, 0u64);
+        while let Ok(n @ 1..) = sys::read(fd, &mut buf[have..]) {
+            have += n;
+            let mut used = 0;
+            while let Some(nl) = buf[used..have].iter().position(|&b| b == b'\n') {
+                let line = &buf[used..used + nl];
+                used += nl + 1;
+                match line.first() {
+                    Some(b'0'..=b'9' | b'a'..=b'f') => {
+                        let dash = line.iter().position(|&b| b == b'-').unwrap_or(0);
+                        cur = hex(&line[..dash]);
+                        kps = 0;
+                    }
+                    _ if line.starts_with(b"KernelPageSize:") => {
+                        let digits = line[15..].iter().filter(|b| b.is_ascii_digit());
+                        kps = digits.fold(0u64, |v, &d| v * 10 + (d - b'0') as u64) * 1024;
+                    }
+                    _ if line.starts_with(b"VmFlags:")
+                        && line.windows(3).any(|w| w == b" ht")
+                        && out.n < out.list.len() =>
+                    {
+                        out.list[out.n] = (cur, kps.max(PAGE as u64));
+                        out.n += 1;
+                    }
+                    _ => {}
+                }
+            }
+            buf.copy_within(used..have, 0);
+            have -= used;
+            if have == buf.len() {
+                have = 0; // a line longer than the buffer: drop it
+            }
+        }
+        sys::close(fd);
+        out
+    }
+}
+
+/// Whether the maps line could be hugetlb memory (see [`HugeRegions::scan`]).
+fn maybe_huge(m: &MapLine) -> bool {
+    m.major == 0 && m.path.first() == Some(&b'/')
+}
+
 /// Scans `/proc/self/maps` and appends a region record (and an extents record) per region.
 pub fn capture(
     w: &mut MetaWriter,
@@ -444,6 +517,18 @@ pub fn capture(
         sys::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)? as i32;
     let res = (|| {
         let maps = &scratch.maps()[..n];
+        let huge = if maps
+            .split(|&b| b == b'\n')
+            .filter_map(parse_line)
+            .any(|m| maybe_huge(&m))
+        {
+            HugeRegions::scan(scratch.probe())
+        } else {
+            HugeRegions {
+                list: [(0, 0); 64],
+                n: 0,
+            }
+        };
         for line in maps.split(|&b| b == b'\n') {
             let Some(m) = parse_line(line) else { continue };
             if scratch.contains(m.start) {
@@ -454,6 +539,16 @@ pub fn capture(
             let Some(kind) = classify(&m, save, exe, &mut st, &mut fs) else {
                 continue;
             };
+            if let Some(page_size) = huge.page_size(m.start).filter(|_| maybe_huge(&m)) {
+                // Re-created with huge pages of this size (see `FS_HUGETLB`).
+                fs = Some(RegionFsRec {
+                    fs: FS_HUGETLB,
+                    mode: st.map_or(0, |s| s.st_mode & 0o7777),
+                    uid: st.map_or(0, |s| s.st_uid),
+                    gid: st.map_or(0, |s| s.st_gid),
+                    page_size,
+                });
+            }
             ext.begin_region();
             scan_region(&m, kind, fs, pagemap_fd, scratch, ext)?;
             let extents = ext.region_extents();

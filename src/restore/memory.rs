@@ -169,6 +169,16 @@ fn map_region(shm: &SharedObjects, r: &Region, addr: u64) -> Result<u64, Restore
     };
     let rw = libc::PROT_READ | libc::PROT_WRITE;
     let (prot, flags, fd, off, close) = match r.kind {
+        RegionKind::PrivateContent if huge_page_size(r).is_some() => (
+            rw,
+            libc::MAP_PRIVATE
+                | libc::MAP_ANONYMOUS
+                | libc::MAP_HUGETLB
+                | huge_flag(huge_page_size(r).unwrap_or(0)),
+            -1,
+            0,
+            false,
+        ),
         RegionKind::PrivateContent if tmpfs_file(r) => match open_unchanged(r) {
             // The file is still there as it was: a private mapping of it again (same name and
             // offset in /proc/PID/maps), the program's own pages on top.
@@ -227,8 +237,15 @@ fn map_region(shm: &SharedObjects, r: &Region, addr: u64) -> Result<u64, Restore
         unsafe { libc::close(fd) };
     }
     if p == libc::MAP_FAILED || (addr != 0 && p as u64 != addr) {
+        let huge = match huge_page_size(r) {
+            Some(size) => format!(
+                ", huge pages of {} KiB: are enough free (vm.nr_hugepages)?",
+                size >> 10
+            ),
+            None => String::new(),
+        };
         return Err(err(format!(
-            "cannot map {:#x}-{:#x} ({})",
+            "cannot map {:#x}-{:#x} ({}){huge}",
             r.rec.start,
             r.rec.end,
             path_str(&r.path)
@@ -243,6 +260,21 @@ fn unchanged(md: &std::fs::Metadata, r: &Region) -> bool {
     md.size() == r.rec.file_size
         && md.mtime() == r.rec.mtime_sec
         && md.mtime_nsec() == r.rec.mtime_nsec
+}
+
+/// The huge page size of a region of hugetlb memory (`FS_HUGETLB`).
+pub fn huge_page_size(r: &Region) -> Option<u64> {
+    r.fs.filter(|f| f.fs == FS_HUGETLB).map(|f| f.page_size)
+}
+
+/// `MAP_HUGE_*`/`MFD_HUGE_*` bits for `page_size` (log2 at bit 26); 0 (the default size) when it
+/// is not a power of two.
+pub fn huge_flag(page_size: u64) -> i32 {
+    if page_size.is_power_of_two() {
+        (page_size.trailing_zeros() as i32) << libc::MAP_HUGE_SHIFT
+    } else {
+        0
+    }
 }
 
 /// A region saved by content that is mapped from its tmpfs file again at restart.

@@ -436,9 +436,16 @@ impl Pool {
                         && super::memory::shared_key(r) == Some(key)
                 })
             });
-            let (fd, fill) = match tmpfs {
-                Some(r) => tmpfs_file(r)?,
-                None => {
+            let huge = images.iter().find_map(|img| {
+                img.regions
+                    .iter()
+                    .filter(|r| super::memory::shared_key(r) == Some(key))
+                    .find_map(super::memory::huge_page_size)
+            });
+            let (fd, fill) = match (tmpfs, huge) {
+                (Some(r), _) => tmpfs_file(r)?,
+                (None, Some(page)) => (huge_memfd(size, page)?, true),
+                (None, None) => {
                     // SAFETY: memfd_create with a literal name, sized below.
                     let fd =
                         unsafe { libc::memfd_create(c"libcr-shm".as_ptr(), libc::MFD_CLOEXEC) };
@@ -456,10 +463,7 @@ impl Pool {
             }
             // Pages past the end of a re-created file are not written (that would grow it).
             let limit = tmpfs.map_or(u64::MAX, |r| r.rec.file_size);
-            // SAFETY: fd is the memfd just created; File::from_raw_fd is undone by into_raw_fd.
-            let mem = std::mem::ManuallyDrop::new(unsafe {
-                <File as std::os::unix::io::FromRawFd>::from_raw_fd(fd)
-            });
+            let sink = Sink::new(fd, huge.map(|page| (size.div_ceil(page) * page, page)))?;
             for (img, file) in images.iter().zip(files) {
                 for r in img.regions.iter().filter(|r| {
                     r.kind == RegionKind::SharedContent && super::memory::shared_key(r) == Some(key)
@@ -482,7 +486,7 @@ impl Pool {
                             .map_err(io)?;
                             let at = r.rec.offset + (e.addr - r.rec.start) + done;
                             let keep = limit.saturating_sub(at).min(n as u64) as usize;
-                            mem.write_all_at(&buf[..keep], at).map_err(io)?;
+                            sink.write_at(&buf[..keep], at).map_err(io)?;
                             done += n as u64;
                         }
                     }
@@ -514,6 +518,89 @@ impl Pool {
         for &fd in &self.all {
             // SAFETY: closing pool descriptors of this process.
             unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// A memfd of huge pages of `page` bytes, at least `size` bytes long.
+fn huge_memfd(size: u64, page: u64) -> Result<i32, RestoreError> {
+    let flags = libc::MFD_CLOEXEC | libc::MFD_HUGETLB | super::memory::huge_flag(page) as u32;
+    // SAFETY: memfd_create with a literal name; sizing the memfd we own.
+    let fd = unsafe { libc::memfd_create(c"libcr-shm".as_ptr(), flags) };
+    if fd < 0 || unsafe { libc::ftruncate(fd, (size.div_ceil(page) * page) as i64) } < 0 {
+        let e = fail(format!(
+            "cannot create shared memory of huge pages of {} KiB ({} bytes; are enough free: vm.nr_hugepages?)",
+            page >> 10,
+            size
+        ));
+        if fd >= 0 {
+            // SAFETY: closing the memfd just created.
+            unsafe { libc::close(fd) };
+        }
+        return Err(e);
+    }
+    Ok(fd)
+}
+
+/// Where the saved pages of a shared memory object go: its file (`pwrite`), or a mapping of it
+/// for hugetlbfs, which has no `write`.
+enum Sink {
+    File(std::mem::ManuallyDrop<File>),
+    Map(*mut u8, usize),
+}
+
+impl Sink {
+    /// A sink for `fd` (not closed by it); `mapped`: map that many bytes of it instead (huge
+    /// pages of that size).
+    fn new(fd: i32, mapped: Option<(u64, u64)>) -> Result<Sink, RestoreError> {
+        let Some((len, page)) = mapped else {
+            // SAFETY: fd is open; ManuallyDrop keeps File from closing it.
+            return Ok(Sink::File(std::mem::ManuallyDrop::new(unsafe {
+                <File as std::os::unix::io::FromRawFd>::from_raw_fd(fd)
+            })));
+        };
+        // SAFETY: a new shared mapping of the memfd, unmapped in Drop.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(fail(format!(
+                "cannot map {len} bytes of shared memory of huge pages of {} KiB (are enough free: vm.nr_hugepages?)",
+                page >> 10
+            )));
+        }
+        Ok(Sink::Map(p as *mut u8, len as usize))
+    }
+
+    fn write_at(&self, buf: &[u8], at: u64) -> std::io::Result<()> {
+        match self {
+            Sink::File(f) => f.write_all_at(buf, at),
+            Sink::Map(p, len) => {
+                if at as usize + buf.len() > *len {
+                    return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+                }
+                // SAFETY: the range lies inside the mapping (checked above).
+                unsafe {
+                    std::ptr::copy_nonoverlapping(buf.as_ptr(), p.add(at as usize), buf.len())
+                };
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if let Sink::Map(p, len) = *self {
+            // SAFETY: unmapping the mapping made in `Sink::new`.
+            unsafe { libc::munmap(p as *mut _, len) };
         }
     }
 }
