@@ -5,7 +5,7 @@
  * Build: gcc -O2 -Wall -o unsupported unsupported.c
  * Run:   CR_TEST_GO=/path/to/go CR_TEST_DIR=/tmp/x cr_run ./unsupported
  *
- * Before READY: a socketpair at fds 40 and 41, an inotify instance at fd 42, and a 64 KiB SysV shared
+ * Before READY: two netlink sockets at fds 40 and 41, an inotify instance at fd 42, and a 64 KiB SysV shared
  * memory segment (IPC_PRIVATE, removed with IPC_RMID once attached) filled with a pattern.
  * After GO: the segment's contents are still there (restored by content as shared memory) and
  * writable. Prints `PASS unsupported`. (The test checks the checkpoint's warnings.)
@@ -21,6 +21,7 @@
 #include <sys/ipc.h>
 #include <sys/shm.h>
 #include <sys/socket.h>
+#include <linux/netlink.h>
 #include <unistd.h>
 
 #define NAME "unsupported"
@@ -33,10 +34,9 @@ int main(void)
     const char *go = getenv("CR_TEST_GO");
     if (!go)
         fail("CR_TEST_GO is not set");
-    int sv[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0 || dup2(sv[0], 40) != 40 ||
-        dup2(sv[1], 41) != 41)
-        fail("socketpair at 40/41");
+    int sv[2] = {socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE), socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE)};
+    if (sv[0] < 0 || sv[1] < 0 || dup2(sv[0], 40) != 40 || dup2(sv[1], 41) != 41)
+        fail("netlink sockets at 40/41");
     close(sv[0]);
     close(sv[1]);
     int efd = inotify_init1(0);

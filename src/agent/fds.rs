@@ -254,13 +254,19 @@ fn one(
     let deleted = path.ends_with(b" (deleted)");
     // A kernel object one of `kinds` saves: its state first (a failure makes it unsupported).
     let mut state = [0u8; kinds::MAX_STATE];
-    let kobj = kinds::by_link(path).and_then(|k| Some((k, k.capture(fd, &mut state).ok()?)));
+    // (A socket on 0-2 is inherited from cr_restart, as BLCR did.)
+    let object_kind = kinds::by_link(path).filter(|_| !(stdio && path.starts_with(b"socket:")));
+    let (kobj, refused) = match object_kind.map(|k| (k, k.capture(fd, &mut state))) {
+        Some((k, Ok(n))) => (Some((k, n)), None),
+        Some((k, Err(e))) => (None, Some(k.refusal(e))),
+        None => (None, None),
+    };
     let (kind, warn): (FdKind, Option<&[u8]>) = match fmt {
-        _ if kobj.is_some() => (FdKind::Kernel, None),
-        _ if kinds::by_link(path).is_some() => (
-            FdKind::Unsupported,
-            Some(b"could not be read (its state is too large or unreadable); it will be closed at restart"),
+        _ if kobj.is_some() => (
+            FdKind::Kernel,
+            kobj.and_then(|(k, n)| k.checkpoint_warning(&state[..n])),
         ),
+        _ if refused.is_some() => (FdKind::Unsupported, refused),
         libc::S_IFREG if is_image => (FdKind::CheckpointFile, None),
         libc::S_IFREG if deleted && st.st_size <= MAX_UNLINKED_FILE => (FdKind::Unlinked, None),
         libc::S_IFREG if deleted => (

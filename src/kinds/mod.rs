@@ -12,7 +12,9 @@
 pub mod epoll;
 pub mod eventfd;
 pub mod signalfd;
+pub mod socket;
 pub mod timerfd;
+pub mod unix;
 
 use crate::sys::{self, Errno, StackBuf};
 use std::os::fd::OwnedFd;
@@ -28,6 +30,8 @@ pub const TIMERFD: u32 = 2;
 pub const SIGNALFD: u32 = 3;
 /// `KobjRec::kind` of an epoll instance.
 pub const EPOLL: u32 = 4;
+/// `KobjRec::kind` of a TCP or UDP socket.
+pub const SOCKET: u32 = 5;
 
 /// A restore that failed: errno and one line naming the problem.
 #[derive(Debug)]
@@ -71,6 +75,19 @@ pub trait Kind: Sync {
     fn name(&self) -> &'static str;
     /// The `/proc/self/fd` link text of its descriptors.
     fn link(&self) -> &'static [u8];
+    /// Whether a descriptor with link text `link` is of this kind.
+    fn matches(&self, link: &[u8]) -> bool {
+        link == self.link()
+    }
+    /// The checkpoint's warning when `capture` failed with `e` (the descriptor is closed at
+    /// restart).
+    fn refusal(&self, _e: Errno) -> &'static [u8] {
+        b"could not be read (its state is too large or unreadable); it will be closed at restart"
+    }
+    /// A warning the checkpoint gives about a saved object that will not come back as it was.
+    fn checkpoint_warning(&self, _state: &[u8]) -> Option<&'static [u8]> {
+        None
+    }
     /// Writes the state of the object behind `fd` into `out`; returns its length. Runs in the
     /// agent while the threads are parked: no allocation, no locks.
     fn capture(&self, fd: i32, out: &mut [u8]) -> Result<usize, Errno>;
@@ -92,11 +109,12 @@ pub static KINDS: &[&dyn Kind] = &[
     &timerfd::TimerFd,
     &signalfd::SignalFd,
     &epoll::Epoll,
+    &socket::Socket,
 ];
 
 /// The kind whose descriptors have link text `link`.
 pub fn by_link(link: &[u8]) -> Option<&'static dyn Kind> {
-    KINDS.iter().copied().find(|k| k.link() == link)
+    KINDS.iter().copied().find(|k| k.matches(link))
 }
 
 /// The kind with `KobjRec::kind` `id`.
@@ -198,5 +216,6 @@ mod tests {
             assert_eq!(by_id(k.id()).map(|x| x.name()), Some(k.name()));
         }
         assert!(by_link(b"anon_inode:[io_uring]").is_none());
+        assert_eq!(by_link(b"socket:[1234]").map(|k| k.id()), Some(SOCKET));
     }
 }

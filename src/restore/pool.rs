@@ -172,6 +172,8 @@ impl Pool {
         let mut descs: HashMap<Key, i32> = HashMap::new();
         let mut pipes: HashMap<u64, PipeObj> = HashMap::new();
         let mut unlinked: HashMap<(u64, u64), i32> = HashMap::new();
+        // The other ends of unix socket pairs made for an end met earlier, by socket inode.
+        let mut unix_ends: HashMap<u64, std::os::fd::OwnedFd> = HashMap::new();
         for (i, img) in images.iter().enumerate() {
             for f in &img.fds {
                 let pooled = match f.kind {
@@ -195,7 +197,7 @@ impl Pool {
                         } else if f.kind == FdKind::Unlinked {
                             self.unlinked_description(images, &mut unlinked, f, floor)?
                         } else if f.kind == FdKind::Kernel {
-                            let fd = kernel_object(f)?;
+                            let fd = kernel_description(images, &mut unix_ends, f)?;
                             self.keep(fd.into_raw_fd(), floor)?
                         } else {
                             self.keep(open_file(f)?, floor)?
@@ -750,6 +752,42 @@ fn set_status_flags(fd: i32, f: &Fd) {
         // SAFETY: F_SETFL on a descriptor we own.
         unsafe { libc::fcntl(fd, libc::F_SETFL, f.rec.flags & settable) };
     }
+}
+
+/// The open file description of kernel object `f`: a connected unix socket is one end of a
+/// new pair with its peer when the peer is in the job (made with the first of the two met).
+fn kernel_description(
+    images: &[&Image],
+    unix_ends: &mut HashMap<u64, std::os::fd::OwnedFd>,
+    f: &Fd,
+) -> Result<std::os::fd::OwnedFd, RestoreError> {
+    use crate::kinds::unix;
+    let Some((ino, peer)) = f.kobj.as_ref().and_then(|(_, st)| unix::connection(st)) else {
+        return kernel_object(f);
+    };
+    if let Some(end) = unix_ends.remove(&ino) {
+        return Ok(end);
+    }
+    let state = f.kobj.as_ref().map(|(_, st)| st.as_slice()).unwrap_or(&[]);
+    let peer_state = images
+        .iter()
+        .flat_map(|img| img.fds.iter())
+        .filter_map(|g| g.kobj.as_ref().map(|(_, st)| st.as_slice()))
+        .find(|st| unix::connection(st).is_some_and(|(i, _)| i == peer));
+    let fail = |e: crate::kinds::KindError| {
+        RestoreError::new(e.errno, format!("fd {} (unix socket): {e}", f.rec.fd))
+    };
+    let (end, other) = unix::restore_pair(state, peer_state).map_err(fail)?;
+    match other {
+        Some(other) => {
+            unix_ends.insert(peer, other);
+        }
+        None => eprintln!(
+            "cr_restart: warning: fd {}: the other end of its unix socket is not part of the restart; it reads end of file",
+            f.rec.fd
+        ),
+    }
+    Ok(end)
 }
 
 /// A new kernel object (eventfd, timerfd, …) with the state saved for `f`.

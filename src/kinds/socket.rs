@@ -1,0 +1,375 @@
+//! Internet sockets (TCP and UDP over IPv4 and IPv6). A listening socket is bound to its
+//! address again and listens (connections that were waiting to be accepted are lost); a bound
+//! or connected UDP socket is bound and connected again; a connected TCP socket cannot be kept
+//! without privileges: it comes back as a socket whose next operation fails with `ECONNRESET`,
+//! as if the peer had reset the connection, which network programs handle (the checkpoint warns).
+//! The options programs set on servers come back: `SO_REUSEADDR`, `SO_REUSEPORT`,
+//! `SO_KEEPALIVE`, `SO_RCVBUF`/`SO_SNDBUF` (as set: the kernel doubles what it is given),
+//! `TCP_NODELAY`, `IPV6_V6ONLY`. Unix sockets are in [`super::unix`]; netlink, raw and other
+//! sockets are refused (closed, with a warning).
+
+use super::{get, owned, put, Kind, KindError, SOCKET};
+use crate::sys::{self, Errno};
+use bytemuck::{Pod, Zeroable};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+/// Not bound.
+pub const ROLE_UNBOUND: u32 = 0;
+/// Bound, not listening nor connected.
+pub const ROLE_BOUND: u32 = 1;
+/// Listening (TCP).
+pub const ROLE_LISTENING: u32 = 2;
+/// Connected.
+pub const ROLE_CONNECTED: u32 = 3;
+
+/// The saved state of an internet socket.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug, PartialEq, Eq)]
+pub struct SocketState {
+    /// `AF_INET` or `AF_INET6`.
+    pub domain: i32,
+    /// `SOCK_STREAM` or `SOCK_DGRAM`.
+    pub sock_type: i32,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub protocol: i32,
+    /// `ROLE_*`.
+    pub role: u32,
+    /// `SO_REUSEADDR`, `SO_REUSEPORT`, `SO_KEEPALIVE`, `TCP_NODELAY`, `IPV6_V6ONLY` (0/1 each).
+    pub reuseaddr: u8,
+    /// See `reuseaddr`.
+    pub reuseport: u8,
+    /// See `reuseaddr`.
+    pub keepalive: u8,
+    /// See `reuseaddr`.
+    pub nodelay: u8,
+    /// See `reuseaddr`.
+    pub v6only: u8,
+    /// Reserved (0).
+    pub _pad: [u8; 3],
+    /// `SO_RCVBUF` as read (half of it is set again: the kernel doubles it).
+    pub rcvbuf: i32,
+    /// `SO_SNDBUF` likewise.
+    pub sndbuf: i32,
+    /// Length of `addr`.
+    pub addr_len: u32,
+    /// Length of `peer`.
+    pub peer_len: u32,
+    /// Local address (`getsockname`).
+    pub addr: [u8; 32],
+    /// Peer address (`getpeername`) of a connected socket.
+    pub peer: [u8; 32],
+}
+const _: () = assert!(core::mem::size_of::<SocketState>() == 104);
+const _: () = assert!(core::mem::size_of::<libc::sockaddr_in6>() <= 32);
+
+fn getsockopt_int(fd: i32, level: i32, name: i32) -> Result<i32, Errno> {
+    let mut v: i32 = 0;
+    let mut len: libc::socklen_t = 4;
+    sys::sys6(
+        libc::SYS_getsockopt as usize,
+        fd as usize,
+        level as usize,
+        name as usize,
+        &mut v as *mut i32 as usize,
+        &mut len as *mut _ as usize,
+        0,
+    )?;
+    Ok(v)
+}
+
+/// `getsockname`/`getpeername` into `out`; the length.
+fn name(nr: libc::c_long, fd: i32, out: &mut [u8; 32]) -> u32 {
+    let mut len: libc::socklen_t = 32;
+    match sys::sys3(
+        nr as usize,
+        fd as usize,
+        out.as_mut_ptr() as usize,
+        &mut len as *mut _ as usize,
+    ) {
+        Ok(_) => len.min(32),
+        Err(_) => 0,
+    }
+}
+
+/// `TCP_CLOSE` of `tcpi_state`.
+const TCP_CLOSE: u8 = 7;
+
+/// The TCP state of a stream socket (`TCP_INFO`'s first byte), 0 when unknown.
+fn tcp_state(fd: i32) -> u8 {
+    let mut info = [0u8; 8];
+    let mut len: libc::socklen_t = info.len() as libc::socklen_t;
+    match sys::sys6(
+        libc::SYS_getsockopt as usize,
+        fd as usize,
+        libc::IPPROTO_TCP as usize,
+        libc::TCP_INFO as usize,
+        info.as_mut_ptr() as usize,
+        &mut len as *mut _ as usize,
+        0,
+    ) {
+        Ok(_) => info[0],
+        Err(_) => 0,
+    }
+}
+
+/// Whether the address in `a` is bound (a port or an address that is not the wildcard).
+fn is_bound(a: &[u8]) -> bool {
+    // sa_family (2 bytes), port (2 bytes), then the address: all zero means unbound.
+    a.len() > 2 && a[2..].iter().any(|&b| b != 0)
+}
+
+/// The socket kind.
+pub struct Socket;
+
+impl Kind for Socket {
+    fn id(&self) -> u32 {
+        SOCKET
+    }
+    fn name(&self) -> &'static str {
+        "socket"
+    }
+    fn link(&self) -> &'static [u8] {
+        b"socket:["
+    }
+    fn matches(&self, link: &[u8]) -> bool {
+        link.starts_with(b"socket:[")
+    }
+    fn refusal(&self, _e: Errno) -> &'static [u8] {
+        b"is a socket libcr cannot restore (netlink, raw, or a unix datagram socket with queued messages); it will be closed at restart"
+    }
+    fn checkpoint_warning(&self, state: &[u8]) -> Option<&'static [u8]> {
+        if super::unix::is_unix(state) {
+            return None;
+        }
+        let s: SocketState = get(state)?;
+        (s.role == ROLE_CONNECTED && s.sock_type == libc::SOCK_STREAM).then_some(
+            b"is a TCP connection; after restart it fails with ECONNRESET, as if the peer had reset it",
+        )
+    }
+
+    fn capture(&self, fd: i32, out: &mut [u8]) -> Result<usize, Errno> {
+        let domain = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)?;
+        if domain == libc::AF_UNIX {
+            return super::unix::capture(fd, out);
+        }
+        let sock_type = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)?;
+        let protocol = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL)?;
+        let family_ok = domain == libc::AF_INET || domain == libc::AF_INET6;
+        let proto_ok = matches!(
+            (sock_type, protocol),
+            (libc::SOCK_STREAM, libc::IPPROTO_TCP) | (libc::SOCK_DGRAM, libc::IPPROTO_UDP)
+        );
+        if !family_ok || !proto_ok {
+            return Err(Errno(libc::EAFNOSUPPORT));
+        }
+        let opt = |level, name| getsockopt_int(fd, level, name).map_or(0, |v| u8::from(v != 0));
+        let mut s = SocketState {
+            domain,
+            sock_type,
+            protocol,
+            role: ROLE_UNBOUND,
+            reuseaddr: opt(libc::SOL_SOCKET, libc::SO_REUSEADDR),
+            reuseport: opt(libc::SOL_SOCKET, libc::SO_REUSEPORT),
+            keepalive: opt(libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+            nodelay: if sock_type == libc::SOCK_STREAM {
+                opt(libc::IPPROTO_TCP, libc::TCP_NODELAY)
+            } else {
+                0
+            },
+            v6only: if domain == libc::AF_INET6 {
+                opt(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)
+            } else {
+                0
+            },
+            _pad: [0; 3],
+            rcvbuf: getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF).unwrap_or(0),
+            sndbuf: getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF).unwrap_or(0),
+            addr_len: 0,
+            peer_len: 0,
+            addr: [0; 32],
+            peer: [0; 32],
+        };
+        s.addr_len = name(libc::SYS_getsockname, fd, &mut s.addr);
+        s.peer_len = name(libc::SYS_getpeername, fd, &mut s.peer);
+        let listening = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).unwrap_or(0) != 0;
+        let bound = is_bound(&s.addr[..s.addr_len as usize]);
+        s.role = if listening {
+            ROLE_LISTENING
+        } else if s.peer_len > 0 {
+            ROLE_CONNECTED
+        } else if sock_type == libc::SOCK_STREAM && bound && tcp_state(fd) == TCP_CLOSE {
+            // A connection that was reset or closed (a restored one, too): it stays one.
+            ROLE_CONNECTED
+        } else if bound {
+            ROLE_BOUND
+        } else {
+            ROLE_UNBOUND
+        };
+        put(out, &s)
+    }
+
+    fn restore(&self, state: &[u8]) -> Result<OwnedFd, KindError> {
+        if super::unix::is_unix(state) {
+            return super::unix::restore_single(state);
+        }
+        let s: SocketState = get(state).ok_or_else(|| KindError::malformed("socket"))?;
+        if s.role == ROLE_CONNECTED && s.sock_type == libc::SOCK_STREAM {
+            return reset_connection(s.domain);
+        }
+        // SAFETY: socket takes no pointers.
+        let fd = owned(
+            unsafe { libc::socket(s.domain, s.sock_type | libc::SOCK_CLOEXEC, s.protocol) },
+            "cannot create a socket",
+        )?;
+        let raw = fd.as_raw_fd();
+        let set = |level, name, v: i32| {
+            // SAFETY: setsockopt reads one int from a local.
+            unsafe {
+                libc::setsockopt(raw, level, name, (&v as *const i32).cast(), 4);
+            }
+        };
+        set(libc::SOL_SOCKET, libc::SO_REUSEADDR, s.reuseaddr.into());
+        set(libc::SOL_SOCKET, libc::SO_REUSEPORT, s.reuseport.into());
+        set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, s.keepalive.into());
+        if s.sock_type == libc::SOCK_STREAM {
+            set(libc::IPPROTO_TCP, libc::TCP_NODELAY, s.nodelay.into());
+        }
+        if s.domain == libc::AF_INET6 {
+            set(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, s.v6only.into());
+        }
+        if s.rcvbuf > 0 {
+            set(libc::SOL_SOCKET, libc::SO_RCVBUF, s.rcvbuf / 2);
+        }
+        if s.sndbuf > 0 {
+            set(libc::SOL_SOCKET, libc::SO_SNDBUF, s.sndbuf / 2);
+        }
+        if s.role != ROLE_UNBOUND {
+            let addr = &s.addr[..(s.addr_len as usize).min(32)];
+            // Connections of the checkpointed program may linger in TIME_WAIT on this port:
+            // they must not keep its own server from coming back (a port with a live listener
+            // is still refused). The program's own setting is put back after the bind.
+            set(libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
+            // SAFETY: bind reads `addr_len` bytes of the saved address.
+            let rc = unsafe { libc::bind(raw, addr.as_ptr().cast(), addr.len() as u32) };
+            set(libc::SOL_SOCKET, libc::SO_REUSEADDR, s.reuseaddr.into());
+            if rc != 0 {
+                return Err(KindError::last(&format!(
+                    "cannot bind a socket to {} again",
+                    describe_addr(addr)
+                )));
+            }
+        }
+        if s.role == ROLE_LISTENING {
+            // The backlog cannot be read back: the system's maximum.
+            // SAFETY: listen takes no pointers.
+            if unsafe { libc::listen(raw, libc::SOMAXCONN) } != 0 {
+                return Err(KindError::last("cannot listen on a socket again"));
+            }
+        }
+        if s.role == ROLE_CONNECTED {
+            let peer = &s.peer[..(s.peer_len as usize).min(32)];
+            // SAFETY: connect reads the saved peer address (UDP: no packet is sent).
+            if unsafe { libc::connect(raw, peer.as_ptr().cast(), peer.len() as u32) } != 0 {
+                return Err(KindError::last("cannot connect a UDP socket again"));
+            }
+        }
+        Ok(fd)
+    }
+
+    fn describe(&self, state: &[u8]) -> String {
+        if super::unix::is_unix(state) {
+            return super::unix::describe(state);
+        }
+        let Some(s) = get::<SocketState>(state) else {
+            return "socket (malformed state)".into();
+        };
+        let proto = if s.sock_type == libc::SOCK_STREAM {
+            "tcp"
+        } else {
+            "udp"
+        };
+        let local = describe_addr(&s.addr[..(s.addr_len as usize).min(32)]);
+        let peer = describe_addr(&s.peer[..(s.peer_len as usize).min(32)]);
+        match s.role {
+            ROLE_LISTENING => format!("{proto} socket listening on {local}"),
+            ROLE_BOUND => format!("{proto} socket bound to {local}"),
+            ROLE_CONNECTED if s.sock_type == libc::SOCK_STREAM => {
+                format!("tcp connection {local} -> {peer} (restored as reset)")
+            }
+            ROLE_CONNECTED => format!("udp socket {local} connected to {peer}"),
+            _ => format!("{proto} socket, not bound"),
+        }
+    }
+}
+
+/// `a.b.c.d:port` or `[v6]:port` of a saved `sockaddr_in`/`sockaddr_in6`.
+pub fn describe_addr(a: &[u8]) -> String {
+    if a.len() < 4 {
+        return "(none)".into();
+    }
+    let family = u16::from_ne_bytes([a[0], a[1]]) as i32;
+    let port = u16::from_be_bytes([a[2], a[3]]);
+    if family == libc::AF_INET && a.len() >= 8 {
+        let ip = std::net::Ipv4Addr::new(a[4], a[5], a[6], a[7]);
+        format!("{ip}:{port}")
+    } else if family == libc::AF_INET6 && a.len() >= 24 {
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&a[8..24]);
+        format!("[{}]:{port}", std::net::Ipv6Addr::from(b))
+    } else {
+        format!("(family {family})")
+    }
+}
+
+/// A TCP socket whose connection was reset: its next read or write fails with `ECONNRESET`.
+/// Made on loopback without privileges: connect to a private listener, then the accepted end
+/// closes with a zero linger time, which sends a reset.
+fn reset_connection(domain: i32) -> Result<OwnedFd, KindError> {
+    let v6 = domain == libc::AF_INET6;
+    let listener = if v6 {
+        std::net::TcpListener::bind("[::1]:0")
+            .or_else(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+    } else {
+        std::net::TcpListener::bind("127.0.0.1:0")
+    }
+    .map_err(|e| KindError {
+        errno: e.raw_os_error().unwrap_or(libc::EIO),
+        msg: format!("cannot make a reset connection (loopback listener): {e}"),
+    })?;
+    let addr = listener.local_addr().map_err(|e| KindError {
+        errno: e.raw_os_error().unwrap_or(libc::EIO),
+        msg: format!("cannot make a reset connection: {e}"),
+    })?;
+    let stream = std::net::TcpStream::connect(addr).map_err(|e| KindError {
+        errno: e.raw_os_error().unwrap_or(libc::EIO),
+        msg: format!("cannot make a reset connection (connect): {e}"),
+    })?;
+    let (peer, _) = listener.accept().map_err(|e| KindError {
+        errno: e.raw_os_error().unwrap_or(libc::EIO),
+        msg: format!("cannot make a reset connection (accept): {e}"),
+    })?;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads a local linger struct.
+    unsafe {
+        libc::setsockopt(
+            peer.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            core::mem::size_of::<libc::linger>() as u32,
+        );
+    }
+    drop(peer);
+    // The reset has arrived once the socket reports an error or hang-up.
+    let mut p = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut p, 1, 1000) };
+    Ok(OwnedFd::from(stream))
+}
