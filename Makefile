@@ -4,7 +4,7 @@ CARGO ?= cargo
 LIBVER := 0.5.5
 REL := target/release
 
-.PHONY: all build install check lint clean bench bench-smoke
+.PHONY: all build install check lint clean bench bench-smoke check-cluster
 
 all: build
 
@@ -32,6 +32,13 @@ install: build
 check: lint
 	$(CARGO) build --release
 	$(CARGO) test --release
+
+# The batch schedulers for real: starts Grid Engine's and Slurm's daemons on this host and runs
+# jobs through contrib/sge and contrib/slurm (tests/cluster.rs, tests/cluster/*.sh). Needs root
+# and the packages .ci/run installs (gridengine-master gridengine-exec gridengine-client
+# slurm-wlm munge); about 3 minutes. CI runs it after `make check`.
+check-cluster: build
+	CR_CLUSTER_TESTS=1 $(CARGO) test --release --test cluster -- --test-threads=1 --nocapture
 
 lint:
 	$(CARGO) fmt --check
