@@ -4,6 +4,9 @@
 //! exit code), and resumed by running the same command again — also after its pids were taken,
 //! from an older generation when the newest is damaged, after a "node death" without a final
 //! checkpoint, and in HTCondor's exit-after-checkpoint style. Runs as root and as nobody.
+//! With `--store`: resumes in an empty directory from a `file://` store and from a WebDAV store
+//! served by a real nginx (also on "another machine": a new user + UTS + pid namespace), and
+//! goes on when the store is unreachable.
 
 mod common;
 
@@ -792,4 +795,98 @@ fn program_killed_by_signal_keeps_images() {
     assert!(!generations(&dir).is_empty(), "the images are kept");
     let last = *steps(&job.stdout()).last().unwrap_or(&0);
     finish(&sc, &dir, &[], last);
+}
+
+/// The node died and the job starts on "another machine": a new user + UTS + pid namespace
+/// made by the test (another hostname, other pids, an empty checkpoint directory), the images
+/// reached only through a WebDAV store served by a real nginx. The job resumes from the store
+/// and ends correct.
+#[test]
+fn resume_on_another_machine_through_webdav() {
+    if !have_command("unshare") {
+        assert!(!in_ci(), "CI has util-linux's unshare");
+        println!("note: unshare is not installed: test skipped");
+        return;
+    }
+    let Some(nginx) = Nginx::start("other") else {
+        return;
+    };
+    let sc = Scenario::new("sup-other-machine");
+    let url = nginx.url("site/jobs");
+    let dir = ckpt_dir(&sc);
+    let args = default_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut job = supervise(&sc, &dir, &["--store", &url], &args);
+    job.wait_line("step 40", READY_TIMEOUT);
+    signal_pid(job.pid(), SIGTERM);
+    assert_eq!(
+        job.wait_exit(TOOL_TIMEOUT).code(),
+        Some(0),
+        "{}",
+        job.diag()
+    );
+    job.wait_output_closed(Duration::from_secs(5));
+    let last = *steps(&job.stdout()).last().unwrap_or(&0);
+    assert_eq!(
+        stored(&nginx.root.join("site/jobs")).len(),
+        1,
+        "the preemption's image reached the store before cr_run exited"
+    );
+    fs::remove_dir_all(&dir).expect("the first node is gone");
+    let elsewhere = sc.root().join("node2");
+    fs::create_dir_all(&elsewhere).expect("create");
+    let prog = sc.program("counter_job");
+    let mut inner = vec![
+        sc.tools().cr_run.display().to_string(),
+        "--checkpoint-dir".into(),
+        elsewhere.display().to_string(),
+        "--store".into(),
+        url.clone(),
+        "-v".into(),
+        "--".into(),
+    ];
+    inner.extend(prog.argv.iter().map(|a| a.to_string_lossy().into_owned()));
+    inner.extend(args.iter().map(|a| a.to_string()));
+    let script = format!(
+        "hostname node2.elsewhere && [ \"$(hostname)\" = node2.elsewhere ] && [ $$ = 1 ] && \
+         echo on node2 >&2 && exec {}",
+        inner.join(" ")
+    );
+    let argv = [
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "--uts",
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "sh",
+        "-c",
+        &script,
+    ];
+    let mut rerun = sc.start("cr_run on another machine", sc.command(&argv));
+    let st = rerun.wait_exit(RESTART_TIMEOUT);
+    rerun.wait_output_closed(Duration::from_secs(5));
+    let err = rerun.stderr();
+    assert!(
+        st.success()
+            && err.contains("on node2")
+            && err.contains("fetched")
+            && rerun
+                .stdout()
+                .contains(&format!("PASS counter_job {STEPS}")),
+        "the job resumes on the other machine from the store and ends correct:\n{}\n{}",
+        rerun.diag(),
+        sc.log()
+    );
+    let first = *steps(&rerun.stdout()).first().unwrap_or(&0);
+    assert!(
+        first > 0 && first <= last + 1,
+        "the count continues (first step {first}, the first node printed up to {last}):\n{}",
+        rerun.diag()
+    );
+    assert!(
+        stored(&nginx.root.join("site/jobs")).is_empty(),
+        "the finished job's images left the store"
+    );
 }
