@@ -3,7 +3,8 @@
 //! installed by .ci/run). Each test runs a script of tests/cluster/ that starts the scheduler's
 //! daemons on this host, runs a counting job (`c-tests/counter_job.c`) as an unprivileged user
 //! through the recipe of contrib/, forces it off its node mid-run (Grid Engine: `qmod -sj`
-//! migration; Slurm: `scontrol requeue`) and checks that the job's second run resumed its count
+//! migration; Slurm: `scontrol requeue`, then preemption by a job of a higher-priority
+//! partition with `PreemptMode=REQUEUE`) and checks that the job's next run resumed its count
 //! from a checkpoint and ended correct. The scripts stop the daemons also when they fail.
 //! Without `CR_CLUSTER_TESTS` the tests only say that they were skipped.
 
@@ -113,7 +114,7 @@ fn grid_engine_migrated_job_resumes() {
 }
 
 /// Slurm: `--requeue --signal=B:USR1@60` batch script, `scontrol requeue`d, resumes its count
-/// (SLURM_RESTART_COUNT=1).
+/// (SLURM_RESTART_COUNT=1); a second one preempted (PreemptMode=REQUEUE) does the same.
 #[test]
 fn slurm_requeued_job_resumes() {
     if !enabled() {

@@ -4,8 +4,9 @@
 # as an unprivileged user with contrib/slurm/job.sbatch (`--requeue --signal=B:USR1@60`,
 # cr_run --on-signal USR1,TERM, periodic checkpoints), requeues it with `scontrol requeue` once
 # it has counted a while, and checks that the second run (SLURM_RESTART_COUNT=1) resumed its
-# count from a checkpoint instead of from zero and ended correct. Everything started here is
-# stopped at the end, also on failure.
+# count from a checkpoint instead of from zero and ended correct; then does the same with a
+# preemption (PreemptMode=REQUEUE: a job of a higher-priority partition takes the node).
+# Everything started here is stopped at the end, also on failure.
 # Environment: CR_RUN_DIR, COUNTER_JOB, WORK, CONTRIB (contrib/slurm), JOB_USER (as sge.sh).
 # Exit 0 passed, 77 skipped (Slurm not installed), anything else failed.
 set -euo pipefail
@@ -89,8 +90,11 @@ SelectTypeParameters=CR_Core
 ReturnToService=2
 JobRequeue=1
 KillWait=10
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
-PartitionName=batch Nodes=$host Default=YES MaxTime=INFINITE State=UP
+PartitionName=batch Nodes=$host Default=YES MaxTime=INFINITE State=UP PriorityTier=1
+PartitionName=high Nodes=$host MaxTime=INFINITE State=UP PriorityTier=10
 EOT
 slurmctld -f "$SLURM_CONF"
 for _ in $(seq 100); do [ -s "$WORK/slurmctld.pid" ] && break; sleep 0.1; done
@@ -141,4 +145,28 @@ grep -v '^step ' "$job_out"
 grep -q "^PASS counter_job $STEPS\$" "$job_out" || { log "no PASS line"; exit 1; }
 check_count "$job_out" "$STEPS"
 grep -q 'SLURM_RESTART_COUNT=0' "$job_out"
+log "requeue passed after $(( $(date +%s) - t0 )) s"
+
+# Preemption: a job of the higher-priority partition needs the whole node; the counting job is
+# requeued (PreemptMode=REQUEUE), runs again after it and resumes.
+job_out=$WORK/out/low.out
+first_job=$job_id
+job_id=$(as_user env SLURM_CONF="$SLURM_CONF" PATH="$CR_RUN_DIR:$PATH" HOME="$WORK/out" \
+    LIBCR_CKPT_ROOT="$WORK/ckpt" LIBCR_EVERY=2s \
+    sbatch --parsable --export=ALL --exclusive -o "$job_out" -e "$job_out" -J low \
+    "$WORK/job.sbatch" "$COUNTER_JOB" "$STEPS" "$STEP_MS")
+log "submitted job $job_id (partition batch, after job $first_job)"
+wait_for 120 "the job to count" grep -qs '^step 150$' "$job_out"
+wait_for 60 "a periodic checkpoint" sh -c "ls '$WORK/ckpt/$job_id' | grep -q 'ckpt\$'"
+high=$(as_user env SLURM_CONF="$SLURM_CONF" sbatch --parsable --exclusive -p high \
+    -o "$WORK/out/high.out" -J high --wrap "sleep 3")
+tp=$(date +%s)
+log "submitted job $high (partition high)"
+wait_for 180 "the preempted job to run again" grep -qs 'SLURM_RESTART_COUNT=1' "$job_out"
+log "running again after $(( $(date +%s) - tp )) s"
+wait_for 300 "the job to end" sh -c "scontrol show job $job_id | grep -q 'JobState=COMPLETED'"
+grep -v '^step ' "$job_out"
+grep -q "^PASS counter_job $STEPS\$" "$job_out" || { log "no PASS line"; exit 1; }
+check_count "$job_out" "$STEPS"
+scontrol show job "$high" | grep -q 'JobState=COMPLETED' || { log "the high job did not complete"; exit 1; }
 log "passed in $(( $(date +%s) - t0 )) s"
