@@ -5,7 +5,7 @@
  * Build: gcc -O2 -Wall -o unsupported unsupported.c
  * Run:   CR_TEST_GO=/path/to/go CR_TEST_DIR=/tmp/x cr_run ./unsupported
  *
- * Before READY: two netlink sockets at fds 40 and 41, an inotify instance at fd 42, and a 64 KiB SysV shared
+ * Before READY: two netlink sockets at fds 40 and 41, a pidfd (of itself) at fd 42, and a 64 KiB SysV shared
  * memory segment (IPC_PRIVATE, removed with IPC_RMID once attached) filled with a pattern.
  * After GO: the segment's contents are still there (restored by content as shared memory) and
  * writable. Prints `PASS unsupported`. (The test checks the checkpoint's warnings.)
@@ -17,7 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/inotify.h>
+#include <sys/syscall.h>
 #include <sys/ipc.h>
 #include <sys/shm.h>
 #include <sys/socket.h>
@@ -39,9 +39,9 @@ int main(void)
         fail("netlink sockets at 40/41");
     close(sv[0]);
     close(sv[1]);
-    int efd = inotify_init1(0);
+    int efd = (int)syscall(SYS_pidfd_open, getpid(), 0);
     if (efd < 0 || dup2(efd, 42) != 42)
-        fail("inotify at 42");
+        fail("pidfd at 42");
     close(efd);
     int id = shmget(IPC_PRIVATE, SEG, IPC_CREAT | 0600);
     if (id < 0)

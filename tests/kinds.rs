@@ -1,5 +1,5 @@
 //! Kernel objects behind descriptors (`src/kinds`): one small self-checking program per kind in
-//! `c-tests/static/` (eventfd00, timerfd00, signalfd00, epoll00, socket00, unix00), each run through three
+//! `c-tests/static/` (eventfd00, timerfd00, signalfd00, epoll00, socket00, unix00, inotify00), each run through three
 //! generations: start under cr_run, checkpoint --term, restart, checkpoint the restored process
 //! --term, restart again, GO, PASS. Compile flags come from the program's `/* cr-test: cflags=…
 //! */` line. Each also runs unprivileged (as nobody) when the tests run as root.
@@ -114,6 +114,7 @@ kind_tests! {
     epoll, epoll_unprivileged => "epoll00";
     socket, socket_unprivileged => "socket00";
     unix, unix_unprivileged => "unix00";
+    inotify, inotify_unprivileged => "inotify00";
 }
 
 /// Every program in c-tests/static has its test above.
@@ -126,6 +127,7 @@ fn every_static_program_is_tested() {
         "epoll00",
         "socket00",
         "unix00",
+        "inotify00",
     ];
     for e in fs::read_dir(static_dir()).expect("c-tests/static") {
         let path = e.expect("dir entry").path();

@@ -1291,7 +1291,7 @@ fn pid_in_use_one_child() {
 // Resources that are not restored
 // ---------------------------------------------------------------------------------------------
 
-/// Netlink sockets, an inotify instance and a SysV segment: the checkpoint names each in a warning (as BLCR
+/// Netlink sockets, a pidfd and a SysV segment: the checkpoint names each in a warning (as BLCR
 /// did, never a silent surprise at restart), and the program restarts with the segment's
 /// contents (as shared memory).
 #[test]

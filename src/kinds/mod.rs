@@ -11,6 +11,7 @@
 
 pub mod epoll;
 pub mod eventfd;
+pub mod inotify;
 pub mod signalfd;
 pub mod socket;
 pub mod timerfd;
@@ -32,6 +33,8 @@ pub const SIGNALFD: u32 = 3;
 pub const EPOLL: u32 = 4;
 /// `KobjRec::kind` of a TCP or UDP socket.
 pub const SOCKET: u32 = 5;
+/// `KobjRec::kind` of an inotify instance.
+pub const INOTIFY: u32 = 6;
 
 /// A restore that failed: errno and one line naming the problem.
 #[derive(Debug)]
@@ -110,6 +113,7 @@ pub static KINDS: &[&dyn Kind] = &[
     &signalfd::SignalFd,
     &epoll::Epoll,
     &socket::Socket,
+    &inotify::Inotify,
 ];
 
 /// The kind whose descriptors have link text `link`.

@@ -304,23 +304,23 @@ fn rebuild(
         .and_then(|fd| fds::move_high(fd, img).ok())
         .unwrap_or(-1);
     let (gate_closed, gate_open) = h.gate.unwrap_or((-1, -1));
+    // The working directory first: kernel objects look for their files from it (inotify).
+    let cwd = std::ffi::CString::new(img.cwd.clone()).unwrap_or_default();
+    // SAFETY: chdir with a valid C string.
+    if unsafe { libc::chdir(cwd.as_ptr()) } != 0 {
+        return Err(sys_err(&format!(
+            "cannot enter {}",
+            String::from_utf8_lossy(&img.cwd)
+        )));
+    }
     fds::restore(
         img,
         idx,
         pool,
         &[img_fd, notify_fd, exe_fd, gate_closed, gate_open],
     )?;
-    let cwd = std::ffi::CString::new(img.cwd.clone()).unwrap_or_default();
-    // SAFETY: chdir/umask with valid arguments.
-    unsafe {
-        if libc::chdir(cwd.as_ptr()) != 0 {
-            return Err(sys_err(&format!(
-                "cannot enter {}",
-                String::from_utf8_lossy(&img.cwd)
-            )));
-        }
-        libc::umask(img.process.umask);
-    }
+    // SAFETY: umask takes no pointers.
+    unsafe { libc::umask(img.process.umask) };
     let mut layout = memory::build(img, &file, &pool.shm)?;
     drop(file);
     pool.close();
