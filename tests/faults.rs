@@ -126,3 +126,133 @@ fn requester_killed_mid_write() {
     job.expect_pass(RESTART_TIMEOUT);
     sc.restart(&old).expect_pass(RESTART_TIMEOUT);
 }
+
+/// Anonymous resident memory of `pid` in bytes (RssAnon in /proc/PID/status; 0 once gone).
+fn rss_anon(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kb| kb << 10)
+}
+
+/// A hash of the whole file (to see that a failed or killed restore left the image as it was).
+fn file_hash(p: &Path) -> u64 {
+    use std::hash::Hasher;
+    use std::io::Read;
+    let mut f = fs::File::open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).expect("read image");
+        if n == 0 {
+            break h.finish();
+        }
+        h.write(&buf[..n]);
+    }
+}
+
+/// SIGKILL to one process (not its group: the restart's own processes must die by themselves).
+fn sigkill_one(pid: u32) {
+    // SAFETY: kill with a pid we started and a valid signal.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+}
+
+/// Size of the image of bigmem with this many MiB (restores take seconds).
+const BIG_MB: u64 = 768;
+
+/// cr_restart SIGKILLed while its child (or, unprivileged, the namespace init's child) reads
+/// the program's memory from the image: every process of the restart dies with it at once
+/// (parent-death signal), none goes on restoring or runs half-restored, and the image is
+/// unchanged. `runs` restarts from the same image.
+fn restarter_killed(sc: &Scenario, runs: usize) {
+    let mut prog = sc.program("bigmem");
+    prog.argv.push(BIG_MB.to_string().into());
+    let mut job = sc.start("bigmem", sc.under_cr_run(&prog));
+    job.wait_ready();
+    let img = sc.checkpoint(job.pid(), &["--term"]);
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    let hash = file_hash(&img);
+    let big = BIG_MB << 20;
+    for run in 0..runs {
+        let mut restart = sc.restart(&img);
+        // Wait until a process of the restart has a good part, not all, of the memory back.
+        let deadline = Instant::now() + RESTART_TIMEOUT;
+        let (procs, at_kill) = loop {
+            assert!(
+                Instant::now() < deadline,
+                "no process of the restart read the memory:\n{}",
+                restart.diag()
+            );
+            let procs = descendants(restart.pid());
+            let most = procs.iter().map(|&p| rss_anon(p)).max().unwrap_or(0);
+            if most >= 48 << 20 {
+                break (procs, most);
+            }
+            if restart.try_wait_exit(Duration::ZERO).is_some() {
+                panic!(
+                    "cr_restart ended before it could be killed:\n{}",
+                    restart.diag()
+                );
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        };
+        sigkill_one(restart.pid());
+        let killed_at = Instant::now();
+        assert!(
+            at_kill < big - (big >> 3),
+            "run {run}: the memory was nearly all read ({at_kill} bytes) before the kill: not a kill mid-restore"
+        );
+        // None may go on: its memory may not grow much past what it had (one read at most),
+        // and it is gone soon.
+        let mut most = at_kill;
+        let mut left = procs.clone();
+        while !left.is_empty() && killed_at.elapsed() < Duration::from_secs(10) {
+            left.retain(|&p| pid_alive(p));
+            most = most.max(left.iter().map(|&p| rss_anon(p)).max().unwrap_or(0));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let summary: Vec<String> = left.iter().map(|&p| proc_summary(p)).collect();
+        restart.try_wait_exit(TOOL_TIMEOUT);
+        let line = format!(
+            "{}: run {run}: killed at {at_kill} bytes of {big}, highest seen after {most}, all gone after {:?}",
+            sc.name(),
+            killed_at.elapsed()
+        );
+        eprintln!("{line}");
+        sc.note(&line);
+        assert!(
+            most < at_kill + (96 << 20),
+            "run {run}: a process of the killed restart went on restoring ({at_kill} -> {most} bytes read back)\n{}",
+            sc.log()
+        );
+        assert!(
+            left.is_empty(),
+            "run {run}: processes of the killed restart still run 10 s later: {summary:?}\n{}",
+            sc.log()
+        );
+    }
+    assert_eq!(file_hash(&img), hash, "the image changed");
+    // The image still restores, and the program is whole.
+    sc.go();
+    sc.restart(&img).expect_pass(RESTART_TIMEOUT);
+}
+
+/// As root: the restart's processes are cr_restart's children, with their original pids.
+#[test]
+fn restarter_killed_mid_restore() {
+    let sc = Scenario::new("fault-restarter-killed");
+    restarter_killed(&sc, 3);
+}
+
+/// Unprivileged: cr_restart's child is the init of a new pid namespace, whose children restore.
+#[test]
+fn restarter_killed_mid_restore_in_namespace() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run as nobody");
+        return;
+    }
+    let sc = Scenario::as_user("fault-restarter-killed-ns", NOBODY);
+    restarter_killed(&sc, 2);
+}

@@ -202,10 +202,14 @@ impl ThreadState {
                 warn_restore(b"timer slack", v, e);
             }
         }
-        if let Some(v) = want(&self.pdeathsig) {
-            if let Err(e) = prctl(libc::PR_SET_PDEATHSIG, v as usize) {
-                warn_restore(b"parent-death signal", v, e);
-            }
+        // Always set: a restored process was created with SIGKILL as its parent-death signal
+        // (it must not outlive a restarter that dies half-way); none saved means none.
+        let v = match self.pdeathsig.load(Relaxed) {
+            UNSET => 0,
+            v => v,
+        };
+        if let Err(e) = prctl(libc::PR_SET_PDEATHSIG, v as usize) {
+            warn_restore(b"parent-death signal", v, e);
         }
         if let Some(v) = want(&self.keepcaps) {
             if let Err(e) = prctl(libc::PR_SET_KEEPCAPS, v as usize) {

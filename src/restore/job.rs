@@ -339,7 +339,13 @@ pub fn namespace_init(
 ) -> ! {
     use super::{write_report, Report};
     let roots = match create(members, job, opts, notify, 1, 0, &mut Vec::new()) {
-        Ok(r) => r,
+        Ok(r) => {
+            // Every process has rebuilt its memory: the job no longer dies with our creator
+            // (set in `enter_namespace`; a restarter killed from now on leaves it running).
+            // SAFETY: prctl on ourselves with integer arguments.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
+            r
+        }
         Err(e) => {
             write_report(notify, &Report::Failed(e.errno, e.msg));
             // SAFETY: leaving the init; the namespace dies with it.

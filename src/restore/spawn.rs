@@ -331,6 +331,26 @@ fn group_exists(g: i32) -> bool {
     g > 0 && (unsafe { libc::kill(-g, 0) } == 0 || errno() == libc::EPERM)
 }
 
+/// In a process just created by `creator` (its parent): a half-restored process must not
+/// outlive the process restoring it, so it gets `SIGKILL` when that parent dies (the restored
+/// program's own parent-death signal comes back from its image once it runs, see
+/// `agent::process::ThreadState`). If the parent already died before that was set, it leaves.
+pub fn die_with_parent(creator: i32) {
+    // SAFETY: prctl on ourselves with integer arguments, getppid has no preconditions.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        if libc::getppid() != creator {
+            libc::_exit(1);
+        }
+    }
+}
+
 fn reap(pid: i32) {
     loop {
         // SAFETY: reaping our own child.
@@ -586,6 +606,8 @@ impl<'a> Spawner<'a> {
     fn create(&self, i: usize, flags: u64) -> Result<i32, RestoreError> {
         let p = &self.members[i].img.process;
         let want = self.opts.pids.then_some(p.pid);
+        // SAFETY: getpid has no preconditions.
+        let creator = unsafe { libc::getpid() };
         let pid = match clone_process(want, flags) {
             Ok(pid) => pid,
             Err(libc::EEXIST) => {
@@ -606,6 +628,9 @@ impl<'a> Spawner<'a> {
             }
         };
         if pid == 0 {
+            if flags & libc::CLONE_PARENT as u64 == 0 {
+                die_with_parent(creator);
+            }
             self.child(i);
         }
         write_report(self.notify, &Report::Created(pid));
@@ -819,6 +844,21 @@ pub fn enter_namespace(quiet: bool, extra_flags: u64) -> Result<i32, RestoreErro
         )
     })?;
     if pid == 0 {
+        if extra_flags & libc::CLONE_PARENT as u64 == 0 {
+            // Killed with its creator until the job is created (`job::namespace_init` clears
+            // it): its namespace, half-restored processes included, dies with it. A creator
+            // that died before this was set never writes the byte read below: we leave.
+            // SAFETY: prctl on ourselves with integer arguments.
+            unsafe {
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                )
+            };
+        }
         // The init: wait until the parent has written our id maps.
         let mut b = [0u8; 1];
         // SAFETY: closing our copy of the write end, then reading one byte.
