@@ -1,9 +1,11 @@
 /* socket00.c - internet sockets: a TCP listener on 127.0.0.1 (port chosen by the kernel,
  * SO_REUSEADDR, TCP_NODELAY) watched by an epoll, two UDP sockets bound on loopback with one
- * connected to the other, and a TCP connection between two of its own sockets.  After GO: the
- * listener has its port and options and accepts a new connection (epoll reports it), UDP
- * datagrams flow both ways, and the old connection reports ECONNRESET on both ends (it cannot
- * be kept without privileges).  PASS socket00. */
+ * connected to the other, a TCP connection between two of its own sockets with unread bytes
+ * both ways, and one to a child that is not checkpointed (it exits when the connection
+ * closes).  After GO: the listener has its port and options and accepts a new connection
+ * (epoll reports it), UDP datagrams flow both ways, the connection inside the job is connected
+ * again with its unread bytes, the one to the outside reports ECONNRESET (it cannot be kept
+ * without privileges).  PASS socket00. */
 /* cr-test: cflags= */
 #define NAME "socket00"
 #include "kobj.h"
@@ -12,6 +14,7 @@
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 
 static struct sockaddr_in loopback(int port)
 {
@@ -64,6 +67,26 @@ int main(void)
     check(connect(cli, (struct sockaddr *)&a, sizeof a) == 0);
     int srv = accept(lst, NULL, NULL);
     check(srv >= 0);
+    check(write(cli, "abc", 3) == 3 && write(srv, "wxyz", 4) == 4);
+
+    /* A connection to a process outside the checkpointed tree: a grandchild whose parent
+     * exited at once (it is reparented away), waiting for its end to close. */
+    pid_t child = fork();
+    check(child >= 0);
+    if (child == 0 && fork() != 0)
+        _exit(0);
+    if (child == 0) {
+        int c = socket(AF_INET, SOCK_STREAM, 0);
+        char b;
+        if (connect(c, (struct sockaddr *)&a, sizeof a) != 0)
+            _exit(1);
+        while (read(c, &b, 1) > 0)
+            ;
+        _exit(0);
+    }
+    check(waitpid(child, NULL, 0) == child);
+    int out = accept(lst, NULL, NULL);
+    check(out >= 0);
 
     ready_then_wait_go();
 
@@ -91,7 +114,10 @@ int main(void)
     check(sendto(u2, "back", 4, 0, (struct sockaddr *)&from, flen) == 4);
     check(recv(u1, buf, sizeof buf, 0) == 4 && memcmp(buf, "back", 4) == 0);
 
-    check(recv(cli, buf, sizeof buf, MSG_DONTWAIT) == -1 && errno == ECONNRESET);
-    check(recv(srv, buf, sizeof buf, MSG_DONTWAIT) == -1 && errno == ECONNRESET);
+    check(recv(srv, buf, sizeof buf, MSG_DONTWAIT) == 3 && memcmp(buf, "abc", 3) == 0);
+    check(recv(cli, buf, sizeof buf, MSG_DONTWAIT) == 4 && memcmp(buf, "wxyz", 4) == 0);
+    check(write(cli, "more", 4) == 4 && read(srv, buf, sizeof buf) == 4);
+    check(opt(cli, SOL_SOCKET, SO_ERROR) == 0);
+    check(recv(out, buf, sizeof buf, MSG_DONTWAIT) == -1 && errno == ECONNRESET);
     pass();
 }

@@ -1,8 +1,11 @@
 //! Internet sockets (TCP and UDP over IPv4 and IPv6). A listening socket is bound to its
 //! address again and listens (connections that were waiting to be accepted are lost); a bound
-//! or connected UDP socket is bound and connected again; a connected TCP socket cannot be kept
-//! without privileges: it comes back as a socket whose next operation fails with `ECONNRESET`,
-//! as if the peer had reset the connection, which network programs handle (the checkpoint warns).
+//! or connected UDP socket is bound and connected again. A TCP connection whose other end is in
+//! the job too comes back as a new loopback connection between the two with the bytes that were
+//! waiting at each end (no privileges needed: both ends are ours; the port numbers change). Any
+//! other TCP connection cannot be kept without privileges: it comes back as a socket whose next
+//! operation fails with `ECONNRESET`, as if the peer had reset the connection, which network
+//! programs handle (the checkpoint warns).
 //! The options programs set on servers come back: `SO_REUSEADDR`, `SO_REUSEPORT`,
 //! `SO_KEEPALIVE`, `SO_RCVBUF`/`SO_SNDBUF` (as set: the kernel doubles what it is given),
 //! `TCP_NODELAY`, `IPV6_V6ONLY`. Unix sockets are in [`super::unix`]; netlink, raw and other
@@ -58,8 +61,16 @@ pub struct SocketState {
     pub addr: [u8; 32],
     /// Peer address (`getpeername`) of a connected socket.
     pub peer: [u8; 32],
+    /// Bytes that were waiting to be read on a TCP connection (they follow this record).
+    pub queued: u32,
+    /// Reserved (0).
+    pub _pad2: u32,
 }
-const _: () = assert!(core::mem::size_of::<SocketState>() == 104);
+const _: () = assert!(core::mem::size_of::<SocketState>() == 112);
+
+/// Most bytes waiting on a TCP connection that are saved (more: the connection comes back
+/// reset).
+pub const MAX_QUEUED: usize = 12 * 1024;
 const _: () = assert!(core::mem::size_of::<libc::sockaddr_in6>() <= 32);
 
 fn getsockopt_int(fd: i32, level: i32, name: i32) -> Result<i32, Errno> {
@@ -143,7 +154,7 @@ impl Kind for Socket {
         }
         let s: SocketState = get(state)?;
         (s.role == ROLE_CONNECTED && s.sock_type == libc::SOCK_STREAM).then_some(
-            b"is a TCP connection; after restart it fails with ECONNRESET, as if the peer had reset it",
+            b"is a TCP connection; after restart it is connected again only if its peer is part of the restart, else it fails with ECONNRESET as if the peer had reset it",
         )
     }
 
@@ -188,6 +199,8 @@ impl Kind for Socket {
             peer_len: 0,
             addr: [0; 32],
             peer: [0; 32],
+            queued: 0,
+            _pad2: 0,
         };
         s.addr_len = name(libc::SYS_getsockname, fd, &mut s.addr);
         s.peer_len = name(libc::SYS_getpeername, fd, &mut s.peer);
@@ -205,7 +218,36 @@ impl Kind for Socket {
         } else {
             ROLE_UNBOUND
         };
-        put(out, &s)
+        let head = core::mem::size_of::<SocketState>();
+        if s.role == ROLE_CONNECTED && sock_type == libc::SOCK_STREAM && s.peer_len > 0 {
+            // Its peer may be part of the job: then it comes back connected with these bytes.
+            let mut inq: i32 = 0;
+            let _ = sys::sys3(
+                libc::SYS_ioctl as usize,
+                fd as usize,
+                libc::FIONREAD as usize,
+                &mut inq as *mut i32 as usize,
+            );
+            let room = out.len().saturating_sub(head).min(MAX_QUEUED);
+            if inq > 0 && (inq as usize) <= room {
+                let got = sys::sys6(
+                    libc::SYS_recvfrom as usize,
+                    fd as usize,
+                    out[head..].as_mut_ptr() as usize,
+                    inq as usize,
+                    (libc::MSG_PEEK | libc::MSG_DONTWAIT) as usize,
+                    0,
+                    0,
+                )
+                .unwrap_or(0);
+                s.queued = got as u32;
+            } else if inq > 0 {
+                // Too much to keep: its peer cannot get it back in order either.
+                s.peer_len = 0;
+            }
+        }
+        put(out, &s)?;
+        Ok(head + s.queued as usize)
     }
 
     fn restore(&self, state: &[u8]) -> Result<OwnedFd, KindError> {
@@ -319,6 +361,82 @@ pub fn describe_addr(a: &[u8]) -> String {
     } else {
         format!("(family {family})")
     }
+}
+
+/// (local, peer) addresses of a saved TCP connection that may come back connected, and the bytes
+/// that were waiting to be read at it.
+pub fn tcp_connection(state: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+    if super::unix::is_unix(state) {
+        return None;
+    }
+    let s: SocketState = get(state)?;
+    if s.role != ROLE_CONNECTED || s.sock_type != libc::SOCK_STREAM || s.peer_len == 0 {
+        return None;
+    }
+    let head = core::mem::size_of::<SocketState>();
+    let addr_at = core::mem::offset_of!(SocketState, addr);
+    let peer_at = core::mem::offset_of!(SocketState, peer);
+    Some((
+        &state[addr_at..addr_at + (s.addr_len as usize).min(32)],
+        &state[peer_at..peer_at + (s.peer_len as usize).min(32)],
+        state.get(head..head + s.queued as usize)?,
+    ))
+}
+
+/// A new connected loopback pair for a TCP connection of the job and its peer: each end gets
+/// the bytes that were waiting to be read at it, and the options of its saved socket.
+pub fn restore_tcp_pair(a: &[u8], b: &[u8]) -> Result<(OwnedFd, OwnedFd), KindError> {
+    let sa: SocketState = get(a).ok_or_else(|| KindError::malformed("socket"))?;
+    let sb: SocketState = get(b).ok_or_else(|| KindError::malformed("socket"))?;
+    let (_, _, qa) = tcp_connection(a).ok_or_else(|| KindError::malformed("socket"))?;
+    let (_, _, qb) = tcp_connection(b).ok_or_else(|| KindError::malformed("socket"))?;
+    let io = |e: std::io::Error, what: &str| KindError {
+        errno: e.raw_os_error().unwrap_or(libc::EIO),
+        msg: format!("cannot connect a TCP connection of the job again ({what}): {e}"),
+    };
+    let at = if sa.domain == libc::AF_INET6 {
+        "[::1]:0"
+    } else {
+        "127.0.0.1:0"
+    };
+    let listener = std::net::TcpListener::bind(at).map_err(|e| io(e, "listen"))?;
+    let addr = listener.local_addr().map_err(|e| io(e, "listen"))?;
+    let end_a = std::net::TcpStream::connect(addr).map_err(|e| io(e, "connect"))?;
+    let (end_b, _) = listener.accept().map_err(|e| io(e, "accept"))?;
+    use std::io::Write;
+    (&end_b).write_all(qa).map_err(|e| io(e, "queued bytes"))?;
+    (&end_a).write_all(qb).map_err(|e| io(e, "queued bytes"))?;
+    let end_a = OwnedFd::from(end_a);
+    let end_b = OwnedFd::from(end_b);
+    // Both ends' bytes must have arrived before the program reads (loopback: at once).
+    for (fd, want) in [(&end_a, qa.len()), (&end_b, qb.len())] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            let mut inq: i32 = 0;
+            // SAFETY: FIONREAD writes one int.
+            unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut inq) };
+            if inq as usize >= want || std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    set_options(&end_a, &sa);
+    set_options(&end_b, &sb);
+    Ok((end_a, end_b))
+}
+
+/// The options of saved socket `s` on `fd` (those that matter to a connection).
+fn set_options(fd: &OwnedFd, s: &SocketState) {
+    let raw = fd.as_raw_fd();
+    let set = |level, name, v: i32| {
+        // SAFETY: setsockopt reads one int from a local.
+        unsafe {
+            libc::setsockopt(raw, level, name, (&v as *const i32).cast(), 4);
+        }
+    };
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, s.keepalive.into());
+    set(libc::IPPROTO_TCP, libc::TCP_NODELAY, s.nodelay.into());
 }
 
 /// A TCP socket whose connection was reset: its next read or write fails with `ECONNRESET`.

@@ -174,6 +174,8 @@ impl Pool {
         let mut unlinked: HashMap<(u64, u64), i32> = HashMap::new();
         // The other ends of unix socket pairs made for an end met earlier, by socket inode.
         let mut unix_ends: HashMap<u64, std::os::fd::OwnedFd> = HashMap::new();
+        // Likewise for TCP connections of the job, by (local, peer) address of the other end.
+        let mut tcp_ends: HashMap<(Vec<u8>, Vec<u8>), std::os::fd::OwnedFd> = HashMap::new();
         for (i, img) in images.iter().enumerate() {
             for f in &img.fds {
                 let pooled = match f.kind {
@@ -197,7 +199,7 @@ impl Pool {
                         } else if f.kind == FdKind::Unlinked {
                             self.unlinked_description(images, &mut unlinked, f, floor)?
                         } else if f.kind == FdKind::Kernel {
-                            let fd = kernel_description(images, &mut unix_ends, f)?;
+                            let fd = kernel_description(images, &mut unix_ends, &mut tcp_ends, f)?;
                             self.keep(fd.into_raw_fd(), floor)?
                         } else {
                             self.keep(open_file(f)?, floor)?
@@ -759,16 +761,20 @@ fn set_status_flags(fd: i32, f: &Fd) {
 fn kernel_description(
     images: &[&Image],
     unix_ends: &mut HashMap<u64, std::os::fd::OwnedFd>,
+    tcp_ends: &mut HashMap<(Vec<u8>, Vec<u8>), std::os::fd::OwnedFd>,
     f: &Fd,
 ) -> Result<std::os::fd::OwnedFd, RestoreError> {
     use crate::kinds::unix;
+    let state = f.kobj.as_ref().map(|(_, st)| st.as_slice()).unwrap_or(&[]);
+    if let Some((local, peer, _)) = crate::kinds::socket::tcp_connection(state) {
+        return tcp_description(images, tcp_ends, f, state, local, peer);
+    }
     let Some((ino, peer)) = f.kobj.as_ref().and_then(|(_, st)| unix::connection(st)) else {
         return kernel_object(f);
     };
     if let Some(end) = unix_ends.remove(&ino) {
         return Ok(end);
     }
-    let state = f.kobj.as_ref().map(|(_, st)| st.as_slice()).unwrap_or(&[]);
     let peer_state = images
         .iter()
         .flat_map(|img| img.fds.iter())
@@ -788,6 +794,36 @@ fn kernel_description(
         ),
     }
     Ok(end)
+}
+
+/// A TCP connection of the job: when its peer (the socket whose local and peer addresses are
+/// its peer and local ones) is in the job too, both come back as one new loopback connection
+/// with their waiting bytes; else it comes back reset.
+fn tcp_description(
+    images: &[&Image],
+    tcp_ends: &mut HashMap<(Vec<u8>, Vec<u8>), std::os::fd::OwnedFd>,
+    f: &Fd,
+    state: &[u8],
+    local: &[u8],
+    peer: &[u8],
+) -> Result<std::os::fd::OwnedFd, RestoreError> {
+    use crate::kinds::socket;
+    if let Some(end) = tcp_ends.remove(&(local.to_vec(), peer.to_vec())) {
+        return Ok(end);
+    }
+    let partner = images
+        .iter()
+        .flat_map(|img| img.fds.iter())
+        .filter_map(|g| g.kobj.as_ref().map(|(_, st)| st.as_slice()))
+        .find(|st| socket::tcp_connection(st).is_some_and(|(l, p, _)| l == peer && p == local));
+    let Some(partner) = partner else {
+        return kernel_object(f);
+    };
+    let (mine, theirs) = socket::restore_tcp_pair(state, partner).map_err(|e| {
+        RestoreError::new(e.errno, format!("fd {} (tcp connection): {e}", f.rec.fd))
+    })?;
+    tcp_ends.insert((peer.to_vec(), local.to_vec()), theirs);
+    Ok(mine)
 }
 
 /// A new kernel object (eventfd, timerfd, …) with the state saved for `f`.
