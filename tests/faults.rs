@@ -204,8 +204,10 @@ fn restarter_killed(sc: &Scenario, runs: usize) {
             at_kill < big - (big >> 3),
             "run {run}: the memory was nearly all read ({at_kill} bytes) before the kill: not a kill mid-restore"
         );
-        // None may go on: its memory may not grow much past what it had (one read at most),
-        // and it is gone soon.
+        // None may go on: none gets its whole memory back (without the parent-death signal
+        // the child read all of it, then died of SIGPIPE or ran on), and all are gone soon. The
+        // margin is for a loaded machine, where the killed cr_restart may take a while to exit
+        // (the child reads ~1 GB/s meanwhile).
         let mut most = at_kill;
         let mut left = procs.clone();
         while !left.is_empty() && killed_at.elapsed() < Duration::from_secs(10) {
@@ -223,7 +225,7 @@ fn restarter_killed(sc: &Scenario, runs: usize) {
         eprintln!("{line}");
         sc.note(&line);
         assert!(
-            most < at_kill + (96 << 20),
+            most < big - (big >> 3),
             "run {run}: a process of the killed restart went on restoring ({at_kill} -> {most} bytes read back)\n{}",
             sc.log()
         );
