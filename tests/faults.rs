@@ -258,3 +258,143 @@ fn restarter_killed_mid_restore_in_namespace() {
     let sc = Scenario::as_user("fault-restarter-killed-ns", NOBODY);
     restarter_killed(&sc, 2);
 }
+
+/// Checks a restart that must fail: non-zero exit, exactly one line on stderr (returned), no
+/// output from the program, nothing left in cr_restart's process group, none of `pids` (the
+/// original pids, which a restored process would get back) alive, and the image unchanged.
+fn assert_restart_failed_clean(sc: &Scenario, img: &Path, pids: &[u32], what: &str) -> String {
+    let hash = file_hash(img);
+    let mut job = sc.restart(img);
+    let st = job.wait_exit(TOOL_TIMEOUT);
+    let closed = job.wait_output_closed(Duration::from_secs(5));
+    assert!(
+        matches!(st.code(), Some(c) if c != 0),
+        "{what}: cr_restart should fail with an exit code:\n{}",
+        job.diag()
+    );
+    let lines: Vec<String> = job
+        .stderr()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{what}: one line on stderr:\n{}",
+        job.diag()
+    );
+    assert!(
+        closed,
+        "{what}: a process still holds cr_restart's output:\n{}",
+        job.diag()
+    );
+    let out = job.stdout();
+    assert!(
+        !out.contains("PASS") && !out.contains("READY"),
+        "{what}: the program ran:\n{}",
+        job.diag()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut left: Vec<u32> = job.group_members();
+    left.extend(pids.iter().copied().filter(|&p| pid_alive(p)));
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+        left = job.group_members();
+        left.extend(pids.iter().copied().filter(|&p| pid_alive(p)));
+    }
+    let summary: Vec<String> = left.iter().map(|&p| proc_summary(p)).collect();
+    assert!(
+        left.is_empty(),
+        "{what}: processes left: {summary:?}\n{}",
+        job.diag()
+    );
+    assert_eq!(file_hash(img), hash, "{what}: the image changed");
+    // Killed grandchildren are zombies until pid 1 reaps them: wait, so the next restart finds
+    // its pids free without a warning.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|&p| proc_stat(p).is_some()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let line = format!("{}: {what}: exit {:?}: {}", sc.name(), st.code(), lines[0]);
+    eprintln!("{line}");
+    sc.note(&line);
+    lines[0].clone()
+}
+
+/// A restore of a process tree (c-tests/tree.c, a root with three children, one with a
+/// grandchild) that fails half-way: one byte of page data flipped, at three places. Every
+/// process was already created when the damage is found (the page data is hashed while it is
+/// read into place, in each process): all of them are killed, cr_restart exits non-zero with one
+/// line, nothing of the program ran, the image file is unchanged, and the good image restores.
+#[test]
+fn restore_fails_half_way() {
+    let sc = Scenario::new("fault-restore-half-way");
+    let mut prog = sc.program("tree");
+    prog.argv.extend(["3".into(), "deep".into()]);
+    let mut job = sc.start("tree", sc.under_cr_run(&prog));
+    job.wait_ready();
+    let mut pids = vec![job.pid()];
+    pids.extend(descendants(job.pid()));
+    let img = sc.checkpoint(job.pid(), &["--term"]);
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    // Gone, zombies reaped too (their pids and groups must be free for the restart).
+    let deadline = Instant::now() + DEATH_TIMEOUT;
+    while pids.iter().any(|&p| proc_stat(p).is_some()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let good = fs::read(&img).expect("read image");
+    let mut half_way = 0;
+    for (k, frac) in [(1, 5), (3, 5), (9, 10)] {
+        let mut bad = good.clone();
+        let from = good.len() * k / frac;
+        let at = from + bad[from..].iter().position(|&b| b != 0).unwrap_or(0);
+        bad[at] ^= 0xff;
+        let path = sc.img_dir().join(format!("flip-{at}.img"));
+        fs::write(&path, &bad).expect("write damaged image");
+        let msg = assert_restart_failed_clean(
+            &sc,
+            &path,
+            &pids,
+            &format!("tree image with byte {at} of {} flipped", good.len()),
+        );
+        half_way += usize::from(msg.contains("page data"));
+    }
+    assert!(
+        half_way > 0,
+        "no damage was found half-way (page data):\n{}",
+        sc.log()
+    );
+    sc.go();
+    sc.restart(&img).expect_pass(RESTART_TIMEOUT);
+}
+
+/// The program's working directory removed after the checkpoint: the restart is refused up
+/// front (exit code, one line naming it), nothing runs or is left, the image is unchanged; the
+/// directory made again, the same image restores.
+#[test]
+fn restore_fails_cwd_removed() {
+    let sc = Scenario::new("fault-restore-cwd");
+    let dir = sc.work_dir().join("cwd");
+    fs::create_dir_all(&dir).expect("mkdir");
+    let prog = sc.program("spinner");
+    let mut cmd = sc.under_cr_run(&prog);
+    cmd.current_dir(&dir);
+    let mut job = sc.start("spinner", cmd);
+    job.wait_ready();
+    let pid = job.pid();
+    let img = sc.checkpoint(pid, &["--term"]);
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    fs::remove_dir(&dir).expect("rmdir");
+    for run in 0..3 {
+        let msg =
+            assert_restart_failed_clean(&sc, &img, &[pid], &format!("cwd removed, run {run}"));
+        assert!(
+            msg.contains(&dir.display().to_string()),
+            "the message should name the directory: {msg}"
+        );
+    }
+    fs::create_dir_all(&dir).expect("mkdir");
+    sc.go();
+    sc.restart(&img).expect_pass(RESTART_TIMEOUT);
+}
