@@ -165,6 +165,48 @@ pub fn read_file(path: &[u8], buf: &mut [u8]) -> SysResult {
     res
 }
 
+/// `getsockopt(fd, level, name)` of an `int` option.
+pub fn getsockopt_int(fd: i32, level: i32, name: i32) -> Result<i32, Errno> {
+    let mut v: i32 = 0;
+    let mut len: libc::socklen_t = 4;
+    sys6(
+        libc::SYS_getsockopt as usize,
+        fd as usize,
+        level as usize,
+        name as usize,
+        &mut v as *mut i32 as usize,
+        &mut len as *mut _ as usize,
+        0,
+    )?;
+    Ok(v)
+}
+
+/// Bytes waiting to be read on socket `fd` (`FIONREAD`).
+pub fn bytes_waiting(fd: i32) -> Result<usize, Errno> {
+    let mut n: i32 = 0;
+    sys3(
+        libc::SYS_ioctl as usize,
+        fd as usize,
+        libc::FIONREAD as usize,
+        &mut n as *mut i32 as usize,
+    )?;
+    Ok(n.max(0) as usize)
+}
+
+/// Copies what is waiting on socket `fd` into `buf` without consuming it
+/// (`recv(MSG_PEEK | MSG_DONTWAIT)`); the byte count.
+pub fn peek(fd: i32, buf: &mut [u8]) -> SysResult {
+    sys6(
+        libc::SYS_recvfrom as usize,
+        fd as usize,
+        buf.as_mut_ptr() as usize,
+        buf.len(),
+        (libc::MSG_PEEK | libc::MSG_DONTWAIT) as usize,
+        0,
+        0,
+    )
+}
+
 /// `readlinkat(AT_FDCWD, path, buf)`; `path` NUL-terminated. Returns the length (not terminated).
 pub fn readlink(path: &[u8], buf: &mut [u8]) -> SysResult {
     sys6(

@@ -73,21 +73,6 @@ const _: () = assert!(core::mem::size_of::<SocketState>() == 112);
 pub const MAX_QUEUED: usize = 12 * 1024;
 const _: () = assert!(core::mem::size_of::<libc::sockaddr_in6>() <= 32);
 
-fn getsockopt_int(fd: i32, level: i32, name: i32) -> Result<i32, Errno> {
-    let mut v: i32 = 0;
-    let mut len: libc::socklen_t = 4;
-    sys::sys6(
-        libc::SYS_getsockopt as usize,
-        fd as usize,
-        level as usize,
-        name as usize,
-        &mut v as *mut i32 as usize,
-        &mut len as *mut _ as usize,
-        0,
-    )?;
-    Ok(v)
-}
-
 /// `getsockname`/`getpeername` into `out`; the length.
 fn name(nr: libc::c_long, fd: i32, out: &mut [u8; 32]) -> u32 {
     let mut len: libc::socklen_t = 32;
@@ -159,12 +144,12 @@ impl Kind for Socket {
     }
 
     fn capture(&self, fd: i32, out: &mut [u8]) -> Result<usize, Errno> {
-        let domain = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)?;
+        let domain = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)?;
         if domain == libc::AF_UNIX {
             return super::unix::capture(fd, out);
         }
-        let sock_type = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)?;
-        let protocol = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL)?;
+        let sock_type = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)?;
+        let protocol = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL)?;
         let family_ok = domain == libc::AF_INET || domain == libc::AF_INET6;
         let proto_ok = matches!(
             (sock_type, protocol),
@@ -173,7 +158,8 @@ impl Kind for Socket {
         if !family_ok || !proto_ok {
             return Err(Errno(libc::EAFNOSUPPORT));
         }
-        let opt = |level, name| getsockopt_int(fd, level, name).map_or(0, |v| u8::from(v != 0));
+        let opt =
+            |level, name| sys::getsockopt_int(fd, level, name).map_or(0, |v| u8::from(v != 0));
         let mut s = SocketState {
             domain,
             sock_type,
@@ -193,8 +179,8 @@ impl Kind for Socket {
                 0
             },
             _pad: [0; 3],
-            rcvbuf: getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF).unwrap_or(0),
-            sndbuf: getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF).unwrap_or(0),
+            rcvbuf: sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF).unwrap_or(0),
+            sndbuf: sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF).unwrap_or(0),
             addr_len: 0,
             peer_len: 0,
             addr: [0; 32],
@@ -204,7 +190,8 @@ impl Kind for Socket {
         };
         s.addr_len = name(libc::SYS_getsockname, fd, &mut s.addr);
         s.peer_len = name(libc::SYS_getpeername, fd, &mut s.peer);
-        let listening = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).unwrap_or(0) != 0;
+        let listening =
+            sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).unwrap_or(0) != 0;
         let bound = is_bound(&s.addr[..s.addr_len as usize]);
         s.role = if listening {
             ROLE_LISTENING
@@ -221,26 +208,10 @@ impl Kind for Socket {
         let head = core::mem::size_of::<SocketState>();
         if s.role == ROLE_CONNECTED && sock_type == libc::SOCK_STREAM && s.peer_len > 0 {
             // Its peer may be part of the job: then it comes back connected with these bytes.
-            let mut inq: i32 = 0;
-            let _ = sys::sys3(
-                libc::SYS_ioctl as usize,
-                fd as usize,
-                libc::FIONREAD as usize,
-                &mut inq as *mut i32 as usize,
-            );
+            let inq = sys::bytes_waiting(fd).unwrap_or(0);
             let room = out.len().saturating_sub(head).min(MAX_QUEUED);
-            if inq > 0 && (inq as usize) <= room {
-                let got = sys::sys6(
-                    libc::SYS_recvfrom as usize,
-                    fd as usize,
-                    out[head..].as_mut_ptr() as usize,
-                    inq as usize,
-                    (libc::MSG_PEEK | libc::MSG_DONTWAIT) as usize,
-                    0,
-                    0,
-                )
-                .unwrap_or(0);
-                s.queued = got as u32;
+            if inq > 0 && inq <= room {
+                s.queued = sys::peek(fd, &mut out[head..head + inq]).unwrap_or(0) as u32;
             } else if inq > 0 {
                 // Too much to keep: its peer cannot get it back in order either.
                 s.peer_len = 0;
@@ -412,10 +383,8 @@ pub fn restore_tcp_pair(a: &[u8], b: &[u8]) -> Result<(OwnedFd, OwnedFd), KindEr
     for (fd, want) in [(&end_a, qa.len()), (&end_b, qb.len())] {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         loop {
-            let mut inq: i32 = 0;
-            // SAFETY: FIONREAD writes one int.
-            unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut inq) };
-            if inq as usize >= want || std::time::Instant::now() > deadline {
+            let inq = sys::bytes_waiting(fd.as_raw_fd()).unwrap_or(0);
+            if inq >= want || std::time::Instant::now() > deadline {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(1));

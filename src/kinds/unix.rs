@@ -51,21 +51,6 @@ pub struct UnixState {
 }
 const _: () = assert!(core::mem::size_of::<UnixState>() == 152);
 
-fn getsockopt_int(fd: i32, name: i32) -> Result<i32, Errno> {
-    let mut v: i32 = 0;
-    let mut len: libc::socklen_t = 4;
-    sys::sys6(
-        libc::SYS_getsockopt as usize,
-        fd as usize,
-        libc::SOL_SOCKET as usize,
-        name as usize,
-        &mut v as *mut i32 as usize,
-        &mut len as *mut _ as usize,
-        0,
-    )?;
-    Ok(v)
-}
-
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const UDIAG_SHOW_PEER: u32 = 4;
 const UNIX_DIAG_PEER: u16 = 2;
@@ -143,7 +128,7 @@ fn peer_of(ino: u64) -> Result<u64, Errno> {
 
 /// Saves the Unix socket `fd` (allocation-free; the threads are parked).
 pub fn capture(fd: i32, out: &mut [u8]) -> Result<usize, Errno> {
-    let sock_type = getsockopt_int(fd, libc::SO_TYPE)?;
+    let sock_type = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)?;
     let st = sys::fstat(fd)?;
     let mut s = UnixState {
         domain: libc::AF_UNIX,
@@ -172,7 +157,7 @@ pub fn capture(fd: i32, out: &mut [u8]) -> Result<usize, Errno> {
         s.name[..n].copy_from_slice(&addr[2..2 + n]);
         s.name_len = n as u32;
     }
-    if getsockopt_int(fd, libc::SO_ACCEPTCONN).unwrap_or(0) != 0 {
+    if sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).unwrap_or(0) != 0 {
         s.role = ROLE_LISTENING;
         return put(out, &s);
     }
@@ -187,27 +172,12 @@ pub fn capture(fd: i32, out: &mut [u8]) -> Result<usize, Errno> {
     // What is queued for reading, peeked (not consumed).
     let head = core::mem::size_of::<UnixState>();
     let room = out.len().saturating_sub(head).min(MAX_QUEUED);
-    let mut inq: i32 = 0;
-    sys::sys3(
-        libc::SYS_ioctl as usize,
-        fd as usize,
-        libc::FIONREAD as usize,
-        &mut inq as *mut i32 as usize,
-    )?;
+    let inq = sys::bytes_waiting(fd)?;
     if inq > 0 {
-        if sock_type != libc::SOCK_STREAM || inq as usize > room {
+        if sock_type != libc::SOCK_STREAM || inq > room {
             return Err(Errno(libc::EMSGSIZE));
         }
-        let got = sys::sys6(
-            libc::SYS_recvfrom as usize,
-            fd as usize,
-            out[head..].as_mut_ptr() as usize,
-            inq as usize,
-            (libc::MSG_PEEK | libc::MSG_DONTWAIT) as usize,
-            0,
-            0,
-        )?;
-        s.queued = got as u32;
+        s.queued = sys::peek(fd, &mut out[head..head + inq])? as u32;
     }
     put(out, &s)?;
     Ok(head + s.queued as usize)
