@@ -456,8 +456,10 @@ fn resume_from_store(sc: &Scenario, url: &str, store_dir: &Path) {
     let seen = steps(&rerun.stdout());
     let first = *seen.first().unwrap_or(&0);
     let last = *before.last().unwrap_or(&0);
+    // The second generation was asked for once step 40 was printed (it is taken a few steps
+    // later on a loaded machine); the damaged third one was taken at the preemption.
     assert!(
-        first > 10 && first <= 41 && first < last,
+        first > 40 && first < last,
         "resumed from the second generation (first step {first}, preempted at {last}):\n{}",
         rerun.diag()
     );
