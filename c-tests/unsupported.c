@@ -7,7 +7,7 @@
  *
  * Before READY: two netlink sockets at fds 40 and 41, a pidfd (of itself) at fd 42, and a 64 KiB SysV shared
  * memory segment (IPC_PRIVATE, removed with IPC_RMID once attached) filled with a pattern.
- * After GO: the segment's contents are still there (restored by content as shared memory) and
+ * After GO: the segment's contents are still there (a SysV segment again, since issue 12) and
  * writable. Prints `PASS unsupported`. (The test checks the checkpoint's warnings.)
  */
 #define _GNU_SOURCE

@@ -1,5 +1,5 @@
 //! Kernel objects behind descriptors (`src/kinds`): one small self-checking program per kind in
-//! `c-tests/static/` (eventfd00, timerfd00, signalfd00, epoll00, socket00, unix00, inotify00), each run through three
+//! `c-tests/static/` (eventfd00, timerfd00, signalfd00, epoll00, socket00, unix00, inotify00, sysvshm00), each run through three
 //! generations: start under cr_run, checkpoint --term, restart, checkpoint the restored process
 //! --term, restart again, GO, PASS. Compile flags come from the program's `/* cr-test: cflags=…
 //! */` line. Each also runs unprivileged (as nobody) when the tests run as root.
@@ -49,12 +49,28 @@ fn compile(sc: &Scenario, name: &str) -> PathBuf {
     out
 }
 
+/// Removes the keyed SysV segment sysvshm00 started as process `.0` makes (its key is
+/// 0x6c69xxxx, the low 16 bits of its pid), which a failed run leaves behind.
+struct SysvKeyGuard(u32);
+
+impl Drop for SysvKeyGuard {
+    fn drop(&mut self) {
+        let key = format!("{:#x}", 0x6c69_0000u32 | (self.0 & 0xffff));
+        let _ = Command::new("ipcrm")
+            .args(["-M", &key])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// Three generations of `name`; no warning may say one of its objects is not restored.
 fn three_generations(sc: Scenario, name: &str) {
     let exe = compile(&sc, name);
     let cr_run = sc.tools().cr_run.clone();
     let cmd = sc.command(&[cr_run.as_os_str(), "--".as_ref(), exe.as_os_str()]);
     let mut gen1 = sc.start(name, cmd);
+    let _left = (name == "sysvshm00").then(|| SysvKeyGuard(gen1.pid()));
     gen1.wait_ready();
     let img1 = sc.next_image_path();
     let res = sc.checkpoint_to(gen1.pid(), &["--term"], &img1);
@@ -115,6 +131,7 @@ kind_tests! {
     socket, socket_unprivileged => "socket00";
     unix, unix_unprivileged => "unix00";
     inotify, inotify_unprivileged => "inotify00";
+    sysvshm, sysvshm_unprivileged => "sysvshm00";
 }
 
 /// Every program in c-tests/static has its test above.
@@ -128,6 +145,7 @@ fn every_static_program_is_tested() {
         "socket00",
         "unix00",
         "inotify00",
+        "sysvshm00",
     ];
     for e in fs::read_dir(static_dir()).expect("c-tests/static") {
         let path = e.expect("dir entry").path();
@@ -143,4 +161,41 @@ fn every_static_program_is_tested() {
             );
         }
     }
+}
+
+/// A SysV key still in use by a live segment at restart (the checkpointed program still runs,
+/// attached to it): one clear line naming the key and how to free it, non-zero exit, nothing
+/// started; the original finishes normally.
+#[test]
+fn sysvshm_key_in_use_is_refused() {
+    let sc = Scenario::new("sysvshm00-key-in-use");
+    let exe = compile(&sc, "sysvshm00");
+    let cr_run = sc.tools().cr_run.clone();
+    let cmd = sc.command(&[cr_run.as_os_str(), "--".as_ref(), exe.as_os_str()]);
+    let mut orig = sc.start("sysvshm00", cmd);
+    orig.wait_ready();
+    let img = sc.next_image_path();
+    sc.checkpoint_to(orig.pid(), &[], &img).assert_success();
+    let _left = SysvKeyGuard(orig.pid());
+    let mut again = sc.restart_with(&img, &["--no-restore-pid"]);
+    let status = again.wait_exit(RESTART_TIMEOUT);
+    assert!(
+        !status.success(),
+        "the restart must fail:\n{}",
+        again.diag()
+    );
+    again.wait_output_closed(RESTART_TIMEOUT);
+    let err = again.stderr();
+    assert!(
+        err.contains("is in use") && err.contains("ipcrm -M 0x6c69"),
+        "the error must name the key in use:\n{}",
+        again.diag()
+    );
+    assert!(
+        !again.stdout().contains("PASS"),
+        "nothing may run:\n{}",
+        again.diag()
+    );
+    sc.go();
+    orig.expect_pass(RESTART_TIMEOUT);
 }

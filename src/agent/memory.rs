@@ -190,6 +190,46 @@ fn classify(
     })
 }
 
+/// `n` rounded up to whole pages.
+fn page_up(n: u64) -> u64 {
+    n.div_ceil(PAGE as u64) * PAGE as u64
+}
+
+/// The SysV shared memory segment with id `shmid`, from `/proc/sysvipc/shm` (allocation-free).
+fn sysv_segment(shmid: u64) -> Option<SysvShmRec> {
+    let mut found = None;
+    let _ = crate::kinds::each_line(b"/proc/sysvipc/shm\0", |line| {
+        if found.is_none() {
+            found = parse_sysv_line(line).filter(|s| s.shmid as u64 == shmid);
+        }
+        Ok(())
+    });
+    found
+}
+
+/// One line of `/proc/sysvipc/shm`: `key shmid perms size …` (key signed decimal, perms octal).
+pub fn parse_sysv_line(line: &[u8]) -> Option<SysvShmRec> {
+    let mut f = line
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|t| !t.is_empty());
+    let key = f.next()?;
+    let (neg, digits) = match key.strip_prefix(b"-") {
+        Some(d) => (true, d),
+        None => (false, key),
+    };
+    let k = crate::kinds::parse_u64(digits, 10)? as i64;
+    let shmid = crate::kinds::parse_u64(f.next()?, 10)?;
+    let mode = crate::kinds::parse_u64(f.next()?, 8)?;
+    let size = crate::kinds::parse_u64(f.next()?, 10)?;
+    Some(SysvShmRec {
+        key: if neg { -k } else { k } as i32,
+        shmid: shmid as i32,
+        mode: mode as u32,
+        _pad: 0,
+        size,
+    })
+}
+
 /// Whether the 4 KiB page at `addr` is all zero.
 fn page_is_zero(addr: usize) -> bool {
     let p = addr as *const u64;
@@ -582,12 +622,21 @@ pub fn capture(
                 w.raw(REC_REGION_FS, bytemuck::bytes_of(&fs))
                     .map_err(|_| Errno(libc::ENOMEM))?;
             }
-            if m.path.starts_with(b"/SYSV") {
-                // BLCR did not restore SysV IPC either; say so now, not at restart.
+            let sysv = if m.path.starts_with(b"/SYSV") {
+                sysv_segment(m.inode)
+                    .filter(|s| m.offset == 0 && m.end - m.start == page_up(s.size))
+            } else {
+                None
+            };
+            if let Some(seg) = sysv {
+                w.raw(REC_REGION_SYSV, bytemuck::bytes_of(&seg))
+                    .map_err(|_| Errno(libc::ENOMEM))?;
+            } else if m.path.starts_with(b"/SYSV") {
+                // Only part of it mapped here (or not found): plain shared memory; say so now.
                 let mut msg = StackBuf::<512>::new();
                 msg.push(b"SysV shared memory segment ")
                     .push(m.path)
-                    .push(b" is saved by content: after restart it is shared memory of the restored processes, not a SysV segment (shmget/shmctl will not find it)");
+                    .push(b" is only partly mapped here: it is saved by content and after restart it is shared memory of the restored processes, not a SysV segment (shmget/shmctl will not find it)");
                 w.raw(REC_WARNING, msg.as_bytes())
                     .map_err(|_| Errno(libc::ENOMEM))?;
             }
@@ -631,3 +680,23 @@ pub fn write_data(fd: i32, extents: &[Extent], deadline_ns: u64) -> Result<u64, 
 /// Page data is written (and the deadline and the requester checked) in pieces of this size (a
 /// page multiple; ~40 ms at this machine's direct-I/O rate).
 const WRITE_CHUNK: u64 = 64 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysvipc_shm_lines_parse() {
+        let head = b"       key      shmid perms                  size  cpid  lpid nattch   uid";
+        assert!(parse_sysv_line(head).is_none());
+        let l = b"1818842614         29  1640                 65536  1234  1234      2     0";
+        let s = parse_sysv_line(l).unwrap();
+        assert_eq!(
+            (s.key, s.shmid, s.mode, s.size),
+            (0x6c6955f6, 29, 0o1640, 65536)
+        );
+        let neg = parse_sysv_line(b"-5 3 600 4096").unwrap();
+        assert_eq!(neg.key, -5);
+        assert_eq!(page_up(65537), 69632);
+    }
+}

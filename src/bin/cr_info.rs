@@ -136,6 +136,9 @@ fn open_flags(f: i32) -> String {
 }
 
 fn region_kind(r: &cr::image::reader::Region) -> &'static str {
+    if r.sysv.is_some() {
+        return "sysv-shm";
+    }
     match (r.kind, r.fs.map(|f| f.fs)) {
         (RegionKind::SharedContent, Some(FS_TMPFS)) => return "tmpfs-shared",
         (RegionKind::PrivateContent, Some(FS_TMPFS)) => return "tmpfs-private",
@@ -306,6 +309,28 @@ fn print_contents(path: &Path, img: &Image, len: u64) {
             f.size,
             rfc3339(f.mtime.0, f.mtime.1)
         );
+    }
+
+    let sysv: Vec<_> = img.regions.iter().filter(|r| r.sysv.is_some()).collect();
+    if !sysv.is_empty() {
+        println!("\nSysV shared memory segments ({})", sysv.len());
+        for r in sysv {
+            let Some(s) = r.sysv else { continue };
+            let key = if s.mode & cr::restore::sysv::SHM_DEST != 0 {
+                "removed (IPC_RMID), re-created private".to_string()
+            } else if s.key == 0 {
+                "IPC_PRIVATE".to_string()
+            } else {
+                format!("key {:#x}", s.key)
+            };
+            println!(
+                "  {:#x}  segment {}, {key}, size {}, mode {:04o}",
+                r.rec.start,
+                s.shmid,
+                s.size,
+                s.mode & 0o777
+            );
+        }
     }
 
     let tmpfs: Vec<_> = img

@@ -126,6 +126,10 @@ pub const REC_FD_OWNER: u32 = REC_OPTIONAL | 12;
 /// Record (version 4): [`KobjRec`], then the state of the kernel object behind the
 /// [`FdKind::Kernel`] descriptor of the `REC_FD` record just before it (see `crate::kinds`).
 pub const REC_KOBJ: u32 = 13;
+/// Record (optional): [`SysvShmRec`], after a `SharedContent` region's record (and its extents,
+/// and any `REC_REGION_FS`): the region is a whole SysV shared memory segment. A reader that
+/// skips it re-creates the region as plain shared memory with the saved contents.
+pub const REC_REGION_SYSV: u32 = REC_OPTIONAL | 14;
 /// Last record.
 pub const REC_END: u32 = 0xffff;
 
@@ -311,6 +315,23 @@ pub struct RegionFsRec {
     pub page_size: u64,
 }
 const _: () = assert!(core::mem::size_of::<RegionFsRec>() == 24);
+
+/// Payload of [`REC_REGION_SYSV`] (24 bytes), from `/proc/sysvipc/shm`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug, Default, PartialEq, Eq)]
+pub struct SysvShmRec {
+    /// Its key (`IPC_PRIVATE` = 0, also once removed with `IPC_RMID`).
+    pub key: i32,
+    /// Its id (the inode number `/proc/PID/maps` shows).
+    pub shmid: i32,
+    /// `shm_perm.mode`: permission bits, with `SHM_DEST` (0o1000) once removed with `IPC_RMID`.
+    pub mode: u32,
+    /// Reserved (0).
+    pub _pad: u32,
+    /// Size in bytes (`shm_segsz`).
+    pub size: u64,
+}
+const _: () = assert!(core::mem::size_of::<SysvShmRec>() == 24);
 
 /// A run of saved pages: `len` bytes at address `addr`, stored `file_off` bytes after the start
 /// of the page data (`FileHeader::data_offset`).

@@ -83,6 +83,8 @@ pub struct Region {
     pub extents: Vec<Extent>,
     /// The file system detail of a `REC_REGION_FS` record, if the writer added one.
     pub fs: Option<RegionFsRec>,
+    /// The SysV segment it is (`REC_REGION_SYSV`), if the writer added one.
+    pub sysv: Option<SysvShmRec>,
 }
 
 /// An open file descriptor with its path.
@@ -296,6 +298,7 @@ impl Image {
                         path,
                         extents: Vec::new(),
                         fs: None,
+                        sysv: None,
                     });
                 }
                 REC_EXTENTS => {
@@ -364,6 +367,12 @@ impl Image {
                         ImageError::Malformed("region detail before region".into())
                     })?;
                     region.fs = Some(read_pod(body, "region file system")?);
+                }
+                REC_REGION_SYSV => {
+                    let region = self.regions.last_mut().ok_or_else(|| {
+                        ImageError::Malformed("SysV segment detail before region".into())
+                    })?;
+                    region.sysv = Some(read_pod(body, "SysV segment")?);
                 }
                 REC_FD_OWNER => {
                     let o: FdOwnerRec = read_pod(body, "fd owner")?;

@@ -120,47 +120,6 @@ pub fn watches(state: &[u8]) -> Option<Vec<Watch>> {
     )
 }
 
-/// Streams `/proc/self/fdinfo/FD` line by line through `line` (allocation-free).
-fn each_fdinfo_line(
-    fd: i32,
-    mut line: impl FnMut(&[u8]) -> Result<(), Errno>,
-) -> Result<(), Errno> {
-    let mut path = StackBuf::<64>::new();
-    path.push(b"/proc/self/fdinfo/").num(fd as u64);
-    let f = sys::open(path.as_cstr(), libc::O_RDONLY | libc::O_CLOEXEC, 0)? as i32;
-    let mut buf = [0u8; 2048];
-    let mut have = 0;
-    let res = loop {
-        let n = match sys::read(f, &mut buf[have..]) {
-            Ok(n) => n,
-            Err(e) => break Err(e),
-        };
-        have += n;
-        let mut start = 0;
-        let mut bad = Ok(());
-        while let Some(nl) = buf[start..have].iter().position(|&b| b == b'\n') {
-            if let Err(e) = line(&buf[start..start + nl]) {
-                bad = Err(e);
-                break;
-            }
-            start += nl + 1;
-        }
-        if bad.is_err() {
-            break bad;
-        }
-        buf.copy_within(start..have, 0);
-        have -= start;
-        if n == 0 {
-            break if have > 0 { line(&buf[..have]) } else { Ok(()) };
-        }
-        if have == buf.len() {
-            break Err(Errno(libc::EPROTO));
-        }
-    };
-    sys::close(f);
-    res
-}
-
 impl Kind for Inotify {
     fn id(&self) -> u32 {
         INOTIFY
@@ -181,7 +140,9 @@ impl Kind for Inotify {
 
     fn capture(&self, fd: i32, out: &mut [u8]) -> Result<usize, Errno> {
         let mut n = 0usize;
-        each_fdinfo_line(fd, |line| {
+        let mut path = StackBuf::<64>::new();
+        path.push(b"/proc/self/fdinfo/").num(fd as u64);
+        super::each_line(path.as_cstr(), |line| {
             let Some(w) = parse_watch(line) else {
                 return Ok(());
             };

@@ -134,6 +134,46 @@ pub fn fdinfo(fd: i32, buf: &mut [u8]) -> Result<&[u8], Errno> {
     Ok(&buf[..n.min(buf.len())])
 }
 
+/// Streams the file at `path` (NUL-terminated) line by line through `line`, allocation-free
+/// (lines up to 2 KiB; a longer one is `EPROTO`).
+pub fn each_line(
+    path: &[u8],
+    mut line: impl FnMut(&[u8]) -> Result<(), Errno>,
+) -> Result<(), Errno> {
+    let f = sys::open(path, libc::O_RDONLY | libc::O_CLOEXEC, 0)? as i32;
+    let mut buf = [0u8; 2048];
+    let mut have = 0;
+    let res = loop {
+        let n = match sys::read(f, &mut buf[have..]) {
+            Ok(n) => n,
+            Err(e) => break Err(e),
+        };
+        have += n;
+        let mut start = 0;
+        let mut bad = Ok(());
+        while let Some(nl) = buf[start..have].iter().position(|&b| b == b'\n') {
+            if let Err(e) = line(&buf[start..start + nl]) {
+                bad = Err(e);
+                break;
+            }
+            start += nl + 1;
+        }
+        if bad.is_err() {
+            break bad;
+        }
+        buf.copy_within(start..have, 0);
+        have -= start;
+        if n == 0 {
+            break if have > 0 { line(&buf[..have]) } else { Ok(()) };
+        }
+        if have == buf.len() {
+            break Err(Errno(libc::EPROTO));
+        }
+    };
+    sys::close(f);
+    res
+}
+
 /// The value after `name` on the first line of `text` that starts with it, blanks trimmed.
 pub fn field<'a>(text: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     text.split(|&b| b == b'\n')

@@ -156,7 +156,8 @@ impl SharedObjects<'_> {
 /// The identity of a shared memory object: the device and inode `/proc/PID/maps` showed
 /// (regions with the same identity map the same object, e.g. a memfd mapped twice).
 pub fn shared_key(r: &Region) -> Option<(u64, u64)> {
-    (r.rec.ino != 0).then_some((r.rec.dev, r.rec.ino))
+    // (A SysV segment's inode is its id, and 0 is a valid id.)
+    (r.rec.ino != 0 || r.sysv.is_some()).then_some((r.rec.dev, r.rec.ino))
 }
 
 /// Maps one region at `addr` (0 = anywhere); returns where it landed.
@@ -195,6 +196,11 @@ fn map_region(shm: &SharedObjects, r: &Region, addr: u64) -> Result<u64, Restore
             0,
             false,
         ),
+        RegionKind::SharedContent if r.sysv.is_some() => {
+            let (id, _) = shm.fd_for(r)?;
+            let readonly = r.rec.prot & libc::PROT_WRITE as u32 == 0;
+            return super::sysv::attach(id, addr, readonly);
+        }
         RegionKind::SharedContent => {
             let (fd, close) = shm.fd_for(r)?;
             // A tmpfs file may have been opened read-only (as the program had it).

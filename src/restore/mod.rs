@@ -12,6 +12,7 @@ pub mod memory;
 pub mod pool;
 pub mod relocate;
 pub mod spawn;
+pub mod sysv;
 pub mod trampoline;
 
 use crate::image::format::page_align;

@@ -26,8 +26,11 @@ use std::os::unix::fs::FileExt;
 pub struct Pool {
     /// (image index, descriptor number) → pool descriptor holding its open file description.
     pub fds: HashMap<(usize, i32), i32>,
-    /// Shared memory objects by `memory::shared_key` → memfd.
+    /// Shared memory objects by `memory::shared_key` → memfd (for a region with `sysv`: the
+    /// SysV segment's id).
     pub shm: HashMap<(u64, u64), i32>,
+    /// Attachments keeping alive SysV segments removed before the checkpoint (`sysv::finish`).
+    pub sysv_keep: Vec<u64>,
     /// Every descriptor of the pool.
     pub all: Vec<i32>,
 }
@@ -446,6 +449,27 @@ impl Pool {
                     .filter(|r| super::memory::shared_key(r) == Some(key))
                     .find_map(super::memory::huge_page_size)
             });
+            let sysv = images.iter().find_map(|img| {
+                img.regions
+                    .iter()
+                    .filter(|r| super::memory::shared_key(r) == Some(key))
+                    .find_map(|r| r.sysv)
+            });
+            if let Some(seg) = sysv {
+                let (id, taken_over) = super::sysv::create(&seg)?;
+                let len = super::sysv::page_up(seg.size) as usize;
+                let p = super::sysv::attach(id, 0, false)? as *mut u8;
+                if taken_over {
+                    // SAFETY: the attachment just made is `len` bytes long.
+                    unsafe { std::ptr::write_bytes(p, 0, len) };
+                }
+                fill_shared(images, files, key, u64::MAX, &Sink::Map(p, len), &mut buf)?;
+                if let Some(keep) = super::sysv::finish(id, &seg)? {
+                    self.sysv_keep.push(keep);
+                }
+                self.shm.insert(key, id);
+                continue;
+            }
             let (fd, fill) = match (tmpfs, huge) {
                 (Some(r), _) => tmpfs_file(r)?,
                 (None, Some(page)) => (huge_memfd(size, page)?, true),
@@ -468,34 +492,7 @@ impl Pool {
             // Pages past the end of a re-created file are not written (that would grow it).
             let limit = tmpfs.map_or(u64::MAX, |r| r.rec.file_size);
             let sink = Sink::new(fd, huge.map(|page| (size.div_ceil(page) * page, page)))?;
-            for (img, file) in images.iter().zip(files) {
-                for r in img.regions.iter().filter(|r| {
-                    r.kind == RegionKind::SharedContent && super::memory::shared_key(r) == Some(key)
-                }) {
-                    for e in &r.extents {
-                        let mut done = 0u64;
-                        while done < e.len {
-                            let n = (e.len - done).min(4 << 20) as usize;
-                            buf.resize(n, 0u8);
-                            let io = |e: std::io::Error| {
-                                RestoreError::new(
-                                    e.raw_os_error().unwrap_or(libc::EIO),
-                                    format!("reading shared memory pages: {e}"),
-                                )
-                            };
-                            file.read_exact_at(
-                                &mut buf,
-                                img.header.data_offset + e.file_off + done,
-                            )
-                            .map_err(io)?;
-                            let at = r.rec.offset + (e.addr - r.rec.start) + done;
-                            let keep = limit.saturating_sub(at).min(n as u64) as usize;
-                            sink.write_at(&buf[..keep], at).map_err(io)?;
-                            done += n as u64;
-                        }
-                    }
-                }
-            }
+            fill_shared(images, files, key, limit, &sink, &mut buf)?;
             if let Some(r) = tmpfs {
                 // Last (the writes above changed it): the recorded modification time, so that a
                 // later restart of this image finds the re-created file unchanged.
@@ -519,11 +516,52 @@ impl Pool {
 
     /// Closes every descriptor of the pool (each process does, once it took its own).
     pub fn close(&self) {
+        for &a in &self.sysv_keep {
+            super::sysv::detach(a);
+        }
         for &fd in &self.all {
             // SAFETY: closing pool descriptors of this process.
             unsafe { libc::close(fd) };
         }
     }
+}
+
+/// Writes the saved pages of shared memory object `key` (from every image) through `sink`,
+/// nothing at or past `limit`.
+fn fill_shared(
+    images: &[&Image],
+    files: &[&File],
+    key: (u64, u64),
+    limit: u64,
+    sink: &Sink,
+    buf: &mut Vec<u8>,
+) -> Result<(), RestoreError> {
+    for (img, file) in images.iter().zip(files) {
+        for r in img.regions.iter().filter(|r| {
+            r.kind == RegionKind::SharedContent && super::memory::shared_key(r) == Some(key)
+        }) {
+            for e in &r.extents {
+                let mut done = 0u64;
+                while done < e.len {
+                    let n = (e.len - done).min(4 << 20) as usize;
+                    buf.resize(n, 0u8);
+                    let io = |e: std::io::Error| {
+                        RestoreError::new(
+                            e.raw_os_error().unwrap_or(libc::EIO),
+                            format!("reading shared memory pages: {e}"),
+                        )
+                    };
+                    file.read_exact_at(buf, img.header.data_offset + e.file_off + done)
+                        .map_err(io)?;
+                    let at = r.rec.offset + (e.addr - r.rec.start) + done;
+                    let keep = limit.saturating_sub(at).min(n as u64) as usize;
+                    sink.write_at(&buf[..keep], at).map_err(io)?;
+                    done += n as u64;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A memfd of huge pages of `page` bytes, at least `size` bytes long.

@@ -1,0 +1,108 @@
+//! SysV shared memory segments (`REC_REGION_SYSV`): made again by the pool before any process
+//! of the job forks, with their key (or `IPC_PRIVATE`), size and mode, filled with the saved
+//! pages; each process attaches it at its address with `shmat`. A segment removed with
+//! `IPC_RMID` before the checkpoint is made private, kept alive by an attachment of the pool
+//! (each process drops its inherited copy once it attached its own) and removed again at once.
+//!
+//! A key that is in use is an error, except by the very segment that was saved (same id, same
+//! size, attached by nobody: the one the checkpointed program left behind when it ended), which
+//! is taken over and its contents set back to the image's.
+
+use super::RestoreError;
+use crate::image::format::SysvShmRec;
+
+/// `SHM_DEST` in `shm_perm.mode`: removed with `IPC_RMID`, destroyed at the last detach.
+pub const SHM_DEST: u32 = 0o1000;
+
+fn last(msg: String) -> RestoreError {
+    let e = std::io::Error::last_os_error();
+    RestoreError::new(e.raw_os_error().unwrap_or(libc::EIO), format!("{msg}: {e}"))
+}
+
+/// `n` rounded up to whole pages.
+pub fn page_up(n: u64) -> u64 {
+    n.div_ceil(4096) * 4096
+}
+
+fn stat(id: i32) -> Option<libc::shmid_ds> {
+    // SAFETY: shmid_ds is plain data; IPC_STAT writes one.
+    let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    (unsafe { libc::shmctl(id, libc::IPC_STAT, &mut ds) } == 0).then_some(ds)
+}
+
+/// A segment like `seg` (owner read/write until [`finish`]); its id and whether it is the
+/// saved segment taken over (its old contents must be cleared before the saved pages go in).
+pub fn create(seg: &SysvShmRec) -> Result<(i32, bool), RestoreError> {
+    let key = if seg.mode & SHM_DEST != 0 {
+        libc::IPC_PRIVATE
+    } else {
+        seg.key
+    };
+    let flags = libc::IPC_CREAT | libc::IPC_EXCL | (seg.mode & 0o777) as i32 | 0o600;
+    // SAFETY: shmget takes no pointers.
+    let id = unsafe { libc::shmget(key, seg.size as usize, flags) };
+    if id >= 0 {
+        return Ok((id, false));
+    }
+    if std::io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
+        return Err(last(format!(
+            "cannot create SysV shared memory segment of key {:#x} ({} bytes)",
+            seg.key, seg.size
+        )));
+    }
+    // SAFETY: as above.
+    let id = unsafe { libc::shmget(key, 0, 0) };
+    let ds = stat(id);
+    if id == seg.shmid && ds.is_some_and(|d| d.shm_nattch == 0 && d.shm_segsz as u64 == seg.size) {
+        return Ok((id, true));
+    }
+    Err(RestoreError::new(
+        libc::EEXIST,
+        format!(
+            "SysV shared memory key {:#x} is in use (segment {id}, {}, attached by {}): remove it (ipcrm -M {:#x}) and restart again",
+            seg.key,
+            ds.map_or("size unknown".into(), |d| format!("{} bytes", d.shm_segsz)),
+            ds.map_or(0, |d| d.shm_nattch),
+            seg.key
+        ),
+    ))
+}
+
+/// Attaches segment `id` at `addr` (0: anywhere), read-only if `readonly`; where it landed.
+pub fn attach(id: i32, addr: u64, readonly: bool) -> Result<u64, RestoreError> {
+    let flags = if readonly { libc::SHM_RDONLY } else { 0 };
+    // SAFETY: shmat maps new memory; at a given address it fails rather than replace a mapping.
+    let p = unsafe { libc::shmat(id, addr as *const libc::c_void, flags) };
+    if p as isize == -1 {
+        return Err(last(format!(
+            "cannot attach SysV shared memory segment {id} at {addr:#x}"
+        )));
+    }
+    Ok(p as u64)
+}
+
+/// After the fill: the saved mode back, and a segment removed before the checkpoint removed
+/// again (kept alive by an attachment returned for the pool to detach).
+pub fn finish(id: i32, seg: &SysvShmRec) -> Result<Option<u64>, RestoreError> {
+    if let Some(mut ds) = stat(id) {
+        if ds.shm_perm.mode as u32 & 0o777 != seg.mode & 0o777 {
+            ds.shm_perm.mode = (seg.mode & 0o777) as _;
+            // SAFETY: IPC_SET reads the shmid_ds.
+            unsafe { libc::shmctl(id, libc::IPC_SET, &mut ds) };
+        }
+    }
+    if seg.mode & SHM_DEST == 0 {
+        return Ok(None);
+    }
+    let keep = attach(id, 0, true)?;
+    // SAFETY: IPC_RMID takes no buffer.
+    unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+    Ok(Some(keep))
+}
+
+/// Detaches a pool attachment.
+pub fn detach(addr: u64) {
+    // SAFETY: `addr` is an attachment the pool made.
+    unsafe { libc::shmdt(addr as *const libc::c_void) };
+}
