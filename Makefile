@@ -4,7 +4,7 @@ CARGO ?= cargo
 LIBVER := 0.5.5
 REL := target/release
 
-.PHONY: all build install check lint clean bench bench-smoke check-cluster
+.PHONY: all build install check check-all lint clean bench bench-smoke check-cluster
 
 all: build
 
@@ -28,7 +28,12 @@ install: build
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(LIBVER)|g' libcr.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/libcr.pc
 	@echo "installed into $(PREFIX)"
 
-# Every test: formatting, lints, unit tests and the end-to-end suites driving the real tools.
+# Every test, as CI runs them (.ci/run): `check`, then the batch schedulers for real
+# (`check-cluster`, needs root), then the benchmark at its smoke size.
+check-all: check check-cluster bench-smoke
+
+# Formatting, lints, unit tests and the end-to-end suites driving the real tools (under 25
+# minutes on 2 cores).
 check: lint
 	$(CARGO) build --release
 	$(CARGO) test --release
