@@ -262,6 +262,32 @@ pub fn statfs_type(path: &[u8]) -> Result<i64, Errno> {
     Ok(st.f_type)
 }
 
+/// `fstatfs(fd)`'s `f_type` (the file system's magic number).
+pub fn fstatfs_type(fd: i32) -> Result<i64, Errno> {
+    // SAFETY: all-zero bytes are a valid `statfs`.
+    let mut st: libc::statfs = unsafe { core::mem::zeroed() };
+    sys3(
+        libc::SYS_fstatfs as usize,
+        fd as usize,
+        &mut st as *mut _ as usize,
+        0,
+    )?;
+    Ok(st.f_type)
+}
+
+/// `mq_getsetattr(fd, NULL, &attr)`: a POSIX message queue's attributes.
+pub fn mq_getattr(fd: i32) -> Result<libc::mq_attr, Errno> {
+    // SAFETY: all-zero bytes are a valid `mq_attr`.
+    let mut a: libc::mq_attr = unsafe { core::mem::zeroed() };
+    sys3(
+        libc::SYS_mq_getsetattr as usize,
+        fd as usize,
+        0,
+        &mut a as *mut _ as usize,
+    )?;
+    Ok(a)
+}
+
 /// `fcntl` commands the `libc` crate does not define for x86-64 glibc.
 pub mod fcntl_cmd {
     /// Sets the signal sent for async I/O.

@@ -1,5 +1,5 @@
 //! Kernel objects behind descriptors (`src/kinds`): one small self-checking program per kind in
-//! `c-tests/static/` (eventfd00, timerfd00, signalfd00, epoll00, socket00, unix00, inotify00, sysvshm00), each run through three
+//! `c-tests/static/` (eventfd00, timerfd00, signalfd00, epoll00, socket00, unix00, inotify00, sysvshm00, mqueue00), each run through three
 //! generations: start under cr_run, checkpoint --term, restart, checkpoint the restored process
 //! --term, restart again, GO, PASS. Compile flags come from the program's `/* cr-test: cflags=…
 //! */` line. Each also runs unprivileged (as nobody) when the tests run as root.
@@ -49,28 +49,39 @@ fn compile(sc: &Scenario, name: &str) -> PathBuf {
     out
 }
 
-/// Removes the keyed SysV segment sysvshm00 started as process `.0` makes (its key is
-/// 0x6c69xxxx, the low 16 bits of its pid), which a failed run leaves behind.
-struct SysvKeyGuard(u32);
+/// Removes what a failed run of program `.0`, started as process `.1`, leaves behind: the keyed
+/// SysV segment of sysvshm00 (key 0x6c69xxxx, the low 16 bits of its pid), the message queue
+/// of mqueue00 (`/mqueue00-PID`). Both programs remove their own when they pass.
+struct Leftovers(&'static str, u32);
 
-impl Drop for SysvKeyGuard {
+impl Drop for Leftovers {
     fn drop(&mut self) {
-        let key = format!("{:#x}", 0x6c69_0000u32 | (self.0 & 0xffff));
-        let _ = Command::new("ipcrm")
-            .args(["-M", &key])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        match self.0 {
+            "sysvshm00" => {
+                let key = format!("{:#x}", 0x6c69_0000u32 | (self.1 & 0xffff));
+                let _ = Command::new("ipcrm")
+                    .args(["-M", &key])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            "mqueue00" => {
+                let name = std::ffi::CString::new(format!("/mqueue00-{}", self.1)).unwrap();
+                // SAFETY: mq_unlink reads the NUL-terminated name.
+                unsafe { libc::mq_unlink(name.as_ptr()) };
+            }
+            _ => {}
+        }
     }
 }
 
 /// Three generations of `name`; no warning may say one of its objects is not restored.
-fn three_generations(sc: Scenario, name: &str) {
+fn three_generations(sc: Scenario, name: &'static str) {
     let exe = compile(&sc, name);
     let cr_run = sc.tools().cr_run.clone();
     let cmd = sc.command(&[cr_run.as_os_str(), "--".as_ref(), exe.as_os_str()]);
     let mut gen1 = sc.start(name, cmd);
-    let _left = (name == "sysvshm00").then(|| SysvKeyGuard(gen1.pid()));
+    let _left = Leftovers(name, gen1.pid());
     gen1.wait_ready();
     let img1 = sc.next_image_path();
     let res = sc.checkpoint_to(gen1.pid(), &["--term"], &img1);
@@ -132,6 +143,7 @@ kind_tests! {
     unix, unix_unprivileged => "unix00";
     inotify, inotify_unprivileged => "inotify00";
     sysvshm, sysvshm_unprivileged => "sysvshm00";
+    mqueue, mqueue_unprivileged => "mqueue00";
 }
 
 /// Every program in c-tests/static has its test above.
@@ -146,6 +158,7 @@ fn every_static_program_is_tested() {
         "unix00",
         "inotify00",
         "sysvshm00",
+        "mqueue00",
     ];
     for e in fs::read_dir(static_dir()).expect("c-tests/static") {
         let path = e.expect("dir entry").path();
@@ -176,7 +189,7 @@ fn sysvshm_key_in_use_is_refused() {
     orig.wait_ready();
     let img = sc.next_image_path();
     sc.checkpoint_to(orig.pid(), &[], &img).assert_success();
-    let _left = SysvKeyGuard(orig.pid());
+    let _left = Leftovers("sysvshm00", orig.pid());
     let mut again = sc.restart_with(&img, &["--no-restore-pid"]);
     let status = again.wait_exit(RESTART_TIMEOUT);
     assert!(
@@ -198,4 +211,59 @@ fn sysvshm_key_in_use_is_refused() {
     );
     sc.go();
     orig.expect_pass(RESTART_TIMEOUT);
+}
+
+/// A message queue removed between checkpoint and restart is made again by name, empty, with
+/// its attributes and mode; the checkpoint warned that its messages are not saved.
+#[test]
+fn mqueue_gone_is_made_again() {
+    let sc = Scenario::new("mqueue00-gone");
+    let exe = compile(&sc, "mqueue00");
+    let cr_run = sc.tools().cr_run.clone();
+    let cmd = sc.command(&[cr_run.as_os_str(), "--".as_ref(), exe.as_os_str()]);
+    let mut gen1 = sc.start("mqueue00", cmd);
+    let _left = Leftovers("mqueue00", gen1.pid());
+    gen1.wait_ready();
+    let img = sc.next_image_path();
+    let res = sc.checkpoint_to(gen1.pid(), &["--term"], &img);
+    res.assert_success();
+    assert!(
+        res.stderr.contains("holding messages, which are not saved"),
+        "the checkpoint must warn about the queued messages:\n{}",
+        res.describe()
+    );
+    gen1.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    let name = std::ffi::CString::new(format!("/mqueue00-{}", gen1.pid())).unwrap();
+    // SAFETY: mq_unlink reads the NUL-terminated name.
+    assert_eq!(
+        unsafe { libc::mq_unlink(name.as_ptr()) },
+        0,
+        "remove the queue"
+    );
+
+    let mut gen2 = sc.restart(&img);
+    let pid2 = gen2.wait_child(READY_TIMEOUT);
+    wait_address_space_switched(&sc, pid2, Duration::from_secs(10));
+    // SAFETY: mq_open reads the name; mq_getattr/fstat write locals; the descriptor is closed.
+    let (attr, mode) = unsafe {
+        let q = libc::mq_open(name.as_ptr(), libc::O_RDONLY);
+        assert!(q >= 0, "the queue must exist again:\n{}", gen2.diag());
+        let mut a: libc::mq_attr = std::mem::zeroed();
+        let mut st: libc::stat = std::mem::zeroed();
+        assert_eq!(libc::mq_getattr(q, &mut a), 0);
+        assert_eq!(libc::fstat(q, &mut st), 0);
+        libc::mq_close(q);
+        (a, st.st_mode & 0o777)
+    };
+    assert_eq!(
+        (attr.mq_maxmsg, attr.mq_msgsize, attr.mq_curmsgs, mode),
+        (5, 64, 0, 0o640),
+        "attributes and mode of the queue made again"
+    );
+    assert!(
+        !gen2.stderr().contains("warning"),
+        "the restart must not warn:\n{}",
+        gen2.diag()
+    );
+    gen2.kill();
 }

@@ -255,7 +255,8 @@ fn one(
     // A kernel object one of `kinds` saves: its state first (a failure makes it unsupported).
     let mut state = [0u8; kinds::MAX_STATE];
     // (A socket on 0-2 is inherited from cr_restart, as BLCR did.)
-    let object_kind = kinds::by_link(path).filter(|_| !(stdio && path.starts_with(b"socket:")));
+    let object_kind =
+        kinds::classify(fd, path, fmt).filter(|_| !(stdio && path.starts_with(b"socket:")));
     let (kobj, refused) = match object_kind.map(|k| (k, k.capture(fd, &mut state))) {
         Some((k, Ok(n))) => (Some((k, n)), None),
         Some((k, Err(e))) => (None, Some(k.refusal(e))),

@@ -12,6 +12,7 @@
 pub mod epoll;
 pub mod eventfd;
 pub mod inotify;
+pub mod mqueue;
 pub mod signalfd;
 pub mod socket;
 pub mod timerfd;
@@ -35,6 +36,8 @@ pub const EPOLL: u32 = 4;
 pub const SOCKET: u32 = 5;
 /// `KobjRec::kind` of an inotify instance.
 pub const INOTIFY: u32 = 6;
+/// `KobjRec::kind` of a POSIX message queue descriptor.
+pub const MQUEUE: u32 = 7;
 
 /// A restore that failed: errno and one line naming the problem.
 #[derive(Debug)]
@@ -114,11 +117,18 @@ pub static KINDS: &[&dyn Kind] = &[
     &epoll::Epoll,
     &socket::Socket,
     &inotify::Inotify,
+    &mqueue::Mqueue,
 ];
 
 /// The kind whose descriptors have link text `link`.
 pub fn by_link(link: &[u8]) -> Option<&'static dyn Kind> {
     KINDS.iter().copied().find(|k| k.matches(link))
+}
+
+/// The kind of descriptor `fd` with link text `link` and file type `fmt` (`S_IFMT` bits), if
+/// one of `KINDS` saves it: by link text, or (message queues) by file system.
+pub fn classify(fd: i32, link: &[u8], fmt: u32) -> Option<&'static dyn Kind> {
+    by_link(link).or_else(|| mqueue::is_mqueue(fd, fmt).then_some(&mqueue::Mqueue as &dyn Kind))
 }
 
 /// The kind with `KobjRec::kind` `id`.
@@ -255,7 +265,7 @@ mod tests {
 
     #[test]
     fn every_kind_is_found_by_link_and_id() {
-        for k in KINDS {
+        for k in KINDS.iter().filter(|k| k.id() != MQUEUE) {
             assert_eq!(by_link(k.link()).map(|x| x.id()), Some(k.id()));
             assert_eq!(by_id(k.id()).map(|x| x.name()), Some(k.name()));
         }
