@@ -474,3 +474,82 @@ fn checkpoint_during_fork_and_thread_churn() {
     );
     assert!(failed.is_empty(), "checkpoints failed: {failed:?}");
 }
+
+/// The other side of the parent-death signal: cr_restart SIGKILLed once the job is restored and
+/// runs leaves it running (it had none saved: the agent clears the restart's SIGKILL; in the
+/// namespace the init cleared its own). The program goes on using CPU after cr_restart is
+/// reaped, then finishes with PASS after GO.
+fn killed_after_restore(sc: &Scenario) {
+    let mut prog = sc.program("bigmem");
+    prog.argv.push("16".into());
+    let mut job = sc.start("bigmem", sc.under_cr_run(&prog));
+    job.wait_ready();
+    let img = sc.checkpoint(job.pid(), &["--term"]);
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    let mut restart = sc.restart(&img);
+    let deadline = Instant::now() + RESTART_TIMEOUT;
+    let restored = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the restored program never ran:\n{}",
+            restart.diag()
+        );
+        let found = descendants(restart.pid())
+            .into_iter()
+            .find(|&p| matches!(proc_stat(p), Some(st) if st.comm == "bigmem"));
+        if let Some(p) = found {
+            let t0 = cpu_ticks(p);
+            if t0 > 0 || {
+                std::thread::sleep(Duration::from_millis(20));
+                cpu_ticks(p) > t0
+            } {
+                break p;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    sigkill_one(restart.pid());
+    restart.try_wait_exit(TOOL_TIMEOUT);
+    // cr_restart is gone (reaped): a parent-death signal would have been sent by now.
+    let t0 = cpu_ticks(restored);
+    let until = Instant::now() + Duration::from_secs(10);
+    while cpu_ticks(restored) < t0 + 3 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        pid_alive(restored) && cpu_ticks(restored) >= t0 + 3,
+        "the restored program did not survive its killed cr_restart: {}\n{}",
+        proc_summary(restored),
+        sc.log()
+    );
+    sc.go();
+    let until = Instant::now() + RESTART_TIMEOUT;
+    while pid_alive(restored) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    restart.wait_output_closed(PIPE_CLOSE_TIMEOUT);
+    assert!(
+        restart.stdout().lines().any(|l| l.starts_with("PASS")),
+        "the restored program did not PASS after its cr_restart was killed:\n{}",
+        restart.diag()
+    );
+}
+
+/// As root (the restored process is cr_restart's child).
+#[test]
+fn restarter_killed_after_restore() {
+    killed_after_restore(&Scenario::new("fault-restarter-killed-after"));
+}
+
+/// Unprivileged (the restored process is the namespace init's child).
+#[test]
+fn restarter_killed_after_restore_in_namespace() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run as nobody");
+        return;
+    }
+    killed_after_restore(&Scenario::as_user(
+        "fault-restarter-killed-after-ns",
+        NOBODY,
+    ));
+}
