@@ -267,3 +267,53 @@ fn mqueue_gone_is_made_again() {
     );
     gen2.kill();
 }
+
+/// An inotify watch whose file is gone at restart: cr_restart warns, naming the watch, and the
+/// others come back.
+#[test]
+fn inotify_watch_gone_is_warned() {
+    let sc = Scenario::new("inotify00-gone");
+    let exe = compile(&sc, "inotify00");
+    let cr_run = sc.tools().cr_run.clone();
+    let cmd = sc.command(&[cr_run.as_os_str(), "--".as_ref(), exe.as_os_str()]);
+    let mut gen1 = sc.start("inotify00", cmd);
+    gen1.wait_ready();
+    let dir = gen1
+        .stdout()
+        .lines()
+        .find_map(|l| l.strip_prefix("DIR ").map(PathBuf::from))
+        .expect("inotify00 prints its directory");
+    struct Gone(PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    let _gone = Gone(dir.clone());
+    let img = sc.next_image_path();
+    sc.checkpoint_to(gen1.pid(), &["--term"], &img)
+        .assert_success();
+    gen1.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    fs::remove_dir(dir.join("sub")).expect("remove the watched subdirectory");
+
+    let mut gen2 = sc.restart(&img);
+    let pid2 = gen2.wait_child(READY_TIMEOUT);
+    wait_address_space_switched(&sc, pid2, Duration::from_secs(10));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let warned = |e: &str| e.contains("inotify watch 5") && e.contains("not found");
+    while !warned(&gen2.stderr()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let err = gen2.stderr();
+    assert!(
+        warned(&err),
+        "the restart must warn about watch 5:\n{}",
+        gen2.diag()
+    );
+    assert!(
+        !err.contains("inotify watch 2") && !err.contains("inotify watch 4"),
+        "the other watches come back:\n{}",
+        gen2.diag()
+    );
+    gen2.kill();
+}

@@ -66,6 +66,7 @@ int main(void)
     expect(in, wg, IN_IGNORED, "");
     int dupd = dup(in);
     check(dupd >= 0);
+    printf("DIR %s\n", dir); /* tests/kinds.rs removes sub/ to see the warning */
 
     ready_then_wait_go();
 
