@@ -144,6 +144,7 @@ kind_tests! {
     inotify, inotify_unprivileged => "inotify00";
     sysvshm, sysvshm_unprivileged => "sysvshm00";
     mqueue, mqueue_unprivileged => "mqueue00";
+    all_together, all_together_unprivileged => "all00";
 }
 
 /// Every program in c-tests/static has its test above.
@@ -159,6 +160,7 @@ fn every_static_program_is_tested() {
         "inotify00",
         "sysvshm00",
         "mqueue00",
+        "all00",
     ];
     for e in fs::read_dir(static_dir()).expect("c-tests/static") {
         let path = e.expect("dir entry").path();
