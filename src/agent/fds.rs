@@ -27,6 +27,7 @@ pub fn capture(w: &mut MetaWriter, skip: &[i32], image_fd: i32) -> Result<(), Er
         n: 0,
         saved: [(0, 0); SEEN_MAX],
         nsaved: 0,
+        tmp_bytes: 0,
     };
     let res = (|| loop {
         let len = sys::getdents64(dir, &mut buf)?;
@@ -58,6 +59,8 @@ struct Seen {
     n: usize,
     saved: [(u64, u64); SEEN_MAX],
     nsaved: usize,
+    /// Bytes of files under temporary directories saved so far (at most `MAX_SAVED_TMP_TOTAL`).
+    tmp_bytes: i64,
 }
 
 impl Seen {
@@ -85,6 +88,11 @@ impl Seen {
             self.n += 1;
         }
         found.unwrap_or(fd)
+    }
+
+    /// Whether the contents of the object behind `st` are saved already.
+    fn has_saved(&self, st: &libc::stat) -> bool {
+        self.saved[..self.nsaved].contains(&(st.st_dev, st.st_ino))
     }
 
     /// Whether the object behind `st` (a pipe or unlinked file) is met for the first time (its
@@ -181,33 +189,121 @@ fn save_pipe_data(w: &mut MetaWriter, fd: i32, ino: u64, size: u32) -> Result<()
     res
 }
 
-/// Saves the contents of the unlinked file behind `fd` (read with `pread`: the offset stays).
+/// Saves the contents of the file behind `fd` (read with `pread`: the offset stays; a
+/// descriptor open only for writing or `O_PATH` is read through a new one opened by
+/// `/proc/self/fd`).
 fn save_file_data(w: &mut MetaWriter, fd: i32, st: &libc::stat) -> Result<(), Errno> {
     let rec = FileDataRec {
         dev: st.st_dev,
         ino: st.st_ino,
     };
     let size = st.st_size.max(0) as usize;
-    w.record_fill(REC_FILE_DATA, &rec, size, |buf| {
-        let mut got = 0;
-        while got < buf.len() {
-            let r = sys::sys6(
-                libc::SYS_pread64 as usize,
-                fd as usize,
-                buf[got..].as_mut_ptr() as usize,
-                buf.len() - got,
-                got,
-                0,
-                0,
-            );
-            match r {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got += n,
+    let fl = sys::fcntl(fd, libc::F_GETFL, 0).unwrap_or(0) as i32;
+    let own = if fl & libc::O_ACCMODE == libc::O_WRONLY || fl & libc::O_PATH != 0 {
+        let mut link = StackBuf::<64>::new();
+        link.push(b"/proc/self/fd/").num(fd as u64);
+        sys::open(link.as_cstr(), libc::O_RDONLY | libc::O_CLOEXEC, 0)
+            .ok()
+            .map(|r| r as i32)
+    } else {
+        None
+    };
+    let reader = own.unwrap_or(fd);
+    let res = w
+        .record_fill(REC_FILE_DATA, &rec, size, |buf| {
+            let mut got = 0;
+            while got < buf.len() {
+                let r = sys::sys6(
+                    libc::SYS_pread64 as usize,
+                    reader as usize,
+                    buf[got..].as_mut_ptr() as usize,
+                    buf.len() - got,
+                    got,
+                    0,
+                    0,
+                );
+                match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got += n,
+                }
             }
-        }
-        got
-    })
-    .map_err(|_| Errno(libc::ENOMEM))
+            got
+        })
+        .map_err(|_| Errno(libc::ENOMEM));
+    if let Some(r) = own {
+        sys::close(r);
+    }
+    res
+}
+
+/// Whether `path` is inside directory `dir` (given without a trailing slash).
+fn inside(path: &[u8], dir: &[u8]) -> bool {
+    !dir.is_empty() && path.len() > dir.len() && path.starts_with(dir) && path[dir.len()] == b'/'
+}
+
+/// Whether `path` lies under a temporary directory: /tmp, /var/tmp, /dev/shm, /run/user/UID or
+/// the process's `$TMPDIR`.
+fn is_temporary(path: &[u8]) -> bool {
+    if [&b"/tmp"[..], b"/var/tmp", b"/dev/shm"]
+        .iter()
+        .any(|d| inside(path, d))
+    {
+        return true;
+    }
+    let mut run = StackBuf::<64>::new();
+    // SAFETY: getuid cannot fail.
+    run.push(b"/run/user/")
+        .num(unsafe { libc::getuid() } as u64);
+    if inside(path, run.as_bytes()) {
+        return true;
+    }
+    // SAFETY: getenv reads the environment in place (no allocation, no lock) and returns a
+    // NUL-terminated string or null.
+    let tmpdir = unsafe { libc::getenv(c"TMPDIR".as_ptr()) };
+    if tmpdir.is_null() {
+        return false;
+    }
+    // SAFETY: non-null, NUL-terminated (above).
+    let mut dir = unsafe { core::ffi::CStr::from_ptr(tmpdir) }.to_bytes();
+    while dir.len() > 1 && dir.ends_with(b"/") {
+        dir = &dir[..dir.len() - 1];
+    }
+    dir.starts_with(b"/") && dir != b"/" && inside(path, dir)
+}
+
+/// What becomes of a regular file under a temporary directory: saved by content (its data
+/// written now or with an earlier descriptor), or left to be reopened by path with a warning.
+fn save_temporary(
+    w: &mut MetaWriter,
+    fd: i32,
+    st: &libc::stat,
+    seen: &mut Seen,
+) -> Result<Option<&'static [u8]>, Errno> {
+    if seen.has_saved(st) {
+        return Ok(None);
+    }
+    let size = st.st_size.max(0);
+    // Room for the rest of the metadata: the buffer also holds every later record.
+    let room = w.room() as i64 - (8 << 20);
+    if size > MAX_SAVED_TMP_FILE {
+        return Ok(Some(
+            b"is a temporary file larger than 16 MiB: not saved, it must still exist at restart",
+        ));
+    }
+    if seen.tmp_bytes + size > MAX_SAVED_TMP_TOTAL || size > room {
+        return Ok(Some(
+            b"is a temporary file over the 32 MiB of temporary files an image saves: not saved, \
+              it must still exist at restart",
+        ));
+    }
+    if !seen.first_time(st) {
+        return Ok(Some(
+            b"is a temporary file over the number of files an image saves: not saved",
+        ));
+    }
+    seen.tmp_bytes += size;
+    save_file_data(w, fd, st)?;
+    Ok(None)
 }
 
 /// Records who gets the async-I/O signals of `fd` (`F_SETOWN`) and which (`F_SETSIG`), when
@@ -326,6 +422,23 @@ fn one(
     }
     if kind != FdKind::Unsupported {
         save_owner(w, fd)?;
+    }
+    let mut warn = warn;
+    if kind == FdKind::Regular && is_temporary(path) {
+        match save_temporary(w, fd, &st, seen)? {
+            Some(text) => warn = Some(text),
+            None => {
+                let saved = FdSavedRec {
+                    fd,
+                    mode: st.st_mode & 0o7777,
+                    size: st.st_size,
+                    mtime_sec: st.st_mtime,
+                    mtime_nsec: st.st_mtime_nsec,
+                };
+                w.record(REC_FD_SAVED, &saved, &[])
+                    .map_err(|_| Errno(libc::ENOMEM))?;
+            }
+        }
     }
     if kind == FdKind::Unlinked && seen.first_time(&st) {
         save_file_data(w, fd, &st)?;

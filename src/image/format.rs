@@ -130,6 +130,12 @@ pub const REC_KOBJ: u32 = 13;
 /// and any `REC_REGION_FS`): the region is a whole SysV shared memory segment. A reader that
 /// skips it re-creates the region as plain shared memory with the saved contents.
 pub const REC_REGION_SYSV: u32 = REC_OPTIONAL | 14;
+/// Record (optional): [`FdSavedRec`], after the `REC_FD` record of a regular file under a
+/// temporary directory (/tmp, /var/tmp, /dev/shm, /run/user/UID, `$TMPDIR`) whose contents are
+/// in the `REC_FILE_DATA` record of its device and inode: at restart the file is re-created at
+/// its path when it is missing or its size or modification time differ. An older reader skips
+/// it (the file is reopened by path as any other).
+pub const REC_FD_SAVED: u32 = REC_OPTIONAL | 16;
 /// Last record.
 pub const REC_END: u32 = 0xffff;
 
@@ -473,6 +479,30 @@ pub struct FileDataRec {
     /// `st_ino` of the file.
     pub ino: u64,
 }
+
+/// A file under a temporary directory saved by content (see [`REC_FD_SAVED`]): what the
+/// restart compares with the file it finds at the path, and the mode it re-creates it with.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug, PartialEq, Eq)]
+pub struct FdSavedRec {
+    /// Descriptor number (of the `REC_FD` record just before).
+    pub fd: i32,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Size at checkpoint time.
+    pub size: i64,
+    /// Modification time at checkpoint time: seconds.
+    pub mtime_sec: i64,
+    /// Modification time at checkpoint time: nanoseconds.
+    pub mtime_nsec: i64,
+}
+const _: () = assert!(core::mem::size_of::<FdSavedRec>() == 32);
+
+/// Largest file under a temporary directory whose contents a checkpoint saves.
+pub const MAX_SAVED_TMP_FILE: i64 = 16 << 20;
+/// Most bytes of temporary files one process's image saves (bounded by the agent's 64 MiB
+/// metadata buffer, which also holds every other record).
+pub const MAX_SAVED_TMP_TOTAL: i64 = 32 << 20;
 
 /// Largest unlinked open file whose contents a checkpoint saves (larger ones are closed at
 /// restart, with a warning at checkpoint time).

@@ -100,6 +100,10 @@ pub struct Fd {
     pub owner: Option<FdOwnerRec>,
     /// For [`FdKind::Kernel`]: the `crate::kinds` id and the object's saved state.
     pub kobj: Option<(u32, Vec<u8>)>,
+    /// For a file under a temporary directory saved by content (`REC_FD_SAVED`): its size,
+    /// modification time and mode at checkpoint time (the contents are in
+    /// [`Image::file_data`]).
+    pub saved: Option<FdSavedRec>,
 }
 
 /// A parsed, header-validated image.
@@ -322,6 +326,7 @@ impl Image {
                         path,
                         owner: None,
                         kobj: None,
+                        saved: None,
                     });
                 }
                 REC_KOBJ => {
@@ -378,6 +383,12 @@ impl Image {
                     let o: FdOwnerRec = read_pod(body, "fd owner")?;
                     if let Some(f) = self.fds.iter_mut().rev().find(|f| f.rec.fd == o.fd) {
                         f.owner = Some(o);
+                    }
+                }
+                REC_FD_SAVED => {
+                    let r: FdSavedRec = read_pod(body, "saved file")?;
+                    if let Some(f) = self.fds.last_mut().filter(|f| f.rec.fd == r.fd) {
+                        f.saved = Some(r);
                     }
                 }
                 REC_END => break,
@@ -559,5 +570,36 @@ mod tests {
         assert_eq!(img.fds[0].owner, Some(o));
         let img = Image::open(&image_file(VERSION, &[])).unwrap();
         assert_eq!(img.fds[0].owner, None);
+    }
+    #[test]
+    fn saved_file_record_attaches_to_its_descriptor_with_its_data() {
+        let saved = FdSavedRec {
+            fd: 7,
+            mode: 0o640,
+            size: 3,
+            mtime_sec: 1_700_000_000,
+            mtime_nsec: 5,
+        };
+        let data = FileDataRec { dev: 0, ino: 0 };
+        let mut body = bytemuck::bytes_of(&data).to_vec();
+        body.extend_from_slice(b"abc");
+        let img = Image::open(&image_file(
+            VERSION,
+            &[
+                (REC_FILE_DATA, &body),
+                (REC_FD_SAVED, bytemuck::bytes_of(&saved)),
+            ],
+        ))
+        .unwrap();
+        assert_eq!(img.fds[0].saved, Some(saved));
+        assert_eq!(img.file_data, vec![((0, 0), b"abc".to_vec())]);
+        // For another descriptor: ignored.
+        let other = FdSavedRec { fd: 8, ..saved };
+        let img = Image::open(&image_file(
+            VERSION,
+            &[(REC_FD_SAVED, bytemuck::bytes_of(&other))],
+        ))
+        .unwrap();
+        assert_eq!(img.fds[0].saved, None);
     }
 }

@@ -30,6 +30,11 @@ impl<'a> MetaWriter<'a> {
         self.len == 0
     }
 
+    /// Bytes still free in the buffer.
+    pub fn room(&self) -> usize {
+        self.buf.len() - self.len
+    }
+
     /// The records written so far.
     pub fn bytes(&self) -> &[u8] {
         &self.buf[..self.len]

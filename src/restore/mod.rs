@@ -11,6 +11,7 @@ pub mod job;
 pub mod memory;
 pub mod pool;
 pub mod relocate;
+pub mod saved;
 pub mod spawn;
 pub mod sysv;
 pub mod trampoline;

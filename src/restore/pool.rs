@@ -205,6 +205,9 @@ impl Pool {
                             let fd = kernel_description(images, &mut unix_ends, &mut tcp_ends, f)?;
                             self.keep(fd.into_raw_fd(), floor)?
                         } else {
+                            if let Some(s) = &f.saved {
+                                super::saved::put_back(images, f, s)?;
+                            }
                             self.keep(open_file(f)?, floor)?
                         };
                         set_status_flags(fd, f);
