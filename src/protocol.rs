@@ -31,6 +31,39 @@ pub const FLAG_SAVE_PRIVATE: u32 = 0x20;
 pub const FLAG_SAVE_SHARED: u32 = 0x40;
 /// Request flag: all of the above (`--save-all`).
 pub const FLAG_SAVE_ALL: u32 = FLAG_SAVE_EXE | FLAG_SAVE_PRIVATE | FLAG_SAVE_SHARED;
+/// Request flag: files under temporary directories are not stored by content
+/// (`--save-tmp-limit none`).
+pub const FLAG_SAVE_TMP_NONE: u32 = 0x80;
+/// Request flags bits 16-31: the most bytes of files under temporary directories one process
+/// saves, in KiB plus one (`--save-tmp-limit SIZE`); 0: the default,
+/// `image::format::MAX_SAVED_TMP_TOTAL`.
+pub const TMP_LIMIT_SHIFT: u32 = 16;
+/// Every flag a forwarded checkpoint passes on to the other processes of a tree.
+pub const FLAGS_SAVE: u32 = FLAG_SAVE_ALL | FLAG_SAVE_TMP_NONE | (0xffff << TMP_LIMIT_SHIFT);
+
+/// The request flags for `--save-tmp-limit`: `None` saves none, else at most `limit` bytes
+/// (rounded down to KiB; at most `MAX_SAVED_TMP_TOTAL`, which is also the default).
+pub fn tmp_limit_flags(limit: Option<u64>) -> u32 {
+    match limit {
+        None => FLAG_SAVE_TMP_NONE,
+        Some(b) => {
+            let max = crate::image::format::MAX_SAVED_TMP_TOTAL as u64;
+            (((b.min(max) >> 10) + 1) as u32) << TMP_LIMIT_SHIFT
+        }
+    }
+}
+
+/// The bytes of files under temporary directories a request lets one process save (`None`:
+/// none; see [`tmp_limit_flags`]).
+pub fn tmp_limit(flags: u32) -> Option<i64> {
+    if flags & FLAG_SAVE_TMP_NONE != 0 {
+        return None;
+    }
+    match flags >> TMP_LIMIT_SHIFT {
+        0 => Some(crate::image::format::MAX_SAVED_TMP_TOTAL),
+        n => Some(i64::from(n - 1) << 10),
+    }
+}
 
 /// Request flag: one process of a multi-process checkpoint. After every thread is stopped the
 /// agent replies [`STATUS_QUIESCED`] and waits for [`REQ_WRITE`] (write, then the usual final

@@ -205,7 +205,9 @@ fn reloc(name: &str, user: Option<(u32, u32)>, items: &[&str], old: &str, new: &
         return;
     };
     let prog = program_in_exe_dir(&sc);
-    let img = first_run(&sc, &prog, "system", &[], items);
+    // The scenario lives in /tmp: its open files would travel in the image and come back at
+    // their old path, so the move would not matter.
+    let img = first_run(&sc, &prog, "system", &["--save-tmp-limit", "none"], items);
     let (old, new) = (sc.root().join(old), sc.root().join(new));
     fs::rename(&old, &new).unwrap_or_else(|e| panic!("move {}: {e}", old.display()));
     let mut opts = vec![relocate(&old, &new)];

@@ -76,12 +76,21 @@ fn spinner_image(sc: &Scenario) -> PathBuf {
 /// Starts `cmd` (a `cr_run` command), waits for READY, checkpoints it with --term and sees it
 /// die of SIGTERM. Returns the image.
 fn image_of(sc: &Scenario, what: &str, cmd: Command) -> PathBuf {
+    image_with(sc, what, cmd, &["--term"])
+}
+
+/// As [`image_of`], with cr_checkpoint `flags` (which must make the program die of SIGTERM).
+fn image_with(sc: &Scenario, what: &str, cmd: Command, flags: &[&str]) -> PathBuf {
     let mut job = sc.start(what, cmd);
     job.wait_ready();
-    let img = sc.checkpoint(job.pid(), &["--term"]);
+    let img = sc.checkpoint(job.pid(), flags);
     job.expect_signal(SIGTERM, DEATH_TIMEOUT);
     img
 }
+
+/// Checkpoint flags for the relocation tests: the scenario lives in /tmp, whose open files
+/// would travel in the image and come back at their old path, so the move would not matter.
+const NO_TMP: &[&str] = &["--term", "--save-tmp-limit", "none"];
 
 /// Polls `cond` until it holds; false after `timeout`.
 fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
@@ -541,7 +550,7 @@ fn relocate_open_files() {
     fs::create_dir(&x).expect("create data dir");
     let mut cmd = sc.under_cr_run(&sc.program("fileio"));
     cmd.env("CR_TEST_DIR", &x);
-    let img = s(&image_of(&sc, "fileio", cmd));
+    let img = s(&image_with(&sc, "fileio", cmd, NO_TMP));
     fs::rename(&x, &y).expect("rename the data dir");
 
     let plain = run_restart(&sc, &[&img]);
@@ -584,7 +593,7 @@ fn relocate_fifo() {
         .extend(["2", "fifo"].map(std::ffi::OsString::from));
     let mut cmd = sc.under_cr_run(&prog);
     cmd.env("CR_TEST_DIR", &x);
-    let img = s(&image_of(&sc, "tree with a FIFO", cmd));
+    let img = s(&image_with(&sc, "tree with a FIFO", cmd, NO_TMP));
     fs::rename(&x, &y).expect("rename the data dir");
 
     // Fresh pids: the subject is the path (the children may still be dying).

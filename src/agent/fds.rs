@@ -13,8 +13,15 @@ fn is_tty_major(major: u32) -> bool {
 }
 
 /// Appends an `REC_FD` record for every open descriptor except those in `skip`; descriptors of
-/// the same file as `image_fd` (the program's own handle on its context file) are marked.
-pub fn capture(w: &mut MetaWriter, skip: &[i32], image_fd: i32) -> Result<(), Errno> {
+/// the same file as `image_fd` (the program's own handle on its context file) are marked. Files
+/// under temporary directories are saved by content up to `tmp_limit` bytes in all (`None`:
+/// none is).
+pub fn capture(
+    w: &mut MetaWriter,
+    skip: &[i32],
+    image_fd: i32,
+    tmp_limit: Option<i64>,
+) -> Result<(), Errno> {
     let image = sys::fstat(image_fd).ok().map(|s| (s.st_dev, s.st_ino));
     let dir = sys::open(
         b"/proc/self/fd\0",
@@ -28,6 +35,7 @@ pub fn capture(w: &mut MetaWriter, skip: &[i32], image_fd: i32) -> Result<(), Er
         saved: [(0, 0); SEEN_MAX],
         nsaved: 0,
         tmp_bytes: 0,
+        tmp_limit,
     };
     let res = (|| loop {
         let len = sys::getdents64(dir, &mut buf)?;
@@ -59,8 +67,10 @@ struct Seen {
     n: usize,
     saved: [(u64, u64); SEEN_MAX],
     nsaved: usize,
-    /// Bytes of files under temporary directories saved so far (at most `MAX_SAVED_TMP_TOTAL`).
+    /// Bytes of files under temporary directories saved so far (at most `tmp_limit`).
     tmp_bytes: i64,
+    /// The most bytes of such files saved (`None`: none is).
+    tmp_limit: Option<i64>,
 }
 
 impl Seen {
@@ -282,6 +292,7 @@ fn save_temporary(
     if seen.has_saved(st) {
         return Ok(None);
     }
+    let limit = seen.tmp_limit.unwrap_or(0);
     let size = st.st_size.max(0);
     // Room for the rest of the metadata: the buffer also holds every later record.
     let room = w.room() as i64 - (8 << 20);
@@ -290,10 +301,11 @@ fn save_temporary(
             b"is a temporary file larger than 16 MiB: not saved, it must still exist at restart",
         ));
     }
-    if seen.tmp_bytes + size > MAX_SAVED_TMP_TOTAL || size > room {
+    if seen.tmp_bytes + size > limit || size > room {
         return Ok(Some(
-            b"is a temporary file over the 32 MiB of temporary files an image saves: not saved, \
-              it must still exist at restart",
+            b"is a temporary file over the limit of temporary files an image saves \
+              (--save-tmp-limit, 32 MiB per process by default): not saved, it must still exist \
+              at restart",
         ));
     }
     if !seen.first_time(st) {
@@ -424,7 +436,7 @@ fn one(
         save_owner(w, fd)?;
     }
     let mut warn = warn;
-    if kind == FdKind::Regular && is_temporary(path) {
+    if kind == FdKind::Regular && seen.tmp_limit.is_some() && is_temporary(path) {
         match save_temporary(w, fd, &st, seen)? {
             Some(text) => warn = Some(text),
             None => {

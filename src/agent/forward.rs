@@ -159,7 +159,7 @@ pub fn stop_all(img_fd: i32, req: &Request, timeout_ms: i32) -> Result<(), (i32,
             let sock = connect(pid)?;
             slot.store(sock, Release);
             let mut r = Request::new(protocol::REQ_CHECKPOINT);
-            r.flags = (req.flags & protocol::FLAG_SAVE_ALL) | protocol::FLAG_BARRIER;
+            r.flags = (req.flags & protocol::FLAGS_SAVE) | protocol::FLAG_BARRIER;
             r.timeout_ms = req.timeout_ms;
             r.requester = req.requester;
             r.target = pid;

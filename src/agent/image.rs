@@ -329,7 +329,8 @@ fn write_image(job: &Job) -> Result<u64, (u32, Errno)> {
             .push(b")");
         w.raw(REC_WARNING, msg.as_bytes()).map_err(full)?;
     }
-    super::fds::capture(&mut w, &job.skip_fds, job.fd).map_err(|e| (2, e))?;
+    let tmp_limit = crate::protocol::tmp_limit(job.flags);
+    super::fds::capture(&mut w, &job.skip_fds, job.fd, tmp_limit).map_err(|e| (2, e))?;
     super::forward::write_shares(&mut w).map_err(full)?;
     let mut ext = ExtentList::new(scratch.extents());
     let mut unreadable = Unreadable::new();

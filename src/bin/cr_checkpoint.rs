@@ -103,6 +103,10 @@ struct Args {
     /// Store mapped files by reference (default).
     #[arg(long = "save-none", action = ArgAction::SetTrue)]
     save_none: bool,
+    /// Store at most SIZE bytes (K, M suffixes; at most 32M, the default) of files open under
+    /// temporary directories per process; none: store none.
+    #[arg(long = "save-tmp-limit", value_name = "SIZE|none")]
+    save_tmp_limit: Option<String>,
     /// Checkpoint a ptraced process anyway.
     #[arg(long = "ptraced-allow", action = ArgAction::SetTrue)]
     ptraced_allow: bool,
@@ -189,6 +193,36 @@ fn save_flags(m: &clap::ArgMatches) -> u32 {
         .fold(0, |acc, (_, f)| if f == 0 { 0 } else { acc | f })
 }
 
+/// `--save-tmp-limit SIZE|none` as request flags (0 when not given: the default).
+fn tmp_limit_flags(a: &Args) -> u32 {
+    let Some(v) = a.save_tmp_limit.as_deref() else {
+        return 0;
+    };
+    if v == "none" {
+        return protocol::tmp_limit_flags(None);
+    }
+    let (num, unit) = match v.as_bytes().last() {
+        Some(b'K' | b'k') => (&v[..v.len() - 1], 1u64 << 10),
+        Some(b'M' | b'm') => (&v[..v.len() - 1], 1 << 20),
+        Some(b'G' | b'g') => (&v[..v.len() - 1], 1 << 30),
+        _ => (v, 1),
+    };
+    let max = cr::image::format::MAX_SAVED_TMP_TOTAL as u64;
+    match num.parse::<u64>().ok().and_then(|n| n.checked_mul(unit)) {
+        Some(b) if b <= max => protocol::tmp_limit_flags(Some(b)),
+        Some(_) => fail(
+            TOOL,
+            libc::EINVAL,
+            &format!("--save-tmp-limit {v}: at most 32M (the image's metadata holds these files)"),
+        ),
+        None => fail(
+            TOOL,
+            libc::EINVAL,
+            &format!("--save-tmp-limit {v}: not a size (bytes, or with a K or M suffix) nor none"),
+        ),
+    }
+}
+
 fn matches_given(m: &clap::ArgMatches, id: &str) -> bool {
     m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
 }
@@ -251,7 +285,7 @@ fn options(m: &clap::ArgMatches, a: &Args) -> checkpoint::Options {
     checkpoint::Options {
         dest,
         commit,
-        save: save_flags(m),
+        save: save_flags(m) | tmp_limit_flags(a),
         time: a.time,
         signal: chosen_signal(m, a),
         stop_again: !matches_given(m, "cont"),

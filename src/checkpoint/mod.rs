@@ -39,7 +39,8 @@ pub struct Options {
     pub dest: Destination,
     /// How a file destination is committed.
     pub commit: Commit,
-    /// `protocol::FLAG_SAVE_*`: mapped files stored by content.
+    /// `protocol::FLAG_SAVE_*`: mapped files stored by content; `FLAG_SAVE_TMP_NONE` and the
+    /// `TMP_LIMIT_SHIFT` bits: how much of the files under temporary directories is.
     pub save: u32,
     /// Give up after this many seconds (the program goes on).
     pub time: Option<u32>,
