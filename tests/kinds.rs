@@ -1,5 +1,5 @@
 //! Kernel objects behind descriptors (`src/kinds`): one small self-checking program per kind in
-//! `c-tests/static/` (eventfd00, timerfd00, signalfd00, epoll00, socket00, unix00, inotify00, sysvshm00, mqueue00), each run through three
+//! `c-tests/static/` (eventfd00, timerfd00, signalfd00, epoll00, socket00, unix00, inotify00, sysvshm00, mqueue00, sem00), each run through three
 //! generations: start under cr_run, checkpoint --term, restart, checkpoint the restored process
 //! --term, restart again, GO, PASS. Compile flags come from the program's `/* cr-test: cflags=…
 //! */` line. Each also runs unprivileged (as nobody) when the tests run as root.
@@ -50,7 +50,8 @@ fn compile(sc: &Scenario, name: &str) -> PathBuf {
 }
 
 /// Removes what a failed run of program `.0`, started as process `.1`, leaves behind: the keyed
-/// SysV segment of sysvshm00 (key 0x6c69xxxx, the low 16 bits of its pid), the message queue
+/// SysV segment of sysvshm00 (key 0x6c69xxxx, the low 16 bits of its pid), the semaphore set of
+/// sem00 (0x6c6axxxx), the message queue
 /// of mqueue00 (`/mqueue00-PID`). Both programs remove their own when they pass.
 struct Leftovers(&'static str, u32);
 
@@ -61,6 +62,14 @@ impl Drop for Leftovers {
                 let key = format!("{:#x}", 0x6c69_0000u32 | (self.1 & 0xffff));
                 let _ = Command::new("ipcrm")
                     .args(["-M", &key])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            "sem00" => {
+                let key = format!("{:#x}", 0x6c6a_0000u32 | (self.1 & 0xffff));
+                let _ = Command::new("ipcrm")
+                    .args(["-S", &key])
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .status();
@@ -145,6 +154,7 @@ kind_tests! {
     sysvshm, sysvshm_unprivileged => "sysvshm00";
     mqueue, mqueue_unprivileged => "mqueue00";
     all_together, all_together_unprivileged => "all00";
+    sem, sem_unprivileged => "sem00";
 }
 
 /// Every program in c-tests/static has its test above.
@@ -161,6 +171,7 @@ fn every_static_program_is_tested() {
         "sysvshm00",
         "mqueue00",
         "all00",
+        "sem00",
     ];
     for e in fs::read_dir(static_dir()).expect("c-tests/static") {
         let path = e.expect("dir entry").path();

@@ -340,6 +340,7 @@ fn write_image(job: &Job) -> Result<u64, (u32, Errno)> {
         shared: job.flags & crate::protocol::FLAG_SAVE_SHARED != 0,
     };
     memory::capture(&mut w, scratch, &mut ext, &mut unreadable, save).map_err(|e| (3, e))?;
+    super::sysvsem::capture(&mut w).map_err(|e| (3, e))?;
     w.raw(REC_END, &[]).map_err(full)?;
 
     let meta_len = w.len() as u64;

@@ -17,6 +17,7 @@ pub mod process;
 pub mod quiesce;
 pub mod resume;
 pub mod scratch;
+pub mod sysvsem;
 
 use crate::sys;
 use core::sync::atomic::{AtomicBool, AtomicIsize, AtomicU32, AtomicUsize, Ordering::*};

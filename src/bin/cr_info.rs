@@ -311,6 +311,24 @@ fn print_contents(path: &Path, img: &Image, len: u64) {
         );
     }
 
+    if !img.sems.is_empty() {
+        println!("\nSysV semaphore sets ({})", img.sems.len());
+        for (s, vals) in &img.sems {
+            let key = if s.key == 0 {
+                "IPC_PRIVATE".to_string()
+            } else {
+                format!("key {:#x}", s.key)
+            };
+            let vals: Vec<String> = vals.iter().map(|v| v.to_string()).collect();
+            println!(
+                "  set {}, {key}, mode {:04o}, values {}",
+                s.semid,
+                s.mode,
+                vals.join(" ")
+            );
+        }
+    }
+
     let sysv: Vec<_> = img.regions.iter().filter(|r| r.sysv.is_some()).collect();
     if !sysv.is_empty() {
         println!("\nSysV shared memory segments ({})", sysv.len());

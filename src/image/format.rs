@@ -136,6 +136,9 @@ pub const REC_REGION_SYSV: u32 = REC_OPTIONAL | 14;
 /// its path when it is missing or its size or modification time differ. An older reader skips
 /// it (the file is reopened by path as any other).
 pub const REC_FD_SAVED: u32 = REC_OPTIONAL | 16;
+/// Record (optional): [`SysvSemRec`], then `nsems` × `u16` values: a SysV semaphore set this
+/// process was the last to operate on (`GETPID`). A reader that skips it does not restore it.
+pub const REC_SYSV_SEM: u32 = REC_OPTIONAL | 15;
 /// Last record.
 pub const REC_END: u32 = 0xffff;
 
@@ -338,6 +341,21 @@ pub struct SysvShmRec {
     pub size: u64,
 }
 const _: () = assert!(core::mem::size_of::<SysvShmRec>() == 24);
+
+/// Head of [`REC_SYSV_SEM`] (16 bytes), from `/proc/sysvipc/sem`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug, Default, PartialEq, Eq)]
+pub struct SysvSemRec {
+    /// Its key (`IPC_PRIVATE` = 0).
+    pub key: i32,
+    /// Its id.
+    pub semid: i32,
+    /// Permission bits.
+    pub mode: u32,
+    /// Number of semaphores (values follow).
+    pub nsems: u32,
+}
+const _: () = assert!(core::mem::size_of::<SysvSemRec>() == 16);
 
 /// A run of saved pages: `len` bytes at address `addr`, stored `file_off` bytes after the start
 /// of the page data (`FileHeader::data_offset`).

@@ -121,6 +121,8 @@ pub struct Image {
     pub cwd: Vec<u8>,
     /// Memory regions in address order.
     pub regions: Vec<Region>,
+    /// SysV semaphore sets (`REC_SYSV_SEM`) with their values.
+    pub sems: Vec<(SysvSemRec, Vec<u16>)>,
     /// Open descriptors.
     pub fds: Vec<Fd>,
     /// Threads.
@@ -256,6 +258,7 @@ impl Image {
             auxv: Vec::new(),
             cwd: Vec::new(),
             regions: Vec::new(),
+            sems: Vec::new(),
             fds: Vec::new(),
             threads: Vec::new(),
             warnings: Vec::new(),
@@ -378,6 +381,17 @@ impl Image {
                         ImageError::Malformed("SysV segment detail before region".into())
                     })?;
                     region.sysv = Some(read_pod(body, "SysV segment")?);
+                }
+                REC_SYSV_SEM => {
+                    let head: SysvSemRec = read_pod(body, "SysV semaphore set")?;
+                    let vals = body
+                        .get(16..16 + head.nsems as usize * 2)
+                        .ok_or_else(|| ImageError::Malformed("SysV semaphore set".into()))?;
+                    let vals = vals
+                        .chunks_exact(2)
+                        .map(|c| u16::from_ne_bytes([c[0], c[1]]))
+                        .collect();
+                    self.sems.push((head, vals));
                 }
                 REC_FD_OWNER => {
                     let o: FdOwnerRec = read_pod(body, "fd owner")?;

@@ -218,6 +218,7 @@ impl Pool {
                 self.fds.insert((i, f.rec.fd), fd);
             }
         }
+        super::sysv::semaphores(images)?;
         self.shared_memory(images, files, floor)
     }
 

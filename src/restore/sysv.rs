@@ -7,9 +7,14 @@
 //! A key that is in use is an error, except by the very segment that was saved (same id, same
 //! size, attached by nobody: the one the checkpointed program left behind when it ended), which
 //! is taken over and its contents set back to the image's.
+//!
+//! Semaphore sets (`REC_SYSV_SEM`, saved by the process that operated on them last) are made
+//! again the same way, once per set of the job, with their key, mode and values; the same
+//! rules for a key in use (the saved set itself, left behind, is taken over and its values set).
 
 use super::RestoreError;
-use crate::image::format::SysvShmRec;
+use crate::image::format::{SysvSemRec, SysvShmRec};
+use crate::image::reader::Image;
 
 /// `SHM_DEST` in `shm_perm.mode`: removed with `IPC_RMID`, destroyed at the last detach.
 pub const SHM_DEST: u32 = 0o1000;
@@ -105,4 +110,65 @@ pub fn finish(id: i32, seg: &SysvShmRec) -> Result<Option<u64>, RestoreError> {
 pub fn detach(addr: u64) {
     // SAFETY: `addr` is an attachment the pool made.
     unsafe { libc::shmdt(addr as *const libc::c_void) };
+}
+
+/// Every semaphore set of the job made again (or taken over) with its saved values.
+pub fn semaphores(images: &[&Image]) -> Result<(), RestoreError> {
+    let mut done = std::collections::HashSet::new();
+    for (s, vals) in images.iter().flat_map(|img| img.sems.iter()) {
+        if !done.insert(s.semid) {
+            continue;
+        }
+        let id = create_sem(s)?;
+        let mut v = vals.clone();
+        // SAFETY: SETALL reads `nsems` values from the vector, which holds that many.
+        if v.len() != s.nsems as usize
+            || unsafe { libc::semctl(id, 0, libc::SETALL, v.as_mut_ptr()) } != 0
+        {
+            return Err(last(format!(
+                "cannot set the values of SysV semaphore set {id} (key {:#x})",
+                s.key
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn create_sem(s: &SysvSemRec) -> Result<i32, RestoreError> {
+    let flags = libc::IPC_CREAT | libc::IPC_EXCL | (s.mode & 0o777) as i32;
+    // SAFETY: semget takes no pointers.
+    let id = unsafe { libc::semget(s.key, s.nsems as i32, flags) };
+    if id >= 0 {
+        return Ok(id);
+    }
+    if std::io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
+        return Err(last(format!(
+            "cannot create SysV semaphore set of key {:#x} ({} semaphores)",
+            s.key, s.nsems
+        )));
+    }
+    // SAFETY: as above.
+    let id = unsafe { libc::semget(s.key, 0, 0) };
+    // SAFETY: semid_ds is plain data; IPC_STAT writes one.
+    let mut ds: libc::semid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let ok = unsafe { libc::semctl(id, 0, libc::IPC_STAT, &mut ds as *mut libc::semid_ds) } == 0;
+    // Taken over only when nobody still uses it: every process that operated on it last is gone.
+    let unused = (0..s.nsems as i32).all(|i| {
+        // SAFETY: GETPID takes no buffer; kill with signal 0 only checks.
+        let pid = unsafe { libc::semctl(id, i, libc::GETPID) };
+        pid <= 0
+            || unsafe { libc::kill(pid, 0) } != 0
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    });
+    if id == s.semid && ok && ds.sem_nsems as u32 == s.nsems && unused {
+        return Ok(id);
+    }
+    Err(RestoreError::new(
+        libc::EEXIST,
+        format!(
+            "SysV semaphore key {:#x} is in use (set {id}): remove it (ipcrm -S {:#x}) and restart again",
+            s.key, s.key
+        ),
+    ))
 }
