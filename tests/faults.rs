@@ -410,15 +410,11 @@ fn fd_count(pid: u32) -> usize {
 /// program runs on with the same descriptors, and a failed one says so in one line and leaves
 /// no file; at the end the program finishes on its own (no child status lost or wrong, no thread
 /// lost: churn checks) and an image taken with --term restores to PASS. Then every checkpoint
-/// must have succeeded. KNOWN BUG (issue 13), so the test is ignored: in about 1 run in 3, a
-/// checkpoint that lands in the race times out ("thread N did not stop for the checkpoint", N
-/// the main thread) and the program never progresses again: its main thread (in fork) and its
-/// thread creator wait on futexes with every signal blocked, for good (seen in
-/// /proc/PID/task/*/status and wchan); every later checkpoint fails the same way. Without
-/// checkpoints the program never hangs. Run it with
-/// `cargo test --release --test faults -- --ignored churn`.
+/// must have succeeded. Before the fix, in 8 of 24 runs a checkpoint timed out ("thread N did
+/// not stop") and the program hung for good: the checkpoint handler's first use of the API's
+/// Rust thread-local in a thread allocated the library's TLS block with malloc, in a thread
+/// stopped inside malloc or fork (holding the arena locks): a deadlock.
 #[test]
-#[ignore = "known bug (issue 13): a checkpoint racing fork + pthread_create can hang the program"]
 fn checkpoint_during_fork_and_thread_churn() {
     let sc = Scenario::new("fault-churn");
     let prog = sc.program("churn");

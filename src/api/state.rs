@@ -101,11 +101,16 @@ unsafe extern "C" fn free_state(p: *mut c_void) {
     drop(unsafe { Box::from_raw(p as *mut ThreadState) });
 }
 
-/// The calling thread's state, if it called `cr_init` (async-signal-safe).
+/// The calling thread's state, if it called `cr_init` (async-signal-safe: read from the
+/// pthread key, not from the Rust thread-local, whose first use in a thread allocates the
+/// library's TLS block with malloc, which deadlocks in the checkpoint handler when the thread
+/// was stopped inside malloc or fork; tests/faults.rs `checkpoint_during_fork_and_thread_churn`).
 pub fn current() -> Option<&'static ThreadState> {
-    let p = CURRENT
-        .try_with(|c| c.get())
-        .unwrap_or(core::ptr::null_mut());
+    let p = match KEY.get() {
+        // SAFETY: reading our own key's value: no allocation, no lock.
+        Some(&key) => unsafe { libc::pthread_getspecific(key) as *mut ThreadState },
+        None => core::ptr::null_mut(),
+    };
     // SAFETY: the pointer stays valid until the thread exits (key destructor).
     (!p.is_null()).then(|| unsafe { &*p })
 }
