@@ -47,7 +47,12 @@ pub fn capture(
             let reclen = u16::from_ne_bytes([buf[pos + 16], buf[pos + 17]]) as usize;
             let fd = super::quiesce::parse_dec(&buf[pos + 19..pos + reclen]) as i32;
             pos += reclen;
-            if fd < 0 || fd == dir || skip.contains(&fd) || super::forward::owns(fd) {
+            if fd < 0
+                || fd == dir
+                || skip.contains(&fd)
+                || super::forward::owns(fd)
+                || crate::api::requests::is_request_socket(fd)
+            {
                 continue;
             }
             one(w, fd, image, &mut seen)?;

@@ -11,7 +11,7 @@ use super::state::{self, fail};
 use super::types::*;
 use crate::agent::quiesce;
 use crate::protocol::{self, Reply, Request};
-use core::sync::atomic::{AtomicU32, Ordering::*};
+use core::sync::atomic::{AtomicI32, AtomicU32, Ordering::*};
 use libc::{c_char, c_int, c_uint, timeval};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -36,6 +36,30 @@ struct Handle {
 }
 
 static HANDLES: Mutex<Option<HashMap<u64, Handle>>> = Mutex::new(None);
+
+/// The sockets of checkpoint requests in flight, readable without a lock: the agent leaves
+/// them out of the image (they are its own, like its control socket; a restored process's
+/// request has no socket any more, `reap_checkpoint` knows).
+static REQUEST_SOCKS: [AtomicI32; 32] = [const { AtomicI32::new(-1) }; 32];
+
+fn remember_socket(sock: c_int) {
+    // More requests in flight than slots: that socket is saved (and comes back dead).
+    let _ = REQUEST_SOCKS
+        .iter()
+        .find(|s| s.compare_exchange(-1, sock, AcqRel, Acquire).is_ok());
+}
+
+fn forget_socket(sock: c_int) {
+    for s in &REQUEST_SOCKS {
+        let _ = s.compare_exchange(sock, -1, AcqRel, Acquire);
+    }
+}
+
+/// Whether `fd` is the socket of one of this process's checkpoint requests (allocation- and
+/// lock-free: called by the agent while the threads are parked).
+pub fn is_request_socket(fd: c_int) -> bool {
+    REQUEST_SOCKS.iter().any(|s| s.load(Acquire) == fd)
+}
 
 fn with_handles<R>(f: impl FnOnce(&mut HashMap<u64, Handle>) -> R) -> R {
     let mut g = HANDLES.lock().unwrap_or_else(|p| p.into_inner());
@@ -151,6 +175,7 @@ fn start_checkpoint(
     req.scope = a.cr_scope;
     let seen = quiesce::DONE_GEN.load(Acquire);
     // Registered before sending: the checkpoint may happen the moment the request is sent.
+    remember_socket(sock);
     with_handles(|h| {
         h.insert(
             sock as u64,
@@ -162,6 +187,7 @@ fn start_checkpoint(
     });
     if let Err(e) = protocol::send(sock, &req, Some(a.cr_fd)) {
         with_handles(|h| h.remove(&(sock as u64)));
+        forget_socket(sock);
         // SAFETY: closing our socket.
         unsafe { libc::close(sock) };
         return Err(e);
@@ -314,6 +340,7 @@ pub fn log(handle: *const u64, len: c_uint, msg: *mut c_char) -> Result<c_int, c
 
 fn free_handle(handle: *mut u64, h: u64, close: bool) {
     with_handles(|t| t.remove(&h));
+    forget_socket(h as c_int);
     if close {
         // SAFETY: closing our descriptor.
         unsafe { libc::close(h as c_int) };
