@@ -212,17 +212,12 @@ pub fn parse_sysv_line(line: &[u8]) -> Option<SysvShmRec> {
     let mut f = line
         .split(|b| b.is_ascii_whitespace())
         .filter(|t| !t.is_empty());
-    let key = f.next()?;
-    let (neg, digits) = match key.strip_prefix(b"-") {
-        Some(d) => (true, d),
-        None => (false, key),
-    };
-    let k = crate::kinds::parse_u64(digits, 10)? as i64;
+    let k = crate::kinds::parse_i64(f.next()?)?;
     let shmid = crate::kinds::parse_u64(f.next()?, 10)?;
     let mode = crate::kinds::parse_u64(f.next()?, 8)?;
     let size = crate::kinds::parse_u64(f.next()?, 10)?;
     Some(SysvShmRec {
-        key: if neg { -k } else { k } as i32,
+        key: k as i32,
         shmid: shmid as i32,
         mode: mode as u32,
         _pad: 0,

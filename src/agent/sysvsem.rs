@@ -28,14 +28,9 @@ pub fn parse_line(line: &[u8]) -> Option<SysvSemRec> {
     let mut f = line
         .split(|b| b.is_ascii_whitespace())
         .filter(|t| !t.is_empty());
-    let key = f.next()?;
-    let (neg, digits) = match key.strip_prefix(b"-") {
-        Some(d) => (true, d),
-        None => (false, key),
-    };
-    let k = parse_u64(digits, 10)? as i64;
+    let k = crate::kinds::parse_i64(f.next()?)?;
     Some(SysvSemRec {
-        key: if neg { -k } else { k } as i32,
+        key: k as i32,
         semid: parse_u64(f.next()?, 10)? as i32,
         mode: parse_u64(f.next()?, 8)? as u32 & 0o777,
         nsems: parse_u64(f.next()?, 10)? as u32,

@@ -217,6 +217,14 @@ pub fn parse_u64(s: &[u8], radix: u32) -> Option<u64> {
     Some(v)
 }
 
+/// Parses a decimal number with an optional leading `-` (SysV IPC keys in /proc/sysvipc).
+pub fn parse_i64(s: &[u8]) -> Option<i64> {
+    match s.strip_prefix(b"-") {
+        Some(d) => parse_u64(d, 10).map(|v| -(v as i64)),
+        None => parse_u64(s, 10).map(|v| v as i64),
+    }
+}
+
 /// Copies the plain-data `value` into the front of `out`; its size, or `ENOSPC`.
 pub fn put<T: bytemuck::Pod>(out: &mut [u8], value: &T) -> Result<usize, Errno> {
     let bytes = bytemuck::bytes_of(value);
@@ -261,6 +269,9 @@ mod tests {
         assert_eq!(parse_u64(b"", 10), None);
         assert_eq!(parse_u64(b"12x", 10), None);
         assert_eq!(parse_u64(b"ffffffffffffffffff", 16), None);
+        assert_eq!(parse_i64(b"-1234"), Some(-1234));
+        assert_eq!(parse_i64(b"77"), Some(77));
+        assert_eq!(parse_i64(b"-"), None);
     }
 
     #[test]
