@@ -264,37 +264,7 @@ fn restarter_killed_mid_restore_in_namespace() {
 /// original pids, which a restored process would get back) alive, and the image unchanged.
 fn assert_restart_failed_clean(sc: &Scenario, img: &Path, pids: &[u32], what: &str) -> String {
     let hash = file_hash(img);
-    let mut job = sc.restart(img);
-    let st = job.wait_exit(TOOL_TIMEOUT);
-    let closed = job.wait_output_closed(Duration::from_secs(5));
-    assert!(
-        matches!(st.code(), Some(c) if c != 0),
-        "{what}: cr_restart should fail with an exit code:\n{}",
-        job.diag()
-    );
-    let lines: Vec<String> = job
-        .stderr()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(String::from)
-        .collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "{what}: one line on stderr:\n{}",
-        job.diag()
-    );
-    assert!(
-        closed,
-        "{what}: a process still holds cr_restart's output:\n{}",
-        job.diag()
-    );
-    let out = job.stdout();
-    assert!(
-        !out.contains("PASS") && !out.contains("READY"),
-        "{what}: the program ran:\n{}",
-        job.diag()
-    );
+    let (job, code, first) = restart_refused(sc, img, what);
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut left: Vec<u32> = job.group_members();
     left.extend(pids.iter().copied().filter(|&p| pid_alive(p)));
@@ -316,10 +286,10 @@ fn assert_restart_failed_clean(sc: &Scenario, img: &Path, pids: &[u32], what: &s
     while pids.iter().any(|&p| proc_stat(p).is_some()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let line = format!("{}: {what}: exit {:?}: {}", sc.name(), st.code(), lines[0]);
+    let line = format!("{}: {what}: exit {code}: {first}", sc.name());
     eprintln!("{line}");
     sc.note(&line);
-    lines[0].clone()
+    first
 }
 
 /// A restore of a process tree (c-tests/tree.c, a root with three children, one with a

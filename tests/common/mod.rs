@@ -1456,6 +1456,49 @@ fn spawn_reader<R: Read + Send + 'static>(
     });
 }
 
+/// Runs cr_restart on `img`, which must be refused: it exits with a non-zero code (not by a
+/// signal) and exactly one non-empty line on stderr, nothing holds its output any more, and the
+/// program never ran (no READY or PASS). Returns the finished job, its exit code and that line,
+/// for the caller's further checks (processes left, the image unchanged).
+pub fn restart_refused(sc: &Scenario, img: &Path, what: &str) -> (Job, i32, String) {
+    let mut job = sc.restart(img);
+    let st = job.wait_exit(TOOL_TIMEOUT);
+    let closed = job.wait_output_closed(Duration::from_secs(5));
+    let ctx = format!("cr_restart on {what} ({})", img.display());
+    let code = match st.code() {
+        Some(c) if c != 0 => c,
+        _ => panic!(
+            "{ctx} should fail with a non-zero exit code:\n{}",
+            job.diag()
+        ),
+    };
+    let lines: Vec<String> = job
+        .stderr()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{ctx} should write exactly one non-empty line on stderr:\n{}",
+        job.diag()
+    );
+    assert!(
+        closed,
+        "{ctx}: some process still holds cr_restart's stdout/stderr:\n{}",
+        job.diag()
+    );
+    let out = job.stdout();
+    assert!(
+        !out.contains("PASS") && !out.contains("READY"),
+        "{ctx}: the program ran:\n{}",
+        job.diag()
+    );
+    let line = lines[0].clone();
+    (job, code, line)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Misc
 // ---------------------------------------------------------------------------------------------
