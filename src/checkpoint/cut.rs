@@ -83,6 +83,9 @@ fn try_connect(pid: i32) -> Result<Option<i32>, CheckpointError> {
             Err(_) if started.elapsed() < AGENT_START_WAIT && agent_coming(pid) => {
                 std::thread::sleep(Duration::from_millis(2));
             }
+            // Its memory went while we looked (it started exiting after the checks above):
+            // not a process without an agent.
+            Err(_) if gone(pid) => return Ok(None),
             Err(_) if comm(pid) == "cr_restart" => {
                 return Err(err(CR_ENOSUPPORT, format!(
                     "process {pid} is cr_restart itself; checkpoint the restored program (its child) instead")))
