@@ -527,10 +527,12 @@ mod tests {
         tpage[..core::mem::size_of::<Trailer>()].copy_from_slice(bytemuck::bytes_of(&t));
         t.trailer_hash = page_hash(&tpage, core::mem::size_of::<Trailer>());
         tpage[..core::mem::size_of::<Trailer>()].copy_from_slice(bytemuck::bytes_of(&t));
+        // Tests run in parallel threads of one process: a counter keeps the names apart.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!(
-            "libcr-reader-test-{}-{version}-{}",
-            std::process::id(),
-            extra.len()
+            "libcr-reader-test-{}-{version}-{n}",
+            std::process::id()
         ));
         let mut f = File::create(&path).unwrap();
         f.write_all(&page).unwrap();
