@@ -104,6 +104,26 @@ global_asm!(
     "ret",
     ".size cr_arch_clone3_thread, .-cr_arch_clone3_thread",
     "",
+    ".globl cr_arch_clone3_call",
+    ".type cr_arch_clone3_call,@function",
+    "cr_arch_clone3_call:",
+    // rdi = struct clone_args *, rsi = its size, rdx = fn(usize) -> ! for the child, rcx = its
+    // argument; the child starts on the stack the args name (syscall keeps r8 and r9).
+    "mov r8, rdx",
+    "mov r9, rcx",
+    "mov eax, 435",
+    "syscall",
+    "test rax, rax",
+    "jnz 4f",
+    "xor ebp, ebp",
+    "mov rdi, r9",
+    "and rsp, -16",
+    "call r8",
+    "ud2",
+    "4:",
+    "ret",
+    ".size cr_arch_clone3_call, .-cr_arch_clone3_call",
+    "",
     ".globl cr_arch_call_preserving_fpu",
     ".type cr_arch_call_preserving_fpu,@function",
     "cr_arch_call_preserving_fpu:",
@@ -185,6 +205,12 @@ extern "C" {
         size: usize,
     ) -> usize;
     fn cr_arch_clone3_thread(args: *const CloneArgs, size: usize, arg: usize) -> isize;
+    fn cr_arch_clone3_call(
+        args: *const CloneArgs,
+        size: usize,
+        f: extern "C" fn(usize) -> !,
+        arg: usize,
+    ) -> isize;
     fn cr_arch_clone_thread(
         flags: usize,
         stack: usize,
@@ -280,6 +306,15 @@ pub struct CloneArgs {
 /// As [`clone_thread`]; `args` must describe a valid stack.
 pub unsafe fn clone3_thread(args: &CloneArgs, arg: usize) -> isize {
     cr_arch_clone3_thread(args, core::mem::size_of::<CloneArgs>(), arg)
+}
+
+/// Creates a process (or thread) with `clone3` whose first thread runs `f(arg)` on the stack
+/// `args` names; returns the child's id (or `-errno`) in the caller.
+///
+/// # Safety
+/// `args` must describe a stack nobody else uses; `f` must never return.
+pub unsafe fn clone3_call(args: &CloneArgs, f: extern "C" fn(usize) -> !, arg: usize) -> isize {
+    cr_arch_clone3_call(args, core::mem::size_of::<CloneArgs>(), f, arg)
 }
 
 /// Address of our `rt_sigreturn` restorer (used for the checkpoint signal's handler, so a program

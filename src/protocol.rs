@@ -80,6 +80,12 @@ pub const FLAG_PROHIBIT_SELF: u32 = 0x8;
 /// signal itself and does not wait for a RELEASE.
 pub const FLAG_API: u32 = 0x2;
 
+/// Request flag (`REQ_CHECKPOINT`, and `REQ_WRITE` of a cut of one process): copy-on-write
+/// (`cr_checkpoint --cow`): the program is stopped only while its state is recorded and its
+/// shared memory copied; a forked writer writes the page data while it runs on. The final reply
+/// still comes once the image is written and synced.
+pub const FLAG_COW: u32 = 0x100;
+
 /// A request message.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]

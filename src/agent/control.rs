@@ -25,7 +25,8 @@ pub fn bound_pid() -> i32 {
 /// by the program meanwhile inherits them; its fork handler closes them again
 /// ([`forget_request_fds`]), or a tree checkpoint would find another process's image file open
 /// in the child.
-static REQUEST_FDS: [AtomicI32; 2] = [AtomicI32::new(-1), AtomicI32::new(-1)];
+/// The third is the pidfd of a copy-on-write writer while it runs.
+static REQUEST_FDS: [AtomicI32; 3] = [AtomicI32::new(-1), AtomicI32::new(-1), AtomicI32::new(-1)];
 
 /// Set while a request is served: the control thread opens descriptors (the request's, and
 /// `/proc/self/task/*` files while it stops the threads) that a child forked meanwhile inherits.
@@ -386,9 +387,12 @@ fn requester_left(conn: i32) -> bool {
 }
 
 /// Waits (bounded) for the requester of a multi-process checkpoint to say "write" (every process
-/// of the cut is stopped); false when it says "release" instead, goes away or times out.
-fn wait_write(conn: i32) -> bool {
-    next_request(conn, WRITE_WAIT_MS).is_some_and(|r| r.kind == protocol::REQ_WRITE)
+/// of the cut is stopped): its flags (`FLAG_COW` when this process may be written copy-on-write);
+/// `None` when it says "release" instead, goes away or times out.
+fn wait_write(conn: i32) -> Option<u32> {
+    next_request(conn, WRITE_WAIT_MS)
+        .filter(|r| r.kind == protocol::REQ_WRITE)
+        .map(|r| r.flags)
 }
 
 /// Turns a callback's abort request into the outcome `cr_checkpoint()` reports and the errno the
@@ -600,6 +604,9 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
         return;
     }
     let quiesce_ms = (sys::monotonic_ns() - quiesce_start) / 1_000_000;
+    // Copy-on-write asked for: one-process checkpoints by the tools (an API request's requester
+    // waits for its own callbacks; forwarded processes append their images to ours).
+    let mut cow = req.flags & protocol::FLAG_COW != 0;
     if req.flags & protocol::FLAG_BARRIER != 0 {
         // One process of a multi-process checkpoint: stopped; write only once every other
         // process of the cut is stopped too.
@@ -607,7 +614,11 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
         let mut fwd = StackBuf::<240>::new();
         super::forward::describe(&mut fwd);
         send_reply(conn, protocol::STATUS_QUIESCED, 0, fwd.as_bytes());
-        if !wait_write(conn) {
+        let write_flags = wait_write(conn);
+        // A cut of several processes is written stopped (cr_checkpoint says so): only the
+        // requester knows, and sets FLAG_COW on REQ_WRITE when we are the only one.
+        cow = write_flags.is_some_and(|f| f & protocol::FLAG_COW != 0);
+        if write_flags.is_none() {
             let e = libc::ECANCELED;
             conclude(
                 conn,
@@ -631,6 +642,11 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
         // Every process of the checkpoint is stopped: which descriptions do they share?
         super::forward::find_shares(img_fd, scratch.probe());
     }
+    let mut cow_note = 0;
+    if cow && (api || super::forward::count() > 0) {
+        cow = false;
+        cow_note = super::cow::NOTE_FORWARD;
+    }
     // Every thread of the cut is stopped: the pending signals now are the image's.
     quiesce::capture_pending(sys::monotonic_ns() + timeout_ns);
     let job = Job {
@@ -642,6 +658,9 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
         step: core::sync::atomic::AtomicU32::new(0),
         scratch: &scratch,
         deadline_ns: cs_deadline,
+        cow,
+        writer: AtomicI32::new(-1),
+        cow_note: core::sync::atomic::AtomicU32::new(cow_note),
     };
     // The writer runs on a stack inside the scratch area: our own stack is part of the image and
     // must not change while it is hashed and written.
@@ -663,6 +682,12 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
         after_restart();
         return;
     }
+    if r == super::image::FORKED {
+        finish_cow(conn, &job, &scratch, quiesce_start, quiesce_ms);
+        sys::close(img_fd);
+        return;
+    }
+    let cow_asked = req.flags & protocol::FLAG_COW != 0 || cow;
     if r == 0 {
         let forwarded = match super::forward::write_all() {
             Ok(b) => b,
@@ -690,6 +715,14 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
         if !api {
             report.push(b"quiesce=").num(quiesce_ms).push(b"ms ");
             super::image::io_report::describe(&mut report);
+            report.push(b" mode=stopped");
+            let note = job.cow_note.load(Acquire);
+            if cow_asked && note != 0 {
+                report
+                    .push(b"(no copy-on-write: ")
+                    .push(super::cow::note_text(note))
+                    .push(b")");
+            }
         }
         conclude(
             conn,
@@ -707,6 +740,41 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
         conclude(conn, true, -(e as i64), e, 0, m.as_bytes());
     }
     sys::close(img_fd);
+}
+
+/// A copy-on-write checkpoint whose writer runs: lets the program go at once, waits for the
+/// writer, then answers the requester, who commits and signals, and waits for its RELEASE.
+fn finish_cow(conn: i32, job: &Job, scratch: &Scratch, quiesce_start: u64, quiesce_ms: u64) {
+    let pidfd = job.writer.load(Acquire);
+    REQUEST_FDS[2].store(pidfd, Release);
+    // The image is the snapshot's: as far as the program's callbacks are concerned the
+    // checkpoint is taken (BLCR's callbacks continue once the kernel has the image).
+    quiesce::finish(0);
+    crate::api::cs::end_pending();
+    quiesce::release();
+    let stop_ns = sys::monotonic_ns() - quiesce_start;
+    let res = super::cow::wait(pidfd, scratch, conn, job.deadline_ns);
+    REQUEST_FDS[2].store(-1, Release);
+    match res {
+        Ok(bytes) => {
+            let mut report = StackBuf::<240>::new();
+            report.push(b"quiesce=").num(quiesce_ms).push(b"ms ");
+            super::image::io_report::describe(&mut report);
+            report
+                .push(b" mode=cow stop=")
+                .num(stop_ns / 1_000_000)
+                .push(b".")
+                .num(stop_ns / 100_000 % 10)
+                .push(b"ms");
+            send_reply(conn, 0, bytes, report.as_bytes());
+            wait_commit(conn);
+        }
+        Err(e) => {
+            let mut m = StackBuf::<240>::new();
+            e.describe(&mut m);
+            send_reply(conn, e.errno(), 0, m.as_bytes());
+        }
+    }
 }
 
 /// Ends the request because process `pid`, which the checkpoint was forwarded to, failed.

@@ -32,6 +32,12 @@ pub struct Job {
     pub scratch: *const Scratch,
     /// CLOCK_MONOTONIC time past which the write is abandoned (`--time`), or `u64::MAX`.
     pub deadline_ns: u64,
+    /// Write with a forked copy-on-write writer (`--cow`) where possible.
+    pub cow: bool,
+    /// The writer's pidfd once started (output; -1: none).
+    pub writer: AtomicI32,
+    /// Why a copy-on-write request was written stopped (`cow::NOTE_*`, output).
+    pub cow_note: AtomicU32,
 }
 
 /// Steps, for error messages.
@@ -44,16 +50,21 @@ pub const STEPS: [&str; 6] = [
     "syncing the image",
 ];
 
-/// Entry called through `arch::save_and_call`: returns 0 on success, 2 on failure (never
+/// What [`write_callback`] returns when a copy-on-write writer was started ([`Job::writer`]).
+pub const FORKED: usize = 3;
+
+/// Entry called through `arch::save_and_call`: returns 0 on success, 2 on failure, [`FORKED`]
+/// (never
 /// [`crate::arch::RESUMED`], which marks the restored process).
 pub extern "C" fn write_callback(job: usize) -> usize {
     // SAFETY: the control thread passes a pointer to a live Job on its stack.
     let job = unsafe { &*(job as *const Job) };
     match write_image(job) {
-        Ok(n) => {
+        Ok(Written::Bytes(n)) => {
             job.bytes.store(n, Release);
             0
         }
+        Ok(Written::Forked) => FORKED,
         Err((step, e)) => {
             job.errno.store(e.0, Release);
             job.step.store(step, Release);
@@ -279,7 +290,15 @@ fn realtime_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn write_image(job: &Job) -> Result<u64, (u32, Errno)> {
+/// What [`write_image`] did.
+enum Written {
+    /// The image is written and synced: its length.
+    Bytes(u64),
+    /// A copy-on-write writer was started ([`Job::writer`]).
+    Forked,
+}
+
+fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
     // SAFETY: the control thread keeps the scratch alive for the whole call.
     let scratch = unsafe { &*job.scratch };
     process::capture_signals();
@@ -332,15 +351,40 @@ fn write_image(job: &Job) -> Result<u64, (u32, Errno)> {
     let tmp_limit = crate::protocol::tmp_limit(job.flags);
     super::fds::capture(&mut w, &job.skip_fds, job.fd, tmp_limit).map_err(|e| (2, e))?;
     super::forward::write_shares(&mut w).map_err(full)?;
-    let mut ext = ExtentList::new(scratch.extents());
-    let mut unreadable = Unreadable::new();
     let save = memory::SaveByContent {
         exe: job.flags & crate::protocol::FLAG_SAVE_EXE != 0,
         private: job.flags & crate::protocol::FLAG_SAVE_PRIVATE != 0,
         shared: job.flags & crate::protocol::FLAG_SAVE_SHARED != 0,
     };
-    memory::capture(&mut w, scratch, &mut ext, &mut unreadable, save).map_err(|e| (3, e))?;
+    if job.cow {
+        // Copy-on-write: the rest is written by a forked writer while the program runs on.
+        match super::cow::start(job, scratch, &w, save, pid) {
+            Ok(pidfd) => {
+                job.writer.store(pidfd, Release);
+                return Ok(Written::Forked);
+            }
+            Err(note) => job.cow_note.store(note, Release),
+        }
+    }
+    let mut ext = ExtentList::new(scratch.extents());
+    let mut unreadable = Unreadable::new();
+    memory::capture(&mut w, scratch, &mut ext, &mut unreadable, save, None).map_err(|e| (3, e))?;
     super::sysvsem::capture(&mut w).map_err(|e| (3, e))?;
+    finish(job.fd, job.deadline_ns, scratch, w, &ext, &unreadable, pid).map(Written::Bytes)
+}
+
+/// Ends the metadata and writes the whole image (header, metadata, page data of `ext`, trailer),
+/// then syncs it; returns its length.
+pub fn finish(
+    fd: i32,
+    deadline_ns: u64,
+    scratch: &Scratch,
+    mut w: MetaWriter,
+    ext: &ExtentList,
+    unreadable: &Unreadable,
+    pid: i32,
+) -> Result<u64, (u32, Errno)> {
+    let full = |_| (1, Errno(libc::ENOMEM));
     w.raw(REC_END, &[]).map_err(full)?;
 
     let meta_len = w.len() as u64;
@@ -374,7 +418,6 @@ fn write_image(job: &Job) -> Result<u64, (u32, Errno)> {
     hdr.header_hash = page_hash(hpage, hsize);
     hpage[..hsize].copy_from_slice(bytemuck::bytes_of(&hdr));
 
-    let fd = job.fd;
     // O_DIRECT only on regular files: on a pipe it means packet mode, where a reader with a
     // smaller buffer than a packet silently loses the rest of it.
     if sys::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG) {
@@ -388,7 +431,7 @@ fn write_image(job: &Job) -> Result<u64, (u32, Errno)> {
         }
     }
     let io = |e| (4, e);
-    let _nonblocking = NonBlocking::new(fd, job.deadline_ns);
+    let _nonblocking = NonBlocking::new(fd, deadline_ns);
     write_mem(fd, hpage.as_ptr() as usize, PAGE).map_err(io)?;
     write_mem(
         fd,
@@ -397,7 +440,7 @@ fn write_image(job: &Job) -> Result<u64, (u32, Errno)> {
     )
     .map_err(io)?;
     unreadable.set(true);
-    let data_hash = memory::write_data(fd, ext.all(), job.deadline_ns);
+    let data_hash = memory::write_data(fd, ext.all(), deadline_ns);
     unreadable.set(false);
     let data_hash = data_hash.map_err(io)?;
     io_report::PHASE_NS[2].store(sys::monotonic_ns(), Relaxed);

@@ -286,6 +286,21 @@ impl<'a> ExtentList<'a> {
         Ok(())
     }
 
+    /// Appends one extent of `len` bytes at `addr` as it is (never merged with the last one).
+    fn push_extent(&mut self, addr: u64, len: u64) -> Result<(), Errno> {
+        if self.n == self.buf.len() {
+            return Err(Errno(libc::ENOMEM));
+        }
+        self.buf[self.n] = Extent {
+            addr,
+            len,
+            file_off: self.data_len,
+        };
+        self.n += 1;
+        self.data_len += len;
+        Ok(())
+    }
+
     fn begin_region(&mut self) {
         self.region_first = self.n;
     }
@@ -298,6 +313,80 @@ impl<'a> ExtentList<'a> {
     pub fn all(&self) -> &[Extent] {
         &self.buf[..self.n]
     }
+}
+
+/// Shared memory of a copy-on-write checkpoint, copied while the program is stopped (a forked
+/// writer shares those pages with the running program, so it cannot write them from memory).
+pub struct Precopy<'a> {
+    /// The copied pages: `addr` and `len` as in the program, `file_off` the offset in the copy.
+    pub extents: &'a [Extent],
+    /// Address of the copy (a mapping of its own, left out of the image).
+    pub base: u64,
+    /// Its length.
+    pub len: u64,
+}
+
+impl Precopy<'_> {
+    /// Whether `kind` is memory a forked writer cannot read as it was at the stop.
+    pub fn covers(kind: RegionKind) -> bool {
+        matches!(kind, RegionKind::SharedContent | RegionKind::PrivateContent)
+    }
+    fn in_range(&self, start: u64, end: u64) -> impl Iterator<Item = &Extent> {
+        self.extents
+            .iter()
+            .filter(move |e| e.addr >= start && e.addr < end)
+    }
+}
+
+/// Finds, like [`capture`] would, the pages of shared memory (and other memory stored by
+/// content) to save and lists them in `out` (`file_off`: their offset in a copy); the caller
+/// copies them with [`copy_precopied`].
+pub fn find_precopy(
+    scratch: &Scratch,
+    out: &mut ExtentList,
+    save: SaveByContent,
+) -> Result<(), Errno> {
+    let exe = sys::stat(b"/proc/self/exe\0", 0)
+        .ok()
+        .map(|s| (s.st_dev, s.st_ino));
+    let maps = scratch.maps();
+    let n = sys::read_file(b"/proc/self/maps\0", maps)?;
+    let pagemap_fd =
+        sys::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)? as i32;
+    let res = (|| {
+        for line in scratch.maps()[..n].split(|&b| b == b'\n') {
+            let Some(m) = parse_line(line) else { continue };
+            if scratch.contains(m.start) {
+                continue;
+            }
+            let (mut st, mut fs) = (None, None);
+            let Some(kind) = classify(&m, save, exe, &mut st, &mut fs) else {
+                continue;
+            };
+            if Precopy::covers(kind) {
+                out.begin_region();
+                scan_region(&m, kind, fs, pagemap_fd, scratch, out)?;
+            }
+        }
+        Ok(())
+    })();
+    sys::close(pagemap_fd);
+    res
+}
+
+/// Copies every extent of `extents` to `base + file_off` (`process_vm_readv`: a page that cannot
+/// be read fails with `EFAULT` instead of a signal).
+pub fn copy_precopied(extents: &[Extent], base: u64) -> Result<(), Errno> {
+    for e in extents {
+        // SAFETY: the copy mapping holds `file_off + len` bytes for every extent.
+        let dst = unsafe {
+            core::slice::from_raw_parts_mut((base + e.file_off) as *mut u8, e.len as usize)
+        };
+        if read_self(e.addr as usize, dst) != e.len as usize {
+            return Err(Errno(libc::EFAULT));
+        }
+    }
+    Ok(())
 }
 
 /// Regions whose pages must be made readable while they are written.
@@ -542,6 +631,7 @@ pub fn capture(
     ext: &mut ExtentList,
     unreadable: &mut Unreadable,
     save: SaveByContent,
+    pre: Option<&Precopy>,
 ) -> Result<(), Errno> {
     let exe = sys::stat(b"/proc/self/exe\0", 0)
         .ok()
@@ -566,7 +656,9 @@ pub fn capture(
         };
         for line in maps.split(|&b| b == b'\n') {
             let Some(m) = parse_line(line) else { continue };
-            if scratch.contains(m.start) {
+            if scratch.contains(m.start)
+                || pre.is_some_and(|p| (p.base..p.base + p.len).contains(&m.start))
+            {
                 continue;
             }
             let mut st = None;
@@ -585,7 +677,14 @@ pub fn capture(
                 });
             }
             ext.begin_region();
-            scan_region(&m, kind, fs, pagemap_fd, scratch, ext)?;
+            let from_copy = pre.filter(|_| Precopy::covers(kind));
+            if let Some(p) = from_copy {
+                for e in p.in_range(m.start, m.end) {
+                    ext.push_extent(e.addr, e.len)?;
+                }
+            } else {
+                scan_region(&m, kind, fs, pagemap_fd, scratch, ext)?;
+            }
             let extents = ext.region_extents();
             if !extents.is_empty() && m.prot & libc::PROT_READ as u32 == 0 {
                 unreadable.add(m.start, m.end, m.prot)?;
@@ -612,6 +711,16 @@ pub fn capture(
             if !extents.is_empty() {
                 w.raw(REC_EXTENTS, bytemuck::cast_slice(extents))
                     .map_err(|_| Errno(libc::ENOMEM))?;
+            }
+            if let Some(p) = from_copy {
+                // The image records the program's addresses; the pages are written from the copy.
+                let first = ext.region_first;
+                for (e, src) in ext.buf[first..ext.n]
+                    .iter_mut()
+                    .zip(p.in_range(m.start, m.end))
+                {
+                    e.addr = p.base + src.file_off;
+                }
             }
             if let Some(fs) = fs {
                 w.raw(REC_REGION_FS, bytemuck::bytes_of(&fs))

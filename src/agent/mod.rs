@@ -7,6 +7,7 @@
 //! `quiesce`'s handler, which returns into the program.
 
 pub mod control;
+pub mod cow;
 pub mod fds;
 pub mod forward;
 pub mod image;

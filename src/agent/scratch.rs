@@ -18,6 +18,14 @@ const MINCORE_LEN: usize = pages(PROBE_LEN / PAGE);
 const EXTENTS_LEN: usize = pages(24 << 20); // a multiple of size_of::<Extent>() (24)
 const META_LEN: usize = pages(64 << 20);
 const STACK_LEN: usize = pages(1 << 20);
+/// Extents of the shared memory a copy-on-write checkpoint copies while the program is stopped.
+const PRECOPY_LEN: usize = pages(3 << 20); // a multiple of size_of::<Extent>() (24)
+/// Records captured in the stop that a copy-on-write writer appends after the memory regions.
+const SIDE_LEN: usize = pages(1 << 20);
+/// The copy-on-write writer's arguments and report (shared with the parent).
+const WRITER_LEN: usize = PAGE;
+/// The copy-on-write writer's stack.
+const WSTACK_LEN: usize = pages(1 << 20);
 
 const MAPS_OFF: usize = 0;
 const PAGEMAP_OFF: usize = MAPS_OFF + MAPS_LEN;
@@ -28,7 +36,11 @@ const HEADER_OFF: usize = EXTENTS_OFF + EXTENTS_LEN;
 const TRAILER_OFF: usize = HEADER_OFF + PAGE;
 const META_OFF: usize = TRAILER_OFF + PAGE;
 const STACK_OFF: usize = META_OFF + META_LEN;
-const TOTAL: usize = STACK_OFF + STACK_LEN;
+const PRECOPY_OFF: usize = STACK_OFF + STACK_LEN;
+const SIDE_OFF: usize = PRECOPY_OFF + PRECOPY_LEN;
+const WRITER_OFF: usize = SIDE_OFF + SIDE_LEN;
+const WSTACK_OFF: usize = WRITER_OFF + WRITER_LEN;
+const TOTAL: usize = WSTACK_OFF + WSTACK_LEN;
 
 // Every buffer page aligned (direct I/O needs at least 512-byte aligned buffers: a 256-byte
 // mincore buffer once put the header, metadata and trailer off alignment, and O_DIRECT was
@@ -43,9 +55,14 @@ const _: () = assert!(
         && TRAILER_OFF.is_multiple_of(PAGE)
         && META_OFF.is_multiple_of(PAGE)
         && STACK_OFF.is_multiple_of(PAGE)
+        && PRECOPY_OFF.is_multiple_of(PAGE)
+        && SIDE_OFF.is_multiple_of(PAGE)
+        && WRITER_OFF.is_multiple_of(PAGE)
+        && WSTACK_OFF.is_multiple_of(PAGE)
         && TOTAL.is_multiple_of(PAGE)
 );
 const _: () = assert!(EXTENTS_LEN.is_multiple_of(core::mem::size_of::<Extent>()));
+const _: () = assert!(PRECOPY_LEN.is_multiple_of(core::mem::size_of::<Extent>()));
 const _: () = assert!(MINCORE_LEN >= PROBE_LEN / PAGE);
 
 /// A reserved, lazily populated scratch area.
@@ -119,6 +136,24 @@ impl Scratch {
     #[allow(clippy::mut_from_ref)]
     pub fn meta(&self) -> &mut [u8] {
         self.bytes(META_OFF, META_LEN)
+    }
+    /// Storage for the extents of shared memory copied in the stop (copy-on-write mode).
+    #[allow(clippy::mut_from_ref)]
+    pub fn precopy(&self) -> &mut [Extent] {
+        bytemuck::cast_slice_mut(self.bytes(PRECOPY_OFF, PRECOPY_LEN))
+    }
+    /// Records captured in the stop that the copy-on-write writer appends (SysV semaphores).
+    #[allow(clippy::mut_from_ref)]
+    pub fn side(&self) -> &mut [u8] {
+        self.bytes(SIDE_OFF, SIDE_LEN)
+    }
+    /// The page shared with the copy-on-write writer (its arguments and report).
+    pub fn writer_page(&self) -> usize {
+        self.base + WRITER_OFF
+    }
+    /// Lowest address and size of the copy-on-write writer's stack.
+    pub fn writer_stack(&self) -> (usize, usize) {
+        (self.base + WSTACK_OFF, WSTACK_LEN)
     }
 }
 

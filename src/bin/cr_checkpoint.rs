@@ -60,6 +60,10 @@ struct Args {
     /// Do not sync the image to disk.
     #[arg(long, action = ArgAction::SetTrue)]
     nosync: bool,
+    /// Copy-on-write: stop the program only while its state is recorded, and write its memory
+    /// from a forked snapshot while it runs on (one process at a time; -v says which mode ran).
+    #[arg(long, action = ArgAction::SetTrue)]
+    cow: bool,
     /// After the checkpoint, leave the process running (default).
     #[arg(long, action = ArgAction::SetTrue)]
     run: bool,
@@ -296,6 +300,7 @@ fn options(m: &clap::ArgMatches, a: &Args) -> checkpoint::Options {
             false,
         ),
         sync: last_given(m, &[("sync", true), ("nosync", false)], true),
+        cow: a.cow,
         ..checkpoint::Options::new(scope, a.id)
     }
 }

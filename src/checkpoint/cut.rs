@@ -188,6 +188,9 @@ fn open_out(d: &Dest, note: &mut dyn FnMut(Note)) -> Result<Out, CheckpointError
 fn request(opts: &Options, scope: i32, out: &Out) -> Request {
     let mut req = Request::new(protocol::REQ_CHECKPOINT);
     req.flags = opts.save;
+    if opts.cow {
+        req.flags |= protocol::FLAG_COW;
+    }
     req.timeout_ms = opts.time.map_or(0, |s| s.saturating_mul(1000));
     req.requester = std::process::id() as i32;
     req.target = opts.id;
@@ -966,9 +969,18 @@ pub(super) fn checkpoint_many(
             manifest_bytes += bytes.len() as u64;
         }
     }
+    let mut write = Request::new(protocol::REQ_WRITE);
+    if opts.cow && live.len() == 1 {
+        write.flags |= protocol::FLAG_COW;
+    } else if opts.cow {
+        note(Note::Info(format!(
+            "copy-on-write: {} processes are written stopped (copy-on-write takes one process at a time)",
+            live.len()
+        )));
+    }
     for &i in &live {
         let (pid, sock) = (cut.members[i].pid, cut.members[i].sock);
-        if let Err(e) = protocol::send(sock, &Request::new(protocol::REQ_WRITE), None) {
+        if let Err(e) = protocol::send(sock, &write, None) {
             return Err(err(
                 e,
                 format!("cannot send the request to {pid}: {}", strerror(e)),

@@ -55,6 +55,10 @@ pub struct Options {
     pub ptracer_skip: bool,
     /// Sync the image and its directory before reporting success.
     pub sync: bool,
+    /// Copy-on-write (`--cow`): the program is stopped only while its state is recorded; a
+    /// forked writer writes its memory while it runs on (one-process checkpoints and cuts of
+    /// one process; others are written stopped, with a note).
+    pub cow: bool,
 }
 
 impl Options {
@@ -73,6 +77,7 @@ impl Options {
             ptraced: Ptraced::Error,
             ptracer_skip: false,
             sync: true,
+            cow: false,
         }
     }
 }

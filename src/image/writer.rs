@@ -20,6 +20,18 @@ impl<'a> MetaWriter<'a> {
         MetaWriter { buf, len: 0 }
     }
 
+    /// Continues after `len` bytes of records already in `buf` (a copy-on-write writer goes on
+    /// with the records its parent captured).
+    pub fn continue_at(buf: &'a mut [u8], len: usize) -> Self {
+        let len = len.min(buf.len());
+        MetaWriter { buf, len }
+    }
+
+    /// Appends whole records written by another writer.
+    pub fn append(&mut self, records: &[u8]) -> Result<(), Full> {
+        self.put(records)
+    }
+
     /// Bytes written so far.
     pub fn len(&self) -> usize {
         self.len

@@ -1,0 +1,421 @@
+//! Copy-on-write checkpoints (`cr_checkpoint --cow`): the program is stopped only while its
+//! state is recorded; a forked writer writes the page data while the program runs on.
+//!
+//! In the stop (control thread, every other thread parked) the agent records everything memory
+//! does not carry — process state, threads, descriptors with pipe contents, pending signals,
+//! SysV semaphores — and copies the pages of shared memory (shared anonymous, memfd, SysV
+//! segments, tmpfs files; a fork shares them with the program instead of copying them) into a
+//! mapping of its own. Then it creates the writer with `clone3` (no `CLONE_VM`): a process whose
+//! private memory is a copy-on-write snapshot of the program's at that instant, and whose only
+//! thread is the control thread's copy. The program's threads are released at once.
+//!
+//! The writer (on a stack in the scratch area, which is shared with the parent) closes every
+//! descriptor but the image's and the requester's connection, then does what a stopped
+//! checkpoint does after the stop: it reads its own `/proc/self/maps` and pagemap (its address
+//! space is the snapshot: same regions, same pages; the scratch area and the copy are left out),
+//! takes the shared regions' pages from the copy, appends the records captured in the stop, and
+//! writes and syncs the image. It uses raw system calls only (no allocation, no lock: it is a
+//! one-thread copy of a process whose other threads may have held any lock).
+//!
+//! It is invisible to the program: its exit signal is 0 (no `SIGCHLD`, and `waitpid(-1)` without
+//! `__WALL` never sees such a child), it is reaped through its pidfd, and it dies with the
+//! program (`PR_SET_PDEATHSIG`: the control thread that created it) or when the requester goes
+//! away (the writer checks the connection every 64 MiB, the control thread kills it). The
+//! requester commits (rename) and sends `--term`/`--kill`/`--stop` only after the writer
+//! succeeded; a writer that fails fails the checkpoint like any other failure.
+
+use super::image::{self, io_report, Job};
+use super::memory::{self, ExtentList, Precopy, SaveByContent, Unreadable};
+use super::scratch::Scratch;
+use crate::image::writer::MetaWriter;
+use crate::sys::{self, Errno, StackBuf};
+use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering::*};
+
+/// Most bytes of shared memory copied in the stop; with more, the checkpoint is written stopped
+/// (copying takes about as long as writing them would).
+pub const PRECOPY_LIMIT: u64 = 1 << 30;
+
+/// A copy-on-write checkpoint was written stopped: its shared memory is over [`PRECOPY_LIMIT`].
+pub const NOTE_SHARED_LIMIT: u32 = 1;
+/// … its shared memory could not be listed or copied.
+pub const NOTE_PRECOPY: u32 = 2;
+/// … the writer process could not be created.
+pub const NOTE_CLONE: u32 = 3;
+/// … the checkpoint was forwarded to other processes, or is an API request.
+pub const NOTE_FORWARD: u32 = 4;
+/// … its SysV semaphores could not be recorded in the stop.
+pub const NOTE_SEM: u32 = 5;
+
+/// Why a `--cow` request was written stopped, for `-v`.
+pub fn note_text(note: u32) -> &'static [u8] {
+    match note {
+        NOTE_SHARED_LIMIT => b"over 1 GiB of shared memory",
+        NOTE_PRECOPY => b"its shared memory could not be copied",
+        NOTE_CLONE => b"the writer process could not be created",
+        NOTE_FORWARD => b"forwarded or API checkpoints are written stopped",
+        NOTE_SEM => b"its SysV semaphores could not be recorded",
+        _ => b"",
+    }
+}
+
+/// The page of the scratch area shared by the control thread and its writer: the writer's
+/// arguments, then its report.
+#[repr(C)]
+struct WriterPage {
+    scratch: usize,
+    fd: i32,
+    conn: i32,
+    pid: i32,
+    parent: i32,
+    save: u32,
+    deadline_ns: u64,
+    meta_len: u64,
+    side_len: u64,
+    pre_n: u64,
+    pre_base: u64,
+    pre_len: u64,
+    bytes: AtomicU64,
+    errno: AtomicI32,
+    step: AtomicU32,
+    mode: AtomicU32,
+    mode_errno: AtomicI32,
+    at: AtomicU64,
+    phase: [AtomicU64; 4],
+}
+
+const _: () = assert!(core::mem::size_of::<WriterPage>() <= crate::image::format::PAGE);
+
+fn page(scratch: &Scratch) -> &WriterPage {
+    // SAFETY: the writer page is a page of the scratch area, zero or written by `start`, and
+    // WriterPage is plain data and atomics (all-zero valid).
+    unsafe { &*(scratch.writer_page() as *const WriterPage) }
+}
+
+/// In the stop, after the state records are in `w`: copies the shared memory, records what the
+/// writer cannot, and starts the writer; returns its pidfd, or why the checkpoint must be
+/// written stopped (`NOTE_*`: nothing was changed then).
+pub fn start(
+    job: &Job,
+    scratch: &Scratch,
+    w: &MetaWriter,
+    save: SaveByContent,
+    pid: i32,
+) -> Result<i32, u32> {
+    let mut pre = ExtentList::new(scratch.precopy());
+    memory::find_precopy(scratch, &mut pre, save).map_err(|_| NOTE_PRECOPY)?;
+    let len = pre.data_len;
+    if len > PRECOPY_LIMIT {
+        return Err(NOTE_SHARED_LIMIT);
+    }
+    let base = if len > 0 {
+        // Shared, so the kernel never merges it with the program's memory, and the writer's
+        // mapping keeps the pages once ours is gone.
+        sys::mmap(
+            0,
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+        .map_err(|_| NOTE_PRECOPY)? as u64
+    } else {
+        0
+    };
+    let unmap = || {
+        if len > 0 {
+            sys::munmap(base as usize, len as usize);
+        }
+    };
+    if memory::copy_precopied(pre.all(), base).is_err() {
+        unmap();
+        return Err(NOTE_PRECOPY);
+    }
+    // SysV semaphores: their values are the system's, not the snapshot's (and the writer's pid
+    // is not the program's).
+    let mut side = MetaWriter::new(scratch.side());
+    if super::sysvsem::capture(&mut side).is_err() {
+        unmap();
+        return Err(NOTE_SEM);
+    }
+    let side_len = side.len() as u64;
+    let p = scratch.writer_page() as *mut WriterPage;
+    // SAFETY: the writer page is ours (scratch), page sized, and no writer runs yet.
+    unsafe {
+        p.write(WriterPage {
+            scratch: scratch as *const Scratch as usize,
+            fd: job.fd,
+            conn: image::REQUESTER_CONN.load(Relaxed),
+            pid,
+            parent: sys::getpid(),
+            save: save.exe as u32 | (save.private as u32) << 1 | (save.shared as u32) << 2,
+            deadline_ns: job.deadline_ns,
+            meta_len: w.len() as u64,
+            side_len,
+            pre_n: pre.all().len() as u64,
+            pre_base: base,
+            pre_len: len,
+            bytes: AtomicU64::new(0),
+            errno: AtomicI32::new(0),
+            step: AtomicU32::new(0),
+            mode: AtomicU32::new(0),
+            mode_errno: AtomicI32::new(0),
+            at: AtomicU64::new(0),
+            phase: [const { AtomicU64::new(0) }; 4],
+        })
+    };
+    let mut pidfd: i32 = -1;
+    let (stack, stack_size) = scratch.writer_stack();
+    let args = crate::arch::CloneArgs {
+        flags: (libc::CLONE_PIDFD as u64) | CLONE_CLEAR_SIGHAND,
+        pidfd: &mut pidfd as *mut i32 as u64,
+        exit_signal: 0,
+        stack: stack as u64,
+        stack_size: stack_size as u64,
+        ..Default::default()
+    };
+    // SAFETY: the writer's stack is in the scratch area and used by nobody else; writer_main
+    // never returns.
+    let r = unsafe { crate::arch::clone3_call(&args, writer_main, p as usize) };
+    // Our copy of the shared memory is not needed any more: the writer has its own mapping.
+    unmap();
+    if r < 0 {
+        return Err(NOTE_CLONE);
+    }
+    Ok(pidfd)
+}
+
+/// `CLONE_CLEAR_SIGHAND`: the writer starts with every handler reset (and every signal blocked,
+/// as the control thread has them).
+const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
+
+/// The writer process's only thread.
+extern "C" fn writer_main(page_addr: usize) -> ! {
+    // SAFETY: `start` wrote the page before creating us; it stays mapped in our address space.
+    let a = unsafe { &*(page_addr as *const WriterPage) };
+    let _ = sys::sys3(
+        libc::SYS_prctl as usize,
+        libc::PR_SET_PDEATHSIG as usize,
+        libc::SIGKILL as usize,
+        0,
+    );
+    if sys::sys3(libc::SYS_getppid as usize, 0, 0, 0).unwrap_or(0) as i32 != a.parent {
+        sys::exit_group(1); // the program died before we were set up
+    }
+    let _ = sys::sys3(
+        libc::SYS_prctl as usize,
+        libc::PR_SET_NAME as usize,
+        c"cr-writer".as_ptr() as usize,
+        0,
+    );
+    // Hold none of the program's descriptors open (a pipe's reader would not see EOF, a port
+    // would stay bound) while we write.
+    let keep = if a.conn >= 0 {
+        [a.fd.min(a.conn), a.fd.max(a.conn)]
+    } else {
+        [a.fd, a.fd]
+    };
+    let mut from = 0u32;
+    for k in keep {
+        if k as u32 > from {
+            let _ = sys::sys3(
+                libc::SYS_close_range as usize,
+                from as usize,
+                k as usize - 1,
+                0,
+            );
+        }
+        from = from.max(k as u32 + 1);
+    }
+    let _ = sys::sys3(
+        libc::SYS_close_range as usize,
+        from as usize,
+        u32::MAX as usize,
+        0,
+    );
+    let r = write_rest(a);
+    a.mode.store(io_report::MODE.load(Relaxed), Relaxed);
+    a.mode_errno.store(io_report::ERRNO.load(Relaxed), Relaxed);
+    a.at.store(io_report::AT.load(Relaxed), Relaxed);
+    for (d, s) in a.phase.iter().zip(io_report::PHASE_NS.iter()) {
+        d.store(s.load(Relaxed), Relaxed);
+    }
+    match r {
+        Ok(n) => {
+            a.bytes.store(n, Release);
+            sys::exit_group(0)
+        }
+        Err((step, e)) => {
+            a.errno.store(e.0, Relaxed);
+            a.step.store(step, Release);
+            sys::exit_group(2)
+        }
+    }
+}
+
+/// The writer's work: the memory records (from its own snapshot), the records captured in the
+/// stop, then the image.
+fn write_rest(a: &WriterPage) -> Result<u64, (u32, Errno)> {
+    // SAFETY: the Scratch value lives on the control thread's stack, which our snapshot holds.
+    let scratch = unsafe { &*(a.scratch as *const Scratch) };
+    let mut w = MetaWriter::continue_at(scratch.meta(), a.meta_len as usize);
+    let pre = Precopy {
+        extents: &scratch.precopy()[..a.pre_n as usize],
+        base: a.pre_base,
+        len: a.pre_len,
+    };
+    let save = SaveByContent {
+        exe: a.save & 1 != 0,
+        private: a.save & 2 != 0,
+        shared: a.save & 4 != 0,
+    };
+    let mut ext = ExtentList::new(scratch.extents());
+    let mut unreadable = Unreadable::new();
+    memory::capture(&mut w, scratch, &mut ext, &mut unreadable, save, Some(&pre))
+        .map_err(|e| (3, e))?;
+    w.append(&scratch.side()[..a.side_len as usize])
+        .map_err(|_| (1, Errno(libc::ENOMEM)))?;
+    image::finish(a.fd, a.deadline_ns, scratch, w, &ext, &unreadable, a.pid)
+}
+
+/// How a writer ended, when it failed.
+pub enum WriterError {
+    /// It failed at `STEPS[step]` with this errno.
+    Step(u32, i32),
+    /// It was killed by this signal.
+    Killed(i32),
+    /// The requester went away (the writer was killed).
+    RequesterGone,
+    /// `--time` ran out (the writer was killed).
+    Timeout,
+}
+
+impl WriterError {
+    /// The errno the requester gets.
+    pub fn errno(&self) -> i32 {
+        match self {
+            WriterError::Step(_, e) => *e,
+            WriterError::Killed(_) => libc::EIO,
+            WriterError::RequesterGone => libc::ECANCELED,
+            WriterError::Timeout => libc::ETIMEDOUT,
+        }
+    }
+    /// One line for the requester.
+    pub fn describe(&self, out: &mut StackBuf<240>) {
+        match self {
+            WriterError::Step(step, _) => {
+                out.push(b"the copy-on-write writer failed at ")
+                    .push(image::STEPS[*step as usize % image::STEPS.len()].as_bytes());
+            }
+            WriterError::Killed(sig) => {
+                out.push(b"the copy-on-write writer was killed by signal ")
+                    .num(*sig as u64);
+            }
+            WriterError::RequesterGone => {
+                out.push(b"the requester went away");
+            }
+            WriterError::Timeout => {
+                out.push(b"the image was not written in time");
+            }
+        }
+    }
+}
+
+/// After the program was released: waits for the writer (answering other requests `EBUSY`
+/// meanwhile), kills it if the requester goes away or `deadline_ns` passes, reaps it, and closes
+/// `pidfd`. Returns the image's length; the writer's I/O report is copied into `io_report`.
+pub fn wait(
+    pidfd: i32,
+    scratch: &Scratch,
+    conn: i32,
+    deadline_ns: u64,
+) -> Result<u64, WriterError> {
+    let a = page(scratch);
+    let mut verdict = None;
+    loop {
+        let lfd = super::control::LISTEN_FD.load(Acquire);
+        let mut p = [
+            libc::pollfd {
+                fd: pidfd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: conn,
+                events: libc::POLLRDHUP,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: lfd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let now = sys::monotonic_ns();
+        if now >= deadline_ns {
+            verdict = Some(WriterError::Timeout);
+            break;
+        }
+        let ms = ((deadline_ns - now) / 1_000_000).clamp(1, 1000) as usize;
+        let _ = sys::sys3(libc::SYS_poll as usize, p.as_mut_ptr() as usize, 3, ms);
+        if p[0].revents != 0 {
+            break;
+        }
+        if p[1].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+            verdict = Some(WriterError::RequesterGone);
+            break;
+        }
+        if p[2].revents != 0 {
+            super::control::turn_away_busy();
+        }
+    }
+    if verdict.is_some() {
+        let _ = sys::sys6(
+            libc::SYS_pidfd_send_signal as usize,
+            pidfd as usize,
+            libc::SIGKILL as usize,
+            0,
+            0,
+            0,
+            0,
+        );
+    }
+    // SAFETY: all-zero is a valid siginfo_t.
+    let mut info: libc::siginfo_t = unsafe { core::mem::zeroed() };
+    let r = loop {
+        match sys::sys6(
+            libc::SYS_waitid as usize,
+            libc::P_PIDFD as usize,
+            pidfd as usize,
+            &mut info as *mut _ as usize,
+            (libc::WEXITED | libc::__WALL) as usize,
+            0,
+            0,
+        ) {
+            Err(Errno(libc::EINTR)) => continue,
+            r => break r,
+        }
+    };
+    sys::close(pidfd);
+    if let Some(v) = verdict {
+        return Err(v);
+    }
+    // SAFETY: waitid filled a SIGCHLD siginfo.
+    let (code, status) = unsafe { (info.si_code, info.si_status()) };
+    if r.is_err() || code != libc::CLD_EXITED {
+        return Err(WriterError::Killed(if r.is_err() { 0 } else { status }));
+    }
+    io_report::MODE.store(a.mode.load(Relaxed), Relaxed);
+    io_report::ERRNO.store(a.mode_errno.load(Relaxed), Relaxed);
+    io_report::AT.store(a.at.load(Relaxed), Relaxed);
+    for (d, s) in io_report::PHASE_NS.iter().zip(a.phase.iter()).skip(1) {
+        d.store(s.load(Relaxed), Relaxed);
+    }
+    if status != 0 {
+        return Err(WriterError::Step(
+            a.step.load(Acquire),
+            a.errno.load(Relaxed),
+        ));
+    }
+    Ok(a.bytes.load(Acquire))
+}
