@@ -1,5 +1,5 @@
 //! Kernel objects behind descriptors (`src/kinds`): one small self-checking program per kind in
-//! `c-tests/static/` (eventfd00, timerfd00, signalfd00, epoll00, socket00, unix00, inotify00, sysvshm00, mqueue00, sem00), each run through three
+//! `c-tests/static/` (eventfd00, timerfd00, signalfd00, epoll00, socket00, unix00, inotify00, sysvshm00, mqueue00, sem00, msg00), each run through three
 //! generations: start under cr_run, checkpoint --term, restart, checkpoint the restored process
 //! --term, restart again, GO, PASS. Compile flags come from the program's `/* cr-test: cflags=…
 //! */` line. Each also runs unprivileged (as nobody) when the tests run as root.
@@ -51,7 +51,7 @@ fn compile(sc: &Scenario, name: &str) -> PathBuf {
 
 /// Removes what a failed run of program `.0`, started as process `.1`, leaves behind: the keyed
 /// SysV segment of sysvshm00 (key 0x6c69xxxx, the low 16 bits of its pid), the semaphore set of
-/// sem00 (0x6c6axxxx), the message queue
+/// sem00 (0x6c6axxxx), the SysV message queue of msg00 (0x6c6bxxxx), the message queue
 /// of mqueue00 (`/mqueue00-PID`). Both programs remove their own when they pass.
 struct Leftovers(&'static str, u32);
 
@@ -70,6 +70,14 @@ impl Drop for Leftovers {
                 let key = format!("{:#x}", 0x6c6a_0000u32 | (self.1 & 0xffff));
                 let _ = Command::new("ipcrm")
                     .args(["-S", &key])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            "msg00" => {
+                let key = format!("{:#x}", 0x6c6b_0000u32 | (self.1 & 0xffff));
+                let _ = Command::new("ipcrm")
+                    .args(["-Q", &key])
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .status();
@@ -155,6 +163,7 @@ kind_tests! {
     mqueue, mqueue_unprivileged => "mqueue00";
     all_together, all_together_unprivileged => "all00";
     sem, sem_unprivileged => "sem00";
+    msg, msg_unprivileged => "msg00";
 }
 
 /// Every program in c-tests/static has its test above.
@@ -172,6 +181,7 @@ fn every_static_program_is_tested() {
         "mqueue00",
         "all00",
         "sem00",
+        "msg00",
     ];
     for e in fs::read_dir(static_dir()).expect("c-tests/static") {
         let path = e.expect("dir entry").path();
@@ -329,4 +339,76 @@ fn inotify_watch_gone_is_warned() {
         gen2.diag()
     );
     gen2.kill();
+}
+
+/// Removes SysV message queue `key` (as the tests' user: root, or the queue's owner).
+fn remove_msg_queue(key: u32) {
+    // SAFETY: msgget and msgctl(IPC_RMID) take no buffers.
+    let gone = unsafe {
+        let id = libc::msgget(key as i32, 0);
+        id >= 0 && libc::msgctl(id, libc::IPC_RMID, std::ptr::null_mut()) == 0
+    };
+    assert!(gone, "remove SysV message queue {key:#x}");
+}
+
+/// The queue of msg00 removed after each checkpoint (so nothing is left to take over): the
+/// restart makes it again from the image with its mode, capacity and messages, and the restored
+/// process saves it again at its own checkpoint (it is the queue's last user again), so it comes
+/// back a second time; cr_info lists it.
+fn msg_queue_made_again(sc: Scenario) {
+    let exe = compile(&sc, "msg00");
+    let cr_run = sc.tools().cr_run.clone();
+    let cmd = sc.command(&[cr_run.as_os_str(), "--".as_ref(), exe.as_os_str()]);
+    let mut gen1 = sc.start("msg00", cmd);
+    let _left = Leftovers("msg00", gen1.pid());
+    let key = 0x6c6b_0000u32 | (gen1.pid() & 0xffff);
+    gen1.wait_ready();
+    let img1 = sc.next_image_path();
+    sc.checkpoint_to(gen1.pid(), &["--term"], &img1)
+        .assert_success();
+    gen1.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    let info = sc
+        .run_tool(
+            "cr_info",
+            sc.command(&[env!("CARGO_BIN_EXE_cr_info").as_ref(), img1.as_os_str()]),
+        )
+        .stdout;
+    assert!(
+        info.contains(&format!("key {key:#x}, mode 0640"))
+            && info.contains("5 messages (1013 bytes)"),
+        "cr_info must list the queue:\n{info}"
+    );
+    remove_msg_queue(key);
+
+    let mut gen2 = sc.restart(&img1);
+    let pid2 = gen2.wait_child(READY_TIMEOUT);
+    wait_address_space_switched(&sc, pid2, Duration::from_secs(10));
+    let img2 = sc.checkpoint_restored(pid2, &["--term"]);
+    gen2.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    remove_msg_queue(key);
+
+    let mut gen3 = sc.restart(&img2);
+    let pid3 = gen3.wait_child(READY_TIMEOUT);
+    wait_address_space_switched(&sc, pid3, Duration::from_secs(10));
+    sc.go();
+    gen3.expect_pass(RESTART_TIMEOUT);
+    assert!(
+        !gen3.stderr().contains("warning"),
+        "the restart must not warn:\n{}",
+        gen3.diag()
+    );
+}
+
+#[test]
+fn msg_queue_gone_is_made_again() {
+    msg_queue_made_again(Scenario::new("msg00-gone"));
+}
+
+#[test]
+fn msg_queue_gone_is_made_again_unprivileged() {
+    if !is_root() {
+        println!("note: not root: msg_queue_gone_is_made_again already ran unprivileged");
+        return;
+    }
+    msg_queue_made_again(Scenario::as_user("msg00-gone-nobody", NOBODY));
 }

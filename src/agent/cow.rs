@@ -43,7 +43,7 @@ pub const NOTE_PRECOPY: u32 = 2;
 pub const NOTE_CLONE: u32 = 3;
 /// … the checkpoint was forwarded to other processes, or is an API request.
 pub const NOTE_FORWARD: u32 = 4;
-/// … its SysV semaphores could not be recorded in the stop.
+/// … its SysV semaphores or message queues could not be recorded in the stop.
 pub const NOTE_SEM: u32 = 5;
 
 /// Why a `--cow` request was written stopped, for `-v`.
@@ -53,7 +53,7 @@ pub fn note_text(note: u32) -> &'static [u8] {
         NOTE_PRECOPY => b"its shared memory could not be copied",
         NOTE_CLONE => b"the writer process could not be created",
         NOTE_FORWARD => b"forwarded or API checkpoints are written stopped",
-        NOTE_SEM => b"its SysV semaphores could not be recorded",
+        NOTE_SEM => b"its SysV semaphores or message queues could not be recorded",
         _ => b"",
     }
 }
@@ -131,10 +131,10 @@ pub fn start(
         unmap();
         return Err(NOTE_PRECOPY);
     }
-    // SysV semaphores: their values are the system's, not the snapshot's (and the writer's pid
-    // is not the program's).
+    // SysV semaphores and message queues: their state is the system's, not the snapshot's (and
+    // the writer's pid is not the program's).
     let mut side = MetaWriter::new(scratch.side());
-    if super::sysvsem::capture(&mut side).is_err() {
+    if super::sysvsem::capture(&mut side).is_err() || super::sysvmsg::capture(&mut side).is_err() {
         unmap();
         return Err(NOTE_SEM);
     }

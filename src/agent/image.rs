@@ -370,6 +370,7 @@ fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
     let mut unreadable = Unreadable::new();
     memory::capture(&mut w, scratch, &mut ext, &mut unreadable, save, None).map_err(|e| (3, e))?;
     super::sysvsem::capture(&mut w).map_err(|e| (3, e))?;
+    super::sysvmsg::capture(&mut w).map_err(|e| (3, e))?;
     finish(job.fd, job.deadline_ns, scratch, w, &ext, &unreadable, pid).map(Written::Bytes)
 }
 

@@ -18,6 +18,7 @@ pub mod process;
 pub mod quiesce;
 pub mod resume;
 pub mod scratch;
+pub mod sysvmsg;
 pub mod sysvsem;
 
 use crate::sys;

@@ -329,6 +329,28 @@ fn print_contents(path: &Path, img: &Image, len: u64) {
         }
     }
 
+    if !img.msgqs.is_empty() {
+        println!("\nSysV message queues ({})", img.msgqs.len());
+        for q in &img.msgqs {
+            let h = &q.head;
+            let key = if h.key == 0 {
+                "IPC_PRIVATE".to_string()
+            } else {
+                format!("key {:#x}", h.key)
+            };
+            let bytes: usize = q.msgs.iter().map(|m| m.1.len()).sum();
+            println!(
+                "  queue {}, {key}, mode {:04o}, owner {}:{}, capacity {} bytes, {} messages ({bytes} bytes)",
+                h.msqid,
+                h.mode,
+                h.uid,
+                h.gid,
+                h.qbytes,
+                q.msgs.len()
+            );
+        }
+    }
+
     let sysv: Vec<_> = img.regions.iter().filter(|r| r.sysv.is_some()).collect();
     if !sysv.is_empty() {
         println!("\nSysV shared memory segments ({})", sysv.len());

@@ -139,6 +139,12 @@ pub const REC_FD_SAVED: u32 = REC_OPTIONAL | 16;
 /// Record (optional): [`SysvSemRec`], then `nsems` × `u16` values: a SysV semaphore set this
 /// process was the last to operate on (`GETPID`). A reader that skips it does not restore it.
 pub const REC_SYSV_SEM: u32 = REC_OPTIONAL | 15;
+/// Record (optional): [`SysvMsgRec`], then each queued message in queue order as `len: u64`,
+/// `mtype: i64` and `len` bytes of text, padded to 8: a SysV message queue this process was the
+/// last to operate on (`lspid`/`lrpid` of the later of `msg_stime`/`msg_rtime`, `lspid` when
+/// equal), its messages copied without taking them (`msgrcv` with `MSG_COPY`). A reader that
+/// skips it does not restore the queue.
+pub const REC_SYSV_MSG: u32 = REC_OPTIONAL | 17;
 /// Last record.
 pub const REC_END: u32 = 0xffff;
 
@@ -356,6 +362,27 @@ pub struct SysvSemRec {
     pub nsems: u32,
 }
 const _: () = assert!(core::mem::size_of::<SysvSemRec>() == 16);
+
+/// Head of [`REC_SYSV_MSG`] (32 bytes), from `/proc/sysvipc/msg` and `IPC_STAT`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug, Default, PartialEq, Eq)]
+pub struct SysvMsgRec {
+    /// Its key (`IPC_PRIVATE` = 0).
+    pub key: i32,
+    /// Its id.
+    pub msqid: i32,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner (`msg_perm.uid`).
+    pub uid: u32,
+    /// Owner group (`msg_perm.gid`).
+    pub gid: u32,
+    /// Reserved (0).
+    pub _pad: u32,
+    /// Most bytes the queue may hold (`msg_qbytes`).
+    pub qbytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<SysvMsgRec>() == 32);
 
 /// A run of saved pages: `len` bytes at address `addr`, stored `file_off` bytes after the start
 /// of the page data (`FileHeader::data_offset`).

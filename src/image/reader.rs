@@ -106,6 +106,39 @@ pub struct Fd {
     pub saved: Option<FdSavedRec>,
 }
 
+/// A SysV message queue of [`REC_SYSV_MSG`]: its head and its messages (type, text) in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SysvMsgQueue {
+    /// Key, id, mode, owner and capacity.
+    pub head: SysvMsgRec,
+    /// The queued messages: (`mtype`, text).
+    pub msgs: Vec<(i64, Vec<u8>)>,
+}
+
+/// Parses the payload of a `REC_SYSV_MSG` record.
+pub fn parse_msg_queue(body: &[u8]) -> Result<SysvMsgQueue, ImageError> {
+    let bad = || ImageError::Malformed("SysV message queue".into());
+    let head: SysvMsgRec = read_pod(body, "SysV message queue")?;
+    let mut msgs = Vec::new();
+    let mut at = core::mem::size_of::<SysvMsgRec>();
+    while at < body.len() {
+        let word = |o: usize| -> Result<u64, ImageError> {
+            let b = body.get(o..o + 8).ok_or_else(bad)?;
+            Ok(u64::from_ne_bytes(b.try_into().map_err(|_| bad())?))
+        };
+        let len = word(at)? as usize;
+        let mtype = word(at + 8)? as i64;
+        let end = (at + 16).checked_add(len).ok_or_else(bad)?;
+        let text = body.get(at + 16..end).ok_or_else(bad)?;
+        if mtype <= 0 {
+            return Err(bad());
+        }
+        msgs.push((mtype, text.to_vec()));
+        at = (end + 7) & !7;
+    }
+    Ok(SysvMsgQueue { head, msgs })
+}
+
 /// A parsed, header-validated image.
 #[derive(Debug, Clone)]
 pub struct Image {
@@ -123,6 +156,8 @@ pub struct Image {
     pub regions: Vec<Region>,
     /// SysV semaphore sets (`REC_SYSV_SEM`) with their values.
     pub sems: Vec<(SysvSemRec, Vec<u16>)>,
+    /// SysV message queues (`REC_SYSV_MSG`) with their messages in queue order.
+    pub msgqs: Vec<SysvMsgQueue>,
     /// Open descriptors.
     pub fds: Vec<Fd>,
     /// Threads.
@@ -259,6 +294,7 @@ impl Image {
             cwd: Vec::new(),
             regions: Vec::new(),
             sems: Vec::new(),
+            msgqs: Vec::new(),
             fds: Vec::new(),
             threads: Vec::new(),
             warnings: Vec::new(),
@@ -393,6 +429,7 @@ impl Image {
                         .collect();
                     self.sems.push((head, vals));
                 }
+                REC_SYSV_MSG => self.msgqs.push(parse_msg_queue(body)?),
                 REC_FD_OWNER => {
                     let o: FdOwnerRec = read_pod(body, "fd owner")?;
                     if let Some(f) = self.fds.iter_mut().rev().find(|f| f.rec.fd == o.fd) {
@@ -481,6 +518,41 @@ mod tests {
     use super::*;
     use crate::image::writer::MetaWriter;
     use std::io::Write;
+
+    #[test]
+    fn msg_queue_records_parse() {
+        let head = SysvMsgRec {
+            key: 7,
+            msqid: 3,
+            mode: 0o640,
+            qbytes: 4000,
+            ..Default::default()
+        };
+        let mut body = bytemuck::bytes_of(&head).to_vec();
+        for (t, text) in [(2i64, &b"two-a"[..]), (1, b""), (9, b"12345678")] {
+            body.extend_from_slice(&(text.len() as u64).to_ne_bytes());
+            body.extend_from_slice(&t.to_ne_bytes());
+            body.extend_from_slice(text);
+            body.resize(body.len().div_ceil(8) * 8, 0);
+        }
+        let q = parse_msg_queue(&body).unwrap();
+        assert_eq!(q.head, head);
+        assert_eq!(
+            q.msgs,
+            vec![
+                (2, b"two-a".to_vec()),
+                (1, vec![]),
+                (9, b"12345678".to_vec())
+            ]
+        );
+        assert!(
+            parse_msg_queue(&body[..body.len() - 9]).is_err(),
+            "cut short"
+        );
+        let mut zero_type = bytemuck::bytes_of(&head).to_vec();
+        zero_type.extend_from_slice(&[0u8; 16]);
+        assert!(parse_msg_queue(&zero_type).is_err(), "type 0");
+    }
 
     /// A minimal image (no memory) of format `version` with `extra` records before `REC_END`.
     fn image_file(version: u32, extra: &[(u32, &[u8])]) -> File {

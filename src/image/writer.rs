@@ -106,6 +106,11 @@ impl<'a> MetaWriter<'a> {
         Ok(())
     }
 
+    /// Drops everything appended after the first `len` bytes (a record given up half-way).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
     /// Appends a record whose payload is only `bytes`.
     pub fn raw(&mut self, kind: u32, bytes: &[u8]) -> Result<(), Full> {
         let rh = RecordHeader {

@@ -321,6 +321,7 @@ fn rebuild(
         pool,
         &[img_fd, notify_fd, exe_fd, gate_closed, gate_open],
     )?;
+    sysv::send_messages(img, &pool.msgq)?;
     // SAFETY: umask takes no pointers.
     unsafe { libc::umask(img.process.umask) };
     let mut layout = memory::build(img, &file, &pool.shm)?;

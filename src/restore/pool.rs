@@ -33,6 +33,8 @@ pub struct Pool {
     pub sysv_keep: Vec<u64>,
     /// Every descriptor of the pool.
     pub all: Vec<i32>,
+    /// SysV message queues made again: saved id → id now (`sysv::message_queues`).
+    pub msgq: HashMap<i32, i32>,
 }
 
 /// Which open file description a saved descriptor had.
@@ -219,6 +221,7 @@ impl Pool {
             }
         }
         super::sysv::semaphores(images)?;
+        self.msgq = super::sysv::message_queues(images)?;
         self.shared_memory(images, files, floor)
     }
 

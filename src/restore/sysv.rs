@@ -11,10 +11,17 @@
 //! Semaphore sets (`REC_SYSV_SEM`, saved by the process that operated on them last) are made
 //! again the same way, once per set of the job, with their key, mode and values; the same
 //! rules for a key in use (the saved set itself, left behind, is taken over and its values set).
+//!
+//! Message queues (`REC_SYSV_MSG`, saved by the process that operated on them last) are made
+//! again by the pool with their key and capacity (or the saved queue itself, left behind, is
+//! taken over and emptied); the process whose image saved a queue then sends the saved messages
+//! in order before anything of the program runs (so it is again the queue's last sender, and
+//! saves it at its next checkpoint by the same rule) and sets the saved mode and owner.
 
 use super::RestoreError;
-use crate::image::format::{SysvSemRec, SysvShmRec};
+use crate::image::format::{SysvMsgRec, SysvSemRec, SysvShmRec};
 use crate::image::reader::Image;
+use std::collections::HashMap;
 
 /// `SHM_DEST` in `shm_perm.mode`: removed with `IPC_RMID`, destroyed at the last detach.
 pub const SHM_DEST: u32 = 0o1000;
@@ -171,4 +178,146 @@ fn create_sem(s: &SysvSemRec) -> Result<i32, RestoreError> {
             s.key, s.key
         ),
     ))
+}
+
+/// Whether process `pid` (as `IPC_STAT` shows it) is gone or was never there.
+fn gone(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks.
+    pid <= 0
+        || unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+}
+
+fn msg_stat(id: i32) -> Option<libc::msqid_ds> {
+    // SAFETY: msqid_ds is plain data; IPC_STAT writes one.
+    let mut ds: libc::msqid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    (unsafe { libc::msgctl(id, libc::IPC_STAT, &mut ds) } == 0).then_some(ds)
+}
+
+/// Every message queue of the job made again (or taken over and emptied) with its key and
+/// capacity, empty: saved id → the id it has now. The messages are sent by the process that
+/// saved the queue ([`send_messages`]).
+pub fn message_queues(images: &[&Image]) -> Result<HashMap<i32, i32>, RestoreError> {
+    let mut ids = HashMap::new();
+    for q in images.iter().flat_map(|img| img.msgqs.iter()) {
+        if ids.contains_key(&q.head.msqid) {
+            continue;
+        }
+        let id = create_msg(&q.head)?;
+        if let Some(mut ds) = msg_stat(id) {
+            if ds.msg_qbytes != q.head.qbytes {
+                ds.msg_qbytes = q.head.qbytes as _;
+                // SAFETY: IPC_SET reads the msqid_ds. Raising the capacity above `msgmnb` needs
+                // CAP_SYS_RESOURCE: without it the queue keeps the default, and a send that no
+                // longer fits fails with a clear error.
+                unsafe { libc::msgctl(id, libc::IPC_SET, &mut ds) };
+            }
+        }
+        ids.insert(q.head.msqid, id);
+    }
+    Ok(ids)
+}
+
+fn create_msg(q: &SysvMsgRec) -> Result<i32, RestoreError> {
+    // Owner read/write until the owning process has sent the messages and set the saved mode.
+    let flags = libc::IPC_CREAT | libc::IPC_EXCL | 0o600;
+    // SAFETY: msgget takes no pointers.
+    let id = unsafe { libc::msgget(q.key, flags) };
+    if id >= 0 {
+        return Ok(id);
+    }
+    if std::io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
+        return Err(last(format!(
+            "cannot create SysV message queue of key {:#x}",
+            q.key
+        )));
+    }
+    // SAFETY: as above.
+    let id = unsafe { libc::msgget(q.key, 0) };
+    let ds = msg_stat(id);
+    // Taken over only when nobody still uses it: its last sender and receiver are gone.
+    if id == q.msqid && ds.is_some_and(|d| gone(d.msg_lspid) && gone(d.msg_lrpid)) {
+        let mut buf = vec![0u8; 8 + 65536];
+        loop {
+            // SAFETY: msgrcv writes at most the buffer's length (type and text) into it.
+            let n = unsafe {
+                libc::msgrcv(
+                    id,
+                    buf.as_mut_ptr().cast(),
+                    buf.len() - 8,
+                    0,
+                    libc::IPC_NOWAIT | libc::MSG_NOERROR,
+                )
+            };
+            if n < 0 {
+                break;
+            }
+        }
+        return Ok(id);
+    }
+    Err(RestoreError::new(
+        libc::EEXIST,
+        format!(
+            "SysV message queue key {:#x} is in use (queue {id}): remove it (ipcrm -Q {:#x}) and restart again",
+            q.key, q.key
+        ),
+    ))
+}
+
+/// Sends the saved messages of every queue `img` saved, in order, into the queue the pool made
+/// (`ids`: saved id → id now), then gives the queue its saved mode and owner. A queue saved
+/// empty gets one empty message sent and received, so this process is its last user again.
+pub fn send_messages(img: &Image, ids: &HashMap<i32, i32>) -> Result<(), RestoreError> {
+    for q in &img.msgqs {
+        let Some(&id) = ids.get(&q.head.msqid) else {
+            continue;
+        };
+        let dummy = [(1i64, Vec::new())];
+        let msgs = if q.msgs.is_empty() {
+            &dummy[..]
+        } else {
+            &q.msgs[..]
+        };
+        for (i, (mtype, text)) in msgs.iter().enumerate() {
+            let mut buf = Vec::with_capacity(8 + text.len());
+            buf.extend_from_slice(&mtype.to_ne_bytes());
+            buf.extend_from_slice(text);
+            // SAFETY: msgsnd reads the type and `text.len()` bytes of text from the buffer.
+            let rc = unsafe { libc::msgsnd(id, buf.as_ptr().cast(), text.len(), libc::IPC_NOWAIT) };
+            if rc != 0 {
+                return Err(last(format!(
+                    "cannot put message {} of {} ({} bytes) back into SysV message queue {id} (key {:#x}, capacity {} bytes saved)",
+                    i + 1,
+                    q.msgs.len(),
+                    text.len(),
+                    q.head.key,
+                    q.head.qbytes
+                )));
+            }
+        }
+        if q.msgs.is_empty() {
+            let mut buf = [0u8; 16];
+            // SAFETY: msgrcv writes at most 8 + 8 bytes into the 16-byte buffer.
+            unsafe { libc::msgrcv(id, buf.as_mut_ptr().cast(), 8, 1, libc::IPC_NOWAIT) };
+        }
+        let Some(mut ds) = msg_stat(id) else {
+            continue;
+        };
+        ds.msg_perm.mode = (q.head.mode & 0o777) as _;
+        ds.msg_perm.uid = q.head.uid;
+        ds.msg_perm.gid = q.head.gid;
+        // SAFETY: IPC_SET reads the msqid_ds.
+        if unsafe { libc::msgctl(id, libc::IPC_SET, &mut ds) } != 0 {
+            eprintln!(
+                "cr_restart: warning: SysV message queue {id} (key {:#x}): cannot give it mode {:o}, owner {}:{} again: {}",
+                q.head.key,
+                q.head.mode & 0o777,
+                q.head.uid,
+                q.head.gid,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(())
 }
