@@ -1,6 +1,9 @@
-//! Build script: library soname, tool marker export, and the C header (cbindgen).
+//! Build script: library soname, tool marker export, static unwinder, and the C header (cbindgen).
+
+include!("build/static_unwinder.rs");
 
 fn main() {
+    link_static_unwinder();
     println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libcr.so.0");
     // The tools export a marker so the agent stays dormant inside them (see agent::is_tool).
     println!("cargo:rustc-link-arg-bins=-Wl,--export-dynamic-symbol=libcr_tool_marker");

@@ -67,6 +67,28 @@ fn run_stub_exports_no_api() {
     }
 }
 
+/// Every process under cr_run loads the stub and libcr: neither may pull in libgcc_s.so.1, whose
+/// constructor alone (CPUID probes, trapping to the hypervisor in a VM) cost about 0.3 ms per
+/// exec. The build links the unwinder statically (build/static_unwinder.rs); this catches a build
+/// that silently fell back to libgcc_s.
+#[test]
+fn preloaded_libraries_do_not_need_libgcc_s() {
+    for lib in ["libcr.so", "libcr_run.so", "libcr_omit.so"] {
+        let path = lib_dir().join(lib);
+        let out = Command::new("readelf")
+            .arg("-d")
+            .arg(&path)
+            .output()
+            .expect("readelf (binutils)");
+        assert!(out.status.success(), "readelf -d {}", path.display());
+        let dynamic = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            dynamic.contains("(NEEDED)") && !dynamic.contains("libgcc_s"),
+            "{lib} needs libgcc_s.so.1 (the static unwinder was not linked):\n{dynamic}"
+        );
+    }
+}
+
 #[test]
 fn dlopen_libcr_plain_and_under_cr_run() {
     let sc = Scenario::new("dlopen");

@@ -1,4 +1,7 @@
-//! Soname of the stub.
+//! Soname of the stub, and the static unwinder (see build/static_unwinder.rs).
+include!("../../build/static_unwinder.rs");
+
 fn main() {
+    link_static_unwinder();
     println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libcr_run.so.0");
 }
