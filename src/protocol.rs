@@ -86,6 +86,13 @@ pub const FLAG_API: u32 = 0x2;
 /// still comes once the image is written and synced.
 pub const FLAG_COW: u32 = 0x100;
 
+/// Request flag: an incremental checkpoint (`cr_checkpoint --incremental`): the agent writes a
+/// delta image against the parent named by [`Request::parent_hash`] and
+/// [`Request::parent_size`] when it armed write-tracking for exactly that image, else a full
+/// image (saying why); either way it arms write-tracking for the image it writes (see
+/// `agent::incremental`).
+pub const FLAG_INCREMENTAL: u32 = 0x1000;
+
 /// A request message.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -112,6 +119,18 @@ pub struct Request {
     pub dest_len: u32,
     /// Absolute path of the final context file ("" = derive it from the descriptor).
     pub dest: [u8; 4096],
+    /// [`FLAG_INCREMENTAL`]: the parent image's `trailer_hash` (0: no parent, write a full
+    /// image and arm).
+    pub parent_hash: u64,
+    /// [`FLAG_INCREMENTAL`]: the parent image's total length.
+    pub parent_size: u64,
+    /// [`FLAG_INCREMENTAL`]: links behind the parent (0: the parent is a full image).
+    pub parent_depth: u32,
+    /// Length of `parent_path`.
+    pub parent_path_len: u32,
+    /// [`FLAG_INCREMENTAL`]: the parent's path as the delta image records it (relative to the
+    /// delta's directory, or absolute).
+    pub parent_path: [u8; 1024],
 }
 
 impl Request {
@@ -123,6 +142,15 @@ impl Request {
             kind,
             ..bytemuck::Zeroable::zeroed()
         }
+    }
+    /// Sets the parent of an incremental request (`path` truncated to the field).
+    pub fn set_parent(&mut self, path: &[u8], size: u64, trailer_hash: u64, depth: u32) {
+        let n = path.len().min(self.parent_path.len());
+        self.parent_path[..n].copy_from_slice(&path[..n]);
+        self.parent_path_len = n as u32;
+        self.parent_size = size;
+        self.parent_hash = trailer_hash;
+        self.parent_depth = depth;
     }
     /// Sets the destination path (truncated to the field).
     pub fn set_dest(&mut self, path: &[u8]) {

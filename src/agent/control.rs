@@ -94,7 +94,7 @@ const WRITE_WAIT_MS: i32 = 600_000;
 /// How long the program stays stopped waiting for the requester to commit.
 const COMMIT_TIMEOUT_MS: i32 = 60_000;
 
-fn high_fd_floor() -> usize {
+pub(super) fn high_fd_floor() -> usize {
     let mut lim = [0u64; 2];
     let _ = sys::sys6(
         libc::SYS_prlimit64 as usize,
@@ -661,6 +661,7 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
         cow,
         writer: AtomicI32::new(-1),
         cow_note: core::sync::atomic::AtomicU32::new(cow_note),
+        req: &req,
     };
     // The writer runs on a stack inside the scratch area: our own stack is part of the image and
     // must not change while it is hashed and written.
@@ -723,6 +724,9 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
                     .push(super::cow::note_text(note))
                     .push(b")");
             }
+        }
+        if !api || req.flags & protocol::FLAG_INCREMENTAL != 0 {
+            super::incremental::describe(&mut report);
         }
         conclude(
             conn,

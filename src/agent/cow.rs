@@ -45,6 +45,9 @@ pub const NOTE_CLONE: u32 = 3;
 pub const NOTE_FORWARD: u32 = 4;
 /// … its SysV semaphores or message queues could not be recorded in the stop.
 pub const NOTE_SEM: u32 = 5;
+/// … it is an incremental checkpoint (`agent::incremental` finds and protects again the
+/// written pages in the stopped process).
+pub const NOTE_INCREMENTAL: u32 = 6;
 
 /// Why a `--cow` request was written stopped, for `-v`.
 pub fn note_text(note: u32) -> &'static [u8] {
@@ -54,6 +57,7 @@ pub fn note_text(note: u32) -> &'static [u8] {
         NOTE_CLONE => b"the writer process could not be created",
         NOTE_FORWARD => b"forwarded or API checkpoints are written stopped",
         NOTE_SEM => b"its SysV semaphores or message queues could not be recorded",
+        NOTE_INCREMENTAL => b"incremental checkpoints are written stopped",
         _ => b"",
     }
 }

@@ -50,6 +50,7 @@ pub fn capture(
             if fd < 0
                 || fd == dir
                 || skip.contains(&fd)
+                || super::incremental::is_own_fd(fd)
                 || super::forward::owns(fd)
                 || crate::api::requests::is_request_socket(fd)
             {

@@ -38,6 +38,8 @@ pub struct Job {
     pub writer: AtomicI32,
     /// Why a copy-on-write request was written stopped (`cow::NOTE_*`, output).
     pub cow_note: AtomicU32,
+    /// The request (its incremental parent).
+    pub req: *const crate::protocol::Request,
 }
 
 /// Steps, for error messages.
@@ -66,6 +68,7 @@ pub extern "C" fn write_callback(job: usize) -> usize {
         }
         Ok(Written::Forked) => FORKED,
         Err((step, e)) => {
+            super::incremental::failed();
             job.errno.store(e.0, Release);
             job.step.store(step, Release);
             2
@@ -301,6 +304,9 @@ enum Written {
 fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
     // SAFETY: the control thread keeps the scratch alive for the whole call.
     let scratch = unsafe { &*job.scratch };
+    // SAFETY: the control thread keeps the request alive for the whole call.
+    let req = unsafe { &*job.req };
+    super::incremental::begin(job.flags, req.parent_hash, req.parent_size);
     process::capture_signals();
     process::capture_prctl();
     quiesce::CAPTURE_NS.store(sys::monotonic_ns(), Release);
@@ -351,12 +357,21 @@ fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
     let tmp_limit = crate::protocol::tmp_limit(job.flags);
     super::fds::capture(&mut w, &job.skip_fds, job.fd, tmp_limit).map_err(|e| (2, e))?;
     super::forward::write_shares(&mut w).map_err(full)?;
+    let delta = super::incremental::is_delta();
+    if delta {
+        let p = super::incremental::parent_record(req);
+        let path = &req.parent_path[..p.path_len as usize];
+        w.record(REC_PARENT, &p, path).map_err(full)?;
+    }
     let save = memory::SaveByContent {
         exe: job.flags & crate::protocol::FLAG_SAVE_EXE != 0,
         private: job.flags & crate::protocol::FLAG_SAVE_PRIVATE != 0,
         shared: job.flags & crate::protocol::FLAG_SAVE_SHARED != 0,
     };
-    if job.cow {
+    if job.cow && job.flags & crate::protocol::FLAG_INCREMENTAL != 0 {
+        // The written pages are found and protected again in this process, stopped.
+        job.cow_note.store(super::cow::NOTE_INCREMENTAL, Release);
+    } else if job.cow {
         // Copy-on-write: the rest is written by a forked writer while the program runs on.
         match super::cow::start(job, scratch, &w, save, pid) {
             Ok(pidfd) => {
@@ -394,7 +409,11 @@ pub fn finish(
     let (xcr0, xsave_size) = xsave_info();
     let mut hdr = FileHeader {
         magic: MAGIC,
-        version: VERSION,
+        version: if super::incremental::is_delta() {
+            VERSION
+        } else {
+            VERSION_FULL
+        },
         header_size: core::mem::size_of::<FileHeader>() as u32,
         arch: ARCH_X86_64,
         page_size: PAGE as u32,
@@ -463,5 +482,8 @@ pub fn finish(
     }
     io_report::PHASE_NS[3].store(sys::monotonic_ns(), Relaxed);
     drop_direct(fd);
+    // Still stopped (incremental checkpoints are never copy-on-write): arm write-tracking for
+    // the next incremental checkpoint.
+    super::incremental::written(tr.trailer_hash, tr.total_len);
     Ok(tr.total_len)
 }

@@ -286,6 +286,20 @@ impl<'a> ExtentList<'a> {
         Ok(())
     }
 
+    /// Appends a run of `len` bytes of pages at `addr` (merged with the last extent of the
+    /// region when it continues it).
+    pub fn push_range(&mut self, addr: u64, len: u64) -> Result<(), Errno> {
+        if self.n > self.region_first {
+            let last = &mut self.buf[self.n - 1];
+            if last.addr + last.len == addr {
+                last.len += len;
+                self.data_len += len;
+                return Ok(());
+            }
+        }
+        self.push_extent(addr, len)
+    }
+
     /// Appends one extent of `len` bytes at `addr` as it is (never merged with the last one).
     fn push_extent(&mut self, addr: u64, len: u64) -> Result<(), Errno> {
         if self.n == self.buf.len() {
@@ -299,6 +313,14 @@ impl<'a> ExtentList<'a> {
         self.n += 1;
         self.data_len += len;
         Ok(())
+    }
+
+    /// Drops the extents of the current region.
+    fn rollback_region(&mut self) {
+        if self.n > self.region_first {
+            self.data_len = self.buf[self.region_first].file_off;
+            self.n = self.region_first;
+        }
     }
 
     fn begin_region(&mut self) {
@@ -678,11 +700,26 @@ pub fn capture(
             }
             ext.begin_region();
             let from_copy = pre.filter(|_| Precopy::covers(kind));
+            // An incremental checkpoint's tracked region: only the pages written since.
+            let tracked = if from_copy.is_some() {
+                None
+            } else {
+                super::incremental::scan_region(
+                    m.start,
+                    m.end,
+                    m.prot,
+                    m.shared,
+                    kind,
+                    pagemap_fd,
+                    |a, l| ext.push_range(a, l),
+                )?
+            };
             if let Some(p) = from_copy {
                 for e in p.in_range(m.start, m.end) {
                     ext.push_extent(e.addr, e.len)?;
                 }
-            } else {
+            } else if tracked.is_none() {
+                ext.rollback_region();
                 scan_region(&m, kind, fs, pagemap_fd, scratch, ext)?;
             }
             let extents = ext.region_extents();
@@ -732,6 +769,10 @@ pub fn capture(
             } else {
                 None
             };
+            if let Some(t) = &tracked {
+                w.raw(REC_REGION_INCR, bytemuck::cast_slice(t.holes))
+                    .map_err(|_| Errno(libc::ENOMEM))?;
+            }
             if let Some(seg) = sysv {
                 w.raw(REC_REGION_SYSV, bytemuck::bytes_of(&seg))
                     .map_err(|_| Errno(libc::ENOMEM))?;

@@ -11,6 +11,7 @@ pub mod cow;
 pub mod fds;
 pub mod forward;
 pub mod image;
+pub mod incremental;
 pub mod interpose;
 pub mod memory;
 pub mod pending;
@@ -157,6 +158,7 @@ extern "C" fn after_fork_child() {
     }
     quiesce::NSLOTS.store(0, Release);
     control::forget_request_fds();
+    incremental::after_fork_child();
     crate::api::reset_after_fork();
     // A child forked to become a restored process must stay single-threaded.
     if !crate::api::requests::FORKING_FOR_RESTORE.with(|f| f.get()) {

@@ -111,6 +111,14 @@ struct Args {
     /// temporary directories per process; none: store none.
     #[arg(long = "save-tmp-limit", value_name = "SIZE|none")]
     save_tmp_limit: Option<String>,
+    /// Write a delta image: only the pages written since PARENT (default: the image at the
+    /// destination, kept as its backup FILE.~N~) was taken; a full image (said under -v) when
+    /// that cannot be done. One process only.
+    #[arg(long, value_name = "PARENT", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+    incremental: Option<String>,
+    /// With --incremental: every Nth image of a chain is a full one.
+    #[arg(long = "max-chain", value_name = "N")]
+    max_chain: Option<u32>,
     /// Checkpoint a ptraced process anyway.
     #[arg(long = "ptraced-allow", action = ArgAction::SetTrue)]
     ptraced_allow: bool,
@@ -227,6 +235,21 @@ fn tmp_limit_flags(a: &Args) -> u32 {
     }
 }
 
+/// `--incremental[=PARENT]` and `--max-chain N`.
+fn incremental(a: &Args) -> Option<checkpoint::incremental::Incremental> {
+    if a.max_chain.is_some() && a.incremental.is_none() {
+        fail(TOOL, libc::EINVAL, "--max-chain needs --incremental");
+    }
+    if a.max_chain == Some(0) {
+        fail(TOOL, libc::EINVAL, "--max-chain 0: give 1 or more");
+    }
+    let parent = a.incremental.clone()?;
+    Some(checkpoint::incremental::Incremental {
+        parent: (!parent.is_empty()).then(|| PathBuf::from(parent)),
+        max_chain: a.max_chain.unwrap_or(0),
+    })
+}
+
 fn matches_given(m: &clap::ArgMatches, id: &str) -> bool {
     m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
 }
@@ -301,6 +324,7 @@ fn options(m: &clap::ArgMatches, a: &Args) -> checkpoint::Options {
         ),
         sync: last_given(m, &[("sync", true), ("nosync", false)], true),
         cow: a.cow,
+        incremental: incremental(a),
         ..checkpoint::Options::new(scope, a.id)
     }
 }

@@ -213,6 +213,7 @@ fn print_contents(path: &Path, img: &Image, len: u64) {
     );
     println!("  total size       {}", size(len));
     println!("  page data        {}", size(h.data_len));
+    print_chain(path, img);
 
     println!("\nProcess");
     println!(
@@ -404,8 +405,42 @@ fn print_contents(path: &Path, img: &Image, len: u64) {
 }
 
 /// The reasons the image would not restart on this machine (one line each).
-fn problems(img: &Image) -> Vec<String> {
+/// A delta image's chain: each link with what it holds, newest first (or why it is broken).
+fn print_chain(path: &Path, img: &Image) {
+    let Some((rec, _)) = &img.parent else {
+        return;
+    };
+    let incr = img.regions.iter().filter(|r| r.incr.is_some()).count();
+    println!(
+        "  delta image      {} link(s) behind it; {incr} incremental region(s) take their other pages from the chain",
+        rec.depth
+    );
+    println!("\nChain (newest first)");
+    println!("  {:<5} {:>12} {:>12}  FILE", "KIND", "SIZE", "PAGE DATA");
+    let row = |p: &Path, i: &Image| {
+        let kind = if i.parent.is_some() { "delta" } else { "full" };
+        let total = i.trailer.total_len;
+        println!(
+            "  {kind:<5} {:>12} {:>12}  {}",
+            human(total),
+            human(i.header.data_len),
+            p.display()
+        );
+    };
+    row(path, img);
+    match cr::image::chain::resolve(img, path) {
+        Ok(links) => links.iter().for_each(|l| row(&l.path, &l.img)),
+        Err(e) => println!("  broken: {e}"),
+    }
+}
+
+fn problems(path: &Path, img: &Image) -> Vec<String> {
     let mut out = Vec::new();
+    if img.parent.is_some() {
+        if let Err(e) = cr::image::chain::resolve(img, path) {
+            out.push(e.msg);
+        }
+    }
     for f in referenced_files(img) {
         let name = lossy(f.path);
         match std::fs::metadata(OsStr::from_bytes(f.path)) {
@@ -509,7 +544,7 @@ fn main() {
     if !args.check {
         return;
     }
-    let found: Vec<String> = images.iter().flat_map(problems).collect();
+    let found: Vec<String> = images.iter().flat_map(|i| problems(path, i)).collect();
     let pages: u64 = images.iter().map(|i| i.header.data_len / PAGE as u64).sum();
 
     if !args.quiet {

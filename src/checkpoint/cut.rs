@@ -268,6 +268,7 @@ pub(super) fn checkpoint_one(
     pid: i32,
     scope: i32,
     chain: Option<i32>,
+    plan: Option<&super::incremental::Plan>,
     note: &mut dyn FnMut(Note),
 ) -> Result<Outcome, CheckpointError> {
     let dest = dest::resolve(&opts.dest, &opts.commit, opts.id, pid)?;
@@ -284,7 +285,8 @@ pub(super) fn checkpoint_one(
         unsafe { libc::kill(pid, libc::SIGCONT) };
     }
     cut.members.push(Member::new(pid, sock, 0, stopped));
-    let req = request(opts, scope, &cut.outs[0]);
+    let mut req = request(opts, scope, &cut.outs[0]);
+    super::incremental::apply(&mut req, plan, pid);
     if let Some(top) = chain {
         let inner = protocol::target_identity(pid).1;
         let zombie = requester_zombie(top, pid, note);
@@ -388,6 +390,8 @@ struct Cut<'a> {
     forwarded: Vec<(i32, i32)>,
     /// Every image is committed: nothing to undo any more.
     committed: bool,
+    /// An incremental checkpoint's parent (for its one process).
+    plan: Option<&'a super::incremental::Plan>,
 }
 
 impl Drop for Cut<'_> {
@@ -426,6 +430,7 @@ impl<'a> Cut<'a> {
             outs: Vec::new(),
             forwarded: Vec::new(),
             committed: false,
+            plan: None,
         }
     }
 
@@ -476,6 +481,7 @@ impl<'a> Cut<'a> {
         let out = &self.outs[self.members[i].out];
         let mut req = request(self.opts, scope, out);
         req.flags |= protocol::FLAG_BARRIER;
+        super::incremental::apply(&mut req, self.plan, pid);
         match protocol::send(sock, &req, Some(out.fd)) {
             Ok(()) => {
                 self.members[i].contacted = true;
@@ -509,6 +515,7 @@ impl<'a> Cut<'a> {
             let out = &self.outs[self.members[i].out];
             let mut req = request(self.opts, scope, out);
             req.flags |= protocol::FLAG_BARRIER;
+            super::incremental::apply(&mut req, self.plan, pid);
             match protocol::send(sock, &req, Some(out.fd)) {
                 Ok(()) => self.members[i].contacted = true,
                 // It exited since we connected: not part of the cut.
@@ -835,6 +842,7 @@ pub(super) fn checkpoint_many(
     pids: &[i32],
     scope: i32,
     requester: Option<(i32, i32)>,
+    plan: Option<&super::incremental::Plan>,
     note: &mut dyn FnMut(Note),
 ) -> Result<Outcome, CheckpointError> {
     let per_proc = matches!(opts.dest, super::Destination::Dir(_));
@@ -842,6 +850,7 @@ pub(super) fn checkpoint_many(
     // they were listed are left out.
     let first = pids[0];
     let mut cut = Cut::new(opts);
+    cut.plan = plan;
     if !per_proc {
         let d = dest::resolve(&opts.dest, &opts.commit, opts.id, first)?;
         cut.outs.push(open_out(&d, note)?);

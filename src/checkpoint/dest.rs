@@ -136,7 +136,7 @@ fn dir_and_name(path: &Path) -> (&Path, String) {
 }
 
 /// Next rotating backup name FILE.~N~ (one past the highest existing).
-fn next_backup(path: &Path) -> PathBuf {
+pub(super) fn next_backup(path: &Path) -> PathBuf {
     let (dir, base) = dir_and_name(path);
     let prefix = format!("{base}.~");
     let highest = std::fs::read_dir(dir)

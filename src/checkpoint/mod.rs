@@ -9,6 +9,7 @@
 
 mod cut;
 pub mod dest;
+pub mod incremental;
 pub mod procfs;
 pub mod scope;
 
@@ -59,6 +60,9 @@ pub struct Options {
     /// forked writer writes its memory while it runs on (one-process checkpoints and cuts of
     /// one process; others are written stopped, with a note).
     pub cow: bool,
+    /// An incremental checkpoint (`--incremental`, `--max-chain`): a delta image against a
+    /// parent where possible (one process only; see [`incremental`]).
+    pub incremental: Option<incremental::Incremental>,
 }
 
 impl Options {
@@ -78,6 +82,7 @@ impl Options {
             ptracer_skip: false,
             sync: true,
             cow: false,
+            incremental: None,
         }
     }
 }
@@ -144,6 +149,45 @@ pub fn checkpoint(opts: &Options, note: &mut dyn FnMut(Note)) -> Result<Outcome,
         });
     }
     let found = scope::resolve(opts, note)?;
+    // Incremental: the parent of the one process of the scope (a tree of several gets full
+    // images, said under -v).
+    let plan = match (&opts.incremental, &found.pids[..]) {
+        (Some(inc), [pid]) => Some(incremental::plan(opts, inc, *pid)?),
+        (Some(_), pids) => {
+            note(Note::Info(format!(
+                "incremental checkpoint: full images ({} processes: delta images are for one process)",
+                pids.len()
+            )));
+            None
+        }
+        _ => None,
+    };
+    let adjusted;
+    let opts = match &plan {
+        Some(p) if p.commit != opts.commit => {
+            adjusted = Options {
+                commit: p.commit.clone(),
+                ..opts.clone()
+            };
+            &adjusted
+        }
+        _ => opts,
+    };
+    let mut outcome = checkpoint_planned(opts, found, plan.as_ref(), note)?;
+    if let Some(p) = &plan {
+        for s in outcome.saved.iter_mut().filter(|s| s.pid == p.pid) {
+            incremental::explain(&mut s.report, p, note);
+        }
+    }
+    Ok(outcome)
+}
+
+fn checkpoint_planned(
+    opts: &Options,
+    found: scope::Scope,
+    plan: Option<&incremental::Plan>,
+    note: &mut dyn FnMut(Note),
+) -> Result<Outcome, CheckpointError> {
     // Tree, group and session scopes take the multi-process path even when they find one
     // process: children forked while it stops join the cut, and unreaped children are saved as
     // zombies (a single process still gets a plain image).
@@ -153,11 +197,11 @@ pub fn checkpoint(opts: &Options, note: &mut dyn FnMut(Note)) -> Result<Outcome,
             .requester
             .filter(|&(_, parent)| parent == pid)
             .map(|(top, _)| top);
-        let mut outcome = cut::checkpoint_one(opts, pid, found.scope, chain, note)?;
+        let mut outcome = cut::checkpoint_one(opts, pid, found.scope, chain, plan, note)?;
         outcome.total = outcome.saved.iter().map(|s| s.bytes).sum();
         Ok(outcome)
     } else {
         // Zombies whose parents are saved are saved as zombies (and warned about then).
-        cut::checkpoint_many(opts, &found.pids, found.scope, found.requester, note)
+        cut::checkpoint_many(opts, &found.pids, found.scope, found.requester, plan, note)
     }
 }

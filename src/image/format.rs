@@ -15,8 +15,13 @@ use bytemuck::{Pod, Zeroable};
 pub const MAGIC: [u8; 8] = *b"LIBCRIMG";
 /// First eight bytes of the trailer page.
 pub const TRAILER_MAGIC: [u8; 8] = *b"LIBCREND";
-/// Image format version written by this build.
-pub const VERSION: u32 = 4;
+/// Newest image format version this build reads (and writes for delta images, see
+/// [`REC_PARENT`]).
+pub const VERSION: u32 = 5;
+/// Image format version this build writes for full (self-contained) images: version-4 readers
+/// keep reading them. Only delta images, which such readers could not restore, carry
+/// [`VERSION`] 5.
+pub const VERSION_FULL: u32 = 4;
 /// Oldest image format version this build still reads. A newer version only adds: new record
 /// kinds, new enum values, and fields appended to a record's fixed part (see
 /// [`fixed_size`]); readers of an older image take the missing fields as zero.
@@ -136,6 +141,31 @@ pub const REC_REGION_SYSV: u32 = REC_OPTIONAL | 14;
 /// its path when it is missing or its size or modification time differ. An older reader skips
 /// it (the file is reopened by path as any other).
 pub const REC_FD_SAVED: u32 = REC_OPTIONAL | 16;
+/// Record (version 5, delta images only): [`ParentRec`], then the parent image's path: this
+/// image holds only the pages written since its parent was taken; every region followed by a
+/// [`REC_REGION_INCR`] record takes its other pages from the parent chain. Required: a reader
+/// that does not know it must not restore the image (version 5 makes older readers refuse it).
+pub const REC_PARENT: u32 = 32;
+/// Record (version 5, delta images only): after a region's records (its extents and any
+/// detail), `[start, end)` pairs of `u64` (page aligned): the region is incremental. Its pages
+/// in its extents were written since the parent; the pages in these ranges are zero now
+/// (dropped, or never populated); every other page is the parent chain's (newest wins).
+pub const REC_REGION_INCR: u32 = 33;
+
+/// Fixed part of [`REC_PARENT`] (24 bytes); `path_len` bytes of path follow.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug, PartialEq, Eq)]
+pub struct ParentRec {
+    /// The parent's total length (its trailer's `total_len`).
+    pub size: u64,
+    /// The parent's `trailer_hash` (covers its data hash and length).
+    pub trailer_hash: u64,
+    /// Links behind this image: 1 when the parent is a full image.
+    pub depth: u32,
+    /// Bytes of path after this struct: relative to this image's directory, or absolute.
+    pub path_len: u32,
+}
+
 /// Record (optional): [`SysvSemRec`], then `nsems` × `u16` values: a SysV semaphore set this
 /// process was the last to operate on (`GETPID`). A reader that skips it does not restore it.
 pub const REC_SYSV_SEM: u32 = REC_OPTIONAL | 15;
@@ -613,6 +643,7 @@ mod tests {
         assert_eq!(size_of::<FdOwnerRec>(), 16);
         assert_eq!(size_of::<FileDataRec>(), 16);
         assert_eq!(size_of::<ThreadRec>(), 40);
+        assert_eq!(size_of::<ParentRec>(), 24);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The checkpoint image: one versioned, checksummed, self-describing format with one writer (the
 //! agent, allocation-free) and one reader (the tools).
 
+pub mod chain;
 pub mod format;
 pub mod reader;
 pub mod tree;

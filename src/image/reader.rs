@@ -85,6 +85,9 @@ pub struct Region {
     pub fs: Option<RegionFsRec>,
     /// The SysV segment it is (`REC_REGION_SYSV`), if the writer added one.
     pub sysv: Option<SysvShmRec>,
+    /// In a delta image, an incremental region (`REC_REGION_INCR`): the `[start, end)` ranges
+    /// that read as zero now; its pages outside these and its extents are the parent chain's.
+    pub incr: Option<Vec<(u64, u64)>>,
 }
 
 /// An open file descriptor with its path.
@@ -175,6 +178,11 @@ pub struct Image {
     /// Descriptions shared with the images that follow this one back to back (a forwarded
     /// checkpoint; `proc` counts from this image = 0).
     pub shares: Vec<crate::image::tree::ShareRec>,
+    /// A delta image's parent (`REC_PARENT`) and its path as recorded.
+    pub parent: Option<(ParentRec, Vec<u8>)>,
+    /// A delta image's parent chain, newest first, once resolved and checked
+    /// ([`crate::image::chain::resolve`]); empty otherwise.
+    pub chain: Vec<std::path::PathBuf>,
 }
 
 fn read_pod<T: bytemuck::Pod>(bytes: &[u8], what: &str) -> Result<T, ImageError> {
@@ -303,6 +311,8 @@ impl Image {
             file_data: Vec::new(),
             base,
             shares: Vec::new(),
+            parent: None,
+            chain: Vec::new(),
         };
         img.parse_meta(&meta)?;
         img.check_extents()?;
@@ -342,6 +352,7 @@ impl Image {
                         extents: Vec::new(),
                         fs: None,
                         sysv: None,
+                        incr: None,
                     });
                 }
                 REC_EXTENTS => {
@@ -442,6 +453,37 @@ impl Image {
                         f.saved = Some(r);
                     }
                 }
+                REC_PARENT if v >= 5 => {
+                    let p: ParentRec = read_pod(body, "parent")?;
+                    let path = body
+                        .get(24..24 + p.path_len as usize)
+                        .ok_or_else(|| ImageError::Malformed("short parent record".into()))?;
+                    if p.depth == 0 || path.is_empty() {
+                        return Err(ImageError::Malformed("bad parent record".into()));
+                    }
+                    self.parent = Some((p, path.to_vec()));
+                }
+                REC_REGION_INCR if v >= 5 => {
+                    let region = self.regions.last_mut().ok_or_else(|| {
+                        ImageError::Malformed("incremental detail before region".into())
+                    })?;
+                    let (s, e) = (region.rec.start, region.rec.end);
+                    let holes: Vec<(u64, u64)> = body
+                        .chunks_exact(16)
+                        .map(|c| {
+                            let a = u64::from_le_bytes(c[..8].try_into().unwrap_or([0; 8]));
+                            let b = u64::from_le_bytes(c[8..].try_into().unwrap_or([0; 8]));
+                            (a, b)
+                        })
+                        .collect();
+                    if holes
+                        .iter()
+                        .any(|&(a, b)| a >= b || a < s || b > e || a % PAGE as u64 != 0)
+                    {
+                        return Err(ImageError::Malformed("bad incremental region".into()));
+                    }
+                    region.incr = Some(holes);
+                }
                 REC_END => break,
                 k if k & REC_OPTIONAL != 0 => {} // detail a newer writer added: skip
                 other => return Err(ImageError::Malformed(format!("unknown record {other}"))),
@@ -449,6 +491,11 @@ impl Image {
         }
         if !saw_process {
             return Err(ImageError::Malformed("no process record".into()));
+        }
+        if self.parent.is_none() && self.regions.iter().any(|r| r.incr.is_some()) {
+            return Err(ImageError::Malformed(
+                "incremental region in an image without a parent".into(),
+            ));
         }
         Ok(())
     }

@@ -13,6 +13,7 @@ use super::RestoreError;
 use crate::image::reader::{Image, ImageError};
 use crate::image::tree::{ShareRec, ZombieRec};
 use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// Most images `-d DIR` (or a directory descriptor given to `cr_request_restart`) restarts as
@@ -268,6 +269,12 @@ pub fn load(sources: Vec<(File, PathBuf)>, pairs: &[Pair]) -> Result<Job, JobErr
         zombies,
     };
     for (_, mut img, file, src) in found {
+        if img.parent.is_some() {
+            // A delta image: every link of its chain must be there, unchanged.
+            let path = Path::new(std::ffi::OsStr::from_bytes(&src));
+            img.chain = crate::image::chain::resolve_paths(&img, path)
+                .map_err(|e| JobError::new(FailClass::of(e.errno), e.errno, e.msg))?;
+        }
         super::relocate::relocate(&mut img, pairs);
         super::preflight(&img)?;
         job.images.push(img);

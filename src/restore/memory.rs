@@ -495,6 +495,17 @@ pub fn build(
             "corrupt image: page data checksum mismatch".into(),
         ));
     }
+    if img.parent.is_some() {
+        // A delta image: the other pages of its incremental regions from its parent chain.
+        let mut places: Vec<super::chain::Place> = img
+            .regions
+            .iter()
+            .zip(&placed)
+            .filter_map(|(r, p)| p.map(|p| (r.rec.start, r.rec.end, p.cur)))
+            .collect();
+        places.sort_unstable();
+        super::chain::fill(img, &places)?;
+    }
     // Final protections (mremap keeps them).
     for (i, r) in img.regions.iter().enumerate() {
         let Some(p) = placed[i] else { continue };

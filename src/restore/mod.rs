@@ -5,6 +5,7 @@
 //! resource limits; then it drops its own kernel registrations and jumps through the
 //! `trampoline`, which swaps the address space and enters the restored agent.
 
+pub mod chain;
 pub mod fds;
 pub mod ids;
 pub mod job;

@@ -1,0 +1,507 @@
+//! Incremental checkpoints: which pages were written since the last checkpoint.
+//!
+//! After a checkpoint asked with [`protocol::FLAG_INCREMENTAL`] the agent arms
+//! write-tracking, while the program's threads are still stopped, on every private writable
+//! anonymous region (heap, stacks, anonymous mappings): a userfaultfd in asynchronous
+//! write-protect mode (`UFFD_FEATURE_WP_ASYNC`, with `UFFD_FEATURE_WP_UNPOPULATED`, opened with
+//! `UFFD_USER_MODE_ONLY` so no privilege is needed) registers the region and write-protects it
+//! (`UFFDIO_WRITEPROTECT`). The program's first write to a protected page then only clears the
+//! protection in the kernel (no fault reaches anybody). The next incremental checkpoint asks
+//! `PAGEMAP_SCAN` on `/proc/self/pagemap` for the pages with `PAGE_IS_WRITTEN` and write-protects
+//! them again in the same call (`PM_SCAN_WP_MATCHING`); `PM_SCAN_CHECK_WPASYNC` makes the scan
+//! fail with `EPERM` for a region that is not registered (mapped again since, moved by
+//! `mremap`), which is then saved in full. A written page that is neither present nor swapped
+//! (dropped with `MADV_DONTNEED`, or part of a brk that grew) or maps the zero page reads as
+//! zero: it becomes a hole of the region's `REC_REGION_INCR` record, the others are saved.
+//!
+//! Only regions that overlap a range armed after the parent, and whose scan succeeds, are
+//! tracked; every other region (new mappings, file mappings, shared memory, regions that were
+//! not writable when armed) is saved in full, as in a full image. A failed checkpoint
+//! disarms (the written state it consumed is gone): the next one is a full image. So is the
+//! first one, one after a restart or in a fork child (nothing is armed there), and one whose
+//! parent is not the image tracking was armed for (its size and trailer hash differ).
+//!
+//! Runs in the control thread while every other thread is parked: raw system calls, static
+//! tables, no heap.
+
+use crate::image::format::*;
+use crate::protocol::{self, Request};
+use crate::sys::{self, Errno, StackBuf};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+
+// --- Kernel interface (Debian 12's headers lack the newer parts; values from the kernel's
+// include/uapi/linux/userfaultfd.h and fs.h, checked against its ioctl encoding below). ---
+
+/// `userfaultfd(2)` flag: handle faults from user space only (allowed without privilege when
+/// `vm.unprivileged_userfaultfd` is 0).
+const UFFD_USER_MODE_ONLY: usize = 1;
+/// `uffdio_api.api`.
+const UFFD_API: u64 = 0xaa;
+/// Unpopulated pages are write-protected too (marked), so a later first write is seen.
+const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
+/// Write faults on protected pages are resolved by the kernel (no handler).
+const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
+/// `uffdio_register.mode`: write-protect tracking.
+const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
+/// `uffdio_writeprotect.mode`: protect (not clear).
+const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
+
+/// `struct uffdio_api`.
+#[repr(C)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+
+/// `struct uffdio_range`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct UffdioRange {
+    start: u64,
+    len: u64,
+}
+
+/// `struct uffdio_register`.
+#[repr(C)]
+struct UffdioRegister {
+    range: UffdioRange,
+    mode: u64,
+    ioctls: u64,
+}
+
+/// `struct uffdio_writeprotect`.
+#[repr(C)]
+struct UffdioWriteprotect {
+    range: UffdioRange,
+    mode: u64,
+}
+
+/// `struct page_region` (PAGEMAP_SCAN output).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct PageRegion {
+    start: u64,
+    end: u64,
+    categories: u64,
+}
+
+/// `struct pm_scan_arg`.
+#[repr(C)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<UffdioApi>() == 24);
+const _: () = assert!(core::mem::size_of::<UffdioRange>() == 16);
+const _: () = assert!(core::mem::size_of::<UffdioRegister>() == 32);
+const _: () = assert!(core::mem::size_of::<UffdioWriteprotect>() == 24);
+const _: () = assert!(core::mem::size_of::<PageRegion>() == 24);
+const _: () = assert!(core::mem::size_of::<PmScanArg>() == 96);
+
+/// `_IOWR(ty, nr, size)`.
+const fn iowr(ty: u64, nr: u64, size: usize) -> u64 {
+    (3 << 30) | ((size as u64) << 16) | (ty << 8) | nr
+}
+const UFFDIO_API: u64 = iowr(0xaa, 0x3f, core::mem::size_of::<UffdioApi>());
+const UFFDIO_REGISTER: u64 = iowr(0xaa, 0x00, core::mem::size_of::<UffdioRegister>());
+const UFFDIO_WRITEPROTECT: u64 = iowr(0xaa, 0x06, core::mem::size_of::<UffdioWriteprotect>());
+const PAGEMAP_SCAN: u64 = iowr(b'f' as u64, 16, core::mem::size_of::<PmScanArg>());
+const _: () = assert!(UFFDIO_API == 0xc018_aa3f);
+const _: () = assert!(UFFDIO_REGISTER == 0xc020_aa00);
+const _: () = assert!(UFFDIO_WRITEPROTECT == 0xc018_aa06);
+const _: () = assert!(PAGEMAP_SCAN == 0xc060_6610);
+
+/// `PM_SCAN_WP_MATCHING`: write-protect the pages that match.
+const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+/// `PM_SCAN_CHECK_WPASYNC`: fail (`EPERM`) on a region not registered for async write-protect.
+const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
+const PAGE_IS_WRITTEN: u64 = 1 << 1;
+const PAGE_IS_PRESENT: u64 = 1 << 3;
+const PAGE_IS_SWAPPED: u64 = 1 << 4;
+const PAGE_IS_PFNZERO: u64 = 1 << 5;
+
+// --- State kept between checkpoints (agent memory; reset after fork and restart). ---
+
+/// Our userfaultfd (-1: none), and the process that opened it.
+static UFFD: AtomicI32 = AtomicI32::new(-1);
+static UFFD_PID: AtomicI32 = AtomicI32::new(0);
+/// errno of the last failure to open or set up the userfaultfd (0: none).
+static KERNEL_ERRNO: AtomicI32 = AtomicI32::new(0);
+/// Write-tracking is armed for the image named by the three below.
+static ARMED: AtomicBool = AtomicBool::new(false);
+static ARMED_HASH: AtomicU64 = AtomicU64::new(0);
+static ARMED_SIZE: AtomicU64 = AtomicU64::new(0);
+/// Links behind the armed image (0: it is a full image).
+static ARMED_DEPTH: AtomicU32 = AtomicU32::new(0);
+
+/// Most regions tracked at once; more are saved in full every time.
+const MAX_RANGES: usize = 4096;
+/// Ranges armed after the parent checkpoint (valid while [`ARMED`]).
+static RANGES: [[AtomicU64; 2]; MAX_RANGES] =
+    [const { [AtomicU64::new(0), AtomicU64::new(0)] }; MAX_RANGES];
+static N_RANGES: AtomicUsize = AtomicUsize::new(0);
+/// Regions of the checkpoint being written to arm afterwards: start, end, and whether the scan
+/// already protected them again (tracked).
+static NEXT: [[AtomicU64; 3]; MAX_RANGES] =
+    [const { [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)] }; MAX_RANGES];
+static N_NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// What the checkpoint being written does.
+static MODE: AtomicU32 = AtomicU32::new(OFF);
+/// Not incremental.
+const OFF: u32 = 0;
+/// A full image, then arm.
+const FULL: u32 = 1;
+/// A delta image against the armed parent, then arm.
+const DELTA: u32 = 2;
+/// Why [`FULL`] (one of the `WHY_*`).
+static WHY: AtomicU32 = AtomicU32::new(0);
+const WHY_ASKED: u32 = 0;
+const WHY_NOT_ARMED: u32 = 1;
+const WHY_OTHER_PARENT: u32 = 2;
+const WHY_KERNEL: u32 = 3;
+/// This checkpoint's counts: regions tracked, regions saved in full although eligible.
+static N_TRACKED: AtomicU32 = AtomicU32::new(0);
+static N_UNTRACKED: AtomicU32 = AtomicU32::new(0);
+
+/// Holes of the region being scanned (`[start, end)` pairs), the body of its
+/// `REC_REGION_INCR` record.
+static mut HOLES: [u64; 2 * MAX_HOLES] = [0; 2 * MAX_HOLES];
+/// Most holes one region records; a region with more is saved in full.
+const MAX_HOLES: usize = 4096;
+/// PAGEMAP_SCAN output buffer.
+static mut VEC: [PageRegion; 1024] = [PageRegion {
+    start: 0,
+    end: 0,
+    categories: 0,
+}; 1024];
+
+/// Whether `fd` is the agent's own userfaultfd (left out of images).
+pub fn is_own_fd(fd: i32) -> bool {
+    fd >= 0 && fd == UFFD.load(Relaxed) && UFFD_PID.load(Relaxed) == sys::getpid()
+}
+
+/// In a fork child: the parent's userfaultfd tracks nothing here (the child's regions are not
+/// registered); close the inherited descriptor and forget the armed state.
+pub fn after_fork_child() {
+    let fd = UFFD.swap(-1, AcqRel);
+    if fd >= 0 {
+        sys::close(fd);
+    }
+    ARMED.store(false, Release);
+}
+
+/// In a restored process: nothing is registered, and the saved descriptor number means
+/// nothing any more (it may be one of the program's now): forget it without closing.
+pub fn after_restart() {
+    UFFD.store(-1, Release);
+    ARMED.store(false, Release);
+}
+
+/// Opens and sets up our userfaultfd in this process if needed.
+fn ensure_uffd() -> Result<i32, Errno> {
+    let pid = sys::getpid();
+    let fd = UFFD.load(Acquire);
+    if fd >= 0 && UFFD_PID.load(Acquire) == pid {
+        return Ok(fd);
+    }
+    let flags = libc::O_CLOEXEC as usize | libc::O_NONBLOCK as usize | UFFD_USER_MODE_ONLY;
+    let fd = sys::sys3(libc::SYS_userfaultfd as usize, flags, 0, 0)? as i32;
+    let mut api = UffdioApi {
+        api: UFFD_API,
+        features: UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED,
+        ioctls: 0,
+    };
+    if let Err(e) = ioctl(fd, UFFDIO_API, &mut api as *mut _ as usize) {
+        sys::close(fd);
+        return Err(e);
+    }
+    // Out of the program's way, as the control socket is.
+    let high = sys::fcntl(fd, libc::F_DUPFD_CLOEXEC, super::control::high_fd_floor())
+        .map(|h| h as i32)
+        .unwrap_or(fd);
+    if high != fd {
+        sys::close(fd);
+    }
+    UFFD.store(high, Release);
+    UFFD_PID.store(pid, Release);
+    Ok(high)
+}
+
+fn ioctl(fd: i32, req: u64, arg: usize) -> Result<usize, Errno> {
+    sys::sys3(libc::SYS_ioctl as usize, fd as usize, req as usize, arg)
+}
+
+/// Decides, before anything is written, whether this checkpoint is a delta image (see the
+/// module documentation).
+pub fn begin(req_flags: u32, parent_hash: u64, parent_size: u64) {
+    N_NEXT.store(0, Relaxed);
+    N_TRACKED.store(0, Relaxed);
+    N_UNTRACKED.store(0, Relaxed);
+    WHY.store(WHY_ASKED, Relaxed);
+    if req_flags & protocol::FLAG_INCREMENTAL == 0 {
+        MODE.store(OFF, Relaxed);
+        return;
+    }
+    if let Err(e) = ensure_uffd() {
+        KERNEL_ERRNO.store(e.0, Relaxed);
+        WHY.store(WHY_KERNEL, Relaxed);
+        MODE.store(OFF, Relaxed);
+        return;
+    }
+    let why = if parent_hash == 0 {
+        WHY_ASKED
+    } else if !ARMED.load(Acquire) {
+        WHY_NOT_ARMED
+    } else if ARMED_HASH.load(Acquire) != parent_hash || ARMED_SIZE.load(Acquire) != parent_size {
+        WHY_OTHER_PARENT
+    } else {
+        MODE.store(DELTA, Relaxed);
+        return;
+    };
+    WHY.store(why, Relaxed);
+    MODE.store(FULL, Relaxed);
+}
+
+/// Whether the image being written is a delta image.
+pub fn is_delta() -> bool {
+    MODE.load(Relaxed) == DELTA
+}
+
+/// The `REC_PARENT` record of a delta image.
+pub fn parent_record(req: &Request) -> ParentRec {
+    ParentRec {
+        size: req.parent_size,
+        trailer_hash: req.parent_hash,
+        depth: ARMED_DEPTH.load(Relaxed) + 1,
+        path_len: req.parent_path_len.min(req.parent_path.len() as u32),
+    }
+}
+
+/// Whether a region of `kind` with protection `prot` is write-tracked.
+fn eligible(kind: RegionKind, prot: u32, shared: bool) -> bool {
+    matches!(kind, RegionKind::Anon | RegionKind::Stack)
+        && !shared
+        && prot & libc::PROT_WRITE as u32 != 0
+}
+
+fn was_armed(start: u64, end: u64) -> bool {
+    let n = N_RANGES.load(Relaxed).min(MAX_RANGES);
+    RANGES[..n]
+        .iter()
+        .any(|r| r[0].load(Relaxed) < end && start < r[1].load(Relaxed))
+}
+
+fn note_next(start: u64, end: u64, tracked: bool) {
+    let i = N_NEXT.load(Relaxed);
+    if i < MAX_RANGES {
+        NEXT[i][0].store(start, Relaxed);
+        NEXT[i][1].store(end, Relaxed);
+        NEXT[i][2].store(tracked as u64, Relaxed);
+        N_NEXT.store(i + 1, Relaxed);
+    }
+}
+
+/// What a delta image records for a tracked region besides its extents.
+pub struct Tracked {
+    /// `[start, end)` pairs of written pages that read as zero now (`REC_REGION_INCR`).
+    pub holes: &'static [u64],
+}
+
+/// Scans one region of the image being written. For a tracked region of a delta image, calls
+/// `push(addr, len)` for every run of written pages that hold data and returns the holes (the
+/// body of its `REC_REGION_INCR`); `None`: the caller saves the region in full. Either way the
+/// region is noted for arming once the image is written, when it is eligible. When it returns
+/// `None` after calling `push`, the caller drops what was pushed.
+pub fn scan_region(
+    start: u64,
+    end: u64,
+    prot: u32,
+    shared: bool,
+    kind: RegionKind,
+    pagemap_fd: i32,
+    mut push: impl FnMut(u64, u64) -> Result<(), Errno>,
+) -> Result<Option<Tracked>, Errno> {
+    let mode = MODE.load(Relaxed);
+    if mode == OFF {
+        return Ok(None);
+    }
+    let ok = eligible(kind, prot, shared);
+    if mode != DELTA || !ok || !was_armed(start, end) {
+        if ok {
+            note_next(start, end, false);
+            if mode == DELTA {
+                N_UNTRACKED.fetch_add(1, Relaxed);
+            }
+        }
+        return Ok(None);
+    }
+    // SAFETY: only the control thread, one checkpoint at a time, uses these buffers.
+    let (vec, holes) = unsafe {
+        (
+            &mut *core::ptr::addr_of_mut!(VEC),
+            &mut *core::ptr::addr_of_mut!(HOLES),
+        )
+    };
+    let mut nholes = 0usize;
+    let mut at = start;
+    let mut first = true;
+    while at < end {
+        let mut arg = PmScanArg {
+            size: core::mem::size_of::<PmScanArg>() as u64,
+            flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+            start: at,
+            end,
+            walk_end: 0,
+            vec: vec.as_mut_ptr() as u64,
+            vec_len: vec.len() as u64,
+            max_pages: 0,
+            category_inverted: 0,
+            category_mask: PAGE_IS_WRITTEN,
+            category_anyof_mask: 0,
+            return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_PFNZERO,
+        };
+        let n = match ioctl(pagemap_fd, PAGEMAP_SCAN, &mut arg as *mut _ as usize) {
+            Ok(n) => n.min(vec.len()),
+            // Not registered (mapped again, moved) before anything of it was protected again:
+            // saved in full.
+            Err(Errno(libc::EPERM)) if first => {
+                note_next(start, end, false);
+                N_UNTRACKED.fetch_add(1, Relaxed);
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        first = false;
+        for r in &vec[..n] {
+            let data = r.categories & PAGE_IS_PFNZERO == 0
+                && r.categories & (PAGE_IS_PRESENT | PAGE_IS_SWAPPED) != 0;
+            if data {
+                push(r.start, r.end - r.start)?;
+            } else if nholes > 0 && holes[2 * nholes - 1] == r.start {
+                holes[2 * nholes - 1] = r.end;
+            } else if nholes < MAX_HOLES {
+                holes[2 * nholes] = r.start;
+                holes[2 * nholes + 1] = r.end;
+                nholes += 1;
+            } else {
+                // Too many holes to record: the written pages of this region are protected
+                // again already, which is right for a region saved in full too.
+                note_next(start, end, true);
+                N_UNTRACKED.fetch_add(1, Relaxed);
+                return Ok(None);
+            }
+        }
+        if arg.walk_end <= at {
+            break;
+        }
+        at = arg.walk_end;
+    }
+    note_next(start, end, true);
+    N_TRACKED.fetch_add(1, Relaxed);
+    Ok(Some(Tracked {
+        holes: &holes[..2 * nholes],
+    }))
+}
+
+/// The image is written: arm every eligible region that is not protected yet, and remember
+/// the image (`trailer_hash`, `size`) the next delta may name as its parent.
+pub fn written(trailer_hash: u64, size: u64) {
+    let mode = MODE.load(Relaxed);
+    if mode == OFF {
+        return;
+    }
+    let Ok(fd) = ensure_uffd() else {
+        ARMED.store(false, Release);
+        return;
+    };
+    let n = N_NEXT.load(Relaxed).min(MAX_RANGES);
+    let mut armed = 0usize;
+    for r in &NEXT[..n] {
+        let (start, end, tracked) = (r[0].load(Relaxed), r[1].load(Relaxed), r[2].load(Relaxed));
+        let ok = tracked != 0 || arm(fd, start, end).is_ok();
+        if ok {
+            RANGES[armed][0].store(start, Relaxed);
+            RANGES[armed][1].store(end, Relaxed);
+            armed += 1;
+        }
+    }
+    N_RANGES.store(armed, Relaxed);
+    let depth = if mode == DELTA {
+        ARMED_DEPTH.load(Relaxed) + 1
+    } else {
+        0
+    };
+    ARMED_DEPTH.store(depth, Relaxed);
+    ARMED_HASH.store(trailer_hash, Relaxed);
+    ARMED_SIZE.store(size, Relaxed);
+    ARMED.store(true, Release);
+}
+
+/// The checkpoint failed after its scans protected pages again: what was written since the
+/// parent is not known any more, so the next incremental checkpoint is a full image.
+pub fn failed() {
+    if MODE.load(Relaxed) != OFF {
+        ARMED.store(false, Release);
+    }
+}
+
+fn arm(fd: i32, start: u64, end: u64) -> Result<(), Errno> {
+    let range = UffdioRange {
+        start,
+        len: end - start,
+    };
+    let mut reg = UffdioRegister {
+        range,
+        mode: UFFDIO_REGISTER_MODE_WP,
+        ioctls: 0,
+    };
+    ioctl(fd, UFFDIO_REGISTER, &mut reg as *mut _ as usize)?;
+    let mut wp = UffdioWriteprotect {
+        range,
+        mode: UFFDIO_WRITEPROTECT_MODE_WP,
+    };
+    ioctl(fd, UFFDIO_WRITEPROTECT, &mut wp as *mut _ as usize)?;
+    Ok(())
+}
+
+/// Appends what this checkpoint did (" incr=delta(…)" or " incr=full(why)") to the report
+/// `cr_checkpoint -v` prints and the result carries.
+pub fn describe(out: &mut StackBuf<240>) {
+    match MODE.load(Relaxed) {
+        DELTA => {
+            out.push(b" incr=delta(tracked ")
+                .num(N_TRACKED.load(Relaxed) as u64)
+                .push(b" regions, ")
+                .num(N_UNTRACKED.load(Relaxed) as u64)
+                .push(b" in full)");
+        }
+        FULL => {
+            out.push(b" incr=full(");
+            out.push(match WHY.load(Relaxed) {
+                WHY_NOT_ARMED => b"nothing armed here: first incremental checkpoint of this process, or after a restart or fork".as_slice(),
+                WHY_OTHER_PARENT => b"the parent is not the image write-tracking was armed for",
+                _ => b"asked",
+            });
+            out.push(b")");
+        }
+        _ if WHY.load(Relaxed) == WHY_KERNEL => {
+            out.push(b" incr=full(userfaultfd write-protect unavailable: errno ")
+                .num(KERNEL_ERRNO.load(Relaxed) as u64)
+                .push(b")");
+        }
+        _ => {}
+    }
+}

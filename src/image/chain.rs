@@ -1,0 +1,145 @@
+//! Delta images and their parent chains (see `REC_PARENT` in docs/IMAGE-FORMAT.md).
+//!
+//! A delta image names its parent by path (relative to the delta's own directory, or
+//! absolute), total length and trailer hash. [`resolve`] follows the names back to the full
+//! image that ends the chain and checks every link, so a missing, replaced or truncated parent
+//! is one clear line before anything is restored.
+
+use super::format::ParentRec;
+use super::reader::Image;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// Longest chain followed (a loop of links could otherwise never end).
+pub const MAX_CHAIN: usize = 10_000;
+
+/// Why a chain cannot be used: its errno and one line.
+#[derive(Debug, Clone)]
+pub struct ChainError {
+    /// `ENOENT` (missing), `ESTALE` (replaced or truncated), `EINVAL` (unreadable).
+    pub errno: i32,
+    /// One line naming the link and the problem.
+    pub msg: String,
+}
+
+impl std::fmt::Display for ChainError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+/// The file a delta image at `child` names as its parent (`recorded`: relative to `child`'s
+/// directory, or absolute).
+pub fn parent_path(child: &Path, recorded: &[u8]) -> PathBuf {
+    let p = Path::new(std::ffi::OsStr::from_bytes(recorded));
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    let dir = child
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    dir.join(p)
+}
+
+/// One checked link of a chain.
+#[derive(Debug)]
+pub struct Link {
+    /// Its file.
+    pub path: PathBuf,
+    /// The image (header, metadata and trailer checked).
+    pub img: Image,
+}
+
+/// Opens the parent that `child` (an image at `child_path`) names and checks that it is that
+/// image: same total length and trailer hash, one image (not a tree), the expected depth.
+pub fn open_parent(child: &Image, child_path: &Path) -> Result<Option<Link>, ChainError> {
+    let Some((rec, recorded)) = &child.parent else {
+        return Ok(None);
+    };
+    let path = parent_path(child_path, recorded);
+    let img = open_link(rec, &path, &child_path.display().to_string())?;
+    Ok(Some(Link { path, img }))
+}
+
+/// Opens the image at `path` and checks that it is the parent `rec` names (`of`: the child,
+/// for messages).
+pub fn open_link(rec: &ParentRec, path: &Path, of: &str) -> Result<Image, ChainError> {
+    let name = path.display();
+    let file = File::open(path).map_err(|e| ChainError {
+        errno: e.raw_os_error().unwrap_or(libc::EIO),
+        msg: if e.kind() == std::io::ErrorKind::NotFound {
+            format!("{name}: the parent image of {of} is missing (a delta image needs every image of its chain)")
+        } else {
+            format!("{name}: cannot open the parent image of {of}: {e}")
+        },
+    })?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let stale = |what: String| ChainError {
+        errno: libc::ESTALE,
+        msg: format!("{name}: the parent image of {of} was {what}"),
+    };
+    if len != rec.size {
+        return Err(stale(format!(
+            "replaced or truncated ({len} bytes, the delta was taken against {} bytes)",
+            rec.size
+        )));
+    }
+    let img = Image::open(&file).map_err(|e| ChainError {
+        errno: libc::ESTALE,
+        msg: format!("{name}: the parent image of {of} is unusable (replaced or damaged?): {e}"),
+    })?;
+    if img.trailer.trailer_hash != rec.trailer_hash || img.trailer.total_len != rec.size {
+        return Err(stale(
+            "replaced (its trailer hash differs from the one the delta recorded)".into(),
+        ));
+    }
+    let depth = img.parent.as_ref().map_or(0, |p| p.0.depth);
+    if depth + 1 != rec.depth {
+        return Err(stale(format!(
+            "replaced (it is {depth} links deep, the delta expects {})",
+            rec.depth - 1
+        )));
+    }
+    Ok(img)
+}
+
+/// Follows the chain of `img` (the image at `path`): its parent, grandparent, … up to the full
+/// image, each checked by [`open_parent`]. Empty for a full image.
+pub fn resolve(img: &Image, path: &Path) -> Result<Vec<Link>, ChainError> {
+    let mut links: Vec<Link> = Vec::new();
+    if img.parent.is_some() && img.base != 0 {
+        return Err(ChainError {
+            errno: libc::EINVAL,
+            msg: format!(
+                "{}: a delta image inside a tree image is not supported",
+                path.display()
+            ),
+        });
+    }
+    loop {
+        let (child, child_path) = match links.last() {
+            Some(l) => (&l.img, l.path.as_path()),
+            None => (img, path),
+        };
+        match open_parent(child, child_path)? {
+            Some(l) if links.len() < MAX_CHAIN => links.push(l),
+            Some(_) => {
+                return Err(ChainError {
+                    errno: libc::ELOOP,
+                    msg: format!("{}: parent chain longer than {MAX_CHAIN}", path.display()),
+                })
+            }
+            None => return Ok(links),
+        }
+    }
+}
+
+/// The absolute paths of `img`'s chain (see [`resolve`]), for `Image::chain`.
+pub fn resolve_paths(img: &Image, path: &Path) -> Result<Vec<PathBuf>, ChainError> {
+    Ok(resolve(img, path)?
+        .into_iter()
+        .map(|l| std::path::absolute(&l.path).unwrap_or(l.path))
+        .collect())
+}

@@ -1,0 +1,221 @@
+//! Restoring a delta image: the pages of its incremental regions that it does not hold come
+//! from its parent chain, newest first (see `crate::image::chain`).
+//!
+//! The loader first fills every region from the delta image itself. For each incremental
+//! region the pages still needed are the region minus its extents and holes (`REC_REGION_INCR`:
+//! zero now). Each parent in turn supplies, for the needed pages that lie in one of its
+//! regions, what its extents hold; its full regions settle the rest of their range (zero where
+//! they saved nothing), its incremental regions pass their remaining pages on to the next
+//! parent. Every parent's page data is read once, front to back, and checked against its
+//! trailer hash, as the delta's own is.
+
+use super::RestoreError;
+use crate::image::reader::{Image, Region};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+/// Where a region of the delta image is mapped now: `(start, end, current address)`.
+pub type Place = (u64, u64, u64);
+
+/// A piece to copy from a parent's page data: data offset, length, destination address.
+type Copy = (u64, u64, u64);
+
+fn err(errno: i32, msg: String) -> RestoreError {
+    RestoreError::new(errno, msg)
+}
+
+/// `(a, b)` minus the sorted, disjoint `cut` ranges, appended to `out`.
+fn subtract(a: u64, b: u64, cut: &[(u64, u64)], out: &mut Vec<(u64, u64)>) {
+    let mut p = a;
+    let first = cut.partition_point(|&(_, e)| e <= a);
+    for &(s, e) in &cut[first..] {
+        if s >= b {
+            break;
+        }
+        if p < s {
+            out.push((p, s));
+        }
+        p = p.max(e);
+    }
+    if p < b {
+        out.push((p, b));
+    }
+}
+
+/// The pages of `img`'s incremental regions that the parents must supply.
+fn needed(img: &Image) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for r in &img.regions {
+        let Some(holes) = &r.incr else { continue };
+        let mut have: Vec<(u64, u64)> = r
+            .extents
+            .iter()
+            .map(|e| (e.addr, e.addr + e.len))
+            .chain(holes.iter().copied())
+            .collect();
+        have.sort_unstable();
+        subtract(r.rec.start, r.rec.end, &have, &mut out);
+    }
+    out
+}
+
+/// Splits `need` over `link`'s regions: data pieces to copy (`copies`), and what its
+/// incremental regions leave to the next parent (returned). Pages in no region of the link,
+/// or in a full region's unsaved pages, are zero.
+fn split(link: &Image, need: &[(u64, u64)], copies: &mut Vec<(u64, u64, u64)>) -> Vec<(u64, u64)> {
+    let mut next = Vec::new();
+    let regions: &[Region] = &link.regions;
+    for &(a, b) in need {
+        let first = regions.partition_point(|r| r.rec.end <= a);
+        for r in &regions[first..] {
+            if r.rec.start >= b {
+                break;
+            }
+            let (x, y) = (a.max(r.rec.start), b.min(r.rec.end));
+            if x >= y {
+                continue;
+            }
+            let mut p = x;
+            let mut rest = Vec::new();
+            let e0 = r.extents.partition_point(|e| e.addr + e.len <= x);
+            for e in &r.extents[e0..] {
+                if e.addr >= y {
+                    break;
+                }
+                let (ex, ey) = (x.max(e.addr), y.min(e.addr + e.len));
+                if p < ex {
+                    rest.push((p, ex));
+                }
+                copies.push((e.file_off + (ex - e.addr), ey - ex, ex));
+                p = ey;
+            }
+            if p < y {
+                rest.push((p, y));
+            }
+            if let Some(holes) = &r.incr {
+                for (s, e) in rest {
+                    subtract(s, e, holes, &mut next);
+                }
+            }
+        }
+    }
+    next
+}
+
+/// Fills the pages of `img`'s incremental regions that `img` does not hold from its chain
+/// (`img.chain`, checked at load time and again here). `places`: the delta's regions as mapped
+/// now, sorted by start.
+pub fn fill(img: &Image, places: &[Place]) -> Result<(), RestoreError> {
+    let mut need = needed(img);
+    let mut rec = img.parent.as_ref().map(|p| p.0);
+    let mut of = String::from("the delta image");
+    for path in &img.chain {
+        if need.is_empty() {
+            break;
+        }
+        let r = rec.ok_or_else(|| err(libc::EINVAL, "broken parent chain".into()))?;
+        // Checked again: the file may have been replaced since the job was loaded.
+        let link =
+            crate::image::chain::open_link(&r, path, &of).map_err(|e| err(e.errno, e.msg))?;
+        let mut copies = Vec::new();
+        let next = split(&link, &need, &mut copies);
+        copy_from(&link, path, &mut copies, places)?;
+        need = next;
+        rec = link.parent.as_ref().map(|p| p.0);
+        of = path.display().to_string();
+    }
+    if !need.is_empty() {
+        return Err(err(
+            libc::EINVAL,
+            "corrupt image chain: pages of an incremental region are in no image".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Streams `link`'s page data once, checking its hash, copying the `copies` into place.
+fn copy_from(
+    link: &Image,
+    path: &std::path::Path,
+    copies: &mut [Copy],
+    places: &[Place],
+) -> Result<(), RestoreError> {
+    let file = File::open(path).map_err(|e| {
+        err(
+            e.raw_os_error().unwrap_or(libc::EIO),
+            format!("{}: {e}", path.display()),
+        )
+    })?;
+    copies.sort_unstable();
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 8 << 20];
+    let total = link.header.data_len;
+    let mut off = 0u64;
+    let mut k = 0usize;
+    while off < total {
+        let n = (total - off).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], link.header.data_offset + off)
+            .map_err(|e| {
+                err(
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                    format!("{}: reading page data: {e}", path.display()),
+                )
+            })?;
+        h.update(&buf[..n]);
+        let end = off + n as u64;
+        // Copies are sorted by data offset; one may span chunks.
+        while k < copies.len() && copies[k].0 < end {
+            let (coff, len, addr) = copies[k];
+            let s = coff.max(off);
+            let e = (coff + len).min(end);
+            let dst = addr + (s - coff);
+            let i = places.partition_point(|p| p.1 <= dst);
+            let Some(&(start, pend, cur)) = places.get(i).filter(|p| p.0 <= dst) else {
+                return Err(err(libc::EINVAL, "corrupt image chain".into()));
+            };
+            if dst + (e - s) > pend {
+                return Err(err(libc::EINVAL, "corrupt image chain".into()));
+            }
+            // SAFETY: the destination lies inside the writable mapping made for this region of
+            // the delta image (checked against its bounds just above).
+            let to = unsafe {
+                std::slice::from_raw_parts_mut((cur + (dst - start)) as *mut u8, (e - s) as usize)
+            };
+            to.copy_from_slice(&buf[(s - off) as usize..(e - off) as usize]);
+            if coff + len <= end {
+                k += 1;
+            } else {
+                break;
+            }
+        }
+        off = end;
+    }
+    if h.digest() != link.trailer.data_hash {
+        return Err(err(
+            libc::EINVAL,
+            format!(
+                "{}: corrupt parent image: page data checksum mismatch",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subtract_leaves_the_gaps() {
+        let mut out = Vec::new();
+        subtract(0, 100, &[(10, 20), (30, 40), (90, 120)], &mut out);
+        assert_eq!(out, vec![(0, 10), (20, 30), (40, 90)]);
+        out.clear();
+        subtract(15, 35, &[(10, 20), (30, 40)], &mut out);
+        assert_eq!(out, vec![(20, 30)]);
+        out.clear();
+        subtract(0, 10, &[], &mut out);
+        assert_eq!(out, vec![(0, 10)]);
+    }
+}

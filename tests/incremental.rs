@@ -1,0 +1,240 @@
+//! Incremental checkpoints (issue 14): `cr_checkpoint --incremental` writes delta images that
+//! hold only the pages written since their parent; `cr_restart` assembles the chain; a missing,
+//! replaced or truncated parent is one clear line; every fallback to a full image is said.
+//!
+//! The target, c-tests/incr.c, changes a 64 MiB region by known steps (one word in every 64th
+//! page, a dropped page in every 1024, a new mapping, a region mapped again at its address, a
+//! heap block) and checks every byte after GO.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Size of the big region of incr (MiB).
+const MB: u64 = 64;
+
+/// Asks the running incr to take its steps up to `k` and waits for its acknowledgement.
+fn step(sc: &Scenario, k: u32) {
+    step_of(sc, k, None)
+}
+
+/// [`step`], failing at once with `job`'s diagnostics if it ends meanwhile.
+fn step_of(sc: &Scenario, k: u32, mut job: Option<&mut Job>) {
+    let go = sc.go_file();
+    let stepf = PathBuf::from(format!("{}.step", go.display()));
+    let ack = PathBuf::from(format!("{}.ack", go.display()));
+    let tmp = PathBuf::from(format!("{}.step.tmp", go.display()));
+    fs::write(&tmp, format!("{k}\n")).expect("write step");
+    fs::rename(&tmp, &stepf).expect("rename step");
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let done = fs::read_to_string(&ack)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        if done == Some(k) {
+            return;
+        }
+        if let Some(j) = job.as_deref_mut() {
+            if j.try_wait_exit(Duration::ZERO).is_some() {
+                panic!("incr ended before step {k}:\n{}\n{}", j.diag(), sc.log());
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "incr did not acknowledge step {k}\n{}\n{}",
+            job.map(|j| j.diag()).unwrap_or_default(),
+            sc.log()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `cr_checkpoint -v --incremental[=..] ARGS -f IMG PID`, asserted successful; returns stderr.
+fn incremental(sc: &Scenario, pid: u32, img: &Path, args: &[&str]) -> String {
+    let mut flags = vec!["-v"];
+    if !args.iter().any(|a| a.starts_with("--incremental")) {
+        flags.push("--incremental");
+    }
+    flags.extend_from_slice(args);
+    let res = sc.checkpoint_to(pid, &flags, img);
+    res.assert_success();
+    sc.assert_image_file(img);
+    res.stderr
+}
+
+fn size(p: &Path) -> u64 {
+    fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Starts incr under cr_run and waits for READY.
+fn start(sc: &Scenario) -> Job {
+    let mut prog = sc.program("incr");
+    prog.argv.push(MB.to_string().into());
+    let mut job = sc.start("incr", sc.under_cr_run(&prog));
+    job.wait_ready();
+    job
+}
+
+/// A full image, then two deltas (the last with --term), each delta small; the restart of the
+/// newest assembles the chain and incr finds every byte as it left it, and goes on changing
+/// memory after the restart.
+fn chain_restores(sc: &Scenario) {
+    let mut job = start(sc);
+    let img = sc.img_dir().join("img");
+    let out = incremental(sc, job.pid(), &img, &[]);
+    assert!(
+        out.contains("incr=full(no parent yet"),
+        "the first incremental checkpoint must say it is full and why:\n{out}"
+    );
+    let full = size(&img);
+    assert!(full > MB << 20, "full image of {full} bytes\n{}", sc.log());
+    step(sc, 1);
+    let out = incremental(sc, job.pid(), &img, &[]);
+    assert!(
+        out.contains("incr=delta("),
+        "expected a delta image:\n{out}"
+    );
+    let parent = sc.img_dir().join("img.~1~");
+    assert_eq!(size(&parent), full, "the parent is kept as img.~1~");
+    // Step 1 wrote 1 MiB of the big region (one word in each of 256 pages… of 16384: 1/64),
+    // mapped 1 MiB anew, mapped 256 KiB again and allocated a 1 MiB heap block: ~3.3 MiB, plus
+    // the metadata, stacks and the libraries' data.
+    let delta1 = size(&img);
+    assert!(
+        delta1 < 8 << 20 && delta1 < full / 8,
+        "delta image of {delta1} bytes (full: {full})\n{}",
+        sc.log()
+    );
+    step(sc, 2);
+    let out = incremental(sc, job.pid(), &img, &["--term"]);
+    assert!(
+        out.contains("incr=delta("),
+        "expected a delta image:\n{out}"
+    );
+    let delta2 = size(&img);
+    assert!(
+        delta2 < 8 << 20,
+        "second delta image of {delta2} bytes\n{}",
+        sc.log()
+    );
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    sc.note(&format!(
+        "sizes: full {full}, delta {delta1}, delta {delta2}"
+    ));
+    let mut restarted = sc.restart(&img);
+    step_of(sc, 3, Some(&mut restarted));
+    sc.go();
+    restarted.expect_pass(RESTART_TIMEOUT);
+}
+
+#[test]
+fn delta_chain_restores() {
+    chain_restores(&Scenario::new("incr-chain"));
+}
+
+#[test]
+fn delta_chain_restores_as_nobody() {
+    chain_restores(&Scenario::as_user("incr-chain-nobody", NOBODY));
+}
+
+/// A full image and a delta of a process that is then killed.
+fn full_and_delta(sc: &Scenario) -> (PathBuf, PathBuf) {
+    let mut job = start(sc);
+    let img = sc.img_dir().join("img");
+    incremental(sc, job.pid(), &img, &[]);
+    step(sc, 1);
+    incremental(sc, job.pid(), &img, &["--kill"]);
+    job.expect_signal(SIGKILL, DEATH_TIMEOUT);
+    (img.clone(), sc.img_dir().join("img.~1~"))
+}
+
+#[test]
+fn missing_replaced_or_truncated_parent_is_refused() {
+    let sc = Scenario::new("incr-parent-gone");
+    let (img, parent) = full_and_delta(&sc);
+    let aside = sc.img_dir().join("aside");
+    fs::rename(&parent, &aside).expect("move parent");
+    let (_, _, line) = restart_refused(&sc, &img, "a delta whose parent is missing");
+    assert!(
+        line.contains("img.~1~") && line.contains("missing"),
+        "the error must name the missing parent: {line}"
+    );
+    // Replaced: another image of the same length (the delta itself, padded) is not the parent.
+    let mut other = fs::read(&img).expect("read delta");
+    other.resize(size(&aside) as usize, 0);
+    fs::write(&parent, &other).expect("write other");
+    let (_, _, line) = restart_refused(&sc, &img, "a delta whose parent was replaced");
+    assert!(
+        line.contains("img.~1~") && line.contains("replaced"),
+        "the error must say the parent was replaced: {line}"
+    );
+    // Truncated.
+    let mut cut = fs::read(&aside).expect("read parent");
+    cut.truncate(cut.len() - 4096);
+    fs::write(&parent, &cut).expect("write truncated");
+    let (_, _, line) = restart_refused(&sc, &img, "a delta whose parent was truncated");
+    assert!(
+        line.contains("img.~1~") && line.contains("truncated"),
+        "the error must say the parent was truncated: {line}"
+    );
+    // Back in place, the chain restores.
+    fs::rename(&aside, &parent).expect("restore parent");
+    let mut restarted = sc.restart(&img);
+    sc.go();
+    restarted.expect_pass(RESTART_TIMEOUT);
+}
+
+/// Every fallback to a full image is said (under -v and in the result line): after a restart
+/// nothing is armed; a parent that is not the image tracking was armed for; --max-chain.
+#[test]
+fn fallbacks_to_full_images_are_said() {
+    let sc = Scenario::new("incr-fallbacks");
+    let mut job = start(&sc);
+    let a = sc.img_dir().join("a");
+    let b = sc.img_dir().join("b");
+    let c = sc.img_dir().join("c");
+    incremental(&sc, job.pid(), &a, &[]);
+    // A plain checkpoint in between leaves tracking armed for a.
+    let res = sc.checkpoint_to(job.pid(), &["-v"], &b);
+    res.assert_success();
+    let b_arg = format!("--incremental={}", b.display());
+    let out = incremental(&sc, job.pid(), &c, &[&b_arg]);
+    assert!(
+        out.contains("incr=full(the parent is not the image write-tracking was armed for)"),
+        "{out}"
+    );
+    // --max-chain 2: full c, delta d, then full again.
+    step(&sc, 1);
+    let d = sc.img_dir().join("d");
+    let c_arg = format!("--incremental={}", c.display());
+    let out = incremental(&sc, job.pid(), &d, &[&c_arg, "--max-chain", "2"]);
+    assert!(out.contains("incr=delta("), "{out}");
+    let e = sc.img_dir().join("e");
+    let d_arg = format!("--incremental={}", d.display());
+    let out = incremental(&sc, job.pid(), &e, &[&d_arg, "--max-chain", "2"]);
+    assert!(out.contains("incr=full(--max-chain 2 reached)"), "{out}");
+    step(&sc, 2);
+    incremental(&sc, job.pid(), &e, &["--term"]);
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    // After a restart nothing is armed: the next incremental checkpoint is full, and says so.
+    let restarted = sc.restart(&e);
+    let f = sc.img_dir().join("f");
+    fs::copy(&e, &f).expect("copy");
+    let pid = restarted.pid();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let res = sc.checkpoint_to(pid, &["-v", "--incremental"], &f);
+        if res.success() {
+            break res.stderr;
+        }
+        assert!(Instant::now() < deadline, "{}", res.describe());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(out.contains("incr=full(nothing armed here"), "{out}");
+    let mut restarted = restarted;
+    sc.go();
+    restarted.expect_pass(RESTART_TIMEOUT);
+}
