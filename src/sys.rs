@@ -165,6 +165,42 @@ pub fn read_file(path: &[u8], buf: &mut [u8]) -> SysResult {
     res
 }
 
+/// Calls `f` with every open descriptor of the process (allocation-free: `/proc/self/fd` read
+/// with `getdents64` into a stack buffer; the directory's own descriptor is left out).
+pub fn each_open_fd(mut f: impl FnMut(i32)) {
+    let Ok(dir) = open(
+        b"/proc/self/fd\0",
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        0,
+    ) else {
+        return;
+    };
+    let dir = dir as i32;
+    let mut buf = [0u8; 2048];
+    while let Ok(len) = getdents64(dir, &mut buf) {
+        if len == 0 {
+            break;
+        }
+        let mut pos = 0;
+        while pos < len {
+            let reclen = u16::from_ne_bytes([buf[pos + 16], buf[pos + 17]]) as usize;
+            let name = &buf[pos + 19..pos + reclen];
+            pos += reclen;
+            let digits = name.iter().take_while(|b| b.is_ascii_digit()).count();
+            if digits == 0 || digits > 9 {
+                continue; // "." and ".."
+            }
+            let fd = name[..digits]
+                .iter()
+                .fold(0i32, |v, &b| v * 10 + i32::from(b - b'0'));
+            if fd != dir {
+                f(fd);
+            }
+        }
+    }
+    close(dir);
+}
+
 /// `getsockopt(fd, level, name)` of an `int` option.
 pub fn getsockopt_int(fd: i32, level: i32, name: i32) -> Result<i32, Errno> {
     let mut v: i32 = 0;

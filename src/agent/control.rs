@@ -437,6 +437,8 @@ fn conclude(conn: i32, api: bool, outcome: i64, status: i32, bytes: u64, msg: &[
         // cr_checkpoint renames the image and sends its signal before the program runs again.
         send_reply(conn, 0, bytes, msg);
         wait_commit(conn);
+        // Not killed by the requester's SIGKILL (it comes before the release): released.
+        crate::kinds::socket::undo_reset_on_close();
         super::forward::deliver_signal();
         super::forward::release_all();
         // Not pending any more before any thread runs: cr_leave_cs() returns when the
@@ -697,6 +699,9 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
                 return;
             }
         };
+        if req.signal == libc::SIGKILL {
+            crate::kinds::socket::reset_accepted_on_close();
+        }
         if api && req.signal == libc::SIGKILL {
             // SIGKILL cannot wait for the release: it ends us at once. The requester learns of
             // the durable image first (BLCR's kernel completed the request, then killed); the

@@ -368,9 +368,15 @@ fn one(
     let deleted = path.ends_with(b" (deleted)");
     // A kernel object one of `kinds` saves: its state first (a failure makes it unsupported).
     let mut state = [0u8; kinds::MAX_STATE];
-    // (A socket on 0-2 is inherited from cr_restart, as BLCR did.)
-    let object_kind =
-        kinds::classify(fd, path, fmt).filter(|_| !(stdio && path.starts_with(b"socket:")));
+    // A socket on 0-2 is inherited from cr_restart, as BLCR did, unless its other end is in
+    // the restart job (a launcher's socket pair on a child's stdin): its state goes with it.
+    let stdio_socket = stdio && path.starts_with(b"socket:");
+    let classified = kinds::classify(fd, path, fmt);
+    let object_kind = classified.filter(|_| !stdio_socket);
+    let stdio_kobj = match classified.filter(|_| stdio_socket) {
+        Some(k) => k.capture(fd, &mut state).ok().map(|n| (k, n)),
+        None => None,
+    };
     let (kobj, refused) = match object_kind.map(|k| (k, k.capture(fd, &mut state))) {
         Some((k, Ok(n))) => (Some((k, n)), None),
         Some((k, Err(e))) => (None, Some(k.refusal(e))),
@@ -436,6 +442,11 @@ fn one(
     if let Some((k, len)) = kobj {
         let head = KobjRec { fd, kind: k.id() };
         w.record(REC_KOBJ, &head, &state[..len])
+            .map_err(|_| Errno(libc::ENOMEM))?;
+    }
+    if let (FdKind::Inherited, Some((k, len))) = (kind, stdio_kobj) {
+        let head = KobjRec { fd, kind: k.id() };
+        w.record(REC_STDIO_KOBJ, &head, &state[..len])
             .map_err(|_| Errno(libc::ENOMEM))?;
     }
     if kind != FdKind::Unsupported {

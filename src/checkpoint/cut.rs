@@ -734,10 +734,11 @@ type Holder = (u32, i32, i32);
 
 /// The open file descriptions that more than one descriptor of the (stopped) processes `pids`
 /// refer to: one group number each. Candidates are grouped by the file's (device, inode) and
-/// compared with kcmp within a group. Sockets and the image descriptors we passed (`out_fds`,
-/// ours) are left out. Without kcmp: none (with a warning).
+/// compared with kcmp within a group (sockets too: a listener or a socket pair end several
+/// processes inherited is one socket again after a restart). The image descriptors we passed
+/// (`out_fds`, ours) are left out. Without kcmp: none (with a warning).
 fn shared_descriptions(pids: &[i32], out_fds: &[i32], note: &mut dyn FnMut(Note)) -> Vec<ShareRec> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    use std::os::unix::fs::MetadataExt;
     let me = std::process::id() as i32;
     let mut unavailable = |e: i32| -> Vec<ShareRec> {
         note(Note::Warning(format!(
@@ -760,9 +761,6 @@ fn shared_descriptions(pids: &[i32], out_fds: &[i32], note: &mut dyn FnMut(Note)
             let Ok(md) = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")) else {
                 continue;
             };
-            if md.file_type().is_socket() {
-                continue;
-            }
             for &o in out_fds {
                 match same_description(pid, me, fd, o) {
                     Ok(true) => continue 'fd,

@@ -175,6 +175,12 @@ pub const REC_SYSV_SEM: u32 = REC_OPTIONAL | 15;
 /// equal), its messages copied without taking them (`msgrcv` with `MSG_COPY`). A reader that
 /// skips it does not restore the queue.
 pub const REC_SYSV_MSG: u32 = REC_OPTIONAL | 17;
+/// Record (optional): [`KobjRec`], then the state of the socket behind the `Inherited`
+/// descriptor (0-2) of the `REC_FD` record just before it, in `REC_KOBJ`'s form. A socket
+/// whose other end is in the restart job (a launcher's unix socket pair on a child's standard
+/// input) comes back connected to it; one whose other end is not stays cr_restart's own, as
+/// without this record (which is what an older reader does).
+pub const REC_STDIO_KOBJ: u32 = REC_OPTIONAL | 21;
 /// Last record.
 pub const REC_END: u32 = 0xffff;
 

@@ -393,6 +393,21 @@ impl Image {
                         }
                     }
                 }
+                REC_STDIO_KOBJ => {
+                    let (r, state): (KobjRec, _) =
+                        read_fixed(body, rh.kind, v, "inherited socket")?;
+                    match self.fds.last_mut() {
+                        Some(f) if f.rec.fd == r.fd && f.kind == FdKind::Inherited => {
+                            f.kobj = Some((r.kind, state.to_vec()));
+                        }
+                        _ => {
+                            return Err(ImageError::Malformed(format!(
+                                "inherited socket state for fd {} without its descriptor",
+                                r.fd
+                            )))
+                        }
+                    }
+                }
                 REC_THREAD => self.threads.push(read_fixed(body, rh.kind, v, "thread")?.0),
                 REC_PIPE_DATA => {
                     let (r, bytes): (PipeDataRec, _) = read_fixed(body, rh.kind, v, "pipe data")?;

@@ -13,6 +13,7 @@ pub mod epoll;
 pub mod eventfd;
 pub mod inotify;
 pub mod mqueue;
+pub mod pty;
 pub mod signalfd;
 pub mod socket;
 pub mod timerfd;
@@ -38,6 +39,8 @@ pub const SOCKET: u32 = 5;
 pub const INOTIFY: u32 = 6;
 /// `KobjRec::kind` of a POSIX message queue descriptor.
 pub const MQUEUE: u32 = 7;
+/// `KobjRec::kind` of a pseudo-terminal master.
+pub const PTY: u32 = 8;
 
 /// A restore that failed: errno and one line naming the problem.
 #[derive(Debug)]
@@ -118,6 +121,7 @@ pub static KINDS: &[&dyn Kind] = &[
     &socket::Socket,
     &inotify::Inotify,
     &mqueue::Mqueue,
+    &pty::Pty,
 ];
 
 /// The kind whose descriptors have link text `link`.

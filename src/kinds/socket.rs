@@ -15,6 +15,7 @@ use super::{get, owned, put, Kind, KindError, SOCKET};
 use crate::sys::{self, Errno};
 use bytemuck::{Pod, Zeroable};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 /// Not bound.
 pub const ROLE_UNBOUND: u32 = 0;
@@ -352,6 +353,125 @@ pub fn tcp_connection(state: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
         &state[peer_at..peer_at + (s.peer_len as usize).min(32)],
         state.get(head..head + s.queued as usize)?,
     ))
+}
+
+/// Most connections of a process [`reset_accepted_on_close`] changes.
+const MAX_RESET: usize = 256;
+/// The descriptors [`reset_accepted_on_close`] changed (`-1`: free) and their `SO_LINGER`
+/// before (`l_onoff` in bit 31, `l_linger` below), for [`undo_reset_on_close`].
+static RESET_FDS: [AtomicI32; MAX_RESET] = [const { AtomicI32::new(-1) }; MAX_RESET];
+static RESET_OLD: [AtomicI32; MAX_RESET] = [const { AtomicI32::new(0) }; MAX_RESET];
+
+/// The local port of inet socket `fd` (0: none or not inet).
+fn local_port(fd: i32) -> u16 {
+    let mut a = [0u8; 32];
+    let n = name(libc::SYS_getsockname, fd, &mut a);
+    let family = i32::from(u16::from_ne_bytes([a[0], a[1]]));
+    if n >= 4 && (family == libc::AF_INET || family == libc::AF_INET6) {
+        u16::from_be_bytes([a[2], a[3]])
+    } else {
+        0
+    }
+}
+
+/// `SO_LINGER` of `fd`, or sets it.
+fn linger(fd: i32, set: Option<libc::linger>) -> Option<libc::linger> {
+    let mut l = set.unwrap_or(libc::linger {
+        l_onoff: 0,
+        l_linger: 0,
+    });
+    let mut len = core::mem::size_of::<libc::linger>() as libc::socklen_t;
+    let nr = if set.is_some() {
+        libc::SYS_setsockopt
+    } else {
+        libc::SYS_getsockopt
+    };
+    sys::sys6(
+        nr as usize,
+        fd as usize,
+        libc::SOL_SOCKET as usize,
+        libc::SO_LINGER as usize,
+        &mut l as *mut libc::linger as usize,
+        if set.is_some() {
+            len as usize
+        } else {
+            &mut len as *mut libc::socklen_t as usize
+        },
+        0,
+    )
+    .ok()
+    .map(|_| l)
+}
+
+/// Before a post-checkpoint `SIGKILL` (agent side, allocation-free): every TCP connection of
+/// this process on the port of one of its own listening sockets (the connections it accepted)
+/// is made to send a reset when the kill closes it (`SO_LINGER` 0) instead of the usual close.
+/// A closing end that sends its FIN first stays in `TIME_WAIT` on the listener's port for a
+/// minute, and a listener without `SO_REUSEADDR` (Open MPI's and MPICH's launchers) could not
+/// be bound to it again at restart (`EADDRINUSE`); a reset leaves nothing behind. The bytes
+/// in flight are in the image already. [`undo_reset_on_close`] puts the old setting back when
+/// the process is released instead (the checkpoint was abandoned).
+pub fn reset_accepted_on_close() {
+    let mut ports = [0u16; 64];
+    let mut nports = 0;
+    sys::each_open_fd(|fd| {
+        let listening =
+            sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).unwrap_or(0) != 0;
+        let tcp =
+            sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL) == Ok(libc::IPPROTO_TCP);
+        if listening && tcp && nports < ports.len() {
+            let port = local_port(fd);
+            if port != 0 {
+                ports[nports] = port;
+                nports += 1;
+            }
+        }
+    });
+    if nports == 0 {
+        return;
+    }
+    let mut n = 0;
+    sys::each_open_fd(|fd| {
+        if n == MAX_RESET
+            || sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL) != Ok(libc::IPPROTO_TCP)
+            || sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).unwrap_or(1) != 0
+            || !ports[..nports].contains(&local_port(fd))
+        {
+            return;
+        }
+        let Some(old) = linger(fd, None) else {
+            return;
+        };
+        let abort = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        if linger(fd, Some(abort)).is_some() {
+            let packed = (i32::from(old.l_onoff != 0) << 31) | (old.l_linger & 0x7fff_ffff);
+            RESET_OLD[n].store(packed, Ordering::Relaxed);
+            RESET_FDS[n].store(fd, Ordering::Release);
+            n += 1;
+        }
+    });
+}
+
+/// Puts back the `SO_LINGER` settings [`reset_accepted_on_close`] changed (the process was
+/// released, not killed).
+pub fn undo_reset_on_close() {
+    for (fd, old) in RESET_FDS.iter().zip(&RESET_OLD) {
+        let fd = fd.swap(-1, Ordering::AcqRel);
+        if fd < 0 {
+            continue;
+        }
+        let old = old.load(Ordering::Relaxed);
+        let _ = linger(
+            fd,
+            Some(libc::linger {
+                l_onoff: i32::from(old < 0),
+                l_linger: old & 0x7fff_ffff,
+            }),
+        );
+    }
 }
 
 /// A new connected loopback pair for a TCP connection of the job and its peer: each end gets

@@ -94,7 +94,8 @@ fn set_owner(img: &Image, fd: i32, o: &crate::image::format::FdOwnerRec) {
 }
 
 fn leads_outside(kind: FdKind, pooled: bool) -> bool {
-    kind == FdKind::Inherited || (kind == FdKind::Pipe && !pooled)
+    // (An inherited pseudo-terminal slave whose master is in the job is pooled.)
+    matches!(kind, FdKind::Inherited | FdKind::Pipe) && !pooled
 }
 
 fn fallback_name(f: &crate::image::reader::Fd) -> &'static str {

@@ -181,6 +181,9 @@ impl Pool {
         let mut unix_ends: HashMap<u64, std::os::fd::OwnedFd> = HashMap::new();
         // Likewise for TCP connections of the job, by (local, peer) address of the other end.
         let mut tcp_ends: HashMap<(Vec<u8>, Vec<u8>), std::os::fd::OwnedFd> = HashMap::new();
+        // Pseudo-terminals whose master is in the job, by saved terminal number: the new
+        // master (until its own descriptor is met) and the new terminal number.
+        let mut ptys: HashMap<u32, (Option<std::os::fd::OwnedFd>, u32)> = HashMap::new();
         for (i, img) in images.iter().enumerate() {
             for f in &img.fds {
                 let pooled = match f.kind {
@@ -190,7 +193,12 @@ impl Pool {
                     | FdKind::CheckpointFile => true,
                     FdKind::Pipe => pipe_is_pooled(images, f),
                     FdKind::Unlinked | FdKind::Kernel => true,
-                    FdKind::Inherited | FdKind::Unsupported => false,
+                    // A pseudo-terminal slave whose master is in the job gets the new slave.
+                    // So does a socket on 0-2 whose other end is in the job.
+                    FdKind::Inherited => {
+                        pty_slave_in_job(images, f).is_some() || socket_peer_in_job(images, f)
+                    }
+                    FdKind::Unsupported => false,
                 };
                 if !pooled {
                     continue;
@@ -203,7 +211,13 @@ impl Pool {
                             self.pipe_description(images, &mut pipes, f, floor)?
                         } else if f.kind == FdKind::Unlinked {
                             self.unlinked_description(images, &mut unlinked, f, floor)?
-                        } else if f.kind == FdKind::Kernel {
+                        } else if let Some(master) = pty_slave_in_job(images, f) {
+                            let fd = pty_slave(&mut ptys, master, f)?;
+                            self.keep(fd, floor)?
+                        } else if is_pty_master(f) {
+                            let fd = pty_master(&mut ptys, f)?;
+                            self.keep(fd.into_raw_fd(), floor)?
+                        } else if f.kind == FdKind::Kernel || f.kind == FdKind::Inherited {
                             let fd = kernel_description(images, &mut unix_ends, &mut tcp_ends, f)?;
                             self.keep(fd.into_raw_fd(), floor)?
                         } else {
@@ -869,6 +883,122 @@ fn tcp_description(
     })?;
     tcp_ends.insert((peer.to_vec(), local.to_vec()), theirs);
     Ok(mine)
+}
+
+/// Whether `f` is a socket on 0-2 (`Inherited`, with its state) whose other end is in the job:
+/// a connected unix socket whose peer's state is in an image, or a TCP connection whose
+/// partner is.
+fn socket_peer_in_job(images: &[&Image], f: &Fd) -> bool {
+    use crate::kinds::{socket, unix};
+    let Some((_, state)) = f.kobj.as_ref().filter(|_| f.kind == FdKind::Inherited) else {
+        return false;
+    };
+    let states = || {
+        images
+            .iter()
+            .flat_map(|img| img.fds.iter())
+            .filter_map(|g| g.kobj.as_ref().map(|(_, st)| st.as_slice()))
+    };
+    if let Some((local, peer, _)) = socket::tcp_connection(state) {
+        return states()
+            .any(|st| socket::tcp_connection(st).is_some_and(|(l, p, _)| l == peer && p == local));
+    }
+    match unix::connection(state) {
+        Some((_, peer)) => states().any(|st| unix::connection(st).is_some_and(|(i, _)| i == peer)),
+        None => false,
+    }
+}
+
+/// Whether `f` is a pseudo-terminal master.
+fn is_pty_master(f: &Fd) -> bool {
+    f.kind == FdKind::Kernel && matches!(&f.kobj, Some((id, _)) if *id == crate::kinds::PTY)
+}
+
+/// For a descriptor of `/dev/pts/N` whose master is in the job: that master's saved state.
+fn pty_slave_in_job<'a>(images: &[&'a Image], f: &Fd) -> Option<&'a [u8]> {
+    use crate::kinds::pty;
+    if !matches!(f.kind, FdKind::Inherited | FdKind::CharDevice) {
+        return None;
+    }
+    let n = pty::slave_index(&f.path)?;
+    images
+        .iter()
+        .flat_map(|img| img.fds.iter())
+        .filter(|g| is_pty_master(g))
+        .filter_map(|g| g.kobj.as_ref().map(|(_, st)| st.as_slice()))
+        .find(|st| pty::index_of(st) == Some(n))
+}
+
+/// The new pseudo-terminal for a saved master (made on first use), by saved terminal number.
+fn new_pty<'m>(
+    ptys: &'m mut HashMap<u32, (Option<std::os::fd::OwnedFd>, u32)>,
+    state: &[u8],
+) -> Result<&'m mut (Option<std::os::fd::OwnedFd>, u32), RestoreError> {
+    use crate::kinds::{pty, Kind};
+    let old = pty::index_of(state).ok_or_else(|| {
+        RestoreError::new(libc::EINVAL, "corrupt image: malformed pty state".into())
+    })?;
+    match ptys.entry(old) {
+        std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            let fail = |err: crate::kinds::KindError| {
+                RestoreError::new(err.errno, format!("pty /dev/pts/{old}: {err}"))
+            };
+            let master = pty::Pty.restore(state).map_err(fail)?;
+            let new = pty::new_index(&master).map_err(fail)?;
+            Ok(e.insert((Some(master), new)))
+        }
+    }
+}
+
+/// The open file description of a pseudo-terminal master of the job.
+fn pty_master(
+    ptys: &mut HashMap<u32, (Option<std::os::fd::OwnedFd>, u32)>,
+    f: &Fd,
+) -> Result<std::os::fd::OwnedFd, RestoreError> {
+    let state = f.kobj.as_ref().map(|(_, st)| st.as_slice()).unwrap_or(&[]);
+    let entry = new_pty(ptys, state)?;
+    match entry.0.take() {
+        Some(master) => Ok(master),
+        // A second description of the same master: another open of /dev/ptmx cannot reach
+        // this terminal; the saved one is given once, and this one is a copy of it.
+        None => Err(RestoreError::new(
+            libc::EINVAL,
+            format!(
+                "fd {}: a second open description of pseudo-terminal master {} cannot be restored",
+                f.rec.fd, entry.1
+            ),
+        )),
+    }
+}
+
+/// A new open file description of the new slave of a pseudo-terminal of the job (never the
+/// opener's controlling terminal).
+fn pty_slave(
+    ptys: &mut HashMap<u32, (Option<std::os::fd::OwnedFd>, u32)>,
+    master_state: &[u8],
+    f: &Fd,
+) -> Result<i32, RestoreError> {
+    let new = new_pty(ptys, master_state)?.1;
+    let path = cpath(format!("/dev/pts/{new}").as_bytes());
+    let flags = (f.rec.flags & (libc::O_ACCMODE | libc::O_NONBLOCK | libc::O_APPEND))
+        | libc::O_NOCTTY
+        | libc::O_CLOEXEC;
+    // SAFETY: open with a valid C string.
+    let fd = unsafe { libc::open(path.as_ptr(), flags) };
+    if fd < 0 {
+        let e = last_errno();
+        return Err(RestoreError::new(
+            e,
+            format!(
+                "cannot open the new pty slave /dev/pts/{new} for fd {} (was {}): {}",
+                f.rec.fd,
+                String::from_utf8_lossy(&f.path),
+                std::io::Error::from_raw_os_error(e)
+            ),
+        ));
+    }
+    Ok(fd)
 }
 
 /// A new kernel object (eventfd, timerfd, …) with the state saved for `f`.
