@@ -213,3 +213,26 @@ fn mpich_term() {
         checkpoint_restart(MPICH, &Scenario::new("mpi-mpich-term"), "--term");
     }
 }
+
+/// The same as an unprivileged user (the restart creates the job in a private user + pid
+/// namespace to get its pids back). Needs root to become that user.
+fn as_nobody(mpi: Mpi, name: &str, signal_flag: &str) {
+    if !mpi.available() {
+        return;
+    }
+    if !is_root() {
+        println!("note: not root, cannot run as nobody: skipped");
+        return;
+    }
+    checkpoint_restart(mpi, &Scenario::as_user(name, NOBODY), signal_flag);
+}
+
+#[test]
+fn openmpi_kill_unprivileged() {
+    as_nobody(OPEN_MPI, "mpi-openmpi-kill-nobody", "--kill");
+}
+
+#[test]
+fn mpich_term_unprivileged() {
+    as_nobody(MPICH, "mpi-mpich-term-nobody", "--term");
+}
