@@ -345,18 +345,28 @@ pub struct RestartInfo {
     pub early_signal: i64,
     /// Descriptor of the program's executable, to become `/proc/self/exe` again (-1: none).
     pub exe_fd: i64,
+    /// Device (`makedev`, as `/proc/self/maps` shows it) of the image file whose pages are
+    /// mapped into the restored memory by a lazy restore; 0 with `image_ino` 0: none.
+    pub image_dev: i64,
+    /// Its inode.
+    pub image_ino: i64,
 }
+
+/// Size of [`RestartInfo`] in words.
+pub const RESTART_INFO_WORDS: usize = 14;
+/// Word index of [`RestartInfo::image_dev`] (`image_ino` follows).
+pub const RESTART_INFO_IMAGE_DEV: usize = 12;
 
 /// Magic of [`RestartInfo`].
 pub const RESTART_MAGIC: i64 = 0x4352_5253_5452_4e31;
 
 impl RestartInfo {
     /// The fields as words, in order.
-    pub fn as_words(&self) -> [i64; 12] {
+    pub fn as_words(&self) -> [i64; RESTART_INFO_WORDS] {
         bytemuck::cast(*self)
     }
     /// Rebuilds from words.
-    pub fn from_words(w: [i64; 12]) -> Self {
+    pub fn from_words(w: [i64; RESTART_INFO_WORDS]) -> Self {
         bytemuck::cast(w)
     }
 }
@@ -442,3 +452,8 @@ pub fn recv_reply(sock: i32, flags: i32) -> Result<Option<Reply>, i32> {
         _ => Err(libc::EIO),
     }
 }
+
+const _: () = assert!(
+    core::mem::offset_of!(RestartInfo, image_dev) == RESTART_INFO_IMAGE_DEV * 8
+        && core::mem::size_of::<RestartInfo>() == RESTART_INFO_WORDS * 8
+);

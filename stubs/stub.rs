@@ -169,3 +169,33 @@ pub extern "C" fn __libc_current_sigrtmax() -> c_int {
         }
     }
 }
+
+/// libcr's `madvise` once looked up (0: not yet).
+static MADVISE: AtomicUsize = AtomicUsize::new(0);
+
+/// `madvise`, forwarded to libcr's (which gives memory a lazy restart mapped from its image the
+/// anonymous-memory meaning of `MADV_DONTNEED`/`MADV_FREE`).
+///
+/// # Safety
+/// As `madvise(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn madvise(addr: *mut c_void, len: libc::size_t, advice: c_int) -> c_int {
+    type F = unsafe extern "C" fn(*mut c_void, libc::size_t, c_int) -> c_int;
+    let mut f = MADVISE.load(Acquire);
+    if f == 0 {
+        // Remembered once libcr is loaded (it never goes away); the C library's until then.
+        f = libcr_sym(c"madvise");
+        if f != 0 {
+            MADVISE.store(f, Release);
+        } else {
+            f = next_sym(c"madvise");
+        }
+    }
+    if f == 0 {
+        // SAFETY: __errno_location returns this thread's errno.
+        unsafe { *libc::__errno_location() = libc::ENOSYS };
+        return -1;
+    }
+    // SAFETY: the symbol has madvise's signature; the caller's promise is passed on.
+    unsafe { core::mem::transmute::<usize, F>(f)(addr, len, advice) }
+}

@@ -176,7 +176,9 @@ fn restarter_killed(sc: &Scenario, runs: usize) {
     let hash = file_hash(&img);
     let big = BIG_MB << 20;
     for run in 0..runs {
-        let mut restart = sc.restart(&img);
+        // --eager: the memory is read before the program runs (a lazy restart maps it from the
+        // image and has nothing to kill it in the middle of).
+        let mut restart = sc.restart_with(&img, &["--eager"]);
         // Wait until a process of the restart has a good part, not all, of the memory back.
         let deadline = Instant::now() + RESTART_TIMEOUT;
         let (procs, at_kill) = loop {

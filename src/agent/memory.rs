@@ -18,6 +18,7 @@
 //! Runs in the control thread while every other thread is parked: raw syscalls, scratch memory
 //! from `mmap`, no heap.
 
+use super::lazy::image_backed;
 use super::scratch::Scratch;
 use crate::image::format::*;
 use crate::image::writer::MetaWriter;
@@ -151,6 +152,11 @@ fn classify(
     } else {
         RegionKind::PrivateContent
     };
+    if image_backed(m) {
+        // Memory a lazy restart mapped from its image: the program's own memory, saved by
+        // content (the next image must not refer to the old one).
+        return Some(RegionKind::PrivateContent);
+    }
     if p.ends_with(b" (deleted)") || p.starts_with(b"/memfd:") || p.starts_with(b"/SYSV") {
         return Some(content);
     }
@@ -498,8 +504,9 @@ fn scan_region(
             }
         }
         RegionKind::SharedContent | RegionKind::PrivateContent => {
-            // tmpfs/shmem objects (device major 0): only resident pages hold data.
-            let shmem = m.major == 0;
+            // tmpfs/shmem objects (device major 0): only resident pages hold data (not so the
+            // image a lazy restart mapped: its pages not yet touched are not resident).
+            let shmem = m.major == 0 && !image_backed(m);
             // A private mapping that may be re-created from its file (tmpfs): the pages that
             // became the program's own (copy-on-write) are saved even when zero, since the file
             // may hold data there.
@@ -731,21 +738,29 @@ pub fn capture(
             let (size, msec, mnsec) = st.map_or((0, 0, 0), |s| {
                 (s.st_size as u64, s.st_mtime, s.st_mtime_nsec)
             });
+            // Memory a lazy restart mapped from its image is recorded as the anonymous memory
+            // it was (no file, no identity), saved by content.
+            let backed = image_backed(&m);
+            let path: &[u8] = if backed { b"" } else { m.path };
             let rec = RegionRec {
                 start: m.start,
                 end: m.end,
-                offset: m.offset,
-                dev: libc::makedev(m.major, m.minor),
-                ino: m.inode,
+                offset: if backed { 0 } else { m.offset },
+                dev: if backed {
+                    0
+                } else {
+                    libc::makedev(m.major, m.minor)
+                },
+                ino: if backed { 0 } else { m.inode },
                 file_size: size,
                 mtime_sec: msec,
                 mtime_nsec: mnsec,
                 prot: m.prot,
                 kind: kind as u32,
                 n_extents: extents.len() as u32,
-                path_len: m.path.len() as u32,
+                path_len: path.len() as u32,
             };
-            w.record(REC_REGION, &rec, m.path)
+            w.record(REC_REGION, &rec, path)
                 .map_err(|_| Errno(libc::ENOMEM))?;
             if !extents.is_empty() {
                 w.raw(REC_EXTENTS, bytemuck::cast_slice(extents))

@@ -13,6 +13,7 @@ pub mod forward;
 pub mod image;
 pub mod incremental;
 pub mod interpose;
+pub mod lazy;
 pub mod memory;
 pub mod pending;
 pub mod process;

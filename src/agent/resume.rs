@@ -42,7 +42,8 @@ pub static ALL_CLONED: AtomicU32 = AtomicU32::new(0);
 pub static PREPARED: AtomicU32 = AtomicU32::new(0);
 
 /// The restart information of the last restart (copied out of the trampoline block).
-pub static INFO: [AtomicI64; 12] = [const { AtomicI64::new(0) }; 12];
+pub static INFO: [AtomicI64; crate::protocol::RESTART_INFO_WORDS] =
+    [const { AtomicI64::new(0) }; crate::protocol::RESTART_INFO_WORDS];
 
 /// Top of the stack the trampoline switches to before calling [`restart_entry`].
 pub fn restore_stack_top() -> usize {

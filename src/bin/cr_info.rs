@@ -197,7 +197,7 @@ fn referenced_files(img: &Image) -> Vec<FileRef<'_>> {
     out
 }
 
-fn print_contents(path: &Path, img: &Image, len: u64) {
+fn print_contents(path: &Path, file: &std::fs::File, img: &Image, len: u64) {
     let h = &img.header;
     let p = &img.process;
     println!("Image {}", path.display());
@@ -214,6 +214,14 @@ fn print_contents(path: &Path, img: &Image, len: u64) {
     println!("  total size       {}", size(len));
     println!("  page data        {}", size(h.data_len));
     print_chain(path, img);
+    // How cr_restart (without --eager) will restore it here, and the rule that comes with it.
+    match cr::restore::memory::lazy_refusal(file, img) {
+        Some(why) => println!("  restart          page data read in full: {why}"),
+        None => println!(
+            "  restart          {} of page data mapped from this file (lazy): while a program restored from it runs, remove or rename it freely but never change it in place",
+            size(cr::restore::memory::lazy_plan(img).0)
+        ),
+    }
 
     println!("\nProcess");
     println!(
@@ -538,7 +546,12 @@ fn main() {
                 println!();
             }
             let img_len = img.header.trailer_offset + PAGE as u64 - img.base;
-            print_contents(path, img, if manifest.is_some() { img_len } else { len });
+            print_contents(
+                path,
+                &file,
+                img,
+                if manifest.is_some() { img_len } else { len },
+            );
         }
     }
     if !args.check {

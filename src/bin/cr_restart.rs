@@ -109,6 +109,13 @@ struct Args {
     /// Print nothing but errors.
     #[arg(short = 'q', long = "quiet", action = ArgAction::SetTrue)]
     quiet: bool,
+    /// Read all of the program's memory from the image and check its checksum before the
+    /// program runs, instead of mapping it from the image file (faulted in as it is touched).
+    #[arg(long = "eager", action = ArgAction::SetTrue)]
+    eager: bool,
+    /// Say how the page data is restored (mapped or read, and why) and how long it took.
+    #[arg(long = "verbose", action = ArgAction::SetTrue)]
+    verbose: bool,
     /// Print the version (BLCR: -v).
     #[arg(short = 'v', long = "version", action = ArgAction::Version)]
     version: Option<bool>,
@@ -267,7 +274,11 @@ fn wait_child(pid: i32) -> i32 {
     }
 }
 
+/// When cr_restart started (for `--verbose`).
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
 fn main() {
+    let _ = STARTED.set(std::time::Instant::now());
     // Before anything is opened: the descriptors whoever started us gave us.
     cr::restore::fds::note_restarter_fds();
     let parsed = Args::command()
@@ -363,7 +374,13 @@ fn main() {
         sid: args.restore_sid && !args.no_restore_sid,
         early_signal: (-signal).max(0),
         quiet: args.quiet,
+        eager: args.eager,
     };
+    if args.verbose {
+        for line in job.page_data_plan(args.eager) {
+            eprintln!("{TOOL}: {line}");
+        }
+    }
     run_job(&args, &job, opts, signal.max(0))
 }
 
@@ -490,6 +507,15 @@ fn run_job(args: &Args, job: &Job, opts: cr::restore::spawn::Options, signal: i3
         );
     }
     drop(reports);
+    if args.verbose {
+        eprintln!(
+            "{TOOL}: {} process(es) running again {:.1} ms after cr_restart started",
+            members.len(),
+            STARTED
+                .get()
+                .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3)
+        );
+    }
     install_forwarding();
     if signal != 0 {
         let all = if in_namespace {

@@ -98,6 +98,35 @@ pub struct Job {
 }
 
 impl Job {
+    /// One line per image saying how its page data will be restored (`cr_restart --verbose`):
+    /// mapped from the image (lazy) or read in full, and why.
+    pub fn page_data_plan(&self, eager: bool) -> Vec<String> {
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        self.images
+            .iter()
+            .zip(&self.files)
+            .map(|(img, file)| {
+                let pid = img.process.pid;
+                let total = mib(img.header.data_len);
+                if eager {
+                    return format!("process {pid}: page data read in full and checked before the program runs ({total:.1} MiB, --eager)");
+                }
+                match super::memory::lazy_refusal(file, img) {
+                    Some(why) => format!("process {pid}: page data read in full ({total:.1} MiB): {why}"),
+                    None => {
+                        let (mapped, read) = super::memory::lazy_plan(img);
+                        let fs = super::memory::local_fs_name(file).unwrap_or("?");
+                        format!(
+                            "process {pid}: page data mapped from the image ({:.1} MiB, {fs}; pages are read when first touched; its checksum is not checked: --eager checks it), {:.1} MiB read (short runs, stacks, executable or moved memory); the image must not be changed in place while the program runs",
+                            mib(mapped),
+                            mib(read)
+                        )
+                    }
+                }
+            })
+            .collect()
+    }
+
     /// Makes the job's standard input, output and error those of the process that restores it
     /// (`cr_run --checkpoint-dir` resuming a job: its new output files or pipes), whatever they
     /// were at checkpoint time: descriptors 0-2 of the first (root) process, unless they are a

@@ -1,6 +1,18 @@
 //! Rebuilds the program's memory in the restart child: every region is mapped at its final
 //! address when that is free, else at a temporary one the trampoline later moves into place, and
-//! filled from the image (checking the data hash before anything runs).
+//! filled from the image.
+//!
+//! Two ways to fill private memory (`cr_restart --eager` chooses the second):
+//! - **lazy** (the default where it is safe, see [`lazy_refusal`]): each long run of saved pages
+//!   of private memory is mapped straight from the image file, `MAP_PRIVATE|MAP_FIXED` over the
+//!   region's fresh anonymous memory (every image page run is page aligned in the file). The
+//!   kernel faults pages in from the page cache or the disk when the program first touches them,
+//!   and copies a page only when the program writes it. The program runs at once whatever the
+//!   image's size. Pages the image does not hold stay anonymous zero pages. The mapping holds the
+//!   file (not its path): the image may be removed or renamed, not changed in place. The page
+//!   data checksum cannot be checked before the program runs (that would read everything), so a
+//!   lazy restart checks header, metadata and trailer only.
+//! - **eager**: everything is read into place and the data hash checked before anything runs.
 
 use super::RestoreError;
 use crate::agent::memory::parse_line;
@@ -10,6 +22,115 @@ use std::ffi::CString;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+
+/// Page data below this size is read (and its checksum checked) even in lazy mode: it takes
+/// milliseconds.
+pub const LAZY_MIN_DATA: u64 = 32 << 20;
+/// Page runs shorter than this are read, not mapped (each mapping costs a kernel VMA).
+pub const LAZY_MIN_EXTENT: u64 = 64 << 10;
+/// At most this many page runs of one process are mapped (`vm.max_map_count` is 65530).
+pub const LAZY_MAX_MAPPINGS: usize = 8192;
+
+/// `statfs` types of local file systems whose files may be mapped for a lazy restore: their
+/// page cache is the file's only truth (unlike NFS, CIFS or FUSE, whose files can change
+/// under a private mapping's unread pages, or vanish with `ESTALE`).
+const LOCAL_FS: [(i64, &str); 9] = [
+    (0xEF53, "ext2/3/4"),
+    (0x5846_5342, "xfs"),
+    (0x9123_683E, "btrfs"),
+    (0x0102_1994, "tmpfs"),
+    (0x8584_58F6, "ramfs"),
+    (0xF2F5_2010, "f2fs"),
+    (0x2FC1_2FC1, "zfs"),
+    (0x794C_7630, "overlay"),
+    (0x6165_6673, "aufs"),
+];
+
+/// Why the page data of `img` in `file` will be read in full rather than mapped (None: lazy
+/// restore is possible), for `cr_restart --verbose` and the restore itself.
+pub fn lazy_refusal(file: &File, img: &Image) -> Option<String> {
+    if img.header.data_len < LAZY_MIN_DATA {
+        return Some(format!(
+            "the page data is small ({:.1} MiB, under {} MiB): read and checked in full",
+            img.header.data_len as f64 / (1 << 20) as f64,
+            LAZY_MIN_DATA >> 20
+        ));
+    }
+    let fd = file.as_raw_fd();
+    match crate::sys::fstat(fd) {
+        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {}
+        Ok(_) => return Some("the image is not a regular file (pipe, socket or device)".into()),
+        Err(e) => return Some(format!("cannot stat the image (errno {})", e.0)),
+    }
+    // SAFETY: F_GETFL takes no pointer.
+    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if fl < 0 || fl & libc::O_ACCMODE == libc::O_WRONLY {
+        return Some("the image descriptor is not open for reading".into());
+    }
+    match crate::sys::fstatfs_type(fd) {
+        Ok(t) if LOCAL_FS.iter().any(|&(m, _)| m == t) => None,
+        Ok(t) => Some(format!(
+            "the image's file system (statfs type {t:#x}) is not a known local one (NFS, CIFS and FUSE files may change under a mapping)"
+        )),
+        Err(e) => Some(format!("cannot statfs the image (errno {})", e.0)),
+    }
+}
+
+/// The name of the local file system of `file`, if it is one lazy restore maps from.
+pub fn local_fs_name(file: &File) -> Option<&'static str> {
+    let t = crate::sys::fstatfs_type(file.as_raw_fd()).ok()?;
+    LOCAL_FS.iter().find(|&&(m, _)| m == t).map(|&(_, n)| n)
+}
+
+/// Whether page run `e` of region `r` may be mapped from the image (lazy restore): private
+/// memory restored as anonymous memory (not stacks, which grow down, not huge pages, not
+/// regions mapped from a tmpfs file, not executable memory: the image may be on a `noexec`
+/// mount), readable, page aligned, and long enough to be worth a mapping.
+pub fn lazy_extent(r: &Region, e: &Extent) -> bool {
+    let private = match r.kind {
+        RegionKind::Anon => true,
+        RegionKind::PrivateContent => huge_page_size(r).is_none() && !tmpfs_file(r),
+        _ => false,
+    };
+    private
+        && r.fs.is_none()
+        && r.rec.prot & libc::PROT_READ as u32 != 0
+        && r.rec.prot & libc::PROT_EXEC as u32 == 0
+        && e.len >= LAZY_MIN_EXTENT
+        && e.addr.is_multiple_of(PAGE as u64)
+        && e.len.is_multiple_of(PAGE as u64)
+        && e.file_off.is_multiple_of(PAGE as u64)
+}
+
+/// Bytes of page data a lazy restore of `img` would map and read: (mapped, read). Regions that
+/// must first be mapped elsewhere and moved (their address is taken in cr_restart) are read
+/// instead; this count does not know about those.
+pub fn lazy_plan(img: &Image) -> (u64, u64) {
+    let (mut mapped, mut read, mut n) = (0, 0, 0);
+    for r in &img.regions {
+        for e in &r.extents {
+            if n < LAZY_MAX_MAPPINGS && lazy_extent(r, e) {
+                mapped += e.len;
+                n += 1;
+            } else {
+                read += e.len;
+            }
+        }
+    }
+    (mapped, read)
+}
+
+/// What [`build`] did with the page data.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Filled {
+    /// Bytes mapped from the image file.
+    pub mapped: u64,
+    /// Bytes read into place.
+    pub read: u64,
+    /// Device and inode of the image as `/proc/self/maps` shows its mappings (0, 0: none).
+    pub image_id: (u64, u64),
+}
 
 /// A region as mapped in the child.
 #[derive(Debug, Clone, Copy)]
@@ -371,10 +492,14 @@ pub fn check_files(img: &Image) -> Result<(), RestoreError> {
 
 /// Maps and fills every region; returns the trampoline's moves and the ranges to keep.
 /// `shared`: memfds of the job's shared memory objects, by [`shared_key`] (filled already).
+/// `lazy`: map long page runs of private memory from the image instead of reading them (the
+/// caller checked [`lazy_refusal`]); `filled` says what was done.
 pub fn build(
     img: &Image,
     file: &File,
     shared: &std::collections::HashMap<(u64, u64), i32>,
+    lazy: bool,
+    filled: &mut Filled,
 ) -> Result<Layout, RestoreError> {
     let cur = current_maps();
     let mut layout = Layout::default();
@@ -457,11 +582,27 @@ pub fn build(
     // only read for the checksum.
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut spare = Vec::new();
+    let mut n_mapped = 0;
     for (i, r) in img.regions.iter().enumerate() {
         let Some(p) = placed[i] else { continue };
         let pooled = shm.pooled(r);
         for e in &r.extents {
             let at = p.cur + (e.addr - r.rec.start);
+            // A region that moves later must stay one mapping (mremap moves one VMA): read.
+            if lazy
+                && p.cur == p.dst
+                && n_mapped < LAZY_MAX_MAPPINGS
+                && lazy_extent(r, e)
+                && map_from_image(file, at, e.len, img.header.data_offset + e.file_off)
+            {
+                n_mapped += 1;
+                filled.mapped += e.len;
+                if filled.image_id == (0, 0) {
+                    filled.image_id = mapping_id(at);
+                }
+                continue;
+            }
+            filled.read += e.len;
             // Pooled extents are read in chunks into a spare buffer, the others into place.
             let mut done = 0u64;
             while done < e.len {
@@ -489,7 +630,8 @@ pub fn build(
             }
         }
     }
-    if h.digest() != img.trailer.data_hash {
+    // Mapped page data is not read now: its checksum cannot be checked.
+    if filled.mapped == 0 && h.digest() != img.trailer.data_hash {
         return Err(RestoreError::new(
             libc::EINVAL,
             "corrupt image: page data checksum mismatch".into(),
@@ -558,6 +700,34 @@ pub fn build(
         }
     }
     Ok(layout)
+}
+
+/// Maps `len` bytes of the image at file offset `off` over `[at, at + len)` (private,
+/// copy-on-write); false (nothing changed) when the kernel refuses.
+fn map_from_image(file: &File, at: u64, len: u64, off: u64) -> bool {
+    // SAFETY: `[at, at + len)` lies inside a private anonymous mapping this restore just made
+    // and nothing refers to yet; MAP_FIXED replaces exactly that range.
+    let p = unsafe {
+        libc::mmap(
+            at as *mut _,
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_FIXED,
+            file.as_raw_fd(),
+            off as i64,
+        )
+    };
+    p as u64 == at
+}
+
+/// Device (`makedev`) and inode of the mapping at `addr`, as `/proc/self/maps` shows them.
+fn mapping_id(addr: u64) -> (u64, u64) {
+    let text = std::fs::read("/proc/self/maps").unwrap_or_default();
+    text.split(|&b| b == b'\n')
+        .filter_map(parse_line)
+        .find(|m| m.start <= addr && addr < m.end)
+        .map(|m| (libc::makedev(m.major, m.minor), m.inode))
+        .unwrap_or((0, 0))
 }
 
 /// Every mapped range of this process not covered by `keep` (to be unmapped by the trampoline).

@@ -261,6 +261,9 @@ pub struct Handover<'a> {
     /// The job's gate (`spawn::Gate`): (write end of its "closed" pipe, read end of the gate),
     /// at numbers above every saved descriptor; `None` when this process is the whole job.
     pub gate: Option<(i32, i32)>,
+    /// Read all page data before the program runs (`cr_restart --eager`) instead of mapping it
+    /// from the image where that is safe (see `memory`).
+    pub eager: bool,
 }
 
 /// Rebuilds process `idx` of a job from `img` in the calling (freshly forked, single-threaded)
@@ -325,7 +328,9 @@ fn rebuild(
     sysv::send_messages(img, &pool.msgq)?;
     // SAFETY: umask takes no pointers.
     unsafe { libc::umask(img.process.umask) };
-    let mut layout = memory::build(img, &file, &pool.shm)?;
+    let lazy = !h.eager && memory::lazy_refusal(&file, img).is_none();
+    let mut filled = memory::Filled::default();
+    let mut layout = memory::build(img, &file, &pool.shm, lazy, &mut filled)?;
     drop(file);
     pool.close();
     if let Some((closed, open)) = h.gate {
@@ -440,6 +445,8 @@ fn rebuild(
         src_len: 0,
         early_signal: early_signal as i64,
         exe_fd: exe_fd as i64,
+        image_dev: filled.image_id.0 as i64,
+        image_ino: filled.image_id.1 as i64,
     };
     let info_ptr = put(bytemuck::bytes_of(&info));
     let src_ptr = put(src);

@@ -128,6 +128,9 @@ pub struct Options {
     pub early_signal: i32,
     /// Print no warnings (`cr_restart -q`).
     pub quiet: bool,
+    /// Read all page data before the programs run (`cr_restart --eager`) instead of mapping
+    /// it from the image where that is safe (`restore::memory`).
+    pub eager: bool,
 }
 
 /// Parent of each member within the job (`None`: a root, created by the caller).
@@ -780,6 +783,7 @@ impl<'a> Spawner<'a> {
             src: m.src,
             early_signal: self.opts.early_signal,
             gate,
+            eager: self.opts.eager,
         };
         let err = match super::run(m.img, i, file, self.pool, &handover) {
             Ok(never) => match never {},

@@ -1,0 +1,99 @@
+//! Memory a lazy restart mapped from its image (`restore::memory`): private mappings of the
+//! image file (`RestartInfo::image_dev`/`image_ino`, kept in `resume::INFO`) that stand for the
+//! program's anonymous memory.
+//!
+//! Two things tell such memory from anonymous memory, and both are made right here:
+//! - a checkpoint must save all of it by content, touched since the restart or not (pages not
+//!   yet faulted in are absent from `pagemap`), and record it as anonymous memory
+//!   (`agent::memory`);
+//! - `madvise(MADV_DONTNEED)` on a private file mapping brings the file's pages back, where
+//!   anonymous memory reads zeros afterwards (allocators such as jemalloc rely on that), and
+//!   `MADV_FREE` is refused on file mappings: [`madvise`] first replaces the image-backed parts
+//!   of the range with fresh anonymous memory (zero pages, the same protection), which is what
+//!   both advices leave behind in anonymous memory. Calls that bypass the C library's
+//!   `madvise` (raw system calls) are not seen.
+
+use super::memory::{parse_line, MapLine};
+use crate::sys;
+use core::sync::atomic::Ordering::Relaxed;
+use libc::{c_int, c_void, size_t};
+
+/// Device and inode of the image this process was lazily restored from ((0, 0): none).
+pub fn image_id() -> (u64, u64) {
+    let info = &super::resume::INFO;
+    let at = crate::protocol::RESTART_INFO_IMAGE_DEV;
+    (
+        info[at].load(Relaxed) as u64,
+        info[at + 1].load(Relaxed) as u64,
+    )
+}
+
+/// Whether `m` is a private mapping of the image this process was lazily restored from.
+pub fn image_backed(m: &MapLine) -> bool {
+    let (dev, ino) = image_id();
+    !m.shared && ino != 0 && m.inode == ino && libc::makedev(m.major, m.minor) == dev
+}
+
+/// Replaces the image-backed parts of `[start, end)` by anonymous zero pages with the same
+/// protection (allocation-free: a fixed list, raw system calls).
+fn unback(start: u64, end: u64) {
+    // Mappings are not changed while maps is read: collect, replace, and scan again while the
+    // list was full.
+    loop {
+        let mut list = [(0u64, 0u64, 0u32); 64];
+        let mut n = 0;
+        let _ = crate::kinds::each_line(b"/proc/self/maps\0", |line| {
+            if let Some(m) = parse_line(line) {
+                if m.start < end && start < m.end && image_backed(&m) && n < list.len() {
+                    list[n] = (m.start.max(start), m.end.min(end), m.prot);
+                    n += 1;
+                }
+            }
+            Ok(())
+        });
+        for &(s, e, prot) in &list[..n] {
+            let _ = sys::mmap(
+                s as usize,
+                (e - s) as usize,
+                prot as i32,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            );
+        }
+        if n < list.len() {
+            return;
+        }
+    }
+}
+
+/// `madvise(2)`, with anonymous-memory semantics kept for memory a lazy restart mapped from
+/// its image (see the module documentation). Otherwise exactly the system call.
+///
+/// # Safety
+/// As `madvise(2)`: the caller owns the range it gives advice on.
+#[no_mangle]
+pub unsafe extern "C" fn madvise(addr: *mut c_void, len: size_t, advice: c_int) -> c_int {
+    const MADV_DONTNEED_LOCKED: c_int = 24;
+    let discards = matches!(
+        advice,
+        libc::MADV_DONTNEED | libc::MADV_FREE | MADV_DONTNEED_LOCKED
+    );
+    if discards && image_id().1 != 0 && len > 0 {
+        let start = addr as u64;
+        unback(start, start.saturating_add(len as u64));
+    }
+    match sys::sys3(
+        libc::SYS_madvise as usize,
+        addr as usize,
+        len,
+        advice as usize,
+    ) {
+        Ok(_) => 0,
+        Err(e) => {
+            // SAFETY: __errno_location returns this thread's errno.
+            unsafe { *libc::__errno_location() = e.0 };
+            -1
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Lazy restore (issue 11, "resume at once"): cr_restart maps long runs of private page data
+//! straight from the image file, and the kernel reads pages when the program first touches them.
+//! c-tests/lazymem.c checks its whole region after the restart (pattern, never-touched and
+//! zero-written chunks still zero, anonymous `MADV_DONTNEED` semantics, rewrites).
+
+mod common;
+use common::*;
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// MiB of lazymem's region per process: above `restore::memory::LAZY_MIN_DATA` (32 MiB).
+const MB: &str = "48";
+
+/// Starts lazymem (with `children` children), checkpoints it (the whole tree) with --term.
+fn lazymem_image(sc: &Scenario, children: u32) -> std::path::PathBuf {
+    let mut prog = sc.program("lazymem");
+    prog.argv.push(MB.into());
+    prog.argv.push(children.to_string().into());
+    let mut job = sc.start("lazymem", sc.under_cr_run(&prog));
+    job.wait_ready();
+    let flags: &[&str] = if children > 0 {
+        &["-T", "--term"]
+    } else {
+        &["--term"]
+    };
+    let img = sc.checkpoint(job.pid(), flags);
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    img
+}
+
+/// Waits until cr_restart --verbose says every process runs again; returns its stderr.
+fn wait_running(sc: &Scenario, restart: &mut Job) -> String {
+    let deadline = Instant::now() + RESTART_TIMEOUT;
+    loop {
+        let err = restart.stderr();
+        if err.contains("running again") {
+            return err;
+        }
+        assert!(
+            Instant::now() < deadline && restart.is_running(),
+            "cr_restart did not report the program running:\n{}\n{}",
+            restart.diag(),
+            sc.log()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The restored processes (the restart's descendants) that map `img`'s file, deleted.
+fn mapping_deleted_image(restart: &Job, img: &Path) -> usize {
+    let name = format!("{} (deleted)", img.display());
+    descendants(restart.pid())
+        .into_iter()
+        .filter(|p| {
+            fs::read_to_string(format!("/proc/{p}/maps"))
+                .is_ok_and(|m| m.lines().any(|l| l.ends_with(&name)))
+        })
+        .count()
+}
+
+/// Restarts `img` (lazy unless `eager`), removes the image as soon as the program runs again,
+/// and expects PASS. `procs`: processes in the image.
+fn restart_delete_pass(sc: &Scenario, img: &Path, eager: bool, procs: usize) {
+    let args: &[&str] = if eager {
+        &["--verbose", "--eager"]
+    } else {
+        &["--verbose"]
+    };
+    let mut restart = sc.restart_with(img, args);
+    let err = wait_running(sc, &mut restart);
+    fs::remove_file(img).expect("remove the image");
+    let want = if eager {
+        "read in full and checked"
+    } else {
+        "page data mapped from the image"
+    };
+    assert_eq!(
+        err.matches(want).count(),
+        procs,
+        "cr_restart --verbose must say, for each process, '{want}':\n{err}"
+    );
+    let mapping = mapping_deleted_image(&restart, img);
+    if eager {
+        assert_eq!(mapping, 0, "an eager restore must not map the image");
+    } else {
+        assert!(
+            mapping >= procs,
+            "{mapping} restored process(es) map the deleted image, {procs} expected:\n{}",
+            restart.diag()
+        );
+    }
+    sc.go();
+    restart.expect_pass(RESTART_TIMEOUT);
+}
+
+/// Lazy restore of one process; the image is deleted right after the program runs again.
+#[test]
+fn lazy_restore_image_deleted() {
+    let sc = Scenario::new("lazy-deleted");
+    let img = lazymem_image(&sc, 0);
+    restart_delete_pass(&sc, &img, false, 1);
+}
+
+/// The same as an unprivileged user (the restore runs in a private user + pid namespace).
+#[test]
+fn lazy_restore_image_deleted_nobody() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run as nobody");
+        return;
+    }
+    let sc = Scenario::as_user("lazy-deleted-nobody", NOBODY);
+    let img = lazymem_image(&sc, 0);
+    restart_delete_pass(&sc, &img, false, 1);
+}
+
+/// `--eager` reads everything (and checks the page data's checksum) before the program runs.
+#[test]
+fn eager_restore_image_deleted() {
+    let sc = Scenario::new("lazy-eager");
+    let img = lazymem_image(&sc, 0);
+    restart_delete_pass(&sc, &img, true, 1);
+}
+
+/// A tree image: each process maps its own part of the one file.
+#[test]
+fn lazy_restore_tree() {
+    let sc = Scenario::new("lazy-tree");
+    let img = lazymem_image(&sc, 2);
+    restart_delete_pass(&sc, &img, false, 3);
+}
+
+/// A lazily restored program checkpointed again: the memory mapped from the first image is
+/// saved by content as anonymous memory, so the second image does not need the first.
+#[test]
+fn lazy_restored_program_checkpoints_by_content() {
+    let sc = Scenario::new("lazy-again");
+    let first = lazymem_image(&sc, 0);
+    let mut restart = sc.restart_with(&first, &["--verbose"]);
+    wait_running(&sc, &mut restart);
+    let pid = descendants(restart.pid())
+        .into_iter()
+        .find(|&p| {
+            fs::read_to_string(format!("/proc/{p}/maps"))
+                .is_ok_and(|m| m.lines().any(|l| l.ends_with(&first.display().to_string())))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no restored process maps the first image:\n{}",
+                restart.diag()
+            )
+        });
+    let second = sc.checkpoint_restored(pid, &["--term"]);
+    restart.wait_exit(DEATH_TIMEOUT);
+    fs::remove_file(&first).expect("remove the first image");
+    restart_delete_pass(&sc, &second, false, 1);
+}
+
+/// A small image (under 32 MiB of page data) is read and checked in full, and says so.
+#[test]
+fn small_image_is_read_in_full() {
+    let sc = Scenario::new("lazy-small");
+    let mut prog = sc.program("lazymem");
+    prog.argv.push("4".into());
+    let mut job = sc.start("lazymem", sc.under_cr_run(&prog));
+    job.wait_ready();
+    let img = sc.checkpoint(job.pid(), &["--term"]);
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    let mut restart = sc.restart_with(&img, &["--verbose"]);
+    let err = wait_running(&sc, &mut restart);
+    assert!(
+        err.contains("read in full") && err.contains("is small"),
+        "cr_restart --verbose must say why the page data is read:\n{err}"
+    );
+    sc.go();
+    restart.expect_pass(RESTART_TIMEOUT);
+}
