@@ -8,15 +8,18 @@ In one run on one file system (the directory given by --dir):
     compressible, a 64-thread program, a 10-process tree): checkpoint time (cr_checkpoint
     started -> exited, i.e. request -> durable image), the stop time (the longest gap in the
     workload's own per-step timestamps), the image size, restart -> first step (image hot in the
-    page cache, and cold when caches can be dropped), the agent's peak extra memory (growth of
-    VmHWM over the checkpoint, summed over the processes);
+    page cache, and cold when caches can be dropped; lazy, the default, which maps the memory from
+    the image, and `cr_restart --eager`, which reads all of it first), the agent's peak extra
+    memory (growth of VmHWM over the checkpoint, summed over the processes);
   * the idle costs: a compute program (pthread and OpenMP) with and without cr_run, and N
     fork+exec of /bin/true with and without the agent;
   * the same workloads through CRIU (`criu`) and DMTCP (`dmtcp_launch`) when they are on PATH.
 Medians of --reps runs, ratios to the raw baseline. Writes a Markdown report (--out).
 
 Exits non-zero when a checkpoint that should use direct I/O (the file system accepted the
-baseline's O_DIRECT write) reports io=buffered in `cr_checkpoint -v`, or when a step fails.
+baseline's O_DIRECT write) reports io=buffered in `cr_checkpoint -v`, when a default restart of
+an image with enough page data on a local file system does not map it (`cr_restart --verbose`),
+or when a step fails.
 """
 
 import argparse
@@ -32,6 +35,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB = 1 << 20
+# restore::memory::LAZY_MIN_DATA plus metadata room: every process of an image this large maps.
+LAZY_MIN = 40 * MIB
 
 
 class BenchError(Exception):
@@ -314,6 +319,7 @@ class Sample:
 
     def __init__(self):
         self.ckpt = self.stop = self.size = self.hot = self.cold = self.mem = None
+        self.hot_eager = self.cold_eager = None  # cr_restart --eager (hot, cold: lazy)
         self.io = ""
         self.phases = None  # agent phases (quiesce, meta, data, sync), seconds, summed
 
@@ -362,24 +368,35 @@ def libcr_once(tools, progs, wl, wdir, base, cold_ok, verbose):
         kill_all(pids, [p.pid])
         p.wait()
         wait_gone(pids)
-    for which in ("hot", "cold"):
-        if which == "hot":
-            _warm(img)
-        elif not (cold_ok and drop_caches()):
-            continue
-        t2 = time.time()
-        rp = subprocess.Popen([tools["cr_restart"], img], cwd=wdir, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True)
-        LIVE.add(("g", rp.pid))
-        LIVE.update(("p", q) for q in pids)
-        first = wait_step_after(stepfile, t2, 120)
-        kill_all(pids, [rp.pid])
-        rp.kill()
-        err = rp.communicate()[1]
-        wait_gone(pids)
-        if first is None:
-            raise BenchError(f"{wl.name}: no step after cr_restart ({err.strip()[:300]})")
-        setattr(s, which, first - t2)
+    for mode in ("lazy", "eager"):
+        for which in ("hot", "cold"):
+            if which == "hot":
+                _warm(img)
+            elif not (cold_ok and drop_caches()):
+                continue
+            args = [tools["cr_restart"], "--verbose"] + (["--eager"] if mode == "eager" else [])
+            t2 = time.time()
+            rp = subprocess.Popen(args + [img], cwd=wdir, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True, start_new_session=True)
+            LIVE.add(("g", rp.pid))
+            LIVE.update(("p", q) for q in pids)
+            first = wait_step_after(stepfile, t2, 120)
+            kill_all(pids, [rp.pid])
+            rp.kill()
+            err = rp.communicate()[1]
+            wait_gone(pids)
+            if first is None:
+                raise BenchError(f"{wl.name}: no step after cr_restart ({err.strip()[:300]})")
+            if verbose:
+                log(err.strip())
+            # Every process with enough page data must have it mapped, unless the file system
+            # is not a local one (said by cr_restart --verbose).
+            if mode == "lazy" and s.size >= LAZY_MIN * len(pids) and (
+                    "mapped from the image" not in err or "read in full (" in err) and (
+                    "not a known local one" not in err):
+                raise BenchError(f"{wl.name}: a default restart did not map the page data from "
+                                 f"the image:\n{err.strip()[:1000]}")
+            setattr(s, which if mode == "lazy" else f"{which}_eager", first - t2)
     os.unlink(img)
     return s
 
@@ -580,18 +597,19 @@ def report(args, mach, bases, results, idle_res, others, load0, load1, started):
     L.append("Checkpoint: `cr_checkpoint -v -f IMAGE PID` started → exited (request → durable "
              "image; the program runs on afterwards). Stop: the longest gap in the workload's own "
              "1 ms step timestamps across the checkpoint. Restart: `cr_restart IMAGE` started → "
-             "the first step of the restored program. Agent memory: growth of VmHWM (peak RSS) "
+             "the first step of the restored program, lazy (the default: private memory is mapped "
+             "from the image and read as it is touched) / eager (`cr_restart --eager`: all of it "
+             "read and checked first). Agent memory: growth of VmHWM (peak RSS) "
              "over the checkpoint, summed over the processes. Phases: the agent's own figures from "
              "`cr_checkpoint -v` (quiesce / metadata / page data / sync, summed over the "
-             "processes). io: what the agent reported. cr_restart has one mode today (it reads "
-             "the whole image before the program resumes); a lazy restore is not implemented "
-             "yet.\n")
-    L.append("| workload | tool | checkpoint | ×raw write | stop | image | restart hot | ×raw read "
-             "hot | restart cold | ×raw read cold | agent memory | phases q/m/d/s | io |")
+             "processes). io: what the agent reported.\n")
+    L.append("| workload | tool | checkpoint | ×raw write | stop | image | restart hot lazy / "
+             "eager | ×raw read hot | restart cold lazy / eager | ×raw read cold | agent memory | "
+             "phases q/m/d/s | io |")
     L.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for wl, tool, samples in results:
         m = {k: median([getattr(s, k) for s in samples])
-             for k in ("ckpt", "stop", "size", "hot", "cold", "mem")}
+             for k in ("ckpt", "stop", "size", "hot", "cold", "mem", "hot_eager", "cold_eager")}
         size = m["size"] or 0
         b = pick_base(bases, size)
         w = rate_time(b, size, "direct_write" if b["direct_ok"] else "buffered_write")
@@ -605,10 +623,19 @@ def report(args, mach, bases, results, idle_res, others, load0, load1, started):
         ph = [s.phases for s in samples if s.phases]
         phases = "–" if not ph else " / ".join(
             f"{statistics.median(p[i] for p in ph) * 1000:.0f}" for i in range(4)) + " ms"
+        def both(k):
+            if m[f"{k}_eager"] is None:
+                return fmt_s(m[k])
+            return f"{fmt_s(m[k])} / {fmt_s(m[k + '_eager'])}"
+
+        def ratios(k, raw):
+            if m[f"{k}_eager"] is None:
+                return ratio(m[k], raw)
+            return f"{ratio(m[k], raw)} / {ratio(m[k + '_eager'], raw)}"
         L.append(f"| {wl.name} | {tool} | {fmt_s(m['ckpt'])}{spread} | {ratio(m['ckpt'], w)} | "
-                 f"{fmt_s(m['stop'])} | {fmt_b(m['size'])} | {fmt_s(m['hot'])} | "
-                 f"{ratio(m['hot'], rh)} | "
-                 + (f"{fmt_s(m['cold'])} | {ratio(m['cold'], rc)}" if m["cold"] is not None
+                 f"{fmt_s(m['stop'])} | {fmt_b(m['size'])} | {both('hot')} | "
+                 f"{ratios('hot', rh)} | "
+                 + (f"{both('cold')} | {ratios('cold', rc)}" if m["cold"] is not None
                     else "not measurable | –")
                  + f" | {fmt_b(m['mem']) if tool == 'libcr-rs' else '–'} | {phases} | {io} |")
     L.append("")
@@ -708,7 +735,8 @@ def main():
                     break
                 s = samples[-1]
                 log(f"  checkpoint {fmt_s(s.ckpt)} stop {fmt_s(s.stop)} image {fmt_b(s.size)} "
-                    f"restart hot {fmt_s(s.hot)} cold {fmt_s(s.cold)} mem {fmt_b(s.mem)} {s.io} "
+                    f"restart hot {fmt_s(s.hot)} cold {fmt_s(s.cold)} (eager: hot "
+                    f"{fmt_s(s.hot_eager)} cold {fmt_s(s.cold_eager)}) mem {fmt_b(s.mem)} {s.io} "
                     f"phases {s.phases}")
             if samples:
                 results.append((wl, tool, samples))

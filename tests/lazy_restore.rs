@@ -175,3 +175,25 @@ fn small_image_is_read_in_full() {
     sc.go();
     restart.expect_pass(RESTART_TIMEOUT);
 }
+
+/// A lazily restored program checkpointed with `--clobber` to the very image it runs from: the
+/// old file is replaced, not truncated under the program (which would read its memory from the
+/// truncated file: SIGBUS in the agent while it writes, or in the program).
+#[test]
+fn clobber_of_the_image_a_program_runs_from() {
+    let sc = Scenario::new("lazy-clobber");
+    let img = lazymem_image(&sc, 0);
+    let mut restart = sc.restart_with(&img, &["--verbose"]);
+    wait_running(&sc, &mut restart);
+    let pid = descendants(restart.pid())
+        .into_iter()
+        .find(|&p| {
+            fs::read_to_string(format!("/proc/{p}/maps"))
+                .is_ok_and(|m| m.lines().any(|l| l.ends_with(&img.display().to_string())))
+        })
+        .unwrap_or_else(|| panic!("no restored process maps the image:\n{}", restart.diag()));
+    sc.checkpoint_to(pid, &["--clobber", "--term"], &img)
+        .assert_success();
+    restart.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    restart_delete_pass(&sc, &img, false, 1);
+}

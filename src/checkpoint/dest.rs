@@ -220,6 +220,14 @@ impl Out {
                         });
                     }
                 }
+                if *commit == Commit::Clobber
+                    && std::fs::symlink_metadata(&tmp).is_ok_and(|m| m.file_type().is_file())
+                {
+                    // A new file in its place, not the old one truncated: a program lazily
+                    // restored from the old image (this very process, perhaps) still reads its
+                    // memory from it (cr_restart(1), "Lazy restore").
+                    let _ = std::fs::remove_file(&tmp);
+                }
                 let f = OpenOptions::new()
                     .write(true)
                     .create(true)
