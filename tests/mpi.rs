@@ -236,3 +236,85 @@ fn openmpi_kill_unprivileged() {
 fn mpich_term_unprivileged() {
     as_nobody(MPICH, "mpi-mpich-term-nobody", "--term");
 }
+
+/// `cr_run --checkpoint-dir DIR --every 1s -- mpirun …`: periodic checkpoints of the whole job,
+/// then SIGTERM to cr_run (a preemption: checkpoint, end the job, exit 0); the same command
+/// again resumes the job from its newest generation (in a private user + pid namespace) — it
+/// does not print READY again, as a fresh start would — and it finishes correct.
+#[test]
+fn openmpi_supervised() {
+    let mpi = OPEN_MPI;
+    if !mpi.available() {
+        return;
+    }
+    let sc = Scenario::new("mpi-openmpi-supervised");
+    let dir = sc.root().join("ckpt");
+    std::fs::create_dir_all(&dir).expect("checkpoint dir");
+    let ring = mpi.ring();
+    let mut argv: Vec<String> = vec![
+        sc.tools().cr_run.to_string_lossy().into_owned(),
+        "--checkpoint-dir".into(),
+        dir.to_string_lossy().into_owned(),
+        "--every".into(),
+        "1s".into(),
+        "--".into(),
+        mpi.mpirun.into(),
+        "--oversubscribe".into(),
+    ];
+    if is_root() {
+        argv.push("--allow-run-as-root".into());
+    }
+    argv.extend([
+        "-np".into(),
+        RANKS.into(),
+        ring.to_string_lossy().into_owned(),
+    ]);
+    let generations = || {
+        std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".ckpt"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let start = |what: &str| {
+        let mut cmd = sc.command(&argv);
+        cmd.env("OMPI_MCA_btl", "self,vader");
+        sc.start(what, cmd)
+    };
+    let mut first = start("cr_run --checkpoint-dir (first)");
+    first.wait_ready();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while generations() == 0 {
+        assert!(
+            Instant::now() < deadline && first.is_running(),
+            "no periodic checkpoint was written:\n{}",
+            first.diag()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal_pid(first.pid(), SIGTERM);
+    let st = first.wait_exit(DEATH_TIMEOUT);
+    assert!(
+        st.success() && generations() > 0,
+        "a preempted cr_run must exit 0 and leave its generations:\n{}",
+        first.diag()
+    );
+    let mut second = start("cr_run --checkpoint-dir (resume)");
+    second.wait_child(READY_TIMEOUT);
+    sc.go();
+    let st = second.wait_exit(RESTART_TIMEOUT);
+    second.wait_output_closed(PIPE_CLOSE_TIMEOUT);
+    let out = second.stdout();
+    assert!(
+        st.success() && out.lines().any(|l| l.starts_with("PASS ring")),
+        "the resumed job must finish correct:\n{}",
+        second.diag()
+    );
+    assert!(
+        !out.lines().any(|l| l.trim() == "READY"),
+        "the second cr_run started the job afresh instead of resuming it:\n{}",
+        second.diag()
+    );
+}
