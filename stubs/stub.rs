@@ -110,6 +110,20 @@ pub unsafe extern "C" fn sigaction(sig: c_int, act: *const libc::sigaction, old:
     }
 }
 
+/// `inotify_add_watch`, forwarded to libcr's (which keeps the watched path for the checkpoint).
+///
+/// # Safety
+/// As `inotify_add_watch(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn inotify_add_watch(fd: c_int, path: *const core::ffi::c_char, mask: u32) -> c_int {
+    type F = unsafe extern "C" fn(c_int, *const core::ffi::c_char, u32) -> c_int;
+    match target(c"inotify_add_watch") {
+        0 => -1,
+        // SAFETY: the symbol has inotify_add_watch's signature.
+        f => unsafe { core::mem::transmute::<usize, F>(f)(fd, path, mask) },
+    }
+}
+
 /// `signal`, forwarded to libcr's.
 #[no_mangle]
 pub extern "C" fn signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {

@@ -1,5 +1,5 @@
 //! Kernel objects behind descriptors (`src/kinds`): one small self-checking program per kind in
-//! `c-tests/static/` (eventfd00, timerfd00, signalfd00, epoll00, socket00, unix00, inotify00, sysvshm00, mqueue00, sem00, msg00), each run through three
+//! `c-tests/static/` (eventfd00, timerfd00, signalfd00, epoll00, socket00, unix00, inotify00, inotify01, sysvshm00, mqueue00, sem00, msg00), each run through three
 //! generations: start under cr_run, checkpoint --term, restart, checkpoint the restored process
 //! --term, restart again, GO, PASS. Compile flags come from the program's `/* cr-test: cflags=…
 //! */` line. Each also runs unprivileged (as nobody) when the tests run as root.
@@ -159,6 +159,7 @@ kind_tests! {
     socket, socket_unprivileged => "socket00";
     unix, unix_unprivileged => "unix00";
     inotify, inotify_unprivileged => "inotify00";
+    inotify_paths, inotify_paths_unprivileged => "inotify01";
     sysvshm, sysvshm_unprivileged => "sysvshm00";
     mqueue, mqueue_unprivileged => "mqueue00";
     all_together, all_together_unprivileged => "all00";
@@ -177,6 +178,7 @@ fn every_static_program_is_tested() {
         "socket00",
         "unix00",
         "inotify00",
+        "inotify01",
         "sysvshm00",
         "mqueue00",
         "all00",
@@ -323,7 +325,11 @@ fn inotify_watch_gone_is_warned() {
     let pid2 = gen2.wait_child(READY_TIMEOUT);
     wait_address_space_switched(&sc, pid2, Duration::from_secs(10));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let warned = |e: &str| e.contains("inotify watch 5") && e.contains("not found");
+    let warned = |e: &str| {
+        e.contains("inotify watch 5 on ")
+            && e.contains("/sub, which is gone")
+            && e.contains("not found")
+    };
     while !warned(&gen2.stderr()) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -411,4 +417,74 @@ fn msg_queue_gone_is_made_again_unprivileged() {
         return;
     }
     msg_queue_made_again(Scenario::as_user("msg00-gone-nobody", NOBODY));
+}
+
+/// inotify01's directory copied elsewhere (new inodes) and the original removed: restarted with
+/// `--relocate OLD=NEW`, its watches are added again by their relocated paths and give events
+/// there; the checkpoint said that the 32 bytes of queued events are lost.
+fn inotify_relocated(sc: Scenario) {
+    let exe = compile(&sc, "inotify01");
+    let cr_run = sc.tools().cr_run.clone();
+    let cmd = sc.command(&[cr_run.as_os_str(), "--".as_ref(), exe.as_os_str()]);
+    let mut gen1 = sc.start("inotify01", cmd);
+    gen1.wait_ready();
+    let old = gen1
+        .stdout()
+        .lines()
+        .find_map(|l| l.strip_prefix("DIR ").map(PathBuf::from))
+        .expect("inotify01 prints its directory");
+    let new = PathBuf::from(format!("{}-moved", old.display()));
+    struct Gone(Vec<PathBuf>);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            for d in &self.0 {
+                let _ = fs::remove_dir_all(d);
+            }
+        }
+    }
+    let _gone = Gone(vec![old.clone(), new.clone()]);
+    let img = sc.next_image_path();
+    let res = sc.checkpoint_to(gen1.pid(), &["--term"], &img);
+    res.assert_success();
+    assert!(
+        res.stderr
+            .contains("inotify instance with 32 bytes of queued unread events, which are lost"),
+        "the checkpoint must say the queued events are lost:\n{}",
+        res.describe()
+    );
+    gen1.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(&old)
+        .arg(&new)
+        .status()
+        .expect("run cp");
+    assert!(cp.success(), "copy the watched directory");
+    fs::remove_dir_all(&old).expect("remove the original directory");
+
+    let reloc = format!("{}={}", old.display(), new.display());
+    let mut gen2 = sc.restart_with(&img, &["--relocate", &reloc]);
+    let pid2 = gen2.wait_child(READY_TIMEOUT);
+    wait_address_space_switched(&sc, pid2, Duration::from_secs(10));
+    sc.go();
+    gen2.expect_pass(RESTART_TIMEOUT);
+    assert!(
+        !gen2.stderr().contains("warning"),
+        "the relocated restart must not warn:\n{}",
+        gen2.diag()
+    );
+}
+
+#[test]
+fn inotify_watches_follow_relocate() {
+    inotify_relocated(Scenario::new("inotify01-relocate"));
+}
+
+#[test]
+fn inotify_watches_follow_relocate_unprivileged() {
+    if !is_root() {
+        println!("note: not root: inotify_watches_follow_relocate already ran unprivileged");
+        return;
+    }
+    inotify_relocated(Scenario::as_user("inotify01-relocate-nobody", NOBODY));
 }

@@ -476,6 +476,21 @@ fn one(
         // A pipe we cannot copy keeps running; only its buffered bytes are not in the image.
         let _ = save_pipe_data(w, fd, st.st_ino, pipe_size);
     }
+    if let Some((before, n, after)) =
+        kobj.and_then(|(k, n)| k.checkpoint_count_warning(&state[..n]))
+    {
+        let mut msg = StackBuf::<512>::new();
+        msg.push(b"fd ")
+            .num(fd as u64)
+            .push(b" (")
+            .push(path)
+            .push(b") ")
+            .push(before)
+            .num(n)
+            .push(after);
+        w.raw(REC_WARNING, msg.as_bytes())
+            .map_err(|_| Errno(libc::ENOMEM))?;
+    }
     if let Some(text) = warn {
         let mut msg = StackBuf::<512>::new();
         msg.push(b"fd ")

@@ -174,6 +174,35 @@ fn set_mask(how: c_int, set: *const sigset_t, old: *mut sigset_t) -> c_int {
     }
 }
 
+/// `inotify_add_watch(2)`, which also keeps the watched path for the checkpoint
+/// (`kinds::inotify::note_watch`: the kernel's fdinfo has only the inode).
+///
+/// # Safety
+/// As `inotify_add_watch(2)`: `path` is a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn inotify_add_watch(
+    fd: c_int,
+    path: *const libc::c_char,
+    mask: u32,
+) -> c_int {
+    match sys::sys3(
+        libc::SYS_inotify_add_watch as usize,
+        fd as usize,
+        path as usize,
+        mask as usize,
+    ) {
+        Ok(wd) => {
+            // SAFETY: the kernel accepted `path`, so it is NUL-terminated.
+            unsafe { crate::kinds::inotify::note_watch(path, mask) };
+            wd as c_int
+        }
+        Err(e) => {
+            set_errno(e.0);
+            -1
+        }
+    }
+}
+
 fn set_errno(e: c_int) {
     // SAFETY: __errno_location returns this thread's errno.
     unsafe { *libc::__errno_location() = e };

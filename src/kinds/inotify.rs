@@ -1,10 +1,15 @@
 //! inotify: its watches, each as (watch descriptor, mask, device, inode, file handle) from
-//! `/proc/self/fdinfo` (which has no path). Captured in the agent, allocation-free, by streaming
-//! the fdinfo text through a stack buffer. Events queued but not yet read are not saved.
+//! `/proc/self/fdinfo` (which has no path), and each watch's path where the agent saw it added:
+//! the agent's `inotify_add_watch` ([`note_watch`]) keeps the absolute path of every watched
+//! inode in a small lock-free table, and the capture saves the path of a watch when it still
+//! leads to the watched inode. Captured in the agent, allocation-free, by streaming the fdinfo
+//! text through a stack buffer. Events queued but not yet read cannot be read without taking
+//! them: their byte count (`FIONREAD`) is saved and the checkpoint warns that they are lost.
 //!
 //! At restart (`post_restore`, in the restored process before its memory comes back, once its
-//! descriptors are in place and its working directory entered) each watched inode is found
-//! again: by its file handle (`open_by_handle_at`, which needs `CAP_DAC_READ_SEARCH`, so only
+//! descriptors are in place and its working directory entered) a watch with a saved path is
+//! added again by that path when it exists (`--relocate` rewrites it, so a moved or copied
+//! tree is watched at its new place); otherwise its inode is found again: by its file handle (`open_by_handle_at`, which needs `CAP_DAC_READ_SEARCH`, so only
 //! where cr_restart runs as root outside a user namespace), else by searching for its device and
 //! inode number under the working directory, the directories of the process's descriptors, `/tmp`,
 //! `$HOME` and `/` (three levels deep, at most [`SEARCH_BUDGET`] entries in all). Watches are added
@@ -16,6 +21,8 @@
 use super::{get, parse_u64, put, Kind, KindError, INOTIFY};
 use crate::sys::{self, Errno, StackBuf};
 use bytemuck::{Pod, Zeroable};
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -29,14 +36,16 @@ const SEARCH_DEPTH: usize = 3;
 /// Largest file handle saved (bytes); a larger one is left out (the search still works).
 const MAX_HANDLE: usize = 32;
 
-/// The saved state of an inotify instance: this, then `n` × [`Watch`].
+/// The saved state of an inotify instance: this, then `n` × [`Watch`], then (optional: older
+/// images end after the watches) a path per watch in the same order, each `len: u16` and `len`
+/// bytes (0: none saved), as many as fitted.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Debug, PartialEq, Eq)]
 pub struct InotifyState {
     /// Number of watches.
     pub n: u32,
-    /// Reserved (0).
-    pub _pad: u32,
+    /// Bytes of events queued unread at the checkpoint (`FIONREAD`; lost: 0 in older images).
+    pub queued: u32,
 }
 const _: () = assert!(core::mem::size_of::<InotifyState>() == 8);
 
@@ -109,6 +118,53 @@ pub fn parse_watch(line: &[u8]) -> Option<Result<Watch, Errno>> {
     Some(Ok(w))
 }
 
+/// The saved path of each watch of a saved state, in the order of [`watches`] (`None`: no path
+/// saved; missing entries at the end are `None` too).
+pub fn paths(state: &[u8]) -> Vec<Option<Vec<u8>>> {
+    let Some(head) = get::<InotifyState>(state) else {
+        return Vec::new();
+    };
+    let n = head.n as usize;
+    let mut at = HEAD + n * WATCH;
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let Some(len) = state.get(at..at + 2) else {
+            break;
+        };
+        let len = u16::from_ne_bytes([len[0], len[1]]) as usize;
+        let Some(p) = state.get(at + 2..at + 2 + len) else {
+            break;
+        };
+        out.push((len > 0).then(|| p.to_vec()));
+        at += 2 + len;
+    }
+    out.resize(n, None);
+    out
+}
+
+/// `state` with every saved path rewritten by `map` (`--relocate`).
+pub fn map_paths(state: &[u8], map: impl Fn(&[u8]) -> Option<Vec<u8>>) -> Vec<u8> {
+    let Some(head) = get::<InotifyState>(state) else {
+        return state.to_vec();
+    };
+    let ps = paths(state);
+    if ps.iter().all(|p| p.is_none()) {
+        return state.to_vec();
+    }
+    let mut out = state[..HEAD + head.n as usize * WATCH].to_vec();
+    for p in ps {
+        let p = p.map(|p| map(&p).unwrap_or(p)).unwrap_or_default();
+        let p = if p.len() > u16::MAX as usize {
+            Vec::new()
+        } else {
+            p
+        };
+        out.extend_from_slice(&(p.len() as u16).to_ne_bytes());
+        out.extend_from_slice(&p);
+    }
+    out
+}
+
 /// The watches of a saved state.
 pub fn watches(state: &[u8]) -> Option<Vec<Watch>> {
     let head: InotifyState = get(state)?;
@@ -129,6 +185,20 @@ impl Kind for Inotify {
     }
     fn link(&self) -> &'static [u8] {
         b"anon_inode:inotify"
+    }
+    fn checkpoint_count_warning(
+        &self,
+        state: &[u8],
+    ) -> Option<(&'static [u8], u64, &'static [u8])> {
+        get::<InotifyState>(state)
+            .filter(|s| s.queued > 0)
+            .map(|s| {
+                (
+                    &b"is an inotify instance with "[..],
+                    s.queued as u64,
+                    &b" bytes of queued unread events, which are lost (they cannot be read without taking them): the restored instance has none"[..],
+                )
+            })
     }
     fn refusal(&self, e: Errno) -> &'static [u8] {
         if e.0 == libc::ENOSPC {
@@ -151,14 +221,28 @@ impl Kind for Inotify {
             n += 1;
             Ok(())
         })?;
+        let queued = sys::bytes_waiting(fd).unwrap_or(0).min(u32::MAX as usize) as u32;
         put(
             out,
             &InotifyState {
                 n: n as u32,
-                _pad: 0,
+                queued,
             },
         )?;
-        Ok(HEAD + n * WATCH)
+        // The paths, as many as fit.
+        let mut at = HEAD + n * WATCH;
+        for i in 0..n {
+            let w: Watch = bytemuck::pod_read_unaligned(&out[HEAD + i * WATCH..][..WATCH]);
+            let mut buf = [0u8; PATH_SAVED + 1];
+            let len = registry_path(w.sdev, w.ino, &mut buf);
+            let Some(dst) = out.get_mut(at..at + 2 + len) else {
+                break;
+            };
+            dst[..2].copy_from_slice(&(len as u16).to_ne_bytes());
+            dst[2..].copy_from_slice(&buf[..len]);
+            at += 2 + len;
+        }
+        Ok(at)
     }
 
     fn restore(&self, state: &[u8]) -> Result<OwnedFd, KindError> {
@@ -171,12 +255,25 @@ impl Kind for Inotify {
     }
 
     fn post_restore(&self, fd: i32, state: &[u8]) -> Result<Vec<String>, KindError> {
-        let mut ws = watches(state).ok_or_else(|| KindError::malformed("inotify"))?;
+        let mut gone_paths: HashMap<i32, String> = HashMap::new();
+        let ws = watches(state).ok_or_else(|| KindError::malformed("inotify"))?;
+        // A saved path that exists now is used as it is (relocated by `--relocate`).
+        let mut by_path: HashMap<i32, String> = HashMap::new();
+        for (w, p) in ws.iter().zip(paths(state)) {
+            let Some(p) = p else { continue };
+            let p = String::from_utf8_lossy(&p).into_owned();
+            if Path::new(&p).exists() {
+                by_path.insert(w.wd, p);
+            } else {
+                gone_paths.insert(w.wd, p);
+            }
+        }
+        let mut ws = ws;
         ws.sort_by_key(|w| w.wd);
         let mut warnings = Vec::new();
         let mut by_handle: HashMap<i32, OwnedFd> = HashMap::new();
         let mut wanted = HashSet::new();
-        for w in &ws {
+        for w in ws.iter().filter(|w| !by_path.contains_key(&w.wd)) {
             match open_by_handle(w) {
                 Some(f) => {
                     by_handle.insert(w.wd, f);
@@ -200,12 +297,25 @@ impl Kind for Inotify {
                 skipped = true;
                 next += 1;
             }
-            let (path, flags) = match (by_handle.get(&w.wd), found.get(&dev_ino(w))) {
-                (Some(f), _) => (format!("/proc/self/fd/{}", f.as_raw_fd()), 0),
-                (None, Some(p)) => (p.to_string_lossy().into_owned(), libc::IN_DONT_FOLLOW),
-                (None, None) => {
+            // A file found by the search whose saved path is gone must at least have kept its
+            // name (inode numbers are reused: another file may have it now).
+            let searched = found.get(&dev_ino(w)).filter(|p| {
+                gone_paths
+                    .get(&w.wd)
+                    .is_none_or(|g| Path::new(g).file_name() == p.file_name())
+            });
+            let by_inode = (by_handle.get(&w.wd), searched);
+            let (path, flags) = match (by_path.get(&w.wd), by_inode) {
+                (Some(p), _) => (p.clone(), 0),
+                (None, (Some(f), _)) => (format!("/proc/self/fd/{}", f.as_raw_fd()), 0),
+                (None, (None, Some(p))) => (p.to_string_lossy().into_owned(), libc::IN_DONT_FOLLOW),
+                (None, (None, None)) => {
+                    let was = gone_paths
+                        .get(&w.wd)
+                        .map(|p| format!(" on {p}, which is gone,"))
+                        .unwrap_or_default();
                     warnings.push(format!(
-                        "inotify watch {} (device {}:{}, inode {}) not found (searched the working directory, the directories of open files, /tmp, $HOME and /, {SEARCH_DEPTH} levels deep); it gets no more events",
+                        "inotify watch {}{was} (device {}:{}, inode {}) not found (searched the working directory, the directories of open files, /tmp, $HOME and /, {SEARCH_DEPTH} levels deep); it gets no more events",
                         w.wd, w.sdev >> 20, w.sdev & 0xfffff, w.ino
                     ));
                     scratch.skip(fd)?;
@@ -242,11 +352,16 @@ impl Kind for Inotify {
     fn describe(&self, state: &[u8]) -> String {
         match watches(state) {
             Some(ws) => {
+                let ps = paths(state);
                 let list: Vec<String> = ws
                     .iter()
-                    .map(|w| {
+                    .zip(ps)
+                    .map(|(w, p)| {
+                        let p = p
+                            .map(|p| format!(" {}", String::from_utf8_lossy(&p)))
+                            .unwrap_or_default();
                         format!(
-                            "wd {} inode {} on {}:{} mask {:#x}",
+                            "wd {}{p} inode {} on {}:{} mask {:#x}",
                             w.wd,
                             w.ino,
                             w.sdev >> 20,
@@ -260,6 +375,154 @@ impl Kind for Inotify {
             None => "inotify (malformed state)".into(),
         }
     }
+}
+
+/// Longest watch path kept (bytes, without its NUL); a longer one is not kept.
+pub const PATH_SAVED: usize = 512;
+/// Watched inodes whose path is kept; beyond that the oldest entries are replaced.
+const SLOTS: usize = 64;
+const FREE: u32 = 0;
+const BUSY: u32 = 1;
+const READY: u32 = 2;
+
+/// One kept path: the watched inode (device as fdinfo's `sdev`, inode) and its absolute path.
+struct Slot {
+    state: AtomicU32,
+    sdev: AtomicU32,
+    ino: AtomicU64,
+    len: AtomicUsize,
+    path: UnsafeCell<[u8; PATH_SAVED]>,
+}
+
+struct Registry([Slot; SLOTS]);
+
+// SAFETY: a slot's `path` is written only by the thread that moved its `state` to BUSY (a
+// compare-exchange, so one thread at a time), and read only while the state is READY, which the
+// writer publishes with Release after writing and which readers load with Acquire.
+unsafe impl Sync for Registry {}
+
+static REGISTRY: Registry = Registry(
+    [const {
+        Slot {
+            state: AtomicU32::new(FREE),
+            sdev: AtomicU32::new(0),
+            ino: AtomicU64::new(0),
+            len: AtomicUsize::new(0),
+            path: UnsafeCell::new([0; PATH_SAVED]),
+        }
+    }; SLOTS],
+);
+static EVICT: AtomicUsize = AtomicUsize::new(0);
+
+/// fdinfo's `sdev` (the kernel's `MAJOR << 20 | MINOR`) of a `stat` device number.
+fn kernel_dev(dev: u64) -> u32 {
+    (libc::major(dev) << 20) | libc::minor(dev)
+}
+
+/// Called by the agent's `inotify_add_watch` after the kernel added a watch on `path` (as the
+/// program gave it, NUL-terminated): keeps its absolute path (relative ones joined to the working
+/// directory) for the inode it names. Lock-free and allocation-free; a path too long is not kept.
+///
+/// # Safety
+/// `path` is NUL-terminated (the kernel just read it).
+pub unsafe fn note_watch(path: *const libc::c_char, mask: u32) {
+    if path.is_null() {
+        return;
+    }
+    // SAFETY: the caller's promise.
+    let rel = unsafe { core::ffi::CStr::from_ptr(path) }.to_bytes();
+    let mut abs = [0u8; PATH_SAVED + 1];
+    let mut len = 0;
+    if rel.first() != Some(&b'/') {
+        let Ok(n) = sys::sys3(
+            libc::SYS_getcwd as usize,
+            abs.as_mut_ptr() as usize,
+            abs.len(),
+            0,
+        ) else {
+            return;
+        };
+        len = n.saturating_sub(1); // without the NUL
+        if abs[0] != b'/' {
+            return; // "(unreachable)": not under our root
+        }
+        if len > 1 {
+            abs[len] = b'/';
+            len += 1;
+        }
+    }
+    if len + rel.len() > PATH_SAVED {
+        return;
+    }
+    abs[len..len + rel.len()].copy_from_slice(rel);
+    len += rel.len();
+    abs[len] = 0;
+    let flags = if mask & libc::IN_DONT_FOLLOW != 0 {
+        libc::AT_SYMLINK_NOFOLLOW
+    } else {
+        0
+    };
+    let Ok(st) = sys::stat(&abs[..=len], flags) else {
+        return;
+    };
+    keep(kernel_dev(st.st_dev), st.st_ino, &abs[..len]);
+}
+
+/// Puts (`sdev`, `ino`) → `path` in the table: over the inode's own entry, else in a free slot,
+/// else over the next one in turn.
+fn keep(sdev: u32, ino: u64, path: &[u8]) {
+    let slots = &REGISTRY.0;
+    let same = |s: &Slot| {
+        s.state.load(Acquire) == READY && s.sdev.load(Relaxed) == sdev && s.ino.load(Relaxed) == ino
+    };
+    for _ in 0..2 * SLOTS {
+        let (i, from) = match slots.iter().position(same) {
+            Some(i) => (i, READY),
+            None => match slots.iter().position(|s| s.state.load(Relaxed) == FREE) {
+                Some(i) => (i, FREE),
+                None => (EVICT.fetch_add(1, Relaxed) % SLOTS, READY),
+            },
+        };
+        let s = &slots[i];
+        if s.state
+            .compare_exchange(from, BUSY, Acquire, Relaxed)
+            .is_err()
+        {
+            continue;
+        }
+        s.sdev.store(sdev, Relaxed);
+        s.ino.store(ino, Relaxed);
+        // SAFETY: this thread moved the slot to BUSY: nobody else writes or reads `path`.
+        unsafe { (&mut *s.path.get())[..path.len()].copy_from_slice(path) };
+        s.len.store(path.len(), Relaxed);
+        s.state.store(READY, Release);
+        return;
+    }
+}
+
+/// Copies the kept path of inode (`sdev`, `ino`) into `buf` (NUL-terminated) if it still leads
+/// to that inode; its length (0: none).
+fn registry_path(sdev: u32, ino: u64, buf: &mut [u8; PATH_SAVED + 1]) -> usize {
+    for s in &REGISTRY.0 {
+        if s.state.load(Acquire) != READY
+            || s.sdev.load(Relaxed) != sdev
+            || s.ino.load(Relaxed) != ino
+        {
+            continue;
+        }
+        let len = s.len.load(Relaxed).min(PATH_SAVED);
+        // SAFETY: READY: no writer (the program's threads are parked; see `Registry`).
+        buf[..len].copy_from_slice(unsafe { &(&*s.path.get())[..len] });
+        buf[len] = 0;
+        let leads_there = [0, libc::AT_SYMLINK_NOFOLLOW].iter().any(|&f| {
+            sys::stat(&buf[..=len], f)
+                .is_ok_and(|st| kernel_dev(st.st_dev) == sdev && st.st_ino == ino)
+        });
+        if leads_there {
+            return len;
+        }
+    }
+    0
 }
 
 /// (major, minor, inode) of a watch, as `stat` numbers devices.
@@ -454,6 +717,32 @@ fn drain(fd: i32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_follow_the_watches_and_relocate() {
+        let mut state = bytemuck::bytes_of(&InotifyState { n: 2, queued: 32 }).to_vec();
+        state.extend_from_slice(&[0u8; 2 * WATCH]);
+        assert_eq!(
+            paths(&state),
+            vec![None, None],
+            "an older image has no paths"
+        );
+        state.extend_from_slice(&5u16.to_ne_bytes());
+        state.extend_from_slice(b"/a/bc");
+        assert_eq!(
+            paths(&state),
+            vec![Some(b"/a/bc".to_vec()), None],
+            "cut short"
+        );
+        state.extend_from_slice(&0u16.to_ne_bytes());
+        assert_eq!(paths(&state), vec![Some(b"/a/bc".to_vec()), None]);
+        let moved = map_paths(&state, |p| {
+            p.strip_prefix(b"/a")
+                .map(|rest| [b"/new".as_slice(), rest].concat())
+        });
+        assert_eq!(paths(&moved), vec![Some(b"/new/bc".to_vec()), None]);
+        assert_eq!(get::<InotifyState>(&moved).map(|s| s.queued), Some(32));
+    }
 
     #[test]
     fn fdinfo_lines_parse() {

@@ -97,6 +97,14 @@ pub trait Kind: Sync {
     fn checkpoint_warning(&self, _state: &[u8]) -> Option<&'static [u8]> {
         None
     }
+    /// A warning with a number the checkpoint gives about a saved object: (text before, number,
+    /// text after), e.g. how many bytes of queued events are lost.
+    fn checkpoint_count_warning(
+        &self,
+        _state: &[u8],
+    ) -> Option<(&'static [u8], u64, &'static [u8])> {
+        None
+    }
     /// Writes the state of the object behind `fd` into `out`; returns its length. Runs in the
     /// agent while the threads are parked: no allocation, no locks.
     fn capture(&self, fd: i32, out: &mut [u8]) -> Result<usize, Errno>;

@@ -100,6 +100,12 @@ pub fn relocate(img: &mut Image, pairs: &[Pair]) {
                 f.path = p;
             }
         }
+        // inotify watches with their path.
+        if let Some((kind, state)) = &mut f.kobj {
+            if *kind == crate::kinds::INOTIFY {
+                *state = crate::kinds::inotify::map_paths(state, |p| apply(pairs, p));
+            }
+        }
     }
     if let Some(p) = apply(pairs, &img.cwd) {
         img.cwd = p;
