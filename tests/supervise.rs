@@ -892,3 +892,49 @@ fn resume_on_another_machine_through_webdav() {
         "the finished job's images left the store"
     );
 }
+
+/// Periodic checkpoints are copy-on-write (said under -v), the preemption's is written stopped
+/// (the job ends anyway); a resumed job (restored in its own pid namespace) is checkpointed
+/// copy-on-write too, and its images resume correctly.
+#[test]
+fn periodic_checkpoints_are_copy_on_write() {
+    let sc = Scenario::new("sup-cow");
+    let dir = ckpt_dir(&sc);
+    let args = default_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let opts = ["--every", "1s", "-v"];
+    let mut job = supervise(&sc, &dir, &opts, &args);
+    job.wait_line("step 20", READY_TIMEOUT);
+    wait_generations(&sc, &job, &dir, 1);
+    signal_pid(job.pid(), SIGTERM);
+    job.wait_exit(TOOL_TIMEOUT);
+    job.wait_output_closed(Duration::from_secs(5));
+    let err = job.stderr();
+    let modes: Vec<&str> = err.lines().filter(|l| l.contains(" mode=")).collect();
+    assert!(
+        modes.len() >= 2
+            && modes[..modes.len() - 1]
+                .iter()
+                .all(|l| l.contains("mode=cow stop="))
+            && modes[modes.len() - 1].contains("mode=stopped"),
+        "periodic checkpoints copy-on-write, the preemption's stopped:\n{}",
+        job.diag()
+    );
+    let last = *steps(&job.stdout()).last().expect("steps");
+    // Resumed, with periodic checkpoints again: copy-on-write in the restored job.
+    let mut job = supervise(&sc, &dir, &opts, &args);
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while !job.stderr().contains("mode=cow stop=") {
+        assert!(
+            Instant::now() < deadline && job.is_running(),
+            "no copy-on-write checkpoint of the resumed job:\n{}",
+            job.diag()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    signal_pid(job.pid(), SIGTERM);
+    job.wait_exit(TOOL_TIMEOUT);
+    let last2 = *steps(&job.stdout()).last().expect("steps");
+    assert!(last2 >= last, "{}", job.diag());
+    finish(&sc, &dir, &["-v"], last2);
+}

@@ -127,6 +127,17 @@ pub struct Saved {
     pub report: String,
 }
 
+impl Saved {
+    /// How the process was written, from its agent's report: `cow stop=…ms` (copy-on-write, and
+    /// how long the program was stopped), `stopped`, or `stopped(no copy-on-write: why)`; empty
+    /// when the agent did not say.
+    pub fn mode(&self) -> &str {
+        self.report
+            .find("mode=")
+            .map_or("", |i| &self.report[i + "mode=".len()..])
+    }
+}
+
 /// What a successful checkpoint saved.
 #[derive(Clone, Debug)]
 pub struct Outcome {

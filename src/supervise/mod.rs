@@ -483,6 +483,9 @@ fn take_checkpoint(
         dest: Destination::File(path.clone()),
         commit: Commit::Atomic,
         signal: if end_job { libc::SIGKILL } else { 0 },
+        // A checkpoint the job goes on after stops it only while its state is recorded; one
+        // that ends the job is written stopped (it would not run on anyway).
+        cow: !end_job,
         ..checkpoint::Options::new(crate::api::types::CR_SCOPE_TREE, root)
     };
     let started = Instant::now();
@@ -505,6 +508,13 @@ fn take_checkpoint(
             started.elapsed().as_secs_f64(),
             path.display()
         ));
+        for s in &outcome.saved {
+            let mode = match s.mode() {
+                "" => "not reported",
+                m => m,
+            };
+            say(&format!("checkpoint {seq}: process {} mode={mode}", s.pid));
+        }
         for r in removed {
             say(&format!("removed old generation {}", r.display()));
         }
