@@ -327,7 +327,9 @@ class Sample:
 # ---------------------------------------------------------------- libcr-rs
 
 
-def libcr_once(tools, progs, wl, wdir, base, cold_ok, verbose):
+def libcr_once(tools, progs, wl, wdir, base, cold_ok, verbose, cow=False):
+    """One checkpoint (and restarts) of wl; with cow, `cr_checkpoint --cow` and no restarts (the
+    image is the same kind)."""
     s = Sample()
     stepfile = os.path.join(wdir, "steps")
     img = os.path.join(wdir, "context.img")
@@ -344,8 +346,8 @@ def libcr_once(tools, progs, wl, wdir, base, cold_ok, verbose):
             LIVE.update(("p", q) for q in pids)
         hwm0 = {q: hwm_kib(q) for q in pids}
         t0 = time.time()
-        r = subprocess.run([tools["cr_checkpoint"], "-v", "-f", img, str(p.pid)],
-                           capture_output=True, text=True)
+        r = subprocess.run([tools["cr_checkpoint"], "-v"] + (["--cow"] if cow else [])
+                           + ["-f", img, str(p.pid)], capture_output=True, text=True)
         t1 = time.time()
         if r.returncode != 0:
             raise BenchError(f"cr_checkpoint of {wl.name} exited {r.returncode}: {r.stderr.strip()}")
@@ -360,6 +362,9 @@ def libcr_once(tools, progs, wl, wdir, base, cold_ok, verbose):
             raise BenchError(
                 f"{wl.name}: the file system accepts O_DIRECT but the checkpoint reported "
                 f"io={s.io or '(none)'}:\n{r.stderr.strip()}")
+        procs = int((wl.args + ["0", "0", "0", "1"])[4])
+        if cow and procs == 1 and "mode=cow" not in r.stderr:
+            raise BenchError(f"{wl.name}: --cow was not copy-on-write:\n{r.stderr.strip()}")
         wait_step_after(stepfile, t1 + 0.1, 10)
         s.stop = longest_gap(stepfile, t0, t1)
         s.mem = sum(max(0, hwm_kib(q) - hwm0[q]) for q in pids) * 1024
@@ -368,7 +373,7 @@ def libcr_once(tools, progs, wl, wdir, base, cold_ok, verbose):
         kill_all(pids, [p.pid])
         p.wait()
         wait_gone(pids)
-    for mode in ("lazy", "eager"):
+    for mode in () if cow else ("lazy", "eager"):
         for which in ("hot", "cold"):
             if which == "hot":
                 _warm(img)
@@ -427,6 +432,9 @@ def criu_once(progs, wl, wdir, cold_ok):
         os.sync()  # CRIU does not sync its images itself
         t1 = time.time()
         s.ckpt = t1 - t0
+        procs = int((wl.args + ["0", "0", "0", "1"])[4])
+        if cow and procs == 1 and "mode=cow" not in r.stderr:
+            raise BenchError(f"{wl.name}: --cow was not copy-on-write:\n{r.stderr.strip()}")
         wait_step_after(stepfile, t1 + 0.1, 10)
         s.stop = longest_gap(stepfile, t0, t1)
         s.size = sum(os.stat(os.path.join(imgdir, f)).st_size for f in os.listdir(imgdir))
@@ -468,6 +476,9 @@ def dmtcp_once(progs, wl, wdir, cold_ok):
         os.sync()
         t1 = time.time()
         s.ckpt = t1 - t0
+        procs = int((wl.args + ["0", "0", "0", "1"])[4])
+        if cow and procs == 1 and "mode=cow" not in r.stderr:
+            raise BenchError(f"{wl.name}: --cow was not copy-on-write:\n{r.stderr.strip()}")
         wait_step_after(stepfile, t1 + 0.1, 10)
         s.stop = longest_gap(stepfile, t0, t1)
         s.size = sum(os.stat(os.path.join(imgdir, f)).st_size for f in os.listdir(imgdir)
@@ -602,7 +613,12 @@ def report(args, mach, bases, results, idle_res, others, load0, load1, started):
              "read and checked first). Agent memory: growth of VmHWM (peak RSS) "
              "over the checkpoint, summed over the processes. Phases: the agent's own figures from "
              "`cr_checkpoint -v` (quiesce / metadata / page data / sync, summed over the "
-             "processes). io: what the agent reported.\n")
+             "processes). io: what the agent reported. `libcr-rs --cow`: `cr_checkpoint --cow` "
+             "(copy-on-write: the program runs on while a forked writer writes; the stop is the "
+             "state capture, the shared-memory copy and the fork; a cut of several processes is "
+             "written stopped); its images restore as the others do, so no restart is measured. "
+             "Its agent memory does not count the writer process (the snapshot's pages are shared "
+             "with the program until either writes them).\n")
     L.append("| workload | tool | checkpoint | ×raw write | stop | image | restart hot lazy / "
              "eager | ×raw read hot | restart cold lazy / eager | ×raw read cold | agent memory | "
              "phases q/m/d/s | io |")
@@ -619,7 +635,7 @@ def report(args, mach, bases, results, idle_res, others, load0, load1, started):
         if len(samples) > 1 and m["ckpt"]:
             cks = [s.ckpt for s in samples]
             spread = f" ({fmt_s(min(cks))}–{fmt_s(max(cks))})"
-        io = samples[0].io if tool == "libcr-rs" else ""
+        io = samples[0].io if tool.startswith("libcr-rs") else ""
         ph = [s.phases for s in samples if s.phases]
         phases = "–" if not ph else " / ".join(
             f"{statistics.median(p[i] for p in ph) * 1000:.0f}" for i in range(4)) + " ms"
@@ -636,8 +652,9 @@ def report(args, mach, bases, results, idle_res, others, load0, load1, started):
                  f"{fmt_s(m['stop'])} | {fmt_b(m['size'])} | {both('hot')} | "
                  f"{ratios('hot', rh)} | "
                  + (f"{both('cold')} | {ratios('cold', rc)}" if m["cold"] is not None
-                    else "not measurable | –")
-                 + f" | {fmt_b(m['mem']) if tool == 'libcr-rs' else '–'} | {phases} | {io} |")
+                    else "– | –" if m["hot"] is None else "not measurable | –")
+                 + f" | {fmt_b(m['mem']) if tool.startswith('libcr-rs') else '–'} | {phases} | "
+                 f"{io} |")
     L.append("")
     for name, why in others:
         L.append(f"- {name}: {why}")
@@ -676,6 +693,8 @@ def main():
     ap.add_argument("--forks", type=int, default=None, help="fork+exec count (default 10000)")
     ap.add_argument("--only", default=None, help="run only workloads whose name contains this")
     ap.add_argument("--no-idle", action="store_true", help="skip the idle-cost measurements")
+    ap.add_argument("--only-tool", default=None,
+                    help="run only tools whose name contains this (libcr-rs, --cow, CRIU, DMTCP)")
     ap.add_argument("--nice", type=int, default=int(os.environ.get("BENCH_NICE", "0")),
                     help="the nice level this runs at (only reported)")
     ap.add_argument("-v", "--verbose", action="store_true", help="print cr_checkpoint -v output")
@@ -708,7 +727,9 @@ def main():
     cold_ok = bases[0]["cold_ok"]
     others = []
     runners = [("libcr-rs", lambda wl: libcr_once(tools, progs, wl, wdir, bases[0], cold_ok,
-                                                  args.verbose))]
+                                                  args.verbose)),
+               ("libcr-rs --cow", lambda wl: libcr_once(tools, progs, wl, wdir, bases[0], cold_ok,
+                                                        args.verbose, cow=True))]
     if shutil.which("criu"):
         runners.append(("CRIU", lambda wl: criu_once(progs, wl, wdir, cold_ok)))
     else:
@@ -722,13 +743,15 @@ def main():
         if args.only and args.only not in wl.name:
             continue
         for tool, once in runners:
+            if args.only_tool and args.only_tool not in tool:
+                continue
             samples = []
             for i in range(args.reps):
                 log(f"{tool}: {wl.name} ({i + 1}/{args.reps})")
                 try:
                     samples.append(once(wl))
                 except BenchError as e:
-                    if tool == "libcr-rs":
+                    if tool.startswith("libcr-rs"):
                         raise
                     log(f"  {tool} failed: {e}")
                     others.append((tool, f"{wl.name}: failed: {e}"))

@@ -12,8 +12,11 @@
  * from memory at several instants (shared memory read after the program went on, say) restores
  * to sums that do not match.
  *
- * After GO: the workers stop, every segment's sum is recomputed and compared with the kept one,
- * then PASS cow_mutate (or FAIL cow_mutate: what).
+ * With COW_DONTFORK=1 it also has 1 MiB of private memory with a pattern marked MADV_DONTFORK
+ * (a fork does not copy it: a copy-on-write checkpoint must be written stopped).
+ *
+ * After GO: the workers stop, every segment's sum is recomputed and compared with the kept one
+ * (and the MADV_DONTFORK pattern checked), then PASS cow_mutate (or FAIL cow_mutate: what).
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -133,6 +136,14 @@ int main(void)
         w->step = 0;
         w->sum = recompute(w);
     }
+    unsigned char *nofork = NULL;
+    if (getenv("COW_DONTFORK") && atoi(getenv("COW_DONTFORK"))) {
+        nofork = mmap(NULL, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (nofork == MAP_FAILED || madvise(nofork, 1 << 20, MADV_DONTFORK))
+            fail("MADV_DONTFORK region");
+        for (size_t i = 0; i < 1 << 20; i++)
+            nofork[i] = (unsigned char)(i * 13 + 5);
+    }
     if (pipe(pfd))
         fail("pipe");
     for (int i = 0; i < PIPE_FILL; i++) {
@@ -162,6 +173,9 @@ int main(void)
         pthread_join(W[t].th, NULL);
     if (pipe_bad)
         fail("a byte read from the pipe is not the one written");
+    for (size_t i = 0; nofork && i < 1 << 20; i++)
+        if (nofork[i] != (unsigned char)(i * 13 + 5))
+            fail("the MADV_DONTFORK region lost its pattern");
     for (int t = 0; t < n; t++) {
         if (recompute(&W[t]) != W[t].sum) {
             char m[96];

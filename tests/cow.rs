@@ -13,9 +13,16 @@ use std::time::{Duration, Instant};
 
 /// Starts cow_mutate under cr_run with `threads` worker threads and `mib` MiB of private memory.
 fn start(sc: &Scenario, threads: u32, mib: u32) -> Job {
+    start_with(sc, threads, mib, &[])
+}
+
+/// [`start`] with more environment.
+fn start_with(sc: &Scenario, threads: u32, mib: u32, env: &[(&str, &str)]) -> Job {
     let mut prog = sc.program("cow_mutate");
     prog.env.push(("COW_THREADS".into(), threads.to_string()));
     prog.env.push(("COW_MIB".into(), mib.to_string()));
+    prog.env
+        .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let mut job = sc.start("cow_mutate", sc.under_cr_run(&prog));
     job.wait_ready();
     job
@@ -134,4 +141,24 @@ fn cow_requester_killed_kills_the_writer() {
     job.assert_running("after its checkpoint's requester was killed");
     sc.go();
     job.expect_pass(RESTART_TIMEOUT);
+}
+
+/// Memory marked MADV_DONTFORK is not in a fork's snapshot: the checkpoint is written stopped
+/// (said under -v) and restores completely.
+#[test]
+fn cow_dontfork_falls_back_to_stopped() {
+    let sc = Scenario::new("cow-dontfork");
+    let mut job = start_with(&sc, 1, 32, &[("COW_DONTFORK", "1")]);
+    let img = sc.next_image_path();
+    let res = sc.checkpoint_to(job.pid(), &["-v", "--cow", "--term"], &img);
+    res.assert_success();
+    assert!(
+        res.stderr
+            .contains("mode=stopped(no copy-on-write: it has memory a fork does not copy"),
+        "-v must say why the checkpoint was written stopped:\n{}",
+        res.describe()
+    );
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    sc.go();
+    sc.restart(&img).expect_pass(RESTART_TIMEOUT);
 }

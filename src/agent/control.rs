@@ -774,7 +774,11 @@ fn finish_cow(conn: i32, job: &Job, scratch: &Scratch, quiesce_start: u64, quies
                 .num(stop_ns / 1_000_000)
                 .push(b".")
                 .num(stop_ns / 100_000 % 10)
-                .push(b"ms");
+                .push(b"ms(fork=")
+                .num(super::cow::FORK_NS.load(Relaxed) / 1_000_000)
+                .push(b"ms check=")
+                .num(super::cow::CHECK_NS.load(Relaxed) / 1_000_000)
+                .push(b"ms)");
             send_reply(conn, 0, bytes, report.as_bytes());
             wait_commit(conn);
         }

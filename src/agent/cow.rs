@@ -48,6 +48,8 @@ pub const NOTE_SEM: u32 = 5;
 /// … it is an incremental checkpoint (`agent::incremental` finds and protects again the
 /// written pages in the stopped process).
 pub const NOTE_INCREMENTAL: u32 = 6;
+/// … it has memory a fork does not copy (`MADV_DONTFORK`).
+pub const NOTE_DONTFORK: u32 = 7;
 
 /// Why a `--cow` request was written stopped, for `-v`.
 pub fn note_text(note: u32) -> &'static [u8] {
@@ -58,6 +60,7 @@ pub fn note_text(note: u32) -> &'static [u8] {
         NOTE_FORWARD => b"forwarded or API checkpoints are written stopped",
         NOTE_SEM => b"its SysV semaphores or message queues could not be recorded",
         NOTE_INCREMENTAL => b"incremental checkpoints are written stopped",
+        NOTE_DONTFORK => b"it has memory a fork does not copy (MADV_DONTFORK)",
         _ => b"",
     }
 }
@@ -78,6 +81,9 @@ struct WriterPage {
     pre_n: u64,
     pre_base: u64,
     pre_len: u64,
+    regions: u64,
+    /// The writer's first verdict: 0 not yet, [`EARLY_OK`], [`EARLY_MISSING`] (a shared futex).
+    early: AtomicU32,
     bytes: AtomicU64,
     errno: AtomicI32,
     step: AtomicU32,
@@ -88,6 +94,55 @@ struct WriterPage {
 }
 
 const _: () = assert!(core::mem::size_of::<WriterPage>() <= crate::image::format::PAGE);
+
+/// The writer's snapshot has every region of the program.
+const EARLY_OK: u32 = 1;
+/// The writer's snapshot lacks regions (`MADV_DONTFORK`): it exits, the checkpoint is written
+/// stopped.
+const EARLY_MISSING: u32 = 2;
+
+/// `futex(2)` on a word shared between processes (no `FUTEX_PRIVATE_FLAG`).
+fn futex_shared(word: &AtomicU32, op: i32, val: u32, timeout_ns: u64) {
+    let ts = libc::timespec {
+        tv_sec: (timeout_ns / 1_000_000_000) as i64,
+        tv_nsec: (timeout_ns % 1_000_000_000) as i64,
+    };
+    let _ = sys::sys6(
+        libc::SYS_futex as usize,
+        word.as_ptr() as usize,
+        op as usize,
+        val as usize,
+        if op == libc::FUTEX_WAIT {
+            &ts as *const _ as usize
+        } else {
+            0
+        },
+        0,
+        0,
+    );
+}
+
+/// Reaps the writer `pidfd` (already ended or killed) and closes it; returns its `waitid` result.
+fn reap(pidfd: i32) -> (Result<usize, Errno>, libc::siginfo_t) {
+    // SAFETY: all-zero is a valid siginfo_t.
+    let mut info: libc::siginfo_t = unsafe { core::mem::zeroed() };
+    let r = loop {
+        match sys::sys6(
+            libc::SYS_waitid as usize,
+            libc::P_PIDFD as usize,
+            pidfd as usize,
+            &mut info as *mut _ as usize,
+            (libc::WEXITED | libc::__WALL) as usize,
+            0,
+            0,
+        ) {
+            Err(Errno(libc::EINTR)) => continue,
+            r => break r,
+        }
+    };
+    sys::close(pidfd);
+    (r, info)
+}
 
 fn page(scratch: &Scratch) -> &WriterPage {
     // SAFETY: the writer page is a page of the scratch area, zero or written by `start`, and
@@ -106,7 +161,7 @@ pub fn start(
     pid: i32,
 ) -> Result<i32, u32> {
     let mut pre = ExtentList::new(scratch.precopy());
-    memory::find_precopy(scratch, &mut pre, save).map_err(|_| NOTE_PRECOPY)?;
+    let regions = memory::find_precopy(scratch, &mut pre, save).map_err(|_| NOTE_PRECOPY)?;
     let len = pre.data_len;
     if len > PRECOPY_LIMIT {
         return Err(NOTE_SHARED_LIMIT);
@@ -159,6 +214,8 @@ pub fn start(
             pre_n: pre.all().len() as u64,
             pre_base: base,
             pre_len: len,
+            regions,
+            early: AtomicU32::new(0),
             bytes: AtomicU64::new(0),
             errno: AtomicI32::new(0),
             step: AtomicU32::new(0),
@@ -178,16 +235,50 @@ pub fn start(
         stack_size: stack_size as u64,
         ..Default::default()
     };
+    let t0 = sys::monotonic_ns();
     // SAFETY: the writer's stack is in the scratch area and used by nobody else; writer_main
     // never returns.
     let r = unsafe { crate::arch::clone3_call(&args, writer_main, p as usize) };
+    let t1 = sys::monotonic_ns();
+    FORK_NS.store(t1 - t0, Relaxed);
     // Our copy of the shared memory is not needed any more: the writer has its own mapping.
     unmap();
     if r < 0 {
         return Err(NOTE_CLONE);
     }
-    Ok(pidfd)
+    // Before the program runs on: does the snapshot hold all of it? (The writer's first step:
+    // a read of its maps.)
+    let a = page(scratch);
+    loop {
+        match a.early.load(Acquire) {
+            EARLY_OK => {
+                CHECK_NS.store(sys::monotonic_ns() - t1, Relaxed);
+                return Ok(pidfd);
+            }
+            EARLY_MISSING => {
+                let _ = reap(pidfd);
+                return Err(NOTE_DONTFORK);
+            }
+            _ => {}
+        }
+        let mut p = libc::pollfd {
+            fd: pidfd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        if sys::sys3(libc::SYS_poll as usize, &mut p as *mut _ as usize, 1, 0).unwrap_or(0) > 0 {
+            // It ended before its verdict (it could not read its maps).
+            let _ = reap(pidfd);
+            return Err(NOTE_CLONE);
+        }
+        futex_shared(&a.early, libc::FUTEX_WAIT, 0, 1_000_000);
+    }
 }
+
+/// How long the last writer's `clone3` took (copying the page tables), in ns.
+pub static FORK_NS: AtomicU64 = AtomicU64::new(0);
+/// How long the program then waited for the writer's check of its snapshot, in ns.
+pub static CHECK_NS: AtomicU64 = AtomicU64::new(0);
 
 /// `CLONE_CLEAR_SIGHAND`: the writer starts with every handler reset (and every signal blocked,
 /// as the control thread has them).
@@ -237,6 +328,16 @@ extern "C" fn writer_main(page_addr: usize) -> ! {
         u32::MAX as usize,
         0,
     );
+    // SAFETY: the Scratch value lives on the control thread's stack, which our snapshot holds.
+    let scratch = unsafe { &*(a.scratch as *const Scratch) };
+    let complete =
+        memory::count_regions(scratch, (a.pre_base, a.pre_len)).is_ok_and(|n| n == a.regions);
+    a.early
+        .store(if complete { EARLY_OK } else { EARLY_MISSING }, Release);
+    futex_shared(&a.early, libc::FUTEX_WAKE, 1, 0);
+    if !complete {
+        sys::exit_group(3);
+    }
     let r = write_rest(a);
     a.mode.store(io_report::MODE.load(Relaxed), Relaxed);
     a.mode_errno.store(io_report::ERRNO.load(Relaxed), Relaxed);
@@ -279,7 +380,25 @@ fn write_rest(a: &WriterPage) -> Result<u64, (u32, Errno)> {
         .map_err(|e| (3, e))?;
     w.append(&scratch.side()[..a.side_len as usize])
         .map_err(|_| (1, Errno(libc::ENOMEM)))?;
-    image::finish(a.fd, a.deadline_ns, scratch, w, &ext, &unreadable, a.pid)
+    // A buffer of our own (private, populated now) to write the page data from: see
+    // memory::BOUNCE_LEN.
+    let bounce = sys::mmap(
+        0,
+        memory::BOUNCE_LEN,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+        -1,
+        0,
+    )
+    .map_err(|e| (0, e))?;
+    // SAFETY: a fresh private mapping of BOUNCE_LEN bytes, used only here.
+    let bounce = unsafe { core::slice::from_raw_parts_mut(bounce as *mut u8, memory::BOUNCE_LEN) };
+    let out = image::Dest {
+        fd: a.fd,
+        deadline_ns: a.deadline_ns,
+        bounce: Some(bounce),
+    };
+    image::finish(out, scratch, w, &ext, &unreadable, a.pid)
 }
 
 /// How a writer ended, when it failed.
@@ -384,23 +503,7 @@ pub fn wait(
             0,
         );
     }
-    // SAFETY: all-zero is a valid siginfo_t.
-    let mut info: libc::siginfo_t = unsafe { core::mem::zeroed() };
-    let r = loop {
-        match sys::sys6(
-            libc::SYS_waitid as usize,
-            libc::P_PIDFD as usize,
-            pidfd as usize,
-            &mut info as *mut _ as usize,
-            (libc::WEXITED | libc::__WALL) as usize,
-            0,
-            0,
-        ) {
-            Err(Errno(libc::EINTR)) => continue,
-            r => break r,
-        }
-    };
-    sys::close(pidfd);
+    let (r, info) = reap(pidfd);
     if let Some(v) = verdict {
         return Err(v);
     }

@@ -386,20 +386,40 @@ fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
     memory::capture(&mut w, scratch, &mut ext, &mut unreadable, save, None).map_err(|e| (3, e))?;
     super::sysvsem::capture(&mut w).map_err(|e| (3, e))?;
     super::sysvmsg::capture(&mut w).map_err(|e| (3, e))?;
-    finish(job.fd, job.deadline_ns, scratch, w, &ext, &unreadable, pid).map(Written::Bytes)
+    let out = Dest {
+        fd: job.fd,
+        deadline_ns: job.deadline_ns,
+        bounce: None,
+    };
+    finish(out, scratch, w, &ext, &unreadable, pid).map(Written::Bytes)
+}
+
+/// Where [`finish`] writes.
+pub struct Dest<'a> {
+    /// The image descriptor.
+    pub fd: i32,
+    /// `--time` (CLOCK_MONOTONIC; `u64::MAX`: none).
+    pub deadline_ns: u64,
+    /// A buffer the page data is copied through (`memory::write_data`), or none.
+    pub bounce: Option<&'a mut [u8]>,
 }
 
 /// Ends the metadata and writes the whole image (header, metadata, page data of `ext`, trailer),
-/// then syncs it; returns its length.
+/// then syncs it; returns its length. Page data goes through `bounce` when given
+/// (`memory::write_data`).
 pub fn finish(
-    fd: i32,
-    deadline_ns: u64,
+    out: Dest,
     scratch: &Scratch,
     mut w: MetaWriter,
     ext: &ExtentList,
     unreadable: &Unreadable,
     pid: i32,
 ) -> Result<u64, (u32, Errno)> {
+    let Dest {
+        fd,
+        deadline_ns,
+        bounce,
+    } = out;
     let full = |_| (1, Errno(libc::ENOMEM));
     w.raw(REC_END, &[]).map_err(full)?;
 
@@ -460,7 +480,7 @@ pub fn finish(
     )
     .map_err(io)?;
     unreadable.set(true);
-    let data_hash = memory::write_data(fd, ext.all(), deadline_ns);
+    let data_hash = memory::write_data(fd, ext.all(), deadline_ns, bounce);
     unreadable.set(false);
     let data_hash = data_hash.map_err(io)?;
     io_report::PHASE_NS[2].store(sys::monotonic_ns(), Relaxed);

@@ -369,11 +369,13 @@ impl Precopy<'_> {
 /// Finds, like [`capture`] would, the pages of shared memory (and other memory stored by
 /// content) to save and lists them in `out` (`file_off`: their offset in a copy); the caller
 /// copies them with [`copy_precopied`].
+/// Returns how many regions the program has (the scratch area left out), for
+/// [`count_regions`] in the writer.
 pub fn find_precopy(
     scratch: &Scratch,
     out: &mut ExtentList,
     save: SaveByContent,
-) -> Result<(), Errno> {
+) -> Result<u64, Errno> {
     let exe = sys::stat(b"/proc/self/exe\0", 0)
         .ok()
         .map(|s| (s.st_dev, s.st_ino));
@@ -382,11 +384,13 @@ pub fn find_precopy(
     let pagemap_fd =
         sys::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)? as i32;
     let res = (|| {
+        let mut regions = 0;
         for line in scratch.maps()[..n].split(|&b| b == b'\n') {
             let Some(m) = parse_line(line) else { continue };
             if scratch.contains(m.start) {
                 continue;
             }
+            regions += 1;
             let (mut st, mut fs) = (None, None);
             let Some(kind) = classify(&m, save, exe, &mut st, &mut fs) else {
                 continue;
@@ -396,10 +400,23 @@ pub fn find_precopy(
                 scan_region(&m, kind, fs, pagemap_fd, scratch, out)?;
             }
         }
-        Ok(())
+        Ok(regions)
     })();
     sys::close(pagemap_fd);
     res
+}
+
+/// How many regions this address space has, leaving out the scratch area and `skip` (start,
+/// length): in a copy-on-write writer, fewer than the program had at the fork means memory the
+/// program marked `MADV_DONTFORK`, which the snapshot lacks.
+pub fn count_regions(scratch: &Scratch, skip: (u64, u64)) -> Result<u64, Errno> {
+    let maps = scratch.maps();
+    let n = sys::read_file(b"/proc/self/maps\0", maps)?;
+    Ok(scratch.maps()[..n]
+        .split(|&b| b == b'\n')
+        .filter_map(parse_line)
+        .filter(|m| !scratch.contains(m.start) && !(skip.0..skip.0 + skip.1).contains(&m.start))
+        .count() as u64)
 }
 
 /// Copies every extent of `extents` to `base + file_off` (`process_vm_readv`: a page that cannot
@@ -811,33 +828,78 @@ pub fn capture(
 
 /// Writes every extent, in order, from memory to `fd`, hashing as it goes; returns the hash.
 /// `deadline_ns` (CLOCK_MONOTONIC, `u64::MAX`: none) is `--time`: past it the write stops with
-/// `ETIMEDOUT` (checked every [`WRITE_CHUNK`] bytes).
-pub fn write_data(fd: i32, extents: &[Extent], deadline_ns: u64) -> Result<u64, Errno> {
+/// `ETIMEDOUT` (checked every [`WRITE_CHUNK`] bytes). With `bounce` (page aligned, a page
+/// multiple) the data is copied into it and written from there (see [`BOUNCE_LEN`]).
+pub fn write_data(
+    fd: i32,
+    extents: &[Extent],
+    deadline_ns: u64,
+    bounce: Option<&mut [u8]>,
+) -> Result<u64, Errno> {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let (bounce_ptr, bounce_len) = match bounce {
+        Some(b) => (b.as_mut_ptr(), b.len() as u64),
+        None => (core::ptr::null_mut(), 0),
+    };
+    let mut filled = 0u64;
+    let mut since_check = WRITE_CHUNK;
     for e in extents {
         let mut done = 0;
         while done < e.len {
-            if deadline_ns != u64::MAX && sys::monotonic_ns() > deadline_ns {
-                return Err(Errno(libc::ETIMEDOUT));
+            if since_check >= WRITE_CHUNK {
+                since_check = 0;
+                if deadline_ns != u64::MAX && sys::monotonic_ns() > deadline_ns {
+                    return Err(Errno(libc::ETIMEDOUT));
+                }
+                // The requester is gone (killed mid-checkpoint): nobody will commit this image,
+                // so stop writing and let the program go (a piece takes well under 100 ms).
+                if super::image::requester_gone() {
+                    return Err(Errno(libc::ECANCELED));
+                }
             }
-            // The requester is gone (killed mid-checkpoint): nobody will commit this image, so
-            // stop writing and let the program go (a piece takes well under 100 ms).
-            if super::image::requester_gone() {
-                return Err(Errno(libc::ECANCELED));
+            let mut n = (e.len - done).min(WRITE_CHUNK);
+            if bounce_len > 0 {
+                n = n.min(bounce_len - filled);
             }
-            let n = (e.len - done).min(WRITE_CHUNK);
             let at = (e.addr + done) as usize;
             // SAFETY: the extent lies in a mapped, readable region (made readable if needed), and
-            // the program's threads are parked.
+            // the program's threads are parked (or this is a copy-on-write writer's snapshot).
             let mem = unsafe { core::slice::from_raw_parts(at as *const u8, n as usize) };
             h.update(mem);
-            // The kernel reads the program's memory directly: no copy through a buffer.
-            super::image::write_mem(fd, at, n as usize)?;
+            if bounce_len > 0 {
+                // SAFETY: `filled + n <= bounce_len`; the bounce buffer is ours alone.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(
+                        mem.as_ptr(),
+                        bounce_ptr.add(filled as usize),
+                        n as usize,
+                    )
+                };
+                filled += n;
+                if filled == bounce_len {
+                    super::image::write_mem(fd, bounce_ptr as usize, filled as usize)?;
+                    filled = 0;
+                }
+            } else {
+                // The kernel reads the program's memory directly: no copy through a buffer.
+                super::image::write_mem(fd, at, n as usize)?;
+            }
             done += n;
+            since_check += n;
         }
+    }
+    if filled > 0 {
+        super::image::write_mem(fd, bounce_ptr as usize, filled as usize)?;
     }
     Ok(h.digest())
 }
+
+/// Bounce buffer of a copy-on-write writer. Its memory is shared with the program (a fork's
+/// copy-on-write pages), and the kernel copies such a page when direct I/O pins it (a pin of a
+/// page that is not exclusively ours "unshares" it since Linux 5.19/6.0): written straight from
+/// memory, every page would be copied into fresh memory (slow here, and as much memory again).
+/// Copied into a buffer of its own first, it is only read.
+pub const BOUNCE_LEN: usize = 8 << 20;
 
 /// Page data is written (and the deadline and the requester checked) in pieces of this size (a
 /// page multiple; ~40 ms at this machine's direct-I/O rate).
