@@ -693,8 +693,11 @@ pub fn capture(
             .filter_map(parse_line)
             // Not our own scratch area (shared anonymous memory, "/dev/zero (deleted)"): it
             // made every checkpoint read smaps, which walks every page table (0.3 s for 4 GiB).
-            .any(|m| maybe_huge(&m) && !scratch.contains(m.start))
-        {
+            .any(|m| {
+                maybe_huge(&m)
+                    && !scratch.contains(m.start)
+                    && !pre.is_some_and(|p| (p.base..p.base + p.len).contains(&m.start))
+            }) {
             HugeRegions::scan(scratch.probe())
         } else {
             HugeRegions {
