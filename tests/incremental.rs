@@ -238,3 +238,50 @@ fn fallbacks_to_full_images_are_said() {
     sc.go();
     restarted.expect_pass(RESTART_TIMEOUT);
 }
+
+/// `cr_info --merge OUT` folds a chain into one full image that restarts with the chain gone;
+/// `cr_info` shows the chain; merging a full image is one clear line.
+#[test]
+fn merged_chain_restores_without_the_chain() {
+    let sc = Scenario::new("incr-merge");
+    let (img, parent) = full_and_delta(&sc);
+    let cr_info = PathBuf::from(env!("CARGO_BIN_EXE_cr_info"));
+    let res = sc.run_tool(
+        "cr_info",
+        sc.command(&[cr_info.as_os_str(), img.as_os_str()]),
+    );
+    res.assert_success();
+    assert!(
+        res.stdout.contains("delta image      1 link(s) behind it")
+            && res.stdout.contains("img.~1~"),
+        "cr_info must show the chain:\n{}",
+        res.stdout
+    );
+    let merged = sc.img_dir().join("merged");
+    let res = sc.run_tool(
+        "cr_info --merge",
+        sc.command(&[
+            cr_info.as_os_str(),
+            "--merge".as_ref(),
+            merged.as_os_str(),
+            img.as_os_str(),
+        ]),
+    );
+    res.assert_success();
+    let res = sc.run_tool(
+        "cr_info --merge (full image)",
+        sc.command(&[
+            cr_info.as_os_str(),
+            "--merge".as_ref(),
+            sc.img_dir().join("again").as_os_str(),
+            merged.as_os_str(),
+        ]),
+    );
+    let line = res.assert_one_line_failure();
+    assert!(line.contains("not a delta image"), "{line}");
+    fs::remove_file(&img).expect("remove delta");
+    fs::remove_file(&parent).expect("remove parent");
+    let mut restarted = sc.restart(&merged);
+    sc.go();
+    restarted.expect_pass(RESTART_TIMEOUT);
+}

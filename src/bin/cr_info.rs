@@ -28,6 +28,9 @@ struct Args {
     /// Do not print the contents (with --check: print only the problems found).
     #[arg(short = 'q', long = "quiet")]
     quiet: bool,
+    /// Fold a delta image and its chain into one full image OUT (the chain is left as it is).
+    #[arg(long, value_name = "OUT")]
+    merge: Option<PathBuf>,
     /// The image to describe.
     file: PathBuf,
 }
@@ -499,6 +502,21 @@ fn main() {
     // SAFETY: restoring the default disposition of SIGPIPE.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let args = Args::parse();
+    if let Some(out) = &args.merge {
+        match cr::image::merge::merge(&args.file, out) {
+            Ok(n) => {
+                if !args.quiet {
+                    println!(
+                        "merged {} and its chain into {} ({n} bytes)",
+                        args.file.display(),
+                        out.display()
+                    );
+                }
+                return;
+            }
+            Err(e) => fail(TOOL, e.errno, &e.msg),
+        }
+    }
     let path = &args.file;
     let file = std::fs::File::open(path).unwrap_or_else(|e| {
         let errno = e.raw_os_error().unwrap_or(libc::EIO);

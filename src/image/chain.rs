@@ -143,3 +143,68 @@ pub fn resolve_paths(img: &Image, path: &Path) -> Result<Vec<PathBuf>, ChainErro
         .map(|l| std::path::absolute(&l.path).unwrap_or(l.path))
         .collect())
 }
+
+/// `(a, b)` minus the sorted, disjoint `cut` ranges, appended to `out`.
+pub fn subtract(a: u64, b: u64, cut: &[(u64, u64)], out: &mut Vec<(u64, u64)>) {
+    let mut p = a;
+    let first = cut.partition_point(|&(_, e)| e <= a);
+    for &(s, e) in &cut[first..] {
+        if s >= b {
+            break;
+        }
+        if p < s {
+            out.push((p, s));
+        }
+        p = p.max(e);
+    }
+    if p < b {
+        out.push((p, b));
+    }
+}
+
+/// Splits `need` over `link`'s regions: data pieces to copy (`copies`), and what its
+/// incremental regions leave to the next parent (returned). Pages in no region of the link,
+/// or in a full region's unsaved pages, are zero.
+pub fn split(
+    link: &Image,
+    need: &[(u64, u64)],
+    copies: &mut Vec<(u64, u64, u64)>,
+) -> Vec<(u64, u64)> {
+    let mut next = Vec::new();
+    let regions: &[super::reader::Region] = &link.regions;
+    for &(a, b) in need {
+        let first = regions.partition_point(|r| r.rec.end <= a);
+        for r in &regions[first..] {
+            if r.rec.start >= b {
+                break;
+            }
+            let (x, y) = (a.max(r.rec.start), b.min(r.rec.end));
+            if x >= y {
+                continue;
+            }
+            let mut p = x;
+            let mut rest = Vec::new();
+            let e0 = r.extents.partition_point(|e| e.addr + e.len <= x);
+            for e in &r.extents[e0..] {
+                if e.addr >= y {
+                    break;
+                }
+                let (ex, ey) = (x.max(e.addr), y.min(e.addr + e.len));
+                if p < ex {
+                    rest.push((p, ex));
+                }
+                copies.push((e.file_off + (ex - e.addr), ey - ex, ex));
+                p = ey;
+            }
+            if p < y {
+                rest.push((p, y));
+            }
+            if let Some(holes) = &r.incr {
+                for (s, e) in rest {
+                    subtract(s, e, holes, &mut next);
+                }
+            }
+        }
+    }
+    next
+}

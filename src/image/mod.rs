@@ -3,6 +3,7 @@
 
 pub mod chain;
 pub mod format;
+pub mod merge;
 pub mod reader;
 pub mod tree;
 pub mod writer;

@@ -10,7 +10,8 @@
 //! trailer hash, as the delta's own is.
 
 use super::RestoreError;
-use crate::image::reader::{Image, Region};
+use crate::image::chain::{split, subtract};
+use crate::image::reader::Image;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
@@ -22,24 +23,6 @@ type Copy = (u64, u64, u64);
 
 fn err(errno: i32, msg: String) -> RestoreError {
     RestoreError::new(errno, msg)
-}
-
-/// `(a, b)` minus the sorted, disjoint `cut` ranges, appended to `out`.
-fn subtract(a: u64, b: u64, cut: &[(u64, u64)], out: &mut Vec<(u64, u64)>) {
-    let mut p = a;
-    let first = cut.partition_point(|&(_, e)| e <= a);
-    for &(s, e) in &cut[first..] {
-        if s >= b {
-            break;
-        }
-        if p < s {
-            out.push((p, s));
-        }
-        p = p.max(e);
-    }
-    if p < b {
-        out.push((p, b));
-    }
 }
 
 /// The pages of `img`'s incremental regions that the parents must supply.
@@ -57,49 +40,6 @@ fn needed(img: &Image) -> Vec<(u64, u64)> {
         subtract(r.rec.start, r.rec.end, &have, &mut out);
     }
     out
-}
-
-/// Splits `need` over `link`'s regions: data pieces to copy (`copies`), and what its
-/// incremental regions leave to the next parent (returned). Pages in no region of the link,
-/// or in a full region's unsaved pages, are zero.
-fn split(link: &Image, need: &[(u64, u64)], copies: &mut Vec<(u64, u64, u64)>) -> Vec<(u64, u64)> {
-    let mut next = Vec::new();
-    let regions: &[Region] = &link.regions;
-    for &(a, b) in need {
-        let first = regions.partition_point(|r| r.rec.end <= a);
-        for r in &regions[first..] {
-            if r.rec.start >= b {
-                break;
-            }
-            let (x, y) = (a.max(r.rec.start), b.min(r.rec.end));
-            if x >= y {
-                continue;
-            }
-            let mut p = x;
-            let mut rest = Vec::new();
-            let e0 = r.extents.partition_point(|e| e.addr + e.len <= x);
-            for e in &r.extents[e0..] {
-                if e.addr >= y {
-                    break;
-                }
-                let (ex, ey) = (x.max(e.addr), y.min(e.addr + e.len));
-                if p < ex {
-                    rest.push((p, ex));
-                }
-                copies.push((e.file_off + (ex - e.addr), ey - ex, ex));
-                p = ey;
-            }
-            if p < y {
-                rest.push((p, y));
-            }
-            if let Some(holes) = &r.incr {
-                for (s, e) in rest {
-                    subtract(s, e, holes, &mut next);
-                }
-            }
-        }
-    }
-    next
 }
 
 /// Fills the pages of `img`'s incremental regions that `img` does not hold from its chain
