@@ -4,7 +4,7 @@ CARGO ?= cargo
 LIBVER := 0.5.5
 REL := target/release
 
-.PHONY: all build install check check-all lint clean bench bench-smoke check-cluster
+.PHONY: all build install check check-all lint clean bench bench-smoke check-cluster soak
 
 all: build
 
@@ -59,6 +59,17 @@ bench: build
 # A small size of it (64 MiB, one repetition) for CI: target/bench/PERFORMANCE-smoke.md.
 bench-smoke: build
 	python3 bench/bench.py --smoke $(BENCH_ARGS)
+
+# The long runs of the load, fault and fuzz suites (docs/RELIABILITY.md, "Soak"): 1000
+# checkpoints in a row (time per checkpoint, first vs last 100, and the footprint compared), the
+# load suite, the image fuzzer with 200,000 mutations per kind, the fault suite 5 times. About an
+# hour on 2 shared cores; not part of check-all.
+SOAK_CHECKPOINTS ?= 1000
+SOAK_FUZZ ?= 200000
+soak: build
+	LOAD_CHECKPOINTS=$(SOAK_CHECKPOINTS) $(CARGO) test --release --test load -- --nocapture
+	FUZZ_ITERS=$(SOAK_FUZZ) $(CARGO) test --release --test image_fuzz -- --nocapture
+	for i in 1 2 3 4 5; do $(CARGO) test --release --test faults --test security || exit 1; done
 
 clean:
 	$(CARGO) clean

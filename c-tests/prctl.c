@@ -11,7 +11,8 @@
  *                  no_new_privs 1, keep-caps 1, personality P0|SHORT_INODE;
  *   second thread: name "pr-worker", timer slack 7777 ns, parent-death signal SIGWINCH,
  *                  no_new_privs 0, keep-caps 0, personality P0|WHOLE_SECONDS;
- *   process:       dumpable 0, child subreaper 1, THP disabled
+ *   process:       dumpable 0 (when run as root; as another user 1: only root may checkpoint
+ *                  a process that is not dumpable), child subreaper 1, THP disabled
  * (P0: the personality the program started with, e.g. ADDR_NO_RANDOMIZE under setarch -R).
  * Each thread checks its own values before READY and after GO (PR_GET_*, personality(~0)),
  * /proc/self/task/<tid>/comm of both threads is checked too, and a parent-death signal must
@@ -76,13 +77,17 @@ static void check(const char *when, const struct want *w, pid_t tid)
               w->pdeathsig, w->nnp, w->keepcaps, w->persona);
 }
 
+/* 0 as root; 1 as another user, whose checkpoint of a non-dumpable process is refused. */
+static int want_dumpable;
+
 static void check_process(const char *when)
 {
     int sub = -1;
     prctl(PR_GET_CHILD_SUBREAPER, &sub);
     int dump = prctl(PR_GET_DUMPABLE), thp = prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0);
-    if (dump != 0 || sub != 1 || thp != 1)
-        failf("%s: dumpable %d subreaper %d THP disabled %d, expected 0 1 1", when, dump, sub, thp);
+    if (dump != want_dumpable || sub != 1 || thp != 1)
+        failf("%s: dumpable %d subreaper %d THP disabled %d, expected %d 1 1", when, dump, sub,
+              thp, want_dumpable);
     if (deathsig)
         failf("%s: parent-death signal %d arrived", when, (int)deathsig);
 }
@@ -117,7 +122,8 @@ int main(void)
     while (atomic_load(&phase) != 1)
         usleep(100);
     apply(&w_main);
-    if (prctl(PR_SET_DUMPABLE, 0) != 0 || prctl(PR_SET_CHILD_SUBREAPER, 1) != 0 ||
+    want_dumpable = getuid() != 0;
+    if (prctl(PR_SET_DUMPABLE, want_dumpable) != 0 || prctl(PR_SET_CHILD_SUBREAPER, 1) != 0 ||
         prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) != 0)
         fail("setting up the process failed");
     pid_t me = getpid();

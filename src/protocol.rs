@@ -1,8 +1,10 @@
 //! The control-socket protocol between a requester (`cr_checkpoint`) and the agent.
 //!
 //! Each process with the agent listens on the abstract unix socket `@libcr-ctl.<pid>`
-//! (`SOCK_SEQPACKET`). Both ends check the peer's credentials: the agent accepts only its own uid
-//! or root; the requester checks that the listener's pid is the target. The exchange is:
+//! (`SOCK_SEQPACKET`). Both ends check the peer's credentials: the agent accepts root, and its
+//! owner only for a process the owner could `ptrace` (not set-uid/set-gid, dumpable; see
+//! `agent::control`), answering anyone else `EPERM` with the reason;
+//! the requester checks that the listener's pid is the target. The exchange is:
 //!
 //! 1. requester → agent: [`Request`] `CHECKPOINT`, with the open image file as `SCM_RIGHTS`;
 //! 2. agent quiesces, writes and syncs the image, replies [`Reply`] (status 0 or an errno);

@@ -200,7 +200,9 @@ extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void {
         );
         match accept(lfd) {
             Ok(c) => {
-                if peer_allowed(c) {
+                if let Some(why) = peer_refusal(c) {
+                    refuse_peer(c, why);
+                } else {
                     // Threads may still be finishing the last checkpoint (e.g. stopped by a
                     // post-checkpoint SIGSTOP and just continued): give them a moment.
                     let deadline = sys::monotonic_ns() + LINGER_NS;
@@ -272,32 +274,92 @@ pub fn turn_away_busy() {
         return;
     }
     while let Ok(c) = accept(lfd) {
-        if peer_allowed(c) {
-            refuse_busy(c);
+        match peer_refusal(c) {
+            None => refuse_busy(c),
+            Some(why) => refuse_peer(c, why),
         }
         sys::close(c);
     }
 }
 
-fn peer_allowed(conn: i32) -> bool {
+/// Why a requester may not checkpoint this process, or `None` when it may. Root may always.
+/// Anyone else must be the process's owner, and the process must be one its owner could
+/// `ptrace` (the kernel's rule for reading another process's memory): real, effective and saved
+/// user ids all the requester's, real, effective and saved group ids equal (not set-gid), and
+/// dumpable. A set-uid program, one that changed its user or group, and one that called
+/// `PR_SET_DUMPABLE 0` (ssh-agent and gpg-agent do, to keep their keys from their own user) are
+/// refused: their memory must not land in a file the requester can read. Raw syscalls only
+/// (also called while a checkpoint runs).
+fn peer_refusal(conn: i32) -> Option<&'static [u8]> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: 0,
         gid: 0,
     };
     let mut len = core::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into cred.
-    let rc = unsafe {
-        libc::getsockopt(
-            conn,
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            &mut cred as *mut _ as *mut _,
-            &mut len,
-        )
+    let rc = sys::sys6(
+        libc::SYS_getsockopt as usize,
+        conn as usize,
+        libc::SOL_SOCKET as usize,
+        libc::SO_PEERCRED as usize,
+        &mut cred as *mut _ as usize,
+        &mut len as *mut _ as usize,
+        0,
+    );
+    if rc.is_err() {
+        return Some(b"permission denied: the requester's credentials are unknown");
+    }
+    if cred.uid == 0 {
+        return None;
+    }
+    let (mut r, mut e, mut s) = (0u32, 0u32, 0u32);
+    let uids = sys::sys3(
+        libc::SYS_getresuid as usize,
+        &mut r as *mut u32 as usize,
+        &mut e as *mut u32 as usize,
+        &mut s as *mut u32 as usize,
+    );
+    if uids.is_err() || [r, e, s].iter().any(|&u| u != cred.uid) {
+        if r == cred.uid {
+            return Some(
+                b"permission denied: the process runs with another user's rights (set-uid or changed user id); only root may checkpoint it",
+            );
+        }
+        return Some(b"permission denied: the process belongs to another user");
+    }
+    let gids = sys::sys3(
+        libc::SYS_getresgid as usize,
+        &mut r as *mut u32 as usize,
+        &mut e as *mut u32 as usize,
+        &mut s as *mut u32 as usize,
+    );
+    if gids.is_err() || r != e || r != s {
+        return Some(
+            b"permission denied: the process runs with another group's rights (set-gid or changed group id); only root may checkpoint it",
+        );
+    }
+    if !super::process::dumpable_before_request() {
+        return Some(
+            b"permission denied: the process is not dumpable (PR_SET_DUMPABLE 0, or it changed its credentials); only root may checkpoint it",
+        );
+    }
+    None
+}
+
+/// Answers a refused requester with `EPERM` and the reason, then the caller closes.
+fn refuse_peer(conn: i32, why: &[u8]) {
+    let mut p = libc::pollfd {
+        fd: conn,
+        events: libc::POLLIN,
+        revents: 0,
     };
-    // SAFETY: getuid has no preconditions.
-    rc == 0 && (cred.uid == 0 || cred.uid == unsafe { libc::getuid() })
+    let _ = sys::sys3(libc::SYS_poll as usize, &mut p as *mut _ as usize, 1, 1000);
+    if let Some((_, fd)) = recv_request(conn) {
+        if fd >= 0 {
+            sys::close(fd);
+        }
+    }
+    send_reply(conn, libc::EPERM, 0, why);
 }
 
 /// Receives a request and (optionally) one passed descriptor.

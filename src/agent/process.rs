@@ -254,8 +254,8 @@ static DUMPABLE_AT_REQUEST: AtomicU64 = AtomicU64::new(UNSET);
 
 /// While alive, a process that was not dumpable (`PR_SET_DUMPABLE` 0) is: the kernel makes
 /// `/proc/self` files of a non-dumpable process root's, so the agent could not read its own
-/// `auxv`, `pagemap` or `task/*/syscall`, nor `cr_checkpoint` find its pid namespace. The image
-/// goes to the requester, who may read the memory anyway (same user or root). Restored to 0 when
+/// `auxv`, `pagemap` or `task/*/syscall`, nor `cr_checkpoint` find its pid namespace. Only root
+/// gets this far for a non-dumpable process (`control::peer_refusal`). Restored to 0 when
 /// dropped (also in a restored process, whose control thread leaves the request through here).
 pub struct Dumpable {
     restore: bool,
@@ -267,16 +267,27 @@ impl Dumpable {
     pub fn for_request() -> Self {
         let cur = prctl(libc::PR_GET_DUMPABLE, 0).map_or(UNSET, |v| v as u64);
         DUMPABLE_AT_REQUEST.store(cur, Relaxed);
-        Dumpable {
-            restore: cur == 0 && prctl(libc::PR_SET_DUMPABLE, 1).is_ok(),
-        }
+        let restore = cur == 0 && prctl(libc::PR_SET_DUMPABLE, 1).is_ok();
+        MADE_DUMPABLE.store(restore, Relaxed);
+        Dumpable { restore }
     }
 }
+
+/// Whether the process is dumpable as its owner set it: while a request runs the agent makes
+/// it dumpable ([`Dumpable`]), so then the setting recorded when the request began counts.
+pub fn dumpable_before_request() -> bool {
+    let now = prctl(libc::PR_GET_DUMPABLE, 0).map_or(0, |v| v as u64);
+    now == 1 && !MADE_DUMPABLE.load(Relaxed)
+}
+
+/// Set while [`Dumpable`] holds a non-dumpable process dumpable.
+static MADE_DUMPABLE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 impl Drop for Dumpable {
     fn drop(&mut self) {
         if self.restore {
             let _ = prctl(libc::PR_SET_DUMPABLE, 0);
+            MADE_DUMPABLE.store(false, Relaxed);
         }
     }
 }

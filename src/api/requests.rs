@@ -196,7 +196,17 @@ fn start_checkpoint(
     unsafe { *handle = sock as cr_checkpoint_handle_t };
     // Return only once the target marked the checkpoint pending (as BLCR's kernel did before
     // the request call returned), or answered at once (refused: the answer stays for reap).
-    let refused = protocol::await_accepted(sock, true).map_or(true, |r| r.is_some());
+    let answer = protocol::await_accepted(sock, true);
+    if matches!(&answer, Ok(Some(r)) if r.status == libc::EPERM) {
+        // The agent refused the requester (another user, or a process only root may
+        // checkpoint): BLCR's request call itself failed with EPERM.
+        with_handles(|h| h.remove(&(sock as u64)));
+        forget_socket(sock);
+        // SAFETY: closing our socket.
+        unsafe { libc::close(sock) };
+        return Err(libc::EPERM);
+    }
+    let refused = answer.map_or(true, |r| r.is_some());
     if self_in_scope && !refused && !super::cs::in_section() {
         // Our own callbacks run before we return (we are signalled meanwhile).
         quiesce::wait_done(seen);

@@ -492,9 +492,10 @@ fn compile_command(name: &str, out: &Path) -> Command {
                 .arg(src("omp_f.f90"));
         }
         // Programs that call libcr's API themselves: linked with -lcr.
-        "linked" | "forward" | "api_tree" | "api_driver" | "cb_exit" => {
+        "linked" | "forward" | "api_tree" | "api_driver" | "cb_exit" | "secure" => {
             cmd = Command::new("gcc");
-            cmd.arg("-O2")
+            // secure.c calls nothing of libcr: keep the library (and its agent) linked in.
+            cmd.args(["-O2", "-Wl,--no-as-needed"])
                 .arg("-I")
                 .arg(&inc)
                 .arg("-o")
