@@ -8,7 +8,15 @@
 //!   more than the file can justify: every answer is `Ok` or a one-line error.
 //! - Writer → reader round trips give back exactly what was written.
 //!
+//! - Real images written by cr_checkpoint (a single process and a tree of five) get the same
+//!   bit flips and truncations, and their length and offset fields forged with every checksum
+//!   recomputed.
+//! - Every read runs under a counting allocator: no single allocation may exceed what the
+//!   file's size justifies (its length plus 1 MiB).
+//!
 //! `FUZZ_ITERS` sets the number of mutations per kind (default 2000; the soak uses millions).
+
+mod common;
 
 use cr::image::format::*;
 use cr::image::reader::Image;
@@ -197,14 +205,64 @@ fn tempfile() -> File {
     f
 }
 
-/// Reads every image of `file` and checks every checksum, as cr_restart does before anything
-/// runs; the error as text.
-fn read_all(file: &File) -> Result<usize, String> {
-    let (_, images) = tree::open_all(file).map_err(|e| e.to_string())?;
-    for img in &images {
-        img.verify_data(file).map_err(|e| e.to_string())?;
+/// The system allocator, recording per thread the largest single request since the last
+/// [`largest_allocation`] call (the test threads run in parallel: a per-thread figure).
+struct Counting;
+
+thread_local! {
+    static LARGEST: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+// SAFETY: every call is passed on to the system allocator unchanged.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        let _ = LARGEST.try_with(|m| m.set(m.get().max(l.size())));
+        // SAFETY: the caller's contract is the system allocator's.
+        unsafe { std::alloc::System.alloc(l) }
     }
-    Ok(images.len())
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        // SAFETY: as above.
+        unsafe { std::alloc::System.dealloc(p, l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: std::alloc::Layout) -> *mut u8 {
+        let _ = LARGEST.try_with(|m| m.set(m.get().max(l.size())));
+        // SAFETY: as above.
+        unsafe { std::alloc::System.alloc_zeroed(l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, new: usize) -> *mut u8 {
+        let _ = LARGEST.try_with(|m| m.set(m.get().max(new)));
+        // SAFETY: as above.
+        unsafe { std::alloc::System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// The largest single allocation of this thread since the last call (then reset).
+fn largest_allocation() -> usize {
+    LARGEST.with(|m| m.replace(0))
+}
+
+/// Reads every image of `file` and checks every checksum, as cr_restart does before anything
+/// runs; the error as text. Fails the test if the read made an allocation larger than the file
+/// plus 1 MiB.
+fn read_all(file: &File) -> Result<usize, String> {
+    let len = file.metadata().map_or(0, |m| m.len()) as usize;
+    largest_allocation();
+    let res = (|| {
+        let (_, images) = tree::open_all(file).map_err(|e| e.to_string())?;
+        for img in &images {
+            img.verify_data(file).map_err(|e| e.to_string())?;
+        }
+        Ok(images.len())
+    })();
+    let most = largest_allocation();
+    assert!(
+        most <= len + (1 << 20),
+        "reading a {len}-byte image allocated {most} bytes at once ({res:?})"
+    );
+    res
 }
 
 /// Runs `f`, turning a panic into a test failure that names the case.
@@ -382,5 +440,161 @@ fn forged_manifests_never_panic() {
         no_panic(&format!("forged manifest {i}"), || {
             let _ = read_all(&f);
         });
+    }
+}
+
+/// Images written by cr_checkpoint: `spinner` alone and `tree 3 deep` (five processes in one
+/// file, after a tree manifest). Built once per run.
+fn real_images() -> &'static [(String, Vec<u8>)] {
+    static IMAGES: std::sync::OnceLock<Vec<(String, Vec<u8>)>> = std::sync::OnceLock::new();
+    IMAGES.get_or_init(|| {
+        use common::*;
+        let sc = Scenario::new("fuzz-real");
+        let mut out = Vec::new();
+        let mut spinner = sc.start_program("spinner");
+        let img = sc.checkpoint(spinner.pid(), &["--cont"]);
+        out.push((
+            "spinner".to_string(),
+            std::fs::read(&img).expect("read image"),
+        ));
+        spinner.kill();
+        let mut prog = sc.program("tree");
+        prog.argv.extend(["3".into(), "deep".into()]);
+        let mut tree = sc.start("tree", sc.under_cr_run(&prog));
+        tree.wait_ready();
+        let img = sc.checkpoint(tree.pid(), &["--cont"]);
+        out.push(("tree".to_string(), std::fs::read(&img).expect("read image")));
+        tree.kill();
+        out
+    })
+}
+
+/// The byte ranges of `bytes` (a plain image, or a tree image: manifest then images) that no
+/// checksum covers: each image's padding between its metadata and its page data.
+fn unhashed(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let f = file_of(bytes);
+    let (_, images) = tree::open_all(&f).expect("a real image reads");
+    images
+        .iter()
+        .map(|img| {
+            // Offsets are the file's (absolute, also for the images after the first).
+            let h = &img.header;
+            (h.meta_offset + h.meta_len) as usize..h.data_offset as usize
+        })
+        .chain(images.first().filter(|i| i.base > 0).map(|first| {
+            // A tree image: the manifest's hash covers its used part, not the padding up to
+            // the first image.
+            let hdr: tree::TreeHeader =
+                bytemuck::pod_read_unaligned(&bytes[..core::mem::size_of::<tree::TreeHeader>()]);
+            let used = core::mem::size_of::<tree::TreeHeader>()
+                + hdr.nproc as usize * core::mem::size_of::<tree::TreeProc>()
+                + hdr.nshare as usize * core::mem::size_of::<tree::ShareRec>()
+                + hdr.nzombie as usize * core::mem::size_of::<tree::ZombieRec>();
+            used..first.base as usize
+        }))
+        .collect()
+}
+
+/// Where each image of `bytes` is, for failure messages.
+fn layout(bytes: &[u8]) -> String {
+    let (_, images) = tree::open_all(&file_of(bytes)).expect("a real image reads");
+    images
+        .iter()
+        .map(|img| {
+            let h = &img.header;
+            format!(
+                "[base {} meta {}+{} data {}+{} trailer {}]",
+                img.base, h.meta_offset, h.meta_len, h.data_offset, h.data_len, h.trailer_offset
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Bit flips anywhere in a real image are refused (unless in padding no checksum covers and
+/// nothing reads), truncations always; never a panic, never an allocation beyond the file.
+#[test]
+fn real_images_corrupted_are_refused() {
+    let mut rng = Rng(0x7a11_0c8e);
+    for (name, good) in real_images() {
+        let f = file_of(good);
+        assert!(read_all(&f).is_ok(), "the {name} image reads");
+        let padding = unhashed(good);
+        // A quarter of the synthetic images' count: each read hashes the whole file (8 MB for
+        // the tree). One file, each flip made in place and undone after the read.
+        let n = (iters() / 4).max(1);
+        let mut refused = 0;
+        for i in 0..n {
+            let at = rng.below(good.len() as u64) as usize;
+            let flipped = [good[at] ^ (1 << rng.below(8))];
+            f.write_all_at(&flipped, at as u64).expect("flip");
+            let res = no_panic(&format!("{name}: a flip at byte {at}"), || read_all(&f));
+            f.write_all_at(&good[at..at + 1], at as u64)
+                .expect("unflip");
+            if padding.iter().any(|r| r.contains(&at)) {
+                continue;
+            }
+            assert!(
+                res.is_err(),
+                "{name} iteration {i}: a flip at byte {at} (of {}) was not detected; layout: {}",
+                good.len(),
+                layout(good)
+            );
+            refused += 1;
+        }
+        for i in 0..n.min(100) {
+            let len = rng.below(good.len() as u64) as usize;
+            f.set_len(len as u64).expect("truncate");
+            let res = no_panic(&format!("{name}: truncation to {len}"), || read_all(&f));
+            assert!(
+                res.is_err(),
+                "{name} iteration {i}: truncation to {len} accepted"
+            );
+            f.write_all_at(&good[len..], len as u64).expect("restore");
+        }
+        eprintln!(
+            "{name}: {} bytes, {refused} flips refused, {} in unhashed padding",
+            good.len(),
+            n as usize - refused
+        );
+    }
+}
+
+/// A real image's header length and offset fields forged with the header checksum recomputed:
+/// never a panic, never a large allocation, always refused.
+#[test]
+fn real_image_forged_lengths_are_refused() {
+    let mut rng = Rng(0x1e57_4a11);
+    let (_, good) = &real_images()[0];
+    let at = {
+        let (_, images) = tree::open_all(&file_of(good)).expect("a real image reads");
+        images[0].base as usize
+    };
+    let hsize = core::mem::size_of::<FileHeader>();
+    let base: FileHeader = bytemuck::pod_read_unaligned(&good[at..at + hsize]);
+    for i in 0..iters() {
+        let mut h = base;
+        let v = match rng.below(4) {
+            0 => rng.next(),
+            1 => u64::MAX - rng.below(4096),
+            2 => rng.below(good.len() as u64 * 2),
+            _ => 1 << rng.below(64),
+        };
+        let field = match rng.below(5) {
+            0 => &mut h.meta_offset,
+            1 => &mut h.meta_len,
+            2 => &mut h.data_offset,
+            3 => &mut h.data_len,
+            _ => &mut h.trailer_offset,
+        };
+        if *field == v {
+            continue;
+        }
+        *field = v;
+        let mut bytes = good.clone();
+        put_header(&mut bytes[at..], &mut h);
+        let f = file_of(&bytes);
+        let res = no_panic(&format!("forged header {i}: {h:?}"), || read_all(&f));
+        assert!(res.is_err(), "forged header {i} accepted: {h:?}");
     }
 }
