@@ -407,9 +407,10 @@ fn send_reply(conn: i32, status: i32, bytes: u64, msg: &[u8]) {
     unsafe { libc::send(conn, b.as_ptr() as *const _, b.len(), libc::MSG_NOSIGNAL) };
 }
 
-/// Waits (bounded) for the requester's RELEASE after the image is committed.
-fn wait_commit(conn: i32) {
-    let _ = next_request(conn, COMMIT_TIMEOUT_MS);
+/// Waits (bounded) for the requester's RELEASE after the image is committed; false when the
+/// requester went away (or timed out) instead: the image was never committed.
+fn wait_commit(conn: i32) -> bool {
+    next_request(conn, COMMIT_TIMEOUT_MS).is_some_and(|r| r.kind == protocol::REQ_RELEASE)
 }
 
 /// The requester's next message within `timeout_ms` (`None`: none came, or it went away).
@@ -498,10 +499,13 @@ fn conclude(conn: i32, api: bool, outcome: i64, status: i32, bytes: u64, msg: &[
     if status == 0 && !api {
         // cr_checkpoint renames the image and sends its signal before the program runs again.
         send_reply(conn, 0, bytes, msg);
-        wait_commit(conn);
+        // A requester killed before its commit: no image, so no post-checkpoint signal either.
+        let committed = wait_commit(conn);
         // Not killed by the requester's SIGKILL (it comes before the release): released.
         crate::kinds::socket::undo_reset_on_close();
-        super::forward::deliver_signal();
+        if committed {
+            super::forward::deliver_signal();
+        }
         super::forward::release_all();
         // Not pending any more before any thread runs: cr_leave_cs() returns when the
         // checkpoint is done, and cr_status() right after must say IDLE.
@@ -536,7 +540,11 @@ fn serve(conn: i32) {
     REQUEST_FDS[0].store(conn, Release);
     if let Some((req, img_fd)) = recv_request(conn) {
         REQUEST_FDS[1].store(img_fd, Release);
+        // Watched from here on (callbacks, stop, write): a requester that dies lets the program
+        // go within a few tens of milliseconds, whatever phase the checkpoint is in.
+        super::image::REQUESTER_CONN.store(conn, Release);
         serve_request(conn, req, img_fd);
+        super::image::REQUESTER_CONN.store(-1, Release);
     }
     for f in &REQUEST_FDS {
         f.store(-1, Release);
@@ -629,12 +637,10 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
         sys::close(img_fd);
         return;
     }
-    // Phase 1: thread-context callbacks reach their cr_checkpoint().
-    if !crate::api::callbacks::run_thread_phase(timeout_ns) {
-        quiesce::request_abort(
-            crate::api::types::CR_CHECKPOINT_TEMP_FAILURE,
-            libc::ETIMEDOUT,
-        );
+    // Phase 1: thread-context callbacks reach their cr_checkpoint() (or the requester died
+    // meanwhile: ECANCELED, nothing is stopped).
+    if let Err(e) = crate::api::callbacks::run_thread_phase(timeout_ns) {
+        quiesce::request_abort(crate::api::types::CR_CHECKPOINT_TEMP_FAILURE, e);
     }
     if end_if_aborted(conn, api, img_fd) {
         return;
@@ -658,6 +664,10 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
             QuiesceError::Proc(err) => {
                 m.push(b"cannot list threads");
                 err.0
+            }
+            QuiesceError::Cancelled => {
+                m.push(b"the requester went away while the threads stopped");
+                libc::ECANCELED
             }
         };
         conclude(conn, true, -(status as i64), status, 0, m.as_bytes());
@@ -729,7 +739,6 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
     };
     // The writer runs on a stack inside the scratch area: our own stack is part of the image and
     // must not change while it is hashed and written.
-    super::image::REQUESTER_CONN.store(conn, Release);
     // SAFETY: the scratch stack is mapped, unused, and outlives the call.
     let r = unsafe {
         crate::arch::save_and_call_on(
@@ -739,8 +748,9 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
             scratch.stack_top(),
         )
     };
-    super::image::REQUESTER_CONN.store(-1, Release);
     if r == crate::arch::RESUMED {
+        // The restored process: the connection was the checkpointed process's.
+        super::image::REQUESTER_CONN.store(-1, Release);
         // We are the control thread of a restored process; conn, img_fd and the scratch area
         // belong to the past (they were never part of the image).
         core::mem::forget(scratch);

@@ -80,7 +80,7 @@ pub extern "C" fn write_callback(job: usize) -> usize {
 static WRITE_DEADLINE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(u64::MAX);
 
 /// While alive, a stream destination (pipe, FIFO, socket) is non-blocking, so a reader that
-/// stops reading cannot hold the program stopped past `--time`.
+/// stops reading cannot hold the program stopped past `--time`, nor after the requester died.
 struct NonBlocking {
     fd: i32,
     old: Option<usize>,
@@ -90,7 +90,7 @@ impl NonBlocking {
     fn new(fd: i32, deadline_ns: u64) -> Self {
         WRITE_DEADLINE.store(deadline_ns, Relaxed);
         let stream = sys::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT != libc::S_IFREG);
-        let old = if deadline_ns != u64::MAX && stream {
+        let old = if stream {
             sys::fcntl(fd, libc::F_GETFL, 0).ok()
         } else {
             None
@@ -226,20 +226,33 @@ pub fn write_mem(fd: i32, addr: usize, len: usize) -> Result<(), Errno> {
                 io_report::WRITTEN.fetch_add(n as u64, Relaxed);
             }
             Err(Errno(libc::EINTR)) => {}
-            // A stream destination made non-blocking for --time: wait for room, not past it.
+            // A stream destination (made non-blocking): wait for room, not past --time, and
+            // not once the requester is gone (its hang-up wakes the poll).
             Err(Errno(libc::EAGAIN)) => {
                 let deadline = WRITE_DEADLINE.load(Relaxed);
                 let now = sys::monotonic_ns();
                 if now >= deadline {
                     return Err(Errno(libc::ETIMEDOUT));
                 }
-                let mut p = libc::pollfd {
-                    fd,
-                    events: libc::POLLOUT,
-                    revents: 0,
-                };
+                if requester_gone() {
+                    return Err(Errno(libc::ECANCELED));
+                }
+                let conn = REQUESTER_CONN.load(Relaxed);
+                let mut p = [
+                    libc::pollfd {
+                        fd,
+                        events: libc::POLLOUT,
+                        revents: 0,
+                    },
+                    libc::pollfd {
+                        fd: conn,
+                        events: libc::POLLRDHUP,
+                        revents: 0,
+                    },
+                ];
+                let n = if conn >= 0 { 2 } else { 1 };
                 let ms = ((deadline - now) / 1_000_000).clamp(1, 100) as usize;
-                let _ = sys::sys3(libc::SYS_poll as usize, &mut p as *mut _ as usize, 1, ms);
+                let _ = sys::sys3(libc::SYS_poll as usize, p.as_mut_ptr() as usize, n, ms);
             }
             Err(Errno(libc::EINVAL)) if drop_direct(fd) => {
                 io_report::MODE.store(io_report::DROPPED, Relaxed);

@@ -367,6 +367,8 @@ pub enum QuiesceError {
     TooManyThreads,
     /// Reading `/proc/self/task` failed.
     Proc(sys::Errno),
+    /// The requester hung up while we waited (`image::requester_gone`).
+    Cancelled,
 }
 
 /// Scratch buffer for directory listings (control thread only).
@@ -588,6 +590,9 @@ pub fn quiesce(buf: &mut DirBuf, timeout_ns: u64) -> Result<(), QuiesceError> {
             }
             let _ = sys::futex_wait(&ARRIVED, got, Some((deadline - now).min(20_000_000)));
             crate::agent::control::turn_away_busy();
+            if super::image::requester_gone() {
+                return Err(QuiesceError::Cancelled);
+            }
             // a signalled thread may have exited: drop it
             for s in &SLOTS[1..NSLOTS.load(Acquire)] {
                 if s.state.load(Acquire) == SIGNALLED && is_dead(s.tid.load(Relaxed)) {

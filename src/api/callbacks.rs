@@ -362,8 +362,13 @@ pub fn reset_barrier() {
 
 // ----- phase 1: the helper thread -------------------------------------------------------------
 
+/// [`quiesce::DONE_GEN`] when the current phase 1 began: a callback that reaches its
+/// `cr_checkpoint()` only after the control thread gave the checkpoint up (timed out, or the
+/// requester died) gets that outcome at once instead of waiting for the next checkpoint.
+static PHASE1_GEN: AtomicU32 = AtomicU32::new(0);
+
 fn helper_checkpoint(_level: &Level) -> i64 {
-    let seen = quiesce::DONE_GEN.load(Acquire);
+    let seen = PHASE1_GEN.load(Acquire);
     PHASE1_ACK.store(PHASE1_REQ.load(Acquire), Release);
     sys::futex_wake_all(&PHASE1_ACK);
     quiesce::wait_done(seen);
@@ -444,26 +449,31 @@ fn start_helper() -> Result<(), c_int> {
 }
 
 /// Phase 1 (control thread): lets the thread-context callbacks run down to their checkpoint.
-/// Returns false if it timed out.
-pub fn run_thread_phase(timeout_ns: u64) -> bool {
+/// `Err(ETIMEDOUT)` if they did not in time, `Err(ECANCELED)` if the requester went away
+/// meanwhile (checked every 20 ms).
+pub fn run_thread_phase(timeout_ns: u64) -> Result<(), i32> {
     if !HAVE_THREAD_CALLBACKS.load(Acquire) || !HELPER.load(Acquire) {
-        return true;
+        return Ok(());
     }
     IN_CALLBACKS.fetch_add(1, AcqRel); // the helper's share of the hold barrier
+    PHASE1_GEN.store(quiesce::DONE_GEN.load(Acquire), Release);
     let req = PHASE1_REQ.fetch_add(1, AcqRel).wrapping_add(1);
     sys::futex_wake_all(&PHASE1_REQ);
     let deadline = sys::monotonic_ns().saturating_add(timeout_ns);
     loop {
         let ack = PHASE1_ACK.load(Acquire);
         if ack == req {
-            return true;
+            return Ok(());
         }
         let now = sys::monotonic_ns();
         if now >= deadline {
-            return false;
+            return Err(libc::ETIMEDOUT);
         }
-        let _ = sys::futex_wait(&PHASE1_ACK, ack, Some((deadline - now).min(50_000_000)));
+        let _ = sys::futex_wait(&PHASE1_ACK, ack, Some((deadline - now).min(20_000_000)));
         crate::agent::control::turn_away_busy();
+        if crate::agent::image::requester_gone() {
+            return Err(libc::ECANCELED);
+        }
     }
 }
 

@@ -104,7 +104,7 @@ pub fn begin_pending(
             end_pending();
             return false;
         }
-        let _ = sys::futex_wait(&CS_STATE, s, Some((deadline_ns - now).min(50_000_000)));
+        let _ = sys::futex_wait(&CS_STATE, s, Some((deadline_ns - now).min(20_000_000)));
         crate::agent::control::turn_away_busy();
     }
 }

@@ -56,6 +56,18 @@ fn err(errno: i32, msg: String) -> CheckpointError {
     CheckpointError { errno, msg }
 }
 
+/// TEST ONLY (tests/faults.rs): with `LIBCR_TEST_STOP_AT=PHASE` in its environment the
+/// requester stops itself (`SIGSTOP`) on reaching `PHASE` — `quiesced` (every process stopped,
+/// nothing written yet; multi-process path), `written` (every image written, not committed) or
+/// `committed` (renamed into place, no signal sent, nothing released) — so that a test can kill
+/// it or the target exactly there, or change the destination, and then continue it.
+fn test_stop_at(phase: &str) {
+    if std::env::var_os("LIBCR_TEST_STOP_AT").is_some_and(|p| p == phase) {
+        // SAFETY: stopping ourselves; a test continues or kills us.
+        unsafe { libc::raise(libc::SIGSTOP) };
+    }
+}
+
 /// Connects to `pid`'s agent and checks that the socket is really that process's; `None` when
 /// the process ended meanwhile (a member of a tree that exits before it is stopped is simply
 /// not part of the cut).
@@ -335,7 +347,9 @@ pub(super) fn checkpoint_one(
     cut.members[0].contacted = true;
     cut.members[0].bytes = reply.bytes;
     cut.members[0].report = reply.message();
+    test_stop_at("written");
     cut.commit()?;
+    test_stop_at("committed");
     let outcome = cut.finish(&[0]);
     if let Some(path) = &outcome.path {
         image_warnings(path, None, note);
@@ -928,6 +942,7 @@ pub(super) fn checkpoint_many(
         }
     }
 
+    test_stop_at("quiesced");
     // 3. Everything is stopped: record what the processes share, write the manifest(s), then
     // let each process write its image in turn.
     let live_pids: Vec<i32> = live.iter().map(|&i| cut.members[i].pid).collect();
@@ -1024,7 +1039,9 @@ pub(super) fn checkpoint_many(
     }
 
     // 4. Commit; 5. the post-checkpoint signal to every process, then release them all.
+    test_stop_at("written");
     cut.commit()?;
+    test_stop_at("committed");
     let mut outcome = cut.finish(&live);
     outcome.total = manifest_bytes + outcome.saved.iter().map(|s| s.bytes).sum::<u64>();
     if let super::Destination::Dir(d) = &opts.dest {
