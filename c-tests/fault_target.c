@@ -14,8 +14,8 @@
  *          exists, then calls cr_checkpoint(0) and prints "CB_RESULT rc"; if
  *          $CR_TEST_DIR/exec exists it execs "fault_target 8 plain" instead (new READY).
  *   cs     whenever $CR_TEST_DIR/hold exists (and release does not), a thread enters a critical
- *          section ("IN_CS"), prints "PENDING" once cr_status() says a checkpoint waits for it, waits for
- *          $CR_TEST_DIR/release, leaves it ("LEFT_CS") and waits for hold to go away.
+ *          section ("IN_CS"), prints "PENDING" once cr_status() says a checkpoint waits for it,
+ *          waits for $CR_TEST_DIR/release, leaves it, waits for hold to go away ("LEFT_CS").
  *   vfork  a thread calls vfork(); the child waits for $CR_TEST_DIR/release and _exits, so the
  *          thread sits in the kernel (uninterruptible, as in D state) and cannot stop for a
  *          checkpoint meanwhile; it prints "VFORKED" first (from the child, on stdout).
@@ -106,9 +106,9 @@ static void *cs_thread(void *arg)
             while (access(release_path, F_OK) != 0)
                 usleep(1000);
             leave(id);
-            say("LEFT_CS\n");
             while (access(hold_path, F_OK) == 0)
                 usleep(1000);
+            say("LEFT_CS\n");
         }
         usleep(1000);
     }

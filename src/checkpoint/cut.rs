@@ -330,7 +330,7 @@ pub(super) fn checkpoint_one(
         }
         return Err(err(
             libc::EIO,
-            format!("process {pid} closed its control socket during the checkpoint"),
+            format!("process {pid} closed its control socket during the checkpoint (did it exec?)"),
         ));
     };
     if reply.status != 0 {
@@ -1002,8 +1002,19 @@ pub(super) fn checkpoint_many(
     }
     for &i in &live {
         let (pid, sock) = (cut.members[i].pid, cut.members[i].sock);
+        // A member killed while stopped, or while it writes: say so (ESRCH), not how we noticed.
+        let lost = |e: i32, how: String| {
+            if gone(pid) {
+                err(
+                    libc::ESRCH,
+                    format!("process {pid} ended during the checkpoint (killed?): no image"),
+                )
+            } else {
+                err(e, how)
+            }
+        };
         if let Err(e) = protocol::send(sock, &write, None) {
-            return Err(err(
+            return Err(lost(
                 e,
                 format!("cannot send the request to {pid}: {}", strerror(e)),
             ));
@@ -1013,11 +1024,9 @@ pub(super) fn checkpoint_many(
                 Ok(Some(r)) if r.status < 0 => {}
                 Ok(Some(r)) => break r,
                 _ => {
-                    return Err(err(
+                    return Err(lost(
                         libc::EIO,
-                        format!(
-                        "process {pid} ended or closed its control socket during the checkpoint"
-                    ),
+                        format!("process {pid} closed its control socket during the checkpoint"),
                     ))
                 }
             }
