@@ -852,7 +852,7 @@ fn finish_cow(conn: i32, job: &Job, scratch: &Scratch, quiesce_start: u64, quies
                 .num(super::cow::CHECK_NS.load(Relaxed) / 1_000_000)
                 .push(b"ms)");
             send_reply(conn, 0, bytes, report.as_bytes());
-            wait_commit(conn);
+            let _ = wait_commit(conn);
         }
         Err(e) => {
             let mut m = StackBuf::<240>::new();
