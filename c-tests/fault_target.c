@@ -2,7 +2,7 @@
  * fault_target.c - the program tests/faults.rs hurts checkpoints of (issue 13's fault suite).
  *
  * Build: gcc -O2 -Wall -pthread -o fault_target fault_target.c
- * Run:   CR_TEST_GO=... CR_TEST_DIR=... cr_run ./fault_target MB [plain|cb|cs|vfork]
+ * Run:   CR_TEST_GO=... CR_TEST_DIR=... cr_run ./fault_target MB [plain|cb|cs|vfork|tree]
  *
  * Fills MB MiB with a pattern, then the main thread prints a tick "T SEQ NS ST" (NS: its
  * CLOCK_MONOTONIC time, ST: cr_status() in modes cb and cs, else 0) every millisecond on stdout, so a test sees exactly when and for how
@@ -19,6 +19,8 @@
  *   vfork  a thread calls vfork(); the child waits for $CR_TEST_DIR/release and _exits, so the
  *          thread sits in the kernel (uninterruptible, as in D state) and cannot stop for a
  *          checkpoint meanwhile; it prints "VFORKED" first (from the child, on stdout).
+ *   tree   a child is forked before READY; it prints ticks "C SEQ NS 0" until GO and exits 0,
+ *          which the parent checks.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -30,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define NAME "fault_target"
@@ -135,7 +138,7 @@ int main(int argc, char **argv)
     const char *go = getenv("CR_TEST_GO");
     const char *dir = getenv("CR_TEST_DIR");
     if (argc != 3 || !go || !dir)
-        fail("usage: CR_TEST_GO=... CR_TEST_DIR=... fault_target MB plain|cb|cs|vfork");
+        fail("usage: CR_TEST_GO=... CR_TEST_DIR=... fault_target MB plain|cb|cs|vfork|tree");
     snprintf(release_path, sizeof release_path, "%s/release", dir);
     snprintf(hold_path, sizeof hold_path, "%s/hold", dir);
     snprintf(exec_path, sizeof exec_path, "%s/exec", dir);
@@ -166,16 +169,30 @@ int main(int argc, char **argv)
     } else if (!strcmp(mode, "vfork")) {
         if (pthread_create(&th, NULL, vfork_thread, NULL))
             fail("pthread_create");
-    } else if (strcmp(mode, "plain")) {
+    } else if (strcmp(mode, "plain") && strcmp(mode, "tree")) {
         fail("unknown mode");
     }
-    say("READY\n");
+    pid_t child = -1;
+    if (!strcmp(mode, "tree")) {
+        child = fork();
+        if (child < 0)
+            fail("fork");
+    }
+    if (child != 0)
+        say("READY\n");
     int (*status)(void) = client_id >= 0 ? sym("cr_status") : NULL;
     uint64_t seq = 0;
     while (access(go, F_OK) != 0) {
-        say("T %llu %llu %d\n", (unsigned long long)++seq, (unsigned long long)now_ns(),
-            status ? status() : 0);
+        say("%s %llu %llu %d\n", child == 0 ? "C" : "T", (unsigned long long)++seq,
+            (unsigned long long)now_ns(), status ? status() : 0);
         usleep(1000);
+    }
+    if (child == 0)
+        _exit(0);
+    if (child > 0) {
+        int st;
+        if (waitpid(child, &st, 0) != child || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+            fail("the child did not exit 0");
     }
     for (size_t i = 0; i < len; i++)
         if (mem[i] != (unsigned char)(i * 131 + (i >> 12)))

@@ -540,9 +540,14 @@ fn mono_ns() -> u64 {
 
 /// fault_target's ticks so far: (sequence number, CLOCK_MONOTONIC ns, cr_status()).
 fn ticks(out: &str) -> Vec<(u64, u64, i32)> {
+    ticks_of(out, "T ")
+}
+
+/// The ticks of lines starting with `prefix` ("T ": the program, "C ": its child in mode tree).
+fn ticks_of(out: &str, prefix: &str) -> Vec<(u64, u64, i32)> {
     out.lines()
         .filter_map(|l| {
-            let mut f = l.strip_prefix("T ")?.split_whitespace();
+            let mut f = l.strip_prefix(prefix)?.split_whitespace();
             Some((
                 f.next()?.parse().ok()?,
                 f.next()?.parse().ok()?,
@@ -555,9 +560,20 @@ fn ticks(out: &str) -> Vec<(u64, u64, i32)> {
 /// Waits for the first tick after `t` (ns) that satisfies `ok`; returns how long after `t` it
 /// came (the program ran again, or its agent let the checkpoint go), or panics after 10 s.
 fn tick_after(job: &Job, t: u64, what: &str, ok: impl Fn(i32) -> bool) -> Duration {
+    tick_after_of(job, "T ", t, what, ok)
+}
+
+/// [`tick_after`] for the ticks starting with `prefix`.
+fn tick_after_of(
+    job: &Job,
+    prefix: &str,
+    t: u64,
+    what: &str,
+    ok: impl Fn(i32) -> bool,
+) -> Duration {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(&(_, ns, _)) = ticks(&job.stdout())
+        if let Some(&(_, ns, _)) = ticks_of(&job.stdout(), prefix)
             .iter()
             .find(|&&(_, ns, st)| ns > t && ok(st))
         {
@@ -593,7 +609,12 @@ fn wait_more_lines(job: &Job, prefix: &str, seen: usize, what: &str) {
 
 /// The ticks are 1, 2, 3, … without a gap or a repeat (the program ran on as one).
 fn assert_ticks_continuous(out: &str, what: &str) {
-    let t = ticks(out);
+    assert_ticks_continuous_of(out, "T ", what);
+}
+
+/// [`assert_ticks_continuous`] for the ticks starting with `prefix`.
+fn assert_ticks_continuous_of(out: &str, prefix: &str, what: &str) {
+    let t = ticks_of(out, prefix);
     for (k, w) in t.windows(2).enumerate() {
         assert_eq!(
             w[1].0,
@@ -883,6 +904,54 @@ fn check_notice(at: &str, times: &mut [Duration]) {
         median < Duration::from_millis(100),
         "{at}: the agent noticed a dead requester only after {times:?} (median {median:?})"
     );
+}
+
+/// cr_checkpoint of a two-process tree (fault_target in mode tree: the program and its child,
+/// both ticking) SIGKILLed once both are stopped and once both images are written: both
+/// processes run again at once (measured), no file is left, neither leaks, both tick on without
+/// a gap, and the first tree image restores to PASS.
+#[test]
+fn requester_killed_tree() {
+    let sc = Scenario::new("fault-requester-tree");
+    let (mut job, old) = start_target(&sc, 8, "tree");
+    let pid = job.pid();
+    let child = *descendants(pid).first().expect("the child");
+    let mut noticed = Vec::new();
+    for (run, stop_at) in ["quiesced", "written", "quiesced", "written"]
+        .into_iter()
+        .enumerate()
+    {
+        let what = format!("tree, killed at {stop_at}, run {run}");
+        let (before, before_child) = (snap_at_rest(pid), snap_at_rest(child));
+        let listing = names(&sc.img_dir());
+        let new = sc.img_dir().join(format!("tree-{run}.img"));
+        let mut tool = start_checkpoint(&sc, &[], &new, pid, stop_at);
+        wait_stopped(&mut tool, &what);
+        let killed = mono_ns();
+        sigkill_one(tool.pid());
+        tool.try_wait_exit(TOOL_TIMEOUT);
+        let took = tick_after_of(&job, "T ", killed, &what, |_| true).max(tick_after_of(
+            &job,
+            "C ",
+            killed,
+            &what,
+            |_| true,
+        ));
+        job.assert_running(&what);
+        assert!(pid_alive(child), "{what}: the child is gone");
+        assert_no_leak(pid, &before, &what);
+        assert_no_leak(child, &before_child, &format!("{what} (child)"));
+        assert_eq!(names(&sc.img_dir()), listing, "{what}: files left");
+        assert!(!new.exists(), "{what}: a partial image at the final path");
+        sc.note(&format!("{what}: both ran again {took:?} after the kill"));
+        noticed.push(took);
+    }
+    check_notice("Tree", &mut noticed);
+    sc.go();
+    job.expect_pass(RESTART_TIMEOUT);
+    assert_ticks_continuous(&job.stdout(), "tree");
+    assert_ticks_continuous_of(&job.stdout(), "C ", "tree (child)");
+    sc.restart(&old).expect_pass(RESTART_TIMEOUT);
 }
 
 #[test]
