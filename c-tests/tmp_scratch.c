@@ -2,9 +2,9 @@
  * tmp_scratch.c - a scratch file under a temporary directory that the program's own SIGTERM
  * handler deletes (as gcc deletes its /tmp/cc*.s): it must come back from the image.
  *
- * Run: CR_TEST_GO=/path/to/go CR_TEST_SCRATCH=/tmp/unique/dir cr_run ./tmp_scratch
+ * Run: CR_TEST_GO=/path/to/go CR_TEST_SCRATCH=/tmp/unique/dir [CR_TEST_SCRATCH_KIB=N] cr_run ./tmp_scratch
  *
- * Setup: $CR_TEST_SCRATCH/deep/scratch.dat (mode 0640), 200 KiB of pattern(o), opened O_RDWR at
+ * Setup: $CR_TEST_SCRATCH/deep/scratch.dat (mode 0640), 200 KiB (or N KiB) of pattern(o), opened O_RDWR at
  * offset 70000; a second descriptor opened O_WRONLY|O_APPEND on the same file. SIGTERM handler:
  * unlink the file, rmdir deep, die of SIGTERM. After GO: the file is at its path again (same
  * inode as the descriptor), mode 0640, 200 KiB of the pattern, offset 70000, and appending
@@ -20,8 +20,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define SIZE (200u << 10)
 #define OFFSET 70000
+
+static size_t SIZE = 200u << 10;
 
 static char file_path[4096], deep_path[4096];
 
@@ -50,9 +51,14 @@ int main(void)
 {
     const char *go = getenv("CR_TEST_GO");
     const char *dir = getenv("CR_TEST_SCRATCH");
-    static unsigned char buf[SIZE];
+    const char *kib = getenv("CR_TEST_SCRATCH_KIB");
+    if (kib)
+        SIZE = (size_t)strtoul(kib, NULL, 10) << 10;
+    unsigned char *buf = malloc(SIZE);
     if (!go || !dir)
         fail("CR_TEST_GO / CR_TEST_SCRATCH not set");
+    if (!buf || SIZE <= OFFSET)
+        fail("bad CR_TEST_SCRATCH_KIB");
     snprintf(deep_path, sizeof deep_path, "%s/deep", dir);
     snprintf(file_path, sizeof file_path, "%s/scratch.dat", deep_path);
     if (mkdir(deep_path, 0755) != 0)
@@ -87,11 +93,11 @@ int main(void)
         fail("path and descriptor are different files");
     if ((a.st_mode & 07777) != 0640)
         fail("mode not 0640");
-    if (a.st_size != SIZE)
+    if ((size_t)a.st_size != SIZE)
         fail("size changed");
     if (lseek(fd, 0, SEEK_CUR) != OFFSET)
         fail("offset lost");
-    memset(buf, 0, sizeof buf);
+    memset(buf, 0, SIZE);
     if (pread(fd, buf, SIZE, 0) != (ssize_t)SIZE)
         fail("read back");
     for (uint32_t o = 0; o < SIZE; o++)
@@ -99,7 +105,7 @@ int main(void)
             fail("contents differ");
     if (write(afd, "tail", 4) != 4)
         fail("append");
-    if (fstat(fd, &b) != 0 || b.st_size != SIZE + 4)
+    if (fstat(fd, &b) != 0 || (size_t)b.st_size != SIZE + 4)
         fail("append did not land at the end");
     unlink(file_path);
     rmdir(deep_path);

@@ -2,7 +2,7 @@
  * tmpfs_map.c - files mapped from tmpfs (the JVM's /tmp/hsperfdata_USER/PID) across a restart.
  *
  * Build: gcc -O2 -Wall -o tmpfs_map tmpfs_map.c
- * Run:   CR_TEST_GO=... CR_TEST_TMPFS=/dev/shm/x cr_run ./tmpfs_map deleted|kept
+ * Run:   CR_TEST_GO=... CR_TEST_TMPFS=/dev/shm/x cr_run ./tmpfs_map deleted|shared-deleted|kept
  *
  * In $CR_TEST_TMPFS (a directory on tmpfs):
  *   S  shared.dat, 5 pages + 100 bytes, mapped MAP_SHARED over 6 pages (the last one partly
@@ -10,8 +10,9 @@
  *   P  private.dat, 4 pages written with write(2), mapped MAP_PRIVATE; page 1 rewritten and
  *      page 3 zeroed through the mapping (copy-on-write)
  * `deleted`: a SIGTERM handler unlinks both files and dies of SIGTERM (as a JVM removes its perf
- * file when it exits: `cr_checkpoint --term` leaves an image whose files are gone); `kept`:
- * they stay. Work loop: a counter, also stored in page 4 of S.
+ * file when it exits: `cr_checkpoint --term` leaves an image whose files are gone);
+ * `shared-deleted`: the handler unlinks only S (DIR on a disk under /tmp: a shared mapping there
+ * is saved by content, a private one stays by reference); `kept`: they stay. Work loop: a counter, also stored in page 4 of S.
  * After GO: every byte of S and P; S's file exists at its path (re-created when it was gone),
  * is the mapped one (inode in /proc/self/maps), has the original size and the mapping's bytes,
  * and a write through S reaches it (pread). The files are removed at the end.
@@ -50,10 +51,13 @@ static unsigned char p_byte(size_t i)
 static volatile uint64_t counter;
 static char spath[4096], ppath[4096];
 
+static int only_shared;
+
 static void on_term(int sig)
 {
     unlink(spath);
-    unlink(ppath);
+    if (!only_shared)
+        unlink(ppath);
     signal(sig, SIG_DFL);
     raise(sig);
 }
@@ -61,9 +65,10 @@ static void on_term(int sig)
 int main(int argc, char **argv)
 {
     const char *go = getenv("CR_TEST_GO"), *dir = getenv("CR_TEST_TMPFS");
-    int deleted = argc > 1 && strcmp(argv[1], "deleted") == 0;
+    only_shared = argc > 1 && strcmp(argv[1], "shared-deleted") == 0;
+    int deleted = argc > 1 && (strcmp(argv[1], "deleted") == 0 || only_shared);
     if (!go || !dir || argc < 2)
-        fail("usage: CR_TEST_GO=... CR_TEST_TMPFS=DIR tmpfs_map deleted|kept");
+        fail("usage: CR_TEST_GO=... CR_TEST_TMPFS=DIR tmpfs_map deleted|shared-deleted|kept");
     snprintf(spath, sizeof spath, "%s/shared.dat", dir);
     snprintf(ppath, sizeof ppath, "%s/private.dat", dir);
 

@@ -36,34 +36,20 @@ pub const FLAG_SAVE_ALL: u32 = FLAG_SAVE_EXE | FLAG_SAVE_PRIVATE | FLAG_SAVE_SHA
 /// Request flag: files under temporary directories are not stored by content
 /// (`--save-tmp-limit none`).
 pub const FLAG_SAVE_TMP_NONE: u32 = 0x80;
-/// Request flags bits 16-31: the most bytes of files under temporary directories one process
-/// saves, in KiB plus one (`--save-tmp-limit SIZE`); 0: the default,
-/// `image::format::MAX_SAVED_TMP_TOTAL`.
-pub const TMP_LIMIT_SHIFT: u32 = 16;
-/// Every flag a forwarded checkpoint passes on to the other processes of a tree.
-pub const FLAGS_SAVE: u32 = FLAG_SAVE_ALL | FLAG_SAVE_TMP_NONE | (0xffff << TMP_LIMIT_SHIFT);
-
-/// The request flags for `--save-tmp-limit`: `None` saves none, else at most `limit` bytes
-/// (rounded down to KiB; at most `MAX_SAVED_TMP_TOTAL`, which is also the default).
-pub fn tmp_limit_flags(limit: Option<u64>) -> u32 {
-    match limit {
-        None => FLAG_SAVE_TMP_NONE,
-        Some(b) => {
-            let max = crate::image::format::MAX_SAVED_TMP_TOTAL as u64;
-            (((b.min(max) >> 10) + 1) as u32) << TMP_LIMIT_SHIFT
-        }
-    }
-}
+/// Every flag a forwarded checkpoint passes on to the other processes of a tree (with
+/// [`Request::files`]).
+pub const FLAGS_SAVE: u32 = FLAG_SAVE_ALL | FLAG_SAVE_TMP_NONE;
 
 /// The bytes of files under temporary directories a request lets one process save (`None`:
-/// none; see [`tmp_limit_flags`]).
-pub fn tmp_limit(flags: u32) -> Option<i64> {
+/// none, `FLAG_SAVE_TMP_NONE`; else `files.tmp_limit`, or the default
+/// `image::format::MAX_SAVED_TMP_TOTAL`).
+pub fn tmp_limit(flags: u32, files: &SaveFiles) -> Option<i64> {
     if flags & FLAG_SAVE_TMP_NONE != 0 {
         return None;
     }
-    match flags >> TMP_LIMIT_SHIFT {
+    match files.tmp_limit {
         0 => Some(crate::image::format::MAX_SAVED_TMP_TOTAL),
-        n => Some(i64::from(n - 1) << 10),
+        n => Some((n - 1).min(i64::MAX as u64) as i64),
     }
 }
 
@@ -133,6 +119,66 @@ pub struct Request {
     /// [`FLAG_INCREMENTAL`]: the parent's path as the delta image records it (relative to the
     /// delta's directory, or absolute).
     pub parent_path: [u8; 1024],
+    /// Files saved by content beyond the defaults (`--save-dir`, `--save-written`).
+    pub files: SaveFiles,
+}
+
+/// Most bytes of `--save-dir` directories a request carries (NUL-terminated, back to back).
+pub const SAVE_DIRS_LEN: usize = 1024;
+
+/// Which further files a checkpoint saves by content (all zero: only those under the default
+/// temporary directories). Part of [`Request`], passed on by forwarded tree checkpoints.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug)]
+pub struct SaveFiles {
+    /// The most bytes of files under temporary directories one process saves
+    /// (`--save-tmp-limit SIZE`), plus one; 0: the default (see [`tmp_limit`]).
+    pub tmp_limit: u64,
+    /// Regular files open for writing anywhere (`--save-written[=SIZE]`): the most bytes of them
+    /// one process saves, plus one; 0: none is.
+    pub written: u64,
+    /// Bytes used in `dirs`.
+    pub dirs_len: u32,
+    /// Zero.
+    pub _pad: u32,
+    /// Further temporary directories (`--save-dir DIR`): absolute paths without a trailing
+    /// slash, each NUL-terminated, back to back.
+    pub dirs: [u8; SAVE_DIRS_LEN],
+}
+
+impl Default for SaveFiles {
+    fn default() -> Self {
+        bytemuck::Zeroable::zeroed()
+    }
+}
+
+impl SaveFiles {
+    /// The most bytes of files open for writing one process saves (`None`: none is).
+    pub fn written_limit(&self) -> Option<i64> {
+        (self.written > 0).then(|| (self.written - 1).min(i64::MAX as u64) as i64)
+    }
+
+    /// The `--save-dir` directories.
+    pub fn dirs(&self) -> impl Iterator<Item = &[u8]> {
+        let n = (self.dirs_len as usize).min(SAVE_DIRS_LEN);
+        self.dirs[..n].split(|&b| b == 0).filter(|d| !d.is_empty())
+    }
+
+    /// Adds directory `dir` (absolute; trailing slashes dropped); false when it does not fit.
+    pub fn add_dir(&mut self, dir: &[u8]) -> bool {
+        let mut d = dir;
+        while d.len() > 1 && d.ends_with(b"/") {
+            d = &d[..d.len() - 1];
+        }
+        let at = self.dirs_len as usize;
+        if at + d.len() + 1 > SAVE_DIRS_LEN {
+            return false;
+        }
+        self.dirs[at..at + d.len()].copy_from_slice(d);
+        self.dirs[at + d.len()] = 0;
+        self.dirs_len = (at + d.len() + 1) as u32;
+        true
+    }
 }
 
 impl Request {

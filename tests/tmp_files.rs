@@ -211,9 +211,12 @@ fn save_tmp_limit() {
     let bad = sc.cr_checkpoint(&["--save-tmp-limit", "lots", "1"]);
     let line = bad.assert_one_line_failure();
     assert!(line.contains("--save-tmp-limit lots"), "{line}");
-    let bad = sc.cr_checkpoint(&["--save-tmp-limit", "1G", "1"]);
+    let bad = sc.cr_checkpoint(&["--save-tmp-limit", "2X", "1"]);
     let line = bad.assert_one_line_failure();
-    assert!(line.contains("at most 32M"), "{line}");
+    assert!(line.contains("--save-tmp-limit 2X: not a size"), "{line}");
+    let bad = sc.cr_checkpoint(&["--save-written=lots", "1"]);
+    let line = bad.assert_one_line_failure();
+    assert!(line.contains("--save-written lots: not a size"), "{line}");
     for (limit, warned) in [("none", false), ("100K", true)] {
         let (mut job, _dir) = start_scratch(&sc, limit);
         let img = sc.next_image_path();
@@ -237,4 +240,389 @@ fn save_tmp_limit() {
             restarted.diag()
         );
     }
+}
+
+/// A directory for one test under the build's own temporary directory (`target/tmp`, on disk,
+/// not a temporary directory of the checkpoint unless `TMPDIR` points there), removed on drop.
+/// `None` (with a note) when the build tree itself lies under /tmp or /var/tmp, or on tmpfs.
+fn disk_dir(sc: &Scenario, tag: &str) -> Option<TmpDir> {
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let d = base.join(format!("tmpfiles-{}-{tag}", std::process::id()));
+    let s = d.to_string_lossy().into_owned();
+    if s.starts_with("/tmp/") || s.starts_with("/var/tmp/") || is_tmpfs(&base) {
+        sc.note(&format!(
+            "skipped: {} is a temporary directory",
+            base.display()
+        ));
+        println!("note: skipped: the build's temporary directory is under /tmp or on tmpfs");
+        return None;
+    }
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).expect("mkdir in target/tmp");
+    Some(TmpDir(d))
+}
+
+fn is_tmpfs(p: &Path) -> bool {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: all-zero bytes are a valid statfs; statfs with a valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type == 0x0102_1994
+}
+
+/// cr_info's "Saved files" lines of `img`.
+fn saved_lines(sc: &Scenario, img: &Path) -> Vec<String> {
+    let res = sc.run_tool(
+        "cr_info",
+        sc.command(&[cr_restart().with_file_name("cr_info"), img.to_path_buf()]),
+    );
+    res.assert_success();
+    let mut out = Vec::new();
+    let mut inside = false;
+    for l in res.stdout.lines() {
+        if l.starts_with("Saved files (") {
+            inside = true;
+        } else if inside && l.starts_with("  ") {
+            out.push(l.trim().to_string());
+        } else if inside {
+            break;
+        }
+    }
+    out
+}
+
+/// A file shared-mapped under `$TMPDIR` on a disk (as an MPI library's session segments in /tmp,
+/// or a JVM's hsperfdata where /tmp is not tmpfs), deleted by the program's SIGTERM cleanup:
+/// saved by content and re-created at its path, the mapping shared with it again
+/// (`c-tests/tmpfs_map.c shared-deleted`; its private mapping stays by reference). cr_info lists
+/// it. Before: the restart failed, the mapped file being gone.
+#[test]
+fn shared_mapped_file_on_disk_deleted_on_term() {
+    let sc = Scenario::new("tmp_mapped");
+    let Some(dir) = disk_dir(&sc, "mapped") else {
+        return;
+    };
+    let sub = dir.0.join("sub");
+    fs::create_dir_all(&sub).expect("mkdir sub");
+    let prog = sc.program("tmpfs_map");
+    let mut cmd = sc.under_cr_run(&prog);
+    cmd.arg("shared-deleted")
+        .env("CR_TEST_TMPFS", &sub)
+        .env("TMPDIR", &dir.0);
+    let mut job = sc.start("tmpfs_map", cmd);
+    job.wait_ready();
+    let img = sc.checkpoint(job.pid(), &["--term"]);
+    job.expect_signal(libc::SIGTERM, DEATH_TIMEOUT);
+    assert!(
+        !sub.join("shared.dat").exists() && sub.join("private.dat").exists(),
+        "the SIGTERM handler should have removed shared.dat only"
+    );
+    let saved = saved_lines(&sc, &img);
+    assert!(
+        saved
+            .iter()
+            .any(|l| l.contains("shared.dat") && l.contains("shared-mapped under a temporary")),
+        "cr_info must list the mapped file: {saved:?}"
+    );
+    sc.go();
+    sc.restart(&img).expect_pass(RESTART_TIMEOUT);
+}
+
+/// `tmp_scratch` with its scratch directory in `dir` (not a temporary directory), READY.
+fn start_scratch_in(sc: &Scenario, dir: &Path) -> Job {
+    let prog = sc.program("tmp_scratch");
+    let mut cmd = sc.under_cr_run(&prog);
+    cmd.env("CR_TEST_SCRATCH", dir);
+    let mut job = sc.start("tmp_scratch", cmd);
+    job.wait_ready();
+    job
+}
+
+/// Files outside the temporary directories: by default a file the program was writing and
+/// removed on SIGTERM makes the restart fail with one line naming it and `--save-written`;
+/// `--save-dir DIR` and `--save-written` each bring it back (cr_info says why it was saved).
+#[test]
+fn save_dir_and_save_written() {
+    let sc = Scenario::new("tmp_savedir");
+    for (tag, opts, why) in [
+        ("default", &[][..], None),
+        (
+            "savedir",
+            &["--save-dir", "DIR"][..],
+            Some("--save-dir directory"),
+        ),
+        (
+            "written",
+            &["--save-written"][..],
+            Some("open for writing (--save-written)"),
+        ),
+    ] {
+        let Some(dir) = disk_dir(&sc, tag) else {
+            return;
+        };
+        let mut job = start_scratch_in(&sc, &dir.0);
+        let img = sc.next_image_path();
+        let d = dir.0.to_string_lossy().into_owned();
+        let mut args: Vec<&str> = opts
+            .iter()
+            .map(|&o| if o == "DIR" { d.as_str() } else { o })
+            .collect();
+        args.push("--term");
+        sc.checkpoint_to(job.pid(), &args, &img).assert_success();
+        job.expect_signal(libc::SIGTERM, DEATH_TIMEOUT);
+        assert!(!dir.0.join("deep").exists(), "the handler removes deep/");
+        let saved = saved_lines(&sc, &img);
+        match why {
+            None => {
+                assert!(saved.is_empty(), "{tag}: nothing saved: {saved:?}");
+                let mut restarted = sc.restart(&img);
+                let st = restarted.wait_exit(RESTART_TIMEOUT);
+                restarted.wait_output_closed(PIPE_CLOSE_TIMEOUT);
+                let err = restarted.stderr();
+                assert!(
+                    !st.success()
+                        && err.trim_end().lines().count() == 1
+                        && err.contains("scratch.dat")
+                        && err.contains("--save-written"),
+                    "{tag}: one line naming the file and --save-written:\n{}",
+                    restarted.diag()
+                );
+            }
+            Some(why) => {
+                assert!(
+                    saved
+                        .iter()
+                        .any(|l| l.contains("scratch.dat") && l.contains(why)),
+                    "{tag}: cr_info must list scratch.dat ({why}): {saved:?}"
+                );
+                let _ = fs::remove_file(sc.go_file());
+                sc.go();
+                sc.restart(&img).expect_pass(RESTART_TIMEOUT);
+                let _ = fs::remove_file(sc.go_file());
+            }
+        }
+    }
+}
+
+/// Whether this machine lets the test make a user + mount (+ pid) namespace with `unshare`.
+fn can_unshare() -> bool {
+    have_command("unshare")
+        && Command::new("unshare")
+            .args(["-Urmpf", "--mount-proc", "true"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
+/// `sh -c SCRIPT` in a new user + mount + pid namespace whose /tmp is a fresh, empty tmpfs (as
+/// on another node), GO created there first; `$1`.. are `args`.
+fn in_fresh_tmp(sc: &Scenario, cwd: &Path, script: &str, args: &[&std::ffi::OsStr]) -> Command {
+    let full = format!(
+        "mount -t tmpfs tmpfs /tmp && mkdir -p \"$(dirname \"$CR_TEST_GO\")\" && : > \"$CR_TEST_GO\" && {script}"
+    );
+    let mut argv: Vec<std::ffi::OsString> = [
+        "unshare",
+        "-Urmpf",
+        "--mount-proc",
+        "sh",
+        "-c",
+        full.as_str(),
+        "sh",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    argv.extend(args.iter().map(|a| a.to_os_string()));
+    let mut cmd = sc.command(&argv);
+    cmd.current_dir(cwd);
+    cmd
+}
+
+/// A program with its scratch files under `$TMPDIR` (in /tmp) restarted on "another node": in a
+/// new mount namespace whose /tmp is an empty tmpfs (`unshare -Urmpf`, made by the test). The
+/// checkpoint is taken with `--kill` (the files stay here, as on a node that is left), the image
+/// lies outside /tmp: the restart puts the scratch file and its directory back with their
+/// contents, mode and offsets. Before: "cannot reopen ...: No such file or directory".
+#[test]
+fn restart_into_an_empty_tmp() {
+    let sc = Scenario::new("tmp_fresh");
+    if !can_unshare() {
+        assert!(!in_ci(), "CI must allow user + mount namespaces");
+        println!("note: skipped: unshare -Urmpf is not available here");
+        return;
+    }
+    let Some(disk) = disk_dir(&sc, "fresh") else {
+        return;
+    };
+    let tmpdir = TmpDir(PathBuf::from(format!(
+        "/tmp/libcr-tmpfiles-{}-fresh",
+        std::process::id()
+    )));
+    let _ = fs::remove_dir_all(&tmpdir.0);
+    fs::create_dir_all(&tmpdir.0).expect("mkdir in /tmp");
+    let prog = sc.program("tmp_scratch");
+    let mut cmd = sc.under_cr_run(&prog);
+    cmd.env("TMPDIR", &tmpdir.0)
+        .env("CR_TEST_SCRATCH", &tmpdir.0)
+        .current_dir(&disk.0);
+    let mut job = sc.start("tmp_scratch", cmd);
+    job.wait_ready();
+    let img = disk.0.join("scratch.img");
+    sc.checkpoint_to(job.pid(), &["--kill"], &img)
+        .assert_success();
+    job.expect_signal(libc::SIGKILL, DEATH_TIMEOUT);
+    let cmd = in_fresh_tmp(
+        &sc,
+        &disk.0,
+        "exec \"$1\" \"$2\"",
+        &[sc.tools().cr_restart.as_os_str(), img.as_os_str()],
+    );
+    sc.start("cr_restart in an empty /tmp", cmd)
+        .expect_pass(RESTART_TIMEOUT);
+}
+
+/// The same through `cr_run --checkpoint-dir`: the job (scratch files in /tmp) is preempted
+/// (SIGTERM to the supervisor: checkpoint, SIGKILL) and resumed by the same command on "another
+/// node", a new mount namespace with an empty /tmp: its scratch files come back.
+#[test]
+fn supervised_job_resumes_with_an_empty_tmp() {
+    let sc = Scenario::new("tmp_sup");
+    if !can_unshare() {
+        assert!(!in_ci(), "CI must allow user + mount namespaces");
+        println!("note: skipped: unshare -Urmpf is not available here");
+        return;
+    }
+    let Some(disk) = disk_dir(&sc, "sup") else {
+        return;
+    };
+    let ckpt = disk.0.join("ckpt");
+    fs::create_dir_all(&ckpt).expect("mkdir ckpt");
+    let scratch = TmpDir(PathBuf::from(format!(
+        "/tmp/libcr-tmpfiles-{}-sup",
+        std::process::id()
+    )));
+    let _ = fs::remove_dir_all(&scratch.0);
+    fs::create_dir_all(&scratch.0).expect("mkdir in /tmp");
+    let prog = sc.program("tmp_scratch");
+    let mut argv: Vec<std::ffi::OsString> = vec![
+        sc.tools().cr_run.clone().into(),
+        "--checkpoint-dir".into(),
+        ckpt.clone().into(),
+        "--id".into(),
+        "scratch".into(),
+        "--".into(),
+    ];
+    argv.extend(prog.argv.iter().cloned());
+    let mut cmd = sc.command(&argv);
+    cmd.env("CR_TEST_SCRATCH", &scratch.0).current_dir(&disk.0);
+    let mut job = sc.start("cr_run --checkpoint-dir", cmd);
+    job.wait_ready();
+    signal_pid(job.pid(), libc::SIGTERM);
+    let st = job.wait_exit(RESTART_TIMEOUT);
+    job.wait_output_closed(PIPE_CLOSE_TIMEOUT);
+    assert!(
+        st.success() && !job.stdout().contains("PASS"),
+        "a preempted job exits 0 without finishing: {st}\n{}",
+        job.diag()
+    );
+    let gens: Vec<_> = fs::read_dir(&ckpt)
+        .expect("read ckpt")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".ckpt"))
+        .collect();
+    assert!(!gens.is_empty(), "no generation written\n{}", job.diag());
+    let cmd = in_fresh_tmp(
+        &sc,
+        &disk.0,
+        "exec \"$1\" --checkpoint-dir \"$2\" --id scratch -- \"$3\"",
+        &[
+            sc.tools().cr_run.as_os_str(),
+            ckpt.as_os_str(),
+            prog.argv[0].as_os_str(),
+        ],
+    );
+    sc.start("cr_run resume in an empty /tmp", cmd)
+        .expect_pass(RESTART_TIMEOUT);
+}
+
+/// A 48 MiB scratch file (over the 16 MiB per file and 32 MiB per process the metadata buffer
+/// once bounded) travels in the image's data area: deleted by the program's SIGTERM handler, it
+/// comes back whole; cr_info lists it with its size and `--check` verifies its contents, and
+/// one flipped byte of them is found by `--check` and refused by cr_restart, which leaves no
+/// file behind.
+#[test]
+fn large_scratch_file_streams_into_the_image() {
+    const KIB: u64 = 48 << 10;
+    let sc = Scenario::new("tmp_large");
+    let dir = TmpDir(PathBuf::from(format!(
+        "/tmp/libcr-tmpfiles-{}-large",
+        std::process::id()
+    )));
+    let _ = fs::remove_dir_all(&dir.0);
+    fs::create_dir_all(&dir.0).expect("mkdir in /tmp");
+    let prog = sc.program("tmp_scratch");
+    let mut cmd = sc.under_cr_run(&prog);
+    cmd.env("CR_TEST_SCRATCH", &dir.0)
+        .env("CR_TEST_SCRATCH_KIB", KIB.to_string());
+    let mut job = sc.start("tmp_scratch 48 MiB", cmd);
+    job.wait_ready();
+    let img = sc.next_image_path();
+    let res = sc.checkpoint_to(job.pid(), &["--term"], &img);
+    res.assert_success();
+    assert!(
+        !res.stderr.contains("scratch.dat"),
+        "no warning about the file:\n{}",
+        res.describe()
+    );
+    job.expect_signal(libc::SIGTERM, DEATH_TIMEOUT);
+    let size = (KIB << 10).to_string();
+    let saved = saved_lines(&sc, &img);
+    assert!(
+        saved
+            .iter()
+            .any(|l| l.contains("scratch.dat") && l.contains(&format!("size {size} "))),
+        "cr_info must list the 48 MiB file: {saved:?}"
+    );
+    let info = |args: &[&str]| {
+        let mut argv: Vec<std::ffi::OsString> = vec![cr_restart().with_file_name("cr_info").into()];
+        argv.extend(args.iter().map(Into::into));
+        argv.push(img.clone().into());
+        sc.run_tool("cr_info", sc.command(&argv))
+    };
+    info(&["--check", "-q"]).assert_success();
+    sc.go();
+    sc.restart(&img).expect_pass(RESTART_TIMEOUT);
+
+    // One byte of the file's contents (they end right before the trailer page) flipped.
+    let len = fs::metadata(&img).expect("image").len();
+    let at = len - 4096 - 1000;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .expect("open image");
+    use std::os::unix::fs::FileExt;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).expect("read");
+    b[0] ^= 0x5a;
+    f.write_all_at(&b, at).expect("write");
+    drop(f);
+    let res = info(&["--check", "-q"]);
+    assert!(
+        res.code() == Some(22) && res.stderr.contains("saved file contents checksum mismatch"),
+        "--check must find the damage:\n{}",
+        res.describe()
+    );
+    let mut restarted = sc.restart(&img);
+    let st = restarted.wait_exit(RESTART_TIMEOUT);
+    restarted.wait_output_closed(PIPE_CLOSE_TIMEOUT);
+    let err = restarted.stderr();
+    assert!(
+        !st.success() && err.contains("checksum mismatch") && err.trim_end().lines().count() == 1,
+        "the restart must refuse the damaged contents in one line:\n{}",
+        restarted.diag()
+    );
+    assert!(
+        !dir.0.join("deep").exists() || fs::read_dir(dir.0.join("deep")).unwrap().count() == 0,
+        "no file may be left behind"
+    );
 }

@@ -736,6 +736,7 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
         writer: AtomicI32::new(-1),
         cow_note: core::sync::atomic::AtomicU32::new(cow_note),
         req: &req,
+        files: req.files,
     };
     // The writer runs on a stack inside the scratch area: our own stack is part of the image and
     // must not change while it is hashed and written.

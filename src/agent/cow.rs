@@ -50,6 +50,9 @@ pub const NOTE_SEM: u32 = 5;
 pub const NOTE_INCREMENTAL: u32 = 6;
 /// … it has memory a fork does not copy (`MADV_DONTFORK`).
 pub const NOTE_DONTFORK: u32 = 7;
+/// … it saves files by content (under temporary directories, `--save-written`, unlinked): they
+/// are copied while the program is stopped, so that it cannot change them meanwhile.
+pub const NOTE_FILES: u32 = 8;
 
 /// Why a `--cow` request was written stopped, for `-v`.
 pub fn note_text(note: u32) -> &'static [u8] {
@@ -61,6 +64,7 @@ pub fn note_text(note: u32) -> &'static [u8] {
         NOTE_SEM => b"its SysV semaphores or message queues could not be recorded",
         NOTE_INCREMENTAL => b"incremental checkpoints are written stopped",
         NOTE_DONTFORK => b"it has memory a fork does not copy (MADV_DONTFORK)",
+        NOTE_FILES => b"it saves files by content, which are copied while it is stopped",
         _ => b"",
     }
 }
@@ -76,6 +80,11 @@ struct WriterPage {
     parent: i32,
     save: u32,
     deadline_ns: u64,
+    /// `SaveByContent::tmp_left` (-1: `None`).
+    tmp_left: i64,
+    /// `SaveByContent::files` (the request's, on the control thread's stack: our snapshot
+    /// holds it).
+    files: usize,
     meta_len: u64,
     side_len: u64,
     pre_n: u64,
@@ -209,6 +218,8 @@ pub fn start(
             parent: sys::getpid(),
             save: save.exe as u32 | (save.private as u32) << 1 | (save.shared as u32) << 2,
             deadline_ns: job.deadline_ns,
+            tmp_left: save.tmp_left.unwrap_or(-1),
+            files: save.files as *const crate::protocol::SaveFiles as usize,
             meta_len: w.len() as u64,
             side_len,
             pre_n: pre.all().len() as u64,
@@ -369,10 +380,15 @@ fn write_rest(a: &WriterPage) -> Result<u64, (u32, Errno)> {
         base: a.pre_base,
         len: a.pre_len,
     };
+    // SAFETY: the request's SaveFiles lives on the control thread's stack, which our snapshot
+    // holds.
+    let files = unsafe { &*(a.files as *const crate::protocol::SaveFiles) };
     let save = SaveByContent {
         exe: a.save & 1 != 0,
         private: a.save & 2 != 0,
         shared: a.save & 4 != 0,
+        tmp_left: (a.tmp_left >= 0).then_some(a.tmp_left),
+        files,
     };
     let mut ext = ExtentList::new(scratch.extents());
     let mut unreadable = Unreadable::new();
@@ -398,7 +414,9 @@ fn write_rest(a: &WriterPage) -> Result<u64, (u32, Errno)> {
         deadline_ns: a.deadline_ns,
         bounce: Some(bounce),
     };
-    image::finish(out, scratch, w, &ext, &unreadable, a.pid)
+    // No saved files: a request that has some is written stopped (`NOTE_FILES`).
+    let mut spans = super::fds::Spans::new(&mut [], &mut []);
+    image::finish(out, scratch, w, &ext, &unreadable, &mut spans, a.pid)
 }
 
 /// How a writer ended, when it failed.

@@ -3,9 +3,11 @@
 //! pipe (copied with `tee`, so the program's data stays where it was). (The restore side is
 //! `restore::fds`.)
 
+use super::scratch::FileSpan;
 use crate::image::format::*;
 use crate::image::writer::MetaWriter;
 use crate::kinds;
+use crate::protocol::SaveFiles;
 use crate::sys::{self, Errno, StackBuf};
 
 fn is_tty_major(major: u32) -> bool {
@@ -14,14 +16,17 @@ fn is_tty_major(major: u32) -> bool {
 
 /// Appends an `REC_FD` record for every open descriptor except those in `skip`; descriptors of
 /// the same file as `image_fd` (the program's own handle on its context file) are marked. Files
-/// under temporary directories are saved by content up to `tmp_limit` bytes in all (`None`:
-/// none is).
+/// under temporary directories (and `files`' further directories) are saved by content up to
+/// `tmp_limit` bytes in all (`None`: none is), files open for writing as `files` says. Returns
+/// the bytes of temporary files saved (mapped ones share the limit).
 pub fn capture(
     w: &mut MetaWriter,
     skip: &[i32],
     image_fd: i32,
     tmp_limit: Option<i64>,
-) -> Result<(), Errno> {
+    files: &SaveFiles,
+    spans: &mut Spans,
+) -> Result<i64, Errno> {
     let image = sys::fstat(image_fd).ok().map(|s| (s.st_dev, s.st_ino));
     let dir = sys::open(
         b"/proc/self/fd\0",
@@ -36,6 +41,8 @@ pub fn capture(
         nsaved: 0,
         tmp_bytes: 0,
         tmp_limit,
+        written_bytes: 0,
+        written_limit: files.written_limit(),
     };
     let res = (|| loop {
         let len = sys::getdents64(dir, &mut buf)?;
@@ -56,11 +63,11 @@ pub fn capture(
             {
                 continue;
             }
-            one(w, fd, image, &mut seen)?;
+            one(w, fd, image, &mut seen, files, spans)?;
         }
     })();
     sys::close(dir);
-    res
+    res.map(|_| seen.tmp_bytes)
 }
 
 /// How many descriptors (and pipes) are compared for shared descriptions per checkpoint.
@@ -77,6 +84,10 @@ struct Seen {
     tmp_bytes: i64,
     /// The most bytes of such files saved (`None`: none is).
     tmp_limit: Option<i64>,
+    /// Bytes of other files open for writing saved so far (`--save-written`).
+    written_bytes: i64,
+    /// The most bytes of those saved (`None`: none is).
+    written_limit: Option<i64>,
 }
 
 impl Seen {
@@ -205,51 +216,162 @@ fn save_pipe_data(w: &mut MetaWriter, fd: i32, ino: u64, size: u32) -> Result<()
     res
 }
 
-/// Saves the contents of the file behind `fd` (read with `pread`: the offset stays; a
-/// descriptor open only for writing or `O_PATH` is read through a new one opened by
-/// `/proc/self/fd`).
-fn save_file_data(w: &mut MetaWriter, fd: i32, st: &libc::stat) -> Result<(), Errno> {
-    let rec = FileDataRec {
-        dev: st.st_dev,
-        ino: st.st_ino,
-    };
-    let size = st.st_size.max(0) as usize;
+/// The files one image saves by content: their descriptors and where their bytes go in the
+/// saved-file area, which follows the memory pages in the data area ([`REC_FILE_SPAN`]).
+pub struct Spans<'a> {
+    list: &'a mut [FileSpan],
+    n: usize,
+    /// Bytes of the saved-file area so far (each file padded to a page multiple).
+    pub total: u64,
+    buf: &'a mut [u8],
+}
+
+impl<'a> Spans<'a> {
+    /// An empty set kept in `list`, copying through `buf` (page aligned, a page multiple).
+    pub fn new(list: &'a mut [FileSpan], buf: &'a mut [u8]) -> Self {
+        Spans {
+            list,
+            n: 0,
+            total: 0,
+            buf,
+        }
+    }
+
+    /// Whether no file is saved.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+}
+
+/// A descriptor that reads the file behind `fd` from its start without moving `fd`'s offset:
+/// `fd` itself (read with `pread`) unless it is open only for writing or `O_PATH`, else a new
+/// one opened through `/proc/self/fd` (`Some`: to be closed).
+fn file_reader(fd: i32) -> (i32, Option<i32>) {
     let fl = sys::fcntl(fd, libc::F_GETFL, 0).unwrap_or(0) as i32;
-    let own = if fl & libc::O_ACCMODE == libc::O_WRONLY || fl & libc::O_PATH != 0 {
-        let mut link = StackBuf::<64>::new();
-        link.push(b"/proc/self/fd/").num(fd as u64);
-        sys::open(link.as_cstr(), libc::O_RDONLY | libc::O_CLOEXEC, 0)
-            .ok()
-            .map(|r| r as i32)
-    } else {
-        None
-    };
-    let reader = own.unwrap_or(fd);
-    let res = w
-        .record_fill(REC_FILE_DATA, &rec, size, |buf| {
-            let mut got = 0;
-            while got < buf.len() {
-                let r = sys::sys6(
-                    libc::SYS_pread64 as usize,
-                    reader as usize,
-                    buf[got..].as_mut_ptr() as usize,
-                    buf.len() - got,
-                    got,
-                    0,
-                    0,
-                );
-                match r {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => got += n,
-                }
-            }
-            got
-        })
-        .map_err(|_| Errno(libc::ENOMEM));
+    if fl & libc::O_ACCMODE != libc::O_WRONLY && fl & libc::O_PATH == 0 {
+        return (fd, None);
+    }
+    let mut link = StackBuf::<64>::new();
+    link.push(b"/proc/self/fd/").num(fd as u64);
+    match sys::open(link.as_cstr(), libc::O_RDONLY | libc::O_CLOEXEC, 0) {
+        Ok(r) => (r as i32, Some(r as i32)),
+        Err(_) => (fd, None),
+    }
+}
+
+/// Reads up to `buf.len()` bytes of `reader` at `off` (fewer only at the end of the file).
+fn pread_full(reader: i32, buf: &mut [u8], off: u64) -> usize {
+    let mut got = 0;
+    while got < buf.len() {
+        let r = sys::sys6(
+            libc::SYS_pread64 as usize,
+            reader as usize,
+            buf[got..].as_mut_ptr() as usize,
+            buf.len() - got,
+            off as usize + got,
+            0,
+            0,
+        );
+        match r {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    got
+}
+
+/// Hashes the first `size` bytes of the file behind `reader` (zeros past its end), `buf` at a
+/// time.
+fn hash_file(reader: i32, size: u64, buf: &mut [u8]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut off = 0u64;
+    while off < size {
+        let n = ((size - off) as usize).min(buf.len());
+        let got = pread_full(reader, &mut buf[..n], off);
+        buf[got..n].fill(0);
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    h.digest()
+}
+
+/// Saves the contents of the file behind `fd`: a [`REC_FILE_SPAN`] record with their size and
+/// hash now (read with `pread`: the offset stays), the bytes themselves into the data area when
+/// the image is written ([`write_spans`]). Returns false when the image saves no more files.
+fn save_file_data(
+    w: &mut MetaWriter,
+    fd: i32,
+    st: &libc::stat,
+    spans: &mut Spans,
+) -> Result<bool, Errno> {
+    if spans.n == spans.list.len() {
+        return Ok(false);
+    }
+    let size = st.st_size.max(0) as u64;
+    let (reader, own) = file_reader(fd);
+    let hash = hash_file(reader, size, spans.buf);
     if let Some(r) = own {
         sys::close(r);
     }
-    res
+    let rec = FileSpanRec {
+        dev: st.st_dev,
+        ino: st.st_ino,
+        size,
+        data_off: spans.total,
+        hash,
+    };
+    w.record(REC_FILE_SPAN, &rec, &[])
+        .map_err(|_| Errno(libc::ENOMEM))?;
+    spans.list[spans.n] = FileSpan {
+        fd,
+        _pad: 0,
+        size,
+        hash,
+        data_off: spans.total,
+    };
+    spans.n += 1;
+    spans.total += page_align(size);
+    Ok(true)
+}
+
+/// Writes the saved files' contents (the saved-file area, after the memory pages), each padded
+/// with zeros to a page multiple, through the copy buffer. A file whose contents changed since
+/// they were hashed (a writer outside the checkpoint) fails the checkpoint (`EAGAIN`), as the
+/// image would not restore. `deadline_ns` as for the memory pages.
+pub fn write_spans(out: i32, spans: &mut Spans, deadline_ns: u64) -> Result<(), Errno> {
+    for i in 0..spans.n {
+        let s = spans.list[i];
+        let (reader, own) = file_reader(s.fd);
+        let res = (|| {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            let len = page_align(s.size);
+            let mut off = 0u64;
+            while off < len {
+                if deadline_ns != u64::MAX && sys::monotonic_ns() > deadline_ns {
+                    return Err(Errno(libc::ETIMEDOUT));
+                }
+                if super::image::requester_gone() {
+                    return Err(Errno(libc::ECANCELED));
+                }
+                let n = ((len - off) as usize).min(spans.buf.len());
+                let content = (s.size.saturating_sub(off) as usize).min(n);
+                let got = pread_full(reader, &mut spans.buf[..content], off);
+                spans.buf[got..n].fill(0);
+                h.update(&spans.buf[..content]);
+                super::image::write_mem(out, spans.buf.as_ptr() as usize, n)?;
+                off += n as u64;
+            }
+            if h.digest() != s.hash {
+                return Err(Errno(libc::EAGAIN));
+            }
+            Ok(())
+        })();
+        if let Some(r) = own {
+            sys::close(r);
+        }
+        res?;
+    }
+    Ok(())
 }
 
 /// Whether `path` is inside directory `dir` (given without a trailing slash).
@@ -257,71 +379,90 @@ fn inside(path: &[u8], dir: &[u8]) -> bool {
     !dir.is_empty() && path.len() > dir.len() && path.starts_with(dir) && path[dir.len()] == b'/'
 }
 
-/// Whether `path` lies under a temporary directory: /tmp, /var/tmp, /dev/shm, /run/user/UID or
-/// the process's `$TMPDIR`.
-fn is_temporary(path: &[u8]) -> bool {
+/// Why a file at `path` is saved by content when it lies under a temporary directory:
+/// [`SAVED_TMP`] under /tmp, /var/tmp, /dev/shm, /run/user/UID or the process's `$TMPDIR`,
+/// [`SAVED_DIR`] under a `--save-dir` directory of `files`. Allocation-free.
+pub fn temporary_reason(path: &[u8], files: &SaveFiles) -> Option<u32> {
     if [&b"/tmp"[..], b"/var/tmp", b"/dev/shm"]
         .iter()
         .any(|d| inside(path, d))
     {
-        return true;
+        return Some(SAVED_TMP);
     }
     let mut run = StackBuf::<64>::new();
     // SAFETY: getuid cannot fail.
     run.push(b"/run/user/")
         .num(unsafe { libc::getuid() } as u64);
     if inside(path, run.as_bytes()) {
-        return true;
+        return Some(SAVED_TMP);
     }
     // SAFETY: getenv reads the environment in place (no allocation, no lock) and returns a
     // NUL-terminated string or null.
     let tmpdir = unsafe { libc::getenv(c"TMPDIR".as_ptr()) };
-    if tmpdir.is_null() {
-        return false;
+    if !tmpdir.is_null() {
+        // SAFETY: non-null, NUL-terminated (above).
+        let mut dir = unsafe { core::ffi::CStr::from_ptr(tmpdir) }.to_bytes();
+        while dir.len() > 1 && dir.ends_with(b"/") {
+            dir = &dir[..dir.len() - 1];
+        }
+        if dir.starts_with(b"/") && dir != b"/" && inside(path, dir) {
+            return Some(SAVED_TMP);
+        }
     }
-    // SAFETY: non-null, NUL-terminated (above).
-    let mut dir = unsafe { core::ffi::CStr::from_ptr(tmpdir) }.to_bytes();
-    while dir.len() > 1 && dir.ends_with(b"/") {
-        dir = &dir[..dir.len() - 1];
-    }
-    dir.starts_with(b"/") && dir != b"/" && inside(path, dir)
+    files
+        .dirs()
+        .any(|d| d.starts_with(b"/") && (d == b"/" || inside(path, d)))
+        .then_some(SAVED_DIR)
 }
 
-/// What becomes of a regular file under a temporary directory: saved by content (its data
-/// written now or with an earlier descriptor), or left to be reopened by path with a warning.
+/// What becomes of a regular file saved by content for reason `why` ([`SAVED_TMP`],
+/// [`SAVED_DIR`], [`SAVED_WRITTEN`]): saved (its data written now or with an earlier
+/// descriptor), or left to be reopened by path with a warning.
 fn save_temporary(
     w: &mut MetaWriter,
     fd: i32,
     st: &libc::stat,
     seen: &mut Seen,
+    why: u32,
+    spans: &mut Spans,
 ) -> Result<Option<&'static [u8]>, Errno> {
     if seen.has_saved(st) {
         return Ok(None);
     }
-    let limit = seen.tmp_limit.unwrap_or(0);
+    let written = why == SAVED_WRITTEN;
+    let (used, limit) = if written {
+        (seen.written_bytes, seen.written_limit.unwrap_or(0))
+    } else {
+        (seen.tmp_bytes, seen.tmp_limit.unwrap_or(0))
+    };
     let size = st.st_size.max(0);
-    // Room for the rest of the metadata: the buffer also holds every later record.
-    let room = w.room() as i64 - (8 << 20);
-    if size > MAX_SAVED_TMP_FILE {
-        return Ok(Some(
-            b"is a temporary file larger than 16 MiB: not saved, it must still exist at restart",
-        ));
-    }
-    if seen.tmp_bytes + size > limit || size > room {
-        return Ok(Some(
+    if used + size > limit {
+        return Ok(Some(if written {
+            b"is a file open for writing over the limit of such files an image saves \
+              (--save-written=SIZE, 1 GiB per process by default): not saved, it must still \
+              exist at restart"
+        } else {
             b"is a temporary file over the limit of temporary files an image saves \
-              (--save-tmp-limit, 32 MiB per process by default): not saved, it must still exist \
-              at restart",
-        ));
+              (--save-tmp-limit, 1 GiB per process by default): not saved, it must still exist \
+              at restart"
+        }));
     }
-    if !seen.first_time(st) {
+    if !seen.first_time(st) || !save_file_data(w, fd, st, spans)? {
         return Ok(Some(
-            b"is a temporary file over the number of files an image saves: not saved",
+            b"is a file over the number of files an image saves: not saved",
         ));
     }
-    seen.tmp_bytes += size;
-    save_file_data(w, fd, st)?;
+    if written {
+        seen.written_bytes += size;
+    } else {
+        seen.tmp_bytes += size;
+    }
     Ok(None)
+}
+
+/// The largest unlinked open file saved: 16 MiB, or `--save-tmp-limit` when that is larger.
+fn unlinked_limit(seen: &Seen) -> i64 {
+    MAX_UNLINKED_FILE.max(seen.tmp_limit.unwrap_or(0))
 }
 
 /// Records who gets the async-I/O signals of `fd` (`F_SETOWN`) and which (`F_SETSIG`), when
@@ -351,6 +492,8 @@ fn one(
     fd: i32,
     image: Option<(u64, u64)>,
     seen: &mut Seen,
+    files: &SaveFiles,
+    spans: &mut Spans,
 ) -> Result<(), Errno> {
     let Ok(st) = sys::fstat(fd) else {
         return Ok(());
@@ -389,10 +532,13 @@ fn one(
         ),
         _ if refused.is_some() => (FdKind::Unsupported, refused),
         libc::S_IFREG if is_image => (FdKind::CheckpointFile, None),
-        libc::S_IFREG if deleted && st.st_size <= MAX_UNLINKED_FILE => (FdKind::Unlinked, None),
+        libc::S_IFREG if deleted && st.st_size <= unlinked_limit(seen) => (FdKind::Unlinked, None),
         libc::S_IFREG if deleted => (
             FdKind::Unsupported,
-            Some(b"is an unlinked file larger than 16 MiB; it will be closed at restart"),
+            Some(
+                b"is an unlinked file larger than the limit of files an image saves (16 MiB, or \
+                  --save-tmp-limit when larger); it will be closed at restart",
+            ),
         ),
         libc::S_IFREG => (FdKind::Regular, None),
         libc::S_IFDIR => (FdKind::Directory, None),
@@ -453,8 +599,19 @@ fn one(
         save_owner(w, fd)?;
     }
     let mut warn = warn;
-    if kind == FdKind::Regular && seen.tmp_limit.is_some() && is_temporary(path) {
-        match save_temporary(w, fd, &st, seen)? {
+    // Saved by content: under a temporary directory, or open for writing (--save-written).
+    let why = if kind == FdKind::Regular {
+        temporary_reason(path, files)
+            .filter(|_| seen.tmp_limit.is_some())
+            .or_else(|| {
+                (flags & libc::O_ACCMODE != libc::O_RDONLY && seen.written_limit.is_some())
+                    .then_some(SAVED_WRITTEN)
+            })
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        match save_temporary(w, fd, &st, seen, why, spans)? {
             Some(text) => warn = Some(text),
             None => {
                 let saved = FdSavedRec {
@@ -463,14 +620,16 @@ fn one(
                     size: st.st_size,
                     mtime_sec: st.st_mtime,
                     mtime_nsec: st.st_mtime_nsec,
+                    why,
+                    _pad: 0,
                 };
                 w.record(REC_FD_SAVED, &saved, &[])
                     .map_err(|_| Errno(libc::ENOMEM))?;
             }
         }
     }
-    if kind == FdKind::Unlinked && seen.first_time(&st) {
-        save_file_data(w, fd, &st)?;
+    if kind == FdKind::Unlinked && seen.first_time(&st) && !save_file_data(w, fd, &st, spans)? {
+        warn = Some(b"is an unlinked file over the number of files an image saves: not saved");
     }
     if kind == FdKind::Pipe && seen.first_time(&st) {
         // A pipe we cannot copy keeps running; only its buffered bytes are not in the image.

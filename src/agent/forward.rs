@@ -166,6 +166,7 @@ pub fn stop_all(img_fd: i32, req: &Request, timeout_ms: i32) -> Result<(), (i32,
             r.scope = crate::api::types::CR_SCOPE_PROC;
             r.dest = req.dest;
             r.dest_len = req.dest_len;
+            r.files = req.files;
             protocol::send(sock, &r, Some(img_fd))?;
             loop {
                 let rep = reply_within(sock, timeout_ms)?;

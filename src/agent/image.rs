@@ -40,6 +40,8 @@ pub struct Job {
     pub cow_note: AtomicU32,
     /// The request (its incremental parent).
     pub req: *const crate::protocol::Request,
+    /// Further files saved by content (`--save-dir`, `--save-written`).
+    pub files: crate::protocol::SaveFiles,
 }
 
 /// Steps, for error messages.
@@ -367,8 +369,17 @@ fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
             .push(b")");
         w.raw(REC_WARNING, msg.as_bytes()).map_err(full)?;
     }
-    let tmp_limit = crate::protocol::tmp_limit(job.flags);
-    super::fds::capture(&mut w, &job.skip_fds, job.fd, tmp_limit).map_err(|e| (2, e))?;
+    let tmp_limit = crate::protocol::tmp_limit(job.flags, &job.files);
+    let mut spans = super::fds::Spans::new(scratch.spans(), scratch.filebuf());
+    let tmp_used = super::fds::capture(
+        &mut w,
+        &job.skip_fds,
+        job.fd,
+        tmp_limit,
+        &job.files,
+        &mut spans,
+    )
+    .map_err(|e| (2, e))?;
     super::forward::write_shares(&mut w).map_err(full)?;
     let delta = super::incremental::is_delta();
     if delta {
@@ -380,10 +391,14 @@ fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
         exe: job.flags & crate::protocol::FLAG_SAVE_EXE != 0,
         private: job.flags & crate::protocol::FLAG_SAVE_PRIVATE != 0,
         shared: job.flags & crate::protocol::FLAG_SAVE_SHARED != 0,
+        tmp_left: tmp_limit.map(|l| l - tmp_used),
+        files: &job.files,
     };
     if job.cow && job.flags & crate::protocol::FLAG_INCREMENTAL != 0 {
         // The written pages are found and protected again in this process, stopped.
         job.cow_note.store(super::cow::NOTE_INCREMENTAL, Release);
+    } else if job.cow && !spans.is_empty() {
+        job.cow_note.store(super::cow::NOTE_FILES, Release);
     } else if job.cow {
         // Copy-on-write: the rest is written by a forked writer while the program runs on.
         match super::cow::start(job, scratch, &w, save, pid) {
@@ -404,7 +419,7 @@ fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
         deadline_ns: job.deadline_ns,
         bounce: None,
     };
-    finish(out, scratch, w, &ext, &unreadable, pid).map(Written::Bytes)
+    finish(out, scratch, w, &ext, &unreadable, &mut spans, pid).map(Written::Bytes)
 }
 
 /// Where [`finish`] writes.
@@ -419,13 +434,14 @@ pub struct Dest<'a> {
 
 /// Ends the metadata and writes the whole image (header, metadata, page data of `ext`, trailer),
 /// then syncs it; returns its length. Page data goes through `bounce` when given
-/// (`memory::write_data`).
+/// (`memory::write_data`). The contents of the saved files of `spans` follow the page data.
 pub fn finish(
     out: Dest,
     scratch: &Scratch,
     mut w: MetaWriter,
     ext: &ExtentList,
     unreadable: &Unreadable,
+    spans: &mut super::fds::Spans,
     pid: i32,
 ) -> Result<u64, (u32, Errno)> {
     let Dest {
@@ -454,7 +470,8 @@ pub fn finish(
         meta_len,
         meta_hash,
         data_offset: PAGE as u64 + page_align(meta_len),
-        data_len: ext.data_len,
+        // The memory pages, then the saved files' contents.
+        data_len: ext.data_len + spans.total,
         trailer_offset: 0,
         xcr0,
         xsave_size,
@@ -496,6 +513,7 @@ pub fn finish(
     let data_hash = memory::write_data(fd, ext.all(), deadline_ns, bounce);
     unreadable.set(false);
     let data_hash = data_hash.map_err(io)?;
+    super::fds::write_spans(fd, spans, deadline_ns).map_err(io)?;
     io_report::PHASE_NS[2].store(sys::monotonic_ns(), Relaxed);
     let mut tr = Trailer {
         magic: TRAILER_MAGIC,

@@ -105,14 +105,19 @@ pub fn parse_line(line: &[u8]) -> Option<MapLine<'_>> {
 }
 
 /// Which mapped files are stored by content instead of by reference (`--save-*`).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SaveByContent {
+#[derive(Clone, Copy, Debug)]
+pub struct SaveByContent<'a> {
     /// The executable's mappings.
     pub exe: bool,
     /// Every private file mapping, the executable's included (BLCR's `--save-private`).
     pub private: bool,
     /// Shared file mappings (restored as shared memory).
     pub shared: bool,
+    /// Bytes of files shared-mapped under temporary directories that may still be saved (the
+    /// rest of `--save-tmp-limit` after the open ones; `None`: none is).
+    pub tmp_left: Option<i64>,
+    /// The further temporary directories (`--save-dir`).
+    pub files: &'a crate::protocol::SaveFiles,
 }
 
 /// `statfs` `f_type` of tmpfs.
@@ -175,6 +180,26 @@ fn classify(
     if sys::statfs_type(path.as_cstr()) == Ok(TMPFS_MAGIC) && !(m.shared && save.shared) {
         *fs = Some(RegionFsRec {
             fs: FS_TMPFS,
+            mode: s.st_mode & 0o7777,
+            uid: s.st_uid,
+            gid: s.st_gid,
+            page_size: PAGE as u64,
+        });
+        return Some(content);
+    }
+    // A file shared-mapped under a temporary directory on disk (an MPI library's session
+    // segments in /tmp, a JVM's hsperfdata): the program's own cleanup or a new node takes it
+    // away just as on tmpfs, so it is saved and restored the same way (`FS_TEMPDIR`).
+    // (Device major 0 is memory: tmpfs above, hugetlbfs below.)
+    if m.shared
+        && !save.shared
+        && m.major != 0
+        && m.prot & libc::PROT_EXEC as u32 == 0
+        && save.tmp_left.is_some()
+        && super::fds::temporary_reason(p, save.files).is_some()
+    {
+        *fs = Some(RegionFsRec {
+            fs: FS_TEMPDIR,
             mode: s.st_mode & 0o7777,
             uid: s.st_uid,
             gid: s.st_gid,
@@ -682,6 +707,7 @@ pub fn capture(
     let exe = sys::stat(b"/proc/self/exe\0", 0)
         .ok()
         .map(|s| (s.st_dev, s.st_ino));
+    let mut tmp_left = save.tmp_left;
     let maps = scratch.maps();
     let n = sys::read_file(b"/proc/self/maps\0", maps)?;
     let pagemap_fd =
@@ -714,9 +740,25 @@ pub fn capture(
             }
             let mut st = None;
             let mut fs = None;
-            let Some(kind) = classify(&m, save, exe, &mut st, &mut fs) else {
+            let Some(mut kind) = classify(&m, save, exe, &mut st, &mut fs) else {
                 continue;
             };
+            if fs.is_some_and(|f| f.fs == FS_TEMPDIR) {
+                let len = (m.end - m.start) as i64;
+                if tmp_left.unwrap_or(0) < len {
+                    // Over --save-tmp-limit: by reference, as before; said at checkpoint time.
+                    kind = RegionKind::FileShared;
+                    fs = None;
+                    let mut msg = StackBuf::<512>::new();
+                    msg.push(b"mapped temporary file ")
+                        .push(m.path)
+                        .push(b" is over the limit of temporary files an image saves (--save-tmp-limit): not saved, it must still exist at restart");
+                    w.raw(REC_WARNING, msg.as_bytes())
+                        .map_err(|_| Errno(libc::ENOMEM))?;
+                } else {
+                    tmp_left = tmp_left.map(|l| l - len);
+                }
+            }
             if let Some(page_size) = huge.page_size(m.start).filter(|_| maybe_huge(&m)) {
                 // Re-created with huge pages of this size (see `FS_HUGETLB`).
                 fs = Some(RegionFsRec {

@@ -2,6 +2,27 @@
 //! image. It is a shared anonymous mapping so the kernel never merges it with program memory.
 
 use crate::image::format::{Extent, PAGE};
+
+/// Most files whose contents one image saves.
+pub const MAX_SPANS: usize = 1024;
+
+/// One saved file whose contents go into the image's data area after the memory pages: the
+/// descriptor it is read through, its size, where its (page-padded) bytes go in the saved-file
+/// area and the hash recorded for them.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct FileSpan {
+    /// The program's descriptor of the file.
+    pub fd: i32,
+    /// Zero.
+    pub _pad: u32,
+    /// Bytes of contents.
+    pub size: u64,
+    /// xxh3-64 of the contents, as recorded in the metadata.
+    pub hash: u64,
+    /// Offset in the saved-file area.
+    pub data_off: u64,
+}
 use crate::sys::{self, Errno};
 
 /// `n` rounded up to whole pages: every buffer starts page aligned, so the ones written with
@@ -26,6 +47,10 @@ const SIDE_LEN: usize = pages(1 << 20);
 const WRITER_LEN: usize = PAGE;
 /// The copy-on-write writer's stack.
 const WSTACK_LEN: usize = pages(1 << 20);
+/// Saved files are copied into the image through this buffer (a page multiple, for `O_DIRECT`).
+const FILEBUF_LEN: usize = pages(1 << 20);
+/// The saved files of one image (`FileSpan`s).
+const SPANS_LEN: usize = pages(MAX_SPANS * core::mem::size_of::<FileSpan>());
 
 const MAPS_OFF: usize = 0;
 const PAGEMAP_OFF: usize = MAPS_OFF + MAPS_LEN;
@@ -40,7 +65,9 @@ const PRECOPY_OFF: usize = STACK_OFF + STACK_LEN;
 const SIDE_OFF: usize = PRECOPY_OFF + PRECOPY_LEN;
 const WRITER_OFF: usize = SIDE_OFF + SIDE_LEN;
 const WSTACK_OFF: usize = WRITER_OFF + WRITER_LEN;
-const TOTAL: usize = WSTACK_OFF + WSTACK_LEN;
+const FILEBUF_OFF: usize = WSTACK_OFF + WSTACK_LEN;
+const SPANS_OFF: usize = FILEBUF_OFF + FILEBUF_LEN;
+const TOTAL: usize = SPANS_OFF + SPANS_LEN;
 
 // Every buffer page aligned (direct I/O needs at least 512-byte aligned buffers: a 256-byte
 // mincore buffer once put the header, metadata and trailer off alignment, and O_DIRECT was
@@ -59,6 +86,8 @@ const _: () = assert!(
         && SIDE_OFF.is_multiple_of(PAGE)
         && WRITER_OFF.is_multiple_of(PAGE)
         && WSTACK_OFF.is_multiple_of(PAGE)
+        && FILEBUF_OFF.is_multiple_of(PAGE)
+        && SPANS_OFF.is_multiple_of(PAGE)
         && TOTAL.is_multiple_of(PAGE)
 );
 const _: () = assert!(EXTENTS_LEN.is_multiple_of(core::mem::size_of::<Extent>()));
@@ -131,6 +160,17 @@ impl Scratch {
     #[allow(clippy::mut_from_ref)]
     pub fn trailer(&self) -> &mut [u8] {
         self.bytes(TRAILER_OFF, PAGE)
+    }
+    /// The buffer saved files are copied through (page aligned).
+    #[allow(clippy::mut_from_ref)]
+    pub fn filebuf(&self) -> &mut [u8] {
+        self.bytes(FILEBUF_OFF, FILEBUF_LEN)
+    }
+    /// Storage for the saved files of the image.
+    #[allow(clippy::mut_from_ref)]
+    pub fn spans(&self) -> &mut [FileSpan] {
+        let b = self.bytes(SPANS_OFF, MAX_SPANS * core::mem::size_of::<FileSpan>());
+        bytemuck::cast_slice_mut(b)
     }
     /// The metadata buffer (page aligned, zero beyond what is written).
     #[allow(clippy::mut_from_ref)]

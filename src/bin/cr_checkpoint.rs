@@ -107,8 +107,8 @@ struct Args {
     /// Store mapped files by reference (default).
     #[arg(long = "save-none", action = ArgAction::SetTrue)]
     save_none: bool,
-    /// Store at most SIZE bytes (K, M suffixes; at most 32M, the default) of files open under
-    /// temporary directories per process; none: store none.
+    /// Store at most SIZE bytes (K, M, G suffixes; 1G by default) of files open or
+    /// shared-mapped under temporary directories per process; none: store none.
     #[arg(long = "save-tmp-limit", value_name = "SIZE|none")]
     save_tmp_limit: Option<String>,
     /// Write a delta image: only the pages written since PARENT (default: the image at the
@@ -119,6 +119,15 @@ struct Args {
     /// With --incremental: every Nth image of a chain is a full one.
     #[arg(long = "max-chain", value_name = "N")]
     max_chain: Option<u32>,
+    /// Treat DIR as a temporary directory too: files open or shared-mapped under it are stored
+    /// by content (repeatable).
+    #[arg(long = "save-dir", value_name = "DIR", action = ArgAction::Append)]
+    save_dir: Vec<PathBuf>,
+    /// Store files open for writing anywhere by content, at most SIZE per process (K, M, G
+    /// suffixes; 1G by default).
+    #[arg(long = "save-written", value_name = "SIZE", num_args = 0..=1, require_equals = true,
+          default_missing_value = "1G")]
+    save_written: Option<String>,
     /// Checkpoint a ptraced process anyway.
     #[arg(long = "ptraced-allow", action = ArgAction::SetTrue)]
     ptraced_allow: bool,
@@ -205,32 +214,20 @@ fn save_flags(m: &clap::ArgMatches) -> u32 {
         .fold(0, |acc, (_, f)| if f == 0 { 0 } else { acc | f })
 }
 
-/// `--save-tmp-limit SIZE|none` as request flags (0 when not given: the default).
-fn tmp_limit_flags(a: &Args) -> u32 {
-    let Some(v) = a.save_tmp_limit.as_deref() else {
-        return 0;
-    };
-    if v == "none" {
-        return protocol::tmp_limit_flags(None);
-    }
+/// A size option's value in bytes (K, M, G suffixes); else one clear line naming `opt`.
+fn parse_size(opt: &str, v: &str) -> u64 {
     let (num, unit) = match v.as_bytes().last() {
         Some(b'K' | b'k') => (&v[..v.len() - 1], 1u64 << 10),
         Some(b'M' | b'm') => (&v[..v.len() - 1], 1 << 20),
         Some(b'G' | b'g') => (&v[..v.len() - 1], 1 << 30),
         _ => (v, 1),
     };
-    let max = cr::image::format::MAX_SAVED_TMP_TOTAL as u64;
     match num.parse::<u64>().ok().and_then(|n| n.checked_mul(unit)) {
-        Some(b) if b <= max => protocol::tmp_limit_flags(Some(b)),
-        Some(_) => fail(
+        Some(b) if b < u64::MAX / 2 => b,
+        _ => fail(
             TOOL,
             libc::EINVAL,
-            &format!("--save-tmp-limit {v}: at most 32M (the image's metadata holds these files)"),
-        ),
-        None => fail(
-            TOOL,
-            libc::EINVAL,
-            &format!("--save-tmp-limit {v}: not a size (bytes, or with a K or M suffix) nor none"),
+            &format!("{opt} {v}: not a size (bytes, or with a K, M or G suffix)"),
         ),
     }
 }
@@ -248,6 +245,43 @@ fn incremental(a: &Args) -> Option<checkpoint::incremental::Incremental> {
         parent: (!parent.is_empty()).then(|| PathBuf::from(parent)),
         max_chain: a.max_chain.unwrap_or(0),
     })
+}
+
+/// `--save-tmp-limit none` as request flags (0 otherwise).
+fn tmp_limit_flags(a: &Args) -> u32 {
+    match a.save_tmp_limit.as_deref() {
+        Some("none") => protocol::FLAG_SAVE_TMP_NONE,
+        _ => 0,
+    }
+}
+
+/// `--save-dir` and `--save-written` for the request.
+fn save_files(a: &Args) -> protocol::SaveFiles {
+    use std::os::unix::ffi::OsStrExt;
+    let mut f = protocol::SaveFiles::default();
+    match a.save_tmp_limit.as_deref() {
+        None | Some("none") => {}
+        Some(v) => f.tmp_limit = parse_size("--save-tmp-limit", v) + 1,
+    }
+    if let Some(v) = a.save_written.as_deref() {
+        f.written = parse_size("--save-written", v) + 1;
+    }
+    for d in &a.save_dir {
+        let abs = std::path::absolute(d).unwrap_or_else(|_| d.clone());
+        let bytes = abs.as_os_str().as_bytes();
+        if bytes.contains(&0) || !f.add_dir(bytes) {
+            fail(
+                TOOL,
+                libc::EINVAL,
+                &format!(
+                    "--save-dir {}: the directories given take more than {} bytes",
+                    d.display(),
+                    protocol::SAVE_DIRS_LEN
+                ),
+            );
+        }
+    }
+    f
 }
 
 fn matches_given(m: &clap::ArgMatches, id: &str) -> bool {
@@ -313,6 +347,7 @@ fn options(m: &clap::ArgMatches, a: &Args) -> checkpoint::Options {
         dest,
         commit,
         save: save_flags(m) | tmp_limit_flags(a),
+        files: save_files(a),
         time: a.time,
         signal: chosen_signal(m, a),
         stop_again: !matches_given(m, "cont"),

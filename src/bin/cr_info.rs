@@ -2,7 +2,9 @@
 //! whether it would restart here.
 
 use clap::Parser;
-use cr::image::format::{FdKind, RegionKind, FS_HUGETLB, FS_TMPFS, PAGE};
+use cr::image::format::{
+    FdKind, RegionKind, FS_HUGETLB, FS_TEMPDIR, FS_TMPFS, PAGE, SAVED_DIR, SAVED_TMP, SAVED_WRITTEN,
+};
 use cr::image::reader::Image;
 use cr::tool::{fail, strerror};
 use std::ffi::OsStr;
@@ -145,6 +147,7 @@ fn region_kind(r: &cr::image::reader::Region) -> &'static str {
     match (r.kind, r.fs.map(|f| f.fs)) {
         (RegionKind::SharedContent, Some(FS_TMPFS)) => return "tmpfs-shared",
         (RegionKind::PrivateContent, Some(FS_TMPFS)) => return "tmpfs-private",
+        (RegionKind::SharedContent, Some(FS_TEMPDIR)) => return "tempdir-shared",
         (RegionKind::SharedContent | RegionKind::FileShared, Some(FS_HUGETLB)) => {
             return "hugetlb-shared"
         }
@@ -196,6 +199,43 @@ fn referenced_files(img: &Image) -> Vec<FileRef<'_>> {
                 mtime: (r.rec.mtime_sec, r.rec.mtime_nsec),
             });
         }
+    }
+    out
+}
+
+/// Every file whose contents travel in the image: (path, size, why it was saved), each once.
+fn saved_files(img: &Image) -> Vec<(String, u64, &'static str)> {
+    let mut out: Vec<(String, u64, &'static str)> = Vec::new();
+    let mut add = |path: &[u8], size: u64, why: &'static str| {
+        let p = lossy(path);
+        if !out.iter().any(|(q, ..)| *q == p) {
+            out.push((p, size, why));
+        }
+    };
+    for f in &img.fds {
+        if let Some(sv) = &f.saved {
+            let why = match sv.why {
+                SAVED_TMP => "open under a temporary directory",
+                SAVED_DIR => "open under a --save-dir directory",
+                SAVED_WRITTEN => "open for writing (--save-written)",
+                _ => "saved for a reason this cr_info does not know",
+            };
+            add(&f.path, sv.size.max(0) as u64, why);
+        } else if f.kind == FdKind::Unlinked {
+            add(&f.path, f.rec.size.max(0) as u64, "open and unlinked");
+        }
+    }
+    for r in img
+        .regions
+        .iter()
+        .filter(|r| cr::restore::memory::tmpfs_file(r))
+    {
+        let why = match (r.fs.map(|f| f.fs), r.kind) {
+            (Some(FS_TEMPDIR), _) => "shared-mapped under a temporary directory",
+            (_, RegionKind::SharedContent) => "shared-mapped from tmpfs",
+            _ => "private-mapped from tmpfs (its pages)",
+        };
+        add(&r.path, r.rec.file_size, why);
     }
     out
 }
@@ -385,10 +425,18 @@ fn print_contents(path: &Path, file: &std::fs::File, img: &Image, len: u64) {
         }
     }
 
+    let saved = saved_files(img);
+    if !saved.is_empty() {
+        println!("\nSaved files ({})", saved.len());
+        for (p, n, why) in &saved {
+            println!("  {p}  size {n}  ({why})");
+        }
+    }
+
     let tmpfs: Vec<_> = img
         .regions
         .iter()
-        .filter(|r| cr::restore::memory::tmpfs_file(r))
+        .filter(|r| cr::restore::memory::tmpfs_file(r) && r.fs.is_some_and(|f| f.fs == FS_TMPFS))
         .collect();
     if !tmpfs.is_empty() {
         println!("\nFiles on tmpfs, saved by content ({})", tmpfs.len());

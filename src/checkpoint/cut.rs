@@ -203,6 +203,7 @@ fn request(opts: &Options, scope: i32, out: &Out) -> Request {
     if opts.cow {
         req.flags |= protocol::FLAG_COW;
     }
+    req.files = opts.files;
     req.timeout_ms = opts.time.map_or(0, |s| s.saturating_mul(1000));
     req.requester = std::process::id() as i32;
     req.target = opts.id;

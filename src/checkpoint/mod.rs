@@ -40,9 +40,12 @@ pub struct Options {
     pub dest: Destination,
     /// How a file destination is committed.
     pub commit: Commit,
-    /// `protocol::FLAG_SAVE_*`: mapped files stored by content; `FLAG_SAVE_TMP_NONE` and the
-    /// `TMP_LIMIT_SHIFT` bits: how much of the files under temporary directories is.
+    /// `protocol::FLAG_SAVE_*`: mapped files stored by content; `FLAG_SAVE_TMP_NONE`: files
+    /// under temporary directories are not.
     pub save: u32,
+    /// Further files saved by content (`--save-tmp-limit SIZE`, `--save-dir`,
+    /// `--save-written`).
+    pub files: crate::protocol::SaveFiles,
     /// Give up after this many seconds (the program goes on).
     pub time: Option<u32>,
     /// Signal sent to every saved process once the image is durable (0: none).
@@ -75,6 +78,7 @@ impl Options {
             dest: Destination::Cwd,
             commit: Commit::Atomic,
             save: 0,
+            files: Default::default(),
             time: None,
             signal: 0,
             stop_again: true,

@@ -166,6 +166,11 @@ pub struct ParentRec {
     pub path_len: u32,
 }
 
+/// Record: [`FileSpanRec`]: the contents of a saved file (unlinked, or under a temporary
+/// directory, or open for writing) are in the data area, after the memory pages, instead of in
+/// a `REC_FILE_DATA` record. Not optional: a reader that does not know it could not tell the
+/// data area's layout (it refuses the image: "unknown record 19").
+pub const REC_FILE_SPAN: u32 = 19;
 /// Record (optional): [`SysvSemRec`], then `nsems` × `u16` values: a SysV semaphore set this
 /// process was the last to operate on (`GETPID`). A reader that skips it does not restore it.
 pub const REC_SYSV_SEM: u32 = REC_OPTIONAL | 15;
@@ -349,6 +354,11 @@ pub const FS_TMPFS: u32 = 1;
 /// [`RegionFsRec::fs`]: hugetlb memory (`MAP_HUGETLB`, a hugetlbfs file, a `MFD_HUGETLB` memfd):
 /// re-created with huge pages of [`RegionFsRec::page_size`].
 pub const FS_HUGETLB: u32 = 2;
+/// [`RegionFsRec::fs`]: a file shared-mapped under a temporary directory (/tmp, /var/tmp,
+/// /run/user/UID, `$TMPDIR`, `--save-dir`) on a file system that is not tmpfs: saved and
+/// restored as [`FS_TMPFS`] (a reader that does not know it restores the region as its kind
+/// says: shared memory with the saved contents, the file not re-created).
+pub const FS_TEMPDIR: u32 = 3;
 
 /// Payload of [`REC_REGION_FS`] (24 bytes).
 #[repr(C)]
@@ -576,14 +586,45 @@ pub struct FdSavedRec {
     pub mtime_sec: i64,
     /// Modification time at checkpoint time: nanoseconds.
     pub mtime_nsec: i64,
+    /// Why it was saved: [`SAVED_TMP`], [`SAVED_DIR`] or [`SAVED_WRITTEN`] (absent in the
+    /// first, 32-byte records: [`SAVED_TMP`]).
+    pub why: u32,
+    /// Zero.
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<FdSavedRec>() == 32);
+const _: () = assert!(core::mem::size_of::<FdSavedRec>() == 40);
 
-/// Largest file under a temporary directory whose contents a checkpoint saves.
-pub const MAX_SAVED_TMP_FILE: i64 = 16 << 20;
-/// Most bytes of temporary files one process's image saves (bounded by the agent's 64 MiB
-/// metadata buffer, which also holds every other record).
-pub const MAX_SAVED_TMP_TOTAL: i64 = 32 << 20;
+/// [`FdSavedRec::why`]: the file is under a default temporary directory (/tmp, /var/tmp,
+/// /dev/shm, /run/user/UID, `$TMPDIR`).
+pub const SAVED_TMP: u32 = 0;
+/// [`FdSavedRec::why`]: the file is under a directory given with `cr_checkpoint --save-dir`.
+pub const SAVED_DIR: u32 = 1;
+/// [`FdSavedRec::why`]: the file was open for writing (`cr_checkpoint --save-written`): at
+/// restart it is re-created only when it is missing; one that exists is cut back to its
+/// checkpoint size as any file being written.
+pub const SAVED_WRITTEN: u32 = 2;
+
+/// Most bytes of files under temporary directories one process's image saves by default
+/// (`cr_checkpoint --save-tmp-limit`), and of files open for writing with `--save-written`.
+pub const MAX_SAVED_TMP_TOTAL: i64 = 1 << 30;
+
+/// Where a saved file's contents lie (see [`REC_FILE_SPAN`]).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug, PartialEq, Eq)]
+pub struct FileSpanRec {
+    /// `st_dev` of the file.
+    pub dev: u64,
+    /// `st_ino` of the file.
+    pub ino: u64,
+    /// Bytes of contents.
+    pub size: u64,
+    /// Offset of the contents in the saved-file area (which follows the memory pages in the
+    /// data area); page aligned, each file's bytes padded with zeros to a page multiple.
+    pub data_off: u64,
+    /// xxh3-64 of the `size` bytes of contents.
+    pub hash: u64,
+}
+const _: () = assert!(core::mem::size_of::<FileSpanRec>() == 40);
 
 /// Largest unlinked open file whose contents a checkpoint saves (larger ones are closed at
 /// restart, with a warning at checkpoint time).

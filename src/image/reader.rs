@@ -173,6 +173,9 @@ pub struct Image {
     pub writerless_pipes: Vec<u64>,
     /// Contents of unlinked open files: ((device, inode), contents).
     pub file_data: Vec<((u64, u64), Vec<u8>)>,
+    /// Saved files whose contents are in the data area, after the memory pages
+    /// (`REC_FILE_SPAN`; see [`Image::saved_contents`]).
+    pub file_spans: Vec<FileSpanRec>,
     /// File offset where this image starts (0 unless it is one process of a tree image).
     pub base: u64,
     /// Descriptions shared with the images that follow this one back to back (a forwarded
@@ -309,6 +312,7 @@ impl Image {
             pipe_data: Vec::new(),
             writerless_pipes: Vec::new(),
             file_data: Vec::new(),
+            file_spans: Vec::new(),
             base,
             shares: Vec::new(),
             parent: None,
@@ -422,6 +426,7 @@ impl Image {
                     let (r, bytes): (FileDataRec, _) = read_fixed(body, rh.kind, v, "file data")?;
                     self.file_data.push(((r.dev, r.ino), bytes.to_vec()));
                 }
+                REC_FILE_SPAN => self.file_spans.push(read_pod(body, "file span")?),
                 REC_WARNING => self
                     .warnings
                     .push(String::from_utf8_lossy(body).into_owned()),
@@ -463,7 +468,13 @@ impl Image {
                     }
                 }
                 REC_FD_SAVED => {
-                    let r: FdSavedRec = read_pod(body, "saved file")?;
+                    // The first records were 32 bytes long (no `why`: SAVED_TMP).
+                    if body.len() < 32 {
+                        return Err(ImageError::Malformed("short saved file record".into()));
+                    }
+                    let mut r: FdSavedRec = bytemuck::Zeroable::zeroed();
+                    let n = body.len().min(core::mem::size_of::<FdSavedRec>());
+                    bytemuck::bytes_of_mut(&mut r)[..n].copy_from_slice(&body[..n]);
                     if let Some(f) = self.fds.last_mut().filter(|f| f.rec.fd == r.fd) {
                         f.saved = Some(r);
                     }
@@ -533,6 +544,22 @@ impl Image {
                 off += e.len;
             }
         }
+        // The saved files' contents follow, each padded to whole pages, in order.
+        let mut files = 0u64;
+        for sp in &self.file_spans {
+            if sp.data_off != files {
+                return Err(ImageError::Malformed("bad file span".into()));
+            }
+            files = sp
+                .size
+                .checked_add(PAGE as u64 - 1)
+                .map(|n| n & !(PAGE as u64 - 1))
+                .and_then(|n| files.checked_add(n))
+                .ok_or_else(|| ImageError::Malformed("bad file span".into()))?;
+        }
+        let off = off
+            .checked_add(files)
+            .ok_or_else(|| ImageError::Malformed("bad file span".into()))?;
         if off != self.header.data_len
             || self.header.trailer_offset != self.header.data_offset + off
         {
@@ -543,12 +570,36 @@ impl Image {
         Ok(())
     }
 
-    /// Streams all page data and checks it against the trailer hash.
+    /// Bytes of memory pages at the start of the data area (the saved files' contents follow).
+    pub fn memory_len(&self) -> u64 {
+        self.regions
+            .iter()
+            .flat_map(|r| &r.extents)
+            .map(|e| e.len)
+            .sum()
+    }
+
+    /// Where the saved contents of the file `(dev, ino)` are: in the metadata (older images,
+    /// `REC_FILE_DATA`) or in the data area.
+    pub fn saved_contents(&self, key: (u64, u64)) -> Option<SavedContents<'_>> {
+        if let Some((_, d)) = self.file_data.iter().find(|(k, _)| *k == key) {
+            return Some(SavedContents::Bytes(d));
+        }
+        let sp = self.file_spans.iter().find(|s| (s.dev, s.ino) == key)?;
+        Some(SavedContents::Span {
+            offset: self.header.data_offset + self.memory_len() + sp.data_off,
+            size: sp.size,
+            hash: sp.hash,
+        })
+    }
+
+    /// Streams all data and checks it: the memory pages against the trailer hash, each saved
+    /// file's contents against its own.
     pub fn verify_data(&self, file: &File) -> Result<(), ImageError> {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         let mut buf = vec![0u8; 1 << 20];
         let mut off = self.header.data_offset;
-        let end = off + self.header.data_len;
+        let end = off + self.memory_len();
         while off < end {
             let n = ((end - off) as usize).min(buf.len());
             file.read_exact_at(&mut buf[..n], off)?;
@@ -558,8 +609,42 @@ impl Image {
         if h.digest() != self.trailer.data_hash {
             return Err(ImageError::Corrupt("page data"));
         }
+        for sp in &self.file_spans {
+            let Some(SavedContents::Span { offset, size, hash }) =
+                self.saved_contents((sp.dev, sp.ino))
+            else {
+                continue;
+            };
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            let mut done = 0u64;
+            while done < size {
+                let n = ((size - done) as usize).min(buf.len());
+                file.read_exact_at(&mut buf[..n], offset + done)?;
+                h.update(&buf[..n]);
+                done += n as u64;
+            }
+            if h.digest() != hash {
+                return Err(ImageError::Corrupt("saved file contents"));
+            }
+        }
         Ok(())
     }
+}
+
+/// Where a saved file's contents are (see [`Image::saved_contents`]).
+#[derive(Debug, Clone, Copy)]
+pub enum SavedContents<'a> {
+    /// In the metadata.
+    Bytes(&'a [u8]),
+    /// In the image file: `size` bytes at `offset`, whose xxh3-64 is `hash`.
+    Span {
+        /// Absolute offset in the image file.
+        offset: u64,
+        /// Bytes of contents.
+        size: u64,
+        /// xxh3-64 of them.
+        hash: u64,
+    },
 }
 
 fn read_at_most(file: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
@@ -722,6 +807,49 @@ mod tests {
         assert_eq!(img.fds[0].owner, None);
     }
     #[test]
+    fn file_spans_must_tile_the_data_after_the_memory_pages() {
+        let key = (3, 4);
+        let span = FileSpanRec {
+            dev: 3,
+            ino: 4,
+            size: 0,
+            data_off: 0,
+            hash: hash(&[]),
+        };
+        let img = Image::open(&image_file(
+            VERSION,
+            &[(REC_FILE_SPAN, bytemuck::bytes_of(&span))],
+        ))
+        .unwrap();
+        match img.saved_contents(key) {
+            Some(SavedContents::Span { offset, size, .. }) => {
+                assert_eq!((offset, size), (img.header.data_offset, 0));
+            }
+            other => panic!("want the span, got {other:?}"),
+        }
+        // A span the data area does not hold, or one out of place: refused.
+        for bad in [
+            FileSpanRec { size: 1, ..span },
+            FileSpanRec {
+                data_off: 4096,
+                ..span
+            },
+            FileSpanRec {
+                size: u64::MAX,
+                ..span
+            },
+        ] {
+            assert!(matches!(
+                Image::open(&image_file(
+                    VERSION,
+                    &[(REC_FILE_SPAN, bytemuck::bytes_of(&bad))]
+                )),
+                Err(ImageError::Malformed(_))
+            ));
+        }
+    }
+
+    #[test]
     fn saved_file_record_attaches_to_its_descriptor_with_its_data() {
         let saved = FdSavedRec {
             fd: 7,
@@ -729,6 +857,8 @@ mod tests {
             size: 3,
             mtime_sec: 1_700_000_000,
             mtime_nsec: 5,
+            why: SAVED_WRITTEN,
+            _pad: 0,
         };
         let data = FileDataRec { dev: 0, ino: 0 };
         let mut body = bytemuck::bytes_of(&data).to_vec();
@@ -751,5 +881,18 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(img.fds[0].saved, None);
+        // A first-version record (32 bytes, no `why`): saved for being temporary.
+        let img = Image::open(&image_file(
+            VERSION,
+            &[(REC_FD_SAVED, &bytemuck::bytes_of(&saved)[..32])],
+        ))
+        .unwrap();
+        assert_eq!(
+            img.fds[0].saved,
+            Some(FdSavedRec {
+                why: SAVED_TMP,
+                ..saved
+            })
+        );
     }
 }

@@ -404,9 +404,10 @@ pub fn huge_flag(page_size: u64) -> i32 {
     }
 }
 
-/// A region saved by content that is mapped from its tmpfs file again at restart.
+/// A region saved by content that is mapped from its file again at restart: a file of tmpfs
+/// (`FS_TMPFS`) or one shared-mapped under a temporary directory (`FS_TEMPDIR`).
 pub fn tmpfs_file(r: &Region) -> bool {
-    r.fs.is_some_and(|f| f.fs == FS_TMPFS) && !r.path.is_empty()
+    r.fs.is_some_and(|f| f.fs == FS_TMPFS || f.fs == FS_TEMPDIR) && !r.path.is_empty()
 }
 
 /// Checks a shared tmpfs file mapping: a file still at its path must be the one checkpointed
@@ -418,7 +419,7 @@ pub fn check_tmpfs_shared(r: &Region) -> Result<(), RestoreError> {
         Ok(md) if unchanged(&md, r) => Ok(()),
         Ok(_) => Err(RestoreError::new(
             libc::ESTALE,
-            format!("mapped tmpfs file {p} changed since the checkpoint (size or modification time differs); remove it to restore the saved contents"),
+            format!("mapped temporary file {p} changed since the checkpoint (size or modification time differs); remove it to restore the saved contents"),
         )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let dir = std::path::Path::new(&p)
@@ -431,7 +432,7 @@ pub fn check_tmpfs_shared(r: &Region) -> Result<(), RestoreError> {
                 return Err(RestoreError::new(
                     e,
                     format!(
-                        "mapped tmpfs file {p} is gone and cannot be re-created: directory {}: {}",
+                        "mapped temporary file {p} is gone and cannot be re-created: directory {}: {}",
                         dir.display(),
                         std::io::Error::from_raw_os_error(e)
                     ),
@@ -441,7 +442,7 @@ pub fn check_tmpfs_shared(r: &Region) -> Result<(), RestoreError> {
         }
         Err(e) => Err(RestoreError::new(
             e.raw_os_error().unwrap_or(libc::EIO),
-            format!("mapped tmpfs file {p}: {e}"),
+            format!("mapped temporary file {p}: {e}"),
         )),
     }
 }

@@ -210,7 +210,7 @@ impl Pool {
                         let fd = if f.kind == FdKind::Pipe {
                             self.pipe_description(images, &mut pipes, f, floor)?
                         } else if f.kind == FdKind::Unlinked {
-                            self.unlinked_description(images, &mut unlinked, f, floor)?
+                            self.unlinked_description(images, files, &mut unlinked, f, floor)?
                         } else if let Some(master) = pty_slave_in_job(images, f) {
                             let fd = pty_slave(&mut ptys, master, f)?;
                             self.keep(fd, floor)?
@@ -222,7 +222,7 @@ impl Pool {
                             self.keep(fd.into_raw_fd(), floor)?
                         } else {
                             if let Some(s) = &f.saved {
-                                super::saved::put_back(images, f, s)?;
+                                super::saved::put_back(images, files, f, s)?;
                             }
                             self.keep(open_file(f)?, floor)?
                         };
@@ -399,6 +399,7 @@ impl Pool {
     fn unlinked_description(
         &mut self,
         images: &[&Image],
+        image_files: &[&File],
         files: &mut HashMap<(u64, u64), i32>,
         f: &Fd,
         floor: i32,
@@ -407,7 +408,7 @@ impl Pool {
         let tmp = match files.get(&key) {
             Some(&fd) => fd,
             None => {
-                let fd = self.keep(create_unlinked(images, f)?, floor)?;
+                let fd = self.keep(create_unlinked(images, image_files, f)?, floor)?;
                 files.insert(key, fd);
                 fd
             }
@@ -685,7 +686,7 @@ fn tmpfs_file(r: &crate::image::reader::Region) -> Result<(i32, bool), RestoreEr
         // SAFETY: as above.
         let fd = unsafe { libc::open(p.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
         if fd < 0 {
-            return Err(fail(format!("cannot open mapped tmpfs file {name}")));
+            return Err(fail(format!("cannot open mapped temporary file {name}")));
         }
         return Ok((fd, false));
     }
@@ -699,7 +700,9 @@ fn tmpfs_file(r: &crate::image::reader::Region) -> Result<(i32, bool), RestoreEr
         )
     };
     if fd < 0 {
-        return Err(fail(format!("cannot re-create mapped tmpfs file {name}")));
+        return Err(fail(format!(
+            "cannot re-create mapped temporary file {name}"
+        )));
     }
     // SAFETY: fd is the file just created.
     let ok = unsafe {
@@ -710,7 +713,7 @@ fn tmpfs_file(r: &crate::image::reader::Region) -> Result<(i32, bool), RestoreEr
             && libc::ftruncate(fd, r.rec.file_size as i64) == 0
     };
     if !ok {
-        let e = fail(format!("cannot re-create mapped tmpfs file {name}"));
+        let e = fail(format!("cannot re-create mapped temporary file {name}"));
         // SAFETY: closing and removing the file just created.
         unsafe {
             libc::close(fd);
@@ -723,16 +726,7 @@ fn tmpfs_file(r: &crate::image::reader::Region) -> Result<(i32, bool), RestoreEr
 
 /// A new unlinked file (`O_TMPFILE`) with the saved contents of `f`'s file: in the directory it
 /// was in when that still exists, else in /tmp.
-fn create_unlinked(images: &[&Image], f: &Fd) -> Result<i32, RestoreError> {
-    let data = images
-        .iter()
-        .find_map(|img| {
-            img.file_data
-                .iter()
-                .find(|(k, _)| *k == (f.rec.dev, f.rec.ino))
-        })
-        .map(|(_, d)| d.as_slice())
-        .unwrap_or(&[]);
+fn create_unlinked(images: &[&Image], image_files: &[&File], f: &Fd) -> Result<i32, RestoreError> {
     let path = f.path.strip_suffix(b" (deleted)").unwrap_or(&f.path);
     let dir =
         std::path::Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(path))
@@ -764,14 +758,12 @@ fn create_unlinked(images: &[&Image], f: &Fd) -> Result<i32, RestoreError> {
     }
     // SAFETY: fd is ours; File::from_raw_fd is undone by into_raw_fd.
     let file = unsafe { <File as std::os::unix::io::FromRawFd>::from_raw_fd(fd) };
-    if let Err(e) = file.write_all_at(data, 0) {
-        return Err(RestoreError::new(
-            e.raw_os_error().unwrap_or(libc::EIO),
-            format!(
-                "cannot re-create the unlinked file {}: {e}",
-                String::from_utf8_lossy(path)
-            ),
-        ));
+    let name = String::from_utf8_lossy(path).into_owned();
+    if let Err(e) =
+        super::saved::write_contents(images, image_files, (f.rec.dev, f.rec.ino), &file, &name)
+    {
+        drop(file);
+        return Err(e);
     }
     Ok(std::os::unix::io::IntoRawFd::into_raw_fd(file))
 }
@@ -1035,10 +1027,22 @@ fn open_file(f: &Fd) -> Result<i32, RestoreError> {
     let fd = unsafe { libc::open(p.as_ptr(), flags | libc::O_CLOEXEC) };
     if fd < 0 {
         let e = last_errno();
+        // A file the program was writing and removed (its own cleanup on --term): say how a
+        // checkpoint keeps it.
+        let hint = if e == libc::ENOENT
+            && f.kind == FdKind::Regular
+            && f.saved.is_none()
+            && r.flags & libc::O_ACCMODE != libc::O_RDONLY
+        {
+            " (it was open for writing: checkpoint with --save-written to store such files, or \
+             with --kill so the program cannot remove them)"
+        } else {
+            ""
+        };
         return Err(RestoreError::new(
             e,
             format!(
-                "cannot reopen {} (fd {}): {}",
+                "cannot reopen {} (fd {}): {}{hint}",
                 String::from_utf8_lossy(&f.path),
                 r.fd,
                 std::io::Error::from_raw_os_error(e)

@@ -3,13 +3,12 @@
 //! took them away.
 
 use super::RestoreError;
-use crate::image::format::FdSavedRec;
-use crate::image::reader::{Fd, Image};
+use crate::image::format::{FdSavedRec, SAVED_WRITTEN};
+use crate::image::reader::{Fd, Image, SavedContents};
 use std::ffi::OsStr;
 use std::fs::{File, FileTimes, OpenOptions};
-use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -24,23 +23,79 @@ fn matches(path: &Path, s: &FdSavedRec) -> bool {
     })
 }
 
-/// Re-creates the saved file of `f` at its path (parent directories created, saved contents,
+/// Writes the saved contents of the file `key` (from the image of the job that holds them:
+/// `images[i]` is read from `files[i]`) into `out` from its start, checking their hash; returns
+/// false when no image holds them. `name` names the file in errors.
+pub fn write_contents(
+    images: &[&Image],
+    files: &[&File],
+    key: (u64, u64),
+    out: &File,
+    name: &str,
+) -> Result<bool, RestoreError> {
+    let Some((c, file)) = images
+        .iter()
+        .zip(files)
+        .find_map(|(img, file)| img.saved_contents(key).map(|c| (c, file)))
+    else {
+        return Ok(false);
+    };
+    let io = |what: &str, e: std::io::Error| {
+        RestoreError::new(
+            e.raw_os_error().unwrap_or(libc::EIO),
+            format!("cannot re-create the saved file {name}: {what}: {e}"),
+        )
+    };
+    match c {
+        SavedContents::Bytes(d) => out.write_all_at(d, 0).map_err(|e| io("write", e))?,
+        SavedContents::Span { offset, size, hash } => {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            let mut buf = vec![0u8; (4 << 20).min(size as usize)];
+            let mut done = 0u64;
+            while done < size {
+                let n = ((size - done) as usize).min(buf.len());
+                file.read_exact_at(&mut buf[..n], offset + done)
+                    .map_err(|e| io("read the image", e))?;
+                h.update(&buf[..n]);
+                out.write_all_at(&buf[..n], done)
+                    .map_err(|e| io("write", e))?;
+                done += n as u64;
+            }
+            if h.digest() != hash {
+                return Err(RestoreError::new(
+                    libc::EINVAL,
+                    format!("corrupt image: saved contents of {name}: checksum mismatch"),
+                ));
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Re-creates the saved file of `f` at its path (one saved for being written only when it is
+/// missing) (parent directories created, saved contents,
 /// mode and modification time) unless a file matching the checkpoint's is there: that one is
 /// reused untouched. The new file is written beside it and renamed into place, so a reader never
 /// sees it half written. Returns whether the file was re-created.
-pub fn put_back(images: &[&Image], f: &Fd, s: &FdSavedRec) -> Result<bool, RestoreError> {
+pub fn put_back(
+    images: &[&Image],
+    files: &[&File],
+    f: &Fd,
+    s: &FdSavedRec,
+) -> Result<bool, RestoreError> {
     let path = Path::new(OsStr::from_bytes(&f.path));
     if matches(path, s) {
         return Ok(false);
     }
-    let Some(data) = images.iter().find_map(|img| {
-        img.file_data
-            .iter()
-            .find(|(k, _)| *k == (f.rec.dev, f.rec.ino))
-            .map(|(_, d)| d.as_slice())
-    }) else {
+    // A file saved for being written that still exists keeps BLCR's rule: reopened and cut
+    // back to its checkpoint size (`open_file`), not replaced.
+    if s.why == SAVED_WRITTEN && std::fs::symlink_metadata(path).is_ok() {
+        return Ok(false);
+    }
+    let key = (f.rec.dev, f.rec.ino);
+    if !images.iter().any(|img| img.saved_contents(key).is_some()) {
         return Ok(false); // contents not in the image: reopened by path as any file
-    };
+    }
     let fail = |what: &str, e: std::io::Error| {
         RestoreError::new(
             e.raw_os_error().unwrap_or(libc::EIO),
@@ -67,13 +122,13 @@ pub fn put_back(images: &[&Image], f: &Fd, s: &FdSavedRec) -> Result<bool, Resto
     let tmp = dir.join(OsStr::from_bytes(&tmp_name));
     let _ = std::fs::remove_file(&tmp);
     let write = || -> Result<(), RestoreError> {
-        let mut file: File = OpenOptions::new()
+        let file: File = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&tmp)
             .map_err(|e| fail("create", e))?;
-        file.write_all(data).map_err(|e| fail("write", e))?;
+        write_contents(images, files, key, &file, &path.display().to_string())?;
         file.set_len(s.size.max(0) as u64)
             .map_err(|e| fail("set its size", e))?;
         file.set_permissions(std::fs::Permissions::from_mode(s.mode & 0o7777))
