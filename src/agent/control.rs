@@ -48,37 +48,15 @@ pub fn forget_request_fds() {
     let ppid = sys::sys3(libc::SYS_getppid as usize, 0, 0, 0).unwrap_or(0);
     let mut prefix = StackBuf::<32>::new();
     prefix.push(b"/proc/").num(ppid as u64).push(b"/");
-    let Ok(dir) = sys::open(
-        b"/proc/self/fd\0",
-        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        0,
-    ) else {
-        return;
-    };
-    let dir = dir as i32;
-    let mut buf = [0u8; 2048];
-    while let Ok(len) = sys::getdents64(dir, &mut buf) {
-        if len == 0 {
-            break;
+    sys::each_open_fd(|fd| {
+        let mut link = StackBuf::<64>::new();
+        link.push(b"/proc/self/fd/").num(fd as u64);
+        let mut target = [0u8; 64];
+        let n = sys::readlink(link.as_cstr(), &mut target).unwrap_or(0);
+        if target[..n.min(64)].starts_with(prefix.as_bytes()) {
+            sys::close(fd);
         }
-        let mut pos = 0;
-        while pos < len {
-            let reclen = u16::from_ne_bytes([buf[pos + 16], buf[pos + 17]]) as usize;
-            let fd = super::quiesce::parse_dec(&buf[pos + 19..pos + reclen]) as i32;
-            pos += reclen;
-            if fd < 0 || fd == dir {
-                continue;
-            }
-            let mut link = StackBuf::<64>::new();
-            link.push(b"/proc/self/fd/").num(fd as u64);
-            let mut target = [0u8; 64];
-            let n = sys::readlink(link.as_cstr(), &mut target).unwrap_or(0);
-            if target[..n.min(64)].starts_with(prefix.as_bytes()) {
-                sys::close(fd);
-            }
-        }
-    }
-    sys::close(dir);
+    });
 }
 
 /// Pid of the process that restarted us last (0 = never restarted).
@@ -247,6 +225,16 @@ fn accept(lfd: i32) -> Result<i32, sys::Errno> {
 
 /// Answers a request with EBUSY: this process is already in a checkpoint.
 fn refuse_busy(conn: i32) {
+    refuse(
+        conn,
+        libc::EBUSY,
+        b"the process is already taking part in a checkpoint",
+    );
+}
+
+/// Reads the request (waiting up to 1 s for it, closing a passed descriptor), then answers it
+/// with `errno` and the reason; the caller closes the connection.
+fn refuse(conn: i32, errno: i32, why: &[u8]) {
     let mut p = libc::pollfd {
         fd: conn,
         events: libc::POLLIN,
@@ -258,12 +246,7 @@ fn refuse_busy(conn: i32) {
             sys::close(fd);
         }
     }
-    send_reply(
-        conn,
-        libc::EBUSY,
-        0,
-        b"the process is already taking part in a checkpoint",
-    );
+    send_reply(conn, errno, 0, why);
 }
 
 /// Called by the control thread's wait loops during a checkpoint: every request that arrives
@@ -348,18 +331,7 @@ fn peer_refusal(conn: i32) -> Option<&'static [u8]> {
 
 /// Answers a refused requester with `EPERM` and the reason, then the caller closes.
 fn refuse_peer(conn: i32, why: &[u8]) {
-    let mut p = libc::pollfd {
-        fd: conn,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let _ = sys::sys3(libc::SYS_poll as usize, &mut p as *mut _ as usize, 1, 1000);
-    if let Some((_, fd)) = recv_request(conn) {
-        if fd >= 0 {
-            sys::close(fd);
-        }
-    }
-    send_reply(conn, libc::EPERM, 0, why);
+    refuse(conn, libc::EPERM, why);
 }
 
 /// Receives a request and (optionally) one passed descriptor.

@@ -638,28 +638,32 @@ fn one(
     if let Some((before, n, after)) =
         kobj.and_then(|(k, n)| k.checkpoint_count_warning(&state[..n]))
     {
-        let mut msg = StackBuf::<512>::new();
-        msg.push(b"fd ")
-            .num(fd as u64)
-            .push(b" (")
-            .push(path)
-            .push(b") ")
-            .push(before)
-            .num(n)
-            .push(after);
-        w.raw(REC_WARNING, msg.as_bytes())
-            .map_err(|_| Errno(libc::ENOMEM))?;
+        warn_about_fd(w, fd, path, |m| {
+            m.push(before).num(n).push(after);
+        })?;
     }
     if let Some(text) = warn {
-        let mut msg = StackBuf::<512>::new();
-        msg.push(b"fd ")
-            .num(fd as u64)
-            .push(b" (")
-            .push(path)
-            .push(b") ")
-            .push(text);
-        w.raw(REC_WARNING, msg.as_bytes())
-            .map_err(|_| Errno(libc::ENOMEM))?;
+        warn_about_fd(w, fd, path, |m| {
+            m.push(text);
+        })?;
     }
     Ok(())
+}
+
+/// Records the warning "fd N (PATH) ..." whose rest `text` writes (allocation-free).
+fn warn_about_fd(
+    w: &mut MetaWriter,
+    fd: i32,
+    path: &[u8],
+    text: impl FnOnce(&mut StackBuf<512>),
+) -> Result<(), Errno> {
+    let mut msg = StackBuf::<512>::new();
+    msg.push(b"fd ")
+        .num(fd as u64)
+        .push(b" (")
+        .push(path)
+        .push(b") ");
+    text(&mut msg);
+    w.raw(REC_WARNING, msg.as_bytes())
+        .map_err(|_| Errno(libc::ENOMEM))
 }

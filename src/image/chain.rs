@@ -144,6 +144,21 @@ pub fn resolve_paths(img: &Image, path: &Path) -> Result<Vec<PathBuf>, ChainErro
         .collect())
 }
 
+/// The pages of an incremental region (`r.incr` set) that its parents must supply: the region
+/// minus the runs the delta holds and its zero ranges, appended to `out`. Nothing for a region
+/// saved in full.
+pub fn needed_from_parents(r: &super::reader::Region, out: &mut Vec<(u64, u64)>) {
+    let Some(holes) = &r.incr else { return };
+    let mut have: Vec<(u64, u64)> = r
+        .extents
+        .iter()
+        .map(|e| (e.addr, e.addr + e.len))
+        .chain(holes.iter().copied())
+        .collect();
+    have.sort_unstable();
+    subtract(r.rec.start, r.rec.end, &have, out);
+}
+
 /// `(a, b)` minus the sorted, disjoint `cut` ranges, appended to `out`.
 pub fn subtract(a: u64, b: u64, cut: &[(u64, u64)], out: &mut Vec<(u64, u64)>) {
     let mut p = a;

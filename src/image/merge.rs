@@ -55,16 +55,9 @@ pub fn merge(path: &Path, out: &Path) -> Result<u64, ChainError> {
             .iter()
             .map(|e| (e.addr, e.len, 0, e.file_off))
             .collect();
-        if let Some(holes) = &r.incr {
-            let mut have: Vec<(u64, u64)> = r
-                .extents
-                .iter()
-                .map(|e| (e.addr, e.addr + e.len))
-                .chain(holes.iter().copied())
-                .collect();
-            have.sort_unstable();
+        if r.incr.is_some() {
             let mut need = Vec::new();
-            chain::subtract(r.rec.start, r.rec.end, &have, &mut need);
+            chain::needed_from_parents(r, &mut need);
             for (k, link) in images.iter().enumerate().skip(1) {
                 if need.is_empty() {
                     break;

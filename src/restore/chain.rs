@@ -10,7 +10,7 @@
 //! trailer hash, as the delta's own is.
 
 use super::RestoreError;
-use crate::image::chain::{split, subtract};
+use crate::image::chain::{needed_from_parents, split};
 use crate::image::reader::Image;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -29,15 +29,7 @@ fn err(errno: i32, msg: String) -> RestoreError {
 fn needed(img: &Image) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
     for r in &img.regions {
-        let Some(holes) = &r.incr else { continue };
-        let mut have: Vec<(u64, u64)> = r
-            .extents
-            .iter()
-            .map(|e| (e.addr, e.addr + e.len))
-            .chain(holes.iter().copied())
-            .collect();
-        have.sort_unstable();
-        subtract(r.rec.start, r.rec.end, &have, &mut out);
+        needed_from_parents(r, &mut out);
     }
     out
 }
@@ -144,7 +136,7 @@ fn copy_from(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::image::chain::subtract;
 
     #[test]
     fn subtract_leaves_the_gaps() {
