@@ -108,8 +108,9 @@ fn make_j2_term() {
         t.elapsed().as_secs_f64()
     ));
 
-    // A compiler that finishes between the last look and the checkpoint (rare) loses its .o to
-    // gcc's or make's cleanup (see `mid_build`); such an attempt is retried.
+    // A compiler that finishes between the last look and the checkpoint (rare) loses its .o or
+    // its .s (no longer open by anyone, so not saved) to gcc's or make's cleanup (see
+    // `mid_build`); such an attempt is retried.
     for attempt in 1..=3 {
         let proj = sc.work_dir().join(format!("proj{attempt}"));
         generate_project(&proj);
@@ -138,7 +139,11 @@ fn make_j2_term() {
         let st = restarted.wait_exit(RESTART_TIMEOUT);
         restarted.wait_output_closed(PIPE_CLOSE_TIMEOUT);
         let err = restarted.stderr();
-        let lost_object = err.contains(".o (fd") || err.contains("cannot find f");
+        // Also gcc's assembler input: cc1 finished (a zombie at the checkpoint), so nobody had
+        // /tmp/cc*.s open and it did not travel; gcc deleted it on SIGTERM.
+        let lost_object = err.contains(".o (fd")
+            || err.contains("cannot find f")
+            || (err.contains("can't open /tmp/cc") && err.contains(".s for reading"));
         if !st.success() && lost_object && attempt < 3 {
             sc.note(&format!("attempt {attempt} lost an object file: {err}"));
             continue;
