@@ -178,13 +178,7 @@ fn classify(
     // /tmp/hsperfdata_USER/PID at exit, a reboot empties /dev/shm): saved by content, and
     // mapped from its path again at restart (see `image::format::FS_TMPFS`).
     if sys::statfs_type(path.as_cstr()) == Ok(TMPFS_MAGIC) && !(m.shared && save.shared) {
-        *fs = Some(RegionFsRec {
-            fs: FS_TMPFS,
-            mode: s.st_mode & 0o7777,
-            uid: s.st_uid,
-            gid: s.st_gid,
-            page_size: PAGE as u64,
-        });
+        *fs = Some(fs_rec(FS_TMPFS, Some(&s), PAGE as u64));
         return Some(content);
     }
     // A file shared-mapped under a temporary directory on disk (an MPI library's session
@@ -198,13 +192,7 @@ fn classify(
         && save.tmp_left.is_some()
         && super::fds::temporary_reason(p, save.files).is_some()
     {
-        *fs = Some(RegionFsRec {
-            fs: FS_TEMPDIR,
-            mode: s.st_mode & 0o7777,
-            uid: s.st_uid,
-            gid: s.st_gid,
-            page_size: PAGE as u64,
-        });
+        *fs = Some(fs_rec(FS_TEMPDIR, Some(&s), PAGE as u64));
         return Some(content);
     }
     let is_exe = exe == Some((libc::makedev(m.major, m.minor), m.inode));
@@ -761,13 +749,7 @@ pub fn capture(
             }
             if let Some(page_size) = huge.page_size(m.start).filter(|_| maybe_huge(&m)) {
                 // Re-created with huge pages of this size (see `FS_HUGETLB`).
-                fs = Some(RegionFsRec {
-                    fs: FS_HUGETLB,
-                    mode: st.map_or(0, |s| s.st_mode & 0o7777),
-                    uid: st.map_or(0, |s| s.st_uid),
-                    gid: st.map_or(0, |s| s.st_gid),
-                    page_size,
-                });
+                fs = Some(fs_rec(FS_HUGETLB, st.as_ref(), page_size));
             }
             ext.begin_region();
             let from_copy = pre.filter(|_| Precopy::covers(kind));
@@ -951,6 +933,18 @@ pub const BOUNCE_LEN: usize = 8 << 20;
 /// page multiple; ~5 ms at this machine's direct-I/O rate, so a requester killed mid-write is
 /// noticed well within 100 ms even when the disk is shared).
 const WRITE_CHUNK: u64 = 8 << 20;
+
+/// The [`RegionFsRec`] of a region re-created on file system `fs`, with the mapped file's
+/// permission bits and owner (zero when the file could not be looked at).
+fn fs_rec(fs: u32, st: Option<&libc::stat>, page_size: u64) -> RegionFsRec {
+    RegionFsRec {
+        fs,
+        mode: st.map_or(0, |s| s.st_mode & 0o7777),
+        uid: st.map_or(0, |s| s.st_uid),
+        gid: st.map_or(0, |s| s.st_gid),
+        page_size,
+    }
+}
 
 #[cfg(test)]
 mod tests {
