@@ -488,3 +488,74 @@ fn inotify_watches_follow_relocate_unprivileged() {
     }
     inotify_relocated(Scenario::as_user("inotify01-relocate-nobody", NOBODY));
 }
+
+/// Removes SysV semaphore set `key` (as the tests' user: root, or the set's owner).
+fn remove_sem_set(key: u32) {
+    // SAFETY: semget and semctl(IPC_RMID) take no buffers.
+    let gone = unsafe {
+        let id = libc::semget(key as i32, 0, 0);
+        id >= 0 && libc::semctl(id, 0, libc::IPC_RMID) == 0
+    };
+    assert!(gone, "remove SysV semaphore set {key:#x}");
+}
+
+/// The set of sem00 removed after each checkpoint (so nothing is left to take over): the
+/// restart makes it again from the image with its values, and the restored process, not the
+/// restart's pool, is its last operator again, so its own checkpoint saves the set a second
+/// time and the values 0 4 2 come back across both generations.
+fn sem_set_made_again(sc: Scenario) {
+    let exe = compile(&sc, "sem00");
+    let cr_run = sc.tools().cr_run.clone();
+    let cmd = sc.command(&[cr_run.as_os_str(), "--".as_ref(), exe.as_os_str()]);
+    let mut gen1 = sc.start("sem00", cmd);
+    let _left = Leftovers("sem00", gen1.pid());
+    let key = 0x6c6a_0000u32 | (gen1.pid() & 0xffff);
+    gen1.wait_ready();
+    let img1 = sc.next_image_path();
+    sc.checkpoint_to(gen1.pid(), &["--term"], &img1)
+        .assert_success();
+    gen1.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    remove_sem_set(key);
+
+    let mut gen2 = sc.restart(&img1);
+    let pid2 = gen2.wait_child(READY_TIMEOUT);
+    wait_address_space_switched(&sc, pid2, Duration::from_secs(10));
+    let img2 = sc.checkpoint_restored(pid2, &["--term"]);
+    gen2.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    let info = sc
+        .run_tool(
+            "cr_info",
+            sc.command(&[env!("CARGO_BIN_EXE_cr_info").as_ref(), img2.as_os_str()]),
+        )
+        .stdout;
+    assert!(
+        info.contains(&format!("key {key:#x}, mode 0640, values 0 4 2")),
+        "the second generation's image must hold the semaphore set {key:#x}:\n{info}"
+    );
+    remove_sem_set(key);
+
+    let mut gen3 = sc.restart(&img2);
+    let pid3 = gen3.wait_child(READY_TIMEOUT);
+    wait_address_space_switched(&sc, pid3, Duration::from_secs(10));
+    sc.go();
+    gen3.expect_pass(RESTART_TIMEOUT);
+    assert!(
+        !gen3.stderr().contains("warning"),
+        "the restart must not warn:\n{}",
+        gen3.diag()
+    );
+}
+
+#[test]
+fn sem_set_gone_is_made_again() {
+    sem_set_made_again(Scenario::new("sem00-gone"));
+}
+
+#[test]
+fn sem_set_gone_is_made_again_unprivileged() {
+    if !is_root() {
+        println!("note: not root: sem_set_gone_is_made_again already ran unprivileged");
+        return;
+    }
+    sem_set_made_again(Scenario::as_user("sem00-gone-nobody", NOBODY));
+}

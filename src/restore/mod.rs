@@ -326,6 +326,7 @@ fn rebuild(
         &[img_fd, notify_fd, exe_fd, gate_closed, gate_open],
     )?;
     sysv::send_messages(img, &pool.msgq)?;
+    sysv::own_semaphores(img, &pool.sems);
     // SAFETY: umask takes no pointers.
     unsafe { libc::umask(img.process.umask) };
     let lazy = !h.eager && memory::lazy_refusal(&file, img).is_none();

@@ -35,6 +35,8 @@ pub struct Pool {
     pub all: Vec<i32>,
     /// SysV message queues made again: saved id → id now (`sysv::message_queues`).
     pub msgq: HashMap<i32, i32>,
+    /// SysV semaphore sets made again: saved id → id now (`sysv::semaphores`).
+    pub sems: HashMap<i32, i32>,
 }
 
 /// Which open file description a saved descriptor had.
@@ -234,7 +236,7 @@ impl Pool {
                 self.fds.insert((i, f.rec.fd), fd);
             }
         }
-        super::sysv::semaphores(images)?;
+        self.sems = super::sysv::semaphores(images)?;
         self.msgq = super::sysv::message_queues(images)?;
         self.shared_memory(images, files, floor)
     }

@@ -11,6 +11,8 @@
 //! Semaphore sets (`REC_SYSV_SEM`, saved by the process that operated on them last) are made
 //! again the same way, once per set of the job, with their key, mode and values; the same
 //! rules for a key in use (the saved set itself, left behind, is taken over and its values set).
+//! The process whose image saved a set then sets the values once more itself
+//! ([`own_semaphores`]), so that it is the set's last operator again for its next checkpoint.
 //!
 //! Message queues (`REC_SYSV_MSG`, saved by the process that operated on them last) are made
 //! again by the pool with their key and capacity (or the saved queue itself, left behind, is
@@ -119,14 +121,17 @@ pub fn detach(addr: u64) {
     unsafe { libc::shmdt(addr as *const libc::c_void) };
 }
 
-/// Every semaphore set of the job made again (or taken over) with its saved values.
-pub fn semaphores(images: &[&Image]) -> Result<(), RestoreError> {
-    let mut done = std::collections::HashSet::new();
+/// Every semaphore set of the job made again (or taken over) with its saved values: saved id →
+/// id now. The pool's `SETALL` makes the pool the sets' last operator: each process whose image
+/// saved a set takes that back with [`own_semaphores`].
+pub fn semaphores(images: &[&Image]) -> Result<HashMap<i32, i32>, RestoreError> {
+    let mut ids = HashMap::new();
     for (s, vals) in images.iter().flat_map(|img| img.sems.iter()) {
-        if !done.insert(s.semid) {
+        if ids.contains_key(&s.semid) {
             continue;
         }
         let id = create_sem(s)?;
+        ids.insert(s.semid, id);
         let mut v = vals.clone();
         // SAFETY: SETALL reads `nsems` values from the vector, which holds that many.
         if v.len() != s.nsems as usize
@@ -138,7 +143,32 @@ pub fn semaphores(images: &[&Image]) -> Result<(), RestoreError> {
             )));
         }
     }
-    Ok(())
+    Ok(ids)
+}
+
+/// In the restored process, before the program runs: the saved values of every set its image
+/// saved are set again by this process (`SETALL` records the caller as each semaphore's last
+/// operator, `GETPID`), so its next checkpoint saves the set again by the same rule as the
+/// first. Every process of a tree does this before the gate opens, so no program code has
+/// changed a value yet; the values are the ones the pool set.
+pub fn own_semaphores(img: &Image, ids: &HashMap<i32, i32>) {
+    for (s, vals) in &img.sems {
+        let Some(&id) = ids.get(&s.semid) else {
+            continue;
+        };
+        let mut v = vals.clone();
+        // SAFETY: SETALL reads `nsems` values from the vector, which holds that many (checked
+        // by the pool, which set the same values).
+        if v.len() != s.nsems as usize
+            || unsafe { libc::semctl(id, 0, libc::SETALL, v.as_mut_ptr()) } != 0
+        {
+            eprintln!(
+                "cr_restart: warning: SysV semaphore set {id} (key {:#x}): cannot set its values from the restored process ({}); its next checkpoint may not save it",
+                s.key,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
 }
 
 fn create_sem(s: &SysvSemRec) -> Result<i32, RestoreError> {
