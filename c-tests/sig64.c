@@ -11,7 +11,10 @@
  * sa_mask {SIGUSR2} gets raise() (the tgkill si_code), sigqueue() from us (value 42) and from a
  * child (value 7, the child's pid), with 64 and SIGUSR2 blocked inside; a plain handler with
  * SA_RESETHAND|SA_NODEFER runs once with 64 unblocked and is then SIG_DFL; a disposition
- * re-installed with a garbage sa_restorer still works. Then the mode's disposition is left
+ * re-installed with a garbage sa_restorer still works; a child's kill() reaches the handler
+ * (SI_USER); signal, __sysv_signal (signal() under -std=c99), sysv_signal, bsd_signal, ssignal,
+ * sigset, sighold, sigrelse, sigignore and siginterrupt work on the program's disposition (glibc
+ * implements them with its internal sigaction, which no wrapper sees). Then the mode's disposition is left
  * installed (handler: the SA_SIGINFO one; ign; dfl) across the checkpoint. After GO: it reads
  * back unchanged and behaves (handler runs / ignored / a child dies of 64); the handler never
  * ran for a checkpoint request; SIGRTMAX is 63.
@@ -80,7 +83,8 @@ static void expect(const char *when, void *h, int flags)
 
 static pid_t last_child;
 
-/* A child raises 64 (or sends it to us with value 7: kind 1); returns its wait status. */
+/* A child raises 64 (or sends it to us: kind 1 sigqueue with value 7, kind 2 kill); returns
+ * its wait status. */
 static int child(int kind)
 {
     pid_t c = fork();
@@ -88,6 +92,10 @@ static int child(int kind)
         if (kind == 1) {
             union sigval v = {.sival_int = 7};
             sigqueue(getppid(), SIG, v);
+            _exit(0);
+        }
+        if (kind == 2) {
+            kill(getppid(), SIG);
             _exit(0);
         }
         raise(SIG);
@@ -113,7 +121,7 @@ static void expect_handler(const char *when, int code, int value, int from_child
 {
     int before = runs;
     if (from_child) {
-        child(1);
+        child(from_child);
         for (int i = 0; i < 2000 && runs == before; i++)
             usleep(1000);
     } else if (code == SI_QUEUE) {
@@ -126,6 +134,55 @@ static void expect_handler(const char *when, int code, int value, int from_child
         failf("%s: handler runs %d->%d code %d value %d pid %d, 64 blocked %d, SIGUSR2 blocked %d "
               "(expected one run, code %d value %d)", when, before, (int)runs, (int)last_code,
               (int)last_value, (int)last_pid, (int)blocked64, (int)blocked_usr2, code, value);
+}
+
+/* glibc no longer declares it; it still exports it. */
+extern __sighandler_t bsd_signal(int, __sighandler_t);
+
+static void expect_ret(const char *call, void *got, void *want)
+{
+    if (got != want)
+        failf("%s returned %p, expected the previous handler %p", call, got, want);
+}
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations" /* sigset, sighold, ... */
+
+/* The older calls on signal 64: glibc implements them with its internal sigaction and
+ * sigprocmask, which a wrapper of those never sees; each must still work on the program's own
+ * disposition and leave the checkpoint signal working (the checkpoint comes after READY). */
+static void older_calls(void)
+{
+    int before = plain_runs;
+    expect_ret("signal", (void *)signal(SIG, on_plain), (void *)on_info);
+    expect("signal", (void *)on_plain, 0);
+    raise(SIG);
+    if (plain_runs != before + 1 || blocked64 != 1)
+        failf("signal() handler: %d runs, 64 blocked inside %d", plain_runs - before, (int)blocked64);
+    expect_ret("__sysv_signal", (void *)__sysv_signal(SIG, on_plain), (void *)on_plain);
+    expect("__sysv_signal", (void *)on_plain, SA_RESETHAND | SA_NODEFER);
+    raise(SIG);
+    if (plain_runs != before + 2 || blocked64 != 0)
+        failf("__sysv_signal() handler: %d runs, 64 blocked inside %d", plain_runs - before, (int)blocked64);
+    expect("after the one-shot __sysv_signal handler", SIG_DFL, SA_RESETHAND | SA_NODEFER);
+    expect_ret("sysv_signal", (void *)sysv_signal(SIG, SIG_IGN), (void *)SIG_DFL);
+    raise(SIG);
+    expect_ret("bsd_signal", (void *)bsd_signal(SIG, on_plain), (void *)SIG_IGN);
+    expect_ret("ssignal", (void *)ssignal(SIG, SIG_IGN), (void *)on_plain);
+    expect_ret("sigset", (void *)sigset(SIG, on_plain), (void *)SIG_IGN);
+    expect("sigset", (void *)on_plain, 0);
+    expect_ret("sigset(SIG_HOLD)", (void *)sigset(SIG, SIG_HOLD), (void *)on_plain);
+    if (sighold(SIG) != 0 || sigrelse(SIG) != 0 || sighold(SIG) != 0)
+        fail("sighold/sigrelse(64) failed");
+    if (sigignore(SIG) != 0)
+        fail("sigignore(64) failed");
+    expect("sigignore", SIG_IGN, 0);
+    raise(SIG);
+    struct sigaction o;
+    if (siginterrupt(SIG, 1) != 0 || sigaction(SIG, NULL, &o) != 0 || (o.sa_flags & SA_RESTART) ||
+        siginterrupt(SIG, 0) != 0 || sigaction(SIG, NULL, &o) != 0 || !(o.sa_flags & SA_RESTART))
+        fail("siginterrupt(64) did not clear and set SA_RESTART of the program's disposition");
+    expect("siginterrupt", SIG_IGN, 0);
+    if (plain_runs != before + 2)
+        failf("ignored signal 64 ran the handler (%d runs)", plain_runs - before);
 }
 
 int main(int argc, char **argv)
@@ -158,6 +215,9 @@ int main(int argc, char **argv)
     o.sa_restorer = (void (*)(void))0x1234; /* bug2003: a program saving/restoring it badly */
     sigaction(SIG, &o, NULL);
     expect_handler("after a garbage sa_restorer", SI_TKILL, 0, 0);
+    expect_handler("kill from a child", SI_USER, 0, 2);
+    older_calls();
+    install(on_info, SA_SIGINFO);
     if (!strcmp(mode, "ign"))
         install(SIG_IGN, 0);
     else if (!strcmp(mode, "dfl"))

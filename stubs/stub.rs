@@ -139,6 +139,64 @@ pub extern "C" fn signal(sig: c_int, handler: libc::sighandler_t) -> libc::sigha
     }
 }
 
+/// Declares `$name`, forwarded to libcr's wrapper of that name (which keeps the checkpoint
+/// signal the program's own business), else the C library's.
+macro_rules! forward {
+    ($(#[$doc:meta])* $name:ident, $cname:literal, ($($arg:ident: $ty:ty),*) -> $ret:ty, $err:expr) => {
+        $(#[$doc])*
+        #[no_mangle]
+        pub extern "C" fn $name($($arg: $ty),*) -> $ret {
+            type F = extern "C" fn($($ty),*) -> $ret;
+            match target($cname) {
+                0 => $err,
+                // SAFETY (below): the symbol has this signature.
+                f => {
+                    // SAFETY: see above.
+                    let f: F = unsafe { core::mem::transmute::<usize, F>(f) };
+                    f($($arg),*)
+                }
+            }
+        }
+    };
+}
+
+forward!(
+    /// `bsd_signal`, forwarded to libcr's.
+    bsd_signal, c"bsd_signal", (sig: c_int, h: libc::sighandler_t) -> libc::sighandler_t, libc::SIG_ERR
+);
+forward!(
+    /// `ssignal`, forwarded to libcr's.
+    ssignal, c"ssignal", (sig: c_int, h: libc::sighandler_t) -> libc::sighandler_t, libc::SIG_ERR
+);
+forward!(
+    /// `sysv_signal`, forwarded to libcr's.
+    sysv_signal, c"sysv_signal", (sig: c_int, h: libc::sighandler_t) -> libc::sighandler_t, libc::SIG_ERR
+);
+forward!(
+    /// `__sysv_signal` (`signal` under strict ISO C), forwarded to libcr's.
+    __sysv_signal, c"__sysv_signal", (sig: c_int, h: libc::sighandler_t) -> libc::sighandler_t, libc::SIG_ERR
+);
+forward!(
+    /// `sigset`, forwarded to libcr's.
+    sigset, c"sigset", (sig: c_int, h: libc::sighandler_t) -> libc::sighandler_t, libc::SIG_ERR
+);
+forward!(
+    /// `sigignore`, forwarded to libcr's.
+    sigignore, c"sigignore", (sig: c_int) -> c_int, -1
+);
+forward!(
+    /// `sighold`, forwarded to libcr's.
+    sighold, c"sighold", (sig: c_int) -> c_int, -1
+);
+forward!(
+    /// `sigrelse`, forwarded to libcr's.
+    sigrelse, c"sigrelse", (sig: c_int) -> c_int, -1
+);
+forward!(
+    /// `siginterrupt`, forwarded to libcr's.
+    siginterrupt, c"siginterrupt", (sig: c_int, interrupt: c_int) -> c_int, -1
+);
+
 /// `sigprocmask`, forwarded to libcr's (which never blocks the checkpoint signal).
 #[no_mangle]
 pub extern "C" fn sigprocmask(how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int {

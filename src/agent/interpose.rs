@@ -1,5 +1,7 @@
 //! Keeps the checkpoint signal invisible to the program: the program's own `sigprocmask`,
-//! `pthread_sigmask`, `sigaction` and `signal` calls cannot block or replace it, and `SIGRTMAX`
+//! `pthread_sigmask`, `sigaction` and `signal` calls (and the older `sysv_signal`,
+//! `__sysv_signal`, `bsd_signal`, `ssignal`, `sigset`, `sigignore`, `siginterrupt`, `sighold`,
+//! `sigrelse`) cannot block or replace it, and `SIGRTMAX`
 //! reports one less (as with BLCR). These wrappers are only on signal-setup paths, never hot.
 //!
 //! Signal 64 still belongs to the program too (as under BLCR): `sigaction`/`signal` on it set
@@ -309,6 +311,162 @@ pub extern "C" fn signal(sig: c_int, handler: libc::sighandler_t) -> libc::sigha
         return libc::SIG_ERR;
     }
     old.sa_sigaction
+}
+
+/// The C library's own definition of `name` (the next one after libcr), looked up once into
+/// `cache`; 0 when there is none.
+fn next_fn(cache: &AtomicUsize, name: &core::ffi::CStr) -> usize {
+    let mut p = cache.load(Acquire);
+    if p == 0 {
+        // SAFETY: dlsym with a NUL-terminated name.
+        p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize;
+        cache.store(p, Release);
+    }
+    p
+}
+
+/// Whether `sig` is the checkpoint signal of a process whose agent runs: the calls below then
+/// work on the program's own disposition through [`sigaction`]; otherwise they are the C
+/// library's. (glibc's versions call its internal sigaction, which no wrapper sees: on signal
+/// 64 they replaced the agent's handler, and checkpoints stopped working.)
+fn ours(sig: c_int) -> bool {
+    sig == CR_SIGNUM && super::active()
+}
+
+/// Installs `handler` for the checkpoint signal with `flags` and an empty mask through
+/// [`sigaction`]; returns the previous handler (`SIG_ERR` on failure).
+fn set_handler(sig: c_int, handler: libc::sighandler_t, flags: c_int) -> libc::sighandler_t {
+    // SAFETY: all-zero is a valid sigaction.
+    let mut act: libc::sigaction = unsafe { core::mem::zeroed() };
+    act.sa_sigaction = handler;
+    act.sa_flags = flags;
+    // SAFETY: all-zero is a valid sigaction.
+    let mut old: libc::sigaction = unsafe { core::mem::zeroed() };
+    // SAFETY: valid pointers to local structs.
+    if unsafe { sigaction(sig, &act, &mut old) } < 0 {
+        return libc::SIG_ERR;
+    }
+    old.sa_sigaction
+}
+
+/// Declares a wrapper `$name(sig, handler) -> old handler` that does `$ours` for the checkpoint
+/// signal and calls the C library's `$name` for every other.
+macro_rules! handler_fn {
+    ($(#[$doc:meta])* $name:ident, $cname:literal, |$sig:ident, $h:ident| $ours:expr) => {
+        $(#[$doc])*
+        #[no_mangle]
+        pub extern "C" fn $name($sig: c_int, $h: libc::sighandler_t) -> libc::sighandler_t {
+            if ours($sig) {
+                return $ours;
+            }
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            type F = extern "C" fn(c_int, libc::sighandler_t) -> libc::sighandler_t;
+            match next_fn(&NEXT, $cname) {
+                0 => {
+                    set_errno(libc::ENOSYS);
+                    libc::SIG_ERR
+                }
+                // SAFETY: the C library's function of this name has this signature.
+                f => (unsafe { core::mem::transmute::<usize, F>(f) })($sig, $h),
+            }
+        }
+    };
+}
+
+handler_fn!(
+    /// `bsd_signal(3)`: `signal` (BSD semantics).
+    bsd_signal, c"bsd_signal", |sig, h| signal(sig, h)
+);
+handler_fn!(
+    /// `ssignal(3)`: glibc's other name for `signal`.
+    ssignal, c"ssignal", |sig, h| signal(sig, h)
+);
+handler_fn!(
+    /// `sysv_signal(3)`: a one-shot handler that does not block its signal.
+    sysv_signal, c"sysv_signal", |sig, h| set_handler(sig, h, libc::SA_RESETHAND | libc::SA_NODEFER)
+);
+handler_fn!(
+    /// `__sysv_signal`: what `signal()` calls in a program built for strict ISO C (`-std=c99`).
+    __sysv_signal, c"__sysv_signal", |sig, h| set_handler(sig, h, libc::SA_RESETHAND | libc::SA_NODEFER)
+);
+handler_fn!(
+    /// `sigset(3)`: installs a handler (flags 0); `SIG_HOLD` would block the signal, which the
+    /// checkpoint signal never is (as with `sigprocmask`), so it only returns the handler.
+    sigset, c"sigset", |sig, h| {
+        if h == SIG_HOLD {
+            program_action().handler as libc::sighandler_t
+        } else {
+            set_handler(sig, h, 0)
+        }
+    }
+);
+
+/// `SIG_HOLD` of `sigset(3)`.
+const SIG_HOLD: libc::sighandler_t = 2;
+
+/// Declares a wrapper `$name(sig) -> 0/-1` that does `$ours` for the checkpoint signal and calls
+/// the C library's `$name` for every other.
+macro_rules! sig_fn {
+    ($(#[$doc:meta])* $name:ident, $cname:literal, |$sig:ident| $ours:expr) => {
+        $(#[$doc])*
+        #[no_mangle]
+        pub extern "C" fn $name($sig: c_int) -> c_int {
+            if ours($sig) {
+                return $ours;
+            }
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            type F = extern "C" fn(c_int) -> c_int;
+            match next_fn(&NEXT, $cname) {
+                0 => {
+                    set_errno(libc::ENOSYS);
+                    -1
+                }
+                // SAFETY: the C library's function of this name has this signature.
+                f => (unsafe { core::mem::transmute::<usize, F>(f) })($sig),
+            }
+        }
+    };
+}
+
+sig_fn!(
+    /// `sigignore(3)`: the program's disposition becomes `SIG_IGN`.
+    sigignore, c"sigignore", |sig| if set_handler(sig, libc::SIG_IGN, 0) == libc::SIG_ERR { -1 } else { 0 }
+);
+sig_fn!(
+    /// `sighold(3)`: the checkpoint signal is never blocked (as with `sigprocmask`).
+    sighold, c"sighold", |_sig| 0
+);
+sig_fn!(
+    /// `sigrelse(3)`: the checkpoint signal is never blocked.
+    sigrelse, c"sigrelse", |_sig| 0
+);
+
+/// `siginterrupt(3)`: sets or clears `SA_RESTART` in the program's disposition.
+#[no_mangle]
+pub extern "C" fn siginterrupt(sig: c_int, interrupt: c_int) -> c_int {
+    if ours(sig) {
+        // SAFETY: all-zero is a valid sigaction.
+        let mut act: libc::sigaction = unsafe { core::mem::zeroed() };
+        // SAFETY: a valid pointer to a local struct; a query only.
+        unsafe { sigaction(sig, core::ptr::null(), &mut act) };
+        if interrupt != 0 {
+            act.sa_flags &= !libc::SA_RESTART;
+        } else {
+            act.sa_flags |= libc::SA_RESTART;
+        }
+        // SAFETY: a valid pointer to a local struct.
+        return unsafe { sigaction(sig, &act, core::ptr::null_mut()) };
+    }
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    type F = extern "C" fn(c_int, c_int) -> c_int;
+    match next_fn(&NEXT, c"siginterrupt") {
+        0 => {
+            set_errno(libc::ENOSYS);
+            -1
+        }
+        // SAFETY: the C library's siginterrupt has this signature.
+        f => (unsafe { core::mem::transmute::<usize, F>(f) })(sig, interrupt),
+    }
 }
 
 /// `SIGRTMAX` as the program sees it: the checkpoint signal is reserved.
