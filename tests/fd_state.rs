@@ -1,6 +1,6 @@
 //! Descriptors across checkpoint/restart, through the real tools, with self-verifying programs:
-//! `c-tests/outside.c` (pipes leading outside the job take cr_restart's descriptor of the same
-//! number, BLCR's rule), `c-tests/fdflags.c` (file status flags, async owner and signal, pipe
+//! `c-tests/outside.c` (pipes, a unix socket and a TCP connection leading outside the job take
+//! cr_restart's descriptor of the same number, BLCR's rule), `c-tests/fdflags.c` (file status flags, async owner and signal, pipe
 //! sizes), `c-tests/fifo1.c` (named FIFOs held by one process: `O_RDWR`, both ends, renamed or
 //! linked after open or renamed before the restart, only one end with the other outside the
 //! job).
@@ -13,7 +13,9 @@ mod common;
 use common::*;
 use std::fs::File;
 use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
@@ -72,14 +74,41 @@ fn drain(r: &mut File) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// `outside` under cr_run with fd 5 and 6 on pipes of the test (READY seen), checkpointed with
-/// `--term`; returns the image.
-fn checkpoint_outside(sc: &Scenario) -> std::path::PathBuf {
+/// Moves `fd` to a number of 100 or more, close-on-exec (clear of the numbers the commands get
+/// descriptors at).
+fn high<T: FromRawFd + AsRawFd>(s: T) -> T {
+    // SAFETY: duplicating a descriptor we own; the original is dropped (closed) after.
+    let fd = unsafe { libc::fcntl(s.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) };
+    assert!(fd >= 100, "cannot move a socket high");
+    drop(s);
+    // SAFETY: fd is new and ours.
+    unsafe { T::from_raw_fd(fd) }
+}
+
+/// A connected unix stream socket pair and a loopback TCP connection (client, accepted end):
+/// (unix end given away, unix end kept, TCP end given away, TCP end kept).
+fn sockets() -> (UnixStream, UnixStream, TcpStream, TcpStream) {
+    let (a, b) = UnixStream::pair().expect("socketpair");
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a TCP listener");
+    let c = TcpStream::connect(l.local_addr().expect("listener address")).expect("connect");
+    let (d, _) = l.accept().expect("accept");
+    (high(a), high(b), high(c), high(d))
+}
+
+/// `outside` under cr_run with fd 5 and 6 on pipes of the test (and, with `sockets`, fd 7 on a
+/// unix socket and fd 8 on a TCP connection whose other ends the test holds) (READY seen),
+/// checkpointed with `--term`; returns the image.
+fn checkpoint_outside(sc: &Scenario, sockets: bool) -> std::path::PathBuf {
     let prog = sc.program("outside");
     let (_r5, w5) = pipe();
     let (r6, _w6) = pipe();
+    let (u7, _u7_peer, t8, _t8_peer) = self::sockets();
+    let mut fds = vec![(w5.as_raw_fd(), 5), (r6.as_raw_fd(), 6)];
+    if sockets {
+        fds.extend([(u7.as_raw_fd(), 7), (t8.as_raw_fd(), 8)]);
+    }
     let mut cmd = sc.under_cr_run(&prog);
-    with_fds(&mut cmd, vec![(w5.as_raw_fd(), 5), (r6.as_raw_fd(), 6)]);
+    with_fds(&mut cmd, fds);
     let mut job = sc.start("outside", cmd);
     job.wait_ready();
     let img = sc.checkpoint(job.pid(), &["--term"]);
@@ -95,15 +124,32 @@ fn restart_with_fds(sc: &Scenario, img: &Path, pairs: Vec<(i32, i32)>) -> Job {
     sc.start("cr_restart outside", cmd)
 }
 
-/// cr_restart started with its stdout, stderr, fd 5 and fd 6 on new pipes: each restored
-/// descriptor uses the pipe of its number.
+/// cr_restart started with its stdout, stderr, fd 5 and fd 6 on new pipes and fd 7 and 8 on a
+/// new unix socket and TCP connection: each restored descriptor uses the restarter's of its
+/// number (the sockets were a unix socket that read end of file and a reset connection).
 fn outside_takes_restarters(sc: &Scenario) {
-    let img = checkpoint_outside(sc);
+    let img = checkpoint_outside(sc, true);
     let (mut r5, w5) = pipe();
     let (r6, mut w6) = pipe();
     w6.write_all(b"outside fd6\n").expect("fill the fd 6 pipe");
-    let mut restarted = restart_with_fds(sc, &img, vec![(w5.as_raw_fd(), 5), (r6.as_raw_fd(), 6)]);
-    drop((w5, r6, w6));
+    let (u7, mut u7_peer, t8, mut t8_peer) = sockets();
+    u7_peer
+        .write_all(b"reply fd7\n")
+        .expect("write to the fd 7 socket");
+    t8_peer
+        .write_all(b"reply fd8\n")
+        .expect("write to the fd 8 connection");
+    let mut restarted = restart_with_fds(
+        sc,
+        &img,
+        vec![
+            (w5.as_raw_fd(), 5),
+            (r6.as_raw_fd(), 6),
+            (u7.as_raw_fd(), 7),
+            (t8.as_raw_fd(), 8),
+        ],
+    );
+    drop((w5, r6, w6, u7, t8));
     sc.go();
     restarted.expect_pass(RESTART_TIMEOUT);
     let five = drain(&mut r5);
@@ -113,6 +159,28 @@ fn outside_takes_restarters(sc: &Scenario) {
         "fd 5 must write to cr_restart's fd 5\n{}",
         restarted.diag()
     );
+    for (what, want, peer) in [
+        (
+            "fd 7 (unix socket)",
+            "outside fd7\n",
+            &mut u7_peer as &mut dyn Read,
+        ),
+        (
+            "fd 8 (TCP connection)",
+            "outside fd8\n",
+            &mut t8_peer as &mut dyn Read,
+        ),
+    ] {
+        let mut got = String::new();
+        peer.read_to_string(&mut got)
+            .expect("read the socket's peer");
+        assert_eq!(
+            got,
+            want,
+            "{what} must be cr_restart's\n{}",
+            restarted.diag()
+        );
+    }
     assert!(
         restarted
             .stderr()
@@ -136,7 +204,7 @@ fn outside_takes_restarters(sc: &Scenario) {
 /// cr_restart without fd 5 and 6: the write end goes to its stdout, the read end to its stdin,
 /// and it says so on stderr.
 fn outside_fallback(sc: &Scenario) {
-    let img = checkpoint_outside(sc);
+    let img = checkpoint_outside(sc, false);
     let (r0, mut w0) = pipe();
     w0.write_all(b"outside fd6\n").expect("fill the stdin pipe");
     let mut restarted = restart_with_fds(sc, &img, vec![(r0.as_raw_fd(), 0)]);

@@ -50,7 +50,11 @@ pub fn outside_without_restarter_fd(images: &[&Image], img: &Image) -> Vec<(i32,
     img.fds
         .iter()
         .filter(|f| {
-            let pooled = f.kind == FdKind::Pipe && super::pool::pipe_is_pooled(images, f);
+            let pooled = match f.kind {
+                FdKind::Pipe => super::pool::pipe_is_pooled(images, f),
+                FdKind::Kernel => !super::pool::socket_leads_outside(images, f),
+                _ => false,
+            };
             leads_outside(f.kind, pooled) && !restarter_has(f.rec.fd)
         })
         .map(|f| (f.rec.fd, fallback_name(f)))
@@ -94,8 +98,10 @@ fn set_owner(img: &Image, fd: i32, o: &crate::image::format::FdOwnerRec) {
 }
 
 fn leads_outside(kind: FdKind, pooled: bool) -> bool {
-    // (An inherited pseudo-terminal slave whose master is in the job is pooled.)
-    matches!(kind, FdKind::Inherited | FdKind::Pipe) && !pooled
+    // (An inherited pseudo-terminal slave whose master is in the job is pooled; a kernel object
+    // is not pooled only when it is a socket connected outside the job that the restarter has a
+    // descriptor for, see `pool::socket_leads_outside`.)
+    matches!(kind, FdKind::Inherited | FdKind::Pipe | FdKind::Kernel) && !pooled
 }
 
 fn fallback_name(f: &crate::image::reader::Fd) -> &'static str {
@@ -131,8 +137,8 @@ pub fn move_high(fd: i32, img: &Image) -> Result<i32, RestoreError> {
 }
 
 /// Puts every saved descriptor of process `idx` at its number: shared descriptions from the
-/// `pool`; those leading out of the job (pipe ends whose other end is not in the job, stdio
-/// terminals and sockets) are the restarter's own of the same number (see
+/// `pool`; those leading out of the job (pipe ends and connected sockets whose other end is not in
+/// the job, stdio terminals and sockets) are the restarter's own of the same number (see
 /// [`note_restarter_fds`]), else its stdin/stdout (pipes above 2) or `/dev/null`. Closes all other descriptors but `keep` and the pool's (closed after the memory is
 /// mapped: shared memory comes from the pool too).
 pub fn restore(

@@ -194,7 +194,9 @@ impl Pool {
                     | FdKind::CharDevice
                     | FdKind::CheckpointFile => true,
                     FdKind::Pipe => pipe_is_pooled(images, f),
-                    FdKind::Unlinked | FdKind::Kernel => true,
+                    FdKind::Unlinked => true,
+                    // A socket connected outside the job takes the restarter's descriptor.
+                    FdKind::Kernel => !socket_leads_outside(images, f),
                     // A pseudo-terminal slave whose master is in the job gets the new slave.
                     // So does a socket on 0-2 whose other end is in the job.
                     FdKind::Inherited => {
@@ -883,10 +885,25 @@ fn tcp_description(
 /// a connected unix socket whose peer's state is in an image, or a TCP connection whose
 /// partner is.
 fn socket_peer_in_job(images: &[&Image], f: &Fd) -> bool {
+    f.kind == FdKind::Inherited && connected_peer_in_job(images, f) == Some(true)
+}
+
+/// Whether `f` is a connected socket above 2 (a unix socket or a TCP connection) whose other end
+/// is no process of the job, while the restarter has a descriptor of its number: BLCR's rule
+/// gives it the restarter's (as a pipe leading outside), so the pool makes nothing for it.
+/// Without one it comes back as before (a unix socket reading end of file, a reset connection).
+pub fn socket_leads_outside(images: &[&Image], f: &Fd) -> bool {
+    f.kind == FdKind::Kernel
+        && f.rec.fd > 2
+        && connected_peer_in_job(images, f) == Some(false)
+        && super::fds::restarter_has(f.rec.fd)
+}
+
+/// For a connected socket (unix, or a TCP connection): whether its other end is in the job.
+/// None for anything else.
+fn connected_peer_in_job(images: &[&Image], f: &Fd) -> Option<bool> {
     use crate::kinds::{socket, unix};
-    let Some((_, state)) = f.kobj.as_ref().filter(|_| f.kind == FdKind::Inherited) else {
-        return false;
-    };
+    let (_, state) = f.kobj.as_ref()?;
     let states = || {
         images
             .iter()
@@ -894,13 +911,12 @@ fn socket_peer_in_job(images: &[&Image], f: &Fd) -> bool {
             .filter_map(|g| g.kobj.as_ref().map(|(_, st)| st.as_slice()))
     };
     if let Some((local, peer, _)) = socket::tcp_connection(state) {
-        return states()
-            .any(|st| socket::tcp_connection(st).is_some_and(|(l, p, _)| l == peer && p == local));
+        return Some(states().any(|st| {
+            socket::tcp_connection(st).is_some_and(|(l, p, _)| l == peer && p == local)
+        }));
     }
-    match unix::connection(state) {
-        Some((_, peer)) => states().any(|st| unix::connection(st).is_some_and(|(i, _)| i == peer)),
-        None => false,
-    }
+    let (_, peer) = unix::connection(state)?;
+    Some(states().any(|st| unix::connection(st).is_some_and(|(i, _)| i == peer)))
 }
 
 /// Whether `f` is a pseudo-terminal master.
