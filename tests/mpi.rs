@@ -318,3 +318,59 @@ fn openmpi_supervised() {
         second.diag()
     );
 }
+
+/// c-tests/mpi/launcher.c, built with gcc for the scenario's user.
+fn launcher(sc: &Scenario) -> PathBuf {
+    let out = sc.root().join("bin").join("launcher");
+    std::fs::create_dir_all(out.parent().expect("bin")).expect("create bin dir");
+    let o = Command::new("gcc")
+        .args(["-O2", "-Wall", "-Wextra", "-o"])
+        .arg(&out)
+        .arg(c_tests_dir().join("mpi/launcher.c"))
+        .output()
+        .expect("run gcc");
+    assert!(
+        o.status.success(),
+        "gcc failed on c-tests/mpi/launcher.c:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+/// A launcher's listening port after `--term` (no MPI needed): c-tests/mpi/launcher.c closes
+/// the connections it accepted before its ranks close theirs, as Open MPI's mpirun does on
+/// SIGTERM, so its ends would wait in TIME_WAIT on the listener's port, and a listener without
+/// `SO_REUSEADDR` could not be bound there again at restart (`Address already in use`, every
+/// time): the agent makes those connections close with a reset (`SO_LINGER` 0) before a
+/// post-checkpoint SIGTERM as before a SIGKILL. The restored launcher's listener accepts a new
+/// rank and every connection carries checked messages.
+fn launcher_term(sc: Scenario) {
+    let exe = launcher(&sc);
+    let cr_run = sc.tools().cr_run.clone();
+    let cmd = sc.command(&[cr_run.as_os_str(), "--".as_ref(), exe.as_os_str()]);
+    let mut job = sc.start("launcher", cmd);
+    job.wait_ready();
+    let mut pids = vec![job.pid()];
+    pids.extend(descendants(job.pid()));
+    let img = sc.checkpoint(job.pid(), &["--term"]);
+    job.wait_exit(DEATH_TIMEOUT);
+    wait_gone(&pids, "--term");
+    let mut restarted = sc.restart(&img);
+    restarted.wait_child(READY_TIMEOUT);
+    sc.go();
+    restarted.expect_pass(RESTART_TIMEOUT);
+}
+
+#[test]
+fn launcher_listener_after_term() {
+    launcher_term(Scenario::new("mpi-launcher-term"));
+}
+
+#[test]
+fn launcher_listener_after_term_unprivileged() {
+    if !is_root() {
+        println!("note: not root: launcher_listener_after_term already ran unprivileged");
+        return;
+    }
+    launcher_term(Scenario::as_user("mpi-launcher-term-nobody", NOBODY));
+}

@@ -473,8 +473,10 @@ fn conclude(conn: i32, api: bool, outcome: i64, status: i32, bytes: u64, msg: &[
         send_reply(conn, 0, bytes, msg);
         // A requester killed before its commit: no image, so no post-checkpoint signal either.
         let committed = wait_commit(conn);
-        // Not killed by the requester's SIGKILL (it comes before the release): released.
-        crate::kinds::socket::undo_reset_on_close();
+        // Not killed by the requester's SIGKILL (it comes before the release): released, with
+        // the SIGTERM if one was asked (then the resets stay: the program ends itself).
+        let term = super::forward::post_signal() == libc::SIGTERM;
+        crate::kinds::socket::undo_reset_on_close(committed && term);
         if committed {
             super::forward::deliver_signal();
         }
@@ -744,7 +746,7 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
                 return;
             }
         };
-        if req.signal == libc::SIGKILL {
+        if req.signal == libc::SIGKILL || req.signal == libc::SIGTERM {
             crate::kinds::socket::reset_accepted_on_close();
         }
         if api && req.signal == libc::SIGKILL {

@@ -41,6 +41,11 @@ pub fn begin(flags: u32, requester: i32, signal: i32) {
     NPIDS.store(0, Release);
 }
 
+/// The post-checkpoint signal of the request being served (0: none).
+pub fn post_signal() -> i32 {
+    SIGNAL.load(Acquire)
+}
+
 /// In a restored process: the lists belong to the checkpointed one (the sockets too).
 pub fn forget() {
     COUNT.store(0, Release);

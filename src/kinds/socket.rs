@@ -403,14 +403,16 @@ fn linger(fd: i32, set: Option<libc::linger>) -> Option<libc::linger> {
     .map(|_| l)
 }
 
-/// Before a post-checkpoint `SIGKILL` (agent side, allocation-free): every TCP connection of
-/// this process on the port of one of its own listening sockets (the connections it accepted)
-/// is made to send a reset when the kill closes it (`SO_LINGER` 0) instead of the usual close.
-/// A closing end that sends its FIN first stays in `TIME_WAIT` on the listener's port for a
-/// minute, and a listener without `SO_REUSEADDR` (Open MPI's and MPICH's launchers) could not
-/// be bound to it again at restart (`EADDRINUSE`); a reset leaves nothing behind. The bytes
-/// in flight are in the image already. [`undo_reset_on_close`] puts the old setting back when
-/// the process is released instead (the checkpoint was abandoned).
+/// Before a post-checkpoint `SIGKILL` or `SIGTERM` (agent side, allocation-free): every TCP
+/// connection of this process on the port of one of its own listening sockets (the
+/// connections it accepted) is made to send a reset when the kill, or the program's own exit
+/// on `SIGTERM`, closes it (`SO_LINGER` 0) instead of the usual close. A closing end that
+/// sends its FIN first stays in `TIME_WAIT` on the listener's port for a minute, and a
+/// listener without `SO_REUSEADDR` (Open MPI's and MPICH's launchers) could not be bound to it
+/// again at restart (`EADDRINUSE`); a reset leaves nothing behind. The bytes in flight are in
+/// the image already; bytes the program writes before it closes are delivered before the
+/// reset on loopback. [`undo_reset_on_close`] puts the old setting back when the process is
+/// released without the signal (the checkpoint was abandoned).
 pub fn reset_accepted_on_close() {
     let mut ports = [0u16; 64];
     let mut nports = 0;
@@ -456,11 +458,13 @@ pub fn reset_accepted_on_close() {
 }
 
 /// Puts back the `SO_LINGER` settings [`reset_accepted_on_close`] changed (the process was
-/// released, not killed).
-pub fn undo_reset_on_close() {
+/// released, not killed), or with `keep` (a `SIGTERM` follows: the program ends itself) only
+/// forgets them: the connections keep closing with a reset, also in a program that handles
+/// `SIGTERM` and goes on.
+pub fn undo_reset_on_close(keep: bool) {
     for (fd, old) in RESET_FDS.iter().zip(&RESET_OLD) {
         let fd = fd.swap(-1, Ordering::AcqRel);
-        if fd < 0 {
+        if fd < 0 || keep {
             continue;
         }
         let old = old.load(Ordering::Relaxed);
