@@ -1,10 +1,12 @@
 /* counter_job: a long batch job for the supervisor tests (cr_run --checkpoint-dir).
- *   counter_job STEPS INTERVAL_MS [EXIT_CODE]
+ *   counter_job STEPS INTERVAL_MS [EXIT_CODE [BALLAST_MB]]
  * Runs STEPS steps, one every INTERVAL_MS: each advances a 64-bit LCG state and a chained hash
  * over a 1 MiB heap buffer it also rewrites, and prints "step N" (flushed). At the end it
  * recomputes state, hash and buffer from scratch and compares: a job resumed from a checkpoint
  * must end exactly as an uninterrupted one. Prints "PASS counter_job STEPS" and exits with
- * EXIT_CODE (default 0); "FAIL counter_job: ..." and exit 1 on a mismatch.
+ * EXIT_CODE (default 0); "FAIL counter_job: ..." and exit 1 on a mismatch. BALLAST_MB (default
+ * 0) MiB are filled with a pattern at the start, never written again, and checked at the end
+ * (memory an incremental checkpoint's deltas leave to the chain's full image). 
  * Reads no stdin and needs no GO file: it simply ends after STEPS steps. */
 #define _GNU_SOURCE
 #include <stdint.h>
@@ -35,6 +37,10 @@ int main(int argc, char **argv)
     long steps = atol(argv[1]);
     long interval = atol(argv[2]);
     int code = argc > 3 ? atoi(argv[3]) : 0;
+    size_t ballast_len = argc > 4 ? (size_t)atol(argv[4]) << 20 : 0;
+    unsigned char *ballast = ballast_len ? malloc(ballast_len) : NULL;
+    if (ballast_len && !ballast) return 2;
+    for (size_t i = 0; i < ballast_len; i++) ballast[i] = (unsigned char)(i * 7 + 13 + (i >> 12));
     unsigned char *buf = calloc(1, BUF);
     if (!buf) return 2;
     uint64_t state = 12345, hash = 1469598103934665603ULL;
@@ -54,6 +60,13 @@ int main(int argc, char **argv)
                h2 == hash ? "ok" : "differs", memcmp(check, buf, BUF) ? "differs" : "ok");
         fflush(stdout);
         return 1;
+    }
+    for (size_t i = 0; i < ballast_len; i++) {
+        if (ballast[i] != (unsigned char)(i * 7 + 13 + (i >> 12))) {
+            printf("FAIL counter_job: ballast differs at %zu\n", i);
+            fflush(stdout);
+            return 1;
+        }
     }
     printf("PASS counter_job %ld\n", steps);
     fflush(stdout);

@@ -285,3 +285,66 @@ fn merged_chain_restores_without_the_chain() {
     sc.go();
     restarted.expect_pass(RESTART_TIMEOUT);
 }
+
+/// Every process of `pid`'s tree (children from /proc), `pid` first.
+fn tree_pids(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        let kids = fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        out.extend(
+            kids.split_whitespace()
+                .filter_map(|k| k.parse::<u32>().ok()),
+        );
+        i += 1;
+    }
+    out
+}
+
+/// One delta per process of a tree: two incremental checkpoints of tree.c (a root and a child
+/// streaming through pipes) write a tree image of full images, then a tree image of deltas,
+/// each naming its process's image in the parent tree; the restart assembles both chains and
+/// every process checks its state after GO.
+#[test]
+fn tree_checkpoint_gets_one_delta_per_process() {
+    let sc = Scenario::new("incr-tree");
+    let mut prog = sc.program("tree");
+    prog.argv.push("1".into());
+    let mut job = sc.start("tree", sc.under_cr_run(&prog));
+    job.wait_ready();
+    let pids = tree_pids(job.pid());
+    assert_eq!(pids.len(), 2, "tree 1 runs as two processes: {pids:?}");
+    let img = sc.img_dir().join("tree");
+    let out = incremental(&sc, job.pid(), &img, &[]);
+    assert_eq!(
+        out.matches("incr=full(no parent yet").count(),
+        2,
+        "a full image of each process first:\n{out}"
+    );
+    let out = incremental(&sc, job.pid(), &img, &["--term"]);
+    assert_eq!(
+        out.matches("incr=delta(").count(),
+        2,
+        "then a delta of each process:\n{out}"
+    );
+    let full = size(&sc.img_dir().join("tree.~1~"));
+    let delta = size(&img);
+    assert!(delta < full, "delta tree {delta} bytes, full tree {full}");
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    let deadline = Instant::now() + DEATH_TIMEOUT;
+    while pids
+        .iter()
+        .any(|p| Path::new(&format!("/proc/{p}")).exists())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the tree did not end:\n{}",
+            sc.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut restarted = sc.restart(&img);
+    sc.go();
+    restarted.expect_pass(RESTART_TIMEOUT);
+}

@@ -90,13 +90,15 @@ Runs PROGRAM with the libcr checkpoint agent preloaded.
        cr_run --checkpoint-dir DIR [--every DURATION] [--keep N] [--id NAME]
               [--on-signal SIG[,SIG...]] [--exit-after-checkpoint CODE]
               [--checkpoint-signal SIG] [--store URL] [--no-resume] [--keep-final] [-v]
-              [--] PROGRAM [ARGS...]
+              [--incremental [--max-chain N]] [--] PROGRAM [ARGS...]
 Starts PROGRAM, or resumes it from the newest good image of the same job in DIR; checkpoints
 the whole job every DURATION (90s, 30m, 2h), on SIG of --checkpoint-signal (default USR2), and
 on a preemption signal of --on-signal (default TERM: checkpoint, end the job, exit with CODE,
 default 0); keeps the newest N generations (default 2); exits as PROGRAM does.
 --store URL ships each generation to file:///PATH, s3://, gs://, az:// or http(s):// (WebDAV)
 in the background, and fetches the newest good one from there when DIR has none.
+--incremental writes delta images (only the pages written since the previous generation), a
+full one every N (--max-chain, default 8); kept generations keep the images their chains need.
 
        cr_run --status DIR
 Lists the jobs and generations in DIR."
@@ -187,8 +189,10 @@ fn main() {
         keep_final: false,
         verbose: false,
         store: None,
+        incremental: None,
         argv: Vec::new(),
     };
+    let mut max_chain: Option<u32> = None;
     let mut supervised = false;
     let bad = |what: &str, v: &str| -> ! {
         cr::tool::fail(TOOL, libc::EINVAL, &format!("invalid {what} '{v}'"))
@@ -224,6 +228,19 @@ fn main() {
             "--keep-final" => {
                 sup.keep_final = true;
                 args.remove(0);
+            }
+            "--incremental" => {
+                sup.incremental = Some(cr::supervise::DEFAULT_MAX_CHAIN);
+                args.remove(0);
+            }
+            s if is_opt(s, "--max-chain") => {
+                let v = take_value(&mut args, "--max-chain").unwrap_or_default();
+                max_chain = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|&n: &u32| n >= 1)
+                        .unwrap_or_else(|| bad("--max-chain count", &v)),
+                );
             }
             s if is_opt(s, "--status") => {
                 let dir = take_value(&mut args, "--status").unwrap_or_default();
@@ -344,6 +361,15 @@ fn main() {
         c.arg0(prog).args(&args[1..]).env("LD_PRELOAD", &preload);
         c
     };
+    if let Some(n) = max_chain {
+        if sup.incremental.is_none() {
+            cr::tool::fail(TOOL, libc::EINVAL, "--max-chain needs --incremental");
+        }
+        sup.incremental = Some(n);
+    }
+    if !supervised && sup.incremental.is_some() {
+        cr::tool::fail(TOOL, libc::EINVAL, "--incremental needs --checkpoint-dir");
+    }
     if !supervised && sup.store.is_some() {
         cr::tool::fail(TOOL, libc::EINVAL, "--store needs --checkpoint-dir");
     }

@@ -8,8 +8,9 @@
 //! when both are in one directory, else absolute; its total length; its trailer hash; and
 //! how many links are behind it. A full image (still arming write-tracking) is asked for, with
 //! a note, when there is no parent yet, when the destination is a stream or written in place
-//! (`--clobber`), when the parent is not a one-process image, or when `--max-chain` is
-//! reached; the agent itself falls back when it did not arm for this parent.
+//! (`--clobber`), when `--max-chain` is reached, and for a process without an image in the
+//! parent (a tree's parent is a tree image: each process's delta names the image in it with
+//! the pid the process sees itself under); the agent itself falls back when it did not arm for this parent.
 
 use super::dest::{self, Commit, Destination};
 use super::{CheckpointError, Note, Options};
@@ -39,17 +40,23 @@ pub struct Parent {
     pub depth: u32,
 }
 
-/// The plan for one incremental checkpoint of process `pid`.
+/// The plan for one incremental checkpoint.
 #[derive(Clone, Debug)]
 pub struct Plan {
-    /// The process the parent belongs to.
-    pub pid: i32,
-    /// The parent (`None`: a full image, for [`Plan::why_full`]).
-    pub parent: Option<Parent>,
-    /// Why a full image is asked for.
+    /// Each process's parent (pid as our /proc names it). A process of the checkpoint not
+    /// listed gets a full image (still arming write-tracking), for [`Plan::why_full`].
+    pub parents: Vec<(i32, Parent)>,
+    /// Why a full image is asked for (every process without a parent).
     pub why_full: String,
     /// The commit to use (the parent kept under its backup name).
     pub commit: Commit,
+}
+
+impl Plan {
+    /// The parent of `pid`, if it gets a delta.
+    pub fn parent_of(&self, pid: i32) -> Option<&Parent> {
+        self.parents.iter().find(|(p, _)| *p == pid).map(|(_, p)| p)
+    }
 }
 
 fn err(errno: i32, msg: String) -> CheckpointError {
@@ -75,19 +82,27 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Decides the parent of an incremental checkpoint of `pid` (the only process of the scope).
-pub fn plan(opts: &Options, inc: &Incremental, pid: i32) -> Result<Plan, CheckpointError> {
+/// Decides the parents of an incremental checkpoint of `pids` (the processes of the scope,
+/// eldest first): one plain image's process, or each process of a tree image whose pid (as the
+/// process itself sees it) has an image in the parent tree.
+pub fn plan(opts: &Options, inc: &Incremental, pids: &[i32]) -> Result<Plan, CheckpointError> {
     let full = |why: &str, commit: Commit| Plan {
-        pid,
-        parent: None,
+        parents: Vec::new(),
         why_full: why.to_string(),
         commit,
     };
+    let first = pids.first().copied().unwrap_or(0);
     let dest_path = match &opts.dest {
         Destination::Fd(_) => None,
         Destination::File(f) if f.as_os_str() == "-" => None,
         Destination::File(f) => Some(f.clone()),
-        Destination::Dir(d) => Some(d.join(format!("context.{pid}"))),
+        Destination::Dir(_) if pids.len() > 1 => {
+            return Ok(full(
+                "one file per process (--dir): give each process its own checkpoint",
+                opts.commit.clone(),
+            ))
+        }
+        Destination::Dir(d) => Some(d.join(format!("context.{first}"))),
         Destination::Cwd => Some(PathBuf::from(format!("context.{}", opts.id))),
     };
     let is_file = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file());
@@ -100,7 +115,7 @@ pub fn plan(opts: &Options, inc: &Incremental, pid: i32) -> Result<Plan, Checkpo
         .parent
         .clone()
         .filter(|p| !dest_path.as_ref().is_some_and(|d| same_file(p, d)));
-    let (parent_path, commit) = match (explicit, &dest_path) {
+    let (path, rec, commit) = match (explicit, &dest_path) {
         (Some(p), _) => {
             if !p.exists() {
                 return Err(err(
@@ -109,7 +124,7 @@ pub fn plan(opts: &Options, inc: &Incremental, pid: i32) -> Result<Plan, Checkpo
                 ));
             }
             let rec = recorded(&p, &dest_dir);
-            (Some((p, rec)), opts.commit.clone())
+            (p, rec, opts.commit.clone())
         }
         (None, None) => {
             return Ok(full(
@@ -137,11 +152,8 @@ pub fn plan(opts: &Options, inc: &Incremental, pid: i32) -> Result<Plan, Checkpo
             };
             let rec = recorded(&backup, &dest_dir);
             let name = backup.as_os_str().to_string_lossy().into_owned();
-            (Some((d.clone(), rec)), Commit::Backup(name))
+            (d.clone(), rec, Commit::Backup(name))
         }
-    };
-    let Some((path, rec)) = parent_path else {
-        unreachable!()
     };
     let file = std::fs::File::open(&path).map_err(|e| {
         err(
@@ -155,54 +167,89 @@ pub fn plan(opts: &Options, inc: &Incremental, pid: i32) -> Result<Plan, Checkpo
             format!("--incremental: parent {}: {e}", path.display()),
         )
     })?;
-    if manifest.is_some() || images.len() != 1 {
+    if manifest.is_none() && images.len() != 1 {
         return Ok(full(
-            &format!("the parent {} is not a one-process image", path.display()),
+            &format!(
+                "the parent {} holds forwarded processes: not one process image",
+                path.display()
+            ),
             commit,
         ));
     }
-    let img: &Image = &images[0];
-    let depth = img.parent.as_ref().map_or(0, |p| p.0.depth);
-    if inc.max_chain > 0 && depth + 1 >= inc.max_chain {
+    // Each process's image in the parent: the only one of a plain image, else the one with the
+    // pid the process sees itself under (a job restored in its own pid namespace keeps them).
+    let matched: Vec<(i32, &Image)> = if manifest.is_none() {
+        vec![(first, &images[0])]
+    } else {
+        pids.iter()
+            .filter_map(|&pid| {
+                let inner = protocol::target_identity(pid).1;
+                images
+                    .iter()
+                    .find(|i| i.header.pid as i32 == inner)
+                    .map(|i| (pid, i))
+            })
+            .collect()
+    };
+    if matched.is_empty() {
+        return Ok(full(
+            &format!(
+                "no process of this checkpoint has an image in {}",
+                path.display()
+            ),
+            commit,
+        ));
+    }
+    let depth_of = |img: &Image| img.parent.as_ref().map_or(0, |p| p.0.depth);
+    let deepest = matched.iter().map(|(_, i)| depth_of(i)).max().unwrap_or(0);
+    if inc.max_chain > 0 && deepest + 1 >= inc.max_chain {
         return Ok(full(
             &format!("--max-chain {} reached", inc.max_chain),
             commit,
         ));
     }
     Ok(Plan {
-        pid,
-        parent: Some(Parent {
-            recorded: rec,
-            size: img.trailer.total_len,
-            trailer_hash: img.trailer.trailer_hash,
-            depth,
-        }),
-        why_full: String::new(),
+        parents: matched
+            .into_iter()
+            .map(|(pid, img)| {
+                (
+                    pid,
+                    Parent {
+                        recorded: rec.clone(),
+                        size: img.trailer.total_len,
+                        trailer_hash: img.trailer.trailer_hash,
+                        depth: depth_of(img),
+                    },
+                )
+            })
+            .collect(),
+        why_full: format!("no image of this process in {}", path.display()),
         commit,
     })
 }
 
-/// Marks `req` (to process `pid`) incremental with the plan's parent.
+/// Marks `req` (to process `pid`) incremental, with its parent if it has one.
 pub fn apply(req: &mut Request, plan: Option<&Plan>, pid: i32) {
-    let Some(plan) = plan.filter(|p| p.pid == pid) else {
+    let Some(plan) = plan else {
         return;
     };
     req.flags |= protocol::FLAG_INCREMENTAL;
-    if let Some(p) = &plan.parent {
+    if let Some(p) = plan.parent_of(pid) {
         req.set_parent(&p.recorded, p.size, p.trailer_hash, p.depth);
     }
 }
 
-/// The agent's report of a full image the plan asked for says why ("incr=full(asked)").
-pub fn explain(report: &mut String, plan: &Plan, note: &mut dyn FnMut(Note)) {
-    if plan.parent.is_none() {
+/// The agent's report of a full image the plan asked for (process `pid`) says why
+/// ("incr=full(asked)").
+pub fn explain(report: &mut String, plan: &Plan, pid: i32, note: &mut dyn FnMut(Note)) {
+    if plan.parent_of(pid).is_none() {
         *report = report.replace("incr=full(asked)", &format!("incr=full({})", plan.why_full));
     }
     if let Some(i) = report.find("incr=full(") {
         let rest = &report[i + 10..];
         let why = rest.strip_suffix(')').unwrap_or(rest);
         note(Note::Info(format!(
-            "incremental checkpoint: full image ({why})"
+            "incremental checkpoint: full image of {pid} ({why})"
         )));
     }
 }

@@ -64,7 +64,7 @@ pub struct Options {
     /// one process; others are written stopped, with a note).
     pub cow: bool,
     /// An incremental checkpoint (`--incremental`, `--max-chain`): a delta image against a
-    /// parent where possible (one process only; see [`incremental`]).
+    /// parent where possible (one delta per process; see [`incremental`]).
     pub incremental: Option<incremental::Incremental>,
 }
 
@@ -164,18 +164,10 @@ pub fn checkpoint(opts: &Options, note: &mut dyn FnMut(Note)) -> Result<Outcome,
         });
     }
     let found = scope::resolve(opts, note)?;
-    // Incremental: the parent of the one process of the scope (a tree of several gets full
-    // images, said under -v).
-    let plan = match (&opts.incremental, &found.pids[..]) {
-        (Some(inc), [pid]) => Some(incremental::plan(opts, inc, *pid)?),
-        (Some(_), pids) => {
-            note(Note::Info(format!(
-                "incremental checkpoint: full images ({} processes: delta images are for one process)",
-                pids.len()
-            )));
-            None
-        }
-        _ => None,
+    // Incremental: each process's parent (one delta per process of a tree).
+    let plan = match &opts.incremental {
+        Some(inc) => Some(incremental::plan(opts, inc, &found.pids)?),
+        None => None,
     };
     let adjusted;
     let opts = match &plan {
@@ -190,8 +182,8 @@ pub fn checkpoint(opts: &Options, note: &mut dyn FnMut(Note)) -> Result<Outcome,
     };
     let mut outcome = checkpoint_planned(opts, found, plan.as_ref(), note)?;
     if let Some(p) = &plan {
-        for s in outcome.saved.iter_mut().filter(|s| s.pid == p.pid) {
-            incremental::explain(&mut s.report, p, note);
+        for s in outcome.saved.iter_mut() {
+            incremental::explain(&mut s.report, p, s.pid, note);
         }
     }
     Ok(outcome)

@@ -3,7 +3,9 @@
 //! A delta image names its parent by path (relative to the delta's own directory, or
 //! absolute), total length and trailer hash. [`resolve`] follows the names back to the full
 //! image that ends the chain and checks every link, so a missing, replaced or truncated parent
-//! is one clear line before anything is restored.
+//! is one clear line before anything is restored. A delta of one process of a tree image names
+//! the parent tree file: its parent is the process image in it with the recorded length and
+//! trailer hash.
 
 use super::format::ParentRec;
 use super::reader::Image;
@@ -80,6 +82,9 @@ pub fn open_link(rec: &ParentRec, path: &Path, of: &str) -> Result<Image, ChainE
         errno: libc::ESTALE,
         msg: format!("{name}: the parent image of {of} was {what}"),
     };
+    if let Ok(Some(_)) = super::tree::read_manifest(&file) {
+        return open_in_tree(rec, &file, &name.to_string(), of);
+    }
     if len != rec.size {
         return Err(stale(format!(
             "replaced or truncated ({len} bytes, the delta was taken against {} bytes)",
@@ -105,19 +110,41 @@ pub fn open_link(rec: &ParentRec, path: &Path, of: &str) -> Result<Image, ChainE
     Ok(img)
 }
 
+/// The process image of the tree image `file` (at `name`) that `rec` names: the one with its
+/// total length and trailer hash (a delta of one process of a tree names the tree file).
+fn open_in_tree(rec: &ParentRec, file: &File, name: &str, of: &str) -> Result<Image, ChainError> {
+    let (_, images) = super::tree::open_all(file).map_err(|e| ChainError {
+        errno: libc::ESTALE,
+        msg: format!("{name}: the parent image of {of} is unusable (replaced or damaged?): {e}"),
+    })?;
+    let img = images
+        .into_iter()
+        .find(|i| i.trailer.total_len == rec.size && i.trailer.trailer_hash == rec.trailer_hash)
+        .ok_or_else(|| ChainError {
+            errno: libc::ESTALE,
+            msg: format!(
+                "{name}: the parent image of {of} was replaced (no process image in it has the \
+                 length and trailer hash the delta recorded)"
+            ),
+        })?;
+    let depth = img.parent.as_ref().map_or(0, |p| p.0.depth);
+    if depth + 1 != rec.depth {
+        return Err(ChainError {
+            errno: libc::ESTALE,
+            msg: format!(
+                "{name}: the parent image of {of} was replaced (it is {depth} links deep, the \
+                 delta expects {})",
+                rec.depth - 1
+            ),
+        });
+    }
+    Ok(img)
+}
+
 /// Follows the chain of `img` (the image at `path`): its parent, grandparent, … up to the full
 /// image, each checked by [`open_parent`]. Empty for a full image.
 pub fn resolve(img: &Image, path: &Path) -> Result<Vec<Link>, ChainError> {
     let mut links: Vec<Link> = Vec::new();
-    if img.parent.is_some() && img.base != 0 {
-        return Err(ChainError {
-            errno: libc::EINVAL,
-            msg: format!(
-                "{}: a delta image inside a tree image is not supported",
-                path.display()
-            ),
-        });
-    }
     loop {
         let (child, child_path) = match links.last() {
             Some(l) => (&l.img, l.path.as_path()),

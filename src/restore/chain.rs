@@ -81,7 +81,8 @@ fn copy_from(
     copies.sort_unstable();
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut buf = vec![0u8; 8 << 20];
-    let total = link.header.data_len;
+    // The data hash covers the memory pages only (saved files' contents follow them).
+    let total = link.memory_len();
     let mut off = 0u64;
     let mut k = 0usize;
     while off < total {

@@ -1,6 +1,10 @@
 //! The checkpoint directory of a supervised job: one image file per generation,
 //! `NAME.NNNNNN.ckpt` (a tree image of the whole job, committed atomically, so a file with
 //! that name is always complete), the newest `keep` kept; `NAME.info` says what runs.
+//!
+//! With `cr_run --incremental` a generation may be a delta of an older one (its images name
+//! their parent generation by file name): the generations a kept one needs are kept with it
+//! ([`kept`]), and a generation is only good when its whole chain is.
 
 use crate::image::tree;
 use std::path::{Path, PathBuf};
@@ -113,8 +117,20 @@ pub fn jobs(dir: &Path) -> Vec<String> {
 }
 
 /// Checks a generation completely: header, metadata, trailer and page data checksums of every
-/// process image in it, and that the process table is complete. `Err` names the problem.
+/// process image in it, that the process table is complete, and, for a delta, that every image
+/// of its chain is there, unchanged. `Err` names the problem.
 pub fn validate(path: &Path) -> Result<usize, String> {
+    let n = validate_self(path)?;
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (_, images) = tree::open_all(&file).map_err(|e| format!("{}: {e}", path.display()))?;
+    for img in images.iter().filter(|i| i.parent.is_some()) {
+        crate::image::chain::resolve(img, path).map_err(|e| e.msg)?;
+    }
+    Ok(n)
+}
+
+/// [`validate`] without the chain: the generation's own file only.
+pub fn validate_self(path: &Path) -> Result<usize, String> {
     let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let (manifest, images) =
         tree::open_all(&file).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -138,7 +154,76 @@ pub fn validate(path: &Path) -> Result<usize, String> {
     Ok(images.len())
 }
 
-/// Removes every generation of `name` but the newest `keep`; returns the removed paths.
+/// The generations of job `name` that the images of the generation at `path` are deltas of
+/// (their parents), sorted. A file that is not an image has none. `Err` when a parent is not a
+/// generation of this job (a delta taken by hand against another file).
+pub fn parents(path: &Path, name: &str) -> Result<Vec<u64>, String> {
+    let Ok(file) = std::fs::File::open(path) else {
+        return Ok(Vec::new());
+    };
+    let Ok((_, images)) = tree::open_all(&file) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for (_, recorded) in images.iter().filter_map(|i| i.parent.as_ref()) {
+        let p = crate::image::chain::parent_path(path, recorded);
+        let seq = p
+            .file_name()
+            .and_then(|f| parse_name(name, &f.to_string_lossy()))
+            .ok_or_else(|| {
+                format!(
+                    "{}: its parent {} is not a generation of job {name}",
+                    path.display(),
+                    p.display()
+                )
+            })?;
+        out.push(seq);
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// Generation `seq` of `name` in `dir` and every generation its chain needs, oldest first;
+/// `None` when a link is not in `dir` (or names a file that is not a generation).
+pub fn chain(dir: &Path, name: &str, seq: u64) -> Option<Vec<u64>> {
+    let mut out = vec![seq];
+    let mut todo = vec![seq];
+    while let Some(s) = todo.pop() {
+        let path = dir.join(file_name(name, s));
+        if !path.is_file() {
+            return None;
+        }
+        for p in parents(&path, name).ok()? {
+            if !out.contains(&p) {
+                if out.len() > crate::image::chain::MAX_CHAIN {
+                    return None;
+                }
+                out.push(p);
+                todo.push(p);
+            }
+        }
+    }
+    out.sort_unstable();
+    Some(out)
+}
+
+/// The generations to keep of `seqs` (newest first): the newest `keep` and every generation
+/// their chains need (read from the files in `dir`). When a kept generation's chain cannot be
+/// read there, every older one is kept too: a parent it needs is never removed.
+pub fn kept(dir: &Path, name: &str, seqs: &[u64], keep: usize) -> std::collections::HashSet<u64> {
+    let mut out = std::collections::HashSet::new();
+    for &s in seqs.iter().take(keep.max(1)) {
+        match chain(dir, name, s) {
+            Some(c) => out.extend(c),
+            None => out.extend(seqs.iter().copied().filter(|&o| o <= s)),
+        }
+    }
+    out
+}
+
+/// Removes every generation of `name` but the newest `keep` (and those their chains need);
+/// returns the removed paths.
 pub fn prune(dir: &Path, name: &str, keep: usize) -> Vec<PathBuf> {
     prune_if(dir, name, keep, &|_| true)
 }
@@ -146,8 +231,11 @@ pub fn prune(dir: &Path, name: &str, keep: usize) -> Vec<PathBuf> {
 /// As [`prune`], but only generations for which `may_go(seq)` holds are removed (with a store,
 /// those whose upload is confirmed).
 pub fn prune_if(dir: &Path, name: &str, keep: usize, may_go: &dyn Fn(u64) -> bool) -> Vec<PathBuf> {
+    let gens = list(dir, name);
+    let seqs: Vec<u64> = gens.iter().map(|g| g.seq).collect();
+    let kept = kept(dir, name, &seqs, keep);
     let mut removed = Vec::new();
-    for g in list(dir, name).into_iter().skip(keep.max(1)) {
+    for g in gens.into_iter().filter(|g| !kept.contains(&g.seq)) {
         if may_go(g.seq) && std::fs::remove_file(&g.path).is_ok() {
             removed.push(g.path);
         }

@@ -9,7 +9,10 @@
 //! A resumed job always runs in a private user + pid namespace (also as root), so its original
 //! pids are free wherever and whenever it resumes; its standard input, output and error are
 //! cr_run's own. Images are tree images of the whole job (`generations`); shipping them off the
-//! node, and fetching them back where DIR has none, is `store`'s job (`--store URL`).
+//! node, and fetching them back where DIR has none, is `store`'s job (`--store URL`). With
+//! `--incremental` each generation is a delta of the one before (one delta per process, see
+//! `checkpoint::incremental`), a full one every `--max-chain`; pruning, resuming and shipping
+//! follow the chains (`generations::kept`).
 
 pub mod generations;
 pub mod store;
@@ -20,6 +23,9 @@ use generations::Generation;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+/// `--max-chain` of `cr_run --incremental` when not given: a full image every 8 generations.
+pub const DEFAULT_MAX_CHAIN: u32 = 8;
 
 /// What `cr_run --checkpoint-dir` was asked to do.
 #[derive(Clone, Debug)]
@@ -49,6 +55,9 @@ pub struct Config {
     pub verbose: bool,
     /// Where generations are shipped to and fetched from (`--store URL`).
     pub store: Option<String>,
+    /// `--incremental`: each generation a delta of the previous one where possible, a full one
+    /// every this many (`--max-chain`).
+    pub incremental: Option<u32>,
     /// The program and its arguments.
     pub argv: Vec<OsString>,
 }
@@ -479,8 +488,20 @@ fn take_checkpoint(
     shipper: Option<&store::Shipper>,
 ) -> Result<(), checkpoint::CheckpointError> {
     let path = dir.join(generations::file_name(name, seq));
+    // The parent of a delta: the newest generation (the agent falls back to a full image when
+    // it is not the one it armed write-tracking for: after a resume, or a failed checkpoint).
+    let incremental = cfg
+        .incremental
+        .map(|max_chain| checkpoint::incremental::Incremental {
+            parent: generations::list(dir, name)
+                .into_iter()
+                .find(|g| g.seq < seq)
+                .map(|g| g.path),
+            max_chain,
+        });
     let opts = checkpoint::Options {
         dest: Destination::File(path.clone()),
+        incremental,
         commit: Commit::Atomic,
         signal: if end_job { libc::SIGKILL } else { 0 },
         // A checkpoint the job goes on after stops it only while its state is recorded; one
@@ -630,8 +651,15 @@ pub fn status(dir: &std::path::Path) -> Result<String, SuperviseError> {
                 .time
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
+            let delta = match generations::parents(&g.path, &name) {
+                Ok(p) if !p.is_empty() => format!(
+                    ", delta of {}",
+                    p.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+                ),
+                _ => String::new(),
+            };
             let valid = match generations::validate(&g.path) {
-                Ok(n) => format!("good, {n} process{}", if n == 1 { "" } else { "es" }),
+                Ok(n) => format!("good, {n} process{}{delta}", if n == 1 { "" } else { "es" }),
                 Err(e) => format!("DAMAGED: {e}"),
             };
             let _ = writeln!(

@@ -10,7 +10,10 @@
 //! checkpoint is being taken, so shipping never lengthens the time the job is stopped). A failed
 //! upload is retried, then reported on stderr; it never ends the job. An upload counts once the
 //! store reports the object with the local file's size; until then the local copy is kept even
-//! beyond `--keep`. The store keeps the newest `--keep` generations too.
+//! beyond `--keep`. The store keeps the newest `--keep` generations too. Delta generations
+//! (`cr_run --incremental`) travel with their chains: a generation's parents are uploaded
+//! before it when the store lacks them, kept in the store while a kept generation needs them,
+//! and fetched with it.
 
 use super::generations::{self, Generation};
 use std::collections::HashSet;
@@ -66,8 +69,9 @@ pub fn list(store: &dyn Storage, name: &str) -> Result<Vec<Remote>, String> {
 }
 
 /// Fetches the newest generation of `name` in `store` that validates into `dir` (as
-/// `NAME.NNNNNN.ckpt`, renamed into place only once it validated), trying older ones when
-/// one is damaged; damaged or unreadable ones are reported with `say`.
+/// `NAME.NNNNNN.ckpt`, renamed into place only once it validated), with the generations its
+/// chain needs, trying older ones when one is damaged; damaged or unreadable ones are reported
+/// with `say`.
 pub fn fetch_newest_good(
     store: &dyn Storage,
     dir: &Path,
@@ -77,29 +81,26 @@ pub fn fetch_newest_good(
 ) -> Option<Generation> {
     for r in remote {
         let file = generations::file_name(name, r.seq);
-        let part = dir.join(format!(".{file}.part"));
         let started = Instant::now();
-        if let Err(e) = store.download(&file, &part) {
-            say(&format!(
-                "cannot fetch {file} from {}: {e}; trying an older one",
-                store.url()
-            ));
-            let _ = std::fs::remove_file(&part);
-            continue;
-        }
-        if let Err(e) = generations::validate(&part) {
-            say(&format!(
-                "damaged image in {} skipped: {e}; trying an older one",
-                store.url()
-            ));
-            let _ = std::fs::remove_file(&part);
-            continue;
+        let mut fetched = Vec::new();
+        match fetch_chain(store, dir, name, r.seq, &mut fetched, say) {
+            Ok(true) => {}
+            Ok(false) => {
+                // An incomplete chain is no use here.
+                for p in fetched {
+                    let _ = std::fs::remove_file(p);
+                }
+                continue;
+            }
+            Err(()) => return None,
         }
         let path = dir.join(&file);
-        if let Err(e) = std::fs::rename(&part, &path) {
-            say(&format!("cannot move {} into place: {e}", part.display()));
-            let _ = std::fs::remove_file(&part);
-            return None;
+        if let Err(e) = generations::validate(&path) {
+            say(&format!(
+                "damaged image chain in {} skipped: {e}; trying an older one",
+                store.url()
+            ));
+            continue;
         }
         say(&format!(
             "fetched {file} ({} bytes) from {} in {:.2} s",
@@ -112,6 +113,65 @@ pub fn fetch_newest_good(
             .find(|g| g.seq == r.seq);
     }
     None
+}
+
+/// Fetches generation `seq` (unless `dir` has it) and, first, the parents it names: `Ok(false)`
+/// when one cannot be fetched or is damaged (said), `Err` when a file cannot be put in place.
+/// The files it put in place are added to `fetched`.
+fn fetch_chain(
+    store: &dyn Storage,
+    dir: &Path,
+    name: &str,
+    seq: u64,
+    fetched: &mut Vec<PathBuf>,
+    say: &dyn Fn(&str),
+) -> Result<bool, ()> {
+    let mut todo = vec![seq];
+    let mut depth = 0;
+    while let Some(s) = todo.pop() {
+        let file = generations::file_name(name, s);
+        let path = dir.join(&file);
+        if path.is_file() {
+            continue;
+        }
+        depth += 1;
+        if depth > crate::image::chain::MAX_CHAIN {
+            say(&format!("{file}: parent chain too long"));
+            return Ok(false);
+        }
+        let part = dir.join(format!(".{file}.part"));
+        if let Err(e) = store.download(&file, &part) {
+            say(&format!(
+                "cannot fetch {file} from {}: {e}; trying an older one",
+                store.url()
+            ));
+            let _ = std::fs::remove_file(&part);
+            return Ok(false);
+        }
+        if let Err(e) = generations::validate_self(&part) {
+            say(&format!(
+                "damaged image in {} skipped: {e}; trying an older one",
+                store.url()
+            ));
+            let _ = std::fs::remove_file(&part);
+            return Ok(false);
+        }
+        let parents = generations::parents(&part, name);
+        if let Err(e) = std::fs::rename(&part, &path) {
+            say(&format!("cannot move {} into place: {e}", part.display()));
+            let _ = std::fs::remove_file(&part);
+            return Err(());
+        }
+        fetched.push(path);
+        match parents {
+            Ok(p) => todo.extend(p),
+            Err(e) => {
+                say(&format!("{e}; trying an older one"));
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// Closed while a checkpoint is being taken: uploads wait at it, so shipping never competes
@@ -281,70 +341,101 @@ fn ship_loop(
         if shared.abandon.load(Ordering::SeqCst) {
             continue;
         }
-        let file = generations::file_name(name, seq);
-        let path = dir.join(&file);
-        let mut wait = FIRST_RETRY;
-        for attempt in 1..=ATTEMPTS {
-            if !path.exists() || shared.abandon.load(Ordering::SeqCst) {
-                break;
-            }
-            let started = Instant::now();
-            match store.upload(&path, &file, &|| shared.gate.wait_open()) {
-                Ok(size) => {
-                    shared
-                        .stored
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(seq);
-                    if verbose {
-                        say(&format!(
-                            "shipped {file} ({size} bytes) to {} in {:.2} s",
-                            store.url(),
-                            started.elapsed().as_secs_f64()
-                        ));
-                    }
-                    prune_store(store, name, keep, verbose);
-                    let stored = |s: u64| {
-                        shared
-                            .stored
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .contains(&s)
-                    };
-                    for r in generations::prune_if(dir, name, keep, &stored) {
-                        if verbose {
-                            say(&format!("removed old generation {}", r.display()));
-                        }
-                    }
-                    break;
-                }
-                Err(e) if attempt < ATTEMPTS => {
-                    say(&format!(
-                        "shipping {file} to {} failed (attempt {attempt} of {ATTEMPTS}): {e}; \
-                         retrying in {} s",
-                        store.url(),
-                        wait.as_secs()
-                    ));
-                    std::thread::sleep(wait);
-                    wait *= 2;
-                }
-                Err(e) => say(&format!(
-                    "shipping {file} to {} failed (attempt {attempt} of {ATTEMPTS}): {e}; \
-                     giving up, the image stays in {} only",
-                    store.url(),
-                    dir.display()
-                )),
+        // A delta's chain first: the store must hold every generation it needs.
+        let chain = generations::chain(dir, name, seq).unwrap_or_else(|| vec![seq]);
+        let missing: Vec<u64> = chain
+            .into_iter()
+            .filter(|&s| s == seq || !is_stored(shared, s))
+            .collect();
+        let mut shipped = true;
+        for s in missing {
+            shipped = shipped && upload(store, dir, name, s, verbose, shared);
+        }
+        if !shipped {
+            continue;
+        }
+        prune_store(store, dir, name, keep, verbose);
+        let stored = |s: u64| is_stored(shared, s);
+        for r in generations::prune_if(dir, name, keep, &stored) {
+            if verbose {
+                say(&format!("removed old generation {}", r.display()));
             }
         }
     }
 }
 
-/// Removes every generation of `name` in the store but the newest `keep`.
-fn prune_store(store: &dyn Storage, name: &str, keep: usize, verbose: bool) {
+fn is_stored(shared: &Shared, seq: u64) -> bool {
+    shared
+        .stored
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(&seq)
+}
+
+/// Uploads generation `seq` with retries; whether the store holds it now.
+fn upload(
+    store: &dyn Storage,
+    dir: &Path,
+    name: &str,
+    seq: u64,
+    verbose: bool,
+    shared: &Shared,
+) -> bool {
+    use std::sync::atomic::Ordering;
+    let file = generations::file_name(name, seq);
+    let path = dir.join(&file);
+    let mut wait = FIRST_RETRY;
+    for attempt in 1..=ATTEMPTS {
+        if !path.exists() || shared.abandon.load(Ordering::SeqCst) {
+            return false;
+        }
+        let started = Instant::now();
+        match store.upload(&path, &file, &|| shared.gate.wait_open()) {
+            Ok(size) => {
+                shared
+                    .stored
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(seq);
+                if verbose {
+                    say(&format!(
+                        "shipped {file} ({size} bytes) to {} in {:.2} s",
+                        store.url(),
+                        started.elapsed().as_secs_f64()
+                    ));
+                }
+                return true;
+            }
+            Err(e) if attempt < ATTEMPTS => {
+                say(&format!(
+                    "shipping {file} to {} failed (attempt {attempt} of {ATTEMPTS}): {e}; \
+                     retrying in {} s",
+                    store.url(),
+                    wait.as_secs()
+                ));
+                std::thread::sleep(wait);
+                wait *= 2;
+            }
+            Err(e) => say(&format!(
+                "shipping {file} to {} failed (attempt {attempt} of {ATTEMPTS}): {e}; \
+                 giving up, the image stays in {} only",
+                store.url(),
+                dir.display()
+            )),
+        }
+    }
+    false
+}
+
+/// Removes every generation of `name` in the store but the newest `keep` and those their
+/// chains need (read from the local copies in `dir`; see [`generations::kept`]).
+fn prune_store(store: &dyn Storage, dir: &Path, name: &str, keep: usize, verbose: bool) {
     let Ok(list) = list(store, name) else {
         return;
     };
-    for r in list.into_iter().skip(keep.max(1)) {
+    let seqs: Vec<u64> = list.iter().map(|r| r.seq).collect();
+    let kept = generations::kept(dir, name, &seqs, keep);
+    for r in list.into_iter().filter(|r| !kept.contains(&r.seq)) {
         let file = generations::file_name(name, r.seq);
         match store.delete(&file) {
             Ok(()) if verbose => say(&format!("removed {file} from {}", store.url())),
