@@ -217,6 +217,85 @@ pub fn getsockopt_int(fd: i32, level: i32, name: i32) -> Result<i32, Errno> {
     Ok(v)
 }
 
+/// `setsockopt(fd, level, name, &value)` of an `int` option.
+pub fn setsockopt_int(fd: i32, level: i32, name: i32, value: i32) -> Result<(), Errno> {
+    sys6(
+        libc::SYS_setsockopt as usize,
+        fd as usize,
+        level as usize,
+        name as usize,
+        &value as *const i32 as usize,
+        4,
+        0,
+    )?;
+    Ok(())
+}
+
+/// One message peeked from socket `fd` by [`peek_msg`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peeked {
+    /// Bytes copied into the buffer.
+    pub len: usize,
+    /// The message was longer than the buffer (`MSG_TRUNC`).
+    pub truncated: bool,
+    /// Descriptors it carries (`SCM_RIGHTS`; the copies the peek installed are closed again).
+    pub fds: u32,
+    /// It carries more descriptors than were counted (`MSG_CTRUNC`).
+    pub more_fds: bool,
+}
+
+/// Copies the next message (or, on a stream socket, the next bytes up to one carrying
+/// descriptors) waiting on socket `fd` into `buf` without consuming it
+/// (`recvmsg(MSG_PEEK | MSG_DONTWAIT)`; where it starts follows `SO_PEEK_OFF`). Descriptors in
+/// flight with it are counted: the kernel installs copies of them in this process for a peek,
+/// which are closed at once (allocation-free).
+pub fn peek_msg(fd: i32, buf: &mut [u8]) -> Result<Peeked, Errno> {
+    // Room for 64 descriptors (CMSG_SPACE(256)), 8-byte aligned.
+    let mut control = [0u64; 34];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data (all zero: no name).
+    let mut msg: libc::msghdr = unsafe { core::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = core::mem::size_of_val(&control);
+    let n = sys3(
+        libc::SYS_recvmsg as usize,
+        fd as usize,
+        &mut msg as *mut libc::msghdr as usize,
+        (libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC) as usize,
+    )?;
+    let mut fds = 0u32;
+    let bytes: &[u8] = bytemuck::cast_slice(&control);
+    let clen = msg.msg_controllen.min(bytes.len());
+    let mut at = 0;
+    // struct cmsghdr { len: usize, level: i32, type: i32 }, then data, each padded to 8.
+    while at + 16 <= clen {
+        let len = usize::from_ne_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
+        let level = i32::from_ne_bytes(bytes[at + 8..at + 12].try_into().unwrap_or([0; 4]));
+        let kind = i32::from_ne_bytes(bytes[at + 12..at + 16].try_into().unwrap_or([0; 4]));
+        if len < 16 || at + len > clen {
+            break;
+        }
+        if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+            for d in bytes[at + 16..at + len].chunks_exact(4) {
+                close(i32::from_ne_bytes([d[0], d[1], d[2], d[3]]));
+                fds += 1;
+            }
+        }
+        at += (len + 7) & !7;
+    }
+    Ok(Peeked {
+        len: n.min(buf.len()),
+        truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+        fds,
+        more_fds: msg.msg_flags & libc::MSG_CTRUNC != 0,
+    })
+}
+
 /// Bytes waiting to be read on socket `fd` (`FIONREAD`).
 pub fn bytes_waiting(fd: i32) -> Result<usize, Errno> {
     let mut n: i32 = 0;

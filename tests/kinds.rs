@@ -1,5 +1,5 @@
 //! Kernel objects behind descriptors (`src/kinds`): one small self-checking program per kind in
-//! `c-tests/static/` (eventfd00, timerfd00, signalfd00, epoll00, socket00, unix00, inotify00, inotify01, sysvshm00, mqueue00, sem00, msg00), each run through three
+//! `c-tests/static/` (eventfd00, timerfd00, signalfd00, epoll00, socket00, unix00, unix01, unix02, inotify00, inotify01, sysvshm00, mqueue00, sem00, msg00), each run through three
 //! generations: start under cr_run, checkpoint --term, restart, checkpoint the restored process
 //! --term, restart again, GO, PASS. Compile flags come from the program's `/* cr-test: cflags=…
 //! */` line. Each also runs unprivileged (as nobody) when the tests run as root.
@@ -158,6 +158,7 @@ kind_tests! {
     epoll, epoll_unprivileged => "epoll00";
     socket, socket_unprivileged => "socket00";
     unix, unix_unprivileged => "unix00";
+    unix_messages, unix_messages_unprivileged => "unix01";
     inotify, inotify_unprivileged => "inotify00";
     inotify_paths, inotify_paths_unprivileged => "inotify01";
     sysvshm, sysvshm_unprivileged => "sysvshm00";
@@ -177,6 +178,8 @@ fn every_static_program_is_tested() {
         "epoll00",
         "socket00",
         "unix00",
+        "unix01",
+        "unix02",
         "inotify00",
         "inotify01",
         "sysvshm00",
@@ -558,4 +561,66 @@ fn sem_set_gone_is_made_again_unprivileged() {
         return;
     }
     sem_set_made_again(Scenario::as_user("sem00-gone-nobody", NOBODY));
+}
+
+/// unix02: the checkpoint names what a Unix socket cannot keep, the listener's connection
+/// waiting to be accepted and the descriptor in flight, each with its fd and socket; the restart
+/// says the waiting connection's client lost its other end; the program then sees the
+/// connection dropped, the listener working, and the pair's bytes without the descriptor.
+fn unix_losses(sc: Scenario) {
+    let exe = compile(&sc, "unix02");
+    let cr_run = sc.tools().cr_run.clone();
+    let cmd = sc.command(&[cr_run.as_os_str(), "--".as_ref(), exe.as_os_str()]);
+    let mut gen1 = sc.start("unix02", cmd);
+    gen1.wait_ready();
+    let img = sc.next_image_path();
+    let res = sc.checkpoint_to(gen1.pid(), &["--term"], &img);
+    res.assert_success();
+    let warned = |what: &str| {
+        res.stderr
+            .lines()
+            .any(|l| l.contains("(socket:[") && l.contains(what) && l.split("fd ").nth(1).is_some())
+    };
+    assert!(
+        warned("with connections waiting to be accepted (1); they are dropped at restart"),
+        "the checkpoint must name the listener's waiting connection:\n{}",
+        res.describe()
+    );
+    assert!(
+        warned("descriptors in flight in its queued data (SCM_RIGHTS: 1); they are not saved"),
+        "the checkpoint must name the descriptor in flight:\n{}",
+        res.describe()
+    );
+    assert!(
+        !res.stderr.contains("closed at restart"),
+        "every socket of unix02 must be saved:\n{}",
+        res.describe()
+    );
+    gen1.expect_signal(SIGTERM, DEATH_TIMEOUT);
+
+    let mut gen2 = sc.restart(&img);
+    let pid2 = gen2.wait_child(READY_TIMEOUT);
+    wait_address_space_switched(&sc, pid2, Duration::from_secs(10));
+    sc.go();
+    gen2.expect_pass(RESTART_TIMEOUT);
+    assert!(
+        gen2.stderr()
+            .contains("the other end of its unix socket is not part of the restart"),
+        "the restart must say the waiting connection's client lost its peer:\n{}",
+        gen2.diag()
+    );
+}
+
+#[test]
+fn unix_losses_are_warned() {
+    unix_losses(Scenario::new("unix02"));
+}
+
+#[test]
+fn unix_losses_are_warned_unprivileged() {
+    if !is_root() {
+        println!("note: not root: unix_losses_are_warned already ran unprivileged");
+        return;
+    }
+    unix_losses(Scenario::as_user("unix02-nobody", NOBODY));
 }

@@ -132,7 +132,16 @@ impl Kind for Socket {
         link.starts_with(b"socket:[")
     }
     fn refusal(&self, _e: Errno) -> &'static [u8] {
-        b"is a socket libcr cannot restore (netlink, raw, or a unix datagram socket with queued messages); it will be closed at restart"
+        b"is a socket libcr cannot restore (netlink, raw, or a unix socket with more queued data than an image saves: 12 KiB, 1024 messages); it will be closed at restart"
+    }
+    fn checkpoint_count_warning(
+        &self,
+        state: &[u8],
+    ) -> Option<(&'static [u8], u64, &'static [u8])> {
+        if super::unix::is_unix(state) {
+            return super::unix::lost_warning(state);
+        }
+        None
     }
     fn checkpoint_warning(&self, state: &[u8]) -> Option<&'static [u8]> {
         if super::unix::is_unix(state) {

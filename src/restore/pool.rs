@@ -915,7 +915,9 @@ fn connected_peer_in_job(images: &[&Image], f: &Fd) -> Option<bool> {
             socket::tcp_connection(st).is_some_and(|(l, p, _)| l == peer && p == local)
         }));
     }
-    let (_, peer) = unix::connection(state)?;
+    // Peer 0: a connection not yet accepted, or a peer already gone: it leads nowhere (it
+    // comes back reading end of file), not outside.
+    let (_, peer) = unix::connection(state).filter(|&(_, p)| p != 0)?;
     Some(states().any(|st| unix::connection(st).is_some_and(|(i, _)| i == peer)))
 }
 
