@@ -1,5 +1,5 @@
 //! Kernel objects behind descriptors (`src/kinds`): one small self-checking program per kind in
-//! `c-tests/static/` (eventfd00, timerfd00, signalfd00, epoll00, socket00, unix00, unix01, unix02, inotify00, inotify01, sysvshm00, mqueue00, sem00, msg00), each run through three
+//! `c-tests/static/` (eventfd00, timerfd00, signalfd00, epoll00, epoll01, socket00, unix00, unix01, unix02, inotify00, inotify01, sysvshm00, mqueue00, sem00, msg00), each run through three
 //! generations: start under cr_run, checkpoint --term, restart, checkpoint the restored process
 //! --term, restart again, GO, PASS. Compile flags come from the program's `/* cr-test: cflags=…
 //! */` line. Each also runs unprivileged (as nobody) when the tests run as root.
@@ -156,6 +156,7 @@ kind_tests! {
     timerfd, timerfd_unprivileged => "timerfd00";
     signalfd, signalfd_unprivileged => "signalfd00";
     epoll, epoll_unprivileged => "epoll00";
+    epoll_shared, epoll_shared_unprivileged => "epoll01";
     socket, socket_unprivileged => "socket00";
     unix, unix_unprivileged => "unix00";
     unix_messages, unix_messages_unprivileged => "unix01";
@@ -176,6 +177,7 @@ fn every_static_program_is_tested() {
         "timerfd00",
         "signalfd00",
         "epoll00",
+        "epoll01",
         "socket00",
         "unix00",
         "unix01",
