@@ -13,7 +13,11 @@ In one run on one file system (the directory given by --dir):
     memory (growth of VmHWM over the checkpoint, summed over the processes);
   * the idle costs: a compute program (pthread and OpenMP) with and without cr_run, and N
     fork+exec of /bin/true with and without the agent;
-  * the same workloads through CRIU (`criu`) and DMTCP (`dmtcp_launch`) when they are on PATH.
+  * the same workloads through CRIU (`criu`) and DMTCP (`dmtcp_launch`) when they are on PATH;
+  * incremental checkpoints (issue 14): a 4 GiB process (smoke: 64 MiB) that writes 64 MiB
+    (smoke: 8 MiB, one word in each page) between a full and a delta checkpoint
+    (`cr_checkpoint --incremental`): the delta's size, checkpoint and stop time, and what the
+    write-tracking costs the program's write pass.
 Medians of --reps runs, ratios to the raw baseline. Writes a Markdown report (--out).
 
 Exits non-zero when a checkpoint that should use direct I/O (the file system accepted the
@@ -406,6 +410,119 @@ def libcr_once(tools, progs, wl, wdir, base, cold_ok, verbose, cow=False):
     return s
 
 
+class IncrSample:
+    """One repetition of the incremental checkpoint benchmark."""
+
+    def __init__(self):
+        self.full = self.size = self.ckpt = self.stop = self.plain = self.armed = None
+        self.phases = None
+
+
+def incremental_once(tools, progs, wdir, mib, dirty_mib, verbose):
+    """A mib MiB process of random data: a write pass over dirty_mib MiB (one word per page),
+    not tracked; an incremental checkpoint (a full image, which arms write-tracking); the same
+    pass, tracked; then the delta checkpoint. Returns an IncrSample, or None (with the reason
+    logged) when the kernel lacks what write-tracking needs."""
+    s = IncrSample()
+    stepfile = os.path.join(wdir, "steps")
+    dirtyfile = os.path.join(wdir, "dirty")
+    img = os.path.join(wdir, "incr.img")
+
+    def clean():
+        for f in [stepfile, dirtyfile, img] + [f"{img}.~{i}~" for i in range(1, 4)]:
+            if os.path.exists(f):
+                os.unlink(f)
+    clean()
+    p = start_workload([tools["cr_run"], progs["workload"], "random", str(mib)], wdir, stepfile,
+                       {"BENCH_DIRTY_MIB": str(dirty_mib), "BENCH_DIRTY": dirtyfile})
+    pids = tree_pids(p.pid)
+    LIVE.update(("p", q) for q in pids)
+
+    def write_pass():
+        n = len(read(dirtyfile).split())
+        os.kill(p.pid, signal.SIGUSR1)
+        end = time.time() + 60
+        while len(read(dirtyfile).split()) <= n:
+            if time.time() > end:
+                raise BenchError("the workload did not report its write pass")
+            time.sleep(0.002)
+        return int(read(dirtyfile).split()[n]) / 1e9
+
+    def checkpoint():
+        t0 = time.time()
+        r = subprocess.run([tools["cr_checkpoint"], "-v", "--incremental", "-f", img,
+                            str(p.pid)], capture_output=True, text=True)
+        t1 = time.time()
+        if r.returncode != 0:
+            raise BenchError(f"cr_checkpoint --incremental exited {r.returncode}: "
+                             f"{r.stderr.strip()}")
+        if verbose:
+            log(r.stderr.strip())
+        return t0, t1, r.stderr
+
+    try:
+        write_pass()  # the pages exist before the full image is taken
+        s.plain = write_pass()
+        _, _, err = checkpoint()
+        if "write-protect unavailable" in err:
+            log(f"  incremental: {err.strip()}")
+            return None
+        s.full = os.stat(img).st_size
+        s.armed = write_pass()
+        t0, t1, err = checkpoint()
+        if "incr=delta(" not in err:
+            raise BenchError(f"the second incremental checkpoint was not a delta:\n{err.strip()}")
+        s.ckpt = t1 - t0
+        s.size = os.stat(img).st_size
+        s.phases = tuple(sum(float(v) for v in re.findall(rf"\b{k}=([0-9.]+)ms", err)) / 1e3
+                         for k in ("quiesce", "meta", "data", "sync"))
+        wait_step_after(stepfile, t1 + 0.1, 10)
+        s.stop = longest_gap(stepfile, t0, t1)
+    finally:
+        kill_all(pids, [p.pid])
+        p.wait()
+        wait_gone(pids)
+        clean()
+    return s
+
+
+def incremental_report(bases, incr):
+    """The report's section on incremental checkpoints."""
+    L = ["## Incremental checkpoints\n",
+         "A process of random data writes one word in each page of a part of its memory between "
+         "two `cr_checkpoint --incremental` checkpoints: the first writes a full image and arms "
+         "write-tracking (userfaultfd asynchronous write-protection), the second a delta image "
+         "of the written pages (found with `PAGEMAP_SCAN`). ×raw write: the delta checkpoint ÷ a "
+         "raw O_DIRECT write of the delta's bytes (the physical limit: a delta is written with "
+         "the program stopped, so its stop is at least that). Write pass: the program's own time "
+         "for its pass over the written part, untracked / tracked (every first write to a "
+         "protected page is a minor fault); their difference is what tracking costs per "
+         "checkpoint interval.\n",
+         "| process | written | full image | delta image | delta checkpoint | ×raw write | stop | "
+         "phases q/m/d/s | write pass untracked / tracked | tracking cost |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (mib, dirty_mib), samples in incr:
+        if not samples:
+            L.append(f"| {fmt_b(mib * MIB)} | {fmt_b(dirty_mib * MIB)} | not measurable: the "
+                     "kernel lacks userfaultfd write-protect (see the log) | | | | | | | |")
+            continue
+        m = {k: median([getattr(x, k) for x in samples])
+             for k in ("full", "size", "ckpt", "stop", "plain", "armed")}
+        b = pick_base(bases, m["size"])
+        w = rate_time(b, m["size"], "direct_write" if b["direct_ok"] else "buffered_write")
+        ph = [x.phases for x in samples if x.phases]
+        phases = "–" if not ph else " / ".join(
+            f"{statistics.median(q[i] for q in ph) * 1000:.0f}" for i in range(4)) + " ms"
+        cost = "–" if m["armed"] is None or m["plain"] is None else \
+            f"{(m['armed'] - m['plain']) * 1000:.1f} ms"
+        L.append(f"| {fmt_b(mib * MIB)} | {fmt_b(dirty_mib * MIB)} | {fmt_b(m['full'])} | "
+                 f"{fmt_b(m['size'])} | {fmt_s(m['ckpt'])} | {ratio(m['ckpt'], w)} | "
+                 f"{fmt_s(m['stop'])} | {phases} | {m['plain'] * 1000:.2f} ms / "
+                 f"{m['armed'] * 1000:.2f} ms | {cost} |")
+    L.append("")
+    return L
+
+
 def _warm(path):
     with open(path, "rb") as f:
         while f.read(8 * MIB):
@@ -570,7 +687,7 @@ def pick_base(bases, nbytes):
     return min(bases, key=lambda b: abs(b["mib"] * MIB - nbytes))
 
 
-def report(args, mach, bases, results, idle_res, others, load0, load1, started):
+def report(args, mach, bases, results, incr, idle_res, others, load0, load1, started):
     L = []
     L.append("# Performance\n")
     L.append(f"Measured by `{args.make_target}` (bench/bench.py) on {started} UTC: "
@@ -659,6 +776,7 @@ def report(args, mach, bases, results, idle_res, others, load0, load1, started):
     for name, why in others:
         L.append(f"- {name}: {why}")
     L.append("")
+    L.extend(incremental_report(bases, incr))
     L.append("## Idle cost\n")
     L.append("Wall time, and CPU time (the program and its children, user + system) where the "
              "program reports it; CPU time is less disturbed by other load on the machine. The "
@@ -763,12 +881,26 @@ def main():
                     f"phases {s.phases}")
             if samples:
                 results.append((wl, tool, samples))
+    incr = []
+    if not args.only and (not args.only_tool or args.only_tool in "libcr-rs --incremental"):
+        mib, dirty_mib = (64, 8) if args.smoke else (4096, 64)
+        samples = []
+        for i in range(args.reps):
+            log(f"libcr-rs --incremental: {mib} MiB, {dirty_mib} MiB written ({i + 1}/{args.reps})")
+            x = incremental_once(tools, progs, wdir, mib, dirty_mib, args.verbose)
+            if x is None:
+                break
+            log(f"  full {fmt_b(x.full)} delta {fmt_b(x.size)} checkpoint {fmt_s(x.ckpt)} stop "
+                f"{fmt_s(x.stop)} phases {x.phases} write pass {x.plain * 1000:.2f} / "
+                f"{x.armed * 1000:.2f} ms")
+            samples.append(x)
+        incr.append(((mib, dirty_mib), samples))
     idle_res = {}
     if not args.no_idle:
         log("idle costs")
         idle_res = idle(tools, progs, args.reps, args.forks, 10 if args.smoke else 100)
         log(f"  {idle_res}")
-    text = report(args, mach, bases, results, idle_res, others, load0, loadavg(), started)
+    text = report(args, mach, bases, results, incr, idle_res, others, load0, loadavg(), started)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         f.write(text)

@@ -7,7 +7,9 @@
  * After filling, prints READY on stdout, then every STEP_US (1000) microseconds appends the
  * CLOCK_REALTIME nanoseconds of the step as a decimal line to the file named by $BENCH_STEPS
  * (root only, O_APPEND, one write(2) per step), and touches one word of the memory. Runs until
- * killed. */
+ * killed. With $BENCH_DIRTY_MIB and $BENCH_DIRTY set, each SIGUSR1 makes the root write one word
+ * in every page of the first BENCH_DIRTY_MIB MiB (within TOUCH_MIB) at its next step and append
+ * the nanoseconds that took to the file $BENCH_DIRTY (the incremental checkpoint benchmark). */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <pthread.h>
@@ -21,6 +23,13 @@
 #include <unistd.h>
 
 static volatile uint64_t sink;
+static volatile sig_atomic_t dirty_asked;
+
+static void ask_dirty(int sig)
+{
+    (void)sig;
+    dirty_asked = 1;
+}
 
 static uint64_t now_ns(void)
 {
@@ -94,6 +103,10 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    const char *dirty_path = getenv("BENCH_DIRTY");
+    size_t dirty = getenv("BENCH_DIRTY_MIB") ? (size_t)atol(getenv("BENCH_DIRTY_MIB")) << 20 : 0;
+    if (dirty > touch) dirty = touch;
+    if (root && dirty && dirty_path) signal(SIGUSR1, ask_dirty);
     int fd = -1;
     if (root) {
         fd = open(steps, O_WRONLY | O_APPEND | O_CREAT, 0600);
@@ -106,6 +119,17 @@ int main(int argc, char **argv)
     }
     for (uint64_t step = 0;; step++) {
         mem[(step * 4099) % words] += step;
+        if (dirty_asked) {
+            dirty_asked = 0;
+            uint64_t t = now_ns();
+            for (size_t k = 0; k < dirty / 8; k += 512) mem[k] += step;
+            t = now_ns() - t;
+            int dfd = open(dirty_path, O_WRONLY | O_APPEND | O_CREAT, 0600);
+            char line[32];
+            int n = snprintf(line, sizeof line, "%llu\n", (unsigned long long)t);
+            if (dfd < 0 || write(dfd, line, n) != n) return 3;
+            close(dfd);
+        }
         if (fd >= 0) {
             char line[32];
             int n = snprintf(line, sizeof line, "%llu\n", (unsigned long long)now_ns());
