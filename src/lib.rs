@@ -23,6 +23,7 @@ pub mod arch;
 pub mod checkpoint;
 pub mod image;
 pub mod kinds;
+pub mod launch;
 pub mod protocol;
 pub mod restore;
 pub mod supervise;

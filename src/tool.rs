@@ -58,3 +58,99 @@ pub fn children(pid: i32) -> Vec<i32> {
     }
     out
 }
+
+/// A signal given by name (`TERM`, `SIGUSR1`, any case) or number (1-64).
+pub fn parse_signal(s: &str) -> Option<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let table = [
+        ("HUP", libc::SIGHUP),
+        ("INT", libc::SIGINT),
+        ("QUIT", libc::SIGQUIT),
+        ("USR1", libc::SIGUSR1),
+        ("USR2", libc::SIGUSR2),
+        ("ALRM", libc::SIGALRM),
+        ("TERM", libc::SIGTERM),
+        ("CONT", libc::SIGCONT),
+        ("XCPU", libc::SIGXCPU),
+        ("PWR", libc::SIGPWR),
+        ("WINCH", libc::SIGWINCH),
+    ];
+    table.iter().find(|(n, _)| *n == name).map(|&(_, v)| v)
+}
+
+/// A duration like `90s`, `30m`, `2h`, `1d`, `1h30m` or plain seconds; `None` when malformed
+/// or zero.
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let mut total = 0u64;
+    let mut num = String::new();
+    let mut any = false;
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().ok()?;
+        num.clear();
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return None,
+        };
+        total = total.checked_add(n.checked_mul(unit)?)?;
+        any = true;
+    }
+    if !num.is_empty() {
+        total = total.checked_add(num.parse::<u64>().ok()?)?;
+        any = true;
+    }
+    (any && total > 0).then(|| std::time::Duration::from_secs(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        let secs = |s: &str| parse_duration(s).map(|d| d.as_secs());
+        assert_eq!(secs("90s"), Some(90));
+        assert_eq!(secs("30m"), Some(1800));
+        assert_eq!(secs("2h"), Some(7200));
+        assert_eq!(secs("1h30m"), Some(5400));
+        assert_eq!(secs("1d"), Some(86_400));
+        assert_eq!(secs("45"), Some(45));
+        for bad in [
+            "",
+            "0",
+            "0s",
+            "m",
+            "10x",
+            "1.5h",
+            "-5s",
+            "s10",
+            "99999999999999999999d",
+        ] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+        assert_eq!(parse_duration("1s"), Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn signals() {
+        assert_eq!(parse_signal("TERM"), Some(libc::SIGTERM));
+        assert_eq!(parse_signal("SIGUSR1"), Some(libc::SIGUSR1));
+        assert_eq!(parse_signal("usr2"), Some(libc::SIGUSR2));
+        assert_eq!(parse_signal("sigxcpu"), Some(libc::SIGXCPU));
+        assert_eq!(parse_signal("10"), Some(10));
+        for bad in ["0", "65", "KILLME", "SIG", "", "-1"] {
+            assert_eq!(parse_signal(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,61 +1,12 @@
 //! `cr_run [--] PROGRAM ARGS…`: runs PROGRAM with the checkpoint agent preloaded.
 
 use std::ffi::OsString;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 cr::tool_marker!();
 
 const TOOL: &str = "cr_run";
-
-/// The preload stub (`libcr_run.so.0` or `libcr_omit.so.0`) of this installation: next to the
-/// tools' prefix (`bin/../lib`), or beside the tools in a build directory.
-fn library(omit: bool) -> Option<PathBuf> {
-    let stem = if omit { "libcr_omit" } else { "libcr_run" };
-    let exe = std::env::current_exe().ok()?;
-    let dir = exe.parent()?;
-    [
-        dir.join(format!("../lib/{stem}.so.0")),
-        dir.join(format!("{stem}.so.0")),
-        dir.join(format!("{stem}.so")),
-    ]
-    .into_iter()
-    .find(|p| p.exists())
-    .map(|p| p.canonicalize().unwrap_or(p))
-}
-
-fn find_program(name: &OsString) -> Option<PathBuf> {
-    let p = Path::new(name);
-    if name.as_bytes().contains(&b'/') {
-        return Some(p.to_path_buf());
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(p))
-        .find(|c| {
-            c.metadata()
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
-}
-
-/// Whether the file is an ELF executable without a program interpreter (statically linked).
-fn is_static_elf(path: &Path) -> bool {
-    let Ok(data) = std::fs::read(path) else {
-        return false;
-    };
-    if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 {
-        return false;
-    }
-    let u16at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]) as usize;
-    let phoff = u64::from_le_bytes(data[32..40].try_into().unwrap_or([0; 8])) as usize;
-    let (phentsize, phnum) = (u16at(54), u16at(56));
-    !(0..phnum).any(|i| {
-        let o = phoff + i * phentsize;
-        o + 4 <= data.len() && u32::from_le_bytes(data[o..o + 4].try_into().unwrap_or([0; 4])) == 3
-    })
-}
 
 /// The object-store backend (`libcr-store`) as the supervisor's storage.
 struct Backend(cr_store::Store);
@@ -104,56 +55,6 @@ full one every N (--max-chain, default 8); kept generations keep the images thei
 Lists the jobs and generations in DIR."
     );
     std::process::exit(0)
-}
-
-/// A signal given by name (`TERM`, `SIGUSR1`) or number.
-fn parse_signal(s: &str) -> Option<i32> {
-    if let Ok(n) = s.parse::<i32>() {
-        return (1..=64).contains(&n).then_some(n);
-    }
-    let name = s.trim_start_matches("SIG").to_ascii_uppercase();
-    let table = [
-        ("HUP", libc::SIGHUP),
-        ("INT", libc::SIGINT),
-        ("QUIT", libc::SIGQUIT),
-        ("USR1", libc::SIGUSR1),
-        ("USR2", libc::SIGUSR2),
-        ("ALRM", libc::SIGALRM),
-        ("TERM", libc::SIGTERM),
-        ("CONT", libc::SIGCONT),
-        ("XCPU", libc::SIGXCPU),
-        ("PWR", libc::SIGPWR),
-        ("WINCH", libc::SIGWINCH),
-    ];
-    table.iter().find(|(n, _)| *n == name).map(|&(_, v)| v)
-}
-
-/// A duration like `90s`, `30m`, `2h`, `1h30m` or plain seconds.
-fn parse_duration(s: &str) -> Option<std::time::Duration> {
-    let mut total = 0u64;
-    let mut num = String::new();
-    let mut any = false;
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let n: u64 = num.parse().ok()?;
-        num.clear();
-        total += n * match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            _ => return None,
-        };
-        any = true;
-    }
-    if !num.is_empty() {
-        total += num.parse::<u64>().ok()?;
-        any = true;
-    }
-    (any && total > 0).then(|| std::time::Duration::from_secs(total))
 }
 
 /// The value of option `name` at `args[0]` (`--name=V` or `--name V`), removing what it used.
@@ -259,7 +160,9 @@ fn main() {
             }
             s if is_opt(s, "--every") => {
                 let v = take_value(&mut args, "--every").unwrap_or_default();
-                sup.every = Some(parse_duration(&v).unwrap_or_else(|| bad("--every duration", &v)));
+                sup.every = Some(
+                    cr::tool::parse_duration(&v).unwrap_or_else(|| bad("--every duration", &v)),
+                );
             }
             s if is_opt(s, "--keep") => {
                 let v = take_value(&mut args, "--keep").unwrap_or_default();
@@ -275,7 +178,7 @@ fn main() {
                 let v = take_value(&mut args, "--on-signal").unwrap_or_default();
                 sup.on_signal = v
                     .split(',')
-                    .map(|x| parse_signal(x.trim()).unwrap_or_else(|| bad("signal", x)))
+                    .map(|x| cr::tool::parse_signal(x.trim()).unwrap_or_else(|| bad("signal", x)))
                     .collect();
             }
             s if is_opt(s, "--checkpoint-signal") => {
@@ -283,7 +186,7 @@ fn main() {
                 sup.checkpoint_signal = if v == "none" {
                     None
                 } else {
-                    Some(parse_signal(&v).unwrap_or_else(|| bad("signal", &v)))
+                    Some(cr::tool::parse_signal(&v).unwrap_or_else(|| bad("signal", &v)))
                 };
             }
             s if is_opt(s, "--exit-after-checkpoint") => {
@@ -308,7 +211,11 @@ fn main() {
             "no program given (usage: cr_run [--] PROGRAM [ARGS...])",
         );
     }
-    let Some(lib) = library(omit) else {
+    let tools_dir = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
+    let Some(lib) = cr::launch::preload_library(&tools_dir, omit) else {
         cr::tool::fail(
             TOOL,
             libc::ENOENT,
@@ -316,46 +223,18 @@ fn main() {
         )
     };
     let prog = &args[0];
-    let Some(path) = find_program(prog) else {
+    let path_var = std::env::var_os("PATH");
+    let Some(path) = cr::launch::find_program(prog, path_var.as_deref()) else {
         cr::tool::fail(
             TOOL,
             libc::ENOENT,
             &format!("{}: command not found", prog.to_string_lossy()),
         )
     };
-    if let Ok(md) = path.metadata() {
-        if md.permissions().mode() & 0o6000 != 0 {
-            cr::tool::fail(
-                TOOL,
-                libc::EPERM,
-                &format!(
-                    "{}: setuid/setgid programs ignore LD_PRELOAD; link it with -lcr instead",
-                    path.display()
-                ),
-            );
-        }
+    if let Some((errno, why)) = cr::launch::unreachable_by_preload(&path) {
+        cr::tool::fail(TOOL, errno, &why);
     }
-    if is_static_elf(&path) {
-        cr::tool::fail(TOOL, libc::ENOEXEC, &format!(
-            "{}: statically linked, so LD_PRELOAD cannot load the checkpoint agent; link it with libcr.a (-lcr) instead",
-            path.display()));
-    }
-    let mut preload = lib.as_os_str().to_os_string();
-    if let Some(old) = std::env::var_os("LD_PRELOAD") {
-        for entry in old.as_bytes().split(|&b| b == b':' || b == b' ') {
-            let name = Path::new(std::ffi::OsStr::from_bytes(entry));
-            let base = name.file_name().map(|f| f.as_bytes()).unwrap_or(b"");
-            if entry.is_empty()
-                || base.starts_with(b"libcr.so")
-                || base.starts_with(b"libcr_run.so")
-                || base.starts_with(b"libcr_omit.so")
-            {
-                continue;
-            }
-            preload.push(":");
-            preload.push(std::ffi::OsStr::from_bytes(entry));
-        }
-    }
+    let preload = cr::launch::preload_value(&lib, std::env::var_os("LD_PRELOAD").as_deref());
     let command = || {
         let mut c = std::process::Command::new(&path);
         c.arg0(prog).args(&args[1..]).env("LD_PRELOAD", &preload);

@@ -128,6 +128,13 @@ pub fn run(
         }
         None => generations::default_name(&cfg.argv),
     };
+    // Blocked before the store's threads exist, so that they inherit the mask. The store is
+    // opened before anything is created or said: a bad URL is one line and nothing else.
+    let signals = Signals::block(cfg);
+    let store = match &cfg.store {
+        Some(url) => Some(open_store(url).map_err(|m| err(libc::EINVAL, m))?),
+        None => None,
+    };
     std::fs::create_dir_all(&cfg.dir).map_err(|e| {
         err(
             e.raw_os_error().unwrap_or(libc::EIO),
@@ -144,12 +151,6 @@ pub fn run(
     let _ = std::fs::write(dir.join(format!("{name}.info")), info.join(" ") + "\n");
     say(&format!("job {name}, checkpoints in {}", dir.display()));
 
-    // Blocked before the store's threads exist, so that they inherit the mask.
-    let signals = Signals::block(cfg);
-    let store = match &cfg.store {
-        Some(url) => Some(open_store(url).map_err(|m| err(libc::EINVAL, m))?),
-        None => None,
-    };
     let remote = match &store {
         Some(s) => store::list(&**s, &name).unwrap_or_else(|e| {
             say(&format!(

@@ -482,6 +482,107 @@ mod tests {
         }
     }
 
+    /// A store whose first `fail` uploads fail, counting the attempts.
+    struct Flaky {
+        mem: Arc<Mem>,
+        fail: std::sync::atomic::AtomicU32,
+        attempts: Arc<std::sync::atomic::AtomicU32>,
+    }
+
+    impl Storage for Flaky {
+        fn url(&self) -> &str {
+            "flaky:"
+        }
+        fn list(&self) -> Result<Vec<(String, u64)>, String> {
+            self.mem.list()
+        }
+        fn upload(&self, path: &Path, file: &str, gate: &dyn Fn()) -> Result<u64, String> {
+            use std::sync::atomic::Ordering;
+            gate();
+            self.attempts.fetch_add(1, Ordering::SeqCst);
+            if self
+                .fail
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err("connection refused".into());
+            }
+            self.mem.upload(path, file, gate)
+        }
+        fn download(&self, file: &str, to: &Path) -> Result<u64, String> {
+            self.mem.download(file, to)
+        }
+        fn delete(&self, file: &str) -> Result<(), String> {
+            self.mem.delete(file)
+        }
+    }
+
+    fn unit_dir(test: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("cr-{test}-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A failed upload is tried again; until it is confirmed the local copy stays even beyond
+    /// --keep; once confirmed, --keep prunes again.
+    #[test]
+    fn failed_upload_retried_local_copy_kept_until_confirmed() {
+        use std::sync::atomic::Ordering;
+        let dir = unit_dir("shipper-retry");
+        let mem = Arc::new(Mem::default());
+        let attempts = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let flaky = Flaky {
+            mem: mem.clone(),
+            fail: 2.into(),
+            attempts: attempts.clone(),
+        };
+        let sh = Shipper::start(Box::new(flaky), dir.clone(), "j".into(), 1, [], false);
+        for seq in 1..=2 {
+            std::fs::write(dir.join(generations::file_name("j", seq)), [seq as u8; 10]).unwrap();
+        }
+        // Generation 1 is not in the store yet: with --keep 1 both local copies must stay.
+        let kept = generations::prune_if(&dir, "j", 1, &|s| sh.stored(s));
+        assert!(kept.is_empty(), "nothing unconfirmed is removed: {kept:?}");
+        sh.ship(1);
+        sh.ship(2);
+        sh.finish();
+        assert_eq!(
+            attempts.load(Ordering::SeqCst),
+            4,
+            "two failures, then two uploads"
+        );
+        let remote: Vec<u64> = list(&mem, "j").unwrap().iter().map(|r| r.seq).collect();
+        assert_eq!(
+            remote,
+            vec![2],
+            "both reached the store, which keeps the newest 1"
+        );
+        let local: Vec<u64> = generations::list(&dir, "j").iter().map(|g| g.seq).collect();
+        assert_eq!(local, vec![2], "the confirmed older copy went");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Uploads wait while a checkpoint is being taken (the job is stopped) and go on after.
+    #[test]
+    fn uploads_wait_while_a_checkpoint_is_taken() {
+        let dir = unit_dir("shipper-gate");
+        let mem = Arc::new(Mem::default());
+        let sh = Shipper::start(Box::new(mem.clone()), dir.clone(), "j".into(), 2, [], false);
+        std::fs::write(dir.join(generations::file_name("j", 1)), [1u8; 10]).unwrap();
+        sh.hold(true);
+        sh.ship(1);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !sh.stored(1) && list(&mem, "j").unwrap().is_empty(),
+            "nothing is shipped while held"
+        );
+        sh.hold(false);
+        sh.finish();
+        assert_eq!(list(&mem, "j").unwrap().len(), 1, "shipped once released");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn shipper_uploads_prunes_and_forgets() {
         let dir = std::env::temp_dir().join(format!("cr-shipper-unit-{}", std::process::id()));

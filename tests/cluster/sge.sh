@@ -3,7 +3,9 @@
 # starts Debian's sge_qmaster and sge_execd on this host, installs contrib/sge's checkpoint
 # environment, submits a counting job as an unprivileged user with `qsub -ckpt libcr`, migrates
 # it with `qmod -sj` once it has counted a while, and checks that the job ran again
-# (RESTARTED=2), resumed its count from the checkpoint instead of from zero, and ended correct.
+# (RESTARTED=2), resumed its count from the checkpoint instead of from zero, and ended correct;
+# then submits one with `-c 00:00:05` and checks that Grid Engine itself took periodic
+# checkpoints through ckpt_command.
 # The daemons are stopped at the end, also on failure.
 # Environment: CR_RUN_DIR (cr_run and its libraries, readable by JOB_USER), COUNTER_JOB (the
 # counting program), WORK (an empty directory for this test), CONTRIB (contrib/sge), JOB_USER.
@@ -12,6 +14,7 @@ set -euo pipefail
 : "${CR_RUN_DIR:?}" "${COUNTER_JOB:?}" "${WORK:?}" "${CONTRIB:?}" "${JOB_USER:=nobody}"
 STEPS=${STEPS:-800}
 STEP_MS=${STEP_MS:-50}
+PERIODIC_STEPS=${PERIODIC_STEPS:-900}
 log() { echo "sge.sh: $(date +%T) $*"; }
 for t in sge_qmaster sge_execd qsub qconf qstat qmod; do
     if ! command -v "$t" >/dev/null && [ ! -x "/usr/sbin/$t" ]; then
@@ -176,5 +179,28 @@ cat "$job_err"
 grep -q "^PASS counter_job $STEPS\$" "$job_out" || { log "no PASS line"; exit 1; }
 check_count "$job_out" "$STEPS"
 grep -q 'RESTARTED=0' "$job_err" && grep -q 'RESTARTED=2' "$job_err"
+[ ! -e "$WORK/ckpt/$job_id" ] || ! ls "$WORK/ckpt/$job_id" | grep -q '\.ckpt$' || { log "images left after the end"; exit 1; }
+log "migration passed after $(( $(date +%s) - t0 )) s"
+
+# Periodic checkpoints by Grid Engine itself: `qsub -c INTERVAL` (at least the queue's
+# min_cpu_interval, 5 s here) makes sge_execd run ckpt_command every interval; the job script
+# gives cr_run no --every, so every generation in the job's directory was asked for by SGE.
+# Generation 2 must appear while the job runs (two periodic checkpoints); the job then ends
+# correct and its images are gone.
+job_out=$WORK/out/periodic.out
+job_err=$WORK/out/periodic.err
+first_job=$job_id
+job_id=$(as_user env SGE_ROOT="$SGE_ROOT" SGE_CELL="$SGE_CELL" PATH="$CR_RUN_DIR:$PATH" \
+    qsub -terse -cwd -ckpt libcr -c 00:00:05 -r y -V -v CR_RUN="$CR_RUN_DIR/cr_run" -o "$job_out" -e "$job_err" -N periodic \
+    "$WORK/sge/job.sh" "$COUNTER_JOB" "$PERIODIC_STEPS" "$STEP_MS")
+log "submitted job $job_id (-c 00:00:05, after job $first_job)"
+wait_for 120 "the job to count" grep -qs '^step 1$' "$job_out"
+log "shepherd: $(grep -h '^ckpt_interval\|^ckpt_job\|^ckpt_interface' /var/spool/gridengine/execd/*/active_jobs/"$job_id".1/config 2>/dev/null | tr '\n' ' ')"
+tp=$(date +%s)
+wait_for 90 "a second periodic checkpoint" sh -c "ls '$WORK/ckpt/$job_id' 2>/dev/null | grep -q '\.00000[2-9]\.ckpt\$'"
+log "generations $(ls "$WORK/ckpt/$job_id" | grep '\.ckpt$' | tr '\n' ' ')after $(( $(date +%s) - tp )) s of counting"
+wait_for 300 "the job to end" sh -c "! qstat -u '*' | grep -q \"^ *$job_id \""
+grep -q "^PASS counter_job $PERIODIC_STEPS\$" "$job_out" || { log "no PASS line"; exit 1; }
+check_count "$job_out" "$PERIODIC_STEPS"
 [ ! -e "$WORK/ckpt/$job_id" ] || ! ls "$WORK/ckpt/$job_id" | grep -q '\.ckpt$' || { log "images left after the end"; exit 1; }
 log "passed in $(( $(date +%s) - t0 )) s"
