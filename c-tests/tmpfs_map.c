@@ -11,8 +11,10 @@
  *      page 3 zeroed through the mapping (copy-on-write)
  * `deleted`: a SIGTERM handler unlinks both files and dies of SIGTERM (as a JVM removes its perf
  * file when it exits: `cr_checkpoint --term` leaves an image whose files are gone);
- * `shared-deleted`: the handler unlinks only S (DIR on a disk under /tmp: a shared mapping there
- * is saved by content, a private one stays by reference); `kept`: they stay. Work loop: a counter, also stored in page 4 of S.
+ * `shared-deleted`: the handler unlinks only S; `dir-deleted`: it unlinks both and removes DIR
+ * and DIR's parent (as Open MPI removes its session directory; both must be re-created, with
+ * their modes); `kept`: they stay. (DIR on a disk under a temporary directory: both mappings are
+ * saved by content.) Work loop: a counter, also stored in page 4 of S.
  * After GO: every byte of S and P; S's file exists at its path (re-created when it was gone),
  * is the mapped one (inode in /proc/self/maps), has the original size and the mapping's bytes,
  * and a write through S reaches it (pread). The files are removed at the end.
@@ -51,13 +53,18 @@ static unsigned char p_byte(size_t i)
 static volatile uint64_t counter;
 static char spath[4096], ppath[4096];
 
-static int only_shared;
+static int only_shared, with_dirs;
+static char dpath[4096], parent[4096];
 
 static void on_term(int sig)
 {
     unlink(spath);
     if (!only_shared)
         unlink(ppath);
+    if (with_dirs) {
+        rmdir(dpath);
+        rmdir(parent);
+    }
     signal(sig, SIG_DFL);
     raise(sig);
 }
@@ -66,9 +73,16 @@ int main(int argc, char **argv)
 {
     const char *go = getenv("CR_TEST_GO"), *dir = getenv("CR_TEST_TMPFS");
     only_shared = argc > 1 && strcmp(argv[1], "shared-deleted") == 0;
-    int deleted = argc > 1 && (strcmp(argv[1], "deleted") == 0 || only_shared);
+    with_dirs = argc > 1 && strcmp(argv[1], "dir-deleted") == 0;
+    int deleted = argc > 1 && (strcmp(argv[1], "deleted") == 0 || only_shared || with_dirs);
     if (!go || !dir || argc < 2)
-        fail("usage: CR_TEST_GO=... CR_TEST_TMPFS=DIR tmpfs_map deleted|shared-deleted|kept");
+        fail("usage: CR_TEST_GO=... CR_TEST_TMPFS=DIR tmpfs_map "
+             "deleted|shared-deleted|dir-deleted|kept");
+    snprintf(dpath, sizeof dpath, "%s", dir);
+    snprintf(parent, sizeof parent, "%s", dir);
+    char *slash = strrchr(parent, '/');
+    if (slash)
+        *slash = 0;
     snprintf(spath, sizeof spath, "%s/shared.dat", dir);
     snprintf(ppath, sizeof ppath, "%s/private.dat", dir);
 

@@ -298,7 +298,7 @@ fn saved_lines(sc: &Scenario, img: &Path) -> Vec<String> {
 /// A file shared-mapped under `$TMPDIR` on a disk (as an MPI library's session segments in /tmp,
 /// or a JVM's hsperfdata where /tmp is not tmpfs), deleted by the program's SIGTERM cleanup:
 /// saved by content and re-created at its path, the mapping shared with it again
-/// (`c-tests/tmpfs_map.c shared-deleted`; its private mapping stays by reference). cr_info lists
+/// (`c-tests/tmpfs_map.c shared-deleted`; its private mapping is saved too, the file kept). cr_info lists
 /// it. Before: the restart failed, the mapped file being gone.
 #[test]
 fn shared_mapped_file_on_disk_deleted_on_term() {
@@ -330,6 +330,59 @@ fn shared_mapped_file_on_disk_deleted_on_term() {
     );
     sc.go();
     sc.restart(&img).expect_pass(RESTART_TIMEOUT);
+}
+
+/// Open MPI's `--term` removes its whole session directory under /tmp: a program whose SIGTERM
+/// cleanup deletes its shared- and privately-mapped files and the two directories above them
+/// (`c-tests/tmpfs_map.c dir-deleted`) restarts; the directories come back with their modes (and
+/// owner, as root), the shared file at its path with its contents, the private mapping with its
+/// bytes. Before: "mapped temporary file ... is gone and cannot be re-created: directory ...: No
+/// such file or directory" (and the private file, kept by reference, "mapped file ...: No such
+/// file or directory").
+#[test]
+fn mapped_files_and_their_directories_deleted_on_term() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let sc = Scenario::new("tmp_mapdir");
+    let dir = TmpDir(PathBuf::from(format!(
+        "/tmp/libcr-tmpfiles-{}-mapdir",
+        std::process::id()
+    )));
+    let _ = fs::remove_dir_all(&dir.0);
+    let session = dir.0.join("session");
+    let sub = session.join("job");
+    fs::create_dir_all(&sub).expect("mkdir in /tmp");
+    fs::set_permissions(&session, fs::Permissions::from_mode(0o751)).expect("chmod");
+    fs::set_permissions(&sub, fs::Permissions::from_mode(0o710)).expect("chmod");
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        std::os::unix::fs::chown(&sub, None, Some(65534)).expect("chgrp");
+    }
+    let prog = sc.program("tmpfs_map");
+    let mut cmd = sc.under_cr_run(&prog);
+    cmd.arg("dir-deleted").env("CR_TEST_TMPFS", &sub);
+    let mut job = sc.start("tmpfs_map", cmd);
+    job.wait_ready();
+    let img = sc.checkpoint(job.pid(), &["--term"]);
+    job.expect_signal(libc::SIGTERM, DEATH_TIMEOUT);
+    assert!(
+        !session.exists(),
+        "the SIGTERM handler should have removed {}",
+        session.display()
+    );
+    sc.go();
+    sc.restart(&img).expect_pass(RESTART_TIMEOUT);
+    for (d, mode) in [(&session, 0o751), (&sub, 0o710)] {
+        let md = fs::metadata(d).unwrap_or_else(|e| panic!("{}: {e}", d.display()));
+        assert_eq!(md.mode() & 0o7777, mode, "mode of {}", d.display());
+    }
+    if root {
+        assert_eq!(
+            fs::metadata(&sub).expect("job dir").gid(),
+            65534,
+            "group of the job dir"
+        );
+    }
 }
 
 /// `tmp_scratch` with its scratch directory in `dir` (not a temporary directory), READY.

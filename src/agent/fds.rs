@@ -415,6 +415,40 @@ pub fn temporary_reason(path: &[u8], files: &SaveFiles) -> Option<u32> {
         .then_some(SAVED_DIR)
 }
 
+/// Writes a [`REC_SAVED_DIR`] record for each directory between a temporary directory and the
+/// saved file at `path` that `w` has none for yet (its mode and owner, for a restart after the
+/// program's cleanup removed them). Allocation-free.
+pub fn save_parent_dirs(w: &mut MetaWriter, path: &[u8], files: &SaveFiles) -> Result<(), Errno> {
+    let mut end = path.len();
+    while let Some(i) = path[..end].iter().rposition(|&b| b == b'/') {
+        let dir = &path[..i];
+        if i == 0 || temporary_reason(dir, files).is_none() {
+            break;
+        }
+        end = i;
+        if w.has_record(REC_SAVED_DIR, core::mem::size_of::<SavedDirRec>(), dir) {
+            continue;
+        }
+        let mut c = StackBuf::<4096>::new();
+        c.push(dir);
+        let Ok(st) = sys::stat(c.as_cstr(), libc::AT_SYMLINK_NOFOLLOW) else {
+            continue;
+        };
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            continue;
+        }
+        let rec = SavedDirRec {
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            path_len: dir.len() as u32,
+        };
+        w.record(REC_SAVED_DIR, &rec, dir)
+            .map_err(|_| Errno(libc::ENOMEM))?;
+    }
+    Ok(())
+}
+
 /// What becomes of a regular file saved by content for reason `why` ([`SAVED_TMP`],
 /// [`SAVED_DIR`], [`SAVED_WRITTEN`]): saved (its data written now or with an earlier
 /// descriptor), or left to be reopened by path with a warning.
@@ -625,6 +659,7 @@ fn one(
                 };
                 w.record(REC_FD_SAVED, &saved, &[])
                     .map_err(|_| Errno(libc::ENOMEM))?;
+                save_parent_dirs(w, path, files)?;
             }
         }
     }

@@ -124,9 +124,11 @@ pub struct SaveByContent<'a> {
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 
 /// Decides how a region is stored, from its maps line (and a `stat` of its file, left in `st`);
-/// `fs` gets the file system detail of RAM-backed memory ([`REC_REGION_FS`]).
+/// `fs` gets the file system detail of RAM-backed memory ([`REC_REGION_FS`]). `maps`: all of
+/// `/proc/self/maps`.
 fn classify(
     m: &MapLine,
+    maps: &[u8],
     save: SaveByContent,
     exe: Option<(u64, u64)>,
     st: &mut Option<libc::stat>,
@@ -195,6 +197,20 @@ fn classify(
         *fs = Some(fs_rec(FS_TEMPDIR, Some(&s), PAGE as u64));
         return Some(content);
     }
+    // A file mapped privately under a temporary directory (a data file the program maps and
+    // deletes on SIGTERM): saved by content too, mapped from its file again at restart when it
+    // is still there unchanged (as `FS_TMPFS`). Not a program or library run from there: a file
+    // this process maps executable anywhere stays by reference.
+    if !m.shared
+        && !save.private
+        && m.major != 0
+        && save.tmp_left.is_some()
+        && super::fds::temporary_reason(p, save.files).is_some()
+        && !mapped_executable(maps, m.major, m.minor, m.inode)
+    {
+        *fs = Some(fs_rec(FS_TEMPDIR, Some(&s), PAGE as u64));
+        return Some(content);
+    }
     let is_exe = exe == Some((libc::makedev(m.major, m.minor), m.inode));
     Some(if m.shared {
         if save.shared {
@@ -206,6 +222,16 @@ fn classify(
         RegionKind::PrivateContent
     } else {
         RegionKind::FilePrivate
+    })
+}
+
+/// Whether some mapping of `maps` maps the file `major:minor inode` executable (allocation-free).
+fn mapped_executable(maps: &[u8], major: u32, minor: u32, inode: u64) -> bool {
+    maps.split(|&b| b == b'\n').filter_map(parse_line).any(|o| {
+        o.prot & libc::PROT_EXEC as u32 != 0
+            && o.inode == inode
+            && o.major == major
+            && o.minor == minor
     })
 }
 
@@ -405,7 +431,7 @@ pub fn find_precopy(
             }
             regions += 1;
             let (mut st, mut fs) = (None, None);
-            let Some(kind) = classify(&m, save, exe, &mut st, &mut fs) else {
+            let Some(kind) = classify(&m, &scratch.maps()[..n], save, exe, &mut st, &mut fs) else {
                 continue;
             };
             if Precopy::covers(kind) {
@@ -540,8 +566,8 @@ fn scan_region(
             // A private mapping that may be re-created from its file (tmpfs): the pages that
             // became the program's own (copy-on-write) are saved even when zero, since the file
             // may hold data there.
-            let own_zero =
-                kind == RegionKind::PrivateContent && fs.is_some_and(|f| f.fs == FS_TMPFS);
+            let own_zero = kind == RegionKind::PrivateContent
+                && fs.is_some_and(|f| f.fs == FS_TMPFS || f.fs == FS_TEMPDIR);
             let probe = scratch.probe();
             let mut addr = m.start;
             while addr < m.end {
@@ -728,14 +754,21 @@ pub fn capture(
             }
             let mut st = None;
             let mut fs = None;
-            let Some(mut kind) = classify(&m, save, exe, &mut st, &mut fs) else {
+            let Some(mut kind) = classify(&m, maps, save, exe, &mut st, &mut fs) else {
                 continue;
             };
+            if fs.is_some_and(|f| f.fs == FS_TMPFS) {
+                super::fds::save_parent_dirs(w, m.path, save.files)?;
+            }
             if fs.is_some_and(|f| f.fs == FS_TEMPDIR) {
                 let len = (m.end - m.start) as i64;
                 if tmp_left.unwrap_or(0) < len {
                     // Over --save-tmp-limit: by reference, as before; said at checkpoint time.
-                    kind = RegionKind::FileShared;
+                    kind = if m.shared {
+                        RegionKind::FileShared
+                    } else {
+                        RegionKind::FilePrivate
+                    };
                     fs = None;
                     let mut msg = StackBuf::<512>::new();
                     msg.push(b"mapped temporary file ")
@@ -745,6 +778,7 @@ pub fn capture(
                         .map_err(|_| Errno(libc::ENOMEM))?;
                 } else {
                     tmp_left = tmp_left.map(|l| l - len);
+                    super::fds::save_parent_dirs(w, m.path, save.files)?;
                 }
             }
             if let Some(page_size) = huge.page_size(m.start).filter(|_| maybe_huge(&m)) {

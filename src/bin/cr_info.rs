@@ -148,6 +148,7 @@ fn region_kind(r: &cr::image::reader::Region) -> &'static str {
         (RegionKind::SharedContent, Some(FS_TMPFS)) => return "tmpfs-shared",
         (RegionKind::PrivateContent, Some(FS_TMPFS)) => return "tmpfs-private",
         (RegionKind::SharedContent, Some(FS_TEMPDIR)) => return "tempdir-shared",
+        (RegionKind::PrivateContent, Some(FS_TEMPDIR)) => return "tempdir-private",
         (RegionKind::SharedContent | RegionKind::FileShared, Some(FS_HUGETLB)) => {
             return "hugetlb-shared"
         }
@@ -231,7 +232,10 @@ fn saved_files(img: &Image) -> Vec<(String, u64, &'static str)> {
         .filter(|r| cr::restore::memory::tmpfs_file(r))
     {
         let why = match (r.fs.map(|f| f.fs), r.kind) {
-            (Some(FS_TEMPDIR), _) => "shared-mapped under a temporary directory",
+            (Some(FS_TEMPDIR), RegionKind::SharedContent) => {
+                "shared-mapped under a temporary directory"
+            }
+            (Some(FS_TEMPDIR), _) => "private-mapped under a temporary directory (its pages)",
             (_, RegionKind::SharedContent) => "shared-mapped from tmpfs",
             _ => "private-mapped from tmpfs (its pages)",
         };

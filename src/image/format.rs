@@ -141,6 +141,27 @@ pub const REC_REGION_SYSV: u32 = REC_OPTIONAL | 14;
 /// its path when it is missing or its size or modification time differ. An older reader skips
 /// it (the file is reopened by path as any other).
 pub const REC_FD_SAVED: u32 = REC_OPTIONAL | 16;
+/// Optional record: [`SavedDirRec`], then the directory's path: a directory between a
+/// temporary directory and a file saved by content under it (`REC_FD_SAVED`, a region of
+/// [`FS_TEMPDIR`]): re-created with this mode (and owner, as root) when the program's cleanup
+/// removed it (Open MPI's session directory). Written once per directory and image. An older
+/// reader skips it (it creates missing directories with default modes, or fails).
+pub const REC_SAVED_DIR: u32 = REC_OPTIONAL | 22;
+
+/// Payload of [`REC_SAVED_DIR`] (16 bytes), followed by the path.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug, Default, PartialEq, Eq)]
+pub struct SavedDirRec {
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Owner (re-applied when cr_restart runs as root).
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Length of the path after this record.
+    pub path_len: u32,
+}
+const _: () = assert!(core::mem::size_of::<SavedDirRec>() == 16);
 /// Record (version 5, delta images only): [`ParentRec`], then the parent image's path: this
 /// image holds only the pages written since its parent was taken; every region followed by a
 /// [`REC_REGION_INCR`] record takes its other pages from the parent chain. Required: a reader

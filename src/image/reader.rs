@@ -176,6 +176,8 @@ pub struct Image {
     /// Saved files whose contents are in the data area, after the memory pages
     /// (`REC_FILE_SPAN`; see [`Image::saved_contents`]).
     pub file_spans: Vec<FileSpanRec>,
+    /// Directories above saved temporary files (`REC_SAVED_DIR`): mode and owner, path.
+    pub saved_dirs: Vec<(SavedDirRec, Vec<u8>)>,
     /// File offset where this image starts (0 unless it is one process of a tree image).
     pub base: u64,
     /// Descriptions shared with the images that follow this one back to back (a forwarded
@@ -313,6 +315,7 @@ impl Image {
             writerless_pipes: Vec::new(),
             file_data: Vec::new(),
             file_spans: Vec::new(),
+            saved_dirs: Vec::new(),
             base,
             shares: Vec::new(),
             parent: None,
@@ -465,6 +468,16 @@ impl Image {
                     let o: FdOwnerRec = read_pod(body, "fd owner")?;
                     if let Some(f) = self.fds.iter_mut().rev().find(|f| f.rec.fd == o.fd) {
                         f.owner = Some(o);
+                    }
+                }
+                REC_SAVED_DIR => {
+                    let r: SavedDirRec = read_pod(body, "saved directory")?;
+                    let path = &body[core::mem::size_of::<SavedDirRec>()..];
+                    if path.len() != r.path_len as usize || !path.starts_with(b"/") {
+                        return Err(ImageError::Malformed("saved directory path".into()));
+                    }
+                    if !self.saved_dirs.iter().any(|(_, p)| p == path) {
+                        self.saved_dirs.push((r, path.to_vec()));
                     }
                 }
                 REC_FD_SAVED => {
@@ -847,6 +860,50 @@ mod tests {
                 Err(ImageError::Malformed(_))
             ));
         }
+    }
+
+    #[test]
+    fn saved_directories_are_read_once_each() {
+        let rec = |path: &[u8], mode| {
+            let r = SavedDirRec {
+                mode,
+                uid: 1,
+                gid: 2,
+                path_len: path.len() as u32,
+            };
+            let mut b = bytemuck::bytes_of(&r).to_vec();
+            b.extend_from_slice(path);
+            b
+        };
+        let (a, b) = (rec(b"/tmp/ompi.x", 0o700), rec(b"/tmp/ompi.x/jf.1", 0o750));
+        let again = rec(b"/tmp/ompi.x", 0o755);
+        let img = Image::open(&image_file(
+            VERSION,
+            &[
+                (REC_SAVED_DIR, &a),
+                (REC_SAVED_DIR, &b),
+                (REC_SAVED_DIR, &again),
+            ],
+        ))
+        .unwrap();
+        let got: Vec<(u32, &[u8])> = img
+            .saved_dirs
+            .iter()
+            .map(|(r, p)| (r.mode, p.as_slice()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0o700, &b"/tmp/ompi.x"[..]),
+                (0o750, &b"/tmp/ompi.x/jf.1"[..])
+            ]
+        );
+        let mut bad = rec(b"/tmp/x", 0o700);
+        bad.push(b'y');
+        assert!(matches!(
+            Image::open(&image_file(VERSION, &[(REC_SAVED_DIR, &bad)])),
+            Err(ImageError::Malformed(_))
+        ));
     }
 
     #[test]

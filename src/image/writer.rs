@@ -52,6 +52,29 @@ impl<'a> MetaWriter<'a> {
         &self.buf[..self.len]
     }
 
+    /// Whether a record of `kind` whose payload after its first `head` bytes is `tail` was
+    /// written already (a walk over the records; allocation-free).
+    pub fn has_record(&self, kind: u32, head: usize, tail: &[u8]) -> bool {
+        let hsize = core::mem::size_of::<RecordHeader>();
+        let mut pos = 0;
+        while pos + hsize <= self.len {
+            let rh: RecordHeader = bytemuck::pod_read_unaligned(&self.buf[pos..pos + hsize]);
+            let body = pos + hsize;
+            let end = body + rh.len as usize;
+            if end > self.len {
+                return false;
+            }
+            if rh.kind == kind
+                && rh.len as usize == head + tail.len()
+                && &self.buf[body + head..end] == tail
+            {
+                return true;
+            }
+            pos = body + align8(rh.len as usize);
+        }
+        false
+    }
+
     fn put(&mut self, bytes: &[u8]) -> Result<(), Full> {
         let end = self.len + bytes.len();
         if end > self.buf.len() {

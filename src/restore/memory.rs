@@ -411,8 +411,8 @@ pub fn tmpfs_file(r: &Region) -> bool {
 }
 
 /// Checks a shared tmpfs file mapping: a file still at its path must be the one checkpointed
-/// (it is mapped as it is now); a file that is gone must be re-creatable (its directory exists
-/// and is writable).
+/// (it is mapped as it is now); a file that is gone must be re-creatable (its nearest existing
+/// directory is writable: missing ones are created).
 pub fn check_tmpfs_shared(r: &Region) -> Result<(), RestoreError> {
     let p = path_str(&r.path);
     match std::fs::metadata(&p) {
@@ -423,8 +423,11 @@ pub fn check_tmpfs_shared(r: &Region) -> Result<(), RestoreError> {
         )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let dir = std::path::Path::new(&p)
-                .parent()
-                .unwrap_or(std::path::Path::new("/"));
+                .ancestors()
+                .skip(1)
+                .find(|d| d.as_os_str().is_empty() || std::fs::symlink_metadata(d).is_ok())
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
             let c = CString::new(dir.as_os_str().as_encoded_bytes()).unwrap_or_default();
             // SAFETY: access with a valid C string.
             if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {

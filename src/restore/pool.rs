@@ -497,7 +497,7 @@ impl Pool {
                 continue;
             }
             let (fd, fill) = match (tmpfs, huge) {
-                (Some(r), _) => tmpfs_file(r)?,
+                (Some(r), _) => tmpfs_file(images, r)?,
                 (None, Some(page)) => (huge_memfd(size, page)?, true),
                 (None, None) => {
                     // SAFETY: memfd_create with a literal name, sized below.
@@ -676,9 +676,12 @@ impl Drop for Sink {
 /// The file of a shared tmpfs mapping (`FS_TMPFS`) and whether it must be filled with the saved
 /// pages: a file still at its path is opened as it is (BLCR's rule for shared file mappings:
 /// the file as it is now; preflight checked its size and modification time); a file that is gone
-/// is re-created there with the recorded mode (owner too, as root), size and modification time
+/// is re-created there (its missing directories too, see [`super::saved::make_parents`]) with the recorded mode (owner too, as root), size and modification time
 /// (so a later restart of the same image finds it unchanged).
-fn tmpfs_file(r: &crate::image::reader::Region) -> Result<(i32, bool), RestoreError> {
+fn tmpfs_file(
+    images: &[&Image],
+    r: &crate::image::reader::Region,
+) -> Result<(i32, bool), RestoreError> {
     let p = cpath(&r.path);
     let name = String::from_utf8_lossy(&r.path).into_owned();
     // SAFETY: open with a valid C string.
@@ -695,6 +698,15 @@ fn tmpfs_file(r: &crate::image::reader::Region) -> Result<(i32, bool), RestoreEr
         return Ok((fd, false));
     }
     let fs = r.fs.unwrap_or_default();
+    let path = std::path::Path::new(
+        <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&r.path),
+    );
+    super::saved::make_parents(images, path).map_err(|e| {
+        RestoreError::new(
+            e.raw_os_error().unwrap_or(libc::EIO),
+            format!("cannot re-create the directory of mapped temporary file {name}: {e}"),
+        )
+    })?;
     // SAFETY: creating a new file with a valid C string.
     let fd = unsafe {
         libc::open(

@@ -85,6 +85,11 @@ pub fn relocate(img: &mut Image, pairs: &[Pair]) {
             }
         }
     }
+    for (_, d) in &mut img.saved_dirs {
+        if let Some(p) = apply(pairs, d) {
+            *d = p;
+        }
+    }
     for f in &mut img.fds {
         // Named FIFOs too (anonymous pipes have no path: `pipe:[ino]`).
         let by_path = matches!(

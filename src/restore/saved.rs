@@ -72,6 +72,42 @@ pub fn write_contents(
     Ok(true)
 }
 
+/// Creates the missing directories above `path`, top down, each with the mode (and, as root, the
+/// owner) an image recorded for it (`REC_SAVED_DIR`), else with the default mode (0777 less the
+/// umask): the program's cleanup (Open MPI's session directory under /tmp) or a new node took
+/// them away.
+pub fn make_parents(images: &[&Image], path: &Path) -> std::io::Result<()> {
+    let Some(dir) = path.parent() else {
+        return Ok(());
+    };
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && std::fs::symlink_metadata(d).is_err())
+        .collect();
+    for d in missing.into_iter().rev() {
+        match std::fs::create_dir(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+        let bytes = d.as_os_str().as_bytes();
+        let Some((r, _)) = images
+            .iter()
+            .flat_map(|img| &img.saved_dirs)
+            .find(|(_, p)| p.as_slice() == bytes)
+        else {
+            continue;
+        };
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            // Best effort: else the restarting user owns it.
+            let _ = std::os::unix::fs::lchown(d, Some(r.uid), Some(r.gid));
+        }
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(r.mode & 0o7777))?;
+    }
+    Ok(())
+}
+
 /// Re-creates the saved file of `f` at its path (one saved for being written only when it is
 /// missing) (parent directories created, saved contents,
 /// mode and modification time) unless a file matching the checkpoint's is there: that one is
@@ -115,7 +151,7 @@ pub fn put_back(
             ))
         }
     };
-    std::fs::create_dir_all(dir).map_err(|e| fail("create its directory", e))?;
+    make_parents(images, path).map_err(|e| fail("create its directory", e))?;
     let mut tmp_name = b".".to_vec();
     tmp_name.extend_from_slice(name.as_bytes());
     tmp_name.extend_from_slice(format!(".cr-restore.{}", std::process::id()).as_bytes());
