@@ -207,6 +207,28 @@ fn scratch_file_deleted_on_term() {
     restarted.expect_pass(RESTART_TIMEOUT);
 }
 
+/// `--cow` of a process that saves files by content: the checkpoint is written stopped (the
+/// program could change the files while a forked writer copies them) and `-v` says so; the
+/// image restores the deleted scratch file.
+#[test]
+fn cow_with_saved_files_is_written_stopped() {
+    let sc = Scenario::new("tmp_cow");
+    let (mut job, _dir) = start_scratch(&sc, "cow");
+    let img = sc.next_image_path();
+    let res = sc.checkpoint_to(job.pid(), &["-v", "--cow", "--term"], &img);
+    res.assert_success();
+    assert!(
+        res.stderr.contains(
+            "mode=stopped(no copy-on-write: it saves files by content, which are copied while it is stopped"
+        ),
+        "-v must say why the checkpoint was written stopped:\n{}",
+        res.describe()
+    );
+    job.expect_signal(libc::SIGTERM, DEATH_TIMEOUT);
+    sc.go();
+    sc.restart(&img).expect_pass(RESTART_TIMEOUT);
+}
+
 /// `--save-tmp-limit none` is the behaviour before files under temporary directories were
 /// saved: the deleted scratch file cannot be reopened at restart; a limit below its 200 KiB
 /// leaves it out too, with a checkpoint warning naming it. A bad value is one clear line.
