@@ -348,3 +348,42 @@ fn tree_checkpoint_gets_one_delta_per_process() {
     sc.go();
     restarted.expect_pass(RESTART_TIMEOUT);
 }
+
+/// `cr_info --merge` keeps the contents of the files a delta saved (they follow the memory pages
+/// in the data area): `c-tests/tmp_scratch.c` has a scratch file under /tmp that its SIGTERM
+/// handler deletes; the merged image restarts with the chain gone and the file comes back.
+#[test]
+fn merged_chain_keeps_saved_files() {
+    let sc = Scenario::new("incr-merge-files");
+    let dir = PathBuf::from(format!("/tmp/libcr-incr-merge-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("mkdir in /tmp");
+    let prog = sc.program("tmp_scratch");
+    let mut cmd = sc.under_cr_run(&prog);
+    cmd.env("CR_TEST_SCRATCH", &dir);
+    let mut job = sc.start("tmp_scratch", cmd);
+    job.wait_ready();
+    let img = sc.img_dir().join("img");
+    incremental(&sc, job.pid(), &img, &[]);
+    let out = incremental(&sc, job.pid(), &img, &["--term"]);
+    assert!(out.contains("incr=delta("), "{out}");
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    let merged = sc.img_dir().join("merged");
+    let cr_info = PathBuf::from(env!("CARGO_BIN_EXE_cr_info"));
+    sc.run_tool(
+        "cr_info --merge",
+        sc.command(&[
+            cr_info.as_os_str(),
+            "--merge".as_ref(),
+            merged.as_os_str(),
+            img.as_os_str(),
+        ]),
+    )
+    .assert_success();
+    fs::remove_file(&img).expect("remove delta");
+    fs::remove_file(sc.img_dir().join("img.~1~")).expect("remove parent");
+    sc.go();
+    let mut restarted = sc.restart(&merged);
+    restarted.expect_pass(RESTART_TIMEOUT);
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -132,8 +132,12 @@ pub fn merge(path: &Path, out: &Path) -> Result<u64, ChainError> {
     hdr.meta_len = meta_len as u64;
     hdr.meta_hash = hash(&meta);
     hdr.data_offset = PAGE as u64 + page_align(meta_len as u64);
-    hdr.data_len = data_len;
-    hdr.trailer_offset = hdr.data_offset + data_len;
+    // The saved files' contents (`REC_FILE_SPAN`) follow the memory pages, as in the delta;
+    // their offsets are relative to that area, so it is copied as it is.
+    let spans_off = img.header.data_offset + img.memory_len();
+    let spans_len = img.header.data_len.saturating_sub(img.memory_len());
+    hdr.data_len = data_len + spans_len;
+    hdr.trailer_offset = hdr.data_offset + hdr.data_len;
     hdr.header_hash = 0;
     let mut hpage = vec![0u8; PAGE];
     let hsize = core::mem::size_of::<FileHeader>();
@@ -179,6 +183,15 @@ pub fn merge(path: &Path, out: &Path) -> Result<u64, ChainError> {
                     done += n as u64;
                 }
             }
+        }
+        let mut done = 0u64;
+        while done < spans_len {
+            let n = (spans_len - done).min(chunk.len() as u64) as usize;
+            files[0]
+                .read_exact_at(&mut chunk[..n], spans_off + done)
+                .map_err(|e| io(path, e))?;
+            wr.write_all(&chunk[..n]).map_err(|e| io(&tmp, e))?;
+            done += n as u64;
         }
         let mut tr = Trailer {
             magic: TRAILER_MAGIC,
