@@ -4,6 +4,9 @@
 //! * a pid still held by an unreaped zombie (right after `cr_checkpoint --term`, or under a
 //!   container init that reaps slowly) is waited for a few seconds: a zombie reaped meanwhile
 //!   lets the restart go on; one that stays gives EBUSY (16), naming the zombie and its parent;
+//! * so is a pid held by a process on its way out that cannot be reaped yet (its main thread
+//!   ended, another thread still runs): the message says so, and the restart goes on once it
+//!   is gone;
 //!
 //! Ids can only be taken over as root (unprivileged restarts run in a private pid namespace
 //! where every id is free): these tests say so and return without root.
@@ -59,10 +62,15 @@ fn spinner_image(sc: &Scenario) -> (PathBuf, u32) {
 
 /// `tree_holdpid -z PID`: pid PID held by its unreaped zombie child (READY once it is one).
 fn zombie_holder(sc: &Scenario, pid: u32) -> Job {
+    holder(sc, "-z", pid)
+}
+
+/// `tree_holdpid MODE PID` (READY seen); the pid must show as a zombie child of it.
+fn holder(sc: &Scenario, mode: &str, pid: u32) -> Job {
     let mut prog = sc.program("tree_holdpid");
-    prog.argv.push("-z".into());
+    prog.argv.push(mode.into());
     prog.argv.push(pid.to_string().into());
-    let mut h = sc.start("tree_holdpid -z", sc.plain(&prog));
+    let mut h = sc.start(&format!("tree_holdpid {mode}"), sc.plain(&prog));
     h.wait_ready();
     let st = proc_stat(pid);
     assert!(
@@ -156,5 +164,33 @@ fn zombie_that_stays_is_named() {
         Some(('Z', holder.pid())),
         "the zombie must be left alone"
     );
+    holder.kill();
+}
+
+/// The spinner's pid is held by a process whose main thread has ended while another thread still
+/// runs (it shows as a zombie its parent cannot reap yet): cr_restart names it as exiting, with
+/// its running thread, waits, and goes on once the thread ends and the process is reaped.
+#[test]
+fn exiting_process_within_the_wait() {
+    if not_root() {
+        return;
+    }
+    let sc = Scenario::new("ids-exiting");
+    let (img, pid) = spinner_image(&sc);
+    let mut holder = holder(&sc, "-x", pid);
+    let mut rs = sc.start("cr_restart", restart_cmd(&sc, &[&s(&img)]));
+    let want = format!(
+        "pid {pid} is in use by process {pid} (tree_holdpid, state Z: zombie, exiting: its main thread has ended, 1 other thread still runs, parent {} (tree_holdpid))",
+        holder.pid()
+    );
+    assert!(
+        wait_until(BUSY_WAIT, || rs.stderr().contains(&want)),
+        "cr_restart should say it waits for the exiting process ({want}):\n{}",
+        rs.diag()
+    );
+    signal_pid(holder.pid(), SIGUSR1);
+    holder.wait_line("REAPED", DEATH_TIMEOUT);
+    sc.go();
+    rs.expect_pass(PASS_TIMEOUT);
     holder.kill();
 }

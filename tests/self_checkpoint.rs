@@ -272,7 +272,8 @@ both!(reloc_all, reloc_all_unprivileged, |n, u| reloc(
 // ---------------------------------------------------------------------------------------------
 
 /// BLCR's run_on through a self-checkpoint image: a plain restart passes; a moved mapped file
-/// runs the fail-env hook; a bad option the fail-args hook; a pid in use (root: by a restored
+/// runs the fail-env hook (and --run-on-failure's); a bad option the fail-args hook; a damaged
+/// copy of the image the fail-perm hook; a pid in use (root: by a restored
 /// copy still running) the fail-temp hook; a success hook's code is cr_restart's. Each hook's 42 is
 /// the exit code, and nothing of the image runs on failure.
 fn run_on(name: &str, user: Option<(u32, u32)>) {
@@ -281,12 +282,13 @@ fn run_on(name: &str, user: Option<(u32, u32)>) {
     };
     let prog = sc.program("self_ckpt");
     let img = first_run(&sc, &prog, "system", &[], &["P"]);
-    let restart = |args: &[&str]| {
+    let restart_from = |args: &[&str], img: &Path| {
         let mut argv = vec![s(&sc.tools().cr_restart)];
         argv.extend(args.iter().map(|a| a.to_string()));
-        argv.push(s(&img));
+        argv.push(s(img));
         sc.run_tool("cr_restart", sc.command(&argv))
     };
+    let restart = |args: &[&str]| restart_from(args, &img);
     let hook_42 = |res: &ToolResult| {
         assert_eq!(res.code(), Some(42), "{}", res.describe());
         assert!(!res.stdout.contains("PASS"), "{}", res.describe());
@@ -296,7 +298,16 @@ fn run_on(name: &str, user: Option<(u32, u32)>) {
     let moved = sc.work_dir().join("map.P.moved");
     fs::rename(&map, &moved).expect("move the mapped file");
     hook_42(&restart(&["--run-on-fail-env=exit 42"]));
+    // --run-on-failure sets every failure hook.
+    hook_42(&restart(&["--run-on-failure=exit 42"]));
     fs::rename(&moved, &map).expect("move the mapped file back");
+    // A copy of the image with its first byte changed is no image (BLCR's run_on gives
+    // /dev/null): the fail-perm hook.
+    let mut bytes = fs::read(&img).expect("read the image");
+    bytes[0] ^= 0xff;
+    let bad = sc.root().join("bad.img");
+    fs::write(&bad, &bytes).expect("write the damaged copy");
+    hook_42(&restart_from(&["--run-on-fail-perm=exit 42"], &bad));
     hook_42(&restart(&["--bad-argument", "--run-on-fail-args=exit 42"]));
     if user.is_none() {
         // A restored copy waits for GO (after its system() returned 0) and holds the pid.

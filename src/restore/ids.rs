@@ -57,6 +57,9 @@ pub struct Stat {
     pub session: i32,
     /// The kernel's task flags.
     pub flags: u64,
+    /// Its number of threads when known (0: not read): a "zombie" whose threads still run is a
+    /// process whose main thread ended first; it cannot be reaped before they end.
+    pub threads: u32,
 }
 
 impl Stat {
@@ -75,6 +78,7 @@ impl Stat {
             pgrp: f.get(2)?.parse().ok()?,
             session: f.get(3)?.parse().ok()?,
             flags: f.get(6)?.parse().ok()?,
+            threads: 0,
         })
     }
 
@@ -111,13 +115,21 @@ impl Stat {
             self.state,
             self.state_word()
         );
-        if self.flags & PF_EXITING != 0 && self.state != 'Z' {
+        let threads_run = self.state == 'Z' && self.threads > 1;
+        if threads_run {
+            let n = self.threads - 1;
+            s.push_str(&format!(
+                ", exiting: its main thread has ended, {n} other thread{} still run{}",
+                if n == 1 { "" } else { "s" },
+                if n == 1 { "s" } else { "" }
+            ));
+        } else if self.flags & PF_EXITING != 0 && self.state != 'Z' {
             s.push_str(", exiting");
         }
         if self.going_away() {
             let parent = Stat::of(self.ppid).map(|p| p.comm).unwrap_or_default();
             s.push_str(&format!(", parent {} ({parent})", self.ppid));
-            if self.state == 'Z' {
+            if self.state == 'Z' && !threads_run {
                 s.push_str(" has not reaped it");
             }
         }
@@ -142,17 +154,18 @@ fn holder(id: i32, all: &mut Option<Vec<Stat>>) -> Option<(String, Stat)> {
     if id <= 0 {
         return None;
     }
-    if let Some(st) = Stat::of(id) {
-        let tgid = std::fs::read_to_string(format!("/proc/{id}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("Tgid:").and_then(|v| v.trim().parse().ok()))
-            })
-            .unwrap_or(id);
+    if let Some(mut st) = Stat::of(id) {
+        let status = std::fs::read_to_string(format!("/proc/{id}/status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        };
+        let tgid = field("Tgid:").unwrap_or(id);
+        st.threads = field("Threads:").map_or(0, |n: i32| n.max(0) as u32);
         let what = if tgid == id {
             match st.state {
-                'Z' => "zombie".to_string(),
+                'Z' if st.threads <= 1 => "zombie".to_string(),
                 _ => "process".to_string(),
             }
         } else {
@@ -292,5 +305,16 @@ mod tests {
         assert!(!running.going_away());
         let exiting = Stat::parse("5 (x) R 1 5 5 0 -1 4194564 0").unwrap();
         assert!(exiting.going_away());
+        let threads_run = Stat {
+            threads: 3,
+            ..Stat::parse("6 (x) Z 1 6 6 0 -1 4194564 0").unwrap()
+        };
+        assert!(threads_run.going_away());
+        let d = threads_run.describe();
+        assert!(
+            d.contains("exiting: its main thread has ended, 2 other threads still run")
+                && !d.contains("has not reaped it"),
+            "{d}"
+        );
     }
 }
