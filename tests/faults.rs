@@ -680,6 +680,27 @@ fn snap(pid: u32) -> Snap {
     }
 }
 
+/// Starts the agent's control thread of `pid` (it starts on the first connection to the control
+/// socket: issue 11) by connecting once, and waits until it runs, so that a snapshot taken
+/// before a first checkpoint already counts it.
+fn start_control_thread(pid: u32) {
+    let sock = cr::protocol::connect(pid as i32).expect("connect to the control socket");
+    let deadline = Instant::now() + TOOL_TIMEOUT;
+    let running = || {
+        fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|rd| {
+            rd.flatten().any(|t| {
+                fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "cr-control")
+            })
+        })
+    };
+    while !running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // SAFETY: closing the socket `connect` opened for us.
+    unsafe { libc::close(sock) };
+    assert!(running(), "the control thread of {pid} did not start");
+}
+
 /// A snapshot of `pid` at rest: the agent has closed the descriptors of the last request
 /// (none is being closed, nothing under an image directory is open) and three snapshots 20 ms
 /// apart agree (at most 10 s).
@@ -1142,6 +1163,7 @@ fn thread_in_uninterruptible_sleep() {
     // (The child may print before or after READY.)
     wait_more_lines(&job, "VFORKED", 0, "vfork");
     let pid = job.pid();
+    start_control_thread(pid);
     let before = snap_at_rest(pid);
     for run in 0..2 {
         let what = format!("vfork parent thread, run {run}");

@@ -524,6 +524,84 @@ const THREE: &[&str] = &["1", "deep"];
 /// Root, three children, a grandchild.
 const FIVE: &[&str] = &["3", "deep"];
 
+/// Threads of `pid` named `cr-control` (the agent's control thread).
+fn control_threads(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|t| {
+                    fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.trim() == "cr-control")
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Issue 11 (idle cost): the control thread starts on the first request. Before any checkpoint
+/// the root and its fork children run no thread of the agent's; a tree checkpoint works, `-v`
+/// says how each control thread was started, and every process has one afterwards (and a
+/// second checkpoint uses it). With `LIBCR_CONTROL_EAGER=1` it starts at once, as before.
+#[test]
+fn control_thread_starts_on_first_request() {
+    for eager in [false, true] {
+        let sc = Scenario::new(if eager {
+            "control-eager"
+        } else {
+            "control-lazy"
+        });
+        let reaper = Reaper::new(&sc);
+        let mut tree = Tree::new(THREE);
+        if eager {
+            tree = tree.env("LIBCR_CONTROL_EAGER", "1");
+        }
+        let (_job, pids) = start_tree(&sc, &reaper, &tree);
+        let want = usize::from(eager);
+        let deadline = Instant::now() + TOOL_TIMEOUT;
+        while eager && pids.iter().any(|&p| control_threads(p) != 1) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        for &p in &pids {
+            assert_eq!(
+                control_threads(p),
+                want,
+                "process {p}, eager {eager}\n{}",
+                sc.log()
+            );
+        }
+        for run in 0..2 {
+            let img = sc.next_image_path();
+            let args: Vec<OsString> = vec![
+                "-v".into(),
+                "-f".into(),
+                img.clone().into(),
+                pids[0].to_string().into(),
+            ];
+            let res = sc.cr_checkpoint(&args);
+            res.assert_success();
+            sc.assert_image_file(&img);
+            let how = if eager {
+                "control=thread"
+            } else {
+                "control=lazy"
+            };
+            assert_eq!(
+                res.stderr.matches(how).count(),
+                pids.len(),
+                "run {run}, eager {eager}: every process should say {how}:\n{}",
+                res.stderr
+            );
+            for &p in &pids {
+                assert_eq!(
+                    control_threads(p),
+                    1,
+                    "process {p} after run {run}, eager {eager}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn two_processes_file() {
     cycle("two-file", None, Tree::new(TWO), false, &[]);

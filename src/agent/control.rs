@@ -37,12 +37,15 @@ static SERVING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool:
 /// the program's descriptors when the child is checkpointed.
 pub fn forget_request_fds() {
     for f in &REQUEST_FDS {
+        if f.load(Acquire) < 0 {
+            continue; // (not written: see agent::after_fork_child)
+        }
         let fd = f.swap(-1, AcqRel);
         if fd >= 0 {
             sys::close(fd);
         }
     }
-    if !SERVING.swap(false, AcqRel) {
+    if !SERVING.load(Acquire) || !SERVING.swap(false, AcqRel) {
         return;
     }
     let ppid = sys::sys3(libc::SYS_getppid as usize, 0, 0, 0).unwrap_or(0);
@@ -91,14 +94,19 @@ pub(super) fn high_fd_floor() -> usize {
     }
 }
 
-/// Creates and binds this process's control socket; returns its descriptor.
-fn bind_socket() -> Result<i32, sys::Errno> {
-    let fd = sys::sys3(
+/// Creates and binds this process's control socket; returns its descriptor. `lazy`: the socket
+/// signals the process (the checkpoint signal, `O_ASYNC`) on a connection, before it listens.
+fn bind_socket(lazy: bool) -> Result<i32, sys::Errno> {
+    let low = sys::sys3(
         libc::SYS_socket as usize,
         libc::AF_UNIX as usize,
         (libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC) as usize,
         0,
     )? as i32;
+    let fd = sys::fcntl(low, libc::F_DUPFD_CLOEXEC, high_fd_floor()).unwrap_or(low as usize) as i32;
+    if fd != low {
+        sys::close(low);
+    }
     let (ns, pid) = protocol::own_identity();
     let (addr, len) = protocol::socket_addr(ns, pid);
     let res = sys::sys3(
@@ -107,29 +115,48 @@ fn bind_socket() -> Result<i32, sys::Errno> {
         &addr as *const _ as usize,
         len as usize,
     )
-    .and_then(|_| sys::sys3(libc::SYS_listen as usize, fd as usize, 8, 0));
+    .and_then(|_| {
+        let mut fl = libc::O_NONBLOCK;
+        if lazy {
+            // The signal names this descriptor (si_fd): set up at its final number, before
+            // anyone can connect.
+            sys::fcntl(fd, libc::F_SETOWN, sys::getpid() as usize)?;
+            sys::fcntl(
+                fd,
+                sys::fcntl_cmd::F_SETSIG,
+                super::quiesce::CR_SIGNUM as usize,
+            )?;
+            fl |= libc::O_ASYNC;
+            super::ctlstart::arm(fd);
+        }
+        sys::fcntl(fd, libc::F_SETFL, fl as usize)?;
+        sys::sys3(libc::SYS_listen as usize, fd as usize, 8, 0)
+    });
     if let Err(e) = res {
+        if lazy {
+            super::ctlstart::disarm();
+        }
         sys::close(fd);
         return Err(e);
     }
-    let high = sys::fcntl(fd, libc::F_DUPFD_CLOEXEC, high_fd_floor()).unwrap_or(fd as usize) as i32;
-    let fl = sys::fcntl(high, libc::F_GETFL, 0).unwrap_or(0);
-    let _ = sys::fcntl(high, libc::F_SETFL, fl | libc::O_NONBLOCK as usize);
-    if high != fd {
-        sys::close(fd);
-    }
     BOUND_PID.store(pid, Release);
-    Ok(high)
+    Ok(fd)
 }
 
-/// Binds the socket and starts the control thread (at init and in every fork child).
+/// Binds the socket (at init and in every fork child) and starts the control thread: on the first
+/// connection where it can (`ctlstart`), else at once.
 pub fn start() {
     let old = LISTEN_FD.swap(-1, AcqRel);
     if old >= 0 {
         sys::close(old); // inherited from the parent across fork
     }
-    let Ok(fd) = bind_socket() else { return };
+    let lazy = super::ctlstart::lazy_possible();
+    let Ok(fd) = bind_socket(lazy) else { return };
     LISTEN_FD.store(fd, Release);
+    if lazy {
+        return;
+    }
+    super::ctlstart::started_at_once();
     // The new thread inherits a mask with every signal blocked.
     let old_mask = sys::sigprocmask_raw(libc::SIG_SETMASK, Some(!0));
     let mut th: libc::pthread_t = 0;
@@ -153,7 +180,8 @@ pub fn start() {
     }
 }
 
-extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void {
+/// The control thread's loop (a pthread's entry, or called by a lazily started thread).
+pub(super) extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void {
     let _ = sys::sys3(
         libc::SYS_prctl as usize,
         libc::PR_SET_NAME as usize,
@@ -201,7 +229,7 @@ extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void {
             | Err(sys::Errno(libc::EAGAIN)) => {}
             Err(_) => {
                 // The program closed our socket (or the pid changed): bind a new one.
-                match bind_socket() {
+                match bind_socket(false) {
                     Ok(fd) => LISTEN_FD.store(fd, Release),
                     Err(_) => return core::ptr::null_mut(),
                 }
@@ -766,6 +794,7 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
         // (Only for the tools: an API requester's log must stay empty on success.)
         let mut report = StackBuf::<240>::new();
         if !api {
+            super::ctlstart::describe(&mut report);
             report.push(b"quiesce=").num(quiesce_ms).push(b"ms ");
             super::image::io_report::describe(&mut report);
             report.push(b" mode=stopped");
@@ -814,6 +843,7 @@ fn finish_cow(conn: i32, job: &Job, scratch: &Scratch, quiesce_start: u64, quies
     match res {
         Ok(bytes) => {
             let mut report = StackBuf::<240>::new();
+            super::ctlstart::describe(&mut report);
             report.push(b"quiesce=").num(quiesce_ms).push(b"ms ");
             super::image::io_report::describe(&mut report);
             report
@@ -898,7 +928,7 @@ fn after_restart() {
         // The trampoline made it /proc/self/exe where it could; we only close it.
         sys::close(info.exe_fd as i32);
     }
-    match bind_socket() {
+    match bind_socket(false) {
         Ok(fd) => LISTEN_FD.store(fd, Release),
         Err(_) => LISTEN_FD.store(-1, Release),
     }

@@ -196,11 +196,15 @@ pub fn is_own_fd(fd: i32) -> bool {
 /// In a fork child: the parent's userfaultfd tracks nothing here (the child's regions are not
 /// registered); close the inherited descriptor and forget the armed state.
 pub fn after_fork_child() {
-    let fd = UFFD.swap(-1, AcqRel);
-    if fd >= 0 {
-        sys::close(fd);
+    if UFFD.load(Acquire) >= 0 {
+        let fd = UFFD.swap(-1, AcqRel);
+        if fd >= 0 {
+            sys::close(fd);
+        }
     }
-    ARMED.store(false, Release);
+    if ARMED.load(Acquire) {
+        ARMED.store(false, Release);
+    }
 }
 
 /// In a restored process: nothing is registered, and the saved descriptor number means

@@ -8,6 +8,7 @@
 
 pub mod control;
 pub mod cow;
+pub mod ctlstart;
 pub mod fds;
 pub mod forward;
 pub mod image;
@@ -130,6 +131,7 @@ pub fn init() -> bool {
     install_handler();
     // SAFETY: registering a plain function as the child-side fork handler.
     unsafe { libc::pthread_atfork(None, None, Some(after_fork_child)) };
+    ctlstart::prepare();
     control::start();
     true
 }
@@ -157,12 +159,17 @@ extern "C" fn after_fork_child() {
     if !INITIALIZED.load(Acquire) {
         return;
     }
-    quiesce::NSLOTS.store(0, Release);
+    // Only what differs is written (here and in the calls below): a fork child that execs at once
+    // then copies none of our pages (issue 11, idle cost).
+    if quiesce::NSLOTS.load(Acquire) != 0 {
+        quiesce::NSLOTS.store(0, Release);
+    }
+    ctlstart::after_fork_child();
     control::forget_request_fds();
     incremental::after_fork_child();
     crate::api::reset_after_fork();
     // A child forked to become a restored process must stay single-threaded.
-    if !crate::api::requests::FORKING_FOR_RESTORE.with(|f| f.get()) {
+    if !crate::api::requests::forking_for_restore() {
         control::start();
     }
 }

@@ -160,6 +160,14 @@ pub fn wait_done(seen: u32) {
 pub unsafe extern "C" fn on_signal(sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo.
     let si = unsafe { &*info };
+    if si.si_code == POLL_IN {
+        // SAFETY: an O_ASYNC signal's siginfo holds si_band (a long) then si_fd at offset 24.
+        let fd = unsafe { core::ptr::read((info as *const u8).add(24) as *const i32) };
+        if super::ctlstart::on_connection(fd) {
+            reissue_after_async_signal(uc as *mut libc::ucontext_t);
+            return;
+        }
+    }
     // SAFETY: for SI_QUEUE the union holds si_pid/si_uid/si_value; reading them is defined.
     let (pid, value) = unsafe { (si.si_pid(), si.si_value().sival_ptr as u64) };
     if si.si_code != libc::SI_QUEUE || pid != sys::getpid() || value != COOKIE.load(Relaxed) {
@@ -172,6 +180,9 @@ pub unsafe extern "C" fn on_signal(sig: i32, info: *mut libc::siginfo_t, uc: *mu
     handle(uc as *mut libc::ucontext_t);
     IN_HANDLER.fetch_sub(1, AcqRel);
 }
+
+/// `si_code` of a signal an `O_ASYNC` descriptor sent for input (`POLL_IN`).
+const POLL_IN: i32 = 1;
 
 fn find_slot(tid: i32) -> Option<usize> {
     let n = NSLOTS.load(Acquire);
@@ -312,6 +323,58 @@ fn detect_interrupted_call(slot: &Slot, uc: *mut libc::ucontext_t) -> Option<i64
     // SAFETY: rip points just after an instruction the thread executed, so rip-2 is mapped code.
     let insn = unsafe { core::ptr::read_unaligned((rip - 2) as *const [u8; 2]) };
     (insn == [0x0f, 0x05]).then_some(nr)
+}
+
+/// After the signal that starts the control thread (`ctlstart`): a call it interrupted with
+/// `EINTR` (one that `SA_RESTART` does not restart, [`REISSUE`]) is issued again, as after a
+/// checkpoint, so the program never sees the agent's signal. Nobody read the call's number
+/// before the signal came, so it is recognized by glibc's code before the `syscall`
+/// instruction: `mov $NR, %eax` right before it, or with one 4-byte `mov` from the stack into
+/// `%edi`/`%esi` between. A relative sleep continues with the time the kernel wrote back into
+/// `*rem` (the full time again when the program passed no `rem`); any other code keeps its
+/// `EINTR` (docs/ARCHITECTURE.md).
+fn reissue_after_async_signal(uc: *mut libc::ucontext_t) {
+    // SAFETY: uc is this handler's context; the thread owns it.
+    let g = unsafe { &mut (*uc).uc_mcontext.gregs };
+    let rip = g[libc::REG_RIP as usize] as usize;
+    if g[libc::REG_RAX as usize] != -(libc::EINTR as i64) || rip & 0xfff < 11 {
+        return;
+    }
+    // SAFETY: the thread just executed the instruction ending at rip, and rip - 11 lies in the
+    // same (mapped, executable) page.
+    let b = unsafe { core::ptr::read_unaligned((rip - 11) as *const [u8; 11]) };
+    if b[9..] != [0x0f, 0x05] {
+        return;
+    }
+    let imm = |i: usize| -> Option<i64> {
+        (b[i] == 0xb8 && b[i + 3] == 0 && b[i + 4] == 0)
+            .then(|| u16::from_le_bytes([b[i + 1], b[i + 2]]) as i64)
+    };
+    let nr = match imm(4) {
+        Some(nr) => nr,
+        None if b[5] == 0x8b && matches!(b[6], 0x74 | 0x7c) && b[7] == 0x24 => match imm(0) {
+            Some(nr) => nr,
+            None => return,
+        },
+        None => return,
+    };
+    if !REISSUE.contains(&nr) {
+        return;
+    }
+    let (req_reg, rem_reg) = match nr {
+        libc::SYS_nanosleep => (libc::REG_RDI, libc::REG_RSI),
+        libc::SYS_clock_nanosleep
+            if g[libc::REG_RSI as usize] & libc::TIMER_ABSTIME as i64 == 0 =>
+        {
+            (libc::REG_RDX, libc::REG_R10)
+        }
+        _ => (-1, -1),
+    };
+    if req_reg >= 0 && g[rem_reg as usize] != 0 {
+        g[req_reg as usize] = g[rem_reg as usize];
+    }
+    g[libc::REG_RIP as usize] -= 2;
+    g[libc::REG_RAX as usize] = nr;
 }
 
 /// Rewinds the saved context so the interrupted call runs again after the handler returns.

@@ -491,10 +491,17 @@ pub fn register_hook(event: cr_hook_event_t, f: cr_hook_fn_t) -> Result<cr_hook_
 
 /// Forgets all callbacks and the helper (fork child: BLCR's clean state).
 pub fn reset_after_fork() {
-    if let Ok(mut l) = THREAD_CALLBACKS.lock() {
-        l.clear();
+    // Only what differs is written: a fork child that execs at once then copies no page of ours.
+    if HAVE_THREAD_CALLBACKS.load(Acquire) {
+        if let Ok(mut l) = THREAD_CALLBACKS.lock() {
+            l.clear();
+        }
+        HAVE_THREAD_CALLBACKS.store(false, Release);
     }
-    HAVE_THREAD_CALLBACKS.store(false, Release);
-    HELPER.store(false, Release);
-    IN_CALLBACKS.store(0, Release);
+    if HELPER.load(Acquire) {
+        HELPER.store(false, Release);
+    }
+    if IN_CALLBACKS.load(Acquire) != 0 {
+        IN_CALLBACKS.store(0, Release);
+    }
 }

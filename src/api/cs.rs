@@ -117,5 +117,7 @@ pub fn end_pending() {
 
 /// Fork child: no sections, nothing pending.
 pub fn reset_after_fork() {
-    CS_STATE.store(0, Release);
+    if CS_STATE.load(Acquire) != 0 {
+        CS_STATE.store(0, Release);
+    }
 }

@@ -533,9 +533,16 @@ pub fn poll(
     }
 }
 
-thread_local! {
-    /// Set around the fork of `cr_request_restart`, so the child skips the agent's fork handler.
-    pub static FORKING_FOR_RESTORE: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+/// The thread pointer of the thread that forks for `cr_request_restart` (0: none), so its child
+/// skips the agent's fork handler. (Not a thread-local: reading one in every fork child made
+/// glibc allocate this library's TLS block there.)
+pub static FORKING_FOR_RESTORE: core::sync::atomic::AtomicUsize =
+    core::sync::atomic::AtomicUsize::new(0);
+
+/// Whether the calling thread (or the fork child of that thread) forks for a restore.
+pub fn forking_for_restore() -> bool {
+    let fs = FORKING_FOR_RESTORE.load(core::sync::atomic::Ordering::Acquire);
+    fs != 0 && fs == crate::sys::get_fs_base()
 }
 
 /// The relocation pairs of a `cr_restart_args_t` (BLCR's `cr_relocate`).
@@ -669,10 +676,13 @@ fn start_restart(a: &cr_restart_args_t, handle: *mut cr_restart_handle_t) -> Res
     }
     // SAFETY: getpid has no preconditions.
     let me = unsafe { libc::getpid() };
-    FORKING_FOR_RESTORE.with(|f| f.set(true));
+    FORKING_FOR_RESTORE.store(
+        crate::sys::get_fs_base(),
+        core::sync::atomic::Ordering::Release,
+    );
     // SAFETY: fork; the helper only creates the job and never returns here.
     let helper = unsafe { libc::fork() };
-    FORKING_FOR_RESTORE.with(|f| f.set(false));
+    FORKING_FOR_RESTORE.store(0, core::sync::atomic::Ordering::Release);
     if helper == 0 {
         // SAFETY: closing the read ends in the helper.
         unsafe {

@@ -144,11 +144,13 @@ pub fn init_thread() -> &'static ThreadState {
 
 /// Forgets the calling thread's state (fork child: BLCR starts children with clean state).
 pub fn forget_thread() {
+    // Without the key no thread has a state (and a fork child that touches no thread-local
+    // skips glibc's allocation of this library's TLS block: issue 11, idle cost).
     if let Some(&key) = KEY.get() {
         // SAFETY: clearing our key; the memory is leaked deliberately (it may be mid-use).
         unsafe { libc::pthread_setspecific(key, core::ptr::null()) };
+        let _ = CURRENT.try_with(|c| c.set(core::ptr::null_mut()));
     }
-    let _ = CURRENT.try_with(|c| c.set(core::ptr::null_mut()));
 }
 
 /// Sets errno.
