@@ -85,7 +85,7 @@ fn size_of(dir: &Path, seq: u64) -> u64 {
 }
 
 /// Asks for a checkpoint (SIGUSR2) and waits until the supervisor reported generation `seq`
-/// (and everything it does after it: pruning, under -v, comes right after that line).
+/// (after pruning); returns its line about the job's process.
 fn checkpoint(sc: &Scenario, job: &mut Job, seq: u64) -> String {
     signal_pid(job.pid(), 12);
     let want = format!("checkpoint {seq}: process");
@@ -93,8 +93,7 @@ fn checkpoint(sc: &Scenario, job: &mut Job, seq: u64) -> String {
     loop {
         let err = job.stderr();
         if let Some(l) = err.lines().find(|l| l.contains(&want)) {
-            // The removal lines follow the process lines within the same write burst.
-            std::thread::sleep(Duration::from_millis(50));
+            // The supervisor prunes before it reports the checkpoint.
             return l.to_string();
         }
         assert!(
