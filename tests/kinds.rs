@@ -626,3 +626,53 @@ fn unix_losses_are_warned_unprivileged() {
     }
     unix_losses(Scenario::as_user("unix02-nobody", NOBODY));
 }
+
+/// socket00's connection to a process outside the job comes back reset, and the restart says
+/// so naming the descriptor and both addresses (the connection inside the job is not named).
+fn tcp_reset_named(sc: Scenario) {
+    let exe = compile(&sc, "socket00");
+    let cr_run = sc.tools().cr_run.clone();
+    let cmd = sc.command(&[cr_run.as_os_str(), "--".as_ref(), exe.as_os_str()]);
+    let mut gen1 = sc.start("socket00", cmd);
+    gen1.wait_ready();
+    let img = sc.next_image_path();
+    sc.checkpoint_to(gen1.pid(), &["--term"], &img)
+        .assert_success();
+    gen1.expect_signal(SIGTERM, DEATH_TIMEOUT);
+
+    let mut gen2 = sc.restart(&img);
+    let pid2 = gen2.wait_child(READY_TIMEOUT);
+    wait_address_space_switched(&sc, pid2, Duration::from_secs(10));
+    let resets = |e: &str| {
+        e.lines()
+            .filter(|l| {
+                l.contains("cr_restart: warning: fd ")
+                    && l.contains(": TCP connection 127.0.0.1:")
+                    && l.contains(" to 127.0.0.1:")
+                    && l.contains("comes back reset")
+            })
+            .count()
+    };
+    sc.go();
+    gen2.expect_pass(RESTART_TIMEOUT);
+    assert_eq!(
+        resets(&gen2.stderr()),
+        1,
+        "the restart must name the one connection it resets:\n{}",
+        gen2.diag()
+    );
+}
+
+#[test]
+fn tcp_reset_is_named() {
+    tcp_reset_named(Scenario::new("socket00-reset"));
+}
+
+#[test]
+fn tcp_reset_is_named_unprivileged() {
+    if !is_root() {
+        println!("note: not root: tcp_reset_is_named already ran unprivileged");
+        return;
+    }
+    tcp_reset_named(Scenario::as_user("socket00-reset-nobody", NOBODY));
+}

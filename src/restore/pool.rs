@@ -884,6 +884,12 @@ fn tcp_description(
         .filter_map(|g| g.kobj.as_ref().map(|(_, st)| st.as_slice()))
         .find(|st| socket::tcp_connection(st).is_some_and(|(l, p, _)| l == peer && p == local));
     let Some(partner) = partner else {
+        eprintln!(
+            "cr_restart: warning: fd {}: TCP connection {} to {} comes back reset: its peer is not part of the restart (its next read or write fails with ECONNRESET)",
+            f.rec.fd,
+            socket::describe_addr(local),
+            socket::describe_addr(peer)
+        );
         return kernel_object(f);
     };
     let (mine, theirs) = socket::restore_tcp_pair(state, partner).map_err(|e| {
