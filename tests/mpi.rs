@@ -374,3 +374,16 @@ fn launcher_listener_after_term_unprivileged() {
     }
     launcher_term(Scenario::as_user("mpi-launcher-term-nobody", NOBODY));
 }
+/// Open MPI's mpirun deletes its session directory under /tmp on SIGTERM: the files the job
+/// mapped from it and its debugger FIFO are made again at restart.
+#[test]
+fn openmpi_term() {
+    if OPEN_MPI.available() {
+        checkpoint_restart(OPEN_MPI, &Scenario::new("mpi-openmpi-term"), "--term");
+    }
+}
+
+#[test]
+fn openmpi_term_unprivileged() {
+    as_nobody(OPEN_MPI, "mpi-openmpi-term-nobody", "--term");
+}

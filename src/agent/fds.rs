@@ -670,6 +670,11 @@ fn one(
         // A pipe we cannot copy keeps running; only its buffered bytes are not in the image.
         let _ = save_pipe_data(w, fd, st.st_ino, pipe_size);
     }
+    if kind == FdKind::Pipe && path.first() == Some(&b'/') {
+        // A named FIFO under a temporary directory (Open MPI's debugger FIFO in its session
+        // directory, removed on SIGTERM): its directories' modes, to make them again.
+        save_parent_dirs(w, path, files)?;
+    }
     if let Some((before, n, after)) =
         kobj.and_then(|(k, n)| k.checkpoint_count_warning(&state[..n]))
     {

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::IntoRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 
 /// The shared objects of a job.
@@ -306,6 +307,26 @@ impl Pool {
         let fifo = fifo_path(f);
         let ends = if let Some(path) = &fifo {
             let p = cpath(path);
+            // A FIFO whose directory is gone too (Open MPI removes its session directory on
+            // SIGTERM): the directories again, with their saved modes.
+            let dir_gone = std::path::Path::new(std::ffi::OsStr::from_bytes(path))
+                .parent()
+                .is_some_and(|d| std::fs::symlink_metadata(d).is_err());
+            if dir_gone {
+                super::saved::make_parents(
+                    images,
+                    std::path::Path::new(std::ffi::OsStr::from_bytes(path)),
+                )
+                .map_err(|e| {
+                    RestoreError::new(
+                        e.raw_os_error().unwrap_or(libc::EIO),
+                        format!(
+                            "cannot re-create the directory of FIFO {}: {e}",
+                            String::from_utf8_lossy(path)
+                        ),
+                    )
+                })?;
+            }
             // SAFETY: stat/mkfifo/open with a valid C string.
             unsafe {
                 let mut st: libc::stat = std::mem::zeroed();
