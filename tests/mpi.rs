@@ -156,8 +156,19 @@ fn checkpoint_restart(mpi: Mpi, sc: &Scenario, signal_flag: &str) {
         job.diag()
     );
     let t1 = Instant::now();
-    let img = sc.checkpoint(job.pid(), &[signal_flag]);
+    let img = sc.next_image_path();
+    let res = sc.checkpoint_to(job.pid(), &[signal_flag], &img);
     let ckpt = t1.elapsed();
+    res.assert_success();
+    sc.assert_image_file(&img);
+    // Every descriptor of the job comes back (MPICH's UCX keeps unix datagram sockets, some
+    // with a queued wake-up message).
+    assert!(
+        !res.stderr.contains("closed at restart"),
+        "the {} job's checkpoint must save every descriptor:\n{}",
+        mpi.name,
+        res.describe()
+    );
     job.wait_exit(DEATH_TIMEOUT);
     wait_gone(&pids, signal_flag);
     let t2 = Instant::now();
