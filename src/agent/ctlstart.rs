@@ -65,6 +65,8 @@ static MODULES: [Module; MAX_MODULES] = [NO_MODULE; MAX_MODULES];
 static NMODULES: AtomicUsize = AtomicUsize::new(0);
 /// Bytes of static TLS below the thread pointer (page-rounded); 0 = no plan: start at once.
 static STATIC_BELOW: AtomicUsize = AtomicUsize::new(0);
+/// `LIBCR_CONTROL_EAGER` asked for a start at once.
+static EAGER_ASKED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 /// The `dtv` generation the modules were recorded at.
 static DTV_GEN: AtomicUsize = AtomicUsize::new(0);
 /// The memory of a lazily started thread (stack, TLS, thread block), to unmap in fork children.
@@ -157,6 +159,7 @@ pub fn prepare() {
     STATIC_BELOW.store(0, Release);
     // SAFETY: getenv with a NUL-terminated name (at init, before the program's threads).
     if !unsafe { libc::getenv(c"LIBCR_CONTROL_EAGER".as_ptr()) }.is_null() {
+        EAGER_ASKED.store(true, Release);
         return;
     }
     let tp = sys::get_fs_base();
@@ -245,7 +248,7 @@ pub fn after_fork_child() {
 pub fn describe(out: &mut sys::StackBuf<240>) {
     out.push(match HOW.load(Acquire) {
         2 => b"control=lazy ".as_slice(),
-        1 if !lazy_possible() => b"control=thread(no TLS layout for a lazy start) ",
+        1 if !lazy_possible() && !EAGER_ASKED.load(Acquire) => b"control=thread(no TLS layout) ",
         _ => b"control=thread ",
     });
 }
