@@ -67,7 +67,7 @@ bench-smoke: build
 SOAK_CHECKPOINTS ?= 1000
 SOAK_FUZZ ?= 200000
 soak: build
-	LOAD_CHECKPOINTS=$(SOAK_CHECKPOINTS) $(CARGO) test --release --test load -- --include-ignored --nocapture
+	LOAD_CHECKPOINTS=$(SOAK_CHECKPOINTS) LOAD_STORM_CHECKPOINTS=40 $(CARGO) test --release --test load -- --include-ignored --nocapture
 	FUZZ_ITERS=$(SOAK_FUZZ) $(CARGO) test --release --test image_fuzz -- --nocapture
 	for i in 1 2 3 4 5; do $(CARGO) test --release --test faults --test security || exit 1; done
 

@@ -15,7 +15,9 @@
  *   poll         poll(-1) on a pipe, then read the numbered byte
  *   epoll_wait   epoll_wait(-1) on a pipe, then read the numbered byte
  *   futex        FUTEX_WAIT on a word the partner increments and wakes
- *   accept       a unix listener; the partner connects and sends a number
+ *   accept       a unix listener; the partner connects, sends a number and waits for it
+ *                back (a connection lost in the listener's backlog at a restart is made
+ *                again: "info accept reconnects N")
  *   waitpid      a forked child sleeps 10 ms and exits with a numbered status
  *   nanosleep    2 ms sleeps: each must last at least 2 ms (CLOCK_MONOTONIC)
  *   flock        LOCK_EX on a file the partner holds locked through another open file
@@ -290,8 +292,14 @@ static void *futex_partner(void *arg)
 }
 
 /* ---- accept ---- */
+/* Each connection carries one number, and the worker answers with it once counted; the partner
+ * connects again with the same number when a connection ends without that answer. That is what
+ * a client must do: a restart loses the connections still waiting in the listener's backlog
+ * (connected, written, not yet accepted: nothing outside the kernel holds their bytes), and the
+ * partner sees end of file instead of the answer (counted as a reconnect, printed). */
 static int listener;
 static struct sockaddr_un laddr;
+static atomic_long reconnects;
 static void *accept_worker(void *arg)
 {
     (void)arg;
@@ -307,17 +315,24 @@ static void *accept_worker(void *arg)
         }
         uint32_t v;
         int r = read_full(c, &v, sizeof v, ACCEPT);
-        close(c);
         if (r != 0) {
+            /* Counted, and go on: the partner connects again (breaking here would leave it
+             * waiting for an answer for ever, and the program would hang instead of failing). */
             failure(ACCEPT, "no number from the connection", errno, 0);
+            close(c);
+            continue;
+        }
+        if (v == UINT32_MAX) {
+            close(c);
             break;
         }
-        if (v == UINT32_MAX)
-            break;
         if (v != want)
             failure(ACCEPT, "wrong number", v, want);
-        want++;
+        want = v + 1;
         atomic_fetch_add(&done_calls[ACCEPT], 1);
+        if (send(c, &v, sizeof v, MSG_NOSIGNAL) != (ssize_t)sizeof v)
+            failure(ACCEPT, "answer", errno, 0);
+        close(c);
     }
     atomic_store(&finished[ACCEPT], 1);
     return NULL;
@@ -325,7 +340,7 @@ static void *accept_worker(void *arg)
 static void *accept_partner(void *arg)
 {
     (void)arg;
-    for (uint32_t n = 0;; n++) {
+    for (uint32_t n = 0;;) {
         int last = atomic_load(&stop);
         uint32_t v = last ? UINT32_MAX : n;
         int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -338,9 +353,22 @@ static void *accept_partner(void *arg)
             return NULL;
         }
         write_full(s, &v, sizeof v, ACCEPT);
-        close(s);
-        if (last)
+        if (last) {
+            close(s);
             return NULL;
+        }
+        uint32_t ack;
+        ssize_t got;
+        while ((got = read(s, &ack, sizeof ack)) < 0 && errno == EINTR)
+            failure(ACCEPT, "EINTR in the partner's read", 0, 0);
+        close(s);
+        if (got == 0 || (got < 0 && errno == ECONNRESET)) {
+            atomic_fetch_add(&reconnects, 1); /* lost before it was accepted: again */
+            continue;
+        }
+        if (got != (ssize_t)sizeof ack || ack != v)
+            failure(ACCEPT, "wrong answer", (long)got, (long)ack);
+        n++;
         pause_ms(3);
     }
 }
@@ -531,6 +559,7 @@ int main(void)
         }
     }
     fprintf(stderr, "info signals %ld\n", atomic_load(&signals_seen));
+    fprintf(stderr, "info accept reconnects %ld\n", atomic_load(&reconnects));
     if (bad) {
         printf("FAIL blocked: %s\n", first_failure);
         fprintf(stderr, "FAIL blocked: %s\n", first_failure);

@@ -202,25 +202,40 @@ impl Drop for Storm {
 }
 
 /// `c-tests/blocked.c`: threads blocked in read, pipe write, poll, epoll_wait, futex, accept,
-/// waitpid, nanosleep and flock, each woken now and then with numbered data. 20 checkpoints
-/// with `--cont` while another process sends SIGUSR1 without pause (the program takes them in
-/// its main thread), then one with `--term`; restored, checkpointed 5 more times under a storm;
-/// GO: the program checks that no call ever returned EINTR, no sleep was short and no number
-/// was lost or repeated, in the original's run up to its checkpoint and in the restored one.
+/// waitpid, nanosleep and flock, each woken now and then with numbered data. N checkpoints
+/// (`LOAD_STORM_CHECKPOINTS`, default 10; `make soak` runs 40) with `--cont` while another
+/// process sends SIGUSR1 without pause (the program takes them in its main thread), then one
+/// with `--term`; restored, checkpointed 5 more times under a storm; GO: the program checks that
+/// no call ever returned EINTR, no sleep was short and no number was lost or repeated, in the
+/// original's run up to its checkpoint and in the restored one. A connection waiting in the
+/// listener's backlog at the `--term` checkpoint is lost by the restart (documented): the
+/// program's client then connects again, at most once.
 ///
-/// Ignored: it finds two bugs not fixed yet (docs/RELIABILITY.md). In about 1 run in 8 the
-/// program reports one `epoll_wait` that returned EINTR; in about 2 runs in 5 cr_restart fails
-/// with exit 98 (EADDRINUSE) before anything runs. `make soak` runs it.
+/// It found four bugs, fixed (docs/RELIABILITY.md): an EINTR from epoll_wait (the interrupted
+/// call's number was read from /proc before the signal, and a thread could enter the call in
+/// between), a thread that "did not stop" (that /proc read waited up to 17 s under load), a
+/// restart failing with EADDRINUSE (an accepted connection whose client had closed was bound to
+/// the listener's name again), and a tree checkpoint failing with "no process with pid N" (a
+/// fork child reaped between the listing and the check).
+///
+/// Still ignored in `make check` (`make soak` runs it): after the fixes it passed 30 of 33 runs;
+/// one restored program did not finish within 60 s (not diagnosed; the accept worker could
+/// leave its partner waiting for ever on a failure, changed since), and with two storm tests
+/// at once on the loaded 2-core machine a quiesce took over 10 s twice ("did not stop").
 #[test]
-#[ignore = "finds two open bugs: an EINTR from epoll_wait, and a restart failing with EADDRINUSE (docs/RELIABILITY.md)"]
+#[ignore = "passes 30 of 33 runs: one undiagnosed hang after the restart, quiesce > 10 s under double load (docs/RELIABILITY.md)"]
 fn checkpoints_during_signal_storm_with_blocked_calls() {
     let _serial = serial();
+    let n: usize = std::env::var("LOAD_STORM_CHECKPOINTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
     let sc = Scenario::new("load-storm");
     let mut job = sc.start_program("blocked");
     let pid = job.pid();
     let storm = Storm::start(pid);
     let mut times = Vec::new();
-    for i in 0..20 {
+    for i in 0..n {
         let img = sc.img_dir().join(format!("storm-{i}.img"));
         let t0 = Instant::now();
         let res = sc.checkpoint_to(pid, &["--cont"], &img);
@@ -239,8 +254,9 @@ fn checkpoints_during_signal_storm_with_blocked_calls() {
         thread::sleep(Duration::from_millis(5));
     }
     let line = format!(
-        "{}: 21 checkpoints during {sent} SIGUSR1 ({rate:.0}/s), {:.1} ms each on average",
+        "{}: {} checkpoints during {sent} SIGUSR1 ({rate:.0}/s), {:.1} ms each on average",
         sc.name(),
+        n + 1,
         mean_ms(&times)
     );
     eprintln!("{line}");
@@ -272,6 +288,16 @@ fn checkpoints_during_signal_storm_with_blocked_calls() {
     );
     eprintln!("{line}");
     sc.note(&line);
+    let reconnects: u32 = restarted
+        .stderr()
+        .lines()
+        .find_map(|l| l.strip_prefix("info accept reconnects "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the program prints its reconnects");
+    assert!(
+        reconnects <= 1,
+        "one restart loses at most the one connection in the backlog: {line}"
+    );
 }
 
 /// `c-tests/crowd.c`: 200 threads computing without pause (the CPU fully loaded). Three

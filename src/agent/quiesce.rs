@@ -8,11 +8,21 @@
 //!
 //! A thread interrupted in a blocking system call would otherwise see a spurious `EINTR` (the
 //! kernel never restarts `nanosleep`, `poll`, `epoll_wait`, `pause`, timed futex waits … once a
-//! handler ran). The control thread reads `/proc/self/task/TID/syscall` before signalling; if the
-//! handler then finds the thread stopped right after that `syscall` instruction with `-EINTR`, it
-//! rewinds the saved context to issue the call again when the handler returns (with the remaining
-//! time for relative sleeps). The same happens in a restored process, where the kernel state of
-//! the call is gone anyway.
+//! handler ran). When the handler finds the thread stopped right after a `syscall` instruction
+//! with `-EINTR`, it reads the call's number from the instruction that loaded it (glibc's
+//! wrappers: `mov $NR,%eax` just before) and, for the calls of [`REISSUE`], rewinds the saved
+//! context to issue the call again when the handler returns (with the remaining time for relative
+//! sleeps). The same happens in a restored process, where the kernel state of the call is gone
+//! anyway, and for a signal that arrives after its checkpoint gave up on the thread.
+//!
+//! Earlier the control thread read `/proc/self/task/TID/syscall` before signalling each thread.
+//! That was wrong twice (found by the signal-storm test, tests/load.rs): a thread that was
+//! running at the read and entered `epoll_wait` before the signal came saw `EINTR`; and the read
+//! waits in the kernel (`wait_task_inactive`) until the thread is off its CPU, which under load
+//! took up to 17 s for a thread that wakes every millisecond, failing the checkpoint with "did not
+//! stop". Calls made through the generic `syscall()` function (its number comes from a register
+//! that is overwritten) cannot be decoded: those the kernel does not restart itself (a futex wait
+//! with a timeout) may return `EINTR`, which their manual pages allow.
 
 use crate::arch;
 use crate::sys::{self, StackBuf};
@@ -48,8 +58,6 @@ pub struct Slot {
     pub comm: [AtomicU64; 2],
     /// What else the kernel keeps for this thread (timer slack, personality, ...).
     pub kstate: super::process::ThreadState,
-    pre_nr: AtomicI64,
-    pre_pc: AtomicUsize,
     entry_ns: AtomicU64,
     release_seq: AtomicU32,
     /// The last [`WORK_REQ`] this thread served while parked.
@@ -69,8 +77,6 @@ impl Slot {
             is_control: AtomicU32::new(0),
             comm: [AtomicU64::new(0), AtomicU64::new(0)],
             kstate: super::process::ThreadState::new(),
-            pre_nr: AtomicI64::new(-1),
-            pre_pc: AtomicUsize::new(0),
             entry_ns: AtomicU64::new(0),
             release_seq: AtomicU32::new(0),
             work_seen: AtomicU32::new(0),
@@ -191,16 +197,22 @@ fn find_slot(tid: i32) -> Option<usize> {
 
 fn handle(uc: *mut libc::ucontext_t) {
     let seq = RELEASE.load(Acquire);
-    if ACTIVE.load(Acquire) == 0 {
-        return;
-    }
-    let Some(idx) = find_slot(sys::gettid()) else {
-        return;
+    let me = find_slot(sys::gettid());
+    let slot = match me {
+        Some(idx) if ACTIVE.load(Acquire) != 0 && SLOTS[idx].state.load(Acquire) == SIGNALLED => {
+            &SLOTS[idx]
+        }
+        _ => {
+            // No checkpoint wants this thread (any more): the signal came after its quiesce gave
+            // up (seen under load: a thread that did not run within the time limit). It may
+            // still have interrupted a call, and that must not show either.
+            if let Some(nr) = detect_interrupted_call(uc) {
+                reissue_now(uc, nr);
+            }
+            return;
+        }
     };
-    let slot = &SLOTS[idx];
-    if slot.state.load(Acquire) != SIGNALLED {
-        return;
-    }
+    let idx = me.unwrap_or(0);
     slot.release_seq.store(seq, Relaxed);
     slot.entry_ns.store(sys::monotonic_ns(), Relaxed);
     slot.fs_base.store(sys::get_fs_base(), Relaxed);
@@ -214,7 +226,7 @@ fn handle(uc: *mut libc::ucontext_t) {
     slot.robust_head.store(head, Relaxed);
     slot.robust_len.store(len, Relaxed);
     slot.kstate.capture();
-    let fixup = detect_interrupted_call(slot, uc);
+    let fixup = detect_interrupted_call(uc);
 
     // The thread's signal-context callbacks (if it has any) run here; the innermost
     // cr_checkpoint() parks the thread (park_here). Without callbacks it parks right away.
@@ -311,18 +323,91 @@ const REISSUE: &[i64] = &[
     libc::SYS_rt_sigtimedwait,
 ];
 
-fn detect_interrupted_call(slot: &Slot, uc: *mut libc::ucontext_t) -> Option<i64> {
+fn detect_interrupted_call(uc: *mut libc::ucontext_t) -> Option<i64> {
     // SAFETY: uc is the kernel-provided context of this handler invocation.
     let g = unsafe { &(*uc).uc_mcontext.gregs };
     let rip = g[libc::REG_RIP as usize] as usize;
     let rax = g[libc::REG_RAX as usize];
-    let nr = slot.pre_nr.load(Relaxed);
-    if rax != -(libc::EINTR as i64) || rip != slot.pre_pc.load(Relaxed) || !REISSUE.contains(&nr) {
+    if rax != -(libc::EINTR as i64) || rip < 2 {
         return None;
     }
     // SAFETY: rip points just after an instruction the thread executed, so rip-2 is mapped code.
     let insn = unsafe { core::ptr::read_unaligned((rip - 2) as *const [u8; 2]) };
-    (insn == [0x0f, 0x05]).then_some(nr)
+    if insn != [0x0f, 0x05] {
+        return None;
+    }
+    // The number is gone from the registers (the kernel put -EINTR in rax): read it from the
+    // code that loaded it.
+    decode_syscall_nr(rip - 2).filter(|nr| REISSUE.contains(nr))
+}
+
+/// The system call number loaded by the instructions just before the `syscall` at `at`: glibc's
+/// wrappers end in `mov $NR,%eax` right before it, sometimes with one register move between
+/// (`mov 0x4(%rsp),%edi; syscall`). Anything else gives `None` (the call is not re-issued).
+fn decode_syscall_nr(at: usize) -> Option<i64> {
+    // Only bytes of the page that holds the `syscall` are read (it is mapped: it just ran).
+    let avail = (at & 0xfff).min(16);
+    let mut code = [0u8; 16];
+    // SAFETY: [at - avail, at) lies in the same page as `at`, which is mapped executable code.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            (at - avail) as *const u8,
+            code[16 - avail..].as_mut_ptr(),
+            avail,
+        )
+    };
+    let code = &code[16 - avail..];
+    // `b8 imm32` (mov $imm32,%eax) ending `skip` bytes before the syscall, where the `skip` bytes
+    // are one move that does not write %eax.
+    for skip in [0usize, 2, 3, 4, 5, 6, 7, 8] {
+        let end = avail.checked_sub(skip)?;
+        if end < 5 {
+            return None;
+        }
+        let mov = &code[end - 5..end];
+        // A REX prefix before b8 would make it a move to r8d..r15d, an operand-size prefix a
+        // 16-bit move: refuse both (the bytes may also be the tail of another instruction).
+        let prefix = if end >= 6 { code[end - 6] } else { 0 };
+        if mov[0] != 0xb8 || (0x40..=0x4f).contains(&prefix) || prefix == 0x66 {
+            continue;
+        }
+        if skip == 0 || is_move_not_to_eax(&code[end..]) {
+            return Some(i64::from(u32::from_le_bytes([
+                mov[1], mov[2], mov[3], mov[4],
+            ])));
+        }
+    }
+    None
+}
+
+/// Whether `insn` is exactly one `mov` between general registers or from memory that leaves
+/// %eax/%rax alone (opcodes 89 and 8b, optional REX, ModRM with SIB and displacement).
+fn is_move_not_to_eax(insn: &[u8]) -> bool {
+    let (rex, rest) = match insn.first() {
+        Some(&b) if (0x40..=0x4f).contains(&b) => (b, &insn[1..]),
+        _ => (0, insn),
+    };
+    let [op, modrm, tail @ ..] = rest else {
+        return false;
+    };
+    let (md, reg, rm) = (modrm >> 6, (modrm >> 3) & 7, modrm & 7);
+    let dest_is_rax = match op {
+        0x89 => md == 3 && rm == 0 && rex & 1 == 0,
+        0x8b => reg == 0 && rex & 4 == 0,
+        _ => return false,
+    };
+    if dest_is_rax {
+        return false;
+    }
+    let sib = md != 3 && rm == 4;
+    let disp = match md {
+        0 if rm == 5 => 4,
+        0 if sib && tail.first().is_some_and(|s| s & 7 == 5) => 4,
+        1 => 1,
+        2 => 4,
+        _ => 0,
+    };
+    tail.len() == usize::from(sib) + disp
 }
 
 /// After the signal that starts the control thread (`ctlstart`): a call it interrupted with
@@ -421,6 +506,31 @@ fn reissue_call(slot: &Slot, uc: *mut libc::ucontext_t, nr: i64, restarted: bool
     g[libc::REG_RAX as usize] = nr;
 }
 
+/// Rewinds the saved context so the interrupted call runs again when the handler returns, for a
+/// thread that is not stopping (no slot time to account for): a relative sleep goes on with the
+/// time the kernel wrote back into its `rem` argument (the full time again when it has none:
+/// never shorter), as `SA_RESTART` would.
+fn reissue_now(uc: *mut libc::ucontext_t, nr: i64) {
+    // SAFETY: uc is this handler's context; the thread owns it.
+    let g = unsafe { &mut (*uc).uc_mcontext.gregs };
+    let relative = match nr {
+        libc::SYS_nanosleep => Some((libc::REG_RDI, libc::REG_RSI)),
+        libc::SYS_clock_nanosleep
+            if g[libc::REG_RSI as usize] & libc::TIMER_ABSTIME as i64 == 0 =>
+        {
+            Some((libc::REG_RDX, libc::REG_R10))
+        }
+        _ => None,
+    };
+    if let Some((req, rem)) = relative {
+        if g[rem as usize] != 0 {
+            g[req as usize] = g[rem as usize];
+        }
+    }
+    g[libc::REG_RIP as usize] -= 2;
+    g[libc::REG_RAX as usize] = nr;
+}
+
 /// Errors of [`quiesce`].
 #[derive(Clone, Copy, Debug)]
 pub enum QuiesceError {
@@ -510,41 +620,6 @@ fn is_dead(tid: i32) -> bool {
     }
 }
 
-/// Reads the system call a thread is blocked in, and the pc after it.
-fn read_syscall(tid: i32) -> (i64, usize) {
-    let mut p = task_path(tid, b"syscall");
-    let mut buf = [0u8; 256];
-    let Ok(n) = sys::read_file(p.as_cstr(), &mut buf) else {
-        return (-1, 0);
-    };
-    let s = &buf[..n];
-    if s.starts_with(b"running") {
-        return (-1, 0);
-    }
-    let nr = parse_dec(s);
-    // last field is the pc in hex ("0x…")
-    let end = s
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(0, |i| i + 1);
-    let start = s[..end]
-        .iter()
-        .rposition(|&b| b == b' ')
-        .map_or(0, |i| i + 1);
-    let hex = &s[start..end];
-    let hex = hex.strip_prefix(b"0x").unwrap_or(hex);
-    let mut pc = 0usize;
-    for &b in hex {
-        let d = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            _ => return (-1, 0),
-        };
-        pc = pc * 16 + d as usize;
-    }
-    (nr, pc)
-}
-
 fn read_comm(tid: i32, slot: &Slot) {
     let mut p = task_path(tid, b"comm");
     let mut buf = [0u8; 32];
@@ -616,9 +691,6 @@ pub fn quiesce(buf: &mut DirBuf, timeout_ns: u64) -> Result<(), QuiesceError> {
             let slot = &SLOTS[idx];
             slot.tid.store(tid, Relaxed);
             slot.is_control.store(0, Relaxed);
-            let (nr, pc) = read_syscall(tid);
-            slot.pre_nr.store(nr, Relaxed);
-            slot.pre_pc.store(pc, Relaxed);
             read_comm(tid, slot);
             slot.state.store(SIGNALLED, Release);
             NSLOTS.store(idx + 1, Release);
@@ -685,4 +757,53 @@ pub fn release() {
     RELEASE.fetch_add(1, AcqRel);
     PARK_WORD.fetch_add(1, AcqRel);
     sys::futex_wake_all(&PARK_WORD);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Places `code` so that it ends at a `syscall` well inside a page; returns its address.
+    fn syscall_after(buf: &mut [u8], code: &[u8]) -> usize {
+        let base = buf.as_ptr() as usize;
+        let off = (0..buf.len())
+            .find(|&i| (base + i) & 0xfff == 0x100)
+            .unwrap();
+        buf[off - code.len()..off].copy_from_slice(code);
+        buf[off..off + 2].copy_from_slice(&[0x0f, 0x05]);
+        base + off
+    }
+
+    fn decode(code: &[u8]) -> Option<i64> {
+        let mut buf = vec![0x90u8; 3 * 4096];
+        let at = syscall_after(&mut buf, code);
+        decode_syscall_nr(at)
+    }
+
+    #[test]
+    fn decodes_glibc_wrappers() {
+        // epoll_wait: mov $0xe8,%eax; syscall
+        assert_eq!(decode(&[0xb8, 0xe8, 0, 0, 0]), Some(232));
+        // epoll_pwait: mov $0x119,%eax; mov 0x4(%rsp),%edi; syscall
+        assert_eq!(
+            decode(&[0xb8, 0x19, 1, 0, 0, 0x8b, 0x7c, 0x24, 0x04]),
+            Some(281)
+        );
+        // mov $0x7,%eax; mov %ecx,%r10d; syscall
+        assert_eq!(decode(&[0xb8, 7, 0, 0, 0, 0x41, 0x89, 0xca]), Some(7));
+        // mov $0x10e,%eax; mov %r12,%rsi
+        assert_eq!(decode(&[0xb8, 0x0e, 1, 0, 0, 0x4c, 0x89, 0xe6]), Some(270));
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_be_sure_of() {
+        // mov $0x7,%r8d (41 b8): not %eax
+        assert_eq!(decode(&[0x41, 0xb8, 7, 0, 0, 0]), None);
+        // glibc's syscall(): mov %rdi,%rax ... the number is not in the code
+        assert_eq!(decode(&[0x48, 0x89, 0xf8, 0x48, 0x89, 0xf7]), None);
+        // mov $0xe8,%eax; mov %rdi,%rax (overwrites it)
+        assert_eq!(decode(&[0xb8, 0xe8, 0, 0, 0, 0x48, 0x89, 0xf8]), None);
+        // mov $0xe8,%eax; mov (%rdi),%eax
+        assert_eq!(decode(&[0xb8, 0xe8, 0, 0, 0, 0x8b, 0x07]), None);
+    }
 }

@@ -173,9 +173,17 @@ pub fn resolve(opts: &Options, note: &mut dyn FnMut(Note)) -> Result<Scope, Chec
             format!("no process to checkpoint for id {id}{why}"),
         ));
     }
-    for &p in &all {
-        check_signalable(p)?;
+    // A descendant that exited and was reaped since it was listed (a program forking short-lived
+    // children) is simply not part of the cut; the roots must be there.
+    let mut alive = Vec::with_capacity(all.len());
+    for p in all {
+        match check_signalable(p) {
+            Ok(()) => alive.push(p),
+            Err(e) if e.errno == libc::ESRCH && !roots.contains(&p) => {}
+            Err(e) => return Err(e),
+        }
     }
+    let mut all = alive;
     if all.len() == 1 {
         check_ptrace(opts, all[0])?;
     } else {
