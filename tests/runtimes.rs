@@ -22,12 +22,14 @@ fn port_of(job: &Job) -> u16 {
 }
 
 /// Keeps asking until `ask` answers (a restored server may take a moment to listen again).
-fn answer(what: &str, ask: impl Fn() -> std::io::Result<u64>) -> u64 {
+fn answer(what: &str, job: &Job, ask: impl Fn() -> std::io::Result<u64>) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match ask() {
             Ok(n) => return n,
-            Err(e) if Instant::now() > deadline => panic!("{what} does not answer: {e}"),
+            Err(e) if Instant::now() > deadline => {
+                panic!("{what} does not answer: {e}\n{}", job.diag())
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
@@ -61,8 +63,14 @@ fn echo_count(port: u16) -> std::io::Result<u64> {
 }
 
 /// Start `argv` under cr_run, ask it, checkpoint --term, restart, ask again twice (the counter
-/// must go on from where it was), GO, PASS.
-fn serve_across_restart(name: &str, argv: &[&str], ask: fn(u16) -> std::io::Result<u64>) {
+/// must go on from where it was), GO, PASS. With `hold_open`, a client connection stays open
+/// across the checkpoint: it comes back reset, and the server must drop it and go on serving.
+fn serve_across_restart(
+    name: &str,
+    argv: &[&str],
+    ask: fn(u16) -> std::io::Result<u64>,
+    hold_open: bool,
+) {
     let sc = Scenario::new(name);
     let cr_run = sc.tools().cr_run.to_string_lossy().into_owned();
     let mut full = vec![cr_run.as_str(), "--"];
@@ -70,7 +78,9 @@ fn serve_across_restart(name: &str, argv: &[&str], ask: fn(u16) -> std::io::Resu
     let mut job = sc.start(name, sc.command(&full));
     job.wait_ready();
     let port = port_of(&job);
-    let before = answer(name, || ask(port));
+    let before = answer(name, &job, || ask(port));
+    let held =
+        hold_open.then(|| TcpStream::connect(("127.0.0.1", port)).expect("hold a connection"));
     let img = sc.checkpoint(job.pid(), &["--term"]);
     // A JVM takes SIGTERM itself and exits 143 (128 + 15); the others die of it.
     let st = job.wait_exit(DEATH_TIMEOUT);
@@ -83,14 +93,14 @@ fn serve_across_restart(name: &str, argv: &[&str], ask: fn(u16) -> std::io::Resu
     let mut restored = sc.restart(&img);
     let pid = restored.wait_child(READY_TIMEOUT);
     wait_address_space_switched(&sc, pid, Duration::from_secs(10));
-    let after = answer(&format!("restored {name}"), || ask(port));
+    let after = answer(&format!("restored {name}"), &restored, || ask(port));
     assert!(
         after >= before,
         "the counter went back from {before} to {after}:\n{}",
         restored.diag()
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while answer(name, || ask(port)) <= after {
+    while answer(name, &restored, || ask(port)) <= after {
         assert!(
             Instant::now() < deadline,
             "the restored {name}'s timer does not run (counter stays {after}):\n{}",
@@ -98,6 +108,7 @@ fn serve_across_restart(name: &str, argv: &[&str], ask: fn(u16) -> std::io::Resu
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    drop(held);
     sc.go();
     restored.expect_pass(RESTART_TIMEOUT);
 }
@@ -117,6 +128,7 @@ fn node_http_server() {
         "node-server",
         &["node", &script.to_string_lossy()],
         http_count,
+        false,
     );
 }
 
@@ -132,6 +144,7 @@ fn python_asyncio_server() {
         "asyncio-server",
         &["python3", &script.to_string_lossy()],
         echo_count,
+        false,
     );
 }
 
@@ -168,5 +181,6 @@ fn java_nio_selector_server() {
             "NioServer",
         ],
         echo_count,
+        true,
     );
 }
