@@ -197,6 +197,23 @@ forward!(
     siginterrupt, c"siginterrupt", (sig: c_int, interrupt: c_int) -> c_int, -1
 );
 
+forward!(
+    /// `sigsuspend`, forwarded to libcr's (which never waits with the checkpoint signal blocked).
+    sigsuspend, c"sigsuspend", (set: *const libc::sigset_t) -> c_int, -1
+);
+forward!(
+    /// `ppoll`, forwarded to libcr's.
+    ppoll, c"ppoll", (fds: *mut libc::pollfd, nfds: libc::nfds_t, timeout: *const libc::timespec, set: *const libc::sigset_t) -> c_int, -1
+);
+forward!(
+    /// `pselect`, forwarded to libcr's.
+    pselect, c"pselect", (n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, timeout: *const libc::timespec, set: *const libc::sigset_t) -> c_int, -1
+);
+forward!(
+    /// `epoll_pwait`, forwarded to libcr's.
+    epoll_pwait, c"epoll_pwait", (epfd: c_int, events: *mut libc::epoll_event, max: c_int, timeout: c_int, set: *const libc::sigset_t) -> c_int, -1
+);
+
 /// `sigprocmask`, forwarded to libcr's (which never blocks the checkpoint signal).
 #[no_mangle]
 pub extern "C" fn sigprocmask(how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int {

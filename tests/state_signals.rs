@@ -305,3 +305,30 @@ fn itimer_running_repeated_unprivileged() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// waits whose mask blocks the checkpoint signal
+// ---------------------------------------------------------------------------------------------
+
+/// `cr_run ./mask_wait MODE` waits with every signal but SIGUSR1 blocked: a checkpoint still
+/// reaches it (the mask passed to the wait leaves signal 64 out); SIGUSR1 ends the wait (PASS),
+/// in the original and in a restored copy.
+#[test]
+fn checkpoint_reaches_waits_with_a_full_mask() {
+    const SIGUSR1: i32 = 10;
+    for mode in ["sigsuspend", "ppoll", "pselect", "epoll_pwait"] {
+        let sc = Scenario::new(&format!("mask-wait-{mode}"));
+        let mut prog = sc.program("mask_wait");
+        prog.argv.push(mode.into());
+        let mut job = sc.start(mode, sc.under_cr_run(&prog));
+        job.wait_ready();
+        let img = sc.checkpoint(job.pid(), &[]);
+        signal_pid(job.pid(), SIGUSR1);
+        job.expect_pass(RESTART_TIMEOUT);
+        let mut copy = sc.restart_with(&img, &["--no-restore-pid"]);
+        let pid2 = copy.wait_child(READY_TIMEOUT);
+        wait_address_space_switched(&sc, pid2, Duration::from_secs(10));
+        signal_pid(pid2, SIGUSR1);
+        copy.expect_pass(RESTART_TIMEOUT);
+    }
+}

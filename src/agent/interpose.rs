@@ -1,7 +1,8 @@
 //! Keeps the checkpoint signal invisible to the program: the program's own `sigprocmask`,
 //! `pthread_sigmask`, `sigaction` and `signal` calls (and the older `sysv_signal`,
 //! `__sysv_signal`, `bsd_signal`, `ssignal`, `sigset`, `sigignore`, `siginterrupt`, `sighold`,
-//! `sigrelse`) cannot block or replace it, and `SIGRTMAX`
+//! `sigrelse`) cannot block or replace it, nor can the masks of `sigsuspend`, `ppoll`,
+//! `pselect` and `epoll_pwait` hold it back while the program waits, and `SIGRTMAX`
 //! reports one less (as with BLCR). These wrappers are only on signal-setup paths, never hot.
 //!
 //! Signal 64 still belongs to the program too (as under BLCR): `sigaction`/`signal` on it set
@@ -466,6 +467,134 @@ pub extern "C" fn siginterrupt(sig: c_int, interrupt: c_int) -> c_int {
         }
         // SAFETY: the C library's siginterrupt has this signature.
         f => (unsafe { core::mem::transmute::<usize, F>(f) })(sig, interrupt),
+    }
+}
+
+/// A copy of the program's signal mask `set` without the checkpoint signal, when the agent runs
+/// and `set` holds it: a wait with that mask would hold back every checkpoint request.
+fn mask_without_ours(set: *const sigset_t) -> Option<sigset_t> {
+    if set.is_null() || !super::active() {
+        return None;
+    }
+    // SAFETY: the caller passed a valid sigset_t.
+    let mut copy = unsafe { core::ptr::read_unaligned(set) };
+    // SAFETY: copy is a valid sigset_t.
+    if unsafe { libc::sigismember(&copy, CR_SIGNUM) } != 1 {
+        return None;
+    }
+    // SAFETY: as above.
+    unsafe { libc::sigdelset(&mut copy, CR_SIGNUM) };
+    Some(copy)
+}
+
+/// `sigsuspend(2)`, never with the checkpoint signal blocked while it waits.
+///
+/// # Safety
+/// As `sigsuspend(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn sigsuspend(set: *const sigset_t) -> c_int {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    type F = unsafe extern "C" fn(*const sigset_t) -> c_int;
+    let copy = mask_without_ours(set);
+    let set = copy.as_ref().map_or(set, |c| c as *const sigset_t);
+    match next_fn(&NEXT, c"sigsuspend") {
+        0 => {
+            set_errno(libc::ENOSYS);
+            -1
+        }
+        // SAFETY: the C library's sigsuspend, with the caller's (or a filtered) mask.
+        f => unsafe { core::mem::transmute::<usize, F>(f)(set) },
+    }
+}
+
+/// `ppoll(2)`, never with the checkpoint signal blocked while it waits.
+///
+/// # Safety
+/// As `ppoll(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn ppoll(
+    fds: *mut libc::pollfd,
+    nfds: libc::nfds_t,
+    timeout: *const libc::timespec,
+    set: *const sigset_t,
+) -> c_int {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    type F = unsafe extern "C" fn(
+        *mut libc::pollfd,
+        libc::nfds_t,
+        *const libc::timespec,
+        *const sigset_t,
+    ) -> c_int;
+    let copy = mask_without_ours(set);
+    let set = copy.as_ref().map_or(set, |c| c as *const sigset_t);
+    match next_fn(&NEXT, c"ppoll") {
+        0 => {
+            set_errno(libc::ENOSYS);
+            -1
+        }
+        // SAFETY: the C library's ppoll, with the caller's arguments (or a filtered mask).
+        f => unsafe { core::mem::transmute::<usize, F>(f)(fds, nfds, timeout, set) },
+    }
+}
+
+/// `pselect(2)`, never with the checkpoint signal blocked while it waits.
+///
+/// # Safety
+/// As `pselect(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn pselect(
+    n: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    timeout: *const libc::timespec,
+    set: *const sigset_t,
+) -> c_int {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    type F = unsafe extern "C" fn(
+        c_int,
+        *mut libc::fd_set,
+        *mut libc::fd_set,
+        *mut libc::fd_set,
+        *const libc::timespec,
+        *const sigset_t,
+    ) -> c_int;
+    let copy = mask_without_ours(set);
+    let set = copy.as_ref().map_or(set, |c| c as *const sigset_t);
+    match next_fn(&NEXT, c"pselect") {
+        0 => {
+            set_errno(libc::ENOSYS);
+            -1
+        }
+        // SAFETY: the C library's pselect, with the caller's arguments (or a filtered mask).
+        f => unsafe { core::mem::transmute::<usize, F>(f)(n, r, w, e, timeout, set) },
+    }
+}
+
+/// `epoll_pwait(2)`, never with the checkpoint signal blocked while it waits.
+///
+/// # Safety
+/// As `epoll_pwait(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn epoll_pwait(
+    epfd: c_int,
+    events: *mut libc::epoll_event,
+    max: c_int,
+    timeout: c_int,
+    set: *const sigset_t,
+) -> c_int {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    type F =
+        unsafe extern "C" fn(c_int, *mut libc::epoll_event, c_int, c_int, *const sigset_t) -> c_int;
+    let copy = mask_without_ours(set);
+    let set = copy.as_ref().map_or(set, |c| c as *const sigset_t);
+    match next_fn(&NEXT, c"epoll_pwait") {
+        0 => {
+            set_errno(libc::ENOSYS);
+            -1
+        }
+        // SAFETY: the C library's epoll_pwait, with the caller's arguments (or a filtered mask).
+        f => unsafe { core::mem::transmute::<usize, F>(f)(epfd, events, max, timeout, set) },
     }
 }
 
