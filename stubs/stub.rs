@@ -288,3 +288,82 @@ pub unsafe extern "C" fn madvise(addr: *mut c_void, len: libc::size_t, advice: c
     // SAFETY: the symbol has madvise's signature; the caller's promise is passed on.
     unsafe { core::mem::transmute::<usize, F>(f)(addr, len, advice) }
 }
+
+/// Tells libcr the name of a file `mkstemp` and its kin just created (see libcr's
+/// `agent::created`); errno is kept.
+fn note_created(template: *const core::ffi::c_char, fd: c_int) {
+    if fd < 0 {
+        return;
+    }
+    let f = libcr_sym(c"cri_note_created");
+    if f != 0 {
+        // SAFETY: libcr exports cri_note_created as unsafe extern "C" fn(*const c_char); the
+        // template holds the created file's NUL-terminated name.
+        unsafe { core::mem::transmute::<usize, unsafe extern "C" fn(*const core::ffi::c_char)>(f)(template) };
+    }
+}
+
+/// `mkstemp`, the C library's, the created file noted for the checkpoint.
+///
+/// # Safety
+/// As `mkstemp(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn mkstemp(template: *mut core::ffi::c_char) -> c_int {
+    type F = unsafe extern "C" fn(*mut core::ffi::c_char) -> c_int;
+    let fd = match next_sym(c"mkstemp") {
+        0 => return -1,
+        // SAFETY: the symbol has mkstemp's signature.
+        f => unsafe { core::mem::transmute::<usize, F>(f)(template) },
+    };
+    note_created(template, fd);
+    fd
+}
+
+/// `mkostemp`, the C library's, the created file noted for the checkpoint.
+///
+/// # Safety
+/// As `mkostemp(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn mkostemp(template: *mut core::ffi::c_char, flags: c_int) -> c_int {
+    type F = unsafe extern "C" fn(*mut core::ffi::c_char, c_int) -> c_int;
+    let fd = match next_sym(c"mkostemp") {
+        0 => return -1,
+        // SAFETY: the symbol has mkostemp's signature.
+        f => unsafe { core::mem::transmute::<usize, F>(f)(template, flags) },
+    };
+    note_created(template, fd);
+    fd
+}
+
+/// `mkstemps`, the C library's, the created file noted for the checkpoint (gcc makes its
+/// temporary files with it).
+///
+/// # Safety
+/// As `mkstemps(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn mkstemps(template: *mut core::ffi::c_char, suffixlen: c_int) -> c_int {
+    type F = unsafe extern "C" fn(*mut core::ffi::c_char, c_int) -> c_int;
+    let fd = match next_sym(c"mkstemps") {
+        0 => return -1,
+        // SAFETY: the symbol has mkstemps's signature.
+        f => unsafe { core::mem::transmute::<usize, F>(f)(template, suffixlen) },
+    };
+    note_created(template, fd);
+    fd
+}
+
+/// `mkostemps`, the C library's, the created file noted for the checkpoint.
+///
+/// # Safety
+/// As `mkostemps(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn mkostemps(template: *mut core::ffi::c_char, suffixlen: c_int, flags: c_int) -> c_int {
+    type F = unsafe extern "C" fn(*mut core::ffi::c_char, c_int, c_int) -> c_int;
+    let fd = match next_sym(c"mkostemps") {
+        0 => return -1,
+        // SAFETY: the symbol has mkostemps's signature.
+        f => unsafe { core::mem::transmute::<usize, F>(f)(template, suffixlen, flags) },
+    };
+    note_created(template, fd);
+    fd
+}

@@ -108,9 +108,11 @@ fn make_j2_term() {
         t.elapsed().as_secs_f64()
     ));
 
-    // A compiler that finishes between the last look and the checkpoint (rare) loses its .o or
-    // its .s (no longer open by anyone, so not saved) to gcc's or make's cleanup (see
-    // `mid_build`); such an attempt is retried.
+    // A compiler that finishes between the last look and the checkpoint (rare) loses its .o to
+    // make's cleanup (see `mid_build`: a file the job was writing, saved only with
+    // --save-written); such an attempt is retried. gcc's /tmp/cc*.s travels even when nobody
+    // has it open (cc1 finished, `as` not started): gcc made it with mkstemps, so its agent
+    // saves it (`created_file_closed_and_deleted_on_term`); a failure on it is not retried.
     for attempt in 1..=3 {
         let proj = sc.work_dir().join(format!("proj{attempt}"));
         generate_project(&proj);
@@ -139,11 +141,7 @@ fn make_j2_term() {
         let st = restarted.wait_exit(RESTART_TIMEOUT);
         restarted.wait_output_closed(PIPE_CLOSE_TIMEOUT);
         let err = restarted.stderr();
-        // Also gcc's assembler input: cc1 finished (a zombie at the checkpoint), so nobody had
-        // /tmp/cc*.s open and it did not travel; gcc deleted it on SIGTERM.
-        let lost_object = err.contains(".o (fd")
-            || err.contains("cannot find f")
-            || (err.contains("can't open /tmp/cc") && err.contains(".s for reading"));
+        let lost_object = err.contains(".o (fd") || err.contains("cannot find f");
         if !st.success() && lost_object && attempt < 3 {
             sc.note(&format!("attempt {attempt} lost an object file: {err}"));
             continue;
@@ -205,6 +203,41 @@ fn scratch_file_deleted_on_term() {
     sc.go();
     let mut restarted = sc.restart(&img);
     restarted.expect_pass(RESTART_TIMEOUT);
+}
+
+/// A file made with `mkstemps` and closed (nobody has it open, as gcc's /tmp/cc*.s after cc1
+/// exited and before `as` starts), deleted by the program's SIGTERM handler: saved because the
+/// process created it (the preload stub tells the agent), put back at restart. Before: the
+/// restarted program found it gone.
+#[test]
+fn created_file_closed_and_deleted_on_term() {
+    let sc = Scenario::new("tmp_created");
+    let dir = TmpDir(PathBuf::from(format!(
+        "/tmp/libcr-tmpfiles-{}-created",
+        std::process::id()
+    )));
+    let _ = fs::remove_dir_all(&dir.0);
+    fs::create_dir_all(&dir.0).expect("mkdir in /tmp");
+    let prog = sc.program("tmp_created");
+    let mut cmd = sc.under_cr_run(&prog);
+    cmd.env("CR_TEST_SCRATCH", &dir.0);
+    let mut job = sc.start("tmp_created", cmd);
+    job.wait_ready();
+    let img = sc.checkpoint(job.pid(), &["--term"]);
+    job.expect_signal(libc::SIGTERM, DEATH_TIMEOUT);
+    assert!(
+        fs::read_dir(&dir.0).expect("read dir").next().is_none(),
+        "the SIGTERM handler should have removed its file"
+    );
+    let saved = saved_lines(&sc, &img);
+    assert!(
+        saved
+            .iter()
+            .any(|l| l.contains("/cc") && l.contains("created")),
+        "cr_info must list the created file: {saved:?}"
+    );
+    sc.go();
+    sc.restart(&img).expect_pass(RESTART_TIMEOUT);
 }
 
 /// `--cow` of a process that saves files by content: the checkpoint is written stopped (the

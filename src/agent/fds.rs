@@ -67,8 +67,85 @@ pub fn capture(
         }
     })();
     sys::close(dir);
-    res.map(|_| seen.tmp_bytes)
+    res?;
+    save_created(w, &mut seen, files, spans)?;
+    Ok(seen.tmp_bytes)
 }
+
+/// Saves the files this process created with `mkstemp` & co. ([`super::created`]) that are
+/// still there under a temporary directory and were not saved with a descriptor: a
+/// [`REC_CREATED_SAVED`] record each (over the limit: a warning naming it). The agent's own
+/// read-only descriptor of each is closed once the contents are written (`write_spans`).
+fn save_created(
+    w: &mut MetaWriter,
+    seen: &mut Seen,
+    files: &SaveFiles,
+    spans: &mut Spans,
+) -> Result<(), Errno> {
+    if seen.tmp_limit.is_none() {
+        return Ok(());
+    }
+    let mut res = Ok(());
+    super::created::each(|path| {
+        if res.is_err() {
+            return;
+        }
+        let Some(why) = temporary_reason(path, files) else {
+            return;
+        };
+        let mut c = StackBuf::<4096>::new();
+        c.push(path);
+        let st = match sys::stat(c.as_cstr(), libc::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG && !seen.has_saved(&st) => st,
+            _ => return,
+        };
+        let Ok(fd) = sys::open(c.as_cstr(), libc::O_RDONLY | libc::O_CLOEXEC, 0) else {
+            return;
+        };
+        let fd = fd as i32;
+        let n = spans.n;
+        res = (|| {
+            match save_temporary(w, fd, &st, seen, why, spans)? {
+                Some(text) => {
+                    let mut m = StackBuf::<1024>::new();
+                    m.push(b"created file ").push(path).push(b" ").push(text);
+                    w.raw(REC_WARNING, m.as_bytes())
+                        .map_err(|_| Errno(libc::ENOMEM))?;
+                }
+                None => {
+                    let rec = CreatedSavedRec {
+                        saved: FdSavedRec {
+                            fd: -1,
+                            mode: st.st_mode & 0o7777,
+                            size: st.st_size,
+                            mtime_sec: st.st_mtime,
+                            mtime_nsec: st.st_mtime_nsec,
+                            why,
+                            _pad: 0,
+                        },
+                        dev: st.st_dev,
+                        ino: st.st_ino,
+                        path_len: path.len() as u32,
+                        _pad: 0,
+                    };
+                    w.record(REC_CREATED_SAVED, &rec, path)
+                        .map_err(|_| Errno(libc::ENOMEM))?;
+                    save_parent_dirs(w, path, files)?;
+                }
+            }
+            Ok(())
+        })();
+        if spans.n > n {
+            spans.list[n]._pad = SPAN_OWN_FD;
+        } else {
+            sys::close(fd);
+        }
+    });
+    res
+}
+
+/// `FileSpan::_pad`: the descriptor is the agent's own, closed once the contents are written.
+const SPAN_OWN_FD: u32 = 1;
 
 /// How many descriptors (and pipes) are compared for shared descriptions per checkpoint.
 const SEEN_MAX: usize = 1024;
@@ -226,6 +303,19 @@ pub struct Spans<'a> {
     buf: &'a mut [u8],
 }
 
+impl Drop for Spans<'_> {
+    /// Closes the agent's own descriptors of saved files whose contents were not written (a
+    /// checkpoint that failed first).
+    fn drop(&mut self) {
+        for s in &mut self.list[..self.n] {
+            if s._pad == SPAN_OWN_FD {
+                sys::close(s.fd);
+                s._pad = 0;
+            }
+        }
+    }
+}
+
 impl<'a> Spans<'a> {
     /// An empty set kept in `list`, copying through `buf` (page aligned, a page multiple).
     pub fn new(list: &'a mut [FileSpan], buf: &'a mut [u8]) -> Self {
@@ -368,6 +458,10 @@ pub fn write_spans(out: i32, spans: &mut Spans, deadline_ns: u64) -> Result<(), 
         })();
         if let Some(r) = own {
             sys::close(r);
+        }
+        if s._pad == SPAN_OWN_FD {
+            sys::close(s.fd);
+            spans.list[i]._pad = 0;
         }
         res?;
     }

@@ -8,6 +8,7 @@
 
 pub mod control;
 pub mod cow;
+pub mod created;
 pub mod ctlstart;
 pub mod fds;
 pub mod forward;

@@ -226,6 +226,13 @@ fn saved_files(img: &Image) -> Vec<(String, u64, &'static str)> {
             add(&f.path, f.rec.size.max(0) as u64, "open and unlinked");
         }
     }
+    for (c, path) in &img.created {
+        add(
+            path,
+            c.saved.size.max(0) as u64,
+            "created with mkstemp under a temporary directory, closed",
+        );
+    }
     for r in img
         .regions
         .iter()

@@ -148,6 +148,30 @@ pub const REC_FD_SAVED: u32 = REC_OPTIONAL | 16;
 /// reader skips it (it creates missing directories with default modes, or fails).
 pub const REC_SAVED_DIR: u32 = REC_OPTIONAL | 22;
 
+/// Optional record: [`CreatedSavedRec`], then the file's path: a regular file under a temporary
+/// directory that the process created with `mkstemp` or its kin (noted by the preload stub) and
+/// that nobody of the process had open at checkpoint time (gcc's `/tmp/cc*.s` between cc1 and
+/// `as`), saved by content (`REC_FILE_SPAN` of its `dev`/`ino`, before this record). Put back
+/// at its path at restart as a `REC_FD_SAVED` file is. An older reader skips it.
+pub const REC_CREATED_SAVED: u32 = REC_OPTIONAL | 23;
+
+/// Payload of [`REC_CREATED_SAVED`] (64 bytes), followed by the path.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug, PartialEq, Eq)]
+pub struct CreatedSavedRec {
+    /// Size, modification time, mode and why ([`SAVED_TMP`] or [`SAVED_DIR`]); `fd` is -1.
+    pub saved: FdSavedRec,
+    /// Device of the file.
+    pub dev: u64,
+    /// Inode of the file.
+    pub ino: u64,
+    /// Length of the path after this record.
+    pub path_len: u32,
+    /// Zero.
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<CreatedSavedRec>() == 64);
+
 /// Payload of [`REC_SAVED_DIR`] (16 bytes), followed by the path.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Debug, Default, PartialEq, Eq)]

@@ -178,6 +178,8 @@ pub struct Image {
     pub file_spans: Vec<FileSpanRec>,
     /// Directories above saved temporary files (`REC_SAVED_DIR`): mode and owner, path.
     pub saved_dirs: Vec<(SavedDirRec, Vec<u8>)>,
+    /// Files created with `mkstemp` & co. and saved without a descriptor (`REC_CREATED_SAVED`).
+    pub created: Vec<(CreatedSavedRec, Vec<u8>)>,
     /// File offset where this image starts (0 unless it is one process of a tree image).
     pub base: u64,
     /// Descriptions shared with the images that follow this one back to back (a forwarded
@@ -316,6 +318,7 @@ impl Image {
             file_data: Vec::new(),
             file_spans: Vec::new(),
             saved_dirs: Vec::new(),
+            created: Vec::new(),
             base,
             shares: Vec::new(),
             parent: None,
@@ -469,6 +472,14 @@ impl Image {
                     if let Some(f) = self.fds.iter_mut().rev().find(|f| f.rec.fd == o.fd) {
                         f.owner = Some(o);
                     }
+                }
+                REC_CREATED_SAVED => {
+                    let r: CreatedSavedRec = read_pod(body, "created file")?;
+                    let path = &body[core::mem::size_of::<CreatedSavedRec>()..];
+                    if path.len() != r.path_len as usize || !path.starts_with(b"/") {
+                        return Err(ImageError::Malformed("created file path".into()));
+                    }
+                    self.created.push((r, path.to_vec()));
                 }
                 REC_SAVED_DIR => {
                     let r: SavedDirRec = read_pod(body, "saved directory")?;

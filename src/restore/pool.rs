@@ -187,6 +187,7 @@ impl Pool {
         // Pseudo-terminals whose master is in the job, by saved terminal number: the new
         // master (until its own descriptor is met) and the new terminal number.
         let mut ptys: HashMap<u32, (Option<std::os::fd::OwnedFd>, u32)> = HashMap::new();
+        super::saved::put_back_created(images, files)?;
         for (i, img) in images.iter().enumerate() {
             for f in &img.fds {
                 let pooled = match f.kind {

@@ -119,7 +119,30 @@ pub fn put_back(
     f: &Fd,
     s: &FdSavedRec,
 ) -> Result<bool, RestoreError> {
-    let path = Path::new(OsStr::from_bytes(&f.path));
+    let label = format!("fd {}", f.rec.fd);
+    put_back_at(images, files, &f.path, (f.rec.dev, f.rec.ino), s, &label)
+}
+
+/// Puts back every file of `images` saved without a descriptor (`REC_CREATED_SAVED`: made with
+/// `mkstemp` & co. and closed, as gcc's `/tmp/cc*.s` between cc1 and `as`), as [`put_back`].
+pub fn put_back_created(images: &[&Image], files: &[&File]) -> Result<(), RestoreError> {
+    for img in images {
+        for (c, path) in &img.created {
+            put_back_at(images, files, path, (c.dev, c.ino), &c.saved, "created")?;
+        }
+    }
+    Ok(())
+}
+
+fn put_back_at(
+    images: &[&Image],
+    files: &[&File],
+    path: &[u8],
+    key: (u64, u64),
+    s: &FdSavedRec,
+    label: &str,
+) -> Result<bool, RestoreError> {
+    let path = Path::new(OsStr::from_bytes(path));
     if matches(path, s) {
         return Ok(false);
     }
@@ -128,7 +151,6 @@ pub fn put_back(
     if s.why == SAVED_WRITTEN && std::fs::symlink_metadata(path).is_ok() {
         return Ok(false);
     }
-    let key = (f.rec.dev, f.rec.ino);
     if !images.iter().any(|img| img.saved_contents(key).is_some()) {
         return Ok(false); // contents not in the image: reopened by path as any file
     }
@@ -136,9 +158,8 @@ pub fn put_back(
         RestoreError::new(
             e.raw_os_error().unwrap_or(libc::EIO),
             format!(
-                "cannot re-create the saved temporary file {} (fd {}): {what}: {e}",
+                "cannot re-create the saved temporary file {} ({label}): {what}: {e}",
                 path.display(),
-                f.rec.fd
             ),
         )
     };
