@@ -774,7 +774,9 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
                 return;
             }
         };
-        if req.signal == libc::SIGKILL || req.signal == libc::SIGTERM {
+        // (An API request's SIGTERM is the program's own choice and has no release to forget
+        // the table at: not for it.)
+        if req.signal == libc::SIGKILL || (!api && req.signal == libc::SIGTERM) {
             crate::kinds::socket::reset_accepted_on_close();
         }
         if api && req.signal == libc::SIGKILL {
