@@ -11,6 +11,8 @@
  * are the test's too: after GO it also writes "outside fdN" on each and reads one line from
  * each, which must be "reply fdN" (written by the test into the peer of the socket it gave
  * cr_restart at that number).
+ * When fd 9 is a terminal at start (a pseudo-terminal of the test), after GO it writes
+ * "outside fd9" on it: the test reads it from the terminal it gave cr_restart at that number.
  *
  * Build: gcc -O2 -Wall -o outside outside.c
  */
@@ -82,6 +84,7 @@ int main(void)
     if (fstat(6, &st) != 0 || !S_ISFIFO(st.st_mode) || (fcntl(6, F_GETFL) & O_ACCMODE) != O_RDONLY)
         fail("fd 6 is not the read end of a pipe at start");
     int sockets = is_socket(7) && is_socket(8);
+    int tty = isatty(9);
     printf("READY\n");
     fflush(stdout);
     struct timespec ms = {0, 1000000};
@@ -95,6 +98,11 @@ int main(void)
         write_all(8, "outside fd8\n", "write on fd 8 (TCP connection)");
         read_line(7, "reply fd7\n");
         read_line(8, "reply fd8\n");
+    }
+    if (tty) {
+        if (!isatty(9))
+            fail("fd 9 is no terminal after the restart");
+        write_all(9, "outside fd9\n", "write on fd 9 (terminal)");
     }
     printf("PASS outside\n");
     fflush(stdout);

@@ -95,17 +95,41 @@ fn sockets() -> (UnixStream, UnixStream, TcpStream, TcpStream) {
     (high(a), high(b), high(c), high(d))
 }
 
+/// A pseudo-terminal: (master, slave), both close-on-exec, at numbers of 100 and more.
+fn pty() -> (File, File) {
+    let (mut m, mut sl) = (-1, -1);
+    // SAFETY: openpty into two locals (no name, settings or size asked for).
+    let rc = unsafe {
+        libc::openpty(
+            &mut m,
+            &mut sl,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors are new and ours.
+    let (m, sl) = unsafe { (File::from_raw_fd(m), File::from_raw_fd(sl)) };
+    (high(m), high(sl))
+}
+
 /// `outside` under cr_run with fd 5 and 6 on pipes of the test (and, with `sockets`, fd 7 on a
-/// unix socket and fd 8 on a TCP connection whose other ends the test holds) (READY seen),
-/// checkpointed with `--term`; returns the image.
-fn checkpoint_outside(sc: &Scenario, sockets: bool) -> std::path::PathBuf {
+/// unix socket, fd 8 on a TCP connection whose other ends the test holds and fd 9 on a terminal)
+/// (READY seen), checkpointed with `--term`; returns the image and that terminal's master.
+fn checkpoint_outside(sc: &Scenario, sockets: bool) -> (std::path::PathBuf, File) {
     let prog = sc.program("outside");
     let (_r5, w5) = pipe();
     let (r6, _w6) = pipe();
     let (u7, _u7_peer, t8, _t8_peer) = self::sockets();
+    let (master, slave) = pty();
     let mut fds = vec![(w5.as_raw_fd(), 5), (r6.as_raw_fd(), 6)];
     if sockets {
-        fds.extend([(u7.as_raw_fd(), 7), (t8.as_raw_fd(), 8)]);
+        fds.extend([
+            (u7.as_raw_fd(), 7),
+            (t8.as_raw_fd(), 8),
+            (slave.as_raw_fd(), 9),
+        ]);
     }
     let mut cmd = sc.under_cr_run(&prog);
     with_fds(&mut cmd, fds);
@@ -113,7 +137,7 @@ fn checkpoint_outside(sc: &Scenario, sockets: bool) -> std::path::PathBuf {
     job.wait_ready();
     let img = sc.checkpoint(job.pid(), &["--term"]);
     job.expect_signal(SIGTERM, DEATH_TIMEOUT);
-    img
+    (img, master)
 }
 
 /// `cr_restart IMG` with `pairs` placed as its descriptors.
@@ -128,7 +152,9 @@ fn restart_with_fds(sc: &Scenario, img: &Path, pairs: Vec<(i32, i32)>) -> Job {
 /// new unix socket and TCP connection: each restored descriptor uses the restarter's of its
 /// number (the sockets were a unix socket that read end of file and a reset connection).
 fn outside_takes_restarters(sc: &Scenario) {
-    let img = checkpoint_outside(sc, true);
+    // The first terminal stays open: reopened by its path, fd 9 would still reach it.
+    let (img, mut old_tty) = checkpoint_outside(sc, true);
+    let (mut new_tty, tty9) = pty();
     let (mut r5, w5) = pipe();
     let (r6, mut w6) = pipe();
     w6.write_all(b"outside fd6\n").expect("fill the fd 6 pipe");
@@ -147,9 +173,10 @@ fn outside_takes_restarters(sc: &Scenario) {
             (r6.as_raw_fd(), 6),
             (u7.as_raw_fd(), 7),
             (t8.as_raw_fd(), 8),
+            (tty9.as_raw_fd(), 9),
         ],
     );
-    drop((w5, r6, w6, u7, t8));
+    drop((w5, r6, w6, u7, t8, tty9));
     sc.go();
     restarted.expect_pass(RESTART_TIMEOUT);
     let five = drain(&mut r5);
@@ -181,6 +208,19 @@ fn outside_takes_restarters(sc: &Scenario) {
             restarted.diag()
         );
     }
+    // (A terminal turns "\n" into "\r\n".)
+    let nine = drain(&mut new_tty);
+    assert!(
+        nine.contains("outside fd9"),
+        "fd 9 (a terminal) must be cr_restart's, got {nine:?}\n{}",
+        restarted.diag()
+    );
+    let old_nine = drain(&mut old_tty);
+    assert!(
+        !old_nine.contains("outside fd9"),
+        "fd 9 went to the checkpointed program's terminal\n{}",
+        restarted.diag()
+    );
     assert!(
         restarted
             .stderr()
@@ -204,7 +244,7 @@ fn outside_takes_restarters(sc: &Scenario) {
 /// cr_restart without fd 5 and 6: the write end goes to its stdout, the read end to its stdin,
 /// and it says so on stderr.
 fn outside_fallback(sc: &Scenario) {
-    let img = checkpoint_outside(sc, false);
+    let (img, _tty) = checkpoint_outside(sc, false);
     let (r0, mut w0) = pipe();
     w0.write_all(b"outside fd6\n").expect("fill the stdin pipe");
     let mut restarted = restart_with_fds(sc, &img, vec![(r0.as_raw_fd(), 0)]);

@@ -53,6 +53,8 @@ pub fn outside_without_restarter_fd(images: &[&Image], img: &Image) -> Vec<(i32,
             let pooled = match f.kind {
                 FdKind::Pipe => super::pool::pipe_is_pooled(images, f),
                 FdKind::Kernel => !super::pool::socket_leads_outside(images, f),
+                // Only a terminal the restarter has is not pooled (else: by its path).
+                FdKind::CharDevice => true,
                 _ => false,
             };
             leads_outside(f.kind, pooled) && !restarter_has(f.rec.fd)
@@ -99,9 +101,13 @@ fn set_owner(img: &Image, fd: i32, o: &crate::image::format::FdOwnerRec) {
 
 fn leads_outside(kind: FdKind, pooled: bool) -> bool {
     // (An inherited pseudo-terminal slave whose master is in the job is pooled; a kernel object
-    // is not pooled only when it is a socket connected outside the job that the restarter has a
-    // descriptor for, see `pool::socket_leads_outside`.)
-    matches!(kind, FdKind::Inherited | FdKind::Pipe | FdKind::Kernel) && !pooled
+    // or a device is not pooled only when it is a socket connected outside the job, or a
+    // terminal, that the restarter has a descriptor for, see `pool::socket_leads_outside` and
+    // `pool::terminal_leads_outside`.)
+    matches!(
+        kind,
+        FdKind::Inherited | FdKind::Pipe | FdKind::Kernel | FdKind::CharDevice
+    ) && !pooled
 }
 
 fn fallback_name(f: &crate::image::reader::Fd) -> &'static str {

@@ -191,10 +191,9 @@ impl Pool {
         for (i, img) in images.iter().enumerate() {
             for f in &img.fds {
                 let pooled = match f.kind {
-                    FdKind::Regular
-                    | FdKind::Directory
-                    | FdKind::CharDevice
-                    | FdKind::CheckpointFile => true,
+                    FdKind::Regular | FdKind::Directory | FdKind::CheckpointFile => true,
+                    // A terminal outside the job takes the restarter's descriptor too.
+                    FdKind::CharDevice => !terminal_leads_outside(images, f),
                     FdKind::Pipe => pipe_is_pooled(images, f),
                     FdKind::Unlinked => true,
                     // A socket connected outside the job takes the restarter's descriptor.
@@ -937,6 +936,23 @@ pub fn socket_leads_outside(images: &[&Image], f: &Fd) -> bool {
         && f.rec.fd > 2
         && connected_peer_in_job(images, f) == Some(false)
         && super::fds::restarter_has(f.rec.fd)
+}
+
+/// Whether `f` is a terminal above 2 (`/dev/pts/N` whose master is not in the job, `/dev/ttyN`,
+/// `/dev/tty`, `/dev/console`) while the restarter has a descriptor of its number: BLCR's rule
+/// gives it the restarter's (a job restarted from another terminal talks to that one). Without
+/// one it is reopened by its path, as any device.
+pub fn terminal_leads_outside(images: &[&Image], f: &Fd) -> bool {
+    f.kind == FdKind::CharDevice
+        && f.rec.fd > 2
+        && is_terminal_path(&f.path)
+        && pty_slave_in_job(images, f).is_none()
+        && super::fds::restarter_has(f.rec.fd)
+}
+
+/// Whether `path` names a terminal device (by its name: the image keeps no device number).
+fn is_terminal_path(path: &[u8]) -> bool {
+    path.starts_with(b"/dev/pts/") || path.starts_with(b"/dev/tty") || path == b"/dev/console"
 }
 
 /// For a connected socket (unix, or a TCP connection): whether its other end is in the job.
