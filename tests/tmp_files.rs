@@ -141,7 +141,12 @@ fn make_j2_term() {
         let st = restarted.wait_exit(RESTART_TIMEOUT);
         restarted.wait_output_closed(PIPE_CLOSE_TIMEOUT);
         let err = restarted.stderr();
-        let lost_object = err.contains(".o (fd") || err.contains("cannot find f");
+        // Also retried: a compiler of the killed job left as a zombie that this machine's init
+        // (pid 1) does not reap holds a process group id the restart needs (seen in sandboxes
+        // whose pid 1 is not an init; the restart then waits 5 s and the build may fail).
+        let lost_object = err.contains(".o (fd")
+            || err.contains("cannot find f")
+            || err.contains("has not reaped it");
         if !st.success() && lost_object && attempt < 3 {
             sc.note(&format!("attempt {attempt} lost an object file: {err}"));
             continue;
