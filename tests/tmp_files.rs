@@ -137,13 +137,19 @@ fn make_j2_term() {
         }
         let img = sc.checkpoint(job.pid(), &["--term"]);
         job.wait_exit(DEATH_TIMEOUT);
+        // The killed job's orphans (a cc1 whose gcc died first) are reaped by pid 1, which in
+        // some sandboxes polls (about 1 s here): their pids and process group must be free
+        // before the restart takes them again.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while group_has_processes(job.pid()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let mut restarted = sc.restart(&img);
         let st = restarted.wait_exit(RESTART_TIMEOUT);
         restarted.wait_output_closed(PIPE_CLOSE_TIMEOUT);
         let err = restarted.stderr();
-        // Also retried: a compiler of the killed job left as a zombie that this machine's init
-        // (pid 1) does not reap holds a process group id the restart needs (seen in sandboxes
-        // whose pid 1 is not an init; the restart then waits 5 s and the build may fail).
+        // Also retried: a compiler of the killed job still a zombie after the wait above holds
+        // a process group id the restart needs (the restart then waits 5 s and gives up).
         let lost_object = err.contains(".o (fd")
             || err.contains("cannot find f")
             || err.contains("has not reaped it");
@@ -163,6 +169,15 @@ fn make_j2_term() {
         );
         return;
     }
+}
+
+/// Whether any process, zombies included, is still in process group `pgid`.
+fn group_has_processes(pgid: u32) -> bool {
+    fs::read_dir("/proc").is_ok_and(|rd| {
+        rd.flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .any(|p| proc_stat(p).is_some_and(|st| st.pgrp == pgid))
+    })
 }
 
 /// A directory under /tmp for one test, removed on drop.
