@@ -141,15 +141,6 @@ fn many_checkpoints_in_a_row() {
     sc.restart(&fin).expect_pass(RESTART_TIMEOUT);
 }
 
-/// Whether any process of process group `pgid`, zombies included, still holds its pid.
-fn group_holds_pids(pgid: u32) -> bool {
-    fs::read_dir("/proc").is_ok_and(|rd| {
-        rd.flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .any(|p| proc_stat(p).is_some_and(|st| st.pgrp == pgid))
-    })
-}
-
 /// Sends SIGUSR1 to `pid` from a thread of this process as fast as it can with a pause of
 /// 50 µs, until stopped; counts what was sent.
 struct Storm {

@@ -141,7 +141,7 @@ fn make_j2_term() {
         // some sandboxes polls (about 1 s here): their pids and process group must be free
         // before the restart takes them again.
         let deadline = Instant::now() + Duration::from_secs(15);
-        while group_has_processes(job.pid()) && Instant::now() < deadline {
+        while group_holds_pids(job.pid()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         let mut restarted = sc.restart(&img);
@@ -169,15 +169,6 @@ fn make_j2_term() {
         );
         return;
     }
-}
-
-/// Whether any process, zombies included, is still in process group `pgid`.
-fn group_has_processes(pgid: u32) -> bool {
-    fs::read_dir("/proc").is_ok_and(|rd| {
-        rd.flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .any(|p| proc_stat(p).is_some_and(|st| st.pgrp == pgid))
-    })
 }
 
 /// A directory under /tmp for one test, removed on drop.

@@ -295,6 +295,14 @@ fn all_pids() -> Vec<u32> {
     v
 }
 
+/// Whether any process of process group `pgid`, zombies included, still holds its pid (a killed
+/// job's orphans are reaped by pid 1, in some sandboxes only after a while).
+pub fn group_holds_pids(pgid: u32) -> bool {
+    all_pids()
+        .into_iter()
+        .any(|p| proc_stat(p).is_some_and(|st| st.pgrp == pgid))
+}
+
 /// Live (non-zombie) processes whose process group is `pgid`.
 pub fn group_members(pgid: u32) -> Vec<u32> {
     all_pids()
