@@ -28,6 +28,13 @@ pub fn bound_pid() -> i32 {
 /// The third is the pidfd of a copy-on-write writer while it runs.
 static REQUEST_FDS: [AtomicI32; 3] = [AtomicI32::new(-1), AtomicI32::new(-1), AtomicI32::new(-1)];
 
+/// Set by a control thread that came back from an image: the connection it was serving (and
+/// whose number `control_main` still holds) was the checkpointed process's, never ours here.
+/// Closing that number would close whatever the restored program has opened there since its
+/// threads were let go (seen as EBADF in a restored program: an accepted connection, cc1's
+/// output file).
+static CONN_IS_PAST: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
 /// Set while a request is served: the control thread opens descriptors (the request's, and
 /// `/proc/self/task/*` files while it stops the threads) that a child forked meanwhile inherits.
 static SERVING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
@@ -222,7 +229,9 @@ pub(super) extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void
                         serve(c);
                     }
                 }
-                sys::close(c);
+                if !CONN_IS_PAST.swap(false, AcqRel) {
+                    sys::close(c);
+                }
             }
             Err(sys::Errno(libc::EINTR))
             | Err(sys::Errno(libc::ECONNABORTED))
@@ -757,6 +766,8 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
         // We are the control thread of a restored process; conn, img_fd and the scratch area
         // belong to the past (they were never part of the image).
         core::mem::forget(scratch);
+        // (Set before the program's threads go, which after_restart does at its end.)
+        CONN_IS_PAST.store(true, Release);
         after_restart();
         return;
     }
