@@ -322,6 +322,32 @@ pub fn peek(fd: i32, buf: &mut [u8]) -> SysResult {
     )
 }
 
+/// Writes `path` as an absolute path into `out` (a relative one joined to the working
+/// directory, as the kernel resolved it); its length, or None when it does not fit or the
+/// working directory is unreachable. Allocation-free, for the agent's interposed calls.
+pub fn absolute_path(path: &[u8], out: &mut [u8]) -> Option<usize> {
+    let mut len = 0;
+    if path.first() != Some(&b'/') {
+        let n = sys3(
+            libc::SYS_getcwd as usize,
+            out.as_mut_ptr() as usize,
+            out.len(),
+            0,
+        )
+        .ok()?;
+        len = n.saturating_sub(1); // without the NUL
+        if out.first() != Some(&b'/') {
+            return None; // "(unreachable)": not under our root
+        }
+        if len > 1 {
+            *out.get_mut(len)? = b'/';
+            len += 1;
+        }
+    }
+    out.get_mut(len..len + path.len())?.copy_from_slice(path);
+    Some(len + path.len())
+}
+
 /// `readlinkat(AT_FDCWD, path, buf)`; `path` NUL-terminated. Returns the length (not terminated).
 pub fn readlink(path: &[u8], buf: &mut [u8]) -> SysResult {
     sys6(

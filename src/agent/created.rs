@@ -54,30 +54,9 @@ pub unsafe extern "C" fn cri_note_created(template: *const libc::c_char) {
     // SAFETY: the caller's promise.
     let rel = unsafe { core::ffi::CStr::from_ptr(template) }.to_bytes();
     let mut abs = [0u8; PATH_KEPT];
-    let mut len = 0;
-    if rel.first() != Some(&b'/') {
-        let Ok(n) = sys::sys3(
-            libc::SYS_getcwd as usize,
-            abs.as_mut_ptr() as usize,
-            abs.len(),
-            0,
-        ) else {
-            return;
-        };
-        len = n.saturating_sub(1);
-        if abs[0] != b'/' {
-            return;
-        }
-        if len > 1 {
-            abs[len] = b'/';
-            len += 1;
-        }
-    }
-    if len + rel.len() > PATH_KEPT {
+    let Some(len) = sys::absolute_path(rel, &mut abs) else {
         return;
-    }
-    abs[len..len + rel.len()].copy_from_slice(rel);
-    len += rel.len();
+    };
     for _ in 0..2 * SLOTS {
         let s = &TABLE.0[NEXT.fetch_add(1, Relaxed) % SLOTS];
         let from = s.state.load(Acquire);

@@ -432,30 +432,10 @@ pub unsafe fn note_watch(path: *const libc::c_char, mask: u32) {
     // SAFETY: the caller's promise.
     let rel = unsafe { core::ffi::CStr::from_ptr(path) }.to_bytes();
     let mut abs = [0u8; PATH_SAVED + 1];
-    let mut len = 0;
-    if rel.first() != Some(&b'/') {
-        let Ok(n) = sys::sys3(
-            libc::SYS_getcwd as usize,
-            abs.as_mut_ptr() as usize,
-            abs.len(),
-            0,
-        ) else {
-            return;
-        };
-        len = n.saturating_sub(1); // without the NUL
-        if abs[0] != b'/' {
-            return; // "(unreachable)": not under our root
-        }
-        if len > 1 {
-            abs[len] = b'/';
-            len += 1;
-        }
-    }
-    if len + rel.len() > PATH_SAVED {
+    // (One byte kept for the NUL.)
+    let Some(len) = sys::absolute_path(rel, &mut abs[..PATH_SAVED]) else {
         return;
-    }
-    abs[len..len + rel.len()].copy_from_slice(rel);
-    len += rel.len();
+    };
     abs[len] = 0;
     let flags = if mask & libc::IN_DONT_FOLLOW != 0 {
         libc::AT_SYMLINK_NOFOLLOW
