@@ -387,3 +387,138 @@ fn merged_chain_keeps_saved_files() {
     restarted.expect_pass(RESTART_TIMEOUT);
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// `sh -c SCRIPT` as the scenario's user, started (`$CR_CHECKPOINT`, `$CR_RESTART` set).
+fn shell(sc: &Scenario, what: &str, script: &str) -> Job {
+    let mut cmd = sc.command(&["sh", "-c", script]);
+    cmd.env("CR_CHECKPOINT", &sc.tools().cr_checkpoint);
+    cmd.env("CR_RESTART", &sc.tools().cr_restart);
+    sc.note(&format!("{what}: {script}"));
+    sc.start(what, cmd)
+}
+
+/// [`shell`] to completion; asserts success and returns its stderr.
+fn shell_ok(sc: &Scenario, what: &str, script: &str) -> String {
+    let mut job = shell(sc, what, script);
+    let st = job.wait_exit(TOOL_TIMEOUT);
+    job.wait_output_closed(PIPE_CLOSE_TIMEOUT);
+    assert!(st.success(), "{what} failed ({st}):\n{}", job.diag());
+    job.stderr()
+}
+
+/// Streaming (issue 14): a full image written to a pipe (`cr_checkpoint --incremental -f - PID |
+/// cat > full`) and a delta written to a pipe on descriptor 3 (`--incremental=full -F 3
+/// 3>pipe`) restart from a pipe (`cat IMG | cr_restart -`), the delta with its chain shipped to
+/// another directory (`--chain-dir DIR`); without `--chain-dir` the missing parent is one line
+/// that says how to give it. The restart reads the stream into memory and says so under
+/// `--verbose`.
+fn streamed_images_restart_from_pipes(sc: &Scenario) {
+    let mut job = start(sc);
+    let pid = job.pid();
+    let dir = sc.img_dir();
+    let full = dir.join("full");
+    let delta = dir.join("delta");
+    let out = shell_ok(
+        sc,
+        "cr_checkpoint -f - | cat",
+        &format!(
+            "\"$CR_CHECKPOINT\" -v --incremental -f - {pid} | cat > '{}'",
+            full.display()
+        ),
+    );
+    assert!(
+        out.contains("incr=full(no parent: the destination is a stream"),
+        "a stream has no default parent, and says so:\n{out}"
+    );
+    step(sc, 1);
+    let out = shell_ok(
+        sc,
+        "cr_checkpoint -F 3 3>pipe | cat",
+        &format!(
+            "\"$CR_CHECKPOINT\" -v --incremental='{}' --term -F 3 {pid} 3>&1 1>&2 | cat > '{}'",
+            full.display(),
+            delta.display()
+        ),
+    );
+    assert!(
+        out.contains("incr=delta("),
+        "expected a delta image:\n{out}"
+    );
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    let (f, d) = (size(&full), size(&delta));
+    assert!(
+        f > MB << 20 && d < 8 << 20,
+        "full {f} bytes, delta {d} bytes\n{}",
+        sc.log()
+    );
+    // The chain "shipped" elsewhere: the delta names its parent by its absolute path, which is
+    // gone; --chain-dir says where the chain is now.
+    let shipped = sc.root().join("shipped");
+    fs::create_dir_all(&shipped).expect("mkdir shipped");
+    fs::rename(&full, shipped.join("full")).expect("move parent");
+    let mut refused = shell(
+        sc,
+        "cat delta | cr_restart - (no --chain-dir)",
+        &format!("cat '{}' | \"$CR_RESTART\" -", delta.display()),
+    );
+    let st = refused.wait_exit(TOOL_TIMEOUT);
+    refused.wait_output_closed(PIPE_CLOSE_TIMEOUT);
+    let err = refused.stderr();
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        !st.success()
+            && lines.len() == 1
+            && lines[0].contains("missing")
+            && lines[0].contains("--chain-dir"),
+        "a streamed delta whose chain is not where it names it: one line naming --chain-dir:\n{}",
+        refused.diag()
+    );
+    sc.go();
+    // The full image from a pipe.
+    let mut restarted = shell(
+        sc,
+        "cat full | cr_restart -",
+        &format!(
+            "cat '{}' | \"$CR_RESTART\" --verbose -",
+            shipped.join("full").display()
+        ),
+    );
+    restarted.expect_pass(RESTART_TIMEOUT);
+    assert!(
+        restarted.stderr().contains("the image came from a stream"),
+        "--verbose says the streamed image is read in full:\n{}",
+        restarted.diag()
+    );
+    // The delta from a pipe, its chain from --chain-dir.
+    let mut restarted = shell(
+        sc,
+        "cat delta | cr_restart --chain-dir DIR -",
+        &format!(
+            "cat '{}' | \"$CR_RESTART\" --chain-dir '{}' -",
+            delta.display(),
+            shipped.display()
+        ),
+    );
+    restarted.expect_pass(RESTART_TIMEOUT);
+    // And from a descriptor (-F 5 on a pipe).
+    let mut restarted = shell(
+        sc,
+        "cr_restart --chain-dir DIR -F 5 5<pipe",
+        &format!(
+            "cat '{}' | \"$CR_RESTART\" --chain-dir '{}' -F 5 5<&0 </dev/null",
+            delta.display(),
+            shipped.display()
+        ),
+    );
+    restarted.expect_pass(RESTART_TIMEOUT);
+}
+
+#[test]
+fn streamed_images_restart_from_pipes_as_root() {
+    streamed_images_restart_from_pipes(&Scenario::new("incr-stream"));
+}
+
+#[test]
+fn streamed_images_restart_from_pipes_as_nobody() {
+    streamed_images_restart_from_pipes(&Scenario::as_user("incr-stream-nobody", NOBODY));
+}

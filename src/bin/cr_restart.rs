@@ -20,16 +20,21 @@ const TOOL: &str = "cr_restart";
     after_help = "Exit status: the restored program's (or death by the same signal); on failure errno & 0xff (2 missing file, 16 pid in use, 22 corrupt image, 116 a mapped file changed), or the exit code of a --run-on-* hook."
 )]
 struct Args {
-    /// The image to restart from.
+    /// The image to restart from ("-": standard input).
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     file_opt: Option<PathBuf>,
-    /// Read the image from an open descriptor.
+    /// Read the image from an open descriptor (a file, or a pipe or socket: read to its end
+    /// into memory first).
     #[arg(short = 'F', long = "fd", value_name = "FD")]
     fd: Option<i32>,
+    /// Look up the parent chain of a delta image in DIR (each link by its file name) instead
+    /// of beside the image: for a delta read from a stream, or a chain moved elsewhere.
+    #[arg(long = "chain-dir", value_name = "DIR")]
+    chain_dir: Option<PathBuf>,
     /// Restart every image in DIR as one job.
     #[arg(short = 'd', long = "dir", value_name = "DIR")]
     dir: Option<PathBuf>,
-    /// The image to restart from.
+    /// The image to restart from ("-": standard input).
     file: Option<PathBuf>,
     /// After restarting, send no signal (default).
     #[arg(long, action = ArgAction::SetTrue)]
@@ -316,7 +321,26 @@ fn main() {
                 "give exactly one image source: FILE, -f, -F or -d",
             ),
             _ => {
-                let (file, path) = match (&args.file_opt, &args.file, args.fd) {
+                let stdin = |p: &PathBuf| p.as_os_str() == "-";
+                let fd = match (&args.file_opt, &args.file, args.fd) {
+                    (Some(p), None, None) | (None, Some(p), None) if stdin(p) => Some(0),
+                    _ => args.fd,
+                };
+                let (file, path) = match (&args.file_opt, &args.file, fd) {
+                    (Some(p), None, Some(0)) | (None, Some(p), Some(0)) if stdin(p) => {
+                        // SAFETY: duplicating our standard input; we own the copy.
+                        let dup = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 0) };
+                        if dup < 0 {
+                            failed(
+                                &args,
+                                Class::Args,
+                                libc::EBADF,
+                                "-: standard input is not open",
+                            );
+                        }
+                        // SAFETY: dup is ours.
+                        (unsafe { std::fs::File::from_raw_fd(dup) }, p.clone())
+                    }
                     (Some(p), None, None) | (None, Some(p), None) => {
                         let f = std::fs::File::open(p).unwrap_or_else(|e| {
                             failed(
@@ -360,7 +384,18 @@ fn main() {
                 vec![(file, path)]
             }
         };
-    let job = job::load(images, &pairs).unwrap_or_else(|e| failed(&args, e.class, e.errno, &e.msg));
+    if let Some(d) = &args.chain_dir {
+        if !d.is_dir() {
+            failed(
+                &args,
+                Class::Args,
+                libc::ENOTDIR,
+                &format!("--chain-dir {}: not a directory", d.display()),
+            );
+        }
+    }
+    let job = job::load_in(images, &pairs, args.chain_dir.as_deref())
+        .unwrap_or_else(|e| failed(&args, e.class, e.errno, &e.msg));
     if !args.quiet {
         for (pid, fd, what) in job.outside_fallbacks() {
             eprintln!(

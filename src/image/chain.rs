@@ -45,6 +45,17 @@ pub fn parent_path(child: &Path, recorded: &[u8]) -> PathBuf {
     dir.join(p)
 }
 
+/// The file a delta image at `child` names as its parent: looked up by its file name in
+/// `chain_dir` when given (a chain shipped apart from its delta, `cr_restart --chain-dir`), else
+/// [`parent_path`].
+pub fn parent_path_in(child: &Path, recorded: &[u8], chain_dir: Option<&Path>) -> PathBuf {
+    let p = Path::new(std::ffi::OsStr::from_bytes(recorded));
+    match (chain_dir, p.file_name()) {
+        (Some(dir), Some(name)) => dir.join(name),
+        _ => parent_path(child, recorded),
+    }
+}
+
 /// One checked link of a chain.
 #[derive(Debug)]
 pub struct Link {
@@ -57,10 +68,19 @@ pub struct Link {
 /// Opens the parent that `child` (an image at `child_path`) names and checks that it is that
 /// image: same total length and trailer hash, one image (not a tree), the expected depth.
 pub fn open_parent(child: &Image, child_path: &Path) -> Result<Option<Link>, ChainError> {
+    open_parent_in(child, child_path, None)
+}
+
+/// [`open_parent`], looking the parent up in `chain_dir` when given ([`parent_path_in`]).
+pub fn open_parent_in(
+    child: &Image,
+    child_path: &Path,
+    chain_dir: Option<&Path>,
+) -> Result<Option<Link>, ChainError> {
     let Some((rec, recorded)) = &child.parent else {
         return Ok(None);
     };
-    let path = parent_path(child_path, recorded);
+    let path = parent_path_in(child_path, recorded, chain_dir);
     let img = open_link(rec, &path, &child_path.display().to_string())?;
     Ok(Some(Link { path, img }))
 }
@@ -144,13 +164,22 @@ fn open_in_tree(rec: &ParentRec, file: &File, name: &str, of: &str) -> Result<Im
 /// Follows the chain of `img` (the image at `path`): its parent, grandparent, … up to the full
 /// image, each checked by [`open_parent`]. Empty for a full image.
 pub fn resolve(img: &Image, path: &Path) -> Result<Vec<Link>, ChainError> {
+    resolve_in(img, path, None)
+}
+
+/// [`resolve`], every link looked up in `chain_dir` when given ([`parent_path_in`]).
+pub fn resolve_in(
+    img: &Image,
+    path: &Path,
+    chain_dir: Option<&Path>,
+) -> Result<Vec<Link>, ChainError> {
     let mut links: Vec<Link> = Vec::new();
     loop {
         let (child, child_path) = match links.last() {
             Some(l) => (&l.img, l.path.as_path()),
             None => (img, path),
         };
-        match open_parent(child, child_path)? {
+        match open_parent_in(child, child_path, chain_dir)? {
             Some(l) if links.len() < MAX_CHAIN => links.push(l),
             Some(_) => {
                 return Err(ChainError {
@@ -165,7 +194,16 @@ pub fn resolve(img: &Image, path: &Path) -> Result<Vec<Link>, ChainError> {
 
 /// The absolute paths of `img`'s chain (see [`resolve`]), for `Image::chain`.
 pub fn resolve_paths(img: &Image, path: &Path) -> Result<Vec<PathBuf>, ChainError> {
-    Ok(resolve(img, path)?
+    resolve_paths_in(img, path, None)
+}
+
+/// [`resolve_paths`], every link looked up in `chain_dir` when given ([`parent_path_in`]).
+pub fn resolve_paths_in(
+    img: &Image,
+    path: &Path,
+    chain_dir: Option<&Path>,
+) -> Result<Vec<PathBuf>, ChainError> {
+    Ok(resolve_in(img, path, chain_dir)?
         .into_iter()
         .map(|l| std::path::absolute(&l.path).unwrap_or(l.path))
         .collect())

@@ -5,5 +5,6 @@ pub mod chain;
 pub mod format;
 pub mod merge;
 pub mod reader;
+pub mod stream;
 pub mod tree;
 pub mod writer;

@@ -226,7 +226,19 @@ pub fn sources_in_dir(dir: &Path) -> Result<Vec<(File, PathBuf)>, JobError> {
 /// one process of a tree, or a plain image), relocates them with `pairs` and checks that this
 /// machine can run them ([`super::preflight`]).
 pub fn load(sources: Vec<(File, PathBuf)>, pairs: &[Pair]) -> Result<Job, JobError> {
-    let mut found: Vec<(usize, Image, File, Vec<u8>)> = Vec::new();
+    load_in(sources, pairs, None)
+}
+
+/// [`load`], with the parent chains of delta images looked up in `chain_dir` when given
+/// (`cr_restart --chain-dir DIR`: each link by its file name there). A source that is not a
+/// regular file (a pipe, a socket) is read to its end into memory first
+/// (`crate::image::stream`).
+pub fn load_in(
+    sources: Vec<(File, PathBuf)>,
+    pairs: &[Pair],
+    chain_dir: Option<&Path>,
+) -> Result<Job, JobError> {
+    let mut found: Vec<(usize, Image, File, Vec<u8>, bool)> = Vec::new();
     let mut shares = Vec::new();
     let mut zombies = Vec::new();
     let mut nproc = None;
@@ -238,6 +250,24 @@ pub fn load(sources: Vec<(File, PathBuf)>, pairs: &[Pair]) -> Result<Job, JobErr
                 format!("{}: is a directory, not an image", path.display()),
             ));
         }
+        let streamed = !crate::image::stream::is_seekable(&file);
+        let file = if !streamed {
+            file
+        } else {
+            let what = crate::image::stream::kind(&file);
+            crate::image::stream::spool(&file)
+                .map_err(|e| {
+                    JobError::new(
+                        FailClass::Temp,
+                        e.raw_os_error().unwrap_or(libc::EIO),
+                        format!(
+                            "{}: cannot read the image from {what} into memory: {e}",
+                            path.display()
+                        ),
+                    )
+                })?
+                .0
+        };
         let src = std::path::absolute(&path)
             .unwrap_or_else(|_| path.clone())
             .into_os_string()
@@ -273,7 +303,7 @@ pub fn load(sources: Vec<(File, PathBuf)>, pairs: &[Pair]) -> Result<Job, JobErr
             let f = file
                 .try_clone()
                 .map_err(|e| JobError::new(FailClass::Temp, libc::EMFILE, format!("{e}")))?;
-            found.push((first + k, img, f, src.clone()));
+            found.push((first + k, img, f, src.clone(), streamed));
         }
     }
     found.sort_by_key(|f| f.0);
@@ -297,12 +327,20 @@ pub fn load(sources: Vec<(File, PathBuf)>, pairs: &[Pair]) -> Result<Job, JobErr
         shares,
         zombies,
     };
-    for (_, mut img, file, src) in found {
+    for (_, mut img, file, src, streamed) in found {
         if img.parent.is_some() {
             // A delta image: every link of its chain must be there, unchanged.
             let path = Path::new(std::ffi::OsStr::from_bytes(&src));
-            img.chain = crate::image::chain::resolve_paths(&img, path)
-                .map_err(|e| JobError::new(FailClass::of(e.errno), e.errno, e.msg))?;
+            img.chain = crate::image::chain::resolve_paths_in(&img, path, chain_dir).map_err(
+                |e| {
+                    let hint = if streamed && chain_dir.is_none() {
+                        " (the delta image came from a stream: its chain is looked up in the current directory unless --chain-dir DIR says where)"
+                    } else {
+                        ""
+                    };
+                    JobError::new(FailClass::of(e.errno), e.errno, format!("{}{hint}", e.msg))
+                },
+            )?;
         }
         super::relocate::relocate(&mut img, pairs);
         super::preflight(&img)?;

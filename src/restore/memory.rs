@@ -50,6 +50,11 @@ const LOCAL_FS: [(i64, &str); 9] = [
 /// Why the page data of `img` in `file` will be read in full rather than mapped (None: lazy
 /// restore is possible), for `cr_restart --verbose` and the restore itself.
 pub fn lazy_refusal(file: &File, img: &Image) -> Option<String> {
+    if crate::image::stream::is_spooled(file) {
+        return Some(
+            "the image came from a stream (held in memory until the restart has read it): read in full and checked".into(),
+        );
+    }
     if img.header.data_len < LAZY_MIN_DATA {
         return Some(format!(
             "the page data is small ({:.1} MiB, under {} MiB): read and checked in full",
