@@ -73,6 +73,7 @@ def build(outdir):
     src = os.path.join(ROOT, "bench")
     progs = {
         "workload": (["workload.c"], ["-pthread"]),
+        "wploop": (["wploop.c"], []),
         "rawio": (["rawio.c"], []),
         "forkexec": (["forkexec.c"], []),
         "compute_pthread": (["compute.c"], ["-pthread"]),
@@ -523,6 +524,238 @@ def incremental_report(bases, incr):
     return L
 
 
+def wploop_samples(path):
+    """wploop's samples: (wall s, thread CPU s, steps)."""
+    out = []
+    for line in read(path).splitlines():
+        f = line.split()
+        if len(f) == 3 and all(x.isdigit() for x in f):
+            out.append((int(f[0]) / 1e9, int(f[1]) / 1e9, int(f[2])))
+    return out
+
+
+def wp_rate(samples, windows):
+    """Steps per CPU second and per wall second over the samples inside the windows."""
+    steps = cpu = wall = 0.0
+    for a, b in windows:
+        w = [x for x in samples if a <= x[0] <= b]
+        if len(w) >= 2:
+            steps += w[-1][2] - w[0][2]
+            cpu += w[-1][1] - w[0][1]
+            wall += w[-1][0] - w[0][0]
+    return (steps / cpu if cpu else None, steps / wall if wall else None)
+
+
+class WpSample:
+    """One repetition of the write-tracking cost benchmark."""
+
+    def __init__(self):
+        self.plain_cpu = self.plain_wall = self.armed_cpu = self.armed_wall = None
+        self.n = 0
+
+
+def wp_cost_once(tools, progs, wdir, mib, hot_mib, interval, n):
+    """wploop (mib MiB, rewriting its first hot_mib MiB 1 MiB per step at full speed) under
+    cr_run: its step rate untracked (before any checkpoint), then tracked: an incremental
+    checkpoint (full, arms write-tracking), then n deltas every `interval` s; the tracked rate
+    is taken in the running windows between the checkpoints (their stops excluded), each
+    starting 0.1 s after the checkpoint's end. Rates per thread CPU second (faults included),
+    less disturbed by other load than wall time."""
+    s = WpSample()
+    stepfile = os.path.join(wdir, "wpsteps")
+    img = os.path.join(wdir, "wp.img")
+
+    def clean():
+        for f in [stepfile, img] + [f"{img}.~{i}~" for i in range(1, n + 3)]:
+            if os.path.exists(f):
+                os.unlink(f)
+    clean()
+    env = dict(os.environ, BENCH_STEPS=stepfile)
+    p = subprocess.Popen([tools["cr_run"], progs["wploop"], str(mib), str(hot_mib)], cwd=wdir,
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    LIVE.add(("g", p.pid))
+    pids = [p.pid]
+    LIVE.add(("p", p.pid))
+    try:
+        if p.stdout.readline().strip() != "READY":
+            raise BenchError(f"wploop did not start: {p.stderr.read()[:300]}")
+        t = time.time()
+        time.sleep(1.0 + interval * n)
+        plain = [(t + 0.5, time.time())]
+
+        def ckpt():
+            t0 = time.time()
+            r = subprocess.run([tools["cr_checkpoint"], "-v", "--incremental", "--max-chain",
+                                str(n + 5), "-f", img, str(p.pid)], capture_output=True,
+                               text=True)
+            if r.returncode != 0:
+                raise BenchError(f"cr_checkpoint --incremental exited {r.returncode}: "
+                                 f"{r.stderr.strip()}")
+            return t0, time.time(), r.stderr
+        _, t1, err = ckpt()
+        if "write-protect unavailable" in err:
+            log(f"  incremental: {err.strip()}")
+            return None
+        armed = []
+        for _ in range(n):
+            time.sleep(interval)
+            t0, t1b, err = ckpt()
+            if "incr=delta(" not in err:
+                raise BenchError(f"not a delta:\n{err.strip()}")
+            armed.append((t1 + 0.1, t0))
+            t1 = t1b
+        samples = wploop_samples(stepfile)
+        s.plain_cpu, s.plain_wall = wp_rate(samples, plain)
+        s.armed_cpu, s.armed_wall = wp_rate(samples, armed)
+        s.n = n
+    finally:
+        kill_all(pids, [p.pid])
+        p.wait()
+        wait_gone(pids)
+        clean()
+    return s
+
+
+class ChainSample:
+    """One repetition of the chain restart benchmark: restart times, chain and merged image."""
+
+    def __init__(self):
+        self.chain_bytes = self.full_bytes = None
+        self.t = {}  # (image "chain"|"merged", mode "lazy"|"eager") -> seconds
+
+
+def chain_once(tools, progs, wdir, mib, dirty_mib, links):
+    """A mib MiB process of random data: a full incremental checkpoint, then `links` deltas,
+    each after a write pass over dirty_mib MiB (one word per page); the chain is folded into
+    one full image (`cr_info --merge`), and both are restarted (hot: every file read just
+    before), lazily (the default) and with --eager: cr_restart started -> the first step of the
+    restored program."""
+    s = ChainSample()
+    stepfile = os.path.join(wdir, "steps")
+    dirtyfile = os.path.join(wdir, "dirty")
+    img = os.path.join(wdir, "chain.img")
+    merged = os.path.join(wdir, "merged.img")
+    backups = [f"{img}.~{i}~" for i in range(1, links + 2)]
+
+    def clean():
+        for f in [stepfile, dirtyfile, img, merged] + backups:
+            if os.path.exists(f):
+                os.unlink(f)
+    clean()
+    p = start_workload([tools["cr_run"], progs["workload"], "random", str(mib)], wdir, stepfile,
+                       {"BENCH_DIRTY_MIB": str(dirty_mib), "BENCH_DIRTY": dirtyfile})
+    pids = tree_pids(p.pid)
+    LIVE.update(("p", q) for q in pids)
+    try:
+        def write_pass():
+            n = len(read(dirtyfile).split())
+            os.kill(p.pid, signal.SIGUSR1)
+            end = time.time() + 60
+            while len(read(dirtyfile).split()) <= n:
+                if time.time() > end:
+                    raise BenchError("the workload did not report its write pass")
+                time.sleep(0.002)
+        for k in range(links + 1):
+            if k:
+                write_pass()
+            r = subprocess.run([tools["cr_checkpoint"], "-v", "--incremental", "--max-chain",
+                                str(links + 5), "-f", img, str(p.pid)], capture_output=True,
+                               text=True)
+            if r.returncode != 0:
+                raise BenchError(f"cr_checkpoint --incremental exited {r.returncode}: "
+                                 f"{r.stderr.strip()}")
+            if k == 0 and "write-protect unavailable" in r.stderr:
+                return None
+            if k and "incr=delta(" not in r.stderr:
+                raise BenchError(f"link {k} was not a delta:\n{r.stderr.strip()}")
+    finally:
+        kill_all(pids, [p.pid])
+        p.wait()
+        wait_gone(pids)
+    files = [img] + [b for b in backups if os.path.exists(b)]
+    if len(files) != links + 1:
+        raise BenchError(f"expected {links + 1} images in the chain, found {len(files)}")
+    s.chain_bytes = sum(os.stat(f).st_size for f in files)
+    r = subprocess.run([os.path.join(os.path.dirname(tools["cr_restart"]), "cr_info"),
+                        "--merge", merged, img], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise BenchError(f"cr_info --merge exited {r.returncode}: {r.stderr.strip()}")
+    s.full_bytes = os.stat(merged).st_size
+    for which, path, warm in (("chain", img, files), ("merged", merged, [merged])):
+        for mode in ("lazy", "eager"):
+            for f in warm:
+                _warm(f)
+            args = [tools["cr_restart"], "--verbose"] + (["--eager"] if mode == "eager" else [])
+            t2 = time.time()
+            rp = subprocess.Popen(args + [path], cwd=wdir, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True, start_new_session=True)
+            LIVE.add(("g", rp.pid))
+            first = wait_step_after(stepfile, t2, 120)
+            kill_all(pids, [rp.pid])
+            rp.kill()
+            err = rp.communicate()[1]
+            wait_gone(pids)
+            if first is None:
+                raise BenchError(f"no step after cr_restart of the {which} image "
+                                 f"({err.strip()[:300]})")
+            s.t[(which, mode)] = first - t2
+    clean()
+    return s
+
+
+def chain_report(wp, chain):
+    """The report's sections on write-tracking cost and restarts from a chain."""
+    L = []
+    for k, ((mib, hot, interval, n), samples) in enumerate(wp):
+        L += [] if k else ["## Write-tracking cost on a write-heavy loop\n"]
+        L += [f"`bench/wploop.c` under cr_run: a {fmt_b(mib * MIB)} process whose loop rewrites "
+              f"its first {fmt_b(hot * MIB)} at full speed (1 MiB `memset` per step). Its step "
+              "rate per second of its own CPU time (user + system: write-protection faults "
+              "count; less disturbed by other load than wall time) untracked, before any "
+              f"checkpoint, and tracked: an incremental checkpoint, then {n} deltas every "
+              f"{interval:g} s, the rate taken between them (stops excluded). Each interval "
+              f"costs one write-protection fault per page of the {fmt_b(hot * MIB)} written, "
+              "so the cost scales with the pages written per interval ÷ the interval.\n",
+              "| process | written per interval | interval | untracked steps/CPU s | tracked "
+              "steps/CPU s | cost (CPU) | untracked / tracked steps/wall s |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+        if not samples:
+            L.append("| not measurable: the kernel lacks userfaultfd write-protect | | | | | | |")
+            continue
+        pc = median([x.plain_cpu for x in samples])
+        ac = median([x.armed_cpu for x in samples])
+        pw = median([x.plain_wall for x in samples])
+        aw = median([x.armed_wall for x in samples])
+        L.append(f"| {fmt_b(mib * MIB)} | {fmt_b(hot * MIB)} | {interval:g} s | {pc:.0f} | "
+                 f"{ac:.0f} | {(1 - ac / pc) * 100:.1f} % | {pw:.0f} / {aw:.0f} |")
+        L.append("")
+    for (mib, dirty_mib, links), samples in chain:
+        L += ["## Restart from a chain of deltas\n",
+              f"A {fmt_b(mib * MIB)} process of random data: a full incremental checkpoint, "
+              f"then {links} deltas, each after a write pass over {fmt_b(dirty_mib * MIB)}; the "
+              "chain folded into one full image with `cr_info --merge` (the equivalent full "
+              "image). Restart: `cr_restart [--eager] IMAGE` started → the first step of the "
+              "restored program, every file of the chain (or the merged image) read just "
+              "before (hot).\n",
+              "| process | chain | merged image | restart chain lazy / eager | restart merged "
+              "lazy / eager | chain ÷ merged, lazy / eager |",
+              "| --- | --- | --- | --- | --- | --- |"]
+        if not samples:
+            L.append("| not measurable: the kernel lacks userfaultfd write-protect | | | | | |")
+            continue
+        t = {k: median([x.t[k] for x in samples]) for k in samples[0].t}
+        L.append(f"| {fmt_b(mib * MIB)} | {links + 1} images, "
+                 f"{fmt_b(median([x.chain_bytes for x in samples]))} | "
+                 f"{fmt_b(median([x.full_bytes for x in samples]))} | "
+                 f"{fmt_s(t[('chain', 'lazy')])} / {fmt_s(t[('chain', 'eager')])} | "
+                 f"{fmt_s(t[('merged', 'lazy')])} / {fmt_s(t[('merged', 'eager')])} | "
+                 f"{t[('chain', 'lazy')] / t[('merged', 'lazy')]:.2f}× / "
+                 f"{t[('chain', 'eager')] / t[('merged', 'eager')]:.2f}× |")
+        L.append("")
+    return L
+
+
 def _warm(path):
     with open(path, "rb") as f:
         while f.read(8 * MIB):
@@ -687,7 +920,8 @@ def pick_base(bases, nbytes):
     return min(bases, key=lambda b: abs(b["mib"] * MIB - nbytes))
 
 
-def report(args, mach, bases, results, incr, idle_res, others, load0, load1, started):
+def report(args, mach, bases, results, incr, idle_res, others, load0, load1, started,
+           chain_lines=()):
     L = []
     L.append("# Performance\n")
     L.append(f"Measured by `{args.make_target}` (bench/bench.py) on {started} UTC: "
@@ -777,6 +1011,7 @@ def report(args, mach, bases, results, incr, idle_res, others, load0, load1, sta
         L.append(f"- {name}: {why}")
     L.append("")
     L.extend(incremental_report(bases, incr))
+    L.extend(chain_lines)
     L.append("## Idle cost\n")
     L.append("Wall time, and CPU time (the program and its children, user + system) where the "
              "program reports it; CPU time is less disturbed by other load on the machine. The "
@@ -815,6 +1050,8 @@ def main():
                     help="run only tools whose name contains this (libcr-rs, --cow, CRIU, DMTCP)")
     ap.add_argument("--nice", type=int, default=int(os.environ.get("BENCH_NICE", "0")),
                     help="the nice level this runs at (only reported)")
+    ap.add_argument("--chain-mib", type=int, default=4096,
+                    help="process size of the chain restart benchmark (default 4096)")
     ap.add_argument("-v", "--verbose", action="store_true", help="print cr_checkpoint -v output")
     args = ap.parse_args()
     args.reps = args.reps or (1 if args.smoke else 3)
@@ -881,7 +1118,7 @@ def main():
                     f"phases {s.phases}")
             if samples:
                 results.append((wl, tool, samples))
-    incr = []
+    incr, wp, chain = [], [], []
     if not args.only and (not args.only_tool or args.only_tool in "libcr-rs --incremental"):
         mib, dirty_mib = (64, 8) if args.smoke else (4096, 64)
         samples = []
@@ -895,12 +1132,37 @@ def main():
                 f"{x.armed * 1000:.2f} ms")
             samples.append(x)
         incr.append(((mib, dirty_mib), samples))
+        wp_cfgs = [(256, 64, 1.0, 4)] if args.smoke else [(1024, 64, 2.0, 4),
+                                                           (1024, 64, 10.0, 3)]
+        for wp_cfg in wp_cfgs:
+            samples = []
+            for i in range(args.reps):
+                log(f"libcr-rs --incremental: write-tracking cost, {wp_cfg} "
+                    f"({i + 1}/{args.reps})")
+                x = wp_cost_once(tools, progs, wdir, *wp_cfg)
+                if x is None:
+                    break
+                log(f"  steps/CPU s untracked {x.plain_cpu:.0f} tracked {x.armed_cpu:.0f}; "
+                    f"steps/wall s {x.plain_wall:.0f} / {x.armed_wall:.0f}")
+                samples.append(x)
+            wp.append((wp_cfg, samples))
+        ch_cfg = (256, 16, 10) if args.smoke else (args.chain_mib, 64, 10)
+        samples = []
+        for i in range(args.reps):
+            log(f"libcr-rs --incremental: restart from a chain, {ch_cfg} ({i + 1}/{args.reps})")
+            x = chain_once(tools, progs, wdir, *ch_cfg)
+            if x is None:
+                break
+            log(f"  chain {fmt_b(x.chain_bytes)} merged {fmt_b(x.full_bytes)}: {x.t}")
+            samples.append(x)
+        chain.append((ch_cfg, samples))
     idle_res = {}
     if not args.no_idle:
         log("idle costs")
         idle_res = idle(tools, progs, args.reps, args.forks, 10 if args.smoke else 100)
         log(f"  {idle_res}")
-    text = report(args, mach, bases, results, incr, idle_res, others, load0, loadavg(), started)
+    text = report(args, mach, bases, results, incr, idle_res, others, load0, loadavg(), started,
+                  chain_report(wp, chain))
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         f.write(text)

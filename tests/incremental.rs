@@ -522,3 +522,55 @@ fn streamed_images_restart_from_pipes_as_root() {
 fn streamed_images_restart_from_pipes_as_nobody() {
     streamed_images_restart_from_pipes(&Scenario::as_user("incr-stream-nobody", NOBODY));
 }
+
+/// Tracking after a restart (issue 14): a restored process's first incremental checkpoint (even
+/// against the image it was restored from) is a full image, said under -v ("nothing armed
+/// here"), and arms write-tracking; the next one is a
+/// delta of the restored process against it (its memory mapped lazily from the image it was
+/// restored from included), whose chain restarts with every byte right.
+#[test]
+fn restored_process_takes_deltas_again() {
+    let sc = Scenario::new("incr-after-restart");
+    let mut job = start(&sc);
+    let a = sc.img_dir().join("a");
+    incremental(&sc, job.pid(), &a, &[]);
+    step(&sc, 1);
+    incremental(&sc, job.pid(), &a, &["--term"]);
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    let restarted = sc.restart(&a);
+    let pid = restarted.pid();
+    let mut restarted = restarted;
+    let b = sc.img_dir().join("b");
+    // The restored process answers once its restart is done.
+    let a_arg = format!("--incremental={}", a.display());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let res = sc.checkpoint_to(pid, &["-v", &a_arg], &b);
+        if res.success() {
+            break res.stderr;
+        }
+        assert!(Instant::now() < deadline, "{}", res.describe());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        out.contains("incr=full(nothing armed here"),
+        "the first incremental checkpoint after a restart is full, and says why:\n{out}"
+    );
+    step_of(&sc, 2, Some(&mut restarted));
+    let out = incremental(&sc, pid, &b, &["--term"]);
+    assert!(
+        out.contains("incr=delta("),
+        "the next one is a delta of the restored process:\n{out}"
+    );
+    let (full, delta) = (size(&sc.img_dir().join("b.~1~")), size(&b));
+    assert!(
+        delta < 8 << 20 && delta < full / 8,
+        "delta {delta} bytes, full {full}\n{}",
+        sc.log()
+    );
+    restarted.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    let mut again = sc.restart(&b);
+    step_of(&sc, 3, Some(&mut again));
+    sc.go();
+    again.expect_pass(RESTART_TIMEOUT);
+}
