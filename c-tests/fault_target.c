@@ -12,7 +12,9 @@
  * The libcr calls are looked up in the libcr.so.0 cr_run's stub loaded, so nothing links it:
  *   cb     a thread-context callback prints "CALLBACK" and waits until $CR_TEST_DIR/release
  *          exists, then calls cr_checkpoint(0) and prints "CB_RESULT rc"; if
- *          $CR_TEST_DIR/exec exists it execs "fault_target 8 plain" instead (new READY).
+ *          $CR_TEST_DIR/exec exists it execs "fault_target 8 plain" instead (new READY); if
+ *          $CR_TEST_DIR/fork exists it first forks a child that prints "FORKED PID" and
+ *          "F SEQ NS 0" ticks until GO, then exits (nobody waits for it).
  *   cs     whenever $CR_TEST_DIR/hold exists (and release does not), a thread enters a critical
  *          section ("IN_CS"), prints "PENDING" once cr_status() says a checkpoint waits for it,
  *          waits for $CR_TEST_DIR/release, leaves it, waits for hold to go away ("LEFT_CS").
@@ -21,6 +23,7 @@
  *          checkpoint meanwhile; it prints "VFORKED" first (from the child, on stdout).
  *   tree   a child is forked before READY; it prints ticks "C SEQ NS 0" until GO and exits 0,
  *          which the parent checks.
+ *   treecb both: the callback of cb (in the parent; the child inherits it), then the child of tree.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -38,7 +41,7 @@
 #define NAME "fault_target"
 #include "fail.h"
 
-static char release_path[4096], hold_path[4096], exec_path[4096];
+static char release_path[4096], hold_path[4096], exec_path[4096], fork_path[4096], go_path[4096];
 static int client_id = -1;
 
 static void say(const char *fmt, ...)
@@ -74,6 +77,20 @@ static int callback(void *arg)
     (void)arg;
     int (*ckpt)(int) = sym("cr_checkpoint");
     say("CALLBACK\n");
+    if (access(fork_path, F_OK) == 0) {
+        pid_t pid = fork();
+        if (pid < 0)
+            fail("fork in the callback");
+        if (pid == 0) {
+            uint64_t seq = 0;
+            say("FORKED %d\n", (int)getpid());
+            while (access(go_path, F_OK) != 0) {
+                say("F %llu %llu 0\n", (unsigned long long)++seq, (unsigned long long)now_ns());
+                usleep(1000);
+            }
+            _exit(0);
+        }
+    }
     if (access(exec_path, F_OK) == 0) {
         sigset_t none;
         sigemptyset(&none); /* this thread (libcr's) blocks every signal: not the new program */
@@ -138,12 +155,17 @@ int main(int argc, char **argv)
     const char *go = getenv("CR_TEST_GO");
     const char *dir = getenv("CR_TEST_DIR");
     if (argc != 3 || !go || !dir)
-        fail("usage: CR_TEST_GO=... CR_TEST_DIR=... fault_target MB plain|cb|cs|vfork|tree");
+        fail("usage: CR_TEST_GO=... CR_TEST_DIR=... fault_target MB plain|cb|cs|vfork|tree|treecb");
     snprintf(release_path, sizeof release_path, "%s/release", dir);
     snprintf(hold_path, sizeof hold_path, "%s/hold", dir);
     snprintf(exec_path, sizeof exec_path, "%s/exec", dir);
+    snprintf(fork_path, sizeof fork_path, "%s/fork", dir);
+    snprintf(go_path, sizeof go_path, "%s", go);
     size_t len = (size_t)atoi(argv[1]) << 20;
     const char *mode = argv[2];
+    int tree = !strcmp(mode, "tree") || !strcmp(mode, "treecb");
+    if (!strcmp(mode, "treecb"))
+        mode = "cb";
     unsigned char *mem = NULL;
     if (len) {
         mem = malloc(len);
@@ -169,11 +191,11 @@ int main(int argc, char **argv)
     } else if (!strcmp(mode, "vfork")) {
         if (pthread_create(&th, NULL, vfork_thread, NULL))
             fail("pthread_create");
-    } else if (strcmp(mode, "plain") && strcmp(mode, "tree")) {
+    } else if (strcmp(mode, "plain") && !tree) {
         fail("unknown mode");
     }
     pid_t child = -1;
-    if (!strcmp(mode, "tree")) {
+    if (tree) {
         child = fork();
         if (child < 0)
             fail("fork");

@@ -1473,3 +1473,359 @@ fn destination_fifo_reader_gone_or_slow() {
     assert_ticks_continuous(&job.stdout(), "fifo");
     sc.restart(&old).expect_pass(RESTART_TIMEOUT);
 }
+
+/// cr_checkpoint of a two-process tree (fault_target in mode treecb: the parent has a thread
+/// callback, its child ticks too) SIGKILLed while the parent's callback runs (nothing stopped
+/// yet) and mid-write (64 MiB in each process, 16 MiB or more of the image written): both
+/// processes tick again (idle for the callback case) within the notice limit, no file is left,
+/// neither leaks, the callback's `cr_checkpoint()` fails, both tick on without a gap, and the
+/// first tree image restores to PASS.
+#[test]
+fn requester_killed_tree_in_callbacks_and_mid_write() {
+    let sc = Scenario::new("fault-requester-tree-cb");
+    let (mut job, old) = start_target(&sc, 64, "treecb");
+    let pid = job.pid();
+    let child = *descendants(pid).first().expect("the child");
+    let release = sc.work_dir().join("release");
+    let mut noticed = Vec::new();
+    for (run, phase) in ["callback", "mid-write", "callback", "mid-write"]
+        .into_iter()
+        .enumerate()
+    {
+        let what = format!("tree, killed at {phase}, run {run}");
+        let (before, before_child) = (snap_at_rest(pid), snap_at_rest(child));
+        let listing = names(&sc.img_dir());
+        let results = job.stdout().matches("CB_RESULT ").count();
+        let callbacks = job.stdout().matches("CALLBACK").count();
+        let new = sc.img_dir().join(format!("tree-{run}.img"));
+        if phase != "callback" {
+            // The callback goes on at once (it waits for `release`).
+            fs::write(&release, b"").expect("create release");
+        }
+        let mut tool = start_checkpoint(&sc, &[], &new, pid, "");
+        if phase == "callback" {
+            wait_more_lines(&job, "CALLBACK", callbacks, &what);
+        } else {
+            let deadline = Instant::now() + TOOL_TIMEOUT;
+            while largest_open_file(tool.pid()) < 16 << 20 {
+                assert!(
+                    tool.try_wait_exit(Duration::ZERO).is_none() && Instant::now() < deadline,
+                    "{what}: cr_checkpoint finished before it could be killed mid-write:\n{}",
+                    tool.diag()
+                );
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        }
+        let killed = mono_ns();
+        sigkill_one(tool.pid());
+        tool.try_wait_exit(TOOL_TIMEOUT);
+        // The parent's callback phase ends when its cr_status() is idle again; the child's
+        // cr_status() says -1 (it has no client of its own): any tick of it after the kill.
+        let idle = |st: i32| phase != "callback" || st == 0;
+        let took = tick_after_of(&job, "T ", killed, &what, idle).max(tick_after_of(
+            &job,
+            "C ",
+            killed,
+            &what,
+            |_| true,
+        ));
+        if phase == "callback" {
+            fs::write(&release, b"").expect("create release");
+            let started = job.stdout().matches("CALLBACK").count() - callbacks;
+            let deadline = Instant::now() + TOOL_TIMEOUT;
+            let rcs = loop {
+                let rcs: Vec<i32> = job
+                    .stdout()
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("CB_RESULT "))
+                    .skip(results)
+                    .map(|v| v.trim().parse::<i32>().expect("CB_RESULT number"))
+                    .collect();
+                if rcs.len() >= started {
+                    break rcs;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: {started} callbacks ran, {} CB_RESULT:\n{}",
+                    rcs.len(),
+                    job.diag()
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            };
+            assert!(
+                rcs.iter().all(|&rc| rc < 0),
+                "{what}: a callback's cr_checkpoint() did not fail: {rcs:?}"
+            );
+        }
+        let _ = fs::remove_file(&release);
+        job.assert_running(&what);
+        assert!(pid_alive(child), "{what}: the child is gone");
+        assert_no_leak(pid, &before, &what);
+        assert_no_leak(child, &before_child, &format!("{what} (child)"));
+        assert_eq!(names(&sc.img_dir()), listing, "{what}: files left");
+        assert!(!new.exists(), "{what}: a partial image at the final path");
+        let line = format!(
+            "{}: {what}: both ran again {took:?} after the kill",
+            sc.name()
+        );
+        eprintln!("{line}");
+        sc.note(&line);
+        noticed.push(took);
+    }
+    check_notice("tree (callbacks, mid-write)", &mut noticed);
+    sc.go();
+    job.expect_pass(RESTART_TIMEOUT);
+    assert_ticks_continuous(&job.stdout(), "tree");
+    assert_ticks_continuous_of(&job.stdout(), "C ", "tree (child)");
+    fs::write(&release, b"").expect("create release");
+    sc.restart(&old).expect_pass(RESTART_TIMEOUT);
+}
+
+/// The target forks in its thread callback (mode `cb` with `$CR_TEST_DIR/fork`: the child
+/// prints `FORKED PID` and ticks `F` until GO): with `-p` and with the default tree scope the
+/// checkpoint completes, the program and the new child both run on (the program without a leak
+/// of descriptors, threads or mappings, ticking without a gap), and the image restores beside
+/// them (`--no-restore-pid`) to PASS.
+#[test]
+fn target_forks_during_its_checkpoint() {
+    let sc = Scenario::new("fault-target-fork");
+    for (run, scope) in [&["-p"][..], &[][..], &["-p"][..], &[][..]]
+        .into_iter()
+        .enumerate()
+    {
+        let what = format!("target forks in its callback, {scope:?}, run {run}");
+        let (mut job, old) = start_target(&sc, 8, "cb");
+        let pid = job.pid();
+        let before = snap_at_rest(pid);
+        fs::write(sc.work_dir().join("fork"), b"").expect("create fork");
+        fs::write(sc.work_dir().join("release"), b"").expect("create release");
+        let img = sc.img_dir().join(format!("fork-{run}.img"));
+        let mut tool = start_checkpoint(&sc, scope, &img, pid, "");
+        let (st, stderr) = finish_tool(&mut tool, &what);
+        fs::remove_file(sc.work_dir().join("fork")).expect("remove fork");
+        fs::remove_file(sc.work_dir().join("release")).expect("remove release");
+        assert!(st.success(), "{what}: {st}: {stderr}");
+        sc.assert_image_file(&img);
+        wait_more_lines(&job, "FORKED ", 0, &what);
+        let forked: u32 = job
+            .stdout()
+            .lines()
+            .find_map(|l| l.strip_prefix("FORKED "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("FORKED PID");
+        job.assert_running(&what);
+        assert!(pid_alive(forked), "{what}: the forked child is gone");
+        let seen = ticks_of(&job.stdout(), "F ").len();
+        wait_more_lines(&job, "F ", seen, &what);
+        assert_no_leak(pid, &before, &what);
+        let msg = format!("{}: {what}: {st}", sc.name());
+        eprintln!("{msg}");
+        sc.note(&msg);
+        sc.go();
+        job.expect_pass(RESTART_TIMEOUT);
+        assert_ticks_continuous(&job.stdout(), &what);
+        assert_ticks_continuous_of(&job.stdout(), "F ", &format!("{what} (forked child)"));
+        sc.restart_with(&img, &["--no-restore-pid"])
+            .expect_pass(RESTART_TIMEOUT);
+        fs::remove_file(sc.go_file()).expect("remove GO");
+        for f in [old, img] {
+            fs::remove_file(f).expect("remove image");
+        }
+    }
+}
+
+/// `cr_restart ARGS IMG` as the scenario's user, stopping itself at `phase`
+/// (`LIBCR_TEST_STOP_AT`, see `cr::restore::test_stop_at`).
+fn start_restart(sc: &Scenario, img: &Path, args: &[&str], phase: &str) -> Job {
+    let mut argv: Vec<OsString> = vec![sc.tools().cr_restart.clone().into()];
+    argv.extend(args.iter().map(OsString::from));
+    argv.push(img.into());
+    let mut cmd = sc.command(&argv);
+    cmd.env("LIBCR_TEST_STOP_AT", phase);
+    sc.start(&format!("cr_restart (phase {phase})"), cmd)
+}
+
+/// Waits until cr_restart or one of its descendants (the namespace init, which cannot stop: it
+/// waits named `stopped-at-hook`) stopped itself at its phase; returns that process.
+fn wait_restart_stopped(restart: &mut Job, what: &str) -> u32 {
+    let deadline = Instant::now() + RESTART_TIMEOUT;
+    loop {
+        let mut procs = vec![restart.pid()];
+        procs.extend(descendants(restart.pid()));
+        if let Some(&p) = procs
+            .iter()
+            .find(|&&p| matches!(proc_stat(p), Some(st) if st.state == 'T' || st.comm == "stopped-at-hook"))
+        {
+            return p;
+        }
+        assert!(
+            restart.try_wait_exit(Duration::ZERO).is_none() && Instant::now() < deadline,
+            "{what}: cr_restart never reached its phase:\n{}",
+            restart.diag()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Nothing of a killed or failed restart is left: no process in its group, none of the
+/// original `pids` alive (waits up to 5 s, then for the zombies to be reaped).
+fn assert_nothing_left(restart: &Job, pids: &[u32], what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let left = || {
+        let mut l = restart.group_members();
+        l.extend(pids.iter().copied().filter(|&p| pid_alive(p)));
+        l
+    };
+    while !left().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let summary: Vec<String> = left().iter().map(|&p| proc_summary(p)).collect();
+    assert!(
+        summary.is_empty(),
+        "{what}: processes left: {summary:?}\n{}",
+        restart.diag()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|&p| proc_stat(p).is_some()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// cr_restart SIGKILLed at the phases the mid-read test does not reach: with every image read
+/// and checked but no process created (`loaded`), and with every process of the job created
+/// and its memory rebuilt (`--eager`), waiting at the gate before anything of the program runs
+/// (`gated`). A tree of four (c-tests/tree.c): at `gated` all four exist; after the kill none
+/// is left (parent-death signal), none of the original pids runs, the image is unchanged, and
+/// it restores to PASS afterwards.
+fn restarter_killed_at_phases(sc: &Scenario) {
+    let mut prog = sc.program("tree");
+    prog.argv.extend(["3".into(), "deep".into()]);
+    let mut job = sc.start("tree", sc.under_cr_run(&prog));
+    job.wait_ready();
+    let mut pids = vec![job.pid()];
+    pids.extend(descendants(job.pid()));
+    let img = sc.checkpoint(job.pid(), &["--term"]);
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    let deadline = Instant::now() + DEATH_TIMEOUT;
+    while pids.iter().any(|&p| proc_stat(p).is_some()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let hash = file_hash(&img);
+    for (run, phase) in ["loaded", "gated", "loaded", "gated"]
+        .into_iter()
+        .enumerate()
+    {
+        let what = format!("cr_restart killed at {phase}, run {run}");
+        let mut restart = start_restart(sc, &img, &["--eager"], phase);
+        let stopped = wait_restart_stopped(&mut restart, &what);
+        let procs = descendants(restart.pid());
+        // At the gate: the job's processes (and, unprivileged, the namespace's init).
+        let restored = procs.iter().filter(|&&p| p != stopped).count();
+        if phase == "loaded" {
+            assert!(
+                procs.is_empty(),
+                "{what}: processes exist before the restore began: {procs:?}"
+            );
+        } else {
+            assert!(
+                restored >= pids.len(),
+                "{what}: {} processes exist at the gate, the job has {}: {:?}",
+                restored,
+                pids.len(),
+                procs.iter().map(|&p| proc_summary(p)).collect::<Vec<_>>()
+            );
+            // None of them runs the program yet: no output.
+            assert!(
+                !restart.stdout().contains("READY") && !restart.stdout().contains("PASS"),
+                "{what}: the program ran:\n{}",
+                restart.diag()
+            );
+        }
+        sigkill_one(restart.pid());
+        restart.try_wait_exit(TOOL_TIMEOUT);
+        assert_nothing_left(&restart, &pids, &what);
+        for p in procs {
+            assert!(!pid_alive(p), "{what}: {} survived", proc_summary(p));
+        }
+        assert_eq!(file_hash(&img), hash, "{what}: the image changed");
+        let line = format!("{}: {what}: nothing left", sc.name());
+        eprintln!("{line}");
+        sc.note(&line);
+    }
+    sc.go();
+    sc.restart(&img).expect_pass(RESTART_TIMEOUT);
+}
+
+/// As root: the job's processes are cr_restart's children, with their original pids.
+#[test]
+fn restarter_killed_before_processes_and_at_the_gate() {
+    restarter_killed_at_phases(&Scenario::new("fault-restarter-phases"));
+}
+
+/// Unprivileged: the namespace init builds the job and stops at the gate; killing cr_restart
+/// takes the init, and with it the whole namespace.
+#[test]
+fn restarter_killed_before_processes_and_at_the_gate_in_namespace() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run as nobody");
+        return;
+    }
+    restarter_killed_at_phases(&Scenario::as_user("fault-restarter-phases-ns", NOBODY));
+}
+
+/// A file the image maps (the program's own executable, a copy in the scenario) removed between
+/// the restart's checks (`loaded`: it was there and unchanged) and its use: the restart fails
+/// with one line naming the file, nothing is left running, the image is unchanged; with the
+/// file back the same image restores to PASS.
+#[test]
+fn restore_file_vanishes_after_preflight() {
+    let sc = Scenario::new("fault-restore-vanish");
+    let bin = sc.work_dir().join("bin");
+    fs::create_dir_all(&bin).expect("mkdir bin");
+    let prog = sc.program("spinner").copied_to(&bin);
+    let exe = bin.join("spinner");
+    let mut job = sc.start("spinner", sc.under_cr_run(&prog));
+    job.wait_ready();
+    let pid = job.pid();
+    let img = sc.checkpoint(pid, &["--term"]);
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    let hash = file_hash(&img);
+    let aside = sc.work_dir().join("spinner.aside");
+    for run in 0..3 {
+        let what = format!("executable removed after preflight, run {run}");
+        let mut restart = start_restart(&sc, &img, &[], "loaded");
+        let stopped = wait_restart_stopped(&mut restart, &what);
+        fs::rename(&exe, &aside).expect("move the executable aside");
+        signal_pid(stopped, libc::SIGCONT);
+        let st = restart
+            .try_wait_exit(TOOL_TIMEOUT)
+            .unwrap_or_else(|| panic!("{what}: cr_restart hangs:\n{}", restart.diag()));
+        restart.wait_output_closed(PIPE_CLOSE_TIMEOUT);
+        let stderr = restart.stderr();
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(
+            matches!(st.code(), Some(c) if c != 0) && lines.len() == 1,
+            "{what}: one line and an exit code expected, got {st}:\n{}",
+            restart.diag()
+        );
+        assert!(
+            lines[0].contains(&exe.display().to_string()),
+            "{what}: the message should name {}: {}",
+            exe.display(),
+            lines[0]
+        );
+        assert!(
+            !restart.stdout().contains("PASS"),
+            "{what}: the program ran:\n{}",
+            restart.diag()
+        );
+        assert_nothing_left(&restart, &[pid], &what);
+        assert_eq!(file_hash(&img), hash, "{what}: the image changed");
+        let line = format!("{}: {what}: {st}: {}", sc.name(), lines[0]);
+        eprintln!("{line}");
+        sc.note(&line);
+        fs::rename(&aside, &exe).expect("put the executable back");
+    }
+    sc.go();
+    sc.restart(&img).expect_pass(RESTART_TIMEOUT);
+}

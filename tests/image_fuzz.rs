@@ -598,3 +598,43 @@ fn real_image_forged_lengths_are_refused() {
         assert!(res.is_err(), "forged header {i} accepted: {h:?}");
     }
 }
+
+/// An image from a CPU with other xsave features (its header's XCR0 forged, the header checksum
+/// recomputed, as a genuine image from that machine would read): cr_restart refuses it up front
+/// with the exact reason (both XCR0 values), one line, nothing runs. Once with a feature the image has
+/// and this CPU lacks (AVX-512 state, bits 5-7, or PKRU, bit 9, whichever this CPU lacks), once
+/// with one this CPU has and the image lacks (the SSE bit cleared).
+#[test]
+fn image_from_another_cpu_is_refused_with_the_reason() {
+    use common::*;
+    let (_, good) = &real_images()[0];
+    let sc = Scenario::new("fuzz-xcr0");
+    let (ours, _) = cr::agent::image::cpu_xsave();
+    let at = {
+        let (_, images) = tree::open_all(&file_of(good)).expect("a real image reads");
+        images[0].base as usize
+    };
+    let hsize = core::mem::size_of::<FileHeader>();
+    let base: FileHeader = bytemuck::pod_read_unaligned(&good[at..at + hsize]);
+    assert_eq!(base.xcr0, ours, "a fresh image has this CPU's XCR0");
+    let extra = [0xe0u64, 0x200, 0x40000]
+        .into_iter()
+        .find(|b| ours & b == 0)
+        .unwrap_or(1 << 62);
+    for (k, xcr0) in [ours | extra, ours & !2].into_iter().enumerate() {
+        let mut h = base;
+        h.xcr0 = xcr0;
+        let mut bytes = good.clone();
+        put_header(&mut bytes[at..], &mut h);
+        let img = sc.img_dir().join(format!("xcr0-{k}.img"));
+        std::fs::write(&img, &bytes).expect("write forged image");
+        let (_, code, line) = restart_refused(&sc, &img, &format!("image XCR0 {xcr0:#x}"));
+        eprintln!("image XCR0 {xcr0:#x}, this CPU {ours:#x}: exit {code}: {line}");
+        assert!(
+            line.contains("CPU vector state differs")
+                && line.contains(&format!("{xcr0:#x}"))
+                && line.contains(&format!("{ours:#x}")),
+            "the reason should name both XCR0 values: {line}"
+        );
+    }
+}

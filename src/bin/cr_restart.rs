@@ -396,6 +396,7 @@ fn main() {
     }
     let job = job::load_in(images, &pairs, args.chain_dir.as_deref())
         .unwrap_or_else(|e| failed(&args, e.class, e.errno, &e.msg));
+    cr::restore::test_stop_at("loaded");
     if !args.quiet {
         for (pid, fd, what) in job.outside_fallbacks() {
             eprintln!(

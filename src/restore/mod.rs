@@ -24,6 +24,28 @@ use std::convert::Infallible;
 use std::fs::File;
 use std::os::unix::io::{FromRawFd, IntoRawFd};
 
+/// TEST ONLY (tests/faults.rs): with `LIBCR_TEST_STOP_AT=PHASE` in its environment the process
+/// restoring a job stops itself (`SIGSTOP`) on reaching `PHASE` — `loaded` (cr_restart: every
+/// image read and checked by [`preflight`], no process created yet) or `gated` (the process that
+/// built the job's pool: every process of the job has rebuilt its memory and waits at the gate,
+/// none runs yet) — so that a test can kill it or change the files exactly there, then continue it.
+/// The init of a pid namespace cannot stop itself (the kernel drops the signal): it names
+/// itself `stopped-at-hook` and waits for good, to be killed with its creator.
+pub fn test_stop_at(phase: &str) {
+    if std::env::var_os("LIBCR_TEST_STOP_AT").is_some_and(|p| p == phase) {
+        // SAFETY: getpid, prctl with a NUL-terminated name, pause and raise on ourselves.
+        unsafe {
+            if libc::getpid() == 1 {
+                libc::prctl(libc::PR_SET_NAME, c"stopped-at-hook".as_ptr(), 0, 0, 0);
+                loop {
+                    libc::pause();
+                }
+            }
+            libc::raise(libc::SIGSTOP);
+        }
+    }
+}
+
 /// A failed restart: an errno (for the exit code and hook classification) and one line of text.
 #[derive(Debug)]
 pub struct RestoreError {

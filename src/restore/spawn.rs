@@ -99,6 +99,7 @@ impl Gate {
                     break;
                 }
             }
+            super::test_stop_at("gated");
             libc::close(self.closed[0]);
             libc::close(self.gate[1]);
         }
