@@ -24,6 +24,7 @@ pub mod checkpoint;
 pub mod image;
 pub mod kinds;
 pub mod launch;
+pub mod progress;
 pub mod protocol;
 pub mod restore;
 pub mod supervise;

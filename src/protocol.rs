@@ -81,6 +81,15 @@ pub const FLAG_COW: u32 = 0x100;
 /// `agent::incremental`).
 pub const FLAG_INCREMENTAL: u32 = 0x1000;
 
+/// Request flag: the requester shows progress (`cr_checkpoint` on a terminal): while the image
+/// is written the agent sends [`STATUS_PROGRESS`] messages ([`Reply::progress`]), at most one
+/// every [`PROGRESS_INTERVAL_MS`], before the final reply. Other requesters never see one.
+pub const FLAG_PROGRESS: u32 = 0x2000;
+
+/// Progress messages ([`FLAG_PROGRESS`]) are sent at most this often (and once when the page
+/// data starts).
+pub const PROGRESS_INTERVAL_MS: u64 = 100;
+
 /// A request message.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -216,6 +225,10 @@ pub const STATUS_ACCEPTED: i32 = -1;
 /// process is stopped; the agent then waits for [`REQ_WRITE`] or [`REQ_RELEASE`].
 pub const STATUS_QUIESCED: i32 = -2;
 
+/// `Reply::status` of a progress message ([`FLAG_PROGRESS`]): `bytes` of the image are written,
+/// of [`Reply::progress_total`]. The final reply follows.
+pub const STATUS_PROGRESS: i32 = -3;
+
 /// Waits for the agent to accept a request: consumes the [`STATUS_ACCEPTED`] message and returns
 /// `Ok(None)`, or returns a final reply that came instead (left unread when `keep` is set).
 pub fn await_accepted(sock: i32, keep: bool) -> Result<Option<Reply>, i32> {
@@ -253,6 +266,26 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// A progress message ([`STATUS_PROGRESS`]): `done` bytes of an image of `total` bytes are
+    /// written. Built on the stack: the agent sends it while the program is stopped.
+    pub fn progress(done: u64, total: u64) -> Reply {
+        let mut r = Reply {
+            magic: MAGIC,
+            status: STATUS_PROGRESS,
+            bytes: done,
+            msg: [0; 240],
+        };
+        r.msg[..8].copy_from_slice(&total.to_le_bytes());
+        r
+    }
+
+    /// The image's total length a progress message announces.
+    pub fn progress_total(&self) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.msg[..8]);
+        u64::from_le_bytes(b)
+    }
+
     /// The message as text.
     pub fn message(&self) -> String {
         let end = self

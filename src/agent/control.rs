@@ -749,6 +749,12 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
         req: &req,
         files: req.files,
     };
+    // Progress messages while the image is written, when the requester asked for them.
+    super::image::progress::arm(if req.flags & protocol::FLAG_PROGRESS != 0 {
+        conn
+    } else {
+        -1
+    });
     // The writer runs on a stack inside the scratch area: our own stack is part of the image and
     // must not change while it is hashed and written.
     // SAFETY: the scratch stack is mapped, unused, and outlives the call.
@@ -760,6 +766,7 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
             scratch.stack_top(),
         )
     };
+    super::image::progress::arm(-1);
     if r == crate::arch::RESUMED {
         // The restored process: the connection was the checkpointed process's.
         super::image::REQUESTER_CONN.store(-1, Release);

@@ -188,6 +188,56 @@ pub mod io_report {
     }
 }
 
+/// Progress messages to a requester that asked for them (`protocol::FLAG_PROGRESS`), sent while
+/// the image is written: a `Reply` built on the stack, sent without waiting (a requester that
+/// does not read loses messages, never holds the write up), at most one every
+/// `protocol::PROGRESS_INTERVAL_MS`. No allocation, no lock: the program is stopped.
+pub mod progress {
+    use crate::sys;
+    use core::sync::atomic::{AtomicI32, AtomicU64, Ordering::*};
+
+    /// The connection to report on (-1: the requester did not ask).
+    pub static CONN: AtomicI32 = AtomicI32::new(-1);
+    /// Total length of the image being written (0: not known yet).
+    pub static TOTAL: AtomicU64 = AtomicU64::new(0);
+    /// CLOCK_MONOTONIC of the last message sent.
+    static LAST_NS: AtomicU64 = AtomicU64::new(0);
+
+    /// Reports on `conn` (-1: nobody) for the next image.
+    pub fn arm(conn: i32) {
+        CONN.store(conn, Relaxed);
+        TOTAL.store(0, Relaxed);
+        LAST_NS.store(0, Relaxed);
+    }
+
+    /// Sends "bytes written so far of TOTAL" when asked for, the total is known, and the last
+    /// message is at least the interval old (`force`: whatever the interval).
+    pub fn tick(force: bool) {
+        let conn = CONN.load(Relaxed);
+        let total = TOTAL.load(Relaxed);
+        if conn < 0 || total == 0 {
+            return;
+        }
+        let now = sys::monotonic_ns();
+        let interval = crate::protocol::PROGRESS_INTERVAL_MS * 1_000_000;
+        if !force && now.saturating_sub(LAST_NS.load(Relaxed)) < interval {
+            return;
+        }
+        LAST_NS.store(now, Relaxed);
+        let r = crate::protocol::Reply::progress(super::io_report::WRITTEN.load(Relaxed), total);
+        let b = bytemuck::bytes_of(&r);
+        // SAFETY: sending from a valid stack buffer; never blocks (MSG_DONTWAIT).
+        unsafe {
+            libc::send(
+                conn,
+                b.as_ptr() as *const _,
+                b.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+    }
+}
+
 /// The connection of the request whose image is being written (-1: none), watched while the
 /// image is written: a requester that dies mid-checkpoint must not keep the program stopped.
 pub static REQUESTER_CONN: AtomicI32 = AtomicI32::new(-1);
@@ -226,6 +276,7 @@ pub fn write_mem(fd: i32, addr: usize, len: usize) -> Result<(), Errno> {
             Ok(n) => {
                 done += n;
                 io_report::WRITTEN.fetch_add(n as u64, Relaxed);
+                progress::tick(false);
             }
             Err(Errno(libc::EINTR)) => {}
             // A stream destination (made non-blocking): wait for room, not past --time, and
@@ -501,6 +552,7 @@ pub fn finish(
         }
     }
     let io = |e| (4, e);
+    progress::TOTAL.store(hdr.trailer_offset + PAGE as u64, Relaxed);
     let _nonblocking = NonBlocking::new(fd, deadline_ns);
     write_mem(fd, hpage.as_ptr() as usize, PAGE).map_err(io)?;
     write_mem(
@@ -509,6 +561,7 @@ pub fn finish(
         page_align(meta_len) as usize,
     )
     .map_err(io)?;
+    progress::tick(true);
     unreadable.set(true);
     let data_hash = memory::write_data(fd, ext.all(), deadline_ns, bounce);
     unreadable.set(false);

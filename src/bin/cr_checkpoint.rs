@@ -367,15 +367,38 @@ fn options(m: &clap::ArgMatches, a: &Args) -> checkpoint::Options {
 fn main() {
     let matches = Args::command().get_matches();
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    let opts = options(&matches, &args);
+    let started = std::time::Instant::now();
+    let mut opts = options(&matches, &args);
     let verbose = args.verbose > 0 && !args.quiet;
+    // A progress bar on a terminal (each process's bytes written of its image, summed).
+    let mut bar = cr::progress::Bar::new(TOOL);
+    opts.progress = cr::progress::stderr_is_terminal() && !args.quiet;
+    let mut figures = std::collections::BTreeMap::new();
     let mut note = |n: Note| match n {
-        Note::Warning(w) if !args.quiet => eprintln!("{TOOL}: warning: {w}"),
-        Note::Info(i) if verbose => eprintln!("{TOOL}: {i}"),
+        Note::Warning(w) if !args.quiet => {
+            bar.clear();
+            eprintln!("{TOOL}: warning: {w}")
+        }
+        Note::Info(i) if verbose => {
+            bar.clear();
+            eprintln!("{TOOL}: {i}")
+        }
+        Note::Progress { pid, done, total } => {
+            figures.insert(pid, (done, total));
+            let (d, t) = figures
+                .values()
+                .fold((0, 0), |(d, t), &(a, b)| (d + a, t + b));
+            bar.update(d, t);
+        }
         _ => {}
     };
-    let outcome =
-        checkpoint::checkpoint(&opts, &mut note).unwrap_or_else(|e| fail(TOOL, e.errno, &e.msg));
+    let outcome = checkpoint::checkpoint(&opts, &mut note);
+    match &outcome {
+        Ok(o) => bar.finish(o.total, o.total),
+        Err(_) => bar.clear(),
+    }
+    let outcome = outcome.unwrap_or_else(|e| fail(TOOL, e.errno, &e.msg));
+    let secs = started.elapsed().as_secs_f64();
     if verbose {
         for s in &outcome.saved {
             eprintln!(
@@ -391,5 +414,10 @@ fn main() {
                 outcome.what, outcome.total
             );
         }
+        eprintln!(
+            "{TOOL}: {} written in {secs:.2} s ({}/s), request to durable image",
+            cr::progress::human(outcome.total),
+            cr::progress::human((outcome.total as f64 / secs.max(1e-3)) as u64)
+        );
     }
 }

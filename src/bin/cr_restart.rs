@@ -417,7 +417,24 @@ fn main() {
             eprintln!("{TOOL}: {line}");
         }
     }
-    run_job(&args, &job, opts, signal.max(0))
+    // Page data read so far by the processes, counted in a page they share with us: a progress
+    // bar on a terminal, the final figures under --verbose.
+    let counted = cr::restore::memory::count_reads().map(|c| Counted {
+        read: c,
+        total: job.page_data_to_read(args.eager),
+        bar: cr::progress::Bar::with_output(
+            TOOL,
+            !args.quiet && cr::progress::stderr_is_terminal(),
+        ),
+    });
+    run_job(&args, &job, opts, signal.max(0), counted)
+}
+
+/// Page data read by the restore, for the progress bar and `--verbose`.
+struct Counted {
+    read: &'static std::sync::atomic::AtomicU64,
+    total: u64,
+    bar: cr::progress::Bar,
 }
 
 /// Every process created for the job (pids as cr_restart sees them), to kill on failure.
@@ -435,7 +452,13 @@ fn pipe() -> [i32; 2] {
 
 /// Restores the job's processes, waits for them to run, then forwards signals and exits as the
 /// eldest does.
-fn run_job(args: &Args, job: &Job, opts: cr::restore::spawn::Options, signal: i32) -> ! {
+fn run_job(
+    args: &Args,
+    job: &Job,
+    opts: cr::restore::spawn::Options,
+    signal: i32,
+    mut counted: Option<Counted>,
+) -> ! {
     use cr::restore::spawn;
     let members = job.members();
     // SAFETY: geteuid has no preconditions.
@@ -507,6 +530,21 @@ fn run_job(args: &Args, job: &Job, opts: cr::restore::spawn::Options, signal: i3
     let mut failure = None;
     let mut chunk = [0u8; 4096];
     while running < members.len() && failure.is_none() {
+        if let Some(c) = &mut counted {
+            // Redraw the bar at least every REDRAW while the processes restore.
+            let mut p = libc::pollfd {
+                fd: notify[0],
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = cr::progress::REDRAW.as_millis() as i32;
+            // SAFETY: one valid pollfd.
+            let ready = unsafe { libc::poll(&mut p, 1, ms) } > 0;
+            c.bar.update(c.read.load(Ordering::Relaxed), c.total);
+            if !ready {
+                continue;
+            }
+        }
         let n = match reports.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => n,
@@ -523,6 +561,14 @@ fn run_job(args: &Args, job: &Job, opts: cr::restore::spawn::Options, signal: i3
                 cr::restore::Report::Failed(e, m) => failure = Some((e, m)),
                 cr::restore::Report::Top(_) => {}
             }
+        }
+    }
+    if let Some(c) = &mut counted {
+        if running < members.len() {
+            c.bar.clear();
+        } else {
+            let read = c.read.load(Ordering::Relaxed);
+            c.bar.finish(read, c.total.max(read));
         }
     }
     if running < members.len() {
@@ -551,6 +597,15 @@ fn run_job(args: &Args, job: &Job, opts: cr::restore::spawn::Options, signal: i3
                 .get()
                 .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3)
         );
+        if let Some(c) = &counted {
+            let read = c.read.load(Ordering::Relaxed);
+            let secs = STARTED.get().map_or(0.0, |t| t.elapsed().as_secs_f64());
+            eprintln!(
+                "{TOOL}: page data read: {} in {secs:.2} s ({}/s)",
+                cr::progress::human(read),
+                cr::progress::human((read as f64 / secs.max(1e-3)) as u64)
+            );
+        }
     }
     install_forwarding();
     if signal != 0 {

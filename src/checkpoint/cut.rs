@@ -180,6 +180,15 @@ fn recv_by(sock: i32, deadline: Option<Instant>) -> Result<Option<protocol::Repl
     }
 }
 
+/// The note of progress message `r` of process `pid`.
+fn progress(pid: i32, r: &protocol::Reply) -> Note {
+    Note::Progress {
+        pid,
+        done: r.bytes,
+        total: r.progress_total(),
+    }
+}
+
 /// Opens a destination; says under `-v` when a file must be written under its temporary name
 /// (no `O_TMPFILE` there: a requester killed mid-write would leave `.NAME.tmp` behind).
 fn open_out(d: &Dest, note: &mut dyn FnMut(Note)) -> Result<Out, CheckpointError> {
@@ -202,6 +211,9 @@ fn request(opts: &Options, scope: i32, out: &Out) -> Request {
     req.flags = opts.save;
     if opts.cow {
         req.flags |= protocol::FLAG_COW;
+    }
+    if opts.progress {
+        req.flags |= protocol::FLAG_PROGRESS;
     }
     req.files = opts.files;
     req.timeout_ms = opts.time.map_or(0, |s| s.saturating_mul(1000));
@@ -317,7 +329,12 @@ pub(super) fn checkpoint_one(
     let first = protocol::await_accepted(sock, false);
     let final_reply = match first {
         Ok(Some(r)) => Ok(Some(r)),
-        Ok(None) => protocol::recv_reply(sock, 0),
+        Ok(None) => loop {
+            match protocol::recv_reply(sock, 0) {
+                Ok(Some(r)) if r.status == protocol::STATUS_PROGRESS => note(progress(pid, &r)),
+                other => break other,
+            }
+        },
         Err(e) => Err(e),
     };
     let Ok(Some(reply)) = final_reply else {
@@ -1022,6 +1039,7 @@ pub(super) fn checkpoint_many(
         }
         let reply = loop {
             match recv_by(sock, None) {
+                Ok(Some(r)) if r.status == protocol::STATUS_PROGRESS => note(progress(pid, &r)),
                 Ok(Some(r)) if r.status < 0 => {}
                 Ok(Some(r)) => break r,
                 _ => {

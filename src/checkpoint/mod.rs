@@ -66,6 +66,8 @@ pub struct Options {
     /// An incremental checkpoint (`--incremental`, `--max-chain`): a delta image against a
     /// parent where possible (one delta per process; see [`incremental`]).
     pub incremental: Option<incremental::Incremental>,
+    /// Ask the agents for progress messages while they write ([`Note::Progress`]).
+    pub progress: bool,
 }
 
 impl Options {
@@ -87,6 +89,7 @@ impl Options {
             sync: true,
             cow: false,
             incremental: None,
+            progress: false,
         }
     }
 }
@@ -98,6 +101,16 @@ pub enum Note {
     Warning(String),
     /// Shown on request (`-v`): what happened.
     Info(String),
+    /// With [`Options::progress`]: process `pid` has written `done` bytes of its image of
+    /// `total` bytes (about every 100 ms while it writes).
+    Progress {
+        /// The process.
+        pid: i32,
+        /// Bytes of its image written so far.
+        done: u64,
+        /// Its image's length.
+        total: u64,
+    },
 }
 
 /// A failed checkpoint: the errno for the exit code (`errno & 0xff`) and one line.

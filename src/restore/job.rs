@@ -98,6 +98,23 @@ pub struct Job {
 }
 
 impl Job {
+    /// Bytes of page data the restore reads (all of it with `eager`; else what is not mapped
+    /// from the image), for cr_restart's progress bar.
+    pub fn page_data_to_read(&self, eager: bool) -> u64 {
+        self.images
+            .iter()
+            .zip(&self.files)
+            .map(|(img, file)| {
+                let (mapped, read) = super::memory::lazy_plan(img);
+                if eager || super::memory::lazy_refusal(file, img).is_some() {
+                    mapped + read
+                } else {
+                    read
+                }
+            })
+            .sum()
+    }
+
     /// One line per image saying how its page data will be restored (`cr_restart --verbose`):
     /// mapped from the image (lazy) or read in full, and why.
     pub fn page_data_plan(&self, eager: bool) -> Vec<String> {

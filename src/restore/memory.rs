@@ -24,6 +24,46 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 
+/// Page data is read (and counted for cr_restart's progress bar) in pieces of this size.
+const READ_CHUNK: u64 = 8 << 20;
+
+/// Bytes of page data read so far by every process of a restart, for cr_restart's progress bar:
+/// a counter in a shared page cr_restart maps before it creates the processes (null: nobody
+/// counts). The restored program never sees it: it goes with cr_restart's other mappings.
+static READ_COUNTER: std::sync::atomic::AtomicPtr<std::sync::atomic::AtomicU64> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// Maps the shared counter of page data read (see [`READ_COUNTER`]); `None` when it cannot be
+/// mapped (no progress is shown then).
+pub fn count_reads() -> Option<&'static std::sync::atomic::AtomicU64> {
+    // SAFETY: a fresh shared anonymous page, never unmapped by this process.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    let c = p as *mut std::sync::atomic::AtomicU64;
+    READ_COUNTER.store(c, std::sync::atomic::Ordering::Release);
+    // SAFETY: the page is mapped for the rest of the process and zero (a valid AtomicU64).
+    Some(unsafe { &*c })
+}
+
+fn count_read(n: u64) {
+    let c = READ_COUNTER.load(std::sync::atomic::Ordering::Acquire);
+    if !c.is_null() {
+        // SAFETY: set by count_reads to a page mapped for the life of the process.
+        unsafe { (*c).fetch_add(n, std::sync::atomic::Ordering::Relaxed) };
+    }
+}
+
 /// Page data below this size is read (and its checksum checked) even in lazy mode: it takes
 /// milliseconds.
 pub const LAZY_MIN_DATA: u64 = 32 << 20;
@@ -615,17 +655,13 @@ pub fn build(
             // Pooled extents are read in chunks into a spare buffer, the others into place.
             let mut done = 0u64;
             while done < e.len {
-                let n = if pooled {
-                    (e.len - done).min(4 << 20)
-                } else {
-                    e.len
-                };
+                let n = (e.len - done).min(READ_CHUNK);
                 let buf = if pooled {
                     spare.resize(n as usize, 0u8);
                     &mut spare[..]
                 } else {
                     // SAFETY: the destination lies inside the writable mapping just created for r.
-                    unsafe { std::slice::from_raw_parts_mut(at as *mut u8, e.len as usize) }
+                    unsafe { std::slice::from_raw_parts_mut((at + done) as *mut u8, n as usize) }
                 };
                 file.read_exact_at(buf, img.header.data_offset + e.file_off + done)
                     .map_err(|e| {
@@ -635,6 +671,7 @@ pub fn build(
                         )
                     })?;
                 h.update(buf);
+                count_read(n);
                 done += n;
             }
         }

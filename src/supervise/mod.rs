@@ -514,7 +514,7 @@ fn take_checkpoint(
     let mut note = |n: Note| match n {
         Note::Warning(w) => say(&format!("warning: {w}")),
         Note::Info(i) if cfg.verbose => say(&i),
-        Note::Info(_) => {}
+        Note::Info(_) | Note::Progress { .. } => {}
     };
     let outcome = checkpoint::checkpoint(&opts, &mut note)?;
     // With a store, a local copy stays until its upload is confirmed.
