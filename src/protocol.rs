@@ -538,3 +538,24 @@ const _: () = assert!(
     core::mem::offset_of!(RestartInfo, image_dev) == RESTART_INFO_IMAGE_DEV * 8
         && core::mem::size_of::<RestartInfo>() == RESTART_INFO_WORDS * 8
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default limit of files under temporary directories is 1 GiB per process, as
+    /// `cr_checkpoint` and `cr_run --checkpoint-dir` (`checkpoint::Options::new`) ask by
+    /// default; `--save-tmp-limit none` is no saving, `SIZE` is SIZE bytes.
+    #[test]
+    fn tmp_limit_default_and_none() {
+        let opts = crate::checkpoint::Options::new(crate::api::types::CR_SCOPE_TREE, 1);
+        assert_eq!(tmp_limit(opts.save, &opts.files), Some(1 << 30));
+        assert_eq!(tmp_limit(FLAG_SAVE_TMP_NONE, &SaveFiles::default()), None);
+        let files = SaveFiles {
+            tmp_limit: 100 * 1024 + 1,
+            ..SaveFiles::default()
+        };
+        assert_eq!(tmp_limit(0, &files), Some(100 * 1024));
+        assert_eq!(SaveFiles::default().written_limit(), None);
+    }
+}

@@ -8,6 +8,9 @@
 //! - `scratch_file_deleted_on_term`: `c-tests/tmp_scratch.c` under a unique directory in /tmp,
 //!   whose SIGTERM handler deletes its scratch file and directory: both come back with the saved
 //!   contents, mode and offsets.
+//!
+//! docs/ARCHITECTURE.md "Files that travel in the image" maps each clause of issue 15 to its
+//! test here.
 
 mod common;
 
@@ -223,17 +226,7 @@ fn scratch_file_deleted_on_term() {
 #[test]
 fn created_file_closed_and_deleted_on_term() {
     let sc = Scenario::new("tmp_created");
-    let dir = TmpDir(PathBuf::from(format!(
-        "/tmp/libcr-tmpfiles-{}-created",
-        std::process::id()
-    )));
-    let _ = fs::remove_dir_all(&dir.0);
-    fs::create_dir_all(&dir.0).expect("mkdir in /tmp");
-    let prog = sc.program("tmp_created");
-    let mut cmd = sc.under_cr_run(&prog);
-    cmd.env("CR_TEST_SCRATCH", &dir.0);
-    let mut job = sc.start("tmp_created", cmd);
-    job.wait_ready();
+    let (mut job, dir) = start_created(&sc, "created", 1, 0);
     let img = sc.checkpoint(job.pid(), &["--term"]);
     job.expect_signal(libc::SIGTERM, DEATH_TIMEOUT);
     assert!(
@@ -249,6 +242,59 @@ fn created_file_closed_and_deleted_on_term() {
     );
     sc.go();
     sc.restart(&img).expect_pass(RESTART_TIMEOUT);
+}
+
+/// `tmp_created` under cr_run making `keep` files it keeps and `churn` it deletes at once, in a
+/// new directory of /tmp (removed when the returned guard drops), READY.
+fn start_created(sc: &Scenario, tag: &str, keep: usize, churn: usize) -> (Job, TmpDir) {
+    let dir = TmpDir(PathBuf::from(format!(
+        "/tmp/libcr-tmpfiles-{}-{tag}",
+        std::process::id()
+    )));
+    let _ = fs::remove_dir_all(&dir.0);
+    fs::create_dir_all(&dir.0).expect("mkdir in /tmp");
+    let prog = sc.program("tmp_created");
+    let mut cmd = sc.under_cr_run(&prog);
+    cmd.env("CR_TEST_SCRATCH", &dir.0)
+        .env("CR_TEST_KEEP", keep.to_string())
+        .env("CR_TEST_CHURN", churn.to_string());
+    let mut job = sc.start("tmp_created", cmd);
+    job.wait_ready();
+    (job, dir)
+}
+
+/// The agent keeps 32 names of files made with `mkstemp` & co.: a program that made 3 it keeps
+/// and then 40 it deleted at once (as a long build's compilers do) still gets its 3 back (a new
+/// name takes the slot of a file that is gone); one that keeps 40 gets a checkpoint warning
+/// saying 8 are no longer tracked. Before: the 40 deleted names pushed out the 3 kept ones
+/// (gone after the restart), and the 8 were forgotten silently.
+#[test]
+fn created_files_beyond_the_table() {
+    let sc = Scenario::new("tmp_created_many");
+    let (mut job, _dir) = start_created(&sc, "churn", 3, 40);
+    let img = sc.next_image_path();
+    let res = sc.checkpoint_to(job.pid(), &["--term"], &img);
+    res.assert_success();
+    assert!(
+        !res.stderr.contains("no longer tracked"),
+        "no file was forgotten:\n{}",
+        res.describe()
+    );
+    job.expect_signal(libc::SIGTERM, DEATH_TIMEOUT);
+    sc.go();
+    sc.restart(&img).expect_pass(RESTART_TIMEOUT);
+    let _ = fs::remove_file(sc.go_file());
+
+    let (mut job, _dir) = start_created(&sc, "many", 40, 0);
+    let res = sc.checkpoint_to(job.pid(), &["--kill"], &sc.next_image_path());
+    res.assert_success();
+    assert!(
+        res.stderr
+            .contains("8 files this process made with mkstemp & co. are no longer tracked"),
+        "the checkpoint must warn about the 8 files it no longer tracks:\n{}",
+        res.describe()
+    );
+    job.expect_signal(libc::SIGKILL, DEATH_TIMEOUT);
 }
 
 /// `--cow` of a process that saves files by content: the checkpoint is written stopped (the
@@ -749,4 +795,106 @@ fn large_scratch_file_streams_into_the_image() {
         !dir.0.join("deep").exists() || fs::read_dir(dir.0.join("deep")).unwrap().count() == 0,
         "no file may be left behind"
     );
+}
+
+/// A kept scratch file (`--kill`: the program cannot remove it) at restart: one that matches the
+/// checkpoint is reused untouched (same inode, not written: same change time); a small one
+/// rewritten in place with its size and modification time kept (as `cp -p` or `touch -d` leave
+/// it) is told apart by the hash of its contents and put back with the saved ones. Before: the
+/// rewritten file was reused and the program read the wrong bytes ("contents differ").
+#[test]
+fn kept_file_reused_only_when_contents_match() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let sc = Scenario::new("tmp_match");
+    for rewrite in [false, true] {
+        let tag = if rewrite {
+            "match-rewritten"
+        } else {
+            "match-kept"
+        };
+        let _ = fs::remove_file(sc.go_file());
+        let (mut job, dir) = start_scratch(&sc, tag);
+        let file = dir.0.join("deep/scratch.dat");
+        let img = sc.next_image_path();
+        sc.checkpoint_to(job.pid(), &["--kill"], &img)
+            .assert_success();
+        job.expect_signal(libc::SIGKILL, DEATH_TIMEOUT);
+        let before = fs::metadata(&file).expect("scratch file kept");
+        if rewrite {
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(&file)
+                .expect("open scratch file");
+            f.write_all_at(b"XYZ", 1000).expect("rewrite");
+            let mtime = before.modified().expect("mtime");
+            f.set_times(fs::FileTimes::new().set_modified(mtime))
+                .expect("set mtime back");
+            drop(f);
+            let now = fs::metadata(&file).expect("scratch file");
+            assert_eq!(
+                (now.len(), now.mtime(), now.mtime_nsec()),
+                (before.len(), before.mtime(), before.mtime_nsec()),
+                "the rewrite keeps size and modification time"
+            );
+        }
+        let reference = fs::metadata(&file).expect("scratch file");
+        let mut restarted = sc.restart(&img);
+        let pid = restarted.wait_child(READY_TIMEOUT);
+        assert!(
+            wait_address_space_switched(&sc, pid, Duration::from_secs(20)),
+            "{tag}: the restore did not finish:\n{}",
+            restarted.diag()
+        );
+        let after = fs::metadata(&file).expect("scratch file after the restart");
+        let same = (after.ino(), after.ctime(), after.ctime_nsec())
+            == (reference.ino(), reference.ctime(), reference.ctime_nsec());
+        assert_eq!(
+            same,
+            !rewrite,
+            "{tag}: the file must be {}",
+            if rewrite {
+                "put back"
+            } else {
+                "reused untouched"
+            }
+        );
+        sc.go();
+        restarted.expect_pass(RESTART_TIMEOUT);
+    }
+    let _ = fs::remove_file(sc.go_file());
+}
+
+/// A file put back at restart gets its owner again as far as the restarting user may set it:
+/// as root, the scratch file owned by nobody:nogroup (65534) comes back so. Before: owned by
+/// the restarting user (root).
+#[test]
+fn put_back_file_keeps_its_owner() {
+    use std::os::unix::fs::MetadataExt;
+    if !is_root() {
+        assert!(!in_ci(), "CI runs as root");
+        println!("note: skipped: setting another owner needs root");
+        return;
+    }
+    let sc = Scenario::new("tmp_owner");
+    let (mut job, dir) = start_scratch(&sc, "owner");
+    let file = dir.0.join("deep/scratch.dat");
+    std::os::unix::fs::chown(&file, Some(65534), Some(65534)).expect("chown");
+    let img = sc.checkpoint(job.pid(), &["--term"]);
+    job.expect_signal(libc::SIGTERM, DEATH_TIMEOUT);
+    assert!(!file.exists(), "the SIGTERM handler removes the file");
+    let mut restarted = sc.restart(&img);
+    let pid = restarted.wait_child(READY_TIMEOUT);
+    assert!(
+        wait_address_space_switched(&sc, pid, Duration::from_secs(20)),
+        "the restore did not finish:\n{}",
+        restarted.diag()
+    );
+    let md = fs::metadata(&file).expect("scratch file after the restart");
+    assert_eq!(
+        (md.uid(), md.gid()),
+        (65534, 65534),
+        "owner of the put back file"
+    );
+    sc.go();
+    restarted.expect_pass(RESTART_TIMEOUT);
 }

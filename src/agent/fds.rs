@@ -141,7 +141,21 @@ fn save_created(
             sys::close(fd);
         }
     });
-    res
+    res?;
+    let lost = super::created::forgotten();
+    if lost > 0 {
+        let mut m = StackBuf::<320>::new();
+        m.num(lost as u64)
+            .push(b" files this process made with mkstemp & co. are no longer tracked (it keeps ")
+            .num(super::created::SLOTS as u64)
+            .push(
+                b" still there at a time): one that nobody has open is not saved and, if the \
+                  program deletes it, missing at restart",
+            );
+        w.raw(REC_WARNING, m.as_bytes())
+            .map_err(|_| Errno(libc::ENOMEM))?;
+    }
+    Ok(())
 }
 
 /// `FileSpan::_pad`: the descriptor is the agent's own, closed once the contents are written.
@@ -585,6 +599,14 @@ fn save_temporary(
     } else {
         seen.tmp_bytes += size;
     }
+    let owner = SavedOwnerRec {
+        dev: st.st_dev,
+        ino: st.st_ino,
+        uid: st.st_uid,
+        gid: st.st_gid,
+    };
+    w.record(REC_SAVED_OWNER, &owner, &[])
+        .map_err(|_| Errno(libc::ENOMEM))?;
     Ok(None)
 }
 

@@ -155,6 +155,28 @@ pub const REC_SAVED_DIR: u32 = REC_OPTIONAL | 22;
 /// at its path at restart as a `REC_FD_SAVED` file is. An older reader skips it.
 pub const REC_CREATED_SAVED: u32 = REC_OPTIONAL | 23;
 
+/// Optional record: [`SavedOwnerRec`]: the owner of a file saved by content for a
+/// `REC_FD_SAVED` or `REC_CREATED_SAVED` record (of the same `dev`/`ino`), written after the
+/// file's `REC_FILE_SPAN`. A file put back at restart is given this owner as far as the
+/// restarting user may set it (as root both ids, else the group when the user is in it). An
+/// older reader skips it (the restarting user owns the file).
+pub const REC_SAVED_OWNER: u32 = REC_OPTIONAL | 24;
+
+/// Payload of [`REC_SAVED_OWNER`] (24 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug, Default, PartialEq, Eq)]
+pub struct SavedOwnerRec {
+    /// Device of the file.
+    pub dev: u64,
+    /// Inode of the file.
+    pub ino: u64,
+    /// Owner at checkpoint time.
+    pub uid: u32,
+    /// Group at checkpoint time.
+    pub gid: u32,
+}
+const _: () = assert!(core::mem::size_of::<SavedOwnerRec>() == 24);
+
 /// Payload of [`REC_CREATED_SAVED`] (64 bytes), followed by the path.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Debug, PartialEq, Eq)]

@@ -180,6 +180,8 @@ pub struct Image {
     pub saved_dirs: Vec<(SavedDirRec, Vec<u8>)>,
     /// Files created with `mkstemp` & co. and saved without a descriptor (`REC_CREATED_SAVED`).
     pub created: Vec<(CreatedSavedRec, Vec<u8>)>,
+    /// Owners of files saved by content (`REC_SAVED_OWNER`).
+    pub saved_owners: Vec<SavedOwnerRec>,
     /// File offset where this image starts (0 unless it is one process of a tree image).
     pub base: u64,
     /// Descriptions shared with the images that follow this one back to back (a forwarded
@@ -319,6 +321,7 @@ impl Image {
             file_spans: Vec::new(),
             saved_dirs: Vec::new(),
             created: Vec::new(),
+            saved_owners: Vec::new(),
             base,
             shares: Vec::new(),
             parent: None,
@@ -480,6 +483,10 @@ impl Image {
                         return Err(ImageError::Malformed("created file path".into()));
                     }
                     self.created.push((r, path.to_vec()));
+                }
+                REC_SAVED_OWNER => {
+                    let r: SavedOwnerRec = read_pod(body, "saved file owner")?;
+                    self.saved_owners.push(r);
                 }
                 REC_SAVED_DIR => {
                     let r: SavedDirRec = read_pod(body, "saved directory")?;

@@ -12,15 +12,34 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+/// Files up to this size that match the checkpoint's size and modification time are compared by
+/// content too (the hash of their saved contents): a small file rewritten in place keeps its size,
+/// and its modification time can be set back (`touch -d`, `tar -x`, a copy with `cp -p`).
+pub const HASH_COMPARE_MAX: u64 = 1 << 20;
+
 /// Whether the file at `path` is the one the checkpoint saw: a regular file of the same size and
-/// modification time.
-fn matches(path: &Path, s: &FdSavedRec) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| {
+/// modification time and, when it is at most [`HASH_COMPARE_MAX`] bytes and an image holds its
+/// saved contents (`key`), of the same contents (their xxh3-64).
+fn matches(images: &[&Image], path: &Path, key: (u64, u64), s: &FdSavedRec) -> bool {
+    let same_stat = std::fs::metadata(path).is_ok_and(|m| {
         m.is_file()
             && m.size() as i64 == s.size
             && m.mtime() == s.mtime_sec
             && m.mtime_nsec() == s.mtime_nsec
-    })
+    });
+    if !same_stat || s.size < 0 || s.size as u64 > HASH_COMPARE_MAX {
+        return same_stat;
+    }
+    let Some(want) = images
+        .iter()
+        .find_map(|img| match img.saved_contents(key)? {
+            SavedContents::Bytes(d) => Some(xxhash_rust::xxh3::xxh3_64(d)),
+            SavedContents::Span { size, hash, .. } => (size == s.size as u64).then_some(hash),
+        })
+    else {
+        return true; // contents not in the image: size and time are all there is
+    };
+    std::fs::read(path).is_ok_and(|d| xxhash_rust::xxh3::xxh3_64(&d) == want)
 }
 
 /// Writes the saved contents of the file `key` (from the image of the job that holds them:
@@ -134,6 +153,22 @@ pub fn put_back_created(images: &[&Image], files: &[&File]) -> Result<(), Restor
     Ok(())
 }
 
+/// Gives the re-created file of `key` the owner an image recorded for it (`REC_SAVED_OWNER`) as
+/// far as the restarting user may: as root its owner and group, else its group when that is one
+/// of the user's (the kernel refuses others). Best effort: else the restarting user owns it.
+fn set_owner(images: &[&Image], file: &File, key: (u64, u64)) {
+    let Some(o) = images
+        .iter()
+        .flat_map(|img| &img.saved_owners)
+        .find(|o| (o.dev, o.ino) == key)
+    else {
+        return;
+    };
+    // SAFETY: geteuid cannot fail.
+    let uid = (unsafe { libc::geteuid() } == 0).then_some(o.uid);
+    let _ = std::os::unix::fs::fchown(file, uid, Some(o.gid));
+}
+
 fn put_back_at(
     images: &[&Image],
     files: &[&File],
@@ -143,7 +178,7 @@ fn put_back_at(
     label: &str,
 ) -> Result<bool, RestoreError> {
     let path = Path::new(OsStr::from_bytes(path));
-    if matches(path, s) {
+    if matches(images, path, key, s) {
         return Ok(false);
     }
     // A file saved for being written that still exists keeps BLCR's rule: reopened and cut
@@ -188,6 +223,7 @@ fn put_back_at(
         write_contents(images, files, key, &file, &path.display().to_string())?;
         file.set_len(s.size.max(0) as u64)
             .map_err(|e| fail("set its size", e))?;
+        set_owner(images, &file, key);
         file.set_permissions(std::fs::Permissions::from_mode(s.mode & 0o7777))
             .map_err(|e| fail("set its mode", e))?;
         let mtime = if s.mtime_sec >= 0 {
