@@ -385,3 +385,231 @@ fn openmpi_ring_across_two_namespaces() {
         );
     }
 }
+
+/// What a checkpoint across the nodes left: the coordinator's and each node part's results.
+struct Across {
+    coordinator: ToolResult,
+    parts: Vec<ToolResult>,
+}
+
+impl Across {
+    fn describe(&self) -> String {
+        let mut s = self.coordinator.describe();
+        for p in &self.parts {
+            s.push('\n');
+            s.push_str(&p.describe());
+        }
+        s
+    }
+}
+
+/// `cr_checkpoint --coordinator SOCK --nodes 2 -d DIR FLAGS` (outside both nodes: the socket is
+/// a path, reachable from every network namespace), and in each node `cr_checkpoint --node SOCK
+/// --node-name HOST PID`, `pids[i]` being node i's part, all at once.
+fn checkpoint_across(
+    sc: &Scenario,
+    nodes: &TwoNodes,
+    pids: [u32; 2],
+    dir: &std::path::Path,
+    flags: &[&str],
+) -> Across {
+    let sock = sc.root().join("coord.sock");
+    let tool = sc.tools().cr_checkpoint.display().to_string();
+    let mut argv: Vec<String> = vec![
+        tool.clone(),
+        "-v".into(),
+        "--coordinator".into(),
+        sock.display().to_string(),
+        "--nodes".into(),
+        "2".into(),
+        "-d".into(),
+        dir.display().to_string(),
+    ];
+    argv.extend(flags.iter().map(|s| s.to_string()));
+    std::thread::scope(|s| {
+        let coord = s.spawn(|| sc.run_tool("coordinator", sc.command(&argv)));
+        // The node parts retry until the coordinator listens.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sock.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let parts: Vec<_> = (0..2)
+            .map(|i| {
+                let argv = nodes.inside(
+                    i,
+                    &[
+                        tool.clone(),
+                        "--node".into(),
+                        sock.display().to_string(),
+                        "--node-name".into(),
+                        HOSTS[i].into(),
+                        pids[i].to_string(),
+                    ],
+                );
+                let cmd = sc.command(&argv);
+                s.spawn(move || sc.run_tool(&format!("node part {}", HOSTS[i]), cmd))
+            })
+            .collect();
+        Across {
+            coordinator: coord.join().expect("coordinator thread"),
+            parts: parts
+                .into_iter()
+                .map(|p| p.join().expect("node part thread"))
+                .collect(),
+        }
+    })
+}
+
+/// The `conn` lines of a generation's MANIFEST: (node, local, remote, peer).
+fn manifest_links(manifest: &str) -> Vec<(String, String, String, String)> {
+    manifest
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 8 && f[0] == "conn").then(|| {
+                (
+                    f[1].to_string(),
+                    f[2].to_string(),
+                    f[3].to_string(),
+                    f[7].to_string(),
+                )
+            })
+        })
+        .collect()
+}
+
+/// One consistent cut of the job across both nodes (no post-checkpoint signal): the
+/// coordinator stops both parts, drains the bytes in flight between them, has each write its
+/// image into the new generation and commits it with a MANIFEST that pairs every connection
+/// between the nodes from both ends; then both parts are released together and the ring
+/// finishes correct (every message checked).
+#[test]
+fn openmpi_two_nodes_consistent_cut() {
+    if !available() {
+        return;
+    }
+    let sc = Scenario::new("mpi-nodes-cut");
+    let Some(nodes) = TwoNodes::new() else {
+        return;
+    };
+    let mut job = TwoNodeJob::start(&sc, &nodes);
+    let dir = sc.root().join("ckpt");
+    let t = Instant::now();
+    let r = checkpoint_across(&sc, &nodes, [job.mpirun.pid(), job.part_b], &dir, &[]);
+    let took = t.elapsed();
+    println!("{}", r.describe());
+    assert!(
+        r.coordinator.success() && r.parts.iter().all(|p| p.success()),
+        "the checkpoint across the nodes failed:\n{}\n{}",
+        r.describe(),
+        TwoNodeJob::node_b_log(&sc)
+    );
+    let gen = std::path::PathBuf::from(r.coordinator.stdout.trim());
+    assert_eq!(gen, dir.join("gen.1"), "{}", r.describe());
+    let manifest = std::fs::read_to_string(gen.join("MANIFEST")).expect("MANIFEST");
+    for h in HOSTS {
+        let img = gen.join(format!("{h}.ckpt"));
+        let len = std::fs::metadata(&img).map(|m| m.len()).unwrap_or(0);
+        assert!(
+            len > 0 && manifest.contains(&format!("node {h} {h}.ckpt {len}\n")),
+            "{} missing or not in the MANIFEST:\n{manifest}",
+            img.display()
+        );
+        let info = sc.run_tool(
+            "cr_info",
+            sc.command(&[
+                manifest_dir().join("target/release/cr_info").as_os_str(),
+                img.as_os_str(),
+            ]),
+        );
+        assert!(
+            info.success(),
+            "cr_info {}:\n{}",
+            img.display(),
+            info.describe()
+        );
+    }
+    // Every connection between the nodes is recorded from both ends.
+    let links = manifest_links(&manifest);
+    let between: Vec<_> = links.iter().filter(|l| l.3 != "outside").collect();
+    assert!(
+        between.len() >= 4,
+        "the MANIFEST should list the TCP connections between the nodes:\n{manifest}"
+    );
+    for (node, local, remote, peer) in &between {
+        assert!(
+            between
+                .iter()
+                .any(|(n, l, r, p)| n == peer && p == node && l == remote && r == local),
+            "{node}'s connection {local} -> {remote} has no other end in {peer}:\n{manifest}"
+        );
+    }
+    let entries: Vec<String> = std::fs::read_dir(&dir)
+        .expect("checkpoint dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(entries, ["gen.1"], "only the committed generation is left");
+    let line = format!(
+        "checkpoint across 2 nodes: {:.2} s, {} connections between the nodes",
+        took.as_secs_f64(),
+        between.len() / 2
+    );
+    sc.note(&line);
+    println!("{line}");
+    // Released together: the ring goes on and finishes correct.
+    sc.go();
+    job.mpirun.expect_pass(RESTART_TIMEOUT);
+}
+
+/// A node part that fails after the other node has stopped (here: node b is asked for a
+/// process without checkpoint support): the coordinator calls the cut off, node a's processes
+/// are released without any signal, no generation is left, and the ring finishes correct.
+#[test]
+fn openmpi_two_nodes_abort_releases_all() {
+    if !available() {
+        return;
+    }
+    let sc = Scenario::new("mpi-nodes-abort");
+    let Some(nodes) = TwoNodes::new() else {
+        return;
+    };
+    let mut job = TwoNodeJob::start(&sc, &nodes);
+    // A process in node b without an agent.
+    let plain = nodes.inside(1, &["sleep".into(), "600".into()]);
+    let sleeper = sc.start("sleep in node b", sc.command(&plain));
+    let dir = sc.root().join("ckpt");
+    let r = checkpoint_across(
+        &sc,
+        &nodes,
+        [job.mpirun.pid(), sleeper.pid()],
+        &dir,
+        &["--kill"],
+    );
+    println!("{}", r.describe());
+    assert!(
+        !r.coordinator.success()
+            && r.coordinator.stderr.contains("nodeb")
+            && !r.parts[1].success()
+            && r.parts[0].stderr.contains("called the checkpoint off"),
+        "the coordinator must fail naming node b, and call node a's part off:\n{}",
+        r.describe()
+    );
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "nothing may be left in {}: {left:?}",
+        dir.display()
+    );
+    job.mpirun
+        .assert_running("after the abort (no --kill may be sent)");
+    sc.go();
+    job.mpirun.expect_pass(RESTART_TIMEOUT);
+    drop(sleeper);
+}

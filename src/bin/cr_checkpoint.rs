@@ -161,8 +161,31 @@ struct Args {
     /// Print nothing but errors.
     #[arg(short = 'q', long = "quiet", action = ArgAction::SetTrue)]
     quiet: bool,
+    /// Checkpoint this node's part of a job across nodes (a tree, group or session) as part of
+    /// one cut: join the coordinator listening at SOCKET (cr_checkpoint --coordinator), which
+    /// chooses the destination and the post-checkpoint signal.
+    #[arg(long = "node", value_name = "SOCKET", conflicts_with_all = ["file", "fd", "dir", "cwd", "coordinator"])]
+    node: Option<PathBuf>,
+    /// With --node: this node's name, its image's name in the generation (default: the host
+    /// name).
+    #[arg(long = "node-name", value_name = "NAME", requires = "node")]
+    node_name: Option<String>,
+    /// Coordinate a checkpoint of a job across nodes: listen at SOCKET (a unix socket) for
+    /// --nodes node parts (cr_checkpoint --node SOCKET PID, one per node), stop them all, drain
+    /// the bytes in flight between them, and commit one generation DIR/gen.N (-d DIR: an image
+    /// per node and a MANIFEST); prints its directory. --term, --kill etc. go to every node
+    /// after the commit.
+    #[arg(long = "coordinator", value_name = "SOCKET", requires_all = ["nodes", "dir"])]
+    coordinator: Option<PathBuf>,
+    /// With --coordinator: how many nodes make the job.
+    #[arg(long = "nodes", value_name = "N", requires = "coordinator")]
+    nodes: Option<usize>,
     /// The process (or group or session) to checkpoint.
-    id: i32,
+    #[arg(
+        required_unless_present = "coordinator",
+        conflicts_with = "coordinator"
+    )]
+    id: Option<i32>,
 }
 
 /// The last of several options given (BLCR: "last one wins").
@@ -360,8 +383,43 @@ fn options(m: &clap::ArgMatches, a: &Args) -> checkpoint::Options {
         sync: last_given(m, &[("sync", true), ("nosync", false)], true),
         cow: a.cow,
         incremental: incremental(a),
-        ..checkpoint::Options::new(scope, a.id)
+        ..checkpoint::Options::new(scope, a.id.unwrap_or(0))
     }
+}
+
+/// This host's name (the default node name).
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most the buffer's length.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    if rc != 0 || end == 0 {
+        return "node".into();
+    }
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// `--coordinator SOCKET --nodes N -d DIR`: one generation of a job across nodes.
+fn coordinate(m: &clap::ArgMatches, a: &Args, note: &mut dyn FnMut(Note)) {
+    let c = checkpoint::nodes::Coordination {
+        listen: a.coordinator.clone().unwrap_or_default(),
+        nodes: a.nodes.unwrap_or(0),
+        dir: a.dir.clone().unwrap_or_default(),
+        signal: chosen_signal(m, a),
+        time: a.time,
+    };
+    let g = checkpoint::nodes::coordinate(&c, note).unwrap_or_else(|e| fail(TOOL, e.errno, &e.msg));
+    if a.verbose > 0 && !a.quiet {
+        for (name, bytes) in &g.nodes {
+            eprintln!("{TOOL}: node {name}: {bytes} bytes");
+        }
+        eprintln!(
+            "{TOOL}: {} nodes, {} connections between them",
+            g.nodes.len(),
+            g.links
+        );
+    }
+    println!("{}", g.dir.display());
 }
 
 fn main() {
@@ -392,7 +450,24 @@ fn main() {
         }
         _ => {}
     };
-    let outcome = checkpoint::checkpoint(&opts, &mut note);
+    if args.coordinator.is_some() {
+        coordinate(&matches, &args, &mut note);
+        return;
+    }
+    let outcome = match &args.node {
+        Some(coord) => {
+            if opts.signal != 0 {
+                fail(
+                    TOOL,
+                    libc::EINVAL,
+                    "--node: the coordinator chooses the post-checkpoint signal",
+                );
+            }
+            let name = args.node_name.clone().unwrap_or_else(host_name);
+            checkpoint::nodes::join(coord, &name, &opts, &mut note)
+        }
+        None => checkpoint::checkpoint(&opts, &mut note),
+    };
     match &outcome {
         Ok(o) => bar.finish(o.total, o.total),
         Err(_) => bar.clear(),

@@ -422,14 +422,24 @@ struct Cut<'a> {
     forwarded: Vec<(i32, i32)>,
     /// Every image is committed: nothing to undo any more.
     committed: bool,
+    /// The processes were released (`finish`).
+    released: bool,
     /// An incremental checkpoint's parent (for its one process).
     plan: Option<&'a super::incremental::Plan>,
 }
 
 impl Drop for Cut<'_> {
     /// A checkpoint that did not commit: every process we asked is released (those stopped
-    /// before are stopped again) and partial files are removed.
+    /// before are stopped again) and partial files are removed. One committed but not
+    /// finished (its larger cut failed: [`super::Barrier::written`]) is released without the
+    /// post-checkpoint signal.
     fn drop(&mut self) {
+        if self.committed && !self.released {
+            let release = Request::new(protocol::REQ_RELEASE);
+            for mb in self.members.iter().filter(|mb| mb.contacted && !mb.omitted) {
+                let _ = protocol::send(mb.sock, &release, None);
+            }
+        }
         if !self.committed {
             let release = Request::new(protocol::REQ_RELEASE);
             for mb in &self.members {
@@ -462,6 +472,7 @@ impl<'a> Cut<'a> {
             outs: Vec::new(),
             forwarded: Vec::new(),
             committed: false,
+            released: false,
             plan: None,
         }
     }
@@ -712,6 +723,7 @@ impl<'a> Cut<'a> {
         for &i in live {
             let _ = protocol::send(self.members[i].sock, &release, None);
         }
+        self.released = true;
         let saved = live
             .iter()
             .map(|&i| {
@@ -873,6 +885,7 @@ pub(super) fn checkpoint_many(
     scope: i32,
     requester: Option<(i32, i32)>,
     plan: Option<&super::incremental::Plan>,
+    mut barrier: Option<&mut dyn super::Barrier>,
     note: &mut dyn FnMut(Note),
 ) -> Result<Outcome, CheckpointError> {
     let per_proc = matches!(opts.dest, super::Destination::Dir(_));
@@ -961,6 +974,10 @@ pub(super) fn checkpoint_many(
     }
 
     test_stop_at("quiesced");
+    if let Some(b) = barrier.as_deref_mut() {
+        let pids: Vec<i32> = live.iter().map(|&i| cut.members[i].pid).collect();
+        b.stopped(&pids)?;
+    }
     // 3. Everything is stopped: record what the processes share, write the manifest(s), then
     // let each process write its image in turn.
     let live_pids: Vec<i32> = live.iter().map(|&i| cut.members[i].pid).collect();
@@ -1070,6 +1087,10 @@ pub(super) fn checkpoint_many(
     test_stop_at("written");
     cut.commit()?;
     test_stop_at("committed");
+    if let Some(b) = barrier {
+        let bytes = manifest_bytes + live.iter().map(|&i| cut.members[i].bytes).sum::<u64>();
+        b.written(bytes)?;
+    }
     let mut outcome = cut.finish(&live);
     outcome.total = manifest_bytes + outcome.saved.iter().map(|s| s.bytes).sum::<u64>();
     if let super::Destination::Dir(d) = &opts.dest {

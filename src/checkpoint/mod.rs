@@ -10,6 +10,7 @@
 mod cut;
 pub mod dest;
 pub mod incremental;
+pub mod nodes;
 pub mod procfs;
 pub mod scope;
 
@@ -168,8 +169,45 @@ pub struct Outcome {
     pub path: Option<std::path::PathBuf>,
 }
 
+/// A larger cut a checkpoint is one part of (one node's part of a job across nodes: see
+/// [`nodes`]): the checkpoint waits for it at two points.
+pub trait Barrier {
+    /// Every process is stopped and nothing is written yet (`pids`: those to be saved). An
+    /// error releases them all and nothing is written.
+    fn stopped(&mut self, pids: &[i32]) -> Result<(), CheckpointError>;
+    /// Every image is durable at its destination (`bytes` in all) and nothing is released yet.
+    /// An error releases every process without the post-checkpoint signal (the images stay:
+    /// the caller's commit decides whether they count).
+    fn written(&mut self, bytes: u64) -> Result<(), CheckpointError>;
+}
+
 /// Takes the checkpoint `opts` describes; `note` hears warnings and progress as they come.
 pub fn checkpoint(opts: &Options, note: &mut dyn FnMut(Note)) -> Result<Outcome, CheckpointError> {
+    checkpoint_with(opts, None, note)
+}
+
+/// Like [`checkpoint`], as one part of a larger cut: `barrier` hears when every process is
+/// stopped and when every image is written (a process, group, session or tree of several
+/// processes; not incremental).
+pub fn checkpoint_part(
+    opts: &Options,
+    barrier: &mut dyn Barrier,
+    note: &mut dyn FnMut(Note),
+) -> Result<Outcome, CheckpointError> {
+    if opts.incremental.is_some() {
+        return Err(CheckpointError {
+            errno: libc::EINVAL,
+            msg: "a node's part of a job is not checkpointed incrementally".into(),
+        });
+    }
+    checkpoint_with(opts, Some(barrier), note)
+}
+
+fn checkpoint_with(
+    opts: &Options,
+    barrier: Option<&mut dyn Barrier>,
+    note: &mut dyn FnMut(Note),
+) -> Result<Outcome, CheckpointError> {
     if !(0..=64).contains(&opts.signal) {
         return Err(CheckpointError {
             errno: libc::EINVAL,
@@ -193,7 +231,7 @@ pub fn checkpoint(opts: &Options, note: &mut dyn FnMut(Note)) -> Result<Outcome,
         }
         _ => opts,
     };
-    let mut outcome = checkpoint_planned(opts, found, plan.as_ref(), note)?;
+    let mut outcome = checkpoint_planned(opts, found, plan.as_ref(), barrier, note)?;
     if let Some(p) = &plan {
         for s in outcome.saved.iter_mut() {
             incremental::explain(&mut s.report, p, s.pid, note);
@@ -206,8 +244,17 @@ fn checkpoint_planned(
     opts: &Options,
     found: scope::Scope,
     plan: Option<&incremental::Plan>,
+    barrier: Option<&mut dyn Barrier>,
     note: &mut dyn FnMut(Note),
 ) -> Result<Outcome, CheckpointError> {
+    // A part of a larger cut takes the multi-process path (its barrier is there).
+    if barrier.is_some() && found.scope == CR_SCOPE_PROC {
+        return Err(CheckpointError {
+            errno: libc::EINVAL,
+            msg: "a node's part of a job is a tree, a process group or a session, not one process"
+                .into(),
+        });
+    }
     // Tree, group and session scopes take the multi-process path even when they find one
     // process: children forked while it stops join the cut, and unreaped children are saved as
     // zombies (a single process still gets a plain image).
@@ -222,6 +269,14 @@ fn checkpoint_planned(
         Ok(outcome)
     } else {
         // Zombies whose parents are saved are saved as zombies (and warned about then).
-        cut::checkpoint_many(opts, &found.pids, found.scope, found.requester, plan, note)
+        cut::checkpoint_many(
+            opts,
+            &found.pids,
+            found.scope,
+            found.requester,
+            plan,
+            barrier,
+            note,
+        )
     }
 }

@@ -1,0 +1,764 @@
+//! A job across nodes checkpointed as one consistent cut (issue 16, docs/MPI.md "Across
+//! nodes"): a **coordinator** ([`coordinate`]) and one **node part** per node ([`join`]), each
+//! a checkpoint of that node's processes (a tree) run inside the node, joined to the
+//! coordinator through a [`super::Barrier`].
+//!
+//! The cut: `PREPARE` (where the node's image goes, the post-checkpoint signal) → every node
+//! stops its processes and answers `STOPPED` with its connection table (every TCP connection
+//! of its processes whose other end is not one of them: local and remote address, bytes not
+//! yet acknowledged by the peer, bytes waiting to be read) → once every node is stopped,
+//! `DRAIN`: the kernels still run, so bytes on the wire land in the receivers' queues; each node
+//! waits until none of its connections has unacknowledged bytes (`/proc/net/tcp`'s
+//! `tx_queue`, what `SIOCOUTQ` says) and answers `DRAINED` with its table again (every byte in
+//! flight is now waiting at a receiver, where its image keeps it) → `WRITE`: each node writes
+//! and commits its image into the generation being made and answers `WRITTEN` → the
+//! coordinator writes `MANIFEST` (nodes, images, the connections between nodes matched by
+//! their addresses) and renames the generation into place: that is the commit → `RELEASE`
+//! (each node sends its post-checkpoint signal, then releases). Any failure, or a node that
+//! goes away before the commit: `ABORT` to every node (each releases its processes, no
+//! signal) and the unfinished generation is removed. A node that loses the coordinator
+//! releases its processes.
+//!
+//! The transport is a unix stream socket whose path every node can reach (nodes of one
+//! machine in network namespaces of their own, or a shared file system); only the
+//! coordinator's user (or root) may join. TCP between machines, and the restart of such a
+//! generation (connections between nodes re-made), are not built: docs/MPI.md says what
+//! remains.
+
+use super::{Barrier, CheckpointError, Destination, Note, Options, Outcome};
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The first line of a generation's `MANIFEST`.
+pub const MANIFEST_MAGIC: &str = "libcr-nodes 1";
+/// Name of the manifest file in a generation directory.
+pub const MANIFEST: &str = "MANIFEST";
+/// Most bytes waiting on a connection an image keeps (`kinds::socket::MAX_QUEUED`).
+const KEPT: u64 = crate::kinds::socket::MAX_QUEUED as u64;
+/// How long the coordinator waits for the nodes to join, and a node for the coordinator's
+/// next word, when no time limit is given.
+const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+
+fn err(errno: i32, msg: String) -> CheckpointError {
+    CheckpointError { errno, msg }
+}
+
+fn io_err(what: &str, e: std::io::Error) -> CheckpointError {
+    let errno = match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => libc::ETIMEDOUT,
+        _ => e.raw_os_error().unwrap_or(libc::EIO),
+    };
+    err(errno, format!("{what}: {e}"))
+}
+
+/// The coordinator said ABORT (another node failed, or the coordinator did).
+fn called_off() -> CheckpointError {
+    err(
+        libc::ECANCELED,
+        "the coordinator called the checkpoint off (another node failed?): released".into(),
+    )
+}
+
+/// One TCP connection of a node's processes whose other end is not one of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conn {
+    /// Its local address.
+    pub local: SocketAddr,
+    /// Its peer's address.
+    pub remote: SocketAddr,
+    /// Bytes sent and not yet acknowledged by the peer (`SIOCOUTQ`).
+    pub unacked: u64,
+    /// Bytes received and not yet read (`FIONREAD`).
+    pub waiting: u64,
+}
+
+impl Conn {
+    fn line(&self) -> String {
+        format!(
+            "CONN {} {} {} {}",
+            self.local, self.remote, self.unacked, self.waiting
+        )
+    }
+
+    fn parse(line: &str) -> Option<Conn> {
+        let mut f = line.strip_prefix("CONN ")?.split(' ');
+        Some(Conn {
+            local: f.next()?.parse().ok()?,
+            remote: f.next()?.parse().ok()?,
+            unacked: f.next()?.parse().ok()?,
+            waiting: f.next()?.parse().ok()?,
+        })
+    }
+}
+
+/// `HEX:PORT` of `/proc/net/tcp{,6}`: the address as the kernel's words in memory order.
+fn parse_proc_addr(s: &str) -> Option<SocketAddr> {
+    let (a, p) = s.split_once(':')?;
+    let port = u16::from_str_radix(p, 16).ok()?;
+    let word = |i: usize| -> Option<[u8; 4]> {
+        Some(
+            u32::from_str_radix(a.get(i * 8..i * 8 + 8)?, 16)
+                .ok()?
+                .to_ne_bytes(),
+        )
+    };
+    let ip = match a.len() {
+        8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
+        32 => {
+            let mut b = [0u8; 16];
+            for i in 0..4 {
+                b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            let v6 = Ipv6Addr::from(b);
+            match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(v6),
+            }
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// The socket inodes `pids` hold.
+fn socket_inodes(pids: &[i32]) -> HashSet<u64> {
+    let mut set = HashSet::new();
+    for pid in pids {
+        let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(link) = std::fs::read_link(e.path()) else {
+                continue;
+            };
+            let l = link.to_string_lossy();
+            if let Some(ino) = l.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+                if let Ok(ino) = ino.parse() {
+                    set.insert(ino);
+                }
+            }
+        }
+    }
+    set
+}
+
+/// The TCP connections of `pids` (read in the network namespace of the first) whose other end
+/// is not a socket of theirs: the connections that leave the node.
+pub fn connection_table(pids: &[i32]) -> Vec<Conn> {
+    let Some(first) = pids.first() else {
+        return Vec::new();
+    };
+    let inodes = socket_inodes(pids);
+    let mut all = Vec::new();
+    for file in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{first}/net/{file}")).unwrap_or_default();
+        for l in text.lines().skip(1) {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+            if f.len() < 10 || f[3] == "0A" {
+                continue;
+            }
+            let Ok(ino) = f[9].parse::<u64>() else {
+                continue;
+            };
+            if !inodes.contains(&ino) {
+                continue;
+            }
+            let (Some(local), Some(remote)) = (parse_proc_addr(f[1]), parse_proc_addr(f[2])) else {
+                continue;
+            };
+            let Some((tx, rx)) = f[4].split_once(':') else {
+                continue;
+            };
+            if remote.port() == 0 {
+                continue;
+            }
+            all.push(Conn {
+                local,
+                remote,
+                unacked: u64::from_str_radix(tx, 16).unwrap_or(0),
+                waiting: u64::from_str_radix(rx, 16).unwrap_or(0),
+            });
+        }
+    }
+    let locals: HashSet<SocketAddr> = all.iter().map(|c| c.local).collect();
+    all.retain(|c| !locals.contains(&c.remote));
+    all.sort_by_key(|c| (c.local, c.remote));
+    all
+}
+
+/// Waits until no connection of `pids` leaving the node has unacknowledged bytes; the table
+/// then. Fails naming a connection that did not drain by `deadline`.
+pub fn drain(pids: &[i32], deadline: Instant) -> Result<Vec<Conn>, CheckpointError> {
+    loop {
+        let table = connection_table(pids);
+        let Some(stuck) = table.iter().find(|c| c.unacked > 0) else {
+            return Ok(table);
+        };
+        if Instant::now() > deadline {
+            return Err(err(
+                libc::ETIMEDOUT,
+                format!(
+                    "the connection from {} to {} still has {} bytes in flight (is its receiver's buffer full?)",
+                    stuck.local, stuck.remote, stuck.unacked
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// One end of the coordinator's connection: lines in, lines out, each read with a deadline.
+struct Wire {
+    out: UnixStream,
+    inp: BufReader<UnixStream>,
+    /// Who is at the other end (for messages).
+    peer: String,
+}
+
+impl Wire {
+    fn new(s: UnixStream, peer: String) -> Result<Wire, CheckpointError> {
+        let inp = s
+            .try_clone()
+            .map_err(|e| io_err("cannot use the connection", e))?;
+        Ok(Wire {
+            out: s,
+            inp: BufReader::new(inp),
+            peer,
+        })
+    }
+
+    fn send(&mut self, line: &str) -> Result<(), CheckpointError> {
+        self.out
+            .write_all(format!("{line}\n").as_bytes())
+            .map_err(|e| io_err(&format!("cannot talk to {}", self.peer), e))
+    }
+
+    /// The next line, by `deadline`.
+    fn recv(&mut self, deadline: Instant) -> Result<String, CheckpointError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.inp
+            .get_ref()
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .map_err(|e| io_err("cannot wait", e))?;
+        let mut l = String::new();
+        match self.inp.read_line(&mut l) {
+            Ok(0) => Err(err(libc::EPIPE, format!("{} went away", self.peer))),
+            Ok(_) => Ok(l.trim_end_matches('\n').to_string()),
+            Err(e) => Err(io_err(&format!("no word from {}", self.peer), e)),
+        }
+    }
+
+    /// The next line, which must start with `word`; a `FAILED why` line fails with why.
+    fn expect(&mut self, word: &str, deadline: Instant) -> Result<String, CheckpointError> {
+        let l = self.recv(deadline)?;
+        if let Some(why) = l.strip_prefix("FAILED ") {
+            return Err(err(libc::EIO, format!("{}: {why}", self.peer)));
+        }
+        if l == "ABORT" {
+            return Err(called_off());
+        }
+        match l.strip_prefix(word) {
+            Some(rest) => Ok(rest.trim_start().to_string()),
+            None => Err(err(
+                libc::EPROTO,
+                format!("{} said {l:?}, expected {word}", self.peer),
+            )),
+        }
+    }
+
+    /// `WORD N` followed by N connection lines.
+    fn table(&mut self, word: &str, deadline: Instant) -> Result<Vec<Conn>, CheckpointError> {
+        let n: usize = self
+            .expect(word, deadline)?
+            .parse()
+            .map_err(|_| err(libc::EPROTO, format!("{}: bad {word} line", self.peer)))?;
+        (0..n)
+            .map(|_| {
+                let l = self.recv(deadline)?;
+                Conn::parse(&l).ok_or_else(|| {
+                    err(
+                        libc::EPROTO,
+                        format!("{}: bad connection line {l:?}", self.peer),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    fn send_table(&mut self, word: &str, t: &[Conn]) -> Result<(), CheckpointError> {
+        let mut s = format!("{word} {}", t.len());
+        for c in t {
+            s.push('\n');
+            s.push_str(&c.line());
+        }
+        self.send(&s)
+    }
+}
+
+/// Whether `name` can name a node (and its image file).
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+        && !name.starts_with('.')
+}
+
+/// The node side of the cut (a [`Barrier`] of the node's checkpoint).
+struct NodeBarrier<'a> {
+    wire: &'a mut Wire,
+    wait: Duration,
+}
+
+impl Barrier for NodeBarrier<'_> {
+    fn stopped(&mut self, pids: &[i32]) -> Result<(), CheckpointError> {
+        let deadline = Instant::now() + self.wait;
+        self.wire.send_table("STOPPED", &connection_table(pids))?;
+        let ms: u64 = self
+            .wire
+            .expect("DRAIN", deadline)?
+            .parse()
+            .map_err(|_| err(libc::EPROTO, "bad DRAIN line".into()))?;
+        let drained = match drain(pids, Instant::now() + Duration::from_millis(ms)) {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = self.wire.send(&format!("FAILED {}", e.msg));
+                return Err(e);
+            }
+        };
+        self.wire.send_table("DRAINED", &drained)?;
+        match self
+            .wire
+            .recv(deadline + Duration::from_millis(ms))?
+            .as_str()
+        {
+            "WRITE" => Ok(()),
+            _ => Err(called_off()),
+        }
+    }
+
+    fn written(&mut self, bytes: u64) -> Result<(), CheckpointError> {
+        self.wire.send(&format!("WRITTEN {bytes}"))?;
+        match self.wire.recv(Instant::now() + self.wait)?.as_str() {
+            "RELEASE" => Ok(()),
+            _ => Err(called_off()),
+        }
+    }
+}
+
+/// One node's part: joins the coordinator listening at `coord` as node `name` and
+/// checkpoints `opts` (a tree, group or session of this node; its destination and
+/// post-checkpoint signal are the coordinator's) as part of the job's cut.
+pub fn join(
+    coord: &Path,
+    name: &str,
+    opts: &Options,
+    note: &mut dyn FnMut(Note),
+) -> Result<Outcome, CheckpointError> {
+    if !valid_name(name) {
+        return Err(err(
+            libc::EINVAL,
+            format!("node name {name:?}: use letters, digits, '.', '-' and '_'"),
+        ));
+    }
+    let wait = opts
+        .time
+        .map_or(DEFAULT_WAIT, |s| Duration::from_secs(u64::from(s)));
+    let s = UnixStream::connect(coord).map_err(|e| {
+        io_err(
+            &format!("cannot reach the coordinator at {}", coord.display()),
+            e,
+        )
+    })?;
+    let mut wire = Wire::new(s, "the coordinator".into())?;
+    wire.send(&format!("HELLO {name}"))?;
+    let prep = wire.expect("PREPARE", Instant::now() + wait)?;
+    let (signal, path) = prep
+        .split_once(' ')
+        .and_then(|(s, p)| Some((s.parse::<i32>().ok()?, PathBuf::from(p))))
+        .ok_or_else(|| err(libc::EPROTO, format!("bad PREPARE line {prep:?}")))?;
+    let opts = Options {
+        dest: Destination::File(path),
+        commit: super::Commit::Atomic,
+        signal,
+        ..opts.clone()
+    };
+    let mut barrier = NodeBarrier {
+        wire: &mut wire,
+        wait,
+    };
+    match super::checkpoint_part(&opts, &mut barrier, note) {
+        Ok(out) => {
+            let _ = wire.send("DONE");
+            Ok(out)
+        }
+        Err(e) => {
+            let _ = wire.send(&format!("FAILED {}", e.msg));
+            Err(e)
+        }
+    }
+}
+
+/// What the coordinator asks for.
+#[derive(Clone, Debug)]
+pub struct Coordination {
+    /// Where the node parts join (a unix socket made here).
+    pub listen: PathBuf,
+    /// How many node parts make the job.
+    pub nodes: usize,
+    /// The job's checkpoint directory: each checkpoint is a generation `gen.N` in it.
+    pub dir: PathBuf,
+    /// The post-checkpoint signal every node sends its processes after the commit (0: none).
+    pub signal: i32,
+    /// Seconds each phase may take (the nodes joining, stopping, draining, writing).
+    pub time: Option<u32>,
+}
+
+/// A committed generation.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    /// Its directory (`DIR/gen.N`).
+    pub dir: PathBuf,
+    /// Each node's name and its image's bytes.
+    pub nodes: Vec<(String, u64)>,
+    /// The connections between nodes (each seen from both ends, counted once).
+    pub links: usize,
+}
+
+/// The next generation number in `dir`.
+fn next_generation(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.strip_prefix("gen.")?.parse::<u64>().ok()
+                })
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+        + 1
+}
+
+/// Only our own user (or root) may join.
+fn peer_allowed(s: &UnixStream) -> bool {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: u32::MAX,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    use std::os::fd::AsRawFd;
+    // SAFETY: getsockopt on a connected socket into a ucred of the size given.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    rc == 0 && (cred.uid == me || cred.uid == 0)
+}
+
+/// A node part that joined.
+struct Node {
+    name: String,
+    wire: Wire,
+    table: Vec<Conn>,
+    bytes: u64,
+}
+
+/// The generation being made: removed unless committed; the nodes hear ABORT unless released.
+struct Pending<'a> {
+    tmp: PathBuf,
+    nodes: &'a mut Vec<Node>,
+    done: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            for n in self.nodes.iter_mut() {
+                let _ = n.wire.send("ABORT");
+            }
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+/// The coordinator: waits for `c.nodes` node parts at `c.listen`, takes one consistent cut of
+/// them all, and commits it as a new generation in `c.dir`.
+pub fn coordinate(
+    c: &Coordination,
+    note: &mut dyn FnMut(Note),
+) -> Result<Generation, CheckpointError> {
+    if c.nodes == 0 {
+        return Err(err(libc::EINVAL, "--nodes 0: give 1 or more".into()));
+    }
+    if !(0..=64).contains(&c.signal) {
+        return Err(err(
+            libc::EINVAL,
+            format!("invalid signal number {}", c.signal),
+        ));
+    }
+    let wait = c
+        .time
+        .map_or(DEFAULT_WAIT, |s| Duration::from_secs(u64::from(s)));
+    std::fs::create_dir_all(&c.dir)
+        .map_err(|e| io_err(&format!("cannot make {}", c.dir.display()), e))?;
+    let _ = std::fs::remove_file(&c.listen);
+    let listener = UnixListener::bind(&c.listen)
+        .map_err(|e| io_err(&format!("cannot listen at {}", c.listen.display()), e))?;
+    let listen_path = c.listen.clone();
+    let _unlink = Unlink(listen_path);
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| io_err("cannot listen", e))?;
+    let mut nodes: Vec<Node> = Vec::new();
+    let deadline = Instant::now() + wait;
+    while nodes.len() < c.nodes {
+        match listener.accept() {
+            Ok((s, _)) => {
+                let _ = s.set_nonblocking(false);
+                if !peer_allowed(&s) {
+                    note(Note::Warning(
+                        "a process of another user tried to join: refused".into(),
+                    ));
+                    continue;
+                }
+                let mut wire = Wire::new(s, "a node".into())?;
+                let name = wire.expect("HELLO", deadline)?;
+                if !valid_name(&name) || nodes.iter().any(|n| n.name == name) {
+                    let _ = wire.send("ABORT");
+                    return Err(err(
+                        libc::EINVAL,
+                        format!("a node joined as {name:?}: not a name, or taken"),
+                    ));
+                }
+                wire.peer = format!("node {name}");
+                note(Note::Info(format!("node {name} joined")));
+                nodes.push(Node {
+                    name,
+                    wire,
+                    table: Vec::new(),
+                    bytes: 0,
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() > deadline {
+                    return Err(err(
+                        libc::ETIMEDOUT,
+                        format!("{} of {} nodes joined in time", nodes.len(), c.nodes),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(io_err("cannot accept a node", e)),
+        }
+    }
+    // Nodes in name order: the manifest's order, and the order their answers are read in.
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    let number = next_generation(&c.dir);
+    let tmp = c.dir.join(format!(".gen.{number}.tmp"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp).map_err(|e| io_err(&format!("cannot make {}", tmp.display()), e))?;
+    let mut p = Pending {
+        tmp: tmp.clone(),
+        nodes: &mut nodes,
+        done: false,
+    };
+    let t0 = Instant::now();
+    for n in p.nodes.iter_mut() {
+        let img = tmp.join(format!("{}.ckpt", n.name));
+        n.wire
+            .send(&format!("PREPARE {} {}", c.signal, img.display()))?;
+    }
+    // Every node stopped before any drains or writes.
+    let deadline = Instant::now() + wait;
+    for n in p.nodes.iter_mut() {
+        n.table = n.wire.table("STOPPED", deadline)?;
+    }
+    let stopped = t0.elapsed();
+    let drain_ms = wait.as_millis().min(u128::from(u32::MAX)) as u64;
+    for n in p.nodes.iter_mut() {
+        n.wire.send(&format!("DRAIN {drain_ms}"))?;
+    }
+    let deadline = Instant::now() + wait;
+    for n in p.nodes.iter_mut() {
+        n.table = n.wire.table("DRAINED", deadline)?;
+    }
+    let drained = t0.elapsed();
+    let links = match_links(p.nodes, note);
+    for n in p.nodes.iter_mut() {
+        n.wire.send("WRITE")?;
+    }
+    let deadline = Instant::now() + wait;
+    for n in p.nodes.iter_mut() {
+        let b = n.wire.expect("WRITTEN", deadline)?;
+        n.bytes = b
+            .parse()
+            .map_err(|_| err(libc::EPROTO, format!("{}: bad WRITTEN line", n.wire.peer)))?;
+    }
+    // The commit: the manifest, durable, then the generation renamed into place.
+    let manifest = manifest_text(p.nodes, &links);
+    let mpath = tmp.join(MANIFEST);
+    write_durable(&mpath, manifest.as_bytes())
+        .map_err(|e| io_err(&format!("cannot write {}", mpath.display()), e))?;
+    let dest = c.dir.join(format!("gen.{number}"));
+    std::fs::rename(&tmp, &dest)
+        .map_err(|e| io_err(&format!("cannot commit {}", dest.display()), e))?;
+    if let Ok(d) = std::fs::File::open(&c.dir) {
+        let _ = d.sync_all();
+    }
+    p.done = true;
+    for n in p.nodes.iter_mut() {
+        // A node gone now has its image committed; its processes release themselves.
+        let _ = n.wire.send("RELEASE");
+    }
+    for n in p.nodes.iter_mut() {
+        if let Err(e) = n.wire.expect("DONE", Instant::now() + wait) {
+            note(Note::Warning(format!("after the commit: {e}")));
+        }
+    }
+    note(Note::Info(format!(
+        "every node stopped after {:.1} ms, drained after {:.1} ms, committed after {:.1} ms",
+        stopped.as_secs_f64() * 1e3,
+        drained.as_secs_f64() * 1e3,
+        t0.elapsed().as_secs_f64() * 1e3
+    )));
+    let out = Generation {
+        dir: dest,
+        nodes: p.nodes.iter().map(|n| (n.name.clone(), n.bytes)).collect(),
+        links: links.iter().filter(|l| l.peer.is_some()).count() / 2,
+    };
+    Ok(out)
+}
+
+/// Removes a path when dropped.
+struct Unlink(PathBuf);
+
+impl Drop for Unlink {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A connection of a node as the manifest records it: its peer node, if its other end is one.
+struct Link {
+    node: usize,
+    conn: Conn,
+    peer: Option<usize>,
+}
+
+/// Matches every node's connections with the other nodes' by their addresses; warns about
+/// those leading outside the job and those with more bytes waiting than an image keeps.
+fn match_links(nodes: &[Node], note: &mut dyn FnMut(Note)) -> Vec<Link> {
+    let mut ends: HashMap<(SocketAddr, SocketAddr), usize> = HashMap::new();
+    for (i, n) in nodes.iter().enumerate() {
+        for c in &n.table {
+            ends.insert((c.local, c.remote), i);
+        }
+    }
+    let mut links = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        for c in &n.table {
+            let peer = ends.get(&(c.remote, c.local)).copied().filter(|&j| j != i);
+            if peer.is_none() {
+                note(Note::Warning(format!(
+                    "node {}: the connection from {} to {} leads outside the job",
+                    n.name, c.local, c.remote
+                )));
+            }
+            if c.waiting > KEPT {
+                note(Note::Warning(format!(
+                    "node {}: the connection from {} to {} has {} bytes waiting, more than an image keeps ({} KiB): it cannot come back connected",
+                    n.name, c.local, c.remote, c.waiting, KEPT / 1024
+                )));
+            }
+            links.push(Link {
+                node: i,
+                conn: c.clone(),
+                peer,
+            });
+        }
+    }
+    links
+}
+
+/// The generation's `MANIFEST`: its nodes with their images and sizes, then every connection
+/// between nodes (or leading outside the job) with the bytes waiting at that end.
+fn manifest_text(nodes: &[Node], links: &[Link]) -> String {
+    let mut s = format!("{MANIFEST_MAGIC}\nnodes {}\n", nodes.len());
+    for n in nodes {
+        s.push_str(&format!("node {} {}.ckpt {}\n", n.name, n.name, n.bytes));
+    }
+    for l in links {
+        let peer = l.peer.map_or("outside", |j| nodes[j].name.as_str());
+        s.push_str(&format!(
+            "conn {} {} {} waiting {} peer {}\n",
+            nodes[l.node].name, l.conn.local, l.conn.remote, l.conn.waiting, peer
+        ));
+    }
+    s
+}
+
+fn write_durable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_addresses() {
+        assert_eq!(
+            parse_proc_addr("0100630A:1F90"),
+            Some("10.99.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(
+            parse_proc_addr("0000000000000000FFFF00000100007F:0050"),
+            Some("127.0.0.1:80".parse().unwrap())
+        );
+        assert_eq!(
+            parse_proc_addr("00000000000000000000000001000000:0016"),
+            Some("[::1]:22".parse().unwrap())
+        );
+        assert_eq!(parse_proc_addr("zz"), None);
+    }
+
+    #[test]
+    fn conn_lines() {
+        let c = Conn {
+            local: "10.99.0.1:1024".parse().unwrap(),
+            remote: "[::1]:7".parse().unwrap(),
+            unacked: 3,
+            waiting: 9,
+        };
+        assert_eq!(Conn::parse(&c.line()), Some(c));
+        assert_eq!(Conn::parse("CONN x"), None);
+    }
+
+    #[test]
+    fn node_names() {
+        assert!(valid_name("nodea"));
+        assert!(valid_name("n-1.example_2"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("../x"));
+        assert!(!valid_name(".hidden"));
+        assert!(!valid_name("a b"));
+    }
+}
