@@ -5,6 +5,8 @@ include!("build/static_unwinder.rs");
 fn main() {
     link_static_unwinder();
     println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libcr.so.0");
+    // Start-up and fork-child code is in `.text.hot.*` (issue 11, idle cost): kept together.
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-z,keep-text-section-prefix");
     // The tools export a marker so the agent stays dormant inside them (see agent::is_tool).
     println!("cargo:rustc-link-arg-bins=-Wl,--export-dynamic-symbol=libcr_tool_marker");
     println!("cargo:rerun-if-changed=src/api/exports.rs");

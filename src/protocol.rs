@@ -298,6 +298,7 @@ impl Reply {
 }
 
 /// Parses the inode out of a namespace link text such as `pid:[4026531836]` (0 if malformed).
+#[link_section = ".text.hot.libcr_start"]
 pub fn ns_inode(link: &[u8]) -> u64 {
     let mut n = 0u64;
     let mut inside = false;
@@ -313,6 +314,7 @@ pub fn ns_inode(link: &[u8]) -> u64 {
 
 /// The calling process's control-socket identity: (inode of its pid namespace, its pid there).
 /// Allocation-free (the agent calls it in fork children and after a restart).
+#[link_section = ".text.hot.libcr_start"]
 pub fn own_identity() -> (u64, i32) {
     let mut link = [0u8; 64];
     let n = crate::sys::readlink(b"/proc/self/ns/pid\0", &mut link).unwrap_or(0);
@@ -382,6 +384,7 @@ fn pid_ns_of(pid: i32, depth: usize) -> u64 {
 }
 
 /// Builds the abstract socket address `@libcr-ctl.<ns>.<pid>`; returns it and its length.
+#[link_section = ".text.hot.libcr_start"]
 pub fn socket_addr(ns: u64, pid: i32) -> (libc::sockaddr_un, libc::socklen_t) {
     // SAFETY: all-zero is a valid sockaddr_un.
     let mut addr: libc::sockaddr_un = unsafe { core::mem::zeroed() };

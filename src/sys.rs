@@ -57,11 +57,19 @@ use libc::{
 };
 
 /// `getpid()`.
+#[link_section = ".text.hot.libcr_start"]
 pub fn getpid() -> i32 {
     raw6(SYS_getpid as usize, 0, 0, 0, 0, 0, 0) as i32
 }
 
+/// `getppid()`.
+#[link_section = ".text.hot.libcr_start"]
+pub fn getppid() -> i32 {
+    raw6(libc::SYS_getppid as usize, 0, 0, 0, 0, 0, 0) as i32
+}
+
 /// `gettid()`.
+#[link_section = ".text.hot.libcr_start"]
 pub fn gettid() -> i32 {
     raw6(SYS_gettid as usize, 0, 0, 0, 0, 0, 0) as i32
 }
@@ -81,6 +89,7 @@ pub fn open(path: &[u8], flags: i32, mode: u32) -> SysResult {
 }
 
 /// `close(fd)`.
+#[link_section = ".text.hot.libcr_start"]
 pub fn close(fd: i32) {
     let _ = sys3(SYS_close as usize, fd as usize, 0, 0);
 }
@@ -349,6 +358,7 @@ pub fn absolute_path(path: &[u8], out: &mut [u8]) -> Option<usize> {
 }
 
 /// `readlinkat(AT_FDCWD, path, buf)`; `path` NUL-terminated. Returns the length (not terminated).
+#[link_section = ".text.hot.libcr_start"]
 pub fn readlink(path: &[u8], buf: &mut [u8]) -> SysResult {
     sys6(
         SYS_readlinkat as usize,
@@ -448,6 +458,7 @@ pub mod fcntl_cmd {
 }
 
 /// `fcntl(fd, cmd, arg)`.
+#[link_section = ".text.hot.libcr_start"]
 pub fn fcntl(fd: i32, cmd: i32, arg: usize) -> SysResult {
     sys3(SYS_fcntl as usize, fd as usize, cmd as usize, arg)
 }
@@ -494,6 +505,7 @@ pub fn mmap(addr: usize, len: usize, prot: i32, flags: i32, fd: i32, off: u64) -
 }
 
 /// `munmap(addr, len)`.
+#[link_section = ".text.hot.libcr_start"]
 pub fn munmap(addr: usize, len: usize) {
     let _ = sys3(SYS_munmap as usize, addr, len, 0);
 }
@@ -599,6 +611,7 @@ pub fn arch_prctl(code: i32, addr: usize) -> SysResult {
 }
 
 /// Reads this thread's `fs` base (its TLS / glibc `struct pthread` pointer).
+#[link_section = ".text.hot.libcr_start"]
 pub fn get_fs_base() -> usize {
     let mut fs: usize = 0;
     let _ = arch_prctl(0x1003, &mut fs as *mut usize as usize);
@@ -633,6 +646,7 @@ impl<const N: usize> StackBuf<N> {
         }
     }
     /// Appends bytes (truncating silently at capacity - 1, keeping room for a NUL).
+    #[inline(always)]
     pub fn push(&mut self, s: &[u8]) -> &mut Self {
         for &b in s {
             if self.len + 1 < N {
@@ -643,6 +657,7 @@ impl<const N: usize> StackBuf<N> {
         self
     }
     /// Appends a decimal number.
+    #[inline(always)]
     pub fn num(&mut self, mut v: u64) -> &mut Self {
         let mut tmp = [0u8; 20];
         let mut i = tmp.len();

@@ -39,31 +39,45 @@ fn target(name: &CStr) -> usize {
     }
 }
 
+/// `dlopen`s `path` (NUL-terminated) locally; true when it loaded.
+#[link_section = ".text.hot.libcr_start"]
+fn open_local(path: &[u8]) -> bool {
+    // SAFETY: dlopen with a NUL-terminated path.
+    let h = unsafe { libc::dlopen(path.as_ptr() as *const core::ffi::c_char, libc::RTLD_NOW | libc::RTLD_LOCAL) };
+    if h.is_null() {
+        return false;
+    }
+    LIBCR.store(h as usize, Release);
+    true
+}
+
+/// Loads libcr from the stub's own directory, else by the library search path. Runs in every
+/// process started under cr_run, so it allocates nothing and makes no system call of its own on
+/// the way that succeeds (issue 11, idle cost: each page it touches is a fault in every exec).
+#[link_section = ".text.hot.libcr_start"]
 fn load_libcr() {
     // SAFETY: all-zero is a valid Dl_info.
     let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
-    let mut candidates: Vec<std::ffi::CString> = Vec::new();
     // SAFETY: dladdr on one of our own symbols.
     if unsafe { libc::dladdr(&cri_signum as *const c_int as *const c_void, &mut info) } != 0 && !info.dli_fname.is_null() {
         // SAFETY: dladdr returned a NUL-terminated file name.
-        let me = unsafe { CStr::from_ptr(info.dli_fname) }.to_string_lossy().into_owned();
-        if let Some(dir) = std::path::Path::new(&me).parent() {
-            for name in ["libcr.so.0", "libcr.so"] {
-                let p = dir.join(name);
-                if p.exists() {
-                    candidates.push(std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).unwrap_or_default());
+        let me = unsafe { CStr::from_ptr(info.dli_fname) }.to_bytes();
+        if let Some(slash) = me.iter().rposition(|&b| b == b'/') {
+            let mut path = [0u8; 4096];
+            for name in [&b"libcr.so.0\0"[..], &b"libcr.so\0"[..]] {
+                let len = slash + 1 + name.len();
+                if len <= path.len() {
+                    path[..=slash].copy_from_slice(&me[..=slash]);
+                    path[slash + 1..len].copy_from_slice(name);
+                    if open_local(&path[..len]) {
+                        return;
+                    }
                 }
             }
         }
     }
-    candidates.push(c"libcr.so.0".to_owned());
-    for c in &candidates {
-        // SAFETY: dlopen with a NUL-terminated path.
-        let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
-        if !h.is_null() {
-            LIBCR.store(h as usize, Release);
-            return;
-        }
+    if open_local(b"libcr.so.0\0") {
+        return;
     }
     // SAFETY: dlerror returns a message or NULL.
     let err = unsafe { libc::dlerror() };
@@ -76,6 +90,7 @@ fn load_libcr() {
     eprintln!("{}: cannot load libcr.so.0 (no checkpoint support): {msg}", if OMIT { "libcr_omit" } else { "libcr_run" });
 }
 
+#[link_section = ".text.hot.libcr_start"]
 extern "C" fn constructor() {
     // A program that links libcr itself keeps the full library's behaviour (BLCR: the full
     // handler replaces a stub's).

@@ -1505,3 +1505,39 @@ fn api_tree_scope() {
         rs.diag()
     );
 }
+
+/// A fork child (no exec) that its parent moved into a new pid namespace binds its control
+/// socket for the namespace it is in, where it is pid 1: it is found and checkpointed. (A fork
+/// child reuses its parent's namespace identity only while its parent is visible to it, issue 11.)
+#[test]
+fn fork_child_in_new_pid_namespace() {
+    let sc = Scenario::new("pidns-fork");
+    let reaper = Reaper::new(&sc);
+    let mut job = sc.start_program("pidns_fork");
+    reaper.watch(&[job.pid()]);
+    if let Some(why) = job.stdout().lines().find(|l| l.starts_with("NOPIDNS")) {
+        assert!(!in_ci(), "CI (root) can make a pid namespace: {why}");
+        println!("note: {why}: test skipped");
+        sc.go();
+        job.wait_exit(TOOL_TIMEOUT);
+        return;
+    }
+    assert!(
+        job.stdout().contains("child pid 1"),
+        "the child is pid 1 of its namespace:\n{}",
+        job.diag()
+    );
+    // (Not `wait_child`: that one looks past a namespace's pid 1.)
+    let kids = children_of(job.pid());
+    assert_eq!(kids.len(), 1, "one child:\n{}", job.diag());
+    let child = kids[0];
+    reaper.watch(&[child]);
+    assert_eq!(ns_pid(child), 1, "pid 1 of its namespace:\n{}", job.diag());
+    let img = sc.checkpoint(child, &[]);
+    sc.note(&format!(
+        "checkpointed the namespace's pid 1 into {}",
+        img.display()
+    ));
+    sc.go();
+    job.expect_pass(TOOL_TIMEOUT);
+}

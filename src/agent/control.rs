@@ -12,9 +12,14 @@ use crate::sys::{self, StackBuf};
 use core::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, Ordering::*};
 
 /// The listening socket (a high descriptor, close-on-exec), or -1.
+#[link_section = ".data1"]
 pub static LISTEN_FD: AtomicI32 = AtomicI32::new(-1);
 /// Pid the listening socket was bound for.
+#[link_section = ".data1"]
 static BOUND_PID: AtomicI32 = AtomicI32::new(0);
+/// The inode of the pid namespace the listening socket was bound in (0: none yet).
+#[link_section = ".data1"]
+static BOUND_NS: AtomicU64 = AtomicU64::new(0);
 /// The pid the process had when its control socket was bound (in a restored process: the pid at
 /// checkpoint time, until the restart binds again).
 pub fn bound_pid() -> i32 {
@@ -26,6 +31,7 @@ pub fn bound_pid() -> i32 {
 /// ([`forget_request_fds`]), or a tree checkpoint would find another process's image file open
 /// in the child.
 /// The third is the pidfd of a copy-on-write writer while it runs.
+#[link_section = ".data1"]
 static REQUEST_FDS: [AtomicI32; 3] = [AtomicI32::new(-1), AtomicI32::new(-1), AtomicI32::new(-1)];
 
 /// Set by a control thread that came back from an image: the connection it was serving (and
@@ -37,11 +43,13 @@ static CONN_IS_PAST: core::sync::atomic::AtomicBool = core::sync::atomic::Atomic
 
 /// Set while a request is served: the control thread opens descriptors (the request's, and
 /// `/proc/self/task/*` files while it stops the threads) that a child forked meanwhile inherits.
+#[link_section = ".data1"]
 static SERVING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 /// In a fork child: closes what the parent's control thread had open for a request in progress
 /// (its connection, the image, and `/proc/PARENT/...` files), so none of it looks like one of
 /// the program's descriptors when the child is checkpointed.
+#[link_section = ".text.hot.libcr_start"]
 pub fn forget_request_fds() {
     for f in &REQUEST_FDS {
         if f.load(Acquire) < 0 {
@@ -82,6 +90,7 @@ const WRITE_WAIT_MS: i32 = 600_000;
 /// How long the program stays stopped waiting for the requester to commit.
 const COMMIT_TIMEOUT_MS: i32 = 60_000;
 
+#[link_section = ".text.hot.libcr_start"]
 pub(super) fn high_fd_floor() -> usize {
     let mut lim = [0u64; 2];
     let _ = sys::sys6(
@@ -103,7 +112,8 @@ pub(super) fn high_fd_floor() -> usize {
 
 /// Creates and binds this process's control socket; returns its descriptor. `lazy`: the socket
 /// signals the process (the checkpoint signal, `O_ASYNC`) on a connection, before it listens.
-fn bind_socket(lazy: bool) -> Result<i32, sys::Errno> {
+#[link_section = ".text.hot.libcr_start"]
+fn bind_socket(lazy: bool, fork_child: bool) -> Result<i32, sys::Errno> {
     let low = sys::sys3(
         libc::SYS_socket as usize,
         libc::AF_UNIX as usize,
@@ -114,7 +124,7 @@ fn bind_socket(lazy: bool) -> Result<i32, sys::Errno> {
     if fd != low {
         sys::close(low);
     }
-    let (ns, pid) = protocol::own_identity();
+    let (ns, pid) = identity(fork_child);
     let (addr, len) = protocol::socket_addr(ns, pid);
     let res = sys::sys3(
         libc::SYS_bind as usize,
@@ -147,18 +157,36 @@ fn bind_socket(lazy: bool) -> Result<i32, sys::Errno> {
         return Err(e);
     }
     BOUND_PID.store(pid, Release);
+    BOUND_NS.store(ns, Release);
     Ok(fd)
 }
 
-/// Binds the socket (at init and in every fork child) and starts the control thread: on the first
-/// connection where it can (`ctlstart`), else at once.
-pub fn start() {
+/// Our pid namespace's inode and our pid in it. A fork child (`fork_child`) is in the namespace
+/// its parent bound its socket in unless the parent moved its children into another one
+/// (`unshare`/`setns`), which hides the parent from the child: `getppid()` is then 0, never the
+/// parent's pid. So a child that sees its parent's pid skips reading `/proc/self/ns/pid`, a path
+/// walk through procfs that cost about 9 µs in every fork here (issue 11, idle cost).
+#[link_section = ".text.hot.libcr_start"]
+fn identity(fork_child: bool) -> (u64, i32) {
+    let (parent_ns, parent_pid) = (BOUND_NS.load(Acquire), BOUND_PID.load(Acquire));
+    if fork_child && parent_ns != 0 && parent_pid > 0 && sys::getppid() == parent_pid {
+        return (parent_ns, sys::getpid());
+    }
+    protocol::own_identity()
+}
+
+/// Binds the socket (at init and in every fork child: `fork_child`) and starts the control
+/// thread: on the first connection where it can (`ctlstart`), else at once.
+#[link_section = ".text.hot.libcr_start"]
+pub fn start(fork_child: bool) {
     let old = LISTEN_FD.swap(-1, AcqRel);
     if old >= 0 {
         sys::close(old); // inherited from the parent across fork
     }
     let lazy = super::ctlstart::lazy_possible();
-    let Ok(fd) = bind_socket(lazy) else { return };
+    let Ok(fd) = bind_socket(lazy, fork_child) else {
+        return;
+    };
     LISTEN_FD.store(fd, Release);
     if lazy {
         return;
@@ -238,7 +266,7 @@ pub(super) extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void
             | Err(sys::Errno(libc::EAGAIN)) => {}
             Err(_) => {
                 // The program closed our socket (or the pid changed): bind a new one.
-                match bind_socket(false) {
+                match bind_socket(false, false) {
                     Ok(fd) => LISTEN_FD.store(fd, Release),
                     Err(_) => return core::ptr::null_mut(),
                 }
@@ -948,7 +976,7 @@ fn after_restart() {
         // The trampoline made it /proc/self/exe where it could; we only close it.
         sys::close(info.exe_fd as i32);
     }
-    match bind_socket(false) {
+    match bind_socket(false, false) {
         Ok(fd) => LISTEN_FD.store(fd, Release),
         Err(_) => LISTEN_FD.store(-1, Release),
     }

@@ -29,9 +29,11 @@ const STARTING: u32 = 2;
 /// The thread was started lazily and runs.
 const RUNNING: u32 = 3;
 
+#[link_section = ".data1"]
 static STATE: AtomicU32 = AtomicU32::new(IDLE);
 /// How the control thread of this process was started (for `-v`): 0 not yet, 1 at once
 /// (pthread), 2 on the first connection.
+#[link_section = ".data1"]
 static HOW: AtomicU32 = AtomicU32::new(0);
 
 /// Modules with static TLS we copy the initial image of.
@@ -61,15 +63,21 @@ const NO_MODULE: Module = Module {
     filesz: AtomicUsize::new(0),
     modid: AtomicUsize::new(0),
 };
+#[link_section = ".data1"]
 static MODULES: [Module; MAX_MODULES] = [NO_MODULE; MAX_MODULES];
+#[link_section = ".data1"]
 static NMODULES: AtomicUsize = AtomicUsize::new(0);
 /// Bytes of static TLS below the thread pointer (page-rounded); 0 = no plan: start at once.
+#[link_section = ".data1"]
 static STATIC_BELOW: AtomicUsize = AtomicUsize::new(0);
 /// `LIBCR_CONTROL_EAGER` asked for a start at once.
+#[link_section = ".data1"]
 static EAGER_ASKED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 /// The `dtv` generation the modules were recorded at.
+#[link_section = ".data1"]
 static DTV_GEN: AtomicUsize = AtomicUsize::new(0);
 /// The memory of a lazily started thread (stack, TLS, thread block), to unmap in fork children.
+#[link_section = ".data1"]
 static REGION: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
 
 /// glibc's `struct dl_phdr_info` up to the TLS fields.
@@ -116,6 +124,7 @@ struct Scan {
     ok: bool,
 }
 
+#[link_section = ".text.hot.libcr_start"]
 extern "C" fn each_module(info: *mut PhdrInfo, size: usize, data: *mut libc::c_void) -> i32 {
     // SAFETY: `data` is the Scan `prepare` passed; `info` is glibc's, valid for the call.
     let (scan, info) = unsafe { (&mut *(data as *mut Scan), &*info) };
@@ -155,6 +164,7 @@ extern "C" fn each_module(info: *mut PhdrInfo, size: usize, data: *mut libc::c_v
 
 /// Records the static TLS layout (at init, in a safe context), so that the control thread can be
 /// started later from a signal handler. Without a layout the thread starts at once.
+#[link_section = ".text.hot.libcr_start"]
 pub fn prepare() {
     STATIC_BELOW.store(0, Release);
     // SAFETY: getenv with a NUL-terminated name (at init, before the program's threads).
@@ -207,14 +217,17 @@ pub fn prepare() {
 }
 
 /// Whether the control thread can be started on the first connection in this process.
+#[link_section = ".text.hot.libcr_start"]
 pub fn lazy_possible() -> bool {
     STATIC_BELOW.load(Acquire) != 0
 }
 
 /// The listening socket that signals the first connection (-1: none).
+#[link_section = ".data1"]
 static ASYNC_FD: AtomicI32 = AtomicI32::new(-1);
 
 /// Socket `fd` signals the first connection from now on (called before it listens).
+#[link_section = ".text.hot.libcr_start"]
 pub fn arm(fd: i32) {
     ASYNC_FD.store(fd, Release);
     STATE.store(ARMED, Release);
@@ -233,6 +246,7 @@ pub fn started_at_once() {
 }
 
 /// In a fork child: the parent's lazily started thread does not exist here; its memory goes.
+#[link_section = ".text.hot.libcr_start"]
 pub fn after_fork_child() {
     // (`control::start` arms again; nothing written that is already right.)
     if HOW.load(Acquire) != 0 {

@@ -135,11 +135,13 @@ const PAGE_IS_PFNZERO: u64 = 1 << 5;
 // --- State kept between checkpoints (agent memory; reset after fork and restart). ---
 
 /// Our userfaultfd (-1: none), and the process that opened it.
+#[link_section = ".data1"]
 static UFFD: AtomicI32 = AtomicI32::new(-1);
 static UFFD_PID: AtomicI32 = AtomicI32::new(0);
 /// errno of the last failure to open or set up the userfaultfd (0: none).
 static KERNEL_ERRNO: AtomicI32 = AtomicI32::new(0);
 /// Write-tracking is armed for the image named by the three below.
+#[link_section = ".data1"]
 static ARMED: AtomicBool = AtomicBool::new(false);
 static ARMED_HASH: AtomicU64 = AtomicU64::new(0);
 static ARMED_SIZE: AtomicU64 = AtomicU64::new(0);
@@ -195,6 +197,7 @@ pub fn is_own_fd(fd: i32) -> bool {
 
 /// In a fork child: the parent's userfaultfd tracks nothing here (the child's regions are not
 /// registered); close the inherited descriptor and forget the armed state.
+#[link_section = ".text.hot.libcr_start"]
 pub fn after_fork_child() {
     if UFFD.load(Acquire) >= 0 {
         let fd = UFFD.swap(-1, AcqRel);

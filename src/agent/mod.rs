@@ -29,20 +29,25 @@ use crate::sys;
 use core::sync::atomic::{AtomicBool, AtomicIsize, AtomicU32, AtomicUsize, Ordering::*};
 
 /// Offset of the tid field in glibc's `struct pthread` (found at init; 0 = unknown).
+#[link_section = ".data1"]
 pub static TID_OFFSET: AtomicUsize = AtomicUsize::new(0);
 /// glibc's `__rseq_offset` (thread pointer to rseq area).
+#[link_section = ".data1"]
 pub static RSEQ_OFFSET: AtomicIsize = AtomicIsize::new(0);
 /// glibc's `__rseq_size` (0 = rseq not registered by glibc).
+#[link_section = ".data1"]
 pub static RSEQ_SIZE: AtomicU32 = AtomicU32::new(0);
 /// The signature glibc registers rseq areas with.
 pub const RSEQ_SIG: u32 = 0x5305_3053;
 /// Whether the agent is set up in this process.
+#[link_section = ".data1"]
 pub static INITIALIZED: AtomicBool = AtomicBool::new(false);
 
 #[used]
 #[link_section = ".init_array"]
 static CONSTRUCTOR: extern "C" fn() = constructor;
 
+#[link_section = ".text.hot.libcr_start"]
 extern "C" fn constructor() {
     if !is_tool() {
         init();
@@ -52,6 +57,7 @@ extern "C" fn constructor() {
 /// Whether this process is one of our own tools: the agent stays dormant there, also when
 /// LD_PRELOAD brings libcr in. The executable's name is checked first (no cost for programs);
 /// only a tool's name is confirmed by the `libcr_tool_marker` symbol the tools export.
+#[link_section = ".text.hot.libcr_start"]
 fn is_tool() -> bool {
     // SAFETY: getauxval has no preconditions; AT_EXECFN is a NUL-terminated string or 0.
     let execfn = unsafe { libc::getauxval(libc::AT_EXECFN) } as *const libc::c_char;
@@ -69,6 +75,15 @@ fn is_tool() -> bool {
 }
 
 extern "C" {
+    /// glibc's fork handler registration behind `pthread_atfork`.
+    fn __register_atfork(
+        prepare: Option<extern "C" fn()>,
+        parent: Option<extern "C" fn()>,
+        child: Option<extern "C" fn()>,
+        dso: *const u8,
+    ) -> libc::c_int;
+    /// This module's handle (the C runtime's start files define it), for `__register_atfork`.
+    static __dso_handle: u8;
     /// glibc (2.35+): offset of the rseq area from the thread pointer.
     static __rseq_offset: isize;
     /// glibc (2.35+): size of the registered rseq area (0 if glibc did not register one).
@@ -82,6 +97,7 @@ pub fn glibc_rseq() -> (isize, u32) {
 }
 
 /// Finds the offset of the tid in the calling thread's TCB.
+#[link_section = ".text.hot.libcr_start"]
 fn find_tid_offset(fs: usize, tid: i32, start: usize) -> usize {
     let mut off = start;
     while off < 2048 {
@@ -107,6 +123,7 @@ pub(crate) fn verify_tid_offset() {
 }
 
 /// Sets the agent up (idempotent): checkpoint signal handler, fork handling, control thread.
+#[link_section = ".text.hot.libcr_start"]
 pub fn init() -> bool {
     if INITIALIZED.swap(true, AcqRel) {
         return true;
@@ -130,14 +147,17 @@ pub fn init() -> bool {
         TID_OFFSET.store(find_tid_offset(fs, sys::gettid(), 16), Relaxed);
     }
     install_handler();
-    // SAFETY: registering a plain function as the child-side fork handler.
-    unsafe { libc::pthread_atfork(None, None, Some(after_fork_child)) };
+    // SAFETY: registering a plain function as the child-side fork handler, for this library
+    // (`__dso_handle`): what `pthread_atfork` (a libc_nonshared.a stub linked elsewhere in our
+    // text) does, without touching one more page of code in every process.
+    unsafe { __register_atfork(None, None, Some(after_fork_child), &__dso_handle) };
     ctlstart::prepare();
-    control::start();
+    control::start(false);
     true
 }
 
 /// Installs the checkpoint signal handler (raw `rt_sigaction`, our own restorer).
+#[link_section = ".text.hot.libcr_start"]
 pub(crate) fn install_handler() {
     let act = process::KSigaction {
         handler: quiesce::on_signal as *const () as usize as u64,
@@ -156,6 +176,7 @@ pub(crate) fn install_handler() {
     );
 }
 
+#[link_section = ".text.hot.libcr_start"]
 extern "C" fn after_fork_child() {
     if !INITIALIZED.load(Acquire) {
         return;
@@ -171,7 +192,7 @@ extern "C" fn after_fork_child() {
     crate::api::reset_after_fork();
     // A child forked to become a restored process must stay single-threaded.
     if !crate::api::requests::forking_for_restore() {
-        control::start();
+        control::start(true);
     }
 }
 

@@ -98,6 +98,7 @@ const SLOT_INIT: Slot = Slot::new();
 /// All slots; `0..NSLOTS` are in use during a checkpoint. Slot 0 is the control thread.
 pub static SLOTS: [Slot; MAX_THREADS] = [SLOT_INIT; MAX_THREADS];
 /// Number of slots in use.
+#[link_section = ".data1"]
 pub static NSLOTS: AtomicUsize = AtomicUsize::new(0);
 /// Futex word: threads that reached [`park`].
 static ARRIVED: AtomicU32 = AtomicU32::new(0);
@@ -114,6 +115,7 @@ static ACTIVE: AtomicU32 = AtomicU32::new(0);
 /// Threads currently inside the handler (the next checkpoint waits for zero).
 static IN_HANDLER: AtomicU32 = AtomicU32::new(0);
 /// Cookie carried in `si_value` of our signal.
+#[link_section = ".data1"]
 pub static COOKIE: AtomicU64 = AtomicU64::new(0);
 /// CLOCK_MONOTONIC at the moment memory was captured (for remaining sleep times at restart).
 pub static CAPTURE_NS: AtomicU64 = AtomicU64::new(0);

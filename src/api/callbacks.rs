@@ -20,8 +20,10 @@ use std::sync::Mutex;
 /// Process-wide thread-context callbacks.
 static THREAD_CALLBACKS: Mutex<Vec<Callback>> = Mutex::new(Vec::new());
 /// Whether any thread-context callback exists (read by the control thread).
+#[link_section = ".data1"]
 static HAVE_THREAD_CALLBACKS: AtomicBool = AtomicBool::new(false);
 /// Whether the helper thread runs.
+#[link_section = ".data1"]
 static HELPER: AtomicBool = AtomicBool::new(false);
 /// Futex word: bumped by the control thread to start phase 1.
 static PHASE1_REQ: AtomicU32 = AtomicU32::new(0);
@@ -30,6 +32,7 @@ static PHASE1_ACK: AtomicU32 = AtomicU32::new(0);
 /// Hooks, index = event.
 static HOOKS: [AtomicUsize; 6] = [const { AtomicUsize::new(0) }; 6];
 /// Threads still running callbacks of the current checkpoint (hold barrier).
+#[link_section = ".data1"]
 static IN_CALLBACKS: AtomicU32 = AtomicU32::new(0);
 /// Hold settings for threads that called cr_init and for those that did not.
 pub static HOLD_INIT: AtomicI32 = AtomicI32::new(CR_HOLD_BOTH);
@@ -490,6 +493,7 @@ pub fn register_hook(event: cr_hook_event_t, f: cr_hook_fn_t) -> Result<cr_hook_
 }
 
 /// Forgets all callbacks and the helper (fork child: BLCR's clean state).
+#[link_section = ".text.hot.libcr_start"]
 pub fn reset_after_fork() {
     // Only what differs is written: a fork child that execs at once then copies no page of ours.
     if HAVE_THREAD_CALLBACKS.load(Acquire) {

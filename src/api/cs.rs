@@ -14,6 +14,7 @@ use libc::c_int;
 
 const PENDING: u32 = 1 << 31;
 const COUNT: u32 = PENDING - 1;
+#[link_section = ".data1"]
 static CS_STATE: AtomicU32 = AtomicU32::new(0);
 
 /// `cr_enter_cs` (`try_only`: `cr_tryenter_cs`). Returns 0 when entered, 1 when it would block.
@@ -116,6 +117,7 @@ pub fn end_pending() {
 }
 
 /// Fork child: no sections, nothing pending.
+#[link_section = ".text.hot.libcr_start"]
 pub fn reset_after_fork() {
     if CS_STATE.load(Acquire) != 0 {
         CS_STATE.store(0, Release);

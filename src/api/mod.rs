@@ -108,6 +108,7 @@ pub fn on_restart(restarter: i32, src: &[u8]) {
 }
 
 /// Called in a fork child: BLCR children start with clean libcr state.
+#[link_section = ".text.hot.libcr_start"]
 pub fn reset_after_fork() {
     state::forget_thread();
     callbacks::reset_after_fork();

@@ -536,10 +536,12 @@ pub fn poll(
 /// The thread pointer of the thread that forks for `cr_request_restart` (0: none), so its child
 /// skips the agent's fork handler. (Not a thread-local: reading one in every fork child made
 /// glibc allocate this library's TLS block there.)
+#[link_section = ".data1"]
 pub static FORKING_FOR_RESTORE: core::sync::atomic::AtomicUsize =
     core::sync::atomic::AtomicUsize::new(0);
 
 /// Whether the calling thread (or the fork child of that thread) forks for a restore.
+#[link_section = ".text.hot.libcr_start"]
 pub fn forking_for_restore() -> bool {
     let fs = FORKING_FOR_RESTORE.load(core::sync::atomic::Ordering::Acquire);
     fs != 0 && fs == crate::sys::get_fs_base()

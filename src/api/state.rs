@@ -93,6 +93,7 @@ thread_local! {
     static CURRENT: Cell<*mut ThreadState> = const { Cell::new(core::ptr::null_mut()) };
 }
 
+#[link_section = ".data1"]
 static KEY: std::sync::OnceLock<libc::pthread_key_t> = std::sync::OnceLock::new();
 
 unsafe extern "C" fn free_state(p: *mut c_void) {
@@ -143,6 +144,7 @@ pub fn init_thread() -> &'static ThreadState {
 }
 
 /// Forgets the calling thread's state (fork child: BLCR starts children with clean state).
+#[link_section = ".text.hot.libcr_start"]
 pub fn forget_thread() {
     // Without the key no thread has a state (and a fork child that touches no thread-local
     // skips glibc's allocation of this library's TLS block: issue 11, idle cost).
