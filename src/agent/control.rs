@@ -890,6 +890,12 @@ fn finish_cow(conn: i32, job: &Job, scratch: &Scratch, quiesce_start: u64, quies
     REQUEST_FDS[2].store(-1, Release);
     match res {
         Ok(bytes) => {
+            // The writer's trailer is in the scratch area: an incremental checkpoint's next
+            // delta may name this image (tracking was armed in the stop).
+            let tsize = core::mem::size_of::<crate::image::format::Trailer>();
+            let tr: crate::image::format::Trailer =
+                bytemuck::pod_read_unaligned(&scratch.trailer()[..tsize]);
+            super::incremental::remember(tr.trailer_hash, tr.total_len);
             let mut report = StackBuf::<240>::new();
             super::ctlstart::describe(&mut report);
             report.push(b"quiesce=").num(quiesce_ms).push(b"ms ");
@@ -904,10 +910,12 @@ fn finish_cow(conn: i32, job: &Job, scratch: &Scratch, quiesce_start: u64, quies
                 .push(b"ms check=")
                 .num(super::cow::CHECK_NS.load(Relaxed) / 1_000_000)
                 .push(b"ms)");
+            super::incremental::describe(&mut report);
             send_reply(conn, 0, bytes, report.as_bytes());
             let _ = wait_commit(conn);
         }
         Err(e) => {
+            super::incremental::failed();
             let mut m = StackBuf::<240>::new();
             e.describe(&mut m);
             send_reply(conn, e.errno(), 0, m.as_bytes());

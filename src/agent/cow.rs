@@ -45,9 +45,6 @@ pub const NOTE_CLONE: u32 = 3;
 pub const NOTE_FORWARD: u32 = 4;
 /// … its SysV semaphores or message queues could not be recorded in the stop.
 pub const NOTE_SEM: u32 = 5;
-/// … it is an incremental checkpoint (`agent::incremental` finds and protects again the
-/// written pages in the stopped process).
-pub const NOTE_INCREMENTAL: u32 = 6;
 /// … it has memory a fork does not copy (`MADV_DONTFORK`).
 pub const NOTE_DONTFORK: u32 = 7;
 /// … it saves files by content (under temporary directories, `--save-written`, unlinked): they
@@ -62,10 +59,42 @@ pub fn note_text(note: u32) -> &'static [u8] {
         NOTE_CLONE => b"the writer process could not be created",
         NOTE_FORWARD => b"forwarded or API checkpoints are written stopped",
         NOTE_SEM => b"its SysV semaphores or message queues could not be recorded",
-        NOTE_INCREMENTAL => b"incremental checkpoints are written stopped",
         NOTE_DONTFORK => b"it has memory a fork does not copy (MADV_DONTFORK)",
         NOTE_FILES => b"it saves files by content, which are copied while it is stopped",
         _ => b"",
+    }
+}
+
+/// The regions a prebuilt incremental checkpoint must make readable while the writer writes
+/// them (agent memory: the writer's snapshot holds the copy made before it was created). Only
+/// the control thread touches it, one checkpoint at a time.
+static mut PREBUILT_UNREADABLE: Unreadable = Unreadable::new();
+
+/// How [`start`] ended without a writer.
+pub struct NotStarted {
+    /// Why (`NOTE_*`), for `-v`.
+    pub note: u32,
+    /// An incremental checkpoint's memory records are in the metadata and the extents in
+    /// `ext` already (its scans protected the written pages again, so they cannot be made
+    /// twice): the caller writes the image stopped from them, then unmaps `copy`.
+    pub prebuilt: bool,
+    /// The copy of the shared memory the prebuilt extents refer to (address, length).
+    pub copy: (u64, u64),
+    /// Building the memory records in the stop failed with this errno (0: it did not): the
+    /// checkpoint fails.
+    pub failed: i32,
+}
+
+/// The unreadable regions of a prebuilt checkpoint (see [`NotStarted::prebuilt`]).
+pub fn prebuilt_unreadable() -> &'static Unreadable {
+    // SAFETY: only the control thread uses it, and not while [`start`] fills it.
+    unsafe { &*core::ptr::addr_of!(PREBUILT_UNREADABLE) }
+}
+
+/// Unmaps the copy of a prebuilt checkpoint written stopped (see [`NotStarted`]).
+pub fn unmap_copy(copy: (u64, u64)) {
+    if copy.1 > 0 {
+        sys::munmap(copy.0 as usize, copy.1 as usize);
     }
 }
 
@@ -91,6 +120,12 @@ struct WriterPage {
     pre_base: u64,
     pre_len: u64,
     regions: u64,
+    /// The memory records are in the metadata already, with `ext_n` extents (`ext_data_len`
+    /// bytes) in the scratch area's extent list and the unreadable regions in
+    /// [`PREBUILT_UNREADABLE`] (an incremental checkpoint: built in the stop, see [`start`]).
+    prebuilt: u32,
+    ext_n: u64,
+    ext_data_len: u64,
     /// The writer's first verdict: 0 not yet, [`EARLY_OK`], [`EARLY_MISSING`] (a shared futex).
     early: AtomicU32,
     bytes: AtomicU64,
@@ -161,19 +196,33 @@ fn page(scratch: &Scratch) -> &WriterPage {
 
 /// In the stop, after the state records are in `w`: copies the shared memory, records what the
 /// writer cannot, and starts the writer; returns its pidfd, or why the checkpoint must be
-/// written stopped (`NOTE_*`: nothing was changed then).
+/// written stopped (`NOTE_*`: nothing was changed then, unless [`NotStarted::prebuilt`]).
+///
+/// With `ext` (an incremental checkpoint) the memory records are built here, in the stop:
+/// the scans of `agent::incremental` must see and protect again the pages written up to this
+/// instant, in the program's own address space; then every eligible region is armed
+/// (`incremental::arm_now`) before the writer is created, so a write after the snapshot is
+/// never missed. The writer only writes the image from them.
 pub fn start(
     job: &Job,
     scratch: &Scratch,
-    w: &MetaWriter,
+    w: &mut MetaWriter,
     save: SaveByContent,
     pid: i32,
-) -> Result<i32, u32> {
+    ext: Option<&mut ExtentList>,
+) -> Result<i32, NotStarted> {
+    let stopped = |note| NotStarted {
+        note,
+        prebuilt: false,
+        copy: (0, 0),
+        failed: 0,
+    };
     let mut pre = ExtentList::new(scratch.precopy());
-    let regions = memory::find_precopy(scratch, &mut pre, save).map_err(|_| NOTE_PRECOPY)?;
+    let regions =
+        memory::find_precopy(scratch, &mut pre, save).map_err(|_| stopped(NOTE_PRECOPY))?;
     let len = pre.data_len;
     if len > PRECOPY_LIMIT {
-        return Err(NOTE_SHARED_LIMIT);
+        return Err(stopped(NOTE_SHARED_LIMIT));
     }
     let base = if len > 0 {
         // Shared, so the kernel never merges it with the program's memory, and the writer's
@@ -186,27 +235,55 @@ pub fn start(
             -1,
             0,
         )
-        .map_err(|_| NOTE_PRECOPY)? as u64
+        .map_err(|_| stopped(NOTE_PRECOPY))? as u64
     } else {
         0
     };
-    let unmap = || {
-        if len > 0 {
-            sys::munmap(base as usize, len as usize);
-        }
-    };
+    let unmap = || unmap_copy((base, len));
     if memory::copy_precopied(pre.all(), base).is_err() {
         unmap();
-        return Err(NOTE_PRECOPY);
+        return Err(stopped(NOTE_PRECOPY));
     }
     // SysV semaphores and message queues: their state is the system's, not the snapshot's (and
     // the writer's pid is not the program's).
     let mut side = MetaWriter::new(scratch.side());
     if super::sysvsem::capture(&mut side).is_err() || super::sysvmsg::capture(&mut side).is_err() {
         unmap();
-        return Err(NOTE_SEM);
+        return Err(stopped(NOTE_SEM));
     }
     let side_len = side.len() as u64;
+    let prebuilt = ext.is_some();
+    let (mut ext_n, mut ext_data_len) = (0, 0);
+    if let Some(ext) = ext {
+        let copy = Precopy {
+            extents: pre.all(),
+            base,
+            len,
+        };
+        // SAFETY: only the control thread uses it, one checkpoint at a time.
+        let unreadable = unsafe { &mut *core::ptr::addr_of_mut!(PREBUILT_UNREADABLE) };
+        *unreadable = Unreadable::new();
+        if let Err(e) = memory::capture(w, scratch, ext, unreadable, save, Some(&copy)) {
+            unmap();
+            // The scans may have protected pages again: the checkpoint fails (the next
+            // incremental one is a full image).
+            return Err(NotStarted {
+                note: NOTE_PRECOPY,
+                prebuilt: true,
+                copy: (0, 0),
+                failed: e.0,
+            });
+        }
+        super::incremental::arm_now();
+        ext_n = ext.count() as u64;
+        ext_data_len = ext.data_len;
+    }
+    let fallback = |note| NotStarted {
+        note,
+        prebuilt,
+        copy: (base, len),
+        failed: 0,
+    };
     let p = scratch.writer_page() as *mut WriterPage;
     // SAFETY: the writer page is ours (scratch), page sized, and no writer runs yet.
     unsafe {
@@ -226,6 +303,9 @@ pub fn start(
             pre_base: base,
             pre_len: len,
             regions,
+            prebuilt: prebuilt as u32,
+            ext_n,
+            ext_data_len,
             early: AtomicU32::new(0),
             bytes: AtomicU64::new(0),
             errno: AtomicI32::new(0),
@@ -252,10 +332,17 @@ pub fn start(
     let r = unsafe { crate::arch::clone3_call(&args, writer_main, p as usize) };
     let t1 = sys::monotonic_ns();
     FORK_NS.store(t1 - t0, Relaxed);
-    // Our copy of the shared memory is not needed any more: the writer has its own mapping.
-    unmap();
     if r < 0 {
-        return Err(NOTE_CLONE);
+        // A prebuilt checkpoint is written stopped from its copy (the caller unmaps it).
+        if !prebuilt {
+            unmap();
+        }
+        return Err(fallback(NOTE_CLONE));
+    }
+    // Our copy of the shared memory is not needed any more once the writer has its snapshot
+    // (a prebuilt checkpoint keeps it until the writer's verdict: written stopped, it needs it).
+    if !prebuilt {
+        unmap();
     }
     // Before the program runs on: does the snapshot hold all of it? (The writer's first step:
     // a read of its maps.)
@@ -264,11 +351,17 @@ pub fn start(
         match a.early.load(Acquire) {
             EARLY_OK => {
                 CHECK_NS.store(sys::monotonic_ns() - t1, Relaxed);
+                if prebuilt {
+                    unmap();
+                }
                 return Ok(pidfd);
             }
             EARLY_MISSING => {
                 let _ = reap(pidfd);
-                return Err(NOTE_DONTFORK);
+                if !prebuilt {
+                    return Err(stopped(NOTE_DONTFORK));
+                }
+                return Err(fallback(NOTE_DONTFORK));
             }
             _ => {}
         }
@@ -280,7 +373,10 @@ pub fn start(
         if sys::sys3(libc::SYS_poll as usize, &mut p as *mut _ as usize, 1, 0).unwrap_or(0) > 0 {
             // It ended before its verdict (it could not read its maps).
             let _ = reap(pidfd);
-            return Err(NOTE_CLONE);
+            if !prebuilt {
+                return Err(stopped(NOTE_CLONE));
+            }
+            return Err(fallback(NOTE_CLONE));
         }
         futex_shared(&a.early, libc::FUTEX_WAIT, 0, 1_000_000);
     }
@@ -305,6 +401,8 @@ extern "C" fn writer_main(page_addr: usize) -> ! {
         libc::SIGKILL as usize,
         0,
     );
+    // Our copy of the program's memory is not tracked: nothing to arm here.
+    super::incremental::in_writer();
     if sys::sys3(libc::SYS_getppid as usize, 0, 0, 0).unwrap_or(0) as i32 != a.parent {
         sys::exit_group(1); // the program died before we were set up
     }
@@ -390,10 +488,21 @@ fn write_rest(a: &WriterPage) -> Result<u64, (u32, Errno)> {
         tmp_left: (a.tmp_left >= 0).then_some(a.tmp_left),
         files,
     };
-    let mut ext = ExtentList::new(scratch.extents());
     let mut unreadable = Unreadable::new();
-    memory::capture(&mut w, scratch, &mut ext, &mut unreadable, save, Some(&pre))
-        .map_err(|e| (3, e))?;
+    let ext = if a.prebuilt != 0 {
+        // Built in the stop (an incremental checkpoint): the records are in the metadata.
+        ExtentList::prebuilt(scratch.extents(), a.ext_n as usize, a.ext_data_len)
+    } else {
+        let mut ext = ExtentList::new(scratch.extents());
+        memory::capture(&mut w, scratch, &mut ext, &mut unreadable, save, Some(&pre))
+            .map_err(|e| (3, e))?;
+        ext
+    };
+    let unreadable = if a.prebuilt != 0 {
+        prebuilt_unreadable()
+    } else {
+        &unreadable
+    };
     w.append(&scratch.side()[..a.side_len as usize])
         .map_err(|_| (1, Errno(libc::ENOMEM)))?;
     // A buffer of our own (private, populated now) to write the page data from: see
@@ -416,7 +525,7 @@ fn write_rest(a: &WriterPage) -> Result<u64, (u32, Errno)> {
     };
     // No saved files: a request that has some is written stopped (`NOTE_FILES`).
     let mut spans = super::fds::Spans::new(&mut [], &mut []);
-    image::finish(out, scratch, w, &ext, &unreadable, &mut spans, a.pid)
+    image::finish(out, scratch, w, &ext, unreadable, &mut spans, a.pid)
 }
 
 /// How a writer ended, when it failed.

@@ -445,22 +445,45 @@ fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
         tmp_left: tmp_limit.map(|l| l - tmp_used),
         files: &job.files,
     };
-    if job.cow && job.flags & crate::protocol::FLAG_INCREMENTAL != 0 {
-        // The written pages are found and protected again in this process, stopped.
-        job.cow_note.store(super::cow::NOTE_INCREMENTAL, Release);
-    } else if job.cow && !spans.is_empty() {
+    let mut ext = ExtentList::new(scratch.extents());
+    let incremental = super::incremental::active();
+    if job.cow && !spans.is_empty() {
         job.cow_note.store(super::cow::NOTE_FILES, Release);
     } else if job.cow {
-        // Copy-on-write: the rest is written by a forked writer while the program runs on.
-        match super::cow::start(job, scratch, &w, save, pid) {
+        // Copy-on-write: the rest is written by a forked writer while the program runs on. An
+        // incremental checkpoint builds its memory records here first (`cow::start`).
+        match super::cow::start(
+            job,
+            scratch,
+            &mut w,
+            save,
+            pid,
+            incremental.then_some(&mut ext),
+        ) {
             Ok(pidfd) => {
                 job.writer.store(pidfd, Release);
                 return Ok(Written::Forked);
             }
-            Err(note) => job.cow_note.store(note, Release),
+            Err(n) if n.failed != 0 => return Err((3, Errno(n.failed))),
+            Err(n) if n.prebuilt => {
+                // The memory records are built (and the written pages protected again):
+                // written stopped from them.
+                job.cow_note.store(n.note, Release);
+                super::sysvsem::capture(&mut w).map_err(|e| (3, e))?;
+                super::sysvmsg::capture(&mut w).map_err(|e| (3, e))?;
+                let out = Dest {
+                    fd: job.fd,
+                    deadline_ns: job.deadline_ns,
+                    bounce: None,
+                };
+                let unreadable = super::cow::prebuilt_unreadable();
+                let r = finish(out, scratch, w, &ext, unreadable, &mut spans, pid);
+                super::cow::unmap_copy(n.copy);
+                return r.map(Written::Bytes);
+            }
+            Err(n) => job.cow_note.store(n.note, Release),
         }
     }
-    let mut ext = ExtentList::new(scratch.extents());
     let mut unreadable = Unreadable::new();
     memory::capture(&mut w, scratch, &mut ext, &mut unreadable, save, None).map_err(|e| (3, e))?;
     super::sysvsem::capture(&mut w).map_err(|e| (3, e))?;
@@ -586,8 +609,8 @@ pub fn finish(
     }
     io_report::PHASE_NS[3].store(sys::monotonic_ns(), Relaxed);
     drop_direct(fd);
-    // Still stopped (incremental checkpoints are never copy-on-write): arm write-tracking for
-    // the next incremental checkpoint.
+    // Written stopped: arm write-tracking for the next incremental checkpoint (a copy-on-write
+    // writer does nothing here: the program armed itself in the stop, see `cow::start`).
     super::incremental::written(tr.trailer_hash, tr.total_len);
     Ok(tr.total_len)
 }

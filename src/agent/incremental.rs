@@ -21,6 +21,10 @@
 //! first one, one after a restart or in a fork child (nothing is armed there), and one whose
 //! parent is not the image tracking was armed for (its size and trailer hash differ).
 //!
+//! A copy-on-write checkpoint (`--cow`) scans and arms in the stop, before its writer is forked
+//! ([`arm_now`]), and names its image as the next parent once the writer succeeded
+//! ([`remember`]); the writer itself arms nothing ([`in_writer`]).
+//!
 //! Runs in the control thread while every other thread is parked: raw system calls, static
 //! tables, no heap.
 
@@ -423,17 +427,48 @@ pub fn scan_region(
     }))
 }
 
+/// Set in a copy-on-write writer (a forked copy of the program, whose memory nobody tracks):
+/// [`written`] does nothing there; the program arms itself in the stop ([`arm_now`]) and
+/// remembers the image once the writer succeeded ([`remember`]).
+static IN_WRITER: AtomicBool = AtomicBool::new(false);
+
+/// [`arm_now`] armed this checkpoint's regions (our userfaultfd was usable).
+static ARM_DONE: AtomicBool = AtomicBool::new(false);
+
+/// Called first thing in a copy-on-write writer (its own copy of this variable).
+pub fn in_writer() {
+    IN_WRITER.store(true, Relaxed);
+}
+
+/// Whether this checkpoint is incremental (a delta, or a full image that arms tracking).
+pub fn active() -> bool {
+    MODE.load(Relaxed) != OFF
+}
+
 /// The image is written: arm every eligible region that is not protected yet, and remember
 /// the image (`trailer_hash`, `size`) the next delta may name as its parent.
 pub fn written(trailer_hash: u64, size: u64) {
-    let mode = MODE.load(Relaxed);
-    if mode == OFF {
+    if IN_WRITER.load(Relaxed) || MODE.load(Relaxed) == OFF {
+        return;
+    }
+    arm_now();
+    remember(trailer_hash, size);
+}
+
+/// A copy-on-write incremental checkpoint, in the stop, once its memory records are built
+/// (the scans protected the written pages again): arms every eligible region not protected
+/// yet, so that every write after the snapshot is seen. Nothing is armed for a parent until
+/// [`remember`] names the image.
+pub fn arm_now() {
+    ARMED.store(false, Release);
+    ARM_DONE.store(false, Relaxed);
+    if MODE.load(Relaxed) == OFF {
         return;
     }
     let Ok(fd) = ensure_uffd() else {
-        ARMED.store(false, Release);
         return;
     };
+    ARM_DONE.store(true, Relaxed);
     let n = N_NEXT.load(Relaxed).min(MAX_RANGES);
     let mut armed = 0usize;
     for r in &NEXT[..n] {
@@ -446,6 +481,15 @@ pub fn written(trailer_hash: u64, size: u64) {
         }
     }
     N_RANGES.store(armed, Relaxed);
+}
+
+/// The image armed for by [`arm_now`] is written and committed by its writer: the next delta
+/// may name it (`trailer_hash`, `size`) as its parent.
+pub fn remember(trailer_hash: u64, size: u64) {
+    let mode = MODE.load(Relaxed);
+    if mode == OFF || !ARM_DONE.load(Relaxed) {
+        return;
+    }
     let depth = if mode == DELTA {
         ARMED_DEPTH.load(Relaxed) + 1
     } else {

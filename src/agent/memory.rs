@@ -380,6 +380,23 @@ impl<'a> ExtentList<'a> {
     pub fn all(&self) -> &[Extent] {
         &self.buf[..self.n]
     }
+
+    /// The list whose first `n` extents (`data_len` bytes) are already in `buf` (built by
+    /// another process sharing the scratch area: a copy-on-write writer's, see `agent::cow`).
+    pub fn prebuilt(buf: &'a mut [Extent], n: usize, data_len: u64) -> Self {
+        let n = n.min(buf.len());
+        ExtentList {
+            buf,
+            n,
+            region_first: n,
+            data_len,
+        }
+    }
+
+    /// How many extents the list holds.
+    pub fn count(&self) -> usize {
+        self.n
+    }
 }
 
 /// Shared memory of a copy-on-write checkpoint, copied while the program is stopped (a forked
