@@ -2,13 +2,16 @@
  * tmp_scratch.c - a scratch file under a temporary directory that the program's own SIGTERM
  * handler deletes (as gcc deletes its /tmp/cc*.s): it must come back from the image.
  *
- * Run: CR_TEST_GO=/path/to/go CR_TEST_SCRATCH=/tmp/unique/dir [CR_TEST_SCRATCH_KIB=N] cr_run ./tmp_scratch
+ * Run: CR_TEST_GO=/path/to/go CR_TEST_SCRATCH=/tmp/unique/dir [CR_TEST_SCRATCH_KIB=N]
+ *      [CR_TEST_UNLINKED=1] cr_run ./tmp_scratch
  *
  * Setup: $CR_TEST_SCRATCH/deep/scratch.dat (mode 0640), 200 KiB (or N KiB) of pattern(o), opened O_RDWR at
  * offset 70000; a second descriptor opened O_WRONLY|O_APPEND on the same file. SIGTERM handler:
  * unlink the file, rmdir deep, die of SIGTERM. After GO: the file is at its path again (same
  * inode as the descriptor), mode 0640, 200 KiB of the pattern, offset 70000, and appending
  * through the second descriptor lands at 200 KiB.
+ * With CR_TEST_UNLINKED=1 the file and deep are removed before READY (an open unlinked file):
+ * after GO the same checks through the descriptors only.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -76,6 +79,9 @@ int main(void)
     int afd = open(file_path, O_WRONLY | O_APPEND);
     if (afd < 0)
         fail("open for append");
+    int unlinked = getenv("CR_TEST_UNLINKED") != NULL;
+    if (unlinked && (unlink(file_path) != 0 || rmdir(deep_path) != 0))
+        fail("unlink the scratch file");
     signal(SIGTERM, on_term);
     printf("READY\n");
     fflush(stdout);
@@ -87,8 +93,12 @@ int main(void)
     }
 
     struct stat a, b;
-    if (stat(file_path, &a) != 0)
+    if (unlinked) {
+        if (fstat(fd, &a) != 0 || a.st_nlink != 0)
+            fail("the unlinked file has a name");
+    } else if (stat(file_path, &a) != 0) {
         fail("scratch file missing at its path");
+    }
     if (fstat(fd, &b) != 0 || a.st_ino != b.st_ino || a.st_dev != b.st_dev)
         fail("path and descriptor are different files");
     if ((a.st_mode & 07777) != 0640)

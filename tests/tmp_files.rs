@@ -898,3 +898,409 @@ fn put_back_file_keeps_its_owner() {
     sc.go();
     restarted.expect_pass(RESTART_TIMEOUT);
 }
+
+/// One `tmp_scratch` run with its scratch directory in `scratch` (the environment `envs` added),
+/// checkpointed with `--term` and `opts`: its SIGTERM handler removes the file, cr_info lists
+/// it as saved for `why`, and the restart puts it back (the program checks contents, mode and
+/// offsets).
+fn scratch_travels(
+    sc: &Scenario,
+    scratch: &Path,
+    envs: &[(&str, &Path)],
+    opts: &[&str],
+    why: &str,
+) {
+    let _ = fs::remove_file(sc.go_file());
+    fs::create_dir_all(scratch).expect("mkdir scratch");
+    let prog = sc.program("tmp_scratch");
+    let mut cmd = sc.under_cr_run(&prog);
+    cmd.env("CR_TEST_SCRATCH", scratch);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut job = sc.start("tmp_scratch", cmd);
+    job.wait_ready();
+    let img = sc.next_image_path();
+    let mut args = opts.to_vec();
+    args.push("--term");
+    sc.checkpoint_to(job.pid(), &args, &img).assert_success();
+    job.expect_signal(libc::SIGTERM, DEATH_TIMEOUT);
+    assert!(
+        !scratch.join("deep").exists(),
+        "{}: the handler removes deep/",
+        scratch.display()
+    );
+    let saved = saved_lines(sc, &img);
+    assert!(
+        saved
+            .iter()
+            .any(|l| l.contains("deep/scratch.dat") && l.contains(why)),
+        "{}: cr_info must list scratch.dat ({why}): {saved:?}",
+        scratch.display()
+    );
+    sc.go();
+    sc.restart(&img).expect_pass(RESTART_TIMEOUT);
+    let _ = fs::remove_file(sc.go_file());
+}
+
+/// Every temporary place of the issue with an open scratch file the program's SIGTERM handler
+/// deletes: /var/tmp, /dev/shm, /run/user/UID (made for the test when missing, as root), the
+/// process's `$TMPDIR` on a disk outside /tmp, and each of two `--save-dir` directories given
+/// together. Each file comes back at restart.
+#[test]
+fn every_temporary_place() {
+    let sc = Scenario::new("tmp_places");
+    let Some(disk) = disk_dir(&sc, "places") else {
+        return;
+    };
+    let tag = format!("libcr-tmpfiles-{}-places", std::process::id());
+    let under_tmp = "open under a temporary directory";
+    for base in ["/var/tmp", "/dev/shm"] {
+        let dir = TmpDir(Path::new(base).join(&tag));
+        scratch_travels(&sc, &dir.0, &[], &[], under_tmp);
+    }
+    // SAFETY: getuid cannot fail.
+    let run_user = PathBuf::from(format!("/run/user/{}", unsafe { libc::getuid() }));
+    let made = (!run_user.exists() && is_root())
+        .then(|| {
+            fs::create_dir(&run_user).ok()?;
+            Some(TmpDir(run_user.clone()))
+        })
+        .flatten();
+    if run_user.is_dir() {
+        let dir = TmpDir(run_user.join(&tag));
+        scratch_travels(&sc, &dir.0, &[], &[], under_tmp);
+    } else {
+        assert!(
+            !in_ci(),
+            "CI runs as root: {} can be made",
+            run_user.display()
+        );
+        println!("note: {} is missing: not tried", run_user.display());
+    }
+    drop(made);
+    let tmpdir = disk.0.join("tmpdir");
+    scratch_travels(
+        &sc,
+        &tmpdir.join("job"),
+        &[("TMPDIR", &tmpdir)],
+        &[],
+        under_tmp,
+    );
+    let (a, b) = (disk.0.join("a"), disk.0.join("b"));
+    let (sa, sb) = (a.to_string_lossy(), b.to_string_lossy());
+    let opts = ["--save-dir", &sa, "--save-dir", &sb];
+    for d in [&a, &b] {
+        scratch_travels(&sc, d, &[], &opts, "--save-dir directory");
+    }
+}
+
+/// BLCR's rule for a file being written that still exists at restart: cut back to its size at
+/// checkpoint time, by default and with `--save-written` (which re-creates only missing ones).
+/// The job runs on after the checkpoint, its file grows by 1000 bytes from outside, the job is
+/// killed; the restarted program finds its 200 KiB ("size changed" otherwise).
+#[test]
+fn written_file_cut_back_to_checkpoint_size() {
+    use std::io::Write;
+    let sc = Scenario::new("tmp_cutback");
+    for (tag, opts) in [
+        ("cut-default", &[][..]),
+        ("cut-written", &["--save-written"][..]),
+    ] {
+        let Some(dir) = disk_dir(&sc, tag) else {
+            return;
+        };
+        let _ = fs::remove_file(sc.go_file());
+        let mut job = start_scratch_in(&sc, &dir.0);
+        let img = sc.next_image_path();
+        sc.checkpoint_to(job.pid(), opts, &img).assert_success();
+        job.assert_running("after a checkpoint without --term");
+        let file = dir.0.join("deep/scratch.dat");
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .and_then(|mut f| f.write_all(&[7u8; 1000]))
+            .expect("grow the file");
+        job.kill();
+        sc.go();
+        sc.restart(&img).expect_pass(RESTART_TIMEOUT);
+        assert_eq!(
+            fs::metadata(&file).map(|m| m.len()).ok(),
+            None,
+            "{tag}: the program removes its file at the end"
+        );
+    }
+    let _ = fs::remove_file(sc.go_file());
+}
+
+/// `--save-written=SIZE` bounds the files open for writing saved: a 200 KiB file over 100K is
+/// named in a checkpoint warning and not saved (the restart then fails on it, naming it).
+#[test]
+fn save_written_limit() {
+    let sc = Scenario::new("tmp_written_limit");
+    let Some(dir) = disk_dir(&sc, "written-limit") else {
+        return;
+    };
+    let mut job = start_scratch_in(&sc, &dir.0);
+    let img = sc.next_image_path();
+    let res = sc.checkpoint_to(job.pid(), &["--save-written=100K", "--term"], &img);
+    res.assert_success();
+    assert!(
+        res.stderr.contains("scratch.dat") && res.stderr.contains("--save-written"),
+        "the warning must name the file and the option:\n{}",
+        res.describe()
+    );
+    job.expect_signal(libc::SIGTERM, DEATH_TIMEOUT);
+    assert!(saved_lines(&sc, &img).is_empty(), "nothing saved");
+    let mut restarted = sc.restart(&img);
+    let st = restarted.wait_exit(RESTART_TIMEOUT);
+    restarted.wait_output_closed(PIPE_CLOSE_TIMEOUT);
+    assert!(
+        !st.success() && restarted.stderr().contains("scratch.dat"),
+        "the restart must fail on the missing file:\n{}",
+        restarted.diag()
+    );
+}
+
+/// Unlinked open files are saved up to 16 MiB each, or `--save-tmp-limit` when that is larger
+/// (1 GiB by default): a 20 MiB one travels by default (cr_info lists it, the restart gives it
+/// back), and with `--save-tmp-limit none` the checkpoint warning names it.
+#[test]
+fn unlinked_file_limit() {
+    const KIB: u64 = 20 << 10;
+    let sc = Scenario::new("tmp_unlinked");
+    for (tag, opts, saved) in [
+        ("unlinked-default", &["--term"][..], true),
+        (
+            "unlinked-none",
+            &["--term", "--save-tmp-limit", "none"][..],
+            false,
+        ),
+    ] {
+        let _ = fs::remove_file(sc.go_file());
+        let dir = TmpDir(PathBuf::from(format!(
+            "/tmp/libcr-tmpfiles-{}-{tag}",
+            std::process::id()
+        )));
+        let _ = fs::remove_dir_all(&dir.0);
+        fs::create_dir_all(&dir.0).expect("mkdir in /tmp");
+        let prog = sc.program("tmp_scratch");
+        let mut cmd = sc.under_cr_run(&prog);
+        cmd.env("CR_TEST_SCRATCH", &dir.0)
+            .env("CR_TEST_SCRATCH_KIB", KIB.to_string())
+            .env("CR_TEST_UNLINKED", "1");
+        let mut job = sc.start("tmp_scratch unlinked", cmd);
+        job.wait_ready();
+        let img = sc.next_image_path();
+        let res = sc.checkpoint_to(job.pid(), opts, &img);
+        res.assert_success();
+        let warned = res.stderr.contains("scratch.dat (deleted)")
+            && res.stderr.contains("unlinked file larger than the limit");
+        assert_eq!(
+            warned,
+            !saved,
+            "{tag}: a warning names the file only when it is over the limit:\n{}",
+            res.describe()
+        );
+        job.expect_signal(libc::SIGTERM, DEATH_TIMEOUT);
+        if saved {
+            let lines = saved_lines(&sc, &img);
+            assert!(
+                lines.iter().any(|l| l.contains("scratch.dat")
+                    && l.contains(&format!("size {} ", KIB << 10))
+                    && l.contains("unlinked")),
+                "{tag}: cr_info must list the unlinked file: {lines:?}"
+            );
+            sc.go();
+            sc.restart(&img).expect_pass(RESTART_TIMEOUT);
+        }
+    }
+    let _ = fs::remove_file(sc.go_file());
+}
+
+/// The `*.ckpt` generations in `dir`.
+fn generation_files(dir: &Path) -> Vec<PathBuf> {
+    fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "ckpt"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `make -j2` build through `cr_run --checkpoint-dir`: preempted (SIGTERM to the
+/// supervisor: a checkpoint with the default options, then SIGKILL) while a cc1 runs, and
+/// resumed by the same command on "another node", a new mount (and pid) namespace whose /tmp is
+/// empty: gcc's /tmp/cc*.s files come back from the image, the build finishes and its program
+/// prints what an uninterrupted build's prints.
+#[test]
+fn supervised_make_j2_resumes_on_another_node() {
+    if !have_command("make") || !have_command("gcc") {
+        assert!(!in_ci(), "make and gcc are needed in CI");
+        eprintln!("skipping: make or gcc missing");
+        return;
+    }
+    let sc = Scenario::new("tmp_sup_make");
+    if !can_unshare() {
+        assert!(!in_ci(), "CI must allow user + mount namespaces");
+        println!("note: skipped: unshare -Urmpf is not available here");
+        return;
+    }
+    let Some(disk) = disk_dir(&sc, "sup-make") else {
+        return;
+    };
+    let reference = disk.0.join("ref");
+    generate_project(&reference);
+    let st = Command::new("make")
+        .args(["-s", "-j2", "-C"])
+        .arg(&reference)
+        .status()
+        .expect("run make");
+    assert!(st.success(), "reference build failed");
+    let want = run_prog(&reference);
+    let proj = disk.0.join("proj");
+    generate_project(&proj);
+    let ckpt = disk.0.join("ckpt");
+    fs::create_dir_all(&ckpt).expect("mkdir ckpt");
+    let mut argv: Vec<std::ffi::OsString> = vec![
+        sc.tools().cr_run.clone().into(),
+        "--checkpoint-dir".into(),
+        ckpt.clone().into(),
+        "--id".into(),
+        "make".into(),
+        "--".into(),
+        "make".into(),
+        "-s".into(),
+        "-j2".into(),
+        "-C".into(),
+    ];
+    argv.push(proj.clone().into());
+    let mut cmd = sc.command(&argv);
+    cmd.current_dir(&disk.0);
+    let mut job = sc.start("cr_run --checkpoint-dir make -j2", cmd);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !mid_build(job.pid(), &proj) {
+        assert!(
+            Instant::now() < deadline && job.is_running(),
+            "the build never got to a running cc1 with an object built:\n{}",
+            job.diag()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // gcc's files in this /tmp, which the killed job leaves behind (removed at the end).
+    let cc_files: Vec<PathBuf> = descendants(job.pid())
+        .into_iter()
+        .flat_map(|pid| {
+            fs::read_dir(format!("/proc/{pid}/fd"))
+                .map(|rd| rd.flatten().filter_map(|e| fs::read_link(e.path()).ok()))
+                .into_iter()
+                .flatten()
+                .filter(|l| l.starts_with("/tmp/cc"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let cc_s_open = !cc_files.is_empty();
+    signal_pid(job.pid(), libc::SIGTERM);
+    let st = job.wait_exit(RESTART_TIMEOUT);
+    job.wait_output_closed(PIPE_CLOSE_TIMEOUT);
+    assert!(
+        st.success() && !proj.join("prog").exists(),
+        "a preempted build exits 0 unfinished: {st}\n{}",
+        job.diag()
+    );
+    assert!(
+        !generation_files(&ckpt).is_empty(),
+        "no generation written\n{}",
+        job.diag()
+    );
+    sc.note(&format!(
+        "a /tmp/cc* file was open at the preemption: {cc_s_open}"
+    ));
+    let cmd = in_fresh_tmp(
+        &sc,
+        &disk.0,
+        "exec \"$1\" --checkpoint-dir \"$2\" --id make -- make -s -j2 -C \"$3\"",
+        &[
+            sc.tools().cr_run.as_os_str(),
+            ckpt.as_os_str(),
+            proj.as_os_str(),
+        ],
+    );
+    let mut resumed = sc.start("cr_run resume make in an empty /tmp", cmd);
+    let st = resumed.wait_exit(RESTART_TIMEOUT);
+    resumed.wait_output_closed(PIPE_CLOSE_TIMEOUT);
+    assert!(
+        st.success(),
+        "the resumed build failed: {st}\n{}",
+        resumed.diag()
+    );
+    for f in &cc_files {
+        let _ = fs::remove_file(f);
+    }
+    assert_eq!(run_prog(&proj), want, "the resumed build's program differs");
+}
+
+/// A periodic checkpoint of `cr_run --checkpoint-dir --every 1s` saves the job's scratch files
+/// in /tmp by default: the node then dies (everything SIGKILLed, no final checkpoint) and the
+/// same command on "another node" (a new mount namespace with an empty /tmp) resumes from the
+/// periodic image with the scratch file back.
+#[test]
+fn periodic_checkpoint_resumes_with_an_empty_tmp() {
+    let sc = Scenario::new("tmp_periodic");
+    if !can_unshare() {
+        assert!(!in_ci(), "CI must allow user + mount namespaces");
+        println!("note: skipped: unshare -Urmpf is not available here");
+        return;
+    }
+    let Some(disk) = disk_dir(&sc, "periodic") else {
+        return;
+    };
+    let ckpt = disk.0.join("ckpt");
+    fs::create_dir_all(&ckpt).expect("mkdir ckpt");
+    let scratch = TmpDir(PathBuf::from(format!(
+        "/tmp/libcr-tmpfiles-{}-periodic",
+        std::process::id()
+    )));
+    let _ = fs::remove_dir_all(&scratch.0);
+    fs::create_dir_all(&scratch.0).expect("mkdir in /tmp");
+    let prog = sc.program("tmp_scratch");
+    let mut argv: Vec<std::ffi::OsString> = vec![
+        sc.tools().cr_run.clone().into(),
+        "--checkpoint-dir".into(),
+        ckpt.clone().into(),
+        "--every".into(),
+        "1s".into(),
+        "--id".into(),
+        "scratch".into(),
+        "--".into(),
+    ];
+    argv.extend(prog.argv.iter().cloned());
+    let mut cmd = sc.command(&argv);
+    cmd.env("CR_TEST_SCRATCH", &scratch.0).current_dir(&disk.0);
+    let mut job = sc.start("cr_run --checkpoint-dir --every 1s", cmd);
+    job.wait_ready();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while generation_files(&ckpt).is_empty() {
+        assert!(
+            Instant::now() < deadline && job.is_running(),
+            "no periodic generation written:\n{}",
+            job.diag()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    job.kill();
+    let cmd = in_fresh_tmp(
+        &sc,
+        &disk.0,
+        "exec \"$1\" --checkpoint-dir \"$2\" --id scratch -- \"$3\"",
+        &[
+            sc.tools().cr_run.as_os_str(),
+            ckpt.as_os_str(),
+            prog.argv[0].as_os_str(),
+        ],
+    );
+    sc.start("cr_run resume from a periodic image in an empty /tmp", cmd)
+        .expect_pass(RESTART_TIMEOUT);
+}
