@@ -30,6 +30,12 @@
  * ("info CALL: N calls"), each call must have completed at least once since READY and no
  * failure may have happened: "PASS blocked". SIGUSR1s received are printed as
  * "info signals N".
+ * SIGRTMIN+1 is part of the storm too, queued (sigqueue) with a sequence number in si_value
+ * (1, 2, 3, ...; a restored program's storm starts again at 1000000000): each number must arrive
+ * exactly once, and none below the highest seen may be missing (in each of the two ranges) -
+ * any duplicate, missing or foreign number is a failure ("rt"). Numbers arriving out of order
+ * are counted, not failed (a checkpoint takes the queued signals out and queues them again: one
+ * arriving meanwhile gets ahead of them). Printed as "info rt signals N, out of order K".
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -59,6 +65,12 @@ static atomic_long done_calls[NCALLS], failures[NCALLS];
 static char first_failure[256];
 static atomic_int stop, finished[NCALLS];
 static atomic_long signals_seen;
+#define RT_RESTART_BASE 1000000000L
+#define RT_SPAN (1L << 20)
+/* Numbers seen, below and from RT_RESTART_BASE; one past the highest seen in each. */
+static unsigned char rt_bits[2][RT_SPAN / 8];
+static long rt_top[2];
+static atomic_long rt_seen, rt_expect = 1, rt_reordered, rt_dup, rt_foreign;
 
 static void failure(int call, const char *what, long a, long b)
 {
@@ -480,6 +492,29 @@ static void on_storm(int sig)
     atomic_fetch_add(&signals_seen, 1);
 }
 
+/* The main thread only (the others block it): no two of these run at once. */
+static void on_rt(int sig, siginfo_t *si, void *uc)
+{
+    (void)sig;
+    (void)uc;
+    long v = si->si_value.sival_int, want = atomic_load(&rt_expect);
+    atomic_fetch_add(&rt_seen, 1);
+    int r = v >= RT_RESTART_BASE;
+    long i = v - (r ? RT_RESTART_BASE : 1);
+    if (i < 0 || i >= RT_SPAN) {
+        atomic_fetch_add(&rt_foreign, 1);
+        return;
+    }
+    if (rt_bits[r][i / 8] & (1 << (i % 8)))
+        atomic_fetch_add(&rt_dup, 1);
+    rt_bits[r][i / 8] |= 1 << (i % 8);
+    if (i + 1 > rt_top[r])
+        rt_top[r] = i + 1;
+    if (v != want && !(v == RT_RESTART_BASE && want < RT_RESTART_BASE))
+        atomic_fetch_add(&rt_reordered, 1);
+    atomic_store(&rt_expect, v + 1);
+}
+
 int main(void)
 {
     const char *go = getenv("CR_TEST_GO"), *dir = getenv("CR_TEST_DIR");
@@ -491,11 +526,16 @@ int main(void)
     sa.sa_flags = SA_RESTART;
     sigaction(SIGUSR1, &sa, NULL);
     sigaction(SIGUSR2, &sa, NULL);
+    sa.sa_handler = NULL;
+    sa.sa_sigaction = on_rt;
+    sa.sa_flags = SA_RESTART | SA_SIGINFO;
+    sigaction(SIGRTMIN + 1, &sa, NULL);
     /* Every thread created below blocks the storm; main unblocks it afterwards. */
     sigset_t storm;
     sigemptyset(&storm);
     sigaddset(&storm, SIGUSR1);
     sigaddset(&storm, SIGUSR2);
+    sigaddset(&storm, SIGRTMIN + 1);
     pthread_sigmask(SIG_BLOCK, &storm, NULL);
 
     if (pipe2(rd_pipe, O_CLOEXEC) || pipe2(wr_pipe, O_CLOEXEC) || pipe2(poll_pipe, O_CLOEXEC) ||
@@ -559,6 +599,22 @@ int main(void)
         }
     }
     fprintf(stderr, "info signals %ld\n", atomic_load(&signals_seen));
+    long missing = 0, first_missing = -1;
+    for (int r = 0; r < 2; r++)
+        for (long i = 0; i < rt_top[r]; i++)
+            if (!(rt_bits[r][i / 8] & (1 << (i % 8)))) {
+                if (!missing++)
+                    first_missing = i + (r ? RT_RESTART_BASE : 1);
+            }
+    fprintf(stderr, "info rt signals %ld, out of order %ld\n", atomic_load(&rt_seen),
+            atomic_load(&rt_reordered));
+    if (missing || atomic_load(&rt_dup) || atomic_load(&rt_foreign)) {
+        if (!bad)
+            snprintf(first_failure, sizeof first_failure,
+                     "rt: %ld queued signals missing (the first %ld), %ld repeated, %ld foreign",
+                     missing, first_missing, atomic_load(&rt_dup), atomic_load(&rt_foreign));
+        bad = 1;
+    }
     fprintf(stderr, "info accept reconnects %ld\n", atomic_load(&reconnects));
     if (bad) {
         printf("FAIL blocked: %s\n", first_failure);

@@ -1,5 +1,6 @@
 //! Load (issue 13): many checkpoints in a row of one program, checkpoints during a signal storm
-//! with threads blocked in system calls, many threads under full CPU load, and restart
+//! (standard and queued real-time signals) with threads blocked in system calls, checkpoints
+//! during a fork storm, many threads under full CPU load, and restart
 //! semantics (one image restored twice at once, a restore while the original runs).
 //!
 //! `LOAD_CHECKPOINTS` sets the number of checkpoints in a row (default 100; `make soak` runs
@@ -142,20 +143,30 @@ fn many_checkpoints_in_a_row() {
 }
 
 /// Sends SIGUSR1 to `pid` from a thread of this process as fast as it can with a pause of
-/// 50 µs, until stopped; counts what was sent.
+/// 50 µs, and at most once a millisecond one queued SIGRTMIN+1 carrying the next number from
+/// `first` on (`sigqueue`; a full queue is waited out, the same number sent again), until
+/// stopped; counts what was sent. (Faster, the program's handler falls behind on this loaded
+/// machine and more than the 4096 signals a checkpoint keeps pile up: see RELIABILITY.md.)
 struct Storm {
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
+    queued: Arc<AtomicU64>,
     started: Instant,
     handle: Option<thread::JoinHandle<()>>,
 }
 
+/// The first number of a restored program's queued signals (`RT_RESTART_BASE` in blocked.c).
+const RT_RESTART_BASE: i32 = 1_000_000_000;
+
 impl Storm {
-    fn start(pid: u32) -> Storm {
+    fn start(pid: u32, first: i32) -> Storm {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
-        let (s, c) = (stop.clone(), sent.clone());
+        let queued = Arc::new(AtomicU64::new(0));
+        let (s, c, q) = (stop.clone(), sent.clone(), queued.clone());
         let handle = thread::spawn(move || {
+            let mut next = first;
+            let mut last_rt = Instant::now();
             while !s.load(Ordering::Relaxed) {
                 for _ in 0..10 {
                     // SAFETY: kill with a pid the test started and a valid signal.
@@ -164,25 +175,42 @@ impl Storm {
                     }
                     c.fetch_add(1, Ordering::Relaxed);
                 }
+                if last_rt.elapsed() < Duration::from_millis(1) {
+                    thread::sleep(Duration::from_micros(50));
+                    continue;
+                }
+                last_rt = Instant::now();
+                let value = libc::sigval {
+                    sival_ptr: next as usize as *mut libc::c_void,
+                };
+                // SAFETY: sigqueue with a pid the test started, a valid signal and a value.
+                if unsafe { libc::sigqueue(pid as i32, libc::SIGRTMIN() + 1, value) } == 0 {
+                    next += 1;
+                    q.fetch_add(1, Ordering::Relaxed);
+                } else if std::io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN) {
+                    return;
+                }
                 thread::sleep(Duration::from_micros(50));
             }
         });
         Storm {
             stop,
             sent,
+            queued,
             started: Instant::now(),
             handle: Some(handle),
         }
     }
 
-    /// Stops the storm; signals sent and signals per second.
-    fn finish(mut self) -> (u64, f64) {
+    /// Stops the storm; signals sent (SIGUSR1, queued SIGRTMIN+1) and SIGUSR1 per second.
+    fn finish(mut self) -> (u64, u64, f64) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
         let n = self.sent.load(Ordering::Relaxed);
-        (n, n as f64 / self.started.elapsed().as_secs_f64())
+        let q = self.queued.load(Ordering::Relaxed);
+        (n, q, n as f64 / self.started.elapsed().as_secs_f64())
     }
 }
 
@@ -195,7 +223,8 @@ impl Drop for Storm {
 /// `c-tests/blocked.c`: threads blocked in read, pipe write, poll, epoll_wait, futex, accept,
 /// waitpid, nanosleep and flock, each woken now and then with numbered data. N checkpoints
 /// (`LOAD_STORM_CHECKPOINTS`, default 10; `make soak` runs 40) with `--cont` while another
-/// process sends SIGUSR1 without pause (the program takes them in its main thread), then one
+/// process sends SIGUSR1 without pause and numbered SIGRTMIN+1 (the program takes them in its
+/// main thread and checks that each number came exactly once), then one
 /// with `--term`; restored, checkpointed 5 more times under a storm; GO: the program checks that
 /// no call ever returned EINTR, no sleep was short and no number was lost or repeated, in the
 /// original's run up to its checkpoint and in the restored one. A connection waiting in the
@@ -222,7 +251,7 @@ fn checkpoints_during_signal_storm_with_blocked_calls() {
     let sc = Scenario::new("load-storm");
     let mut job = sc.start_program("blocked");
     let pid = job.pid();
-    let storm = Storm::start(pid);
+    let storm = Storm::start(pid, 1);
     let mut times = Vec::new();
     for i in 0..n {
         let img = sc.img_dir().join(format!("storm-{i}.img"));
@@ -234,7 +263,7 @@ fn checkpoints_during_signal_storm_with_blocked_calls() {
         fs::remove_file(&img).expect("remove image");
     }
     let img = sc.checkpoint(pid, &["--term"]);
-    let (sent, rate) = storm.finish();
+    let (sent, queued, rate) = storm.finish();
     job.expect_signal(SIGTERM, DEATH_TIMEOUT);
     // The waitpid thread's child of the moment is in the image: its pid must be free again (it
     // outlives its parent by up to 10 ms, then must be reaped) before the restart takes it.
@@ -243,7 +272,7 @@ fn checkpoints_during_signal_storm_with_blocked_calls() {
         thread::sleep(Duration::from_millis(5));
     }
     let line = format!(
-        "{}: {} checkpoints during {sent} SIGUSR1 ({rate:.0}/s), {:.1} ms each on average",
+        "{}: {} checkpoints during {sent} SIGUSR1 ({rate:.0}/s) and {queued} queued SIGRTMIN+1, {:.1} ms each on average",
         sc.name(),
         n + 1,
         mean_ms(&times)
@@ -253,7 +282,7 @@ fn checkpoints_during_signal_storm_with_blocked_calls() {
     let mut restarted = sc.restart(&img);
     let pid2 = restarted.wait_child(READY_TIMEOUT);
     wait_address_space_switched(&sc, pid2, Duration::from_secs(10));
-    let storm = Storm::start(pid2);
+    let storm = Storm::start(pid2, RT_RESTART_BASE);
     for i in 0..5 {
         let img = if i == 0 {
             sc.checkpoint_restored(pid2, &["--cont"])
@@ -262,11 +291,11 @@ fn checkpoints_during_signal_storm_with_blocked_calls() {
         };
         fs::remove_file(&img).expect("remove image");
     }
-    let (sent2, rate2) = storm.finish();
+    let (sent2, queued2, rate2) = storm.finish();
     sc.go();
     restarted.expect_pass(RESTART_TIMEOUT);
     let line = format!(
-        "{}: restored, 5 checkpoints during {sent2} SIGUSR1 ({rate2:.0}/s); program: {}",
+        "{}: restored, 5 checkpoints during {sent2} SIGUSR1 ({rate2:.0}/s) and {queued2} queued SIGRTMIN+1; program: {}",
         sc.name(),
         restarted
             .stderr()
@@ -360,4 +389,91 @@ fn restored_twice_at_once_and_while_the_original_runs() {
     a.expect_pass(RESTART_TIMEOUT);
     b.expect_pass(RESTART_TIMEOUT);
     eprintln!("{}: refused with pids in use: {line}", sc.name());
+}
+
+/// Forks since boot, machine-wide (`processes` in /proc/stat).
+fn forks_so_far() -> u64 {
+    fs::read_to_string("/proc/stat")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("processes "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Checkpoints during a fork storm: two shells forking subshells without pause beside the
+/// program (thousands of forks a second; with this machine's pid_max of 32768 the pids wrap
+/// every few seconds), and the program itself forking children that exit at once and creating
+/// threads without pause (`c-tests/churn.c`, so every checkpoint is of a changing tree). Five
+/// checkpoints with `--cont` (each must succeed, the program runs on with the same descriptors),
+/// one with `--term`; the storm stopped, the image restores, is checkpointed twice more in a
+/// new storm, and PASSes (no child status or thread lost).
+#[test]
+fn checkpoints_during_fork_storm() {
+    let _serial = serial();
+    let sc = Scenario::new("load-fork-storm");
+    let mut job = sc.start_program("churn");
+    let pid = job.pid();
+    let storm = |sc: &Scenario| -> Vec<Job> {
+        (0..2)
+            .map(|k| {
+                let cmd = sc.command(&["sh", "-c", "while :; do ( : ); done"]);
+                sc.start(&format!("fork storm {k}"), cmd)
+            })
+            .collect()
+    };
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |rd| rd.count());
+    let (forks0, t0) = (forks_so_far(), Instant::now());
+    let mut shells = storm(&sc);
+    let mut times = Vec::new();
+    for i in 0..5 {
+        let img = sc.img_dir().join(format!("fork-storm-{i}.img"));
+        let t = Instant::now();
+        let res = sc.checkpoint_to(pid, &["--cont", "--time", "20"], &img);
+        times.push(t.elapsed());
+        res.assert_success();
+        sc.assert_image_file(&img);
+        job.assert_running(&format!("after checkpoint {i} in the fork storm"));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let count = || fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |rd| rd.count());
+        while count() != fds && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(count(), fds, "descriptors changed after checkpoint {i}");
+        fs::remove_file(&img).expect("remove image");
+    }
+    let img = sc.checkpoint(pid, &["--term", "--time", "20"]);
+    let rate = (forks_so_far() - forks0) as f64 / t0.elapsed().as_secs_f64();
+    for s in &mut shells {
+        s.kill();
+    }
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    let deadline = Instant::now() + DEATH_TIMEOUT;
+    while group_holds_pids(pid) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+    let mut restarted = sc.restart(&img);
+    let pid2 = restarted.wait_child(READY_TIMEOUT);
+    wait_address_space_switched(&sc, pid2, Duration::from_secs(10));
+    let mut shells = storm(&sc);
+    for i in 0..2 {
+        let img = if i == 0 {
+            sc.checkpoint_restored(pid2, &["--cont", "--time", "20"])
+        } else {
+            sc.checkpoint(pid2, &["--cont", "--time", "20"])
+        };
+        fs::remove_file(&img).expect("remove image");
+    }
+    for s in &mut shells {
+        s.kill();
+    }
+    sc.go();
+    restarted.expect_pass(RESTART_TIMEOUT);
+    let line = format!(
+        "{}: 6 checkpoints during a fork storm of {rate:.0} forks/s (machine-wide), {:.1} ms each on average; restored, 2 more",
+        sc.name(),
+        mean_ms(&times)
+    );
+    eprintln!("{line}");
+    sc.note(&line);
 }
