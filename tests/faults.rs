@@ -1089,6 +1089,13 @@ fn target_killed_at_each_phase() {
                 let line = one_line_failure(st, &stderr, &what);
                 assert!(!img.exists(), "{what}: a partial image at the final path");
                 assert_eq!(names(&sc.img_dir()), listing, "{what}: files left");
+                // Stopped for the checkpoint, only SIGKILL ends it: the message says so.
+                if phase != "callback" {
+                    assert!(
+                        line.contains("killed") && line.contains("stopped for the checkpoint"),
+                        "{what}: the message should say it was killed while stopped: {line}"
+                    );
+                }
                 line
             };
             fs::remove_file(&old).expect("remove first image");
@@ -1129,6 +1136,10 @@ fn target_execs_during_its_checkpoint() {
             let line = one_line_failure(st, &stderr, &what);
             assert!(!img.exists(), "{what}: a partial image at the final path");
             assert_eq!(names(&sc.img_dir()), listing, "{what}: files left");
+            assert!(
+                line.contains("ran exec during the checkpoint"),
+                "{what}: the message should say it exec'd: {line}"
+            );
             line
         };
         let msg = format!("{}: {what}: {st}: {line}", sc.name());
@@ -1828,4 +1839,210 @@ fn restore_file_vanishes_after_preflight() {
     }
     sc.go();
     sc.restart(&img).expect_pass(RESTART_TIMEOUT);
+}
+
+/// A block-device write limit on one process (cgroup v1 `blkio.throttle.write_bps_device`, or
+/// v2 `io.max`): the agent writes the image with `O_DIRECT` from the program's own process, so
+/// putting the program in the cgroup makes its disk as slow as an NFS server on a busy network.
+/// Dropped: the program goes back to the root cgroup and the cgroup is removed.
+struct Throttle {
+    dir: PathBuf,
+    root: PathBuf,
+}
+
+impl Throttle {
+    /// A cgroup named after the scenario limiting writes to `dev` ("MAJ:MIN") to `bps` bytes/s;
+    /// `None` (with the reason) where neither kind of cgroup can do it.
+    fn new(sc: &Scenario, dev: &str, bps: u64) -> Result<Throttle, String> {
+        let name = format!("libcr-test-{}-{}", std::process::id(), sc.name());
+        let v1 = Path::new("/sys/fs/cgroup/blkio");
+        if v1.join("blkio.throttle.write_bps_device").exists() {
+            let dir = v1.join(&name);
+            fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+            let t = Throttle {
+                dir,
+                root: v1.to_path_buf(),
+            };
+            fs::write(
+                t.dir.join("blkio.throttle.write_bps_device"),
+                format!("{dev} {bps}"),
+            )
+            .map_err(|e| format!("blkio.throttle.write_bps_device {dev}: {e}"))?;
+            return Ok(t);
+        }
+        let v2 = Path::new("/sys/fs/cgroup");
+        let controllers = fs::read_to_string(v2.join("cgroup.controllers")).unwrap_or_default();
+        if controllers.split_whitespace().any(|c| c == "io") {
+            let _ = fs::write(v2.join("cgroup.subtree_control"), "+io");
+            let dir = v2.join(&name);
+            fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+            let t = Throttle {
+                dir,
+                root: v2.to_path_buf(),
+            };
+            fs::write(t.dir.join("io.max"), format!("{dev} wbps={bps}"))
+                .map_err(|e| format!("io.max {dev}: {e}"))?;
+            return Ok(t);
+        }
+        Err("no blkio (cgroup v1) or io (cgroup v2) controller".into())
+    }
+
+    /// Moves process `pid` (all its threads) into the cgroup.
+    fn add(&self, pid: u32) {
+        fs::write(self.dir.join("cgroup.procs"), pid.to_string())
+            .unwrap_or_else(|e| panic!("move {pid} into {}: {e}", self.dir.display()));
+    }
+}
+
+impl Drop for Throttle {
+    fn drop(&mut self) {
+        let procs = fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
+        for p in procs.split_whitespace() {
+            let _ = fs::write(self.root.join("cgroup.procs"), p);
+        }
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+/// "MAJ:MIN" of the whole disk holding `dir`, if it is on a block device.
+fn disk_of(dir: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = fs::metadata(dir).ok()?.dev();
+    let (maj, min) = (libc::major(dev), libc::minor(dev));
+    let sys = PathBuf::from(format!("/sys/dev/block/{maj}:{min}"));
+    if !sys.exists() {
+        return None;
+    }
+    // A partition: throttle its disk.
+    if sys.join("partition").exists() {
+        return fs::read_to_string(sys.join("../dev"))
+            .ok()
+            .map(|s| s.trim().to_string());
+    }
+    Some(format!("{maj}:{min}"))
+}
+
+/// A slow regular-file destination: the program's disk writes limited to 16 MiB/s by a cgroup
+/// (the agent writes its image from the program's process, `O_DIRECT`). A checkpoint of a
+/// 24 MiB program takes as long as the limit says and is whole (it restores to PASS); the
+/// requester SIGKILLed mid-write (8 MiB written) is noticed within a piece (8 MiB, 0.5 s at that
+/// speed) and nothing is left; `--time 1` gives up with one line, exit 110, and releases the
+/// program. The program runs on without a leak or a gap in its ticks; the first image restores.
+#[test]
+fn destination_slow_disk() {
+    const BPS: u64 = 16 << 20;
+    if !is_root() {
+        eprintln!("skipped: a cgroup write limit needs root");
+        return;
+    }
+    let sc = Scenario::new("fault-slow-disk");
+    let Some(dev) = disk_of(&sc.img_dir()) else {
+        assert!(
+            !in_ci(),
+            "{} is not on a block device",
+            sc.img_dir().display()
+        );
+        eprintln!(
+            "skipped: {} is not on a block device",
+            sc.img_dir().display()
+        );
+        return;
+    };
+    let (mut job, old) = start_target(&sc, 24, "plain");
+    let pid = job.pid();
+    let throttle = match Throttle::new(&sc, &dev, BPS) {
+        Ok(t) => t,
+        Err(why) => {
+            assert!(!in_ci(), "no cgroup write limit: {why}");
+            eprintln!("skipped: no cgroup write limit: {why}");
+            return;
+        }
+    };
+    throttle.add(pid);
+    let before = snap_at_rest(pid);
+
+    // A whole checkpoint at that speed.
+    let slow = sc.img_dir().join("slow.img");
+    let t0 = Instant::now();
+    sc.checkpoint_to(pid, &[], &slow).assert_success();
+    let took = t0.elapsed();
+    sc.assert_image_file(&slow);
+    let size = fs::metadata(&slow).expect("image").len();
+    let at_speed = Duration::from_secs_f64(size as f64 / BPS as f64);
+    assert!(
+        took >= at_speed / 2,
+        "the {size}-byte image took {took:?}: the write limit did not apply (expected about {at_speed:?})"
+    );
+    job.assert_running("after the slow checkpoint");
+    assert_no_leak(pid, &before, "after the slow checkpoint");
+    let line = format!(
+        "{}: {size} bytes at 16 MiB/s took {took:?} (expected {at_speed:?})",
+        sc.name()
+    );
+    eprintln!("{line}");
+    sc.note(&line);
+
+    // The requester killed mid-write.
+    for run in 0..2 {
+        let what = format!("slow disk, requester killed mid-write, run {run}");
+        let listing = names(&sc.img_dir());
+        let new = sc.img_dir().join(format!("killed-{run}.img"));
+        let mut tool = start_checkpoint(&sc, &[], &new, pid, "");
+        let deadline = Instant::now() + TOOL_TIMEOUT;
+        while largest_open_file(tool.pid()) < 8 << 20 {
+            assert!(
+                tool.try_wait_exit(Duration::ZERO).is_none() && Instant::now() < deadline,
+                "{what}: cr_checkpoint finished before it could be killed mid-write:\n{}",
+                tool.diag()
+            );
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        let killed = mono_ns();
+        sigkill_one(tool.pid());
+        tool.try_wait_exit(TOOL_TIMEOUT);
+        let noticed = tick_after(&job, killed, &what, |_| true);
+        assert!(
+            noticed < Duration::from_secs(3),
+            "{what}: the program ran again only {noticed:?} after the kill"
+        );
+        job.assert_running(&what);
+        assert_no_leak(pid, &before, &what);
+        assert_eq!(names(&sc.img_dir()), listing, "{what}: files left");
+        assert!(!new.exists(), "{what}: a partial image at the final path");
+        let line = format!(
+            "{}: {what}: ran again {noticed:?} after the kill",
+            sc.name()
+        );
+        eprintln!("{line}");
+        sc.note(&line);
+    }
+
+    // --time bounds a slow write.
+    let what = "slow disk, --time 1";
+    let listing = names(&sc.img_dir());
+    let new = sc.img_dir().join("timed.img");
+    let t0 = Instant::now();
+    let res = sc.checkpoint_to(pid, &["--time", "1"], &new);
+    let took = t0.elapsed();
+    let msg = res.assert_one_line_failure();
+    assert_eq!(res.status.code(), Some(110), "{what}: {msg}");
+    assert!(took < Duration::from_secs(5), "{what}: took {took:?}");
+    let released = tick_after(&job, mono_ns(), what, |_| true);
+    job.assert_running(what);
+    assert_no_leak(pid, &before, what);
+    assert_eq!(names(&sc.img_dir()), listing, "{what}: files left");
+    assert!(!new.exists(), "{what}: a partial image at the final path");
+    let line = format!(
+        "{}: {what}: gave up after {took:?}, the program ticked {released:?} later: {msg}",
+        sc.name()
+    );
+    eprintln!("{line}");
+    sc.note(&line);
+
+    drop(throttle);
+    sc.go();
+    job.expect_pass(RESTART_TIMEOUT);
+    assert_ticks_continuous(&job.stdout(), "slow disk");
+    sc.restart(&slow).expect_pass(RESTART_TIMEOUT);
+    sc.restart(&old).expect_pass(RESTART_TIMEOUT);
 }

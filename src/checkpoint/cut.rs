@@ -7,7 +7,7 @@
 use super::dest::{self, Dest, Out};
 use super::procfs::{
     agent_coming, children, comm, ended, exit_status, exiting, is_waiting_restarter, ourselves,
-    outer_pid, state_of,
+    outer_pid, state_of, zombie_end,
 };
 use super::{CheckpointError, Note, Options, Outcome, Saved};
 use crate::image::tree::{ShareRec, ZombieRec, ZOMBIE_SIGCHLD_DUE};
@@ -341,9 +341,20 @@ pub(super) fn checkpoint_one(
         // It closed the socket: it is ending (its descriptors go before it is a zombie), e.g.
         // a callback called exit(). BLCR: ESRCH, as for a process that is gone.
         if ends_within(pid, END_WAIT) {
+            let msg = match zombie_end(pid) {
+                Some(end) => format!("process {pid} {end} during the checkpoint: nothing to checkpoint"),
+                None => format!("process {pid} ended during the checkpoint (while its callbacks ran?): nothing to checkpoint"),
+            };
+            return Err(err(libc::ESRCH, msg));
+        }
+        // Alive and not ending: it closed the socket, which exec does (it is close-on-exec); a
+        // new program with an agent answers on the same pid.
+        if let Ok(Some(again)) = try_connect(pid) {
+            // SAFETY: closing the connection just made.
+            unsafe { libc::close(again) };
             return Err(err(
-                libc::ESRCH,
-                format!("process {pid} ended during the checkpoint (while its callbacks ran?): nothing to checkpoint"),
+                libc::EIO,
+                format!("process {pid} ran exec during the checkpoint (in a callback): the program it was is gone, nothing was written; checkpoint the new program again, or without -p (a tree checkpoint asks the new program at once)"),
             ));
         }
         return Err(err(
@@ -959,7 +970,10 @@ pub(super) fn checkpoint_many(
             .collect();
         let msg = match gone.len() {
             0 => "every process was omitted: nothing to checkpoint".to_string(),
-            1 => format!("process {} ended during the checkpoint (while its callbacks ran?): nothing to checkpoint", gone[0]),
+            1 => match gone[0].parse().ok().and_then(zombie_end) {
+                Some(end) => format!("process {} {end} before it stopped for the checkpoint (while its callbacks ran): nothing to checkpoint", gone[0]),
+                None => format!("process {} ended during the checkpoint (while its callbacks ran?): nothing to checkpoint", gone[0]),
+            },
             _ => format!("processes {} ended or were omitted during the checkpoint: nothing to checkpoint", gone.join(", ")),
         };
         return Err(err(libc::ESRCH, msg));
@@ -1038,11 +1052,16 @@ pub(super) fn checkpoint_many(
     for &i in &live {
         let (pid, sock) = (cut.members[i].pid, cut.members[i].sock);
         // A member killed while stopped, or while it writes: say so (ESRCH), not how we noticed.
+        // Stopped for the checkpoint (every signal blocked), nothing but SIGKILL ends it; its
+        // parent may not have reaped it yet, then its wait status says.
         let lost = |e: i32, how: String| {
             if gone(pid) {
+                let end = zombie_end(pid).unwrap_or_else(|| "was killed (SIGKILL)".into());
                 err(
                     libc::ESRCH,
-                    format!("process {pid} ended during the checkpoint (killed?): no image"),
+                    format!(
+                        "process {pid} {end} while it was stopped for the checkpoint: no image"
+                    ),
                 )
             } else {
                 err(e, how)

@@ -37,6 +37,20 @@ pub fn ended(pid: i32) -> bool {
     matches!(state_of(pid), None | Some('Z') | Some('X'))
 }
 
+/// How `pid` ended, while it is a zombie its parent has not reaped yet (its wait status is
+/// field 52 of /proc/PID/stat): "was killed by signal 9" or "exited with status 3".
+pub fn zombie_end(pid: i32) -> Option<String> {
+    if state_of(pid)? != 'Z' {
+        return None;
+    }
+    let st = exit_status(pid)?;
+    Some(if st & 0x7f != 0 {
+        format!("was killed by signal {}", st & 0x7f)
+    } else {
+        format!("exited with status {}", (st >> 8) & 0xff)
+    })
+}
+
 /// Whether `pid` is on its way out (`PF_EXITING` in the flags of /proc/PID/stat): its memory
 /// and descriptors may be gone already, though it is not a zombie yet.
 pub fn exiting(pid: i32) -> bool {
