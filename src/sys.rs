@@ -240,6 +240,9 @@ pub fn setsockopt_int(fd: i32, level: i32, name: i32, value: i32) -> Result<(), 
     Ok(())
 }
 
+/// Most descriptors one peeked message may carry that [`peek_msg`] hands back.
+pub const PEEK_MAX_FDS: usize = 64;
+
 /// One message peeked from socket `fd` by [`peek_msg`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Peeked {
@@ -247,20 +250,29 @@ pub struct Peeked {
     pub len: usize,
     /// The message was longer than the buffer (`MSG_TRUNC`).
     pub truncated: bool,
-    /// Descriptors it carries (`SCM_RIGHTS`; the copies the peek installed are closed again).
+    /// Descriptors it carries (`SCM_RIGHTS`): the first `fds` of `fd_list`, the copies the peek
+    /// installed in this process (close-on-exec), now the caller's to keep or close.
     pub fds: u32,
-    /// It carries more descriptors than were counted (`MSG_CTRUNC`).
+    /// The descriptors the peek installed.
+    pub fd_list: [i32; PEEK_MAX_FDS],
+    /// It carries more descriptors than were handed back (`MSG_CTRUNC`: the kernel dropped the
+    /// copies that did not fit).
     pub more_fds: bool,
+    /// The peek came with credentials (`SCM_CREDENTIALS`, only when `SO_PASSCRED` is on): a
+    /// message was there. A seqpacket socket whose peer is gone reads 0 bytes without them
+    /// at its end, as an empty message reads 0 bytes with them.
+    pub creds: bool,
 }
 
 /// Copies the next message (or, on a stream socket, the next bytes up to one carrying
 /// descriptors) waiting on socket `fd` into `buf` without consuming it
 /// (`recvmsg(MSG_PEEK | MSG_DONTWAIT)`; where it starts follows `SO_PEEK_OFF`). Descriptors in
-/// flight with it are counted: the kernel installs copies of them in this process for a peek,
-/// which are closed at once (allocation-free).
+/// flight with it are handed back: the kernel installs copies of them in this process for a
+/// peek (allocation-free).
 pub fn peek_msg(fd: i32, buf: &mut [u8]) -> Result<Peeked, Errno> {
-    // Room for 64 descriptors (CMSG_SPACE(256)), 8-byte aligned.
-    let mut control = [0u64; 34];
+    // Room for 64 descriptors (CMSG_SPACE(256)) and credentials (CMSG_SPACE(12)), 8-byte
+    // aligned.
+    let mut control = [0u64; 38];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -277,7 +289,14 @@ pub fn peek_msg(fd: i32, buf: &mut [u8]) -> Result<Peeked, Errno> {
         &mut msg as *mut libc::msghdr as usize,
         (libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC) as usize,
     )?;
-    let mut fds = 0u32;
+    let mut out = Peeked {
+        len: n.min(buf.len()),
+        truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+        fds: 0,
+        fd_list: [-1; PEEK_MAX_FDS],
+        more_fds: msg.msg_flags & libc::MSG_CTRUNC != 0,
+        creds: false,
+    };
     let bytes: &[u8] = bytemuck::cast_slice(&control);
     let clen = msg.msg_controllen.min(bytes.len());
     let mut at = 0;
@@ -291,18 +310,25 @@ pub fn peek_msg(fd: i32, buf: &mut [u8]) -> Result<Peeked, Errno> {
         }
         if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
             for d in bytes[at + 16..at + len].chunks_exact(4) {
-                close(i32::from_ne_bytes([d[0], d[1], d[2], d[3]]));
-                fds += 1;
+                let got = i32::from_ne_bytes([d[0], d[1], d[2], d[3]]);
+                match out.fd_list.get_mut(out.fds as usize) {
+                    Some(slot) => {
+                        *slot = got;
+                        out.fds += 1;
+                    }
+                    None => {
+                        close(got);
+                        out.more_fds = true;
+                    }
+                }
             }
+        }
+        if level == libc::SOL_SOCKET && kind == libc::SCM_CREDENTIALS {
+            out.creds = true;
         }
         at += (len + 7) & !7;
     }
-    Ok(Peeked {
-        len: n.min(buf.len()),
-        truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
-        fds,
-        more_fds: msg.msg_flags & libc::MSG_CTRUNC != 0,
-    })
+    Ok(out)
 }
 
 /// Bytes waiting to be read on socket `fd` (`FIONREAD`).

@@ -1,5 +1,5 @@
 //! Kernel objects behind descriptors (`src/kinds`): one small self-checking program per kind in
-//! `c-tests/static/` (eventfd00, timerfd00, signalfd00, epoll00, epoll01, socket00, unix00, unix01, unix02, inotify00, inotify01, sysvshm00, mqueue00, sem00, msg00), each run through three
+//! `c-tests/static/` (eventfd00, timerfd00, signalfd00, epoll00, epoll01, socket00, unix00, unix01, unix02, unix03, inotify00, inotify01, sysvshm00, mqueue00, sem00, msg00), each run through three
 //! generations: start under cr_run, checkpoint --term, restart, checkpoint the restored process
 //! --term, restart again, GO, PASS. Compile flags come from the program's `/* cr-test: cflags=…
 //! */` line. Each also runs unprivileged (as nobody) when the tests run as root.
@@ -49,10 +49,21 @@ fn compile(sc: &Scenario, name: &str) -> PathBuf {
     out
 }
 
+/// Runs `ipcrm FLAG KEY`, quietly (the object may be gone already).
+fn ipcrm(flag: &str, key: u32) {
+    let _ = Command::new("ipcrm")
+        .args([flag, &format!("{key:#x}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
 /// Removes what a failed run of program `.0`, started as process `.1`, leaves behind: the keyed
 /// SysV segment of sysvshm00 (key 0x6c69xxxx, the low 16 bits of its pid), the semaphore set of
 /// sem00 (0x6c6axxxx), the SysV message queue of msg00 (0x6c6bxxxx), the message queue
-/// of mqueue00 (`/mqueue00-PID`). Both programs remove their own when they pass.
+/// of mqueue00 (`/mqueue00-PID`); all00's segment, set and queue (0x6c6c…, 0x6c6d…, 0x6c6e…),
+/// message queue and named semaphore (`/all00-PID`). The programs remove their own when they
+/// pass.
 struct Leftovers(&'static str, u32);
 
 impl Drop for Leftovers {
@@ -86,6 +97,16 @@ impl Drop for Leftovers {
                 let name = std::ffi::CString::new(format!("/mqueue00-{}", self.1)).unwrap();
                 // SAFETY: mq_unlink reads the NUL-terminated name.
                 unsafe { libc::mq_unlink(name.as_ptr()) };
+            }
+            "all00" => {
+                let low = self.1 & 0xffff;
+                ipcrm("-M", 0x6c6c_0000 | low);
+                ipcrm("-S", 0x6c6d_0000 | low);
+                ipcrm("-Q", 0x6c6e_0000 | low);
+                let name = std::ffi::CString::new(format!("/all00-{}", self.1)).unwrap();
+                // SAFETY: mq_unlink reads the NUL-terminated name.
+                unsafe { libc::mq_unlink(name.as_ptr()) };
+                let _ = fs::remove_file(format!("/dev/shm/sem.all00-{}", self.1));
             }
             _ => {}
         }
@@ -160,6 +181,7 @@ kind_tests! {
     socket, socket_unprivileged => "socket00";
     unix, unix_unprivileged => "unix00";
     unix_messages, unix_messages_unprivileged => "unix01";
+    unix_between_processes, unix_between_processes_unprivileged => "unix03";
     inotify, inotify_unprivileged => "inotify00";
     inotify_paths, inotify_paths_unprivileged => "inotify01";
     sysvshm, sysvshm_unprivileged => "sysvshm00";
@@ -182,6 +204,7 @@ fn every_static_program_is_tested() {
         "unix00",
         "unix01",
         "unix02",
+        "unix03",
         "inotify00",
         "inotify01",
         "sysvshm00",
@@ -206,20 +229,19 @@ fn every_static_program_is_tested() {
     }
 }
 
-/// A SysV key still in use by a live segment at restart (the checkpointed program still runs,
-/// attached to it): one clear line naming the key and how to free it, non-zero exit, nothing
-/// started; the original finishes normally.
-#[test]
-fn sysvshm_key_in_use_is_refused() {
-    let sc = Scenario::new("sysvshm00-key-in-use");
-    let exe = compile(&sc, "sysvshm00");
+/// A SysV key still in use by a live object at restart (the checkpointed program `prog` still
+/// runs and uses it): one clear line naming the key and how to free it (`fix`, e.g.
+/// "ipcrm -M 0x6c69"), non-zero exit, nothing started; the original finishes normally.
+fn key_in_use_is_refused(prog: &'static str, fix: &str) {
+    let sc = Scenario::new(&format!("{prog}-key-in-use"));
+    let exe = compile(&sc, prog);
     let cr_run = sc.tools().cr_run.clone();
     let cmd = sc.command(&[cr_run.as_os_str(), "--".as_ref(), exe.as_os_str()]);
-    let mut orig = sc.start("sysvshm00", cmd);
+    let mut orig = sc.start(prog, cmd);
     orig.wait_ready();
     let img = sc.next_image_path();
     sc.checkpoint_to(orig.pid(), &[], &img).assert_success();
-    let _left = Leftovers("sysvshm00", orig.pid());
+    let _left = Leftovers(prog, orig.pid());
     let mut again = sc.restart_with(&img, &["--no-restore-pid"]);
     let status = again.wait_exit(RESTART_TIMEOUT);
     assert!(
@@ -230,7 +252,7 @@ fn sysvshm_key_in_use_is_refused() {
     again.wait_output_closed(RESTART_TIMEOUT);
     let err = again.stderr();
     assert!(
-        err.contains("is in use") && err.contains("ipcrm -M 0x6c69"),
+        err.contains("is in use") && err.contains(fix),
         "the error must name the key in use:\n{}",
         again.diag()
     );
@@ -241,6 +263,21 @@ fn sysvshm_key_in_use_is_refused() {
     );
     sc.go();
     orig.expect_pass(RESTART_TIMEOUT);
+}
+
+#[test]
+fn sysvshm_key_in_use_is_refused() {
+    key_in_use_is_refused("sysvshm00", "ipcrm -M 0x6c69");
+}
+
+#[test]
+fn sem_key_in_use_is_refused() {
+    key_in_use_is_refused("sem00", "ipcrm -S 0x6c6a");
+}
+
+#[test]
+fn msg_key_in_use_is_refused() {
+    key_in_use_is_refused("msg00", "ipcrm -Q 0x6c6b");
 }
 
 /// A message queue removed between checkpoint and restart is made again by name, empty, with
@@ -566,9 +603,11 @@ fn sem_set_gone_is_made_again_unprivileged() {
 }
 
 /// unix02: the checkpoint names what a Unix socket cannot keep, the listener's connection
-/// waiting to be accepted and the descriptor in flight, each with its fd and socket; the restart
-/// says the waiting connection's client lost its other end; the program then sees the
-/// connection dropped, the listener working, and the pair's bytes without the descriptor.
+/// waiting to be accepted, with its fd and socket, and nothing about the descriptors in flight,
+/// which are saved (cr_info lists them); the restart says the waiting connection's client lost
+/// its other end; the program then sees the connection dropped, the listener working, the
+/// pairs' bytes and messages with their descriptors in their places (a pipe end, an eventfd,
+/// one of the program's own sockets), and an empty seqpacket message at the end of a queue.
 fn unix_losses(sc: Scenario) {
     let exe = compile(&sc, "unix02");
     let cr_run = sc.tools().cr_run.clone();
@@ -589,9 +628,22 @@ fn unix_losses(sc: Scenario) {
         res.describe()
     );
     assert!(
-        warned("descriptors in flight in its queued data (SCM_RIGHTS: 1); they are not saved"),
-        "the checkpoint must name the descriptor in flight:\n{}",
+        !res.stderr.contains("SCM_RIGHTS"),
+        "the descriptors in flight are saved:\n{}",
         res.describe()
+    );
+    let info = sc
+        .run_tool(
+            "cr_info",
+            sc.command(&[env!("CARGO_BIN_EXE_cr_info").as_ref(), img.as_os_str()]),
+        )
+        .stdout;
+    assert!(
+        info.contains("unix stream socket")
+            && info.contains("1 descriptors in flight (saved as fds")
+            && info.contains("unix seqpacket socket")
+            && info.contains("3 messages (4 bytes) queued, 3 descriptors in flight (saved as fds"),
+        "cr_info must list the descriptors in flight:\n{info}"
     );
     assert!(
         !res.stderr.contains("closed at restart"),
@@ -611,6 +663,11 @@ fn unix_losses(sc: Scenario) {
         "the restart must say the waiting connection's client lost its peer:\n{}",
         gen2.diag()
     );
+    assert!(
+        !gen2.stderr().contains("in flight"),
+        "every descriptor in flight comes back:\n{}",
+        gen2.diag()
+    );
 }
 
 #[test]
@@ -628,7 +685,8 @@ fn unix_losses_are_warned_unprivileged() {
 }
 
 /// socket00's connection to a process outside the job comes back reset, and the restart says
-/// so naming the descriptor and both addresses (the connection inside the job is not named).
+/// so naming the descriptor and both addresses (the connection inside the job is not named);
+/// the checkpoint warned about each TCP connection that it comes back only if its peer does.
 fn tcp_reset_named(sc: Scenario) {
     let exe = compile(&sc, "socket00");
     let cr_run = sc.tools().cr_run.clone();
@@ -636,8 +694,23 @@ fn tcp_reset_named(sc: Scenario) {
     let mut gen1 = sc.start("socket00", cmd);
     gen1.wait_ready();
     let img = sc.next_image_path();
-    sc.checkpoint_to(gen1.pid(), &["--term"], &img)
-        .assert_success();
+    let res = sc.checkpoint_to(gen1.pid(), &["--term"], &img);
+    res.assert_success();
+    // Both ends of the connection inside the job and the one to the outside are named.
+    let warned = res
+        .stderr
+        .lines()
+        .filter(|l| {
+            l.contains("(socket:[")
+                && l.contains("is a TCP connection; after restart it is connected again only if its peer is part of the restart, else it fails with ECONNRESET")
+        })
+        .count();
+    assert_eq!(
+        warned,
+        3,
+        "the checkpoint must warn about each TCP connection:\n{}",
+        res.describe()
+    );
     gen1.expect_signal(SIGTERM, DEATH_TIMEOUT);
 
     let mut gen2 = sc.restart(&img);
@@ -675,4 +748,52 @@ fn tcp_reset_is_named_unprivileged() {
         return;
     }
     tcp_reset_named(Scenario::as_user("socket00-reset-nobody", NOBODY));
+}
+
+/// cr_info lists every kernel object of all00's image, one line each, with its state.
+#[test]
+fn cr_info_lists_kernel_objects() {
+    let sc = Scenario::new("all00-cr-info");
+    let exe = compile(&sc, "all00");
+    let cr_run = sc.tools().cr_run.clone();
+    let cmd = sc.command(&[cr_run.as_os_str(), "--".as_ref(), exe.as_os_str()]);
+    let mut job = sc.start("all00", cmd);
+    let _left = Leftovers("all00", job.pid());
+    job.wait_ready();
+    let img = sc.next_image_path();
+    sc.checkpoint_to(job.pid(), &[], &img).assert_success();
+    job.kill();
+    let info = sc
+        .run_tool(
+            "cr_info",
+            sc.command(&[env!("CARGO_BIN_EXE_cr_info").as_ref(), img.as_os_str()]),
+        )
+        .stdout;
+    let low = job.pid() & 0xffff;
+    for want in [
+        "eventfd count 3".to_string(),
+        "timerfd clock 1 expires in ".into(),
+        ", interval 0.030000000 s".into(),
+        "signalfd for signals ".into(),
+        "epoll watching 12: ".into(),
+        "inotify, 1 watches: ".into(),
+        "tcp socket listening on 127.0.0.1:".into(),
+        "tcp connection 127.0.0.1:".into(),
+        "udp socket 127.0.0.1:".into(),
+        "unix stream socket listening on ".into(),
+        "/all00.sock".into(),
+        "unix stream socket ".into(),
+        "6 bytes queued".into(),
+        "1 messages (3 bytes) queued, 1 descriptors in flight (saved as fds ".into(),
+        "Descriptors in flight in unix sockets' queues (1; sent again at restart)".into(),
+        format!("POSIX message queue /all00-{}", job.pid()),
+        format!("key {:#x}, mode 0640, values 6 1", 0x6c6d_0000 | low),
+        format!("key {:#x}, mode 0640, owner", 0x6c6e_0000 | low),
+        "1 messages (8 bytes)".into(),
+        format!("key {:#x}, size 4096, mode 0640", 0x6c6c_0000 | low),
+        // glibc maps a named semaphore through a temporary name it then links as sem.NAME.
+        "/dev/shm/sem.".into(),
+    ] {
+        assert!(info.contains(&want), "cr_info must list {want:?}:\n{info}");
+    }
 }

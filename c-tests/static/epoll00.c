@@ -1,9 +1,11 @@
 /* epoll00.c - an epoll instance keeps its interest list: an eventfd (EPOLLIN|EPOLLET, 64-bit
  * data), a pipe's read end (EPOLLIN, data = fd), a timerfd watched EPOLLONESHOT that already
- * fired (disarmed), a nested epoll watching an eventfd, and a target added as fd X that lives
- * on only as its dup Y (X closed).  After GO: pipe data and eventfd writes are reported with
+ * fired (disarmed), a nested epoll watching an eventfd, an eventfd watched EPOLLEXCLUSIVE, and
+ * a target added as fd X that lives on only as its dup Y (X closed).  After GO: pipe data and eventfd writes are reported with
  * the right data, the disarmed one-shot stays silent until EPOLL_CTL_MOD re-arms it, the
- * nested epoll reports its eventfd, the moved target is reported through Y.  PASS epoll00. */
+ * nested epoll reports its eventfd, the exclusive target is reported and still refuses
+ * EPOLL_CTL_MOD (EINVAL: only an exclusive one does), the moved target is reported through Y.
+ * PASS epoll00. */
 /* cr-test: cflags= */
 #define NAME "epoll00"
 #include "kobj.h"
@@ -34,7 +36,7 @@ int main(void)
 {
     int ep = epoll_create1(0), inner = epoll_create1(EPOLL_CLOEXEC);
     int efd = eventfd(0, EFD_NONBLOCK), efd2 = eventfd(0, EFD_NONBLOCK);
-    int moved = eventfd(0, EFD_NONBLOCK);
+    int moved = eventfd(0, EFD_NONBLOCK), ex = eventfd(0, EFD_NONBLOCK);
     int tfd = timerfd_create(CLOCK_MONOTONIC, 0);
     int pp[2];
     check(ep >= 0 && inner >= 0 && efd >= 0 && efd2 >= 0 && moved >= 0 && tfd >= 0);
@@ -45,6 +47,7 @@ int main(void)
     check(add(inner, efd2, EPOLLIN, 5) == 0);
     check(add(ep, inner, EPOLLIN, 99) == 0);
     check(add(ep, moved, EPOLLIN, 1000) == 0);
+    check(ex >= 0 && add(ep, ex, EPOLLIN | EPOLLEXCLUSIVE, 555) == 0);
     int y = dup2(moved, 60);
     check(y == 60 && close(moved) == 0);
     struct itimerspec s = {{0, 0}, {0, 1000000}};
@@ -75,5 +78,11 @@ int main(void)
     check(read(efd2, &one, 8) == 8);
     check(write(y, &one, 8) == 8);
     check(wait1(ep, &ev) == 1 && ev.data.u64 == 1000);
+    check(read(y, &one, 8) == 8);
+    struct epoll_event exm = {.events = EPOLLIN, .data.u64 = 556};
+    check(epoll_ctl(ep, EPOLL_CTL_MOD, ex, &exm) == -1 && errno == EINVAL);
+    one = 1;
+    check(write(ex, &one, 8) == 8);
+    check(wait1(ep, &ev) == 1 && ev.data.u64 == 555);
     pass();
 }

@@ -1,6 +1,6 @@
 /* socket00.c - internet sockets: a TCP listener on 127.0.0.1 (port chosen by the kernel,
- * SO_REUSEADDR, TCP_NODELAY) watched by an epoll, two UDP sockets bound on loopback with one
- * connected to the other, a TCP connection between two of its own sockets with unread bytes
+ * SO_REUSEADDR, TCP_NODELAY, SO_SNDBUF) watched by an epoll, two UDP sockets bound on loopback
+ * (one with SO_REUSEPORT and SO_RCVBUF) with one connected to the other, a TCP connection between two of its own sockets with unread bytes
  * both ways, and one to a child that is not checkpointed (it exits when the connection
  * closes).  After GO: the listener has its port and options and accepts a new connection
  * (epoll reports it), UDP datagrams flow both ways, the connection inside the job is connected
@@ -46,6 +46,9 @@ int main(void)
     check(lst >= 0);
     check(setsockopt(lst, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == 0);
     check(setsockopt(lst, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0);
+    int sndbuf = 32768, rcvbuf = 65536;
+    check(setsockopt(lst, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf) == 0);
+    sndbuf = opt(lst, SOL_SOCKET, SO_SNDBUF); /* as the kernel keeps it (doubled) */
     struct sockaddr_in a = loopback(0);
     check(bind(lst, (struct sockaddr *)&a, sizeof a) == 0 && listen(lst, 16) == 0);
     int port = port_of(lst);
@@ -55,6 +58,10 @@ int main(void)
 
     int u1 = socket(AF_INET, SOCK_DGRAM, 0), u2 = socket(AF_INET, SOCK_DGRAM, 0);
     check(u1 >= 0 && u2 >= 0);
+    check(setsockopt(u2, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) == 0);
+    check(setsockopt(u2, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf) == 0);
+    rcvbuf = opt(u2, SOL_SOCKET, SO_RCVBUF);
+    check(opt(u1, SOL_SOCKET, SO_REUSEPORT) == 0);
     a = loopback(0);
     check(bind(u1, (struct sockaddr *)&a, sizeof a) == 0);
     check(bind(u2, (struct sockaddr *)&a, sizeof a) == 0);
@@ -94,6 +101,9 @@ int main(void)
     check(opt(lst, SOL_SOCKET, SO_ACCEPTCONN) == 1);
     check(opt(lst, SOL_SOCKET, SO_REUSEADDR) == 1);
     check(opt(lst, IPPROTO_TCP, TCP_NODELAY) == 1);
+    check(opt(lst, SOL_SOCKET, SO_SNDBUF) == sndbuf);
+    check(opt(u2, SOL_SOCKET, SO_REUSEPORT) == 1 && opt(u1, SOL_SOCKET, SO_REUSEPORT) == 0);
+    check(opt(u2, SOL_SOCKET, SO_RCVBUF) == rcvbuf);
     int c2 = socket(AF_INET, SOCK_STREAM, 0);
     a = loopback(port);
     check(connect(c2, (struct sockaddr *)&a, sizeof a) == 0);

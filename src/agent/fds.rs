@@ -60,6 +60,7 @@ pub fn capture(
                 || super::incremental::is_own_fd(fd)
                 || super::forward::owns(fd)
                 || crate::api::requests::is_request_socket(fd)
+                || kinds::unix::is_in_flight(fd)
             {
                 continue;
             }
@@ -68,6 +69,21 @@ pub fn capture(
     })();
     sys::close(dir);
     res?;
+    // The descriptors in flight in unix sockets that their peeks installed (more may be met
+    // while they are recorded: a socket in flight with descriptors in its own queue), each
+    // after a marker that it is not the program's.
+    let mut i = 0;
+    while let Some(fd) = kinds::unix::in_flight(i) {
+        i += 1;
+        if sys::fstat(fd).is_err() {
+            continue;
+        }
+        let mut mark = [0u8; 8];
+        mark[..4].copy_from_slice(&fd.to_ne_bytes());
+        w.raw(REC_FD_IN_FLIGHT, &mark)
+            .map_err(|_| Errno(libc::ENOMEM))?;
+        one(w, fd, image, &mut seen, files, spans)?;
+    }
     save_created(w, &mut seen, files, spans)?;
     Ok(seen.tmp_bytes)
 }

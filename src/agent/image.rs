@@ -422,6 +422,9 @@ fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
     }
     let tmp_limit = crate::protocol::tmp_limit(job.flags, &job.files);
     let mut spans = super::fds::Spans::new(scratch.spans(), scratch.filebuf());
+    // Declared after `spans`, dropped before it: the descriptors in flight a checkpoint kept
+    // (`kinds::unix`) are closed when the image is written or given up.
+    let _in_flight = InFlightGuard::begin();
     let tmp_used = super::fds::capture(
         &mut w,
         &job.skip_fds,
@@ -494,6 +497,24 @@ fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
         bounce: None,
     };
     finish(out, scratch, w, &ext, &unreadable, &mut spans, pid).map(Written::Bytes)
+}
+
+/// Closes the descriptors in flight the checkpoint kept ([`crate::kinds::unix::keep_in_flight`])
+/// when dropped.
+struct InFlightGuard;
+
+impl InFlightGuard {
+    /// An empty list (a stale one from the saved memory forgotten, not closed).
+    fn begin() -> Self {
+        crate::kinds::unix::begin_in_flight();
+        InFlightGuard
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        crate::kinds::unix::close_in_flight();
+    }
 }
 
 /// Where [`finish`] writes.

@@ -328,7 +328,14 @@ fn print_contents(path: &Path, file: &std::fs::File, img: &Image, len: u64) {
         "  {:>4} {:<15} {:<32} {:>12}  PATH",
         "FD", "KIND", "FLAGS", "OFFSET"
     );
-    for f in &img.fds {
+    let in_flight = img.in_flight.iter().map(|f| (f, true));
+    for (f, flying) in img.fds.iter().map(|f| (f, false)).chain(in_flight) {
+        if flying && f.rec.fd == img.in_flight[0].rec.fd {
+            println!(
+                "\nDescriptors in flight in unix sockets' queues ({}; sent again at restart)",
+                img.in_flight.len()
+            );
+        }
         let mut flags = open_flags(f.rec.flags);
         if f.rec.fd_flags & libc::FD_CLOEXEC != 0 {
             flags.push_str(" FD_CLOEXEC");

@@ -253,6 +253,11 @@ pub const REC_SYSV_MSG: u32 = REC_OPTIONAL | 17;
 /// input) comes back connected to it; one whose other end is not stays cr_restart's own, as
 /// without this record (which is what an older reader does).
 pub const REC_STDIO_KOBJ: u32 = REC_OPTIONAL | 21;
+/// The next `REC_FD` record is not one of the program's descriptors but a descriptor in flight
+/// in a unix socket's queue (`SCM_RIGHTS`), recorded so that the restart can send it again
+/// (`kinds::unix::InFlight` names it); no payload. Optional: an older reader places it in the
+/// process as a descriptor of its number.
+pub const REC_FD_IN_FLIGHT: u32 = REC_OPTIONAL | 25;
 /// Last record.
 pub const REC_END: u32 = 0xffff;
 

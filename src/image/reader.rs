@@ -163,6 +163,9 @@ pub struct Image {
     pub msgqs: Vec<SysvMsgQueue>,
     /// Open descriptors.
     pub fds: Vec<Fd>,
+    /// Descriptors in flight in unix sockets' queues (`REC_FD_IN_FLIGHT`): not the program's,
+    /// made again only to be sent with the queued data (`kinds::unix::InFlight`).
+    pub in_flight: Vec<Fd>,
     /// Threads.
     pub threads: Vec<ThreadRec>,
     /// Warnings recorded at checkpoint time.
@@ -313,6 +316,7 @@ impl Image {
             sems: Vec::new(),
             msgqs: Vec::new(),
             fds: Vec::new(),
+            in_flight: Vec::new(),
             threads: Vec::new(),
             warnings: Vec::new(),
             pipe_data: Vec::new(),
@@ -336,6 +340,10 @@ impl Image {
         let v = self.header.version;
         let mut pos = 0usize;
         let mut saw_process = false;
+        // The descriptors `REC_FD_IN_FLIGHT` records named whose `REC_FD` is still to come, and
+        // the indexes in `fds` of those met (moved to `in_flight` at the end).
+        let mut flight_next: Vec<i32> = Vec::new();
+        let mut flights: Vec<usize> = Vec::new();
         loop {
             let rh: RecordHeader = read_pod(&meta[pos.min(meta.len())..], "record header")?;
             pos += core::mem::size_of::<RecordHeader>();
@@ -383,6 +391,10 @@ impl Image {
                     let kind = FdKind::from_u32(r.kind)
                         .ok_or_else(|| ImageError::Malformed(format!("fd kind {}", r.kind)))?;
                     let path = tail.to_vec();
+                    if let Some(at) = flight_next.iter().position(|&f| f == r.fd) {
+                        flight_next.swap_remove(at);
+                        flights.push(self.fds.len());
+                    }
                     self.fds.push(Fd {
                         rec: r,
                         kind,
@@ -541,6 +553,9 @@ impl Image {
                     }
                     region.incr = Some(holes);
                 }
+                REC_FD_IN_FLIGHT => {
+                    flight_next.push(read_pod::<i32>(body, "descriptor in flight")?);
+                }
                 REC_END => break,
                 k if k & REC_OPTIONAL != 0 => {} // detail a newer writer added: skip
                 other => return Err(ImageError::Malformed(format!("unknown record {other}"))),
@@ -548,6 +563,10 @@ impl Image {
         }
         if !saw_process {
             return Err(ImageError::Malformed("no process record".into()));
+        }
+        for &i in flights.iter().rev() {
+            let f = self.fds.remove(i);
+            self.in_flight.insert(0, f);
         }
         if self.parent.is_none() && self.regions.iter().any(|r| r.incr.is_some()) {
             return Err(ImageError::Malformed(

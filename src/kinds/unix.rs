@@ -8,14 +8,20 @@
 //! unnamed socket: their sender's address is not kept). A listening socket is bound to its path
 //! or abstract name again (a stale socket file of the original is replaced) and listens:
 //! connections that waited to be accepted are dropped, and the checkpoint says how many.
-//! Descriptors in flight (`SCM_RIGHTS` in a queued message) are not saved: the data comes back
-//! without them, and the checkpoint warns, naming the socket and their number. The peer of a
+//! Descriptors in flight (`SCM_RIGHTS` in a queued message) are saved where a peek can read
+//! them: a peek installs copies of them in the process, which the agent keeps (one per open
+//! file description, [`keep_in_flight`]) until the image is written, records like any other
+//! descriptor (marked `REC_FD_IN_FLIGHT`: not placed in the restored process) and lists in the
+//! socket's state with the message (or, on a stream socket, the bytes) they came with; the
+//! restart sends them again with `SCM_RIGHTS` in that place. Those it cannot keep are counted
+//! in `lost` and named in a checkpoint warning. The peer of a
 //! socket and a listener's backlog are found with the `NETLINK_SOCK_DIAG` request `ss -x` uses
 //! (no privilege needed).
 
 use super::{get, owned, put, KindError};
 use crate::sys::{self, Errno};
 use bytemuck::{Pod, Zeroable};
+use core::sync::atomic::{AtomicI32, AtomicUsize, Ordering::Relaxed};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 /// Not bound, not connected.
@@ -35,7 +41,8 @@ pub const MAX_MESSAGES: usize = 1024;
 
 /// The saved state of a Unix socket; the bytes queued for reading follow (`queued`), then
 /// `messages` messages, each `len: u32` and `len` bytes (a reader that does not know `messages`
-/// sees no queued data).
+/// sees no queued data), then, when descriptors were in flight in them, `n: u32` and `n`
+/// [`InFlight`] entries (a reader that does not know them stops before).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Debug, PartialEq, Eq)]
 pub struct UnixState {
@@ -64,6 +71,121 @@ pub struct UnixState {
     pub lost: u32,
 }
 const _: () = assert!(core::mem::size_of::<UnixState>() == 152);
+
+/// A descriptor in flight in a saved socket's queue.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug, PartialEq, Eq)]
+pub struct InFlight {
+    /// The message it came with (datagram and seqpacket sockets: its index), or the end of the
+    /// bytes it came with (stream sockets: an offset into the queued bytes; it came with the
+    /// bytes from the end of the previous such group on).
+    pub at: u32,
+    /// The descriptor it is recorded under in the image (`REC_FD` marked `REC_FD_IN_FLIGHT`).
+    pub fd: i32,
+}
+
+/// Most descriptors in flight saved per socket.
+pub const MAX_IN_FLIGHT_PER_SOCKET: usize = 128;
+/// Most descriptors in flight one checkpoint of a process keeps.
+pub const MAX_IN_FLIGHT: usize = 256;
+
+static IN_FLIGHT: [AtomicI32; MAX_IN_FLIGHT] = [const { AtomicI32::new(-1) }; MAX_IN_FLIGHT];
+static N_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Keeps `got`, a copy of a descriptor in flight that a peek installed in this process (agent,
+/// allocation-free): the number it is recorded under — an earlier kept one of the same open
+/// file description (`kcmp`; `got` is closed), else `got` itself (moved to 3 or above, where
+/// it cannot pass for standard input or output) — or `None` when the table is full (closed).
+pub fn keep_in_flight(got: i32) -> Option<i32> {
+    let me = sys::getpid() as usize;
+    let n = N_IN_FLIGHT.load(Relaxed).min(MAX_IN_FLIGHT);
+    for slot in &IN_FLIGHT[..n] {
+        let kept = slot.load(Relaxed);
+        // kcmp(pid, pid, KCMP_FILE, a, b) == 0: the same struct file.
+        if sys::sys6(
+            libc::SYS_kcmp as usize,
+            me,
+            me,
+            0,
+            kept as usize,
+            got as usize,
+            0,
+        ) == Ok(0)
+        {
+            sys::close(got);
+            return Some(kept);
+        }
+    }
+    if n == MAX_IN_FLIGHT {
+        sys::close(got);
+        return None;
+    }
+    let fd = if got < 3 {
+        let moved = sys::fcntl(got, libc::F_DUPFD_CLOEXEC, 3);
+        sys::close(got);
+        moved.ok()? as i32
+    } else {
+        got
+    };
+    IN_FLIGHT[n].store(fd, Relaxed);
+    N_IN_FLIGHT.store(n + 1, Relaxed);
+    Some(fd)
+}
+
+/// The `i`th descriptor in flight kept by this checkpoint (in the order they were kept; the
+/// list may grow while it is walked: a kept socket's own queue may hold more).
+pub fn in_flight(i: usize) -> Option<i32> {
+    (i < N_IN_FLIGHT.load(Relaxed).min(MAX_IN_FLIGHT)).then(|| IN_FLIGHT[i].load(Relaxed))
+}
+
+/// Whether `fd` is a descriptor in flight kept by this checkpoint (not the program's).
+pub fn is_in_flight(fd: i32) -> bool {
+    let n = N_IN_FLIGHT.load(Relaxed).min(MAX_IN_FLIGHT);
+    IN_FLIGHT[..n].iter().any(|s| s.load(Relaxed) == fd)
+}
+
+/// Starts a checkpoint's list of descriptors in flight empty. The list lives in the agent's
+/// memory, which the image saves while it is filled: a restored process (or one whose last
+/// checkpoint's writer was forked) may hold a stale list, whose numbers are not ours to close.
+pub fn begin_in_flight() {
+    N_IN_FLIGHT.store(0, Relaxed);
+}
+
+/// Closes every descriptor in flight this checkpoint kept (once the image is written).
+pub fn close_in_flight() {
+    let n = N_IN_FLIGHT.swap(0, Relaxed).min(MAX_IN_FLIGHT);
+    for slot in &IN_FLIGHT[..n] {
+        sys::close(slot.swap(-1, Relaxed));
+    }
+}
+
+/// The descriptors in flight met while peeking one socket.
+struct FlightList {
+    list: [InFlight; MAX_IN_FLIGHT_PER_SOCKET],
+    n: usize,
+}
+
+impl FlightList {
+    /// Keeps the descriptors of peek `p` as having come with message or offset `at`; those
+    /// that cannot be kept are counted in `s.lost`.
+    fn take(&mut self, p: &sys::Peeked, at: u32, s: &mut UnixState) {
+        for &got in &p.fd_list[..p.fds as usize] {
+            if self.n == MAX_IN_FLIGHT_PER_SOCKET {
+                sys::close(got);
+                s.lost += 1;
+                continue;
+            }
+            match keep_in_flight(got) {
+                Some(fd) => {
+                    self.list[self.n] = InFlight { at, fd };
+                    self.n += 1;
+                }
+                None => s.lost += 1,
+            }
+        }
+        s.lost += u32::from(p.more_fds);
+    }
+}
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const UDIAG_SHOW_PEER: u32 = 4;
@@ -220,20 +342,44 @@ pub fn capture(fd: i32, out: &mut [u8]) -> Result<usize, Errno> {
     // What is queued for reading, peeked (not consumed).
     let head = core::mem::size_of::<UnixState>();
     let room = out.len().saturating_sub(head).min(MAX_QUEUED);
-    let len = peek_queued(fd, sock_type, &mut s, &mut out[head..head + room])?;
+    let mut flights = FlightList {
+        list: [InFlight { at: 0, fd: -1 }; MAX_IN_FLIGHT_PER_SOCKET],
+        n: 0,
+    };
+    let len = peek_queued(
+        fd,
+        sock_type,
+        &mut s,
+        &mut out[head..head + room],
+        &mut flights,
+    )?;
     put(out, &s)?;
-    Ok(head + len)
+    let mut end = head + len;
+    if flights.n > 0 {
+        end += put(&mut out[end..], &(flights.n as u32))?;
+        for f in &flights.list[..flights.n] {
+            end += put(&mut out[end..], f)?;
+        }
+    }
+    Ok(end)
 }
 
 /// Peeks everything queued for reading on `fd` into `out`, from its first byte on with
 /// `SO_PEEK_OFF` (the socket's own setting is put back): a stream socket's bytes (`s.queued`),
 /// or a datagram or seqpacket socket's messages (`s.messages`, each `len: u32` then its bytes);
-/// counts the descriptors in flight (`s.lost`). The length written; `EMSGSIZE` when it does not
-/// fit.
-fn peek_queued(fd: i32, sock_type: i32, s: &mut UnixState, out: &mut [u8]) -> Result<usize, Errno> {
+/// keeps the descriptors in flight (`flights`; those it cannot keep are counted in `s.lost`).
+/// The length written; `EMSGSIZE` when it does not fit.
+fn peek_queued(
+    fd: i32,
+    sock_type: i32,
+    s: &mut UnixState,
+    out: &mut [u8],
+    flights: &mut FlightList,
+) -> Result<usize, Errno> {
     let inq = sys::bytes_waiting(fd)?;
-    // A datagram socket says only the length of its first message: one may be empty.
-    if inq == 0 && sock_type != libc::SOCK_DGRAM {
+    // A datagram socket says only the length of its first message, a seqpacket socket the
+    // bytes of all: either may hold empty messages only.
+    if inq == 0 && sock_type == libc::SOCK_STREAM {
         return Ok(0);
     }
     if sock_type == libc::SOCK_STREAM && inq > out.len() {
@@ -241,7 +387,21 @@ fn peek_queued(fd: i32, sock_type: i32, s: &mut UnixState, out: &mut [u8]) -> Re
     }
     let old = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF)?;
     sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
-    let res = peek_from(fd, sock_type, inq, s, out);
+    // A seqpacket socket whose peer is gone reads end of file (0 bytes) after its last
+    // message, as an empty message does; with `SO_PASSCRED` on, a message comes with
+    // credentials and the end of file without.
+    let mut passcred = None;
+    if sock_type == libc::SOCK_SEQPACKET {
+        if let Ok(was) = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED) {
+            if sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, 1).is_ok() {
+                passcred = Some(was);
+            }
+        }
+    }
+    let res = peek_from(fd, sock_type, inq, passcred.is_some(), s, out, flights);
+    if let Some(was) = passcred {
+        let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, was);
+    }
     let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old);
     res
 }
@@ -250,19 +410,22 @@ fn peek_from(
     fd: i32,
     sock_type: i32,
     inq: usize,
+    passcred: bool,
     s: &mut UnixState,
     out: &mut [u8],
+    flights: &mut FlightList,
 ) -> Result<usize, Errno> {
     let stream = sock_type == libc::SOCK_STREAM;
+    let seqpacket = sock_type == libc::SOCK_SEQPACKET;
     let mut at = 0;
     let mut total = 0;
     loop {
         if stream && at >= inq {
             break;
         }
-        // A seqpacket socket whose peer is gone reads end of file (0) after its last message,
-        // as an empty message would: its bytes (`inq` counts them all) tell them apart.
-        if sock_type == libc::SOCK_SEQPACKET && total >= inq && s.messages > 0 {
+        // Without credentials to tell an empty message from the end of file, a seqpacket
+        // socket's bytes (`inq` counts them all) end it.
+        if seqpacket && !passcred && total >= inq && s.messages > 0 {
             break;
         }
         if !stream && s.messages as usize == MAX_MESSAGES {
@@ -278,18 +441,26 @@ fn peek_from(
             Err(e) => return Err(e),
         };
         if p.truncated {
+            for &got in &p.fd_list[..p.fds as usize] {
+                sys::close(got);
+            }
             return Err(Errno(libc::EMSGSIZE));
         }
-        s.lost += p.fds + u32::from(p.more_fds);
         if stream {
             if p.len == 0 {
+                for &got in &p.fd_list[..p.fds as usize] {
+                    sys::close(got);
+                }
                 break;
             }
             at += p.len;
+            flights.take(&p, at as u32, s);
         } else {
-            if p.len == 0 && sock_type == libc::SOCK_SEQPACKET && total >= inq {
+            let eof = p.len == 0 && seqpacket && if passcred { !p.creds } else { total >= inq };
+            if eof {
                 break;
             }
+            flights.take(&p, s.messages, s);
             out[at..at + 4].copy_from_slice(&(p.len as u32).to_ne_bytes());
             at += 4 + p.len;
             total += p.len;
@@ -309,6 +480,8 @@ pub struct Queued<'a> {
     pub bytes: &'a [u8],
     /// The messages of a datagram or seqpacket socket, in order.
     pub messages: Vec<&'a [u8]>,
+    /// The descriptors in flight with them, in order.
+    pub fds: Vec<InFlight>,
 }
 
 impl Queued<'_> {
@@ -338,7 +511,27 @@ pub fn parse(state: &[u8]) -> Result<(UnixState, Queued<'_>), KindError> {
         messages.push(state.get(at + 4..at + 4 + len).ok_or_else(bad)?);
         at += 4 + len;
     }
-    Ok((s, Queued { bytes, messages }))
+    let mut fds = Vec::new();
+    if at < state.len() {
+        let n: u32 = get(&state[at..]).ok_or_else(bad)?;
+        at += 4;
+        let each = core::mem::size_of::<InFlight>();
+        for _ in 0..(n as usize).min(MAX_IN_FLIGHT_PER_SOCKET + 1) {
+            fds.push(get::<InFlight>(state.get(at..at + each).ok_or_else(bad)?).ok_or_else(bad)?);
+            at += each;
+        }
+        if n as usize > MAX_IN_FLIGHT_PER_SOCKET {
+            return Err(bad());
+        }
+    }
+    Ok((
+        s,
+        Queued {
+            bytes,
+            messages,
+            fds,
+        },
+    ))
 }
 
 /// Whether a saved socket state is a Unix one.
@@ -352,34 +545,60 @@ pub fn connection(state: &[u8]) -> Option<(u64, u64)> {
     (s.role == ROLE_CONNECTED).then_some((s.ino, s.peer))
 }
 
+/// Finds the descriptor a restart made for a descriptor in flight recorded under `fd`
+/// (`None`: none was made; it is left out, and counted).
+pub type Resolve<'r> = &'r dyn Fn(i32) -> Option<i32>;
+
 /// Sends what was queued at a socket through `to`, which is connected to the new socket (or,
-/// with `dest`, sends each message to that address).
+/// with `dest`, sends each message to that address), with the descriptors that were in flight
+/// in their places (`resolve` gives them). Returns how many of those could not be sent.
 fn write_queued(
     to: &OwnedFd,
     q: &Queued<'_>,
     dest: Option<(&libc::sockaddr_un, libc::socklen_t)>,
-) -> Result<(), KindError> {
-    write_bytes(to, q.bytes)?;
+    resolve: Resolve<'_>,
+) -> Result<usize, KindError> {
+    let mut missing = 0;
+    // The descriptors of one message or group of bytes, resolved, and how many were not.
+    let group = |at: u32| -> (Vec<i32>, usize) {
+        let all: Vec<Option<i32>> = q
+            .fds
+            .iter()
+            .filter(|f| f.at == at)
+            .map(|f| resolve(f.fd))
+            .collect();
+        let missing = all.iter().filter(|r| r.is_none()).count();
+        (all.into_iter().flatten().collect(), missing)
+    };
+    // Stream bytes: each group of bytes that carried descriptors is sent with them.
+    let mut done = 0usize;
+    let mut ends: Vec<u32> = q.fds.iter().map(|f| f.at).collect();
+    ends.dedup();
+    if !q.bytes.is_empty() {
+        for end in ends {
+            let end = (end as usize).min(q.bytes.len());
+            let (fds, lost) = group(end as u32);
+            missing += lost;
+            if end <= done {
+                missing += fds.len();
+                continue;
+            }
+            let n = send_with_fds(to, &q.bytes[done..end], &fds, None).map_err(|e| {
+                KindError::last(&format!(
+                    "cannot put back the bytes and descriptors queued in a unix socket: {e}"
+                ))
+            })?;
+            write_bytes(to, &q.bytes[done + n..end])?;
+            done = end;
+        }
+        write_bytes(to, &q.bytes[done..])?;
+        return Ok(missing);
+    }
     for (i, m) in q.messages.iter().enumerate() {
-        let (addr, alen) = match dest {
-            Some((a, len)) => (
-                (a as *const libc::sockaddr_un).cast::<libc::sockaddr>(),
-                len,
-            ),
-            None => (core::ptr::null(), 0),
-        };
-        // SAFETY: sendto reads the message from a slice we hold and the address from a local.
-        let n = unsafe {
-            libc::sendto(
-                to.as_raw_fd(),
-                m.as_ptr().cast(),
-                m.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                addr,
-                alen,
-            )
-        };
-        if n < 0 || n as usize != m.len() {
+        let (fds, lost) = group(i as u32);
+        missing += lost;
+        let n = send_with_fds(to, m, &fds, dest);
+        if n.as_ref().map_or(true, |&n| n != m.len()) {
             return Err(KindError::last(&format!(
                 "cannot put back message {} of {} ({} bytes) queued in a unix socket",
                 i + 1,
@@ -388,7 +607,67 @@ fn write_queued(
             )));
         }
     }
-    Ok(())
+    Ok(missing)
+}
+
+/// `sendmsg` of `bytes` through `to` (to `dest` when given), with `fds` as `SCM_RIGHTS`; the
+/// bytes sent.
+fn send_with_fds(
+    to: &OwnedFd,
+    bytes: &[u8],
+    fds: &[i32],
+    dest: Option<(&libc::sockaddr_un, libc::socklen_t)>,
+) -> std::io::Result<usize> {
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    let payload = std::mem::size_of_val(fds) as u32;
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = if fds.is_empty() {
+        0
+    } else {
+        unsafe { libc::CMSG_SPACE(payload) as usize }
+    };
+    // 8-byte aligned, as struct cmsghdr needs.
+    let mut control = vec![0u64; space.div_ceil(8)];
+    // SAFETY: msghdr is plain data.
+    let mut msg: libc::msghdr = unsafe { core::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if let Some((a, len)) = dest {
+        msg.msg_name = (a as *const libc::sockaddr_un).cast_mut().cast();
+        msg.msg_namelen = len;
+    }
+    if !fds.is_empty() {
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        // SAFETY: the control buffer holds CMSG_SPACE(payload) bytes, so the first header and
+        // its data fit; the descriptors are copied from a slice we hold.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(payload) as usize;
+            core::ptr::copy_nonoverlapping(
+                fds.as_ptr().cast::<u8>(),
+                libc::CMSG_DATA(c),
+                payload as usize,
+            );
+        }
+    }
+    // SAFETY: sendmsg reads the message, the address and the control data built above.
+    let n = unsafe {
+        libc::sendmsg(
+            to.as_raw_fd(),
+            &msg,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 fn write_bytes(to: &OwnedFd, bytes: &[u8]) -> Result<(), KindError> {
@@ -413,9 +692,18 @@ fn write_bytes(to: &OwnedFd, bytes: &[u8]) -> Result<(), KindError> {
     Ok(())
 }
 
+/// What [`restore_pair`] and [`restore_single_with`] made: the descriptor(s), and how many
+/// descriptors in flight could not be sent again.
+pub type Restored<T> = Result<(T, usize), KindError>;
+
 /// A new connected pair for `a` and its peer `b` (`None`: the peer is not in the job, it is
-/// closed at once); each end gets the bytes that were queued for reading at it.
-pub fn restore_pair(a: &[u8], b: Option<&[u8]>) -> Result<(OwnedFd, Option<OwnedFd>), KindError> {
+/// closed at once); each end gets the bytes that were queued for reading at it, with the
+/// descriptors that were in flight in them (each state's own `Resolve`).
+pub fn restore_pair(
+    a: (&[u8], Resolve<'_>),
+    b: Option<(&[u8], Resolve<'_>)>,
+) -> Restored<(OwnedFd, Option<OwnedFd>)> {
+    let (a, resolve_a) = a;
     let (sa, qa) = parse(a)?;
     let mut sv = [0i32; 2];
     // SAFETY: socketpair fills a local array.
@@ -432,25 +720,34 @@ pub fn restore_pair(a: &[u8], b: Option<&[u8]>) -> Result<(OwnedFd, Option<Owned
     }
     let end_a = owned(sv[0], "socketpair")?;
     let end_b = owned(sv[1], "socketpair")?;
-    write_queued(&end_b, &qa, None)?;
+    let mut missing = write_queued(&end_b, &qa, None, resolve_a)?;
     match b {
-        Some(b) => {
+        Some((b, resolve_b)) => {
             let (_, qb) = parse(b)?;
-            write_queued(&end_a, &qb, None)?;
-            Ok((end_a, Some(end_b)))
+            missing += write_queued(&end_a, &qb, None, resolve_b)?;
+            Ok(((end_a, Some(end_b)), missing))
         }
-        None => Ok((end_a, None)),
+        None => Ok(((end_a, None), missing)),
     }
 }
 
-/// A Unix socket that is not connected in the job: listening, bound or unnamed.
+/// A Unix socket that is not connected in the job: listening, bound or unnamed (descriptors
+/// that were in flight in it are left out).
 pub fn restore_single(state: &[u8]) -> Result<OwnedFd, KindError> {
+    Ok(restore_single_with(state, &|_| None)?.0)
+}
+
+/// A Unix socket that is not connected in the job: listening, bound or unnamed, with the
+/// descriptors that were in flight in its queue (`resolve` gives them).
+pub fn restore_single_with(state: &[u8], resolve: Resolve<'_>) -> Restored<OwnedFd> {
     let (s, q) = parse(state)?;
     // Connected to a peer not in the job, or whose peer was gone at the checkpoint with data
     // still to read: one end of a pair whose other end is closed, holding that data.
     if s.role == ROLE_CONNECTED || (s.role == ROLE_UNCONNECTED && !q.is_empty()) {
-        return Ok(restore_pair(state, None)?.0);
+        let ((end, _), missing) = restore_pair((state, resolve), None)?;
+        return Ok((end, missing));
     }
+    let mut missing = 0;
     // SAFETY: socket takes no pointers.
     let fd = owned(
         unsafe { libc::socket(libc::AF_UNIX, s.sock_type | libc::SOCK_CLOEXEC, 0) },
@@ -511,10 +808,10 @@ pub fn restore_single(state: &[u8]) -> Result<OwnedFd, KindError> {
                 unsafe { libc::socket(libc::AF_UNIX, s.sock_type | libc::SOCK_CLOEXEC, 0) },
                 "cannot create a unix socket",
             )?;
-            write_queued(&from, &q, Some((&addr, len)))?;
+            missing = write_queued(&from, &q, Some((&addr, len)), resolve)?;
         }
     }
-    Ok(fd)
+    Ok((fd, missing))
 }
 
 fn describe_name(s: &UnixState) -> String {
@@ -569,8 +866,16 @@ fn queued_text(s: &UnixState, q: &Queued<'_>) -> String {
     } else {
         format!(", {} bytes queued", q.len())
     };
+    if !q.fds.is_empty() {
+        let fds: Vec<String> = q.fds.iter().map(|f| f.fd.to_string()).collect();
+        t.push_str(&format!(
+            ", {} descriptors in flight (saved as fds {})",
+            q.fds.len(),
+            fds.join(" ")
+        ));
+    }
     if s.lost > 0 {
-        t.push_str(&format!(", {} descriptors in flight (not saved)", s.lost));
+        t.push_str(&format!(", {} descriptors in flight not saved", s.lost));
     }
     t
 }
@@ -590,9 +895,9 @@ pub fn lost_warning(state: &[u8]) -> Option<(&'static [u8], u64, &'static [u8])>
         )
     } else {
         (
-            b"is a unix socket with descriptors in flight in its queued data (SCM_RIGHTS: ",
+            b"is a unix socket with descriptors in flight in its queued data that cannot be saved (SCM_RIGHTS: ",
             s.lost as u64,
-            b"); they are not saved: the data comes back without them",
+            b"; over 64 in one message or 128 in one socket or 256 in the process): the data comes back without them",
         )
     })
 }
@@ -641,6 +946,35 @@ mod tests {
         // An older reader's view: the bytes after the fixed part are not stream bytes.
         assert_eq!(get::<UnixState>(&st).unwrap().queued, 0);
         assert!(describe(&st).contains("3 messages (8 bytes) queued"));
+    }
+
+    #[test]
+    fn descriptors_in_flight_parse_after_the_messages() {
+        let mut s = blank();
+        s.messages = 2;
+        let mut tail = Vec::new();
+        for m in [&b"m1"[..], b""] {
+            tail.extend_from_slice(&(m.len() as u32).to_ne_bytes());
+            tail.extend_from_slice(m);
+        }
+        tail.extend_from_slice(&2u32.to_ne_bytes());
+        for f in [InFlight { at: 0, fd: 9 }, InFlight { at: 0, fd: 11 }] {
+            tail.extend_from_slice(bytemuck::bytes_of(&f));
+        }
+        let st = state(s, &tail);
+        let (_, q) = parse(&st).unwrap();
+        assert_eq!(q.messages, vec![&b"m1"[..], b""]);
+        assert_eq!(
+            q.fds,
+            vec![InFlight { at: 0, fd: 9 }, InFlight { at: 0, fd: 11 }]
+        );
+        assert!(describe(&st).contains("2 descriptors in flight (saved as fds 9 11)"));
+        // Cut short inside the list: malformed, not a panic.
+        assert!(parse(&st[..st.len() - 3]).is_err());
+        // A count beyond what a writer saves: malformed.
+        let mut big = state(s, &tail[..tail.len() - 20]);
+        big.extend_from_slice(&100_000u32.to_ne_bytes());
+        assert!(parse(&big).is_err());
     }
 
     #[test]

@@ -126,7 +126,7 @@ pub fn pipe_is_pooled(images: &[&Image], f: &Fd) -> bool {
     }
     let ends = |read: bool| {
         images.iter().any(|img| {
-            img.fds.iter().any(|g| {
+            all_fds(img).any(|g| {
                 g.kind == FdKind::Pipe
                     && g.rec.ino == f.rec.ino
                     && (is_rdwr(g) || is_read_end(g) == read)
@@ -188,56 +188,74 @@ impl Pool {
         // master (until its own descriptor is met) and the new terminal number.
         let mut ptys: HashMap<u32, (Option<std::os::fd::OwnedFd>, u32)> = HashMap::new();
         super::saved::put_back_created(images, files)?;
-        for (i, img) in images.iter().enumerate() {
-            for f in &img.fds {
-                let pooled = match f.kind {
-                    FdKind::Regular | FdKind::Directory | FdKind::CheckpointFile => true,
-                    // A terminal outside the job takes the restarter's descriptor too.
-                    FdKind::CharDevice => !terminal_leads_outside(images, f),
-                    FdKind::Pipe => pipe_is_pooled(images, f),
-                    FdKind::Unlinked => true,
-                    // A socket connected outside the job takes the restarter's descriptor.
-                    FdKind::Kernel => !socket_leads_outside(images, f),
-                    // A pseudo-terminal slave whose master is in the job gets the new slave.
-                    // So does a socket on 0-2 whose other end is in the job.
-                    FdKind::Inherited => {
-                        pty_slave_in_job(images, f).is_some() || socket_peer_in_job(images, f)
-                    }
-                    FdKind::Unsupported => false,
-                };
-                if !pooled {
-                    continue;
+        // The descriptors in flight in unix sockets first, so that each socket's queue can be
+        // filled with them when it is made.
+        let passes = images
+            .iter()
+            .enumerate()
+            .flat_map(|(i, img)| img.in_flight.iter().map(move |f| (i, img, f, true)))
+            .chain(
+                images
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, img)| img.fds.iter().map(move |f| (i, img, f, false))),
+            );
+        for (i, img, f, in_flight) in passes {
+            let pooled = match f.kind {
+                // A descriptor in flight is made to be sent: never the restarter's.
+                FdKind::Kernel if in_flight => true,
+                FdKind::Regular | FdKind::Directory | FdKind::CheckpointFile => true,
+                // A terminal outside the job takes the restarter's descriptor too.
+                FdKind::CharDevice => !terminal_leads_outside(images, f),
+                FdKind::Pipe => pipe_is_pooled(images, f),
+                FdKind::Unlinked => true,
+                // A socket connected outside the job takes the restarter's descriptor.
+                FdKind::Kernel => !socket_leads_outside(images, f),
+                // A pseudo-terminal slave whose master is in the job gets the new slave.
+                // So does a socket on 0-2 whose other end is in the job.
+                FdKind::Inherited => {
+                    pty_slave_in_job(images, f).is_some() || socket_peer_in_job(images, f)
                 }
-                let key = key_of(img, i, f, &groups);
-                let fd = match descs.get(&key) {
-                    Some(&fd) => fd,
-                    None => {
-                        let fd = if f.kind == FdKind::Pipe {
-                            self.pipe_description(images, &mut pipes, f, floor)?
-                        } else if f.kind == FdKind::Unlinked {
-                            self.unlinked_description(images, files, &mut unlinked, f, floor)?
-                        } else if let Some(master) = pty_slave_in_job(images, f) {
-                            let fd = pty_slave(&mut ptys, master, f)?;
-                            self.keep(fd, floor)?
-                        } else if is_pty_master(f) {
-                            let fd = pty_master(&mut ptys, f)?;
-                            self.keep(fd.into_raw_fd(), floor)?
-                        } else if f.kind == FdKind::Kernel || f.kind == FdKind::Inherited {
-                            let fd = kernel_description(images, &mut unix_ends, &mut tcp_ends, f)?;
-                            self.keep(fd.into_raw_fd(), floor)?
-                        } else {
-                            if let Some(s) = &f.saved {
-                                super::saved::put_back(images, files, f, s)?;
-                            }
-                            self.keep(open_file(f)?, floor)?
-                        };
-                        set_status_flags(fd, f);
-                        descs.insert(key, fd);
-                        fd
-                    }
-                };
-                self.fds.insert((i, f.rec.fd), fd);
+                FdKind::Unsupported => false,
+            };
+            if !pooled {
+                continue;
             }
+            let key = key_of(img, i, f, &groups);
+            let fd = match descs.get(&key) {
+                Some(&fd) => fd,
+                None => {
+                    let fd = if f.kind == FdKind::Pipe {
+                        self.pipe_description(images, &mut pipes, f, floor)?
+                    } else if f.kind == FdKind::Unlinked {
+                        self.unlinked_description(images, files, &mut unlinked, f, floor)?
+                    } else if let Some(master) = pty_slave_in_job(images, f) {
+                        let fd = pty_slave(&mut ptys, master, f)?;
+                        self.keep(fd, floor)?
+                    } else if is_pty_master(f) {
+                        let fd = pty_master(&mut ptys, f)?;
+                        self.keep(fd.into_raw_fd(), floor)?
+                    } else if f.kind == FdKind::Kernel || f.kind == FdKind::Inherited {
+                        let fd = kernel_description(
+                            images,
+                            (i, &self.fds),
+                            &mut unix_ends,
+                            &mut tcp_ends,
+                            f,
+                        )?;
+                        self.keep(fd.into_raw_fd(), floor)?
+                    } else {
+                        if let Some(s) = &f.saved {
+                            super::saved::put_back(images, files, f, s)?;
+                        }
+                        self.keep(open_file(f)?, floor)?
+                    };
+                    set_status_flags(fd, f);
+                    descs.insert(key, fd);
+                    fd
+                }
+            };
+            self.fds.insert((i, f.rec.fd), fd);
         }
         self.sems = super::sysv::semaphores(images)?;
         self.msgq = super::sysv::message_queues(images)?;
@@ -844,34 +862,69 @@ fn set_status_flags(fd: i32, f: &Fd) {
     }
 }
 
-/// The open file description of kernel object `f`: a connected unix socket is one end of a
-/// new pair with its peer when the peer is in the job (made with the first of the two met).
+/// Every descriptor of an image: the program's and those in flight in its unix sockets.
+fn all_fds(img: &Image) -> impl Iterator<Item = &Fd> {
+    img.fds.iter().chain(img.in_flight.iter())
+}
+
+/// The open file description of kernel object `f` of image `at.0`: a connected unix socket is
+/// one end of a new pair with its peer when the peer is in the job (made with the first of the
+/// two met); a unix socket's queue gets the descriptors that were in flight in it from the
+/// pool's descriptions (`at.1`, made first).
 fn kernel_description(
     images: &[&Image],
+    at: (usize, &HashMap<(usize, i32), i32>),
     unix_ends: &mut HashMap<u64, std::os::fd::OwnedFd>,
     tcp_ends: &mut HashMap<(Vec<u8>, Vec<u8>), std::os::fd::OwnedFd>,
     f: &Fd,
 ) -> Result<std::os::fd::OwnedFd, RestoreError> {
     use crate::kinds::unix;
+    let (i, pool_fds) = at;
     let state = f.kobj.as_ref().map(|(_, st)| st.as_slice()).unwrap_or(&[]);
     if let Some((local, peer, _)) = crate::kinds::socket::tcp_connection(state) {
         return tcp_description(images, tcp_ends, f, state, local, peer);
     }
+    let fail = |e: crate::kinds::KindError| {
+        RestoreError::new(e.errno, format!("fd {} (unix socket): {e}", f.rec.fd))
+    };
+    let resolver = |img: usize| move |fd: i32| pool_fds.get(&(img, fd)).copied();
+    let warn_missing = |missing: usize| {
+        if missing > 0 {
+            eprintln!(
+                "cr_restart: warning: fd {}: {missing} descriptors in flight in its unix socket's queue could not be made again; its data comes back without them",
+                f.rec.fd
+            );
+        }
+    };
     let Some((ino, peer)) = f.kobj.as_ref().and_then(|(_, st)| unix::connection(st)) else {
+        if unix::is_unix(state)
+            && f.kobj
+                .as_ref()
+                .is_some_and(|(k, _)| *k == crate::kinds::SOCKET)
+        {
+            let (fd, missing) = unix::restore_single_with(state, &resolver(i)).map_err(fail)?;
+            warn_missing(missing);
+            return Ok(fd);
+        }
         return kernel_object(f);
     };
     if let Some(end) = unix_ends.remove(&ino) {
         return Ok(end);
     }
-    let peer_state = images
-        .iter()
-        .flat_map(|img| img.fds.iter())
-        .filter_map(|g| g.kobj.as_ref().map(|(_, st)| st.as_slice()))
-        .find(|st| unix::connection(st).is_some_and(|(i, _)| i == peer));
-    let fail = |e: crate::kinds::KindError| {
-        RestoreError::new(e.errno, format!("fd {} (unix socket): {e}", f.rec.fd))
+    let peer_state = images.iter().enumerate().find_map(|(j, img)| {
+        all_fds(img)
+            .filter_map(|g| g.kobj.as_ref().map(|(_, st)| st.as_slice()))
+            .find(|st| unix::connection(st).is_some_and(|(n, _)| n == peer))
+            .map(|st| (j, st))
+    });
+    let resolve_a = resolver(i);
+    let resolve_b = peer_state.map(|(j, _)| resolver(j));
+    let b = match (peer_state, &resolve_b) {
+        (Some((_, st)), Some(r)) => Some((st, r as unix::Resolve<'_>)),
+        _ => None,
     };
-    let (end, other) = unix::restore_pair(state, peer_state).map_err(fail)?;
+    let ((end, other), missing) = unix::restore_pair((state, &resolve_a), b).map_err(fail)?;
+    warn_missing(missing);
     match other {
         Some(other) => {
             unix_ends.insert(peer, other);
@@ -901,7 +954,7 @@ fn tcp_description(
     }
     let partner = images
         .iter()
-        .flat_map(|img| img.fds.iter())
+        .flat_map(|img| all_fds(img))
         .filter_map(|g| g.kobj.as_ref().map(|(_, st)| st.as_slice()))
         .find(|st| socket::tcp_connection(st).is_some_and(|(l, p, _)| l == peer && p == local));
     let Some(partner) = partner else {
@@ -963,7 +1016,7 @@ fn connected_peer_in_job(images: &[&Image], f: &Fd) -> Option<bool> {
     let states = || {
         images
             .iter()
-            .flat_map(|img| img.fds.iter())
+            .flat_map(|img| all_fds(img))
             .filter_map(|g| g.kobj.as_ref().map(|(_, st)| st.as_slice()))
     };
     if let Some((local, peer, _)) = socket::tcp_connection(state) {
