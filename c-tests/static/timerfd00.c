@@ -2,7 +2,8 @@
  * a monotonic timer first due in 30 s then every 50 ms; a CLOCK_REALTIME TFD_TIMER_ABSTIME
  * deadline an hour away; a one-shot that fired 1 ms after start and was never read (1 unread
  * expiration); a CLOCK_BOOTTIME timer running every 20 ms; one never armed.  After GO each is
- * checked with timerfd_gettime and read.  PASS timerfd00. */
+ * checked with timerfd_gettime and read, and the kernel's fdinfo says the deadline was set
+ * absolute (TFD_TIMER_ABSTIME) and the monotonic one relative.  PASS timerfd00. */
 /* cr-test: cflags= */
 #define NAME "timerfd00"
 #include "kobj.h"
@@ -10,6 +11,21 @@
 #include <poll.h>
 #include <stdint.h>
 #include <sys/timerfd.h>
+
+/* The "settime flags" the kernel shows for timerfd `fd` (-1: none). */
+static int settime_flags(int fd)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/self/fdinfo/%d", fd);
+    FILE *f = fopen(path, "r");
+    int flags = -1;
+    check(f != NULL);
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "settime flags: %o", (unsigned *)&flags) == 1)
+            break;
+    fclose(f);
+    return flags;
+}
 
 static struct itimerspec spec(time_t vs, long vns, time_t is, long ins)
 {
@@ -52,6 +68,8 @@ int main(void)
     check(cur.it_value.tv_sec >= left - 2 && cur.it_value.tv_sec <= left + 1);
     check(cur.it_interval.tv_sec == 0 && cur.it_interval.tv_nsec == 0);
     check(fcntl(deadline, F_GETFL) & O_NONBLOCK);
+    check(settime_flags(deadline) & TFD_TIMER_ABSTIME);
+    check(settime_flags(periodic) == 0);
 
     uint64_t n = 0;
     check(read(fired, &n, 8) == 8);
