@@ -2026,6 +2026,7 @@ fn destination_slow_disk() {
     let took = t0.elapsed();
     let msg = res.assert_one_line_failure();
     assert_eq!(res.status.code(), Some(110), "{what}: {msg}");
+    assert!(msg.contains("--time 1 ran out"), "{what}: say why: {msg}");
     assert!(took < Duration::from_secs(5), "{what}: took {took:?}");
     let released = tick_after(&job, mono_ns(), what, |_| true);
     job.assert_running(what);

@@ -52,6 +52,17 @@ fn gone(pid: i32) -> bool {
     ended(pid) || (exiting(pid) && ends_within(pid, END_WAIT))
 }
 
+/// "checkpoint of PID failed: WHAT: WHY", where WHY is `--time N ran out` for the agent's
+/// ETIMEDOUT when a time limit was given (its text, "Connection timed out", says nothing).
+fn failed_msg(pid: i32, what: &str, e: i32, time: Option<u32>) -> String {
+    match time {
+        Some(s) if e == libc::ETIMEDOUT => {
+            format!("checkpoint of {pid} failed: {what}: --time {s} ran out")
+        }
+        _ => format!("checkpoint of {pid} failed: {what}: {}", strerror(e)),
+    }
+}
+
 fn err(errno: i32, msg: String) -> CheckpointError {
     CheckpointError { errno, msg }
 }
@@ -364,14 +375,7 @@ pub(super) fn checkpoint_one(
     };
     if reply.status != 0 {
         let e = reply.status;
-        return Err(err(
-            e,
-            format!(
-                "checkpoint of {pid} failed: {}: {}",
-                reply.message(),
-                strerror(e)
-            ),
-        ));
+        return Err(err(e, failed_msg(pid, &reply.message(), e, opts.time)));
     }
     cut.members[0].contacted = true;
     cut.members[0].bytes = reply.bytes;
@@ -633,14 +637,7 @@ impl<'a> Cut<'a> {
                     }
                     Ok(Some(r)) => {
                         let e = if r.status > 0 { r.status } else { libc::EPROTO };
-                        return Err(err(
-                            e,
-                            format!(
-                                "checkpoint of {pid} failed: {}: {}",
-                                r.message(),
-                                strerror(e)
-                            ),
-                        ));
+                        return Err(err(e, failed_msg(pid, &r.message(), e, self.opts.time)));
                     }
                     Ok(None) => {
                         return Err(err(
@@ -1091,11 +1088,7 @@ pub(super) fn checkpoint_many(
             cut.members[i].omitted = true;
             return Err(err(
                 reply.status,
-                format!(
-                    "checkpoint of {pid} failed: {}: {}",
-                    reply.message(),
-                    strerror(reply.status)
-                ),
+                failed_msg(pid, &reply.message(), reply.status, cut.opts.time),
             ));
         }
         cut.members[i].bytes = reply.bytes;
