@@ -172,6 +172,11 @@ fn identity(fork_child: bool) -> (u64, i32) {
     if fork_child && parent_ns != 0 && parent_pid > 0 && sys::getppid() == parent_pid {
         return (parent_ns, sys::getpid());
     }
+    if parent_ns != 0 {
+        // Read afresh: forgotten until this bind succeeds (a restored process may be in another
+        // namespace than the one recorded in its image; a failed bind leaves its children none).
+        BOUND_NS.store(0, Release);
+    }
     protocol::own_identity()
 }
 
