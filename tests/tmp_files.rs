@@ -1304,3 +1304,121 @@ fn periodic_checkpoint_resumes_with_an_empty_tmp() {
     sc.start("cr_run resume from a periodic image in an empty /tmp", cmd)
         .expect_pass(RESTART_TIMEOUT);
 }
+
+/// Issue 15's JVM: it maps /tmp/hsperfdata_USER/PID shared and deletes it on SIGTERM, here on a
+/// disk (where /tmp is a tmpfs, as root, a disk directory is bound over the perf-data directory
+/// in a mount namespace of cr_run's and cr_restart's own). `c-tests/Counter.java` checkpointed
+/// with `--term` and default options: cr_info lists the perf-data file as saved, and the
+/// restarted JVM counts on from where it was.
+#[test]
+fn java_hsperfdata_on_disk_after_term() {
+    if !have_command("java") || !have_command("javac") {
+        assert!(
+            !in_ci(),
+            "java and javac must be installed in CI (default-jdk-headless)"
+        );
+        println!("note: skipped: java/javac not installed");
+        return;
+    }
+    let sc = Scenario::new("tmp_java");
+    let Some(disk) = disk_dir(&sc, "java") else {
+        return;
+    };
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let user = if uid == 0 {
+        "root".to_string()
+    } else {
+        std::env::var("USER").unwrap_or_default()
+    };
+    let perf = PathBuf::from(format!("/tmp/hsperfdata_{user}"));
+    let mut launcher: Vec<String> = Vec::new();
+    if is_tmpfs(Path::new("/tmp")) {
+        if !(is_root() && have_command("unshare")) {
+            assert!(!in_ci(), "CI runs as root");
+            println!(
+                "note: skipped: /tmp is a tmpfs and not root (cannot put perf data on a disk)"
+            );
+            return;
+        }
+        let bound = disk.0.join("perf");
+        fs::create_dir_all(&bound).expect("mkdir perf");
+        if !perf.exists() {
+            fs::create_dir(&perf).expect("mkdir hsperfdata dir");
+        }
+        let script = format!(
+            "mount --bind {} {} && exec \"$@\"",
+            bound.display(),
+            perf.display()
+        );
+        launcher = ["unshare", "-m", "sh", "-c", &script, "sh"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    }
+    let sc = sc.launch_with(&launcher);
+    let classes = disk.0.join("classes");
+    fs::create_dir_all(&classes).expect("mkdir classes");
+    let st = Command::new("javac")
+        .arg("-d")
+        .arg(&classes)
+        .arg(c_tests_dir().join("Counter.java"))
+        .status()
+        .expect("run javac");
+    assert!(st.success(), "javac failed");
+    let mut argv: Vec<std::ffi::OsString> = launcher.iter().map(Into::into).collect();
+    argv.push(sc.tools().cr_run.clone().into());
+    for a in [
+        "--",
+        "java",
+        "-Xmx64m",
+        "-XX:+UseSerialGC",
+        "-XX:+UsePerfData",
+        "-cp",
+    ] {
+        argv.push(a.into());
+    }
+    argv.push(classes.clone().into());
+    argv.push("Counter".into());
+    argv.push(sc.go_file().into());
+    let mut job = sc.start("java Counter", sc.command(&argv));
+    job.wait_line("count 20", READY_TIMEOUT);
+    let perf_file = format!("{}/{}", perf.display(), job.pid());
+    let maps = fs::read_to_string(format!("/proc/{}/maps", job.pid())).unwrap_or_default();
+    assert!(
+        maps.lines()
+            .any(|l| l.contains(&perf_file) && l.contains("rw-s")),
+        "the JVM must map {perf_file} shared:\n{maps}"
+    );
+    if launcher.is_empty() {
+        assert!(!is_tmpfs(&perf), "{} is on a disk", perf.display());
+    }
+    let img = sc.checkpoint(job.pid(), &["--term"]);
+    job.wait_exit(DEATH_TIMEOUT);
+    if launcher.is_empty() {
+        assert!(
+            !Path::new(&perf_file).exists(),
+            "the JVM removes {perf_file} at exit"
+        );
+    }
+    let saved = saved_lines(&sc, &img);
+    assert!(
+        saved
+            .iter()
+            .any(|l| l.contains(&perf_file) && l.contains("shared-mapped under a temporary")),
+        "cr_info must list {perf_file}: {saved:?}"
+    );
+    let before = job
+        .stdout()
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("count ")?.trim().parse::<u64>().ok())
+        .expect("counts before the checkpoint");
+    let mut restarted = sc.restart(&img);
+    restarted.wait_line(&format!("count {}", before + 20), RESTART_TIMEOUT);
+    sc.go();
+    restarted.expect_pass(RESTART_TIMEOUT);
+    if launcher.is_empty() {
+        let _ = fs::remove_file(&perf_file);
+    }
+}

@@ -1,7 +1,7 @@
 //! Files mapped from tmpfs are saved by content and mapped from their path again at restart
 //! (issue 9, "files the program mapped from volatile places"): `c-tests/tmpfs_map.c` maps a tmpfs
 //! file shared and another private; `deleted` removes both when it is terminated (as a JVM
-//! removes /tmp/hsperfdata_USER/PID at exit), `kept` leaves them. A real JVM (`Counter.java`,
+//! removes /tmp/hsperfdata_USER/PID at exit), `kept` leaves them. A real JVM (`c-tests/Counter.java`,
 //! compiled here) is checkpointed with `--term` and restarted, its count going on.
 //!
 //! The tmpfs is a private mount in the scenario when the test runs as root (else /dev/shm, when
@@ -220,21 +220,6 @@ fn tmpfs_file_changed_since_the_checkpoint_is_refused() {
     sc.restart(&img).expect_pass(RESTART_TIMEOUT);
 }
 
-const COUNTER_JAVA: &str = r#"
-public class Counter {
-    public static void main(String[] a) throws Exception {
-        java.io.File go = new java.io.File(a[0]);
-        long n = 0;
-        while (!go.exists()) {
-            System.out.println("count " + n);
-            n++;
-            Thread.sleep(20);
-        }
-        System.out.println("PASS counter " + n);
-    }
-}
-"#;
-
 /// The last `count N` in `text`.
 fn last_count(text: &str) -> Option<u64> {
     text.lines()
@@ -288,11 +273,10 @@ fn java_counter_continues_after_term() {
     let sc = sc.launch_with(&launcher);
     let classes = sc.root().join("java");
     fs::create_dir_all(&classes).expect("mkdir java");
-    fs::write(classes.join("Counter.java"), COUNTER_JAVA).expect("write Counter.java");
     let st = Command::new("javac")
         .arg("-d")
         .arg(&classes)
-        .arg(classes.join("Counter.java"))
+        .arg(c_tests_dir().join("Counter.java"))
         .status()
         .expect("run javac");
     assert!(st.success(), "javac failed");
