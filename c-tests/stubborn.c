@@ -43,8 +43,14 @@ int main(void) {
         ticks++;
         usleep(1000);
     }
+    /* The spinner must advance again; on a loaded machine it may wait tens of milliseconds
+     * for a CPU, so allow it up to 5 s (a stopped thread never advances). */
     long before = spins;
-    usleep(20000);
+    int waited_ms = 0;
+    while (spins == before && waited_ms < 5000) {
+        usleep(1000);
+        waited_ms++;
+    }
     if (spins == before) {
         printf("FAIL stubborn: the spinning thread stopped\n");
         return 1;
