@@ -114,6 +114,12 @@ struct Args {
     /// Print nothing but errors.
     #[arg(short = 'q', long = "quiet", action = ArgAction::SetTrue)]
     quiet: bool,
+    /// One node's part of a job across nodes (docs/MPI.md): TCP connections whose other end
+    /// is not in this restart are made again between their saved addresses (the peer's part
+    /// restarted at the same time, with the same addresses) with the bytes that were waiting,
+    /// within SEC seconds (default 30); else they come back reset.
+    #[arg(long = "reconnect", value_name = "SEC", num_args = 0..=1, require_equals = true, default_missing_value = "30")]
+    reconnect: Option<u64>,
     /// Read all of the program's memory from the image and check its checksum before the
     /// program runs, instead of mapping it from the image file (faulted in as it is touched).
     #[arg(long = "eager", action = ArgAction::SetTrue)]
@@ -394,8 +400,9 @@ fn main() {
             );
         }
     }
-    let job = job::load_in(images, &pairs, args.chain_dir.as_deref())
+    let mut job = job::load_in(images, &pairs, args.chain_dir.as_deref())
         .unwrap_or_else(|e| failed(&args, e.class, e.errno, &e.msg));
+    job.reconnect = args.reconnect.map(std::time::Duration::from_secs);
     cr::restore::test_stop_at("loaded");
     if !args.quiet {
         for (pid, fd, what) in job.outside_fallbacks() {

@@ -21,9 +21,11 @@
 //!
 //! The transport is a unix stream socket whose path every node can reach (nodes of one
 //! machine in network namespaces of their own, or a shared file system); only the
-//! coordinator's user (or root) may join. TCP between machines, and the restart of such a
-//! generation (connections between nodes re-made), are not built: docs/MPI.md says what
-//! remains.
+//! coordinator's user (or root) may join. A connection between nodes with more bytes waiting
+//! than an image keeps fails the cut (`EAGAIN`: the job goes on; try again). Each node's image
+//! is restarted with `cr_restart --reconnect` (`restore::reconnect`), all at once, on the same
+//! addresses. TCP between machines and restarts on other addresses are not built: docs/MPI.md
+//! says what remains.
 
 use super::{Barrier, CheckpointError, Destination, Note, Options, Outcome};
 use std::collections::{HashMap, HashSet};
@@ -600,6 +602,24 @@ pub fn coordinate(
     }
     let drained = t0.elapsed();
     let links = match_links(p.nodes, note);
+    // A connection between nodes with more waiting than an image keeps could only come back
+    // reset, which the job would not survive: no generation (the job goes on; try again).
+    if let Some(l) = links
+        .iter()
+        .find(|l| l.peer.is_some() && l.conn.waiting > KEPT)
+    {
+        return Err(err(
+            libc::EAGAIN,
+            format!(
+                "node {}: the connection from {} to {} has {} bytes waiting, more than an image keeps ({} KiB): no checkpoint, the job goes on; try again",
+                p.nodes[l.node].name,
+                l.conn.local,
+                l.conn.remote,
+                l.conn.waiting,
+                KEPT / 1024
+            ),
+        ));
+    }
     for n in p.nodes.iter_mut() {
         n.wire.send("WRITE")?;
     }
@@ -680,7 +700,7 @@ fn match_links(nodes: &[Node], note: &mut dyn FnMut(Note)) -> Vec<Link> {
                     n.name, c.local, c.remote
                 )));
             }
-            if c.waiting > KEPT {
+            if c.waiting > KEPT && peer.is_none() {
                 note(Note::Warning(format!(
                     "node {}: the connection from {} to {} has {} bytes waiting, more than an image keeps ({} KiB): it cannot come back connected",
                     n.name, c.local, c.remote, c.waiting, KEPT / 1024

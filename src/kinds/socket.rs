@@ -364,6 +364,44 @@ pub fn tcp_connection(state: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
     ))
 }
 
+/// The local address of a saved listening TCP socket.
+pub fn listening_addr(state: &[u8]) -> Option<&[u8]> {
+    if super::unix::is_unix(state) {
+        return None;
+    }
+    let s: SocketState = get(state)?;
+    if s.role != ROLE_LISTENING || s.sock_type != libc::SOCK_STREAM {
+        return None;
+    }
+    let addr_at = core::mem::offset_of!(SocketState, addr);
+    Some(&state[addr_at..addr_at + (s.addr_len as usize).min(32)])
+}
+
+/// A saved `sockaddr_in`/`sockaddr_in6` as an address.
+pub fn to_socket_addr(a: &[u8]) -> Option<std::net::SocketAddr> {
+    let family = i32::from(u16::from_ne_bytes([*a.first()?, *a.get(1)?]));
+    let port = u16::from_be_bytes([*a.get(2)?, *a.get(3)?]);
+    match family {
+        libc::AF_INET => {
+            let o: [u8; 4] = a.get(4..8)?.try_into().ok()?;
+            Some((std::net::Ipv4Addr::from(o), port).into())
+        }
+        libc::AF_INET6 => {
+            let o: [u8; 16] = a.get(8..24)?.try_into().ok()?;
+            Some((std::net::Ipv6Addr::from(o), port).into())
+        }
+        _ => None,
+    }
+}
+
+/// The options of saved connection `state` that matter to a connection, set on `fd` (a new
+/// connection that takes its place).
+pub fn set_connection_options(fd: &OwnedFd, state: &[u8]) {
+    if let Some(s) = get::<SocketState>(state) {
+        set_options(fd, &s);
+    }
+}
+
 /// Most connections of a process [`reset_accepted_on_close`] changes.
 const MAX_RESET: usize = 256;
 /// The descriptors [`reset_accepted_on_close`] changed (`-1`: free) and their `SO_LINGER`

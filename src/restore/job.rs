@@ -95,6 +95,9 @@ pub struct Job {
     pub shares: Vec<ShareRec>,
     /// Unreaped children that had exited (re-created as zombies).
     pub zombies: Vec<ZombieRec>,
+    /// `cr_restart --reconnect`: TCP connections whose other end is not in this restart are
+    /// made again to their saved peer address, within this time ([`super::reconnect`]).
+    pub reconnect: Option<std::time::Duration>,
 }
 
 impl Job {
@@ -343,6 +346,7 @@ pub fn load_in(
         srcs: Vec::new(),
         shares,
         zombies,
+        reconnect: None,
     };
     for (_, mut img, file, src, streamed) in found {
         if img.parent.is_some() {
@@ -386,7 +390,7 @@ pub fn create(
 ) -> Result<Vec<i32>, RestoreError> {
     let images: Vec<&Image> = job.images.iter().collect();
     let files: Vec<&File> = job.files.iter().collect();
-    let pool = super::pool::Pool::build(&images, &files, &job.shares)?;
+    let pool = super::pool::Pool::build(&images, &files, &job.shares, job.reconnect)?;
     let gate = Gate::new().inspect_err(|_| pool.close())?;
     let mut spawner = Spawner::new(members, &pool, opts, notify, restarter);
     spawner.zombies.clone_from(&job.zombies);

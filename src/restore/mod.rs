@@ -11,6 +11,7 @@ pub mod ids;
 pub mod job;
 pub mod memory;
 pub mod pool;
+pub mod reconnect;
 pub mod relocate;
 pub mod saved;
 pub mod spawn;

@@ -151,15 +151,18 @@ struct PipeObj {
 
 impl Pool {
     /// Creates every shared object of the job. `images[i]` is read from `files[i]`; `shares` is
-    /// the tree manifest's share table (empty for a single image).
+    /// the tree manifest's share table (empty for a single image); `reconnect`: TCP
+    /// connections whose other end is not in the job are made again to their saved peer
+    /// address within that time ([`super::reconnect`]), else they come back reset.
     pub fn build(
         images: &[&Image],
         files: &[&File],
         shares: &[ShareRec],
+        reconnect: Option<std::time::Duration>,
     ) -> Result<Pool, RestoreError> {
         let mut pool = Pool::default();
         let floor = fd_floor(images.iter().copied());
-        let res = pool.fill(images, files, shares, floor);
+        let res = pool.fill(images, files, shares, floor, reconnect);
         if res.is_err() {
             pool.close();
         }
@@ -172,6 +175,7 @@ impl Pool {
         files: &[&File],
         shares: &[ShareRec],
         floor: i32,
+        reconnect: Option<std::time::Duration>,
     ) -> Result<(), RestoreError> {
         let groups: HashMap<(usize, i32), u32> = shares
             .iter()
@@ -183,7 +187,12 @@ impl Pool {
         // The other ends of unix socket pairs made for an end met earlier, by socket inode.
         let mut unix_ends: HashMap<u64, std::os::fd::OwnedFd> = HashMap::new();
         // Likewise for TCP connections of the job, by (local, peer) address of the other end.
-        let mut tcp_ends: HashMap<(Vec<u8>, Vec<u8>), std::os::fd::OwnedFd> = HashMap::new();
+        // Connections to peers outside the job, made again first when asked, and the job's
+        // listeners they were accepted on, by saved address (see `reconnect`).
+        let (mut tcp_ends, mut listeners) = match reconnect {
+            Some(wait) => super::reconnect::reconnect(images, wait),
+            None => (HashMap::new(), HashMap::new()),
+        };
         // Pseudo-terminals whose master is in the job, by saved terminal number: the new
         // master (until its own descriptor is met) and the new terminal number.
         let mut ptys: HashMap<u32, (Option<std::os::fd::OwnedFd>, u32)> = HashMap::new();
@@ -236,13 +245,20 @@ impl Pool {
                         let fd = pty_master(&mut ptys, f)?;
                         self.keep(fd.into_raw_fd(), floor)?
                     } else if f.kind == FdKind::Kernel || f.kind == FdKind::Inherited {
-                        let fd = kernel_description(
-                            images,
-                            (i, &self.fds),
-                            &mut unix_ends,
-                            &mut tcp_ends,
-                            f,
-                        )?;
+                        let state = f.kobj.as_ref().map(|(_, st)| st.as_slice());
+                        let made = state
+                            .and_then(crate::kinds::socket::listening_addr)
+                            .and_then(|a| listeners.remove(a));
+                        let fd = match made {
+                            Some(fd) => fd,
+                            None => kernel_description(
+                                images,
+                                (i, &self.fds),
+                                &mut unix_ends,
+                                &mut tcp_ends,
+                                f,
+                            )?,
+                        };
                         self.keep(fd.into_raw_fd(), floor)?
                     } else {
                         if let Some(s) = &f.saved {
@@ -1123,7 +1139,7 @@ fn pty_slave(
 }
 
 /// A new kernel object (eventfd, timerfd, …) with the state saved for `f`.
-fn kernel_object(f: &Fd) -> Result<std::os::fd::OwnedFd, RestoreError> {
+pub(super) fn kernel_object(f: &Fd) -> Result<std::os::fd::OwnedFd, RestoreError> {
     let (id, state) = f.kobj.as_ref().ok_or_else(|| {
         RestoreError::new(
             libc::EINVAL,

@@ -1,0 +1,260 @@
+//! `cr_restart --reconnect`: TCP connections whose other end is not in this restart (a job
+//! across nodes restarted one node at a time, docs/MPI.md) are made again between the saved
+//! addresses, before any process of the job runs: the end whose image holds a listening socket
+//! on its local port accepts (on that listener, made here first and then given to the job: a
+//! listener cannot be bound again next to connections on its port), the other binds its saved local address and connects
+//! to the saved peer address (again until the peer's restart listens). So the connection keeps
+//! its addresses. Then each end sends the bytes that were waiting at it when the image was
+//! written (length first); each echoes the other's back raw, so those bytes end up waiting at
+//! the end they came from again, in order, before the program reads. Every restart takes the
+//! connections in one order (by their addresses), so two restarts never wait for each other in
+//! a cycle. A connection not re-made within the time given comes back reset, with a warning;
+//! so does one whose ends both or neither had a listener on their port (a listener closed
+//! since it accepted).
+
+use crate::image::reader::{Fd, Image};
+use crate::kinds::socket;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+/// One end to re-make: its saved local and peer addresses (raw and parsed), the bytes that
+/// were waiting at it, its saved state.
+struct End<'a> {
+    local_raw: &'a [u8],
+    peer_raw: &'a [u8],
+    local: SocketAddr,
+    peer: SocketAddr,
+    queued: &'a [u8],
+    state: &'a [u8],
+}
+
+/// Every TCP connection end of `images` whose other end is not in them, each once.
+fn ends<'a>(images: &[&'a Image]) -> Vec<End<'a>> {
+    let states: Vec<&'a [u8]> = images
+        .iter()
+        .flat_map(|img| img.fds.iter())
+        .filter_map(|f| f.kobj.as_ref().map(|(_, st)| st.as_slice()))
+        .collect();
+    let mut out: Vec<End<'a>> = Vec::new();
+    for st in &states {
+        let Some((l, p, q)) = socket::tcp_connection(st) else {
+            continue;
+        };
+        let inside = states
+            .iter()
+            .any(|o| socket::tcp_connection(o).is_some_and(|(ol, op, _)| ol == p && op == l));
+        if inside || out.iter().any(|e| e.local_raw == l && e.peer_raw == p) {
+            continue;
+        }
+        let (Some(local), Some(peer)) = (socket::to_socket_addr(l), socket::to_socket_addr(p))
+        else {
+            continue;
+        };
+        out.push(End {
+            local_raw: l,
+            peer_raw: p,
+            local,
+            peer,
+            queued: q,
+            state: st,
+        });
+    }
+    // One order for every restart: by the connection's two addresses, smaller first.
+    out.sort_by_key(|e| (e.local.min(e.peer), e.local.max(e.peer)));
+    out
+}
+
+/// The listening socket of `images` on `a`'s port (its address, or the wildcard), if any.
+fn listener_on<'a>(images: &[&'a Image], a: SocketAddr) -> Option<&'a Fd> {
+    images.iter().flat_map(|img| img.fds.iter()).find(|f| {
+        f.kobj
+            .as_ref()
+            .and_then(|(_, st)| socket::listening_addr(st))
+            .and_then(socket::to_socket_addr)
+            .is_some_and(|l| l.port() == a.port() && (l.ip() == a.ip() || l.ip().is_unspecified()))
+    })
+}
+
+/// Connects from `local` to `peer` (raw saved addresses), again while the peer refuses, until
+/// `deadline`.
+fn connect_from(local: &[u8], peer: &[u8], deadline: Instant) -> std::io::Result<TcpStream> {
+    let family = i32::from(u16::from_ne_bytes([local[0], local[1]]));
+    loop {
+        // SAFETY: socket takes no pointers.
+        let raw = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a descriptor we just made and own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let one: i32 = 1;
+        // SAFETY: setsockopt reads one int; bind and connect read the saved addresses' bytes.
+        let rc = unsafe {
+            libc::setsockopt(
+                raw,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                (&one as *const i32).cast(),
+                4,
+            );
+            if libc::bind(raw, local.as_ptr().cast(), local.len() as u32) != 0 {
+                -1
+            } else {
+                libc::connect(raw, peer.as_ptr().cast(), peer.len() as u32)
+            }
+        };
+        if rc == 0 {
+            return Ok(TcpStream::from(fd));
+        }
+        let e = std::io::Error::last_os_error();
+        let again = matches!(
+            e.raw_os_error(),
+            Some(libc::ECONNREFUSED | libc::EADDRINUSE | libc::EADDRNOTAVAIL | libc::ETIMEDOUT)
+        );
+        if !again || Instant::now() > deadline {
+            return Err(e);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The job's listeners made so far (by their saved address) and the connections they accepted
+/// that were not yet asked for.
+#[derive(Default)]
+struct Accepting {
+    listeners: HashMap<Vec<u8>, TcpListener>,
+    early: HashMap<(SocketAddr, SocketAddr), TcpStream>,
+}
+
+impl Accepting {
+    /// The connection from `peer` to `local`, accepted by `deadline` on the job's listener
+    /// `lf`.
+    fn accept(
+        &mut self,
+        lf: &Fd,
+        local: SocketAddr,
+        peer: SocketAddr,
+        deadline: Instant,
+    ) -> std::io::Result<TcpStream> {
+        if let Some(s) = self.early.remove(&(local, peer)) {
+            return Ok(s);
+        }
+        let key = lf
+            .kobj
+            .as_ref()
+            .and_then(|(_, st)| socket::listening_addr(st))
+            .unwrap_or_default()
+            .to_vec();
+        if !self.listeners.contains_key(&key) {
+            let fd = super::pool::kernel_object(lf)
+                .map_err(|e| std::io::Error::from_raw_os_error(e.errno))?;
+            let l = TcpListener::from(fd);
+            // The pool sets the saved status flags again.
+            l.set_nonblocking(true)?;
+            self.listeners.insert(key.clone(), l);
+        }
+        let l = &self.listeners[&key];
+        loop {
+            match l.accept() {
+                Ok((s, from)) => {
+                    s.set_nonblocking(false)?;
+                    if from == peer {
+                        return Ok(s);
+                    }
+                    self.early.insert((local, from), s);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() > deadline {
+                        return Err(std::io::Error::from_raw_os_error(libc::ETIMEDOUT));
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Puts back the bytes waiting at each end: each sends its own (length first), reads the
+/// other's and echoes them back raw; then waits until its own have arrived.
+fn exchange(s: &TcpStream, mine: &[u8], deadline: Instant) -> std::io::Result<()> {
+    let left = || {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
+    };
+    s.set_read_timeout(Some(left()))?;
+    s.set_write_timeout(Some(left()))?;
+    let mut w = s;
+    let mut head = (mine.len() as u32).to_le_bytes().to_vec();
+    head.extend_from_slice(mine);
+    w.write_all(&head)?;
+    let mut r = s;
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    let mut theirs = vec![0u8; u32::from_le_bytes(len) as usize];
+    r.read_exact(&mut theirs)?;
+    w.write_all(&theirs)?;
+    loop {
+        let waiting = crate::sys::bytes_waiting(s.as_raw_fd()).unwrap_or(0);
+        if waiting >= mine.len() {
+            // The program's own timeouts (none: a new socket's).
+            s.set_read_timeout(None)?;
+            s.set_write_timeout(None)?;
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(std::io::Error::from_raw_os_error(libc::ETIMEDOUT));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The new connections by (saved local, saved peer) address, as the pool keys TCP ends.
+pub type Connections = HashMap<(Vec<u8>, Vec<u8>), OwnedFd>;
+/// The job's listeners made to accept them, by saved local address.
+pub type Listeners = HashMap<Vec<u8>, OwnedFd>;
+
+/// Re-makes every connection of `images` whose other end is not in them, within `wait`.
+/// Those that could not be re-made are left out (they come back reset), each with a warning.
+pub fn reconnect(images: &[&Image], wait: Duration) -> (Connections, Listeners) {
+    let deadline = Instant::now() + wait;
+    let mut acc = Accepting::default();
+    let mut made = HashMap::new();
+    for e in ends(images) {
+        let listener = listener_on(images, e.local);
+        let accepts = listener.is_some();
+        let res = if let Some(lf) = listener {
+            acc.accept(lf, e.local, e.peer, deadline)
+        } else {
+            connect_from(e.local_raw, e.peer_raw, deadline)
+        }
+        .and_then(|s| exchange(&s, e.queued, deadline).map(|_| s));
+        match res {
+            Ok(s) => {
+                let fd = OwnedFd::from(s);
+                socket::set_connection_options(&fd, e.state);
+                made.insert((e.local_raw.to_vec(), e.peer_raw.to_vec()), fd);
+            }
+            Err(err) => eprintln!(
+                "cr_restart: warning: the TCP connection {} to {} could not be made again ({} it: {err}); it comes back reset",
+                e.local,
+                e.peer,
+                if accepts { "accepting" } else { "connecting" }
+            ),
+        }
+    }
+    for (_, s) in acc.early.drain() {
+        // Nobody asked for it: it will not be mistaken for a connection of the program.
+        drop(s);
+    }
+    let listeners = acc
+        .listeners
+        .into_iter()
+        .map(|(k, l)| (k, OwnedFd::from(l)))
+        .collect();
+    (made, listeners)
+}
