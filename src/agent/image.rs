@@ -554,7 +554,7 @@ pub fn finish(
     let mut hdr = FileHeader {
         magic: MAGIC,
         version: if super::incremental::is_delta() {
-            VERSION
+            VERSION_DELTA
         } else {
             VERSION_FULL
         },

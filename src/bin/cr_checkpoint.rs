@@ -116,6 +116,11 @@ struct Args {
     /// that cannot be done. One process only.
     #[arg(long, value_name = "PARENT", num_args = 0..=1, require_equals = true, default_missing_value = "")]
     incremental: Option<String>,
+    /// Compress the page data with zstd at LEVEL (1 to 22; 1 by default), a thread per core;
+    /// pieces that do not compress are stored raw. Not with --incremental.
+    #[arg(long, value_name = "LEVEL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "1")]
+    compress: Option<String>,
     /// With --incremental: every Nth image of a chain is a full one.
     #[arg(long = "max-chain", value_name = "N")]
     max_chain: Option<u32>,
@@ -383,6 +388,15 @@ fn options(m: &clap::ArgMatches, a: &Args) -> checkpoint::Options {
         sync: last_given(m, &[("sync", true), ("nosync", false)], true),
         cow: a.cow,
         incremental: incremental(a),
+        compress: a.compress.as_deref().map(|l| {
+            l.parse::<i32>().unwrap_or_else(|_| {
+                fail(
+                    TOOL,
+                    libc::EINVAL,
+                    &format!("invalid compression level '{l}' (a number, 1 to 22)"),
+                )
+            })
+        }),
         ..checkpoint::Options::new(scope, a.id.unwrap_or(0))
     }
 }
@@ -479,6 +493,17 @@ fn main() {
             eprintln!(
                 "{TOOL}: process {} checkpointed to {} ({} bytes; {})",
                 s.pid, s.dest, s.bytes, s.report
+            );
+        }
+        if let Some((st, secs)) = outcome.compressed {
+            let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+            eprintln!(
+                "{TOOL}: compressed {:.1} MiB of page data to {:.1} MiB ({} frames zstd, {} stored raw) in {:.2} s",
+                mib(st.raw),
+                mib(st.stored),
+                st.zstd_frames,
+                st.raw_frames,
+                secs
             );
         }
         let n = outcome.saved.len();

@@ -267,6 +267,25 @@ fn print_contents(path: &Path, file: &std::fs::File, img: &Image, len: u64) {
     );
     println!("  total size       {}", size(len));
     println!("  page data        {}", size(h.data_len));
+    if img.compressed() {
+        let z: Vec<_> = img
+            .zframes
+            .iter()
+            .filter(|f| f.method == cr::image::format::ZFRAME_ZSTD)
+            .collect();
+        let (raw, stored) = z
+            .iter()
+            .fold((0, 0), |(r, s), f| (r + f.raw_len as u64, s + f.stored_len));
+        println!(
+            "  compressed       zstd: memory pages {} raw, {} stored; {} frames compressed ({} to {}), {} stored raw (incompressible); decompressed in parallel at restart",
+            size(img.memory_len()),
+            size(img.stored_memory_len()),
+            z.len(),
+            size(raw),
+            size(stored),
+            img.zframes.len() - z.len()
+        );
+    }
     print_chain(path, img);
     // How cr_restart (without --eager) will restore it here, and the rule that comes with it.
     match cr::restore::memory::lazy_refusal(file, img) {

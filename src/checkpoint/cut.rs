@@ -202,8 +202,12 @@ fn progress(pid: i32, r: &protocol::Reply) -> Note {
 
 /// Opens a destination; says under `-v` when a file must be written under its temporary name
 /// (no `O_TMPFILE` there: a requester killed mid-write would leave `.NAME.tmp` behind).
-fn open_out(d: &Dest, note: &mut dyn FnMut(Note)) -> Result<Out, CheckpointError> {
-    let out = Out::open(d)?;
+fn open_out(
+    d: &Dest,
+    compress: Option<i32>,
+    note: &mut dyn FnMut(Note),
+) -> Result<Out, CheckpointError> {
+    let out = Out::open(d, compress)?;
     if let (Some(tmp), false) = (&out.tmp, out.unnamed()) {
         if out.path.as_ref() != Some(tmp) {
             note(Note::Info(format!(
@@ -311,7 +315,7 @@ pub(super) fn checkpoint_one(
     let sock =
         try_connect(pid)?.ok_or_else(|| err(libc::ESRCH, format!("no process with pid {pid}")))?;
     let mut cut = Cut::new(opts);
-    cut.outs.push(open_out(&dest, note)?);
+    cut.outs.push(open_out(&dest, opts.compress, note)?);
     // A stopped process cannot take part: continue it for the checkpoint and stop it again
     // afterwards (BLCR: SIGSTOP after the checkpoint if the process was stopped), unless another
     // signal was asked for.
@@ -441,6 +445,8 @@ struct Cut<'a> {
     released: bool,
     /// An incremental checkpoint's parent (for its one process).
     plan: Option<&'a super::incremental::Plan>,
+    /// `--compress`: what the compression did, and its wall time.
+    compressed: Option<(crate::image::compress::Stats, f64)>,
 }
 
 impl Drop for Cut<'_> {
@@ -489,6 +495,7 @@ impl<'a> Cut<'a> {
             committed: false,
             released: false,
             plan: None,
+            compressed: None,
         }
     }
 
@@ -498,7 +505,7 @@ impl<'a> Cut<'a> {
         let out = if per_proc {
             let d = dest::resolve(&self.opts.dest, &self.opts.commit, self.opts.id, pid);
             // The socket is ours to close from here on.
-            let opened = d.and_then(|d| Out::open(&d));
+            let opened = d.and_then(|d| Out::open(&d, self.opts.compress));
             match opened {
                 Ok(o) => {
                     self.outs.push(o);
@@ -681,6 +688,17 @@ impl<'a> Cut<'a> {
     /// Every file durable first, then renamed into place, then the directories synced.
     fn commit(&mut self) -> Result<(), CheckpointError> {
         let sync = self.opts.sync;
+        for o in &mut self.outs {
+            if let Some((st, secs)) = o.finish_compressing()? {
+                let (mut all, t) = self.compressed.unwrap_or_default();
+                all.raw += st.raw;
+                all.stored += st.stored;
+                all.zstd_frames += st.zstd_frames;
+                all.raw_frames += st.raw_frames;
+                all.images += st.images;
+                self.compressed = Some((all, t.max(secs)));
+            }
+        }
         for o in &self.outs {
             o.sync(sync).map_err(|e| {
                 err(
@@ -753,6 +771,7 @@ impl<'a> Cut<'a> {
                 .map(|o| o.what.clone())
                 .unwrap_or_default(),
             path: self.outs.first().and_then(|o| o.path.clone()),
+            compressed: self.compressed,
         }
     }
 }
@@ -904,7 +923,7 @@ pub(super) fn checkpoint_many(
     cut.plan = plan;
     if !per_proc {
         let d = dest::resolve(&opts.dest, &opts.commit, opts.id, first)?;
-        cut.outs.push(open_out(&d, note)?);
+        cut.outs.push(open_out(&d, opts.compress, note)?);
     }
     for &p in pids {
         if let Some(sock) = try_connect(p)? {

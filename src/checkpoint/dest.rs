@@ -178,11 +178,129 @@ pub(super) struct Out {
     commit: Commit,
     /// For messages.
     pub what: String,
+    /// `--compress`: the agents write into a pipe (`fd`), a thread compresses into the file.
+    zip: Option<Compressing>,
 }
 
+/// The compression behind an [`Out`] (`--compress`).
+struct Compressing {
+    /// The thread reading the pipe and writing the compressed images.
+    thread: std::thread::JoinHandle<Result<Stats, String>>,
+    /// Set once every agent has replied: its image is in the pipe.
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// A stream destination's descriptor: the compressed images are written to a temporary
+    /// file first (their headers come last) and copied to it at the end.
+    stream: Option<(i32, std::fs::File)>,
+    /// When it started.
+    start: std::time::Instant,
+}
+
+use crate::image::compress::Stats;
+
 impl Out {
-    /// Creates the file (its temporary name, unless `Clobber`) of a destination.
-    pub fn open(dest: &Dest) -> Result<Out, CheckpointError> {
+    /// Creates the file (its temporary name, unless `Clobber`) of a destination; with
+    /// `compress` (a zstd level) the descriptor the agents get is a pipe to a compressing
+    /// thread instead.
+    pub fn open(dest: &Dest, compress: Option<i32>) -> Result<Out, CheckpointError> {
+        let mut out = Self::open_raw(dest)?;
+        if let Some(level) = compress {
+            out.start_compressing(level)?;
+        }
+        Ok(out)
+    }
+
+    /// Puts a pipe between the agents and the destination, and starts the thread that
+    /// compresses what comes through it.
+    fn start_compressing(&mut self, level: i32) -> Result<(), CheckpointError> {
+        let io = |e: std::io::Error, what: &str| {
+            err(
+                e.raw_os_error().unwrap_or(libc::EIO),
+                format!("--compress: {what}: {e}"),
+            )
+        };
+        let (target, stream) = match &self.file {
+            Some(f) => (
+                f.try_clone().map_err(|e| io(e, "cannot use the file"))?,
+                None,
+            ),
+            None => {
+                // A stream: compressed into an unnamed temporary file, then copied.
+                let tmp = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+                    .open(std::env::temp_dir())
+                    .map_err(|e| io(e, "cannot create a temporary file"))?;
+                let t2 = tmp.try_clone().map_err(|e| io(e, "temporary file"))?;
+                (t2, Some((self.fd, tmp)))
+            }
+        };
+        let mut p = [0i32; 2];
+        // SAFETY: pipe2 fills the two descriptors.
+        if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(io(std::io::Error::last_os_error(), "cannot create a pipe"));
+        }
+        // SAFETY: a bigger pipe means fewer wake-ups; failure (over pipe-max-size) is harmless.
+        unsafe { libc::fcntl(p[0], libc::F_SETPIPE_SZ, 1 << 20) };
+        // SAFETY: the read end is ours; the File owns it from here on.
+        let file = unsafe { <std::fs::File as std::os::unix::io::FromRawFd>::from_raw_fd(p[0]) };
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut reader = crate::image::compress::PipeSource {
+            file,
+            done: done.clone(),
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let thread = std::thread::spawn(move || {
+            crate::image::compress::compress_stream(&mut reader, &target, level, threads)
+        });
+        self.fd = p[1];
+        self.zip = Some(Compressing {
+            thread,
+            done,
+            stream,
+            start: std::time::Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// `--compress`: once every image is in the pipe, waits for the compression to end (and
+    /// copies a stream destination's images out); returns what it did and how long it took.
+    pub fn finish_compressing(&mut self) -> Result<Option<(Stats, f64)>, CheckpointError> {
+        let Some(z) = self.zip.take() else {
+            return Ok(None);
+        };
+        // SAFETY: our write end of the pipe (the agents hold theirs until they are released).
+        unsafe { libc::close(self.fd) };
+        z.done.store(true, std::sync::atomic::Ordering::Release);
+        let fail = |m: String| err(libc::EIO, format!("cannot compress {}: {m}", self.what));
+        let stats = z
+            .thread
+            .join()
+            .unwrap_or_else(|_| Err("the compression thread failed".into()))
+            .map_err(fail)?;
+        let secs = z.start.elapsed().as_secs_f64();
+        if let Some((fd, tmp)) = z.stream {
+            self.fd = fd;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut at = 0u64;
+            loop {
+                let n = std::os::unix::fs::FileExt::read_at(&tmp, &mut buf, at)
+                    .map_err(|e| fail(e.to_string()))?;
+                if n == 0 {
+                    break;
+                }
+                crate::sys::write_all(fd, &buf[..n])
+                    .map_err(|e| fail(crate::tool::strerror(e.0)))?;
+                at += n as u64;
+            }
+        } else if let Some(f) = &self.file {
+            self.fd = f.as_raw_fd();
+        }
+        Ok(Some((stats, secs)))
+    }
+
+    fn open_raw(dest: &Dest) -> Result<Out, CheckpointError> {
         match dest {
             Dest::Stream { fd, what } => Ok(Out {
                 fd: *fd,
@@ -192,6 +310,7 @@ impl Out {
                 path: None,
                 commit: Commit::Clobber,
                 what: what.clone(),
+                zip: None,
             }),
             Dest::File { path, commit } => {
                 let (dir, base) = dir_and_name(path);
@@ -217,6 +336,7 @@ impl Out {
                             path: Some(path.clone()),
                             commit: commit.clone(),
                             what: path.display().to_string(),
+                            zip: None,
                         });
                     }
                 }
@@ -249,6 +369,7 @@ impl Out {
                     path: Some(path.clone()),
                     commit: commit.clone(),
                     what: path.display().to_string(),
+                    zip: None,
                 })
             }
         }
@@ -256,6 +377,11 @@ impl Out {
 
     /// Removes the partial file (a failed checkpoint; an unnamed one goes with its descriptor).
     pub fn discard(&mut self) {
+        if self.zip.take().is_some() {
+            // SAFETY: our write end of the pipe; the thread ends (and is left to) on its own.
+            unsafe { libc::close(self.fd) };
+            self.fd = -1;
+        }
         if let Some(t) = self.tmp.take() {
             if !self.anonymous {
                 let _ = std::fs::remove_file(t);

@@ -69,6 +69,9 @@ pub struct Options {
     pub incremental: Option<incremental::Incremental>,
     /// Ask the agents for progress messages while they write ([`Note::Progress`]).
     pub progress: bool,
+    /// `--compress[=LEVEL]`: the page data compressed with zstd at this level (see
+    /// `crate::image::compress`).
+    pub compress: Option<i32>,
 }
 
 impl Options {
@@ -91,6 +94,7 @@ impl Options {
             cow: false,
             incremental: None,
             progress: false,
+            compress: None,
         }
     }
 }
@@ -167,6 +171,9 @@ pub struct Outcome {
     pub what: String,
     /// The committed file (none for streams and directories).
     pub path: Option<std::path::PathBuf>,
+    /// `--compress`: what the compression did (all destinations together) and its wall time
+    /// in seconds (from the request to the last byte).
+    pub compressed: Option<(crate::image::compress::Stats, f64)>,
 }
 
 /// A larger cut a checkpoint is one part of (one node's part of a job across nodes: see
@@ -213,6 +220,25 @@ fn checkpoint_with(
             errno: libc::EINVAL,
             msg: format!("invalid signal number {}", opts.signal),
         });
+    }
+    if let Some(level) = opts.compress {
+        let range = crate::image::compress::level_range();
+        if !range.contains(&level) {
+            return Err(CheckpointError {
+                errno: libc::EINVAL,
+                msg: format!(
+                    "invalid compression level {level} (zstd levels {} to {})",
+                    range.start(),
+                    range.end()
+                ),
+            });
+        }
+        if opts.incremental.is_some() {
+            return Err(CheckpointError {
+                errno: libc::EINVAL,
+                msg: "--compress cannot be combined with --incremental (delta images are written uncompressed)".into(),
+            });
+        }
     }
     let found = scope::resolve(opts, note)?;
     // Incremental: each process's parent (one delta per process of a tree).

@@ -15,9 +15,14 @@ use bytemuck::{Pod, Zeroable};
 pub const MAGIC: [u8; 8] = *b"LIBCRIMG";
 /// First eight bytes of the trailer page.
 pub const TRAILER_MAGIC: [u8; 8] = *b"LIBCREND";
-/// Newest image format version this build reads (and writes for delta images, see
-/// [`REC_PARENT`]).
-pub const VERSION: u32 = 5;
+/// Newest image format version this build reads (and writes for compressed images, see
+/// [`REC_ZFRAMES`]).
+pub const VERSION: u32 = 6;
+/// Image format version this build writes for delta images (see [`REC_PARENT`]).
+pub const VERSION_DELTA: u32 = 5;
+/// Image format version of compressed images (`cr_checkpoint --compress`, [`REC_ZFRAMES`]):
+/// older readers refuse them by their version instead of reading frames as pages.
+pub const VERSION_COMPRESSED: u32 = 6;
 /// Image format version this build writes for full (self-contained) images: version-4 readers
 /// keep reading them. Only delta images, which such readers could not restore, carry
 /// [`VERSION`] 5.
@@ -232,6 +237,36 @@ pub struct ParentRec {
     /// Bytes of path after this struct: relative to this image's directory, or absolute.
     pub path_len: u32,
 }
+
+/// Record (version 6, compressed images only): [`ZFrame`]`[n]`: how the memory pages are
+/// stored. The extents keep their `file_off` in the *raw* page data (as if uncompressed, tiling
+/// it in order); the frames tile that raw page data in order, none crossing an extent, and say
+/// where each piece is in the data area: stored as is (page aligned, so it can be mapped) or as
+/// one zstd frame. The saved files' contents follow the stored page data (padded to a page).
+/// Required: a reader that does not know it would read frames as pages.
+pub const REC_ZFRAMES: u32 = 34;
+
+/// [`ZFrame::method`]: the bytes are stored as they are.
+pub const ZFRAME_RAW: u32 = 0;
+/// [`ZFrame::method`]: the bytes are one zstd frame (with its content checksum).
+pub const ZFRAME_ZSTD: u32 = 1;
+
+/// One piece of the page data of a compressed image (see [`REC_ZFRAMES`]), 32 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug, PartialEq, Eq)]
+pub struct ZFrame {
+    /// Offset of its bytes in the raw page data (as an extent's `file_off`).
+    pub raw_off: u64,
+    /// Offset of the stored bytes from `FileHeader::data_offset` (page aligned when raw).
+    pub stored_off: u64,
+    /// Stored length in bytes.
+    pub stored_len: u64,
+    /// Raw length in bytes (a page multiple).
+    pub raw_len: u32,
+    /// [`ZFRAME_RAW`] or [`ZFRAME_ZSTD`].
+    pub method: u32,
+}
+const _: () = assert!(core::mem::size_of::<ZFrame>() == 32);
 
 /// Record: [`FileSpanRec`]: the contents of a saved file (unlinked, or under a temporary
 /// directory, or open for writing) are in the data area, after the memory pages, instead of in

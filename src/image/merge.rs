@@ -93,7 +93,7 @@ pub fn merge(path: &Path, out: &Path) -> Result<u64, ChainError> {
         let body = &raw[pos..pos + rh.len as usize];
         pos += align8(rh.len as usize);
         match rh.kind {
-            REC_PARENT | REC_REGION_INCR | REC_EXTENTS => {}
+            REC_PARENT | REC_REGION_INCR | REC_EXTENTS | REC_ZFRAMES => {}
             REC_REGION => {
                 let mut r: RegionRec = bytemuck::pod_read_unaligned(&body[..80]);
                 let exts: Vec<Extent> = per_region[region]
@@ -134,8 +134,8 @@ pub fn merge(path: &Path, out: &Path) -> Result<u64, ChainError> {
     hdr.data_offset = PAGE as u64 + page_align(meta_len as u64);
     // The saved files' contents (`REC_FILE_SPAN`) follow the memory pages, as in the delta;
     // their offsets are relative to that area, so it is copied as it is.
-    let spans_off = img.header.data_offset + img.memory_len();
-    let spans_len = img.header.data_len.saturating_sub(img.memory_len());
+    let spans_off = img.header.data_offset + img.stored_memory_len();
+    let spans_len = img.header.data_len.saturating_sub(img.stored_memory_len());
     hdr.data_len = data_len + spans_len;
     hdr.trailer_offset = hdr.data_offset + hdr.data_len;
     hdr.header_hash = 0;
@@ -174,10 +174,9 @@ pub fn merge(path: &Path, out: &Path) -> Result<u64, ChainError> {
                 let mut done = 0u64;
                 while done < len {
                     let n = (len - done).min(chunk.len() as u64) as usize;
-                    let at = images[src].header.data_offset + off + done;
-                    files[src]
-                        .read_exact_at(&mut chunk[..n], at)
-                        .map_err(|e| io(path, e))?;
+                    images[src]
+                        .read_pages(&files[src], off + done, &mut chunk[..n])
+                        .map_err(|e| io(path, std::io::Error::other(e.to_string())))?;
                     h.update(&chunk[..n]);
                     wr.write_all(&chunk[..n]).map_err(|e| io(&tmp, e))?;
                     done += n as u64;

@@ -2,6 +2,7 @@
 //! agent, allocation-free) and one reader (the tools).
 
 pub mod chain;
+pub mod compress;
 pub mod format;
 pub mod merge;
 pub mod reader;

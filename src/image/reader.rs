@@ -195,6 +195,9 @@ pub struct Image {
     /// A delta image's parent chain, newest first, once resolved and checked
     /// ([`crate::image::chain::resolve`]); empty otherwise.
     pub chain: Vec<std::path::PathBuf>,
+    /// How the page data is stored in a compressed image (`REC_ZFRAMES`, in raw order);
+    /// empty: stored as the extents say.
+    pub zframes: Vec<ZFrame>,
 }
 
 fn read_pod<T: bytemuck::Pod>(bytes: &[u8], what: &str) -> Result<T, ImageError> {
@@ -330,6 +333,7 @@ impl Image {
             shares: Vec::new(),
             parent: None,
             chain: Vec::new(),
+            zframes: Vec::new(),
         };
         img.parse_meta(&meta)?;
         img.check_extents()?;
@@ -556,6 +560,12 @@ impl Image {
                 REC_FD_IN_FLIGHT => {
                     flight_next.push(read_pod::<i32>(body, "descriptor in flight")?);
                 }
+                REC_ZFRAMES if v >= VERSION_COMPRESSED => {
+                    let n = len / core::mem::size_of::<ZFrame>();
+                    self.zframes = (0..n)
+                        .map(|i| read_pod(&body[i * core::mem::size_of::<ZFrame>()..], "frame"))
+                        .collect::<Result<_, _>>()?;
+                }
                 REC_END => break,
                 k if k & REC_OPTIONAL != 0 => {} // detail a newer writer added: skip
                 other => return Err(ImageError::Malformed(format!("unknown record {other}"))),
@@ -607,7 +617,11 @@ impl Image {
                 .and_then(|n| files.checked_add(n))
                 .ok_or_else(|| ImageError::Malformed("bad file span".into()))?;
         }
-        let off = off
+        if !self.zframes.is_empty() {
+            self.check_frames(off)?;
+        }
+        let off = self
+            .stored_memory_len()
             .checked_add(files)
             .ok_or_else(|| ImageError::Malformed("bad file span".into()))?;
         if off != self.header.data_len
@@ -616,6 +630,146 @@ impl Image {
             return Err(ImageError::Malformed(
                 "data area size disagrees with extents".into(),
             ));
+        }
+        Ok(())
+    }
+
+    /// Frames must tile the raw page data (`raw_len` bytes) in order without crossing an
+    /// extent, and lie in order inside the stored page data, raw ones page aligned.
+    fn check_frames(&self, raw_len: u64) -> Result<(), ImageError> {
+        let bad = |m: &str| Err(ImageError::Malformed(format!("bad compressed frame: {m}")));
+        let mut bounds: Vec<u64> = self
+            .regions
+            .iter()
+            .flat_map(|r| &r.extents)
+            .map(|e| e.file_off + e.len)
+            .collect();
+        bounds.reverse();
+        let (mut raw, mut stored) = (0u64, 0u64);
+        for f in &self.zframes {
+            let raw_end = f.raw_off.checked_add(f.raw_len as u64);
+            let stored_end = f.stored_off.checked_add(f.stored_len);
+            let (Some(raw_end), Some(stored_end)) = (raw_end, stored_end) else {
+                return bad("overflow");
+            };
+            while bounds.last().is_some_and(|&b| b <= raw) {
+                bounds.pop();
+            }
+            if f.raw_off != raw || f.raw_len == 0 || !(f.raw_len as u64).is_multiple_of(PAGE as u64)
+            {
+                return bad("raw offsets");
+            }
+            if bounds.last().is_some_and(|&b| raw_end > b) {
+                return bad("crosses an extent");
+            }
+            if f.stored_off < stored {
+                return bad("stored offsets");
+            }
+            match f.method {
+                ZFRAME_RAW
+                    if f.stored_len == f.raw_len as u64
+                        && f.stored_off.is_multiple_of(PAGE as u64) => {}
+                ZFRAME_ZSTD if f.stored_len > 0 => {}
+                _ => return bad("method"),
+            }
+            raw = raw_end;
+            stored = stored_end;
+        }
+        if raw != raw_len {
+            return bad("they do not cover the page data");
+        }
+        Ok(())
+    }
+
+    /// Whether the page data is compressed (`REC_ZFRAMES`).
+    pub fn compressed(&self) -> bool {
+        !self.zframes.is_empty()
+    }
+
+    /// Bytes the memory pages take in the data area: [`Image::memory_len`], or in a compressed
+    /// image the stored frames, padded to a page.
+    pub fn stored_memory_len(&self) -> u64 {
+        match self.zframes.last() {
+            Some(f) => page_align(f.stored_off + f.stored_len),
+            None => self.memory_len(),
+        }
+    }
+
+    /// The file offset of the raw page data `[off, off + len)` when it is stored as it is in
+    /// one piece (always in an uncompressed image), for mapping it.
+    pub fn raw_file_offset(&self, off: u64, len: u64) -> Option<u64> {
+        if !self.compressed() {
+            return Some(self.header.data_offset + off);
+        }
+        let i = self
+            .zframes
+            .partition_point(|f| f.raw_off + f.raw_len as u64 <= off);
+        let first = self.zframes.get(i)?;
+        let start = first.stored_off + (off - first.raw_off);
+        let mut f = first;
+        let mut k = i;
+        loop {
+            if f.method != ZFRAME_RAW
+                || f.stored_off - f.raw_off != first.stored_off - first.raw_off
+            {
+                return None;
+            }
+            if f.raw_off + f.raw_len as u64 >= off + len {
+                return Some(self.header.data_offset + start);
+            }
+            k += 1;
+            f = self.zframes.get(k)?;
+        }
+    }
+
+    /// Decompresses (or reads) frame `f` into `out` (`f.raw_len` bytes), checking it.
+    pub fn read_frame(&self, file: &File, f: &ZFrame, out: &mut [u8]) -> Result<(), ImageError> {
+        let at = self.header.data_offset + f.stored_off;
+        if f.method == ZFRAME_RAW {
+            file.read_exact_at(out, at)?;
+            return Ok(());
+        }
+        let mut src = vec![0u8; f.stored_len as usize];
+        file.read_exact_at(&mut src, at)?;
+        super::compress::inflate(&src, out).map_err(|e| {
+            ImageError::Malformed(format!(
+                "compressed frame at data offset {} (raw {}): {e}",
+                f.stored_off, f.raw_off
+            ))
+        })
+    }
+
+    /// Reads raw page data `[off, off + buf.len())` (offsets as an extent's `file_off`),
+    /// decompressing the frames it lies in.
+    pub fn read_pages(&self, file: &File, off: u64, buf: &mut [u8]) -> Result<(), ImageError> {
+        if !self.compressed() {
+            file.read_exact_at(buf, self.header.data_offset + off)?;
+            return Ok(());
+        }
+        let mut done = 0usize;
+        let mut tmp = Vec::new();
+        while done < buf.len() {
+            let at = off + done as u64;
+            let i = self
+                .zframes
+                .partition_point(|f| f.raw_off + f.raw_len as u64 <= at);
+            let f = self
+                .zframes
+                .get(i)
+                .ok_or_else(|| ImageError::Malformed("page data past the frames".into()))?;
+            let skip = (at - f.raw_off) as usize;
+            let n = (f.raw_len as usize - skip).min(buf.len() - done);
+            if f.method == ZFRAME_RAW {
+                file.read_exact_at(
+                    &mut buf[done..done + n],
+                    self.header.data_offset + f.stored_off + skip as u64,
+                )?;
+            } else {
+                tmp.resize(f.raw_len as usize, 0);
+                self.read_frame(file, f, &mut tmp)?;
+                buf[done..done + n].copy_from_slice(&tmp[skip..skip + n]);
+            }
+            done += n;
         }
         Ok(())
     }
@@ -637,7 +791,7 @@ impl Image {
         }
         let sp = self.file_spans.iter().find(|s| (s.dev, s.ino) == key)?;
         Some(SavedContents::Span {
-            offset: self.header.data_offset + self.memory_len() + sp.data_off,
+            offset: self.header.data_offset + self.stored_memory_len() + sp.data_off,
             size: sp.size,
             hash: sp.hash,
         })
@@ -648,11 +802,11 @@ impl Image {
     pub fn verify_data(&self, file: &File) -> Result<(), ImageError> {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         let mut buf = vec![0u8; 1 << 20];
-        let mut off = self.header.data_offset;
-        let end = off + self.memory_len();
+        let mut off = 0;
+        let end = self.memory_len();
         while off < end {
             let n = ((end - off) as usize).min(buf.len());
-            file.read_exact_at(&mut buf[..n], off)?;
+            self.read_pages(file, off, &mut buf[..n])?;
             h.update(&buf[..n]);
             off += n as u64;
         }

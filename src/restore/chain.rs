@@ -13,7 +13,6 @@ use super::RestoreError;
 use crate::image::chain::{needed_from_parents, split};
 use crate::image::reader::Image;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 
 /// Where a region of the delta image is mapped now: `(start, end, current address)`.
 pub type Place = (u64, u64, u64);
@@ -87,13 +86,12 @@ fn copy_from(
     let mut k = 0usize;
     while off < total {
         let n = (total - off).min(buf.len() as u64) as usize;
-        file.read_exact_at(&mut buf[..n], link.header.data_offset + off)
-            .map_err(|e| {
-                err(
-                    e.raw_os_error().unwrap_or(libc::EIO),
-                    format!("{}: reading page data: {e}", path.display()),
-                )
-            })?;
+        link.read_pages(&file, off, &mut buf[..n]).map_err(|e| {
+            err(
+                e.errno(),
+                format!("{}: reading page data: {e}", path.display()),
+            )
+        })?;
         h.update(&buf[..n]);
         let end = off + n as u64;
         // Copies are sorted by data offset; one may span chunks.

@@ -148,6 +148,83 @@ pub fn lazy_extent(r: &Region, e: &Extent) -> bool {
         && e.file_off.is_multiple_of(PAGE as u64)
 }
 
+/// A compressed image's page data for the extents `todo` (each with the address it goes to),
+/// decompressed straight into place by a thread per core (each frame checks its own content
+/// checksum).
+fn inflate_into(img: &Image, file: &File, todo: &[(u64, Extent)]) -> Result<(), RestoreError> {
+    // Every frame of those extents, with its destination.
+    let mut jobs: Vec<(ZFrame, u64)> = Vec::new();
+    for &(at, e) in todo {
+        let i = img
+            .zframes
+            .partition_point(|f| f.raw_off + f.raw_len as u64 <= e.file_off);
+        for f in img.zframes[i..]
+            .iter()
+            .take_while(|f| f.raw_off < e.file_off + e.len)
+        {
+            jobs.push((*f, at + (f.raw_off - e.file_off)));
+        }
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(jobs.len().max(1));
+    let run = || -> Result<(), String> {
+        loop {
+            let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(&(f, dst)) = jobs.get(k) else {
+                return Ok(());
+            };
+            // SAFETY: the destination lies inside the writable mapping made for the extent's
+            // region (frames never cross an extent); no two frames overlap.
+            let out = unsafe { std::slice::from_raw_parts_mut(dst as *mut u8, f.raw_len as usize) };
+            img.read_frame(file, &f, out).map_err(|e| e.to_string())?;
+        }
+    };
+    let res: Vec<Result<(), String>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads).map(|_| s.spawn(run)).collect();
+        hs.into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("decompression failed".into()))
+            })
+            .collect()
+    });
+    for r in res {
+        r.map_err(|m| RestoreError::new(libc::EINVAL, format!("reading page data: {m}")))?;
+    }
+    Ok(())
+}
+
+/// The hash of a compressed image's page data once it is in place (pooled shared memory is
+/// read again from the image), in file order.
+fn hash_in_place(
+    img: &Image,
+    file: &File,
+    placed: &[Option<Placed>],
+    shm: &SharedObjects,
+) -> Result<xxhash_rust::xxh3::Xxh3, RestoreError> {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut spare = Vec::new();
+    for (i, r) in img.regions.iter().enumerate() {
+        let Some(p) = placed[i] else { continue };
+        let pooled = shm.pooled(r);
+        for e in &r.extents {
+            if pooled {
+                spare.resize(e.len as usize, 0u8);
+                img.read_pages(file, e.file_off, &mut spare)
+                    .map_err(|e| RestoreError::new(e.errno(), format!("reading page data: {e}")))?;
+                h.update(&spare);
+            } else {
+                let at = p.cur + (e.addr - r.rec.start);
+                // SAFETY: the extent was filled inside the mapping made for its region.
+                h.update(unsafe { std::slice::from_raw_parts(at as *const u8, e.len as usize) });
+            }
+        }
+    }
+    Ok(h)
+}
+
 /// Bytes of page data a lazy restore of `img` would map and read: (mapped, read). Regions that
 /// must first be mapped elsewhere and moved (their address is taken in cr_restart) are read
 /// instead; this count does not know about those.
@@ -155,7 +232,10 @@ pub fn lazy_plan(img: &Image) -> (u64, u64) {
     let (mut mapped, mut read, mut n) = (0, 0, 0);
     for r in &img.regions {
         for e in &r.extents {
-            if n < LAZY_MAX_MAPPINGS && lazy_extent(r, e) {
+            if n < LAZY_MAX_MAPPINGS
+                && lazy_extent(r, e)
+                && img.raw_file_offset(e.file_off, e.len).is_some()
+            {
                 mapped += e.len;
                 n += 1;
             } else {
@@ -632,6 +712,7 @@ pub fn build(
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut spare = Vec::new();
     let mut n_mapped = 0;
+    let mut deferred: Vec<(u64, Extent)> = Vec::new();
     for (i, r) in img.regions.iter().enumerate() {
         let Some(p) = placed[i] else { continue };
         let pooled = shm.pooled(r);
@@ -642,7 +723,9 @@ pub fn build(
                 && p.cur == p.dst
                 && n_mapped < LAZY_MAX_MAPPINGS
                 && lazy_extent(r, e)
-                && map_from_image(file, at, e.len, img.header.data_offset + e.file_off)
+                && img
+                    .raw_file_offset(e.file_off, e.len)
+                    .is_some_and(|off| map_from_image(file, at, e.len, off))
             {
                 n_mapped += 1;
                 filled.mapped += e.len;
@@ -652,6 +735,13 @@ pub fn build(
                 continue;
             }
             filled.read += e.len;
+            if img.compressed() {
+                // Decompressed below, in parallel, and hashed in order after that.
+                if !pooled {
+                    deferred.push((at, *e));
+                }
+                continue;
+            }
             // Pooled extents are read in chunks into a spare buffer, the others into place.
             let mut done = 0u64;
             while done < e.len {
@@ -674,6 +764,12 @@ pub fn build(
                 count_read(n);
                 done += n;
             }
+        }
+    }
+    if img.compressed() {
+        inflate_into(img, file, &deferred)?;
+        if filled.mapped == 0 {
+            h = hash_in_place(img, file, &placed, &shm)?;
         }
     }
     // Mapped page data is not read now: its checksum cannot be checked.

@@ -632,8 +632,9 @@ fn fill_shared(
                             format!("reading shared memory pages: {e}"),
                         )
                     };
-                    file.read_exact_at(buf, img.header.data_offset + e.file_off + done)
-                        .map_err(io)?;
+                    img.read_pages(file, e.file_off + done, buf).map_err(|e| {
+                        RestoreError::new(e.errno(), format!("reading shared memory pages: {e}"))
+                    })?;
                     let at = r.rec.offset + (e.addr - r.rec.start) + done;
                     let keep = limit.saturating_sub(at).min(n as u64) as usize;
                     sink.write_at(&buf[..keep], at).map_err(io)?;

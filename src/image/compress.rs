@@ -1,0 +1,478 @@
+//! Compressed images (`cr_checkpoint --compress`): the tool side turns the raw image stream the
+//! agents write (a tree manifest, then images back to back) into compressed images, one zstd
+//! frame per piece of an extent run, compressed by a thread per core; and the reader side
+//! decompresses a frame. See docs/IMAGE-FORMAT.md "Compressed images".
+//!
+//! The agents are not involved: they write raw images to a pipe (allocation-free, as ever), and
+//! `cr_checkpoint`, a normal process, compresses.
+
+use super::format::*;
+use super::tree::TREE_MAGIC;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+/// Raw bytes per frame at most (frames never cross an extent).
+pub const FRAME: usize = 1 << 20;
+/// Bytes of a frame compressed first to tell incompressible data (stored raw without
+/// compressing the rest).
+const SAMPLE: usize = 16 << 10;
+/// The default level of `--compress` (zstd's fast levels keep up with the disk).
+pub const DEFAULT_LEVEL: i32 = 1;
+
+/// The levels `--compress=LEVEL` takes.
+pub fn level_range() -> std::ops::RangeInclusive<i32> {
+    1..=*zstd::compression_level_range().end()
+}
+
+/// Decompresses one zstd frame `src` into `out`, which it must fill exactly (its content
+/// checksum is checked too).
+pub fn inflate(src: &[u8], out: &mut [u8]) -> Result<(), String> {
+    let mut d = zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?;
+    let n = d
+        .decompress_to_buffer(src, out)
+        .map_err(|e| format!("cannot decompress: {e}"))?;
+    if n != out.len() {
+        return Err(format!("{n} bytes decompressed, {} expected", out.len()));
+    }
+    Ok(())
+}
+
+/// What a compression did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    /// Page data bytes read (raw).
+    pub raw: u64,
+    /// Page data bytes stored.
+    pub stored: u64,
+    /// Frames stored compressed.
+    pub zstd_frames: u64,
+    /// Frames stored raw (incompressible).
+    pub raw_frames: u64,
+    /// Images compressed.
+    pub images: u64,
+}
+
+/// The source of the raw stream: read until end of file.
+pub trait Source {
+    /// Reads exactly `buf.len()` bytes; `Ok(false)` at a clean end of the stream before any.
+    fn fill(&mut self, buf: &mut [u8]) -> Result<bool, String>;
+}
+
+impl<R: Read> Source for R {
+    fn fill(&mut self, buf: &mut [u8]) -> Result<bool, String> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.read(&mut buf[done..]) {
+                Ok(0) if done == 0 => return Ok(false),
+                Ok(0) => return Err("the image stream ended inside an image".into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("reading the image stream: {e}")),
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// A pipe the agents write into: the stream ends where an image ends and the pipe is empty
+/// once `done` is set (every agent has replied, so every byte is in the pipe), or at end of
+/// file. The agents keep their descriptors until they are released, after the commit.
+pub struct PipeSource {
+    /// The read end.
+    pub file: File,
+    /// Set once every image is in the pipe.
+    pub done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PipeSource {
+    /// Waits until the pipe is readable (`Ok(true)`) or, once `done`, empty (`Ok(false)`).
+    fn wait(&self) -> Result<bool, String> {
+        use std::os::unix::io::AsRawFd;
+        let mut p = libc::pollfd {
+            fd: self.file.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        loop {
+            let finished = self.done.load(std::sync::atomic::Ordering::Acquire);
+            let ms = if finished { 0 } else { 100 };
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(&mut p, 1, ms) };
+            if n > 0 {
+                return Ok(true);
+            }
+            if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                return Err(format!(
+                    "waiting for the image stream: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            if n == 0 && finished {
+                return Ok(false);
+            }
+        }
+    }
+}
+
+impl Source for PipeSource {
+    fn fill(&mut self, buf: &mut [u8]) -> Result<bool, String> {
+        let mut done = 0;
+        while done < buf.len() {
+            if !self.wait()? {
+                if done == 0 {
+                    return Ok(false);
+                }
+                return Err("the image stream ended inside an image".into());
+            }
+            match self.file.read(&mut buf[done..]) {
+                Ok(0) if done == 0 => return Ok(false),
+                Ok(0) => return Err("the image stream ended inside an image".into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("reading the image stream: {e}")),
+            }
+        }
+        Ok(true)
+    }
+}
+
+fn need(src: &mut dyn Source, buf: &mut [u8]) -> Result<(), String> {
+    if src.fill(buf)? {
+        Ok(())
+    } else {
+        Err("the image stream ended inside an image".into())
+    }
+}
+
+fn put(out: &File, bytes: &[u8], at: u64) -> Result<(), String> {
+    out.write_all_at(bytes, at)
+        .map_err(|e| format!("cannot write the compressed image: {e}"))
+}
+
+/// A compressed piece, or the raw bytes back when they did not compress.
+struct Done {
+    seq: usize,
+    raw: Vec<u8>,
+    packed: Option<Vec<u8>>,
+}
+
+/// Compresses `raw` at `level` unless a sample shows it is incompressible; `None`: store raw.
+fn pack(c: &mut zstd::bulk::Compressor, raw: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+    let bound = zstd::zstd_safe::compress_bound(raw.len());
+    out.clear();
+    out.reserve(bound);
+    if raw.len() > 4 * SAMPLE {
+        // The middle of the frame: its start is often a header of sorts.
+        let s = &raw[raw.len() / 2 - SAMPLE / 2..][..SAMPLE];
+        let n = c.compress_to_buffer(s, out).ok()?;
+        if n > SAMPLE - SAMPLE / 8 {
+            return None;
+        }
+        out.clear();
+    }
+    let n = c.compress_to_buffer(raw, out).ok()?;
+    (n < raw.len() - raw.len() / 16).then_some(n)
+}
+
+/// Reads the raw image stream from `src` and writes it, each image's page data compressed, to
+/// `out` from offset 0 (positioned writes). `threads` compress at once.
+pub fn compress_stream(
+    src: &mut dyn Source,
+    out: &File,
+    level: i32,
+    threads: usize,
+) -> Result<Stats, String> {
+    let mut stats = Stats::default();
+    let mut at = 0u64;
+    let mut page = vec![0u8; PAGE];
+    loop {
+        if !src.fill(&mut page)? {
+            return Ok(stats);
+        }
+        if page[..8] == TREE_MAGIC {
+            // A manifest: copied as it is (it holds no image offsets).
+            let len = u64::from_le_bytes(page[40..48].try_into().unwrap_or([0; 8]));
+            if len < PAGE as u64 || !len.is_multiple_of(PAGE as u64) || len > 1 << 30 {
+                return Err("bad tree manifest in the image stream".into());
+            }
+            let mut rest = vec![0u8; len as usize - PAGE];
+            need(src, &mut rest)?;
+            put(out, &page, at)?;
+            put(out, &rest, at + PAGE as u64)?;
+            at += len;
+            continue;
+        }
+        if page[..8] != MAGIC {
+            return Err("the image stream holds something that is not an image".into());
+        }
+        at += one_image(src, out, at, &page, level, threads, &mut stats)?;
+        stats.images += 1;
+    }
+}
+
+/// Compresses one image whose header page is `hpage`; returns its compressed length.
+fn one_image(
+    src: &mut dyn Source,
+    out: &File,
+    base: u64,
+    hpage: &[u8],
+    level: i32,
+    threads: usize,
+    stats: &mut Stats,
+) -> Result<u64, String> {
+    let bad = |m: &str| Err(format!("bad image in the stream: {m}"));
+    let hsize = core::mem::size_of::<FileHeader>();
+    let mut hdr: FileHeader = bytemuck::pod_read_unaligned(&hpage[..hsize]);
+    if page_hash(hpage, hsize) != hdr.header_hash {
+        return bad("header checksum");
+    }
+    if hdr.meta_offset != PAGE as u64
+        || hdr.data_offset < PAGE as u64
+        || hdr.data_offset - PAGE as u64 > 1 << 30
+        || hdr.meta_len > hdr.data_offset - PAGE as u64
+        || hdr.meta_len < 8
+    {
+        return bad("header offsets");
+    }
+    let mut meta = vec![0u8; (hdr.data_offset - PAGE as u64) as usize];
+    need(src, &mut meta)?;
+    meta.truncate(hdr.meta_len as usize);
+    if hash(&meta) != hdr.meta_hash {
+        return bad("metadata checksum");
+    }
+    // The extents, in order; the last record must be REC_END.
+    let mut extents: Vec<Extent> = Vec::new();
+    let mut pos = 0usize;
+    let mut last = (0u32, 0usize);
+    while pos + 8 <= meta.len() {
+        let rh: RecordHeader = bytemuck::pod_read_unaligned(&meta[pos..pos + 8]);
+        let body = meta.get(pos + 8..pos + 8 + rh.len as usize);
+        let Some(body) = body else {
+            return bad("record runs past metadata");
+        };
+        if rh.kind == REC_EXTENTS {
+            for c in body.chunks_exact(core::mem::size_of::<Extent>()) {
+                extents.push(bytemuck::pod_read_unaligned(c));
+            }
+        }
+        if rh.kind == REC_ZFRAMES {
+            return bad("already compressed");
+        }
+        last = (rh.kind, pos);
+        pos += 8 + align8(rh.len as usize);
+        if rh.kind == REC_END {
+            break;
+        }
+    }
+    if last.0 != REC_END {
+        return bad("no end record");
+    }
+    let mem_len: u64 = extents.iter().map(|e| e.len).sum();
+    if mem_len > hdr.data_len {
+        return bad("extents longer than the data");
+    }
+    // Pieces: every extent cut into frames of at most FRAME bytes.
+    let mut pieces: Vec<(u64, u32)> = Vec::new();
+    for e in &extents {
+        let mut o = 0;
+        while o < e.len {
+            let n = (e.len - o).min(FRAME as u64);
+            pieces.push((e.file_off + o, n as u32));
+            o += n;
+        }
+    }
+    // The new metadata: the frames record before REC_END; its size is known now.
+    let frames_len = pieces.len() * core::mem::size_of::<ZFrame>();
+    if frames_len > u32::MAX as usize {
+        return bad("too many frames");
+    }
+    let mut new_meta = meta[..last.1].to_vec();
+    let new_meta_len = new_meta.len() + 8 + align8(frames_len) + 8;
+    let data_offset = PAGE as u64 + page_align(new_meta_len as u64);
+    let data_at = base + data_offset;
+
+    // Readers (this thread) -> compressors -> the writer (in order).
+    let (job_tx, job_rx) = mpsc::sync_channel::<(usize, Vec<u8>)>(threads * 2);
+    let job_rx = Arc::new(Mutex::new(job_rx));
+    let (done_tx, done_rx) = mpsc::channel::<Done>();
+    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+    let (frames, raw_hash) = std::thread::scope(|s| -> Result<(Vec<ZFrame>, u64), String> {
+        for _ in 0..threads {
+            let job_rx = Arc::clone(&job_rx);
+            let done_tx = done_tx.clone();
+            s.spawn(move || {
+                let Ok(mut c) = zstd::bulk::Compressor::new(level) else {
+                    return;
+                };
+                let _ = c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true));
+                let mut buf = Vec::new();
+                loop {
+                    let job = job_rx.lock().map(|r| r.recv());
+                    let Ok(Ok((seq, raw))) = job else { return };
+                    let packed = pack(&mut c, &raw, &mut buf).map(|n| buf[..n].to_vec());
+                    if done_tx.send(Done { seq, raw, packed }).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        let pieces_ref = &pieces;
+        let writer = s.spawn(move || -> Result<(Vec<ZFrame>, Stats), String> {
+            let mut pending = BTreeMap::new();
+            let mut next = 0usize;
+            let mut frames = Vec::with_capacity(pieces_ref.len());
+            let mut stored = 0u64;
+            let mut st = Stats::default();
+            for d in done_rx {
+                pending.insert(d.seq, d);
+                while let Some(d) = pending.remove(&next) {
+                    let (raw_off, raw_len) = pieces_ref[next];
+                    let f = match &d.packed {
+                        Some(p) => {
+                            put(out, p, data_at + stored)?;
+                            st.zstd_frames += 1;
+                            ZFrame {
+                                raw_off,
+                                stored_off: stored,
+                                stored_len: p.len() as u64,
+                                raw_len,
+                                method: ZFRAME_ZSTD,
+                            }
+                        }
+                        None => {
+                            stored = page_align(stored);
+                            put(out, &d.raw, data_at + stored)?;
+                            st.raw_frames += 1;
+                            ZFrame {
+                                raw_off,
+                                stored_off: stored,
+                                stored_len: raw_len as u64,
+                                raw_len,
+                                method: ZFRAME_RAW,
+                            }
+                        }
+                    };
+                    stored += f.stored_len;
+                    st.raw += raw_len as u64;
+                    frames.push(f);
+                    let _ = free_tx.send(d.raw);
+                    next += 1;
+                }
+            }
+            st.stored = page_align(stored);
+            Ok((frames, st))
+        });
+        // Read every piece, hashing the raw page data as the agent did.
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        let mut result = Ok(());
+        let mut held = 0usize;
+        for (seq, &(_, n)) in pieces.iter().enumerate() {
+            // At most 4 pieces per thread in flight: reuse the buffers that came back.
+            let mut buf = match free_rx.try_recv() {
+                Ok(b) => b,
+                Err(_) if held < threads * 4 + 2 => {
+                    held += 1;
+                    Vec::new()
+                }
+                Err(_) => match free_rx.recv() {
+                    Ok(b) => b,
+                    Err(_) => break,
+                },
+            };
+            buf.resize(n as usize, 0);
+            if let Err(e) = need(src, &mut buf) {
+                result = Err(e);
+                break;
+            }
+            h.update(&buf);
+            if job_tx.send((seq, buf)).is_err() {
+                break;
+            }
+        }
+        drop(job_tx);
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err("a compression thread failed".into()));
+        result?;
+        let (frames, st) = written?;
+        if frames.len() != pieces.len() {
+            return Err("a compression thread failed".into());
+        }
+        stats.raw += st.raw;
+        stats.stored += st.stored;
+        stats.zstd_frames += st.zstd_frames;
+        stats.raw_frames += st.raw_frames;
+        Ok((frames, h.digest()))
+    })?;
+
+    // The saved files' contents and the trailer follow the page data as they are.
+    let rest = hdr.data_len - mem_len;
+    let stored_mem = page_align(frames.last().map_or(0, |f| f.stored_off + f.stored_len));
+    let mut buf = vec![0u8; FRAME];
+    let mut done = 0u64;
+    while done < rest {
+        let n = (rest - done).min(FRAME as u64) as usize;
+        need(src, &mut buf[..n])?;
+        put(out, &buf[..n], data_at + stored_mem + done)?;
+        done += n as u64;
+    }
+    let mut tpage = vec![0u8; PAGE];
+    need(src, &mut tpage)?;
+    let tsize = core::mem::size_of::<Trailer>();
+    let mut tr: Trailer = bytemuck::pod_read_unaligned(&tpage[..tsize]);
+    if tr.magic != TRAILER_MAGIC || page_hash(&tpage, tsize) != tr.trailer_hash {
+        return bad("trailer checksum");
+    }
+    if !frames.is_empty() && raw_hash != tr.data_hash {
+        return bad("page data checksum");
+    }
+
+    // The new metadata, header and trailer.
+    let rh = RecordHeader {
+        kind: REC_ZFRAMES,
+        len: frames_len as u32,
+    };
+    new_meta.extend_from_slice(bytemuck::bytes_of(&rh));
+    new_meta.extend_from_slice(bytemuck::cast_slice(&frames));
+    new_meta.resize(align8(new_meta.len()), 0);
+    new_meta.extend_from_slice(bytemuck::bytes_of(&RecordHeader {
+        kind: REC_END,
+        len: 0,
+    }));
+    debug_assert_eq!(new_meta.len(), new_meta_len);
+    hdr.version = VERSION_COMPRESSED;
+    hdr.meta_len = new_meta.len() as u64;
+    hdr.meta_hash = hash(&new_meta);
+    hdr.data_offset = data_offset;
+    hdr.data_len = stored_mem + rest;
+    hdr.trailer_offset = hdr.data_offset + hdr.data_len;
+    hdr.header_hash = 0;
+    let mut head = vec![0u8; data_offset as usize];
+    head[..hsize].copy_from_slice(bytemuck::bytes_of(&hdr));
+    hdr.header_hash = page_hash(&head[..PAGE], hsize);
+    head[..hsize].copy_from_slice(bytemuck::bytes_of(&hdr));
+    head[PAGE..PAGE + new_meta.len()].copy_from_slice(&new_meta);
+    // Zero padding between the stored page data and the saved files (a hole otherwise).
+    let stored_end = frames.last().map_or(0, |f| f.stored_off + f.stored_len);
+    if stored_mem > stored_end {
+        put(
+            out,
+            &vec![0u8; (stored_mem - stored_end) as usize],
+            data_at + stored_end,
+        )?;
+    }
+    tr.total_len = hdr.trailer_offset + PAGE as u64;
+    tr.trailer_hash = 0;
+    let mut tp = vec![0u8; PAGE];
+    tp[..tsize].copy_from_slice(bytemuck::bytes_of(&tr));
+    tr.trailer_hash = page_hash(&tp, tsize);
+    tp[..tsize].copy_from_slice(bytemuck::bytes_of(&tr));
+    put(out, &tp, base + hdr.trailer_offset)?;
+    put(out, &head, base)?;
+    Ok(tr.total_len)
+}

@@ -1,0 +1,206 @@
+//! Compressed images (issue 14, "Compression"): `cr_checkpoint --compress[=LEVEL]` stores the
+//! page data as zstd frames (incompressible pieces raw), and `cr_restart` (eager and lazy) and
+//! `cr_info` read them transparently. c-tests/zmem.c fills compressible text and random memory
+//! and compares both after the restart.
+//!
+//! Run one test with e.g. `cargo test --release --test compress -- --nocapture`.
+
+mod common;
+use common::*;
+use cr::image::format::{ZFRAME_RAW, ZFRAME_ZSTD};
+use cr::image::reader::Image;
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+fn cr_info() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cr_info"))
+}
+
+/// `cr_info ARGS IMG`, to completion.
+fn info(sc: &Scenario, args: &[&str], img: &Path) -> ToolResult {
+    let mut argv: Vec<OsString> = vec![cr_info().into()];
+    argv.extend(args.iter().map(OsString::from));
+    argv.push(img.into());
+    sc.run_tool("cr_info", sc.command(&argv))
+}
+
+/// Starts zmem (TEXT_MB, RANDOM_MB, CHILDREN) under cr_run and waits for READY.
+fn zmem(sc: &Scenario, text: u32, random: u32, children: u32) -> Job {
+    let mut prog = sc.program("zmem");
+    for a in [text, random, children] {
+        prog.argv.push(a.to_string().into());
+    }
+    let mut job = sc.start("zmem", sc.under_cr_run(&prog));
+    job.wait_ready();
+    job
+}
+
+/// Restarts `img` with `args`, creates GO, expects PASS, removes GO again; returns cr_restart's
+/// stderr.
+fn restart_pass(sc: &Scenario, img: &Path, args: &[&str]) -> String {
+    // GO before the restart: the restored program finds it at once and checks its memory.
+    sc.go();
+    let mut r = sc.restart_with(img, args);
+    r.expect_pass(RESTART_TIMEOUT);
+    let err = r.stderr();
+    fs::remove_file(sc.go_file()).expect("remove GO");
+    err
+}
+
+fn size(p: &Path) -> u64 {
+    fs::metadata(p).expect("image").len()
+}
+
+/// A compressed image is smaller than a raw one of the same process, says so in cr_info (sizes,
+/// version 6), passes `cr_info --check`, and restarts both eagerly and lazily (the random
+/// region, stored raw, is mapped from the image) with both regions intact.
+#[test]
+fn compressed_image_restarts_eager_and_lazy() {
+    let sc = Scenario::new("zstd-restart");
+    let mut job = zmem(&sc, 40, 40, 0);
+    let raw = sc.checkpoint(job.pid(), &[]);
+    let img = sc.checkpoint(job.pid(), &["--compress", "--term", "-v"]);
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    let (zs, rs) = (size(&img), size(&raw));
+    assert!(
+        zs < rs * 3 / 4,
+        "compressed image {zs} bytes, raw {rs}: not smaller\n{}",
+        sc.log()
+    );
+    let f = fs::File::open(&img).expect("open");
+    let parsed = Image::open(&f).expect("compressed image reads");
+    assert_eq!(parsed.header.version, 6);
+    let zstd = parsed.zframes.iter().filter(|f| f.method == ZFRAME_ZSTD);
+    let raw_frames = parsed.zframes.iter().filter(|f| f.method == ZFRAME_RAW);
+    assert!(
+        zstd.count() >= 40,
+        "the text must be compressed\n{}",
+        sc.log()
+    );
+    assert!(
+        raw_frames.count() >= 40,
+        "the random region must be stored raw\n{}",
+        sc.log()
+    );
+
+    let res = info(&sc, &[], &img);
+    res.assert_success();
+    assert!(
+        res.stdout.contains("format version   6") && res.stdout.contains("compressed       zstd"),
+        "cr_info must show the compression:\n{}",
+        res.describe()
+    );
+    info(&sc, &["--check"], &img).assert_success();
+
+    let err = restart_pass(&sc, &img, &["--verbose", "--eager"]);
+    assert!(err.contains("read in full and checked"), "{err}");
+    let err = restart_pass(&sc, &img, &["--verbose"]);
+    // The 40 MiB random region is stored raw: mapped from the image.
+    assert!(
+        err.contains("page data mapped from the image (40.0 MiB"),
+        "the raw extent must be mapped lazily:\n{err}"
+    );
+}
+
+/// A tree (-T: parent and child) compressed into one file, and a compressed image written to
+/// standard output, restart.
+#[test]
+fn compressed_tree_and_stream_restart() {
+    let sc = Scenario::new("zstd-tree");
+    let mut job = zmem(&sc, 8, 4, 1);
+    let img = sc.checkpoint(job.pid(), &["-T", "--compress=3"]);
+    let streamed = sc.next_image_path();
+    let out = fs::File::create(&streamed).expect("create");
+    let argv: Vec<OsString> = vec![
+        sc.tools().cr_checkpoint.clone().into(),
+        "--compress".into(),
+        "-T".into(),
+        "-f".into(),
+        "-".into(),
+        job.pid().to_string().into(),
+    ];
+    let mut cmd = sc.command(&argv);
+    cmd.stdout(out);
+    let status = cmd.status().expect("run cr_checkpoint");
+    assert!(status.success(), "cr_checkpoint -f - failed\n{}", sc.log());
+    job.kill();
+    for i in [&img, &streamed] {
+        let f = fs::File::open(i).expect("open");
+        let (_, images) = cr::image::tree::open_all(&f).expect("tree image");
+        assert_eq!(images.len(), 2);
+        assert!(images.iter().all(|m| m.compressed()));
+    }
+    restart_pass(&sc, &img, &[]);
+    restart_pass(&sc, &streamed, &["--eager"]);
+}
+
+/// A damaged zstd frame: cr_info --check and cr_restart (eager and lazy) fail with a one-line
+/// error naming it, no crash.
+#[test]
+fn corrupt_compressed_frame_is_a_clear_error() {
+    let sc = Scenario::new("zstd-corrupt");
+    let mut job = zmem(&sc, 8, 0, 0);
+    let img = sc.checkpoint(job.pid(), &["--compress"]);
+    job.kill();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .expect("open");
+    let parsed = Image::open(&f).expect("image");
+    let fr = parsed
+        .zframes
+        .iter()
+        .filter(|f| f.method == ZFRAME_ZSTD)
+        .max_by_key(|f| f.raw_len)
+        .expect("a compressed frame");
+    let at = parsed.header.data_offset + fr.stored_off + fr.stored_len / 2;
+    let mut b = [0u8; 8];
+    f.read_exact_at(&mut b, at).expect("read");
+    for x in &mut b {
+        *x ^= 0x5a;
+    }
+    f.write_all_at(&b, at).expect("write");
+    drop(f);
+    let line = info(&sc, &["--check"], &img).assert_one_line_failure();
+    assert!(line.contains("compressed frame"), "{line}");
+    for args in [&["--eager"][..], &[][..]] {
+        let mut r = sc.restart_with(&img, args);
+        let st = r.wait_exit(RESTART_TIMEOUT);
+        assert!(
+            matches!(st.code(), Some(c) if c != 0),
+            "cr_restart {args:?} must fail, not crash: {st}\n{}",
+            r.diag()
+        );
+        let err = r.stderr();
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(
+            lines.len() == 1 && lines[0].contains("compressed frame"),
+            "one line naming the frame expected:\n{err}"
+        );
+    }
+}
+
+/// A level out of range, not a number, or --compress with --incremental: one line, exit 22,
+/// nothing written.
+#[test]
+fn bad_compress_options_are_refused() {
+    let sc = Scenario::new("zstd-bad");
+    let pid = std::process::id().to_string();
+    for (args, want) in [
+        (&["--compress=0"][..], "compression level 0"),
+        (&["--compress=99"][..], "compression level 99"),
+        (&["--compress=fast"][..], "compression level 'fast'"),
+        (&["--compress", "--incremental"][..], "--incremental"),
+    ] {
+        let img = sc.next_image_path();
+        let mut a: Vec<&str> = args.to_vec();
+        let path = img.to_string_lossy().into_owned();
+        a.extend(["-f", &path, &pid]);
+        let line = sc.cr_checkpoint(&a).assert_failure_code(22);
+        assert!(line.contains(want), "{args:?}: {line}");
+        assert!(!img.exists(), "{args:?} must write nothing");
+    }
+}
