@@ -17,7 +17,10 @@ In one run on one file system (the directory given by --dir):
   * incremental checkpoints (issue 14): a 4 GiB process (smoke: 64 MiB) that writes 64 MiB
     (smoke: 8 MiB, one word in each page) between a full and a delta checkpoint
     (`cr_checkpoint --incremental`): the delta's size, checkpoint and stop time, and what the
-    write-tracking costs the program's write pass.
+    write-tracking costs the program's write pass;
+  * compressed images (issue 14): 1 GiB compressible, text and random (smoke: 64 MiB)
+    checkpointed raw and with `cr_checkpoint --compress`: time, size, CPU per core, `gzip -6` of
+    the same bytes, and `cr_restart --eager` of both.
 Medians of --reps runs, ratios to the raw baseline. Writes a Markdown report (--out).
 
 Exits non-zero when a checkpoint that should use direct I/O (the file system accepted the
@@ -409,6 +412,113 @@ def libcr_once(tools, progs, wl, wdir, base, cold_ok, verbose, cow=False):
             setattr(s, which if mode == "lazy" else f"{which}_eager", first - t2)
     os.unlink(img)
     return s
+
+
+class ZSample:
+    """One repetition of the compression benchmark for one workload."""
+
+    def __init__(self):
+        self.raw_t = self.z_t = self.raw_size = self.z_size = self.cpu = None
+        self.gzip_size = self.gzip_t = self.restart_raw = self.restart_z = None
+        self.page_raw = self.frames = None
+
+
+def compress_once(tools, progs, wl, wdir, verbose):
+    """wl checkpointed raw and with `cr_checkpoint --compress` (default level); the CPU time
+    of the compressing cr_checkpoint (its threads included); `gzip -6` of the raw image; and
+    `cr_restart --eager` (hot) of both images to the first step."""
+    s = ZSample()
+    stepfile = os.path.join(wdir, "steps")
+    raw, z = os.path.join(wdir, "raw.img"), os.path.join(wdir, "z.img")
+    for f in (stepfile, raw, z):
+        if os.path.exists(f):
+            os.unlink(f)
+    p = start_workload([tools["cr_run"], progs["workload"]] + wl.args, wdir, stepfile)
+    pids = tree_pids(p.pid)
+    LIVE.update(("p", q) for q in pids)
+    try:
+        for img, extra in ((raw, []), (z, ["--compress"])):
+            t0 = time.time()
+            c = subprocess.Popen([tools["cr_checkpoint"], "-v"] + extra + ["-f", img, str(p.pid)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            err = c.stderr.read()
+            _, status, ru = os.wait4(c.pid, 0)
+            t1 = time.time()
+            if status != 0:
+                raise BenchError(f"cr_checkpoint {' '.join(extra)} of {wl.name}: {err.strip()}")
+            if verbose:
+                log(err.strip())
+            if extra:
+                s.z_t, s.cpu = t1 - t0, ru.ru_utime + ru.ru_stime
+                m = re.search(r"compressed ([0-9.]+) MiB of page data to ([0-9.]+) MiB "
+                              r"\((\d+) frames zstd, (\d+) stored raw\)", err)
+                if m:
+                    s.page_raw = float(m.group(1)) * MIB
+                    s.frames = (int(m.group(3)), int(m.group(4)))
+            else:
+                s.raw_t = t1 - t0
+    finally:
+        kill_all(pids, [p.pid])
+        p.wait()
+        wait_gone(pids)
+    s.raw_size, s.z_size = os.stat(raw).st_size, os.stat(z).st_size
+    t0 = time.time()
+    g = subprocess.run(f"gzip -6 -c {raw} | wc -c", shell=True, capture_output=True, text=True)
+    s.gzip_t = time.time() - t0
+    s.gzip_size = int(g.stdout.strip() or 0) or None
+    for img, attr in ((raw, "restart_raw"), (z, "restart_z")):
+        _warm(img)
+        t2 = time.time()
+        rp = subprocess.Popen([tools["cr_restart"], "--eager", img], cwd=wdir,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+        LIVE.add(("g", rp.pid))
+        LIVE.update(("p", q) for q in pids)
+        first = wait_step_after(stepfile, t2, 120)
+        kill_all(pids, [rp.pid])
+        rp.kill()
+        err = rp.communicate()[1]
+        wait_gone(pids)
+        if first is None:
+            raise BenchError(f"{wl.name}: no step after cr_restart --eager ({err.strip()[:300]})")
+        setattr(s, attr, first - t2)
+    for f in (raw, z):
+        os.unlink(f)
+    return s
+
+
+def compress_report(results):
+    """The report's section on compressed images."""
+    L = ["## Compressed images\n",
+         "`cr_checkpoint --compress` (zstd level 1, frames of at most 1 MiB compressed by a "
+         "thread per core in cr_checkpoint; the agent writes the raw image into a pipe) against "
+         "the same process checkpointed raw just before. Checkpoint: request → durable image. "
+         "CPU: cr_checkpoint's user + system time (all its threads); per core: raw page data ÷ "
+         "that CPU time. gzip -6: `gzip -6` of the raw image (its bytes, metadata included), and "
+         "how long gzip took on one core. Restart: `cr_restart --eager` (image hot in the page "
+         "cache) → the first step of the restored program (a compressed image is decompressed "
+         "into place by a thread per core).\n",
+         "| workload | checkpoint raw / --compress | slower by | image raw / compressed | "
+         "gzip -6 (time) | compressed ÷ gzip | CPU | per core | frames zstd / raw | "
+         "restart --eager raw / compressed |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for wl, samples in results:
+        m = {k: median([getattr(x, k) for x in samples])
+             for k in ("raw_t", "z_t", "raw_size", "z_size", "cpu", "gzip_size", "gzip_t",
+                       "restart_raw", "restart_z", "page_raw")}
+        slower = f"{(m['z_t'] / m['raw_t'] - 1) * 100:+.0f} %" if m["raw_t"] else "–"
+        per_core = (f"{m['page_raw'] / m['cpu'] / 1e9:.2f} GB/s"
+                    if m["cpu"] and m["page_raw"] else "–")
+        gz = (f"{fmt_b(m['gzip_size'])} ({fmt_s(m['gzip_t'])})" if m["gzip_size"] else "–")
+        vs = ratio(m["z_size"], m["gzip_size"]) if m["gzip_size"] else "–"
+        fr = samples[0].frames
+        L.append(f"| {wl.name} | {fmt_s(m['raw_t'])} / {fmt_s(m['z_t'])} | {slower} | "
+                 f"{fmt_b(m['raw_size'])} / {fmt_b(m['z_size'])} | {gz} | {vs} | "
+                 f"{fmt_s(m['cpu'])} | {per_core} | "
+                 f"{'–' if not fr else f'{fr[0]} / {fr[1]}'} | "
+                 f"{fmt_s(m['restart_raw'])} / {fmt_s(m['restart_z'])} |")
+    L.append("")
+    return L
 
 
 class IncrSample:
@@ -1156,6 +1266,27 @@ def main():
             log(f"  chain {fmt_b(x.chain_bytes)} merged {fmt_b(x.full_bytes)}: {x.t}")
             samples.append(x)
         chain.append((ch_cfg, samples))
+    zres = []
+    zloads = ([Workload("64 MiB compressible", ["compressible", "64"], 64),
+               Workload("64 MiB text", ["text", "64"], 64),
+               Workload("64 MiB random", ["random", "64"], 64)] if args.smoke else
+              [Workload("1 GiB compressible", ["compressible", "1024"], 1024),
+               Workload("1 GiB text", ["text", "1024"], 1024),
+               Workload("1 GiB random", ["random", "1024"], 1024)])
+    for wl in zloads:
+        if (args.only and args.only not in wl.name) or (
+                args.only_tool and args.only_tool not in "libcr-rs --compress"):
+            continue
+        samples = []
+        for i in range(args.reps):
+            log(f"libcr-rs --compress: {wl.name} ({i + 1}/{args.reps})")
+            x = compress_once(tools, progs, wl, wdir, args.verbose)
+            log(f"  raw {fmt_s(x.raw_t)} {fmt_b(x.raw_size)} compressed {fmt_s(x.z_t)} "
+                f"{fmt_b(x.z_size)} cpu {fmt_s(x.cpu)} gzip -6 {fmt_b(x.gzip_size)} "
+                f"{fmt_s(x.gzip_t)} frames {x.frames} restart --eager raw "
+                f"{fmt_s(x.restart_raw)} compressed {fmt_s(x.restart_z)}")
+            samples.append(x)
+        zres.append((wl, samples))
     idle_res = {}
     if not args.no_idle:
         log("idle costs")
@@ -1163,6 +1294,8 @@ def main():
         log(f"  {idle_res}")
     text = report(args, mach, bases, results, incr, idle_res, others, load0, loadavg(), started,
                   chain_report(wp, chain))
+    if zres:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(compress_report(zres))
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         f.write(text)

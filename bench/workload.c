@@ -1,7 +1,7 @@
 /* workload: the benchmark's checkpoint target (built by bench/bench.py).
  *   workload KIND MIB [TOUCH_MIB] [THREADS] [PROCS]
  * KIND: random (MIB MiB of random bytes), zero-like (MIB MiB of a repeating 64-byte pattern:
- * highly compressible), sparse (MIB MiB reserved, TOUCH_MIB MiB of it written).
+ * highly compressible), text (numbered text records, compressible as logs are), sparse (MIB MiB reserved, TOUCH_MIB MiB of it written).
  * THREADS extra threads (default 0) each loop on a private counter; PROCS-1 child processes
  * (default 1 = no children) each keep a copy of the memory and loop like the root.
  * After filling, prints READY on stdout, then every STEP_US (1000) microseconds appends the
@@ -52,7 +52,7 @@ static void *spin(void *arg)
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: workload random|compressible|sparse MIB [TOUCH_MIB] [THREADS] [PROCS]\n");
+        fprintf(stderr, "usage: workload random|compressible|text|sparse MIB [TOUCH_MIB] [THREADS] [PROCS]\n");
         return 2;
     }
     const char *kind = argv[1];
@@ -79,6 +79,22 @@ int main(int argc, char **argv)
         }
     } else if (!strcmp(kind, "compressible")) {
         for (size_t k = 0; k < words; k++) mem[k] = 0x0101010101010101ull * (k % 8 + 1);
+    } else if (!strcmp(kind, "text")) {
+        /* Numbered text records (as c-tests/zmem.c): compressible like tables and logs. */
+        static const char *w[] = {"alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta",
+                                  "theta", "iota", "kappa", "lambda", "mu", "nu", "xi", "omicron"};
+        char *p = (char *)mem;
+        size_t at = 0;
+        for (uint64_t i = 0; at < touch; i++) {
+            char line[128];
+            uint64_t x = i * 2654435761u;
+            int n = snprintf(line, sizeof line, "%08llu %s %s count=%llu state=%s\n",
+                             (unsigned long long)i, w[x % 15], w[(x >> 8) % 15],
+                             (unsigned long long)(x % 1000), (x >> 16) % 3 ? "ok" : "retry");
+            size_t take = (size_t)n < touch - at ? (size_t)n : touch - at;
+            memcpy(p + at, line, take);
+            at += take;
+        }
     } else {
         fprintf(stderr, "workload: unknown kind %s\n", kind);
         return 2;

@@ -175,7 +175,11 @@ fn corrupt_compressed_frame_is_a_clear_error() {
             r.diag()
         );
         let err = r.stderr();
-        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        // (A note that a pid is still held by a zombie, under load, is not the error.)
+        let lines: Vec<&str> = err
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.contains("waiting up to"))
+            .collect();
         assert!(
             lines.len() == 1 && lines[0].contains("compressed frame"),
             "one line naming the frame expected:\n{err}"
