@@ -169,6 +169,7 @@ fn corrupt_compressed_frame_is_a_clear_error() {
     for args in [&["--eager"][..], &[][..]] {
         let mut r = sc.restart_with(&img, args);
         let st = r.wait_exit(RESTART_TIMEOUT);
+        r.wait_output_closed(PIPE_CLOSE_TIMEOUT);
         assert!(
             matches!(st.code(), Some(c) if c != 0),
             "cr_restart {args:?} must fail, not crash: {st}\n{}",

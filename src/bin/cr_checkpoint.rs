@@ -498,11 +498,12 @@ fn main() {
         if let Some((st, secs)) = outcome.compressed {
             let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
             eprintln!(
-                "{TOOL}: compressed {:.1} MiB of page data to {:.1} MiB ({} frames zstd, {} stored raw) in {:.2} s",
+                "{TOOL}: compressed {:.1} MiB of page data to {:.1} MiB ({} frames zstd, {} stored raw; {}) in {:.2} s",
                 mib(st.raw),
                 mib(st.stored),
                 st.zstd_frames,
                 st.raw_frames,
+                if st.direct { "io=direct" } else { "io=buffered" },
                 secs
             );
         }

@@ -696,6 +696,11 @@ impl<'a> Cut<'a> {
                 all.zstd_frames += st.zstd_frames;
                 all.raw_frames += st.raw_frames;
                 all.images += st.images;
+                all.direct = if all.images == st.images {
+                    st.direct
+                } else {
+                    all.direct && st.direct
+                };
                 self.compressed = Some((all, t.max(secs)));
             }
         }

@@ -54,6 +54,8 @@ pub struct Stats {
     pub raw_frames: u64,
     /// Images compressed.
     pub images: u64,
+    /// The file was written with `O_DIRECT` (at least at first: a refused write drops it).
+    pub direct: bool,
 }
 
 /// The source of the raw stream: read until end of file.
@@ -148,9 +150,107 @@ fn need(src: &mut dyn Source, buf: &mut [u8]) -> Result<(), String> {
     }
 }
 
+/// Writes `bytes` at `at`; a descriptor in `O_DIRECT` mode that refuses the buffer (`EINVAL`:
+/// not aligned) is switched to buffered writes and the write retried.
 fn put(out: &File, bytes: &[u8], at: u64) -> Result<(), String> {
-    out.write_all_at(bytes, at)
-        .map_err(|e| format!("cannot write the compressed image: {e}"))
+    match out.write_all_at(bytes, at) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) && set_direct(out, false) => {
+            out.write_all_at(bytes, at)
+        }
+        r => r,
+    }
+    .map_err(|e| format!("cannot write the compressed image: {e}"))
+}
+
+/// [`put`] through a page-aligned copy of `bytes` (a page multiple at a page-aligned offset).
+fn put_aligned(out: &File, bytes: &[u8], at: u64) -> Result<(), String> {
+    let mut buf = vec![0u8; bytes.len() + PAGE];
+    let start = buf.as_ptr().align_offset(PAGE);
+    buf[start..start + bytes.len()].copy_from_slice(bytes);
+    put(out, &buf[start..start + bytes.len()], at)
+}
+
+/// Turns `O_DIRECT` on or off for `out`; returns whether it was changed.
+fn set_direct(out: &File, on: bool) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let fd = out.as_raw_fd();
+    // SAFETY: F_GETFL/F_SETFL on our own descriptor.
+    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if fl < 0 || (fl & libc::O_DIRECT != 0) == on {
+        return false;
+    }
+    let new = if on {
+        fl | libc::O_DIRECT
+    } else {
+        fl & !libc::O_DIRECT
+    };
+    // SAFETY: as above.
+    unsafe { libc::fcntl(fd, libc::F_SETFL, new) == 0 }
+}
+
+/// The data area written front to back through a page-aligned buffer, so that a file in
+/// `O_DIRECT` mode takes it without first-touching page cache (as the agent writes raw images).
+struct SeqWriter<'a> {
+    out: &'a File,
+    /// File offset of the buffer's first byte (page aligned).
+    at: u64,
+    buf: Vec<u8>,
+    /// Index of the first page-aligned byte of `buf`.
+    start: usize,
+    len: usize,
+}
+
+const SEQ_BUF: usize = 8 << 20;
+
+impl<'a> SeqWriter<'a> {
+    fn new(out: &'a File, at: u64) -> Self {
+        let buf = vec![0u8; SEQ_BUF + PAGE];
+        let start = buf.as_ptr().align_offset(PAGE);
+        SeqWriter {
+            out,
+            at,
+            buf,
+            start,
+            len: 0,
+        }
+    }
+
+    /// File offset of the next byte.
+    fn pos(&self) -> u64 {
+        self.at + self.len as u64
+    }
+
+    fn push(&mut self, mut bytes: &[u8]) -> Result<(), String> {
+        while !bytes.is_empty() {
+            let n = bytes.len().min(SEQ_BUF - self.len);
+            let s = self.start + self.len;
+            self.buf[s..s + n].copy_from_slice(&bytes[..n]);
+            self.len += n;
+            bytes = &bytes[n..];
+            if self.len == SEQ_BUF {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Zeros up to the next page boundary.
+    fn pad(&mut self) -> Result<(), String> {
+        let n = (page_align(self.pos()) - self.pos()) as usize;
+        self.push(&[0u8; PAGE][..n])
+    }
+
+    /// Writes what is buffered (a page multiple: call [`SeqWriter::pad`] first at the end).
+    fn flush(&mut self) -> Result<(), String> {
+        put(
+            self.out,
+            &self.buf[self.start..self.start + self.len],
+            self.at,
+        )?;
+        self.at += self.len as u64;
+        self.len = 0;
+        Ok(())
+    }
 }
 
 /// A compressed piece, or the raw bytes back when they did not compress.
@@ -189,6 +289,8 @@ pub fn compress_stream(
     let mut stats = Stats::default();
     let mut at = 0u64;
     let mut page = vec![0u8; PAGE];
+    // Direct I/O where the file system takes it (every piece is page aligned); else buffered.
+    stats.direct = set_direct(out, true);
     loop {
         if !src.fill(&mut page)? {
             return Ok(stats);
@@ -201,8 +303,8 @@ pub fn compress_stream(
             }
             let mut rest = vec![0u8; len as usize - PAGE];
             need(src, &mut rest)?;
-            put(out, &page, at)?;
-            put(out, &rest, at + PAGE as u64)?;
+            put_aligned(out, &page, at)?;
+            put_aligned(out, &rest, at + PAGE as u64)?;
             at += len;
             continue;
         }
@@ -300,7 +402,7 @@ fn one_image(
     let job_rx = Arc::new(Mutex::new(job_rx));
     let (done_tx, done_rx) = mpsc::channel::<Done>();
     let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
-    let (frames, raw_hash) = std::thread::scope(|s| -> Result<(Vec<ZFrame>, u64), String> {
+    let (frames, raw_hash, mut w) = std::thread::scope(|s| -> Result<_, String> {
         for _ in 0..threads {
             let job_rx = Arc::clone(&job_rx);
             let done_tx = done_tx.clone();
@@ -322,19 +424,21 @@ fn one_image(
         }
         drop(done_tx);
         let pieces_ref = &pieces;
-        let writer = s.spawn(move || -> Result<(Vec<ZFrame>, Stats), String> {
+        type Written<'w> = (Vec<ZFrame>, Stats, SeqWriter<'w>);
+        let writer = s.spawn(move || -> Result<Written<'_>, String> {
             let mut pending = BTreeMap::new();
             let mut next = 0usize;
             let mut frames = Vec::with_capacity(pieces_ref.len());
             let mut stored = 0u64;
             let mut st = Stats::default();
+            let mut w = SeqWriter::new(out, data_at);
             for d in done_rx {
                 pending.insert(d.seq, d);
                 while let Some(d) = pending.remove(&next) {
                     let (raw_off, raw_len) = pieces_ref[next];
                     let f = match &d.packed {
                         Some(p) => {
-                            put(out, p, data_at + stored)?;
+                            w.push(p)?;
                             st.zstd_frames += 1;
                             ZFrame {
                                 raw_off,
@@ -345,8 +449,9 @@ fn one_image(
                             }
                         }
                         None => {
+                            w.pad()?;
                             stored = page_align(stored);
-                            put(out, &d.raw, data_at + stored)?;
+                            w.push(&d.raw)?;
                             st.raw_frames += 1;
                             ZFrame {
                                 raw_off,
@@ -365,7 +470,8 @@ fn one_image(
                 }
             }
             st.stored = page_align(stored);
-            Ok((frames, st))
+            w.pad()?;
+            Ok((frames, st, w))
         });
         // Read every piece, hashing the raw page data as the agent did.
         let mut h = xxhash_rust::xxh3::Xxh3::new();
@@ -399,7 +505,7 @@ fn one_image(
             .join()
             .unwrap_or_else(|_| Err("a compression thread failed".into()));
         result?;
-        let (frames, st) = written?;
+        let (frames, st, w) = written?;
         if frames.len() != pieces.len() {
             return Err("a compression thread failed".into());
         }
@@ -407,7 +513,7 @@ fn one_image(
         stats.stored += st.stored;
         stats.zstd_frames += st.zstd_frames;
         stats.raw_frames += st.raw_frames;
-        Ok((frames, h.digest()))
+        Ok((frames, h.digest(), w))
     })?;
 
     // The saved files' contents and the trailer follow the page data as they are.
@@ -415,12 +521,15 @@ fn one_image(
     let stored_mem = page_align(frames.last().map_or(0, |f| f.stored_off + f.stored_len));
     let mut buf = vec![0u8; FRAME];
     let mut done = 0u64;
+    debug_assert_eq!(w.pos(), data_at + stored_mem);
     while done < rest {
         let n = (rest - done).min(FRAME as u64) as usize;
         need(src, &mut buf[..n])?;
-        put(out, &buf[..n], data_at + stored_mem + done)?;
+        w.push(&buf[..n])?;
         done += n as u64;
     }
+    w.pad()?;
+    w.flush()?;
     let mut tpage = vec![0u8; PAGE];
     need(src, &mut tpage)?;
     let tsize = core::mem::size_of::<Trailer>();
@@ -457,22 +566,13 @@ fn one_image(
     hdr.header_hash = page_hash(&head[..PAGE], hsize);
     head[..hsize].copy_from_slice(bytemuck::bytes_of(&hdr));
     head[PAGE..PAGE + new_meta.len()].copy_from_slice(&new_meta);
-    // Zero padding between the stored page data and the saved files (a hole otherwise).
-    let stored_end = frames.last().map_or(0, |f| f.stored_off + f.stored_len);
-    if stored_mem > stored_end {
-        put(
-            out,
-            &vec![0u8; (stored_mem - stored_end) as usize],
-            data_at + stored_end,
-        )?;
-    }
     tr.total_len = hdr.trailer_offset + PAGE as u64;
     tr.trailer_hash = 0;
     let mut tp = vec![0u8; PAGE];
     tp[..tsize].copy_from_slice(bytemuck::bytes_of(&tr));
     tr.trailer_hash = page_hash(&tp, tsize);
     tp[..tsize].copy_from_slice(bytemuck::bytes_of(&tr));
-    put(out, &tp, base + hdr.trailer_offset)?;
-    put(out, &head, base)?;
+    put_aligned(out, &tp, base + hdr.trailer_offset)?;
+    put_aligned(out, &head, base)?;
     Ok(tr.total_len)
 }
