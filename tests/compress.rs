@@ -122,9 +122,14 @@ fn compressed_tree_and_stream_restart() {
         job.pid().to_string().into(),
     ];
     let mut cmd = sc.command(&argv);
-    cmd.stdout(out);
-    let status = cmd.status().expect("run cr_checkpoint");
-    assert!(status.success(), "cr_checkpoint -f - failed\n{}", sc.log());
+    cmd.stdout(out).stderr(std::process::Stdio::piped());
+    let res = cmd.output().expect("run cr_checkpoint");
+    assert!(
+        res.status.success(),
+        "cr_checkpoint -f - failed: {}\n{}",
+        String::from_utf8_lossy(&res.stderr),
+        sc.log()
+    );
     job.kill();
     for i in [&img, &streamed] {
         let f = fs::File::open(i).expect("open");

@@ -282,6 +282,15 @@ impl Out {
         let secs = z.start.elapsed().as_secs_f64();
         if let Some((fd, tmp)) = z.stream {
             self.fd = fd;
+            // The compressor may have made the file O_DIRECT (one description): read it plainly.
+            let tfd = tmp.as_raw_fd();
+            // SAFETY: F_GETFL/F_SETFL on our own descriptor.
+            unsafe {
+                let fl = libc::fcntl(tfd, libc::F_GETFL);
+                if fl >= 0 {
+                    libc::fcntl(tfd, libc::F_SETFL, fl & !libc::O_DIRECT);
+                }
+            }
             let mut buf = vec![0u8; 1 << 20];
             let mut at = 0u64;
             loop {
