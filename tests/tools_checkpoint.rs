@@ -485,6 +485,11 @@ fn verbose_reports_direct_io() {
             line.contains("io=direct"),
             "the image should be written with O_DIRECT here: {line}"
         );
+        // The page data through the AIO ring (agent::aio), or said why not.
+        assert!(
+            line.contains(" write=aio") || line.contains(" write=sync(io_setup errno "),
+            "-v must say how the page data was written: {line}"
+        );
     } else {
         println!("note: no O_DIRECT on this file system: {line}");
         assert!(line.contains("io=buffered"), "{line}");

@@ -133,6 +133,10 @@ pub mod io_report {
     pub static ERRNO: AtomicI32 = AtomicI32::new(0);
     /// Image offset of the write that made us drop `O_DIRECT` ([`DROPPED`]).
     pub static AT: AtomicU64 = AtomicU64::new(0);
+    /// 1: the page data went through an AIO ring (`agent::aio`), 0: it did not.
+    pub static AIO: AtomicU32 = AtomicU32::new(0);
+    /// errno of `io_setup` when a direct write could not use an AIO ring (0: none).
+    pub static AIO_ERRNO: AtomicI32 = AtomicI32::new(0);
     /// Image bytes written so far (where the next write goes).
     pub static WRITTEN: AtomicU64 = AtomicU64::new(0);
     /// CLOCK_MONOTONIC at: start of the write, metadata built, page data written, synced.
@@ -143,6 +147,8 @@ pub mod io_report {
         MODE.store(STREAM, Relaxed);
         ERRNO.store(0, Relaxed);
         AT.store(0, Relaxed);
+        AIO.store(0, Relaxed);
+        AIO_ERRNO.store(0, Relaxed);
         WRITTEN.store(0, Relaxed);
         for p in &PHASE_NS {
             p.store(now, Relaxed);
@@ -176,6 +182,13 @@ pub mod io_report {
             _ => {
                 out.push(b"stream");
             }
+        }
+        if AIO.load(Relaxed) == 1 {
+            out.push(b" write=aio");
+        } else if AIO_ERRNO.load(Relaxed) != 0 {
+            out.push(b" write=sync(io_setup errno ")
+                .num(AIO_ERRNO.load(Relaxed) as u64)
+                .push(b")");
         }
         for (name, a, b) in [(&b" meta="[..], 0, 1), (b" data=", 1, 2), (b" sync=", 2, 3)] {
             let (whole, frac) = ms(a, b);
@@ -224,17 +237,40 @@ pub mod progress {
             return;
         }
         LAST_NS.store(now, Relaxed);
-        let r = crate::protocol::Reply::progress(super::io_report::WRITTEN.load(Relaxed), total);
+        send(conn, super::io_report::WRITTEN.load(Relaxed), total);
+    }
+
+    /// [`tick`] for a writer that must not change the program's memory while it writes (the
+    /// asynchronous writes of `agent::aio`, whose pieces the disk reads after they were hashed):
+    /// `done` bytes of the image are written, `last_ns` is the writer's own record of the last
+    /// message. Writes no static (nor `errno`).
+    pub fn tick_from(done: u64, last_ns: &mut u64) {
+        let conn = CONN.load(Relaxed);
+        let total = TOTAL.load(Relaxed);
+        if conn < 0 || total == 0 {
+            return;
+        }
+        let now = sys::monotonic_ns();
+        if now.saturating_sub(*last_ns) < crate::protocol::PROGRESS_INTERVAL_MS * 1_000_000 {
+            return;
+        }
+        *last_ns = now;
+        send(conn, done, total);
+    }
+
+    /// Sends one progress message without waiting (raw system call: no `errno`).
+    fn send(conn: i32, done: u64, total: u64) {
+        let r = crate::protocol::Reply::progress(done, total);
         let b = bytemuck::bytes_of(&r);
-        // SAFETY: sending from a valid stack buffer; never blocks (MSG_DONTWAIT).
-        unsafe {
-            libc::send(
-                conn,
-                b.as_ptr() as *const _,
-                b.len(),
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-            )
-        };
+        let _ = sys::sys6(
+            libc::SYS_sendto as usize,
+            conn as usize,
+            b.as_ptr() as usize,
+            b.len(),
+            (libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) as usize,
+            0,
+            0,
+        );
     }
 }
 

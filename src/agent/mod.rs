@@ -6,6 +6,7 @@
 //! and release. A restored process enters at `resume::restart_entry` and goes back through
 //! `quiesce`'s handler, which returns into the program.
 
+pub mod aio;
 pub mod control;
 pub mod cow;
 pub mod created;

@@ -1,0 +1,368 @@
+//! Asynchronous direct writes of the page data (Linux native AIO: `io_setup`, `io_submit`,
+//! `io_getevents`), so that the disk writes one piece while the control thread hashes the next.
+//!
+//! Written one `write(2)` at a time, a checkpoint took the raw write's time plus the page
+//! data's hashing (xxh3 over every byte, which on a loaded 2-core machine waits for a core while
+//! the disk idles). Here up to [`DEPTH`] pieces of up to 8 MiB (each a `pwritev` of up to
+//! [`MAX_IOV`] extents contiguous in the file) are in flight at once; each is hashed after it is
+//! submitted. Direct writes that extend a file are waited for inside `io_submit` on ext4
+//! (`IOMAP_DIO_FORCE_WAIT`), so the file is first extended to the end of the page data
+//! (`ftruncate`; the rest of the image follows it). No allocation, no lock, no thread: the ring
+//! lives on the writer's stack and the kernel's AIO context is destroyed before returning (which
+//! waits for anything still in flight).
+//!
+//! While pieces are in flight nothing of the program's memory may change, the agent's own
+//! statics included (they are in the image, and the disk reads a piece after it was hashed): the
+//! ring counts the bytes written and the time of the last progress message itself, and the
+//! I/O report's statics are updated once everything is written.
+
+use crate::sys::{self, Errno};
+
+/// Pieces in flight at once.
+pub const DEPTH: usize = 4;
+/// Extents in one piece (`pwritev`), at most.
+pub const MAX_IOV: usize = 256;
+
+const IOCB_CMD_PWRITEV: u16 = 8;
+
+/// The kernel's `struct iocb` (x86-64, little endian).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Iocb {
+    data: u64,
+    key: u32,
+    rw_flags: u32,
+    opcode: u16,
+    reqprio: i16,
+    fildes: u32,
+    buf: u64,
+    nbytes: u64,
+    offset: i64,
+    reserved2: u64,
+    flags: u32,
+    resfd: u32,
+}
+
+/// The kernel's `struct io_event`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct IoEvent {
+    data: u64,
+    obj: u64,
+    res: i64,
+    res2: i64,
+}
+
+const NO_IOV: libc::iovec = libc::iovec {
+    iov_base: core::ptr::null_mut(),
+    iov_len: 0,
+};
+
+/// One piece: extents contiguous in the file, written with one `pwritev`.
+struct Slot {
+    iov: [libc::iovec; MAX_IOV],
+    n: usize,
+    off: u64,
+    len: u64,
+    busy: bool,
+    iocb: Iocb,
+}
+
+/// A ring of [`DEPTH`] pieces on one descriptor.
+pub struct Ring {
+    ctx: u64,
+    fd: i32,
+    slots: [Slot; DEPTH],
+    /// The piece being filled.
+    cur: usize,
+    /// File offset where the next piece goes.
+    next_off: u64,
+    /// Image bytes written before the ring started ([`io_report::WRITTEN`]).
+    base: u64,
+    /// Bytes the ring wrote.
+    done: u64,
+    /// CLOCK_MONOTONIC of the last progress message.
+    last_ns: u64,
+    /// File offset of a piece the kernel refused with `EINVAL` under `O_DIRECT` (rewritten
+    /// without it), for the I/O report.
+    dropped_at: Option<u64>,
+}
+
+use super::image::io_report;
+
+impl Ring {
+    /// Sets up an AIO context for writes to `fd` starting at its current offset, the file
+    /// extended to hold `len` more bytes; the errno when AIO is not available (the caller
+    /// writes synchronously then, and says so).
+    pub fn new(fd: i32, len: u64) -> Result<Ring, Errno> {
+        let off = sys::lseek(fd, 0, libc::SEEK_CUR)? as u64;
+        let mut ctx = 0u64;
+        sys::sys3(
+            libc::SYS_io_setup as usize,
+            DEPTH,
+            &mut ctx as *mut u64 as usize,
+            0,
+        )?;
+        // Not an extending write any more (see the module comment); where the file cannot be
+        // extended the writes are still right, only waited for one by one.
+        if sys::fstat(fd).is_ok_and(|st| (st.st_size as u64) < off + len) {
+            let _ = sys::sys3(
+                libc::SYS_ftruncate as usize,
+                fd as usize,
+                (off + len) as usize,
+                0,
+            );
+        }
+        const EMPTY: Slot = Slot {
+            iov: [NO_IOV; MAX_IOV],
+            n: 0,
+            off: 0,
+            len: 0,
+            busy: false,
+            iocb: Iocb {
+                data: 0,
+                key: 0,
+                rw_flags: 0,
+                opcode: 0,
+                reqprio: 0,
+                fildes: 0,
+                buf: 0,
+                nbytes: 0,
+                offset: 0,
+                reserved2: 0,
+                flags: 0,
+                resfd: 0,
+            },
+        };
+        Ok(Ring {
+            ctx,
+            fd,
+            slots: [EMPTY; DEPTH],
+            cur: 0,
+            next_off: off,
+            base: io_report::WRITTEN.load(core::sync::atomic::Ordering::Relaxed),
+            done: 0,
+            last_ns: 0,
+            dropped_at: None,
+        })
+    }
+
+    /// Whether the piece being filled can take `len` more bytes (a piece holds at most `max`).
+    pub fn fits(&self, len: u64, max: u64) -> bool {
+        let s = &self.slots[self.cur];
+        s.n < MAX_IOV && (s.n == 0 || s.len + len <= max)
+    }
+
+    /// Adds `len` bytes of memory at `addr` to the piece being filled (check [`Ring::fits`]).
+    pub fn add(&mut self, addr: usize, len: u64) {
+        let s = &mut self.slots[self.cur];
+        s.iov[s.n] = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: len as usize,
+        };
+        s.n += 1;
+        s.len += len;
+    }
+
+    /// Submits the piece being filled (if any); returns its extents, to be hashed while the disk
+    /// writes them. Waits first for a free slot when every other one is in flight.
+    pub fn submit(&mut self) -> Result<&[libc::iovec], Errno> {
+        let i = self.cur;
+        if self.slots[i].n == 0 {
+            return Ok(&[]);
+        }
+        let ctx = self.ctx;
+        let fd = self.fd;
+        let s = &mut self.slots[i];
+        s.off = self.next_off;
+        self.next_off += s.len;
+        s.iocb = Iocb {
+            data: i as u64,
+            key: 0,
+            rw_flags: 0,
+            opcode: IOCB_CMD_PWRITEV,
+            reqprio: 0,
+            fildes: fd as u32,
+            buf: s.iov.as_ptr() as u64,
+            nbytes: s.n as u64,
+            offset: s.off as i64,
+            reserved2: 0,
+            flags: 0,
+            resfd: 0,
+        };
+        s.busy = true;
+        let mut list = [&mut s.iocb as *mut Iocb as usize];
+        match sys::sys3(
+            libc::SYS_io_submit as usize,
+            ctx as usize,
+            1,
+            list.as_mut_ptr() as usize,
+        ) {
+            Ok(1) => {}
+            Err(Errno(libc::EINTR)) | Err(Errno(libc::EAGAIN)) | Ok(_) => {
+                // (EAGAIN: the kernel is short of resources: write it ourselves.)
+                s.busy = false;
+                sync_write(fd, &s.iov[..s.n], s.off, 0)?;
+                let len = s.len;
+                self.written(len);
+            }
+            Err(e) => {
+                s.busy = false;
+                return Err(e);
+            }
+        }
+        // The next piece goes into the next slot, once it is free.
+        self.cur = (i + 1) % DEPTH;
+        if self.slots[self.cur].busy {
+            self.reap(1)?;
+        }
+        let next = &mut self.slots[self.cur];
+        next.n = 0;
+        next.len = 0;
+        let s = &self.slots[i];
+        Ok(&s.iov[..s.n])
+    }
+
+    /// Waits for at least `min` pieces in flight to complete; a piece written short is finished
+    /// with plain writes, one the kernel refused with `EINVAL` under `O_DIRECT` is written
+    /// again without it (said in the I/O report, as for synchronous writes).
+    fn reap(&mut self, min: usize) -> Result<(), Errno> {
+        let mut events = [IoEvent {
+            data: 0,
+            obj: 0,
+            res: 0,
+            res2: 0,
+        }; DEPTH];
+        let n = loop {
+            match sys::sys6(
+                libc::SYS_io_getevents as usize,
+                self.ctx as usize,
+                min,
+                DEPTH,
+                events.as_mut_ptr() as usize,
+                0,
+                0,
+            ) {
+                Err(Errno(libc::EINTR)) => {}
+                r => break r?,
+            }
+        };
+        let mut failed = None;
+        for ev in &events[..n] {
+            let i = (ev.data as usize) % DEPTH;
+            self.slots[i].busy = false;
+            let (len, off) = (self.slots[i].len, self.slots[i].off);
+            let res = ev.res;
+            if res == len as i64 {
+                self.written(len);
+                continue;
+            }
+            let from = if res >= 0 {
+                res as u64
+            } else if res == -(libc::EINVAL as i64)
+                && (self.dropped_at.is_some() || super::image::drop_direct(self.fd))
+            {
+                self.dropped_at.get_or_insert(off);
+                0
+            } else {
+                failed = Some(Errno(-res as i32));
+                continue;
+            };
+            let s = &self.slots[i];
+            match sync_write(self.fd, &s.iov[..s.n], off, from) {
+                Ok(()) => self.written(len),
+                Err(e) => failed = Some(e),
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Submits what is left, waits for everything, and leaves the descriptor's offset after the
+    /// last piece.
+    pub fn finish(&mut self) -> Result<(), Errno> {
+        self.submit()?;
+        while self.slots.iter().any(|s| s.busy) {
+            self.reap(1)?;
+        }
+        sys::lseek(self.fd, self.next_off as i64, libc::SEEK_SET)?;
+        // Nothing is in flight any more: the statics may change.
+        use core::sync::atomic::Ordering::Relaxed;
+        io_report::WRITTEN.store(self.base + self.done, Relaxed);
+        if let Some(at) = self.dropped_at {
+            io_report::MODE.store(io_report::DROPPED, Relaxed);
+            io_report::AT.store(at, Relaxed);
+        }
+        Ok(())
+    }
+
+    /// `n` more bytes are written: a progress message when it is time.
+    fn written(&mut self, n: u64) {
+        self.done += n;
+        super::image::progress::tick_from(self.base + self.done, &mut self.last_ns);
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // Waits for (or cancels) whatever is still in flight: the memory it reads is the
+        // program's, which runs again once we return.
+        let _ = sys::sys3(libc::SYS_io_destroy as usize, self.ctx as usize, 0, 0);
+    }
+}
+
+/// A ring for writing `extents` to `fd`, when that helps and works: a regular file written
+/// with `O_DIRECT` (buffered writes gain nothing), not `O_APPEND` (where `pwritev` ignores the
+/// offset). Records in the I/O report whether it was used, and why not.
+pub fn ring_for(fd: i32, extents: &[crate::image::format::Extent]) -> Option<Ring> {
+    use core::sync::atomic::Ordering::Relaxed;
+    if io_report::MODE.load(Relaxed) != io_report::DIRECT
+        || extents.is_empty()
+        || sys::fcntl(fd, libc::F_GETFL, 0).is_ok_and(|fl| fl & libc::O_APPEND as usize != 0)
+    {
+        return None;
+    }
+    let len = extents.iter().map(|e| e.len).sum();
+    match Ring::new(fd, len) {
+        Ok(r) => {
+            io_report::AIO.store(1, Relaxed);
+            Some(r)
+        }
+        Err(e) => {
+            io_report::AIO_ERRNO.store(e.0, Relaxed);
+            None
+        }
+    }
+}
+
+/// Writes the extents `iov` at file offset `off`, from byte `from` of them on, with `pwrite`.
+fn sync_write(fd: i32, iov: &[libc::iovec], off: u64, from: u64) -> Result<(), Errno> {
+    let mut at = 0u64;
+    for v in iov {
+        let len = v.iov_len as u64;
+        if at + len > from {
+            let skip = from.saturating_sub(at);
+            let mut done = skip;
+            while done < len {
+                // SAFETY: the extent is readable memory of the program (see memory::write_data).
+                match unsafe {
+                    sys::pwrite_raw(
+                        fd,
+                        v.iov_base as usize + done as usize,
+                        (len - done) as usize,
+                        off + at + done,
+                    )
+                } {
+                    Ok(0) => return Err(Errno(libc::EIO)),
+                    Ok(n) => done += n as u64,
+                    Err(Errno(libc::EINTR)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        at += len;
+    }
+    Ok(())
+}
