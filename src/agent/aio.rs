@@ -18,8 +18,10 @@
 
 use crate::sys::{self, Errno};
 
-/// Pieces in flight at once.
-pub const DEPTH: usize = 4;
+/// Pieces in flight at once: two keep the disk busy while the next one is hashed. Each more
+/// would delay the release of a program whose requester died (or whose `--time` ran out) by
+/// a piece's write: everything in flight is waited for (a direct write cannot be cancelled).
+pub const DEPTH: usize = 2;
 /// Extents in one piece (`pwritev`), at most.
 pub const MAX_IOV: usize = 256;
 
@@ -83,6 +85,8 @@ pub struct Ring {
     done: u64,
     /// CLOCK_MONOTONIC of the last progress message.
     last_ns: u64,
+    /// `--time` (CLOCK_MONOTONIC; `u64::MAX`: none), checked as pieces complete.
+    deadline_ns: u64,
     /// File offset of a piece the kernel refused with `EINVAL` under `O_DIRECT` (rewritten
     /// without it), for the I/O report.
     dropped_at: Option<u64>,
@@ -94,7 +98,7 @@ impl Ring {
     /// Sets up an AIO context for writes to `fd` starting at its current offset, the file
     /// extended to hold `len` more bytes; the errno when AIO is not available (the caller
     /// writes synchronously then, and says so).
-    pub fn new(fd: i32, len: u64) -> Result<Ring, Errno> {
+    pub fn new(fd: i32, len: u64, deadline_ns: u64) -> Result<Ring, Errno> {
         let off = sys::lseek(fd, 0, libc::SEEK_CUR)? as u64;
         let mut ctx = 0u64;
         sys::sys3(
@@ -143,6 +147,7 @@ impl Ring {
             base: io_report::WRITTEN.load(core::sync::atomic::Ordering::Relaxed),
             done: 0,
             last_ns: 0,
+            deadline_ns,
             dropped_at: None,
         })
     }
@@ -211,9 +216,10 @@ impl Ring {
                 return Err(e);
             }
         }
-        // The next piece goes into the next slot, once it is free.
+        // The next piece goes into the next slot, once that one is written (pieces may
+        // complete in any order: reaping one is not reaping that one).
         self.cur = (i + 1) % DEPTH;
-        if self.slots[self.cur].busy {
+        while self.slots[self.cur].busy {
             self.reap(1)?;
         }
         let next = &mut self.slots[self.cur];
@@ -247,6 +253,14 @@ impl Ring {
                 r => break r?,
             }
         };
+        // A piece is done: past --time, or with the requester gone, give up (what is still in
+        // flight is waited for when the ring is dropped).
+        if self.deadline_ns != u64::MAX && sys::monotonic_ns() > self.deadline_ns {
+            return Err(Errno(libc::ETIMEDOUT));
+        }
+        if super::image::requester_gone() {
+            return Err(Errno(libc::ECANCELED));
+        }
         let mut failed = None;
         for ev in &events[..n] {
             let i = (ev.data as usize) % DEPTH;
@@ -316,7 +330,11 @@ impl Drop for Ring {
 /// A ring for writing `extents` to `fd`, when that helps and works: a regular file written
 /// with `O_DIRECT` (buffered writes gain nothing), not `O_APPEND` (where `pwritev` ignores the
 /// offset). Records in the I/O report whether it was used, and why not.
-pub fn ring_for(fd: i32, extents: &[crate::image::format::Extent]) -> Option<Ring> {
+pub fn ring_for(
+    fd: i32,
+    extents: &[crate::image::format::Extent],
+    deadline_ns: u64,
+) -> Option<Ring> {
     use core::sync::atomic::Ordering::Relaxed;
     if io_report::MODE.load(Relaxed) != io_report::DIRECT
         || extents.is_empty()
@@ -325,7 +343,7 @@ pub fn ring_for(fd: i32, extents: &[crate::image::format::Extent]) -> Option<Rin
         return None;
     }
     let len = extents.iter().map(|e| e.len).sum();
-    match Ring::new(fd, len) {
+    match Ring::new(fd, len, deadline_ns) {
         Ok(r) => {
             io_report::AIO.store(1, Relaxed);
             Some(r)

@@ -916,7 +916,7 @@ pub fn write_data(
 ) -> Result<u64, Errno> {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     if bounce.is_none() {
-        if let Some(ring) = super::aio::ring_for(fd, extents) {
+        if let Some(ring) = super::aio::ring_for(fd, extents, deadline_ns) {
             return write_data_async(ring, extents, deadline_ns, h);
         }
     }
