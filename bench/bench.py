@@ -451,7 +451,7 @@ def compress_once(tools, progs, wl, wdir, verbose):
             if extra:
                 s.z_t, s.cpu = t1 - t0, ru.ru_utime + ru.ru_stime
                 m = re.search(r"compressed ([0-9.]+) MiB of page data to ([0-9.]+) MiB "
-                              r"\((\d+) frames zstd, (\d+) stored raw\)", err)
+                              r"\((\d+) frames zstd, (\d+) stored raw[^)]*\)", err)
                 if m:
                     s.page_raw = float(m.group(1)) * MIB
                     s.frames = (int(m.group(3)), int(m.group(4)))
