@@ -28,6 +28,7 @@
 #include <sys/shm.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/timerfd.h>
 #include <sys/un.h>
 
@@ -59,6 +60,24 @@ static unsigned ready(int ep)
     for (int i = 0; i < n; i++)
         set |= 1u << evs[i].data.u64;
     return set;
+}
+
+/* Whether /proc/self/maps shows the mapping at `p` as a mapping of file `path` (its inode;
+ * glibc maps a named semaphore through a temporary name it then removes). */
+static int mapped_as(const void *p, const char *path)
+{
+    char line[512];
+    struct stat st;
+    FILE *f = fopen("/proc/self/maps", "r");
+    int found = 0;
+    check(f != NULL && stat(path, &st) == 0);
+    while (fgets(line, sizeof line, f)) {
+        unsigned long s, ino;
+        if (sscanf(line, "%lx-%*x %*s %*s %*s %lu", &s, &ino) == 2 && s == (unsigned long)p)
+            found = ino == (unsigned long)st.st_ino;
+    }
+    fclose(f);
+    return found;
 }
 
 static socklen_t unix_addr(struct sockaddr_un *a, const char *path)
@@ -249,10 +268,15 @@ int main(void)
     msq = msgget(0x6c6e0000 | me, 0);
     check(msq >= 0 && msgrcv(msq, &qm, sizeof qm.text, 3, IPC_NOWAIT) == 8);
     check(memcmp(qm.text, "msg-text", 8) == 0);
-    /* The named semaphore at 3 (its memory by content: see docs/KERNEL-OBJECTS.md). */
+    /* The named semaphore at 3, the file of its name (a new sem_open shares it). */
+    char semfile[80];
+    snprintf(semfile, sizeof semfile, "/dev/shm/sem.%s", name + 1);
+    check(mapped_as(ns, semfile));
     int sv_;
     check(sem_getvalue(ns, &sv_) == 0 && sv_ == 3 && sem_trywait(ns) == 0);
-    check(sem_getvalue(ns, &sv_) == 0 && sv_ == 2 && sem_trywait(ns) == 0);
+    sem_t *ns2 = sem_open(name, 0);
+    check(ns2 != SEM_FAILED && sem_getvalue(ns2, &sv_) == 0 && sv_ == 2);
+    check(sem_trywait(ns2) == 0 && sem_getvalue(ns, &sv_) == 0 && sv_ == 1);
     /* inotify: a change to the watched file is reported through the epoll, by its watch. */
     check(write(wf, "x", 1) == 1 && (ready(ep) & (1u << INO)));
     struct inotify_event ie[4];

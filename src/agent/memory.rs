@@ -126,6 +126,61 @@ const TMPFS_MAGIC: i64 = 0x0102_1994;
 /// Decides how a region is stored, from its maps line (and a `stat` of its file, left in `st`);
 /// `fs` gets the file system detail of RAM-backed memory ([`REC_REGION_FS`]). `maps`: all of
 /// `/proc/self/maps`.
+/// For a shared mapping of a tmpfs file whose name was removed (`… (deleted)`) while the file
+/// has another name in the same directory (glibc's `sem_open` maps a temporary name, links it
+/// as `sem.NAME` and removes the temporary one): that name, written into `out`
+/// (allocation-free), so that the region is saved and restored as that file.
+fn live_name<'b>(m: &MapLine<'_>, out: &'b mut StackBuf<4096>) -> Option<&'b [u8]> {
+    if !m.shared || m.major != 0 {
+        return None;
+    }
+    let p = m.path.strip_suffix(b" (deleted)")?;
+    // A file in a directory (not "/memfd:…", "/SYSV…", "/dev/zero": their own kinds).
+    let slash = p.iter().rposition(|&b| b == b'/').filter(|&s| s > 0)?;
+    if p.starts_with(b"/dev/zero") {
+        return None;
+    }
+    let dir = &p[..slash];
+    let mut d = StackBuf::<4096>::new();
+    d.push(dir);
+    let fd = sys::open(
+        d.as_cstr(),
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        0,
+    )
+    .ok()? as i32;
+    let mut buf = [0u8; 2048];
+    let mut found = false;
+    'dir: while let Ok(n) = sys::getdents64(fd, &mut buf) {
+        if n == 0 {
+            break;
+        }
+        let mut pos = 0;
+        // struct linux_dirent64 { ino: u64, off: i64, reclen: u16, type: u8, name[] }
+        while pos + 19 <= n {
+            let ino = u64::from_ne_bytes(buf[pos..pos + 8].try_into().unwrap_or([0; 8]));
+            let reclen = u16::from_ne_bytes([buf[pos + 16], buf[pos + 17]]) as usize;
+            if reclen == 0 || pos + reclen > n {
+                break 'dir;
+            }
+            let raw = &buf[pos + 19..pos + reclen];
+            let name = &raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())];
+            if ino == m.inode && name != b"." && name != b".." {
+                out.push(dir).push(b"/").push(name);
+                found = true;
+                break 'dir;
+            }
+            pos += reclen;
+        }
+    }
+    sys::close(fd);
+    // The same file: device too (inode numbers repeat across file systems).
+    let same = found
+        && sys::stat(out.as_cstr(), 0)
+            .is_ok_and(|s| s.st_ino == m.inode && s.st_dev == libc::makedev(m.major, m.minor));
+    same.then(|| out.as_bytes())
+}
+
 fn classify(
     m: &MapLine,
     maps: &[u8],
@@ -446,6 +501,11 @@ pub fn find_precopy(
             if scratch.contains(m.start) {
                 continue;
             }
+            let mut live = StackBuf::<4096>::new();
+            let m = match live_name(&m, &mut live) {
+                Some(path) => MapLine { path, ..m },
+                None => m,
+            };
             regions += 1;
             let (mut st, mut fs) = (None, None);
             let Some(kind) = classify(&m, &scratch.maps()[..n], save, exe, &mut st, &mut fs) else {
@@ -769,6 +829,12 @@ pub fn capture(
             {
                 continue;
             }
+            // A removed name of a tmpfs file that has another: saved as that file.
+            let mut live = StackBuf::<4096>::new();
+            let m = match live_name(&m, &mut live) {
+                Some(path) => MapLine { path, ..m },
+                None => m,
+            };
             let mut st = None;
             let mut fs = None;
             let Some(mut kind) = classify(&m, maps, save, exe, &mut st, &mut fs) else {
