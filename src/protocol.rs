@@ -434,10 +434,18 @@ pub struct RestartInfo {
     pub image_dev: i64,
     /// Its inode.
     pub image_ino: i64,
+    /// Device and inode pairs (as `image_dev`, `image_ino`) of the images of a delta's chain
+    /// whose pages a lazy restore mapped too (`restore::chain`); unused pairs are 0.
+    pub chain_ids: [i64; 2 * RESTART_CHAIN_IDS],
 }
 
 /// Size of [`RestartInfo`] in words.
-pub const RESTART_INFO_WORDS: usize = 14;
+pub const RESTART_INFO_WORDS: usize = 14 + 2 * RESTART_CHAIN_IDS;
+/// Most chain links a lazy restore maps pages from ([`RestartInfo::chain_ids`]); pages of
+/// further links are read.
+pub const RESTART_CHAIN_IDS: usize = 8;
+/// Word index of [`RestartInfo::chain_ids`].
+pub const RESTART_INFO_CHAIN_IDS: usize = 14;
 /// Word index of [`RestartInfo::image_dev`] (`image_ino` follows).
 pub const RESTART_INFO_IMAGE_DEV: usize = 12;
 
@@ -539,6 +547,7 @@ pub fn recv_reply(sock: i32, flags: i32) -> Result<Option<Reply>, i32> {
 
 const _: () = assert!(
     core::mem::offset_of!(RestartInfo, image_dev) == RESTART_INFO_IMAGE_DEV * 8
+        && core::mem::offset_of!(RestartInfo, chain_ids) == RESTART_INFO_CHAIN_IDS * 8
         && core::mem::size_of::<RestartInfo>() == RESTART_INFO_WORDS * 8
 );
 

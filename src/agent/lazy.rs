@@ -28,10 +28,30 @@ pub fn image_id() -> (u64, u64) {
     )
 }
 
-/// Whether `m` is a private mapping of the image this process was lazily restored from.
+/// The `k`th image of a delta's chain the restart mapped pages from ((0, 0): none).
+fn chain_id(k: usize) -> (u64, u64) {
+    let info = &super::resume::INFO;
+    let at = crate::protocol::RESTART_INFO_CHAIN_IDS + 2 * k;
+    (
+        info[at].load(Relaxed) as u64,
+        info[at + 1].load(Relaxed) as u64,
+    )
+}
+
+/// Whether a lazy restart mapped anything from an image into this process.
+fn any_backed() -> bool {
+    image_id().1 != 0 || chain_id(0).1 != 0
+}
+
+/// Whether `m` is a private mapping of the image this process was lazily restored from (or of
+/// an image of its chain, for a delta).
 pub fn image_backed(m: &MapLine) -> bool {
-    let (dev, ino) = image_id();
-    !m.shared && ino != 0 && m.inode == ino && libc::makedev(m.major, m.minor) == dev
+    if m.shared || m.inode == 0 {
+        return false;
+    }
+    let dev = libc::makedev(m.major, m.minor);
+    let is = |(d, i): (u64, u64)| i != 0 && m.inode == i && dev == d;
+    is(image_id()) || (0..crate::protocol::RESTART_CHAIN_IDS).any(|k| is(chain_id(k)))
 }
 
 /// Replaces the image-backed parts of `[start, end)` by anonymous zero pages with the same
@@ -79,7 +99,7 @@ pub unsafe extern "C" fn madvise(addr: *mut c_void, len: size_t, advice: c_int) 
         advice,
         libc::MADV_DONTNEED | libc::MADV_FREE | MADV_DONTNEED_LOCKED
     );
-    if discards && image_id().1 != 0 && len > 0 {
+    if discards && any_backed() && len > 0 {
         let start = addr as u64;
         unback(start, start.saturating_add(len as u64));
     }

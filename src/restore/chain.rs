@@ -13,9 +13,12 @@ use super::RestoreError;
 use crate::image::chain::{needed_from_parents, split};
 use crate::image::reader::Image;
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 
-/// Where a region of the delta image is mapped now: `(start, end, current address)`.
-pub type Place = (u64, u64, u64);
+/// Where a region of the delta image is mapped now: `(start, end, current address, whether
+/// pages may be mapped into it from a link's file)` (a lazy restore, the region at its final
+/// address and of a kind lazy restore maps).
+pub type Place = (u64, u64, u64, bool);
 
 /// A piece to copy from a parent's page data: data offset, length, destination address.
 type Copy = (u64, u64, u64);
@@ -36,7 +39,20 @@ fn needed(img: &Image) -> Vec<(u64, u64)> {
 /// Fills the pages of `img`'s incremental regions that `img` does not hold from its chain
 /// (`img.chain`, checked at load time and again here). `places`: the delta's regions as mapped
 /// now, sorted by start.
-pub fn fill(img: &Image, places: &[Place]) -> Result<(), RestoreError> {
+///
+/// `lazy` (a lazy restore): runs of a link's pages long enough are mapped from its file
+/// (`MAP_PRIVATE`, as the delta's own pages are) where the region allows it, the others read
+/// into place, and no link's checksum is checked (as for the image's own mapped pages); the
+/// links mapped from are named in `filled.chain_ids` for the restored agent. Otherwise each
+/// link's page data is read in full and checked.
+pub fn fill(
+    img: &Image,
+    places: &[Place],
+    lazy: bool,
+    filled: &mut super::memory::Filled,
+) -> Result<(), RestoreError> {
+    let mut n_ids = 0usize;
+    let mut n_mapped = 0usize;
     let mut need = needed(img);
     let mut rec = img.parent.as_ref().map(|p| p.0);
     let mut of = String::from("the delta image");
@@ -48,9 +64,35 @@ pub fn fill(img: &Image, places: &[Place]) -> Result<(), RestoreError> {
         // Checked again: the file may have been replaced since the job was loaded.
         let link =
             crate::image::chain::open_link(&r, path, &of).map_err(|e| err(e.errno, e.msg))?;
+        if link.compressed() {
+            // Never written so (--compress refuses --incremental): its offsets are not raw.
+            return Err(err(
+                libc::EINVAL,
+                format!(
+                    "{}: a compressed image cannot be a delta's parent",
+                    path.display()
+                ),
+            ));
+        }
         let mut copies = Vec::new();
         let next = split(&link, &need, &mut copies);
-        copy_from(&link, path, &mut copies, places)?;
+        let file = File::open(path).map_err(|e| {
+            err(
+                e.raw_os_error().unwrap_or(libc::EIO),
+                format!("{}: {e}", path.display()),
+            )
+        })?;
+        if lazy {
+            let can_map =
+                n_ids < filled.chain_ids.len() && super::memory::file_refusal(&file).is_none();
+            let id = map_or_read(&link, &file, path, &copies, places, can_map, &mut n_mapped)?;
+            if id != (0, 0) {
+                filled.chain_ids[n_ids] = id;
+                n_ids += 1;
+            }
+        } else {
+            copy_from(&link, &file, path, &mut copies, places)?;
+        }
         need = next;
         rec = link.parent.as_ref().map(|p| p.0);
         of = path.display().to_string();
@@ -64,19 +106,72 @@ pub fn fill(img: &Image, places: &[Place]) -> Result<(), RestoreError> {
     Ok(())
 }
 
+/// The place of `len` bytes at image address `dst`: its current address, and whether pages may
+/// be mapped there.
+fn place_of(places: &[Place], dst: u64, len: u64) -> Result<(u64, bool), RestoreError> {
+    let i = places.partition_point(|p| p.1 <= dst);
+    match places.get(i) {
+        Some(&(start, end, cur, mappable)) if start <= dst && dst + len <= end => {
+            Ok((cur + (dst - start), mappable))
+        }
+        _ => Err(err(libc::EINVAL, "corrupt image chain".into())),
+    }
+}
+
+/// A lazy restore's pieces from one link: mapped from its file where allowed (`can_map`, the
+/// region, the length) and long enough, else read into place (only those pieces: no
+/// checksum, as for mapped pages). Returns the device and inode of
+/// the link's mappings ((0, 0): nothing was mapped).
+fn map_or_read(
+    link: &Image,
+    file: &File,
+    path: &std::path::Path,
+    copies: &[Copy],
+    places: &[Place],
+    can_map: bool,
+    n_mapped: &mut usize,
+) -> Result<(u64, u64), RestoreError> {
+    use super::memory::{LAZY_MAX_MAPPINGS, LAZY_MIN_EXTENT};
+    let page = crate::image::format::PAGE as u64;
+    let mut id = (0, 0);
+    for &(off, len, dst) in copies {
+        let (at, mappable) = place_of(places, dst, len)?;
+        let aligned = off.is_multiple_of(page) && len.is_multiple_of(page);
+        if can_map
+            && mappable
+            && aligned
+            && len >= LAZY_MIN_EXTENT
+            && *n_mapped < LAZY_MAX_MAPPINGS
+            && super::memory::map_from_image(file, at, len, link.header.data_offset + off)
+        {
+            *n_mapped += 1;
+            if id == (0, 0) {
+                id = super::memory::mapping_id(at);
+            }
+            continue;
+        }
+        // SAFETY: the destination lies inside the writable mapping made for this region of the
+        // delta image (checked against its bounds by place_of).
+        let to = unsafe { std::slice::from_raw_parts_mut(at as *mut u8, len as usize) };
+        file.read_exact_at(to, link.header.data_offset + off)
+            .map_err(|e| {
+                err(
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                    format!("{}: reading page data: {e}", path.display()),
+                )
+            })?;
+    }
+    Ok(id)
+}
+
 /// Streams `link`'s page data once, checking its hash, copying the `copies` into place.
 fn copy_from(
     link: &Image,
+    file: &File,
     path: &std::path::Path,
     copies: &mut [Copy],
     places: &[Place],
 ) -> Result<(), RestoreError> {
-    let file = File::open(path).map_err(|e| {
-        err(
-            e.raw_os_error().unwrap_or(libc::EIO),
-            format!("{}: {e}", path.display()),
-        )
-    })?;
     copies.sort_unstable();
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut buf = vec![0u8; 8 << 20];
@@ -86,7 +181,7 @@ fn copy_from(
     let mut k = 0usize;
     while off < total {
         let n = (total - off).min(buf.len() as u64) as usize;
-        link.read_pages(&file, off, &mut buf[..n]).map_err(|e| {
+        link.read_pages(file, off, &mut buf[..n]).map_err(|e| {
             err(
                 e.errno(),
                 format!("{}: reading page data: {e}", path.display()),
@@ -100,18 +195,10 @@ fn copy_from(
             let s = coff.max(off);
             let e = (coff + len).min(end);
             let dst = addr + (s - coff);
-            let i = places.partition_point(|p| p.1 <= dst);
-            let Some(&(start, pend, cur)) = places.get(i).filter(|p| p.0 <= dst) else {
-                return Err(err(libc::EINVAL, "corrupt image chain".into()));
-            };
-            if dst + (e - s) > pend {
-                return Err(err(libc::EINVAL, "corrupt image chain".into()));
-            }
+            let (at, _) = place_of(places, dst, e - s)?;
             // SAFETY: the destination lies inside the writable mapping made for this region of
-            // the delta image (checked against its bounds just above).
-            let to = unsafe {
-                std::slice::from_raw_parts_mut((cur + (dst - start)) as *mut u8, (e - s) as usize)
-            };
+            // the delta image (checked against its bounds by place_of).
+            let to = unsafe { std::slice::from_raw_parts_mut(at as *mut u8, (e - s) as usize) };
             to.copy_from_slice(&buf[(s - off) as usize..(e - off) as usize]);
             if coff + len <= end {
                 k += 1;

@@ -95,13 +95,20 @@ pub fn lazy_refusal(file: &File, img: &Image) -> Option<String> {
             "the image came from a stream (held in memory until the restart has read it): read in full and checked".into(),
         );
     }
-    if img.header.data_len < LAZY_MIN_DATA {
+    // A delta's own page data is small by nature: its chain's is what lazy restore maps.
+    if img.header.data_len < LAZY_MIN_DATA && img.parent.is_none() {
         return Some(format!(
             "the page data is small ({:.1} MiB, under {} MiB): read and checked in full",
             img.header.data_len as f64 / (1 << 20) as f64,
             LAZY_MIN_DATA >> 20
         ));
     }
+    file_refusal(file)
+}
+
+/// Why pages cannot be mapped from `file` at all (not a regular file, not readable, not on a
+/// known local file system); `None`: they can.
+pub fn file_refusal(file: &File) -> Option<String> {
     let fd = file.as_raw_fd();
     match crate::sys::fstat(fd) {
         Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {}
@@ -255,6 +262,8 @@ pub struct Filled {
     pub read: u64,
     /// Device and inode of the image as `/proc/self/maps` shows its mappings (0, 0: none).
     pub image_id: (u64, u64),
+    /// The same for the images of a delta's chain pages were mapped from (unused: (0, 0)).
+    pub chain_ids: [(u64, u64); crate::protocol::RESTART_CHAIN_IDS],
 }
 
 /// A region as mapped in the child.
@@ -780,15 +789,26 @@ pub fn build(
         ));
     }
     if img.parent.is_some() {
-        // A delta image: the other pages of its incremental regions from its parent chain.
+        // A delta image: the other pages of its incremental regions from its parent chain,
+        // mapped from the links too where this image's own pages could be (lazy).
         let mut places: Vec<super::chain::Place> = img
             .regions
             .iter()
             .zip(&placed)
-            .filter_map(|(r, p)| p.map(|p| (r.rec.start, r.rec.end, p.cur)))
+            .filter_map(|(r, p)| {
+                p.map(|p| {
+                    let probe = Extent {
+                        addr: r.rec.start,
+                        len: LAZY_MIN_EXTENT,
+                        file_off: 0,
+                    };
+                    let mappable = lazy && p.cur == p.dst && lazy_extent(r, &probe);
+                    (r.rec.start, r.rec.end, p.cur, mappable)
+                })
+            })
             .collect();
         places.sort_unstable();
-        super::chain::fill(img, &places)?;
+        super::chain::fill(img, &places, lazy, filled)?;
     }
     // Final protections (mremap keeps them).
     for (i, r) in img.regions.iter().enumerate() {
@@ -846,7 +866,7 @@ pub fn build(
 
 /// Maps `len` bytes of the image at file offset `off` over `[at, at + len)` (private,
 /// copy-on-write); false (nothing changed) when the kernel refuses.
-fn map_from_image(file: &File, at: u64, len: u64, off: u64) -> bool {
+pub(super) fn map_from_image(file: &File, at: u64, len: u64, off: u64) -> bool {
     // SAFETY: `[at, at + len)` lies inside a private anonymous mapping this restore just made
     // and nothing refers to yet; MAP_FIXED replaces exactly that range.
     let p = unsafe {
@@ -863,7 +883,7 @@ fn map_from_image(file: &File, at: u64, len: u64, off: u64) -> bool {
 }
 
 /// Device (`makedev`) and inode of the mapping at `addr`, as `/proc/self/maps` shows them.
-fn mapping_id(addr: u64) -> (u64, u64) {
+pub(super) fn mapping_id(addr: u64) -> (u64, u64) {
     let text = std::fs::read("/proc/self/maps").unwrap_or_default();
     text.split(|&b| b == b'\n')
         .filter_map(parse_line)

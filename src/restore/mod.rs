@@ -471,6 +471,14 @@ fn rebuild(
         exe_fd: exe_fd as i64,
         image_dev: filled.image_id.0 as i64,
         image_ino: filled.image_id.1 as i64,
+        chain_ids: {
+            let mut ids = [0i64; 2 * crate::protocol::RESTART_CHAIN_IDS];
+            for (k, &(dev, ino)) in filled.chain_ids.iter().enumerate() {
+                ids[2 * k] = dev as i64;
+                ids[2 * k + 1] = ino as i64;
+            }
+            ids
+        },
     };
     let info_ptr = put(bytemuck::bytes_of(&info));
     let src_ptr = put(src);
