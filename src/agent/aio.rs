@@ -255,12 +255,7 @@ impl Ring {
         };
         // A piece is done: past --time, or with the requester gone, give up (what is still in
         // flight is waited for when the ring is dropped).
-        if self.deadline_ns != u64::MAX && sys::monotonic_ns() > self.deadline_ns {
-            return Err(Errno(libc::ETIMEDOUT));
-        }
-        if super::image::requester_gone() {
-            return Err(Errno(libc::ECANCELED));
-        }
+        super::image::write_must_stop(self.deadline_ns)?;
         let mut failed = None;
         for ev in &events[..n] {
             let i = (ev.data as usize) % DEPTH;

@@ -467,12 +467,7 @@ pub fn write_spans(out: i32, spans: &mut Spans, deadline_ns: u64) -> Result<(), 
             let len = page_align(s.size);
             let mut off = 0u64;
             while off < len {
-                if deadline_ns != u64::MAX && sys::monotonic_ns() > deadline_ns {
-                    return Err(Errno(libc::ETIMEDOUT));
-                }
-                if super::image::requester_gone() {
-                    return Err(Errno(libc::ECANCELED));
-                }
+                super::image::write_must_stop(deadline_ns)?;
                 let n = ((len - off) as usize).min(spans.buf.len());
                 let content = (s.size.saturating_sub(off) as usize).min(n);
                 let got = pread_full(reader, &mut spans.buf[..content], off);

@@ -293,6 +293,18 @@ pub fn requester_gone() -> bool {
     n > 0 && p.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0
 }
 
+/// Checked between pieces of a write: `ETIMEDOUT` when `--time` ran out (`deadline_ns`;
+/// `u64::MAX`: none), `ECANCELED` when the requester is gone (nobody will commit the image).
+pub fn write_must_stop(deadline_ns: u64) -> Result<(), Errno> {
+    if deadline_ns != u64::MAX && sys::monotonic_ns() > deadline_ns {
+        return Err(Errno(libc::ETIMEDOUT));
+    }
+    if requester_gone() {
+        return Err(Errno(libc::ECANCELED));
+    }
+    Ok(())
+}
+
 /// Clears `O_DIRECT` on `fd`; returns whether it was set (so a failed write can be retried).
 pub fn drop_direct(fd: i32) -> bool {
     let fl = sys::fcntl(fd, libc::F_GETFL, 0).unwrap_or(0) as i32;

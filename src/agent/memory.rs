@@ -997,15 +997,10 @@ pub fn write_data(
         while done < e.len {
             if since_check >= WRITE_CHUNK {
                 since_check = 0;
-                if deadline_ns != u64::MAX && sys::monotonic_ns() > deadline_ns {
-                    return Err(Errno(libc::ETIMEDOUT));
-                }
-                // The requester is gone (killed mid-checkpoint): nobody will commit this image,
-                // so stop writing and let the program go (a piece takes a few milliseconds; a
+                // Past --time, or the requester gone (killed mid-checkpoint): nobody will commit
+                // this image, so stop writing and let the program go (a piece takes a few milliseconds; a
                 // stream that takes no more is watched in `write_mem`).
-                if super::image::requester_gone() {
-                    return Err(Errno(libc::ECANCELED));
-                }
+                super::image::write_must_stop(deadline_ns)?;
             }
             let mut n = (e.len - done).min(WRITE_CHUNK);
             if bounce_len > 0 {
@@ -1064,12 +1059,7 @@ fn write_data_async(
         while done < e.len {
             if since_check >= WRITE_CHUNK {
                 since_check = 0;
-                if deadline_ns != u64::MAX && sys::monotonic_ns() > deadline_ns {
-                    return Err(Errno(libc::ETIMEDOUT));
-                }
-                if super::image::requester_gone() {
-                    return Err(Errno(libc::ECANCELED));
-                }
+                super::image::write_must_stop(deadline_ns)?;
             }
             let n = (e.len - done).min(WRITE_CHUNK);
             if !ring.fits(n, WRITE_CHUNK) {
