@@ -64,19 +64,34 @@ pub trait Source {
     fn fill(&mut self, buf: &mut [u8]) -> Result<bool, String>;
 }
 
+/// Reads exactly `buf.len()` bytes with `read`, asking `more` before each read whether the
+/// stream goes on (`false`: it ended there); `Ok(false)` at a clean end before any byte.
+fn fill_exact(
+    buf: &mut [u8],
+    mut more: impl FnMut() -> Result<bool, String>,
+    mut read: impl FnMut(&mut [u8]) -> std::io::Result<usize>,
+) -> Result<bool, String> {
+    let mut done = 0;
+    while done < buf.len() {
+        let got = if more()? {
+            read(&mut buf[done..])
+        } else {
+            Ok(0)
+        };
+        match got {
+            Ok(0) if done == 0 => return Ok(false),
+            Ok(0) => return Err("the image stream ended inside an image".into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("reading the image stream: {e}")),
+        }
+    }
+    Ok(true)
+}
+
 impl<R: Read> Source for R {
     fn fill(&mut self, buf: &mut [u8]) -> Result<bool, String> {
-        let mut done = 0;
-        while done < buf.len() {
-            match self.read(&mut buf[done..]) {
-                Ok(0) if done == 0 => return Ok(false),
-                Ok(0) => return Err("the image stream ended inside an image".into()),
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("reading the image stream: {e}")),
-            }
-        }
-        Ok(true)
+        fill_exact(buf, || Ok(true), |b| self.read(b))
     }
 }
 
@@ -122,23 +137,8 @@ impl PipeSource {
 
 impl Source for PipeSource {
     fn fill(&mut self, buf: &mut [u8]) -> Result<bool, String> {
-        let mut done = 0;
-        while done < buf.len() {
-            if !self.wait()? {
-                if done == 0 {
-                    return Ok(false);
-                }
-                return Err("the image stream ended inside an image".into());
-            }
-            match self.file.read(&mut buf[done..]) {
-                Ok(0) if done == 0 => return Ok(false),
-                Ok(0) => return Err("the image stream ended inside an image".into()),
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("reading the image stream: {e}")),
-            }
-        }
-        Ok(true)
+        let this = &*self;
+        fill_exact(buf, || this.wait(), |b| (&this.file).read(b))
     }
 }
 
