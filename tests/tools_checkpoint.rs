@@ -487,7 +487,9 @@ fn verbose_reports_direct_io() {
         );
         // The page data through the AIO ring (agent::aio), or said why not.
         assert!(
-            line.contains(" write=aio") || line.contains(" write=sync(io_setup errno "),
+            line.contains(" write=aio")
+                || line.contains(" write=sync(io_setup errno ")
+                || line.contains(" write=sync(aio off)"),
             "-v must say how the page data was written: {line}"
         );
     } else {

@@ -322,6 +322,12 @@ impl Drop for Ring {
     }
 }
 
+/// Whether page data goes through the ring. Off: on the final head of 2026-12-06 an image of a
+/// restored tree written through it failed its page-data checksum at restart in 2 of 8 runs
+/// (`trees checkpoint_through_cr_restart_unprivileged`; 0 of 10 with the ring off), not yet
+/// diagnosed. Until it is, the synchronous direct write is used and `-v` says `write=sync(aio off)`.
+const ENABLED: bool = false;
+
 /// A ring for writing `extents` to `fd`, when that helps and works: a regular file written
 /// with `O_DIRECT` (buffered writes gain nothing), not `O_APPEND` (where `pwritev` ignores the
 /// offset). Records in the I/O report whether it was used, and why not.
@@ -331,6 +337,10 @@ pub fn ring_for(
     deadline_ns: u64,
 ) -> Option<Ring> {
     use core::sync::atomic::Ordering::Relaxed;
+    if !ENABLED {
+        io_report::AIO_ERRNO.store(io_report::AIO_OFF, Relaxed);
+        return None;
+    }
     if io_report::MODE.load(Relaxed) != io_report::DIRECT
         || extents.is_empty()
         || sys::fcntl(fd, libc::F_GETFL, 0).is_ok_and(|fl| fl & libc::O_APPEND as usize != 0)

@@ -137,6 +137,8 @@ pub mod io_report {
     pub static AIO: AtomicU32 = AtomicU32::new(0);
     /// errno of `io_setup` when a direct write could not use an AIO ring (0: none).
     pub static AIO_ERRNO: AtomicI32 = AtomicI32::new(0);
+    /// [`AIO_ERRNO`] when the ring is switched off in this build (not an errno).
+    pub const AIO_OFF: i32 = -1;
     /// Image bytes written so far (where the next write goes).
     pub static WRITTEN: AtomicU64 = AtomicU64::new(0);
     /// CLOCK_MONOTONIC at: start of the write, metadata built, page data written, synced.
@@ -185,6 +187,8 @@ pub mod io_report {
         }
         if AIO.load(Relaxed) == 1 {
             out.push(b" write=aio");
+        } else if AIO_ERRNO.load(Relaxed) == AIO_OFF {
+            out.push(b" write=sync(aio off)");
         } else if AIO_ERRNO.load(Relaxed) != 0 {
             out.push(b" write=sync(io_setup errno ")
                 .num(AIO_ERRNO.load(Relaxed) as u64)
