@@ -79,6 +79,8 @@ def build(outdir):
         "wploop": (["wploop.c"], []),
         "rawio": (["rawio.c"], []),
         "forkexec": (["forkexec.c"], []),
+        # not run by this script: fork vs userfaultfd write-protection (docs/PERFORMANCE.md)
+        "wpsnap": (["wpsnap.c"], ["-pthread"]),
         "compute_pthread": (["compute.c"], ["-pthread"]),
         "compute_omp": (["compute.c"], ["-fopenmp", "-DOMP"]),
     }
