@@ -32,8 +32,10 @@ use std::os::unix::io::{FromRawFd, IntoRawFd};
 /// none runs yet) — so that a test can kill it or change the files exactly there, then continue it.
 /// The init of a pid namespace cannot stop itself (the kernel drops the signal): it names
 /// itself `stopped-at-hook` and waits for good, to be killed with its creator.
+/// `gate-dropped` is `gated` with the gate's descriptor closed before the stop, without opening
+/// it (what a holder killed there looks like to the job until its death is signalled).
 pub fn test_stop_at(phase: &str) {
-    if std::env::var_os("LIBCR_TEST_STOP_AT").is_some_and(|p| p == phase) {
+    if test_phase(phase) {
         // SAFETY: getpid, prctl with a NUL-terminated name, pause and raise on ourselves.
         unsafe {
             if libc::getpid() == 1 {
@@ -45,6 +47,11 @@ pub fn test_stop_at(phase: &str) {
             libc::raise(libc::SIGSTOP);
         }
     }
+}
+
+/// TEST ONLY: whether `LIBCR_TEST_STOP_AT` names `phase` (see [`test_stop_at`]).
+pub fn test_phase(phase: &str) -> bool {
+    std::env::var_os("LIBCR_TEST_STOP_AT").is_some_and(|p| p == phase)
 }
 
 /// A failed restart: an errno (for the exit code and hook classification) and one line of text.
@@ -281,7 +288,7 @@ pub struct Handover<'a> {
     pub src: &'a [u8],
     /// Signal the process sends itself before its threads run again (0: none).
     pub early_signal: i32,
-    /// The job's gate (`spawn::Gate`): (write end of its "closed" pipe, read end of the gate),
+    /// The job's gate (`spawn::Gate`): (write end of its "closed" pipe, our end of the gate),
     /// at numbers above every saved descriptor; `None` when this process is the whole job.
     pub gate: Option<(i32, i32)>,
     /// Read all page data before the program runs (`cr_restart --eager`) instead of mapping it
@@ -363,15 +370,13 @@ fn rebuild(
         // program's back once it runs (a reader would miss its EOF).
         let _ = crate::sys::write_all(closed, b"c");
         crate::sys::close(closed);
-        let mut b = [0u8; 1];
-        loop {
-            match crate::sys::read(open, &mut b) {
-                Ok(0) => break,
-                Ok(_) | Err(crate::sys::Errno(libc::EINTR)) => {}
-                Err(_) => break,
-            }
+        if !spawn::Gate::wait(open) {
+            // The restarter died (or gave up) before opening the gate: nothing of the program
+            // may run. Not a failure to report: nobody reads the report, or the holder has
+            // reported its own.
+            // SAFETY: leaving this half-built process without running atexit handlers.
+            unsafe { libc::_exit(1) }
         }
-        crate::sys::close(open);
     }
 
     // Trampoline code.

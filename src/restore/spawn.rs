@@ -31,9 +31,17 @@ use crate::image::tree::{ZombieRec, ZOMBIE_SIGCHLD_DUE};
 use std::fs::File;
 
 /// Holds the restored processes back until every copy of the job's pool is closed: each
-/// process, once it closed its own, writes a byte to the "closed" pipe and waits for EOF on the
-/// gate; the process that built the pool closes its copy, counts one byte per process and then
-/// closes the gate's write end.
+/// process, once it closed its own, writes a byte to the "closed" pipe and waits at the gate;
+/// the process that built the pool closes its copy, counts one byte per process, then opens the
+/// gate: it sends one byte on the gate's stream socket, which every waiting process peeks
+/// (`MSG_PEEK`, so one byte serves them all), and closes its end.
+///
+/// End of file without that byte means the holder died (cr_restart SIGKILLed at the gate) or
+/// gave up ([`Gate::abandon`]): the waiting process then leaves at once ([`Gate::wait`]).
+/// End of file alone cannot tell the two apart: a dying process's descriptors are closed before
+/// the kernel sends its children their parent-death signal, and a process that took that end
+/// of file for "open" went on and, restored, set its parent-death signal back to its saved one
+/// (none) before the signal came: the whole tree ran on with its restarter gone.
 pub struct Gate {
     closed: [i32; 2],
     gate: [i32; 2],
@@ -49,10 +57,14 @@ impl Gate {
             if libc::pipe2(closed.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
                 return Err(RestoreError::new(errno(), "cannot create a pipe".into()));
             }
-            if libc::pipe2(gate.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            let kind = libc::SOCK_STREAM | libc::SOCK_CLOEXEC;
+            if libc::socketpair(libc::AF_UNIX, kind, 0, gate.as_mut_ptr()) != 0 {
                 libc::close(closed[0]);
                 libc::close(closed[1]);
-                return Err(RestoreError::new(errno(), "cannot create a pipe".into()));
+                return Err(RestoreError::new(
+                    errno(),
+                    "cannot create a socket pair".into(),
+                ));
             }
         }
         Ok(Gate { closed, gate })
@@ -73,7 +85,8 @@ impl Gate {
         }
     }
 
-    /// Spawning failed: closes everything (whoever waits at the gate goes on, to be killed).
+    /// Spawning failed: closes everything (whoever waits at the gate sees it closed without
+    /// being opened and leaves).
     pub fn abandon(&self) {
         for fd in self.closed.iter().chain(&self.gate) {
             // SAFETY: closing our pipe ends.
@@ -99,10 +112,44 @@ impl Gate {
                     break;
                 }
             }
-            super::test_stop_at("gated");
             libc::close(self.closed[0]);
+            if super::test_phase("gate-dropped") {
+                // What a holder SIGKILLed at the gate looks like to the job until the kernel
+                // signals its death: its descriptors are closed, and it is still there.
+                libc::close(self.gate[1]);
+                super::test_stop_at("gate-dropped");
+                return;
+            }
+            super::test_stop_at("gated");
+            // The byte that says "open"; a restarter killed before it leaves only end of file.
+            libc::send(
+                self.gate[1],
+                b"o".as_ptr() as *const _,
+                1,
+                libc::MSG_NOSIGNAL,
+            );
             libc::close(self.gate[1]);
         }
+    }
+
+    /// In a restored process, with its pool copies closed: waits at the gate (read end `open`,
+    /// from [`Gate::process_side`]) and closes it. Returns true when the gate was opened; false
+    /// when its holder died or gave up first (end of file, or an error, without the byte): the
+    /// caller must not run the program.
+    pub fn wait(open: i32) -> bool {
+        let mut b = [0u8; 1];
+        let opened = loop {
+            // SAFETY: peeking one byte into a valid buffer.
+            let r = unsafe { libc::recv(open, b.as_mut_ptr() as *mut _, 1, libc::MSG_PEEK) };
+            if r == 1 {
+                break true;
+            }
+            if r == 0 || errno() != libc::EINTR {
+                break false;
+            }
+        };
+        crate::sys::close(open);
+        opened
     }
 }
 
