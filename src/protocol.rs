@@ -437,10 +437,18 @@ pub struct RestartInfo {
     /// Device and inode pairs (as `image_dev`, `image_ino`) of the images of a delta's chain
     /// whose pages a lazy restore mapped too (`restore::chain`); unused pairs are 0.
     pub chain_ids: [i64; 2 * RESTART_CHAIN_IDS],
+    /// The image a lazy restore mapped memory from (`image_dev` or `chain_ids` set; else 0):
+    /// its `Trailer::trailer_hash`, so that the restored process's first incremental checkpoint
+    /// naming that image as its parent can be a delta (`agent::incremental::restored`).
+    pub image_hash: i64,
+    /// Its `Trailer::total_len`.
+    pub image_size: i64,
+    /// Its depth (links behind it: 0 for a full image).
+    pub image_depth: i64,
 }
 
 /// Size of [`RestartInfo`] in words.
-pub const RESTART_INFO_WORDS: usize = 14 + 2 * RESTART_CHAIN_IDS;
+pub const RESTART_INFO_WORDS: usize = 14 + 2 * RESTART_CHAIN_IDS + 3;
 /// Most chain links a lazy restore maps pages from ([`RestartInfo::chain_ids`]); pages of
 /// further links are read.
 pub const RESTART_CHAIN_IDS: usize = 8;
@@ -448,6 +456,8 @@ pub const RESTART_CHAIN_IDS: usize = 8;
 pub const RESTART_INFO_CHAIN_IDS: usize = 14;
 /// Word index of [`RestartInfo::image_dev`] (`image_ino` follows).
 pub const RESTART_INFO_IMAGE_DEV: usize = 12;
+/// Word index of [`RestartInfo::image_hash`] (`image_size`, `image_depth` follow).
+pub const RESTART_INFO_IMAGE_HASH: usize = RESTART_INFO_CHAIN_IDS + 2 * RESTART_CHAIN_IDS;
 
 /// Magic of [`RestartInfo`].
 pub const RESTART_MAGIC: i64 = 0x4352_5253_5452_4e31;
@@ -548,6 +558,7 @@ pub fn recv_reply(sock: i32, flags: i32) -> Result<Option<Reply>, i32> {
 const _: () = assert!(
     core::mem::offset_of!(RestartInfo, image_dev) == RESTART_INFO_IMAGE_DEV * 8
         && core::mem::offset_of!(RestartInfo, chain_ids) == RESTART_INFO_CHAIN_IDS * 8
+        && core::mem::offset_of!(RestartInfo, image_hash) == RESTART_INFO_IMAGE_HASH * 8
         && core::mem::size_of::<RestartInfo>() == RESTART_INFO_WORDS * 8
 );
 

@@ -200,8 +200,8 @@ fn missing_replaced_or_truncated_parent_is_refused() {
     restarted.expect_pass(RESTART_TIMEOUT);
 }
 
-/// Every fallback to a full image is said (under -v and in the result line): after a restart
-/// nothing is armed; a parent that is not the image tracking was armed for; --max-chain.
+/// Every fallback to a full image is said (under -v and in the result line): after an eager
+/// restart nothing is armed; a parent that is not the image tracking was armed for; --max-chain.
 #[test]
 fn fallbacks_to_full_images_are_said() {
     let sc = Scenario::new("incr-fallbacks");
@@ -232,8 +232,10 @@ fn fallbacks_to_full_images_are_said() {
     step(&sc, 2);
     incremental(&sc, job.pid(), &e, &["--term"]);
     job.expect_signal(SIGTERM, DEATH_TIMEOUT);
-    // After a restart nothing is armed: the next incremental checkpoint is full, and says so.
-    let restarted = sc.restart(&e);
+    // After an eager restart nothing is armed: the next incremental checkpoint is full, and
+    // says so (after a lazy one, the image restarted from, or a copy of it, can be the parent:
+    // `lazily_restored_process_takes_small_deltas`).
+    let restarted = sc.restart_with(&e, &["--eager"]);
     let f = sc.img_dir().join("f");
     fs::copy(&e, &f).expect("copy");
     let pid = restarted.pid();
@@ -536,23 +538,99 @@ fn streamed_images_restart_from_pipes_as_nobody() {
     streamed_images_restart_from_pipes(&Scenario::as_user("incr-stream-nobody", NOBODY));
 }
 
-/// Tracking after a restart (issue 14): a restored process's first incremental checkpoint (even
-/// against the image it was restored from) is a full image, said under -v ("nothing armed
-/// here"), and arms write-tracking; the next one is a
-/// delta of the restored process against it (its memory mapped lazily from the image it was
-/// restored from included), whose chain restarts with every byte right.
+/// Tracking after an eager restart (issue 14): a restored process's first incremental
+/// checkpoint (even against the image it was restored from: its memory is anonymous, nothing
+/// tells what the program wrote since) is a full image, said under -v ("nothing armed here"),
+/// and arms write-tracking; the next one is a small delta of the restored process against it,
+/// whose chain restarts with every byte right.
 #[test]
 fn restored_process_takes_deltas_again() {
     restored_takes_deltas(&Scenario::new("incr-after-restart"), true);
 }
 
-/// The same after a lazy restart (the default) from a delta's chain: the restored memory is
-/// mapped from the chain's images, which write-tracking does not follow page by page yet (every
-/// page of those mappings counts as written: the delta is as large as a full image), but every
-/// byte is right, and the images of the first chain can go.
+/// After a lazy restart (the default) from a delta's chain, the restored memory is mapped from
+/// the chain's images. The first incremental checkpoint that names the image restarted from as
+/// its parent is a delta all the same, and small: the pages the program wrote since the restart
+/// are no longer the image's file pages, the others are what the image holds. Write-tracking
+/// is armed afterwards (image-backed memory included), so the next delta is small too. The
+/// newest delta (a chain of four images) and the first one (three) each restart with every
+/// byte right.
 #[test]
-fn lazily_restored_process_takes_correct_deltas() {
-    restored_takes_deltas(&Scenario::new("incr-after-lazy-restart"), false);
+fn lazily_restored_process_takes_small_deltas() {
+    lazily_restored_takes_deltas(&Scenario::new("incr-after-lazy-restart"), true);
+}
+
+/// [`lazily_restored_process_takes_small_deltas`] as an unprivileged user (the restart runs in
+/// a private user and pid namespace).
+#[test]
+fn lazily_restored_process_takes_small_deltas_as_nobody() {
+    lazily_restored_takes_deltas(
+        &Scenario::as_user("incr-after-lazy-restart-nobody", NOBODY),
+        true,
+    );
+}
+
+/// [`lazily_restored_process_takes_small_deltas`] after a lazy restart of a full image.
+#[test]
+fn lazily_restored_full_image_takes_small_deltas() {
+    lazily_restored_takes_deltas(&Scenario::new("incr-after-lazy-full"), false);
+}
+
+/// See [`lazily_restored_process_takes_small_deltas`]; `chain`: the image restarted from is a
+/// delta (else a full image).
+fn lazily_restored_takes_deltas(sc: &Scenario, chain: bool) {
+    let mut job = start(sc);
+    let a = sc.img_dir().join("a");
+    if chain {
+        incremental(sc, job.pid(), &a, &[]);
+        step(sc, 1);
+        incremental(sc, job.pid(), &a, &["--term"]);
+    } else {
+        step(sc, 1);
+        incremental(sc, job.pid(), &a, &["--term"]);
+    }
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    let full = size(&sc.img_dir().join(if chain { "a.~1~" } else { "a" }));
+    let mut restarted = sc.restart(&a);
+    let pid = restarted.pid();
+    // Written since the restart: the pages of the mapped image it changes are the delta's.
+    step_of(sc, 2, Some(&mut restarted));
+    let b = sc.img_dir().join("b");
+    let a_arg = format!("--incremental={}", a.display());
+    let out = incremental(sc, pid, &b, &[&a_arg]);
+    assert!(
+        out.contains("incr=delta(") && out.contains("lazily restored"),
+        "the first incremental checkpoint after a lazy restart is a delta of the image restarted from:\n{out}"
+    );
+    let first = size(&b);
+    step_of(sc, 3, Some(&mut restarted));
+    let out = incremental(sc, pid, &b, &["--term"]);
+    assert!(
+        out.contains("incr=delta(") && !out.contains("lazily restored"),
+        "the next one is a delta against the first:\n{out}"
+    );
+    let second = size(&b);
+    sc.note(&format!(
+        "full {full} bytes, first delta after the restart {first}, second {second}"
+    ));
+    for (what, d) in [("first", first), ("second", second)] {
+        assert!(
+            d < 8 << 20 && d < full / 8,
+            "{what} delta after a lazy restart: {d} bytes, full {full}\n{}",
+            sc.log()
+        );
+    }
+    restarted.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    // The newest delta: b, b.~1~, a (and a.~1~).
+    let mut again = sc.restart(&b);
+    step_of(sc, 4, Some(&mut again));
+    sc.go();
+    again.expect_pass(RESTART_TIMEOUT);
+    // The first delta after the lazy restart alone (its state: step 2).
+    let mut first_again = sc.restart(&sc.img_dir().join("b.~1~"));
+    step_of(sc, 4, Some(&mut first_again));
+    sc.go();
+    first_again.expect_pass(RESTART_TIMEOUT);
 }
 
 /// See [`restored_process_takes_deltas_again`]; `eager`: the first restart reads its memory

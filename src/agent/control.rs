@@ -985,6 +985,11 @@ fn after_restart() {
         sys::munmap(info.code_addr as usize, info.code_len as usize);
     }
     super::process::restore_timers();
+    super::incremental::restored(
+        info.image_hash as u64,
+        info.image_size as u64,
+        info.image_depth as u32,
+    );
     if info.exe_fd >= 0 {
         // The trampoline made it /proc/self/exe where it could; we only close it.
         sys::close(info.exe_fd as i32);

@@ -21,6 +21,18 @@
 //! first one, one after a restart or in a fork child (nothing is armed there), and one whose
 //! parent is not the image tracking was armed for (its size and trailer hash differ).
 //!
+//! After a lazy restart the restored memory is mostly private mappings of the image restarted
+//! from (and of its chain's images: `agent::lazy`). A page of such a mapping that was written
+//! since became the program's own (copy-on-write: `PAGE_IS_FILE` clear); every other page is
+//! still the image's, i.e. what the image holds at that address. So the first incremental
+//! checkpoint that names that image as its parent ([`restored`]: its trailer hash and size
+//! come in `RestartInfo`) is a delta too: an image-backed region still where the restart
+//! mapped it (same file, same offset for its address: checked against the mappings recorded
+//! at restart) saves only its pages that are not file pages, any other region is saved in full,
+//! and everything eligible is armed afterwards, image-backed regions included (asynchronous
+//! write-protection works on private file mappings too), so later deltas track them page by
+//! page like anonymous memory.
+//!
 //! A copy-on-write checkpoint (`--cow`) scans and arms in the stop, before its writer is forked
 //! ([`arm_now`]), and names its image as the next parent once the writer succeeded
 //! ([`remember`]); the writer itself arms nothing ([`in_writer`]).
@@ -132,6 +144,7 @@ const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
 /// `PM_SCAN_CHECK_WPASYNC`: fail (`EPERM`) on a region not registered for async write-protect.
 const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
 const PAGE_IS_WRITTEN: u64 = 1 << 1;
+const PAGE_IS_FILE: u64 = 1 << 2;
 const PAGE_IS_PRESENT: u64 = 1 << 3;
 const PAGE_IS_SWAPPED: u64 = 1 << 4;
 const PAGE_IS_PFNZERO: u64 = 1 << 5;
@@ -151,6 +164,29 @@ static ARMED_HASH: AtomicU64 = AtomicU64::new(0);
 static ARMED_SIZE: AtomicU64 = AtomicU64::new(0);
 /// Links behind the armed image (0: it is a full image).
 static ARMED_DEPTH: AtomicU32 = AtomicU32::new(0);
+
+/// The image this process was lazily restored from: a delta may name it as its parent
+/// ([`restored`]); its trailer hash, size and depth.
+#[link_section = ".data1"]
+static RESTORED: AtomicBool = AtomicBool::new(false);
+static RESTORED_HASH: AtomicU64 = AtomicU64::new(0);
+static RESTORED_SIZE: AtomicU64 = AtomicU64::new(0);
+static RESTORED_DEPTH: AtomicU32 = AtomicU32::new(0);
+/// The checkpoint being written is a delta against the image restored from.
+static AFTER_RESTORE: AtomicBool = AtomicBool::new(false);
+/// Most image-backed mappings recorded at restart; more are saved in full.
+const MAX_BACKED: usize = 4096;
+/// The image-backed mappings as the restart left them: start, end, file offset, device, inode.
+static BACKED: [[AtomicU64; 5]; MAX_BACKED] = [const {
+    [
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+    ]
+}; MAX_BACKED];
+static N_BACKED: AtomicUsize = AtomicUsize::new(0);
 
 /// Most regions tracked at once; more are saved in full every time.
 const MAX_RANGES: usize = 4096;
@@ -212,6 +248,9 @@ pub fn after_fork_child() {
     if ARMED.load(Acquire) {
         ARMED.store(false, Release);
     }
+    if RESTORED.load(Acquire) {
+        RESTORED.store(false, Release);
+    }
 }
 
 /// In a restored process: nothing is registered, and the saved descriptor number means
@@ -219,6 +258,76 @@ pub fn after_fork_child() {
 pub fn after_restart() {
     UFFD.store(-1, Release);
     ARMED.store(false, Release);
+    RESTORED.store(false, Release);
+    N_RANGES.store(0, Release);
+}
+
+/// In a restored process, before its threads run again: when the restart was lazy (memory
+/// mapped from the image `hash`, `size`, `depth` links deep; `hash` 0: not lazy), records the
+/// image-backed mappings as they are now, so the first delta naming that image as its parent
+/// saves only what the program wrote into them (see the module documentation).
+pub fn restored(hash: u64, size: u64, depth: u32) {
+    RESTORED.store(false, Release);
+    if hash == 0 {
+        return;
+    }
+    let mut n = 0usize;
+    let mut full = false;
+    let res = crate::kinds::each_line(b"/proc/self/maps\0", |line| {
+        if let Some(m) = super::memory::parse_line(line) {
+            if super::lazy::image_backed(&m) {
+                if n == MAX_BACKED {
+                    full = true;
+                    return Ok(());
+                }
+                let dev = libc::makedev(m.major, m.minor);
+                for (slot, v) in BACKED[n]
+                    .iter()
+                    .zip([m.start, m.end, m.offset, dev, m.inode])
+                {
+                    slot.store(v, Relaxed);
+                }
+                n += 1;
+            }
+        }
+        Ok(())
+    });
+    // Mappings past the table are not found in it: saved in full, which is right too.
+    let _ = full;
+    if res.is_err() {
+        return;
+    }
+    N_BACKED.store(n, Relaxed);
+    RESTORED_HASH.store(hash, Relaxed);
+    RESTORED_SIZE.store(size, Relaxed);
+    RESTORED_DEPTH.store(depth, Relaxed);
+    RESTORED.store(true, Release);
+}
+
+/// Where a private mapping of an image (of a lazy restart) is: its file and the file offset
+/// at its start.
+#[derive(Clone, Copy)]
+pub struct ImageMapping {
+    /// Device (`makedev`) of the image file.
+    pub dev: u64,
+    /// Its inode.
+    pub ino: u64,
+    /// File offset at the mapping's start.
+    pub offset: u64,
+}
+
+/// Whether the image-backed mapping `[start, end)` at `im` is where the restart mapped it: each
+/// of its addresses maps the file offset the restart gave it.
+fn as_restored(start: u64, end: u64, im: &ImageMapping) -> bool {
+    let n = N_BACKED.load(Relaxed).min(MAX_BACKED);
+    BACKED[..n].iter().any(|b| {
+        let [s, e, off, dev, ino] = core::array::from_fn(|k| b[k].load(Relaxed));
+        dev == im.dev
+            && ino == im.ino
+            && s <= start
+            && end <= e
+            && off.wrapping_add(start - s) == im.offset
+    })
 }
 
 /// Opens and sets up our userfaultfd in this process if needed.
@@ -261,6 +370,7 @@ pub fn begin(req_flags: u32, parent_hash: u64, parent_size: u64) {
     N_NEXT.store(0, Relaxed);
     N_TRACKED.store(0, Relaxed);
     N_UNTRACKED.store(0, Relaxed);
+    AFTER_RESTORE.store(false, Relaxed);
     WHY.store(WHY_ASKED, Relaxed);
     if req_flags & protocol::FLAG_INCREMENTAL == 0 {
         MODE.store(OFF, Relaxed);
@@ -274,13 +384,25 @@ pub fn begin(req_flags: u32, parent_hash: u64, parent_size: u64) {
     }
     let why = if parent_hash == 0 {
         WHY_ASKED
-    } else if !ARMED.load(Acquire) {
-        WHY_NOT_ARMED
-    } else if ARMED_HASH.load(Acquire) != parent_hash || ARMED_SIZE.load(Acquire) != parent_size {
-        WHY_OTHER_PARENT
-    } else {
+    } else if ARMED.load(Acquire)
+        && ARMED_HASH.load(Acquire) == parent_hash
+        && ARMED_SIZE.load(Acquire) == parent_size
+    {
         MODE.store(DELTA, Relaxed);
         return;
+    } else if RESTORED.load(Acquire)
+        && RESTORED_HASH.load(Relaxed) == parent_hash
+        && RESTORED_SIZE.load(Relaxed) == parent_size
+    {
+        // The image this process was lazily restored from (see the module documentation).
+        ARMED_DEPTH.store(RESTORED_DEPTH.load(Relaxed), Relaxed);
+        AFTER_RESTORE.store(true, Relaxed);
+        MODE.store(DELTA, Relaxed);
+        return;
+    } else if !ARMED.load(Acquire) {
+        WHY_NOT_ARMED
+    } else {
+        WHY_OTHER_PARENT
     };
     WHY.store(why, Relaxed);
     MODE.store(FULL, Relaxed);
@@ -301,9 +423,10 @@ pub fn parent_record(req: &Request) -> ParentRec {
     }
 }
 
-/// Whether a region of `kind` with protection `prot` is write-tracked.
-fn eligible(kind: RegionKind, prot: u32, shared: bool) -> bool {
-    matches!(kind, RegionKind::Anon | RegionKind::Stack)
+/// Whether a region of `kind` with protection `prot` is write-tracked (`image`: it maps the
+/// image of a lazy restart, which stands for anonymous memory).
+fn eligible(kind: RegionKind, prot: u32, shared: bool, image: bool) -> bool {
+    (matches!(kind, RegionKind::Anon | RegionKind::Stack) || image)
         && !shared
         && prot & libc::PROT_WRITE as u32 != 0
 }
@@ -335,13 +458,16 @@ pub struct Tracked {
 /// `push(addr, len)` for every run of written pages that hold data and returns the holes (the
 /// body of its `REC_REGION_INCR`); `None`: the caller saves the region in full. Either way the
 /// region is noted for arming once the image is written, when it is eligible. When it returns
-/// `None` after calling `push`, the caller drops what was pushed.
+/// `None` after calling `push`, the caller drops what was pushed. `image`: the region is a
+/// private mapping of the image of a lazy restart (`agent::lazy`).
+#[allow(clippy::too_many_arguments)]
 pub fn scan_region(
     start: u64,
     end: u64,
     prot: u32,
     shared: bool,
     kind: RegionKind,
+    image: Option<ImageMapping>,
     pagemap_fd: i32,
     mut push: impl FnMut(u64, u64) -> Result<(), Errno>,
 ) -> Result<Option<Tracked>, Errno> {
@@ -349,7 +475,19 @@ pub fn scan_region(
     if mode == OFF {
         return Ok(None);
     }
-    let ok = eligible(kind, prot, shared);
+    let ok = eligible(kind, prot, shared, image.is_some());
+    if mode == DELTA && AFTER_RESTORE.load(Relaxed) {
+        return match image.filter(|im| ok && as_restored(start, end, im)) {
+            Some(_) => scan_own_pages(start, end, pagemap_fd, push).map(Some),
+            None => {
+                if ok {
+                    note_next(start, end, false);
+                    N_UNTRACKED.fetch_add(1, Relaxed);
+                }
+                Ok(None)
+            }
+        };
+    }
     if mode != DELTA || !ok || !was_armed(start, end) {
         if ok {
             note_next(start, end, false);
@@ -397,8 +535,11 @@ pub fn scan_region(
         };
         first = false;
         for r in &vec[..n] {
-            let data = r.categories & PAGE_IS_PFNZERO == 0
-                && r.categories & (PAGE_IS_PRESENT | PAGE_IS_SWAPPED) != 0;
+            // A written page of an image mapping that is not present reads as the file's page
+            // (dropped by a raw MADV_DONTNEED): saved as it reads, not as zero.
+            let data = image.is_some()
+                || r.categories & PAGE_IS_PFNZERO == 0
+                    && r.categories & (PAGE_IS_PRESENT | PAGE_IS_SWAPPED) != 0;
             if data {
                 push(r.start, r.end - r.start)?;
             } else if nholes > 0 && holes[2 * nholes - 1] == r.start {
@@ -425,6 +566,48 @@ pub fn scan_region(
     Ok(Some(Tracked {
         holes: &holes[..2 * nholes],
     }))
+}
+
+/// The first delta after a lazy restart, for an image-backed region where the restart mapped
+/// it: pushes the pages that are the program's own now (not file pages: written since the
+/// restart); the others are the parent's (the image restarted from). Notes the region for
+/// arming.
+fn scan_own_pages(
+    start: u64,
+    end: u64,
+    pagemap_fd: i32,
+    mut push: impl FnMut(u64, u64) -> Result<(), Errno>,
+) -> Result<Tracked, Errno> {
+    // SAFETY: only the control thread, one checkpoint at a time, uses this buffer.
+    let vec = unsafe { &mut *core::ptr::addr_of_mut!(VEC) };
+    let mut at = start;
+    while at < end {
+        let mut arg = PmScanArg {
+            size: core::mem::size_of::<PmScanArg>() as u64,
+            flags: 0,
+            start: at,
+            end,
+            walk_end: 0,
+            vec: vec.as_mut_ptr() as u64,
+            vec_len: vec.len() as u64,
+            max_pages: 0,
+            category_inverted: PAGE_IS_FILE,
+            category_mask: PAGE_IS_FILE,
+            category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        };
+        let n = ioctl(pagemap_fd, PAGEMAP_SCAN, &mut arg as *mut _ as usize)?.min(vec.len());
+        for r in &vec[..n] {
+            push(r.start, r.end - r.start)?;
+        }
+        if arg.walk_end <= at {
+            break;
+        }
+        at = arg.walk_end;
+    }
+    note_next(start, end, false);
+    N_TRACKED.fetch_add(1, Relaxed);
+    Ok(Tracked { holes: &[] })
 }
 
 /// Set in a copy-on-write writer (a forked copy of the program, whose memory nobody tracks):
@@ -537,7 +720,11 @@ pub fn describe(out: &mut StackBuf<240>) {
                 .num(N_TRACKED.load(Relaxed) as u64)
                 .push(b" regions, ")
                 .num(N_UNTRACKED.load(Relaxed) as u64)
-                .push(b" in full)");
+                .push(b" in full");
+            if AFTER_RESTORE.load(Relaxed) {
+                out.push(b", of the image lazily restored from");
+            }
+            out.push(b")");
         }
         FULL => {
             out.push(b" incr=full(");

@@ -880,6 +880,11 @@ pub fn capture(
                     m.prot,
                     m.shared,
                     kind,
+                    image_backed(&m).then_some(super::incremental::ImageMapping {
+                        dev: libc::makedev(m.major, m.minor),
+                        ino: m.inode,
+                        offset: m.offset,
+                    }),
                     pagemap_fd,
                     |a, l| ext.push_range(a, l),
                 )?

@@ -404,7 +404,8 @@ fn rebuild(
         + 24 * layout.moves.len()
         + 128
         + img.auxv.len()
-        + 256
+        + std::mem::size_of::<RestartInfo>()
+        + 64
         + src.len();
     let block_len = page_align(data_len as u64) as usize + stack_len;
     let block = mmap_rw(block_len)?;
@@ -484,7 +485,17 @@ fn rebuild(
             }
             ids
         },
+        image_hash: 0,
+        image_size: 0,
+        image_depth: 0,
     };
+    let mut info = info;
+    if filled.image_id != (0, 0) || filled.chain_ids[0] != (0, 0) {
+        // Lazily restored: memory still maps the image, which its next delta may name.
+        info.image_hash = img.trailer.trailer_hash as i64;
+        info.image_size = img.trailer.total_len as i64;
+        info.image_depth = img.parent.as_ref().map_or(0, |p| p.0.depth) as i64;
+    }
     let info_ptr = put(bytemuck::bytes_of(&info));
     let src_ptr = put(src);
     // SAFETY: info_ptr points at the RestartInfo just written into the block.
