@@ -978,6 +978,9 @@ def idle(tools, progs, reps, forks, millions):
     out = {}
     threads = str(max(2, os.cpu_count() or 2))
     empty = ["env", f"LD_PRELOAD={progs['empty_so']}"]
+    # libcr.so preloaded directly, without cr_run's stub (which loads it with dlopen): the
+    # difference to the cr_run row is what the stub route costs (issue 11, idle cost).
+    direct = ["env", f"LD_PRELOAD={os.path.join(os.path.dirname(tools['cr_run']), 'libcr.so')}"]
     cases = [
         ("compute (pthread)", [progs["compute_pthread"], threads, str(millions)],
          [tools["cr_run"]]),
@@ -986,6 +989,8 @@ def idle(tools, progs, reps, forks, millions):
          [tools["cr_run"]]),
         (f"{forks} fork+exec of /bin/true, an empty library preloaded instead of the agent",
          [progs["forkexec"], str(forks), "/bin/true"], empty),
+        (f"{forks} fork+exec of /bin/true, libcr.so preloaded directly instead of through cr_run",
+         [progs["forkexec"], str(forks), "/bin/true"], direct),
         (f"{forks} fork without exec (the child exits at once)",
          [progs["forkexec"], str(forks), "-"], [tools["cr_run"]]),
     ]
@@ -1127,7 +1132,9 @@ def report(args, mach, bases, results, incr, idle_res, others, load0, load1, sta
     L.append("## Idle cost\n")
     L.append("Wall time, and CPU time (the program and its children, user + system) where the "
              "program reports it; CPU time is less disturbed by other load on the machine. The "
-             "row with an empty preloaded library shows what loading any extra library costs.\n")
+             "row with an empty preloaded library shows what loading any extra library costs, "
+             "the row with libcr.so preloaded directly what the agent costs without cr_run's "
+             "stub.\n")
     L.append("| program | without the agent | under cr_run | ratio | CPU without | CPU under "
              "cr_run | CPU ratio |")
     L.append("| --- | --- | --- | --- | --- | --- | --- |")
@@ -1139,8 +1146,10 @@ def report(args, mach, bases, results, incr, idle_res, others, load0, load1, sta
                 per += f"; CPU {pc / args.forks * 1e3:.3f} / {ac / args.forks * 1e3:.3f} ms"
             per += ")"
         label = name.replace(", an empty library preloaded instead of the agent", "")
-        with_what = "empty library preloaded" if "empty library" in name else None
-        L.append(f"| {label}{' — ' + with_what + ' (not the agent)' if with_what else ''}{per} | "
+        label = label.replace(", libcr.so preloaded directly instead of through cr_run", "")
+        with_what = ("empty library preloaded (not the agent)" if "empty library" in name
+                     else "libcr.so preloaded directly (no stub)" if "directly" in name else None)
+        L.append(f"| {label}{' — ' + with_what if with_what else ''}{per} | "
                  f"{fmt_s(pw)} | {fmt_s(aw)} | {ratio(aw, pw)} | {fmt_s(pc)} | {fmt_s(ac)} | "
                  f"{ratio(ac, pc)} |")
     L.append("")
