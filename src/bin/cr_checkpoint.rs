@@ -119,7 +119,7 @@ struct Args {
     /// Compress the page data with zstd at LEVEL (1 to 22; 1 by default), a thread per core;
     /// pieces that do not compress are stored raw. Not with --incremental.
     #[arg(long, value_name = "LEVEL", num_args = 0..=1, require_equals = true,
-          default_missing_value = "1")]
+          default_missing_value = "")]
     compress: Option<String>,
     /// With --incremental: every Nth image of a chain is a full one.
     #[arg(long = "max-chain", value_name = "N")]
@@ -389,6 +389,9 @@ fn options(m: &clap::ArgMatches, a: &Args) -> checkpoint::Options {
         cow: a.cow,
         incremental: incremental(a),
         compress: a.compress.as_deref().map(|l| {
+            if l.is_empty() {
+                return cr::image::compress::DEFAULT_LEVEL;
+            }
             l.parse::<i32>().unwrap_or_else(|_| {
                 fail(
                     TOOL,

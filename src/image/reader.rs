@@ -722,21 +722,28 @@ impl Image {
         }
     }
 
-    /// Decompresses (or reads) frame `f` into `out` (`f.raw_len` bytes), checking it.
-    pub fn read_frame(&self, file: &File, f: &ZFrame, out: &mut [u8]) -> Result<(), ImageError> {
+    /// Decompresses (or reads) frame `f` into `out` (`f.raw_len` bytes), checking it, with the
+    /// reusable context `z`.
+    pub fn read_frame(
+        &self,
+        file: &File,
+        f: &ZFrame,
+        out: &mut [u8],
+        z: &mut super::compress::Inflater,
+    ) -> Result<(), ImageError> {
         let at = self.header.data_offset + f.stored_off;
         if f.method == ZFRAME_RAW {
             file.read_exact_at(out, at)?;
             return Ok(());
         }
-        let mut src = vec![0u8; f.stored_len as usize];
-        file.read_exact_at(&mut src, at)?;
-        super::compress::inflate(&src, out).map_err(|e| {
-            ImageError::Malformed(format!(
-                "compressed frame at data offset {} (raw {}): {e}",
-                f.stored_off, f.raw_off
-            ))
-        })
+        z.frame(file, at, f.stored_len as usize, out)
+            .map_err(|e| match e {
+                super::compress::FrameError::Io(e) => e.into(),
+                super::compress::FrameError::Bad(e) => ImageError::Malformed(format!(
+                    "compressed frame at data offset {} (raw {}): {e}",
+                    f.stored_off, f.raw_off
+                )),
+            })
     }
 
     /// Reads raw page data `[off, off + buf.len())` (offsets as an extent's `file_off`),
@@ -748,6 +755,7 @@ impl Image {
         }
         let mut done = 0usize;
         let mut tmp = Vec::new();
+        let mut z = super::compress::Inflater::new().map_err(ImageError::Malformed)?;
         while done < buf.len() {
             let at = off + done as u64;
             let i = self
@@ -766,7 +774,7 @@ impl Image {
                 )?;
             } else {
                 tmp.resize(f.raw_len as usize, 0);
-                self.read_frame(file, f, &mut tmp)?;
+                self.read_frame(file, f, &mut tmp, &mut z)?;
                 buf[done..done + n].copy_from_slice(&tmp[skip..skip + n]);
             }
             done += n;

@@ -177,6 +177,7 @@ fn inflate_into(img: &Image, file: &File, todo: &[(u64, Extent)]) -> Result<(), 
         .map_or(1, |n| n.get())
         .min(jobs.len().max(1));
     let run = || -> Result<(), String> {
+        let mut z = crate::image::compress::Inflater::new()?;
         loop {
             let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let Some(&(f, dst)) = jobs.get(k) else {
@@ -185,7 +186,8 @@ fn inflate_into(img: &Image, file: &File, todo: &[(u64, Extent)]) -> Result<(), 
             // SAFETY: the destination lies inside the writable mapping made for the extent's
             // region (frames never cross an extent); no two frames overlap.
             let out = unsafe { std::slice::from_raw_parts_mut(dst as *mut u8, f.raw_len as usize) };
-            img.read_frame(file, &f, out).map_err(|e| e.to_string())?;
+            img.read_frame(file, &f, out, &mut z)
+                .map_err(|e| e.to_string())?;
         }
     };
     let res: Vec<Result<(), String>> = std::thread::scope(|s| {
