@@ -33,9 +33,9 @@
  * SIGRTMIN+1 is part of the storm too, queued (sigqueue) with a sequence number in si_value
  * (1, 2, 3, ...; a restored program's storm starts again at 1000000000): each number must arrive
  * exactly once, and none below the highest seen may be missing (in each of the two ranges) -
- * any duplicate, missing or foreign number is a failure ("rt"). Numbers arriving out of order
- * are counted, not failed (a checkpoint takes the queued signals out and queues them again: one
- * arriving meanwhile gets ahead of them). Printed as "info rt signals N, out of order K".
+ * any duplicate, missing, foreign or out-of-order number is a failure ("rt": a checkpoint takes
+ * the queued signals out and queues them again; one arriving meanwhile must not get ahead of
+ * them). Printed as "info rt signals N, out of order K".
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -608,11 +608,14 @@ int main(void)
             }
     fprintf(stderr, "info rt signals %ld, out of order %ld\n", atomic_load(&rt_seen),
             atomic_load(&rt_reordered));
-    if (missing || atomic_load(&rt_dup) || atomic_load(&rt_foreign)) {
+    if (missing || atomic_load(&rt_dup) || atomic_load(&rt_foreign) ||
+        atomic_load(&rt_reordered)) {
         if (!bad)
             snprintf(first_failure, sizeof first_failure,
-                     "rt: %ld queued signals missing (the first %ld), %ld repeated, %ld foreign",
-                     missing, first_missing, atomic_load(&rt_dup), atomic_load(&rt_foreign));
+                     "rt: %ld queued signals missing (the first %ld), %ld repeated, %ld foreign, "
+                     "%ld out of order",
+                     missing, first_missing, atomic_load(&rt_dup), atomic_load(&rt_foreign),
+                     atomic_load(&rt_reordered));
         bad = 1;
     }
     fprintf(stderr, "info accept reconnects %ld\n", atomic_load(&reconnects));

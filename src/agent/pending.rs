@@ -13,6 +13,16 @@
 //! order they were taken, real-time signals keep their order; standard signals have one instance
 //! each. `rt_sigpending` comes first, so a thread with nothing pending pays one system call.
 //!
+//! A process-wide real-time signal another process sends while the leader queues the taken
+//! ones again lands in the process-wide queue ahead of those not yet queued (the kernel only
+//! appends; under load the leader can be preempted in the middle for milliseconds). So the
+//! leader queues the process-wide real-time signals it took to *its own* queue when its
+//! program mask lets them through: the kernel hands a thread its private signals before the
+//! process-wide ones, so everything taken is delivered before anything that arrived meanwhile,
+//! whatever the timing (the leader takes them as soon as it is released: nothing else can).
+//! A signal the leader blocks goes back to the process-wide queue as before (another thread
+//! takes it, or a `sigwait`), where a signal arriving meanwhile can still get ahead of it.
+//!
 //! Runs between quiesce and release: atomics, raw system calls and stack buffers only.
 
 use crate::sys;
@@ -241,6 +251,7 @@ pub fn capture_shared_without_leader() {
 /// each re-created thread before it is released.
 pub fn requeue(idx: usize, leader: bool) {
     let n = USED.load(Acquire).min(MAX_PENDING);
+    let mask = super::quiesce::SLOTS[idx].program_mask.load(Relaxed);
     for e in &POOL[..n] {
         let owner = e.owner.load(Acquire);
         let shared = owner == SHARED;
@@ -248,13 +259,29 @@ pub fn requeue(idx: usize, leader: bool) {
             continue;
         }
         let info: [u64; INFO_WORDS] = core::array::from_fn(|i| e.info[i].load(Relaxed));
-        let _ = queue(signo(&info), &info, shared);
+        let sig = signo(&info);
+        let _ = queue(sig, &info, shared && !to_leader(sig, mask));
     }
+}
+
+/// Whether a process-wide signal `sig` goes back to the leader's own queue (see the module
+/// doc): a real-time signal its program `mask` does not block.
+fn to_leader(sig: i32, mask: u64) -> bool {
+    (32..=64).contains(&sig) && mask & (1u64 << (sig - 1)) == 0
 }
 
 #[cfg(test)]
 mod tests {
     use super::hex_field;
+
+    #[test]
+    fn leader_takes_unblocked_real_time_signals() {
+        let rt1 = 35;
+        assert!(super::to_leader(rt1, 0));
+        assert!(!super::to_leader(rt1, 1 << (rt1 - 1)));
+        assert!(!super::to_leader(libc::SIGUSR1, 0));
+        assert!(super::to_leader(64, 0));
+    }
 
     #[test]
     fn status_fields() {

@@ -51,6 +51,12 @@ fn rt_sigaction(
     )
 }
 
+/// The kernel's disposition of `sig` now (raw system call; async-signal-safe).
+pub fn current_action(sig: i32) -> Option<KSigaction> {
+    let mut a = KSigaction::default();
+    rt_sigaction(sig, None, Some(&mut a)).ok().map(|_| a)
+}
+
 /// Records every signal disposition in agent memory.
 pub fn capture_signals() {
     for sig in 1..=64 {

@@ -58,6 +58,9 @@ pub struct Slot {
     pub comm: [AtomicU64; 2],
     /// What else the kernel keeps for this thread (timer slack, personality, ...).
     pub kstate: super::process::ThreadState,
+    /// The thread's signal mask where the checkpoint signal interrupted it (`uc_sigmask`: the
+    /// mask its program code runs with once released), for `pending::requeue`.
+    pub program_mask: AtomicU64,
     entry_ns: AtomicU64,
     release_seq: AtomicU32,
     /// The last [`WORK_REQ`] this thread served while parked.
@@ -77,6 +80,7 @@ impl Slot {
             is_control: AtomicU32::new(0),
             comm: [AtomicU64::new(0), AtomicU64::new(0)],
             kstate: super::process::ThreadState::new(),
+            program_mask: AtomicU64::new(!0),
             entry_ns: AtomicU64::new(0),
             release_seq: AtomicU32::new(0),
             work_seen: AtomicU32::new(0),
@@ -197,6 +201,59 @@ fn find_slot(tid: i32) -> Option<usize> {
     (0..n).find(|&i| SLOTS[i].tid.load(Relaxed) == tid)
 }
 
+/// Offsets in the kernel's x86-64 signal frame (`struct rt_sigframe`: return address, then
+/// `struct ucontext`, then `siginfo`) and in its `ucontext` (glibc's `ucontext_t` starts alike).
+const FRAME_UC: usize = 8;
+const UC_RSP: usize = 40 + 15 * 8;
+const UC_RIP: usize = 40 + 16 * 8;
+const UC_SIGMASK: usize = 296;
+const FRAME_INFO: usize = FRAME_UC + 304;
+const _: () = assert!(core::mem::offset_of!(libc::ucontext_t, uc_sigmask) == UC_SIGMASK);
+
+/// The signal mask the program code this thread interrupted runs with once the handlers in
+/// its way return (for `pending::requeue`). Under load the kernel often delivers several
+/// pending signals in one go, each handler's frame stacked on the last before any of them runs:
+/// the checkpoint signal's context is then the first instruction of the program's handler for
+/// another signal (a queued real-time one), which is blocked there. Such frames are walked
+/// down (the interrupted instruction is the entry of the handler of a signal blocked there,
+/// the word at the stack pointer its restorer, the frame's `siginfo` that signal) and the
+/// mask of the context below them is taken. Anything else: the interrupted context's own mask.
+fn program_mask(uc: *mut libc::ucontext_t) -> u64 {
+    let ucp = uc as usize;
+    // SAFETY: uc is the kernel's ucontext for this handler invocation.
+    let word = |at: usize| unsafe { core::ptr::read_unaligned(at as *const u64) };
+    let mut mask = word(ucp + UC_SIGMASK);
+    let (mut rip, mut rsp) = (word(ucp + UC_RIP), word(ucp + UC_RSP) as usize);
+    for _ in 0..8 {
+        let entered = (1..=64).find_map(|sig: i32| {
+            if mask & (1u64 << (sig - 1)) == 0 || sig == CR_SIGNUM {
+                return None;
+            }
+            let a = super::process::current_action(sig)?;
+            (a.handler == rip && a.handler > 1).then_some((sig, a.restorer))
+        });
+        let Some((sig, restorer)) = entered else {
+            break;
+        };
+        // The interrupted instruction is that handler's first: rsp holds its return address
+        // (the frame's, if the kernel entered it), readable as the top of a stack in use.
+        if word(rsp) != restorer {
+            break;
+        }
+        // SAFETY: a kernel signal frame starts at rsp (its restorer is there): its ucontext
+        // and siginfo follow.
+        let signo = unsafe { core::ptr::read_unaligned((rsp + FRAME_INFO) as *const i32) };
+        if signo != sig {
+            break;
+        }
+        let inner = rsp + FRAME_UC;
+        mask = word(inner + UC_SIGMASK);
+        rip = word(inner + UC_RIP);
+        rsp = word(inner + UC_RSP) as usize;
+    }
+    mask
+}
+
 fn handle(uc: *mut libc::ucontext_t) {
     let seq = RELEASE.load(Acquire);
     let me = find_slot(sys::gettid());
@@ -217,6 +274,9 @@ fn handle(uc: *mut libc::ucontext_t) {
     let idx = me.unwrap_or(0);
     slot.release_seq.store(seq, Relaxed);
     slot.entry_ns.store(sys::monotonic_ns(), Relaxed);
+    if sys::gettid() == sys::getpid() {
+        slot.program_mask.store(program_mask(uc), Relaxed);
+    }
     slot.fs_base.store(sys::get_fs_base(), Relaxed);
     let (mut head, mut len) = (0usize, 0usize);
     let _ = sys::sys3(
