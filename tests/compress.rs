@@ -193,8 +193,7 @@ fn corrupt_compressed_frame_is_a_clear_error() {
     }
 }
 
-/// A level out of range, not a number, or --compress with --incremental: one line, exit 22,
-/// nothing written.
+/// A level out of range or not a number: one line, exit 22, nothing written.
 #[test]
 fn bad_compress_options_are_refused() {
     let sc = Scenario::new("zstd-bad");
@@ -203,7 +202,6 @@ fn bad_compress_options_are_refused() {
         (&["--compress=0"][..], "compression level 0"),
         (&["--compress=99"][..], "compression level 99"),
         (&["--compress=fast"][..], "compression level 'fast'"),
-        (&["--compress", "--incremental"][..], "--incremental"),
     ] {
         let img = sc.next_image_path();
         let mut a: Vec<&str> = args.to_vec();
@@ -213,4 +211,69 @@ fn bad_compress_options_are_refused() {
         assert!(line.contains(want), "{args:?}: {line}");
         assert!(!img.exists(), "{args:?} must write nothing");
     }
+}
+
+/// `--compress --incremental`: a compressed full image, then two compressed deltas (each names
+/// its parent by the raw image the agent wrote: `REC_ZORIGIN`); the chain restarts lazily (raw
+/// frames of the links mapped, compressed ones decompressed) and eagerly, `cr_info` shows it,
+/// and `cr_info --merge` folds it into one image that restarts with the links gone.
+#[test]
+fn compressed_delta_chain_restarts() {
+    let sc = Scenario::new("zstd-incr");
+    let mut job = zmem(&sc, 16, 16, 0);
+    let pid = job.pid();
+    let img = sc.next_image_path();
+    let ck = |extra: &[&str]| {
+        let mut flags = vec!["-v", "--compress", "--incremental"];
+        flags.extend_from_slice(extra);
+        let res = sc.checkpoint_to(pid, &flags, &img);
+        res.assert_success();
+        sc.assert_image_file(&img);
+        res.stderr
+    };
+    let first = ck(&[]);
+    let full = size(&img);
+    for extra in [&[][..], &["--term"][..]] {
+        let out = ck(extra);
+        assert!(
+            out.contains("incr=delta("),
+            "expected a compressed delta image:\n{first}\n{out}\n{}",
+            sc.log()
+        );
+    }
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    let delta = size(&img);
+    assert!(
+        delta < full / 4,
+        "delta {delta} bytes, full {full}\n{}",
+        sc.log()
+    );
+    let f = fs::File::open(&img).expect("open");
+    let parsed = Image::open(&f).expect("the delta reads");
+    assert_eq!(parsed.header.version, 6);
+    assert!(
+        parsed.origin.is_some(),
+        "a compressed image records its origin"
+    );
+    let (rec, _) = parsed.parent.clone().expect("a delta image");
+    assert_eq!(rec.depth, 2, "two links behind the second delta");
+    let res = info(&sc, &[], &img);
+    res.assert_success();
+    assert!(
+        res.stdout.contains("2 link(s) behind it"),
+        "cr_info must show the chain:\n{}",
+        res.stdout
+    );
+    restart_pass(&sc, &img, &[]);
+    restart_pass(&sc, &img, &["--eager"]);
+    let merged = sc.img_dir().join("merged");
+    let res = info(&sc, &["--merge", &merged.to_string_lossy()], &img);
+    res.assert_success();
+    for link in fs::read_dir(sc.img_dir()).expect("image dir") {
+        let p = link.expect("entry").path();
+        if p != merged {
+            fs::remove_file(&p).expect("remove a link");
+        }
+    }
+    restart_pass(&sc, &merged, &["--eager"]);
 }

@@ -117,7 +117,7 @@ struct Args {
     #[arg(long, value_name = "PARENT", num_args = 0..=1, require_equals = true, default_missing_value = "")]
     incremental: Option<String>,
     /// Compress the page data with zstd at LEVEL (1 to 22; 1 by default), a thread per core;
-    /// pieces that do not compress are stored raw. Not with --incremental.
+    /// pieces that do not compress are stored raw. With --incremental the deltas are compressed.
     #[arg(long, value_name = "LEVEL", num_args = 0..=1, require_equals = true,
           default_missing_value = "")]
     compress: Option<String>,

@@ -216,8 +216,8 @@ pub fn plan(opts: &Options, inc: &Incremental, pids: &[i32]) -> Result<Plan, Che
                     pid,
                     Parent {
                         recorded: rec.clone(),
-                        size: img.trailer.total_len,
-                        trailer_hash: img.trailer.trailer_hash,
+                        size: img.identity().1,
+                        trailer_hash: img.identity().0,
                         depth: depth_of(img),
                     },
                 )

@@ -233,12 +233,6 @@ fn checkpoint_with(
                 ),
             });
         }
-        if opts.incremental.is_some() {
-            return Err(CheckpointError {
-                errno: libc::EINVAL,
-                msg: "--compress cannot be combined with --incremental (delta images are written uncompressed)".into(),
-            });
-        }
     }
     let found = scope::resolve(opts, note)?;
     // Incremental: each process's parent (one delta per process of a tree).

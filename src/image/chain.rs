@@ -105,20 +105,28 @@ pub fn open_link(rec: &ParentRec, path: &Path, of: &str) -> Result<Image, ChainE
     if let Ok(Some(_)) = super::tree::read_manifest(&file) {
         return open_in_tree(rec, &file, &name.to_string(), of);
     }
-    if len != rec.size {
-        return Err(stale(format!(
-            "replaced or truncated ({len} bytes, the delta was taken against {} bytes)",
-            rec.size
-        )));
-    }
     let img = Image::open(&file).map_err(|e| ChainError {
         errno: libc::ESTALE,
-        msg: format!("{name}: the parent image of {of} is unusable (replaced or damaged?): {e}"),
+        msg: if len != rec.size {
+            format!(
+                "{name}: the parent image of {of} was replaced or truncated ({len} bytes, the \
+                 delta was taken against {} bytes): {e}",
+                rec.size
+            )
+        } else {
+            format!("{name}: the parent image of {of} is unusable (replaced or damaged?): {e}")
+        },
     })?;
-    if img.trailer.trailer_hash != rec.trailer_hash || img.trailer.total_len != rec.size {
-        return Err(stale(
-            "replaced (its trailer hash differs from the one the delta recorded)".into(),
-        ));
+    // A compressed parent is named by the raw image it was made from.
+    if img.identity() != (rec.trailer_hash, rec.size) {
+        return Err(stale(if len != rec.size && img.origin.is_none() {
+            format!(
+                "replaced or truncated ({len} bytes, the delta was taken against {} bytes)",
+                rec.size
+            )
+        } else {
+            "replaced (its trailer hash differs from the one the delta recorded)".into()
+        }));
     }
     let depth = img.parent.as_ref().map_or(0, |p| p.0.depth);
     if depth + 1 != rec.depth {
@@ -139,7 +147,7 @@ fn open_in_tree(rec: &ParentRec, file: &File, name: &str, of: &str) -> Result<Im
     })?;
     let img = images
         .into_iter()
-        .find(|i| i.trailer.total_len == rec.size && i.trailer.trailer_hash == rec.trailer_hash)
+        .find(|i| i.identity() == (rec.trailer_hash, rec.size))
         .ok_or_else(|| ChainError {
             errno: libc::ESTALE,
             msg: format!(

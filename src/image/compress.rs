@@ -463,7 +463,8 @@ fn one_image(
         return bad("too many frames");
     }
     let mut new_meta = meta[..last.1].to_vec();
-    let new_meta_len = new_meta.len() + 8 + align8(frames_len) + 8;
+    let origin_len = 8 + core::mem::size_of::<ZOrigin>();
+    let new_meta_len = new_meta.len() + 8 + align8(frames_len) + origin_len + 8;
     let data_offset = PAGE as u64 + page_align(new_meta_len as u64);
     let data_at = base + data_offset;
 
@@ -639,6 +640,15 @@ fn one_image(
     new_meta.extend_from_slice(bytemuck::bytes_of(&rh));
     new_meta.extend_from_slice(bytemuck::cast_slice(&frames));
     new_meta.resize(align8(new_meta.len()), 0);
+    // What a delta of this process names as its parent: the raw image the agent wrote.
+    new_meta.extend_from_slice(bytemuck::bytes_of(&RecordHeader {
+        kind: REC_ZORIGIN,
+        len: core::mem::size_of::<ZOrigin>() as u32,
+    }));
+    new_meta.extend_from_slice(bytemuck::bytes_of(&ZOrigin {
+        trailer_hash: tr.trailer_hash,
+        total_len: tr.total_len,
+    }));
     new_meta.extend_from_slice(bytemuck::bytes_of(&RecordHeader {
         kind: REC_END,
         len: 0,

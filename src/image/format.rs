@@ -246,6 +246,23 @@ pub struct ParentRec {
 /// Required: a reader that does not know it would read frames as pages.
 pub const REC_ZFRAMES: u32 = 34;
 
+/// Record (version 6, compressed images, optional): [`ZOrigin`]: the trailer hash and total
+/// length of the raw image the agent wrote, of which this image is the compressed form. A
+/// delta image names its parent by them (the agent only knows the raw image), so a compressed
+/// image can be a parent. Optional: an older reader only cannot follow such a chain.
+pub const REC_ZORIGIN: u32 = REC_OPTIONAL | 35;
+
+/// The body of [`REC_ZORIGIN`], 16 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug, PartialEq, Eq)]
+pub struct ZOrigin {
+    /// The raw image's `trailer_hash`.
+    pub trailer_hash: u64,
+    /// The raw image's `total_len`.
+    pub total_len: u64,
+}
+const _: () = assert!(core::mem::size_of::<ZOrigin>() == 16);
+
 /// [`ZFrame::method`]: the bytes are stored as they are.
 pub const ZFRAME_RAW: u32 = 0;
 /// [`ZFrame::method`]: the bytes are one zstd frame (with its content checksum).

@@ -93,7 +93,7 @@ pub fn merge(path: &Path, out: &Path) -> Result<u64, ChainError> {
         let body = &raw[pos..pos + rh.len as usize];
         pos += align8(rh.len as usize);
         match rh.kind {
-            REC_PARENT | REC_REGION_INCR | REC_EXTENTS | REC_ZFRAMES => {}
+            REC_PARENT | REC_REGION_INCR | REC_EXTENTS | REC_ZFRAMES | REC_ZORIGIN => {}
             REC_REGION => {
                 let mut r: RegionRec = bytemuck::pod_read_unaligned(&body[..80]);
                 let exts: Vec<Extent> = per_region[region]

@@ -195,6 +195,8 @@ pub struct Image {
     /// A delta image's parent chain, newest first, once resolved and checked
     /// ([`crate::image::chain::resolve`]); empty otherwise.
     pub chain: Vec<std::path::PathBuf>,
+    /// A compressed image's raw original (`REC_ZORIGIN`): what a delta names as its parent.
+    pub origin: Option<ZOrigin>,
     /// How the page data is stored in a compressed image (`REC_ZFRAMES`, in raw order);
     /// empty: stored as the extents say.
     pub zframes: Vec<ZFrame>,
@@ -334,6 +336,7 @@ impl Image {
             parent: None,
             chain: Vec::new(),
             zframes: Vec::new(),
+            origin: None,
         };
         img.parse_meta(&meta)?;
         img.check_extents()?;
@@ -566,6 +569,9 @@ impl Image {
                         .map(|i| read_pod(&body[i * core::mem::size_of::<ZFrame>()..], "frame"))
                         .collect::<Result<_, _>>()?;
                 }
+                REC_ZORIGIN if v >= VERSION_COMPRESSED => {
+                    self.origin = Some(read_pod(body, "origin")?);
+                }
                 REC_END => break,
                 k if k & REC_OPTIONAL != 0 => {} // detail a newer writer added: skip
                 other => return Err(ImageError::Malformed(format!("unknown record {other}"))),
@@ -679,6 +685,15 @@ impl Image {
             return bad("they do not cover the page data");
         }
         Ok(())
+    }
+
+    /// What a delta image names this image by (`REC_PARENT`'s trailer hash and size): the
+    /// trailer's, or for a compressed image those of the raw image it was made from.
+    pub fn identity(&self) -> (u64, u64) {
+        match self.origin {
+            Some(o) => (o.trailer_hash, o.total_len),
+            None => (self.trailer.trailer_hash, self.trailer.total_len),
+        }
     }
 
     /// Whether the page data is compressed (`REC_ZFRAMES`).

@@ -13,7 +13,6 @@ use super::RestoreError;
 use crate::image::chain::{needed_from_parents, split};
 use crate::image::reader::Image;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 
 /// Where a region of the delta image is mapped now: `(start, end, current address, whether
 /// pages may be mapped into it from a link's file)` (a lazy restore, the region at its final
@@ -64,16 +63,6 @@ pub fn fill(
         // Checked again: the file may have been replaced since the job was loaded.
         let link =
             crate::image::chain::open_link(&r, path, &of).map_err(|e| err(e.errno, e.msg))?;
-        if link.compressed() {
-            // Never written so (--compress refuses --incremental): its offsets are not raw.
-            return Err(err(
-                libc::EINVAL,
-                format!(
-                    "{}: a compressed image cannot be a delta's parent",
-                    path.display()
-                ),
-            ));
-        }
         let mut copies = Vec::new();
         let next = split(&link, &need, &mut copies);
         let file = File::open(path).map_err(|e| {
@@ -142,7 +131,9 @@ fn map_or_read(
             && aligned
             && len >= LAZY_MIN_EXTENT
             && *n_mapped < LAZY_MAX_MAPPINGS
-            && super::memory::map_from_image(file, at, len, link.header.data_offset + off)
+            && link
+                .raw_file_offset(off, len)
+                .is_some_and(|o| super::memory::map_from_image(file, at, len, o))
         {
             *n_mapped += 1;
             if id == (0, 0) {
@@ -153,13 +144,13 @@ fn map_or_read(
         // SAFETY: the destination lies inside the writable mapping made for this region of the
         // delta image (checked against its bounds by place_of).
         let to = unsafe { std::slice::from_raw_parts_mut(at as *mut u8, len as usize) };
-        file.read_exact_at(to, link.header.data_offset + off)
-            .map_err(|e| {
-                err(
-                    e.raw_os_error().unwrap_or(libc::EIO),
-                    format!("{}: reading page data: {e}", path.display()),
-                )
-            })?;
+        // A compressed link's pieces are decompressed.
+        link.read_pages(file, off, to).map_err(|e| {
+            err(
+                e.errno(),
+                format!("{}: reading page data: {e}", path.display()),
+            )
+        })?;
     }
     Ok(id)
 }

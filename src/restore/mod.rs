@@ -492,8 +492,9 @@ fn rebuild(
     let mut info = info;
     if filled.image_id != (0, 0) || filled.chain_ids[0] != (0, 0) {
         // Lazily restored: memory still maps the image, which its next delta may name.
-        info.image_hash = img.trailer.trailer_hash as i64;
-        info.image_size = img.trailer.total_len as i64;
+        // (A compressed image is named by the raw image it was made from.)
+        info.image_hash = img.identity().0 as i64;
+        info.image_size = img.identity().1 as i64;
         info.image_depth = img.parent.as_ref().map_or(0, |p| p.0.depth) as i64;
     }
     let info_ptr = put(bytemuck::bytes_of(&info));
