@@ -445,10 +445,15 @@ pub struct RestartInfo {
     pub image_size: i64,
     /// Its depth (links behind it: 0 for a full image).
     pub image_depth: i64,
+    /// Address of the restart's address map (`cr_restart --map-address`: encoded pairs of
+    /// `agent::netmap`, in the block), 0: none.
+    pub addr_map_addr: i64,
+    /// Its length in bytes.
+    pub addr_map_len: i64,
 }
 
 /// Size of [`RestartInfo`] in words.
-pub const RESTART_INFO_WORDS: usize = 14 + 2 * RESTART_CHAIN_IDS + 3;
+pub const RESTART_INFO_WORDS: usize = 14 + 2 * RESTART_CHAIN_IDS + 3 + 2;
 /// Most chain links a lazy restore maps pages from ([`RestartInfo::chain_ids`]); pages of
 /// further links are read.
 pub const RESTART_CHAIN_IDS: usize = 8;

@@ -647,10 +647,28 @@ fn openmpi_two_nodes_abort_releases_all() {
 /// the ring finishes correct (every message checked).
 #[test]
 fn openmpi_two_nodes_kill_restart() {
+    kill_restart("mpi-nodes-restart", false);
+}
+
+/// As [`openmpi_two_nodes_kill_restart`], but each half restarted in the other namespace (the
+/// job back on other hosts: node a's part at 10.99.0.2, node b's at 10.99.0.1) with
+/// `--map-address 10.99.0.1=10.99.0.2 --map-address 10.99.0.2=10.99.0.1`: the connections
+/// between the nodes are made between the new addresses, listeners bound to a node's old
+/// address are bound to its new one, the programs' own connect/bind/accept/getpeername calls
+/// are translated (Open MPI keeps the old addresses in its modex), and the ring finishes
+/// correct.
+#[test]
+fn openmpi_two_nodes_kill_restart_swapped() {
+    kill_restart("mpi-nodes-swapped", true);
+}
+
+/// Runs the job across both nodes, checkpoints it with `--kill` and restarts both halves at
+/// once, in their own namespaces or (`swapped`) each in the other's.
+fn kill_restart(name: &str, swapped: bool) {
     if !available() {
         return;
     }
-    let sc = Scenario::new("mpi-nodes-restart");
+    let sc = Scenario::new(name);
     let Some(nodes) = TwoNodes::new() else {
         return;
     };
@@ -685,21 +703,72 @@ fn openmpi_two_nodes_kill_restart() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Image i restarted in namespace `at(i)`.
+    let at = |i: usize| if swapped { 1 - i } else { i };
     let restart = |i: usize| {
-        let argv = nodes.inside(
-            i,
-            &[
-                sc.tools().cr_restart.display().to_string(),
-                "--reconnect".into(),
-                gen.join(format!("{}.ckpt", HOSTS[i])).display().to_string(),
-            ],
-        );
-        sc.start(&format!("cr_restart {}", HOSTS[i]), sc.command(&argv))
+        let mut argv = vec![
+            sc.tools().cr_restart.display().to_string(),
+            "--reconnect".into(),
+            "--verbose".into(),
+        ];
+        if swapped {
+            for (old, new) in [(ADDRS[0], ADDRS[1]), (ADDRS[1], ADDRS[0])] {
+                argv.push("--map-address".into());
+                argv.push(format!("{old}={new}"));
+            }
+        }
+        argv.push(gen.join(format!("{}.ckpt", HOSTS[i])).display().to_string());
+        let argv = nodes.inside(at(i), &argv);
+        sc.start(
+            &format!("cr_restart {} in namespace {}", HOSTS[i], at(i)),
+            sc.command(&argv),
+        )
     };
+    let t = Instant::now();
     let mut a = restart(0);
     let mut b = restart(1);
-    a.wait_child(READY_TIMEOUT);
-    b.wait_child(READY_TIMEOUT);
+    let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        a.wait_child(READY_TIMEOUT);
+        b.wait_child(READY_TIMEOUT);
+    }));
+    if started.is_err() {
+        panic!(
+            "the restarts did not both start their jobs:\n{}\n{}",
+            a.diag(),
+            b.diag()
+        );
+    }
+    let line = format!(
+        "restart across 2 nodes{}: both parts running after {:.2} s",
+        if swapped { " (swapped)" } else { "" },
+        t.elapsed().as_secs_f64()
+    );
+    sc.note(&line);
+    println!("{line}");
+    if swapped {
+        // Node a's processes (mpirun and its ranks) now run in namespace 1, node b's in 0
+        // (once restored: the ring waits for GO).
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let in_1 = comms(&nodes.pids(1));
+            let in_0 = comms(&nodes.pids(0));
+            let ranks = |v: &[String]| v.iter().filter(|c| *c == "ring-openmpi-no").count();
+            if in_1.iter().any(|c| c.starts_with("mpirun"))
+                && in_0.iter().any(|c| c == "orted")
+                && ranks(&in_0) == 2
+                && ranks(&in_1) == 2
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the halves must run swapped: namespace 0 holds {in_0:?}, namespace 1 {in_1:?}\n{}\n{}",
+                a.diag(),
+                b.diag()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     sc.go();
     let st = a.wait_exit(RESTART_TIMEOUT);
     a.wait_output_closed(PIPE_CLOSE_TIMEOUT);
@@ -712,6 +781,13 @@ fn openmpi_two_nodes_kill_restart() {
     );
     let st = b.wait_exit(RESTART_TIMEOUT);
     assert!(st.success(), "node b's part must exit 0:\n{}", b.diag());
+    for p in [&a, &b] {
+        assert!(
+            !p.stderr().contains("comes back reset"),
+            "every connection between the nodes must be made again:\n{}",
+            p.diag()
+        );
+    }
 }
 
 /// The reconnection on its own, without MPI or namespaces (any user): c-tests/tcp_peers.c's

@@ -978,6 +978,13 @@ fn after_restart() {
     }
     super::forward::forget();
     SERVING.store(false, Release);
+    if info.addr_map_len > 0 && info.addr_map_addr != 0 {
+        // SAFETY: the map lies in the trampoline's block, still mapped (unmapped below).
+        let map = unsafe {
+            core::slice::from_raw_parts(info.addr_map_addr as *const u8, info.addr_map_len as usize)
+        };
+        super::netmap::install(map);
+    }
     if info.block_len > 0 {
         sys::munmap(info.block_addr as usize, info.block_len as usize);
     }

@@ -316,7 +316,7 @@ pub extern "C" fn signal(sig: c_int, handler: libc::sighandler_t) -> libc::sigha
 
 /// The C library's own definition of `name` (the next one after libcr), looked up once into
 /// `cache`; 0 when there is none.
-fn next_fn(cache: &AtomicUsize, name: &core::ffi::CStr) -> usize {
+pub(super) fn next_fn(cache: &AtomicUsize, name: &core::ffi::CStr) -> usize {
     let mut p = cache.load(Acquire);
     if p == 0 {
         // SAFETY: dlsym with a NUL-terminated name.

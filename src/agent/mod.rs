@@ -18,6 +18,7 @@ pub mod incremental;
 pub mod interpose;
 pub mod lazy;
 pub mod memory;
+pub mod netmap;
 pub mod pending;
 pub mod process;
 pub mod quiesce;

@@ -120,6 +120,13 @@ struct Args {
     /// within SEC seconds (default 30); else they come back reset.
     #[arg(long = "reconnect", value_name = "SEC", num_args = 0..=1, require_equals = true, default_missing_value = "30")]
     reconnect: Option<u64>,
+    /// The job comes back on hosts with other addresses: OLD (an address of a host at the
+    /// checkpoint) is now NEW. Sockets bound to OLD are bound to NEW, --reconnect connects
+    /// between the new addresses, and the restored programs' connect/bind/accept/getpeername/
+    /// getsockname calls translate (they keep seeing OLD). Give every pair to every node's
+    /// restart. Repeatable.
+    #[arg(long = "map-address", value_name = "OLD=NEW")]
+    map_address: Vec<String>,
     /// Read all of the program's memory from the image and check its checksum before the
     /// program runs, instead of mapping it from the image file (faulted in as it is touched).
     #[arg(long = "eager", action = ArgAction::SetTrue)]
@@ -403,6 +410,18 @@ fn main() {
     let mut job = job::load_in(images, &pairs, args.chain_dir.as_deref())
         .unwrap_or_else(|e| failed(&args, e.class, e.errno, &e.msg));
     job.reconnect = args.reconnect.map(std::time::Duration::from_secs);
+    if !args.map_address.is_empty() {
+        let pairs = args
+            .map_address
+            .iter()
+            .map(|s| cr::restore::addrmap::parse(s))
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|p| cr::restore::addrmap::set(&p));
+        if let Err(e) = pairs {
+            failed(&args, Class::Args, libc::EINVAL, &e);
+        }
+        cr::restore::addrmap::set_verbose(args.verbose);
+    }
     cr::restore::test_stop_at("loaded");
     if !args.quiet {
         for (pid, fd, what) in job.outside_fallbacks() {

@@ -17,6 +17,7 @@ pub mod pty;
 pub mod signalfd;
 pub mod socket;
 pub mod timerfd;
+pub mod timewait;
 pub mod unix;
 
 use crate::sys::{self, Errno, StackBuf};

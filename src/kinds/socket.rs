@@ -267,19 +267,57 @@ impl Kind for Socket {
             set(libc::SOL_SOCKET, libc::SO_SNDBUF, s.sndbuf / 2);
         }
         if s.role != ROLE_UNBOUND {
-            let addr = &s.addr[..(s.addr_len as usize).min(32)];
+            let saved = &s.addr[..(s.addr_len as usize).min(32)];
+            // On other hosts (`cr_restart --map-address`): an old address of the job's hosts
+            // becomes the new one (the wildcard stays).
+            let mapped = crate::restore::addrmap::map_raw(saved);
+            if mapped != saved {
+                crate::restore::addrmap::note(&format!(
+                    "a socket bound to {} is bound to {}",
+                    describe_addr(saved),
+                    describe_addr(&mapped)
+                ));
+            }
+            let addr = mapped.as_slice();
             // Connections of the checkpointed program may linger in TIME_WAIT on this port:
             // they must not keep its own server from coming back (a port with a live listener
             // is still refused). The program's own setting is put back after the bind.
             set(libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
             // SAFETY: bind reads `addr_len` bytes of the saved address.
-            let rc = unsafe { libc::bind(raw, addr.as_ptr().cast(), addr.len() as u32) };
+            let bind = || unsafe { libc::bind(raw, addr.as_ptr().cast(), addr.len() as u32) };
+            let errno = || {
+                std::io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EIO)
+            };
+            let mut rc = bind();
+            let mut err = if rc != 0 { errno() } else { 0 };
+            let mut hint = "";
+            if rc != 0
+                && err == libc::EADDRINUSE
+                && s.sock_type == libc::SOCK_STREAM
+                && addr.len() >= 4
+            {
+                // Connections closed within the last minute may hold the port in TIME_WAIT
+                // (see `timewait`): closed for good where we may, then bound again.
+                let port = u16::from_be_bytes([addr[2], addr[3]]);
+                if super::timewait::destroy_on_port(s.domain, port) > 0 {
+                    rc = bind();
+                    err = if rc != 0 { errno() } else { 0 };
+                } else {
+                    hint = " (a connection closed within the last minute may hold the port in TIME_WAIT: try again later, or as root)";
+                }
+            }
             set(libc::SOL_SOCKET, libc::SO_REUSEADDR, s.reuseaddr.into());
             if rc != 0 {
-                return Err(KindError::last(&format!(
-                    "cannot bind a socket to {} again",
-                    describe_addr(addr)
-                )));
+                return Err(KindError {
+                    errno: err,
+                    msg: format!(
+                        "cannot bind a socket to {} again: {}{hint}",
+                        describe_addr(addr),
+                        std::io::Error::from_raw_os_error(err)
+                    ),
+                });
             }
         }
         if s.role == ROLE_LISTENING {
@@ -290,7 +328,7 @@ impl Kind for Socket {
             }
         }
         if s.role == ROLE_CONNECTED {
-            let peer = &s.peer[..(s.peer_len as usize).min(32)];
+            let peer = crate::restore::addrmap::map_raw(&s.peer[..(s.peer_len as usize).min(32)]);
             // SAFETY: connect reads the saved peer address (UDP: no packet is sent).
             if unsafe { libc::connect(raw, peer.as_ptr().cast(), peer.len() as u32) } != 0 {
                 return Err(KindError::last("cannot connect a UDP socket again"));

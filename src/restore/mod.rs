@@ -5,6 +5,7 @@
 //! resource limits; then it drops its own kernel registrations and jumps through the
 //! `trampoline`, which swaps the address space and enters the restored agent.
 
+pub mod addrmap;
 pub mod chain;
 pub mod fds;
 pub mod ids;
@@ -406,7 +407,9 @@ fn rebuild(
         + img.auxv.len()
         + std::mem::size_of::<RestartInfo>()
         + 64
-        + src.len();
+        + src.len()
+        + 8
+        + addrmap::encoded().len();
     let block_len = page_align(data_len as u64) as usize + stack_len;
     let block = mmap_rw(block_len)?;
     layout.keep.push((code_addr, code_addr + code_len as u64));
@@ -488,6 +491,8 @@ fn rebuild(
         image_hash: 0,
         image_size: 0,
         image_depth: 0,
+        addr_map_addr: 0,
+        addr_map_len: 0,
     };
     let mut info = info;
     if filled.image_id != (0, 0) || filled.chain_ids[0] != (0, 0) {
@@ -499,6 +504,16 @@ fn rebuild(
     }
     let info_ptr = put(bytemuck::bytes_of(&info));
     let src_ptr = put(src);
+    let addr_map = addrmap::encoded();
+    if !addr_map.is_empty() {
+        let addr_map_ptr = put(&addr_map);
+        // SAFETY: info_ptr points at the RestartInfo just written into the block.
+        unsafe {
+            let i = info_ptr as *mut RestartInfo;
+            (*i).addr_map_addr = addr_map_ptr as i64;
+            (*i).addr_map_len = addr_map.len() as i64;
+        }
+    }
     // SAFETY: info_ptr points at the RestartInfo just written into the block.
     unsafe {
         let i = info_ptr as *mut RestartInfo;

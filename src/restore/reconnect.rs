@@ -8,7 +8,9 @@
 //! written (length first); each echoes the other's back raw, so those bytes end up waiting at
 //! the end they came from again, in order, before the program reads. Every restart takes the
 //! connections in one order (by their addresses), so two restarts never wait for each other in
-//! a cycle. A connection not re-made within the time given comes back reset, with a warning;
+//! a cycle. With `--map-address` (the job back on hosts with other addresses) each address
+//! of the job's old hosts is its new host's: the connection is made between the new addresses
+//! (the programs still see the old ones, `agent::netmap`). A connection not re-made within the time given comes back reset, with a warning;
 //! so does one whose ends both or neither had a listener on their port (a listener closed
 //! since it accepted).
 
@@ -139,6 +141,8 @@ impl Accepting {
         peer: SocketAddr,
         deadline: Instant,
     ) -> std::io::Result<TcpStream> {
+        // On other hosts the peer connects from its new address.
+        let peer = super::addrmap::map_addr(peer);
         if let Some(s) = self.early.remove(&(local, peer)) {
             return Ok(s);
         }
@@ -230,7 +234,11 @@ pub fn reconnect(images: &[&Image], wait: Duration) -> (Connections, Listeners) 
         let res = if let Some(lf) = listener {
             acc.accept(lf, e.local, e.peer, deadline)
         } else {
-            connect_from(e.local_raw, e.peer_raw, deadline)
+            connect_from(
+                &super::addrmap::map_raw(e.local_raw),
+                &super::addrmap::map_raw(e.peer_raw),
+                deadline,
+            )
         }
         .and_then(|s| exchange(&s, e.queued, deadline).map(|_| s));
         match res {
