@@ -193,6 +193,20 @@ fn missing_replaced_or_truncated_parent_is_refused() {
         line.contains("img.~1~") && line.contains("truncated"),
         "the error must say the parent was truncated: {line}"
     );
+    // Damaged page data (a byte in the middle of the full image): a lazy restart cannot see it
+    // (it maps the pages), --eager reads every link in full and refuses it by name.
+    let mut bad = fs::read(&aside).expect("read parent");
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x5a;
+    fs::write(&parent, &bad).expect("write damaged");
+    let mut job = sc.restart_with(&img, &["--eager"]);
+    let st = job.wait_exit(TOOL_TIMEOUT);
+    let err = job.stderr();
+    assert!(
+        !st.success() && err.contains("img.~1~") && err.contains("checksum mismatch"),
+        "--eager must refuse a chain whose parent's page data is damaged:\n{}",
+        job.diag()
+    );
     // Back in place, the chain restores.
     fs::rename(&aside, &parent).expect("restore parent");
     let mut restarted = sc.restart(&img);

@@ -7,7 +7,8 @@
 //! regions, what its extents hold; its full regions settle the rest of their range (zero where
 //! they saved nothing), its incremental regions pass their remaining pages on to the next
 //! parent. Every parent's page data is read once, front to back, and checked against its
-//! trailer hash, as the delta's own is.
+//! trailer hash, as the delta's own is (`--eager`; the pieces a link supplies are read straight
+//! into place, the rest only hashed); a lazy restore maps or reads only the pieces.
 
 use super::RestoreError;
 use crate::image::chain::{needed_from_parents, split};
@@ -155,7 +156,9 @@ fn map_or_read(
     Ok(id)
 }
 
-/// Streams `link`'s page data once, checking its hash, copying the `copies` into place.
+/// Streams `link`'s page data once, front to back, checking its hash: the pieces in `copies`
+/// are read straight into place (and hashed there, as a full image's eager restore does), the
+/// rest through a buffer, only to be hashed.
 fn copy_from(
     link: &Image,
     file: &File,
@@ -163,41 +166,56 @@ fn copy_from(
     copies: &mut [Copy],
     places: &[Place],
 ) -> Result<(), RestoreError> {
+    /// Bytes read per call: small enough that the hash finds them still in the cache.
+    const CHUNK: u64 = 2 << 20;
     copies.sort_unstable();
+    let corrupt = || {
+        err(
+            libc::EINVAL,
+            format!(
+                "{}: corrupt parent image: bad page data layout",
+                path.display()
+            ),
+        )
+    };
     let mut h = xxhash_rust::xxh3::Xxh3::new();
-    let mut buf = vec![0u8; 8 << 20];
+    let mut buf = vec![0u8; CHUNK as usize];
     // The data hash covers the memory pages only (saved files' contents follow them).
     let total = link.memory_len();
     let mut off = 0u64;
-    let mut k = 0usize;
-    while off < total {
-        let n = (total - off).min(buf.len() as u64) as usize;
-        link.read_pages(file, off, &mut buf[..n]).map_err(|e| {
+    let read = |off: u64, to: &mut [u8], h: &mut xxhash_rust::xxh3::Xxh3| {
+        link.read_pages(file, off, to).map_err(|e| {
             err(
                 e.errno(),
                 format!("{}: reading page data: {e}", path.display()),
             )
         })?;
-        h.update(&buf[..n]);
-        let end = off + n as u64;
-        // Copies are sorted by data offset; one may span chunks.
-        while k < copies.len() && copies[k].0 < end {
-            let (coff, len, addr) = copies[k];
-            let s = coff.max(off);
-            let e = (coff + len).min(end);
-            let dst = addr + (s - coff);
-            let (at, _) = place_of(places, dst, e - s)?;
-            // SAFETY: the destination lies inside the writable mapping made for this region of
-            // the delta image (checked against its bounds by place_of).
-            let to = unsafe { std::slice::from_raw_parts_mut(at as *mut u8, (e - s) as usize) };
-            to.copy_from_slice(&buf[(s - off) as usize..(e - off) as usize]);
-            if coff + len <= end {
-                k += 1;
-            } else {
-                break;
-            }
+        h.update(to);
+        Ok::<(), RestoreError>(())
+    };
+    for &(coff, len, addr) in copies.iter() {
+        // Disjoint and inside the page data (split makes them so; a damaged link may not).
+        if coff < off || coff.checked_add(len).is_none_or(|end| end > total) {
+            return Err(corrupt());
         }
-        off = end;
+        while off < coff {
+            let n = (coff - off).min(CHUNK) as usize;
+            read(off, &mut buf[..n], &mut h)?;
+            off += n as u64;
+        }
+        let (at, _) = place_of(places, addr, len)?;
+        // SAFETY: the destination lies inside the writable mapping made for this region of the
+        // delta image (checked against its bounds by place_of).
+        let to = unsafe { std::slice::from_raw_parts_mut(at as *mut u8, len as usize) };
+        for piece in to.chunks_mut(CHUNK as usize) {
+            read(off, piece, &mut h)?;
+            off += piece.len() as u64;
+        }
+    }
+    while off < total {
+        let n = (total - off).min(CHUNK) as usize;
+        read(off, &mut buf[..n], &mut h)?;
+        off += n as u64;
     }
     if h.digest() != link.trailer.data_hash {
         return Err(err(
