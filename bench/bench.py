@@ -24,7 +24,8 @@ In one run on one file system (the directory given by --dir):
 Medians of --reps runs, ratios to the raw baseline. Writes a Markdown report (--out).
 
 Exits non-zero when a checkpoint that should use direct I/O (the file system accepted the
-baseline's O_DIRECT write) reports io=buffered in `cr_checkpoint -v`, when a default restart of
+baseline's O_DIRECT write) reports io=buffered in `cr_checkpoint -v`, or a stopped one does not
+report write=aio (page data through the AIO ring; `--cow`: write=sync(bounce buffer)), when a default restart of
 an image with enough page data on a local file system does not map it (`cr_restart --verbose`),
 or when a step fails.
 """
@@ -372,6 +373,15 @@ def libcr_once(tools, progs, wl, wdir, base, cold_ok, verbose, cow=False):
             raise BenchError(
                 f"{wl.name}: the file system accepts O_DIRECT but the checkpoint reported "
                 f"io={s.io or '(none)'}:\n{r.stderr.strip()}")
+        # A stopped direct checkpoint writes its page data through the AIO ring (agent::aio);
+        # a copy-on-write writer copies it through a bounce buffer and says so.
+        lines = [ln for ln in r.stderr.splitlines() if "io=direct" in ln]
+        wrong = [ln for ln in lines
+                 if (" write=sync(bounce buffer)" if "mode=cow" in ln else " write=aio") not in ln]
+        if base["direct_ok"] and (not lines or wrong):
+            raise BenchError(
+                f"{wl.name}: the page data should go through the AIO ring (write=aio; --cow: "
+                f"write=sync(bounce buffer)), -v said:\n{r.stderr.strip()}")
         procs = int((wl.args + ["0", "0", "0", "1"])[4])
         if cow and procs == 1 and "mode=cow" not in r.stderr:
             raise BenchError(f"{wl.name}: --cow was not copy-on-write:\n{r.stderr.strip()}")

@@ -14,7 +14,12 @@
 //! While pieces are in flight nothing of the program's memory may change, the agent's own
 //! statics included (they are in the image, and the disk reads a piece after it was hashed): the
 //! ring counts the bytes written and the time of the last progress message itself, and the
-//! I/O report's statics are updated once everything is written.
+//! I/O report's statics are updated once everything is written. Nor may the kernel write the
+//! control thread's rseq area in its TLS (which it does after each preemption or move to
+//! another CPU): `image::write_callback` suspends that registration while the image is
+//! written (`agent::RseqPause`; tests/lazy_restore.rs `*_moved_between_cpus`). Without that,
+//! a restored process's image (its control thread has an rseq area) failed its checksum under
+//! load in 2 of 8 runs of trees `checkpoint_through_cr_restart_unprivileged`.
 
 use crate::sys::{self, Errno};
 
@@ -322,12 +327,6 @@ impl Drop for Ring {
     }
 }
 
-/// Whether page data goes through the ring. Off: on the final head of 2026-12-06 an image of a
-/// restored tree written through it failed its page-data checksum at restart in 2 of 8 runs
-/// (`trees checkpoint_through_cr_restart_unprivileged`; 0 of 10 with the ring off), not yet
-/// diagnosed. Until it is, the synchronous direct write is used and `-v` says `write=sync(aio off)`.
-const ENABLED: bool = false;
-
 /// A ring for writing `extents` to `fd`, when that helps and works: a regular file written
 /// with `O_DIRECT` (buffered writes gain nothing), not `O_APPEND` (where `pwritev` ignores the
 /// offset). Records in the I/O report whether it was used, and why not.
@@ -337,14 +336,12 @@ pub fn ring_for(
     deadline_ns: u64,
 ) -> Option<Ring> {
     use core::sync::atomic::Ordering::Relaxed;
-    if !ENABLED {
-        io_report::AIO_ERRNO.store(io_report::AIO_OFF, Relaxed);
+    // (Not direct: `-v` says why in its `io=`; nothing to write: nothing to say.)
+    if io_report::MODE.load(Relaxed) != io_report::DIRECT || extents.is_empty() {
         return None;
     }
-    if io_report::MODE.load(Relaxed) != io_report::DIRECT
-        || extents.is_empty()
-        || sys::fcntl(fd, libc::F_GETFL, 0).is_ok_and(|fl| fl & libc::O_APPEND as usize != 0)
-    {
+    if sys::fcntl(fd, libc::F_GETFL, 0).is_ok_and(|fl| fl & libc::O_APPEND as usize != 0) {
+        io_report::AIO_ERRNO.store(io_report::AIO_APPEND, Relaxed);
         return None;
     }
     let len = extents.iter().map(|e| e.len).sum();

@@ -134,6 +134,8 @@ struct WriterPage {
     mode: AtomicU32,
     mode_errno: AtomicI32,
     at: AtomicU64,
+    /// The writer's `io_report::AIO_ERRNO` (why its page data did not go through a ring).
+    aio_errno: AtomicI32,
     phase: [AtomicU64; 4],
 }
 
@@ -313,6 +315,7 @@ pub fn start(
             mode: AtomicU32::new(0),
             mode_errno: AtomicI32::new(0),
             at: AtomicU64::new(0),
+            aio_errno: AtomicI32::new(0),
             phase: [const { AtomicU64::new(0) }; 4],
         })
     };
@@ -451,6 +454,8 @@ extern "C" fn writer_main(page_addr: usize) -> ! {
     a.mode.store(io_report::MODE.load(Relaxed), Relaxed);
     a.mode_errno.store(io_report::ERRNO.load(Relaxed), Relaxed);
     a.at.store(io_report::AT.load(Relaxed), Relaxed);
+    a.aio_errno
+        .store(io_report::AIO_ERRNO.load(Relaxed), Relaxed);
     for (d, s) in a.phase.iter().zip(io_report::PHASE_NS.iter()) {
         d.store(s.load(Relaxed), Relaxed);
     }
@@ -642,6 +647,7 @@ pub fn wait(
     io_report::MODE.store(a.mode.load(Relaxed), Relaxed);
     io_report::ERRNO.store(a.mode_errno.load(Relaxed), Relaxed);
     io_report::AT.store(a.at.load(Relaxed), Relaxed);
+    io_report::AIO_ERRNO.store(a.aio_errno.load(Relaxed), Relaxed);
     for (d, s) in io_report::PHASE_NS.iter().zip(a.phase.iter()).skip(1) {
         d.store(s.load(Relaxed), Relaxed);
     }

@@ -63,7 +63,11 @@ pub const FORKED: usize = 3;
 pub extern "C" fn write_callback(job: usize) -> usize {
     // SAFETY: the control thread passes a pointer to a live Job on its stack.
     let job = unsafe { &*(job as *const Job) };
-    match write_image(job) {
+    // The kernel must not write our TLS (part of the image) while the image is written.
+    let rseq = super::RseqPause::suspend();
+    let written = write_image(job);
+    drop(rseq);
+    match written {
         Ok(Written::Bytes(n)) => {
             job.bytes.store(n, Release);
             0
@@ -135,10 +139,14 @@ pub mod io_report {
     pub static AT: AtomicU64 = AtomicU64::new(0);
     /// 1: the page data went through an AIO ring (`agent::aio`), 0: it did not.
     pub static AIO: AtomicU32 = AtomicU32::new(0);
-    /// errno of `io_setup` when a direct write could not use an AIO ring (0: none).
+    /// Why a direct write's page data did not go through an AIO ring: the errno of `io_setup`,
+    /// or one of the negative reasons below (0: it did, or the write was not direct).
     pub static AIO_ERRNO: AtomicI32 = AtomicI32::new(0);
-    /// [`AIO_ERRNO`] when the ring is switched off in this build (not an errno).
-    pub const AIO_OFF: i32 = -1;
+    /// [`AIO_ERRNO`]: the file is open with `O_APPEND` (where `pwritev` ignores the offset).
+    pub const AIO_APPEND: i32 = -2;
+    /// [`AIO_ERRNO`]: the page data is copied through a bounce buffer first (a copy-on-write
+    /// writer, see `memory::BOUNCE_LEN`), and written one piece at a time from there.
+    pub const AIO_BOUNCE: i32 = -3;
     /// Image bytes written so far (where the next write goes).
     pub static WRITTEN: AtomicU64 = AtomicU64::new(0);
     /// CLOCK_MONOTONIC at: start of the write, metadata built, page data written, synced.
@@ -187,9 +195,11 @@ pub mod io_report {
         }
         if AIO.load(Relaxed) == 1 {
             out.push(b" write=aio");
-        } else if AIO_ERRNO.load(Relaxed) == AIO_OFF {
-            out.push(b" write=sync(aio off)");
-        } else if AIO_ERRNO.load(Relaxed) != 0 {
+        } else if AIO_ERRNO.load(Relaxed) == AIO_APPEND {
+            out.push(b" write=sync(O_APPEND)");
+        } else if AIO_ERRNO.load(Relaxed) == AIO_BOUNCE {
+            out.push(b" write=sync(bounce buffer)");
+        } else if AIO_ERRNO.load(Relaxed) > 0 {
             out.push(b" write=sync(io_setup errno ")
                 .num(AIO_ERRNO.load(Relaxed) as u64)
                 .push(b")");
@@ -242,6 +252,16 @@ pub mod progress {
         }
         LAST_NS.store(now, Relaxed);
         send(conn, super::io_report::WRITTEN.load(Relaxed), total);
+    }
+
+    /// CLOCK_MONOTONIC of the last message sent (for [`super::Counted`]).
+    pub fn last_ns() -> u64 {
+        LAST_NS.load(Relaxed)
+    }
+
+    /// Records when the last message was sent (see [`super::Counted`]).
+    pub fn set_last_ns(ns: u64) {
+        LAST_NS.store(ns, Relaxed);
     }
 
     /// [`tick`] for a writer that must not change the program's memory while it writes (the
@@ -320,6 +340,50 @@ pub fn drop_direct(fd: i32) -> bool {
 
 /// Writes `len` bytes of memory at `addr` to the current position of `fd`.
 pub fn write_mem(fd: i32, addr: usize, len: usize) -> Result<(), Errno> {
+    let mut c = Counted::start();
+    let r = write_counted(fd, addr, len, &mut c);
+    c.store();
+    r
+}
+
+/// The I/O report's figures of a write of the program's memory, kept out of the agent's statics
+/// until [`Counted::store`]: the statics are in the image, and a pipe takes a piece in several
+/// writes, so a count stored between two of them changed a page after it was hashed and before
+/// it was written (the image then failed its checksum at restart).
+pub struct Counted {
+    /// Image bytes written so far ([`io_report::WRITTEN`]).
+    pub written: u64,
+    /// CLOCK_MONOTONIC of the last progress message.
+    last_ns: u64,
+    /// Image offset where `O_DIRECT` was dropped after an `EINVAL` ([`io_report::DROPPED`]).
+    dropped_at: Option<u64>,
+}
+
+impl Counted {
+    /// The figures so far.
+    pub fn start() -> Counted {
+        Counted {
+            written: io_report::WRITTEN.load(Relaxed),
+            last_ns: progress::last_ns(),
+            dropped_at: None,
+        }
+    }
+
+    /// Stores the figures into the I/O report (once nothing of the program's memory is being
+    /// written any more).
+    pub fn store(&self) {
+        io_report::WRITTEN.store(self.written, Relaxed);
+        progress::set_last_ns(self.last_ns);
+        if let Some(at) = self.dropped_at {
+            io_report::MODE.store(io_report::DROPPED, Relaxed);
+            io_report::AT.store(at, Relaxed);
+        }
+    }
+}
+
+/// [`write_mem`] counting into `c` instead of the I/O report's statics: for the program's
+/// memory (see [`Counted`]).
+pub fn write_counted(fd: i32, addr: usize, len: usize, c: &mut Counted) -> Result<(), Errno> {
     let mut done = 0;
     while done < len {
         // SAFETY: callers pass readable memory (scratch buffers, or program memory in extents).
@@ -327,8 +391,8 @@ pub fn write_mem(fd: i32, addr: usize, len: usize) -> Result<(), Errno> {
             Ok(0) => return Err(Errno(libc::EIO)),
             Ok(n) => {
                 done += n;
-                io_report::WRITTEN.fetch_add(n as u64, Relaxed);
-                progress::tick(false);
+                c.written += n as u64;
+                progress::tick_from(c.written, &mut c.last_ns);
             }
             Err(Errno(libc::EINTR)) => {}
             // A stream destination (made non-blocking): wait for room, not past --time, and
@@ -360,8 +424,7 @@ pub fn write_mem(fd: i32, addr: usize, len: usize) -> Result<(), Errno> {
                 let _ = sys::sys3(libc::SYS_poll as usize, p.as_mut_ptr() as usize, n, ms);
             }
             Err(Errno(libc::EINVAL)) if drop_direct(fd) => {
-                io_report::MODE.store(io_report::DROPPED, Relaxed);
-                io_report::AT.store(io_report::WRITTEN.load(Relaxed), Relaxed);
+                c.dropped_at.get_or_insert(c.written);
             }
             Err(e) => return Err(e),
         }

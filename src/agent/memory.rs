@@ -986,10 +986,14 @@ pub fn write_data(
     bounce: Option<&mut [u8]>,
 ) -> Result<u64, Errno> {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
+    use super::image::io_report;
+    use core::sync::atomic::Ordering::Relaxed;
     if bounce.is_none() {
         if let Some(ring) = super::aio::ring_for(fd, extents, deadline_ns) {
             return write_data_async(ring, extents, deadline_ns, h);
         }
+    } else if io_report::MODE.load(Relaxed) == io_report::DIRECT {
+        io_report::AIO_ERRNO.store(io_report::AIO_BOUNCE, Relaxed);
     }
     let (bounce_ptr, bounce_len) = match bounce {
         Some(b) => (b.as_mut_ptr(), b.len() as u64),
@@ -997,6 +1001,9 @@ pub fn write_data(
     };
     let mut filled = 0u64;
     let mut since_check = WRITE_CHUNK;
+    // Nothing of the program's memory (the agent's statics included) may change between a
+    // piece's hash and its write: the I/O report is counted here and stored at the end.
+    let mut c = super::image::Counted::start();
     for e in extents {
         let mut done = 0;
         while done < e.len {
@@ -1027,20 +1034,21 @@ pub fn write_data(
                 };
                 filled += n;
                 if filled == bounce_len {
-                    super::image::write_mem(fd, bounce_ptr as usize, filled as usize)?;
+                    super::image::write_counted(fd, bounce_ptr as usize, filled as usize, &mut c)?;
                     filled = 0;
                 }
             } else {
                 // The kernel reads the program's memory directly: no copy through a buffer.
-                super::image::write_mem(fd, at, n as usize)?;
+                super::image::write_counted(fd, at, n as usize, &mut c)?;
             }
             done += n;
             since_check += n;
         }
     }
     if filled > 0 {
-        super::image::write_mem(fd, bounce_ptr as usize, filled as usize)?;
+        super::image::write_counted(fd, bounce_ptr as usize, filled as usize, &mut c)?;
     }
+    c.store();
     Ok(h.digest())
 }
 

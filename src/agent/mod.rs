@@ -41,6 +41,70 @@ pub static RSEQ_OFFSET: AtomicIsize = AtomicIsize::new(0);
 pub static RSEQ_SIZE: AtomicU32 = AtomicU32::new(0);
 /// The signature glibc registers rseq areas with.
 pub const RSEQ_SIG: u32 = 0x5305_3053;
+/// The calling thread's rseq registration, suspended while it is alive.
+///
+/// The kernel writes a registered thread's rseq area (`cpu_id_start`, `cpu_id`, `node_id`,
+/// `mm_cid`) each time the thread returns to user space after it was preempted or moved to
+/// another CPU. The control thread's area lies in its TLS, which is part of the image: while it
+/// writes the page data on a busy machine, those bytes change between the moment a piece is
+/// hashed and the moment the disk (or a pipe) reads it, and the image fails its checksum at
+/// restart. The control thread of a restored process has a registration (`resume` registers
+/// one for every thread), and so has a control thread that is a pthread (glibc registers it).
+/// Unregistering stops the kernel's writes (it leaves `cpu_id` at -1, "not registered", which
+/// is what glibc's readers expect then); the registration comes back when this is dropped.
+pub struct RseqPause {
+    /// The area and the length it was registered with (0: nothing was registered).
+    area: usize,
+    len: usize,
+}
+
+/// `rseq(2)`'s flag to unregister.
+const RSEQ_FLAG_UNREGISTER: usize = 1;
+
+impl RseqPause {
+    /// Unregisters the calling thread's rseq area (glibc's place in its TLS), if it has one.
+    pub fn suspend() -> RseqPause {
+        let size = RSEQ_SIZE.load(Relaxed) as usize;
+        let fs = sys::get_fs_base();
+        if size == 0 || fs == 0 {
+            return RseqPause { area: 0, len: 0 };
+        }
+        let area = (fs as isize + RSEQ_OFFSET.load(Relaxed)) as usize;
+        // glibc and `resume` register max(__rseq_size, 32) bytes; glibc before 2.40 always 32.
+        for len in [size.max(32), 32] {
+            let r = sys::sys6(
+                libc::SYS_rseq as usize,
+                area,
+                len,
+                RSEQ_FLAG_UNREGISTER,
+                RSEQ_SIG as usize,
+                0,
+                0,
+            );
+            if r.is_ok() {
+                return RseqPause { area, len };
+            }
+        }
+        RseqPause { area: 0, len: 0 }
+    }
+}
+
+impl Drop for RseqPause {
+    fn drop(&mut self) {
+        if self.area != 0 {
+            let _ = sys::sys6(
+                libc::SYS_rseq as usize,
+                self.area,
+                self.len,
+                0,
+                RSEQ_SIG as usize,
+                0,
+                0,
+            );
+        }
+    }
+}
+
 /// Whether the agent is set up in this process.
 #[link_section = ".data1"]
 pub static INITIALIZED: AtomicBool = AtomicBool::new(false);
