@@ -1,15 +1,21 @@
 /* tcp_peers.c - two programs joined by one TCP connection, each its own job (the two halves
  * of a job across nodes, restarted separately with cr_restart --reconnect; tests/mpi_nodes.rs).
  *
- * Usage: tcp_peers server PORTFILE   listens on 127.0.0.1 (port chosen by the kernel, written
- *                                     to PORTFILE), accepts one connection
- *        tcp_peers client PORTFILE   waits for PORTFILE, connects
+ * Usage: tcp_peers server PORTFILE [ADDR]   listens on ADDR (default 127.0.0.1; port chosen by
+ *                                     the kernel, written to PORTFILE), accepts one connection
+ *        tcp_peers client PORTFILE [ADDR]   waits for PORTFILE, connects to ADDR
  * Then, iteration after iteration: the server sends a 100-byte message (its iteration number,
  * a flag saying whether the GO file exists, a pattern of the number), the client reads and
  * checks it and answers with its own (the same number and flag, another pattern), which the
  * server reads and checks. Messages are read in two pieces with a pause between, so bytes
  * wait in the receive queues at any moment. Each prints READY after 20 iterations. After
- * the flagged iteration each prints "PASS tcp_peers N" and exits 0; any mismatch: FAIL.
+ * the flagged iteration comes a late connection, opened with the addresses held in memory
+ * since the start (as an MPI library connects lazily to addresses of its start-up exchange):
+ * the client connects to ADDR again, the server accepts it on its listener and checks that
+ * the peer's address is the one the first connection came from, the client that its own
+ * local address is the first connection's (after `cr_restart --map-address` the agent
+ * translates), and one message goes each way on it. Then each prints "PASS tcp_peers N" and
+ * exits 0; any mismatch: FAIL.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -87,16 +93,21 @@ static uint64_t recv_check(int fd, uint64_t iter, int who)
 
 int main(int argc, char **argv)
 {
-    if (argc != 3)
-        fail("usage: tcp_peers server|client PORTFILE", 0);
+    if (argc != 3 && argc != 4)
+        fail("usage: tcp_peers server|client PORTFILE [ADDR]", 0);
     int server = strcmp(argv[1], "server") == 0;
     const char *go = getenv("CR_TEST_GO");
     if (!go)
         fail("CR_TEST_GO not set", 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    int fd;
+    if (argc == 4 && inet_pton(AF_INET, argv[3], &a.sin_addr) != 1)
+        fail("ADDR is not an IPv4 address", 0);
+    /* The other end's address as the server saw it, the client's own local address. */
+    struct sockaddr_in first = {0};
+    socklen_t first_len = sizeof first;
+    int fd, l = -1;
     if (server) {
-        int l = socket(AF_INET, SOCK_STREAM, 0);
+        l = socket(AF_INET, SOCK_STREAM, 0);
         socklen_t len = sizeof a;
         if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof a) != 0 || listen(l, 1) != 0 ||
             getsockname(l, (struct sockaddr *)&a, &len) != 0)
@@ -106,7 +117,7 @@ int main(int argc, char **argv)
         FILE *f = fopen(tmp, "w");
         if (!f || fprintf(f, "%u\n", ntohs(a.sin_port)) < 0 || fclose(f) != 0 || rename(tmp, argv[2]) != 0)
             fail("write the port file", 0);
-        fd = accept(l, NULL, NULL);
+        fd = accept(l, (struct sockaddr *)&first, &first_len);
         if (fd < 0)
             fail("accept", 0);
     } else {
@@ -125,7 +136,8 @@ int main(int argc, char **argv)
             fail("no port file", 0);
         a.sin_port = htons((uint16_t)port);
         fd = socket(AF_INET, SOCK_STREAM, 0);
-        if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0)
+        if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
+            getsockname(fd, (struct sockaddr *)&first, &first_len) != 0)
             fail("connect", 0);
     }
     unsigned char m[LEN];
@@ -147,6 +159,32 @@ int main(int argc, char **argv)
             fflush(stdout);
         }
         if (flag && iter > 20) {
+            struct sockaddr_in now = {0};
+            socklen_t now_len = sizeof now;
+            const uint64_t late = 1000000;
+            int fd2;
+            if (server) {
+                fd2 = accept(l, (struct sockaddr *)&now, &now_len);
+                if (fd2 < 0)
+                    fail("late accept", (long)late);
+            } else {
+                fd2 = socket(AF_INET, SOCK_STREAM, 0);
+                if (fd2 < 0 || connect(fd2, (struct sockaddr *)&a, sizeof a) != 0)
+                    fail("late connect", (long)late);
+                if (getsockname(fd2, (struct sockaddr *)&now, &now_len) != 0)
+                    fail("late getsockname", (long)late);
+            }
+            if (now.sin_addr.s_addr != first.sin_addr.s_addr) {
+                char was[32], is[32];
+                inet_ntop(AF_INET, &first.sin_addr, was, sizeof was);
+                inet_ntop(AF_INET, &now.sin_addr, is, sizeof is);
+                fprintf(stderr, "%s address was %s, is %s\n", server ? "peer" : "local", was, is);
+                fail(server ? "late connection from another address" : "late connection from another local address", (long)late);
+            }
+            fill(m, late, 0, server ? 0 : 1);
+            send_all(fd2, m, (long)late);
+            recv_check(fd2, late, server ? 1 : 0);
+            close(fd2);
             printf("PASS " NAME " %llu\n", (unsigned long long)iter);
             fflush(stdout);
             return 0;

@@ -382,3 +382,63 @@ pub unsafe extern "C" fn mkostemps(template: *mut core::ffi::c_char, suffixlen: 
     note_created(template, fd);
     fd
 }
+
+/// Declares `$name`, forwarded to libcr's address-translating wrapper of that name (after a
+/// restart with `cr_restart --map-address`, docs/MPI.md), else the C library's. The target is
+/// looked up once the agent is loaded, then kept.
+macro_rules! forward_cached {
+    ($(#[$doc:meta])* $name:ident, $cname:literal, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// As the C library's function.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
+            type F = unsafe extern "C" fn($($ty),*) -> $ret;
+            static CACHE: AtomicUsize = AtomicUsize::new(0);
+            let mut f = CACHE.load(Acquire);
+            if f == 0 {
+                f = target($cname);
+                if LIBCR.load(Acquire) != 0 {
+                    CACHE.store(f, Release);
+                }
+            }
+            if f == 0 {
+                // SAFETY: __errno_location returns this thread's errno.
+                unsafe { *libc::__errno_location() = libc::ENOSYS };
+                return -1 as $ret;
+            }
+            // SAFETY: the symbol has this signature; the arguments are the caller's.
+            unsafe { core::mem::transmute::<usize, F>(f)($($arg),*) }
+        }
+    };
+}
+
+forward_cached!(
+    /// `connect`, forwarded to libcr's.
+    connect, c"connect", (fd: c_int, addr: *const libc::sockaddr, len: libc::socklen_t) -> c_int
+);
+forward_cached!(
+    /// `bind`, forwarded to libcr's.
+    bind, c"bind", (fd: c_int, addr: *const libc::sockaddr, len: libc::socklen_t) -> c_int
+);
+forward_cached!(
+    /// `sendto`, forwarded to libcr's.
+    sendto, c"sendto", (fd: c_int, buf: *const c_void, n: libc::size_t, flags: c_int, addr: *const libc::sockaddr, len: libc::socklen_t) -> libc::ssize_t
+);
+forward_cached!(
+    /// `accept`, forwarded to libcr's.
+    accept, c"accept", (fd: c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t) -> c_int
+);
+forward_cached!(
+    /// `accept4`, forwarded to libcr's.
+    accept4, c"accept4", (fd: c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t, flags: c_int) -> c_int
+);
+forward_cached!(
+    /// `getpeername`, forwarded to libcr's.
+    getpeername, c"getpeername", (fd: c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t) -> c_int
+);
+forward_cached!(
+    /// `getsockname`, forwarded to libcr's.
+    getsockname, c"getsockname", (fd: c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t) -> c_int
+);

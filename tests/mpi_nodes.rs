@@ -846,8 +846,101 @@ fn tcp_peers_two_parts_kill_restart() {
     a.wait_child(READY_TIMEOUT);
     b.wait_child(READY_TIMEOUT);
     sc.go();
-    a.expect_pass(RESTART_TIMEOUT);
+    // The client (node b's image) first: it fails at once if its late connection goes astray.
     b.expect_pass(RESTART_TIMEOUT);
+    a.expect_pass(RESTART_TIMEOUT);
+    assert!(
+        !a.stderr().contains("comes back reset") && !b.stderr().contains("comes back reset"),
+        "the connection must be made again, not reset:\n{}\n{}",
+        a.diag(),
+        b.diag()
+    );
+}
+
+/// The address translation on its own (root: namespaces): c-tests/tcp_peers.c's server in node
+/// a listening on 10.99.0.1 (a listener bound to the node's own address), its client in node b,
+/// checkpointed as two node parts with `--kill` and restarted swapped (the server in node b at
+/// 10.99.0.2, the client in node a) with `--map-address`. The connection between them is made
+/// again between the new addresses with its waiting bytes; the server's listener is bound to
+/// 10.99.0.2; then the client opens a late connection to the address it holds in memory
+/// (10.99.0.1, now its own host: the agent's `connect` sends it to 10.99.0.2), the server
+/// checks that `accept` reports it from the client's original address and the client that
+/// `getsockname` reports its original local address, and both finish correct.
+#[test]
+fn tcp_peers_two_namespaces_swapped() {
+    if !available() {
+        return;
+    }
+    let sc = Scenario::new("nodes-tcp-peers-swapped");
+    let Some(nodes) = TwoNodes::new() else {
+        return;
+    };
+    let prog = sc.program("tcp_peers");
+    let portfile = sc.root().join("port");
+    let start = |i: usize, role: &str| {
+        let mut argv = vec![sc.tools().cr_run.display().to_string(), "--".into()];
+        argv.extend(prog.argv.iter().map(|a| a.to_string_lossy().into_owned()));
+        argv.extend([
+            role.to_string(),
+            portfile.display().to_string(),
+            ADDRS[0].to_string(),
+        ]);
+        let mut cmd = sc.command(&nodes.inside(i, &argv));
+        cmd.envs(prog.env.iter().map(|(k, v)| (k, v)));
+        sc.start(&format!("tcp_peers {role} in {}", HOSTS[i]), cmd)
+    };
+    let mut server = start(0, "server");
+    let mut client = start(1, "client");
+    server.wait_ready();
+    client.wait_ready();
+    let dir = sc.root().join("ckpt");
+    let r = checkpoint_across(
+        &sc,
+        Some(&nodes),
+        [server.pid(), client.pid()],
+        &dir,
+        &["--kill"],
+    );
+    println!("{}", r.describe());
+    assert!(
+        r.coordinator.success() && r.parts.iter().all(|p| p.success()),
+        "the checkpoint of both parts failed:\n{}",
+        r.describe()
+    );
+    let gen = std::path::PathBuf::from(r.coordinator.stdout.trim());
+    server.wait_exit(DEATH_TIMEOUT);
+    client.wait_exit(DEATH_TIMEOUT);
+    // Image i restarted in the other namespace.
+    let restart = |i: usize| {
+        let mut argv = vec![
+            sc.tools().cr_restart.display().to_string(),
+            "--reconnect".into(),
+        ];
+        for (old, new) in [(ADDRS[0], ADDRS[1]), (ADDRS[1], ADDRS[0])] {
+            argv.push("--map-address".into());
+            argv.push(format!("{old}={new}"));
+        }
+        argv.push(gen.join(format!("{}.ckpt", HOSTS[i])).display().to_string());
+        let cmd = sc.command(&nodes.inside(1 - i, &argv));
+        sc.start(&format!("cr_restart {} in {}", HOSTS[i], HOSTS[1 - i]), cmd)
+    };
+    let mut a = restart(0);
+    let mut b = restart(1);
+    let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        a.wait_child(READY_TIMEOUT);
+        b.wait_child(READY_TIMEOUT);
+    }));
+    if started.is_err() {
+        panic!(
+            "the restarts did not both start their jobs:\n{}\n{}",
+            a.diag(),
+            b.diag()
+        );
+    }
+    sc.go();
+    // The client (node b's image) first: it fails at once if its late connection goes astray.
+    b.expect_pass(RESTART_TIMEOUT);
+    a.expect_pass(RESTART_TIMEOUT);
     assert!(
         !a.stderr().contains("comes back reset") && !b.stderr().contains("comes back reset"),
         "the connection must be made again, not reset:\n{}\n{}",

@@ -69,14 +69,21 @@ fn ends<'a>(images: &[&'a Image]) -> Vec<End<'a>> {
     out
 }
 
-/// The listening socket of `images` on `a`'s port (its address, or the wildcard), if any.
+/// The listening socket of `images` on `a`'s port (its address, or the wildcard), if any, of
+/// `a`'s family: an IPv6 listener and an IPv4 one on the same port number can belong to two
+/// processes (Open MPI's ranks bind both families' ports independently), and a connection
+/// accepted by an IPv6 listener has an IPv6 (IPv4-mapped) local address.
 fn listener_on<'a>(images: &[&'a Image], a: SocketAddr) -> Option<&'a Fd> {
     images.iter().flat_map(|img| img.fds.iter()).find(|f| {
         f.kobj
             .as_ref()
             .and_then(|(_, st)| socket::listening_addr(st))
             .and_then(socket::to_socket_addr)
-            .is_some_and(|l| l.port() == a.port() && (l.ip() == a.ip() || l.ip().is_unspecified()))
+            .is_some_and(|l| {
+                l.port() == a.port()
+                    && l.is_ipv4() == a.is_ipv4()
+                    && (l.ip() == a.ip() || l.ip().is_unspecified())
+            })
     })
 }
 
