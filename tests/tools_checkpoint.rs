@@ -533,11 +533,12 @@ fn target_exiting_in_its_callbacks_gives_esrch() {
     }
 }
 
-/// A stream whose reader is slow takes each piece of page data in several writes (the
-/// destination is non-blocking while the image is written). The agent's I/O counters are in
-/// the image: stored between two of those writes, they changed a page after it was hashed and
-/// before it was written, and the image failed its checksum at restart. Counted aside now and
-/// stored once the page data is written: every image passes `cr_info --check` and restarts.
+/// A stream whose reader lags behind: the destination is non-blocking while the image is
+/// written, so a piece of page data may take several writes. The agent's I/O counters are in
+/// the image and must not change between a piece's hash and its last write (they are counted
+/// aside, `image::Counted`, and stored once the page data is written): every image passes
+/// `cr_info --check` and restarts. (A guard: this test also passed with the counters stored
+/// between the writes, so that path was not shown to corrupt an image.)
 #[test]
 fn stream_to_a_slow_reader_keeps_page_data_whole() {
     let sc = Scenario::new("dest-slow-stream");
