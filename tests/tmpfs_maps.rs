@@ -271,6 +271,9 @@ fn java_counter_continues_after_term() {
         return;
     };
     let sc = sc.launch_with(&launcher);
+    // Declared after the scenario so that it is unmounted first: the scenario's directory (the
+    // mount point inside it) can then be removed.
+    let _tmpfs = _tmpfs;
     let classes = sc.root().join("java");
     fs::create_dir_all(&classes).expect("mkdir java");
     let st = Command::new("javac")
