@@ -119,6 +119,27 @@ struct PmScanArg {
     return_mask: u64,
 }
 
+impl PmScanArg {
+    /// A scan of `start..end` into `vec` that asks nothing yet: callers set the flags and the
+    /// categories.
+    fn over(start: u64, end: u64, vec: &mut [PageRegion]) -> PmScanArg {
+        PmScanArg {
+            size: core::mem::size_of::<PmScanArg>() as u64,
+            flags: 0,
+            start,
+            end,
+            walk_end: 0,
+            vec: vec.as_mut_ptr() as u64,
+            vec_len: vec.len() as u64,
+            max_pages: 0,
+            category_inverted: 0,
+            category_mask: 0,
+            category_anyof_mask: 0,
+            return_mask: 0,
+        }
+    }
+}
+
 const _: () = assert!(core::mem::size_of::<UffdioApi>() == 24);
 const _: () = assert!(core::mem::size_of::<UffdioRange>() == 16);
 const _: () = assert!(core::mem::size_of::<UffdioRegister>() == 32);
@@ -509,18 +530,10 @@ pub fn scan_region(
     let mut first = true;
     while at < end {
         let mut arg = PmScanArg {
-            size: core::mem::size_of::<PmScanArg>() as u64,
             flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
-            start: at,
-            end,
-            walk_end: 0,
-            vec: vec.as_mut_ptr() as u64,
-            vec_len: vec.len() as u64,
-            max_pages: 0,
-            category_inverted: 0,
             category_mask: PAGE_IS_WRITTEN,
-            category_anyof_mask: 0,
             return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_PFNZERO,
+            ..PmScanArg::over(at, end, vec)
         };
         let n = match ioctl(pagemap_fd, PAGEMAP_SCAN, &mut arg as *mut _ as usize) {
             Ok(n) => n.min(vec.len()),
@@ -583,18 +596,11 @@ fn scan_own_pages(
     let mut at = start;
     while at < end {
         let mut arg = PmScanArg {
-            size: core::mem::size_of::<PmScanArg>() as u64,
-            flags: 0,
-            start: at,
-            end,
-            walk_end: 0,
-            vec: vec.as_mut_ptr() as u64,
-            vec_len: vec.len() as u64,
-            max_pages: 0,
             category_inverted: PAGE_IS_FILE,
             category_mask: PAGE_IS_FILE,
             category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
             return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            ..PmScanArg::over(at, end, vec)
         };
         let n = ioctl(pagemap_fd, PAGEMAP_SCAN, &mut arg as *mut _ as usize)?.min(vec.len());
         for r in &vec[..n] {
