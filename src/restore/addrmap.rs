@@ -87,14 +87,20 @@ pub fn map_raw(a: &[u8]) -> Vec<u8> {
 
 /// `a` with its address mapped to the new one.
 pub fn map_addr(a: SocketAddr) -> SocketAddr {
-    let (f, o) = raw(a.ip());
-    match pairs().iter().find(|p| p.0 == f && p.1 == o) {
-        Some(p) if a.is_ipv4() => {
-            SocketAddr::new(IpAddr::from([p.2[0], p.2[1], p.2[2], p.2[3]]), a.port())
+    // An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is looked up as the IPv4 address it holds,
+    // as `agent::netmap::translate` does, and stays IPv4-mapped.
+    let (f, o) = raw(a.ip().to_canonical());
+    let Some(p) = pairs().iter().find(|p| p.0 == f && p.1 == o) else {
+        return a;
+    };
+    let new = match (a.ip(), f == libc::AF_INET as u64) {
+        (IpAddr::V4(_), _) => IpAddr::from([p.2[0], p.2[1], p.2[2], p.2[3]]),
+        (IpAddr::V6(_), true) => {
+            IpAddr::V6(std::net::Ipv4Addr::from([p.2[0], p.2[1], p.2[2], p.2[3]]).to_ipv6_mapped())
         }
-        Some(p) => SocketAddr::new(IpAddr::from(p.2), a.port()),
-        None => a,
-    }
+        (IpAddr::V6(_), false) => IpAddr::from(p.2),
+    };
+    SocketAddr::new(new, a.port())
 }
 
 /// Whether a map was given.
@@ -113,5 +119,32 @@ pub fn set_verbose(v: bool) {
 pub fn note(what: &str) {
     if VERBOSE.load(std::sync::atomic::Ordering::Relaxed) {
         eprintln!("cr_restart: {what} (--map-address)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_ipv4_ipv6_and_ipv4_mapped_addresses() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        set(&[
+            (ip("10.99.0.1"), ip("10.99.0.2")),
+            (ip("fd00::1"), ip("fd00::2")),
+        ])
+        .unwrap();
+        let sa = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(map_addr(sa("10.99.0.1:7")), sa("10.99.0.2:7"));
+        assert_eq!(map_addr(sa("[fd00::1]:7")), sa("[fd00::2]:7"));
+        assert_eq!(
+            map_addr(sa("[::ffff:10.99.0.1]:7")),
+            sa("[::ffff:10.99.0.2]:7")
+        );
+        assert_eq!(map_addr(sa("10.99.0.3:7")), sa("10.99.0.3:7"));
+        assert_eq!(
+            map_addr(sa("[::ffff:10.99.0.3]:7")),
+            sa("[::ffff:10.99.0.3]:7")
+        );
     }
 }
