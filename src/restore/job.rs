@@ -401,7 +401,10 @@ pub fn create(
     pool.close();
     match roots {
         Ok(r) => {
-            gate.open_after(members.len());
+            // Shut when a process failed or ended without saying: every process then leaves,
+            // and the caller learns it from the job's reports (the failed process's own line,
+            // or none and the report pipe's end of file), as for a failure past the gate.
+            let _opened = gate.open_after(members.len());
             Ok(r.into_iter().map(|(_, pid)| pid).collect())
         }
         Err(e) => {

@@ -35,6 +35,9 @@ use std::os::unix::io::{FromRawFd, IntoRawFd};
 /// itself `stopped-at-hook` and waits for good, to be killed with its creator.
 /// `gate-dropped` is `gated` with the gate's descriptor closed before the stop, without opening
 /// it (what a holder killed there looks like to the job until its death is signalled).
+/// `opened` stops the holder just after it opened the gate, and holds the job's roots (the
+/// holder's children) just past it, named `held-past-gate`, until their parent is gone, before
+/// anything of the program runs in them; the other processes run on.
 pub fn test_stop_at(phase: &str) {
     if test_phase(phase) {
         // SAFETY: getpid, prctl with a NUL-terminated name, pause and raise on ourselves.
@@ -314,8 +317,9 @@ pub fn run(
     if let Err(e) = &res {
         write_report(notify, &Report::Failed(e.errno, e.msg.clone()));
         if let Some((closed, _)) = h.gate {
-            // Our pool copies go with us: do not keep the others waiting.
-            let _ = crate::sys::write_all(closed, b"c");
+            // Our pool copies go with us: do not keep the others waiting, and keep the gate
+            // shut (past the gate, the holder no longer reads this: nothing is written).
+            let _ = crate::sys::write_all(closed, spawn::CLOSED_FAILED);
         }
     }
     res
@@ -369,14 +373,32 @@ fn rebuild(
         // Our copies of the job's pipes and files are gone: say so, then wait until every other
         // process (and the restarter) has closed its own, so no pipe end stays open behind the
         // program's back once it runs (a reader would miss its EOF).
-        let _ = crate::sys::write_all(closed, b"c");
-        crate::sys::close(closed);
+        // The restart's parent-death signal goes here: past this point the gate decides.
+        spawn::Gate::ready(closed);
         if !spawn::Gate::wait(open) {
-            // The restarter died (or gave up) before opening the gate: nothing of the program
-            // may run. Not a failure to report: nobody reads the report, or the holder has
-            // reported its own.
+            // The restarter died (or gave up, or another process failed) before opening the
+            // gate: nothing of the program may run. Not a failure to report: nobody reads the
+            // report, or the failed process has reported its own.
             // SAFETY: leaving this half-built process without running atexit handlers.
             unsafe { libc::_exit(1) }
+        }
+        // TEST ONLY (`opened`): the job's roots hold themselves just past the gate, named
+        // `held-past-gate`, until their parent is gone, while the holder stops with the gate
+        // open: a test kills the restarter in that instant (the other processes run on, as
+        // they may). Not stopped: a stopped process whose group is orphaned gets SIGHUP.
+        // SAFETY: getppid has no preconditions.
+        if test_phase("opened") && unsafe { libc::getppid() } == h.restarter {
+            // SAFETY: prctl with a NUL-terminated name; getppid and nanosleep on ourselves.
+            unsafe {
+                libc::prctl(libc::PR_SET_NAME, c"held-past-gate".as_ptr(), 0, 0, 0);
+                let ms = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 1_000_000,
+                };
+                while libc::getppid() == h.restarter {
+                    libc::nanosleep(&ms, std::ptr::null_mut());
+                }
+            }
         }
     }
 

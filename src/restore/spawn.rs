@@ -31,10 +31,21 @@ use crate::image::tree::{ZombieRec, ZOMBIE_SIGCHLD_DUE};
 use std::fs::File;
 
 /// Holds the restored processes back until every copy of the job's pool is closed: each
-/// process, once it closed its own, writes a byte to the "closed" pipe and waits at the gate;
-/// the process that built the pool closes its copy, counts one byte per process, then opens the
-/// gate: it sends one byte on the gate's stream socket, which every waiting process peeks
-/// (`MSG_PEEK`, so one byte serves them all), and closes its end.
+/// process, once it closed its own, writes a byte to the "closed" pipe ([`CLOSED_OK`], or
+/// [`CLOSED_FAILED`] when it failed) and waits at the gate; the process that built the pool
+/// closes its copy, counts one byte per process, then opens the gate: it sends one byte on the
+/// gate's stream socket, which every waiting process peeks (`MSG_PEEK`, so one byte serves them
+/// all), and closes its end. When a process failed, or ended without its byte, the gate is
+/// closed without being opened instead: nothing of the program runs.
+///
+/// A process clears the restart's parent-death signal (`SIGKILL`, see [`die_with_parent`])
+/// just before it writes its byte, so from then on only the gate decides: opened, every
+/// process of the job runs, whatever happens to the restarter afterwards; not opened, every
+/// process leaves. With the signal still set after the gate, cr_restart killed in the
+/// milliseconds between its "open" and the moment each process sets the signal back to the
+/// program's (`agent::process::ThreadState`) killed those not yet there, and their children
+/// that were ran on orphaned: part of a tree survived. Before its byte a process still dies
+/// with its parent (a restarter killed while the job is built takes it along).
 ///
 /// End of file without that byte means the holder died (cr_restart SIGKILLed at the gate) or
 /// gave up ([`Gate::abandon`]): the waiting process then leaves at once ([`Gate::wait`]).
@@ -42,6 +53,12 @@ use std::fs::File;
 /// the kernel sends its children their parent-death signal, and a process that took that end
 /// of file for "open" went on and, restored, set its parent-death signal back to its saved one
 /// (none) before the signal came: the whole tree ran on with its restarter gone.
+/// A process's byte on the gate's "closed" pipe: its restore went well, it waits at the gate.
+pub const CLOSED_OK: &[u8] = b"c";
+/// A process's byte on the gate's "closed" pipe: it failed (and reported why); the gate must
+/// stay shut.
+pub const CLOSED_FAILED: &[u8] = b"f";
+
 pub struct Gate {
     closed: [i32; 2],
     gate: [i32; 2],
@@ -95,30 +112,37 @@ impl Gate {
     }
 
     /// In the process that built the pool, after spawning and closing its pool copy: waits
-    /// until `n` processes closed theirs (a process that dies counts as closed: EOF), then
-    /// opens the gate.
-    pub fn open_after(&self, n: usize) {
+    /// until `n` processes closed theirs, then opens the gate; returns whether it did. It stays
+    /// shut (closed without its byte: every process leaves) when one of them failed, or ended
+    /// without saying (end of file before `n` bytes).
+    pub fn open_after(&self, n: usize) -> bool {
         // SAFETY: closing our copies of the processes' ends, reading, closing the gate.
         unsafe {
             libc::close(self.closed[1]);
             libc::close(self.gate[0]);
             let mut seen = 0;
+            let mut failed = false;
             let mut b = [0u8; 64];
             while seen < n {
                 let r = libc::read(self.closed[0], b.as_mut_ptr() as *mut _, b.len());
                 if r > 0 {
                     seen += r as usize;
+                    failed |= b[..r as usize].iter().any(|&c| c != CLOSED_OK[0]);
                 } else if r == 0 || errno() != libc::EINTR {
                     break;
                 }
             }
             libc::close(self.closed[0]);
+            if failed || seen < n {
+                libc::close(self.gate[1]);
+                return false;
+            }
             if super::test_phase("gate-dropped") {
                 // What a holder SIGKILLed at the gate looks like to the job until the kernel
                 // signals its death: its descriptors are closed, and it is still there.
                 libc::close(self.gate[1]);
                 super::test_stop_at("gate-dropped");
-                return;
+                return false;
             }
             super::test_stop_at("gated");
             // The byte that says "open"; a restarter killed before it leaves only end of file.
@@ -129,7 +153,21 @@ impl Gate {
                 libc::MSG_NOSIGNAL,
             );
             libc::close(self.gate[1]);
+            // TEST ONLY: held with the gate open (the job's roots hold themselves just past
+            // it: `restore::run`), so a test can kill the restarter in that instant.
+            super::test_stop_at("opened");
+            true
         }
+    }
+
+    /// In a process of the job, its restore done, just before it waits at the gate: from now
+    /// on the gate alone decides whether it runs (see [`Gate`]), not the restarter's death.
+    /// Writes [`CLOSED_OK`] to the "closed" pipe `closed` and closes it.
+    pub fn ready(closed: i32) {
+        // SAFETY: prctl on ourselves with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
+        let _ = crate::sys::write_all(closed, CLOSED_OK);
+        crate::sys::close(closed);
     }
 
     /// In a restored process, with its pool copies closed: waits at the gate (read end `open`,
@@ -782,7 +820,7 @@ impl<'a> Spawner<'a> {
         let fail = |e: RestoreError| -> ! {
             write_report(self.notify, &Report::Failed(e.errno, e.msg));
             if let Some((closed, _)) = gate {
-                let _ = crate::sys::write_all(closed, b"c");
+                let _ = crate::sys::write_all(closed, CLOSED_FAILED);
             }
             // SAFETY: leaving this half-built process without running atexit handlers.
             unsafe { libc::_exit(1) }
