@@ -17,7 +17,9 @@ In one run on one file system (the directory given by --dir):
   * incremental checkpoints (issue 14): a 4 GiB process (smoke: 64 MiB) that writes 64 MiB
     (smoke: 8 MiB, one word in each page) between a full and a delta checkpoint
     (`cr_checkpoint --incremental`): the delta's size, checkpoint and stop time, and what the
-    write-tracking costs the program's write pass;
+    write-tracking costs the program's write pass; the write-protection cost of a write-heavy
+    loop (`wploop`, 64 MiB written per 2 s and per 10 s; smoke: per 0.5 s), from its thread's
+    CPU time and faults in intervals after a delta and after a pause alternating in one run;
   * compressed images (issue 14): 1 GiB compressible, text and random (smoke: 64 MiB)
     checkpointed raw and with `cr_checkpoint --compress`: time, size, CPU per core, `gzip -6` of
     the same bytes, and `cr_restart --eager` of both.
@@ -647,12 +649,12 @@ def incremental_report(bases, incr):
 
 
 def wploop_samples(path):
-    """wploop's samples: (wall s, thread CPU s, steps)."""
+    """wploop's samples: (wall s, thread CPU s, steps, minor faults of its thread)."""
     out = []
     for line in read(path).splitlines():
         f = line.split()
-        if len(f) == 3 and all(x.isdigit() for x in f):
-            out.append((int(f[0]) / 1e9, int(f[1]) / 1e9, int(f[2])))
+        if len(f) == 4 and all(x.isdigit() for x in f):
+            out.append((int(f[0]) / 1e9, int(f[1]) / 1e9, int(f[2]), int(f[3])))
     return out
 
 
@@ -668,21 +670,50 @@ def wp_rate(samples, windows):
     return (steps / cpu if cpu else None, steps / wall if wall else None)
 
 
+class WpInterval:
+    """One running interval of wploop, from the start of a stop to the start of the next: what
+    stopped it first (`kind`: "tracked" after an incremental checkpoint, which write-protects
+    again; "paused" after SIGSTOP/SIGCONT as long as a checkpoint's stop, which protects
+    nothing), its thread's CPU time, steps and minor faults, and its excess CPU time: in the
+    64-step windows where a stop's after-effects or faults can be (the first EARLY windows, and
+    any window with a fault), the CPU time beyond their steps at the interval's own rate (the
+    median CPU per step of its other windows). Taking only those windows keeps the excess free
+    of the noise of the whole interval's rate."""
+
+    EARLY = 5
+
+    def __init__(self, kind, samples):
+        a, b = samples[0], samples[-1]
+        self.kind = kind
+        self.cpu, self.steps, self.faults = b[1] - a[1], b[2] - a[2], b[3] - a[3]
+        win = [(y[1] - x[1], y[2] - x[2], y[3] - x[3]) for x, y in zip(samples, samples[1:])]
+        hit = [k < self.EARLY or f > 0 for k, (_, _, f) in enumerate(win)]
+        self.per_step = median([c / n for (c, n, _), h in zip(win, hit) if not h and n > 0])
+        self.excess = (sum(c - n * self.per_step for (c, n, _), h in zip(win, hit) if h)
+                       if self.per_step else None)
+
+
 class WpSample:
-    """One repetition of the write-tracking cost benchmark."""
+    """One run of the write-tracking cost benchmark."""
 
     def __init__(self):
-        self.plain_cpu = self.plain_wall = self.armed_cpu = self.armed_wall = None
-        self.n = 0
+        self.plain_cpu = self.plain_wall = None
+        self.intervals = []  # WpInterval, in order
+        self.stops = []  # the delta checkpoints' stops (s)
+        self.hot = []  # the delta checkpoints' hot pages (left unprotected)
 
 
 def wp_cost_once(tools, progs, wdir, mib, hot_mib, interval, n):
     """wploop (mib MiB, rewriting its first hot_mib MiB 1 MiB per step at full speed) under
-    cr_run: its step rate untracked (before any checkpoint), then tracked: an incremental
-    checkpoint (full, arms write-tracking), then n deltas every `interval` s; the tracked rate
-    is taken in the running windows between the checkpoints (their stops excluded), each
-    starting 0.1 s after the checkpoint's end. Rates per thread CPU second (faults included),
-    less disturbed by other load than wall time."""
+    cr_run. Its step rate untracked (before any checkpoint); then an incremental checkpoint
+    (full, arms write-tracking) and n deltas, every `interval` s, with a pause (SIGSTOP, as
+    long as the last checkpoint's stop, SIGCONT) `interval` s after each checkpoint: the
+    intervals after a checkpoint are tracked (the checkpoint write-protected what it saw
+    written, except hot pages), those after a pause are the same program with the same stops
+    and nothing protected again (the tracked interval before wrote every page it writes).
+    Their difference in the thread's CPU time is what write-protection costs; measured per
+    thread CPU second (faults included), it is not disturbed by other load the way wall time
+    is, and alternating the two in one run cancels slow drifts of the machine."""
     s = WpSample()
     stepfile = os.path.join(wdir, "wpsteps")
     img = os.path.join(wdir, "wp.img")
@@ -703,7 +734,7 @@ def wp_cost_once(tools, progs, wdir, mib, hot_mib, interval, n):
         if p.stdout.readline().strip() != "READY":
             raise BenchError(f"wploop did not start: {p.stderr.read()[:300]}")
         t = time.time()
-        time.sleep(1.0 + interval * n)
+        time.sleep(1.0 + min(interval, 2.0))
         plain = [(t + 0.5, time.time())]
 
         def ckpt():
@@ -715,28 +746,104 @@ def wp_cost_once(tools, progs, wdir, mib, hot_mib, interval, n):
                 raise BenchError(f"cr_checkpoint --incremental exited {r.returncode}: "
                                  f"{r.stderr.strip()}")
             return t0, time.time(), r.stderr
-        _, t1, err = ckpt()
+
+        def stop_of(t0, t1):
+            # The longest gap between wploop's samples (one per 64 steps, a few ms apart)
+            # during the checkpoint, less a normal gap.
+            sm = [x[0] for x in wploop_samples(stepfile)]
+            gaps = [b - a for a, b in zip(sm, sm[1:]) if b >= t0 and a <= t1]
+            normal = median([b - a for a, b in zip(sm[-40:], sm[-39:])]) or 0
+            return max(0.0, max(gaps) - normal) if gaps else None
+        starts = []  # (kind, start of the stop)
+        t0, t1, err = ckpt()
         if "write-protect unavailable" in err:
             log(f"  incremental: {err.strip()}")
             return None
-        armed = []
-        for _ in range(n):
+        starts.append(("tracked", t0))
+        stop = 0.1
+        for k in range(n + 1):
             time.sleep(interval)
-            t0, t1b, err = ckpt()
+            starts.append(("paused", time.time()))
+            os.kill(p.pid, signal.SIGSTOP)
+            time.sleep(stop)
+            os.kill(p.pid, signal.SIGCONT)
+            time.sleep(interval)
+            if k == n:
+                break
+            t0, t1, err = ckpt()
             if "incr=delta(" not in err:
                 raise BenchError(f"not a delta:\n{err.strip()}")
-            armed.append((t1 + 0.1, t0))
-            t1 = t1b
+            starts.append(("tracked", t0))
+            m = re.search(r"(\d+) hot pages", err)
+            s.hot.append(int(m.group(1)) if m else 0)
+            time.sleep(0.1)
+            stop = stop_of(t0, t1) or stop
+            s.stops.append(stop)
+        end = time.time()
         samples = wploop_samples(stepfile)
         s.plain_cpu, s.plain_wall = wp_rate(samples, plain)
-        s.armed_cpu, s.armed_wall = wp_rate(samples, armed)
-        s.n = n
+        bounds = starts + [("end", end)]
+        for (kind, a), (_, b) in zip(bounds, bounds[1:]):
+            # From the last sample before this stop began to the last one before the next.
+            w = [x for x in samples if x[0] < b]
+            first = max((i for i, x in enumerate(w) if x[0] < a), default=None)
+            if first is None or len(w) - first < 2 * WpInterval.EARLY:
+                raise BenchError(f"wploop reported too few steps between {a:.3f} and {b:.3f}")
+            s.intervals.append(WpInterval(kind, w[first:]))
     finally:
         kill_all(pids, [p.pid])
         p.wait()
         wait_gone(pids)
         clean()
     return s
+
+
+def wp_summary(samples, interval):
+    """What the tracked and paused intervals of the runs show: a dict of figures. The cost is
+    given per CPU second of the program (as measured, at this machine's load: the program got
+    `share` of a core) and per `interval` wall seconds (a program with a core of its own,
+    which runs the whole interval: the same faults over more steps)."""
+    iv = [i for s in samples for i in s.intervals if i.excess is not None]
+    tr = [i for i in iv if i.kind == "tracked"]
+    pa = [i for i in iv if i.kind == "paused"]
+    if not tr or not pa:
+        return None
+    # A tracked interval "protected" faults on most of what it writes (the checkpoint before
+    # it write-protected everything: the full image, the first delta, every 8th delta); a
+    # "hot" one left the pages written twice in a row unprotected.
+    big = max(i.faults for i in tr)
+    prot = [i for i in tr if i.faults > big / 2] if big > 100 else []
+    hot = [i for i in tr if i not in prot]
+    base = statistics.mean(i.excess for i in pa)
+    extra = sum(i.excess for i in tr) - base * len(tr)
+    cost = extra / sum(i.cpu for i in tr)
+    # Cross-check without the per-window baseline: each tracked interval's CPU per step over
+    # the paused interval after it.
+    pairs = []
+    for s in samples:
+        for a, b in zip(s.intervals, s.intervals[1:]):
+            if a.kind == "tracked" and b.kind == "paused" and a.steps and b.steps:
+                pairs.append((a.cpu / a.steps) / (b.cpu / b.steps) - 1)
+    per_fault = [(i.excess - base) / i.faults for i in prot if i.faults]
+    stops = [x for s in samples for x in s.stops]
+    hotp = [x for s in samples for x in s.hot]
+    return {
+        "n_tr": len(tr), "n_prot": len(prot), "n_hot": len(hot), "n_pa": len(pa),
+        "f_prot": median([i.faults for i in prot]), "f_hot": median([i.faults for i in hot]),
+        "f_pa": median([i.faults for i in pa]),
+        "x_prot": statistics.mean(i.excess for i in prot) if prot else None,
+        "x_hot": statistics.mean(i.excess for i in hot) if hot else None,
+        "x_pa": base, "cpu": statistics.mean(i.cpu for i in tr),
+        "share": statistics.mean(i.cpu for i in iv) / interval,
+        "cost_core": extra / (len(tr) * interval),
+        "cost_prot_core": ((statistics.mean(i.excess for i in prot) - base) / interval)
+        if prot else None,
+        "us_fault": median(per_fault), "cost": cost,
+        "cost_prot": ((statistics.mean(i.excess for i in prot) - base)
+                      / statistics.mean(i.cpu for i in prot)) if prot else None,
+        "paired": median(pairs), "stop": median(stops), "hot_pages": median(hotp),
+        "plain": median([s.plain_cpu for s in samples]),
+    }
 
 
 class ChainSample:
@@ -830,27 +937,62 @@ def chain_report(wp, chain):
     """The report's sections on write-tracking cost and restarts from a chain."""
     L = []
     for k, ((mib, hot, interval, n), samples) in enumerate(wp):
-        L += [] if k else ["## Write-tracking cost on a write-heavy loop\n"]
-        L += [f"`bench/wploop.c` under cr_run: a {fmt_b(mib * MIB)} process whose loop rewrites "
-              f"its first {fmt_b(hot * MIB)} at full speed (1 MiB `memset` per step). Its step "
-              "rate per second of its own CPU time (user + system: write-protection faults "
-              "count; less disturbed by other load than wall time) untracked, before any "
-              f"checkpoint, and tracked: an incremental checkpoint, then {n} deltas every "
-              f"{interval:g} s, the rate taken between them (stops excluded). Each interval "
-              f"costs one write-protection fault per page of the {fmt_b(hot * MIB)} written, "
-              "so the cost scales with the pages written per interval ÷ the interval.\n",
-              "| process | written per interval | interval | untracked steps/CPU s | tracked "
-              "steps/CPU s | cost (CPU) | untracked / tracked steps/wall s |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
-        if not samples:
-            L.append("| not measurable: the kernel lacks userfaultfd write-protect | | | | | | |")
+        L += [] if k else ["## Write-tracking cost on a write-heavy loop\n",
+                           "`bench/wploop.c` under cr_run: a process whose loop rewrites the "
+                           "first part of its memory at full speed (1 MiB `memset` per step), "
+                           "every page of it once per pass. One run alternates intervals after "
+                           "an incremental checkpoint (tracked: a full image, then deltas; each "
+                           "write-protects again what it saw written, except hot pages, written "
+                           "in each of the last two intervals, which stay unprotected until "
+                           "every 8th delta or the next full image protects them again) with "
+                           "intervals after a pause of the program as long as a checkpoint's "
+                           "stop (SIGSTOP/SIGCONT: nothing protected again). Measured in the "
+                           "program's own thread: CPU time (user + system: faults count; "
+                           "unlike wall time, not stretched by other load) and minor faults "
+                           "(`getrusage`), sampled every 64 steps. Excess CPU of an interval: "
+                           "in its windows of 64 steps after the stop (the first five, and any "
+                           "with a fault), the CPU time beyond their steps at the interval's "
+                           "own rate (the median of its other windows). Write-protection cost: "
+                           "the "
+                           "tracked intervals' excess less the paused intervals' mean excess, "
+                           "over the tracked intervals' CPU time; cross-check: the median over "
+                           "adjacent pairs of a tracked interval's CPU per step ÷ the paused "
+                           "interval's after it. The checkpoints' stops are not write-protection "
+                           "cost (the program is stopped, its CPU time does not run): they cost "
+                           "stop ÷ interval of its wall time, shown apart.\n",
+                           "Cost per CPU second: as measured, with the program getting the "
+                           "share of a core this machine's load left it (fewer steps per "
+                           "interval, the same faults); on a core of its own: the same excess "
+                           "over the whole interval.\n",
+                           "| process | written per interval | interval | the program's share of "
+                           "a core | tracked intervals: all protected / hot | faults per "
+                           "interval: all protected / hot / paused | excess CPU per interval: "
+                           "all protected / hot / paused | µs per fault | write-protection "
+                           "cost per CPU s (cross-check) / on a core of its own | the same if "
+                           "every interval were all protected | stop per delta, ÷ interval |",
+                           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        sm = wp_summary(samples, interval) if samples else None
+        if not sm:
+            L.append(f"| {fmt_b(mib * MIB)} | not measurable: the kernel lacks userfaultfd "
+                     "write-protect | | | | | | | |")
             continue
-        pc = median([x.plain_cpu for x in samples])
-        ac = median([x.armed_cpu for x in samples])
-        pw = median([x.plain_wall for x in samples])
-        aw = median([x.armed_wall for x in samples])
-        L.append(f"| {fmt_b(mib * MIB)} | {fmt_b(hot * MIB)} | {interval:g} s | {pc:.0f} | "
-                 f"{ac:.0f} | {(1 - ac / pc) * 100:.1f} % | {pw:.0f} / {aw:.0f} |")
+
+        def ms(x):
+            return "-" if x is None else f"{x * 1000:.1f}"
+
+        def num(x):
+            return "-" if x is None else f"{x:.0f}"
+        def pct(x, digits=2):
+            return "-" if x is None else f"{x * 100:.{digits}f} %"
+        us = "-" if sm["us_fault"] is None else f"{sm['us_fault'] * 1e6:.2f}"
+        stop = "-" if sm["stop"] is None else f"{ms(sm['stop'])} ms, {pct(sm['stop'] / interval, 1)}"
+        L.append(f"| {fmt_b(mib * MIB)} | {fmt_b(hot * MIB)} | {interval:g} s | "
+                 f"{pct(sm['share'], 0)} | "
+                 f"{sm['n_prot']} / {sm['n_hot']} (and {sm['n_pa']} paused) | "
+                 f"{num(sm['f_prot'])} / {num(sm['f_hot'])} / {num(sm['f_pa'])} | "
+                 f"{ms(sm['x_prot'])} / {ms(sm['x_hot'])} / {ms(sm['x_pa'])} ms | {us} | "
+                 f"**{pct(sm['cost'])}** ({pct(sm['paired'], 1)}) / **{pct(sm['cost_core'])}** | "
+                 f"{pct(sm['cost_prot'])} / {pct(sm['cost_prot_core'])} | {stop} |")
         L.append("")
     for (mib, dirty_mib, links), samples in chain:
         L += ["## Restart from a chain of deltas\n",
@@ -1263,19 +1405,26 @@ def main():
                 f"{x.armed * 1000:.2f} ms")
             samples.append(x)
         incr.append(((mib, dirty_mib), samples))
-        wp_cfgs = [(256, 64, 1.0, 4)] if args.smoke else [(1024, 64, 2.0, 4),
-                                                           (1024, 64, 10.0, 3)]
+        # One run each: it alternates its tracked and paused intervals (n deltas: n + 1 of
+        # each, covering the 8-delta cycle of hot pages being protected again).
+        wp_cfgs = [(256, 64, 0.5, 7)] if args.smoke else [(1024, 64, 2.0, 15),
+                                                           (1024, 64, 10.0, 7)]
         for wp_cfg in wp_cfgs:
             samples = []
-            for i in range(args.reps):
-                log(f"libcr-rs --incremental: write-tracking cost, {wp_cfg} "
-                    f"({i + 1}/{args.reps})")
-                x = wp_cost_once(tools, progs, wdir, *wp_cfg)
-                if x is None:
-                    break
-                log(f"  steps/CPU s untracked {x.plain_cpu:.0f} tracked {x.armed_cpu:.0f}; "
-                    f"steps/wall s {x.plain_wall:.0f} / {x.armed_wall:.0f}")
+            log(f"libcr-rs --incremental: write-tracking cost, {wp_cfg}")
+            x = wp_cost_once(tools, progs, wdir, *wp_cfg)
+            if x is not None:
                 samples.append(x)
+                for i in x.intervals:
+                    log(f"  {i.kind}: {i.steps} steps, CPU {i.cpu * 1000:.1f} ms, "
+                        f"{i.faults} faults, excess {i.excess * 1000:.2f} ms"
+                        if i.excess is not None else f"  {i.kind}: no fault-free window")
+                sm = wp_summary(samples, wp_cfg[2])
+                if sm:
+                    log(f"  write-protection cost {sm['cost'] * 100:.2f} % per CPU s, "
+                        f"{sm['cost_core'] * 100:.2f} % on a core of its own (paired "
+                        f"{sm['paired'] * 100:.1f} %), stops {sm['stop'] * 1000:.0f} ms, "
+                        f"hot pages {sm['hot_pages']}, untracked {x.plain_cpu:.0f} steps/CPU s")
             wp.append((wp_cfg, samples))
         ch_cfg = (256, 16, 10) if args.smoke else (args.chain_mib, 64, 10)
         samples = []

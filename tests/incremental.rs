@@ -143,6 +143,95 @@ fn chain_restores(sc: &Scenario) {
     restarted.expect_pass(RESTART_TIMEOUT);
 }
 
+/// The hot pages a delta reported (`N hot pages` in `cr_checkpoint -v`; none: 0).
+fn hot_pages(out: &str) -> u64 {
+    out.split(" hot pages")
+        .next()
+        .filter(|head| head.len() < out.len())
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Hot pages: a page written in each of the last two intervals is left unprotected and saved
+/// in every delta until every 8th delta protects everything again. incr's hot window (every
+/// page written at every step, moved at step 7 so that half of it is written no more, one page
+/// of it dropped per step) next to its cold writes: ten deltas (one of them the 8th), each
+/// small; the chain restarts and incr finds every byte.
+#[test]
+fn hot_pages_stay_unprotected_and_deltas_restore() {
+    let sc = Scenario::new("incr-hot");
+    let mut prog = sc.program("incr");
+    prog.argv.push(MB.to_string().into());
+    prog.argv.push("hot".into());
+    let mut job = sc.start("incr", sc.under_cr_run(&prog));
+    job.wait_ready();
+    let img = sc.img_dir().join("img");
+    incremental(&sc, job.pid(), &img, &["--max-chain", "16"]);
+    let mut outs = Vec::new();
+    for k in 1..=10u32 {
+        step_of(&sc, k, Some(&mut job));
+        let mut args = vec!["--max-chain", "16"];
+        if k == 10 {
+            args.push("--term");
+        }
+        let out = incremental(&sc, job.pid(), &img, &args);
+        assert!(
+            out.contains("incr=delta("),
+            "delta {k} is not a delta:\n{out}"
+        );
+        let len = size(&img);
+        assert!(
+            len < 8 << 20,
+            "delta {k} of {len} bytes\n{out}\n{}",
+            sc.log()
+        );
+        outs.push(out);
+    }
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    let hot: Vec<u64> = outs.iter().map(|o| hot_pages(o)).collect();
+    sc.note(&format!("hot pages per delta: {hot:?}"));
+    let all = |o: &String| o.contains("all protected again");
+    // The first delta: nothing was written twice yet. Deltas 2-7: the hot window (256 pages)
+    // and whatever else the program writes every time (stack, libc's data). The 8th protects
+    // everything again; the 9th and 10th find the window's pages still written hot again.
+    assert_eq!(hot[0], 0, "first delta:\n{}", outs[0]);
+    for (k, (&h, o)) in hot.iter().zip(&outs).enumerate() {
+        let k = k + 1;
+        if k == 8 {
+            assert!(
+                h == 0 && all(o),
+                "the 8th delta must protect everything again:\n{o}"
+            );
+        } else {
+            assert!(!all(o), "delta {k} must not protect everything again:\n{o}");
+            if k > 1 {
+                assert!(
+                    h >= 250,
+                    "delta {k}: {h} hot pages, expected the window's 256:\n{o}"
+                );
+            }
+        }
+    }
+    let mut restarted = sc.restart(&img);
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while !descendants(restarted.pid())
+        .into_iter()
+        .any(|p| fs::read_to_string(format!("/proc/{p}/maps")).is_ok_and(|m| m.contains("/img.~")))
+    {
+        assert!(
+            Instant::now() < deadline && restarted.try_wait_exit(Duration::ZERO).is_none(),
+            "no restored process maps the chain's images:\n{}\n{}",
+            restarted.diag(),
+            sc.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    step_of(&sc, 11, Some(&mut restarted));
+    sc.go();
+    restarted.expect_pass(RESTART_TIMEOUT);
+}
+
 #[test]
 fn delta_chain_restores() {
     chain_restores(&Scenario::new("incr-chain"));

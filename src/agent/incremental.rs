@@ -14,6 +14,18 @@
 //! (dropped with `MADV_DONTNEED`, or part of a brk that grew) or maps the zero page reads as
 //! zero: it becomes a hole of the region's `REC_REGION_INCR` record, the others are saved.
 //!
+//! Hot pages: a page reported written by the last two scans (written in each of the last two
+//! intervals) is not protected again, so the program's next writes to it cost no fault: the
+//! scan of a range written last time ([`RUNS`], the candidates) leaves out
+//! `PM_SCAN_WP_MATCHING`. A page that is not protected reads as written in every later scan
+//! (`PAGE_IS_WRITTEN` means "not write-protected"), so it is in every delta, written or not,
+//! until a scan protects it again: every [`PROBE_EVERY`]th delta scans with no candidates
+//! (everything written is protected again, and the next scan sees which pages the program
+//! still writes), and a full image protects everything. A candidate page that was not written
+//! is still protected (only a write clears it), so the candidates may be any set of pages:
+//! they only decide which pages stay unprotected. The lists live in static memory (no
+//! allocation in the stop); runs past [`MAX_RUNS`] are simply protected again.
+//!
 //! Only regions that overlap a range armed after the parent, and whose scan succeeds, are
 //! tracked; every other region (new mappings, file mappings, shared memory, regions that were
 //! not writable when armed) is saved in full, as in a full image. A failed checkpoint
@@ -239,6 +251,24 @@ const WHY_KERNEL: u32 = 3;
 static N_TRACKED: AtomicU32 = AtomicU32::new(0);
 static N_UNTRACKED: AtomicU32 = AtomicU32::new(0);
 
+/// Most runs of written pages remembered per scan; more are protected again as usual.
+const MAX_RUNS: usize = 4096;
+/// Every this many deltas, a scan protects every written page again (hot pages included).
+const PROBE_EVERY: u32 = 8;
+/// Runs `[start, end)` of the pages reported written by a scan, ascending: two lists, the
+/// candidates ([`CAND`]: the last successful delta's) and the one being recorded.
+static mut RUNS: [[[u64; 2]; MAX_RUNS]; 2] = [[[0; 2]; MAX_RUNS]; 2];
+/// Runs in each list.
+static N_RUNS: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+/// Which list of [`RUNS`] holds the candidates.
+static CAND: AtomicUsize = AtomicUsize::new(0);
+/// This scan protects everything written again (no candidates).
+static PROBE: AtomicBool = AtomicBool::new(false);
+/// Deltas since everything was last protected (a full image or a probe).
+static SINCE_PROBE: AtomicU32 = AtomicU32::new(0);
+/// This checkpoint's pages left unprotected (hot).
+static N_HOT: AtomicU64 = AtomicU64::new(0);
+
 /// Holes of the region being scanned (`[start, end)` pairs), the body of its
 /// `REC_REGION_INCR` record.
 static mut HOLES: [u64; 2 * MAX_HOLES] = [0; 2 * MAX_HOLES];
@@ -272,6 +302,16 @@ pub fn after_fork_child() {
     if RESTORED.load(Acquire) {
         RESTORED.store(false, Release);
     }
+    forget_runs();
+}
+
+/// No candidates for hot pages (nothing is known about this address space's writes).
+fn forget_runs() {
+    for n in &N_RUNS {
+        if n.load(Relaxed) != 0 {
+            n.store(0, Relaxed);
+        }
+    }
 }
 
 /// In a restored process: nothing is registered, and the saved descriptor number means
@@ -281,6 +321,7 @@ pub fn after_restart() {
     ARMED.store(false, Release);
     RESTORED.store(false, Release);
     N_RANGES.store(0, Release);
+    forget_runs();
 }
 
 /// In a restored process, before its threads run again: when the restart was lazy (memory
@@ -391,6 +432,9 @@ pub fn begin(req_flags: u32, parent_hash: u64, parent_size: u64) {
     N_NEXT.store(0, Relaxed);
     N_TRACKED.store(0, Relaxed);
     N_UNTRACKED.store(0, Relaxed);
+    N_HOT.store(0, Relaxed);
+    N_RUNS[1 - CAND.load(Relaxed)].store(0, Relaxed);
+    PROBE.store(false, Relaxed);
     AFTER_RESTORE.store(false, Relaxed);
     WHY.store(WHY_ASKED, Relaxed);
     if req_flags & protocol::FLAG_INCREMENTAL == 0 {
@@ -409,6 +453,7 @@ pub fn begin(req_flags: u32, parent_hash: u64, parent_size: u64) {
         && ARMED_HASH.load(Acquire) == parent_hash
         && ARMED_SIZE.load(Acquire) == parent_size
     {
+        PROBE.store(SINCE_PROBE.load(Relaxed) + 1 >= PROBE_EVERY, Relaxed);
         MODE.store(DELTA, Relaxed);
         return;
     } else if RESTORED.load(Acquire)
@@ -528,12 +573,29 @@ pub fn scan_region(
     let mut nholes = 0usize;
     let mut at = start;
     let mut first = true;
+    let cand = candidates();
+    let mut ci = cand.partition_point(|r| r[1] <= start);
+    // The pieces of the region: runs written last time (candidates: scanned without protecting
+    // again, so what is written in them now stays unprotected, hot) and the rest.
+    let mut piece_end = start;
+    let mut hot = false;
     while at < end {
+        if at >= piece_end {
+            while ci < cand.len() && cand[ci][1] <= at {
+                ci += 1;
+            }
+            (hot, piece_end) = match cand.get(ci) {
+                Some(r) if r[0] <= at => (true, r[1].min(end)),
+                Some(r) => (false, r[0].min(end)),
+                None => (false, end),
+            };
+        }
+        let wp = if hot { 0 } else { PM_SCAN_WP_MATCHING };
         let mut arg = PmScanArg {
-            flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+            flags: wp | PM_SCAN_CHECK_WPASYNC,
             category_mask: PAGE_IS_WRITTEN,
             return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_PFNZERO,
-            ..PmScanArg::over(at, end, vec)
+            ..PmScanArg::over(at, piece_end, vec)
         };
         let n = match ioctl(pagemap_fd, PAGEMAP_SCAN, &mut arg as *mut _ as usize) {
             Ok(n) => n.min(vec.len()),
@@ -548,6 +610,10 @@ pub fn scan_region(
         };
         first = false;
         for r in &vec[..n] {
+            note_run(r.start, r.end);
+            if hot {
+                N_HOT.fetch_add((r.end - r.start) / PAGE as u64, Relaxed);
+            }
             // A written page of an image mapping that is not present reads as the file's page
             // (dropped by a raw MADV_DONTNEED): saved as it reads, not as zero.
             let data = image.is_some()
@@ -563,7 +629,8 @@ pub fn scan_region(
                 nholes += 1;
             } else {
                 // Too many holes to record: the written pages of this region are protected
-                // again already, which is right for a region saved in full too.
+                // again already (or left unprotected as hot, reported again by the next scan),
+                // which is right for a region saved in full too.
                 note_next(start, end, true);
                 N_UNTRACKED.fetch_add(1, Relaxed);
                 return Ok(None);
@@ -579,6 +646,35 @@ pub fn scan_region(
     Ok(Some(Tracked {
         holes: &holes[..2 * nholes],
     }))
+}
+
+/// The candidates for hot pages of the delta being written: the runs the last successful
+/// delta's scans reported written (none in a probe, see the module documentation).
+fn candidates() -> &'static [[u64; 2]] {
+    if PROBE.load(Relaxed) {
+        return &[];
+    }
+    let c = CAND.load(Relaxed);
+    let n = N_RUNS[c].load(Relaxed).min(MAX_RUNS);
+    // SAFETY: only the control thread, one checkpoint at a time, uses these lists; the
+    // candidates are not written during a checkpoint.
+    unsafe { &(&*core::ptr::addr_of!(RUNS))[c][..n] }
+}
+
+/// Records the written run `[start, end)` in the list being built (ascending; merged with the
+/// run before it when adjacent). Past [`MAX_RUNS`] runs, or out of order, it is left out: it
+/// is then protected again next time as any page outside the candidates.
+fn note_run(start: u64, end: u64) {
+    let l = 1 - CAND.load(Relaxed);
+    let n = N_RUNS[l].load(Relaxed);
+    // SAFETY: as in `candidates`; this list is not the candidates.
+    let runs = unsafe { &mut (*core::ptr::addr_of_mut!(RUNS))[l] };
+    if n > 0 && runs[n - 1][1] == start {
+        runs[n - 1][1] = end;
+    } else if n < MAX_RUNS && (n == 0 || runs[n - 1][1] < start) {
+        runs[n] = [start, end];
+        N_RUNS[l].store(n + 1, Relaxed);
+    }
 }
 
 /// The first delta after a lazy restart, for an image-backed region where the restart mapped
@@ -685,6 +781,23 @@ pub fn remember(trailer_hash: u64, size: u64) {
         0
     };
     ARMED_DEPTH.store(depth, Relaxed);
+    if mode == DELTA && !AFTER_RESTORE.load(Relaxed) {
+        // This delta's written runs are the next one's candidates for hot pages.
+        CAND.store(1 - CAND.load(Relaxed), Relaxed);
+        let probed = PROBE.load(Relaxed);
+        SINCE_PROBE.store(
+            if probed {
+                0
+            } else {
+                SINCE_PROBE.load(Relaxed) + 1
+            },
+            Relaxed,
+        );
+    } else {
+        // A full image protected everything (the candidates stay: they are as good a guess of
+        // what is written next as any).
+        SINCE_PROBE.store(0, Relaxed);
+    }
     ARMED_HASH.store(trailer_hash, Relaxed);
     ARMED_SIZE.store(size, Relaxed);
     ARMED.store(true, Release);
@@ -727,6 +840,13 @@ pub fn describe(out: &mut StackBuf<240>) {
                 .push(b" regions, ")
                 .num(N_UNTRACKED.load(Relaxed) as u64)
                 .push(b" in full");
+            let hot = N_HOT.load(Relaxed);
+            if hot > 0 {
+                out.push(b", ").num(hot).push(b" hot pages");
+            }
+            if PROBE.load(Relaxed) {
+                out.push(b", all protected again");
+            }
             if AFTER_RESTORE.load(Relaxed) {
                 out.push(b", of the image lazily restored from");
             }
