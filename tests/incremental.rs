@@ -160,22 +160,30 @@ fn hot_pages(out: &str) -> u64 {
 /// small; the chain restarts and incr finds every byte.
 #[test]
 fn hot_pages_stay_unprotected_and_deltas_restore() {
-    let sc = Scenario::new("incr-hot");
+    hot_pages_deltas(&Scenario::new("incr-hot"));
+}
+
+#[test]
+fn hot_pages_stay_unprotected_and_deltas_restore_as_nobody() {
+    hot_pages_deltas(&Scenario::as_user("incr-hot-nobody", NOBODY));
+}
+
+fn hot_pages_deltas(sc: &Scenario) {
     let mut prog = sc.program("incr");
     prog.argv.push(MB.to_string().into());
     prog.argv.push("hot".into());
     let mut job = sc.start("incr", sc.under_cr_run(&prog));
     job.wait_ready();
     let img = sc.img_dir().join("img");
-    incremental(&sc, job.pid(), &img, &["--max-chain", "16"]);
+    incremental(sc, job.pid(), &img, &["--max-chain", "16"]);
     let mut outs = Vec::new();
     for k in 1..=10u32 {
-        step_of(&sc, k, Some(&mut job));
+        step_of(sc, k, Some(&mut job));
         let mut args = vec!["--max-chain", "16"];
         if k == 10 {
             args.push("--term");
         }
-        let out = incremental(&sc, job.pid(), &img, &args);
+        let out = incremental(sc, job.pid(), &img, &args);
         assert!(
             out.contains("incr=delta("),
             "delta {k} is not a delta:\n{out}"
@@ -227,7 +235,7 @@ fn hot_pages_stay_unprotected_and_deltas_restore() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    step_of(&sc, 11, Some(&mut restarted));
+    step_of(sc, 11, Some(&mut restarted));
     sc.go();
     restarted.expect_pass(RESTART_TIMEOUT);
 }
