@@ -403,6 +403,27 @@ impl Across {
     }
 }
 
+/// How the node parts reach the coordinator.
+#[derive(Clone, Copy)]
+enum Via<'a> {
+    /// A unix socket path in the scenario (outside both nodes: reachable from every network
+    /// namespace through the shared file system).
+    Socket,
+    /// TCP: the coordinator runs in node a listening on `ADDRS[0]:COORD_PORT`, both nodes
+    /// connect there (node b over the veth), with this job secret.
+    Tcp(&'a std::path::Path),
+}
+
+/// The coordinator's port in node a's namespace (the namespace is the test run's own).
+const COORD_PORT: u16 = 7316;
+
+/// A job secret (32 bytes, mode 600) at `path`.
+fn write_secret(path: &std::path::Path, byte: u8) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, [byte; 32]).expect("write the secret");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod secret");
+}
+
 /// `cr_checkpoint --coordinator SOCK --nodes 2 -d DIR FLAGS` (outside both nodes: the socket is
 /// a path, reachable from every network namespace), and in each node `cr_checkpoint --node SOCK
 /// --node-name HOST PID`, `pids[i]` being node i's part, all at once.
@@ -413,36 +434,70 @@ fn checkpoint_across(
     dir: &std::path::Path,
     flags: &[&str],
 ) -> Across {
+    checkpoint_across_via(sc, nodes, pids, dir, flags, Via::Socket)
+}
+
+/// [`checkpoint_across`] with the coordinator reached `via` a unix socket or TCP.
+fn checkpoint_across_via(
+    sc: &Scenario,
+    nodes: Option<&TwoNodes>,
+    pids: [u32; 2],
+    dir: &std::path::Path,
+    flags: &[&str],
+    via: Via,
+) -> Across {
     let sock = sc.root().join("coord.sock");
     let tool = sc.tools().cr_checkpoint.display().to_string();
+    let (listen, secret) = match via {
+        Via::Socket => (sock.display().to_string(), None),
+        Via::Tcp(secret) => (
+            format!("{}:{COORD_PORT}", ADDRS[0]),
+            Some(secret.display().to_string()),
+        ),
+    };
+    let with_secret = |argv: &mut Vec<String>| {
+        if let Some(s) = &secret {
+            argv.push("--secret".into());
+            argv.push(s.clone());
+        }
+    };
     let mut argv: Vec<String> = vec![
         tool.clone(),
         "-v".into(),
         "--coordinator".into(),
-        sock.display().to_string(),
+        listen.clone(),
         "--nodes".into(),
         "2".into(),
         "-d".into(),
         dir.display().to_string(),
     ];
+    with_secret(&mut argv);
     argv.extend(flags.iter().map(|s| s.to_string()));
+    // Over TCP the coordinator runs in node a (its address is node a's).
+    let argv = match (via, nodes) {
+        (Via::Tcp(_), Some(n)) => n.inside(0, &argv),
+        _ => argv,
+    };
     std::thread::scope(|s| {
         let coord = s.spawn(|| sc.run_tool("coordinator", sc.command(&argv)));
-        // The node parts retry until the coordinator listens.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !sock.exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
+        // The node parts retry until the coordinator listens over TCP, not on a unix socket.
+        if let Via::Socket = via {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !sock.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
         let parts: Vec<_> = (0..2)
             .map(|i| {
-                let part = [
+                let mut part = vec![
                     tool.clone(),
                     "--node".into(),
-                    sock.display().to_string(),
+                    listen.clone(),
                     "--node-name".into(),
                     HOSTS[i].into(),
-                    pids[i].to_string(),
                 ];
+                with_secret(&mut part);
+                part.push(pids[i].to_string());
                 let argv = match nodes {
                     Some(n) => n.inside(i, &part),
                     None => part.to_vec(),
@@ -470,9 +525,10 @@ fn checkpoint_across_retrying(
     pids: [u32; 2],
     dir: &std::path::Path,
     flags: &[&str],
+    via: Via,
 ) -> Across {
     for attempt in 1.. {
-        let r = checkpoint_across(sc, nodes, pids, dir, flags);
+        let r = checkpoint_across_via(sc, nodes, pids, dir, flags, via);
         if r.coordinator.success() || !r.coordinator.stderr.contains("try again") || attempt == 10 {
             return r;
         }
@@ -520,8 +576,14 @@ fn openmpi_two_nodes_consistent_cut() {
     let mut job = TwoNodeJob::start(&sc, &nodes);
     let dir = sc.root().join("ckpt");
     let t = Instant::now();
-    let r =
-        checkpoint_across_retrying(&sc, Some(&nodes), [job.mpirun.pid(), job.part_b], &dir, &[]);
+    let r = checkpoint_across_retrying(
+        &sc,
+        Some(&nodes),
+        [job.mpirun.pid(), job.part_b],
+        &dir,
+        &[],
+        Via::Socket,
+    );
     let took = t.elapsed();
     println!("{}", r.describe());
     assert!(
@@ -647,7 +709,17 @@ fn openmpi_two_nodes_abort_releases_all() {
 /// the ring finishes correct (every message checked).
 #[test]
 fn openmpi_two_nodes_kill_restart() {
-    kill_restart("mpi-nodes-restart", false);
+    kill_restart("mpi-nodes-restart", false, false);
+}
+
+/// As [`openmpi_two_nodes_kill_restart`], with the coordinator reached over TCP instead of a
+/// unix socket in the shared file system: it runs in node a listening on 10.99.0.1, node b's
+/// part connects to it over the veth, both proving the job secret (`--secret`, HMAC-SHA256
+/// challenge-response both ways; no `SO_PEERCRED` over TCP). The coordinator must see node b
+/// join from 10.99.0.2, and the restarted job finish correct.
+#[test]
+fn openmpi_two_nodes_tcp_coordinator_kill_restart() {
+    kill_restart("mpi-nodes-tcp-coord", false, true);
 }
 
 /// As [`openmpi_two_nodes_kill_restart`], but each half restarted in the other namespace (the
@@ -659,12 +731,13 @@ fn openmpi_two_nodes_kill_restart() {
 /// correct.
 #[test]
 fn openmpi_two_nodes_kill_restart_swapped() {
-    kill_restart("mpi-nodes-swapped", true);
+    kill_restart("mpi-nodes-swapped", true, false);
 }
 
-/// Runs the job across both nodes, checkpoints it with `--kill` and restarts both halves at
-/// once, in their own namespaces or (`swapped`) each in the other's.
-fn kill_restart(name: &str, swapped: bool) {
+/// Runs the job across both nodes, checkpoints it with `--kill` (the coordinator reached by a
+/// unix socket, or `tcp`) and restarts both halves at once, in their own namespaces or
+/// (`swapped`) each in the other's.
+fn kill_restart(name: &str, swapped: bool, tcp: bool) {
     if !available() {
         return;
     }
@@ -676,12 +749,16 @@ fn kill_restart(name: &str, swapped: bool) {
     let mut pids = nodes.pids(0);
     pids.extend(nodes.pids(1));
     let dir = sc.root().join("ckpt");
+    let secret = sc.root().join("job.secret");
+    write_secret(&secret, 0x5a);
+    let via = if tcp { Via::Tcp(&secret) } else { Via::Socket };
     let r = checkpoint_across_retrying(
         &sc,
         Some(&nodes),
         [job.mpirun.pid(), job.part_b],
         &dir,
         &["--kill"],
+        via,
     );
     println!("{}", r.describe());
     assert!(
@@ -689,6 +766,19 @@ fn kill_restart(name: &str, swapped: bool) {
         "the checkpoint across the nodes failed:\n{}",
         r.describe()
     );
+    if tcp {
+        assert!(
+            r.coordinator
+                .stderr
+                .contains(&format!("listening on {}:{COORD_PORT}", ADDRS[0]))
+                && r.coordinator
+                    .stderr
+                    .contains(&format!("node {} joined from {}:", HOSTS[1], ADDRS[1]))
+                && !sc.root().join("coord.sock").exists(),
+            "node b must reach the coordinator over TCP from its own address:\n{}",
+            r.describe()
+        );
+    }
     let gen = std::path::PathBuf::from(r.coordinator.stdout.trim());
     job.mpirun.wait_exit(DEATH_TIMEOUT);
     let deadline = Instant::now() + DEATH_TIMEOUT;
@@ -856,6 +946,163 @@ fn tcp_peers_two_parts_kill_restart() {
         b.diag()
     );
 }
+
+/// The coordinator over TCP refuses a node with the wrong job secret (any user, loopback):
+/// c-tests/tcp_peers.c's server and client under cr_run; the coordinator listens on
+/// 127.0.0.1 (a port the system chooses, read from its `-v` output) with one secret, the
+/// server's node part joins with the same, then the client's with another. The client's part
+/// fails (the coordinator did not prove the secret it holds), the coordinator fails naming
+/// node b, the server's part hears the checkpoint called off before anything was stopped, no
+/// generation is left, and both programs run on unharmed and finish correct. Without
+/// `--secret` over TCP both the coordinator and a node part refuse at once with one line.
+#[test]
+fn tcp_coordinator_refuses_a_wrong_secret() {
+    let sc = Scenario::new("nodes-tcp-wrong-secret");
+    let prog = sc.program("tcp_peers");
+    let portfile = sc.root().join("port");
+    let start = |role: &str| {
+        let mut cmd = sc.under_cr_run(&prog);
+        cmd.arg(role).arg(&portfile);
+        sc.start(&format!("tcp_peers {role}"), cmd)
+    };
+    let mut server = start("server");
+    let mut client = start("client");
+    server.wait_ready();
+    client.wait_ready();
+    let tool = sc.tools().cr_checkpoint.clone();
+    let dir = sc.root().join("ckpt");
+    // No secret over TCP: one line, EINVAL, nothing started.
+    let no_secret = sc.run_tool(
+        "coordinator without --secret",
+        sc.command(&[
+            tool.as_os_str(),
+            "--coordinator".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--nodes".as_ref(),
+            "2".as_ref(),
+            "-d".as_ref(),
+            dir.as_os_str(),
+        ]),
+    );
+    let line = no_secret.assert_failure_code(EINVAL_STATUS);
+    assert!(line.contains("--secret FILE"), "{line}");
+    let no_secret = sc.run_tool(
+        "node part without --secret",
+        sc.command(&[
+            tool.as_os_str(),
+            "--node".as_ref(),
+            "127.0.0.1:9".as_ref(),
+            server.pid().to_string().as_ref(),
+        ]),
+    );
+    let line = no_secret.assert_failure_code(EINVAL_STATUS);
+    assert!(line.contains("job secret is required"), "{line}");
+    let good = sc.root().join("good.secret");
+    let wrong = sc.root().join("wrong.secret");
+    write_secret(&good, 1);
+    write_secret(&wrong, 2);
+    let coordinator = sc.start(
+        "coordinator",
+        sc.command(&[
+            tool.as_os_str(),
+            "-v".as_ref(),
+            "--coordinator".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--secret".as_ref(),
+            good.as_os_str(),
+            "--nodes".as_ref(),
+            "2".as_ref(),
+            "-d".as_ref(),
+            dir.as_os_str(),
+            "--kill".as_ref(),
+        ]),
+    );
+    let wait_for = |job: &Job, what: &str| -> String {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let err = job.stderr();
+            if let Some(l) = err.lines().find(|l| l.contains(what)) {
+                return l.to_string();
+            }
+            assert!(Instant::now() < deadline, "no {what:?} from {}", job.diag());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let listening = wait_for(&coordinator, "listening on 127.0.0.1:");
+    let addr = listening
+        .rsplit(' ')
+        .next()
+        .expect("the address")
+        .to_string();
+    let part = |name: &str, secret: &std::path::Path, pid: u32| {
+        sc.command(&[
+            tool.as_os_str(),
+            "--node".as_ref(),
+            addr.as_ref(),
+            "--node-name".as_ref(),
+            name.as_ref(),
+            "--secret".as_ref(),
+            secret.as_os_str(),
+            pid.to_string().as_ref(),
+        ])
+    };
+    let mut node_a = sc.start("node part nodea", part("nodea", &good, server.pid()));
+    wait_for(&coordinator, "node nodea joined from 127.0.0.1:");
+    let b = sc.run_tool("node part nodeb", part("nodeb", &wrong, client.pid()));
+    let line = b.assert_failure_code(13);
+    assert!(
+        line.contains(&format!(
+            "the coordinator at {addr} did not prove the job secret"
+        )),
+        "{line}"
+    );
+    let mut coordinator = coordinator;
+    let st = coordinator.wait_exit(TOOL_TIMEOUT);
+    // Its last line may still be on the way from the pipe.
+    coordinator.wait_output_closed(PIPE_CLOSE_TIMEOUT);
+    assert_eq!(st.code(), Some(13), "{}", coordinator.diag());
+    assert!(
+        coordinator.stderr().contains("node nodeb (from 127.0.0.1:")
+            && coordinator
+                .stderr()
+                .contains("did not accept this coordinator's proof of the job secret"),
+        "the coordinator must name the refused node:\n{}",
+        coordinator.diag()
+    );
+    let st = node_a.wait_exit(TOOL_TIMEOUT);
+    node_a.wait_output_closed(PIPE_CLOSE_TIMEOUT);
+    assert!(
+        !st.success() && node_a.stderr().contains("called the checkpoint off"),
+        "node a's part must be called off:\n{}",
+        node_a.diag()
+    );
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "nothing may be left in the directory: {left:?}"
+    );
+    // Unharmed: neither was stopped or killed (--kill was asked for), both finish correct.
+    for (p, what) in [(&mut server, "server"), (&mut client, "client")] {
+        p.assert_running(&format!("the {what} after the refusal"));
+        let state = proc_stat(p.pid()).map(|s| s.state);
+        assert!(
+            !matches!(state, Some('T') | Some('t')),
+            "the {what} must not be left stopped: {state:?}"
+        );
+    }
+    sc.go();
+    client.expect_pass(RESTART_TIMEOUT);
+    server.expect_pass(RESTART_TIMEOUT);
+}
+
+/// The exit status of a refused command line (EINVAL).
+const EINVAL_STATUS: i32 = 22;
 
 /// The address translation on its own (root: namespaces): c-tests/tcp_peers.c's server in node
 /// a listening on 10.99.0.1 (a listener bound to the node's own address), its client in node b,

@@ -167,21 +167,27 @@ struct Args {
     #[arg(short = 'q', long = "quiet", action = ArgAction::SetTrue)]
     quiet: bool,
     /// Checkpoint this node's part of a job across nodes (a tree, group or session) as part of
-    /// one cut: join the coordinator listening at SOCKET (cr_checkpoint --coordinator), which
-    /// chooses the destination and the post-checkpoint signal.
-    #[arg(long = "node", value_name = "SOCKET", conflicts_with_all = ["file", "fd", "dir", "cwd", "coordinator"])]
-    node: Option<PathBuf>,
+    /// one cut: join the coordinator (cr_checkpoint --coordinator) listening at SOCKET (a unix
+    /// socket path) or at HOST:PORT over TCP (then with --secret), which chooses the
+    /// destination and the post-checkpoint signal.
+    #[arg(long = "node", value_name = "SOCKET|HOST:PORT", conflicts_with_all = ["file", "fd", "dir", "cwd", "coordinator"])]
+    node: Option<String>,
     /// With --node: this node's name, its image's name in the generation (default: the host
     /// name).
     #[arg(long = "node-name", value_name = "NAME", requires = "node")]
     node_name: Option<String>,
-    /// Coordinate a checkpoint of a job across nodes: listen at SOCKET (a unix socket) for
-    /// --nodes node parts (cr_checkpoint --node SOCKET PID, one per node), stop them all, drain
-    /// the bytes in flight between them, and commit one generation DIR/gen.N (-d DIR: an image
-    /// per node and a MANIFEST); prints its directory. --term, --kill etc. go to every node
-    /// after the commit.
-    #[arg(long = "coordinator", value_name = "SOCKET", requires_all = ["nodes", "dir"])]
-    coordinator: Option<PathBuf>,
+    /// Coordinate a checkpoint of a job across nodes: listen at SOCKET (a unix socket path) or
+    /// on HOST:PORT over TCP (then with --secret) for --nodes node parts (cr_checkpoint --node
+    /// SOCKET|HOST:PORT PID, one per node), stop them all, drain the bytes in flight between
+    /// them, and commit one generation DIR/gen.N (-d DIR: an image per node and a MANIFEST);
+    /// prints its directory. --term, --kill etc. go to every node after the commit.
+    #[arg(long = "coordinator", value_name = "SOCKET|HOST:PORT", requires_all = ["nodes", "dir"])]
+    coordinator: Option<String>,
+    /// With --coordinator or --node: the job secret, a file of at least 16 bytes only its owner
+    /// may read (the same for the coordinator and every node). Both sides prove they know it
+    /// (HMAC-SHA256 challenge-response) before anything else; required over TCP.
+    #[arg(long = "secret", value_name = "FILE")]
+    secret: Option<PathBuf>,
     /// With --coordinator: how many nodes make the job.
     #[arg(long = "nodes", value_name = "N", requires = "coordinator")]
     nodes: Option<usize>,
@@ -416,10 +422,17 @@ fn host_name() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-/// `--coordinator SOCKET --nodes N -d DIR`: one generation of a job across nodes.
+/// `--secret FILE`, read (exits with a one-line error when it cannot be used).
+fn job_secret(a: &Args) -> Option<checkpoint::nodelink::Secret> {
+    let path = a.secret.as_ref()?;
+    Some(checkpoint::nodelink::Secret::read(path).unwrap_or_else(|e| fail(TOOL, libc::EINVAL, &e)))
+}
+
+/// `--coordinator SOCKET|HOST:PORT --nodes N -d DIR`: one generation of a job across nodes.
 fn coordinate(m: &clap::ArgMatches, a: &Args, note: &mut dyn FnMut(Note)) {
     let c = checkpoint::nodes::Coordination {
-        listen: a.coordinator.clone().unwrap_or_default(),
+        listen: checkpoint::nodelink::Endpoint::parse(a.coordinator.as_deref().unwrap_or("")),
+        secret: job_secret(a),
         nodes: a.nodes.unwrap_or(0),
         dir: a.dir.clone().unwrap_or_default(),
         signal: chosen_signal(m, a),
@@ -467,6 +480,13 @@ fn main() {
         }
         _ => {}
     };
+    if args.secret.is_some() && args.node.is_none() && args.coordinator.is_none() {
+        fail(
+            TOOL,
+            libc::EINVAL,
+            "--secret goes with --coordinator or --node",
+        );
+    }
     if args.coordinator.is_some() {
         coordinate(&matches, &args, &mut note);
         return;
@@ -481,7 +501,9 @@ fn main() {
                 );
             }
             let name = args.node_name.clone().unwrap_or_else(host_name);
-            checkpoint::nodes::join(coord, &name, &opts, &mut note)
+            let secret = job_secret(&args);
+            let coord = checkpoint::nodelink::Endpoint::parse(coord);
+            checkpoint::nodes::join(&coord, secret.as_ref(), &name, &opts, &mut note)
         }
         None => checkpoint::checkpoint(&opts, &mut note),
     };

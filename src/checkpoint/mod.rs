@@ -10,6 +10,7 @@
 mod cut;
 pub mod dest;
 pub mod incremental;
+pub mod nodelink;
 pub mod nodes;
 pub mod procfs;
 pub mod scope;

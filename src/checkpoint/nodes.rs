@@ -19,19 +19,23 @@
 //! signal) and the unfinished generation is removed. A node that loses the coordinator
 //! releases its processes.
 //!
-//! The transport is a unix stream socket whose path every node can reach (nodes of one
-//! machine in network namespaces of their own, or a shared file system); only the
-//! coordinator's user (or root) may join. A connection between nodes with more bytes waiting
-//! than an image keeps fails the cut (`EAGAIN`: the job goes on; try again). Each node's image
-//! is restarted with `cr_restart --reconnect` (`restore::reconnect`), all at once, on the same
-//! addresses. TCP between machines and restarts on other addresses are not built: docs/MPI.md
-//! says what remains.
+//! The transport (`nodelink`) is a unix stream socket whose path every node can reach (nodes
+//! of one machine in network namespaces of their own, or a shared file system; only the
+//! coordinator's user or root may join, by `SO_PEERCRED`), or TCP (`HOST:PORT`) between
+//! machines, where a job secret is required: both sides prove they know it by HMAC-SHA256
+//! challenge–response before anything else is said, and every later line carries an HMAC
+//! (a secret may be given on a unix socket too). A node that fails the proof (or refuses the
+//! coordinator's) calls the cut off for every node. A connection between nodes with more
+//! bytes waiting than an image keeps fails the cut (`EAGAIN`: the job goes on; try again).
+//! Each node's image is restarted with `cr_restart --reconnect` (`restore::reconnect`), all
+//! at once, on the same addresses or (`--map-address`) other ones.
 
+use super::nodelink::{self, Endpoint, Listener, Role, Sealer, Secret, Stream};
 use super::{Barrier, CheckpointError, Destination, Note, Options, Outcome};
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -214,16 +218,19 @@ pub fn drain(pids: &[i32], deadline: Instant) -> Result<Vec<Conn>, CheckpointErr
     }
 }
 
-/// One end of the coordinator's connection: lines in, lines out, each read with a deadline.
+/// One end of the coordinator's connection: lines in, lines out, each read with a deadline;
+/// once the job secret is proven, each line sealed with its HMAC.
 struct Wire {
-    out: UnixStream,
-    inp: BufReader<UnixStream>,
+    out: Stream,
+    inp: BufReader<Stream>,
     /// Who is at the other end (for messages).
     peer: String,
+    /// The session's seals, once authenticated.
+    seal: Option<Sealer>,
 }
 
 impl Wire {
-    fn new(s: UnixStream, peer: String) -> Result<Wire, CheckpointError> {
+    fn new(s: Stream, peer: String) -> Result<Wire, CheckpointError> {
         let inp = s
             .try_clone()
             .map_err(|e| io_err("cannot use the connection", e))?;
@@ -231,12 +238,22 @@ impl Wire {
             out: s,
             inp: BufReader::new(inp),
             peer,
+            seal: None,
         })
     }
 
+    /// Sends `line` (several lines when it holds newlines), in one write.
     fn send(&mut self, line: &str) -> Result<(), CheckpointError> {
+        let mut text = String::new();
+        for l in line.split('\n') {
+            match &mut self.seal {
+                Some(s) => text.push_str(&s.seal(l)),
+                None => text.push_str(l),
+            }
+            text.push('\n');
+        }
         self.out
-            .write_all(format!("{line}\n").as_bytes())
+            .write_all(text.as_bytes())
             .map_err(|e| io_err(&format!("cannot talk to {}", self.peer), e))
     }
 
@@ -250,7 +267,21 @@ impl Wire {
         let mut l = String::new();
         match self.inp.read_line(&mut l) {
             Ok(0) => Err(err(libc::EPIPE, format!("{} went away", self.peer))),
-            Ok(_) => Ok(l.trim_end_matches('\n').to_string()),
+            Ok(_) => {
+                let l = l.trim_end_matches('\n');
+                match &mut self.seal {
+                    None => Ok(l.to_string()),
+                    Some(s) => s.open(l).map(str::to_string).ok_or_else(|| {
+                        err(
+                            libc::EPROTO,
+                            format!(
+                                "a line from {} does not carry the session's HMAC (changed or injected on the way?): refused",
+                                self.peer
+                            ),
+                        )
+                    }),
+                }
+            }
             Err(e) => Err(io_err(&format!("no word from {}", self.peer), e)),
         }
     }
@@ -356,9 +387,11 @@ impl Barrier for NodeBarrier<'_> {
 
 /// One node's part: joins the coordinator listening at `coord` as node `name` and
 /// checkpoints `opts` (a tree, group or session of this node; its destination and
-/// post-checkpoint signal are the coordinator's) as part of the job's cut.
+/// post-checkpoint signal are the coordinator's) as part of the job's cut. With `secret`,
+/// both sides prove they know it before anything else (required over TCP).
 pub fn join(
-    coord: &Path,
+    coord: &Endpoint,
+    secret: Option<&Secret>,
     name: &str,
     opts: &Options,
     note: &mut dyn FnMut(Note),
@@ -369,17 +402,44 @@ pub fn join(
             format!("node name {name:?}: use letters, digits, '.', '-' and '_'"),
         ));
     }
+    if coord.is_tcp() && secret.is_none() {
+        return Err(no_secret_over_tcp("--node", coord));
+    }
     let wait = opts
         .time
         .map_or(DEFAULT_WAIT, |s| Duration::from_secs(u64::from(s)));
-    let s = UnixStream::connect(coord).map_err(|e| {
-        io_err(
-            &format!("cannot reach the coordinator at {}", coord.display()),
-            e,
-        )
-    })?;
+    let s = nodelink::connect(coord, Instant::now() + wait)
+        .map_err(|e| io_err(&format!("cannot reach the coordinator at {coord}"), e))?;
+    join_on(s, coord, secret, name, opts, note)
+}
+
+/// [`join`] through `s`, a connection to the coordinator at `coord` already made (a node
+/// agent that waits for the coordinator connects by itself: `supervise::node`).
+pub fn join_on(
+    s: Stream,
+    coord: &Endpoint,
+    secret: Option<&Secret>,
+    name: &str,
+    opts: &Options,
+    note: &mut dyn FnMut(Note),
+) -> Result<Outcome, CheckpointError> {
+    if !valid_name(name) {
+        return Err(err(
+            libc::EINVAL,
+            format!("node name {name:?}: use letters, digits, '.', '-' and '_'"),
+        ));
+    }
+    if coord.is_tcp() && secret.is_none() {
+        return Err(no_secret_over_tcp("--node", coord));
+    }
+    let wait = opts
+        .time
+        .map_or(DEFAULT_WAIT, |s| Duration::from_secs(u64::from(s)));
     let mut wire = Wire::new(s, "the coordinator".into())?;
-    wire.send(&format!("HELLO {name}"))?;
+    match secret {
+        None => wire.send(&format!("HELLO {name}"))?,
+        Some(k) => prove_to_coordinator(&mut wire, k, name, coord, Instant::now() + wait)?,
+    }
     let prep = wire.expect("PREPARE", Instant::now() + wait)?;
     let (signal, path) = prep
         .split_once(' ')
@@ -407,11 +467,131 @@ pub fn join(
     }
 }
 
+/// Over TCP nothing tells who connected (no `SO_PEERCRED`): a job secret is required.
+fn no_secret_over_tcp(opt: &str, ep: &Endpoint) -> CheckpointError {
+    err(
+        libc::EINVAL,
+        format!(
+            "{opt} {ep}: over TCP a job secret is required (--secret FILE, the same file for the coordinator and every node)"
+        ),
+    )
+}
+
+/// The node's side of the authentication: `HELLO NAME AUTH NONCE` → the coordinator's
+/// `CHALLENGE NONCE PROOF`, checked (else `REFUSED`) → `PROOF` → `WELCOME` (or `REFUSED`);
+/// then every line is sealed.
+fn prove_to_coordinator(
+    wire: &mut Wire,
+    k: &Secret,
+    name: &str,
+    coord: &Endpoint,
+    deadline: Instant,
+) -> Result<(), CheckpointError> {
+    let n = nodelink::nonce().map_err(|e| io_err("cannot make a nonce (getrandom)", e))?;
+    wire.send(&format!("HELLO {name} AUTH {}", nodelink::hex(&n)))?;
+    let refused = |why: &str| {
+        err(
+            libc::EACCES,
+            format!("the coordinator at {coord} refused this node: {why}"),
+        )
+    };
+    let l = wire.recv(deadline)?;
+    if let Some(why) = l.strip_prefix("REFUSED ") {
+        return Err(refused(why));
+    }
+    if l == "ABORT" {
+        return Err(called_off());
+    }
+    let challenge = l
+        .strip_prefix("CHALLENGE ")
+        .and_then(|r| r.split_once(' '))
+        .and_then(|(c, p)| Some((nodelink::nonce_from_hex(c)?, nodelink::unhex(p)?)));
+    let Some((c, p)) = challenge else {
+        return Err(err(
+            libc::EPROTO,
+            format!("the coordinator at {coord} said {l:?}, expected its proof of the job secret"),
+        ));
+    };
+    if !nodelink::verify(k, Role::Coordinator, name, &n, &c, &p) {
+        let _ = wire.send("REFUSED the coordinator's proof of the job secret is wrong");
+        return Err(err(
+            libc::EACCES,
+            format!(
+                "the coordinator at {coord} did not prove the job secret (not the same --secret file?): refused, nothing was checkpointed"
+            ),
+        ));
+    }
+    let mine = nodelink::proof(k, Role::Node, name, &n, &c);
+    wire.send(&format!("PROOF {}", nodelink::hex(&mine)))?;
+    let l = wire.recv(deadline)?;
+    if let Some(why) = l.strip_prefix("REFUSED ") {
+        return Err(refused(why));
+    }
+    if l != "WELCOME" {
+        return Err(err(
+            libc::EPROTO,
+            format!("the coordinator at {coord} said {l:?}, expected WELCOME"),
+        ));
+    }
+    wire.seal = Some(Sealer::new(k, Role::Node, name, &n, &c));
+    Ok(())
+}
+
+/// The coordinator's side of the authentication of node `name` (which sent its nonce
+/// `nonce`, hexadecimal, from `from`): see [`prove_to_coordinator`].
+fn authenticate_node(
+    wire: &mut Wire,
+    k: &Secret,
+    name: &str,
+    nonce: &str,
+    from: &str,
+    deadline: Instant,
+) -> Result<(), CheckpointError> {
+    let refused = |why: &str| {
+        err(
+            libc::EACCES,
+            format!("node {name} (from {from}) {why}: refused, the checkpoint is called off"),
+        )
+    };
+    let Some(n) = nodelink::nonce_from_hex(nonce) else {
+        let _ = wire.send("REFUSED a bad nonce");
+        return Err(refused("sent a bad nonce"));
+    };
+    let c = nodelink::nonce().map_err(|e| io_err("cannot make a nonce (getrandom)", e))?;
+    let mine = nodelink::proof(k, Role::Coordinator, name, &n, &c);
+    wire.send(&format!(
+        "CHALLENGE {} {}",
+        nodelink::hex(&c),
+        nodelink::hex(&mine)
+    ))?;
+    let l = wire.recv(deadline)?;
+    if l.starts_with("REFUSED") {
+        return Err(refused(
+            "did not accept this coordinator's proof of the job secret (not the same --secret file?)",
+        ));
+    }
+    let proven = l
+        .strip_prefix("PROOF ")
+        .and_then(nodelink::unhex)
+        .is_some_and(|p| nodelink::verify(k, Role::Node, name, &n, &c, &p));
+    if !proven {
+        let _ = wire.send("REFUSED wrong proof of the job secret (not the same --secret file?)");
+        return Err(refused(
+            "did not prove the job secret (not the same --secret file?)",
+        ));
+    }
+    wire.send("WELCOME")?;
+    wire.seal = Some(Sealer::new(k, Role::Coordinator, name, &n, &c));
+    Ok(())
+}
+
 /// What the coordinator asks for.
 #[derive(Clone, Debug)]
 pub struct Coordination {
-    /// Where the node parts join (a unix socket made here).
-    pub listen: PathBuf,
+    /// Where the node parts join (a unix socket made here, or `HOST:PORT` over TCP).
+    pub listen: Endpoint,
+    /// The job secret the nodes must prove (required over TCP).
+    pub secret: Option<Secret>,
     /// How many node parts make the job.
     pub nodes: usize,
     /// The job's checkpoint directory: each checkpoint is a generation `gen.N` in it.
@@ -517,58 +697,27 @@ pub fn coordinate(
     let wait = c
         .time
         .map_or(DEFAULT_WAIT, |s| Duration::from_secs(u64::from(s)));
+    if c.listen.is_tcp() && c.secret.is_none() {
+        return Err(no_secret_over_tcp("--coordinator", &c.listen));
+    }
     std::fs::create_dir_all(&c.dir)
         .map_err(|e| io_err(&format!("cannot make {}", c.dir.display()), e))?;
-    let _ = std::fs::remove_file(&c.listen);
-    let listener = UnixListener::bind(&c.listen)
-        .map_err(|e| io_err(&format!("cannot listen at {}", c.listen.display()), e))?;
-    let listen_path = c.listen.clone();
-    let _unlink = Unlink(listen_path);
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| io_err("cannot listen", e))?;
-    let mut nodes: Vec<Node> = Vec::new();
-    let deadline = Instant::now() + wait;
-    while nodes.len() < c.nodes {
-        match listener.accept() {
-            Ok((s, _)) => {
-                let _ = s.set_nonblocking(false);
-                if !peer_allowed(&s) {
-                    note(Note::Warning(
-                        "a process of another user tried to join: refused".into(),
-                    ));
-                    continue;
-                }
-                let mut wire = Wire::new(s, "a node".into())?;
-                let name = wire.expect("HELLO", deadline)?;
-                if !valid_name(&name) || nodes.iter().any(|n| n.name == name) {
-                    let _ = wire.send("ABORT");
-                    return Err(err(
-                        libc::EINVAL,
-                        format!("a node joined as {name:?}: not a name, or taken"),
-                    ));
-                }
-                wire.peer = format!("node {name}");
-                note(Note::Info(format!("node {name} joined")));
-                nodes.push(Node {
-                    name,
-                    wire,
-                    table: Vec::new(),
-                    bytes: 0,
-                });
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if Instant::now() > deadline {
-                    return Err(err(
-                        libc::ETIMEDOUT,
-                        format!("{} of {} nodes joined in time", nodes.len(), c.nodes),
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => return Err(io_err("cannot accept a node", e)),
-        }
+    let listener = Listener::bind(&c.listen)
+        .map_err(|e| io_err(&format!("cannot listen at {}", c.listen), e))?;
+    if c.listen.is_tcp() {
+        note(Note::Info(format!("listening on {}", listener.local())));
     }
+    let mut nodes: Vec<Node> = Vec::new();
+    if let Err(e) = accept_nodes(&listener, c, &mut nodes, Instant::now() + wait, note) {
+        // The nodes that joined are told (their processes were not stopped yet).
+        for n in nodes.iter_mut() {
+            let _ = n.wire.send("ABORT");
+        }
+        return Err(e);
+    }
+    // Every node is in: anyone else connecting now is refused, not left waiting (a node agent
+    // trying again for the next checkpoint).
+    drop(listener);
     // Nodes in name order: the manifest's order, and the order their answers are read in.
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
     let number = next_generation(&c.dir);
@@ -665,13 +814,87 @@ pub fn coordinate(
     Ok(out)
 }
 
-/// Removes a path when dropped.
-struct Unlink(PathBuf);
-
-impl Drop for Unlink {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+/// Waits for `c.nodes` node parts at `listener` until `deadline`, each authenticated (its
+/// user's by `SO_PEERCRED` on a unix socket; the job secret when `c.secret` is given).
+fn accept_nodes(
+    listener: &Listener,
+    c: &Coordination,
+    nodes: &mut Vec<Node>,
+    deadline: Instant,
+    note: &mut dyn FnMut(Note),
+) -> Result<(), CheckpointError> {
+    while nodes.len() < c.nodes {
+        match listener.accept() {
+            Ok((s, from)) => {
+                if let Some(u) = s.unix() {
+                    if !peer_allowed(u) {
+                        note(Note::Warning(
+                            "a process of another user tried to join: refused".into(),
+                        ));
+                        continue;
+                    }
+                }
+                let mut wire = Wire::new(s, "a node".into())?;
+                let hello = wire.expect("HELLO", deadline)?;
+                let (name, nonce) = match hello.split_once(" AUTH ") {
+                    Some((n, a)) => (n.to_string(), Some(a.to_string())),
+                    None => (hello, None),
+                };
+                if !valid_name(&name) || nodes.iter().any(|n| n.name == name) {
+                    let _ = wire.send("ABORT");
+                    return Err(err(
+                        libc::EINVAL,
+                        format!("a node joined as {name:?}: not a name, or taken"),
+                    ));
+                }
+                wire.peer = format!("node {name}");
+                match (&c.secret, nonce) {
+                    (None, None) => {}
+                    (Some(k), Some(n)) => {
+                        authenticate_node(&mut wire, k, &name, &n, &from, deadline)?
+                    }
+                    (Some(_), None) => {
+                        let _ = wire.send(
+                            "REFUSED this coordinator requires the job secret (--secret FILE)",
+                        );
+                        return Err(err(
+                            libc::EACCES,
+                            format!("node {name} (from {from}) gave no proof of the job secret (no --secret?): refused, the checkpoint is called off"),
+                        ));
+                    }
+                    (None, Some(_)) => {
+                        let _ = wire.send("REFUSED this coordinator has no job secret (give it --secret FILE too)");
+                        return Err(err(
+                            libc::EACCES,
+                            format!("node {name} (from {from}) proves a job secret but this coordinator has none (--secret FILE): refused, the checkpoint is called off"),
+                        ));
+                    }
+                }
+                note(Note::Info(if c.listen.is_tcp() {
+                    format!("node {name} joined from {from}")
+                } else {
+                    format!("node {name} joined")
+                }));
+                nodes.push(Node {
+                    name,
+                    wire,
+                    table: Vec::new(),
+                    bytes: 0,
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() > deadline {
+                    return Err(err(
+                        libc::ETIMEDOUT,
+                        format!("{} of {} nodes joined in time", nodes.len(), c.nodes),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(io_err("cannot accept a node", e)),
+        }
     }
+    Ok(())
 }
 
 /// A connection of a node as the manifest records it: its peer node, if its other end is one.
@@ -770,6 +993,65 @@ mod tests {
         };
         assert_eq!(Conn::parse(&c.line()), Some(c));
         assert_eq!(Conn::parse("CONN x"), None);
+    }
+
+    /// Both sides of the authentication over a connected pair: `node`'s secret against the
+    /// coordinator's `coord`; each side's result and, when both passed, a sealed line each way.
+    fn handshake(node: u8, coord: u8) -> (Result<(), String>, Result<(), String>) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            let k = Secret::from_bytes(vec![node; 32]).unwrap();
+            let mut w = Wire::new(Stream::Unix(a), "the coordinator".into()).unwrap();
+            let ep = Endpoint::Tcp("127.0.0.1:1".into());
+            let deadline = Instant::now() + Duration::from_secs(5);
+            prove_to_coordinator(&mut w, &k, "nodeb", &ep, deadline)?;
+            w.send("STOPPED 0")?;
+            w.expect("DRAIN", deadline).map(|_| ())
+        });
+        let k = Secret::from_bytes(vec![coord; 32]).unwrap();
+        let mut w = Wire::new(Stream::Unix(b), "a node".into()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let hello = w.expect("HELLO", deadline).unwrap();
+        let (name, nonce) = hello.split_once(" AUTH ").unwrap();
+        assert_eq!(name, "nodeb");
+        let c = authenticate_node(&mut w, &k, name, nonce, "10.0.0.2:999", deadline)
+            .and_then(|()| w.expect("STOPPED", deadline))
+            .and_then(|_| w.send("DRAIN 5"));
+        drop(w);
+        let n = t.join().unwrap();
+        (n.map_err(|e| e.msg), c.map_err(|e| e.msg))
+    }
+
+    #[test]
+    fn authentication_both_ways() {
+        let (n, c) = handshake(1, 1);
+        assert_eq!((n, c), (Ok(()), Ok(())));
+        let (n, c) = handshake(1, 2);
+        let n = n.unwrap_err();
+        let c = c.unwrap_err();
+        assert!(
+            n.contains("did not prove the job secret") && n.contains("127.0.0.1:1"),
+            "{n}"
+        );
+        assert!(
+            c.contains("node nodeb (from 10.0.0.2:999)") && c.contains("called off"),
+            "{c}"
+        );
+    }
+
+    #[test]
+    fn sealed_wire_refuses_a_forged_line() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let k = Secret::from_bytes(vec![3; 32]).unwrap();
+        let (n, c) = ([1u8; 32], [2u8; 32]);
+        let mut node = Wire::new(Stream::Unix(a), "the coordinator".into()).unwrap();
+        node.seal = Some(Sealer::new(&k, Role::Node, "x", &n, &c));
+        let mut raw = b;
+        raw.write_all(b"RELEASE\n").unwrap();
+        let e = node
+            .recv(Instant::now() + Duration::from_secs(5))
+            .unwrap_err();
+        assert!(e.msg.contains("HMAC"), "{}", e.msg);
     }
 
     #[test]
