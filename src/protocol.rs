@@ -86,6 +86,11 @@ pub const FLAG_INCREMENTAL: u32 = 0x1000;
 /// every [`PROGRESS_INTERVAL_MS`], before the final reply. Other requesters never see one.
 pub const FLAG_PROGRESS: u32 = 0x2000;
 
+/// `REQ_WRITE` flag (a cut of several processes): this process's image is alone in its file (no
+/// tree manifest, no other image), so the raw path of a compressed checkpoint (the second
+/// descriptor of `send_fds`) may be taken.
+pub const FLAG_RAW_OK: u32 = 0x4000;
+
 /// Progress messages ([`FLAG_PROGRESS`]) are sent at most this often (and once when the page
 /// data starts).
 pub const PROGRESS_INTERVAL_MS: u64 = 100;
@@ -505,25 +510,40 @@ pub fn connect(pid: i32) -> Result<i32, i32> {
 
 /// Sends a request, passing `fd` along (`SCM_RIGHTS`) when given.
 pub fn send(sock: i32, req: &Request, fd: Option<i32>) -> Result<(), i32> {
+    match fd {
+        Some(fd) => send_fds(sock, req, &[fd]),
+        None => send_fds(sock, req, &[]),
+    }
+}
+
+/// Sends a request with up to two descriptors (`SCM_RIGHTS`): the image descriptor and, for a
+/// compressed checkpoint of one process, the destination itself, where the agent writes its
+/// image raw when a sample of its page data shows it incompressible (see
+/// `agent::image::finish`; the first descriptor is then a pipe to cr_checkpoint's compressor).
+pub fn send_fds(sock: i32, req: &Request, fds: &[i32]) -> Result<(), i32> {
     let bytes = bytemuck::bytes_of(req);
     let mut iov = libc::iovec {
         iov_base: bytes.as_ptr() as *mut _,
         iov_len: bytes.len(),
     };
     let mut cbuf = [0u64; 4];
-    // SAFETY: a msghdr over local buffers carrying at most one descriptor.
+    let fds = &fds[..fds.len().min(2)];
+    // SAFETY: a msghdr over local buffers carrying at most two descriptors.
     unsafe {
         let mut msg: libc::msghdr = core::mem::zeroed();
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
-        if let Some(fd) = fd {
+        if !fds.is_empty() {
+            let n = 4 * fds.len() as u32;
             msg.msg_control = cbuf.as_mut_ptr() as *mut _;
-            msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+            msg.msg_controllen = libc::CMSG_SPACE(n) as usize;
             let c = libc::CMSG_FIRSTHDR(&msg);
             (*c).cmsg_level = libc::SOL_SOCKET;
             (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
-            core::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut i32, fd);
+            (*c).cmsg_len = libc::CMSG_LEN(n) as usize;
+            for (k, &fd) in fds.iter().enumerate() {
+                core::ptr::write_unaligned((libc::CMSG_DATA(c) as *mut i32).add(k), fd);
+            }
         }
         if libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) < 0 {
             return Err(std::io::Error::last_os_error()

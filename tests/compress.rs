@@ -104,6 +104,67 @@ fn compressed_image_restarts_eager_and_lazy() {
     );
 }
 
+/// A mixed image that is mostly incompressible (48 MiB random, 2 MiB text): the agent's sample
+/// of its page data decides, and the image is written raw straight to the file as an
+/// uncompressed checkpoint writes it (no pipe, no compressor: `-v` says `zstd=skipped(`): a
+/// plain image that passes `cr_info --check` and restarts lazily (its page data mapped from the
+/// file) and eagerly with both regions intact (zmem compares every word); the same to standard
+/// output (`-f -`). The tree and half-text images of the other tests keep the compressed path.
+#[test]
+fn incompressible_image_is_written_raw() {
+    let sc = Scenario::new("zstd-raw");
+    let mut job = zmem(&sc, 2, 48, 0);
+    let pid = job.pid();
+    let img = sc.next_image_path();
+    let res = sc.checkpoint_to(pid, &["-v", "--compress"], &img);
+    res.assert_success();
+    sc.assert_image_file(&img);
+    assert!(
+        res.stderr.contains("zstd=skipped(") && res.stderr.contains("not compressed"),
+        "expected the raw path:\n{}",
+        res.stderr
+    );
+    let streamed = sc.next_image_path();
+    let out = fs::File::create(&streamed).expect("create");
+    let argv: Vec<OsString> = vec![
+        sc.tools().cr_checkpoint.clone().into(),
+        "-v".into(),
+        "--compress".into(),
+        "--term".into(),
+        "-f".into(),
+        "-".into(),
+        pid.to_string().into(),
+    ];
+    let mut cmd = sc.command(&argv);
+    cmd.stdout(out).stderr(std::process::Stdio::piped());
+    let res = cmd.output().expect("run cr_checkpoint");
+    let err = String::from_utf8_lossy(&res.stderr).into_owned();
+    assert!(
+        res.status.success() && err.contains("zstd=skipped("),
+        "cr_checkpoint --compress -f - of random memory: {err}\n{}",
+        sc.log()
+    );
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    for i in [&img, &streamed] {
+        let f = fs::File::open(i).expect("open");
+        let parsed = Image::open(&f).expect("the image reads");
+        assert!(
+            !parsed.compressed() && parsed.header.version < 6,
+            "{}: a plain image expected (version {})",
+            i.display(),
+            parsed.header.version
+        );
+        info(&sc, &["--check"], i).assert_success();
+    }
+    let err = restart_pass(&sc, &img, &["--verbose"]);
+    assert!(
+        err.contains("page data mapped from the image"),
+        "the raw image must restart lazily:\n{err}"
+    );
+    restart_pass(&sc, &img, &["--eager"]);
+    restart_pass(&sc, &streamed, &["--eager"]);
+}
+
 /// A tree (-T: parent and child) compressed into one file, and a compressed image written to
 /// standard output, restart.
 #[test]

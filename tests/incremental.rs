@@ -822,20 +822,22 @@ fn restored_takes_deltas(sc: &Scenario, eager: bool) {
 /// written pages and the arming of write-tracking happen in the stop, the forked writer writes
 /// the image while the program runs on. A full image and two deltas, each written by a writer
 /// (`mode=cow`), the program changing memory after each; the chain restarts with every byte
-/// right.
-fn cow_deltas(sc: &Scenario) {
+/// right. With `--compress` (`compress`), each image is compressed by cr_checkpoint from the
+/// writer's pipe (the deltas name their parents by the raw images the writers wrote).
+fn cow_deltas(sc: &Scenario, compress: bool) {
     // incr polls its step file under /tmp every millisecond: a checkpoint that finds it open
     // would save it by content, which a copy-on-write checkpoint does stopped.
-    const COW: &[&str] = &["--cow", "--save-tmp-limit", "none"];
+    const COW3: &[&str] = &["--cow", "--save-tmp-limit", "none", "--compress"];
+    let cow = &COW3[..if compress { 4 } else { 3 }];
     let mut job = start(sc);
     let img = sc.img_dir().join("img");
-    let out = incremental(sc, job.pid(), &img, COW);
+    let out = incremental(sc, job.pid(), &img, cow);
     assert!(
         out.contains("mode=cow") && out.contains("incr=full(no parent yet"),
         "a full image written by a copy-on-write writer:\n{out}"
     );
     step(sc, 1);
-    let out = incremental(sc, job.pid(), &img, COW);
+    let out = incremental(sc, job.pid(), &img, cow);
     assert!(
         out.contains("mode=cow") && out.contains("incr=delta("),
         "a delta written by a copy-on-write writer:\n{out}"
@@ -844,12 +846,24 @@ fn cow_deltas(sc: &Scenario) {
     assert!(delta1 < 8 << 20, "delta of {delta1} bytes\n{}", sc.log());
     // Written after the snapshot: the next delta must hold it.
     step(sc, 2);
-    let out = incremental(sc, job.pid(), &img, &[COW[0], COW[1], COW[2], "--term"]);
+    let last: Vec<&str> = cow.iter().copied().chain(["--term"]).collect();
+    let out = incremental(sc, job.pid(), &img, &last);
     assert!(
         out.contains("mode=cow") && out.contains("incr=delta("),
         "a second copy-on-write delta:\n{out}"
     );
     job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    if compress {
+        for link in [img.clone(), sc.img_dir().join("img.~1~")] {
+            let f = fs::File::open(&link).expect("open a link");
+            let parsed = cr::image::reader::Image::open(&f).expect("the link reads");
+            assert!(
+                parsed.compressed(),
+                "{} must be a compressed image\n{out}",
+                link.display()
+            );
+        }
+    }
     let mut restarted = sc.restart(&img);
     step_of(sc, 3, Some(&mut restarted));
     sc.go();
@@ -858,10 +872,16 @@ fn cow_deltas(sc: &Scenario) {
 
 #[test]
 fn cow_deltas_restore() {
-    cow_deltas(&Scenario::new("incr-cow"));
+    cow_deltas(&Scenario::new("incr-cow"), false);
 }
 
 #[test]
 fn cow_deltas_restore_as_nobody() {
-    cow_deltas(&Scenario::as_user("incr-cow-nobody", NOBODY));
+    cow_deltas(&Scenario::as_user("incr-cow-nobody", NOBODY), false);
+}
+
+/// `--compress --incremental --cow`: compressed deltas written by the forked writer.
+#[test]
+fn compressed_cow_deltas_restore() {
+    cow_deltas(&Scenario::new("incr-cow-zstd"), true);
 }

@@ -31,8 +31,9 @@ pub fn bound_pid() -> i32 {
 /// ([`forget_request_fds`]), or a tree checkpoint would find another process's image file open
 /// in the child.
 /// The third is the pidfd of a copy-on-write writer while it runs.
+/// The fourth is the destination of a compressed checkpoint's raw path (`protocol::send_fds`).
 #[link_section = ".data1"]
-static REQUEST_FDS: [AtomicI32; 3] = [AtomicI32::new(-1), AtomicI32::new(-1), AtomicI32::new(-1)];
+static REQUEST_FDS: [AtomicI32; 4] = [const { AtomicI32::new(-1) }; 4];
 
 /// Set by a control thread that came back from an image: the connection it was serving (and
 /// whose number `control_main` still holds) was the checkpointed process's, never ours here.
@@ -311,9 +312,11 @@ fn refuse(conn: i32, errno: i32, why: &[u8]) {
         revents: 0,
     };
     let _ = sys::sys3(libc::SYS_poll as usize, &mut p as *mut _ as usize, 1, 1000);
-    if let Some((_, fd)) = recv_request(conn) {
-        if fd >= 0 {
-            sys::close(fd);
+    if let Some((_, fd, raw_fd)) = recv_request(conn) {
+        for f in [fd, raw_fd] {
+            if f >= 0 {
+                sys::close(f);
+            }
         }
     }
     send_reply(conn, errno, 0, why);
@@ -404,8 +407,9 @@ fn refuse_peer(conn: i32, why: &[u8]) {
     refuse(conn, libc::EPERM, why);
 }
 
-/// Receives a request and (optionally) one passed descriptor.
-fn recv_request(conn: i32) -> Option<(Request, i32)> {
+/// Receives a request and (optionally) its passed descriptors: the image's, and a second one
+/// (-1: none) for the raw path of a compressed checkpoint (`protocol::send_fds`).
+fn recv_request(conn: i32) -> Option<(Request, i32, i32)> {
     let mut req: Request = bytemuck::Zeroable::zeroed();
     let mut iov = libc::iovec {
         iov_base: &mut req as *mut _ as *mut _,
@@ -420,19 +424,27 @@ fn recv_request(conn: i32) -> Option<(Request, i32)> {
     msg.msg_controllen = core::mem::size_of_val(&cbuf);
     // SAFETY: msg points at valid buffers for the duration of the call.
     let n = unsafe { libc::recvmsg(conn, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    if n != core::mem::size_of::<Request>() as isize || req.magic != protocol::MAGIC {
-        return None;
-    }
-    let mut fd = -1;
+    let mut fds = [-1i32; 2];
     // SAFETY: the CMSG macros walk the control buffer the kernel filled.
     unsafe {
         let c = libc::CMSG_FIRSTHDR(&msg);
         if !c.is_null() && (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS
         {
-            fd = core::ptr::read_unaligned(libc::CMSG_DATA(c) as *const i32);
+            let len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+            for (k, f) in fds.iter_mut().enumerate().take(len / 4) {
+                *f = core::ptr::read_unaligned((libc::CMSG_DATA(c) as *const i32).add(k));
+            }
         }
     }
-    Some((req, fd))
+    if n != core::mem::size_of::<Request>() as isize || req.magic != protocol::MAGIC {
+        for f in fds {
+            if f >= 0 {
+                sys::close(f);
+            }
+        }
+        return None;
+    }
+    Some((req, fds[0], fds[1]))
 }
 
 fn send_reply(conn: i32, status: i32, bytes: u64, msg: &[u8]) {
@@ -582,13 +594,18 @@ const CALLBACKS_DONE_LIMIT_NS: u64 = 60_000_000_000;
 fn serve(conn: i32) {
     SERVING.store(true, Release);
     REQUEST_FDS[0].store(conn, Release);
-    if let Some((req, img_fd)) = recv_request(conn) {
+    if let Some((req, img_fd, raw_fd)) = recv_request(conn) {
         REQUEST_FDS[1].store(img_fd, Release);
+        REQUEST_FDS[3].store(raw_fd, Release);
         // Watched from here on (callbacks, stop, write): a requester that dies lets the program
         // go within a few tens of milliseconds, whatever phase the checkpoint is in.
         super::image::REQUESTER_CONN.store(conn, Release);
-        serve_request(conn, req, img_fd);
+        serve_request(conn, req, img_fd, raw_fd);
         super::image::REQUESTER_CONN.store(-1, Release);
+        // (In a restored process the number is the checkpointed process's: not ours to close.)
+        if raw_fd >= 0 && !CONN_IS_PAST.load(Acquire) {
+            sys::close(raw_fd);
+        }
     }
     for f in &REQUEST_FDS {
         f.store(-1, Release);
@@ -596,7 +613,7 @@ fn serve(conn: i32) {
     SERVING.store(false, Release);
 }
 
-fn serve_request(conn: i32, req: Request, img_fd: i32) {
+fn serve_request(conn: i32, req: Request, img_fd: i32, raw_fd: i32) {
     let _dumpable = super::process::Dumpable::for_request();
     super::forward::begin(req.flags, req.requester, req.signal);
     if req.flags & (protocol::FLAG_API | protocol::FLAG_BARRIER) == protocol::FLAG_API
@@ -725,6 +742,7 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
     // Copy-on-write asked for: one-process checkpoints by the tools (an API request's requester
     // waits for its own callbacks; forwarded processes append their images to ours).
     let mut cow = req.flags & protocol::FLAG_COW != 0;
+    let mut raw_ok = raw_fd >= 0;
     if req.flags & protocol::FLAG_BARRIER != 0 {
         // One process of a multi-process checkpoint: stopped; write only once every other
         // process of the cut is stopped too.
@@ -736,6 +754,10 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
         // A cut of several processes is written stopped (cr_checkpoint says so): only the
         // requester knows, and sets FLAG_COW on REQ_WRITE when we are the only one.
         cow = write_flags.is_some_and(|f| f & protocol::FLAG_COW != 0);
+        // Likewise whether our image is alone in its file (the raw path of `--compress`).
+        if write_flags.is_none_or(|f| f & protocol::FLAG_RAW_OK == 0) {
+            raw_ok = false;
+        }
         if write_flags.is_none() {
             let e = libc::ECANCELED;
             conclude(
@@ -769,8 +791,15 @@ fn serve_request(conn: i32, req: Request, img_fd: i32) {
     quiesce::capture_pending(sys::monotonic_ns() + timeout_ns);
     let job = Job {
         fd: img_fd,
+        // The raw path only for an image that is the file's sole content: not when the processes
+        // our callbacks forwarded to append theirs after it through `img_fd`.
+        raw_fd: if raw_ok && super::forward::count() == 0 {
+            raw_fd
+        } else {
+            -1
+        },
         flags: req.flags,
-        skip_fds: [LISTEN_FD.load(Relaxed), conn, img_fd],
+        skip_fds: [LISTEN_FD.load(Relaxed), conn, img_fd, raw_fd],
         bytes: AtomicU64::new(0),
         errno: AtomicI32::new(0),
         step: core::sync::atomic::AtomicU32::new(0),

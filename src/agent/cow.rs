@@ -525,6 +525,8 @@ fn write_rest(a: &WriterPage) -> Result<u64, (u32, Errno)> {
     let bounce = unsafe { core::slice::from_raw_parts_mut(bounce as *mut u8, memory::BOUNCE_LEN) };
     let out = image::Dest {
         fd: a.fd,
+        // (The writer keeps to the pipe: see ARCHITECTURE.md, "Compressed images".)
+        raw_fd: -1,
         deadline_ns: a.deadline_ns,
         bounce: Some(bounce),
     };

@@ -18,10 +18,14 @@ use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering::*};
 pub struct Job {
     /// Destination descriptor.
     pub fd: i32,
+    /// A compressed checkpoint's destination file (-1: none), where the image is written raw
+    /// instead of into `fd` (a pipe to the compressor) when a sample of the page data shows it
+    /// incompressible (see [`finish`]).
+    pub raw_fd: i32,
     /// `protocol::FLAG_*`.
     pub flags: u32,
     /// Descriptors of the agent itself, left out of the image.
-    pub skip_fds: [i32; 3],
+    pub skip_fds: [i32; 4],
     /// Bytes written (output).
     pub bytes: AtomicU64,
     /// Errno of a failure (output).
@@ -149,6 +153,11 @@ pub mod io_report {
     pub const AIO_BOUNCE: i32 = -3;
     /// Image bytes written so far (where the next write goes).
     pub static WRITTEN: AtomicU64 = AtomicU64::new(0);
+    /// `--compress`: page samples found incompressible (high 16 bits) of those taken (low 16
+    /// bits); 0: none taken (not compressed, or not a one-image destination).
+    pub static SAMPLED: AtomicU32 = AtomicU32::new(0);
+    /// 1: `--compress` wrote the image raw to the file, by the samples (see `image::finish`).
+    pub static STORED_RAW: AtomicU32 = AtomicU32::new(0);
     /// CLOCK_MONOTONIC at: start of the write, metadata built, page data written, synced.
     pub static PHASE_NS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
 
@@ -160,6 +169,8 @@ pub mod io_report {
         AIO.store(0, Relaxed);
         AIO_ERRNO.store(0, Relaxed);
         WRITTEN.store(0, Relaxed);
+        SAMPLED.store(0, Relaxed);
+        STORED_RAW.store(0, Relaxed);
         for p in &PHASE_NS {
             p.store(now, Relaxed);
         }
@@ -203,6 +214,18 @@ pub mod io_report {
             out.push(b" write=sync(io_setup errno ")
                 .num(AIO_ERRNO.load(Relaxed) as u64)
                 .push(b")");
+        }
+        let sampled = SAMPLED.load(Relaxed);
+        if sampled != 0 {
+            out.push(if STORED_RAW.load(Relaxed) == 1 {
+                b" zstd=skipped(".as_slice()
+            } else {
+                b" zstd=piped("
+            })
+            .num((sampled >> 16) as u64)
+            .push(b"/")
+            .num((sampled & 0xffff) as u64)
+            .push(b" samples incompressible)");
         }
         for (name, a, b) in [(&b" meta="[..], 0, 1), (b" data=", 1, 2), (b" sync=", 2, 3)] {
             let (whole, frac) = ms(a, b);
@@ -591,6 +614,7 @@ fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
                 super::sysvmsg::capture(&mut w).map_err(|e| (3, e))?;
                 let out = Dest {
                     fd: job.fd,
+                    raw_fd: job.raw_fd,
                     deadline_ns: job.deadline_ns,
                     bounce: None,
                 };
@@ -608,6 +632,7 @@ fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
     super::sysvmsg::capture(&mut w).map_err(|e| (3, e))?;
     let out = Dest {
         fd: job.fd,
+        raw_fd: job.raw_fd,
         deadline_ns: job.deadline_ns,
         bounce: None,
     };
@@ -636,6 +661,8 @@ impl Drop for InFlightGuard {
 pub struct Dest<'a> {
     /// The image descriptor.
     pub fd: i32,
+    /// [`Job::raw_fd`] (-1: none).
+    pub raw_fd: i32,
     /// `--time` (CLOCK_MONOTONIC; `u64::MAX`: none).
     pub deadline_ns: u64,
     /// A buffer the page data is copied through (`memory::write_data`), or none.
@@ -655,12 +682,26 @@ pub fn finish(
     pid: i32,
 ) -> Result<u64, (u32, Errno)> {
     let Dest {
-        fd,
+        mut fd,
+        raw_fd,
         deadline_ns,
         bounce,
     } = out;
     let full = |_| (1, Errno(libc::ENOMEM));
     w.raw(REC_END, &[]).map_err(full)?;
+    if raw_fd >= 0 {
+        // `--compress`: page data that a sample shows incompressible goes straight to the file,
+        // as an uncompressed checkpoint writes it (direct, asynchronous), not through the pipe.
+        let (incompressible, samples) = memory::sample_incompressible(ext.all());
+        io_report::SAMPLED.store(
+            (incompressible as u32) << 16 | samples as u32 & 0xffff,
+            Relaxed,
+        );
+        if samples > 0 && incompressible * 8 >= samples * 7 {
+            fd = raw_fd;
+            io_report::STORED_RAW.store(1, Relaxed);
+        }
+    }
 
     let meta_len = w.len() as u64;
     let meta_hash = hash(w.bytes());

@@ -693,6 +693,36 @@ fn scan_region(
     Ok(())
 }
 
+/// `--compress`: reads up to [`IMAGE_SAMPLES`](crate::image::compress::IMAGE_SAMPLES) pages
+/// spread evenly over the page data of `extents` (without faulting: an unreadable page is
+/// skipped) and returns (how many look incompressible, how many were read).
+pub fn sample_incompressible(extents: &[Extent]) -> (usize, usize) {
+    let total: u64 = extents.iter().map(|e| e.len).sum();
+    let pages = (total / PAGE as u64) as usize;
+    let n = pages.min(crate::image::compress::IMAGE_SAMPLES);
+    let mut buf = [0u8; PAGE];
+    let (mut bad, mut read) = (0, 0);
+    let mut e = 0usize;
+    let mut before = 0u64; // page data bytes in extents[..e]
+    for k in 0..n {
+        // The middle page of the k-th of n equal parts.
+        let at = ((2 * k + 1) as u64 * pages as u64 / (2 * n) as u64) * PAGE as u64;
+        while e < extents.len() && before + extents[e].len <= at {
+            before += extents[e].len;
+            e += 1;
+        }
+        let Some(x) = extents.get(e) else { break };
+        if read_self((x.addr + at - before) as usize, &mut buf) != PAGE {
+            continue;
+        }
+        read += 1;
+        if crate::image::compress::looks_incompressible(&buf) {
+            bad += 1;
+        }
+    }
+    (bad, read)
+}
+
 /// Copies this process's memory at `addr` into `buf` without faulting the caller; returns how
 /// many bytes were readable from the start.
 fn read_self(addr: usize, buf: &mut [u8]) -> usize {

@@ -117,7 +117,9 @@ struct Args {
     #[arg(long, value_name = "PARENT", num_args = 0..=1, require_equals = true, default_missing_value = "")]
     incremental: Option<String>,
     /// Compress the page data with zstd at LEVEL (1 to 22; 1 by default), a thread per core;
-    /// pieces that do not compress are stored raw. With --incremental the deltas are compressed.
+    /// pieces that do not compress are stored raw, and an image whose sampled page data does not
+    /// compress is written raw (as without --compress). With --incremental the deltas are
+    /// compressed.
     #[arg(long, value_name = "LEVEL", num_args = 0..=1, require_equals = true,
           default_missing_value = "")]
     compress: Option<String>,
@@ -520,7 +522,12 @@ fn main() {
                 s.pid, s.dest, s.bytes, s.report
             );
         }
-        if let Some((st, secs)) = outcome.compressed {
+        if let Some((st, _)) = outcome.compressed.filter(|(st, _)| st.images == 0) {
+            debug_assert_eq!(st.raw, 0);
+            eprintln!(
+                "{TOOL}: not compressed: a sample of the page data was incompressible, so the image was written raw (zstd=skipped above)"
+            );
+        } else if let Some((st, secs)) = outcome.compressed {
             let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
             eprintln!(
                 "{TOOL}: compressed {:.1} MiB of page data to {:.1} MiB ({} frames zstd, {} stored raw; {}) in {:.2} s",

@@ -334,7 +334,14 @@ pub(super) fn checkpoint_one(
             crate::image::tree::manifest_bytes(&[inner], &[], &[zombie], scope, (0, 1), now_ns());
         cut.outs[0].write_aligned(&bytes)?;
     }
-    if let Err(e) = protocol::send(sock, &req, Some(cut.outs[0].fd)) {
+    // `--compress` of an image that is the file's sole content: the agent may write it raw to
+    // the file itself (a tree manifest before it keeps it in the pipe).
+    let fds = if chain.is_none() {
+        cut.outs[0].request_fds()
+    } else {
+        vec![cut.outs[0].fd]
+    };
+    if let Err(e) = protocol::send_fds(sock, &req, &fds) {
         return Err(err(
             e,
             format!("cannot send the request to {pid}: {}", strerror(e)),
@@ -547,7 +554,7 @@ impl<'a> Cut<'a> {
         let mut req = request(self.opts, scope, out);
         req.flags |= protocol::FLAG_BARRIER;
         super::incremental::apply(&mut req, self.plan, pid);
-        match protocol::send(sock, &req, Some(out.fd)) {
+        match protocol::send_fds(sock, &req, &out.request_fds()) {
             Ok(()) => {
                 self.members[i].contacted = true;
                 Ok(true)
@@ -581,7 +588,7 @@ impl<'a> Cut<'a> {
             let mut req = request(self.opts, scope, out);
             req.flags |= protocol::FLAG_BARRIER;
             super::incremental::apply(&mut req, self.plan, pid);
-            match protocol::send(sock, &req, Some(out.fd)) {
+            match protocol::send_fds(sock, &req, &out.request_fds()) {
                 Ok(()) => self.members[i].contacted = true,
                 // It exited since we connected: not part of the cut.
                 Err(_) if gone(pid) => {
@@ -1062,6 +1069,10 @@ pub(super) fn checkpoint_many(
         }
     }
     let mut write = Request::new(protocol::REQ_WRITE);
+    if !tree {
+        // One image alone in its file: `--compress` may write it raw (`Out::raw_target`).
+        write.flags |= protocol::FLAG_RAW_OK;
+    }
     if opts.cow && live.len() == 1 {
         write.flags |= protocol::FLAG_COW;
     } else if opts.cow {

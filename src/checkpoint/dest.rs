@@ -264,6 +264,27 @@ impl Out {
         Ok(())
     }
 
+    /// `--compress`: the destination itself (the file, or the stream's descriptor), which the
+    /// agent of a one-process checkpoint also gets: it writes its image there raw, as without
+    /// `--compress`, when a sample of its page data shows it incompressible
+    /// (`agent::image::finish`). `None` without `--compress`.
+    pub fn raw_target(&self) -> Option<i32> {
+        let z = self.zip.as_ref()?;
+        match (&z.stream, &self.file) {
+            (Some((fd, _)), _) => Some(*fd),
+            (None, Some(f)) => Some(f.as_raw_fd()),
+            (None, None) => None,
+        }
+    }
+
+    /// The descriptors a checkpoint request passes: the image's, and with `--compress` the
+    /// destination itself ([`Out::raw_target`]).
+    pub fn request_fds(&self) -> Vec<i32> {
+        let mut v = vec![self.fd];
+        v.extend(self.raw_target());
+        v
+    }
+
     /// `--compress`: once every image is in the pipe, waits for the compression to end (and
     /// copies a stream destination's images out); returns what it did and how long it took.
     pub fn finish_compressing(&mut self) -> Result<Option<(Stats, f64)>, CheckpointError> {

@@ -28,6 +28,49 @@ pub fn level_range() -> std::ops::RangeInclusive<i32> {
     1..=*zstd::compression_level_range().end()
 }
 
+/// Pages of the page data a `--compress` checkpoint's agent samples (evenly spread) to decide
+/// whether the image goes through the compressor at all (see [`looks_incompressible`]).
+pub const IMAGE_SAMPLES: usize = 256;
+
+/// Whether `s` (a sample of page data, at most 64 KiB) looks incompressible to zstd's fast
+/// levels: its byte entropy is at least 7 bits (literal coding saves under 1/8) and fewer than
+/// 1/8 of its bytes repeat an earlier 8-byte string of the sample (few matches). No allocation:
+/// the agent calls it on its own pages while the program is stopped.
+pub fn looks_incompressible(s: &[u8]) -> bool {
+    if s.len() < 64 || s.len() > 1 << 16 {
+        return false;
+    }
+    // Collision entropy (-log2 of the sum of p², never above Shannon's) of at least 7 bits: the
+    // sum of the squared counts at most n²/128 (random bytes: about n²/256 + n).
+    let mut hist = [0u32; 256];
+    for &b in s {
+        hist[b as usize] += 1;
+    }
+    let squares: u64 = hist.iter().map(|&c| c as u64 * c as u64).sum();
+    let n = s.len() as u64;
+    if squares * 128 > n * n {
+        return false;
+    }
+    // Repeats: positions (+1) of 8-byte strings by a 12-bit hash; a match skips its 8 bytes.
+    let mut seen = [0u16; 4096];
+    let word = |i: usize| u64::from_le_bytes(s[i..i + 8].try_into().unwrap_or([0; 8]));
+    let mut covered = 0usize;
+    let mut i = 0usize;
+    while i + 8 <= s.len() {
+        let w = word(i);
+        let h = (w.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as usize;
+        let j = seen[h] as usize;
+        seen[h] = (i + 1) as u16;
+        if j > 0 && word(j - 1) == w {
+            covered += 8;
+            i += 8;
+        } else {
+            i += 1;
+        }
+    }
+    covered * 8 < s.len()
+}
+
 /// A decompression context and a buffer for the stored bytes, made once and reused for every
 /// frame a thread decompresses (a new context and buffer per frame cost fresh memory each).
 pub struct Inflater {
@@ -752,5 +795,46 @@ mod tests {
         );
         pattern(&mut raw);
         round_trip(&mut p, &mut z, &raw, "pattern2").expect("the contexts are reusable");
+    }
+
+    /// The agent's per-page test: random pages are incompressible; text, the benchmark's
+    /// pattern, zeros, and a random block repeated (flat bytes, but matches) are not; and the
+    /// verdicts agree with what zstd does to the same 1 MiB.
+    #[test]
+    fn page_samples_tell_incompressible_data() {
+        let mut raw = vec![0u8; FRAME];
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        for w in raw.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            w.copy_from_slice(&x.to_le_bytes());
+        }
+        assert!(
+            raw.chunks_exact(PAGE).all(looks_incompressible),
+            "random pages"
+        );
+        let t = std::time::Instant::now();
+        let all = raw.chunks_exact(PAGE).all(looks_incompressible);
+        let per_page = t.elapsed() / (FRAME / PAGE) as u32;
+        assert!(all, "random pages");
+        eprintln!("looks_incompressible: {per_page:?} per page");
+        let mut p = Packer::new(DEFAULT_LEVEL).expect("compressor");
+        assert!(p.pack(&raw, &mut Vec::new()).is_none());
+        let block = raw[..256].to_vec();
+        let mut rep = vec![0u8; PAGE];
+        for c in rep.chunks_exact_mut(256) {
+            c.copy_from_slice(&block);
+        }
+        assert!(!looks_incompressible(&rep), "a repeated random block");
+        assert!(!looks_incompressible(&[0u8; PAGE]), "zeros");
+        pattern(&mut raw);
+        assert!(!looks_incompressible(&raw[..PAGE]), "the pattern");
+        text(&mut raw);
+        assert!(
+            !raw.chunks_exact(PAGE).any(looks_incompressible),
+            "text pages"
+        );
+        assert!(p.pack(&raw, &mut Vec::new()).is_some());
     }
 }
