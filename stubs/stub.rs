@@ -304,6 +304,51 @@ pub unsafe extern "C" fn madvise(addr: *mut c_void, len: libc::size_t, advice: c
     unsafe { core::mem::transmute::<usize, F>(f)(addr, len, advice) }
 }
 
+/// libcr's `mremap` once looked up (0: not yet).
+static MREMAP: AtomicUsize = AtomicUsize::new(0);
+
+/// `mremap`, forwarded to libcr's (which makes the part a growing call adds to memory a lazy
+/// restart mapped from its image read as zero, as anonymous memory does). The C prototype is
+/// variadic; `new_address` is passed on as the fifth argument (only read with `MREMAP_FIXED`).
+///
+/// # Safety
+/// As `mremap(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn mremap(
+    old_address: *mut c_void,
+    old_size: libc::size_t,
+    new_size: libc::size_t,
+    flags: c_int,
+    new_address: *mut c_void,
+) -> *mut c_void {
+    type F = unsafe extern "C" fn(
+        *mut c_void,
+        libc::size_t,
+        libc::size_t,
+        c_int,
+        *mut c_void,
+    ) -> *mut c_void;
+    let mut f = MREMAP.load(Acquire);
+    if f == 0 {
+        // Remembered once libcr is loaded (it never goes away); the C library's until then.
+        f = libcr_sym(c"mremap");
+        if f != 0 {
+            MREMAP.store(f, Release);
+        } else {
+            f = next_sym(c"mremap");
+        }
+    }
+    if f == 0 {
+        // SAFETY: __errno_location returns this thread's errno.
+        unsafe { *libc::__errno_location() = libc::ENOSYS };
+        return libc::MAP_FAILED;
+    }
+    // SAFETY: the symbol has mremap's signature (its variadic fifth argument passed as a fixed
+    // one, as the x86-64 and aarch64 calling conventions allow); the caller's promise is passed
+    // on.
+    unsafe { core::mem::transmute::<usize, F>(f)(old_address, old_size, new_size, flags, new_address) }
+}
+
 /// Tells libcr the name of a file `mkstemp` and its kin just created (see libcr's
 /// `agent::created`); errno is kept.
 fn note_created(template: *const core::ffi::c_char, fd: c_int) {

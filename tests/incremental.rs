@@ -885,3 +885,99 @@ fn cow_deltas_restore_as_nobody() {
 fn compressed_cow_deltas_restore() {
     cow_deltas(&Scenario::new("incr-cow-zstd"), true);
 }
+
+/// Ranges that read as zero without a write the scan sees, and pages that move: incr's "holes"
+/// mode (c-tests/incr.c: a whole 2 MiB transparent huge page dropped with MADV_DONTNEED, which
+/// leaves no page table; the same with 4 KiB pages; a region unmapped and mapped again at its
+/// address; pages moved with mremap to another region and back; a region shrunk and grown back
+/// in place; MADV_FREE pages reclaimed). A full image and four deltas (one step each), killed;
+/// the chain restarts lazily, takes two more steps and deltas of the restored process (its
+/// image-backed memory), killed again; the newest chain restarts and incr checks every byte of
+/// the arena against its copy of what it must hold.
+fn holes_deltas(sc: &Scenario) {
+    let mut prog = sc.program("incr");
+    prog.argv.push("16".into());
+    prog.argv.push("holes".into());
+    let mut job = sc.start("incr", sc.under_cr_run(&prog));
+    job.wait_ready();
+    let img = sc.img_dir().join("img");
+    let full = incremental(sc, job.pid(), &img, &["--max-chain", "16"]);
+    assert!(full.contains("incr=full("), "the first is full:\n{full}");
+    let full_len = size(&img);
+    let mut sizes = Vec::new();
+    for k in 1..=4u32 {
+        step_of(sc, k, Some(&mut job));
+        let mut args = vec!["--max-chain", "16"];
+        if k == 4 {
+            args.push("--kill");
+        }
+        let out = incremental(sc, job.pid(), &img, &args);
+        assert!(out.contains("incr=delta("), "step {k}: not a delta:\n{out}");
+        sizes.push(size(&img));
+    }
+    job.expect_signal(SIGKILL, DEATH_TIMEOUT);
+    let thp: Vec<String> = job
+        .stdout()
+        .lines()
+        .filter(|l| l.starts_with("THP"))
+        .map(str::to_string)
+        .collect();
+    sc.note(&format!("full {full_len} bytes, deltas {sizes:?}; {thp:?}"));
+    eprintln!("holes: {thp:?}");
+    assert!(
+        sizes.iter().all(|&d| d < full_len / 2),
+        "deltas {sizes:?} of a full image of {full_len}\n{}",
+        sc.log()
+    );
+    let mut restarted = sc.restart(&img);
+    let pid = restarted.pid();
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while !descendants(pid)
+        .into_iter()
+        .any(|p| fs::read_to_string(format!("/proc/{p}/maps")).is_ok_and(|m| m.contains("/img.~")))
+    {
+        assert!(
+            Instant::now() < deadline && restarted.try_wait_exit(Duration::ZERO).is_none(),
+            "no restored process maps the chain's images:\n{}\n{}",
+            restarted.diag(),
+            sc.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let b = sc.img_dir().join("b");
+    let parent = format!("--incremental={}", img.display());
+    for k in 5..=6u32 {
+        step_of(sc, k, Some(&mut restarted));
+        let mut args = vec!["--max-chain", "16"];
+        if k == 5 {
+            args.push(&parent);
+        } else {
+            args.push("--kill");
+        }
+        let out = incremental(sc, pid, &b, &args);
+        assert!(
+            out.contains("incr=delta("),
+            "step {k} after the restart: not a delta:\n{out}"
+        );
+    }
+    restarted.expect_signal(SIGKILL, DEATH_TIMEOUT);
+    let mut again = sc.restart(&b);
+    step_of(sc, 7, Some(&mut again));
+    sc.go();
+    again.expect_pass(RESTART_TIMEOUT);
+    let out = again.stdout();
+    sc.note(&format!(
+        "{:?}",
+        out.lines().find(|l| l.starts_with("MADV_FREE"))
+    ));
+}
+
+#[test]
+fn dropped_huge_pages_and_moved_ranges_restore() {
+    holes_deltas(&Scenario::new("incr-holes"));
+}
+
+#[test]
+fn dropped_huge_pages_and_moved_ranges_restore_as_nobody() {
+    holes_deltas(&Scenario::as_user("incr-holes-nobody", NOBODY));
+}

@@ -14,6 +14,23 @@
 //! (dropped with `MADV_DONTNEED`, or part of a brk that grew) or maps the zero page reads as
 //! zero: it becomes a hole of the region's `REC_REGION_INCR` record, the others are saved.
 //!
+//! Pages that read as zero are recorded whether the kernel reports them written or not. Arming
+//! (`UFFD_FEATURE_WP_UNPOPULATED`) gives every page of the range a page-table entry (a
+//! write-protect marker where nothing is populated), so a page that is neither present nor
+//! swapped in a tracked region lost its entry since: dropped (`MADV_DONTNEED`, a `MADV_FREE`
+//! page reclaimed) or added (the region grew). The kernel reports an empty entry as written,
+//! but a range with no page table at all (a 2 MiB transparent huge page dropped whole, which
+//! clears its PMD; a page table freed with its last page; a region grown past its page
+//! tables) goes through `pagemap_scan_pte_hole`, which reports it unwritten in the kernels a
+//! patch posted in July 2026 corrects (Fixes: `UFFD_FEATURE_WP_UNPOPULATED`, 6.7; 6.18.44 here
+//! reports it written): a delta would then keep the parent's bytes there. So the scan asks for the pages that are written *or not present*
+//! (`category_inverted` PAGE_IS_PRESENT, `category_anyof_mask` WRITTEN|PRESENT): the same
+//! single walk, whose extra output is only the not-present ranges (swapped pages and markers,
+//! skipped when not written; merged into runs, so it costs something only for memory where
+//! present and unpopulated pages alternate); `PM_SCAN_WP_MATCHING` arms the holes too, so a
+//! hole is reported once. `cr_checkpoint -v` counts the pages a kernel did not report
+//! (`N unreported pages with no page table`).
+//!
 //! Hot pages: a page reported written by the last two scans (written in each of the last two
 //! intervals) is not protected again, so the program's next writes to it cost no fault: the
 //! scan of a range written last time ([`RUNS`], the candidates) leaves out
@@ -268,6 +285,10 @@ static PROBE: AtomicBool = AtomicBool::new(false);
 static SINCE_PROBE: AtomicU32 = AtomicU32::new(0);
 /// This checkpoint's pages left unprotected (hot).
 static N_HOT: AtomicU64 = AtomicU64::new(0);
+/// This checkpoint's pages that read as zero (or as the image's, in an image-backed region)
+/// without being reported written: ranges without page table on a kernel that reports them
+/// unwritten (see the module documentation).
+static N_UNWRITTEN_ZERO: AtomicU64 = AtomicU64::new(0);
 
 /// Holes of the region being scanned (`[start, end)` pairs), the body of its
 /// `REC_REGION_INCR` record.
@@ -433,6 +454,7 @@ pub fn begin(req_flags: u32, parent_hash: u64, parent_size: u64) {
     N_TRACKED.store(0, Relaxed);
     N_UNTRACKED.store(0, Relaxed);
     N_HOT.store(0, Relaxed);
+    N_UNWRITTEN_ZERO.store(0, Relaxed);
     N_RUNS[1 - CAND.load(Relaxed)].store(0, Relaxed);
     PROBE.store(false, Relaxed);
     AFTER_RESTORE.store(false, Relaxed);
@@ -591,10 +613,15 @@ pub fn scan_region(
             };
         }
         let wp = if hot { 0 } else { PM_SCAN_WP_MATCHING };
+        // The pages written, and every page that is not present (see the module documentation): with
+        // `category_inverted` PAGE_IS_PRESENT, "any of WRITTEN, PRESENT" is "written or not
+        // present". Swapped pages (and the kernel's write-protect markers of pages never
+        // populated, which count as swapped) that are not written are reported too and skipped.
         let mut arg = PmScanArg {
             flags: wp | PM_SCAN_CHECK_WPASYNC,
-            category_mask: PAGE_IS_WRITTEN,
-            return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_PFNZERO,
+            category_inverted: PAGE_IS_PRESENT,
+            category_anyof_mask: PAGE_IS_WRITTEN | PAGE_IS_PRESENT,
+            return_mask: PAGE_IS_WRITTEN | PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_PFNZERO,
             ..PmScanArg::over(at, piece_end, vec)
         };
         let n = match ioctl(pagemap_fd, PAGEMAP_SCAN, &mut arg as *mut _ as usize) {
@@ -610,15 +637,24 @@ pub fn scan_region(
         };
         first = false;
         for r in &vec[..n] {
-            note_run(r.start, r.end);
-            if hot {
-                N_HOT.fetch_add((r.end - r.start) / PAGE as u64, Relaxed);
+            let c = r.categories;
+            let populated = c & (PAGE_IS_PRESENT | PAGE_IS_SWAPPED) != 0;
+            if c & PAGE_IS_WRITTEN != 0 {
+                note_run(r.start, r.end);
+                if hot {
+                    N_HOT.fetch_add((r.end - r.start) / PAGE as u64, Relaxed);
+                }
+            } else if populated {
+                // Swapped out (or never populated, protected) and not written: the parent's.
+                continue;
+            } else {
+                // Neither present nor swapped, yet not reported written: a range without page
+                // table that this kernel does not count as written (see the module documentation).
+                N_UNWRITTEN_ZERO.fetch_add((r.end - r.start) / PAGE as u64, Relaxed);
             }
-            // A written page of an image mapping that is not present reads as the file's page
-            // (dropped by a raw MADV_DONTNEED): saved as it reads, not as zero.
-            let data = image.is_some()
-                || r.categories & PAGE_IS_PFNZERO == 0
-                    && r.categories & (PAGE_IS_PRESENT | PAGE_IS_SWAPPED) != 0;
+            // A page of an image mapping that is not present reads as the file's page (dropped
+            // by a raw MADV_DONTNEED): saved as it reads, not as zero.
+            let data = image.is_some() || c & PAGE_IS_PFNZERO == 0 && populated;
             if data {
                 push(r.start, r.end - r.start)?;
             } else if nholes > 0 && holes[2 * nholes - 1] == r.start {
@@ -846,6 +882,12 @@ pub fn describe(out: &mut StackBuf<240>) {
             }
             if PROBE.load(Relaxed) {
                 out.push(b", all protected again");
+            }
+            let zero = N_UNWRITTEN_ZERO.load(Relaxed);
+            if zero > 0 {
+                out.push(b", ")
+                    .num(zero)
+                    .push(b" unreported pages with no page table");
             }
             if AFTER_RESTORE.load(Relaxed) {
                 out.push(b", of the image lazily restored from");

@@ -10,8 +10,14 @@
 //!   anonymous memory reads zeros afterwards (allocators such as jemalloc rely on that), and
 //!   `MADV_FREE` is refused on file mappings: [`madvise`] first replaces the image-backed parts
 //!   of the range with fresh anonymous memory (zero pages, the same protection), which is what
-//!   both advices leave behind in anonymous memory. Calls that bypass the C library's
-//!   `madvise` (raw system calls) are not seen.
+//!   both advices leave behind in anonymous memory;
+//! - `mremap(2)` that grows a private file mapping maps the file's next pages into the part it
+//!   adds (old bytes of the image, or SIGBUS past its end), where anonymous memory grows by
+//!   zero pages: [`mremap`] replaces the image-backed part of what it added with fresh
+//!   anonymous memory before it returns.
+//!
+//! Calls that bypass the C library's `madvise` and `mremap` (raw system calls, glibc's own
+//! `realloc`, which calls its internal `__mremap`) are not seen.
 
 use super::memory::{parse_line, MapLine};
 use crate::sys;
@@ -83,6 +89,50 @@ fn unback(start: u64, end: u64) {
         }
         if n < list.len() {
             return;
+        }
+    }
+}
+
+/// `mremap(2)`, with anonymous-memory semantics kept for memory a lazy restart mapped from its
+/// image: the part a growing call adds reads as zero (see the module documentation). Otherwise
+/// exactly the system call. `new_address` is only read with `MREMAP_FIXED` (the C prototype is
+/// variadic; on x86-64 and aarch64 Linux the fifth argument is passed as a fixed one would be).
+///
+/// # Safety
+/// As `mremap(2)`: the caller owns the mapping it changes.
+#[no_mangle]
+pub unsafe extern "C" fn mremap(
+    old_address: *mut c_void,
+    old_size: size_t,
+    new_size: size_t,
+    flags: c_int,
+    new_address: *mut c_void,
+) -> *mut c_void {
+    const MREMAP_FIXED: c_int = 2;
+    let new_address = if flags & MREMAP_FIXED != 0 {
+        new_address as usize
+    } else {
+        0
+    };
+    match sys::sys6(
+        libc::SYS_mremap as usize,
+        old_address as usize,
+        old_size,
+        new_size,
+        flags as u32 as usize,
+        new_address,
+        0,
+    ) {
+        Ok(at) => {
+            if new_size > old_size && old_size > 0 && any_backed() {
+                unback((at + old_size) as u64, (at + new_size) as u64);
+            }
+            at as *mut c_void
+        }
+        Err(e) => {
+            // SAFETY: __errno_location returns this thread's errno.
+            unsafe { *libc::__errno_location() = e.0 };
+            libc::MAP_FAILED
         }
     }
 }
