@@ -112,6 +112,18 @@ pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
     (any && total > 0).then(|| std::time::Duration::from_secs(total))
 }
 
+/// This host's name (the default node name).
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most the buffer's length.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    if rc != 0 || end == 0 {
+        return "node".into();
+    }
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

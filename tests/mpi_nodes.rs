@@ -216,7 +216,7 @@ struct TwoNodeJob {
 /// Open MPI would give ssh (with quotes for a shell). It starts CMD under cr_run inside node b,
 /// detached (its own session, standard input from /dev/null, output into `node-b.log`), and
 /// returns at once; the pid of the shell running CMD (orted's parent) goes to `node-b.pid`.
-fn write_rsh(sc: &Scenario, nodes: &TwoNodes) -> PathBuf {
+fn write_rsh(sc: &Scenario, nodes: &TwoNodes, agent: &[String]) -> PathBuf {
     let dir = sc.root();
     let node_b = dir.join("node-b.sh");
     let cr_run = sc.tools().cr_run.display().to_string();
@@ -226,9 +226,10 @@ fn write_rsh(sc: &Scenario, nodes: &TwoNodes) -> PathBuf {
         format!(
             "#!/bin/sh\n# node b's part: its hostname, then CMD ($1, a shell command line: Open MPI sets PATH first) run by a shell under cr_run in a new session\n\
              hostname {host}\n\
-             exec setsid /bin/sh -c 'echo $$ > {pid}.tmp && mv {pid}.tmp {pid} && exec {cr_run} -- /bin/sh -c \"$0\"' \"$1\"\n",
+             exec setsid /bin/sh -c 'echo $$ > {pid}.tmp && mv {pid}.tmp {pid} && exec {cr_run} {agent} -- /bin/sh -c \"$0\"' \"$1\"\n",
             host = HOSTS[1],
             pid = pidfile.display(),
+            agent = agent.join(" "),
         ),
     )
     .expect("write node-b.sh");
@@ -253,38 +254,54 @@ impl TwoNodeJob {
     /// Starts `cr_run mpirun … -np 4 ring` in node a and waits for READY (20 iterations done
     /// across both nodes).
     fn start(sc: &Scenario, nodes: &TwoNodes) -> TwoNodeJob {
-        let rsh = write_rsh(sc, nodes);
+        TwoNodeJob::start_with(sc, nodes, &[])
+    }
+
+    /// [`TwoNodeJob::start`] with `agent` (options of cr_run, e.g. `--node ADDR --secret FILE`)
+    /// given to both nodes' cr_run, followed by `--node-name` and the node's hostname when not
+    /// empty. Then `mpirun` is node a's cr_run and `part_b` node b's.
+    fn start_with(sc: &Scenario, nodes: &TwoNodes, agent: &[String]) -> TwoNodeJob {
+        let with_name = |i: usize| -> Vec<String> {
+            let mut v = agent.to_vec();
+            if !v.is_empty() {
+                v.extend(["--node-name".to_string(), HOSTS[i].to_string()]);
+            }
+            v
+        };
+        let rsh = write_rsh(sc, nodes, &with_name(1));
         let ring = ring().display().to_string();
         let net = "10.99.0.0/24";
-        let argv: Vec<String> = [
-            &sc.tools().cr_run.display().to_string(),
-            "--",
-            MPIRUN,
-            "--allow-run-as-root",
-            "--oversubscribe",
-            "--mca",
-            "plm_rsh_agent",
-            &rsh.display().to_string(),
-            "--mca",
-            "btl",
-            "self,vader,tcp",
-            "--mca",
-            "btl_tcp_if_include",
-            net,
-            "--mca",
-            "oob_tcp_if_include",
-            net,
-            "--host",
-            &format!("{}:2,{}:2", ADDRS[0], ADDRS[1]),
-            "-np",
-            "4",
-            "-x",
-            "CR_TEST_GO",
-            &ring,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut argv: Vec<String> = vec![sc.tools().cr_run.display().to_string()];
+        argv.extend(with_name(0));
+        argv.extend(
+            [
+                "--",
+                MPIRUN,
+                "--allow-run-as-root",
+                "--oversubscribe",
+                "--mca",
+                "plm_rsh_agent",
+                &rsh.display().to_string(),
+                "--mca",
+                "btl",
+                "self,vader,tcp",
+                "--mca",
+                "btl_tcp_if_include",
+                net,
+                "--mca",
+                "oob_tcp_if_include",
+                net,
+                "--host",
+                &format!("{}:2,{}:2", ADDRS[0], ADDRS[1]),
+                "-np",
+                "4",
+                "-x",
+                "CR_TEST_GO",
+                &ring,
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
         let cmd = sc.command(&nodes.inside(0, &argv));
         let mut mpirun = sc.start("mpirun across two nodes", cmd);
         let log = sc.root().join("node-b.log");
@@ -709,7 +726,7 @@ fn openmpi_two_nodes_abort_releases_all() {
 /// the ring finishes correct (every message checked).
 #[test]
 fn openmpi_two_nodes_kill_restart() {
-    kill_restart("mpi-nodes-restart", false, false);
+    kill_restart("mpi-nodes-restart", false, Parts::Socket);
 }
 
 /// As [`openmpi_two_nodes_kill_restart`], with the coordinator reached over TCP instead of a
@@ -719,7 +736,7 @@ fn openmpi_two_nodes_kill_restart() {
 /// join from 10.99.0.2, and the restarted job finish correct.
 #[test]
 fn openmpi_two_nodes_tcp_coordinator_kill_restart() {
-    kill_restart("mpi-nodes-tcp-coord", false, true);
+    kill_restart("mpi-nodes-tcp-coord", false, Parts::Tcp);
 }
 
 /// As [`openmpi_two_nodes_kill_restart`], but each half restarted in the other namespace (the
@@ -731,13 +748,68 @@ fn openmpi_two_nodes_tcp_coordinator_kill_restart() {
 /// correct.
 #[test]
 fn openmpi_two_nodes_kill_restart_swapped() {
-    kill_restart("mpi-nodes-swapped", true, false);
+    kill_restart("mpi-nodes-swapped", true, Parts::Socket);
 }
 
-/// Runs the job across both nodes, checkpoints it with `--kill` (the coordinator reached by a
-/// unix socket, or `tcp`) and restarts both halves at once, in their own namespaces or
-/// (`swapped`) each in the other's.
-fn kill_restart(name: &str, swapped: bool, tcp: bool) {
+/// As [`openmpi_two_nodes_tcp_coordinator_kill_restart`], but the node parts are the
+/// long-lived node agents the batch system's launch starts: node a's mpirun runs under
+/// `cr_run --node 10.99.0.1:7316 --secret FILE`, and the launcher agent starts node b's orted
+/// the same way; the checkpoint is the coordinator alone (`cr_checkpoint --coordinator
+/// 10.99.0.1:7316 --secret FILE --nodes 2 -d DIR --kill`), which both agents join (node b's
+/// over the veth). Both agents exit with their killed parts; both halves restarted with
+/// `--reconnect`, the ring finishes correct.
+#[test]
+fn openmpi_node_agents_kill_restart() {
+    kill_restart("mpi-nodes-agents", false, Parts::Agents);
+}
+
+/// How the node parts of a checkpoint across nodes are run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Parts {
+    /// `cr_checkpoint --node` per node, the coordinator on a unix socket.
+    Socket,
+    /// `cr_checkpoint --node` per node, the coordinator over TCP with a job secret.
+    Tcp,
+    /// The node agents `cr_run --node` the job was started under, over TCP with a job secret.
+    Agents,
+}
+
+/// `cr_checkpoint --coordinator ADDRS[0]:COORD_PORT --secret SECRET --nodes 2 -d DIR FLAGS` in
+/// node a, alone (the node agents join), again while it says "try again" (at most 10 times).
+fn coordinator_alone(
+    sc: &Scenario,
+    nodes: &TwoNodes,
+    dir: &std::path::Path,
+    secret: &std::path::Path,
+    flags: &[&str],
+) -> ToolResult {
+    let mut argv: Vec<String> = vec![
+        sc.tools().cr_checkpoint.display().to_string(),
+        "-v".into(),
+        "--coordinator".into(),
+        format!("{}:{COORD_PORT}", ADDRS[0]),
+        "--secret".into(),
+        secret.display().to_string(),
+        "--nodes".into(),
+        "2".into(),
+        "-d".into(),
+        dir.display().to_string(),
+    ];
+    argv.extend(flags.iter().map(|s| s.to_string()));
+    for attempt in 1.. {
+        let r = sc.run_tool("coordinator", sc.command(&nodes.inside(0, &argv)));
+        if r.success() || !r.stderr.contains("try again") || attempt == 10 {
+            return r;
+        }
+        println!("attempt {attempt} refused: {}", r.stderr.trim());
+    }
+    unreachable!()
+}
+
+/// Runs the job across both nodes, checkpoints it with `--kill` (`parts`: how the node parts
+/// are run and reach the coordinator) and restarts both halves at once, in their own
+/// namespaces or (`swapped`) each in the other's.
+fn kill_restart(name: &str, swapped: bool, parts: Parts) {
     if !available() {
         return;
     }
@@ -745,41 +817,68 @@ fn kill_restart(name: &str, swapped: bool, tcp: bool) {
     let Some(nodes) = TwoNodes::new() else {
         return;
     };
-    let mut job = TwoNodeJob::start(&sc, &nodes);
+    let secret = sc.root().join("job.secret");
+    write_secret(&secret, 0x5a);
+    let agent: Vec<String> = match parts {
+        Parts::Agents => vec![
+            "-v".into(),
+            "--node".into(),
+            format!("{}:{COORD_PORT}", ADDRS[0]),
+            "--secret".into(),
+            secret.display().to_string(),
+        ],
+        _ => Vec::new(),
+    };
+    let mut job = TwoNodeJob::start_with(&sc, &nodes, &agent);
     let mut pids = nodes.pids(0);
     pids.extend(nodes.pids(1));
     let dir = sc.root().join("ckpt");
-    let secret = sc.root().join("job.secret");
-    write_secret(&secret, 0x5a);
-    let via = if tcp { Via::Tcp(&secret) } else { Via::Socket };
-    let r = checkpoint_across_retrying(
-        &sc,
-        Some(&nodes),
-        [job.mpirun.pid(), job.part_b],
-        &dir,
-        &["--kill"],
-        via,
-    );
-    println!("{}", r.describe());
-    assert!(
-        r.coordinator.success() && r.parts.iter().all(|p| p.success()),
-        "the checkpoint across the nodes failed:\n{}",
-        r.describe()
-    );
-    if tcp {
+    let coordinator = if parts == Parts::Agents {
+        let r = coordinator_alone(&sc, &nodes, &dir, &secret, &["--kill"]);
+        println!("{}", r.describe());
         assert!(
-            r.coordinator
+            r.success(),
+            "the checkpoint across the node agents failed:\n{}\nnode b:\n{}",
+            r.describe(),
+            TwoNodeJob::node_b_log(&sc)
+        );
+        r
+    } else {
+        let via = if parts == Parts::Tcp {
+            Via::Tcp(&secret)
+        } else {
+            Via::Socket
+        };
+        let r = checkpoint_across_retrying(
+            &sc,
+            Some(&nodes),
+            [job.mpirun.pid(), job.part_b],
+            &dir,
+            &["--kill"],
+            via,
+        );
+        println!("{}", r.describe());
+        assert!(
+            r.coordinator.success() && r.parts.iter().all(|p| p.success()),
+            "the checkpoint across the nodes failed:\n{}",
+            r.describe()
+        );
+        r.coordinator
+    };
+    if parts != Parts::Socket {
+        assert!(
+            coordinator
                 .stderr
                 .contains(&format!("listening on {}:{COORD_PORT}", ADDRS[0]))
-                && r.coordinator
+                && coordinator
                     .stderr
                     .contains(&format!("node {} joined from {}:", HOSTS[1], ADDRS[1]))
                 && !sc.root().join("coord.sock").exists(),
             "node b must reach the coordinator over TCP from its own address:\n{}",
-            r.describe()
+            coordinator.describe()
         );
     }
-    let gen = std::path::PathBuf::from(r.coordinator.stdout.trim());
+    let gen = std::path::PathBuf::from(coordinator.stdout.trim());
     job.mpirun.wait_exit(DEATH_TIMEOUT);
     let deadline = Instant::now() + DEATH_TIMEOUT;
     while pids.iter().any(|&p| proc_stat(p).is_some()) {
@@ -937,6 +1036,118 @@ fn tcp_peers_two_parts_kill_restart() {
     b.wait_child(READY_TIMEOUT);
     sc.go();
     // The client (node b's image) first: it fails at once if its late connection goes astray.
+    b.expect_pass(RESTART_TIMEOUT);
+    a.expect_pass(RESTART_TIMEOUT);
+    assert!(
+        !a.stderr().contains("comes back reset") && !b.stderr().contains("comes back reset"),
+        "the connection must be made again, not reset:\n{}\n{}",
+        a.diag(),
+        b.diag()
+    );
+}
+
+/// The node agents on their own (any user, no namespaces): c-tests/tcp_peers.c's server and
+/// client, joined by one loopback TCP connection, each started under `cr_run --node SOCK
+/// --node-name NAME` (a unix socket path the coordinator will listen at; nobody listens yet).
+/// The checkpoint is `cr_checkpoint --coordinator SOCK --nodes 2 -d DIR --kill` alone: both
+/// agents join it, their programs are killed after the commit and both agents exit as their
+/// programs did (each having told the coordinator it is done: no warning after the commit);
+/// both images restarted at once with `--reconnect`, both finish correct. Also:
+/// `cr_run --node HOST:PORT` without `--secret`, and `--secret` without `--node`, are refused
+/// with one line.
+#[test]
+fn node_agents_two_parts_kill_restart() {
+    let sc = Scenario::new("nodes-agents");
+    let cr_run = sc.tools().cr_run.clone();
+    for (what, args) in [
+        (
+            "cr_run --node over TCP without --secret",
+            vec!["--node", "127.0.0.1:9"],
+        ),
+        (
+            "cr_run --secret without --node",
+            vec!["--secret", "/nonexistent"],
+        ),
+    ] {
+        let mut argv = vec![cr_run.display().to_string()];
+        argv.extend(args.iter().map(|s| s.to_string()));
+        argv.extend(["--".to_string(), "true".to_string()]);
+        let r = sc.run_tool(what, sc.command(&argv));
+        r.assert_failure_code(EINVAL_STATUS);
+    }
+    let prog = sc.program("tcp_peers");
+    let portfile = sc.root().join("port");
+    let sock = sc.root().join("coord.sock");
+    let start = |role: &str, name: &str| {
+        let mut argv = vec![
+            cr_run.display().to_string(),
+            "--node".into(),
+            sock.display().to_string(),
+            "--node-name".into(),
+            name.into(),
+            "--".into(),
+        ];
+        argv.extend(prog.argv.iter().map(|a| a.to_string_lossy().into_owned()));
+        argv.extend([role.to_string(), portfile.display().to_string()]);
+        let mut cmd = sc.command(&argv);
+        cmd.envs(prog.env.iter().map(|(k, v)| (k, v)));
+        sc.start(&format!("tcp_peers {role} under cr_run --node"), cmd)
+    };
+    let mut server = start("server", HOSTS[0]);
+    let mut client = start("client", HOSTS[1]);
+    server.wait_ready();
+    client.wait_ready();
+    let dir = sc.root().join("ckpt");
+    let coord = sc.run_tool(
+        "coordinator",
+        sc.command(&[
+            sc.tools().cr_checkpoint.as_os_str(),
+            "-v".as_ref(),
+            "--coordinator".as_ref(),
+            sock.as_os_str(),
+            "--nodes".as_ref(),
+            "2".as_ref(),
+            "-d".as_ref(),
+            dir.as_os_str(),
+            "--kill".as_ref(),
+        ]),
+    );
+    assert!(
+        coord.success()
+            && coord.stderr.contains("node nodea joined")
+            && coord.stderr.contains("node nodeb joined")
+            && !coord.stderr.contains("after the commit"),
+        "both node agents must join the coordinator's checkpoint:\n{}\n{}\n{}",
+        coord.describe(),
+        server.diag(),
+        client.diag()
+    );
+    let gen = std::path::PathBuf::from(coord.stdout.trim());
+    // Each agent ends as its program did: killed.
+    for (p, what) in [(&mut server, "server"), (&mut client, "client")] {
+        let st = p.wait_exit(DEATH_TIMEOUT);
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            st.signal(),
+            Some(SIGKILL),
+            "the {what}'s agent must end as its killed program:\n{}",
+            p.diag()
+        );
+    }
+    let restart = |i: usize| {
+        let img = gen.join(format!("{}.ckpt", HOSTS[i]));
+        let cmd = sc.command(&[
+            sc.tools().cr_restart.as_os_str(),
+            "--reconnect".as_ref(),
+            img.as_os_str(),
+        ]);
+        sc.start(&format!("cr_restart {}", HOSTS[i]), cmd)
+    };
+    let mut a = restart(0);
+    let mut b = restart(1);
+    a.wait_child(READY_TIMEOUT);
+    b.wait_child(READY_TIMEOUT);
+    sc.go();
     b.expect_pass(RESTART_TIMEOUT);
     a.expect_pass(RESTART_TIMEOUT);
     assert!(

@@ -412,18 +412,6 @@ fn options(m: &clap::ArgMatches, a: &Args) -> checkpoint::Options {
     }
 }
 
-/// This host's name (the default node name).
-fn host_name() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most the buffer's length.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    if rc != 0 || end == 0 {
-        return "node".into();
-    }
-    String::from_utf8_lossy(&buf[..end]).into_owned()
-}
-
 /// `--secret FILE`, read (exits with a one-line error when it cannot be used).
 fn job_secret(a: &Args) -> Option<checkpoint::nodelink::Secret> {
     let path = a.secret.as_ref()?;
@@ -502,7 +490,7 @@ fn main() {
                     "--node: the coordinator chooses the post-checkpoint signal",
                 );
             }
-            let name = args.node_name.clone().unwrap_or_else(host_name);
+            let name = args.node_name.clone().unwrap_or_else(cr::tool::host_name);
             let secret = job_secret(&args);
             let coord = checkpoint::nodelink::Endpoint::parse(coord);
             checkpoint::nodes::join(&coord, secret.as_ref(), &name, &opts, &mut note)

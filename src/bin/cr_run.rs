@@ -51,6 +51,12 @@ in the background, and fetches the newest good one from there when DIR has none.
 --incremental writes delta images (only the pages written since the previous generation), a
 full one every N (--max-chain, default 8); kept generations keep the images their chains need.
 
+       cr_run --node SOCKET|HOST:PORT [--secret FILE] [--node-name NAME] [-v] [--] PROGRAM [ARGS...]
+Runs PROGRAM (this node's part of a job across nodes) and stays its parent (signals passed on,
+exits as it does); joins every checkpoint of the job's coordinator (cr_checkpoint
+--coordinator) listening there, PROGRAM's tree being this node's part. Over TCP --secret is
+required (the coordinator's file). NAME defaults to the host name.
+
        cr_run --status DIR
 Lists the jobs and generations in DIR."
     );
@@ -95,6 +101,9 @@ fn main() {
     };
     let mut max_chain: Option<u32> = None;
     let mut supervised = false;
+    let mut node: Option<String> = None;
+    let mut node_name: Option<String> = None;
+    let mut secret: Option<String> = None;
     let bad = |what: &str, v: &str| -> ! {
         cr::tool::fail(TOOL, libc::EINVAL, &format!("invalid {what} '{v}'"))
     };
@@ -172,6 +181,9 @@ fn main() {
                     .filter(|&n| n >= 1)
                     .unwrap_or_else(|| bad("--keep count", &v));
             }
+            s if is_opt(s, "--node") => node = take_value(&mut args, "--node"),
+            s if is_opt(s, "--node-name") => node_name = take_value(&mut args, "--node-name"),
+            s if is_opt(s, "--secret") => secret = take_value(&mut args, "--secret"),
             s if is_opt(s, "--id") => sup.id = take_value(&mut args, "--id"),
             s if is_opt(s, "--store") => sup.store = take_value(&mut args, "--store"),
             s if is_opt(s, "--on-signal") => {
@@ -251,6 +263,48 @@ fn main() {
     }
     if !supervised && sup.store.is_some() {
         cr::tool::fail(TOOL, libc::EINVAL, "--store needs --checkpoint-dir");
+    }
+    if node.is_none() && (node_name.is_some() || secret.is_some()) {
+        cr::tool::fail(TOOL, libc::EINVAL, "--node-name and --secret need --node");
+    }
+    if let Some(coord) = node {
+        if supervised || omit {
+            cr::tool::fail(
+                TOOL,
+                libc::EINVAL,
+                "--node excludes --checkpoint-dir and --omit",
+            );
+        }
+        let coord = cr::checkpoint::nodelink::Endpoint::parse(&coord);
+        let secret = secret.map(|f| {
+            cr::checkpoint::nodelink::Secret::read(Path::new(&f))
+                .unwrap_or_else(|e| cr::tool::fail(TOOL, libc::EINVAL, &e))
+        });
+        if coord.is_tcp() && secret.is_none() {
+            cr::tool::fail(
+                TOOL,
+                libc::EINVAL,
+                &format!("--node {coord}: over TCP a job secret is required (--secret FILE, the coordinator's)"),
+            );
+        }
+        let name = node_name.unwrap_or_else(cr::tool::host_name);
+        if !cr::checkpoint::nodes::valid_name(&name) {
+            cr::tool::fail(
+                TOOL,
+                libc::EINVAL,
+                &format!("node name {name:?}: use letters, digits, '.', '-' and '_'"),
+            );
+        }
+        let agent = cr::supervise::node::NodeAgent {
+            coord,
+            secret,
+            name,
+            verbose: sup.verbose,
+        };
+        match cr::supervise::node::run(&agent, &command) {
+            Ok(status) => cr::restore::spawn::end_like(status),
+            Err(e) => cr::tool::fail(TOOL, e.errno, &e.msg),
+        }
     }
     if supervised {
         if omit {

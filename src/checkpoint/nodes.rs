@@ -334,7 +334,7 @@ impl Wire {
 }
 
 /// Whether `name` can name a node (and its image file).
-fn valid_name(name: &str) -> bool {
+pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name

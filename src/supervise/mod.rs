@@ -15,6 +15,7 @@
 //! follow the chains (`generations::kept`).
 
 pub mod generations;
+pub mod node;
 pub mod store;
 
 use crate::checkpoint::{self, Commit, Destination, Note};
