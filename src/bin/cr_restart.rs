@@ -294,6 +294,17 @@ fn wait_child(pid: i32) -> i32 {
 
 /// When cr_restart started (for `--verbose`).
 static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+/// Milliseconds from the start to: the images opened and checked (a delta's whole chain), the
+/// first process reported created (for `--verbose`).
+static LOADED: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+static CREATED_AT: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+
+/// Milliseconds since cr_restart started.
+fn since_start() -> f64 {
+    STARTED
+        .get()
+        .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3)
+}
 
 fn main() {
     let _ = STARTED.set(std::time::Instant::now());
@@ -409,6 +420,7 @@ fn main() {
     }
     let mut job = job::load_in(images, &pairs, args.chain_dir.as_deref())
         .unwrap_or_else(|e| failed(&args, e.class, e.errno, &e.msg));
+    let _ = LOADED.set(since_start());
     job.reconnect = args.reconnect.map(std::time::Duration::from_secs);
     if !args.map_address.is_empty() {
         let pairs = args
@@ -582,7 +594,10 @@ fn run_job(
         buf.drain(..used);
         for r in list {
             match r {
-                cr::restore::Report::Created(pid) => created.push(pid),
+                cr::restore::Report::Created(pid) => {
+                    let _ = CREATED_AT.set(since_start());
+                    created.push(pid)
+                }
                 cr::restore::Report::Running(_) => running += 1,
                 cr::restore::Report::Failed(e, m) => failure = Some((e, m)),
                 cr::restore::Report::Top(_) => {}
@@ -617,11 +632,11 @@ fn run_job(
     drop(reports);
     if args.verbose {
         eprintln!(
-            "{TOOL}: {} process(es) running again {:.1} ms after cr_restart started",
+            "{TOOL}: {} process(es) running again {:.1} ms after cr_restart started (images opened and checked at {:.1} ms, first process created at {:.1} ms)",
             members.len(),
-            STARTED
-                .get()
-                .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3)
+            since_start(),
+            LOADED.get().copied().unwrap_or(0.0),
+            CREATED_AT.get().copied().unwrap_or(0.0),
         );
         if let Some(c) = &counted {
             let read = c.read.load(Ordering::Relaxed);
