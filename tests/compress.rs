@@ -112,8 +112,17 @@ fn compressed_image_restarts_eager_and_lazy() {
 /// output (`-f -`). The tree and half-text images of the other tests keep the compressed path.
 #[test]
 fn incompressible_image_is_written_raw() {
-    let sc = Scenario::new("zstd-raw");
-    let mut job = zmem(&sc, 2, 48, 0);
+    incompressible_raw(&Scenario::new("zstd-raw"));
+}
+
+/// The same as an unprivileged user.
+#[test]
+fn incompressible_image_is_written_raw_as_nobody() {
+    incompressible_raw(&Scenario::as_user("zstd-raw-nobody", NOBODY));
+}
+
+fn incompressible_raw(sc: &Scenario) {
+    let mut job = zmem(sc, 2, 48, 0);
     let pid = job.pid();
     let img = sc.next_image_path();
     let res = sc.checkpoint_to(pid, &["-v", "--compress"], &img);
@@ -154,15 +163,15 @@ fn incompressible_image_is_written_raw() {
             i.display(),
             parsed.header.version
         );
-        info(&sc, &["--check"], i).assert_success();
+        info(sc, &["--check"], i).assert_success();
     }
-    let err = restart_pass(&sc, &img, &["--verbose"]);
+    let err = restart_pass(sc, &img, &["--verbose"]);
     assert!(
         err.contains("page data mapped from the image"),
         "the raw image must restart lazily:\n{err}"
     );
-    restart_pass(&sc, &img, &["--eager"]);
-    restart_pass(&sc, &streamed, &["--eager"]);
+    restart_pass(sc, &img, &["--eager"]);
+    restart_pass(sc, &streamed, &["--eager"]);
 }
 
 /// A tree (-T: parent and child) compressed into one file, and a compressed image written to

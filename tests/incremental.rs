@@ -886,6 +886,11 @@ fn compressed_cow_deltas_restore() {
     cow_deltas(&Scenario::new("incr-cow-zstd"), true);
 }
 
+#[test]
+fn compressed_cow_deltas_restore_as_nobody() {
+    cow_deltas(&Scenario::as_user("incr-cow-zstd-nobody", NOBODY), true);
+}
+
 /// Ranges that read as zero without a write the scan sees, and pages that move: incr's "holes"
 /// mode (c-tests/incr.c: a whole 2 MiB transparent huge page dropped with MADV_DONTNEED, which
 /// leaves no page table; the same with 4 KiB pages; a region unmapped and mapped again at its
