@@ -19,8 +19,9 @@
  *     kernel gave huge pages), the same with 4 KiB pages (a whole page table's worth dropped),
  *     a region unmapped and mapped again at its address (not refilled), pages moved with mremap
  *     to another region and back, a region shrunk with mremap and grown back in place, and pages
- *     freed with MADV_FREE and reclaimed at once (MADV_PAGEOUT). A copy of what the arena must
- *     hold (the shadow) is changed with it.
+ *     freed with MADV_FREE and reclaimed at once (MADV_PAGEOUT); a guard page
+ *     (MADV_GUARD_INSTALL) must come back as a zero page. A copy of what the arena must hold
+ *     (the shadow) is changed with it.
  * After GO it recomputes what every region must hold after the steps it took and compares:
  * PASS incr, or FAIL incr: what. */
 #define _GNU_SOURCE
@@ -49,10 +50,10 @@ static int holes;
 
 /* The arena of "holes" mode: regions at these offsets (MiB) and of these sizes. */
 #define MIB ((size_t)1 << 20)
-#define ARENA (44 * MIB)
-enum { THP = 0, SMALL = 8, REMAP = 16, MVDST = 22, MVSRC = 28, SHRINK = 32, LAZY = 40 };
+#define ARENA (46 * MIB)
+enum { THP = 0, SMALL = 8, REMAP = 16, MVDST = 22, MVSRC = 28, SHRINK = 32, LAZY = 40, GUARD = 43 };
 static const struct { size_t at, len; } regions[] = {
-    {THP, 6}, {SMALL, 6}, {REMAP, 4}, {MVDST, 4}, {MVSRC, 2}, {SHRINK, 6}, {LAZY, 2},
+    {THP, 6}, {SMALL, 6}, {REMAP, 4}, {MVDST, 4}, {MVSRC, 2}, {SHRINK, 6}, {LAZY, 2}, {GUARD, 2},
 };
 static char *arena;
 static unsigned char *shadow;
@@ -136,6 +137,14 @@ static void setup_holes(void)
         map_rw(regions[i].at, regions[i].len);
         madvise(at(regions[i].at), regions[i].len * MIB, regions[i].at == THP ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
         fill_at(regions[i].at, regions[i].len, 11000000 * (uint64_t)(i + 1));
+    }
+    /* A guard page (MADV_GUARD_INSTALL, Linux 6.13): it faults when read, so a checkpoint must
+     * leave it out; after a restart it is an ordinary zero page. */
+    if (madvise(at(GUARD) + 7 * PAGE, PAGE, 102 /* MADV_GUARD_INSTALL */) == 0) {
+        memset(shadow + GUARD * MIB + 7 * PAGE, 0, PAGE);
+        printf("GUARD installed\n");
+    } else {
+        printf("GUARD not installed: MADV_GUARD_INSTALL refused (kernel older than 6.13)\n");
     }
     long kb = anon_huge_kb(at(THP));
     printf("THP AnonHugePages after the fill: %ld kB\n", kb);

@@ -908,6 +908,14 @@ fn holes_deltas(sc: &Scenario) {
     let img = sc.img_dir().join("img");
     let full = incremental(sc, job.pid(), &img, &["--max-chain", "16"]);
     assert!(full.contains("incr=full("), "the first is full:\n{full}");
+    if job.stdout().contains("GUARD installed") {
+        assert!(
+            full.contains("1 guard pages (madvise MADV_GUARD_INSTALL) are not saved"),
+            "a guard page left out must be said:\n{full}"
+        );
+    } else {
+        sc.note("no guard page (MADV_GUARD_INSTALL refused): that part is not tested");
+    }
     let full_len = size(&img);
     let mut sizes = Vec::new();
     for k in 1..=4u32 {

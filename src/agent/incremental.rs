@@ -198,6 +198,10 @@ const PAGE_IS_FILE: u64 = 1 << 2;
 const PAGE_IS_PRESENT: u64 = 1 << 3;
 const PAGE_IS_SWAPPED: u64 = 1 << 4;
 const PAGE_IS_PFNZERO: u64 = 1 << 5;
+/// A guard region page (`MADV_GUARD_INSTALL`): reading it faults; recorded as a hole.
+const PAGE_IS_GUARD: u64 = 1 << 8;
+/// The kernel refused `PAGE_IS_GUARD` (`EINVAL`: older than the category): scans go without.
+static NO_GUARD_CATEGORY: AtomicBool = AtomicBool::new(false);
 
 // --- State kept between checkpoints (agent memory; reset after fork and restart). ---
 
@@ -613,19 +617,34 @@ pub fn scan_region(
             };
         }
         let wp = if hot { 0 } else { PM_SCAN_WP_MATCHING };
-        // The pages written, and every page that is not present (see the module documentation): with
-        // `category_inverted` PAGE_IS_PRESENT, "any of WRITTEN, PRESENT" is "written or not
-        // present". Swapped pages (and the kernel's write-protect markers of pages never
-        // populated, which count as swapped) that are not written are reported too and skipped.
+        let guard_mask = if NO_GUARD_CATEGORY.load(Relaxed) {
+            0
+        } else {
+            PAGE_IS_GUARD
+        };
+        // The pages written, and every page that is not present (see the module
+        // documentation): with `category_inverted` PAGE_IS_PRESENT, "any of WRITTEN, PRESENT"
+        // is "written or not present". Swapped pages (and the kernel's write-protect markers of
+        // pages never populated, which count as swapped) that are not written are reported too
+        // and skipped.
         let mut arg = PmScanArg {
             flags: wp | PM_SCAN_CHECK_WPASYNC,
             category_inverted: PAGE_IS_PRESENT,
             category_anyof_mask: PAGE_IS_WRITTEN | PAGE_IS_PRESENT,
-            return_mask: PAGE_IS_WRITTEN | PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_PFNZERO,
+            return_mask: PAGE_IS_WRITTEN
+                | PAGE_IS_PRESENT
+                | PAGE_IS_SWAPPED
+                | PAGE_IS_PFNZERO
+                | guard_mask,
             ..PmScanArg::over(at, piece_end, vec)
         };
         let n = match ioctl(pagemap_fd, PAGEMAP_SCAN, &mut arg as *mut _ as usize) {
             Ok(n) => n.min(vec.len()),
+            // A kernel without the guard category: the same piece again without it.
+            Err(Errno(libc::EINVAL)) if guard_mask != 0 => {
+                NO_GUARD_CATEGORY.store(true, Relaxed);
+                continue;
+            }
             // Not registered (mapped again, moved) before anything of it was protected again:
             // saved in full.
             Err(Errno(libc::EPERM)) if first => {
@@ -654,7 +673,13 @@ pub fn scan_region(
             }
             // A page of an image mapping that is not present reads as the file's page (dropped
             // by a raw MADV_DONTNEED): saved as it reads, not as zero.
-            let data = image.is_some() || c & PAGE_IS_PFNZERO == 0 && populated;
+            // A guard page (MADV_GUARD_INSTALL) faults when read: never read, a hole (zero
+            // after restart, as a full image leaves it: `memory::note_guard`).
+            let guard = c & PAGE_IS_GUARD != 0;
+            if guard {
+                super::memory::note_guard((r.end - r.start) / PAGE as u64);
+            }
+            let data = !guard && (image.is_some() || c & PAGE_IS_PFNZERO == 0 && populated);
             if data {
                 push(r.start, r.end - r.start)?;
             } else if nholes > 0 && holes[2 * nholes - 1] == r.start {
@@ -727,15 +752,32 @@ fn scan_own_pages(
     let vec = unsafe { &mut *core::ptr::addr_of_mut!(VEC) };
     let mut at = start;
     while at < end {
+        let guard_mask = if NO_GUARD_CATEGORY.load(Relaxed) {
+            0
+        } else {
+            PAGE_IS_GUARD
+        };
         let mut arg = PmScanArg {
             category_inverted: PAGE_IS_FILE,
             category_mask: PAGE_IS_FILE,
             category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-            return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | guard_mask,
             ..PmScanArg::over(at, end, vec)
         };
-        let n = ioctl(pagemap_fd, PAGEMAP_SCAN, &mut arg as *mut _ as usize)?.min(vec.len());
+        let n = match ioctl(pagemap_fd, PAGEMAP_SCAN, &mut arg as *mut _ as usize) {
+            Ok(n) => n.min(vec.len()),
+            Err(Errno(libc::EINVAL)) if guard_mask != 0 => {
+                NO_GUARD_CATEGORY.store(true, Relaxed);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         for r in &vec[..n] {
+            if r.categories & PAGE_IS_GUARD != 0 {
+                // Faults when read: left out (the parent's page stands there).
+                super::memory::note_guard((r.end - r.start) / PAGE as u64);
+                continue;
+            }
             push(r.start, r.end - r.start)?;
         }
         if arg.walk_end <= at {

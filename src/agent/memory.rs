@@ -27,6 +27,18 @@ use crate::sys::{self, Errno, StackBuf};
 const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAPPED: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
+/// `pagemap`: the page is a guard region (`MADV_GUARD_INSTALL`, Linux 6.13; this bit 6.14):
+/// reading it faults, so it is never read nor saved ([`note_guard`]).
+const PM_GUARD_REGION: u64 = 1 << 58;
+
+/// Guard pages (`MADV_GUARD_INSTALL`) this checkpoint left out: they are restored as ordinary
+/// zero pages, which a warning says (a guard region is not recorded by the image format).
+static GUARD_PAGES: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Counts `n` guard pages left out of the image being written.
+pub fn note_guard(n: u64) {
+    GUARD_PAGES.fetch_add(n, core::sync::atomic::Ordering::Relaxed);
+}
 /// Pagemap entries read per system call.
 const PM_CHUNK: usize = 4096;
 
@@ -494,6 +506,7 @@ pub fn find_precopy(
     let n = sys::read_file(b"/proc/self/maps\0", maps)?;
     let pagemap_fd =
         sys::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)? as i32;
+    GUARD_PAGES.store(0, core::sync::atomic::Ordering::Relaxed);
     let res = (|| {
         let mut regions = 0;
         for line in scratch.maps()[..n].split(|&b| b == b'\n') {
@@ -621,6 +634,10 @@ fn scan_region(
                     let e =
                         u64::from_ne_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
                     let page = addr + (i * PAGE) as u64;
+                    if e & PM_GUARD_REGION != 0 {
+                        note_guard(1);
+                        continue;
+                    }
                     let populated = e & (PM_PRESENT | PM_SWAPPED) != 0;
                     let save = if kind == RegionKind::FilePrivate {
                         populated && (e & PM_FILE == 0 || e & PM_SWAPPED != 0)
@@ -998,6 +1015,14 @@ pub fn capture(
                 w.raw(REC_WARNING, msg.as_bytes())
                     .map_err(|_| Errno(libc::ENOMEM))?;
             }
+        }
+        let guard = GUARD_PAGES.load(core::sync::atomic::Ordering::Relaxed);
+        if guard > 0 {
+            let mut msg = StackBuf::<512>::new();
+            msg.num(guard)
+                .push(b" guard pages (madvise MADV_GUARD_INSTALL) are not saved as guards: after restart they are ordinary zero pages");
+            w.raw(REC_WARNING, msg.as_bytes())
+                .map_err(|_| Errno(libc::ENOMEM))?;
         }
         Ok(())
     })();
