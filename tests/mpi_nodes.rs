@@ -1406,3 +1406,131 @@ fn tcp_peers_two_namespaces_swapped() {
         b.diag()
     );
 }
+
+/// Megabytes in flight between the two halves at the cut (any user; with `nodes`, root: one
+/// half in each network namespace, over the veth pair): c-tests/tcp_bulk.c's client queues
+/// 3 MiB and its server 1 MiB on their one connection and neither reads (most of it waits in
+/// the writer's send queue behind the reader's full receive buffer, as a large MPI message
+/// at a rank that is not reading). The cut's drain raises the readers' receive buffers so
+/// every byte moves into a receive queue, the images keep them (the MANIFEST says 3 MiB and
+/// 1 MiB waiting: the cut is not refused), both halves are killed and restarted with
+/// `cr_restart --reconnect` (each in its own namespace), and each reads the other's block
+/// whole and in order (every byte, the length and a checksum checked).
+fn bulk_kill_restart(sc: &Scenario, nodes: Option<&TwoNodes>) {
+    let t0 = Instant::now();
+    let prog = sc.program("tcp_bulk");
+    let portfile = sc.root().join("port");
+    let start = |i: usize, role: &str| {
+        let mut argv = vec![sc.tools().cr_run.display().to_string(), "--".into()];
+        argv.extend(prog.argv.iter().map(|a| a.to_string_lossy().into_owned()));
+        argv.extend([role.to_string(), portfile.display().to_string()]);
+        if nodes.is_some() {
+            argv.push(ADDRS[0].to_string());
+        }
+        let argv = match nodes {
+            Some(n) => n.inside(i, &argv),
+            None => argv,
+        };
+        let mut cmd = sc.command(&argv);
+        cmd.envs(prog.env.iter().map(|(k, v)| (k, v)));
+        sc.start(&format!("tcp_bulk {role} in {}", HOSTS[i]), cmd)
+    };
+    let mut server = start(0, "server");
+    let mut client = start(1, "client");
+    server.wait_ready();
+    client.wait_ready();
+    println!("{:.2}s: both halves ready", t0.elapsed().as_secs_f64());
+    let dir = sc.root().join("ckpt");
+    let r = checkpoint_across(sc, nodes, [server.pid(), client.pid()], &dir, &["--kill"]);
+    println!("{:.2}s: checkpointed", t0.elapsed().as_secs_f64());
+    println!("{}", r.describe());
+    assert!(
+        r.coordinator.success() && r.parts.iter().all(|p| p.success()),
+        "the checkpoint of both halves failed:\n{}",
+        r.describe()
+    );
+    let gen = std::path::PathBuf::from(r.coordinator.stdout.trim());
+    let manifest = std::fs::read_to_string(gen.join("MANIFEST")).expect("MANIFEST");
+    println!("{manifest}");
+    let waiting: Vec<u64> = manifest
+        .lines()
+        .filter(|l| l.starts_with("conn "))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.iter()
+                .position(|&w| w == "waiting")
+                .and_then(|i| f.get(i + 1))
+                .and_then(|v| v.parse().ok())
+        })
+        .collect();
+    let mut sorted = waiting.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        vec![(1 << 20) + 16, (3 << 20) + 16],
+        "every byte in flight must wait at its receiver in the images:\n{manifest}"
+    );
+    server.wait_exit(DEATH_TIMEOUT);
+    client.wait_exit(DEATH_TIMEOUT);
+    let restart = |i: usize| {
+        let argv = vec![
+            sc.tools().cr_restart.display().to_string(),
+            "--reconnect".into(),
+            gen.join(format!("{}.ckpt", HOSTS[i])).display().to_string(),
+        ];
+        let argv = match nodes {
+            Some(n) => n.inside(i, &argv),
+            None => argv,
+        };
+        sc.start(&format!("cr_restart {}", HOSTS[i]), sc.command(&argv))
+    };
+    let mut a = restart(0);
+    let mut b = restart(1);
+    let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        a.wait_child(READY_TIMEOUT);
+        b.wait_child(READY_TIMEOUT);
+    }));
+    if started.is_err() {
+        panic!(
+            "the restarts did not both start their jobs:\n{}\n{}",
+            a.diag(),
+            b.diag()
+        );
+    }
+    println!("{:.2}s: both restarted", t0.elapsed().as_secs_f64());
+    sc.go();
+    a.expect_pass(RESTART_TIMEOUT);
+    b.expect_pass(RESTART_TIMEOUT);
+    println!("{:.2}s: both passed", t0.elapsed().as_secs_f64());
+    assert!(
+        a.stdout().contains(&format!("PASS tcp_bulk {}", 3 << 20))
+            && b.stdout().contains(&format!("PASS tcp_bulk {}", 1 << 20)),
+        "each half must read the other's whole block:\n{}\n{}",
+        a.diag(),
+        b.diag()
+    );
+    assert!(
+        !a.stderr().contains("comes back reset") && !b.stderr().contains("comes back reset"),
+        "the connection must be made again, not reset:\n{}\n{}",
+        a.diag(),
+        b.diag()
+    );
+}
+
+#[test]
+fn tcp_bulk_two_parts_kill_restart() {
+    let sc = Scenario::new("nodes-tcp-bulk");
+    bulk_kill_restart(&sc, None);
+}
+
+#[test]
+fn tcp_bulk_two_namespaces_kill_restart() {
+    if !available() {
+        return;
+    }
+    let sc = Scenario::new("nodes-tcp-bulk-ns");
+    let Some(nodes) = TwoNodes::new() else {
+        return;
+    };
+    bulk_kill_restart(&sc, Some(&nodes));
+}

@@ -671,26 +671,46 @@ fn one(
     let stdio = fd <= 2;
     let deleted = path.ends_with(b" (deleted)");
     // A kernel object one of `kinds` saves: its state first (a failure makes it unsupported).
-    let mut state = [0u8; kinds::MAX_STATE];
+    // It is captured straight into the metadata, where the tail of its `REC_KOBJ` (or
+    // `REC_STDIO_KOBJ`) record will be once the `REC_FD` record before it is written: a
+    // socket's queued bytes (megabytes) need no buffer of their own. Other kinds keep to
+    // `kinds::MAX_STATE`.
+    let hsize = core::mem::size_of::<RecordHeader>();
+    let skip = hsize
+        + align8(core::mem::size_of::<FdRec>() + path.len())
+        + hsize
+        + core::mem::size_of::<KobjRec>();
     // A socket on 0-2 is inherited from cr_restart, as BLCR did, unless its other end is in
     // the restart job (a launcher's socket pair on a child's stdin): its state goes with it.
     let stdio_socket = stdio && path.starts_with(b"socket:");
     let classified = kinds::classify(fd, path, fmt);
     let object_kind = classified.filter(|_| !stdio_socket);
+    let capture = |w: &mut MetaWriter, k: &'static dyn kinds::Kind| {
+        let room = w.ahead(skip);
+        let most = if k.id() == kinds::SOCKET {
+            room.len()
+        } else {
+            room.len().min(kinds::MAX_STATE)
+        };
+        let out = &mut room[..most];
+        k.capture(fd, out).map(|n| {
+            let n = n.min(most);
+            let st = &out[..n];
+            let warnings = (k.checkpoint_warning(st), k.checkpoint_count_warning(st));
+            (k, n, warnings)
+        })
+    };
     let stdio_kobj = match classified.filter(|_| stdio_socket) {
-        Some(k) => k.capture(fd, &mut state).ok().map(|n| (k, n)),
+        Some(k) => capture(w, k).ok(),
         None => None,
     };
-    let (kobj, refused) = match object_kind.map(|k| (k, k.capture(fd, &mut state))) {
-        Some((k, Ok(n))) => (Some((k, n)), None),
+    let (kobj, refused) = match object_kind.map(|k| (k, capture(w, k))) {
+        Some((_, Ok(c))) => (Some(c), None),
         Some((k, Err(e))) => (None, Some(k.refusal(e))),
         None => (None, None),
     };
     let (kind, warn): (FdKind, Option<&[u8]>) = match fmt {
-        _ if kobj.is_some() => (
-            FdKind::Kernel,
-            kobj.and_then(|(k, n)| k.checkpoint_warning(&state[..n])),
-        ),
+        _ if kobj.is_some() => (FdKind::Kernel, kobj.and_then(|(_, _, (w, _))| w)),
         _ if refused.is_some() => (FdKind::Unsupported, refused),
         libc::S_IFREG if is_image => (FdKind::CheckpointFile, None),
         libc::S_IFREG if deleted && st.st_size <= unlinked_limit(seen) => (FdKind::Unlinked, None),
@@ -746,14 +766,15 @@ fn one(
     };
     w.record(REC_FD, &rec, path)
         .map_err(|_| Errno(libc::ENOMEM))?;
-    if let Some((k, len)) = kobj {
+    // The state is in place already (`capture` above): only the head is written.
+    if let Some((k, len, _)) = kobj {
         let head = KobjRec { fd, kind: k.id() };
-        w.record(REC_KOBJ, &head, &state[..len])
+        w.record_placed(REC_KOBJ, &head, len)
             .map_err(|_| Errno(libc::ENOMEM))?;
     }
-    if let (FdKind::Inherited, Some((k, len))) = (kind, stdio_kobj) {
+    if let (FdKind::Inherited, Some((k, len, _))) = (kind, stdio_kobj) {
         let head = KobjRec { fd, kind: k.id() };
-        w.record(REC_STDIO_KOBJ, &head, &state[..len])
+        w.record_placed(REC_STDIO_KOBJ, &head, len)
             .map_err(|_| Errno(libc::ENOMEM))?;
     }
     if kind != FdKind::Unsupported {
@@ -802,9 +823,7 @@ fn one(
         // directory, removed on SIGTERM): its directories' modes, to make them again.
         save_parent_dirs(w, path, files)?;
     }
-    if let Some((before, n, after)) =
-        kobj.and_then(|(k, n)| k.checkpoint_count_warning(&state[..n]))
-    {
+    if let Some((before, n, after)) = kobj.and_then(|(_, _, (_, count))| count) {
         warn_about_fd(w, fd, path, |m| {
             m.push(before).num(n).push(after);
         })?;

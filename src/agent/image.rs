@@ -702,6 +702,10 @@ pub fn finish(
             io_report::STORED_RAW.store(1, Relaxed);
         }
     }
+    // The metadata goes out in whole pages: what lies past its end in the last one (state a
+    // capture wrote ahead and gave up, `MetaWriter::ahead`) is zeroed, not written out.
+    let pad = page_align(w.len() as u64) as usize - w.len();
+    let _ = w.ahead(0).get_mut(..pad).map(|tail| tail.fill(0));
 
     let meta_len = w.len() as u64;
     let meta_hash = hash(w.bytes());

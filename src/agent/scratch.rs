@@ -37,7 +37,9 @@ const PROBE_LEN: usize = pages(1 << 20);
 /// One `mincore` byte per page of a probe chunk (256 bytes), padded to a page.
 const MINCORE_LEN: usize = pages(PROBE_LEN / PAGE);
 const EXTENTS_LEN: usize = pages(24 << 20); // a multiple of size_of::<Extent>() (24)
-const META_LEN: usize = pages(64 << 20);
+/// Metadata, sockets' queued bytes included (`kinds::socket::MAX_QUEUED` each): address space
+/// only, populated as written.
+const META_LEN: usize = pages(256 << 20);
 const STACK_LEN: usize = pages(1 << 20);
 /// Extents of the shared memory a copy-on-write checkpoint copies while the program is stopped.
 const PRECOPY_LEN: usize = pages(3 << 20); // a multiple of size_of::<Extent>() (24)

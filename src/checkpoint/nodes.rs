@@ -197,10 +197,158 @@ pub fn connection_table(pids: &[i32]) -> Vec<Conn> {
     all
 }
 
+/// A receiving socket of the node's processes whose receive buffer [`open_receivers`] raised
+/// for the drain: our own descriptor of it (`pidfd_getfd`) and its `SO_BUF_LOCK` before.
+pub struct Receiver {
+    fd: std::os::fd::OwnedFd,
+    lock: Option<i32>,
+}
+
+impl Receiver {
+    /// Peeks one byte: a read makes the kernel tell the peer its window opened at once
+    /// (rather than at its next zero-window probe, which backs off to minutes).
+    fn poke(&self) {
+        let mut b = [0u8; 1];
+        let _ = crate::sys::peek(std::os::fd::AsRawFd::as_raw_fd(&self.fd), &mut b);
+    }
+}
+
+impl Drop for Receiver {
+    /// Puts the buffer lock back (auto-tuning as before); the larger buffer stays (shrinking
+    /// it under the window already offered would drop the peer's next packets).
+    fn drop(&mut self) {
+        if let Some(l) = self.lock {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&self.fd);
+            let _ = crate::sys::setsockopt_int(
+                fd,
+                libc::SOL_SOCKET,
+                crate::kinds::socket::SO_BUF_LOCK,
+                l,
+            );
+        }
+    }
+}
+
+/// The most a peer can have sent and not had acknowledged: its send buffer, at most the larger
+/// of `tcp_wmem`'s maximum (auto-tuned) and twice `wmem_max` (set by the program).
+fn largest_send_buffer() -> usize {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let tcp = read("/proc/sys/net/ipv4/tcp_wmem")
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(4 << 20);
+    let set = read("/proc/sys/net/core/wmem_max")
+        .trim()
+        .parse::<usize>()
+        .unwrap_or(0)
+        * 2;
+    tcp.max(set)
+}
+
+/// Lets every byte on its way into the node in: each connection of `pids` leaving the node
+/// with bytes waiting to be read (its receiver may be full: its program stopped, or not
+/// reading) gets a receive buffer that holds them and all its peer can still send (its send
+/// buffer: [`largest_send_buffer`]), through a descriptor of our own (`pidfd_getfd`, which
+/// needs the right to trace the process: same user, or root). Without it a stopped rank's
+/// full buffer kept a whole MPI message in its peer's send queue, which an image cannot hold
+/// without privileges (`TCP_REPAIR`), and the drain ran out of time. One that cannot be
+/// reached is left as it is (the drain then waits for it as before).
+pub fn open_receivers(pids: &[i32]) -> Vec<Receiver> {
+    let Some(first) = pids.first() else {
+        return Vec::new();
+    };
+    // Inode → bytes waiting, for the node's connections that leave it with bytes waiting.
+    let inodes = socket_inodes(pids);
+    let mut waiting: HashMap<u64, u64> = HashMap::new();
+    for file in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{first}/net/{file}")).unwrap_or_default();
+        for l in text.lines().skip(1) {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() < 10 || f[3] != "01" {
+                continue;
+            }
+            let (Ok(ino), Some((_, rx))) = (f[9].parse::<u64>(), f[4].split_once(':')) else {
+                continue;
+            };
+            let rx = u64::from_str_radix(rx, 16).unwrap_or(0);
+            if rx > 0 && inodes.contains(&ino) {
+                waiting.insert(ino, rx);
+            }
+        }
+    }
+    let room = largest_send_buffer();
+    let mut out = Vec::new();
+    for &pid in pids {
+        if waiting.is_empty() {
+            break;
+        }
+        let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        // SAFETY: pidfd_open takes no pointers.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+        if pidfd < 0 {
+            continue;
+        }
+        for e in rd.flatten() {
+            let Ok(link) = std::fs::read_link(e.path()) else {
+                continue;
+            };
+            let l = link.to_string_lossy();
+            let Some(ino) = l
+                .strip_prefix("socket:[")
+                .and_then(|r| r.strip_suffix(']'))
+                .and_then(|r| r.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let Some(rx) = waiting.remove(&ino) else {
+                continue;
+            };
+            let Some(target) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            // SAFETY: pidfd_getfd takes no pointers; the descriptor it returns is ours.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, target, 0) } as i32;
+            if fd < 0 {
+                continue;
+            }
+            // SAFETY: a descriptor the kernel just gave us.
+            let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+            let lock = crate::sys::getsockopt_int(
+                raw,
+                libc::SOL_SOCKET,
+                crate::kinds::socket::SO_BUF_LOCK,
+            )
+            .ok();
+            crate::kinds::socket::raise_rcvbuf(raw, rx as usize + room);
+            let r = Receiver { fd, lock };
+            r.poke();
+            out.push(r);
+        }
+        // SAFETY: our own pidfd.
+        unsafe { libc::close(pidfd) };
+    }
+    out
+}
+
 /// Waits until no connection of `pids` leaving the node has unacknowledged bytes; the table
-/// then. Fails naming a connection that did not drain by `deadline`.
-pub fn drain(pids: &[i32], deadline: Instant) -> Result<Vec<Conn>, CheckpointError> {
+/// then. Fails naming a connection that did not drain by `deadline`. `receivers` (this
+/// node's, [`open_receivers`]) are poked now and then so that their peers, on other nodes,
+/// learn at once that their windows opened.
+pub fn drain(
+    pids: &[i32],
+    deadline: Instant,
+    receivers: &[Receiver],
+) -> Result<Vec<Conn>, CheckpointError> {
+    let mut round = 0u32;
     loop {
+        if round.is_multiple_of(5) {
+            receivers.iter().for_each(Receiver::poke);
+        }
+        round += 1;
         let table = connection_table(pids);
         let Some(stuck) = table.iter().find(|c| c.unacked > 0) else {
             return Ok(table);
@@ -347,6 +495,8 @@ pub fn valid_name(name: &str) -> bool {
 struct NodeBarrier<'a> {
     wire: &'a mut Wire,
     wait: Duration,
+    /// The node's receivers whose buffers the drain raised ([`open_receivers`]).
+    receivers: Vec<Receiver>,
 }
 
 impl Barrier for NodeBarrier<'_> {
@@ -358,7 +508,14 @@ impl Barrier for NodeBarrier<'_> {
             .expect("DRAIN", deadline)?
             .parse()
             .map_err(|_| err(libc::EPROTO, "bad DRAIN line".into()))?;
-        let drained = match drain(pids, Instant::now() + Duration::from_millis(ms)) {
+        // Bytes on their way in (a peer's send queue behind a full receiver) are let in now;
+        // the buffers stay raised until the images are written.
+        self.receivers = open_receivers(pids);
+        let drained = match drain(
+            pids,
+            Instant::now() + Duration::from_millis(ms),
+            &self.receivers,
+        ) {
             Ok(t) => t,
             Err(e) => {
                 let _ = self.wire.send(&format!("FAILED {}", e.msg));
@@ -454,6 +611,7 @@ pub fn join_on(
     let mut barrier = NodeBarrier {
         wire: &mut wire,
         wait,
+        receivers: Vec::new(),
     };
     match super::checkpoint_part(&opts, &mut barrier, note) {
         Ok(out) => {
@@ -760,12 +918,12 @@ pub fn coordinate(
         return Err(err(
             libc::EAGAIN,
             format!(
-                "node {}: the connection from {} to {} has {} bytes waiting, more than an image keeps ({} KiB): no checkpoint, the job goes on; try again",
+                "node {}: the connection from {} to {} has {} bytes waiting, more than an image keeps ({} MiB): no checkpoint, the job goes on; try again",
                 p.nodes[l.node].name,
                 l.conn.local,
                 l.conn.remote,
                 l.conn.waiting,
-                KEPT / 1024
+                KEPT >> 20
             ),
         ));
     }
@@ -925,8 +1083,8 @@ fn match_links(nodes: &[Node], note: &mut dyn FnMut(Note)) -> Vec<Link> {
             }
             if c.waiting > KEPT && peer.is_none() {
                 note(Note::Warning(format!(
-                    "node {}: the connection from {} to {} has {} bytes waiting, more than an image keeps ({} KiB): it cannot come back connected",
-                    n.name, c.local, c.remote, c.waiting, KEPT / 1024
+                    "node {}: the connection from {} to {} has {} bytes waiting, more than an image keeps ({} MiB): it cannot come back connected",
+                    n.name, c.local, c.remote, c.waiting, KEPT >> 20
                 )));
             }
             links.push(Link {

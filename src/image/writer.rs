@@ -129,6 +129,37 @@ impl<'a> MetaWriter<'a> {
         Ok(())
     }
 
+    /// The free part of the buffer from `skip` bytes past the end of what was written: where
+    /// the tail of a record will be once `skip` bytes of records (its own header and head
+    /// included) are appended. A capture writes a large tail there in place first (a socket's
+    /// queued bytes, straight from the kernel), then [`Self::record_placed`] appends its head.
+    pub fn ahead(&mut self, skip: usize) -> &mut [u8] {
+        let at = (self.len + skip).min(self.buf.len());
+        &mut self.buf[at..]
+    }
+
+    /// Appends one record: `head`, then the `n` bytes of tail that were written in place
+    /// through [`Self::ahead`] (with `skip` = the record's header and `head`).
+    pub fn record_placed<T: Pod>(&mut self, kind: u32, head: &T, n: usize) -> Result<(), Full> {
+        let hsize = core::mem::size_of::<RecordHeader>();
+        let size = core::mem::size_of::<T>();
+        let start = self.len;
+        let tail_at = start + hsize + size;
+        let padded = start + hsize + align8(size + n);
+        if padded > self.buf.len() || size + n > u32::MAX as usize {
+            return Err(Full);
+        }
+        let rh = RecordHeader {
+            kind,
+            len: (size + n) as u32,
+        };
+        self.buf[start..start + hsize].copy_from_slice(bytemuck::bytes_of(&rh));
+        self.buf[start + hsize..tail_at].copy_from_slice(bytemuck::bytes_of(head));
+        self.buf[tail_at + n..padded].fill(0);
+        self.len = padded;
+        Ok(())
+    }
+
     /// Drops everything appended after the first `len` bytes (a record given up half-way).
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
@@ -166,5 +197,27 @@ mod tests {
         w.raw(REC_END, &[]).unwrap();
         assert_eq!(w.len(), 48);
         assert!(w.record(REC_EXTENTS, &e, &[]).is_err());
+    }
+
+    #[test]
+    fn a_tail_written_ahead_becomes_the_record() {
+        let mut buf = [0xffu8; 128];
+        let mut w = MetaWriter::new(&mut buf);
+        w.raw(REC_END, b"ab").unwrap();
+        let before = w.len();
+        let e = Extent {
+            addr: 1,
+            len: 2,
+            file_off: 3,
+        };
+        w.ahead(8 + 24)[..5].copy_from_slice(b"hello");
+        w.record_placed(REC_EXTENTS, &e, 5).unwrap();
+        let mut other = [0u8; 128];
+        let mut o = MetaWriter::new(&mut other);
+        o.raw(REC_END, b"ab").unwrap();
+        o.record(REC_EXTENTS, &e, b"hello").unwrap();
+        assert_eq!(w.bytes(), o.bytes());
+        assert_eq!(w.len(), before + 8 + 24 + 8);
+        assert!(w.record_placed(REC_EXTENTS, &e, 100).is_err());
     }
 }

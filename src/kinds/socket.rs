@@ -2,10 +2,13 @@
 //! address again and listens (connections that were waiting to be accepted are lost); a bound
 //! or connected UDP socket is bound and connected again. A TCP connection whose other end is in
 //! the job too comes back as a new loopback connection between the two with the bytes that were
-//! waiting at each end (no privileges needed: both ends are ours; the port numbers change). Any
-//! other TCP connection cannot be kept without privileges: it comes back as a socket whose next
-//! operation fails with `ECONNRESET`, as if the peer had reset the connection, which network
-//! programs handle (the checkpoint warns).
+//! waiting at each end (no privileges needed: both ends are ours; the port numbers change):
+//! megabytes too — a writer's bytes still in its send queue behind a full reader are let into
+//! the reader's queue before it is peeked ([`drain_peer`]), and the restart raises the new
+//! connection's buffers to hold them again ([`put_back_queued`]; docs/MPI.md "Megabytes in
+//! flight"). Any other TCP connection cannot be kept without privileges: it comes back as a
+//! socket whose next operation fails with `ECONNRESET`, as if the peer had reset the
+//! connection, which network programs handle (the checkpoint warns).
 //! The options programs set on servers come back: `SO_REUSEADDR`, `SO_REUSEPORT`,
 //! `SO_KEEPALIVE`, `SO_RCVBUF`/`SO_SNDBUF` (as set: the kernel doubles what it is given),
 //! `TCP_NODELAY`, `IPV6_V6ONLY`. Unix sockets are in [`super::unix`]; netlink, raw and other
@@ -64,14 +67,28 @@ pub struct SocketState {
     pub peer: [u8; 32],
     /// Bytes that were waiting to be read on a TCP connection (they follow this record).
     pub queued: u32,
-    /// Reserved (0).
-    pub _pad2: u32,
+    /// Bytes on the way to a TCP connection that could not be saved (more than
+    /// [`MAX_QUEUED`] or than the metadata area holds, or its peer's unsent bytes that did
+    /// not drain into it): `peer_len` is then 0 and it comes back reset (0 in older images).
+    pub lost: u32,
 }
 const _: () = assert!(core::mem::size_of::<SocketState>() == 112);
 
-/// Most bytes waiting on a TCP connection that are saved (more: the connection comes back
-/// reset).
-pub const MAX_QUEUED: usize = 12 * 1024;
+/// Most bytes waiting on a connection (TCP here, unix in [`super::unix`]) that are saved:
+/// far above what a socket's buffers hold with the default limits (a few MiB); more, or more
+/// than is left of the metadata area they are captured into, and a TCP connection comes back
+/// reset (a unix socket is closed), with a warning.
+pub const MAX_QUEUED: usize = 64 << 20;
+
+/// `SO_BUF_LOCK` (Linux 5.14): whether `SO_RCVBUF`/`SO_SNDBUF` were set (bit 0 send, bit 1
+/// receive), which turns TCP's buffer auto-tuning off; settable, so it can be put back.
+pub const SO_BUF_LOCK: i32 = 72;
+/// `SO_SNDBUFFORCE`: `SO_SNDBUF` above `wmem_max` (`CAP_NET_ADMIN`).
+pub const SO_SNDBUFFORCE: i32 = 32;
+/// `SO_RCVBUFFORCE`: `SO_RCVBUF` above `rmem_max` (`CAP_NET_ADMIN`).
+pub const SO_RCVBUFFORCE: i32 = 33;
+/// Longest wait for a peer's unsent bytes to drain into a connection being saved.
+const DRAIN_NS: u64 = 2_000_000_000;
 const _: () = assert!(core::mem::size_of::<libc::sockaddr_in6>() <= 32);
 
 /// `getsockname`/`getpeername` into `out`; the length.
@@ -132,7 +149,7 @@ impl Kind for Socket {
         link.starts_with(b"socket:[")
     }
     fn refusal(&self, _e: Errno) -> &'static [u8] {
-        b"is a socket libcr cannot restore (netlink, raw, or a unix socket with more queued data than an image saves: 12 KiB, 1024 messages); it will be closed at restart"
+        b"is a socket libcr cannot restore (netlink, raw, or a unix socket with more queued data than an image saves: 64 MiB or what is left of the checkpoint's 256 MiB metadata area, 1024 messages); it will be closed at restart"
     }
     fn checkpoint_count_warning(
         &self,
@@ -148,6 +165,11 @@ impl Kind for Socket {
             return None;
         }
         let s: SocketState = get(state)?;
+        if s.lost > 0 {
+            return Some(
+                b"is a TCP connection with more bytes on the way to it than a checkpoint keeps (over 64 MiB, or its peer's unsent bytes did not drain into it within 2 s); it comes back reset (ECONNRESET)",
+            );
+        }
         (s.role == ROLE_CONNECTED && s.sock_type == libc::SOCK_STREAM).then_some(
             b"is a TCP connection; after restart it is connected again only if its peer is part of the restart, else it fails with ECONNRESET as if the peer had reset it",
         )
@@ -196,7 +218,7 @@ impl Kind for Socket {
             addr: [0; 32],
             peer: [0; 32],
             queued: 0,
-            _pad2: 0,
+            lost: 0,
         };
         s.addr_len = name(libc::SYS_getsockname, fd, &mut s.addr);
         s.peer_len = name(libc::SYS_getpeername, fd, &mut s.peer);
@@ -218,13 +240,15 @@ impl Kind for Socket {
         let head = core::mem::size_of::<SocketState>();
         if s.role == ROLE_CONNECTED && sock_type == libc::SOCK_STREAM && s.peer_len > 0 {
             // Its peer may be part of the job: then it comes back connected with these bytes.
-            let inq = sys::bytes_waiting(fd).unwrap_or(0);
             let room = out.len().saturating_sub(head).min(MAX_QUEUED);
-            if inq > 0 && inq <= room {
-                s.queued = sys::peek(fd, &mut out[head..head + inq]).unwrap_or(0) as u32;
-            } else if inq > 0 {
-                // Too much to keep: its peer cannot get it back in order either.
+            let unsent = drain_peer(fd, &s, room);
+            let inq = sys::bytes_waiting(fd).unwrap_or(0);
+            if unsent > 0 || inq > room {
+                // Not all of it can be kept: its peer cannot get it back in order either.
+                s.lost = (unsent + inq).min(u32::MAX as usize) as u32;
                 s.peer_len = 0;
+            } else if inq > 0 {
+                s.queued = sys::peek(fd, &mut out[head..head + inq]).unwrap_or(0) as u32;
             }
         }
         put(out, &s)?;
@@ -361,6 +385,194 @@ impl Kind for Socket {
             _ => format!("{proto} socket, not bound"),
         }
     }
+}
+
+/// The exact-socket request of `NETLINK_SOCK_DIAG` for internet sockets (`struct nlmsghdr`,
+/// `struct inet_diag_req_v2` with its `struct inet_diag_sockid`).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct InetDiagReq {
+    len: u32,
+    kind: u16,
+    flags: u16,
+    seq: u32,
+    pid: u32,
+    family: u8,
+    protocol: u8,
+    ext: u8,
+    pad: u8,
+    states: u32,
+    sport: [u8; 2],
+    dport: [u8; 2],
+    src: [u8; 16],
+    dst: [u8; 16],
+    ifindex: u32,
+    cookie: [u32; 2],
+}
+const _: () = assert!(core::mem::size_of::<InetDiagReq>() == 72);
+
+/// The port and address bytes (4 for IPv4, 16 for IPv6) of a saved `sockaddr_in`/`_in6`.
+fn port_and_ip(a: &[u8], domain: i32) -> Option<([u8; 2], [u8; 16])> {
+    let mut ip = [0u8; 16];
+    let port = [*a.get(2)?, *a.get(3)?];
+    if domain == libc::AF_INET6 {
+        ip.copy_from_slice(a.get(8..24)?);
+    } else {
+        ip[..4].copy_from_slice(a.get(4..8)?);
+    }
+    Some((port, ip))
+}
+
+/// Bytes the TCP socket at `local` connected to `remote` (this network namespace) has not had
+/// acknowledged yet (`write_seq - snd_una`, its unsent and unacknowledged bytes, which
+/// `SIOCOUTQ` gives its owner), or `None` when there is no such socket here (its peer is on
+/// another host, or gone). Allocation-free (`NETLINK_SOCK_DIAG`, no privilege needed).
+pub fn unacked_of(domain: i32, local: &[u8], remote: &[u8]) -> Option<usize> {
+    let (sport, src) = port_and_ip(local, domain)?;
+    let (dport, dst) = port_and_ip(remote, domain)?;
+    let req = InetDiagReq {
+        len: 72,
+        kind: 20, // SOCK_DIAG_BY_FAMILY
+        flags: libc::NLM_F_REQUEST as u16,
+        seq: 1,
+        pid: 0,
+        family: domain as u8,
+        protocol: libc::IPPROTO_TCP as u8,
+        ext: 0,
+        pad: 0,
+        states: !0,
+        sport,
+        dport,
+        src,
+        dst,
+        ifindex: 0,
+        cookie: [!0, !0],
+    };
+    let nl = sys::sys3(
+        libc::SYS_socket as usize,
+        libc::AF_NETLINK as usize,
+        (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC) as usize,
+        libc::NETLINK_SOCK_DIAG as usize,
+    )
+    .ok()? as i32;
+    let mut answer = [0u8; 512];
+    let res = sys::write_all(nl, bytemuck::bytes_of(&req)).and_then(|_| sys::read(nl, &mut answer));
+    sys::close(nl);
+    let n = res.ok()?.min(answer.len());
+    // nlmsghdr (16), then inet_diag_msg: family, state, timer, retrans, the id (48 bytes),
+    // expires, rqueue, wqueue (at 60).
+    let kind = u16::from_ne_bytes([answer[4], answer[5]]);
+    if n < 16 + 64 || kind != 20 {
+        return None;
+    }
+    // The lookup falls back to a listener on the port (one of another connection's end that
+    // listens on the same port number in this namespace, where the peer itself is on another
+    // host): only that very connection counts (its ports and addresses, not listening).
+    let m = &answer[16..];
+    const TCP_LISTEN: u8 = 10;
+    // A v4-mapped IPv6 request may find an IPv4 socket (the other end of a dual-stack
+    // listener's connection): its addresses come back in the IPv4 form.
+    let as_v4 = |a: [u8; 16]| {
+        let mut v = [0u8; 16];
+        v[..4].copy_from_slice(&a[12..16]);
+        v
+    };
+    let (src, dst) = if i32::from(m[0]) == libc::AF_INET && domain == libc::AF_INET6 {
+        (as_v4(src), as_v4(dst))
+    } else {
+        (src, dst)
+    };
+    if m[1] == TCP_LISTEN
+        || m[4..6] != sport
+        || m[6..8] != dport
+        || m[8..24] != src
+        || m[24..40] != dst
+    {
+        return None;
+    }
+    let w = &answer[16 + 60..16 + 64];
+    Some(u32::from_ne_bytes([w[0], w[1], w[2], w[3]]) as usize)
+}
+
+/// `SO_RCVBUF` (or, where allowed, `SO_RCVBUFFORCE` past `rmem_max`) of `fd` raised to hold
+/// at least `bytes` (never lowered). Allocation-free.
+pub fn raise_rcvbuf(fd: i32, bytes: usize) {
+    raise_buf(fd, bytes, libc::SO_RCVBUF, SO_RCVBUFFORCE);
+}
+
+/// `SO_SNDBUF` (or `SO_SNDBUFFORCE`) of `fd` raised to hold at least `bytes`.
+pub fn raise_sndbuf(fd: i32, bytes: usize) {
+    raise_buf(fd, bytes, libc::SO_SNDBUF, SO_SNDBUFFORCE);
+}
+
+fn raise_buf(fd: i32, bytes: usize, name: i32, force: i32) {
+    // The kernel doubles the value for its bookkeeping; the data's own overhead (a buffer per
+    // packet) is below that, and a margin covers small amounts.
+    let want = bytes.saturating_add(256 << 10).min(i32::MAX as usize / 2) as i32;
+    let now = sys::getsockopt_int(fd, libc::SOL_SOCKET, name).unwrap_or(0);
+    if now / 2 >= want {
+        return;
+    }
+    if sys::setsockopt_int(fd, libc::SOL_SOCKET, force, want).is_err() {
+        let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, name, want);
+    }
+}
+
+/// Sleeps `ns` nanoseconds (raw `nanosleep`, allocation-free).
+fn nap(ns: u64) {
+    let ts = libc::timespec {
+        tv_sec: (ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+    };
+    let _ = sys::sys3(
+        libc::SYS_nanosleep as usize,
+        &ts as *const libc::timespec as usize,
+        0,
+        0,
+    );
+}
+
+/// Before TCP connection `fd` (state `s`) is saved: bytes its peer has written and not yet
+/// delivered (its send queue, which cannot be read without privileges: the receiver's window
+/// was full, its program not reading) are let in — its receive buffer raised to hold them (at
+/// most `room` waiting bytes in all), a window update provoked with a peek — and waited for
+/// (up to 2 s). The peer is looked up in this network namespace (one node: both ends of a
+/// connection of the job are here; a peer elsewhere is the cross-node drain's, docs/MPI.md).
+/// The buffer lock (`SO_BUF_LOCK`, auto-tuning) is put back; the larger buffer stays (a
+/// smaller one than the window already offered would drop the peer's next packets). Returns
+/// the bytes that did not drain (0: every byte on the way is waiting at `fd`).
+/// Allocation-free (the agent, threads parked).
+fn drain_peer(fd: i32, s: &SocketState, room: usize) -> usize {
+    let local = &s.addr[..(s.addr_len as usize).min(32)];
+    let peer = &s.peer[..(s.peer_len as usize).min(32)];
+    let Some(mut unsent) = unacked_of(s.domain, peer, local) else {
+        return 0;
+    };
+    if unsent == 0 {
+        return 0;
+    }
+    let inq = sys::bytes_waiting(fd).unwrap_or(0);
+    if inq + unsent > room {
+        return unsent;
+    }
+    let lock = sys::getsockopt_int(fd, libc::SOL_SOCKET, SO_BUF_LOCK).ok();
+    raise_rcvbuf(fd, inq + unsent);
+    let deadline = sys::monotonic_ns() + DRAIN_NS;
+    let mut byte = [0u8; 1];
+    loop {
+        // Reading (a peek too) tells the peer the window opened (`tcp_cleanup_rbuf`), rather
+        // than its next zero-window probe, which backs off to minutes.
+        let _ = sys::peek(fd, &mut byte);
+        nap(1_000_000);
+        unsent = unacked_of(s.domain, peer, local).unwrap_or(0);
+        if unsent == 0 || sys::monotonic_ns() > deadline {
+            break;
+        }
+    }
+    if let Some(l) = lock {
+        let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, SO_BUF_LOCK, l);
+    }
+    unsent
 }
 
 /// `a.b.c.d:port` or `[v6]:port` of a saved `sockaddr_in`/`sockaddr_in6`.
@@ -583,25 +795,110 @@ pub fn restore_tcp_pair(a: &[u8], b: &[u8]) -> Result<(OwnedFd, OwnedFd), KindEr
     let addr = listener.local_addr().map_err(|e| io(e, "listen"))?;
     let end_a = std::net::TcpStream::connect(addr).map_err(|e| io(e, "connect"))?;
     let (end_b, _) = listener.accept().map_err(|e| io(e, "accept"))?;
-    use std::io::Write;
-    (&end_b).write_all(qa).map_err(|e| io(e, "queued bytes"))?;
-    (&end_a).write_all(qb).map_err(|e| io(e, "queued bytes"))?;
     let end_a = OwnedFd::from(end_a);
     let end_b = OwnedFd::from(end_b);
-    // Both ends' bytes must have arrived before the program reads (loopback: at once).
-    for (fd, want) in [(&end_a, qa.len()), (&end_b, qb.len())] {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    put_back_queued(&end_a, &end_b, qa, qb).map_err(|e| io(e, "queued bytes"))?;
+    set_options(&end_a, &sa);
+    set_options(&end_b, &sb);
+    Ok((end_a, end_b))
+}
+
+/// Puts the bytes that were waiting at each end of a connection back, `qa` waiting at `a` and
+/// `qb` at `b` (a new connection between the two): each is written by the other end, whose
+/// send buffer and the receiver's receive buffer are raised to hold them first (megabytes do
+/// not fit a new connection's defaults, and nobody reads until the program runs), without
+/// blocking, both directions at once. Then waits (up to 10 s) until each end's bytes have
+/// arrived, so a program that reads without waiting finds them. Where the receive buffer could
+/// not be raised that far (`rmem_max` without `CAP_NET_ADMIN`), the rest waits in order in the
+/// writer's send queue, as it did in the original (delivered as the program reads). The
+/// buffer locks are then cleared (`SO_BUF_LOCK` 0: auto-tuning on, as on a new connection).
+pub fn put_back_queued(a: &OwnedFd, b: &OwnedFd, qa: &[u8], qb: &[u8]) -> std::io::Result<()> {
+    let (ra, rb) = (a.as_raw_fd(), b.as_raw_fd());
+    for (reader, writer, q) in [(ra, rb, qa), (rb, ra, qb)] {
+        if !q.is_empty() {
+            raise_rcvbuf(reader, q.len());
+            raise_sndbuf(writer, q.len());
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (mut da, mut db) = (0usize, 0usize);
+    while da < qa.len() || db < qb.len() {
+        let mut progress = false;
+        for (writer, q, done) in [(rb, qa, &mut da), (ra, qb, &mut db)] {
+            if *done < q.len() {
+                // SAFETY: sending from a slice we hold on a socket we own.
+                let n = unsafe {
+                    libc::send(
+                        writer,
+                        q[*done..].as_ptr().cast(),
+                        q.len() - *done,
+                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    )
+                };
+                if n > 0 {
+                    *done += n as usize;
+                    progress = true;
+                } else if n < 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.raw_os_error() != Some(libc::EAGAIN) {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        // Nobody reads these ends yet: a peek makes each reader advertise its window again at
+        // once, rather than at the writer's zero-window probes, which back off to seconds.
+        for fd in [ra, rb] {
+            let _ = sys::peek(fd, &mut [0u8; 1]);
+        }
+        if !progress {
+            if std::time::Instant::now() > deadline {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "{} of {} and {} of {} bytes written in 10 s",
+                        da,
+                        qa.len(),
+                        db,
+                        qb.len()
+                    ),
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    // Both ends' bytes arrive at once on loopback, unless a receive buffer is too small: then
+    // the rest stays in the writer's send queue (its `SIOCOUTQ` does not fall).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for (reader, writer, want) in [(ra, rb, qa.len()), (rb, ra, qb.len())] {
+        let mut last = (usize::MAX, std::time::Instant::now());
         loop {
-            let inq = sys::bytes_waiting(fd.as_raw_fd()).unwrap_or(0);
-            if inq >= want || std::time::Instant::now() > deadline {
+            let _ = sys::peek(reader, &mut [0u8; 1]);
+            let inq = sys::bytes_waiting(reader).unwrap_or(0);
+            let outq = outq(writer);
+            if inq >= want || outq == 0 || std::time::Instant::now() > deadline {
+                break;
+            }
+            if outq != last.0 {
+                last = (outq, std::time::Instant::now());
+            } else if last.1.elapsed() > std::time::Duration::from_millis(300) {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
-    set_options(&end_a, &sa);
-    set_options(&end_b, &sb);
-    Ok((end_a, end_b))
+    for fd in [ra, rb] {
+        let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, SO_BUF_LOCK, 0);
+    }
+    Ok(())
+}
+
+/// Bytes of TCP socket `fd` not yet acknowledged by its peer (`SIOCOUTQ`).
+fn outq(fd: i32) -> usize {
+    let mut n: i32 = 0;
+    // SAFETY: SIOCOUTQ writes one int.
+    unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) };
+    n.max(0) as usize
 }
 
 /// The options of saved socket `s` on `fd` (those that matter to a connection).
@@ -668,4 +965,58 @@ fn reset_connection(domain: i32) -> Result<OwnedFd, KindError> {
     // SAFETY: one valid pollfd.
     unsafe { libc::poll(&mut p, 1, 1000) };
     Ok(OwnedFd::from(stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A loopback connection whose reader does not read: the writer's unsent bytes are seen
+    /// from the reader's side (`unacked_of`, as `SIOCOUTQ` gives them to the writer), the drain
+    /// lets them all into the reader's queue, and `put_back_queued` puts megabytes back into a
+    /// new connection each way without blocking, in order.
+    #[test]
+    fn peer_send_queue_drains_and_megabytes_go_back() {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let w = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (r, _) = l.accept().unwrap();
+        w.set_nonblocking(true).unwrap();
+        let data: Vec<u8> = (0..3u32 << 20).map(|i| (i * 7 + i / 4099) as u8).collect();
+        let mut sent = 0;
+        let start = std::time::Instant::now();
+        while sent < data.len() && start.elapsed() < std::time::Duration::from_secs(2) {
+            match (&w).write(&data[sent..]) {
+                Ok(n) => sent += n,
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        }
+        assert!(sent > 1 << 20, "only {sent} bytes taken");
+        let fd = r.as_raw_fd();
+        let mut s: SocketState = Zeroable::zeroed();
+        s.domain = libc::AF_INET;
+        s.addr_len = name(libc::SYS_getsockname, fd, &mut s.addr);
+        s.peer_len = name(libc::SYS_getpeername, fd, &mut s.peer);
+        let peer = &s.peer[..s.peer_len as usize];
+        let local = &s.addr[..s.addr_len as usize];
+        let unsent = unacked_of(libc::AF_INET, peer, local).unwrap();
+        assert_eq!(unsent, outq(w.as_raw_fd()));
+        assert!(unsent > 0, "the reader's window must be full");
+        assert_eq!(drain_peer(fd, &s, MAX_QUEUED), 0);
+        assert_eq!(sys::bytes_waiting(fd).unwrap(), sent);
+        // The same bytes into a new connection, 3 MiB one way and 1 MiB the other.
+        let l2 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = OwnedFd::from(std::net::TcpStream::connect(l2.local_addr().unwrap()).unwrap());
+        let b = OwnedFd::from(l2.accept().unwrap().0);
+        let back = &data[..1 << 20];
+        put_back_queued(&a, &b, &data[..sent], back).unwrap();
+        for (fd, want) in [(&a, &data[..sent]), (&b, back)] {
+            let mut got = vec![0u8; want.len()];
+            let mut s = std::net::TcpStream::from(fd.try_clone().unwrap());
+            s.read_exact(&mut got).unwrap();
+            assert!(got == want, "bytes differ");
+            s.set_nonblocking(true).unwrap();
+            assert!(s.read(&mut [0u8; 1]).is_err(), "nothing more");
+        }
+    }
 }

@@ -34,8 +34,10 @@ pub const ROLE_CONNECTED: u32 = 2;
 pub const ROLE_BOUND: u32 = 3;
 
 /// Most bytes a socket may have queued for reading to be saved (with 4 bytes of length per
-/// message of a datagram or seqpacket socket).
-pub const MAX_QUEUED: usize = 12 * 1024;
+/// message of a datagram or seqpacket socket): as for TCP, far above what a unix socket's
+/// buffers hold (its sender's `SO_SNDBUF`, at most twice `wmem_max` without privileges), and
+/// bounded by what is left of the metadata area the state is captured into.
+pub const MAX_QUEUED: usize = super::socket::MAX_QUEUED;
 /// Most messages saved per socket.
 pub const MAX_MESSAGES: usize = 1024;
 
@@ -559,6 +561,12 @@ fn write_queued(
     resolve: Resolve<'_>,
 ) -> Result<usize, KindError> {
     let mut missing = 0;
+    if !q.is_empty() {
+        // The bytes are charged to the sending socket until they are read: its send buffer
+        // must hold them all (megabytes need more than the default), with room for each
+        // message's own buffer.
+        super::socket::raise_sndbuf(to.as_raw_fd(), q.len() + q.messages.len() * 1024);
+    }
     // The descriptors of one message or group of bytes, resolved, and how many were not.
     let group = |at: u32| -> (Vec<i32>, usize) {
         let all: Vec<Option<i32>> = q

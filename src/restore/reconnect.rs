@@ -17,7 +17,6 @@
 use crate::image::reader::{Fd, Image};
 use crate::kinds::socket;
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -189,32 +188,60 @@ impl Accepting {
     }
 }
 
-/// Puts back the bytes waiting at each end: each sends its own (length first), reads the
-/// other's and echoes them back raw; then waits until its own have arrived.
+/// Puts back the bytes waiting at each end: each sends its own (length first) while it reads
+/// the other's, then echoes those back raw; then waits until its own have arrived. Megabytes
+/// each way: the receive buffer is first raised to hold this end's own bytes (the echo), the
+/// send buffer to hold what it sends, and both directions move at once without blocking, so
+/// two ends that each send more than a new connection's buffers hold never wait for each
+/// other.
 fn exchange(s: &TcpStream, mine: &[u8], deadline: Instant) -> std::io::Result<()> {
-    let left = || {
-        deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1))
-    };
-    s.set_read_timeout(Some(left()))?;
-    s.set_write_timeout(Some(left()))?;
-    let mut w = s;
-    let mut head = (mine.len() as u32).to_le_bytes().to_vec();
-    head.extend_from_slice(mine);
-    w.write_all(&head)?;
-    let mut r = s;
+    let fd = s.as_raw_fd();
+    socket::raise_rcvbuf(fd, mine.len());
+    socket::raise_sndbuf(fd, mine.len() + 4);
+    s.set_nonblocking(true)?;
+    let mut out = (mine.len() as u32).to_le_bytes().to_vec();
+    out.extend_from_slice(mine);
     let mut len = [0u8; 4];
-    r.read_exact(&mut len)?;
-    let mut theirs = vec![0u8; u32::from_le_bytes(len) as usize];
-    r.read_exact(&mut theirs)?;
-    w.write_all(&theirs)?;
+    let mut got_len = 0;
+    let mut theirs: Vec<u8> = Vec::new();
+    let mut got = 0;
+    let mut sent = 0;
+    // Theirs in, ours out.
+    while sent < out.len() || got_len < 4 || got < theirs.len() {
+        let mut progress = false;
+        if sent < out.len() {
+            progress |= step(send_some(fd, &out[sent..]), &mut sent)?;
+        }
+        if got_len < 4 {
+            progress |= step(recv_some(fd, &mut len[got_len..]), &mut got_len)?;
+            if got_len == 4 {
+                theirs = vec![0u8; u32::from_le_bytes(len) as usize];
+                // They come back out through here: room for them in the send buffer.
+                socket::raise_sndbuf(fd, mine.len() + 4 + theirs.len());
+            }
+        } else if got < theirs.len() {
+            progress |= step(recv_some(fd, &mut theirs[got..]), &mut got)?;
+        }
+        idle(progress, deadline)?;
+    }
+    // Theirs back (the other end raised its receive buffer for them).
+    let mut echoed = 0;
+    while echoed < theirs.len() {
+        let progress = step(send_some(fd, &theirs[echoed..]), &mut echoed)?;
+        poke(fd);
+        idle(progress, deadline)?;
+    }
     loop {
-        let waiting = crate::sys::bytes_waiting(s.as_raw_fd()).unwrap_or(0);
+        // Nobody reads here any more: a peek tells the other end at once that the window
+        // opened (else it waits for its zero-window probes, which back off to seconds).
+        poke(fd);
+        let waiting = crate::sys::bytes_waiting(fd).unwrap_or(0);
         if waiting >= mine.len() {
-            // The program's own timeouts (none: a new socket's).
+            // The program's own blocking mode and timeouts (a new socket's).
+            s.set_nonblocking(false)?;
             s.set_read_timeout(None)?;
             s.set_write_timeout(None)?;
+            let _ = crate::sys::setsockopt_int(fd, libc::SOL_SOCKET, socket::SO_BUF_LOCK, 0);
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -222,6 +249,67 @@ fn exchange(s: &TcpStream, mine: &[u8], deadline: Instant) -> std::io::Result<()
         }
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// Peeks one byte of `fd`: a read makes the kernel advertise the receive window again now.
+fn poke(fd: i32) {
+    let mut b = [0u8; 1];
+    let _ = crate::sys::peek(fd, &mut b);
+}
+
+/// A non-blocking `send` of `b` on `fd`: the bytes sent (0: it would block).
+fn send_some(fd: i32, b: &[u8]) -> std::io::Result<usize> {
+    // SAFETY: sending from a slice we hold on a socket we own.
+    let n = unsafe {
+        libc::send(
+            fd,
+            b.as_ptr().cast(),
+            b.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    would_block(n)
+}
+
+/// A non-blocking `recv` into `b`: the bytes read (0: nothing yet); end of file is an error.
+fn recv_some(fd: i32, b: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: reading into a slice we hold from a socket we own.
+    let n = unsafe { libc::recv(fd, b.as_mut_ptr().cast(), b.len(), libc::MSG_DONTWAIT) };
+    if n == 0 && !b.is_empty() {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+    }
+    would_block(n)
+}
+
+fn would_block(n: isize) -> std::io::Result<usize> {
+    if n >= 0 {
+        return Ok(n as usize);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::Interrupted {
+        Ok(0)
+    } else {
+        Err(e)
+    }
+}
+
+/// Adds the bytes of one step to `at`; whether there were any.
+fn step(r: std::io::Result<usize>, at: &mut usize) -> std::io::Result<bool> {
+    let n = r?;
+    *at += n;
+    Ok(n > 0)
+}
+
+/// After a round without `progress`: a pause, or `ETIMEDOUT` past `deadline`.
+fn idle(progress: bool, deadline: Instant) -> std::io::Result<()> {
+    if progress {
+        return Ok(());
+    }
+    if Instant::now() > deadline {
+        return Err(std::io::Error::from_raw_os_error(libc::ETIMEDOUT));
+    }
+    std::thread::sleep(Duration::from_micros(200));
+    Ok(())
 }
 
 /// The new connections by (saved local, saved peer) address, as the pool keys TCP ends.
