@@ -545,13 +545,20 @@ class IncrSample:
     def __init__(self):
         self.full = self.size = self.ckpt = self.stop = self.plain = self.armed = None
         self.phases = None
+        # The first delta (written stopped: no delta buffer yet): its checkpoint and stop.
+        self.first_ckpt = self.first_stop = None
+        # The buffered delta's stop and copy as its agent reports them (-v: mode=buffered).
+        self.agent_stop = self.copy = None
 
 
 def incremental_once(tools, progs, wdir, mib, dirty_mib, verbose):
     """A mib MiB process of random data: a write pass over dirty_mib MiB (one word per page),
     not tracked; an incremental checkpoint (a full image, which arms write-tracking); the same
-    pass, tracked; then the delta checkpoint. Returns an IncrSample, or None (with the reason
-    logged) when the kernel lacks what write-tracking needs."""
+    pass, tracked; a first delta checkpoint (written stopped: the agent has no delta buffer
+    yet, and sizes one from it); the pass again; then the measured delta checkpoint, whose page
+    data goes through the delta buffer (`mode=buffered`, else BenchError). Returns an
+    IncrSample, or None (with the reason logged) when the kernel lacks what write-tracking
+    needs."""
     s = IncrSample()
     stepfile = os.path.join(wdir, "steps")
     dirtyfile = os.path.join(wdir, "dirty")
@@ -601,6 +608,18 @@ def incremental_once(tools, progs, wdir, mib, dirty_mib, verbose):
         t0, t1, err = checkpoint()
         if "incr=delta(" not in err:
             raise BenchError(f"the second incremental checkpoint was not a delta:\n{err.strip()}")
+        s.first_ckpt = t1 - t0
+        wait_step_after(stepfile, t1 + 0.1, 10)
+        s.first_stop = longest_gap(stepfile, t0, t1)
+        write_pass()
+        t0, t1, err = checkpoint()
+        if "incr=delta(" not in err:
+            raise BenchError(f"the third incremental checkpoint was not a delta:\n{err.strip()}")
+        m = re.search(r"mode=buffered stop=([0-9.]+)ms\(copy=([0-9.]+)ms", err)
+        if not m:
+            raise BenchError("the second delta was not written through the delta buffer "
+                             f"(mode=buffered):\n{err.strip()}")
+        s.agent_stop, s.copy = float(m.group(1)) / 1e3, float(m.group(2)) / 1e3
         s.ckpt = t1 - t0
         s.size = os.stat(img).st_size
         s.phases = tuple(sum(float(v) for v in re.findall(rf"\b{k}=([0-9.]+)ms", err)) / 1e3
@@ -619,24 +638,28 @@ def incremental_report(bases, incr):
     """The report's section on incremental checkpoints."""
     L = ["## Incremental checkpoints\n",
          "A process of random data writes one word in each page of a part of its memory between "
-         "two `cr_checkpoint --incremental` checkpoints: the first writes a full image and arms "
-         "write-tracking (userfaultfd asynchronous write-protection), the second a delta image "
-         "of the written pages (found with `PAGEMAP_SCAN`). ×raw write: the delta checkpoint ÷ a "
-         "raw O_DIRECT write of the delta's bytes (the physical limit: a delta is written with "
-         "the program stopped, so its stop is at least that). Write pass: the program's own time "
-         "for its pass over the written part, untracked / tracked (every first write to a "
-         "protected page is a minor fault); their difference is what tracking costs per "
-         "checkpoint interval.\n",
-         "| process | written | full image | delta image | delta checkpoint | ×raw write | stop | "
-         "phases q/m/d/s | write pass untracked / tracked | tracking cost |",
-         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+         "`cr_checkpoint --incremental` checkpoints: the first writes a full image and arms "
+         "write-tracking (userfaultfd asynchronous write-protection), the next ones delta images "
+         "of the written pages (found with `PAGEMAP_SCAN`). The first delta is written with the "
+         "program stopped (its agent has no delta buffer yet: first stop); the measured one, "
+         "after another pass, copies its page data into the delta buffer in the stop and is "
+         "written after the release (`mode=buffered`; its agent's stop and copy in brackets). "
+         "×raw write: the delta checkpoint ÷ a raw O_DIRECT write of the delta's bytes. Write "
+         "pass: the program's own time for its pass over the written part, untracked / tracked "
+         "(every first write to a protected page is a minor fault); their difference is what "
+         "tracking costs per checkpoint interval.\n",
+         "| process | written | full image | delta image | delta checkpoint | ×raw write | stop "
+         "(agent: stop / copy) | first delta: checkpoint / stop | phases q/m/d/s | write pass "
+         "untracked / tracked | tracking cost |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (mib, dirty_mib), samples in incr:
         if not samples:
             L.append(f"| {fmt_b(mib * MIB)} | {fmt_b(dirty_mib * MIB)} | not measurable: the "
-                     "kernel lacks userfaultfd write-protect (see the log) | | | | | | | |")
+                     "kernel lacks userfaultfd write-protect (see the log) | | | | | | | | |")
             continue
         m = {k: median([getattr(x, k) for x in samples])
-             for k in ("full", "size", "ckpt", "stop", "plain", "armed")}
+             for k in ("full", "size", "ckpt", "stop", "plain", "armed", "first_ckpt",
+                       "first_stop", "agent_stop", "copy")}
         b = pick_base(bases, m["size"])
         w = rate_time(b, m["size"], "direct_write" if b["direct_ok"] else "buffered_write")
         ph = [x.phases for x in samples if x.phases]
@@ -646,7 +669,9 @@ def incremental_report(bases, incr):
             f"{(m['armed'] - m['plain']) * 1000:.1f} ms"
         L.append(f"| {fmt_b(mib * MIB)} | {fmt_b(dirty_mib * MIB)} | {fmt_b(m['full'])} | "
                  f"{fmt_b(m['size'])} | {fmt_s(m['ckpt'])} | {ratio(m['ckpt'], w)} | "
-                 f"{fmt_s(m['stop'])} | {phases} | {m['plain'] * 1000:.2f} ms / "
+                 f"{fmt_s(m['stop'])} ({fmt_s(m['agent_stop'])} / {fmt_s(m['copy'])}) | "
+                 f"{fmt_s(m['first_ckpt'])} / {fmt_s(m['first_stop'])} | "
+                 f"{phases} | {m['plain'] * 1000:.2f} ms / "
                  f"{m['armed'] * 1000:.2f} ms | {cost} |")
     L.append("")
     return L

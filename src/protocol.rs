@@ -81,6 +81,12 @@ pub const FLAG_COW: u32 = 0x100;
 /// `agent::incremental`).
 pub const FLAG_INCREMENTAL: u32 = 0x1000;
 
+/// Request flag (`REQ_WRITE` only): this process is the whole cut of a multi-process
+/// checkpoint (no other process is stopped with it, no node barrier), so, like a one-process
+/// request, it may let the program run before its image is written: a delta image whose page
+/// data it copied into its delta buffer in the stop (`agent::deltabuf`).
+pub const FLAG_SOLE: u32 = 0x8000;
+
 /// Request flag: the requester shows progress (`cr_checkpoint` on a terminal): while the image
 /// is written the agent sends [`STATUS_PROGRESS`] messages ([`Reply::progress`]), at most one
 /// every [`PROGRESS_INTERVAL_MS`], before the final reply. Other requesters never see one.

@@ -994,3 +994,131 @@ fn dropped_huge_pages_and_moved_ranges_restore() {
 fn dropped_huge_pages_and_moved_ranges_restore_as_nobody() {
     holes_deltas(&Scenario::as_user("incr-holes-nobody", NOBODY));
 }
+
+/// Deltas through the delta buffer (`agent::deltabuf`): the page data of a delta is copied into
+/// a buffer in the stop and written after the program was released. cow_mutate (one worker
+/// thread besides the main one, `mib` MiB of private memory it rewrites without pause, keeping
+/// sums) writes to its pages right after the release, while the image is written: the image
+/// must still hold every page as it was in the stop, or the restored program's sums do not add
+/// up. A full image, a first delta (written stopped: no buffer yet, said under -v), then a
+/// buffered delta (said under -v: with `over_cap`, the part of the page data over the buffer's
+/// 68 MiB is written stopped, also said), checked by `cr_info --check`; the original goes on
+/// and passes; the buffered delta restarts and passes; a delta with `--term` is written
+/// stopped (said).
+/// CPU time (user + system, clock ticks) process `pid` has used, all its threads.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name's closing parenthesis: state is field 3, utime and stime 14, 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// Waits until `job` has used `ticks` more clock ticks of CPU: cow_mutate has then rewritten
+/// every page of its memory many times over (millions of random words a second), whatever
+/// the load on the machine.
+fn wait_cpu(sc: &Scenario, job: &mut Job, ticks: u64) {
+    let start = cpu_ticks(job.pid());
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while cpu_ticks(job.pid()) < start + ticks {
+        assert!(
+            Instant::now() < deadline && job.try_wait_exit(Duration::ZERO).is_none(),
+            "cow_mutate did not run for {ticks} ticks of CPU:\n{}\n{}",
+            job.diag(),
+            sc.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn buffered_deltas(sc: &Scenario, mib: u32, over_cap: bool) {
+    let mut prog = sc.program("cow_mutate");
+    prog.env.push(("COW_THREADS".into(), "1".into()));
+    prog.env.push(("COW_MIB".into(), mib.to_string()));
+    let mut job = sc.start("cow_mutate", sc.under_cr_run(&prog));
+    job.wait_ready();
+    let dir = sc.img_dir();
+    let (full, first, buffered, last) = (
+        dir.join("full"),
+        dir.join("first"),
+        dir.join("buffered"),
+        dir.join("last"),
+    );
+    // (Its stdout, a file under /tmp, would be saved by content, which is done stopped.)
+    let flags = |parent: &Path| {
+        vec![
+            format!("--incremental={}", parent.display()),
+            "--save-tmp-limit".to_string(),
+            "none".to_string(),
+        ]
+    };
+    let out = incremental(sc, job.pid(), &full, &["--save-tmp-limit", "none"]);
+    assert!(out.contains("incr=full("), "a full image first:\n{out}");
+    // Every page written between two checkpoints: the deltas (so the buffer, sized from the
+    // first) are the same size each time.
+    wait_cpu(sc, &mut job, 20);
+    let f = flags(&full);
+    let out = incremental(sc, job.pid(), &first, &[&f[0], &f[1], &f[2]]);
+    assert!(
+        out.contains("incr=delta(")
+            && out.contains("mode=stopped(not buffered: no delta buffer yet"),
+        "the first delta is written stopped, and -v says why:\n{out}"
+    );
+    wait_cpu(sc, &mut job, 20);
+    let f = flags(&first);
+    let out = incremental(sc, job.pid(), &buffered, &[&f[0], &f[1], &f[2]]);
+    assert!(
+        out.contains("incr=delta(") && out.contains("mode=buffered stop="),
+        "the second delta goes through the delta buffer, and -v says so:\n{out}"
+    );
+    assert_eq!(
+        out.contains("MiB written stopped: over the buffer"),
+        over_cap,
+        "-v must say whether part of the page data was over the buffer:\n{out}"
+    );
+    let cr_info = PathBuf::from(env!("CARGO_BIN_EXE_cr_info"));
+    let res = sc.run_tool(
+        "cr_info --check",
+        sc.command(&[
+            cr_info.as_os_str(),
+            "--check".as_ref(),
+            buffered.as_os_str(),
+        ]),
+    );
+    res.assert_success();
+    assert!(
+        res.stdout.contains("checksum ok") && res.stdout.contains("would restart"),
+        "cr_info --check of the buffered delta:\n{}",
+        res.stdout
+    );
+    let f = flags(&buffered);
+    let out = incremental(sc, job.pid(), &last, &[&f[0], &f[1], &f[2], "--term"]);
+    assert!(
+        out.contains("mode=stopped(not buffered: the program ends after it"),
+        "a delta with --term is written stopped, and -v says why:\n{out}"
+    );
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    sc.go();
+    let mut restarted = sc.restart(&buffered);
+    restarted.expect_pass(RESTART_TIMEOUT);
+}
+
+#[test]
+fn buffered_delta_restores_the_stop() {
+    buffered_deltas(&Scenario::new("incr-buffered"), 16, false);
+}
+
+#[test]
+fn buffered_delta_over_the_buffer_restores_the_stop() {
+    buffered_deltas(&Scenario::new("incr-buffered-over"), 96, true);
+}
+
+#[test]
+fn buffered_delta_restores_the_stop_as_nobody() {
+    buffered_deltas(
+        &Scenario::as_user("incr-buffered-nobody", NOBODY),
+        16,
+        false,
+    );
+}

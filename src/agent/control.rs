@@ -606,6 +606,8 @@ fn serve(conn: i32) {
         if raw_fd >= 0 && !CONN_IS_PAST.load(Acquire) {
             sys::close(raw_fd);
         }
+        // The program runs again: size the delta buffer for the next delta (or free it).
+        super::deltabuf::settle();
     }
     for f in &REQUEST_FDS {
         f.store(-1, Release);
@@ -743,6 +745,8 @@ fn serve_request(conn: i32, req: Request, img_fd: i32, raw_fd: i32) {
     // waits for its own callbacks; forwarded processes append their images to ours).
     let mut cow = req.flags & protocol::FLAG_COW != 0;
     let mut raw_ok = raw_fd >= 0;
+    // Alone in its cut (a delta may then be released before it is written: agent::deltabuf).
+    let mut sole = !api;
     if req.flags & protocol::FLAG_BARRIER != 0 {
         // One process of a multi-process checkpoint: stopped; write only once every other
         // process of the cut is stopped too.
@@ -758,6 +762,7 @@ fn serve_request(conn: i32, req: Request, img_fd: i32, raw_fd: i32) {
         if write_flags.is_none_or(|f| f & protocol::FLAG_RAW_OK == 0) {
             raw_ok = false;
         }
+        sole = sole && write_flags.is_some_and(|f| f & protocol::FLAG_SOLE != 0);
         if write_flags.is_none() {
             let e = libc::ECANCELED;
             conclude(
@@ -783,6 +788,9 @@ fn serve_request(conn: i32, req: Request, img_fd: i32, raw_fd: i32) {
         super::forward::find_shares(img_fd, scratch.probe());
     }
     let mut cow_note = 0;
+    if super::forward::count() > 0 {
+        sole = false;
+    }
     if cow && (api || super::forward::count() > 0) {
         cow = false;
         cow_note = super::cow::NOTE_FORWARD;
@@ -810,6 +818,8 @@ fn serve_request(conn: i32, req: Request, img_fd: i32, raw_fd: i32) {
         cow_note: core::sync::atomic::AtomicU32::new(cow_note),
         req: &req,
         files: req.files,
+        sole,
+        held: core::cell::Cell::new(None),
     };
     // Progress messages while the image is written, when the requester asked for them.
     super::image::progress::arm(if req.flags & protocol::FLAG_PROGRESS != 0 {
@@ -842,6 +852,22 @@ fn serve_request(conn: i32, req: Request, img_fd: i32, raw_fd: i32) {
     }
     if r == super::image::FORKED {
         finish_cow(conn, &job, &scratch, quiesce_start, quiesce_ms);
+        sys::close(img_fd);
+        return;
+    }
+    if r == super::image::HELD {
+        match job.held.take() {
+            Some(held) => finish_held(conn, held, &scratch, quiesce_start, quiesce_ms),
+            // (Never: HELD comes with the rest of the image.)
+            None => conclude(
+                conn,
+                true,
+                -(libc::EIO as i64),
+                libc::EIO,
+                0,
+                b"internal error",
+            ),
+        }
         sys::close(img_fd);
         return;
     }
@@ -880,6 +906,7 @@ fn serve_request(conn: i32, req: Request, img_fd: i32, raw_fd: i32) {
             report.push(b"quiesce=").num(quiesce_ms).push(b"ms ");
             super::image::io_report::describe(&mut report);
             report.push(b" mode=stopped");
+            super::deltabuf::describe_fallback(&mut report);
             let note = job.cow_note.load(Acquire);
             if cow_asked && note != 0 {
                 report
@@ -953,6 +980,50 @@ fn finish_cow(conn: i32, job: &Job, scratch: &Scratch, quiesce_start: u64, quies
             let mut m = StackBuf::<240>::new();
             e.describe(&mut m);
             send_reply(conn, e.errno(), 0, m.as_bytes());
+        }
+    }
+}
+
+/// A delta whose page data is in the delta buffer (`agent::deltabuf`): lets the program go at
+/// once, writes the rest of the image, then answers the requester, who commits and signals,
+/// and waits for its RELEASE (as a copy-on-write checkpoint does).
+fn finish_held(
+    conn: i32,
+    held: super::image::Held,
+    scratch: &Scratch,
+    quiesce_start: u64,
+    quiesce_ms: u64,
+) {
+    // The image's contents are fixed: as far as the program's callbacks are concerned the
+    // checkpoint is taken.
+    quiesce::finish(0);
+    crate::api::cs::end_pending();
+    quiesce::release();
+    let stop_ns = sys::monotonic_ns() - quiesce_start;
+    match super::image::write_held(held, scratch) {
+        Ok(bytes) => {
+            let mut report = StackBuf::<240>::new();
+            super::ctlstart::describe(&mut report);
+            report.push(b"quiesce=").num(quiesce_ms).push(b"ms ");
+            super::image::io_report::describe(&mut report);
+            report
+                .push(b" mode=buffered stop=")
+                .num(stop_ns / 1_000_000)
+                .push(b".")
+                .num(stop_ns / 100_000 % 10)
+                .push(b"ms");
+            super::deltabuf::describe_held(&mut report);
+            super::incremental::describe(&mut report);
+            send_reply(conn, 0, bytes, report.as_bytes());
+            let _ = wait_commit(conn);
+        }
+        Err((step, e)) => {
+            super::incremental::failed();
+            let mut m = StackBuf::<240>::new();
+            m.push(b"failed at ")
+                .push(STEPS[step as usize % STEPS.len()].as_bytes())
+                .push(b" (a buffered delta, after the program was let go)");
+            send_reply(conn, e.0, 0, m.as_bytes());
         }
     }
 }

@@ -46,6 +46,12 @@ pub struct Job {
     pub req: *const crate::protocol::Request,
     /// Further files saved by content (`--save-dir`, `--save-written`).
     pub files: crate::protocol::SaveFiles,
+    /// The process is its checkpoint's whole cut (no other process stopped with it, not an API
+    /// request): a delta may be released before it is written (`agent::deltabuf`).
+    pub sole: bool,
+    /// A delta whose page data [`write_callback`] copied into the delta buffer (it returned
+    /// [`HELD`]): the rest of the image, for [`write_held`] once the program runs again.
+    pub held: core::cell::Cell<Option<Held>>,
 }
 
 /// Steps, for error messages.
@@ -60,6 +66,9 @@ pub const STEPS: [&str; 6] = [
 
 /// What [`write_callback`] returns when a copy-on-write writer was started ([`Job::writer`]).
 pub const FORKED: usize = 3;
+/// What [`write_callback`] returns when a delta's page data is in the delta buffer
+/// ([`Job::held`]): the program may run, then [`write_held`] writes the rest.
+pub const HELD: usize = 4;
 
 /// Entry called through `arch::save_and_call`: returns 0 on success, 2 on failure, [`FORKED`]
 /// (never
@@ -77,6 +86,10 @@ pub extern "C" fn write_callback(job: usize) -> usize {
             0
         }
         Ok(Written::Forked) => FORKED,
+        Ok(Written::Held(h)) => {
+            job.held.set(Some(h));
+            HELD
+        }
         Err((step, e)) => {
             super::incremental::failed();
             job.errno.store(e.0, Release);
@@ -497,12 +510,15 @@ fn realtime_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// What [`write_image`] did.
+/// What [`write_image`] did. (`Held` is large, the hash state: no heap in the stop.)
+#[allow(clippy::large_enum_variant)]
 enum Written {
     /// The image is written and synced: its length.
     Bytes(u64),
     /// A copy-on-write writer was started ([`Job::writer`]).
     Forked,
+    /// A delta's page data is in the delta buffer: the rest is written after the release.
+    Held(Held),
 }
 
 fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
@@ -511,6 +527,8 @@ fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
     // SAFETY: the control thread keeps the request alive for the whole call.
     let req = unsafe { &*job.req };
     super::incremental::begin(job.flags, req.parent_hash, req.parent_size);
+    super::deltabuf::begin();
+    super::deltabuf::plan(super::incremental::active(), job.cow, None);
     process::capture_signals();
     process::capture_prctl();
     quiesce::CAPTURE_NS.store(sys::monotonic_ns(), Release);
@@ -636,7 +654,146 @@ fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
         deadline_ns: job.deadline_ns,
         bounce: None,
     };
-    finish(out, scratch, w, &ext, &unreadable, &mut spans, pid).map(Written::Bytes)
+    // A delta (not copy-on-write): through the delta buffer when it may be (see
+    // `agent::deltabuf`), else written stopped, saying why.
+    let hold = if super::incremental::is_delta() && !job.cow {
+        use super::deltabuf as db;
+        db::plan(true, false, Some(ext.data_len));
+        let buf = db::get();
+        let why = if !job.sole {
+            db::NOT_ALONE
+        } else if req.signal == libc::SIGTERM || req.signal == libc::SIGKILL {
+            db::ENDS
+        } else if !spans.is_empty() {
+            db::FILES
+        } else if buf.is_none() {
+            db::NO_BUFFER
+        } else {
+            db::BUFFERED
+        };
+        db::note(why);
+        buf.filter(|_| why == db::BUFFERED)
+    } else {
+        None
+    };
+    match finish_or_hold(out, scratch, w, &ext, &unreadable, &mut spans, pid, hold)? {
+        Finished::Bytes(n) => Ok(Written::Bytes(n)),
+        Finished::Held(h) => Ok(Written::Held(h)),
+    }
+}
+
+/// The page data of a delta with the delta buffer `buf` (address, length): what does not fit
+/// it (the first extents) written from memory, the rest copied into it; returns the hash so
+/// far and the bytes copied. When the copy fails, the rest is written from memory too (0
+/// copied), after the header and metadata when they were left for later (`head`: the
+/// scratch area and the metadata's length).
+fn hold_data(
+    fd: i32,
+    all: &[Extent],
+    deadline_ns: u64,
+    buf: (usize, usize),
+    head: Option<(&Scratch, u64)>,
+) -> Result<(xxhash_rust::xxh3::Xxh3, u64), Errno> {
+    use super::deltabuf as db;
+    let data: u64 = all.iter().map(|e| e.len).sum();
+    if data == 0 {
+        db::note(db::EMPTY);
+        return Ok((xxhash_rust::xxh3::Xxh3::new(), 0));
+    }
+    // (Extents and the buffer are whole pages: so is the split.)
+    let held = data.min(buf.1 as u64);
+    let stopped = data - held;
+    let split = all.partition_point(|e| e.file_off + e.len <= stopped);
+    let mut h = memory::write_data_from(
+        fd,
+        &all[..split],
+        deadline_ns,
+        None,
+        xxhash_rust::xxh3::Xxh3::new(),
+    )?;
+    let mut rest = &all[split..];
+    // The extent across the split: its first part written, the rest copied.
+    let mut across = None;
+    if let Some(e) = rest.first().filter(|e| e.file_off < stopped) {
+        let part = stopped - e.file_off;
+        let first = [Extent {
+            addr: e.addr,
+            len: part,
+            file_off: e.file_off,
+        }];
+        h = memory::write_data_from(fd, &first, deadline_ns, None, h)?;
+        across = Some(Extent {
+            addr: e.addr + part,
+            len: e.len - part,
+            file_off: stopped,
+        });
+        rest = &rest[1..];
+    }
+    let t0 = sys::monotonic_ns();
+    // SAFETY: the delta buffer is ours, mapped, and `held` bytes long at least.
+    let dst = unsafe { core::slice::from_raw_parts_mut(buf.0 as *mut u8, held as usize) };
+    let first_len = across.map_or(0, |e| e.len as usize);
+    let copied = match across {
+        Some(e) => memory::copy_extents(&[e], &mut dst[..first_len]),
+        None => Ok(()),
+    }
+    .and_then(|_| memory::copy_extents(rest, &mut dst[first_len..]));
+    if copied.is_err() {
+        // Written stopped from memory after all (a page the copy could not read: the write
+        // fails the same way if it really cannot be read).
+        db::note(db::COPY_FAILED);
+        if let Some((scratch, meta_len)) = head {
+            write_head(fd, scratch, meta_len)?;
+        }
+        if let Some(e) = across {
+            h = memory::write_data_from(fd, &[e], deadline_ns, None, h)?;
+        }
+        h = memory::write_data_from(fd, rest, deadline_ns, None, h)?;
+        return Ok((h, 0));
+    }
+    db::note_held(held, stopped, sys::monotonic_ns() - t0);
+    Ok((h, held))
+}
+
+/// Writes the rest of a delta image whose page data is in the delta buffer ([`HELD`]), with the
+/// program running again: the buffer, the trailer, sync; then names the image as the next
+/// delta's parent. Returns the image's length.
+pub fn write_held(held: Held, scratch: &Scratch) -> Result<u64, (u32, Errno)> {
+    let io = |e| (4, e);
+    let fd = held.fd;
+    let _nonblocking = NonBlocking::new(fd, held.deadline_ns);
+    if let Some(meta_len) = held.head_meta_len {
+        write_head(fd, scratch, meta_len).map_err(io)?;
+    }
+    let from_buf = [Extent {
+        addr: held.buf as u64,
+        len: held.held,
+        file_off: 0,
+    }];
+    let hash = memory::write_data_from(fd, &from_buf, held.deadline_ns, None, held.hash);
+    let data_hash = hash.map_err(io)?.digest();
+    io_report::PHASE_NS[2].store(sys::monotonic_ns(), Relaxed);
+    let mut tr = Trailer {
+        magic: TRAILER_MAGIC,
+        data_hash,
+        total_len: held.trailer_offset + PAGE as u64,
+        trailer_hash: 0,
+    };
+    let tpage = scratch.trailer();
+    let tsize = core::mem::size_of::<Trailer>();
+    tpage[..tsize].copy_from_slice(bytemuck::bytes_of(&tr));
+    tr.trailer_hash = page_hash(tpage, tsize);
+    tpage[..tsize].copy_from_slice(bytemuck::bytes_of(&tr));
+    write_mem(fd, tpage.as_ptr() as usize, PAGE).map_err(io)?;
+    match sys::fdatasync(fd) {
+        Ok(_) | Err(Errno(libc::EINVAL)) | Err(Errno(libc::EROFS)) => {}
+        Err(e) => return Err((5, e)),
+    }
+    io_report::PHASE_NS[3].store(sys::monotonic_ns(), Relaxed);
+    drop_direct(fd);
+    // Armed in the stop (`finish_or_hold`): the next delta may name this image.
+    super::incremental::remember(tr.trailer_hash, tr.total_len);
+    Ok(tr.total_len)
 }
 
 /// Closes the descriptors in flight the checkpoint kept ([`crate::kinds::unix::keep_in_flight`])
@@ -675,12 +832,74 @@ pub struct Dest<'a> {
 pub fn finish(
     out: Dest,
     scratch: &Scratch,
-    mut w: MetaWriter,
+    w: MetaWriter,
     ext: &ExtentList,
     unreadable: &Unreadable,
     spans: &mut super::fds::Spans,
     pid: i32,
 ) -> Result<u64, (u32, Errno)> {
+    match finish_or_hold(out, scratch, w, ext, unreadable, spans, pid, None)? {
+        Finished::Bytes(n) => Ok(n),
+        // (Never without a buffer.)
+        Finished::Held(_) => Err((4, Errno(libc::EINVAL))),
+    }
+}
+
+/// What [`finish_or_hold`] did. (`Held` is large, the hash state: no heap in the stop.)
+#[allow(clippy::large_enum_variant)]
+enum Finished {
+    /// The image is written and synced: its length.
+    Bytes(u64),
+    /// Its page data is in the delta buffer (or written): the rest is for [`write_held`].
+    Held(Held),
+}
+
+/// The rest of a delta image whose page data went into the delta buffer in the stop: written by
+/// [`write_held`] once the program runs again.
+pub struct Held {
+    fd: i32,
+    deadline_ns: u64,
+    /// The page data's hash so far (the part written in the stop).
+    hash: xxhash_rust::xxh3::Xxh3,
+    /// The buffer and the bytes of page data it holds.
+    buf: usize,
+    held: u64,
+    /// Where the trailer goes.
+    trailer_offset: u64,
+    /// The header and metadata (of this length) are still to be written: the page data all
+    /// fits the buffer.
+    head_meta_len: Option<u64>,
+}
+
+/// Writes the header page and the metadata (`meta_len` bytes, page padded) from the scratch
+/// area, and sends the first progress message.
+fn write_head(fd: i32, scratch: &Scratch, meta_len: u64) -> Result<(), Errno> {
+    write_mem(fd, scratch.header().as_ptr() as usize, PAGE)?;
+    write_mem(
+        fd,
+        scratch.meta().as_ptr() as usize,
+        page_align(meta_len) as usize,
+    )?;
+    progress::tick(true);
+    Ok(())
+}
+
+/// [`finish`], or, with `hold` (the delta buffer; the image has no saved files), in the stop
+/// only: the header, metadata and the page data that does not fit the buffer are written, the
+/// rest of the page data is copied into the buffer, and every eligible region is armed for
+/// the next delta; [`write_held`] writes the rest after the release. A copy that fails
+/// writes the rest from memory instead, stopped (and says so).
+#[allow(clippy::too_many_arguments)]
+fn finish_or_hold(
+    out: Dest,
+    scratch: &Scratch,
+    mut w: MetaWriter,
+    ext: &ExtentList,
+    unreadable: &Unreadable,
+    spans: &mut super::fds::Spans,
+    pid: i32,
+    hold: Option<(usize, usize)>,
+) -> Result<Finished, (u32, Errno)> {
     let Dest {
         mut fd,
         raw_fd,
@@ -758,18 +977,48 @@ pub fn finish(
     let io = |e| (4, e);
     progress::TOTAL.store(hdr.trailer_offset + PAGE as u64, Relaxed);
     let _nonblocking = NonBlocking::new(fd, deadline_ns);
-    write_mem(fd, hpage.as_ptr() as usize, PAGE).map_err(io)?;
-    write_mem(
-        fd,
-        scratch.meta().as_ptr() as usize,
-        page_align(meta_len) as usize,
-    )
-    .map_err(io)?;
-    progress::tick(true);
+    // A delta whose page data all fits the buffer: the header and metadata (ours, in the
+    // scratch area: they do not change once the program runs) are written after the release
+    // too; else they go first, with the page data over the buffer.
+    let head_later = hold.is_some_and(|b| ext.data_len > 0 && ext.data_len <= b.1 as u64);
+    if !head_later {
+        write_head(fd, scratch, meta_len).map_err(io)?;
+    }
     unreadable.set(true);
-    let data_hash = memory::write_data(fd, ext.all(), deadline_ns, bounce);
+    let data = match hold {
+        Some(buf) => hold_data(
+            fd,
+            ext.all(),
+            deadline_ns,
+            buf,
+            head_later.then_some((scratch, meta_len)),
+        ),
+        None => memory::write_data_from(
+            fd,
+            ext.all(),
+            deadline_ns,
+            bounce,
+            xxhash_rust::xxh3::Xxh3::new(),
+        )
+        .map(|h| (h, 0)),
+    };
     unreadable.set(false);
-    let data_hash = data_hash.map_err(io)?;
+    let (hash, held) = data.map_err(io)?;
+    if let Some((buf, _)) = hold.filter(|_| held > 0) {
+        // The page data is all in the image or the buffer: everything written from now on is
+        // seen by the next delta (the scans protected the written pages again already).
+        super::incremental::arm_now();
+        return Ok(Finished::Held(Held {
+            fd,
+            deadline_ns,
+            hash,
+            buf,
+            held,
+            trailer_offset: hdr.trailer_offset,
+            head_meta_len: if head_later { Some(meta_len) } else { None },
+        }));
+    }
+    let data_hash = hash.digest();
     super::fds::write_spans(fd, spans, deadline_ns).map_err(io)?;
     io_report::PHASE_NS[2].store(sys::monotonic_ns(), Relaxed);
     let mut tr = Trailer {
@@ -793,5 +1042,5 @@ pub fn finish(
     // Written stopped: arm write-tracking for the next incremental checkpoint (a copy-on-write
     // writer does nothing here: the program armed itself in the stop, see `cow::start`).
     super::incremental::written(tr.trailer_hash, tr.total_len);
-    Ok(tr.total_len)
+    Ok(Finished::Bytes(tr.total_len))
 }

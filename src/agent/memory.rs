@@ -511,7 +511,7 @@ pub fn find_precopy(
         let mut regions = 0;
         for line in scratch.maps()[..n].split(|&b| b == b'\n') {
             let Some(m) = parse_line(line) else { continue };
-            if scratch.contains(m.start) {
+            if agent_own(scratch, m.start) {
                 continue;
             }
             let mut live = StackBuf::<4096>::new();
@@ -544,7 +544,7 @@ pub fn count_regions(scratch: &Scratch, skip: (u64, u64)) -> Result<u64, Errno> 
     Ok(scratch.maps()[..n]
         .split(|&b| b == b'\n')
         .filter_map(parse_line)
-        .filter(|m| !scratch.contains(m.start) && !(skip.0..skip.0 + skip.1).contains(&m.start))
+        .filter(|m| !agent_own(scratch, m.start) && !(skip.0..skip.0 + skip.1).contains(&m.start))
         .count() as u64)
 }
 
@@ -833,6 +833,13 @@ fn maybe_huge(m: &MapLine) -> bool {
     m.major == 0 && m.path.first() == Some(&b'/')
 }
 
+/// Whether the region at `start` is the agent's own memory, never part of an image: the
+/// scratch area of this checkpoint, or the delta buffer kept between checkpoints
+/// (`agent::deltabuf`).
+fn agent_own(scratch: &Scratch, start: u64) -> bool {
+    scratch.contains(start) || super::deltabuf::contains(start)
+}
+
 /// Scans `/proc/self/maps` and appends a region record (and an extents record) per region.
 pub fn capture(
     w: &mut MetaWriter,
@@ -846,6 +853,7 @@ pub fn capture(
         .ok()
         .map(|s| (s.st_dev, s.st_ino));
     let mut tmp_left = save.tmp_left;
+    plain::clear();
     let maps = scratch.maps();
     let n = sys::read_file(b"/proc/self/maps\0", maps)?;
     let pagemap_fd =
@@ -859,7 +867,7 @@ pub fn capture(
             // made every checkpoint read smaps, which walks every page table (0.3 s for 4 GiB).
             .any(|m| {
                 maybe_huge(&m)
-                    && !scratch.contains(m.start)
+                    && !agent_own(scratch, m.start)
                     && !pre.is_some_and(|p| (p.base..p.base + p.len).contains(&m.start))
             }) {
             HugeRegions::scan(scratch.probe())
@@ -871,7 +879,7 @@ pub fn capture(
         };
         for line in maps.split(|&b| b == b'\n') {
             let Some(m) = parse_line(line) else { continue };
-            if scratch.contains(m.start)
+            if agent_own(scratch, m.start)
                 || pre.is_some_and(|p| (p.base..p.base + p.len).contains(&m.start))
             {
                 continue;
@@ -914,6 +922,13 @@ pub fn capture(
             if let Some(page_size) = huge.page_size(m.start).filter(|_| maybe_huge(&m)) {
                 // Re-created with huge pages of this size (see `FS_HUGETLB`).
                 fs = Some(fs_rec(FS_HUGETLB, st.as_ref(), page_size));
+            }
+            if matches!(kind, RegionKind::Anon | RegionKind::Stack)
+                && !m.shared
+                && m.inode == 0
+                && fs.is_none()
+            {
+                plain::add(m.start, m.end);
             }
             ext.begin_region();
             let from_copy = pre.filter(|_| Precopy::covers(kind));
@@ -1040,7 +1055,25 @@ pub fn write_data(
     deadline_ns: u64,
     bounce: Option<&mut [u8]>,
 ) -> Result<u64, Errno> {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    write_data_from(
+        fd,
+        extents,
+        deadline_ns,
+        bounce,
+        xxhash_rust::xxh3::Xxh3::new(),
+    )
+    .map(|h| h.digest())
+}
+
+/// [`write_data`] continuing the hash `h` of the page data before `extents` (a delta written
+/// in two parts, see `agent::deltabuf`); returns the hash state after them.
+pub fn write_data_from(
+    fd: i32,
+    extents: &[Extent],
+    deadline_ns: u64,
+    bounce: Option<&mut [u8]>,
+    mut h: xxhash_rust::xxh3::Xxh3,
+) -> Result<xxhash_rust::xxh3::Xxh3, Errno> {
     use super::image::io_report;
     use core::sync::atomic::Ordering::Relaxed;
     if bounce.is_none() {
@@ -1104,7 +1137,120 @@ pub fn write_data(
         super::image::write_counted(fd, bounce_ptr as usize, filled as usize, &mut c)?;
     }
     c.store();
-    Ok(h.digest())
+    Ok(h)
+}
+
+/// The private anonymous regions (no file, not hugetlb) of the image being built: reading any
+/// page of them never raises a signal (a swapped page is read in, a page never touched reads
+/// as zero), so a delta's page data in them is copied with `memcpy` (four times as fast as
+/// `process_vm_readv` here: 13 against 50 ms for 64 MiB). Control thread only, in the stop.
+mod plain {
+    use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+    const MAX: usize = 4096;
+    static RANGES: [[AtomicU64; 2]; MAX] = [const { [AtomicU64::new(0), AtomicU64::new(0)] }; MAX];
+    static N: AtomicUsize = AtomicUsize::new(0);
+
+    pub fn clear() {
+        N.store(0, Relaxed);
+    }
+
+    /// Adds `[start, end)` (regions come in address order; past the table they are read the
+    /// safe way).
+    pub fn add(start: u64, end: u64) {
+        let n = N.load(Relaxed);
+        if n < MAX {
+            RANGES[n][0].store(start, Relaxed);
+            RANGES[n][1].store(end, Relaxed);
+            N.store(n + 1, Relaxed);
+        }
+    }
+
+    /// Whether `[addr, addr + len)` lies in one of the ranges (`hint`: where to start looking,
+    /// advanced as extents come in address order).
+    pub fn covers(addr: u64, len: u64, hint: &mut usize) -> bool {
+        let n = N.load(Relaxed).min(MAX);
+        while *hint < n && RANGES[*hint][1].load(Relaxed) <= addr {
+            *hint += 1;
+        }
+        *hint < n
+            && RANGES[*hint][0].load(Relaxed) <= addr
+            && addr + len <= RANGES[*hint][1].load(Relaxed)
+    }
+}
+
+/// Copies the page data of `extents` (in file order, which is address order) into `buf` back
+/// to back, for a delta buffered in the stop (`agent::deltabuf`): pages of private anonymous
+/// memory with `memcpy` ([`plain`]), the others with `process_vm_readv` (many extents a call),
+/// where a page that cannot be read (a file mapping past the end of its file) fails with
+/// `EFAULT` instead of a signal.
+pub fn copy_extents(extents: &[Extent], buf: &mut [u8]) -> Result<(), Errno> {
+    const BATCH: usize = 512;
+    let mut remote = [libc::iovec {
+        iov_base: core::ptr::null_mut(),
+        iov_len: 0,
+    }; BATCH];
+    // Unsafe extents gathered for one `process_vm_readv` into `buf[from..at]`.
+    let mut batch = 0usize;
+    let mut from = 0usize;
+    let mut at = 0usize;
+    let mut hint = 0usize;
+    let flush = |remote: &[libc::iovec], buf: &mut [u8], from: usize, at: usize| {
+        if remote.is_empty() {
+            return Ok(());
+        }
+        let local = libc::iovec {
+            iov_base: buf[from..at].as_mut_ptr() as *mut _,
+            iov_len: at - from,
+        };
+        let n = sys::sys6(
+            libc::SYS_process_vm_readv as usize,
+            sys::getpid() as usize,
+            &local as *const _ as usize,
+            1,
+            remote.as_ptr() as usize,
+            remote.len(),
+            0,
+        )?;
+        if n != at - from {
+            return Err(Errno(libc::EFAULT));
+        }
+        Ok(())
+    };
+    for e in extents {
+        let len = e.len as usize;
+        if at + len > buf.len() {
+            return Err(Errno(libc::ENOSPC));
+        }
+        if plain::covers(e.addr, e.len, &mut hint) {
+            flush(&remote[..batch], buf, from, at)?;
+            batch = 0;
+            // SAFETY: private anonymous memory of the stopped program, readable (made so for
+            // the write where it was not), and `len` bytes of our buffer at `at`.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    e.addr as usize as *const u8,
+                    buf[at..].as_mut_ptr(),
+                    len,
+                )
+            };
+            at += len;
+            from = at;
+            continue;
+        }
+        if batch == BATCH {
+            flush(&remote[..batch], buf, from, at)?;
+            batch = 0;
+            from = at;
+        }
+        remote[batch] = libc::iovec {
+            iov_base: e.addr as usize as *mut _,
+            iov_len: len,
+        };
+        batch += 1;
+        at += len;
+    }
+    flush(&remote[..batch], buf, from, at)
 }
 
 /// [`write_data`] through an AIO ring: each piece (up to [`WRITE_CHUNK`] bytes of extents
@@ -1114,7 +1260,7 @@ fn write_data_async(
     extents: &[Extent],
     deadline_ns: u64,
     mut h: xxhash_rust::xxh3::Xxh3,
-) -> Result<u64, Errno> {
+) -> Result<xxhash_rust::xxh3::Xxh3, Errno> {
     let mut since_check = WRITE_CHUNK;
     let mut hash_piece = |iov: &[libc::iovec]| {
         for v in iov {
@@ -1140,7 +1286,7 @@ fn write_data_async(
     }
     hash_piece(ring.submit()?);
     ring.finish()?;
-    Ok(h.digest())
+    Ok(h)
 }
 
 /// Bounce buffer of a copy-on-write writer. Its memory is shared with the program (a fork's

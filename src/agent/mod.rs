@@ -11,6 +11,7 @@ pub mod control;
 pub mod cow;
 pub mod created;
 pub mod ctlstart;
+pub mod deltabuf;
 pub mod fds;
 pub mod forward;
 pub mod image;

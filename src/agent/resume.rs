@@ -72,6 +72,7 @@ pub unsafe extern "C" fn restart_entry(info: *const RestartInfo) -> ! {
     super::process::restore_signals();
     super::process::restore_prctl();
     super::incremental::after_restart();
+    super::deltabuf::after_restart();
     ALL_CLONED.store(0, Release);
     PREPARED.store(0, Release);
     let leader = LEADER.load(Relaxed);

@@ -1073,6 +1073,11 @@ pub(super) fn checkpoint_many(
         // One image alone in its file: `--compress` may write it raw (`Out::raw_target`).
         write.flags |= protocol::FLAG_RAW_OK;
     }
+    if live.len() == 1 && barrier.is_none() {
+        // Alone in the cut: its agent may release it before its image is written (a buffered
+        // delta: agent::deltabuf).
+        write.flags |= protocol::FLAG_SOLE;
+    }
     if opts.cow && live.len() == 1 {
         write.flags |= protocol::FLAG_COW;
     } else if opts.cow {
