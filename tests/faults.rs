@@ -2163,3 +2163,250 @@ fn destination_slow_disk() {
     sc.restart(&slow).expect_pass(RESTART_TIMEOUT);
     sc.restart(&old).expect_pass(RESTART_TIMEOUT);
 }
+
+/// A FUSE mount (`c-tests/stallfs.c`, a pass-through to a backing directory) whose server holds
+/// every write past a file's first MiB while its stall file exists: a destination that stops
+/// answering, as an NFS server gone away does. Dropped: the server resumes, is killed, and the
+/// mount is detached.
+struct StallFs {
+    server: Job,
+    mnt: PathBuf,
+    backing: PathBuf,
+    stall_file: PathBuf,
+}
+
+impl StallFs {
+    fn start(sc: &Scenario, tag: &str) -> StallFs {
+        let backing = sc.work_dir().join(format!("fuse-backing-{tag}"));
+        let mnt = sc.work_dir().join(format!("fuse-{tag}"));
+        let stall_file = sc.work_dir().join(format!("fuse-stall-{tag}"));
+        fs::create_dir_all(&backing).expect("backing dir");
+        fs::create_dir_all(&mnt).expect("mount point");
+        let mut prog = sc.program("stallfs");
+        prog.argv.extend([
+            backing.clone().into(),
+            stall_file.clone().into(),
+            mnt.clone().into(),
+            "-f".into(),
+        ]);
+        let mut server = sc.start(&format!("stallfs {tag}"), sc.plain(&prog));
+        server.wait_ready();
+        StallFs {
+            server,
+            mnt,
+            backing,
+            stall_file,
+        }
+    }
+
+    fn stall(&self) {
+        fs::write(&self.stall_file, b"").expect("create the stall file");
+    }
+
+    fn resume(&self) {
+        let _ = fs::remove_file(&self.stall_file);
+    }
+
+    /// Waits until the server has held `n` writes in all (its "STALLED" lines).
+    fn wait_stalled(&self, n: usize, tool: &mut Job, what: &str) {
+        let deadline = Instant::now() + TOOL_TIMEOUT;
+        while self.server.stdout().matches("STALLED").count() < n {
+            assert!(
+                tool.try_wait_exit(Duration::ZERO).is_none() && Instant::now() < deadline,
+                "{what}: the write never reached the stalled server:\n{}\n{}",
+                tool.diag(),
+                self.server.diag()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+impl Drop for StallFs {
+    fn drop(&mut self) {
+        self.resume();
+        self.server.kill();
+        let c = std::ffi::CString::new(self.mnt.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: detaching our own mount point.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Whether the program ticked after `t` (ns), at once (no waiting).
+fn ticked_since(job: &Job, t: u64) -> bool {
+    ticks(&job.stdout()).iter().any(|&(_, ns, _)| ns > t)
+}
+
+/// Whether `pid` has a SIGKILL pending (for the thread or the process).
+fn sigkill_pending(pid: u32) -> bool {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().any(|l| {
+        (l.starts_with("SigPnd:") || l.starts_with("ShdPnd:"))
+            && u64::from_str_radix(l.split_whitespace().nth(1).unwrap_or("0"), 16)
+                .is_ok_and(|m| m & (1 << (libc::SIGKILL - 1)) != 0)
+    })
+}
+
+/// Waits up to 5 s until `pid` has no child (the copy-on-write writer is gone).
+fn wait_no_children(pid: u32, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !children_of(pid).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let left: Vec<String> = children_of(pid).iter().map(|&p| proc_summary(p)).collect();
+    assert!(left.is_empty(), "{what}: children left: {left:?}");
+}
+
+/// A destination that stops answering: a FUSE file system (`StallFs`) whose server holds the
+/// image's write once a MiB is written, as an NFS server gone away does. What must hold
+/// (docs/RELIABILITY.md): `--cow` releases the program at once (the forked writer alone waits),
+/// and cr_checkpoint killed then kills the writer while the server still stalls; a stopped
+/// checkpoint keeps the program stopped while the write waits in the kernel (the agent checks
+/// the requester and `--time` between pieces), so cr_checkpoint killed, or giving up at
+/// `--time 1`, releases it within 3 s of the server answering again; the server killed
+/// (connection aborted) fails the checkpoint with one line and releases the program at once.
+/// Never a file at the final path; no leak in the program; its ticks continuous; it PASSes.
+#[test]
+fn destination_fuse_server_stalls() {
+    if !is_root() {
+        eprintln!("skipped: mounting the test's FUSE file system needs root");
+        return;
+    }
+    if !Path::new("/dev/fuse").exists() || !Path::new("/usr/include/fuse3/fuse.h").exists() {
+        assert!(!in_ci(), "no /dev/fuse or no libfuse3-dev");
+        eprintln!("skipped: no /dev/fuse or no libfuse3 headers (Debian: libfuse3-dev)");
+        return;
+    }
+    let sc = Scenario::new("fault-fuse-stall");
+    let (mut job, old) = start_target(&sc, 24, "plain");
+    let pid = job.pid();
+    let before = snap_at_rest(pid);
+    let fsys = StallFs::start(&sc, "a");
+    let mut stalls = 0;
+    let report = |line: String| {
+        eprintln!("{}: {line}", sc.name());
+        sc.note(&line);
+    };
+
+    // --cow: the program runs on while the writer waits on the server.
+    let what = "stalled server, --cow, cr_checkpoint killed";
+    fsys.stall();
+    let img = fsys.mnt.join("cow.img");
+    let mut tool = start_checkpoint(&sc, &["--cow"], &img, pid, "");
+    stalls += 1;
+    fsys.wait_stalled(stalls, &mut tool, what);
+    let stalled = mono_ns();
+    let ran = tick_after(&job, stalled, what, |_| true);
+    assert!(
+        ran < Duration::from_secs(1),
+        "{what}: the program did not run while the writer waited ({ran:?})"
+    );
+    let writers = children_of(pid);
+    assert_eq!(writers.len(), 1, "{what}: no copy-on-write writer");
+    sigkill_one(tool.pid());
+    tool.try_wait_exit(TOOL_TIMEOUT);
+    let killed = mono_ns();
+    // The control thread kills the writer at once; it stays (state D) until the server answers:
+    // an O_DIRECT write on FUSE waits for its answer uninterruptibly (fuse_direct_IO).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !writers.iter().all(|&w| !pid_alive(w) || sigkill_pending(w)) {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the writer was not killed 3 s after the requester: {:?}",
+            writers.iter().map(|&w| proc_summary(w)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let kill_sent = Duration::from_nanos(mono_ns() - killed);
+    let writer_state: Vec<String> = writers.iter().map(|&w| proc_summary(w)).collect();
+    let ran_after = tick_after(&job, mono_ns(), what, |_| true);
+    fsys.resume();
+    let resumed = mono_ns();
+    wait_no_children(pid, what);
+    let writer_gone = Duration::from_nanos(mono_ns() - resumed);
+    job.assert_running(what);
+    assert!(!img.exists(), "{what}: a file at the final path");
+    report(format!(
+        "{what}: the program ran {ran:?} after the stall began, and on after the kill (tick {ran_after:?}); SIGKILL for the writer {kill_sent:?} after the kill ({writer_state:?}), gone {writer_gone:?} after the server answered; left in the directory: {:?}",
+        names(&fsys.mnt)
+    ));
+
+    // A stopped checkpoint: cr_checkpoint killed, or giving up at --time 1.
+    for (run, args) in [&[][..], &["--time", "1"][..]].into_iter().enumerate() {
+        let what = if run == 0 {
+            "stalled server, stopped checkpoint, cr_checkpoint killed"
+        } else {
+            "stalled server, stopped checkpoint, --time 1"
+        };
+        fsys.stall();
+        let img = fsys.mnt.join(format!("stopped-{run}.img"));
+        let mut tool = start_checkpoint(&sc, args, &img, pid, "");
+        stalls += 1;
+        fsys.wait_stalled(stalls, &mut tool, what);
+        let t0 = Instant::now();
+        let msg = if run == 0 {
+            sigkill_one(tool.pid());
+            tool.try_wait_exit(TOOL_TIMEOUT);
+            String::from("killed")
+        } else {
+            let (st, stderr) = finish_tool(&mut tool, what);
+            let msg = one_line_failure(st, &stderr, what);
+            // --time 1, 2 s for the agent to say so itself, 2 s at most for the removal of
+            // the unfinished file (which waits on the server too), and slack for a loaded host.
+            assert!(
+                t0.elapsed() < Duration::from_secs(8),
+                "{what}: cr_checkpoint took {:?}",
+                t0.elapsed()
+            );
+            format!("exit {:?} after {:?}: {msg}", st.code(), t0.elapsed())
+        };
+        let gone = mono_ns();
+        std::thread::sleep(Duration::from_millis(300));
+        let ran_in_stall = ticked_since(&job, gone);
+        fsys.resume();
+        let resumed = mono_ns();
+        let released = tick_after(&job, resumed, what, |_| true);
+        assert!(
+            released < Duration::from_secs(3),
+            "{what}: released only {released:?} after the server answered again"
+        );
+        job.assert_running(what);
+        assert!(!img.exists(), "{what}: a file at the final path");
+        report(format!(
+            "{what}: cr_checkpoint {msg}; program ran while the server still stalled: {ran_in_stall}; released {released:?} after the server answered"
+        ));
+    }
+
+    // The server killed while it holds the write: the connection is aborted.
+    let what = "stalled server killed";
+    fsys.stall();
+    let img = fsys.mnt.join("dead.img");
+    let mut tool = start_checkpoint(&sc, &[], &img, pid, "");
+    stalls += 1;
+    fsys.wait_stalled(stalls, &mut tool, what);
+    let t = mono_ns();
+    sigkill_one(fsys.server.pid());
+    let released = tick_after(&job, t, what, |_| true);
+    assert!(
+        released < Duration::from_secs(3),
+        "{what}: released only {released:?} after the server died"
+    );
+    let (st, stderr) = finish_tool(&mut tool, what);
+    let msg = one_line_failure(st, &stderr, what);
+    job.assert_running(what);
+    assert!(
+        !fsys.backing.join("dead.img").exists(),
+        "{what}: a file at the final path"
+    );
+    report(format!(
+        "{what}: released {released:?} after the kill; cr_checkpoint exit {:?}: {msg}; left: {:?}",
+        st.code(),
+        names(&fsys.backing)
+    ));
+    drop(fsys);
+    assert_no_leak(pid, &before, "after the FUSE destination");
+    sc.go();
+    job.expect_pass(RESTART_TIMEOUT);
+    assert_ticks_continuous(&job.stdout(), "FUSE destination");
+    sc.restart(&old).expect_pass(RESTART_TIMEOUT);
+}

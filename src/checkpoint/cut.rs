@@ -191,6 +191,19 @@ fn recv_by(sock: i32, deadline: Option<Instant>) -> Result<Option<protocol::Repl
     }
 }
 
+/// `--time` ran out and the agent of `pid` did not say so itself (2 s after): its write of the
+/// image does not return (a destination that stopped answering). The process stays stopped
+/// until the write returns; it then finds its requester gone and lets the program go.
+fn write_stuck(pid: i32, time: Option<u32>) -> CheckpointError {
+    err(
+        libc::ETIMEDOUT,
+        format!(
+            "checkpoint of {pid} failed: --time {} ran out, and the process does not answer: its write of the image is stuck (a destination that stopped answering?); it stays stopped until that write returns",
+            time.unwrap_or(0)
+        ),
+    )
+}
+
 /// The note of progress message `r` of process `pid`.
 fn progress(pid: i32, r: &protocol::Reply) -> Note {
     Note::Progress {
@@ -311,6 +324,7 @@ pub(super) fn checkpoint_one(
     plan: Option<&super::incremental::Plan>,
     note: &mut dyn FnMut(Note),
 ) -> Result<Outcome, CheckpointError> {
+    let started = Instant::now();
     let dest = dest::resolve(&opts.dest, &opts.commit, opts.id, pid)?;
     let sock =
         try_connect(pid)?.ok_or_else(|| err(libc::ESRCH, format!("no process with pid {pid}")))?;
@@ -349,11 +363,16 @@ pub(super) fn checkpoint_one(
     }
     // A one-process request releases itself when it fails; on success it waits for RELEASE.
     let first = protocol::await_accepted(sock, false);
+    // With --time, not past its end and 2 s more (see `write_stuck`).
+    let deadline = opts
+        .time
+        .map(|s| started + Duration::from_secs(u64::from(s) + 2));
     let final_reply = match first {
         Ok(Some(r)) => Ok(Some(r)),
         Ok(None) => loop {
-            match protocol::recv_reply(sock, 0) {
+            match recv_by(sock, deadline) {
                 Ok(Some(r)) if r.status == protocol::STATUS_PROGRESS => note(progress(pid, &r)),
+                Ok(None) => return Err(write_stuck(pid, opts.time)),
                 other => break other,
             }
         },
@@ -1110,11 +1129,15 @@ pub(super) fn checkpoint_many(
                 format!("cannot send the request to {pid}: {}", strerror(e)),
             ));
         }
+        // With --time, not past its end (and 2 s for the agent to say so itself): a write
+        // that never returns (a destination that stops answering: a FUSE or NFS server) keeps
+        // the agent from answering at all.
         let reply = loop {
-            match recv_by(sock, None) {
+            match recv_by(sock, cut.opts.time.map(|_| deadline)) {
                 Ok(Some(r)) if r.status == protocol::STATUS_PROGRESS => note(progress(pid, &r)),
                 Ok(Some(r)) if r.status < 0 => {}
                 Ok(Some(r)) => break r,
+                Ok(None) => return Err(write_stuck(pid, cut.opts.time)),
                 _ => {
                     return Err(lost(
                         libc::EIO,

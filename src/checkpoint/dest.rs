@@ -414,7 +414,20 @@ impl Out {
         }
         if let Some(t) = self.tmp.take() {
             if !self.anonymous {
-                let _ = std::fs::remove_file(t);
+                // At most 2 s: on a destination that stopped answering (a FUSE or NFS server,
+                // the agent's write of this very file stuck in it) the removal waits with it,
+                // and a --time limit must still end us. Then the file stays (a thread waiting
+                // in the file system ends with the process).
+                let (tx, rx) = std::sync::mpsc::channel();
+                let spawned = std::thread::Builder::new()
+                    .name("discard".into())
+                    .spawn(move || {
+                        let _ = std::fs::remove_file(t);
+                        let _ = tx.send(());
+                    });
+                if spawned.is_ok() {
+                    let _ = rx.recv_timeout(std::time::Duration::from_secs(2));
+                }
             }
         }
     }

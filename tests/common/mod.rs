@@ -513,6 +513,20 @@ fn compile_command(name: &str, out: &Path) -> Command {
                 .arg("-lcr")
                 .arg(format!("-Wl,-rpath,{}", lib.display()));
         }
+        // A FUSE server (libfuse3: Debian's libfuse3-dev, which .ci/run installs).
+        "stallfs" => {
+            cmd = Command::new("gcc");
+            cmd.args([
+                "-O2",
+                "-Wall",
+                "-D_FILE_OFFSET_BITS=64",
+                "-I/usr/include/fuse3",
+                "-o",
+            ])
+            .arg(out)
+            .arg(src("stallfs.c"))
+            .args(["-lfuse3", "-lpthread"]);
+        }
         "linked_static" => {
             cmd = Command::new("gcc");
             cmd.arg("-O2")
