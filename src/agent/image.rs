@@ -755,6 +755,37 @@ fn hold_data(
     Ok((h, held))
 }
 
+/// Ends an image whose page data is written: the trailer at `trailer_offset` (with `data_hash`
+/// and its own hash), then `fdatasync` (file systems and pipes that cannot sync are fine), and
+/// direct I/O dropped. Marks the page-data and sync phases for `-v`. Returns the trailer.
+fn write_trailer(
+    fd: i32,
+    scratch: &Scratch,
+    data_hash: u64,
+    trailer_offset: u64,
+) -> Result<Trailer, (u32, Errno)> {
+    io_report::PHASE_NS[2].store(sys::monotonic_ns(), Relaxed);
+    let mut tr = Trailer {
+        magic: TRAILER_MAGIC,
+        data_hash,
+        total_len: trailer_offset + PAGE as u64,
+        trailer_hash: 0,
+    };
+    let tpage = scratch.trailer();
+    let tsize = core::mem::size_of::<Trailer>();
+    tpage[..tsize].copy_from_slice(bytemuck::bytes_of(&tr));
+    tr.trailer_hash = page_hash(tpage, tsize);
+    tpage[..tsize].copy_from_slice(bytemuck::bytes_of(&tr));
+    write_mem(fd, tpage.as_ptr() as usize, PAGE).map_err(|e| (4, e))?;
+    match sys::fdatasync(fd) {
+        Ok(_) | Err(Errno(libc::EINVAL)) | Err(Errno(libc::EROFS)) => {}
+        Err(e) => return Err((5, e)),
+    }
+    io_report::PHASE_NS[3].store(sys::monotonic_ns(), Relaxed);
+    drop_direct(fd);
+    Ok(tr)
+}
+
 /// Writes the rest of a delta image whose page data is in the delta buffer ([`HELD`]), with the
 /// program running again: the buffer, the trailer, sync; then names the image as the next
 /// delta's parent. Returns the image's length.
@@ -772,25 +803,7 @@ pub fn write_held(held: Held, scratch: &Scratch) -> Result<u64, (u32, Errno)> {
     }];
     let hash = memory::write_data_from(fd, &from_buf, held.deadline_ns, None, held.hash);
     let data_hash = hash.map_err(io)?.digest();
-    io_report::PHASE_NS[2].store(sys::monotonic_ns(), Relaxed);
-    let mut tr = Trailer {
-        magic: TRAILER_MAGIC,
-        data_hash,
-        total_len: held.trailer_offset + PAGE as u64,
-        trailer_hash: 0,
-    };
-    let tpage = scratch.trailer();
-    let tsize = core::mem::size_of::<Trailer>();
-    tpage[..tsize].copy_from_slice(bytemuck::bytes_of(&tr));
-    tr.trailer_hash = page_hash(tpage, tsize);
-    tpage[..tsize].copy_from_slice(bytemuck::bytes_of(&tr));
-    write_mem(fd, tpage.as_ptr() as usize, PAGE).map_err(io)?;
-    match sys::fdatasync(fd) {
-        Ok(_) | Err(Errno(libc::EINVAL)) | Err(Errno(libc::EROFS)) => {}
-        Err(e) => return Err((5, e)),
-    }
-    io_report::PHASE_NS[3].store(sys::monotonic_ns(), Relaxed);
-    drop_direct(fd);
+    let tr = write_trailer(fd, scratch, data_hash, held.trailer_offset)?;
     // Armed in the stop (`finish_or_hold`): the next delta may name this image.
     super::incremental::remember(tr.trailer_hash, tr.total_len);
     Ok(tr.total_len)
@@ -1020,25 +1033,7 @@ fn finish_or_hold(
     }
     let data_hash = hash.digest();
     super::fds::write_spans(fd, spans, deadline_ns).map_err(io)?;
-    io_report::PHASE_NS[2].store(sys::monotonic_ns(), Relaxed);
-    let mut tr = Trailer {
-        magic: TRAILER_MAGIC,
-        data_hash,
-        total_len: hdr.trailer_offset + PAGE as u64,
-        trailer_hash: 0,
-    };
-    let tpage = scratch.trailer();
-    let tsize = core::mem::size_of::<Trailer>();
-    tpage[..tsize].copy_from_slice(bytemuck::bytes_of(&tr));
-    tr.trailer_hash = page_hash(tpage, tsize);
-    tpage[..tsize].copy_from_slice(bytemuck::bytes_of(&tr));
-    write_mem(fd, tpage.as_ptr() as usize, PAGE).map_err(io)?;
-    match sys::fdatasync(fd) {
-        Ok(_) | Err(Errno(libc::EINVAL)) | Err(Errno(libc::EROFS)) => {}
-        Err(e) => return Err((5, e)),
-    }
-    io_report::PHASE_NS[3].store(sys::monotonic_ns(), Relaxed);
-    drop_direct(fd);
+    let tr = write_trailer(fd, scratch, data_hash, hdr.trailer_offset)?;
     // Written stopped: arm write-tracking for the next incremental checkpoint (a copy-on-write
     // writer does nothing here: the program armed itself in the stop, see `cow::start`).
     super::incremental::written(tr.trailer_hash, tr.total_len);

@@ -542,6 +542,28 @@ impl Barrier for NodeBarrier<'_> {
     }
 }
 
+/// What [`join`] and [`join_on`] check before anything is sent: the node's name, a secret over
+/// TCP. Returns how long to wait for the coordinator.
+fn join_checks(
+    coord: &Endpoint,
+    secret: Option<&Secret>,
+    name: &str,
+    opts: &Options,
+) -> Result<Duration, CheckpointError> {
+    if !valid_name(name) {
+        return Err(err(
+            libc::EINVAL,
+            format!("node name {name:?}: use letters, digits, '.', '-' and '_'"),
+        ));
+    }
+    if coord.is_tcp() && secret.is_none() {
+        return Err(no_secret_over_tcp("--node", coord));
+    }
+    Ok(opts
+        .time
+        .map_or(DEFAULT_WAIT, |s| Duration::from_secs(u64::from(s))))
+}
+
 /// One node's part: joins the coordinator listening at `coord` as node `name` and
 /// checkpoints `opts` (a tree, group or session of this node; its destination and
 /// post-checkpoint signal are the coordinator's) as part of the job's cut. With `secret`,
@@ -553,18 +575,7 @@ pub fn join(
     opts: &Options,
     note: &mut dyn FnMut(Note),
 ) -> Result<Outcome, CheckpointError> {
-    if !valid_name(name) {
-        return Err(err(
-            libc::EINVAL,
-            format!("node name {name:?}: use letters, digits, '.', '-' and '_'"),
-        ));
-    }
-    if coord.is_tcp() && secret.is_none() {
-        return Err(no_secret_over_tcp("--node", coord));
-    }
-    let wait = opts
-        .time
-        .map_or(DEFAULT_WAIT, |s| Duration::from_secs(u64::from(s)));
+    let wait = join_checks(coord, secret, name, opts)?;
     let s = nodelink::connect(coord, Instant::now() + wait)
         .map_err(|e| io_err(&format!("cannot reach the coordinator at {coord}"), e))?;
     join_on(s, coord, secret, name, opts, note)
@@ -580,18 +591,7 @@ pub fn join_on(
     opts: &Options,
     note: &mut dyn FnMut(Note),
 ) -> Result<Outcome, CheckpointError> {
-    if !valid_name(name) {
-        return Err(err(
-            libc::EINVAL,
-            format!("node name {name:?}: use letters, digits, '.', '-' and '_'"),
-        ));
-    }
-    if coord.is_tcp() && secret.is_none() {
-        return Err(no_secret_over_tcp("--node", coord));
-    }
-    let wait = opts
-        .time
-        .map_or(DEFAULT_WAIT, |s| Duration::from_secs(u64::from(s)));
+    let wait = join_checks(coord, secret, name, opts)?;
     let mut wire = Wire::new(s, "the coordinator".into())?;
     match secret {
         None => wire.send(&format!("HELLO {name}"))?,
