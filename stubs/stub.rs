@@ -487,3 +487,87 @@ forward_cached!(
     /// `getsockname`, forwarded to libcr's.
     getsockname, c"getsockname", (fd: c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t) -> c_int
 );
+
+extern "C" {
+    /// glibc's own `realloc` (exported by libc.so.6 beside `realloc`).
+    fn __libc_realloc(p: *mut c_void, size: libc::size_t) -> *mut c_void;
+}
+
+/// The `realloc` after the stub's (0: not looked up yet).
+static NEXT_REALLOC: AtomicUsize = AtomicUsize::new(0);
+
+/// Looks up the `realloc` after the stub's (glibc's, `glibc`, where there is none). A call made
+/// while the lookup runs (`dlsym` may allocate) gets glibc's.
+fn next_realloc(glibc: usize) -> usize {
+    static LOOKING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+    if LOOKING.swap(true, AcqRel) {
+        return glibc;
+    }
+    let f = match next_sym(c"realloc") {
+        0 => glibc,
+        f => f,
+    };
+    NEXT_REALLOC.store(f, Release);
+    f
+}
+/// libcr's `cri_lazily_mapped` once looked up (0: not yet, 1: libcr has none).
+static LAZILY_MAPPED: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether libcr says a lazy restart mapped this process's memory from an image.
+fn lazily_mapped() -> bool {
+    let mut f = LAZILY_MAPPED.load(Acquire);
+    if f == 0 {
+        if LIBCR.load(Acquire) == 0 {
+            return false;
+        }
+        f = match libcr_sym(c"cri_lazily_mapped") {
+            0 => 1,
+            f => f,
+        };
+        LAZILY_MAPPED.store(f, Release);
+    }
+    // SAFETY: libcr exports cri_lazily_mapped as extern "C" fn() -> c_int.
+    f != 1 && unsafe { core::mem::transmute::<usize, extern "C" fn() -> c_int>(f)() } != 0
+}
+
+/// `realloc`: the C library's, except for a block glibc's malloc made with its own `mmap` in a
+/// process a lazy restart mapped from its image. glibc grows such a block with its internal
+/// `mremap`, which, over memory mapped from the image file, adds the image's next bytes or
+/// SIGBUS past the file's end (libcr's `agent::lazy`); it is grown here by allocating, copying
+/// and freeing instead. Only where the next `realloc` is glibc's (another malloc preloaded
+/// after the stub keeps its own blocks).
+///
+/// # Safety
+/// As `realloc(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn realloc(p: *mut c_void, size: libc::size_t) -> *mut c_void {
+    type F = unsafe extern "C" fn(*mut c_void, libc::size_t) -> *mut c_void;
+    let glibc = __libc_realloc as F as usize;
+    let next = match NEXT_REALLOC.load(Acquire) {
+        0 => next_realloc(glibc),
+        f => f,
+    };
+    /// glibc's chunk header bit for a block mapped by itself (`IS_MMAPPED`).
+    const IS_MMAPPED: usize = 2;
+    if !p.is_null() && size > 0 && next == glibc && lazily_mapped() {
+        // SAFETY: `p` is a live block of glibc's malloc (the caller's promise, and glibc's
+        // realloc is the one in use), whose size word sits just before it.
+        let header = unsafe { *(p as *const usize).sub(1) };
+        // SAFETY: as above.
+        let have = unsafe { libc::malloc_usable_size(p) };
+        if header & IS_MMAPPED != 0 && size > have {
+            // SAFETY: plain allocation; on failure `p` is left untouched, as realloc does.
+            let q = unsafe { libc::malloc(size) };
+            if !q.is_null() {
+                // SAFETY: both blocks hold at least `have` bytes and do not overlap.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(p as *const u8, q as *mut u8, have);
+                    libc::free(p);
+                }
+            }
+            return q;
+        }
+    }
+    // SAFETY: the symbol has realloc's signature; the caller's promise is passed on.
+    unsafe { core::mem::transmute::<usize, F>(next)(p, size) }
+}

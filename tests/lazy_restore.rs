@@ -130,6 +130,30 @@ fn lazy_restore_tree() {
     restart_delete_pass(&sc, &img, false, 3);
 }
 
+/// glibc's `realloc` of a large block after a lazy restart: glibc grows a block it mapped by
+/// itself with its internal `mremap`, which over memory mapped from the image added the file's
+/// next bytes or SIGBUS past its end (the program died with signal 7); the preload stub's
+/// `realloc` grows such blocks by copying. The program checks the old bytes and the grown block.
+#[test]
+fn lazily_restored_block_grows_with_realloc() {
+    let sc = Scenario::new("lazy-realloc");
+    let mut prog = sc.program("lazy_realloc");
+    prog.argv.push(MB.into());
+    prog.argv.push("256".into());
+    let mut job = sc.start("lazy_realloc", sc.under_cr_run(&prog));
+    job.wait_ready();
+    let img = sc.checkpoint(job.pid(), &["--term"]);
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    let mut restart = sc.restart_with(&img, &["--verbose"]);
+    let err = wait_running(&sc, &mut restart);
+    assert!(
+        err.contains("page data mapped from the image"),
+        "the restart must be lazy for this test:\n{err}"
+    );
+    sc.go();
+    restart.expect_pass(RESTART_TIMEOUT);
+}
+
 /// A lazily restored program checkpointed again: the memory mapped from the first image is
 /// saved by content as anonymous memory, so the second image does not need the first.
 #[test]

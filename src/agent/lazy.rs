@@ -16,8 +16,14 @@
 //!   zero pages: [`mremap`] replaces the image-backed part of what it added with fresh
 //!   anonymous memory before it returns.
 //!
-//! Calls that bypass the C library's `madvise` and `mremap` (raw system calls, glibc's own
-//! `realloc`, which calls its internal `__mremap`) are not seen.
+//! - glibc's `realloc` grows a large (mmapped) block with its internal `__mremap`, which no
+//!   preload can see: grown over an image-backed block it read the image's next bytes, or got
+//!   SIGBUS past the file's end. The preload stub's `realloc` (`stubs/stub.rs`) asks
+//!   [`cri_lazily_mapped`] and, in a lazily restored process, grows such blocks by allocating,
+//!   copying and freeing instead. A program linked with libcr (no stub) does not get this.
+//!
+//! Other calls that bypass the C library's `madvise` and `mremap` (raw system calls) are not
+//! seen.
 
 use super::memory::{parse_line, MapLine};
 use crate::sys;
@@ -47,6 +53,13 @@ fn chain_id(k: usize) -> (u64, u64) {
 /// Whether a lazy restart mapped anything from an image into this process.
 fn any_backed() -> bool {
     image_id().1 != 0 || chain_id(0).1 != 0
+}
+
+/// Whether a lazy restart mapped memory of this process from an image (1) or not (0); asked by
+/// the preload stub's `realloc` (see the module documentation).
+#[no_mangle]
+pub extern "C" fn cri_lazily_mapped() -> c_int {
+    c_int::from(any_backed())
 }
 
 /// Whether `m` is a private mapping of the image this process was lazily restored from (or of
