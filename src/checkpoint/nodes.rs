@@ -11,9 +11,11 @@
 //! waits until none of its connections has unacknowledged bytes (`/proc/net/tcp`'s
 //! `tx_queue`, what `SIOCOUTQ` says) and answers `DRAINED` with its table again (every byte in
 //! flight is now waiting at a receiver, where its image keeps it) → `WRITE`: each node writes
-//! and commits its image into the generation being made and answers `WRITTEN` → the
-//! coordinator writes `MANIFEST` (nodes, images, the connections between nodes matched by
-//! their addresses) and renames the generation into place: that is the commit → `RELEASE`
+//! and commits its image into the generation being made and answers `FINAL` with its table
+//! once more (a node's `DRAINED` table can miss bytes another node was still sending; by now
+//! every node has drained) and `WRITTEN` → the coordinator writes `MANIFEST` (nodes, images,
+//! the connections between nodes matched by their addresses, with the `FINAL` tables' bytes
+//! waiting) and renames the generation into place: that is the commit → `RELEASE`
 //! (each node sends its post-checkpoint signal, then releases). Any failure, or a node that
 //! goes away before the commit: `ABORT` to every node (each releases its processes, no
 //! signal) and the unfinished generation is removed. A node that loses the coordinator
@@ -497,11 +499,14 @@ struct NodeBarrier<'a> {
     wait: Duration,
     /// The node's receivers whose buffers the drain raised ([`open_receivers`]).
     receivers: Vec<Receiver>,
+    /// The processes of the node's part (for the table sent with `WRITTEN`).
+    pids: Vec<i32>,
 }
 
 impl Barrier for NodeBarrier<'_> {
     fn stopped(&mut self, pids: &[i32]) -> Result<(), CheckpointError> {
         let deadline = Instant::now() + self.wait;
+        self.pids = pids.to_vec();
         self.wire.send_table("STOPPED", &connection_table(pids))?;
         let ms: u64 = self
             .wire
@@ -534,6 +539,11 @@ impl Barrier for NodeBarrier<'_> {
     }
 
     fn written(&mut self, bytes: u64) -> Result<(), CheckpointError> {
+        // The table again, now that every node has drained (a `DRAINED` table was taken when
+        // this node's own bytes were in, while other nodes' could still be arriving): what
+        // waits at this node's receivers is final, and the manifest records it.
+        self.wire
+            .send_table("FINAL", &connection_table(&self.pids))?;
         self.wire.send(&format!("WRITTEN {bytes}"))?;
         match self.wire.recv(Instant::now() + self.wait)?.as_str() {
             "RELEASE" => Ok(()),
@@ -612,6 +622,7 @@ pub fn join_on(
         wire: &mut wire,
         wait,
         receivers: Vec::new(),
+        pids: Vec::new(),
     };
     match super::checkpoint_part(&opts, &mut barrier, note) {
         Ok(out) => {
@@ -932,12 +943,15 @@ pub fn coordinate(
     }
     let deadline = Instant::now() + wait;
     for n in p.nodes.iter_mut() {
+        n.table = n.wire.table("FINAL", deadline)?;
         let b = n.wire.expect("WRITTEN", deadline)?;
         n.bytes = b
             .parse()
             .map_err(|_| err(libc::EPROTO, format!("{}: bad WRITTEN line", n.wire.peer)))?;
     }
-    // The commit: the manifest, durable, then the generation renamed into place.
+    // The commit: the manifest (with what waits at each receiver now that every node drained),
+    // durable, then the generation renamed into place.
+    let links = match_links(p.nodes, &mut |_| {});
     let manifest = manifest_text(p.nodes, &links);
     let mpath = tmp.join(MANIFEST);
     write_durable(&mpath, manifest.as_bytes())

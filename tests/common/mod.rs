@@ -881,10 +881,12 @@ impl Scenario {
             eprintln!("{msg}");
             self.note(&msg);
             if !pid_alive(pid) || Instant::now() >= deadline {
+                // The scenario's log says how and when the restart (and every other job) ended.
                 panic!(
-                    "cannot checkpoint the restored process {pid} ({}) after {attempt} attempts; last:\n{}",
+                    "cannot checkpoint the restored process {pid} ({}) after {attempt} attempts; last:\n{}\n{}",
                     proc_summary(pid),
-                    res.describe()
+                    res.describe(),
+                    self.log()
                 );
             }
             attempt += 1;
