@@ -254,13 +254,34 @@ fn mpich_term_unprivileged() {
 /// does not print READY again, as a fresh start would — and it finishes correct.
 #[test]
 fn openmpi_supervised() {
-    let mpi = OPEN_MPI;
-    if !mpi.available() {
+    if OPEN_MPI.available() {
+        supervised(OPEN_MPI, &Scenario::new("mpi-openmpi-supervised"));
+    }
+}
+
+/// The same as an unprivileged user. Needs root to become that user.
+#[test]
+fn openmpi_supervised_unprivileged() {
+    if !OPEN_MPI.available() {
         return;
     }
-    let sc = Scenario::new("mpi-openmpi-supervised");
+    if !is_root() {
+        println!("note: not root, cannot run as nobody: skipped");
+        return;
+    }
+    supervised(
+        OPEN_MPI,
+        &Scenario::as_user("mpi-openmpi-supervised-nobody", NOBODY),
+    );
+}
+
+/// [`openmpi_supervised`]'s run of `mpi` in `sc`.
+fn supervised(mpi: Mpi, sc: &Scenario) {
     let dir = sc.root().join("ckpt");
     std::fs::create_dir_all(&dir).expect("checkpoint dir");
+    if let Some((uid, gid)) = sc.user() {
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown the checkpoint dir");
+    }
     let ring = mpi.ring();
     let mut argv: Vec<String> = vec![
         sc.tools().cr_run.to_string_lossy().into_owned(),
@@ -272,7 +293,7 @@ fn openmpi_supervised() {
         mpi.mpirun.into(),
         "--oversubscribe".into(),
     ];
-    if is_root() {
+    if sc.user().is_none() && is_root() {
         argv.push("--allow-run-as-root".into());
     }
     argv.extend([
