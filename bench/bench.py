@@ -947,7 +947,10 @@ def chain_once(tools, progs, wdir, mib, dirty_mib, links, lazy_reps=5):
     runs = []
     for k in range(lazy_reps):
         runs += [(w, pa, f, "lazy") for w, pa, f in (both if k % 2 == 0 else both[::-1])]
-    runs += [(w, pa, f, "eager") for w, pa, f in both]
+    # Eagerly twice each, chain, merged, merged, chain, the faster taken: the first eager
+    # restart of a run pays for fresh memory (on this VM 9 s against 3 s for 4 GiB, whichever
+    # image came first).
+    runs += [(w, pa, f, "eager") for w, pa, f in both + both[::-1]]
     for which, path, warm, mode in runs:
         for f in warm:
             _warm(f)
@@ -968,7 +971,8 @@ def chain_once(tools, progs, wdir, mib, dirty_mib, links, lazy_reps=5):
             s.lazy[which].append(first - t2)
             s.t[(which, mode)] = median(s.lazy[which])
         else:
-            s.t[(which, mode)] = first - t2
+            prev = s.t.get((which, mode))
+            s.t[(which, mode)] = first - t2 if prev is None else min(prev, first - t2)
     clean()
     return s
 
@@ -1042,7 +1046,9 @@ def chain_report(wp, chain):
               "image). Restart: `cr_restart [--eager] IMAGE` started → the first step of the "
               "restored program, every file of the chain (or the merged image) read just "
               f"before (hot); lazily {len(samples[0].lazy['chain']) if samples else 0} times "
-              "each per chain, alternately, the median taken.\n",
+              "each per chain, alternately, the median taken; eagerly twice each (chain, merged, "
+              "merged, chain), the faster taken (the first eager restart of a run pays for fresh "
+              "memory).\n",
               "| process | chain | merged image | restart chain lazy / eager | restart merged "
               "lazy / eager | chain ÷ merged, lazy / eager |",
               "| --- | --- | --- | --- | --- | --- |"]
