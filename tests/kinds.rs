@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -49,6 +49,53 @@ fn compile(sc: &Scenario, name: &str) -> PathBuf {
     out
 }
 
+/// Starts `name` (compiled from c-tests/static) under cr_run; the caller waits for its READY.
+fn start_under_cr_run(sc: &Scenario, name: &str) -> Job {
+    let exe = compile(sc, name);
+    let cr_run = sc.tools().cr_run.clone();
+    let cmd = sc.command(&[cr_run.as_os_str(), "--".as_ref(), exe.as_os_str()]);
+    sc.start(name, cmd)
+}
+
+/// Restarts `img` with cr_restart's `args` and waits until the restored process runs its own
+/// program again; the restart job and that process's pid.
+fn restart_ready(sc: &Scenario, img: &Path, args: &[&str]) -> (Job, u32) {
+    let mut job = sc.restart_with(img, args);
+    let pid = job.wait_child(READY_TIMEOUT);
+    wait_address_space_switched(sc, pid, Duration::from_secs(10));
+    (job, pid)
+}
+
+/// What `cr_info IMG` prints.
+fn cr_info(sc: &Scenario, img: &Path) -> String {
+    sc.run_tool(
+        "cr_info",
+        sc.command(&[env!("CARGO_BIN_EXE_cr_info").as_ref(), img.as_os_str()]),
+    )
+    .stdout
+}
+
+/// One test as root and one as nobody (skipped, saying so, when the tests are not root: the
+/// first then ran unprivileged already) of `body`, each with its own scenario named `tag` and
+/// `tag-nobody`.
+macro_rules! root_and_nobody {
+    ($($test:ident, $nobody:ident => $body:expr, $tag:literal;)*) => {$(
+        #[test]
+        fn $test() {
+            $body(Scenario::new($tag));
+        }
+
+        #[test]
+        fn $nobody() {
+            if !is_root() {
+                println!("note: not root: {} already ran unprivileged", stringify!($test));
+                return;
+            }
+            $body(Scenario::as_user(concat!($tag, "-nobody"), NOBODY));
+        }
+    )*};
+}
+
 /// Runs `ipcrm FLAG KEY`, quietly (the object may be gone already).
 fn ipcrm(flag: &str, key: u32) {
     let _ = Command::new("ipcrm")
@@ -69,30 +116,9 @@ struct Leftovers(&'static str, u32);
 impl Drop for Leftovers {
     fn drop(&mut self) {
         match self.0 {
-            "sysvshm00" => {
-                let key = format!("{:#x}", 0x6c69_0000u32 | (self.1 & 0xffff));
-                let _ = Command::new("ipcrm")
-                    .args(["-M", &key])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-            }
-            "sem00" => {
-                let key = format!("{:#x}", 0x6c6a_0000u32 | (self.1 & 0xffff));
-                let _ = Command::new("ipcrm")
-                    .args(["-S", &key])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-            }
-            "msg00" => {
-                let key = format!("{:#x}", 0x6c6b_0000u32 | (self.1 & 0xffff));
-                let _ = Command::new("ipcrm")
-                    .args(["-Q", &key])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-            }
+            "sysvshm00" => ipcrm("-M", 0x6c69_0000 | (self.1 & 0xffff)),
+            "sem00" => ipcrm("-S", 0x6c6a_0000 | (self.1 & 0xffff)),
+            "msg00" => ipcrm("-Q", 0x6c6b_0000 | (self.1 & 0xffff)),
             "mqueue00" => {
                 let name = std::ffi::CString::new(format!("/mqueue00-{}", self.1)).unwrap();
                 // SAFETY: mq_unlink reads the NUL-terminated name.
@@ -121,10 +147,7 @@ fn three_generations(sc: Scenario, name: &'static str) {
 /// Three generations of `name`, each checkpoint ending the process with `flag` (`--term`,
 /// `--kill`), which it dies of (`sig`).
 fn three_generations_with(sc: Scenario, name: &'static str, flag: &str, sig: i32) {
-    let exe = compile(&sc, name);
-    let cr_run = sc.tools().cr_run.clone();
-    let cmd = sc.command(&[cr_run.as_os_str(), "--".as_ref(), exe.as_os_str()]);
-    let mut gen1 = sc.start(name, cmd);
+    let mut gen1 = start_under_cr_run(&sc, name);
     let _left = Leftovers(name, gen1.pid());
     gen1.wait_ready();
     let img1 = sc.next_image_path();
@@ -137,9 +160,7 @@ fn three_generations_with(sc: Scenario, name: &'static str, flag: &str, sig: i32
     );
     gen1.expect_signal(sig, DEATH_TIMEOUT);
 
-    let mut gen2 = sc.restart(&img1);
-    let pid2 = gen2.wait_child(READY_TIMEOUT);
-    wait_address_space_switched(&sc, pid2, Duration::from_secs(10));
+    let (mut gen2, pid2) = restart_ready(&sc, &img1, &[]);
     let img2 = sc.checkpoint_restored(pid2, &[flag]);
     gen2.expect_signal(sig, DEATH_TIMEOUT);
     assert!(
@@ -148,9 +169,7 @@ fn three_generations_with(sc: Scenario, name: &'static str, flag: &str, sig: i32
         gen2.diag()
     );
 
-    let mut gen3 = sc.restart(&img2);
-    let pid3 = gen3.wait_child(READY_TIMEOUT);
-    wait_address_space_switched(&sc, pid3, Duration::from_secs(10));
+    let (mut gen3, _) = restart_ready(&sc, &img2, &[]);
     sc.go();
     gen3.expect_pass(RESTART_TIMEOUT);
     assert!(
@@ -160,22 +179,13 @@ fn three_generations_with(sc: Scenario, name: &'static str, flag: &str, sig: i32
     );
 }
 
+/// The root and nobody tests of [`three_generations`] of each program.
 macro_rules! kind_tests {
-    ($($test:ident, $nobody:ident => $prog:literal;)*) => {$(
-        #[test]
-        fn $test() {
-            three_generations(Scenario::new($prog), $prog);
+    ($($test:ident, $nobody:ident => $prog:literal;)*) => {
+        root_and_nobody! {
+            $($test, $nobody => |sc| three_generations(sc, $prog), $prog;)*
         }
-
-        #[test]
-        fn $nobody() {
-            if !is_root() {
-                println!("note: not root: {} already ran unprivileged", stringify!($test));
-                return;
-            }
-            three_generations(Scenario::as_user(concat!($prog, "-nobody"), NOBODY), $prog);
-        }
-    )*};
+    };
 }
 
 kind_tests! {
@@ -207,18 +217,8 @@ fn megabytes_queued(sc: Scenario) {
     three_generations_with(sc, "unix04", "--kill", SIGKILL);
 }
 
-#[test]
-fn unix_megabytes_queued() {
-    megabytes_queued(Scenario::new("unix04"));
-}
-
-#[test]
-fn unix_megabytes_queued_unprivileged() {
-    if !is_root() {
-        println!("note: not root: unix_megabytes_queued already ran unprivileged");
-        return;
-    }
-    megabytes_queued(Scenario::as_user("unix04-nobody", NOBODY));
+root_and_nobody! {
+    unix_megabytes_queued, unix_megabytes_queued_unprivileged => megabytes_queued, "unix04";
 }
 
 /// Every program in c-tests/static has its test above.
@@ -265,10 +265,7 @@ fn every_static_program_is_tested() {
 /// "ipcrm -M 0x6c69"), non-zero exit, nothing started; the original finishes normally.
 fn key_in_use_is_refused(prog: &'static str, fix: &str) {
     let sc = Scenario::new(&format!("{prog}-key-in-use"));
-    let exe = compile(&sc, prog);
-    let cr_run = sc.tools().cr_run.clone();
-    let cmd = sc.command(&[cr_run.as_os_str(), "--".as_ref(), exe.as_os_str()]);
-    let mut orig = sc.start(prog, cmd);
+    let mut orig = start_under_cr_run(&sc, prog);
     orig.wait_ready();
     let img = sc.next_image_path();
     sc.checkpoint_to(orig.pid(), &[], &img).assert_success();
@@ -316,10 +313,7 @@ fn msg_key_in_use_is_refused() {
 #[test]
 fn mqueue_gone_is_made_again() {
     let sc = Scenario::new("mqueue00-gone");
-    let exe = compile(&sc, "mqueue00");
-    let cr_run = sc.tools().cr_run.clone();
-    let cmd = sc.command(&[cr_run.as_os_str(), "--".as_ref(), exe.as_os_str()]);
-    let mut gen1 = sc.start("mqueue00", cmd);
+    let mut gen1 = start_under_cr_run(&sc, "mqueue00");
     let _left = Leftovers("mqueue00", gen1.pid());
     gen1.wait_ready();
     let img = sc.next_image_path();
@@ -339,9 +333,7 @@ fn mqueue_gone_is_made_again() {
         "remove the queue"
     );
 
-    let mut gen2 = sc.restart(&img);
-    let pid2 = gen2.wait_child(READY_TIMEOUT);
-    wait_address_space_switched(&sc, pid2, Duration::from_secs(10));
+    let (mut gen2, _) = restart_ready(&sc, &img, &[]);
     // SAFETY: mq_open reads the name; mq_getattr/fstat write locals; the descriptor is closed.
     let (attr, mode) = unsafe {
         let q = libc::mq_open(name.as_ptr(), libc::O_RDONLY);
@@ -371,10 +363,7 @@ fn mqueue_gone_is_made_again() {
 #[test]
 fn inotify_watch_gone_is_warned() {
     let sc = Scenario::new("inotify00-gone");
-    let exe = compile(&sc, "inotify00");
-    let cr_run = sc.tools().cr_run.clone();
-    let cmd = sc.command(&[cr_run.as_os_str(), "--".as_ref(), exe.as_os_str()]);
-    let mut gen1 = sc.start("inotify00", cmd);
+    let mut gen1 = start_under_cr_run(&sc, "inotify00");
     gen1.wait_ready();
     let dir = gen1
         .stdout()
@@ -394,9 +383,7 @@ fn inotify_watch_gone_is_warned() {
     gen1.expect_signal(SIGTERM, DEATH_TIMEOUT);
     fs::remove_dir(dir.join("sub")).expect("remove the watched subdirectory");
 
-    let mut gen2 = sc.restart(&img);
-    let pid2 = gen2.wait_child(READY_TIMEOUT);
-    wait_address_space_switched(&sc, pid2, Duration::from_secs(10));
+    let (mut gen2, _) = restart_ready(&sc, &img, &[]);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let warned = |e: &str| {
         e.contains("inotify watch 5 on ")
@@ -435,10 +422,7 @@ fn remove_msg_queue(key: u32) {
 /// process saves it again at its own checkpoint (it is the queue's last user again), so it comes
 /// back a second time; cr_info lists it.
 fn msg_queue_made_again(sc: Scenario) {
-    let exe = compile(&sc, "msg00");
-    let cr_run = sc.tools().cr_run.clone();
-    let cmd = sc.command(&[cr_run.as_os_str(), "--".as_ref(), exe.as_os_str()]);
-    let mut gen1 = sc.start("msg00", cmd);
+    let mut gen1 = start_under_cr_run(&sc, "msg00");
     let _left = Leftovers("msg00", gen1.pid());
     let key = 0x6c6b_0000u32 | (gen1.pid() & 0xffff);
     gen1.wait_ready();
@@ -446,12 +430,7 @@ fn msg_queue_made_again(sc: Scenario) {
     sc.checkpoint_to(gen1.pid(), &["--term"], &img1)
         .assert_success();
     gen1.expect_signal(SIGTERM, DEATH_TIMEOUT);
-    let info = sc
-        .run_tool(
-            "cr_info",
-            sc.command(&[env!("CARGO_BIN_EXE_cr_info").as_ref(), img1.as_os_str()]),
-        )
-        .stdout;
+    let info = cr_info(&sc, &img1);
     assert!(
         info.contains(&format!("key {key:#x}, mode 0640"))
             && info.contains("5 messages (1013 bytes)"),
@@ -459,16 +438,12 @@ fn msg_queue_made_again(sc: Scenario) {
     );
     remove_msg_queue(key);
 
-    let mut gen2 = sc.restart(&img1);
-    let pid2 = gen2.wait_child(READY_TIMEOUT);
-    wait_address_space_switched(&sc, pid2, Duration::from_secs(10));
+    let (mut gen2, pid2) = restart_ready(&sc, &img1, &[]);
     let img2 = sc.checkpoint_restored(pid2, &["--term"]);
     gen2.expect_signal(SIGTERM, DEATH_TIMEOUT);
     remove_msg_queue(key);
 
-    let mut gen3 = sc.restart(&img2);
-    let pid3 = gen3.wait_child(READY_TIMEOUT);
-    wait_address_space_switched(&sc, pid3, Duration::from_secs(10));
+    let (mut gen3, _) = restart_ready(&sc, &img2, &[]);
     sc.go();
     gen3.expect_pass(RESTART_TIMEOUT);
     assert!(
@@ -478,28 +453,15 @@ fn msg_queue_made_again(sc: Scenario) {
     );
 }
 
-#[test]
-fn msg_queue_gone_is_made_again() {
-    msg_queue_made_again(Scenario::new("msg00-gone"));
-}
-
-#[test]
-fn msg_queue_gone_is_made_again_unprivileged() {
-    if !is_root() {
-        println!("note: not root: msg_queue_gone_is_made_again already ran unprivileged");
-        return;
-    }
-    msg_queue_made_again(Scenario::as_user("msg00-gone-nobody", NOBODY));
+root_and_nobody! {
+    msg_queue_gone_is_made_again, msg_queue_gone_is_made_again_unprivileged => msg_queue_made_again, "msg00-gone";
 }
 
 /// inotify01's directory copied elsewhere (new inodes) and the original removed: restarted with
 /// `--relocate OLD=NEW`, its watches are added again by their relocated paths and give events
 /// there; the checkpoint said that the 32 bytes of queued events are lost.
 fn inotify_relocated(sc: Scenario) {
-    let exe = compile(&sc, "inotify01");
-    let cr_run = sc.tools().cr_run.clone();
-    let cmd = sc.command(&[cr_run.as_os_str(), "--".as_ref(), exe.as_os_str()]);
-    let mut gen1 = sc.start("inotify01", cmd);
+    let mut gen1 = start_under_cr_run(&sc, "inotify01");
     gen1.wait_ready();
     let old = gen1
         .stdout()
@@ -536,9 +498,7 @@ fn inotify_relocated(sc: Scenario) {
     fs::remove_dir_all(&old).expect("remove the original directory");
 
     let reloc = format!("{}={}", old.display(), new.display());
-    let mut gen2 = sc.restart_with(&img, &["--relocate", &reloc]);
-    let pid2 = gen2.wait_child(READY_TIMEOUT);
-    wait_address_space_switched(&sc, pid2, Duration::from_secs(10));
+    let (mut gen2, _) = restart_ready(&sc, &img, &["--relocate", &reloc]);
     sc.go();
     gen2.expect_pass(RESTART_TIMEOUT);
     assert!(
@@ -548,18 +508,8 @@ fn inotify_relocated(sc: Scenario) {
     );
 }
 
-#[test]
-fn inotify_watches_follow_relocate() {
-    inotify_relocated(Scenario::new("inotify01-relocate"));
-}
-
-#[test]
-fn inotify_watches_follow_relocate_unprivileged() {
-    if !is_root() {
-        println!("note: not root: inotify_watches_follow_relocate already ran unprivileged");
-        return;
-    }
-    inotify_relocated(Scenario::as_user("inotify01-relocate-nobody", NOBODY));
+root_and_nobody! {
+    inotify_watches_follow_relocate, inotify_watches_follow_relocate_unprivileged => inotify_relocated, "inotify01-relocate";
 }
 
 /// Removes SysV semaphore set `key` (as the tests' user: root, or the set's owner).
@@ -577,10 +527,7 @@ fn remove_sem_set(key: u32) {
 /// restart's pool, is its last operator again, so its own checkpoint saves the set a second
 /// time and the values 0 4 2 come back across both generations.
 fn sem_set_made_again(sc: Scenario) {
-    let exe = compile(&sc, "sem00");
-    let cr_run = sc.tools().cr_run.clone();
-    let cmd = sc.command(&[cr_run.as_os_str(), "--".as_ref(), exe.as_os_str()]);
-    let mut gen1 = sc.start("sem00", cmd);
+    let mut gen1 = start_under_cr_run(&sc, "sem00");
     let _left = Leftovers("sem00", gen1.pid());
     let key = 0x6c6a_0000u32 | (gen1.pid() & 0xffff);
     gen1.wait_ready();
@@ -590,26 +537,17 @@ fn sem_set_made_again(sc: Scenario) {
     gen1.expect_signal(SIGTERM, DEATH_TIMEOUT);
     remove_sem_set(key);
 
-    let mut gen2 = sc.restart(&img1);
-    let pid2 = gen2.wait_child(READY_TIMEOUT);
-    wait_address_space_switched(&sc, pid2, Duration::from_secs(10));
+    let (mut gen2, pid2) = restart_ready(&sc, &img1, &[]);
     let img2 = sc.checkpoint_restored(pid2, &["--term"]);
     gen2.expect_signal(SIGTERM, DEATH_TIMEOUT);
-    let info = sc
-        .run_tool(
-            "cr_info",
-            sc.command(&[env!("CARGO_BIN_EXE_cr_info").as_ref(), img2.as_os_str()]),
-        )
-        .stdout;
+    let info = cr_info(&sc, &img2);
     assert!(
         info.contains(&format!("key {key:#x}, mode 0640, values 0 4 2")),
         "the second generation's image must hold the semaphore set {key:#x}:\n{info}"
     );
     remove_sem_set(key);
 
-    let mut gen3 = sc.restart(&img2);
-    let pid3 = gen3.wait_child(READY_TIMEOUT);
-    wait_address_space_switched(&sc, pid3, Duration::from_secs(10));
+    let (mut gen3, _) = restart_ready(&sc, &img2, &[]);
     sc.go();
     gen3.expect_pass(RESTART_TIMEOUT);
     assert!(
@@ -619,18 +557,8 @@ fn sem_set_made_again(sc: Scenario) {
     );
 }
 
-#[test]
-fn sem_set_gone_is_made_again() {
-    sem_set_made_again(Scenario::new("sem00-gone"));
-}
-
-#[test]
-fn sem_set_gone_is_made_again_unprivileged() {
-    if !is_root() {
-        println!("note: not root: sem_set_gone_is_made_again already ran unprivileged");
-        return;
-    }
-    sem_set_made_again(Scenario::as_user("sem00-gone-nobody", NOBODY));
+root_and_nobody! {
+    sem_set_gone_is_made_again, sem_set_gone_is_made_again_unprivileged => sem_set_made_again, "sem00-gone";
 }
 
 /// unix02: the checkpoint names what a Unix socket cannot keep, the listener's connection
@@ -640,10 +568,7 @@ fn sem_set_gone_is_made_again_unprivileged() {
 /// pairs' bytes and messages with their descriptors in their places (a pipe end, an eventfd,
 /// one of the program's own sockets), and an empty seqpacket message at the end of a queue.
 fn unix_losses(sc: Scenario) {
-    let exe = compile(&sc, "unix02");
-    let cr_run = sc.tools().cr_run.clone();
-    let cmd = sc.command(&[cr_run.as_os_str(), "--".as_ref(), exe.as_os_str()]);
-    let mut gen1 = sc.start("unix02", cmd);
+    let mut gen1 = start_under_cr_run(&sc, "unix02");
     gen1.wait_ready();
     let img = sc.next_image_path();
     let res = sc.checkpoint_to(gen1.pid(), &["--term"], &img);
@@ -663,12 +588,7 @@ fn unix_losses(sc: Scenario) {
         "the descriptors in flight are saved:\n{}",
         res.describe()
     );
-    let info = sc
-        .run_tool(
-            "cr_info",
-            sc.command(&[env!("CARGO_BIN_EXE_cr_info").as_ref(), img.as_os_str()]),
-        )
-        .stdout;
+    let info = cr_info(&sc, &img);
     assert!(
         info.contains("unix stream socket")
             && info.contains("1 descriptors in flight (saved as fds")
@@ -683,9 +603,7 @@ fn unix_losses(sc: Scenario) {
     );
     gen1.expect_signal(SIGTERM, DEATH_TIMEOUT);
 
-    let mut gen2 = sc.restart(&img);
-    let pid2 = gen2.wait_child(READY_TIMEOUT);
-    wait_address_space_switched(&sc, pid2, Duration::from_secs(10));
+    let (mut gen2, _) = restart_ready(&sc, &img, &[]);
     sc.go();
     gen2.expect_pass(RESTART_TIMEOUT);
     assert!(
@@ -701,28 +619,15 @@ fn unix_losses(sc: Scenario) {
     );
 }
 
-#[test]
-fn unix_losses_are_warned() {
-    unix_losses(Scenario::new("unix02"));
-}
-
-#[test]
-fn unix_losses_are_warned_unprivileged() {
-    if !is_root() {
-        println!("note: not root: unix_losses_are_warned already ran unprivileged");
-        return;
-    }
-    unix_losses(Scenario::as_user("unix02-nobody", NOBODY));
+root_and_nobody! {
+    unix_losses_are_warned, unix_losses_are_warned_unprivileged => unix_losses, "unix02";
 }
 
 /// socket00's connection to a process outside the job comes back reset, and the restart says
 /// so naming the descriptor and both addresses (the connection inside the job is not named);
 /// the checkpoint warned about each TCP connection that it comes back only if its peer does.
 fn tcp_reset_named(sc: Scenario) {
-    let exe = compile(&sc, "socket00");
-    let cr_run = sc.tools().cr_run.clone();
-    let cmd = sc.command(&[cr_run.as_os_str(), "--".as_ref(), exe.as_os_str()]);
-    let mut gen1 = sc.start("socket00", cmd);
+    let mut gen1 = start_under_cr_run(&sc, "socket00");
     gen1.wait_ready();
     let img = sc.next_image_path();
     let res = sc.checkpoint_to(gen1.pid(), &["--term"], &img);
@@ -744,9 +649,7 @@ fn tcp_reset_named(sc: Scenario) {
     );
     gen1.expect_signal(SIGTERM, DEATH_TIMEOUT);
 
-    let mut gen2 = sc.restart(&img);
-    let pid2 = gen2.wait_child(READY_TIMEOUT);
-    wait_address_space_switched(&sc, pid2, Duration::from_secs(10));
+    let (mut gen2, _) = restart_ready(&sc, &img, &[]);
     let resets = |e: &str| {
         e.lines()
             .filter(|l| {
@@ -767,39 +670,21 @@ fn tcp_reset_named(sc: Scenario) {
     );
 }
 
-#[test]
-fn tcp_reset_is_named() {
-    tcp_reset_named(Scenario::new("socket00-reset"));
-}
-
-#[test]
-fn tcp_reset_is_named_unprivileged() {
-    if !is_root() {
-        println!("note: not root: tcp_reset_is_named already ran unprivileged");
-        return;
-    }
-    tcp_reset_named(Scenario::as_user("socket00-reset-nobody", NOBODY));
+root_and_nobody! {
+    tcp_reset_is_named, tcp_reset_is_named_unprivileged => tcp_reset_named, "socket00-reset";
 }
 
 /// cr_info lists every kernel object of all00's image, one line each, with its state.
 #[test]
 fn cr_info_lists_kernel_objects() {
     let sc = Scenario::new("all00-cr-info");
-    let exe = compile(&sc, "all00");
-    let cr_run = sc.tools().cr_run.clone();
-    let cmd = sc.command(&[cr_run.as_os_str(), "--".as_ref(), exe.as_os_str()]);
-    let mut job = sc.start("all00", cmd);
+    let mut job = start_under_cr_run(&sc, "all00");
     let _left = Leftovers("all00", job.pid());
     job.wait_ready();
     let img = sc.next_image_path();
     sc.checkpoint_to(job.pid(), &[], &img).assert_success();
     job.kill();
-    let info = sc
-        .run_tool(
-            "cr_info",
-            sc.command(&[env!("CARGO_BIN_EXE_cr_info").as_ref(), img.as_os_str()]),
-        )
-        .stdout;
+    let info = cr_info(&sc, &img);
     let low = job.pid() & 0xffff;
     for want in [
         "eventfd count 3".to_string(),

@@ -181,6 +181,19 @@ fn make_j2_term() {
 /// A directory under /tmp for one test, removed on drop.
 struct TmpDir(PathBuf);
 
+impl TmpDir {
+    /// `/tmp/libcr-tmpfiles-PID-TAG`, made empty.
+    fn fresh(tag: &str) -> TmpDir {
+        let dir = TmpDir(PathBuf::from(format!(
+            "/tmp/libcr-tmpfiles-{}-{tag}",
+            std::process::id()
+        )));
+        let _ = fs::remove_dir_all(&dir.0);
+        fs::create_dir_all(&dir.0).expect("mkdir in /tmp");
+        dir
+    }
+}
+
 impl Drop for TmpDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
@@ -190,12 +203,7 @@ impl Drop for TmpDir {
 /// `tmp_scratch` started under cr_run with its scratch directory in a new directory of /tmp
 /// (removed when the returned guard drops), READY.
 fn start_scratch(sc: &Scenario, tag: &str) -> (Job, TmpDir) {
-    let dir = TmpDir(PathBuf::from(format!(
-        "/tmp/libcr-tmpfiles-{}-{tag}",
-        std::process::id()
-    )));
-    let _ = fs::remove_dir_all(&dir.0);
-    fs::create_dir_all(&dir.0).expect("mkdir in /tmp");
+    let dir = TmpDir::fresh(tag);
     let prog = sc.program("tmp_scratch");
     let mut cmd = sc.under_cr_run(&prog);
     cmd.env("CR_TEST_SCRATCH", &dir.0);
@@ -251,12 +259,7 @@ fn created_file_closed_and_deleted_on_term() {
 /// `tmp_created` under cr_run making `keep` files it keeps and `churn` it deletes at once, in a
 /// new directory of /tmp (removed when the returned guard drops), READY.
 fn start_created(sc: &Scenario, tag: &str, keep: usize, churn: usize) -> (Job, TmpDir) {
-    let dir = TmpDir(PathBuf::from(format!(
-        "/tmp/libcr-tmpfiles-{}-{tag}",
-        std::process::id()
-    )));
-    let _ = fs::remove_dir_all(&dir.0);
-    fs::create_dir_all(&dir.0).expect("mkdir in /tmp");
+    let dir = TmpDir::fresh(tag);
     let prog = sc.program("tmp_created");
     let mut cmd = sc.under_cr_run(&prog);
     cmd.env("CR_TEST_SCRATCH", &dir.0)
@@ -459,11 +462,7 @@ fn shared_mapped_file_on_disk_deleted_on_term() {
 fn mapped_files_and_their_directories_deleted_on_term() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let sc = Scenario::new("tmp_mapdir");
-    let dir = TmpDir(PathBuf::from(format!(
-        "/tmp/libcr-tmpfiles-{}-mapdir",
-        std::process::id()
-    )));
-    let _ = fs::remove_dir_all(&dir.0);
+    let dir = TmpDir::fresh("mapdir");
     let session = dir.0.join("session");
     let sub = session.join("job");
     fs::create_dir_all(&sub).expect("mkdir in /tmp");
@@ -577,14 +576,20 @@ fn save_dir_and_save_written() {
     }
 }
 
-/// Whether this machine lets the test make a user + mount (+ pid) namespace with `unshare`.
+/// Whether this machine lets the test make a user + mount (+ pid) namespace with `unshare`;
+/// says the test is skipped when not (never in CI).
 fn can_unshare() -> bool {
-    have_command("unshare")
+    let can = have_command("unshare")
         && Command::new("unshare")
             .args(["-Urmpf", "--mount-proc", "true"])
             .stderr(std::process::Stdio::null())
             .status()
-            .is_ok_and(|s| s.success())
+            .is_ok_and(|s| s.success());
+    if !can {
+        assert!(!in_ci(), "CI must allow user + mount namespaces");
+        println!("note: skipped: unshare -Urmpf is not available here");
+    }
+    can
 }
 
 /// `sh -c SCRIPT` in a new user + mount + pid namespace whose /tmp is a fresh, empty tmpfs (as
@@ -611,6 +616,39 @@ fn in_fresh_tmp(sc: &Scenario, cwd: &Path, script: &str, args: &[&std::ffi::OsSt
     cmd
 }
 
+/// `cr_run --checkpoint-dir CKPT OPTS -- ARGV`.
+fn under_checkpoint_dir<S: AsRef<std::ffi::OsStr>>(
+    sc: &Scenario,
+    ckpt: &Path,
+    opts: &[&str],
+    argv: &[S],
+) -> Command {
+    let mut all: Vec<std::ffi::OsString> = vec![
+        sc.tools().cr_run.clone().into(),
+        "--checkpoint-dir".into(),
+        ckpt.into(),
+    ];
+    all.extend(opts.iter().map(Into::into));
+    all.push("--".into());
+    all.extend(argv.iter().map(|a| a.as_ref().to_os_string()));
+    sc.command(&all)
+}
+
+/// The same `cr_run --checkpoint-dir CKPT --id scratch -- tmp_scratch` run again in `cwd` on
+/// "another node" (see [`in_fresh_tmp`]): it resumes the job from its newest generation.
+fn scratch_resumed_in_fresh_tmp(sc: &Scenario, cwd: &Path, ckpt: &Path, prog: &Program) -> Command {
+    in_fresh_tmp(
+        sc,
+        cwd,
+        "exec \"$1\" --checkpoint-dir \"$2\" --id scratch -- \"$3\"",
+        &[
+            sc.tools().cr_run.as_os_str(),
+            ckpt.as_os_str(),
+            prog.argv[0].as_os_str(),
+        ],
+    )
+}
+
 /// A program with its scratch files under `$TMPDIR` (in /tmp) restarted on "another node": in a
 /// new mount namespace whose /tmp is an empty tmpfs (`unshare -Urmpf`, made by the test). The
 /// checkpoint is taken with `--kill` (the files stay here, as on a node that is left), the image
@@ -620,19 +658,12 @@ fn in_fresh_tmp(sc: &Scenario, cwd: &Path, script: &str, args: &[&std::ffi::OsSt
 fn restart_into_an_empty_tmp() {
     let sc = Scenario::new("tmp_fresh");
     if !can_unshare() {
-        assert!(!in_ci(), "CI must allow user + mount namespaces");
-        println!("note: skipped: unshare -Urmpf is not available here");
         return;
     }
     let Some(disk) = disk_dir(&sc, "fresh") else {
         return;
     };
-    let tmpdir = TmpDir(PathBuf::from(format!(
-        "/tmp/libcr-tmpfiles-{}-fresh",
-        std::process::id()
-    )));
-    let _ = fs::remove_dir_all(&tmpdir.0);
-    fs::create_dir_all(&tmpdir.0).expect("mkdir in /tmp");
+    let tmpdir = TmpDir::fresh("fresh");
     let prog = sc.program("tmp_scratch");
     let mut cmd = sc.under_cr_run(&prog);
     cmd.env("TMPDIR", &tmpdir.0)
@@ -661,8 +692,6 @@ fn restart_into_an_empty_tmp() {
 fn supervised_job_resumes_with_an_empty_tmp() {
     let sc = Scenario::new("tmp_sup");
     if !can_unshare() {
-        assert!(!in_ci(), "CI must allow user + mount namespaces");
-        println!("note: skipped: unshare -Urmpf is not available here");
         return;
     }
     let Some(disk) = disk_dir(&sc, "sup") else {
@@ -670,23 +699,9 @@ fn supervised_job_resumes_with_an_empty_tmp() {
     };
     let ckpt = disk.0.join("ckpt");
     fs::create_dir_all(&ckpt).expect("mkdir ckpt");
-    let scratch = TmpDir(PathBuf::from(format!(
-        "/tmp/libcr-tmpfiles-{}-sup",
-        std::process::id()
-    )));
-    let _ = fs::remove_dir_all(&scratch.0);
-    fs::create_dir_all(&scratch.0).expect("mkdir in /tmp");
+    let scratch = TmpDir::fresh("sup");
     let prog = sc.program("tmp_scratch");
-    let mut argv: Vec<std::ffi::OsString> = vec![
-        sc.tools().cr_run.clone().into(),
-        "--checkpoint-dir".into(),
-        ckpt.clone().into(),
-        "--id".into(),
-        "scratch".into(),
-        "--".into(),
-    ];
-    argv.extend(prog.argv.iter().cloned());
-    let mut cmd = sc.command(&argv);
+    let mut cmd = under_checkpoint_dir(&sc, &ckpt, &["--id", "scratch"], &prog.argv);
     cmd.env("CR_TEST_SCRATCH", &scratch.0).current_dir(&disk.0);
     let mut job = sc.start("cr_run --checkpoint-dir", cmd);
     job.wait_ready();
@@ -704,16 +719,7 @@ fn supervised_job_resumes_with_an_empty_tmp() {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".ckpt"))
         .collect();
     assert!(!gens.is_empty(), "no generation written\n{}", job.diag());
-    let cmd = in_fresh_tmp(
-        &sc,
-        &disk.0,
-        "exec \"$1\" --checkpoint-dir \"$2\" --id scratch -- \"$3\"",
-        &[
-            sc.tools().cr_run.as_os_str(),
-            ckpt.as_os_str(),
-            prog.argv[0].as_os_str(),
-        ],
-    );
+    let cmd = scratch_resumed_in_fresh_tmp(&sc, &disk.0, &ckpt, &prog);
     sc.start("cr_run resume in an empty /tmp", cmd)
         .expect_pass(RESTART_TIMEOUT);
 }
@@ -727,12 +733,7 @@ fn supervised_job_resumes_with_an_empty_tmp() {
 fn large_scratch_file_streams_into_the_image() {
     const KIB: u64 = 48 << 10;
     let sc = Scenario::new("tmp_large");
-    let dir = TmpDir(PathBuf::from(format!(
-        "/tmp/libcr-tmpfiles-{}-large",
-        std::process::id()
-    )));
-    let _ = fs::remove_dir_all(&dir.0);
-    fs::create_dir_all(&dir.0).expect("mkdir in /tmp");
+    let dir = TmpDir::fresh("large");
     let prog = sc.program("tmp_scratch");
     let mut cmd = sc.under_cr_run(&prog);
     cmd.env("CR_TEST_SCRATCH", &dir.0)
@@ -1082,12 +1083,7 @@ fn unlinked_file_limit() {
         ),
     ] {
         let _ = fs::remove_file(sc.go_file());
-        let dir = TmpDir(PathBuf::from(format!(
-            "/tmp/libcr-tmpfiles-{}-{tag}",
-            std::process::id()
-        )));
-        let _ = fs::remove_dir_all(&dir.0);
-        fs::create_dir_all(&dir.0).expect("mkdir in /tmp");
+        let dir = TmpDir::fresh(tag);
         let prog = sc.program("tmp_scratch");
         let mut cmd = sc.under_cr_run(&prog);
         cmd.env("CR_TEST_SCRATCH", &dir.0)
@@ -1148,8 +1144,6 @@ fn supervised_make_j2_resumes_on_another_node() {
     }
     let sc = Scenario::new("tmp_sup_make");
     if !can_unshare() {
-        assert!(!in_ci(), "CI must allow user + mount namespaces");
-        println!("note: skipped: unshare -Urmpf is not available here");
         return;
     }
     let Some(disk) = disk_dir(&sc, "sup-make") else {
@@ -1168,20 +1162,18 @@ fn supervised_make_j2_resumes_on_another_node() {
     generate_project(&proj);
     let ckpt = disk.0.join("ckpt");
     fs::create_dir_all(&ckpt).expect("mkdir ckpt");
-    let mut argv: Vec<std::ffi::OsString> = vec![
-        sc.tools().cr_run.clone().into(),
-        "--checkpoint-dir".into(),
-        ckpt.clone().into(),
-        "--id".into(),
-        "make".into(),
-        "--".into(),
-        "make".into(),
-        "-s".into(),
-        "-j2".into(),
-        "-C".into(),
-    ];
-    argv.push(proj.clone().into());
-    let mut cmd = sc.command(&argv);
+    let mut cmd = under_checkpoint_dir(
+        &sc,
+        &ckpt,
+        &["--id", "make"],
+        &[
+            "make".as_ref(),
+            "-s".as_ref(),
+            "-j2".as_ref(),
+            "-C".as_ref(),
+            proj.as_os_str(),
+        ],
+    );
     cmd.current_dir(&disk.0);
     let mut job = sc.start("cr_run --checkpoint-dir make -j2", cmd);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -1254,8 +1246,6 @@ fn supervised_make_j2_resumes_on_another_node() {
 fn periodic_checkpoint_resumes_with_an_empty_tmp() {
     let sc = Scenario::new("tmp_periodic");
     if !can_unshare() {
-        assert!(!in_ci(), "CI must allow user + mount namespaces");
-        println!("note: skipped: unshare -Urmpf is not available here");
         return;
     }
     let Some(disk) = disk_dir(&sc, "periodic") else {
@@ -1263,25 +1253,14 @@ fn periodic_checkpoint_resumes_with_an_empty_tmp() {
     };
     let ckpt = disk.0.join("ckpt");
     fs::create_dir_all(&ckpt).expect("mkdir ckpt");
-    let scratch = TmpDir(PathBuf::from(format!(
-        "/tmp/libcr-tmpfiles-{}-periodic",
-        std::process::id()
-    )));
-    let _ = fs::remove_dir_all(&scratch.0);
-    fs::create_dir_all(&scratch.0).expect("mkdir in /tmp");
+    let scratch = TmpDir::fresh("periodic");
     let prog = sc.program("tmp_scratch");
-    let mut argv: Vec<std::ffi::OsString> = vec![
-        sc.tools().cr_run.clone().into(),
-        "--checkpoint-dir".into(),
-        ckpt.clone().into(),
-        "--every".into(),
-        "1s".into(),
-        "--id".into(),
-        "scratch".into(),
-        "--".into(),
-    ];
-    argv.extend(prog.argv.iter().cloned());
-    let mut cmd = sc.command(&argv);
+    let mut cmd = under_checkpoint_dir(
+        &sc,
+        &ckpt,
+        &["--every", "1s", "--id", "scratch"],
+        &prog.argv,
+    );
     cmd.env("CR_TEST_SCRATCH", &scratch.0).current_dir(&disk.0);
     let mut job = sc.start("cr_run --checkpoint-dir --every 1s", cmd);
     job.wait_ready();
@@ -1295,16 +1274,7 @@ fn periodic_checkpoint_resumes_with_an_empty_tmp() {
         std::thread::sleep(Duration::from_millis(20));
     }
     job.kill();
-    let cmd = in_fresh_tmp(
-        &sc,
-        &disk.0,
-        "exec \"$1\" --checkpoint-dir \"$2\" --id scratch -- \"$3\"",
-        &[
-            sc.tools().cr_run.as_os_str(),
-            ckpt.as_os_str(),
-            prog.argv[0].as_os_str(),
-        ],
-    );
+    let cmd = scratch_resumed_in_fresh_tmp(&sc, &disk.0, &ckpt, &prog);
     sc.start("cr_run resume from a periodic image in an empty /tmp", cmd)
         .expect_pass(RESTART_TIMEOUT);
 }
