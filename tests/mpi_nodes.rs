@@ -431,6 +431,56 @@ enum Via<'a> {
     Tcp(&'a std::path::Path),
 }
 
+/// `cr_restart --reconnect GEN/HOST_i.ckpt`, with the two nodes' addresses swapped by
+/// `--map-address` when `swapped` (the image restarted on the other node).
+fn reconnect_argv(sc: &Scenario, gen: &std::path::Path, i: usize, swapped: bool) -> Vec<String> {
+    let mut argv = vec![
+        sc.tools().cr_restart.display().to_string(),
+        "--reconnect".into(),
+    ];
+    if swapped {
+        for (old, new) in [(ADDRS[0], ADDRS[1]), (ADDRS[1], ADDRS[0])] {
+            argv.push("--map-address".into());
+            argv.push(format!("{old}={new}"));
+        }
+    }
+    argv.push(gen.join(format!("{}.ckpt", HOSTS[i])).display().to_string());
+    argv
+}
+
+/// Waits until both restarts run their jobs' processes; fails with both restarts' output if not.
+fn both_started(a: &mut Job, b: &mut Job) {
+    let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        a.wait_child(READY_TIMEOUT);
+        b.wait_child(READY_TIMEOUT);
+    }));
+    if started.is_err() {
+        panic!(
+            "the restarts did not both start their jobs:\n{}\n{}",
+            a.diag(),
+            b.diag()
+        );
+    }
+}
+
+/// The two halves' restarts (`start(i)`: image i's cr_restart) started at once; once both run,
+/// GO; both must pass, node b's (the client's) first: it fails at once if its late connection
+/// goes astray; no connection may come back reset. The two restarts.
+fn both_restarted_pass(sc: &Scenario, start: impl Fn(usize) -> Job) -> (Job, Job) {
+    let (mut a, mut b) = (start(0), start(1));
+    both_started(&mut a, &mut b);
+    sc.go();
+    b.expect_pass(RESTART_TIMEOUT);
+    a.expect_pass(RESTART_TIMEOUT);
+    assert!(
+        !a.stderr().contains("comes back reset") && !b.stderr().contains("comes back reset"),
+        "the connection must be made again, not reset:\n{}\n{}",
+        a.diag(),
+        b.diag()
+    );
+    (a, b)
+}
+
 /// The coordinator's port in node a's namespace (the namespace is the test run's own).
 const COORD_PORT: u16 = 7316;
 
@@ -895,18 +945,8 @@ fn kill_restart(name: &str, swapped: bool, parts: Parts) {
     // Image i restarted in namespace `at(i)`.
     let at = |i: usize| if swapped { 1 - i } else { i };
     let restart = |i: usize| {
-        let mut argv = vec![
-            sc.tools().cr_restart.display().to_string(),
-            "--reconnect".into(),
-            "--verbose".into(),
-        ];
-        if swapped {
-            for (old, new) in [(ADDRS[0], ADDRS[1]), (ADDRS[1], ADDRS[0])] {
-                argv.push("--map-address".into());
-                argv.push(format!("{old}={new}"));
-            }
-        }
-        argv.push(gen.join(format!("{}.ckpt", HOSTS[i])).display().to_string());
+        let mut argv = reconnect_argv(&sc, &gen, i, swapped);
+        argv.insert(1, "--verbose".into());
         let argv = nodes.inside(at(i), &argv);
         sc.start(
             &format!("cr_restart {} in namespace {}", HOSTS[i], at(i)),
@@ -914,19 +954,8 @@ fn kill_restart(name: &str, swapped: bool, parts: Parts) {
         )
     };
     let t = Instant::now();
-    let mut a = restart(0);
-    let mut b = restart(1);
-    let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        a.wait_child(READY_TIMEOUT);
-        b.wait_child(READY_TIMEOUT);
-    }));
-    if started.is_err() {
-        panic!(
-            "the restarts did not both start their jobs:\n{}\n{}",
-            a.diag(),
-            b.diag()
-        );
-    }
+    let (mut a, mut b) = (restart(0), restart(1));
+    both_started(&mut a, &mut b);
     let line = format!(
         "restart across 2 nodes{}: both parts running after {:.2} s",
         if swapped { " (swapped)" } else { "" },
@@ -1021,29 +1050,10 @@ fn tcp_peers_two_parts_kill_restart() {
     );
     server.wait_exit(DEATH_TIMEOUT);
     client.wait_exit(DEATH_TIMEOUT);
-    let restart = |i: usize| {
-        let img = gen.join(format!("{}.ckpt", HOSTS[i]));
-        let cmd = sc.command(&[
-            sc.tools().cr_restart.as_os_str(),
-            "--reconnect".as_ref(),
-            img.as_os_str(),
-        ]);
-        sc.start(&format!("cr_restart {}", HOSTS[i]), cmd)
-    };
-    let mut a = restart(0);
-    let mut b = restart(1);
-    a.wait_child(READY_TIMEOUT);
-    b.wait_child(READY_TIMEOUT);
-    sc.go();
-    // The client (node b's image) first: it fails at once if its late connection goes astray.
-    b.expect_pass(RESTART_TIMEOUT);
-    a.expect_pass(RESTART_TIMEOUT);
-    assert!(
-        !a.stderr().contains("comes back reset") && !b.stderr().contains("comes back reset"),
-        "the connection must be made again, not reset:\n{}\n{}",
-        a.diag(),
-        b.diag()
-    );
+    both_restarted_pass(&sc, |i| {
+        let argv = reconnect_argv(&sc, &gen, i, false);
+        sc.start(&format!("cr_restart {}", HOSTS[i]), sc.command(&argv))
+    });
 }
 
 /// The node agents on their own (any user, no namespaces): c-tests/tcp_peers.c's server and
@@ -1134,28 +1144,10 @@ fn node_agents_two_parts_kill_restart() {
             p.diag()
         );
     }
-    let restart = |i: usize| {
-        let img = gen.join(format!("{}.ckpt", HOSTS[i]));
-        let cmd = sc.command(&[
-            sc.tools().cr_restart.as_os_str(),
-            "--reconnect".as_ref(),
-            img.as_os_str(),
-        ]);
-        sc.start(&format!("cr_restart {}", HOSTS[i]), cmd)
-    };
-    let mut a = restart(0);
-    let mut b = restart(1);
-    a.wait_child(READY_TIMEOUT);
-    b.wait_child(READY_TIMEOUT);
-    sc.go();
-    b.expect_pass(RESTART_TIMEOUT);
-    a.expect_pass(RESTART_TIMEOUT);
-    assert!(
-        !a.stderr().contains("comes back reset") && !b.stderr().contains("comes back reset"),
-        "the connection must be made again, not reset:\n{}\n{}",
-        a.diag(),
-        b.diag()
-    );
+    both_restarted_pass(&sc, |i| {
+        let argv = reconnect_argv(&sc, &gen, i, false);
+        sc.start(&format!("cr_restart {}", HOSTS[i]), sc.command(&argv))
+    });
 }
 
 /// The coordinator over TCP refuses a node with the wrong job secret (any user, loopback):
@@ -1369,42 +1361,11 @@ fn tcp_peers_two_namespaces_swapped() {
     server.wait_exit(DEATH_TIMEOUT);
     client.wait_exit(DEATH_TIMEOUT);
     // Image i restarted in the other namespace.
-    let restart = |i: usize| {
-        let mut argv = vec![
-            sc.tools().cr_restart.display().to_string(),
-            "--reconnect".into(),
-        ];
-        for (old, new) in [(ADDRS[0], ADDRS[1]), (ADDRS[1], ADDRS[0])] {
-            argv.push("--map-address".into());
-            argv.push(format!("{old}={new}"));
-        }
-        argv.push(gen.join(format!("{}.ckpt", HOSTS[i])).display().to_string());
+    both_restarted_pass(&sc, |i| {
+        let argv = reconnect_argv(&sc, &gen, i, true);
         let cmd = sc.command(&nodes.inside(1 - i, &argv));
         sc.start(&format!("cr_restart {} in {}", HOSTS[i], HOSTS[1 - i]), cmd)
-    };
-    let mut a = restart(0);
-    let mut b = restart(1);
-    let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        a.wait_child(READY_TIMEOUT);
-        b.wait_child(READY_TIMEOUT);
-    }));
-    if started.is_err() {
-        panic!(
-            "the restarts did not both start their jobs:\n{}\n{}",
-            a.diag(),
-            b.diag()
-        );
-    }
-    sc.go();
-    // The client (node b's image) first: it fails at once if its late connection goes astray.
-    b.expect_pass(RESTART_TIMEOUT);
-    a.expect_pass(RESTART_TIMEOUT);
-    assert!(
-        !a.stderr().contains("comes back reset") && !b.stderr().contains("comes back reset"),
-        "the connection must be made again, not reset:\n{}\n{}",
-        a.diag(),
-        b.diag()
-    );
+    });
 }
 
 /// Megabytes in flight between the two halves at the cut (any user; with `nodes`, root: one
@@ -1472,46 +1433,19 @@ fn bulk_kill_restart(sc: &Scenario, nodes: Option<&TwoNodes>) {
     );
     server.wait_exit(DEATH_TIMEOUT);
     client.wait_exit(DEATH_TIMEOUT);
-    let restart = |i: usize| {
-        let argv = vec![
-            sc.tools().cr_restart.display().to_string(),
-            "--reconnect".into(),
-            gen.join(format!("{}.ckpt", HOSTS[i])).display().to_string(),
-        ];
+    let (a, b) = both_restarted_pass(sc, |i| {
+        let argv = reconnect_argv(sc, &gen, i, false);
         let argv = match nodes {
             Some(n) => n.inside(i, &argv),
             None => argv,
         };
         sc.start(&format!("cr_restart {}", HOSTS[i]), sc.command(&argv))
-    };
-    let mut a = restart(0);
-    let mut b = restart(1);
-    let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        a.wait_child(READY_TIMEOUT);
-        b.wait_child(READY_TIMEOUT);
-    }));
-    if started.is_err() {
-        panic!(
-            "the restarts did not both start their jobs:\n{}\n{}",
-            a.diag(),
-            b.diag()
-        );
-    }
-    println!("{:.2}s: both restarted", t0.elapsed().as_secs_f64());
-    sc.go();
-    a.expect_pass(RESTART_TIMEOUT);
-    b.expect_pass(RESTART_TIMEOUT);
+    });
     println!("{:.2}s: both passed", t0.elapsed().as_secs_f64());
     assert!(
         a.stdout().contains(&format!("PASS tcp_bulk {}", 3 << 20))
             && b.stdout().contains(&format!("PASS tcp_bulk {}", 1 << 20)),
         "each half must read the other's whole block:\n{}\n{}",
-        a.diag(),
-        b.diag()
-    );
-    assert!(
-        !a.stderr().contains("comes back reset") && !b.stderr().contains("comes back reset"),
-        "the connection must be made again, not reset:\n{}\n{}",
         a.diag(),
         b.diag()
     );
