@@ -11,6 +11,30 @@
 
 use bytemuck::{Pod, Zeroable};
 
+/// A `u32` enum stored in an image, with `from_u32` decoding exactly its listed values (any
+/// other value is `None`: a newer or damaged image).
+macro_rules! wire_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $value:literal,)* }
+    ) => {
+        $(#[$meta])*
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $name { $($(#[$vmeta])* $variant = $value,)* }
+
+        impl $name {
+            /// Decodes the on-disk value.
+            pub fn from_u32(v: u32) -> Option<Self> {
+                match v {
+                    $($value => Some(Self::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
 /// First eight bytes of every image.
 pub const MAGIC: [u8; 8] = *b"LIBCRIMG";
 /// First eight bytes of the trailer page.
@@ -389,48 +413,34 @@ pub struct ThreadRec {
     pub comm: [u8; 16],
 }
 
-/// How a memory region is stored and re-created.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RegionKind {
-    /// Private anonymous memory (incl. `[heap]`, thread stacks): saved pages, others zero.
-    Anon = 1,
-    /// The main thread's `[stack]` (grows down).
-    Stack = 2,
-    /// Private mapping of a file that still exists: file by reference + modified pages.
-    FilePrivate = 3,
-    /// Shared mapping of a file that still exists: by reference only (data lives in the file).
-    FileShared = 4,
-    /// Shared memory with no file to return to (shared anonymous, memfd, deleted file, SysV):
-    /// every resident page saved, restored as a shared memfd mapping.
-    SharedContent = 5,
-    /// Private mapping of a deleted file: every page saved, restored as private anonymous memory.
-    PrivateContent = 6,
-    /// `[vdso]`: moved into place at restart, never saved.
-    Vdso = 7,
-    /// `[vvar]`: moved together with the vdso.
-    Vvar = 8,
-    /// `[vvar_vclock]` (kernel 6.13+): moved together with the vdso.
-    VvarVclock = 9,
+wire_enum! {
+    /// How a memory region is stored and re-created.
+    pub enum RegionKind {
+        /// Private anonymous memory (incl. `[heap]`, thread stacks): saved pages, others zero.
+        Anon = 1,
+        /// The main thread's `[stack]` (grows down).
+        Stack = 2,
+        /// Private mapping of a file that still exists: file by reference + modified pages.
+        FilePrivate = 3,
+        /// Shared mapping of a file that still exists: by reference only (data lives in the
+        /// file).
+        FileShared = 4,
+        /// Shared memory with no file to return to (shared anonymous, memfd, deleted file, SysV):
+        /// every resident page saved, restored as a shared memfd mapping.
+        SharedContent = 5,
+        /// Private mapping of a deleted file: every page saved, restored as private anonymous
+        /// memory.
+        PrivateContent = 6,
+        /// `[vdso]`: moved into place at restart, never saved.
+        Vdso = 7,
+        /// `[vvar]`: moved together with the vdso.
+        Vvar = 8,
+        /// `[vvar_vclock]` (kernel 6.13+): moved together with the vdso.
+        VvarVclock = 9,
+    }
 }
 
 impl RegionKind {
-    /// Decodes the on-disk value.
-    pub fn from_u32(v: u32) -> Option<Self> {
-        use RegionKind::*;
-        Some(match v {
-            1 => Anon,
-            2 => Stack,
-            3 => FilePrivate,
-            4 => FileShared,
-            5 => SharedContent,
-            6 => PrivateContent,
-            7 => Vdso,
-            8 => Vvar,
-            9 => VvarVclock,
-            _ => return None,
-        })
-    }
     /// Whether this kind is one of the kernel's special mappings.
     pub fn is_special(self) -> bool {
         matches!(
@@ -567,49 +577,30 @@ pub struct Extent {
     pub file_off: u64,
 }
 
-/// What an open file descriptor refers to.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FdKind {
-    /// Regular file, reopened by path at its offset.
-    Regular = 1,
-    /// Directory, reopened by path.
-    Directory = 2,
-    /// Character device (`/dev/null`, `/dev/zero`, …), reopened by path.
-    CharDevice = 3,
-    /// Terminal, pipe, socket or other on fd 0–2: taken from cr_restart.
-    Inherited = 4,
-    /// Pipe or FIFO end leading outside the checkpoint: replaced by cr_restart's stdin/stdout.
-    Pipe = 5,
-    /// Anything else (socket, eventfd, epoll, …): not restored; a warning was recorded.
-    Unsupported = 6,
-    /// The file this very image was written to (a self-checkpoint's destination): reopened by
-    /// path without truncation, positioned at its end.
-    CheckpointFile = 7,
-    /// A regular file that was unlinked while open: its contents are in a `REC_FILE_DATA`
-    /// record; restored as a new unlinked file with that content, at the saved offset.
-    Unlinked = 8,
-    /// A kernel object with a module in `crate::kinds` (eventfd, timerfd, signalfd, epoll):
-    /// its state is in the `REC_KOBJ` record that follows (version 4).
-    Kernel = 9,
-}
-
-impl FdKind {
-    /// Decodes the on-disk value.
-    pub fn from_u32(v: u32) -> Option<Self> {
-        use FdKind::*;
-        Some(match v {
-            1 => Regular,
-            2 => Directory,
-            3 => CharDevice,
-            4 => Inherited,
-            5 => Pipe,
-            6 => Unsupported,
-            7 => CheckpointFile,
-            8 => Unlinked,
-            9 => Kernel,
-            _ => return None,
-        })
+wire_enum! {
+    /// What an open file descriptor refers to.
+    pub enum FdKind {
+        /// Regular file, reopened by path at its offset.
+        Regular = 1,
+        /// Directory, reopened by path.
+        Directory = 2,
+        /// Character device (`/dev/null`, `/dev/zero`, …), reopened by path.
+        CharDevice = 3,
+        /// Terminal, pipe, socket or other on fd 0–2: taken from cr_restart.
+        Inherited = 4,
+        /// Pipe or FIFO end leading outside the checkpoint: replaced by cr_restart's stdin/stdout.
+        Pipe = 5,
+        /// Anything else (socket, eventfd, epoll, …): not restored; a warning was recorded.
+        Unsupported = 6,
+        /// The file this very image was written to (a self-checkpoint's destination): reopened by
+        /// path without truncation, positioned at its end.
+        CheckpointFile = 7,
+        /// A regular file that was unlinked while open: its contents are in a `REC_FILE_DATA`
+        /// record; restored as a new unlinked file with that content, at the saved offset.
+        Unlinked = 8,
+        /// A kernel object with a module in `crate::kinds` (eventfd, timerfd, signalfd, epoll):
+        /// its state is in the `REC_KOBJ` record that follows (version 4).
+        Kernel = 9,
     }
 }
 
