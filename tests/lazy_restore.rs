@@ -6,27 +6,28 @@
 mod common;
 use common::*;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// MiB of lazymem's region per process: above `restore::memory::LAZY_MIN_DATA` (32 MiB).
 const MB: &str = "48";
 
-/// Starts lazymem (with `children` children), checkpoints it (the whole tree) with --term.
-fn lazymem_image(sc: &Scenario, children: u32) -> std::path::PathBuf {
-    let mut prog = sc.program("lazymem");
-    prog.argv.push(MB.into());
-    prog.argv.push(children.to_string().into());
-    let mut job = sc.start("lazymem", sc.under_cr_run(&prog));
+/// Starts test program `name` with `args` under cr_run and checkpoints it with `--term` (and
+/// `-T`, the whole tree, when `tree`); the image.
+fn term_image(sc: &Scenario, name: &str, args: &[&str], tree: bool) -> PathBuf {
+    let mut prog = sc.program(name);
+    prog.argv.extend(args.iter().map(Into::into));
+    let mut job = sc.start(name, sc.under_cr_run(&prog));
     job.wait_ready();
-    let flags: &[&str] = if children > 0 {
-        &["-T", "--term"]
-    } else {
-        &["--term"]
-    };
+    let flags: &[&str] = if tree { &["-T", "--term"] } else { &["--term"] };
     let img = sc.checkpoint(job.pid(), flags);
     job.expect_signal(SIGTERM, DEATH_TIMEOUT);
     img
+}
+
+/// Starts lazymem (with `children` children), checkpoints it (the whole tree) with --term.
+fn lazymem_image(sc: &Scenario, children: u32) -> PathBuf {
+    term_image(sc, "lazymem", &[MB, &children.to_string()], children > 0)
 }
 
 /// Waits until cr_restart --verbose says every process runs again; returns its stderr.
@@ -57,6 +58,18 @@ fn mapping_deleted_image(restart: &Job, img: &Path) -> usize {
                 .is_ok_and(|m| m.lines().any(|l| l.ends_with(&name)))
         })
         .count()
+}
+
+/// The restored process (a descendant of the restart) that maps `img`'s file.
+fn restored_mapping(restart: &Job, img: &Path) -> u32 {
+    let name = img.display().to_string();
+    descendants(restart.pid())
+        .into_iter()
+        .find(|p| {
+            fs::read_to_string(format!("/proc/{p}/maps"))
+                .is_ok_and(|m| m.lines().any(|l| l.ends_with(&name)))
+        })
+        .unwrap_or_else(|| panic!("no restored process maps {name}:\n{}", restart.diag()))
 }
 
 /// Restarts `img` (lazy unless `eager`), removes the image as soon as the program runs again,
@@ -137,13 +150,7 @@ fn lazy_restore_tree() {
 #[test]
 fn lazily_restored_block_grows_with_realloc() {
     let sc = Scenario::new("lazy-realloc");
-    let mut prog = sc.program("lazy_realloc");
-    prog.argv.push(MB.into());
-    prog.argv.push("256".into());
-    let mut job = sc.start("lazy_realloc", sc.under_cr_run(&prog));
-    job.wait_ready();
-    let img = sc.checkpoint(job.pid(), &["--term"]);
-    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    let img = term_image(&sc, "lazy_realloc", &[MB, "256"], false);
     let mut restart = sc.restart_with(&img, &["--verbose"]);
     let err = wait_running(&sc, &mut restart);
     assert!(
@@ -162,18 +169,7 @@ fn lazy_restored_program_checkpoints_by_content() {
     let first = lazymem_image(&sc, 0);
     let mut restart = sc.restart_with(&first, &["--verbose"]);
     wait_running(&sc, &mut restart);
-    let pid = descendants(restart.pid())
-        .into_iter()
-        .find(|&p| {
-            fs::read_to_string(format!("/proc/{p}/maps"))
-                .is_ok_and(|m| m.lines().any(|l| l.ends_with(&first.display().to_string())))
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "no restored process maps the first image:\n{}",
-                restart.diag()
-            )
-        });
+    let pid = restored_mapping(&restart, &first);
     let second = sc.checkpoint_restored(pid, &["--term"]);
     restart.wait_exit(DEATH_TIMEOUT);
     fs::remove_file(&first).expect("remove the first image");
@@ -184,12 +180,7 @@ fn lazy_restored_program_checkpoints_by_content() {
 #[test]
 fn small_image_is_read_in_full() {
     let sc = Scenario::new("lazy-small");
-    let mut prog = sc.program("lazymem");
-    prog.argv.push("4".into());
-    let mut job = sc.start("lazymem", sc.under_cr_run(&prog));
-    job.wait_ready();
-    let img = sc.checkpoint(job.pid(), &["--term"]);
-    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    let img = term_image(&sc, "lazymem", &["4"], false);
     let mut restart = sc.restart_with(&img, &["--verbose"]);
     let err = wait_running(&sc, &mut restart);
     assert!(
@@ -209,13 +200,7 @@ fn clobber_of_the_image_a_program_runs_from() {
     let img = lazymem_image(&sc, 0);
     let mut restart = sc.restart_with(&img, &["--verbose"]);
     wait_running(&sc, &mut restart);
-    let pid = descendants(restart.pid())
-        .into_iter()
-        .find(|&p| {
-            fs::read_to_string(format!("/proc/{p}/maps"))
-                .is_ok_and(|m| m.lines().any(|l| l.ends_with(&img.display().to_string())))
-        })
-        .unwrap_or_else(|| panic!("no restored process maps the image:\n{}", restart.diag()));
+    let pid = restored_mapping(&restart, &img);
     sc.checkpoint_to(pid, &["--clobber", "--term"], &img)
         .assert_success();
     restart.expect_signal(SIGTERM, DEATH_TIMEOUT);
