@@ -1049,6 +1049,7 @@ fn session_scope() {
 fn generation(
     sc: &Scenario,
     reaper: &Reaper,
+    restart: &mut Job,
     root: u32,
     comm: &str,
     want: Option<usize>,
@@ -1056,7 +1057,7 @@ fn generation(
 ) -> (Job, Vec<u32>) {
     let mut gone = tree_of(root);
     reaper.watch(&gone);
-    let img = Image::File(sc.checkpoint_restored(root, &["--term"]));
+    let img = Image::File(sc.checkpoint_restored_of(restart, root, &["--term"]));
     // And whatever else appeared under the root until the end of the checkpoint.
     gone.extend(descendants(root));
     wait_gone(sc, &gone, "the checkpointed processes after --term");
@@ -1088,7 +1089,15 @@ fn twice_tree() {
     let back2 = restored(&mut gen2, &reaper, "tree", Some(pids.len()));
     assert_pids(&gen2, &back2, &pids, true);
     thread::sleep(SETTLE);
-    let (mut gen3, back3) = generation(&sc, &reaper, back2[0], "tree", Some(pids.len()), pids[0]);
+    let (mut gen3, back3) = generation(
+        &sc,
+        &reaper,
+        &mut gen2,
+        back2[0],
+        "tree",
+        Some(pids.len()),
+        pids[0],
+    );
     gen2.expect_signal(SIGTERM, DEATH_TIMEOUT);
     assert!(
         !gen2.stdout().contains("PASS"),
@@ -1168,7 +1177,7 @@ fn script_cycle(name: &str, file: &str, twice: bool) {
     );
     if twice {
         thread::sleep(SETTLE);
-        let (gen3, _) = generation(&sc, &reaper, back[0], "bash", None, gen1.pid());
+        let (gen3, _) = generation(&sc, &reaper, &mut rs, back[0], "bash", None, gen1.pid());
         rs.expect_signal(SIGTERM, DEATH_TIMEOUT);
         assert!(
             !rs.stdout().contains("PASS"),

@@ -10,7 +10,8 @@
 //!    `pthread_join` works), on the unused part of that thread's own stack;
 //! 3. each thread (the leader too) re-registers its robust futex list and rseq area, names itself,
 //!    re-applies its timer slack, parent-death signal, `no_new_privs`, keep-caps and personality,
-//!    queues its pending signals again (the leader also the process-wide ones), and jumps back into its saved context with `arch::resume`, which returns from
+//!    queues its pending signals again (the leader also the process-wide ones), unblocks the
+//!    signals that are ignored (`quiesce::let_ignored_through`), and jumps back into its saved context with `arch::resume`, which returns from
 //!    `save_and_call` in the signal handler (or in the control thread) with `RESUMED`.
 //!
 //! The control thread then finishes the restart (`control::after_restart`) and releases them all;
@@ -194,6 +195,13 @@ fn prepare_thread(idx: usize, leader: bool) {
     // Every signal is still blocked here: what is queued stays pending until the thread's own
     // mask comes back with its context.
     super::pending::requeue(idx, leader);
+    // Except the signals that are ignored now (and that the program's mask lets through), as in
+    // the checkpoint handler: blocked in the main thread while the others are already released,
+    // a SIGCHLD or SIGCONT sent to the process is queued instead of dropped and wakes a
+    // released thread's `epoll_wait` with EINTR, nothing delivered (`quiesce::let_ignored_through`;
+    // tests/load.rs `restarts_while_ignored_signals_arrive`). Dispositions are the program's
+    // again (`restart_entry`), and nothing runs for an ignored signal.
+    quiesce::let_ignored_through(s.program_mask.load(Relaxed));
     PREPARED.fetch_add(1, AcqRel);
     sys::futex_wake_all(&PREPARED);
 }

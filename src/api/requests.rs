@@ -658,7 +658,7 @@ fn start_restart(a: &cr_restart_args_t, handle: *mut cr_restart_handle_t) -> Res
     // SAFETY: geteuid has no preconditions.
     let in_namespace = spawn::takes_ids(&opts) && unsafe { libc::geteuid() } != 0;
     if !in_namespace {
-        spawn::check_ids_free(&members, &opts).map_err(|e| e.errno)?;
+        spawn::check_ids_free(&members, &job.zombies, &opts).map_err(|e| e.errno)?;
     }
     let mut p = [0 as c_int; 2];
     let mut r = [0 as c_int; 2];

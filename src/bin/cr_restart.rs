@@ -502,7 +502,7 @@ fn run_job(
     // SAFETY: geteuid has no preconditions.
     let in_namespace = spawn::takes_ids(&opts) && unsafe { libc::geteuid() } != 0;
     if !in_namespace {
-        if let Err(e) = spawn::check_ids_free(&members, &opts) {
+        if let Err(e) = spawn::check_ids_free(&members, &job.zombies, &opts) {
             failed(
                 args,
                 Class::Temp,

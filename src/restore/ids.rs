@@ -8,6 +8,7 @@
 
 use super::spawn::Member;
 use super::RestoreError;
+use crate::image::tree::ZombieRec;
 use std::time::{Duration, Instant};
 
 /// How long a restart waits for exiting processes and zombies to free the ids it needs.
@@ -25,6 +26,8 @@ pub enum Use {
     Pid,
     /// A thread id of restored process `pid`.
     Tid(i32),
+    /// The pid of an exited child of restored process `ppid`, re-created as a zombie.
+    Zombie(i32),
     /// A process group id (`--restore-pgid`) made by a placeholder leader.
     Pgid,
     /// A session id (`--restore-sid`) made by a placeholder leader.
@@ -206,15 +209,25 @@ pub fn pids_of(members: &[Member]) -> Vec<Need> {
 }
 
 /// Every id a restart of `members` with `opts` takes over, seen from the calling process: the
-/// original pids and tids (`opts.pids`); the saved session (`opts.sid`) and process group
+/// original pids and tids (`opts.pids`), the pids of the exited children it re-creates as
+/// zombies (`zombies`, also with `opts.pids`: taken by one not yet reaped — its parent killed
+/// by `--term`, its new parent the init — the zombie was not re-created and the restored
+/// parent's `waitpid` for it failed with `ECHILD`: tests/load.rs
+/// `restarts_while_ignored_signals_arrive`); the saved session (`opts.sid`) and process group
 /// (`opts.pgid`) ids a placeholder leader must take: those of no member that gets its original
 /// pid, other than the caller's own session and group (which are joined).
-pub fn needs(members: &[Member], opts: &super::spawn::Options) -> Vec<Need> {
+pub fn needs(members: &[Member], zombies: &[ZombieRec], opts: &super::spawn::Options) -> Vec<Need> {
     let mut out = if opts.pids {
         pids_of(members)
     } else {
         Vec::new()
     };
+    if opts.pids {
+        out.extend(zombies.iter().map(|z| Need {
+            id: z.pid,
+            what: Use::Zombie(z.ppid),
+        }));
+    }
     // SAFETY: getsid(0) and getpgrp have no preconditions.
     let (own_sid, own_pgrp) = unsafe { (libc::getsid(0), libc::getpgrp()) };
     let leader = |id: i32| opts.pids && members.iter().any(|m| m.img.process.pid == id);
@@ -238,6 +251,7 @@ pub fn describe_need(n: &Need) -> String {
     match n.what {
         Use::Pid => format!("pid {}", n.id),
         Use::Tid(pid) => format!("thread id {} (of pid {pid})", n.id),
+        Use::Zombie(ppid) => format!("pid {} (an exited child of {ppid}, a zombie)", n.id),
         Use::Pgid => format!("process group id {}", n.id),
         Use::Sid => format!("session id {}", n.id),
     }
@@ -271,7 +285,7 @@ pub fn check_free(needs: &[Need], wait: Duration, quiet: bool) -> Result<(), Res
         if !passing || Instant::now() >= deadline {
             let hint = if passing {
                 format!(" after waiting {} s", wait.as_secs())
-            } else if matches!(need.what, Use::Pid | Use::Tid(_)) {
+            } else if matches!(need.what, Use::Pid | Use::Tid(_) | Use::Zombie(_)) {
                 ": is the checkpointed program still running? (--no-restore-pid restarts it with fresh pids)".to_string()
             } else {
                 ": is the checkpointed program still running?".to_string()

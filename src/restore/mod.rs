@@ -369,39 +369,6 @@ fn rebuild(
     let mut layout = memory::build(img, &file, &pool.shm, lazy, &mut filled)?;
     drop(file);
     pool.close();
-    if let Some((closed, open)) = h.gate {
-        // Our copies of the job's pipes and files are gone: say so, then wait until every other
-        // process (and the restarter) has closed its own, so no pipe end stays open behind the
-        // program's back once it runs (a reader would miss its EOF).
-        // The restart's parent-death signal goes here: past this point the gate decides.
-        spawn::Gate::ready(closed);
-        if !spawn::Gate::wait(open) {
-            // The restarter died (or gave up, or another process failed) before opening the
-            // gate: nothing of the program may run. Not a failure to report: nobody reads the
-            // report, or the failed process has reported its own.
-            // SAFETY: leaving this half-built process without running atexit handlers.
-            unsafe { libc::_exit(1) }
-        }
-        // TEST ONLY (`opened`): the job's roots hold themselves just past the gate, named
-        // `held-past-gate`, until their parent is gone, while the holder stops with the gate
-        // open: a test kills the restarter in that instant (the other processes run on, as
-        // they may). Not stopped: a stopped process whose group is orphaned gets SIGHUP.
-        // SAFETY: getppid has no preconditions.
-        if test_phase("opened") && unsafe { libc::getppid() } == h.restarter {
-            // SAFETY: prctl with a NUL-terminated name; getppid and nanosleep on ourselves.
-            unsafe {
-                libc::prctl(libc::PR_SET_NAME, c"held-past-gate".as_ptr(), 0, 0, 0);
-                let ms = libc::timespec {
-                    tv_sec: 0,
-                    tv_nsec: 1_000_000,
-                };
-                while libc::getppid() == h.restarter {
-                    libc::nanosleep(&ms, std::ptr::null_mut());
-                }
-            }
-        }
-    }
-
     // Trampoline code.
     let code = trampoline::code();
     let code_len = page_align(code.len() as u64) as usize;
@@ -558,6 +525,43 @@ fn rebuild(
     };
     // SAFETY: writing the header at the start of the block.
     unsafe { std::ptr::write(block as *mut trampoline::TrampArgs, args) };
+    if let Some((closed, open)) = h.gate {
+        // Our copies of the job's pipes and files are gone: say so, then wait until every other
+        // process (and the restarter) has closed its own, so no pipe end stays open behind the
+        // program's back once it runs (a reader would miss its EOF). Everything above that can
+        // fail (the trampoline's mappings, its argument block) is done: past the gate the
+        // restarter may be gone, and a process failing here would leave the others running
+        // without it. What may still fail is the kernel's part (the trampoline's `mremap`,
+        // exit 125; a thread `clone` in the restored agent, exit 127): docs/RELIABILITY.md.
+        // The restart's parent-death signal goes here: past this point the gate decides.
+        spawn::Gate::ready(closed);
+        if !spawn::Gate::wait(open) {
+            // The restarter died (or gave up, or another process failed) before opening the
+            // gate: nothing of the program may run. Not a failure to report: nobody reads the
+            // report, or the failed process has reported its own.
+            // SAFETY: leaving this half-built process without running atexit handlers.
+            unsafe { libc::_exit(1) }
+        }
+        // TEST ONLY (`opened`): the job's roots hold themselves just past the gate, named
+        // `held-past-gate`, until their parent is gone, while the holder stops with the gate
+        // open: a test kills the restarter in that instant (the other processes run on, as
+        // they may). Not stopped: a stopped process whose group is orphaned gets SIGHUP.
+        // SAFETY: getppid has no preconditions.
+        if test_phase("opened") && unsafe { libc::getppid() } == h.restarter {
+            // SAFETY: prctl with a NUL-terminated name; getppid and nanosleep on ourselves.
+            unsafe {
+                libc::prctl(libc::PR_SET_NAME, c"held-past-gate".as_ptr(), 0, 0, 0);
+                let ms = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 1_000_000,
+                };
+                while libc::getppid() == h.restarter {
+                    libc::nanosleep(&ms, std::ptr::null_mut());
+                }
+            }
+        }
+    }
+
     drop_thread_registrations();
     let stack_top = (block + block_len as u64 - 64) & !15;
     // SAFETY: the block holds everything the trampoline reads; this is the point of no return.

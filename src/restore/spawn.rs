@@ -289,12 +289,16 @@ pub fn clone_process(pid: Option<i32>, flags: u64) -> Result<i32, i32> {
     }
 }
 
-/// Before anything is created: every original pid and tid (with `opts.pids`) and every group
-/// and session id a placeholder leader must take (`opts.pgid`, `opts.sid`) must be free (BLCR:
-/// `EBUSY`); ids still held by exiting processes or zombies are waited for a few seconds (see
-/// [`super::ids`]).
-pub fn check_ids_free(members: &[Member], opts: &Options) -> Result<(), RestoreError> {
-    let needs = super::ids::needs(members, opts);
+/// Before anything is created: every original pid and tid, and the pid of every zombie to
+/// re-create (with `opts.pids`), and every group and session id a placeholder leader must take
+/// (`opts.pgid`, `opts.sid`) must be free (BLCR: `EBUSY`); ids still held by exiting processes
+/// or zombies are waited for a few seconds (see [`super::ids`]).
+pub fn check_ids_free(
+    members: &[Member],
+    zombies: &[ZombieRec],
+    opts: &Options,
+) -> Result<(), RestoreError> {
+    let needs = super::ids::needs(members, zombies, opts);
     super::ids::check_free(&needs, super::ids::BUSY_WAIT, opts.quiet)
 }
 

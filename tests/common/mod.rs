@@ -864,6 +864,21 @@ impl Scenario {
     /// the restore is still in progress is retried (for at most 10 s, while the process lives);
     /// each failure is printed. Returns the image path.
     pub fn checkpoint_restored(&self, pid: u32, flags: &[&str]) -> PathBuf {
+        self.checkpoint_restored_by(None, pid, flags)
+    }
+
+    /// [`Scenario::checkpoint_restored`] of a process the cr_restart `restart` restored: a
+    /// failure also shows that restart's exit status (or that it still runs), stdout and stderr.
+    pub fn checkpoint_restored_of(&self, restart: &mut Job, pid: u32, flags: &[&str]) -> PathBuf {
+        self.checkpoint_restored_by(Some(restart), pid, flags)
+    }
+
+    fn checkpoint_restored_by(
+        &self,
+        mut restart: Option<&mut Job>,
+        pid: u32,
+        flags: &[&str],
+    ) -> PathBuf {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut attempt = 1;
         loop {
@@ -881,12 +896,20 @@ impl Scenario {
             eprintln!("{msg}");
             self.note(&msg);
             if !pid_alive(pid) || Instant::now() >= deadline {
-                // The scenario's log says how and when the restart (and every other job) ended.
+                // The restart's own status and output, and the scenario's log (how and when the
+                // restart and every other job ended).
+                let summary = proc_summary(pid);
+                let more = match restart.as_deref_mut() {
+                    Some(job) => {
+                        // Its exit status, if it ended (give it a moment once its child is gone).
+                        job.try_wait_exit(Duration::from_millis(500));
+                        format!("--- the restart ---\n{}", job.diag())
+                    }
+                    None => self.log(),
+                };
                 panic!(
-                    "cannot checkpoint the restored process {pid} ({}) after {attempt} attempts; last:\n{}\n{}",
-                    proc_summary(pid),
+                    "cannot checkpoint the restored process {pid} ({summary}) after {attempt} attempts; last:\n{}\n{more}",
                     res.describe(),
-                    self.log()
                 );
             }
             attempt += 1;
@@ -1192,6 +1215,19 @@ impl Job {
         lock(&self.stderr).clone()
     }
 
+    /// Notes the exit in the scenario log, with the last lines of stderr read so far (a
+    /// cr_restart's own messages: how a restart ended, for a test that fails later).
+    fn note_exit(&self, st: ExitStatus) {
+        let err = self.stderr();
+        let tail: Vec<&str> = err.lines().rev().take(8).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        let mut line = format!("{} (pid {}) exited: {st}", self.what, self.pid);
+        if !tail.is_empty() {
+            let _ = write!(line, "; stderr so far ends: {:?}", tail.join("\n"));
+        }
+        note(&self.log, self.started, &line);
+    }
+
     /// Status, outputs, the state of the process group and the scenario log.
     pub fn diag(&self) -> String {
         let mut s = format!("{} (pid {}): ", self.what, self.pid);
@@ -1276,11 +1312,7 @@ impl Job {
             match self.child.try_wait() {
                 Ok(Some(st)) => {
                     self.status = Some(st);
-                    note(
-                        &self.log,
-                        self.started,
-                        &format!("{} (pid {}) exited: {st}", self.what, self.pid),
-                    );
+                    self.note_exit(st);
                     return Some(st);
                 }
                 Ok(None) => {}
@@ -1325,11 +1357,7 @@ impl Job {
         }
         if let Ok(Some(st)) = self.child.try_wait() {
             self.status = Some(st);
-            note(
-                &self.log,
-                self.started,
-                &format!("{} (pid {}) exited: {st}", self.what, self.pid),
-            );
+            self.note_exit(st);
             return false;
         }
         pid_alive(self.pid)
