@@ -20,7 +20,8 @@ In one run on one file system (the directory given by --dir):
     write-tracking costs the program's write pass; the write-protection cost of a write-heavy
     loop (`wploop`, 64 MiB written per 2 s and per 10 s; smoke: per 0.5 s), from its thread's
     CPU time and faults in intervals after a delta and after a pause alternating in one run;
-  * compressed images (issue 14): 1 GiB compressible, text and random (smoke: 64 MiB)
+  * compressed images (issue 14): 1 GiB compressible, text, random and mixed (smoke: 64 MiB,
+    mixed 32 MiB)
     checkpointed raw and with `cr_checkpoint --compress`: time, size, CPU per core, `gzip -6` of
     the same bytes, and `cr_restart --eager` of both.
 Medians of --reps runs, ratios to the raw baseline. Writes a Markdown report (--out).
@@ -507,9 +508,11 @@ def compress_report(results):
     """The report's section on compressed images."""
     L = ["## Compressed images\n",
          "`cr_checkpoint --compress` (zstd level 1, frames of at most 1 MiB compressed by a "
-         "thread per core in cr_checkpoint; the agent writes the raw image into a pipe, or, when "
-         "7/8 of 256 pages sampled from its page data look incompressible, straight to the file "
-         "as without --compress: \"written raw\") against "
+         "thread per core in cr_checkpoint; the agent samples every 1 MiB piece of its page "
+         "data and writes the pieces that look incompressible straight to the file as without "
+         "--compress, the rest into a pipe to cr_checkpoint: the whole image raw when they are "
+         "7/8 of it, \"written raw\"; mixed workloads: `bench/workload.c` mixedP / ileaveP, P % "
+         "random, the rest the compressible pattern) against "
          "the same process checkpointed raw just before. Checkpoint: request → durable image. "
          "CPU: cr_checkpoint's user + system time (all its threads); per core: raw page data ÷ "
          "that CPU time. gzip -6: `gzip -6` of the raw image (its bytes, metadata included), and "
@@ -1494,10 +1497,15 @@ def main():
     zres = []
     zloads = ([Workload("64 MiB compressible", ["compressible", "64"], 64),
                Workload("64 MiB text", ["text", "64"], 64),
-               Workload("64 MiB random", ["random", "64"], 64)] if args.smoke else
+               Workload("64 MiB random", ["random", "64"], 64),
+               Workload("32 MiB mixed (1/2 random, 1 MiB blocks)", ["ileave50", "32"], 32)]
+              if args.smoke else
               [Workload("1 GiB compressible", ["compressible", "1024"], 1024),
                Workload("1 GiB text", ["text", "1024"], 1024),
-               Workload("1 GiB random", ["random", "1024"], 1024)])
+               Workload("1 GiB random", ["random", "1024"], 1024),
+               Workload("1 GiB mixed (1/4 random, one region)", ["mixed25", "1024"], 1024),
+               Workload("1 GiB mixed (3/4 random, one region)", ["mixed75", "1024"], 1024),
+               Workload("1 GiB mixed (1/2 random, 1 MiB blocks)", ["ileave50", "1024"], 1024)])
     for wl in zloads:
         if (args.only and args.only not in wl.name) or (
                 args.only_tool and args.only_tool not in "libcr-rs --compress"):

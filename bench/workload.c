@@ -1,7 +1,9 @@
 /* workload: the benchmark's checkpoint target (built by bench/bench.py).
  *   workload KIND MIB [TOUCH_MIB] [THREADS] [PROCS]
  * KIND: random (MIB MiB of random bytes), zero-like (MIB MiB of a repeating 64-byte pattern:
- * highly compressible), text (numbered text records, compressible as logs are), sparse (MIB MiB reserved, TOUCH_MIB MiB of it written).
+ * highly compressible), text (numbered text records, compressible as logs are), sparse (MIB MiB reserved, TOUCH_MIB MiB of it written),
+ * mixedP (the first P % of the memory random, the rest the compressible pattern), ileaveP (1 MiB
+ * blocks, P % of them random, spread evenly: random and compressible interleaved).
  * THREADS extra threads (default 0) each loop on a private counter; PROCS-1 child processes
  * (default 1 = no children) each keep a copy of the memory and loop like the root.
  * After filling, prints READY on stdout, then every STEP_US (1000) microseconds appends the
@@ -52,7 +54,7 @@ static void *spin(void *arg)
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: workload random|compressible|text|sparse MIB [TOUCH_MIB] [THREADS] [PROCS]\n");
+        fprintf(stderr, "usage: workload random|compressible|text|sparse|mixedP|ileaveP MIB [TOUCH_MIB] [THREADS] [PROCS]\n");
         return 2;
     }
     const char *kind = argv[1];
@@ -94,6 +96,29 @@ int main(int argc, char **argv)
             size_t take = (size_t)n < touch - at ? (size_t)n : touch - at;
             memcpy(p + at, line, take);
             at += take;
+        }
+    } else if (!strncmp(kind, "mixed", 5) || !strncmp(kind, "ileave", 6)) {
+        /* mixedP: the first P % of the memory random, the rest the compressible pattern (one
+         * region each); ileaveP: 1 MiB blocks, a spread P % of them random (interleaved). */
+        int inter = kind[0] == 'i';
+        long pct = atol(kind + (inter ? 6 : 5));
+        if (pct < 0 || pct > 100) {
+            fprintf(stderr, "workload: bad percentage in %s\n", kind);
+            return 2;
+        }
+        uint64_t x = 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid();
+        size_t block = (1u << 20) / 8;
+        size_t split = (size_t)((double)words * pct / 100.0);
+        for (size_t k = 0; k < words; k++) {
+            size_t b = k / block;
+            /* Block b is random when floor((b+1)P/100) > floor(bP/100): P of every 100. */
+            int rnd = inter ? (b + 1) * pct / 100 > b * pct / 100 : k < split;
+            if (rnd) {
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                mem[k] = x;
+            } else {
+                mem[k] = 0x0101010101010101ull * (k % 8 + 1);
+            }
         }
     } else {
         fprintf(stderr, "workload: unknown kind %s\n", kind);

@@ -1,10 +1,12 @@
 /* zmem: compressible and incompressible memory, for cr_checkpoint --compress.
- *   zmem TEXT_MB RANDOM_MB [CHILDREN]
+ *   zmem TEXT_MB RANDOM_MB [CHILDREN] [MIXED_MB]
  * Each process (the parent and CHILDREN forked children, each with its own seed) fills TEXT_MB
  * MiB of private anonymous memory with generated text lines (compressible, like a program's
  * tables and logs) and RANDOM_MB MiB with pseudo-random words (incompressible), prints READY
  * once every process is filled, and waits for the GO file. Then each regenerates both regions
- * and compares them word by word. `PASS zmem`. With CR_TEST_DUMP=PATH (no children) the text
+ * and compares them word by word. `PASS zmem`. MIXED_MB: one more mapping of that many MiB whose
+ * 1 MiB blocks are text and random in turn (a split compressed image: its random blocks written
+ * by the agent, its text blocks compressed), checked the same way. With CR_TEST_DUMP=PATH (no children) the text
  * region's bytes are also written to PATH, for comparing with gzip. */
 #define _GNU_SOURCE
 #include <stdint.h>
@@ -59,15 +61,29 @@ static void *map(size_t len, int extra)
     return p == MAP_FAILED ? NULL : p;
 }
 
-static int run(uint64_t seed, size_t tmb, size_t rmb, int ready_fd, int wait_fd, int children,
-               const char *go)
+/* Block k (1 MiB) of the mixed region: text when k is even, random when odd. */
+static void fill_mixed(char *p, size_t mmb, uint64_t seed)
 {
-    size_t tlen = tmb << 20, rlen = rmb << 20;
+    for (size_t k = 0; k < mmb; k++) {
+        char *b = p + (k << 20);
+        if (k % 2 == 0)
+            fill_text(b, 1 << 20, seed + 1000 + k);
+        else
+            fill_random((uint64_t *)b, (1 << 20) / 8, seed + 1000 + k);
+    }
+}
+
+static int run(uint64_t seed, size_t tmb, size_t rmb, size_t mmb, int ready_fd, int wait_fd,
+               int children, const char *go)
+{
+    size_t tlen = tmb << 20, rlen = rmb << 20, mlen = mmb << 20;
     char *text = tlen ? map(tlen, 0) : NULL;
     uint64_t *rnd = rlen ? map(rlen, MAP_NORESERVE) : NULL;
-    if ((tlen && !text) || (rlen && !rnd)) return 2;
+    char *mixed = mlen ? map(mlen, MAP_NORESERVE) : NULL;
+    if ((tlen && !text) || (rlen && !rnd) || (mlen && !mixed)) return 2;
     if (tlen) fill_text(text, tlen, seed);
     if (rlen) fill_random(rnd, rlen / 8, seed);
+    if (mlen) fill_mixed(mixed, mmb, seed);
     const char *dump = getenv("CR_TEST_DUMP");
     if (dump && tlen && seed == 0) {
         FILE *f = fopen(dump, "w");
@@ -107,6 +123,18 @@ static int run(uint64_t seed, size_t tmb, size_t rmb, int ready_fd, int wait_fd,
                 break;
             }
     }
+    if (mlen) {
+        char *want = map(mlen, 0);
+        if (!want) return 2;
+        fill_mixed(want, mmb, seed);
+        if (memcmp(want, mixed, mlen) != 0) {
+            size_t k = 0;
+            while (want[k] == mixed[k]) k++;
+            fprintf(stderr, "FAIL zmem: process %llu mixed byte %zu differs\n",
+                    (unsigned long long)seed, k);
+            bad = 1;
+        }
+    }
     for (int i = 0; i < children; i++) {
         int st;
         pid_t w = wait(&st);
@@ -122,11 +150,12 @@ int main(int argc, char **argv)
 {
     const char *go = getenv("CR_TEST_GO");
     if (argc < 3 || !go) {
-        fprintf(stderr, "usage: CR_TEST_GO=PATH zmem TEXT_MB RANDOM_MB [CHILDREN]\n");
+        fprintf(stderr, "usage: CR_TEST_GO=PATH zmem TEXT_MB RANDOM_MB [CHILDREN] [MIXED_MB]\n");
         return 2;
     }
     size_t tmb = (size_t)atol(argv[1]), rmb = (size_t)atol(argv[2]);
     int children = argc > 3 ? atoi(argv[3]) : 0;
+    size_t mmb = argc > 4 ? (size_t)atol(argv[4]) : 0;
     int p[2];
     if (pipe(p) != 0) return 2;
     for (int i = 0; i < children; i++) {
@@ -134,11 +163,11 @@ int main(int argc, char **argv)
         if (pid < 0) return 2;
         if (pid == 0) {
             close(p[0]);
-            _exit(run(i + 1, tmb, rmb, p[1], -1, 0, go));
+            _exit(run(i + 1, tmb, rmb, mmb, p[1], -1, 0, go));
         }
     }
     close(p[1]);
-    int rc = run(0, tmb, rmb, -1, p[0], children, go);
+    int rc = run(0, tmb, rmb, mmb, -1, p[0], children, go);
     if (rc != 0) {
         printf("FAIL zmem\n");
         return rc;

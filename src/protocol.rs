@@ -97,6 +97,12 @@ pub const FLAG_PROGRESS: u32 = 0x2000;
 /// descriptor of `send_fds`) may be taken.
 pub const FLAG_RAW_OK: u32 = 0x4000;
 
+/// Request flag (`cr_checkpoint --compress` to a file): the second descriptor of `send_fds` is
+/// the very file the compressed image is written to (not a stream destination, which is
+/// compressed into a temporary file first), so the agent may write the incompressible pieces
+/// of its page data there itself (a split image, see `image::compress`).
+pub const FLAG_ZSPLIT: u32 = 0x10000;
+
 /// Progress messages ([`FLAG_PROGRESS`]) are sent at most this often (and once when the page
 /// data starts).
 pub const PROGRESS_INTERVAL_MS: u64 = 100;

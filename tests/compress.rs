@@ -28,8 +28,13 @@ fn info(sc: &Scenario, args: &[&str], img: &Path) -> ToolResult {
 
 /// Starts zmem (TEXT_MB, RANDOM_MB, CHILDREN) under cr_run and waits for READY.
 fn zmem(sc: &Scenario, text: u32, random: u32, children: u32) -> Job {
+    zmem_mixed(sc, text, random, children, 0)
+}
+
+/// [`zmem`] with MIXED_MB MiB of 1 MiB blocks of text and random data in turn.
+fn zmem_mixed(sc: &Scenario, text: u32, random: u32, children: u32, mixed: u32) -> Job {
     let mut prog = sc.program("zmem");
-    for a in [text, random, children] {
+    for a in [text, random, children, mixed] {
         prog.argv.push(a.to_string().into());
     }
     let mut job = sc.start("zmem", sc.under_cr_run(&prog));
@@ -172,6 +177,84 @@ fn incompressible_raw(sc: &Scenario) {
     );
     restart_pass(sc, &img, &["--eager"]);
     restart_pass(sc, &streamed, &["--eager"]);
+}
+
+/// A mixed image (40 MiB random, 4 MiB text, 16 MiB of 1 MiB blocks of both in turn: about
+/// 4/5 incompressible) is split: the agent writes the pieces whose sample looks incompressible
+/// to the file itself (`-v`: `zstd=split(`), at the start of the data area, the rest is piped
+/// and compressed. The image is version 6 with raw frames stored before the zstd ones, passes
+/// `cr_info --check`, and restarts lazily (the random region and blocks mapped from the image)
+/// and eagerly with every region intact (zmem compares every word). The same process to
+/// standard output (`-f -`, compressed into a temporary file first) is not split, says so, and
+/// restarts too.
+#[test]
+fn mixed_image_is_split() {
+    let sc = Scenario::new("zstd-split");
+    let mut job = zmem_mixed(&sc, 4, 40, 0, 16);
+    let pid = job.pid();
+    let img = sc.next_image_path();
+    let res = sc.checkpoint_to(pid, &["-v", "--compress"], &img);
+    res.assert_success();
+    assert!(
+        res.stderr.contains("zstd=split("),
+        "expected a split image:\n{}",
+        res.stderr
+    );
+    let streamed = sc.next_image_path();
+    let out = fs::File::create(&streamed).expect("create");
+    let argv: Vec<OsString> = vec![
+        sc.tools().cr_checkpoint.clone().into(),
+        "-v".into(),
+        "--compress".into(),
+        "--term".into(),
+        "-f".into(),
+        "-".into(),
+        pid.to_string().into(),
+    ];
+    let mut cmd = sc.command(&argv);
+    cmd.stdout(out).stderr(std::process::Stdio::piped());
+    let out = cmd.output().expect("run cr_checkpoint");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success() && err.contains("cannot split here"),
+        "cr_checkpoint --compress -f - of mixed memory: {err}\n{}",
+        sc.log()
+    );
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    let f = fs::File::open(&img).expect("open");
+    let parsed = Image::open(&f).expect("the split image reads");
+    assert_eq!(parsed.header.version, 6);
+    let raw: Vec<_> = parsed
+        .zframes
+        .iter()
+        .filter(|f| f.method == ZFRAME_RAW)
+        .collect();
+    let zstd: Vec<_> = parsed
+        .zframes
+        .iter()
+        .filter(|f| f.method == ZFRAME_ZSTD)
+        .collect();
+    assert!(raw.len() >= 48 && zstd.len() >= 12, "{raw:?}\n{zstd:?}");
+    let first_zstd = zstd.iter().map(|f| f.stored_off).min().unwrap_or(0);
+    assert!(
+        raw.iter().filter(|f| f.stored_off < first_zstd).count() >= 48,
+        "the agent's pieces come first in the data area"
+    );
+    assert!(
+        size(&img) < size(&streamed) + (1 << 20) && size(&img) < 56 << 20,
+        "the split image must be compressed: {} bytes",
+        size(&img)
+    );
+    for i in [&img, &streamed] {
+        info(&sc, &["--check"], i).assert_success();
+    }
+    let err = restart_pass(&sc, &img, &["--verbose"]);
+    assert!(
+        err.contains("page data mapped from the image"),
+        "the raw pieces must be mapped lazily:\n{err}"
+    );
+    restart_pass(&sc, &img, &["--eager"]);
+    restart_pass(&sc, &streamed, &["--eager"]);
 }
 
 /// A tree (-T: parent and child) compressed into one file, and a compressed image written to

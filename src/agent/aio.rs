@@ -234,7 +234,17 @@ impl Ring {
         Ok(&s.iov[..s.n])
     }
 
-    /// Waits for at least `min` pieces in flight to complete; a piece written short is finished
+    /// Whether [`Ring::submit`] would wait for the disk now (the slot after the one being
+    /// filled still in flight), once what has completed is reaped without waiting.
+    pub fn would_wait(&mut self) -> Result<bool, Errno> {
+        let next = (self.cur + 1) % DEPTH;
+        if self.slots[next].busy {
+            self.reap(0)?;
+        }
+        Ok(self.slots[next].busy)
+    }
+
+    /// Waits for at least `min` pieces in flight to complete (0: none, only reaps); a piece written short is finished
     /// with plain writes, one the kernel refused with `EINVAL` under `O_DIRECT` is written
     /// again without it (said in the I/O report, as for synchronous writes).
     fn reap(&mut self, min: usize) -> Result<(), Errno> {
@@ -335,16 +345,20 @@ pub fn ring_for(
     extents: &[crate::image::format::Extent],
     deadline_ns: u64,
 ) -> Option<Ring> {
+    ring_for_len(fd, extents.iter().map(|e| e.len).sum(), deadline_ns)
+}
+
+/// [`ring_for`] `len` bytes (a split image's pieces, `memory::write_split`).
+pub fn ring_for_len(fd: i32, len: u64, deadline_ns: u64) -> Option<Ring> {
     use core::sync::atomic::Ordering::Relaxed;
     // (Not direct: `-v` says why in its `io=`; nothing to write: nothing to say.)
-    if io_report::MODE.load(Relaxed) != io_report::DIRECT || extents.is_empty() {
+    if io_report::MODE.load(Relaxed) != io_report::DIRECT || len == 0 {
         return None;
     }
     if sys::fcntl(fd, libc::F_GETFL, 0).is_ok_and(|fl| fl & libc::O_APPEND as usize != 0) {
         io_report::AIO_ERRNO.store(io_report::AIO_APPEND, Relaxed);
         return None;
     }
-    let len = extents.iter().map(|e| e.len).sum();
     match Ring::new(fd, len, deadline_ns) {
         Ok(r) => {
             io_report::AIO.store(1, Relaxed);
@@ -354,6 +368,23 @@ pub fn ring_for(
             io_report::AIO_ERRNO.store(e.0, Relaxed);
             None
         }
+    }
+}
+
+/// Writes `len` bytes of the program's memory at `addr` to file offset `off` of `fd` with
+/// `pwrite` (no ring). Returns whether `O_DIRECT` was dropped for it (refused with `EINVAL`,
+/// written again without): the caller says so in the I/O report once the page data is
+/// written (no static of the image changes between a piece's hash and its write).
+pub fn pwrite_mem(fd: i32, addr: usize, len: u64, off: u64) -> Result<bool, Errno> {
+    let iov = [libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: len as usize,
+    }];
+    match sync_write(fd, &iov, off, 0) {
+        Err(Errno(libc::EINVAL)) if super::image::drop_direct(fd) => {
+            sync_write(fd, &iov, off, 0).map(|_| true)
+        }
+        r => r.map(|_| false),
     }
 }
 

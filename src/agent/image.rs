@@ -166,11 +166,24 @@ pub mod io_report {
     pub const AIO_BOUNCE: i32 = -3;
     /// Image bytes written so far (where the next write goes).
     pub static WRITTEN: AtomicU64 = AtomicU64::new(0);
-    /// `--compress`: page samples found incompressible (high 16 bits) of those taken (low 16
-    /// bits); 0: none taken (not compressed, or not a one-image destination).
-    pub static SAMPLED: AtomicU32 = AtomicU32::new(0);
-    /// 1: `--compress` wrote the image raw to the file, by the samples (see `image::finish`).
+    /// `--compress`: pieces whose sample looks incompressible (high 32 bits) of the pieces
+    /// sampled (low 32 bits); 0: none sampled (not compressed, or not a one-image destination).
+    pub static SAMPLED: AtomicU64 = AtomicU64::new(0);
+    /// What `--compress` did with the page data, by the samples (see `image::finish`):
+    /// [`PIPED`], [`SKIPPED`], [`SPLIT`], [`NO_PLAN`].
     pub static STORED_RAW: AtomicU32 = AtomicU32::new(0);
+    /// [`STORED_RAW`]: all of it through the pipe, compressed by cr_checkpoint.
+    pub const PIPED: u32 = 0;
+    /// [`STORED_RAW`]: written raw to the file, a plain image (`zstd=skipped`).
+    pub const SKIPPED: u32 = 1;
+    /// [`STORED_RAW`]: the incompressible pieces written to the file, the rest piped (a split
+    /// image, `zstd=split`).
+    pub const SPLIT: u32 = 2;
+    /// [`STORED_RAW`]: a split was due, but its plan did not fit the metadata area: piped.
+    pub const NO_PLAN: u32 = 3;
+    /// [`STORED_RAW`]: a split was due, but this image cannot be split (a delta kept in the
+    /// delta buffer, or the destination is a stream): piped.
+    pub const NO_SPLIT: u32 = 4;
     /// CLOCK_MONOTONIC at: start of the write, metadata built, page data written, synced.
     pub static PHASE_NS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
 
@@ -230,15 +243,21 @@ pub mod io_report {
         }
         let sampled = SAMPLED.load(Relaxed);
         if sampled != 0 {
-            out.push(if STORED_RAW.load(Relaxed) == 1 {
-                b" zstd=skipped(".as_slice()
-            } else {
-                b" zstd=piped("
+            let how = STORED_RAW.load(Relaxed);
+            out.push(match how {
+                SKIPPED => b" zstd=skipped(".as_slice(),
+                SPLIT => b" zstd=split(",
+                _ => b" zstd=piped(",
             })
-            .num((sampled >> 16) as u64)
+            .num(sampled >> 32)
             .push(b"/")
-            .num((sampled & 0xffff) as u64)
-            .push(b" samples incompressible)");
+            .num(sampled & 0xffff_ffff)
+            .push(b" pieces incompressible")
+            .push(match how {
+                NO_PLAN => b"; no room for the split plan)".as_slice(),
+                NO_SPLIT => b"; cannot split here)",
+                _ => b")",
+            });
         }
         for (name, a, b) in [(&b" meta="[..], 0, 1), (b" data=", 1, 2), (b" sync=", 2, 3)] {
             let (whole, frac) = ms(a, b);
@@ -633,6 +652,7 @@ fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
                 let out = Dest {
                     fd: job.fd,
                     raw_fd: job.raw_fd,
+                    split_ok: job.flags & crate::protocol::FLAG_ZSPLIT != 0,
                     deadline_ns: job.deadline_ns,
                     bounce: None,
                 };
@@ -651,6 +671,7 @@ fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
     let out = Dest {
         fd: job.fd,
         raw_fd: job.raw_fd,
+        split_ok: job.flags & crate::protocol::FLAG_ZSPLIT != 0,
         deadline_ns: job.deadline_ns,
         bounce: None,
     };
@@ -758,11 +779,14 @@ fn hold_data(
 /// Ends an image whose page data is written: the trailer at `trailer_offset` (with `data_hash`
 /// and its own hash), then `fdatasync` (file systems and pipes that cannot sync are fine), and
 /// direct I/O dropped. Marks the page-data and sync phases for `-v`. Returns the trailer.
+/// `piped`: a split image's hash of the page data in the stream (at `ZPLAN_HASH_AT` of the
+/// trailer page).
 fn write_trailer(
     fd: i32,
     scratch: &Scratch,
     data_hash: u64,
     trailer_offset: u64,
+    piped: Option<u64>,
 ) -> Result<Trailer, (u32, Errno)> {
     io_report::PHASE_NS[2].store(sys::monotonic_ns(), Relaxed);
     let mut tr = Trailer {
@@ -773,6 +797,7 @@ fn write_trailer(
     };
     let tpage = scratch.trailer();
     let tsize = core::mem::size_of::<Trailer>();
+    tpage[ZPLAN_HASH_AT..ZPLAN_HASH_AT + 8].copy_from_slice(&piped.unwrap_or(0).to_le_bytes());
     tpage[..tsize].copy_from_slice(bytemuck::bytes_of(&tr));
     tr.trailer_hash = page_hash(tpage, tsize);
     tpage[..tsize].copy_from_slice(bytemuck::bytes_of(&tr));
@@ -803,7 +828,7 @@ pub fn write_held(held: Held, scratch: &Scratch) -> Result<u64, (u32, Errno)> {
     }];
     let hash = memory::write_data_from(fd, &from_buf, held.deadline_ns, None, held.hash);
     let data_hash = hash.map_err(io)?.digest();
-    let tr = write_trailer(fd, scratch, data_hash, held.trailer_offset)?;
+    let tr = write_trailer(fd, scratch, data_hash, held.trailer_offset, None)?;
     // Armed in the stop (`finish_or_hold`): the next delta may name this image.
     super::incremental::remember(tr.trailer_hash, tr.total_len);
     Ok(tr.total_len)
@@ -833,6 +858,9 @@ pub struct Dest<'a> {
     pub fd: i32,
     /// [`Job::raw_fd`] (-1: none).
     pub raw_fd: i32,
+    /// `raw_fd` is the file the compressed image goes to (`protocol::FLAG_ZSPLIT`): a split
+    /// image may be written (not when it is a stream destination, compressed elsewhere first).
+    pub split_ok: bool,
     /// `--time` (CLOCK_MONOTONIC; `u64::MAX`: none).
     pub deadline_ns: u64,
     /// A buffer the page data is copied through (`memory::write_data`), or none.
@@ -916,24 +944,64 @@ fn finish_or_hold(
     let Dest {
         mut fd,
         raw_fd,
+        split_ok,
         deadline_ns,
         bounce,
     } = out;
     let full = |_| (1, Errno(libc::ENOMEM));
-    w.raw(REC_END, &[]).map_err(full)?;
+    // `--compress` with the destination at hand (`raw_fd`): every piece of the page data is
+    // sampled; pieces that look incompressible go straight to the file, as an uncompressed
+    // checkpoint writes them (direct, asynchronous), not through the pipe: the whole image
+    // (a plain image) when they are at least 7/8 of the page data, else only they (a split
+    // image: the rest goes through the pipe to be compressed, with a plan saying which pieces
+    // the agent wrote, `REC_ZPLAN`). See docs/IMAGE-FORMAT.md "Compressed images".
+    // split: (the plan's bits in the metadata, the data area's offset in the compressed image,
+    // the bytes the agent writes there).
+    let mut split: Option<(core::ops::Range<usize>, u64, u64)> = None;
     if raw_fd >= 0 {
-        // `--compress`: page data that a sample shows incompressible goes straight to the file,
-        // as an uncompressed checkpoint writes it (direct, asynchronous), not through the pipe.
-        let (incompressible, samples) = memory::sample_incompressible(ext.all());
-        io_report::SAMPLED.store(
-            (incompressible as u32) << 16 | samples as u32 & 0xffff,
-            Relaxed,
-        );
-        if samples > 0 && incompressible * 8 >= samples * 7 {
+        let records = w.len();
+        let mut npieces = 0usize;
+        crate::image::compress::for_each_piece(ext.all(), |_, _, _| npieces += 1);
+        let nbytes = npieces.div_ceil(8);
+        let head = core::mem::size_of::<RecordHeader>() + core::mem::size_of::<ZPlan>();
+        let room = w.ahead(head).len() >= align8(nbytes) + 8;
+        let bits = &mut w.ahead(head)[..if room { nbytes } else { 0 }];
+        let (bad, bad_len) = if room {
+            memory::sample_pieces(ext.all(), bits)
+        } else {
+            // (No room for the plan: sampled all the same, into nothing, for the verdict.)
+            memory::sample_pieces(ext.all(), &mut [])
+        };
+        io_report::SAMPLED.store(bad << 32 | npieces as u64, Relaxed);
+        let total = ext.data_len;
+        let splittable = hold.is_none()
+            && bounce.is_none()
+            && split_ok
+            && sys::fstat(raw_fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG);
+        if bad_len > 0 && bad_len * 8 >= total * 7 {
             fd = raw_fd;
-            io_report::STORED_RAW.store(1, Relaxed);
+            io_report::STORED_RAW.store(io_report::SKIPPED, Relaxed);
+        } else if bad_len > 0 && !splittable {
+            io_report::STORED_RAW.store(io_report::NO_SPLIT, Relaxed);
+        } else if bad_len > 0 && !room {
+            io_report::STORED_RAW.store(io_report::NO_PLAN, Relaxed);
+        } else if bad_len > 0 {
+            let meta = crate::image::compress::compressed_meta_len(records, npieces);
+            let data_offset = PAGE as u64 + page_align(meta as u64);
+            let plan = ZPlan {
+                npieces: npieces as u64,
+                raw_len: bad_len,
+                data_offset,
+            };
+            w.record_placed(REC_ZPLAN, &plan, nbytes).map_err(full)?;
+            let at = records + head;
+            split = Some((at..at + nbytes, data_offset, bad_len));
+            io_report::STORED_RAW.store(io_report::SPLIT, Relaxed);
         }
+        // (A split's bits were sampled into the metadata area past its end: the padding
+        // below zeroes them when no plan record holds them.)
     }
+    w.raw(REC_END, &[]).map_err(full)?;
     // The metadata goes out in whole pages: what lies past its end in the last one (state a
     // capture wrote ahead and gave up, `MetaWriter::ahead`) is zeroed, not written out.
     let pad = page_align(w.len() as u64) as usize - w.len();
@@ -976,10 +1044,12 @@ fn finish_or_hold(
     hpage[..hsize].copy_from_slice(bytemuck::bytes_of(&hdr));
 
     // O_DIRECT only on regular files: on a pipe it means packet mode, where a reader with a
-    // smaller buffer than a packet silently loses the rest of it.
-    if sys::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG) {
-        let fl = sys::fcntl(fd, libc::F_GETFL, 0).unwrap_or(0);
-        match sys::fcntl(fd, libc::F_SETFL, fl | libc::O_DIRECT as usize) {
+    // smaller buffer than a packet silently loses the rest of it. (A split image: on the file,
+    // which gets the pieces the agent writes.)
+    let direct_fd = if split.is_some() { raw_fd } else { fd };
+    if sys::fstat(direct_fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG) {
+        let fl = sys::fcntl(direct_fd, libc::F_GETFL, 0).unwrap_or(0);
+        match sys::fcntl(direct_fd, libc::F_SETFL, fl | libc::O_DIRECT as usize) {
             Ok(_) => io_report::MODE.store(io_report::DIRECT, Relaxed),
             Err(e) => {
                 io_report::MODE.store(io_report::REFUSED, Relaxed);
@@ -994,6 +1064,27 @@ fn finish_or_hold(
     // scratch area: they do not change once the program runs) are written after the release
     // too; else they go first, with the page data over the buffer.
     let head_later = hold.is_some_and(|b| ext.data_len > 0 && ext.data_len <= b.1 as u64);
+    if let Some((bits, raw_at, raw_len)) = split {
+        // A split image: the pieces the agent writes go to the file, the rest, the header,
+        // metadata, saved files and trailer through the pipe (`write_split`).
+        write_head(fd, scratch, meta_len).map_err(io)?;
+        unreadable.set(true);
+        let data = memory::write_split(
+            fd,
+            raw_fd,
+            ext.all(),
+            &w.bytes()[bits],
+            raw_at,
+            raw_len,
+            deadline_ns,
+        );
+        unreadable.set(false);
+        let (hash, piped) = data.map_err(io)?;
+        super::fds::write_spans(fd, spans, deadline_ns).map_err(io)?;
+        let tr = write_trailer(fd, scratch, hash.digest(), hdr.trailer_offset, Some(piped))?;
+        super::incremental::written(tr.trailer_hash, tr.total_len);
+        return Ok(Finished::Bytes(tr.total_len));
+    }
     if !head_later {
         write_head(fd, scratch, meta_len).map_err(io)?;
     }
@@ -1033,7 +1124,7 @@ fn finish_or_hold(
     }
     let data_hash = hash.digest();
     super::fds::write_spans(fd, spans, deadline_ns).map_err(io)?;
-    let tr = write_trailer(fd, scratch, data_hash, hdr.trailer_offset)?;
+    let tr = write_trailer(fd, scratch, data_hash, hdr.trailer_offset, None)?;
     // Written stopped: arm write-tracking for the next incremental checkpoint (a copy-on-write
     // writer does nothing here: the program armed itself in the stop, see `cow::start`).
     super::incremental::written(tr.trailer_hash, tr.total_len);

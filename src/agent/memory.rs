@@ -710,34 +710,30 @@ fn scan_region(
     Ok(())
 }
 
-/// `--compress`: reads up to [`IMAGE_SAMPLES`](crate::image::compress::IMAGE_SAMPLES) pages
-/// spread evenly over the page data of `extents` (without faulting: an unreadable page is
-/// skipped) and returns (how many look incompressible, how many were read).
-pub fn sample_incompressible(extents: &[Extent]) -> (usize, usize) {
-    let total: u64 = extents.iter().map(|e| e.len).sum();
-    let pages = (total / PAGE as u64) as usize;
-    let n = pages.min(crate::image::compress::IMAGE_SAMPLES);
-    let mut buf = [0u8; PAGE];
-    let (mut bad, mut read) = (0, 0);
-    let mut e = 0usize;
-    let mut before = 0u64; // page data bytes in extents[..e]
-    for k in 0..n {
-        // The middle page of the k-th of n equal parts.
-        let at = ((2 * k + 1) as u64 * pages as u64 / (2 * n) as u64) * PAGE as u64;
-        while e < extents.len() && before + extents[e].len <= at {
-            before += extents[e].len;
-            e += 1;
+/// `--compress`: samples [`PIECE_SAMPLE`](crate::image::compress::PIECE_SAMPLE) bytes from
+/// the middle of every piece of the page data of `extents`
+/// ([`for_each_piece`](crate::image::compress::for_each_piece)) without faulting, and sets bit
+/// `i` of `bits` (zeroed first; one bit per piece) when piece `i` looks incompressible
+/// (`looks_incompressible`; an unreadable sample counts as compressible). Returns (pieces that
+/// look incompressible, their bytes). No allocation.
+pub fn sample_pieces(extents: &[Extent], bits: &mut [u8]) -> (u64, u64) {
+    use crate::image::compress::{for_each_piece, looks_incompressible, PIECE_SAMPLE};
+    bits.fill(0);
+    let mut buf = [0u8; PIECE_SAMPLE];
+    let (mut bad, mut bad_len, mut i) = (0u64, 0u64, 0usize);
+    for_each_piece(extents, |addr, _, len| {
+        let n = (len as usize).min(PIECE_SAMPLE);
+        let at = addr + (len - n as u64) / 2;
+        if read_self(at as usize, &mut buf[..n]) == n && looks_incompressible(&buf[..n]) {
+            if let Some(b) = bits.get_mut(i / 8) {
+                *b |= 1 << (i % 8);
+                bad += 1;
+                bad_len += len;
+            }
         }
-        let Some(x) = extents.get(e) else { break };
-        if read_self((x.addr + at - before) as usize, &mut buf) != PAGE {
-            continue;
-        }
-        read += 1;
-        if crate::image::compress::looks_incompressible(&buf) {
-            bad += 1;
-        }
-    }
-    (bad, read)
+        i += 1;
+    });
+    (bad, bad_len)
 }
 
 /// Copies this process's memory at `addr` into `buf` without faulting the caller; returns how
@@ -1287,6 +1283,142 @@ fn write_data_async(
     hash_piece(ring.submit()?);
     ring.finish()?;
     Ok(h)
+}
+
+/// The pieces of the page data of extents (as `image::compress::for_each_piece` cuts them),
+/// one after the other: `(index, address, length)`.
+struct Pieces<'a> {
+    extents: &'a [Extent],
+    e: usize,
+    o: u64,
+    i: usize,
+}
+
+impl<'a> Pieces<'a> {
+    fn new(extents: &'a [Extent]) -> Self {
+        Pieces {
+            extents,
+            e: 0,
+            o: 0,
+            i: 0,
+        }
+    }
+}
+
+impl Iterator for Pieces<'_> {
+    type Item = (usize, usize, u64);
+    fn next(&mut self) -> Option<(usize, usize, u64)> {
+        while self.extents.get(self.e).is_some_and(|x| self.o >= x.len) {
+            self.e += 1;
+            self.o = 0;
+        }
+        let x = self.extents.get(self.e)?;
+        let n = (x.len - self.o).min(crate::image::compress::FRAME as u64);
+        let item = (self.i, (x.addr + self.o) as usize, n);
+        self.o += n;
+        self.i += 1;
+        Some(item)
+    }
+}
+
+/// `--compress`, a split image (see `image::finish`, docs/IMAGE-FORMAT.md "Compressed images"):
+/// the pieces of the page data of `extents` whose bit in `bits` is set are written to `raw_fd`
+/// back to back from its offset `raw_at` on (through an AIO ring when the file is direct, as a
+/// plain image's page data), the others into the pipe `pipe`, each in file order. Returns the
+/// hash of all the page data in file order (the image's `data_hash`) and that of what went
+/// into the pipe.
+///
+/// The disk and the compressor work at once: whenever the ring is full (the next submission
+/// would wait for the disk), the next piece for the pipe is written ahead of its turn (hashed
+/// for the pipe then, and for `data_hash` again when its turn comes: a second read at hash
+/// speed, only of the pieces written ahead). Without that, an image whose incompressible part
+/// comes first kept the compressor idle while the disk wrote it, and the other way round.
+pub fn write_split(
+    pipe: i32,
+    raw_fd: i32,
+    extents: &[Extent],
+    bits: &[u8],
+    raw_at: u64,
+    raw_len: u64,
+    deadline_ns: u64,
+) -> Result<(xxhash_rust::xxh3::Xxh3, u64), Errno> {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut hp = xxhash_rust::xxh3::Xxh3::new();
+    let agent = |i: usize| bits.get(i / 8).is_some_and(|b| b >> (i % 8) & 1 == 1);
+    sys::lseek(raw_fd, raw_at as i64, libc::SEEK_SET)?;
+    let mut ring = super::aio::ring_for_len(raw_fd, raw_len, deadline_ns);
+    // Nothing of the program's memory may change between a piece's hash and its write (see
+    // `write_data_from`): the pipe's figures are counted here and stored at the end.
+    let mut c = super::image::Counted::start();
+    // The pieces for the pipe written so far (ahead of their turn, or in it): those before
+    // index `piped`.
+    let mut ahead = Pieces::new(extents);
+    let mut piped = 0usize;
+    let to_pipe = |addr: usize,
+                   n: u64,
+                   hp: &mut xxhash_rust::xxh3::Xxh3,
+                   c: &mut super::image::Counted|
+     -> Result<(), Errno> {
+        // SAFETY: as in write_data: readable program memory, the program parked.
+        hp.update(unsafe { core::slice::from_raw_parts(addr as *const u8, n as usize) });
+        super::image::write_counted(pipe, addr, n as usize, c)
+    };
+    let mut since_check = WRITE_CHUNK;
+    let mut at = raw_at;
+    let mut dropped_at = None;
+    for (i, addr, n) in Pieces::new(extents) {
+        if since_check >= WRITE_CHUNK {
+            since_check = 0;
+            super::image::write_must_stop(deadline_ns)?;
+        }
+        since_check += n;
+        // SAFETY: as in write_data: readable program memory, the program parked.
+        let mem = unsafe { core::slice::from_raw_parts(addr as *const u8, n as usize) };
+        // Hashed in file order before being written (the ring's pieces too: a piece of the
+        // ring is not submitted at each piece for the pipe, 1 MiB writes each waited for).
+        h.update(mem);
+        if !agent(i) {
+            if i >= piped {
+                to_pipe(addr, n, &mut hp, &mut c)?;
+                piped = i + 1;
+            }
+            continue;
+        }
+        let Some(r) = ring.as_mut() else {
+            // No ring: written where it goes with pwrite.
+            if super::aio::pwrite_mem(raw_fd, addr, n, at)? {
+                dropped_at.get_or_insert(at);
+            }
+            at += n;
+            continue;
+        };
+        if !r.fits(n, WRITE_CHUNK) {
+            // The piece being filled goes to the disk now; while the disk is busy with every
+            // other one, pieces for the pipe go ahead.
+            while r.would_wait()? {
+                let next = ahead.by_ref().find(|&(k, _, _)| k >= piped && !agent(k));
+                let Some((k, a, m)) = next else { break };
+                to_pipe(a, m, &mut hp, &mut c)?;
+                piped = k + 1;
+            }
+            r.submit()?;
+        }
+        r.add(addr, n);
+        at += n;
+    }
+    if let Some(r) = ring.as_mut() {
+        r.finish()?;
+    }
+    // (The ring's figures are in the report already: the pipe's plus what the ring wrote.)
+    c.written += raw_len;
+    c.store();
+    if let Some(at) = dropped_at {
+        use super::image::io_report;
+        use core::sync::atomic::Ordering::Relaxed;
+        io_report::MODE.store(io_report::DROPPED, Relaxed);
+        io_report::AT.store(at, Relaxed);
+    }
+    Ok((h, hp.digest()))
 }
 
 /// Bounce buffer of a copy-on-write writer. Its memory is shared with the program (a fork's

@@ -243,6 +243,9 @@ fn request(opts: &Options, scope: i32, out: &Out) -> Request {
     if opts.progress {
         req.flags |= protocol::FLAG_PROGRESS;
     }
+    if out.split_ok() {
+        req.flags |= protocol::FLAG_ZSPLIT;
+    }
     req.files = opts.files;
     req.timeout_ms = opts.time.map_or(0, |s| s.saturating_mul(1000));
     req.requester = std::process::id() as i32;

@@ -188,6 +188,8 @@ struct Compressing {
     thread: std::thread::JoinHandle<Result<Stats, String>>,
     /// Set once every agent has replied: its image is in the pipe.
     done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Wakes the thread once `done` is set (`PipeSource::finish`).
+    wake: std::sync::Arc<std::os::fd::OwnedFd>,
     /// A stream destination's descriptor: the compressed images are written to a temporary
     /// file first (their headers come last) and copied to it at the end.
     stream: Option<(i32, std::fs::File)>,
@@ -246,9 +248,12 @@ impl Out {
         // SAFETY: the read end is ours; the File owns it from here on.
         let file = unsafe { <std::fs::File as std::os::unix::io::FromRawFd>::from_raw_fd(p[0]) };
         let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let wake = crate::image::compress::PipeSource::new_wake()
+            .map_err(|e| io(e, "cannot create an eventfd"))?;
         let mut reader = crate::image::compress::PipeSource {
             file,
             done: done.clone(),
+            wake: wake.clone(),
         };
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let thread = std::thread::spawn(move || {
@@ -258,6 +263,7 @@ impl Out {
         self.zip = Some(Compressing {
             thread,
             done,
+            wake,
             stream,
             start: std::time::Instant::now(),
         });
@@ -277,6 +283,17 @@ impl Out {
         }
     }
 
+    /// `--compress` to a file: [`Out::raw_target`] is the file the compressed image is written
+    /// to, so an agent may write its incompressible pieces there itself
+    /// (`protocol::FLAG_ZSPLIT`). `CR_COMPRESS_NO_SPLIT=1` in the environment turns that off
+    /// (every image that is not written raw is piped whole, as before split images: for
+    /// comparing the two, bench/bench.py).
+    pub fn split_ok(&self) -> bool {
+        self.zip.as_ref().is_some_and(|z| z.stream.is_none())
+            && self.file.is_some()
+            && std::env::var_os("CR_COMPRESS_NO_SPLIT").is_none_or(|v| v != "1")
+    }
+
     /// The descriptors a checkpoint request passes: the image's, and with `--compress` the
     /// destination itself ([`Out::raw_target`]).
     pub fn request_fds(&self) -> Vec<i32> {
@@ -293,7 +310,7 @@ impl Out {
         };
         // SAFETY: our write end of the pipe (the agents hold theirs until they are released).
         unsafe { libc::close(self.fd) };
-        z.done.store(true, std::sync::atomic::Ordering::Release);
+        crate::image::compress::PipeSource::finish(&z.done, &z.wake);
         let fail = |m: String| err(libc::EIO, format!("cannot compress {}: {m}", self.what));
         let stats = z
             .thread

@@ -28,9 +28,37 @@ pub fn level_range() -> std::ops::RangeInclusive<i32> {
     1..=*zstd::compression_level_range().end()
 }
 
-/// Pages of the page data a `--compress` checkpoint's agent samples (evenly spread) to decide
-/// whether the image goes through the compressor at all (see [`looks_incompressible`]).
-pub const IMAGE_SAMPLES: usize = 256;
+/// Bytes a `--compress` checkpoint's agent samples from the middle of each piece of its page
+/// data (see [`for_each_piece`], [`looks_incompressible`]) to tell the pieces it writes to the
+/// file itself from those it pipes to the compressor (~4 µs a piece: ~4 ms per GiB).
+pub const PIECE_SAMPLE: usize = 1024;
+
+/// Calls `f(addr, file_off, len)` for every piece of the page data of `extents` in file order:
+/// each extent cut into pieces of [`FRAME`] bytes from its start (the last one shorter). One
+/// frame per piece; the agent's split plan (`REC_ZPLAN`) has one bit per piece. No allocation.
+pub fn for_each_piece(extents: &[Extent], mut f: impl FnMut(u64, u64, u64)) {
+    for e in extents {
+        let mut o = 0;
+        while o < e.len {
+            let n = (e.len - o).min(FRAME as u64);
+            f(e.addr + o, e.file_off + o, n);
+            o += n;
+        }
+    }
+}
+
+/// The length of a compressed image's metadata made from a raw image's whose records before
+/// `REC_END` (and without `REC_ZPLAN`) take `records` bytes, with `npieces` frames: the records,
+/// `REC_ZFRAMES`, `REC_ZORIGIN`, `REC_END`. The agent of a split image needs it to know where
+/// the data area will start.
+pub const fn compressed_meta_len(records: usize, npieces: usize) -> usize {
+    records
+        + 8
+        + align8(npieces * core::mem::size_of::<ZFrame>())
+        + 8
+        + core::mem::size_of::<ZOrigin>()
+        + 8
+}
 
 /// Whether `s` (a sample of page data, at most 64 KiB) looks incompressible to zstd's fast
 /// levels: its byte entropy is at least 7 bits (literal coding saves under 1/8) and fewer than
@@ -184,24 +212,60 @@ pub struct PipeSource {
     pub file: File,
     /// Set once every image is in the pipe.
     pub done: Arc<std::sync::atomic::AtomicBool>,
+    /// An eventfd written once `done` is set ([`PipeSource::wake`]): the reader waits on it
+    /// with the pipe, so the end of the stream is seen at once (a 100 ms poll added 0-100 ms
+    /// to every `--compress` checkpoint, even one written raw by its agent).
+    pub wake: Arc<std::os::fd::OwnedFd>,
 }
 
 impl PipeSource {
+    /// A new eventfd for [`PipeSource::wake`].
+    pub fn new_wake() -> std::io::Result<Arc<std::os::fd::OwnedFd>> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: eventfd returns a new descriptor or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the descriptor is new and ours.
+        Ok(Arc::new(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Sets `done` and wakes the reader.
+    pub fn finish(done: &std::sync::atomic::AtomicBool, wake: &std::os::fd::OwnedFd) {
+        use std::os::fd::AsRawFd;
+        done.store(true, std::sync::atomic::Ordering::Release);
+        let one = 1u64;
+        // SAFETY: an 8-byte write to our eventfd.
+        unsafe { libc::write(wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
     /// Waits until the pipe is readable (`Ok(true)`) or, once `done`, empty (`Ok(false)`).
     fn wait(&self) -> Result<bool, String> {
         use std::os::unix::io::AsRawFd;
-        let mut p = libc::pollfd {
-            fd: self.file.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut p = [
+            libc::pollfd {
+                fd: self.file.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
         loop {
             let finished = self.done.load(std::sync::atomic::Ordering::Acquire);
-            let ms = if finished { 0 } else { 100 };
-            // SAFETY: one valid pollfd.
-            let n = unsafe { libc::poll(&mut p, 1, ms) };
-            if n > 0 {
+            // Once finished only the pipe is asked (the eventfd stays readable).
+            let (ms, nfds) = if finished { (0, 1) } else { (1000, 2) };
+            // SAFETY: `nfds` valid pollfds.
+            let n = unsafe { libc::poll(p.as_mut_ptr(), nfds, ms) };
+            if n > 0 && p[0].revents != 0 {
                 return Ok(true);
+            }
+            if n > 0 {
+                continue;
             }
             if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
                 return Err(format!(
@@ -463,10 +527,13 @@ fn one_image(
     if hash(&meta) != hdr.meta_hash {
         return bad("metadata checksum");
     }
-    // The extents, in order; the last record must be REC_END.
+    // The extents, in order; the last record must be REC_END. A split image's plan
+    // (`REC_ZPLAN`) is taken out of the records kept.
     let mut extents: Vec<Extent> = Vec::new();
     let mut pos = 0usize;
     let mut last = (0u32, 0usize);
+    let mut new_meta = Vec::with_capacity(meta.len());
+    let mut plan: Option<(ZPlan, Vec<u8>)> = None;
     while pos + 8 <= meta.len() {
         let rh: RecordHeader = bytemuck::pod_read_unaligned(&meta[pos..pos + 8]);
         let body = meta.get(pos + 8..pos + 8 + rh.len as usize);
@@ -480,6 +547,16 @@ fn one_image(
         }
         if rh.kind == REC_ZFRAMES {
             return bad("already compressed");
+        }
+        let end = (pos + 8 + align8(rh.len as usize)).min(meta.len());
+        if rh.kind == REC_ZPLAN {
+            let Some(head) = body.get(..core::mem::size_of::<ZPlan>()) else {
+                return bad("short split plan");
+            };
+            let bits = body[head.len()..].to_vec();
+            plan = Some((bytemuck::pod_read_unaligned(head), bits));
+        } else if rh.kind != REC_END {
+            new_meta.extend_from_slice(&meta[pos..end]);
         }
         last = (rh.kind, pos);
         pos += 8 + align8(rh.len as usize);
@@ -496,12 +573,26 @@ fn one_image(
     }
     // Pieces: every extent cut into frames of at most FRAME bytes.
     let mut pieces: Vec<(u64, u32)> = Vec::new();
-    for e in &extents {
-        let mut o = 0;
-        while o < e.len {
-            let n = (e.len - o).min(FRAME as u64);
-            pieces.push((e.file_off + o, n as u32));
-            o += n;
+    for_each_piece(&extents, |_, off, n| pieces.push((off, n as u32)));
+    // A split image: which pieces the agent wrote to the file itself (`agent[i]`), back to back
+    // from the data area on; they are not in the stream.
+    let mut agent = vec![false; pieces.len()];
+    let mut agent_len = 0u64;
+    if let Some((p, bits)) = &plan {
+        if p.npieces != pieces.len() as u64 || (bits.len() as u64) < p.npieces.div_ceil(8) {
+            return bad("split plan does not match the extents");
+        }
+        if base != 0 {
+            return bad("a split image that is not alone in its file");
+        }
+        for (i, a) in agent.iter_mut().enumerate() {
+            *a = bits[i / 8] >> (i % 8) & 1 == 1;
+            if *a {
+                agent_len += pieces[i].1 as u64;
+            }
+        }
+        if agent_len != p.raw_len {
+            return bad("split plan length");
         }
     }
     // The new metadata: the frames record before REC_END; its size is known now.
@@ -509,11 +600,15 @@ fn one_image(
     if frames_len > u32::MAX as usize {
         return bad("too many frames");
     }
-    let mut new_meta = meta[..last.1].to_vec();
-    let origin_len = 8 + core::mem::size_of::<ZOrigin>();
-    let new_meta_len = new_meta.len() + 8 + align8(frames_len) + origin_len + 8;
+    let new_meta_len = compressed_meta_len(new_meta.len(), pieces.len());
     let data_offset = PAGE as u64 + page_align(new_meta_len as u64);
     let data_at = base + data_offset;
+    if plan
+        .as_ref()
+        .is_some_and(|(p, _)| p.data_offset != data_offset)
+    {
+        return bad("split plan's data offset");
+    }
 
     // Readers (this thread) -> compressors -> the writer (in order).
     let (job_tx, job_rx) = mpsc::sync_channel::<(usize, Vec<u8>)>(threads * 2);
@@ -557,15 +652,36 @@ fn one_image(
         }
         drop(done_tx);
         let pieces_ref = &pieces;
+        let agent_ref = &agent;
         type Written<'w> = (Vec<ZFrame>, Stats, SeqWriter<'w>);
         let spare_w = Arc::clone(&spare);
         let writer = s.spawn(move || -> Result<Written<'_>, String> {
             let mut pending = BTreeMap::new();
             let mut next = 0usize;
             let mut frames = Vec::with_capacity(pieces_ref.len());
-            let mut stored = 0u64;
+            // The agent's pieces first (the start of the data area), the others after them.
+            let mut in_agent = 0u64;
+            let mut stored = agent_len;
             let mut st = Stats::default();
-            let mut w = SeqWriter::new(out, data_at);
+            let mut w = SeqWriter::new(out, data_at + agent_len);
+            // Frames of the pieces the agent wrote, from `next` on.
+            let mut agents = |next: &mut usize, frames: &mut Vec<ZFrame>, st: &mut Stats| {
+                while *next < pieces_ref.len() && agent_ref[*next] {
+                    let (raw_off, raw_len) = pieces_ref[*next];
+                    frames.push(ZFrame {
+                        raw_off,
+                        stored_off: in_agent,
+                        stored_len: raw_len as u64,
+                        raw_len,
+                        method: ZFRAME_RAW,
+                    });
+                    in_agent += raw_len as u64;
+                    st.raw_frames += 1;
+                    st.raw += raw_len as u64;
+                    *next += 1;
+                }
+            };
+            agents(&mut next, &mut frames, &mut st);
             for d in done_rx {
                 pending.insert(d.seq, d);
                 while let Some(d) = pending.remove(&next) {
@@ -605,6 +721,7 @@ fn one_image(
                         v.push(d.packed);
                     }
                     next += 1;
+                    agents(&mut next, &mut frames, &mut st);
                 }
             }
             st.stored = page_align(stored);
@@ -616,6 +733,9 @@ fn one_image(
         let mut result = Ok(());
         let mut held = 0usize;
         for (seq, &(_, n)) in pieces.iter().enumerate() {
+            if agent[seq] {
+                continue;
+            }
             // At most 4 pieces per thread in flight: reuse the buffers that came back.
             let mut buf = match free_rx.try_recv() {
                 Ok(b) => b,
@@ -656,7 +776,11 @@ fn one_image(
 
     // The saved files' contents and the trailer follow the page data as they are.
     let rest = hdr.data_len - mem_len;
-    let stored_mem = page_align(frames.last().map_or(0, |f| f.stored_off + f.stored_len));
+    let stored_mem = frames
+        .iter()
+        .map(|f| page_align(f.stored_off + f.stored_len))
+        .max()
+        .unwrap_or(0);
     let mut buf = vec![0u8; FRAME];
     let mut done = 0u64;
     debug_assert_eq!(w.pos(), data_at + stored_mem);
@@ -675,7 +799,17 @@ fn one_image(
     if tr.magic != TRAILER_MAGIC || page_hash(&tpage, tsize) != tr.trailer_hash {
         return bad("trailer checksum");
     }
-    if !frames.is_empty() && raw_hash != tr.data_hash {
+    // What came through the pipe is what the agent wrote into it: all the page data, or in a
+    // split image the pieces it did not write itself (their hash is in the trailer page).
+    let want = match plan {
+        Some(_) => u64::from_le_bytes(
+            tpage[ZPLAN_HASH_AT..ZPLAN_HASH_AT + 8]
+                .try_into()
+                .unwrap_or([0; 8]),
+        ),
+        None => tr.data_hash,
+    };
+    if !frames.is_empty() && raw_hash != want {
         return bad("page data checksum");
     }
 

@@ -287,6 +287,33 @@ pub struct ZOrigin {
 }
 const _: () = assert!(core::mem::size_of::<ZOrigin>() == 16);
 
+/// Stream record (never in a file): the image stream an agent writes into `cr_checkpoint
+/// --compress`'s pipe carries it before `REC_END` when the agent wrote the pieces of its page
+/// data that looked incompressible to the file itself (a split image, see docs/IMAGE-FORMAT.md
+/// "Compressed images"): [`ZPlan`], then one bit per piece (pieces as
+/// [`crate::image::compress::for_each_piece`] cuts them, least significant bit first; 1:
+/// written by the agent, back to back from the compressed image's data area on, and absent from
+/// the stream). `cr_checkpoint` drops it from the image it writes.
+pub const REC_ZPLAN: u32 = 36;
+
+/// The head of [`REC_ZPLAN`], 24 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug, PartialEq, Eq)]
+pub struct ZPlan {
+    /// Pieces (bits that follow).
+    pub npieces: u64,
+    /// Bytes the agent wrote (the pieces whose bit is set).
+    pub raw_len: u64,
+    /// Where the agent wrote them: the compressed image's `data_offset`, as the agent
+    /// computed it (`image::compress::compressed_meta_len`); `cr_checkpoint` checks it.
+    pub data_offset: u64,
+}
+const _: () = assert!(core::mem::size_of::<ZPlan>() == 24);
+
+/// Byte of the trailer page of a split image's stream (see [`REC_ZPLAN`]) that holds the xxh3
+/// of the page data in the stream (the pieces the agent did not write), in file order.
+pub const ZPLAN_HASH_AT: usize = 64;
+
 /// [`ZFrame::method`]: the bytes are stored as they are.
 pub const ZFRAME_RAW: u32 = 0;
 /// [`ZFrame::method`]: the bytes are one zstd frame (with its content checksum).

@@ -641,7 +641,8 @@ impl Image {
     }
 
     /// Frames must tile the raw page data (`raw_len` bytes) in order without crossing an
-    /// extent, and lie in order inside the stored page data, raw ones page aligned.
+    /// extent, and lie inside the stored page data without overlapping, raw ones page aligned
+    /// (in any order there: a split image's pieces the agent wrote come first).
     fn check_frames(&self, raw_len: u64) -> Result<(), ImageError> {
         let bad = |m: &str| Err(ImageError::Malformed(format!("bad compressed frame: {m}")));
         let mut bounds: Vec<u64> = self
@@ -651,7 +652,8 @@ impl Image {
             .map(|e| e.file_off + e.len)
             .collect();
         bounds.reverse();
-        let (mut raw, mut stored) = (0u64, 0u64);
+        let mut raw = 0u64;
+        let mut spans: Vec<(u64, u64)> = Vec::with_capacity(self.zframes.len());
         for f in &self.zframes {
             let raw_end = f.raw_off.checked_add(f.raw_len as u64);
             let stored_end = f.stored_off.checked_add(f.stored_len);
@@ -668,9 +670,7 @@ impl Image {
             if bounds.last().is_some_and(|&b| raw_end > b) {
                 return bad("crosses an extent");
             }
-            if f.stored_off < stored {
-                return bad("stored offsets");
-            }
+            spans.push((f.stored_off, stored_end));
             match f.method {
                 ZFRAME_RAW
                     if f.stored_len == f.raw_len as u64
@@ -679,10 +679,13 @@ impl Image {
                 _ => return bad("method"),
             }
             raw = raw_end;
-            stored = stored_end;
         }
         if raw != raw_len {
             return bad("they do not cover the page data");
+        }
+        spans.sort_unstable();
+        if spans.windows(2).any(|w| w[1].0 < w[0].1) {
+            return bad("stored offsets");
         }
         Ok(())
     }
@@ -704,10 +707,15 @@ impl Image {
     /// Bytes the memory pages take in the data area: [`Image::memory_len`], or in a compressed
     /// image the stored frames, padded to a page.
     pub fn stored_memory_len(&self) -> u64 {
-        match self.zframes.last() {
-            Some(f) => page_align(f.stored_off + f.stored_len),
-            None => self.memory_len(),
+        if self.zframes.is_empty() {
+            return self.memory_len();
         }
+        // (The frames in raw order; a split image's last one may lie before others.)
+        self.zframes
+            .iter()
+            .map(|f| page_align(f.stored_off + f.stored_len))
+            .max()
+            .unwrap_or(0)
     }
 
     /// The file offset of the raw page data `[off, off + len)` when it is stored as it is in
