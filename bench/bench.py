@@ -221,6 +221,21 @@ def hwm_kib(pid):
     return int(m.group(1)) if m else 0
 
 
+def rss_kib(pid):
+    m = re.search(r"VmRSS:\s+(\d+)", read(f"/proc/{pid}/status"))
+    return int(m.group(1)) if m else 0
+
+
+def reset_hwm(pid):
+    """Sets pid's VmHWM to its current RSS (`clear_refs` 5); False if not permitted."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 # Process groups and pids this run started and has not killed yet: killed on any exit.
 LIVE = set()
 
@@ -552,6 +567,10 @@ class IncrSample:
         self.first_ckpt = self.first_stop = None
         # The buffered delta's stop and copy as its agent reports them (-v: mode=buffered).
         self.agent_stop = self.copy = None
+        # Agent memory (bytes): the peak RSS during a checkpoint less the program's own RSS
+        # before the first one (the delta buffer, kept between checkpoints, included), for the
+        # full image and the measured delta; what its agent says it spilled in the stop.
+        self.mem_full = self.mem = self.spilled = None
 
 
 def incremental_once(tools, progs, wdir, mib, dirty_mib, verbose):
@@ -599,10 +618,18 @@ def incremental_once(tools, progs, wdir, mib, dirty_mib, verbose):
             log(r.stderr.strip())
         return t0, t1, r.stderr
 
+    def hwm_from(rss0):
+        return max(0, hwm_kib(p.pid) - rss0) * 1024 if hwm_ok else None
+
     try:
         write_pass()  # the pages exist before the full image is taken
         s.plain = write_pass()
+        # (VmHWM reset before each measured checkpoint: the program's own peak, or the full
+        # image's, must not hide the delta's.)
+        rss0 = rss_kib(p.pid)
+        hwm_ok = reset_hwm(p.pid)
         _, _, err = checkpoint()
+        s.mem_full = hwm_from(rss0)
         if "write-protect unavailable" in err:
             log(f"  incremental: {err.strip()}")
             return None
@@ -615,9 +642,13 @@ def incremental_once(tools, progs, wdir, mib, dirty_mib, verbose):
         wait_step_after(stepfile, t1 + 0.1, 10)
         s.first_stop = longest_gap(stepfile, t0, t1)
         write_pass()
+        hwm_ok = hwm_ok and reset_hwm(p.pid)
         t0, t1, err = checkpoint()
+        s.mem = hwm_from(rss0)
         if "incr=delta(" not in err:
             raise BenchError(f"the third incremental checkpoint was not a delta:\n{err.strip()}")
+        m = re.search(r"spill=([0-9.]+)MiB|([0-9.]+)MiB written stopped", err)
+        s.spilled = float(m.group(1) or m.group(2)) * MIB if m else 0
         m = re.search(r"mode=buffered stop=([0-9.]+)ms\(copy=([0-9.]+)ms", err)
         if not m:
             raise BenchError("the second delta was not written through the delta buffer "
@@ -651,18 +682,22 @@ def incremental_report(bases, incr):
          "pass: the program's own time for its pass over the written part, untracked / tracked "
          "(every first write to a protected page is a minor fault); their difference is what "
          "tracking costs per checkpoint interval.\n",
+         "Agent memory: the program's peak RSS during the checkpoint (VmHWM, reset just before "
+         "it) less its RSS before the first checkpoint: for the delta, the delta buffer it keeps "
+         "plus what the checkpoint maps (issue 11: ≤ 64 MiB); spilled: the page data that did "
+         "not fit the buffer, written in the stop (`-v`).\n",
          "| process | written | full image | delta image | delta checkpoint | ×raw write | stop "
          "(agent: stop / copy) | first delta: checkpoint / stop | phases q/m/d/s | write pass "
-         "untracked / tracked | tracking cost |",
-         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+         "untracked / tracked | tracking cost | agent memory full / delta | spilled |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (mib, dirty_mib), samples in incr:
         if not samples:
             L.append(f"| {fmt_b(mib * MIB)} | {fmt_b(dirty_mib * MIB)} | not measurable: the "
-                     "kernel lacks userfaultfd write-protect (see the log) | | | | | | | | |")
+                     "kernel lacks userfaultfd write-protect (see the log) | | | | | | | | | | |")
             continue
         m = {k: median([getattr(x, k) for x in samples])
              for k in ("full", "size", "ckpt", "stop", "plain", "armed", "first_ckpt",
-                       "first_stop", "agent_stop", "copy")}
+                       "first_stop", "agent_stop", "copy", "mem_full", "mem", "spilled")}
         b = pick_base(bases, m["size"])
         w = rate_time(b, m["size"], "direct_write" if b["direct_ok"] else "buffered_write")
         ph = [x.phases for x in samples if x.phases]
@@ -675,7 +710,8 @@ def incremental_report(bases, incr):
                  f"{fmt_s(m['stop'])} ({fmt_s(m['agent_stop'])} / {fmt_s(m['copy'])}) | "
                  f"{fmt_s(m['first_ckpt'])} / {fmt_s(m['first_stop'])} | "
                  f"{phases} | {m['plain'] * 1000:.2f} ms / "
-                 f"{m['armed'] * 1000:.2f} ms | {cost} |")
+                 f"{m['armed'] * 1000:.2f} ms | {cost} | {fmt_b(m['mem_full'])} / "
+                 f"{fmt_b(m['mem'])} | {fmt_b(m['spilled'])} |")
     L.append("")
     return L
 
@@ -1383,6 +1419,9 @@ def main():
                          "(alternating; default 5)")
     ap.add_argument("--chain-mib", type=int, default=4096,
                     help="process size of the chain restart benchmark (default 4096)")
+    ap.add_argument("--delta-only", action="store_true",
+                    help="of the incremental benchmark, only the delta checkpoint (no "
+                         "write-tracking cost, no chain restart)")
     ap.add_argument("-v", "--verbose", action="store_true", help="print cr_checkpoint -v output")
     args = ap.parse_args()
     args.reps = args.reps or (1 if args.smoke else 3)
@@ -1459,10 +1498,13 @@ def main():
             if x is None:
                 break
             log(f"  full {fmt_b(x.full)} delta {fmt_b(x.size)} checkpoint {fmt_s(x.ckpt)} stop "
-                f"{fmt_s(x.stop)} phases {x.phases} write pass {x.plain * 1000:.2f} / "
-                f"{x.armed * 1000:.2f} ms")
+                f"{fmt_s(x.stop)} (agent {fmt_s(x.agent_stop)}, copy {fmt_s(x.copy)}) phases "
+                f"{x.phases} write pass {x.plain * 1000:.2f} / {x.armed * 1000:.2f} ms agent "
+                f"memory full {fmt_b(x.mem_full)} delta {fmt_b(x.mem)} spilled {fmt_b(x.spilled)}"
+                f" first delta stop {fmt_s(x.first_stop)}")
             samples.append(x)
         incr.append(((mib, dirty_mib), samples))
+    if not args.delta_only and not args.only and (not args.only_tool or args.only_tool in "libcr-rs --incremental"):
         # One run each: it alternates its tracked and paused intervals (n deltas: n + 1 of
         # each, covering the 8-delta cycle of hot pages being protected again).
         wp_cfgs = [(256, 64, 0.5, 7)] if args.smoke else [(1024, 64, 2.0, 15),

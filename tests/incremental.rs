@@ -1001,9 +1001,10 @@ fn dropped_huge_pages_and_moved_ranges_restore_as_nobody() {
 /// sums) writes to its pages right after the release, while the image is written: the image
 /// must still hold every page as it was in the stop, or the restored program's sums do not add
 /// up. A full image, a first delta (written stopped: no buffer yet, said under -v), then a
-/// buffered delta (said under -v: with `over_cap`, the part of the page data over the buffer's
-/// 68 MiB is written stopped, also said), checked by `cr_info --check`; the original goes on
-/// and passes; the buffered delta restarts and passes; a delta with `--term` is written
+/// buffered delta (said under -v: with `spill`, the part of the page data over the buffer,
+/// which is under 64 MiB, is written in the stop, into the page cache or direct, also said,
+/// and what the agent held is within its 64 MiB), checked by `cr_info --check`; the original
+/// goes on and passes; the buffered delta restarts and passes; a delta with `--term` is written
 /// stopped (said).
 /// CPU time (user + system, clock ticks) process `pid` has used, all its threads.
 fn cpu_ticks(pid: u32) -> u64 {
@@ -1032,7 +1033,9 @@ fn wait_cpu(sc: &Scenario, job: &mut Job, ticks: u64) {
     }
 }
 
-fn buffered_deltas(sc: &Scenario, mib: u32, over_cap: bool) {
+/// `spill`: how -v must say the page data over the buffer was written in the stop (`None`: it
+/// all fits; "cache": into the page cache, "direct").
+fn buffered_deltas(sc: &Scenario, mib: u32, spill: Option<&str>) {
     let mut prog = sc.program("cow_mutate");
     prog.env.push(("COW_THREADS".into(), "1".into()));
     prog.env.push(("COW_MIB".into(), mib.to_string()));
@@ -1072,10 +1075,18 @@ fn buffered_deltas(sc: &Scenario, mib: u32, over_cap: bool) {
         out.contains("incr=delta(") && out.contains("mode=buffered stop="),
         "the second delta goes through the delta buffer, and -v says so:\n{out}"
     );
+    let said = out
+        .split_once(", spill=")
+        .and_then(|(_, r)| r.split_once("MiB "))
+        .and_then(|(_, r)| r.split_once(' '))
+        .map(|(how, _)| how);
     assert_eq!(
-        out.contains("MiB written stopped: over the buffer"),
-        over_cap,
-        "-v must say whether part of the page data was over the buffer:\n{out}"
+        said, spill,
+        "-v must say whether and how page data over the buffer was written in the stop:\n{out}"
+    );
+    assert!(
+        out.contains(", agent=") && !out.contains("MiB!)"),
+        "-v says what the agent held, within its 64 MiB:\n{out}"
     );
     let cr_info = PathBuf::from(env!("CARGO_BIN_EXE_cr_info"));
     let res = sc.run_tool(
@@ -1106,19 +1117,24 @@ fn buffered_deltas(sc: &Scenario, mib: u32, over_cap: bool) {
 
 #[test]
 fn buffered_delta_restores_the_stop() {
-    buffered_deltas(&Scenario::new("incr-buffered"), 16, false);
+    buffered_deltas(&Scenario::new("incr-buffered"), 16, None);
 }
 
+/// 96 MiB written, a buffer of under 64 MiB: a spill over `deltabuf::SPILL_CACHED_MAX`, written
+/// direct in the stop.
 #[test]
 fn buffered_delta_over_the_buffer_restores_the_stop() {
-    buffered_deltas(&Scenario::new("incr-buffered-over"), 96, true);
+    buffered_deltas(&Scenario::new("incr-buffered-over"), 96, Some("direct"));
+}
+
+/// 72 MiB written: 8-10 MiB over the buffer, written into the page cache in the stop, the
+/// header, metadata and buffer after the release.
+#[test]
+fn buffered_delta_spilled_to_the_cache_restores_the_stop() {
+    buffered_deltas(&Scenario::new("incr-buffered-spill"), 72, Some("cache"));
 }
 
 #[test]
 fn buffered_delta_restores_the_stop_as_nobody() {
-    buffered_deltas(
-        &Scenario::as_user("incr-buffered-nobody", NOBODY),
-        16,
-        false,
-    );
+    buffered_deltas(&Scenario::as_user("incr-buffered-nobody", NOBODY), 16, None);
 }

@@ -585,6 +585,17 @@ fn conclude(conn: i32, api: bool, outcome: i64, status: i32, bytes: u64, msg: &[
     send_reply(conn, status, bytes, msg);
 }
 
+/// Records, when a request ends, how much of its scratch area was in memory: the next delta
+/// buffer leaves room for as much (`agent::deltabuf`).
+/// (Declared after the scratch area: dropped before it is unmapped.)
+struct ScratchMeter(usize);
+
+impl Drop for ScratchMeter {
+    fn drop(&mut self) {
+        super::deltabuf::note_scratch(super::scratch::resident_at(self.0));
+    }
+}
+
 /// How long a new request waits for the threads to finish the previous checkpoint.
 const LINGER_NS: u64 = 3_000_000_000;
 
@@ -652,6 +663,7 @@ fn serve_request(conn: i32, req: Request, img_fd: i32, raw_fd: i32) {
             return;
         }
     };
+    let meter = ScratchMeter(scratch.base());
     let timeout_ns = if req.timeout_ms == 0 {
         QUIESCE_TIMEOUT_MS * 1_000_000
     } else {
@@ -844,6 +856,7 @@ fn serve_request(conn: i32, req: Request, img_fd: i32, raw_fd: i32) {
         super::image::REQUESTER_CONN.store(-1, Release);
         // We are the control thread of a restored process; conn, img_fd and the scratch area
         // belong to the past (they were never part of the image).
+        core::mem::forget(meter);
         core::mem::forget(scratch);
         // (Set before the program's threads go, which after_restart does at its end.)
         CONN_IS_PAST.store(true, Release);
@@ -1002,6 +1015,7 @@ fn finish_held(
     let stop_ns = sys::monotonic_ns() - quiesce_start;
     match super::image::write_held(held, scratch) {
         Ok(bytes) => {
+            super::deltabuf::note_scratch(scratch.resident());
             let mut report = StackBuf::<240>::new();
             super::ctlstart::describe(&mut report);
             report.push(b"quiesce=").num(quiesce_ms).push(b"ms ");

@@ -4,24 +4,36 @@
 //! stop of a stopped delta is the disk's write of its bytes, 82-190 ms here).
 //!
 //! In the stop (`image::write_image`, a delta of a process that is its checkpoint's whole cut,
-//! see [`Refusal`]) the records are built as for any delta (the scans protect the written pages
-//! again), the header and metadata are written, then the page data: the part that does not fit
-//! the buffer from the program's memory, the rest copied into the buffer (`process_vm_readv`: a
-//! page that cannot be read fails the checkpoint instead of raising a signal), and every
-//! eligible region is armed (`incremental::arm_now`). Then the program is released
-//! (`control::finish_held`) and the control thread writes the buffer, the trailer, syncs, and
-//! answers; the requester commits and sends `--stop` only once the image is durable. The image
-//! holds the memory as it was in the stop, byte for byte what a stopped delta would hold.
+//! see [`NOT_ALONE`] and the other reasons below) the records are built as for any delta (the
+//! scans protect the written pages again), then the page data: the part that does not fit the
+//! buffer (the first extents: the spill) from the program's memory, the rest copied into the
+//! buffer (`process_vm_readv` where a page could raise a signal: such a page fails the
+//! checkpoint instead), and every eligible region is armed (`incremental::arm_now`). Then the program is released
+//! (`control::finish_held`) and the control thread writes the header and metadata (ours, in the
+//! scratch area), the buffer, the trailer, syncs, and answers; the requester commits and sends
+//! `--stop` only once the image is durable. The image holds the memory as it was in the stop,
+//! byte for byte what a stopped delta would hold.
+//!
+//! The spill of an image in a regular file, up to [`SPILL_CACHED_MAX`], is written in the stop
+//! into the page cache at its place in the file (`pwrite` without `O_DIRECT`: a copy, 0.3-0.7 ms
+//! for 0.8-1.3 MiB here, once 10 ms under load, which does not wait for the disk unless the
+//! machine is over its dirty-page limits);
+//! the rest of the image is written direct after the release, and the sync at the end writes
+//! the spill back. A larger spill, or an image on a pipe, is written direct in the stop with
+//! the header and metadata before it (a stopped delta's cost for those bytes: 60 ms to 7 s on
+//! this shared disk, behind other writes' writeback). `cr_checkpoint -v` says how much was
+//! spilled and how (`spill=…MiB cache …ms` or `direct …ms`).
 //!
 //! The buffer is fresh memory faulted in advance (first touch costs 3–17 µs per page here, as
 //! much as the write it saves): it is mapped, populated and resized only after a checkpoint,
 //! while the program runs ([`settle`]), to the last delta's page data plus a quarter, at most
-//! [`CAP`] = 68 MiB (issue 11: the agent's memory during a checkpoint stays bounded whatever the
-//! process size; the buffer is that bound plus room for what a process writes besides 64 MiB of
-//! data). So the first delta of a process is written stopped, and so is the part of a delta
-//! that grew past the buffer; `cr_checkpoint -v` says which (`mode=buffered(…)`,
-//! `mode=stopped(not buffered: why)`). A checkpoint that is not incremental, or copy-on-write,
-//! frees it; a full incremental one keeps it.
+//! [`BUDGET`] (issue 11: 64 MiB for the agent during a checkpoint, whatever the process size)
+//! less what the last checkpoint's scratch area held (`Scratch::resident`, 0.2-0.3 MiB for the
+//! benchmark's 4 GiB process) and [`SLACK`] for the agent's other memory. So a process that
+//! wrote 64 MiB spills 1-2 MiB. The first delta of a process is written stopped (no buffer
+//! yet); `cr_checkpoint -v` says which (`mode=buffered(…)`, `mode=stopped(not buffered: why)`)
+//! and what the agent held (`agent=…MiB`: the buffer and the scratch area). A checkpoint that
+//! is not incremental, or copy-on-write, frees it; a full incremental one keeps it.
 //!
 //! It is private anonymous memory marked `MADV_DONTFORK` (a fork child never has it, and a
 //! copy-on-write writer's snapshot lacks it as it lacks the scratch area), left out of every
@@ -32,13 +44,25 @@ use crate::image::format::PAGE;
 use crate::sys::{self, StackBuf};
 use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering::*};
 
-/// Most bytes the buffer holds: a delta's page data beyond it is written while the program is
-/// stopped. 64 MiB (what issue 11 allows the agent during a checkpoint) plus 4 MiB for the pages
-/// a process writes besides its data (its stacks, the libraries' and the agent's data: 0.1–0.3
-/// MiB in the benchmark): with exactly 64 MiB, a process that wrote 64 MiB had the header,
-/// metadata and those pages written in the stop, which took 60 ms to 7 s on this shared disk
-/// (the first behind another write's writeback).
-pub const CAP: u64 = 68 << 20;
+/// What the agent may hold during a checkpoint (issue 11): the buffer, the scratch area and
+/// the rest of its memory. (A 68 MiB buffer, as first built, put the agent at 68.7 MiB during
+/// the benchmark's delta; a 64 MiB one with the spill written direct in the stop took that
+/// stop to 60 ms-7 s on this shared disk.)
+pub const BUDGET: u64 = 64 << 20;
+
+/// Room left in [`BUDGET`] besides the buffer and the last scratch area's pages: the agent's
+/// other memory during a checkpoint (measured with `smaps` for the benchmark's process: 0.55
+/// MiB of `libcr.so`'s code and 0.1 MiB of its data and the control thread's stack, touched
+/// by its first checkpoint) and the scratch area growing from one checkpoint to the next.
+pub const SLACK: u64 = 1 << 20;
+
+/// The most spilled page data written into the page cache in the stop (more is written direct
+/// there): the agent does not turn a large delta into as much dirty page cache.
+pub const SPILL_CACHED_MAX: u64 = 16 << 20;
+
+/// Bytes of the scratch area in memory at the end of the last checkpoint (before the first:
+/// a guess, replaced before any buffer is sized).
+static SCRATCH_LAST: AtomicU64 = AtomicU64::new(1 << 20);
 
 /// The buffer's address and length (0: none) in the process [`PID`] (a fork child, which has
 /// no buffer, sees another pid: nothing in its fork handler).
@@ -77,12 +101,19 @@ pub const COPY_FAILED: u32 = 6;
 
 /// Written stopped: it has no page data.
 pub const EMPTY: u32 = 7;
+/// Written stopped: no room for a buffer (the last checkpoint's scratch area left none).
+pub const NO_ROOM: u32 = 8;
 
 /// Bytes of the last delta copied into the buffer, and written in the stop.
 static HELD: AtomicU64 = AtomicU64::new(0);
 static STOPPED: AtomicU64 = AtomicU64::new(0);
 /// How long the copy took (ns).
 pub static COPY_NS: AtomicU64 = AtomicU64::new(0);
+/// How long the spill's write took in the stop (ns), and whether into the page cache.
+static SPILL_NS: AtomicU64 = AtomicU64::new(0);
+static SPILL_CACHED: AtomicU32 = AtomicU32::new(0);
+/// The scratch area's bytes in memory when the buffered delta's report was made.
+static SCRATCH_NOW: AtomicU64 = AtomicU64::new(0);
 
 /// The buffer of this process (address, length), if it has one.
 pub fn get() -> Option<(usize, usize)> {
@@ -110,6 +141,22 @@ pub fn begin() {
     HELD.store(0, Relaxed);
     STOPPED.store(0, Relaxed);
     COPY_NS.store(0, Relaxed);
+    SPILL_NS.store(0, Relaxed);
+    SPILL_CACHED.store(0, Relaxed);
+}
+
+/// Records how much of the scratch area the checkpoint ending held (`Scratch::resident`): the
+/// next buffer leaves room for as much.
+pub fn note_scratch(bytes: u64) {
+    SCRATCH_LAST.store(bytes, Relaxed);
+    SCRATCH_NOW.store(bytes, Relaxed);
+}
+
+/// Most bytes the buffer may have: [`BUDGET`] less the last scratch area and [`SLACK`] (0: no
+/// room), whole pages.
+pub fn cap() -> u64 {
+    let scratch = SCRATCH_LAST.load(Relaxed).div_ceil(PAGE as u64) * PAGE as u64;
+    BUDGET.saturating_sub(scratch + SLACK) / PAGE as u64 * PAGE as u64
 }
 
 /// What the image being written does to the buffer afterwards: `incremental` (not: freed),
@@ -133,21 +180,24 @@ pub fn note(why: u32) {
 }
 
 /// Records a delta whose last `held` bytes of page data went through the buffer, `stopped`
-/// bytes before them were written in the stop.
-pub fn note_held(held: u64, stopped: u64, copy_ns: u64) {
+/// bytes before them (the spill) were written in the stop, in `spill_ns`, into the page cache
+/// if `cached`.
+pub fn note_held(held: u64, stopped: u64, copy_ns: u64, spill_ns: u64, cached: bool) {
     NOTE.store(BUFFERED, Relaxed);
     HELD.store(held, Relaxed);
     STOPPED.store(stopped, Relaxed);
     COPY_NS.store(copy_ns, Relaxed);
+    SPILL_NS.store(spill_ns, Relaxed);
+    SPILL_CACHED.store(cached as u32, Relaxed);
 }
 
 /// The buffer's length for a delta of `data` bytes of page data: a quarter more, whole pages,
-/// at most [`CAP`].
+/// at most [`cap`].
 fn target_for(data: u64) -> u64 {
     (data + data / 4)
         .div_ceil(PAGE as u64)
         .saturating_mul(PAGE as u64)
-        .min(CAP)
+        .min(cap())
 }
 
 /// After a checkpoint, the program running: frees, grows or shrinks the buffer as the
@@ -163,7 +213,8 @@ pub fn settle() {
             let want = target_for(LAST_DATA.load(Relaxed));
             match cur {
                 _ if want == 0 => free(),
-                Some((a, l)) if (want as usize) < l / 2 => {
+                // (Also shrunk when over the cap: the scratch area grew.)
+                Some((a, l)) if (want as usize) < l / 2 || l as u64 > cap() => {
                     sys::munmap(a + want as usize, l - want as usize);
                     LEN.store(want, Release);
                 }
@@ -254,6 +305,7 @@ fn grow(cur: Option<(usize, usize)>, want: usize) {
 pub fn describe_fallback(out: &mut StackBuf<240>) {
     let why: &[u8] = match NOTE.load(Relaxed) {
         NO_BUFFER => b"no delta buffer yet: the first delta of this process",
+        NO_ROOM => b"no room for a delta buffer in the agent's 64 MiB",
         NOT_ALONE => b"other processes share the cut",
         ENDS => b"the program ends after it",
         FILES => b"it saves files by content",
@@ -264,26 +316,38 @@ pub fn describe_fallback(out: &mut StackBuf<240>) {
     out.push(b"(not buffered: ").push(why).push(b")");
 }
 
-/// `(copy=…ms 64.0MiB buffered[, 0.2MiB stopped])` of a buffered delta.
+/// `(copy=…ms 62.9MiB[, spill=1.3MiB cache 0.4ms], agent=63.9MiB)` of a buffered delta: the
+/// copy and the bytes buffered, the spill written in the stop (into the page cache, see
+/// [`SPILL_CACHED_MAX`], or `direct`) and what the agent held (the buffer and the scratch
+/// area; `!` past [`BUDGET`]). (Short: the whole `-v` report is 239 bytes at most.)
 pub fn describe_held(out: &mut StackBuf<240>) {
     let mib = |out: &mut StackBuf<240>, b: u64| {
         out.num(b >> 20)
             .push(b".")
             .num(((b & ((1 << 20) - 1)) * 10) >> 20);
     };
-    let copy = COPY_NS.load(Relaxed);
-    out.push(b"(copy=")
-        .num(copy / 1_000_000)
-        .push(b".")
-        .num(copy / 100_000 % 10)
-        .push(b"ms ");
+    let ms = |out: &mut StackBuf<240>, ns: u64| {
+        out.num(ns / 1_000_000).push(b".").num(ns / 100_000 % 10);
+    };
+    out.push(b"(copy=");
+    ms(out, COPY_NS.load(Relaxed));
+    out.push(b"ms ");
     mib(out, HELD.load(Relaxed));
-    out.push(b"MiB buffered");
+    out.push(b"MiB");
     let stopped = STOPPED.load(Relaxed);
     if stopped > 0 {
-        out.push(b", ");
+        out.push(b", spill=");
         mib(out, stopped);
-        out.push(b"MiB written stopped: over the buffer");
+        out.push(if SPILL_CACHED.load(Relaxed) != 0 {
+            b"MiB cache "
+        } else {
+            b"MiB direct "
+        });
+        ms(out, SPILL_NS.load(Relaxed));
+        out.push(b"ms");
     }
-    out.push(b")");
+    let agent = get().map_or(0, |(_, l)| l as u64) + SCRATCH_NOW.load(Relaxed);
+    out.push(b", agent=");
+    mib(out, agent);
+    out.push(if agent > BUDGET { b"MiB!)" } else { b"MiB)" });
 }

@@ -687,6 +687,8 @@ fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
             db::ENDS
         } else if !spans.is_empty() {
             db::FILES
+        } else if buf.is_none() && db::cap() == 0 {
+            db::NO_ROOM
         } else if buf.is_none() {
             db::NO_BUFFER
         } else {
@@ -704,9 +706,11 @@ fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
 }
 
 /// The page data of a delta with the delta buffer `buf` (address, length): what does not fit
-/// it (the first extents) written from memory, the rest copied into it; returns the hash so
-/// far and the bytes copied. When the copy fails, the rest is written from memory too (0
-/// copied), after the header and metadata when they were left for later (`head`: the
+/// it (the first extents: the spill) written from memory, the rest copied into it; returns the
+/// hash so far and the bytes copied. With `spill_at` (where the page data starts in the file)
+/// the spill goes into the page cache at its place ([`write_cached`]), else it is written
+/// (direct) at the current offset. When the copy fails, the rest is written from memory too
+/// (0 copied), after the header and metadata when they were left for later (`head`: the
 /// scratch area and the metadata's length).
 fn hold_data(
     fd: i32,
@@ -714,6 +718,7 @@ fn hold_data(
     deadline_ns: u64,
     buf: (usize, usize),
     head: Option<(&Scratch, u64)>,
+    spill_at: Option<u64>,
 ) -> Result<(xxhash_rust::xxh3::Xxh3, u64), Errno> {
     use super::deltabuf as db;
     let data: u64 = all.iter().map(|e| e.len).sum();
@@ -721,17 +726,16 @@ fn hold_data(
         db::note(db::EMPTY);
         return Ok((xxhash_rust::xxh3::Xxh3::new(), 0));
     }
+    let spill = |exts: &[Extent], h| match spill_at {
+        Some(at) => write_cached(fd, exts, at, h),
+        None => memory::write_data_from(fd, exts, deadline_ns, None, h),
+    };
     // (Extents and the buffer are whole pages: so is the split.)
     let held = data.min(buf.1 as u64);
     let stopped = data - held;
     let split = all.partition_point(|e| e.file_off + e.len <= stopped);
-    let mut h = memory::write_data_from(
-        fd,
-        &all[..split],
-        deadline_ns,
-        None,
-        xxhash_rust::xxh3::Xxh3::new(),
-    )?;
+    let t_spill = sys::monotonic_ns();
+    let mut h = spill(&all[..split], xxhash_rust::xxh3::Xxh3::new())?;
     let mut rest = &all[split..];
     // The extent across the split: its first part written, the rest copied.
     let mut across = None;
@@ -742,7 +746,7 @@ fn hold_data(
             len: part,
             file_off: e.file_off,
         }];
-        h = memory::write_data_from(fd, &first, deadline_ns, None, h)?;
+        h = spill(&first, h)?;
         across = Some(Extent {
             addr: e.addr + part,
             len: e.len - part,
@@ -766,14 +770,70 @@ fn hold_data(
         if let Some((scratch, meta_len)) = head {
             write_head(fd, scratch, meta_len)?;
         }
+        if let Some(at) = spill_at {
+            sys::lseek(fd, (at + stopped) as i64, libc::SEEK_SET)?;
+        }
         if let Some(e) = across {
             h = memory::write_data_from(fd, &[e], deadline_ns, None, h)?;
         }
         h = memory::write_data_from(fd, rest, deadline_ns, None, h)?;
         return Ok((h, 0));
     }
-    db::note_held(held, stopped, sys::monotonic_ns() - t0);
+    let now = sys::monotonic_ns();
+    db::note_held(held, stopped, now - t0, t0 - t_spill, spill_at.is_some());
     Ok((h, held))
+}
+
+/// Writes the page data of `extents` (program memory, the program stopped) into the page cache
+/// of `fd` (`O_DIRECT` dropped meanwhile) at `at` plus each extent's offset in the page data,
+/// hashing as it goes: a delta's spill (`agent::deltabuf`), written back by the image's sync
+/// after the release. Returns the hash state after them.
+fn write_cached(
+    fd: i32,
+    extents: &[Extent],
+    at: u64,
+    mut h: xxhash_rust::xxh3::Xxh3,
+) -> Result<xxhash_rust::xxh3::Xxh3, Errno> {
+    let direct = drop_direct(fd);
+    let mut c = Counted::start();
+    let r = (|| {
+        for e in extents {
+            // SAFETY: as in memory::write_data: readable program memory, the program parked.
+            let mem = unsafe {
+                core::slice::from_raw_parts(e.addr as usize as *const u8, e.len as usize)
+            };
+            h.update(mem);
+            let mut done = 0usize;
+            while done < mem.len() {
+                // SAFETY: `mem[done..]` is readable (above).
+                match unsafe {
+                    sys::pwrite_raw(
+                        fd,
+                        mem.as_ptr() as usize + done,
+                        mem.len() - done,
+                        at + e.file_off + done as u64,
+                    )
+                } {
+                    Ok(0) => return Err(Errno(libc::EIO)),
+                    Ok(n) => done += n,
+                    Err(Errno(libc::EINTR)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            c.written += e.len;
+        }
+        Ok(())
+    })();
+    c.store();
+    if direct {
+        let fl = sys::fcntl(fd, libc::F_GETFL, 0).unwrap_or(0);
+        if let Err(e) = sys::fcntl(fd, libc::F_SETFL, fl | libc::O_DIRECT as usize) {
+            // (The rest is written through the page cache then, and `-v` says why.)
+            io_report::MODE.store(io_report::REFUSED, Relaxed);
+            io_report::ERRNO.store(e.0, Relaxed);
+        }
+    }
+    r.map(|_| h)
 }
 
 /// Ends an image whose page data is written: the trailer at `trailer_offset` (with `data_hash`
@@ -820,6 +880,10 @@ pub fn write_held(held: Held, scratch: &Scratch) -> Result<u64, (u32, Errno)> {
     let _nonblocking = NonBlocking::new(fd, held.deadline_ns);
     if let Some(meta_len) = held.head_meta_len {
         write_head(fd, scratch, meta_len).map_err(io)?;
+    }
+    if let Some(at) = held.data_at {
+        // After the spill, in the page cache already (`write_cached`).
+        sys::lseek(fd, at as i64, libc::SEEK_SET).map_err(io)?;
     }
     let from_buf = [Extent {
         addr: held.buf as u64,
@@ -908,8 +972,11 @@ pub struct Held {
     /// Where the trailer goes.
     trailer_offset: u64,
     /// The header and metadata (of this length) are still to be written: the page data all
-    /// fits the buffer.
+    /// fits the buffer, or its spill went into the page cache.
     head_meta_len: Option<u64>,
+    /// Where the buffer's bytes go in the file, after a spill written into the page cache
+    /// (else at the current offset).
+    data_at: Option<u64>,
 }
 
 /// Writes the header page and the metadata (`meta_len` bytes, page padded) from the scratch
@@ -1046,8 +1113,20 @@ fn finish_or_hold(
     // O_DIRECT only on regular files: on a pipe it means packet mode, where a reader with a
     // smaller buffer than a packet silently loses the rest of it. (A split image: on the file,
     // which gets the pieces the agent writes.)
+    let regular = |fd| sys::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG);
+    // A delta's spill (its page data over the buffer) goes into the page cache in the stop
+    // when it is small and the image a regular file (`agent::deltabuf`): where the page data
+    // starts in the file then.
+    let spill_at = hold
+        .map(|b| ext.data_len.saturating_sub(b.1 as u64))
+        .filter(|&n| n > 0 && n <= super::deltabuf::SPILL_CACHED_MAX && regular(fd))
+        .filter(|_| {
+            sys::fcntl(fd, libc::F_GETFL, 0).is_ok_and(|fl| fl & libc::O_APPEND as usize == 0)
+        })
+        .and_then(|_| sys::lseek(fd, 0, libc::SEEK_CUR).ok())
+        .map(|pos| pos as u64 + hdr.data_offset);
     let direct_fd = if split.is_some() { raw_fd } else { fd };
-    if sys::fstat(direct_fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG) {
+    if regular(direct_fd) {
         let fl = sys::fcntl(direct_fd, libc::F_GETFL, 0).unwrap_or(0);
         match sys::fcntl(direct_fd, libc::F_SETFL, fl | libc::O_DIRECT as usize) {
             Ok(_) => io_report::MODE.store(io_report::DIRECT, Relaxed),
@@ -1060,10 +1139,11 @@ fn finish_or_hold(
     let io = |e| (4, e);
     progress::TOTAL.store(hdr.trailer_offset + PAGE as u64, Relaxed);
     let _nonblocking = NonBlocking::new(fd, deadline_ns);
-    // A delta whose page data all fits the buffer: the header and metadata (ours, in the
-    // scratch area: they do not change once the program runs) are written after the release
-    // too; else they go first, with the page data over the buffer.
-    let head_later = hold.is_some_and(|b| ext.data_len > 0 && ext.data_len <= b.1 as u64);
+    // A delta whose page data all fits the buffer, or whose spill goes into the page cache: the
+    // header and metadata (ours, in the scratch area: they do not change once the program
+    // runs) are written after the release too; else they go first, with the spill.
+    let head_later = hold
+        .is_some_and(|b| ext.data_len > 0 && (ext.data_len <= b.1 as u64 || spill_at.is_some()));
     if let Some((bits, raw_at, raw_len)) = split {
         // A split image: the pieces the agent writes go to the file, the rest, the header,
         // metadata, saved files and trailer through the pipe (`write_split`).
@@ -1096,6 +1176,7 @@ fn finish_or_hold(
             deadline_ns,
             buf,
             head_later.then_some((scratch, meta_len)),
+            spill_at,
         ),
         None => memory::write_data_from(
             fd,
@@ -1120,6 +1201,7 @@ fn finish_or_hold(
             held,
             trailer_offset: hdr.trailer_offset,
             head_meta_len: if head_later { Some(meta_len) } else { None },
+            data_at: spill_at.map(|at| at + ext.data_len - held),
         }));
     }
     let data_hash = hash.digest();

@@ -200,6 +200,18 @@ impl Scratch {
 }
 
 impl Scratch {
+    /// Bytes of the area in memory (`mincore`: its pages are shared memory, populated as they
+    /// are touched): what this checkpoint's scratch costs (`agent::deltabuf` leaves room for it
+    /// beside the delta buffer).
+    pub fn resident(&self) -> u64 {
+        resident_at(self.base)
+    }
+
+    /// The area's address (for [`resident_at`] once it is no longer borrowed).
+    pub fn base(&self) -> usize {
+        self.base
+    }
+
     /// Top of the stack the image writer runs on (inside the excluded scratch area).
     pub fn stack_top(&self) -> usize {
         self.base + STACK_OFF + STACK_LEN - 64
@@ -210,4 +222,26 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         sys::munmap(self.base, TOTAL);
     }
+}
+
+/// [`Scratch::resident`] of the area at `base` (0 if it is not mapped).
+pub fn resident_at(base: usize) -> u64 {
+    const CHUNK: usize = 1024 * PAGE;
+    let mut vec = [0u8; 1024];
+    let mut n = 0u64;
+    for off in (0..TOTAL).step_by(CHUNK) {
+        let len = CHUNK.min(TOTAL - off);
+        let ok = sys::sys3(
+            libc::SYS_mincore as usize,
+            base + off,
+            len,
+            vec.as_mut_ptr() as usize,
+        )
+        .is_ok();
+        if ok {
+            let pages = len / PAGE;
+            n += vec[..pages].iter().filter(|&&b| b & 1 != 0).count() as u64;
+        }
+    }
+    n * PAGE as u64
 }
