@@ -313,6 +313,58 @@ fn missing_replaced_or_truncated_parent_is_refused() {
     restarted.expect_pass(RESTART_TIMEOUT);
 }
 
+/// A parent replaced after cr_restart checked the chain (stopped at `LIBCR_TEST_STOP_AT=loaded`)
+/// is refused by name, lazily and with --eager: the restart reads a link's pages from the file
+/// it checked (same device, inode, size and times), without reading its metadata again. `--verbose`
+/// says which links supply pages.
+#[test]
+fn parent_replaced_after_the_chain_was_checked_is_refused() {
+    let sc = Scenario::new("incr-parent-swapped");
+    let (img, parent) = full_and_delta(&sc);
+    let copy = sc.img_dir().join("copy");
+    for args in [&["--verbose"][..], &["--verbose", "--eager"][..]] {
+        let mut argv: Vec<std::ffi::OsString> = vec![sc.tools().cr_restart.clone().into()];
+        argv.extend(args.iter().map(std::ffi::OsString::from));
+        argv.push(img.clone().into());
+        let mut cmd = sc.command(&argv);
+        cmd.env("LIBCR_TEST_STOP_AT", "loaded");
+        let mut job = sc.start("cr_restart (stops once loaded)", cmd);
+        let deadline = Instant::now() + RESTART_TIMEOUT;
+        while proc_stat(job.pid()).is_none_or(|st| st.state != 'T') {
+            assert!(
+                Instant::now() < deadline && job.try_wait_exit(Duration::ZERO).is_none(),
+                "cr_restart {args:?} never stopped once loaded:\n{}",
+                job.diag()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The same bytes under a new inode: not the file that was checked.
+        fs::copy(&parent, &copy).expect("copy parent");
+        fs::rename(&copy, &parent).expect("replace parent");
+        // SAFETY: continuing our own stopped child.
+        unsafe { libc::kill(job.pid() as i32, libc::SIGCONT) };
+        let st = job.wait_exit(TOOL_TIMEOUT);
+        job.wait_output_closed(Duration::from_secs(5));
+        let err = job.stderr();
+        assert!(
+            err.contains("pages from 1 of them") && err.contains("the other 0 supply none"),
+            "cr_restart {args:?} --verbose must say which links supply pages:\n{}",
+            job.diag()
+        );
+        assert!(
+            !st.success()
+                && err.lines().any(|l| l.contains("img.~1~")
+                    && l.contains("replaced or changed while the restart was reading its chain")),
+            "cr_restart {args:?} must refuse a parent replaced after it was checked:\n{}",
+            job.diag()
+        );
+    }
+    // Left as it is now, the chain restores.
+    let mut restarted = sc.restart(&img);
+    sc.go();
+    restarted.expect_pass(RESTART_TIMEOUT);
+}
+
 /// Every fallback to a full image is said (under -v and in the result line): after an eager
 /// restart nothing is armed; a parent that is not the image tracking was armed for; --max-chain.
 #[test]

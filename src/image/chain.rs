@@ -56,13 +56,47 @@ pub fn parent_path_in(child: &Path, recorded: &[u8], chain_dir: Option<&Path>) -
     }
 }
 
+/// What a link's file was when it was opened and checked: device, inode, size, modification and
+/// change times. A restart compares it with the file it opens again to read the link's pages
+/// ([`FileId::of`]), instead of reading and checking the link's header, metadata and trailer a
+/// second time: any write, truncation or replacement since changes one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FileId {
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time (seconds, nanoseconds).
+    pub mtime: (i64, i64),
+    /// Status change time (seconds, nanoseconds).
+    pub ctime: (i64, i64),
+}
+
+impl FileId {
+    /// The identity of a file from its metadata.
+    pub fn of(md: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.size(),
+            mtime: (md.mtime(), md.mtime_nsec()),
+            ctime: (md.ctime(), md.ctime_nsec()),
+        }
+    }
+}
+
 /// One checked link of a chain.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Link {
     /// Its file.
     pub path: PathBuf,
     /// The image (header, metadata and trailer checked).
     pub img: Image,
+    /// Its file as it was when it was checked.
+    pub id: FileId,
 }
 
 /// Opens the parent that `child` (an image at `child_path`) names and checks that it is that
@@ -81,13 +115,12 @@ pub fn open_parent_in(
         return Ok(None);
     };
     let path = parent_path_in(child_path, recorded, chain_dir);
-    let img = open_link(rec, &path, &child_path.display().to_string())?;
-    Ok(Some(Link { path, img }))
+    open_link(rec, &path, &child_path.display().to_string()).map(Some)
 }
 
 /// Opens the image at `path` and checks that it is the parent `rec` names (`of`: the child,
 /// for messages).
-pub fn open_link(rec: &ParentRec, path: &Path, of: &str) -> Result<Image, ChainError> {
+pub fn open_link(rec: &ParentRec, path: &Path, of: &str) -> Result<Link, ChainError> {
     let name = path.display();
     let file = File::open(path).map_err(|e| ChainError {
         errno: e.raw_os_error().unwrap_or(libc::EIO),
@@ -97,15 +130,30 @@ pub fn open_link(rec: &ParentRec, path: &Path, of: &str) -> Result<Image, ChainE
             format!("{name}: cannot open the parent image of {of}: {e}")
         },
     })?;
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let md = file.metadata().map_err(|e| ChainError {
+        errno: e.raw_os_error().unwrap_or(libc::EIO),
+        msg: format!("{name}: cannot stat the parent image of {of}: {e}"),
+    })?;
+    let (id, len) = (FileId::of(&md), md.len());
     let stale = |what: String| ChainError {
         errno: libc::ESTALE,
         msg: format!("{name}: the parent image of {of} was {what}"),
     };
-    if let Ok(Some(_)) = super::tree::read_manifest(&file) {
-        return open_in_tree(rec, &file, &name.to_string(), of);
+    // One image first (the usual parent), a tree image's manifest only when it is not one.
+    let img = match Image::open(&file) {
+        Err(super::reader::ImageError::NotAnImage)
+            if matches!(super::tree::read_manifest(&file), Ok(Some(_))) =>
+        {
+            let img = open_in_tree(rec, &file, &name.to_string(), of)?;
+            return Ok(Link {
+                path: path.to_path_buf(),
+                img,
+                id,
+            });
+        }
+        r => r,
     }
-    let img = Image::open(&file).map_err(|e| ChainError {
+    .map_err(|e| ChainError {
         errno: libc::ESTALE,
         msg: if len != rec.size {
             format!(
@@ -135,7 +183,40 @@ pub fn open_link(rec: &ParentRec, path: &Path, of: &str) -> Result<Image, ChainE
             rec.depth - 1
         )));
     }
-    Ok(img)
+    Ok(Link {
+        path: path.to_path_buf(),
+        img,
+        id,
+    })
+}
+
+/// Opens the file of `link` again (a restart reading the pages it supplies) and checks that it
+/// is still the file that was checked ([`FileId`]); `of`: the image whose parent it is, for
+/// messages.
+pub fn reopen(link: &Link, of: &str) -> Result<File, ChainError> {
+    let name = link.path.display();
+    let file = File::open(&link.path).map_err(|e| ChainError {
+        errno: e.raw_os_error().unwrap_or(libc::EIO),
+        msg: if e.kind() == std::io::ErrorKind::NotFound {
+            format!("{name}: the parent image of {of} is missing (removed while the restart was reading its chain)")
+        } else {
+            format!("{name}: cannot open the parent image of {of}: {e}")
+        },
+    })?;
+    match file.metadata() {
+        Ok(md) if FileId::of(&md) == link.id => Ok(file),
+        Ok(_) => Err(ChainError {
+            errno: libc::ESTALE,
+            msg: format!(
+                "{name}: the parent image of {of} was replaced or changed while the restart was \
+                 reading its chain (its inode, size or times differ from when it was checked)"
+            ),
+        }),
+        Err(e) => Err(ChainError {
+            errno: e.raw_os_error().unwrap_or(libc::EIO),
+            msg: format!("{name}: cannot stat the parent image of {of}: {e}"),
+        }),
+    }
 }
 
 /// The process image of the tree image `file` (at `name`) that `rec` names: the one with its
@@ -200,21 +281,50 @@ pub fn resolve_in(
     }
 }
 
-/// The absolute paths of `img`'s chain (see [`resolve`]), for `Image::chain`.
-pub fn resolve_paths(img: &Image, path: &Path) -> Result<Vec<PathBuf>, ChainError> {
-    resolve_paths_in(img, path, None)
-}
-
-/// [`resolve_paths`], every link looked up in `chain_dir` when given ([`parent_path_in`]).
-pub fn resolve_paths_in(
+/// [`resolve_in`] with every link's path made absolute (a restart reads the links from a
+/// process whose working directory is the program's), for `Image::chain`.
+pub fn resolve_abs_in(
     img: &Image,
     path: &Path,
     chain_dir: Option<&Path>,
-) -> Result<Vec<PathBuf>, ChainError> {
-    Ok(resolve_in(img, path, chain_dir)?
-        .into_iter()
-        .map(|l| std::path::absolute(&l.path).unwrap_or(l.path))
-        .collect())
+) -> Result<Vec<Link>, ChainError> {
+    let mut links = resolve_in(img, path, chain_dir)?;
+    for l in &mut links {
+        if let Ok(p) = std::path::absolute(&l.path) {
+            l.path = p;
+        }
+    }
+    Ok(links)
+}
+
+/// A piece of a link's page data that a delta takes: data offset, length, address.
+pub type Piece = (u64, u64, u64);
+
+/// What each link of `img`'s chain (`links`, newest first) supplies to `img`'s incremental
+/// regions: per link, its pieces (data offset, length, address), empty for a link that
+/// supplies nothing (every page it holds is newer in a later image, or outside what is needed).
+/// Metadata only: nothing is read. `Err`: pages of an incremental region are in no image.
+pub fn supply(img: &Image, links: &[Link]) -> Result<Vec<Vec<Piece>>, ChainError> {
+    let mut need = Vec::new();
+    for r in &img.regions {
+        needed_from_parents(r, &mut need);
+    }
+    let mut out = Vec::with_capacity(links.len());
+    for l in links {
+        if need.is_empty() {
+            break;
+        }
+        let mut copies = Vec::new();
+        need = split(&l.img, &need, &mut copies);
+        out.push(copies);
+    }
+    if !need.is_empty() {
+        return Err(ChainError {
+            errno: libc::EINVAL,
+            msg: "corrupt image chain: pages of an incremental region are in no image".into(),
+        });
+    }
+    Ok(out)
 }
 
 /// The pages of an incremental region (`r.incr` set) that its parents must supply: the region

@@ -193,8 +193,9 @@ pub struct Image {
     /// A delta image's parent (`REC_PARENT`) and its path as recorded.
     pub parent: Option<(ParentRec, Vec<u8>)>,
     /// A delta image's parent chain, newest first, once resolved and checked
-    /// ([`crate::image::chain::resolve`]); empty otherwise.
-    pub chain: Vec<std::path::PathBuf>,
+    /// ([`crate::image::chain::resolve_abs_in`]: each link's absolute path, parsed image and
+    /// file identity, so the restart reads no link's metadata twice); empty otherwise.
+    pub chain: Vec<crate::image::chain::Link>,
     /// A compressed image's raw original (`REC_ZORIGIN`): what a delta names as its parent.
     pub origin: Option<ZOrigin>,
     /// How the page data is stored in a compressed image (`REC_ZFRAMES`, in raw order);

@@ -6,12 +6,16 @@
 //! zero now). Each parent in turn supplies, for the needed pages that lie in one of its
 //! regions, what its extents hold; its full regions settle the rest of their range (zero where
 //! they saved nothing), its incremental regions pass their remaining pages on to the next
-//! parent. Every parent's page data is read once, front to back, and checked against its
-//! trailer hash, as the delta's own is (`--eager`; the pieces a link supplies are read straight
-//! into place, the rest only hashed); a lazy restore maps or reads only the pieces.
+//! parent. That plan ([`crate::image::chain::supply`]) comes from the links' metadata, read and
+//! checked once when the job was loaded (`Image::chain`): a link that supplies nothing is not
+//! opened again; one that does is opened again by path and must still be the file that was
+//! checked (device, inode, size and times: [`crate::image::chain::reopen`]). Every supplying
+//! parent's page data is read once, front to back, and checked against its trailer hash, as the
+//! delta's own is (`--eager`; the pieces a link supplies are read straight into place, the rest
+//! only hashed); a lazy restore maps or reads only the pieces.
 
 use super::RestoreError;
-use crate::image::chain::{needed_from_parents, split};
+use crate::image::chain::{reopen, supply, Link};
 use crate::image::reader::Image;
 use std::fs::File;
 
@@ -27,24 +31,16 @@ fn err(errno: i32, msg: String) -> RestoreError {
     RestoreError::new(errno, msg)
 }
 
-/// The pages of `img`'s incremental regions that the parents must supply.
-fn needed(img: &Image) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    for r in &img.regions {
-        needed_from_parents(r, &mut out);
-    }
-    out
-}
-
 /// Fills the pages of `img`'s incremental regions that `img` does not hold from its chain
-/// (`img.chain`, checked at load time and again here). `places`: the delta's regions as mapped
-/// now, sorted by start.
+/// (`img.chain`, checked at load time). `places`: the delta's regions as mapped now, sorted by
+/// start.
 ///
 /// `lazy` (a lazy restore): runs of a link's pages long enough are mapped from its file
 /// (`MAP_PRIVATE`, as the delta's own pages are) where the region allows it, the others read
 /// into place, and no link's checksum is checked (as for the image's own mapped pages); the
-/// links mapped from are named in `filled.chain_ids` for the restored agent. Otherwise each
-/// link's page data is read in full and checked.
+/// links mapped from are named in `filled.chain_ids` for the restored agent (an address of
+/// each in `filled.chain_at` until [`super::memory::Filled::resolve_ids`]). Otherwise each
+/// supplying link's page data is read in full and checked.
 pub fn fill(
     img: &Image,
     places: &[Place],
@@ -53,45 +49,36 @@ pub fn fill(
 ) -> Result<(), RestoreError> {
     let mut n_ids = 0usize;
     let mut n_mapped = 0usize;
-    let mut need = needed(img);
-    let mut rec = img.parent.as_ref().map(|p| p.0);
-    let mut of = String::from("the delta image");
-    for path in &img.chain {
-        if need.is_empty() {
-            break;
+    let plan = supply(img, &img.chain).map_err(|e| err(e.errno, e.msg))?;
+    for (k, mut copies) in plan.into_iter().enumerate() {
+        if copies.is_empty() {
+            continue;
         }
-        let r = rec.ok_or_else(|| err(libc::EINVAL, "broken parent chain".into()))?;
-        // Checked again: the file may have been replaced since the job was loaded.
-        let link =
-            crate::image::chain::open_link(&r, path, &of).map_err(|e| err(e.errno, e.msg))?;
-        let mut copies = Vec::new();
-        let next = split(&link, &need, &mut copies);
-        let file = File::open(path).map_err(|e| {
-            err(
-                e.raw_os_error().unwrap_or(libc::EIO),
-                format!("{}: {e}", path.display()),
-            )
-        })?;
+        let link: &Link = &img.chain[k];
+        let of = match k {
+            0 => String::from("the delta image"),
+            _ => img.chain[k - 1].path.display().to_string(),
+        };
+        let file = reopen(link, &of).map_err(|e| err(e.errno, e.msg))?;
         if lazy {
             let can_map =
-                n_ids < filled.chain_ids.len() && super::memory::file_refusal(&file).is_none();
-            let id = map_or_read(&link, &file, path, &copies, places, can_map, &mut n_mapped)?;
-            if id != (0, 0) {
-                filled.chain_ids[n_ids] = id;
+                n_ids < filled.chain_at.len() && super::memory::file_refusal(&file).is_none();
+            let at = map_or_read(
+                &link.img,
+                &file,
+                &link.path,
+                &copies,
+                places,
+                can_map,
+                &mut n_mapped,
+            )?;
+            if let Some(at) = at {
+                filled.chain_at[n_ids] = at;
                 n_ids += 1;
             }
         } else {
-            copy_from(&link, &file, path, &mut copies, places)?;
+            copy_from(&link.img, &file, &link.path, &mut copies, places)?;
         }
-        need = next;
-        rec = link.parent.as_ref().map(|p| p.0);
-        of = path.display().to_string();
-    }
-    if !need.is_empty() {
-        return Err(err(
-            libc::EINVAL,
-            "corrupt image chain: pages of an incremental region are in no image".into(),
-        ));
     }
     Ok(())
 }
@@ -110,8 +97,8 @@ fn place_of(places: &[Place], dst: u64, len: u64) -> Result<(u64, bool), Restore
 
 /// A lazy restore's pieces from one link: mapped from its file where allowed (`can_map`, the
 /// region, the length) and long enough, else read into place (only those pieces: no
-/// checksum, as for mapped pages). Returns the device and inode of
-/// the link's mappings ((0, 0): nothing was mapped).
+/// checksum, as for mapped pages). Returns the address of one of the link's mappings (None:
+/// nothing was mapped).
 fn map_or_read(
     link: &Image,
     file: &File,
@@ -120,10 +107,10 @@ fn map_or_read(
     places: &[Place],
     can_map: bool,
     n_mapped: &mut usize,
-) -> Result<(u64, u64), RestoreError> {
+) -> Result<Option<u64>, RestoreError> {
     use super::memory::{LAZY_MAX_MAPPINGS, LAZY_MIN_EXTENT};
     let page = crate::image::format::PAGE as u64;
-    let mut id = (0, 0);
+    let mut first = None;
     for &(off, len, dst) in copies {
         let (at, mappable) = place_of(places, dst, len)?;
         let aligned = off.is_multiple_of(page) && len.is_multiple_of(page);
@@ -137,9 +124,7 @@ fn map_or_read(
                 .is_some_and(|o| super::memory::map_from_image(file, at, len, o))
         {
             *n_mapped += 1;
-            if id == (0, 0) {
-                id = super::memory::mapping_id(at);
-            }
+            first = first.or(Some(at));
             continue;
         }
         // SAFETY: the destination lies inside the writable mapping made for this region of the
@@ -153,7 +138,7 @@ fn map_or_read(
             )
         })?;
     }
-    Ok(id)
+    Ok(first)
 }
 
 /// Streams `link`'s page data once, front to back, checking its hash: the pieces in `copies`

@@ -122,6 +122,27 @@ impl Job {
     /// mapped from the image (lazy) or read in full, and why.
     pub fn page_data_plan(&self, eager: bool) -> Vec<String> {
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        let chains = self.images.iter().filter(|i| !i.chain.is_empty()).map(|img| {
+            let pid = img.process.pid;
+            let n = img.chain.len();
+            match crate::image::chain::supply(img, &img.chain) {
+                Ok(plan) => {
+                    let used: Vec<u64> = plan
+                        .iter()
+                        .filter(|c| !c.is_empty())
+                        .map(|c| c.iter().map(|p| p.1).sum())
+                        .collect();
+                    format!(
+                        "process {pid}: delta image, {n} link(s) behind it checked (header, metadata, trailer); pages from {} of them ({:.1} MiB), the other {} supply none and are not opened again",
+                        used.len(),
+                        mib(used.iter().sum()),
+                        n - used.len()
+                    )
+                }
+                Err(e) => format!("process {pid}: {e}"),
+            }
+        });
+        let chains: Vec<String> = chains.collect();
         self.images
             .iter()
             .zip(&self.files)
@@ -144,6 +165,7 @@ impl Job {
                     }
                 }
             })
+            .chain(chains)
             .collect()
     }
 
@@ -352,7 +374,7 @@ pub fn load_in(
         if img.parent.is_some() {
             // A delta image: every link of its chain must be there, unchanged.
             let path = Path::new(std::ffi::OsStr::from_bytes(&src));
-            img.chain = crate::image::chain::resolve_paths_in(&img, path, chain_dir).map_err(
+            img.chain = crate::image::chain::resolve_abs_in(&img, path, chain_dir).map_err(
                 |e| {
                     let hint = if streamed && chain_dir.is_none() {
                         " (the delta image came from a stream: its chain is looked up in the current directory unless --chain-dir DIR says where)"

@@ -266,6 +266,28 @@ pub struct Filled {
     pub image_id: (u64, u64),
     /// The same for the images of a delta's chain pages were mapped from (unused: (0, 0)).
     pub chain_ids: [(u64, u64); crate::protocol::RESTART_CHAIN_IDS],
+    /// An address mapped from the image (0: none), until [`Filled::resolve_ids`].
+    pub image_at: u64,
+    /// The same for each image of `chain_ids`.
+    pub chain_at: [u64; crate::protocol::RESTART_CHAIN_IDS],
+}
+
+impl Filled {
+    /// Sets `image_id` and `chain_ids` from the mappings at `image_at` and `chain_at`, with one
+    /// read of `/proc/self/maps` (its device numbers are what the restored agent compares; a
+    /// file's `st_dev` may differ from them, e.g. on btrfs or overlayfs).
+    pub fn resolve_ids(&mut self) {
+        let mut addrs = vec![self.image_at];
+        addrs.extend(self.chain_at.iter().copied().take_while(|&a| a != 0));
+        if addrs.iter().all(|&a| a == 0) {
+            return;
+        }
+        let ids = mapping_ids(&addrs);
+        self.image_id = ids[0];
+        for (k, &id) in ids[1..].iter().enumerate() {
+            self.chain_ids[k] = id;
+        }
+    }
 }
 
 /// A region as mapped in the child.
@@ -740,8 +762,8 @@ pub fn build(
             {
                 n_mapped += 1;
                 filled.mapped += e.len;
-                if filled.image_id == (0, 0) {
-                    filled.image_id = mapping_id(at);
+                if filled.image_at == 0 {
+                    filled.image_at = at;
                 }
                 continue;
             }
@@ -812,6 +834,7 @@ pub fn build(
         places.sort_unstable();
         super::chain::fill(img, &places, lazy, filled)?;
     }
+    filled.resolve_ids();
     // Final protections (mremap keeps them).
     for (i, r) in img.regions.iter().enumerate() {
         let Some(p) = placed[i] else { continue };
@@ -884,14 +907,20 @@ pub(super) fn map_from_image(file: &File, at: u64, len: u64, off: u64) -> bool {
     p as u64 == at
 }
 
-/// Device (`makedev`) and inode of the mapping at `addr`, as `/proc/self/maps` shows them.
-pub(super) fn mapping_id(addr: u64) -> (u64, u64) {
+/// Device (`makedev`) and inode of the mapping at each of `addrs`, as `/proc/self/maps` shows
+/// them ((0, 0): address 0, or no such mapping).
+fn mapping_ids(addrs: &[u64]) -> Vec<(u64, u64)> {
     let text = std::fs::read("/proc/self/maps").unwrap_or_default();
-    text.split(|&b| b == b'\n')
-        .filter_map(parse_line)
-        .find(|m| m.start <= addr && addr < m.end)
-        .map(|m| (libc::makedev(m.major, m.minor), m.inode))
-        .unwrap_or((0, 0))
+    let maps: Vec<_> = text.split(|&b| b == b'\n').filter_map(parse_line).collect();
+    addrs
+        .iter()
+        .map(|&a| {
+            maps.iter()
+                .find(|m| a != 0 && m.start <= a && a < m.end)
+                .map(|m| (libc::makedev(m.major, m.minor), m.inode))
+                .unwrap_or((0, 0))
+        })
+        .collect()
 }
 
 /// Every mapped range of this process not covered by `keep` (to be unmapped by the trampoline).
