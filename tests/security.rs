@@ -417,3 +417,209 @@ fn root_image_restarted_by_nobody_runs_as_nobody() {
     sc.go();
     sc.restart(&img).expect_pass(RESTART_TIMEOUT);
 }
+
+/// The credentials of `pid` from /proc/PID/status: the `Uid:`, `Gid:`, `Groups:`, `CapPrm:`
+/// and `CapEff:` lines, whitespace normalised.
+fn creds(pid: u32) -> Option<[String; 5]> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = |key: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+    };
+    Some([
+        line("Uid:")?,
+        line("Gid:")?,
+        line("Groups:")?,
+        line("CapPrm:")?,
+        line("CapEff:")?,
+    ])
+}
+
+/// Waits until restored process `pid` has credentials `want` (it runs cr_restart's until the
+/// trampoline switches them), then checks they stay so for a few samples.
+fn wait_creds(sc: &Scenario, rs: &Job, pid: u32, want: &[String; 5], what: &str) {
+    let deadline = Instant::now() + RESTART_TIMEOUT;
+    let mut last = None;
+    while Instant::now() < deadline {
+        last = creds(pid);
+        if last.as_ref() == Some(want) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        last.as_ref(),
+        Some(want),
+        "{what} (pid {pid})\n{}",
+        rs.diag()
+    );
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(
+            creds(pid).as_ref(),
+            Some(want),
+            "{what} (pid {pid}) changed"
+        );
+    }
+    sc.note(&format!("{what}: pid {pid} has {want:?}"));
+}
+
+/// `setpriv` as nobody with supplementary groups 100 and 65534, then `argv` (run by root).
+fn as_nobody_with_groups(sc: &Scenario, argv: &[OsString]) -> std::process::Command {
+    let mut full: Vec<OsString> = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--groups=100,65534",
+        "--",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    full.extend(argv.iter().cloned());
+    let mut cmd = sc.command_as(None, &full);
+    cmd.env_remove("XDG_RUNTIME_DIR");
+    cmd.env("HOME", sc.root());
+    cmd
+}
+
+/// BLCR's rule (issue 13): root restarting a normal user's image gets the user's process back,
+/// not a root process. A two-process tree of nobody's (groups 100 and 65534, a file only
+/// nobody may read kept open), checkpointed by nobody, restarted by root: every process runs
+/// with nobody's real/effective/saved/fs uid and gid and groups and no capabilities; while the
+/// file is root's (0600) root's restart is refused, as nobody's would be; the restored tree
+/// is nobody's to checkpoint again, and nobody (same groups, fresh pids) restarts that image
+/// to PASS.
+#[test]
+fn root_restart_gives_the_users_process_its_ids() {
+    if !need_root() {
+        return;
+    }
+    let sc = Scenario::as_user("sec-creds", NOBODY);
+    let exe = sc.program("secure").file().to_path_buf();
+    // In a directory of root's (0755): the file, under a temporary directory and so saved by
+    // content, cannot be replaced by a restart with nobody's rights either.
+    let locked = sc.root().join("locked");
+    fs::create_dir(&locked).expect("mkdir locked");
+    let data = locked.join("nobodys.dat");
+    fs::write(&data, b"nobody's own").expect("write data");
+    std::os::unix::fs::chown(&data, Some(NOBODY.0), Some(NOBODY.1)).expect("chown data");
+    fs::set_permissions(&data, fs::Permissions::from_mode(0o600)).expect("chmod data");
+    let mut cmd = as_nobody_with_groups(&sc, &[exe.into(), "tree".into()]);
+    cmd.env("CR_TEST_FILE", &data);
+    let mut job = sc.start("secure tree (nobody, groups 100 65534)", cmd);
+    job.wait_ready();
+    let want: [String; 5] = [
+        "65534 65534 65534 65534".into(),
+        "65534 65534 65534 65534".into(),
+        "100 65534".into(),
+        "0000000000000000".into(),
+        "0000000000000000".into(),
+    ];
+    let child = {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let [c] = children_of(job.pid())[..] {
+                break c;
+            }
+            assert!(Instant::now() < deadline, "no child:\n{}", job.diag());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    for pid in [job.pid(), child] {
+        assert_eq!(creds(pid).as_ref(), Some(&want), "before the checkpoint");
+    }
+    let img = sc.img_dir().join("nobody.img");
+    checkpoint_as(&sc, Some(NOBODY), job.pid(), &img).assert_success();
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    // The child's pid must be free again (its zombie reaped by whoever inherited it).
+    let deadline = Instant::now() + DEATH_TIMEOUT;
+    while Path::new(&format!("/proc/{child}")).exists() {
+        assert!(Instant::now() < deadline, "{}", proc_summary(child));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let restart_argv: Vec<OsString> =
+        vec![sc.tools().cr_restart.clone().into(), img.clone().into()];
+
+    // Root's restart opens the program's files with nobody's rights: not a root-only file.
+    std::os::unix::fs::chown(&data, Some(0), Some(0)).expect("chown data to root");
+    let mut refused = sc.start(
+        "cr_restart (root, file root's)",
+        sc.command_as(None, &restart_argv),
+    );
+    let st = refused.wait_exit(TOOL_TIMEOUT);
+    refused.wait_output_closed(PIPE_CLOSE_TIMEOUT);
+    assert!(
+        st.code().is_some_and(|c| c != 0)
+            && refused.stderr().contains("nobodys.dat")
+            && !refused.stdout().contains("PASS"),
+        "root's restart must not open a file nobody may not read:\n{}",
+        refused.diag()
+    );
+    std::os::unix::fs::chown(&data, Some(NOBODY.0), Some(NOBODY.1)).expect("chown data back");
+
+    let mut rs = sc.start("cr_restart (root)", sc.command_as(None, &restart_argv));
+    let top = rs.wait_child(READY_TIMEOUT);
+    assert_eq!(top, job.pid(), "original pids (root)");
+    wait_creds(&sc, &rs, top, &want, "restored parent");
+    wait_creds(&sc, &rs, child, &want, "restored child");
+
+    // The restored tree is nobody's: checkpointed again by nobody, restarted by nobody.
+    let again = sc.img_dir().join("again.img");
+    checkpoint_as(&sc, Some(NOBODY), top, &again).assert_success();
+    rs.wait_exit(DEATH_TIMEOUT);
+    sc.go();
+    // With fresh pids: in cr_restart's own user namespace (original pids without privilege)
+    // only the user's own gid is mapped, and group 100 would read as 65534 there.
+    let argv: Vec<OsString> = vec![
+        sc.tools().cr_restart.clone().into(),
+        "--no-restore-pid".into(),
+        again.into(),
+    ];
+    let mut last = sc.start(
+        "cr_restart (nobody, groups 100 65534)",
+        as_nobody_with_groups(&sc, &argv),
+    );
+    last.expect_pass(RESTART_TIMEOUT);
+}
+
+/// A root process that dropped its effective uid for a while (`setresuid(0, 65534, 0)`),
+/// restarted by root, comes back with the same three ids (and no effective capabilities, as
+/// before), and PASSes (its ids and dumpable setting unchanged). Restarted by nobody it runs as
+/// nobody (`root_image_restarted_by_nobody_runs_as_nobody` for a plain root process).
+#[test]
+fn dropped_effective_uid_comes_back() {
+    if !need_root() {
+        return;
+    }
+    let sc = Scenario::as_user("sec-seteuid", NOBODY);
+    let exe = sc.program("secure").file().to_path_buf();
+    let mut job = start_secure(&sc, None, &exe, "seteuid");
+    let before = creds(job.pid()).expect("creds");
+    assert_eq!(before[0], "0 65534 0 65534", "{before:?}");
+    assert_eq!(before[4], "0000000000000000", "{before:?}");
+    let img = sc.img_dir().join("seteuid.img");
+    checkpoint_as(&sc, None, job.pid(), &img).assert_success();
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    let argv: Vec<OsString> = vec![sc.tools().cr_restart.clone().into(), img.clone().into()];
+    let mut rs = sc.start("cr_restart (root)", sc.command_as(None, &argv));
+    let pid = rs.wait_child(READY_TIMEOUT);
+    wait_creds(&sc, &rs, pid, &before, "restored by root");
+    rs.kill();
+    // Nobody's restart: nobody's ids only.
+    std::os::unix::fs::chown(&img, Some(NOBODY.0), Some(NOBODY.1)).expect("chown image");
+    let mut rs = sc.restart(&img);
+    let pid = rs.wait_child(READY_TIMEOUT);
+    wait_address_space_switched(&sc, pid, Duration::from_secs(10));
+    assert_eq!(
+        uids(pid),
+        Some((NOBODY.0, NOBODY.0, NOBODY.0)),
+        "restored by nobody\n{}",
+        rs.diag()
+    );
+    rs.kill();
+    sc.go();
+    let mut rs = sc.start("cr_restart (root) GO", sc.command_as(None, &argv));
+    rs.expect_pass(RESTART_TIMEOUT);
+}

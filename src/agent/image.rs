@@ -586,6 +586,8 @@ fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
         };
         w.record(REC_THREAD, &t, &[]).map_err(full)?;
     }
+    // Best effort: without it a restart keeps the restarter's ids, as before the record existed.
+    let _ = process::capture_creds(&mut w, SLOTS[leader].tid.load(Relaxed));
     let lost = super::pending::lost();
     if lost > 0 {
         let mut msg = crate::sys::StackBuf::<160>::new();

@@ -397,6 +397,99 @@ pub fn capture_process(rec: &mut ProcessRec, auxv: &mut [u8]) -> Result<usize, E
     sys::read_file(b"/proc/self/auxv\0", auxv)
 }
 
+/// Most supplementary groups a `REC_CREDS` record holds (the kernel's `NGROUPS_MAX`).
+const MAX_GROUPS: usize = 65536;
+
+/// Appends the credentials record (`REC_CREDS`) of thread `tid` (the main thread: the control
+/// thread, started with raw `clone3`, is not among the threads glibc's `setuid` & co. change),
+/// read from `/proc/self/task/TID/status` (else `/proc/self/status`). The status text is read
+/// into the metadata buffer past where the record's groups go (no allocation, no large stack).
+/// Returns false when it could not be read (no record: the restart keeps the restarter's ids).
+pub fn capture_creds(w: &mut crate::image::writer::MetaWriter, tid: i32) -> bool {
+    use crate::image::format::{CredsRec, RecordHeader, REC_CREDS};
+    let head = core::mem::size_of::<RecordHeader>() + core::mem::size_of::<CredsRec>();
+    let area = w.ahead(head);
+    if area.len() < 4 * MAX_GROUPS + (1 << 20) {
+        return false;
+    }
+    let (groups, text) = area.split_at_mut(4 * MAX_GROUPS);
+    let text = &mut text[..1 << 20];
+    let mut path = sys::StackBuf::<64>::new();
+    path.push(b"/proc/self/task/")
+        .num(tid.max(0) as u64)
+        .push(b"/status");
+    let n = match sys::read_file(path.as_cstr(), text) {
+        Ok(n) => n,
+        Err(_) => match sys::read_file(b"/proc/self/status\0", text) {
+            Ok(n) => n,
+            Err(_) => return false,
+        },
+    };
+    let Some(rec) = parse_status_creds(&text[..n], groups) else {
+        return false;
+    };
+    w.record_placed(REC_CREDS, &rec, rec.ngroups as usize * 4)
+        .is_ok()
+}
+
+/// The credentials in a `/proc/PID/status` text; the groups are written to `groups` (4 bytes
+/// each, little-endian, as many as fit). `None` without `Uid:` and `Gid:` lines.
+fn parse_status_creds(text: &[u8], groups: &mut [u8]) -> Option<crate::image::format::CredsRec> {
+    let mut rec = crate::image::format::CredsRec::default();
+    let (mut have_uid, mut have_gid) = (false, false);
+    for line in text.split(|&b| b == b'\n') {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (key, rest) = (&line[..colon], &line[colon + 1..]);
+        let mut words = rest
+            .split(|&b| b == b' ' || b == b'\t')
+            .filter(|w| !w.is_empty());
+        let hex = |w: Option<&[u8]>| {
+            w.map_or(0u64, |w| {
+                w.iter().fold(0u64, |v, &b| {
+                    let d = (b as char).to_digit(16).unwrap_or(0) as u64;
+                    v.wrapping_shl(4) | d
+                })
+            })
+        };
+        match key {
+            b"Uid" | b"Gid" => {
+                let mut v = [0u32; 4];
+                for (slot, w) in v.iter_mut().zip(&mut words) {
+                    *slot = super::quiesce::parse_dec(w).max(0) as u32;
+                }
+                if key == b"Uid" {
+                    rec.uid = v;
+                    have_uid = true;
+                } else {
+                    rec.gid = v;
+                    have_gid = true;
+                }
+            }
+            b"Groups" => {
+                let mut n = 0;
+                for w in words {
+                    let Some(slot) = groups.get_mut(4 * n..4 * n + 4) else {
+                        break;
+                    };
+                    let g = super::quiesce::parse_dec(w).max(0) as u32;
+                    slot.copy_from_slice(&g.to_le_bytes());
+                    n += 1;
+                }
+                rec.ngroups = n as u32;
+            }
+            b"CapInh" => rec.cap_inh = hex(words.next()),
+            b"CapPrm" => rec.cap_prm = hex(words.next()),
+            b"CapEff" => rec.cap_eff = hex(words.next()),
+            b"CapBnd" => rec.cap_bnd = hex(words.next()),
+            b"CapAmb" => rec.cap_amb = hex(words.next()),
+            _ => {}
+        }
+    }
+    (have_uid && have_gid).then_some(rec)
+}
+
 /// Reads the working directory into `buf`; returns its length.
 pub fn capture_cwd(buf: &mut [u8]) -> Result<usize, Errno> {
     sys::readlink(b"/proc/self/cwd\0", buf)
@@ -404,7 +497,27 @@ pub fn capture_cwd(buf: &mut [u8]) -> Result<usize, Errno> {
 
 #[cfg(test)]
 mod tests {
-    use super::expired_rearmed;
+    use super::{expired_rearmed, parse_status_creds};
+
+    #[test]
+    fn credentials_from_status() {
+        let text = b"Name:\tx\nUid:\t0\t65534\t0\t65534\nGid:\t1\t2\t3\t4\nGroups:\t10 20 \n\
+CapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\nCapEff:\t0000000000000400\n\
+CapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\n";
+        let mut groups = [0u8; 16];
+        let r = parse_status_creds(text, &mut groups).expect("parsed");
+        assert_eq!(r.uid, [0, 65534, 0, 65534]);
+        assert_eq!(r.gid, [1, 2, 3, 4]);
+        assert_eq!(r.ngroups, 2);
+        assert_eq!(&groups[..8], &[10, 0, 0, 0, 20, 0, 0, 0]);
+        assert_eq!(r.cap_prm, 0x1ff_ffff_ffff);
+        assert_eq!(r.cap_eff, 0x400);
+        assert_eq!(r.cap_inh, 0);
+        let empty = b"Uid:\t5\t5\t5\t5\nGid:\t6\t6\t6\t6\nGroups:\t\n";
+        let r = parse_status_creds(empty, &mut groups).expect("parsed");
+        assert_eq!(r.ngroups, 0);
+        assert!(parse_status_creds(b"Name:\tx\n", &mut groups).is_none());
+    }
 
     #[test]
     fn expired_periodic_real_timer_is_rearmed() {

@@ -303,6 +303,23 @@ fn print_contents(path: &Path, file: &std::fs::File, img: &Image, len: u64) {
     );
     println!("  cwd              {}", lossy(&img.cwd));
     println!("  umask            {:04o}", p.umask);
+    match &img.creds {
+        Some((c, groups)) => {
+            let ids = |v: &[u32; 4]| format!("{} {} {} {}", v[0], v[1], v[2], v[3]);
+            println!(
+                "  uids             {} (real effective saved fs)",
+                ids(&c.uid)
+            );
+            println!("  gids             {}", ids(&c.gid));
+            let g: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+            println!("  groups           {}", g.join(" "));
+            println!(
+                "  capabilities     effective {:#x} permitted {:#x} inheritable {:#x} bounding {:#x} ambient {:#x}",
+                c.cap_eff, c.cap_prm, c.cap_inh, c.cap_bnd, c.cap_amb
+            );
+        }
+        None => println!("  credentials      not recorded (older writer)"),
+    }
     println!(
         "  brk              {:#x} (heap starts at {:#x})",
         p.mm.brk, p.mm.start_brk

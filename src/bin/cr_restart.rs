@@ -451,6 +451,9 @@ fn main() {
         eager: args.eager,
     };
     if args.verbose {
+        for line in job.credentials_plan() {
+            eprintln!("{TOOL}: {line}");
+        }
         for line in job.page_data_plan(args.eager) {
             eprintln!("{TOOL}: {line}");
         }

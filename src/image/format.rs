@@ -361,6 +361,38 @@ pub const REC_STDIO_KOBJ: u32 = REC_OPTIONAL | 21;
 /// (`kinds::unix::InFlight` names it); no payload. Optional: an older reader places it in the
 /// process as a descriptor of its number.
 pub const REC_FD_IN_FLIGHT: u32 = REC_OPTIONAL | 25;
+/// Optional record: [`CredsRec`], then `ngroups` × `u32` supplementary groups: the process's
+/// credentials at checkpoint time (those of its main thread). At restart a privileged
+/// `cr_restart` (`CAP_SETUID` and `CAP_SETGID`, `setgroups` allowed) gives the process exactly
+/// these ids, and at most these capabilities; an unprivileged one only ids among its own
+/// (`restore::creds`). An older reader skips it (the process runs with the restarter's ids).
+pub const REC_CREDS: u32 = REC_OPTIONAL | 36;
+
+/// Payload of [`REC_CREDS`] (80 bytes), followed by `ngroups` groups (`u32` each).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug, Default, PartialEq, Eq)]
+pub struct CredsRec {
+    /// Real, effective, saved and file-system uid.
+    pub uid: [u32; 4],
+    /// Real, effective, saved and file-system gid.
+    pub gid: [u32; 4],
+    /// Number of supplementary groups after this record.
+    pub ngroups: u32,
+    /// Zero.
+    pub _pad: u32,
+    /// Inheritable capabilities (bit N: capability N).
+    pub cap_inh: u64,
+    /// Permitted capabilities.
+    pub cap_prm: u64,
+    /// Effective capabilities.
+    pub cap_eff: u64,
+    /// Bounding set.
+    pub cap_bnd: u64,
+    /// Ambient capabilities.
+    pub cap_amb: u64,
+}
+const _: () = assert!(core::mem::size_of::<CredsRec>() == 80);
+
 /// Last record.
 pub const REC_END: u32 = 0xffff;
 

@@ -185,6 +185,9 @@ pub struct Image {
     pub created: Vec<(CreatedSavedRec, Vec<u8>)>,
     /// Owners of files saved by content (`REC_SAVED_OWNER`).
     pub saved_owners: Vec<SavedOwnerRec>,
+    /// The process's credentials and supplementary groups (`REC_CREDS`; `None` from older
+    /// writers).
+    pub creds: Option<(CredsRec, Vec<u32>)>,
     /// File offset where this image starts (0 unless it is one process of a tree image).
     pub base: u64,
     /// Descriptions shared with the images that follow this one back to back (a forwarded
@@ -332,6 +335,7 @@ impl Image {
             saved_dirs: Vec::new(),
             created: Vec::new(),
             saved_owners: Vec::new(),
+            creds: None,
             base,
             shares: Vec::new(),
             parent: None,
@@ -507,6 +511,18 @@ impl Image {
                 REC_SAVED_OWNER => {
                     let r: SavedOwnerRec = read_pod(body, "saved file owner")?;
                     self.saved_owners.push(r);
+                }
+                REC_CREDS => {
+                    let r: CredsRec = read_pod(body, "credentials")?;
+                    let groups = &body[core::mem::size_of::<CredsRec>()..];
+                    if groups.len() != r.ngroups as usize * 4 {
+                        return Err(ImageError::Malformed("credentials groups".into()));
+                    }
+                    let groups = groups
+                        .chunks_exact(4)
+                        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect();
+                    self.creds = Some((r, groups));
                 }
                 REC_SAVED_DIR => {
                     let r: SavedDirRec = read_pod(body, "saved directory")?;

@@ -118,6 +118,12 @@ impl Job {
             .sum()
     }
 
+    /// One line per image saying with which credentials its process will run
+    /// (`cr_restart --verbose`; `restore::creds`).
+    pub fn credentials_plan(&self) -> Vec<String> {
+        self.images.iter().map(super::creds::describe).collect()
+    }
+
     /// One line per image saying how its page data will be restored (`cr_restart --verbose`):
     /// mapped from the image (lazy) or read in full, and why.
     pub fn page_data_plan(&self, eager: bool) -> Vec<String> {

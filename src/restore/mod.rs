@@ -7,6 +7,7 @@
 
 pub mod addrmap;
 pub mod chain;
+pub mod creds;
 pub mod fds;
 pub mod ids;
 pub mod job;
@@ -341,6 +342,12 @@ fn rebuild(
 
     // SAFETY: img_fd is the image descriptor we own.
     let file = unsafe { File::from_raw_fd(img_fd) };
+    // The image's groups, gids and file-system ids before anything is opened or mapped (the
+    // uids follow in the trampoline: `creds`).
+    let creds = creds::plan_for(img);
+    if let Some(p) = &creds {
+        creds::apply_early(p)?;
+    }
     let exe_fd = open_executable(img)
         .and_then(|fd| fds::move_high(fd, img).ok())
         .unwrap_or(-1);
@@ -398,7 +405,9 @@ fn rebuild(
         + 64
         + src.len()
         + 8
-        + addrmap::encoded().len();
+        + addrmap::encoded().len()
+        + std::mem::size_of::<creds::TrampCreds>()
+        + 8;
     let block_len = page_align(data_len as u64) as usize + stack_len;
     let block = mmap_rw(block_len)?;
     layout.keep.push((code_addr, code_addr + code_len as u64));
@@ -510,6 +519,10 @@ fn rebuild(
         (*i).src_len = src.len() as i64;
     }
 
+    let creds_ptr = match &creds {
+        Some(p) => put(bytemuck::bytes_of(&creds::TrampCreds::of(p))),
+        None => 0,
+    };
     let args = trampoline::TrampArgs {
         n_unmap: unmaps.len() as u64,
         unmap: unmap_ptr,
@@ -522,6 +535,7 @@ fn rebuild(
         entry: img.process.entry,
         entry_arg: info_ptr,
         result_ptr: info_ptr + 56,
+        creds: creds_ptr,
     };
     // SAFETY: writing the header at the start of the block.
     unsafe { std::ptr::write(block as *mut trampoline::TrampArgs, args) };
@@ -562,6 +576,12 @@ fn rebuild(
         }
     }
 
+    if creds_ptr != 0 {
+        // The parent-death signal as it is now (the gate may have cleared it), for the
+        // trampoline to set again after the ids change.
+        // SAFETY: creds_ptr is the TrampCreds written into the block above.
+        unsafe { creds::TrampCreds::note_pdeathsig(creds_ptr as *mut creds::TrampCreds) };
+    }
     drop_thread_registrations();
     let stack_top = (block + block_len as u64 - 64) & !15;
     // SAFETY: the block holds everything the trampoline reads; this is the point of no return.

@@ -234,6 +234,10 @@ impl Pool {
             let fd = match descs.get(&key) {
                 Some(&fd) => fd,
                 None => {
+                    // Made with the file-system ids and groups of the process it belongs to
+                    // (the first one, when several share it): a privileged restarter opens
+                    // nothing for a user's image that the user could not.
+                    let _fs = super::creds::FsGuard::assume(img);
                     let fd = if f.kind == FdKind::Pipe {
                         self.pipe_description(images, &mut pipes, f, floor)?
                     } else if f.kind == FdKind::Unlinked {
@@ -517,13 +521,17 @@ impl Pool {
         }
         let mut buf = Vec::new();
         for (key, size) in sizes {
-            let tmpfs = images.iter().find_map(|img| {
-                img.regions.iter().find(|r| {
-                    r.kind == RegionKind::SharedContent
-                        && super::memory::tmpfs_file(r)
-                        && super::memory::shared_key(r) == Some(key)
-                })
+            let tmpfs_of = images.iter().find_map(|img| {
+                img.regions
+                    .iter()
+                    .find(|r| {
+                        r.kind == RegionKind::SharedContent
+                            && super::memory::tmpfs_file(r)
+                            && super::memory::shared_key(r) == Some(key)
+                    })
+                    .map(|r| (*img, r))
             });
+            let tmpfs = tmpfs_of.map(|(_, r)| r);
             let huge = images.iter().find_map(|img| {
                 img.regions
                     .iter()
@@ -552,7 +560,11 @@ impl Pool {
                 continue;
             }
             let (fd, fill) = match (tmpfs, huge) {
-                (Some(r), _) => tmpfs_file(images, r)?,
+                (Some(r), _) => {
+                    // With the file-system ids of (the first) process that maps it.
+                    let _fs = tmpfs_of.and_then(|(img, _)| super::creds::FsGuard::assume(img));
+                    tmpfs_file(images, r)?
+                }
                 (None, Some(page)) => (huge_memfd(size, page)?, true),
                 (None, None) => {
                     // SAFETY: memfd_create with a literal name, sized below.

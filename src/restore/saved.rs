@@ -146,6 +146,7 @@ pub fn put_back(
 /// `mkstemp` & co. and closed, as gcc's `/tmp/cc*.s` between cc1 and `as`), as [`put_back`].
 pub fn put_back_created(images: &[&Image], files: &[&File]) -> Result<(), RestoreError> {
     for img in images {
+        let _fs = super::creds::FsGuard::assume(img);
         for (c, path) in &img.created {
             put_back_at(images, files, path, (c.dev, c.ino), &c.saved, "created")?;
         }

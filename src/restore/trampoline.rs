@@ -16,6 +16,8 @@
 //! Then `prctl(PR_SET_MM_MAP)` restores brk/stack/arg/env/auxv, `arch_prctl(ARCH_SET_FS)` sets the
 //! leader's TLS, the stack switches to the agent's restore stack and the agent's
 //! `restart_entry(info)` is called. On any mremap failure the process exits with status 125.
+//! Between the two, the image's uids are set (`restore::creds`, step 3); if the kernel refuses
+//! them the process exits with status 126.
 
 use core::arch::global_asm;
 
@@ -78,6 +80,39 @@ global_asm!(
     "mov dword ptr [rdx+100], -1",
     "jmp 4b",
     "6:",
+    // 3b. the image's uids (`restore::creds::TrampCreds` at [r15+88], 0: none), after
+    // /proc/self/exe and before any code of the image runs: setresuid, capset when a uid stays
+    // 0, setfsuid, the parent-death signal again (the kernel cleared it). A refusal ends the
+    // process with status 126: it never runs with other ids than planned.
+    "mov rbx, [r15+88]",
+    "test rbx, rbx",
+    "jz 22f",
+    "mov rdi, [rbx]",
+    "mov rsi, [rbx+8]",
+    "mov rdx, [rbx+16]",
+    "mov eax, 117",
+    "syscall",
+    "test rax, rax",
+    "jnz 28f",
+    "cmp qword ptr [rbx+32], 0",
+    "je 21f",
+    "lea rdi, [rbx+40]",
+    "lea rsi, [rbx+48]",
+    "mov eax, 126",
+    "syscall",
+    "test rax, rax",
+    "jnz 28f",
+    "21:",
+    "mov rdi, [rbx+24]",
+    "mov eax, 122",
+    "syscall",
+    "mov rsi, [rbx+72]",
+    "test rsi, rsi",
+    "jz 22f",
+    "mov edi, 1",
+    "mov eax, 157",
+    "syscall",
+    "22:",
     // 4. arch_prctl(ARCH_SET_FS, leader fs)
     "mov edi, 0x1002",
     "mov rsi, [r15+48]",
@@ -92,6 +127,11 @@ global_asm!(
     "ud2",
     "9:",
     "mov edi, 125",
+    "mov eax, 231",
+    "syscall",
+    "ud2",
+    "28:",
+    "mov edi, 126",
     "mov eax, 231",
     "syscall",
     "ud2",
@@ -139,7 +179,11 @@ pub struct TrampArgs {
     pub entry_arg: u64,
     /// Where the prctl result is stored.
     pub result_ptr: u64,
+    /// Address of a `restore::creds::TrampCreds` (0: the ids stay as they are).
+    pub creds: u64,
 }
+const _: () = assert!(core::mem::offset_of!(TrampArgs, result_ptr) == 80);
+const _: () = assert!(core::mem::offset_of!(TrampArgs, creds) == 88);
 
 /// Kernel `struct prctl_mm_map` (`exe_fd` at byte 100: the trampoline clears it for its retry).
 #[repr(C)]
