@@ -92,6 +92,33 @@ pub const FLAG_SOLE: u32 = 0x8000;
 /// every [`PROGRESS_INTERVAL_MS`], before the final reply. Other requesters never see one.
 pub const FLAG_PROGRESS: u32 = 0x2000;
 
+/// Request flag: the image descriptor is a file the requester created under the temporary
+/// name `.NAME.tmp` beside [`Request::dest`] (where the file system has no `O_TMPFILE`), renamed
+/// into place at commit. When the checkpoint is given up (the requester gone, `--time` ran
+/// out, or the requester gone before its commit) the agent removes that name if it is still
+/// the descriptor's file (same device and inode), once no write of its own waits on it
+/// (`agent::offload`); never the final path, never another file.
+pub const FLAG_TMP_NAMED: u32 = 0x10000;
+
+/// The temporary name [`FLAG_TMP_NAMED`] means for the final path `dest`: `DIR/.NAME.tmp`
+/// (`checkpoint::dest` creates it so). Written into `out`; returns its length (0: `dest` is
+/// not an absolute path with a file name, or the result does not fit).
+pub fn tmp_name_of(dest: &[u8], out: &mut [u8]) -> usize {
+    let Some(slash) = dest.iter().rposition(|&b| b == b'/') else {
+        return 0;
+    };
+    let (dir, name) = (&dest[..=slash], &dest[slash + 1..]);
+    let n = dir.len() + 1 + name.len() + 4;
+    if dest.first() != Some(&b'/') || name.is_empty() || n > out.len() {
+        return 0;
+    }
+    out[..dir.len()].copy_from_slice(dir);
+    out[dir.len()] = b'.';
+    out[dir.len() + 1..dir.len() + 1 + name.len()].copy_from_slice(name);
+    out[n - 4..n].copy_from_slice(b".tmp");
+    n
+}
+
 /// `REQ_WRITE` flag (a cut of several processes): this process's image is alone in its file (no
 /// tree manifest, no other image), so the raw path of a compressed checkpoint (the second
 /// descriptor of `send_fds`) may be taken.
@@ -602,6 +629,20 @@ const _: () = assert!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The agent's name for a request's temporary file (`FLAG_TMP_NAMED`) is the one
+    /// `checkpoint::dest` creates: `DIR/.NAME.tmp`; nothing for a path without a file name.
+    #[test]
+    fn tmp_name_of_matches_the_requester() {
+        let mut out = [0u8; 64];
+        let n = tmp_name_of(b"/a/b/ctx.img", &mut out);
+        assert_eq!(&out[..n], b"/a/b/.ctx.img.tmp");
+        let n = tmp_name_of(b"/ctx", &mut out);
+        assert_eq!(&out[..n], b"/.ctx.tmp");
+        assert_eq!(tmp_name_of(b"/a/b/", &mut out), 0);
+        assert_eq!(tmp_name_of(b"rel/ctx", &mut out), 0);
+        assert_eq!(tmp_name_of(&[b'/'; 70], &mut out), 0);
+    }
 
     /// The default limit of files under temporary directories is 1 GiB per process, as
     /// `cr_checkpoint` and `cr_run --checkpoint-dir` (`checkpoint::Options::new`) ask by

@@ -2232,11 +2232,6 @@ impl Drop for StallFs {
     }
 }
 
-/// Whether the program ticked after `t` (ns), at once (no waiting).
-fn ticked_since(job: &Job, t: u64) -> bool {
-    ticks(&job.stdout()).iter().any(|&(_, ns, _)| ns > t)
-}
-
 /// Whether `pid` has a SIGKILL pending (for the thread or the process).
 fn sigkill_pending(pid: u32) -> bool {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -2259,13 +2254,15 @@ fn wait_no_children(pid: u32, what: &str) {
 
 /// A destination that stops answering: a FUSE file system (`StallFs`) whose server holds the
 /// image's write once a MiB is written, as an NFS server gone away does. What must hold
-/// (docs/RELIABILITY.md): `--cow` releases the program at once (the forked writer alone waits),
-/// and cr_checkpoint killed then kills the writer while the server still stalls; a stopped
-/// checkpoint keeps the program stopped while the write waits in the kernel (the agent checks
-/// the requester and `--time` between pieces), so cr_checkpoint killed, or giving up at
-/// `--time 1`, releases it within 3 s of the server answering again; the server killed
-/// (connection aborted) fails the checkpoint with one line and releases the program at once.
-/// Never a file at the final path; no leak in the program; its ticks continuous; it PASSes.
+/// (docs/RELIABILITY.md, issue 13): `--cow` releases the program at once (the forked writer
+/// alone waits), and cr_checkpoint killed then kills the writer while the server still stalls;
+/// a stopped checkpoint's write waits in the agent's helper (`agent::offload`), so
+/// cr_checkpoint killed releases the program within 1 s (100 ms asked; a loaded host) and
+/// `--time 1` within 2 s of the request, while the server still stalls. In both modes the next
+/// checkpoint completes while the old writer still waits, and `.NAME.tmp` is removed once it
+/// is gone (the server answered). The server killed (connection aborted) fails the checkpoint
+/// with one line and releases the program at once. Never a file at the final path; no leak in
+/// the program; its ticks continuous; it PASSes, as do the images taken meanwhile.
 #[test]
 fn destination_fuse_server_stalls() {
     if !is_root() {
@@ -2320,18 +2317,24 @@ fn destination_fuse_server_stalls() {
     let kill_sent = Duration::from_nanos(mono_ns() - killed);
     let writer_state: Vec<String> = writers.iter().map(|&w| proc_summary(w)).collect();
     let ran_after = tick_after(&job, mono_ns(), what, |_| true);
+    // The next checkpoint does not wait for the killed writer, which still waits on the server.
+    let (next, mid_cow) = next_checkpoint_while_stuck(&sc, pid, &["--cow"], &writers, what);
     fsys.resume();
     let resumed = mono_ns();
     wait_no_children(pid, what);
     let writer_gone = Duration::from_nanos(mono_ns() - resumed);
     job.assert_running(what);
     assert!(!img.exists(), "{what}: a file at the final path");
+    let tmp_gone = wait_tmp_removed(&fsys.backing, "cow.img", what);
     report(format!(
-        "{what}: the program ran {ran:?} after the stall began, and on after the kill (tick {ran_after:?}); SIGKILL for the writer {kill_sent:?} after the kill ({writer_state:?}), gone {writer_gone:?} after the server answered; left in the directory: {:?}",
-        names(&fsys.mnt)
+        "{what}: the program ran {ran:?} after the stall began, and on after the kill (tick {ran_after:?}); SIGKILL for the writer {kill_sent:?} after the kill ({writer_state:?}); the next checkpoint (--cow) took {next:?} with the old writer still waiting; the writer gone {writer_gone:?} after the server answered, .cow.img.tmp removed {tmp_gone:?} after it"
     ));
 
-    // A stopped checkpoint: cr_checkpoint killed, or giving up at --time 1.
+    // A stopped checkpoint: cr_checkpoint killed, or giving up at --time 1. The write that
+    // waits on the server is issued by the agent's helper (agent::offload): the program runs
+    // again at once, the helper lingers until the server answers, then the agent reaps it and
+    // removes .NAME.tmp.
+    let mut mids = vec![mid_cow];
     for (run, args) in [&[][..], &["--time", "1"][..]].into_iter().enumerate() {
         let what = if run == 0 {
             "stalled server, stopped checkpoint, cr_checkpoint killed"
@@ -2339,41 +2342,78 @@ fn destination_fuse_server_stalls() {
             "stalled server, stopped checkpoint, --time 1"
         };
         fsys.stall();
-        let img = fsys.mnt.join(format!("stopped-{run}.img"));
+        let name = format!("stopped-{run}.img");
+        let img = fsys.mnt.join(&name);
+        let started = mono_ns();
         let mut tool = start_checkpoint(&sc, args, &img, pid, "");
         stalls += 1;
         fsys.wait_stalled(stalls, &mut tool, what);
-        let t0 = Instant::now();
-        let msg = if run == 0 {
+        let (msg, released) = if run == 0 {
+            let t = mono_ns();
             sigkill_one(tool.pid());
             tool.try_wait_exit(TOOL_TIMEOUT);
-            String::from("killed")
+            let released = tick_after(&job, t, what, |_| true);
+            // Issue 13: within 100 ms of the kill; 1 s for a loaded host.
+            assert!(
+                released < Duration::from_secs(1),
+                "{what}: the program ran again only {released:?} after the kill"
+            );
+            (
+                String::from("killed"),
+                format!("{released:?} after the kill"),
+            )
         } else {
             let (st, stderr) = finish_tool(&mut tool, what);
             let msg = one_line_failure(st, &stderr, what);
-            // --time 1, 2 s for the agent to say so itself, 2 s at most for the removal of
-            // the unfinished file (which waits on the server too), and slack for a loaded host.
-            assert!(
-                t0.elapsed() < Duration::from_secs(8),
-                "{what}: cr_checkpoint took {:?}",
-                t0.elapsed()
+            assert_eq!(st.code(), Some(110), "{what}: {stderr}");
+            // Released at --time (1 s after the request), not when the server answers: the
+            // end of the longest pause of the ticks since the request.
+            let t = ticks(&job.stdout());
+            let after: Vec<u64> = t
+                .iter()
+                .map(|&(_, ns, _)| ns)
+                .filter(|&ns| ns > started)
+                .collect();
+            let released = Duration::from_nanos(
+                after
+                    .windows(2)
+                    .max_by_key(|w| w[1] - w[0])
+                    .map_or(u64::MAX, |w| w[1])
+                    .saturating_sub(started),
             );
-            format!("exit {:?} after {:?}: {msg}", st.code(), t0.elapsed())
+            assert!(
+                released < Duration::from_secs(2),
+                "{what}: the program ran again only {released:?} after the request"
+            );
+            (
+                format!(
+                    "exit {:?} after {:?}: {msg}",
+                    st.code(),
+                    Duration::from_nanos(mono_ns() - started)
+                ),
+                format!("{released:?} after the request"),
+            )
         };
-        let gone = mono_ns();
-        std::thread::sleep(Duration::from_millis(300));
-        let ran_in_stall = ticked_since(&job, gone);
+        // The helper still waits on the server (else the test proves nothing).
+        let helpers = children_of(pid);
+        assert_eq!(
+            helpers.len(),
+            1,
+            "{what}: no helper left waiting on the server: {:?}",
+            helpers.iter().map(|&h| proc_summary(h)).collect::<Vec<_>>()
+        );
+        let helper_state = proc_summary(helpers[0]);
+        let (next, mid) = next_checkpoint_while_stuck(&sc, pid, &[], &helpers, what);
+        mids.push(mid);
         fsys.resume();
         let resumed = mono_ns();
-        let released = tick_after(&job, resumed, what, |_| true);
-        assert!(
-            released < Duration::from_secs(3),
-            "{what}: released only {released:?} after the server answered again"
-        );
+        wait_no_children(pid, what);
+        let helper_gone = Duration::from_nanos(mono_ns() - resumed);
         job.assert_running(what);
         assert!(!img.exists(), "{what}: a file at the final path");
+        let tmp_gone = wait_tmp_removed(&fsys.backing, &name, what);
         report(format!(
-            "{what}: cr_checkpoint {msg}; program ran while the server still stalled: {ran_in_stall}; released {released:?} after the server answered"
+            "{what}: cr_checkpoint {msg}; program released {released} while the server still stalled ({helper_state}); the next checkpoint took {next:?}; the helper gone {helper_gone:?} after the server answered, .{name}.tmp removed {tmp_gone:?} after it"
         ));
     }
 
@@ -2409,4 +2449,49 @@ fn destination_fuse_server_stalls() {
     job.expect_pass(RESTART_TIMEOUT);
     assert_ticks_continuous(&job.stdout(), "FUSE destination");
     sc.restart(&old).expect_pass(RESTART_TIMEOUT);
+    // The images taken while a writer was left behind hold nothing of it.
+    for mid in &mids {
+        sc.restart(mid).expect_pass(RESTART_TIMEOUT);
+    }
+}
+
+/// A checkpoint of `pid` (with `args`, to the scenario's directory) taken while the writers
+/// `stuck` of a given-up checkpoint still wait on a stalled server: it must complete without
+/// waiting for them (they must still be there when it is done). Returns its time and image.
+fn next_checkpoint_while_stuck(
+    sc: &Scenario,
+    pid: u32,
+    args: &[&str],
+    stuck: &[u32],
+    what: &str,
+) -> (Duration, PathBuf) {
+    assert!(
+        stuck.iter().all(|&w| pid_alive(w)),
+        "{what}: the writer ended before the server answered"
+    );
+    let t = Instant::now();
+    let img = sc.checkpoint(pid, args);
+    let took = t.elapsed();
+    assert!(
+        stuck.iter().all(|&w| pid_alive(w)),
+        "{what}: the next checkpoint waited for the old writer ({took:?})"
+    );
+    (took, img)
+}
+
+/// Waits up to 5 s until `.NAME.tmp` is gone from `dir` (the agent removes it once its writer
+/// is gone); returns how long that took.
+fn wait_tmp_removed(dir: &Path, name: &str, what: &str) -> Duration {
+    let t = Instant::now();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    while tmp.exists() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(
+        !tmp.exists(),
+        "{what}: {} left beside the final path: {:?}",
+        tmp.display(),
+        names(dir)
+    );
+    t.elapsed()
 }

@@ -114,11 +114,15 @@ impl Ring {
         )?;
         // Not an extending write any more (see the module comment); where the file cannot be
         // extended the writes are still right, only waited for one by one.
+        // (Destroyed by the helper if the image is given up while a piece waits on the
+        // destination: `agent::offload`.)
+        super::offload::set_aio_ctx(ctx);
         if sys::fstat(fd).is_ok_and(|st| (st.st_size as u64) < off + len) {
-            let _ = sys::sys3(
+            let _ = super::offload::fd_call(
                 libc::SYS_ftruncate as usize,
-                fd as usize,
+                fd,
                 (off + len) as usize,
+                0,
                 0,
             );
         }
@@ -201,13 +205,9 @@ impl Ring {
             resfd: 0,
         };
         s.busy = true;
-        let mut list = [&mut s.iocb as *mut Iocb as usize];
-        match sys::sys3(
-            libc::SYS_io_submit as usize,
-            ctx as usize,
-            1,
-            list.as_mut_ptr() as usize,
-        ) {
+        // SAFETY: Iocb is 8 plain words (repr(C), no padding).
+        let words: [u64; 8] = unsafe { core::mem::transmute(s.iocb) };
+        match super::offload::io_submit(ctx, &words, s.iov.as_ptr() as usize, s.n) {
             Ok(1) => {}
             Err(Errno(libc::EINTR)) | Err(Errno(libc::EAGAIN)) | Ok(_) => {
                 // (EAGAIN: the kernel is short of resources: write it ourselves.)
@@ -248,26 +248,15 @@ impl Ring {
     /// with plain writes, one the kernel refused with `EINVAL` under `O_DIRECT` is written
     /// again without it (said in the I/O report, as for synchronous writes).
     fn reap(&mut self, min: usize) -> Result<(), Errno> {
-        let mut events = [IoEvent {
-            data: 0,
-            obj: 0,
-            res: 0,
-            res2: 0,
-        }; DEPTH];
+        let mut words = [[0u64; 4]; DEPTH];
         let n = loop {
-            match sys::sys6(
-                libc::SYS_io_getevents as usize,
-                self.ctx as usize,
-                min,
-                DEPTH,
-                events.as_mut_ptr() as usize,
-                0,
-                0,
-            ) {
+            match super::offload::io_getevents(self.ctx, min, &mut words) {
                 Err(Errno(libc::EINTR)) => {}
                 r => break r?,
             }
         };
+        // SAFETY: IoEvent is 4 plain words (repr(C), no padding).
+        let events: [IoEvent; DEPTH] = unsafe { core::mem::transmute(words) };
         // A piece is done: past --time, or with the requester gone, give up (what is still in
         // flight is waited for when the ring is dropped).
         super::image::write_must_stop(self.deadline_ns)?;
@@ -333,7 +322,17 @@ impl Drop for Ring {
     fn drop(&mut self) {
         // Waits for (or cancels) whatever is still in flight: the memory it reads is the
         // program's, which runs again once we return.
-        let _ = sys::sys3(libc::SYS_io_destroy as usize, self.ctx as usize, 0, 0);
+        // Through the helper while the image is written stopped: if the image was given up,
+        // this fails at once and the helper destroys the context once its call returns.
+        let _ = super::offload::sys6(
+            libc::SYS_io_destroy as usize,
+            self.ctx as usize,
+            0,
+            0,
+            0,
+            0,
+            0,
+        );
     }
 }
 
@@ -397,15 +396,14 @@ fn sync_write(fd: i32, iov: &[libc::iovec], off: u64, from: u64) -> Result<(), E
             let skip = from.saturating_sub(at);
             let mut done = skip;
             while done < len {
-                // SAFETY: the extent is readable memory of the program (see memory::write_data).
-                match unsafe {
-                    sys::pwrite_raw(
-                        fd,
-                        v.iov_base as usize + done as usize,
-                        (len - done) as usize,
-                        off + at + done,
-                    )
-                } {
+                // (The extent is readable memory of the program, see memory::write_data.)
+                match super::offload::fd_call(
+                    libc::SYS_pwrite64 as usize,
+                    fd,
+                    v.iov_base as usize + done as usize,
+                    (len - done) as usize,
+                    (off + at + done) as usize,
+                ) {
                     Ok(0) => return Err(Errno(libc::EIO)),
                     Ok(n) => done += n as u64,
                     Err(Errno(libc::EINTR)) => {}

@@ -233,18 +233,26 @@ pub(super) extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void
     loop {
         let lfd = LISTEN_FD.load(Acquire);
         // The listening socket is non-blocking (so busy requests can be turned away while a
-        // checkpoint runs): wait for a connection first.
-        let mut p = libc::pollfd {
+        // checkpoint runs): wait for a connection first, or for a writer left behind to end
+        // (reaped at once: no zombie, no descriptor kept).
+        let mut p = [libc::pollfd {
             fd: lfd,
             events: libc::POLLIN,
             revents: 0,
-        };
+        }; 9];
+        let n = 1 + super::offload::pidfds(&mut p[1..]);
         let _ = sys::sys3(
             libc::SYS_poll as usize,
-            &mut p as *mut _ as usize,
-            1,
+            p.as_mut_ptr() as usize,
+            n,
             usize::MAX,
         );
+        if n > 1 {
+            super::offload::reap_done();
+        }
+        if p[0].revents == 0 {
+            continue;
+        }
         match accept(lfd) {
             Ok(c) => {
                 if let Some(why) = peer_refusal(c) {
@@ -611,12 +619,24 @@ fn serve(conn: i32) {
         // Watched from here on (callbacks, stop, write): a requester that dies lets the program
         // go within a few tens of milliseconds, whatever phase the checkpoint is in.
         super::image::REQUESTER_CONN.store(conn, Release);
-        serve_request(conn, req, img_fd, raw_fd);
-        super::image::REQUESTER_CONN.store(-1, Release);
-        // (In a restored process the number is the checkpointed process's: not ours to close.)
-        if raw_fd >= 0 && !CONN_IS_PAST.load(Acquire) {
-            sys::close(raw_fd);
+        // The `.NAME.tmp` we write (no O_TMPFILE there): removed if the checkpoint is given up.
+        let tmp =
+            super::offload::TmpName::of(req.flags, &req.dest[..req.dest_len as usize], img_fd);
+        let handed = core::cell::Cell::new(HANDED_NONE);
+        serve_request(conn, req, img_fd, raw_fd, &tmp, &handed);
+        if !CONN_IS_PAST.load(Acquire) {
+            // (Not in a restored process: nothing of that request is ours there.)
+            if handed.get() == HANDED_NONE && super::image::requester_gone() {
+                // A requester gone (at any phase, before its commit included) removes nothing
+                // itself: we do, if its temporary name is still our file (after a commit it
+                // is not: renamed). A writer left behind does it once it is gone.
+                tmp.remove();
+            }
+            if raw_fd >= 0 && handed.get() != HANDED_BOTH {
+                sys::close(raw_fd);
+            }
         }
+        super::image::REQUESTER_CONN.store(-1, Release);
         // The program runs again: size the delta buffer for the next delta (or free it).
         super::deltabuf::settle();
     }
@@ -626,7 +646,26 @@ fn serve(conn: i32) {
     SERVING.store(false, Release);
 }
 
-fn serve_request(conn: i32, req: Request, img_fd: i32, raw_fd: i32) {
+/// [`serve_request`] handed no descriptor to a writer left behind.
+const HANDED_NONE: u8 = 0;
+/// … the image descriptor (a copy-on-write writer's).
+const HANDED_IMAGE: u8 = 1;
+/// … the image descriptor and the raw one of `--compress` (a stopped write's helper).
+const HANDED_BOTH: u8 = 2;
+
+/// Serves one checkpoint request. `tmp`: the temporary file written (see
+/// `offload::TmpName`); `handed` says which of the image descriptors (`img_fd`, `raw_fd`) were
+/// handed to a writer left behind (`offload::leave_behind`, which closes them and removes
+/// `tmp` once the writer is gone).
+fn serve_request(
+    conn: i32,
+    req: Request,
+    img_fd: i32,
+    raw_fd: i32,
+    tmp: &super::offload::TmpName,
+    handed: &core::cell::Cell<u8>,
+) {
+    super::offload::reap_done();
     let _dumpable = super::process::Dumpable::for_request();
     super::forward::begin(req.flags, req.requester, req.signal);
     if req.flags & (protocol::FLAG_API | protocol::FLAG_BARRIER) == protocol::FLAG_API
@@ -842,6 +881,9 @@ fn serve_request(conn: i32, req: Request, img_fd: i32, raw_fd: i32) {
     // The writer runs on a stack inside the scratch area: our own stack is part of the image and
     // must not change while it is hashed and written.
     // SAFETY: the scratch stack is mapped, unused, and outlives the call.
+    // Calls that may wait on a regular-file destination go to a helper from here on, so that
+    // a write stuck in the kernel cannot keep the program stopped (`agent::offload`).
+    super::offload::begin([img_fd, job.raw_fd], cs_deadline);
     let r = unsafe {
         crate::arch::save_and_call_on(
             &SLOTS[0].ctx_rsp,
@@ -852,6 +894,7 @@ fn serve_request(conn: i32, req: Request, img_fd: i32, raw_fd: i32) {
     };
     super::image::progress::arm(-1);
     if r == crate::arch::RESUMED {
+        super::offload::forget_restored();
         // The restored process: the connection was the checkpointed process's.
         super::image::REQUESTER_CONN.store(-1, Release);
         // We are the control thread of a restored process; conn, img_fd and the scratch area
@@ -863,9 +906,15 @@ fn serve_request(conn: i32, req: Request, img_fd: i32, raw_fd: i32) {
         after_restart();
         return;
     }
+    // A helper given up in the middle of a call (the image failed): it keeps the image's
+    // descriptors until it is gone.
+    let stuck = super::offload::end();
     if r == super::image::FORKED {
-        finish_cow(conn, &job, &scratch, quiesce_start, quiesce_ms);
-        sys::close(img_fd);
+        if finish_cow(conn, &job, &scratch, quiesce_start, quiesce_ms, tmp) {
+            handed.set(HANDED_IMAGE);
+        } else {
+            sys::close(img_fd);
+        }
         return;
     }
     if r == super::image::HELD {
@@ -944,14 +993,34 @@ fn serve_request(conn: i32, req: Request, img_fd: i32, raw_fd: i32) {
         let mut m = StackBuf::<240>::new();
         m.push(b"failed at ")
             .push(STEPS[job.step.load(Acquire) as usize % STEPS.len()].as_bytes());
+        if stuck.is_some() {
+            m.push(b" (a write of it still waits on the destination: left to finish on its own)");
+        }
         conclude(conn, true, -(e as i64), e, 0, m.as_bytes());
+    }
+    if let Some(b) = stuck {
+        // Given up while a write waits in the kernel: the program runs again (`conclude`);
+        // the helper closes nothing, we do once it is gone, and remove the temporary file.
+        super::offload::leave_behind(b, -1, [img_fd, raw_fd], tmp);
+        handed.set(HANDED_BOTH);
+        return;
     }
     sys::close(img_fd);
 }
 
 /// A copy-on-write checkpoint whose writer runs: lets the program go at once, waits for the
 /// writer, then answers the requester, who commits and signals, and waits for its RELEASE.
-fn finish_cow(conn: i32, job: &Job, scratch: &Scratch, quiesce_start: u64, quiesce_ms: u64) {
+///
+/// Returns true when the writer was left behind, still waiting on the destination after it
+/// was killed (`offload::leave_behind` has the image descriptor then, and `tmp`).
+fn finish_cow(
+    conn: i32,
+    job: &Job,
+    scratch: &Scratch,
+    quiesce_start: u64,
+    quiesce_ms: u64,
+    tmp: &super::offload::TmpName,
+) -> bool {
     let pidfd = job.writer.load(Acquire);
     REQUEST_FDS[2].store(pidfd, Release);
     // The image is the snapshot's: as far as the program's callbacks are concerned the
@@ -962,6 +1031,17 @@ fn finish_cow(conn: i32, job: &Job, scratch: &Scratch, quiesce_start: u64, quies
     let stop_ns = sys::monotonic_ns() - quiesce_start;
     let res = super::cow::wait(pidfd, scratch, conn, job.deadline_ns);
     REQUEST_FDS[2].store(-1, Release);
+    if let Err(e @ super::cow::WriterError::Lingering(_)) = &res {
+        // Killed, but still in the kernel (a write the destination does not answer): the
+        // next checkpoint must not wait for it. Reaped from our loop once it is gone.
+        super::incremental::failed();
+        let mut m = StackBuf::<240>::new();
+        e.describe(&mut m);
+        m.push(b" (the killed writer still waits on the destination: left to end on its own)");
+        send_reply(conn, e.errno(), 0, m.as_bytes());
+        super::offload::leave_behind(0, pidfd, [job.fd, -1], tmp);
+        return true;
+    }
     match res {
         Ok(bytes) => {
             // The writer's trailer is in the scratch area: an incremental checkpoint's next
@@ -995,6 +1075,7 @@ fn finish_cow(conn: i32, job: &Job, scratch: &Scratch, quiesce_start: u64, quies
             send_reply(conn, e.errno(), 0, m.as_bytes());
         }
     }
+    false
 }
 
 /// A delta whose page data is in the delta buffer (`agent::deltabuf`): lets the program go at

@@ -20,7 +20,9 @@
 //! It is invisible to the program: its exit signal is 0 (no `SIGCHLD`, and `waitpid(-1)` without
 //! `__WALL` never sees such a child), it is reaped through its pidfd, and it dies with the
 //! program (`PR_SET_PDEATHSIG`: the control thread that created it) or when the requester goes
-//! away (the writer checks the connection every 64 MiB, the control thread kills it). The
+//! away (the writer checks the connection every 64 MiB, the control thread kills it; a killed
+//! writer still waiting in the kernel 20 ms later, an `O_DIRECT` write the destination does not
+//! answer, is left behind and reaped when it ends: `agent::offload`). The
 //! requester commits (rename) and sends `--term`/`--kill`/`--stop` only after the writer
 //! succeeded; a writer that fails fails the checkpoint like any other failure.
 
@@ -406,6 +408,8 @@ extern "C" fn writer_main(page_addr: usize) -> ! {
     );
     // Our copy of the program's memory is not tracked: nothing to arm here.
     super::incremental::in_writer();
+    // Our writes are our own (the program runs on): no helper (`agent::offload`).
+    super::offload::disable();
     if sys::sys3(libc::SYS_getppid as usize, 0, 0, 0).unwrap_or(0) as i32 != a.parent {
         sys::exit_group(1); // the program died before we were set up
     }
@@ -546,7 +550,14 @@ pub enum WriterError {
     RequesterGone,
     /// `--time` ran out (the writer was killed).
     Timeout,
+    /// As [`WriterError::Timeout`] (true) or [`WriterError::RequesterGone`] (false), but the
+    /// killed writer has not ended: it waits in the kernel (a write the destination does not
+    /// answer). Not reaped: its pidfd is the caller's (see `offload::leave_behind`).
+    Lingering(bool),
 }
+
+/// How long a killed writer gets to end before it is left behind (`WriterError::Lingering`).
+const KILLED_GRACE_MS: usize = 20;
 
 impl WriterError {
     /// The errno the requester gets.
@@ -554,8 +565,8 @@ impl WriterError {
         match self {
             WriterError::Step(_, e) => *e,
             WriterError::Killed(_) => libc::EIO,
-            WriterError::RequesterGone => libc::ECANCELED,
-            WriterError::Timeout => libc::ETIMEDOUT,
+            WriterError::RequesterGone | WriterError::Lingering(false) => libc::ECANCELED,
+            WriterError::Timeout | WriterError::Lingering(true) => libc::ETIMEDOUT,
         }
     }
     /// One line for the requester.
@@ -569,10 +580,10 @@ impl WriterError {
                 out.push(b"the copy-on-write writer was killed by signal ")
                     .num(*sig as u64);
             }
-            WriterError::RequesterGone => {
+            WriterError::RequesterGone | WriterError::Lingering(false) => {
                 out.push(b"the requester went away");
             }
-            WriterError::Timeout => {
+            WriterError::Timeout | WriterError::Lingering(true) => {
                 out.push(b"the image was not written in time");
             }
         }
@@ -627,7 +638,7 @@ pub fn wait(
             super::control::turn_away_busy();
         }
     }
-    if verdict.is_some() {
+    if let Some(v) = &verdict {
         let _ = sys::sys6(
             libc::SYS_pidfd_send_signal as usize,
             pidfd as usize,
@@ -637,6 +648,24 @@ pub fn wait(
             0,
             0,
         );
+        // A writer waiting uninterruptibly in the kernel (an O_DIRECT write on FUSE) ends
+        // only when its write returns: not waited for (the next checkpoint must not wait).
+        let mut p = libc::pollfd {
+            fd: pidfd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ended = sys::sys3(
+            libc::SYS_poll as usize,
+            &mut p as *mut _ as usize,
+            1,
+            KILLED_GRACE_MS,
+        )
+        .unwrap_or(0)
+            > 0;
+        if !ended {
+            return Err(WriterError::Lingering(matches!(v, WriterError::Timeout)));
+        }
     }
     let (r, info) = reap(pidfd);
     if let Some(v) = verdict {

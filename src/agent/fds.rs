@@ -59,6 +59,7 @@ pub fn capture(
                 || skip.contains(&fd)
                 || super::incremental::is_own_fd(fd)
                 || super::forward::owns(fd)
+                || super::offload::owns_fd(fd)
                 || crate::api::requests::is_request_socket(fd)
                 || kinds::unix::is_in_flight(fd)
             {

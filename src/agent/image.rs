@@ -241,6 +241,15 @@ pub mod io_report {
                 .num(AIO_ERRNO.load(Relaxed) as u64)
                 .push(b")");
         }
+        let helper = super::super::offload::HELPER_ERRNO.load(Relaxed);
+        if helper == super::super::offload::HELPER_OFF {
+            // (A write stuck on the destination then keeps the program stopped.)
+            out.push(b" helper=off(LIBCR_WRITE_HELPER=0)");
+        } else if helper != 0 {
+            out.push(b" helper=none(errno ")
+                .num(helper as u64)
+                .push(b")");
+        }
         let sampled = SAMPLED.load(Relaxed);
         if sampled != 0 {
             let how = STORED_RAW.load(Relaxed);
@@ -441,8 +450,9 @@ impl Counted {
 pub fn write_counted(fd: i32, addr: usize, len: usize, c: &mut Counted) -> Result<(), Errno> {
     let mut done = 0;
     while done < len {
-        // SAFETY: callers pass readable memory (scratch buffers, or program memory in extents).
-        match unsafe { sys::write_raw(fd, addr + done, len - done) } {
+        // (Callers pass readable memory: scratch buffers, or program memory in extents. A
+        // regular file's write goes through `agent::offload` in the stop.)
+        match super::offload::fd_call(libc::SYS_write as usize, fd, addr + done, len - done, 0) {
             Ok(0) => return Err(Errno(libc::EIO)),
             Ok(n) => {
                 done += n;
@@ -807,15 +817,14 @@ fn write_cached(
             h.update(mem);
             let mut done = 0usize;
             while done < mem.len() {
-                // SAFETY: `mem[done..]` is readable (above).
-                match unsafe {
-                    sys::pwrite_raw(
-                        fd,
-                        mem.as_ptr() as usize + done,
-                        mem.len() - done,
-                        at + e.file_off + done as u64,
-                    )
-                } {
+                // (`mem[done..]` is readable, above; through `agent::offload` in the stop.)
+                match super::offload::fd_call(
+                    libc::SYS_pwrite64 as usize,
+                    fd,
+                    mem.as_ptr() as usize + done,
+                    mem.len() - done,
+                    (at + e.file_off + done as u64) as usize,
+                ) {
                     Ok(0) => return Err(Errno(libc::EIO)),
                     Ok(n) => done += n,
                     Err(Errno(libc::EINTR)) => {}
@@ -864,7 +873,7 @@ fn write_trailer(
     tr.trailer_hash = page_hash(tpage, tsize);
     tpage[..tsize].copy_from_slice(bytemuck::bytes_of(&tr));
     write_mem(fd, tpage.as_ptr() as usize, PAGE).map_err(|e| (4, e))?;
-    match sys::fdatasync(fd) {
+    match super::offload::fd_call(libc::SYS_fdatasync as usize, fd, 0, 0, 0) {
         Ok(_) | Err(Errno(libc::EINVAL)) | Err(Errno(libc::EROFS)) => {}
         Err(e) => return Err((5, e)),
     }

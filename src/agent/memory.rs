@@ -830,10 +830,11 @@ fn maybe_huge(m: &MapLine) -> bool {
 }
 
 /// Whether the region at `start` is the agent's own memory, never part of an image: the
-/// scratch area of this checkpoint, or the delta buffer kept between checkpoints
-/// (`agent::deltabuf`).
+/// scratch area of this checkpoint, the delta buffer kept between checkpoints
+/// (`agent::deltabuf`), or the block of a write helper or of a writer left behind
+/// (`agent::offload`).
 fn agent_own(scratch: &Scratch, start: u64) -> bool {
-    scratch.contains(start) || super::deltabuf::contains(start)
+    scratch.contains(start) || super::deltabuf::contains(start) || super::offload::contains(start)
 }
 
 /// Scans `/proc/self/maps` and appends a region record (and an extents record) per region.

@@ -20,6 +20,7 @@ pub mod interpose;
 pub mod lazy;
 pub mod memory;
 pub mod netmap;
+pub mod offload;
 pub mod pending;
 pub mod process;
 pub mod quiesce;
@@ -219,6 +220,7 @@ pub fn init() -> bool {
     // text) does, without touching one more page of code in every process.
     unsafe { __register_atfork(None, None, Some(after_fork_child), &__dso_handle) };
     ctlstart::prepare();
+    offload::init();
     control::start(false);
     true
 }
@@ -255,6 +257,7 @@ extern "C" fn after_fork_child() {
     }
     ctlstart::after_fork_child();
     control::forget_request_fds();
+    offload::forget_in_child();
     incremental::after_fork_child();
     crate::api::reset_after_fork();
     // A child forked to become a restored process must stay single-threaded.

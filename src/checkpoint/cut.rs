@@ -257,6 +257,11 @@ fn request(opts: &Options, scope: i32, out: &Out) -> Request {
     if let Some(p) = &out.path {
         let abs = std::path::absolute(p).unwrap_or_else(|_| p.clone());
         req.set_dest(abs.as_os_str().as_encoded_bytes());
+        // A named temporary file (no O_TMPFILE here): the agent removes it if the checkpoint
+        // is given up while we cannot (killed, or its write stuck past our --time).
+        if out.named_tmp() {
+            req.flags |= protocol::FLAG_TMP_NAMED;
+        }
     }
     req
 }

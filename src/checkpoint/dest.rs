@@ -449,6 +449,15 @@ impl Out {
         }
     }
 
+    /// Whether the agents write a file named `.NAME.tmp` beside the final path (not unnamed,
+    /// not written in place, not through a compressing pipe): `protocol::FLAG_TMP_NAMED`.
+    pub fn named_tmp(&self) -> bool {
+        !self.anonymous
+            && self.zip.is_none()
+            && self.file.is_some()
+            && matches!((&self.tmp, &self.path), (Some(t), Some(p)) if t != p)
+    }
+
     /// Whether the file is written unnamed (`O_TMPFILE`), for `-v`.
     pub fn unnamed(&self) -> bool {
         self.anonymous

@@ -3,7 +3,13 @@
 
 use crate::protocol;
 
-pub use crate::tool::children;
+/// The children of `pid` that are processes of the program: an agent's own writers
+/// ([`is_agent_writer`]) are left out (they are never part of a checkpoint).
+pub fn children(pid: i32) -> Vec<i32> {
+    let mut kids = crate::tool::children(pid);
+    kids.retain(|&k| !is_agent_writer(k));
+    kids
+}
 
 /// The command name of `pid` (`comm`), or "" when it is gone.
 pub fn comm(pid: i32) -> String {
@@ -121,6 +127,15 @@ pub fn agent_coming(pid: i32) -> bool {
 pub fn is_waiting_restarter(pid: i32) -> bool {
     comm(pid) == "cr_restart"
         && (comm(parent(pid)) != "cr_restart" || protocol::target_identity(pid).1 == 1)
+}
+
+/// Whether `pid` is an agent's own writer, no process of the program: a copy-on-write writer
+/// (`cr-writer`) or the helper of a stopped write (`cr-io`, `agent::offload`), which may outlive
+/// a given-up checkpoint while its write waits on the destination. Both are created with exit
+/// signal 0 (field 38 of /proc/PID/stat), which no fork of the program has.
+pub fn is_agent_writer(pid: i32) -> bool {
+    matches!(comm(pid).as_str(), "cr-writer" | "cr-io")
+        && stat_fields(pid).is_some_and(|f| f.get(35).map(String::as_str) == Some("0"))
 }
 
 /// The pid of `inner` (a pid in the pid namespace of `member`) as our /proc names it.

@@ -3,7 +3,7 @@
 //! processes (replaced by the processes they restored), zombies and the ptrace rules.
 
 use super::procfs::{
-    children, is_waiting_restarter, members, ourselves, parent, state_of, tracers,
+    children, is_agent_writer, is_waiting_restarter, members, ourselves, parent, state_of, tracers,
 };
 use super::{CheckpointError, Note, Options, Ptraced};
 use crate::api::types::{CR_SCOPE_PGRP, CR_SCOPE_PROC, CR_SCOPE_SESS};
@@ -113,6 +113,7 @@ pub fn resolve(opts: &Options, note: &mut dyn FnMut(Note)) -> Result<Scope, Chec
                 .into_iter()
                 .filter(|&p| p != me)
                 .filter(|&p| !is_waiting_restarter(p))
+                .filter(|&p| !is_agent_writer(p))
                 .collect();
             if procs.is_empty() {
                 return Err(err(libc::ESRCH, format!("no process in {what} {id}")));
