@@ -111,10 +111,10 @@ pub(super) fn high_fd_floor() -> usize {
     }
 }
 
-/// Creates and binds this process's control socket; returns its descriptor. `lazy`: the signal
-/// the socket raises in the process (`O_ASYNC`) on a connection, set before it listens.
+/// Creates and binds this process's control socket; returns its descriptor. `lazy`: the socket
+/// signals the process (the checkpoint signal, `O_ASYNC`) on a connection, before it listens.
 #[link_section = ".text.hot.libcr_start"]
-fn bind_socket(lazy: Option<i32>, fork_child: bool) -> Result<i32, sys::Errno> {
+fn bind_socket(lazy: bool, fork_child: bool) -> Result<i32, sys::Errno> {
     let low = sys::sys3(
         libc::SYS_socket as usize,
         libc::AF_UNIX as usize,
@@ -135,11 +135,15 @@ fn bind_socket(lazy: Option<i32>, fork_child: bool) -> Result<i32, sys::Errno> {
     )
     .and_then(|_| {
         let mut fl = libc::O_NONBLOCK;
-        if let Some(signal) = lazy {
+        if lazy {
             // The signal names this descriptor (si_fd): set up at its final number, before
             // anyone can connect.
             sys::fcntl(fd, libc::F_SETOWN, sys::getpid() as usize)?;
-            sys::fcntl(fd, sys::fcntl_cmd::F_SETSIG, signal as usize)?;
+            sys::fcntl(
+                fd,
+                sys::fcntl_cmd::F_SETSIG,
+                super::quiesce::CR_SIGNUM as usize,
+            )?;
             fl |= libc::O_ASYNC;
             super::ctlstart::arm(fd);
         }
@@ -147,7 +151,7 @@ fn bind_socket(lazy: Option<i32>, fork_child: bool) -> Result<i32, sys::Errno> {
         sys::sys3(libc::SYS_listen as usize, fd as usize, 8, 0)
     });
     if let Err(e) = res {
-        if lazy.is_some() {
+        if lazy {
             super::ctlstart::disarm();
         }
         sys::close(fd);
@@ -237,37 +241,8 @@ pub fn bound_at_once() -> bool {
 pub fn bind_now_and_in_children() {
     if LAZY_SOCKET.load(Acquire) && !BIND_AT_ONCE.load(Acquire) {
         BIND_AT_ONCE.store(true, Release);
-        // A socket bound on a wake-up raises the wake-up signal, which may now be ignored or
-        // blocked: the checkpoint signal from now on, and a connection whose signal the
-        // kernel dropped (setting `SIG_IGN` discards a pending one) is served now.
-        let fd = LISTEN_FD.load(Acquire);
-        if fd >= 0 {
-            let _ = sys::fcntl(
-                fd,
-                sys::fcntl_cmd::F_SETSIG,
-                super::quiesce::CR_SIGNUM as usize,
-            );
-            super::ctlstart::start_if_waiting();
-        }
     }
     ensure_bound();
-}
-
-/// The signal a control socket bound on a wake-up raises on its first connection: the wake-up
-/// signal itself (it was just delivered, so it reaches the process), unless the program ignores
-/// or blocks it ([`bind_now_and_in_children`]); a socket bound otherwise (at init, in a fork
-/// child whose mask blocks the wake-up signal, where the program ignores or blocks it) raises
-/// the checkpoint signal. The wake-up signal's default action is to be ignored: a connection
-/// that reaches a process while it runs `exec` (the handlers are the defaults from then on, and
-/// a pending signal outlives `exec`) is dropped, where signal 64's default action ended the new
-/// program before its first instruction (a shell script's child checkpointed while it exec'd
-/// its command: `tests/faults.rs` `checkpoint_during_fork_exec_churn`).
-fn woken_socket_signal() -> i32 {
-    if BIND_AT_ONCE.load(Acquire) {
-        super::quiesce::CR_SIGNUM
-    } else {
-        protocol::WAKE_SIGNAL
-    }
 }
 
 /// Whether the socket is bound on a wake-up from now on (at init, around installing the
@@ -277,19 +252,10 @@ pub fn set_lazy_socket(on: bool) {
     LAZY_SOCKET.store(on, Release);
 }
 
-/// Binds the lazy control socket unless it is bound already, raising the checkpoint signal
-/// (async-signal-safe: raw syscalls only; where the program blocks or ignores the wake-up
+/// Binds the lazy control socket unless it is bound already (async-signal-safe: raw syscalls
+/// only; called by the wake-up signal's handler, and where the program blocks the wake-up
 /// signal). The control thread then starts on the first connection, as at an eager bind.
 pub fn ensure_bound() {
-    bind_lazily(super::quiesce::CR_SIGNUM);
-}
-
-/// [`ensure_bound`] for a wake-up (its handler): the socket raises [`woken_socket_signal`].
-pub fn ensure_bound_woken() {
-    bind_lazily(woken_socket_signal());
-}
-
-fn bind_lazily(signal: i32) {
     if !LAZY_SOCKET.load(Acquire) || LISTEN_FD.load(Acquire) >= 0 {
         return;
     }
@@ -297,7 +263,7 @@ fn bind_lazily(signal: i32) {
         return; // another thread binds it
     }
     if LISTEN_FD.load(Acquire) < 0 {
-        if let Ok(fd) = bind_socket(Some(signal), false) {
+        if let Ok(fd) = bind_socket(true, false) {
             LISTEN_FD.store(fd, Release);
         }
     }
@@ -309,7 +275,7 @@ fn bind_lazily(signal: i32) {
 #[link_section = ".text.hot.libcr_start"]
 fn bind_and_start(fork_child: bool) {
     let lazy = super::ctlstart::lazy_possible();
-    let Ok(fd) = bind_socket(lazy.then_some(super::quiesce::CR_SIGNUM), fork_child) else {
+    let Ok(fd) = bind_socket(lazy, fork_child) else {
         return;
     };
     LISTEN_FD.store(fd, Release);
@@ -399,7 +365,7 @@ pub(super) extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void
             | Err(sys::Errno(libc::EAGAIN)) => {}
             Err(_) => {
                 // The program closed our socket (or the pid changed): bind a new one.
-                match bind_socket(None, false) {
+                match bind_socket(false, false) {
                     Ok(fd) => LISTEN_FD.store(fd, Release),
                     Err(_) => return core::ptr::null_mut(),
                 }
@@ -1315,7 +1281,7 @@ fn after_restart() {
         // The trampoline made it /proc/self/exe where it could; we only close it.
         sys::close(info.exe_fd as i32);
     }
-    match bind_socket(None, false) {
+    match bind_socket(false, false) {
         Ok(fd) => LISTEN_FD.store(fd, Release),
         Err(_) => LISTEN_FD.store(-1, Release),
     }

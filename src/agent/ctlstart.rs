@@ -284,48 +284,9 @@ pub fn describe(out: &mut sys::StackBuf<240>) {
     }
 }
 
-/// `si_code` of a signal an `O_ASYNC` descriptor sent for input (`POLL_IN`).
-const POLL_IN: i32 = 1;
-
-/// Called by the handler of the signal the control socket raises (the wake-up signal or the
-/// checkpoint signal, see `control::socket_signal`) with the kernel's `info`: if the signal is
-/// the control socket's (`POLL_IN`, `si_fd`), starts the control thread (once) and returns
-/// true; false when the signal is the program's.
-///
-/// # Safety
-/// `info` is the kernel's siginfo for this handler invocation.
-pub unsafe fn on_socket_signal(info: *const libc::siginfo_t) -> bool {
-    // SAFETY: the kernel's siginfo; an O_ASYNC signal's holds si_band (a long) then si_fd at
-    // offset 24.
-    let (code, fd) = unsafe {
-        (
-            (*info).si_code,
-            core::ptr::read((info as *const u8).add(24) as *const i32),
-        )
-    };
-    code == POLL_IN && on_connection(fd)
-}
-
-/// Starts the control thread if the armed socket has a connection waiting (a non-blocking
-/// `poll`): for a socket signal that the kernel merged with another of the same standard
-/// signal, or dropped when the program set that signal to be ignored. False when nothing was
-/// waiting (or no socket is armed).
-pub fn start_if_waiting() -> bool {
-    let fd = ASYNC_FD.load(Acquire);
-    if fd < 0 || STATE.load(Acquire) != ARMED {
-        return false;
-    }
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let n = sys::sys3(libc::SYS_poll as usize, &mut p as *mut _ as usize, 1, 0);
-    n == Ok(1) && p.revents & libc::POLLIN != 0 && on_connection(fd)
-}
-
-/// Starts the control thread for a connection on descriptor `fd` if it is the armed control
-/// socket (once) and returns true; false when `fd` is not the control socket.
+/// Called by the checkpoint signal's handler for an `O_ASYNC` signal (`si_code` `POLL_IN`)
+/// about descriptor `fd`: if it is the control socket, starts the control thread (once) and
+/// returns true; false when the signal is the program's.
 pub fn on_connection(fd: i32) -> bool {
     if fd < 0 || fd != ASYNC_FD.load(Acquire) {
         return false;

@@ -193,21 +193,10 @@ pub unsafe extern "C" fn on_wake(sig: c_int, info: *mut libc::siginfo_t, uc: *mu
     // SAFETY: the kernel passes a valid siginfo; for SI_QUEUE the union holds si_value.
     let (code, value) = unsafe { ((*info).si_code, (*info).si_value().sival_ptr as u64) };
     if code == libc::SI_QUEUE && value == crate::protocol::WAKE_MAGIC {
-        super::control::ensure_bound_woken();
-        // (A wake-up sent again while the socket's signal was pending took its place.)
-        super::ctlstart::start_if_waiting();
+        super::control::ensure_bound();
         super::quiesce::reissue_after_async_signal(uc as *mut libc::ucontext_t);
         return;
     }
-    // The control socket's first connection (`control::socket_signal`).
-    // SAFETY: the kernel's siginfo.
-    if unsafe { super::ctlstart::on_socket_signal(info) } {
-        super::quiesce::reissue_after_async_signal(uc as *mut libc::ucontext_t);
-        return;
-    }
-    // SIGURG is a standard signal, one pending at a time: the socket's may have merged with
-    // the program's.
-    super::ctlstart::start_if_waiting();
     // SAFETY: the kernel's arguments, passed on.
     unsafe { deliver_to_program(sig, info, uc) };
 }

@@ -172,10 +172,13 @@ pub fn wait_done(seen: u32) {
 pub unsafe extern "C" fn on_signal(sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo.
     let si = unsafe { &*info };
-    // SAFETY: the kernel's siginfo.
-    if unsafe { super::ctlstart::on_socket_signal(info) } {
-        reissue_after_async_signal(uc as *mut libc::ucontext_t);
-        return;
+    if si.si_code == POLL_IN {
+        // SAFETY: an O_ASYNC signal's siginfo holds si_band (a long) then si_fd at offset 24.
+        let fd = unsafe { core::ptr::read((info as *const u8).add(24) as *const i32) };
+        if super::ctlstart::on_connection(fd) {
+            reissue_after_async_signal(uc as *mut libc::ucontext_t);
+            return;
+        }
     }
     // SAFETY: for SI_QUEUE the union holds si_pid/si_uid/si_value; reading them is defined.
     let (pid, value) = unsafe { (si.si_pid(), si.si_value().sival_ptr as u64) };
@@ -189,6 +192,9 @@ pub unsafe extern "C" fn on_signal(sig: i32, info: *mut libc::siginfo_t, uc: *mu
     handle(uc as *mut libc::ucontext_t);
     IN_HANDLER.fetch_sub(1, AcqRel);
 }
+
+/// `si_code` of a signal an `O_ASYNC` descriptor sent for input (`POLL_IN`).
+const POLL_IN: i32 = 1;
 
 fn find_slot(tid: i32) -> Option<usize> {
     let n = NSLOTS.load(Acquire);
