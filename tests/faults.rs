@@ -380,24 +380,6 @@ fn fd_count(pid: u32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |rd| rd.count())
 }
 
-/// Open descriptors of `pid` once its agent's control socket is bound: the agent binds it only
-/// when a requester first wakes it (docs/ARCHITECTURE.md, "Start-up"), so this wakes it and
-/// waits for the one descriptor more.
-fn woken_fd_count(pid: u32) -> usize {
-    let before = fd_count(pid);
-    cr::protocol::wake(pid as i32).expect("wake the agent");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fd_count(pid) == before && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    assert_eq!(
-        fd_count(pid),
-        before + 1,
-        "the woken agent's control socket"
-    );
-    before + 1
-}
-
 /// Checkpoints (`--cont --time 3`, the default tree scope) of a program that forks children
 /// exiting at once and creates and joins threads without pause (c-tests/churn.c): each lands
 /// while a child or a thread is being created or is exiting. Whatever each checkpoint does, the
@@ -414,7 +396,7 @@ fn checkpoint_during_fork_and_thread_churn() {
     let prog = sc.program("churn");
     let mut job = sc.start("churn", sc.under_cr_run(&prog));
     job.wait_ready();
-    let fds = woken_fd_count(job.pid());
+    let fds = fd_count(job.pid());
     let runs = 8;
     let mut failed = Vec::new();
     for run in 0..runs {

@@ -181,99 +181,14 @@ fn identity(fork_child: bool) -> (u64, i32) {
     protocol::own_identity()
 }
 
-/// Whether this process binds its control socket only when woken (issue 11, idle cost): set at
-/// init where the control thread can start lazily (`ctlstart`) and the wake-up signal's handler
-/// is installed; inherited by fork children.
-#[link_section = ".data1"]
-static LAZY_SOCKET: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-/// Set where a wake-up may never arrive (the program blocks or ignores the wake-up signal):
-/// the socket is bound at once here and in every fork child ([`bind_now_and_in_children`]).
-#[link_section = ".data1"]
-static BIND_AT_ONCE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-/// Set while a thread binds the lazy socket ([`ensure_bound`]).
-#[link_section = ".data1"]
-static BINDING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-
-/// Whether the control socket is bound only on a wake-up in this process.
-pub fn lazy_socket() -> bool {
-    LAZY_SOCKET.load(Acquire)
-}
-
-/// At init (`fork_child` false) and in every fork child. Where the control thread can start on
-/// the first connection (`ctlstart`) and the wake-up handler is installed (`lazy_socket`),
-/// nothing is bound: the socket comes with the first wake-up ([`ensure_bound`]); a fork child
-/// only drops its parent's socket, if the parent had bound one. Elsewhere the socket is bound
-/// and the control thread started at once (a pthread), as before.
+/// Binds the socket (at init and in every fork child: `fork_child`) and starts the control
+/// thread: on the first connection where it can (`ctlstart`), else at once.
 #[link_section = ".text.hot.libcr_start"]
 pub fn start(fork_child: bool) {
-    if LISTEN_FD.load(Acquire) >= 0 {
-        let old = LISTEN_FD.swap(-1, AcqRel);
-        if old >= 0 {
-            sys::close(old); // inherited from the parent across fork
-        }
+    let old = LISTEN_FD.swap(-1, AcqRel);
+    if old >= 0 {
+        sys::close(old); // inherited from the parent across fork
     }
-    if fork_child && BINDING.load(Acquire) {
-        BINDING.store(false, Release); // a parent's thread was binding when it forked
-    }
-    if LAZY_SOCKET.load(Acquire) {
-        super::ctlstart::forget_socket();
-        // A child forked by a thread that blocks the wake-up signal (the program's, or one with
-        // a mask set by a raw system call, as the API's callback thread) could not be woken.
-        let urg = 1u64 << (protocol::WAKE_SIGNAL - 1);
-        if BIND_AT_ONCE.load(Acquire)
-            || (fork_child && sys::sigprocmask_raw(libc::SIG_BLOCK, None) & urg != 0)
-        {
-            ensure_bound();
-        }
-        return;
-    }
-    bind_and_start(fork_child);
-}
-
-/// Whether the lazy socket is bound at once here ([`bind_now_and_in_children`]), for `-v`.
-pub fn bound_at_once() -> bool {
-    BIND_AT_ONCE.load(Acquire)
-}
-
-/// Binds the lazy socket now, and in every fork child from now on: the program blocks the
-/// wake-up signal (a blocked wake-up would leave a requester waiting) or ignores it (the kernel
-/// then ignores it too, so that `SIG_IGN` survives `exec` as without the agent).
-pub fn bind_now_and_in_children() {
-    if LAZY_SOCKET.load(Acquire) && !BIND_AT_ONCE.load(Acquire) {
-        BIND_AT_ONCE.store(true, Release);
-    }
-    ensure_bound();
-}
-
-/// Whether the socket is bound on a wake-up from now on (at init, around installing the
-/// wake-up handler).
-#[link_section = ".text.hot.libcr_start"]
-pub fn set_lazy_socket(on: bool) {
-    LAZY_SOCKET.store(on, Release);
-}
-
-/// Binds the lazy control socket unless it is bound already (async-signal-safe: raw syscalls
-/// only; called by the wake-up signal's handler, and where the program blocks the wake-up
-/// signal). The control thread then starts on the first connection, as at an eager bind.
-pub fn ensure_bound() {
-    if !LAZY_SOCKET.load(Acquire) || LISTEN_FD.load(Acquire) >= 0 {
-        return;
-    }
-    if BINDING.swap(true, AcqRel) {
-        return; // another thread binds it
-    }
-    if LISTEN_FD.load(Acquire) < 0 {
-        if let Ok(fd) = bind_socket(true, false) {
-            LISTEN_FD.store(fd, Release);
-        }
-    }
-    BINDING.store(false, Release);
-}
-
-/// Binds the socket and starts the control thread: on the first connection where it can
-/// (`ctlstart`), else at once.
-#[link_section = ".text.hot.libcr_start"]
-fn bind_and_start(fork_child: bool) {
     let lazy = super::ctlstart::lazy_possible();
     let Ok(fd) = bind_socket(lazy, fork_child) else {
         return;

@@ -233,18 +233,6 @@ pub fn arm(fd: i32) {
     STATE.store(ARMED, Release);
 }
 
-/// In a fork child that binds its socket only when woken: the parent's socket (if it had one)
-/// is not armed here (only what differs is written).
-#[link_section = ".text.hot.libcr_start"]
-pub fn forget_socket() {
-    if STATE.load(Acquire) != IDLE {
-        STATE.store(IDLE, Release);
-    }
-    if ASYNC_FD.load(Acquire) != -1 {
-        ASYNC_FD.store(-1, Release);
-    }
-}
-
 /// The socket that was armed could not listen.
 pub fn disarm() {
     STATE.store(IDLE, Release);
@@ -277,11 +265,6 @@ pub fn describe(out: &mut sys::StackBuf<240>) {
         1 if !lazy_possible() && !EAGER_ASKED.load(Acquire) => b"control=thread(no TLS layout) ",
         _ => b"control=thread ",
     });
-    // The socket is bound on a wake-up (nothing said: the reply has 240 bytes), or at once
-    // where the program blocks or ignores the wake-up signal.
-    if super::control::lazy_socket() && super::control::bound_at_once() {
-        out.push(b"sock=eager ");
-    }
 }
 
 /// Called by the checkpoint signal's handler for an `O_ASYNC` signal (`si_code` `POLL_IN`)

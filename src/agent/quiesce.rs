@@ -521,7 +521,7 @@ fn is_move_not_to_eax(insn: &[u8]) -> bool {
 /// `%edi`/`%esi` between. A relative sleep continues with the time the kernel wrote back into
 /// `*rem` (the full time again when the program passed no `rem`); any other code keeps its
 /// `EINTR` (docs/ARCHITECTURE.md).
-pub(crate) fn reissue_after_async_signal(uc: *mut libc::ucontext_t) {
+fn reissue_after_async_signal(uc: *mut libc::ucontext_t) {
     // SAFETY: uc is this handler's context; the thread owns it.
     let g = unsafe { &mut (*uc).uc_mcontext.gregs };
     let rip = g[libc::REG_RIP as usize] as usize;

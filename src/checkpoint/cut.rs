@@ -109,12 +109,6 @@ fn try_connect(pid: i32) -> Result<Option<i32>, CheckpointError> {
             // Its memory went while we looked (it started exiting after the checks above):
             // not a process without an agent.
             Err(_) if gone(pid) => return Ok(None),
-            // A lazy agent that was woken (`protocol::connect`) and never bound its socket.
-            Err(libc::ETIMEDOUT) => {
-                return Err(err(libc::ETIMEDOUT, format!(
-                    "process {pid} ({}) has the agent but did not bind its control socket when woken (is signal {} blocked in every thread, or its handler replaced?)",
-                    comm(pid), protocol::WAKE_SIGNAL)))
-            }
             Err(_) if comm(pid) == "cr_restart" => {
                 return Err(err(CR_ENOSUPPORT, format!(
                     "process {pid} is cr_restart itself; checkpoint the restored program (its child) instead")))
