@@ -1,8 +1,10 @@
 /* churn: a program that forks and creates threads all the time, for checkpoints that land while
  * a child is being created or is exiting, or a thread is being created or is exiting.
- *   CR_TEST_GO=PATH churn
- * The main thread forks children that exit at once with status 7 and reaps each (any other
- * status is a FAIL); a second thread creates and joins short-lived threads that add 1 to a
+ *   CR_TEST_GO=PATH churn [exec]
+ * The main thread forks children that exit at once with status 7 (with `exec`, each child
+ * first runs this program again, `churn --exit7`, which exits 7 at once, as a shell script's
+ * children exec their commands) and reaps each (any other status, e.g. a child killed by a
+ * signal while it exec'd, is a FAIL); a second thread creates and joins short-lived threads that add 1 to a
  * counter (the count must equal the joins). Prints READY after the first of each, runs until
  * the GO file exists, then checks and prints PASS churn. */
 #define _GNU_SOURCE
@@ -10,6 +12,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -39,11 +42,13 @@ static void *thread_churner(void *arg)
     return NULL;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc > 1 && strcmp(argv[1], "--exit7") == 0) return 7;
+    int exec_children = argc > 1 && strcmp(argv[1], "exec") == 0;
     const char *go = getenv("CR_TEST_GO");
     if (!go) {
-        fprintf(stderr, "usage: CR_TEST_GO=PATH churn\n");
+        fprintf(stderr, "usage: CR_TEST_GO=PATH churn [exec]\n");
         return 2;
     }
     pthread_t churner;
@@ -56,7 +61,16 @@ int main(void)
             printf("FAIL churn: fork\n");
             return 1;
         }
-        if (p == 0) _exit(7);
+        if (p == 0) {
+            if (exec_children) {
+                /* CR_TEST_EXEC_DELAY_US: each child waits up to that long before its exec. */
+                const char *d = getenv("CR_TEST_EXEC_DELAY_US");
+                if (d && atoi(d) > 0) usleep((unsigned)(forks * 7919 % atoi(d)));
+                char *args[] = {argv[0], "--exit7", NULL};
+                execv("/proc/self/exe", args);
+            }
+            _exit(7);
+        }
         int st;
         pid_t r;
         do {
@@ -81,6 +95,7 @@ int main(void)
                thread_fail);
         return 1;
     }
-    printf("PASS churn (%ld forks, %ld threads)\n", forks, joined);
+    printf("PASS churn (%ld forks%s, %ld threads)\n", forks, exec_children ? " with exec" : "",
+           joined);
     return 0;
 }

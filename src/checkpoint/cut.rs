@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 const CR_ENOSUPPORT: i32 = crate::api::types::CR_ENOSUPPORT;
 /// How long to wait for a process that cr_restart is still restoring.
 const RESTORE_WAIT: Duration = Duration::from_secs(60);
+/// How long a process that shows no agent is looked at again: one in the middle of an exec
+/// shows none for a moment (found with `c-tests/churn.c exec`, docs/RELIABILITY.md).
+const EXEC_SETTLE: Duration = Duration::from_millis(100);
 /// How long a process that is loading the agent may take to open its control socket.
 const AGENT_START_WAIT: Duration = Duration::from_secs(2);
 /// Longest wait for every process to stop when no time limit is given (below the agent's own
@@ -112,6 +115,12 @@ fn try_connect(pid: i32) -> Result<Option<i32>, CheckpointError> {
             Err(_) if comm(pid) == "cr_restart" => {
                 return Err(err(CR_ENOSUPPORT, format!(
                     "process {pid} is cr_restart itself; checkpoint the restored program (its child) instead")))
+            }
+            // In the middle of an exec a process shows neither the agent's handlers nor, until
+            // the kernel has laid out the new stack, its environment (`agent_coming`): looked at
+            // again for a moment before it is called a process without an agent.
+            Err(_) if started.elapsed() < EXEC_SETTLE => {
+                std::thread::sleep(Duration::from_millis(2));
             }
             Err(_) => {
                 return Err(err(CR_ENOSUPPORT, format!(
