@@ -499,6 +499,25 @@ pub fn lseek(fd: i32, off: i64, whence: i32) -> SysResult {
     )
 }
 
+/// Polls one descriptor for `events`, waiting up to `timeout_ms` (-1: without limit); the
+/// events it reports (0: none before the timeout, or the call failed).
+pub fn poll_one(fd: i32, events: i16, timeout_ms: i32) -> i16 {
+    let mut p = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    match sys3(
+        libc::SYS_poll as usize,
+        &mut p as *mut _ as usize,
+        1,
+        timeout_ms as isize as usize,
+    ) {
+        Ok(n) if n > 0 => p.revents,
+        _ => 0,
+    }
+}
+
 /// `fdatasync(fd)`.
 pub fn fdatasync(fd: i32) -> SysResult {
     sys3(SYS_fdatasync as usize, fd as usize, 0, 0)

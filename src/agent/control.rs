@@ -314,12 +314,7 @@ fn refuse_busy(conn: i32) {
 /// Reads the request (waiting up to 1 s for it, closing a passed descriptor), then answers it
 /// with `errno` and the reason; the caller closes the connection.
 fn refuse(conn: i32, errno: i32, why: &[u8]) {
-    let mut p = libc::pollfd {
-        fd: conn,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let _ = sys::sys3(libc::SYS_poll as usize, &mut p as *mut _ as usize, 1, 1000);
+    sys::poll_one(conn, libc::POLLIN, 1000);
     if let Some((_, fd, raw_fd)) = recv_request(conn) {
         for f in [fd, raw_fd] {
             if f >= 0 {

@@ -370,12 +370,7 @@ pub fn start(
             }
             _ => {}
         }
-        let mut p = libc::pollfd {
-            fd: pidfd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        if sys::sys3(libc::SYS_poll as usize, &mut p as *mut _ as usize, 1, 0).unwrap_or(0) > 0 {
+        if sys::poll_one(pidfd, libc::POLLIN, 0) != 0 {
             // It ended before its verdict (it could not read its maps).
             let _ = reap(pidfd);
             if !prebuilt {
@@ -557,7 +552,7 @@ pub enum WriterError {
 }
 
 /// How long a killed writer gets to end before it is left behind (`WriterError::Lingering`).
-const KILLED_GRACE_MS: usize = 20;
+const KILLED_GRACE_MS: i32 = 20;
 
 impl WriterError {
     /// The errno the requester gets.
@@ -650,19 +645,7 @@ pub fn wait(
         );
         // A writer waiting uninterruptibly in the kernel (an O_DIRECT write on FUSE) ends
         // only when its write returns: not waited for (the next checkpoint must not wait).
-        let mut p = libc::pollfd {
-            fd: pidfd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ended = sys::sys3(
-            libc::SYS_poll as usize,
-            &mut p as *mut _ as usize,
-            1,
-            KILLED_GRACE_MS,
-        )
-        .unwrap_or(0)
-            > 0;
+        let ended = sys::poll_one(pidfd, libc::POLLIN, KILLED_GRACE_MS) != 0;
         if !ended {
             return Err(WriterError::Lingering(matches!(v, WriterError::Timeout)));
         }

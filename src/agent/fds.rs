@@ -252,13 +252,7 @@ fn no_writers(fd: i32) -> bool {
     if fl & libc::O_ACCMODE != libc::O_RDONLY {
         return false;
     }
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    sys::sys3(libc::SYS_poll as usize, &mut p as *mut _ as usize, 1, 0).is_ok()
-        && p.revents & libc::POLLHUP != 0
+    sys::poll_one(fd, libc::POLLIN, 0) & libc::POLLHUP != 0
 }
 
 /// Copies the bytes buffered in the pipe behind `fd` into the tail of a `REC_PIPE_DATA` record

@@ -372,13 +372,7 @@ pub fn requester_gone() -> bool {
     if conn < 0 {
         return false;
     }
-    let mut p = libc::pollfd {
-        fd: conn,
-        events: libc::POLLRDHUP,
-        revents: 0,
-    };
-    let n = sys::sys3(libc::SYS_poll as usize, &mut p as *mut _ as usize, 1, 0).unwrap_or(0);
-    n > 0 && p.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0
+    sys::poll_one(conn, libc::POLLRDHUP, 0) & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0
 }
 
 /// Checked between pieces of a write: `ETIMEDOUT` when `--time` ran out (`deadline_ns`;

@@ -575,17 +575,7 @@ fn wait_exit(pidfd: i32) {
     if pidfd < 0 {
         return;
     }
-    let mut p = libc::pollfd {
-        fd: pidfd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let _ = sys::sys3(
-        libc::SYS_poll as usize,
-        &mut p as *mut _ as usize,
-        1,
-        usize::MAX,
-    );
+    sys::poll_one(pidfd, libc::POLLIN, -1);
 }
 
 /// Removes the temporary file at `path` if it is still the file of `dev`/`ino` (never another
