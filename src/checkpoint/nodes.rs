@@ -588,7 +588,7 @@ pub fn join(
     let wait = join_checks(coord, secret, name, opts)?;
     let s = nodelink::connect(coord, Instant::now() + wait)
         .map_err(|e| io_err(&format!("cannot reach the coordinator at {coord}"), e))?;
-    join_on(s, coord, secret, name, opts, note)
+    join_checked(s, coord, secret, name, opts, wait, note)
 }
 
 /// [`join`] through `s`, a connection to the coordinator at `coord` already made (a node
@@ -602,6 +602,19 @@ pub fn join_on(
     note: &mut dyn FnMut(Note),
 ) -> Result<Outcome, CheckpointError> {
     let wait = join_checks(coord, secret, name, opts)?;
+    join_checked(s, coord, secret, name, opts, wait, note)
+}
+
+/// [`join_on`] once [`join_checks`] has passed (and said how long to `wait`).
+fn join_checked(
+    s: Stream,
+    coord: &Endpoint,
+    secret: Option<&Secret>,
+    name: &str,
+    opts: &Options,
+    wait: Duration,
+    note: &mut dyn FnMut(Note),
+) -> Result<Outcome, CheckpointError> {
     let mut wire = Wire::new(s, "the coordinator".into())?;
     match secret {
         None => wire.send(&format!("HELLO {name}"))?,
