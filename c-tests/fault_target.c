@@ -17,7 +17,9 @@
  *          "F SEQ NS 0" ticks until GO, then exits (nobody waits for it).
  *   cs     whenever $CR_TEST_DIR/hold exists (and release does not), a thread enters a critical
  *          section ("IN_CS"), prints "PENDING" once cr_status() says a checkpoint waits for it,
- *          waits for $CR_TEST_DIR/release, leaves it, waits for hold to go away ("LEFT_CS").
+ *          waits for $CR_TEST_DIR/release, leaves it, waits for hold to go away ("LEFT_CS");
+ *          if $CR_TEST_DIR/exit appears while it waits for release, the program prints
+ *          "EXITING" and calls exit(3) from inside the critical section.
  *   vfork  a thread calls vfork(); the child waits for $CR_TEST_DIR/release and _exits, so the
  *          thread sits in the kernel (uninterruptible, as in D state) and cannot stop for a
  *          checkpoint meanwhile; it prints "VFORKED" first (from the child, on stdout).
@@ -41,7 +43,8 @@
 #define NAME "fault_target"
 #include "fail.h"
 
-static char release_path[4096], hold_path[4096], exec_path[4096], fork_path[4096], go_path[4096];
+static char release_path[4096], hold_path[4096], exec_path[4096], fork_path[4096], go_path[4096],
+    exit_path[4096];
 static int client_id = -1;
 
 static void say(const char *fmt, ...)
@@ -123,8 +126,13 @@ static void *cs_thread(void *arg)
             while (status() != 1 && access(release_path, F_OK) != 0)
                 usleep(1000);
             say("PENDING\n");
-            while (access(release_path, F_OK) != 0)
+            while (access(release_path, F_OK) != 0) {
+                if (access(exit_path, F_OK) == 0) {
+                    say("EXITING\n");
+                    exit(3);
+                }
                 usleep(1000);
+            }
             leave(id);
             while (access(hold_path, F_OK) == 0)
                 usleep(1000);
@@ -160,6 +168,7 @@ int main(int argc, char **argv)
     snprintf(hold_path, sizeof hold_path, "%s/hold", dir);
     snprintf(exec_path, sizeof exec_path, "%s/exec", dir);
     snprintf(fork_path, sizeof fork_path, "%s/fork", dir);
+    snprintf(exit_path, sizeof exit_path, "%s/exit", dir);
     snprintf(go_path, sizeof go_path, "%s", go);
     size_t len = (size_t)atoi(argv[1]) << 20;
     const char *mode = argv[2];

@@ -1009,6 +1009,65 @@ fn requester_killed_before_commit() {
     check_notice(&format!("{at:?}"), &mut kill_requester_at(at, 3));
 }
 
+/// The target ends while its agent waits for it to leave a critical section (mode `cs`: a
+/// checkpoint is pending, nothing is stopped yet): once by calling `exit(3)` from inside the
+/// section, once SIGKILLed. cr_checkpoint fails with one line and an exit code, leaves no file
+/// at the final path or beside it, and nothing hangs; the image taken before restores to PASS.
+#[test]
+fn target_ends_while_its_critical_section_is_awaited() {
+    use std::os::unix::process::ExitStatusExt;
+    let sc = Scenario::new("fault-target-ends-in-cs");
+    for (run, by_exit) in [true, false].into_iter().enumerate() {
+        let what = format!(
+            "target {} in its critical section, run {run}",
+            if by_exit { "exits" } else { "SIGKILLed" }
+        );
+        let (mut job, old) = start_target(&sc, 8, "cs");
+        let pid = job.pid();
+        fs::write(sc.work_dir().join("hold"), b"").expect("create hold");
+        job.wait_line("IN_CS", TOOL_TIMEOUT);
+        let listing = names(&sc.img_dir());
+        let img = sc.img_dir().join(format!("cs-end-{run}.img"));
+        let mut tool = start_checkpoint(&sc, &[], &img, pid, "");
+        job.wait_line("PENDING", TOOL_TIMEOUT);
+        let st = if by_exit {
+            fs::write(sc.work_dir().join("exit"), b"").expect("create exit");
+            job.wait_exit(DEATH_TIMEOUT)
+        } else {
+            sigkill_one(pid);
+            job.wait_exit(DEATH_TIMEOUT)
+        };
+        if by_exit {
+            assert_eq!(st.code(), Some(3), "{what}: {st}\n{}", job.diag());
+        } else {
+            assert_eq!(st.signal(), Some(libc::SIGKILL), "{what}: {st}");
+        }
+        let (tst, stderr) = finish_tool(&mut tool, &what);
+        let line = one_line_failure(tst, &stderr, &what);
+        let end = if by_exit {
+            "exited with status 3"
+        } else {
+            "killed by signal 9"
+        };
+        assert!(
+            tst.code() == Some(3) && line.contains(end) && line.contains("before it stopped"),
+            "{what}: exit 3 (ESRCH) and a line that says how it ended: {tst}: {line}"
+        );
+        assert!(!img.exists(), "{what}: a file at the final path");
+        assert_eq!(names(&sc.img_dir()), listing, "{what}: files left");
+        let msg = format!("{}: {what}: {tst}: {line}", sc.name());
+        eprintln!("{msg}");
+        sc.note(&msg);
+        for f in ["hold", "exit"] {
+            let _ = fs::remove_file(sc.work_dir().join(f));
+        }
+        sc.go();
+        sc.restart(&old).expect_pass(RESTART_TIMEOUT);
+        fs::remove_file(sc.go_file()).expect("remove GO");
+        fs::remove_file(old).expect("remove image");
+    }
+}
+
 /// A started cr_checkpoint's result: exit status, stderr.
 fn finish_tool(tool: &mut Job, what: &str) -> (std::process::ExitStatus, String) {
     let st = tool

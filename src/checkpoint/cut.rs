@@ -401,7 +401,7 @@ pub(super) fn checkpoint_one(
         if ends_within(pid, END_WAIT) {
             let msg = match zombie_end(pid) {
                 Some(end) => format!("process {pid} {end} during the checkpoint: nothing to checkpoint"),
-                None => format!("process {pid} ended during the checkpoint (while its callbacks ran?): nothing to checkpoint"),
+                None => format!("process {pid} ended during the checkpoint (in its callbacks or a critical section?): nothing to checkpoint"),
             };
             return Err(err(libc::ESRCH, msg));
         }
@@ -1035,8 +1035,8 @@ pub(super) fn checkpoint_many(
         let msg = match gone.len() {
             0 => "every process was omitted: nothing to checkpoint".to_string(),
             1 => match gone[0].parse().ok().and_then(zombie_end) {
-                Some(end) => format!("process {} {end} before it stopped for the checkpoint (while its callbacks ran): nothing to checkpoint", gone[0]),
-                None => format!("process {} ended during the checkpoint (while its callbacks ran?): nothing to checkpoint", gone[0]),
+                Some(end) => format!("process {} {end} before it stopped for the checkpoint (in its callbacks or a critical section): nothing to checkpoint", gone[0]),
+                None => format!("process {} ended during the checkpoint (in its callbacks or a critical section?): nothing to checkpoint", gone[0]),
             },
             _ => format!("processes {} ended or were omitted during the checkpoint: nothing to checkpoint", gone.join(", ")),
         };
