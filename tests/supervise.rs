@@ -203,15 +203,7 @@ fn preempt_and_resume(name: &str, user: Option<(u32, u32)>) {
         "--keep 2 (default): {gens:?}"
     );
     // The supervisor said where the job's images are; the status lists them as good.
-    let status = sc.run_tool(
-        "cr_run --status",
-        sc.command(&[
-            sc.tools().cr_run.clone().into_os_string(),
-            "--status".into(),
-            dir.clone().into_os_string(),
-        ]),
-    );
-    status.assert_success();
+    let status = sc.cr_run_status(&dir);
     assert!(
         status.stdout.contains("good") && status.stdout.contains("counter_job"),
         "{}",
@@ -282,15 +274,7 @@ fn damaged_newest_generation_falls_back() {
     bytes[at] ^= 0xff;
     fs::write(&newest, &bytes).expect("damage newest");
     // --status tells the damaged generation from the good one, for a person.
-    let status = sc.run_tool(
-        "cr_run --status",
-        sc.command(&[
-            sc.tools().cr_run.clone().into_os_string(),
-            "--status".into(),
-            dir.clone().into_os_string(),
-        ]),
-    );
-    status.assert_success();
+    let status = sc.cr_run_status(&dir);
     let lines: Vec<&str> = status.stdout.lines().collect();
     assert!(
         lines.len() == 3
@@ -1518,15 +1502,7 @@ fn job_id_names_the_images() {
         "images named after --id: {gens:?}\n{}",
         job.diag()
     );
-    let status = sc.run_tool(
-        "cr_run --status",
-        sc.command(&[
-            sc.tools().cr_run.clone().into_os_string(),
-            "--status".into(),
-            dir.clone().into_os_string(),
-        ]),
-    );
-    status.assert_success();
+    let status = sc.cr_run_status(&dir);
     assert!(
         status.stdout.starts_with("job sim-7.a: ") && status.stdout.contains("counter_job 40 10 0"),
         "{}",

@@ -169,15 +169,7 @@ fn incremental_generations_keep_their_chain_and_resume() {
         full > u64::from(BALLAST_MB) << 20 && d2 < 4 << 20 && d3 < 4 << 20,
         "deltas of {d2} and {d3} bytes (full image: {full})"
     );
-    let status = sc.run_tool(
-        "cr_run --status",
-        sc.command(&[
-            sc.tools().cr_run.clone().into_os_string(),
-            "--status".into(),
-            dir.clone().into_os_string(),
-        ]),
-    );
-    status.assert_success();
+    let status = sc.cr_run_status(&dir);
     assert!(
         status.stdout.contains("delta of 2") && status.stdout.contains("delta of 1"),
         "{}",

@@ -807,6 +807,21 @@ impl Scenario {
         job
     }
 
+    /// `cr_run --status DIR` run to completion, asserted successful: what a person sees of a
+    /// supervised job's images.
+    pub fn cr_run_status(&self, dir: &Path) -> ToolResult {
+        let res = self.run_tool(
+            "cr_run --status",
+            self.command(&[
+                self.tools.cr_run.clone().into_os_string(),
+                "--status".into(),
+                dir.as_os_str().to_owned(),
+            ]),
+        );
+        res.assert_success();
+        res
+    }
+
     /// Run a command to completion (own process group, timeout [`TOOL_TIMEOUT`]); panics if it
     /// does not finish in time.
     pub fn run_tool(&self, what: &str, cmd: Command) -> ToolResult {
