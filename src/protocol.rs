@@ -98,7 +98,7 @@ pub const FLAG_PROGRESS: u32 = 0x2000;
 /// out, or the requester gone before its commit) the agent removes that name if it is still
 /// the descriptor's file (same device and inode), once no write of its own waits on it
 /// (`agent::offload`); never the final path, never another file.
-pub const FLAG_TMP_NAMED: u32 = 0x10000;
+pub const FLAG_TMP_NAMED: u32 = 0x20000;
 
 /// The temporary name [`FLAG_TMP_NAMED`] means for the final path `dest`: `DIR/.NAME.tmp`
 /// (`checkpoint::dest` creates it so). Written into `out`; returns its length (0: `dest` is
