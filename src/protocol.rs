@@ -100,6 +100,12 @@ pub const FLAG_PROGRESS: u32 = 0x2000;
 /// (`agent::offload`); never the final path, never another file.
 pub const FLAG_TMP_NAMED: u32 = 0x20000;
 
+/// What an agent's failure message says when a writer of the image was left behind, still
+/// waiting on the destination (`agent::offload`): with [`FLAG_TMP_NAMED`] the agent removes
+/// the temporary file itself once that write is over, and the requester must not try (its
+/// removal would wait behind the stuck write, holding the directory's lock).
+pub const LEFT_BEHIND: &str = "still waits on the destination";
+
 /// The temporary name [`FLAG_TMP_NAMED`] means for the final path `dest`: `DIR/.NAME.tmp`
 /// (`checkpoint::dest` creates it so). Written into `out`; returns its length (0: `dest` is
 /// not an absolute path with a file name, or the result does not fit).

@@ -2423,8 +2423,16 @@ fn destination_fuse_server_stalls() {
             )
         } else {
             let (st, stderr) = finish_tool(&mut tool, what);
+            let exited = Duration::from_nanos(mono_ns() - started);
             let msg = one_line_failure(st, &stderr, what);
             assert_eq!(st.code(), Some(110), "{what}: {stderr}");
+            // cr_checkpoint itself exits at --time (a fraction of a second after; 2.5 s for a
+            // loaded host): it leaves the removal of .NAME.tmp to the agent, whose writer is
+            // left behind (before: its own removal waited 2 s behind the stuck write, 3.0 s).
+            assert!(
+                exited < Duration::from_millis(2500),
+                "{what}: cr_checkpoint exited only {exited:?} after the request: {stderr}"
+            );
             // Released at --time (1 s after the request), not when the server answers: the
             // end of the longest pause of the ticks since the request.
             let t = ticks(&job.stdout());
@@ -2445,11 +2453,7 @@ fn destination_fuse_server_stalls() {
                 "{what}: the program ran again only {released:?} after the request"
             );
             (
-                format!(
-                    "exit {:?} after {:?}: {msg}",
-                    st.code(),
-                    Duration::from_nanos(mono_ns() - started)
-                ),
+                format!("exit {:?} after {exited:?}: {msg}", st.code()),
                 format!("{released:?} after the request"),
             )
         };

@@ -989,7 +989,9 @@ fn serve_request(
         m.push(b"failed at ")
             .push(STEPS[job.step.load(Acquire) as usize % STEPS.len()].as_bytes());
         if stuck.is_some() {
-            m.push(b" (a write of it still waits on the destination: left to finish on its own)");
+            m.push(b" (a write of it ")
+                .push(protocol::LEFT_BEHIND.as_bytes())
+                .push(b": left to finish on its own)");
         }
         conclude(conn, true, -(e as i64), e, 0, m.as_bytes());
     }
@@ -1032,7 +1034,9 @@ fn finish_cow(
         super::incremental::failed();
         let mut m = StackBuf::<240>::new();
         e.describe(&mut m);
-        m.push(b" (the killed writer still waits on the destination: left to end on its own)");
+        m.push(b" (the killed writer ")
+            .push(protocol::LEFT_BEHIND.as_bytes())
+            .push(b": left to end on its own)");
         send_reply(conn, e.errno(), 0, m.as_bytes());
         super::offload::leave_behind(0, pidfd, [job.fd, -1], tmp);
         return true;

@@ -389,7 +389,10 @@ pub(super) fn checkpoint_one(
         Ok(None) => loop {
             match recv_by(sock, deadline) {
                 Ok(Some(r)) if r.status == protocol::STATUS_PROGRESS => note(progress(pid, &r)),
-                Ok(None) => return Err(write_stuck(pid, opts.time)),
+                Ok(None) => {
+                    cut.outs[0].leave_to_agent();
+                    return Err(write_stuck(pid, opts.time));
+                }
                 other => break other,
             }
         },
@@ -422,7 +425,11 @@ pub(super) fn checkpoint_one(
     };
     if reply.status != 0 {
         let e = reply.status;
-        return Err(err(e, failed_msg(pid, &reply.message(), e, opts.time)));
+        let msg = reply.message();
+        if msg.contains(protocol::LEFT_BEHIND) {
+            cut.outs[0].leave_to_agent();
+        }
+        return Err(err(e, failed_msg(pid, &msg, e, opts.time)));
     }
     cut.members[0].contacted = true;
     cut.members[0].bytes = reply.bytes;
@@ -1154,7 +1161,11 @@ pub(super) fn checkpoint_many(
                 Ok(Some(r)) if r.status == protocol::STATUS_PROGRESS => note(progress(pid, &r)),
                 Ok(Some(r)) if r.status < 0 => {}
                 Ok(Some(r)) => break r,
-                Ok(None) => return Err(write_stuck(pid, cut.opts.time)),
+                Ok(None) => {
+                    let o = cut.members[i].out;
+                    cut.outs[o].leave_to_agent();
+                    return Err(write_stuck(pid, cut.opts.time));
+                }
                 _ => {
                     return Err(lost(
                         libc::EIO,
@@ -1166,9 +1177,14 @@ pub(super) fn checkpoint_many(
         if reply.status != 0 {
             // It released itself; the others are released when the cut is dropped.
             cut.members[i].omitted = true;
+            let msg = reply.message();
+            if msg.contains(protocol::LEFT_BEHIND) {
+                let o = cut.members[i].out;
+                cut.outs[o].leave_to_agent();
+            }
             return Err(err(
                 reply.status,
-                failed_msg(pid, &reply.message(), reply.status, cut.opts.time),
+                failed_msg(pid, &msg, reply.status, cut.opts.time),
             ));
         }
         cut.members[i].bytes = reply.bytes;

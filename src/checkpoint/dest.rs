@@ -449,6 +449,17 @@ impl Out {
         }
     }
 
+    /// The agent was told this file's temporary name (`protocol::FLAG_TMP_NAMED`) and left a
+    /// write of it behind, or does not answer at all (its write is stuck): it removes
+    /// `.NAME.tmp` itself once that write is over (`agent::offload`), so [`Out::discard`] does
+    /// not. Ours would wait behind the stuck write (holding the directory's lock, so that no
+    /// file could be created or removed there meanwhile) and hold up our exit past `--time`.
+    pub fn leave_to_agent(&mut self) {
+        if self.named_tmp() {
+            self.tmp = None;
+        }
+    }
+
     /// Whether the agents write a file named `.NAME.tmp` beside the final path (not unnamed,
     /// not written in place, not through a compressing pipe): `protocol::FLAG_TMP_NAMED`.
     pub fn named_tmp(&self) -> bool {
