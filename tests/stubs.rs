@@ -89,6 +89,100 @@ fn preloaded_libraries_do_not_need_libgcc_s() {
     }
 }
 
+/// `readelf ARGS lib`'s output (binutils).
+fn readelf(args: &[&str], lib: &Path) -> String {
+    let out = Command::new("readelf")
+        .args(args)
+        .arg(lib)
+        .output()
+        .expect("readelf (binutils)");
+    assert!(out.status.success(), "readelf {args:?} {}", lib.display());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The first hexadecimal number of `line` after `skip` fields.
+fn hex_field(line: &str, skip: usize) -> Option<u64> {
+    let f = line.split_whitespace().nth(skip)?;
+    u64::from_str_radix(f.trim_start_matches("0x"), 16).ok()
+}
+
+/// Every process under cr_run loads the stub and libcr, and each page their start-up touches is a
+/// page fault (5-8 us here). build/startup.ld gathers that code after `.init` and the data the
+/// loader writes outside RELRO on the page that starts `.bss` (issue 11, idle cost); this
+/// catches a build where the script no longer applies or a new relocated word landed elsewhere
+/// (each one more fault in every exec).
+#[test]
+fn preloaded_libraries_keep_start_up_on_few_pages() {
+    const PAGE: u64 = 4096;
+    for lib in ["libcr.so", "libcr_run.so", "libcr_omit.so"] {
+        let path = lib_dir().join(lib);
+        let sections = readelf(&["-SW"], &path);
+        // `[Nr] Name Type Address Off Size ...`: the fields after the closing bracket.
+        let section = |name: &str| -> Option<(u64, u64)> {
+            sections.lines().find_map(|l| {
+                let rest = l.split_once(']')?.1;
+                let mut f = rest.split_whitespace();
+                if f.next()? != name {
+                    return None;
+                }
+                Some((hex_field(rest, 2)?, hex_field(rest, 4)?))
+            })
+        };
+        let need = |name: &str| {
+            section(name).unwrap_or_else(|| {
+                panic!("{lib}: no {name} section (build/startup.ld not applied?):\n{sections}")
+            })
+        };
+        let (init, init_len) = need(".init");
+        let (text, text_len) = need(".text.libcr_start");
+        let (plt, plt_len) = need(".plt");
+        let (data, data_len) = need(".data.libcr_start");
+        let (bss, _) = need(".bss");
+        assert!(
+            init < text && text < plt && plt + plt_len - init < 0x10000 && text - (init + init_len) < 64,
+            "{lib}: .init {init:#x}, .text.libcr_start {text:#x}+{text_len:#x}, .plt {plt:#x} are not together"
+        );
+        assert!(
+            data % PAGE == 0 && data + data_len <= bss && bss / PAGE == data / PAGE,
+            "{lib}: .data.libcr_start {data:#x}+{data_len:#x} is not one page that starts .bss ({bss:#x})"
+        );
+        let relro = readelf(&["-lW"], &path)
+            .lines()
+            .find(|l| l.trim_start().starts_with("GNU_RELRO"))
+            .and_then(|l| Some((hex_field(l, 2)?, hex_field(l, 5)?)))
+            .unwrap_or_else(|| panic!("{lib}: no GNU_RELRO segment"));
+        let relocs = readelf(&["-rW"], &path);
+        let mut outside = Vec::new();
+        for l in relocs.lines().filter(|l| l.contains(" R_")) {
+            let Some(at) = hex_field(l, 0) else { continue };
+            if (relro.0..relro.0 + relro.1).contains(&at) {
+                continue;
+            }
+            if at / PAGE != data / PAGE {
+                outside.push(l.to_string());
+            }
+        }
+        assert!(
+            outside.is_empty(),
+            "{lib}: relocations outside RELRO and off the .data.libcr_start page {data:#x} (add their \
+             sections to build/startup.ld):\n{}",
+            outside.join("\n")
+        );
+        // std's `.init_array` argument capture runs in every process (symbols kept: debug = 1).
+        let symbols = readelf(&["-sW"], &path);
+        if let Some(at) = symbols
+            .lines()
+            .find(|l| l.contains("ARGV_INIT_ARRAY") && l.contains("init_wrapper"))
+            .and_then(|l| hex_field(l, 1))
+        {
+            assert!(
+                (text..text + text_len).contains(&at),
+                "{lib}: std's init_wrapper at {at:#x} is outside .text.libcr_start"
+            );
+        }
+    }
+}
+
 #[test]
 fn dlopen_libcr_plain_and_under_cr_run() {
     let sc = Scenario::new("dlopen");
