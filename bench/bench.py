@@ -4,13 +4,16 @@
 In one run on one file system (the directory given by --dir):
   * the raw baseline: writing the same bytes with and without O_DIRECT (8 MiB writes, fdatasync),
     reading them hot (page cache) and cold (after drop_caches, when permitted);
-  * for each workload (1 GiB random, 4 GiB random, 4 GiB with 16 MiB touched, 1 GiB highly
-    compressible, a 64-thread program, a 10-process tree): checkpoint time (cr_checkpoint
-    started -> exited, i.e. request -> durable image), the stop time (the longest gap in the
+  * for each workload (1 GiB random, 4 GiB random, the same under `cr_run --huge-pages`, 4 GiB
+    with 16 MiB touched, 1 GiB highly compressible, a 64-thread program, a 10-process tree):
+    checkpoint time (cr_checkpoint started -> exited, i.e. request -> durable image), the stop
+    time (the longest gap in the
     workload's own per-step timestamps), the image size, restart -> first step (image hot in the
     page cache, and cold when caches can be dropped; lazy, the default, which maps the memory from
     the image, and `cr_restart --eager`, which reads all of it first), the agent's peak extra
-    memory (growth of VmHWM over the checkpoint, summed over the processes);
+    memory (growth of VmHWM over the checkpoint, summed over the processes); for `--cow`, a
+    bare fork() of the workload holding the same memory, timed alternately with each checkpoint
+    (the stop's physical floor: the page-table copy), and the stop's ratio to it;
   * the idle costs: a compute program (pthread and OpenMP) with and without cr_run, and N
     fork+exec of /bin/true with and without the agent;
   * the same workloads through CRIU (`criu`) and DMTCP (`dmtcp_launch`) when they are on PATH;
@@ -303,16 +306,18 @@ def longest_gap(path, t0, t1):
 
 
 class Workload:
-    """One benchmark workload: its name, arguments and nominal data size."""
+    """One benchmark workload: its name, arguments and nominal data size; with huge, run under
+    `cr_run --huge-pages` (its bare fork: BENCH_THP=1, the workload's own MADV_HUGEPAGE)."""
 
-    def __init__(self, name, args, data_mib):
-        self.name, self.args, self.data_mib = name, args, data_mib
+    def __init__(self, name, args, data_mib, huge=False):
+        self.name, self.args, self.data_mib, self.huge = name, args, data_mib, huge
 
 
 def workloads(smoke):
     if smoke:
         return [
             Workload("64 MiB random", ["random", "64"], 64),
+            Workload("64 MiB random, huge pages", ["random", "64"], 64, huge=True),
             Workload("256 MiB, 16 MiB touched", ["sparse", "256", "16"], 16),
             Workload("64 MiB compressible", ["compressible", "64"], 64),
             Workload("64 threads, 64 MiB", ["random", "64", "64", "64"], 64),
@@ -321,6 +326,7 @@ def workloads(smoke):
     return [
         Workload("1 GiB random", ["random", "1024"], 1024),
         Workload("4 GiB random", ["random", "4096"], 4096),
+        Workload("4 GiB random, huge pages", ["random", "4096"], 4096, huge=True),
         Workload("4 GiB, 16 MiB touched", ["sparse", "4096", "16"], 16),
         Workload("1 GiB compressible", ["compressible", "1024"], 1024),
         Workload("64 threads, 256 MiB", ["random", "256", "256", "64"], 256),
@@ -351,6 +357,35 @@ class Sample:
         self.hot_eager = self.cold_eager = None  # cr_restart --eager (hot, cold: lazy)
         self.io = ""
         self.phases = None  # agent phases (quiesce, meta, data, sync), seconds, summed
+        # --cow: the agent's clone3 (`fork=` of -v), a bare fork() of the workload holding the
+        # same memory in the same run (median of 3), and AnonHugePages (KiB) of the checkpointed
+        # process and of the bare one.
+        self.fork_agent = self.fork_bare = self.thp = self.thp_bare = None
+        # --cow: the agent's own stop (quiesce to release) and its check of the writer's
+        # snapshot (`stop=…ms(fork=…ms check=…ms)` of -v).
+        self.stop_agent = self.check_agent = None
+        self.load = None  # the 1-minute load average after the checkpoint
+        self.noise = None  # --cow: the longest step gap in a window after the checkpoint
+
+
+def anon_huge_kib(pid):
+    """AnonHugePages of pid (KiB, from smaps_rollup), or None."""
+    m = re.search(r"AnonHugePages:\s+(\d+)", read(f"/proc/{pid}/smaps_rollup"))
+    return int(m.group(1)) if m else None
+
+
+def bare_fork(progs, wl, wdir):
+    """A fork() of the workload itself, without the agent, holding the same memory
+    (`BENCH_FORK=3`): the physical floor of a `--cow` stop. Returns (median seconds, KiB in
+    transparent huge pages)."""
+    env = dict(os.environ, BENCH_STEPS=os.path.join(wdir, "steps-fork"), BENCH_FORK="3",
+               **({"BENCH_THP": "1"} if wl.huge else {}))
+    r = subprocess.run([progs["workload"]] + wl.args, cwd=wdir, env=env, capture_output=True,
+                       text=True, timeout=900)
+    m = re.match(r"FORK ([0-9. ]+) THP (-?\d+)$", r.stdout.strip())
+    if r.returncode != 0 or not m:
+        raise BenchError(f"bare fork of {wl.name} failed: {r.stdout.strip()} {r.stderr.strip()}")
+    return median([float(x) / 1e3 for x in m.group(1).split()]), int(m.group(2))
 
 
 # ---------------------------------------------------------------- libcr-rs
@@ -365,11 +400,19 @@ def libcr_once(tools, progs, wl, wdir, base, cold_ok, verbose, cow=False):
     for f in (stepfile, img):
         if os.path.exists(f):
             os.unlink(f)
-    p = start_workload([tools["cr_run"], progs["workload"]] + wl.args, wdir, stepfile)
+    # (Index 4 of "random 64" plus the padding was "0": the single-process check below never ran.)
+    procs = int(wl.args[4]) if len(wl.args) > 4 else 1
+    if cow and procs == 1:
+        # Alternating with the checkpoint: the bare fork right before it.
+        s.fork_bare, s.thp_bare = bare_fork(progs, wl, wdir)
+    p = start_workload([tools["cr_run"]] + (["--huge-pages"] if wl.huge else [])
+                       + [progs["workload"]] + wl.args, wdir, stepfile)
     pids = tree_pids(p.pid)
     LIVE.update(("p", q) for q in pids)
     try:
-        if len(pids) < int((wl.args + ["0", "0", "0", "1"])[4]):
+        if cow and procs == 1:
+            s.thp = anon_huge_kib(p.pid)
+        if len(pids) < procs:
             time.sleep(0.2)
             pids = tree_pids(p.pid)
             LIVE.update(("p", q) for q in pids)
@@ -400,11 +443,20 @@ def libcr_once(tools, progs, wl, wdir, base, cold_ok, verbose, cow=False):
             raise BenchError(
                 f"{wl.name}: the page data should go through the AIO ring (write=aio; --cow: "
                 f"write=sync(bounce buffer)), -v said:\n{r.stderr.strip()}")
-        procs = int((wl.args + ["0", "0", "0", "1"])[4])
         if cow and procs == 1 and "mode=cow" not in r.stderr:
             raise BenchError(f"{wl.name}: --cow was not copy-on-write:\n{r.stderr.strip()}")
+        fk = re.findall(r"mode=cow stop=([0-9.]+)ms\(fork=([0-9.]+)ms check=([0-9.]+)ms", r.stderr)
+        if cow and len(fk) == 1:
+            s.stop_agent, s.fork_agent, s.check_agent = (float(x) / 1e3 for x in fk[0])
         wait_step_after(stepfile, t1 + 0.1, 10)
         s.stop = longest_gap(stepfile, t0, t1)
+        if cow:
+            # What the scheduler does to the steps anyway on this machine: the longest gap in
+            # as long a window (at most 5 s) right after the checkpoint.
+            w = min(t1 - t0, 5.0)
+            wait_step_after(stepfile, t1 + 0.1 + w, w + 10)
+            s.noise = longest_gap(stepfile, t1 + 0.1, t1 + 0.1 + w)
+        s.load = loadavg()
         s.mem = sum(max(0, hwm_kib(q) - hwm0[q]) for q in pids) * 1024
         s.size = os.stat(img).st_size
     finally:
@@ -1370,6 +1422,7 @@ def report(args, mach, bases, results, incr, idle_res, others, load0, load1, sta
     for name, why in others:
         L.append(f"- {name}: {why}")
     L.append("")
+    L.extend(cow_fork_report(results))
     L.extend(incremental_report(bases, incr))
     L.extend(chain_lines)
     L.append("## Idle cost\n")
@@ -1399,6 +1452,46 @@ def report(args, mach, bases, results, incr, idle_res, others, load0, load1, sta
     return "\n".join(L)
 
 
+def cow_fork_report(results):
+    """The `--cow` rows' stop against a bare fork() of the same memory, measured alternately."""
+    rows = [(wl, samples) for wl, tool, samples in results
+            if tool == "libcr-rs --cow" and any(s.fork_bare for s in samples)]
+    if not rows:
+        return []
+    L = ["## `--cow` stop against a bare fork\n",
+         "Each repetition first times a `fork()` of the workload itself without the agent, "
+         "holding the same memory (`BENCH_FORK=3`: the median of 3 forks; a huge-page row's "
+         "workload applies `MADV_HUGEPAGE` itself), then checkpoints the workload under "
+         "`cr_run` with `--cow`. The fork's page-table copy is the floor of the stop: a ratio "
+         "near 1.0× leaves nothing on the agent's side. Stop: the longest gap in the workload's "
+         "steps (as above; on a loaded machine it also catches gaps the scheduler makes "
+         "anyway); agent stop / fork / check: the agent's own figures "
+         "(`stop=…ms(fork=…ms check=…ms)` of `cr_checkpoint -v`: quiesce to release, the "
+         "`clone3` of the writer, the wait for its check of the snapshot). Huge pages: "
+         "AnonHugePages of the checkpointed process / of the bare one. Gap without checkpoint: "
+         "the longest step gap in as long a window (at most 5 s) right after the checkpoint, "
+         "what the scheduler does to the steps anyway. Load: the 1-minute load average after "
+         "each repetition.\n",
+         "| workload | stop | agent stop | agent fork | agent check | bare fork | "
+         "stop ÷ bare fork | agent stop ÷ bare fork | huge pages | gap without checkpoint | "
+         "load |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for wl, samples in rows:
+        def each(k, scale=1):
+            xs = [getattr(x, k) for x in samples]
+            return ", ".join("–" if v is None else f"{v * scale:.1f}" for v in xs) + " ms"
+        stop, bare = median([x.stop for x in samples]), median([x.fork_bare for x in samples])
+        astop = median([x.stop_agent for x in samples if x.stop_agent is not None] or [None])
+        thp = samples[0].thp, samples[0].thp_bare
+        L.append(f"| {wl.name} | {each('stop', 1e3)} | {each('stop_agent', 1e3)} | "
+                 f"{each('fork_agent', 1e3)} | {each('check_agent', 1e3)} | "
+                 f"{each('fork_bare', 1e3)} | {ratio(stop, bare)} | {ratio(astop, bare)} | "
+                 + " / ".join("?" if k is None else fmt_b(k * 1024) for k in thp)
+                 + f" | {each('noise', 1e3)} | {', '.join(x.load or '?' for x in samples)} |")
+    L.append("")
+    return L
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--smoke", action="store_true",
@@ -1422,6 +1515,12 @@ def main():
     ap.add_argument("--delta-only", action="store_true",
                     help="of the incremental benchmark, only the delta checkpoint (no "
                          "write-tracking cost, no chain restart)")
+    ap.add_argument("--alternate", action="store_true",
+                    help="run the workloads repetition by repetition, each in turn (A/B), "
+                         "instead of all repetitions of one before the next")
+    ap.add_argument("--baseline-mib", default=None,
+                    help="sizes of the raw baseline in MiB, comma separated (default 1024,4096; "
+                         "smoke 64)")
     ap.add_argument("-v", "--verbose", action="store_true", help="print cr_checkpoint -v output")
     args = ap.parse_args()
     args.reps = args.reps or (1 if args.smoke else 3)
@@ -1444,6 +1543,8 @@ def main():
     mach = machine(wdir)
     log(f"machine: {mach}; load {load0}")
     sizes = sorted({64} if args.smoke else {1024, 4096})
+    if args.baseline_mib:
+        sizes = sorted({int(x) for x in args.baseline_mib.split(",")})
     bases = []
     for mib in sizes:
         log(f"raw baseline, {mib} MiB")
@@ -1464,30 +1565,44 @@ def main():
     else:
         others.append(("DMTCP", "`dmtcp_launch` not found on PATH: no DMTCP rows"))
     results = []
-    for wl in workloads(args.smoke):
-        if args.only and args.only not in wl.name:
+    pairs = [(wl, tool, once) for wl in workloads(args.smoke)
+             if not (args.only and args.only not in wl.name)
+             for tool, once in runners if not (args.only_tool and args.only_tool not in tool)]
+    # Default: every repetition of a pair, then the next pair; --alternate: repetition by
+    # repetition, each pair in turn (A/B comparisons under a changing load).
+    order = ([(i, k) for i in range(args.reps) for k in range(len(pairs))] if args.alternate
+             else [(i, k) for k in range(len(pairs)) for i in range(args.reps)])
+    got = {k: [] for k in range(len(pairs))}
+    failed = set()
+    for i, k in order:
+        wl, tool, once = pairs[k]
+        if k in failed:
             continue
-        for tool, once in runners:
-            if args.only_tool and args.only_tool not in tool:
-                continue
-            samples = []
-            for i in range(args.reps):
-                log(f"{tool}: {wl.name} ({i + 1}/{args.reps})")
-                try:
-                    samples.append(once(wl))
-                except BenchError as e:
-                    if tool.startswith("libcr-rs"):
-                        raise
-                    log(f"  {tool} failed: {e}")
-                    others.append((tool, f"{wl.name}: failed: {e}"))
-                    break
-                s = samples[-1]
-                log(f"  checkpoint {fmt_s(s.ckpt)} stop {fmt_s(s.stop)} image {fmt_b(s.size)} "
-                    f"restart hot {fmt_s(s.hot)} cold {fmt_s(s.cold)} (eager: hot "
-                    f"{fmt_s(s.hot_eager)} cold {fmt_s(s.cold_eager)}) mem {fmt_b(s.mem)} {s.io} "
-                    f"phases {s.phases}")
-            if samples:
-                results.append((wl, tool, samples))
+        log(f"{tool}: {wl.name} ({i + 1}/{args.reps})")
+        try:
+            got[k].append(once(wl))
+        except BenchError as e:
+            if tool.startswith("libcr-rs"):
+                raise
+            log(f"  {tool} failed: {e}")
+            others.append((tool, f"{wl.name}: failed: {e}"))
+            failed.add(k)
+            continue
+        s = got[k][-1]
+        if s.fork_bare is not None:
+            ms = (lambda x: "–" if x is None else f"{x * 1e3:.1f} ms")
+            log(f"  stop {ms(s.stop)} agent fork {ms(s.fork_agent)} bare fork "
+                f"{ms(s.fork_bare)} ({ratio(s.stop, s.fork_bare)}) huge pages "
+                f"{s.thp} / {s.thp_bare} KiB, agent stop {ms(s.stop_agent)} check "
+                f"{ms(s.check_agent)}, step gap without checkpoint {ms(s.noise)}, load "
+                f"{loadavg()}")
+        log(f"  checkpoint {fmt_s(s.ckpt)} stop {fmt_s(s.stop)} image {fmt_b(s.size)} "
+            f"restart hot {fmt_s(s.hot)} cold {fmt_s(s.cold)} (eager: hot "
+            f"{fmt_s(s.hot_eager)} cold {fmt_s(s.cold_eager)}) mem {fmt_b(s.mem)} {s.io} "
+            f"phases {s.phases}")
+    for k, (wl, tool, _) in enumerate(pairs):
+        if got[k]:
+            results.append((wl, tool, got[k]))
     incr, wp, chain = [], [], []
     if not args.only and (not args.only_tool or args.only_tool in "libcr-rs --incremental"):
         mib, dirty_mib = (64, 8) if args.smoke else (4096, 64)

@@ -11,7 +11,12 @@
  * (root only, O_APPEND, one write(2) per step), and touches one word of the memory. Runs until
  * killed. With $BENCH_DIRTY_MIB and $BENCH_DIRTY set, each SIGUSR1 makes the root write one word
  * in every page of the first BENCH_DIRTY_MIB MiB (within TOUCH_MIB) at its next step and append
- * the nanoseconds that took to the file $BENCH_DIRTY (the incremental checkpoint benchmark). */
+ * the nanoseconds that took to the file $BENCH_DIRTY (the incremental checkpoint benchmark).
+ * With $BENCH_FORK=N (one process only) it forks N times after filling instead, timing each
+ * fork() until it returns in the parent (the child exits at once), prints
+ * "FORK MS MS ... THP KIB" (KIB: its AnonHugePages from /proc/self/smaps_rollup) and exits:
+ * the bare fork a `--cow` checkpoint's stop is compared with. $BENCH_THP=1 applies
+ * MADV_HUGEPAGE to the memory itself (without cr_run --huge-pages). */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <pthread.h>
@@ -21,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -70,6 +76,11 @@ int main(int argc, char **argv)
     uint64_t *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED) {
         perror("workload: mmap");
+        return 2;
+    }
+    if (getenv("BENCH_THP") && !strcmp(getenv("BENCH_THP"), "1") &&
+        madvise(mem, len, MADV_HUGEPAGE) != 0) {
+        perror("workload: madvise(MADV_HUGEPAGE)");
         return 2;
     }
     size_t words = touch / 8;
@@ -123,6 +134,44 @@ int main(int argc, char **argv)
     } else {
         fprintf(stderr, "workload: unknown kind %s\n", kind);
         return 2;
+    }
+    int forks = getenv("BENCH_FORK") ? atoi(getenv("BENCH_FORK")) : 0;
+    if (forks > 0) {
+        printf("FORK");
+        for (int i = 0; i < forks; i++) {
+            /* The child waits until the parent has its time: its exit (unmapping a copy of
+             * the page tables) must not run on the parent's clock. */
+            int hold[2];
+            if (pipe(hold)) {
+                perror("workload: pipe");
+                return 2;
+            }
+            struct timespec a, b;
+            clock_gettime(CLOCK_MONOTONIC, &a);
+            pid_t c = fork();
+            if (c == 0) {
+                char x;
+                close(hold[1]);
+                (void)!read(hold[0], &x, 1);
+                _exit(0);
+            }
+            clock_gettime(CLOCK_MONOTONIC, &b);
+            close(hold[0]);
+            close(hold[1]);
+            if (c < 0 || waitpid(c, NULL, 0) != c) {
+                perror("workload: fork");
+                return 2;
+            }
+            printf(" %.3f", (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) / 1e6);
+        }
+        long thp = -1;
+        FILE *f = fopen("/proc/self/smaps_rollup", "r");
+        char line[256];
+        while (f && fgets(line, sizeof line, f))
+            if (sscanf(line, "AnonHugePages: %ld kB", &thp) == 1) break;
+        if (f) fclose(f);
+        printf(" THP %ld\n", thp);
+        return 0;
     }
     int root = 1;
     for (int p = 1; p < procs; p++) {

@@ -105,9 +105,69 @@ pub fn preload_value(lib: &Path, old: Option<&OsStr>) -> OsString {
     preload
 }
 
+/// The system's transparent huge page mode for `cr_run --huge-pages`: the bracketed word of
+/// `/sys/kernel/mm/transparent_hugepage/enabled` (`always`, `madvise`, `never`), `None` when
+/// the file is missing (a kernel without THP).
+pub fn thp_mode(sysfs: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(sysfs.join("enabled")).ok()?;
+    let start = text.find('[')? + 1;
+    let end = start + text[start..].find(']')?;
+    Some(text[start..end].to_string())
+}
+
+/// The `GLIBC_TUNABLES` value for `cr_run --huge-pages`: the caller's `old` value with
+/// `glibc.malloc.hugetlb=1` added (malloc then advises its heap and its mmapped chunks
+/// `MADV_HUGEPAGE`), and whether the caller had set that tunable already (then kept as given).
+pub fn huge_pages_tunables(old: Option<&OsStr>) -> (OsString, bool) {
+    let old = old.map(|o| o.to_os_string()).unwrap_or_default();
+    let had = old
+        .as_bytes()
+        .split(|&b| b == b':')
+        .any(|t| t.starts_with(b"glibc.malloc.hugetlb="));
+    if had {
+        return (old, true);
+    }
+    let mut v = old;
+    if !v.is_empty() {
+        v.push(":");
+    }
+    v.push("glibc.malloc.hugetlb=1");
+    (v, false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_pages_tunables_keep_the_callers() {
+        assert_eq!(
+            huge_pages_tunables(None),
+            (OsString::from("glibc.malloc.hugetlb=1"), false)
+        );
+        assert_eq!(
+            huge_pages_tunables(Some(OsStr::new("glibc.malloc.arena_max=2"))),
+            (
+                OsString::from("glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"),
+                false
+            )
+        );
+        let theirs = OsStr::new("glibc.malloc.hugetlb=0:glibc.malloc.arena_max=2");
+        assert_eq!(
+            huge_pages_tunables(Some(theirs)),
+            (theirs.to_os_string(), true)
+        );
+    }
+
+    #[test]
+    fn thp_mode_is_the_bracketed_word() {
+        let dir = std::env::temp_dir().join(format!("cowthp-launch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("enabled"), "always [madvise] never\n").unwrap();
+        assert_eq!(thp_mode(&dir).as_deref(), Some("madvise"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(thp_mode(&dir), None);
+    }
 
     #[test]
     fn preload_keeps_other_entries_once() {

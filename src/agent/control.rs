@@ -1060,6 +1060,8 @@ fn finish_cow(
                 .num(stop_ns / 100_000 % 10)
                 .push(b"ms(fork=")
                 .num(super::cow::FORK_NS.load(Relaxed) / 1_000_000)
+                .push(b".")
+                .num(super::cow::FORK_NS.load(Relaxed) / 100_000 % 10)
                 .push(b"ms check=")
                 .num(super::cow::CHECK_NS.load(Relaxed) / 1_000_000)
                 .push(b"ms)");

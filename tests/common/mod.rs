@@ -778,8 +778,14 @@ impl Scenario {
 
     /// `[launcher] cr_run -- PROGRAM ARGS` as the scenario's user.
     pub fn under_cr_run(&self, prog: &Program) -> Command {
+        self.under_cr_run_with(prog, &[])
+    }
+
+    /// [`Scenario::under_cr_run`] with cr_run options (`--huge-pages`).
+    pub fn under_cr_run_with(&self, prog: &Program, opts: &[&str]) -> Command {
         let mut argv = self.launcher.clone();
         argv.push(os(&self.tools.cr_run));
+        argv.extend(opts.iter().map(os));
         argv.push(os("--"));
         argv.extend(prog.argv.iter().cloned());
         let mut cmd = self.command(&argv);
