@@ -132,9 +132,17 @@ pub const FLAG_RAW_OK: u32 = 0x4000;
 
 /// Request flag (`cr_checkpoint --compress` to a file): the second descriptor of `send_fds` is
 /// the very file the compressed image is written to (not a stream destination, which is
-/// compressed into a temporary file first), so the agent may write the incompressible pieces
-/// of its page data there itself (a split image, see `image::compress`).
-pub const FLAG_ZSPLIT: u32 = 0x10000;
+/// compressed into a temporary file first), so the agent may write pieces of its page data
+/// there itself: those that look incompressible, and any other while the compressor is behind
+/// (a split image, see `image::compress`). (Was 0x10000 before 2026-12-07 04:40: an agent of
+/// then splits on that flag with a plan, `REC_ZPLAN` kind 36, this `cr_checkpoint` no longer
+/// reads; it no longer sends 0x10000, so such an agent pipes its image whole.)
+pub const FLAG_ZSPLIT: u32 = 0x40000;
+
+/// Request flag with [`FLAG_ZSPLIT`]: every piece that looks compressible is compressed, the
+/// compressor waited for (none goes raw because it is behind). `CR_COMPRESS_ADAPT=0` in
+/// `cr_checkpoint`'s environment (for tests and comparisons).
+pub const FLAG_ZWAIT: u32 = 0x80000;
 
 /// Progress messages ([`FLAG_PROGRESS`]) are sent at most this often (and once when the page
 /// data starts).

@@ -54,6 +54,19 @@ fn restart_pass(sc: &Scenario, img: &Path, args: &[&str]) -> String {
     err
 }
 
+/// `cr_checkpoint FLAGS -f IMG PID` with `CR_COMPRESS_ADAPT=0`: every piece that looks
+/// compressible is compressed, however far behind the compressor is (by default a split
+/// image's pieces go raw while it is behind, so its size depends on the machine's load; the
+/// tests that compare sizes ask for this).
+fn checkpoint_waiting(sc: &Scenario, pid: u32, flags: &[&str], img: &Path) -> ToolResult {
+    let mut argv: Vec<OsString> = vec![sc.tools().cr_checkpoint.clone().into()];
+    argv.extend(flags.iter().map(OsString::from));
+    argv.extend(["-f".into(), img.into(), pid.to_string().into()]);
+    let mut cmd = sc.command(&argv);
+    cmd.env("CR_COMPRESS_ADAPT", "0");
+    sc.run_tool("cr_checkpoint", cmd)
+}
+
 fn size(p: &Path) -> u64 {
     fs::metadata(p).expect("image").len()
 }
@@ -66,7 +79,9 @@ fn compressed_image_restarts_eager_and_lazy() {
     let sc = Scenario::new("zstd-restart");
     let mut job = zmem(&sc, 40, 40, 0);
     let raw = sc.checkpoint(job.pid(), &[]);
-    let img = sc.checkpoint(job.pid(), &["--compress", "--term", "-v"]);
+    let img = sc.next_image_path();
+    checkpoint_waiting(&sc, job.pid(), &["--compress", "--term", "-v"], &img).assert_success();
+    sc.assert_image_file(&img);
     job.expect_signal(SIGTERM, DEATH_TIMEOUT);
     let (zs, rs) = (size(&img), size(&raw));
     assert!(
@@ -193,7 +208,7 @@ fn mixed_image_is_split() {
     let mut job = zmem_mixed(&sc, 4, 40, 0, 16);
     let pid = job.pid();
     let img = sc.next_image_path();
-    let res = sc.checkpoint_to(pid, &["-v", "--compress"], &img);
+    let res = checkpoint_waiting(&sc, pid, &["-v", "--compress"], &img);
     res.assert_success();
     assert!(
         res.stderr.contains("zstd=split("),
@@ -255,6 +270,58 @@ fn mixed_image_is_split() {
     );
     restart_pass(&sc, &img, &["--eager"]);
     restart_pass(&sc, &streamed, &["--eager"]);
+}
+
+/// A mixed image whose compressor falls behind (`--compress=19`, some MB/s): the agent writes
+/// the pieces whose turn comes while the pipe is full raw, with the incompressible ones; `-v`
+/// says how many went raw and why (`zstd=split(raw: I/N incompressible, B compressor behind)`,
+/// and cr_checkpoint's `A of them written by the agent`). The image (raw pieces of the agent's
+/// first in the data area, the compressed ones moved down after them, in any order) passes
+/// `cr_info --check` and restarts lazily and eagerly with every region intact (zmem compares
+/// every word); the same with the default level (whatever this machine's load makes of it).
+#[test]
+fn mixed_image_with_slow_compressor_restores() {
+    let sc = Scenario::new("zstd-behind");
+    // 56 MiB (a lazy restart maps page data from 32 MiB on).
+    let mut job = zmem_mixed(&sc, 24, 16, 0, 16);
+    let pid = job.pid();
+    let slow = sc.next_image_path();
+    let res = sc.checkpoint_to(pid, &["-v", "--compress=19"], &slow);
+    res.assert_success();
+    let behind = |err: &str| -> u64 {
+        let at = err.find("zstd=split(raw: ").expect("a split image") + 16;
+        let part = &err[at..err[at..].find(')').map_or(err.len(), |e| at + e)];
+        part.split(", ")
+            .nth(1)
+            .and_then(|b| b.strip_suffix(" compressor behind"))
+            .map_or(0, |n| n.parse().expect("a count"))
+    };
+    assert!(
+        res.stderr.contains("zstd=split(raw: ")
+            && behind(&res.stderr) > 0
+            && res.stderr.contains("of them written by the agent"),
+        "expected pieces written raw while the compressor was behind:\n{}",
+        res.stderr
+    );
+    let img = sc.next_image_path();
+    let res = sc.checkpoint_to(pid, &["-v", "--compress", "--term"], &img);
+    res.assert_success();
+    assert!(res.stderr.contains("zstd=split(raw: "), "{}", res.stderr);
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    for i in [&slow, &img] {
+        let f = fs::File::open(i).expect("open");
+        let parsed = Image::open(&f).expect("the split image reads");
+        assert_eq!(parsed.header.version, 6);
+        let raw = parsed.zframes.iter().filter(|f| f.method == ZFRAME_RAW);
+        assert!(raw.count() >= 16, "the random pieces are stored raw");
+        info(&sc, &["--check"], i).assert_success();
+        let err = restart_pass(&sc, i, &["--verbose"]);
+        assert!(
+            err.contains("page data mapped from the image"),
+            "the raw pieces must be mapped lazily:\n{err}"
+        );
+        restart_pass(&sc, i, &["--eager"]);
+    }
 }
 
 /// A tree (-T: parent and child) compressed into one file, and a compressed image written to
@@ -379,7 +446,7 @@ fn compressed_delta_chain_restarts() {
     let ck = |extra: &[&str]| {
         let mut flags = vec!["-v", "--compress", "--incremental"];
         flags.extend_from_slice(extra);
-        let res = sc.checkpoint_to(pid, &flags, &img);
+        let res = checkpoint_waiting(&sc, pid, &flags, &img);
         res.assert_success();
         sc.assert_image_file(&img);
         res.stderr

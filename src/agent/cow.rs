@@ -527,6 +527,7 @@ fn write_rest(a: &WriterPage) -> Result<u64, (u32, Errno)> {
         // (The writer keeps to the pipe: see ARCHITECTURE.md, "Compressed images".)
         raw_fd: -1,
         split_ok: false,
+        adapt: true,
         deadline_ns: a.deadline_ns,
         bounce: Some(bounce),
     };

@@ -176,14 +176,18 @@ pub mod io_report {
     pub const PIPED: u32 = 0;
     /// [`STORED_RAW`]: written raw to the file, a plain image (`zstd=skipped`).
     pub const SKIPPED: u32 = 1;
-    /// [`STORED_RAW`]: the incompressible pieces written to the file, the rest piped (a split
-    /// image, `zstd=split`).
+    /// [`STORED_RAW`]: the incompressible pieces (and those whose turn came while the
+    /// compressor was behind, [`BEHIND`]) written to the file, the rest piped (a split image,
+    /// `zstd=split`).
     pub const SPLIT: u32 = 2;
     /// [`STORED_RAW`]: a split was due, but its plan did not fit the metadata area: piped.
     pub const NO_PLAN: u32 = 3;
     /// [`STORED_RAW`]: a split was due, but this image cannot be split (a delta kept in the
     /// delta buffer, or the destination is a stream): piped.
     pub const NO_SPLIT: u32 = 4;
+    /// [`SPLIT`]: pieces that looked compressible but were written raw by the agent, as the
+    /// compressor was behind (`memory::write_split`).
+    pub static BEHIND: AtomicU64 = AtomicU64::new(0);
     /// CLOCK_MONOTONIC at: start of the write, metadata built, page data written, synced.
     pub static PHASE_NS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
 
@@ -197,6 +201,7 @@ pub mod io_report {
         WRITTEN.store(0, Relaxed);
         SAMPLED.store(0, Relaxed);
         STORED_RAW.store(0, Relaxed);
+        BEHIND.store(0, Relaxed);
         for p in &PHASE_NS {
             p.store(now, Relaxed);
         }
@@ -253,16 +258,24 @@ pub mod io_report {
         let sampled = SAMPLED.load(Relaxed);
         if sampled != 0 {
             let how = STORED_RAW.load(Relaxed);
+            let behind = BEHIND.load(Relaxed);
+            // (Short: the whole report is one reply of 240 bytes.)
             out.push(match how {
                 SKIPPED => b" zstd=skipped(".as_slice(),
-                SPLIT => b" zstd=split(",
+                SPLIT => b" zstd=split(raw: ",
                 _ => b" zstd=piped(",
             })
             .num(sampled >> 32)
             .push(b"/")
             .num(sampled & 0xffff_ffff)
-            .push(b" pieces incompressible")
             .push(match how {
+                SPLIT => b" incompressible".as_slice(),
+                _ => b" pieces incompressible",
+            });
+            if how == SPLIT && behind > 0 {
+                out.push(b", ").num(behind).push(b" compressor behind");
+            }
+            out.push(match how {
                 NO_PLAN => b"; no room for the split plan)".as_slice(),
                 NO_SPLIT => b"; cannot split here)",
                 _ => b")",
@@ -659,6 +672,7 @@ fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
                     fd: job.fd,
                     raw_fd: job.raw_fd,
                     split_ok: job.flags & crate::protocol::FLAG_ZSPLIT != 0,
+                    adapt: job.flags & crate::protocol::FLAG_ZWAIT == 0,
                     deadline_ns: job.deadline_ns,
                     bounce: None,
                 };
@@ -678,6 +692,7 @@ fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
         fd: job.fd,
         raw_fd: job.raw_fd,
         split_ok: job.flags & crate::protocol::FLAG_ZSPLIT != 0,
+        adapt: job.flags & crate::protocol::FLAG_ZWAIT == 0,
         deadline_ns: job.deadline_ns,
         bounce: None,
     };
@@ -930,6 +945,9 @@ pub struct Dest<'a> {
     /// `raw_fd` is the file the compressed image goes to (`protocol::FLAG_ZSPLIT`): a split
     /// image may be written (not when it is a stream destination, compressed elsewhere first).
     pub split_ok: bool,
+    /// A split image's compressible pieces go raw while the compressor is behind (not with
+    /// `protocol::FLAG_ZWAIT`).
+    pub adapt: bool,
     /// `--time` (CLOCK_MONOTONIC; `u64::MAX`: none).
     pub deadline_ns: u64,
     /// A buffer the page data is copied through (`memory::write_data`), or none.
@@ -1017,6 +1035,7 @@ fn finish_or_hold(
         mut fd,
         raw_fd,
         split_ok,
+        adapt,
         deadline_ns,
         bounce,
     } = out;
@@ -1024,12 +1043,12 @@ fn finish_or_hold(
     // `--compress` with the destination at hand (`raw_fd`): every piece of the page data is
     // sampled; pieces that look incompressible go straight to the file, as an uncompressed
     // checkpoint writes them (direct, asynchronous), not through the pipe: the whole image
-    // (a plain image) when they are at least 7/8 of the page data, else only they (a split
-    // image: the rest goes through the pipe to be compressed, with a plan saying which pieces
-    // the agent wrote, `REC_ZPLAN`). See docs/IMAGE-FORMAT.md "Compressed images".
-    // split: (the plan's bits in the metadata, the data area's offset in the compressed image,
-    // the bytes the agent writes there).
-    let mut split: Option<(core::ops::Range<usize>, u64, u64)> = None;
+    // (a plain image) when they are at least 7/8 of the page data, else only they and the
+    // pieces whose turn comes while the compressor is behind (a split image: the rest goes
+    // through the pipe to be compressed, each piece after its index, with a plan saying which
+    // pieces looked incompressible, `REC_ZPLAN`). See docs/IMAGE-FORMAT.md "Compressed images".
+    // split: (the plan's bits in the metadata, the data area's offset in the compressed image).
+    let mut split: Option<(core::ops::Range<usize>, u64)> = None;
     if raw_fd >= 0 {
         let records = w.len();
         let mut npieces = 0usize;
@@ -1053,11 +1072,13 @@ fn finish_or_hold(
         if bad_len > 0 && bad_len * 8 >= total * 7 {
             fd = raw_fd;
             io_report::STORED_RAW.store(io_report::SKIPPED, Relaxed);
-        } else if bad_len > 0 && !splittable {
+        } else if total > 0 && !splittable {
             io_report::STORED_RAW.store(io_report::NO_SPLIT, Relaxed);
-        } else if bad_len > 0 && !room {
+        } else if total > 0 && !room {
             io_report::STORED_RAW.store(io_report::NO_PLAN, Relaxed);
-        } else if bad_len > 0 {
+        } else if total > 0 {
+            // Split even when every piece looks compressible: those whose turn comes while
+            // the compressor is behind are written raw too (`memory::write_split`).
             let meta = crate::image::compress::compressed_meta_len(records, npieces);
             let data_offset = PAGE as u64 + page_align(meta as u64);
             let plan = ZPlan {
@@ -1067,7 +1088,7 @@ fn finish_or_hold(
             };
             w.record_placed(REC_ZPLAN, &plan, nbytes).map_err(full)?;
             let at = records + head;
-            split = Some((at..at + nbytes, data_offset, bad_len));
+            split = Some((at..at + nbytes, data_offset));
             io_report::STORED_RAW.store(io_report::SPLIT, Relaxed);
         }
         // (A split's bits were sampled into the metadata area past its end: the padding
@@ -1149,7 +1170,7 @@ fn finish_or_hold(
     // runs) are written after the release too; else they go first, with the spill.
     let head_later = hold
         .is_some_and(|b| ext.data_len > 0 && (ext.data_len <= b.1 as u64 || spill_at.is_some()));
-    if let Some((bits, raw_at, raw_len)) = split {
+    if let Some((bits, raw_at)) = split {
         // A split image: the pieces the agent writes go to the file, the rest, the header,
         // metadata, saved files and trailer through the pipe (`write_split`).
         write_head(fd, scratch, meta_len).map_err(io)?;
@@ -1160,11 +1181,12 @@ fn finish_or_hold(
             ext.all(),
             &w.bytes()[bits],
             raw_at,
-            raw_len,
+            adapt,
             deadline_ns,
         );
         unreadable.set(false);
-        let (hash, piped) = data.map_err(io)?;
+        let (hash, piped, behind) = data.map_err(io)?;
+        io_report::BEHIND.store(behind.0, Relaxed);
         super::fds::write_spans(fd, spans, deadline_ns).map_err(io)?;
         let tr = write_trailer(fd, scratch, hash.digest(), hdr.trailer_offset, Some(piped))?;
         super::incremental::written(tr.trailer_hash, tr.total_len);

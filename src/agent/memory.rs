@@ -1323,50 +1323,124 @@ impl Iterator for Pieces<'_> {
 }
 
 /// `--compress`, a split image (see `image::finish`, docs/IMAGE-FORMAT.md "Compressed images"):
-/// the pieces of the page data of `extents` whose bit in `bits` is set are written to `raw_fd`
-/// back to back from its offset `raw_at` on (through an AIO ring when the file is direct, as a
-/// plain image's page data), the others into the pipe `pipe`, each in file order. Returns the
-/// hash of all the page data in file order (the image's `data_hash`) and that of what went
-/// into the pipe.
+/// the pieces of the page data of `extents` whose bit in `bits` is set (they look
+/// incompressible) are written to `raw_fd` back to back from its offset `raw_at` on (through an
+/// AIO ring when the file is direct, as a plain image's page data); the others go into the
+/// pipe `pipe`, each after its index (a `u64`, `REC_ZPLAN`), to be compressed, **unless the
+/// compressor is behind**: pieces go into the pipe without blocking, as far as it takes them
+/// (it is full while cr_checkpoint's compression threads and their short queue are), and a
+/// piece whose turn comes while the one before is not all in is written raw with the others
+/// instead, so that the checkpoint never waits for the compressor while the disk could take
+/// the piece. The page data in the pipe ends with
+/// [`ZPLAN_END`](crate::image::format::ZPLAN_END), written once the ring is done (every piece
+/// of the agent's is in the file then). Returns the hash of all the page data in file order
+/// (the image's `data_hash`), that of what went into the pipe, and the pieces (and bytes)
+/// written raw because the compressor was behind. Not `adapt` (`protocol::FLAG_ZWAIT`): every
+/// piece that looks compressible is piped, the compressor waited for.
 ///
 /// The disk and the compressor work at once: whenever the ring is full (the next submission
-/// would wait for the disk), the next piece for the pipe is written ahead of its turn (hashed
-/// for the pipe then, and for `data_hash` again when its turn comes: a second read at hash
-/// speed, only of the pieces written ahead). Without that, an image whose incompressible part
-/// comes first kept the compressor idle while the disk wrote it, and the other way round.
+/// would wait for the disk), the next piece for the pipe is written ahead of its turn while the
+/// pipe has room (hashed for the pipe then, and for `data_hash` again when its turn comes: a
+/// second read at hash speed, only of the pieces written ahead).
 pub fn write_split(
     pipe: i32,
     raw_fd: i32,
     extents: &[Extent],
     bits: &[u8],
     raw_at: u64,
-    raw_len: u64,
+    adapt: bool,
     deadline_ns: u64,
-) -> Result<(xxhash_rust::xxh3::Xxh3, u64), Errno> {
+) -> Result<(xxhash_rust::xxh3::Xxh3, u64, (u64, u64)), Errno> {
+    use crate::image::format::ZPLAN_END;
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut hp = xxhash_rust::xxh3::Xxh3::new();
     let agent = |i: usize| bits.get(i / 8).is_some_and(|b| b >> (i % 8) & 1 == 1);
     sys::lseek(raw_fd, raw_at as i64, libc::SEEK_SET)?;
-    let mut ring = super::aio::ring_for_len(raw_fd, raw_len, deadline_ns);
+    // Any piece may go raw: room for all of them (the file is extended to that; cr_checkpoint
+    // stores the compressed pieces at its end and closes the gap afterwards).
+    let total: u64 = extents.iter().map(|e| e.len).sum();
+    let mut ring = super::aio::ring_for_len(raw_fd, total, deadline_ns);
+    // Pieces go into the pipe without blocking (`Pending`), as far as the pipe takes them: the
+    // rest goes on between the ring's pieces, and a piece whose turn comes while the one before
+    // is not all in goes raw. So the compressor's backlog is at most what cr_checkpoint holds
+    // (its threads' pieces and a short queue), the pipe (1 MiB) and one piece. (Waiting for the
+    // pipe to take a whole piece stalled the disk for a compression.)
     // Nothing of the program's memory may change between a piece's hash and its write (see
     // `write_data_from`): the pipe's figures are counted here and stored at the end.
     let mut c = super::image::Counted::start();
-    // The pieces for the pipe written so far (ahead of their turn, or in it): those before
-    // index `piped`.
+    let mut tags = 0u64;
+    // The pieces for the pipe started so far (ahead of their turn, or in it) and those gone
+    // raw because the compressor was behind: those before index `piped`.
     let mut ahead = Pieces::new(extents);
     let mut piped = 0usize;
-    let to_pipe = |addr: usize,
-                   n: u64,
-                   hp: &mut xxhash_rust::xxh3::Xxh3,
-                   c: &mut super::image::Counted|
+    let mut pending: Option<Pending> = None;
+    // Writes what the pipe takes of the pending piece now (all of it, waiting, not `adapt`).
+    let push = |pending: &mut Option<Pending>, c: &mut super::image::Counted| {
+        let Some(p) = pending.as_mut() else {
+            return Ok(());
+        };
+        if !adapt {
+            let tag = p.tag;
+            super::image::write_counted(
+                pipe,
+                tag[p.tag_done..].as_ptr() as usize,
+                8 - p.tag_done,
+                c,
+            )?;
+            super::image::write_counted(pipe, p.addr, p.left as usize, c)?;
+            *pending = None;
+            return Ok(());
+        }
+        loop {
+            let (a, n) = if p.tag_done < 8 {
+                (p.tag[p.tag_done..].as_ptr() as usize, 8 - p.tag_done)
+            } else if p.left > 0 {
+                (p.addr, p.left as usize)
+            } else {
+                *pending = None;
+                return Ok(());
+            };
+            match super::offload::fd_call(libc::SYS_write as usize, pipe, a, n, 0) {
+                Ok(0) => return Err(Errno(libc::EIO)),
+                Ok(k) if p.tag_done < 8 => {
+                    p.tag_done += k;
+                    c.written += k as u64;
+                }
+                Ok(k) => {
+                    p.addr += k;
+                    p.left -= k as u64;
+                    c.written += k as u64;
+                }
+                Err(Errno(libc::EINTR)) => {}
+                Err(Errno(libc::EAGAIN)) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    // Starts piece `i` into the pipe: its index, then as much of it as the pipe takes.
+    let start = |i: usize,
+                 addr: usize,
+                 n: u64,
+                 pending: &mut Option<Pending>,
+                 hp: &mut xxhash_rust::xxh3::Xxh3,
+                 c: &mut super::image::Counted,
+                 tags: &mut u64|
      -> Result<(), Errno> {
+        *tags += 1;
         // SAFETY: as in write_data: readable program memory, the program parked.
         hp.update(unsafe { core::slice::from_raw_parts(addr as *const u8, n as usize) });
-        super::image::write_counted(pipe, addr, n as usize, c)
+        *pending = Some(Pending {
+            tag: (i as u64).to_le_bytes(),
+            tag_done: 0,
+            addr,
+            left: n,
+        });
+        push(pending, c)
     };
     let mut since_check = WRITE_CHUNK;
     let mut at = raw_at;
     let mut dropped_at = None;
+    let mut behind = (0u64, 0u64);
     for (i, addr, n) in Pieces::new(extents) {
         if since_check >= WRITE_CHUNK {
             since_check = 0;
@@ -1379,11 +1453,19 @@ pub fn write_split(
         // ring is not submitted at each piece for the pipe, 1 MiB writes each waited for).
         h.update(mem);
         if !agent(i) {
-            if i >= piped {
-                to_pipe(addr, n, &mut hp, &mut c)?;
-                piped = i + 1;
+            if i < piped {
+                // Started ahead of its turn.
+                continue;
             }
-            continue;
+            piped = i + 1;
+            push(&mut pending, &mut c)?;
+            if pending.is_none() {
+                start(i, addr, n, &mut pending, &mut hp, &mut c, &mut tags)?;
+                continue;
+            }
+            // The compressor is behind: raw, with the agent's own pieces.
+            behind.0 += 1;
+            behind.1 += n;
         }
         let Some(r) = ring.as_mut() else {
             // No ring: written where it goes with pwrite.
@@ -1395,11 +1477,17 @@ pub fn write_split(
         };
         if !r.fits(n, WRITE_CHUNK) {
             // The piece being filled goes to the disk now; while the disk is busy with every
-            // other one, pieces for the pipe go ahead.
+            // other one, pieces for the pipe go ahead (while the pipe takes them).
             while r.would_wait()? {
+                push(&mut pending, &mut c)?;
+                if pending.is_some() {
+                    // The pipe is full: wait for room in it, or (1 ms at most) for the disk.
+                    sys::poll_one(pipe, libc::POLLOUT, 1);
+                    continue;
+                }
                 let next = ahead.by_ref().find(|&(k, _, _)| k >= piped && !agent(k));
                 let Some((k, a, m)) = next else { break };
-                to_pipe(a, m, &mut hp, &mut c)?;
+                start(k, a, m, &mut pending, &mut hp, &mut c, &mut tags)?;
                 piped = k + 1;
             }
             r.submit()?;
@@ -1410,8 +1498,23 @@ pub fn write_split(
     if let Some(r) = ring.as_mut() {
         r.finish()?;
     }
-    // (The ring's figures are in the report already: the pipe's plus what the ring wrote.)
-    c.written += raw_len;
+    // The rest of the piece in the pipe, waiting for the pipe now.
+    if let Some(p) = pending {
+        let tag = p.tag;
+        super::image::write_counted(
+            pipe,
+            tag[p.tag_done..].as_ptr() as usize,
+            8 - p.tag_done,
+            &mut c,
+        )?;
+        super::image::write_counted(pipe, p.addr, p.left as usize, &mut c)?;
+    }
+    // Every piece of ours is in the file: the end of the page data in the stream.
+    let end = ZPLAN_END.to_le_bytes();
+    super::image::write_counted(pipe, end.as_ptr() as usize, 8, &mut c)?;
+    // (The ring's figures are in the report already: the pipe's plus what the ring wrote;
+    // the indices are not image bytes.)
+    c.written = c.written + (at - raw_at) - (tags + 1) * 8;
     c.store();
     if let Some(at) = dropped_at {
         use super::image::io_report;
@@ -1419,7 +1522,17 @@ pub fn write_split(
         io_report::MODE.store(io_report::DROPPED, Relaxed);
         io_report::AT.store(at, Relaxed);
     }
-    Ok((h, hp.digest()))
+    Ok((h, hp.digest(), behind))
+}
+
+/// A piece going into the pipe of a split image ([`write_split`]): its index, then its bytes.
+struct Pending {
+    tag: [u8; 8],
+    /// Bytes of `tag` written.
+    tag_done: usize,
+    /// The rest of the piece.
+    addr: usize,
+    left: u64,
 }
 
 /// Bounce buffer of a copy-on-write writer. Its memory is shared with the program (a fork's

@@ -517,8 +517,23 @@ fn main() {
             );
         } else if let Some((st, secs)) = outcome.compressed {
             let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+            let agent = if st.agent_frames > 0 {
+                format!(", {} of them written by the agent", st.agent_frames)
+            } else {
+                String::new()
+            };
+            let gap = match st.gap_closed {
+                cr::image::compress::GAP_COLLAPSED => {
+                    format!("; a gap of {:.1} MiB collapsed", mib(st.gap))
+                }
+                cr::image::compress::GAP_COPIED => format!(
+                    "; a gap of {:.1} MiB closed by copying (the file system cannot collapse)",
+                    mib(st.gap)
+                ),
+                _ => String::new(),
+            };
             eprintln!(
-                "{TOOL}: compressed {:.1} MiB of page data to {:.1} MiB ({} frames zstd, {} stored raw; {}) in {:.2} s",
+                "{TOOL}: compressed {:.1} MiB of page data to {:.1} MiB ({} frames zstd, {} stored raw{agent}; {}{gap}) in {:.2} s",
                 mib(st.raw),
                 mib(st.stored),
                 st.zstd_frames,

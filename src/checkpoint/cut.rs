@@ -254,6 +254,9 @@ fn request(opts: &Options, scope: i32, out: &Out) -> Request {
     }
     if out.split_ok() {
         req.flags |= protocol::FLAG_ZSPLIT;
+        if std::env::var_os("CR_COMPRESS_ADAPT").is_some_and(|v| v == "0") {
+            req.flags |= protocol::FLAG_ZWAIT;
+        }
     }
     req.files = opts.files;
     req.timeout_ms = opts.time.map_or(0, |s| s.saturating_mul(1000));
@@ -745,6 +748,9 @@ impl<'a> Cut<'a> {
                 all.stored += st.stored;
                 all.zstd_frames += st.zstd_frames;
                 all.raw_frames += st.raw_frames;
+                all.agent_frames += st.agent_frames;
+                all.gap += st.gap;
+                all.gap_closed = all.gap_closed.max(st.gap_closed);
                 all.images += st.images;
                 all.direct = if all.images == st.images {
                     st.direct

@@ -284,10 +284,11 @@ impl Out {
     }
 
     /// `--compress` to a file: [`Out::raw_target`] is the file the compressed image is written
-    /// to, so an agent may write its incompressible pieces there itself
-    /// (`protocol::FLAG_ZSPLIT`). `CR_COMPRESS_NO_SPLIT=1` in the environment turns that off
-    /// (every image that is not written raw is piped whole, as before split images: for
-    /// comparing the two, bench/bench.py).
+    /// to, so an agent may write its incompressible pieces, and those whose turn comes while
+    /// the compressor is behind, there itself (`protocol::FLAG_ZSPLIT`).
+    /// `CR_COMPRESS_NO_SPLIT=1` in the environment turns that off (every image that is not
+    /// written raw is piped whole, as before split images: for comparing the two,
+    /// bench/bench.py).
     pub fn split_ok(&self) -> bool {
         self.zip.as_ref().is_some_and(|z| z.stream.is_none())
             && self.file.is_some()

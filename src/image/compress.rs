@@ -159,8 +159,15 @@ pub struct Stats {
     pub stored: u64,
     /// Frames stored compressed.
     pub zstd_frames: u64,
-    /// Frames stored raw (incompressible).
+    /// Frames stored raw (incompressible, or written raw by the agent).
     pub raw_frames: u64,
+    /// Of [`Stats::raw_frames`], the pieces a split image's agent wrote itself (they looked
+    /// incompressible, or the compressor was behind).
+    pub agent_frames: u64,
+    /// A split image's gap closed between the agent's pieces and the compressed ones (bytes).
+    pub gap: u64,
+    /// How: [`GAP_COLLAPSED`] or [`GAP_COPIED`].
+    pub gap_closed: u8,
     /// Images compressed.
     pub images: u64,
     /// The file was written with `O_DIRECT` (at least at first: a refused write drops it).
@@ -398,8 +405,128 @@ impl<'a> SeqWriter<'a> {
     }
 }
 
+/// [`Stats::gap_closed`]: `fallocate(FALLOC_FL_COLLAPSE_RANGE)` took the gap out of the file.
+pub const GAP_COLLAPSED: u8 = 1;
+/// [`Stats::gap_closed`]: the file system cannot collapse a range: the compressed pieces were
+/// copied down.
+pub const GAP_COPIED: u8 = 2;
+
+/// A split image's compressed pieces, written back from the end of the space its raw page data
+/// would take (`end`) in blocks of up to [`SEQ_BUF`] bytes (each a page multiple, its frames
+/// packed front to back in it, a raw frame page aligned), so that they never meet the agent's
+/// pieces written forward from the data area's start, whatever their number.
+struct BackWriter<'a> {
+    out: &'a File,
+    /// File offset of the lowest byte written so far (page aligned).
+    end: u64,
+    /// The data area's start (frames' `stored_off` are relative to it).
+    data_at: u64,
+    buf: Vec<u8>,
+    start: usize,
+    len: usize,
+    /// Frames in the buffer, `stored_off` relative to it.
+    pending: Vec<(usize, ZFrame)>,
+    /// Every piece's frame once written, by piece.
+    placed: Vec<Option<ZFrame>>,
+}
+
+impl<'a> BackWriter<'a> {
+    fn new(out: &'a File, end: u64, data_at: u64, npieces: usize) -> Self {
+        BackWriter {
+            out,
+            end,
+            data_at,
+            buf: Vec::new(),
+            start: 0,
+            len: 0,
+            pending: Vec::new(),
+            placed: vec![None; npieces],
+        }
+    }
+
+    /// Adds piece `seq`'s frame `f` (its bytes `bytes`).
+    fn push(&mut self, seq: usize, mut f: ZFrame, bytes: &[u8]) -> Result<(), String> {
+        if self.buf.is_empty() {
+            self.buf = vec![0u8; SEQ_BUF + PAGE];
+            self.start = self.buf.as_ptr().align_offset(PAGE);
+        }
+        let raw = f.method == ZFRAME_RAW;
+        let at = |len: usize| {
+            if raw {
+                page_align(len as u64) as usize
+            } else {
+                len
+            }
+        };
+        if at(self.len) + bytes.len() > SEQ_BUF {
+            self.flush()?;
+        }
+        let from = at(self.len);
+        self.buf[self.start + self.len..self.start + from].fill(0);
+        self.buf[self.start + from..self.start + from + bytes.len()].copy_from_slice(bytes);
+        f.stored_off = from as u64;
+        self.pending.push((seq, f));
+        self.len = from + bytes.len();
+        Ok(())
+    }
+
+    /// Writes the buffer (zero padded to a page multiple) below what is written.
+    fn flush(&mut self) -> Result<(), String> {
+        if self.len == 0 {
+            return Ok(());
+        }
+        let n = page_align(self.len as u64) as usize;
+        self.buf[self.start + self.len..self.start + n].fill(0);
+        self.end -= n as u64;
+        put(self.out, &self.buf[self.start..self.start + n], self.end)?;
+        for (seq, mut f) in self.pending.drain(..) {
+            f.stored_off += self.end - self.data_at;
+            self.placed[seq] = Some(f);
+        }
+        self.len = 0;
+        Ok(())
+    }
+}
+
+/// Closes a split image's gap: the `len` bytes at `from` (its compressed pieces) end up at `to`
+/// (the end of the agent's pieces), and the file is `from - to` shorter. Collapsed out of the
+/// file where the file system can (ext4, XFS: no data moves), else copied down.
+fn close_gap(out: &File, to: u64, from: u64, len: u64) -> Result<u8, String> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: fallocate on our own descriptor; page-aligned offsets.
+    let r = unsafe {
+        libc::fallocate(
+            out.as_raw_fd(),
+            libc::FALLOC_FL_COLLAPSE_RANGE,
+            to as i64,
+            (from - to) as i64,
+        )
+    };
+    if r == 0 {
+        return Ok(GAP_COLLAPSED);
+    }
+    // (The destination is open for writing only: read through a descriptor of our own.)
+    let back = File::open(format!("/proc/self/fd/{}", out.as_raw_fd()))
+        .map_err(|e| format!("cannot read the compressed image back: {e}"))?;
+    let mut buf = vec![0u8; (len as usize).min(SEQ_BUF) + PAGE];
+    let start = buf.as_ptr().align_offset(PAGE);
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(SEQ_BUF as u64) as usize;
+        let b = &mut buf[start..start + n];
+        back.read_exact_at(b, from + done)
+            .map_err(|e| format!("cannot read the compressed image back: {e}"))?;
+        put(out, &buf[start..start + n], to + done)?;
+        done += n as u64;
+    }
+    Ok(GAP_COPIED)
+}
+
 /// A compressed piece (`packed[..n]`), or the raw bytes back when they did not compress.
 struct Done {
+    /// Its place in the stream (the writer takes them in that order).
+    k: usize,
+    /// The piece.
     seq: usize,
     raw: Vec<u8>,
     packed: Vec<u8>,
@@ -574,10 +701,10 @@ fn one_image(
     // Pieces: every extent cut into frames of at most FRAME bytes.
     let mut pieces: Vec<(u64, u32)> = Vec::new();
     for_each_piece(&extents, |_, off, n| pieces.push((off, n as u32)));
-    // A split image: which pieces the agent wrote to the file itself (`agent[i]`), back to back
-    // from the data area on; they are not in the stream.
-    let mut agent = vec![false; pieces.len()];
-    let mut agent_len = 0u64;
+    // A split image: the pieces that looked incompressible to the agent (`sampled[i]`); it
+    // wrote those, and any other not in the stream, back to back from the data area on.
+    let split = plan.is_some();
+    let mut sampled = vec![false; pieces.len()];
     if let Some((p, bits)) = &plan {
         if p.npieces != pieces.len() as u64 || (bits.len() as u64) < p.npieces.div_ceil(8) {
             return bad("split plan does not match the extents");
@@ -585,13 +712,14 @@ fn one_image(
         if base != 0 {
             return bad("a split image that is not alone in its file");
         }
-        for (i, a) in agent.iter_mut().enumerate() {
+        let mut len = 0u64;
+        for (i, a) in sampled.iter_mut().enumerate() {
             *a = bits[i / 8] >> (i % 8) & 1 == 1;
             if *a {
-                agent_len += pieces[i].1 as u64;
+                len += pieces[i].1 as u64;
             }
         }
-        if agent_len != p.raw_len {
+        if len != p.raw_len {
             return bad("split plan length");
         }
     }
@@ -609,13 +737,33 @@ fn one_image(
     {
         return bad("split plan's data offset");
     }
+    // A split image's compressed pieces are stored back from where its raw page data would
+    // end (`top`), the agent's forward from `data_at`: they never meet, and the gap between
+    // them is closed at the end (`close_gap`). The file is that long already (the agent's ring
+    // extends it), or made so.
+    let top = data_at + mem_len;
+    if split && out.metadata().is_ok_and(|m| m.len() < top) {
+        out.set_len(top)
+            .map_err(|e| format!("cannot extend the compressed image: {e}"))?;
+    }
 
-    // Readers (this thread) -> compressors -> the writer (in order).
-    let (job_tx, job_rx) = mpsc::sync_channel::<(usize, Vec<u8>)>(threads * 2);
+    // Readers (this thread) -> compressors -> the writer (in the stream's order). A split
+    // image keeps the compressors' queue short: a piece waiting in it is one the agent could
+    // have written raw (it writes raw while the pipe is full), and the queue is the time the
+    // compression goes on once the agent is done.
+    let queue = if split { 1 } else { threads * 2 };
+    let max_held = if split { threads + 1 } else { threads * 4 + 2 };
+    let (job_tx, job_rx) = mpsc::sync_channel::<(usize, usize, Vec<u8>)>(queue);
     let job_rx = Arc::new(Mutex::new(job_rx));
     let (done_tx, done_rx) = mpsc::channel::<Done>();
     let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
-    let (frames, raw_hash, mut w) = std::thread::scope(|s| -> Result<_, String> {
+    // A split image's page data ended in the stream (the agent is done): the pieces not yet
+    // compressed are stored raw, not compressed after the disk is done (at most the queue and
+    // the reader's pieces; those being compressed finish).
+    // (Not with `CR_COMPRESS_ADAPT=0`, `protocol::FLAG_ZWAIT`: everything compressed.)
+    let adapt = std::env::var_os("CR_COMPRESS_ADAPT").is_none_or(|v| v != "0");
+    let ending = std::sync::atomic::AtomicBool::new(false);
+    let (frames, raw_hash, hi) = std::thread::scope(|s| -> Result<_, String> {
         // Buffers of compressed frames, back from the writer for reuse (no fresh memory per
         // frame).
         let spare: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
@@ -623,21 +771,27 @@ fn one_image(
             let job_rx = Arc::clone(&job_rx);
             let done_tx = done_tx.clone();
             let spare = Arc::clone(&spare);
+            let ending = &ending;
             s.spawn(move || {
                 let Some(mut p) = Packer::new(level) else {
                     return;
                 };
                 loop {
                     let job = job_rx.lock().map(|r| r.recv());
-                    let Ok(Ok((seq, raw))) = job else { return };
+                    let Ok(Ok((k, seq, raw))) = job else { return };
                     let mut packed = spare
                         .lock()
                         .ok()
                         .and_then(|mut v| v.pop())
                         .unwrap_or_default();
-                    let n = p.pack(&raw, &mut packed);
+                    let n = if ending.load(std::sync::atomic::Ordering::Relaxed) {
+                        None
+                    } else {
+                        p.pack(&raw, &mut packed)
+                    };
                     if done_tx
                         .send(Done {
+                            k,
                             seq,
                             raw,
                             packed,
@@ -652,138 +806,199 @@ fn one_image(
         }
         drop(done_tx);
         let pieces_ref = &pieces;
-        let agent_ref = &agent;
-        type Written<'w> = (Vec<ZFrame>, Stats, SeqWriter<'w>);
         let spare_w = Arc::clone(&spare);
-        let writer = s.spawn(move || -> Result<Written<'_>, String> {
+        type Written = (Vec<Option<ZFrame>>, Stats, u64);
+        let writer = s.spawn(move || -> Result<Written, String> {
             let mut pending = BTreeMap::new();
             let mut next = 0usize;
-            let mut frames = Vec::with_capacity(pieces_ref.len());
-            // The agent's pieces first (the start of the data area), the others after them.
-            let mut in_agent = 0u64;
-            let mut stored = agent_len;
             let mut st = Stats::default();
-            let mut w = SeqWriter::new(out, data_at + agent_len);
-            // Frames of the pieces the agent wrote, from `next` on.
-            let mut agents = |next: &mut usize, frames: &mut Vec<ZFrame>, st: &mut Stats| {
-                while *next < pieces_ref.len() && agent_ref[*next] {
-                    let (raw_off, raw_len) = pieces_ref[*next];
-                    frames.push(ZFrame {
-                        raw_off,
-                        stored_off: in_agent,
-                        stored_len: raw_len as u64,
-                        raw_len,
-                        method: ZFRAME_RAW,
-                    });
-                    in_agent += raw_len as u64;
-                    st.raw_frames += 1;
-                    st.raw += raw_len as u64;
-                    *next += 1;
-                }
-            };
-            agents(&mut next, &mut frames, &mut st);
+            // Not split: front to back from the data area's start, in order; split: back
+            // from `top`.
+            let mut fw = (!split).then(|| SeqWriter::new(out, data_at));
+            let mut bw = BackWriter::new(out, top, data_at, pieces_ref.len());
+            let mut stored = 0u64;
             for d in done_rx {
-                pending.insert(d.seq, d);
+                pending.insert(d.k, d);
                 while let Some(d) = pending.remove(&next) {
-                    let (raw_off, raw_len) = pieces_ref[next];
-                    let f = match d.n {
-                        Some(n) => {
-                            let p = &d.packed[..n];
-                            w.push(p)?;
-                            st.zstd_frames += 1;
-                            ZFrame {
-                                raw_off,
-                                stored_off: stored,
-                                stored_len: p.len() as u64,
-                                raw_len,
-                                method: ZFRAME_ZSTD,
-                            }
-                        }
-                        None => {
-                            w.pad()?;
-                            stored = page_align(stored);
-                            w.push(&d.raw)?;
-                            st.raw_frames += 1;
-                            ZFrame {
-                                raw_off,
-                                stored_off: stored,
-                                stored_len: raw_len as u64,
-                                raw_len,
-                                method: ZFRAME_RAW,
-                            }
-                        }
+                    let (raw_off, raw_len) = pieces_ref[d.seq];
+                    let (bytes, method) = match d.n {
+                        Some(n) => (&d.packed[..n], ZFRAME_ZSTD),
+                        None => (&d.raw[..], ZFRAME_RAW),
                     };
-                    stored += f.stored_len;
+                    if method == ZFRAME_ZSTD {
+                        st.zstd_frames += 1;
+                    } else {
+                        st.raw_frames += 1;
+                    }
                     st.raw += raw_len as u64;
-                    frames.push(f);
+                    let mut f = ZFrame {
+                        raw_off,
+                        stored_off: 0,
+                        stored_len: bytes.len() as u64,
+                        raw_len,
+                        method,
+                    };
+                    match fw.as_mut() {
+                        Some(w) => {
+                            if method == ZFRAME_RAW {
+                                w.pad()?;
+                                stored = page_align(stored);
+                            }
+                            f.stored_off = stored;
+                            w.push(bytes)?;
+                            stored += f.stored_len;
+                            bw.placed[d.seq] = Some(f);
+                        }
+                        None => bw.push(d.seq, f, bytes)?,
+                    }
                     let _ = free_tx.send(d.raw);
                     if let Ok(mut v) = spare_w.lock() {
                         v.push(d.packed);
                     }
                     next += 1;
-                    agents(&mut next, &mut frames, &mut st);
                 }
             }
-            st.stored = page_align(stored);
-            w.pad()?;
-            Ok((frames, st, w))
-        });
-        // Read every piece, hashing the raw page data as the agent did.
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        let mut result = Ok(());
-        let mut held = 0usize;
-        for (seq, &(_, n)) in pieces.iter().enumerate() {
-            if agent[seq] {
-                continue;
-            }
-            // At most 4 pieces per thread in flight: reuse the buffers that came back.
-            let mut buf = match free_rx.try_recv() {
-                Ok(b) => b,
-                Err(_) if held < threads * 4 + 2 => {
-                    held += 1;
-                    Vec::new()
+            let hi = match fw {
+                Some(mut w) => {
+                    w.pad()?;
+                    w.flush()?;
+                    data_at + page_align(stored)
                 }
-                Err(_) => match free_rx.recv() {
-                    Ok(b) => b,
-                    Err(_) => break,
-                },
+                None => {
+                    bw.flush()?;
+                    bw.end
+                }
             };
-            buf.resize(n as usize, 0);
-            if let Err(e) = need(src, &mut buf) {
-                result = Err(e);
-                break;
+            Ok((bw.placed, st, hi))
+        });
+        // Read every piece in the stream, hashing the raw page data as the agent did.
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        let mut held = 0usize;
+        let mut k = 0usize;
+        let mut read = || -> Result<(), String> {
+            let npieces = pieces.len() as u64;
+            let next_tag = |src: &mut dyn Source, after: Option<usize>| -> Result<u64, String> {
+                let mut tag = [0u8; 8];
+                need(src, &mut tag)?;
+                let t = u64::from_le_bytes(tag);
+                let ok = t == ZPLAN_END || (t < npieces && after.is_none_or(|a| t > a as u64));
+                if !ok {
+                    return Err("bad image in the stream: piece index out of order".into());
+                }
+                Ok(t)
+            };
+            let mut tagged = if split { next_tag(src, None)? } else { 0 };
+            for (seq, &(_, n)) in pieces.iter().enumerate() {
+                if split && tagged != seq as u64 {
+                    // Written by the agent.
+                    continue;
+                }
+                if sampled[seq] {
+                    return Err("bad image in the stream: a piece of the agent's piped".into());
+                }
+                // At most a few pieces per thread in flight: reuse the buffers that came back.
+                let mut buf = match free_rx.try_recv() {
+                    Ok(b) => b,
+                    Err(_) if held < max_held => {
+                        held += 1;
+                        Vec::new()
+                    }
+                    Err(_) => match free_rx.recv() {
+                        Ok(b) => b,
+                        Err(_) => return Ok(()),
+                    },
+                };
+                buf.resize(n as usize, 0);
+                need(src, &mut buf)?;
+                h.update(&buf);
+                if job_tx.send((k, seq, buf)).is_err() {
+                    return Ok(());
+                }
+                k += 1;
+                if split {
+                    tagged = next_tag(src, Some(seq))?;
+                    if tagged == ZPLAN_END && adapt {
+                        ending.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
             }
-            h.update(&buf);
-            if job_tx.send((seq, buf)).is_err() {
-                break;
+            if split && tagged != ZPLAN_END {
+                return Err("bad image in the stream: its page data does not end".into());
             }
-        }
+            Ok(())
+        };
+        let result = read();
         drop(job_tx);
         let written = writer
             .join()
             .unwrap_or_else(|_| Err("a compression thread failed".into()));
         result?;
-        let (frames, st, w) = written?;
-        if frames.len() != pieces.len() {
-            return Err("a compression thread failed".into());
-        }
+        let (placed, st, hi) = written?;
         stats.raw += st.raw;
-        stats.stored += st.stored;
         stats.zstd_frames += st.zstd_frames;
         stats.raw_frames += st.raw_frames;
-        Ok((frames, h.digest(), w))
+        Ok((placed, h.digest(), hi))
     })?;
+
+    // The frames in order: those compressed (placed), the agent's raw ones back to back from
+    // the data area's start.
+    let mut zframes = Vec::with_capacity(pieces.len());
+    let mut agent_len = 0u64;
+    for (seq, f) in frames.into_iter().enumerate() {
+        if let Some(f) = f {
+            zframes.push(f);
+            continue;
+        }
+        if !split {
+            return Err("a compression thread failed".into());
+        }
+        let (raw_off, raw_len) = pieces[seq];
+        zframes.push(ZFrame {
+            raw_off,
+            stored_off: agent_len,
+            stored_len: raw_len as u64,
+            raw_len,
+            method: ZFRAME_RAW,
+        });
+        agent_len += raw_len as u64;
+        stats.raw_frames += 1;
+        stats.agent_frames += 1;
+        stats.raw += raw_len as u64;
+    }
+    let frames = zframes;
+    let stored_mem = if split {
+        // The compressed pieces [hi, top) move down to the end of the agent's.
+        let held = top - hi;
+        let gap = hi - (data_at + agent_len);
+        let mut frames = frames;
+        if gap > 0 && held > 0 {
+            stats.gap = gap;
+            stats.gap_closed = close_gap(out, data_at + agent_len, hi, held)?;
+            for f in frames.iter_mut().filter(|f| f.stored_off >= agent_len) {
+                f.stored_off -= gap;
+            }
+        }
+        stats.stored += agent_len + held;
+        (agent_len + held, frames)
+    } else {
+        let m = frames
+            .iter()
+            .map(|f| page_align(f.stored_off + f.stored_len))
+            .max()
+            .unwrap_or(0);
+        stats.stored += m;
+        (m, frames)
+    };
+    let (stored_mem, frames) = stored_mem;
+    if !frames.is_empty() && frames.len() != pieces.len() {
+        return Err("a compression thread failed".into());
+    }
 
     // The saved files' contents and the trailer follow the page data as they are.
     let rest = hdr.data_len - mem_len;
-    let stored_mem = frames
-        .iter()
-        .map(|f| page_align(f.stored_off + f.stored_len))
-        .max()
-        .unwrap_or(0);
+    let mut w = SeqWriter::new(out, data_at + stored_mem);
     let mut buf = vec![0u8; FRAME];
     let mut done = 0u64;
-    debug_assert_eq!(w.pos(), data_at + stored_mem);
     while done < rest {
         let n = (rest - done).min(FRAME as u64) as usize;
         need(src, &mut buf[..n])?;
@@ -855,6 +1070,11 @@ fn one_image(
     tp[..tsize].copy_from_slice(bytemuck::bytes_of(&tr));
     put_aligned(out, &tp, base + hdr.trailer_offset)?;
     put_aligned(out, &head, base)?;
+    if split {
+        // (Longer still where the gap was copied down.)
+        out.set_len(base + tr.total_len)
+            .map_err(|e| format!("cannot end the compressed image: {e}"))?;
+    }
     Ok(tr.total_len)
 }
 

@@ -288,13 +288,21 @@ pub struct ZOrigin {
 const _: () = assert!(core::mem::size_of::<ZOrigin>() == 16);
 
 /// Stream record (never in a file): the image stream an agent writes into `cr_checkpoint
-/// --compress`'s pipe carries it before `REC_END` when the agent wrote the pieces of its page
-/// data that looked incompressible to the file itself (a split image, see docs/IMAGE-FORMAT.md
-/// "Compressed images"): [`ZPlan`], then one bit per piece (pieces as
-/// [`crate::image::compress::for_each_piece`] cuts them, least significant bit first; 1:
-/// written by the agent, back to back from the compressed image's data area on, and absent from
-/// the stream). `cr_checkpoint` drops it from the image it writes.
-pub const REC_ZPLAN: u32 = 36;
+/// --compress`'s pipe carries it before `REC_END` when the agent writes part of its page data
+/// to the file itself (a split image, see docs/IMAGE-FORMAT.md "Compressed images"):
+/// [`ZPlan`], then one bit per piece (pieces as [`crate::image::compress::for_each_piece`]
+/// cuts them, least significant bit first; 1: sampled incompressible, always written by the
+/// agent). Which other pieces the agent also wrote (the compressor was behind) is only known as
+/// the stream goes: each piece in the stream comes after its index (a `u64`), and the page data
+/// ends with [`ZPLAN_END`]; every piece not in the stream the agent wrote, back to back from the
+/// compressed image's data area on, in file order. `cr_checkpoint` drops the record from the
+/// image it writes. (Kind 36 was the plan of agents before 2026-12-07 04:40, with every piece
+/// in its bits and no indices in the stream; they sent it only on request flag 0x10000, which
+/// no longer asks for it.)
+pub const REC_ZPLAN: u32 = 37;
+
+/// The index that ends the page data of a split image's stream (see [`REC_ZPLAN`]).
+pub const ZPLAN_END: u64 = u64::MAX;
 
 /// The head of [`REC_ZPLAN`], 24 bytes.
 #[repr(C)]
@@ -302,7 +310,7 @@ pub const REC_ZPLAN: u32 = 36;
 pub struct ZPlan {
     /// Pieces (bits that follow).
     pub npieces: u64,
-    /// Bytes the agent wrote (the pieces whose bit is set).
+    /// Bytes of the pieces whose bit is set.
     pub raw_len: u64,
     /// Where the agent wrote them: the compressed image's `data_offset`, as the agent
     /// computed it (`image::compress::compressed_meta_len`); `cr_checkpoint` checks it.
