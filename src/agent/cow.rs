@@ -130,6 +130,11 @@ struct WriterPage {
     ext_data_len: u64,
     /// The writer's first verdict: 0 not yet, [`EARLY_OK`], [`EARLY_MISSING`] (a shared futex).
     early: AtomicU32,
+    /// The control thread's verdict on the writer's snapshot, which the writer waits for before
+    /// anything else: 0 not yet, [`EARLY_OK`], [`EARLY_MISSING`], or [`CHECK_YOURSELF`] (the
+    /// control thread could not read `/proc/WRITER/maps`: the writer checks and answers in
+    /// `early`). A shared futex.
+    checked: AtomicU32,
     bytes: AtomicU64,
     errno: AtomicI32,
     step: AtomicU32,
@@ -148,6 +153,9 @@ const EARLY_OK: u32 = 1;
 /// The writer's snapshot lacks regions (`MADV_DONTFORK`): it exits, the checkpoint is written
 /// stopped.
 const EARLY_MISSING: u32 = 2;
+/// The control thread could not read the writer's maps (a program that is not dumpable): the
+/// writer reads its own.
+const CHECK_YOURSELF: u32 = 3;
 
 /// `futex(2)` on a word shared between processes (no `FUTEX_PRIVATE_FLAG`).
 fn futex_shared(word: &AtomicU32, op: i32, val: u32, timeout_ns: u64) {
@@ -311,6 +319,7 @@ pub fn start(
             ext_n,
             ext_data_len,
             early: AtomicU32::new(0),
+            checked: AtomicU32::new(0),
             bytes: AtomicU64::new(0),
             errno: AtomicI32::new(0),
             step: AtomicU32::new(0),
@@ -349,9 +358,39 @@ pub fn start(
     if !prebuilt {
         unmap();
     }
-    // Before the program runs on: does the snapshot hold all of it? (The writer's first step:
-    // a read of its maps.)
+    // Before the program runs on: does the snapshot hold all of it? The control thread reads
+    // the writer's maps itself, at once: waiting for the writer to be scheduled and read its own
+    // cost up to 566 ms of stop on this loaded 2-core machine (docs/PERFORMANCE.md). The writer
+    // touches nothing before this verdict.
     let a = page(scratch);
+    let mut path = StackBuf::<32>::new();
+    path.push(b"/proc/").num(r as u64).push(b"/maps\0");
+    let verdict = match memory::count_regions_of(path.as_bytes(), scratch, (base, len)) {
+        Ok(n) if n == regions => EARLY_OK,
+        Ok(_) => EARLY_MISSING,
+        Err(_) => CHECK_YOURSELF,
+    };
+    a.checked.store(verdict, Release);
+    futex_shared(&a.checked, libc::FUTEX_WAKE, 1, 0);
+    match verdict {
+        EARLY_OK => {
+            CHECK_NS.store(sys::monotonic_ns() - t1, Relaxed);
+            if prebuilt {
+                unmap();
+            }
+            return Ok(pidfd);
+        }
+        EARLY_MISSING => {
+            // It exits on this verdict.
+            let _ = reap(pidfd);
+            if !prebuilt {
+                return Err(stopped(NOTE_DONTFORK));
+            }
+            return Err(fallback(NOTE_DONTFORK));
+        }
+        _ => {}
+    }
+    // (The writer's first step now: a read of its own maps.)
     loop {
         match a.early.load(Acquire) {
             EARLY_OK => {
@@ -441,11 +480,25 @@ extern "C" fn writer_main(page_addr: usize) -> ! {
     );
     // SAFETY: the Scratch value lives on the control thread's stack, which our snapshot holds.
     let scratch = unsafe { &*(a.scratch as *const Scratch) };
-    let complete =
-        memory::count_regions(scratch, (a.pre_base, a.pre_len)).is_ok_and(|n| n == a.regions);
-    a.early
-        .store(if complete { EARLY_OK } else { EARLY_MISSING }, Release);
-    futex_shared(&a.early, libc::FUTEX_WAKE, 1, 0);
+    // The control thread's verdict on our snapshot first (it may be reading our maps into the
+    // scratch area).
+    let mut checked = a.checked.load(Acquire);
+    while checked == 0 {
+        futex_shared(&a.checked, libc::FUTEX_WAIT, 0, 100_000_000);
+        checked = a.checked.load(Acquire);
+    }
+    let complete = match checked {
+        EARLY_OK => true,
+        EARLY_MISSING => false,
+        _ => {
+            let complete = memory::count_regions(scratch, (a.pre_base, a.pre_len))
+                .is_ok_and(|n| n == a.regions);
+            a.early
+                .store(if complete { EARLY_OK } else { EARLY_MISSING }, Release);
+            futex_shared(&a.early, libc::FUTEX_WAKE, 1, 0);
+            complete
+        }
+    };
     if !complete {
         sys::exit_group(3);
     }

@@ -539,8 +539,14 @@ pub fn find_precopy(
 /// length): in a copy-on-write writer, fewer than the program had at the fork means memory the
 /// program marked `MADV_DONTFORK`, which the snapshot lacks.
 pub fn count_regions(scratch: &Scratch, skip: (u64, u64)) -> Result<u64, Errno> {
+    count_regions_of(b"/proc/self/maps\0", scratch, skip)
+}
+
+/// [`count_regions`] of the maps file at `path` (NUL-terminated): the control thread counts its
+/// writer's (`/proc/PID/maps`) as soon as `clone3` returns.
+pub fn count_regions_of(path: &[u8], scratch: &Scratch, skip: (u64, u64)) -> Result<u64, Errno> {
     let maps = scratch.maps();
-    let n = sys::read_file(b"/proc/self/maps\0", maps)?;
+    let n = sys::read_file(path, maps)?;
     Ok(scratch.maps()[..n]
         .split(|&b| b == b'\n')
         .filter_map(parse_line)
