@@ -1,7 +1,8 @@
 //! The control-socket protocol between a requester (`cr_checkpoint`) and the agent.
 //!
-//! Each process with the agent listens on the abstract unix socket `@libcr-ctl.<pid>`
-//! (`SOCK_SEQPACKET`). Both ends check the peer's credentials: the agent accepts root, and its
+//! Each process with the agent listens on the abstract unix socket `@libcr-ctl.<ns>.<pid>`
+//! (`SOCK_SEQPACKET`), bound when a requester first wakes it ([`wake`], [`connect`]: `SIGURG`
+//! with [`WAKE_MAGIC`]; docs/ARCHITECTURE.md, "Start-up"). Both ends check the peer's credentials: the agent accepts root, and its
 //! owner only for a process the owner could `ptrace` (not set-uid/set-gid, dumpable; see
 //! `agent::control`), answering anyone else `EPERM` with the reason;
 //! the requester checks that the listener's pid is the target. The exchange is:
@@ -458,6 +459,111 @@ pub fn socket_addr(ns: u64, pid: i32) -> (libc::sockaddr_un, libc::socklen_t) {
     (addr, len as libc::socklen_t)
 }
 
+/// The signal that wakes a lazy agent: a process whose agent has not bound its control socket
+/// yet binds it when this signal arrives with [`WAKE_MAGIC`] as its `si_value` and `si_code`
+/// `SI_QUEUE` (`rt_sigqueueinfo`). Its default action is to be ignored, so a wake-up that reaches
+/// a process between `exec` and its new image's constructor (when every handler is the default
+/// again) is lost harmlessly; the requester sends it again. Every other `SIGURG` goes to the
+/// program's own disposition (`agent::interpose`). See docs/ARCHITECTURE.md, "Start-up".
+pub const WAKE_SIGNAL: i32 = libc::SIGURG;
+/// The `si_value` of a wake-up ("libcr-wk").
+pub const WAKE_MAGIC: u64 = 0x6b77_2d72_6362_696c;
+/// How long a requester waits for a woken agent's socket (it sends the wake-up again meanwhile).
+pub const WAKE_WAIT_NS: u64 = 3_000_000_000;
+/// How often a requester that finds no socket sends the wake-up again.
+pub const WAKE_AGAIN_NS: u64 = 20_000_000;
+
+/// What `/proc/PID/status` (`SigCgt`) says about process `pid`'s agent (no allocation: the
+/// agent's control thread calls it too).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum AgentSign {
+    /// It catches the checkpoint signal and the wake-up: an agent that binds its control socket
+    /// when woken ([`wake`]).
+    Wakeable,
+    /// It catches the checkpoint signal but not the wake-up signal: an agent that binds at once
+    /// (or none; it never gets a wake-up).
+    Eager,
+    /// It does not catch the checkpoint signal: no agent (yet); or the process is gone or a
+    /// zombie (which shows its handlers until it is reaped).
+    None,
+}
+
+/// Reads the caught-signal mask of process `pid` from `/proc/PID/status`.
+pub fn agent_sign(pid: i32) -> AgentSign {
+    let mut path = crate::sys::StackBuf::<40>::new();
+    path.push(b"/proc/").num(pid as u64).push(b"/status");
+    let Ok(fd) = crate::sys::open(path.as_cstr(), libc::O_RDONLY | libc::O_CLOEXEC, 0) else {
+        return AgentSign::None;
+    };
+    let fd = fd as i32;
+    let mut buf = [0u8; 4096];
+    let mut n = 0;
+    while n < buf.len() {
+        match crate::sys::read(fd, &mut buf[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    crate::sys::close(fd);
+    let text = &buf[..n];
+    // A zombie keeps its handlers until it is reaped, but never handles a signal again.
+    let state = b"State:";
+    if let Some(at) = text.windows(state.len()).position(|w| w == state) {
+        let s = text[at + state.len()..]
+            .iter()
+            .find(|c| !c.is_ascii_whitespace());
+        if matches!(s, Some(b'Z') | Some(b'X')) {
+            return AgentSign::None;
+        }
+    }
+    let key = b"SigCgt:";
+    let Some(at) = text.windows(key.len()).position(|w| w == key) else {
+        return AgentSign::None;
+    };
+    let mut mask = 0u64;
+    for &c in text[at + key.len()..]
+        .iter()
+        .skip_while(|c| c.is_ascii_whitespace())
+    {
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => break,
+        };
+        mask = (mask << 4) | d as u64;
+    }
+    let has = |sig: i32| mask & (1u64 << (sig - 1)) != 0;
+    match (has(crate::agent::quiesce::CR_SIGNUM), has(WAKE_SIGNAL)) {
+        (true, true) => AgentSign::Wakeable,
+        (true, false) => AgentSign::Eager,
+        _ => AgentSign::None,
+    }
+}
+
+/// Sends process `pid` the wake-up ([`WAKE_SIGNAL`] with [`WAKE_MAGIC`], `SI_QUEUE`).
+pub fn wake(pid: i32) -> Result<(), i32> {
+    // SAFETY: all-zero is a valid siginfo_t.
+    let mut si: libc::siginfo_t = unsafe { core::mem::zeroed() };
+    si.si_signo = WAKE_SIGNAL;
+    si.si_code = libc::SI_QUEUE;
+    // The SI_QUEUE layout: si_pid (int) at 16, si_uid (uint) at 20, si_value at 24.
+    let base = &mut si as *mut libc::siginfo_t as *mut u8;
+    // SAFETY: these offsets lie inside the 128-byte siginfo_t.
+    unsafe {
+        core::ptr::write_unaligned(base.add(16) as *mut i32, crate::sys::getpid());
+        core::ptr::write_unaligned(base.add(20) as *mut u32, libc::getuid());
+        core::ptr::write_unaligned(base.add(24) as *mut u64, WAKE_MAGIC);
+    }
+    crate::sys::sys3(
+        libc::SYS_rt_sigqueueinfo as usize,
+        pid as usize,
+        WAKE_SIGNAL as usize,
+        &si as *const _ as usize,
+    )
+    .map(|_| ())
+    .map_err(|e| e.0)
+}
+
 /// What the restart loader hands the restored agent (in the trampoline's argument block).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Debug, Default)]
@@ -545,19 +651,66 @@ pub fn connect(pid: i32) -> Result<i32, i32> {
             .unwrap_or(libc::EIO)
     };
     let (ns, inner) = target_identity(pid);
-    // SAFETY: socket calls on a descriptor we own.
-    unsafe {
-        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(errno());
+    let (addr, len) = socket_addr(ns, inner);
+    let once = || {
+        // SAFETY: socket calls on a descriptor we own.
+        unsafe {
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
+            if fd < 0 {
+                return Err(errno());
+            }
+            if libc::connect(fd, &addr as *const _ as *const libc::sockaddr, len) != 0 {
+                let e = errno();
+                libc::close(fd);
+                return Err(e);
+            }
+            Ok(fd)
         }
-        let (addr, len) = socket_addr(ns, inner);
-        if libc::connect(fd, &addr as *const _ as *const libc::sockaddr, len) != 0 {
-            let e = errno();
-            libc::close(fd);
-            return Err(e);
+    };
+    let first = once();
+    if !matches!(first, Err(libc::ECONNREFUSED) | Err(libc::ENOENT)) {
+        return first;
+    }
+    connect_woken(pid, first, once)
+}
+
+/// After `connect` found no control socket for `pid`: while the process shows a lazy agent
+/// ([`AgentSign::Wakeable`]), wakes it ([`wake`], again every [`WAKE_AGAIN_NS`]: a process in
+/// the middle of an `exec` loses it) and tries `once` until the socket is there. Gives up with
+/// `ETIMEDOUT` after [`WAKE_WAIT_NS`] (the program blocks the wake-up signal in every thread, or
+/// replaced the agent's handler by a raw system call); returns `first` when the process has no
+/// lazy agent (none at all: the caller's clear error, not a wait).
+pub fn connect_woken(
+    pid: i32,
+    first: Result<i32, i32>,
+    mut once: impl FnMut() -> Result<i32, i32>,
+) -> Result<i32, i32> {
+    let start = crate::sys::monotonic_ns();
+    let mut last_wake = 0u64;
+    let mut woke = false;
+    loop {
+        let now = crate::sys::monotonic_ns();
+        if now - start > WAKE_WAIT_NS {
+            return Err(libc::ETIMEDOUT);
         }
-        Ok(fd)
+        if !woke || now - last_wake >= WAKE_AGAIN_NS {
+            // Checked again before each wake-up: the process may have exec'd a program without
+            // the agent meanwhile (its own SIGURG handler must not get ours).
+            if agent_sign(pid) != AgentSign::Wakeable {
+                return if woke { once() } else { first };
+            }
+            if let Err(e) = wake(pid) {
+                return if woke { Err(e) } else { first };
+            }
+            woke = true;
+            last_wake = now;
+        }
+        // SAFETY: a plain sleep of 0.5 ms.
+        unsafe { libc::usleep(500) };
+        match once() {
+            Err(libc::ECONNREFUSED) | Err(libc::ENOENT) => {}
+            r => return r,
+        }
     }
 }
 

@@ -622,6 +622,7 @@ pub fn monotonic_ns() -> u64 {
 }
 
 /// Sets this thread's signal mask to `set` (raw 64-bit kernel sigset) and returns the old one.
+#[link_section = ".text.hot.libcr_start"]
 pub fn sigprocmask_raw(how: i32, set: Option<u64>) -> u64 {
     let mut old: u64 = 0;
     let newp = set.as_ref().map_or(0, |s| s as *const u64 as usize);

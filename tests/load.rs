@@ -555,7 +555,8 @@ fn checkpoints_during_fork_storm() {
             })
             .collect()
     };
-    let fds = fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |rd| rd.count());
+    // With its control socket, which the agent binds when the first requester wakes it.
+    let fds = woken_fd_count(pid);
     let (forks0, t0) = (forks_so_far(), Instant::now());
     let mut shells = storm(&sc);
     let mut times = Vec::new();
@@ -568,11 +569,14 @@ fn checkpoints_during_fork_storm() {
         sc.assert_image_file(&img);
         job.assert_running(&format!("after checkpoint {i} in the fork storm"));
         let deadline = Instant::now() + Duration::from_secs(5);
-        let count = || fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |rd| rd.count());
-        while count() != fds && Instant::now() < deadline {
+        while fd_count(pid) != fds && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(2));
         }
-        assert_eq!(count(), fds, "descriptors changed after checkpoint {i}");
+        assert_eq!(
+            fd_count(pid),
+            fds,
+            "descriptors changed after checkpoint {i}"
+        );
         fs::remove_file(&img).expect("remove image");
     }
     let img = sc.checkpoint(pid, &["--term", "--time", "20"]);

@@ -252,8 +252,8 @@ fn unreadable_processes_only_root_may_checkpoint() {
 }
 
 /// The agent's control socket, reached directly (not through cr_checkpoint, whose `kill(pid,
-/// 0)` check stops another user first): a request from another uid gets `EPERM` and the reason,
-/// and the program is not stopped. The client is this test binary run again as that user
+/// 0)` check stops another user first; nor could another uid wake the agent to bind its socket):
+/// a request from another uid gets `EPERM` and the reason, and the program is not stopped. The client is this test binary run again as that user
 /// (`LIBCR_SOCKET_CLIENT=PID`, see [`socket_client`]).
 #[test]
 fn control_socket_refuses_other_users() {
@@ -271,6 +271,12 @@ fn control_socket_refuses_other_users() {
         "socket_client".into(),
         "--nocapture".into(),
     ];
+    // The agent binds its socket when a requester first wakes it, which another uid cannot (the
+    // kernel's permission check on the wake-up signal refuses it): root connects once (which
+    // wakes it), so that the other uid finds the socket and the agent's own check is tested.
+    let sock = cr::protocol::connect(target.pid() as i32).expect("root wakes the agent");
+    // SAFETY: closing the socket we opened.
+    unsafe { libc::close(sock) };
     let mut cmd = sc.command_as(Some(OTHER_USER), &argv);
     cmd.env("LIBCR_SOCKET_CLIENT", target.pid().to_string());
     let res = sc.run_tool("socket client as another uid", cmd);

@@ -3,7 +3,8 @@
 //! standard and queued real-time ones with their siginfo), `c-tests/prctl.c` (per-thread and
 //! per-process `prctl` settings, thread names and the personality), `c-tests/fpu_callback.c`
 //! (a callback's x87/SSE/AVX state across its `cr_checkpoint()`; linked with libcr),
-//! `c-tests/sig64.c` (the program's own disposition for the checkpoint signal), `c-tests/itimer.c`
+//! `c-tests/sig64.c` (the program's own disposition for the checkpoint signal), `c-tests/sigurg.c`
+//! (the program's own SIGURG, which the agent's wake-up shares), `c-tests/itimer.c`
 //! (a periodic ITIMER_REAL that expired while the program was stopped).
 //!
 //! Each case runs the usual cycle (checkpoint `--term`, restart, GO, PASS); the `_continues`
@@ -259,6 +260,84 @@ fn sig64_handler_unprivileged() {
     }
     let sc = Scenario::as_user("nobody-sig64", NOBODY);
     sc.checkpoint_term_restart_pass(start_sig64(&sc, "handler"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// SIGURG, the lazy agent's wake-up signal, belongs to the program as before
+// ---------------------------------------------------------------------------------------------
+
+/// `cr_run ./sigurg MODE`; READY seen.
+fn start_sigurg(sc: &Scenario, mode: &str) -> Job {
+    let mut prog = sc.program("sigurg");
+    prog.argv.push(mode.into());
+    let mut job = sc.start("sigurg", sc.under_cr_run(&prog));
+    job.wait_ready();
+    job
+}
+
+/// The program's SIGURG handler gets raise, sigqueue, a child's kill and out-of-band TCP data
+/// as without the agent, interrupts a read without SA_RESTART, never sees the checkpoint's
+/// wake-up, and is still installed after a restart.
+#[test]
+fn sigurg_handler() {
+    let sc = Scenario::new("sigurg-handler");
+    sc.checkpoint_term_restart_pass(start_sigurg(&sc, "handler"));
+}
+
+/// SIG_DFL: SIGURG is ignored, before and after a restart; the wake-up works.
+#[test]
+fn sigurg_default() {
+    let sc = Scenario::new("sigurg-dfl");
+    sc.checkpoint_term_restart_pass(start_sigurg(&sc, "dfl"));
+}
+
+/// SIG_IGN set by the program survives its exec (as without the agent); the process and its
+/// fork child, which cannot be woken, are checkpointed.
+#[test]
+fn sigurg_ignored_across_exec() {
+    let sc = Scenario::new("sigurg-ign");
+    sc.checkpoint_term_restart_pass(start_sigurg(&sc, "ign"));
+}
+
+/// SIGURG blocked across exec: the new image binds its control socket at once.
+#[test]
+fn sigurg_blocked_across_exec() {
+    let sc = Scenario::new("sigurg-blocked");
+    sc.checkpoint_term_restart_pass(start_sigurg(&sc, "blocked"));
+}
+
+/// SIGURG blocked with sigprocmask (and inherited by a fork child): both are checkpointed.
+#[test]
+fn sigurg_masked() {
+    let sc = Scenario::new("sigurg-masked");
+    sc.checkpoint_term_restart_pass(start_sigurg(&sc, "masked"));
+}
+
+/// SIGURG blocked by a raw system call (no wrapper sees it): the wake-up cannot arrive, and
+/// cr_checkpoint says so (ETIMEDOUT, exit 110) within a few seconds instead of waiting; the
+/// program goes on unharmed, and the wake-up still pending when it unblocks SIGURG never reaches
+/// its handler.
+#[test]
+fn sigurg_raw_block_fails_clearly() {
+    let sc = Scenario::new("sigurg-rawblock");
+    let mut job = start_sigurg(&sc, "rawblock");
+    let img = sc.next_image_path();
+    let started = std::time::Instant::now();
+    let res = sc.checkpoint_to(job.pid(), &[], &img);
+    let line = res.assert_failure_code(110);
+    assert!(
+        line.contains("did not bind its control socket when woken"),
+        "unexpected message: {line}\n{}",
+        res.describe()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the refusal took {:?}",
+        started.elapsed()
+    );
+    job.assert_running("after the refused checkpoint");
+    sc.go();
+    job.expect_pass(RESTART_TIMEOUT);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -111,10 +111,10 @@ pub(super) fn high_fd_floor() -> usize {
     }
 }
 
-/// Creates and binds this process's control socket; returns its descriptor. `lazy`: the socket
-/// signals the process (the checkpoint signal, `O_ASYNC`) on a connection, before it listens.
+/// Creates and binds this process's control socket; returns its descriptor. `lazy`: the signal
+/// the socket raises in the process (`O_ASYNC`) on a connection, set before it listens.
 #[link_section = ".text.hot.libcr_start"]
-fn bind_socket(lazy: bool, fork_child: bool) -> Result<i32, sys::Errno> {
+fn bind_socket(lazy: Option<i32>, fork_child: bool) -> Result<i32, sys::Errno> {
     let low = sys::sys3(
         libc::SYS_socket as usize,
         libc::AF_UNIX as usize,
@@ -135,15 +135,11 @@ fn bind_socket(lazy: bool, fork_child: bool) -> Result<i32, sys::Errno> {
     )
     .and_then(|_| {
         let mut fl = libc::O_NONBLOCK;
-        if lazy {
+        if let Some(signal) = lazy {
             // The signal names this descriptor (si_fd): set up at its final number, before
             // anyone can connect.
             sys::fcntl(fd, libc::F_SETOWN, sys::getpid() as usize)?;
-            sys::fcntl(
-                fd,
-                sys::fcntl_cmd::F_SETSIG,
-                super::quiesce::CR_SIGNUM as usize,
-            )?;
+            sys::fcntl(fd, sys::fcntl_cmd::F_SETSIG, signal as usize)?;
             fl |= libc::O_ASYNC;
             super::ctlstart::arm(fd);
         }
@@ -151,7 +147,7 @@ fn bind_socket(lazy: bool, fork_child: bool) -> Result<i32, sys::Errno> {
         sys::sys3(libc::SYS_listen as usize, fd as usize, 8, 0)
     });
     if let Err(e) = res {
-        if lazy {
+        if lazy.is_some() {
             super::ctlstart::disarm();
         }
         sys::close(fd);
@@ -181,16 +177,213 @@ fn identity(fork_child: bool) -> (u64, i32) {
     protocol::own_identity()
 }
 
-/// Binds the socket (at init and in every fork child: `fork_child`) and starts the control
-/// thread: on the first connection where it can (`ctlstart`), else at once.
+/// Whether this process binds its control socket only when woken (issue 11, idle cost): set at
+/// init where the control thread can start lazily (`ctlstart`) and the wake-up signal's handler
+/// is installed; inherited by fork children.
+#[link_section = ".data1"]
+static LAZY_SOCKET: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+/// Set where a wake-up may never arrive (the program blocks or ignores the wake-up signal):
+/// the socket is bound at once here and in every fork child ([`bind_now_and_in_children`]).
+#[link_section = ".data1"]
+static BIND_AT_ONCE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+/// Set while a thread binds the lazy socket ([`ensure_bound`]).
+#[link_section = ".data1"]
+static BINDING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Whether the control socket is bound only on a wake-up in this process.
+pub fn lazy_socket() -> bool {
+    LAZY_SOCKET.load(Acquire)
+}
+
+/// At init (`fork_child` false) and in every fork child. Where the control thread can start on
+/// the first connection (`ctlstart`) and the wake-up handler is installed (`lazy_socket`),
+/// nothing is bound: the socket comes with the first wake-up ([`ensure_bound`]); a fork child
+/// only drops its parent's socket, if the parent had bound one. Elsewhere the socket is bound
+/// and the control thread started at once (a pthread), as before.
 #[link_section = ".text.hot.libcr_start"]
 pub fn start(fork_child: bool) {
-    let old = LISTEN_FD.swap(-1, AcqRel);
-    if old >= 0 {
-        sys::close(old); // inherited from the parent across fork
+    if LISTEN_FD.load(Acquire) >= 0 {
+        let old = LISTEN_FD.swap(-1, AcqRel);
+        if old >= 0 {
+            sys::close(old); // inherited from the parent across fork
+        }
     }
+    if fork_child && BINDING.load(Acquire) {
+        BINDING.store(false, Release); // a parent's thread was binding when it forked
+        close_inherited_control_sockets();
+    }
+    if LAZY_SOCKET.load(Acquire) {
+        super::ctlstart::forget_socket();
+        // A child forked by a thread that blocks the wake-up signal (the program's, or one with
+        // a mask set by a raw system call, as the API's callback thread) could not be woken.
+        let urg = 1u64 << (protocol::WAKE_SIGNAL - 1);
+        if BIND_AT_ONCE.load(Acquire)
+            || (fork_child && sys::sigprocmask_raw(libc::SIG_BLOCK, None) & urg != 0)
+        {
+            ensure_bound();
+        }
+        return;
+    }
+    bind_and_start(fork_child);
+}
+
+/// In a fork child whose parent was binding its control socket when it forked (a wake-up's
+/// handler in one thread, `fork` in another): the parent's socket was copied before its number
+/// was published in `LISTEN_FD`. Kept, it held the parent's address after the parent ended (the
+/// copy is the same socket, bound and listening once the parent's bind ends): a restored parent
+/// could not bind its socket again, a wake-up then bound one and started a second control
+/// thread, which waited for the first one to stop (tests/load.rs
+/// `blocked_calls_restarted_again_and_again`, "thread N did not stop"; a child of c-tests/blocked.c
+/// kept it in 2 of 12 first wake-ups by hand). Found by what the agent's socket is at any
+/// moment of its bind: a close-on-exec `AF_UNIX` `SOCK_SEQPACKET` socket that is named
+/// `@libcr-ctl.`, or not yet bound nor connected. Rare (only here): the scan of `/proc/self/fd`
+/// costs nothing otherwise.
+fn close_inherited_control_sockets() {
+    const PREFIX: &[u8] = b"\0libcr-ctl.";
+    let opt = |fd: i32, name: i32| -> i32 {
+        let (mut v, mut len) = (0i32, 4u32);
+        match sys::sys6(
+            libc::SYS_getsockopt as usize,
+            fd as usize,
+            libc::SOL_SOCKET as usize,
+            name as usize,
+            &mut v as *mut i32 as usize,
+            &mut len as *mut u32 as usize,
+            0,
+        ) {
+            Ok(_) => v,
+            Err(_) => -1,
+        }
+    };
+    sys::each_open_fd(|fd| {
+        if opt(fd, libc::SO_DOMAIN) != libc::AF_UNIX
+            || opt(fd, libc::SO_TYPE) != libc::SOCK_SEQPACKET
+            || sys::fcntl(fd, libc::F_GETFD, 0).map_or(true, |f| f & libc::FD_CLOEXEC as usize == 0)
+        {
+            return;
+        }
+        // SAFETY: all-zero is a valid sockaddr_un.
+        let mut addr: libc::sockaddr_un = unsafe { core::mem::zeroed() };
+        let mut len = core::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        if sys::sys3(
+            libc::SYS_getsockname as usize,
+            fd as usize,
+            &mut addr as *mut _ as usize,
+            &mut len as *mut _ as usize,
+        )
+        .is_err()
+        {
+            return;
+        }
+        let name_len = (len as usize).saturating_sub(core::mem::size_of::<libc::sa_family_t>());
+        // SAFETY: sun_path is a plain byte array inside addr.
+        let path = unsafe {
+            core::slice::from_raw_parts(addr.sun_path.as_ptr() as *const u8, addr.sun_path.len())
+        };
+        let ours = if name_len == 0 {
+            // Not bound yet: ours unless it is connected (ENOTCONN).
+            let mut peer: libc::sockaddr_un = unsafe { core::mem::zeroed() };
+            let mut plen = core::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+            sys::sys3(
+                libc::SYS_getpeername as usize,
+                fd as usize,
+                &mut peer as *mut _ as usize,
+                &mut plen as *mut _ as usize,
+            )
+            .is_err()
+        } else {
+            name_len >= PREFIX.len() && path.starts_with(PREFIX)
+        };
+        if ours {
+            sys::close(fd);
+        }
+    });
+}
+
+/// Whether the lazy socket is bound at once here ([`bind_now_and_in_children`]), for `-v`.
+pub fn bound_at_once() -> bool {
+    BIND_AT_ONCE.load(Acquire)
+}
+
+/// Binds the lazy socket now, and in every fork child from now on: the program blocks the
+/// wake-up signal (a blocked wake-up would leave a requester waiting) or ignores it (the kernel
+/// then ignores it too, so that `SIG_IGN` survives `exec` as without the agent).
+pub fn bind_now_and_in_children() {
+    if LAZY_SOCKET.load(Acquire) && !BIND_AT_ONCE.load(Acquire) {
+        BIND_AT_ONCE.store(true, Release);
+        // A socket bound on a wake-up raises the wake-up signal, which may now be ignored or
+        // blocked: the checkpoint signal from now on, and a connection whose signal the
+        // kernel dropped (setting `SIG_IGN` discards a pending one) is served now.
+        let fd = LISTEN_FD.load(Acquire);
+        if fd >= 0 {
+            let _ = sys::fcntl(
+                fd,
+                sys::fcntl_cmd::F_SETSIG,
+                super::quiesce::CR_SIGNUM as usize,
+            );
+            super::ctlstart::start_if_waiting();
+        }
+    }
+    ensure_bound();
+}
+
+/// The signal a control socket bound on a wake-up raises on its first connection: the wake-up
+/// signal itself (it was just delivered, so it reaches the process), unless the program ignores
+/// or blocks it ([`bind_now_and_in_children`]); a socket bound otherwise (at init, in a fork
+/// child whose mask blocks the wake-up signal, where the program ignores or blocks it) raises
+/// the checkpoint signal. The wake-up signal's default action is to be ignored: a connection
+/// that reaches a process while it runs `exec` (the handlers are the defaults from then on, and
+/// a pending signal outlives `exec`) is dropped, where signal 64's default action ended the new
+/// program before its first instruction (a shell script's child checkpointed while it exec'd
+/// its command: `tests/faults.rs` `checkpoint_during_fork_exec_churn`).
+fn woken_socket_signal() -> i32 {
+    if BIND_AT_ONCE.load(Acquire) {
+        super::quiesce::CR_SIGNUM
+    } else {
+        protocol::WAKE_SIGNAL
+    }
+}
+
+/// Whether the socket is bound on a wake-up from now on (at init, around installing the
+/// wake-up handler).
+#[link_section = ".text.hot.libcr_start"]
+pub fn set_lazy_socket(on: bool) {
+    LAZY_SOCKET.store(on, Release);
+}
+
+/// Binds the lazy control socket unless it is bound already, raising the checkpoint signal
+/// (async-signal-safe: raw syscalls only; where the program blocks or ignores the wake-up
+/// signal). The control thread then starts on the first connection, as at an eager bind.
+pub fn ensure_bound() {
+    bind_lazily(super::quiesce::CR_SIGNUM);
+}
+
+/// [`ensure_bound`] for a wake-up (its handler): the socket raises [`woken_socket_signal`].
+pub fn ensure_bound_woken() {
+    bind_lazily(woken_socket_signal());
+}
+
+fn bind_lazily(signal: i32) {
+    if !LAZY_SOCKET.load(Acquire) || LISTEN_FD.load(Acquire) >= 0 {
+        return;
+    }
+    if BINDING.swap(true, AcqRel) {
+        return; // another thread binds it
+    }
+    if LISTEN_FD.load(Acquire) < 0 {
+        if let Ok(fd) = bind_socket(Some(signal), false) {
+            LISTEN_FD.store(fd, Release);
+        }
+    }
+    BINDING.store(false, Release);
+}
+
+/// Binds the socket and starts the control thread: on the first connection where it can
+/// (`ctlstart`), else at once.
+#[link_section = ".text.hot.libcr_start"]
+fn bind_and_start(fork_child: bool) {
     let lazy = super::ctlstart::lazy_possible();
-    let Ok(fd) = bind_socket(lazy, fork_child) else {
+    let Ok(fd) = bind_socket(lazy.then_some(super::quiesce::CR_SIGNUM), fork_child) else {
         return;
     };
     LISTEN_FD.store(fd, Release);
@@ -280,7 +473,7 @@ pub(super) extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void
             | Err(sys::Errno(libc::EAGAIN)) => {}
             Err(_) => {
                 // The program closed our socket (or the pid changed): bind a new one.
-                match bind_socket(false, false) {
+                match bind_socket(None, false) {
                     Ok(fd) => LISTEN_FD.store(fd, Release),
                     Err(_) => return core::ptr::null_mut(),
                 }
@@ -1197,7 +1390,7 @@ fn after_restart() {
         // The trampoline made it /proc/self/exe where it could; we only close it.
         sys::close(info.exe_fd as i32);
     }
-    match bind_socket(false, false) {
+    match bind_socket(None, false) {
         Ok(fd) => LISTEN_FD.store(fd, Release),
         Err(_) => LISTEN_FD.store(-1, Release),
     }

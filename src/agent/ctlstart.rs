@@ -233,6 +233,18 @@ pub fn arm(fd: i32) {
     STATE.store(ARMED, Release);
 }
 
+/// In a fork child that binds its socket only when woken: the parent's socket (if it had one)
+/// is not armed here (only what differs is written).
+#[link_section = ".text.hot.libcr_start"]
+pub fn forget_socket() {
+    if STATE.load(Acquire) != IDLE {
+        STATE.store(IDLE, Release);
+    }
+    if ASYNC_FD.load(Acquire) != -1 {
+        ASYNC_FD.store(-1, Release);
+    }
+}
+
 /// The socket that was armed could not listen.
 pub fn disarm() {
     STATE.store(IDLE, Release);
@@ -265,11 +277,60 @@ pub fn describe(out: &mut sys::StackBuf<240>) {
         1 if !lazy_possible() && !EAGER_ASKED.load(Acquire) => b"control=thread(no TLS layout) ",
         _ => b"control=thread ",
     });
+    // The socket is bound on a wake-up (nothing said: the reply has 240 bytes), or at once
+    // where the program blocks or ignores the wake-up signal.
+    if super::control::lazy_socket() && super::control::bound_at_once() {
+        out.push(b"sock=eager ");
+    }
 }
 
-/// Called by the checkpoint signal's handler for an `O_ASYNC` signal (`si_code` `POLL_IN`)
-/// about descriptor `fd`: if it is the control socket, starts the control thread (once) and
-/// returns true; false when the signal is the program's.
+/// `si_code` of a signal an `O_ASYNC` descriptor sent for input (`POLL_IN`).
+const POLL_IN: i32 = 1;
+
+/// Called by the handler of the signal the control socket raises (the wake-up signal or the
+/// checkpoint signal, see `control::socket_signal`) with the kernel's `info`: if the signal is
+/// the control socket's (`POLL_IN`, `si_fd`), starts the control thread (once) and returns
+/// true; false when the signal is the program's. While it does, the signals the program
+/// ignores are let through (`quiesce::let_ignored_through_in_handler`, with the handler's `uc`).
+///
+/// # Safety
+/// `info` and `uc` are the kernel's siginfo and ucontext for this handler invocation.
+pub unsafe fn on_socket_signal(info: *const libc::siginfo_t, uc: *mut libc::c_void) -> bool {
+    // SAFETY: the kernel's siginfo; an O_ASYNC signal's holds si_band (a long) then si_fd at
+    // offset 24.
+    let (code, fd) = unsafe {
+        (
+            (*info).si_code,
+            core::ptr::read((info as *const u8).add(24) as *const i32),
+        )
+    };
+    if code != POLL_IN || fd < 0 || fd != ASYNC_FD.load(Acquire) {
+        return false;
+    }
+    super::quiesce::let_ignored_through_in_handler(uc);
+    on_connection(fd)
+}
+
+/// Starts the control thread if the armed socket has a connection waiting (a non-blocking
+/// `poll`): for a socket signal that the kernel merged with another of the same standard
+/// signal, or dropped when the program set that signal to be ignored. False when nothing was
+/// waiting (or no socket is armed).
+pub fn start_if_waiting() -> bool {
+    let fd = ASYNC_FD.load(Acquire);
+    if fd < 0 || STATE.load(Acquire) != ARMED {
+        return false;
+    }
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let n = sys::sys3(libc::SYS_poll as usize, &mut p as *mut _ as usize, 1, 0);
+    n == Ok(1) && p.revents & libc::POLLIN != 0 && on_connection(fd)
+}
+
+/// Starts the control thread for a connection on descriptor `fd` if it is the armed control
+/// socket (once) and returns true; false when `fd` is not the control socket.
 pub fn on_connection(fd: i32) -> bool {
     if fd < 0 || fd != ASYNC_FD.load(Acquire) {
         return false;
@@ -353,9 +414,12 @@ fn spawn() -> bool {
     };
     REGION[0].store(base, Release);
     REGION[1].store(len, Release);
-    // The new thread inherits the handler's mask: every signal blocked, as the control thread
-    // wants. SAFETY: the stack is ours and unused; `entry` never returns.
+    // The new thread inherits this mask: every signal blocked, as the control thread wants (the
+    // handler may have let the ignored ones through, `on_socket_signal`).
+    let mask = sys::sigprocmask_raw(libc::SIG_SETMASK, Some(!0));
+    // SAFETY: the stack is ours and unused; `entry` never returns.
     let r = unsafe { crate::arch::clone3_call(&args, entry, 0) };
+    sys::sigprocmask_raw(libc::SIG_SETMASK, Some(mask));
     if r < 0 {
         REGION[0].store(0, Release);
         sys::munmap(base, len);

@@ -107,6 +107,7 @@ fn connect(pid: i32) -> Result<i32, i32> {
     let (ns, _) = protocol::own_identity();
     let (addr, len) = protocol::socket_addr(ns, pid);
     let deadline = crate::sys::monotonic_ns() + AGENT_START_NS;
+    let mut next_wake = 0u64;
     loop {
         // SAFETY: socket calls on a descriptor we own, with a valid address.
         unsafe {
@@ -118,8 +119,15 @@ fn connect(pid: i32) -> Result<i32, i32> {
                 return Ok(fd);
             }
             libc::close(fd);
-            if libc::kill(pid, 0) != 0 || crate::sys::monotonic_ns() > deadline {
+            let now = crate::sys::monotonic_ns();
+            if libc::kill(pid, 0) != 0 || now > deadline {
                 return Err(crate::api::types::CR_ENOSUPPORT);
+            }
+            // An agent that binds its socket only when woken: wake it (again, now and then: a
+            // process in the middle of an exec loses the wake-up).
+            if now >= next_wake && protocol::agent_sign(pid) == protocol::AgentSign::Wakeable {
+                let _ = protocol::wake(pid);
+                next_wake = now + protocol::WAKE_AGAIN_NS;
             }
             let ms = libc::timespec {
                 tv_sec: 0,

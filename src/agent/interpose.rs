@@ -11,35 +11,55 @@
 //! `kill`, `raise`, `sigqueue`) is passed on by the handler ([`deliver_to_program`]) as the kernel
 //! would have delivered it: to the program's handler with its flags and mask, ignored, or (the
 //! default) terminating the process with signal 64.
+//!
+//! The wake-up signal (`SIGURG`, `protocol::WAKE_SIGNAL`) is shared the same way where the agent
+//! binds its control socket only when woken (docs/ARCHITECTURE.md, "Start-up"): its handler binds
+//! the socket for a wake-up (`SI_QUEUE` with `protocol::WAKE_MAGIC`) and passes every other
+//! `SIGURG` (out-of-band data, anyone's `kill`) to the program's own disposition, whose default
+//! is to ignore it. Unlike signal 64 the program may block it: a program that does (through
+//! these wrappers, or inherited across `exec`) gets its socket bound at once, so a blocked
+//! wake-up never leaves a requester waiting. The kernel's `SA_RESTART` and `SA_ONSTACK` for it
+//! follow the program's handler.
 
 use super::quiesce::CR_SIGNUM;
 use crate::sys;
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 use libc::{c_int, sigset_t};
 
-/// The program's disposition for signal 64 in the kernel's layout: handler, flags, restorer,
-/// mask. Initially SIG_DFL (all zero), as the kernel reports an untouched signal.
-static PROGRAM_ACT: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+/// The program's dispositions for signal 64 (slot 0) and the wake-up signal (slot 1) in the
+/// kernel's layout: handler, flags, restorer, mask. Initially SIG_DFL (all zero), as the kernel
+/// reports an untouched signal.
+static PROGRAM_ACT: [[AtomicU64; 4]; 2] = [const { [const { AtomicU64::new(0) }; 4] }; 2];
 /// The kernel's `SA_RESTORER` flag (x86-64).
 const SA_RESTORER: u64 = 0x0400_0000;
-/// Sequence lock of [`PROGRAM_ACT`]: odd while a writer changes it.
-static PROGRAM_ACT_SEQ: AtomicU32 = AtomicU32::new(0);
+/// Sequence locks of [`PROGRAM_ACT`]: odd while a writer changes it.
+static PROGRAM_ACT_SEQ: [AtomicU32; 2] = [AtomicU32::new(0), AtomicU32::new(0)];
+/// Whether the agent's handler for the wake-up signal is installed (set at init).
+#[link_section = ".data1"]
+static WAKE_HANDLER: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+use crate::protocol::WAKE_SIGNAL;
 
-/// The program's disposition for the checkpoint signal (a consistent copy).
-fn program_action() -> super::process::KSigaction {
+/// The slot of `sig` in [`PROGRAM_ACT`].
+fn slot(sig: c_int) -> usize {
+    usize::from(sig == WAKE_SIGNAL)
+}
+
+/// The program's disposition for the checkpoint signal or the wake-up signal (a consistent copy).
+fn program_action(sig: c_int) -> super::process::KSigaction {
+    let (act, seqlock) = (&PROGRAM_ACT[slot(sig)], &PROGRAM_ACT_SEQ[slot(sig)]);
     loop {
-        let seq = PROGRAM_ACT_SEQ.load(Acquire);
+        let seq = seqlock.load(Acquire);
         if seq & 1 == 1 {
             core::hint::spin_loop();
             continue;
         }
         let a = super::process::KSigaction {
-            handler: PROGRAM_ACT[0].load(Acquire),
-            flags: PROGRAM_ACT[1].load(Acquire),
-            restorer: PROGRAM_ACT[2].load(Acquire),
-            mask: PROGRAM_ACT[3].load(Acquire),
+            handler: act[0].load(Acquire),
+            flags: act[1].load(Acquire),
+            restorer: act[2].load(Acquire),
+            mask: act[3].load(Acquire),
         };
-        if PROGRAM_ACT_SEQ.load(Acquire) == seq {
+        if seqlock.load(Acquire) == seq {
             return a;
         }
     }
@@ -48,12 +68,13 @@ fn program_action() -> super::process::KSigaction {
 /// Replaces the program's disposition for the checkpoint signal. The writing thread blocks
 /// every signal meanwhile, so no handler of its own can wait for it; writers in several threads
 /// take turns.
-fn set_program_action(a: &super::process::KSigaction) {
+fn set_program_action(sig: c_int, a: &super::process::KSigaction) {
+    let (act, seqlock) = (&PROGRAM_ACT[slot(sig)], &PROGRAM_ACT_SEQ[slot(sig)]);
     let old_mask = sys::sigprocmask_raw(libc::SIG_SETMASK, Some(!0));
     loop {
-        let seq = PROGRAM_ACT_SEQ.load(Acquire);
+        let seq = seqlock.load(Acquire);
         if seq & 1 == 0
-            && PROGRAM_ACT_SEQ
+            && seqlock
                 .compare_exchange(seq, seq + 1, AcqRel, Acquire)
                 .is_ok()
         {
@@ -61,12 +82,135 @@ fn set_program_action(a: &super::process::KSigaction) {
         }
         core::hint::spin_loop();
     }
-    PROGRAM_ACT[0].store(a.handler, Release);
-    PROGRAM_ACT[1].store(a.flags, Release);
-    PROGRAM_ACT[2].store(a.restorer, Release);
-    PROGRAM_ACT[3].store(a.mask, Release);
-    PROGRAM_ACT_SEQ.fetch_add(1, AcqRel);
+    act[0].store(a.handler, Release);
+    act[1].store(a.flags, Release);
+    act[2].store(a.restorer, Release);
+    act[3].store(a.mask, Release);
+    seqlock.fetch_add(1, AcqRel);
+    if sig == WAKE_SIGNAL {
+        set_wake_action(a);
+    }
     sys::sigprocmask_raw(libc::SIG_SETMASK, Some(old_mask));
+}
+
+/// Flags of the agent's handler for the wake-up signal: `SA_RESTART` and `SA_ONSTACK` as the
+/// program's handler has them (with `SA_RESTART` while the program has none), so that its
+/// `SIGURG` interrupts the program's calls as it would without the agent.
+#[link_section = ".text.hot.libcr_start"]
+fn wake_flags(program: &super::process::KSigaction) -> u64 {
+    let follow = (libc::SA_RESTART | libc::SA_ONSTACK) as u64;
+    let own = match program.handler as usize {
+        libc::SIG_DFL | libc::SIG_IGN => libc::SA_RESTART as u64,
+        _ => program.flags & follow,
+    };
+    (libc::SA_SIGINFO as u64) | SA_RESTORER | own
+}
+
+/// Installs (again) the agent's handler for the wake-up signal, its flags after `program`'s; or,
+/// where the program ignores the signal, `SIG_IGN` (which `exec` keeps, as without the agent),
+/// with the control socket bound at once since no wake-up can arrive.
+#[link_section = ".text.hot.libcr_start"]
+fn set_wake_action(program: &super::process::KSigaction) {
+    if program.handler == libc::SIG_IGN as u64 {
+        super::control::bind_now_and_in_children();
+        let ign = super::process::KSigaction {
+            handler: libc::SIG_IGN as u64,
+            ..Default::default()
+        };
+        let _ = sys::sys6(
+            libc::SYS_rt_sigaction as usize,
+            WAKE_SIGNAL as usize,
+            &ign as *const _ as usize,
+            0,
+            8,
+            0,
+            0,
+        );
+        return;
+    }
+    let act = super::process::KSigaction {
+        handler: on_wake as *const () as usize as u64,
+        flags: wake_flags(program),
+        restorer: crate::arch::sigreturn_restorer() as u64,
+        mask: !0,
+    };
+    let _ = sys::sys6(
+        libc::SYS_rt_sigaction as usize,
+        WAKE_SIGNAL as usize,
+        &act as *const _ as usize,
+        0,
+        8,
+        0,
+        0,
+    );
+}
+
+/// At init, where the control socket is to be bound on a wake-up: installs the agent's handler
+/// for the wake-up signal, keeping the disposition the process had (`SIG_IGN` survives `exec`;
+/// a late `cr_init()` finds the program's own handler) as the program's. Binds the socket at
+/// once where it is ignored (`set_wake_action`). False when the handler could not be installed
+/// (the socket is then bound at once, as before). The caller has set `control::lazy_socket`.
+#[link_section = ".text.hot.libcr_start"]
+pub(super) fn install_wake_handler() -> bool {
+    let act = super::process::KSigaction {
+        handler: on_wake as *const () as usize as u64,
+        flags: wake_flags(&super::process::KSigaction::default()),
+        restorer: crate::arch::sigreturn_restorer() as u64,
+        mask: !0,
+    };
+    let mut old = super::process::KSigaction::default();
+    if sys::sys6(
+        libc::SYS_rt_sigaction as usize,
+        WAKE_SIGNAL as usize,
+        &act as *const _ as usize,
+        &mut old as *mut _ as usize,
+        8,
+        0,
+        0,
+    )
+    .is_err()
+    {
+        return false;
+    }
+    WAKE_HANDLER.store(true, Release);
+    if old.handler != libc::SIG_DFL as u64 {
+        set_program_action(WAKE_SIGNAL, &old);
+    }
+    true
+}
+
+/// Whether the wake-up signal is the agent's in this process (shared with the program).
+fn wake_ours() -> bool {
+    WAKE_HANDLER.load(Acquire)
+}
+
+/// The wake-up signal's handler: binds the control socket for a wake-up (`SI_QUEUE` with
+/// `protocol::WAKE_MAGIC`); any other `SIGURG` goes to the program's disposition.
+///
+/// # Safety
+/// Called by the kernel only, as an `SA_SIGINFO` handler.
+pub unsafe extern "C" fn on_wake(sig: c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo; for SI_QUEUE the union holds si_value.
+    let (code, value) = unsafe { ((*info).si_code, (*info).si_value().sival_ptr as u64) };
+    if code == libc::SI_QUEUE && value == crate::protocol::WAKE_MAGIC {
+        super::quiesce::let_ignored_through_in_handler(uc);
+        super::control::ensure_bound_woken();
+        // (A wake-up sent again while the socket's signal was pending took its place.)
+        super::ctlstart::start_if_waiting();
+        super::quiesce::reissue_after_async_signal(uc as *mut libc::ucontext_t);
+        return;
+    }
+    // The control socket's first connection (`control::socket_signal`).
+    // SAFETY: the kernel's siginfo.
+    if unsafe { super::ctlstart::on_socket_signal(info, uc) } {
+        super::quiesce::reissue_after_async_signal(uc as *mut libc::ucontext_t);
+        return;
+    }
+    // SIGURG is a standard signal, one pending at a time: the socket's may have merged with
+    // the program's.
+    super::ctlstart::start_if_waiting();
+    // SAFETY: the kernel's arguments, passed on.
+    unsafe { deliver_to_program(sig, info, uc) };
 }
 
 /// Called by the checkpoint signal handler for a signal 64 that is not a checkpoint request:
@@ -76,8 +220,13 @@ fn set_program_action(a: &super::process::KSigaction) {
 /// # Safety
 /// `info` and `uc` are the handler's arguments from the kernel.
 pub unsafe fn deliver_to_program(sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
-    let act = program_action();
+    let act = program_action(sig);
     match act.handler as usize {
+        // An ignored SIGURG (its default too) interrupts nothing: a call our handler cut short
+        // goes on as if it never came.
+        libc::SIG_IGN | libc::SIG_DFL if sig == WAKE_SIGNAL => {
+            super::quiesce::reissue_after_async_signal(uc as *mut libc::ucontext_t);
+        }
         libc::SIG_IGN => {}
         libc::SIG_DFL => {
             // The default action of a real-time signal: the process ends, killed by it.
@@ -103,10 +252,13 @@ pub unsafe fn deliver_to_program(sig: i32, info: *mut libc::siginfo_t, uc: *mut 
         }
         h => {
             if act.flags & libc::SA_RESETHAND as u64 != 0 {
-                set_program_action(&super::process::KSigaction {
-                    handler: libc::SIG_DFL as u64,
-                    ..act
-                });
+                set_program_action(
+                    sig,
+                    &super::process::KSigaction {
+                        handler: libc::SIG_DFL as u64,
+                        ..act
+                    },
+                );
             }
             // The mask the kernel would have set: the interrupted code's, the handler's
             // sa_mask, and the signal itself unless SA_NODEFER.
@@ -144,6 +296,10 @@ fn filtered(how: c_int, set: *const sigset_t) -> Option<u64> {
     }
     // SAFETY: the caller passed a valid sigset_t; its first 8 bytes are the kernel mask.
     let mut k = unsafe { core::ptr::read_unaligned(set as *const u64) };
+    if how != libc::SIG_UNBLOCK && k & (1u64 << (WAKE_SIGNAL - 1)) != 0 && wake_ours() {
+        // A blocked wake-up would leave a requester waiting: bind the socket now instead.
+        super::control::bind_now_and_in_children();
+    }
     if how != libc::SIG_UNBLOCK {
         k &= !GLIBC_INTERNAL;
         if super::active() {
@@ -259,20 +415,23 @@ pub unsafe extern "C" fn sigaction(
     act: *const libc::sigaction,
     old: *mut libc::sigaction,
 ) -> c_int {
-    if sig == CR_SIGNUM && super::active() {
-        let cur = program_action();
+    if ours(sig) {
+        let cur = program_action(sig);
         if !act.is_null() {
             // SAFETY: the caller passed a valid struct sigaction.
             let a = unsafe { &*act };
             // SAFETY: sa_mask's first 8 bytes are the kernel mask.
             let mask = unsafe { core::ptr::read_unaligned(&a.sa_mask as *const _ as *const u64) };
             // As glibc: SA_RESTORER with its own restorer (ours here; it is never used).
-            set_program_action(&super::process::KSigaction {
-                handler: a.sa_sigaction as u64,
-                flags: a.sa_flags as u32 as u64 | SA_RESTORER,
-                restorer: crate::arch::sigreturn_restorer() as u64,
-                mask: mask & !((1 << (libc::SIGKILL - 1)) | (1 << (libc::SIGSTOP - 1))),
-            });
+            set_program_action(
+                sig,
+                &super::process::KSigaction {
+                    handler: a.sa_sigaction as u64,
+                    flags: a.sa_flags as u32 as u64 | SA_RESTORER,
+                    restorer: crate::arch::sigreturn_restorer() as u64,
+                    mask: mask & !((1 << (libc::SIGKILL - 1)) | (1 << (libc::SIGSTOP - 1))),
+                },
+            );
         }
         if !old.is_null() {
             // SAFETY: all-zero is a valid sigaction; the caller passed a valid pointer.
@@ -331,7 +490,18 @@ pub(super) fn next_fn(cache: &AtomicUsize, name: &core::ffi::CStr) -> usize {
 /// library's. (glibc's versions call its internal sigaction, which no wrapper sees: on signal
 /// 64 they replaced the agent's handler, and checkpoints stopped working.)
 fn ours(sig: c_int) -> bool {
-    sig == CR_SIGNUM && super::active()
+    (sig == CR_SIGNUM || (sig == WAKE_SIGNAL && wake_ours())) && super::active()
+}
+
+/// Blocks (`how` `SIG_BLOCK`) or unblocks the wake-up signal through [`sigprocmask`] (which
+/// binds the control socket first when it blocks).
+fn mask_wake(how: c_int) -> c_int {
+    let set = 1u64 << (WAKE_SIGNAL - 1);
+    // SAFETY: a sigset_t's first 8 bytes are the kernel mask; the rest may stay zero.
+    let mut s: sigset_t = unsafe { core::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { core::ptr::write_unaligned(&mut s as *mut sigset_t as *mut u64, set) };
+    sigprocmask(how, &s, core::ptr::null_mut())
 }
 
 /// Installs `handler` for the checkpoint signal with `flags` and an empty mask through
@@ -395,7 +565,10 @@ handler_fn!(
     /// checkpoint signal never is (as with `sigprocmask`), so it only returns the handler.
     sigset, c"sigset", |sig, h| {
         if h == SIG_HOLD {
-            program_action().handler as libc::sighandler_t
+            if sig == WAKE_SIGNAL {
+                mask_wake(libc::SIG_BLOCK);
+            }
+            program_action(sig).handler as libc::sighandler_t
         } else {
             set_handler(sig, h, 0)
         }
@@ -434,12 +607,13 @@ sig_fn!(
     sigignore, c"sigignore", |sig| if set_handler(sig, libc::SIG_IGN, 0) == libc::SIG_ERR { -1 } else { 0 }
 );
 sig_fn!(
-    /// `sighold(3)`: the checkpoint signal is never blocked (as with `sigprocmask`).
-    sighold, c"sighold", |_sig| 0
+    /// `sighold(3)`: the checkpoint signal is never blocked (as with `sigprocmask`); the wake-up
+    /// signal is, once the control socket is bound.
+    sighold, c"sighold", |sig| if sig == WAKE_SIGNAL { mask_wake(libc::SIG_BLOCK) } else { 0 }
 );
 sig_fn!(
     /// `sigrelse(3)`: the checkpoint signal is never blocked.
-    sigrelse, c"sigrelse", |_sig| 0
+    sigrelse, c"sigrelse", |sig| if sig == WAKE_SIGNAL { mask_wake(libc::SIG_UNBLOCK) } else { 0 }
 );
 
 /// `siginterrupt(3)`: sets or clears `SA_RESTART` in the program's disposition.
@@ -478,6 +652,11 @@ fn mask_without_ours(set: *const sigset_t) -> Option<sigset_t> {
     }
     // SAFETY: the caller passed a valid sigset_t.
     let mut copy = unsafe { core::ptr::read_unaligned(set) };
+    // SAFETY: copy is a valid sigset_t.
+    if wake_ours() && unsafe { libc::sigismember(&copy, WAKE_SIGNAL) } == 1 {
+        // A wait with the wake-up signal blocked: bind the control socket first (as `filtered`).
+        super::control::bind_now_and_in_children();
+    }
     // SAFETY: copy is a valid sigset_t.
     if unsafe { libc::sigismember(&copy, CR_SIGNUM) } != 1 {
         return None;

@@ -221,7 +221,23 @@ pub fn init() -> bool {
     unsafe { __register_atfork(None, None, Some(after_fork_child), &__dso_handle) };
     ctlstart::prepare();
     offload::init();
+    // The control socket is bound on the first wake-up where the control thread can start on
+    // the first connection (issue 11, idle cost; docs/ARCHITECTURE.md, "Start-up").
+    if ctlstart::lazy_possible() {
+        control::set_lazy_socket(true);
+        if !interpose::install_wake_handler() {
+            control::set_lazy_socket(false);
+        }
+    }
     control::start(false);
+    // A wake-up signal blocked since before exec would never arrive: bind now.
+    if control::lazy_socket()
+        && sys::sigprocmask_raw(libc::SIG_BLOCK, None)
+            & (1u64 << (crate::protocol::WAKE_SIGNAL - 1))
+            != 0
+    {
+        control::bind_now_and_in_children();
+    }
     true
 }
 

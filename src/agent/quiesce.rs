@@ -172,13 +172,10 @@ pub fn wait_done(seen: u32) {
 pub unsafe extern "C" fn on_signal(sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo.
     let si = unsafe { &*info };
-    if si.si_code == POLL_IN {
-        // SAFETY: an O_ASYNC signal's siginfo holds si_band (a long) then si_fd at offset 24.
-        let fd = unsafe { core::ptr::read((info as *const u8).add(24) as *const i32) };
-        if super::ctlstart::on_connection(fd) {
-            reissue_after_async_signal(uc as *mut libc::ucontext_t);
-            return;
-        }
+    // SAFETY: the kernel's siginfo.
+    if unsafe { super::ctlstart::on_socket_signal(info, uc) } {
+        reissue_after_async_signal(uc as *mut libc::ucontext_t);
+        return;
     }
     // SAFETY: for SI_QUEUE the union holds si_pid/si_uid/si_value; reading them is defined.
     let (pid, value) = unsafe { (si.si_pid(), si.si_value().sival_ptr as u64) };
@@ -192,9 +189,6 @@ pub unsafe extern "C" fn on_signal(sig: i32, info: *mut libc::siginfo_t, uc: *mu
     handle(uc as *mut libc::ucontext_t);
     IN_HANDLER.fetch_sub(1, AcqRel);
 }
-
-/// `si_code` of a signal an `O_ASYNC` descriptor sent for input (`POLL_IN`).
-const POLL_IN: i32 = 1;
 
 fn find_slot(tid: i32) -> Option<usize> {
     let n = NSLOTS.load(Acquire);
@@ -320,23 +314,53 @@ const DEFAULT_IGNORED: [i32; 4] = [libc::SIGCHLD, libc::SIGCONT, libc::SIGURG, l
 /// every signal blocked (`resume`), so each calls this again with its saved program mask once
 /// the program's dispositions are back, before the control thread lets anyone go.
 pub fn let_ignored_through(program: u64) {
-    let mut open = 0u64;
-    for sig in 1..=63 {
+    let_ignored_through_now(program);
+}
+
+/// [`let_ignored_through`] in an agent handler that is not the checkpoint's (the wake-up, the
+/// control socket's first connection), with the mask of the code it interrupted (`uc`): such a
+/// handler blocks every signal while it binds the socket or creates the control thread, which
+/// under load takes milliseconds; an ignored signal sent to the process meanwhile was queued
+/// and woke another thread's `epoll_wait` with EINTR (tests/load.rs
+/// `restarts_while_ignored_signals_arrive`: 50 EINTRs in one checkpoint at load 40, with the
+/// control socket bound on a wake-up).
+pub(crate) fn let_ignored_through_in_handler(uc: *mut libc::c_void) {
+    // SAFETY: uc is the kernel's ucontext of this handler invocation.
+    let mask = unsafe { core::ptr::read_unaligned((uc as usize + UC_SIGMASK) as *const u64) };
+    let_ignored_through_now(mask);
+}
+
+fn let_ignored_through_now(program: u64) {
+    // The signals ignored by default first (SIGCHLD, SIGCONT: the ones sent most), let through
+    // after 4 `rt_sigaction` calls rather than after all 63: the window in which one is queued
+    // is as short as it can be.
+    let check = |sig: i32| -> u64 {
         let bit = 1u64 << (sig - 1);
         if program & bit != 0 || sig == libc::SIGKILL || sig == libc::SIGSTOP {
-            continue;
+            return 0;
         }
         let Some(a) = super::process::current_action(sig) else {
-            continue;
+            return 0;
         };
         let ignored = a.handler == libc::SIG_IGN as u64
             || (a.handler == libc::SIG_DFL as u64 && DEFAULT_IGNORED.contains(&sig));
         if ignored {
-            open |= bit;
+            bit
+        } else {
+            0
         }
+    };
+    let first = DEFAULT_IGNORED
+        .iter()
+        .fold(0u64, |open, &sig| open | check(sig));
+    if first != 0 {
+        sys::sigprocmask_raw(libc::SIG_UNBLOCK, Some(first));
     }
-    if open != 0 {
-        sys::sigprocmask_raw(libc::SIG_UNBLOCK, Some(open));
+    let rest = (1..=63)
+        .filter(|sig| !DEFAULT_IGNORED.contains(sig))
+        .fold(0u64, |open, sig| open | check(sig));
+    if rest != 0 {
+        sys::sigprocmask_raw(libc::SIG_UNBLOCK, Some(rest));
     }
 }
 
@@ -521,7 +545,7 @@ fn is_move_not_to_eax(insn: &[u8]) -> bool {
 /// `%edi`/`%esi` between. A relative sleep continues with the time the kernel wrote back into
 /// `*rem` (the full time again when the program passed no `rem`); any other code keeps its
 /// `EINTR` (docs/ARCHITECTURE.md).
-fn reissue_after_async_signal(uc: *mut libc::ucontext_t) {
+pub(crate) fn reissue_after_async_signal(uc: *mut libc::ucontext_t) {
     // SAFETY: uc is this handler's context; the thread owns it.
     let g = unsafe { &mut (*uc).uc_mcontext.gregs };
     let rip = g[libc::REG_RIP as usize] as usize;

@@ -21,7 +21,7 @@ const CR_ENOSUPPORT: i32 = crate::api::types::CR_ENOSUPPORT;
 /// How long to wait for a process that cr_restart is still restoring.
 const RESTORE_WAIT: Duration = Duration::from_secs(60);
 /// How long a process that shows no agent is looked at again: one in the middle of an exec
-/// shows none for a moment (found with `c-tests/churn.c exec`, docs/RELIABILITY.md).
+/// shows none for a moment (`tests/faults.rs` `checkpoint_during_fork_exec_churn`).
 const EXEC_SETTLE: Duration = Duration::from_millis(100);
 /// How long a process that is loading the agent may take to open its control socket.
 const AGENT_START_WAIT: Duration = Duration::from_secs(2);
@@ -112,6 +112,12 @@ fn try_connect(pid: i32) -> Result<Option<i32>, CheckpointError> {
             // Its memory went while we looked (it started exiting after the checks above):
             // not a process without an agent.
             Err(_) if gone(pid) => return Ok(None),
+            // A lazy agent that was woken (`protocol::connect`) and never bound its socket.
+            Err(libc::ETIMEDOUT) => {
+                return Err(err(libc::ETIMEDOUT, format!(
+                    "process {pid} ({}) has the agent but did not bind its control socket when woken (is signal {} blocked in every thread, or its handler replaced?)",
+                    comm(pid), protocol::WAKE_SIGNAL)))
+            }
             Err(_) if comm(pid) == "cr_restart" => {
                 return Err(err(CR_ENOSUPPORT, format!(
                     "process {pid} is cr_restart itself; checkpoint the restored program (its child) instead")))

@@ -1652,3 +1652,26 @@ pub fn unused_pid() -> u32 {
     );
     pid
 }
+
+/// Open descriptors of `pid`.
+pub fn fd_count(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |rd| rd.count())
+}
+
+/// Open descriptors of `pid` once its agent's control socket is bound: the agent binds it only
+/// when a requester first wakes it (docs/ARCHITECTURE.md, "Start-up"), so this wakes it and
+/// waits for the one descriptor more.
+pub fn woken_fd_count(pid: u32) -> usize {
+    let before = fd_count(pid);
+    cr::protocol::wake(pid as i32).expect("wake the agent");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fd_count(pid) == before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(
+        fd_count(pid),
+        before + 1,
+        "the woken agent's control socket"
+    );
+    before + 1
+}
