@@ -428,8 +428,9 @@ fn restarts_during_sigcont(name: &str, prog: &str) -> String {
 /// `quiesce::let_ignored_through`; now each restored thread calls it too, `resume`). GO: no
 /// EINTR, PASS.
 ///
-/// Not in `make check` (`make soak` runs it): it still fails now and then with 1-3 EINTRs, in
-/// 4 of 16 runs at load 10-25 and once in a clean-clone `make check` under load (2026-12-07),
+/// Not in `make check` (`make soak` runs it): it still fails now and then with 1-3 EINTRs (4 of
+/// 16 runs at load 10-25 and once in a clean-clone `make check` under load, 2026-12-07; with
+/// the handlers' masks narrowed since, 1 of 10 with 12 busy loops beside it, against 4 of 10),
 /// from a window not found yet (docs/RELIABILITY.md); a failure of CI on a known open bug
 /// would keep everything else from landing.
 #[test]

@@ -391,8 +391,9 @@ fn bind_and_start(fork_child: bool) {
         return;
     }
     super::ctlstart::started_at_once();
-    // The new thread inherits a mask with every signal blocked.
-    let old_mask = sys::sigprocmask_raw(libc::SIG_SETMASK, Some(!0));
+    // The new thread inherits a mask with every signal blocked but the ignored ones
+    // (`quiesce::block_all_but_ignored`); it blocks those too first thing.
+    let old_mask = super::quiesce::block_all_but_ignored();
     let mut th: libc::pthread_t = 0;
     // SAFETY: attribute calls on a local attr, then pthread_create with a static entry.
     let rc = unsafe {
@@ -416,6 +417,9 @@ fn bind_and_start(fork_child: bool) {
 
 /// The control thread's loop (a pthread's entry, or called by a lazily started thread).
 pub(super) extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void {
+    // Every signal blocked: the program's go to its own threads (its creator left the ignored
+    // ones open, `quiesce::block_all_but_ignored`).
+    sys::sigprocmask_raw(libc::SIG_SETMASK, Some(!0));
     let _ = sys::sys3(
         libc::SYS_prctl as usize,
         libc::PR_SET_NAME as usize,

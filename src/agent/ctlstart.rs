@@ -414,9 +414,10 @@ fn spawn() -> bool {
     };
     REGION[0].store(base, Release);
     REGION[1].store(len, Release);
-    // The new thread inherits this mask: every signal blocked, as the control thread wants (the
-    // handler may have let the ignored ones through, `on_socket_signal`).
-    let mask = sys::sigprocmask_raw(libc::SIG_SETMASK, Some(!0));
+    // The new thread inherits this mask: every signal blocked but the ignored ones (blocked,
+    // one sent meanwhile would be queued and wake another thread's `epoll_wait` with EINTR:
+    // clone3 takes milliseconds under load); the control thread blocks them too first thing.
+    let mask = super::quiesce::block_all_but_ignored();
     // SAFETY: the stack is ours and unused; `entry` never returns.
     let r = unsafe { crate::arch::clone3_call(&args, entry, 0) };
     sys::sigprocmask_raw(libc::SIG_SETMASK, Some(mask));

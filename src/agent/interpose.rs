@@ -70,7 +70,7 @@ fn program_action(sig: c_int) -> super::process::KSigaction {
 /// take turns.
 fn set_program_action(sig: c_int, a: &super::process::KSigaction) {
     let (act, seqlock) = (&PROGRAM_ACT[slot(sig)], &PROGRAM_ACT_SEQ[slot(sig)]);
-    let old_mask = sys::sigprocmask_raw(libc::SIG_SETMASK, Some(!0));
+    let old_mask = super::quiesce::block_all_but_ignored();
     loop {
         let seq = seqlock.load(Acquire);
         if seq & 1 == 0
@@ -132,7 +132,9 @@ fn set_wake_action(program: &super::process::KSigaction) {
         handler: on_wake as *const () as usize as u64,
         flags: wake_flags(program),
         restorer: crate::arch::sigreturn_restorer() as u64,
-        mask: !0,
+        // Not the signals ignored now: blocked, one sent meanwhile would be queued and wake
+        // another thread's `epoll_wait` with EINTR (`quiesce::handler_mask`).
+        mask: super::quiesce::handler_mask(),
     };
     let _ = sys::sys6(
         libc::SYS_rt_sigaction as usize,
@@ -156,7 +158,9 @@ pub(super) fn install_wake_handler() -> bool {
         handler: on_wake as *const () as usize as u64,
         flags: wake_flags(&super::process::KSigaction::default()),
         restorer: crate::arch::sigreturn_restorer() as u64,
-        mask: !0,
+        // Not the signals ignored now: blocked, one sent meanwhile would be queued and wake
+        // another thread's `epoll_wait` with EINTR (`quiesce::handler_mask`).
+        mask: super::quiesce::handler_mask(),
     };
     let mut old = super::process::KSigaction::default();
     if sys::sys6(
@@ -447,14 +451,32 @@ pub unsafe extern "C" fn sigaction(
         }
         return 0;
     }
-    match real_sigaction() {
+    // SAFETY: the caller passed a valid struct sigaction or null.
+    let handler = (!act.is_null()).then(|| unsafe { (*act).sa_sigaction } as u64);
+    with_ignored_noted(sig, handler, || match real_sigaction() {
         // SAFETY: forwarding the caller's arguments unchanged.
         Some(f) => unsafe { f(sig, act, old) },
         None => {
             set_errno(libc::ENOSYS);
             -1
         }
+    })
+}
+
+/// Runs `set`, the C library's call that gives `sig` (not the checkpoint signal) the
+/// disposition `handler` (`None`: it only reads it), with the checkpoint handler's mask kept
+/// right (`quiesce::note_ignored`): a signal that stops being ignored is blocked in our handler
+/// before its new handler can run, one that becomes ignored is let through once it is.
+fn with_ignored_noted<R>(sig: c_int, handler: Option<u64>, set: impl FnOnce() -> R) -> R {
+    let ignored = handler.map(|h| super::quiesce::ignores(sig, h));
+    if ignored == Some(false) {
+        super::quiesce::note_ignored(sig, false);
     }
+    let r = set();
+    if ignored == Some(true) {
+        super::quiesce::note_ignored(sig, true);
+    }
+    r
 }
 
 /// `signal(2)` through [`sigaction`] (BSD semantics, as glibc's).
@@ -532,14 +554,16 @@ macro_rules! handler_fn {
             }
             static NEXT: AtomicUsize = AtomicUsize::new(0);
             type F = extern "C" fn(c_int, libc::sighandler_t) -> libc::sighandler_t;
-            match next_fn(&NEXT, $cname) {
+            // `sigset`'s SIG_HOLD blocks the signal, leaving its disposition alone.
+            let handler = ($h != SIG_HOLD).then_some($h as u64);
+            with_ignored_noted($sig, handler, || match next_fn(&NEXT, $cname) {
                 0 => {
                     set_errno(libc::ENOSYS);
                     libc::SIG_ERR
                 }
                 // SAFETY: the C library's function of this name has this signature.
                 f => (unsafe { core::mem::transmute::<usize, F>(f) })($sig, $h),
-            }
+            })
         }
     };
 }
@@ -579,9 +603,9 @@ handler_fn!(
 const SIG_HOLD: libc::sighandler_t = 2;
 
 /// Declares a wrapper `$name(sig) -> 0/-1` that does `$ours` for the checkpoint signal and calls
-/// the C library's `$name` for every other.
+/// the C library's `$name` for every other, noting the disposition `$sets` it gives (if any).
 macro_rules! sig_fn {
-    ($(#[$doc:meta])* $name:ident, $cname:literal, |$sig:ident| $ours:expr) => {
+    ($(#[$doc:meta])* $name:ident, $cname:literal, sets $sets:expr, |$sig:ident| $ours:expr) => {
         $(#[$doc])*
         #[no_mangle]
         pub extern "C" fn $name($sig: c_int) -> c_int {
@@ -590,30 +614,30 @@ macro_rules! sig_fn {
             }
             static NEXT: AtomicUsize = AtomicUsize::new(0);
             type F = extern "C" fn(c_int) -> c_int;
-            match next_fn(&NEXT, $cname) {
+            with_ignored_noted($sig, $sets, || match next_fn(&NEXT, $cname) {
                 0 => {
                     set_errno(libc::ENOSYS);
                     -1
                 }
                 // SAFETY: the C library's function of this name has this signature.
                 f => (unsafe { core::mem::transmute::<usize, F>(f) })($sig),
-            }
+            })
         }
     };
 }
 
 sig_fn!(
     /// `sigignore(3)`: the program's disposition becomes `SIG_IGN`.
-    sigignore, c"sigignore", |sig| if set_handler(sig, libc::SIG_IGN, 0) == libc::SIG_ERR { -1 } else { 0 }
+    sigignore, c"sigignore", sets Some(libc::SIG_IGN as u64), |sig| if set_handler(sig, libc::SIG_IGN, 0) == libc::SIG_ERR { -1 } else { 0 }
 );
 sig_fn!(
     /// `sighold(3)`: the checkpoint signal is never blocked (as with `sigprocmask`); the wake-up
     /// signal is, once the control socket is bound.
-    sighold, c"sighold", |sig| if sig == WAKE_SIGNAL { mask_wake(libc::SIG_BLOCK) } else { 0 }
+    sighold, c"sighold", sets None, |sig| if sig == WAKE_SIGNAL { mask_wake(libc::SIG_BLOCK) } else { 0 }
 );
 sig_fn!(
     /// `sigrelse(3)`: the checkpoint signal is never blocked.
-    sigrelse, c"sigrelse", |sig| if sig == WAKE_SIGNAL { mask_wake(libc::SIG_UNBLOCK) } else { 0 }
+    sigrelse, c"sigrelse", sets None, |sig| if sig == WAKE_SIGNAL { mask_wake(libc::SIG_UNBLOCK) } else { 0 }
 );
 
 /// `siginterrupt(3)`: sets or clears `SA_RESTART` in the program's disposition.

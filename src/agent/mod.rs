@@ -214,6 +214,7 @@ pub fn init() -> bool {
     if fs != 0 {
         TID_OFFSET.store(find_tid_offset(fs, sys::gettid(), 16), Relaxed);
     }
+    quiesce::find_ignored();
     install_handler();
     // SAFETY: registering a plain function as the child-side fork handler, for this library
     // (`__dso_handle`): what `pthread_atfork` (a libc_nonshared.a stub linked elsewhere in our
@@ -248,7 +249,7 @@ pub(crate) fn install_handler() {
         handler: quiesce::on_signal as *const () as usize as u64,
         flags: (libc::SA_SIGINFO | libc::SA_RESTART | 0x0400_0000) as u64,
         restorer: crate::arch::sigreturn_restorer() as u64,
-        mask: !0,
+        mask: quiesce::handler_mask(),
     };
     let _ = sys::sys6(
         libc::SYS_rt_sigaction as usize,

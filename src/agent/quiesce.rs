@@ -297,6 +297,93 @@ fn handle(uc: *mut libc::ucontext_t) {
 /// Signals whose default action is to ignore them.
 const DEFAULT_IGNORED: [i32; 4] = [libc::SIGCHLD, libc::SIGCONT, libc::SIGURG, libc::SIGWINCH];
 
+/// The bit of signal `sig` in a kernel signal mask.
+const fn bit(sig: i32) -> u64 {
+    1u64 << (sig - 1)
+}
+
+/// The signals known to be ignored now (`SIG_DFL` of [`DEFAULT_IGNORED`], or `SIG_IGN`) as the
+/// agent saw them set: the checkpoint handler's mask leaves them out ([`handler_mask`]), so the
+/// kernel does not block them when the handler starts. Blocked, an ignored signal sent to the
+/// process is queued instead of dropped, and wakes a thread that lets it through: its
+/// `epoll_wait` returns EINTR with nothing delivered (tests/load.rs
+/// `restarts_while_ignored_signals_arrive`). [`let_ignored_through`] used to open them only
+/// some system calls into the handler; a SIGCONT storm still hit that window now and then.
+/// Never the wake-up signal (`SIGURG`): the agent owns it, its handler may run the program's.
+static IGNORED_NOW: AtomicU64 =
+    AtomicU64::new(bit(libc::SIGCHLD) | bit(libc::SIGCONT) | bit(libc::SIGWINCH));
+/// Held (1) while a thread changes [`IGNORED_NOW`] and installs the handler to match.
+static IGNORED_LOCK: AtomicU32 = AtomicU32::new(0);
+
+/// Whether a disposition with `handler` ignores `sig`.
+pub fn ignores(sig: i32, handler: u64) -> bool {
+    handler == libc::SIG_IGN as u64
+        || (handler == libc::SIG_DFL as u64 && DEFAULT_IGNORED.contains(&sig))
+}
+
+/// The checkpoint handler's `sa_mask`: everything but the signals ignored now.
+pub fn handler_mask() -> u64 {
+    !IGNORED_NOW.load(Acquire)
+}
+
+/// Blocks every signal in this thread but those ignored now (which run nothing, and blocked
+/// would be queued and wake another thread's `epoll_wait` with EINTR); returns the old mask.
+/// For the agent's short sections on a program thread that must not run a program handler
+/// (and for a thread it creates, which blocks the rest itself first thing). Adds to the mask,
+/// never opens one the thread blocks: an ignored signal the program holds blocked stays
+/// pending for it (unblocked here, the thread itself would take and drop it).
+pub fn block_all_but_ignored() -> u64 {
+    sys::sigprocmask_raw(libc::SIG_BLOCK, Some(handler_mask()))
+}
+
+/// At start-up: which of the signals ignored by default still are (a program linked with libcr
+/// may have given one a handler before it called `cr_init`).
+pub fn find_ignored() {
+    let mut set = 0;
+    for sig in DEFAULT_IGNORED {
+        if sig != crate::protocol::WAKE_SIGNAL
+            && super::process::current_action(sig).is_some_and(|a| ignores(sig, a.handler))
+        {
+            set |= bit(sig);
+        }
+    }
+    IGNORED_NOW.store(set, Release);
+}
+
+/// Records that the program's disposition for `sig` (not the checkpoint signal) ignores it or
+/// not, and installs the checkpoint handler with the mask to match. Called before a disposition
+/// that stops ignoring `sig` is set (so the handler blocks it from then on: a program handler
+/// never runs inside ours) and after one that ignores it is set. Every signal is blocked
+/// meanwhile, so a program handler that changes dispositions cannot wait on the lock.
+pub fn note_ignored(sig: i32, ignored: bool) {
+    if !(1..=63).contains(&sig)
+        || sig == libc::SIGKILL
+        || sig == libc::SIGSTOP
+        || sig == crate::protocol::WAKE_SIGNAL
+    {
+        return;
+    }
+    let now = IGNORED_NOW.load(Acquire);
+    if (now & bit(sig) != 0) == ignored || !super::active() {
+        return;
+    }
+    let old_mask = block_all_but_ignored();
+    while IGNORED_LOCK
+        .compare_exchange(0, 1, Acquire, Relaxed)
+        .is_err()
+    {
+        core::hint::spin_loop();
+    }
+    if ignored {
+        IGNORED_NOW.fetch_or(bit(sig), AcqRel);
+    } else {
+        IGNORED_NOW.fetch_and(!bit(sig), AcqRel);
+    }
+    super::install_handler();
+    IGNORED_LOCK.store(0, Release);
+    sys::sigprocmask_raw(libc::SIG_SETMASK, Some(old_mask));
+}
+
 /// Unblocks, in this thread (inside the checkpoint handler, whose mask blocks everything), the
 /// signals that are ignored now (`SIG_IGN`, or `SIG_DFL` for those ignored by default) and that
 /// the program's mask `program` lets through, as they were before the checkpoint.
@@ -331,6 +418,7 @@ pub(crate) fn let_ignored_through_in_handler(uc: *mut libc::c_void) {
 }
 
 fn let_ignored_through_now(program: u64) {
+    let assumed = IGNORED_NOW.load(Acquire);
     // The signals ignored by default first (SIGCHLD, SIGCONT: the ones sent most), let through
     // after 4 `rt_sigaction` calls rather than after all 63: the window in which one is queued
     // is as short as it can be.
@@ -361,6 +449,13 @@ fn let_ignored_through_now(program: u64) {
         .fold(0u64, |open, sig| open | check(sig));
     if rest != 0 {
         sys::sigprocmask_raw(libc::SIG_UNBLOCK, Some(rest));
+    }
+    let open = first | rest;
+    // A signal the handler's mask left open that has a handler now (set by a raw system call
+    // the wrappers did not see): blocked here, so the program's handler cannot run inside ours.
+    let stale = assumed & !open & !program;
+    if stale != 0 {
+        sys::sigprocmask_raw(libc::SIG_BLOCK, Some(stale));
     }
 }
 
