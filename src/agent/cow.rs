@@ -372,42 +372,33 @@ pub fn start(
     };
     a.checked.store(verdict, Release);
     futex_shared(&a.checked, libc::FUTEX_WAKE, 1, 0);
-    match verdict {
+    // What a verdict (ours, or the writer's own) means: the program runs on with the writer, or
+    // (the writer exits on it) is written stopped from its copy or falls back; `None`: none yet.
+    let settle = |verdict: u32| match verdict {
         EARLY_OK => {
             CHECK_NS.store(sys::monotonic_ns() - t1, Relaxed);
             if prebuilt {
                 unmap();
             }
-            return Ok(pidfd);
+            Some(Ok(pidfd))
         }
         EARLY_MISSING => {
-            // It exits on this verdict.
             let _ = reap(pidfd);
-            if !prebuilt {
-                return Err(stopped(NOTE_DONTFORK));
-            }
-            return Err(fallback(NOTE_DONTFORK));
+            Some(Err(if prebuilt {
+                fallback(NOTE_DONTFORK)
+            } else {
+                stopped(NOTE_DONTFORK)
+            }))
         }
-        _ => {}
+        _ => None,
+    };
+    if let Some(done) = settle(verdict) {
+        return done;
     }
     // (The writer's first step now: a read of its own maps.)
     loop {
-        match a.early.load(Acquire) {
-            EARLY_OK => {
-                CHECK_NS.store(sys::monotonic_ns() - t1, Relaxed);
-                if prebuilt {
-                    unmap();
-                }
-                return Ok(pidfd);
-            }
-            EARLY_MISSING => {
-                let _ = reap(pidfd);
-                if !prebuilt {
-                    return Err(stopped(NOTE_DONTFORK));
-                }
-                return Err(fallback(NOTE_DONTFORK));
-            }
-            _ => {}
+        if let Some(done) = settle(a.early.load(Acquire)) {
+            return done;
         }
         if sys::poll_one(pidfd, libc::POLLIN, 0) != 0 {
             // It ended before its verdict (it could not read its maps).
