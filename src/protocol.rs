@@ -516,22 +516,9 @@ pub fn agent_sign(pid: i32) -> AgentSign {
             return AgentSign::None;
         }
     }
-    let key = b"SigCgt:";
-    let Some(at) = text.windows(key.len()).position(|w| w == key) else {
+    let Some(mask) = crate::sys::status_hex_field(text, b"SigCgt:") else {
         return AgentSign::None;
     };
-    let mut mask = 0u64;
-    for &c in text[at + key.len()..]
-        .iter()
-        .skip_while(|c| c.is_ascii_whitespace())
-    {
-        let d = match c {
-            b'0'..=b'9' => c - b'0',
-            b'a'..=b'f' => c - b'a' + 10,
-            _ => break,
-        };
-        mask = (mask << 4) | d as u64;
-    }
     let has = |sig: i32| mask & (1u64 << (sig - 1)) != 0;
     match (has(crate::agent::quiesce::CR_SIGNUM), has(WAKE_SIGNAL)) {
         (true, true) => AgentSign::Wakeable,

@@ -727,3 +727,21 @@ impl<const N: usize> StackBuf<N> {
         &self.buf[..=self.len]
     }
 }
+
+/// Parses a `Name:\t%016x` line of a `/proc` status file (the first `name` in it).
+pub fn status_hex_field(status: &[u8], name: &[u8]) -> Option<u64> {
+    let at = status.windows(name.len()).position(|w| w == name)?;
+    let mut v = 0u64;
+    for &b in status[at + name.len()..]
+        .iter()
+        .skip_while(|b| b.is_ascii_whitespace())
+    {
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => break,
+        };
+        v = (v << 4) | d as u64;
+    }
+    Some(v)
+}

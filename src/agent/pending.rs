@@ -93,30 +93,15 @@ fn sigpending() -> u64 {
     set
 }
 
-/// Parses a `Name:\t%016x` line of a status file.
-fn hex_field(status: &[u8], name: &[u8]) -> Option<u64> {
-    let at = status.windows(name.len()).position(|w| w == name)?;
-    let mut v = 0u64;
-    for &b in status[at + name.len()..]
-        .iter()
-        .skip_while(|b| b.is_ascii_whitespace())
-    {
-        let d = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            _ => break,
-        };
-        v = (v << 4) | d as u64;
-    }
-    Some(v)
-}
-
 /// This thread's private and its process's shared pending sets.
 fn pending_sets() -> Option<(u64, u64)> {
     let mut buf = [0u8; 4096];
     let n = sys::read_file(b"/proc/thread-self/status\0", &mut buf).ok()?;
     let s = &buf[..n];
-    Some((hex_field(s, b"\nSigPnd:")?, hex_field(s, b"\nShdPnd:")?))
+    Some((
+        crate::sys::status_hex_field(s, b"\nSigPnd:")?,
+        crate::sys::status_hex_field(s, b"\nShdPnd:")?,
+    ))
 }
 
 /// Takes one pending instance of `sig` (private before shared) into `info`.
@@ -272,7 +257,7 @@ fn to_leader(sig: i32, mask: u64) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::hex_field;
+    use crate::sys::status_hex_field as hex_field;
 
     #[test]
     fn leader_takes_unblocked_real_time_signals() {
