@@ -62,12 +62,15 @@ bench-smoke: build
 
 # The long runs of the load, fault and fuzz suites (docs/RELIABILITY.md, "Soak"): 1000
 # checkpoints in a row (time per checkpoint, first vs last 100, and the footprint compared), the
-# load suite, the image fuzzer with 200,000 mutations per kind, the fault suite 5 times. About an
-# hour on 2 shared cores; not part of check-all.
+# load suite, the image fuzzer with 200,000 mutations per kind, the fault suite 5 times, and
+# 2000 checkpoints of children that exec after up to 1 ms (the exec gate). About an hour on 2
+# shared cores; not part of check-all.
 SOAK_CHECKPOINTS ?= 1000
 SOAK_FUZZ ?= 200000
+SOAK_EXEC_CHECKPOINTS ?= 2000
 soak: build
 	LOAD_CHECKPOINTS=$(SOAK_CHECKPOINTS) LOAD_STORM_CHECKPOINTS=40 $(CARGO) test --release --test load -- --include-ignored --nocapture
+	FAULT_EXEC_CHECKPOINTS=$(SOAK_EXEC_CHECKPOINTS) $(CARGO) test --release --test faults checkpoint_during_slow_fork_exec_churn -- --nocapture
 	FUZZ_ITERS=$(SOAK_FUZZ) $(CARGO) test --release --test image_fuzz -- --nocapture
 	for i in 1 2 3 4 5; do $(CARGO) test --release --test faults --test security || exit 1; done
 

@@ -3,7 +3,8 @@
  *   CR_TEST_GO=PATH churn [exec]
  * The main thread forks children that exit at once with status 7 (with `exec`, each child
  * first runs this program again, `churn --exit7`, which exits 7 at once, as a shell script's
- * children exec their commands) and reaps each (any other status, e.g. a child killed by a
+ * children exec their commands; with CR_TEST_VFORK=1 too, it makes them with vfork(), whose
+ * child shares its memory and execs at once) and reaps each (any other status, e.g. a child killed by a
  * signal while it exec'd, is a FAIL); a second thread creates and joins short-lived threads that add 1 to a
  * counter (the count must equal the joins). Prints READY after the first of each, runs until
  * the GO file exists, then checks and prints PASS churn. */
@@ -46,6 +47,12 @@ int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "--exit7") == 0) return 7;
     int exec_children = argc > 1 && strcmp(argv[1], "exec") == 0;
+    const char *v = getenv("CR_TEST_VFORK");
+    int use_vfork = exec_children && v && strcmp(v, "1") == 0;
+    /* CR_TEST_EXEC_DELAY_US: each forked child waits up to that long before its exec. */
+    const char *d = getenv("CR_TEST_EXEC_DELAY_US");
+    int delay = d ? atoi(d) : 0;
+    char *child_args[] = {argv[0], "--exit7", NULL};
     const char *go = getenv("CR_TEST_GO");
     if (!go) {
         fprintf(stderr, "usage: CR_TEST_GO=PATH churn [exec]\n");
@@ -56,18 +63,15 @@ int main(int argc, char **argv)
     long forks = 0;
     int ready = 0;
     for (;;) {
-        pid_t p = fork();
+        pid_t p = use_vfork ? vfork() : fork();
         if (p < 0) {
             printf("FAIL churn: fork\n");
             return 1;
         }
         if (p == 0) {
             if (exec_children) {
-                /* CR_TEST_EXEC_DELAY_US: each child waits up to that long before its exec. */
-                const char *d = getenv("CR_TEST_EXEC_DELAY_US");
-                if (d && atoi(d) > 0) usleep((unsigned)(forks * 7919 % atoi(d)));
-                char *args[] = {argv[0], "--exit7", NULL};
-                execv("/proc/self/exe", args);
+                if (delay > 0 && !use_vfork) usleep((unsigned)(forks * 7919 % delay));
+                execv("/proc/self/exe", child_args);
             }
             _exit(7);
         }
@@ -95,7 +99,7 @@ int main(int argc, char **argv)
                thread_fail);
         return 1;
     }
-    printf("PASS churn (%ld forks%s, %ld threads)\n", forks, exec_children ? " with exec" : "",
-           joined);
+    printf("PASS churn (%ld %s%s, %ld threads)\n", forks, use_vfork ? "vforks" : "forks",
+           exec_children ? " with exec" : "", joined);
     return 0;
 }

@@ -5,7 +5,9 @@
 // `cr_run`). Its constructor loads the one real agent, `libcr.so.0`, *locally* from the stub's
 // own directory, so a program that later links or `dlopen`s libcr gets the same, single agent.
 // The omit stub marks the process so every checkpoint request leaves it out. The stub also
-// forwards the signal-API wrappers to libcr's, so the checkpoint signal stays invisible.
+// forwards the signal-API wrappers to libcr's, so the checkpoint signal stays invisible, and
+// the exec calls (through libcr's `cri_exec_table`, looked up once at start), so a checkpoint's
+// stop signal never reaches a thread inside `execve` (libcr's `agent::execgate`).
 
 use core::ffi::{c_int, c_void, CStr};
 use core::sync::atomic::{AtomicUsize, Ordering::*};
@@ -97,6 +99,9 @@ extern "C" fn constructor() {
     // SAFETY: dlsym with a NUL-terminated name.
     let program_has_libcr = !unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"cr_init".as_ptr()) }.is_null();
     load_libcr();
+    // libcr's exec calls (`agent::execgate`), looked up here once: a fork child inherits them,
+    // where a lookup at its exec would touch the loader's cold pages in every one.
+    EXEC_TABLE.store(libcr_sym(c"cri_exec_table"), Release);
     if OMIT && !program_has_libcr {
         let f = libcr_sym(c"cri_agent_omit");
         if f != 0 {
@@ -663,3 +668,140 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: libc::size_t) -> *mut c_v
     // SAFETY: the symbol has realloc's signature; the caller's promise is passed on.
     unsafe { core::mem::transmute::<usize, F>(next)(p, size) }
 }
+
+/// libcr's `cri_exec_table` (its length, then its exec calls), 0 when libcr did not load.
+#[link_section = ".data1"]
+static EXEC_TABLE: AtomicUsize = AtomicUsize::new(0);
+
+/// The exec call `i` of libcr's table (which waits while a checkpoint stops the process, so that
+/// its stop signal never reaches a thread inside `execve`: libcr's `agent::execgate`), else the
+/// C library's `name`.
+#[link_section = ".text.hot.libcr_start"]
+fn exec_target(i: usize, name: &CStr) -> usize {
+    let t = EXEC_TABLE.load(Acquire);
+    if t != 0 {
+        // SAFETY: libcr's cri_exec_table: a length, then that many function addresses.
+        let len = unsafe { *(t as *const usize) };
+        if i < len {
+            // SAFETY: as above, i < len.
+            return unsafe { *(t as *const usize).add(1 + i) };
+        }
+    }
+    match next_sym(name) {
+        0 => exec_enosys as *const () as usize,
+        f => f,
+    }
+}
+
+/// An exec call that cannot be found: -1, `ENOSYS`.
+extern "C" fn exec_enosys() -> c_int {
+    // SAFETY: __errno_location returns this thread's errno.
+    unsafe { *libc::__errno_location() = libc::ENOSYS };
+    -1
+}
+
+type ExecArgv = *const *const core::ffi::c_char;
+
+/// Declares exec call `$name`, forwarded to entry `$i` of libcr's exec table.
+macro_rules! forward_exec {
+    ($(#[$doc:meta])* $name:ident, $cname:literal, $i:expr, ($($arg:ident: $ty:ty),*)) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// As the C library's function.
+        #[no_mangle]
+        #[link_section = ".text.hot.libcr_start"]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> c_int {
+            type F = unsafe extern "C" fn($($ty),*) -> c_int;
+            // SAFETY: the table's entry `$i` (or the C library's function) has this signature.
+            unsafe { core::mem::transmute::<usize, F>(exec_target($i, $cname))($($arg),*) }
+        }
+    };
+}
+
+forward_exec!(
+    /// `execve`, forwarded to libcr's.
+    execve, c"execve", 0, (path: *const core::ffi::c_char, argv: ExecArgv, envp: ExecArgv)
+);
+forward_exec!(
+    /// `execv`, forwarded to libcr's.
+    execv, c"execv", 1, (path: *const core::ffi::c_char, argv: ExecArgv)
+);
+forward_exec!(
+    /// `execvp`, forwarded to libcr's.
+    execvp, c"execvp", 2, (file: *const core::ffi::c_char, argv: ExecArgv)
+);
+forward_exec!(
+    /// `execvpe`, forwarded to libcr's.
+    execvpe, c"execvpe", 3, (file: *const core::ffi::c_char, argv: ExecArgv, envp: ExecArgv)
+);
+forward_exec!(
+    /// `fexecve`, forwarded to libcr's.
+    fexecve, c"fexecve", 7, (fd: c_int, argv: ExecArgv, envp: ExecArgv)
+);
+forward_exec!(
+    /// `execveat`, forwarded to libcr's.
+    execveat, c"execveat", 8, (dirfd: c_int, path: *const core::ffi::c_char, argv: ExecArgv, envp: ExecArgv, flags: c_int)
+);
+
+/// The target of the variadic exec call `which` (0 `execl`, 1 `execle`, 2 `execlp`).
+#[link_section = ".text.hot.libcr_start"]
+extern "C" fn execl_target(which: usize) -> usize {
+    match which {
+        0 => exec_target(4, c"execl"),
+        1 => exec_target(5, c"execle"),
+        _ => exec_target(6, c"execlp"),
+    }
+}
+
+/// Declares a variadic exec call that jumps to its target with every argument register (and
+/// `%al`) as the caller left them and the stack arguments in place (stable Rust cannot define
+/// a variadic function).
+macro_rules! forward_execl {
+    ($(#[$doc:meta])* $name:ident, $which:expr) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// As the C library's function: a NULL-terminated argument list.
+        #[no_mangle]
+        #[unsafe(naked)]
+        #[link_section = ".text.hot.libcr_start"]
+        pub unsafe extern "C" fn $name(_path: *const core::ffi::c_char, _arg: *const core::ffi::c_char) -> c_int {
+            core::arch::naked_asm!(
+                "push rax",
+                "push rdi",
+                "push rsi",
+                "push rdx",
+                "push rcx",
+                "push r8",
+                "push r9",
+                "mov edi, {which}",
+                "call {target}",
+                "mov r11, rax",
+                "pop r9",
+                "pop r8",
+                "pop rcx",
+                "pop rdx",
+                "pop rsi",
+                "pop rdi",
+                "pop rax",
+                "jmp r11",
+                which = const $which,
+                target = sym execl_target,
+            )
+        }
+    };
+}
+
+forward_execl!(
+    /// `execl`, forwarded to libcr's.
+    execl, 0
+);
+forward_execl!(
+    /// `execle`, forwarded to libcr's.
+    execle, 1
+);
+forward_execl!(
+    /// `execlp`, forwarded to libcr's.
+    execlp, 2
+);

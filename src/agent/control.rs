@@ -975,6 +975,12 @@ fn serve_request(
                 m.push(b"the requester went away while the threads stopped");
                 libc::ECANCELED
             }
+            QuiesceError::InExec(n) => {
+                m.push(b"a thread was still inside exec at the time limit (")
+                    .num(u64::from(n))
+                    .push(b" in exec): nothing was stopped");
+                libc::ETIMEDOUT
+            }
         };
         conclude(conn, true, -(status as i64), status, 0, m.as_bytes());
         sys::close(img_fd);

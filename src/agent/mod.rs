@@ -12,6 +12,7 @@ pub mod cow;
 pub mod created;
 pub mod ctlstart;
 pub mod deltabuf;
+pub mod execgate;
 pub mod fds;
 pub mod forward;
 pub mod image;
@@ -273,6 +274,7 @@ extern "C" fn after_fork_child() {
         quiesce::NSLOTS.store(0, Release);
     }
     ctlstart::after_fork_child();
+    execgate::after_fork_child();
     control::forget_request_fds();
     offload::forget_in_child();
     incremental::after_fork_child();

@@ -195,6 +195,15 @@ fn find_slot(tid: i32) -> Option<usize> {
     (0..n).find(|&i| SLOTS[i].tid.load(Relaxed) == tid)
 }
 
+/// Whether the calling thread `tid` runs inside the checkpoint handler of the checkpoint in
+/// progress (`execgate`: a signal-context callback that execs must not wait for that
+/// checkpoint's end). Its slot alone does not tell: it is marked before the signal is sent, so
+/// also the signal must be blocked, as it is in the handler (the program cannot block it).
+pub fn stopping_here(tid: i32) -> bool {
+    find_slot(tid).is_some_and(|i| i > 0 && SLOTS[i].state.load(Acquire) != FREE)
+        && sys::sigprocmask_raw(libc::SIG_BLOCK, None) & bit(CR_SIGNUM) != 0
+}
+
 /// Offsets in the kernel's x86-64 signal frame (`struct rt_sigframe`: return address, then
 /// `struct ucontext`, then `siginfo`) and in its `ucontext` (glibc's `ucontext_t` starts alike).
 const FRAME_UC: usize = 8;
@@ -764,6 +773,8 @@ pub enum QuiesceError {
     Proc(sys::Errno),
     /// The requester hung up while we waited (`image::requester_gone`).
     Cancelled,
+    /// This many threads were still inside an exec at the time limit (`execgate`).
+    InExec(u32),
 }
 
 /// Scratch buffer for directory listings (control thread only).
@@ -869,6 +880,18 @@ pub fn quiesce(buf: &mut DirBuf, timeout_ns: u64) -> Result<(), QuiesceError> {
     while IN_HANDLER.load(Acquire) != 0 && sys::monotonic_ns() - t0 < 1_000_000_000 {
         let _ = sys::sys3(libc::SYS_sched_yield as usize, 0, 0, 0);
     }
+    // No stop signal may reach a thread inside `execve`: it would stay pending across the exec
+    // and kill the new program (the handler is the default then). Wait for the execs in flight
+    // and keep new ones from starting until the release (`execgate`).
+    let deadline = sys::monotonic_ns() + timeout_ns;
+    super::execgate::close_for_stop(deadline, || {
+        crate::agent::control::turn_away_busy();
+        super::image::requester_gone()
+    })
+    .map_err(|n| match n {
+        0 => QuiesceError::Cancelled,
+        n => QuiesceError::InExec(n),
+    })?;
     let me = sys::gettid();
     let pid = sys::getpid();
     let control = &SLOTS[0];
@@ -898,7 +921,6 @@ pub fn quiesce(buf: &mut DirBuf, timeout_ns: u64) -> Result<(), QuiesceError> {
     }
 
     let mut tids = [0i32; MAX_THREADS];
-    let deadline = sys::monotonic_ns() + timeout_ns;
     loop {
         let n = list_tasks(buf, &mut tids).map_err(QuiesceError::Proc)?;
         let mut new = 0;
@@ -984,6 +1006,7 @@ pub fn slot_in_use(i: usize) -> bool {
 /// Lets every parked thread continue (after a checkpoint, or after a failed quiesce).
 pub fn release() {
     ACTIVE.store(0, Release);
+    super::execgate::open();
     for s in SLOTS.iter().take(NSLOTS.load(Acquire)).skip(1) {
         s.state.store(FREE, Release);
     }

@@ -424,7 +424,7 @@ pub(super) fn checkpoint_one(
             unsafe { libc::close(again) };
             return Err(err(
                 libc::EIO,
-                format!("process {pid} ran exec during the checkpoint (in a callback): the program it was is gone, nothing was written; checkpoint the new program again, or without -p (a tree checkpoint asks the new program at once)"),
+                format!("process {pid} ran exec during the checkpoint (in a callback, or a thread was inside exec when the request came): the program it was is gone, nothing was written; checkpoint the new program again, or without -p (a tree checkpoint asks the new program at once)"),
             ));
         }
         return Err(err(
