@@ -175,7 +175,7 @@ def baseline(progs, workdir, mib, reps):
     """Raw write/read of mib MiB; returns medians in seconds (None where not measurable)."""
     path = os.path.join(workdir, "raw.dat")
     res = {"direct_write": [], "buffered_write": [], "hot_read": [], "cold_read": [],
-           "direct_read": []}
+           "direct_read": [], "fresh_read": []}
     direct_ok = True
     cold_ok = True
     for _ in range(reps):
@@ -193,6 +193,8 @@ def baseline(progs, workdir, mib, reps):
         res["buffered_write"].append(float(run([progs["rawio"], "write", path, str(mib),
                                                 "buffered"])))
         res["hot_read"].append(float(run([progs["rawio"], "read", path, "buffered"])))
+        # What an eager restore cannot avoid: the first touch of the memory it fills.
+        res["fresh_read"].append(float(run([progs["rawio"], "read", path, "fresh"])))
         if cold_ok and drop_caches():
             res["cold_read"].append(float(run([progs["rawio"], "read", path, "buffered"])))
         else:
@@ -1347,8 +1349,8 @@ def report(args, mach, bases, results, incr, idle_res, others, load0, load1, sta
     L.append("")
     L.append("## Raw baseline\n")
     L.append("| bytes | O_DIRECT write + fdatasync | buffered write + fdatasync | read hot | "
-             "read cold (drop_caches) | O_DIRECT read |")
-    L.append("| --- | --- | --- | --- | --- | --- |")
+             "read hot into fresh memory | read cold (drop_caches) | O_DIRECT read |")
+    L.append("| --- | --- | --- | --- | --- | --- | --- |")
     for b in bases:
         b_mib = b["mib"] * MIB
         rate = (lambda t: "" if not t else f" ({b_mib / t / 1e9:.2f} GB/s)")
@@ -1357,6 +1359,7 @@ def report(args, mach, bases, results, incr, idle_res, others, load0, load1, sta
                     else "O_DIRECT refused by this file system")
                  + f" | {fmt_s(b['buffered_write'])}{rate(b['buffered_write'])}"
                  f" | {fmt_s(b['hot_read'])}{rate(b['hot_read'])} | "
+                 f"{fmt_s(b.get('fresh_read'))}{rate(b.get('fresh_read'))} | "
                  + (fmt_s(b["cold_read"]) + rate(b["cold_read"]) if b["cold_ok"]
                     else "cold not measurable (drop_caches not permitted)")
                  + f" | {fmt_s(b['direct_read'])}{rate(b['direct_read'])} |")
@@ -1375,11 +1378,14 @@ def report(args, mach, bases, results, incr, idle_res, others, load0, load1, sta
              "state capture, the shared-memory copy and the fork; a cut of several processes is "
              "written stopped); its images restore as the others do, so no restart is measured. "
              "Its agent memory does not count the writer process (the snapshot's pages are shared "
-             "with the program until either writes them).\n")
+             "with the program until either writes them). Last column: the eager hot restart ÷ "
+             "the raw hot read of the same bytes into fresh memory (`rawio read FILE fresh`: "
+             "memory never touched before, whose allocation and zeroing on first touch every "
+             "restore that reads pays, while the raw read's pre-faulted buffer does not).\n")
     L.append("| workload | tool | checkpoint | ×raw write | stop | image | restart hot lazy / "
              "eager | ×raw read hot | restart cold lazy / eager | ×raw read cold | agent memory | "
-             "phases q/m/d/s | io |")
-    L.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+             "phases q/m/d/s | io | eager hot ÷ read into fresh memory |")
+    L.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for wl, tool, samples in results:
         m = {k: median([getattr(s, k) for s in samples])
              for k in ("ckpt", "stop", "size", "hot", "cold", "mem", "hot_eager", "cold_eager")}
@@ -1387,6 +1393,7 @@ def report(args, mach, bases, results, incr, idle_res, others, load0, load1, sta
         b = pick_base(bases, size)
         w = rate_time(b, size, "direct_write" if b["direct_ok"] else "buffered_write")
         rh = rate_time(b, size, "hot_read")
+        rf = rate_time(b, size, "fresh_read")
         rc = rate_time(b, size, "cold_read")
         spread = ""
         if len(samples) > 1 and m["ckpt"]:
@@ -1411,7 +1418,7 @@ def report(args, mach, bases, results, incr, idle_res, others, load0, load1, sta
                  + (f"{both('cold')} | {ratios('cold', rc)}" if m["cold"] is not None
                     else "– | –" if m["hot"] is None else "not measurable | –")
                  + f" | {fmt_b(m['mem']) if tool.startswith('libcr-rs') else '–'} | {phases} | "
-                 f"{io} |")
+                 f"{io} | {ratio(m['hot_eager'], rf)} |")
     L.append("")
     for name, why in others:
         L.append(f"- {name}: {why}")

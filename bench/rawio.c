@@ -4,6 +4,9 @@
  *                                          writes and fdatasync
  *   rawio read FILE direct|buffered        times reading FILE whole in 8 MiB reads into a
  *                                          pre-faulted buffer
+ *   rawio read FILE fresh                  the same (buffered) into fresh anonymous memory, as a
+ *                                          restore that reads must: each page's first touch
+ *                                          (allocating and zeroing it) is counted
  * Prints the seconds taken (the filling and faulting are not counted). Exit 3: O_DIRECT refused
  * by the file system (EINVAL on open or on the first write). */
 #define _GNU_SOURCE
@@ -40,7 +43,7 @@ static void *buffer(size_t len)
 int main(int argc, char **argv)
 {
     if (argc < 4) {
-        fprintf(stderr, "usage: rawio write FILE MIB direct|buffered | rawio read FILE direct|buffered\n");
+        fprintf(stderr, "usage: rawio write FILE MIB direct|buffered | rawio read FILE direct|buffered|fresh\n");
         return 2;
     }
     int writing = !strcmp(argv[1], "write");
@@ -88,7 +91,13 @@ int main(int argc, char **argv)
         return 2;
     }
     size_t len = (size_t)st.st_size;
-    char *buf = buffer(len + CHUNK);
+    int fresh = !strcmp(mode, "fresh");
+    char *buf = fresh ? mmap(NULL, len + CHUNK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+                      : buffer(len + CHUNK);
+    if (buf == MAP_FAILED) {
+        perror("rawio: mmap");
+        return 2;
+    }
     double t0 = now();
     int fd = open(argv[2], O_RDONLY | (direct ? O_DIRECT : 0));
     if (fd < 0) {

@@ -1092,19 +1092,20 @@ fn target_ends_while_its_critical_section_is_awaited() {
         let img = sc.img_dir().join(format!("cs-end-{run}.img"));
         let mut tool = start_checkpoint(&sc, &[], &img, pid, "");
         job.wait_line("PENDING", TOOL_TIMEOUT);
-        let st = if by_exit {
+        if by_exit {
             fs::write(sc.work_dir().join("exit"), b"").expect("create exit");
-            job.wait_exit(DEATH_TIMEOUT)
         } else {
             sigkill_one(pid);
-            job.wait_exit(DEATH_TIMEOUT)
-        };
+        }
+        // The tool first: the target stays a zombie (this test is its parent) until the tool
+        // has said how it ended.
+        let (tst, stderr) = finish_tool(&mut tool, &what);
+        let st = job.wait_exit(DEATH_TIMEOUT);
         if by_exit {
             assert_eq!(st.code(), Some(3), "{what}: {st}\n{}", job.diag());
         } else {
             assert_eq!(st.signal(), Some(libc::SIGKILL), "{what}: {st}");
         }
-        let (tst, stderr) = finish_tool(&mut tool, &what);
         let line = one_line_failure(tst, &stderr, &what);
         let end = if by_exit {
             "exited with status 3"

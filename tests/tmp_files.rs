@@ -1185,19 +1185,10 @@ fn supervised_make_j2_resumes_on_another_node() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    // gcc's files in this /tmp, which the killed job leaves behind (removed at the end).
-    let cc_files: Vec<PathBuf> = descendants(job.pid())
-        .into_iter()
-        .flat_map(|pid| {
-            fs::read_dir(format!("/proc/{pid}/fd"))
-                .map(|rd| rd.flatten().filter_map(|e| fs::read_link(e.path()).ok()))
-                .into_iter()
-                .flatten()
-                .filter(|l| l.starts_with("/tmp/cc"))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let cc_s_open = !cc_files.is_empty();
+    // gcc's files in this /tmp, which the killed job leaves behind: removed when the test ends,
+    // also on failure (with those the image lists, below).
+    let mut cc_files = GccTemps(gcc_temp_names(job.pid()));
+    let cc_s_open = !cc_files.0.is_empty();
     signal_pid(job.pid(), libc::SIGTERM);
     let st = job.wait_exit(BUILD_TIMEOUT);
     job.wait_output_closed(PIPE_CLOSE_TIMEOUT);
@@ -1214,6 +1205,17 @@ fn supervised_make_j2_resumes_on_another_node() {
     sc.note(&format!(
         "a /tmp/cc* file was open at the preemption: {cc_s_open}"
     ));
+    // gcc made its .s files with mkstemps, so the image lists them (also one that no process had
+    // open at the preemption: cc1 not started yet, or done and `as` not started).
+    for img in generation_files(&ckpt) {
+        cc_files.0.extend(
+            saved_lines(&sc, &img)
+                .iter()
+                .flat_map(|l| l.split_whitespace())
+                .filter(|w| w.starts_with("/tmp/cc"))
+                .map(PathBuf::from),
+        );
+    }
     let cmd = in_fresh_tmp(
         &sc,
         &disk.0,
@@ -1232,10 +1234,38 @@ fn supervised_make_j2_resumes_on_another_node() {
         "the resumed build failed: {st}\n{}",
         resumed.diag()
     );
-    for f in &cc_files {
-        let _ = fs::remove_file(f);
-    }
     assert_eq!(run_prog(&proj), want, "the resumed build's program differs");
+}
+
+/// The `/tmp/cc*` names the processes under `pid` have open or name in their command lines
+/// (cc1's `-o /tmp/ccX.s`, `as`'s input).
+fn gcc_temp_names(pid: u32) -> Vec<PathBuf> {
+    let mut names = Vec::new();
+    for p in descendants(pid) {
+        if let Ok(rd) = fs::read_dir(format!("/proc/{p}/fd")) {
+            names.extend(rd.flatten().filter_map(|e| fs::read_link(e.path()).ok()));
+        }
+        if let Ok(cmdline) = fs::read(format!("/proc/{p}/cmdline")) {
+            names.extend(
+                cmdline
+                    .split(|&b| b == 0)
+                    .map(|a| PathBuf::from(String::from_utf8_lossy(a).into_owned())),
+            );
+        }
+    }
+    names.retain(|n| n.to_string_lossy().starts_with("/tmp/cc"));
+    names
+}
+
+/// gcc's temporary files of a SIGKILLed build (no gcc left to remove them), removed on drop.
+struct GccTemps(Vec<PathBuf>);
+
+impl Drop for GccTemps {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            let _ = fs::remove_file(f);
+        }
+    }
 }
 
 /// A periodic checkpoint of `cr_run --checkpoint-dir --every 1s` saves the job's scratch files

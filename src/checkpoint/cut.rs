@@ -1053,7 +1053,7 @@ pub(super) fn checkpoint_many(
             .collect();
         let msg = match gone.len() {
             0 => "every process was omitted: nothing to checkpoint".to_string(),
-            1 => match gone[0].parse().ok().and_then(zombie_end) {
+            1 => match gone[0].parse().ok().and_then(super::procfs::zombie_end_soon) {
                 Some(end) => format!("process {} {end} before it stopped for the checkpoint (in its callbacks or a critical section): nothing to checkpoint", gone[0]),
                 None => format!("process {} ended during the checkpoint (in its callbacks or a critical section?): nothing to checkpoint", gone[0]),
             },

@@ -57,6 +57,17 @@ pub fn zombie_end(pid: i32) -> Option<String> {
     })
 }
 
+/// [`zombie_end`] of a process that has just ended: its descriptors (the agent's connection) close
+/// before it becomes a zombie, so it is looked at for up to 200 ms until it is one (or is gone,
+/// reaped by its parent: then `None`).
+pub fn zombie_end_soon(pid: i32) -> Option<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
+    while state_of(pid).is_some_and(|s| s != 'Z') && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    zombie_end(pid)
+}
+
 /// Whether `pid` is on its way out (`PF_EXITING` in the flags of /proc/PID/stat): its memory
 /// and descriptors may be gone already, though it is not a zombie yet.
 pub fn exiting(pid: i32) -> bool {
