@@ -145,6 +145,13 @@ pub const FLAG_ZSPLIT: u32 = 0x40000;
 /// `cr_checkpoint`'s environment (for tests and comparisons).
 pub const FLAG_ZWAIT: u32 = 0x80000;
 
+/// Request flag with [`FLAG_ZSPLIT`]: the split image is paced by the disk rate the agent
+/// measured in an earlier plain checkpoint (`agent::memory::write_split`): a piece whose turn
+/// comes while the compressor is behind waits for it while the agent is ahead of a plain
+/// checkpoint. `CR_COMPRESS_PACE=1` in `cr_checkpoint`'s environment (not the default: not
+/// yet measured on an idle machine, docs/PERFORMANCE.md).
+pub const FLAG_ZPACE: u32 = 0x100000;
+
 /// Progress messages ([`FLAG_PROGRESS`]) are sent at most this often (and once when the page
 /// data starts).
 pub const PROGRESS_INTERVAL_MS: u64 = 100;

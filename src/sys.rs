@@ -518,6 +518,31 @@ pub fn poll_one(fd: i32, events: i16, timeout_ms: i32) -> i16 {
     }
 }
 
+/// [`poll_one`] with a timeout in nanoseconds (`ppoll`).
+pub fn ppoll_one(fd: i32, events: i16, timeout_ns: u64) -> i16 {
+    let mut p = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    let ts = libc::timespec {
+        tv_sec: (timeout_ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (timeout_ns % 1_000_000_000) as libc::c_long,
+    };
+    match sys6(
+        libc::SYS_ppoll as usize,
+        &mut p as *mut _ as usize,
+        1,
+        &ts as *const _ as usize,
+        0,
+        0,
+        0,
+    ) {
+        Ok(n) if n > 0 => p.revents,
+        _ => 0,
+    }
+}
+
 /// `fdatasync(fd)`.
 pub fn fdatasync(fd: i32) -> SysResult {
     sys3(SYS_fdatasync as usize, fd as usize, 0, 0)

@@ -279,15 +279,50 @@ fn mixed_image_is_split() {
 /// first in the data area, the compressed ones moved down after them, in any order) passes
 /// `cr_info --check` and restarts lazily and eagerly with every region intact (zmem compares
 /// every word); the same with the default level (whatever this machine's load makes of it).
+/// Asked to pace (`CR_COMPRESS_PACE=1`), the first split image is unpaced (no disk rate known),
+/// the one after a plain checkpoint paced by that checkpoint's rate (`pace=…MB/s waited=…ms`);
+/// not asked, `-v` says nothing of it.
 #[test]
 fn mixed_image_with_slow_compressor_restores() {
     let sc = Scenario::new("zstd-behind");
     // 56 MiB (a lazy restart maps page data from 32 MiB on).
     let mut job = zmem_mixed(&sc, 24, 16, 0, 16);
     let pid = job.pid();
-    let slow = sc.next_image_path();
-    let res = sc.checkpoint_to(pid, &["-v", "--compress=19"], &slow);
+    // Asked to pace (`CR_COMPRESS_PACE=1`), a first split image has no disk rate to pace it
+    // by: unpaced (`pace=none`).
+    let paced = |flags: &[&str], img: &Path| {
+        let mut argv: Vec<OsString> = vec![sc.tools().cr_checkpoint.clone().into()];
+        argv.extend(flags.iter().map(OsString::from));
+        argv.extend(["-f".into(), img.into(), pid.to_string().into()]);
+        let mut cmd = sc.command(&argv);
+        cmd.env("CR_COMPRESS_PACE", "1");
+        sc.run_tool("cr_checkpoint", cmd)
+    };
+    let first = sc.next_image_path();
+    let res = paced(&["-v", "--compress"], &first);
     res.assert_success();
+    assert!(res.stderr.contains(") pace=none"), "{}", res.stderr);
+    fs::remove_file(&first).expect("remove the first image");
+    // A plain checkpoint measures the disk: the next split image is paced by it (its agent
+    // waits for the pipe while it is ahead of a plain checkpoint).
+    let plain = sc.next_image_path();
+    let res = sc.checkpoint_to(pid, &["-v"], &plain);
+    res.assert_success();
+    // (Only a direct, asynchronous write measures the disk: not on tmpfs, say.)
+    let measured = res.stderr.contains("io=direct write=aio");
+    fs::remove_file(&plain).expect("remove the plain image");
+    let slow = sc.next_image_path();
+    let res = paced(&["-v", "--compress=19"], &slow);
+    res.assert_success();
+    assert!(
+        if measured {
+            res.stderr.contains(") pace=") && res.stderr.contains("MB/s waited=")
+        } else {
+            res.stderr.contains(") pace=none")
+        },
+        "expected a split image paced by the plain checkpoint (measured: {measured}):\n{}",
+        res.stderr
+    );
     let behind = |err: &str| -> u64 {
         let at = err.find("zstd=split(raw: ").expect("a split image") + 16;
         let part = &err[at..err[at..].find(')').map_or(err.len(), |e| at + e)];
@@ -307,6 +342,11 @@ fn mixed_image_with_slow_compressor_restores() {
     let res = sc.checkpoint_to(pid, &["-v", "--compress", "--term"], &img);
     res.assert_success();
     assert!(res.stderr.contains("zstd=split(raw: "), "{}", res.stderr);
+    assert!(
+        !res.stderr.contains("pace="),
+        "not asked to pace: {}",
+        res.stderr
+    );
     job.expect_signal(SIGTERM, DEATH_TIMEOUT);
     for i in [&slow, &img] {
         let f = fs::File::open(i).expect("open");

@@ -572,6 +572,7 @@ fn write_rest(a: &WriterPage) -> Result<u64, (u32, Errno)> {
         raw_fd: -1,
         split_ok: false,
         adapt: true,
+        pace: false,
         deadline_ns: a.deadline_ns,
         bounce: Some(bounce),
     };

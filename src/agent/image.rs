@@ -188,6 +188,13 @@ pub mod io_report {
     /// [`SPLIT`]: pieces that looked compressible but were written raw by the agent, as the
     /// compressor was behind (`memory::write_split`).
     pub static BEHIND: AtomicU64 = AtomicU64::new(0);
+    /// [`SPLIT`]: the disk rate it was paced at (ns per MiB, `memory::DISK_NS_PER_MIB`; 0:
+    /// none known, unpaced; [`NOT_PACED`]: not asked to, `protocol::FLAG_ZPACE`), and how long
+    /// the agent waited for the pipe (ns).
+    pub static PACE: AtomicU64 = AtomicU64::new(0);
+    pub static WAITED_NS: AtomicU64 = AtomicU64::new(0);
+    /// [`PACE`]: not asked to pace.
+    pub const NOT_PACED: u64 = u64::MAX;
     /// CLOCK_MONOTONIC at: start of the write, metadata built, page data written, synced.
     pub static PHASE_NS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
 
@@ -202,6 +209,8 @@ pub mod io_report {
         SAMPLED.store(0, Relaxed);
         STORED_RAW.store(0, Relaxed);
         BEHIND.store(0, Relaxed);
+        PACE.store(NOT_PACED, Relaxed);
+        WAITED_NS.store(0, Relaxed);
         for p in &PHASE_NS {
             p.store(now, Relaxed);
         }
@@ -280,6 +289,23 @@ pub mod io_report {
                 NO_SPLIT => b"; cannot split here)",
                 _ => b")",
             });
+            if how == SPLIT {
+                // Paced at the disk rate of the last plain write (MB/s), and the wait for the
+                // compressor that bought; or no rate known yet.
+                match PACE.load(Relaxed) {
+                    NOT_PACED => {}
+                    0 => {
+                        out.push(b" pace=none");
+                    }
+                    p => {
+                        out.push(b" pace=")
+                            .num((1u64 << 20) * 1000 / p)
+                            .push(b"MB/s waited=")
+                            .num(WAITED_NS.load(Relaxed) / 1_000_000)
+                            .push(b"ms");
+                    }
+                }
+            }
         }
         for (name, a, b) in [(&b" meta="[..], 0, 1), (b" data=", 1, 2), (b" sync=", 2, 3)] {
             let (whole, frac) = ms(a, b);
@@ -673,6 +699,7 @@ fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
                     raw_fd: job.raw_fd,
                     split_ok: job.flags & crate::protocol::FLAG_ZSPLIT != 0,
                     adapt: job.flags & crate::protocol::FLAG_ZWAIT == 0,
+                    pace: job.flags & crate::protocol::FLAG_ZPACE != 0,
                     deadline_ns: job.deadline_ns,
                     bounce: None,
                 };
@@ -693,6 +720,7 @@ fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
         raw_fd: job.raw_fd,
         split_ok: job.flags & crate::protocol::FLAG_ZSPLIT != 0,
         adapt: job.flags & crate::protocol::FLAG_ZWAIT == 0,
+        pace: job.flags & crate::protocol::FLAG_ZPACE != 0,
         deadline_ns: job.deadline_ns,
         bounce: None,
     };
@@ -948,6 +976,9 @@ pub struct Dest<'a> {
     /// A split image's compressible pieces go raw while the compressor is behind (not with
     /// `protocol::FLAG_ZWAIT`).
     pub adapt: bool,
+    /// With `adapt`: paced by the disk rate of an earlier plain write (`protocol::FLAG_ZPACE`,
+    /// `memory::write_split`).
+    pub pace: bool,
     /// `--time` (CLOCK_MONOTONIC; `u64::MAX`: none).
     pub deadline_ns: u64,
     /// A buffer the page data is copied through (`memory::write_data`), or none.
@@ -1036,6 +1067,7 @@ fn finish_or_hold(
         raw_fd,
         split_ok,
         adapt,
+        pace,
         deadline_ns,
         bounce,
     } = out;
@@ -1182,11 +1214,14 @@ fn finish_or_hold(
             &w.bytes()[bits],
             raw_at,
             adapt,
+            pace,
             deadline_ns,
         );
         unreadable.set(false);
-        let (hash, piped, behind) = data.map_err(io)?;
+        let (hash, piped, behind, (pace, waited)) = data.map_err(io)?;
         io_report::BEHIND.store(behind.0, Relaxed);
+        io_report::PACE.store(pace, Relaxed);
+        io_report::WAITED_NS.store(waited, Relaxed);
         super::fds::write_spans(fd, spans, deadline_ns).map_err(io)?;
         let tr = write_trailer(fd, scratch, hash.digest(), hdr.trailer_offset, Some(piped))?;
         super::incremental::written(tr.trailer_hash, tr.total_len);
@@ -1232,8 +1267,21 @@ fn finish_or_hold(
         }));
     }
     let data_hash = hash.digest();
+    let data_ns = sys::monotonic_ns().saturating_sub(io_report::PHASE_NS[1].load(Relaxed));
     super::fds::write_spans(fd, spans, deadline_ns).map_err(io)?;
     let tr = write_trailer(fd, scratch, data_hash, hdr.trailer_offset, None)?;
+    // The page data written straight from memory to the file, direct and asynchronous, as a
+    // plain checkpoint does, and enough of it to tell: its rate paces the next split image
+    // (`memory::write_split`). (After the trailer: nothing is in flight.)
+    if hold.is_none()
+        && ext.data_len >= 32 << 20
+        && io_report::MODE.load(Relaxed) == io_report::DIRECT
+        && io_report::AIO.load(Relaxed) == 1
+        && data_ns > 0
+    {
+        let per_mib = ((data_ns as u128) << 20) / ext.data_len as u128;
+        memory::DISK_NS_PER_MIB.store(per_mib as u64, Relaxed);
+    }
     // Written stopped: arm write-tracking for the next incremental checkpoint (a copy-on-write
     // writer does nothing here: the program armed itself in the stop, see `cow::start`).
     super::incremental::written(tr.trailer_hash, tr.total_len);

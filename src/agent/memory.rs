@@ -1337,17 +1337,24 @@ impl Iterator for Pieces<'_> {
 /// (it is full while cr_checkpoint's compression threads and their short queue are), and a
 /// piece whose turn comes while the one before is not all in is written raw with the others
 /// instead, so that the checkpoint never waits for the compressor while the disk could take
-/// the piece. The page data in the pipe ends with
+/// the piece, unless (`pace`, `protocol::FLAG_ZPACE`) the agent is ahead of a plain
+/// checkpoint's pace: with the disk's rate
+/// known from an earlier plain write ([`DISK_NS_PER_MIB`]), a piece whose turn comes before a
+/// plain checkpoint would have reached it waits for the pipe until then (so the image is as
+/// compressed as a plain checkpoint's time allows, not only as the compressor keeps up at each
+/// moment). The page data in the pipe ends with
 /// [`ZPLAN_END`](crate::image::format::ZPLAN_END), written once the ring is done (every piece
 /// of the agent's is in the file then). Returns the hash of all the page data in file order
 /// (the image's `data_hash`), that of what went into the pipe, and the pieces (and bytes)
-/// written raw because the compressor was behind. Not `adapt` (`protocol::FLAG_ZWAIT`): every
+/// written raw because the compressor was behind, and the pace and the wait for the pipe
+/// ([`Split`]). Not `adapt` (`protocol::FLAG_ZWAIT`): every
 /// piece that looks compressible is piped, the compressor waited for.
 ///
 /// The disk and the compressor work at once: whenever the ring is full (the next submission
 /// would wait for the disk), the next piece for the pipe is written ahead of its turn while the
 /// pipe has room (hashed for the pipe then, and for `data_hash` again when its turn comes: a
 /// second read at hash speed, only of the pieces written ahead).
+#[allow(clippy::too_many_arguments)]
 pub fn write_split(
     pipe: i32,
     raw_fd: i32,
@@ -1355,8 +1362,9 @@ pub fn write_split(
     bits: &[u8],
     raw_at: u64,
     adapt: bool,
+    pace: bool,
     deadline_ns: u64,
-) -> Result<(xxhash_rust::xxh3::Xxh3, u64, (u64, u64)), Errno> {
+) -> Result<Split, Errno> {
     use crate::image::format::ZPLAN_END;
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut hp = xxhash_rust::xxh3::Xxh3::new();
@@ -1447,6 +1455,21 @@ pub fn write_split(
     let mut at = raw_at;
     let mut dropped_at = None;
     let mut behind = (0u64, 0u64);
+    // Paced (`adapt` and `pace`, `protocol::FLAG_ZPACE`, and a disk rate known from an
+    // earlier direct write, [`DISK_NS_PER_MIB`]):
+    // a plain checkpoint would have written the page data before byte `done` by
+    // `t0 + done * ns_per_mib / MiB`; a piece whose turn comes earlier than that while the pipe
+    // is full waits for the pipe (at most until then) instead of going raw, so the image is as
+    // compressed as the time of a plain checkpoint allows (not merely as the compressor keeps
+    // up at each moment). Unpaced: raw at once.
+    let ns_per_mib = if adapt && pace {
+        DISK_NS_PER_MIB.load(core::sync::atomic::Ordering::Relaxed)
+    } else {
+        0
+    };
+    let t0 = sys::monotonic_ns();
+    let mut done = 0u64;
+    let mut waited_ns = 0u64;
     for (i, addr, n) in Pieces::new(extents) {
         if since_check >= WRITE_CHUNK {
             since_check = 0;
@@ -1458,6 +1481,9 @@ pub fn write_split(
         // Hashed in file order before being written (the ring's pieces too: a piece of the
         // ring is not submitted at each piece for the pipe, 1 MiB writes each waited for).
         h.update(mem);
+        // (A 1/32 margin for what follows the page data: the last pieces in the compressor.)
+        let due = t0 + ((done as u128 * ns_per_mib as u128 * 31 / 32) >> 20) as u64;
+        done += n;
         if !agent(i) {
             if i < piped {
                 // Started ahead of its turn.
@@ -1465,6 +1491,28 @@ pub fn write_split(
             }
             piped = i + 1;
             push(&mut pending, &mut c)?;
+            let from = if pending.is_some() && ns_per_mib > 0 {
+                sys::monotonic_ns()
+            } else {
+                u64::MAX
+            };
+            if from < due {
+                // Ahead of a plain checkpoint: the disk gets what is ready for it (only then: a
+                // piece submitted before it is full is a shorter write), then the pipe is
+                // waited for while there is time.
+                if let Some(r) = ring.as_mut() {
+                    if !r.would_wait()? {
+                        r.submit()?;
+                    }
+                }
+                let mut now = from;
+                while pending.is_some() && now < due {
+                    sys::ppoll_one(pipe, libc::POLLOUT, due - now);
+                    push(&mut pending, &mut c)?;
+                    now = sys::monotonic_ns();
+                }
+                waited_ns += now - from;
+            }
             if pending.is_none() {
                 start(i, addr, n, &mut pending, &mut hp, &mut c, &mut tags)?;
                 continue;
@@ -1528,8 +1576,24 @@ pub fn write_split(
         io_report::MODE.store(io_report::DROPPED, Relaxed);
         io_report::AT.store(at, Relaxed);
     }
-    Ok((h, hp.digest(), behind))
+    let pace = if adapt && pace {
+        ns_per_mib
+    } else {
+        super::image::io_report::NOT_PACED
+    };
+    Ok((h, hp.digest(), behind, (pace, waited_ns)))
 }
+
+/// The disk's rate as the last plain direct write of page data measured it (nanoseconds per
+/// MiB; 0: none yet), for pacing a split image ([`write_split`]). Updated after an image is
+/// written (`image::finish`), never while page data is in flight.
+pub static DISK_NS_PER_MIB: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// What [`write_split`] did: the hash of the page data in file order, that of what went into
+/// the pipe, the pieces (and bytes) written raw because the compressor was behind, and the
+/// pace (ns per MiB; 0: no rate known; `io_report::NOT_PACED`: not asked to) and how long the
+/// agent waited for the pipe (ns).
+pub type Split = (xxhash_rust::xxh3::Xxh3, u64, (u64, u64), (u64, u64));
 
 /// A piece going into the pipe of a split image ([`write_split`]): its index, then its bytes.
 struct Pending {

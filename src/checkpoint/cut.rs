@@ -263,6 +263,9 @@ fn request(opts: &Options, scope: i32, out: &Out) -> Request {
         if std::env::var_os("CR_COMPRESS_ADAPT").is_some_and(|v| v == "0") {
             req.flags |= protocol::FLAG_ZWAIT;
         }
+        if std::env::var_os("CR_COMPRESS_PACE").is_some_and(|v| v == "1") {
+            req.flags |= protocol::FLAG_ZPACE;
+        }
     }
     req.files = opts.files;
     req.timeout_ms = opts.time.map_or(0, |s| s.saturating_mul(1000));
