@@ -10,6 +10,7 @@
  * the GO file exists, then checks and prints PASS churn. */
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,6 +54,10 @@ int main(int argc, char **argv)
     const char *d = getenv("CR_TEST_EXEC_DELAY_US");
     int delay = d ? atoi(d) : 0;
     char *child_args[] = {argv[0], "--exit7", NULL};
+    /* CR_TEST_IGNORE_URG=1: SIGURG ignored (inherited by the children, kept across exec): the
+     * agent then binds its control socket at once, raising signal 64 on a connection. */
+    const char *u = getenv("CR_TEST_IGNORE_URG");
+    if (u && strcmp(u, "1") == 0) signal(SIGURG, SIG_IGN);
     const char *go = getenv("CR_TEST_GO");
     if (!go) {
         fprintf(stderr, "usage: CR_TEST_GO=PATH churn [exec]\n");

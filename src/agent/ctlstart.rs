@@ -329,6 +329,51 @@ pub fn start_if_waiting() -> bool {
     n == Ok(1) && p.revents & libc::POLLIN != 0 && on_connection(fd)
 }
 
+/// The control socket was switched from signal 64 to the wake-up signal for an exec
+/// ([`before_exec`]).
+static SWITCHED_FOR_EXEC: AtomicU32 = AtomicU32::new(0);
+
+/// Before an exec (`execgate`, the calling thread counted in flight): a socket armed to raise
+/// signal 64 on its first connection (the program ignores or blocks the wake-up signal, so it
+/// was bound at once) raises the wake-up signal until [`after_failed_exec`]: signal 64 from a
+/// connection that meets the exec would stay pending across it and kill the new program (the
+/// handler is the default then), the wake-up signal is ignored or held, and dropped by the new
+/// program's default. A connection meanwhile is served when the exec fails, and closed by it
+/// when it succeeds (the requester then asks the new program).
+#[link_section = ".text.hot.libcr_start"]
+pub fn before_exec() {
+    let fd = ASYNC_FD.load(Acquire);
+    if fd < 0 || STATE.load(Acquire) != ARMED {
+        return;
+    }
+    if sys::fcntl(fd, sys::fcntl_cmd::F_GETSIG, 0) != Ok(super::quiesce::CR_SIGNUM as usize) {
+        return;
+    }
+    SWITCHED_FOR_EXEC.store(1, Release);
+    let _ = sys::fcntl(
+        fd,
+        sys::fcntl_cmd::F_SETSIG,
+        crate::protocol::WAKE_SIGNAL as usize,
+    );
+}
+
+/// After a failed exec with none in flight any more: signal 64 again for a socket
+/// [`before_exec`] switched, and a connection that came meanwhile is served.
+pub fn after_failed_exec() {
+    if SWITCHED_FOR_EXEC.swap(0, AcqRel) == 0 {
+        return;
+    }
+    let fd = ASYNC_FD.load(Acquire);
+    if fd >= 0 {
+        let _ = sys::fcntl(
+            fd,
+            sys::fcntl_cmd::F_SETSIG,
+            super::quiesce::CR_SIGNUM as usize,
+        );
+        start_if_waiting();
+    }
+}
+
 /// Starts the control thread for a connection on descriptor `fd` if it is the armed control
 /// socket (once) and returns true; false when `fd` is not the control socket.
 pub fn on_connection(fd: i32) -> bool {

@@ -170,9 +170,17 @@ fn set_errno(e: c_int) {
 #[link_section = ".text.hot.libcr_start"]
 fn gated(exec: impl FnOnce() -> isize) -> c_int {
     let counted = enter();
+    if counted {
+        // A control socket that raises signal 64 on its first connection raises the wake-up
+        // signal while the exec runs (`ctlstart::before_exec`).
+        super::ctlstart::before_exec();
+    }
     let r = exec();
     if counted {
         leave();
+        if GATE.load(Acquire) & IN_FLIGHT == 0 {
+            super::ctlstart::after_failed_exec();
+        }
     }
     set_errno(-r as c_int);
     -1
