@@ -8,7 +8,9 @@
  * Every operation is passed through to BACKING_DIR (paths below the mount point are the same
  * paths below it). While STALL_FILE exists, a write that would take a file's data past 1 MiB
  * does not answer: the server waits (1 ms polls) until STALL_FILE is removed, then writes. On
- * the first such write of a stall it prints "STALLED PATH" on stdout. Once the connection is
+ * the first such write of a stall it prints "STALLED PATH" on stdout. A file opened or created
+ * while STALL_FILE.pass exists is never held (a second checkpoint to the same destination gets
+ * through while the first one's writes are still held). Once the connection is
  * up it prints "READY". The kernel sends every write of a file opened without a write-back
  * cache to the server and waits for its answer, so the writer waits in the kernel as long as
  * the server does (or until the server dies: the connection is then aborted and the writer
@@ -33,6 +35,15 @@
 #define STALL_AFTER (1L << 20)
 
 static const char *backing, *stall_file;
+static char pass_file[PATH_MAX];
+/* Per server-side descriptor (fi->fh): opened while pass_file existed, never held. */
+static unsigned char no_stall[1 << 16];
+
+static void mark_open(int fd)
+{
+    if (fd >= 0 && fd < (int)sizeof no_stall)
+        no_stall[fd] = access(pass_file, F_OK) == 0;
+}
 static pthread_mutex_t print_lock = PTHREAD_MUTEX_INITIALIZER;
 static int stall_reported;
 
@@ -166,6 +177,7 @@ static int sf_create(const char *path, mode_t mode, struct fuse_file_info *fi)
     int fd = open(p, (fi->flags & ~O_DIRECT) | O_CLOEXEC, mode);
     if (fd < 0)
         return -errno;
+    mark_open(fd);
     fi->fh = fd;
     return 0;
 }
@@ -177,6 +189,7 @@ static int sf_open(const char *path, struct fuse_file_info *fi)
     int fd = open(p, (fi->flags & ~O_DIRECT) | O_CLOEXEC);
     if (fd < 0)
         return -errno;
+    mark_open(fd);
     fi->fh = fd;
     return 0;
 }
@@ -191,7 +204,8 @@ static int sf_read(const char *path, char *buf, size_t n, off_t off, struct fuse
 static int sf_write(const char *path, const char *buf, size_t n, off_t off,
                     struct fuse_file_info *fi)
 {
-    if (off + (off_t)n > STALL_AFTER && access(stall_file, F_OK) == 0) {
+    int held = !(fi->fh < sizeof no_stall && no_stall[fi->fh]);
+    if (held && off + (off_t)n > STALL_AFTER && access(stall_file, F_OK) == 0) {
         pthread_mutex_lock(&print_lock);
         int first = !stall_reported;
         stall_reported = 1;
@@ -219,6 +233,8 @@ static int sf_statfs(const char *path, struct statvfs *st)
 static int sf_release(const char *path, struct fuse_file_info *fi)
 {
     (void)path;
+    if (fi->fh < sizeof no_stall)
+        no_stall[fi->fh] = 0;
     close(fi->fh);
     return 0;
 }
@@ -259,6 +275,7 @@ int main(int argc, char **argv)
     }
     backing = realpath(argv[1], NULL);
     stall_file = argv[2];
+    snprintf(pass_file, sizeof pass_file, "%s.pass", stall_file);
     if (!backing) {
         perror(argv[1]);
         return 2;

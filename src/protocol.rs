@@ -93,9 +93,10 @@ pub const FLAG_SOLE: u32 = 0x8000;
 /// every [`PROGRESS_INTERVAL_MS`], before the final reply. Other requesters never see one.
 pub const FLAG_PROGRESS: u32 = 0x2000;
 
-/// Request flag: the image descriptor is a file the requester created under the temporary
-/// name `.NAME.tmp` beside [`Request::dest`] (where the file system has no `O_TMPFILE`), renamed
-/// into place at commit. When the checkpoint is given up (the requester gone, `--time` ran
+/// Request flag: the image descriptor is a file the requester created under a temporary name
+/// beside [`Request::dest`] (where the file system has no `O_TMPFILE`), renamed into place at
+/// commit: `.NAME.tmp`, or `.NAME.PID.tmp` when an earlier checkpoint's file still holds that
+/// name ([`is_tmp_name_of`]; the agent reads the name from the descriptor). When the checkpoint is given up (the requester gone, `--time` ran
 /// out, or the requester gone before its commit) the agent removes that name if it is still
 /// the descriptor's file (same device and inode), once no write of its own waits on it
 /// (`agent::offload`); never the final path, never another file.
@@ -124,6 +125,31 @@ pub fn tmp_name_of(dest: &[u8], out: &mut [u8]) -> usize {
     out[dir.len() + 1..dir.len() + 1 + name.len()].copy_from_slice(name);
     out[n - 4..n].copy_from_slice(b".tmp");
     n
+}
+
+/// Whether `path` (a descriptor's name, from `/proc/self/fd`) is a temporary name
+/// [`FLAG_TMP_NAMED`] allows for the final path `dest`: its file name is `.NAME.tmp` or
+/// `.NAME.PID.tmp` / `.NAME.PID-N.tmp` (`checkpoint::dest`), NAME being `dest`'s.
+pub fn is_tmp_name_of(dest: &[u8], path: &[u8]) -> bool {
+    let base = |p: &[u8]| p.iter().rposition(|&b| b == b'/').map(|i| i + 1);
+    let (Some(d), Some(b)) = (base(dest), base(path)) else {
+        return false;
+    };
+    let (name, file) = (&dest[d..], &path[b..]);
+    if path.first() != Some(&b'/') || name.is_empty() || file.first() != Some(&b'.') {
+        return false;
+    }
+    let Some(rest) = file[1..].strip_prefix(name) else {
+        return false;
+    };
+    let Some(mid) = rest.strip_suffix(b".tmp") else {
+        return false;
+    };
+    mid.is_empty()
+        || (mid.len() > 1
+            && mid[0] == b'.'
+            && mid[1].is_ascii_digit()
+            && mid[1..].iter().all(|&c| c.is_ascii_digit() || c == b'-'))
 }
 
 /// `REQ_WRITE` flag (a cut of several processes): this process's image is alone in its file (no
@@ -803,6 +829,20 @@ mod tests {
         assert_eq!(tmp_name_of(b"/a/b/", &mut out), 0);
         assert_eq!(tmp_name_of(b"rel/ctx", &mut out), 0);
         assert_eq!(tmp_name_of(&[b'/'; 70], &mut out), 0);
+    }
+
+    #[test]
+    fn tmp_names_the_requester_may_use() {
+        let d = b"/a/b/ctx.img";
+        assert!(is_tmp_name_of(d, b"/a/b/.ctx.img.tmp"));
+        assert!(is_tmp_name_of(d, b"/real/b/.ctx.img.4242.tmp"));
+        assert!(is_tmp_name_of(d, b"/a/b/.ctx.img.4242-3.tmp"));
+        assert!(!is_tmp_name_of(d, b"/a/b/ctx.img"));
+        assert!(!is_tmp_name_of(d, b"/a/b/.ctx.img"));
+        assert!(!is_tmp_name_of(d, b"/a/b/.ctx.img.x.tmp"));
+        assert!(!is_tmp_name_of(d, b"/a/b/.other.tmp"));
+        assert!(!is_tmp_name_of(d, b"/a/b/.ctx.img.tmp (deleted)"));
+        assert!(!is_tmp_name_of(d, b"rel/.ctx.img.tmp"));
     }
 
     /// The default limit of files under temporary directories is 1 GiB per process, as

@@ -2333,6 +2333,10 @@ impl StallFs {
             stall_file.clone().into(),
             mnt.clone().into(),
             "-f".into(),
+            // A thread for every held write and more: a FLUSH (cr_checkpoint's close of its
+            // descriptor) must not queue behind them (libfuse's default is 10 threads).
+            "-o".into(),
+            "max_threads=64".into(),
         ]);
         let mut server = sc.start(&format!("stallfs {tag}"), sc.plain(&prog));
         server.wait_ready();
@@ -2350,6 +2354,18 @@ impl StallFs {
 
     fn resume(&self) {
         let _ = fs::remove_file(&self.stall_file);
+    }
+
+    /// While on, a file opened or created is never held (its writes get through while those of
+    /// files opened before are still held): `STALL_FILE.pass`, see c-tests/stallfs.c.
+    fn pass_new(&self, on: bool) {
+        let mut p = self.stall_file.clone().into_os_string();
+        p.push(".pass");
+        if on {
+            fs::write(&p, b"").expect("create the pass file");
+        } else {
+            let _ = fs::remove_file(&p);
+        }
     }
 
     /// Waits until the server has held `n` writes in all (its "STALLED" lines).
@@ -2410,13 +2426,7 @@ fn wait_no_children(pid: u32, what: &str) {
 /// the program; its ticks continuous; it PASSes, as do the images taken meanwhile.
 #[test]
 fn destination_fuse_server_stalls() {
-    if !is_root() {
-        eprintln!("skipped: mounting the test's FUSE file system needs root");
-        return;
-    }
-    if !Path::new("/dev/fuse").exists() || !Path::new("/usr/include/fuse3/fuse.h").exists() {
-        assert!(!in_ci(), "no /dev/fuse or no libfuse3-dev");
-        eprintln!("skipped: no /dev/fuse or no libfuse3 headers (Debian: libfuse3-dev)");
+    if !fuse_available() {
         return;
     }
     let sc = Scenario::new("fault-fuse-stall");
@@ -2643,4 +2653,296 @@ fn wait_tmp_removed(dir: &Path, name: &str, what: &str) -> Duration {
         names(dir)
     );
     t.elapsed()
+}
+
+/// Whether the FUSE tests can run here (root, `/dev/fuse`, libfuse3 headers); says why not.
+fn fuse_available() -> bool {
+    if !is_root() {
+        eprintln!("skipped: mounting the test's FUSE file system needs root");
+        return false;
+    }
+    if !Path::new("/dev/fuse").exists() || !Path::new("/usr/include/fuse3/fuse.h").exists() {
+        assert!(!in_ci(), "no /dev/fuse or no libfuse3-dev");
+        eprintln!("skipped: no /dev/fuse or no libfuse3 headers (Debian: libfuse3-dev)");
+        return false;
+    }
+    true
+}
+
+/// Process group and session of `pid` (fields 5 and 6 of /proc/PID/stat).
+fn group_and_session(pid: u32) -> Option<(u32, u32)> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut f = s[s.rfind(')')? + 1..].split_whitespace().skip(2);
+    Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+}
+
+/// The processes (zombies included) whose process group or session is `id`.
+fn in_group_or_session(id: u32) -> Vec<String> {
+    fs::read_dir("/proc")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|&p| group_and_session(p).is_some_and(|(g, s)| g == id || s == id))
+                .map(proc_summary)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A program that ends, or execs, while the helper (`cr-io`) of its given-up checkpoint still
+/// waits on a stalled server (issue 13). Its parent-death signal interrupts the helper's wait
+/// (`io_getevents`: a program of 4 MiB, whose page data is one AIO piece), and the helper lets
+/// go of the program's descriptor table (a pipe's reader of the program sees EOF, a port is free
+/// once it is gone); it is in a session of its own (its process group's id is not the
+/// program's pid, which an exact-pid restart needs), and removes `.NAME.tmp` itself once the
+/// server answers (before: it was killed with the program and the file stayed for good). After
+/// the program's exit nothing keeps its pid in use. After an `exec` the new program runs on,
+/// checkpoints and restarts (the helper is a child it never made: never in its image), and
+/// PASSes.
+#[test]
+fn destination_fuse_program_ends_while_stuck() {
+    if !fuse_available() {
+        return;
+    }
+    let sc = Scenario::new("fault-fuse-ends");
+    let fsys = StallFs::start(&sc, "b");
+    let release = sc.work_dir().join("release");
+    let exec = sc.work_dir().join("exec");
+    let mut stalls = 0;
+    let mut next = None;
+    for end in ["exit", "exec"] {
+        let what = format!("the program ends ({end}) while its writer is stuck");
+        let (mut job, _old) = start_target(&sc, 4, if end == "exec" { "cb" } else { "plain" });
+        let pid = job.pid();
+        let (pgrp, sid) = group_and_session(pid).expect("the program's group");
+        if end == "exec" {
+            // The callback lets the checkpoint go on at once.
+            fs::write(&release, b"").expect("create release");
+        }
+        fsys.stall();
+        let name = format!("ends-{end}.img");
+        let mut tool = start_checkpoint(&sc, &["--time", "1"], &fsys.mnt.join(&name), pid, "");
+        stalls += 1;
+        fsys.wait_stalled(stalls, &mut tool, &what);
+        let (st, stderr) = finish_tool(&mut tool, &what);
+        assert_eq!(st.code(), Some(110), "{what}: {stderr}");
+        let helpers = children_of(pid);
+        assert_eq!(
+            helpers.len(),
+            1,
+            "{what}: no helper left waiting on the server"
+        );
+        let h = helpers[0];
+        let t = Instant::now();
+        if end == "exit" {
+            // (The program alone: Job::kill would kill its descendants too.)
+            sigkill_one(pid);
+            job.try_wait_exit(TOOL_TIMEOUT).expect("the program ends");
+        } else {
+            // A checkpoint whose callback execs the program again (a new READY).
+            fs::write(&exec, b"").expect("create exec");
+            let mut t2 = start_checkpoint(&sc, &[], &sc.img_dir().join("exec.img"), pid, "");
+            let deadline = Instant::now() + READY_TIMEOUT;
+            while job.stdout().matches("READY").count() < 2 {
+                assert!(Instant::now() < deadline, "{what}: no exec\n{}", job.diag());
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let _ = t2.try_wait_exit(TOOL_TIMEOUT);
+            fs::remove_file(&exec).expect("remove exec");
+        }
+        // The helper still waits on the server, apart from the program.
+        let state = proc_summary(h);
+        assert!(
+            pid_alive(h),
+            "{what}: the helper ended before the server answered: {state}"
+        );
+        // Its parent-death signal interrupted its wait: it lets go of the program's table.
+        let fds_of = || fs::read_dir(format!("/proc/{h}/fd")).map_or(0, |r| r.count());
+        let dropped = Instant::now();
+        while fds_of() > 0 && dropped.elapsed() < Duration::from_secs(3) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let fds = fds_of();
+        assert!(
+            fds == 0,
+            "{what}: the helper still holds {fds} descriptors (the program's): {}",
+            proc_summary(h)
+        );
+        let (hg, hs) = group_and_session(h).expect("the helper's group");
+        assert!(
+            hg != pgrp && hg != pid && hs != sid,
+            "{what}: the helper is in the program's process group or session: {state}"
+        );
+        fsys.resume();
+        let resumed = Instant::now();
+        while pid_alive(h) && resumed.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            !pid_alive(h),
+            "{what}: the helper still waits after the server answered"
+        );
+        let helper_gone = resumed.elapsed();
+        let tmp_gone = wait_tmp_removed(&fsys.backing, &name, &what);
+        let mut line = format!(
+            "{what}: helper {state} ({fds} descriptors) {:?} after the {end}; gone {helper_gone:?} after the server answered, .{name}.tmp removed {tmp_gone:?} after it",
+            t.elapsed()
+        );
+        if end == "exit" {
+            let users = in_group_or_session(pid);
+            assert!(
+                users.is_empty(),
+                "{what}: pid {pid} still in use: {users:?}"
+            );
+            line += &format!("; pid {pid} free, the helper now {}", proc_summary(h));
+        } else {
+            job.assert_running(&what);
+            line += &format!("; the helper now {}", proc_summary(h));
+            // The helper ended as a child of the new program (the kernel moved it to the
+            // thread that ran exec, exit signal 0): its next checkpoint request reaps it.
+            let img = sc.checkpoint(pid, &[]);
+            assert!(
+                proc_stat_exists(h).is_none(),
+                "{what}: the helper is still a zombie of the new program after its checkpoint: {}",
+                proc_summary(h)
+            );
+            line += "; reaped by the new program's agent at its next checkpoint";
+            next = Some((job, img));
+        }
+        eprintln!("{}: {line}", sc.name());
+        sc.note(&line);
+    }
+    drop(fsys);
+    let (mut job, img) = next.expect("the exec case");
+    sc.go();
+    job.expect_pass(RESTART_TIMEOUT);
+    sc.restart(&img).expect_pass(RESTART_TIMEOUT);
+}
+
+/// A checkpoint to the same destination again while the writer of a given-up one still waits on
+/// the stalled server (issue 13). The writes of the first attempt (`--time 1`, its helper left
+/// waiting in `io_getevents` for the pieces the server holds) land, once the server answers, in
+/// the file that attempt was given; the retry (whose writes the server lets through) must have
+/// a file of its own: `.NAME.PID.tmp`, the old `.NAME.tmp` being left to the old writer's agent.
+/// Before: cr_checkpoint opened `.NAME.tmp` with `O_TRUNC`, the retry wrote into the same
+/// inode, committed it, and the first attempt's late writes then overwrote its page data (a
+/// committed image that fails its checksum). Checked: the committed image is not the first
+/// attempt's inode; its bytes do not change when the old writer's writes complete; the old
+/// writer is reaped and its file removed, nothing else is left beside the image; the image
+/// restores to PASS.
+#[test]
+fn destination_fuse_retry_while_stuck() {
+    use std::os::unix::fs::MetadataExt;
+    if !fuse_available() {
+        return;
+    }
+    let sc = Scenario::new("fault-fuse-retry");
+    // Small enough that its page data is one AIO piece: the helper waits for the held writes
+    // in io_getevents, not in io_submit (where a longer image's second piece waits for a FUSE
+    // background slot with the file's lock held).
+    let (mut job, _old) = start_target(&sc, 4, "plain");
+    let pid = job.pid();
+    let fsys = StallFs::start(&sc, "r");
+    let what = "a retry to the same destination while the first attempt's writer is stuck";
+    fsys.stall();
+    let img = fsys.mnt.join("retry.img");
+    let mut tool = start_checkpoint(&sc, &["--time", "1"], &img, pid, "");
+    fsys.wait_stalled(1, &mut tool, what);
+    let (st, stderr) = finish_tool(&mut tool, what);
+    assert_eq!(st.code(), Some(110), "{what}: {stderr}");
+    let helpers = children_of(pid);
+    assert_eq!(
+        helpers.len(),
+        1,
+        "{what}: no helper left waiting on the server"
+    );
+    let tmp = fsys.backing.join(".retry.img.tmp");
+    let first = fs::metadata(&tmp)
+        .unwrap_or_else(|e| panic!("{what}: the first attempt's {}: {e}", tmp.display()))
+        .ino();
+    fsys.pass_new(true);
+    let t = Instant::now();
+    let mut retry = start_checkpoint(&sc, &[], &img, pid, "");
+    // (Into the first attempt's inode, its commit waited here behind the held writes: the
+    // server's lock of the file's path.)
+    let (st, stderr) = finish_tool(&mut retry, what);
+    let took = t.elapsed();
+    fsys.pass_new(false);
+    assert!(st.success(), "{what}: the retry failed: {stderr}");
+    let committed = fsys.backing.join("retry.img");
+    let ino = fs::metadata(&committed).expect("the committed image").ino();
+    assert_ne!(
+        ino, first,
+        "{what}: the retry wrote into the first attempt's file (inode {first}), whose writes the server still holds"
+    );
+    assert!(
+        pid_alive(helpers[0]),
+        "{what}: the old helper ended before the server answered: the test proves nothing"
+    );
+    let before = fs::read(&committed).expect("read the committed image");
+    fsys.resume();
+    let resumed = Instant::now();
+    wait_no_children(pid, what);
+    let gone = resumed.elapsed();
+    let after = fs::read(&committed).expect("read the committed image again");
+    assert!(
+        before == after,
+        "{what}: the committed image changed when the first attempt's held writes completed"
+    );
+    assert_eq!(
+        names(&fsys.backing),
+        vec!["retry.img".to_string()],
+        "{what}: files left beside the image"
+    );
+    let line = format!(
+        "{what}: the retry took {took:?} (inode {ino}, the first attempt's {first}); the old helper gone {gone:?} after the server answered; the committed image unchanged"
+    );
+    eprintln!("{}: {line}", sc.name());
+    sc.note(&line);
+    job.assert_running(what);
+    sc.go();
+    job.expect_pass(RESTART_TIMEOUT);
+    sc.restart(&committed).expect_pass(RESTART_TIMEOUT);
+    drop(fsys);
+}
+
+/// `Some(())` while `/proc/PID` exists (a zombie included).
+fn proc_stat_exists(pid: u32) -> Option<()> {
+    Path::new(&format!("/proc/{pid}")).exists().then_some(())
+}
+
+/// A parked thread that runs late. Once every thread has counted itself in, a thread that a
+/// loaded machine kept waiting for a CPU still runs the rest of its loop in the checkpoint
+/// handler (calls that write its stack and, preempted, the kernel's rseq writes into its TLS)
+/// while the image is hashed and written: both are part of the image. Made certain here with
+/// `LIBCR_TEST_PARK_LATE_MS` (each parked thread writes its stack for that long after it took
+/// its pending signals): the control thread waits until every parked thread sleeps before it
+/// reads the program's memory, so the image restores to PASS (before: `corrupt image: page data
+/// checksum mismatch` every time).
+#[test]
+fn checkpoint_while_a_parked_thread_runs_late() {
+    let sc = Scenario::new("fault-park-late");
+    let mut prog = sc.program("fault_target");
+    prog.argv.extend(["8".into(), "plain".into()]);
+    let mut cmd = sc.under_cr_run(&prog);
+    cmd.env("LIBCR_TEST_PARK_LATE_MS", "1500");
+    let mut job = sc.start("fault_target", cmd);
+    job.wait_ready();
+    let pid = job.pid();
+    let t = Instant::now();
+    let img = sc.checkpoint(pid, &[]);
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(1400),
+        "the checkpoint did not wait for the late thread ({took:?})"
+    );
+    job.assert_running("a parked thread that runs late");
+    let line = format!(
+        "{}: the checkpoint waited for the thread that ran late: {took:?}",
+        sc.name()
+    );
+    eprintln!("{line}");
+    sc.note(&line);
+    sc.go();
+    job.expect_pass(RESTART_TIMEOUT);
+    sc.restart(&img).expect_pass(RESTART_TIMEOUT);
 }

@@ -858,6 +858,7 @@ fn serve_request(
     handed: &core::cell::Cell<u8>,
 ) {
     super::offload::reap_done();
+    super::offload::adopt_orphans();
     let _dumpable = super::process::Dumpable::for_request();
     super::forward::begin(req.flags, req.requester, req.signal);
     if req.flags & (protocol::FLAG_API | protocol::FLAG_BARRIER) == protocol::FLAG_API
@@ -1081,7 +1082,7 @@ fn serve_request(
     // SAFETY: the scratch stack is mapped, unused, and outlives the call.
     // Calls that may wait on a regular-file destination go to a helper from here on, so that
     // a write stuck in the kernel cannot keep the program stopped (`agent::offload`).
-    super::offload::begin([img_fd, job.raw_fd], cs_deadline);
+    super::offload::begin([img_fd, job.raw_fd], cs_deadline, tmp);
     let r = unsafe {
         crate::arch::save_and_call_on(
             &SLOTS[0].ctx_rsp,

@@ -17,7 +17,8 @@
 //! writes and syncs the image. It uses raw system calls only (no allocation, no lock: it is a
 //! one-thread copy of a process whose other threads may have held any lock).
 //!
-//! It is invisible to the program: its exit signal is 0 (no `SIGCHLD`, and `waitpid(-1)` without
+//! It is invisible to the program (in a session of its own, so that neither signals to the
+//! program's process group nor an exact-pid restart meet it): its exit signal is 0 (no `SIGCHLD`, and `waitpid(-1)` without
 //! `__WALL` never sees such a child), it is reaped through its pidfd, and it dies with the
 //! program (`PR_SET_PDEATHSIG`: the control thread that created it) or when the requester goes
 //! away (the writer checks the connection every 64 MiB, the control thread kills it; a killed
@@ -444,6 +445,10 @@ extern "C" fn writer_main(page_addr: usize) -> ! {
         c"cr-writer".as_ptr() as usize,
         0,
     );
+    // A session of our own: left behind (a write the destination does not answer), we or our
+    // zombie once the program is gone must not keep its pid in use as our process group's id
+    // (an exact-pid restart needs it), nor get the signals sent to its group.
+    let _ = sys::sys3(libc::SYS_setsid as usize, 0, 0, 0);
     // Hold none of the program's descriptors open (a pipe's reader would not see EOF, a port
     // would stay bound) while we write.
     let keep = if a.conn >= 0 {

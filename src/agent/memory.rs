@@ -837,8 +837,8 @@ fn maybe_huge(m: &MapLine) -> bool {
 
 /// Whether the region at `start` is the agent's own memory, never part of an image: the
 /// scratch area of this checkpoint, the delta buffer kept between checkpoints
-/// (`agent::deltabuf`), or the block of a write helper or of a writer left behind
-/// (`agent::offload`).
+/// (`agent::deltabuf`), or the block of a write helper or of a writer left behind, or the AIO
+/// ring of a given-up helper (`agent::offload`).
 fn agent_own(scratch: &Scratch, start: u64) -> bool {
     scratch.contains(start) || super::deltabuf::contains(start) || super::offload::contains(start)
 }

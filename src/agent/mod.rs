@@ -223,6 +223,7 @@ pub fn init() -> bool {
     unsafe { __register_atfork(None, None, Some(after_fork_child), &__dso_handle) };
     ctlstart::prepare();
     offload::init();
+    quiesce::init_test_knobs();
     // The control socket is bound on the first wake-up where the control thread can start on
     // the first connection (issue 11, idle cost; docs/ARCHITECTURE.md, "Start-up").
     if ctlstart::lazy_possible() {

@@ -14,22 +14,34 @@
 //! such call with `clone3(CLONE_VM | CLONE_FILES)` (the program's memory and descriptor table,
 //! not its thread group: it is no thread of the program, an `exec` or an exit of the program
 //! does not wait for it, signals to the program never reach it; its exit signal is 0, as the
-//! copy-on-write writer's). The control thread waits for the answer on a futex, 10 ms at a
+//! copy-on-write writer's). It starts a session of its own (not in the program's process
+//! group: once the program is gone it, or its zombie, must not keep the program's pid in use
+//! for an exact-pid restart). The control thread waits for the answer on a futex, 10 ms at a
 //! time, and checks the requester and `--time` between waits. When it must give up it marks
 //! the call abandoned and returns `ECANCELED`/`ETIMEDOUT`: the image fails as any other
 //! failure, and the program is released while the helper still waits in the kernel. Every
 //! later call of that image fails at once without being issued.
 //!
 //! **What an abandoned helper still does.** It finishes the call it is in, then only cleans up:
-//! it destroys the AIO context the image used (`io_destroy`, which waits for the other pieces
-//! in flight) and exits. It never touches the program's state, nor the agent's outside its own
-//! block (its stack, the call's arguments and an `io_getevents` result buffer, all in its own
-//! mapping), and never names the final path. Until the server answers, the writes in flight
-//! still **read the program's memory** they were given: at most [`super::aio::DEPTH`] pieces of
-//! page data (up to 8 MiB each) with the AIO ring, or one synchronous write; with `O_DIRECT`
-//! those pages are pinned, so the write reads them as they are by then (the program runs and
-//! may have changed them; it never sees a difference). What they read goes only into the
-//! abandoned temporary file, which is removed once the helper is gone ([`Linger`]).
+//! it drops its reference to the program's descriptor table (closing nothing, so no `flush`
+//! waits on the destination), destroys the AIO context the image used (`io_destroy`, which
+//! waits for the other pieces in flight), removes the temporary file if it is still the
+//! image's (device and inode; it was given the name when it was created) and exits. Its
+//! parent-death signal is caught ([`PDEATH_SIG`]): a program that exits or execs meanwhile
+//! interrupts an `io_getevents` wait and does not take the removal with it (the helper still
+//! waits in `io_destroy` until the server answers, holding no descriptor of the program; a
+//! call that waits uninterruptibly keeps the shared table until it returns). An idle helper
+//! whose control thread is gone (the program killed while stopped) cleans up likewise. It never
+//! touches the program's state, nor the agent's outside its own block (its stack, the call's
+//! arguments and an `io_getevents` result buffer, all in its own mapping), and never names the
+//! final path. Until the server answers, the writes in flight still **read the program's
+//! memory** they were given: at most [`super::aio::DEPTH`] pieces of page data (up to 8 MiB
+//! each) with the AIO ring, or one synchronous write; with `O_DIRECT` those pages are pinned,
+//! so the write reads them as they are by then (the program runs and may have changed them; it
+//! never sees a difference). What they read goes only into the abandoned temporary file,
+//! which is removed once the helper is done. A later checkpoint to the same destination never
+//! writes into that file (cr_checkpoint removes the old name and creates a new file,
+//! `checkpoint::dest::create_fresh`), so those late writes cannot reach its image.
 //!
 //! **Lingering writers.** A helper that was given up, and a copy-on-write writer whose checkpoint
 //! was given up while it waits in the kernel (state D: SIGKILL is pending but the write waits
@@ -96,6 +108,10 @@ struct Block {
     ino: AtomicU64,
     /// The block was given a helper process (its stack is in use).
     helper: AtomicU32,
+    /// The program's pid and the control thread's id when the helper was created: once that
+    /// thread is gone, nobody posts or waits for a call any more.
+    parent: AtomicI32,
+    control: AtomicI32,
 }
 
 const _: () = assert!(core::mem::size_of::<Block>() <= PAGE);
@@ -107,6 +123,9 @@ static ENABLED: AtomicU32 = AtomicU32::new(0);
 /// The image's regular-file descriptors (-1: none): only their calls go to the helper (a
 /// stream destination is non-blocking, see `image::NonBlocking`).
 static FILES: [AtomicI32; 2] = [const { AtomicI32::new(-1) }; 2];
+/// The temporary file of the image being written ([`begin`] to [`end`]; 0: none): a helper is
+/// given its name when it is created, and removes it itself once given up.
+static TMP: AtomicUsize = AtomicUsize::new(0);
 /// `--time` of the image (CLOCK_MONOTONIC; `u64::MAX`: none).
 static DEADLINE: AtomicU64 = AtomicU64::new(u64::MAX);
 /// Why the last image could not have a helper (errno; 0: it had one or needed none;
@@ -159,8 +178,9 @@ fn new_block() -> Result<usize, Errno> {
 /// A stopped checkpoint's write to `fd` begins (control thread, in the stop): blocking calls on
 /// a regular file go through a helper from now on, giving up at `deadline_ns` or when the
 /// requester is gone.
-pub fn begin(fds: [i32; 2], deadline_ns: u64) {
+pub fn begin(fds: [i32; 2], deadline_ns: u64, tmp: &TmpName) {
     HELPER_ERRNO.store(0, Relaxed);
+    TMP.store(tmp as *const TmpName as usize, Release);
     let mut any = false;
     for (slot, fd) in FILES.iter().zip(fds) {
         let regular =
@@ -188,6 +208,7 @@ pub fn fd_call(nr: usize, fd: i32, b: usize, c: usize, d: usize) -> sys::SysResu
 /// In a copy-on-write writer (a fork of the control thread): its writes are its own, direct.
 pub fn disable() {
     ENABLED.store(0, Relaxed);
+    TMP.store(0, Relaxed);
 }
 
 /// The write is over (control thread): returns the block of a helper that was given up in the
@@ -195,6 +216,7 @@ pub fn disable() {
 /// that is not busy is told to exit and reaped.
 pub fn end() -> Option<usize> {
     ENABLED.store(0, Relaxed);
+    TMP.store(0, Release);
     let b = BLOCK.swap(0, AcqRel);
     if b == 0 {
         return None;
@@ -203,6 +225,8 @@ pub fn end() -> Option<usize> {
     if blk.state.load(Acquire) == ABANDONED {
         return Some(b);
     }
+    // The image is complete (or failed with the helper idle): its file is the requester's.
+    blk.remove.store(0, Release);
     blk.state.store(EXIT, Release);
     sys::futex_wake_all(&blk.state);
     // Gone in a few microseconds: reaped now, before the program runs again (a `--kill` or
@@ -248,6 +272,13 @@ const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
 fn start_helper() -> Result<usize, Errno> {
     let b = new_block()?;
     let blk = block(b);
+    let t = TMP.load(Acquire);
+    if t != 0 {
+        // SAFETY: `begin` stored a TmpName that lives on the serving stack until `end`.
+        record_tmp(b, unsafe { &*(t as *const TmpName) });
+    }
+    blk.parent.store(sys::getpid(), Relaxed);
+    blk.control.store(sys::gettid(), Relaxed);
     let mut pidfd: i32 = -1;
     let args = crate::arch::CloneArgs {
         flags: (libc::CLONE_VM | libc::CLONE_FILES | libc::CLONE_PIDFD) as u64
@@ -270,22 +301,46 @@ fn start_helper() -> Result<usize, Errno> {
     Ok(b)
 }
 
+/// `close_range` flag: unshare the descriptor table first, copying only the descriptors below
+/// the range (none for a range from 0: nothing is closed, no `flush` is sent).
+const CLOSE_RANGE_UNSHARE: usize = 1 << 1;
+
+/// How long an idle helper waits for a call before it checks that the control thread is still
+/// there (its death also interrupts it at once: [`PDEATH_SIG`]).
+const IDLE_CHECK_NS: u64 = 200_000_000;
+
+/// The helper's parent-death signal: caught (an empty handler), so that a call waiting
+/// interruptibly (`io_getevents`) returns `EINTR` when the control thread dies (the program's
+/// exit or `exec`, or a kill while stopped), and the helper cleans up instead of dying with the
+/// file left behind.
+const PDEATH_SIG: i32 = libc::SIGUSR2;
+
+extern "C" fn on_pdeath(_sig: i32) {}
+
 /// The helper: issues the calls posted in its block until told to exit; once a call was given
-/// up, destroys the image's AIO context (if any) and exits.
+/// up, or the control thread is gone (the program ended or ran `exec`), it lets go of the
+/// program's descriptor table, destroys the image's AIO context (if any, which waits for the
+/// writes still in flight), removes the temporary file if it is still the image's (device and
+/// inode), and exits.
+///
+/// It starts a session of its own: neither it nor its zombie keeps the program's pid in use as
+/// a process group's id once the program is gone (an exact-pid restart needs that pid), and
+/// signals to the program's group do not reach it. It shares the program's descriptor table
+/// while it works (closing the program's descriptors in a table of its own would `flush`
+/// each, which waits on a destination that stopped answering, the image of an earlier
+/// checkpoint left behind included); given up, it drops its reference to the table without
+/// closing anything (`close_range(0, ~0, CLOSE_RANGE_UNSHARE)`), as soon as its call returns.
 extern "C" fn helper_main(b: usize) -> ! {
     let blk = block(b);
-    let _ = sys::sys3(
-        libc::SYS_prctl as usize,
-        libc::PR_SET_PDEATHSIG as usize,
-        libc::SIGKILL as usize,
-        0,
-    );
     let _ = sys::sys3(
         libc::SYS_prctl as usize,
         libc::PR_SET_NAME as usize,
         c"cr-io".as_ptr() as usize,
         0,
     );
+    let _ = sys::sys3(libc::SYS_setsid as usize, 0, 0, 0);
+    catch_pdeath();
+    let mut gone = false;
     loop {
         match blk.state.load(Acquire) {
             REQ => {
@@ -304,25 +359,92 @@ extern "C" fn helper_main(b: usize) -> ! {
                     .is_ok()
                 {
                     sys::futex_wake_all(&blk.state);
+                    if control_gone(blk) {
+                        // Nobody will read the answer (the program was killed while stopped).
+                        gone = true;
+                        break;
+                    }
                     continue;
                 }
                 break;
             }
             EXIT | ABANDONED => break,
             s => {
-                let _ = sys::futex_wait(&blk.state, s, None);
+                let _ = sys::futex_wait(&blk.state, s, Some(IDLE_CHECK_NS));
+                if blk.state.load(Acquire) == s && control_gone(blk) {
+                    gone = true;
+                    break;
+                }
             }
         }
     }
-    if blk.state.load(Acquire) == ABANDONED {
+    if gone || blk.state.load(Acquire) == ABANDONED {
+        // Not one of the program's pipes or sockets stays open for our sake while we wait.
+        let _ = sys::sys3(
+            libc::SYS_close_range as usize,
+            0,
+            u32::MAX as usize,
+            CLOSE_RANGE_UNSHARE,
+        );
         let ctx = blk.aio_ctx.swap(0, AcqRel);
         if ctx != 0 {
             let _ = sys::raw6(libc::SYS_io_destroy as usize, ctx as usize, 0, 0, 0, 0, 0);
         }
+        // The image was given up: its temporary file goes now that no write of ours waits on
+        // it (the control thread, if the program still runs, tries too once we are gone).
+        remove_recorded(b);
     }
     loop {
         let _ = sys::raw6(libc::SYS_exit as usize, 0, 0, 0, 0, 0, 0);
     }
+}
+
+/// In the helper: [`PDEATH_SIG`] caught by an empty handler (our own signal handlers:
+/// `CLONE_CLEAR_SIGHAND`) and let through our mask (the control thread's, which blocks all).
+fn catch_pdeath() {
+    // The kernel's `struct sigaction`: handler, flags, restorer, mask.
+    let act: [usize; 4] = [
+        on_pdeath as *const () as usize,
+        0x0400_0000, // SA_RESTORER (no SA_RESTART: a waiting call returns EINTR)
+        crate::arch::sigreturn_restorer(),
+        !0,
+    ];
+    let _ = sys::sys6(
+        libc::SYS_rt_sigaction as usize,
+        PDEATH_SIG as usize,
+        act.as_ptr() as usize,
+        0,
+        8,
+        0,
+        0,
+    );
+    let set: u64 = 1 << (PDEATH_SIG - 1);
+    let _ = sys::sys6(
+        libc::SYS_rt_sigprocmask as usize,
+        libc::SIG_UNBLOCK as usize,
+        &set as *const u64 as usize,
+        0,
+        8,
+        0,
+        0,
+    );
+    let _ = sys::sys3(
+        libc::SYS_prctl as usize,
+        libc::PR_SET_PDEATHSIG as usize,
+        PDEATH_SIG as usize,
+        0,
+    );
+}
+
+/// Whether the control thread that created the helper has ended (the program exited, was
+/// killed, or ran `exec`, which ends every thread but the one that calls it).
+fn control_gone(blk: &Block) -> bool {
+    sys::sys3(
+        libc::SYS_tgkill as usize,
+        blk.parent.load(Relaxed) as usize,
+        blk.control.load(Relaxed) as usize,
+        0,
+    ) == Err(Errno(libc::ESRCH))
 }
 
 /// The errno an abandoned image's calls fail with.
@@ -483,7 +605,14 @@ impl TmpName {
         }
         if let Ok(st) = sys::fstat(fd) {
             if st.st_mode & libc::S_IFMT == libc::S_IFREG {
-                t.len = crate::protocol::tmp_name_of(dest, &mut t.path[..PAGE - 1]);
+                // The name the descriptor has (`.NAME.tmp`, or `.NAME.PID.tmp` when an earlier
+                // checkpoint's file held that one), else the usual one.
+                let mut link = crate::sys::StackBuf::<64>::new();
+                link.push(b"/proc/self/fd/").num(fd as u64);
+                t.len = match sys::readlink(link.as_cstr(), &mut t.path[..PAGE - 1]) {
+                    Ok(n) if crate::protocol::is_tmp_name_of(dest, &t.path[..n]) => n,
+                    _ => crate::protocol::tmp_name_of(dest, &mut t.path[..PAGE - 1]),
+                };
                 t.dev = st.st_dev;
                 t.ino = st.st_ino;
             }
@@ -538,19 +667,41 @@ pub fn leave_behind(b: usize, pidfd: i32, fds: [i32; 2], tmp: &TmpName) {
     for (slot, f) in blk.fds.iter().zip(fds) {
         slot.store(f, Relaxed);
     }
-    if tmp.len > 0 {
-        let n = tmp.len.min(PAGE - 1);
-        // SAFETY: the block's path page is ours, a page long.
-        let dst = unsafe { core::slice::from_raw_parts_mut((b + PATH_OFF) as *mut u8, PAGE) };
-        dst[..n].copy_from_slice(&tmp.path[..n]);
-        dst[n] = 0;
-        blk.path_len.store(n as u32, Relaxed);
-        blk.dev.store(tmp.dev, Relaxed);
-        blk.ino.store(tmp.ino, Relaxed);
-        blk.remove.store(1, Relaxed);
+    if blk.remove.load(Acquire) == 0 {
+        // (A helper's block has it from its start.)
+        record_tmp(b, tmp);
     }
     LEFT_BEHIND.fetch_add(1, Relaxed);
     linger(b);
+}
+
+/// Writes temporary file `tmp` (if any) into block `b`: removed once its writer is gone.
+fn record_tmp(b: usize, tmp: &TmpName) {
+    if tmp.len == 0 {
+        return;
+    }
+    let blk = block(b);
+    let n = tmp.len.min(PAGE - 1);
+    // SAFETY: the block's path page is ours, a page long.
+    let dst = unsafe { core::slice::from_raw_parts_mut((b + PATH_OFF) as *mut u8, PAGE) };
+    dst[..n].copy_from_slice(&tmp.path[..n]);
+    dst[n] = 0;
+    blk.path_len.store(n as u32, Relaxed);
+    blk.dev.store(tmp.dev, Relaxed);
+    blk.ino.store(tmp.ino, Relaxed);
+    blk.remove.store(1, Release);
+}
+
+/// Removes the temporary file recorded in block `b` ([`record_tmp`]) if it is still the
+/// image's file.
+fn remove_recorded(b: usize) {
+    let blk = block(b);
+    if blk.remove.load(Acquire) != 0 {
+        let n = blk.path_len.load(Relaxed) as usize;
+        // SAFETY: the block's path page, written by `record_tmp`.
+        let p = unsafe { core::slice::from_raw_parts((b + PATH_OFF) as *const u8, n) };
+        remove_tmp(p, blk.dev.load(Relaxed), blk.ino.load(Relaxed));
+    }
 }
 
 /// Puts block `b` into the table of writers to reap; with the table full, the oldest is waited
@@ -622,6 +773,97 @@ pub fn pidfds(out: &mut [libc::pollfd]) -> usize {
     n
 }
 
+/// After an `exec`, the helpers and writers the program left behind are children of the new
+/// program (the kernel moved them to the thread that ran `exec`, keeping exit signal 0: no
+/// `SIGCHLD`, invisible to `waitpid(-1)` without `__WALL`, so the new program never reaps
+/// them). Called when a checkpoint request comes (control thread): those that ended are
+/// reaped now, the others watched and reaped as our own ([`linger`]). They are found among the
+/// main thread's children only (ours, made by the control thread, are not there), by name
+/// (`cr-io`, `cr-writer`) and exit signal 0. Allocation-free.
+pub fn adopt_orphans() {
+    if LINGER.iter().any(|s| s.load(Acquire) != 0) {
+        // (Writers of our own are left behind: this program has not run exec since.)
+        return;
+    }
+    let mut path = crate::sys::StackBuf::<64>::new();
+    let me = sys::getpid();
+    path.push(b"/proc/self/task/")
+        .num(me as u64)
+        .push(b"/children");
+    let mut buf = [0u8; 2048];
+    let Ok(n) = sys::read_file(path.as_cstr(), &mut buf) else {
+        return;
+    };
+    for tok in buf[..n].split(|&c| c == b' ' || c == b'\n') {
+        let Some(pid) = parse_pid(tok) else {
+            continue;
+        };
+        let Some(zombie) = orphan_writer(pid) else {
+            continue;
+        };
+        if zombie {
+            // SAFETY: all-zero is a valid siginfo_t.
+            let mut info: libc::siginfo_t = unsafe { core::mem::zeroed() };
+            let _ = sys::sys6(
+                libc::SYS_waitid as usize,
+                libc::P_PID as usize,
+                pid as usize,
+                &mut info as *mut _ as usize,
+                (libc::WEXITED | libc::__WALL | libc::WNOHANG) as usize,
+                0,
+                0,
+            );
+            continue;
+        }
+        let Ok(pidfd) = sys::sys3(libc::SYS_pidfd_open as usize, pid as usize, 0, 0) else {
+            continue;
+        };
+        match new_block() {
+            Ok(b) => {
+                block(b).pidfd.store(pidfd as i32, Release);
+                if !try_linger(b) {
+                    sys::close(pidfd as i32);
+                    sys::munmap(b, BLOCK_LEN);
+                }
+            }
+            Err(_) => sys::close(pidfd as i32),
+        }
+    }
+}
+
+fn parse_pid(tok: &[u8]) -> Option<i32> {
+    if tok.is_empty() || tok.len() > 10 || !tok.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(tok.iter().fold(0i64, |v, &c| v * 10 + (c - b'0') as i64) as i32).filter(|&p| p > 0)
+}
+
+/// Whether child `pid` is an agent's writer (`cr-io`, `cr-writer`, exit signal 0): `Some(true)`
+/// if it has ended (a zombie), `Some(false)` if it still runs, `None` if it is no writer.
+fn orphan_writer(pid: i32) -> Option<bool> {
+    let mut path = crate::sys::StackBuf::<64>::new();
+    path.push(b"/proc/").num(pid as u64).push(b"/stat");
+    let mut buf = [0u8; 1024];
+    let n = sys::read_file(path.as_cstr(), &mut buf).ok()?;
+    let s = &buf[..n];
+    let open = s.iter().position(|&c| c == b'(')?;
+    let close = s.iter().rposition(|&c| c == b')')?;
+    let comm = &s[open + 1..close];
+    if comm != b"cr-io" && comm != b"cr-writer" {
+        return None;
+    }
+    // Fields after the name: state is the first, exit_signal the 36th.
+    let mut fields = s[close + 1..]
+        .split(|&c| c == b' ')
+        .filter(|f| !f.is_empty());
+    let state = fields.next()?;
+    let exit_signal = fields.nth(34)?;
+    if exit_signal != b"0" {
+        return None;
+    }
+    Some(state == b"Z")
+}
+
 /// Reaps every writer left behind that has ended: closes the descriptors it held, removes its
 /// temporary file, closes its pidfd and unmaps its block. Never waits.
 pub fn reap_done() {
@@ -663,12 +905,7 @@ fn reap(b: usize) -> bool {
                 sys::close(f);
             }
         }
-        if blk.remove.load(Acquire) != 0 {
-            let n = blk.path_len.load(Relaxed) as usize;
-            // SAFETY: the block's path page, written by `leave_behind`.
-            let p = unsafe { core::slice::from_raw_parts((b + PATH_OFF) as *const u8, n) };
-            remove_tmp(p, blk.dev.load(Relaxed), blk.ino.load(Relaxed));
-        }
+        remove_recorded(b);
     }
     sys::munmap(b, BLOCK_LEN);
     true
@@ -689,10 +926,19 @@ pub fn owns_fd(fd: i32) -> bool {
     }
 }
 
-/// Whether `addr` starts a mapping of ours (a helper's or a lingering writer's block): left out
-/// of the image.
+/// Whether `addr` starts a mapping of ours: a helper's or a lingering writer's block, or the
+/// ring of the AIO context a given-up helper has not destroyed yet (its address is the context's
+/// id). Left out of the image. The ring is a shared mapping (`/[aio] (deleted)`) the kernel
+/// writes whenever one of the old image's pieces completes, which it did while the next image
+/// was written (an image taken just after a checkpoint was given up, its helper still
+/// submitting: `page data checksum mismatch` at restart, in `destination_fuse_server_stalls`
+/// 1 of 20 runs); and the helper may unmap it at any moment (`io_destroy`).
 pub fn contains(addr: u64) -> bool {
-    let inside = |b: usize| b != 0 && (b as u64..(b + BLOCK_LEN) as u64).contains(&addr);
+    let inside = |b: usize| {
+        b != 0
+            && ((b as u64..(b + BLOCK_LEN) as u64).contains(&addr)
+                || block(b).aio_ctx.load(Acquire) == addr)
+    };
     inside(BLOCK.load(Acquire)) || LINGER.iter().any(|s| inside(s.load(Acquire)))
 }
 
@@ -706,6 +952,9 @@ pub fn forget_in_child() {
     }
     if ENABLED.load(Relaxed) != 0 {
         ENABLED.store(0, Release);
+    }
+    if TMP.load(Relaxed) != 0 {
+        TMP.store(0, Release);
     }
     for slot in &LINGER {
         let b = slot.load(Acquire);
@@ -729,4 +978,5 @@ pub fn forget_restored() {
     }
     BLOCK.store(0, Release);
     ENABLED.store(0, Release);
+    TMP.store(0, Release);
 }

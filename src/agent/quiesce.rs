@@ -488,11 +488,51 @@ extern "C" fn park(idx: usize) -> usize {
             super::pending::capture_thread(idx, leader);
             WORK_ACK.fetch_add(1, AcqRel);
             sys::futex_wake_all(&WORK_ACK);
+            let late = PARK_LATE_NS.load(Relaxed);
+            if late != 0 {
+                run_late(late);
+            }
             continue;
         }
         let _ = sys::futex_wait(&PARK_WORD, word, None);
     }
     0
+}
+
+/// TEST ONLY (tests/faults.rs `checkpoint_while_a_parked_thread_runs_late`): with
+/// `LIBCR_TEST_PARK_LATE_MS=N` in the program's environment (read at start-up), each parked
+/// thread keeps writing its own stack for N ms after it took its pending signals, before it
+/// sleeps again: what a thread a loaded machine runs late does for a few instructions, made
+/// long and certain. 0: off.
+static PARK_LATE_NS: AtomicU64 = AtomicU64::new(0);
+
+/// At start-up: reads `LIBCR_TEST_PARK_LATE_MS` (see [`PARK_LATE_NS`]).
+pub fn init_test_knobs() {
+    // SAFETY: getenv with a NUL-terminated name (at init, before the program's threads).
+    let v = unsafe { libc::getenv(c"LIBCR_TEST_PARK_LATE_MS".as_ptr()) };
+    if v.is_null() {
+        return;
+    }
+    // SAFETY: a non-null getenv result is a NUL-terminated string.
+    let s = unsafe { core::ffi::CStr::from_ptr(v) }.to_bytes();
+    let ms = s
+        .iter()
+        .take_while(|c| c.is_ascii_digit())
+        .fold(0u64, |v, &c| {
+            v.saturating_mul(10).saturating_add((c - b'0') as u64)
+        });
+    PARK_LATE_NS.store(ms.saturating_mul(1_000_000), Relaxed);
+}
+
+/// [`PARK_LATE_NS`]: writes a counter on our stack for `ns` nanoseconds.
+#[inline(never)]
+fn run_late(ns: u64) {
+    let until = sys::monotonic_ns() + ns;
+    let mut x = [0u64; 8];
+    while sys::monotonic_ns() < until {
+        x[0] = x[0].wrapping_add(1);
+        core::hint::black_box(&mut x);
+    }
 }
 
 fn wait_release(seq: u32) {
@@ -535,6 +575,38 @@ pub fn capture_pending(deadline_ns: u64) {
     if !leader_parked {
         super::pending::capture_shared_without_leader();
     }
+    wait_asleep(parked as usize, deadline_ns);
+}
+
+/// Waits (at most until `deadline_ns`) until `parked` threads sleep on [`PARK_WORD`] in the
+/// kernel. A parked thread that has counted itself in ([`ARRIVED`], [`WORK_ACK`]) still runs
+/// the rest of its loop in [`park`] before it sleeps again: calls that write its stack, and
+/// system calls on whose return the kernel writes its rseq area (in its TLS) when it was
+/// preempted or moved to another CPU meanwhile. Its stack and TLS are in the image, whose
+/// pages are hashed and then read by the disk: a thread that runs late (a loaded machine
+/// keeps a woken thread waiting for a CPU) would change them in between, and the image would
+/// fail its checksum at restart. Once it sleeps it touches nothing until it is released.
+fn wait_asleep(parked: usize, deadline_ns: u64) {
+    let idle = AtomicU32::new(0);
+    while sleeping_on_park_word() < parked && sys::monotonic_ns() < deadline_ns {
+        let _ = sys::futex_wait(&idle, 0, Some(50_000));
+    }
+}
+
+/// How many threads wait on [`PARK_WORD`] now: a `FUTEX_REQUEUE` of all its waiters onto the
+/// same word wakes and moves none and returns their number (`usize::MAX` if refused).
+fn sleeping_on_park_word() -> usize {
+    let w = PARK_WORD.as_ptr() as usize;
+    sys::sys6(
+        libc::SYS_futex as usize,
+        w,
+        (libc::FUTEX_REQUEUE | libc::FUTEX_PRIVATE_FLAG) as usize,
+        0,
+        i32::MAX as usize,
+        w,
+        0,
+    )
+    .unwrap_or(usize::MAX)
 }
 
 /// System calls whose `EINTR` caused by our signal is hidden by issuing them again.

@@ -155,6 +155,49 @@ pub(super) fn next_backup(path: &Path) -> PathBuf {
     dir.join(format!("{base}.~{}~", highest + 1))
 }
 
+/// Creates the temporary file of a destination (where the file system has no `O_TMPFILE`):
+/// `.NAME.tmp` (`tmp`) as a new file, or, when that name is taken, `.NAME.PID.tmp`; returns the
+/// file and the name it got. Never the file an earlier checkpoint left under the name (issue
+/// 13): a writer of a checkpoint given up while its write waited on a destination that stopped
+/// answering (`agent::offload`, a `--cow` writer) still holds it, and once the server answers
+/// its late writes land in it. Opened with `O_TRUNC` (the same inode, as before) it became
+/// this checkpoint's file, and those writes overwrote this image's page data, after its commit
+/// too. Nor is the old name removed first: a removal (or a truncation) can wait on the server
+/// as long as the old write does (a FUSE server's path lock, NFS), with no `--time` to end it;
+/// the old file is its writer's agent's to remove (by device and inode) once its write is over.
+/// `O_EXCL` also refuses a symlink planted under the name.
+fn create_fresh(tmp: &Path) -> std::io::Result<(std::fs::File, PathBuf)> {
+    let open = |p: &Path| {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(p)
+    };
+    let first = match open(tmp) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => e,
+        r => return r.map(|f| (f, tmp.to_path_buf())),
+    };
+    let name = tmp.file_name().map(|n| n.to_string_lossy().into_owned());
+    let Some(stem) = name.as_deref().and_then(|n| n.strip_suffix(".tmp")) else {
+        return Err(first);
+    };
+    let pid = std::process::id();
+    for n in 0..16 {
+        let alt = tmp.with_file_name(if n == 0 {
+            format!("{stem}.{pid}.tmp")
+        } else {
+            format!("{stem}.{pid}-{n}.tmp")
+        });
+        match open(&alt) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            r => return r.map(|f| (f, alt)),
+        }
+    }
+    Err(first)
+}
+
 /// Syncs a directory (after a rename into it).
 fn fsync_dir(dir: &Path) {
     if let Ok(d) = std::fs::File::open(dir) {
@@ -396,19 +439,24 @@ impl Out {
                     // memory from it (cr_restart(1), "Lazy restore").
                     let _ = std::fs::remove_file(&tmp);
                 }
-                let f = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_CLOEXEC)
-                    .open(&tmp)
-                    .map_err(|e| {
-                        err(
-                            e.raw_os_error().unwrap_or(libc::EIO),
-                            format!("cannot create {}: {e}", tmp.display()),
-                        )
-                    })?;
+                let opened = if *commit == Commit::Clobber {
+                    OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .custom_flags(libc::O_CLOEXEC)
+                        .open(&tmp)
+                        .map(|f| (f, tmp.clone()))
+                } else {
+                    create_fresh(&tmp)
+                };
+                let (f, tmp) = opened.map_err(|e| {
+                    err(
+                        e.raw_os_error().unwrap_or(libc::EIO),
+                        format!("cannot create {}: {e}", tmp.display()),
+                    )
+                })?;
                 Ok(Out {
                     fd: f.as_raw_fd(),
                     file: Some(f),
@@ -521,6 +569,19 @@ impl Out {
             }
         }
         if tmp != path {
+            // Only our own file goes into place: not one another checkpoint to the same
+            // destination put under the temporary name since (see `create_fresh`).
+            if let Some(f) = &self.file {
+                use std::os::unix::fs::MetadataExt;
+                let ours = f.metadata()?;
+                let named = std::fs::symlink_metadata(tmp)?;
+                if (ours.dev(), ours.ino()) != (named.dev(), named.ino()) {
+                    return Err(std::io::Error::other(format!(
+                        "{} is no longer this checkpoint's file (replaced meanwhile)",
+                        tmp.display()
+                    )));
+                }
+            }
             std::fs::rename(tmp, path)?;
         }
         self.tmp = None;
