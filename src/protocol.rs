@@ -560,8 +560,31 @@ pub fn agent_sign(pid: i32) -> AgentSign {
     }
 }
 
-/// Sends process `pid` the wake-up ([`WAKE_SIGNAL`] with [`WAKE_MAGIC`], `SI_QUEUE`).
+/// Sends process `pid` the wake-up ([`WAKE_SIGNAL`] with [`WAKE_MAGIC`], `SI_QUEUE`), to its
+/// main thread (the thread whose tid is the pid: `rt_tgsigqueueinfo`), never to the process as a
+/// whole. A signal sent to the process while the thread the kernel would pick blocks it (the
+/// main thread in the handler of the wake-up before, which blocks its own signal) or has a
+/// signal pending already is aimed at another thread, which the kernel wakes at once; when the
+/// main thread then takes the signal first, the woken thread finds nothing: an `epoll_wait` (or
+/// any call the kernel does not restart) it was in returns `EINTR`, with no handler run to hide
+/// it (tests/load.rs `restarts_while_ignored_signals_arrive`, caught by tracing: the wake-up sent
+/// again while the main thread still ran the first one's handler). Sent to the main thread, it
+/// waits in that thread's own queue and wakes no other. A main thread that has ended (a zombie
+/// leader) shows no agent ([`agent_sign`]) and is never woken; one that blocks the wake-up
+/// signal by a raw system call gets it late or never: requesters fall back to
+/// [`wake_process`] after half of [`WAKE_WAIT_NS`].
 pub fn wake(pid: i32) -> Result<(), i32> {
+    send_wake(pid, true)
+}
+
+/// [`wake`] sent to the process as a whole (`rt_sigqueueinfo`): the kernel picks the thread. The
+/// requesters' fallback when the main thread did not bind the socket in half of
+/// [`WAKE_WAIT_NS`].
+pub fn wake_process(pid: i32) -> Result<(), i32> {
+    send_wake(pid, false)
+}
+
+fn send_wake(pid: i32, main_thread: bool) -> Result<(), i32> {
     // SAFETY: all-zero is a valid siginfo_t.
     let mut si: libc::siginfo_t = unsafe { core::mem::zeroed() };
     si.si_signo = WAKE_SIGNAL;
@@ -574,14 +597,26 @@ pub fn wake(pid: i32) -> Result<(), i32> {
         core::ptr::write_unaligned(base.add(20) as *mut u32, libc::getuid());
         core::ptr::write_unaligned(base.add(24) as *mut u64, WAKE_MAGIC);
     }
-    crate::sys::sys3(
-        libc::SYS_rt_sigqueueinfo as usize,
-        pid as usize,
-        WAKE_SIGNAL as usize,
-        &si as *const _ as usize,
-    )
-    .map(|_| ())
-    .map_err(|e| e.0)
+    let info = &si as *const _ as usize;
+    let sent = if main_thread {
+        crate::sys::sys6(
+            libc::SYS_rt_tgsigqueueinfo as usize,
+            pid as usize,
+            pid as usize,
+            WAKE_SIGNAL as usize,
+            info,
+            0,
+            0,
+        )
+    } else {
+        crate::sys::sys3(
+            libc::SYS_rt_sigqueueinfo as usize,
+            pid as usize,
+            WAKE_SIGNAL as usize,
+            info,
+        )
+    };
+    sent.map(|_| ()).map_err(|e| e.0)
 }
 
 /// What the restart loader hands the restored agent (in the trampoline's argument block).
@@ -696,7 +731,8 @@ pub fn connect(pid: i32) -> Result<i32, i32> {
 
 /// After `connect` found no control socket for `pid`: while the process shows a lazy agent
 /// ([`AgentSign::Wakeable`]), wakes it ([`wake`], again every [`WAKE_AGAIN_NS`]: a process in
-/// the middle of an `exec` loses it) and tries `once` until the socket is there. Gives up with
+/// the middle of an `exec` loses it; [`wake_process`] after half of [`WAKE_WAIT_NS`]) and tries
+/// `once` until the socket is there. Gives up with
 /// `ETIMEDOUT` after [`WAKE_WAIT_NS`] (the program blocks the wake-up signal in every thread, or
 /// replaced the agent's handler by a raw system call); returns `first` when the process has no
 /// lazy agent (none at all: the caller's clear error, not a wait).
@@ -719,7 +755,13 @@ pub fn connect_woken(
             if agent_sign(pid) != AgentSign::Wakeable {
                 return if woke { once() } else { first };
             }
-            if let Err(e) = wake(pid) {
+            // To the main thread ([`wake`]); to the process once half the wait is over.
+            let sent = if now - start < WAKE_WAIT_NS / 2 {
+                wake(pid)
+            } else {
+                wake_process(pid)
+            };
+            if let Err(e) = sent {
                 return if woke { Err(e) } else { first };
             }
             woke = true;

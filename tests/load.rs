@@ -428,13 +428,14 @@ fn restarts_during_sigcont(name: &str, prog: &str) -> String {
 /// `quiesce::let_ignored_through`; now each restored thread calls it too, `resume`). GO: no
 /// EINTR, PASS.
 ///
-/// Not in `make check` (`make soak` runs it): it still fails now and then with 1-3 EINTRs (4 of
-/// 16 runs at load 10-25 and once in a clean-clone `make check` under load, 2026-12-07; with
-/// the handlers' masks narrowed since, 1 of 10 with 12 busy loops beside it, against 4 of 10),
-/// from a window not found yet (docs/RELIABILITY.md); a failure of CI on a known open bug
-/// would keep everything else from landing.
+/// The last EINTRs it showed (1-3 in about 1 run of 10, `#[ignore]`d for that from 2026-12-07
+/// until the fix) were no ignored signal: the first checkpoint's wake-up (`SIGURG`), sent to
+/// the process while the main thread still ran the handler of the one before (which blocks its
+/// own signal), was aimed by the kernel at the worker, which it woke at once; the main thread
+/// then took it first, and the worker's `epoll_wait` returned EINTR with nothing delivered
+/// (seen by tracing). The wake-up and the socket's connection signal now go to the main
+/// thread only (`protocol::wake`, `control::bind_socket`).
 #[test]
-#[ignore = "open flake (1-3 EINTRs in about 1 run of 4 under load): make soak runs it"]
 fn restarts_while_ignored_signals_arrive() {
     let _serial = serial();
     restarts_during_sigcont("load-ignored", "ignored");

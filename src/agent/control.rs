@@ -111,6 +111,9 @@ pub(super) fn high_fd_floor() -> usize {
     }
 }
 
+/// `struct f_owner_ex`'s type for one thread (`F_SETOWN_EX`).
+const F_OWNER_TID: i32 = 0;
+
 /// Creates and binds this process's control socket; returns its descriptor. `lazy`: the signal
 /// the socket raises in the process (`O_ASYNC`) on a connection, set before it listens.
 #[link_section = ".text.hot.libcr_start"]
@@ -138,7 +141,21 @@ fn bind_socket(lazy: Option<i32>, fork_child: bool) -> Result<i32, sys::Errno> {
         if let Some(signal) = lazy {
             // The signal names this descriptor (si_fd): set up at its final number, before
             // anyone can connect.
-            sys::fcntl(fd, libc::F_SETOWN, sys::getpid() as usize)?;
+            // Bound on a wake-up by the main thread (where `protocol::wake` sends it): the
+            // connection's signal goes to this thread only (`F_OWNER_TID`), as the wake-up did.
+            // Sent to the process while this thread still runs the wake-up's handler (which
+            // blocks its own signal), the kernel aimed it at another thread and woke it, and
+            // this thread then took it first: the other thread's `epoll_wait` returned EINTR
+            // with nothing delivered (tests/load.rs `restarts_while_ignored_signals_arrive`).
+            // Elsewhere (the checkpoint signal, a fork child's or init's socket, a wake-up
+            // taken by another thread) the process as before.
+            let pid = sys::getpid();
+            if signal == protocol::WAKE_SIGNAL && sys::gettid() == pid {
+                let owner: [i32; 2] = [F_OWNER_TID, pid];
+                sys::fcntl(fd, sys::fcntl_cmd::F_SETOWN_EX, owner.as_ptr() as usize)?;
+            } else {
+                sys::fcntl(fd, libc::F_SETOWN, pid as usize)?;
+            }
             sys::fcntl(fd, sys::fcntl_cmd::F_SETSIG, signal as usize)?;
             fl |= libc::O_ASYNC;
             super::ctlstart::arm(fd);

@@ -106,7 +106,8 @@ const AGENT_START_NS: u64 = 2_000_000_000;
 fn connect(pid: i32) -> Result<i32, i32> {
     let (ns, _) = protocol::own_identity();
     let (addr, len) = protocol::socket_addr(ns, pid);
-    let deadline = crate::sys::monotonic_ns() + AGENT_START_NS;
+    let start = crate::sys::monotonic_ns();
+    let deadline = start + AGENT_START_NS;
     let mut next_wake = 0u64;
     loop {
         // SAFETY: socket calls on a descriptor we own, with a valid address.
@@ -124,9 +125,14 @@ fn connect(pid: i32) -> Result<i32, i32> {
                 return Err(crate::api::types::CR_ENOSUPPORT);
             }
             // An agent that binds its socket only when woken: wake it (again, now and then: a
-            // process in the middle of an exec loses the wake-up).
+            // process in the middle of an exec loses the wake-up), its main thread only
+            // (`protocol::wake`), the process once half the wait is over.
             if now >= next_wake && protocol::agent_sign(pid) == protocol::AgentSign::Wakeable {
-                let _ = protocol::wake(pid);
+                let _ = if now - start < AGENT_START_NS / 2 {
+                    protocol::wake(pid)
+                } else {
+                    protocol::wake_process(pid)
+                };
                 next_wake = now + protocol::WAKE_AGAIN_NS;
             }
             let ms = libc::timespec {
