@@ -61,15 +61,33 @@ fn footprint(pid: u32) -> (Footprint, Memory) {
 }
 
 /// The footprint once the agent has closed what a request left open (it closes the
-/// connection and the image just after answering): waits up to 2 s for it to equal `want`.
-fn settled(pid: u32, want: &Footprint) -> (Footprint, Memory) {
+/// connection and the image just after answering, and its write helper, a `CLONE_VM` child
+/// whose stack is in the program's memory map and whose pidfd is in its table, exits and is
+/// reaped after that): waits up to 10 s for the helper to be gone, then up to 2 s for the
+/// footprint to equal `want` (`None`: to read the same twice, 20 ms apart).
+fn settled(pid: u32, want: Option<&Footprint>) -> (Footprint, Memory) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline
+        && children_of(pid).into_iter().any(|c| {
+            fs::read_to_string(format!("/proc/{c}/comm"))
+                .is_ok_and(|n| matches!(n.trim(), "cr-io" | "cr-writer"))
+        })
+    {
+        thread::sleep(Duration::from_millis(5));
+    }
     let deadline = Instant::now() + Duration::from_secs(2);
+    let mut last = footprint(pid);
     loop {
+        thread::sleep(Duration::from_millis(if want.is_some() { 2 } else { 20 }));
         let f = footprint(pid);
-        if f.0 == *want || Instant::now() >= deadline {
+        let done = match want {
+            Some(w) => f.0 == *w,
+            None => f.0 == last.0,
+        };
+        if done || Instant::now() >= deadline {
             return f;
         }
-        thread::sleep(Duration::from_millis(2));
+        last = f;
     }
 }
 
@@ -109,13 +127,11 @@ fn many_checkpoints_in_a_row() {
             sc.assert_image_file(&img);
             // After the first one: what the agent allocates once (its scratch area, the
             // control thread's buffers) is there from now on.
-            let f = footprint(pid);
-            let f = settled(pid, &f.0);
-            first = Some(f);
+            first = Some(settled(pid, None));
         }
     }
     let (f0, m0) = first.expect("one checkpoint at least");
-    let (f1, m1) = settled(pid, &f0);
+    let (f1, m1) = settled(pid, Some(&f0));
     let tenth = (n / 10).max(1);
     let (head, tail) = (mean_ms(&times[..tenth]), mean_ms(&times[n - tenth..]));
     let size = fs::metadata(&img).map_or(0, |m| m.len());
