@@ -489,6 +489,23 @@ pub fn fcntl(fd: i32, cmd: i32, arg: usize) -> SysResult {
     sys3(SYS_fcntl as usize, fd as usize, cmd as usize, arg)
 }
 
+/// `waitid(idtype, id, &info, options)` (`P_PID`, `P_PIDFD`, …); returns the call's result and
+/// the `siginfo_t` it filled (all zero, `si_pid` 0, when `WNOHANG` found nothing ended).
+pub fn waitid(idtype: u32, id: i32, options: i32) -> (SysResult, libc::siginfo_t) {
+    // SAFETY: all-zero is a valid siginfo_t.
+    let mut info: libc::siginfo_t = unsafe { core::mem::zeroed() };
+    let r = sys6(
+        libc::SYS_waitid as usize,
+        idtype as usize,
+        id as usize,
+        &mut info as *mut _ as usize,
+        options as usize,
+        0,
+        0,
+    );
+    (r, info)
+}
+
 /// `lseek(fd, off, whence)`.
 pub fn lseek(fd: i32, off: i64, whence: i32) -> SysResult {
     sys3(

@@ -181,19 +181,9 @@ fn futex_shared(word: &AtomicU32, op: i32, val: u32, timeout_ns: u64) {
 
 /// Reaps the writer `pidfd` (already ended or killed) and closes it; returns its `waitid` result.
 fn reap(pidfd: i32) -> (Result<usize, Errno>, libc::siginfo_t) {
-    // SAFETY: all-zero is a valid siginfo_t.
-    let mut info: libc::siginfo_t = unsafe { core::mem::zeroed() };
-    let r = loop {
-        match sys::sys6(
-            libc::SYS_waitid as usize,
-            libc::P_PIDFD as usize,
-            pidfd as usize,
-            &mut info as *mut _ as usize,
-            (libc::WEXITED | libc::__WALL) as usize,
-            0,
-            0,
-        ) {
-            Err(Errno(libc::EINTR)) => continue,
+    let (r, info) = loop {
+        match sys::waitid(libc::P_PIDFD, pidfd, libc::WEXITED | libc::__WALL) {
+            (Err(Errno(libc::EINTR)), _) => continue,
             r => break r,
         }
     };

@@ -643,15 +643,7 @@ pub fn leave_behind(b: usize, pidfd: i32, fds: [i32; 2], tmp: &TmpName) {
             Err(_) => {
                 // No memory for the record: wait for it here, as before.
                 wait_exit(pidfd);
-                let _ = sys::sys6(
-                    libc::SYS_waitid as usize,
-                    libc::P_PIDFD as usize,
-                    pidfd as usize,
-                    0,
-                    (libc::WEXITED | libc::__WALL) as usize,
-                    0,
-                    0,
-                );
+                let _ = sys::waitid(libc::P_PIDFD, pidfd, libc::WEXITED | libc::__WALL);
                 sys::close(pidfd);
                 for f in fds {
                     if f >= 0 {
@@ -802,16 +794,10 @@ pub fn adopt_orphans() {
             continue;
         };
         if zombie {
-            // SAFETY: all-zero is a valid siginfo_t.
-            let mut info: libc::siginfo_t = unsafe { core::mem::zeroed() };
-            let _ = sys::sys6(
-                libc::SYS_waitid as usize,
-                libc::P_PID as usize,
-                pid as usize,
-                &mut info as *mut _ as usize,
-                (libc::WEXITED | libc::__WALL | libc::WNOHANG) as usize,
-                0,
-                0,
+            let _ = sys::waitid(
+                libc::P_PID,
+                pid,
+                libc::WEXITED | libc::__WALL | libc::WNOHANG,
             );
             continue;
         }
@@ -882,16 +868,10 @@ fn reap(b: usize) -> bool {
         let blk = block(b);
         let pidfd = blk.pidfd.load(Acquire);
         if pidfd >= 0 {
-            // SAFETY: all-zero is a valid siginfo_t.
-            let mut info: libc::siginfo_t = unsafe { core::mem::zeroed() };
-            let r = sys::sys6(
-                libc::SYS_waitid as usize,
-                libc::P_PIDFD as usize,
-                pidfd as usize,
-                &mut info as *mut _ as usize,
-                (libc::WEXITED | libc::__WALL | libc::WNOHANG) as usize,
-                0,
-                0,
+            let (r, info) = sys::waitid(
+                libc::P_PIDFD,
+                pidfd,
+                libc::WEXITED | libc::__WALL | libc::WNOHANG,
             );
             // SAFETY: waitid filled the siginfo (si_pid 0: not ended yet).
             if r.is_ok() && unsafe { info.si_pid() } == 0 {
