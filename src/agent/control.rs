@@ -331,15 +331,7 @@ pub fn bind_now_and_in_children() {
         // A socket bound on a wake-up raises the wake-up signal, which may now be ignored or
         // blocked: the checkpoint signal from now on, and a connection whose signal the
         // kernel dropped (setting `SIG_IGN` discards a pending one) is served now.
-        let fd = LISTEN_FD.load(Acquire);
-        if fd >= 0 {
-            let _ = sys::fcntl(
-                fd,
-                sys::fcntl_cmd::F_SETSIG,
-                super::quiesce::CR_SIGNUM as usize,
-            );
-            super::ctlstart::start_if_waiting();
-        }
+        super::ctlstart::signal_connections_with_64(LISTEN_FD.load(Acquire));
     }
     ensure_bound();
 }

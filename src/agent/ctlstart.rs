@@ -363,7 +363,12 @@ pub fn after_failed_exec() {
     if SWITCHED_FOR_EXEC.swap(0, AcqRel) == 0 {
         return;
     }
-    let fd = ASYNC_FD.load(Acquire);
+    signal_connections_with_64(ASYNC_FD.load(Acquire));
+}
+
+/// Has control socket `fd` (if any, -1: none) raise signal 64 for its connections from now on,
+/// and serves a connection that came while it raised another signal (or none).
+pub fn signal_connections_with_64(fd: i32) {
     if fd >= 0 {
         let _ = sys::fcntl(
             fd,
