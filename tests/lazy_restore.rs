@@ -135,6 +135,46 @@ fn eager_restore_image_deleted() {
     restart_delete_pass(&sc, &img, true, 1);
 }
 
+/// `--eager` reads page data on a thread per core; when no reader thread can be created it
+/// reads everything on the restoring thread, and `--verbose` must say so (issue 11: never
+/// degrade silently). `LIBCR_TEST_NO_READER_THREADS=1` is a test knob (cr_restart's
+/// `restore::memory`) that makes every reader thread fail to start with EAGAIN, as a process
+/// or user out of threads would (`RLIMIT_NPROC` is per user: unreliable here).
+#[test]
+fn eager_restore_without_reader_threads_says_so() {
+    let sc = Scenario::new("lazy-eager-nothreads");
+    let img = lazymem_image(&sc, 0);
+    let mut argv = vec![sc.tools().cr_restart.clone().into_os_string()];
+    argv.extend(["--verbose", "--eager"].map(std::ffi::OsString::from));
+    argv.push(img.clone().into_os_string());
+    let mut cmd = sc.command(&argv);
+    cmd.env("LIBCR_TEST_NO_READER_THREADS", "1");
+    let mut restart = sc.start("cr_restart --eager (no reader threads)", cmd);
+    let err = wait_running(&sc, &mut restart);
+    assert!(
+        err.contains("read in full and checked"),
+        "an eager restore reads everything:\n{err}"
+    );
+    assert!(
+        err.contains(
+            "page data of 1 process(es) read with fewer reader threads than cores, 1 of them on the restoring thread alone: a thread could not be created"
+        ),
+        "cr_restart --verbose must say that no reader thread could be created:\n{err}"
+    );
+    sc.go();
+    restart.expect_pass(RESTART_TIMEOUT);
+    // Without the knob: nothing to say.
+    let img = lazymem_image(&sc, 0);
+    let mut restart = sc.restart_with(&img, &["--verbose", "--eager"]);
+    let err = wait_running(&sc, &mut restart);
+    assert!(
+        !err.contains("fewer reader threads"),
+        "reader threads were created, nothing to say:\n{err}"
+    );
+    sc.go();
+    restart.expect_pass(RESTART_TIMEOUT);
+}
+
 /// A tree image: each process maps its own part of the one file.
 #[test]
 fn lazy_restore_tree() {

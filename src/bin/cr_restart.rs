@@ -634,6 +634,17 @@ fn run_job(
     }
     drop(reports);
     if args.verbose {
+        // --eager reads on a thread per core: said when a process could not make them (before
+        // "running again", which tests wait for).
+        let short = cr::restore::memory::reader_shortfall();
+        if short.short > 0 {
+            eprintln!(
+                "{TOOL}: page data of {} process(es) read with fewer reader threads than cores, {} of them on the restoring thread alone: a thread could not be created ({})",
+                short.short,
+                short.none,
+                std::io::Error::from_raw_os_error(short.errno)
+            );
+        }
         eprintln!(
             "{TOOL}: {} process(es) running again {:.1} ms after cr_restart started (images opened and checked at {:.1} ms, first process created at {:.1} ms)",
             members.len(),

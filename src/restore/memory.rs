@@ -56,6 +56,69 @@ pub fn count_reads() -> Option<&'static std::sync::atomic::AtomicU64> {
     Some(unsafe { &*c })
 }
 
+/// The shared page's words after the byte count (see [`READ_COUNTER`]): how many processes read
+/// their page data with fewer reader threads than they meant to, how many of those with none
+/// at all (everything on the restoring thread), and the errno of the last failed creation.
+const SHORT_OF_READERS: usize = 1;
+const NO_READERS: usize = 2;
+const READERS_ERRNO: usize = 3;
+
+/// What the restored processes reported about their reader threads (`--eager`), read by
+/// cr_restart from the shared page once they run: never a silent fallback (issue 11).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReaderShortfall {
+    /// Processes that made fewer reader threads than they meant to.
+    pub short: u64,
+    /// Of those, the ones that made none (their page data was read on the restoring thread).
+    pub none: u64,
+    /// The errno of the last thread that could not be made.
+    pub errno: i32,
+}
+
+/// The word `i` of the shared page, if cr_restart mapped one.
+fn shared_word(i: usize) -> Option<&'static std::sync::atomic::AtomicU64> {
+    let c = READ_COUNTER.load(std::sync::atomic::Ordering::Acquire);
+    // SAFETY: set by count_reads to a page mapped for the life of the process, which holds
+    // PAGE / 8 words.
+    (!c.is_null() && i < PAGE / 8).then(|| unsafe { &*c.add(i) })
+}
+
+/// Records (in the shared page) that this process made `started` of the `wanted` reader
+/// threads, the last failure with `errno`.
+fn note_readers(wanted: usize, started: usize, errno: i32) {
+    use std::sync::atomic::Ordering::Relaxed;
+    if started >= wanted {
+        return;
+    }
+    let add = |i: usize| shared_word(i).map(|w| w.fetch_add(1, Relaxed));
+    add(SHORT_OF_READERS);
+    if started == 0 {
+        add(NO_READERS);
+    }
+    if let Some(w) = shared_word(READERS_ERRNO) {
+        w.store(errno as u64, Relaxed);
+    }
+}
+
+/// What the processes of this restart reported about their reader threads so far (cr_restart,
+/// after they run; zero when no shared page was mapped).
+pub fn reader_shortfall() -> ReaderShortfall {
+    use std::sync::atomic::Ordering::Relaxed;
+    let get = |i: usize| shared_word(i).map_or(0, |w| w.load(Relaxed));
+    ReaderShortfall {
+        short: get(SHORT_OF_READERS),
+        none: get(NO_READERS),
+        errno: get(READERS_ERRNO) as i32,
+    }
+}
+
+/// TEST ONLY: `LIBCR_TEST_NO_READER_THREADS=1` in cr_restart's environment makes every reader
+/// thread of an eager restore fail to start (`EAGAIN`, as when the process or user is out of
+/// threads), so that tests/lazy_restore.rs can check that `--verbose` says so.
+fn test_no_reader_threads() -> bool {
+    std::env::var_os("LIBCR_TEST_NO_READER_THREADS").is_some_and(|v| v == "1")
+}
+
 fn count_read(n: u64) {
     let c = READ_COUNTER.load(std::sync::atomic::Ordering::Acquire);
     if !c.is_null() {
@@ -270,10 +333,22 @@ fn read_and_hash(
     let mut spare = Vec::new();
     let hashed = std::thread::scope(|s| -> std::io::Result<()> {
         // A thread that cannot be made leaves its share to the others (or to the loop below).
+        let mut errno = 0;
+        let no_threads = test_no_reader_threads();
         let readers: Vec<_> = (0..threads)
-            .filter_map(|_| std::thread::Builder::new().spawn_scoped(s, reader).ok())
+            .filter_map(|_| {
+                let r = if no_threads {
+                    Err(std::io::Error::from_raw_os_error(libc::EAGAIN))
+                } else {
+                    std::thread::Builder::new().spawn_scoped(s, reader)
+                };
+                r.map_err(|e| errno = e.raw_os_error().unwrap_or(libc::EAGAIN))
+                    .ok()
+            })
             .collect();
         let started = readers.len();
+        // Said by cr_restart --verbose (the shared page): never a silent fallback.
+        note_readers(threads, started, errno);
         let res = (|| {
             for (k, p) in pieces.iter().enumerate() {
                 let Some(dst) = p.dst else {
