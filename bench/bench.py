@@ -505,6 +505,15 @@ class ZSample:
         self.raw_t = self.z_t = self.raw_size = self.z_size = self.cpu = None
         self.gzip_size = self.gzip_t = self.restart_raw = self.restart_z = None
         self.page_raw = self.frames = None
+        # The checkpointed process's CPU time (its agent's, mostly: the program is stopped)
+        # over the --compress checkpoint, and how its pieces reached the compressor.
+        self.agent_cpu = self.via = None
+
+
+def proc_cpu(pid):
+    """User + system CPU time of process pid (all its threads), in seconds."""
+    f = read(f"/proc/{pid}/stat").rsplit(")", 1)[-1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK") if len(f) > 12 else 0.0
 
 
 def compress_once(tools, progs, wl, wdir, verbose):
@@ -522,6 +531,7 @@ def compress_once(tools, progs, wl, wdir, verbose):
     LIVE.update(("p", q) for q in pids)
     try:
         for img, extra in ((raw, []), (z, ["--compress"])):
+            before = proc_cpu(p.pid)
             t0 = time.time()
             c = subprocess.Popen([tools["cr_checkpoint"], "-v"] + extra + ["-f", img, str(p.pid)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -534,6 +544,11 @@ def compress_once(tools, progs, wl, wdir, verbose):
                 log(err.strip())
             if extra:
                 s.z_t, s.cpu = t1 - t0, ru.ru_utime + ru.ru_stime
+                s.agent_cpu = proc_cpu(p.pid) - before
+                # Never silently: how the pieces reached the compressor (the agent's -v).
+                s.via = ("pull" if "via=pull" in err else
+                         "pipe, pull refused" if "via=pipe(pull refused)" in err else
+                         "pipe" if "zstd=split(" in err or "zstd=piped(" in err else None)
                 m = re.search(r"compressed ([0-9.]+) MiB of page data to ([0-9.]+) MiB "
                               r"\((\d+) frames zstd, (\d+) stored raw[^)]*\)", err)
                 if m:
@@ -589,23 +604,25 @@ def compress_report(results):
          "cache) → the first step of the restored program (a compressed image is decompressed "
          "into place by a thread per core).\n",
          "| workload | checkpoint raw / --compress | slower by | image raw / compressed | "
-         "gzip -6 (time) | compressed ÷ gzip | CPU | per core | frames zstd / raw | "
-         "restart --eager raw / compressed |",
-         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+         "gzip -6 (time) | compressed ÷ gzip | CPU | per core | agent CPU | "
+         "frames zstd / raw (via) | restart --eager raw / compressed |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for wl, samples in results:
         m = {k: median([getattr(x, k) for x in samples])
              for k in ("raw_t", "z_t", "raw_size", "z_size", "cpu", "gzip_size", "gzip_t",
-                       "restart_raw", "restart_z", "page_raw")}
+                       "restart_raw", "restart_z", "page_raw", "agent_cpu")}
         slower = f"{(m['z_t'] / m['raw_t'] - 1) * 100:+.0f} %" if m["raw_t"] else "–"
         per_core = (f"{m['page_raw'] / m['cpu'] / 1e9:.2f} GB/s"
                     if m["cpu"] and m["page_raw"] else "–")
         gz = (f"{fmt_b(m['gzip_size'])} ({fmt_s(m['gzip_t'])})" if m["gzip_size"] else "–")
         vs = ratio(m["z_size"], m["gzip_size"]) if m["gzip_size"] else "–"
         fr = samples[0].frames
+        vias = sorted({x.via for x in samples if x.via})
+        via = f" ({', '.join(vias)})" if vias else ""
         L.append(f"| {wl.name} | {fmt_s(m['raw_t'])} / {fmt_s(m['z_t'])} | {slower} | "
                  f"{fmt_b(m['raw_size'])} / {fmt_b(m['z_size'])} | {gz} | {vs} | "
-                 f"{fmt_s(m['cpu'])} | {per_core} | "
-                 f"{'–' if not fr else fr if isinstance(fr, str) else f'{fr[0]} / {fr[1]}'} | "
+                 f"{fmt_s(m['cpu'])} | {per_core} | {fmt_s(m['agent_cpu'])} | "
+                 f"{'–' if not fr else fr if isinstance(fr, str) else f'{fr[0]} / {fr[1]}{via}'} | "
                  f"{fmt_s(m['restart_raw'])} / {fmt_s(m['restart_z'])} |")
     L.append("")
     return L

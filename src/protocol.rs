@@ -178,6 +178,26 @@ pub const FLAG_ZWAIT: u32 = 0x80000;
 /// yet measured on an idle machine, docs/PERFORMANCE.md).
 pub const FLAG_ZPACE: u32 = 0x100000;
 
+/// Request flag with [`FLAG_ZSPLIT`] (`cr_checkpoint --compress` to a file, issue 14): the
+/// request's third descriptor is the read end of an acknowledgement pipe, and `cr_checkpoint`
+/// reads the pieces the agent hands to the compressor from the stopped process's memory
+/// itself (`process_vm_readv`): the agent sends each piece's index with
+/// `image::format::ZPLAN_PULL` set and no bytes, and `cr_checkpoint` answers every such piece
+/// with one byte on that pipe once it has copied it ([`ZPULL_DONE`]), or, for the first, that
+/// it may not read the process ([`ZPULL_REFUSED`]: the agent then writes that piece's bytes and
+/// every later one's into the pipe, as without this flag). The agent keeps the program stopped
+/// until every piece it handed over is acknowledged (`agent::memory::write_split`).
+/// `CR_COMPRESS_PULL=0` in `cr_checkpoint`'s environment leaves it out.
+pub const FLAG_ZPULL: u32 = 0x200000;
+
+/// [`FLAG_ZPULL`]: the acknowledgement of a piece copied out of the process.
+pub const ZPULL_DONE: u8 = b'P';
+
+/// [`FLAG_ZPULL`]: the first piece could not be read (`EPERM`: another user's or a
+/// non-dumpable process, or a security module's rule): its bytes and every later piece's come
+/// through the pipe.
+pub const ZPULL_REFUSED: u8 = b'R';
+
 /// Progress messages ([`FLAG_PROGRESS`]) are sent at most this often (and once when the page
 /// data starts).
 pub const PROGRESS_INTERVAL_MS: u64 = 100;
@@ -784,10 +804,11 @@ pub fn send(sock: i32, req: &Request, fd: Option<i32>) -> Result<(), i32> {
     }
 }
 
-/// Sends a request with up to two descriptors (`SCM_RIGHTS`): the image descriptor and, for a
+/// Sends a request with up to three descriptors (`SCM_RIGHTS`): the image descriptor and, for a
 /// compressed checkpoint of one process, the destination itself, where the agent writes its
 /// image raw when a sample of its page data shows it incompressible (see
-/// `agent::image::finish`; the first descriptor is then a pipe to cr_checkpoint's compressor).
+/// `agent::image::finish`; the first descriptor is then a pipe to cr_checkpoint's compressor),
+/// and with [`FLAG_ZPULL`] the read end of the acknowledgement pipe of pulled pieces.
 pub fn send_fds(sock: i32, req: &Request, fds: &[i32]) -> Result<(), i32> {
     let bytes = bytemuck::bytes_of(req);
     let mut iov = libc::iovec {
@@ -795,8 +816,9 @@ pub fn send_fds(sock: i32, req: &Request, fds: &[i32]) -> Result<(), i32> {
         iov_len: bytes.len(),
     };
     let mut cbuf = [0u64; 4];
-    let fds = &fds[..fds.len().min(2)];
-    // SAFETY: a msghdr over local buffers carrying at most two descriptors.
+    let fds = &fds[..fds.len().min(3)];
+    // SAFETY: a msghdr over local buffers carrying at most three descriptors (CMSG_SPACE(12)
+    // is 32 bytes, `cbuf`'s size).
     unsafe {
         let mut msg: libc::msghdr = core::mem::zeroed();
         msg.msg_iov = &mut iov;

@@ -281,7 +281,7 @@ fn mixed_image_is_split() {
 /// every word); the same with the default level (whatever this machine's load makes of it).
 /// Asked to pace (`CR_COMPRESS_PACE=1`), the first split image is unpaced (no disk rate known),
 /// the one after a plain checkpoint paced by that checkpoint's rate (`pace=…MB/s waited=…ms`);
-/// not asked, `-v` says nothing of it.
+/// not asked (`CR_COMPRESS_PACE=0`), `-v` says nothing of it.
 #[test]
 fn mixed_image_with_slow_compressor_restores() {
     let sc = Scenario::new("zstd-behind");
@@ -338,8 +338,15 @@ fn mixed_image_with_slow_compressor_restores() {
         "expected pieces written raw while the compressor was behind:\n{}",
         res.stderr
     );
+    // Not asked to pace (`CR_COMPRESS_PACE=0`; the default paces where the compressor pulls
+    // the pieces, below), `-v` says nothing of it.
     let img = sc.next_image_path();
-    let res = sc.checkpoint_to(pid, &["-v", "--compress", "--term"], &img);
+    let mut argv: Vec<OsString> = vec![sc.tools().cr_checkpoint.clone().into()];
+    argv.extend(["-v", "--compress", "--term", "-f"].map(OsString::from));
+    argv.extend([img.clone().into(), pid.to_string().into()]);
+    let mut cmd = sc.command(&argv);
+    cmd.env("CR_COMPRESS_PACE", "0");
+    let res = sc.run_tool("cr_checkpoint", cmd);
     res.assert_success();
     assert!(res.stderr.contains("zstd=split(raw: "), "{}", res.stderr);
     assert!(
@@ -536,4 +543,176 @@ fn compressed_delta_chain_restarts() {
         }
     }
     restart_pass(&sc, &merged, &["--eager"]);
+}
+
+/// `cr_checkpoint FLAGS -f IMG PID` with `CR_COMPRESS_ADAPT=0` (every compressible piece
+/// compressed) and `env`, to completion.
+fn checkpoint_env(
+    sc: &Scenario,
+    pid: u32,
+    flags: &[&str],
+    img: &Path,
+    env: &[(&str, &str)],
+) -> ToolResult {
+    let mut argv: Vec<OsString> = vec![sc.tools().cr_checkpoint.clone().into()];
+    argv.extend(flags.iter().map(OsString::from));
+    argv.extend(["-f".into(), img.into(), pid.to_string().into()]);
+    let mut cmd = sc.command(&argv);
+    cmd.env("CR_COMPRESS_ADAPT", "0");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    sc.run_tool("cr_checkpoint", cmd)
+}
+
+/// The pieces of a split image that go to the compressor are read from the stopped process by
+/// cr_checkpoint itself (`process_vm_readv`, `protocol::FLAG_ZPULL`): the agent says
+/// `via=pull`, cr_checkpoint how many it pulled. A pull refused (`CR_COMPRESS_PULL=refuse`: the
+/// first pull fails as the kernel would refuse it) falls back to the pipe, and both say so
+/// (`via=pipe(pull refused)`, `was refused`); `CR_COMPRESS_PULL=0` never asks (no `via=`).
+/// Every image has the compressible pieces compressed, passes `cr_info --check` and restarts
+/// with every region intact (zmem compares every word).
+#[test]
+fn pulled_split_image_restores() {
+    let sc = Scenario::new("zstd-pull");
+    let mut job = zmem_mixed(&sc, 24, 8, 0, 16);
+    let pid = job.pid();
+    let pulled = sc.next_image_path();
+    let res = checkpoint_env(&sc, pid, &["-v", "--compress"], &pulled, &[]);
+    res.assert_success();
+    assert!(
+        res.stderr.contains("zstd=split(")
+            && res.stderr.contains(" via=pull")
+            && res.stderr.contains("pieces pulled from the process"),
+        "expected a split image whose pieces cr_checkpoint pulled:\n{}",
+        res.stderr
+    );
+    let refused = sc.next_image_path();
+    let res = checkpoint_env(
+        &sc,
+        pid,
+        &["-v", "--compress"],
+        &refused,
+        &[("CR_COMPRESS_PULL", "refuse")],
+    );
+    res.assert_success();
+    assert!(
+        res.stderr.contains(" via=pipe(pull refused)")
+            && res
+                .stderr
+                .contains("reading the process's memory was refused"),
+        "expected the refused pull's fallback, said:\n{}",
+        res.stderr
+    );
+    let piped = sc.next_image_path();
+    let res = checkpoint_env(
+        &sc,
+        pid,
+        &["-v", "--compress", "--term"],
+        &piped,
+        &[("CR_COMPRESS_PULL", "0")],
+    );
+    res.assert_success();
+    assert!(
+        res.stderr.contains("zstd=split(") && !res.stderr.contains("via="),
+        "not asked to pull:\n{}",
+        res.stderr
+    );
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    for i in [&pulled, &refused, &piped] {
+        sc.assert_image_file(i);
+        let f = fs::File::open(i).expect("open");
+        let parsed = Image::open(&f).expect("the split image reads");
+        assert_eq!(parsed.header.version, 6);
+        let zstd = parsed.zframes.iter().filter(|f| f.method == ZFRAME_ZSTD);
+        assert!(zstd.count() >= 24 + 8, "the text pieces are compressed");
+        assert!(
+            size(i) < 24 << 20,
+            "{}: {} bytes, not compressed",
+            i.display(),
+            size(i)
+        );
+        info(&sc, &["--check"], i).assert_success();
+        restart_pass(&sc, i, &["--eager"]);
+    }
+    // (Lazily too: the page data is under 32 MiB, so read in full.)
+    restart_pass(&sc, &pulled, &[]);
+}
+
+/// As an unprivileged user (the restart goes into a user and pid namespace of its own): the
+/// first checkpoint pulls; the restored process, whose pid inside its namespace is not the one
+/// cr_checkpoint sees, is checkpointed with pulls again (the pid comes from `SO_PEERCRED`), and
+/// that image restarts intact.
+#[test]
+fn pulled_split_image_restores_as_nobody() {
+    let sc = Scenario::as_user("zstd-pull-nobody", NOBODY);
+    let mut gen1 = zmem_mixed(&sc, 16, 8, 0, 8);
+    let img1 = sc.next_image_path();
+    let res = checkpoint_env(&sc, gen1.pid(), &["-v", "--compress", "--term"], &img1, &[]);
+    res.assert_success();
+    assert!(res.stderr.contains(" via=pull"), "{}", res.stderr);
+    gen1.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    let mut gen2 = sc.restart(&img1);
+    let pid2 = gen2.wait_child(READY_TIMEOUT);
+    wait_address_space_switched(&sc, pid2, std::time::Duration::from_secs(10));
+    // (A request while the restore finishes may fail: retried for 10 s, as checkpoint_restored.)
+    let img2 = sc.next_image_path();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let res = loop {
+        let res = checkpoint_env(&sc, pid2, &["-v", "--compress", "--term"], &img2, &[]);
+        if res.success() || std::time::Instant::now() >= deadline || !pid_alive(pid2) {
+            break res;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    res.assert_success();
+    assert!(
+        res.stderr.contains(" via=pull") && res.stderr.contains("pieces pulled from the process"),
+        "the restored process (pid {pid2} here, {} in its namespace) must be pulled from:\n{}",
+        ns_pid(pid2),
+        res.stderr
+    );
+    gen2.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    sc.assert_image_file(&img2);
+    info(&sc, &["--check"], &img2).assert_success();
+    restart_pass(&sc, &img2, &["--eager"]);
+    restart_pass(&sc, &img2, &[]);
+}
+
+/// cr_checkpoint killed while the agent waits for it to pull a piece it handed over
+/// (`CR_COMPRESS_PULL=stall`: nothing is pulled after the first piece): the checkpoint fails,
+/// nothing is left behind, the program runs on, and a later checkpoint succeeds and restarts
+/// intact.
+#[test]
+fn killed_puller_lets_the_program_go() {
+    let sc = Scenario::new("zstd-pull-killed");
+    let mut job = zmem_mixed(&sc, 24, 8, 0, 16);
+    let pid = job.pid();
+    let lost = sc.next_image_path();
+    let mut argv: Vec<OsString> = vec![sc.tools().cr_checkpoint.clone().into()];
+    argv.extend(["-v", "--compress", "-f"].map(OsString::from));
+    argv.extend([lost.clone().into(), pid.to_string().into()]);
+    let mut cmd = sc.command(&argv);
+    cmd.env("CR_COMPRESS_ADAPT", "0");
+    cmd.env("CR_COMPRESS_PULL", "stall");
+    let mut ck = sc.start("cr_checkpoint (stalls)", cmd);
+    ck.wait_line("pulls stalled", TOOL_TIMEOUT);
+    ck.kill();
+    assert!(!lost.exists(), "the killed checkpoint committed an image");
+    assert!(pid_alive(pid), "the program must run on");
+    let img = sc.next_image_path();
+    // (The agent may still be letting the program go: EBUSY is retried for 10 s.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let res = loop {
+        let res = checkpoint_env(&sc, pid, &["-v", "--compress", "--term"], &img, &[]);
+        if res.success() || std::time::Instant::now() >= deadline || !pid_alive(pid) {
+            break res;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    res.assert_success();
+    assert!(res.stderr.contains(" via=pull"), "{}", res.stderr);
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    sc.assert_image_file(&img);
+    restart_pass(&sc, &img, &["--eager"]);
 }

@@ -31,9 +31,10 @@ pub fn bound_pid() -> i32 {
 /// ([`forget_request_fds`]), or a tree checkpoint would find another process's image file open
 /// in the child.
 /// The third is the pidfd of a copy-on-write writer while it runs.
-/// The fourth is the destination of a compressed checkpoint's raw path (`protocol::send_fds`).
+/// The fourth is the destination of a compressed checkpoint's raw path (`protocol::send_fds`),
+/// the fifth the acknowledgement pipe of its pulled pieces (`protocol::FLAG_ZPULL`).
 #[link_section = ".data1"]
-static REQUEST_FDS: [AtomicI32; 4] = [const { AtomicI32::new(-1) }; 4];
+static REQUEST_FDS: [AtomicI32; 5] = [const { AtomicI32::new(-1) }; 5];
 
 /// Set by a control thread that came back from an image: the connection it was serving (and
 /// whose number `control_main` still holds) was the checkpointed process's, never ours here.
@@ -521,8 +522,8 @@ fn refuse_busy(conn: i32) {
 /// with `errno` and the reason; the caller closes the connection.
 fn refuse(conn: i32, errno: i32, why: &[u8]) {
     sys::poll_one(conn, libc::POLLIN, 1000);
-    if let Some((_, fd, raw_fd)) = recv_request(conn) {
-        for f in [fd, raw_fd] {
+    if let Some((_, fds)) = recv_request(conn) {
+        for f in fds {
             if f >= 0 {
                 sys::close(f);
             }
@@ -616,9 +617,10 @@ fn refuse_peer(conn: i32, why: &[u8]) {
     refuse(conn, libc::EPERM, why);
 }
 
-/// Receives a request and (optionally) its passed descriptors: the image's, and a second one
-/// (-1: none) for the raw path of a compressed checkpoint (`protocol::send_fds`).
-fn recv_request(conn: i32) -> Option<(Request, i32, i32)> {
+/// Receives a request and (optionally) its passed descriptors: the image's, a second one
+/// (-1: none) for the raw path of a compressed checkpoint, and a third (-1: none), the
+/// acknowledgement pipe of pulled pieces (`protocol::send_fds`, `protocol::FLAG_ZPULL`).
+fn recv_request(conn: i32) -> Option<(Request, [i32; 3])> {
     let mut req: Request = bytemuck::Zeroable::zeroed();
     let mut iov = libc::iovec {
         iov_base: &mut req as *mut _ as *mut _,
@@ -633,7 +635,7 @@ fn recv_request(conn: i32) -> Option<(Request, i32, i32)> {
     msg.msg_controllen = core::mem::size_of_val(&cbuf);
     // SAFETY: msg points at valid buffers for the duration of the call.
     let n = unsafe { libc::recvmsg(conn, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    let mut fds = [-1i32; 2];
+    let mut fds = [-1i32; 3];
     // SAFETY: the CMSG macros walk the control buffer the kernel filled.
     unsafe {
         let c = libc::CMSG_FIRSTHDR(&msg);
@@ -653,7 +655,7 @@ fn recv_request(conn: i32) -> Option<(Request, i32, i32)> {
         }
         return None;
     }
-    Some((req, fds[0], fds[1]))
+    Some((req, fds))
 }
 
 fn send_reply(conn: i32, status: i32, bytes: u64, msg: &[u8]) {
@@ -814,9 +816,10 @@ const CALLBACKS_DONE_LIMIT_NS: u64 = 60_000_000_000;
 fn serve(conn: i32) {
     SERVING.store(true, Release);
     REQUEST_FDS[0].store(conn, Release);
-    if let Some((req, img_fd, raw_fd)) = recv_request(conn) {
+    if let Some((req, [img_fd, raw_fd, ack_fd])) = recv_request(conn) {
         REQUEST_FDS[1].store(img_fd, Release);
         REQUEST_FDS[3].store(raw_fd, Release);
+        REQUEST_FDS[4].store(ack_fd, Release);
         // Watched from here on (callbacks, stop, write): a requester that dies lets the program
         // go within a few tens of milliseconds, whatever phase the checkpoint is in.
         super::image::REQUESTER_CONN.store(conn, Release);
@@ -824,7 +827,7 @@ fn serve(conn: i32) {
         let tmp =
             super::offload::TmpName::of(req.flags, &req.dest[..req.dest_len as usize], img_fd);
         let handed = core::cell::Cell::new(HANDED_NONE);
-        serve_request(conn, req, img_fd, raw_fd, &tmp, &handed);
+        serve_request(conn, req, [img_fd, raw_fd, ack_fd], &tmp, &handed);
         if !CONN_IS_PAST.load(Acquire) {
             // (Not in a restored process: nothing of that request is ours there.)
             if handed.get() == HANDED_NONE && super::image::requester_gone() {
@@ -835,6 +838,9 @@ fn serve(conn: i32) {
             }
             if raw_fd >= 0 && handed.get() != HANDED_BOTH {
                 sys::close(raw_fd);
+            }
+            if ack_fd >= 0 {
+                sys::close(ack_fd);
             }
         }
         super::image::REQUESTER_CONN.store(-1, Release);
@@ -861,8 +867,7 @@ const HANDED_BOTH: u8 = 2;
 fn serve_request(
     conn: i32,
     req: Request,
-    img_fd: i32,
-    raw_fd: i32,
+    [img_fd, raw_fd, ack_fd]: [i32; 3],
     tmp: &super::offload::TmpName,
     handed: &core::cell::Cell<u8>,
 ) {
@@ -1065,8 +1070,15 @@ fn serve_request(
         } else {
             -1
         },
+        // The pieces of a split image handed to cr_checkpoint to read from our memory itself
+        // (`protocol::FLAG_ZPULL`), acknowledged on this pipe.
+        ack_fd: if req.flags & protocol::FLAG_ZPULL != 0 {
+            ack_fd
+        } else {
+            -1
+        },
         flags: req.flags,
-        skip_fds: [LISTEN_FD.load(Relaxed), conn, img_fd, raw_fd],
+        skip_fds: [LISTEN_FD.load(Relaxed), conn, img_fd, raw_fd, ack_fd],
         bytes: AtomicU64::new(0),
         errno: AtomicI32::new(0),
         step: core::sync::atomic::AtomicU32::new(0),

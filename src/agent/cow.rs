@@ -568,6 +568,7 @@ fn write_rest(a: &WriterPage) -> Result<u64, (u32, Errno)> {
         split_ok: false,
         adapt: true,
         pace: false,
+        ack_fd: -1,
         deadline_ns: a.deadline_ns,
         bounce: Some(bounce),
     };

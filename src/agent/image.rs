@@ -22,10 +22,13 @@ pub struct Job {
     /// instead of into `fd` (a pipe to the compressor) when a sample of the page data shows it
     /// incompressible (see [`finish`]).
     pub raw_fd: i32,
+    /// `protocol::FLAG_ZPULL`: the acknowledgement pipe of the pieces of a split image that
+    /// cr_checkpoint reads from our memory itself (-1: none, they go through the pipe `fd`).
+    pub ack_fd: i32,
     /// `protocol::FLAG_*`.
     pub flags: u32,
     /// Descriptors of the agent itself, left out of the image.
-    pub skip_fds: [i32; 4],
+    pub skip_fds: [i32; 5],
     /// Bytes written (output).
     pub bytes: AtomicU64,
     /// Errno of a failure (output).
@@ -193,6 +196,17 @@ pub mod io_report {
     /// the agent waited for the pipe (ns).
     pub static PACE: AtomicU64 = AtomicU64::new(0);
     pub static WAITED_NS: AtomicU64 = AtomicU64::new(0);
+    /// [`SPLIT`]: how the pieces for the compressor went: [`PULL_NONE`] (its bytes through the
+    /// pipe, not asked to pull), [`PULLED`] (cr_checkpoint read them from our memory,
+    /// `protocol::FLAG_ZPULL`), [`PULL_REFUSED`] (it asked, and could not read us: the pipe).
+    pub static PULL: AtomicU32 = AtomicU32::new(0);
+    /// [`PULL`]: not asked to.
+    pub const PULL_NONE: u32 = 0;
+    /// [`PULL`]: pulled by cr_checkpoint.
+    pub const PULLED: u32 = 1;
+    /// [`PULL`]: refused by the kernel (cr_checkpoint's `process_vm_readv` of the first
+    /// piece): through the pipe.
+    pub const PULL_REFUSED: u32 = 2;
     /// [`PACE`]: not asked to pace.
     pub const NOT_PACED: u64 = u64::MAX;
     /// CLOCK_MONOTONIC at: start of the write, metadata built, page data written, synced.
@@ -211,6 +225,7 @@ pub mod io_report {
         BEHIND.store(0, Relaxed);
         PACE.store(NOT_PACED, Relaxed);
         WAITED_NS.store(0, Relaxed);
+        PULL.store(PULL_NONE, Relaxed);
         for p in &PHASE_NS {
             p.store(now, Relaxed);
         }
@@ -304,6 +319,16 @@ pub mod io_report {
                             .num(WAITED_NS.load(Relaxed) / 1_000_000)
                             .push(b"ms");
                     }
+                }
+                // Never silently: which way the compressor got its pieces.
+                match PULL.load(Relaxed) {
+                    PULLED => {
+                        out.push(b" via=pull");
+                    }
+                    PULL_REFUSED => {
+                        out.push(b" via=pipe(pull refused)");
+                    }
+                    _ => {}
                 }
             }
         }
@@ -700,6 +725,7 @@ fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
                     split_ok: job.flags & crate::protocol::FLAG_ZSPLIT != 0,
                     adapt: job.flags & crate::protocol::FLAG_ZWAIT == 0,
                     pace: job.flags & crate::protocol::FLAG_ZPACE != 0,
+                    ack_fd: job.ack_fd,
                     deadline_ns: job.deadline_ns,
                     bounce: None,
                 };
@@ -721,6 +747,7 @@ fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
         split_ok: job.flags & crate::protocol::FLAG_ZSPLIT != 0,
         adapt: job.flags & crate::protocol::FLAG_ZWAIT == 0,
         pace: job.flags & crate::protocol::FLAG_ZPACE != 0,
+        ack_fd: job.ack_fd,
         deadline_ns: job.deadline_ns,
         bounce: None,
     };
@@ -979,6 +1006,9 @@ pub struct Dest<'a> {
     /// With `adapt`: paced by the disk rate of an earlier plain write (`protocol::FLAG_ZPACE`,
     /// `memory::write_split`).
     pub pace: bool,
+    /// [`Job::ack_fd`]: a split image's pieces for the compressor are read from our memory by
+    /// cr_checkpoint (`protocol::FLAG_ZPULL`); -1: piped.
+    pub ack_fd: i32,
     /// `--time` (CLOCK_MONOTONIC; `u64::MAX`: none).
     pub deadline_ns: u64,
     /// A buffer the page data is copied through (`memory::write_data`), or none.
@@ -1068,6 +1098,7 @@ fn finish_or_hold(
         split_ok,
         adapt,
         pace,
+        ack_fd,
         deadline_ns,
         bounce,
     } = out;
@@ -1215,11 +1246,13 @@ fn finish_or_hold(
             raw_at,
             adapt,
             pace,
+            ack_fd,
             deadline_ns,
         );
         unreadable.set(false);
-        let (hash, piped, behind, (pace, waited)) = data.map_err(io)?;
+        let (hash, piped, behind, (pace, waited), pull) = data.map_err(io)?;
         io_report::BEHIND.store(behind.0, Relaxed);
+        io_report::PULL.store(pull, Relaxed);
         io_report::PACE.store(pace, Relaxed);
         io_report::WAITED_NS.store(waited, Relaxed);
         super::fds::write_spans(fd, spans, deadline_ns).map_err(io)?;

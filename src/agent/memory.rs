@@ -1331,29 +1331,33 @@ impl Iterator for Pieces<'_> {
 /// `--compress`, a split image (see `image::finish`, docs/IMAGE-FORMAT.md "Compressed images"):
 /// the pieces of the page data of `extents` whose bit in `bits` is set (they look
 /// incompressible) are written to `raw_fd` back to back from its offset `raw_at` on (through an
-/// AIO ring when the file is direct, as a plain image's page data); the others go into the
-/// pipe `pipe`, each after its index (a `u64`, `REC_ZPLAN`), to be compressed, **unless the
-/// compressor is behind**: pieces go into the pipe without blocking, as far as it takes them
-/// (it is full while cr_checkpoint's compression threads and their short queue are), and a
-/// piece whose turn comes while the one before is not all in is written raw with the others
-/// instead, so that the checkpoint never waits for the compressor while the disk could take
-/// the piece, unless (`pace`, `protocol::FLAG_ZPACE`) the agent is ahead of a plain
-/// checkpoint's pace: with the disk's rate
-/// known from an earlier plain write ([`DISK_NS_PER_MIB`]), a piece whose turn comes before a
-/// plain checkpoint would have reached it waits for the pipe until then (so the image is as
-/// compressed as a plain checkpoint's time allows, not only as the compressor keeps up at each
-/// moment). The page data in the pipe ends with
-/// [`ZPLAN_END`](crate::image::format::ZPLAN_END), written once the ring is done (every piece
-/// of the agent's is in the file then). Returns the hash of all the page data in file order
-/// (the image's `data_hash`), that of what went into the pipe, and the pieces (and bytes)
-/// written raw because the compressor was behind, and the pace and the wait for the pipe
-/// ([`Split`]). Not `adapt` (`protocol::FLAG_ZWAIT`): every
-/// piece that looks compressible is piped, the compressor waited for.
+/// AIO ring when the file is direct, as a plain image's page data); the others go to the
+/// compressor ([`Feed`]): into the pipe `pipe`, each after its index (a `u64`, `REC_ZPLAN`),
+/// or, with an acknowledgement pipe `ack` (`protocol::FLAG_ZPULL`), only their index (with
+/// `ZPLAN_PULL`), cr_checkpoint reading the bytes from our memory itself — **unless the
+/// compressor is behind**: pieces go to it without blocking, as far as it takes them (the pipe
+/// is full, or two handed-over pieces are not pulled yet, while cr_checkpoint's compression
+/// threads and their short queue are busy), and a piece whose turn comes while the compressor
+/// is behind is written raw with the others instead, so that the checkpoint never waits for
+/// the compressor while the disk could take the piece, unless (`pace`, `protocol::FLAG_ZPACE`)
+/// the agent is ahead of a plain checkpoint's pace: with the disk's rate known from an earlier
+/// plain write ([`DISK_NS_PER_MIB`]), a piece whose turn comes before a plain checkpoint would
+/// have reached it waits for the compressor until then (so the image is as compressed as a
+/// plain checkpoint's time allows, not only as the compressor keeps up at each moment). The
+/// page data in the pipe ends with [`ZPLAN_END`](crate::image::format::ZPLAN_END), written
+/// once the ring is done (every piece of the agent's is in the file then); pulled pieces are
+/// then waited for (every one acknowledged) before this returns: the program stays stopped
+/// until cr_checkpoint has them all. Returns the hash of all the page data in file order (the
+/// image's `data_hash`), that of what went to the compressor, and the pieces (and bytes)
+/// written raw because the compressor was behind, the pace and the wait for the compressor,
+/// and how the pieces went (`io_report::PULL`) ([`Split`]). Not `adapt`
+/// (`protocol::FLAG_ZWAIT`): every piece that looks compressible goes to the compressor, which
+/// is waited for.
 ///
 /// The disk and the compressor work at once: whenever the ring is full (the next submission
-/// would wait for the disk), the next piece for the pipe is written ahead of its turn while the
-/// pipe has room (hashed for the pipe then, and for `data_hash` again when its turn comes: a
-/// second read at hash speed, only of the pieces written ahead).
+/// would wait for the disk), the next piece for the compressor is handed over ahead of its
+/// turn while the compressor takes it (hashed for the compressor then, and for `data_hash`
+/// again when its turn comes: a second read at hash speed, only of the pieces handed ahead).
 #[allow(clippy::too_many_arguments)]
 pub fn write_split(
     pipe: i32,
@@ -1363,94 +1367,29 @@ pub fn write_split(
     raw_at: u64,
     adapt: bool,
     pace: bool,
+    ack: i32,
     deadline_ns: u64,
 ) -> Result<Split, Errno> {
     use crate::image::format::ZPLAN_END;
     let mut h = xxhash_rust::xxh3::Xxh3::new();
-    let mut hp = xxhash_rust::xxh3::Xxh3::new();
     let agent = |i: usize| bits.get(i / 8).is_some_and(|b| b >> (i % 8) & 1 == 1);
     sys::lseek(raw_fd, raw_at as i64, libc::SEEK_SET)?;
     // Any piece may go raw: room for all of them (the file is extended to that; cr_checkpoint
     // stores the compressed pieces at its end and closes the gap afterwards).
     let total: u64 = extents.iter().map(|e| e.len).sum();
     let mut ring = super::aio::ring_for_len(raw_fd, total, deadline_ns);
-    // Pieces go into the pipe without blocking (`Pending`), as far as the pipe takes them: the
-    // rest goes on between the ring's pieces, and a piece whose turn comes while the one before
-    // is not all in goes raw. So the compressor's backlog is at most what cr_checkpoint holds
-    // (its threads' pieces and a short queue), the pipe (1 MiB) and one piece. (Waiting for the
-    // pipe to take a whole piece stalled the disk for a compression.)
-    // Nothing of the program's memory may change between a piece's hash and its write (see
-    // `write_data_from`): the pipe's figures are counted here and stored at the end.
-    let mut c = super::image::Counted::start();
-    let mut tags = 0u64;
-    // The pieces for the pipe started so far (ahead of their turn, or in it) and those gone
-    // raw because the compressor was behind: those before index `piped`.
+    // Pieces go to the compressor without blocking, as far as it takes them: the rest goes on
+    // between the ring's pieces, and a piece whose turn comes while it is behind goes raw. So
+    // the compressor's backlog is at most what cr_checkpoint holds (its threads' pieces and a
+    // short queue) and the pipe (1 MiB) and one piece, or two pieces not pulled yet. (Waiting
+    // for the pipe to take a whole piece stalled the disk for a compression.)
+    // Nothing of the program's memory may change between a piece's hash and its write or pull
+    // (see `write_data_from`): the figures are counted here and stored at the end.
+    let mut feed = Feed::new(pipe, ack, adapt, deadline_ns)?;
+    // The pieces for the compressor started so far (ahead of their turn, or in it) and those
+    // gone raw because the compressor was behind: those before index `piped`.
     let mut ahead = Pieces::new(extents);
     let mut piped = 0usize;
-    let mut pending: Option<Pending> = None;
-    // Writes what the pipe takes of the pending piece now (all of it, waiting, not `adapt`).
-    let push = |pending: &mut Option<Pending>, c: &mut super::image::Counted| {
-        let Some(p) = pending.as_mut() else {
-            return Ok(());
-        };
-        if !adapt {
-            let tag = p.tag;
-            super::image::write_counted(
-                pipe,
-                tag[p.tag_done..].as_ptr() as usize,
-                8 - p.tag_done,
-                c,
-            )?;
-            super::image::write_counted(pipe, p.addr, p.left as usize, c)?;
-            *pending = None;
-            return Ok(());
-        }
-        loop {
-            let (a, n) = if p.tag_done < 8 {
-                (p.tag[p.tag_done..].as_ptr() as usize, 8 - p.tag_done)
-            } else if p.left > 0 {
-                (p.addr, p.left as usize)
-            } else {
-                *pending = None;
-                return Ok(());
-            };
-            match super::offload::fd_call(libc::SYS_write as usize, pipe, a, n, 0) {
-                Ok(0) => return Err(Errno(libc::EIO)),
-                Ok(k) if p.tag_done < 8 => {
-                    p.tag_done += k;
-                    c.written += k as u64;
-                }
-                Ok(k) => {
-                    p.addr += k;
-                    p.left -= k as u64;
-                    c.written += k as u64;
-                }
-                Err(Errno(libc::EINTR)) => {}
-                Err(Errno(libc::EAGAIN)) => return Ok(()),
-                Err(e) => return Err(e),
-            }
-        }
-    };
-    // Starts piece `i` into the pipe: its index, then as much of it as the pipe takes.
-    let start = |i: usize,
-                 addr: usize,
-                 n: u64,
-                 pending: &mut Option<Pending>,
-                 hp: &mut xxhash_rust::xxh3::Xxh3,
-                 c: &mut super::image::Counted,
-                 tags: &mut u64|
-     -> Result<(), Errno> {
-        *tags += 1;
-        // SAFETY: as in write_data: readable program memory, the program parked.
-        hp.update(unsafe { core::slice::from_raw_parts(addr as *const u8, n as usize) });
-        *pending = Some(Pending {
-            tag: (i as u64).to_le_bytes(),
-            tag_done: 0,
-            addr,
-            left: n,
-        });
-        push(pending, c)
-    };
     let mut since_check = WRITE_CHUNK;
     let mut at = raw_at;
     let mut dropped_at = None;
@@ -1458,10 +1397,10 @@ pub fn write_split(
     // Paced (`adapt` and `pace`, `protocol::FLAG_ZPACE`, and a disk rate known from an
     // earlier direct write, [`DISK_NS_PER_MIB`]):
     // a plain checkpoint would have written the page data before byte `done` by
-    // `t0 + done * ns_per_mib / MiB`; a piece whose turn comes earlier than that while the pipe
-    // is full waits for the pipe (at most until then) instead of going raw, so the image is as
-    // compressed as the time of a plain checkpoint allows (not merely as the compressor keeps
-    // up at each moment). Unpaced: raw at once.
+    // `t0 + done * ns_per_mib / MiB`; a piece whose turn comes earlier than that while the
+    // compressor is behind waits for it (at most until then) instead of going raw, so the
+    // image is as compressed as the time of a plain checkpoint allows (not merely as the
+    // compressor keeps up at each moment). Unpaced: raw at once.
     let ns_per_mib = if adapt && pace {
         DISK_NS_PER_MIB.load(core::sync::atomic::Ordering::Relaxed)
     } else {
@@ -1490,15 +1429,16 @@ pub fn write_split(
                 continue;
             }
             piped = i + 1;
-            push(&mut pending, &mut c)?;
-            let from = if pending.is_some() && ns_per_mib > 0 {
+            let busy = feed.busy()?;
+            let from = if busy && ns_per_mib > 0 {
                 sys::monotonic_ns()
             } else {
                 u64::MAX
             };
+            let mut busy = busy;
             if from < due {
                 // Ahead of a plain checkpoint: the disk gets what is ready for it (only then: a
-                // piece submitted before it is full is a shorter write), then the pipe is
+                // piece submitted before it is full is a shorter write), then the compressor is
                 // waited for while there is time.
                 if let Some(r) = ring.as_mut() {
                     if !r.would_wait()? {
@@ -1506,15 +1446,15 @@ pub fn write_split(
                     }
                 }
                 let mut now = from;
-                while pending.is_some() && now < due {
-                    sys::ppoll_one(pipe, libc::POLLOUT, due - now);
-                    push(&mut pending, &mut c)?;
+                while busy && now < due {
+                    feed.wait(due - now);
+                    busy = feed.busy()?;
                     now = sys::monotonic_ns();
                 }
                 waited_ns += now - from;
             }
-            if pending.is_none() {
-                start(i, addr, n, &mut pending, &mut hp, &mut c, &mut tags)?;
+            if !busy {
+                feed.start(i, addr, n, deadline_ns)?;
                 continue;
             }
             // The compressor is behind: raw, with the agent's own pieces.
@@ -1531,17 +1471,16 @@ pub fn write_split(
         };
         if !r.fits(n, WRITE_CHUNK) {
             // The piece being filled goes to the disk now; while the disk is busy with every
-            // other one, pieces for the pipe go ahead (while the pipe takes them).
+            // other one, pieces for the compressor go ahead (while it takes them).
             while r.would_wait()? {
-                push(&mut pending, &mut c)?;
-                if pending.is_some() {
-                    // The pipe is full: wait for room in it, or (1 ms at most) for the disk.
-                    sys::poll_one(pipe, libc::POLLOUT, 1);
+                if feed.busy()? {
+                    // The compressor is full: wait for it, or (1 ms at most) for the disk.
+                    feed.wait(1_000_000);
                     continue;
                 }
                 let next = ahead.by_ref().find(|&(k, _, _)| k >= piped && !agent(k));
                 let Some((k, a, m)) = next else { break };
-                start(k, a, m, &mut pending, &mut hp, &mut c, &mut tags)?;
+                feed.start(k, a, m, deadline_ns)?;
                 piped = k + 1;
             }
             r.submit()?;
@@ -1552,23 +1491,17 @@ pub fn write_split(
     if let Some(r) = ring.as_mut() {
         r.finish()?;
     }
-    // The rest of the piece in the pipe, waiting for the pipe now.
-    if let Some(p) = pending {
-        let tag = p.tag;
-        super::image::write_counted(
-            pipe,
-            tag[p.tag_done..].as_ptr() as usize,
-            8 - p.tag_done,
-            &mut c,
-        )?;
-        super::image::write_counted(pipe, p.addr, p.left as usize, &mut c)?;
-    }
-    // Every piece of ours is in the file: the end of the page data in the stream.
+    // The rest of the piece in the pipe, waiting for the pipe now; every piece of ours is in
+    // the file: the end of the page data in the stream; and every pulled piece read.
+    feed.flush()?;
     let end = ZPLAN_END.to_le_bytes();
-    super::image::write_counted(pipe, end.as_ptr() as usize, 8, &mut c)?;
+    super::image::write_counted(pipe, end.as_ptr() as usize, 8, &mut feed.c)?;
+    feed.all_pulled(deadline_ns)?;
     // (The ring's figures are in the report already: the pipe's plus what the ring wrote;
     // the indices are not image bytes.)
-    c.written = c.written + (at - raw_at) - (tags + 1) * 8;
+    let (pull, piped_hash) = (feed.pull, feed.hp.digest());
+    let mut c = feed.c;
+    c.written = c.written + (at - raw_at) - (feed.tags + 1) * 8;
     c.store();
     if let Some(at) = dropped_at {
         use super::image::io_report;
@@ -1581,7 +1514,7 @@ pub fn write_split(
     } else {
         super::image::io_report::NOT_PACED
     };
-    Ok((h, hp.digest(), behind, (pace, waited_ns)))
+    Ok((h, piped_hash, behind, (pace, waited_ns), pull))
 }
 
 /// The disk's rate as the last plain direct write of page data measured it (nanoseconds per
@@ -1589,11 +1522,11 @@ pub fn write_split(
 /// written (`image::finish`), never while page data is in flight.
 pub static DISK_NS_PER_MIB: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
-/// What [`write_split`] did: the hash of the page data in file order, that of what went into
-/// the pipe, the pieces (and bytes) written raw because the compressor was behind, and the
-/// pace (ns per MiB; 0: no rate known; `io_report::NOT_PACED`: not asked to) and how long the
-/// agent waited for the pipe (ns).
-pub type Split = (xxhash_rust::xxh3::Xxh3, u64, (u64, u64), (u64, u64));
+/// What [`write_split`] did: the hash of the page data in file order, that of what went to the
+/// compressor, the pieces (and bytes) written raw because the compressor was behind, the pace
+/// (ns per MiB; 0: no rate known; `io_report::NOT_PACED`: not asked to) and how long the agent
+/// waited for the compressor (ns), and how its pieces went (`io_report::PULL`).
+pub type Split = (xxhash_rust::xxh3::Xxh3, u64, (u64, u64), (u64, u64), u32);
 
 /// A piece going into the pipe of a split image ([`write_split`]): its index, then its bytes.
 struct Pending {
@@ -1603,6 +1536,268 @@ struct Pending {
     /// The rest of the piece.
     addr: usize,
     left: u64,
+}
+
+/// Pieces handed over to be pulled ([`Feed`]) that may wait for cr_checkpoint at once: one
+/// it is reading, one next (more is a backlog: the compressor is behind).
+const PULL_AHEAD: u64 = 2;
+
+/// Longest a split image's agent waits for cr_checkpoint to pull a piece it handed over
+/// (`protocol::FLAG_ZPULL`) without any being pulled: a stuck requester fails the checkpoint
+/// and the program runs on. (A dead one is seen at once: the acknowledgement pipe hangs up;
+/// `--compress=19` takes well under a second a piece.)
+const PULL_STALL_NS: u64 = 30_000_000_000;
+
+/// The compressor's side of a split image ([`write_split`]): pieces into the pipe, each after
+/// its index, as far as the pipe takes them; or (`ack` ≥ 0, `protocol::FLAG_ZPULL`) only their
+/// index with `ZPLAN_PULL`, cr_checkpoint reading the bytes from our memory and answering each
+/// with a byte on `ack`. Lives on the writer's stack (not in the image: nothing of the
+/// program's memory changes while pieces are being pulled).
+struct Feed {
+    pipe: i32,
+    /// The acknowledgement pipe (-1: the bytes go through `pipe`).
+    ack: i32,
+    adapt: bool,
+    /// `--time` (CLOCK_MONOTONIC; `u64::MAX`: none).
+    deadline_ns: u64,
+    /// A piece partly in the pipe.
+    pending: Option<Pending>,
+    /// Pieces handed over to be pulled, and those acknowledged.
+    handed: u64,
+    acked: u64,
+    /// `io_report::PULL`.
+    pull: u32,
+    c: super::image::Counted,
+    /// Pieces given to the compressor (their indices are in the stream, not image bytes).
+    tags: u64,
+    /// The hash of the page data given to the compressor, in file order.
+    hp: xxhash_rust::xxh3::Xxh3,
+}
+
+impl Feed {
+    fn new(pipe: i32, ack: i32, adapt: bool, deadline_ns: u64) -> Result<Feed, Errno> {
+        use super::image::io_report;
+        if ack >= 0 {
+            // Acknowledgements are taken as they come, never waited for in a read.
+            let fl = sys::fcntl(ack, libc::F_GETFL, 0)?;
+            sys::fcntl(ack, libc::F_SETFL, fl | libc::O_NONBLOCK as usize)?;
+        }
+        Ok(Feed {
+            pipe,
+            ack,
+            adapt,
+            deadline_ns,
+            pending: None,
+            handed: 0,
+            acked: 0,
+            pull: if ack >= 0 {
+                io_report::PULLED
+            } else {
+                io_report::PULL_NONE
+            },
+            c: super::image::Counted::start(),
+            tags: 0,
+            hp: xxhash_rust::xxh3::Xxh3::new(),
+        })
+    }
+
+    /// Takes the acknowledgements there are; true when cr_checkpoint refused the first piece
+    /// (`protocol::ZPULL_REFUSED`). `EPIPE`: cr_checkpoint is gone.
+    fn take_acks(&mut self) -> Result<bool, Errno> {
+        let mut buf = [0u8; 64];
+        loop {
+            match sys::read(self.ack, &mut buf) {
+                Ok(0) => return Err(Errno(libc::EPIPE)),
+                Ok(k) => {
+                    let mut refused = false;
+                    for &b in &buf[..k] {
+                        match b {
+                            crate::protocol::ZPULL_DONE => self.acked += 1,
+                            crate::protocol::ZPULL_REFUSED if self.handed == 1 => refused = true,
+                            _ => return Err(Errno(libc::EPROTO)),
+                        }
+                    }
+                    if refused || k < buf.len() {
+                        return Ok(refused);
+                    }
+                }
+                Err(Errno(libc::EINTR)) => {}
+                Err(Errno(libc::EAGAIN)) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Moves what it can on and tells whether the compressor is behind: the pipe still holds
+    /// the piece before, or [`PULL_AHEAD`] pieces are not pulled yet. (Not `adapt`: never
+    /// behind, the compressor is waited for.)
+    fn busy(&mut self) -> Result<bool, Errno> {
+        if self.ack < 0 {
+            self.push()?;
+            return Ok(self.pending.is_some());
+        }
+        let mut last = sys::monotonic_ns();
+        loop {
+            let before = self.acked;
+            self.take_acks()?;
+            if self.handed - self.acked < PULL_AHEAD {
+                return Ok(false);
+            }
+            if self.adapt {
+                return Ok(true);
+            }
+            if self.acked != before {
+                last = sys::monotonic_ns();
+            }
+            self.wait_ack(self.deadline_ns, last)?;
+        }
+    }
+
+    /// Waits up to `ns` for the compressor to take more.
+    fn wait(&self, ns: u64) {
+        if self.ack >= 0 {
+            sys::ppoll_one(self.ack, libc::POLLIN, ns);
+        } else {
+            sys::ppoll_one(self.pipe, libc::POLLOUT, ns);
+        }
+    }
+
+    /// Writes what the pipe takes of the pending piece now (all of it, waiting, not `adapt`).
+    fn push(&mut self) -> Result<(), Errno> {
+        let Some(p) = self.pending.as_mut() else {
+            return Ok(());
+        };
+        if !self.adapt {
+            let tag = p.tag;
+            let (addr, left) = (p.addr, p.left);
+            let from = p.tag_done;
+            self.pending = None;
+            super::image::write_counted(
+                self.pipe,
+                tag[from..].as_ptr() as usize,
+                8 - from,
+                &mut self.c,
+            )?;
+            return super::image::write_counted(self.pipe, addr, left as usize, &mut self.c);
+        }
+        loop {
+            let (a, n) = if p.tag_done < 8 {
+                (p.tag[p.tag_done..].as_ptr() as usize, 8 - p.tag_done)
+            } else if p.left > 0 {
+                (p.addr, p.left as usize)
+            } else {
+                self.pending = None;
+                return Ok(());
+            };
+            match super::offload::fd_call(libc::SYS_write as usize, self.pipe, a, n, 0) {
+                Ok(0) => return Err(Errno(libc::EIO)),
+                Ok(k) if p.tag_done < 8 => {
+                    p.tag_done += k;
+                    self.c.written += k as u64;
+                }
+                Ok(k) => {
+                    p.addr += k;
+                    p.left -= k as u64;
+                    self.c.written += k as u64;
+                }
+                Err(Errno(libc::EINTR)) => {}
+                Err(Errno(libc::EAGAIN)) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Gives piece `i` (`n` bytes at `addr`) to the compressor: its index, then as much of it
+    /// as the pipe takes; or its index for cr_checkpoint to pull it. The first piece handed
+    /// over is waited for: refused (cr_checkpoint may not read us), its bytes and every later
+    /// piece's go through the pipe.
+    fn start(&mut self, i: usize, addr: usize, n: u64, deadline_ns: u64) -> Result<(), Errno> {
+        use crate::image::format::ZPLAN_PULL;
+        self.tags += 1;
+        // SAFETY: as in write_data: readable program memory, the program parked.
+        self.hp
+            .update(unsafe { core::slice::from_raw_parts(addr as *const u8, n as usize) });
+        if self.ack < 0 {
+            self.pending = Some(Pending {
+                tag: (i as u64).to_le_bytes(),
+                tag_done: 0,
+                addr,
+                left: n,
+            });
+            return self.push();
+        }
+        let tag = (i as u64 | ZPLAN_PULL).to_le_bytes();
+        super::image::write_counted(self.pipe, tag.as_ptr() as usize, 8, &mut self.c)?;
+        // (Image bytes, though not through the pipe.)
+        self.c.written += n;
+        self.handed += 1;
+        if self.handed > 1 {
+            return Ok(());
+        }
+        // The first: pulled, or refused?
+        let last = sys::monotonic_ns();
+        loop {
+            if self.take_acks()? {
+                use super::image::io_report;
+                self.c.written -= n;
+                self.ack = -1;
+                self.pull = io_report::PULL_REFUSED;
+                return super::image::write_counted(self.pipe, addr, n as usize, &mut self.c);
+            }
+            if self.acked > 0 {
+                return Ok(());
+            }
+            self.wait_ack(deadline_ns, last)?;
+        }
+    }
+
+    /// Waits (10 ms at most) for an acknowledgement; fails past `--time`, once the requester
+    /// is gone, or when nothing was pulled for [`PULL_STALL_NS`] since `last`.
+    fn wait_ack(&self, deadline_ns: u64, last: u64) -> Result<(), Errno> {
+        sys::ppoll_one(self.ack, libc::POLLIN, 10_000_000);
+        super::image::write_must_stop(deadline_ns)?;
+        if sys::monotonic_ns().saturating_sub(last) > PULL_STALL_NS {
+            return Err(Errno(libc::ETIMEDOUT));
+        }
+        Ok(())
+    }
+
+    /// The rest of a piece in the pipe, waiting for the pipe now.
+    fn flush(&mut self) -> Result<(), Errno> {
+        if let Some(p) = self.pending.take() {
+            let tag = p.tag;
+            super::image::write_counted(
+                self.pipe,
+                tag[p.tag_done..].as_ptr() as usize,
+                8 - p.tag_done,
+                &mut self.c,
+            )?;
+            super::image::write_counted(self.pipe, p.addr, p.left as usize, &mut self.c)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until cr_checkpoint has pulled every piece handed over (the program may change
+    /// its memory only then).
+    fn all_pulled(&mut self, deadline_ns: u64) -> Result<(), Errno> {
+        if self.ack < 0 {
+            return Ok(());
+        }
+        let mut last = sys::monotonic_ns();
+        loop {
+            let before = self.acked;
+            if self.take_acks()? {
+                return Err(Errno(libc::EPROTO));
+            }
+            if self.acked == self.handed {
+                return Ok(());
+            }
+            if self.acked != before {
+                last = sys::monotonic_ns();
+            }
+            self.wait_ack(deadline_ns, last)?;
+        }
+    }
 }
 
 /// Bounce buffer of a copy-on-write writer. Its memory is shared with the program (a fork's

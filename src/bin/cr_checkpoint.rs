@@ -532,8 +532,20 @@ fn main() {
                 ),
                 _ => String::new(),
             };
+            // How the pieces for the compressor came: read from the process (`via=pull`), or
+            // through the pipe because that was refused.
+            let via = if st.pull_refused != 0 {
+                format!(
+                    "; reading the process's memory was refused ({}): pieces came through the pipe",
+                    cr::tool::strerror(st.pull_refused)
+                )
+            } else if st.pulled > 0 {
+                format!("; {} pieces pulled from the process", st.pulled)
+            } else {
+                String::new()
+            };
             eprintln!(
-                "{TOOL}: compressed {:.1} MiB of page data to {:.1} MiB ({} frames zstd, {} stored raw{agent}; {}{gap}) in {:.2} s",
+                "{TOOL}: compressed {:.1} MiB of page data to {:.1} MiB ({} frames zstd, {} stored raw{agent}{via}; {}{gap}) in {:.2} s",
                 mib(st.raw),
                 mib(st.stored),
                 st.zstd_frames,

@@ -248,6 +248,29 @@ fn open_out(
     Ok(out)
 }
 
+/// The pid of the process at the other end of control connection `sock`, as our pid namespace
+/// sees it (`SO_PEERCRED`: the agent's process, also when it runs in a pid namespace of its
+/// own after a restart); what `--compress`'s compressor reads pulled pieces from.
+fn peer_pid(sock: i32) -> Option<i32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = core::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt fills at most `len` bytes of `cred`.
+    let r = unsafe {
+        libc::getsockopt(
+            sock,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (r == 0 && cred.pid > 0).then_some(cred.pid)
+}
+
 /// The checkpoint request for `opts.id` in `scope` writing to `out`.
 fn request(opts: &Options, scope: i32, out: &Out) -> Request {
     let mut req = Request::new(protocol::REQ_CHECKPOINT);
@@ -263,7 +286,16 @@ fn request(opts: &Options, scope: i32, out: &Out) -> Request {
         if std::env::var_os("CR_COMPRESS_ADAPT").is_some_and(|v| v == "0") {
             req.flags |= protocol::FLAG_ZWAIT;
         }
-        if std::env::var_os("CR_COMPRESS_PACE").is_some_and(|v| v == "1") {
+        // The compressor reads the pieces from the process itself where it may (its agent
+        // says `via=pull` or `via=pipe(pull refused)`): paced by default then (the agent
+        // hands pieces over while it is ahead of a plain checkpoint's pace);
+        // `CR_COMPRESS_PACE=0` turns that off, `=1` asks for it on the pipe too.
+        let pull = out.pull_ok();
+        if pull {
+            req.flags |= protocol::FLAG_ZPULL;
+        }
+        let pace = std::env::var_os("CR_COMPRESS_PACE");
+        if pace.as_ref().is_some_and(|v| v == "1") || (pull && pace.is_none_or(|v| v != "0")) {
             req.flags |= protocol::FLAG_ZPACE;
         }
     }
@@ -380,6 +412,7 @@ pub(super) fn checkpoint_one(
     // `--compress` of an image that is the file's sole content: the agent may write it raw to
     // the file itself (a tree manifest before it keeps it in the pipe).
     let fds = if chain.is_none() {
+        cut.outs[0].pull_from(peer_pid(sock).unwrap_or(pid));
         cut.outs[0].request_fds()
     } else {
         vec![cut.outs[0].fd]
@@ -609,6 +642,7 @@ impl<'a> Cut<'a> {
         let mut req = request(self.opts, scope, out);
         req.flags |= protocol::FLAG_BARRIER;
         super::incremental::apply(&mut req, self.plan, pid);
+        out.pull_from(peer_pid(sock).unwrap_or(pid));
         match protocol::send_fds(sock, &req, &out.request_fds()) {
             Ok(()) => {
                 self.members[i].contacted = true;
@@ -643,6 +677,7 @@ impl<'a> Cut<'a> {
             let mut req = request(self.opts, scope, out);
             req.flags |= protocol::FLAG_BARRIER;
             super::incremental::apply(&mut req, self.plan, pid);
+            out.pull_from(peer_pid(sock).unwrap_or(pid));
             match protocol::send_fds(sock, &req, &out.request_fds()) {
                 Ok(()) => self.members[i].contacted = true,
                 // It exited since we connected: not part of the cut.
@@ -758,6 +793,10 @@ impl<'a> Cut<'a> {
                 all.zstd_frames += st.zstd_frames;
                 all.raw_frames += st.raw_frames;
                 all.agent_frames += st.agent_frames;
+                all.pulled += st.pulled;
+                if st.pull_refused != 0 {
+                    all.pull_refused = st.pull_refused;
+                }
                 all.gap += st.gap;
                 all.gap_closed = all.gap_closed.max(st.gap_closed);
                 all.images += st.images;

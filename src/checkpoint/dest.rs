@@ -238,6 +238,14 @@ struct Compressing {
     stream: Option<(i32, std::fs::File)>,
     /// When it started.
     start: std::time::Instant,
+    /// The pieces of a split image are pulled from the process (`protocol::FLAG_ZPULL`): the
+    /// process to read (set by the cut before the request goes), and the read end of the
+    /// acknowledgement pipe the request passes. `None`: a stream destination, or
+    /// `CR_COMPRESS_PULL=0`.
+    pull: Option<(
+        std::sync::Arc<std::sync::atomic::AtomicI32>,
+        std::os::fd::OwnedFd,
+    )>,
 }
 
 use crate::image::compress::Stats;
@@ -299,8 +307,40 @@ impl Out {
             wake: wake.clone(),
         };
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // A file: the compressor may read the pieces from the process itself.
+        let mut pull = None;
+        let mut puller = None;
+        let mut a = [0i32; 2];
+        // (No pipe for it: the pieces come through the image pipe, as they did before.)
+        if stream.is_none()
+            && std::env::var_os("CR_COMPRESS_PULL").is_none_or(|v| v != "0")
+            // SAFETY: pipe2 fills the two descriptors.
+            && unsafe { libc::pipe2(a.as_mut_ptr(), libc::O_CLOEXEC) } == 0
+        {
+            use std::os::fd::FromRawFd;
+            // SAFETY: both descriptors are new and ours.
+            let (r, w) = unsafe {
+                (
+                    std::os::fd::OwnedFd::from_raw_fd(a[0]),
+                    std::os::fd::OwnedFd::from_raw_fd(a[1]),
+                )
+            };
+            let pid = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
+            puller = Some(crate::image::compress::Pull {
+                pid: pid.clone(),
+                ack: w,
+                knob: crate::image::compress::Pull::knob_from_env(),
+            });
+            pull = Some((pid, r));
+        }
         let thread = std::thread::spawn(move || {
-            crate::image::compress::compress_stream(&mut reader, &target, level, threads)
+            crate::image::compress::compress_stream(
+                &mut reader,
+                &target,
+                level,
+                threads,
+                puller.as_ref(),
+            )
         });
         self.fd = p[1];
         self.zip = Some(Compressing {
@@ -309,8 +349,22 @@ impl Out {
             wake,
             stream,
             start: std::time::Instant::now(),
+            pull,
         });
         Ok(())
+    }
+
+    /// `--compress` to a file: the compressor reads the pieces the agent hands over from the
+    /// process's memory itself (`protocol::FLAG_ZPULL`; not with `CR_COMPRESS_PULL=0`).
+    pub fn pull_ok(&self) -> bool {
+        self.split_ok() && self.zip.as_ref().is_some_and(|z| z.pull.is_some())
+    }
+
+    /// The process whose pieces are pulled ([`Out::pull_ok`]): `pid` as we see it.
+    pub fn pull_from(&self, pid: i32) {
+        if let Some((p, _)) = self.zip.as_ref().and_then(|z| z.pull.as_ref()) {
+            p.store(pid, std::sync::atomic::Ordering::Release);
+        }
     }
 
     /// `--compress`: the destination itself (the file, or the stream's descriptor), which the
@@ -339,10 +393,16 @@ impl Out {
     }
 
     /// The descriptors a checkpoint request passes: the image's, and with `--compress` the
-    /// destination itself ([`Out::raw_target`]).
+    /// destination itself ([`Out::raw_target`]), and the read end of the acknowledgement
+    /// pipe of pulled pieces ([`Out::pull_ok`]).
     pub fn request_fds(&self) -> Vec<i32> {
         let mut v = vec![self.fd];
         v.extend(self.raw_target());
+        if self.pull_ok() && v.len() == 2 {
+            if let Some((_, r)) = self.zip.as_ref().and_then(|z| z.pull.as_ref()) {
+                v.push(r.as_raw_fd());
+            }
+        }
         v
     }
 

@@ -4,7 +4,9 @@
 //! decompresses a frame. See docs/IMAGE-FORMAT.md "Compressed images".
 //!
 //! The agents are not involved: they write raw images to a pipe (allocation-free, as ever), and
-//! `cr_checkpoint`, a normal process, compresses.
+//! `cr_checkpoint`, a normal process, compresses. (A split image's agent hands the pieces for
+//! the compressor over by index only where it may: they are read from its memory here, [`Pull`],
+//! `protocol::FLAG_ZPULL`.)
 
 use super::format::*;
 use super::tree::TREE_MAGIC;
@@ -172,6 +174,88 @@ pub struct Stats {
     pub images: u64,
     /// The file was written with `O_DIRECT` (at least at first: a refused write drops it).
     pub direct: bool,
+    /// Pieces read from the process's memory ([`Pull`], `protocol::FLAG_ZPULL`).
+    pub pulled: u64,
+    /// The errno of a refused first pull (0: none; the pieces came through the pipe then).
+    pub pull_refused: i32,
+}
+
+/// `--compress` to a file (`protocol::FLAG_ZPULL`): the pieces a split image's agent hands
+/// over by index (`ZPLAN_PULL`) are read from the stopped process's memory here
+/// (`process_vm_readv`, the same rule as the agent's own access check: same user and
+/// dumpable, or root), each acknowledged on `ack` (`protocol::ZPULL_DONE`) once copied; the
+/// first one refused is answered `protocol::ZPULL_REFUSED` and its bytes read from the stream
+/// after all (and the later pieces' too: the agent pipes them).
+pub struct Pull {
+    /// The process (its pid as we see it: `SO_PEERCRED` of its control connection); set by
+    /// the cut before its request is sent.
+    pub pid: Arc<std::sync::atomic::AtomicI32>,
+    /// The write end of the acknowledgement pipe (closed when the compression ends, so an
+    /// agent waiting for a pull that never comes sees it hang up).
+    pub ack: std::os::fd::OwnedFd,
+    /// `CR_COMPRESS_PULL` in the environment (tests): [`PULL_REFUSE`], [`PULL_STALL`] or 0.
+    pub knob: u8,
+}
+
+/// [`Pull::knob`] `CR_COMPRESS_PULL=refuse`: the first pull fails as if the kernel refused it
+/// (`EPERM`), so the refused-pull path can be tested.
+pub const PULL_REFUSE: u8 = 1;
+/// [`Pull::knob`] `CR_COMPRESS_PULL=stall`: after the first piece nothing more is pulled (the
+/// agent waits; a test kills us then). Says `pulls stalled` on standard output once stalled.
+pub const PULL_STALL: u8 = 2;
+
+impl Pull {
+    /// The knob `CR_COMPRESS_PULL` sets (see [`Pull::knob`]).
+    pub fn knob_from_env() -> u8 {
+        match std::env::var("CR_COMPRESS_PULL").as_deref() {
+            Ok("refuse") => PULL_REFUSE,
+            Ok("stall") => PULL_STALL,
+            _ => 0,
+        }
+    }
+
+    /// Copies `buf.len()` bytes at `addr` of the process into `buf`.
+    fn read(&self, addr: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let pid = self.pid.load(std::sync::atomic::Ordering::Acquire);
+        let mut done = 0usize;
+        while done < buf.len() {
+            let local = libc::iovec {
+                iov_base: buf[done..].as_mut_ptr().cast(),
+                iov_len: buf.len() - done,
+            };
+            let remote = libc::iovec {
+                iov_base: (addr + done as u64) as usize as *mut libc::c_void,
+                iov_len: buf.len() - done,
+            };
+            // SAFETY: one local iovec over our own buffer; the remote one is only read by
+            // the kernel, in the other process.
+            let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if n == 0 {
+                return Err(std::io::Error::from_raw_os_error(libc::EFAULT));
+            }
+            done += n as usize;
+        }
+        Ok(())
+    }
+
+    /// Answers the agent: `byte` on the acknowledgement pipe.
+    fn answer(&self, byte: u8) -> Result<(), String> {
+        use std::os::fd::AsRawFd;
+        loop {
+            // SAFETY: a one-byte write from a local.
+            let n = unsafe { libc::write(self.ack.as_raw_fd(), (&byte as *const u8).cast(), 1) };
+            if n == 1 {
+                return Ok(());
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(format!("cannot answer the agent's pull: {e}"));
+            }
+        }
+    }
 }
 
 /// The source of the raw stream: read until end of file.
@@ -531,6 +615,8 @@ struct Done {
     raw: Vec<u8>,
     packed: Vec<u8>,
     n: Option<usize>,
+    /// The piece could not be pulled from the process.
+    err: Option<String>,
 }
 
 /// A compression thread's zstd contexts, made once and reused for every frame.
@@ -593,6 +679,7 @@ pub fn compress_stream(
     out: &File,
     level: i32,
     threads: usize,
+    pull: Option<&Pull>,
 ) -> Result<Stats, String> {
     let mut stats = Stats::default();
     let mut at = 0u64;
@@ -619,12 +706,13 @@ pub fn compress_stream(
         if page[..8] != MAGIC {
             return Err("the image stream holds something that is not an image".into());
         }
-        at += one_image(src, out, at, &page, level, threads, &mut stats)?;
+        at += one_image(src, out, at, &page, level, threads, pull, &mut stats)?;
         stats.images += 1;
     }
 }
 
 /// Compresses one image whose header page is `hpage`; returns its compressed length.
+#[allow(clippy::too_many_arguments)]
 fn one_image(
     src: &mut dyn Source,
     out: &File,
@@ -632,6 +720,7 @@ fn one_image(
     hpage: &[u8],
     level: i32,
     threads: usize,
+    pull: Option<&Pull>,
     stats: &mut Stats,
 ) -> Result<u64, String> {
     let bad = |m: &str| Err(format!("bad image in the stream: {m}"));
@@ -700,7 +789,12 @@ fn one_image(
     }
     // Pieces: every extent cut into frames of at most FRAME bytes.
     let mut pieces: Vec<(u64, u32)> = Vec::new();
-    for_each_piece(&extents, |_, off, n| pieces.push((off, n as u32)));
+    // (Where each piece is in the process's memory: for pulls.)
+    let mut addrs: Vec<u64> = Vec::new();
+    for_each_piece(&extents, |addr, off, n| {
+        pieces.push((off, n as u32));
+        addrs.push(addr);
+    });
     // A split image: the pieces that looked incompressible to the agent (`sampled[i]`); it
     // wrote those, and any other not in the stream, back to back from the data area on.
     let split = plan.is_some();
@@ -752,8 +846,17 @@ fn one_image(
     // have written raw (it writes raw while the pipe is full), and the queue is the time the
     // compression goes on once the agent is done.
     let queue = if split { 1 } else { threads * 2 };
-    let max_held = if split { threads + 1 } else { threads * 4 + 2 };
-    let (job_tx, job_rx) = mpsc::sync_channel::<(usize, usize, Vec<u8>)>(queue);
+    // (Pulled pieces: one more buffer, the reader's for the next piece while the queue is
+    // full, so that a thread that is free finds a piece to pull at once.)
+    let max_held = if split {
+        threads + 1 + usize::from(pull.is_some())
+    } else {
+        threads * 4 + 2
+    };
+    // (k, piece, its buffer, and the piece's address in the process when it is to be pulled
+    // into the buffer first.)
+    type Job = (usize, usize, Vec<u8>, Option<u64>);
+    let (job_tx, job_rx) = mpsc::sync_channel::<Job>(queue);
     let job_rx = Arc::new(Mutex::new(job_rx));
     let (done_tx, done_rx) = mpsc::channel::<Done>();
     let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
@@ -763,6 +866,10 @@ fn one_image(
     // (Not with `CR_COMPRESS_ADAPT=0`, `protocol::FLAG_ZWAIT`: everything compressed.)
     let adapt = std::env::var_os("CR_COMPRESS_ADAPT").is_none_or(|v| v != "0");
     let ending = std::sync::atomic::AtomicBool::new(false);
+    // Pieces pulled from the process (the first by the reader, the rest by the compression
+    // threads, each as it takes the piece: the copy out of the process, about as costly as
+    // the compression here, runs on every core), and the errno of a refused first pull.
+    let npulled = std::sync::atomic::AtomicU64::new(0);
     let (frames, raw_hash, hi) = std::thread::scope(|s| -> Result<_, String> {
         // Buffers of compressed frames, back from the writer for reuse (no fresh memory per
         // frame).
@@ -772,19 +879,49 @@ fn one_image(
             let done_tx = done_tx.clone();
             let spare = Arc::clone(&spare);
             let ending = &ending;
+            let npulled = &npulled;
             s.spawn(move || {
                 let Some(mut p) = Packer::new(level) else {
                     return;
                 };
                 loop {
                     let job = job_rx.lock().map(|r| r.recv());
-                    let Ok(Ok((k, seq, raw))) = job else { return };
+                    let Ok(Ok((k, seq, mut raw, from))) = job else {
+                        return;
+                    };
+                    // A piece to pull first (its address in the process).
+                    let mut err = None;
+                    if let (Some(addr), Some(pl)) = (from, pull) {
+                        if pl.knob == PULL_STALL {
+                            // (A test's: the agent waits for this piece until we are killed.)
+                            use std::io::Write;
+                            let mut o = std::io::stdout();
+                            let _ = writeln!(o, "pulls stalled");
+                            let _ = o.flush();
+                            loop {
+                                std::thread::sleep(std::time::Duration::from_secs(1));
+                            }
+                        }
+                        match pl.read(addr, &mut raw) {
+                            Ok(()) => {
+                                npulled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                if let Err(e) = pl.answer(crate::protocol::ZPULL_DONE) {
+                                    err = Some(e);
+                                }
+                            }
+                            Err(e) => {
+                                err = Some(format!(
+                                    "cannot read piece {seq} of the process's memory: {e}"
+                                ))
+                            }
+                        }
+                    }
                     let mut packed = spare
                         .lock()
                         .ok()
                         .and_then(|mut v| v.pop())
                         .unwrap_or_default();
-                    let n = if ending.load(std::sync::atomic::Ordering::Relaxed) {
+                    let n = if err.is_some() || ending.load(std::sync::atomic::Ordering::Relaxed) {
                         None
                     } else {
                         p.pack(&raw, &mut packed)
@@ -796,6 +933,7 @@ fn one_image(
                             raw,
                             packed,
                             n,
+                            err,
                         })
                         .is_err()
                     {
@@ -807,11 +945,14 @@ fn one_image(
         drop(done_tx);
         let pieces_ref = &pieces;
         let spare_w = Arc::clone(&spare);
-        type Written = (Vec<Option<ZFrame>>, Stats, u64);
+        type Written = (Vec<Option<ZFrame>>, Stats, u64, u64);
         let writer = s.spawn(move || -> Result<Written, String> {
             let mut pending = BTreeMap::new();
             let mut next = 0usize;
             let mut st = Stats::default();
+            // The raw page data that came, in the stream's order, hashed as the agent did (for
+            // a pulled piece: what was read from the process and compressed).
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
             // Not split: front to back from the data area's start, in order; split: back
             // from `top`.
             let mut fw = (!split).then(|| SeqWriter::new(out, data_at));
@@ -820,6 +961,10 @@ fn one_image(
             for d in done_rx {
                 pending.insert(d.k, d);
                 while let Some(d) = pending.remove(&next) {
+                    if let Some(e) = d.err {
+                        return Err(e);
+                    }
+                    h.update(&d.raw);
                     let (raw_off, raw_len) = pieces_ref[d.seq];
                     let (bytes, method) = match d.n {
                         Some(n) => (&d.packed[..n], ZFRAME_ZSTD),
@@ -869,25 +1014,34 @@ fn one_image(
                     bw.end
                 }
             };
-            Ok((bw.placed, st, hi))
+            Ok((bw.placed, st, hi, h.digest()))
         });
-        // Read every piece in the stream, hashing the raw page data as the agent did.
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        // Read every piece in the stream (or, to be pulled, its index).
         let mut held = 0usize;
         let mut k = 0usize;
+        let mut refused = 0i32;
         let mut read = || -> Result<(), String> {
             let npieces = pieces.len() as u64;
-            let next_tag = |src: &mut dyn Source, after: Option<usize>| -> Result<u64, String> {
-                let mut tag = [0u8; 8];
-                need(src, &mut tag)?;
-                let t = u64::from_le_bytes(tag);
-                let ok = t == ZPLAN_END || (t < npieces && after.is_none_or(|a| t > a as u64));
-                if !ok {
-                    return Err("bad image in the stream: piece index out of order".into());
-                }
-                Ok(t)
+            // The next piece's index, and whether it is to be pulled (`ZPLAN_PULL`).
+            let next_tag =
+                |src: &mut dyn Source, after: Option<usize>| -> Result<(u64, bool), String> {
+                    let mut tag = [0u8; 8];
+                    need(src, &mut tag)?;
+                    let t = u64::from_le_bytes(tag);
+                    let pulled = t != ZPLAN_END && t & ZPLAN_PULL != 0;
+                    let t = if pulled { t & !ZPLAN_PULL } else { t };
+                    let ok = t == ZPLAN_END || (t < npieces && after.is_none_or(|a| t > a as u64));
+                    if !ok {
+                        return Err("bad image in the stream: piece index out of order".into());
+                    }
+                    Ok((t, pulled))
+                };
+            let (mut tagged, mut pulled) = if split {
+                next_tag(src, None)?
+            } else {
+                (0, false)
             };
-            let mut tagged = if split { next_tag(src, None)? } else { 0 };
+            let mut first = true;
             for (seq, &(_, n)) in pieces.iter().enumerate() {
                 if split && tagged != seq as u64 {
                     // Written by the agent.
@@ -909,15 +1063,50 @@ fn one_image(
                     },
                 };
                 buf.resize(n as usize, 0);
-                need(src, &mut buf)?;
-                h.update(&buf);
-                if job_tx.send((k, seq, buf)).is_err() {
+                let mut from = None;
+                match (pulled, pull) {
+                    (false, _) => need(src, &mut buf)?,
+                    (true, None) => {
+                        return Err("bad image in the stream: a piece to pull, not asked".into())
+                    }
+                    (true, Some(_)) if !first => from = Some(addrs[seq]),
+                    (true, Some(p)) => {
+                        // The first, read here: refused, the agent sends its bytes, and every
+                        // later piece's.
+                        let r = if p.knob == PULL_REFUSE {
+                            Err(std::io::Error::from_raw_os_error(libc::EPERM))
+                        } else {
+                            p.read(addrs[seq], &mut buf)
+                        };
+                        match r {
+                            Ok(()) => {
+                                npulled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                p.answer(crate::protocol::ZPULL_DONE)?;
+                            }
+                            Err(e) => {
+                                refused = e.raw_os_error().unwrap_or(libc::EPERM);
+                                p.answer(crate::protocol::ZPULL_REFUSED)?;
+                                need(src, &mut buf)?;
+                            }
+                        }
+                    }
+                }
+                if pulled {
+                    first = false;
+                }
+                if job_tx.send((k, seq, buf, from)).is_err() {
                     return Ok(());
                 }
                 k += 1;
                 if split {
-                    tagged = next_tag(src, Some(seq))?;
-                    if tagged == ZPLAN_END && adapt {
+                    (tagged, pulled) = next_tag(src, Some(seq))?;
+                    // (Not once pieces were pulled: the agent kept to a plain checkpoint's
+                    // time already, and waits for nothing compressed; the few pieces held
+                    // here take milliseconds.)
+                    if tagged == ZPLAN_END
+                        && adapt
+                        && npulled.load(std::sync::atomic::Ordering::Relaxed) == 0
+                    {
                         ending.store(true, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
@@ -928,16 +1117,20 @@ fn one_image(
             Ok(())
         };
         let result = read();
+        if refused != 0 {
+            stats.pull_refused = refused;
+        }
         drop(job_tx);
         let written = writer
             .join()
             .unwrap_or_else(|_| Err("a compression thread failed".into()));
+        stats.pulled += npulled.load(std::sync::atomic::Ordering::Relaxed);
         result?;
-        let (placed, st, hi) = written?;
+        let (placed, st, hi, digest) = written?;
         stats.raw += st.raw;
         stats.zstd_frames += st.zstd_frames;
         stats.raw_frames += st.raw_frames;
-        Ok((placed, h.digest(), hi))
+        Ok((placed, digest, hi))
     })?;
 
     // The frames in order: those compressed (placed), the agent's raw ones back to back from

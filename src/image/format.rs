@@ -304,6 +304,14 @@ pub const REC_ZPLAN: u32 = 37;
 /// The index that ends the page data of a split image's stream (see [`REC_ZPLAN`]).
 pub const ZPLAN_END: u64 = u64::MAX;
 
+/// Set in a piece's index in a split image's stream (see [`REC_ZPLAN`]) when the piece's bytes
+/// do not follow: `cr_checkpoint` reads them from the stopped process's memory itself
+/// (`process_vm_readv`, `protocol::FLAG_ZPULL`) and answers each with a byte on the request's
+/// acknowledgement pipe ([`crate::protocol::ZPULL_DONE`]); the first one refused
+/// ([`crate::protocol::ZPULL_REFUSED`]) is followed by the piece's bytes after all, and the
+/// rest of the stream by bytes as without pulls.
+pub const ZPLAN_PULL: u64 = 1 << 62;
+
 /// The head of [`REC_ZPLAN`], 24 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Debug, PartialEq, Eq)]
