@@ -315,6 +315,10 @@ class Workload:
         self.name, self.args, self.data_mib, self.huge = name, args, data_mib, huge
 
 
+# Workloads at least this large get a raw write right before each stopped checkpoint.
+ALT_RAW_MIN_MIB = 256
+
+
 def workloads(smoke):
     if smoke:
         return [
@@ -366,6 +370,10 @@ class Sample:
         # --cow: the agent's own stop (quiesce to release) and its check of the writer's
         # snapshot (`stop=…ms(fork=…ms check=…ms)` of -v).
         self.stop_agent = self.check_agent = None
+        # A stopped checkpoint of a large workload: a raw O_DIRECT write of the image's bytes
+        # right before it (seconds, scaled to the image's size), so that its ratio does not
+        # carry the disk's own drift between the baseline at the start and this repetition.
+        self.raw_alt = None
         self.load = None  # the 1-minute load average after the checkpoint
         self.noise = None  # --cow: the longest step gap in a window after the checkpoint
 
@@ -407,6 +415,17 @@ def libcr_once(tools, progs, wl, wdir, base, cold_ok, verbose, cow=False):
     if cow and procs == 1:
         # Alternating with the checkpoint: the bare fork right before it.
         s.fork_bare, s.thp_bare = bare_fork(progs, wl, wdir)
+    raw_alt = None
+    if not cow and base["direct_ok"] and wl.data_mib >= ALT_RAW_MIN_MIB:
+        # Alternating with the checkpoint: the raw write of the same bytes right before it (the
+        # disk's rate drifts by ±15 % within minutes on the benchmark's VM, docs/PERFORMANCE.md).
+        raw_path = os.path.join(wdir, "raw-alt.dat")
+        r = subprocess.run([progs["rawio"], "write", raw_path, str(wl.data_mib), "direct"],
+                           capture_output=True, text=True)
+        if os.path.exists(raw_path):
+            os.unlink(raw_path)
+        if r.returncode == 0:
+            raw_alt = float(r.stdout)
     p = start_workload([tools["cr_run"]] + (["--huge-pages"] if wl.huge else [])
                        + [progs["workload"]] + wl.args, wdir, stepfile)
     pids = tree_pids(p.pid)
@@ -461,6 +480,8 @@ def libcr_once(tools, progs, wl, wdir, base, cold_ok, verbose, cow=False):
         s.load = loadavg()
         s.mem = sum(max(0, hwm_kib(q) - hwm0[q]) for q in pids) * 1024
         s.size = os.stat(img).st_size
+        if raw_alt is not None:
+            s.raw_alt = raw_alt * s.size / (wl.data_mib * MIB)
     finally:
         kill_all(pids, [p.pid])
         p.wait()
@@ -1334,6 +1355,14 @@ def ratio(x, y):
     return "–" if x is None or not y else f"{x / y:.2f}×"
 
 
+def alternating(samples):
+    """The checkpoint ÷ the raw write made right before it, per repetition: "median× (each)"."""
+    rs = [s.ckpt / s.raw_alt for s in samples if s.ckpt and s.raw_alt]
+    if not rs:
+        return "–"
+    return f"{statistics.median(rs):.2f}× ({', '.join(f'{r:.2f}' for r in rs)})"
+
+
 def rate_time(base, nbytes, key):
     """Time the raw baseline would take for nbytes, at the rate measured by key."""
     t = base.get(key)
@@ -1398,11 +1427,18 @@ def report(args, mach, bases, results, incr, idle_res, others, load0, load1, sta
              "with the program until either writes them). Last column: the eager hot restart ÷ "
              "the raw hot read of the same bytes into fresh memory (`rawio read FILE fresh`: "
              "memory never touched before, whose allocation and zeroing on first touch every "
-             "restore that reads pays, while the raw read's pre-faulted buffer does not).\n")
+             "restore that reads pays, while the raw read's pre-faulted buffer does not). "
+             "×raw write, alternating: for a stopped checkpoint of a workload of at least "
+             f"{ALT_RAW_MIN_MIB} MiB, each repetition first writes the same bytes raw (O_DIRECT), "
+             "right before the checkpoint: the median of the per-repetition ratios, and each "
+             "(the disk's rate drifts within minutes, so the ratio to the baseline measured at the "
+             "start carries that drift; this one does not).\n")
     L.append("| workload | tool | checkpoint | ×raw write | stop | image | restart hot lazy / "
              "eager | ×raw read hot | restart cold lazy / eager | ×raw read cold | agent memory | "
-             "phases q/m/d/s | io | eager hot ÷ read into fresh memory |")
-    L.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+             "phases q/m/d/s | io | eager hot ÷ read into fresh memory | ×raw write, "
+             "alternating |")
+    L.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
+             "| --- |")
     for wl, tool, samples in results:
         m = {k: median([getattr(s, k) for s in samples])
              for k in ("ckpt", "stop", "size", "hot", "cold", "mem", "hot_eager", "cold_eager")}
@@ -1435,7 +1471,7 @@ def report(args, mach, bases, results, incr, idle_res, others, load0, load1, sta
                  + (f"{both('cold')} | {ratios('cold', rc)}" if m["cold"] is not None
                     else "– | –" if m["hot"] is None else "not measurable | –")
                  + f" | {fmt_b(m['mem']) if tool.startswith('libcr-rs') else '–'} | {phases} | "
-                 f"{io} | {ratio(m['hot_eager'], rf)} |")
+                 f"{io} | {ratio(m['hot_eager'], rf)} | {alternating(samples)} |")
     L.append("")
     for name, why in others:
         L.append(f"- {name}: {why}")
@@ -1617,7 +1653,9 @@ def main():
         log(f"  checkpoint {fmt_s(s.ckpt)} stop {fmt_s(s.stop)} image {fmt_b(s.size)} "
             f"restart hot {fmt_s(s.hot)} cold {fmt_s(s.cold)} (eager: hot "
             f"{fmt_s(s.hot_eager)} cold {fmt_s(s.cold_eager)}) mem {fmt_b(s.mem)} {s.io} "
-            f"phases {s.phases}")
+            f"phases {s.phases}"
+            + (f" raw write right before {fmt_s(s.raw_alt)} ({ratio(s.ckpt, s.raw_alt)})"
+               if s.raw_alt else ""))
     for k, (wl, tool, _) in enumerate(pairs):
         if got[k]:
             results.append((wl, tool, got[k]))
