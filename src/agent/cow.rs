@@ -549,16 +549,32 @@ fn write_rest(a: &WriterPage) -> Result<u64, (u32, Errno)> {
     w.append(&scratch.side()[..a.side_len as usize])
         .map_err(|_| (1, Errno(libc::ENOMEM)))?;
     // A buffer of our own (private, populated now) to write the page data from: see
-    // memory::BOUNCE_LEN.
-    let bounce = sys::mmap(
+    // memory::BOUNCE_LEN. In transparent huge pages where the kernel gives them: a direct
+    // write from 4 KiB pages scattered in physical memory goes to a virtio disk (254 segments
+    // a request) as a request of 254 pages and one of 2 per 1 MiB (4 GiB: ~7 300 requests of
+    // 570 KiB on average and a page data phase of 3.9-4.2 s, against ~1 070 of 3.9 MiB and
+    // 3.0-3.2 s when the buffer happened to be contiguous; docs/PERFORMANCE.md, 2026-12-07).
+    const HUGE: usize = 2 << 20;
+    let map = sys::mmap(
         0,
-        memory::BOUNCE_LEN,
+        memory::BOUNCE_LEN + HUGE,
         libc::PROT_READ | libc::PROT_WRITE,
-        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
         -1,
         0,
     )
     .map_err(|e| (0, e))?;
+    let bounce = (map + HUGE - 1) & !(HUGE - 1);
+    // (Refused where there are no transparent huge pages: 4 KiB pages then, as before.)
+    let _ = sys::sys3(
+        libc::SYS_madvise as usize,
+        bounce,
+        memory::BOUNCE_LEN,
+        libc::MADV_HUGEPAGE as usize,
+    );
+    // Populated now (a page never written would be the shared zero page for the copy).
+    // SAFETY: our fresh mapping, BOUNCE_LEN bytes from `bounce` lie inside it.
+    unsafe { core::ptr::write_bytes(bounce as *mut u8, 0, memory::BOUNCE_LEN) };
     // SAFETY: a fresh private mapping of BOUNCE_LEN bytes, used only here.
     let bounce = unsafe { core::slice::from_raw_parts_mut(bounce as *mut u8, memory::BOUNCE_LEN) };
     let out = image::Dest {

@@ -625,6 +625,30 @@ fn scan_region(
     ext: &mut ExtentList,
 ) -> Result<(), Errno> {
     match kind {
+        RegionKind::Anon | RegionKind::Stack
+            if super::incremental::populated_runs(
+                pagemap_fd,
+                m.start,
+                m.end,
+                scratch.pagemap(),
+                |start, end, zero| {
+                    if m.prot & libc::PROT_READ as u32 == 0 {
+                        // Not readable: every populated page, as below.
+                        return ext.push_range(start, end - start);
+                    }
+                    if zero {
+                        return Ok(()); // the shared zero page: nothing to save
+                    }
+                    let mut page = start;
+                    while page < end {
+                        if !page_is_zero(page as usize) {
+                            ext.push_page(page)?;
+                        }
+                        page += PAGE as u64;
+                    }
+                    Ok(())
+                },
+            )? => {}
         RegionKind::Anon | RegionKind::Stack | RegionKind::FilePrivate => {
             let pm = scratch.pagemap();
             let mut addr = m.start;
