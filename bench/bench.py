@@ -343,8 +343,9 @@ def workloads(smoke):
 def start_workload(cmd, wdir, stepfile, env_extra=None):
     """Starts cmd in its own session in wdir; waits for READY; returns the Popen."""
     env = dict(os.environ, BENCH_STEPS=stepfile, **(env_extra or {}))
-    p = subprocess.Popen(cmd, cwd=wdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, start_new_session=True)
+    # stdin: /dev/null, not this script's (a terminal would make CRIU want --shell-job).
+    p = subprocess.Popen(cmd, cwd=wdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
     LIVE.add(("g", p.pid))
     line = p.stdout.readline()
     if line.strip() != "READY":
@@ -376,6 +377,7 @@ class Sample:
         self.raw_alt = None
         self.load = None  # the 1-minute load average after the checkpoint
         self.noise = None  # --cow: the longest step gap in a window after the checkpoint
+        self.note = None  # CRIU, DMTCP: why the restart was not measured (the checkpoint was)
 
 
 def anon_huge_kib(pid):
@@ -1210,6 +1212,84 @@ def _warm(path):
 
 
 # ---------------------------------------------------------------- CRIU and DMTCP
+#
+# The same workloads through the peers, measured as ours are: the program started the same
+# way (its own session, the same step file), checkpoint = the tool's command started -> exited
+# plus what makes its image durable (neither CRIU nor DMTCP without gzip syncs its image files:
+# each is fdatasync'ed here, and the directory fsync'ed, inside the timed span, as the agent's
+# own fdatasync is inside ours; not a global sync(), which would also flush other programs'
+# dirty data), the original killed and gone before the restart (CRIU restores the same pids),
+# restart = the tool started -> the first step of the restored program, hot (the image read
+# once before, as `_warm` does for ours) and cold (after drop_caches). Both peers read all of
+# the memory before the program runs on, so their restarts go in the eager columns.
+
+PEER_TIMEOUT = 600  # seconds for one peer command: a hung peer becomes a failed row
+
+
+def peer_versions():
+    """{tool: version string} of the peers on PATH (for the report)."""
+    out = {}
+    for tool, cmd in (("CRIU", ["criu", "--version"]), ("DMTCP", ["dmtcp_launch", "--version"])):
+        if not shutil.which(cmd[0]):
+            continue
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+            txt = (r.stdout + r.stderr).strip()
+        except (OSError, subprocess.SubprocessError) as e:
+            txt = f"? ({e})"
+        # "Version: 4.2" (criu), "dmtcp_launch (DMTCP) 4.2.0" and a license line (DMTCP)
+        first = txt.splitlines()[0] if txt else ""
+        m = re.search(r"\b([0-9]+\.[0-9]+(?:\.[0-9]+)?)\b", first)
+        path = os.path.realpath(shutil.which(cmd[0]))
+        out[tool] = f"{m.group(1) if m else first or '?'} ({path})"
+    return out
+
+
+def criu_usable():
+    """None when `criu check` passes as this user, else why not."""
+    if os.geteuid() != 0:
+        return "CRIU needs root here (bench.py is not running as root)"
+    try:
+        r = subprocess.run(["criu", "check"], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"`criu check` failed: {e}"
+    if r.returncode != 0:
+        return f"`criu check` exited {r.returncode}: {(r.stdout + r.stderr).strip()[-300:]}"
+    return None
+
+
+def sync_dir(d):
+    """fdatasyncs every file under d, then fsyncs the directories: the peer's image made
+    durable."""
+    for top, dirs, files in os.walk(d):
+        for f in files:
+            fd = os.open(os.path.join(top, f), os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def dir_bytes(d, suffix=""):
+    return sum(os.stat(os.path.join(top, f)).st_size
+               for top, _, files in os.walk(d) for f in files if f.endswith(suffix))
+
+
+def warm_dir(d):
+    for top, _, files in os.walk(d):
+        for f in files:
+            _warm(os.path.join(top, f))
+
+
+def peer_env(wl):
+    # A huge-page workload runs under `cr_run --huge-pages` for us; without the agent the
+    # workload applies MADV_HUGEPAGE itself (as its bare fork does).
+    return {"BENCH_THP": "1"} if wl.huge else {}
 
 
 def criu_once(progs, wl, wdir, cold_ok):
@@ -1220,81 +1300,174 @@ def criu_once(progs, wl, wdir, cold_ok):
     os.makedirs(imgdir)
     if os.path.exists(stepfile):
         os.unlink(stepfile)
-    p = start_workload([progs["workload"]] + wl.args, wdir, stepfile)
+    p = start_workload([progs["workload"]] + wl.args, wdir, stepfile, peer_env(wl))
     pids = tree_pids(p.pid)
+    LIVE.update(("p", q) for q in pids)
     try:
         t0 = time.time()
-        run(["criu", "dump", "-t", str(p.pid), "-D", imgdir, "--shell-job", "--leave-running",
-             "--file-locks"])
-        os.sync()  # CRIU does not sync its images itself
+        # The workload is a session leader of its own without a terminal; --shell-job is
+        # not needed (it would give the restored tree criu's session).
+        run(["criu", "dump", "-t", str(p.pid), "-D", imgdir, "--leave-running",
+             "-o", "dump.log", "-v2"], timeout=PEER_TIMEOUT)
+        sync_dir(imgdir)
         t1 = time.time()
         s.ckpt = t1 - t0
         wait_step_after(stepfile, t1 + 0.1, 10)
         s.stop = longest_gap(stepfile, t0, t1)
-        s.size = sum(os.stat(os.path.join(imgdir, f)).st_size for f in os.listdir(imgdir))
+        s.load = loadavg()
+        s.size = dir_bytes(imgdir, ".img")
     finally:
         kill_all(pids, [p.pid])
         p.wait()
         wait_gone(pids)
-    for which in ("hot", "cold"):
-        if which == "cold" and not (cold_ok and drop_caches()):
-            continue
-        t2 = time.time()
-        run(["criu", "restore", "-D", imgdir, "--shell-job", "-d"], cwd=wdir)
-        first = wait_step_after(stepfile, t2, 120)
-        kill_all(pids)
-        wait_gone(pids)
-        if first is None:
-            raise BenchError(f"criu: {wl.name}: no step after restore")
-        setattr(s, which, first - t2)
+    try:
+        for which in ("hot", "cold"):
+            if which == "hot":
+                warm_dir(imgdir)
+            elif not (cold_ok and drop_caches()):
+                continue
+            t2 = time.time()
+            LIVE.update(("p", q) for q in pids)
+            try:
+                # -d: criu exits once the tree runs (it is reparented to this subreaper).
+                run(["criu", "restore", "-D", imgdir, "-d", "-o", f"restore-{which}.log",
+                     "-v2"], cwd=wdir, timeout=PEER_TIMEOUT)
+                first = wait_step_after(stepfile, t2, 120)
+            finally:
+                kill_all(pids)
+                wait_gone(pids)
+            if first is None:
+                raise BenchError(f"no step after `criu restore` ({which})")
+            setattr(s, f"{which}_eager", first - t2)
+    except (BenchError, OSError, subprocess.SubprocessError) as e:
+        s.note = f"restore failed: {e}"
+        log(f"  CRIU: {wl.name}: {s.note}; logs kept in {imgdir}")
+        return s
     shutil.rmtree(imgdir, ignore_errors=True)
     return s
+
+
+def dmtcp_coordinator(wdir, imgdir):
+    """Starts a coordinator of this run's own on a free port (its own session, killed by the
+    caller); returns (Popen, port)."""
+    portfile = os.path.join(wdir, "dmtcp-port")
+    if os.path.exists(portfile):
+        os.unlink(portfile)
+    c = subprocess.Popen(["dmtcp_coordinator", "--coord-port", "0", "--port-file", portfile,
+                          "--ckptdir", imgdir, "--timeout", str(3 * PEER_TIMEOUT), "-q", "-q"],
+                         cwd=wdir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    LIVE.add(("g", c.pid))
+    end = time.time() + 30
+    while time.time() < end:
+        port = read(portfile).strip()
+        if port.isdigit():
+            return c, port
+        if c.poll() is not None:
+            break
+        time.sleep(0.01)
+    kill_all([], [c.pid])
+    c.wait()
+    raise BenchError("dmtcp_coordinator did not write its port")
 
 
 def dmtcp_once(progs, wl, wdir, cold_ok):
     s = Sample()
     stepfile = os.path.join(wdir, "steps")
     imgdir = os.path.join(wdir, "dmtcp-img")
-    shutil.rmtree(imgdir, ignore_errors=True)
-    os.makedirs(imgdir)
+    tmpdir = os.path.join(wdir, "dmtcp-tmp")
+    for d in (imgdir, tmpdir):
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
     if os.path.exists(stepfile):
         os.unlink(stepfile)
-    port = str(7800 + os.getpid() % 1000)
-    env = {"DMTCP_COORD_PORT": port, "DMTCP_CHECKPOINT_DIR": imgdir}
-    p = start_workload(["dmtcp_launch", "--new-coordinator", "--no-gzip", "--ckptdir", imgdir,
-                        progs["workload"]] + wl.args, wdir, stepfile, env)
-    pids = tree_pids(p.pid)
+    coord, port = dmtcp_coordinator(wdir, imgdir)
+    cport = ["--coord-host", "127.0.0.1", "--coord-port", port]
+    env = dict(peer_env(wl), DMTCP_TMPDIR=tmpdir)
+
+    def command(*what):
+        return subprocess.run(["dmtcp_command"] + cport + list(what), capture_output=True,
+                              text=True, timeout=PEER_TIMEOUT)
+
     try:
-        t0 = time.time()
-        run(["dmtcp_command", "-p", port, "--bcheckpoint"])
-        os.sync()
-        t1 = time.time()
-        s.ckpt = t1 - t0
-        wait_step_after(stepfile, t1 + 0.1, 10)
-        s.stop = longest_gap(stepfile, t0, t1)
-        s.size = sum(os.stat(os.path.join(imgdir, f)).st_size for f in os.listdir(imgdir)
-                     if f.endswith(".dmtcp"))
-        subprocess.run(["dmtcp_command", "-p", port, "--kill"], capture_output=True)
+        p = start_workload(["dmtcp_launch", "--join-coordinator"] + cport
+                           + ["--no-gzip", "--ckptdir", imgdir, "-q", "-q", progs["workload"]]
+                           + wl.args, wdir, stepfile, env)
+        pids = tree_pids(p.pid)
+        LIVE.update(("p", q) for q in pids)
+        try:
+            t0 = time.time()
+            r = command("--bcheckpoint")
+            tc = time.time()
+            if r.returncode != 0:
+                raise BenchError(f"dmtcp_command --bcheckpoint exited {r.returncode}: "
+                                 f"{(r.stdout + r.stderr).strip()[:300]}")
+            sync_dir(imgdir)
+            t1 = time.time()
+            s.ckpt = t1 - t0
+            wait_step_after(stepfile, t1 + 0.1, 10)
+            # DMTCP 4.2.0's coordinator does not know the blocking prefix ("b": "unhandled
+            # user command") and dmtcp_command then returns at once: a program still
+            # stopped when it returned means the time measured is not the checkpoint's.
+            st = steps(stepfile)
+            before = [x for x in st if x <= tc]
+            after = [x for x in st if x > tc]
+            if before and after and after[0] - tc > 0.05 and after[0] - before[-1] > 0.1:
+                raise BenchError(
+                    f"dmtcp_command --bcheckpoint returned {(tc - t0) * 1000:.0f} ms after "
+                    f"it started while the program stayed stopped {(after[0] - tc) * 1000:.0f}"
+                    " ms longer: not a blocking checkpoint (DMTCP 4.2.0's coordinator, for one, "
+                    "ignores the blocking prefix)")
+            s.stop = longest_gap(stepfile, t0, t1)
+            s.load = loadavg()
+            s.size = dir_bytes(imgdir, ".dmtcp")
+            if not s.size:
+                raise BenchError(f"no .dmtcp image in {imgdir} after --bcheckpoint: "
+                                 f"{(r.stdout + r.stderr).strip()[:300]}")
+        finally:
+            command("--kill")
+            kill_all(pids, [p.pid])
+            p.wait()
+            wait_gone(pids)
+        images = sorted(os.path.join(imgdir, f) for f in os.listdir(imgdir)
+                        if f.endswith(".dmtcp"))
+        try:
+            for which in ("hot", "cold"):
+                if which == "hot":
+                    warm_dir(imgdir)
+                elif not (cold_ok and drop_caches()):
+                    continue
+                t2 = time.time()
+                rp = subprocess.Popen(["dmtcp_restart", "--join-coordinator"] + cport
+                                      + ["-q", "-q"] + images, cwd=wdir,
+                                      env=dict(os.environ, **env),
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      text=True, start_new_session=True)
+                LIVE.add(("g", rp.pid))
+                try:
+                    first = wait_step_after(stepfile, t2, 120)
+                finally:
+                    # dmtcp_restart becomes the restored process (same pid; the program's own
+                    # pid is virtual): the coordinator's kill, then its process group.
+                    command("--kill")
+                    restored = tree_pids(rp.pid) if os.path.exists(f"/proc/{rp.pid}") else []
+                    kill_all(restored, [rp.pid])
+                    err = rp.communicate()[1]
+                    wait_gone(restored)
+                if first is None:
+                    raise BenchError(f"no step after dmtcp_restart ({which}): "
+                                     f"{err.strip()[-300:]}")
+                setattr(s, f"{which}_eager", first - t2)
+        except (BenchError, OSError, subprocess.SubprocessError) as e:
+            s.note = f"restart failed: {e}"
+            log(f"  DMTCP: {wl.name}: {s.note}")
+            return s
     finally:
-        kill_all(tree_pids(p.pid) if os.path.exists(f"/proc/{p.pid}") else pids, [p.pid])
-        p.wait()
-        wait_gone(pids)
-    images = [os.path.join(imgdir, f) for f in os.listdir(imgdir) if f.endswith(".dmtcp")]
-    for which in ("hot", "cold"):
-        if which == "cold" and not (cold_ok and drop_caches()):
-            continue
-        t2 = time.time()
-        rp = subprocess.Popen(["dmtcp_restart", "--new-coordinator", "-p", port] + images,
-                              cwd=wdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
-        first = wait_step_after(stepfile, t2, 120)
-        subprocess.run(["dmtcp_command", "-p", port, "--kill"], capture_output=True)
-        kill_all([], [rp.pid])
-        rp.wait()
-        if first is None:
-            raise BenchError(f"dmtcp: {wl.name}: no step after restart")
-        setattr(s, which, first - t2)
+        subprocess.run(["dmtcp_command"] + cport + ["--quit"], capture_output=True, timeout=60)
+        kill_all([], [coord.pid])
+        coord.wait()
     shutil.rmtree(imgdir, ignore_errors=True)
+    shutil.rmtree(tmpdir, ignore_errors=True)
     return s
 
 
@@ -1375,7 +1548,7 @@ def pick_base(bases, nbytes):
 
 
 def report(args, mach, bases, results, incr, idle_res, others, load0, load1, started,
-           chain_lines=()):
+           chain_lines=(), failures=None):
     L = []
     L.append("# Performance\n")
     L.append(f"Measured by `{args.make_target}` (bench/bench.py) on {started} UTC: "
@@ -1388,6 +1561,8 @@ def report(args, mach, bases, results, incr, idle_res, others, load0, load1, sta
     L.append("## Machine\n")
     for k in ("code", "cpu", "cores", "memory", "kernel", "fs", "disk"):
         L.append(f"- {k}: {mach[k]}")
+    for tool, version in sorted(mach.get("peers", {}).items()):
+        L.append(f"- {tool}: {version}")
     L.append(f"- load average (1 min) at start / end: {load0} / {load1}"
              + (" — the machine was shared with other work while this ran; figures are noisier "
                 "than on an idle machine" if max(float(load0), float(load1)) > 0.5 else ""))
@@ -1432,14 +1607,30 @@ def report(args, mach, bases, results, incr, idle_res, others, load0, load1, sta
              f"{ALT_RAW_MIN_MIB} MiB, each repetition first writes the same bytes raw (O_DIRECT), "
              "right before the checkpoint: the median of the per-repetition ratios, and each "
              "(the disk's rate drifts within minutes, so the ratio to the baseline measured at the "
-             "start carries that drift; this one does not).\n")
+             "start carries that drift; this one does not)."
+             + ("" if not any(t in ("CRIU", "DMTCP") for _, t, _ in results) else " "
+             "CRIU: `criu dump -t PID -D DIR --leave-running` started → exited, then every image "
+             "file fdatasync'ed (neither peer syncs its images itself; ours is synced by the "
+             "agent inside its time), the restart `criu restore -D DIR -d` (the same pids, the "
+             "original killed first). DMTCP: the program under `dmtcp_launch --no-gzip` and a "
+             "coordinator of the run's own, `dmtcp_command --bcheckpoint` started → exited, then "
+             "the image fdatasync'ed, the restart `dmtcp_restart IMAGE`. Both read all of the "
+             "memory before the program runs on: their restarts are in the eager columns.") + "\n")
     L.append("| workload | tool | checkpoint | ×raw write | stop | image | restart hot lazy / "
              "eager | ×raw read hot | restart cold lazy / eager | ×raw read cold | agent memory | "
              "phases q/m/d/s | io | eager hot ÷ read into fresh memory | ×raw write, "
              "alternating |")
     L.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
              "| --- |")
+    failures = failures or {}
+    notes = []
     for wl, tool, samples in results:
+        if not samples:
+            why = failures.get((wl.name, tool), "no sample").replace("|", "/").replace("\n", " ")
+            L.append(f"| {wl.name} | {tool} | failed: {why[:400]} |" + " – |" * 12)
+            continue
+        notes += [f"- {tool}, {wl.name}, repetition {i + 1}: {x.note}"
+                  for i, x in enumerate(samples) if x.note]
         m = {k: median([getattr(s, k) for s in samples])
              for k in ("ckpt", "stop", "size", "hot", "cold", "mem", "hot_eager", "cold_eager")}
         size = m["size"] or 0
@@ -1468,13 +1659,16 @@ def report(args, mach, bases, results, incr, idle_res, others, load0, load1, sta
         L.append(f"| {wl.name} | {tool} | {fmt_s(m['ckpt'])}{spread} | {ratio(m['ckpt'], w)} | "
                  f"{fmt_s(m['stop'])} | {fmt_b(m['size'])} | {both('hot')} | "
                  f"{ratios('hot', rh)} | "
-                 + (f"{both('cold')} | {ratios('cold', rc)}" if m["cold"] is not None
-                    else "– | –" if m["hot"] is None else "not measurable | –")
+                 + (f"{both('cold')} | {ratios('cold', rc)}"
+                    if m["cold"] is not None or m["cold_eager"] is not None
+                    else "– | –" if m["hot"] is None and m["hot_eager"] is None
+                    else "not measurable | –")
                  + f" | {fmt_b(m['mem']) if tool.startswith('libcr-rs') else '–'} | {phases} | "
                  f"{io} | {ratio(m['hot_eager'], rf)} | {alternating(samples)} |")
     L.append("")
     for name, why in others:
         L.append(f"- {name}: {why}")
+    L.extend(notes)
     L.append("")
     L.extend(cow_fork_report(results))
     L.extend(incremental_report(bases, incr))
@@ -1557,6 +1751,9 @@ def main():
     ap.add_argument("--forks", type=int, default=None, help="fork+exec count (default 10000)")
     ap.add_argument("--only", default=None, help="run only workloads whose name contains this")
     ap.add_argument("--no-idle", action="store_true", help="skip the idle-cost measurements")
+    ap.add_argument("--no-compress", action="store_true",
+                    help="skip the --compress rows (e.g. --only \"1 GiB random\" for the "
+                         "checkpoint table alone, CRIU and DMTCP rows included)")
     ap.add_argument("--only-tool", default=None,
                     help="run only tools whose name contains this (libcr-rs, --cow, CRIU, DMTCP)")
     ap.add_argument("--nice", type=int, default=int(os.environ.get("BENCH_NICE", "0")),
@@ -1610,8 +1807,12 @@ def main():
                                                   args.verbose)),
                ("libcr-rs --cow", lambda wl: libcr_once(tools, progs, wl, wdir, bases[0], cold_ok,
                                                         args.verbose, cow=True))]
-    if shutil.which("criu"):
+    mach["peers"] = peer_versions()
+    why_not = criu_usable() if shutil.which("criu") else None
+    if shutil.which("criu") and not why_not:
         runners.append(("CRIU", lambda wl: criu_once(progs, wl, wdir, cold_ok)))
+    elif why_not:
+        others.append(("CRIU", f"{why_not}: no CRIU rows"))
     else:
         others.append(("CRIU", "`criu` not found on PATH: no CRIU rows"))
     if shutil.which("dmtcp_launch"):
@@ -1628,6 +1829,7 @@ def main():
              else [(i, k) for k in range(len(pairs)) for i in range(args.reps)])
     got = {k: [] for k in range(len(pairs))}
     failed = set()
+    failures = {}
     for i, k in order:
         wl, tool, once = pairs[k]
         if k in failed:
@@ -1635,11 +1837,16 @@ def main():
         log(f"{tool}: {wl.name} ({i + 1}/{args.reps})")
         try:
             got[k].append(once(wl))
-        except BenchError as e:
+        except (BenchError, OSError, subprocess.SubprocessError) as e:
+            # A peer's failure is a row of the table (with its reason), not the end of the run.
             if tool.startswith("libcr-rs"):
                 raise
             log(f"  {tool} failed: {e}")
-            others.append((tool, f"{wl.name}: failed: {e}"))
+            if got[k]:  # the row shows the good repetitions, this says why there are no more
+                others.append((tool, f"{wl.name}: repetition {i + 1} failed (the row shows "
+                                     f"the {len(got[k])} before it): {e}"))
+            else:
+                failures[(wl.name, tool)] = str(e)
             failed.add(k)
             continue
         s = got[k][-1]
@@ -1657,7 +1864,7 @@ def main():
             + (f" raw write right before {fmt_s(s.raw_alt)} ({ratio(s.ckpt, s.raw_alt)})"
                if s.raw_alt else ""))
     for k, (wl, tool, _) in enumerate(pairs):
-        if got[k]:
+        if got[k] or k in failed:
             results.append((wl, tool, got[k]))
     incr, wp, chain = [], [], []
     if not args.only and (not args.only_tool or args.only_tool in "libcr-rs --incremental"):
@@ -1720,7 +1927,7 @@ def main():
                Workload("1 GiB mixed (3/4 random, one region)", ["mixed75", "1024"], 1024),
                Workload("1 GiB mixed (1/2 random, 1 MiB blocks)", ["ileave50", "1024"], 1024)])
     for wl in zloads:
-        if (args.only and args.only not in wl.name) or (
+        if args.no_compress or (args.only and args.only not in wl.name) or (
                 args.only_tool and args.only_tool not in "libcr-rs --compress"):
             continue
         samples = []
@@ -1739,7 +1946,7 @@ def main():
         idle_res = idle(tools, progs, args.reps, args.forks, 10 if args.smoke else 100)
         log(f"  {idle_res}")
     text = report(args, mach, bases, results, incr, idle_res, others, load0, loadavg(), started,
-                  chain_report(wp, chain))
+                  chain_report(wp, chain), failures)
     if zres:
         text = text.rstrip("\n") + "\n\n" + "\n".join(compress_report(zres))
     os.makedirs(os.path.dirname(out), exist_ok=True)
