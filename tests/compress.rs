@@ -122,6 +122,28 @@ fn compressed_image_restarts_eager_and_lazy() {
         err.contains("page data mapped from the image (40.0 MiB"),
         "the raw extent must be mapped lazily:\n{err}"
     );
+    assert!(!err.contains("fewer reader threads"), "{err}");
+
+    // No thread can be made (test knob): the restoring thread decompresses and reads
+    // everything itself, the memory is intact, and --verbose says so once for the process.
+    for args in [&["--verbose", "--eager"][..], &["--verbose"][..]] {
+        sc.go();
+        let mut argv: Vec<OsString> = vec![sc.tools().cr_restart.clone().into()];
+        argv.extend(args.iter().map(OsString::from));
+        argv.push(img.clone().into());
+        let mut cmd = sc.command(&argv);
+        cmd.env("LIBCR_TEST_NO_READER_THREADS", "1");
+        let mut r = sc.start("cr_restart (no threads)", cmd);
+        r.expect_pass(RESTART_TIMEOUT);
+        let err = r.stderr();
+        fs::remove_file(sc.go_file()).expect("remove GO");
+        assert!(
+            err.contains(
+                "page data of 1 process(es) read with fewer reader threads than cores, 1 of them on the restoring thread alone"
+            ),
+            "{args:?}: cr_restart --verbose must say no thread could be made:\n{err}"
+        );
+    }
 }
 
 /// A mixed image that is mostly incompressible (48 MiB random, 2 MiB text): the agent's sample

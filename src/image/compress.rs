@@ -874,13 +874,17 @@ fn one_image(
         // Buffers of compressed frames, back from the writer for reuse (no fresh memory per
         // frame).
         let spare: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        // A thread that cannot be made leaves its share to the others; none at all is an error
+        // (never a panic).
+        let mut started = 0;
+        let mut spawn_err = None;
         for _ in 0..threads {
             let job_rx = Arc::clone(&job_rx);
             let done_tx = done_tx.clone();
             let spare = Arc::clone(&spare);
             let ending = &ending;
             let npulled = &npulled;
-            s.spawn(move || {
+            let made = std::thread::Builder::new().spawn_scoped(s, move || {
                 let Some(mut p) = Packer::new(level) else {
                     return;
                 };
@@ -941,81 +945,91 @@ fn one_image(
                     }
                 }
             });
+            match made {
+                Ok(_) => started += 1,
+                Err(e) => spawn_err = Some(e),
+            }
+        }
+        if let (0, Some(e)) = (started, spawn_err) {
+            return Err(format!("cannot create a compression thread: {e}"));
         }
         drop(done_tx);
         let pieces_ref = &pieces;
         let spare_w = Arc::clone(&spare);
         type Written = (Vec<Option<ZFrame>>, Stats, u64, u64);
-        let writer = s.spawn(move || -> Result<Written, String> {
-            let mut pending = BTreeMap::new();
-            let mut next = 0usize;
-            let mut st = Stats::default();
-            // The raw page data that came, in the stream's order, hashed as the agent did (for
-            // a pulled piece: what was read from the process and compressed).
-            let mut h = xxhash_rust::xxh3::Xxh3::new();
-            // Not split: front to back from the data area's start, in order; split: back
-            // from `top`.
-            let mut fw = (!split).then(|| SeqWriter::new(out, data_at));
-            let mut bw = BackWriter::new(out, top, data_at, pieces_ref.len());
-            let mut stored = 0u64;
-            for d in done_rx {
-                pending.insert(d.k, d);
-                while let Some(d) = pending.remove(&next) {
-                    if let Some(e) = d.err {
-                        return Err(e);
-                    }
-                    h.update(&d.raw);
-                    let (raw_off, raw_len) = pieces_ref[d.seq];
-                    let (bytes, method) = match d.n {
-                        Some(n) => (&d.packed[..n], ZFRAME_ZSTD),
-                        None => (&d.raw[..], ZFRAME_RAW),
-                    };
-                    if method == ZFRAME_ZSTD {
-                        st.zstd_frames += 1;
-                    } else {
-                        st.raw_frames += 1;
-                    }
-                    st.raw += raw_len as u64;
-                    let mut f = ZFrame {
-                        raw_off,
-                        stored_off: 0,
-                        stored_len: bytes.len() as u64,
-                        raw_len,
-                        method,
-                    };
-                    match fw.as_mut() {
-                        Some(w) => {
-                            if method == ZFRAME_RAW {
-                                w.pad()?;
-                                stored = page_align(stored);
-                            }
-                            f.stored_off = stored;
-                            w.push(bytes)?;
-                            stored += f.stored_len;
-                            bw.placed[d.seq] = Some(f);
+        let writer =
+            std::thread::Builder::new().spawn_scoped(s, move || -> Result<Written, String> {
+                let mut pending = BTreeMap::new();
+                let mut next = 0usize;
+                let mut st = Stats::default();
+                // The raw page data that came, in the stream's order, hashed as the agent did (for
+                // a pulled piece: what was read from the process and compressed).
+                let mut h = xxhash_rust::xxh3::Xxh3::new();
+                // Not split: front to back from the data area's start, in order; split: back
+                // from `top`.
+                let mut fw = (!split).then(|| SeqWriter::new(out, data_at));
+                let mut bw = BackWriter::new(out, top, data_at, pieces_ref.len());
+                let mut stored = 0u64;
+                for d in done_rx {
+                    pending.insert(d.k, d);
+                    while let Some(d) = pending.remove(&next) {
+                        if let Some(e) = d.err {
+                            return Err(e);
                         }
-                        None => bw.push(d.seq, f, bytes)?,
+                        h.update(&d.raw);
+                        let (raw_off, raw_len) = pieces_ref[d.seq];
+                        let (bytes, method) = match d.n {
+                            Some(n) => (&d.packed[..n], ZFRAME_ZSTD),
+                            None => (&d.raw[..], ZFRAME_RAW),
+                        };
+                        if method == ZFRAME_ZSTD {
+                            st.zstd_frames += 1;
+                        } else {
+                            st.raw_frames += 1;
+                        }
+                        st.raw += raw_len as u64;
+                        let mut f = ZFrame {
+                            raw_off,
+                            stored_off: 0,
+                            stored_len: bytes.len() as u64,
+                            raw_len,
+                            method,
+                        };
+                        match fw.as_mut() {
+                            Some(w) => {
+                                if method == ZFRAME_RAW {
+                                    w.pad()?;
+                                    stored = page_align(stored);
+                                }
+                                f.stored_off = stored;
+                                w.push(bytes)?;
+                                stored += f.stored_len;
+                                bw.placed[d.seq] = Some(f);
+                            }
+                            None => bw.push(d.seq, f, bytes)?,
+                        }
+                        let _ = free_tx.send(d.raw);
+                        if let Ok(mut v) = spare_w.lock() {
+                            v.push(d.packed);
+                        }
+                        next += 1;
                     }
-                    let _ = free_tx.send(d.raw);
-                    if let Ok(mut v) = spare_w.lock() {
-                        v.push(d.packed);
+                }
+                let hi = match fw {
+                    Some(mut w) => {
+                        w.pad()?;
+                        w.flush()?;
+                        data_at + page_align(stored)
                     }
-                    next += 1;
-                }
-            }
-            let hi = match fw {
-                Some(mut w) => {
-                    w.pad()?;
-                    w.flush()?;
-                    data_at + page_align(stored)
-                }
-                None => {
-                    bw.flush()?;
-                    bw.end
-                }
-            };
-            Ok((bw.placed, st, hi, h.digest()))
-        });
+                    None => {
+                        bw.flush()?;
+                        bw.end
+                    }
+                };
+                Ok((bw.placed, st, hi, h.digest()))
+            });
+        let writer = writer
+            .map_err(|e| format!("cannot create the compressed image's writer thread: {e}"))?;
         // Read every piece in the stream (or, to be pulled, its index).
         let mut held = 0usize;
         let mut k = 0usize;

@@ -84,16 +84,21 @@ fn shared_word(i: usize) -> Option<&'static std::sync::atomic::AtomicU64> {
 }
 
 /// Records (in the shared page) that this process made `started` of the `wanted` reader
-/// threads, the last failure with `errno`.
+/// threads (raw reads or decompression), the last failure with `errno`; a process is counted
+/// once, at its first shortfall (a compressed image restored eagerly has both kinds of
+/// threads).
 fn note_readers(wanted: usize, started: usize, errno: i32) {
     use std::sync::atomic::Ordering::Relaxed;
+    static COUNTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if started >= wanted {
         return;
     }
     let add = |i: usize| shared_word(i).map(|w| w.fetch_add(1, Relaxed));
-    add(SHORT_OF_READERS);
-    if started == 0 {
-        add(NO_READERS);
+    if !COUNTED.swap(true, Relaxed) {
+        add(SHORT_OF_READERS);
+        if started == 0 {
+            add(NO_READERS);
+        }
     }
     if let Some(w) = shared_word(READERS_ERRNO) {
         w.store(errno as u64, Relaxed);
@@ -254,7 +259,26 @@ fn inflate_into(img: &Image, file: &File, todo: &[(u64, Extent)]) -> Result<(), 
         }
     };
     let res: Vec<Result<(), String>> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..threads).map(|_| s.spawn(run)).collect();
+        // A thread that cannot be made leaves its share to the others; with none, this thread
+        // decompresses everything (said by cr_restart --verbose, as for the raw reads).
+        let mut errno = 0;
+        let no_threads = test_no_reader_threads();
+        let hs: Vec<_> = (0..threads)
+            .filter_map(|_| {
+                let r = if no_threads {
+                    Err(std::io::Error::from_raw_os_error(libc::EAGAIN))
+                } else {
+                    std::thread::Builder::new().spawn_scoped(s, run)
+                };
+                r.map_err(|e| errno = e.raw_os_error().unwrap_or(libc::EAGAIN))
+                    .ok()
+            })
+            .collect();
+        note_readers(threads, hs.len(), errno);
+        if hs.is_empty() {
+            return vec![run()];
+        }
+        // Joined here, not left to the scope (see read_and_hash).
         hs.into_iter()
             .map(|h| {
                 h.join()
