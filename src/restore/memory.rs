@@ -105,6 +105,31 @@ fn note_readers(wanted: usize, started: usize, errno: i32) {
     }
 }
 
+/// Starts up to `wanted` threads running `f` in scope `s`: a thread that cannot be made
+/// (or none, with the test knob [`test_no_reader_threads`]) is left out and counted in the
+/// shared page ([`note_readers`]), so cr_restart --verbose says so: never a silent fallback.
+fn spawn_readers<'scope, T: Send + 'scope>(
+    s: &'scope std::thread::Scope<'scope, '_>,
+    wanted: usize,
+    f: impl FnOnce() -> T + Send + Copy + 'scope,
+) -> Vec<std::thread::ScopedJoinHandle<'scope, T>> {
+    let mut errno = 0;
+    let no_threads = test_no_reader_threads();
+    let started: Vec<_> = (0..wanted)
+        .filter_map(|_| {
+            let r = if no_threads {
+                Err(std::io::Error::from_raw_os_error(libc::EAGAIN))
+            } else {
+                std::thread::Builder::new().spawn_scoped(s, f)
+            };
+            r.map_err(|e| errno = e.raw_os_error().unwrap_or(libc::EAGAIN))
+                .ok()
+        })
+        .collect();
+    note_readers(wanted, started.len(), errno);
+    started
+}
+
 /// What the processes of this restart reported about their reader threads so far (cr_restart,
 /// after they run; zero when no shared page was mapped).
 pub fn reader_shortfall() -> ReaderShortfall {
@@ -261,20 +286,7 @@ fn inflate_into(img: &Image, file: &File, todo: &[(u64, Extent)]) -> Result<(), 
     let res: Vec<Result<(), String>> = std::thread::scope(|s| {
         // A thread that cannot be made leaves its share to the others; with none, this thread
         // decompresses everything (said by cr_restart --verbose, as for the raw reads).
-        let mut errno = 0;
-        let no_threads = test_no_reader_threads();
-        let hs: Vec<_> = (0..threads)
-            .filter_map(|_| {
-                let r = if no_threads {
-                    Err(std::io::Error::from_raw_os_error(libc::EAGAIN))
-                } else {
-                    std::thread::Builder::new().spawn_scoped(s, run)
-                };
-                r.map_err(|e| errno = e.raw_os_error().unwrap_or(libc::EAGAIN))
-                    .ok()
-            })
-            .collect();
-        note_readers(threads, hs.len(), errno);
+        let hs = spawn_readers(s, threads, run);
         if hs.is_empty() {
             return vec![run()];
         }
@@ -357,22 +369,8 @@ fn read_and_hash(
     let mut spare = Vec::new();
     let hashed = std::thread::scope(|s| -> std::io::Result<()> {
         // A thread that cannot be made leaves its share to the others (or to the loop below).
-        let mut errno = 0;
-        let no_threads = test_no_reader_threads();
-        let readers: Vec<_> = (0..threads)
-            .filter_map(|_| {
-                let r = if no_threads {
-                    Err(std::io::Error::from_raw_os_error(libc::EAGAIN))
-                } else {
-                    std::thread::Builder::new().spawn_scoped(s, reader)
-                };
-                r.map_err(|e| errno = e.raw_os_error().unwrap_or(libc::EAGAIN))
-                    .ok()
-            })
-            .collect();
+        let readers = spawn_readers(s, threads, reader);
         let started = readers.len();
-        // Said by cr_restart --verbose (the shared page): never a silent fallback.
-        note_readers(threads, started, errno);
         let res = (|| {
             for (k, p) in pieces.iter().enumerate() {
                 let Some(dst) = p.dst else {
