@@ -198,6 +198,8 @@ const PAGE_IS_FILE: u64 = 1 << 2;
 const PAGE_IS_PRESENT: u64 = 1 << 3;
 const PAGE_IS_SWAPPED: u64 = 1 << 4;
 const PAGE_IS_PFNZERO: u64 = 1 << 5;
+/// Mapped by a huge page table entry (a transparent huge page, or hugetlb).
+const PAGE_IS_HUGE: u64 = 1 << 6;
 /// A guard region page (`MADV_GUARD_INSTALL`): reading it faults; recorded as a hole.
 const PAGE_IS_GUARD: u64 = 1 << 8;
 /// The kernel refused `PAGE_IS_GUARD` (`EINVAL`: older than the category): scans go without.
@@ -714,8 +716,8 @@ pub fn scan_region(
 static NO_POPULATED_SCAN: AtomicBool = AtomicBool::new(false);
 
 /// The runs of `start..end` whose pages are present or swapped out, given to
-/// `f(start, end, zero)` in address order (`zero`: every page of the run maps the shared zero
-/// page); guard pages are counted (`memory::note_guard`) and left out. One `PAGEMAP_SCAN`
+/// `f(start, end, zero, huge)` in address order (`zero`: every page of the run maps the shared
+/// zero page; `huge`: the run is mapped by transparent huge pages, `PAGE_IS_HUGE`); guard pages are counted (`memory::note_guard`) and left out. One `PAGEMAP_SCAN`
 /// answers for many pages from their page table entries alone, where a read of
 /// `/proc/self/pagemap` looks up each page's `struct page` and writes 8 bytes for it (2/3 of a
 /// 4 GiB checkpoint's metadata phase: `vm_normal_page` and `pagemap_pmd_range`, perf).
@@ -726,7 +728,7 @@ pub fn populated_runs(
     start: u64,
     end: u64,
     buf: &mut [u8],
-    mut f: impl FnMut(u64, u64, bool) -> Result<(), Errno>,
+    mut f: impl FnMut(u64, u64, bool, bool) -> Result<(), Errno>,
 ) -> Result<bool, Errno> {
     if NO_POPULATED_SCAN.load(Relaxed) {
         return Ok(false);
@@ -743,7 +745,11 @@ pub fn populated_runs(
     while at < end {
         let mut arg = PmScanArg {
             category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_GUARD,
-            return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_PFNZERO | PAGE_IS_GUARD,
+            return_mask: PAGE_IS_PRESENT
+                | PAGE_IS_SWAPPED
+                | PAGE_IS_PFNZERO
+                | PAGE_IS_GUARD
+                | PAGE_IS_HUGE,
             ..PmScanArg::over(at, end, vec)
         };
         let n = match ioctl(pagemap_fd, PAGEMAP_SCAN, &mut arg as *mut _ as usize) {
@@ -759,7 +765,12 @@ pub fn populated_runs(
                 super::memory::note_guard((r.end - r.start) / PAGE as u64);
                 continue;
             }
-            f(r.start, r.end, r.categories & PAGE_IS_PFNZERO != 0)?;
+            f(
+                r.start,
+                r.end,
+                r.categories & PAGE_IS_PFNZERO != 0,
+                r.categories & PAGE_IS_HUGE != 0,
+            )?;
         }
         if arg.walk_end <= at {
             break;

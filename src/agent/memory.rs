@@ -526,7 +526,7 @@ pub fn find_precopy(
             };
             if Precopy::covers(kind) {
                 out.begin_region();
-                scan_region(&m, kind, fs, pagemap_fd, scratch, out)?;
+                scan_region(&m, kind, fs, pagemap_fd, scratch, out, &mut 0)?;
             }
         }
         Ok(regions)
@@ -615,7 +615,8 @@ impl Default for Unreadable {
     }
 }
 
-/// Scans one region and appends its extents.
+/// Scans one region and appends its extents. `huge` gets the bytes of it that transparent
+/// huge pages map (anonymous memory scanned with `PAGEMAP_SCAN` only; else left as it is).
 fn scan_region(
     m: &MapLine,
     kind: RegionKind,
@@ -623,6 +624,7 @@ fn scan_region(
     pagemap_fd: i32,
     scratch: &Scratch,
     ext: &mut ExtentList,
+    huge: &mut u64,
 ) -> Result<(), Errno> {
     match kind {
         RegionKind::Anon | RegionKind::Stack
@@ -631,7 +633,10 @@ fn scan_region(
                 m.start,
                 m.end,
                 scratch.pagemap(),
-                |start, end, zero| {
+                |start, end, zero, in_huge| {
+                    if in_huge {
+                        *huge += end - start;
+                    }
                     if m.prot & libc::PROT_READ as u32 == 0 {
                         // Not readable: every populated page, as below.
                         return ext.push_range(start, end - start);
@@ -958,6 +963,8 @@ pub fn capture(
                 plain::add(m.start, m.end);
             }
             ext.begin_region();
+            // Bytes of the region in transparent huge pages (`REC_REGION_THP`).
+            let mut huge_bytes = 0u64;
             let from_copy = pre.filter(|_| Precopy::covers(kind));
             // An incremental checkpoint's tracked region: only the pages written since.
             let tracked = if from_copy.is_some() {
@@ -984,7 +991,7 @@ pub fn capture(
                 }
             } else if tracked.is_none() {
                 ext.rollback_region();
-                scan_region(&m, kind, fs, pagemap_fd, scratch, ext)?;
+                scan_region(&m, kind, fs, pagemap_fd, scratch, ext, &mut huge_bytes)?;
             }
             let extents = ext.region_extents();
             if !extents.is_empty() && m.prot & libc::PROT_READ as u32 == 0 {
@@ -1033,6 +1040,13 @@ pub fn capture(
             }
             if let Some(fs) = fs {
                 w.raw(REC_REGION_FS, bytemuck::bytes_of(&fs))
+                    .map_err(|_| Errno(libc::ENOMEM))?;
+            }
+            if huge_bytes > 0 {
+                // The restart advises the region MADV_HUGEPAGE again (the program asked for
+                // huge pages, or the system gives them to all: either way it had them).
+                let thp = RegionThpRec { huge_bytes };
+                w.raw(REC_REGION_THP, bytemuck::bytes_of(&thp))
                     .map_err(|_| Errno(libc::ENOMEM))?;
             }
             let sysv = if m.path.starts_with(b"/SYSV") {

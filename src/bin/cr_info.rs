@@ -156,6 +156,9 @@ fn region_kind(r: &cr::image::reader::Region) -> &'static str {
         _ => {}
     }
     match r.kind {
+        // Transparent huge pages mapped part of it (`REC_REGION_THP`).
+        RegionKind::Anon if r.huge_bytes > 0 => "anon-thp",
+        RegionKind::Stack if r.huge_bytes > 0 => "stack-thp",
         RegionKind::Anon => "anon",
         RegionKind::Stack => "stack",
         RegionKind::FilePrivate => "file-private",

@@ -645,6 +645,29 @@ fn run_job(
                 std::io::Error::from_raw_os_error(short.errno)
             );
         }
+        let huge = cr::restore::memory::huge_pages();
+        if huge.advised > 0 || huge.errno != 0 {
+            eprintln!(
+                "{TOOL}: memory that had transparent huge pages at the checkpoint: {} advised MADV_HUGEPAGE again{}{}",
+                cr::progress::human(huge.advised),
+                if huge.lazy > 0 {
+                    format!(
+                        ", of which {} mapped lazily from the image stays in 4 KiB pages (--eager reads it into huge pages)",
+                        cr::progress::human(huge.lazy)
+                    )
+                } else {
+                    String::new()
+                },
+                if huge.errno != 0 {
+                    format!(
+                        "; the kernel refused the advice for some of it ({})",
+                        std::io::Error::from_raw_os_error(huge.errno)
+                    )
+                } else {
+                    String::new()
+                },
+            );
+        }
         eprintln!(
             "{TOOL}: {} process(es) running again {:.1} ms after cr_restart started (images opened and checked at {:.1} ms, first process created at {:.1} ms)",
             members.len(),

@@ -164,6 +164,22 @@ pub const REC_KOBJ: u32 = 13;
 /// and any `REC_REGION_FS`): the region is a whole SysV shared memory segment. A reader that
 /// skips it re-creates the region as plain shared memory with the saved contents.
 pub const REC_REGION_SYSV: u32 = REC_OPTIONAL | 14;
+/// Record (optional): [`RegionThpRec`], after a private anonymous region's record (and its
+/// extents, and any other detail): transparent huge pages mapped part of the region at the
+/// checkpoint (`PAGEMAP_SCAN`'s `PAGE_IS_HUGE`). The restart advises the region
+/// `MADV_HUGEPAGE` before it reads the pages in, so an eager restart gives it huge pages again
+/// (and the program the advice it most likely gave: where THP is `madvise`, only advised memory
+/// gets them). A reader that skips it restores the region in 4 KiB pages, as before.
+pub const REC_REGION_THP: u32 = REC_OPTIONAL | 40;
+
+/// Payload of [`REC_REGION_THP`] (8 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug, Default, PartialEq, Eq)]
+pub struct RegionThpRec {
+    /// Bytes of the region that huge pages mapped at the checkpoint.
+    pub huge_bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<RegionThpRec>() == 8);
 /// Record (optional): [`FdSavedRec`], after the `REC_FD` record of a regular file under a
 /// temporary directory (/tmp, /var/tmp, /dev/shm, /run/user/UID, `$TMPDIR`) whose contents are
 /// in the `REC_FILE_DATA` record of its device and inode: at restart the file is re-created at

@@ -85,6 +85,9 @@ pub struct Region {
     pub fs: Option<RegionFsRec>,
     /// The SysV segment it is (`REC_REGION_SYSV`), if the writer added one.
     pub sysv: Option<SysvShmRec>,
+    /// Bytes of it in transparent huge pages at the checkpoint (`REC_REGION_THP`; 0: none, or
+    /// an older writer).
+    pub huge_bytes: u64,
     /// In a delta image, an incremental region (`REC_REGION_INCR`): the `[start, end)` ranges
     /// that read as zero now; its pages outside these and its extents are the parent chain's.
     pub incr: Option<Vec<(u64, u64)>>,
@@ -385,6 +388,7 @@ impl Image {
                         extents: Vec::new(),
                         fs: None,
                         sysv: None,
+                        huge_bytes: 0,
                         incr: None,
                     });
                 }
@@ -475,6 +479,13 @@ impl Image {
                         ImageError::Malformed("region detail before region".into())
                     })?;
                     region.fs = Some(read_pod(body, "region file system")?);
+                }
+                REC_REGION_THP => {
+                    let region = self.regions.last_mut().ok_or_else(|| {
+                        ImageError::Malformed("huge page detail before region".into())
+                    })?;
+                    let t: RegionThpRec = read_pod(body, "region huge pages")?;
+                    region.huge_bytes = t.huge_bytes;
                 }
                 REC_REGION_SYSV => {
                     let region = self.regions.last_mut().ok_or_else(|| {

@@ -62,6 +62,53 @@ pub fn count_reads() -> Option<&'static std::sync::atomic::AtomicU64> {
 const SHORT_OF_READERS: usize = 1;
 const NO_READERS: usize = 2;
 const READERS_ERRNO: usize = 3;
+/// Bytes of regions advised `MADV_HUGEPAGE` again (`REC_REGION_THP`), of those bytes the ones
+/// mapped lazily from the image (private file pages: not huge pages), and the errno of a
+/// refused advice.
+const THP_ADVISED: usize = 4;
+const THP_LAZY: usize = 5;
+const THP_ERRNO: usize = 6;
+
+/// What the restored processes did with their regions that had transparent huge pages at the
+/// checkpoint (`REC_REGION_THP`), for cr_restart --verbose (zero when no shared page was
+/// mapped).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HugePages {
+    /// Bytes of regions advised `MADV_HUGEPAGE` again.
+    pub advised: u64,
+    /// Of those, bytes mapped from the image (a lazy restart): 4 KiB pages of the image file.
+    pub lazy: u64,
+    /// The errno of the last advice the kernel refused (0: none).
+    pub errno: i32,
+}
+
+/// What the processes of this restart did with their huge-page regions so far (cr_restart,
+/// after they run).
+pub fn huge_pages() -> HugePages {
+    use std::sync::atomic::Ordering::Relaxed;
+    let get = |i: usize| shared_word(i).map_or(0, |w| w.load(Relaxed));
+    HugePages {
+        advised: get(THP_ADVISED),
+        lazy: get(THP_LAZY),
+        errno: get(THP_ERRNO) as i32,
+    }
+}
+
+/// Advises the region at `at` (`len` bytes) `MADV_HUGEPAGE` again before its pages are read in
+/// (`REC_REGION_THP`), counted in the shared page ([`huge_pages`]); a refusal is counted there
+/// too, never silent.
+fn advise_huge(at: u64, len: u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    // SAFETY: advice on our own new mapping; no memory is changed.
+    let r = unsafe { libc::madvise(at as *mut _, len as usize, libc::MADV_HUGEPAGE) };
+    if r == 0 {
+        if let Some(w) = shared_word(THP_ADVISED) {
+            w.fetch_add(len, Relaxed);
+        }
+    } else if let Some(w) = shared_word(THP_ERRNO) {
+        w.store(errno() as u64, Relaxed);
+    }
+}
 
 /// What the restored processes reported about their reader threads (`--eager`), read by
 /// cr_restart from the shared page once they run: never a silent fallback (issue 11).
@@ -949,6 +996,16 @@ pub fn build(
         });
     }
 
+    // Regions that had transparent huge pages get the advice again before their pages are
+    // read in (an eager restart fills them with huge pages; a lazy one maps most of them from
+    // the image, whose file pages are 4 KiB, counted for --verbose).
+    for (i, r) in img.regions.iter().enumerate() {
+        let Some(p) = placed[i] else { continue };
+        if r.huge_bytes > 0 && matches!(r.kind, RegionKind::Anon | RegionKind::Stack) {
+            advise_huge(p.cur, p.len);
+        }
+    }
+
     // Fill from the image, hashing in file order. Pooled shared memory was filled before any
     // process of the job was forked (another may already run and write to it): its pages are
     // only read for the checksum.
@@ -972,6 +1029,11 @@ pub fn build(
             {
                 n_mapped += 1;
                 filled.mapped += e.len;
+                if r.huge_bytes > 0 {
+                    if let Some(w) = shared_word(THP_LAZY) {
+                        w.fetch_add(e.len, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
                 if filled.image_at == 0 {
                     filled.image_at = at;
                 }
