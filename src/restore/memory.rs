@@ -85,8 +85,7 @@ pub struct HugePages {
 /// What the processes of this restart did with their huge-page regions so far (cr_restart,
 /// after they run).
 pub fn huge_pages() -> HugePages {
-    use std::sync::atomic::Ordering::Relaxed;
-    let get = |i: usize| shared_word(i).map_or(0, |w| w.load(Relaxed));
+    let get = shared_value;
     HugePages {
         advised: get(THP_ADVISED),
         lazy: get(THP_LAZY),
@@ -128,6 +127,11 @@ fn shared_word(i: usize) -> Option<&'static std::sync::atomic::AtomicU64> {
     // SAFETY: set by count_reads to a page mapped for the life of the process, which holds
     // PAGE / 8 words.
     (!c.is_null() && i < PAGE / 8).then(|| unsafe { &*c.add(i) })
+}
+
+/// The value of word `i` of the shared page (0 when cr_restart mapped none).
+fn shared_value(i: usize) -> u64 {
+    shared_word(i).map_or(0, |w| w.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 /// Records (in the shared page) that this process made `started` of the `wanted` reader
@@ -180,8 +184,7 @@ fn spawn_readers<'scope, T: Send + 'scope>(
 /// What the processes of this restart reported about their reader threads so far (cr_restart,
 /// after they run; zero when no shared page was mapped).
 pub fn reader_shortfall() -> ReaderShortfall {
-    use std::sync::atomic::Ordering::Relaxed;
-    let get = |i: usize| shared_word(i).map_or(0, |w| w.load(Relaxed));
+    let get = shared_value;
     ReaderShortfall {
         short: get(SHORT_OF_READERS),
         none: get(NO_READERS),
