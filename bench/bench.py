@@ -569,7 +569,9 @@ def compress_once(tools, progs, wl, wdir, verbose):
                 s.z_t, s.cpu = t1 - t0, ru.ru_utime + ru.ru_stime
                 s.agent_cpu = proc_cpu(p.pid) - before
                 # Never silently: how the pieces reached the compressor (the agent's -v).
-                s.via = ("pull" if "via=pull" in err else
+                s.via = ("pack" if "via=pack(" in err else
+                         "pull, not packed" if "via=pull" in err and "(not packed" in err else
+                         "pull" if "via=pull" in err else
                          "pipe, pull refused" if "via=pipe(pull refused)" in err else
                          "pipe" if "zstd=split(" in err or "zstd=piped(" in err else None)
                 m = re.search(r"compressed ([0-9.]+) MiB of page data to ([0-9.]+) MiB "

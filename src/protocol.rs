@@ -190,6 +190,29 @@ pub const FLAG_ZPACE: u32 = 0x100000;
 /// `CR_COMPRESS_PULL=0` in `cr_checkpoint`'s environment leaves it out.
 pub const FLAG_ZPULL: u32 = 0x200000;
 
+/// Request flag with [`FLAG_ZSPLIT`] (`cr_checkpoint --compress` to a file at a level of at
+/// most `agent::zpack::MAX_LEVEL`, issue 14): the agent may compress the pieces it gives to the
+/// compressor itself, on helper threads in the stopped program (`agent::zpack`), at the level
+/// in bits [`ZPACK_LEVEL_SHIFT`].. of the flags, and send each as its index with
+/// `image::format::ZPLAN_PACKED`, the frame's length and the frame; `cr_checkpoint` stores
+/// them as they are. An agent that cannot (its helpers or their contexts cannot be made) says
+/// why under `-v` and pulls ([`FLAG_ZPULL`]) or pipes the pieces as without this flag; an agent
+/// of before 2026-12-07 ignores it. `CR_COMPRESS_PACK=0` in `cr_checkpoint`'s environment
+/// leaves it out.
+pub const FLAG_ZPACK: u32 = 0x400000;
+
+/// Where [`FLAG_ZPACK`]'s zstd level is in the request flags (5 bits).
+pub const ZPACK_LEVEL_SHIFT: u32 = 24;
+
+/// The zstd level a request asks its agent to compress at ([`FLAG_ZPACK`]; 0: none).
+pub const fn pack_level(flags: u32) -> i32 {
+    if flags & FLAG_ZPACK == 0 {
+        0
+    } else {
+        ((flags >> ZPACK_LEVEL_SHIFT) & 0x1f) as i32
+    }
+}
+
 /// [`FLAG_ZPULL`]: the acknowledgement of a piece copied out of the process.
 pub const ZPULL_DONE: u8 = b'P';
 

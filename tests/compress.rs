@@ -600,7 +600,13 @@ fn pulled_split_image_restores() {
     let mut job = zmem_mixed(&sc, 24, 8, 0, 16);
     let pid = job.pid();
     let pulled = sc.next_image_path();
-    let res = checkpoint_env(&sc, pid, &["-v", "--compress"], &pulled, &[]);
+    let res = checkpoint_env(
+        &sc,
+        pid,
+        &["-v", "--compress"],
+        &pulled,
+        &[("CR_COMPRESS_PACK", "0")],
+    );
     res.assert_success();
     assert!(
         res.stderr.contains("zstd=split(")
@@ -615,7 +621,7 @@ fn pulled_split_image_restores() {
         pid,
         &["-v", "--compress"],
         &refused,
-        &[("CR_COMPRESS_PULL", "refuse")],
+        &[("CR_COMPRESS_PULL", "refuse"), ("CR_COMPRESS_PACK", "0")],
     );
     res.assert_success();
     assert!(
@@ -632,7 +638,7 @@ fn pulled_split_image_restores() {
         pid,
         &["-v", "--compress", "--term"],
         &piped,
-        &[("CR_COMPRESS_PULL", "0")],
+        &[("CR_COMPRESS_PULL", "0"), ("CR_COMPRESS_PACK", "0")],
     );
     res.assert_success();
     assert!(
@@ -670,7 +676,14 @@ fn pulled_split_image_restores_as_nobody() {
     let sc = Scenario::as_user("zstd-pull-nobody", NOBODY);
     let mut gen1 = zmem_mixed(&sc, 16, 8, 0, 8);
     let img1 = sc.next_image_path();
-    let res = checkpoint_env(&sc, gen1.pid(), &["-v", "--compress", "--term"], &img1, &[]);
+    let no_pack = [("CR_COMPRESS_PACK", "0")];
+    let res = checkpoint_env(
+        &sc,
+        gen1.pid(),
+        &["-v", "--compress", "--term"],
+        &img1,
+        &no_pack,
+    );
     res.assert_success();
     assert!(res.stderr.contains(" via=pull"), "{}", res.stderr);
     gen1.expect_signal(SIGTERM, DEATH_TIMEOUT);
@@ -681,7 +694,7 @@ fn pulled_split_image_restores_as_nobody() {
     let img2 = sc.next_image_path();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let res = loop {
-        let res = checkpoint_env(&sc, pid2, &["-v", "--compress", "--term"], &img2, &[]);
+        let res = checkpoint_env(&sc, pid2, &["-v", "--compress", "--term"], &img2, &no_pack);
         if res.success() || std::time::Instant::now() >= deadline || !pid_alive(pid2) {
             break res;
         }
@@ -717,6 +730,7 @@ fn killed_puller_lets_the_program_go() {
     let mut cmd = sc.command(&argv);
     cmd.env("CR_COMPRESS_ADAPT", "0");
     cmd.env("CR_COMPRESS_PULL", "stall");
+    cmd.env("CR_COMPRESS_PACK", "0");
     let mut ck = sc.start("cr_checkpoint (stalls)", cmd);
     ck.wait_line("pulls stalled", TOOL_TIMEOUT);
     ck.kill();
@@ -733,7 +747,198 @@ fn killed_puller_lets_the_program_go() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
     res.assert_success();
-    assert!(res.stderr.contains(" via=pull"), "{}", res.stderr);
+    assert!(res.stderr.contains(" via=pack("), "{}", res.stderr);
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    sc.assert_image_file(&img);
+    restart_pass(&sc, &img, &["--eager"]);
+}
+
+/// [`zmem_mixed`] with `env` in the program's environment (the agent's test knobs).
+fn zmem_env(sc: &Scenario, text: u32, random: u32, mixed: u32, env: &[(&str, &str)]) -> Job {
+    let mut prog = sc.program("zmem");
+    for a in [text, random, 0, mixed] {
+        prog.argv.push(a.to_string().into());
+    }
+    let mut cmd = sc.under_cr_run(&prog);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut job = sc.start("zmem", cmd);
+    job.wait_ready();
+    job
+}
+
+/// The names of `pid`'s threads that are the agent's compression helpers (`cr-zstd…`).
+fn pack_threads(pid: u32) -> Vec<String> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .filter(|c| c.starts_with("cr-zstd"))
+        .collect()
+}
+
+/// Waits up to 10 s for `f`; whether it held.
+fn wait_for(mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    f()
+}
+
+/// The pieces of a split image that go to the compressor are compressed by the agent's helper
+/// threads in the stopped program (`protocol::FLAG_ZPACK`, `agent::zpack`): the agent says
+/// `via=pack(N threads, M MiB)`, cr_checkpoint how many frames it got; the frames are the
+/// image's zstd frames (the text pieces all compressed), the image passes `cr_info --check` and
+/// restarts intact eagerly and lazily; no helper thread is left in the program. The restored
+/// process packs again (its own agent and helpers). An agent whose helpers cannot be made
+/// (`LIBCR_TEST_PACK=fail`) says so and the pieces are pulled instead.
+#[test]
+fn packed_split_image_restores() {
+    let sc = Scenario::new("zstd-pack");
+    let mut job = zmem_mixed(&sc, 24, 8, 0, 16);
+    let pid = job.pid();
+    let img = sc.next_image_path();
+    let res = checkpoint_env(&sc, pid, &["-v", "--compress", "--term"], &img, &[]);
+    res.assert_success();
+    assert!(
+        res.stderr.contains("zstd=split(")
+            && res.stderr.contains(" via=pack(")
+            && res.stderr.contains("frames compressed by the agent")
+            && !res.stderr.contains("not packed"),
+        "expected a split image the agent compressed:\n{}",
+        res.stderr
+    );
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    sc.assert_image_file(&img);
+    let f = fs::File::open(&img).expect("open");
+    let parsed = Image::open(&f).expect("the packed image reads");
+    assert_eq!(parsed.header.version, 6);
+    let zstd = parsed.zframes.iter().filter(|f| f.method == ZFRAME_ZSTD);
+    assert!(zstd.count() >= 24 + 8, "the text pieces are compressed");
+    assert!(
+        size(&img) < 24 << 20,
+        "{} bytes, not compressed",
+        size(&img)
+    );
+    info(&sc, &["--check"], &img).assert_success();
+    restart_pass(&sc, &img, &["--eager"]);
+    restart_pass(&sc, &img, &[]);
+
+    // The restored process packs too.
+    let mut gen2 = sc.restart(&img);
+    let pid2 = gen2.wait_child(READY_TIMEOUT);
+    wait_address_space_switched(&sc, pid2, std::time::Duration::from_secs(10));
+    let img2 = sc.next_image_path();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let res = loop {
+        let res = checkpoint_env(&sc, pid2, &["-v", "--compress"], &img2, &[]);
+        if res.success() || std::time::Instant::now() >= deadline || !pid_alive(pid2) {
+            break res;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    res.assert_success();
+    assert!(res.stderr.contains(" via=pack("), "{}", res.stderr);
+    assert!(
+        pack_threads(pid2).is_empty(),
+        "helper threads left: {:?}",
+        pack_threads(pid2)
+    );
+    sc.assert_image_file(&img2);
+    info(&sc, &["--check"], &img2).assert_success();
+    drop(gen2);
+
+    // Helpers that cannot be made: pulled, and said.
+    let mut job = zmem_env(&sc, 16, 8, 8, &[("LIBCR_TEST_PACK", "fail")]);
+    let img3 = sc.next_image_path();
+    let res = checkpoint_env(&sc, job.pid(), &["-v", "--compress", "--term"], &img3, &[]);
+    res.assert_success();
+    assert!(
+        res.stderr.contains(" via=pull") && res.stderr.contains("(not packed: errno 12)"),
+        "expected the pull fallback, said:\n{}",
+        res.stderr
+    );
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    sc.assert_image_file(&img3);
+    restart_pass(&sc, &img3, &["--eager"]);
+}
+
+/// cr_checkpoint killed, and `--time` running out, while the agent waits for its compression
+/// helpers (`LIBCR_TEST_PACK=stall`: a helper takes no piece after its first, named
+/// `cr-zstd-stall`): the checkpoint fails, no image is left, every helper thread is gone, the
+/// program runs on, and a later checkpoint succeeds and restarts intact.
+#[test]
+fn killed_packer_lets_the_program_go() {
+    let sc = Scenario::new("zstd-pack-killed");
+    let mut job = zmem_env(&sc, 24, 8, 16, &[("LIBCR_TEST_PACK", "stall")]);
+    let pid = job.pid();
+    let lost = sc.next_image_path();
+    let mut argv: Vec<OsString> = vec![sc.tools().cr_checkpoint.clone().into()];
+    argv.extend(["-v", "--compress", "-f"].map(OsString::from));
+    argv.extend([lost.clone().into(), pid.to_string().into()]);
+    let mut cmd = sc.command(&argv);
+    cmd.env("CR_COMPRESS_ADAPT", "0");
+    let mut ck = sc.start("cr_checkpoint (stalls)", cmd);
+    assert!(
+        wait_for(|| pack_threads(pid).iter().any(|t| t == "cr-zstd-stall")),
+        "no helper stalled: {:?}",
+        pack_threads(pid)
+    );
+    ck.kill();
+    assert!(
+        wait_for(|| pack_threads(pid).is_empty()),
+        "helper threads left after the requester died: {:?}",
+        pack_threads(pid)
+    );
+    assert!(!lost.exists(), "the killed checkpoint committed an image");
+    assert!(pid_alive(pid), "the program must run on");
+    // --time runs out while the helpers stall.
+    let timed = sc.next_image_path();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let res = loop {
+        let res = checkpoint_env(&sc, pid, &["-v", "--compress", "--time", "2"], &timed, &[]);
+        if !res.stderr.contains("busy") || std::time::Instant::now() >= deadline {
+            break res;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(
+        !res.success(),
+        "the stalled checkpoint must fail:\n{}",
+        res.stderr
+    );
+    assert!(
+        wait_for(|| pack_threads(pid).is_empty()),
+        "helper threads left after --time: {:?}",
+        pack_threads(pid)
+    );
+    assert!(
+        !timed.exists(),
+        "the timed-out checkpoint committed an image"
+    );
+    assert!(pid_alive(pid), "the program must run on");
+    let img = sc.next_image_path();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let res = loop {
+        let res = checkpoint_env(
+            &sc,
+            pid,
+            &["-v", "--compress", "--term"],
+            &img,
+            &[("CR_COMPRESS_PACK", "0")],
+        );
+        if res.success() || std::time::Instant::now() >= deadline || !pid_alive(pid) {
+            break res;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    res.assert_success();
     job.expect_signal(SIGTERM, DEATH_TIMEOUT);
     sc.assert_image_file(&img);
     restart_pass(&sc, &img, &["--eager"]);

@@ -585,6 +585,7 @@ fn write_rest(a: &WriterPage) -> Result<u64, (u32, Errno)> {
         adapt: true,
         pace: false,
         ack_fd: -1,
+        pack: 0,
         deadline_ns: a.deadline_ns,
         bounce: Some(bounce),
     };

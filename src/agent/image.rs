@@ -207,6 +207,15 @@ pub mod io_report {
     /// [`PULL`]: refused by the kernel (cr_checkpoint's `process_vm_readv` of the first
     /// piece): through the pipe.
     pub const PULL_REFUSED: u32 = 2;
+    /// [`PULL`]: compressed here by the agent's helpers (`protocol::FLAG_ZPACK`,
+    /// `agent::zpack`), only the frames piped.
+    pub const PACKED: u32 = 3;
+    /// [`PACKED`]: helpers started, and the bytes mapped for them.
+    pub static PACK_HELPERS: AtomicU64 = AtomicU64::new(0);
+    pub static PACK_MAPPED: AtomicU64 = AtomicU64::new(0);
+    /// Asked to compress here (`protocol::FLAG_ZPACK`) and could not: the errno (`ERANGE`: the
+    /// level is too high for it; 0: not asked, or done).
+    pub static PACK_ERRNO: AtomicI32 = AtomicI32::new(0);
     /// [`PACE`]: not asked to pace.
     pub const NOT_PACED: u64 = u64::MAX;
     /// CLOCK_MONOTONIC at: start of the write, metadata built, page data written, synced.
@@ -226,6 +235,9 @@ pub mod io_report {
         PACE.store(NOT_PACED, Relaxed);
         WAITED_NS.store(0, Relaxed);
         PULL.store(PULL_NONE, Relaxed);
+        PACK_HELPERS.store(0, Relaxed);
+        PACK_MAPPED.store(0, Relaxed);
+        PACK_ERRNO.store(0, Relaxed);
         for p in &PHASE_NS {
             p.store(now, Relaxed);
         }
@@ -322,6 +334,13 @@ pub mod io_report {
                 }
                 // Never silently: which way the compressor got its pieces.
                 match PULL.load(Relaxed) {
+                    PACKED => {
+                        out.push(b" via=pack(")
+                            .num(PACK_HELPERS.load(Relaxed))
+                            .push(b" threads, ")
+                            .num(PACK_MAPPED.load(Relaxed) >> 20)
+                            .push(b" MiB)");
+                    }
                     PULLED => {
                         out.push(b" via=pull");
                     }
@@ -329,6 +348,11 @@ pub mod io_report {
                         out.push(b" via=pipe(pull refused)");
                     }
                     _ => {}
+                }
+                let e = PACK_ERRNO.load(Relaxed);
+                if e != 0 {
+                    // Asked to compress here and could not: never silently.
+                    out.push(b" (not packed: errno ").num(e as u64).push(b")");
                 }
             }
         }
@@ -726,6 +750,7 @@ fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
                     adapt: job.flags & crate::protocol::FLAG_ZWAIT == 0,
                     pace: job.flags & crate::protocol::FLAG_ZPACE != 0,
                     ack_fd: job.ack_fd,
+                    pack: crate::protocol::pack_level(job.flags),
                     deadline_ns: job.deadline_ns,
                     bounce: None,
                 };
@@ -748,6 +773,7 @@ fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
         adapt: job.flags & crate::protocol::FLAG_ZWAIT == 0,
         pace: job.flags & crate::protocol::FLAG_ZPACE != 0,
         ack_fd: job.ack_fd,
+        pack: crate::protocol::pack_level(job.flags),
         deadline_ns: job.deadline_ns,
         bounce: None,
     };
@@ -1009,6 +1035,9 @@ pub struct Dest<'a> {
     /// [`Job::ack_fd`]: a split image's pieces for the compressor are read from our memory by
     /// cr_checkpoint (`protocol::FLAG_ZPULL`); -1: piped.
     pub ack_fd: i32,
+    /// `protocol::FLAG_ZPACK`: the zstd level a split image's pieces for the compressor are
+    /// compressed at here (`agent::zpack`); 0: not asked.
+    pub pack: i32,
     /// `--time` (CLOCK_MONOTONIC; `u64::MAX`: none).
     pub deadline_ns: u64,
     /// A buffer the page data is copied through (`memory::write_data`), or none.
@@ -1099,6 +1128,7 @@ fn finish_or_hold(
         adapt,
         pace,
         ack_fd,
+        pack,
         deadline_ns,
         bounce,
     } = out;
@@ -1247,6 +1277,7 @@ fn finish_or_hold(
             adapt,
             pace,
             ack_fd,
+            pack,
             deadline_ns,
         );
         unreadable.set(false);

@@ -1390,7 +1390,10 @@ impl Iterator for Pieces<'_> {
 /// written raw because the compressor was behind, the pace and the wait for the compressor,
 /// and how the pieces went (`io_report::PULL`) ([`Split`]). Not `adapt`
 /// (`protocol::FLAG_ZWAIT`): every piece that looks compressible goes to the compressor, which
-/// is waited for.
+/// is waited for. With `pack_level` > 0 (`protocol::FLAG_ZPACK`) the pieces for the compressor
+/// are compressed here first, by the helpers of [`super::zpack`], and only their frames go into
+/// the pipe ("the compressor is behind": every helper holds a piece); where the helpers cannot
+/// be made, pulled or piped as above (`io_report::PACK_ERRNO`, said under `-v`).
 ///
 /// The disk and the compressor work at once: whenever the ring is full (the next submission
 /// would wait for the disk), the next piece for the compressor is handed over ahead of its
@@ -1406,6 +1409,7 @@ pub fn write_split(
     adapt: bool,
     pace: bool,
     ack: i32,
+    pack_level: i32,
     deadline_ns: u64,
 ) -> Result<Split, Errno> {
     use crate::image::format::ZPLAN_END;
@@ -1423,7 +1427,7 @@ pub fn write_split(
     // for the pipe to take a whole piece stalled the disk for a compression.)
     // Nothing of the program's memory may change between a piece's hash and its write or pull
     // (see `write_data_from`): the figures are counted here and stored at the end.
-    let mut feed = Feed::new(pipe, ack, adapt, deadline_ns)?;
+    let mut feed = Feed::new(pipe, ack, adapt, deadline_ns, pack_level)?;
     // The pieces for the compressor started so far (ahead of their turn, or in it) and those
     // gone raw because the compressor was behind: those before index `piped`.
     let mut ahead = Pieces::new(extents);
@@ -1532,6 +1536,8 @@ pub fn write_split(
     // The rest of the piece in the pipe, waiting for the pipe now; every piece of ours is in
     // the file: the end of the page data in the stream; and every pulled piece read.
     feed.flush()?;
+    // (Every helper gone before anything else: `zpack::Pack`'s drop.)
+    feed.pack = None;
     let end = ZPLAN_END.to_le_bytes();
     super::image::write_counted(pipe, end.as_ptr() as usize, 8, &mut feed.c)?;
     feed.all_pulled(deadline_ns)?;
@@ -1608,13 +1614,40 @@ struct Feed {
     c: super::image::Counted,
     /// Pieces given to the compressor (their indices are in the stream, not image bytes).
     tags: u64,
-    /// The hash of the page data given to the compressor, in file order.
+    /// The hash of the page data given to the compressor, in file order (of a packed piece:
+    /// its frame).
     hp: xxhash_rust::xxh3::Xxh3,
+    /// `protocol::FLAG_ZPACK`: the helpers that compress the pieces here (`agent::zpack`);
+    /// `None`: pulled or piped.
+    pack: Option<super::zpack::Pack>,
 }
 
 impl Feed {
-    fn new(pipe: i32, ack: i32, adapt: bool, deadline_ns: u64) -> Result<Feed, Errno> {
+    fn new(
+        pipe: i32,
+        ack: i32,
+        adapt: bool,
+        deadline_ns: u64,
+        pack_level: i32,
+    ) -> Result<Feed, Errno> {
         use super::image::io_report;
+        use core::sync::atomic::Ordering::Relaxed;
+        // Compressed here where asked and possible; else (said under -v) pulled or piped.
+        let pack = if pack_level > 0 {
+            match super::zpack::Pack::start(pack_level) {
+                Ok(p) => {
+                    io_report::PACK_HELPERS.store(p.helpers() as u64, Relaxed);
+                    io_report::PACK_MAPPED.store(p.mapped as u64, Relaxed);
+                    Some(p)
+                }
+                Err(e) => {
+                    io_report::PACK_ERRNO.store(e.0, Relaxed);
+                    None
+                }
+            }
+        } else {
+            None
+        };
         if ack >= 0 {
             // Acknowledgements are taken as they come, never waited for in a read.
             let fl = sys::fcntl(ack, libc::F_GETFL, 0)?;
@@ -1628,7 +1661,9 @@ impl Feed {
             pending: None,
             handed: 0,
             acked: 0,
-            pull: if ack >= 0 {
+            pull: if pack.is_some() {
+                io_report::PACKED
+            } else if ack >= 0 {
                 io_report::PULLED
             } else {
                 io_report::PULL_NONE
@@ -1636,7 +1671,49 @@ impl Feed {
             c: super::image::Counted::start(),
             tags: 0,
             hp: xxhash_rust::xxh3::Xxh3::new(),
+            pack,
         })
+    }
+
+    /// Packed: sends the pieces the helpers are done with, in the order they were given (the
+    /// stream's order): each its index with `ZPLAN_PACKED`, the frame's length and the frame;
+    /// or, when the frame would not save enough, its index and its bytes as a piped piece
+    /// (cr_checkpoint stores it raw).
+    fn emit(&mut self) -> Result<(), Errno> {
+        use super::image::write_counted;
+        use crate::image::format::ZPLAN_PACKED;
+        let Some(p) = self.pack.as_mut() else {
+            return Ok(());
+        };
+        while let Some((i, addr, n, frame)) = p.take() {
+            match frame {
+                Some((at, len)) => {
+                    let tag = (i as u64 | ZPLAN_PACKED).to_le_bytes();
+                    write_counted(self.pipe, tag.as_ptr() as usize, 8, &mut self.c)?;
+                    // (The frame is not image bytes: the piece counts as written, as a pulled
+                    // one does.)
+                    let mut aside = super::image::Counted::start();
+                    let head = (len as u64).to_le_bytes();
+                    write_counted(self.pipe, head.as_ptr() as usize, 8, &mut aside)?;
+                    write_counted(self.pipe, at, len, &mut aside)?;
+                    // SAFETY: the helper's buffer, `len` bytes of its frame (it is DONE and
+                    // untouched until released).
+                    self.hp
+                        .update(unsafe { core::slice::from_raw_parts(at as *const u8, len) });
+                    self.c.written += n as u64;
+                }
+                None => {
+                    let tag = (i as u64).to_le_bytes();
+                    write_counted(self.pipe, tag.as_ptr() as usize, 8, &mut self.c)?;
+                    // SAFETY: as in write_data: readable program memory, the program parked.
+                    self.hp
+                        .update(unsafe { core::slice::from_raw_parts(addr as *const u8, n) });
+                    write_counted(self.pipe, addr, n, &mut self.c)?;
+                }
+            }
+            p.release();
+        }
+        Ok(())
     }
 
     /// Takes the acknowledgements there are; true when cr_checkpoint refused the first piece
@@ -1670,6 +1747,22 @@ impl Feed {
     /// the piece before, or [`PULL_AHEAD`] pieces are not pulled yet. (Not `adapt`: never
     /// behind, the compressor is waited for.)
     fn busy(&mut self) -> Result<bool, Errno> {
+        if self.pack.is_some() {
+            loop {
+                self.emit()?;
+                let Some(p) = self.pack.as_ref() else {
+                    return Ok(false);
+                };
+                if p.has_room() {
+                    return Ok(false);
+                }
+                if self.adapt {
+                    return Ok(true);
+                }
+                super::image::write_must_stop(self.deadline_ns)?;
+                p.wait(10_000_000);
+            }
+        }
         if self.ack < 0 {
             self.push()?;
             return Ok(self.pending.is_some());
@@ -1693,7 +1786,9 @@ impl Feed {
 
     /// Waits up to `ns` for the compressor to take more.
     fn wait(&self, ns: u64) {
-        if self.ack >= 0 {
+        if let Some(p) = self.pack.as_ref() {
+            p.wait(ns);
+        } else if self.ack >= 0 {
             sys::ppoll_one(self.ack, libc::POLLIN, ns);
         } else {
             sys::ppoll_one(self.pipe, libc::POLLOUT, ns);
@@ -1752,6 +1847,11 @@ impl Feed {
     fn start(&mut self, i: usize, addr: usize, n: u64, deadline_ns: u64) -> Result<(), Errno> {
         use crate::image::format::ZPLAN_PULL;
         self.tags += 1;
+        if let Some(p) = self.pack.as_mut() {
+            // (Hashed when it is sent, `emit`: the stream's hash covers the frame.)
+            p.give(i, addr, n as usize);
+            return Ok(());
+        }
         // SAFETY: as in write_data: readable program memory, the program parked.
         self.hp
             .update(unsafe { core::slice::from_raw_parts(addr as *const u8, n as usize) });
@@ -1800,8 +1900,18 @@ impl Feed {
         Ok(())
     }
 
-    /// The rest of a piece in the pipe, waiting for the pipe now.
+    /// The rest of a piece in the pipe, waiting for the pipe now; packed, every piece the
+    /// helpers have, waiting for them (not past `--time`, nor once the requester is gone).
     fn flush(&mut self) -> Result<(), Errno> {
+        loop {
+            self.emit()?;
+            let Some(p) = self.pack.as_ref() else { break };
+            if !p.outstanding() {
+                break;
+            }
+            super::image::write_must_stop(self.deadline_ns)?;
+            p.wait(10_000_000);
+        }
         if let Some(p) = self.pending.take() {
             let tag = p.tag;
             super::image::write_counted(

@@ -29,6 +29,7 @@ pub mod resume;
 pub mod scratch;
 pub mod sysvmsg;
 pub mod sysvsem;
+pub mod zpack;
 
 use crate::sys;
 use core::sync::atomic::{AtomicBool, AtomicIsize, AtomicU32, AtomicUsize, Ordering::*};
@@ -223,6 +224,7 @@ pub fn init() -> bool {
     unsafe { __register_atfork(None, None, Some(after_fork_child), &__dso_handle) };
     ctlstart::prepare();
     offload::init();
+    zpack::init();
     quiesce::init_test_knobs();
     // The control socket is bound on the first wake-up where the control thread can start on
     // the first connection (issue 11, idle cost; docs/ARCHITECTURE.md, "Start-up").

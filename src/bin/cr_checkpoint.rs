@@ -541,6 +541,8 @@ fn main() {
                 )
             } else if st.pulled > 0 {
                 format!("; {} pieces pulled from the process", st.pulled)
+            } else if st.packed > 0 {
+                format!("; {} frames compressed by the agent", st.packed)
             } else {
                 String::new()
             };

@@ -294,8 +294,19 @@ fn request(opts: &Options, scope: i32, out: &Out) -> Request {
         if pull {
             req.flags |= protocol::FLAG_ZPULL;
         }
+        // The agent compresses the pieces itself where it can (`via=pack`, `agent::zpack`),
+        // at the same level; else it pulls or pipes them as above, saying why.
+        // `CR_COMPRESS_PACK=0` never asks.
+        let level = opts.compress.unwrap_or(0);
+        let pack = (1..=crate::agent::zpack::MAX_LEVEL).contains(&level)
+            && std::env::var_os("CR_COMPRESS_PACK").is_none_or(|v| v != "0");
+        if pack {
+            req.flags |= protocol::FLAG_ZPACK | (level as u32) << protocol::ZPACK_LEVEL_SHIFT;
+        }
         let pace = std::env::var_os("CR_COMPRESS_PACE");
-        if pace.as_ref().is_some_and(|v| v == "1") || (pull && pace.is_none_or(|v| v != "0")) {
+        if pace.as_ref().is_some_and(|v| v == "1")
+            || ((pull || pack) && pace.is_none_or(|v| v != "0"))
+        {
             req.flags |= protocol::FLAG_ZPACE;
         }
     }
@@ -794,6 +805,7 @@ impl<'a> Cut<'a> {
                 all.raw_frames += st.raw_frames;
                 all.agent_frames += st.agent_frames;
                 all.pulled += st.pulled;
+                all.packed += st.packed;
                 if st.pull_refused != 0 {
                     all.pull_refused = st.pull_refused;
                 }

@@ -6,7 +6,8 @@
 //! The agents are not involved: they write raw images to a pipe (allocation-free, as ever), and
 //! `cr_checkpoint`, a normal process, compresses. (A split image's agent hands the pieces for
 //! the compressor over by index only where it may: they are read from its memory here, [`Pull`],
-//! `protocol::FLAG_ZPULL`.)
+//! `protocol::FLAG_ZPULL`; or, at levels 1-4, compresses them itself on helper threads with
+//! static contexts, `agent::zpack`, `protocol::FLAG_ZPACK`: its frames are stored as they come.)
 
 use super::format::*;
 use super::tree::TREE_MAGIC;
@@ -178,6 +179,9 @@ pub struct Stats {
     pub pulled: u64,
     /// The errno of a refused first pull (0: none; the pieces came through the pipe then).
     pub pull_refused: i32,
+    /// Frames the agent compressed itself (`ZPLAN_PACKED`, `protocol::FLAG_ZPACK`), stored as
+    /// they came.
+    pub packed: u64,
 }
 
 /// `--compress` to a file (`protocol::FLAG_ZPULL`): the pieces a split image's agent hands
@@ -617,10 +621,13 @@ struct Done {
     n: Option<usize>,
     /// The piece could not be pulled from the process.
     err: Option<String>,
+    /// Compressed by the agent (`ZPLAN_PACKED`): `packed[..n]` is the frame, `raw` empty; the
+    /// frame's bytes count in the stream's hash.
+    pre: bool,
 }
 
 /// A compression thread's zstd contexts, made once and reused for every frame.
-struct Packer {
+pub(crate) struct Packer {
     /// `level`, content checksum on.
     fast: zstd::bulk::Compressor<'static>,
     /// The same with long-distance matching: for frames whose sample compresses very well.
@@ -631,7 +638,7 @@ struct Packer {
 const LONG_RATIO: usize = 10;
 
 impl Packer {
-    fn new(level: i32) -> Option<Packer> {
+    pub(crate) fn new(level: i32) -> Option<Packer> {
         use zstd::zstd_safe::CParameter;
         let mut fast = zstd::bulk::Compressor::new(level).ok()?;
         fast.set_parameter(CParameter::ChecksumFlag(true)).ok()?;
@@ -646,30 +653,60 @@ impl Packer {
         Some(Packer { fast, long })
     }
 
-    /// Compresses `raw` into `out` unless a sample shows it is incompressible; `None`: store
-    /// raw. A sample that compresses more than [`LONG_RATIO`] times (long runs of a short
-    /// pattern) has the frame compressed with long-distance matching: zstd's fast levels match
-    /// such data a few bytes at a time (about 20:1 at 0.3 GB/s), long-distance matching in
-    /// whole runs (thousands to one, several times faster).
-    fn pack(&mut self, raw: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+    /// Compresses `raw` into `out` by [`pack_by_rule`].
+    pub(crate) fn pack(&mut self, raw: &[u8], out: &mut Vec<u8>) -> Option<usize> {
         let bound = zstd::zstd_safe::compress_bound(raw.len());
         out.clear();
         out.reserve(bound);
-        let mut long = false;
-        if raw.len() > 4 * SAMPLE {
-            // The middle of the frame: its start is often a header of sorts.
-            let s = &raw[raw.len() / 2 - SAMPLE / 2..][..SAMPLE];
-            let n = self.fast.compress_to_buffer(s, out).ok()?;
-            if n > SAMPLE - SAMPLE / 8 {
-                return None;
-            }
-            long = n < SAMPLE / LONG_RATIO;
+        let (fast, long) = (&mut self.fast, &mut self.long);
+        pack_by_rule(raw, |l, src| {
             out.clear();
-        }
-        let c = if long { &mut self.long } else { &mut self.fast };
-        let n = c.compress_to_buffer(raw, out).ok()?;
-        (n < raw.len() - raw.len() / 16).then_some(n)
+            let c = if l { &mut *long } else { &mut *fast };
+            c.compress_to_buffer(src, out).ok()
+        })
     }
+}
+
+/// The rule both compressors follow (cr_checkpoint's [`Packer`] and the agent's helpers,
+/// `agent::zpack`): `z(long, src)` compresses `src` with the fast context or (`long`) the one
+/// with long-distance matching and returns the frame's length. `None`: store `raw` raw, as a
+/// sample shows it incompressible (a 16 KiB sample from the middle of the piece, compressed
+/// first, saves less than 1/8) or the frame saves less than 1/16. A sample that compresses
+/// more than [`LONG_RATIO`] times (long runs of a short pattern) has the frame compressed with
+/// long-distance matching: zstd's fast levels match such data a few bytes at a time (about
+/// 20:1 at 0.3 GB/s), long-distance matching in whole runs (thousands to one, several times
+/// faster). No allocation, no panic (the agent's helpers call it in the stop).
+pub fn pack_by_rule(raw: &[u8], mut z: impl FnMut(bool, &[u8]) -> Option<usize>) -> Option<usize> {
+    let mut long = false;
+    if raw.len() > 4 * SAMPLE {
+        // The middle of the frame: its start is often a header of sorts.
+        let s = raw.get(raw.len() / 2 - SAMPLE / 2..raw.len() / 2 + SAMPLE / 2)?;
+        let n = z(false, s)?;
+        if n > SAMPLE - SAMPLE / 8 {
+            return None;
+        }
+        long = n < SAMPLE / LONG_RATIO;
+    }
+    let n = z(long, raw)?;
+    (n < raw.len() - raw.len() / 16).then_some(n)
+}
+
+/// Checks a frame the agent compressed (`ZPLAN_PACKED`) for a piece of `raw_len` bytes: one
+/// whole zstd frame of that content size, with its content checksum (what restart checks).
+fn check_packed(frame: &[u8], raw_len: u64) -> Result<(), &'static str> {
+    match zstd::zstd_safe::find_frame_compressed_size(frame) {
+        Ok(n) if n == frame.len() => {}
+        _ => return Err("not one whole zstd frame"),
+    }
+    match zstd::zstd_safe::get_frame_content_size(frame) {
+        Ok(Some(n)) if n == raw_len => {}
+        _ => return Err("its content size is not the piece's"),
+    }
+    // The frame header descriptor (after the 4-byte magic): Content_Checksum_flag, bit 2.
+    if frame.get(4).is_none_or(|d| d & 4 == 0) {
+        return Err("no content checksum");
+    }
+    Ok(())
 }
 
 /// Reads the raw image stream from `src` and writes it, each image's page data compressed, to
@@ -870,6 +907,8 @@ fn one_image(
     // threads, each as it takes the piece: the copy out of the process, about as costly as
     // the compression here, runs on every core), and the errno of a refused first pull.
     let npulled = std::sync::atomic::AtomicU64::new(0);
+    // Pieces the agent compressed itself (`ZPLAN_PACKED`).
+    let npacked = std::sync::atomic::AtomicU64::new(0);
     let (frames, raw_hash, hi) = std::thread::scope(|s| -> Result<_, String> {
         // Buffers of compressed frames, back from the writer for reuse (no fresh memory per
         // frame).
@@ -938,6 +977,7 @@ fn one_image(
                             packed,
                             n,
                             err,
+                            pre: false,
                         })
                         .is_err()
                     {
@@ -953,6 +993,8 @@ fn one_image(
         if let (0, Some(e)) = (started, spawn_err) {
             return Err(format!("cannot create a compression thread: {e}"));
         }
+        // (The reader's, for the frames the agent compressed: they go to the writer directly.)
+        let done_rd = done_tx.clone();
         drop(done_tx);
         let pieces_ref = &pieces;
         let spare_w = Arc::clone(&spare);
@@ -976,7 +1018,12 @@ fn one_image(
                         if let Some(e) = d.err {
                             return Err(e);
                         }
-                        h.update(&d.raw);
+                        if d.pre {
+                            h.update(d.packed.get(..d.n.unwrap_or(0)).unwrap_or_default());
+                            st.packed += 1;
+                        } else {
+                            h.update(&d.raw);
+                        }
                         let (raw_off, raw_len) = pieces_ref[d.seq];
                         let (bytes, method) = match d.n {
                             Some(n) => (&d.packed[..n], ZFRAME_ZSTD),
@@ -1008,7 +1055,9 @@ fn one_image(
                             }
                             None => bw.push(d.seq, f, bytes)?,
                         }
-                        let _ = free_tx.send(d.raw);
+                        if d.raw.capacity() > 0 {
+                            let _ = free_tx.send(d.raw);
+                        }
                         if let Ok(mut v) = spare_w.lock() {
                             v.push(d.packed);
                         }
@@ -1036,24 +1085,31 @@ fn one_image(
         let mut refused = 0i32;
         let mut read = || -> Result<(), String> {
             let npieces = pieces.len() as u64;
-            // The next piece's index, and whether it is to be pulled (`ZPLAN_PULL`).
-            let next_tag =
-                |src: &mut dyn Source, after: Option<usize>| -> Result<(u64, bool), String> {
-                    let mut tag = [0u8; 8];
-                    need(src, &mut tag)?;
-                    let t = u64::from_le_bytes(tag);
-                    let pulled = t != ZPLAN_END && t & ZPLAN_PULL != 0;
-                    let t = if pulled { t & !ZPLAN_PULL } else { t };
-                    let ok = t == ZPLAN_END || (t < npieces && after.is_none_or(|a| t > a as u64));
-                    if !ok {
-                        return Err("bad image in the stream: piece index out of order".into());
-                    }
-                    Ok((t, pulled))
+            // The next piece's index, whether it is to be pulled (`ZPLAN_PULL`), and whether
+            // the agent compressed it (`ZPLAN_PACKED`).
+            type Tag = (u64, bool, bool);
+            let next_tag = |src: &mut dyn Source, after: Option<usize>| -> Result<Tag, String> {
+                let mut tag = [0u8; 8];
+                need(src, &mut tag)?;
+                let t = u64::from_le_bytes(tag);
+                let pulled = t != ZPLAN_END && t & ZPLAN_PULL != 0;
+                let packed = t != ZPLAN_END && t & ZPLAN_PACKED != 0;
+                let t = if t == ZPLAN_END {
+                    t
+                } else {
+                    t & !(ZPLAN_PULL | ZPLAN_PACKED)
                 };
-            let (mut tagged, mut pulled) = if split {
+                let ok = t == ZPLAN_END
+                    || (t < npieces && after.is_none_or(|a| t > a as u64) && !(pulled && packed));
+                if !ok {
+                    return Err("bad image in the stream: piece index out of order".into());
+                }
+                Ok((t, pulled, packed))
+            };
+            let (mut tagged, mut pulled, mut packed) = if split {
                 next_tag(src, None)?
             } else {
-                (0, false)
+                (0, false, false)
             };
             let mut first = true;
             for (seq, &(_, n)) in pieces.iter().enumerate() {
@@ -1063,6 +1119,40 @@ fn one_image(
                 }
                 if sampled[seq] {
                     return Err("bad image in the stream: a piece of the agent's piped".into());
+                }
+                if packed {
+                    // Compressed by the agent: its frame, checked and stored as it is.
+                    let mut len = [0u8; 8];
+                    need(src, &mut len)?;
+                    let len = u64::from_le_bytes(len);
+                    if len == 0 || len > ZPACK_MAX {
+                        return Err("bad image in the stream: a packed piece's length".into());
+                    }
+                    let mut frame = spare
+                        .lock()
+                        .ok()
+                        .and_then(|mut v| v.pop())
+                        .unwrap_or_default();
+                    frame.resize(len as usize, 0);
+                    need(src, &mut frame)?;
+                    check_packed(&frame, n as u64)
+                        .map_err(|m| format!("bad image in the stream: packed piece {seq}: {m}"))?;
+                    npacked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let d = Done {
+                        k,
+                        seq,
+                        raw: Vec::new(),
+                        packed: frame,
+                        n: Some(len as usize),
+                        err: None,
+                        pre: true,
+                    };
+                    if done_rd.send(d).is_err() {
+                        return Ok(());
+                    }
+                    k += 1;
+                    (tagged, pulled, packed) = next_tag(src, Some(seq))?;
+                    continue;
                 }
                 // At most a few pieces per thread in flight: reuse the buffers that came back.
                 let mut buf = match free_rx.try_recv() {
@@ -1113,13 +1203,14 @@ fn one_image(
                 }
                 k += 1;
                 if split {
-                    (tagged, pulled) = next_tag(src, Some(seq))?;
+                    (tagged, pulled, packed) = next_tag(src, Some(seq))?;
                     // (Not once pieces were pulled: the agent kept to a plain checkpoint's
                     // time already, and waits for nothing compressed; the few pieces held
                     // here take milliseconds.)
                     if tagged == ZPLAN_END
                         && adapt
                         && npulled.load(std::sync::atomic::Ordering::Relaxed) == 0
+                        && npacked.load(std::sync::atomic::Ordering::Relaxed) == 0
                     {
                         ending.store(true, std::sync::atomic::Ordering::Relaxed);
                     }
@@ -1135,6 +1226,7 @@ fn one_image(
             stats.pull_refused = refused;
         }
         drop(job_tx);
+        drop(done_rd);
         let written = writer
             .join()
             .unwrap_or_else(|_| Err("a compression thread failed".into()));
@@ -1144,6 +1236,7 @@ fn one_image(
         stats.raw += st.raw;
         stats.zstd_frames += st.zstd_frames;
         stats.raw_frames += st.raw_frames;
+        stats.packed += st.packed;
         Ok((placed, digest, hi))
     })?;
 

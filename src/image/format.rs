@@ -328,6 +328,17 @@ pub const ZPLAN_END: u64 = u64::MAX;
 /// rest of the stream by bytes as without pulls.
 pub const ZPLAN_PULL: u64 = 1 << 62;
 
+/// Set in a piece's index in a split image's stream (see [`REC_ZPLAN`]) when the agent
+/// compressed the piece itself (`protocol::FLAG_ZPACK`, `agent::zpack`): a little-endian `u64`,
+/// the frame's length (at most [`ZPACK_MAX`]), then that one zstd frame (content size and
+/// checksum in it), which `cr_checkpoint` stores as it is (`ZFRAME_ZSTD`). Its bytes, not the
+/// piece's, count in the stream's hash ([`ZPLAN_HASH_AT`]).
+pub const ZPLAN_PACKED: u64 = 1 << 61;
+
+/// Longest frame a packed piece ([`ZPLAN_PACKED`]) may have: a frame that saves less than 1/16
+/// is stored raw instead, so this is far above any real one.
+pub const ZPACK_MAX: u64 = 2 << 20;
+
 /// The head of [`REC_ZPLAN`], 24 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Debug, PartialEq, Eq)]
@@ -343,7 +354,8 @@ pub struct ZPlan {
 const _: () = assert!(core::mem::size_of::<ZPlan>() == 24);
 
 /// Byte of the trailer page of a split image's stream (see [`REC_ZPLAN`]) that holds the xxh3
-/// of the page data in the stream (the pieces the agent did not write), in file order.
+/// of the page data in the stream (the pieces the agent did not write; of a packed piece,
+/// [`ZPLAN_PACKED`], its frame's bytes), in file order.
 pub const ZPLAN_HASH_AT: usize = 64;
 
 /// [`ZFrame::method`]: the bytes are stored as they are.
