@@ -25,6 +25,9 @@ pub const REQ_CHECKPOINT: u32 = 1;
 pub const REQ_RELEASE: u32 = 2;
 /// Request (after [`STATUS_QUIESCED`] of a [`FLAG_BARRIER`] request): write the image now.
 pub const REQ_WRITE: u32 = 3;
+/// Request (after [`STATUS_SIZED`] of a [`FLAG_PLACED`] write): the image's offset in the file,
+/// in `parent_size` ([`Request::place`]); the agent then writes it there.
+pub const REQ_PLACE: u32 = 4;
 
 /// Request flag: store the executable's mappings by content (`--save-exe`).
 pub const FLAG_SAVE_EXE: u32 = 0x10;
@@ -221,6 +224,22 @@ pub const ZPULL_DONE: u8 = b'P';
 /// through the pipe.
 pub const ZPULL_REFUSED: u8 = b'R';
 
+/// [`REQ_WRITE`] flag: the images of a cut are written at once (docs/ARCHITECTURE.md "Checkpoint
+/// of several processes"): the agent builds its metadata, answers [`STATUS_SIZED`] with its
+/// image's exact length, waits for [`REQ_PLACE`] with the offset, and writes its image there
+/// with positioned writes only (the description is shared with the other members: its file
+/// position means nothing), leaving `O_DIRECT` set. Sent only to an agent whose
+/// [`STATUS_QUIESCED`] carried [`CAP_PLACED`] (an older agent's did not: it writes in turn).
+pub const FLAG_PLACED: u32 = 0x800000;
+
+/// With [`FLAG_PLACED`]: no `fdatasync` of the image by the agent; the requester syncs the
+/// whole file once every image is written.
+pub const FLAG_PLACED_NOSYNC: u32 = 0x1000000;
+
+/// `Reply::bytes` bit of [`STATUS_QUIESCED`]: this agent knows [`FLAG_PLACED`] (and has no
+/// forwarded processes whose images it would append to its own).
+pub const CAP_PLACED: u64 = 1;
+
 /// Progress messages ([`FLAG_PROGRESS`]) are sent at most this often (and once when the page
 /// data starts).
 pub const PROGRESS_INTERVAL_MS: u64 = 100;
@@ -350,6 +369,18 @@ impl Request {
         self.dest[..n].copy_from_slice(&path[..n]);
         self.dest_len = n as u32;
     }
+
+    /// A [`REQ_PLACE`] request: the image goes at `offset` of the file.
+    pub fn place(offset: u64) -> Request {
+        let mut r = Request::new(REQ_PLACE);
+        r.parent_size = offset;
+        r
+    }
+
+    /// The offset of a [`REQ_PLACE`] request.
+    pub fn place_offset(&self) -> u64 {
+        self.parent_size
+    }
 }
 
 /// `Reply::status` of the first message of an accepted request: the checkpoint is now pending
@@ -363,6 +394,10 @@ pub const STATUS_QUIESCED: i32 = -2;
 /// `Reply::status` of a progress message ([`FLAG_PROGRESS`]): `bytes` of the image are written,
 /// of [`Reply::progress_total`]. The final reply follows.
 pub const STATUS_PROGRESS: i32 = -3;
+
+/// `Reply::status` of the message a [`FLAG_PLACED`] write sends once its metadata is built:
+/// `bytes` is the image's exact length; the agent then waits for [`REQ_PLACE`] (or a release).
+pub const STATUS_SIZED: i32 = -4;
 
 /// Waits for the agent to accept a request: consumes the [`STATUS_ACCEPTED`] message and returns
 /// `Ok(None)`, or returns a final reply that came instead (left unread when `keep` is set).

@@ -1251,6 +1251,92 @@ fn target_killed_at_each_phase() {
     }
 }
 
+/// A process of a tree SIGKILLed while the tree's images are written at once (`bigmem 96 3`:
+/// once cr_checkpoint's file holds every image's range, the agents have their places and
+/// write): cr_checkpoint fails with one line saying the process was killed while stopped for
+/// the checkpoint, leaves no file, and the two others run again (their CPU time grows: they
+/// were released, and stopped writing, when the checkpoint was given up). The tree's first
+/// image, written at once too, restores to PASS: each of the three processes compares its whole
+/// buffer after GO.
+#[test]
+fn member_killed_while_images_written_at_once() {
+    let sc = Scenario::new("fault-member-killed-at-once");
+    let mut prog = sc.program("bigmem");
+    prog.argv.extend(["96".into(), "3".into()]);
+    let mut job = sc.start("bigmem", sc.under_cr_run(&prog));
+    job.wait_ready();
+    let pid = job.pid();
+    let kids = descendants(pid);
+    assert_eq!(
+        kids.len(),
+        2,
+        "bigmem 96 3 should have two children: {kids:?}"
+    );
+    let old = sc.checkpoint(pid, &[]);
+    let what = "a child killed while the images are written at once";
+    let img = sc.img_dir().join("at-once.img");
+    let listing = names(&sc.img_dir());
+    let mut tool = start_checkpoint(&sc, &["-v"], &img, pid, "");
+    let deadline = Instant::now() + TOOL_TIMEOUT;
+    while largest_open_file(tool.pid()) < 3 * (96 << 20) {
+        assert!(
+            tool.try_wait_exit(Duration::ZERO).is_none() && Instant::now() < deadline,
+            "{what}: the checkpoint ended before the kill:\n{}",
+            tool.diag()
+        );
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    let victim = kids[0];
+    sigkill_one(victim);
+    let (st, stderr) = finish_tool(&mut tool, what);
+    assert!(
+        stderr.contains("writing the 3 images at once"),
+        "{what}: the images should have been written at once: {stderr}"
+    );
+    let line = stderr
+        .lines()
+        .filter(|l| !l.contains("writing the 3 images"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let line = one_line_failure(st, &line, what);
+    assert!(
+        line.contains(&victim.to_string())
+            && line.contains("killed")
+            && line.contains("stopped for the checkpoint"),
+        "{what}: the message should say {victim} was killed while stopped: {line}"
+    );
+    assert!(!img.exists(), "{what}: a partial image at the final path");
+    assert_eq!(names(&sc.img_dir()), listing, "{what}: files left");
+    for p in [pid, kids[1]] {
+        let before = cpu_ticks(p);
+        let deadline = Instant::now() + TOOL_TIMEOUT;
+        while cpu_ticks(p) <= before + 2 {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: process {p} does not run again (CPU ticks stay at {before})"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    job.assert_running(what);
+    let msg = format!("{}: {what}: {st}: {line}", sc.name());
+    eprintln!("{msg}");
+    sc.note(&msg);
+    sigkill_one(kids[1]);
+    sigkill_one(pid);
+    job.expect_signal(libc::SIGKILL, DEATH_TIMEOUT);
+    let deadline = Instant::now() + DEATH_TIMEOUT;
+    while [victim, kids[1]].iter().any(|&p| proc_stat(p).is_some()) {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the children do not go away"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    sc.go();
+    sc.restart(&old).expect_pass(RESTART_TIMEOUT);
+}
+
 /// The target execs its program again (`fault_target 8 plain`) in a thread callback (mode `cb`
 /// with `$CR_TEST_DIR/exec`). With `-p` the checkpoint fails with one line and leaves no file;
 /// with the default tree scope the new program (with a new agent) is asked again and its image

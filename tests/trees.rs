@@ -1040,6 +1040,71 @@ fn session_scope() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Images written at once
+// ---------------------------------------------------------------------------------------------
+
+/// `bigmem 24 4`: four processes, each with 24 MiB of a pattern of its own that it keeps
+/// changing until GO. A `--compress` checkpoint writes their images one after the other (`-v`
+/// says why); the `--term` one writes them at once, each at its place in the tree file (`-v`
+/// says so, and each agent's report says `placed`); cr_restart brings all four back from it,
+/// and after GO every process compares its whole buffer with what it computes it should hold
+/// (the parent PASSes only when its own and its three children's match).
+#[test]
+fn images_written_at_once_restore_every_process_memory() {
+    let sc = Scenario::new("tree-at-once");
+    let reaper = Reaper::new(&sc);
+    let mut prog = sc.program("bigmem");
+    prog.argv.extend(["24".into(), "4".into()]);
+    let mut job = sc.start("bigmem", sc.under_cr_run(&prog));
+    reaper.watch(&[job.pid()]);
+    job.wait_ready();
+    let pids = tree_of(job.pid());
+    reaper.watch(&pids);
+    assert_eq!(
+        pids.len(),
+        4,
+        "bigmem 24 4 should run as 4 processes: {pids:?}"
+    );
+
+    let zimg = sc.next_image_path();
+    let res = sc.checkpoint_to(job.pid(), &["-v", "--compress"], &zimg);
+    res.assert_success();
+    assert!(
+        res.stderr
+            .contains("writing the 4 images one after the other: --compress"),
+        "-v should say the compressed tree is written in turn, and why:\n{}",
+        res.describe()
+    );
+    fs::remove_file(&zimg).expect("remove the compressed image");
+
+    let img = sc.next_image_path();
+    let res = sc.checkpoint_to(job.pid(), &["-v", "--term"], &img);
+    res.assert_success();
+    sc.assert_image_file(&img);
+    assert!(
+        res.stderr.contains("writing the 4 images at once"),
+        "-v should say the images were written at once:\n{}",
+        res.describe()
+    );
+    assert_eq!(
+        res.stderr.matches(" placed ").count(),
+        4,
+        "every agent should report its image placed:\n{}",
+        res.describe()
+    );
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    wait_gone(&sc, &pids, "the checkpointed tree after --term");
+    let img = Image::File(img);
+    wait_image_gone(&sc, &img);
+    let mut rs = start_restart(&sc, &reaper, &[], &img);
+    let back = restored(&mut rs, &reaper, "bigmem", Some(4));
+    assert_pids(&rs, &back, &pids, true);
+    sc.go();
+    rs.expect_pass(RESTART_TIMEOUT);
+    wait_gone(&sc, &back, "the restored tree after PASS");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Twice in a row
 // ---------------------------------------------------------------------------------------------
 

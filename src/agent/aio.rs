@@ -100,11 +100,17 @@ pub struct Ring {
 use super::image::io_report;
 
 impl Ring {
-    /// Sets up an AIO context for writes to `fd` starting at its current offset, the file
-    /// extended to hold `len` more bytes; the errno when AIO is not available (the caller
-    /// writes synchronously then, and says so).
+    /// Sets up an AIO context for writes to `fd` starting at its current offset (a placed
+    /// image: at its place, `image::PLACED_AT`), the file extended to hold `len` more bytes;
+    /// the errno when AIO is not available (the caller writes synchronously then, and says so).
     pub fn new(fd: i32, len: u64, deadline_ns: u64) -> Result<Ring, Errno> {
-        let off = sys::lseek(fd, 0, libc::SEEK_CUR)? as u64;
+        use core::sync::atomic::Ordering::Relaxed;
+        let placed = super::image::PLACED_AT.load(Relaxed);
+        let off = if placed == u64::MAX {
+            sys::lseek(fd, 0, libc::SEEK_CUR)? as u64
+        } else {
+            placed + io_report::WRITTEN.load(Relaxed)
+        };
         let mut ctx = 0u64;
         sys::sys3(
             libc::SYS_io_setup as usize,
@@ -113,7 +119,9 @@ impl Ring {
             0,
         )?;
         // Not an extending write any more (see the module comment); where the file cannot be
-        // extended the writes are still right, only waited for one by one.
+        // extended the writes are still right, only waited for one by one. (A placed image's
+        // file was extended by the requester to hold every image of the cut: its size is never
+        // lowered here by a process whose place comes before another's.)
         // (Destroyed by the helper if the image is given up while a piece waits on the
         // destination: `agent::offload`.)
         super::offload::set_aio_ctx(ctx);
@@ -294,15 +302,17 @@ impl Ring {
     }
 
     /// Submits what is left, waits for everything, and leaves the descriptor's offset after the
-    /// last piece.
+    /// last piece (not for a placed image: the offset is shared).
     pub fn finish(&mut self) -> Result<(), Errno> {
         self.submit()?;
         while self.slots.iter().any(|s| s.busy) {
             self.reap(1)?;
         }
-        sys::lseek(self.fd, self.next_off as i64, libc::SEEK_SET)?;
         // Nothing is in flight any more: the statics may change.
         use core::sync::atomic::Ordering::Relaxed;
+        if super::image::PLACED_AT.load(Relaxed) == u64::MAX {
+            sys::lseek(self.fd, self.next_off as i64, libc::SEEK_SET)?;
+        }
         io_report::WRITTEN.store(self.base + self.done, Relaxed);
         if let Some(at) = self.dropped_at {
             io_report::MODE.store(io_report::DROPPED, Relaxed);

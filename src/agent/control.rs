@@ -1011,14 +1011,24 @@ fn serve_request(
     let mut raw_ok = raw_fd >= 0;
     // Alone in its cut (a delta may then be released before it is written: agent::deltabuf).
     let mut sole = !api;
+    // `protocol::FLAG_PLACED` (and `FLAG_PLACED_NOSYNC`) of the write order.
+    let mut placed = 0;
     if req.flags & protocol::FLAG_BARRIER != 0 {
         // One process of a multi-process checkpoint: stopped; write only once every other
         // process of the cut is stopped too.
         // Processes our callbacks forwarded the checkpoint to: cr_checkpoint adds them.
         let mut fwd = StackBuf::<240>::new();
         super::forward::describe(&mut fwd);
-        send_reply(conn, protocol::STATUS_QUIESCED, 0, fwd.as_bytes());
+        // We can write our image at an offset the requester gives (`protocol::FLAG_PLACED`),
+        // unless we would append forwarded processes' images to it.
+        let cap = if super::forward::count() == 0 {
+            protocol::CAP_PLACED
+        } else {
+            0
+        };
+        send_reply(conn, protocol::STATUS_QUIESCED, cap, fwd.as_bytes());
         let write_flags = wait_write(conn);
+        placed = write_flags.unwrap_or(0) & (protocol::FLAG_PLACED | protocol::FLAG_PLACED_NOSYNC);
         // A cut of several processes is written stopped (cr_checkpoint says so): only the
         // requester knows, and sets FLAG_COW on REQ_WRITE when we are the only one.
         cow = write_flags.is_some_and(|f| f & protocol::FLAG_COW != 0);
@@ -1077,7 +1087,7 @@ fn serve_request(
         } else {
             -1
         },
-        flags: req.flags,
+        flags: req.flags | placed,
         skip_fds: [LISTEN_FD.load(Relaxed), conn, img_fd, raw_fd, ack_fd],
         bytes: AtomicU64::new(0),
         errno: AtomicI32::new(0),

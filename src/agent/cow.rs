@@ -588,6 +588,7 @@ fn write_rest(a: &WriterPage) -> Result<u64, (u32, Errno)> {
         pack: 0,
         deadline_ns: a.deadline_ns,
         bounce: Some(bounce),
+        placed: 0,
     };
     // No saved files: a request that has some is written stopped (`NOTE_FILES`).
     let mut spans = super::fds::Spans::new(&mut [], &mut []);

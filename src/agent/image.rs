@@ -102,6 +102,13 @@ pub extern "C" fn write_callback(job: usize) -> usize {
     }
 }
 
+/// Where the image being written starts in its file when the requester placed it there
+/// (`protocol::FLAG_PLACED`, `u64::MAX`: not placed): every write is then positioned, at this
+/// plus the image bytes written before it (`io_report::WRITTEN`, [`Counted::written`]), since
+/// the other processes of the cut write through the same file description at once. Set once
+/// the metadata is built (before any page data is hashed), cleared by `io_report::begin`.
+pub static PLACED_AT: AtomicU64 = AtomicU64::new(u64::MAX);
+
 /// `--time` of the image being written (CLOCK_MONOTONIC; `u64::MAX`: none), for [`write_mem`].
 static WRITE_DEADLINE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(u64::MAX);
 
@@ -238,6 +245,7 @@ pub mod io_report {
         PACK_HELPERS.store(0, Relaxed);
         PACK_MAPPED.store(0, Relaxed);
         PACK_ERRNO.store(0, Relaxed);
+        super::PLACED_AT.store(u64::MAX, Relaxed);
         for p in &PHASE_NS {
             p.store(now, Relaxed);
         }
@@ -270,6 +278,10 @@ pub mod io_report {
             _ => {
                 out.push(b"stream");
             }
+        }
+        if super::PLACED_AT.load(Relaxed) != u64::MAX {
+            // (Written at once with the other images of its tree file.)
+            out.push(b" placed");
         }
         if AIO.load(Relaxed) == 1 {
             out.push(b" write=aio");
@@ -533,8 +545,21 @@ pub fn write_counted(fd: i32, addr: usize, len: usize, c: &mut Counted) -> Resul
     let mut done = 0;
     while done < len {
         // (Callers pass readable memory: scratch buffers, or program memory in extents. A
-        // regular file's write goes through `agent::offload` in the stop.)
-        match super::offload::fd_call(libc::SYS_write as usize, fd, addr + done, len - done, 0) {
+        // regular file's write goes through `agent::offload` in the stop.) A placed image:
+        // at its own offset (see `PLACED_AT`), never at the shared file position.
+        let at = PLACED_AT.load(Relaxed);
+        let r = if at == u64::MAX {
+            super::offload::fd_call(libc::SYS_write as usize, fd, addr + done, len - done, 0)
+        } else {
+            super::offload::fd_call(
+                libc::SYS_pwrite64 as usize,
+                fd,
+                addr + done,
+                len - done,
+                (at + c.written) as usize,
+            )
+        };
+        match r {
             Ok(0) => return Err(Errno(libc::EIO)),
             Ok(n) => {
                 done += n;
@@ -753,6 +778,8 @@ fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
                     pack: crate::protocol::pack_level(job.flags),
                     deadline_ns: job.deadline_ns,
                     bounce: None,
+                    placed: job.flags
+                        & (crate::protocol::FLAG_PLACED | crate::protocol::FLAG_PLACED_NOSYNC),
                 };
                 let unreadable = super::cow::prebuilt_unreadable();
                 let r = finish(out, scratch, w, &ext, unreadable, &mut spans, pid);
@@ -776,6 +803,7 @@ fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
         pack: crate::protocol::pack_level(job.flags),
         deadline_ns: job.deadline_ns,
         bounce: None,
+        placed: job.flags & (crate::protocol::FLAG_PLACED | crate::protocol::FLAG_PLACED_NOSYNC),
     };
     // A delta (not copy-on-write): through the delta buffer when it may be (see
     // `agent::deltabuf`), else written stopped, saying why.
@@ -948,6 +976,7 @@ fn write_trailer(
     data_hash: u64,
     trailer_offset: u64,
     piped: Option<u64>,
+    placed: u32,
 ) -> Result<Trailer, (u32, Errno)> {
     io_report::PHASE_NS[2].store(sys::monotonic_ns(), Relaxed);
     let mut tr = Trailer {
@@ -963,12 +992,18 @@ fn write_trailer(
     tr.trailer_hash = page_hash(tpage, tsize);
     tpage[..tsize].copy_from_slice(bytemuck::bytes_of(&tr));
     write_mem(fd, tpage.as_ptr() as usize, PAGE).map_err(|e| (4, e))?;
-    match super::offload::fd_call(libc::SYS_fdatasync as usize, fd, 0, 0, 0) {
-        Ok(_) | Err(Errno(libc::EINVAL)) | Err(Errno(libc::EROFS)) => {}
-        Err(e) => return Err((5, e)),
+    // A placed image (written at once with others through one description): the requester
+    // syncs the whole file once, and `O_DIRECT` stays for the images still being written.
+    if placed & crate::protocol::FLAG_PLACED_NOSYNC == 0 {
+        match super::offload::fd_call(libc::SYS_fdatasync as usize, fd, 0, 0, 0) {
+            Ok(_) | Err(Errno(libc::EINVAL)) | Err(Errno(libc::EROFS)) => {}
+            Err(e) => return Err((5, e)),
+        }
     }
     io_report::PHASE_NS[3].store(sys::monotonic_ns(), Relaxed);
-    drop_direct(fd);
+    if placed & crate::protocol::FLAG_PLACED == 0 {
+        drop_direct(fd);
+    }
     Ok(tr)
 }
 
@@ -993,7 +1028,7 @@ pub fn write_held(held: Held, scratch: &Scratch) -> Result<u64, (u32, Errno)> {
     }];
     let hash = memory::write_data_from(fd, &from_buf, held.deadline_ns, None, held.hash);
     let data_hash = hash.map_err(io)?.digest();
-    let tr = write_trailer(fd, scratch, data_hash, held.trailer_offset, None)?;
+    let tr = write_trailer(fd, scratch, data_hash, held.trailer_offset, None, 0)?;
     // Armed in the stop (`finish_or_hold`): the next delta may name this image.
     super::incremental::remember(tr.trailer_hash, tr.total_len);
     Ok(tr.total_len)
@@ -1042,6 +1077,9 @@ pub struct Dest<'a> {
     pub deadline_ns: u64,
     /// A buffer the page data is copied through (`memory::write_data`), or none.
     pub bounce: Option<&'a mut [u8]>,
+    /// `protocol::FLAG_PLACED` and `FLAG_PLACED_NOSYNC` of the write order (0: written in turn
+    /// at the file position).
+    pub placed: u32,
 }
 
 /// Ends the metadata and writes the whole image (header, metadata, page data of `ext`, trailer),
@@ -1092,6 +1130,77 @@ pub struct Held {
     data_at: Option<u64>,
 }
 
+/// How long a placed image waits for its offset (bounded by `--time` too): the requester sends
+/// it once every process of the cut has built its metadata.
+const PLACE_WAIT_NS: u64 = 600_000_000_000;
+
+/// `protocol::FLAG_PLACED`: tells the requester our image's length (`total`,
+/// `protocol::STATUS_SIZED`) and waits for its offset in the file (`protocol::REQ_PLACE`).
+/// `ECANCELED` when the requester releases us instead (another process of the cut failed) or
+/// goes away, `ETIMEDOUT` past `--time` (`deadline_ns`). Raw system calls, on the stack.
+fn await_place(total: u64, deadline_ns: u64) -> Result<u64, Errno> {
+    use crate::protocol::{self, Reply, Request};
+    let conn = REQUESTER_CONN.load(Relaxed);
+    if conn < 0 {
+        return Err(Errno(libc::EINVAL));
+    }
+    let r = Reply {
+        magic: protocol::MAGIC,
+        status: protocol::STATUS_SIZED,
+        bytes: total,
+        msg: [0; 240],
+    };
+    let b = bytemuck::bytes_of(&r);
+    let n = sys::sys6(
+        libc::SYS_sendto as usize,
+        conn as usize,
+        b.as_ptr() as usize,
+        b.len(),
+        libc::MSG_NOSIGNAL as usize,
+        0,
+        0,
+    )?;
+    if n != b.len() {
+        return Err(Errno(libc::ECANCELED));
+    }
+    let limit = deadline_ns.min(sys::monotonic_ns().saturating_add(PLACE_WAIT_NS));
+    loop {
+        let now = sys::monotonic_ns();
+        if now >= limit {
+            return Err(Errno(libc::ETIMEDOUT));
+        }
+        let ms = ((limit - now) / 1_000_000).clamp(1, 100) as i32;
+        let ev = sys::poll_one(conn, libc::POLLIN | libc::POLLRDHUP, ms);
+        if ev & libc::POLLIN != 0 {
+            let mut req: Request = bytemuck::Zeroable::zeroed();
+            let n = sys::sys6(
+                libc::SYS_recvfrom as usize,
+                conn as usize,
+                &mut req as *mut Request as usize,
+                core::mem::size_of::<Request>(),
+                0,
+                0,
+                0,
+            );
+            return match n {
+                Ok(n)
+                    if n == core::mem::size_of::<Request>()
+                        && req.magic == protocol::MAGIC
+                        && req.kind == protocol::REQ_PLACE =>
+                {
+                    Ok(req.place_offset())
+                }
+                Err(Errno(libc::EINTR)) => continue,
+                // A release (the cut was given up), or the requester is gone.
+                _ => Err(Errno(libc::ECANCELED)),
+            };
+        }
+        if ev & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0 {
+            return Err(Errno(libc::ECANCELED));
+        }
+    }
+}
+
 /// Writes the header page and the metadata (`meta_len` bytes, page padded) from the scratch
 /// area, and sends the first progress message.
 fn write_head(fd: i32, scratch: &Scratch, meta_len: u64) -> Result<(), Errno> {
@@ -1131,6 +1240,7 @@ fn finish_or_hold(
         pack,
         deadline_ns,
         bounce,
+        placed,
     } = out;
     let full = |_| (1, Errno(libc::ENOMEM));
     // `--compress` with the destination at hand (`raw_fd`): every piece of the page data is
@@ -1228,6 +1338,16 @@ fn finish_or_hold(
     hpage[..hsize].copy_from_slice(bytemuck::bytes_of(&hdr));
     hdr.header_hash = page_hash(hpage, hsize);
     hpage[..hsize].copy_from_slice(bytemuck::bytes_of(&hdr));
+    if placed & crate::protocol::FLAG_PLACED != 0 {
+        // Written at once with the other images of the tree file: our length to the requester,
+        // which answers with our offset. (Only a plain image can be placed: the requester
+        // never asks with `--compress`, nor for a delta or a copy-on-write writer.)
+        if raw_fd >= 0 || hold.is_some() || bounce.is_some() {
+            return Err((4, Errno(libc::EINVAL)));
+        }
+        let at = await_place(hdr.trailer_offset + PAGE as u64, deadline_ns).map_err(|e| (4, e))?;
+        PLACED_AT.store(at, Relaxed);
+    }
 
     // O_DIRECT only on regular files: on a pipe it means packet mode, where a reader with a
     // smaller buffer than a packet silently loses the rest of it. (A split image: on the file,
@@ -1287,7 +1407,14 @@ fn finish_or_hold(
         io_report::PACE.store(pace, Relaxed);
         io_report::WAITED_NS.store(waited, Relaxed);
         super::fds::write_spans(fd, spans, deadline_ns).map_err(io)?;
-        let tr = write_trailer(fd, scratch, hash.digest(), hdr.trailer_offset, Some(piped))?;
+        let tr = write_trailer(
+            fd,
+            scratch,
+            hash.digest(),
+            hdr.trailer_offset,
+            Some(piped),
+            0,
+        )?;
         super::incremental::written(tr.trailer_hash, tr.total_len);
         return Ok(Finished::Bytes(tr.total_len));
     }
@@ -1333,7 +1460,7 @@ fn finish_or_hold(
     let data_hash = hash.digest();
     let data_ns = sys::monotonic_ns().saturating_sub(io_report::PHASE_NS[1].load(Relaxed));
     super::fds::write_spans(fd, spans, deadline_ns).map_err(io)?;
-    let tr = write_trailer(fd, scratch, data_hash, hdr.trailer_offset, None)?;
+    let tr = write_trailer(fd, scratch, data_hash, hdr.trailer_offset, None, placed)?;
     // The page data written straight from memory to the file, direct and asynchronous, as a
     // plain checkpoint does, and enough of it to tell: its rate paces the next split image
     // (`memory::write_split`). (After the trailer: nothing is in flight.)

@@ -519,6 +519,9 @@ struct Member {
     bytes: u64,
     /// Its agent's report on the write (see `Saved::report`).
     report: String,
+    /// Its agent can write its image at a place we give (`protocol::CAP_PLACED` in its
+    /// `STATUS_QUIESCED`), at once with the others.
+    placeable: bool,
 }
 
 impl Member {
@@ -533,6 +536,7 @@ impl Member {
             ended: false,
             bytes: 0,
             report: String::new(),
+            placeable: false,
         }
     }
 }
@@ -715,6 +719,7 @@ impl<'a> Cut<'a> {
                 match recv_by(sock, Some(deadline)) {
                     Ok(Some(r)) if r.status == protocol::STATUS_ACCEPTED => {}
                     Ok(Some(r)) if r.status == protocol::STATUS_QUIESCED => {
+                        self.members[i].placeable = r.bytes & protocol::CAP_PLACED != 0;
                         // "fwd S:P ...": its callbacks forwarded the checkpoint to more processes.
                         let msg = r.message();
                         if let Some(list) = msg.strip_prefix("fwd") {
@@ -791,6 +796,23 @@ impl<'a> Cut<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Member `i` answered its write order with failure `reply`: it released itself (the
+    /// others are released when the cut is dropped). A write of it still stuck on the
+    /// destination: the temporary file is left for its agent to remove.
+    fn failed(&mut self, i: usize, reply: &protocol::Reply) -> CheckpointError {
+        let pid = self.members[i].pid;
+        self.members[i].omitted = true;
+        let msg = reply.message();
+        if msg.contains(protocol::LEFT_BEHIND) {
+            let o = self.members[i].out;
+            self.outs[o].leave_to_agent();
+        }
+        err(
+            reply.status,
+            failed_msg(pid, &msg, reply.status, self.opts.time),
+        )
     }
 
     /// Every file durable first, then renamed into place, then the directories synced.
@@ -1024,6 +1046,286 @@ fn zombie_children(pids: &[i32], note: &mut dyn FnMut(Note)) -> Vec<ZombieRec> {
     out
 }
 
+/// The error for member `pid` that failed to answer (`e`, `how`): a member killed while stopped,
+/// or while it writes, says so (ESRCH), not how we noticed. Stopped for the checkpoint (every
+/// signal blocked), nothing but SIGKILL ends it; its parent may not have reaped it yet, then its
+/// wait status says.
+fn lost(pid: i32, e: i32, how: String) -> CheckpointError {
+    if gone(pid) {
+        let end = zombie_end(pid).unwrap_or_else(|| "was killed (SIGKILL)".into());
+        err(
+            libc::ESRCH,
+            format!("process {pid} {end} while it was stopped for the checkpoint: no image"),
+        )
+    } else {
+        err(e, how)
+    }
+}
+
+/// Whether the images of members `live` can be written at once (`protocol::FLAG_PLACED`), or
+/// why not: each must go to a regular file we created (not a stream: there bytes go out in
+/// order; not `O_APPEND`), uncompressed (`--compress` pipes them through one compressor), not
+/// an incremental checkpoint's, and every agent must know the request (an older agent, e.g.
+/// of a process restored from an older image, does not say `protocol::CAP_PLACED`; nor does
+/// one whose callbacks forwarded the checkpoint, which appends those images to its own).
+/// `CR_TREE_WRITE=turn` in our environment writes them in turn (for measurements).
+fn placement(cut: &Cut, live: &[usize], incremental: bool) -> Result<(), String> {
+    // For measurements (bench.py A/B): the images in turn, as before the placed write.
+    if std::env::var_os("CR_TREE_WRITE").is_some_and(|v| v == "turn") {
+        return Err("CR_TREE_WRITE=turn".into());
+    }
+    if cut.opts.compress.is_some() {
+        return Err("--compress pipes them through one compressor".into());
+    }
+    if incremental {
+        return Err("an incremental checkpoint".into());
+    }
+    for &i in live {
+        let o = &cut.outs[cut.members[i].out];
+        let regular = o.file.is_some()
+            && crate::sys::fstat(o.fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG);
+        if !regular {
+            return Err(format!("{} is not a file of ours (a stream)", o.what));
+        }
+        if crate::sys::fcntl(o.fd, libc::F_GETFL, 0)
+            .is_ok_and(|fl| fl & libc::O_APPEND as usize != 0)
+        {
+            return Err(format!("{} is open with O_APPEND", o.what));
+        }
+        let mb = &cut.members[i];
+        if !mb.placeable {
+            return Err(format!(
+                "process {}'s agent does not write at a given place (an older agent, or its callbacks forwarded the checkpoint)",
+                mb.pid
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Asks members `live` to write their images one after the other (each after the previous
+/// one, at the file position), waiting for each reply.
+fn write_in_turn(
+    cut: &mut Cut,
+    live: &[usize],
+    write: &Request,
+    deadline: Instant,
+    note: &mut dyn FnMut(Note),
+) -> Result<(), CheckpointError> {
+    for &i in live {
+        let (pid, sock) = (cut.members[i].pid, cut.members[i].sock);
+        if let Err(e) = protocol::send(sock, write, None) {
+            return Err(lost(
+                pid,
+                e,
+                format!("cannot send the request to {pid}: {}", strerror(e)),
+            ));
+        }
+        // With --time, not past its end (and 2 s for the agent to say so itself): a write
+        // that never returns (a destination that stops answering: a FUSE or NFS server) keeps
+        // the agent from answering at all.
+        let reply = loop {
+            match recv_by(sock, cut.opts.time.map(|_| deadline)) {
+                Ok(Some(r)) if r.status == protocol::STATUS_PROGRESS => note(progress(pid, &r)),
+                Ok(Some(r)) if r.status < 0 => {}
+                Ok(Some(r)) => break r,
+                Ok(None) => {
+                    let o = cut.members[i].out;
+                    cut.outs[o].leave_to_agent();
+                    return Err(write_stuck(pid, cut.opts.time));
+                }
+                _ => {
+                    return Err(lost(
+                        pid,
+                        libc::EIO,
+                        format!("process {pid} closed its control socket during the checkpoint"),
+                    ))
+                }
+            }
+        };
+        if reply.status != 0 {
+            return Err(cut.failed(i, &reply));
+        }
+        cut.members[i].bytes = reply.bytes;
+        cut.members[i].report = reply.message();
+    }
+    Ok(())
+}
+
+/// Members `live` write their images at once (`protocol::FLAG_PLACED`): each builds its
+/// metadata and says its image's length (`STATUS_SIZED`); each is then given its offset (after
+/// its file's manifest, in the manifest's order: the file's bytes are those of a write in
+/// turn), the file is extended to its end, and all write at the same time, with positioned
+/// writes through the one description. The agents do not sync: the commit syncs the file once.
+fn write_at_once(
+    cut: &mut Cut,
+    live: &[usize],
+    mut write: Request,
+    deadline: Instant,
+    note: &mut dyn FnMut(Note),
+) -> Result<(), CheckpointError> {
+    write.flags |= protocol::FLAG_PLACED;
+    if cut.opts.sync {
+        write.flags |= protocol::FLAG_PLACED_NOSYNC;
+    }
+    for &i in live {
+        let (pid, sock) = (cut.members[i].pid, cut.members[i].sock);
+        if let Err(e) = protocol::send(sock, &write, None) {
+            return Err(lost(
+                pid,
+                e,
+                format!("cannot send the request to {pid}: {}", strerror(e)),
+            ));
+        }
+    }
+    let sizes = collect_replies(cut, live, true, deadline, note)?;
+    // Where each image goes: after what its file holds already (the manifest), in order.
+    let mut next: Vec<u64> = cut
+        .outs
+        .iter()
+        // SAFETY: lseek on our own descriptor.
+        .map(|o| unsafe { libc::lseek(o.fd, 0, libc::SEEK_CUR) }.max(0) as u64)
+        .collect();
+    let mut places = Vec::with_capacity(live.len());
+    for (k, &i) in live.iter().enumerate() {
+        let o = cut.members[i].out;
+        places.push(next[o]);
+        next[o] += sizes[k].bytes;
+    }
+    // Every image's range inside the file before any is written: no agent's write extends it
+    // (ext4 waits inside `io_submit` for a direct write that does), and none shrinks it.
+    for (o, out) in cut.outs.iter().enumerate() {
+        if !live.iter().any(|&i| cut.members[i].out == o) {
+            continue;
+        }
+        // SAFETY: ftruncate of our own file.
+        if unsafe { libc::ftruncate(out.fd, next[o] as libc::off_t) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(err(
+                e.raw_os_error().unwrap_or(libc::EIO),
+                format!("cannot extend {}: {e}", out.what),
+            ));
+        }
+    }
+    for (k, &i) in live.iter().enumerate() {
+        let (pid, sock) = (cut.members[i].pid, cut.members[i].sock);
+        if let Err(e) = protocol::send(sock, &Request::place(places[k]), None) {
+            return Err(lost(
+                pid,
+                e,
+                format!("cannot send the request to {pid}: {}", strerror(e)),
+            ));
+        }
+    }
+    let done = collect_replies(cut, live, false, deadline, note)?;
+    for (k, &i) in live.iter().enumerate() {
+        let pid = cut.members[i].pid;
+        if done[k].bytes != sizes[k].bytes {
+            return Err(err(
+                libc::EIO,
+                format!(
+                    "process {pid} wrote {} bytes of its image, not the {} it announced",
+                    done[k].bytes, sizes[k].bytes
+                ),
+            ));
+        }
+        cut.members[i].bytes = done[k].bytes;
+        cut.members[i].report = done[k].message();
+    }
+    Ok(())
+}
+
+/// The replies of members `live` to a write order, all watched at once: their
+/// `STATUS_SIZED` (`sized`) or their final replies. The first failure ends the wait (the
+/// others are released, and stop writing, when the cut is dropped).
+fn collect_replies(
+    cut: &mut Cut,
+    live: &[usize],
+    sized: bool,
+    deadline: Instant,
+    note: &mut dyn FnMut(Note),
+) -> Result<Vec<protocol::Reply>, CheckpointError> {
+    let mut got: Vec<Option<protocol::Reply>> = vec![None; live.len()];
+    let timed = cut.opts.time.is_some();
+    while got.iter().any(Option::is_none) {
+        let pending: Vec<usize> = (0..live.len()).filter(|&k| got[k].is_none()).collect();
+        let mut fds: Vec<libc::pollfd> = pending
+            .iter()
+            .map(|&k| libc::pollfd {
+                fd: cut.members[live[k]].sock,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let ms = if timed {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                // (With --time, 2 s after its end: the agent did not say so itself.)
+                let i = live[pending[0]];
+                let o = cut.members[i].out;
+                cut.outs[o].leave_to_agent();
+                return Err(write_stuck(cut.members[i].pid, cut.opts.time));
+            }
+            left.as_millis().clamp(1, i32::MAX as u128) as i32
+        } else {
+            -1
+        };
+        // SAFETY: `fds` holds `fds.len()` valid pollfds.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO);
+            if e == libc::EINTR {
+                continue;
+            }
+            return Err(err(e, format!("poll: {}", strerror(e))));
+        }
+        for (p, &k) in fds.iter().zip(&pending) {
+            if p.revents == 0 {
+                continue;
+            }
+            let i = live[k];
+            let pid = cut.members[i].pid;
+            loop {
+                match protocol::recv_reply(p.fd, libc::MSG_DONTWAIT) {
+                    Ok(Some(r)) if r.status == protocol::STATUS_PROGRESS => note(progress(pid, &r)),
+                    Ok(Some(r)) if sized && r.status == protocol::STATUS_SIZED => {
+                        got[k] = Some(r);
+                        break;
+                    }
+                    Ok(Some(r)) if r.status < 0 => {}
+                    Ok(Some(r)) if r.status > 0 => return Err(cut.failed(i, &r)),
+                    Ok(Some(r)) if sized => {
+                        return Err(err(
+                            libc::EPROTO,
+                            format!(
+                                "process {pid} answered {} before it was given its place",
+                                r.status
+                            ),
+                        ))
+                    }
+                    Ok(Some(r)) => {
+                        got[k] = Some(r);
+                        break;
+                    }
+                    Ok(None) | Err(libc::EINTR) => break,
+                    Err(_) => {
+                        return Err(lost(
+                            pid,
+                            libc::EIO,
+                            format!(
+                                "process {pid} closed its control socket during the checkpoint"
+                            ),
+                        ))
+                    }
+                }
+            }
+        }
+    }
+    Ok(got.into_iter().flatten().collect())
+}
+
 /// Checkpoint of several processes as one consistent cut: every process is stopped before any
 /// is written. One tree image (manifest, then the images), or with one file per process a
 /// manifest in each.
@@ -1130,7 +1432,7 @@ pub(super) fn checkpoint_many(
         b.stopped(&pids)?;
     }
     // 3. Everything is stopped: record what the processes share, write the manifest(s), then
-    // let each process write its image in turn.
+    // let the processes write their images, at once where they can (`write_at_once`).
     let live_pids: Vec<i32> = live.iter().map(|&i| cut.members[i].pid).collect();
     let mut zombies = zombie_children(&live_pids, note);
     if let Some((top, parent)) = requester.filter(|(_, p)| live_pids.contains(p)) {
@@ -1195,66 +1497,32 @@ pub(super) fn checkpoint_many(
             live.len()
         )));
     }
-    for &i in &live {
-        let (pid, sock) = (cut.members[i].pid, cut.members[i].sock);
-        // A member killed while stopped, or while it writes: say so (ESRCH), not how we noticed.
-        // Stopped for the checkpoint (every signal blocked), nothing but SIGKILL ends it; its
-        // parent may not have reaped it yet, then its wait status says.
-        let lost = |e: i32, how: String| {
-            if gone(pid) {
-                let end = zombie_end(pid).unwrap_or_else(|| "was killed (SIGKILL)".into());
-                err(
-                    libc::ESRCH,
-                    format!(
-                        "process {pid} {end} while it was stopped for the checkpoint: no image"
-                    ),
-                )
-            } else {
-                err(e, how)
+    // The images are written at once where each can be given its place in the file before it
+    // writes (its length is known once its metadata is built), else one after the other.
+    let at_once = if live.len() > 1 {
+        match placement(&cut, &live, plan.is_some()) {
+            Ok(()) => {
+                note(Note::Info(format!(
+                    "writing the {} images at once (each at its place in the file)",
+                    live.len()
+                )));
+                true
             }
-        };
-        if let Err(e) = protocol::send(sock, &write, None) {
-            return Err(lost(
-                e,
-                format!("cannot send the request to {pid}: {}", strerror(e)),
-            ));
+            Err(why) => {
+                note(Note::Info(format!(
+                    "writing the {} images one after the other: {why}",
+                    live.len()
+                )));
+                false
+            }
         }
-        // With --time, not past its end (and 2 s for the agent to say so itself): a write
-        // that never returns (a destination that stops answering: a FUSE or NFS server) keeps
-        // the agent from answering at all.
-        let reply = loop {
-            match recv_by(sock, cut.opts.time.map(|_| deadline)) {
-                Ok(Some(r)) if r.status == protocol::STATUS_PROGRESS => note(progress(pid, &r)),
-                Ok(Some(r)) if r.status < 0 => {}
-                Ok(Some(r)) => break r,
-                Ok(None) => {
-                    let o = cut.members[i].out;
-                    cut.outs[o].leave_to_agent();
-                    return Err(write_stuck(pid, cut.opts.time));
-                }
-                _ => {
-                    return Err(lost(
-                        libc::EIO,
-                        format!("process {pid} closed its control socket during the checkpoint"),
-                    ))
-                }
-            }
-        };
-        if reply.status != 0 {
-            // It released itself; the others are released when the cut is dropped.
-            cut.members[i].omitted = true;
-            let msg = reply.message();
-            if msg.contains(protocol::LEFT_BEHIND) {
-                let o = cut.members[i].out;
-                cut.outs[o].leave_to_agent();
-            }
-            return Err(err(
-                reply.status,
-                failed_msg(pid, &msg, reply.status, cut.opts.time),
-            ));
-        }
-        cut.members[i].bytes = reply.bytes;
-        cut.members[i].report = reply.message();
+    } else {
+        false
+    };
+    if at_once {
+        write_at_once(&mut cut, &live, write, deadline, note)?;
+    } else {
+        write_in_turn(&mut cut, &live, &write, deadline, note)?;
     }
 
     // 4. Commit; 5. the post-checkpoint signal to every process, then release them all.

@@ -9,7 +9,8 @@
 //! One file holds every image (`count == nproc`), or, with `cr_checkpoint --dir`, each
 //! `context.PID` file holds the whole manifest and one image. Single-process checkpoints are
 //! written as plain images, without a manifest. The manifest is written by `cr_checkpoint`; the
-//! images by each process's agent, in turn, through the same file description.
+//! images by each process's agent through the same file description: at once, each at the
+//! offset cr_checkpoint gave it (`checkpoint::cut::write_at_once`), or in turn.
 
 use super::format::{hash, page_align, PAGE};
 use super::reader::{Image, ImageError};
