@@ -4,8 +4,9 @@
 In one run on one file system (the directory given by --dir):
   * the raw baseline: writing the same bytes with and without O_DIRECT (8 MiB writes, fdatasync),
     reading them hot (page cache) and cold (after drop_caches, when permitted);
-  * for each workload (1 GiB random, 4 GiB random, the same under `cr_run --huge-pages`, 4 GiB
-    with 16 MiB touched, 1 GiB highly compressible, a 64-thread program, a 10-process tree):
+  * for each workload (1 GiB random, 4 GiB random, the same under `cr_run --huge-pages`, 1 and
+    4 GiB random "scattered" (every page first touched in a shuffled order: not physically
+    contiguous, as a long-running process's memory), 4 GiB with 16 MiB touched, 1 GiB highly compressible, a 64-thread program, a 10-process tree):
     checkpoint time (cr_checkpoint started -> exited, i.e. request -> durable image), the stop
     time (the longest gap in the
     workload's own per-step timestamps), the image size, restart -> first step (image hot in the
@@ -31,7 +32,8 @@ Medians of --reps runs, ratios to the raw baseline. Writes a Markdown report (--
 
 Exits non-zero when a checkpoint that should use direct I/O (the file system accepted the
 baseline's O_DIRECT write) reports io=buffered in `cr_checkpoint -v`, or a stopped one does not
-report write=aio (page data through the AIO ring; `--cow`: write=sync(bounce buffer)), when a default restart of
+report write=aio (page data through the AIO ring, `write=aio+bounce(thp)` through the agent's
+huge-page bounce ring; `--cow`: write=sync(bounce buffer)), when a default restart of
 an image with enough page data on a local file system does not map it (`cr_restart --verbose`),
 or when a step fails.
 """
@@ -333,6 +335,10 @@ def workloads(smoke):
         Workload("1 GiB random", ["random", "1024"], 1024),
         Workload("4 GiB random", ["random", "4096"], 4096),
         Workload("4 GiB random, huge pages", ["random", "4096"], 4096, huge=True),
+        # The same bytes, every page first touched in a shuffled order: memory that is not
+        # physically contiguous, as a long-running process's (bench/workload.c `scattered`).
+        Workload("1 GiB random, scattered", ["scattered", "1024"], 1024),
+        Workload("4 GiB random, scattered", ["scattered", "4096"], 4096),
         Workload("4 GiB, 16 MiB touched", ["sparse", "4096", "16"], 16),
         Workload("1 GiB compressible", ["compressible", "1024"], 1024),
         Workload("64 threads, 256 MiB", ["random", "256", "256", "64"], 256),
@@ -363,6 +369,7 @@ class Sample:
         self.ckpt = self.stop = self.size = self.hot = self.cold = self.mem = None
         self.hot_eager = self.cold_eager = None  # cr_restart --eager (hot, cold: lazy)
         self.io = ""
+        self.write = ""  # how the page data was written (`write=` of -v)
         self.phases = None  # agent phases (quiesce, meta, data, sync), seconds, summed
         # --cow: the agent's clone3 (`fork=` of -v), a bare fork() of the workload holding the
         # same memory in the same run (median of 3), and AnonHugePages (KiB) of the checkpointed
@@ -449,10 +456,14 @@ def libcr_once(tools, progs, wl, wdir, base, cold_ok, verbose, cow=False):
         s.ckpt = t1 - t0
         ios = re.findall(r"io=(direct|buffered\([^)]*\))", r.stderr)
         s.io = "direct" if ios and all(i == "direct" for i in ios) else ", ".join(sorted(set(ios)))
+        # How the page data went (`write=aio`, `write=aio+bounce(…)`, `write=sync(…)`): shown
+        # beside io= in the table.
+        writes = sorted(set(re.findall(r" write=([a-z+]+(?:\([^)]*\))?)", r.stderr)))
         s.phases = tuple(sum(float(v) for v in re.findall(rf"\b{k}=([0-9.]+)ms", r.stderr)) / 1e3
                          for k in ("quiesce", "meta", "data", "sync"))
         if verbose:
             log(r.stderr.strip())
+        s.write = ", ".join(writes)
         if base["direct_ok"] and s.io != "direct":
             raise BenchError(
                 f"{wl.name}: the file system accepts O_DIRECT but the checkpoint reported "
@@ -1646,6 +1657,9 @@ def report(args, mach, bases, results, incr, idle_res, others, load0, load1, sta
             cks = [s.ckpt for s in samples]
             spread = f" ({fmt_s(min(cks))}–{fmt_s(max(cks))})"
         io = samples[0].io if tool.startswith("libcr-rs") else ""
+        ws = sorted({s.write for s in samples if s.write})
+        if io and ws:
+            io += " (" + "; ".join(ws) + ")"
         ph = [s.phases for s in samples if s.phases]
         phases = "–" if not ph else " / ".join(
             f"{statistics.median(p[i] for p in ph) * 1000:.0f}" for i in range(4)) + " ms"
@@ -1779,7 +1793,9 @@ def main():
     args.reps = args.reps or (1 if args.smoke else 3)
     args.forks = args.forks or (500 if args.smoke else 10000)
     args.make_target = "make bench-smoke" if args.smoke else "make bench"
-    rel = os.path.join(ROOT, "target", "release")
+    # BENCH_TOOLS: another build's cr_run, cr_checkpoint and cr_restart (and its libcr.so beside
+    # them), e.g. a copy of main's for an A/B run while this tree is rebuilt.
+    rel = os.environ.get("BENCH_TOOLS") or os.path.join(ROOT, "target", "release")
     bdir = os.path.join(ROOT, "target", "bench")
     wdir = os.path.abspath(args.dir or os.path.join(bdir, "work"))
     out = args.out or (os.path.join(bdir, "PERFORMANCE-smoke.md") if args.smoke
@@ -1861,7 +1877,7 @@ def main():
                 f"{loadavg()}")
         log(f"  checkpoint {fmt_s(s.ckpt)} stop {fmt_s(s.stop)} image {fmt_b(s.size)} "
             f"restart hot {fmt_s(s.hot)} cold {fmt_s(s.cold)} (eager: hot "
-            f"{fmt_s(s.hot_eager)} cold {fmt_s(s.cold_eager)}) mem {fmt_b(s.mem)} {s.io} "
+            f"{fmt_s(s.hot_eager)} cold {fmt_s(s.cold_eager)}) mem {fmt_b(s.mem)} {s.io} {s.write} "
             f"phases {s.phases}"
             + (f" raw write right before {fmt_s(s.raw_alt)} ({ratio(s.ckpt, s.raw_alt)})"
                if s.raw_alt else ""))

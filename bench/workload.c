@@ -2,6 +2,9 @@
  *   workload KIND MIB [TOUCH_MIB] [THREADS] [PROCS]
  * KIND: random (MIB MiB of random bytes), zero-like (MIB MiB of a repeating 64-byte pattern:
  * highly compressible), text (numbered text records, compressible as logs are), sparse (MIB MiB reserved, TOUCH_MIB MiB of it written),
+ * scattered (the same bytes as random, but every page first touched in a shuffled order, so that
+ * pages next to each other in the program are not next to each other in physical memory: a
+ * long-running process's memory, where the fresh memory of random is physically contiguous),
  * mixedP (the first P % of the memory random, the rest the compressible pattern), ileaveP (1 MiB
  * blocks, P % of them random, spread evenly: random and compressible interleaved).
  * THREADS extra threads (default 0) each loop on a private counter; PROCS-1 child processes
@@ -60,7 +63,7 @@ static void *spin(void *arg)
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: workload random|compressible|text|sparse|mixedP|ileaveP MIB [TOUCH_MIB] [THREADS] [PROCS]\n");
+        fprintf(stderr, "usage: workload random|scattered|compressible|text|sparse|mixedP|ileaveP MIB [TOUCH_MIB] [THREADS] [PROCS]\n");
         return 2;
     }
     const char *kind = argv[1];
@@ -84,7 +87,28 @@ int main(int argc, char **argv)
         return 2;
     }
     size_t words = touch / 8;
-    if (!strcmp(kind, "random") || !strcmp(kind, "sparse")) {
+    if (!strcmp(kind, "scattered")) {
+        /* First touch of every page in a shuffled order (Fisher-Yates, xorshift): the kernel
+         * hands out physical pages in the order of the faults. The content is random's. */
+        size_t pages = touch / 4096;
+        uint32_t *order = malloc(pages * sizeof *order);
+        if (!order) {
+            perror("workload: malloc");
+            return 2;
+        }
+        for (size_t i = 0; i < pages; i++) order[i] = (uint32_t)i;
+        uint64_t y = 0x2545F4914F6CDD1Dull;
+        for (size_t i = pages; i > 1; i--) {
+            y ^= y << 13, y ^= y >> 7, y ^= y << 17;
+            size_t j = (size_t)(y % i);
+            uint32_t t = order[i - 1];
+            order[i - 1] = order[j];
+            order[j] = t;
+        }
+        for (size_t i = 0; i < pages; i++) mem[(size_t)order[i] * 512] = 1;
+        free(order);
+    }
+    if (!strcmp(kind, "random") || !strcmp(kind, "sparse") || !strcmp(kind, "scattered")) {
         uint64_t x = 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid();
         for (size_t k = 0; k < words; k++) {
             x ^= x << 13, x ^= x >> 7, x ^= x << 17;

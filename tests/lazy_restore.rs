@@ -365,3 +365,83 @@ fn pthread_control_thread_checkpoints_while_moved_between_cpus() {
     sc.go();
     job.expect_pass(RESTART_TIMEOUT);
 }
+
+/// Whether a direct write can be opened in `dir` (the file system takes `O_DIRECT`).
+fn direct_io_works(dir: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let probe = dir.join(".direct-probe");
+    let ok = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(0o40000) // O_DIRECT
+        .open(&probe)
+        .is_ok();
+    let _ = fs::remove_file(&probe);
+    ok
+}
+
+/// c-tests/scattered.c (64 MiB whose pages are not physically contiguous, with its own
+/// checksum) checkpointed with `--term` and `-v` (with `env` for cr_run); returns the image and
+/// the line of `-v` that says how it was written.
+fn scattered_image(sc: &Scenario, env: &[(&str, &str)]) -> (PathBuf, String) {
+    let mut prog = sc.program("scattered");
+    prog.argv.push("64".into());
+    let mut cmd = sc.under_cr_run(&prog);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut job = sc.start("scattered", cmd);
+    job.wait_ready();
+    let img = sc.next_image_path();
+    let res = sc.checkpoint_to(job.pid(), &["-v", "--term"], &img);
+    res.assert_success();
+    job.expect_signal(SIGTERM, DEATH_TIMEOUT);
+    let line = res
+        .stderr
+        .lines()
+        .find(|l| l.contains("checkpointed to") && l.contains("io="))
+        .unwrap_or_else(|| panic!("-v names the I/O mode:\n{}", res.describe()))
+        .to_string();
+    (img, line)
+}
+
+/// The page data of a stopped checkpoint goes through the bounce ring of huge pages
+/// (`agent::bounce`: `write=aio+bounce(thp)`, said by `-v`) where the file system takes direct
+/// I/O and the kernel gives huge pages; the image of a program whose pages are scattered in
+/// physical memory restarts lazily and eagerly with its memory and checksum intact.
+#[test]
+fn scattered_memory_through_the_bounce_ring() {
+    let thp_never = fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .map_or(true, |s| s.contains("[never]"));
+    for eager in [false, true] {
+        let sc = Scenario::new(if eager { "bounce-eager" } else { "bounce-lazy" });
+        let (img, line) = scattered_image(&sc, &[]);
+        if !direct_io_works(&sc.img_dir()) {
+            println!("note: no O_DIRECT here, no AIO ring: {line}");
+        } else if line.contains(" write=aio+bounce(thp") {
+        } else if thp_never || line.contains("(no bounce: thp ") {
+            // (THP off, or the kernel could not give 2 MiB pages now: said, and written
+            // straight from the program's memory.)
+            println!("note: no huge pages for the bounce ring: {line}");
+            assert!(line.contains(" write=aio(no bounce: "), "{line}");
+        } else {
+            panic!("the page data should go through the bounce ring: {line}");
+        }
+        restart_delete_pass(&sc, &img, eager, 1);
+    }
+}
+
+/// `LIBCR_BOUNCE=0` turns the bounce ring off, and `-v` says so; the image is as good.
+#[test]
+fn bounce_ring_turned_off_says_so() {
+    let sc = Scenario::new("bounce-off");
+    let (img, line) = scattered_image(&sc, &[("LIBCR_BOUNCE", "0")]);
+    if direct_io_works(&sc.img_dir()) {
+        assert!(
+            line.contains(" write=aio(no bounce: LIBCR_BOUNCE=0)"),
+            "-v must say the bounce ring was turned off: {line}"
+        );
+    }
+    restart_delete_pass(&sc, &img, true, 1);
+}

@@ -27,6 +27,9 @@ use crate::sys::{self, Errno};
 /// would delay the release of a program whose requester died (or whose `--time` ran out) by
 /// a piece's write: everything in flight is waited for (a direct write cannot be cancelled).
 pub const DEPTH: usize = 2;
+/// Slots of a ring at most: [`DEPTH`], or one more when the pieces are copied into a bounce
+/// ring first (`agent::bounce`: [`DEPTH`] on the disk while the next one is copied).
+pub const MAX_SLOTS: usize = super::bounce::SLOTS;
 /// Extents in one piece (`pwritev`), at most.
 pub const MAX_IOV: usize = 256;
 
@@ -75,11 +78,13 @@ struct Slot {
     iocb: Iocb,
 }
 
-/// A ring of [`DEPTH`] pieces on one descriptor.
+/// A ring of [`DEPTH`] (or `depth`) pieces on one descriptor.
 pub struct Ring {
     ctx: u64,
     fd: i32,
-    slots: [Slot; DEPTH],
+    slots: [Slot; MAX_SLOTS],
+    /// Slots in use (at most [`MAX_SLOTS`]).
+    depth: usize,
     /// The piece being filled.
     cur: usize,
     /// File offset where the next piece goes.
@@ -100,11 +105,13 @@ pub struct Ring {
 use super::image::io_report;
 
 impl Ring {
-    /// Sets up an AIO context for writes to `fd` starting at its current offset (a placed
-    /// image: at its place, `image::PLACED_AT`), the file extended to hold `len` more bytes;
-    /// the errno when AIO is not available (the caller writes synchronously then, and says so).
-    pub fn new(fd: i32, len: u64, deadline_ns: u64) -> Result<Ring, Errno> {
+    /// Sets up an AIO context of `depth` slots (at most [`MAX_SLOTS`]) for writes to `fd`
+    /// starting at its current offset (a placed image: at its place, `image::PLACED_AT`), the
+    /// file extended to hold `len` more bytes; the errno when AIO is not available (the caller
+    /// writes synchronously then, and says so).
+    pub fn new(fd: i32, len: u64, deadline_ns: u64, depth: usize) -> Result<Ring, Errno> {
         use core::sync::atomic::Ordering::Relaxed;
+        let depth = depth.clamp(1, MAX_SLOTS);
         let placed = super::image::PLACED_AT.load(Relaxed);
         let off = if placed == u64::MAX {
             sys::lseek(fd, 0, libc::SEEK_CUR)? as u64
@@ -114,7 +121,7 @@ impl Ring {
         let mut ctx = 0u64;
         sys::sys3(
             libc::SYS_io_setup as usize,
-            DEPTH,
+            depth,
             &mut ctx as *mut u64 as usize,
             0,
         )?;
@@ -158,7 +165,8 @@ impl Ring {
         Ok(Ring {
             ctx,
             fd,
-            slots: [EMPTY; DEPTH],
+            slots: [EMPTY; MAX_SLOTS],
+            depth,
             cur: 0,
             next_off: off,
             base: io_report::WRITTEN.load(core::sync::atomic::Ordering::Relaxed),
@@ -231,7 +239,7 @@ impl Ring {
         }
         // The next piece goes into the next slot, once that one is written (pieces may
         // complete in any order: reaping one is not reaping that one).
-        self.cur = (i + 1) % DEPTH;
+        self.cur = (i + 1) % self.depth;
         while self.slots[self.cur].busy {
             self.reap(1)?;
         }
@@ -245,7 +253,7 @@ impl Ring {
     /// Whether [`Ring::submit`] would wait for the disk now (the slot after the one being
     /// filled still in flight), once what has completed is reaped without waiting.
     pub fn would_wait(&mut self) -> Result<bool, Errno> {
-        let next = (self.cur + 1) % DEPTH;
+        let next = (self.cur + 1) % self.depth;
         if self.slots[next].busy {
             self.reap(0)?;
         }
@@ -256,7 +264,7 @@ impl Ring {
     /// with plain writes, one the kernel refused with `EINVAL` under `O_DIRECT` is written
     /// again without it (said in the I/O report, as for synchronous writes).
     fn reap(&mut self, min: usize) -> Result<(), Errno> {
-        let mut words = [[0u64; 4]; DEPTH];
+        let mut words = [[0u64; 4]; MAX_SLOTS];
         let n = loop {
             match super::offload::io_getevents(self.ctx, min, &mut words) {
                 Err(Errno(libc::EINTR)) => {}
@@ -264,13 +272,13 @@ impl Ring {
             }
         };
         // SAFETY: IoEvent is 4 plain words (repr(C), no padding).
-        let events: [IoEvent; DEPTH] = unsafe { core::mem::transmute(words) };
+        let events: [IoEvent; MAX_SLOTS] = unsafe { core::mem::transmute(words) };
         // A piece is done: past --time, or with the requester gone, give up (what is still in
         // flight is waited for when the ring is dropped).
         super::image::write_must_stop(self.deadline_ns)?;
         let mut failed = None;
         for ev in &events[..n] {
-            let i = (ev.data as usize) % DEPTH;
+            let i = (ev.data as usize) % self.depth;
             self.slots[i].busy = false;
             let (len, off) = (self.slots[i].len, self.slots[i].off);
             let res = ev.res;
@@ -321,6 +329,11 @@ impl Ring {
         Ok(())
     }
 
+    /// The slot being filled (its buffer in a bounce ring: `agent::bounce::slot`).
+    pub fn slot(&self) -> usize {
+        self.cur
+    }
+
     /// `n` more bytes are written: a progress message when it is time.
     fn written(&mut self, n: u64) {
         self.done += n;
@@ -353,12 +366,13 @@ pub fn ring_for(
     fd: i32,
     extents: &[crate::image::format::Extent],
     deadline_ns: u64,
+    depth: usize,
 ) -> Option<Ring> {
-    ring_for_len(fd, extents.iter().map(|e| e.len).sum(), deadline_ns)
+    ring_for_len(fd, extents.iter().map(|e| e.len).sum(), deadline_ns, depth)
 }
 
 /// [`ring_for`] `len` bytes (a split image's pieces, `memory::write_split`).
-pub fn ring_for_len(fd: i32, len: u64, deadline_ns: u64) -> Option<Ring> {
+pub fn ring_for_len(fd: i32, len: u64, deadline_ns: u64, depth: usize) -> Option<Ring> {
     use core::sync::atomic::Ordering::Relaxed;
     // (Not direct: `-v` says why in its `io=`; nothing to write: nothing to say.)
     if io_report::MODE.load(Relaxed) != io_report::DIRECT || len == 0 {
@@ -368,7 +382,7 @@ pub fn ring_for_len(fd: i32, len: u64, deadline_ns: u64) -> Option<Ring> {
         io_report::AIO_ERRNO.store(io_report::AIO_APPEND, Relaxed);
         return None;
     }
-    match Ring::new(fd, len, deadline_ns) {
+    match Ring::new(fd, len, deadline_ns, depth) {
         Ok(r) => {
             io_report::AIO.store(1, Relaxed);
             Some(r)

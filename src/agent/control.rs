@@ -966,6 +966,13 @@ fn serve_request(
     if end_if_aborted(conn, api, img_fd) {
         return;
     }
+    // The bounce ring of the page data, mapped and populated while the program still runs
+    // (`agent::bounce`; a copy-on-write writer has a buffer of its own). Unmapped when dropped.
+    let bounce = if req.flags & protocol::FLAG_COW == 0 {
+        Some(super::bounce::Bounce::map())
+    } else {
+        None
+    };
     // Phase 2: every thread stops in the handler (running its signal-context callbacks).
     let quiesce_start = sys::monotonic_ns();
     let mut dirbuf = DirBuf([0; 8192]);
@@ -1131,6 +1138,9 @@ fn serve_request(
         // belong to the past (they were never part of the image).
         core::mem::forget(meter);
         core::mem::forget(scratch);
+        if let Some(b) = bounce {
+            super::bounce::after_restart(b);
+        }
         // (Set before the program's threads go, which after_restart does at its end.)
         CONN_IS_PAST.store(true, Release);
         after_restart();

@@ -174,6 +174,9 @@ pub mod io_report {
     /// [`AIO_ERRNO`]: the page data is copied through a bounce buffer first (a copy-on-write
     /// writer, see `memory::BOUNCE_LEN`), and written one piece at a time from there.
     pub const AIO_BOUNCE: i32 = -3;
+    /// 1: the page data was copied through the bounce ring (`agent::bounce`) on its way to the
+    /// AIO ring.
+    pub static BOUNCED: AtomicU32 = AtomicU32::new(0);
     /// Image bytes written so far (where the next write goes).
     pub static WRITTEN: AtomicU64 = AtomicU64::new(0);
     /// `--compress`: pieces whose sample looks incompressible (high 32 bits) of the pieces
@@ -235,6 +238,7 @@ pub mod io_report {
         AT.store(0, Relaxed);
         AIO.store(0, Relaxed);
         AIO_ERRNO.store(0, Relaxed);
+        BOUNCED.store(0, Relaxed);
         WRITTEN.store(0, Relaxed);
         SAMPLED.store(0, Relaxed);
         STORED_RAW.store(0, Relaxed);
@@ -285,6 +289,7 @@ pub mod io_report {
         }
         if AIO.load(Relaxed) == 1 {
             out.push(b" write=aio");
+            super::super::bounce::describe(BOUNCED.load(Relaxed) == 1, out);
         } else if AIO_ERRNO.load(Relaxed) == AIO_APPEND {
             out.push(b" write=sync(O_APPEND)");
         } else if AIO_ERRNO.load(Relaxed) == AIO_BOUNCE {

@@ -453,6 +453,44 @@ fn ioctl(fd: i32, req: u64, arg: usize) -> Result<usize, Errno> {
     sys::sys3(libc::SYS_ioctl as usize, fd as usize, req as usize, arg)
 }
 
+/// Bytes of `start..end` (our own memory) in huge pages, by `PAGEMAP_SCAN` (`agent::bounce`
+/// checks its ring with it); the errno where the kernel cannot say (older than 6.7).
+pub fn huge_bytes(start: u64, end: u64) -> Result<u64, Errno> {
+    let fd = sys::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)? as i32;
+    let mut vec = [PageRegion {
+        start: 0,
+        end: 0,
+        categories: 0,
+    }; 16];
+    let mut at = start;
+    let mut huge = 0u64;
+    let r = loop {
+        if at >= end {
+            break Ok(huge);
+        }
+        let mut arg = PmScanArg {
+            category_mask: PAGE_IS_HUGE,
+            return_mask: PAGE_IS_HUGE,
+            ..PmScanArg::over(at, end, &mut vec)
+        };
+        match ioctl(fd, PAGEMAP_SCAN, &mut arg as *mut _ as usize) {
+            Ok(n) => {
+                huge += vec[..n.min(vec.len())]
+                    .iter()
+                    .map(|r| r.end - r.start)
+                    .sum::<u64>();
+            }
+            Err(e) => break Err(e),
+        }
+        if arg.walk_end <= at {
+            break Ok(huge);
+        }
+        at = arg.walk_end;
+    };
+    sys::close(fd);
+    r
+}
+
 /// Decides, before anything is written, whether this checkpoint is a delta image (see the
 /// module documentation).
 pub fn begin(req_flags: u32, parent_hash: u64, parent_size: u64) {

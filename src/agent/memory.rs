@@ -511,7 +511,7 @@ pub fn find_precopy(
         let mut regions = 0;
         for line in scratch.maps()[..n].split(|&b| b == b'\n') {
             let Some(m) = parse_line(line) else { continue };
-            if agent_own(scratch, m.start) {
+            if agent_own(scratch, m.start, m.end) {
                 continue;
             }
             let mut live = StackBuf::<4096>::new();
@@ -550,7 +550,9 @@ pub fn count_regions_of(path: &[u8], scratch: &Scratch, skip: (u64, u64)) -> Res
     Ok(scratch.maps()[..n]
         .split(|&b| b == b'\n')
         .filter_map(parse_line)
-        .filter(|m| !agent_own(scratch, m.start) && !(skip.0..skip.0 + skip.1).contains(&m.start))
+        .filter(|m| {
+            !agent_own(scratch, m.start, m.end) && !(skip.0..skip.0 + skip.1).contains(&m.start)
+        })
         .count() as u64)
 }
 
@@ -867,9 +869,14 @@ fn maybe_huge(m: &MapLine) -> bool {
 /// Whether the region at `start` is the agent's own memory, never part of an image: the
 /// scratch area of this checkpoint, the delta buffer kept between checkpoints
 /// (`agent::deltabuf`), or the block of a write helper or of a writer left behind, or the AIO
-/// ring of a given-up helper (`agent::offload`).
-fn agent_own(scratch: &Scratch, start: u64) -> bool {
-    scratch.contains(start) || super::deltabuf::contains(start) || super::offload::contains(start)
+/// ring of a given-up helper (`agent::offload`), or this checkpoint's bounce ring
+/// (`agent::bounce`: only a region that lies wholly in it, so that program memory the kernel
+/// merged with it is never left out).
+fn agent_own(scratch: &Scratch, start: u64, end: u64) -> bool {
+    scratch.contains(start)
+        || super::deltabuf::contains(start)
+        || super::offload::contains(start)
+        || super::bounce::contains(start) && super::bounce::contains(end - 1)
 }
 
 /// Scans `/proc/self/maps` and appends a region record (and an extents record) per region.
@@ -899,7 +906,7 @@ pub fn capture(
             // made every checkpoint read smaps, which walks every page table (0.3 s for 4 GiB).
             .any(|m| {
                 maybe_huge(&m)
-                    && !agent_own(scratch, m.start)
+                    && !agent_own(scratch, m.start, m.end)
                     && !pre.is_some_and(|p| (p.base..p.base + p.len).contains(&m.start))
             }) {
             HugeRegions::scan(scratch.probe())
@@ -911,7 +918,7 @@ pub fn capture(
         };
         for line in maps.split(|&b| b == b'\n') {
             let Some(m) = parse_line(line) else { continue };
-            if agent_own(scratch, m.start)
+            if agent_own(scratch, m.start, m.end)
                 || pre.is_some_and(|p| (p.base..p.base + p.len).contains(&m.start))
             {
                 continue;
@@ -1118,8 +1125,15 @@ pub fn write_data_from(
     use super::image::io_report;
     use core::sync::atomic::Ordering::Relaxed;
     if bounce.is_none() {
-        if let Some(ring) = super::aio::ring_for(fd, extents, deadline_ns) {
-            return write_data_async(ring, extents, deadline_ns, h);
+        // Through the bounce ring of this checkpoint when it has one (`agent::bounce`), else
+        // straight from the program's memory.
+        let ring_at = super::bounce::get();
+        let depth = ring_at.map_or(super::aio::DEPTH, |_| super::bounce::SLOTS);
+        if let Some(ring) = super::aio::ring_for(fd, extents, deadline_ns, depth) {
+            return match ring_at {
+                Some(at) => write_data_bounced(ring, at, extents, deadline_ns, h),
+                None => write_data_async(ring, extents, deadline_ns, h),
+            };
         }
     } else if io_report::MODE.load(Relaxed) == io_report::DIRECT {
         io_report::AIO_ERRNO.store(io_report::AIO_BOUNCE, Relaxed);
@@ -1330,6 +1344,64 @@ fn write_data_async(
     Ok(h)
 }
 
+/// [`write_data`] through an AIO ring whose pieces are copied into the bounce ring at `at`
+/// first (`agent::bounce`: buffers in huge pages, so that each piece goes to the disk as a few
+/// physically contiguous runs whatever the program's pages are): [`bounce::COPY`] bytes at a
+/// time, each hashed from the cache right after its copy; a full buffer is submitted while
+/// the ring's other pieces are on the disk.
+///
+/// [`bounce::COPY`]: super::bounce::COPY
+fn write_data_bounced(
+    mut ring: super::aio::Ring,
+    at: usize,
+    extents: &[Extent],
+    deadline_ns: u64,
+    mut h: xxhash_rust::xxh3::Xxh3,
+) -> Result<xxhash_rust::xxh3::Xxh3, Errno> {
+    use super::bounce::{slot, COPY, PIECE};
+    let piece = PIECE as u64;
+    let mut fill = 0u64;
+    let mut since_check = WRITE_CHUNK;
+    for e in extents {
+        let mut done = 0;
+        while done < e.len {
+            if since_check >= WRITE_CHUNK {
+                since_check = 0;
+                super::image::write_must_stop(deadline_ns)?;
+            }
+            let n = (e.len - done).min(COPY as u64).min(piece - fill);
+            let dst = slot(at, ring.slot()) + fill as usize;
+            // SAFETY: the extent lies in readable program memory, the program parked (as in
+            // write_data); `dst` has `n` bytes of the free slot's buffer (`fill + n <= PIECE`),
+            // ours alone until it is submitted.
+            let copy = unsafe {
+                core::ptr::copy_nonoverlapping(
+                    (e.addr + done) as usize as *const u8,
+                    dst as *mut u8,
+                    n as usize,
+                );
+                core::slice::from_raw_parts(dst as *const u8, n as usize)
+            };
+            h.update(copy);
+            fill += n;
+            done += n;
+            since_check += n;
+            if fill == piece {
+                ring.add(slot(at, ring.slot()), fill);
+                ring.submit()?;
+                fill = 0;
+            }
+        }
+    }
+    if fill > 0 {
+        ring.add(slot(at, ring.slot()), fill);
+        ring.submit()?;
+    }
+    ring.finish()?;
+    super::image::io_report::BOUNCED.store(1, core::sync::atomic::Ordering::Relaxed);
+    Ok(h)
+}
+
 /// The pieces of the page data of extents (as `image::compress::for_each_piece` cuts them),
 /// one after the other: `(index, address, length)`.
 struct Pieces<'a> {
@@ -1419,7 +1491,7 @@ pub fn write_split(
     // Any piece may go raw: room for all of them (the file is extended to that; cr_checkpoint
     // stores the compressed pieces at its end and closes the gap afterwards).
     let total: u64 = extents.iter().map(|e| e.len).sum();
-    let mut ring = super::aio::ring_for_len(raw_fd, total, deadline_ns);
+    let mut ring = super::aio::ring_for_len(raw_fd, total, deadline_ns, super::aio::DEPTH);
     // Pieces go to the compressor without blocking, as far as it takes them: the rest goes on
     // between the ring's pieces, and a piece whose turn comes while it is behind goes raw. So
     // the compressor's backlog is at most what cr_checkpoint holds (its threads' pieces and a

@@ -7,6 +7,7 @@
 //! `quiesce`'s handler, which returns into the program.
 
 pub mod aio;
+pub mod bounce;
 pub mod control;
 pub mod cow;
 pub mod created;
@@ -225,6 +226,7 @@ pub fn init() -> bool {
     ctlstart::prepare();
     offload::init();
     zpack::init();
+    bounce::init();
     quiesce::init_test_knobs();
     // The control socket is bound on the first wake-up where the control thread can start on
     // the first connection (issue 11, idle cost; docs/ARCHITECTURE.md, "Start-up").

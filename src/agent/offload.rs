@@ -35,8 +35,10 @@
 //! touches the program's state, nor the agent's outside its own block (its stack, the call's
 //! arguments and an `io_getevents` result buffer, all in its own mapping), and never names the
 //! final path. Until the server answers, the writes in flight still **read the program's
-//! memory** they were given: at most [`super::aio::DEPTH`] pieces of page data (up to 8 MiB
-//! each) with the AIO ring, or one synchronous write; with `O_DIRECT` those pages are pinned,
+//! memory** they were given: at most [`super::aio::MAX_SLOTS`] pieces of page data (up to 8 MiB
+//! each) with the AIO ring (or of its bounce ring, `agent::bounce`, unmapped once the image is
+//! given up: pinned pages stay until the write ends), or one synchronous write; with
+//! `O_DIRECT` those pages are pinned,
 //! so the write reads them as they are by then (the program runs and may have changed them; it
 //! never sees a difference). What they read goes only into the abandoned temporary file,
 //! which is removed once the helper is done. A later checkpoint to the same destination never

@@ -1,0 +1,273 @@
+//! The bounce ring of a stopped checkpoint's page data (issue 11 target 1): [`SLOTS`] buffers of
+//! [`PIECE`] bytes in transparent huge pages, mapped and populated before the program is
+//! stopped, left out of the image ([`contains`], `memory::agent_own`), unmapped once the
+//! checkpoint is done.
+//!
+//! **Why.** A direct write reads the program's pages where they are in physical memory. Fresh
+//! memory filled in order is physically contiguous on this kernel, and the virtio disk takes it
+//! as ~4 MiB requests; a long-running process's pages are scattered, and a 1 MiB bio of 256
+//! scattered 4 KiB pages is cut at the disk's 254 segments: 4 GiB went as ~8 200 requests of
+//! 512 KiB, 1.5-2× the time of the same bytes contiguous (docs/PERFORMANCE.md, "What remains: a
+//! stopped checkpoint of memory that is not physically contiguous"). Copied first into 2 MiB
+//! pages, each 8 MiB piece is four physically contiguous runs: the contiguous memory's rate
+//! again, for a copy the CPU does while the disk writes the pieces before it.
+//!
+//! **How** (`memory::write_data_from`): the AIO ring (`agent::aio`) gets one slot per buffer;
+//! a piece is copied into the free slot's buffer in chunks of [`COPY`] bytes, each hashed right
+//! after its copy (from the cache: the page data is read from memory once, as before), then
+//! submitted, while up to `SLOTS - 1` pieces before it are on the disk. The hash is that of
+//! the bytes written. No allocation, no lock, no stdio in the stop: the ring is mapped before
+//! it ([`Bounce::map`], control thread), its address in the statics below.
+//!
+//! **When not.** `LIBCR_BOUNCE=0` at start-up turns it off (for measurements); a process with
+//! less than [`MIN_RSS`] in memory does not map one (its write is short either way); where the
+//! kernel does not give huge pages for the whole ring (THP `never`, `madvise` refused,
+//! compaction failed: checked with `PAGEMAP_SCAN`'s `PAGE_IS_HUGE`), the page data is written
+//! straight from the program's memory as before. `cr_checkpoint -v` says which:
+//! `write=aio+bounce(thp)`, or `write=aio(no bounce: …)` and why.
+//!
+//! **What it does not cover.** A copy-on-write writer has a bounce buffer of its own
+//! (`agent::cow`, synchronous writes); `--compress` split images (`memory::write_split`) and
+//! the pieces of a delta copied into the delta buffer (`agent::deltabuf`) are written from
+//! where they are. A delta written stopped from memory (`memory::write_data_from`) goes through
+//! the ring like a full image.
+//!
+//! **A write given up** (`agent::offload`): the pieces in flight read the ring, whose pages a
+//! direct write pins, so unmapping it while they are still on their way is safe; what a helper
+//! that has not pinned them yet reads instead goes only into the abandoned file, which is
+//! removed.
+
+use crate::sys;
+use core::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering::*};
+
+/// Bytes of one buffer: a piece of the AIO ring (`memory::WRITE_CHUNK`).
+pub const PIECE: usize = 8 << 20;
+/// Buffers: `aio::DEPTH` pieces on the disk while the next one is copied.
+pub const SLOTS: usize = super::aio::DEPTH + 1;
+/// Bytes copied (then hashed from the cache) at a time.
+pub const COPY: usize = 256 << 10;
+/// A process with less than this in memory (`/proc/self/statm`) writes without the ring.
+pub const MIN_RSS: u64 = 32 << 20;
+const HUGE: usize = 2 << 20;
+const RING_LEN: usize = PIECE * SLOTS;
+
+/// The ring of this checkpoint (aligned address; 0: none), and the mapping it lies in.
+static BASE: AtomicUsize = AtomicUsize::new(0);
+static MAP: AtomicUsize = AtomicUsize::new(0);
+/// Why there is no ring ([`Why`] as a number), or how it is ([`THP`], [`UNCHECKED`]).
+static STATE: AtomicU32 = AtomicU32::new(OFF_NONE);
+/// The errno of [`OFF_MAP`] / [`UNCHECKED`], or the MiB in huge pages of [`OFF_SMALL_PAGES`].
+static DETAIL: AtomicI32 = AtomicI32::new(0);
+/// `LIBCR_BOUNCE` at start-up: 0 off, 1 on (even for a small process), 2 default.
+static KNOB: AtomicU32 = AtomicU32::new(2);
+
+/// [`STATE`]: no ring was asked for (a copy-on-write checkpoint, or not yet).
+const OFF_NONE: u32 = 0;
+/// Turned off with `LIBCR_BOUNCE=0`.
+const OFF_KNOB: u32 = 1;
+/// The process has less than [`MIN_RSS`] in memory.
+const OFF_SMALL: u32 = 2;
+/// `mmap` (or `madvise(MADV_DONTFORK)`) failed ([`DETAIL`]: errno).
+const OFF_MAP: u32 = 3;
+/// Not all of the ring is in huge pages ([`DETAIL`]: MiB that are).
+const OFF_SMALL_PAGES: u32 = 4;
+/// The ring is in huge pages.
+const THP: u32 = 5;
+/// The kernel could not say whether it is (`PAGEMAP_SCAN` failed, [`DETAIL`]: errno): used.
+const UNCHECKED: u32 = 6;
+
+/// At start-up: reads `LIBCR_BOUNCE` (`0`: never, `1`: always, also for a small process).
+pub fn init() {
+    // SAFETY: getenv with a NUL-terminated name (at init, before the program's threads).
+    let v = unsafe { libc::getenv(c"LIBCR_BOUNCE".as_ptr()) };
+    if v.is_null() {
+        return;
+    }
+    // SAFETY: a non-null getenv result is a NUL-terminated string.
+    match unsafe { core::ffi::CStr::from_ptr(v) }.to_bytes() {
+        b"0" => KNOB.store(0, Relaxed),
+        b"1" => KNOB.store(1, Relaxed),
+        _ => {}
+    }
+}
+
+/// The ring's buffers, if this checkpoint has them: the address of the first ([`slot`]).
+pub fn get() -> Option<usize> {
+    let b = BASE.load(Acquire);
+    (b != 0).then_some(b)
+}
+
+/// The buffer of slot `i` of the ring at `base`.
+pub fn slot(base: usize, i: usize) -> usize {
+    base + (i % SLOTS) * PIECE
+}
+
+/// Whether `addr` lies in the ring's mapping (left out of images like the scratch area).
+pub fn contains(addr: u64) -> bool {
+    let m = MAP.load(Acquire) as u64;
+    m != 0 && (m..m + (RING_LEN + HUGE) as u64).contains(&addr)
+}
+
+/// The ring of one checkpoint: mapped by [`Bounce::map`], unmapped when dropped.
+pub struct Bounce(());
+
+impl Bounce {
+    /// Maps and populates the ring, before the program is stopped (control thread), unless
+    /// turned off or not worth it; [`STATE`] says how it went.
+    pub fn map() -> Bounce {
+        forget_ring();
+        let knob = KNOB.load(Relaxed);
+        if knob == 0 {
+            STATE.store(OFF_KNOB, Relaxed);
+            return Bounce(());
+        }
+        if knob == 2 && resident() < MIN_RSS {
+            STATE.store(OFF_SMALL, Relaxed);
+            return Bounce(());
+        }
+        let map = match sys::mmap(
+            0,
+            RING_LEN + HUGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        ) {
+            Ok(m) => m,
+            Err(e) => {
+                STATE.store(OFF_MAP, Relaxed);
+                DETAIL.store(e.0, Relaxed);
+                return Bounce(());
+            }
+        };
+        let base = (map + HUGE - 1) & !(HUGE - 1);
+        // A private anonymous mapping next to one of the program's with the same flags is
+        // merged with it by the kernel (one line of /proc/self/maps), and a region that starts
+        // in the ring would have been left out of the image whole, program memory included (a
+        // restored tree crashed so in tests/faults.rs). `MADV_DONTFORK` on all of it gives
+        // the ring flags of its own (split from any neighbour it was merged with at `mmap`),
+        // and a fork of the program (the copy-on-write writer) does not get it; a region is
+        // left out only when it lies wholly in the ring (`memory::agent_own`).
+        if let Err(e) = sys::sys3(
+            libc::SYS_madvise as usize,
+            map,
+            RING_LEN + HUGE,
+            libc::MADV_DONTFORK as usize,
+        ) {
+            sys::munmap(map, RING_LEN + HUGE);
+            STATE.store(OFF_MAP, Relaxed);
+            DETAIL.store(e.0, Relaxed);
+            return Bounce(());
+        }
+        // Left out of images from now on.
+        MAP.store(map, Release);
+        // (Refused where there are no transparent huge pages: checked below.)
+        let _ = sys::sys3(
+            libc::SYS_madvise as usize,
+            map,
+            RING_LEN + HUGE,
+            libc::MADV_HUGEPAGE as usize,
+        );
+        // Populated now, outside the stop (a page never written would be the shared zero page).
+        // SAFETY: our fresh mapping, RING_LEN bytes from `base` lie inside it.
+        unsafe { core::ptr::write_bytes(base as *mut u8, 0, RING_LEN) };
+        match super::incremental::huge_bytes(base as u64, (base + RING_LEN) as u64) {
+            Ok(n) if n >= RING_LEN as u64 => STATE.store(THP, Relaxed),
+            Ok(n) => {
+                // Scattered 4 KiB pages of our own would gain nothing: written straight from the
+                // program's memory.
+                STATE.store(OFF_SMALL_PAGES, Relaxed);
+                DETAIL.store((n >> 20) as i32, Relaxed);
+                unmap();
+                return Bounce(());
+            }
+            Err(e) => {
+                STATE.store(UNCHECKED, Relaxed);
+                DETAIL.store(e.0, Relaxed);
+            }
+        }
+        BASE.store(base, Release);
+        Bounce(())
+    }
+}
+
+impl Drop for Bounce {
+    fn drop(&mut self) {
+        unmap();
+    }
+}
+
+/// Unmaps the ring (if any) and forgets it.
+fn unmap() {
+    let m = MAP.load(Acquire);
+    forget_ring();
+    if m != 0 {
+        sys::munmap(m, RING_LEN + HUGE);
+    }
+}
+
+/// Forgets the ring without unmapping it.
+fn forget_ring() {
+    BASE.store(0, Release);
+    MAP.store(0, Release);
+}
+
+/// In a restored process: the ring was never part of the image; forget it (never unmap: the
+/// address may be the program's now). The [`Bounce`] of the checkpoint is forgotten too.
+pub fn after_restart(b: Bounce) {
+    core::mem::forget(b);
+    forget_ring();
+    STATE.store(OFF_NONE, Relaxed);
+}
+
+/// Bytes of this process in memory (`/proc/self/statm`'s resident pages; 0 if unknown).
+fn resident() -> u64 {
+    let mut buf = [0u8; 128];
+    let Ok(fd) = sys::open(b"/proc/self/statm\0", libc::O_RDONLY | libc::O_CLOEXEC, 0) else {
+        return 0;
+    };
+    let n = sys::read(fd as i32, &mut buf).unwrap_or(0);
+    sys::close(fd as i32);
+    let mut fields = buf[..n].split(|&c| c == b' ');
+    let _size = fields.next();
+    let pages = fields.next().map_or(0, |f| {
+        f.iter()
+            .take_while(|c| c.is_ascii_digit())
+            .fold(0u64, |a, &c| a * 10 + u64::from(c - b'0'))
+    });
+    pages * crate::image::format::PAGE as u64
+}
+
+/// Appends how the page data went through the AIO ring to `-v`'s `write=aio`: `+bounce(thp)`
+/// when it was copied through the ring (`used`), else why not (nothing for a small process:
+/// not a path refused, and the whole report is one reply of 240 bytes).
+pub fn describe(used: bool, out: &mut crate::sys::StackBuf<240>) {
+    let st = STATE.load(Relaxed);
+    let d = DETAIL.load(Relaxed);
+    if used {
+        out.push(b"+bounce(thp");
+        if st == UNCHECKED {
+            out.push(b"? errno ").num(d as u64);
+        }
+        out.push(b")");
+        return;
+    }
+    match st {
+        OFF_KNOB => {
+            out.push(b"(no bounce: LIBCR_BOUNCE=0)");
+        }
+        OFF_MAP => {
+            out.push(b"(no bounce: mmap errno ")
+                .num(d as u64)
+                .push(b")");
+        }
+        OFF_SMALL_PAGES => {
+            out.push(b"(no bounce: thp ")
+                .num(d as u64)
+                .push(b"/")
+                .num((RING_LEN >> 20) as u64)
+                .push(b" MiB)");
+        }
+        _ => {}
+    }
+}
