@@ -233,8 +233,52 @@ pub const ZPULL_REFUSED: u8 = b'R';
 pub const FLAG_PLACED: u32 = 0x800000;
 
 /// With [`FLAG_PLACED`]: no `fdatasync` of the image by the agent; the requester syncs the
-/// whole file once every image is written.
-pub const FLAG_PLACED_NOSYNC: u32 = 0x1000000;
+/// whole file once every image is written. (0x1000000 for its first hour on main, where it
+/// was also bit 0 of [`FLAG_ZPACK`]'s level: the agent skipped the `fdatasync` of a
+/// `--compress` image at levels 1 and 3 — harmless, `cr_checkpoint` syncs the file at the
+/// commit anyway. The agent takes the checkpoint request's and the
+/// write order's flags together, so every flag must have a bit of its own: checked below.)
+pub const FLAG_PLACED_NOSYNC: u32 = 0x200;
+
+/// Every single-bit request flag (the agent ORs the checkpoint request's flags with the write
+/// order's: `agent::control`): no two may share a bit, nor take one of [`FLAG_ZPACK`]'s level
+/// bits, nor 0x1 (`FLAG_SAVE_ALL` before the three `FLAG_SAVE_*`) or 0x10000 (`FLAG_ZSPLIT`
+/// and `FLAG_TMP_NAMED` before), which older requesters may still send.
+const REQUEST_FLAGS: [u32; 20] = [
+    FLAG_API,
+    FLAG_BARRIER,
+    FLAG_PROHIBIT_SELF,
+    FLAG_SAVE_EXE,
+    FLAG_SAVE_PRIVATE,
+    FLAG_SAVE_SHARED,
+    FLAG_SAVE_TMP_NONE,
+    FLAG_COW,
+    FLAG_PLACED_NOSYNC,
+    FLAG_INCREMENTAL,
+    FLAG_PROGRESS,
+    FLAG_RAW_OK,
+    FLAG_SOLE,
+    FLAG_TMP_NAMED,
+    FLAG_ZSPLIT,
+    FLAG_ZWAIT,
+    FLAG_ZPACE,
+    FLAG_ZPULL,
+    FLAG_ZPACK,
+    FLAG_PLACED,
+];
+const _: () = {
+    let reserved = 0x1 | 0x10000 | (0x1f << ZPACK_LEVEL_SHIFT);
+    let mut seen = 0u32;
+    let mut i = 0;
+    while i < REQUEST_FLAGS.len() {
+        let f = REQUEST_FLAGS[i];
+        assert!(f.count_ones() == 1, "a request flag is one bit");
+        assert!(f & seen == 0, "two request flags share a bit");
+        assert!(f & reserved == 0, "a request flag takes a reserved bit");
+        seen |= f;
+        i += 1;
+    }
+};
 
 /// `Reply::bytes` bit of [`STATUS_QUIESCED`]: this agent knows [`FLAG_PLACED`] (and has no
 /// forwarded processes whose images it would append to its own).
