@@ -114,8 +114,21 @@ fn slot(addr: usize) -> &'static Slot {
 /// `cr-zstd-stall`, until told to exit). Tests only.
 static KNOB: AtomicU32 = AtomicU32::new(0);
 
-/// Reads [`KNOB`] (at init, before the program's threads).
+/// `LIBCR_PACK_HELPERS=N` in the environment at start-up (1..=[`MAX_HELPERS`]): this many
+/// helpers instead of one per CPU (0: not set). For measuring; documented in cr_checkpoint(1).
+static HELPERS_WANTED: AtomicU32 = AtomicU32::new(0);
+
+/// Reads [`KNOB`] and [`HELPERS_WANTED`] (at init, before the program's threads).
 pub fn init() {
+    // SAFETY: getenv with a NUL-terminated name (at init, before the program's threads).
+    let h = unsafe { libc::getenv(c"LIBCR_PACK_HELPERS".as_ptr()) };
+    if !h.is_null() {
+        // SAFETY: a non-null getenv result is a NUL-terminated string.
+        let h = unsafe { core::ffi::CStr::from_ptr(h) }.to_bytes();
+        if let [d @ b'1'..=b'9'] = h {
+            HELPERS_WANTED.store(u32::from(d - b'0').min(MAX_HELPERS as u32), Relaxed);
+        }
+    }
     // SAFETY: getenv with a NUL-terminated name (at init, before the program's threads).
     let v = unsafe { libc::getenv(c"LIBCR_TEST_PACK".as_ptr()) };
     if v.is_null() {
@@ -177,7 +190,10 @@ impl Pack {
         if KNOB.load(Relaxed) == 1 {
             return Err(Errno(libc::ENOMEM));
         }
-        let n = cpus().min(MAX_HELPERS);
+        let n = match HELPERS_WANTED.load(Relaxed) {
+            0 => cpus().min(MAX_HELPERS),
+            w => w as usize,
+        };
         let per = PAGE + STACK_LEN + OUT_LEN + fast_len + long_len;
         let len = per * n;
         let base = sys::mmap(

@@ -1068,11 +1068,14 @@ fn lost(pid: i32, e: i32, how: String) -> CheckpointError {
 /// an incremental checkpoint's, and every agent must know the request (an older agent, e.g.
 /// of a process restored from an older image, does not say `protocol::CAP_PLACED`; nor does
 /// one whose callbacks forwarded the checkpoint, which appends those images to its own).
-/// `CR_TREE_WRITE=turn` in our environment writes them in turn (for measurements).
+/// **Not the default yet**: only with `CR_TREE_WRITE=once` in our environment. Under load,
+/// tests/faults.rs `target_forks_during_its_checkpoint` (a member forked in its callback)
+/// restarted a tree image written at once with "page data checksum mismatch" in about 1 run of
+/// 7, never written in turn (docs/RELIABILITY.md); until that is understood, the images go in
+/// turn unless asked.
 fn placement(cut: &Cut, live: &[usize], incremental: bool) -> Result<(), String> {
-    // For measurements (bench.py A/B): the images in turn, as before the placed write.
-    if std::env::var_os("CR_TREE_WRITE").is_some_and(|v| v == "turn") {
-        return Err("CR_TREE_WRITE=turn".into());
+    if std::env::var_os("CR_TREE_WRITE").is_none_or(|v| v != "once") {
+        return Err("the default (CR_TREE_WRITE=once writes them at once)".into());
     }
     if cut.opts.compress.is_some() {
         return Err("--compress pipes them through one compressor".into());
