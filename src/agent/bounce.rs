@@ -78,15 +78,9 @@ const UNCHECKED: u32 = 6;
 
 /// At start-up: reads `LIBCR_BOUNCE` (`0`: never, `1`: always, also for a small process).
 pub fn init() {
-    // SAFETY: getenv with a NUL-terminated name (at init, before the program's threads).
-    let v = unsafe { libc::getenv(c"LIBCR_BOUNCE".as_ptr()) };
-    if v.is_null() {
-        return;
-    }
-    // SAFETY: a non-null getenv result is a NUL-terminated string.
-    match unsafe { core::ffi::CStr::from_ptr(v) }.to_bytes() {
-        b"0" => KNOB.store(0, Relaxed),
-        b"1" => KNOB.store(1, Relaxed),
+    match super::env_at_init(c"LIBCR_BOUNCE") {
+        Some(b"0") => KNOB.store(0, Relaxed),
+        Some(b"1") => KNOB.store(1, Relaxed),
         _ => {}
     }
 }

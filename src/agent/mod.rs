@@ -193,6 +193,16 @@ pub(crate) fn verify_tid_offset() {
     TID_OFFSET.store(find_tid_offset(fs, tid, 16), Relaxed);
 }
 
+/// The value of environment variable `name` as the agent's knobs read it at start-up (before
+/// the program's threads: `getenv` is not safe beside a `setenv`), `None` when unset.
+pub fn env_at_init(name: &core::ffi::CStr) -> Option<&'static [u8]> {
+    // SAFETY: getenv with a NUL-terminated name (at init, before the program's threads).
+    let v = unsafe { libc::getenv(name.as_ptr()) };
+    // SAFETY: a non-null getenv result is a NUL-terminated string, left in place by the
+    // program's environment for as long as nobody changes that variable.
+    (!v.is_null()).then(|| unsafe { core::ffi::CStr::from_ptr(v) }.to_bytes())
+}
+
 /// Sets the agent up (idempotent): checkpoint signal handler, fork handling, control thread.
 #[link_section = ".text.hot.libcr_start"]
 pub fn init() -> bool {

@@ -141,10 +141,7 @@ static OFF: AtomicU32 = AtomicU32::new(0);
 
 /// At start-up: reads `LIBCR_WRITE_HELPER`.
 pub fn init() {
-    // SAFETY: getenv with a NUL-terminated name (at init, before the program's threads).
-    let v = unsafe { libc::getenv(c"LIBCR_WRITE_HELPER".as_ptr()) };
-    // SAFETY: a non-null getenv result is a NUL-terminated string.
-    if !v.is_null() && unsafe { core::ffi::CStr::from_ptr(v) }.to_bytes() == b"0" {
+    if super::env_at_init(c"LIBCR_WRITE_HELPER") == Some(b"0") {
         OFF.store(1, Relaxed);
     }
 }

@@ -508,13 +508,9 @@ static PARK_LATE_NS: AtomicU64 = AtomicU64::new(0);
 
 /// At start-up: reads `LIBCR_TEST_PARK_LATE_MS` (see [`PARK_LATE_NS`]).
 pub fn init_test_knobs() {
-    // SAFETY: getenv with a NUL-terminated name (at init, before the program's threads).
-    let v = unsafe { libc::getenv(c"LIBCR_TEST_PARK_LATE_MS".as_ptr()) };
-    if v.is_null() {
+    let Some(s) = super::env_at_init(c"LIBCR_TEST_PARK_LATE_MS") else {
         return;
-    }
-    // SAFETY: a non-null getenv result is a NUL-terminated string.
-    let s = unsafe { core::ffi::CStr::from_ptr(v) }.to_bytes();
+    };
     let ms = s
         .iter()
         .take_while(|c| c.is_ascii_digit())

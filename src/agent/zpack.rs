@@ -120,22 +120,12 @@ static HELPERS_WANTED: AtomicU32 = AtomicU32::new(0);
 
 /// Reads [`KNOB`] and [`HELPERS_WANTED`] (at init, before the program's threads).
 pub fn init() {
-    // SAFETY: getenv with a NUL-terminated name (at init, before the program's threads).
-    let h = unsafe { libc::getenv(c"LIBCR_PACK_HELPERS".as_ptr()) };
-    if !h.is_null() {
-        // SAFETY: a non-null getenv result is a NUL-terminated string.
-        let h = unsafe { core::ffi::CStr::from_ptr(h) }.to_bytes();
-        if let [d @ b'1'..=b'9'] = h {
-            HELPERS_WANTED.store(u32::from(d - b'0').min(MAX_HELPERS as u32), Relaxed);
-        }
+    if let Some([d @ b'1'..=b'9']) = super::env_at_init(c"LIBCR_PACK_HELPERS") {
+        HELPERS_WANTED.store(u32::from(d - b'0').min(MAX_HELPERS as u32), Relaxed);
     }
-    // SAFETY: getenv with a NUL-terminated name (at init, before the program's threads).
-    let v = unsafe { libc::getenv(c"LIBCR_TEST_PACK".as_ptr()) };
-    if v.is_null() {
+    let Some(v) = super::env_at_init(c"LIBCR_TEST_PACK") else {
         return;
-    }
-    // SAFETY: a non-null getenv result is a NUL-terminated string.
-    let v = unsafe { core::ffi::CStr::from_ptr(v) }.to_bytes();
+    };
     KNOB.store(
         match v {
             b"fail" => 1,
