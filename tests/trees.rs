@@ -1045,7 +1045,8 @@ fn session_scope() {
 
 /// `bigmem 24 4`: four processes, each with 24 MiB of a pattern of its own that it keeps
 /// changing until GO. A `--compress` checkpoint writes their images one after the other (`-v`
-/// says why); the `--term` one writes them at once, each at its place in the tree file (`-v`
+/// says why), and so does one with `CR_TREE_WRITE=turn`; the `--term` one (the default) writes
+/// them at once, each at its place in the tree file (`-v`
 /// says so, and each agent's report says `placed`); cr_restart brings all four back from it,
 /// and after GO every process compares its whole buffer with what it computes it should hold
 /// (the parent PASSes only when its own and its three children's match).
@@ -1066,17 +1067,20 @@ fn images_written_at_once_restore_every_process_memory() {
         "bigmem 24 4 should run as 4 processes: {pids:?}"
     );
 
-    // (Written at once only when asked: cut.rs `placement`.)
-    let once = |flags: &[&str], img: &std::path::Path| {
+    // (At once by default; `CR_TREE_WRITE=turn` asks for the old order: cut.rs `placement`.)
+    let ckpt = |flags: &[&str], img: &std::path::Path, tree_write: Option<&str>| {
         let mut argv: Vec<std::ffi::OsString> = vec![sc.tools().cr_checkpoint.clone().into()];
         argv.extend(flags.iter().map(std::ffi::OsString::from));
         argv.extend(["-f".into(), img.into(), job.pid().to_string().into()]);
         let mut cmd = sc.command(&argv);
-        cmd.env("CR_TREE_WRITE", "once");
+        cmd.env_remove("CR_TREE_WRITE");
+        if let Some(v) = tree_write {
+            cmd.env("CR_TREE_WRITE", v);
+        }
         sc.run_tool("cr_checkpoint", cmd)
     };
     let zimg = sc.next_image_path();
-    let res = once(&["-v", "--compress"], &zimg);
+    let res = ckpt(&["-v", "--compress"], &zimg, None);
     res.assert_success();
     assert!(
         res.stderr
@@ -1085,9 +1089,20 @@ fn images_written_at_once_restore_every_process_memory() {
         res.describe()
     );
     fs::remove_file(&zimg).expect("remove the compressed image");
+    let timg = sc.next_image_path();
+    let res = ckpt(&["-v"], &timg, Some("turn"));
+    res.assert_success();
+    assert!(
+        res.stderr
+            .contains("writing the 4 images one after the other: CR_TREE_WRITE=turn asks for it")
+            && !res.stderr.contains(" placed "),
+        "-v should say CR_TREE_WRITE=turn wrote the tree in turn:\n{}",
+        res.describe()
+    );
+    fs::remove_file(&timg).expect("remove the image written in turn");
 
     let img = sc.next_image_path();
-    let res = once(&["-v", "--term"], &img);
+    let res = ckpt(&["-v", "--term"], &img, None);
     res.assert_success();
     sc.assert_image_file(&img);
     assert!(

@@ -1138,6 +1138,7 @@ fn serve_request(
         // belong to the past (they were never part of the image).
         core::mem::forget(meter);
         core::mem::forget(scratch);
+        super::scratch::forget_restored();
         if let Some(b) = bounce {
             super::bounce::after_restart(b);
         }

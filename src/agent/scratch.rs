@@ -1,7 +1,43 @@
 //! Scratch memory for one checkpoint, mapped before the threads are stopped and left out of the
 //! image. It is a shared anonymous mapping so the kernel never merges it with program memory.
+//!
+//! A child the program forks while the area is mapped (a thread not stopped yet, or a callback
+//! that forks: tests/faults.rs `target_forks_during_its_checkpoint`) unmaps its copy in its fork
+//! handler ([`forget_in_child`]). It is shared memory the parent's control thread goes on writing
+//! (the metadata, the header, the image writer's stack), and the child's agent does not know it
+//! for its own: the child's checkpoint saved it as shared memory of the program
+//! (`SharedContent`, "/dev/zero (deleted)", 296 MiB of address space), and a tree image written
+//! at once, where the parent writes its image while the child hashes and writes the same pages,
+//! failed its page data checksum at restart (docs/RELIABILITY.md).
 
 use crate::image::format::{Extent, PAGE};
+use core::sync::atomic::{AtomicUsize, Ordering::*};
+
+/// Where the scratch area of the request being served is mapped (0: none), for a fork child
+/// to unmap ([`forget_in_child`]).
+#[link_section = ".data1"]
+static MAPPED_AT: AtomicUsize = AtomicUsize::new(0);
+
+/// In a restored process (control thread, before the program's threads go): the area of the
+/// request the image was taken in was never part of the image, and its address may hold the
+/// program's memory now: forgotten, not unmapped.
+pub fn forget_restored() {
+    MAPPED_AT.store(0, Release);
+}
+
+/// In a fork child: unmaps the scratch area of the parent's request in progress (see the
+/// module comment). Only a glibc `fork` runs it, never the copy-on-write writer (`clone3`),
+/// which shares the area with its parent on purpose.
+#[link_section = ".text.hot.libcr_start"]
+pub fn forget_in_child() {
+    // (Read first, written only when set: a child that execs at once copies no page of ours.)
+    if MAPPED_AT.load(Acquire) != 0 {
+        let base = MAPPED_AT.swap(0, AcqRel);
+        if base != 0 {
+            sys::munmap(base, TOTAL);
+        }
+    }
+}
 
 /// Most files whose contents one image saves.
 pub const MAX_SPANS: usize = 1024;
@@ -112,6 +148,7 @@ impl Scratch {
             -1,
             0,
         )?;
+        MAPPED_AT.store(base, Release);
         Ok(Scratch { base })
     }
 
@@ -220,6 +257,7 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
+        let _ = MAPPED_AT.compare_exchange(self.base, 0, AcqRel, Acquire);
         sys::munmap(self.base, TOTAL);
     }
 }
