@@ -1502,6 +1502,8 @@ fn destination_file_size_limit() {
 /// image fits, the second does not ("No space left on device"), or the file system was made
 /// read-only with an earlier image in it ("Read-only file system"). One line, an exit code, the first image
 /// unchanged and nothing else in the directory, the program unharmed; the first image restores.
+/// Then `--compress` into the full one filled up, each way the pieces reach the compressor and
+/// to a stream: the compressor's own error, exit 28, at once.
 #[test]
 fn destination_full_or_read_only() {
     let sc = Scenario::new("fault-enospc");
@@ -1527,6 +1529,18 @@ for d in {full} {ro}; do
   echo "$d ls=$(ls -A $d | tr '\n' ' ')"
   echo "$d sum=$(cksum < $d/first.img)"
 done
+dd if=/dev/zero of={full}/filler bs=64k 2>/dev/null
+for how in packed pulled piped; do
+  case $how in
+    packed) env=;;
+    pulled) env=CR_COMPRESS_PACK=0;;
+    piped) env="CR_COMPRESS_PACK=0 CR_COMPRESS_PULL=0";;
+  esac
+  env $env timeout -s KILL 60 {ckpt} --compress -f {full}/z.img {pid} 2>{full}.zerr; echo "z rc=$? err=$(cat {full}.zerr)"
+done
+timeout -s KILL 60 {ckpt} --compress -f - {pid} >{full}/z-stream.img 2>{full}.zerr; echo "z rc=$? err=$(cat {full}.zerr)"
+rm -f {full}/filler {full}/z-stream.img
+echo "z ls=$(ls -A {full} | tr '\n' ' ')"
 cp {full}/first.img {out}
 "#,
         full = full.display(),
@@ -1581,6 +1595,29 @@ cp {full}/first.img {out}
         sc.note(&format!("{d}: {}", rcs[0]));
         eprintln!("{}: {d}: {}", sc.name(), rcs[0]);
     }
+    // `--compress` into a full file system, each way the pieces go to the compressor (packed by
+    // the agent, pulled from the process, piped) and to a stream: the compressor's own error
+    // and errno, at once. (Its writer's failure once left the reader waiting for room in the
+    // queue for ever, and the agent's "Broken pipe" hid the reason.)
+    let z: Vec<&str> = res
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("z rc="))
+        .collect();
+    assert_eq!(z.len(), 4, "{}", res.describe());
+    for r in &z {
+        let (code, err) = r.split_once(" err=").expect("rc line");
+        assert!(
+            code == "28" && err.contains("No space left on device") && !err.contains('\n'),
+            "--compress to a full file system: exit 28 and one line naming it, not {code}: {err}"
+        );
+    }
+    sc.note(&format!("--compress: {}", z[0]));
+    assert!(
+        res.stdout.lines().any(|l| l == "z ls=first.img "),
+        "--compress left files behind:\n{}",
+        res.describe()
+    );
     job.assert_running("after the failed checkpoints");
     assert_no_leak(pid, &before, "full / read-only destination");
     sc.go();

@@ -483,7 +483,15 @@ extern "C" fn helper_main(at: usize) -> ! {
                 let r =
                     crate::image::compress::pack_by_rule(raw, |long, src| compress(s, long, src));
                 s.result.store(r.unwrap_or(0), Relaxed);
-                s.state.store(DONE, Release);
+                // Not a plain store: the writer may have said EXIT while we packed (it gave
+                // up: a failed write), and overwriting that with DONE left us waiting for the
+                // next piece while its `Drop` waited 60 s for us to exit.
+                if s.state
+                    .compare_exchange(WORK, DONE, Release, Acquire)
+                    .is_err()
+                {
+                    break;
+                }
                 events.fetch_add(1, Release);
                 sys::futex_wake_all(events);
                 if s.stall {

@@ -480,12 +480,7 @@ pub(super) fn checkpoint_one(
         ));
     };
     if reply.status != 0 {
-        let e = reply.status;
-        let msg = reply.message();
-        if msg.contains(protocol::LEFT_BEHIND) {
-            cut.outs[0].leave_to_agent();
-        }
-        return Err(err(e, failed_msg(pid, &msg, e, opts.time)));
+        return Err(cut.failed(0, &reply));
     }
     cut.members[0].contacted = true;
     cut.members[0].bytes = reply.bytes;
@@ -805,9 +800,15 @@ impl<'a> Cut<'a> {
         let pid = self.members[i].pid;
         self.members[i].omitted = true;
         let msg = reply.message();
+        let o = self.members[i].out;
         if msg.contains(protocol::LEFT_BEHIND) {
-            let o = self.members[i].out;
             self.outs[o].leave_to_agent();
+        }
+        // A broken compressing pipe: the compressor's own reason, not the agent's EPIPE.
+        if reply.status == libc::EPIPE {
+            if let Some((errno, why)) = self.outs[o].compressor_error() {
+                return err(errno, format!("checkpoint of {pid} failed: {why}"));
+            }
         }
         err(
             reply.status,

@@ -225,6 +225,14 @@ pub(super) struct Out {
     zip: Option<Compressing>,
 }
 
+/// The errno in a compressor's error message (Rust's " (os error N)" of the system call that
+/// failed, which the tools strip when they print), else `EIO`: the exit code follows it.
+fn errno_in(m: &str) -> i32 {
+    m.rfind(" (os error ")
+        .and_then(|i| m[i + 11..].split(')').next()?.parse().ok())
+        .unwrap_or(libc::EIO)
+}
+
 /// The compression behind an [`Out`] (`--compress`).
 struct Compressing {
     /// The thread reading the pipe and writing the compressed images.
@@ -415,7 +423,7 @@ impl Out {
         // SAFETY: our write end of the pipe (the agents hold theirs until they are released).
         unsafe { libc::close(self.fd) };
         crate::image::compress::PipeSource::finish(&z.done, &z.wake);
-        let fail = |m: String| err(libc::EIO, format!("cannot compress {}: {m}", self.what));
+        let fail = |m: String| err(errno_in(&m), format!("cannot compress {}: {m}", self.what));
         let stats = z
             .thread
             .join()
@@ -442,7 +450,7 @@ impl Out {
                     break;
                 }
                 crate::sys::write_all(fd, &buf[..n])
-                    .map_err(|e| fail(crate::tool::strerror(e.0)))?;
+                    .map_err(|e| fail(std::io::Error::from_raw_os_error(e.0).to_string()))?;
                 at += n as u64;
             }
         } else if let Some(f) = &self.file {
@@ -529,6 +537,34 @@ impl Out {
                 })
             }
         }
+    }
+
+    /// `--compress`: why the compressor stopped reading, when it did. An agent whose write into
+    /// the pipe failed with `EPIPE` only knows that the reader went away; the reason (a frame
+    /// it refused, the destination full) is the compressor's. Waits at most 0.5 s for the
+    /// thread (a compressor that gave up has already returned: that closed the pipe). The
+    /// compression is over either way: the checkpoint has failed. With the errno of the
+    /// system call that failed when the message carries one (Rust's " (os error N)", which
+    /// the tools strip when they print), else `EIO`.
+    pub fn compressor_error(&mut self) -> Option<(i32, String)> {
+        let z = self.zip.as_ref()?;
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(500);
+        while !z.thread.is_finished() {
+            if std::time::Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let z = self.zip.take()?;
+        // SAFETY: our write end of the pipe (as in `discard`, which now has nothing to close).
+        unsafe { libc::close(self.fd) };
+        self.fd = -1;
+        let m = match z.thread.join() {
+            Ok(Err(m)) => m,
+            Ok(Ok(_)) => return None,
+            Err(_) => "the compression thread failed".into(),
+        };
+        Some((errno_in(&m), format!("cannot compress {}: {m}", self.what)))
     }
 
     /// Removes the partial file (a failed checkpoint; an unnamed one goes with its descriptor).

@@ -910,6 +910,10 @@ fn one_image(
     // Pieces the agent compressed itself (`ZPLAN_PACKED`).
     let npacked = std::sync::atomic::AtomicU64::new(0);
     let (frames, raw_hash, hi) = std::thread::scope(|s| -> Result<_, String> {
+        // Owned here, and dropped once the threads have their clones: when they are gone (the
+        // writer failed, so each ended at its next piece) the reader's send fails instead of
+        // waiting for room in the queue for ever.
+        let job_rx = job_rx;
         // Buffers of compressed frames, back from the writer for reuse (no fresh memory per
         // frame).
         let spare: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
@@ -990,6 +994,7 @@ fn one_image(
                 Err(e) => spawn_err = Some(e),
             }
         }
+        drop(job_rx);
         if let (0, Some(e)) = (started, spawn_err) {
             return Err(format!("cannot create a compression thread: {e}"));
         }
