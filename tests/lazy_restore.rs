@@ -382,9 +382,9 @@ fn direct_io_works(dir: &Path) -> bool {
 }
 
 /// c-tests/scattered.c (64 MiB whose pages are not physically contiguous, with its own
-/// checksum) checkpointed with `--term` and `-v` (with `env` for cr_run); returns the image and
-/// the line of `-v` that says how it was written.
-fn scattered_image(sc: &Scenario, env: &[(&str, &str)]) -> (PathBuf, String) {
+/// checksum) checkpointed with `--term` and `-v` (with `env` for cr_run, and `--cow` when
+/// `cow`); returns the image and the line of `-v` that says how it was written.
+fn scattered_image(sc: &Scenario, env: &[(&str, &str)], cow: bool) -> (PathBuf, String) {
     let mut prog = sc.program("scattered");
     prog.argv.push("64".into());
     let mut cmd = sc.under_cr_run(&prog);
@@ -394,7 +394,12 @@ fn scattered_image(sc: &Scenario, env: &[(&str, &str)]) -> (PathBuf, String) {
     let mut job = sc.start("scattered", cmd);
     job.wait_ready();
     let img = sc.next_image_path();
-    let res = sc.checkpoint_to(job.pid(), &["-v", "--term"], &img);
+    let flags: &[&str] = if cow {
+        &["-v", "--term", "--cow"]
+    } else {
+        &["-v", "--term"]
+    };
+    let res = sc.checkpoint_to(job.pid(), flags, &img);
     res.assert_success();
     job.expect_signal(SIGTERM, DEATH_TIMEOUT);
     let line = res
@@ -416,7 +421,7 @@ fn scattered_memory_through_the_bounce_ring() {
         .map_or(true, |s| s.contains("[never]"));
     for eager in [false, true] {
         let sc = Scenario::new(if eager { "bounce-eager" } else { "bounce-lazy" });
-        let (img, line) = scattered_image(&sc, &[]);
+        let (img, line) = scattered_image(&sc, &[], false);
         if !direct_io_works(&sc.img_dir()) {
             println!("note: no O_DIRECT here, no AIO ring: {line}");
         } else if line.contains(" write=aio+bounce(thp") {
@@ -432,16 +437,60 @@ fn scattered_memory_through_the_bounce_ring() {
     }
 }
 
-/// `LIBCR_BOUNCE=0` turns the bounce ring off, and `-v` says so; the image is as good.
+/// A copy-on-write writer (`--cow`) copies the page data through a bounce ring of its own in
+/// huge pages (`agent::bounce::for_writer`: `write=aio+bounce(thp)`, said by `-v`) where the
+/// file system takes direct I/O and the kernel gives huge pages, else through its one-piece
+/// buffer and says why; the image of a program whose pages are scattered in physical memory
+/// restarts lazily and eagerly byte-exact (its checksum, and every step replayed).
+#[test]
+fn scattered_memory_cow_through_the_writers_ring() {
+    let thp_never = fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .map_or(true, |s| s.contains("[never]"));
+    for eager in [false, true] {
+        let sc = Scenario::new(if eager {
+            "cowring-eager"
+        } else {
+            "cowring-lazy"
+        });
+        let (img, line) = scattered_image(&sc, &[], true);
+        assert!(line.contains(" mode=cow "), "not copy-on-write: {line}");
+        if !direct_io_works(&sc.img_dir()) {
+            println!("note: no O_DIRECT here, no AIO ring: {line}");
+        } else if line.contains(" write=aio+bounce(thp") {
+        } else if thp_never || line.contains("; no ring: thp ") {
+            println!("note: no huge pages for the writer's ring: {line}");
+            assert!(
+                line.contains(" write=sync(bounce buffer; no ring: thp "),
+                "{line}"
+            );
+        } else {
+            panic!("the writer's page data should go through its bounce ring: {line}");
+        }
+        restart_delete_pass(&sc, &img, eager, 1);
+    }
+}
+
+/// `LIBCR_BOUNCE=0` turns the bounce ring off, and `-v` says so; the image is as good. So for
+/// a copy-on-write writer, which writes through its one-piece buffer then.
 #[test]
 fn bounce_ring_turned_off_says_so() {
-    let sc = Scenario::new("bounce-off");
-    let (img, line) = scattered_image(&sc, &[("LIBCR_BOUNCE", "0")]);
-    if direct_io_works(&sc.img_dir()) {
-        assert!(
-            line.contains(" write=aio(no bounce: LIBCR_BOUNCE=0)"),
-            "-v must say the bounce ring was turned off: {line}"
-        );
+    for cow in [false, true] {
+        let sc = Scenario::new(if cow { "bounce-off-cow" } else { "bounce-off" });
+        let (img, line) = scattered_image(&sc, &[("LIBCR_BOUNCE", "0")], cow);
+        if direct_io_works(&sc.img_dir()) {
+            let said = if cow {
+                " write=sync(bounce buffer; no ring: LIBCR_BOUNCE=0)"
+            } else {
+                " write=aio(no bounce: LIBCR_BOUNCE=0)"
+            };
+            assert!(
+                line.contains(said),
+                "-v must say the bounce ring was turned off: {line}"
+            );
+        }
+        if cow {
+            assert!(line.contains(" mode=cow "), "not copy-on-write: {line}");
+        }
+        restart_delete_pass(&sc, &img, true, 1);
     }
-    restart_delete_pass(&sc, &img, true, 1);
 }

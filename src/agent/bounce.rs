@@ -26,8 +26,14 @@
 //! straight from the program's memory as before. `cr_checkpoint -v` says which:
 //! `write=aio+bounce(thp)`, or `write=aio(no bounce: …)` and why.
 //!
-//! **What it does not cover.** A copy-on-write writer has a bounce buffer of its own
-//! (`agent::cow`, synchronous writes); `--compress` split images (`memory::write_split`) and
+//! **A copy-on-write writer** (`agent::cow`) maps a ring of its own, after the fork
+//! ([`for_writer`]: the same buffers and checks, never unmapped, the writer exits), and passes
+//! it to `memory::write_data_from`, which writes through it as above; where it is refused, the
+//! writer's one-piece buffer of before (synchronous writes), and `-v` says
+//! `write=sync(bounce buffer; no ring: …)`. The control thread gets how it went through the
+//! writer's page ([`set_writer_report`]).
+//!
+//! **What it does not cover.** `--compress` split images (`memory::write_split`) and
 //! the pieces of a delta copied into the delta buffer (`agent::deltabuf`) are written from
 //! where they are. A delta written stopped from memory (`memory::write_data_from`) goes through
 //! the ring like a full image.
@@ -49,7 +55,9 @@ pub const COPY: usize = 256 << 10;
 /// A process with less than this in memory (`/proc/self/statm`) writes without the ring.
 pub const MIN_RSS: u64 = 32 << 20;
 const HUGE: usize = 2 << 20;
-const RING_LEN: usize = PIECE * SLOTS;
+/// Bytes of the ring: a buffer of at least this length given to `memory::write_data_from` (a
+/// copy-on-write writer's, [`for_writer`]) is a ring of [`SLOTS`] pieces.
+pub const RING_LEN: usize = PIECE * SLOTS;
 
 /// The ring of this checkpoint (aligned address; 0: none), and the mapping it lies in.
 static BASE: AtomicUsize = AtomicUsize::new(0);
@@ -191,6 +199,91 @@ impl Drop for Bounce {
     }
 }
 
+/// The page data buffer of a copy-on-write writer (`agent::cow`): a ring of its own, as
+/// [`Bounce::map`] makes one (mapped and populated in the writer, after the fork: the
+/// program's ring is `MADV_DONTFORK`, and pages a fork shares would be unshared, copied, by
+/// the direct writes that pin them), or, where the ring is refused (turned off, a small
+/// process, no huge pages for all of it, `mmap` failed), the writer's one-piece buffer of
+/// [`memory::BOUNCE_LEN`](super::memory::BOUNCE_LEN) bytes. Never unmapped: the writer exits.
+pub struct WriterBuf {
+    /// The ring's [`SLOTS`] buffers ([`RING_LEN`] bytes: `memory::write_data_from` writes
+    /// through the AIO ring from them), or the one-piece buffer.
+    pub buf: &'static mut [u8],
+    /// How the ring went ([`THP`], [`UNCHECKED`], or why not), and its detail, for the
+    /// control thread's `-v` ([`set_writer_report`]).
+    pub state: u32,
+    pub detail: i32,
+}
+
+/// Maps [`WriterBuf`] (in the writer process, one thread, raw system calls only). Err: not
+/// even the one-piece buffer could be mapped.
+pub fn for_writer() -> Result<WriterBuf, sys::Errno> {
+    let one = super::memory::BOUNCE_LEN;
+    let fallback = |state: u32, detail: i32| -> Result<WriterBuf, sys::Errno> {
+        let base = map_populated(one)?.1;
+        // SAFETY: a fresh private mapping of `one` bytes from `base`, the writer's alone.
+        let buf = unsafe { core::slice::from_raw_parts_mut(base as *mut u8, one) };
+        Ok(WriterBuf { buf, state, detail })
+    };
+    let knob = KNOB.load(Relaxed);
+    if knob == 0 {
+        return fallback(OFF_KNOB, 0);
+    }
+    if knob == 2 && resident() < MIN_RSS {
+        return fallback(OFF_SMALL, 0);
+    }
+    let (map, base) = match map_populated(RING_LEN) {
+        Ok(m) => m,
+        Err(e) => return fallback(OFF_MAP, e.0),
+    };
+    let (state, detail, len) =
+        match super::incremental::huge_bytes(base as u64, (base + RING_LEN) as u64) {
+            Ok(n) if n >= RING_LEN as u64 => (THP, 0, RING_LEN),
+            // Scattered 4 KiB pages: the one-piece buffer of before, out of the ring's first
+            // piece (the rest given back).
+            Ok(n) => (OFF_SMALL_PAGES, (n >> 20) as i32, one),
+            Err(e) => (UNCHECKED, e.0, RING_LEN),
+        };
+    if len < RING_LEN {
+        sys::munmap(base + len, map + RING_LEN + HUGE - (base + len));
+    }
+    // SAFETY: a fresh private mapping, `len` bytes from `base` lie inside it; the writer's alone.
+    let buf = unsafe { core::slice::from_raw_parts_mut(base as *mut u8, len) };
+    Ok(WriterBuf { buf, state, detail })
+}
+
+/// A private anonymous mapping with `len` bytes at a 2 MiB boundary, advised `MADV_HUGEPAGE`
+/// and populated: (mapping, aligned address).
+fn map_populated(len: usize) -> Result<(usize, usize), sys::Errno> {
+    let map = sys::mmap(
+        0,
+        len + HUGE,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+        -1,
+        0,
+    )?;
+    let base = (map + HUGE - 1) & !(HUGE - 1);
+    // (Refused where there are no transparent huge pages: 4 KiB pages then.)
+    let _ = sys::sys3(
+        libc::SYS_madvise as usize,
+        base,
+        len,
+        libc::MADV_HUGEPAGE as usize,
+    );
+    // Populated now (a page never written would be the shared zero page for the copy).
+    // SAFETY: our fresh mapping, `len` bytes from `base` lie inside it.
+    unsafe { core::ptr::write_bytes(base as *mut u8, 0, len) };
+    Ok((map, base))
+}
+
+/// The control thread, once its copy-on-write writer ended: how the writer's ring went
+/// ([`WriterBuf::state`], `detail`), for [`describe`].
+pub fn set_writer_report(state: u32, detail: i32) {
+    STATE.store(state, Relaxed);
+    DETAIL.store(detail, Relaxed);
+}
+
 /// Unmaps the ring (if any) and forgets it.
 fn unmap() {
     let m = MAP.load(Acquire);
@@ -246,22 +339,41 @@ pub fn describe(used: bool, out: &mut crate::sys::StackBuf<240>) {
         out.push(b")");
         return;
     }
+    if why_not(st, d, b"(no bounce: ", out) {
+        out.push(b")");
+    }
+}
+
+/// Appends `prefix` and why there is no ring, unless there is nothing to say (a small process,
+/// a ring used, none asked for); returns whether it did.
+fn why_not(st: u32, d: i32, prefix: &[u8], out: &mut crate::sys::StackBuf<240>) -> bool {
     match st {
         OFF_KNOB => {
-            out.push(b"(no bounce: LIBCR_BOUNCE=0)");
+            out.push(prefix).push(b"LIBCR_BOUNCE=0");
         }
         OFF_MAP => {
-            out.push(b"(no bounce: mmap errno ")
-                .num(d as u64)
-                .push(b")");
+            out.push(prefix).push(b"mmap errno ").num(d as u64);
         }
         OFF_SMALL_PAGES => {
-            out.push(b"(no bounce: thp ")
+            out.push(prefix)
+                .push(b"thp ")
                 .num(d as u64)
                 .push(b"/")
                 .num((RING_LEN >> 20) as u64)
-                .push(b" MiB)");
+                .push(b" MiB");
         }
-        _ => {}
+        _ => return false,
     }
+    true
+}
+
+/// A copy-on-write writer that wrote through its one-piece buffer (`write=sync(bounce buffer`):
+/// appends why not through a ring of its own (`; no ring: …`), when it was refused.
+pub fn describe_writer_refused(out: &mut crate::sys::StackBuf<240>) {
+    let _ = why_not(
+        STATE.load(Relaxed),
+        DETAIL.load(Relaxed),
+        b"; no ring: ",
+        out,
+    );
 }

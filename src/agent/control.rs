@@ -32,9 +32,10 @@ pub fn bound_pid() -> i32 {
 /// in the child.
 /// The third is the pidfd of a copy-on-write writer while it runs.
 /// The fourth is the destination of a compressed checkpoint's raw path (`protocol::send_fds`),
-/// the fifth the acknowledgement pipe of its pulled pieces (`protocol::FLAG_ZPULL`).
+/// the fifth the acknowledgement pipe of its pulled pieces (`protocol::FLAG_ZPULL`), the sixth
+/// the eventfd a copy-on-write writer signals when it is done (`cow::done_fd`).
 #[link_section = ".data1"]
-static REQUEST_FDS: [AtomicI32; 5] = [const { AtomicI32::new(-1) }; 5];
+static REQUEST_FDS: [AtomicI32; 6] = [const { AtomicI32::new(-1) }; 6];
 
 /// Set by a control thread that came back from an image: the connection it was serving (and
 /// whose number `control_main` still holds) was the checkpointed process's, never ours here.
@@ -1266,14 +1267,22 @@ fn finish_cow(
 ) -> bool {
     let pidfd = job.writer.load(Acquire);
     REQUEST_FDS[2].store(pidfd, Release);
+    REQUEST_FDS[5].store(super::cow::done_fd(scratch), Release);
     // The image is the snapshot's: as far as the program's callbacks are concerned the
     // checkpoint is taken (BLCR's callbacks continue once the kernel has the image).
     quiesce::finish(0);
     crate::api::cs::end_pending();
     quiesce::release();
     let stop_ns = sys::monotonic_ns() - quiesce_start;
-    let res = super::cow::wait(pidfd, scratch, conn, job.deadline_ns);
-    REQUEST_FDS[2].store(-1, Release);
+    // (cow::wait closes the eventfd.)
+    let res = super::cow::wait(pidfd, scratch, conn, job.deadline_ns, || {
+        REQUEST_FDS[5].store(-1, Release);
+    });
+    // (A writer that said it succeeded before its exit is reaped below, once the requester
+    // was answered: its pidfd stays ours until then.)
+    if !res.as_ref().is_ok_and(|w| w.exiting) {
+        REQUEST_FDS[2].store(-1, Release);
+    }
     if let Err(e @ super::cow::WriterError::Lingering(_)) = &res {
         // Killed, but still in the kernel (a write the destination does not answer): the
         // next checkpoint must not wait for it. Reaped from our loop once it is gone.
@@ -1288,7 +1297,7 @@ fn finish_cow(
         return true;
     }
     match res {
-        Ok(bytes) => {
+        Ok(super::cow::Written { bytes, exiting }) => {
             // The writer's trailer is in the scratch area: an incremental checkpoint's next
             // delta may name this image (tracking was armed in the stop).
             let tsize = core::mem::size_of::<crate::image::format::Trailer>();
@@ -1314,6 +1323,10 @@ fn finish_cow(
             super::incremental::describe(&mut report);
             send_reply(conn, 0, bytes, report.as_bytes());
             let _ = wait_commit(conn);
+            if exiting {
+                super::cow::reap_exiting(pidfd);
+                REQUEST_FDS[2].store(-1, Release);
+            }
         }
         Err(e) => {
             super::incremental::failed();

@@ -14,8 +14,11 @@
 //! checkpoint does after the stop: it reads its own `/proc/self/maps` and pagemap (its address
 //! space is the snapshot: same regions, same pages; the scratch area and the copy are left out),
 //! takes the shared regions' pages from the copy, appends the records captured in the stop, and
-//! writes and syncs the image. It uses raw system calls only (no allocation, no lock: it is a
-//! one-thread copy of a process whose other threads may have held any lock).
+//! writes and syncs the image, its page data through a bounce ring of its own and the AIO ring
+//! (`agent::bounce::for_writer`), as a stopped checkpoint writes. It uses raw system calls
+//! only (no allocation, no lock: it is a one-thread copy of a process whose other threads may
+//! have held any lock). Done, it signals an eventfd before its exit (which tears down its copy
+//! of the address space: tens of ms per GiB), so that the requester is answered at once.
 //!
 //! It is invisible to the program (in a session of its own, so that neither signals to the
 //! program's process group nor an exact-pid restart meet it): its exit signal is 0 (no `SIGCHLD`, and `waitpid(-1)` without
@@ -108,6 +111,10 @@ struct WriterPage {
     scratch: usize,
     fd: i32,
     conn: i32,
+    /// An eventfd the writer signals once its report is in this page and the image durable
+    /// (-1: none): the control thread answers then, not when the writer's exit has torn down
+    /// its copy of the program's address space (44 ms for 1 GiB, strace).
+    done_fd: i32,
     pid: i32,
     parent: i32,
     save: u32,
@@ -144,10 +151,22 @@ struct WriterPage {
     at: AtomicU64,
     /// The writer's `io_report::AIO_ERRNO` (why its page data did not go through a ring).
     aio_errno: AtomicI32,
+    /// The writer's `io_report::AIO` and `io_report::BOUNCED`, and how its bounce ring went
+    /// (`bounce::WriterBuf::state`, `detail`).
+    aio: AtomicU32,
+    bounced: AtomicU32,
+    ring_state: AtomicU32,
+    ring_detail: AtomicI32,
+    /// [`DONE_OK`] once the report above is complete and the image durable, just before
+    /// `done_fd` is signalled.
+    done: AtomicU32,
     phase: [AtomicU64; 4],
 }
 
 const _: () = assert!(core::mem::size_of::<WriterPage>() <= crate::image::format::PAGE);
+
+/// [`WriterPage::done`]: the writer succeeded (its exit status will be 0).
+const DONE_OK: u32 = 1;
 
 /// The writer's snapshot has every region of the program.
 const EARLY_OK: u32 = 1;
@@ -287,6 +306,20 @@ pub fn start(
         copy: (base, len),
         failed: 0,
     };
+    // (Without it, the writer's end is seen from its pidfd alone, as before.)
+    let done_fd = sys::sys3(
+        libc::SYS_eventfd2 as usize,
+        0,
+        (libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) as usize,
+        0,
+    )
+    .map_or(-1, |fd| fd as i32);
+    // (The writer is not started, or ended without writing: nobody signals it.)
+    let close_done = || {
+        if done_fd >= 0 {
+            sys::close(done_fd);
+        }
+    };
     let p = scratch.writer_page() as *mut WriterPage;
     // SAFETY: the writer page is ours (scratch), page sized, and no writer runs yet.
     unsafe {
@@ -294,6 +327,7 @@ pub fn start(
             scratch: scratch as *const Scratch as usize,
             fd: job.fd,
             conn: image::REQUESTER_CONN.load(Relaxed),
+            done_fd,
             pid,
             parent: sys::getpid(),
             save: save.exe as u32 | (save.private as u32) << 1 | (save.shared as u32) << 2,
@@ -318,6 +352,11 @@ pub fn start(
             mode_errno: AtomicI32::new(0),
             at: AtomicU64::new(0),
             aio_errno: AtomicI32::new(0),
+            aio: AtomicU32::new(0),
+            bounced: AtomicU32::new(0),
+            ring_state: AtomicU32::new(0),
+            ring_detail: AtomicI32::new(0),
+            done: AtomicU32::new(0),
             phase: [const { AtomicU64::new(0) }; 4],
         })
     };
@@ -342,6 +381,7 @@ pub fn start(
         if !prebuilt {
             unmap();
         }
+        close_done();
         return Err(fallback(NOTE_CLONE));
     }
     // Our copy of the shared memory is not needed any more once the writer has its snapshot
@@ -375,6 +415,7 @@ pub fn start(
         }
         EARLY_MISSING => {
             let _ = reap(pidfd);
+            close_done();
             Some(Err(if prebuilt {
                 fallback(NOTE_DONTFORK)
             } else {
@@ -394,6 +435,7 @@ pub fn start(
         if sys::poll_one(pidfd, libc::POLLIN, 0) != 0 {
             // It ended before its verdict (it could not read its maps).
             let _ = reap(pidfd);
+            close_done();
             if !prebuilt {
                 return Err(stopped(NOTE_CLONE));
             }
@@ -426,6 +468,7 @@ extern "C" fn writer_main(page_addr: usize) -> ! {
     super::incremental::in_writer();
     // Our writes are our own (the program runs on): no helper (`agent::offload`).
     super::offload::disable();
+    super::aio::in_writer();
     if sys::sys3(libc::SYS_getppid as usize, 0, 0, 0).unwrap_or(0) as i32 != a.parent {
         sys::exit_group(1); // the program died before we were set up
     }
@@ -441,13 +484,10 @@ extern "C" fn writer_main(page_addr: usize) -> ! {
     let _ = sys::sys3(libc::SYS_setsid as usize, 0, 0, 0);
     // Hold none of the program's descriptors open (a pipe's reader would not see EOF, a port
     // would stay bound) while we write.
-    let keep = if a.conn >= 0 {
-        [a.fd.min(a.conn), a.fd.max(a.conn)]
-    } else {
-        [a.fd, a.fd]
-    };
+    let mut keep = [a.fd, a.conn, a.done_fd];
+    keep.sort_unstable();
     let mut from = 0u32;
-    for k in keep {
+    for k in keep.into_iter().filter(|&k| k >= 0) {
         if k as u32 > from {
             let _ = sys::sys3(
                 libc::SYS_close_range as usize,
@@ -494,12 +534,27 @@ extern "C" fn writer_main(page_addr: usize) -> ! {
     a.at.store(io_report::AT.load(Relaxed), Relaxed);
     a.aio_errno
         .store(io_report::AIO_ERRNO.load(Relaxed), Relaxed);
+    a.aio.store(io_report::AIO.load(Relaxed), Relaxed);
+    a.bounced.store(io_report::BOUNCED.load(Relaxed), Relaxed);
     for (d, s) in a.phase.iter().zip(io_report::PHASE_NS.iter()) {
         d.store(s.load(Relaxed), Relaxed);
     }
     match r {
         Ok(n) => {
             a.bytes.store(n, Release);
+            // The image is durable and the report complete: the control thread may answer
+            // now, while our exit tears down our copy of the address space (and the AIO
+            // context, see `aio::in_writer`).
+            a.done.store(DONE_OK, Release);
+            if a.done_fd >= 0 {
+                let one = 1u64;
+                let _ = sys::sys3(
+                    libc::SYS_write as usize,
+                    a.done_fd as usize,
+                    &one as *const u64 as usize,
+                    8,
+                );
+            }
             sys::exit_group(0)
         }
         Err((step, e)) => {
@@ -548,35 +603,17 @@ fn write_rest(a: &WriterPage) -> Result<u64, (u32, Errno)> {
     };
     w.append(&scratch.side()[..a.side_len as usize])
         .map_err(|_| (1, Errno(libc::ENOMEM)))?;
-    // A buffer of our own (private, populated now) to write the page data from: see
-    // memory::BOUNCE_LEN. In transparent huge pages where the kernel gives them: a direct
-    // write from 4 KiB pages scattered in physical memory goes to a virtio disk (254 segments
-    // a request) as a request of 254 pages and one of 2 per 1 MiB (4 GiB: ~7 300 requests of
-    // 570 KiB on average and a page data phase of 3.9-4.2 s, against ~1 070 of 3.9 MiB and
-    // 3.0-3.2 s when the buffer happened to be contiguous; docs/PERFORMANCE.md, 2026-12-07).
-    const HUGE: usize = 2 << 20;
-    let map = sys::mmap(
-        0,
-        memory::BOUNCE_LEN + HUGE,
-        libc::PROT_READ | libc::PROT_WRITE,
-        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-        -1,
-        0,
-    )
-    .map_err(|e| (0, e))?;
-    let bounce = (map + HUGE - 1) & !(HUGE - 1);
-    // (Refused where there are no transparent huge pages: 4 KiB pages then, as before.)
-    let _ = sys::sys3(
-        libc::SYS_madvise as usize,
-        bounce,
-        memory::BOUNCE_LEN,
-        libc::MADV_HUGEPAGE as usize,
-    );
-    // Populated now (a page never written would be the shared zero page for the copy).
-    // SAFETY: our fresh mapping, BOUNCE_LEN bytes from `bounce` lie inside it.
-    unsafe { core::ptr::write_bytes(bounce as *mut u8, 0, memory::BOUNCE_LEN) };
-    // SAFETY: a fresh private mapping of BOUNCE_LEN bytes, used only here.
-    let bounce = unsafe { core::slice::from_raw_parts_mut(bounce as *mut u8, memory::BOUNCE_LEN) };
+    // Buffers of our own (private, populated now) to write the page data from: pages the
+    // fork shares would be copied by the direct writes that pin them (memory::BOUNCE_LEN). A
+    // ring of `bounce::SLOTS` pieces in transparent huge pages, as a stopped checkpoint's
+    // (`agent::bounce`): each piece is copied and hashed while the disk writes the ones before
+    // it, and goes to the disk as a few physically contiguous runs (scattered 4 KiB pages went
+    // to this virtio disk as requests of 254 pages and of 2). Where the ring is refused, one
+    // piece's buffer, written synchronously, as before (`-v` says why).
+    let wb = super::bounce::for_writer().map_err(|e| (0, e))?;
+    a.ring_state.store(wb.state, Relaxed);
+    a.ring_detail.store(wb.detail, Relaxed);
+    let bounce = wb.buf;
     let out = image::Dest {
         fd: a.fd,
         // (The writer keeps to the pipe: see ARCHITECTURE.md, "Compressed images".)
@@ -645,17 +682,55 @@ impl WriterError {
     }
 }
 
+/// A writer that succeeded ([`wait`]).
+pub struct Written {
+    /// The image's length.
+    pub bytes: u64,
+    /// It said so before its exit (`WriterPage::done_fd`): its pidfd is still to be reaped
+    /// ([`reap_exiting`]), once the requester was answered.
+    pub exiting: bool,
+}
+
+/// Reaps a writer that succeeded and is exiting ([`Written::exiting`]) and closes `pidfd`.
+pub fn reap_exiting(pidfd: i32) {
+    let _ = reap(pidfd);
+}
+
 /// After the program was released: waits for the writer (answering other requests `EBUSY`
 /// meanwhile), kills it if the requester goes away or `deadline_ns` passes, reaps it, and closes
-/// `pidfd`. Returns the image's length; the writer's I/O report is copied into `io_report`.
+/// `pidfd` — unless it succeeded and said so before its exit ([`Written::exiting`]) — and its
+/// eventfd (`forget_done_fd` first). Returns the image's length; the writer's I/O report is
+/// copied into `io_report`.
 pub fn wait(
     pidfd: i32,
     scratch: &Scratch,
     conn: i32,
     deadline_ns: u64,
-) -> Result<u64, WriterError> {
+    forget_done_fd: impl FnOnce(),
+) -> Result<Written, WriterError> {
     let a = page(scratch);
+    let r = wait_writer(pidfd, a, conn, deadline_ns);
+    forget_done_fd();
+    if a.done_fd >= 0 {
+        sys::close(a.done_fd);
+    }
+    r
+}
+
+/// The eventfd of the running writer (see `WriterPage::done_fd`; -1: none), which [`wait`]
+/// closes (a child the program forks meanwhile must close its copy: `control::REQUEST_FDS`).
+pub fn done_fd(scratch: &Scratch) -> i32 {
+    page(scratch).done_fd
+}
+
+fn wait_writer(
+    pidfd: i32,
+    a: &WriterPage,
+    conn: i32,
+    deadline_ns: u64,
+) -> Result<Written, WriterError> {
     let mut verdict = None;
+    let mut exiting = false;
     loop {
         let lfd = super::control::LISTEN_FD.load(Acquire);
         let mut p = [
@@ -674,6 +749,12 @@ pub fn wait(
                 events: libc::POLLIN,
                 revents: 0,
             },
+            // (-1: ignored by poll.)
+            libc::pollfd {
+                fd: a.done_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         let now = sys::monotonic_ns();
         if now >= deadline_ns {
@@ -681,8 +762,12 @@ pub fn wait(
             break;
         }
         let ms = ((deadline_ns - now) / 1_000_000).clamp(1, 1000) as usize;
-        let _ = sys::sys3(libc::SYS_poll as usize, p.as_mut_ptr() as usize, 3, ms);
+        let _ = sys::sys3(libc::SYS_poll as usize, p.as_mut_ptr() as usize, 4, ms);
         if p[0].revents != 0 {
+            break;
+        }
+        if p[3].revents != 0 && a.done.load(Acquire) == DONE_OK {
+            exiting = true;
             break;
         }
         if p[1].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
@@ -710,19 +795,27 @@ pub fn wait(
             return Err(WriterError::Lingering(matches!(v, WriterError::Timeout)));
         }
     }
-    let (r, info) = reap(pidfd);
-    if let Some(v) = verdict {
-        return Err(v);
-    }
-    // SAFETY: waitid filled a SIGCHLD siginfo.
-    let (code, status) = unsafe { (info.si_code, info.si_status()) };
-    if r.is_err() || code != libc::CLD_EXITED {
-        return Err(WriterError::Killed(if r.is_err() { 0 } else { status }));
-    }
+    let status = if exiting {
+        0
+    } else {
+        let (r, info) = reap(pidfd);
+        if let Some(v) = verdict {
+            return Err(v);
+        }
+        // SAFETY: waitid filled a SIGCHLD siginfo.
+        let (code, status) = unsafe { (info.si_code, info.si_status()) };
+        if r.is_err() || code != libc::CLD_EXITED {
+            return Err(WriterError::Killed(if r.is_err() { 0 } else { status }));
+        }
+        status
+    };
     io_report::MODE.store(a.mode.load(Relaxed), Relaxed);
     io_report::ERRNO.store(a.mode_errno.load(Relaxed), Relaxed);
     io_report::AT.store(a.at.load(Relaxed), Relaxed);
     io_report::AIO_ERRNO.store(a.aio_errno.load(Relaxed), Relaxed);
+    io_report::AIO.store(a.aio.load(Relaxed), Relaxed);
+    io_report::BOUNCED.store(a.bounced.load(Relaxed), Relaxed);
+    super::bounce::set_writer_report(a.ring_state.load(Relaxed), a.ring_detail.load(Relaxed));
     for (d, s) in io_report::PHASE_NS.iter().zip(a.phase.iter()).skip(1) {
         d.store(s.load(Relaxed), Relaxed);
     }
@@ -732,5 +825,8 @@ pub fn wait(
             a.errno.load(Relaxed),
         ));
     }
-    Ok(a.bytes.load(Acquire))
+    Ok(Written {
+        bytes: a.bytes.load(Acquire),
+        exiting,
+    })
 }

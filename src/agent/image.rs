@@ -293,7 +293,9 @@ pub mod io_report {
         } else if AIO_ERRNO.load(Relaxed) == AIO_APPEND {
             out.push(b" write=sync(O_APPEND)");
         } else if AIO_ERRNO.load(Relaxed) == AIO_BOUNCE {
-            out.push(b" write=sync(bounce buffer)");
+            out.push(b" write=sync(bounce buffer");
+            super::super::bounce::describe_writer_refused(out);
+            out.push(b")");
         } else if AIO_ERRNO.load(Relaxed) > 0 {
             out.push(b" write=sync(io_setup errno ")
                 .num(AIO_ERRNO.load(Relaxed) as u64)

@@ -1096,7 +1096,9 @@ pub fn capture(
 /// Writes every extent, in order, from memory to `fd`, hashing as it goes; returns the hash.
 /// `deadline_ns` (CLOCK_MONOTONIC, `u64::MAX`: none) is `--time`: past it the write stops with
 /// `ETIMEDOUT` (checked every [`WRITE_CHUNK`] bytes). With `bounce` (page aligned, a page
-/// multiple) the data is copied into it and written from there (see [`BOUNCE_LEN`]).
+/// multiple) the data is copied into it and written from there (see [`BOUNCE_LEN`]): through
+/// the AIO ring when it is a copy-on-write writer's ring (`bounce::RING_LEN` bytes or more,
+/// `bounce::for_writer`), else synchronously, [`BOUNCE_LEN`] bytes at a time.
 pub fn write_data(
     fd: i32,
     extents: &[Extent],
@@ -1135,11 +1137,28 @@ pub fn write_data_from(
                 None => write_data_async(ring, extents, deadline_ns, h),
             };
         }
+    } else if let Some(b) = bounce
+        .as_ref()
+        .filter(|b| b.len() >= super::bounce::RING_LEN)
+    {
+        // A copy-on-write writer's ring of its own (`bounce::for_writer`): copied into it and
+        // written through the AIO ring as a stopped checkpoint does, the copy of one piece
+        // while the disk writes the pieces before it.
+        let at = b.as_ptr() as usize;
+        if let Some(ring) = super::aio::ring_for(fd, extents, deadline_ns, super::bounce::SLOTS) {
+            return write_data_bounced(ring, at, extents, deadline_ns, h);
+        }
+        // (No AIO ring: `ring_for` said why; the ring's first piece is the one-piece buffer.)
+        if io_report::MODE.load(Relaxed) == io_report::DIRECT
+            && io_report::AIO_ERRNO.load(Relaxed) == 0
+        {
+            io_report::AIO_ERRNO.store(io_report::AIO_BOUNCE, Relaxed);
+        }
     } else if io_report::MODE.load(Relaxed) == io_report::DIRECT {
         io_report::AIO_ERRNO.store(io_report::AIO_BOUNCE, Relaxed);
     }
     let (bounce_ptr, bounce_len) = match bounce {
-        Some(b) => (b.as_mut_ptr(), b.len() as u64),
+        Some(b) => (b.as_mut_ptr(), b.len().min(BOUNCE_LEN) as u64),
         None => (core::ptr::null_mut(), 0),
     };
     let mut filled = 0u64;
@@ -2020,11 +2039,12 @@ impl Feed {
     }
 }
 
-/// Bounce buffer of a copy-on-write writer. Its memory is shared with the program (a fork's
-/// copy-on-write pages), and the kernel copies such a page when direct I/O pins it (a pin of a
-/// page that is not exclusively ours "unshares" it since Linux 5.19/6.0): written straight from
-/// memory, every page would be copied into fresh memory (slow here, and as much memory again).
-/// Copied into a buffer of its own first, it is only read.
+/// One-piece bounce buffer of a copy-on-write writer whose ring is refused
+/// (`bounce::for_writer`). Its memory is shared with the program (a fork's copy-on-write
+/// pages), and the kernel copies such a page when direct I/O pins it (a pin of a page that is
+/// not exclusively ours "unshares" it since Linux 5.19/6.0): written straight from memory,
+/// every page would be copied into fresh memory (slow here, and as much memory again). Copied
+/// into buffers of its own first, it is only read.
 pub const BOUNCE_LEN: usize = 8 << 20;
 
 /// Page data is written (and the deadline and the requester checked) in pieces of this size (a
