@@ -385,6 +385,9 @@ pub fn on_connection(fd: i32) -> bool {
     if fd < 0 || fd != ASYNC_FD.load(Acquire) {
         return false;
     }
+    if super::execgate::in_vfork_child() {
+        return true; // the parent's socket and state: its own thread starts it
+    }
     if STATE
         .compare_exchange(ARMED, STARTING, AcqRel, Acquire)
         .is_ok()

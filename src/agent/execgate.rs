@@ -72,6 +72,25 @@ fn owns_thread_block() -> bool {
         && unsafe { core::ptr::read_volatile((fs + off) as *const i32) } == sys::gettid()
 }
 
+/// Whether the calling task is a `vfork` child (or `posix_spawn`'s): it runs on its parent's
+/// thread block (the parent thread's tid is there, see [`owns_thread_block`]) and shares the
+/// parent's memory, so a signal handler of ours there must leave the agent's state alone. A tree
+/// checkpoint's wake-up reached such a child (a member of the tree for a moment): its handler
+/// found the parent's armed control socket (the same open file description) with a connection
+/// waiting and started the parent's control thread inside the child, whose exec then ended it;
+/// the parent's lazy start stayed "starting" for good and never served a request again
+/// (tests/faults.rs `checkpoint_during_vfork_exec_churn`, docs/RELIABILITY.md). False where the
+/// tid's place is unknown.
+#[link_section = ".text.hot.libcr_start"]
+pub(crate) fn in_vfork_child() -> bool {
+    let off = super::TID_OFFSET.load(Relaxed);
+    let fs = sys::get_fs_base();
+    // SAFETY: glibc's struct pthread spans well over TID_OFFSET from the thread pointer.
+    off != 0
+        && fs != 0
+        && unsafe { core::ptr::read_volatile((fs + off) as *const i32) } != sys::gettid()
+}
+
 /// Counts the calling thread in as about to exec, after any stop in progress released it;
 /// returns whether it did (then it counts itself out with [`leave`] if the exec fails).
 #[link_section = ".text.hot.libcr_start"]

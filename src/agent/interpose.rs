@@ -197,6 +197,11 @@ pub unsafe extern "C" fn on_wake(sig: c_int, info: *mut libc::siginfo_t, uc: *mu
     // SAFETY: the kernel passes a valid siginfo; for SI_QUEUE the union holds si_value.
     let (code, value) = unsafe { ((*info).si_code, (*info).si_value().sival_ptr as u64) };
     if code == libc::SI_QUEUE && value == crate::protocol::WAKE_MAGIC {
+        if super::execgate::in_vfork_child() {
+            // Ours, and nothing to do here: the child execs or exits soon (the requester then
+            // asks the new program), and the agent's state here is its parent's.
+            return;
+        }
         super::quiesce::let_ignored_through_in_handler(uc);
         super::control::ensure_bound_woken();
         // (A wake-up sent again while the socket's signal was pending took its place.)
