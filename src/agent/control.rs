@@ -845,8 +845,10 @@ fn serve(conn: i32) {
             }
         }
         super::image::REQUESTER_CONN.store(-1, Release);
-        // The program runs again: size the delta buffer for the next delta (or free it).
+        // The program runs again: size the delta buffer for the next delta (or free it), and
+        // destroy the image's AIO context (its wait for an RCU grace period is not the stop's).
         super::deltabuf::settle();
+        super::aio::destroy_deferred();
     }
     for f in &REQUEST_FDS {
         f.store(-1, Release);
@@ -1140,6 +1142,7 @@ fn serve_request(
         core::mem::forget(meter);
         core::mem::forget(scratch);
         super::scratch::forget_restored();
+        super::aio::forget_deferred();
         if let Some(b) = bounce {
             super::bounce::after_restart(b);
         }

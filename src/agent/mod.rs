@@ -292,6 +292,7 @@ extern "C" fn after_fork_child() {
     execgate::after_fork_child();
     control::forget_request_fds();
     scratch::forget_in_child();
+    aio::forget_deferred();
     offload::forget_in_child();
     incremental::after_fork_child();
     crate::api::reset_after_fork();
