@@ -174,9 +174,10 @@ fn anon_huge_kib(pid: u32) -> u64 {
 }
 
 /// `cr_run --huge-pages`: the program's 64 MiB private mapping is in transparent huge pages, a
-/// `--cow` checkpoint of it restores with its sums intact, lazily and with `--eager`; after
-/// `--eager` the memory is in huge pages again (the image records the regions that had them,
-/// `REC_REGION_THP`), after a lazy restart in 4 KiB pages of the image file (noted).
+/// `--cow` checkpoint of it restores with its sums intact, lazily, with `--eager` and with
+/// `--eager --huge-pages`; after `--eager --huge-pages` the memory is in huge pages again (the
+/// image records the regions that had them, `REC_REGION_THP`), after a lazy restart in 4 KiB
+/// pages of the image file, after `--eager` alone in 4 KiB pages advised once read (noted).
 #[test]
 fn cow_huge_pages() {
     let sc = Scenario::new("cow-huge-pages");
@@ -219,7 +220,11 @@ fn cow_huge_pages() {
         "cr_info does not show the region in huge pages as anon-thp:\n{}",
         info.stdout
     );
-    for args in [&["--verbose"][..], &["--eager", "--verbose"][..]] {
+    for args in [
+        &["--verbose"][..],
+        &["--eager", "--verbose"][..],
+        &["--eager", "--huge-pages", "--verbose"][..],
+    ] {
         let _ = std::fs::remove_file(sc.go_file());
         let mut restored = sc.restart_with(&img, args);
         let pid2 = restored.wait_child(READY_TIMEOUT);
@@ -233,10 +238,12 @@ fn cow_huge_pages() {
             "note: cr_restart {args:?}: AnonHugePages {after} kB after restore ({huge} kB before)"
         );
         sc.note(&format!("restart {args:?}: AnonHugePages {after} kB"));
-        if args[0] == "--eager" {
+        let before_read = args.contains(&"--huge-pages");
+        if before_read {
             // The image says which regions had huge pages (`REC_REGION_THP`): an eager restart
-            // advises them MADV_HUGEPAGE before reading them in (best effort in the kernel, as
-            // above). A lazy one maps them from the image: 4 KiB file pages.
+            // with --huge-pages advises them MADV_HUGEPAGE before reading them in (best effort
+            // in the kernel, as above). A lazy one maps them from the image: 4 KiB file pages;
+            // an eager one without it reads them into 4 KiB pages and advises them after.
             assert!(
                 after >= 2048,
                 "cr_restart --eager: the restored program has no memory in huge pages \
@@ -250,6 +257,11 @@ fn cow_huge_pages() {
         assert!(
             err.contains("advised MADV_HUGEPAGE again"),
             "cr_restart {args:?} does not say it advised the huge-page region again:\n{err}"
+        );
+        assert_eq!(
+            err.contains("after it was restored in 4 KiB pages"),
+            !before_read,
+            "cr_restart {args:?}: when the advice came (before the read only with --huge-pages):\n{err}"
         );
     }
 }

@@ -651,6 +651,7 @@ fn start_restart(a: &cr_restart_args_t, handle: *mut cr_restart_handle_t) -> Res
         early_signal: 0,
         quiet: false,
         eager: false,
+        huge_pages: false,
     };
     let pairs = relocation_pairs(a.cr_relocate)?;
     let job = job::load(restart_sources(a.cr_fd)?, &pairs).map_err(|e| e.errno)?;

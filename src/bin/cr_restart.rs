@@ -131,6 +131,13 @@ struct Args {
     /// program runs, instead of mapping it from the image file (faulted in as it is touched).
     #[arg(long = "eager", action = ArgAction::SetTrue)]
     eager: bool,
+    /// With --eager: read memory that had transparent huge pages at the checkpoint into huge
+    /// pages again (advised MADV_HUGEPAGE before it is read), so that a later --cow checkpoint
+    /// stops the program for milliseconds. Off by default: where the kernel must compact memory
+    /// to give huge pages the read is several times slower (the advice is then given after the
+    /// read, for what the program maps later).
+    #[arg(long = "huge-pages", action = ArgAction::SetTrue)]
+    huge_pages: bool,
     /// Say how the page data is restored (mapped or read, and why) and how long it took.
     #[arg(long = "verbose", action = ArgAction::SetTrue)]
     verbose: bool,
@@ -449,6 +456,7 @@ fn main() {
         early_signal: (-signal).max(0),
         quiet: args.quiet,
         eager: args.eager,
+        huge_pages: args.huge_pages,
     };
     if args.verbose {
         for line in job.credentials_plan() {
@@ -650,9 +658,11 @@ fn run_job(
             eprintln!(
                 "{TOOL}: memory that had transparent huge pages at the checkpoint: {} advised MADV_HUGEPAGE again{}{}",
                 cr::progress::human(huge.advised),
-                if huge.lazy > 0 {
+                if huge.after > 0 {
+                    " after it was restored in 4 KiB pages (for what the program maps there later; --eager --huge-pages reads it into huge pages, slower where the kernel must compact memory for them)".to_string()
+                } else if huge.lazy > 0 {
                     format!(
-                        ", of which {} mapped lazily from the image stays in 4 KiB pages (--eager reads it into huge pages)",
+                        ", of which {} mapped lazily from the image stays in 4 KiB pages (--eager --huge-pages reads it into huge pages)",
                         cr::progress::human(huge.lazy)
                     )
                 } else {

@@ -68,6 +68,8 @@ const READERS_ERRNO: usize = 3;
 const THP_ADVISED: usize = 4;
 const THP_LAZY: usize = 5;
 const THP_ERRNO: usize = 6;
+/// Of [`THP_ADVISED`], bytes advised only once read (without `cr_restart --huge-pages`).
+const THP_AFTER: usize = 7;
 
 /// What the restored processes did with their regions that had transparent huge pages at the
 /// checkpoint (`REC_REGION_THP`), for cr_restart --verbose (zero when no shared page was
@@ -78,6 +80,9 @@ pub struct HugePages {
     pub advised: u64,
     /// Of those, bytes mapped from the image (a lazy restart): 4 KiB pages of the image file.
     pub lazy: u64,
+    /// Of those, bytes advised only after they were read (no `cr_restart --huge-pages`): read
+    /// into 4 KiB pages.
+    pub after: u64,
     /// The errno of the last advice the kernel refused (0: none).
     pub errno: i32,
 }
@@ -89,19 +94,23 @@ pub fn huge_pages() -> HugePages {
     HugePages {
         advised: get(THP_ADVISED),
         lazy: get(THP_LAZY),
+        after: get(THP_AFTER),
         errno: get(THP_ERRNO) as i32,
     }
 }
 
-/// Advises the region at `at` (`len` bytes) `MADV_HUGEPAGE` again before its pages are read in
-/// (`REC_REGION_THP`), counted in the shared page ([`huge_pages`]); a refusal is counted there
-/// too, never silent.
-fn advise_huge(at: u64, len: u64) {
+/// Advises the region at `at` (`len` bytes) `MADV_HUGEPAGE` again (`REC_REGION_THP`), before
+/// its pages are read in or, `after`, once they are; counted in the shared page
+/// ([`huge_pages`]); a refusal is counted there too, never silent.
+fn advise_huge(at: u64, len: u64, after: bool) {
     use std::sync::atomic::Ordering::Relaxed;
     // SAFETY: advice on our own new mapping; no memory is changed.
     let r = unsafe { libc::madvise(at as *mut _, len as usize, libc::MADV_HUGEPAGE) };
     if r == 0 {
         if let Some(w) = shared_word(THP_ADVISED) {
+            w.fetch_add(len, Relaxed);
+        }
+        if let Some(w) = shared_word(THP_AFTER).filter(|_| after) {
             w.fetch_add(len, Relaxed);
         }
     } else if let Some(w) = shared_word(THP_ERRNO) {
@@ -921,6 +930,7 @@ pub fn build(
     file: &File,
     shared: &std::collections::HashMap<(u64, u64), i32>,
     lazy: bool,
+    huge_before: bool,
     filled: &mut Filled,
 ) -> Result<Layout, RestoreError> {
     let cur = current_maps();
@@ -999,13 +1009,22 @@ pub fn build(
         });
     }
 
-    // Regions that had transparent huge pages get the advice again before their pages are
-    // read in (an eager restart fills them with huge pages; a lazy one maps most of them from
-    // the image, whose file pages are 4 KiB, counted for --verbose).
-    for (i, r) in img.regions.iter().enumerate() {
-        let Some(p) = placed[i] else { continue };
-        if r.huge_bytes > 0 && matches!(r.kind, RegionKind::Anon | RegionKind::Stack) {
-            advise_huge(p.cur, p.len);
+    // Regions that had transparent huge pages get the advice again (the program's, where THP
+    // is `madvise`): with `cr_restart --huge-pages` before their pages are read in (an eager
+    // restart fills them with huge pages; a lazy one maps most of them from the image, whose
+    // file pages are 4 KiB, counted for --verbose), else once they are filled, for what the
+    // program maps there later: huge pages given at the read cost this VM 3-10 times the read
+    // of 4 KiB pages (4 GiB: 8.9 and 25.6 s against 2.3 and 2.6 s, docs/PERFORMANCE.md).
+    let huge_regions: Vec<Placed> = img
+        .regions
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.huge_bytes > 0 && matches!(r.kind, RegionKind::Anon | RegionKind::Stack))
+        .filter_map(|(i, _)| placed[i])
+        .collect();
+    if huge_before {
+        for p in &huge_regions {
+            advise_huge(p.cur, p.len, false);
         }
     }
 
@@ -1101,6 +1120,11 @@ pub fn build(
         super::chain::fill(img, &places, lazy, filled)?;
     }
     filled.resolve_ids();
+    if !huge_before {
+        for p in &huge_regions {
+            advise_huge(p.cur, p.len, true);
+        }
+    }
     // Final protections (mremap keeps them).
     for (i, r) in img.regions.iter().enumerate() {
         let Some(p) = placed[i] else { continue };

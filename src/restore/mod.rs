@@ -299,6 +299,9 @@ pub struct Handover<'a> {
     /// Read all page data before the program runs (`cr_restart --eager`) instead of mapping it
     /// from the image where that is safe (see `memory`).
     pub eager: bool,
+    /// Advise memory that had transparent huge pages before it is read, not after
+    /// (`cr_restart --huge-pages`).
+    pub huge_pages: bool,
 }
 
 /// Rebuilds process `idx` of a job from `img` in the calling (freshly forked, single-threaded)
@@ -373,7 +376,7 @@ fn rebuild(
     unsafe { libc::umask(img.process.umask) };
     let lazy = !h.eager && memory::lazy_refusal(&file, img).is_none();
     let mut filled = memory::Filled::default();
-    let mut layout = memory::build(img, &file, &pool.shm, lazy, &mut filled)?;
+    let mut layout = memory::build(img, &file, &pool.shm, lazy, h.huge_pages, &mut filled)?;
     drop(file);
     pool.close();
     // Trampoline code.

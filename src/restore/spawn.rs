@@ -217,6 +217,9 @@ pub struct Options {
     /// Read all page data before the programs run (`cr_restart --eager`) instead of mapping
     /// it from the image where that is safe (`restore::memory`).
     pub eager: bool,
+    /// Memory that had transparent huge pages is advised `MADV_HUGEPAGE` before it is read
+    /// (`cr_restart --huge-pages`), not after (`restore::memory::build`).
+    pub huge_pages: bool,
 }
 
 /// Parent of each member within the job (`None`: a root, created by the caller).
@@ -874,6 +877,7 @@ impl<'a> Spawner<'a> {
             early_signal: self.opts.early_signal,
             gate,
             eager: self.opts.eager,
+            huge_pages: self.opts.huge_pages,
         };
         let err = match super::run(m.img, i, file, self.pool, &handover) {
             Ok(never) => match never {},
