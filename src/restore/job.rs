@@ -466,8 +466,9 @@ pub fn namespace_init(
     use super::{write_report, Report};
     let roots = match create(members, job, opts, notify, 1, 0, &mut Vec::new()) {
         Ok(r) => {
-            // Every process has rebuilt its memory: the job no longer dies with our creator
-            // (set in `enter_namespace`; a restarter killed from now on leaves it running).
+            // The job no longer dies with our creator (set in `enter_namespace`): dropped
+            // already just before the gate opened (`spawn::commit_to_job`), unless it stayed
+            // shut; then the job's processes leave on their own and we reap them.
             // SAFETY: prctl on ourselves with integer arguments.
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
             r

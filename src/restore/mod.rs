@@ -33,18 +33,22 @@ use std::os::unix::io::{FromRawFd, IntoRawFd};
 /// built the job's pool: every process of the job has rebuilt its memory and waits at the gate,
 /// none runs yet) — so that a test can kill it or change the files exactly there, then continue it.
 /// The init of a pid namespace cannot stop itself (the kernel drops the signal): it names
-/// itself `stopped-at-hook` and waits for good, to be killed with its creator.
+/// itself `stopped-at-hook` and waits for good, to be killed with its creator; at `opened`,
+/// where it no longer dies with its creator, it waits until its creator has ended and goes on.
 /// `gate-dropped` is `gated` with the gate's descriptor closed before the stop, without opening
 /// it (what a holder killed there looks like to the job until its death is signalled).
-/// `opened` stops the holder just after it opened the gate, and holds the job's roots (the
-/// holder's children) just past it, named `held-past-gate`, until their parent is gone, before
-/// anything of the program runs in them; the other processes run on.
+/// `opened` stops the holder just after it opened the gate, and (as root) holds the job's roots
+/// (the holder's children) just past it, named `held-past-gate`, until their parent is gone,
+/// before anything of the program runs in them; the other processes run on.
 pub fn test_stop_at(phase: &str) {
     if test_phase(phase) {
         // SAFETY: getpid, prctl with a NUL-terminated name, pause and raise on ourselves.
         unsafe {
             if libc::getpid() == 1 {
                 libc::prctl(libc::PR_SET_NAME, c"stopped-at-hook".as_ptr(), 0, 0, 0);
+                if spawn::test_wait_creator_ended() {
+                    return;
+                }
                 loop {
                     libc::pause();
                 }
@@ -563,8 +567,9 @@ fn rebuild(
         // `held-past-gate`, until their parent is gone, while the holder stops with the gate
         // open: a test kills the restarter in that instant (the other processes run on, as
         // they may). Not stopped: a stopped process whose group is orphaned gets SIGHUP.
+        // Not in a namespace (restarter 1, the init): the init outlives the restarter there.
         // SAFETY: getppid has no preconditions.
-        if test_phase("opened") && unsafe { libc::getppid() } == h.restarter {
+        if test_phase("opened") && h.restarter != 1 && unsafe { libc::getppid() } == h.restarter {
             // SAFETY: prctl with a NUL-terminated name; getppid and nanosleep on ourselves.
             unsafe {
                 libc::prctl(libc::PR_SET_NAME, c"held-past-gate".as_ptr(), 0, 0, 0);

@@ -29,6 +29,7 @@ use crate::arch::CloneArgs;
 use crate::image::reader::Image;
 use crate::image::tree::{ZombieRec, ZOMBIE_SIGCHLD_DUE};
 use std::fs::File;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 /// Holds the restored processes back until every copy of the job's pool is closed: each
 /// process, once it closed its own, writes a byte to the "closed" pipe ([`CLOSED_OK`], or
@@ -145,6 +146,10 @@ impl Gate {
                 return false;
             }
             super::test_stop_at("gated");
+            if !commit_to_job() {
+                libc::close(self.gate[1]);
+                return false;
+            }
             // The byte that says "open"; a restarter killed before it leaves only end of file.
             libc::send(
                 self.gate[1],
@@ -929,6 +934,14 @@ pub fn enter_namespace(quiet: bool, extra_flags: u64) -> Result<i32, RestoreErro
     if unsafe { libc::pipe2(sync.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(RestoreError::new(errno(), "cannot create a pipe".into()));
     }
+    let dies_with_creator = extra_flags & libc::CLONE_PARENT as u64 == 0;
+    // For the init to see at the gate whether we are still there (`commit_to_job`): our pid is
+    // not in its namespace, so the descriptor is opened here and inherited.
+    let creator = if dies_with_creator {
+        pidfd_of_self()
+    } else {
+        NO_CREATOR
+    };
     // SAFETY: geteuid/getegid have no preconditions.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let flags = (libc::CLONE_NEWUSER | libc::CLONE_NEWPID) as u64 | extra_flags;
@@ -940,12 +953,17 @@ pub fn enter_namespace(quiet: bool, extra_flags: u64) -> Result<i32, RestoreErro
                 std::io::Error::from_raw_os_error(e)
             ),
         )
-    })?;
+    });
+    if pid.is_err() && creator >= 0 {
+        crate::sys::close(creator);
+    }
+    let pid = pid?;
     if pid == 0 {
-        if extra_flags & libc::CLONE_PARENT as u64 == 0 {
-            // Killed with its creator until the job is created (`job::namespace_init` clears
-            // it): its namespace, half-restored processes included, dies with it. A creator
-            // that died before this was set never writes the byte read below: we leave.
+        CREATOR.store(creator, Ordering::Relaxed);
+        if dies_with_creator {
+            // Killed with its creator until the gate opens (`commit_to_job` clears it): its
+            // namespace, half-restored processes included, dies with it. A creator that died
+            // before this was set never writes the byte read below: we leave.
             // SAFETY: prctl on ourselves with integer arguments.
             unsafe {
                 libc::prctl(
@@ -973,6 +991,9 @@ pub fn enter_namespace(quiet: bool, extra_flags: u64) -> Result<i32, RestoreErro
         private_proc(quiet);
         return Ok(0);
     }
+    if creator >= 0 {
+        crate::sys::close(creator);
+    }
     let res = write_file(&format!("/proc/{pid}/uid_map"), &format!("{uid} {uid} 1\n"))
         .and_then(|_| write_file(&format!("/proc/{pid}/setgroups"), "deny"))
         .and_then(|_| write_file(&format!("/proc/{pid}/gid_map"), &format!("{gid} {gid} 1\n")));
@@ -996,6 +1017,67 @@ pub fn enter_namespace(quiet: bool, extra_flags: u64) -> Result<i32, RestoreErro
         ));
     }
     Ok(pid)
+}
+
+/// [`CREATOR`] in a process that is not a namespace's init, or whose creator it does not die with.
+const NO_CREATOR: i32 = -2;
+/// [`CREATOR`] when the kernel gave no pidfd: the init cannot see its creator's death.
+const CREATOR_UNSEEN: i32 = -1;
+
+/// In a namespace's init made by [`enter_namespace`] without `CLONE_PARENT`: a pidfd of its
+/// creator (the restarter), [`CREATOR_UNSEEN`] when there is none; else [`NO_CREATOR`].
+static CREATOR: AtomicI32 = AtomicI32::new(NO_CREATOR);
+
+/// A pidfd of the calling process, or [`CREATOR_UNSEEN`] (a kernel before 5.3: said nowhere,
+/// the init then only cannot tell that its creator died in the instant before the gate opened).
+fn pidfd_of_self() -> i32 {
+    // SAFETY: pidfd_open of our own pid; getpid has no preconditions.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+    if fd < 0 {
+        return CREATOR_UNSEEN;
+    }
+    fd as i32 // close-on-exec, as every pidfd
+}
+
+/// Whether the creator whose pidfd is `fd` has ended, waiting up to `timeout_ms` (-1: for ever).
+fn creator_ended(fd: i32, timeout_ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: poll on one valid pollfd.
+        let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+        if r >= 0 || errno() != libc::EINTR {
+            return r > 0;
+        }
+    }
+}
+
+/// In the process that opens the job's gate, all the job's processes ready and waiting at it:
+/// the point from which the job no longer depends on the restarter. A namespace's init drops
+/// the parent-death signal its creator gave it ([`enter_namespace`]) *before* it opens the
+/// gate: once the program runs, a restarter killed leaves it running (as root, where the
+/// restarter itself opens the gate, that holds by construction). Returns false when the
+/// creator died already (its parent-death signal may not have been sent yet): the gate must
+/// then stay shut and the job leave. Elsewhere does nothing and returns true.
+pub fn commit_to_job() -> bool {
+    let creator = CREATOR.load(Ordering::Relaxed);
+    if creator == NO_CREATOR {
+        return true;
+    }
+    // SAFETY: prctl on ourselves with integer arguments. A creator that died before this has
+    // sent its SIGKILL already, which ends us on the way back from the call.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
+    creator < 0 || !creator_ended(creator, 0)
+}
+
+/// TEST ONLY (`opened`, see [`super::test_stop_at`]): in a namespace's init past
+/// [`commit_to_job`], waits until its creator has ended and returns true; false elsewhere.
+pub fn test_wait_creator_ended() -> bool {
+    let creator = CREATOR.load(Ordering::Relaxed);
+    creator >= 0 && creator_ended(creator, -1)
 }
 
 /// In the namespace's init: a private mount namespace with a `/proc` of the new pid namespace, so
