@@ -199,7 +199,7 @@ fn futex_shared(word: &AtomicU32, op: i32, val: u32, timeout_ns: u64) {
 }
 
 /// Reaps the writer `pidfd` (already ended or killed) and closes it; returns its `waitid` result.
-fn reap(pidfd: i32) -> (Result<usize, Errno>, libc::siginfo_t) {
+pub fn reap(pidfd: i32) -> (Result<usize, Errno>, libc::siginfo_t) {
     let (r, info) = loop {
         match sys::waitid(libc::P_PIDFD, pidfd, libc::WEXITED | libc::__WALL) {
             (Err(Errno(libc::EINTR)), _) => continue,
@@ -687,13 +687,8 @@ pub struct Written {
     /// The image's length.
     pub bytes: u64,
     /// It said so before its exit (`WriterPage::done_fd`): its pidfd is still to be reaped
-    /// ([`reap_exiting`]), once the requester was answered.
+    /// ([`reap`]), once the requester was answered.
     pub exiting: bool,
-}
-
-/// Reaps a writer that succeeded and is exiting ([`Written::exiting`]) and closes `pidfd`.
-pub fn reap_exiting(pidfd: i32) {
-    let _ = reap(pidfd);
 }
 
 /// After the program was released: waits for the writer (answering other requests `EBUSY`
