@@ -233,6 +233,24 @@ fn errno_in(m: &str) -> i32 {
         .unwrap_or(libc::EIO)
 }
 
+/// Why compressing `what` failed (`m`: the compressor's reason), as the checkpoint reports it:
+/// the errno of the system call that failed when `m` carries one ([`errno_in`]), and the line.
+fn compress_failed(what: &str, m: &str) -> (i32, String) {
+    (errno_in(m), format!("cannot compress {what}: {m}"))
+}
+
+/// Waits for the compression thread of `what`: what it did, or why it failed
+/// ([`compress_failed`]).
+fn join_compressor(
+    thread: std::thread::JoinHandle<Result<Stats, String>>,
+    what: &str,
+) -> Result<Stats, (i32, String)> {
+    thread
+        .join()
+        .unwrap_or_else(|_| Err("the compression thread failed".into()))
+        .map_err(|m| compress_failed(what, &m))
+}
+
 /// The compression behind an [`Out`] (`--compress`).
 struct Compressing {
     /// The thread reading the pipe and writing the compressed images.
@@ -423,12 +441,11 @@ impl Out {
         // SAFETY: our write end of the pipe (the agents hold theirs until they are released).
         unsafe { libc::close(self.fd) };
         crate::image::compress::PipeSource::finish(&z.done, &z.wake);
-        let fail = |m: String| err(errno_in(&m), format!("cannot compress {}: {m}", self.what));
-        let stats = z
-            .thread
-            .join()
-            .unwrap_or_else(|_| Err("the compression thread failed".into()))
-            .map_err(fail)?;
+        let fail = |m: String| {
+            let (errno, m) = compress_failed(&self.what, &m);
+            err(errno, m)
+        };
+        let stats = join_compressor(z.thread, &self.what).map_err(|(errno, m)| err(errno, m))?;
         let secs = z.start.elapsed().as_secs_f64();
         if let Some((fd, tmp)) = z.stream {
             self.fd = fd;
@@ -559,12 +576,7 @@ impl Out {
         // SAFETY: our write end of the pipe (as in `discard`, which now has nothing to close).
         unsafe { libc::close(self.fd) };
         self.fd = -1;
-        let m = match z.thread.join() {
-            Ok(Err(m)) => m,
-            Ok(Ok(_)) => return None,
-            Err(_) => "the compression thread failed".into(),
-        };
-        Some((errno_in(&m), format!("cannot compress {}: {m}", self.what)))
+        join_compressor(z.thread, &self.what).err()
     }
 
     /// Removes the partial file (a failed checkpoint; an unnamed one goes with its descriptor).
