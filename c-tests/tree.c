@@ -41,6 +41,17 @@
  *     it sees every node's marks in both shared ones (still shared) and
  *     none in its private ones (still private)
  * Environment:
+ *   CR_TEST_MIB=N      every node maps N MiB of private memory of its own and,
+ *                      until GO, rewrites it 64 KiB per turn of its loop (a
+ *                      new generation of values each pass; its position, one
+ *                      word, is stored after each 64 KiB): after GO, first of
+ *                      all, every word must hold the value of the position
+ *                      (an image whose pages were taken at different
+ *                      instants fails). The node also writes the last 1024
+ *                      times over 5 ms between two turns of its loop before
+ *                      GO into $CR_TEST_DIR/gap.NODE, one a line: when the
+ *                      gap began (CLOCK_MONOTONIC, ns) and how long it was
+ *                      (ns): how long a checkpoint stopped it, for one
  *   CR_TEST_SETSID=1   the program forks at once; the parent (a "launcher"
  *                      that only waits and passes the status on) stays
  *                      behind, the child calls setsid() and is the root
@@ -153,6 +164,17 @@ static int dup_a = -1, dup_b = -1;  /* dup.dat and its dup(), per node */
 static int fifo_fd = -1;            /* root: write end; node 1: read end */
 static uint32_t stream_next;        /* next counter this node sends */
 static unsigned char buf[BIG_BYTES];
+/* CR_TEST_MIB: this node's memory, `mem_words` words; `mem_pos` counts the words rewritten
+ * (generation mem_pos / mem_words, next word mem_pos % mem_words); the longest turn. */
+#define MEM_STEP 8192             /* words per turn: 64 KiB */
+static uint64_t *mem;
+static size_t mem_words;
+static uint64_t mem_pos;
+#define GAPS 1024
+#define GAP_MIN 5e-3
+static double turn_last;
+static struct { double at, len; } gaps[GAPS];
+static unsigned ngaps;
 
 static void nfail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void nfail(const char *fmt, ...)
@@ -195,6 +217,48 @@ static double now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static inline uint64_t mem_val(size_t i, uint64_t gen)
+{
+    return (gen << 40) ^ (((uint64_t)i * 0x9E3779B97F4A7C15ull) >> 24) ^ (uint64_t)me;
+}
+
+/* One turn: the next 64 KiB get the next generation's values, then the position moves. */
+static void mem_step(void)
+{
+    if (!mem)
+        return;
+    uint64_t pos = mem_pos;
+    size_t at = pos % mem_words;
+    uint64_t gen = pos / mem_words + 1;
+    for (size_t i = at; i < at + MEM_STEP; i++)
+        ((volatile uint64_t *)mem)[i] = mem_val(i, gen);
+    __atomic_store_n(&mem_pos, pos + MEM_STEP, __ATOMIC_RELEASE);
+}
+
+static void mem_check(void)
+{
+    if (!mem)
+        return;
+    uint64_t pos = mem_pos;
+    size_t at = pos % mem_words;
+    uint64_t gen = pos / mem_words;
+    for (size_t i = 0; i < mem_words; i++) {
+        uint64_t v = mem[i];
+        int ok;
+        if (i < at)
+            ok = v == mem_val(i, gen + 1);
+        else if (i < at + MEM_STEP) /* a turn the checkpoint interrupted */
+            ok = v == mem_val(i, gen + 1) || v == mem_val(i, gen);
+        else
+            ok = v == mem_val(i, gen);
+        if (!ok)
+            nfail("memory word %zu of %zu is %#llx, position %llu (generation %llu, word %zu) "
+                  "expects %#llx", i, mem_words, (unsigned long long)v, (unsigned long long)pos,
+                  (unsigned long long)gen, at,
+                  (unsigned long long)mem_val(i, i < at ? gen + 1 : gen));
+    }
 }
 
 static void path_of(char *out, const char *name)
@@ -475,6 +539,17 @@ static void setup(void)
     }
     my_pgid = getpgid(0);
     my_sid = getsid(0);
+    const char *mib = getenv("CR_TEST_MIB");
+    if (mib && atoi(mib) > 0) {
+        mem_words = (size_t)atoi(mib) << 17;
+        void *m = mmap(NULL, mem_words * 8, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                       -1, 0);
+        if (m == MAP_FAILED)
+            nfail("mmap %s MiB: %s", mib, strerror(errno));
+        mem = m;
+        for (size_t i = 0; i < mem_words; i++)
+            mem[i] = mem_val(i, 0);
+    }
     if (me != 0)
         write_all(edges[me].tok_up[1], "R", 1, "ready byte");
 }
@@ -482,7 +557,16 @@ static void setup(void)
 /* Until GO: send my stream (a child), check my children's streams (a parent). */
 static void work_until_go(void)
 {
+    turn_last = now();
     while (!go_seen()) {
+        double t = now();
+        if (t - turn_last > GAP_MIN) {
+            gaps[ngaps % GAPS].at = turn_last;
+            gaps[ngaps % GAPS].len = t - turn_last;
+            ngaps++;
+        }
+        turn_last = t;
+        mem_step();
         if (nkids == 0) {
             /* A leaf: plain blocking writes, paced by the parent's reading. */
             stream_send(STREAM_CHUNK);
@@ -910,6 +994,19 @@ static void run_node(void)
         fflush(stdout);
     }
     work_until_go();
+    mem_check();
+    if (mem) {
+        char p[PATH_MAX], name[32];
+        snprintf(name, sizeof name, "gap.%d", me);
+        path_of(p, name);
+        FILE *f = fopen(p, "w");
+        if (!f)
+            nfail("write %s", p);
+        for (unsigned i = ngaps > GAPS ? ngaps - GAPS : 0; i < ngaps; i++)
+            fprintf(f, "%.0f %.0f\n", gaps[i % GAPS].at * 1e9, gaps[i % GAPS].len * 1e9);
+        if (fclose(f) != 0)
+            nfail("write %s", p);
+    }
     after_go();
     if (me == 0) {
         printf("PASS tree\n");

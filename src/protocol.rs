@@ -28,6 +28,10 @@ pub const REQ_WRITE: u32 = 3;
 /// Request (after [`STATUS_SIZED`] of a [`FLAG_PLACED`] write): the image's offset in the file,
 /// in `parent_size` ([`Request::place`]); the agent then writes it there.
 pub const REQ_PLACE: u32 = 4;
+/// Request (after every member of a copy-on-write cut answered [`STATUS_FORKED`]): every
+/// member's writer exists, the program may run on while its writer writes. Sent only to an
+/// agent whose [`STATUS_QUIESCED`] carried [`CAP_COW_PLACED`].
+pub const REQ_RUN: u32 = 5;
 
 /// Request flag: store the executable's mappings by content (`--save-exe`).
 pub const FLAG_SAVE_EXE: u32 = 0x10;
@@ -284,6 +288,13 @@ const _: () = {
 /// forwarded processes whose images it would append to its own).
 pub const CAP_PLACED: u64 = 1;
 
+/// `Reply::bytes` bit of [`STATUS_QUIESCED`]: this agent also writes a placed image from a
+/// copy-on-write writer ([`FLAG_PLACED`] with `FLAG_COW` on [`REQ_WRITE`]): it answers
+/// [`STATUS_FORKED`] once its writer exists (the program still stopped), waits for [`REQ_RUN`]
+/// to let the program go, and passes the writer's length ([`STATUS_SIZED`]) and its offset
+/// ([`REQ_PLACE`]) on. Older agents leave it 0: the cut is written stopped.
+pub const CAP_COW_PLACED: u64 = 2;
+
 /// Progress messages ([`FLAG_PROGRESS`]) are sent at most this often (and once when the page
 /// data starts).
 pub const PROGRESS_INTERVAL_MS: u64 = 100;
@@ -442,6 +453,12 @@ pub const STATUS_PROGRESS: i32 = -3;
 /// `Reply::status` of the message a [`FLAG_PLACED`] write sends once its metadata is built:
 /// `bytes` is the image's exact length; the agent then waits for [`REQ_PLACE`] (or a release).
 pub const STATUS_SIZED: i32 = -4;
+
+/// `Reply::status` of the message a copy-on-write placed write ([`CAP_COW_PLACED`]) sends once
+/// its writer exists: the program stays stopped until [`REQ_RUN`] (or, without one, until the
+/// final release); the writer's [`STATUS_SIZED`] follows. An agent that wrote stopped after
+/// all (copy-on-write refused, its report says why) answers [`STATUS_SIZED`] at once instead.
+pub const STATUS_FORKED: i32 = -5;
 
 /// Waits for the agent to accept a request: consumes the [`STATUS_ACCEPTED`] message and returns
 /// `Ok(None)`, or returns a final reply that came instead (left unread when `keep` is set).

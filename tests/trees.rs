@@ -1639,3 +1639,243 @@ fn fork_child_in_new_pid_namespace() {
     sc.go();
     job.expect_pass(TOOL_TIMEOUT);
 }
+
+// ---------------------------------------------------------------------------------------------
+// --cow of a tree: one stop, a writer per member, all run on once every writer exists
+// ---------------------------------------------------------------------------------------------
+
+/// CLOCK_MONOTONIC in ns (the clock `c-tests/tree.c` stamps its gaps with).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Each member's longest gap between two turns of its loop that overlaps `[from, to]`
+/// (CLOCK_MONOTONIC ns), in ns (`c-tests/tree.c`, `CR_TEST_MIB`: `gap.NODE`).
+fn turn_gaps(sc: &Scenario, nodes: usize, from: u64, to: u64) -> Vec<u64> {
+    (0..nodes)
+        .map(|k| {
+            let p = sc.work_dir().join(format!("gap.{k}"));
+            let s = fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            s.lines()
+                .filter_map(|l| {
+                    let (at, len) = l.split_once(' ')?;
+                    Some((at.parse::<u64>().ok()?, len.parse::<u64>().ok()?))
+                })
+                .filter(|&(at, len)| at < to && at + len > from)
+                .map(|(_, len)| len)
+                .max()
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// Files under temporary directories (the scenario's) are saved by content, and a process that
+/// saves files is written stopped (`cow::NOTE_FILES`): they stay where they are here.
+const COW_TREE: &[&str] = &["-v", "--cow", "--save-tmp-limit", "none"];
+
+/// The members' `cr-writer` children (not zombies: a writer that succeeded is reaped after
+/// the commit).
+fn tree_writers(pids: &[u32]) -> Vec<u32> {
+    pids.iter()
+        .flat_map(|&p| children_of(p))
+        .filter(|&c| matches!(proc_stat(c), Some(st) if st.comm == "cr-writer" && st.state != 'Z'))
+        .collect()
+}
+
+/// `--cow` of a running tree of five processes (pipes streaming between them, 48 MiB of memory
+/// each that they rewrite without pause): every member forks its writer in the one stop, all
+/// run on once every writer exists, and the writers write their images at once into the tree
+/// file meanwhile (`-v` says so, `mode=cow` for every member). Three checkpoints: in one at
+/// least (the machine's load can keep a member from running after its release as long as
+/// its stop: the writers take the CPUs), the longest gap in any member's loop during the
+/// checkpoint, and the stop cr_checkpoint reports, are under half of the checkpoint's time.
+/// The tree passes, and so do its first and last images restarted.
+#[test]
+fn cow_tree_runs_on_and_restores() {
+    let Some(sc) = scenario("cow-tree", None) else {
+        return;
+    };
+    let reaper = Reaper::new(&sc);
+    let tree = Tree::new(FIVE).env("CR_TEST_MIB", "48");
+    let (mut job, pids) = start_tree(&sc, &reaper, &tree);
+    // (image, CLOCK_MONOTONIC before and after, ms cr_checkpoint says the tree stopped)
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        let img = sc.next_image_path();
+        let from = monotonic_ns();
+        let res = sc.checkpoint_to(job.pid(), COW_TREE, &img);
+        let to = monotonic_ns();
+        res.assert_success();
+        sc.assert_image_file(&img);
+        let stop_ms: u64 = res
+            .stderr
+            .split("copy-on-write: the 5 processes run on after ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "-v must say the five processes ran on once every writer existed:\n{}",
+                    res.describe()
+                )
+            });
+        assert!(
+            res.stderr.contains("writing the 5 images at once"),
+            "-v must say the five images were written at once:\n{}",
+            res.describe()
+        );
+        assert_eq!(
+            res.stderr.matches("mode=cow stop=").count(),
+            pids.len(),
+            "every member is written copy-on-write:\n{}",
+            res.describe()
+        );
+        assert!(
+            !res.stderr.contains("stop=whole"),
+            "no member stayed stopped for the write:\n{}",
+            res.describe()
+        );
+        job.assert_running("after a copy-on-write checkpoint of its tree");
+        runs.push((img, from, to, stop_ms));
+    }
+    sc.go();
+    job.expect_pass(RESTART_TIMEOUT);
+    wait_gone(&sc, &pids, "the tree after PASS");
+    let mut short = false;
+    for (img, from, to, stop_ms) in &runs {
+        let took_ms = (to - from) / 1_000_000;
+        let gaps = turn_gaps(&sc, pids.len(), *from, *to);
+        let longest = gaps.iter().copied().max().unwrap_or(0) / 1_000_000;
+        let line = format!(
+            "{}: stopped {stop_ms} ms (cr_checkpoint), longest gap of a member {longest} ms \
+             (each member's: {:?} us), the checkpoint {took_ms} ms",
+            img.display(),
+            gaps.iter().map(|g| g / 1000).collect::<Vec<_>>(),
+        );
+        sc.note(&line);
+        println!("note: {line}");
+        short |= longest * 2 < took_ms && stop_ms * 2 < took_ms;
+    }
+    assert!(
+        short,
+        "in no checkpoint was the stop much shorter than the write\n{}",
+        sc.log()
+    );
+    for (img, ..) in [runs.first(), runs.last()].into_iter().flatten() {
+        let img = Image::File(img.clone());
+        let mut rs = start_restart(&sc, &reaper, &[], &img);
+        let back = restored(&mut rs, &reaper, "tree", Some(pids.len()));
+        rs.expect_pass(RESTART_TIMEOUT);
+        wait_gone(&sc, &back, "the restored tree after PASS");
+    }
+}
+
+/// A member's writer killed while the tree's `--cow` checkpoint is written: the checkpoint
+/// fails, saying so; the earlier image stays as it was (no temporary file left), every other
+/// writer goes too, and every member runs on (the tree passes); the earlier image restores.
+/// (The kill must come while the writers write: up to three tries.)
+#[test]
+fn cow_tree_writer_killed_keeps_the_old_image() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(sc) = scenario("cow-tree-killed", None) else {
+        return;
+    };
+    let reaper = Reaper::new(&sc);
+    let tree = Tree::new(FIVE).env("CR_TEST_MIB", "64");
+    let (mut job, pids) = start_tree(&sc, &reaper, &tree);
+    let img = sc.next_image_path();
+    sc.checkpoint_to(job.pid(), COW_TREE, &img).assert_success();
+    sc.assert_image_file(&img);
+    let stamp = |p: &Path| {
+        let m = fs::metadata(p).expect("the image");
+        (m.ino(), m.len(), m.mtime(), m.mtime_nsec())
+    };
+    let mut before = stamp(&img);
+    let mut seen = false;
+    for _ in 0..3 {
+        let mut argv: Vec<OsString> = vec![sc.tools().cr_checkpoint.clone().into()];
+        argv.extend(COW_TREE.iter().map(OsString::from));
+        argv.extend([
+            "-f".into(),
+            img.clone().into(),
+            job.pid().to_string().into(),
+        ]);
+        // (The last checkpoint's writers may still be ending.)
+        let old = tree_writers(&pids);
+        let mut req = sc.start("cr_checkpoint --cow (a writer killed)", sc.command(&argv));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut writer = None;
+        while writer.is_none() && Instant::now() < deadline && req.is_running() {
+            writer = tree_writers(&pids).into_iter().find(|w| !old.contains(w));
+            thread::sleep(Duration::from_millis(1));
+        }
+        let Some(w) = writer else {
+            req.wait_exit(TOOL_TIMEOUT);
+            sc.note("the checkpoint finished before a writer was seen: trying again");
+            continue;
+        };
+        // SAFETY: SIGKILL to the writer process we found.
+        unsafe { libc::kill(w as i32, libc::SIGKILL) };
+        let st = req.wait_exit(TOOL_TIMEOUT);
+        req.wait_output_closed(PIPE_CLOSE_TIMEOUT);
+        if st.success() {
+            sc.note("the killed writer had finished its image: trying again");
+            // (The image was replaced by a complete one.)
+            before = stamp(&img);
+            continue;
+        }
+        seen = true;
+        let why = req.stderr();
+        println!(
+            "note: writer {w} killed: {}",
+            why.trim_end().lines().last().unwrap_or("")
+        );
+        assert!(
+            why.contains("writer was killed"),
+            "cr_checkpoint must say the writer was killed:\n{}",
+            req.diag()
+        );
+        assert_eq!(
+            stamp(&img),
+            before,
+            "the earlier image must stay as it was\n{}",
+            sc.log()
+        );
+        assert_no_tmp_files(&sc.img_dir());
+        let gone_by = Instant::now() + Duration::from_secs(10);
+        while tree_writers(&pids).iter().any(|w| !old.contains(w)) && Instant::now() < gone_by {
+            thread::sleep(Duration::from_millis(5));
+        }
+        let left: Vec<u32> = tree_writers(&pids)
+            .into_iter()
+            .filter(|w| !old.contains(w))
+            .collect();
+        assert!(
+            left.is_empty(),
+            "writers {left:?} outlived the failed checkpoint\n{}",
+            sc.log()
+        );
+        break;
+    }
+    if !seen {
+        println!("note: every checkpoint finished before its writer was killed");
+    }
+    for &p in &pids {
+        assert!(pid_alive(p), "member {p} must run on\n{}", sc.log());
+    }
+    job.assert_running("after a failed copy-on-write checkpoint of its tree");
+    sc.go();
+    job.expect_pass(RESTART_TIMEOUT);
+    wait_gone(&sc, &pids, "the tree after PASS");
+    let img = Image::File(img);
+    let mut rs = start_restart(&sc, &reaper, &[], &img);
+    let back = restored(&mut rs, &reaper, "tree", Some(pids.len()));
+    rs.expect_pass(RESTART_TIMEOUT);
+    wait_gone(&sc, &back, "the restored tree after PASS");
+}

@@ -1031,8 +1031,9 @@ fn serve_request(
         super::forward::describe(&mut fwd);
         // We can write our image at an offset the requester gives (`protocol::FLAG_PLACED`),
         // unless we would append forwarded processes' images to it.
+        // Also from a copy-on-write writer (`protocol::CAP_COW_PLACED`, `finish_cow`).
         let cap = if super::forward::count() == 0 {
-            protocol::CAP_PLACED
+            protocol::CAP_PLACED | protocol::CAP_COW_PLACED
         } else {
             0
         };
@@ -1258,6 +1259,12 @@ fn serve_request(
 /// A copy-on-write checkpoint whose writer runs: lets the program go at once, waits for the
 /// writer, then answers the requester, who commits and signals, and waits for its RELEASE.
 ///
+/// One of several processes written at once (`protocol::FLAG_PLACED`): the program stays
+/// stopped until the requester says every member's writer exists (`protocol::REQ_RUN`, after
+/// our `protocol::STATUS_FORKED`): a member released before another's writer exists could
+/// send it bytes that are not in the cut. Without that word it runs again only after the
+/// commit (the requester's RELEASE), or once the checkpoint failed.
+///
 /// Returns true when the writer was left behind, still waiting on the destination after it
 /// was killed (`offload::leave_behind` has the image descriptor then, and `tmp`).
 fn finish_cow(
@@ -1271,16 +1278,47 @@ fn finish_cow(
     let pidfd = job.writer.load(Acquire);
     REQUEST_FDS[2].store(pidfd, Release);
     REQUEST_FDS[5].store(super::cow::done_fd(scratch), Release);
+    let forked_ns = sys::monotonic_ns();
+    // When the program ran on (0: not yet).
+    let released_ns = core::cell::Cell::new(0u64);
     // The image is the snapshot's: as far as the program's callbacks are concerned the
     // checkpoint is taken (BLCR's callbacks continue once the kernel has the image).
-    quiesce::finish(0);
-    crate::api::cs::end_pending();
-    quiesce::release();
-    let stop_ns = sys::monotonic_ns() - quiesce_start;
+    let mut run = || {
+        if released_ns.get() == 0 {
+            quiesce::finish(0);
+            crate::api::cs::end_pending();
+            quiesce::release();
+            released_ns.set(sys::monotonic_ns());
+        }
+    };
+    let placed = job.flags & protocol::FLAG_PLACED != 0;
+    if placed {
+        // Our writer exists; the others' may not yet.
+        send_reply(conn, protocol::STATUS_FORKED, 0, b"");
+    } else {
+        run();
+    }
     // (cow::wait closes the eventfd.)
-    let res = super::cow::wait(pidfd, scratch, conn, job.deadline_ns, || {
-        REQUEST_FDS[5].store(-1, Release);
-    });
+    let res = super::cow::wait(
+        pidfd,
+        scratch,
+        conn,
+        job.deadline_ns,
+        || {
+            REQUEST_FDS[5].store(-1, Release);
+        },
+        &mut run,
+    );
+    // (A failed checkpoint whose program is still stopped: it runs on, the checkpoint not
+    // taken.)
+    let release_failed = |e: i32| {
+        if released_ns.get() == 0 {
+            quiesce::finish(-(e as i64));
+            crate::api::cs::end_pending();
+            quiesce::release();
+            released_ns.set(sys::monotonic_ns());
+        }
+    };
     // (A writer that said it succeeded before its exit is reaped below, once the requester
     // was answered: its pidfd stays ours until then.)
     if !res.as_ref().is_ok_and(|w| w.exiting) {
@@ -1296,6 +1334,7 @@ fn finish_cow(
             .push(protocol::LEFT_BEHIND.as_bytes())
             .push(b": left to end on its own)");
         send_reply(conn, e.errno(), 0, m.as_bytes());
+        release_failed(e.errno());
         super::offload::leave_behind(0, pidfd, [job.fd, -1], tmp);
         return true;
     }
@@ -1311,21 +1350,43 @@ fn finish_cow(
             super::ctlstart::describe(&mut report);
             report.push(b"quiesce=").num(quiesce_ms).push(b"ms ");
             super::image::io_report::describe(&mut report);
+            report.push(b" mode=cow stop=");
+            if released_ns.get() == 0 {
+                // (Placed, and the requester never said every writer exists: released after
+                // the commit, stopped for the whole write.)
+                report.push(b"whole(");
+            } else {
+                let stop_ns = released_ns.get() - quiesce_start;
+                report
+                    .num(stop_ns / 1_000_000)
+                    .push(b".")
+                    .num(stop_ns / 100_000 % 10)
+                    .push(b"ms(");
+            }
             report
-                .push(b" mode=cow stop=")
-                .num(stop_ns / 1_000_000)
-                .push(b".")
-                .num(stop_ns / 100_000 % 10)
-                .push(b"ms(fork=")
+                .push(b"fork=")
                 .num(super::cow::FORK_NS.load(Relaxed) / 1_000_000)
                 .push(b".")
                 .num(super::cow::FORK_NS.load(Relaxed) / 100_000 % 10)
                 .push(b"ms check=")
                 .num(super::cow::CHECK_NS.load(Relaxed) / 1_000_000)
-                .push(b"ms)");
+                .push(b"ms");
+            if placed && released_ns.get() != 0 {
+                // Waiting for the other members' writers.
+                let ns = released_ns.get().saturating_sub(forked_ns);
+                report
+                    .push(b" cut=")
+                    .num(ns / 1_000_000)
+                    .push(b".")
+                    .num(ns / 100_000 % 10)
+                    .push(b"ms");
+            }
+            report.push(b")");
             super::incremental::describe(&mut report);
             send_reply(conn, 0, bytes, report.as_bytes());
             let _ = wait_commit(conn);
+            // (Not released before: once committed, or the requester gone.)
+            run();
             if exiting {
                 // Its status is known (it said so before its exit): this only waits for the
                 // exit to have torn down its copy of the address space, after the answer.
@@ -1338,6 +1399,7 @@ fn finish_cow(
             let mut m = StackBuf::<240>::new();
             e.describe(&mut m);
             send_reply(conn, e.errno(), 0, m.as_bytes());
+            release_failed(e.errno());
         }
     }
     false

@@ -29,6 +29,12 @@
 //! answer, is left behind and reaped when it ends: `agent::offload`). The
 //! requester commits (rename) and sends `--term`/`--kill`/`--stop` only after the writer
 //! succeeded; a writer that fails fails the checkpoint like any other failure.
+//!
+//! One member of a cut written at once (`protocol::FLAG_PLACED`, docs/ARCHITECTURE.md
+//! "Copy-on-write of several processes"): the program is released only when the requester
+//! says every member's writer exists (`protocol::REQ_RUN`, `control::finish_cow`), and the
+//! writer's image length and offset go through the control thread, the only reader of the
+//! connection ([`writer_place`], [`wait`]).
 
 use super::image::{self, io_report, Job};
 use super::memory::{self, ExtentList, Precopy, SaveByContent, Unreadable};
@@ -56,6 +62,9 @@ pub const NOTE_DONTFORK: u32 = 7;
 /// … it saves files by content (under temporary directories, `--save-written`, unlinked): they
 /// are copied while the program is stopped, so that it cannot change them meanwhile.
 pub const NOTE_FILES: u32 = 8;
+/// … it is one of several processes written at once and its writer's eventfd could not be
+/// made (the writer's length goes to the control thread through it).
+pub const NOTE_EVENTFD: u32 = 9;
 
 /// Why a `--cow` request was written stopped, for `-v`.
 pub fn note_text(note: u32) -> &'static [u8] {
@@ -67,6 +76,7 @@ pub fn note_text(note: u32) -> &'static [u8] {
         NOTE_SEM => b"its SysV semaphores or message queues could not be recorded",
         NOTE_DONTFORK => b"it has memory a fork does not copy (MADV_DONTFORK)",
         NOTE_FILES => b"it saves files by content, which are copied while it is stopped",
+        NOTE_EVENTFD => b"its writer's eventfd could not be made",
         _ => b"",
     }
 }
@@ -161,12 +171,26 @@ struct WriterPage {
     /// `done_fd` is signalled.
     done: AtomicU32,
     phase: [AtomicU64; 4],
+    /// `protocol::FLAG_PLACED` and `FLAG_PLACED_NOSYNC` of the write order: the image is
+    /// written at once with the other members' of a cut, at an offset the requester gives.
+    placed: u32,
+    /// A placed image's exchange ([`writer_place`]): 0, then [`PLACE_SIZED`] (the writer's
+    /// length is in `place_len`, `done_fd` signalled), then [`PLACE_GIVEN`] (the control thread
+    /// put the requester's offset in `place_at`; a shared futex).
+    place_state: AtomicU32,
+    place_len: AtomicU64,
+    place_at: AtomicU64,
 }
 
 const _: () = assert!(core::mem::size_of::<WriterPage>() <= crate::image::format::PAGE);
 
 /// [`WriterPage::done`]: the writer succeeded (its exit status will be 0).
 const DONE_OK: u32 = 1;
+
+/// [`WriterPage::place_state`]: the writer's length is in `place_len`.
+const PLACE_SIZED: u32 = 1;
+/// [`WriterPage::place_state`]: its offset is in `place_at`.
+const PLACE_GIVEN: u32 = 2;
 
 /// The writer's snapshot has every region of the program.
 const EARLY_OK: u32 = 1;
@@ -320,6 +344,15 @@ pub fn start(
             sys::close(done_fd);
         }
     };
+    let placed = job.flags & (crate::protocol::FLAG_PLACED | crate::protocol::FLAG_PLACED_NOSYNC);
+    if placed != 0 && done_fd < 0 {
+        // (A placed writer's length reaches the control thread through it.)
+        if !prebuilt {
+            unmap();
+            return Err(stopped(NOTE_EVENTFD));
+        }
+        return Err(fallback(NOTE_EVENTFD));
+    }
     let p = scratch.writer_page() as *mut WriterPage;
     // SAFETY: the writer page is ours (scratch), page sized, and no writer runs yet.
     unsafe {
@@ -358,6 +391,10 @@ pub fn start(
             ring_detail: AtomicI32::new(0),
             done: AtomicU32::new(0),
             phase: [const { AtomicU64::new(0) }; 4],
+            placed,
+            place_state: AtomicU32::new(0),
+            place_len: AtomicU64::new(0),
+            place_at: AtomicU64::new(0),
         })
     };
     let mut pidfd: i32 = -1;
@@ -625,11 +662,75 @@ fn write_rest(a: &WriterPage) -> Result<u64, (u32, Errno)> {
         pack: 0,
         deadline_ns: a.deadline_ns,
         bounce: Some(bounce),
-        placed: 0,
+        placed: a.placed,
+        via_writer: a.placed != 0,
     };
     // No saved files: a request that has some is written stopped (`NOTE_FILES`).
     let mut spans = super::fds::Spans::new(&mut [], &mut []);
     image::finish(out, scratch, w, &ext, unreadable, &mut spans, a.pid)
+}
+
+/// How long a placed writer waits for its offset (bounded by `--time` too), as
+/// `image::await_place` does.
+const PLACE_WAIT_NS: u64 = 600_000_000_000;
+
+/// In the writer of a placed image (`protocol::FLAG_PLACED`, several processes written at
+/// once): our image's length (`total`) to the control thread, which passes it on to the
+/// requester (`protocol::STATUS_SIZED`; the control thread is the only reader of the
+/// connection, where `protocol::REQ_RUN` comes too), and the offset it answers
+/// (`protocol::REQ_PLACE`). A cut given up kills us (the control thread sees the release).
+/// Raw system calls, on the stack.
+pub fn writer_place(scratch: &Scratch, total: u64, deadline_ns: u64) -> Result<u64, Errno> {
+    let a = page(scratch);
+    if a.done_fd < 0 {
+        return Err(Errno(libc::EINVAL));
+    }
+    a.place_len.store(total, Relaxed);
+    a.place_state.store(PLACE_SIZED, Release);
+    let one = 1u64;
+    sys::sys3(
+        libc::SYS_write as usize,
+        a.done_fd as usize,
+        &one as *const u64 as usize,
+        8,
+    )?;
+    let limit = deadline_ns.min(sys::monotonic_ns().saturating_add(PLACE_WAIT_NS));
+    loop {
+        if a.place_state.load(Acquire) == PLACE_GIVEN {
+            return Ok(a.place_at.load(Relaxed));
+        }
+        let now = sys::monotonic_ns();
+        if now >= limit {
+            return Err(Errno(libc::ETIMEDOUT));
+        }
+        futex_shared(
+            &a.place_state,
+            libc::FUTEX_WAIT,
+            PLACE_SIZED,
+            (limit - now).min(100_000_000),
+        );
+    }
+}
+
+/// Sends the requester a message of `status` with `bytes` (no text).
+fn send_status(conn: i32, status: i32, bytes: u64) -> bool {
+    let r = crate::protocol::Reply {
+        magic: crate::protocol::MAGIC,
+        status,
+        bytes,
+        msg: [0; 240],
+    };
+    let b = bytemuck::bytes_of(&r);
+    sys::sys6(
+        libc::SYS_sendto as usize,
+        conn as usize,
+        b.as_ptr() as usize,
+        b.len(),
+        libc::MSG_NOSIGNAL as usize,
+        0,
+        0,
+    )
+    .is_ok_and(|n| n == b.len())
 }
 
 /// How a writer ended, when it failed.
@@ -696,15 +797,22 @@ pub struct Written {
 /// `pidfd` — unless it succeeded and said so before its exit ([`Written::exiting`]) — and its
 /// eventfd (`forget_done_fd` first). Returns the image's length; the writer's I/O report is
 /// copied into `io_report`.
+///
+/// A placed image (several processes written at once, `WriterPage::placed`) is also the
+/// requester's exchange with the writer, on the connection that only we read: the writer's
+/// length goes out (`STATUS_SIZED`), its offset comes in (`REQ_PLACE`), and `REQ_RUN` (every
+/// member's writer exists) calls `run`, which lets the program go; any other message (the
+/// release of a cut given up) or a hang-up kills the writer.
 pub fn wait(
     pidfd: i32,
     scratch: &Scratch,
     conn: i32,
     deadline_ns: u64,
     forget_done_fd: impl FnOnce(),
+    run: &mut dyn FnMut(),
 ) -> Result<Written, WriterError> {
     let a = page(scratch);
-    let r = wait_writer(pidfd, a, conn, deadline_ns);
+    let r = wait_writer(pidfd, a, conn, deadline_ns, run);
     forget_done_fd();
     if a.done_fd >= 0 {
         sys::close(a.done_fd);
@@ -723,9 +831,13 @@ fn wait_writer(
     a: &WriterPage,
     conn: i32,
     deadline_ns: u64,
+    run: &mut dyn FnMut(),
 ) -> Result<Written, WriterError> {
     let mut verdict = None;
     let mut exiting = false;
+    let placed = a.placed != 0;
+    let mut sized_sent = false;
+    let mut ran = false;
     loop {
         let lfd = super::control::LISTEN_FD.load(Acquire);
         let mut p = [
@@ -736,7 +848,11 @@ fn wait_writer(
             },
             libc::pollfd {
                 fd: conn,
-                events: libc::POLLRDHUP,
+                events: if placed {
+                    libc::POLLIN | libc::POLLRDHUP
+                } else {
+                    libc::POLLRDHUP
+                },
                 revents: 0,
             },
             libc::pollfd {
@@ -761,9 +877,66 @@ fn wait_writer(
         if p[0].revents != 0 {
             break;
         }
+        if p[3].revents != 0 && placed {
+            // (Signalled twice: once sized, once done. Read, so that it is not seen again.)
+            let mut n = 0u64;
+            let _ = sys::sys3(
+                libc::SYS_read as usize,
+                a.done_fd as usize,
+                &mut n as *mut u64 as usize,
+                8,
+            );
+            if !sized_sent && a.place_state.load(Acquire) == PLACE_SIZED {
+                sized_sent = true;
+                if !send_status(
+                    conn,
+                    crate::protocol::STATUS_SIZED,
+                    a.place_len.load(Relaxed),
+                ) {
+                    verdict = Some(WriterError::RequesterGone);
+                    break;
+                }
+            }
+        }
         if p[3].revents != 0 && a.done.load(Acquire) == DONE_OK {
             exiting = true;
             break;
+        }
+        if placed && p[1].revents & libc::POLLIN != 0 {
+            let mut req: crate::protocol::Request = bytemuck::Zeroable::zeroed();
+            let n = sys::sys6(
+                libc::SYS_recvfrom as usize,
+                conn as usize,
+                &mut req as *mut crate::protocol::Request as usize,
+                core::mem::size_of::<crate::protocol::Request>(),
+                libc::MSG_DONTWAIT as usize,
+                0,
+                0,
+            );
+            let whole = n == Ok(core::mem::size_of::<crate::protocol::Request>())
+                && req.magic == crate::protocol::MAGIC;
+            match n {
+                Err(Errno(libc::EINTR)) | Err(Errno(libc::EAGAIN)) => continue,
+                _ if whole && req.kind == crate::protocol::REQ_RUN && !ran => {
+                    ran = true;
+                    run();
+                    continue;
+                }
+                _ if whole
+                    && req.kind == crate::protocol::REQ_PLACE
+                    && a.place_state.load(Acquire) == PLACE_SIZED =>
+                {
+                    a.place_at.store(req.place_offset(), Relaxed);
+                    a.place_state.store(PLACE_GIVEN, Release);
+                    futex_shared(&a.place_state, libc::FUTEX_WAKE, 1, 0);
+                    continue;
+                }
+                // A release (the cut was given up), anything else, or the requester gone.
+                _ => {
+                    verdict = Some(WriterError::RequesterGone);
+                    break;
+                }
+            }
         }
         if p[1].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
             verdict = Some(WriterError::RequesterGone);
@@ -811,6 +984,10 @@ fn wait_writer(
     io_report::AIO.store(a.aio.load(Relaxed), Relaxed);
     io_report::BOUNCED.store(a.bounced.load(Relaxed), Relaxed);
     super::bounce::set_writer_report(a.ring_state.load(Relaxed), a.ring_detail.load(Relaxed));
+    if placed && a.place_state.load(Acquire) == PLACE_GIVEN {
+        // (For the report's `placed`; `io_report::begin` clears it at the next image.)
+        image::PLACED_AT.store(a.place_at.load(Relaxed), Relaxed);
+    }
     for (d, s) in io_report::PHASE_NS.iter().zip(a.phase.iter()).skip(1) {
         d.store(s.load(Relaxed), Relaxed);
     }

@@ -787,6 +787,7 @@ fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
                     bounce: None,
                     placed: job.flags
                         & (crate::protocol::FLAG_PLACED | crate::protocol::FLAG_PLACED_NOSYNC),
+                    via_writer: false,
                 };
                 let unreadable = super::cow::prebuilt_unreadable();
                 let r = finish(out, scratch, w, &ext, unreadable, &mut spans, pid);
@@ -811,6 +812,7 @@ fn write_image(job: &Job) -> Result<Written, (u32, Errno)> {
         deadline_ns: job.deadline_ns,
         bounce: None,
         placed: job.flags & (crate::protocol::FLAG_PLACED | crate::protocol::FLAG_PLACED_NOSYNC),
+        via_writer: false,
     };
     // A delta (not copy-on-write): through the delta buffer when it may be (see
     // `agent::deltabuf`), else written stopped, saying why.
@@ -1087,6 +1089,9 @@ pub struct Dest<'a> {
     /// `protocol::FLAG_PLACED` and `FLAG_PLACED_NOSYNC` of the write order (0: written in turn
     /// at the file position).
     pub placed: u32,
+    /// A copy-on-write writer writes it: a placed image's length and offset go through the
+    /// control thread (`cow::writer_place`), not the connection.
+    pub via_writer: bool,
 }
 
 /// Ends the metadata and writes the whole image (header, metadata, page data of `ext`, trailer),
@@ -1248,6 +1253,7 @@ fn finish_or_hold(
         deadline_ns,
         bounce,
         placed,
+        via_writer,
     } = out;
     let full = |_| (1, Errno(libc::ENOMEM));
     // `--compress` with the destination at hand (`raw_fd`): every piece of the page data is
@@ -1348,11 +1354,18 @@ fn finish_or_hold(
     if placed & crate::protocol::FLAG_PLACED != 0 {
         // Written at once with the other images of the tree file: our length to the requester,
         // which answers with our offset. (Only a plain image can be placed: the requester
-        // never asks with `--compress`, nor for a delta or a copy-on-write writer.)
-        if raw_fd >= 0 || hold.is_some() || bounce.is_some() {
+        // never asks with `--compress`, nor for a delta.) A copy-on-write writer's length and
+        // offset go through its control thread, the only reader of the connection.
+        if raw_fd >= 0 || hold.is_some() {
             return Err((4, Errno(libc::EINVAL)));
         }
-        let at = await_place(hdr.trailer_offset + PAGE as u64, deadline_ns).map_err(|e| (4, e))?;
+        let total = hdr.trailer_offset + PAGE as u64;
+        let at = if via_writer {
+            super::cow::writer_place(scratch, total, deadline_ns)
+        } else {
+            await_place(total, deadline_ns)
+        }
+        .map_err(|e| (4, e))?;
         PLACED_AT.store(at, Relaxed);
     }
 

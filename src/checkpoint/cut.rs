@@ -517,6 +517,8 @@ struct Member {
     /// Its agent can write its image at a place we give (`protocol::CAP_PLACED` in its
     /// `STATUS_QUIESCED`), at once with the others.
     placeable: bool,
+    /// … also from a copy-on-write writer (`protocol::CAP_COW_PLACED`).
+    cow_placeable: bool,
 }
 
 impl Member {
@@ -532,6 +534,7 @@ impl Member {
             bytes: 0,
             report: String::new(),
             placeable: false,
+            cow_placeable: false,
         }
     }
 }
@@ -715,6 +718,7 @@ impl<'a> Cut<'a> {
                     Ok(Some(r)) if r.status == protocol::STATUS_ACCEPTED => {}
                     Ok(Some(r)) if r.status == protocol::STATUS_QUIESCED => {
                         self.members[i].placeable = r.bytes & protocol::CAP_PLACED != 0;
+                        self.members[i].cow_placeable = r.bytes & protocol::CAP_COW_PLACED != 0;
                         // "fwd S:P ...": its callbacks forwarded the checkpoint to more processes.
                         let msg = r.message();
                         if let Some(list) = msg.strip_prefix("fwd") {
@@ -1163,13 +1167,20 @@ fn write_in_turn(
 /// its file's manifest, in the manifest's order: the file's bytes are those of a write in
 /// turn), the file is extended to its end, and all write at the same time, with positioned
 /// writes through the one description. The agents do not sync: the commit syncs the file once.
+///
+/// With `FLAG_COW` (every member's agent said `protocol::CAP_COW_PLACED`): each member forks
+/// its writer in the stop and answers `STATUS_FORKED`; once all have, `REQ_RUN` lets them all
+/// run on (`stopped_at`: when the stop began, for `-v`), and their writers' lengths and
+/// offsets go as above, through each control thread.
 fn write_at_once(
     cut: &mut Cut,
     live: &[usize],
     mut write: Request,
     deadline: Instant,
+    stopped_at: Instant,
     note: &mut dyn FnMut(Note),
 ) -> Result<(), CheckpointError> {
+    let cow = write.flags & protocol::FLAG_COW != 0;
     write.flags |= protocol::FLAG_PLACED;
     if cut.opts.sync {
         write.flags |= protocol::FLAG_PLACED_NOSYNC;
@@ -1184,7 +1195,48 @@ fn write_at_once(
             ));
         }
     }
-    let sizes = collect_replies(cut, live, true, deadline, note)?;
+    let mut sizes = if cow {
+        collect_replies(cut, live, Want::Forked, deadline, note)?
+    } else {
+        collect_replies(cut, live, Want::Sized, deadline, note)?
+    };
+    if cow {
+        // Every member's writer exists (each answered STATUS_FORKED), or a member is written
+        // stopped after all (it answered STATUS_SIZED at once; its report says why).
+        let forked: Vec<usize> = (0..live.len())
+            .filter(|&k| sizes[k].status == protocol::STATUS_FORKED)
+            .collect();
+        if forked.len() == live.len() {
+            // Only now may any of them run: one released earlier could have sent bytes to a
+            // member whose state was not recorded yet.
+            let run = Request::new(protocol::REQ_RUN);
+            for &i in live {
+                send_order(cut, i, &run)?;
+            }
+            note(Note::Info(format!(
+                "copy-on-write: the {} processes run on after {} ms stopped (every writer exists; the images are written meanwhile)",
+                live.len(),
+                stopped_at.elapsed().as_millis()
+            )));
+        } else {
+            let stopped: Vec<String> = (0..live.len())
+                .filter(|k| !forked.contains(k))
+                .map(|k| cut.members[live[k]].pid.to_string())
+                .collect();
+            note(Note::Info(format!(
+                "copy-on-write: process(es) {} written stopped (their reports say why): the {} processes stay stopped until the images are written",
+                stopped.join(", "),
+                live.len()
+            )));
+        }
+        if !forked.is_empty() {
+            let who: Vec<usize> = forked.iter().map(|&k| live[k]).collect();
+            let more = collect_replies(cut, &who, Want::Sized, deadline, note)?;
+            for (r, &k) in more.into_iter().zip(&forked) {
+                sizes[k] = r;
+            }
+        }
+    }
     // Where each image goes: after what its file holds already (the manifest), in order.
     let mut next: Vec<u64> = cut
         .outs
@@ -1214,16 +1266,9 @@ fn write_at_once(
         }
     }
     for (k, &i) in live.iter().enumerate() {
-        let (pid, sock) = (cut.members[i].pid, cut.members[i].sock);
-        if let Err(e) = protocol::send(sock, &Request::place(places[k]), None) {
-            return Err(lost(
-                pid,
-                e,
-                format!("cannot send the request to {pid}: {}", strerror(e)),
-            ));
-        }
+        send_order(cut, i, &Request::place(places[k]))?;
     }
-    let done = collect_replies(cut, live, false, deadline, note)?;
+    let done = collect_replies(cut, live, Want::Final, deadline, note)?;
     for (k, &i) in live.iter().enumerate() {
         let pid = cut.members[i].pid;
         if done[k].bytes != sizes[k].bytes {
@@ -1241,16 +1286,49 @@ fn write_at_once(
     Ok(())
 }
 
-/// The replies of members `live` to a write order, all watched at once: their
-/// `STATUS_SIZED` (`sized`) or their final replies. The first failure ends the wait (the
-/// others are released, and stop writing, when the cut is dropped).
+/// Sends `req` to member `i` of a write at once. Where it cannot (the member failed, answered
+/// and closed its connection: its writer was killed, say), the failure it answered is the
+/// error, not the broken connection.
+fn send_order(cut: &mut Cut, i: usize, req: &Request) -> Result<(), CheckpointError> {
+    let (pid, sock) = (cut.members[i].pid, cut.members[i].sock);
+    let Err(e) = protocol::send(sock, req, None) else {
+        return Ok(());
+    };
+    while let Ok(Some(r)) = protocol::recv_reply(sock, libc::MSG_DONTWAIT) {
+        if r.status > 0 {
+            return Err(cut.failed(i, &r));
+        }
+    }
+    Err(lost(
+        pid,
+        e,
+        format!("cannot send the request to {pid}: {}", strerror(e)),
+    ))
+}
+
+/// What [`collect_replies`] waits for.
+#[derive(Clone, Copy, PartialEq)]
+enum Want {
+    /// The first answer to a copy-on-write placed write order: `STATUS_FORKED` (its writer
+    /// exists) or `STATUS_SIZED` (written stopped after all).
+    Forked,
+    /// `STATUS_SIZED`.
+    Sized,
+    /// The final reply.
+    Final,
+}
+
+/// The replies of members `live` to a write order, all watched at once (see [`Want`]). The
+/// first failure ends the wait (the others are released, and stop writing, when the cut is
+/// dropped).
 fn collect_replies(
     cut: &mut Cut,
     live: &[usize],
-    sized: bool,
+    want: Want,
     deadline: Instant,
     note: &mut dyn FnMut(Note),
 ) -> Result<Vec<protocol::Reply>, CheckpointError> {
+    let sized = want != Want::Final;
     let mut got: Vec<Option<protocol::Reply>> = vec![None; live.len()];
     let timed = cut.opts.time.is_some();
     while got.iter().any(Option::is_none) {
@@ -1297,6 +1375,10 @@ fn collect_replies(
                 match protocol::recv_reply(p.fd, libc::MSG_DONTWAIT) {
                     Ok(Some(r)) if r.status == protocol::STATUS_PROGRESS => note(progress(pid, &r)),
                     Ok(Some(r)) if sized && r.status == protocol::STATUS_SIZED => {
+                        got[k] = Some(r);
+                        break;
+                    }
+                    Ok(Some(r)) if want == Want::Forked && r.status == protocol::STATUS_FORKED => {
                         got[k] = Some(r);
                         break;
                     }
@@ -1372,6 +1454,7 @@ pub(super) fn checkpoint_many(
         .time
         .map_or(STOP_WAIT, |s| Duration::from_secs(u64::from(s) + 2));
     let deadline = Instant::now() + limit;
+    let stopped_at = Instant::now();
     let mut from = 0;
     while from < cut.members.len() {
         let to = cut.members.len();
@@ -1497,16 +1580,36 @@ pub(super) fn checkpoint_many(
     }
     if opts.cow && live.len() == 1 {
         write.flags |= protocol::FLAG_COW;
-    } else if opts.cow {
-        note(Note::Info(format!(
-            "copy-on-write: {} processes are written stopped (copy-on-write takes one process at a time)",
-            live.len()
-        )));
     }
     // The images are written at once where each can be given its place in the file before it
     // writes (its length is known once its metadata is built), else one after the other.
+    let placed = if live.len() > 1 {
+        placement(&cut, &live, plan.is_some())
+    } else {
+        Err(String::new())
+    };
+    if opts.cow && live.len() > 1 {
+        // Copy-on-write for several processes: each forks its writer in the stop, all run on
+        // once every writer exists, and the writers write at once (`write_at_once`).
+        let old = live
+            .iter()
+            .map(|&i| &cut.members[i])
+            .find(|mb| !mb.cow_placeable);
+        match (&placed, old) {
+            (Ok(()), None) => write.flags |= protocol::FLAG_COW,
+            (Ok(()), Some(mb)) => note(Note::Info(format!(
+                "copy-on-write: {} processes are written stopped (process {}'s agent writes copy-on-write only alone: an older agent)",
+                live.len(),
+                mb.pid
+            ))),
+            (Err(why), _) => note(Note::Info(format!(
+                "copy-on-write: {} processes are written stopped (copy-on-write of several needs their images written at once: {why})",
+                live.len()
+            ))),
+        }
+    }
     let at_once = if live.len() > 1 {
-        match placement(&cut, &live, plan.is_some()) {
+        match placed {
             Ok(()) => {
                 note(Note::Info(format!(
                     "writing the {} images at once (each at its place in the file)",
@@ -1526,7 +1629,7 @@ pub(super) fn checkpoint_many(
         false
     };
     if at_once {
-        write_at_once(&mut cut, &live, write, deadline, note)?;
+        write_at_once(&mut cut, &live, write, deadline, stopped_at, note)?;
     } else {
         write_in_turn(&mut cut, &live, &write, deadline, note)?;
     }
