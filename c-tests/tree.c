@@ -52,6 +52,8 @@
  *                      GO into $CR_TEST_DIR/gap.NODE, one a line: when the
  *                      gap began (CLOCK_MONOTONIC, ns) and how long it was
  *                      (ns): how long a checkpoint stopped it, for one
+ *   CR_TEST_DONTFORK=K node K marks its CR_TEST_MIB memory MADV_DONTFORK (a
+ *                      --cow checkpoint of it is written stopped)
  *   CR_TEST_SETSID=1   the program forks at once; the parent (a "launcher"
  *                      that only waits and passes the status on) stays
  *                      behind, the child calls setsid() and is the root
@@ -549,6 +551,9 @@ static void setup(void)
         mem = m;
         for (size_t i = 0; i < mem_words; i++)
             mem[i] = mem_val(i, 0);
+        const char *df = getenv("CR_TEST_DONTFORK");
+        if (df && atoi(df) == me && madvise(m, mem_words * 8, MADV_DONTFORK) != 0)
+            nfail("madvise MADV_DONTFORK: %s", strerror(errno));
     }
     if (me != 0)
         write_all(edges[me].tok_up[1], "R", 1, "ready byte");

@@ -1879,3 +1879,49 @@ fn cow_tree_writer_killed_keeps_the_old_image() {
     rs.expect_pass(RESTART_TIMEOUT);
     wait_gone(&sc, &back, "the restored tree after PASS");
 }
+
+/// `--cow` of a tree one of whose members cannot be written copy-on-write (node 2's memory is
+/// `MADV_DONTFORK`: a fork lacks it): that member is written stopped, saying why, and so no
+/// member runs on before the commit (its memory, read while it writes, must be the cut's):
+/// the others' writers write meanwhile, their reports say `stop=whole`. The tree passes, and
+/// so does its image restarted.
+#[test]
+fn cow_tree_with_a_member_written_stopped() {
+    let Some(sc) = scenario("cow-tree-one-stopped", None) else {
+        return;
+    };
+    let reaper = Reaper::new(&sc);
+    let tree = Tree::new(FIVE)
+        .env("CR_TEST_MIB", "16")
+        .env("CR_TEST_DONTFORK", "2");
+    let (mut job, pids) = start_tree(&sc, &reaper, &tree);
+    let img = sc.next_image_path();
+    let res = sc.checkpoint_to(job.pid(), COW_TREE, &img);
+    res.assert_success();
+    sc.assert_image_file(&img);
+    assert!(
+        res.stderr
+            .contains("written stopped (their reports say why)")
+            && res
+                .stderr
+                .contains("no copy-on-write: it has memory a fork does not copy")
+            && !res.stderr.contains("run on after"),
+        "-v must say one member was written stopped, and the tree with it:\n{}",
+        res.describe()
+    );
+    assert_eq!(
+        res.stderr.matches("mode=cow stop=whole(").count(),
+        pids.len() - 1,
+        "the other members are written by their writers, stopped until the commit:\n{}",
+        res.describe()
+    );
+    job.assert_running("after a copy-on-write checkpoint of its tree");
+    sc.go();
+    job.expect_pass(RESTART_TIMEOUT);
+    wait_gone(&sc, &pids, "the tree after PASS");
+    let img = Image::File(img);
+    let mut rs = start_restart(&sc, &reaper, &[], &img);
+    let back = restored(&mut rs, &reaper, "tree", Some(pids.len()));
+    rs.expect_pass(RESTART_TIMEOUT);
+    wait_gone(&sc, &back, "the restored tree after PASS");
+}
