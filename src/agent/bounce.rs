@@ -118,78 +118,54 @@ impl Bounce {
     /// turned off or not worth it; [`STATE`] says how it went.
     pub fn map() -> Bounce {
         forget_ring();
-        let knob = KNOB.load(Relaxed);
-        if knob == 0 {
-            STATE.store(OFF_KNOB, Relaxed);
-            return Bounce(());
-        }
-        if knob == 2 && resident() < MIN_RSS {
-            STATE.store(OFF_SMALL, Relaxed);
-            return Bounce(());
-        }
-        let map = match sys::mmap(
-            0,
-            RING_LEN + HUGE,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        ) {
-            Ok(m) => m,
-            Err(e) => {
-                STATE.store(OFF_MAP, Relaxed);
-                DETAIL.store(e.0, Relaxed);
-                return Bounce(());
-            }
-        };
-        let base = (map + HUGE - 1) & !(HUGE - 1);
-        // A private anonymous mapping next to one of the program's with the same flags is
-        // merged with it by the kernel (one line of /proc/self/maps), and a region that starts
-        // in the ring would have been left out of the image whole, program memory included (a
-        // restored tree crashed so in tests/faults.rs). `MADV_DONTFORK` on all of it gives
-        // the ring flags of its own (split from any neighbour it was merged with at `mmap`),
-        // and a fork of the program (the copy-on-write writer) does not get it; a region is
-        // left out only when it lies wholly in the ring (`memory::agent_own`).
-        if let Err(e) = sys::sys3(
-            libc::SYS_madvise as usize,
-            map,
-            RING_LEN + HUGE,
-            libc::MADV_DONTFORK as usize,
-        ) {
-            sys::munmap(map, RING_LEN + HUGE);
-            STATE.store(OFF_MAP, Relaxed);
-            DETAIL.store(e.0, Relaxed);
-            return Bounce(());
-        }
-        // Left out of images from now on.
-        MAP.store(map, Release);
-        // (Refused where there are no transparent huge pages: checked below.)
-        let _ = sys::sys3(
-            libc::SYS_madvise as usize,
-            map,
-            RING_LEN + HUGE,
-            libc::MADV_HUGEPAGE as usize,
-        );
-        // Populated now, outside the stop (a page never written would be the shared zero page).
-        // SAFETY: our fresh mapping, RING_LEN bytes from `base` lie inside it.
-        unsafe { core::ptr::write_bytes(base as *mut u8, 0, RING_LEN) };
-        match super::incremental::huge_bytes(base as u64, (base + RING_LEN) as u64) {
-            Ok(n) if n >= RING_LEN as u64 => STATE.store(THP, Relaxed),
-            Ok(n) => {
-                // Scattered 4 KiB pages of our own would gain nothing: written straight from the
-                // program's memory.
-                STATE.store(OFF_SMALL_PAGES, Relaxed);
-                DETAIL.store((n >> 20) as i32, Relaxed);
-                unmap();
-                return Bounce(());
-            }
-            Err(e) => {
-                STATE.store(UNCHECKED, Relaxed);
-                DETAIL.store(e.0, Relaxed);
-            }
-        }
-        BASE.store(base, Release);
+        let (state, detail) = map_ring();
+        STATE.store(state, Relaxed);
+        DETAIL.store(detail, Relaxed);
         Bounce(())
+    }
+}
+
+/// [`Bounce::map`]'s work: the ring's state and detail.
+fn map_ring() -> (u32, i32) {
+    if let Some(off) = refused_by_knob() {
+        return (off, 0);
+    }
+    let (map, base) = match map_populated(RING_LEN, Owner::Program) {
+        Ok(m) => m,
+        Err(e) => return (OFF_MAP, e.0),
+    };
+    // Left out of images from now on (`memory::agent_own`; the program is not stopped yet).
+    MAP.store(map, Release);
+    let (state, detail) = huge_verdict(base, RING_LEN);
+    if state == OFF_SMALL_PAGES {
+        // Scattered 4 KiB pages of our own would gain nothing: written straight from the
+        // program's memory.
+        unmap();
+    } else {
+        BASE.store(base, Release);
+    }
+    (state, detail)
+}
+
+/// Why no ring is mapped at all, whatever the kernel would give: turned off (`LIBCR_BOUNCE=0`),
+/// or a process with less than [`MIN_RSS`] in memory (unless `LIBCR_BOUNCE=1`). `None`: a ring
+/// is wanted.
+fn refused_by_knob() -> Option<u32> {
+    match KNOB.load(Relaxed) {
+        0 => Some(OFF_KNOB),
+        2 if resident() < MIN_RSS => Some(OFF_SMALL),
+        _ => None,
+    }
+}
+
+/// Whether the `len` bytes at `base` came in transparent huge pages: ([`THP`], 0), or
+/// ([`OFF_SMALL_PAGES`], the MiB that did), or ([`UNCHECKED`], errno) where the kernel cannot
+/// say (`PAGEMAP_SCAN`).
+fn huge_verdict(base: usize, len: usize) -> (u32, i32) {
+    match super::incremental::huge_bytes(base as u64, (base + len) as u64) {
+        Ok(n) if n >= len as u64 => (THP, 0),
+        Ok(n) => (OFF_SMALL_PAGES, (n >> 20) as i32),
+        Err(e) => (UNCHECKED, e.0),
     }
 }
 
@@ -220,30 +196,26 @@ pub struct WriterBuf {
 pub fn for_writer() -> Result<WriterBuf, sys::Errno> {
     let one = super::memory::BOUNCE_LEN;
     let fallback = |state: u32, detail: i32| -> Result<WriterBuf, sys::Errno> {
-        let base = map_populated(one)?.1;
+        let base = map_populated(one, Owner::Writer)?.1;
         // SAFETY: a fresh private mapping of `one` bytes from `base`, the writer's alone.
         let buf = unsafe { core::slice::from_raw_parts_mut(base as *mut u8, one) };
         Ok(WriterBuf { buf, state, detail })
     };
-    let knob = KNOB.load(Relaxed);
-    if knob == 0 {
-        return fallback(OFF_KNOB, 0);
+    if let Some(off) = refused_by_knob() {
+        return fallback(off, 0);
     }
-    if knob == 2 && resident() < MIN_RSS {
-        return fallback(OFF_SMALL, 0);
-    }
-    let (map, base) = match map_populated(RING_LEN) {
+    let (map, base) = match map_populated(RING_LEN, Owner::Writer) {
         Ok(m) => m,
         Err(e) => return fallback(OFF_MAP, e.0),
     };
-    let (state, detail, len) =
-        match super::incremental::huge_bytes(base as u64, (base + RING_LEN) as u64) {
-            Ok(n) if n >= RING_LEN as u64 => (THP, 0, RING_LEN),
-            // Scattered 4 KiB pages: the one-piece buffer of before, out of the ring's first
-            // piece (the rest given back).
-            Ok(n) => (OFF_SMALL_PAGES, (n >> 20) as i32, one),
-            Err(e) => (UNCHECKED, e.0, RING_LEN),
-        };
+    let (state, detail) = huge_verdict(base, RING_LEN);
+    // Scattered 4 KiB pages: the one-piece buffer of before, out of the ring's first piece
+    // (the rest given back).
+    let len = if state == OFF_SMALL_PAGES {
+        one
+    } else {
+        RING_LEN
+    };
     if len < RING_LEN {
         sys::munmap(base + len, map + RING_LEN + HUGE - (base + len));
     }
@@ -252,26 +224,63 @@ pub fn for_writer() -> Result<WriterBuf, sys::Errno> {
     Ok(WriterBuf { buf, state, detail })
 }
 
+/// Whose buffer [`map_populated`] maps.
+#[derive(Clone, Copy, PartialEq)]
+enum Owner {
+    /// A stopped checkpoint's ring, in the program's address space ([`Bounce::map`]):
+    /// `MAP_NORESERVE` (as since the ring's first version, 771801b; the writer's never was),
+    /// and the whole mapping `MADV_DONTFORK` before it is populated. A private anonymous mapping next to one of the program's with the same
+    /// flags is merged with it by the kernel (one line of /proc/self/maps), and a region that
+    /// starts in the ring would have been left out of the image whole, program memory
+    /// included (a restored tree crashed so in tests/faults.rs). `MADV_DONTFORK` gives the
+    /// ring flags of its own (split from any neighbour it was merged with at `mmap`), and a
+    /// fork of the program (the copy-on-write writer) does not get it; a region is left out
+    /// only when it lies wholly in the ring (`memory::agent_own`). Where that mark is refused,
+    /// no ring.
+    Program,
+    /// A copy-on-write writer's ([`for_writer`]): a fork already, which forks no one, whose
+    /// address space is read before its buffer is mapped.
+    Writer,
+}
+
 /// A private anonymous mapping with `len` bytes at a 2 MiB boundary, advised `MADV_HUGEPAGE`
-/// and populated: (mapping, aligned address).
-fn map_populated(len: usize) -> Result<(usize, usize), sys::Errno> {
+/// there and populated, for `owner`: (mapping, aligned address). The mapping is `len` +
+/// 2 MiB long.
+fn map_populated(len: usize, owner: Owner) -> Result<(usize, usize), sys::Errno> {
+    let noreserve = if owner == Owner::Program {
+        libc::MAP_NORESERVE
+    } else {
+        0
+    };
     let map = sys::mmap(
         0,
         len + HUGE,
         libc::PROT_READ | libc::PROT_WRITE,
-        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | noreserve,
         -1,
         0,
     )?;
+    if owner == Owner::Program {
+        if let Err(e) = sys::sys3(
+            libc::SYS_madvise as usize,
+            map,
+            len + HUGE,
+            libc::MADV_DONTFORK as usize,
+        ) {
+            sys::munmap(map, len + HUGE);
+            return Err(e);
+        }
+    }
     let base = (map + HUGE - 1) & !(HUGE - 1);
-    // (Refused where there are no transparent huge pages: 4 KiB pages then.)
+    // (Refused where there are no transparent huge pages: the verdict says so,
+    // [`huge_verdict`].)
     let _ = sys::sys3(
         libc::SYS_madvise as usize,
         base,
         len,
         libc::MADV_HUGEPAGE as usize,
     );
-    // Populated now (a page never written would be the shared zero page for the copy).
+    // Populated now, outside the stop (a page never written would be the shared zero page).
     // SAFETY: our fresh mapping, `len` bytes from `base` lie inside it.
     unsafe { core::ptr::write_bytes(base as *mut u8, 0, len) };
     Ok((map, base))
