@@ -144,11 +144,22 @@ fn cow_requester_killed_kills_the_writer() {
 }
 
 /// Memory marked MADV_DONTFORK is not in a fork's snapshot: the checkpoint is written stopped
-/// (said under -v) and restores completely.
+/// (said under -v) and restores completely. A stopped checkpoint through the program's bounce
+/// ring (`LIBCR_BOUNCE=1`: whatever its size) comes first: the `--cow` one's `-v` says why it
+/// had no ring itself (`write=aio(no bounce: --cow)` when written through the AIO ring), not
+/// how the last one's ring went.
 #[test]
 fn cow_dontfork_falls_back_to_stopped() {
     let sc = Scenario::new("cow-dontfork");
-    let mut job = start_with(&sc, 1, 32, &[("COW_DONTFORK", "1")]);
+    let mut job = start_with(&sc, 1, 32, &[("COW_DONTFORK", "1"), ("LIBCR_BOUNCE", "1")]);
+    let first = sc.next_image_path();
+    let res = sc.checkpoint_to(job.pid(), &["-v"], &first);
+    res.assert_success();
+    let ring_used = res.stderr.contains(" write=aio+bounce(thp");
+    sc.note(&format!(
+        "stopped checkpoint first (ring used: {ring_used}):\n{}",
+        res.stderr
+    ));
     let img = sc.next_image_path();
     let res = sc.checkpoint_to(job.pid(), &["-v", "--cow", "--term"], &img);
     res.assert_success();
@@ -156,6 +167,12 @@ fn cow_dontfork_falls_back_to_stopped() {
         res.stderr
             .contains("mode=stopped(no copy-on-write: it has memory a fork does not copy"),
         "-v must say why the checkpoint was written stopped:\n{}",
+        res.describe()
+    );
+    assert!(
+        !res.stderr.contains(" write=aio") || res.stderr.contains(" write=aio(no bounce: --cow)"),
+        "-v must say why this checkpoint had no bounce ring (a --cow request), not how the \
+         last one's went:\n{}",
         res.describe()
     );
     job.expect_signal(SIGTERM, DEATH_TIMEOUT);

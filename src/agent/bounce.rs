@@ -24,7 +24,9 @@
 //! kernel does not give huge pages for the whole ring (THP `never`, `madvise` refused,
 //! compaction failed: checked with `PAGEMAP_SCAN`'s `PAGE_IS_HUGE`), the page data is written
 //! straight from the program's memory as before. `cr_checkpoint -v` says which:
-//! `write=aio+bounce(thp)`, or `write=aio(no bounce: …)` and why.
+//! `write=aio+bounce(thp)`, or `write=aio(no bounce: …)` and why. A `--cow` request maps no
+//! ring in the program ([`not_mapped_for_cow`]); written stopped after all, it says
+//! `(no bounce: --cow)`, never how the last checkpoint's ring went.
 //!
 //! **A copy-on-write writer** (`agent::cow`) maps a ring of its own, after the fork
 //! ([`for_writer`]: the same buffers and checks, never unmapped, the writer exits), and passes
@@ -69,7 +71,7 @@ static DETAIL: AtomicI32 = AtomicI32::new(0);
 /// `LIBCR_BOUNCE` at start-up: 0 off, 1 on (even for a small process), 2 default.
 static KNOB: AtomicU32 = AtomicU32::new(2);
 
-/// [`STATE`]: no ring was asked for (a copy-on-write checkpoint, or not yet).
+/// [`STATE`]: no ring was asked for (not yet, or a restored process).
 const OFF_NONE: u32 = 0;
 /// Turned off with `LIBCR_BOUNCE=0`.
 const OFF_KNOB: u32 = 1;
@@ -83,6 +85,9 @@ const OFF_SMALL_PAGES: u32 = 4;
 const THP: u32 = 5;
 /// The kernel could not say whether it is (`PAGEMAP_SCAN` failed, [`DETAIL`]: errno): used.
 const UNCHECKED: u32 = 6;
+/// A `--cow` request: no ring in the program (its writer maps one of its own). Said when it is
+/// written stopped after all (`agent::cow`'s notes): `write=aio(no bounce: --cow)`.
+const OFF_COW: u32 = 7;
 
 /// At start-up: reads `LIBCR_BOUNCE` (`0`: never, `1`: always, also for a small process).
 pub fn init() {
@@ -167,6 +172,16 @@ fn huge_verdict(base: usize, len: usize) -> (u32, i32) {
         Ok(n) => (OFF_SMALL_PAGES, (n >> 20) as i32),
         Err(e) => (UNCHECKED, e.0),
     }
+}
+
+/// A `--cow` request (control thread, before the stop): no ring is mapped in the program.
+/// [`STATE`] says why for this request ([`OFF_COW`], or what would have refused a ring anyway),
+/// not how the last checkpoint's ring went (a `--cow` request written stopped after all said
+/// that); the writer's report replaces it once it ends ([`set_writer_report`]).
+pub fn not_mapped_for_cow() {
+    forget_ring();
+    STATE.store(refused_by_knob().unwrap_or(OFF_COW), Relaxed);
+    DETAIL.store(0, Relaxed);
 }
 
 impl Drop for Bounce {
@@ -362,6 +377,9 @@ fn why_not(st: u32, d: i32, prefix: &[u8], out: &mut crate::sys::StackBuf<240>) 
         }
         OFF_MAP => {
             out.push(prefix).push(b"mmap errno ").num(d as u64);
+        }
+        OFF_COW => {
+            out.push(prefix).push(b"--cow");
         }
         OFF_SMALL_PAGES => {
             out.push(prefix)

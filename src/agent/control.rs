@@ -974,6 +974,7 @@ fn serve_request(
     let bounce = if req.flags & protocol::FLAG_COW == 0 {
         Some(super::bounce::Bounce::map())
     } else {
+        super::bounce::not_mapped_for_cow();
         None
     };
     // Phase 2: every thread stops in the handler (running its signal-context callbacks).
