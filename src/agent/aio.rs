@@ -102,9 +102,9 @@ pub struct Ring {
     /// File offset of a piece the kernel refused with `EINVAL` under `O_DIRECT` (rewritten
     /// without it), for the I/O report.
     dropped_at: Option<u64>,
-    /// The context may be destroyed after the release ([`DEFERRED`]): its ring's mapping is
-    /// not copied by a fork ([`dont_fork`]).
-    deferrable: bool,
+    /// 0: the context may be destroyed after the release ([`DEFERRED`]), its ring's mapping
+    /// is not copied by a fork; else why that mapping could not be marked so ([`dont_fork`]).
+    no_mark: i32,
 }
 
 use super::image::io_report;
@@ -137,7 +137,7 @@ impl Ring {
         // (Destroyed by the helper if the image is given up while a piece waits on the
         // destination: `agent::offload`.)
         super::offload::set_aio_ctx(ctx);
-        let deferrable = dont_fork(ctx);
+        let no_mark = dont_fork(ctx);
         if sys::fstat(fd).is_ok_and(|st| (st.st_size as u64) < off + len) {
             let _ = super::offload::fd_call(
                 libc::SYS_ftruncate as usize,
@@ -180,7 +180,7 @@ impl Ring {
             last_ns: 0,
             deadline_ns,
             dropped_at: None,
-            deferrable,
+            no_mark,
         })
     }
 
@@ -393,24 +393,27 @@ pub fn forget_deferred() {
 /// `nr` events of 32 bytes follow the 32-byte header (the layout libaio reads too).
 const AIO_RING_MAGIC: u32 = 0xa10a_10a1;
 
-/// Marks a new context's ring mapping `MADV_DONTFORK`; whether that was done. The ring's
-/// mapping (`/[aio] (deleted)`, shared) would otherwise be copied into a child the program
-/// forks between its release and [`destroy_deferred`], whose own checkpoint would save it as
-/// the program's shared memory: a context is left for later only when no fork can copy it.
-fn dont_fork(ctx: u64) -> bool {
+/// Marks a new context's ring mapping `MADV_DONTFORK`: 0 when done, else why not (the
+/// `madvise` errno, or [`io_report::CTX_HEADER`]). The ring's mapping (`/[aio] (deleted)`,
+/// shared) would otherwise be copied into a child the program forks between its release and
+/// [`destroy_deferred`], whose own checkpoint would save it as the program's shared memory: a
+/// context is left for later only when no fork can copy it.
+fn dont_fork(ctx: u64) -> i32 {
     // SAFETY: the header of the ring the kernel has just mapped for this context at `ctx`.
     let h = unsafe { core::slice::from_raw_parts(ctx as *const u32, 8) };
     if h[4] != AIO_RING_MAGIC || h[7] != 32 {
-        return false;
+        return io_report::CTX_HEADER;
     }
     let len = (32 + 32 * h[1] as usize).next_multiple_of(crate::image::format::PAGE);
-    sys::sys3(
+    match sys::sys3(
         libc::SYS_madvise as usize,
         ctx as usize,
         len,
         libc::MADV_DONTFORK as usize,
-    )
-    .is_ok()
+    ) {
+        Ok(_) => 0,
+        Err(e) => e.0,
+    }
 }
 
 impl Drop for Ring {
@@ -423,14 +426,23 @@ impl Drop for Ring {
         // Nothing in flight and the image not given up (its helper may still be in a call on
         // the context): destroyed after the release. Written only now, with every piece on
         // the disk: the image holds this static's page as it was (0), like every static.
-        if idle
-            && self.deferrable
-            && !super::offload::abandoned()
-            && DEFERRED
-                .compare_exchange(0, self.ctx, AcqRel, Acquire)
-                .is_ok()
-        {
-            return;
+        if idle && !super::offload::abandoned() {
+            if self.no_mark == 0
+                && DEFERRED
+                    .compare_exchange(0, self.ctx, AcqRel, Acquire)
+                    .is_ok()
+            {
+                return;
+            }
+            // Destroyed below, in the stop (an RCU grace period): said under -v.
+            io_report::CTX_IN_STOP.store(
+                if self.no_mark != 0 {
+                    self.no_mark
+                } else {
+                    io_report::CTX_TAKEN
+                },
+                Relaxed,
+            );
         }
         // Waits for (or cancels) whatever is still in flight: the memory it reads is the
         // program's, which runs again once we return.

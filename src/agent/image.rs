@@ -177,6 +177,17 @@ pub mod io_report {
     /// 1: the page data was copied through the bounce ring (`agent::bounce`) on its way to the
     /// AIO ring.
     pub static BOUNCED: AtomicU32 = AtomicU32::new(0);
+    /// Why an AIO context of this stopped checkpoint was destroyed in the stop (`io_destroy`
+    /// waits for an RCU grace period: about 30 ms here) rather than after the release
+    /// (`aio::destroy_deferred`): the errno of `madvise(MADV_DONTFORK)` on its ring's mapping,
+    /// [`CTX_HEADER`] or [`CTX_TAKEN`]; 0: none was (`-v`'s `aio_ctx=in-stop(…)`).
+    pub static CTX_IN_STOP: AtomicI32 = AtomicI32::new(0);
+    /// [`CTX_IN_STOP`]: the ring mapping's header is not the one expected (magic, event size),
+    /// so its length is not known: not marked.
+    pub const CTX_HEADER: i32 = -1;
+    /// [`CTX_IN_STOP`]: another context of this checkpoint is left for after the release
+    /// already (one at a time).
+    pub const CTX_TAKEN: i32 = -2;
     /// Image bytes written so far (where the next write goes).
     pub static WRITTEN: AtomicU64 = AtomicU64::new(0);
     /// `--compress`: pieces whose sample looks incompressible (high 32 bits) of the pieces
@@ -239,6 +250,7 @@ pub mod io_report {
         AIO.store(0, Relaxed);
         AIO_ERRNO.store(0, Relaxed);
         BOUNCED.store(0, Relaxed);
+        CTX_IN_STOP.store(0, Relaxed);
         WRITTEN.store(0, Relaxed);
         SAMPLED.store(0, Relaxed);
         STORED_RAW.store(0, Relaxed);
@@ -252,6 +264,25 @@ pub mod io_report {
         super::PLACED_AT.store(u64::MAX, Relaxed);
         for p in &PHASE_NS {
             p.store(now, Relaxed);
+        }
+    }
+
+    /// Appends ` aio_ctx=in-stop(why)` when an AIO context was destroyed in the stop
+    /// ([`CTX_IN_STOP`] = `why`), nothing otherwise.
+    fn describe_ctx(why: i32, out: &mut crate::sys::StackBuf<240>) {
+        match why {
+            0 => {}
+            CTX_HEADER => {
+                out.push(b" aio_ctx=in-stop(ring header unknown)");
+            }
+            CTX_TAKEN => {
+                out.push(b" aio_ctx=in-stop(another one deferred)");
+            }
+            e => {
+                out.push(b" aio_ctx=in-stop(MADV_DONTFORK errno ")
+                    .num(e as u64)
+                    .push(b")");
+            }
         }
     }
 
@@ -301,6 +332,7 @@ pub mod io_report {
                 .num(AIO_ERRNO.load(Relaxed) as u64)
                 .push(b")");
         }
+        describe_ctx(CTX_IN_STOP.load(Relaxed), out);
         let helper = super::super::offload::HELPER_ERRNO.load(Relaxed);
         if helper == super::super::offload::HELPER_OFF {
             // (A write stuck on the destination then keeps the program stopped.)
@@ -382,6 +414,36 @@ pub mod io_report {
                 out.push(b"0");
             }
             out.num(frac).push(b"ms");
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use crate::sys::StackBuf;
+
+        fn said(why: i32) -> String {
+            let mut out = StackBuf::<240>::new();
+            super::describe_ctx(why, &mut out);
+            String::from_utf8_lossy(out.as_bytes()).into_owned()
+        }
+
+        /// A context destroyed in the stop is said under -v, with why (no test hook can make
+        /// `madvise(MADV_DONTFORK)` fail on a real ring: the wording is tested here).
+        #[test]
+        fn context_destroyed_in_the_stop_is_said() {
+            assert_eq!(said(0), "");
+            assert_eq!(
+                said(libc::EINVAL),
+                " aio_ctx=in-stop(MADV_DONTFORK errno 22)"
+            );
+            assert_eq!(
+                said(super::CTX_HEADER),
+                " aio_ctx=in-stop(ring header unknown)"
+            );
+            assert_eq!(
+                said(super::CTX_TAKEN),
+                " aio_ctx=in-stop(another one deferred)"
+            );
         }
     }
 }
