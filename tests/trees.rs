@@ -1695,7 +1695,8 @@ fn tree_writers(pids: &[u32]) -> Vec<u32> {
 /// least (the machine's load can keep a member from running after its release as long as
 /// its stop: the writers take the CPUs), the longest gap in any member's loop during the
 /// checkpoint, and the stop cr_checkpoint reports, are under half of the checkpoint's time.
-/// The tree passes, and so do its first and last images restarted.
+/// No writer, nor its zombie, is left once they are done. The tree passes, and so do its first
+/// and last images restarted.
 #[test]
 fn cow_tree_runs_on_and_restores() {
     let Some(sc) = scenario("cow-tree", None) else {
@@ -1744,6 +1745,24 @@ fn cow_tree_runs_on_and_restores() {
         job.assert_running("after a copy-on-write checkpoint of its tree");
         runs.push((img, from, to, stop_ms));
     }
+    // The writers, reaped from their control threads' poll once their exits are over
+    // (`offload::reap_later`), leave no zombie.
+    let writer_children = || -> Vec<u32> {
+        pids.iter()
+            .flat_map(|&p| children_of(p))
+            .filter(|&c| matches!(proc_stat(c), Some(st) if st.comm == "cr-writer"))
+            .collect()
+    };
+    let by = Instant::now() + Duration::from_secs(10);
+    while !writer_children().is_empty() && Instant::now() < by {
+        thread::sleep(Duration::from_millis(5));
+    }
+    let left = writer_children();
+    assert!(
+        left.is_empty(),
+        "writers (or their zombies) {left:?} were not reaped\n{}",
+        sc.log()
+    );
     sc.go();
     job.expect_pass(RESTART_TIMEOUT);
     wait_gone(&sc, &pids, "the tree after PASS");

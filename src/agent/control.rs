@@ -1389,10 +1389,11 @@ fn finish_cow(
             // (Not released before: once committed, or the requester gone.)
             run();
             if exiting {
-                // Its status is known (it said so before its exit): this only waits for the
-                // exit to have torn down its copy of the address space, after the answer.
-                let _ = super::cow::reap(pidfd);
+                // Its status is known (it said so before its exit): reaped from our poll once
+                // its exit has torn down its copy of the address space, not waited for here
+                // (the next request would wait for it: `offload::reap_later`).
                 REQUEST_FDS[2].store(-1, Release);
+                super::offload::reap_later(pidfd);
             }
         }
         Err(e) => {
