@@ -9,14 +9,23 @@
 //! (`SharedContent`, "/dev/zero (deleted)", 296 MiB of address space), and a tree image written
 //! at once, where the parent writes its image while the child hashes and writes the same pages,
 //! failed its page data checksum at restart (docs/RELIABILITY.md).
+//!
+//! A child forked while the area is being mapped (after the `mmap`, before its address is
+//! recorded) or unmapped gets [`IN_FLUX`] instead of an address: it looks for a mapping of the
+//! area's shape in its `/proc/self/maps` and unmaps that ([`unmap_found`]).
 
 use crate::image::format::{Extent, PAGE};
 use core::sync::atomic::{AtomicUsize, Ordering::*};
 
-/// Where the scratch area of the request being served is mapped (0: none), for a fork child
-/// to unmap ([`forget_in_child`]).
+/// Where the scratch area of the request being served is mapped (0: none; [`IN_FLUX`]: being
+/// mapped or unmapped), for a fork child to unmap ([`forget_in_child`]).
 #[link_section = ".data1"]
 static MAPPED_AT: AtomicUsize = AtomicUsize::new(0);
+
+/// [`MAPPED_AT`] from just before the area's `mmap` until its address is recorded, and from
+/// just before its `munmap` until it is gone: a child forked then may or may not have it, and
+/// where is not known yet (1: never a page address).
+const IN_FLUX: usize = 1;
 
 /// In a restored process (control thread, before the program's threads go): the area of the
 /// request the image was taken in was never part of the image, and its address may hold the
@@ -33,10 +42,70 @@ pub fn forget_in_child() {
     // (Read first, written only when set: a child that execs at once copies no page of ours.)
     if MAPPED_AT.load(Acquire) != 0 {
         let base = MAPPED_AT.swap(0, AcqRel);
-        if base != 0 {
+        if base == IN_FLUX {
+            unmap_found();
+        } else if base != 0 {
             sys::munmap(base, TOTAL);
         }
     }
+}
+
+/// In a fork child of a parent that was mapping or unmapping its scratch area ([`IN_FLUX`]):
+/// unmaps the one mapping of the area's shape in `/proc/self/maps` (shared anonymous, read and
+/// write, [`TOTAL`] bytes), if the fork copied it. Two of that shape (one the program's own): none
+/// is unmapped. Raw system calls, a buffer on the stack (a fork handler).
+#[cold]
+fn unmap_found() {
+    let Ok(fd) = sys::open(b"/proc/self/maps\0", libc::O_RDONLY | libc::O_CLOEXEC, 0) else {
+        return;
+    };
+    let fd = fd as i32;
+    let mut buf = [0u8; 4096];
+    let (mut have, mut skip) = (0, false);
+    let (mut at, mut found) = (0, 0);
+    loop {
+        let n = match sys::read(fd, &mut buf[have..]) {
+            Err(Errno(libc::EINTR)) => continue,
+            r => r.unwrap_or(0),
+        };
+        have += n;
+        let mut from = 0;
+        while let Some(i) = buf[from..have].iter().position(|&b| b == b'\n') {
+            if let (false, Some(a)) = (skip, scratch_line(&buf[from..from + i])) {
+                at = a;
+                found += 1;
+            }
+            skip = false;
+            from += i + 1;
+        }
+        if n == 0 {
+            break;
+        }
+        if from == 0 && have == buf.len() {
+            // A line longer than the buffer (a long path): not ours.
+            skip = true;
+            have = 0;
+            continue;
+        }
+        buf.copy_within(from..have, 0);
+        have -= from;
+    }
+    sys::close(fd);
+    if found == 1 {
+        sys::munmap(at, TOTAL);
+    }
+}
+
+/// The start of the mapping on `line` of `/proc/self/maps` when it has the scratch area's shape
+/// (see [`unmap_found`]).
+fn scratch_line(line: &[u8]) -> Option<usize> {
+    let m = super::memory::parse_line(line)?;
+    (m.end.wrapping_sub(m.start) == TOTAL as u64
+        && m.shared
+        && m.prot == (libc::PROT_READ | libc::PROT_WRITE) as u32
+        && m.offset == 0
+        && m.path == b"/dev/zero (deleted)")
+        .then_some(m.start as usize)
 }
 
 /// Most files whose contents one image saves.
@@ -140,16 +209,18 @@ pub struct Scratch {
 impl Scratch {
     /// Maps the area (address space only; pages are populated as they are touched).
     pub fn new() -> Result<Scratch, Errno> {
-        let base = sys::mmap(
+        // Before the mapping exists: a child forked from now on looks for it (see IN_FLUX).
+        MAPPED_AT.store(IN_FLUX, Release);
+        let r = sys::mmap(
             0,
             TOTAL,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
             -1,
             0,
-        )?;
-        MAPPED_AT.store(base, Release);
-        Ok(Scratch { base })
+        );
+        MAPPED_AT.store(*r.as_ref().unwrap_or(&0), Release);
+        Ok(Scratch { base: r? })
     }
 
     /// Whether `addr` lies inside the scratch area.
@@ -257,8 +328,14 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = MAPPED_AT.compare_exchange(self.base, 0, AcqRel, Acquire);
+        // Until it is gone, a child forked meanwhile looks for it (see IN_FLUX).
+        let ours = MAPPED_AT
+            .compare_exchange(self.base, IN_FLUX, AcqRel, Acquire)
+            .is_ok();
         sys::munmap(self.base, TOTAL);
+        if ours {
+            let _ = MAPPED_AT.compare_exchange(IN_FLUX, 0, AcqRel, Acquire);
+        }
     }
 }
 
@@ -282,4 +359,66 @@ pub fn resident_at(base: usize) -> u64 {
         }
     }
     n * PAGE as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lines of `/proc/self/maps` a fork child takes for its parent's scratch area.
+    #[test]
+    fn scratch_line_matches_only_the_areas_shape() {
+        let line = |start: usize, len: usize, perms: &str, off: u64, path: &str| {
+            format!(
+                "{start:x}-{:x} {perms} {off:08x} 00:01 4242                       {path}",
+                start + len
+            )
+        };
+        let at = 0x7f12_3400_0000;
+        let zero = "/dev/zero (deleted)";
+        let ours = line(at, TOTAL, "rw-s", 0, zero);
+        assert_eq!(scratch_line(ours.as_bytes()), Some(at));
+        for other in [
+            line(at, TOTAL - PAGE, "rw-s", 0, zero),
+            line(at, TOTAL, "rw-p", 0, zero),
+            line(at, TOTAL, "r--s", 0, zero),
+            line(at, TOTAL, "rw-s", 4096, zero),
+            line(at, TOTAL, "rw-s", 0, "/memfd:x (deleted)"),
+            line(at, TOTAL, "rw-s", 0, ""),
+        ] {
+            assert_eq!(scratch_line(other.as_bytes()), None, "{other}");
+        }
+    }
+
+    /// The area has that shape in `/proc/self/maps`, and a fork child that got [`IN_FLUX`]
+    /// (forked while the area was being mapped) finds it and unmaps it; the parent keeps it.
+    #[test]
+    fn a_child_forked_in_flux_unmaps_the_area() {
+        let s = Scratch::new().unwrap();
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let found: Vec<usize> = maps
+            .lines()
+            .filter_map(|l| scratch_line(l.as_bytes()))
+            .collect();
+        assert_eq!(found, [s.base()], "{maps}");
+        let mapped = |base: usize| {
+            let mut v = [0u8; 1];
+            // SAFETY: mincore writes one byte per page into `v`.
+            unsafe { libc::mincore(base as *mut libc::c_void, PAGE, v.as_mut_ptr()) == 0 }
+        };
+        MAPPED_AT.store(IN_FLUX, Release);
+        // SAFETY: the child makes raw system calls only, then _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            forget_in_child();
+            // SAFETY: leaving the child.
+            unsafe { libc::_exit(if mapped(s.base()) { 1 } else { 0 }) };
+        }
+        MAPPED_AT.store(s.base(), Release);
+        let mut status = 0;
+        // SAFETY: our child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert_eq!(status, 0, "the child still had the parent's scratch area");
+        assert!(mapped(s.base()), "the parent lost its scratch area");
+    }
 }
