@@ -1117,7 +1117,7 @@ fn buffered_deltas(sc: &Scenario, mib: u32, spill: Option<&str>) {
     let out = incremental(sc, job.pid(), &first, &[&f[0], &f[1], &f[2]]);
     assert!(
         out.contains("incr=delta(")
-            && out.contains("mode=stopped(not buffered: no delta buffer yet"),
+            && out.contains("mode=stopped(not buffered: first delta, no buffer yet"),
         "the first delta is written stopped, and -v says why:\n{out}"
     );
     wait_cpu(sc, &mut job, 20);

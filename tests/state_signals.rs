@@ -326,7 +326,8 @@ fn sigurg_raw_block_fails_clearly() {
     let res = sc.checkpoint_to(job.pid(), &[], &img);
     let line = res.assert_failure_code(110);
     assert!(
-        line.contains("did not bind its control socket when woken"),
+        line.contains("did not bind its control socket when woken")
+            && line.contains("signal 23 caught, blocked in 1 of 1 threads"),
         "unexpected message: {line}\n{}",
         res.describe()
     );

@@ -304,7 +304,8 @@ fn grow(cur: Option<(usize, usize)>, want: usize) {
 /// `mode=stopped`.
 pub fn describe_fallback(out: &mut StackBuf<240>) {
     let why: &[u8] = match NOTE.load(Relaxed) {
-        NO_BUFFER => b"no delta buffer yet: the first delta of this process",
+        // (Short: with `--compress` the report was cut at 240 bytes before `incr=`.)
+        NO_BUFFER => b"first delta, no buffer yet",
         NO_ROOM => b"no room for a delta buffer in the agent's 64 MiB",
         NOT_ALONE => b"other processes share the cut",
         ENDS => b"the program ends after it",

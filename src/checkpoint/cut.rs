@@ -115,8 +115,8 @@ fn try_connect(pid: i32) -> Result<Option<i32>, CheckpointError> {
             // A lazy agent that was woken (`protocol::connect`) and never bound its socket.
             Err(libc::ETIMEDOUT) => {
                 return Err(err(libc::ETIMEDOUT, format!(
-                    "process {pid} ({}) has the agent but did not bind its control socket when woken (is signal {} blocked in every thread, or its handler replaced?)",
-                    comm(pid), protocol::WAKE_SIGNAL)))
+                    "process {pid} ({}) has the agent but did not bind its control socket when woken ({})",
+                    comm(pid), super::procfs::wake_diagnosis(pid))))
             }
             Err(_) if comm(pid) == "cr_restart" => {
                 return Err(err(CR_ENOSUPPORT, format!(

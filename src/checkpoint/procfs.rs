@@ -172,3 +172,55 @@ pub fn ourselves() -> std::collections::HashSet<i32> {
     }
     set
 }
+
+/// Why a woken agent may not have bound its control socket, from `/proc/PID/task/*/status`:
+/// whether the process catches the wake-up signal, in how many of its threads it is blocked,
+/// where one is pending, and the main thread's state, e.g. "signal 23 caught, blocked in 3 of
+/// 4 threads, pending in the process, main thread S". For the error message of a wake-up that
+/// went unanswered (it tells a program that blocks the signal everywhere from a stopped or
+/// starved one).
+pub fn wake_diagnosis(pid: i32) -> String {
+    let sig = protocol::WAKE_SIGNAL;
+    let bit = 1u64 << (sig - 1);
+    let field = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    let Ok(main) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return format!("process {pid} is gone");
+    };
+    let caught = field(&main, "SigCgt:") & bit != 0;
+    let mut threads = 0;
+    let mut blocked = 0;
+    let mut pending_in = Vec::new();
+    if field(&main, "ShdPnd:") & bit != 0 {
+        pending_in.push("the process".to_string());
+    }
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten();
+    for t in tasks.flatten() {
+        let Ok(text) = std::fs::read_to_string(t.path().join("status")) else {
+            continue;
+        };
+        threads += 1;
+        if field(&text, "SigBlk:") & bit != 0 {
+            blocked += 1;
+        }
+        if field(&text, "SigPnd:") & bit != 0 {
+            pending_in.push(format!("thread {}", t.file_name().to_string_lossy()));
+        }
+    }
+    let state = state_of(pid).map_or('?', |c| c);
+    format!(
+        "signal {sig} {}, blocked in {blocked} of {threads} threads, {}, main thread {state}",
+        if caught { "caught" } else { "not caught" },
+        if pending_in.is_empty() {
+            "pending nowhere".to_string()
+        } else {
+            format!("pending in {}", pending_in.join(", "))
+        }
+    )
+}
