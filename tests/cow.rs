@@ -117,6 +117,23 @@ fn cow_requester_killed_kills_the_writer() {
             sc.note("the checkpoint finished before its writer was seen: trying again");
             continue;
         };
+        // Frozen before it is looked at: a writer that already said it succeeded is still
+        // listed until the control thread reaps it, and its requester may have committed by
+        // then (once seen at load 33: "an image was committed without its requester").
+        // SAFETY: stopping our own child process.
+        unsafe { libc::kill(req.pid() as i32, libc::SIGSTOP) };
+        let frozen_by = Instant::now() + Duration::from_secs(10);
+        while !matches!(proc_stat(req.pid()), Some(st) if st.state == 'T' || st.state == 'Z')
+            && Instant::now() < frozen_by
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if img.exists() {
+            req.kill();
+            req.wait_exit(TOOL_TIMEOUT);
+            sc.note("the checkpoint was committed before its requester was frozen: trying again");
+            continue;
+        }
         seen = true;
         req.kill();
         let gone_by = Instant::now() + Duration::from_secs(10);
