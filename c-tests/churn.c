@@ -7,7 +7,9 @@
  * child shares its memory and execs at once) and reaps each (any other status, e.g. a child killed by a
  * signal while it exec'd, is a FAIL); a second thread creates and joins short-lived threads that add 1 to a
  * counter (the count must equal the joins). Prints READY after the first of each, runs until
- * the GO file exists, then checks and prints PASS churn. */
+ * the GO file exists, then checks and prints PASS churn. With CR_TEST_CHURN_FDS=1 each child
+ * first looks whether it holds a descriptor of a path with "/img/" in it (a checkpoint's image,
+ * inherited from the parent's agent) and exits 9 if so. */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <signal.h>
@@ -54,6 +56,9 @@ int main(int argc, char **argv)
     const char *d = getenv("CR_TEST_EXEC_DELAY_US");
     int delay = d ? atoi(d) : 0;
     char *child_args[] = {argv[0], "--exit7", NULL};
+    /* CR_TEST_CHURN_FDS=1: each child checks it holds no checkpoint image (exit 9 if so). */
+    const char *cf = getenv("CR_TEST_CHURN_FDS");
+    int check_fds = cf && strcmp(cf, "1") == 0;
     /* CR_TEST_IGNORE_URG=1: SIGURG ignored (inherited by the children, kept across exec): the
      * agent then binds its control socket at once, raising signal 64 on a connection. */
     const char *u = getenv("CR_TEST_IGNORE_URG");
@@ -74,6 +79,18 @@ int main(int argc, char **argv)
             return 1;
         }
         if (p == 0) {
+            if (check_fds) {
+                /* A child must not hold a checkpoint's image (the parent's agent receives it
+                 * from cr_checkpoint while we fork): exit 9 if a descriptor is one. */
+                char link[64], target[512];
+                for (int fd = 3; fd < 1024; fd++) {
+                    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+                    ssize_t n = readlink(link, target, sizeof target - 1);
+                    if (n <= 0) continue;
+                    target[n] = 0;
+                    if (strstr(target, "/img/")) _exit(9);
+                }
+            }
             if (exec_children) {
                 if (delay > 0 && !use_vfork) usleep((unsigned)(forks * 7919 % delay));
                 execv("/proc/self/exe", child_args);

@@ -391,6 +391,31 @@ fn checkpoint_during_fork_and_thread_churn() {
     churn_checkpoints(Scenario::new("fault-churn"), None, 8);
 }
 
+/// A fork while the agent takes a request's descriptors (the image cr_checkpoint passes it)
+/// must not copy them into the child: the child's own checkpoint would save the image file, and
+/// its restart could not reopen it (seen once in load.rs at load 33). The agent holds them 20 ms
+/// before recording them (`LIBCR_TEST_TAKE_FDS_MS`) while churn forks without pause, each child
+/// exiting 9 if it has a descriptor of the image directory (`CR_TEST_CHURN_FDS`); forks wait
+/// for the agent meanwhile (`control::before_fork`). Six checkpoints, then PASS.
+#[test]
+fn fork_while_the_request_is_received() {
+    let sc = Scenario::new("fault-fork-take-fds");
+    let prog = sc.program("churn");
+    let mut cmd = sc.under_cr_run(&prog);
+    cmd.env("LIBCR_TEST_TAKE_FDS_MS", "20");
+    cmd.env("CR_TEST_CHURN_FDS", "1");
+    let mut job = sc.start("churn", cmd);
+    job.wait_ready();
+    for run in 0..6 {
+        let img = sc.img_dir().join(format!("churn-{run}.img"));
+        let res = sc.checkpoint_to(job.pid(), &["--cont", "--time", "10"], &img);
+        res.assert_success();
+        job.assert_running(&format!("after checkpoint {run}"));
+    }
+    sc.go();
+    job.expect_pass(RESTART_TIMEOUT);
+}
+
 /// The same with children that exec (churn's `exec`: each child runs the program again, which
 /// exits 7 at once, as a shell script's children exec their commands), 150 checkpoints: a
 /// checkpoint that reaches a child while it execs must not kill it (churn fails on a child

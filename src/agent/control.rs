@@ -9,7 +9,7 @@ use super::quiesce::{self, DirBuf, QuiesceError, SLOTS};
 use super::scratch::Scratch;
 use crate::protocol::{self, Reply, Request, RestartInfo};
 use crate::sys::{self, StackBuf};
-use core::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, Ordering::*};
+use core::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering::*};
 
 /// The listening socket (a high descriptor, close-on-exec), or -1.
 #[link_section = ".data1"]
@@ -36,6 +36,52 @@ pub fn bound_pid() -> i32 {
 /// the eventfd a copy-on-write writer signals when it is done (`cow::done_fd`).
 #[link_section = ".data1"]
 static REQUEST_FDS: [AtomicI32; 6] = [const { AtomicI32::new(-1) }; 6];
+
+/// Set while the control thread takes a request's passed descriptors, from its `recvmsg` until
+/// they are recorded in [`REQUEST_FDS`] (or closed): a fork in that instant would copy them into
+/// a child that does not know them (seen once under load: a fork child kept a request's image
+/// file, its own checkpoint saved it, and its restart could not reopen it). Forks wait for it
+/// ([`before_fork`]).
+#[link_section = ".data1"]
+static TAKING_FDS: AtomicU32 = AtomicU32::new(0);
+
+/// TEST ONLY (tests/faults.rs): `LIBCR_TEST_TAKE_FDS_MS` at start-up; [`recv_request`] then
+/// holds a request's descriptors that long before it records them, so that forks land there.
+static TEST_TAKE_FDS_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Reads `LIBCR_TEST_TAKE_FDS_MS` (at init, see [`TEST_TAKE_FDS_NS`]).
+pub fn init_test_knobs() {
+    if let Some(s) = super::env_at_init(c"LIBCR_TEST_TAKE_FDS_MS") {
+        let ms = s
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .fold(0u64, |v, &c| {
+                v.saturating_mul(10).saturating_add((c - b'0') as u64)
+            });
+        TEST_TAKE_FDS_NS.store(ms.saturating_mul(1_000_000), Relaxed);
+    }
+}
+
+/// The longest a fork waits for [`TAKING_FDS`] (it never takes more than a system call and a few
+/// stores; bounded all the same).
+const TAKING_WAIT_NS: u64 = 50_000_000;
+
+/// The agent's fork handler in the parent, before the fork: waits while the control thread is
+/// taking a request's descriptors ([`TAKING_FDS`]). Otherwise one load.
+#[link_section = ".text.hot.libcr_start"]
+pub extern "C" fn before_fork() {
+    if TAKING_FDS.load(Acquire) == 0 {
+        return;
+    }
+    let until = sys::monotonic_ns() + TAKING_WAIT_NS;
+    while TAKING_FDS.load(Acquire) != 0 {
+        let now = sys::monotonic_ns();
+        if now >= until {
+            break;
+        }
+        let _ = sys::futex_wait(&TAKING_FDS, 1, Some((until - now).min(1_000_000)));
+    }
+}
 
 /// Set by a control thread that came back from an image: the connection it was serving (and
 /// whose number `control_main` still holds) was the checkpointed process's, never ours here.
@@ -523,13 +569,13 @@ fn refuse_busy(conn: i32) {
 /// with `errno` and the reason; the caller closes the connection.
 fn refuse(conn: i32, errno: i32, why: &[u8]) {
     sys::poll_one(conn, libc::POLLIN, 1000);
-    if let Some((_, fds)) = recv_request(conn) {
-        for f in fds {
+    recv_request(conn, |fds| {
+        for &f in fds {
             if f >= 0 {
                 sys::close(f);
             }
         }
-    }
+    });
     send_reply(conn, errno, 0, why);
 }
 
@@ -621,7 +667,8 @@ fn refuse_peer(conn: i32, why: &[u8]) {
 /// Receives a request and (optionally) its passed descriptors: the image's, a second one
 /// (-1: none) for the raw path of a compressed checkpoint, and a third (-1: none), the
 /// acknowledgement pipe of pulled pieces (`protocol::send_fds`, `protocol::FLAG_ZPULL`).
-fn recv_request(conn: i32) -> Option<(Request, [i32; 3])> {
+/// `record` gets them (on failure too) before any fork may copy them ([`TAKING_FDS`]).
+fn recv_request(conn: i32, record: impl FnOnce(&[i32; 3])) -> Option<(Request, [i32; 3])> {
     let mut req: Request = bytemuck::Zeroable::zeroed();
     let mut iov = libc::iovec {
         iov_base: &mut req as *mut _ as *mut _,
@@ -634,8 +681,21 @@ fn recv_request(conn: i32) -> Option<(Request, [i32; 3])> {
     msg.msg_iovlen = 1;
     msg.msg_control = cbuf.as_mut_ptr() as *mut _;
     msg.msg_controllen = core::mem::size_of_val(&cbuf);
+    // Waited for first, so that forks wait only for the call itself, never for the requester.
+    sys::poll_one(conn, libc::POLLIN, -1);
+    TAKING_FDS.store(1, Release);
     // SAFETY: msg points at valid buffers for the duration of the call.
-    let n = unsafe { libc::recvmsg(conn, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    let n = unsafe { libc::recvmsg(conn, &mut msg, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) };
+    // TEST ONLY (`LIBCR_TEST_TAKE_FDS_MS`): the descriptors held unrecorded that long.
+    let hold = TEST_TAKE_FDS_NS.load(Relaxed);
+    if hold > 0 {
+        let ts = libc::timespec {
+            tv_sec: (hold / 1_000_000_000) as i64,
+            tv_nsec: (hold % 1_000_000_000) as i64,
+        };
+        // SAFETY: a plain sleep with a valid timespec (the control thread blocks all signals).
+        unsafe { libc::nanosleep(&ts, core::ptr::null_mut()) };
+    }
     let mut fds = [-1i32; 3];
     // SAFETY: the CMSG macros walk the control buffer the kernel filled.
     unsafe {
@@ -648,15 +708,19 @@ fn recv_request(conn: i32) -> Option<(Request, [i32; 3])> {
             }
         }
     }
-    if n != core::mem::size_of::<Request>() as isize || req.magic != protocol::MAGIC {
+    let ok = n == core::mem::size_of::<Request>() as isize && req.magic == protocol::MAGIC;
+    if ok {
+        record(&fds);
+    } else {
         for f in fds {
             if f >= 0 {
                 sys::close(f);
             }
         }
-        return None;
     }
-    Some((req, fds))
+    TAKING_FDS.store(0, Release);
+    sys::futex_wake_all(&TAKING_FDS);
+    ok.then_some((req, fds))
 }
 
 fn send_reply(conn: i32, status: i32, bytes: u64, msg: &[u8]) {
@@ -817,10 +881,12 @@ const CALLBACKS_DONE_LIMIT_NS: u64 = 60_000_000_000;
 fn serve(conn: i32) {
     SERVING.store(true, Release);
     REQUEST_FDS[0].store(conn, Release);
-    if let Some((req, [img_fd, raw_fd, ack_fd])) = recv_request(conn) {
-        REQUEST_FDS[1].store(img_fd, Release);
-        REQUEST_FDS[3].store(raw_fd, Release);
-        REQUEST_FDS[4].store(ack_fd, Release);
+    let record = |fds: &[i32; 3]| {
+        REQUEST_FDS[1].store(fds[0], Release);
+        REQUEST_FDS[3].store(fds[1], Release);
+        REQUEST_FDS[4].store(fds[2], Release);
+    };
+    if let Some((req, [img_fd, raw_fd, ack_fd])) = recv_request(conn, record) {
         // Watched from here on (callbacks, stop, write): a requester that dies lets the program
         // go within a few tens of milliseconds, whatever phase the checkpoint is in.
         super::image::REQUESTER_CONN.store(conn, Release);

@@ -229,15 +229,23 @@ pub fn init() -> bool {
     }
     quiesce::find_ignored();
     install_handler();
-    // SAFETY: registering a plain function as the child-side fork handler, for this library
+    // SAFETY: registering plain functions as the fork handlers, for this library
     // (`__dso_handle`): what `pthread_atfork` (a libc_nonshared.a stub linked elsewhere in our
     // text) does, without touching one more page of code in every process.
-    unsafe { __register_atfork(None, None, Some(after_fork_child), &__dso_handle) };
+    unsafe {
+        __register_atfork(
+            Some(control::before_fork),
+            None,
+            Some(after_fork_child),
+            &__dso_handle,
+        )
+    };
     ctlstart::prepare();
     offload::init();
     zpack::init();
     bounce::init();
     quiesce::init_test_knobs();
+    control::init_test_knobs();
     // The control socket is bound on the first wake-up where the control thread can start on
     // the first connection (issue 11, idle cost; docs/ARCHITECTURE.md, "Start-up").
     if ctlstart::lazy_possible() {
