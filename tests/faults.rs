@@ -641,17 +641,6 @@ fn restarter_killed_after_restore_in_namespace() {
 // (c-tests/fault_target.c: a tick "T SEQ NS ST" every millisecond on stdout)
 // ---------------------------------------------------------------------------------------------
 
-/// CLOCK_MONOTONIC now, in ns (the clock of fault_target's ticks).
-fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime with a valid timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// fault_target's ticks so far: (sequence number, CLOCK_MONOTONIC ns, cr_status()).
 fn ticks(out: &str) -> Vec<(u64, u64, i32)> {
     ticks_of(out, "T ")
@@ -1030,7 +1019,7 @@ fn kill_requester_at(at: KillAt, runs: usize) -> Vec<Duration> {
                 }
             }
         }
-        let killed = mono_ns();
+        let killed = monotonic_ns();
         sigkill_one(tool.pid());
         tool.try_wait_exit(TOOL_TIMEOUT);
         let took = match at {
@@ -1131,7 +1120,7 @@ fn requester_killed_tree() {
         let new = sc.img_dir().join(format!("tree-{run}.img"));
         let mut tool = start_checkpoint(&sc, &[], &new, pid, stop_at);
         wait_stopped(&mut tool, &what);
-        let killed = mono_ns();
+        let killed = monotonic_ns();
         sigkill_one(tool.pid());
         tool.try_wait_exit(TOOL_TIMEOUT);
         let took = tick_after_of(&job, "T ", killed, &what, |_| true).max(tick_after_of(
@@ -1738,7 +1727,7 @@ fn destination_dir_removed_during_write() {
         let mut tool = start_checkpoint(&sc, &[], &img, pid, "written");
         wait_stopped(&mut tool, &what);
         fs::remove_dir_all(&dir).expect("remove the destination");
-        let t = mono_ns();
+        let t = monotonic_ns();
         signal_pid(tool.pid(), libc::SIGCONT);
         let (st, stderr) = finish_tool(&mut tool, &what);
         let line = one_line_failure(st, &stderr, &what);
@@ -1826,7 +1815,7 @@ fn destination_fifo_reader_gone_or_slow() {
         loop {
             let t = ticks(&job.stdout()).last().map_or(0, |t| t.1);
             let writing = snap(pid).fds.iter().any(|f| f.contains("/work/fifo"));
-            if writing && t > 0 && mono_ns().saturating_sub(t) > 100_000_000 {
+            if writing && t > 0 && monotonic_ns().saturating_sub(t) > 100_000_000 {
                 break;
             }
             assert!(
@@ -1835,7 +1824,7 @@ fn destination_fifo_reader_gone_or_slow() {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        let killed = mono_ns();
+        let killed = monotonic_ns();
         sigkill_one(tool.pid());
         tool.try_wait_exit(TOOL_TIMEOUT);
         let took = tick_after(&job, killed, &what, |_| true);
@@ -1894,7 +1883,7 @@ fn requester_killed_tree_in_callbacks_and_mid_write() {
                 std::thread::sleep(Duration::from_micros(500));
             }
         }
-        let killed = mono_ns();
+        let killed = monotonic_ns();
         sigkill_one(tool.pid());
         tool.try_wait_exit(TOOL_TIMEOUT);
         // The parent's callback phase ends when its cr_status() is idle again; the child's
@@ -2478,7 +2467,7 @@ fn destination_slow_disk() {
             );
             std::thread::sleep(Duration::from_micros(500));
         }
-        let killed = mono_ns();
+        let killed = monotonic_ns();
         sigkill_one(tool.pid());
         tool.try_wait_exit(TOOL_TIMEOUT);
         let noticed = tick_after(&job, killed, &what, |_| true);
@@ -2509,7 +2498,7 @@ fn destination_slow_disk() {
     assert_eq!(res.status.code(), Some(110), "{what}: {msg}");
     assert!(msg.contains("--time 1 ran out"), "{what}: say why: {msg}");
     assert!(took < Duration::from_secs(5), "{what}: took {took:?}");
-    let released = tick_after(&job, mono_ns(), what, |_| true);
+    let released = tick_after(&job, monotonic_ns(), what, |_| true);
     job.assert_running(what);
     assert_no_leak(pid, &before, what);
     assert_eq!(names(&sc.img_dir()), listing, "{what}: files left");
@@ -2667,7 +2656,7 @@ fn destination_fuse_server_stalls() {
     let mut tool = start_checkpoint(&sc, &["--cow"], &img, pid, "");
     stalls += 1;
     fsys.wait_stalled(stalls, &mut tool, what);
-    let stalled = mono_ns();
+    let stalled = monotonic_ns();
     let ran = tick_after(&job, stalled, what, |_| true);
     assert!(
         ran < Duration::from_secs(1),
@@ -2677,7 +2666,7 @@ fn destination_fuse_server_stalls() {
     assert_eq!(writers.len(), 1, "{what}: no copy-on-write writer");
     sigkill_one(tool.pid());
     tool.try_wait_exit(TOOL_TIMEOUT);
-    let killed = mono_ns();
+    let killed = monotonic_ns();
     // The control thread kills the writer at once; it stays (state D) until the server answers:
     // an O_DIRECT write on FUSE waits for its answer uninterruptibly (fuse_direct_IO).
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -2689,15 +2678,15 @@ fn destination_fuse_server_stalls() {
         );
         std::thread::sleep(Duration::from_millis(1));
     }
-    let kill_sent = Duration::from_nanos(mono_ns() - killed);
+    let kill_sent = Duration::from_nanos(monotonic_ns() - killed);
     let writer_state: Vec<String> = writers.iter().map(|&w| proc_summary(w)).collect();
-    let ran_after = tick_after(&job, mono_ns(), what, |_| true);
+    let ran_after = tick_after(&job, monotonic_ns(), what, |_| true);
     // The next checkpoint does not wait for the killed writer, which still waits on the server.
     let (next, mid_cow) = next_checkpoint_while_stuck(&sc, pid, &["--cow"], &writers, what);
     fsys.resume();
-    let resumed = mono_ns();
+    let resumed = monotonic_ns();
     wait_no_children(pid, what);
-    let writer_gone = Duration::from_nanos(mono_ns() - resumed);
+    let writer_gone = Duration::from_nanos(monotonic_ns() - resumed);
     job.assert_running(what);
     assert!(!img.exists(), "{what}: a file at the final path");
     let tmp_gone = wait_tmp_removed(&fsys.backing, "cow.img", what);
@@ -2719,12 +2708,12 @@ fn destination_fuse_server_stalls() {
         fsys.stall();
         let name = format!("stopped-{run}.img");
         let img = fsys.mnt.join(&name);
-        let started = mono_ns();
+        let started = monotonic_ns();
         let mut tool = start_checkpoint(&sc, args, &img, pid, "");
         stalls += 1;
         fsys.wait_stalled(stalls, &mut tool, what);
         let (msg, released) = if run == 0 {
-            let t = mono_ns();
+            let t = monotonic_ns();
             sigkill_one(tool.pid());
             tool.try_wait_exit(TOOL_TIMEOUT);
             let released = tick_after(&job, t, what, |_| true);
@@ -2739,7 +2728,7 @@ fn destination_fuse_server_stalls() {
             )
         } else {
             let (st, stderr) = finish_tool(&mut tool, what);
-            let exited = Duration::from_nanos(mono_ns() - started);
+            let exited = Duration::from_nanos(monotonic_ns() - started);
             let msg = one_line_failure(st, &stderr, what);
             assert_eq!(st.code(), Some(110), "{what}: {stderr}");
             // cr_checkpoint itself exits at --time (a fraction of a second after; 2.5 s for a
@@ -2785,9 +2774,9 @@ fn destination_fuse_server_stalls() {
         let (next, mid) = next_checkpoint_while_stuck(&sc, pid, &[], &helpers, what);
         mids.push(mid);
         fsys.resume();
-        let resumed = mono_ns();
+        let resumed = monotonic_ns();
         wait_no_children(pid, what);
-        let helper_gone = Duration::from_nanos(mono_ns() - resumed);
+        let helper_gone = Duration::from_nanos(monotonic_ns() - resumed);
         job.assert_running(what);
         assert!(!img.exists(), "{what}: a file at the final path");
         let tmp_gone = wait_tmp_removed(&fsys.backing, &name, what);
@@ -2803,7 +2792,7 @@ fn destination_fuse_server_stalls() {
     let mut tool = start_checkpoint(&sc, &[], &img, pid, "");
     stalls += 1;
     fsys.wait_stalled(stalls, &mut tool, what);
-    let t = mono_ns();
+    let t = monotonic_ns();
     sigkill_one(fsys.server.pid());
     let released = tick_after(&job, t, what, |_| true);
     assert!(

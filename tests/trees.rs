@@ -459,6 +459,14 @@ fn file_names(dir: &Path) -> Vec<String> {
 }
 
 /// `cr_restart OPTS IMAGE` in its own process group.
+/// Restarts the tree image `img` (`n` processes) and waits for it to PASS and end.
+fn restart_tree_to_pass(sc: &Scenario, reaper: &Reaper, img: &Image, n: usize) {
+    let mut rs = start_restart(sc, reaper, &[], img);
+    let back = restored(&mut rs, reaper, "tree", Some(n));
+    rs.expect_pass(RESTART_TIMEOUT);
+    wait_gone(sc, &back, "the restored tree after PASS");
+}
+
 fn start_restart(sc: &Scenario, reaper: &Reaper, opts: &[&str], img: &Image) -> Job {
     let mut argv: Vec<OsString> = vec![sc.tools().cr_restart.clone().into()];
     argv.extend(opts.iter().map(OsString::from));
@@ -1644,17 +1652,6 @@ fn fork_child_in_new_pid_namespace() {
 // --cow of a tree: one stop, a writer per member, all run on once every writer exists
 // ---------------------------------------------------------------------------------------------
 
-/// CLOCK_MONOTONIC in ns (the clock `c-tests/tree.c` stamps its gaps with).
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime fills `ts`.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// Each member's longest gap between two turns of its loop that overlaps `[from, to]`
 /// (CLOCK_MONOTONIC ns), in ns (`c-tests/tree.c`, `CR_TEST_MIB`: `gap.NODE`).
 fn turn_gaps(sc: &Scenario, nodes: usize, from: u64, to: u64) -> Vec<u64> {
@@ -1787,11 +1784,7 @@ fn cow_tree_runs_on_and_restores() {
         sc.log()
     );
     for (img, ..) in [runs.first(), runs.last()].into_iter().flatten() {
-        let img = Image::File(img.clone());
-        let mut rs = start_restart(&sc, &reaper, &[], &img);
-        let back = restored(&mut rs, &reaper, "tree", Some(pids.len()));
-        rs.expect_pass(RESTART_TIMEOUT);
-        wait_gone(&sc, &back, "the restored tree after PASS");
+        restart_tree_to_pass(&sc, &reaper, &Image::File(img.clone()), pids.len());
     }
 }
 
@@ -1892,11 +1885,7 @@ fn cow_tree_writer_killed_keeps_the_old_image() {
     sc.go();
     job.expect_pass(RESTART_TIMEOUT);
     wait_gone(&sc, &pids, "the tree after PASS");
-    let img = Image::File(img);
-    let mut rs = start_restart(&sc, &reaper, &[], &img);
-    let back = restored(&mut rs, &reaper, "tree", Some(pids.len()));
-    rs.expect_pass(RESTART_TIMEOUT);
-    wait_gone(&sc, &back, "the restored tree after PASS");
+    restart_tree_to_pass(&sc, &reaper, &Image::File(img), pids.len());
 }
 
 /// `--cow` of a tree one of whose members cannot be written copy-on-write (node 2's memory is
@@ -1938,9 +1927,5 @@ fn cow_tree_with_a_member_written_stopped() {
     sc.go();
     job.expect_pass(RESTART_TIMEOUT);
     wait_gone(&sc, &pids, "the tree after PASS");
-    let img = Image::File(img);
-    let mut rs = start_restart(&sc, &reaper, &[], &img);
-    let back = restored(&mut rs, &reaper, "tree", Some(pids.len()));
-    rs.expect_pass(RESTART_TIMEOUT);
-    wait_gone(&sc, &back, "the restored tree after PASS");
+    restart_tree_to_pass(&sc, &reaper, &Image::File(img), pids.len());
 }

@@ -51,15 +51,7 @@ static TEST_TAKE_FDS_NS: AtomicU64 = AtomicU64::new(0);
 
 /// Reads `LIBCR_TEST_TAKE_FDS_MS` (at init, see [`TEST_TAKE_FDS_NS`]).
 pub fn init_test_knobs() {
-    if let Some(s) = super::env_at_init(c"LIBCR_TEST_TAKE_FDS_MS") {
-        let ms = s
-            .iter()
-            .take_while(|c| c.is_ascii_digit())
-            .fold(0u64, |v, &c| {
-                v.saturating_mul(10).saturating_add((c - b'0') as u64)
-            });
-        TEST_TAKE_FDS_NS.store(ms.saturating_mul(1_000_000), Relaxed);
-    }
+    TEST_TAKE_FDS_NS.store(super::env_ms_at_init(c"LIBCR_TEST_TAKE_FDS_MS"), Relaxed);
 }
 
 /// The longest a fork waits for [`TAKING_FDS`] (it never takes more than a system call and a few

@@ -193,6 +193,19 @@ pub(crate) fn verify_tid_offset() {
     TID_OFFSET.store(find_tid_offset(fs, tid, 16), Relaxed);
 }
 
+/// [`env_at_init`] read as a number of milliseconds (its leading digits), in nanoseconds; 0
+/// when unset. For the `LIBCR_TEST_*_MS` knobs.
+pub fn env_ms_at_init(name: &core::ffi::CStr) -> u64 {
+    env_at_init(name).map_or(0, |s| {
+        s.iter()
+            .take_while(|c| c.is_ascii_digit())
+            .fold(0u64, |v, &c| {
+                v.saturating_mul(10).saturating_add((c - b'0') as u64)
+            })
+            .saturating_mul(1_000_000)
+    })
+}
+
 /// The value of environment variable `name` as the agent's knobs read it at start-up (before
 /// the program's threads: `getenv` is not safe beside a `setenv`), `None` when unset.
 pub fn env_at_init(name: &core::ffi::CStr) -> Option<&'static [u8]> {

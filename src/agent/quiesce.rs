@@ -508,16 +508,7 @@ static PARK_LATE_NS: AtomicU64 = AtomicU64::new(0);
 
 /// At start-up: reads `LIBCR_TEST_PARK_LATE_MS` (see [`PARK_LATE_NS`]).
 pub fn init_test_knobs() {
-    let Some(s) = super::env_at_init(c"LIBCR_TEST_PARK_LATE_MS") else {
-        return;
-    };
-    let ms = s
-        .iter()
-        .take_while(|c| c.is_ascii_digit())
-        .fold(0u64, |v, &c| {
-            v.saturating_mul(10).saturating_add((c - b'0') as u64)
-        });
-    PARK_LATE_NS.store(ms.saturating_mul(1_000_000), Relaxed);
+    PARK_LATE_NS.store(super::env_ms_at_init(c"LIBCR_TEST_PARK_LATE_MS"), Relaxed);
 }
 
 /// [`PARK_LATE_NS`]: writes a counter on our stack for `ns` nanoseconds.

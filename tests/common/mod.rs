@@ -1633,6 +1633,17 @@ pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// CLOCK_MONOTONIC now, in ns (the clock the C test programs stamp their ticks and gaps with).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime with a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// A pid that no process has: a reaped child's, else the highest possible pid.
 pub fn unused_pid() -> u32 {
     let mut child = Command::new("true").spawn().expect("spawn true");
