@@ -1028,8 +1028,9 @@ const CREATOR_UNSEEN: i32 = -1;
 /// creator (the restarter), [`CREATOR_UNSEEN`] when there is none; else [`NO_CREATOR`].
 static CREATOR: AtomicI32 = AtomicI32::new(NO_CREATOR);
 
-/// A pidfd of the calling process, or [`CREATOR_UNSEEN`] (a kernel before 5.3: said nowhere,
-/// the init then only cannot tell that its creator died in the instant before the gate opened).
+/// A pidfd of the calling process, or [`CREATOR_UNSEEN`] (a kernel before 5.3, which cannot
+/// restart with original pids anyway: `clone3`'s `set_tid` is 5.5; the init then only could
+/// not tell that its creator died in the instant before the gate opened).
 fn pidfd_of_self() -> i32 {
     // SAFETY: pidfd_open of our own pid; getpid has no preconditions.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
