@@ -759,6 +759,10 @@ impl<const N: usize> StackBuf<N> {
         }
         self.push(&tmp[i..])
     }
+    /// Appends `ns` nanoseconds as milliseconds with one decimal (`12.3`).
+    pub fn ms(&mut self, ns: u64) -> &mut Self {
+        self.num(ns / 1_000_000).push(b".").num(ns / 100_000 % 10)
+    }
     /// The bytes so far.
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]

@@ -715,7 +715,8 @@ fn recv_request(conn: i32, record: impl FnOnce(&[i32; 3])) -> Option<(Request, [
     ok.then_some((req, fds))
 }
 
-fn send_reply(conn: i32, status: i32, bytes: u64, msg: &[u8]) {
+/// Sends the requester a reply (`msg` cut to 239 bytes); returns whether all of it went.
+pub(super) fn send_reply(conn: i32, status: i32, bytes: u64, msg: &[u8]) -> bool {
     let mut r = Reply {
         magic: protocol::MAGIC,
         status,
@@ -726,7 +727,8 @@ fn send_reply(conn: i32, status: i32, bytes: u64, msg: &[u8]) {
     r.msg[..n].copy_from_slice(&msg[..n]);
     let b = bytemuck::bytes_of(&r);
     // SAFETY: sending from a valid buffer.
-    unsafe { libc::send(conn, b.as_ptr() as *const _, b.len(), libc::MSG_NOSIGNAL) };
+    let n = unsafe { libc::send(conn, b.as_ptr() as *const _, b.len(), libc::MSG_NOSIGNAL) };
+    n == b.len() as isize
 }
 
 /// Waits (bounded) for the requester's RELEASE after the image is committed; false when the
@@ -1006,7 +1008,9 @@ fn serve_request(
     };
     if !crate::api::cs::begin_pending(
         cs_deadline,
-        || send_reply(conn, protocol::STATUS_ACCEPTED, 0, b""),
+        || {
+            send_reply(conn, protocol::STATUS_ACCEPTED, 0, b"");
+        },
         || requester_left(conn),
     ) {
         quiesce::finish(-(libc::ETIMEDOUT as i64));
@@ -1342,14 +1346,16 @@ fn finish_cow(
     let released_ns = core::cell::Cell::new(0u64);
     // The image is the snapshot's: as far as the program's callbacks are concerned the
     // checkpoint is taken (BLCR's callbacks continue once the kernel has the image).
-    let mut run = || {
+    // Lets the program go with `status` as its checkpoint's outcome, once.
+    let release = |status: i64| {
         if released_ns.get() == 0 {
-            quiesce::finish(0);
+            quiesce::finish(status);
             crate::api::cs::end_pending();
             quiesce::release();
             released_ns.set(sys::monotonic_ns());
         }
     };
+    let mut run = || release(0);
     let placed = job.flags & protocol::FLAG_PLACED != 0;
     if placed {
         // Our writer exists; the others' may not yet.
@@ -1370,14 +1376,7 @@ fn finish_cow(
     );
     // (A failed checkpoint whose program is still stopped: it runs on, the checkpoint not
     // taken.)
-    let release_failed = |e: i32| {
-        if released_ns.get() == 0 {
-            quiesce::finish(-(e as i64));
-            crate::api::cs::end_pending();
-            quiesce::release();
-            released_ns.set(sys::monotonic_ns());
-        }
-    };
+    let release_failed = |e: i32| release(-(e as i64));
     // (A writer that said it succeeded before its exit is reaped below, once the requester
     // was answered: its pidfd stays ours until then.)
     if !res.as_ref().is_ok_and(|w| w.exiting) {
@@ -1416,29 +1415,18 @@ fn finish_cow(
                 report.push(b"whole(");
             } else {
                 let stop_ns = released_ns.get() - quiesce_start;
-                report
-                    .num(stop_ns / 1_000_000)
-                    .push(b".")
-                    .num(stop_ns / 100_000 % 10)
-                    .push(b"ms(");
+                report.ms(stop_ns).push(b"ms(");
             }
             report
                 .push(b"fork=")
-                .num(super::cow::FORK_NS.load(Relaxed) / 1_000_000)
-                .push(b".")
-                .num(super::cow::FORK_NS.load(Relaxed) / 100_000 % 10)
+                .ms(super::cow::FORK_NS.load(Relaxed))
                 .push(b"ms check=")
                 .num(super::cow::CHECK_NS.load(Relaxed) / 1_000_000)
                 .push(b"ms");
             if placed && released_ns.get() != 0 {
                 // Waiting for the other members' writers.
                 let ns = released_ns.get().saturating_sub(forked_ns);
-                report
-                    .push(b" cut=")
-                    .num(ns / 1_000_000)
-                    .push(b".")
-                    .num(ns / 100_000 % 10)
-                    .push(b"ms");
+                report.push(b" cut=").ms(ns).push(b"ms");
             }
             report.push(b")");
             super::incremental::describe(&mut report);
@@ -1488,12 +1476,7 @@ fn finish_held(
             super::ctlstart::describe(&mut report);
             report.push(b"quiesce=").num(quiesce_ms).push(b"ms ");
             super::image::io_report::describe(&mut report);
-            report
-                .push(b" mode=buffered stop=")
-                .num(stop_ns / 1_000_000)
-                .push(b".")
-                .num(stop_ns / 100_000 % 10)
-                .push(b"ms");
+            report.push(b" mode=buffered stop=").ms(stop_ns).push(b"ms");
             super::deltabuf::describe_held(&mut report);
             super::incremental::describe(&mut report);
             send_reply(conn, 0, bytes, report.as_bytes());

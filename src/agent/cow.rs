@@ -712,27 +712,6 @@ pub fn writer_place(scratch: &Scratch, total: u64, deadline_ns: u64) -> Result<u
     }
 }
 
-/// Sends the requester a message of `status` with `bytes` (no text).
-fn send_status(conn: i32, status: i32, bytes: u64) -> bool {
-    let r = crate::protocol::Reply {
-        magic: crate::protocol::MAGIC,
-        status,
-        bytes,
-        msg: [0; 240],
-    };
-    let b = bytemuck::bytes_of(&r);
-    sys::sys6(
-        libc::SYS_sendto as usize,
-        conn as usize,
-        b.as_ptr() as usize,
-        b.len(),
-        libc::MSG_NOSIGNAL as usize,
-        0,
-        0,
-    )
-    .is_ok_and(|n| n == b.len())
-}
-
 /// How a writer ended, when it failed.
 pub enum WriterError {
     /// It failed at `STEPS[step]` with this errno.
@@ -888,11 +867,8 @@ fn wait_writer(
             );
             if !sized_sent && a.place_state.load(Acquire) == PLACE_SIZED {
                 sized_sent = true;
-                if !send_status(
-                    conn,
-                    crate::protocol::STATUS_SIZED,
-                    a.place_len.load(Relaxed),
-                ) {
+                let len = a.place_len.load(Relaxed);
+                if !super::control::send_reply(conn, crate::protocol::STATUS_SIZED, len, b"") {
                     verdict = Some(WriterError::RequesterGone);
                     break;
                 }

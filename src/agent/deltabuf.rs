@@ -327,11 +327,8 @@ pub fn describe_held(out: &mut StackBuf<240>) {
             .push(b".")
             .num(((b & ((1 << 20) - 1)) * 10) >> 20);
     };
-    let ms = |out: &mut StackBuf<240>, ns: u64| {
-        out.num(ns / 1_000_000).push(b".").num(ns / 100_000 % 10);
-    };
     out.push(b"(copy=");
-    ms(out, COPY_NS.load(Relaxed));
+    out.ms(COPY_NS.load(Relaxed));
     out.push(b"ms ");
     mib(out, HELD.load(Relaxed));
     out.push(b"MiB");
@@ -344,7 +341,7 @@ pub fn describe_held(out: &mut StackBuf<240>) {
         } else {
             b"MiB direct "
         });
-        ms(out, SPILL_NS.load(Relaxed));
+        out.ms(SPILL_NS.load(Relaxed));
         out.push(b"ms");
     }
     let agent = get().map_or(0, |(_, l)| l as u64) + SCRATCH_NOW.load(Relaxed);

@@ -183,10 +183,7 @@ pub fn wake_diagnosis(pid: i32) -> String {
     let sig = protocol::WAKE_SIGNAL;
     let bit = 1u64 << (sig - 1);
     let field = |text: &str, name: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .unwrap_or(0)
+        crate::sys::status_hex_field(text.as_bytes(), name.as_bytes()).unwrap_or(0)
     };
     let Ok(main) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return format!("process {pid} is gone");
